@@ -1,0 +1,53 @@
+# bitnode — see README.md. Everything installs into .venv; nothing is needed beforehand but python3.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+JOBS   ?= 2
+LOCALNET ?= .localnet
+
+.PHONY: all venv run stop test test-fast test-system lint docs bench clean
+
+all: test
+
+$(STAMP): setup.cfg setup.py
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip setuptools wheel
+	$(PY) -m pip install -q -e '.[test]' --config-settings editable_mode=compat
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+## make run: install, start a local node in the background, and print where its API is.
+run: $(STAMP)
+	$(VENV)/bin/bitnode start --basedir $(LOCALNET)/node
+	@echo
+	@echo "Call it:  $(VENV)/bin/bitnode api process_info --basedir $(LOCALNET)/node"
+	@echo "Stop it:  make stop"
+
+stop: $(STAMP)
+	$(VENV)/bin/bitnode stop --basedir $(LOCALNET)/node
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check automats bitnode tests scripts twisted
+
+## make test: lint, then every test (unit, in-process network, system); ends with "N passed, N failed".
+test: $(STAMP) lint
+	$(PY) scripts/run_tests.py -j$(JOBS) tests
+
+## make test-fast: everything but the slow system tests.
+test-fast: $(STAMP)
+	$(PY) scripts/run_tests.py -j$(JOBS) $$(cd . && ls -d tests/*/ | grep -v system | tr -d / | sed 's|^tests|tests.|')
+
+## make test-system: only the slow system tests (real processes through the public API).
+test-system: $(STAMP)
+	$(PY) scripts/run_tests.py tests.system
+
+docs: $(STAMP)
+	$(PY) scripts/gen_docs.py
+
+bench: $(STAMP)
+	$(PY) scripts/bench.py
+
+clean:
+	rm -rf $(VENV) _trial_temp* build *.egg-info

@@ -1,0 +1,1 @@
+"""bitnode.customer."""

@@ -1,0 +1,273 @@
+"""Signed DHT records: envelope, Ed25519 signing, type shapes and overwrite rules.
+
+A record is a JSON object::
+
+    {"version": 1, "key": "nickname:alice", "record_type": "nickname",
+     "value": {"idurl": "...", "nickname": "alice"},
+     "writer_pubkey": "<base64 of the raw 32-byte Ed25519 key>",
+     "created": 1700000000, "expires": 1700086400, "seq": 3,
+     "signature": "<base64 Ed25519 signature>"}
+
+The signature covers the canonical JSON (sorted keys, no spaces, UTF-8) of every
+field except ``signature``, prefixed with :data:`SIGNING_CONTEXT`. Times are
+whole seconds (ints), so the canonical form is the same in any language.
+
+Keys are namespaced strings: ``nickname:``, ``identity:`` and ``suppliers:``
+keys must carry records of that type; ``skip_validation`` records may use any
+other namespace. A ``nickname:X`` record must have ``value.nickname == X``.
+
+Overwrite rules (:func:`check_replace`), for an unexpired stored record:
+
+* same writer key: a strictly higher ``seq`` replaces; the identical record is
+  accepted again (a refresh); anything else is refused.
+* different writer, ``nickname`` / ``identity`` / ``suppliers``: refused — the
+  first owner holds the key until its record expires.
+* different writer, ``skip_validation``: last writer wins — a strictly newer
+  ``created`` replaces (equal ``created``: the larger signature wins, so every
+  node picks the same one).
+
+An expired stored record is replaced by any valid record.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from Crypto.PublicKey import ECC
+from Crypto.Signature import eddsa
+
+from bitnode.dht.ids import key_to_id
+from bitnode.errors import BadRequest, Conflict
+
+RECORD_VERSION = 1
+SIGNING_CONTEXT = b"bitnode-dht-record-v1\n"
+NICKNAME = "nickname"
+IDENTITY = "identity"
+SUPPLIERS = "suppliers"
+SKIP_VALIDATION = "skip_validation"
+RECORD_TYPES = frozenset({NICKNAME, IDENTITY, SUPPLIERS, SKIP_VALIDATION})
+FIRST_OWNER_TYPES = frozenset({NICKNAME, IDENTITY, SUPPLIERS})
+MAX_KEY_LEN = 256
+MAX_RECORD_BYTES = 6144
+MAX_TTL = 30 * 24 * 3600
+MAX_CLOCK_SKEW = 600
+
+_FIELDS = ("version", "key", "value", "record_type", "writer_pubkey", "created", "expires", "seq", "signature")
+
+
+class InvalidRecord(BadRequest):
+    """A record with a bad shape, a bad signature, or out-of-range times."""
+
+
+class RecordConflict(Conflict):
+    """A valid record that may not replace the one already stored (e.g. nickname taken)."""
+
+
+@dataclass(frozen=True)
+class Record:
+    """A signed DHT record (see the module docstring for the wire form)."""
+
+    key: str
+    value: Any
+    record_type: str
+    writer_pubkey: str
+    created: int
+    expires: int
+    seq: int
+    signature: str
+    version: int = RECORD_VERSION
+
+    @property
+    def key_id(self) -> int:
+        """The DHT id the key maps to."""
+        return key_to_id(self.key)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON-safe envelope."""
+        return asdict(self)
+
+    def to_json(self) -> str:
+        """Canonical JSON of the whole envelope."""
+        return _canonical(self.to_dict()).decode("utf-8")
+
+    def signing_bytes(self) -> bytes:
+        """What the signature covers."""
+        body = self.to_dict()
+        del body["signature"]
+        return SIGNING_CONTEXT + _canonical(body)
+
+    def is_expired(self, now: float) -> bool:
+        """True once ``now`` has reached ``expires``."""
+        return now >= self.expires
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Record:
+        """Parse the envelope's structure (not the signature or value shape: see :func:`verify`)."""
+        if not isinstance(data, dict) or set(data) != set(_FIELDS):
+            raise InvalidRecord(f"record must be an object with exactly the fields {', '.join(_FIELDS)}")
+        for name in ("key", "record_type", "writer_pubkey", "signature"):
+            if not isinstance(data[name], str):
+                raise InvalidRecord(f"record {name} must be a string")
+        for name in ("version", "created", "expires", "seq"):
+            if type(data[name]) is not int:
+                raise InvalidRecord(f"record {name} must be an int")
+        return cls(**{name: data[name] for name in _FIELDS})
+
+
+def _canonical(obj: Any) -> bytes:
+    try:
+        return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode(
+            "utf-8"
+        )
+    except (TypeError, ValueError) as exc:
+        raise InvalidRecord(f"record is not plain JSON: {exc}") from None
+
+
+def generate_signing_key() -> ECC.EccKey:
+    """A new Ed25519 private key (OS randomness: keys are not simulation state)."""
+    return ECC.generate(curve="ed25519")
+
+
+def public_key_b64(key: ECC.EccKey) -> str:
+    """Base64 of the raw 32-byte public key."""
+    return base64.b64encode(key.public_key().export_key(format="raw")).decode("ascii")
+
+
+def sign_record(
+    signer_key: ECC.EccKey, key: str, value: Any, record_type: str, created: int, expires: int, seq: int
+) -> Record:
+    """Build, sign and check a record; raises :class:`InvalidRecord` if it would not verify."""
+    unsigned = Record(key, value, record_type, public_key_b64(signer_key), int(created), int(expires), seq, "")
+    signature = eddsa.new(signer_key, "rfc8032").sign(unsigned.signing_bytes())
+    record = Record(**{**unsigned.to_dict(), "signature": base64.b64encode(signature).decode("ascii")})
+    verify(record, now=created)
+    return record
+
+
+def verify(record: Record, now: float) -> None:
+    """Check version, key namespace, value shape, times, size and signature; raises :class:`InvalidRecord`."""
+    if record.version != RECORD_VERSION:
+        raise InvalidRecord(f"unsupported record version {record.version}")
+    check_key(record.key, record.record_type)
+    check_shape(record.record_type, record.key, record.value)
+    if record.seq < 0:
+        raise InvalidRecord("seq must be >= 0")
+    if record.created > now + MAX_CLOCK_SKEW:
+        raise InvalidRecord("record created in the future")
+    if not record.created < record.expires <= record.created + MAX_TTL:
+        raise InvalidRecord(f"expires must be after created and at most {MAX_TTL}s later")
+    if len(record.to_json().encode("utf-8")) > MAX_RECORD_BYTES:
+        raise InvalidRecord(f"record larger than {MAX_RECORD_BYTES} bytes")
+    try:
+        raw_key = base64.b64decode(record.writer_pubkey, validate=True)
+        raw_sig = base64.b64decode(record.signature, validate=True)
+        public = eddsa.import_public_key(raw_key)
+        eddsa.new(public, "rfc8032").verify(record.signing_bytes(), raw_sig)
+    except (ValueError, TypeError, binascii.Error):
+        raise InvalidRecord("bad record signature or writer key") from None
+
+
+def check_key(key: Any, record_type: Any) -> None:
+    """Keys are ``namespace:name``; the typed namespaces are reserved for their record type."""
+    if record_type not in RECORD_TYPES:
+        raise InvalidRecord(f"unknown record type {record_type!r}")
+    if not isinstance(key, str) or not 0 < len(key) <= MAX_KEY_LEN:
+        raise InvalidRecord(f"key must be a string of 1..{MAX_KEY_LEN} characters")
+    namespace, sep, name = key.partition(":")
+    if not sep or not namespace or not name:
+        raise InvalidRecord("key must look like namespace:name")
+    if record_type in FIRST_OWNER_TYPES and namespace != record_type:
+        raise InvalidRecord(f"{record_type} records must use {record_type}: keys")
+    if record_type == SKIP_VALIDATION and namespace in FIRST_OWNER_TYPES:
+        raise InvalidRecord(f"{namespace}: keys need {namespace} records")
+
+
+def _need_str(value: dict, name: str, allow_empty: bool = False) -> None:
+    item = value.get(name)
+    if not isinstance(item, str) or (not allow_empty and not item):
+        raise InvalidRecord(f"value.{name} must be a non-empty string")
+
+
+def check_shape(record_type: str, key: str, value: Any) -> None:
+    """Validate the value of a typed record; raises :class:`InvalidRecord`."""
+    if record_type == SKIP_VALIDATION:
+        _canonical(value)
+        return
+    if not isinstance(value, dict):
+        raise InvalidRecord(f"{record_type} value must be an object")
+    expected = {
+        NICKNAME: {"idurl", "nickname"},
+        IDENTITY: {"idurl", "xml"},
+        SUPPLIERS: {"customer_idurl", "ecc_map", "suppliers", "revision"},
+    }[record_type]
+    if set(value) != expected:
+        raise InvalidRecord(f"{record_type} value must have exactly: {', '.join(sorted(expected))}")
+    if record_type == NICKNAME:
+        _need_str(value, "idurl")
+        _need_str(value, "nickname")
+        if key != f"{NICKNAME}:{value['nickname']}":
+            raise InvalidRecord("nickname key must be nickname:<value.nickname>")
+    elif record_type == IDENTITY:
+        _need_str(value, "idurl")
+        _need_str(value, "xml")
+    else:
+        _need_str(value, "customer_idurl")
+        _need_str(value, "ecc_map")
+        suppliers = value["suppliers"]
+        if not isinstance(suppliers, list) or not all(isinstance(s, str) for s in suppliers):
+            raise InvalidRecord("value.suppliers must be a list of idurl strings ('' for an empty slot)")
+        if type(value["revision"]) is not int or value["revision"] < 0:
+            raise InvalidRecord("value.revision must be an int >= 0")
+
+
+def parse_and_verify(data: Any, now: float) -> Record:
+    """:meth:`Record.from_dict` followed by :func:`verify`."""
+    record = Record.from_dict(data)
+    verify(record, now)
+    return record
+
+
+def check_replace(old: Record | None, new: Record, now: float) -> bool:
+    """May ``new`` be stored where ``old`` is? True: store it; False: it is the same record.
+
+    Raises :class:`RecordConflict` when the overwrite rules forbid it.
+    """
+    if old is None or old.is_expired(now):
+        return True
+    if new == old:
+        return False
+    if new.writer_pubkey == old.writer_pubkey:
+        if new.seq > old.seq:
+            return True
+        raise RecordConflict(f"stale record for {new.key}: seq {new.seq} <= {old.seq}")
+    if old.record_type in FIRST_OWNER_TYPES or new.record_type in FIRST_OWNER_TYPES:
+        raise RecordConflict(f"{new.key} is held by another writer until {old.expires}")
+    if (new.created, new.signature) > (old.created, old.signature):
+        return True
+    raise RecordConflict(f"an equal or newer record is stored for {new.key}")
+
+
+def pick_best(records: list[Record], now: float) -> Record | None:
+    """Choose among copies of one key found on several nodes, by the same rules as :func:`check_replace`.
+
+    First-owner types: the earliest-created writer wins (then that writer's highest
+    ``seq``); ``skip_validation``: the newest wins. Expired records are ignored.
+    """
+    live = [r for r in records if not r.is_expired(now)]
+    if not live:
+        return None
+    newest_per_writer: dict[str, Record] = {}
+    first_created: dict[str, int] = {}
+    for r in live:
+        cur = newest_per_writer.get(r.writer_pubkey)
+        if cur is None or (r.seq, r.created) > (cur.seq, cur.created):
+            newest_per_writer[r.writer_pubkey] = r
+        first_created[r.writer_pubkey] = min(first_created.get(r.writer_pubkey, r.created), r.created)
+    candidates = list(newest_per_writer.values())
+    if any(r.record_type in FIRST_OWNER_TYPES for r in candidates):
+        return min(candidates, key=lambda r: (first_created[r.writer_pubkey], r.writer_pubkey))
+    return max(candidates, key=lambda r: (r.created, r.signature))

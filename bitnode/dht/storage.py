@@ -1,0 +1,242 @@
+"""The node's local record store (sqlite) and its upkeep timers.
+
+:class:`RecordStore` keeps the signed records this node holds, one per
+``(layer, key)``, in sqlite (a file in WAL mode, or ``":memory:"``). Each row
+remembers whether the record is our own (we wrote it: we republish it) and when
+it was last replicated. Expired rows are never returned and are deleted by
+:meth:`RecordStore.expire`.
+
+:class:`StoreKeeper` runs the periodic jobs on the injected clock:
+
+* expire — drop expired records;
+* republish — push our own records to the current k closest nodes;
+* replicate — push records we hold for others to the current k closest nodes,
+  skipping those someone else replicated to us within the interval (the paper's
+  optimisation: a STORE of an identical record marks it replicated).
+
+Records are small and the store is only touched on DHT traffic, so queries run
+on the reactor thread.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+from bitnode.errors import InsufficientStorage
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS records (
+    layer INTEGER NOT NULL,
+    key TEXT NOT NULL,
+    record TEXT NOT NULL,
+    expires REAL NOT NULL,
+    own INTEGER NOT NULL,
+    stored_at REAL NOT NULL,
+    replicated_at REAL NOT NULL,
+    PRIMARY KEY (layer, key)
+);
+CREATE INDEX IF NOT EXISTS records_expires ON records (expires);
+"""
+
+
+@dataclass(frozen=True)
+class StoredRecord:
+    """One row of the store; ``record`` is the signed envelope as a dict."""
+
+    layer: int
+    key: str
+    record: dict[str, Any]
+    expires: float
+    own: bool
+    stored_at: float
+    replicated_at: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe form for ``dump()``."""
+        return {
+            "layer": self.layer,
+            "key": self.key,
+            "record": self.record,
+            "expires": self.expires,
+            "own": self.own,
+            "stored_at": self.stored_at,
+            "replicated_at": self.replicated_at,
+        }
+
+
+class RecordStore:
+    """sqlite-backed ``(layer, key) -> record`` map with expiry.
+
+    :param path: a file path (opened in WAL mode) or ``":memory:"``.
+    :param clock: ``IReactorTime``; "now" for expiry.
+    :param max_records: a STORE beyond this raises :class:`InsufficientStorage`.
+    """
+
+    def __init__(self, path: str, clock: IReactorTime, max_records: int = 100_000) -> None:
+        self._clock = clock
+        self.max_records = max_records
+        self._db = sqlite3.connect(path, isolation_level=None)
+        if path != ":memory:":
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        """Close the database."""
+        self._db.close()
+
+    def put(self, layer: int, key: str, record: dict[str, Any], expires: float, own: bool = False) -> None:
+        """Insert or replace the record for ``(layer, key)``; ``own`` marks records we wrote.
+
+        The row is committed before this returns (persist before acknowledging).
+        """
+        now = self._clock.seconds()
+        if self.get(layer, key) is None and self.count() >= self.max_records:
+            self.expire()
+            if self.count() >= self.max_records:
+                raise InsufficientStorage("DHT record store is full")
+        self._db.execute(
+            "INSERT OR REPLACE INTO records (layer, key, record, expires, own, stored_at, replicated_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (layer, key, json.dumps(record, sort_keys=True), float(expires), int(own), now, now),
+        )
+
+    def get(self, layer: int, key: str) -> StoredRecord | None:
+        """The unexpired record for ``(layer, key)``, or None."""
+        row = self._db.execute(
+            "SELECT layer, key, record, expires, own, stored_at, replicated_at FROM records"
+            " WHERE layer=? AND key=? AND expires>?",
+            (layer, key, self._clock.seconds()),
+        ).fetchone()
+        return _row(row) if row else None
+
+    def delete(self, layer: int, key: str) -> bool:
+        """Remove a record; True if there was one."""
+        return self._db.execute("DELETE FROM records WHERE layer=? AND key=?", (layer, key)).rowcount > 0
+
+    def mark_replicated(self, layer: int, key: str) -> None:
+        """Note that the record was just replicated (by us or to us)."""
+        self._db.execute(
+            "UPDATE records SET replicated_at=? WHERE layer=? AND key=?", (self._clock.seconds(), layer, key)
+        )
+
+    def expire(self) -> int:
+        """Delete expired records; returns how many."""
+        return self._db.execute("DELETE FROM records WHERE expires<=?", (self._clock.seconds(),)).rowcount
+
+    def count(self) -> int:
+        """Number of rows (expired ones included until :meth:`expire` runs)."""
+        return self._db.execute("SELECT COUNT(*) FROM records").fetchone()[0]
+
+    def own_records(self) -> list[StoredRecord]:
+        """Our own unexpired records."""
+        return self._select("own=1")
+
+    def due_for_replication(self, max_age: float) -> list[StoredRecord]:
+        """Others' unexpired records not replicated in the last ``max_age`` seconds."""
+        return self._select("own=0 AND replicated_at<=?", (self._clock.seconds() - max_age,))
+
+    def dump(self) -> list[dict[str, Any]]:
+        """Every unexpired record, JSON-safe, ordered by layer and key."""
+        return [r.to_dict() for r in self._select("1=1")]
+
+    def _select(self, where: str, args: tuple = ()) -> list[StoredRecord]:
+        rows = self._db.execute(
+            "SELECT layer, key, record, expires, own, stored_at, replicated_at FROM records"
+            f" WHERE expires>? AND {where} ORDER BY layer, key",
+            (self._clock.seconds(), *args),
+        ).fetchall()
+        return [_row(r) for r in rows]
+
+
+def _row(row: tuple) -> StoredRecord:
+    layer, key, record, expires, own, stored_at, replicated_at = row
+    return StoredRecord(layer, key, json.loads(record), expires, bool(own), stored_at, replicated_at)
+
+
+PublishFn = Callable[[StoredRecord], Deferred]
+
+
+class StoreKeeper:
+    """Periodic expire / republish / replicate jobs for a :class:`RecordStore`.
+
+    :param publish: pushes one record to the k closest nodes of its layer;
+        its Deferred's result is ignored and failures are only logged.
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        store: RecordStore,
+        clock: IReactorTime,
+        publish: PublishFn,
+        republish_interval: float = 3600.0,
+        replicate_interval: float = 3600.0,
+        expire_interval: float = 60.0,
+    ) -> None:
+        self.store = store
+        self._clock = clock
+        self._publish = publish
+        self.republish_interval = republish_interval
+        self.replicate_interval = replicate_interval
+        self.expire_interval = expire_interval
+        self._loops: list[LoopingCall] = []
+
+    def start(self) -> None:
+        """Start the three timers (first runs after one interval)."""
+        if self._loops:
+            return
+        for fn, interval in (
+            (self.expire_now, self.expire_interval),
+            (self.republish_now, self.republish_interval),
+            (self.replicate_now, self.replicate_interval),
+        ):
+            loop = LoopingCall(fn)
+            loop.clock = self._clock
+            loop.start(interval, now=False).addErrback(
+                lambda f: self._log.failure("DHT store upkeep loop died", f)
+            )
+            self._loops.append(loop)
+
+    def stop(self) -> None:
+        """Stop the timers."""
+        for loop in self._loops:
+            if loop.running:
+                loop.stop()
+        self._loops = []
+
+    def expire_now(self) -> int:
+        """Drop expired records now."""
+        return self.store.expire()
+
+    def republish_now(self) -> Deferred:
+        """Push every own record once."""
+        return self._push(self.store.own_records())
+
+    def replicate_now(self) -> Deferred:
+        """Push every record held for others that nobody replicated to us lately."""
+        return self._push(self.store.due_for_replication(self.replicate_interval))
+
+    def _push(self, rows: list[StoredRecord]) -> Deferred:
+        if not rows:
+            return succeed(0)
+        ds = []
+        for row in rows:
+            self.store.mark_replicated(row.layer, row.key)
+            d = self._publish(row)
+            d.addErrback(self._log_push_failure, row)
+            ds.append(d)
+        return DeferredList(ds, consumeErrors=True).addCallback(lambda _: len(rows))
+
+    def _log_push_failure(self, failure: Any, row: StoredRecord) -> None:
+        self._log.info("DHT push of {key} failed: {why}", key=row.key, why=failure.getErrorMessage())

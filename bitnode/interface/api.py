@@ -1,0 +1,149 @@
+"""The API methods: validate, call a subsystem, return a result (or a Deferred of one).
+
+Thin on purpose: arguments arrive already typed by the route table
+(:mod:`bitnode.interface.routes`); anything more than checking and calling
+belongs to the subsystem. A method of the route table that is not defined
+here answers 501 until its subsystem is built.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet import defer
+
+import bitnode
+from bitnode.errors import BadRequest, Conflict, NotFound
+from bitnode.main.process import debug_snapshot, system_stats
+
+if TYPE_CHECKING:  # pragma: no cover
+    from bitnode.node import Node
+
+STOP_DELAY = 0.2
+
+
+class API:
+    """Every implemented API method of one node."""
+
+    def __init__(self, node: Node):
+        self.node = node
+
+    # --- process -------------------------------------------------------------
+
+    def process_stop(self) -> dict:
+        """Stop the node shortly after answering."""
+        self.node.clock.callLater(STOP_DELAY, self.node.request_stop)
+        return {"stopping": True, "pid": os.getpid()}
+
+    def process_restart(self) -> dict:
+        """Stop the node and start it again with the same arguments, after answering."""
+        self.node.clock.callLater(STOP_DELAY, self.node.request_restart)
+        return {"restarting": True, "pid": os.getpid()}
+
+    def process_health(self) -> dict:
+        """Alive, and whether start-up (services) has finished."""
+        return {"alive": True, "ready": self.node.ready}
+
+    def process_info(self) -> dict:
+        """Version, pid, uptime, basedir, API addresses, services and system statistics."""
+        node = self.node
+        services = node.service_driver.list()
+        return {
+            "version": bitnode.__version__,
+            "pid": os.getpid(),
+            "started": node.started_at,
+            "uptime": node.clock.seconds() - node.started_at if node.started_at else 0.0,
+            "basedir": node.basedir.root,
+            "ready": node.ready,
+            "api": node.endpoints(),
+            "services": {"total": len(services), "on": sum(1 for s in services if s["state"] == "ON")},
+            "automats": len(node.automats.list()),
+            "events": {"last_seq": node.events.last_seq},
+            "system": system_stats(node.basedir.root),
+        }
+
+    def process_debug(self) -> dict:
+        """A diagnostic snapshot; opens pdb only in a foreground node on a terminal when allowed."""
+        snapshot = debug_snapshot(self.node.clock)
+        allowed = self.node.settings.get("interface/api/allow-debugger")
+        if allowed and sys.stdin is not None and sys.stdin.isatty():
+            import pdb
+
+            self.node.clock.callLater(STOP_DELAY, pdb.set_trace)
+            snapshot["debugger"] = "pdb opens on the node's terminal; the node is paused until you continue"
+        else:
+            snapshot["debugger"] = ("not opened: needs interface/api/allow-debugger=true and a node running "
+                                    "in the foreground on a terminal")
+        return snapshot
+
+    # --- settings --------------------------------------------------------------
+
+    def config_get(self, key: str, include_info: bool = False, default: Any = None) -> dict:
+        """One option; with the legacy ``default``, an unknown key answers that value instead of 404."""
+        try:
+            return self.node.settings.describe(key, include_info)
+        except NotFound:
+            if default is None:
+                raise
+            return {"key": key, "value": default, "type": "unknown"}
+
+    def config_set(self, key: str, value: Any) -> dict:
+        """Validate and store a new value; answers old and new values."""
+        old, _ = self.node.settings.set(key, value)
+        item = self.node.settings.describe(key)
+        item["old_value"] = self.node.settings.option(key).render(old)
+        return item
+
+    def configs_list(self, sort: bool = False, include_info: bool = False) -> list:
+        """All options."""
+        return self.node.settings.as_list(sort, include_info)
+
+    def configs_tree(self, include_info: bool = False) -> dict:
+        """All options nested by key path."""
+        return self.node.settings.as_tree(include_info)
+
+    # --- services ----------------------------------------------------------------
+
+    def services_list(self, with_configs: bool = False) -> list:
+        """Every service with state, dependencies and switch."""
+        return self.node.service_driver.list(with_configs)
+
+    def service_info(self, service_name: str) -> dict:
+        """One service."""
+        return self.node.service_driver.info(service_name, with_configs=True)
+
+    def service_start(self, service_name: str) -> defer.Deferred:
+        """Enable and start a service (409 if a dependency is off)."""
+        return self.node.service_driver.start(service_name)
+
+    def service_stop(self, service_name: str) -> defer.Deferred:
+        """Disable and stop a service and its dependents."""
+        return self.node.service_driver.stop(service_name)
+
+    def service_restart(self, service_name: str, wait_timeout: float = 10.0) -> defer.Deferred:
+        """Stop and start an enabled service and its dependents."""
+        return self.node.service_driver.restart(service_name, wait_timeout)
+
+    # --- events and automats -------------------------------------------------------
+
+    def event_send(self, event_id: str, data: Any = None) -> dict:
+        """Publish an event to every listener; answers its sequence id."""
+        event = self.node.events.publish(event_id, data)
+        return {"event_id": event.event_id, "seq": event.seq}
+
+    def event_listen(self, consumer_callback_id: str, since: int | None = None,
+                     polling_timeout: float = 60.0) -> defer.Deferred:
+        """Long-poll for events after the consumer's cursor (or ``since``)."""
+        if not consumer_callback_id or len(consumer_callback_id) > 128:
+            raise BadRequest("consumer_callback_id must be 1..128 characters")
+        if polling_timeout < 0 or polling_timeout > 3600:
+            raise BadRequest("polling_timeout must be between 0 and 3600 seconds")
+        if since is not None and since > self.node.events.last_seq:
+            raise Conflict(f"event {since} has not happened yet (last is {self.node.events.last_seq})")
+        return self.node.events.listen(consumer_callback_id, since, polling_timeout)
+
+    def automats_list(self) -> list:
+        """Every state machine of this node with state, timers and recent transitions."""
+        return self.node.automats.list()

@@ -1,0 +1,102 @@
+"""Who may call the local API: the secret token, local Host/Origin checks, and rate limits."""
+
+from __future__ import annotations
+
+import hmac
+import os
+import secrets
+from urllib.parse import urlsplit
+
+from twisted.internet.interfaces import IReactorTime
+
+from bitnode.crypt.fileutil import atomic_write
+from bitnode.errors import Forbidden, TooManyRequests, Unauthorized
+
+LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
+def load_or_create_secret(path: str) -> str:
+    """Read the API secret from ``path``, creating a random one (mode 0600) on first start."""
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as handle:
+            secret = handle.read().strip()
+        if secret:
+            if os.stat(path).st_mode & 0o077:
+                os.chmod(path, 0o600)
+            return secret
+    secret = secrets.token_urlsafe(32)
+    atomic_write(path, secret.encode("ascii"), mode=0o600)
+    return secret
+
+
+def _host_of(value: str) -> str:
+    """Host part of a Host header ("127.0.0.1:8180", "[::1]:8180", "localhost")."""
+    value = value.strip().lower()
+    if value.startswith("["):
+        return value[1:value.find("]")] if "]" in value else value
+    if value.count(":") == 1:
+        return value.split(":", 1)[0]
+    return value
+
+
+class ApiGuard:
+    """Checks every API request: local Host, local or absent Origin, right secret."""
+
+    def __init__(self, secret: str, extra_hosts: tuple[str, ...] = ()):
+        self._secret = secret.encode("utf-8")
+        self._hosts = LOCAL_HOSTS | {h.lower() for h in extra_hosts if h and h not in ("0.0.0.0", "::")}
+
+    def check_host(self, host_header: str | None) -> None:
+        """Refuse requests addressed to a non-local name (DNS rebinding). A missing Host is allowed."""
+        if host_header and _host_of(host_header) not in self._hosts:
+            raise Forbidden("requests must be addressed to this machine (Host header is not local)")
+
+    def check_origin(self, origin: str | None) -> None:
+        """Refuse browser requests from foreign pages (CSRF). Non-browser clients send no Origin."""
+        if origin is None or origin == "":
+            return
+        parts = urlsplit(origin.strip())
+        if parts.scheme not in ("http", "https", "ws", "wss") or (parts.hostname or "").lower() not in self._hosts:
+            raise Forbidden("requests from a foreign Origin are refused")
+
+    def check_secret(self, given: str | bytes | None) -> None:
+        """Compare the given token with the secret in constant time."""
+        if given is None or given == "" or given == b"":
+            raise Unauthorized("missing api_secret (header 'api_secret', see basedir/metadata/apisecret)")
+        if isinstance(given, str):
+            given = given.encode("utf-8", "replace")
+        if not hmac.compare_digest(given, self._secret):
+            raise Unauthorized("wrong api_secret")
+
+    def check(self, host: str | None, origin: str | None, secret: str | bytes | None) -> None:
+        """All three checks, in the order that leaks least: origin and host, then the secret."""
+        self.check_origin(origin)
+        self.check_host(host)
+        self.check_secret(secret)
+
+
+class RateLimiter:
+    """Token buckets per client: ``rate`` requests per second, bursts up to ``burst``."""
+
+    MAX_CLIENTS = 4096
+
+    def __init__(self, clock: IReactorTime, rate, burst):
+        self._clock = clock
+        self._rate = rate
+        self._burst = burst
+        self._buckets: dict[str, tuple[float, float]] = {}
+
+    def hit(self, client: str) -> None:
+        """Take one token for ``client`` or raise TooManyRequests with the wait in seconds."""
+        rate, burst = float(self._rate()), float(self._burst())
+        if rate <= 0:
+            return
+        now = self._clock.seconds()
+        tokens, last = self._buckets.get(client, (burst, now))
+        tokens = min(burst, tokens + (now - last) * rate)
+        if tokens < 1.0:
+            self._buckets[client] = (tokens, now)
+            raise TooManyRequests("too many requests; slow down", retry_after=(1.0 - tokens) / rate)
+        if len(self._buckets) >= self.MAX_CLIENTS and client not in self._buckets:
+            self._buckets.clear()
+        self._buckets[client] = (tokens - 1.0, now)

@@ -1,0 +1,682 @@
+"""The ONE route table: every API method, its verb, path, parameters and meaning.
+
+REST, WebSocket, the CLI, the OpenAPI document and docs/api.md are generated
+from :data:`ROUTES` and :data:`LEGACY`. ``tests/interface/test_routes.py``
+checks the table against ``spec/api-v1-methods.tsv``.
+
+A route's handler is the method of the same name on
+:class:`bitnode.interface.api.API`; a route whose handler does not exist yet
+answers 501 "<method> is not implemented yet".
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from bitnode.errors import BadRequest
+from bitnode.main.options import parse_bool, parse_float, parse_int, parse_string_list
+
+
+class _Required:
+    def __repr__(self) -> str:
+        return "REQUIRED"
+
+
+REQUIRED: Any = _Required()
+
+
+def _parse_str(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    raise BadRequest(f"expected a string, got {type(value).__name__}")
+
+
+def _parse_json(value: Any) -> Any:
+    """JSON bodies arrive parsed; query-string text is parsed when it is JSON, else kept as text."""
+    if isinstance(value, str):
+        try:
+            return json.loads(value)
+        except ValueError:
+            return value
+    return value
+
+
+def _parse_list(value: Any) -> list:
+    if isinstance(value, str) and value.strip().startswith("["):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            raise BadRequest("expected a list") from None
+    return parse_string_list(value)
+
+
+@dataclass(frozen=True)
+class ParamType:
+    """How a parameter value is read from JSON or from query-string text."""
+
+    name: str
+    parse: Callable[[Any], Any]
+
+
+STR = ParamType("string", _parse_str)
+INT = ParamType("integer", parse_int)
+FLOAT = ParamType("number", parse_float)
+BOOL = ParamType("boolean", parse_bool)
+LIST = ParamType("list of strings", _parse_list)
+JSON = ParamType("JSON value", _parse_json)
+
+
+@dataclass(frozen=True)
+class Param:
+    """One parameter: name, type, default (REQUIRED if none) and older names it also answers to."""
+
+    name: str
+    type: ParamType
+    default: Any = REQUIRED
+    aliases: tuple[str, ...] = ()
+    description: str = ""
+
+    @property
+    def required(self) -> bool:
+        """True when the caller must give this parameter."""
+        return self.default is REQUIRED
+
+    def coerce(self, value: Any) -> Any:
+        """Parse ``value``; None is accepted where the default is None. BadRequest names the parameter."""
+        if value is None and self.default is None:
+            return None
+        try:
+            return self.type.parse(value)
+        except BadRequest as err:
+            raise BadRequest(f"parameter '{self.name}': {err}") from None
+
+
+@dataclass(frozen=True)
+class Route:
+    """One API method."""
+
+    name: str
+    verb: str
+    path: str
+    description: str
+    params: tuple[Param, ...] = ()
+    mutating: bool = False
+
+    @property
+    def verbs(self) -> tuple[str, ...]:
+        """HTTP verbs accepted: the spec's, plus POST for state-changing methods the spec made GET."""
+        if self.mutating and self.verb == "GET":
+            return ("GET", "POST")
+        return (self.verb,)
+
+    @property
+    def path_params(self) -> tuple[str, ...]:
+        """Names of the ``{placeholders}`` in the path."""
+        return tuple(part[1:-1] for part in self.path.split("/") if part.startswith("{") and part.endswith("}"))
+
+    @property
+    def handler(self) -> str:
+        """Name of the API method that serves this route."""
+        return self.name
+
+
+@dataclass(frozen=True)
+class Alias:
+    """A legacy method name routed to the same code.
+
+    ``target`` is the v1 route it maps to, or the alias's own name when the
+    API has a legacy-only method of that name; ``params`` is the legacy
+    signature; ``rename`` maps legacy parameter names to the target's;
+    ``fixed`` adds arguments; ``ignored`` parameters are accepted and dropped.
+    """
+
+    name: str
+    target: str
+    description: str
+    params: tuple[Param, ...] = ()
+    rename: tuple[tuple[str, str], ...] = ()
+    fixed: tuple[tuple[str, Any], ...] = ()
+    ignored: tuple[str, ...] = ()
+
+    @property
+    def verbs(self) -> tuple[str, ...]:
+        """Legacy names take GET (as they always did) and POST."""
+        return ("GET", "POST")
+
+    def to_target_kwargs(self, kwargs: dict) -> dict:
+        """Translate already-validated legacy arguments into the target's."""
+        names = dict(self.rename)
+        out = {names.get(key, key): value for key, value in kwargs.items() if key not in self.ignored}
+        out.update(self.fixed)
+        return out
+
+    @property
+    def path(self) -> str:
+        """REST path of the legacy name."""
+        return f"legacy/{self.name}/v1"
+
+
+R, P = Route, Param
+
+ROUTES: tuple[Route, ...] = (
+    R("process_stop", "GET", "process/stop/v1", "Stop the main process immediately.", mutating=True,
+      params=(
+      )),
+    R("process_restart", "GET", "process/restart/v1", "Restart the main process.", mutating=True,
+      params=(
+      )),
+    R("process_health", "GET", "process/health/v1", "Returns positive response if engine process is running. This method suppose to be used for health checks.",
+      params=(
+      )),
+    R("process_info", "GET", "process/info/v1", "Returns overall information about current process. This method can be used for live monitoring and statistics.",
+      params=(
+      )),
+    R("process_debug", "GET", "process/debug/v1", "Execute a breakpoint inside the main thread and start Python shell using standard pdb.set_trace() debugger method.", mutating=True,
+      params=(
+      )),
+    R("config_get", "GET", "config/get/v1", "Returns current key/value from the program settings.",
+      params=(
+        P("key", STR, REQUIRED),
+        P("include_info", BOOL, False),
+        P("default", JSON, None, description="legacy: value to answer for an unknown key instead of 404"),
+      )),
+    R("config_set", "POST", "config/set/v1", "Set a value for given key option.", mutating=True,
+      params=(
+        P("key", STR, REQUIRED),
+        P("value", JSON, REQUIRED),
+      )),
+    R("configs_list", "GET", "config/list/v1", "Provide detailed info about all program settings.",
+      params=(
+        P("sort", BOOL, False),
+        P("include_info", BOOL, False),
+      )),
+    R("configs_tree", "GET", "config/tree/v1", "Returns all options as a tree structure, can be more suitable for UI operations.",
+      params=(
+        P("include_info", BOOL, False),
+      )),
+    R("identity_get", "GET", "identity/get/v1", "Returns your identity info.",
+      params=(
+        P("include_xml_source", BOOL, False),
+      )),
+    R("identity_create", "POST", "identity/create/v1", "Generates new private key and creates new identity for you to be able to communicate with other nodes in the network.", mutating=True,
+      params=(
+        P("username", STR, REQUIRED),
+        P("preferred_servers", LIST, ()),
+        P("join_network", BOOL, False),
+      )),
+    R("identity_backup", "POST", "identity/backup/v1", "Creates local file at destination_filepath on your disk drive with a backup copy of your private key and recent IDURL.", mutating=True,
+      params=(
+        P("destination_filepath", STR, REQUIRED),
+      )),
+    R("identity_recover", "POST", "identity/recover/v1", "Restores your identity from backup copy.", mutating=True,
+      params=(
+        P("private_key_source", STR, REQUIRED),
+        P("known_idurl", STR, None),
+        P("join_network", BOOL, False),
+      )),
+    R("identity_erase", "DELETE", "identity/erase/v1", "Method will erase current identity file and the private key (optionally). All network services will be stopped first.", mutating=True,
+      params=(
+        P("erase_private_key", BOOL, False),
+      )),
+    R("identity_rotate", "PUT", "identity/rotate/v1", "Rotate your identity sources and republish identity file on another ID server even if current ID servers are healthy.", mutating=True,
+      params=(
+      )),
+    R("identity_cache_list", "GET", "identity/cache/list/v1", "Returns list of all cached locally identity files received from other users.",
+      params=(
+      )),
+    R("key_get", "GET", "key/get/v1", "Returns details of the registered public or private key.",
+      params=(
+        P("key_id", STR, REQUIRED),
+        P("include_private", BOOL, False),
+      )),
+    R("keys_list", "GET", "key/list/v1", "List details for all registered public and private keys.",
+      params=(
+        P("sort", BOOL, False),
+        P("include_private", BOOL, False),
+      )),
+    R("key_create", "POST", "key/create/v1", "Generate new RSA private key and add it to the list of registered keys with a new key_id.", mutating=True,
+      params=(
+        P("key_alias", STR, REQUIRED),
+        P("key_size", INT, None),
+        P("label", STR, ''),
+        P("include_private", BOOL, False),
+      )),
+    R("key_label", "POST", "key/label/v1", "Set new label for the given key.", mutating=True,
+      params=(
+        P("key_id", STR, REQUIRED),
+        P("label", STR, REQUIRED),
+      )),
+    R("key_erase", "DELETE", "key/erase/v1", "Unregister and remove given key from the list of known keys and erase local file.", mutating=True,
+      params=(
+        P("key_id", STR, REQUIRED),
+      )),
+    R("key_share", "PUT", "key/share/v1", "Connects to remote user and transfer given public or private key to that node. This way you can share access to files/groups/resources with other users in the network.", mutating=True,
+      params=(
+        P("key_id", STR, REQUIRED),
+        P("trusted_user_id", STR, REQUIRED),
+        P("include_private", BOOL, False),
+        P("timeout", FLOAT, 10),
+      )),
+    R("key_audit", "POST", "key/audit/v1", "Connects to remote node identified by untrusted_user_id parameter and request audit of given public or private key key_id on that node.", mutating=True,
+      params=(
+        P("key_id", STR, REQUIRED),
+        P("untrusted_user_id", STR, REQUIRED),
+        P("is_private", BOOL, False),
+        P("timeout", FLOAT, 10),
+      )),
+    R("files_sync", "GET", "file/sync/v1", "This should re-start \"data synchronization\" process with your remote suppliers.", mutating=True,
+      params=(
+      )),
+    R("files_list", "GET", "file/list/v1", "Returns list of known files registered in the catalog under given remote_path folder. By default returns items from root of the catalog.",
+      params=(
+        P("remote_path", STR, None),
+        P("key_id", STR, None),
+        P("recursive", BOOL, True),
+        P("all_customers", BOOL, False),
+        P("include_uploads", BOOL, False),
+        P("include_downloads", BOOL, False),
+      )),
+    R("file_exists", "GET", "file/exists/v1", "Returns positive result if file or folder with such remote_path already exists in the catalog.",
+      params=(
+        P("remote_path", STR, REQUIRED),
+      )),
+    R("file_info", "GET", "file/info/v1", "Returns detailed info about given file or folder in the catalog.",
+      params=(
+        P("remote_path", STR, REQUIRED),
+        P("include_uploads", BOOL, True),
+        P("include_downloads", BOOL, True),
+      )),
+    R("file_create", "POST", "file/create/v1", "Creates new file in the catalog, but do not upload any data to the network yet.", mutating=True,
+      params=(
+        P("remote_path", STR, REQUIRED),
+        P("as_folder", BOOL, False),
+        P("exist_ok", BOOL, False),
+        P("force_path_id", STR, None),
+      )),
+    R("file_delete", "DELETE", "file/delete/v1", "Removes virtual file or folder from the catalog and also notifies your remote suppliers to clean up corresponding uploaded data.", mutating=True,
+      params=(
+        P("remote_path", STR, REQUIRED),
+      )),
+    R("files_uploads", "GET", "file/upload/v1", "Returns a list of currently running uploads and list of pending items to be uploaded.",
+      params=(
+        P("include_running", BOOL, True),
+        P("include_pending", BOOL, True),
+      )),
+    R("file_upload_start", "POST", "file/upload/start/v1", "Starts a new file or folder (including all sub-folders and files) upload from local_path on your disk drive to the virtual location remote_path in the catalog. New \"version\" of the data will be created for given catalog item and uploading task started.", mutating=True,
+      params=(
+        P("local_path", STR, REQUIRED),
+        P("remote_path", STR, REQUIRED),
+        P("wait_result", BOOL, False),
+        P("wait_finish", BOOL, False),
+        P("open_share", BOOL, False),
+      )),
+    R("file_upload_stop", "POST", "file/upload/stop/v1", "Useful method if you need to interrupt and cancel already running uploading task.", mutating=True,
+      params=(
+        P("remote_path", STR, REQUIRED),
+      )),
+    R("files_downloads", "GET", "file/download/v1", "Returns a list of currently running downloading tasks.",
+      params=(
+      )),
+    R("file_download_start", "POST", "file/download/start/v1", "Download data from remote suppliers to your local machine.", mutating=True,
+      params=(
+        P("remote_path", STR, REQUIRED),
+        P("destination_path", STR, None),
+        P("wait_result", BOOL, False),
+        P("open_share", BOOL, True),
+      )),
+    R("file_download_stop", "POST", "file/download/stop/v1", "Abort currently running restore process.", mutating=True,
+      params=(
+        P("remote_path", STR, REQUIRED),
+      )),
+    R("file_explore", "GET", "file/explore/v1", "Useful method to be executed from the UI right after downloading is finished.",
+      params=(
+        P("local_path", STR, REQUIRED),
+      )),
+    R("shares_list", "GET", "share/list/v1", "Returns a list of registered \"shares\" - encrypted locations where you can upload/download files.",
+      params=(
+        P("only_active", BOOL, False),
+        P("include_mine", BOOL, True),
+        P("include_granted", BOOL, True),
+      )),
+    R("share_create", "POST", "share/create/v1", "Creates a new \"share\" - virtual location where you or other users can upload/download files.", mutating=True,
+      params=(
+        P("owner_id", STR, None),
+        P("key_size", INT, None),
+        P("label", STR, ''),
+      )),
+    R("share_delete", "DELETE", "share/delete/v1", "Stop the active share identified by the key_id and erase the private key.", mutating=True,
+      params=(
+        P("key_id", STR, REQUIRED),
+      )),
+    R("share_grant", "PUT", "share/grant/v1", "Provide access to given share identified by key_id to another trusted user.", mutating=True,
+      params=(
+        P("key_id", STR, REQUIRED),
+        P("trusted_user_id", STR, REQUIRED),
+        P("timeout", FLOAT, 30),
+      )),
+    R("share_open", "PUT", "share/open/v1", "Activates given share and initiate required connections to remote suppliers to make possible to upload and download shared files.", mutating=True,
+      params=(
+        P("key_id", STR, REQUIRED),
+      )),
+    R("share_close", "PUT", "share/close/v1", "Disconnects and deactivate given share location.", mutating=True,
+      params=(
+        P("key_id", STR, REQUIRED),
+      )),
+    R("share_history", "GET", "share/history/v1", "Method is not implemented yet.",
+      params=(
+      )),
+    R("groups_list", "GET", "group/list/v1", "Returns a list of registered message groups.",
+      params=(
+        P("only_active", BOOL, False),
+        P("include_mine", BOOL, True),
+        P("include_granted", BOOL, True),
+      )),
+    R("group_create", "POST", "group/create/v1", "Creates a new messaging group.", mutating=True,
+      params=(
+        P("creator_id", STR, None),
+        P("key_size", INT, None),
+        P("label", STR, ''),
+        P("timeout", FLOAT, 20),
+      )),
+    R("group_info", "GET", "group/info/v1", "Returns detailed info about the message group identified by group_key_id.",
+      params=(
+        P("group_key_id", STR, REQUIRED),
+      )),
+    R("group_join", "POST", "group/join/v1", "Activates given messaging group to be able to receive streamed messages or send a new message to the group.", mutating=True,
+      params=(
+        P("group_key_id", STR, REQUIRED),
+      )),
+    R("group_leave", "DELETE", "group/leave/v1", "Deactivates given messaging group. If erase_key=True will also erase the private key related to that group.", mutating=True,
+      params=(
+        P("group_key_id", STR, REQUIRED),
+        P("erase_key", BOOL, False),
+      )),
+    R("group_share", "PUT", "group/share/v1", "Provide access to given group identified by group_key_id to another trusted user.", mutating=True,
+      params=(
+        P("group_key_id", STR, REQUIRED),
+        P("trusted_user_id", STR, REQUIRED),
+        P("timeout", FLOAT, 30),
+      )),
+    R("friends_list", "GET", "friend/list/v1", "Returns list of registered correspondents.",
+      params=(
+      )),
+    R("friend_add", "POST", "friend/add/v1", "Add user to the list of correspondents.", mutating=True,
+      params=(
+        P("trusted_user_id", STR, REQUIRED),
+        P("alias", STR, ''),
+        P("share_person_key", BOOL, True),
+      )),
+    R("friend_remove", "DELETE", "friend/remove/v1", "Removes given user from the list of correspondents.", mutating=True,
+      params=(
+        P("user_id", STR, REQUIRED),
+      )),
+    R("user_ping", "GET", "user/ping/v1", "Sends Identity packet to remote peer and wait for an Ack packet to check connection status.",
+      params=(
+        P("user_id", STR, REQUIRED),
+        P("timeout", FLOAT, 15),
+        P("retries", INT, 2),
+      )),
+    R("user_status", "GET", "user/status/v1", "Returns short info about current on-line status of the given user.",
+      params=(
+        P("user_id", STR, REQUIRED),
+      )),
+    R("user_status_check", "GET", "user/status/check/v1", "Returns current online status of a user and only if node is known but disconnected performs \"ping\" operation.",
+      params=(
+        P("user_id", STR, REQUIRED),
+        P("timeout", FLOAT, 5),
+      )),
+    R("user_search", "GET", "user/search/v1", "",
+      params=(
+        P("nickname", STR, REQUIRED),
+        P("attempts", INT, 1),
+      )),
+    R("user_observe", "GET", "user/observe/v1", "Reads all records registered for given nickname in the DHT network.",
+      params=(
+        P("nickname", STR, REQUIRED),
+        P("attempts", INT, 3),
+      )),
+    R("message_history", "GET", "message/history/v1", "Returns chat communications history stored for given user or messaging group.",
+      params=(
+        P("recipient_id", STR, None),
+        P("sender_id", STR, None),
+        P("message_type", STR, None),
+        P("offset", INT, 0),
+        P("limit", INT, 100),
+      )),
+    R("message_conversations_list", "GET", "message/conversation/v1", "Returns list of all known conversations with other users. Parameter message_types can be used to select conversations of specific types: \"groupmessage\", \"privatemessage\", \"personal_message\".",
+      params=(
+        P("message_types", LIST, ()),
+        P("offset", INT, 0),
+        P("limit", INT, 100),
+      )),
+    R("message_send", "POST", "message/send/v1", "Sends a private message to remote peer, recipient_id is a string with a nickname, global_id or IDURL of the remote user.", mutating=True,
+      params=(
+        P("recipient_id", STR, REQUIRED),
+        P("data", JSON, REQUIRED),
+        P("ping_timeout", FLOAT, 30),
+        P("message_ack_timeout", FLOAT, 15),
+      )),
+    R("message_send_group", "POST", "message/send/group/v1", "Sends a \"group_message\" to a group of users.", mutating=True,
+      params=(
+        P("group_key_id", STR, REQUIRED),
+        P("data", JSON, REQUIRED),
+      )),
+    R("message_receive", "GET", "message/receive/{consumer_callback_id}/v1", "This method can be used by clients to listen and process streaming messages.",
+      params=(
+        P("consumer_callback_id", STR, REQUIRED),
+        P("direction", STR, 'incoming'),
+        P("message_types", LIST, 'private_message,group_message'),
+        P("polling_timeout", FLOAT, 60),
+      )),
+    R("suppliers_list", "GET", "supplier/list/v1", "This method returns a list of your suppliers. Those nodes stores your encrypted file or file uploaded by other users that still belongs to you.",
+      params=(
+        P("customer_id", STR, None),
+        P("verbose", BOOL, False),
+      )),
+    R("supplier_change", "POST", "supplier/change/v1", "The method will execute a fire/hire process for given supplier. You can specify which supplier to be replaced by position or ID.", mutating=True,
+      params=(
+        P("position", INT, None),
+        P("supplier_id", STR, None),
+        P("new_supplier_id", STR, None, aliases=("new_idurl",)),
+        P("index_or_idurl", STR, None, description="legacy: supplier position or IDURL"),
+      )),
+    R("suppliers_ping", "POST", "supplier/ping/v1", "Sends short requests to all suppliers to verify current connection status.", mutating=True,
+      params=(
+      )),
+    R("suppliers_dht_lookup", "GET", "supplier/list/dht/v1", "Scans DHT network for key-value pairs related to given customer and returns a list its suppliers.",
+      params=(
+        P("customer_id", STR, None),
+      )),
+    R("customers_list", "GET", "customer/list/v1", "Method returns list of your customers - nodes for whom you are storing data on that host.",
+      params=(
+        P("verbose", BOOL, False),
+      )),
+    R("customer_reject", "DELETE", "customer/reject/v1", "Stop supporting given customer, remove all related files from local disc, close connections with that node.", mutating=True,
+      params=(
+        P("customer_id", STR, REQUIRED, aliases=("idurl",)),
+      )),
+    R("customers_ping", "POST", "customer/ping/v1", "Check current on-line status of all customers.", mutating=True,
+      params=(
+      )),
+    R("space_donated", "GET", "space/donated/v1", "Returns detailed info about quotas and usage of the storage space you donated to your customers.",
+      params=(
+      )),
+    R("space_consumed", "GET", "space/consumed/v1", "Returns info about current usage of the storage space provided by your suppliers.",
+      params=(
+      )),
+    R("space_local", "GET", "space/local/v1", "Returns info about current usage of your local disk drive.",
+      params=(
+      )),
+    R("services_list", "GET", "service/list/v1", "Returns detailed info about all currently running network services.",
+      params=(
+        P("with_configs", BOOL, False),
+      )),
+    R("service_info", "GET", "service/info/{service_name}/v1", "Returns detailed info about single service.",
+      params=(
+        P("service_name", STR, REQUIRED),
+      )),
+    R("service_start", "POST", "service/start/{service_name}/v1", "Starts given service immediately.", mutating=True,
+      params=(
+        P("service_name", STR, REQUIRED),
+      )),
+    R("service_stop", "POST", "service/stop/{service_name}/v1", "Stop given service immediately.", mutating=True,
+      params=(
+        P("service_name", STR, REQUIRED),
+      )),
+    R("service_restart", "POST", "service/restart/{service_name}/v1", "This method will stop given service and start it again, but only if it is already enabled. It will not modify corresponding option for that service in the program settings.", mutating=True,
+      params=(
+        P("service_name", STR, REQUIRED),
+        P("wait_timeout", FLOAT, 10),
+      )),
+    R("packets_list", "GET", "packet/list/v1", "Returns list of incoming and outgoing signed packets running at the moment.",
+      params=(
+      )),
+    R("packets_stats", "GET", "packet/stats/v1", "Returns detailed info about overall network usage.",
+      params=(
+      )),
+    R("transfers_list", "GET", "transfer/list/v1", "Returns list of current data fragments transfers to/from suppliers.",
+      params=(
+      )),
+    R("connections_list", "GET", "connection/list/v1", "Returns list of opened/active network connections.",
+      params=(
+        P("protocols", LIST, None, aliases=("wanted_protos",)),
+      )),
+    R("streams_list", "GET", "stream/list/v1", "Returns list of running streams of data fragments with recent upload/download progress percentage.",
+      params=(
+        P("protocols", LIST, None, aliases=("wanted_protos",)),
+      )),
+    R("queues_list", "GET", "queue/list/v1", "Returns list of registered streaming queues.",
+      params=(
+      )),
+    R("queue_consumers_list", "GET", "queue/consumer/list/v1", "Returns list of registered queue consumers.",
+      params=(
+      )),
+    R("queue_producers_list", "GET", "queue/producer/list/v1", "Returns list of registered queue producers.",
+      params=(
+      )),
+    R("event_send", "POST", "event/send/{event_id}/v1", "Method will generate and inject a new event inside the main process.", mutating=True,
+      params=(
+        P("event_id", STR, REQUIRED),
+        P("data", JSON, None),
+      )),
+    R("event_listen", "GET", "event/listen/{consumer_callback_id}/v1", "This method can be used by clients to listen and process all events fired inside the main process.",
+      params=(
+        P("consumer_callback_id", STR, REQUIRED),
+        P("since", INT, None, description="resume after this event sequence id"),
+        P("polling_timeout", FLOAT, 60.0, description="seconds to wait for an event before answering empty"),
+      )),
+    R("network_stun", "GET", "network/stun/v1", "Begins network STUN process to detect your network configuration and current external IP address of that host.",
+      params=(
+        P("udp_port", INT, None),
+        P("dht_port", INT, None),
+      )),
+    R("network_reconnect", "GET", "network/reconnect/v1", "Method can be used to refresh network status and restart all internal connections.", mutating=True,
+      params=(
+      )),
+    R("network_connected", "GET", "network/connected/v1", "Method can be used by clients to ensure BitDust application is connected to other nodes in the network.",
+      params=(
+        P("wait_timeout", FLOAT, 5),
+      )),
+    R("network_status", "GET", "network/status/v1", "Returns detailed info about current network status, protocols and active connections.",
+      params=(
+        P("suppliers", BOOL, False),
+        P("customers", BOOL, False),
+        P("cache", BOOL, False),
+        P("tcp", BOOL, False),
+        P("udp", BOOL, False),
+        P("proxy", BOOL, False),
+        P("dht", BOOL, False),
+      )),
+    R("network_configuration", "GET", "network/configuration/v1", "Returns details about network services.",
+      params=(
+      )),
+    R("dht_node_find", "GET", "dht/node/find/v1", "Lookup \"closest\" (in terms of hashes and cryptography) DHT nodes to a given node_id_64 value.",
+      params=(
+        P("node_id_64", STR, None),
+        P("layer_id", INT, 0),
+      )),
+    R("dht_user_random", "GET", "dht/user/random/v1", "Pick random live nodes from BitDust network.",
+      params=(
+        P("layer_id", INT, 0),
+        P("count", INT, 1),
+      )),
+    R("dht_value_get", "GET", "dht/value/get/v1", "Fetch single key/value record from DHT network.",
+      params=(
+        P("key", STR, REQUIRED),
+        P("record_type", STR, 'skip_validation'),
+        P("layer_id", INT, 0),
+        P("use_cache_ttl", INT, None),
+      )),
+    R("dht_value_set", "POST", "dht/value/set/v1", "Writes given key/value record into DHT network. Input parameter value must be a JSON value.", mutating=True,
+      params=(
+        P("key", STR, REQUIRED),
+        P("value", JSON, REQUIRED),
+        P("expire", INT, None),
+        P("record_type", STR, 'skip_validation'),
+        P("layer_id", INT, 0),
+      )),
+    R("dht_local_db_dump", "GET", "dht/db/dump/v1", "Method used for testing purposes, returns full list of all key/values stored locally on that DHT node.",
+      params=(
+      )),
+    R("automats_list", "GET", "automat/list/v1", "Returns a list of all currently running state machines.",
+      params=(
+      )),
+)
+
+LEGACY: tuple[Alias, ...] = (
+    Alias("stop", "process_stop", "Stop the main process immediately."),
+    Alias("restart", "process_restart", "Restart the main process (showgui is ignored: bitnode has no GUI).",
+          params=(P("showgui", BOOL, False),), ignored=("showgui",)),
+    Alias("reconnect", "network_reconnect", 'Sends "reconnect" to the network_connector automat.'),
+    Alias("config_list", "configs_list", "All options and values from settings.", params=(P("sort", BOOL, False),)),
+    Alias("backups_update", "files_sync", 'Sends "restart" to the backup_monitor automat.'),
+    Alias("backups_list", "files_list", "The whole tree of files and folders in the catalog."),
+    Alias("backups_id_list", "backups_id_list", "Only the items uploaded to suppliers, with their version ids."),
+    Alias("backup_start_id", "backup_start_id", "Start uploading an item already in the catalog, by its path id.",
+          params=(P("pathID", STR),)),
+    Alias("backup_start_path", "backup_start_path", "Add a local file or folder to the catalog and upload it.",
+          params=(P("path", STR), P("bind_local_path", BOOL, True))),
+    Alias("backup_map_path", "backup_map_path", "Create a top-level catalog item for a local path.",
+          params=(P("path", STR),)),
+    Alias("backup_dir_add", "backup_dir_add", "Add a folder to the catalog without uploading.",
+          params=(P("dirpath", STR),)),
+    Alias("backup_file_add", "backup_file_add", "Add a single file to the catalog without uploading.",
+          params=(P("filepath", STR),)),
+    Alias("backup_tree_add", "backup_tree_add", "Add a folder tree to the catalog without uploading.",
+          params=(P("dirpath", STR),)),
+    Alias("backup_delete_local", "backup_delete_local", "Remove only the local files of one version.",
+          params=(P("backupID", STR),)),
+    Alias("backup_delete_id", "backup_delete_id", "Delete an item or version from the catalog and the suppliers.",
+          params=(P("pathID_or_backupID", STR),)),
+    Alias("backup_delete_path", "backup_delete_path", "Delete everything stored for a local path.",
+          params=(P("localPath", STR),)),
+    Alias("backups_queue", "files_uploads", "Uploads waiting to start.", fixed=(("include_running", False),)),
+    Alias("backups_running", "files_uploads", "Uploads running now.", fixed=(("include_pending", False),)),
+    Alias("backup_cancel_pending", "backup_cancel_pending", "Cancel a pending upload.", params=(P("path_id", STR),)),
+    Alias("backup_abort_running", "file_upload_stop", "Abort a running upload.",
+          params=(P("backup_id", STR),), rename=(("backup_id", "remote_path"),)),
+    Alias("restore_single", "file_download_start", "Download an item from the suppliers.",
+          params=(P("pathID_or_backupID_or_localPath", STR), P("destinationPath", STR, None)),
+          rename=(("pathID_or_backupID_or_localPath", "remote_path"), ("destinationPath", "destination_path"))),
+    Alias("restores_running", "files_downloads", "Downloads running now."),
+    Alias("restore_abort", "file_download_stop", "Abort a running download.",
+          params=(P("backup_id", STR),), rename=(("backup_id", "remote_path"),)),
+    Alias("supplier_replace", "supplier_change", "Fire a supplier and hire a random replacement.",
+          params=(P("index_or_idurl", STR),)),
+    Alias("ping", "user_ping", "Send an Identity packet to a peer and wait for its Ack.",
+          params=(P("idurl", STR), P("timeout", FLOAT, 10.0)), rename=(("idurl", "user_id"),)),
+    Alias("set_my_nickname", "set_my_nickname", "Start nickname_holder to register and keep a nickname in the DHT.",
+          params=(P("nickname", STR),)),
+    Alias("find_peer_by_nickname", "user_observe", "Look up who holds a nickname in the DHT.",
+          params=(P("nickname", STR),)),
+    Alias("send_message", "message_send", "Send a text message to a peer.",
+          params=(P("recipient", STR), P("message_body", JSON)),
+          rename=(("recipient", "recipient_id"), ("message_body", "data"))),
+    Alias("receive_one_message", "receive_one_message", "Wait for one incoming chat message."),
+    Alias("broadcast_send_message", "broadcast_send_message", "Send a message to all peers.",
+          params=(P("payload", JSON),)),
+)

@@ -1,0 +1,225 @@
+"""The Node: one user's node, owning all of its state, as a Twisted MultiService.
+
+Nothing a node knows lives at module level, so any number of Nodes can run in
+one reactor (the in-process test network relies on that). Build one with
+:func:`build_node`; ``twistd -n bitnode`` does the same.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Callable, Iterable
+
+from twisted.application.service import MultiService
+from twisted.internet import defer
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
+from twisted.web.server import Site
+
+from automats import Registry
+from bitnode.crypt.fileutil import atomic_write
+from bitnode.interface.api import API
+from bitnode.interface.auth import ApiGuard, RateLimiter, load_or_create_secret
+from bitnode.interface.dispatch import Dispatcher
+from bitnode.interface.rest import ApiResource
+from bitnode.interface.websocket import ApiWebSocketFactory
+from bitnode.main.basedir import Basedir
+from bitnode.main.events import EventBus
+from bitnode.main.schema import SCHEMA
+from bitnode.main.settings import Settings
+from bitnode.services.base import Service
+from bitnode.services.driver import ServiceDriver
+
+
+class Node(MultiService):
+    """One node: settings, services, automats, event bus, thread pool and the local API."""
+
+    log = Logger()
+
+    def __init__(self, basedir: Basedir, reactor, settings: Settings, service_classes: Iterable[type[Service]]):
+        super().__init__()
+        self.basedir = basedir
+        self.reactor = reactor
+        self.clock = reactor
+        self.settings = settings
+        self.events = EventBus(reactor, settings.get("interface/api/event-buffer"))
+        self.automats = Registry()
+        self.automats.add_listener(self._publish_state_change)
+        self.threadpool = ThreadPool(minthreads=0, maxthreads=settings.get("process/worker-threads"),
+                                     name=f"bitnode-{os.path.basename(basedir.root)}")
+        self.service_driver = ServiceDriver(self, settings, reactor, service_classes)
+        self.api = API(self)
+        self.dispatcher = Dispatcher(self.api, log_calls=lambda: settings.get("logs/api-calls"))
+        self.api_secret = ""
+        self.ready = False
+        self.started_at = 0.0
+        self.on_stop_requested: Callable[[], None] = self._stop_reactor
+        self.on_restart_requested: Callable[[], None] = self._restart_process
+        self._http_port = None
+        self._ws_port = None
+        self._startup: defer.Deferred | None = None
+
+    # --- helpers other parts use ------------------------------------------------
+
+    def run_in_thread(self, fn, *args, **kwargs) -> defer.Deferred:
+        """Run CPU or disk work in this node's bounded thread pool."""
+        return deferToThreadPool(self.reactor, self.threadpool, fn, *args, **kwargs)
+
+    def endpoints(self) -> dict:
+        """The URLs of this node's API (known once listening)."""
+        iface = self.settings.get("interface/api/interface")
+        host = f"[{iface}]" if ":" in iface else iface
+        out = {}
+        if self._http_port is not None:
+            out["http"] = f"http://{host}:{self._http_port.getHost().port}/"
+        if self._ws_port is not None:
+            out["ws"] = f"ws://{host}:{self._ws_port.getHost().port}/"
+        return out
+
+    def request_stop(self) -> None:
+        """Ask the process to stop (process_stop)."""
+        self.log.info("stop requested through the API")
+        self.on_stop_requested()
+
+    def request_restart(self) -> None:
+        """Ask the process to restart (process_restart)."""
+        self.log.info("restart requested through the API")
+        self.on_restart_requested()
+
+    # --- lifecycle -----------------------------------------------------------------
+
+    def startService(self) -> None:
+        """Create the basedir, open the API, then start the enabled services."""
+        self.basedir.create()
+        self.api_secret = load_or_create_secret(self.basedir.api_secret_file)
+        self.threadpool.start()
+        self._listen()
+        self._write_endpoints()
+        self.started_at = self.clock.seconds()
+        super().startService()
+        self._startup = self.service_driver.start_all()
+        self._startup.addCallback(self._started)
+        self._startup.addErrback(lambda f: self.log.failure("starting services failed", f))
+
+    def when_ready(self) -> defer.Deferred:
+        """Fires once start-up has finished (services tried)."""
+        if self.ready:
+            return defer.succeed(self)
+        d = defer.Deferred()
+        self._startup.addBoth(lambda result: (d.callback(self), result)[1])
+        return d
+
+    def _started(self, _):
+        self.ready = True
+        self.events.publish("node-ready", {"api": self.endpoints()})
+        self.log.info("node ready; API at {api}", api=self.endpoints())
+
+    @defer.inlineCallbacks
+    def stopService(self):
+        """Stop services in reverse order, close the API, the event bus and the thread pool."""
+        self.ready = False
+        yield defer.maybeDeferred(super().stopService)
+        if self._startup is not None and not self._startup.called:
+            yield self._startup
+        yield self.service_driver.stop_all()
+        for port in (self._http_port, self._ws_port):
+            if port is not None:
+                yield defer.maybeDeferred(port.stopListening)
+        self._http_port = self._ws_port = None
+        self.events.close()
+        self.threadpool.stop()
+        try:
+            os.unlink(self.basedir.endpoints_file)
+        except FileNotFoundError:
+            pass
+
+    def _listen(self) -> None:
+        iface = self.settings.get("interface/api/interface")
+        guard = ApiGuard(self.api_secret, extra_hosts=(iface,))
+        limiter = RateLimiter(self.clock, lambda: self.settings.get("interface/api/rate-limit"),
+                              lambda: self.settings.get("interface/api/rate-burst"))
+        site = _ApiSite(ApiResource(self.dispatcher, guard, limiter))
+        site.log_requests = lambda: self.settings.get("logs/api-calls")
+        self._http_port = self.reactor.listenTCP(self.settings.get("interface/api/http-port"), site,
+                                                 interface=iface)
+        ws_factory = ApiWebSocketFactory(self.dispatcher, guard, limiter, self.events)
+        ws_factory.noisy = False
+        try:
+            self._ws_port = self.reactor.listenTCP(self.settings.get("interface/api/ws-port"), ws_factory,
+                                                   interface=iface)
+        except Exception:
+            self._http_port.stopListening()
+            self._http_port = None
+            raise
+
+    def _write_endpoints(self) -> None:
+        data = dict(self.endpoints(), pid=os.getpid(), basedir=self.basedir.root)
+        atomic_write(self.basedir.endpoints_file, json.dumps(data).encode("utf-8"), mode=0o600)
+
+    def _publish_state_change(self, machine, old_state, new_state, event) -> None:
+        self.events.publish("automat-state-changed", {
+            "id": machine.id, "name": machine.name, "old_state": old_state, "new_state": new_state,
+            "event": event,
+        })
+
+    def _stop_reactor(self) -> None:
+        if self.reactor.running:
+            self.reactor.stop()
+
+    def _restart_process(self) -> None:
+        argv = [sys.executable] + sys.argv
+        pid_file = self.basedir.pid_file
+
+        def exec_again():
+            # execv keeps our pid: a pid file naming us would make twistd think it is already running.
+            try:
+                with open(pid_file) as handle:
+                    if handle.read().strip() == str(os.getpid()):
+                        os.unlink(pid_file)
+            except OSError:
+                pass
+            os.execv(sys.executable, argv)
+
+        self.reactor.addSystemEventTrigger("after", "shutdown", exec_again)
+        self._stop_reactor()
+
+
+class _ApiSite(Site):
+    """A Site that writes access-log lines only when ``logs/api-calls`` asks for them."""
+
+    noisy = False
+    log_requests: Callable[[], bool] = staticmethod(lambda: False)
+
+    def log(self, request) -> None:
+        """Skip the per-request access log unless enabled."""
+        if self.log_requests():
+            super().log(request)
+
+
+def default_services() -> list[type[Service]]:
+    """The services every node has."""
+    from bitnode.services.catalog import SERVICES
+
+    return list(SERVICES)
+
+
+def build_node(basedir: str | None = None, reactor=None, overrides: dict | None = None,
+               service_classes: Iterable[type[Service]] | None = None) -> Node:
+    """Wire a Node: basedir layout, settings (with ``overrides``), services.
+
+    ``reactor`` defaults to the global reactor; tests may pass overrides such
+    as ``{"interface/api/http-port": 0, "interface/api/ws-port": 0}`` to get
+    free ports.
+    """
+    if reactor is None:
+        from twisted.internet import reactor as default_reactor
+
+        reactor = default_reactor
+    where = Basedir.at(basedir)
+    where.create()
+    settings = Settings(where.settings_file, SCHEMA, overrides)
+    classes = list(service_classes) if service_classes is not None else default_services()
+    return Node(where, reactor, settings, classes)

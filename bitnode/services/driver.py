@@ -1,0 +1,281 @@
+"""The service driver: starts services in dependency order and stops them in reverse.
+
+A service whose dependency is off or failed is not skipped silently: its
+state says ``DEPENDS_OFF`` with the reason, and a failed start is ``FAILED``
+with the error. All operations are serialised so a start and a stop of the
+same service cannot interleave.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Iterable
+
+from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from bitnode.errors import BadRequest, Conflict, NotFound, Timeout
+from bitnode.services.base import Service
+
+if TYPE_CHECKING:  # pragma: no cover
+    from bitnode.main.settings import Settings
+
+OFF, STARTING, ON, STOPPING, FAILED, DEPENDS_OFF = "OFF", "STARTING", "ON", "STOPPING", "FAILED", "DEPENDS_OFF"
+
+STOP_TIMEOUT = 15.0
+
+
+class _Slot:
+    def __init__(self, service: Service, index: int):
+        self.service = service
+        self.index = index
+        self.state = OFF
+        self.reason = ""
+
+
+def dependency_order(services: Iterable[type[Service]]) -> list[type[Service]]:
+    """Topologically sort service classes so every service comes after its dependencies.
+
+    Raises ValueError on an unknown dependency or a cycle.
+    """
+    by_name = {cls.name: cls for cls in services}
+    ordered: list[type[Service]] = []
+    marks: dict[str, str] = {}
+
+    def visit(name: str, path: tuple[str, ...]) -> None:
+        if marks.get(name) == "done":
+            return
+        if marks.get(name) == "visiting":
+            raise ValueError("service dependency cycle: " + " -> ".join(path + (name,)))
+        if name not in by_name:
+            raise ValueError(f"{path[-1] if path else '?'} depends on unknown service {name}")
+        marks[name] = "visiting"
+        for dep in by_name[name].depends_on:
+            visit(dep, path + (name,))
+        marks[name] = "done"
+        ordered.append(by_name[name])
+
+    for name in by_name:
+        visit(name, ())
+    return ordered
+
+
+class ServiceDriver:
+    """Owns one node's services and their lifecycle."""
+
+    log = Logger()
+
+    def __init__(self, node, settings: Settings, clock: IReactorTime, service_classes: Iterable[type[Service]]):
+        self._settings = settings
+        self._clock = clock
+        self._lock = defer.DeferredLock()
+        self._slots: dict[str, _Slot] = {}
+        for index, cls in enumerate(dependency_order(service_classes)):
+            settings.register(cls.enabled_option())
+            self._slots[cls.name] = _Slot(cls(node), index)
+
+    # --- queries -------------------------------------------------------------
+
+    def names(self) -> list[str]:
+        """Service names in dependency order."""
+        return list(self._slots)
+
+    def get(self, name: str) -> Service:
+        """The service object called ``name``."""
+        return self._slot(name).service
+
+    def is_on(self, name: str) -> bool:
+        """True when the named service exists and is running."""
+        slot = self._slots.get(name)
+        return slot is not None and slot.state == ON
+
+    def info(self, name: str, with_configs: bool = False) -> dict:
+        """The API shape of one service."""
+        slot = self._slot(name)
+        cls = type(slot.service)
+        item = {
+            "index": slot.index,
+            "name": cls.name,
+            "state": slot.state,
+            "enabled": self._enabled(name),
+            "depends": list(cls.depends_on),
+            "dependents": self._dependents(name),
+            "config_path": cls.enabled_key(),
+            "description": cls.description,
+            "installed": True,
+        }
+        if slot.reason:
+            item["reason"] = slot.reason
+        try:
+            extra = slot.service.status() if slot.state == ON else {}
+        except Exception:
+            self.log.failure("status() of {name} failed", name=name)
+            extra = {}
+        if extra:
+            item["status"] = extra
+        if with_configs:
+            prefix = cls.config_prefix() + "/"
+            item["configs"] = [
+                self._settings.describe(key) for key in self._settings.keys() if key.startswith(prefix)
+            ]
+        return item
+
+    def list(self, with_configs: bool = False) -> list[dict]:
+        """Every service, in dependency order."""
+        return [self.info(name, with_configs) for name in self._slots]
+
+    # --- whole-node lifecycle ------------------------------------------------
+
+    def start_all(self) -> defer.Deferred:
+        """Start every enabled service in dependency order; fires when all were tried."""
+        return self._lock.run(self._start_enabled, list(self._slots))
+
+    def stop_all(self) -> defer.Deferred:
+        """Stop every running service in reverse dependency order."""
+        return self._lock.run(self._stop_many, list(reversed(self._slots)), False)
+
+    # --- API operations --------------------------------------------------------
+
+    def start(self, name: str) -> defer.Deferred:
+        """Enable and start ``name``; then start enabled dependents that were waiting for it.
+
+        Conflict (409) if a dependency is not running.
+        """
+        self._slot(name)
+        return self._lock.run(self._start_one, name)
+
+    def stop(self, name: str) -> defer.Deferred:
+        """Disable and stop ``name``, stopping running dependents first (they stay enabled)."""
+        self._slot(name)
+        return self._lock.run(self._stop_one, name)
+
+    def restart(self, name: str, wait_timeout: float = 10.0) -> defer.Deferred:
+        """Stop and start ``name`` and its running dependents, without touching the settings.
+
+        Conflict if the service is disabled; Timeout (503) if it takes longer than ``wait_timeout``.
+        """
+        self._slot(name)
+        if not self._enabled(name):
+            raise Conflict(f"{name} is disabled; use service_start to enable it")
+        if wait_timeout <= 0:
+            raise BadRequest("wait_timeout must be positive")
+        d = self._lock.run(self._restart_one, name)
+        d.addTimeout(wait_timeout, self._clock,
+                     onTimeoutCancel=lambda result, timeout: self._timed_out(name, timeout))
+        return d
+
+    # --- internals -------------------------------------------------------------
+
+    def _timed_out(self, name: str, timeout: float):
+        raise Timeout(f"{name} did not restart within {timeout:g} seconds; state is {self._slots[name].state}")
+
+    def _slot(self, name: str) -> _Slot:
+        if not isinstance(name, str) or name not in self._slots:
+            raise NotFound(f"unknown service {name!r}")
+        return self._slots[name]
+
+    def _enabled(self, name: str) -> bool:
+        return bool(self._settings.get(type(self._slots[name].service).enabled_key()))
+
+    def _dependents(self, name: str) -> list[str]:
+        return [other for other, slot in self._slots.items() if name in type(slot.service).depends_on]
+
+    def _blocking_dependencies(self, name: str) -> list[str]:
+        return [dep for dep in type(self._slots[name].service).depends_on if self._slots[dep].state != ON]
+
+    @defer.inlineCallbacks
+    def _start_enabled(self, names: list[str]):
+        for name in names:
+            if self._enabled(name) and self._slots[name].state != ON:
+                yield self._try_start(name)
+
+    @defer.inlineCallbacks
+    def _try_start(self, name: str):
+        slot = self._slots[name]
+        blocking = self._blocking_dependencies(name)
+        if blocking:
+            slot.state = DEPENDS_OFF
+            slot.reason = "needs " + ", ".join(f"{dep} ({self._slots[dep].state})" for dep in blocking)
+            self.log.warn("{name} not started: {reason}", name=name, reason=slot.reason)
+            return False
+        slot.state, slot.reason = STARTING, ""
+        try:
+            yield defer.maybeDeferred(slot.service.start)
+        except Exception as err:
+            slot.state, slot.reason = FAILED, f"start failed: {err}"
+            self.log.failure("{name} failed to start", name=name)
+            return False
+        slot.state = ON
+        self.log.info("{name} is on", name=name)
+        return True
+
+    @defer.inlineCallbacks
+    def _try_stop(self, name: str, keep_reason: str = ""):
+        slot = self._slots[name]
+        if slot.state not in (ON, STARTING):
+            if keep_reason and slot.state == OFF and self._enabled(name):
+                slot.state, slot.reason = DEPENDS_OFF, keep_reason
+            return
+        slot.state = STOPPING
+        try:
+            d = defer.maybeDeferred(slot.service.stop)
+            d.addTimeout(STOP_TIMEOUT, self._clock)
+            yield d
+        except Exception as err:
+            slot.state, slot.reason = FAILED, f"stop failed: {err}"
+            self.log.failure("{name} failed to stop cleanly", name=name)
+            return
+        slot.state, slot.reason = OFF, ""
+        if keep_reason:
+            slot.state, slot.reason = DEPENDS_OFF, keep_reason
+        self.log.info("{name} is off", name=name)
+
+    @defer.inlineCallbacks
+    def _stop_many(self, names: list[str], mark_dependents: bool):
+        for name in names:
+            yield self._try_stop(name)
+
+    def _closure_of_dependents(self, name: str) -> list[str]:
+        """``name``'s direct and indirect dependents, in dependency order."""
+        found: set[str] = set()
+        todo = [name]
+        while todo:
+            for dep in self._dependents(todo.pop()):
+                if dep not in found:
+                    found.add(dep)
+                    todo.append(dep)
+        return [other for other in self._slots if other in found]
+
+    @defer.inlineCallbacks
+    def _start_one(self, name: str):
+        blocking = self._blocking_dependencies(name)
+        if blocking:
+            raise Conflict(f"{name} depends on " + ", ".join(f"{dep} which is {self._slots[dep].state}"
+                                                              for dep in blocking))
+        self._settings.set(type(self._slots[name].service).enabled_key(), True)
+        if self._slots[name].state != ON:
+            started = yield self._try_start(name)
+            if not started:
+                return self.info(name)
+        yield self._start_enabled(self._closure_of_dependents(name))
+        return self.info(name)
+
+    @defer.inlineCallbacks
+    def _stop_one(self, name: str):
+        self._settings.set(type(self._slots[name].service).enabled_key(), False)
+        for dependent in reversed(self._closure_of_dependents(name)):
+            yield self._try_stop(dependent, keep_reason=f"needs {name} (OFF)")
+        yield self._try_stop(name)
+        return self.info(name)
+
+    @defer.inlineCallbacks
+    def _restart_one(self, name: str):
+        dependents = self._closure_of_dependents(name)
+        running = [dep for dep in dependents if self._slots[dep].state == ON]
+        for dependent in reversed(running):
+            yield self._try_stop(dependent)
+        yield self._try_stop(name)
+        started = yield self._try_start(name)
+        if started:
+            yield self._start_enabled(dependents)
+        return self.info(name)

@@ -1,0 +1,446 @@
+"""Download one file version: fetch any k blocks per segment, decode, decrypt, write.
+
+For every segment the downloader runs k *lanes* that pull block positions from
+one queue ordered data blocks first (``0..k-1``), then parity. A lane fetches a
+block (with a timeout on the injected clock), checks it in a worker thread
+against the SHA-256 the catalog recorded at upload and against its own header,
+and keeps it; on an error, a timeout or a bad block it records a
+:class:`BlockProblem` and takes the next position. With k good blocks the
+segment is decoded and decrypted in a worker thread.
+
+Plaintext goes to ``dest_path + ".part"``, strictly in segment order, then
+the file is fsynced and renamed over ``dest_path``. If anything fails (or the
+download is cancelled) the ``.part`` file is removed: no half-written file is
+ever left at either name. At most ``max_in_flight`` segments are held in
+memory (fetching, decoding or waiting for their turn to be written).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from bitnode.errors import BadRequest, Conflict, Unavailable
+from bitnode.storage import blockformat, erasure, segment_crypto
+from bitnode.storage.interface import (
+    BlockNotFound,
+    IStorageServer,
+    Progress,
+    SegmentMeta,
+    TransferCancelled,
+    block_path,
+    make_progress,
+    validate_customer_id,
+)
+
+RunInThread = Callable[..., defer.Deferred]
+ProgressCallback = Callable[[Progress], None]
+PART_SUFFIX = ".part"
+
+
+class DownloadFailed(Unavailable):
+    """A segment could not be rebuilt: fewer than k good blocks were reachable."""
+
+    def __init__(self, message: str, segment_index: int, problems: tuple[BlockProblem, ...] = ()):
+        super().__init__(message)
+        self.segment_index = segment_index
+        self.problems = problems
+
+
+@dataclass(frozen=True)
+class BlockProblem:
+    """A block that could not be used. ``kind``: corrupt, timeout, missing, error or no-supplier."""
+
+    segment_index: int
+    block_index: int
+    kind: str
+    detail: str
+
+
+@dataclass(frozen=True)
+class DownloadResult:
+    """A finished download; ``used_blocks[i]`` are the positions decoded for segment i."""
+
+    dest_path: str
+    bytes_written: int
+    segments_total: int
+    used_blocks: tuple[tuple[int, ...], ...]
+    problems: tuple[BlockProblem, ...]
+
+    @property
+    def corrupt_blocks(self) -> tuple[tuple[int, int], ...]:
+        """(segment, block) of every block that failed its hash check."""
+        return tuple((p.segment_index, p.block_index) for p in self.problems if p.kind == "corrupt")
+
+
+def verify_block(
+    data: bytes,
+    expected_sha256: str,
+    version_id: str,
+    segment_index: int,
+    block_index: int,
+    k: int,
+    n: int,
+    plaintext_length: int,
+) -> bytes:
+    """Check a fetched block against the catalog hash and its header; return its payload.
+
+    Raises :class:`blockformat.BlockCorrupt` for any mismatch. Worker thread.
+    """
+    if hashlib.sha256(data).hexdigest() != expected_sha256:
+        raise blockformat.BlockCorrupt(
+            f"block {block_index} of segment {segment_index}: hash differs from catalog"
+        )
+    try:
+        header, payload = blockformat.unpack(data)
+    except blockformat.BlockFormatError as exc:
+        raise blockformat.BlockCorrupt(str(exc)) from exc
+    expected = (version_id, segment_index, block_index, k, n, plaintext_length)
+    got = (
+        header.version_id,
+        header.segment_index,
+        header.block_index,
+        header.k,
+        header.n,
+        header.segment_length,
+    )
+    if got != expected:
+        raise blockformat.BlockCorrupt(f"block header {got} does not match {expected}")
+    return payload
+
+
+def decode_segment(
+    payloads: dict[int, bytes],
+    k: int,
+    n: int,
+    version_key: bytes,
+    version_id: str,
+    segment_index: int,
+    plaintext_length: int,
+) -> bytes:
+    """Erasure-decode then decrypt one segment. Worker thread."""
+    encrypted = erasure.decode(payloads, k, n, plaintext_length + segment_crypto.TAG_SIZE)
+    return segment_crypto.decrypt_segment(version_key, version_id, segment_index, plaintext_length, encrypted)
+
+
+def open_part(part_path: str):
+    """Create (truncate) the temporary file. Worker thread."""
+    return open(part_path, "wb")
+
+
+def write_part(fh, data: bytes) -> None:
+    """Append one segment's plaintext. Worker thread."""
+    fh.write(data)
+
+
+def finish_part(fh, part_path: str, dest_path: str) -> None:
+    """fsync, close and rename the temporary file into place. Worker thread."""
+    fh.flush()
+    os.fsync(fh.fileno())
+    fh.close()
+    os.replace(part_path, dest_path)
+    try:
+        dir_fd = os.open(os.path.dirname(os.path.abspath(dest_path)), os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(dir_fd)
+    except OSError:
+        pass
+    finally:
+        os.close(dir_fd)
+
+
+def abort_part(fh, part_path: str) -> None:
+    """Close and remove the temporary file. Worker thread."""
+    if fh is not None and not fh.closed:
+        fh.close()
+    try:
+        os.unlink(part_path)
+    except FileNotFoundError:
+        pass
+
+
+class Downloader:
+    """Restores file versions from a fixed set of n supplier positions (``None`` = no supplier)."""
+
+    log = Logger()
+
+    def __init__(
+        self,
+        run_in_thread: RunInThread,
+        clock: IReactorTime,
+        servers: list[IStorageServer | None],
+        k: int,
+        n: int,
+        max_in_flight: int = 2,
+        fetch_timeout: float = 60.0,
+    ):
+        erasure.check_params(k, n)
+        if len(servers) != n:
+            raise BadRequest(f"need exactly n={n} server positions, got {len(servers)}")
+        if not isinstance(max_in_flight, int) or max_in_flight < 1:
+            raise BadRequest("max_in_flight must be at least 1")
+        if fetch_timeout <= 0:
+            raise BadRequest("fetch_timeout must be positive")
+        self.run_in_thread = run_in_thread
+        self.clock = clock
+        self.servers = list(servers)
+        self.k = k
+        self.n = n
+        self.max_in_flight = max_in_flight
+        self.fetch_timeout = fetch_timeout
+        self.in_flight = 0
+        self.peak_in_flight = 0
+        self._job: _DownloadJob | None = None
+
+    def download(
+        self,
+        segments_meta: list[SegmentMeta] | tuple[SegmentMeta, ...],
+        version_id: str,
+        version_key: bytes,
+        customer_id: str,
+        dest_path: str,
+        fetch_timeout: float | None = None,
+        on_progress: ProgressCallback | None = None,
+    ) -> defer.Deferred:
+        """Restore a version to ``dest_path``; fires with a :class:`DownloadResult`.
+
+        ``segments_meta`` must be every segment of the version (indexes 0..N-1).
+        Fails with :class:`DownloadFailed`, :class:`TransferCancelled` or
+        :class:`segment_crypto.SegmentIntegrityError` (wrong key); the
+        destination is then untouched and no ``.part`` file remains.
+        """
+        segment_crypto.validate_version_id(version_id)
+        validate_customer_id(customer_id)
+        if not isinstance(version_key, bytes) or len(version_key) != segment_crypto.KEY_SIZE:
+            raise BadRequest("version key must be 32 bytes")
+        segments = tuple(sorted(segments_meta, key=lambda m: m.index))
+        self._check_segments(segments)
+        timeout = self.fetch_timeout if fetch_timeout is None else fetch_timeout
+        if timeout <= 0:
+            raise BadRequest("fetch_timeout must be positive")
+        if self._job is not None:
+            raise Conflict("a download is already running on this downloader")
+        job = _DownloadJob(
+            self, segments, version_id, version_key, customer_id, dest_path, timeout, on_progress
+        )
+        self._job = job
+
+        def done(result):
+            self._job = None
+            return result
+
+        return defer.Deferred.fromCoroutine(job.run()).addBoth(done)
+
+    def cancel(self) -> None:
+        """Cancel the running download; pending fetches are cancelled and the .part removed."""
+        if self._job is not None:
+            self._job.cancel()
+
+    def _check_segments(self, segments: tuple[SegmentMeta, ...]) -> None:
+        if not segments:
+            raise BadRequest("a version has at least one segment")
+        for expected, meta in enumerate(segments):
+            if meta.index != expected:
+                raise BadRequest(f"segment indexes must be 0..{len(segments) - 1}, missing {expected}")
+            if len(meta.block_sha256) != self.n:
+                raise BadRequest(
+                    f"segment {meta.index} has {len(meta.block_sha256)} block hashes, n={self.n}"
+                )
+            if any(not 0 <= pos < self.n for pos in meta.stored):
+                raise BadRequest(f"segment {meta.index} lists a block position out of range")
+
+    def _hold(self, delta: int) -> None:
+        self.in_flight += delta
+        self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+
+
+class _DownloadJob:
+    """The state of one running download."""
+
+    def __init__(
+        self, dl: Downloader, segments, version_id, key, customer_id, dest_path, timeout, on_progress
+    ):
+        self.dl = dl
+        self.segments: tuple[SegmentMeta, ...] = segments
+        self.version_id = version_id
+        self.key = key
+        self.customer_id = customer_id
+        self.dest_path = dest_path
+        self.part_path = dest_path + PART_SUFFIX
+        self.timeout = timeout
+        self.on_progress = on_progress
+        self.cancelled = False
+        self.error: BaseException | None = None
+        self.problems: list[BlockProblem] = []
+        self.used: dict[int, tuple[int, ...]] = {}
+        self.pending: set[defer.Deferred] = set()
+        self.turns = [defer.Deferred() for _ in segments]
+        self.fh = None
+        self.bytes_written = 0
+        self.bytes_total = sum(m.plaintext_length for m in segments)
+        self.started = dl.clock.seconds()
+
+    def cancel(self) -> None:
+        self.cancelled = True
+        for d in list(self.pending):
+            d.cancel()
+
+    def stopping(self) -> bool:
+        return self.cancelled or self.error is not None
+
+    async def run(self) -> DownloadResult:
+        dl = self.dl
+        try:
+            self.fh = await dl.run_in_thread(open_part, self.part_path)
+            self.turns[0].callback(None)
+            window = defer.DeferredSemaphore(dl.max_in_flight)
+            tasks = []
+            for meta in self.segments:
+                await window.acquire()
+                if self.stopping():
+                    window.release()
+                    break
+                task = defer.Deferred.fromCoroutine(self.one_segment(meta))
+                task.addBoth(lambda _, w=window: w.release())
+                tasks.append(task)
+            await defer.DeferredList(tasks)
+            if self.cancelled:
+                raise TransferCancelled(f"download of {self.version_id} cancelled")
+            if self.error is not None:
+                raise self.error
+            await dl.run_in_thread(finish_part, self.fh, self.part_path, self.dest_path)
+        except BaseException:
+            await dl.run_in_thread(abort_part, self.fh, self.part_path)
+            raise
+        return DownloadResult(
+            self.dest_path,
+            self.bytes_written,
+            len(self.segments),
+            tuple(self.used[i] for i in range(len(self.segments))),
+            tuple(self.problems),
+        )
+
+    async def one_segment(self, meta: SegmentMeta) -> None:
+        dl = self.dl
+        dl._hold(+1)
+        try:
+            plaintext = await self.fetch_and_decode(meta)
+            await self.turns[meta.index]
+            if self.stopping():
+                return
+            await dl.run_in_thread(write_part, self.fh, plaintext)
+            self.bytes_written += len(plaintext)
+            del plaintext
+            self.report_progress(meta.index + 1)
+        except Exception as exc:  # noqa: BLE001 - recorded and re-raised by run()
+            if self.error is None and not self.cancelled:
+                self.error = exc
+        finally:
+            dl._hold(-1)
+            following = meta.index + 1
+            if following < len(self.turns) and not self.turns[following].called:
+                self.turns[following].callback(None)
+
+    async def fetch_and_decode(self, meta: SegmentMeta) -> bytes:
+        dl = self.dl
+        queue: deque[int] = deque()
+        for pos in sorted(meta.stored):
+            if dl.servers[pos] is None:
+                self.problems.append(
+                    BlockProblem(meta.index, pos, "no-supplier", "no supplier at this position")
+                )
+            else:
+                queue.append(pos)
+        good: dict[int, bytes] = {}
+        lanes = [defer.Deferred.fromCoroutine(self.lane(meta, queue, good)) for _ in range(dl.k)]
+        await defer.DeferredList(lanes)
+        if self.cancelled:
+            raise TransferCancelled(f"download of {self.version_id} cancelled")
+        if len(good) < dl.k:
+            mine = tuple(p for p in self.problems if p.segment_index == meta.index)
+            raise DownloadFailed(
+                f"segment {meta.index} of {self.version_id}: only {len(good)} of {dl.k} needed blocks available",
+                meta.index,
+                mine,
+            )
+        chosen = erasure.choose_blocks(list(good), dl.k)
+        self.used[meta.index] = tuple(chosen)
+        payloads = {pos: good.pop(pos) for pos in chosen}
+        good.clear()
+        return await dl.run_in_thread(
+            decode_segment, payloads, dl.k, dl.n, self.key, self.version_id, meta.index, meta.plaintext_length
+        )
+
+    async def lane(self, meta: SegmentMeta, queue: deque[int], good: dict[int, bytes]) -> None:
+        while queue and not self.stopping():
+            pos = queue.popleft()
+            payload = await self.fetch_one(meta, pos)
+            if payload is not None:
+                good[pos] = payload
+                return
+
+    async def fetch_one(self, meta: SegmentMeta, pos: int) -> bytes | None:
+        dl = self.dl
+        path = block_path(self.version_id, meta.index, pos)
+        d = defer.maybeDeferred(dl.servers[pos].fetch_block, self.customer_id, path)
+        d.addTimeout(self.timeout, dl.clock)
+        self.pending.add(d)
+        try:
+            data = await d
+        except defer.TimeoutError:
+            return self.problem(meta, pos, "timeout", f"no answer in {self.timeout}s")
+        except defer.CancelledError:
+            return None
+        except BlockNotFound as exc:
+            return self.problem(meta, pos, "missing", str(exc))
+        except Exception as exc:  # noqa: BLE001 - any supplier failure means: try another block
+            return self.problem(meta, pos, "error", f"{exc.__class__.__name__}: {exc}")
+        finally:
+            self.pending.discard(d)
+        if self.stopping():
+            return None
+        try:
+            return await dl.run_in_thread(
+                verify_block,
+                data,
+                meta.block_sha256[pos],
+                self.version_id,
+                meta.index,
+                pos,
+                dl.k,
+                dl.n,
+                meta.plaintext_length,
+            )
+        except blockformat.BlockCorrupt as exc:
+            return self.problem(meta, pos, "corrupt", str(exc))
+
+    def problem(self, meta: SegmentMeta, pos: int, kind: str, detail: str) -> None:
+        self.problems.append(BlockProblem(meta.index, pos, kind, detail))
+        return None
+
+    def report_progress(self, segments_done: int) -> None:
+        if self.on_progress is None:
+            return
+        now = self.dl.clock.seconds()
+        progress = make_progress(
+            self.bytes_written,
+            self.bytes_total,
+            segments_done,
+            len(self.segments),
+            self.started,
+            now,
+            self.bytes_written,
+        )
+        try:
+            self.on_progress(progress)
+        except Exception:  # noqa: BLE001 - a broken observer must not break the download
+            self.dl.log.failure("download progress callback failed")

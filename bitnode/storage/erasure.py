@@ -1,0 +1,91 @@
+"""k-of-n erasure coding of one encrypted segment with zfec.
+
+The segment is zero-padded to ``k * block_size`` where
+``block_size = ceil(len(data) / k)``, cut into k *data* blocks (positions
+``0..k-1``, the padded data itself, since zfec is systematic) and zfec adds
+``n - k`` *parity* blocks (positions ``k..n-1``). All n blocks have the same
+size. Any k distinct blocks give the data back; the true length travels next to
+the blocks (block header, catalog), so the padding is simply cut off.
+
+A zero-length segment gives n empty blocks and decodes back to ``b""``.
+Decoding from the k data blocks is a plain concatenation; zfec runs only when
+a data block is missing.
+"""
+
+from __future__ import annotations
+
+import zfec
+
+from bitnode.errors import BadRequest, Unavailable
+
+MAX_N = 256
+
+
+class NotEnoughBlocks(Unavailable):
+    """Fewer than k usable blocks: the segment cannot be rebuilt (yet)."""
+
+
+def default_k(n: int) -> int:
+    """The default number of needed blocks for n blocks: ``ceil(n / 2)``."""
+    check_params(1, n)
+    return (n + 1) // 2
+
+
+def check_params(k: int, n: int) -> None:
+    """Raise :class:`BadRequest` unless ``1 <= k <= n <= 256``."""
+    if not isinstance(k, int) or not isinstance(n, int) or isinstance(k, bool) or isinstance(n, bool):
+        raise BadRequest(f"k and n must be integers, got k={k!r} n={n!r}")
+    if not 1 <= k <= n <= MAX_N:
+        raise BadRequest(f"erasure parameters must satisfy 1 <= k <= n <= {MAX_N}, got k={k} n={n}")
+
+
+def block_size(data_len: int, k: int) -> int:
+    """Size of every block for a segment of ``data_len`` bytes split k ways."""
+    if data_len < 0:
+        raise BadRequest(f"negative data length: {data_len}")
+    return -(-data_len // k)
+
+
+def encode(data: bytes, k: int, n: int) -> list[bytes]:
+    """Split ``data`` into n equal-size blocks, any k of which rebuild it."""
+    check_params(k, n)
+    size = block_size(len(data), k)
+    padded = bytes(data) + b"\x00" * (size * k - len(data))
+    view = memoryview(padded)
+    primary = tuple(view[i * size : (i + 1) * size] for i in range(k))
+    if k == n:
+        return [bytes(b) for b in primary]
+    parity = zfec.Encoder(k, n).encode(primary, tuple(range(k, n)))
+    return [bytes(b) for b in primary] + [bytes(b) for b in parity]
+
+
+def choose_blocks(available: list[int] | set[int] | tuple[int, ...], k: int) -> list[int]:
+    """The k positions to use among ``available``: data blocks first, then parity."""
+    chosen = sorted(set(available))[:k]
+    if len(chosen) < k:
+        raise NotEnoughBlocks(f"need {k} blocks, only {len(chosen)} available")
+    return chosen
+
+
+def decode(blocks: dict[int, bytes], k: int, n: int, data_len: int) -> bytes:
+    """Rebuild the ``data_len`` bytes from ANY k of the n blocks.
+
+    ``blocks`` maps block position to block bytes; extra blocks are ignored
+    (data blocks are preferred). Raises :class:`NotEnoughBlocks` with fewer than
+    k blocks, :class:`BadRequest` for positions out of range or blocks of the
+    wrong size.
+    """
+    check_params(k, n)
+    size = block_size(data_len, k)
+    for pos, blk in blocks.items():
+        if not isinstance(pos, int) or not 0 <= pos < n:
+            raise BadRequest(f"block position {pos!r} out of range 0..{n - 1}")
+        if len(blk) != size:
+            raise BadRequest(f"block {pos} has {len(blk)} bytes, expected {size}")
+    chosen = choose_blocks(list(blocks), k)
+    if chosen == list(range(k)):
+        primary = [blocks[i] for i in chosen]
+    else:
+        primary = zfec.Decoder(k, n).decode(tuple(blocks[i] for i in chosen), tuple(chosen))
+    joined = b"".join(primary)
+    return joined[:data_len] if len(joined) != data_len else joined

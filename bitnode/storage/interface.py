@@ -1,0 +1,169 @@
+"""The boundary of the storage library: the supplier interface and shared values.
+
+:class:`IStorageServer` is what the upload/download logic needs from one
+supplier, whatever carries the bytes (in-memory grid in tests, signed packets
+over TCP in production). Every method returns a Deferred; failures are
+:mod:`bitnode.errors` exceptions (:class:`BlockNotFound` for a missing block,
+:class:`~bitnode.errors.Unavailable` / :class:`~bitnode.errors.Timeout` when the
+supplier cannot be reached, :class:`~bitnode.errors.InsufficientStorage` when
+its quota is full, :class:`~bitnode.errors.BadRequest` for an invalid path).
+
+Block path scheme (relative to one customer's space on a supplier)::
+
+    <version_id>/<segment_index>/<block_index>     e.g. "F20250101T1200-ab12/7/3"
+
+with decimal indexes, no leading zeros. A *prefix* ends with "/" and selects a
+subtree: ``"<version_id>/"`` is a whole version, ``"<version_id>/7/"`` one
+segment; ``""`` is everything of that customer. Paths are relative, made of
+``[A-Za-z0-9._-]`` components, never ``.`` or ``..``.
+
+The module also holds the values passed between the uploader, the downloader
+and their callers (:class:`SegmentMeta`, :class:`Progress`) and the error both
+raise when cancelled.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from zope.interface import Interface
+
+from bitnode.errors import BadRequest, BitnodeError, NotFound
+from bitnode.storage.segment_crypto import validate_version_id
+
+_COMPONENT_RE = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+_CUSTOMER_RE = re.compile(r"^[^/\\\x00-\x1f]{1,256}$")
+MAX_PATH_LENGTH = 512
+
+
+class BlockNotFound(NotFound):
+    """The supplier has no block at that path."""
+
+
+class TransferCancelled(BitnodeError):
+    """An upload or download was cancelled by its owner."""
+
+    http_code = 409
+
+
+class IStorageServer(Interface):
+    """One supplier, seen from the customer's storage logic."""
+
+    def store_block(customer_id: str, block_path: str, data: bytes):
+        """Store ``data`` at ``block_path`` (replacing any old copy).
+
+        The Deferred fires with None once the supplier has the block durably.
+        """
+
+    def fetch_block(customer_id: str, block_path: str):
+        """Deferred firing with the stored bytes, or failing with BlockNotFound."""
+
+    def list_blocks(customer_id: str, prefix: str):
+        """Deferred firing with ``{path: (size, sha256 hex of the stored bytes)}`` under ``prefix``."""
+
+    def delete(customer_id: str, path_or_prefix: str):
+        """Delete one path, or everything under a prefix ending in "/".
+
+        Deleting what is not there is not an error; the Deferred fires with the
+        number of blocks removed.
+        """
+
+
+def block_path(version_id: str, segment_index: int, block_index: int) -> str:
+    """The path of one block: ``<version_id>/<segment_index>/<block_index>``."""
+    validate_version_id(version_id)
+    if not isinstance(segment_index, int) or segment_index < 0:
+        raise BadRequest(f"invalid segment index: {segment_index!r}")
+    if not isinstance(block_index, int) or not 0 <= block_index < 256:
+        raise BadRequest(f"invalid block index: {block_index!r}")
+    return f"{version_id}/{segment_index}/{block_index}"
+
+
+def version_prefix(version_id: str) -> str:
+    """The prefix selecting every block of one version."""
+    return validate_version_id(version_id) + "/"
+
+
+def segment_prefix(version_id: str, segment_index: int) -> str:
+    """The prefix selecting every block of one segment of one version."""
+    return f"{version_prefix(version_id)}{int(segment_index)}/"
+
+
+def validate_customer_id(customer_id: str) -> str:
+    """Return ``customer_id`` if it is usable as a directory key, else raise BadRequest."""
+    if not isinstance(customer_id, str) or not _CUSTOMER_RE.match(customer_id) or customer_id in (".", ".."):
+        raise BadRequest(f"invalid customer id: {customer_id!r}")
+    return customer_id
+
+
+def validate_path(path: str, allow_prefix: bool = False) -> str:
+    """Check a block path (or, with ``allow_prefix``, a prefix / ``""``); raise BadRequest if unsafe."""
+    if not isinstance(path, str) or len(path) > MAX_PATH_LENGTH:
+        raise BadRequest(f"invalid block path: {path!r}")
+    if allow_prefix and path == "":
+        return path
+    body = path[:-1] if allow_prefix and path.endswith("/") else path
+    parts = body.split("/")
+    for part in parts:
+        if not _COMPONENT_RE.match(part) or part in (".", ".."):
+            raise BadRequest(f"invalid block path: {path!r}")
+    return path
+
+
+@dataclass(frozen=True)
+class SegmentMeta:
+    """What the catalog must keep about one uploaded segment to restore it.
+
+    ``block_sha256`` has n entries: the SHA-256 hex of each whole stored block
+    (header + payload), the same value a supplier reports in ``list_blocks``.
+    ``stored`` lists the block positions a supplier acknowledged.
+    """
+
+    index: int
+    plaintext_length: int
+    block_sha256: tuple[str, ...]
+    stored: tuple[int, ...]
+
+    @property
+    def missing(self) -> tuple[int, ...]:
+        """Block positions not acknowledged (to be rebuilt later)."""
+        return tuple(i for i in range(len(self.block_sha256)) if i not in self.stored)
+
+
+@dataclass(frozen=True)
+class Progress:
+    """A snapshot of a running transfer, for progress callbacks and the API."""
+
+    bytes_done: int
+    bytes_total: int
+    segments_done: int
+    segments_total: int
+    elapsed: float
+    speed: float | None
+    eta: float | None
+
+    @property
+    def fraction(self) -> float:
+        """Done fraction in [0, 1]; an empty transfer is complete."""
+        return 1.0 if self.bytes_total == 0 else self.bytes_done / self.bytes_total
+
+
+def make_progress(
+    bytes_done: int,
+    bytes_total: int,
+    segments_done: int,
+    segments_total: int,
+    started: float,
+    now: float,
+    bytes_this_run: int,
+) -> Progress:
+    """Build a :class:`Progress`; speed counts only bytes moved since ``started``.
+
+    ``speed`` (bytes/s) and ``eta`` (seconds) are None until time has passed
+    and bytes have moved, so a resumed transfer does not claim a fake speed.
+    """
+    elapsed = max(0.0, now - started)
+    speed = bytes_this_run / elapsed if elapsed > 0 and bytes_this_run > 0 else None
+    eta = max(0, bytes_total - bytes_done) / speed if speed else None
+    return Progress(bytes_done, bytes_total, segments_done, segments_total, elapsed, speed, eta)

@@ -1,0 +1,452 @@
+"""Upload one file version: read, encrypt, erasure-code and send it segment by segment.
+
+The file is cut into segments of ``segment_size`` bytes (an empty file is one
+empty segment). For each segment a worker thread reads it, encrypts it
+(:mod:`segment_crypto`), splits it into n blocks (:mod:`erasure`), wraps each
+block in the stored format (:mod:`blockformat`) and hashes it; the reactor
+then sends block ``i`` to ``servers[i]``. At most ``max_in_flight`` segments
+exist at any moment (being prepared or being sent), so memory is bounded by
+``max_in_flight * segment_size * n / k`` whatever the file size.
+
+When is a segment OK?  Only when at least ``required_blocks`` distinct block
+positions were acknowledged by their supplier; ``required_blocks`` defaults to
+k and can never be lower, so an "OK" segment is always restorable. Positions
+that failed (error, timeout, no supplier) are listed in ``SegmentMeta.missing``
+for the rebuilder. If any segment ends below ``required_blocks`` the upload
+stops launching segments, lets the in-flight ones finish, and fails with
+:class:`UploadFailed`, which carries the segments that did succeed and the
+``resume_from`` index to pass to a later :meth:`Uploader.upload`.
+
+Resuming is safe because segment encryption is deterministic for a given
+(key, version, index): an unchanged file produces the very same blocks. A file
+that changed since the first attempt must become a new version with a new key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from bitnode.errors import BadRequest, Conflict, Unavailable
+from bitnode.storage import blockformat, erasure, segment_crypto
+from bitnode.storage.interface import (
+    IStorageServer,
+    Progress,
+    SegmentMeta,
+    TransferCancelled,
+    block_path,
+    make_progress,
+    validate_customer_id,
+)
+
+MiB = 1024 * 1024
+DEFAULT_SEGMENT_SIZE = 4 * MiB
+MAX_SEGMENT_SIZE = 256 * MiB
+
+RunInThread = Callable[..., defer.Deferred]
+ProgressCallback = Callable[[Progress], None]
+
+
+class UploadFailed(Unavailable):
+    """Some segment could not be stored on enough suppliers.
+
+    ``completed`` holds the segments that were stored OK (they stay valid),
+    ``resume_from`` the first segment index to upload again, ``failures`` every
+    block store that failed.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        completed: tuple[SegmentMeta, ...] = (),
+        resume_from: int = 0,
+        failures: tuple[StoreFailure, ...] = (),
+    ):
+        super().__init__(message)
+        self.completed = completed
+        self.resume_from = resume_from
+        self.failures = failures
+
+
+class FileChanged(Conflict):
+    """The file is shorter or longer than when the upload started."""
+
+
+@dataclass(frozen=True)
+class StoreFailure:
+    """One block a supplier did not acknowledge, and why."""
+
+    segment_index: int
+    block_index: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class PreparedSegment:
+    """One segment ready to send: the n stored-format blocks and their hashes."""
+
+    index: int
+    plaintext_length: int
+    blocks: tuple[bytes, ...]
+    block_sha256: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class UploadResult:
+    """What a finished upload stored; ``segments`` is sorted by index."""
+
+    version_id: str
+    file_size: int
+    segment_size: int
+    segments_total: int
+    resume_from: int
+    segments: tuple[SegmentMeta, ...]
+    failures: tuple[StoreFailure, ...]
+
+    @property
+    def degraded(self) -> tuple[int, ...]:
+        """Indexes of segments stored OK but on fewer than n suppliers."""
+        return tuple(s.index for s in self.segments if s.missing)
+
+
+def segment_count(file_size: int, segment_size: int) -> int:
+    """How many segments a file of ``file_size`` bytes has (an empty file has one)."""
+    return max(1, -(-file_size // segment_size))
+
+
+def prepare_segment(
+    path: str,
+    index: int,
+    segment_size: int,
+    file_size: int,
+    version_id: str,
+    version_key: bytes,
+    k: int,
+    n: int,
+    timings: dict[str, float] | None = None,
+) -> PreparedSegment:
+    """Read, encrypt, encode, pack and hash one segment. Runs in a worker thread.
+
+    ``timings``, if given, accumulates seconds spent per stage (read, encrypt,
+    encode, pack_hash) for the benchmark.
+    """
+    offset = index * segment_size
+    expected = max(0, min(segment_size, file_size - offset))
+    t0 = time.perf_counter()
+    with open(path, "rb") as f:
+        f.seek(offset)
+        data = f.read(expected)
+        if len(data) != expected or (index == segment_count(file_size, segment_size) - 1 and f.read(1)):
+            raise FileChanged(f"{path} changed size during upload")
+    t1 = time.perf_counter()
+    encrypted = segment_crypto.encrypt_segment(version_key, version_id, index, data)
+    del data
+    t2 = time.perf_counter()
+    raw_blocks = erasure.encode(encrypted, k, n)
+    del encrypted
+    t3 = time.perf_counter()
+    packed = tuple(
+        blockformat.pack(version_id, index, i, k, n, expected, b) for i, b in enumerate(raw_blocks)
+    )
+    del raw_blocks
+    hashes = tuple(hashlib.sha256(b).hexdigest() for b in packed)
+    t4 = time.perf_counter()
+    if timings is not None:
+        for name, spent in (
+            ("read", t1 - t0),
+            ("encrypt", t2 - t1),
+            ("encode", t3 - t2),
+            ("pack_hash", t4 - t3),
+        ):
+            timings[name] = timings.get(name, 0.0) + spent
+    return PreparedSegment(index, expected, packed, hashes)
+
+
+def file_size_of(path: str) -> int:
+    """Size of a regular file (worker thread helper)."""
+    st = os.stat(path)
+    return st.st_size
+
+
+def pipeline_limit(path: str, k: int = 3, n: int = 5, segment_size: int = DEFAULT_SEGMENT_SIZE) -> dict:
+    """Measure read -> encrypt -> encode -> hash for a whole file, single thread, no network.
+
+    Returns bytes, seconds, MiB/s and the seconds spent in each stage, so a
+    benchmark can compare network upload speed with the in-process limit.
+    """
+    erasure.check_params(k, n)
+    size = file_size_of(path)
+    key = segment_crypto.new_version_key()
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    for index in range(segment_count(size, segment_size)):
+        prepare_segment(path, index, segment_size, size, "bench", key, k, n, timings)
+    seconds = time.perf_counter() - start
+    return {
+        "bytes": size,
+        "k": k,
+        "n": n,
+        "segment_size": segment_size,
+        "seconds": seconds,
+        "mib_per_s": (size / MiB) / seconds if seconds > 0 else float("inf"),
+        "stages": timings,
+    }
+
+
+class Uploader:
+    """Uploads file versions to a fixed set of n supplier positions.
+
+    ``servers[i]`` receives block ``i`` of every segment; ``None`` means no
+    supplier at that position (its blocks are counted missing). One upload
+    runs at a time per Uploader. ``in_flight`` / ``peak_in_flight`` count the
+    segments held in memory (being prepared or sent).
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        run_in_thread: RunInThread,
+        clock: IReactorTime,
+        servers: list[IStorageServer | None],
+        k: int,
+        n: int,
+        segment_size: int = DEFAULT_SEGMENT_SIZE,
+        max_in_flight: int = 2,
+        required_blocks: int | None = None,
+        store_timeout: float = 120.0,
+    ):
+        erasure.check_params(k, n)
+        if len(servers) != n:
+            raise BadRequest(f"need exactly n={n} server positions, got {len(servers)}")
+        if not isinstance(segment_size, int) or not 1 <= segment_size <= MAX_SEGMENT_SIZE:
+            raise BadRequest(f"segment size must be 1..{MAX_SEGMENT_SIZE} bytes")
+        if not isinstance(max_in_flight, int) or max_in_flight < 1:
+            raise BadRequest("max_in_flight must be at least 1")
+        required = k if required_blocks is None else required_blocks
+        if not k <= required <= n:
+            raise BadRequest(f"required_blocks must be between k={k} and n={n}")
+        if store_timeout <= 0:
+            raise BadRequest("store_timeout must be positive")
+        self.run_in_thread = run_in_thread
+        self.clock = clock
+        self.servers = list(servers)
+        self.k = k
+        self.n = n
+        self.segment_size = segment_size
+        self.max_in_flight = max_in_flight
+        self.required_blocks = required
+        self.store_timeout = store_timeout
+        self.in_flight = 0
+        self.peak_in_flight = 0
+        self._job: _UploadJob | None = None
+
+    def upload(
+        self,
+        file_path: str,
+        version_id: str,
+        version_key: bytes,
+        customer_id: str,
+        resume_from: int = 0,
+        on_progress: ProgressCallback | None = None,
+    ) -> defer.Deferred:
+        """Upload ``file_path`` as ``version_id``; fires with an :class:`UploadResult`.
+
+        Segments below ``resume_from`` are assumed stored and are neither read
+        nor sent. Fails with :class:`UploadFailed`, :class:`TransferCancelled`,
+        :class:`FileChanged` or the error that stopped it.
+        """
+        segment_crypto.validate_version_id(version_id)
+        validate_customer_id(customer_id)
+        if not isinstance(version_key, bytes) or len(version_key) != segment_crypto.KEY_SIZE:
+            raise BadRequest("version key must be 32 bytes")
+        if not isinstance(resume_from, int) or resume_from < 0:
+            raise BadRequest(f"invalid resume_from: {resume_from!r}")
+        if self._job is not None:
+            raise Conflict("an upload is already running on this uploader")
+        job = _UploadJob(self, file_path, version_id, version_key, customer_id, resume_from, on_progress)
+        self._job = job
+        d = defer.Deferred.fromCoroutine(job.run())
+
+        def done(result):
+            self._job = None
+            return result
+
+        return d.addBoth(done)
+
+    def cancel(self) -> None:
+        """Cancel the running upload: nothing more is sent, pending stores are cancelled."""
+        if self._job is not None:
+            self._job.cancel()
+
+    def _hold(self, delta: int) -> None:
+        self.in_flight += delta
+        self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+
+
+class _UploadJob:
+    """The state of one running upload (one per :meth:`Uploader.upload` call)."""
+
+    def __init__(self, up: Uploader, path, version_id, key, customer_id, resume_from, on_progress):
+        self.up = up
+        self.path = path
+        self.version_id = version_id
+        self.key = key
+        self.customer_id = customer_id
+        self.resume_from = resume_from
+        self.on_progress = on_progress
+        self.cancelled = False
+        self.error: BaseException | None = None
+        self.done: dict[int, SegmentMeta] = {}
+        self.failures: list[StoreFailure] = []
+        self.pending: set[defer.Deferred] = set()
+        self.started = up.clock.seconds()
+        self.bytes_this_run = 0
+        self.file_size = 0
+        self.total = 0
+
+    def cancel(self) -> None:
+        self.cancelled = True
+        for d in list(self.pending):
+            d.cancel()
+
+    def stopping(self) -> bool:
+        return self.cancelled or self.error is not None
+
+    async def run(self) -> UploadResult:
+        up = self.up
+        self.file_size = await up.run_in_thread(file_size_of, self.path)
+        self.total = segment_count(self.file_size, up.segment_size)
+        if self.resume_from > self.total:
+            raise BadRequest(f"resume_from {self.resume_from} beyond the {self.total} segments")
+        window = defer.DeferredSemaphore(up.max_in_flight)
+        tasks = []
+        for index in range(self.resume_from, self.total):
+            await window.acquire()
+            if self.stopping():
+                window.release()
+                break
+            task = defer.Deferred.fromCoroutine(self.one_segment(index))
+            task.addBoth(lambda _, w=window: w.release())
+            tasks.append(task)
+        await defer.DeferredList(tasks)
+        if self.cancelled:
+            raise TransferCancelled(f"upload of {self.version_id} cancelled")
+        completed = tuple(self.done[i] for i in sorted(self.done))
+        if self.error is not None and not isinstance(self.error, Unavailable):
+            raise self.error
+        if self.error is not None:
+            resume = self.resume_from
+            while resume in self.done:
+                resume += 1
+            raise UploadFailed(
+                f"upload of {self.version_id} failed at segment {resume}: {self.error}",
+                completed,
+                resume,
+                tuple(self.failures),
+            )
+        return UploadResult(
+            self.version_id,
+            self.file_size,
+            up.segment_size,
+            self.total,
+            self.resume_from,
+            completed,
+            tuple(self.failures),
+        )
+
+    async def one_segment(self, index: int) -> None:
+        up = self.up
+        up._hold(+1)
+        try:
+            prepared: PreparedSegment = await up.run_in_thread(
+                prepare_segment,
+                self.path,
+                index,
+                up.segment_size,
+                self.file_size,
+                self.version_id,
+                self.key,
+                up.k,
+                up.n,
+            )
+            if self.stopping():
+                return
+            acked = await self.send(prepared)
+            meta = SegmentMeta(index, prepared.plaintext_length, prepared.block_sha256, acked)
+            del prepared
+            if self.cancelled:
+                return
+            if len(acked) < up.required_blocks:
+                if self.error is None:
+                    self.error = Unavailable(
+                        f"segment {index}: only {len(acked)} of the required {up.required_blocks} blocks stored"
+                    )
+                return
+            self.done[index] = meta
+            self.bytes_this_run += meta.plaintext_length
+            self.report_progress()
+        except Exception as exc:  # noqa: BLE001 - recorded and re-raised by run()
+            if self.error is None and not self.cancelled:
+                self.error = exc
+        finally:
+            up._hold(-1)
+
+    async def send(self, prepared: PreparedSegment) -> tuple[int, ...]:
+        up = self.up
+        calls: list[tuple[int, defer.Deferred]] = []
+        for pos, server in enumerate(up.servers):
+            if server is None:
+                self.failures.append(StoreFailure(prepared.index, pos, "no supplier"))
+                continue
+            path = block_path(self.version_id, prepared.index, pos)
+            d = defer.maybeDeferred(server.store_block, self.customer_id, path, prepared.blocks[pos])
+            d.addTimeout(up.store_timeout, up.clock)
+            self.pending.add(d)
+            d.addBoth(self._forget, d)
+            calls.append((pos, d))
+        outcomes = await defer.DeferredList([d for _, d in calls], consumeErrors=True)
+        acked = []
+        for (pos, _), (ok, value) in zip(calls, outcomes, strict=True):
+            if ok:
+                acked.append(pos)
+            elif not self.cancelled:
+                self.failures.append(StoreFailure(prepared.index, pos, _reason(value)))
+        return tuple(acked)
+
+    def _forget(self, result, d: defer.Deferred):
+        self.pending.discard(d)
+        return result
+
+    def report_progress(self) -> None:
+        if self.on_progress is None:
+            return
+        up = self.up
+        before = min(self.file_size, self.resume_from * up.segment_size)
+        done_bytes = before + sum(m.plaintext_length for m in self.done.values())
+        progress = make_progress(
+            done_bytes,
+            self.file_size,
+            self.resume_from + len(self.done),
+            self.total,
+            self.started,
+            up.clock.seconds(),
+            self.bytes_this_run,
+        )
+        try:
+            self.on_progress(progress)
+        except Exception:  # noqa: BLE001 - a broken observer must not break the upload
+            up.log.failure("upload progress callback failed")
+
+
+def _reason(failure) -> str:
+    if failure.check(defer.TimeoutError):
+        return "timeout"
+    return f"{failure.type.__name__}: {failure.getErrorMessage()}"

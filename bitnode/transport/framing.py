@@ -1,0 +1,233 @@
+"""Length-prefixed frames on a byte stream, with a small head and a raw body.
+
+Wire layout of one frame (big-endian)::
+
+    u32  length   bytes that follow: 2 + len(head) + len(body)
+    u16  head length
+    ...  head     (small: a packet header)
+    ...  body     (raw, possibly many MiB: a packet payload)
+
+Splitting head from body in the frame lets a receiver collect a large body as
+a list of received chunks and join it exactly once, hashing it as it streams
+in, and lets a sender hand ``[prefix, head, body]`` to ``writeSequence`` so the
+body is never concatenated with anything.
+
+A frame over ``max_frame`` bytes (head + body), a head over ``max_head``, a
+malformed prefix or more than ``max_frames_per_second`` frames in one second
+closes the connection: the stream cannot be resynchronised after a bad
+length, and a flooding peer is not worth reading.  Each such event is reported
+once to :meth:`FrameProtocol.frameRejected`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from typing import Any
+
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+
+from bitnode.errors import BadRequest
+
+PREFIX = struct.Struct(">IH")
+#: Largest frame the u32 length can describe.
+MAX_FRAME_LIMIT = 0xFFFFFFFF - 2
+#: Default upper bound of a frame head.
+DEFAULT_MAX_HEAD = 0xFFFF
+
+_PREFIX, _HEAD, _BODY = range(3)
+
+
+class FrameTooLarge(BadRequest):
+    """A frame we were asked to send is over the size limit."""
+
+
+def encode_frame(head: bytes, body: bytes = b"") -> bytes:
+    """One frame as a single buffer (copies; for tests and small frames)."""
+    return PREFIX.pack(2 + len(head) + len(body), len(head)) + head + body
+
+
+class FrameProtocol(Protocol):
+    """A protocol that exchanges ``(head, body)`` frames.
+
+    Subclasses implement :meth:`frameReceived` and may override
+    :meth:`frameRejected`; they send with :meth:`sendFrame`.
+
+    :param clock: time source for flood control.
+    :param max_frame: largest accepted ``len(head) + len(body)``.
+    :param max_head: largest accepted head.
+    :param max_frames_per_second: more frames than this within one second
+        closes the connection (``None``: no limit).
+    :param digest_bodies: compute SHA-256 of each body while it streams in and
+        pass it to :meth:`frameReceived`.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        max_frame: int,
+        max_head: int = DEFAULT_MAX_HEAD,
+        max_frames_per_second: int | None = None,
+        digest_bodies: bool = False,
+    ) -> None:
+        if not 0 < max_frame <= MAX_FRAME_LIMIT:
+            raise ValueError(f"max_frame must be in 1..{MAX_FRAME_LIMIT}")
+        self._clock = clock
+        self.max_frame = max_frame
+        self.max_head = min(max_head, DEFAULT_MAX_HEAD)
+        self.max_frames_per_second = max_frames_per_second
+        self._digest_bodies = digest_bodies
+        self._state = _PREFIX
+        self._buf = bytearray()  # prefix or head being collected
+        self._head = b""
+        self._head_length = 0
+        self._body_left = 0
+        self._body_parts: list[Any] = []
+        self._hasher: Any = None
+        self._rate_window_start = float("-inf")
+        self._rate_count = 0
+        self._closing = False
+        self.frames_in = 0
+        self.frames_out = 0
+        self.bytes_in = 0
+        self.bytes_out = 0
+
+    # -- hooks for subclasses ---------------------------------------------
+
+    def frameReceived(self, head: bytes, body: bytes, body_sha256: bytes | None) -> None:
+        """One complete frame arrived.  ``body_sha256`` is set when digesting bodies."""
+        raise NotImplementedError
+
+    def frameRejected(self, reason: str) -> None:
+        """The stream was rejected for ``reason`` (oversize, malformed, flood); closing."""
+
+    # -- sending ----------------------------------------------------------
+
+    def sendFrame(self, head: bytes, body: bytes = b"") -> int:
+        """Write one frame without joining ``body`` to anything; return its wire size."""
+        size = len(head) + len(body)
+        if size > self.max_frame or len(head) > self.max_head:
+            raise FrameTooLarge(f"frame of {size} bytes (head {len(head)}) is over the limit")
+        pieces = [PREFIX.pack(2 + size, len(head)), head]
+        if body:
+            pieces.append(body)
+        self.transport.writeSequence(pieces)
+        self.frames_out += 1
+        self.bytes_out += PREFIX.size + size
+        return PREFIX.size + size
+
+    # -- receiving --------------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        """Cut the stream into frames; many per chunk or many chunks per frame."""
+        if self._closing:
+            return
+        if not isinstance(data, bytes):
+            data = bytes(data)
+        self.bytes_in += len(data)
+        view = memoryview(data)
+        pos, end = 0, len(view)
+        while pos < end and not self._closing:
+            if self._state == _PREFIX:
+                take = min(PREFIX.size - len(self._buf), end - pos)
+                self._buf += view[pos : pos + take]
+                pos += take
+                if len(self._buf) < PREFIX.size:
+                    break
+                length, head_length = PREFIX.unpack(self._buf)
+                self._buf.clear()
+                if not self._start_frame(length, head_length):
+                    return
+            if self._state == _HEAD:
+                take = min(self._head_length - len(self._buf), end - pos)
+                self._buf += view[pos : pos + take]
+                pos += take
+                if len(self._buf) < self._head_length:
+                    break
+                self._head = bytes(self._buf)
+                self._buf.clear()
+                self._state = _BODY
+            if self._state == _BODY:
+                take = min(self._body_left, end - pos)
+                if take:
+                    piece = view[pos : pos + take]
+                    self._body_parts.append(piece)
+                    if self._hasher is not None:
+                        self._hasher.update(piece)
+                    self._body_left -= take
+                    pos += take
+                if self._body_left:
+                    break
+                self._finish_frame()
+
+    def _start_frame(self, length: int, head_length: int) -> bool:
+        """Check a prefix and set up for its frame; False if the stream is rejected."""
+        if length < 2 or head_length > length - 2:
+            self._reject("malformed")
+            return False
+        if length - 2 > self.max_frame or head_length > self.max_head:
+            self._reject("oversize")
+            return False
+        if self.max_frames_per_second is not None:
+            now = self._clock.seconds()
+            if now - self._rate_window_start >= 1.0:
+                self._rate_window_start = now
+                self._rate_count = 0
+            self._rate_count += 1
+            if self._rate_count > self.max_frames_per_second:
+                self._reject("flood")
+                return False
+        self._head_length = head_length
+        self._body_left = length - 2 - head_length
+        self._hasher = hashlib.sha256() if self._digest_bodies else None
+        self._state = _HEAD
+        return True
+
+    def _finish_frame(self) -> None:
+        parts, self._body_parts = self._body_parts, []
+        body = b"".join(parts) if parts else b""
+        digest = self._hasher.digest() if self._hasher is not None else None
+        head, self._head, self._hasher = self._head, b"", None
+        self._state = _PREFIX
+        self.frames_in += 1
+        try:
+            self.frameReceived(head, body, digest)
+        except Exception:
+            self.log.failure("frameReceived raised; frame dropped")
+
+    def _reject(self, reason: str) -> None:
+        self.log.info("closing {peer}: {reason}", peer=self._peer_text(), reason=reason)
+        self.frameRejected(reason)
+        self.closeConnection()
+
+    def closeConnection(self) -> None:
+        """Stop reading frames and close the connection."""
+        if self._closing:
+            return
+        self._closing = True
+        self._body_parts = []
+        self._buf.clear()
+        if self.transport is not None:
+            self.transport.loseConnection()
+
+    @property
+    def closing(self) -> bool:
+        """Whether this connection is being (or has been) closed."""
+        return self._closing
+
+    def connectionLost(self, reason: Any = None) -> None:
+        """Forget any partial frame."""
+        self._closing = True
+        self._body_parts = []
+        self._buf.clear()
+
+    def _peer_text(self) -> str:
+        try:
+            peer = self.transport.getPeer()
+            return f"{peer.host}:{peer.port}"
+        except Exception:
+            return "?"

@@ -1,0 +1,407 @@
+"""Signed packets over TCP: listen, send (reusing connections), validate, dispatch.
+
+Every packet is verified on its own (its ``creator_id`` names the key), so a
+connection needs no handshake.  Connections are kept in a table keyed by the
+remote socket address: an outgoing one by the address we dialled, an incoming
+one by the peer's address as the socket reports it.  A handler receives that
+address with each packet, so replying with ``send(address, ...)`` reuses the
+connection the packet came in on.
+
+Receive pipeline, in order: frame limits (framing) -> decode -> known command
+-> recipient is us -> signature (via ``resolve_verifier``) -> replay window ->
+handler.  Each rejection is counted in :class:`PacketStats` under its reason
+and never raises out of the protocol.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from twisted.internet.abstract import isIPv6Address
+from twisted.internet.defer import Deferred, fail, gatherResults, maybeDeferred, succeed
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
+from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import IListeningPort, IReactorTCP, IReactorTime
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from bitnode.errors import BadRequest, Conflict, Timeout, Unavailable
+from bitnode.transport.commands import Command, command_name, is_known
+from bitnode.transport.framing import FrameProtocol
+from bitnode.transport.packet import (
+    MAX_HEADER,
+    BadPacket,
+    Packet,
+    ResolveVerifier,
+    UnknownCommand,
+    WrongRecipient,
+)
+from bitnode.transport.replay import ReplayCache
+from bitnode.transport.stats import PacketStats
+
+Address = tuple[str, int]
+Handler = Callable[[Packet, Address], Any]
+
+
+class PacketConnection(FrameProtocol):
+    """One TCP connection carrying packet frames for a :class:`TCPTransport`."""
+
+    log = Logger()
+
+    def __init__(self, owner: TCPTransport, direction: str, address: Address) -> None:
+        super().__init__(
+            owner.clock,
+            owner.max_frame,
+            max_head=MAX_HEADER,
+            max_frames_per_second=owner.max_frames_per_second,
+            digest_bodies=True,
+        )
+        self._owner = owner
+        self.direction = direction
+        self.address = address
+        self.connected_at = owner.clock.seconds()
+        self.last_activity = self.connected_at
+        self._idle_call: Any = None
+        self._closed_waiters: list[Deferred[None]] = []
+        self._lost = False
+
+    def connectionMade(self) -> None:
+        """Join the owner's table and start the idle timer."""
+        self.connected_at = self.last_activity = self._owner.clock.seconds()
+        self._owner._connection_made(self)
+        if self._owner.idle_timeout:
+            self._idle_call = self._owner.clock.callLater(self._owner.idle_timeout, self._check_idle)
+
+    def dataReceived(self, data: bytes) -> None:
+        """Note activity, then cut frames."""
+        self.last_activity = self._owner.clock.seconds()
+        super().dataReceived(data)
+
+    def frameReceived(self, head: bytes, body: bytes, body_sha256: bytes | None) -> None:
+        """Hand the frame to the owner's validation pipeline."""
+        self._owner._frame_received(self, head, body, body_sha256)
+
+    def frameRejected(self, reason: str) -> None:
+        """Count a stream-level rejection (oversize, malformed prefix, flood)."""
+        self._owner.stats.record_drop(reason)
+
+    def send_frame(self, head: bytes, body: bytes) -> int:
+        """Write one frame and note activity."""
+        self.last_activity = self._owner.clock.seconds()
+        return self.sendFrame(head, body)
+
+    def is_usable(self) -> bool:
+        """Whether packets may still be sent on this connection."""
+        return not (self._lost or self.closing or self.transport is None or self.transport.disconnecting)
+
+    def _check_idle(self) -> None:
+        self._idle_call = None
+        if self._lost or self.closing:
+            return
+        idle_for = self._owner.clock.seconds() - self.last_activity
+        if idle_for >= self._owner.idle_timeout:
+            self.log.info("closing idle connection {address}", address=self.address)
+            self.closeConnection()
+        else:
+            self._idle_call = self._owner.clock.callLater(self._owner.idle_timeout - idle_for, self._check_idle)
+
+    def when_closed(self) -> Deferred[None]:
+        """A Deferred that fires (with None) once the connection is gone."""
+        if self._lost:
+            return succeed(None)
+        waiter: Deferred[None] = Deferred()
+        self._closed_waiters.append(waiter)
+        return waiter
+
+    def connectionLost(self, reason: Any = None) -> None:
+        """Leave the owner's table, stop the idle timer, wake waiters."""
+        super().connectionLost(reason)
+        self._lost = True
+        if self._idle_call is not None and self._idle_call.active():
+            self._idle_call.cancel()
+        self._idle_call = None
+        self._owner._connection_lost(self)
+        waiters, self._closed_waiters = self._closed_waiters, []
+        for waiter in waiters:
+            waiter.callback(None)
+
+    def info(self) -> dict:
+        """JSON-safe description for ``connections_list``."""
+        host, port = self.address
+        return {
+            "address": f"{host}:{port}",
+            "host": host,
+            "port": port,
+            "direction": self.direction,
+            "state": "closing" if self.closing else "open",
+            "connected_at": self.connected_at,
+            "last_activity": self.last_activity,
+            "frames_in": self.frames_in,
+            "frames_out": self.frames_out,
+            "bytes_in": self.bytes_in,
+            "bytes_out": self.bytes_out,
+        }
+
+
+class _Dial:
+    """An outgoing connection attempt and its timeout on the injected clock."""
+
+    def __init__(self, attempt: Deferred[Any], timer: Any) -> None:
+        self.attempt = attempt
+        self.timer = timer
+        self.timed_out = False
+
+
+class _ConnectionFactory(Factory):
+    """Builds :class:`PacketConnection` objects for one transport."""
+
+    def __init__(self, owner: TCPTransport, direction: str, address: Address | None = None) -> None:
+        self._owner = owner
+        self._direction = direction
+        self._address = address
+
+    def buildProtocol(self, addr: Any) -> PacketConnection:
+        address = self._address if self._address is not None else (addr.host, addr.port)
+        return PacketConnection(self._owner, self._direction, address)
+
+
+class TCPTransport:
+    """Sends and receives signed packets over TCP for the node ``my_id``.
+
+    :param clock: time source for idle and connect timeouts.
+    :param reactor: provides ``listenTCP``/``connectTCP``.
+    :param my_id: our global id; packets for anyone else are dropped.
+    :param resolve_verifier: ``creator_id -> Verifier | None``.
+    :param stats: where traffic and drops are counted.
+    :param replay: the replay cache for incoming packets.
+    :param max_frame: largest frame (header + payload) sent or accepted.
+    :param idle_timeout: seconds without traffic before a connection is
+        closed (``0`` or ``None``: never).
+    :param interface: the address listened on.
+    :param connect_timeout: seconds to wait for an outgoing connection.
+    :param max_frames_per_second: per-connection flood limit (``None``: off).
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        reactor: IReactorTCP,
+        my_id: str,
+        resolve_verifier: ResolveVerifier,
+        stats: PacketStats,
+        replay: ReplayCache,
+        max_frame: int,
+        idle_timeout: float | None,
+        interface: str = "127.0.0.1",
+        connect_timeout: float = 10.0,
+        max_frames_per_second: int | None = None,
+    ) -> None:
+        self.clock = clock
+        self.reactor = reactor
+        self.my_id = my_id
+        self.stats = stats
+        self.replay = replay
+        self.max_frame = max_frame
+        self.idle_timeout = idle_timeout or 0
+        self.interface = interface
+        self.connect_timeout = connect_timeout
+        self.max_frames_per_second = max_frames_per_second
+        self._resolve_verifier = resolve_verifier
+        self._handlers: dict[str, Handler] = {}
+        self._ports: list[IListeningPort] = []
+        self._by_address: dict[Address, PacketConnection] = {}
+        self._open: set[PacketConnection] = set()
+        self._dialling: dict[Address, _Dial] = {}
+        self._waiting: dict[Address, list[Deferred[PacketConnection]]] = {}
+        self._stopped = False
+
+    # -- public API -------------------------------------------------------
+
+    def listen(self, port: int = 0) -> Deferred[int]:
+        """Listen on ``interface``:``port``; fires with the bound port number."""
+        if self._stopped:
+            return fail(Unavailable("transport is stopped"))
+        try:
+            listening = self.reactor.listenTCP(port, _ConnectionFactory(self, "in"), interface=self.interface)
+        except CannotListenError as exc:
+            return fail(Unavailable(f"cannot listen on {self.interface}:{port}: {exc.socketError}"))
+        self._ports.append(listening)
+        return succeed(listening.getHost().port)
+
+    def listening_ports(self) -> list[IListeningPort]:
+        """The ports opened by :meth:`listen`."""
+        return list(self._ports)
+
+    def register_handler(self, command: str | Command, handler: Handler) -> None:
+        """Call ``handler(packet, address)`` for each valid incoming ``command``.
+
+        Raises ``BadRequest`` for an unknown command and ``Conflict`` if the
+        command already has a handler.
+        """
+        name = command_name(command)
+        if not is_known(name):
+            raise BadRequest(f"unknown command {name!r}")
+        if name in self._handlers:
+            raise Conflict(f"command {name!r} already has a handler")
+        self._handlers[name] = handler
+
+    def unregister_handler(self, command: str | Command) -> None:
+        """Stop dispatching ``command`` (no error if it had no handler)."""
+        self._handlers.pop(command_name(command), None)
+
+    def send(self, address: Address, packet: Packet) -> Deferred[None]:
+        """Send ``packet`` to ``address``, reusing an open connection to it.
+
+        Fires with None once the frame is handed to the connection; fails with
+        ``Timeout`` if connecting takes longer than ``connect_timeout``,
+        ``Unavailable`` if the connection cannot be made or the transport is
+        stopped, ``BadRequest`` if the packet is over ``max_frame``.
+        """
+        if self._stopped:
+            return fail(Unavailable("transport is stopped"))
+        header = packet.encode_header()
+        size = len(header) + len(packet.payload)
+        if size > self.max_frame:
+            return fail(BadRequest(f"packet of {size} bytes is over the frame limit {self.max_frame}"))
+        address = (str(address[0]), int(address[1]))
+        d = self._connection_to(address)
+        d.addCallback(self._write_packet, header, packet)
+        return d
+
+    def connections(self) -> list[dict]:
+        """One JSON-safe dict per open or pending connection."""
+        rows = [conn.info() for conn in sorted(self._open, key=lambda c: c.connected_at)]
+        for host, port in self._dialling:
+            rows.append({"address": f"{host}:{port}", "host": host, "port": port, "direction": "out",
+                         "state": "connecting"})
+        return rows
+
+    def connection_to(self, address: Address) -> PacketConnection | None:
+        """The open connection keyed by ``address``, if any."""
+        conn = self._by_address.get((str(address[0]), int(address[1])))
+        return conn if conn is not None and conn.is_usable() else None
+
+    def stop(self) -> Deferred[None]:
+        """Stop listening, abandon pending connects, close every connection."""
+        self._stopped = True
+        waits: list[Deferred[Any]] = []
+        ports, self._ports = self._ports, []
+        for listening in ports:
+            waits.append(maybeDeferred(listening.stopListening))
+        for dial in list(self._dialling.values()):
+            dial.attempt.cancel()
+        for conn in list(self._open):
+            waits.append(conn.when_closed())
+            conn.closeConnection()
+        done = gatherResults(waits, consumeErrors=True)
+        return done.addCallback(lambda _: None)
+
+    # -- connections ------------------------------------------------------
+
+    def _connection_to(self, address: Address) -> Deferred[PacketConnection]:
+        conn = self._by_address.get(address)
+        if conn is not None and conn.is_usable():
+            return succeed(conn)
+        waiter: Deferred[PacketConnection] = Deferred()
+        self._waiting.setdefault(address, []).append(waiter)
+        if address not in self._dialling:
+            host, port = address
+            endpoint_class = TCP6ClientEndpoint if isIPv6Address(host) else TCP4ClientEndpoint
+            # the reactor's own timeout is a backstop; ours runs on the injected clock
+            endpoint = endpoint_class(self.reactor, host, port, timeout=int(self.connect_timeout) + 1)
+            attempt = endpoint.connect(_ConnectionFactory(self, "out", address))
+            if not attempt.called:
+                dial = _Dial(attempt, self.clock.callLater(self.connect_timeout, self._dial_timed_out, address))
+                self._dialling[address] = dial
+            attempt.addBoth(self._dial_done, address)
+        return waiter
+
+    def _dial_timed_out(self, address: Address) -> None:
+        dial = self._dialling.get(address)
+        if dial is not None:
+            dial.timed_out = True
+            dial.attempt.cancel()
+
+    def _dial_done(self, result: Any, address: Address) -> None:
+        dial = self._dialling.pop(address, None)
+        if dial is not None and dial.timer.active():
+            dial.timer.cancel()
+        waiters = self._waiting.pop(address, [])
+        if isinstance(result, Failure):
+            host, port = address
+            if dial is not None and dial.timed_out:
+                error: Exception = Timeout(f"connecting to {host}:{port} timed out")
+            elif self._stopped:
+                error = Unavailable(f"connecting to {host}:{port} abandoned: transport stopped")
+            else:
+                error = Unavailable(f"cannot connect to {host}:{port}: {result.getErrorMessage()}")
+            for waiter in waiters:
+                waiter.errback(error)
+            return None
+        for waiter in waiters:
+            waiter.callback(result)
+        return None
+
+    def _write_packet(self, conn: PacketConnection, header: bytes, packet: Packet) -> None:
+        if not conn.is_usable():
+            raise Unavailable(f"connection to {conn.address[0]}:{conn.address[1]} closed")
+        size = conn.send_frame(header, packet.payload)
+        self.stats.record_out(packet.command, packet.remote_id, size)
+
+    def _connection_made(self, conn: PacketConnection) -> None:
+        if self._stopped:
+            conn.closeConnection()
+            return
+        self._open.add(conn)
+        self._by_address[conn.address] = conn
+
+    def _connection_lost(self, conn: PacketConnection) -> None:
+        self._open.discard(conn)
+        if self._by_address.get(conn.address) is conn:
+            del self._by_address[conn.address]
+
+    # -- receiving --------------------------------------------------------
+
+    def _frame_received(self, conn: PacketConnection, head: bytes, body: bytes, digest: bytes | None) -> None:
+        """Validate one frame as a packet and dispatch it; never raises."""
+        size = len(head) + len(body)
+        self.stats.record_frame_in(size)
+        try:
+            packet = self._validate(head, body, digest)
+        except BadPacket as exc:
+            self.stats.record_drop(exc.reason)
+            self.log.debug("dropped packet from {address}: {error}", address=conn.address, error=exc)
+            return
+        except Exception:
+            self.stats.record_drop("malformed")
+            self.log.failure("unexpected error validating a packet from {address}", address=conn.address)
+            return
+        handler = self._handlers.get(packet.command)
+        if handler is None:
+            self.stats.record_drop("no_handler")
+            return
+        self.stats.record_in(packet.command, packet.creator_id, size)
+        d = maybeDeferred(handler, packet, conn.address)
+        d.addErrback(self._handler_failed, packet)
+
+    def _validate(self, head: bytes, body: bytes, digest: bytes | None) -> Packet:
+        packet = Packet.decode_parts(head, body, max_payload=self.max_frame, payload_sha256=digest)
+        if not is_known(packet.command):
+            raise UnknownCommand(f"unknown command {packet.command!r}")
+        if packet.remote_id != self.my_id:
+            raise WrongRecipient(f"packet for {packet.remote_id!r}, we are {self.my_id!r}")
+        packet.verify(self._resolve_verifier)
+        self.replay.check(packet.creator_id, packet.packet_id, packet.date)
+        return packet
+
+    def _handler_failed(self, failure: Failure, packet: Packet) -> None:
+        self.stats.record_drop("handler_error")
+        self.log.failure(
+            "handler for {command} failed on packet {packet_id}",
+            failure,
+            command=packet.command,
+            packet_id=packet.packet_id,
+        )

@@ -1,0 +1,94 @@
+"""Tests for bitnode.dht.messages: encoding, strict parsing, size limits."""
+
+from __future__ import annotations
+
+import json
+
+from twisted.trial import unittest
+
+from bitnode.dht import messages
+from bitnode.dht.ids import Contact, id_to_hex
+from bitnode.dht.messages import Message, Sender
+
+SENDER = Sender(node_id=123, user="http://id/alice.xml", layers=(0, 2))
+
+
+def wire(**patch: object) -> bytes:
+    obj = {"v": 1, "t": "PING", "rid": "00112233445566aa", "layer": 0,
+           "from": {"id": id_to_hex(1), "user": "", "layers": [0]}, "body": {}}
+    obj.update(patch)
+    return json.dumps(obj).encode()
+
+
+class RoundTripTests(unittest.TestCase):
+    def assert_round_trip(self, kind: str, body: dict) -> Message:
+        msg = Message(kind=kind, request_id="0123456789abcdef", sender=SENDER, layer=2, body=body)
+        back = messages.decode(messages.encode(msg))
+        self.assertEqual(back, msg)
+        return back
+
+    def test_every_message_type_round_trips(self) -> None:
+        self.assert_round_trip(messages.PING, {})
+        self.assert_round_trip(messages.PONG, {})
+        self.assert_round_trip(messages.FIND_NODE, {"target": 2**255 + 7})
+        self.assert_round_trip(messages.NODES, {"contacts": (Contact(5, "127.0.0.1", 9, "u", (0, 2)),)})
+        self.assert_round_trip(messages.FIND_VALUE, {"key": "nickname:alice"})
+        self.assert_round_trip(messages.VALUE, {"record": {"a": 1}})
+        self.assert_round_trip(messages.STORE, {"record": {"a": 1}})
+        self.assert_round_trip(messages.STORED, {"ok": False, "code": "conflict", "reason": "taken"})
+
+    def test_request_ids_come_from_the_injected_rng(self) -> None:
+        import random
+
+        self.assertEqual(messages.new_request_id(random.Random(9)), messages.new_request_id(random.Random(9)))
+        self.assertEqual(len(messages.new_request_id(random.Random(9))), 16)
+
+    def test_fixed_vector_stays_readable(self) -> None:
+        data = (b'{"v":1,"t":"FIND_NODE","rid":"00000000000000ff","layer":0,'
+                b'"from":{"id":"' + b"0" * 63 + b'1","user":"","layers":[0]},"body":{"target":"' + b"f" * 64 + b'"}}')
+        msg = messages.decode(data)
+        self.assertEqual((msg.kind, msg.sender.node_id, msg.body["target"]), ("FIND_NODE", 1, 2**256 - 1))
+
+
+class RejectTests(unittest.TestCase):
+    def assert_rejected(self, data: bytes, exc: type = messages.MalformedMessage) -> None:
+        self.assertRaises(exc, messages.decode, data)
+
+    def test_garbage_is_rejected(self) -> None:
+        for data in (b"", b"\xff\xfe", b"not json", b"[]", b"{}", b"null", b'{"v":1}', b"NaN"):
+            self.assert_rejected(data)
+
+    def test_oversize_datagram_is_rejected(self) -> None:
+        self.assert_rejected(b" " * (messages.MAX_DATAGRAM + 1), messages.OversizeMessage)
+
+    def test_wrong_version_is_rejected(self) -> None:
+        self.assertIsNotNone(messages.decode(wire()))
+        for v in (2, 0, "1", True, None):
+            self.assert_rejected(wire(v=v))
+
+    def test_bad_fields_are_rejected(self) -> None:
+        for patch in ({"t": "HELLO"}, {"rid": "xyz"}, {"rid": "0" * 17}, {"layer": -1}, {"layer": "0"},
+                      {"from": {"id": "1"}}, {"from": "me"}, {"body": []},
+                      {"t": "FIND_NODE", "body": {"target": "1"}},
+                      {"t": "NODES", "body": {"contacts": [{"id": "x"}]}},
+                      {"t": "NODES", "body": {"contacts": "all"}},
+                      {"t": "FIND_VALUE", "body": {"key": ""}},
+                      {"t": "STORE", "body": {"record": "r"}},
+                      {"t": "STORED", "body": {"ok": "yes"}}):
+            self.assert_rejected(wire(**patch))
+
+    def test_json_constants_are_rejected(self) -> None:
+        self.assert_rejected(wire(layer=0).replace(b'"layer": 0', b'"layer": NaN'))
+
+    def test_encode_refuses_oversize(self) -> None:
+        msg = Message(messages.STORE, "0123456789abcdef", SENDER, body={"record": {"x": "y" * 9000}})
+        self.assertRaises(messages.OversizeMessage, messages.encode, msg)
+
+    def test_encode_fitting_trims_nodes_replies(self) -> None:
+        contacts = tuple(Contact(i, "h" * 200, 1, "u" * 200) for i in range(64))
+        msg = Message(messages.NODES, "0123456789abcdef", SENDER, body={"contacts": contacts})
+        data = messages.encode_fitting(msg)
+        self.assertLessEqual(len(data), messages.MAX_DATAGRAM)
+        back = messages.decode(data).body["contacts"]
+        self.assertTrue(0 < len(back) < 64)
+        self.assertEqual(back, contacts[: len(back)])

@@ -1,0 +1,132 @@
+"""Tests for bitnode.dht.routing: k-buckets, splitting, eviction, refresh."""
+
+from __future__ import annotations
+
+import json
+import random
+
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+from twisted.trial import unittest
+
+from bitnode.dht.ids import ID_SPACE, Contact
+from bitnode.dht.routing import RoutingTable
+from bitnode.errors import Timeout
+
+
+def contact(node_id: int) -> Contact:
+    return Contact(node_id, "10.0.0.1", 1000 + node_id % 60000)
+
+
+class FakePinger:
+    """Records pings; the test decides their outcome."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[Contact, Deferred]] = []
+
+    def __call__(self, c: Contact) -> Deferred:
+        d: Deferred = Deferred()
+        self.calls.append((c, d))
+        return d
+
+
+class RoutingTableTests(unittest.TestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.pinger = FakePinger()
+        self.own = 0  # our id sits at the bottom of the space
+        self.table = RoutingTable(self.own, self.clock, k=4, ping=self.pinger)
+
+    def test_single_bucket_until_full(self) -> None:
+        for i in range(1, 5):
+            self.assertEqual(self.table.add(contact(i)), "added")
+        self.assertEqual(len(self.table.buckets), 1)
+        self.assertEqual(self.table.add(contact(self.own)), "self")
+
+    def test_full_bucket_covering_own_id_splits(self) -> None:
+        far = [ID_SPACE - 1 - i for i in range(4)]  # all in the top half
+        for i in far:
+            self.table.add(contact(i))
+        self.assertEqual(self.table.add(contact(5)), "added")
+        buckets = self.table.buckets
+        self.assertEqual(len(buckets), 2)
+        self.assertEqual((buckets[0].lo, buckets[0].hi, buckets[1].hi), (0, ID_SPACE // 2, ID_SPACE))
+        self.assertEqual({c.node_id for c in buckets[1].contacts}, set(far))
+        self.assertEqual([c.node_id for c in buckets[0].contacts], [5])
+        self.assertEqual(len(self.table), 5)
+
+    def fill_far_bucket(self) -> list[int]:
+        far = [ID_SPACE - 1 - i for i in range(4)]
+        for i in far:
+            self.table.add(contact(i))
+        self.table.add(contact(1))  # forces the split: the far half can no longer split
+        return far
+
+    def test_full_far_bucket_pings_least_recently_seen_and_keeps_it_if_alive(self) -> None:
+        far = self.fill_far_bucket()
+        newcomer = contact(ID_SPACE - 100)
+        self.assertEqual(self.table.add(newcomer), "pending")
+        self.assertEqual([c.node_id for c, _ in self.pinger.calls], [far[0]])
+        # A second newcomer while the ping is out does not ping again.
+        self.table.add(contact(ID_SPACE - 101))
+        self.assertEqual(len(self.pinger.calls), 1)
+        self.pinger.calls[0][1].callback("pong")
+        bucket = self.table.bucket_for(far[0])
+        self.assertEqual([c.node_id for c in bucket.contacts], far[1:] + far[:1])
+        self.assertNotIn(newcomer.node_id, self.table)
+
+    def test_full_far_bucket_evicts_oldest_if_it_does_not_answer(self) -> None:
+        far = self.fill_far_bucket()
+        newcomer = contact(ID_SPACE - 100)
+        self.table.add(newcomer)
+        self.pinger.calls[0][1].errback(Timeout("no answer"))
+        self.assertNotIn(far[0], self.table)
+        self.assertIn(newcomer.node_id, self.table)
+        self.assertEqual(self.table.bucket_for(newcomer.node_id).contacts[-1], newcomer)
+
+    def test_heard_from_contact_moves_to_most_recent_end(self) -> None:
+        for i in range(1, 4):
+            self.table.add(contact(i))
+        self.assertEqual(self.table.add(contact(1)), "updated")
+        self.assertEqual([c.node_id for c in self.table.buckets[0].contacts], [2, 3, 1])
+
+    def test_failures_drop_contact_after_max_failures(self) -> None:
+        self.table.add(contact(7))
+        self.assertFalse(self.table.note_failure(7))
+        self.assertTrue(self.table.note_failure(7))
+        self.assertNotIn(7, self.table)
+
+    def test_hearing_from_contact_resets_failures(self) -> None:
+        self.table.add(contact(7))
+        self.table.note_failure(7)
+        self.table.add(contact(7))
+        self.assertFalse(self.table.note_failure(7))
+
+    def test_closest_orders_by_xor_distance(self) -> None:
+        rng = random.Random(5)
+        table = RoutingTable(rng.getrandbits(256), self.clock, k=20)
+        ids = [rng.getrandbits(256) for _ in range(200)]
+        for i in ids:
+            table.add(contact(i))
+        target = rng.getrandbits(256)
+        got = [c.node_id for c in table.closest(target, 10)]
+        known = [c.node_id for c in table.contacts()]
+        self.assertEqual(got, sorted(known, key=lambda i: i ^ target)[:10])
+        self.assertNotIn(got[0], [c.node_id for c in table.closest(target, 10, exclude=frozenset({got[0]}))])
+
+    def test_bucket_refresh_becomes_due_after_interval_unless_looked_up(self) -> None:
+        self.fill_far_bucket()
+        self.assertEqual(self.table.stale_buckets(3600), [])
+        self.clock.advance(1800)
+        self.table.touch(ID_SPACE - 1)  # a lookup into the far bucket
+        self.clock.advance(1800)
+        stale = self.table.stale_buckets(3600)
+        self.assertEqual([(b.lo, b.hi) for b in stale], [(0, ID_SPACE // 2)])
+        target = RoutingTable.random_id_in(stale[0], random.Random(1))
+        self.assertTrue(stale[0].covers(target))
+
+    def test_to_dict_is_json_safe(self) -> None:
+        self.fill_far_bucket()
+        snap = json.loads(json.dumps(self.table.to_dict()))
+        self.assertEqual(snap["size"], 5)
+        self.assertEqual(len(snap["buckets"]), 2)

@@ -1,0 +1,85 @@
+"""Tests for bitnode.storage.erasure."""
+
+from __future__ import annotations
+
+import itertools
+import random
+
+from twisted.trial import unittest
+
+from bitnode.errors import BadRequest
+from bitnode.storage import erasure
+
+
+class ParameterTests(unittest.TestCase):
+    def test_valid_bounds(self):
+        erasure.check_params(1, 1)
+        erasure.check_params(256, 256)
+
+    def test_invalid_parameters(self):
+        for k, n in ((0, 1), (3, 2), (1, 257), (-1, 5), (True, 2), (1.0, 2)):
+            self.assertRaises(BadRequest, erasure.check_params, k, n)
+
+    def test_default_k_is_half_rounded_up(self):
+        self.assertEqual([erasure.default_k(n) for n in (1, 2, 3, 4, 5, 6)], [1, 1, 2, 2, 3, 3])
+
+
+class RoundTripTests(unittest.TestCase):
+    def test_lengths_round_trip_from_data_blocks(self):
+        rnd = random.Random(1)
+        for length in (0, 1, 2, 3, 4, 5, 100, 1001):
+            data = rnd.randbytes(length)
+            blocks = erasure.encode(data, 3, 5)
+            self.assertEqual(len(blocks), 5)
+            self.assertEqual({len(b) for b in blocks}, {erasure.block_size(length, 3)})
+            self.assertEqual(erasure.decode(dict(enumerate(blocks)), 3, 5, length), data)
+
+    def test_every_k_subset_of_5_decodes(self):
+        data = random.Random(2).randbytes(1000)
+        blocks = erasure.encode(data, 3, 5)
+        for subset in itertools.combinations(range(5), 3):
+            self.assertEqual(erasure.decode({i: blocks[i] for i in subset}, 3, 5, len(data)), data, subset)
+
+    def test_every_subset_for_odd_shapes(self):
+        for k, n in ((1, 1), (1, 4), (2, 2), (4, 7)):
+            data = random.Random(k * 100 + n).randbytes(37)
+            blocks = erasure.encode(data, k, n)
+            for subset in itertools.combinations(range(n), k):
+                self.assertEqual(erasure.decode({i: blocks[i] for i in subset}, k, n, len(data)), data)
+
+    def test_empty_and_one_byte_from_parity_only(self):
+        for data in (b"", b"x"):
+            blocks = erasure.encode(data, 2, 4)
+            self.assertEqual(erasure.decode({2: blocks[2], 3: blocks[3]}, 2, 4, len(data)), data)
+
+    def test_data_blocks_are_systematic(self):
+        blocks = erasure.encode(b"abcdefg", 3, 5)
+        self.assertEqual(blocks[:3], [b"abc", b"def", b"g\x00\x00"])
+
+    def test_large_n(self):
+        data = random.Random(3).randbytes(5000)
+        blocks = erasure.encode(data, 128, 256)
+        chosen = {i: blocks[i] for i in range(128, 256)}
+        self.assertEqual(erasure.decode(chosen, 128, 256, len(data)), data)
+
+
+class FailureTests(unittest.TestCase):
+    def test_fewer_than_k_blocks(self):
+        blocks = erasure.encode(b"hello world", 3, 5)
+        err = self.assertRaises(
+            erasure.NotEnoughBlocks, erasure.decode, {0: blocks[0], 4: blocks[4]}, 3, 5, 11
+        )
+        self.assertIn("need 3 blocks, only 2", str(err))
+
+    def test_wrong_block_size(self):
+        blocks = erasure.encode(b"hello world", 3, 5)
+        bad = {0: blocks[0], 1: blocks[1], 2: blocks[2] + b"x"}
+        self.assertRaises(BadRequest, erasure.decode, bad, 3, 5, 11)
+
+    def test_position_out_of_range(self):
+        blocks = erasure.encode(b"hello", 1, 2)
+        self.assertRaises(BadRequest, erasure.decode, {2: blocks[0]}, 1, 2, 5)
+
+    def test_choose_blocks_prefers_data(self):
+        self.assertEqual(erasure.choose_blocks({4, 0, 3, 2, 1}, 3), [0, 1, 2])
+        self.assertEqual(erasure.choose_blocks([4, 3, 1], 2), [1, 3])
