@@ -42,7 +42,9 @@ class Settings:
             self.register(option)
         self._load()
         for key, value in (overrides or {}).items():
-            self._values[self.option(key).key] = self.option(key).coerce(value)
+            option = self._options.get(key)
+            # An override of a service's option is validated when the service registers it.
+            self._values[key] = option.coerce(value) if option is not None else value
         if overrides:
             self._save()
 

@@ -18,13 +18,16 @@ class Service:
     Subclasses set ``name`` (``service_xxx``), ``depends_on`` (names),
     ``enabled_by_default`` and ``description``, and override :meth:`start` /
     :meth:`stop`, which may return Deferreds. A service reaches the rest of
-    the node only through ``self.node``.
+    the node only through ``self.node``; other parts reach a service through
+    ``node.service_driver.get(name)`` (and check ``is_on(name)`` first).
     """
 
     name: str = ""
     depends_on: tuple[str, ...] = ()
     enabled_by_default: bool = True
     description: str = ""
+    #: Settings this service owns (keys under :meth:`config_prefix`), registered by the driver.
+    options: tuple[Option, ...] = ()
 
     def __init__(self, node: Node):
         self.node = node

@@ -72,6 +72,8 @@ class ServiceDriver:
         self._slots: dict[str, _Slot] = {}
         for index, cls in enumerate(dependency_order(service_classes)):
             settings.register(cls.enabled_option())
+            for option in cls.options:
+                settings.register(option)
             self._slots[cls.name] = _Slot(cls(node), index)
 
     # --- queries -------------------------------------------------------------
