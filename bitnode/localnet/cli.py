@@ -1,0 +1,88 @@
+"""``bitnode localnet ...``: start, stop and inspect a local network from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from bitnode.errors import BitnodeError
+from bitnode.localnet.network import LocalNet, LocalnetError
+
+DEFAULT_DIR = ".localnet"
+
+
+def _run(action) -> int:
+    try:
+        action()
+    except (LocalnetError, BitnodeError) as err:
+        print(f"localnet: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_up(args) -> int:
+    """Start the network (create it on first use) and wait until every node is connected."""
+
+    def up():
+        data = LocalNet(args.dir).up(args.suppliers, args.customers, args.key_size, args.timeout)
+        print()
+        for node in data["nodes"]:
+            print(f"  {node['name']:<12} {','.join(node['roles']):<26} {node['api_url']}  "
+                  f"{node.get('global_id') or '(no identity)'}")
+        customer = next((n for n in data["nodes"] if "customer" in n["roles"]), data["nodes"][-1])
+        print()
+        print(f"API of {customer['name']}: {customer['api_url']} (WebSocket {customer['ws_url']})")
+        print(f"  curl -H \"api_secret: $(cat {customer['basedir']}/metadata/apisecret)\" "
+              f"{customer['api_url']}process/info/v1")
+        print(f"  bitnode api process_info --basedir {customer['basedir']}")
+        print(f"Every node: {LocalNet(args.dir).network_file}")
+
+    return _run(up)
+
+
+def cmd_down(args) -> int:
+    """Stop every node of the network."""
+    return _run(lambda: LocalNet(args.dir).down(kill=args.kill))
+
+
+def cmd_status(args) -> int:
+    """Print every node with its state as JSON."""
+    return _run(lambda: print(json.dumps(LocalNet(args.dir, log=lambda _m: None).status(), indent=2)))
+
+
+def cmd_start_node(args) -> int:
+    """Start one node of the network again."""
+    return _run(lambda: LocalNet(args.dir).start_node(args.name))
+
+
+def cmd_stop_node(args) -> int:
+    """Stop one node (--kill: SIGKILL, as a crash)."""
+    return _run(lambda: LocalNet(args.dir).stop_node(args.name, kill=args.kill))
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    """Add ``localnet`` and its sub-commands to the ``bitnode`` parser."""
+    text = "run a whole network (identity server, suppliers, customers) on this machine"
+    localnet = sub.add_parser("localnet", help=text, description=text)
+    actions = localnet.add_subparsers(dest="action", metavar="ACTION")
+    actions.required = True
+
+    def add(name, func, help_text):
+        cmd = actions.add_parser(name, help=help_text, description=help_text)
+        cmd.add_argument("--dir", default=DEFAULT_DIR, help=f"network directory (default {DEFAULT_DIR})")
+        cmd.set_defaults(func=func)
+        return cmd
+
+    up = add("up", cmd_up, "start the network and wait until every node is connected")
+    up.add_argument("--suppliers", type=int, default=4, help="how many supplier nodes (default 4)")
+    up.add_argument("--customers", type=int, default=1, help="how many customer nodes (default 1)")
+    up.add_argument("--key-size", type=int, default=2048, choices=(1024, 2048, 3072, 4096),
+                    help="RSA key size of new identities (default 2048)")
+    up.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for each step")
+    add("down", cmd_down, "stop every node").add_argument("--kill", action="store_true", help="SIGKILL")
+    add("status", cmd_status, "show every node and whether it runs")
+    add("start-node", cmd_start_node, "start one node again").add_argument("name")
+    stop = add("stop-node", cmd_stop_node, "stop one node")
+    stop.add_argument("name")
+    stop.add_argument("--kill", action="store_true", help="SIGKILL, as a crash would")

@@ -1,0 +1,363 @@
+"""A whole bitnode network on one machine: an identity server, suppliers, customers.
+
+``bitnode localnet up --dir D`` plans the nodes, gives each its own basedir
+under ``D`` and its own loopback ports, starts every node as a separate
+daemonised process, creates each node's identity on the network's identity
+server, waits until every node is connected, and writes ``D/network.json``.
+The plan (names, roles, ports) is kept in that file, so ``up`` again after a
+``down`` restarts the same nodes with the same identities and ports.
+
+The orchestration is plain blocking code (subprocesses and urllib through each
+node's public HTTP API, the way a user drives a node); it runs in the CLI, not
+inside a reactor.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+from bitnode.crypt.fileutil import atomic_write
+from bitnode.errors import BadRequest, NotFound
+from bitnode.interface.cli import call_api, node_pid, read_endpoints, read_secret
+from bitnode.main.basedir import Basedir
+
+NETWORK_FORMAT = 1
+SERVER_NAME = "idserver"
+
+#: Settings each role switches on; keys of services not built yet are stored and ignored until they exist.
+ROLE_SETTINGS: dict[str, dict] = {
+    "identity-server": {"services/identity-server/enabled": True},
+    "dht-seed": {},
+    "supplier": {"services/supplier/enabled": True},
+    "customer": {"services/customer/enabled": True},
+}
+
+Log = Callable[[str], None]
+
+
+class LocalnetError(Exception):
+    """Something the user must see: a node did not start, did not connect..."""
+
+
+@dataclass
+class NodePlan:
+    """One node of the network: its name, roles, basedir and loopback ports."""
+
+    name: str
+    roles: tuple[str, ...]
+    basedir: str
+    ports: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> NodePlan:
+        """Read one entry of ``network.json``."""
+        return cls(data["name"], tuple(data["roles"]), data["basedir"], dict(data["ports"]))
+
+
+def free_port(kind: int = socket.SOCK_STREAM) -> int:
+    """A port the kernel says is free on 127.0.0.1 right now (TCP or UDP)."""
+    with socket.socket(socket.AF_INET, kind) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def plan_network(directory: str, suppliers: int, customers: int) -> list[NodePlan]:
+    """Names, roles, basedirs and fresh ports for a network of that shape."""
+    if suppliers < 0 or customers < 0 or suppliers + customers == 0:
+        raise BadRequest("a local network needs at least one supplier or customer")
+    if suppliers + customers > 64:
+        raise BadRequest("at most 64 nodes on one machine")
+    names = [(SERVER_NAME, ("identity-server", "dht-seed"))]
+    names += [(f"supplier-{i}", ("supplier",)) for i in range(1, suppliers + 1)]
+    names += [(f"customer-{i}", ("customer",)) for i in range(1, customers + 1)]
+    plans = []
+    for name, roles in names:
+        ports = {"http": free_port(), "ws": free_port(), "tcp": free_port(), "dht": free_port(socket.SOCK_DGRAM)}
+        if "identity-server" in roles:
+            ports["idserver"] = free_port()
+        plans.append(NodePlan(name, roles, os.path.join(directory, name), ports))
+    return plans
+
+
+def node_settings(plan: NodePlan, server: NodePlan, key_size: int) -> dict:
+    """The settings a node of the network starts with."""
+    values = {
+        "interface/api/http-port": plan.ports["http"],
+        "interface/api/ws-port": plan.ports["ws"],
+        "services/tcp-connections/tcp-port": plan.ports["tcp"],
+        "services/entangled-dht/udp-port": plan.ports["dht"],
+        "personal/private-key-size": key_size,
+        "personal/identity-servers": [f"127.0.0.1:{server.ports['idserver']}"],
+    }
+    if plan.name != server.name:
+        values["services/entangled-dht/known-nodes"] = [f"127.0.0.1:{server.ports['dht']}"]
+    if "idserver" in plan.ports:
+        values["services/identity-server/web-port"] = plan.ports["idserver"]
+        values["services/identity-server/host"] = "127.0.0.1"
+    for role in plan.roles:
+        values.update(ROLE_SETTINGS[role])
+    return values
+
+
+def write_settings(basedir: Basedir, values: dict) -> None:
+    """Merge ``values`` into the node's stored settings (before it starts)."""
+    stored: dict = {}
+    try:
+        with open(basedir.settings_file, encoding="utf-8") as handle:
+            stored = json.load(handle).get("values", {})
+    except (OSError, ValueError, AttributeError):
+        stored = {}
+    stored.update(values)
+    data = json.dumps({"format": 1, "values": stored}, indent=1, sort_keys=True)
+    atomic_write(basedir.settings_file, data.encode("utf-8"), mode=0o600)
+
+
+def spawn_node(basedir: Basedir) -> None:
+    """Start a daemonised node (twistd) in ``basedir``; returns once twistd has forked."""
+    command = [sys.executable, "-m", "bitnode.main.twistd_main", "--pidfile", basedir.pid_file,
+               "--logfile", basedir.log_file, "bitnode", "--basedir", basedir.root]
+    result = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise LocalnetError(f"twistd failed in {basedir.root}: {(result.stdout + result.stderr).strip()}")
+
+
+def api(basedir: Basedir, method: str, timeout: float = 60.0, **kwargs) -> tuple[int, dict]:
+    """Call one API method; (HTTP code, envelope). Unreachable nodes answer (0, error envelope)."""
+    try:
+        return call_api(basedir, method, kwargs, timeout=timeout)
+    except OSError as err:
+        return 0, {"status": "ERROR", "errors": [f"node not reachable: {err}"]}
+
+
+def wait_for(check: Callable[[], object], timeout: float, what: str, interval: float = 0.2):
+    """Poll ``check`` until it returns something true; LocalnetError naming ``what`` on timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() >= deadline:
+            raise LocalnetError(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(interval)
+
+
+def _error_text(envelope: dict) -> str:
+    return "; ".join(str(e) for e in envelope.get("errors", [])) or json.dumps(envelope)
+
+
+class LocalNet:
+    """The network described by ``<directory>/network.json``."""
+
+    def __init__(self, directory: str, log: Log = print):
+        self.directory = os.path.abspath(directory)
+        self.network_file = os.path.join(self.directory, "network.json")
+        self.log = log
+
+    # --- the plan on disk -------------------------------------------------------
+
+    def load(self) -> list[NodePlan]:
+        """The nodes of the existing network; NotFound if there is none here."""
+        try:
+            with open(self.network_file, encoding="utf-8") as handle:
+                data = json.load(handle)
+        except FileNotFoundError:
+            raise NotFound(f"no local network in {self.directory} (run 'bitnode localnet up')") from None
+        if data.get("format") != NETWORK_FORMAT:
+            raise BadRequest(f"{self.network_file} has an unknown format")
+        return [NodePlan.from_dict(item) for item in data["nodes"]]
+
+    def save(self, plans: list[NodePlan]) -> dict:
+        """Write network.json: the plan plus what a user or a test needs to reach every node."""
+        nodes = []
+        for plan in plans:
+            basedir = Basedir.at(plan.basedir)
+            endpoints = read_endpoints(basedir) or {}
+            entry = asdict(plan)
+            entry["roles"] = list(plan.roles)
+            entry.update({
+                "api_url": endpoints.get("http"),
+                "ws_url": endpoints.get("ws"),
+                "api_secret": read_secret(basedir),
+                "pid": node_pid(basedir),
+                "global_id": self._global_id(basedir),
+            })
+            nodes.append(entry)
+        data = {"format": NETWORK_FORMAT, "directory": self.directory, "nodes": nodes}
+        os.makedirs(self.directory, mode=0o700, exist_ok=True)
+        atomic_write(self.network_file, json.dumps(data, indent=1).encode("utf-8"), mode=0o600)
+        return data
+
+    def node(self, name: str) -> NodePlan:
+        """One node of the plan by name."""
+        for plan in self.load():
+            if plan.name == name:
+                return plan
+        raise NotFound(f"no node {name!r} in {self.network_file}")
+
+    # --- commands -----------------------------------------------------------------
+
+    def up(self, suppliers: int = 4, customers: int = 1, key_size: int = 2048, timeout: float = 120.0) -> dict:
+        """Start (or restart) every node, create missing identities, wait until all are connected."""
+        try:
+            plans = self.load()
+            self.log(f"local network in {self.directory}: starting its {len(plans)} nodes again")
+        except NotFound:
+            plans = plan_network(self.directory, suppliers, customers)
+            self.log(f"new local network in {self.directory}: 1 identity server, "
+                     f"{suppliers} supplier(s), {customers} customer(s)")
+        server = plans[0]
+        for plan in plans:
+            basedir = Basedir.at(plan.basedir)
+            basedir.create()
+            write_settings(basedir, node_settings(plan, server, key_size))
+        self.save(plans)
+        # The identity server first: every other node registers its identity there.
+        self._start(server, timeout)
+        for plan in plans[1:]:
+            if node_pid(Basedir.at(plan.basedir)) is None:
+                spawn_node(Basedir.at(plan.basedir))
+        for plan in plans[1:]:
+            self._wait_ready(plan, timeout)
+        for plan in plans:
+            self._ensure_identity(plan, timeout)
+        for plan in plans:
+            self._wait_connected(plan, timeout)
+        data = self.save(plans)
+        self.log(f"local network up: {len(plans)} nodes; see {self.network_file}")
+        return data
+
+    def down(self, kill: bool = False, timeout: float = 20.0) -> None:
+        """Stop every node (customers first, the identity server last)."""
+        plans = self.load()
+        for plan in reversed(plans):
+            self._stop(plan, kill, timeout)
+        self.save(plans)
+        self.log("local network down")
+
+    def start_node(self, name: str, timeout: float = 60.0) -> None:
+        """Start one node of the network again."""
+        plans = self.load()
+        plan = next((p for p in plans if p.name == name), None)
+        if plan is None:
+            raise NotFound(f"no node {name!r} in {self.network_file}")
+        self._start(plan, timeout)
+        self._wait_connected(plan, timeout)
+        self.save(plans)
+
+    def stop_node(self, name: str, kill: bool = False, timeout: float = 20.0) -> None:
+        """Stop one node (``kill``: SIGKILL at once, as a crash would)."""
+        plans = self.load()
+        plan = next((p for p in plans if p.name == name), None)
+        if plan is None:
+            raise NotFound(f"no node {name!r} in {self.network_file}")
+        self._stop(plan, kill, timeout)
+        self.save(plans)
+
+    def status(self) -> list[dict]:
+        """Per node: name, roles, pid, API URL, health and global id."""
+        rows = []
+        for plan in self.load():
+            basedir = Basedir.at(plan.basedir)
+            pid = node_pid(basedir)
+            health = api(basedir, "process_health", timeout=5.0)[1] if pid else None
+            rows.append({
+                "name": plan.name, "roles": list(plan.roles), "pid": pid,
+                "api_url": (read_endpoints(basedir) or {}).get("http") if pid else None,
+                "running": pid is not None,
+                "ready": bool(health and health.get("result", {}).get("ready")),
+                "global_id": self._global_id(basedir) if pid else None,
+            })
+        return rows
+
+    # --- steps ----------------------------------------------------------------------
+
+    def _start(self, plan: NodePlan, timeout: float) -> None:
+        basedir = Basedir.at(plan.basedir)
+        if node_pid(basedir) is None:
+            spawn_node(basedir)
+        self._wait_ready(plan, timeout)
+
+    def _wait_ready(self, plan: NodePlan, timeout: float) -> None:
+        basedir = Basedir.at(plan.basedir)
+
+        def ready():
+            if node_pid(basedir) is None and not os.path.exists(basedir.pid_file):
+                raise LocalnetError(f"node {plan.name} exited; see {basedir.log_file}")
+            code, envelope = api(basedir, "process_health", timeout=2.0)
+            return code == 200 and envelope.get("result", {}).get("ready")
+
+        wait_for(ready, timeout, f"node {plan.name} to be ready (log: {basedir.log_file})")
+        self.log(f"  {plan.name}: ready ({(read_endpoints(basedir) or {}).get('http')})")
+
+    def _ensure_identity(self, plan: NodePlan, timeout: float) -> None:
+        basedir = Basedir.at(plan.basedir)
+        code, envelope = api(basedir, "identity_get", timeout=timeout)
+        if code == 200:
+            return
+        if code == 501:
+            self.log(f"  {plan.name}: identities are not implemented yet; node runs without one")
+            return
+        code, envelope = api(basedir, "identity_create", timeout=timeout, username=plan.name)
+        if code != 200:
+            raise LocalnetError(f"identity_create on {plan.name} failed: {_error_text(envelope)}")
+        self.log(f"  {plan.name}: identity {envelope['result'].get('global_id', '?')}")
+        # Services that need an identity (transport, network) start now that it exists.
+        for name in ("service_gateway", "service_network"):
+            api(basedir, "service_start", timeout=timeout, service_name=name)
+
+    def _wait_connected(self, plan: NodePlan, timeout: float) -> None:
+        basedir = Basedir.at(plan.basedir)
+        code, envelope = api(basedir, "network_connected", timeout=timeout + 5, wait_timeout=timeout)
+        if code == 501:
+            return
+        if code != 200:
+            raise LocalnetError(f"node {plan.name} did not connect: {_error_text(envelope)}")
+
+    def _stop(self, plan: NodePlan, kill: bool, timeout: float) -> None:
+        basedir = Basedir.at(plan.basedir)
+        pid = node_pid(basedir)
+        if pid is None:
+            return
+        if kill:
+            os.kill(pid, signal.SIGKILL)
+        else:
+            code, _ = api(basedir, "process_stop", timeout=5.0)
+            if code != 200:
+                os.kill(pid, signal.SIGTERM)
+        try:
+            wait_for(lambda: not _alive(pid), timeout, f"node {plan.name} (pid {pid}) to stop")
+        except LocalnetError:
+            os.kill(pid, signal.SIGKILL)
+            wait_for(lambda: not _alive(pid), 5.0, f"node {plan.name} (pid {pid}) to die")
+        if kill and os.path.exists(basedir.pid_file):
+            os.unlink(basedir.pid_file)
+        self.log(f"  {plan.name}: stopped")
+
+    def _global_id(self, basedir: Basedir) -> str | None:
+        if node_pid(basedir) is None:
+            return None
+        code, envelope = api(basedir, "identity_get", timeout=5.0)
+        if code != 200:
+            return None
+        return envelope.get("result", {}).get("global_id")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    # A zombie child still answers kill(0); treat it as gone once reaped elsewhere.
+    try:
+        waited, _ = os.waitpid(pid, os.WNOHANG)
+        return waited == 0
+    except ChildProcessError:
+        return True

@@ -1,0 +1,459 @@
+"""The catalog: what a user stored, where its blocks are, in one sqlite file (WAL).
+
+Remote paths are ``key_id:path`` (:mod:`bitnode.userid.globalid`): the key id
+says whose key encrypts the file (the user's master key or a share key). The
+tables, format version :data:`CATALOG_FORMAT`:
+
+- ``items``     one row per file or folder: (key_id, path) unique; parent
+  folders are created implicitly, as a file system would show them;
+- ``versions``  one row per stored version of a file: its id (the block path
+  prefix on suppliers), state (``uploading`` → ``complete`` / ``failed``), size,
+  segment size and count, the erasure parameters k-of-n, the version key
+  wrapped with the owner's key, and which supplier held which position when it
+  was uploaded;
+- ``segments``  per version and segment: plaintext length;
+- ``blocks``    per segment and position: the block's SHA-256, the supplier
+  that acknowledged it (empty when it is missing and must be rebuilt).
+
+Rules: a segment is recorded only after its suppliers acknowledged its blocks
+(persist before acknowledging the user); every change is one transaction, so
+a crash leaves the previous consistent state. The whole catalog exports to a
+compact, versioned JSON document (:meth:`Catalog.export`) that the node
+encrypts and backs up to its suppliers, and :meth:`Catalog.import_` restores
+it on a new machine.
+
+The class is synchronous and thread-safe (one lock, one connection): the node
+calls it from its thread pool, never on the reactor thread for big work.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import sqlite3
+import threading
+from contextlib import contextmanager
+from typing import Iterable, Iterator
+
+from bitnode.errors import BadRequest, Conflict, NotFound
+from bitnode.storage.interface import SegmentMeta
+from bitnode.storage.segment_crypto import validate_version_id
+from bitnode.userid.globalid import parse_key_id, validate_path
+
+CATALOG_FORMAT = 1
+UPLOADING, COMPLETE, FAILED = "uploading", "complete", "failed"
+VERSION_STATES = (UPLOADING, COMPLETE, FAILED)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS items (
+    item_id   INTEGER PRIMARY KEY AUTOINCREMENT,
+    key_id    TEXT NOT NULL,
+    path      TEXT NOT NULL,
+    is_folder INTEGER NOT NULL,
+    created   REAL NOT NULL,
+    UNIQUE (key_id, path)
+);
+CREATE TABLE IF NOT EXISTS versions (
+    version_id     TEXT PRIMARY KEY,
+    item_id        INTEGER NOT NULL REFERENCES items(item_id) ON DELETE CASCADE,
+    state          TEXT NOT NULL,
+    size           INTEGER NOT NULL,
+    segment_size   INTEGER NOT NULL,
+    segments_total INTEGER NOT NULL,
+    k              INTEGER NOT NULL,
+    n              INTEGER NOT NULL,
+    wrapped_key    BLOB NOT NULL,
+    suppliers      TEXT NOT NULL,
+    created        REAL NOT NULL,
+    completed      REAL
+);
+CREATE INDEX IF NOT EXISTS versions_by_item ON versions(item_id);
+CREATE TABLE IF NOT EXISTS segments (
+    version_id       TEXT NOT NULL REFERENCES versions(version_id) ON DELETE CASCADE,
+    seg_index        INTEGER NOT NULL,
+    plaintext_length INTEGER NOT NULL,
+    PRIMARY KEY (version_id, seg_index)
+);
+CREATE TABLE IF NOT EXISTS blocks (
+    version_id TEXT NOT NULL,
+    seg_index  INTEGER NOT NULL,
+    position   INTEGER NOT NULL,
+    sha256     TEXT NOT NULL,
+    supplier   TEXT NOT NULL,
+    PRIMARY KEY (version_id, seg_index, position),
+    FOREIGN KEY (version_id, seg_index) REFERENCES segments(version_id, seg_index) ON DELETE CASCADE
+);
+"""
+
+
+def split_remote_path(remote_path: str) -> tuple[str, str]:
+    """``key_id:path`` → (key_id, path), both validated; the path may be empty (the root)."""
+    if not isinstance(remote_path, str) or ":" not in remote_path:
+        raise BadRequest(f"remote path must look like key_id:path, got {remote_path!r}")
+    key_id, _, path = remote_path.partition(":")
+    parse_key_id(key_id)
+    path = path.strip("/")
+    return key_id, (validate_path(path) if path else "")
+
+
+def _parents(path: str) -> list[str]:
+    parts = path.split("/")
+    return ["/".join(parts[:i]) for i in range(1, len(parts))]
+
+
+class Catalog:
+    """One node's catalog in the sqlite file at ``path`` (``":memory:"`` for tests)."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self._lock = threading.RLock()
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA foreign_keys = ON")
+        if path != ":memory:":
+            self._db.execute("PRAGMA journal_mode = WAL")
+            # FULL: a commit is on disk before we tell anyone it happened.
+            self._db.execute("PRAGMA synchronous = FULL")
+        self._db.executescript(_SCHEMA)
+        row = self._db.execute("SELECT value FROM meta WHERE name = 'format'").fetchone()
+        if row is None:
+            self._db.execute("INSERT INTO meta (name, value) VALUES ('format', ?)", (str(CATALOG_FORMAT),))
+        elif int(row["value"]) != CATALOG_FORMAT:
+            raise BadRequest(f"catalog {path} has format {row['value']}, this node reads {CATALOG_FORMAT}")
+
+    def close(self) -> None:
+        """Close the database."""
+        with self._lock:
+            self._db.close()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    # --- files and folders ---------------------------------------------------------
+
+    def create(self, key_id: str, path: str, as_folder: bool = False, exist_ok: bool = False,
+               now: float = 0.0) -> dict:
+        """Add a file or folder (and its parent folders); Conflict if it exists (unless ``exist_ok``)."""
+        if not path:
+            raise BadRequest("the root folder always exists")
+        parse_key_id(key_id)
+        validate_path(path)
+        with self._transaction() as db:
+            for parent in _parents(path):
+                found = self._item_row(db, key_id, parent)
+                if found is None:
+                    db.execute("INSERT INTO items (key_id, path, is_folder, created) VALUES (?, ?, 1, ?)",
+                               (key_id, parent, now))
+                elif not found["is_folder"]:
+                    raise Conflict(f"{key_id}:{parent} is a file, not a folder")
+            found = self._item_row(db, key_id, path)
+            if found is not None:
+                if bool(found["is_folder"]) != as_folder:
+                    kind = "folder" if found["is_folder"] else "file"
+                    raise Conflict(f"{key_id}:{path} already exists as a {kind}")
+                if not exist_ok:
+                    raise Conflict(f"{key_id}:{path} already exists")
+            else:
+                db.execute("INSERT INTO items (key_id, path, is_folder, created) VALUES (?, ?, ?, ?)",
+                           (key_id, path, int(as_folder), now))
+        return self.get(key_id, path)
+
+    def exists(self, key_id: str, path: str) -> bool:
+        """Whether a file or folder is catalogued (the root always exists)."""
+        with self._lock:
+            return not path or self._item_row(self._db, key_id, path) is not None
+
+    def get(self, key_id: str, path: str) -> dict:
+        """One file or folder with its versions (newest first); NotFound if absent."""
+        with self._lock:
+            row = self._item_row(self._db, key_id, path)
+            if row is None:
+                raise NotFound(f"{key_id}:{path} is not in the catalog")
+            item = self._item_dict(row)
+            versions = self._db.execute(
+                "SELECT * FROM versions WHERE item_id = ? ORDER BY created DESC, version_id DESC",
+                (row["item_id"],)).fetchall()
+            item["versions"] = [self._version_dict(v) for v in versions]
+            return item
+
+    def list(self, key_id: str | None = None, path: str = "", recursive: bool = True) -> list[dict]:
+        """Files and folders under ``path`` (all keys when ``key_id`` is None), sorted by remote path."""
+        with self._lock:
+            query = "SELECT * FROM items"
+            args: list = []
+            clauses = []
+            if key_id is not None:
+                clauses.append("key_id = ?")
+                args.append(key_id)
+            if path:
+                clauses.append("substr(path, 1, ?) = ?")
+                args += [len(path) + 1, path + "/"]
+            if clauses:
+                query += " WHERE " + " AND ".join(clauses)
+            rows = self._db.execute(query + " ORDER BY key_id, path", args).fetchall()
+            out = []
+            depth = path.count("/") + 1 if path else 0
+            for row in rows:
+                if not recursive and row["path"].count("/") != depth:
+                    continue
+                item = self._item_dict(row)
+                latest = self._db.execute(
+                    "SELECT * FROM versions WHERE item_id = ? AND state = ? ORDER BY created DESC LIMIT 1",
+                    (row["item_id"], COMPLETE)).fetchone()
+                item["size"] = latest["size"] if latest is not None else 0
+                item["latest_version"] = latest["version_id"] if latest is not None else None
+                out.append(item)
+            return out
+
+    def delete(self, key_id: str, path: str) -> list[str]:
+        """Remove a file, or a folder with everything in it; returns the removed version ids.
+
+        The caller deletes those versions' blocks from the suppliers.
+        """
+        with self._transaction() as db:
+            row = self._item_row(db, key_id, path)
+            if row is None:
+                raise NotFound(f"{key_id}:{path} is not in the catalog")
+            ids = [row["item_id"]]
+            if row["is_folder"]:
+                ids += [r["item_id"] for r in db.execute(
+                    "SELECT item_id FROM items WHERE key_id = ? AND substr(path, 1, ?) = ?",
+                    (key_id, len(path) + 1, path + "/"))]
+            marks = ",".join("?" * len(ids))
+            versions = [r["version_id"] for r in db.execute(
+                f"SELECT version_id FROM versions WHERE item_id IN ({marks})", ids)]
+            db.execute(f"DELETE FROM items WHERE item_id IN ({marks})", ids)
+            return versions
+
+    # --- versions, segments, blocks ----------------------------------------------------
+
+    def begin_version(self, key_id: str, path: str, version_id: str, size: int, segment_size: int,
+                      segments_total: int, k: int, n: int, wrapped_key: bytes, suppliers: Iterable[str],
+                      now: float = 0.0) -> dict:
+        """Record a new version being uploaded (the file item is created if needed)."""
+        validate_version_id(version_id)
+        suppliers = list(suppliers)
+        if len(suppliers) != n:
+            raise BadRequest(f"{n} blocks per segment need {n} supplier positions, got {len(suppliers)}")
+        if not 1 <= k <= n or size < 0 or segment_size <= 0 or segments_total < 1:
+            raise BadRequest("invalid version parameters")
+        self.create(key_id, path, exist_ok=True, now=now)
+        with self._transaction() as db:
+            if db.execute("SELECT 1 FROM versions WHERE version_id = ?", (version_id,)).fetchone():
+                raise Conflict(f"version {version_id} already exists")
+            item = self._item_row(db, key_id, path)
+            db.execute(
+                "INSERT INTO versions (version_id, item_id, state, size, segment_size, segments_total, k, n,"
+                " wrapped_key, suppliers, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (version_id, item["item_id"], UPLOADING, size, segment_size, segments_total, k, n,
+                 bytes(wrapped_key), json.dumps(suppliers), now))
+        return self.version(version_id)
+
+    def record_segment(self, version_id: str, meta: SegmentMeta, suppliers: Iterable[str] | None = None) -> None:
+        """Record one acknowledged segment: its blocks and who holds each (missing ones hold "")."""
+        with self._transaction() as db:
+            version = self._version_row(db, version_id)
+            holders = list(suppliers) if suppliers is not None else json.loads(version["suppliers"])
+            if len(meta.block_sha256) != version["n"] or len(holders) != version["n"]:
+                raise BadRequest(f"segment {meta.index} of {version_id} needs {version['n']} blocks")
+            if not 0 <= meta.index < version["segments_total"]:
+                raise BadRequest(f"segment {meta.index} out of range for {version_id}")
+            db.execute("INSERT OR REPLACE INTO segments (version_id, seg_index, plaintext_length) VALUES (?, ?, ?)",
+                       (version_id, meta.index, meta.plaintext_length))
+            db.executemany(
+                "INSERT OR REPLACE INTO blocks (version_id, seg_index, position, sha256, supplier)"
+                " VALUES (?, ?, ?, ?, ?)",
+                [(version_id, meta.index, pos, sha, holders[pos] if pos in meta.stored else "")
+                 for pos, sha in enumerate(meta.block_sha256)])
+
+    def finish_version(self, version_id: str, state: str = COMPLETE, now: float = 0.0) -> dict:
+        """Mark a version complete (every segment recorded) or failed."""
+        if state not in (COMPLETE, FAILED):
+            raise BadRequest(f"a version finishes as {COMPLETE} or {FAILED}")
+        with self._transaction() as db:
+            version = self._version_row(db, version_id)
+            if state == COMPLETE:
+                have = db.execute("SELECT COUNT(*) FROM segments WHERE version_id = ?", (version_id,)).fetchone()[0]
+                if have != version["segments_total"]:
+                    raise Conflict(f"{version_id} has {have} of {version['segments_total']} segments recorded")
+            db.execute("UPDATE versions SET state = ?, completed = ? WHERE version_id = ?", (state, now, version_id))
+        return self.version(version_id)
+
+    def version(self, version_id: str) -> dict:
+        """A version with its remote path; NotFound if absent."""
+        with self._lock:
+            return self._version_dict(self._version_row(self._db, version_id))
+
+    def segments(self, version_id: str) -> tuple[SegmentMeta, ...]:
+        """The recorded segments of a version, as the downloader wants them."""
+        with self._lock:
+            self._version_row(self._db, version_id)
+            out = []
+            for seg in self._db.execute("SELECT * FROM segments WHERE version_id = ? ORDER BY seg_index",
+                                        (version_id,)):
+                blocks = self._db.execute(
+                    "SELECT position, sha256, supplier FROM blocks WHERE version_id = ? AND seg_index = ?"
+                    " ORDER BY position", (version_id, seg["seg_index"])).fetchall()
+                out.append(SegmentMeta(seg["seg_index"], seg["plaintext_length"],
+                                       tuple(b["sha256"] for b in blocks),
+                                       tuple(b["position"] for b in blocks if b["supplier"])))
+            return tuple(out)
+
+    def resume_point(self, version_id: str) -> int:
+        """The first segment index not yet recorded: where an interrupted upload goes on."""
+        with self._lock:
+            self._version_row(self._db, version_id)
+            done = {r[0] for r in self._db.execute("SELECT seg_index FROM segments WHERE version_id = ?",
+                                                   (version_id,))}
+        index = 0
+        while index in done:
+            index += 1
+        return index
+
+    def versions(self, state: str | None = None) -> list[dict]:
+        """Every version (optionally only those in ``state``), oldest first."""
+        with self._lock:
+            if state is None:
+                rows = self._db.execute("SELECT * FROM versions ORDER BY created, version_id").fetchall()
+            else:
+                rows = self._db.execute("SELECT * FROM versions WHERE state = ? ORDER BY created, version_id",
+                                        (state,)).fetchall()
+            return [self._version_dict(r) for r in rows]
+
+    def missing_blocks(self, version_id: str | None = None) -> list[tuple[str, int, int]]:
+        """(version, segment, position) of every block no supplier holds: what a rebuild must make."""
+        with self._lock:
+            query = "SELECT version_id, seg_index, position FROM blocks WHERE supplier = ''"
+            args: tuple = ()
+            if version_id is not None:
+                query += " AND version_id = ?"
+                args = (version_id,)
+            return [tuple(r) for r in self._db.execute(query + " ORDER BY version_id, seg_index, position", args)]
+
+    def blocks_held_by(self, supplier: str) -> list[tuple[str, int, int, str]]:
+        """(version, segment, position, sha256) of every block ``supplier`` acknowledged."""
+        with self._lock:
+            return [tuple(r) for r in self._db.execute(
+                "SELECT version_id, seg_index, position, sha256 FROM blocks WHERE supplier = ?"
+                " ORDER BY version_id, seg_index, position", (supplier,))]
+
+    def set_block_holder(self, version_id: str, seg_index: int, position: int, supplier: str) -> None:
+        """Record who holds a block now ("" when it was lost): after a rebuild or a failed check."""
+        with self._transaction() as db:
+            changed = db.execute(
+                "UPDATE blocks SET supplier = ? WHERE version_id = ? AND seg_index = ? AND position = ?",
+                (supplier, version_id, seg_index, position)).rowcount
+            if not changed:
+                raise NotFound(f"no block {version_id}/{seg_index}/{position} in the catalog")
+
+    def forget_supplier(self, supplier: str) -> int:
+        """A supplier was fired: its blocks become missing. Returns how many."""
+        with self._transaction() as db:
+            return db.execute("UPDATE blocks SET supplier = '' WHERE supplier = ?", (supplier,)).rowcount
+
+    def prune_versions(self, key_id: str, path: str, keep: int) -> list[str]:
+        """Drop all but the ``keep`` newest complete versions of a file (and its failed ones)."""
+        if keep < 1:
+            raise BadRequest("keep at least one version")
+        item = self.get(key_id, path)
+        complete = [v for v in item["versions"] if v["state"] == COMPLETE]
+        drop = [v["version_id"] for v in complete[keep:]] + [v["version_id"] for v in item["versions"]
+                                                             if v["state"] == FAILED]
+        if drop:
+            with self._transaction() as db:
+                db.execute(f"DELETE FROM versions WHERE version_id IN ({','.join('?' * len(drop))})", drop)
+        return drop
+
+    # --- backup ---------------------------------------------------------------------------
+
+    def export(self) -> bytes:
+        """The whole catalog as a versioned JSON document (bytes), for the encrypted backup."""
+        with self._lock:
+            doc = {"format": CATALOG_FORMAT, "items": [], "versions": [], "segments": [], "blocks": []}
+            for row in self._db.execute("SELECT key_id, path, is_folder, created FROM items ORDER BY item_id"):
+                doc["items"].append(list(row))
+            for row in self._db.execute(
+                    "SELECT v.version_id, i.key_id, i.path, v.state, v.size, v.segment_size, v.segments_total,"
+                    " v.k, v.n, v.wrapped_key, v.suppliers, v.created, v.completed"
+                    " FROM versions v JOIN items i USING (item_id) ORDER BY v.version_id"):
+                values = list(row)
+                values[9] = base64.b64encode(values[9]).decode("ascii")
+                doc["versions"].append(values)
+            for row in self._db.execute("SELECT * FROM segments ORDER BY version_id, seg_index"):
+                doc["segments"].append(list(row))
+            for row in self._db.execute("SELECT * FROM blocks ORDER BY version_id, seg_index, position"):
+                doc["blocks"].append(list(row))
+        return json.dumps(doc, separators=(",", ":")).encode("utf-8")
+
+    def import_(self, data: bytes) -> None:
+        """Replace everything with an exported document (restoring on a new machine)."""
+        try:
+            doc = json.loads(data.decode("utf-8"))
+            if doc.get("format") != CATALOG_FORMAT:
+                raise BadRequest(f"catalog backup has format {doc.get('format')!r}")
+        except (UnicodeDecodeError, ValueError, AttributeError) as err:
+            raise BadRequest(f"catalog backup is not readable: {err}") from None
+        try:
+            with self._transaction() as db:
+                db.execute("DELETE FROM items")
+                db.executemany("INSERT INTO items (key_id, path, is_folder, created) VALUES (?, ?, ?, ?)",
+                               doc["items"])
+                for (version_id, key_id, path, state, size, segment_size, segments_total, k, n, wrapped,
+                     suppliers, created, completed) in doc["versions"]:
+                    if state not in VERSION_STATES:
+                        raise BadRequest(f"unknown version state {state!r}")
+                    item = self._item_row(db, key_id, path)
+                    if item is None:
+                        raise BadRequest(f"version {version_id} names an unknown file")
+                    db.execute(
+                        "INSERT INTO versions (version_id, item_id, state, size, segment_size, segments_total,"
+                        " k, n, wrapped_key, suppliers, created, completed) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                        (version_id, item["item_id"], state, size, segment_size, segments_total, k, n,
+                         base64.b64decode(wrapped), suppliers, created, completed))
+                db.executemany("INSERT INTO segments VALUES (?, ?, ?)", doc["segments"])
+                db.executemany("INSERT INTO blocks VALUES (?, ?, ?, ?, ?)", doc["blocks"])
+        except (KeyError, TypeError, ValueError, sqlite3.Error) as err:
+            raise BadRequest(f"catalog backup is not valid: {err}") from None
+
+    # --- rows -----------------------------------------------------------------------------
+
+    @staticmethod
+    def _item_row(db: sqlite3.Connection, key_id: str, path: str) -> sqlite3.Row | None:
+        return db.execute("SELECT * FROM items WHERE key_id = ? AND path = ?", (key_id, path)).fetchone()
+
+    @staticmethod
+    def _version_row(db: sqlite3.Connection, version_id: str) -> sqlite3.Row:
+        row = db.execute("SELECT v.*, i.key_id, i.path FROM versions v JOIN items i USING (item_id)"
+                         " WHERE version_id = ?", (version_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"no version {version_id!r} in the catalog")
+        return row
+
+    @staticmethod
+    def _item_dict(row: sqlite3.Row) -> dict:
+        return {"remote_path": f"{row['key_id']}:{row['path']}", "key_id": row["key_id"], "path": row["path"],
+                "type": "folder" if row["is_folder"] else "file", "created": row["created"]}
+
+    def _version_dict(self, row: sqlite3.Row) -> dict:
+        keys = row.keys()
+        out = {name: row[name] for name in ("version_id", "state", "size", "segment_size", "segments_total",
+                                            "k", "n", "created", "completed")}
+        out["suppliers"] = json.loads(row["suppliers"])
+        out["wrapped_key"] = bytes(row["wrapped_key"])
+        if "key_id" not in keys:
+            item = self._db.execute("SELECT key_id, path FROM items WHERE item_id = ?", (row["item_id"],)).fetchone()
+            out["remote_path"] = f"{item['key_id']}:{item['path']}"
+        else:
+            out["remote_path"] = f"{row['key_id']}:{row['path']}"
+        out["segments_done"] = self._db.execute("SELECT COUNT(*) FROM segments WHERE version_id = ?",
+                                                (row["version_id"],)).fetchone()[0]
+        return out

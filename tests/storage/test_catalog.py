@@ -1,0 +1,200 @@
+"""Tests for bitnode.storage.catalog: files, versions, blocks, persistence, export/import."""
+
+from __future__ import annotations
+
+import os
+
+from twisted.trial import unittest
+
+from bitnode.errors import BadRequest, Conflict, NotFound
+from bitnode.storage.catalog import COMPLETE, FAILED, UPLOADING, Catalog, split_remote_path
+from bitnode.storage.interface import SegmentMeta
+
+KEY = "master$alice@127.0.0.1_8084"
+SHARE = "share1$alice@127.0.0.1_8084"
+SUPPLIERS = ["s1@h", "s2@h", "s3@h", "s4@h", "s5@h"]
+SHAS = tuple(f"{i:064x}" for i in range(5))
+
+
+def segment(index: int, stored=(0, 1, 2, 3, 4), length: int = 100) -> SegmentMeta:
+    return SegmentMeta(index, length, SHAS, tuple(stored))
+
+
+class CatalogTestCase(unittest.TestCase):
+    def setUp(self) -> None:
+        self.dir = self.mktemp()
+        os.makedirs(self.dir)
+        self.path = os.path.join(self.dir, "catalog.sqlite")
+        self.catalog = self.open()
+
+    def open(self) -> Catalog:
+        catalog = Catalog(self.path)
+        self.addCleanup(catalog.close)
+        return catalog
+
+    def upload(self, catalog: Catalog, path: str, version: str, segments: int = 2, now: float = 1.0) -> None:
+        catalog.begin_version(KEY, path, version, 150, 100, segments, 3, 5, b"wrapped", SUPPLIERS, now=now)
+        for i in range(segments):
+            catalog.record_segment(version, segment(i))
+        catalog.finish_version(version, now=now + 1)
+
+
+class RemotePathTests(unittest.TestCase):
+    def test_split(self) -> None:
+        self.assertEqual(split_remote_path(f"{KEY}:docs/a.txt"), (KEY, "docs/a.txt"))
+        self.assertEqual(split_remote_path(f"{KEY}:"), (KEY, ""))
+
+    def test_bad_paths_are_refused(self) -> None:
+        for bad in ("docs/a.txt", f"{KEY}:../x", f"{KEY}:a//b", "nokey:a", f"{KEY}:a\x00b", 5):
+            self.assertRaises(BadRequest, split_remote_path, bad)
+
+
+class ItemTests(CatalogTestCase):
+    def test_create_file_makes_parent_folders(self) -> None:
+        item = self.catalog.create(KEY, "a/b/c.txt")
+        self.assertEqual((item["type"], item["remote_path"]), ("file", f"{KEY}:a/b/c.txt"))
+        self.assertEqual(self.catalog.get(KEY, "a")["type"], "folder")
+        self.assertEqual(self.catalog.get(KEY, "a/b")["type"], "folder")
+        self.assertTrue(self.catalog.exists(KEY, "a/b/c.txt"))
+        self.assertTrue(self.catalog.exists(KEY, ""))
+        self.assertFalse(self.catalog.exists(SHARE, "a"))
+
+    def test_create_twice_conflicts_unless_exist_ok(self) -> None:
+        self.catalog.create(KEY, "a.txt")
+        self.assertRaises(Conflict, self.catalog.create, KEY, "a.txt")
+        self.catalog.create(KEY, "a.txt", exist_ok=True)
+        self.assertRaises(Conflict, self.catalog.create, KEY, "a.txt", as_folder=True, exist_ok=True)
+
+    def test_file_cannot_hold_children(self) -> None:
+        self.catalog.create(KEY, "a.txt")
+        self.assertRaises(Conflict, self.catalog.create, KEY, "a.txt/b")
+        self.assertFalse(self.catalog.exists(KEY, "a.txt/b"))
+
+    def test_invalid_names_are_refused(self) -> None:
+        self.assertRaises(BadRequest, self.catalog.create, KEY, "../etc")
+        self.assertRaises(BadRequest, self.catalog.create, KEY, "")
+        self.assertRaises(BadRequest, self.catalog.create, "not a key", "a")
+
+    def test_list_recursive_or_one_level_with_sizes(self) -> None:
+        self.upload(self.catalog, "docs/a.txt", "V1")
+        self.catalog.create(KEY, "docs/sub/b.txt")
+        self.catalog.create(SHARE, "x")
+        everything = [i["remote_path"] for i in self.catalog.list()]
+        self.assertEqual(everything, [f"{KEY}:docs", f"{KEY}:docs/a.txt", f"{KEY}:docs/sub",
+                                      f"{KEY}:docs/sub/b.txt", f"{SHARE}:x"])
+        top = self.catalog.list(KEY, "docs", recursive=False)
+        self.assertEqual([i["path"] for i in top], ["docs/a.txt", "docs/sub"])
+        self.assertEqual(top[0]["size"], 150)
+        self.assertEqual(top[0]["latest_version"], "V1")
+        self.assertEqual([i["path"] for i in self.catalog.list(KEY, "", recursive=False)], ["docs"])
+
+    def test_delete_folder_removes_subtree_and_answers_versions(self) -> None:
+        self.upload(self.catalog, "docs/a.txt", "V1")
+        self.upload(self.catalog, "docs/sub/b.txt", "V2")
+        self.upload(self.catalog, "docsx.txt", "V3")
+        self.assertEqual(sorted(self.catalog.delete(KEY, "docs")), ["V1", "V2"])
+        self.assertEqual([i["path"] for i in self.catalog.list(KEY)], ["docsx.txt"])
+        self.assertRaises(NotFound, self.catalog.version, "V1")
+        self.assertEqual(self.catalog.missing_blocks("V1"), [])
+        self.assertRaises(NotFound, self.catalog.delete, KEY, "docs")
+
+
+class VersionTests(CatalogTestCase):
+    def test_upload_lifecycle(self) -> None:
+        v = self.catalog.begin_version(KEY, "a.txt", "V1", 150, 100, 2, 3, 5, b"wk", SUPPLIERS, now=5)
+        self.assertEqual((v["state"], v["segments_done"], v["remote_path"]), (UPLOADING, 0, f"{KEY}:a.txt"))
+        self.assertRaises(Conflict, self.catalog.finish_version, "V1")
+        self.catalog.record_segment("V1", segment(0, length=100))
+        self.assertEqual(self.catalog.resume_point("V1"), 1)
+        self.catalog.record_segment("V1", segment(1, length=50))
+        done = self.catalog.finish_version("V1", now=9)
+        self.assertEqual((done["state"], done["completed"], done["wrapped_key"]), (COMPLETE, 9, b"wk"))
+        segs = self.catalog.segments("V1")
+        self.assertEqual([(s.index, s.plaintext_length, s.block_sha256) for s in segs],
+                         [(0, 100, SHAS), (1, 50, SHAS)])
+        self.assertEqual(self.catalog.get(KEY, "a.txt")["versions"][0]["version_id"], "V1")
+
+    def test_bad_version_parameters(self) -> None:
+        args = (KEY, "a.txt", "V1", 150, 100, 2, 3, 5, b"wk")
+        self.assertRaises(BadRequest, self.catalog.begin_version, *args, SUPPLIERS[:4])
+        self.assertRaises(BadRequest, self.catalog.begin_version, KEY, "a", "../v", 1, 1, 1, 1, 1, b"", ["s"])
+        self.assertRaises(BadRequest, self.catalog.begin_version, KEY, "a", "V9", 1, 1, 1, 6, 5, b"", SUPPLIERS)
+        self.catalog.begin_version(*args, SUPPLIERS)
+        self.assertRaises(Conflict, self.catalog.begin_version, *args, SUPPLIERS)
+        self.assertRaises(BadRequest, self.catalog.record_segment, "V1", segment(2))
+        self.assertRaises(BadRequest, self.catalog.record_segment, "V1", SegmentMeta(0, 1, SHAS[:4], ()))
+        self.assertRaises(NotFound, self.catalog.record_segment, "nope", segment(0))
+        self.assertRaises(BadRequest, self.catalog.finish_version, "V1", UPLOADING)
+
+    def test_resume_point_is_first_gap(self) -> None:
+        self.catalog.begin_version(KEY, "a", "V1", 500, 100, 5, 3, 5, b"", SUPPLIERS)
+        for i in (0, 1, 3):
+            self.catalog.record_segment("V1", segment(i))
+        self.assertEqual(self.catalog.resume_point("V1"), 2)
+
+    def test_missing_blocks_and_rebuild_bookkeeping(self) -> None:
+        self.catalog.begin_version(KEY, "a", "V1", 100, 100, 1, 3, 5, b"", SUPPLIERS)
+        self.catalog.record_segment("V1", segment(0, stored=(0, 1, 2, 4)))
+        self.assertEqual(self.catalog.missing_blocks(), [("V1", 0, 3)])
+        self.assertEqual(self.catalog.segments("V1")[0].missing, (3,))
+        self.catalog.set_block_holder("V1", 0, 3, "s9@h")
+        self.assertEqual(self.catalog.missing_blocks(), [])
+        self.assertEqual(self.catalog.blocks_held_by("s9@h"), [("V1", 0, 3, SHAS[3])])
+        self.assertEqual(self.catalog.forget_supplier("s1@h"), 1)
+        self.assertEqual(self.catalog.missing_blocks("V1"), [("V1", 0, 0)])
+        self.assertRaises(NotFound, self.catalog.set_block_holder, "V1", 0, 7, "x")
+
+    def test_prune_keeps_newest_complete_and_drops_failed(self) -> None:
+        for i, version in enumerate(("V1", "V2", "V3")):
+            self.upload(self.catalog, "a", version, now=10 * i)
+        self.catalog.begin_version(KEY, "a", "V4", 1, 1, 1, 3, 5, b"", SUPPLIERS, now=50)
+        self.catalog.finish_version("V4", FAILED)
+        self.assertEqual(sorted(self.catalog.prune_versions(KEY, "a", keep=2)), ["V1", "V4"])
+        self.assertEqual([v["version_id"] for v in self.catalog.get(KEY, "a")["versions"]], ["V3", "V2"])
+        self.assertRaises(BadRequest, self.catalog.prune_versions, KEY, "a", 0)
+
+    def test_versions_by_state(self) -> None:
+        self.upload(self.catalog, "a", "V1")
+        self.catalog.begin_version(KEY, "b", "V2", 1, 1, 1, 3, 5, b"", SUPPLIERS)
+        self.assertEqual([v["version_id"] for v in self.catalog.versions(UPLOADING)], ["V2"])
+        self.assertEqual(len(self.catalog.versions()), 2)
+
+
+class DurabilityTests(CatalogTestCase):
+    def test_survives_reopen(self) -> None:
+        self.upload(self.catalog, "docs/a.txt", "V1")
+        self.catalog.close()
+        again = self.open()
+        self.assertEqual(again.get(KEY, "docs/a.txt")["versions"][0]["state"], COMPLETE)
+        self.assertEqual(len(again.segments("V1")), 2)
+
+    def test_failed_change_leaves_previous_state(self) -> None:
+        self.catalog.create(KEY, "a.txt")
+        self.assertRaises(Conflict, self.catalog.create, KEY, "a.txt/b/c")
+        self.assertFalse(self.catalog.exists(KEY, "a.txt/b"))
+
+    def test_export_import_round_trip(self) -> None:
+        self.upload(self.catalog, "docs/a.txt", "V1")
+        self.catalog.begin_version(KEY, "b", "V2", 300, 100, 3, 3, 5, b"\x00\xff", SUPPLIERS)
+        self.catalog.record_segment("V2", segment(0, stored=(0, 2)))
+        data = self.catalog.export()
+        other = Catalog(":memory:")
+        self.addCleanup(other.close)
+        other.create(KEY, "will-be-replaced")
+        other.import_(data)
+        self.assertEqual(other.list(), self.catalog.list())
+        self.assertEqual(other.version("V2")["wrapped_key"], b"\x00\xff")
+        self.assertEqual(other.segments("V2"), self.catalog.segments("V2"))
+        self.assertEqual(other.missing_blocks(), self.catalog.missing_blocks())
+        self.assertEqual(other.export(), data)
+
+    def test_import_rejects_garbage_and_keeps_data(self) -> None:
+        self.catalog.create(KEY, "keep.txt")
+        for bad in (b"\xff", b"[]", b'{"format": 99}', b'{"format": 1, "items": [[1]]}'):
+            self.assertRaises(BadRequest, self.catalog.import_, bad)
+        self.assertTrue(self.catalog.exists(KEY, "keep.txt"))
+
+    def test_other_format_is_refused(self) -> None:
+        self.catalog._db.execute("UPDATE meta SET value = '99' WHERE name = 'format'")
+        self.catalog.close()
+        self.assertRaises(BadRequest, Catalog, self.path)
