@@ -52,6 +52,7 @@ MAX_SEGMENT_SIZE = 256 * MiB
 
 RunInThread = Callable[..., defer.Deferred]
 ProgressCallback = Callable[[Progress], None]
+SegmentCallback = Callable[[SegmentMeta], "defer.Deferred | None"]
 
 
 class UploadFailed(Unavailable):
@@ -256,11 +257,15 @@ class Uploader:
         customer_id: str,
         resume_from: int = 0,
         on_progress: ProgressCallback | None = None,
+        on_segment: SegmentCallback | None = None,
     ) -> defer.Deferred:
         """Upload ``file_path`` as ``version_id``; fires with an :class:`UploadResult`.
 
         Segments below ``resume_from`` are assumed stored and are neither read
-        nor sent. Fails with :class:`UploadFailed`, :class:`TransferCancelled`,
+        nor sent. ``on_segment(meta)`` is called for every segment stored on
+        enough suppliers, before it counts as done; it may return a Deferred
+        (the catalog persists the segment there, so a restart resumes after it)
+        and if it fails the upload fails. Fails with :class:`UploadFailed`, :class:`TransferCancelled`,
         :class:`FileChanged` or the error that stopped it.
         """
         segment_crypto.validate_version_id(version_id)
@@ -272,6 +277,7 @@ class Uploader:
         if self._job is not None:
             raise Conflict("an upload is already running on this uploader")
         job = _UploadJob(self, file_path, version_id, version_key, customer_id, resume_from, on_progress)
+        job.on_segment = on_segment
         self._job = job
         d = defer.Deferred.fromCoroutine(job.run())
 
@@ -302,6 +308,7 @@ class _UploadJob:
         self.customer_id = customer_id
         self.resume_from = resume_from
         self.on_progress = on_progress
+        self.on_segment: SegmentCallback | None = None
         self.cancelled = False
         self.error: BaseException | None = None
         self.done: dict[int, SegmentMeta] = {}
@@ -390,6 +397,8 @@ class _UploadJob:
                         f"segment {index}: only {len(acked)} of the required {up.required_blocks} blocks stored"
                     )
                 return
+            if self.on_segment is not None:
+                await defer.maybeDeferred(self.on_segment, meta)
             self.done[index] = meta
             self.bytes_this_run += meta.plaintext_length
             self.report_progress()

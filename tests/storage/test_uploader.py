@@ -217,6 +217,27 @@ class ResumeTests(unittest.TestCase):
         self.assertEqual(part.segments, full.segments[1:])
 
 
+class SegmentHookTests(unittest.TestCase):
+    def test_every_stored_segment_is_reported_before_it_counts(self):
+        clock = task.Clock()
+        path, _ = write_file(self, 3 * SEG)
+        seen = []
+        uploader = Uploader(sync_thread, clock, make_grid(clock), K, N, segment_size=SEG)
+        result = self.successResultOf(uploader.upload(path, VERSION, KEY, CUSTOMER, on_segment=seen.append))
+        self.assertEqual(sorted(m.index for m in seen), [0, 1, 2])
+        self.assertEqual(sorted(seen, key=lambda m: m.index), list(result.segments))
+
+    def test_a_failing_hook_fails_the_upload(self):
+        clock = task.Clock()
+        path, _ = write_file(self, 2 * SEG)
+
+        def refuse(meta):
+            raise OSError("disk full")
+
+        uploader = Uploader(sync_thread, clock, make_grid(clock), K, N, segment_size=SEG)
+        self.failureResultOf(uploader.upload(path, VERSION, KEY, CUSTOMER, on_segment=refuse), OSError)
+
+
 class CancelTests(unittest.TestCase):
     def test_cancel_stops_sending(self):
         clock = task.Clock()
