@@ -1,0 +1,119 @@
+"""One hired supplier seen as an :class:`IStorageServer`, over storage command packets.
+
+The customer's uploader and downloader talk to ``IStorageServer`` objects; this
+one turns each call into a command for the supplier (:mod:`bitnode.storage.wire`
+payloads) through an injected ``request(supplier_id, owner_id, command,
+payload)`` that fires with the supplier's reply ``(command, payload)``. The
+owner is whose space is meant (the packet's owner field); the supplier checks
+the packet's signer may act for that owner — the gateway in a
+node, a direct call to a :class:`~bitnode.supplier.desk.SupplierDesk` in tests.
+A ``Fail`` reply becomes the matching typed error, so callers see the same
+errors as from any other storage server.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Callable
+
+from twisted.internet import defer
+from zope.interface import implementer
+
+from bitnode.errors import BadRequest, InsufficientStorage, Unavailable
+from bitnode.storage import wire
+from bitnode.storage.interface import BlockNotFound, IStorageServer, validate_customer_id, validate_path
+from bitnode.transport.commands import Command
+
+Request = Callable[[str, str, str, bytes], defer.Deferred]
+
+
+def _deferred(method):
+    """Report argument errors as failed Deferreds, like every storage server does."""
+
+    @functools.wraps(method)
+    def wrapper(*args, **kwargs):
+        return defer.maybeDeferred(method, *args, **kwargs)
+
+    return wrapper
+
+
+def error_from_fail(reason: str, path: str = "") -> Exception:
+    """The typed error a supplier's ``Fail`` reason stands for."""
+    if reason == "not found":
+        return BlockNotFound(f"supplier has no block {path}")
+    if reason.startswith("no space") or "quota" in reason:
+        return InsufficientStorage(f"supplier refused: {reason}")
+    if reason.startswith("invalid") or reason.startswith("not a customer") or "payload" in reason:
+        return BadRequest(f"supplier refused: {reason}")
+    return Unavailable(f"supplier failed: {reason}")
+
+
+@implementer(IStorageServer)
+class RemoteStorageServer:
+    """The blocks ``customer_id`` keeps on supplier ``supplier_id``."""
+
+    def __init__(self, request: Request, supplier_id: str):
+        self.request = request
+        self.supplier_id = supplier_id
+
+    def _call(self, owner_id: str, command: str, payload: bytes, expect: str, path: str = "") -> defer.Deferred:
+        d = defer.maybeDeferred(self.request, self.supplier_id, owner_id, command, payload)
+
+        def answered(reply):
+            reply_command, reply_payload = reply
+            if reply_command == Command.FAIL:
+                raise error_from_fail(bytes(reply_payload).decode("utf-8", "replace"), path)
+            if reply_command != expect:
+                raise Unavailable(f"supplier answered {reply_command} to {command}")
+            return reply_payload
+
+        return d.addCallback(answered)
+
+    @_deferred
+    def store_block(self, customer_id: str, block_path: str, data: bytes) -> defer.Deferred:
+        """Send a block; fires with None once the supplier acknowledged it."""
+        validate_customer_id(customer_id)
+        validate_path(block_path)
+        d = self._call(customer_id, Command.DATA, wire.encode_data(block_path, data), Command.ACK, block_path)
+        return d.addCallback(lambda _: None)
+
+    @_deferred
+    def fetch_block(self, customer_id: str, block_path: str) -> defer.Deferred:
+        """Ask for a block; fires with its bytes or fails with BlockNotFound."""
+        validate_customer_id(customer_id)
+        validate_path(block_path)
+        d = self._call(customer_id, Command.RETRIEVE, wire.encode_path(block_path), Command.DATA, block_path)
+
+        def unpack(payload):
+            path, block = wire.decode_data(payload)
+            if path != block_path:
+                raise Unavailable(f"supplier sent {path} for {block_path}")
+            return block
+
+        return d.addCallback(unpack)
+
+    @_deferred
+    def list_blocks(self, customer_id: str, prefix: str) -> defer.Deferred:
+        """What the supplier holds under ``prefix``: {path: (size, sha256)}."""
+        validate_customer_id(customer_id)
+        validate_path(prefix, allow_prefix=True)
+        return self._call(customer_id, Command.LIST_FILES, wire.encode_path(prefix), Command.FILES).addCallback(wire.decode_files)
+
+    @_deferred
+    def delete(self, customer_id: str, path_or_prefix: str) -> defer.Deferred:
+        """Delete a block or a prefix; fires with how many blocks went."""
+        validate_customer_id(customer_id)
+        validate_path(path_or_prefix, allow_prefix=True)
+        d = self._call(customer_id, Command.DELETE_FILE, wire.encode_path(path_or_prefix), Command.ACK, path_or_prefix)
+        return d.addCallback(lambda payload: int(wire.decode_json(payload).get("deleted", 0)))
+
+    @_deferred
+    def request_service(self, customer_id: str, needed_bytes: int) -> defer.Deferred:
+        """Ask to become this supplier's customer; fires with its answer dict or fails with the reason."""
+        payload = wire.encode_json({"version": wire.WIRE_VERSION, "needed_bytes": needed_bytes})
+        return self._call(customer_id, Command.REQUEST_SERVICE, payload, Command.ACK).addCallback(wire.decode_json)
+
+    @_deferred
+    def cancel_service(self, customer_id: str) -> defer.Deferred:
+        """End the contract; the supplier deletes our data."""
+        return self._call(customer_id, Command.CANCEL_SERVICE, b"", Command.ACK).addCallback(wire.decode_json)

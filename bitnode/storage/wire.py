@@ -1,0 +1,104 @@
+"""Payloads of the storage commands between a customer and a supplier.
+
+The packet (:mod:`bitnode.transport.packet`) carries who and what; these are
+the payload bytes for each storage command, format version 1:
+
+- ``Data`` (store one block, and the answer to ``Retrieve``)::
+
+      u8 version=1 | u16 path length | path (UTF-8) | block bytes (raw, to the end)
+
+- ``Retrieve``, ``DeleteFile``, ``DeleteBackup``, ``ListFiles``: the UTF-8 block
+  path or prefix alone.
+- ``Files`` (answer to ``ListFiles``): JSON ``{"version": 1, "blocks": {path: [size, sha256]}}``.
+- ``RequestService``: JSON ``{"version": 1, "needed_bytes": N}``; answered by
+  ``Ack`` with JSON ``{"accepted": true, "quota_bytes": N}`` or ``Fail``.
+- ``Ack`` / ``Fail`` for everything else: JSON ``{...}`` / UTF-8 reason text.
+
+Block bytes are never base64'd or copied more than once on the way in.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+
+from bitnode.errors import BadRequest
+from bitnode.storage.interface import MAX_PATH_LENGTH
+
+WIRE_VERSION = 1
+_DATA_HEAD = struct.Struct(">BH")
+MAX_JSON_PAYLOAD = 4 * 1024 * 1024
+
+
+def encode_data(path: str, block: bytes) -> bytes:
+    """A ``Data`` payload: the block at ``path``."""
+    raw = path.encode("utf-8")
+    if not raw or len(raw) > MAX_PATH_LENGTH:
+        raise BadRequest(f"invalid block path: {path!r}")
+    return _DATA_HEAD.pack(WIRE_VERSION, len(raw)) + raw + bytes(block)
+
+
+def decode_data(payload: bytes) -> tuple[str, bytes]:
+    """(path, block bytes) of a ``Data`` payload; BadRequest when malformed."""
+    if len(payload) < _DATA_HEAD.size:
+        raise BadRequest("Data payload too short")
+    version, length = _DATA_HEAD.unpack_from(payload)
+    if version != WIRE_VERSION:
+        raise BadRequest(f"Data payload version {version} is not supported")
+    end = _DATA_HEAD.size + length
+    if length == 0 or length > MAX_PATH_LENGTH or len(payload) < end:
+        raise BadRequest("Data payload has a bad path length")
+    return decode_path(payload[_DATA_HEAD.size:end]), payload[end:]
+
+
+def encode_path(path: str) -> bytes:
+    """The payload of Retrieve / DeleteFile / DeleteBackup / ListFiles."""
+    return path.encode("utf-8")
+
+
+def decode_path(payload: bytes) -> str:
+    """A path payload as text; BadRequest for non-UTF-8 or over-long input."""
+    if len(payload) > MAX_PATH_LENGTH:
+        raise BadRequest("path too long")
+    try:
+        return bytes(payload).decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadRequest("path is not UTF-8") from None
+
+
+def encode_json(value: dict) -> bytes:
+    """A JSON payload (Files, RequestService, Ack details)."""
+    return json.dumps(value, separators=(",", ":"), sort_keys=True).encode("utf-8")
+
+
+def decode_json(payload: bytes) -> dict:
+    """A JSON object payload; BadRequest when it is not one."""
+    if len(payload) > MAX_JSON_PAYLOAD:
+        raise BadRequest("JSON payload too large")
+    try:
+        value = json.loads(bytes(payload).decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        raise BadRequest("payload is not JSON") from None
+    if not isinstance(value, dict):
+        raise BadRequest("payload must be a JSON object")
+    return value
+
+
+def encode_files(blocks: dict[str, tuple[int, str]]) -> bytes:
+    """A ``Files`` payload listing blocks with size and SHA-256."""
+    return encode_json({"version": WIRE_VERSION, "blocks": {p: [s, h] for p, (s, h) in blocks.items()}})
+
+
+def decode_files(payload: bytes) -> dict[str, tuple[int, str]]:
+    """The block listing of a ``Files`` payload; BadRequest when malformed."""
+    value = decode_json(payload)
+    blocks = value.get("blocks")
+    if value.get("version") != WIRE_VERSION or not isinstance(blocks, dict):
+        raise BadRequest("Files payload is malformed")
+    out = {}
+    for path, entry in blocks.items():
+        if (not isinstance(entry, list) or len(entry) != 2 or not isinstance(entry[0], int)
+                or not isinstance(entry[1], str)):
+            raise BadRequest(f"Files entry for {path!r} is malformed")
+        out[path] = (entry[0], entry[1])
+    return out

@@ -1,0 +1,90 @@
+"""Tests for bitnode.customer.remote_store: the IStorageServer contract over the supplier desk,
+and a whole k-of-n upload/download through desks on disk."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+from twisted.internet import defer
+from twisted.internet.task import Clock
+from twisted.trial import unittest
+
+from bitnode.customer.remote_store import RemoteStorageServer, error_from_fail
+from bitnode.errors import BadRequest, InsufficientStorage, Unavailable
+from bitnode.storage.downloader import Downloader
+from bitnode.storage.interface import BlockNotFound
+from bitnode.storage.uploader import Uploader
+from bitnode.supplier.desk import SupplierDesk
+from bitnode.supplier.disk_store import DiskStore
+from bitnode.transport.commands import Command
+from tests.storage.test_interface_contract import StorageServerContract
+
+
+def make_supplier(testcase: unittest.TestCase, donated: int = 10**9) -> SupplierDesk:
+    root = testcase.mktemp()
+    os.makedirs(root)
+    return SupplierDesk(DiskStore(os.path.join(root, "customers")), os.path.join(root, "contracts.json"),
+                        lambda: donated, Clock())
+
+
+def direct(desks: dict[str, SupplierDesk]):
+    """A request function that hands commands straight to the named supplier's desk."""
+
+    def request(supplier_id: str, owner_id: str, command: str, payload: bytes):
+        desk = desks.get(supplier_id)
+        if desk is None:
+            return defer.fail(Unavailable(f"{supplier_id} is offline"))
+        return desk.handle(owner_id, command, payload)
+
+    return request
+
+
+class RemoteStoreContractTests(StorageServerContract, unittest.TestCase):
+    def make_server(self):
+        desk = make_supplier(self)
+        server = RemoteStorageServer(direct({"s1": desk}), "s1")
+        for customer in ("alice@example.net", "bob@example.net", self.customer):
+            self.successResultOf(server.request_service(customer, 10**6))
+        return server
+
+
+class FailMappingTests(unittest.TestCase):
+    def test_fail_reasons_become_typed_errors(self) -> None:
+        self.assertIsInstance(error_from_fail("not found"), BlockNotFound)
+        self.assertIsInstance(error_from_fail("quota of 4 bytes would be exceeded"), InsufficientStorage)
+        self.assertIsInstance(error_from_fail("invalid block path: '..'"), BadRequest)
+        self.assertIsInstance(error_from_fail("internal error"), Unavailable)
+
+    def test_refused_contract_and_unexpected_answers(self) -> None:
+        server = RemoteStorageServer(direct({"s1": make_supplier(self, donated=10)}), "s1")
+        self.failureResultOf(server.request_service("alice@x", 100), InsufficientStorage)
+        self.failureResultOf(server.store_block("alice@x", "V/0/0", b"x"), BadRequest)  # not a customer
+        odd = RemoteStorageServer(lambda *a: defer.succeed((Command.FILES, b"{}")), "s2")
+        self.failureResultOf(odd.fetch_block("alice@x", "V/0/0"), Unavailable)
+        liar = RemoteStorageServer(lambda *a: defer.succeed((Command.DATA, b"\x01\x00\x01Xabc")), "s3")
+        self.failureResultOf(liar.fetch_block("alice@x", "V/0/0"), Unavailable)
+
+
+class EndToEndTests(unittest.TestCase):
+    def test_upload_three_of_five_and_restore_with_two_suppliers_gone(self) -> None:
+        customer = "alice@127.0.0.1_8084"
+        desks = {f"s{i}": make_supplier(self) for i in range(5)}
+        servers = [RemoteStorageServer(direct(desks), name) for name in desks]
+        for server in servers:
+            self.successResultOf(server.request_service(customer, 10**7))
+        source = os.path.join(self.mktemp())
+        data = hashlib.sha256(b"seed").digest() * 10000
+        with open(source, "wb") as handle:
+            handle.write(data)
+        clock = Clock()
+        key = os.urandom(32)
+        uploader = Uploader(defer.maybeDeferred, clock, servers, 3, 5, segment_size=64 * 1024)
+        result = self.successResultOf(uploader.upload(source, "V1", key, customer))
+        self.assertEqual(result.degraded, ())
+        del desks["s0"], desks["s3"]  # two suppliers vanish
+        target = self.mktemp()
+        downloader = Downloader(defer.maybeDeferred, clock, servers, 3, 5)
+        self.successResultOf(downloader.download(result.segments, "V1", key, customer, target))
+        with open(target, "rb") as handle:
+            self.assertEqual(handle.read(), data)

@@ -1,0 +1,38 @@
+"""Tests for bitnode.storage.wire: storage command payloads."""
+
+from __future__ import annotations
+
+from twisted.trial import unittest
+
+from bitnode.errors import BadRequest
+from bitnode.storage import wire
+
+
+class WireTests(unittest.TestCase):
+    def test_data_round_trip_keeps_raw_bytes(self) -> None:
+        block = bytes(range(256)) * 4
+        payload = wire.encode_data("V1/0/3", block)
+        self.assertEqual(len(payload), 3 + len("V1/0/3") + len(block))
+        self.assertEqual(wire.decode_data(payload), ("V1/0/3", block))
+        self.assertEqual(wire.decode_data(wire.encode_data("p", b"")), ("p", b""))
+
+    def test_malformed_data_is_refused(self) -> None:
+        good = wire.encode_data("V1/0/3", b"x")
+        for bad in (b"", b"\x01", b"\x02" + good[1:], b"\x01\x00\x00", b"\x01\x00\x10abc", b"\x01\x00\x02\xff\xfe"):
+            self.assertRaises(BadRequest, wire.decode_data, bad)
+        self.assertRaises(BadRequest, wire.encode_data, "", b"x")
+        self.assertRaises(BadRequest, wire.encode_data, "x" * 600, b"x")
+
+    def test_files_round_trip_and_validation(self) -> None:
+        blocks = {"V1/0/0": (10, "ab" * 32), "V1/0/1": (0, "cd" * 32)}
+        self.assertEqual(wire.decode_files(wire.encode_files(blocks)), blocks)
+        for bad in (b"[]", b"nope", b'{"version": 2, "blocks": {}}', b'{"version": 1, "blocks": {"a": [1]}}',
+                    b'{"version": 1, "blocks": {"a": ["1", "x"]}}'):
+            self.assertRaises(BadRequest, wire.decode_files, bad)
+
+    def test_paths_and_json(self) -> None:
+        self.assertEqual(wire.decode_path(wire.encode_path("V1/")), "V1/")
+        self.assertRaises(BadRequest, wire.decode_path, b"\xff")
+        self.assertRaises(BadRequest, wire.decode_path, b"a" * 600)
+        self.assertEqual(wire.decode_json(wire.encode_json({"a": 1})), {"a": 1})
+        self.assertRaises(BadRequest, wire.decode_json, b"1")
