@@ -18,15 +18,14 @@ $(STAMP): setup.cfg setup.py
 
 venv: $(STAMP)
 
-## make run: install, start a local node in the background, and print where its API is.
+## make run: install, start a local node in the background, and print where its API is and how to call it.
+## A second `make run` while it runs says so and prints the same; `make stop` stops it.
 run: $(STAMP)
-	$(VENV)/bin/bitnode start --basedir $(LOCALNET)/node
-	@echo
-	@echo "Call it:  $(VENV)/bin/bitnode api process_info --basedir $(LOCALNET)/node"
-	@echo "Stop it:  make stop"
+	@$(VENV)/bin/bitnode start --basedir $(LOCALNET)/node
+	@echo "  or:        make stop"
 
 stop: $(STAMP)
-	$(VENV)/bin/bitnode stop --basedir $(LOCALNET)/node
+	@$(VENV)/bin/bitnode stop --basedir $(LOCALNET)/node
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check automats bitnode tests scripts twisted
@@ -36,12 +35,14 @@ test: $(STAMP) lint
 	$(PY) scripts/run_tests.py -j$(JOBS) tests
 
 ## make test-fast: everything but the slow system tests.
+# Test packages (folders with an __init__.py, so never __pycache__) and top-level test modules, minus tests/system.
+FAST_TESTS = $(shell $(PYTHON) -c 'import pathlib; t = pathlib.Path("tests"); print(*sorted({"tests." + (p.parent.name if p.name == "__init__.py" else p.stem) for p in [*t.glob("*/__init__.py"), *t.glob("test_*.py")]} - {"tests.system"}))')
 test-fast: $(STAMP)
-	$(PY) scripts/run_tests.py -j$(JOBS) $$(cd . && ls -d tests/*/ | grep -v system | tr -d / | sed 's|^tests|tests.|')
+	$(PY) scripts/run_tests.py -j$(JOBS) $(FAST_TESTS)
 
 ## make test-system: only the slow system tests (real processes through the public API).
 test-system: $(STAMP)
-	$(PY) scripts/run_tests.py tests.system
+	$(PY) scripts/run_tests.py -j$(JOBS) tests.system
 
 docs: $(STAMP)
 	$(PY) scripts/gen_docs.py

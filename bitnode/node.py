@@ -24,7 +24,7 @@ from bitnode.crypt.fileutil import atomic_write
 from bitnode.interface.api import API
 from bitnode.interface.auth import ApiGuard, RateLimiter, load_or_create_secret
 from bitnode.interface.dispatch import Dispatcher
-from bitnode.interface.rest import ApiResource
+from bitnode.interface.rest import ApiResource, ConnectionTracker
 from bitnode.interface.websocket import ApiWebSocketFactory
 from bitnode.main.basedir import Basedir
 from bitnode.main.events import EventBus
@@ -60,6 +60,8 @@ class Node(MultiService):
         self.on_restart_requested: Callable[[], None] = self._restart_process
         self._http_port = None
         self._ws_port = None
+        self._connections: list[ConnectionTracker] = []
+        self._later: set = set()
         self._startup: defer.Deferred | None = None
 
     # --- helpers other parts use ------------------------------------------------
@@ -67,6 +69,17 @@ class Node(MultiService):
     def run_in_thread(self, fn, *args, **kwargs) -> defer.Deferred:
         """Run CPU or disk work in this node's bounded thread pool."""
         return deferToThreadPool(self.reactor, self.threadpool, fn, *args, **kwargs)
+
+    def call_later(self, delay: float, fn: Callable, *args, **kwargs):
+        """``clock.callLater`` for work that must not outlive the node: cancelled by stopService."""
+
+        def run():
+            self._later.discard(call)
+            fn(*args, **kwargs)
+
+        call = self.clock.callLater(delay, run)
+        self._later.add(call)
+        return call
 
     def endpoints(self) -> dict:
         """The URLs of this node's API (known once listening)."""
@@ -95,8 +108,8 @@ class Node(MultiService):
         """Create the basedir, open the API, then start the enabled services."""
         self.basedir.create()
         self.api_secret = load_or_create_secret(self.basedir.api_secret_file)
-        self.threadpool.start()
         self._listen()
+        self.threadpool.start()
         self._write_endpoints()
         self.started_at = self.clock.seconds()
         super().startService()
@@ -125,11 +138,22 @@ class Node(MultiService):
         if self._startup is not None and not self._startup.called:
             yield self._startup
         yield self.service_driver.stop_all()
+        for call in list(self._later):
+            if call.active():
+                call.cancel()
+        self._later.clear()
+        for machine in list(self.automats):
+            # Its service should have destroyed it; its timers must not fire on a stopped node.
+            self.log.warn("automat {id} still running after its service stopped; destroying it", id=machine.id)
+            machine.destroy()
         for port in (self._http_port, self._ws_port):
             if port is not None:
                 yield defer.maybeDeferred(port.stopListening)
         self._http_port = self._ws_port = None
+        # Answer waiting long-polls before the connections they would be written to are closed.
         self.events.close()
+        yield defer.gatherResults([tracker.close_all(self.clock) for tracker in self._connections])
+        self._connections = []
         self.threadpool.stop()
         try:
             os.unlink(self.basedir.endpoints_file)
@@ -143,13 +167,15 @@ class Node(MultiService):
                               lambda: self.settings.get("interface/api/rate-burst"))
         site = _ApiSite(ApiResource(self.dispatcher, guard, limiter))
         site.log_requests = lambda: self.settings.get("logs/api-calls")
-        self._http_port = self.reactor.listenTCP(self.settings.get("interface/api/http-port"), site,
-                                                 interface=iface)
         ws_factory = ApiWebSocketFactory(self.dispatcher, guard, limiter, self.events)
         ws_factory.noisy = False
+        # Trackers so stopService can close the connections still open, not only the listening ports.
+        self._connections = [ConnectionTracker(site), ConnectionTracker(ws_factory)]
+        self._http_port = self.reactor.listenTCP(self.settings.get("interface/api/http-port"),
+                                                 self._connections[0], interface=iface)
         try:
-            self._ws_port = self.reactor.listenTCP(self.settings.get("interface/api/ws-port"), ws_factory,
-                                                   interface=iface)
+            self._ws_port = self.reactor.listenTCP(self.settings.get("interface/api/ws-port"),
+                                                   self._connections[1], interface=iface)
         except Exception:
             self._http_port.stopListening()
             self._http_port = None
@@ -170,7 +196,8 @@ class Node(MultiService):
             self.reactor.stop()
 
     def _restart_process(self) -> None:
-        argv = [sys.executable] + sys.argv
+        # orig_argv keeps "-m module" (sys.argv[0] alone would be the module file, which may not run as a script).
+        argv = list(sys.orig_argv)
         pid_file = self.basedir.pid_file
 
         def exec_again():

@@ -12,7 +12,8 @@ import re
 import subprocess
 import sys
 
-SUMMARY = re.compile(r"^(PASSED|FAILED) \((.*)\)\s*$")
+# trial leaves the parentheses out when every count is zero (a run that found no tests).
+SUMMARY = re.compile(r"^(PASSED|FAILED)(?: \((.*)\))?\s*$")
 
 
 def parse_summary(line: str) -> dict | None:
@@ -22,7 +23,7 @@ def parse_summary(line: str) -> dict | None:
         return None
     counts = {"successes": 0, "failures": 0, "errors": 0, "skips": 0, "expectedFailures": 0,
               "unexpectedSuccesses": 0}
-    for part in match.group(2).split(","):
+    for part in (match.group(2) or "").split(","):
         if "=" in part:
             key, value = part.strip().split("=", 1)
             counts[key] = int(value)
@@ -40,13 +41,18 @@ def main(argv: list[str]) -> int:
         sys.stdout.flush()
         counts = parse_summary(line) or counts
     code = proc.wait()
+    line, failed = summary_line(counts)
+    print(line)
+    return code if code else (1 if failed else 0)
+
+
+def summary_line(counts: dict | None) -> tuple[str, int]:
+    """The closing line and the number of failures; no summary at all counts as one failure."""
     if counts is None:
-        print("0 passed, 1 failed")
-        return code or 1
+        return "0 passed, 1 failed", 1
     passed = counts["successes"] + counts["expectedFailures"]
     failed = counts["failures"] + counts["errors"] + counts["unexpectedSuccesses"]
-    print(f"{passed} passed, {failed} failed, {counts['skips']} skipped")
-    return code if code else (1 if failed else 0)
+    return f"{passed} passed, {failed} failed, {counts['skips']} skipped", failed
 
 
 if __name__ == "__main__":

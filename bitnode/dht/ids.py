@@ -10,6 +10,7 @@ is 64 lowercase hex characters.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import random
 from dataclasses import dataclass, field
 from typing import Any
@@ -131,6 +132,10 @@ class Contact:
         port = data.get("port")
         if not isinstance(host, str) or not 0 < len(host) <= MAX_HOST_LEN:
             raise BadRequest("contact host must be a non-empty string")
+        try:
+            ipaddress.ip_address(host)  # contacts come from datagram source addresses: never names
+        except ValueError:
+            raise BadRequest("contact host must be an IP address") from None
         if type(port) is not int or not 0 < port < 65536:
             raise BadRequest("contact port must be an int in 1..65535")
         return cls(

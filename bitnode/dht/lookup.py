@@ -12,6 +12,13 @@ waits for those in flight, and reports every valid copy it saw (the caller picks
 the best) plus the closest node that answered without the value (a place to
 cache it).
 
+Layers: in a layer lookup a node that answers without advertising the layer is
+a *relay* — its answer is used, but it leaves the shortlist so it neither
+appears in the result nor keeps the lookup going. Relays serve to *reach* the
+layer, not to walk it: contacts not advertising the layer (as far as the answer
+naming them says) are asked only until the first member answers, and at most
+``max_relays`` of them; from then on members' answers drive the lookup.
+
 Hops: a seed is hop 1; a contact first learnt from a hop-h answer is hop h+1.
 The lookup is pure logic: it sends through the ``query`` callable it is given.
 """
@@ -71,6 +78,7 @@ class IterativeLookup:
     :param layer: results only include responders advertising this layer.
     :param find_value: stop on the first valid value (``accept`` must be given).
     :param max_queries: hard cap on requests sent by this lookup.
+    :param max_relays: cap on non-members asked by a layer lookup.
     """
 
     target: int
@@ -84,6 +92,7 @@ class IterativeLookup:
     find_value: bool = False
     accept: AcceptFn | None = None
     max_queries: int = 200
+    max_relays: int = 40
     _entries: dict[int, _Entry] = field(default_factory=dict, init=False)
     _in_flight: int = field(default=0, init=False)
     _queried: int = field(default=0, init=False)
@@ -95,12 +104,12 @@ class IterativeLookup:
 
     def start(self) -> Deferred:
         """Run the lookup; fires with a :class:`LookupResult` (never fails)."""
-        self._done = Deferred()
+        done = self._done = Deferred()
         self._started = self.clock.seconds()
         for c in self.seeds:
             self._learn(c, 1)
-        self._pump()
-        return self._done
+        self._pump()  # may finish at once (no seeds, or every query failed synchronously)
+        return done
 
     # -- internals ----------------------------------------------------------------
 
@@ -109,9 +118,18 @@ class IterativeLookup:
             self._entries[contact.node_id] = _Entry(contact, hop)
 
     def _closest_alive(self) -> list[_Entry]:
-        alive = [e for e in self._entries.values() if e.state != "failed"]
-        alive.sort(key=lambda e: e.contact.node_id ^ self.target)
-        return alive[: self.k]
+        """The shortlist window: the k best entries not failed and not known relays."""
+        entries = [e for e in self._entries.values() if e.state != "failed"]
+        if self.layer != 0:
+            relays = sum(1 for e in entries if e.state == "answered" and not e.member)
+            inside = any(e.state == "answered" and e.member for e in entries)
+            use_relays = not inside and relays < self.max_relays
+            entries = [
+                e for e in entries
+                if e.member or (e.state != "answered" and (use_relays or e.contact.in_layer(self.layer)))
+            ]
+        entries.sort(key=lambda e: e.contact.node_id ^ self.target)
+        return entries[: self.k]
 
     def _pump(self) -> None:
         if self._done is None or self._done.called:
@@ -119,11 +137,11 @@ class IterativeLookup:
         stop_asking = (self.find_value and self._values) or self._queried >= self.max_queries
         if not stop_asking:
             for entry in self._closest_alive():
-                if self._in_flight >= self.alpha or self._queried >= self.max_queries:
+                if self._in_flight >= self.alpha or self._queried >= self.max_queries or self._done is None:
                     break
                 if entry.state == "new":
-                    self._send(entry)
-        if self._in_flight == 0:
+                    self._send(entry)  # may answer synchronously and re-enter _pump
+        if self._in_flight == 0 and self._done is not None:
             self._finish()
 
     def _send(self, entry: _Entry) -> None:

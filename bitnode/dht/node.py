@@ -6,11 +6,24 @@ message. A node hearing from a peer puts it in each of its own tables whose
 layer the peer advertises. Lookups carry the layer id; a node answers a layer-L
 FIND_NODE from its layer-L table (if it joined) merged with the layer-0
 contacts that advertised ``L`` — so non-members can still point a newcomer to
-members. Lookup results contain only nodes that confirmed membership in their
-own answer. Records are stored per ``(layer, key)``.
+members. A non-member that knows no member of ``L`` pads its answer with its
+closest layer-0 contacts, so a lookup can walk towards the layer (see
+:mod:`bitnode.dht.lookup`). Lookup results contain only nodes that confirmed
+membership in their own answer. Records are stored per ``(layer, key)``.
 
 Joining a layer pings every layer-0 contact (announcing the new layer) and then
 looks up our own id in that layer.
+
+Records live until the ``expires`` their writer signed. Every hour (settable)
+a node re-pushes its own records and the records it holds for others to the
+current k closest nodes, so the value survives churn until then; extending a
+record's life means writing it again (``set_value``), which the nickname
+holder does before expiry.
+
+Disk: the record store is sqlite in WAL mode, used synchronously on the reactor
+thread. Records are at most 6 KiB and every query is by primary key or by
+index, so each call is short; the bulk scans (republish, dump) are over our own
+small table.
 """
 
 from __future__ import annotations
@@ -20,14 +33,13 @@ from collections import Counter, deque
 from collections.abc import Iterable
 from typing import Any
 
-from Crypto.PublicKey import ECC
 from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, fail, maybeDeferred, succeed
 from twisted.internet.interfaces import IListeningPort, IReactorTime, IReactorUDP
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from bitnode.dht import messages, records
-from bitnode.dht.ids import Contact, check_layer_id, check_user, id_from_hex, key_to_id, random_id
+from bitnode.dht.ids import ID_SPACE, Contact, check_layer_id, check_user, id_from_hex, key_to_id, random_id
 from bitnode.dht.lookup import IterativeLookup, LookupResult
 from bitnode.dht.messages import Message, Sender
 from bitnode.dht.protocol import Address, RPCEngine, UDPProtocol
@@ -35,7 +47,7 @@ from bitnode.dht.records import InvalidRecord, Record, RecordConflict
 from bitnode.dht.routing import RoutingTable
 from bitnode.dht.simnet import SimEndpoint
 from bitnode.dht.storage import RecordStore, StoredRecord, StoreKeeper
-from bitnode.errors import BadRequest, InsufficientStorage, NotFound, Timeout, Unavailable
+from bitnode.errors import BadRequest, Conflict, InsufficientStorage, NotFound, Timeout, Unavailable
 
 
 class DHTNode:
@@ -43,7 +55,9 @@ class DHTNode:
 
     :param clock: ``IReactorTime`` (the reactor, or a ``Clock`` in tests).
     :param rng: a ``random.Random``: node id (unless given), request ids, random targets.
-    :param signer_key: Ed25519 private key (pycryptodome ``EccKey``) that signs our records.
+    :param signer_key: Ed25519 private key that signs our records: a
+        :class:`bitnode.crypt.fastsign.Ed25519PrivateKey` or a pycryptodome ``EccKey``;
+        None for a node that routes and reads but cannot write yet (see :meth:`set_signer_key`).
     :param store_path: sqlite file for held records, or ``":memory:"``.
     :param k: bucket size and replication factor.
     :param alpha: parallel requests per lookup.
@@ -55,7 +69,7 @@ class DHTNode:
         self,
         clock: IReactorTime,
         rng: random.Random,
-        signer_key: ECC.EccKey,
+        signer_key: records.SignerKey | None,
         store_path: str = ":memory:",
         k: int = 20,
         alpha: int = 3,
@@ -76,8 +90,9 @@ class DHTNode:
             raise BadRequest("k and alpha must be >= 1")
         self._clock = clock
         self._rng = rng
-        self._signer = signer_key
-        self.pubkey = records.public_key_b64(signer_key)
+        self._signer: records.SignerKey | None = None
+        self.pubkey = ""
+        self.set_signer_key(signer_key)
         self.node_id = random_id(rng) if node_id is None else node_id
         self.k = k
         self.alpha = alpha
@@ -120,6 +135,11 @@ class DHTNode:
         self._engine.attach(endpoint.send)
         self.address = endpoint.address
         self._start_timers()
+
+    def set_signer_key(self, signer_key: records.SignerKey | None) -> None:
+        """Install (or, with None, remove) the Ed25519 key that signs our records."""
+        self.pubkey = "" if signer_key is None else records.public_key_b64(signer_key)
+        self._signer = signer_key
 
     def set_user(self, user: str) -> None:
         """Set the opaque text (e.g. our IDURL) sent with every message and returned in contacts."""
@@ -170,7 +190,9 @@ class DHTNode:
         :class:`InvalidRecord` for a bad shape, or :class:`Unavailable` if no
         peer accepted it.
         """
-        return ensureDeferred(self._set_value(key, value, record_type, int(expire), check_layer_id(layer_id)))
+        if type(expire) is not int:
+            raise BadRequest("expire must be an int number of seconds")
+        return ensureDeferred(self._set_value(key, value, record_type, expire, check_layer_id(layer_id)))
 
     def get_value(self, key: str, record_type: str | None = None, layer_id: int = 0) -> Deferred:
         """Find the best valid record for ``key`` (of ``record_type`` if given); fires with it or None."""
@@ -182,12 +204,20 @@ class DHTNode:
         The result never includes this node itself.
         """
         target = self.node_id if node_id is None else (id_from_hex(node_id) if isinstance(node_id, str) else node_id)
+        if type(target) is not int or not 0 <= target < ID_SPACE:
+            raise BadRequest("node id must be a 256-bit id")
         d = self._lookup(target, check_layer_id(layer_id))
         return d.addCallback(lambda r: [c.to_dict() for c in r.contacts])
 
     def random_nodes(self, layer_id: int = 0, count: int = 1) -> Deferred:
-        """Fires with up to ``count`` random contact dicts of members of ``layer_id`` (never this node)."""
+        """Fires with up to ``count`` (at most k) random contact dicts of members of ``layer_id``.
+
+        They are the members closest to a random id, confirmed by their own
+        answer during the lookup; this node itself is never among them.
+        """
         layer = check_layer_id(layer_id)
+        if type(count) is not int or count < 1:
+            raise BadRequest("count must be a positive int")
 
         def pick(result: LookupResult) -> list[dict[str, Any]]:
             found = list(result.contacts)
@@ -243,14 +273,15 @@ class DHTNode:
     def _handle_request(self, msg: Message, address: Address) -> tuple[str, dict[str, Any]] | None:
         if msg.kind == messages.PING:
             return messages.PONG, {}
+        asker = msg.sender.node_id
         if msg.kind == messages.FIND_NODE:
-            return messages.NODES, {"contacts": self._closest_for(msg.layer, msg.body["target"])}
+            return messages.NODES, {"contacts": self._closest_for(msg.layer, msg.body["target"], asker, pad=True)}
         if msg.kind == messages.FIND_VALUE:
             key = msg.body["key"]
             row = self._store.get(msg.layer, key) if msg.layer in self._tables else None
             if row is not None:
                 return messages.VALUE, {"record": row.record}
-            return messages.NODES, {"contacts": self._closest_for(msg.layer, key_to_id(key))}
+            return messages.NODES, {"contacts": self._closest_for(msg.layer, key_to_id(key), asker, pad=True)}
         if msg.kind == messages.STORE:
             ok, code, reason = self._accept_store(msg.layer, msg.body["record"])
             return messages.STORED, {"ok": ok, "code": code, "reason": reason}
@@ -268,7 +299,8 @@ class DHTNode:
             if not records.check_replace(self._local_record(layer, record.key), record, now):
                 self._store.mark_replicated(layer, record.key)
                 return True, "same", ""
-            self._store.put(layer, record.key, record.to_dict(), record.expires, own=record.writer_pubkey == self.pubkey)
+            mine = bool(self.pubkey) and record.writer_pubkey == self.pubkey
+            self._store.put(layer, record.key, record.to_dict(), record.expires, own=mine)
         except RecordConflict as exc:
             self.counters["store_conflicts"] += 1
             return False, "conflict", str(exc)
@@ -291,15 +323,22 @@ class DHTNode:
             self._store.delete(layer, key)
             return None
 
-    def _closest_for(self, layer: int, target: int) -> list[Contact]:
-        """Our best contacts for ``target`` in ``layer``: the layer table plus layer-0 contacts claiming it."""
+    def _closest_for(self, layer: int, target: int, exclude: int | None = None, pad: bool = False) -> list[Contact]:
+        """Our best contacts for ``target`` in ``layer``: the layer table plus layer-0 contacts claiming it.
+
+        With ``pad``, a non-member that knows no member answers with its closest
+        layer-0 contacts instead, as relays towards the layer.
+        """
+        skip = frozenset() if exclude is None else frozenset({exclude})
         pool: dict[int, Contact] = {}
         if layer in self._tables:
-            pool.update((c.node_id, c) for c in self._tables[layer].closest(target, self.k))
+            pool.update((c.node_id, c) for c in self._tables[layer].closest(target, self.k, skip))
         if layer != 0:
             for c in self._tables[0].contacts():
-                if c.in_layer(layer):
+                if c.in_layer(layer) and c.node_id not in skip:
                     pool.setdefault(c.node_id, c)
+        if not pool and pad and layer not in self._tables:
+            return self._tables[0].closest(target, self.k, skip)
         return sorted(pool.values(), key=lambda c: c.node_id ^ target)[: self.k]
 
     # -- outgoing -----------------------------------------------------------------
@@ -326,7 +365,7 @@ class DHTNode:
             return fail(Unavailable("DHT node stopped"))
         seeds = self._closest_for(layer, target)
         if not seeds and layer != 0:
-            seeds = self._tables[0].closest(target, self.alpha)  # non-members relay us to members
+            seeds = self._tables[0].closest(target, self.k)  # non-members relay us to members
         if layer in self._tables:
             self._tables[layer].touch(target)
         if key is None:
@@ -377,8 +416,10 @@ class DHTNode:
 
     async def _bootstrap(self, seeds: list[tuple[str, int]]) -> int:
         self._check_running()
-        pings = [self._engine.request(addr, messages.PING) for addr in seeds if addr != self.address]
-        answers = await DeferredList(pings, consumeErrors=True)
+        others = [addr for addr in seeds if addr != self.address]
+        if not others and not len(self._tables[0]):
+            return 0  # we are the first node (the seed itself): nothing to join yet
+        answers = await DeferredList([self._engine.request(a, messages.PING) for a in others], consumeErrors=True)
         if not any(ok for ok, _ in answers) and not len(self._tables[0]):
             raise Unavailable("no DHT bootstrap seed answered")
         await self._lookup(self.node_id, 0)
@@ -409,13 +450,17 @@ class DHTNode:
         records.check_shape(record_type, key, value)
         if not 0 < expire <= records.MAX_TTL:
             raise BadRequest(f"expire must be 1..{records.MAX_TTL} seconds")
+        signer, pubkey = self._signer, self.pubkey
+        if signer is None:
+            raise Conflict("this DHT node has no signing key yet (no identity): it cannot write records")
         found = await self._lookup(key_to_id(key), layer, key=key, record_type=record_type)
+        self._check_running()
         now = int(self._clock.seconds())
         local = self._local_record(layer, key)
         copies = [v for _, v in found.values] + ([local] if local else [])
         existing = records.pick_best(copies, now)
-        seq = max((r.seq + 1 for r in copies if r.writer_pubkey == self.pubkey), default=0)
-        record = records.sign_record(self._signer, key, value, record_type, now, now + expire, seq)
+        seq = max((r.seq + 1 for r in copies if r.writer_pubkey == pubkey), default=0)
+        record = records.sign_record(signer, key, value, record_type, now, now + expire, seq)
         records.check_replace(existing, record, now)
         records.check_replace(local, record, now)
         closest = found.contacts
@@ -424,6 +469,7 @@ class DHTNode:
         self._check_running()
         self._store.put(layer, key, record.to_dict(), record.expires, own=True)
         bodies = await self._store_at_closest(record, layer, closest)
+        self._check_running()
         accepted = [b for b in bodies if b.get("ok")]
         if not accepted and any(b.get("code") == "conflict" for b in bodies):
             self._store.delete(layer, key)

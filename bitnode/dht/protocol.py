@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from twisted.internet.defer import Deferred, fail
+from twisted.internet.error import MessageLengthError
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
@@ -150,7 +151,7 @@ class RPCEngine:
     def stats(self) -> dict[str, int]:
         """Counters: sent, received, malformed, oversize, rate_limited, timeouts, unmatched, ..."""
         keys = ("sent", "received", "malformed", "oversize", "rate_limited", "timeouts", "unmatched",
-                "send_errors", "handler_errors", "requests_handled")
+                "send_errors", "handler_errors", "requests_handled", "oversize_replies")
         return {k: self.counters[k] for k in keys} | {"pending": len(self._pending)}
 
     # -- outgoing -----------------------------------------------------------------
@@ -163,6 +164,8 @@ class RPCEngine:
         """
         if self._closed or self._send is None:
             return fail(Unavailable("DHT node is not running"))
+        if kind not in messages.RESPONSES:
+            return fail(messages.MalformedMessage(f"{kind!r} is not a request type"))
         rid = messages.new_request_id(self._rng)
         while rid in self._pending:
             rid = messages.new_request_id(self._rng)
@@ -192,7 +195,7 @@ class RPCEngine:
             return False
         try:
             self._send(data, address)
-        except OSError as exc:
+        except (OSError, ValueError, MessageLengthError) as exc:  # ValueError: Twisted's InvalidAddressError
             self.counters["send_errors"] += 1
             self._log.info("DHT send to {address} failed: {exc}", address=address, exc=exc)
             return False
@@ -260,6 +263,8 @@ class RPCEngine:
 
 class UDPProtocol(DatagramProtocol):
     """Connects an :class:`RPCEngine` to a real UDP socket."""
+
+    noisy = False  # no "Starting protocol" log lines per node
 
     def __init__(self, engine: RPCEngine) -> None:
         self.engine = engine

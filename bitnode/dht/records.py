@@ -14,7 +14,12 @@ whole seconds (ints), so the canonical form is the same in any language.
 
 Keys are namespaced strings: ``nickname:``, ``identity:`` and ``suppliers:``
 keys must carry records of that type; ``skip_validation`` records may use any
-other namespace. A ``nickname:X`` record must have ``value.nickname == X``.
+other key (``app:x``, or a plain ``abcd`` as in the API examples). A
+``nickname:X`` record must have ``value.nickname == X``.
+
+The writer's key is an Ed25519 private key, given either as a
+:class:`bitnode.crypt.fastsign.Ed25519PrivateKey` (what the identity service
+holds) or as a raw pycryptodome ``EccKey``; the DHT never creates or stores it.
 
 Overwrite rules (:func:`check_replace`), for an unexpired stored record:
 
@@ -40,6 +45,7 @@ from typing import Any
 from Crypto.PublicKey import ECC
 from Crypto.Signature import eddsa
 
+from bitnode.crypt.fastsign import Ed25519PrivateKey
 from bitnode.dht.ids import key_to_id
 from bitnode.errors import BadRequest, Conflict
 
@@ -127,22 +133,33 @@ def _canonical(obj: Any) -> bytes:
         raise InvalidRecord(f"record is not plain JSON: {exc}") from None
 
 
+SignerKey = Ed25519PrivateKey | ECC.EccKey
+
+
 def generate_signing_key() -> ECC.EccKey:
-    """A new Ed25519 private key (OS randomness: keys are not simulation state)."""
+    """A new Ed25519 private key (OS randomness: keys are not simulation state). For tests and tools."""
     return ECC.generate(curve="ed25519")
 
 
-def public_key_b64(key: ECC.EccKey) -> str:
+def _ecc(key: SignerKey) -> ECC.EccKey:
+    """The pycryptodome key inside either accepted key type; refuses anything but an Ed25519 private key."""
+    raw = key.raw if isinstance(key, Ed25519PrivateKey) else key
+    if not isinstance(raw, ECC.EccKey) or raw.curve != "Ed25519" or not raw.has_private():
+        raise BadRequest("the DHT signer must be an Ed25519 private key")
+    return raw
+
+
+def public_key_b64(key: SignerKey) -> str:
     """Base64 of the raw 32-byte public key."""
-    return base64.b64encode(key.public_key().export_key(format="raw")).decode("ascii")
+    return base64.b64encode(_ecc(key).public_key().export_key(format="raw")).decode("ascii")
 
 
 def sign_record(
-    signer_key: ECC.EccKey, key: str, value: Any, record_type: str, created: int, expires: int, seq: int
+    signer_key: SignerKey, key: str, value: Any, record_type: str, created: int, expires: int, seq: int
 ) -> Record:
     """Build, sign and check a record; raises :class:`InvalidRecord` if it would not verify."""
     unsigned = Record(key, value, record_type, public_key_b64(signer_key), int(created), int(expires), seq, "")
-    signature = eddsa.new(signer_key, "rfc8032").sign(unsigned.signing_bytes())
+    signature = eddsa.new(_ecc(signer_key), "rfc8032").sign(unsigned.signing_bytes())
     record = Record(**{**unsigned.to_dict(), "signature": base64.b64encode(signature).decode("ascii")})
     verify(record, now=created)
     return record
@@ -172,17 +189,17 @@ def verify(record: Record, now: float) -> None:
 
 
 def check_key(key: Any, record_type: Any) -> None:
-    """Keys are ``namespace:name``; the typed namespaces are reserved for their record type."""
+    """Typed keys are ``type:name``; those namespaces are reserved for their record type."""
     if record_type not in RECORD_TYPES:
         raise InvalidRecord(f"unknown record type {record_type!r}")
-    if not isinstance(key, str) or not 0 < len(key) <= MAX_KEY_LEN:
-        raise InvalidRecord(f"key must be a string of 1..{MAX_KEY_LEN} characters")
+    if not isinstance(key, str) or not 0 < len(key) <= MAX_KEY_LEN or not key.isprintable():
+        raise InvalidRecord(f"key must be a printable string of 1..{MAX_KEY_LEN} characters")
     namespace, sep, name = key.partition(":")
-    if not sep or not namespace or not name:
-        raise InvalidRecord("key must look like namespace:name")
+    if record_type in FIRST_OWNER_TYPES and not (sep and name):
+        raise InvalidRecord(f"{record_type} keys must look like {record_type}:name")
     if record_type in FIRST_OWNER_TYPES and namespace != record_type:
         raise InvalidRecord(f"{record_type} records must use {record_type}: keys")
-    if record_type == SKIP_VALIDATION and namespace in FIRST_OWNER_TYPES:
+    if record_type == SKIP_VALIDATION and sep and namespace in FIRST_OWNER_TYPES:
         raise InvalidRecord(f"{namespace}: keys need {namespace} records")
 
 

@@ -16,6 +16,9 @@ from twisted.internet import defer
 
 import bitnode
 from bitnode.errors import BadRequest, Conflict, NotFound
+from bitnode.interface.api_dht import DHTMethods
+from bitnode.interface.api_identity import IdentityMethods
+from bitnode.interface.api_network import NetworkMethods
 from bitnode.main.process import debug_snapshot, system_stats
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -24,7 +27,7 @@ if TYPE_CHECKING:  # pragma: no cover
 STOP_DELAY = 0.2
 
 
-class API:
+class API(IdentityMethods, NetworkMethods, DHTMethods):
     """Every implemented API method of one node."""
 
     def __init__(self, node: Node):
@@ -34,12 +37,12 @@ class API:
 
     def process_stop(self) -> dict:
         """Stop the node shortly after answering."""
-        self.node.clock.callLater(STOP_DELAY, self.node.request_stop)
+        self.node.call_later(STOP_DELAY, self.node.request_stop)
         return {"stopping": True, "pid": os.getpid()}
 
     def process_restart(self) -> dict:
         """Stop the node and start it again with the same arguments, after answering."""
-        self.node.clock.callLater(STOP_DELAY, self.node.request_restart)
+        self.node.call_later(STOP_DELAY, self.node.request_restart)
         return {"restarting": True, "pid": os.getpid()}
 
     def process_health(self) -> dict:
@@ -71,7 +74,7 @@ class API:
         if allowed and sys.stdin is not None and sys.stdin.isatty():
             import pdb
 
-            self.node.clock.callLater(STOP_DELAY, pdb.set_trace)
+            self.node.call_later(STOP_DELAY, pdb.set_trace)
             snapshot["debugger"] = "pdb opens on the node's terminal; the node is paused until you continue"
         else:
             snapshot["debugger"] = ("not opened: needs interface/api/allow-debugger=true and a node running "
@@ -115,16 +118,16 @@ class API:
         return self.node.service_driver.info(service_name, with_configs=True)
 
     def service_start(self, service_name: str) -> defer.Deferred:
-        """Enable and start a service (409 if a dependency is off)."""
-        return self.node.service_driver.start(service_name)
+        """Enable and start a service (409 if a dependency is off or the start fails)."""
+        return self.node.service_driver.start(service_name).addCallback(_service_outcome, "start")
 
     def service_stop(self, service_name: str) -> defer.Deferred:
         """Disable and stop a service and its dependents."""
-        return self.node.service_driver.stop(service_name)
+        return self.node.service_driver.stop(service_name).addCallback(_service_outcome, "stop")
 
     def service_restart(self, service_name: str, wait_timeout: float = 10.0) -> defer.Deferred:
-        """Stop and start an enabled service and its dependents."""
-        return self.node.service_driver.restart(service_name, wait_timeout)
+        """Stop and start an enabled service and its dependents (409 if the start fails)."""
+        return self.node.service_driver.restart(service_name, wait_timeout).addCallback(_service_outcome, "restart")
 
     # --- events and automats -------------------------------------------------------
 
@@ -147,3 +150,10 @@ class API:
     def automats_list(self) -> list:
         """Every state machine of this node with state, timers and recent transitions."""
         return self.node.automats.list()
+
+
+def _service_outcome(info: dict, action: str) -> dict:
+    """The driver reports a failed start or stop in the service's state; the API answers it as an error."""
+    if info.get("state") == "FAILED":
+        raise Conflict(f"{info['name']} could not {action}: {info.get('reason') or 'see the log'}")
+    return info

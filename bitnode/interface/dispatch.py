@@ -16,7 +16,14 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from bitnode.errors import BadRequest, MethodNotAllowed, NotFound, NotImplementedYet, error_response
+from bitnode.errors import (
+    BadRequest,
+    BitnodeError,
+    MethodNotAllowed,
+    NotFound,
+    NotImplementedYet,
+    error_response,
+)
 from bitnode.interface.routes import LEGACY, ROUTES, Alias, Param, Route
 
 Target = Union[Route, Alias]
@@ -64,7 +71,7 @@ def bind_arguments(name: str, params: tuple[Param, ...], raw: dict) -> dict:
         if param.name not in kwargs:
             if param.required:
                 raise BadRequest(f"{name}: missing parameter '{param.name}'")
-            kwargs[param.name] = list(param.default) if isinstance(param.default, tuple) else param.default
+            kwargs[param.name] = param.default_value()
     return kwargs
 
 
@@ -155,7 +162,8 @@ class Dispatcher:
             if failure.check(defer.CancelledError):
                 return Answer(499, {"status": "ERROR", "errors": ["request cancelled"]}, {})
             response = error_response(failure.value, time.perf_counter() - started)
-            if response.http_code >= 500 and response.http_code not in (501, 503):
+            # Typed errors are answers (501, 503, 507...); only the unexpected deserve a traceback.
+            if response.http_code == 500 or not failure.check(BitnodeError):
                 self.log.failure("api {name} failed unexpectedly", failure, name=target.name)
             elif self._log_calls():
                 self.log.info("api {name} -> {code}: {errors}", name=target.name, code=response.http_code,

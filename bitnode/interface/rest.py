@@ -1,15 +1,20 @@
 """The HTTP REST API: one twisted.web resource generated from the route table.
 
 GET parameters come from the query string; other verbs take a JSON object
-body (query-string parameters are accepted too). Every answer is the JSON
-envelope with the HTTP code from the one error table.
+body (query-string parameters are accepted too); a parameter that is part of
+the path cannot be given a different value elsewhere. Every answer is the
+JSON envelope with the HTTP code from the one error table (413 for a body
+over :data:`MAX_BODY`).
 """
 
 from __future__ import annotations
 
 import json
 
+from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from twisted.protocols.policies import WrappingFactory
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
@@ -18,6 +23,12 @@ from bitnode.interface.auth import ApiGuard, RateLimiter
 from bitnode.interface.dispatch import Answer, Dispatcher
 
 MAX_BODY = 1024 * 1024
+
+
+class PayloadTooLarge(BadRequest):
+    """The request body is over :data:`MAX_BODY` (HTTP 413)."""
+
+    http_code = 413
 
 
 def encode_envelope(envelope: dict) -> bytes:
@@ -58,7 +69,8 @@ class ApiResource(Resource):
         self._limiter.hit(client)
         verb = request.method.decode("ascii", "replace").upper()
         path = request.path.decode("utf-8", "replace")
-        target, kwargs = self._dispatcher.by_path(path, verb)
+        target, from_path = self._dispatcher.by_path(path, verb)
+        kwargs = {}
         for key, values in request.args.items():
             name = key.decode("utf-8", "replace")
             if name == "api_secret":
@@ -66,6 +78,11 @@ class ApiResource(Resource):
             kwargs[name] = values[-1].decode("utf-8", "replace")
         if verb != "GET":
             kwargs.update(self._read_body(request))
+        for name, value in from_path.items():
+            # The path names what is acted on; a different value elsewhere must not override it.
+            if name in kwargs and kwargs[name] != value:
+                raise BadRequest(f"parameter '{name}' is already given in the path")
+            kwargs[name] = value
         return target, kwargs
 
     @staticmethod
@@ -73,7 +90,7 @@ class ApiResource(Resource):
         request.content.seek(0)
         raw = request.content.read(MAX_BODY + 1)
         if len(raw) > MAX_BODY:
-            raise BadRequest(f"request body larger than {MAX_BODY} bytes")
+            raise PayloadTooLarge(f"request body larger than {MAX_BODY} bytes")
         if not raw.strip():
             return {}
         try:
@@ -88,10 +105,64 @@ class ApiResource(Resource):
     def _write(request: Request, answer: Answer) -> None:
         if request.finished or request._disconnected:
             return
+        body = encode_envelope(answer.envelope)
         request.setResponseCode(answer.code if answer.code != 499 else 400)
         request.setHeader(b"content-type", b"application/json; charset=utf-8")
         request.setHeader(b"cache-control", b"no-store")
+        # A length instead of chunked encoding: one write, and clients know when the answer ends.
+        request.setHeader(b"content-length", str(len(body)).encode("ascii"))
         for name, value in answer.headers.items():
             request.setHeader(name.encode("ascii"), str(value).encode("ascii"))
-        request.write(encode_envelope(answer.envelope))
+        request.write(body)
         request.finish()
+
+
+class ConnectionTracker(WrappingFactory):
+    """Wraps a server factory (the Site, the WebSocket factory) to know its open connections.
+
+    Stopping to listen leaves accepted connections open, with their idle
+    timers; a node that stops must close them itself, or they outlive it.
+    """
+
+    noisy = False
+
+    def __init__(self, wrapped_factory):
+        super().__init__(wrapped_factory)
+        self._when_empty: list[defer.Deferred] = []
+
+    def logPrefix(self) -> str:
+        """Log as the wrapped factory ("_ApiSite starting on 8180"), as without the tracker."""
+        return self.wrappedFactory.__class__.__name__
+
+    def unregisterProtocol(self, p) -> None:
+        """A connection went away; tell :meth:`close_all` when it was the last one."""
+        super().unregisterProtocol(p)
+        if not self.protocols:
+            waiters, self._when_empty = self._when_empty, []
+            for waiter in waiters:
+                waiter.callback(None)
+
+    def close_all(self, clock: IReactorTime, grace: float = 2.0) -> defer.Deferred:
+        """Close every connection; fires once all are gone (aborting those still open after ``grace``).
+
+        A wrapped protocol with a ``close_for_shutdown()`` method closes
+        itself politely (a WebSocket close frame); others lose the connection
+        once written data is flushed.
+        """
+        if not self.protocols:
+            return defer.succeed(None)
+        done = defer.Deferred()
+        self._when_empty.append(done)
+        for wrapper in list(self.protocols):
+            closer = getattr(wrapper.wrappedProtocol, "close_for_shutdown", None)
+            if closer is not None:
+                closer()
+            else:
+                wrapper.transport.loseConnection()
+        abort = clock.callLater(grace, self._abort_all)
+        done.addBoth(lambda result: (abort.cancel() if abort.active() else None, result)[1])
+        return done
+
+    def _abort_all(self) -> None:
+        for wrapper in list(self.protocols):
+            wrapper.transport.abortConnection()

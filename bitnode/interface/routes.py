@@ -85,6 +85,14 @@ class Param:
         """True when the caller must give this parameter."""
         return self.default is REQUIRED
 
+    def default_value(self) -> Any:
+        """The default as a handler receives it: list parameters get a fresh list, also from comma text."""
+        if self.default is None or self.default is REQUIRED:
+            return self.default
+        if self.type is LIST:
+            return self.type.parse(list(self.default) if isinstance(self.default, tuple) else self.default)
+        return list(self.default) if isinstance(self.default, tuple) else self.default
+
     def coerce(self, value: Any) -> Any:
         """Parse ``value``; None is accepted where the default is None. BadRequest names the parameter."""
         if value is None and self.default is None:

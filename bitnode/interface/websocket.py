@@ -3,7 +3,8 @@
 A client connects to ``ws://127.0.0.1:8280/?api_secret=...`` (or sends the
 ``api_secret`` header). Calls are ``{"command": "api_call", "method": M,
 "kwargs": {...}, "call_id": X}`` and are answered to that client only as
-``{"type": "api_call", "call_id": X, "payload": <envelope>}``. Every event of
+``{"type": "api_call", "call_id": X, "code": <HTTP code>, "payload": <envelope>}``
+(``code`` is what REST would answer, so a client can tell 404 from 400). Every event of
 the node is pushed as ``{"type": "event", "seq": N, "payload": {...}}``;
 ``?since=N`` on the URL (or ``{"command": "resume", "since": N}``) replays the
 buffered events after N first.
@@ -90,21 +91,31 @@ class ApiWebSocketProtocol(WebSocketServerProtocol):
         except BitnodeError as err:
             response = error_response(err)
             self._send({"type": "api_call" if call_id is not None else "error", "call_id": call_id,
-                        "payload": response.envelope})
+                        "code": response.http_code, "payload": response.envelope})
+
+    def close_for_shutdown(self) -> None:
+        """The node is stopping: close with 1001 "going away" (or drop a connection still in its handshake)."""
+        if self.state == WebSocketServerProtocol.STATE_OPEN:
+            self.sendCloseFrame(code=1001, reasonUtf8=b"node stopping", isReply=False)
+        elif self.state != WebSocketServerProtocol.STATE_CLOSING:
+            self.transport.loseConnection()
 
     def _api_call(self, message: dict, call_id) -> None:
+        method = message.get("method")
+        if not isinstance(method, str) or not method:
+            raise BadRequest("api_call needs 'method': the name of an API method")
         kwargs = message.get("kwargs", {})
         if kwargs is None:
             kwargs = {}
         if not isinstance(kwargs, dict):
             raise BadRequest("kwargs must be a JSON object")
-        d = self.factory.dispatcher.execute_by_name(message.get("method"), kwargs)
+        d = self.factory.dispatcher.execute_by_name(method, kwargs)
         self._pending.add(d)
 
         def answer(result):
             self._pending.discard(d)
             if result.code != 499:
-                self._send({"type": "api_call", "call_id": call_id, "payload": result.envelope})
+                self._send({"type": "api_call", "call_id": call_id, "code": result.code, "payload": result.envelope})
 
         d.addCallback(answer)
         d.addErrback(lambda f: self.log.failure("websocket api_call failed", f))

@@ -74,7 +74,8 @@ class EventBus:
             except Exception:
                 self.log.failure("event subscriber failed on {event_id}", event_id=event_id)
         for consumer in list(self._consumers.values()):
-            if consumer.waiter is not None:
+            # A consumer resuming after an id not reached yet keeps waiting rather than hearing nothing.
+            if consumer.waiter is not None and consumer.cursor < event.seq:
                 self._deliver(consumer)
         return event
 

@@ -7,6 +7,7 @@ a reason that names what was expected.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -58,23 +59,31 @@ def parse_int(value: Any) -> int:
 
 
 def parse_float(value: Any) -> float:
-    """Accept numbers and numeric text."""
+    """Accept finite numbers and numeric text (NaN would slip past every minimum/maximum check)."""
     if isinstance(value, bool):
-        raise BadRequest(f"expected a number, got {value!r}")
+        raise BadRequest(f"expected a finite number, got {value!r}")
+    number = None
     if isinstance(value, (int, float)):
-        return float(value)
-    if isinstance(value, str):
         try:
-            return float(value.strip())
+            number = float(value)
+        except OverflowError:
+            pass
+    elif isinstance(value, str):
+        try:
+            number = float(value.strip())
         except ValueError:
             pass
-    raise BadRequest(f"expected a number, got {value!r}")
+    if number is None or not math.isfinite(number):
+        raise BadRequest(f"expected a finite number, got {value!r}")
+    return number
 
 
 def parse_disk_space(value: Any) -> int:
     """Parse "2 GB", "512MB", "1.5 GiB" or a byte count into bytes (binary units)."""
     if isinstance(value, bool):
         raise BadRequest(f"expected a disk space like '2 GB', got {value!r}")
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
     if isinstance(value, int):
         if value < 0:
             raise BadRequest("disk space cannot be negative")
@@ -85,7 +94,10 @@ def parse_disk_space(value: Any) -> int:
             number, unit = match.groups()
             mult = _SPACE_UNITS.get(unit.upper())
             if mult is not None:
-                return int(float(number) * mult)
+                try:
+                    return int(number) * mult if "." not in number else int(float(number) * mult)
+                except (OverflowError, ValueError):
+                    pass  # a fraction too long for a float ("1e400" worth of digits)
     raise BadRequest(f"expected a disk space like '2 GB', got {value!r}")
 
 
@@ -155,14 +167,23 @@ class Option:
         except BadRequest as err:
             raise BadRequest(f"bad value for {self.key}: {err}") from None
         if self.minimum is not None and parsed < self.minimum:
-            raise BadRequest(f"bad value for {self.key}: must be at least {self.minimum:g}")
+            raise BadRequest(f"bad value for {self.key}: must be at least {self._bound(self.minimum)}")
         if self.maximum is not None and parsed > self.maximum:
-            raise BadRequest(f"bad value for {self.key}: must be at most {self.maximum:g}")
-        if self.choices and parsed not in self.choices:
-            raise BadRequest(f"bad value for {self.key}: must be one of {', '.join(map(str, self.choices))}")
-        if self.pattern is not None and not re.fullmatch(self.pattern, parsed):
-            raise BadRequest(f"bad value for {self.key}: does not match {self.pattern}")
+            raise BadRequest(f"bad value for {self.key}: must be at most {self._bound(self.maximum)}")
+        # A list option checks choices and pattern on each of its items.
+        items = parsed if isinstance(parsed, list) else [parsed]
+        for item in items:
+            if self.choices and item not in self.choices:
+                raise BadRequest(f"bad value for {self.key}: must be one of {', '.join(map(str, self.choices))}")
+            if self.pattern is not None and not re.fullmatch(self.pattern, item):
+                raise BadRequest(f"bad value for {self.key}: {item!r} does not match {self.pattern}")
         return parsed
+
+    def _bound(self, bound: float) -> str:
+        # Disk space bounds read as "64 KB", not "65536".
+        if self.kind is DISK_SPACE:
+            return format_disk_space(int(bound))
+        return f"{bound:g}"
 
     def render(self, value: Any) -> Any:
         """The value as shown to users (disk space as text, others unchanged)."""

@@ -82,18 +82,23 @@ class Settings:
     def get(self, key: str) -> Any:
         """Current value of ``key`` (the default unless it was set)."""
         option = self.option(key)
-        return self._values.get(option.key, option.default)
+        value = self._values.get(option.key, option.default)
+        # A list handed out must not be the stored value or the schema's shared default.
+        return list(value) if isinstance(value, list) else value
 
     def set(self, key: str, value: Any) -> tuple[Any, Any]:
         """Validate, persist, then notify listeners. Returns (old, new) values."""
         option = self.option(key)
         new = option.coerce(value)
         old = self.get(option.key)
+        values = dict(self._values)
         if new == option.default:
-            self._values.pop(option.key, None)
+            values.pop(option.key, None)
         else:
-            self._values[option.key] = new
-        self._save()
+            values[option.key] = new
+        # Written first: if the disk refuses, the node keeps running on the old value.
+        self._save(values)
+        self._values = values
         if new != old:
             for prefix, listener in list(self._listeners):
                 if option.key.startswith(prefix):
@@ -175,6 +180,7 @@ class Settings:
             except BadRequest as err:
                 self.log.warn("ignoring stored value of {key}: {err}", key=key, err=err)
 
-    def _save(self) -> None:
-        data = json.dumps({"format": SETTINGS_FORMAT, "values": self._values}, indent=1, sort_keys=True)
+    def _save(self, values: dict | None = None) -> None:
+        values = self._values if values is None else values
+        data = json.dumps({"format": SETTINGS_FORMAT, "values": values}, indent=1, sort_keys=True)
         atomic_write(self._path, data.encode("utf-8"), mode=0o600)

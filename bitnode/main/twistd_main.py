@@ -1,7 +1,9 @@
 """``python -m bitnode.main.twistd_main ARGS`` is ``twistd ARGS``.
 
-Used by ``bitnode start`` so that process_restart can re-execute the same
-command line (``sys.argv[0]`` is then a real file, unlike ``python -c``).
+Used by ``bitnode start``/``run`` and localnet so that the node runs under the
+very interpreter (and environment) of the command that started it, whether or
+not a ``twistd`` script is on PATH. (``python -m twisted.scripts.twistd`` does
+nothing: that module has no ``__main__`` block.)
 """
 
 from twisted.scripts.twistd import run

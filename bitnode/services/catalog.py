@@ -2,8 +2,18 @@
 
 from __future__ import annotations
 
+from bitnode.dht.dht_service import DHTService
 from bitnode.interface.webhooks import WebhooksService
+from bitnode.p2p.network_service import NetworkService
+from bitnode.transport.gateway_service import GatewayService
+from bitnode.userid.id_server import IdentityServerService
+from bitnode.userid.id_service import IdentityService
 
 SERVICES = (
     WebhooksService,
+    IdentityServerService,
+    IdentityService,
+    GatewayService,
+    NetworkService,
+    DHTService,
 )

@@ -14,7 +14,7 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from bitnode.errors import BadRequest, Conflict, NotFound, Timeout
+from bitnode.errors import BadRequest, BitnodeError, Conflict, NotFound, Timeout
 from bitnode.services.base import Service
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -36,9 +36,13 @@ class _Slot:
 def dependency_order(services: Iterable[type[Service]]) -> list[type[Service]]:
     """Topologically sort service classes so every service comes after its dependencies.
 
-    Raises ValueError on an unknown dependency or a cycle.
+    Raises ValueError on a missing or repeated name, an unknown dependency or a cycle.
     """
-    by_name = {cls.name: cls for cls in services}
+    by_name: dict[str, type[Service]] = {}
+    for cls in services:
+        if not cls.name or cls.name in by_name:
+            raise ValueError(f"service class {cls.__name__} has a missing or repeated name {cls.name!r}")
+        by_name[cls.name] = cls
     ordered: list[type[Service]] = []
     marks: dict[str, str] = {}
 
@@ -134,7 +138,7 @@ class ServiceDriver:
 
     def stop_all(self) -> defer.Deferred:
         """Stop every running service in reverse dependency order."""
-        return self._lock.run(self._stop_many, list(reversed(self._slots)), False)
+        return self._lock.run(self._stop_many, list(reversed(self._slots)))
 
     # --- API operations --------------------------------------------------------
 
@@ -205,7 +209,10 @@ class ServiceDriver:
             yield defer.maybeDeferred(slot.service.start)
         except Exception as err:
             slot.state, slot.reason = FAILED, f"start failed: {err}"
-            self.log.failure("{name} failed to start", name=name)
+            if isinstance(err, BitnodeError):  # a stated reason ("no identity ..."), not a bug: no traceback
+                self.log.warn("{name} failed to start: {reason}", name=name, reason=err)
+            else:
+                self.log.failure("{name} failed to start", name=name)
             return False
         slot.state = ON
         self.log.info("{name} is on", name=name)
@@ -217,6 +224,9 @@ class ServiceDriver:
         if slot.state not in (ON, STARTING):
             if keep_reason and slot.state == OFF and self._enabled(name):
                 slot.state, slot.reason = DEPENDS_OFF, keep_reason
+            elif not keep_reason and not self._enabled(name):
+                # Switched off by the user: an old DEPENDS_OFF/FAILED reason no longer applies.
+                slot.state, slot.reason = OFF, ""
             return
         slot.state = STOPPING
         try:
@@ -233,7 +243,7 @@ class ServiceDriver:
         self.log.info("{name} is off", name=name)
 
     @defer.inlineCallbacks
-    def _stop_many(self, names: list[str], mark_dependents: bool):
+    def _stop_many(self, names: list[str]):
         for name in names:
             yield self._try_stop(name)
 
@@ -277,7 +287,7 @@ class ServiceDriver:
         for dependent in reversed(running):
             yield self._try_stop(dependent)
         yield self._try_stop(name)
-        started = yield self._try_start(name)
-        if started:
-            yield self._start_enabled(dependents)
+        yield self._try_start(name)
+        # Also when the start failed: the dependents then say DEPENDS_OFF and why, not a bare OFF.
+        yield self._start_enabled(dependents)
         return self.info(name)

@@ -13,7 +13,14 @@ tables, format version :data:`CATALOG_FORMAT`:
   was uploaded;
 - ``segments``  per version and segment: plaintext length;
 - ``blocks``    per segment and position: the block's SHA-256, the supplier
-  that acknowledged it (empty when it is missing and must be rebuilt).
+  that acknowledged it (empty when it is missing and must be rebuilt);
+- ``sources``   per version: the local file it was read from, with the size
+  and mtime seen when the version began, so an interrupted upload resumes
+  only while the file is unchanged. Local to this machine: not exported.
+  Added after format 1 without changing any existing table; ``CREATE TABLE
+  IF NOT EXISTS`` adds it when an older catalog file is opened.
+
+``meta`` holds the format and small node-local facts (:meth:`Catalog.get_meta`).
 
 Rules: a segment is recorded only after its suppliers acknowledged its blocks
 (persist before acknowledging the user); every change is one transaction, so
@@ -84,7 +91,14 @@ CREATE TABLE IF NOT EXISTS blocks (
     PRIMARY KEY (version_id, seg_index, position),
     FOREIGN KEY (version_id, seg_index) REFERENCES segments(version_id, seg_index) ON DELETE CASCADE
 );
+CREATE TABLE IF NOT EXISTS sources (
+    version_id TEXT PRIMARY KEY REFERENCES versions(version_id) ON DELETE CASCADE,
+    local_path TEXT NOT NULL,
+    size       INTEGER NOT NULL,
+    mtime      REAL NOT NULL
+);
 """
+_RESERVED_META = ("format",)
 
 
 def split_remote_path(remote_path: str) -> tuple[str, str]:
@@ -238,8 +252,12 @@ class Catalog:
 
     def begin_version(self, key_id: str, path: str, version_id: str, size: int, segment_size: int,
                       segments_total: int, k: int, n: int, wrapped_key: bytes, suppliers: Iterable[str],
-                      now: float = 0.0) -> dict:
-        """Record a new version being uploaded (the file item is created if needed)."""
+                      now: float = 0.0, source: tuple[str, int, float] | None = None) -> dict:
+        """Record a new version being uploaded (the file item is created if needed).
+
+        ``source`` is ``(local_path, size, mtime)`` of the file being read, kept
+        in the same transaction so a resumed upload can tell whether it changed.
+        """
         validate_version_id(version_id)
         suppliers = list(suppliers)
         if len(suppliers) != n:
@@ -256,7 +274,78 @@ class Catalog:
                 " wrapped_key, suppliers, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (version_id, item["item_id"], UPLOADING, size, segment_size, segments_total, k, n,
                  bytes(wrapped_key), json.dumps(suppliers), now))
+            if source is not None:
+                local_path, local_size, mtime = source
+                db.execute("INSERT INTO sources (version_id, local_path, size, mtime) VALUES (?, ?, ?, ?)",
+                           (version_id, str(local_path), int(local_size), float(mtime)))
         return self.version(version_id)
+
+    def source(self, version_id: str) -> dict | None:
+        """``{"local_path", "size", "mtime"}`` a version was read from, or None if not recorded."""
+        with self._lock:
+            row = self._db.execute("SELECT local_path, size, mtime FROM sources WHERE version_id = ?",
+                                   (version_id,)).fetchone()
+            return dict(row) if row is not None else None
+
+    def latest_source(self, key_id: str, path: str) -> dict | None:
+        """The local file the newest version of a file was read from (any state), or None."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT s.local_path, s.size, s.mtime FROM sources s JOIN versions v USING (version_id)"
+                " JOIN items i USING (item_id) WHERE i.key_id = ? AND i.path = ?"
+                " ORDER BY v.created DESC, v.version_id DESC LIMIT 1", (key_id, path)).fetchone()
+            return dict(row) if row is not None else None
+
+    def latest_complete(self, key_id: str, path: str) -> dict:
+        """The newest complete version of a file; NotFound if the file or such a version is absent."""
+        item = self.get(key_id, path)
+        for version in item["versions"]:
+            if version["state"] == COMPLETE:
+                return version
+        raise NotFound(f"{key_id}:{path} has no complete version")
+
+    def version_ids_under(self, key_id: str, path: str) -> list[str]:
+        """Every version of a file, or of every file under a folder; NotFound if absent.
+
+        What :meth:`delete` would remove, without removing it: the caller
+        deletes the blocks on the suppliers first.
+        """
+        with self._lock:
+            row = self._item_row(self._db, key_id, path)
+            if row is None:
+                raise NotFound(f"{key_id}:{path} is not in the catalog")
+            ids = [row["item_id"]]
+            if row["is_folder"]:
+                ids += [r["item_id"] for r in self._db.execute(
+                    "SELECT item_id FROM items WHERE key_id = ? AND substr(path, 1, ?) = ?",
+                    (key_id, len(path) + 1, path + "/"))]
+            marks = ",".join("?" * len(ids))
+            return [r["version_id"] for r in self._db.execute(
+                f"SELECT version_id FROM versions WHERE item_id IN ({marks}) ORDER BY version_id", ids)]
+
+    def drop_version(self, version_id: str) -> None:
+        """Forget one version (its segments, blocks and source go with it); NotFound if absent."""
+        with self._transaction() as db:
+            if not db.execute("DELETE FROM versions WHERE version_id = ?", (version_id,)).rowcount:
+                raise NotFound(f"no version {version_id!r} in the catalog")
+
+    def is_empty(self) -> bool:
+        """True when no file or folder is catalogued."""
+        with self._lock:
+            return self._db.execute("SELECT 1 FROM items LIMIT 1").fetchone() is None
+
+    def get_meta(self, name: str, default: str | None = None) -> str | None:
+        """A node-local fact kept next to the catalog (not exported)."""
+        with self._lock:
+            row = self._db.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
+            return row["value"] if row is not None else default
+
+    def set_meta(self, name: str, value: str) -> None:
+        """Store a node-local fact; the catalog format entry cannot be changed this way."""
+        if not isinstance(name, str) or not name or name in _RESERVED_META:
+            raise BadRequest(f"invalid catalog meta name {name!r}")
+        with self._transaction() as db:
+            db.execute("INSERT OR REPLACE INTO meta (name, value) VALUES (?, ?)", (name, str(value)))
 
     def record_segment(self, version_id: str, meta: SegmentMeta, suppliers: Iterable[str] | None = None) -> None:
         """Record one acknowledged segment: its blocks and who holds each (missing ones hold "")."""
@@ -345,6 +434,14 @@ class Catalog:
             return [tuple(r) for r in self._db.execute(
                 "SELECT version_id, seg_index, position, sha256 FROM blocks WHERE supplier = ?"
                 " ORDER BY version_id, seg_index, position", (supplier,))]
+
+    def blocks(self, version_id: str) -> list[tuple[int, int, str, str]]:
+        """(segment, position, sha256, supplier) of every recorded block of a version ("" = missing)."""
+        with self._lock:
+            self._version_row(self._db, version_id)
+            return [tuple(r) for r in self._db.execute(
+                "SELECT seg_index, position, sha256, supplier FROM blocks WHERE version_id = ?"
+                " ORDER BY seg_index, position", (version_id,))]
 
     def set_block_holder(self, version_id: str, seg_index: int, position: int, supplier: str) -> None:
         """Record who holds a block now ("" when it was lost): after a rebuild or a failed check."""

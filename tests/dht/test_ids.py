@@ -62,8 +62,10 @@ class ContactTests(unittest.TestCase):
         self.assertFalse(c.in_layer(3))
 
     def test_contact_from_dict_rejects_bad_fields(self) -> None:
-        good = Contact(1, "h", 1).to_dict()
-        for patch in ({"port": 0}, {"port": "1"}, {"host": ""}, {"user": "x" * 500}, {"layers": [-1]},
+        good = Contact(1, "10.0.0.1", 1).to_dict()
+        Contact.from_dict(good | {"host": "::1"})
+        for patch in ({"port": 0}, {"port": "1"}, {"host": ""}, {"host": "evil.example"}, {"host": "1.2.3"},
+                      {"user": "x" * 500}, {"layers": [-1]},
                       {"layers": list(range(40))}, {"id": "zz"}):
             self.assertRaises(BadRequest, Contact.from_dict, good | patch)
         self.assertRaises(BadRequest, Contact.from_dict, [1, 2])

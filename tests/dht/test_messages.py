@@ -85,7 +85,7 @@ class RejectTests(unittest.TestCase):
         self.assertRaises(messages.OversizeMessage, messages.encode, msg)
 
     def test_encode_fitting_trims_nodes_replies(self) -> None:
-        contacts = tuple(Contact(i, "h" * 200, 1, "u" * 200) for i in range(64))
+        contacts = tuple(Contact(i, "fe80:0000:0000:0000:0000:0000:0000:0001", 1, "u" * 200) for i in range(64))
         msg = Message(messages.NODES, "0123456789abcdef", SENDER, body={"contacts": contacts})
         data = messages.encode_fitting(msg)
         self.assertLessEqual(len(data), messages.MAX_DATAGRAM)

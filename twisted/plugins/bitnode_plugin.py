@@ -1,9 +1,19 @@
-"""twistd plugin: ``twistd -n bitnode --basedir DIR`` runs a node (``-n`` keeps it in the foreground)."""
+"""twistd plugin: ``twistd -n bitnode --basedir DIR`` runs a node (``-n`` keeps it in the foreground).
+
+Without ``--pidfile``/``--logfile`` the pid file goes to ``DIR/logs/twistd.pid``
+and, when daemonised, the log to ``DIR/logs/twistd.log``, so ``bitnode status``
+and ``bitnode stop`` find the node however it was started.
+
+This file is loaded by every ``twistd`` run just to list plugins: it imports
+nothing from bitnode until it is used.
+"""
 
 from twisted.application.service import IServiceMaker
 from twisted.plugin import IPlugin
 from twisted.python import usage
 from zope.interface import implementer
+
+TWISTD_DEFAULT_PIDFILE = "twistd.pid"
 
 
 class Options(usage.Options):
@@ -12,6 +22,38 @@ class Options(usage.Options):
     optParameters = [
         ["basedir", "b", None, "The node's base directory (default: $BITNODE_HOME or ~/.bitnode)."],
     ]
+
+    def __init__(self):
+        super().__init__()
+        self["set"] = []
+
+    def opt_set(self, value):
+        """KEY=VALUE: store setting KEY before starting (validated like config_set; repeatable)."""
+        from bitnode.main.runner import parse_setting
+
+        try:
+            self["set"].append(parse_setting(value))
+        except ValueError as err:
+            raise usage.UsageError(f"--set: {err}") from None
+
+    def postOptions(self):
+        """Point twistd's default pid and log files into the basedir."""
+        from bitnode.main.basedir import Basedir
+
+        where = Basedir.at(self["basedir"])
+        self["basedir"] = where.root
+        server = self.parent
+        if server is None:
+            return
+        changed = False
+        if server.get("pidfile") == TWISTD_DEFAULT_PIDFILE:
+            server["pidfile"] = where.pid_file
+            changed = True
+        if not server.get("nodaemon") and not server.get("logfile"):
+            server["logfile"] = where.log_file
+            changed = True
+        if changed:
+            where.create()
 
 
 @implementer(IServiceMaker, IPlugin)
@@ -26,7 +68,7 @@ class BitnodeServiceMaker:
         """Import lazily: twistd loads every plugin just to list them."""
         from bitnode.main.runner import make_service
 
-        return make_service(options["basedir"])
+        return make_service(options["basedir"], options["set"])
 
 
 serviceMaker = BitnodeServiceMaker()

@@ -1,0 +1,211 @@
+"""API methods for packets, connections, the network state and peers' online status.
+
+Thin: each method checks its arguments and asks service_gateway
+(:mod:`bitnode.transport.gateway_service`) or service_network
+(:mod:`bitnode.p2p.network_service`).  A method whose service is not running
+answers 503 with the service's state and reason.
+
+Result shapes:
+
+- ``packets_stats``: ``{"in", "out", "frames_in", "frame_bytes_in", "dropped"
+  (every reason), "dropped_total", "gateway": {in flight, finished by state}}``;
+- ``packets_list``: rows ``{"direction", "state", "command", "packet_id", ...}``,
+  packets in flight first, then the recently finished ones;
+- ``connections_list``: rows ``{"protocol", "address", "host", "port",
+  "direction", "state", "peers", traffic counters}``;
+- ``streams_list``: rows for frames being received (``bytes_done``,
+  ``bytes_total``, ``progress``) and bytes not yet written (``bytes_pending``);
+- ``network_connected``: the connector's ``{"state", "connected", "reason", ...}``;
+- ``user_status``: ``{"global_id", "idurl", "state", "online", "last_seen", ...}``;
+  ``user_ping`` adds ``round_trip`` and ``attempts``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.defer import Deferred, succeed
+
+from bitnode.errors import BadRequest, Unavailable
+
+GATEWAY = "service_gateway"
+NETWORK = "service_network"
+PROTOCOLS = ("tcp", "udp", "proxy")
+NOT_YET = {"available": False, "reason": "not available yet: this subsystem is not built"}
+
+
+class NetworkMethods:
+    """packets_*, connections_list, streams_list, network_* and user_ping/status methods."""
+
+    node: Any
+
+    def _running(self, name: str) -> Any:
+        driver = self.node.service_driver
+        if name not in driver.names():
+            raise Unavailable(f"{name} is not installed")
+        if not driver.is_on(name):
+            info = driver.info(name)
+            reason = f": {info['reason']}" if info.get("reason") else ""
+            raise Unavailable(f"{name} is not running ({info['state']}{reason})")
+        return driver.get(name)
+
+    def _gateway(self) -> Any:
+        return self._running(GATEWAY).require_gateway()
+
+    # --- packets and connections ---------------------------------------------------
+
+    def packets_stats(self) -> dict:
+        """Traffic and drop counters of the packet transport."""
+        return self._gateway().stats_dict()
+
+    def packets_list(self) -> list:
+        """Packets being sent, waited for or handled now, then the recently finished ones."""
+        return self._gateway().packets()
+
+    def connections_list(self, protocols: list | None = None) -> list:
+        """Open and pending connections of the wanted protocols (only tcp exists)."""
+        if not _wants_tcp(protocols):
+            return []
+        return self._gateway().connections()
+
+    def streams_list(self, protocols: list | None = None) -> list:
+        """Data being received or written right now; empty when nothing is in flight."""
+        if not _wants_tcp(protocols):
+            return []
+        return self._gateway().streams()
+
+    # --- the network ---------------------------------------------------------------
+
+    def network_reconnect(self) -> dict:
+        """Fire ``reconnect`` at the network_connector (connections are closed and re-checked)."""
+        connector = self._running(NETWORK).require_connector()
+        connector.event("reconnect")
+        return dict(connector.status(), reconnect="started")
+
+    def network_connected(self, wait_timeout: float = 5) -> Deferred:
+        """The connector's status once CONNECTED, waiting up to ``wait_timeout``; else 503 with the state."""
+        if not 0 <= wait_timeout <= 3600:
+            raise BadRequest("wait_timeout must be between 0 and 3600 seconds")
+        connector = self._running(NETWORK).require_connector()
+        if connector.connected:
+            return succeed(connector.status())
+        if connector.state == "DISCONNECTED":
+            connector.event("check-reconnect")
+        if wait_timeout == 0 and not connector.connected:
+            status = connector.status()
+            raise Unavailable(f"not connected: state {status['state']}, {status['reason']}")
+        return connector.when_connected(wait_timeout)
+
+    def network_status(self, suppliers: bool = False, customers: bool = False, cache: bool = False,
+                       tcp: bool = False, udp: bool = False, proxy: bool = False, dht: bool = False) -> dict:
+        """Connection state, plus the sections asked for (tcp and cache are real; the rest not built yet)."""
+        driver = self.node.service_driver
+        identity = driver.get("service_identity") if driver.is_on("service_identity") else None
+        me = identity.my_identity() if identity is not None else None
+        result: dict = {"global_id": me.global_id if me else None, "idurl": me.idurl if me else None}
+        if driver.is_on(NETWORK):
+            result.update(driver.get(NETWORK).require_connector().status())
+        else:
+            info = driver.info(NETWORK) if NETWORK in driver.names() else {"state": "NOT_INSTALLED"}
+            result.update({"state": info["state"], "connected": False, "reason": info.get("reason", "")})
+        if tcp:
+            result["tcp"] = self._tcp_section()
+        if cache:
+            result["cache"] = self._cache_section(identity)
+        if dht:
+            result["dht"] = self._dht_section()
+        for flag, name in ((suppliers, "suppliers"), (customers, "customers"), (udp, "udp"), (proxy, "proxy")):
+            if flag:
+                result[name] = dict(NOT_YET)
+        return result
+
+    def network_configuration(self) -> dict:
+        """Settings and state of the network services, and where we listen."""
+        driver = self.node.service_driver
+        settings = self.node.settings
+        gateway = driver.get(GATEWAY).gateway if driver.is_on(GATEWAY) else None
+        return {
+            "tcp": {
+                "interface": settings.get("services/tcp-connections/interface"),
+                "port": settings.get("services/tcp-connections/tcp-port"),
+                "listening_port": gateway.port if gateway is not None else None,
+                "contact": gateway.contact if gateway is not None else None,
+            },
+            "identity_servers": settings.get("personal/identity-servers"),
+            "services": [driver.info(name, with_configs=True)
+                         for name in ("service_identity", GATEWAY, NETWORK) if name in driver.names()],
+            "udp": dict(NOT_YET),
+            "proxy": dict(NOT_YET),
+        }
+
+    # --- users -----------------------------------------------------------------------
+
+    def user_ping(self, user_id: str, timeout: float = 15, retries: int = 2) -> Deferred:
+        """Send our Identity packet and wait for the Ack; ``timeout`` is per attempt."""
+        if not 0 < timeout <= 600:
+            raise BadRequest("timeout must be more than 0 and at most 600 seconds")
+        if not 0 <= retries <= 10:
+            raise BadRequest("retries must be between 0 and 10")
+        return self._running(NETWORK).require_online().ping(user_id, timeout, retries)
+
+    def user_status(self, user_id: str) -> dict:
+        """The user's online status from the traffic seen (no packet is sent)."""
+        return self._running(NETWORK).require_online().status(user_id)
+
+    def user_status_check(self, user_id: str, timeout: float = 5) -> Deferred:
+        """The user's status, pinging once first unless they sent us something recently."""
+        if not 0 < timeout <= 600:
+            raise BadRequest("timeout must be more than 0 and at most 600 seconds")
+        return self._running(NETWORK).require_online().check(user_id, timeout)
+
+    # --- sections of network_status -------------------------------------------------------
+
+    def _tcp_section(self) -> dict:
+        driver = self.node.service_driver
+        if not driver.is_on(GATEWAY):
+            info = driver.info(GATEWAY) if GATEWAY in driver.names() else {"state": "NOT_INSTALLED"}
+            return {"available": False, "reason": f"{GATEWAY} is {info['state']} {info.get('reason', '')}".strip()}
+        gateway = driver.get(GATEWAY).require_gateway()
+        stats = gateway.stats
+        return {
+            "available": True,
+            "listening": gateway.is_listening(),
+            "contact": gateway.contact,
+            "connections": gateway.connections(),
+            "packets_in": stats.packets_in,
+            "packets_out": stats.packets_out,
+            "dropped_total": stats.as_dict()["dropped_total"],
+        }
+
+    def _cache_section(self, identity: Any) -> dict:
+        if identity is None or getattr(identity, "cache", None) is None:
+            return {"available": False, "reason": "service_identity is not running"}
+        online = self.node.service_driver.get(NETWORK).online if self.node.service_driver.is_on(NETWORK) else None
+        items = []
+        for known in identity.cache.list():
+            item = {"global_id": known.global_id, "idurl": known.idurl, "revision": known.revision,
+                    "contacts": list(known.contacts)}
+            if online is not None:
+                item["state"] = online.status(known.global_id)["state"]
+            items.append(item)
+        return {"available": True, "identities": len(items), "items": items}
+
+    def _dht_section(self) -> dict:
+        driver = self.node.service_driver
+        for name in ("service_entangled_dht", "service_dht"):
+            if name in driver.names():
+                if not driver.is_on(name):
+                    return {"available": False, "reason": f"{name} is {driver.info(name)['state']}"}
+                return dict(driver.get(name).status(), available=True)
+        return dict(NOT_YET)
+
+
+def _wants_tcp(protocols: list | None) -> bool:
+    """Whether the ``protocols`` filter (None: all) includes tcp; unknown names are a BadRequest."""
+    if protocols is None:
+        return True
+    wanted = [str(p).strip().lower() for p in protocols]
+    unknown = [p for p in wanted if p not in PROTOCOLS]
+    if unknown:
+        raise BadRequest(f"unknown protocols {unknown}; known: {', '.join(PROTOCOLS)}")
+    return not wanted or "tcp" in wanted

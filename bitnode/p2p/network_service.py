@@ -1,0 +1,178 @@
+"""service_network: the network_connector machine and the peers' online status.
+
+The connector's neighbours are wired here (see
+:mod:`bitnode.p2p.network_connector` for what "connected" means):
+
+- transports ready: the gateway listens and my identity lists the
+  ``tcp://`` contact it listens on (fixed and published if not);
+- restart: close every connection, then the same;
+- probe: fetch my identity from my identity servers (over HTTP, not from
+  the local copy); if they publish my current contact, the network can
+  reach me.  If they hold a stale copy, publish mine again.  If no server
+  answers, ping up to two peers that sent us packets recently; an Ack is
+  enough.  Otherwise the check fails with every reason.
+
+Entering CONNECTED / DISCONNECTED publishes ``network-connected`` /
+``network-disconnected`` on the node's event bus (only on a change).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+
+from bitnode.errors import BitnodeError, Unavailable
+from bitnode.main.options import FLOAT, Option
+from bitnode.p2p.network_connector import NetworkConnector
+from bitnode.p2p.online_status import OnlineStatus
+from bitnode.services.base import Service
+
+PREFIX = "services/network/"
+#: Peers pinged when no identity server answers.
+PEERS_TO_PING = 2
+
+
+class NetworkService(Service):
+    """Runs the network connector and the online-status table."""
+
+    name = "service_network"
+    depends_on = ("service_gateway",)
+    description = "Network connection state (network_connector) and peers' online status"
+    options = (
+        Option(PREFIX + "online-window", FLOAT, 300.0,
+               "Seconds a packet from a peer counts as proof it is online (older: ping it first).",
+               minimum=1.0, maximum=86400.0),
+        Option(PREFIX + "probe-ping-timeout", FLOAT, 5.0,
+               "Seconds a connectivity check waits for a peer's Ack when no identity server answers.",
+               minimum=0.1, maximum=60.0),
+    )
+    log = Logger()
+
+    def __init__(self, node: Any) -> None:
+        super().__init__(node)
+        self.connector: Optional[NetworkConnector] = None
+        self.online: Optional[OnlineStatus] = None
+        self._announced: Optional[bool] = None
+
+    # -- lifecycle ------------------------------------------------------------
+
+    def start(self) -> None:
+        """Build the online table and the connector, and fire ``init``."""
+        gateway = self._gateway_service().require_gateway()
+        self.online = OnlineStatus(self.node.clock, gateway, self.node.settings.get(PREFIX + "online-window"))
+        self.node.settings.add_listener(PREFIX + "online-window", self._window_changed)
+        self._announced = None
+        self.connector = NetworkConnector(
+            self.node.clock, self._transports_ready, self._restart_transports, self._probe, self._announce,
+            registry=self.node.automats,
+        )
+        self.connector.event("init")
+
+    def stop(self) -> None:
+        """Stop the connector (its waiters fail with 503) and the online table."""
+        if self.connector is not None:
+            self.connector.shutdown()
+            self.connector = None
+        if self.online is not None:
+            self.online.stop()
+            self.online = None
+            self.node.settings.remove_listener(PREFIX + "online-window", self._window_changed)
+
+    def status(self) -> dict:
+        """Facts for service_info."""
+        if self.connector is None or self.online is None:
+            return {}
+        return dict(self.connector.status(), peers=self.online.counts())
+
+    # -- for the API ------------------------------------------------------------------
+
+    def require_connector(self) -> NetworkConnector:
+        """The running connector; ``Unavailable`` when the service is off."""
+        if self.connector is None:
+            raise Unavailable("service_network is not running")
+        return self.connector
+
+    def require_online(self) -> OnlineStatus:
+        """The running online-status table; ``Unavailable`` when the service is off."""
+        if self.online is None:
+            raise Unavailable("service_network is not running")
+        return self.online
+
+    # -- the connector's neighbours --------------------------------------------------------
+
+    def _gateway_service(self) -> Any:
+        return self.node.service_driver.get("service_gateway")
+
+    def _identity_service(self) -> Any:
+        return self.node.service_driver.get("service_identity")
+
+    def _transports_ready(self) -> Deferred:
+        return Deferred.fromCoroutine(self._check_transports())
+
+    async def _check_transports(self) -> str:
+        service = self._gateway_service()
+        gateway = service.require_gateway()
+        if not gateway.is_listening():
+            raise Unavailable("the gateway is not listening")
+        me = self._identity_service().my_identity()
+        if me is None:
+            raise Unavailable("no identity")
+        if gateway.contact not in me.contacts:
+            await service.ensure_contacts()
+        return f"tcp listening at {gateway.contact}"
+
+    def _restart_transports(self) -> Deferred:
+        async def restart() -> str:
+            await self._gateway_service().require_gateway().close_connections()
+            return await self._check_transports()
+
+        return Deferred.fromCoroutine(restart())
+
+    def _probe(self) -> Deferred:
+        return Deferred.fromCoroutine(self._check_network())
+
+    async def _check_network(self) -> str:
+        gateway = self._gateway_service().require_gateway()
+        identity = self._identity_service()
+        me = identity.my_identity()
+        if me is None:
+            raise Unavailable("no identity")
+        problems: list[str] = []
+        client = getattr(identity, "client", None)
+        if client is not None:
+            try:
+                published = await client.fetch_any(list(me.sources))
+            except BitnodeError as err:
+                problems.append(f"identity server: {err}")
+            else:
+                if gateway.contact in published.contacts:
+                    return f"identity server publishes {gateway.contact} for {me.global_id}"
+                try:
+                    await identity.publisher.publish(me)
+                    return f"re-published revision {me.revision} with {gateway.contact}"
+                except BitnodeError as err:
+                    problems.append(f"identity server has stale contacts and re-publishing failed: {err}")
+        online = self.require_online()
+        timeout = self.node.settings.get(PREFIX + "probe-ping-timeout")
+        for peer in [p for p in online.recent_peers(PEERS_TO_PING + 1) if p != me.global_id][:PEERS_TO_PING]:
+            try:
+                result = await online.ping(peer, timeout, 0)
+            except BitnodeError as err:
+                problems.append(f"peer {peer}: {err}")
+                continue
+            return f"peer {peer} answered a ping in {result['round_trip']:.3f}s"
+        raise Unavailable("; ".join(problems) or "no identity server and no peer to ask")
+
+    def _announce(self, connected: bool, reason: str) -> None:
+        if connected == self._announced:
+            return
+        self._announced = connected
+        event = "network-connected" if connected else "network-disconnected"
+        self.log.info("{event}: {reason}", event=event, reason=reason)
+        self.node.events.publish(event, {"reason": reason, "global_id": self._identity_service().my_global_id()})
+
+    def _window_changed(self, key: str, old: Any, new: Any) -> None:
+        if self.online is not None:
+            self.online.online_window = float(new)

@@ -1,0 +1,392 @@
+"""backup_monitor: check what the suppliers hold against the catalog, rebuild what is missing.
+
+The machine, read top to bottom::
+
+    READY --restart | suppliers-changed | timer-10min--> FIRE_HIRE
+    FIRE_HIRE --suppliers-ready | timer-1min--> LIST_FILES      (fire_hire settled, or stop waiting)
+    LIST_FILES --catalog-read--> LIST_BACKUPS                   (snapshot of the catalog's blocks)
+    LIST_BACKUPS --lists-received--> REBUILDING                 (list_blocks of every supplier)
+    REBUILDING --rebuilt--> READY, or FIRE_HIRE again when a restart came meanwhile
+    any --failed--> READY (the error is kept in the figures)
+
+Comparing, per block of every recorded segment (position p, current supplier
+``cur = positions[p]``):
+
+- ``cur`` lists the block with the catalog's SHA-256: it is held (the catalog
+  is corrected if it named someone else);
+- ``cur`` answered its listing but lacks the block or reports another hash:
+  the block is missing (``set_block_holder(..., "")``) and is rebuilt on ``cur``;
+- ``cur`` did not answer, or the position is empty: nothing can be said or
+  done now, except that a holder who is no longer at that position has lost it.
+
+Rebuilding one segment: fetch k held blocks (data blocks first; each checked
+against the catalog hash and its header, a bad one is itself marked missing
+and rebuilt), decode the encrypted segment with zfec, encode it again, pack
+the missing positions, check their SHA-256 equals the catalog's, store each on
+the current supplier of its position and only then record the holder. No key
+is needed: the blocks are ciphertext. A segment with fewer than k held blocks
+is reported as unrecoverable for now and left alone. The monitor never
+deletes anything; it only adds copies.
+
+The neighbours are injected: ``provider()`` returns the supplier provider
+(``positions() -> list[str]``, ``server(supplier_id) -> IStorageServer``,
+optionally ``settled() -> Deferred | None``) or raises Unavailable;
+tests use fakes and a Clock.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
+
+from automats import Automat
+from bitnode.errors import BitnodeError, NotFound
+from bitnode.storage import blockformat, erasure
+from bitnode.storage.catalog import COMPLETE, UPLOADING, Catalog
+from bitnode.storage.downloader import verify_block
+from bitnode.storage.interface import BlockNotFound, block_path
+from bitnode.storage.segment_crypto import TAG_SIZE
+
+RunInThread = Callable[..., defer.Deferred]
+MAX_REPORTED = 100
+LOST = object()  # a fetch answer meaning: this supplier has no good copy
+
+
+@dataclass(frozen=True)
+class SegmentPlan:
+    """One recorded segment: its length and, per position, (sha256, holder)."""
+
+    version_id: str
+    index: int
+    k: int
+    n: int
+    plaintext_length: int
+    blocks: tuple[tuple[str, str], ...]
+
+
+def catalog_snapshot(catalog: Catalog) -> list[SegmentPlan]:
+    """Every recorded segment of every complete or uploading version. Worker thread."""
+    plans = []
+    for version in catalog.versions():
+        if version["state"] not in (COMPLETE, UPLOADING):
+            continue
+        version_id = version["version_id"]
+        try:
+            lengths = {m.index: m.plaintext_length for m in catalog.segments(version_id)}
+            rows = catalog.blocks(version_id)
+        except NotFound:  # deleted while we looked
+            continue
+        per_segment: dict[int, list[tuple[str, str]]] = {}
+        for seg, _pos, sha, holder in rows:
+            per_segment.setdefault(seg, []).append((sha, holder))
+        for seg, blocks in sorted(per_segment.items()):
+            if len(blocks) == version["n"]:
+                plans.append(SegmentPlan(version_id, seg, version["k"], version["n"], lengths[seg], tuple(blocks)))
+    return plans
+
+
+def regenerate_blocks(payloads: dict[int, bytes], plan: SegmentPlan, positions: list[int]) -> dict[int, bytes]:
+    """Decode the encrypted segment from k payloads and re-make the stored blocks at ``positions``. Worker thread."""
+    encrypted = erasure.decode(payloads, plan.k, plan.n, plan.plaintext_length + TAG_SIZE)
+    raw = erasure.encode(encrypted, plan.k, plan.n)
+    return {pos: blockformat.pack(plan.version_id, plan.index, pos, plan.k, plan.n, plan.plaintext_length, raw[pos])
+            for pos in positions}
+
+
+def _new_figures() -> dict:
+    return {"segments_checked": 0, "blocks_checked": 0, "blocks_held": 0, "blocks_unknown": 0,
+            "blocks_missing": 0, "blocks_rebuilt": 0, "bytes_rebuilt": 0, "rebuild_failures": 0,
+            "unrecoverable_segments": 0, "suppliers_listed": 0, "suppliers_unreachable": [],
+            "holders_corrected": 0, "unrecoverable": [], "errors": []}
+
+
+class BackupMonitor(Automat):
+    """Keeps every recorded block on the supplier of its position."""
+
+    name = "backup_monitor"
+    initial = "READY"
+    timers = {"timer-10min": (600.0, {"READY"}), "timer-1min": (60.0, {"FIRE_HIRE"})}
+    transitions = [
+        # state           event                guard             next            actions
+        ("READY",        "restart",           None,             "FIRE_HIRE",    ["begin_run", "wait_for_suppliers"]),
+        ("READY",        "suppliers-changed", None,             "FIRE_HIRE",    ["begin_run", "wait_for_suppliers"]),
+        ("READY",        "timer-10min",       None,             "FIRE_HIRE",    ["begin_run", "wait_for_suppliers"]),
+        ("FIRE_HIRE",    "suppliers-ready",   None,             "LIST_FILES",   ["read_catalog"]),
+        # fire_hire may take long to settle: check with the suppliers we have.
+        ("FIRE_HIRE",    "timer-1min",        None,             "LIST_FILES",   ["read_catalog"]),
+        ("LIST_FILES",   "catalog-read",      None,             "LIST_BACKUPS", ["list_suppliers"]),
+        ("LIST_BACKUPS", "lists-received",    None,             "REBUILDING",   ["rebuild"]),
+        ("REBUILDING",   "rebuilt",           "restart_wanted", "FIRE_HIRE",    ["end_run", "begin_run",
+                                                                                 "wait_for_suppliers"]),
+        ("REBUILDING",   "rebuilt",           None,             "READY",        ["end_run"]),
+        ("*",            "failed",            "restart_wanted", "FIRE_HIRE",    ["note_failure", "end_run",
+                                                                                 "begin_run", "wait_for_suppliers"]),
+        ("*",            "failed",            None,             "READY",        ["note_failure", "end_run"]),
+        # News while busy: run once more when this run ends.
+        ("*",            "restart",           None,             "*",            ["want_restart"]),
+        ("*",            "suppliers-changed", None,             "*",            ["want_restart"]),
+        # A settle notice that arrives after the timer moved us on.
+        ("*",            "suppliers-ready",   None,             "*",            []),
+        ("*",            "shutdown",          None,             "CLOSED",       ["stop_work", "destroy"]),
+    ]
+
+    def __init__(self, clock: IReactorTime, run_in_thread: RunInThread, catalog: Catalog, customer_id: str,
+                 provider: Callable[[], Any], request_timeout: float = 60.0,
+                 on_catalog_changed: Callable[[], None] = lambda: None, **kwargs: Any):
+        super().__init__(clock, **kwargs)
+        self.run_in_thread = run_in_thread
+        self.catalog = catalog
+        self.customer_id = customer_id
+        self.provider = provider
+        self.request_timeout = request_timeout
+        self.on_catalog_changed = on_catalog_changed
+        self.figures = _new_figures()
+        self.runs = 0
+        self.last_started: float | None = None
+        self.last_finished: float | None = None
+        self.last_error = ""
+        self._restart = False
+        self._stopping = False
+        self._plans: list[SegmentPlan] = []
+        self._positions: list[str] = []
+        self._listings: dict[str, dict] = {}
+        self._pending: set[defer.Deferred] = set()
+        self._work: defer.Deferred | None = None
+
+    # --- public ----------------------------------------------------------------------------
+
+    def status(self) -> dict:
+        """Progress figures of the current (or last) run, for the API."""
+        return {"state": self.state, "runs": self.runs, "last_started": self.last_started,
+                "last_finished": self.last_finished, "last_error": self.last_error, **self.figures}
+
+    def shutdown(self) -> defer.Deferred:
+        """Stop; fires when running work has let go (nothing half-recorded)."""
+        work = self._work
+        self.event("shutdown")
+        if work is None or work.called:
+            return defer.succeed(None)
+        done = defer.Deferred()
+        work.addBoth(lambda _: done.callback(None))
+        return done
+
+    # --- guards -------------------------------------------------------------------------------
+
+    def restart_wanted(self, *_: Any) -> bool:
+        """A restart or a suppliers change arrived during the run."""
+        return self._restart
+
+    # --- actions ------------------------------------------------------------------------------
+
+    def want_restart(self, *_: Any) -> None:
+        """Remember to run again."""
+        self._restart = True
+
+    def begin_run(self, *_: Any) -> None:
+        """New figures for a new run."""
+        self._restart = False
+        self.runs += 1
+        self.last_started = self.clock.seconds()
+        self.figures = _new_figures()
+
+    def end_run(self, *_: Any) -> None:
+        """Drop what the run held in memory."""
+        self.last_finished = self.clock.seconds()
+        self._plans, self._listings = [], {}
+
+    def note_failure(self, error: BaseException) -> None:
+        """Keep why the run stopped."""
+        self.last_error = str(error)
+        self.log.info("{id}: check stopped: {error}", id=self.id, error=error)
+
+    def wait_for_suppliers(self, *_: Any) -> None:
+        """Let fire_hire finish hiring and firing before we look."""
+        try:
+            provider = self.provider()
+            settled = getattr(provider, "settled", None)
+            waiting = settled() if settled is not None else None
+        except Exception as err:  # noqa: BLE001 - no provider: this run fails
+            self.event("failed", err)
+            return
+        if waiting is None:
+            self.event("suppliers-ready")
+        else:
+            waiting.addBoth(lambda _: self.event("suppliers-ready") if not self.destroyed else None)
+
+    def read_catalog(self, *_: Any) -> None:
+        """LIST_FILES: take a snapshot of every recorded block."""
+        self._start(self._read_catalog())
+
+    async def _read_catalog(self) -> None:
+        self._plans = await self.run_in_thread(catalog_snapshot, self.catalog)
+        self.event("catalog-read")
+
+    def list_suppliers(self, *_: Any) -> None:
+        """LIST_BACKUPS: ask every current supplier what it holds."""
+        self._start(self._list_suppliers())
+
+    async def _list_suppliers(self) -> None:
+        provider = self.provider()
+        self._positions = list(provider.positions())
+        calls = []
+        for supplier_id in dict.fromkeys(p for p in self._positions if p):
+            d = defer.maybeDeferred(lambda s=supplier_id: provider.server(s).list_blocks(self.customer_id, ""))
+            calls.append((supplier_id, self._track(d)))
+        outcomes = await defer.DeferredList([d for _, d in calls], consumeErrors=True)
+        for (supplier_id, _), (ok, value) in zip(calls, outcomes, strict=True):
+            if ok:
+                self._listings[supplier_id] = value
+                self.figures["suppliers_listed"] += 1
+            else:
+                self.figures["suppliers_unreachable"].append(supplier_id)
+        self.event("lists-received")
+
+    def rebuild(self, *_: Any) -> None:
+        """REBUILDING: compare and rebuild, one segment at a time."""
+        self._start(self._rebuild())
+
+    async def _rebuild(self) -> None:
+        provider = self.provider()
+        changed = False
+        for plan in self._plans:
+            if self._stopping:
+                return
+            try:
+                changed |= await self._check_segment(plan, provider)
+            except NotFound:
+                continue  # the version was deleted meanwhile
+        if changed:
+            self.on_catalog_changed()
+        self.event("rebuilt")
+
+    def stop_work(self, *_: Any) -> None:
+        """Shutdown: no new step starts, requests in flight are cancelled."""
+        self._stopping = True
+        for d in list(self._pending):
+            d.cancel()
+
+    # --- one segment ------------------------------------------------------------------------------
+
+    async def _check_segment(self, plan: SegmentPlan, provider: Any) -> bool:
+        figures = self.figures
+        figures["segments_checked"] += 1
+        held, targets, updates = [], [], []
+        for pos, (sha, holder) in enumerate(plan.blocks):
+            figures["blocks_checked"] += 1
+            current = self._positions[pos] if pos < len(self._positions) else ""
+            listing = self._listings.get(current) if current else None
+            if listing is None:
+                figures["blocks_unknown"] += 1
+                if holder and holder != current:
+                    updates.append((pos, ""))  # its holder is no longer at this position
+                continue
+            entry = listing.get(block_path(plan.version_id, plan.index, pos))
+            if entry is not None and entry[1] == sha:
+                held.append(pos)
+                figures["blocks_held"] += 1
+                if holder != current:
+                    updates.append((pos, current))
+                continue
+            figures["blocks_missing"] += 1
+            targets.append(pos)
+            if holder:
+                updates.append((pos, ""))
+        for pos, who in updates:
+            await self.run_in_thread(self.catalog.set_block_holder, plan.version_id, plan.index, pos, who)
+            self.figures["holders_corrected"] += 1
+        if targets:
+            await self._rebuild_segment(plan, provider, held, targets)
+        return bool(updates or targets)
+
+    async def _rebuild_segment(self, plan: SegmentPlan, provider: Any, held: list[int], targets: list[int]) -> None:
+        payloads: dict[int, bytes] = {}
+        for pos in sorted(held):  # data blocks first: decoding them is a plain join
+            if len(payloads) == plan.k or self._stopping:
+                break
+            payload = await self._fetch_verified(plan, provider, pos)
+            if payload is LOST:
+                # A listed block that is corrupt or gone when fetched is lost too: rebuild it with the others.
+                await self.run_in_thread(self.catalog.set_block_holder, plan.version_id, plan.index, pos, "")
+                self.figures["blocks_missing"] += 1
+                targets.append(pos)
+            elif payload is not None:
+                payloads[pos] = payload
+        if self._stopping:
+            return
+        if len(payloads) < plan.k:
+            self.figures["unrecoverable_segments"] += 1
+            if len(self.figures["unrecoverable"]) < MAX_REPORTED:
+                self.figures["unrecoverable"].append({"version_id": plan.version_id, "segment": plan.index,
+                                                      "available": len(payloads), "needed": plan.k})
+            return
+        blocks = await self.run_in_thread(regenerate_blocks, payloads, plan, sorted(targets))
+        payloads.clear()
+        for pos in sorted(targets):
+            data = blocks.pop(pos)
+            if hashlib.sha256(data).hexdigest() != plan.blocks[pos][0]:
+                self._problem(f"{plan.version_id}/{plan.index}/{pos}: rebuilt block differs from the catalog")
+                continue
+            supplier_id = self._positions[pos]
+            try:
+                d = defer.maybeDeferred(provider.server(supplier_id).store_block, self.customer_id,
+                                        block_path(plan.version_id, plan.index, pos), data)
+                await self._track(d)
+            except Exception as err:  # noqa: BLE001 - counted; the next run tries again
+                self._problem(f"storing {plan.version_id}/{plan.index}/{pos} on {supplier_id}: {err}")
+                continue
+            await self.run_in_thread(self.catalog.set_block_holder, plan.version_id, plan.index, pos, supplier_id)
+            self.figures["blocks_rebuilt"] += 1
+            self.figures["bytes_rebuilt"] += len(data)
+
+    async def _fetch_verified(self, plan: SegmentPlan, provider: Any, pos: int) -> bytes | object | None:
+        """The verified payload; LOST if the supplier has no good copy; None if it did not answer."""
+        supplier_id = self._positions[pos]
+        try:
+            d = defer.maybeDeferred(provider.server(supplier_id).fetch_block, self.customer_id,
+                                    block_path(plan.version_id, plan.index, pos))
+            data = await self._track(d)
+            return await self.run_in_thread(verify_block, data, plan.blocks[pos][0], plan.version_id, plan.index,
+                                            pos, plan.k, plan.n, plan.plaintext_length)
+        except blockformat.BlockCorrupt as err:
+            self._problem(f"{plan.version_id}/{plan.index}/{pos} on {supplier_id} is corrupt: {err}")
+            return LOST
+        except BlockNotFound:
+            self._problem(f"{plan.version_id}/{plan.index}/{pos} is no longer on {supplier_id}")
+            return LOST
+        except Exception as err:  # noqa: BLE001 - treated as lost for this run
+            self._problem(f"fetching {plan.version_id}/{plan.index}/{pos} from {supplier_id}: {err}")
+            return None
+
+    # --- helpers ------------------------------------------------------------------------------------
+
+    def _track(self, d: defer.Deferred) -> defer.Deferred:
+        d.addTimeout(self.request_timeout, self.clock)
+        self._pending.add(d)
+
+        def forget(result):
+            self._pending.discard(d)
+            return result
+
+        return d.addBoth(forget)
+
+    def _problem(self, text: str) -> None:
+        self.figures["rebuild_failures"] += 1
+        if len(self.figures["errors"]) < MAX_REPORTED:
+            self.figures["errors"].append(text)
+
+    def _start(self, coroutine) -> None:
+        d = defer.Deferred.fromCoroutine(coroutine)
+
+        def failed(failure):
+            if self.destroyed:
+                return
+            if not failure.check(BitnodeError, defer.CancelledError, defer.TimeoutError):
+                self.log.failure("{id}: check step crashed", failure, id=self.id)
+            self.event("failed", failure.value)
+
+        d.addErrback(failed)
+        self._work = d

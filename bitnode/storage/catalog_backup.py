@@ -1,0 +1,295 @@
+"""The encrypted backup of the catalog on the suppliers, and restoring it from the private key alone.
+
+A backup is a special version ``catalog-<serial>`` (the serial grows by one
+per backup and is kept in the catalog's meta table):
+
+1. the catalog export is compressed (zlib) and written to a temporary file;
+2. the :class:`~bitnode.storage.uploader.Uploader` stores it like any file:
+   AES-256-GCM under a fresh key, k-of-n blocks at ``catalog-<serial>/<seg>/<pos>``;
+3. a *manifest* is stored whole on every supplier at ``catalog-<serial>/manifest``:
+   JSON with the serial, owner, k, n, the supplier of each position, each
+   segment's length, block hashes and stored positions, the SHA-256 of the
+   export, and the version key wrapped with the master key (RSA-OAEP) — the
+   whole signed with the master key (RSA-PSS), so a supplier cannot slip us
+   a catalog of its own making.
+
+Restoring needs nothing but the master private key and the suppliers: list
+what they hold, take the newest manifest whose signature verifies, unwrap the
+key, download and check the blocks with the tested Downloader, decompress,
+check the export's hash, and import it. After a new backup is stored, the
+one before the previous is deleted (two always remain).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import re
+import zlib
+from typing import Callable
+
+from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
+
+from bitnode.crypt import keys
+from bitnode.crypt.keys import RsaPrivateKey
+from bitnode.errors import BadRequest, Conflict, NotFound, Unavailable
+from bitnode.storage import segment_crypto
+from bitnode.storage.catalog import Catalog
+from bitnode.storage.downloader import Downloader
+from bitnode.storage.interface import SegmentMeta, version_prefix
+from bitnode.storage.jobs import Placement
+from bitnode.storage.uploader import Uploader
+
+MANIFEST_FORMAT = 1
+PREFIX = "catalog-"
+MANIFEST = "manifest"
+SERIAL_META = "catalog-backup-serial"
+DIGEST_META = "catalog-backup-sha256"
+_MANIFEST_RE = re.compile(r"^catalog-(\d{1,18})/manifest$")
+MAX_MANIFEST = 16 * 1024 * 1024
+
+RunInThread = Callable[..., defer.Deferred]
+
+
+def backup_version_id(serial: int) -> str:
+    """The version id of backup number ``serial``."""
+    return f"{PREFIX}{serial}"
+
+
+def _write_temp(path: str, data: bytes) -> None:
+    with open(path, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _read_and_remove(path: str) -> bytes:
+    try:
+        with open(path, "rb") as handle:
+            return handle.read()
+    finally:
+        _remove(path)
+
+
+def _remove(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def _unpack_export(path: str, serial: int, expected_sha256: str) -> bytes:
+    """Read, remove, decompress and check a downloaded backup. Worker thread."""
+    try:
+        export = zlib.decompress(_read_and_remove(path))
+    except zlib.error as err:
+        raise BadRequest(f"catalog backup {serial} does not decompress: {err}") from None
+    if hashlib.sha256(export).hexdigest() != expected_sha256:
+        raise BadRequest(f"catalog backup {serial} does not match its manifest")
+    return export
+
+
+def sign_manifest(master: RsaPrivateKey, manifest: dict) -> bytes:
+    """The stored form: ``{"manifest": <canonical JSON text>, "signature": <base64>}``. Worker thread."""
+    body = json.dumps(manifest, sort_keys=True, separators=(",", ":"))
+    signature = keys.sign(master, body.encode("utf-8"))
+    return json.dumps({"manifest": body, "signature": base64.b64encode(signature).decode("ascii")}).encode("utf-8")
+
+
+def open_manifest(master: RsaPrivateKey, data: bytes, serial: int, owner: str) -> dict:
+    """Verify a stored manifest against my key and what it should be; return it. Worker thread."""
+    try:
+        outer = json.loads(bytes(data).decode("utf-8"))
+        body = outer["manifest"]
+        signature = base64.b64decode(outer["signature"], validate=True)
+    except (ValueError, KeyError, TypeError) as err:
+        raise BadRequest(f"catalog manifest {serial} is not readable: {err}") from None
+    if not keys.verify(master.public_key(), body.encode("utf-8"), signature):
+        raise BadRequest(f"catalog manifest {serial} is not signed by my key")
+    manifest = json.loads(body)
+    if (manifest.get("format"), manifest.get("serial"), manifest.get("owner")) != (MANIFEST_FORMAT, serial, owner):
+        raise BadRequest(f"catalog manifest {serial} is for another backup or owner")
+    return manifest
+
+
+class CatalogBackup:
+    """Backs the catalog up to the suppliers and restores it from them."""
+
+    def __init__(self, clock: IReactorTime, run_in_thread: RunInThread, catalog: Catalog, customer_id: str,
+                 placement: Callable[[], Placement], data_blocks: Callable[[int], int],
+                 master: Callable[[], RsaPrivateKey], temp_dir: str,
+                 segment_size: Callable[[], int] = lambda: 4 * 1024 * 1024,
+                 timeout: Callable[[], float] = lambda: 60.0):
+        self.clock = clock
+        self.run_in_thread = run_in_thread
+        self.catalog = catalog
+        self.customer_id = customer_id
+        self.placement = placement
+        self.data_blocks = data_blocks
+        self.master = master
+        self.temp_dir = temp_dir
+        self.segment_size = segment_size
+        self.timeout = timeout
+        self._uploader: Uploader | None = None
+        self._downloader: Downloader | None = None
+
+    def cancel(self) -> None:
+        """Stop a backup or restore in progress (it fails with TransferCancelled)."""
+        for worker in (self._uploader, self._downloader):
+            if worker is not None:
+                worker.cancel()
+
+    # --- backup ------------------------------------------------------------------------------
+
+    async def backup(self, force: bool = False) -> dict:
+        """Store the catalog as the next ``catalog-<serial>``; skipped when unchanged since the last one."""
+        export = await self.run_in_thread(self.catalog.export)
+        digest = hashlib.sha256(export).hexdigest()
+        last = await self.run_in_thread(self.catalog.get_meta, DIGEST_META)
+        serial_text = await self.run_in_thread(self.catalog.get_meta, SERIAL_META, "0")
+        if digest == last and not force:
+            return {"skipped": True, "serial": int(serial_text), "sha256": digest}
+        serial = int(serial_text) + 1
+        version_id = backup_version_id(serial)
+        placement = self.placement()
+        ids, servers = list(placement.positions), list(placement.servers)
+        n = len(ids)
+        k = self.data_blocks(n)
+        master = self.master()
+        key = segment_crypto.new_version_key()
+        temp = os.path.join(self.temp_dir, f"{version_id}.upload")
+        await self.run_in_thread(_write_temp, temp, zlib.compress(export, 6))
+        try:
+            self._uploader = Uploader(self.run_in_thread, self.clock, servers, k, n, segment_size=self.segment_size(),
+                                      store_timeout=self.timeout())
+            result = await self._uploader.upload(temp, version_id, key, self.customer_id)
+        finally:
+            self._uploader = None
+            await self.run_in_thread(_remove, temp)
+        wrapped = await self.run_in_thread(keys.wrap_key, master.public_key(), key)
+        manifest = {
+            "format": MANIFEST_FORMAT, "serial": serial, "owner": self.customer_id, "created": self.clock.seconds(),
+            "k": k, "n": n, "suppliers": ids, "size": result.file_size, "sha256": digest,
+            "wrapped_key": base64.b64encode(wrapped).decode("ascii"),
+            "segments": [[m.plaintext_length, list(m.block_sha256), list(m.stored)] for m in result.segments],
+        }
+        stored = await self.run_in_thread(sign_manifest, master, manifest)
+        path = f"{version_id}/{MANIFEST}"
+        acked = await self._to_all(servers, lambda server: server.store_block(self.customer_id, path, stored))
+        if acked < k:
+            raise Unavailable(f"catalog backup {serial}: only {acked} suppliers took its manifest, {k} needed")
+        await self.run_in_thread(self.catalog.set_meta, SERIAL_META, str(serial))
+        await self.run_in_thread(self.catalog.set_meta, DIGEST_META, digest)
+        if serial > 2:
+            # Two backups always remain: this one and the previous.
+            old = version_prefix(backup_version_id(serial - 2))
+            await self._to_all(servers, lambda server: server.delete(self.customer_id, old))
+        return {"skipped": False, "serial": serial, "sha256": digest, "bytes": result.file_size,
+                "suppliers": acked}
+
+    # --- restore -----------------------------------------------------------------------------
+
+    async def newest_serials(self) -> tuple[list[int], dict[int, list[str]]]:
+        """Backup serials found on the suppliers, newest first, and who holds each manifest."""
+        placement = self.placement()
+        holders: dict[int, list[str]] = {}
+        calls = []
+        for supplier_id, server in zip(placement.positions, placement.servers, strict=False):
+            if server is None:
+                continue
+            # A prefix needs a trailing "/": there is no way to ask for "catalog-*" only.
+            d = defer.maybeDeferred(server.list_blocks, self.customer_id, "")
+            d.addTimeout(self.timeout(), self.clock)
+            calls.append((supplier_id, d))
+        outcomes = await defer.DeferredList([d for _, d in calls], consumeErrors=True)
+        answered = 0
+        for (supplier_id, _), (ok, listing) in zip(calls, outcomes, strict=True):
+            if not ok:
+                continue
+            answered += 1
+            for path in listing:
+                found = _MANIFEST_RE.match(path)
+                if found:
+                    holders.setdefault(int(found.group(1)), []).append(supplier_id)
+        if not answered:
+            raise Unavailable("no supplier answered: cannot look for catalog backups")
+        return sorted(holders, reverse=True), holders
+
+    async def restore(self, replace: bool = False) -> dict:
+        """Import the newest catalog backup that verifies. NotFound if there is none.
+
+        Refuses (Conflict) to replace a catalog that has files unless ``replace``.
+        """
+        serials, holders = await self.newest_serials()
+        if not serials:
+            raise NotFound("no catalog backup on the suppliers")
+        # Whatever happens next, my next backup must be newer than any found.
+        current = int(await self.run_in_thread(self.catalog.get_meta, SERIAL_META, "0"))
+        await self.run_in_thread(self.catalog.set_meta, SERIAL_META, str(max(current, serials[0])))
+        placement = self.placement()
+        by_id = dict(zip(placement.positions, placement.servers, strict=False))
+        master = self.master()
+        problems = []
+        for serial in serials:
+            try:
+                manifest = await self._fetch_manifest(serial, holders[serial], by_id, master)
+                export = await self._download(serial, manifest, by_id, master)
+            except (BadRequest, Unavailable, NotFound) as err:
+                problems.append(f"backup {serial}: {err}")
+                continue
+            empty = await self.run_in_thread(self.catalog.is_empty)
+            if not empty and not replace:
+                raise Conflict("the catalog already has files; not replacing it with the backup")
+            await self.run_in_thread(self.catalog.import_, export)
+            await self.run_in_thread(self.catalog.set_meta, DIGEST_META, manifest["sha256"])
+            items = await self.run_in_thread(self.catalog.list)
+            return {"serial": serial, "items": len(items), "sha256": manifest["sha256"], "skipped": problems}
+        raise Unavailable("no catalog backup could be restored: " + "; ".join(problems))
+
+    async def _fetch_manifest(self, serial: int, holders: list[str], by_id: dict, master: RsaPrivateKey) -> dict:
+        path = f"{backup_version_id(serial)}/{MANIFEST}"
+        last_error: Exception = NotFound(f"manifest {serial} not found")
+        for supplier_id in holders:
+            try:
+                d = defer.maybeDeferred(by_id[supplier_id].fetch_block, self.customer_id, path)
+                d.addTimeout(self.timeout(), self.clock)
+                data = await d
+                if len(data) > MAX_MANIFEST:
+                    raise BadRequest(f"manifest {serial} is too large")
+                return await self.run_in_thread(open_manifest, master, data, serial, self.customer_id)
+            except Exception as err:  # noqa: BLE001 - try the next copy
+                last_error = err
+        raise last_error if isinstance(last_error, (BadRequest, NotFound)) else Unavailable(str(last_error))
+
+    async def _download(self, serial: int, manifest: dict, by_id: dict, master: RsaPrivateKey) -> bytes:
+        version_id = backup_version_id(serial)
+        try:
+            key = await self.run_in_thread(keys.unwrap_key, master, base64.b64decode(manifest["wrapped_key"]))
+            k, n = int(manifest["k"]), int(manifest["n"])
+            segments = [SegmentMeta(i, int(length), tuple(shas), tuple(stored))
+                        for i, (length, shas, stored) in enumerate(manifest["segments"])]
+            servers = [by_id.get(sid) if sid else None for sid in manifest["suppliers"]]
+        except (KeyError, TypeError, ValueError) as err:
+            raise BadRequest(f"catalog manifest {serial} is incomplete: {err}") from None
+        temp = os.path.join(self.temp_dir, f"{version_id}.restore")
+        self._downloader = Downloader(self.run_in_thread, self.clock, servers, k, n, fetch_timeout=self.timeout())
+        try:
+            await self._downloader.download(segments, version_id, key, self.customer_id, temp)
+        finally:
+            self._downloader = None
+        return await self.run_in_thread(_unpack_export, temp, serial, manifest.get("sha256"))
+
+    # --- helpers --------------------------------------------------------------------------------
+
+    async def _to_all(self, servers: list, call) -> int:
+        calls = []
+        for server in servers:
+            if server is not None:
+                d = defer.maybeDeferred(call, server)
+                d.addTimeout(self.timeout(), self.clock)
+                calls.append(d)
+        outcomes = await defer.DeferredList(calls, consumeErrors=True)
+        return sum(1 for ok, _ in outcomes if ok)

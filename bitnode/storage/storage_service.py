@@ -1,0 +1,453 @@
+"""service_backups: the catalog, upload/download jobs, backup_monitor and the catalog backup of one node.
+
+Suppliers come from a *supplier provider*: an object with ``positions() ->
+list[str]`` (position i holds block i, "" = empty), ``server(supplier_id) ->
+IStorageServer``, optionally ``subscribe(callback) -> unsubscribe`` (called on
+"suppliers-changed") and ``settled() -> Deferred | None`` (fire_hire is done
+hiring). By default it is ``service_customer``'s ``supplier_provider()`` while
+that service is on; tests inject one by overriding :meth:`make_provider`.
+Without one, anything that needs suppliers fails with Unavailable("no
+suppliers hired: service_customer is off") — it never pretends to succeed.
+
+Files: ``metadata/catalog.sqlite`` (the catalog), ``metadata/tmp/`` (the
+catalog backup being written or read; private like the rest of metadata/).
+
+The parts need my identity (the customer id is my global id, keys come from
+my key store): they come up when the service starts with an identity, or when
+``my-identity-created`` is published, and go down on ``my-identity-erased``.
+Then, whenever suppliers are known: an empty catalog is first restored from
+the newest catalog backup on the suppliers (a recovered identity on a new
+machine gets its files back), backup_monitor checks and rebuilds, and every
+catalog change is backed up again after ``catalog-backup-delay`` seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from bitnode.crypt import keys
+from bitnode.errors import BadRequest, BitnodeError, Conflict, Forbidden, NotFound, Unavailable
+from bitnode.main.options import FLOAT, INTEGER, Option
+from bitnode.services.base import Service
+from bitnode.storage.backup_monitor import BackupMonitor
+from bitnode.storage.catalog import Catalog, split_remote_path
+from bitnode.storage.catalog_backup import SERIAL_META, CatalogBackup
+from bitnode.storage.jobs import Placement, StorageContext, delete_versions
+from bitnode.storage.transfers import UPLOAD, TransferManager
+from bitnode.userid import globalid
+
+CUSTOMER_SERVICE = "service_customer"
+IDENTITY_SERVICE = "service_identity"
+PENDING_DELETES_META = "pending-deletes"
+NO_SUPPLIERS = "no suppliers hired: service_customer is off"
+
+
+def _open_catalog(path: str, temp_dir: str) -> Catalog:
+    os.makedirs(temp_dir, mode=0o700, exist_ok=True)
+    return Catalog(path)
+
+
+class StorageService(Service):
+    """Backups of my files on my suppliers."""
+
+    name = "service_backups"
+    depends_on = (IDENTITY_SERVICE,)
+    enabled_by_default = True
+    description = "Encrypted, erasure-coded copies of your files on the suppliers you hire"
+    options = (
+        Option("services/backups/data-blocks", INTEGER, 0,
+               "Blocks needed to restore a segment (k of n suppliers); 0 means half the suppliers, rounded up.",
+               minimum=0, maximum=256),
+        Option("services/backups/segments-in-flight", INTEGER, 2,
+               "Segments of one transfer held in memory at once (memory is about this times segment size "
+               "times n/k).", minimum=1, maximum=32),
+        Option("services/backups/max-uploads", INTEGER, 1, "Uploads running at once; the others wait.",
+               minimum=1, maximum=16),
+        Option("services/backups/max-downloads", INTEGER, 2, "Downloads running at once; the others wait.",
+               minimum=1, maximum=16),
+        Option("services/backups/store-timeout", FLOAT, 120.0, "Seconds a supplier has to store one block.",
+               minimum=1.0, maximum=3600.0),
+        Option("services/backups/fetch-timeout", FLOAT, 60.0, "Seconds a supplier has to return one block.",
+               minimum=1.0, maximum=3600.0),
+        Option("services/backups/catalog-backup-delay", FLOAT, 10.0,
+               "Seconds after a catalog change before the catalog is backed up to the suppliers.",
+               minimum=0.0, maximum=3600.0),
+    )
+    log = Logger()
+
+    def __init__(self, node):
+        super().__init__(node)
+        self.catalog: Catalog | None = None
+        self.transfers: TransferManager | None = None
+        self.monitor: BackupMonitor | None = None
+        self.backups: CatalogBackup | None = None
+        self.context: StorageContext | None = None
+        self.provider: Any = None
+        self.catalog_file = os.path.join(node.basedir.metadata, "catalog.sqlite")
+        self.temp_dir = os.path.join(node.basedir.metadata, "tmp")
+        self.last_backup: dict = {}
+        self.last_backup_error = ""
+        self.last_restore: dict = {}
+        self._unsubscribe: list = []
+        self._backup_call = None
+        self._backup_lock = defer.DeferredLock()
+        self._backup_dirty = False
+        self._restore_done = True
+        self._restoring: defer.Deferred | None = None
+        self._background: set[defer.Deferred] = set()
+        self._stopping = False
+
+    # --- lifecycle ----------------------------------------------------------------------------
+
+    def make_provider(self) -> Any:
+        """The supplier provider to use instead of service_customer's (tests override this)."""
+        return None
+
+    def start(self) -> defer.Deferred:
+        """Open the catalog off the reactor, then bring the parts up if I have an identity."""
+        self.provider = self.make_provider()
+        self._stopping = False
+        d = self.node.run_in_thread(_open_catalog, self.catalog_file, self.temp_dir)
+        d.addCallback(self._opened)
+        return d
+
+    def _opened(self, catalog: Catalog) -> defer.Deferred:
+        self.catalog = catalog
+        self._unsubscribe.append(self.node.events.subscribe(self._on_event))
+        subscribe = getattr(self.provider, "subscribe", None)
+        if subscribe is not None:
+            self._unsubscribe.append(subscribe(self.suppliers_changed))
+        return self._bring_up()
+
+    @defer.inlineCallbacks
+    def _bring_up(self):
+        customer_id = self._my_global_id()
+        if customer_id is None or self.transfers is not None or self.catalog is None or self._stopping:
+            return
+        node, settings = self.node, self.node.settings
+        empty = yield node.run_in_thread(self.catalog.is_empty)
+        serial = yield node.run_in_thread(self.catalog.get_meta, SERIAL_META)
+        if self._stopping or self.transfers is not None or self._my_global_id() != customer_id:
+            return  # brought up (or stopped, or the identity changed) while we looked
+        self.context = StorageContext(
+            clock=node.clock, run_in_thread=node.run_in_thread, catalog=self.catalog, customer_id=customer_id,
+            placement=self.placement, wrap_key=self._wrap_key, unwrap_key=self._unwrap_key,
+            data_blocks=self.data_blocks, segment_size=lambda: settings.get("services/backups/segment-size"),
+            segments_in_flight=lambda: settings.get("services/backups/segments-in-flight"),
+            keep_versions=lambda: settings.get("services/backups/max-copies"),
+            store_timeout=lambda: settings.get("services/backups/store-timeout"),
+            fetch_timeout=lambda: settings.get("services/backups/fetch-timeout"),
+            registry=node.automats, on_catalog_changed=self.catalog_changed, on_blocks_damaged=self.sync)
+        self.transfers = TransferManager(self.context, lambda: settings.get("services/backups/max-uploads"),
+                                         lambda: settings.get("services/backups/max-downloads"))
+        self.monitor = BackupMonitor(node.clock, node.run_in_thread, self.catalog, customer_id,
+                                     self.supplier_provider,
+                                     request_timeout=settings.get("services/backups/fetch-timeout"),
+                                     on_catalog_changed=self.catalog_changed, registry=node.automats)
+        self.backups = CatalogBackup(node.clock, node.run_in_thread, self.catalog, customer_id, self.placement,
+                                     self.data_blocks, self._master_key, self.temp_dir,
+                                     segment_size=lambda: settings.get("services/backups/segment-size"),
+                                     timeout=lambda: settings.get("services/backups/store-timeout"))
+        # A new, empty catalog may have a backup waiting on the suppliers: look before backing up over it.
+        self._restore_done = not empty or serial is not None
+        self._track(defer.Deferred.fromCoroutine(self.transfers.resume_interrupted()), "resuming uploads")
+        self.suppliers_changed()
+
+    @defer.inlineCallbacks
+    def _bring_down(self):
+        self._cancel_backup_call()
+        transfers, monitor, backups = self.transfers, self.monitor, self.backups
+        self.transfers = self.monitor = self.backups = self.context = None
+        if backups is not None:
+            backups.cancel()
+        if transfers is not None:
+            yield transfers.stop()
+        if monitor is not None:
+            yield monitor.shutdown()
+
+    @defer.inlineCallbacks
+    def stop(self):
+        """Pause uploads (resumed at the next start), stop the monitor and backups, close the catalog."""
+        self._stopping = True
+        for unsubscribe in self._unsubscribe:
+            unsubscribe()
+        self._unsubscribe = []
+        yield self._bring_down()
+        if self._background:
+            yield defer.DeferredList(list(self._background))
+        catalog, self.catalog = self.catalog, None
+        if catalog is not None:
+            yield self.node.run_in_thread(catalog.close)
+
+    def status(self) -> dict:
+        """Figures for service_info: transfers, the monitor's last check, the catalog backup."""
+        return {
+            "ready": self.transfers is not None,
+            "transfers": len(self.transfers.transfers()) if self.transfers else 0,
+            "backup_monitor": self.monitor.status() if self.monitor else None,
+            "catalog_backup": dict(self.last_backup, error=self.last_backup_error),
+            "catalog_restore": self.last_restore,
+        }
+
+    def _on_event(self, event) -> None:
+        if event.event_id == "suppliers-changed":
+            self.suppliers_changed()
+        elif event.event_id == "my-identity-created" and self.catalog is not None:
+            self._track(self._bring_up(), "starting storage")
+        elif event.event_id == "my-identity-erased":
+            self._track(self._bring_down(), "stopping storage")
+
+    # --- suppliers ------------------------------------------------------------------------------
+
+    def supplier_provider(self) -> Any:
+        """The injected provider, else service_customer's; Unavailable without either."""
+        if self.provider is not None:
+            return self.provider
+        driver = self.node.service_driver
+        if CUSTOMER_SERVICE in driver.names() and driver.is_on(CUSTOMER_SERVICE):
+            return driver.get(CUSTOMER_SERVICE).supplier_provider()
+        raise Unavailable(NO_SUPPLIERS)
+
+    def placement(self) -> Placement:
+        """Current positions and their storage servers; Unavailable when nobody is hired."""
+        provider = self.supplier_provider()
+        positions = tuple(provider.positions())
+        if not any(positions):
+            raise Unavailable("no suppliers hired yet")
+        servers = []
+        for supplier_id in positions:
+            try:
+                servers.append(provider.server(supplier_id) if supplier_id else None)
+            except BitnodeError:
+                servers.append(None)  # not reachable now: its blocks count as missing for this transfer
+        return Placement(positions, tuple(servers))
+
+    def data_blocks(self, n: int) -> int:
+        """k for n positions: the setting, or ceil(n/2) when it is 0."""
+        wanted = self.node.settings.get("services/backups/data-blocks")
+        return min(wanted, n) if wanted else (n + 1) // 2
+
+    def suppliers_changed(self, *_: Any) -> None:
+        """New suppliers: restore an empty catalog, resume paused uploads, check and rebuild, back up."""
+        if self.transfers is None:
+            return
+        if not self._restore_done:
+            self._try_restore()
+            return
+        self.transfers.suppliers_changed()
+        self.monitor.event("suppliers-changed")
+        self._track(defer.Deferred.fromCoroutine(self._retry_deletes()), "retrying deletes")
+        if self._backup_dirty:
+            self.catalog_changed()
+
+    def sync(self) -> dict:
+        """files_sync: check and rebuild now, resume paused uploads."""
+        self.require_ready()
+        self.transfers.suppliers_changed()
+        self.monitor.event("restart")
+        return {"backup_monitor": self.monitor.state}
+
+    # --- keys and paths -------------------------------------------------------------------------------
+
+    def _identity(self):
+        return self.node.service_driver.get(IDENTITY_SERVICE)
+
+    def _my_global_id(self) -> str | None:
+        driver = self.node.service_driver
+        return self._identity().my_global_id() if driver.is_on(IDENTITY_SERVICE) else None
+
+    def require_ready(self) -> None:
+        """Unavailable while stopped, Conflict without an identity."""
+        if self.catalog is None:
+            raise Unavailable("service_backups is not running")
+        if self.transfers is None:
+            raise Conflict("this node has no identity yet: call identity_create or identity_recover first")
+
+    def master_key_id(self) -> str:
+        """The key id files go under by default."""
+        self.require_ready()
+        return globalid.make_key_id("master", self.context.customer_id)
+
+    def check_remote_path(self, remote_path: str) -> tuple[str, str]:
+        """``key_id:path`` split and checked: the key must be one of mine (Forbidden otherwise)."""
+        self.require_ready()
+        key_id, path = split_remote_path(remote_path)
+        owner = str(globalid.KeyId.parse(key_id).owner)
+        if owner != self.context.customer_id:
+            raise Forbidden(f"{key_id} belongs to {owner}: files under other users' keys are not stored here")
+        keystore = self._identity().keystore
+        if keystore is None or not keystore.has(key_id):
+            raise Forbidden(f"{key_id} is not one of my keys")
+        return key_id, path
+
+    def _wrap_key(self, key_id: str, secret: bytes) -> bytes:
+        return keys.wrap_key(self._identity().keystore.public_key(key_id), secret)
+
+    def _unwrap_key(self, key_id: str, blob: bytes) -> bytes:
+        try:
+            private = self._identity().keystore.private_key(key_id)
+        except NotFound:
+            raise Forbidden(f"the private key {key_id} is not here: this file cannot be decrypted") from None
+        return keys.unwrap_key(private, blob)
+
+    def _master_key(self):
+        keystore = self._identity().keystore
+        if keystore is None:
+            raise Conflict("this node has no identity")
+        return keystore.private_key(keystore.master_key_id)
+
+    # --- deleting ---------------------------------------------------------------------------------------
+
+    def delete(self, remote_path: str) -> defer.Deferred:
+        """Delete a file or folder: its blocks on the suppliers first, then the catalog rows.
+
+        Fires with ``{"remote_path", "versions", "blocks_deleted", "failed"}``;
+        deletes a supplier did not acknowledge are listed and retried later.
+        """
+        return defer.Deferred.fromCoroutine(self._delete(remote_path))
+
+    async def _delete(self, remote_path: str) -> dict:
+        key_id, path = self.check_remote_path(remote_path)
+        if not path:
+            raise BadRequest("the root folder cannot be deleted")
+        remote = f"{key_id}:{path}"
+        versions = await self.node.run_in_thread(self.catalog.version_ids_under, key_id, path)
+        for job in self.transfers.jobs(UPLOAD):
+            if job.remote_path == remote or job.remote_path.startswith(remote + "/"):
+                job.event("cancel")
+        outcome = await delete_versions(self.context, versions) if versions else {"deleted": 0, "failed": []}
+        await self.node.run_in_thread(self.catalog.delete, key_id, path)
+        failed_versions = sorted({f["version_id"] for f in outcome["failed"]})
+        if failed_versions:
+            await self._remember_deletes(failed_versions)
+        self.catalog_changed()
+        return {"remote_path": remote, "versions": len(versions), "blocks_deleted": outcome["deleted"],
+                "failed": outcome["failed"]}
+
+    async def _remember_deletes(self, version_ids: list[str]) -> None:
+        pending = set(json.loads(await self.node.run_in_thread(self.catalog.get_meta, PENDING_DELETES_META, "[]")))
+        pending.update(version_ids)
+        await self.node.run_in_thread(self.catalog.set_meta, PENDING_DELETES_META, json.dumps(sorted(pending)))
+
+    async def _retry_deletes(self) -> None:
+        pending = json.loads(await self.node.run_in_thread(self.catalog.get_meta, PENDING_DELETES_META, "[]"))
+        if not pending or self.context is None:
+            return
+        outcome = await delete_versions(self.context, pending)
+        left = sorted({f["version_id"] for f in outcome["failed"]})
+        if self.catalog is not None:
+            await self.node.run_in_thread(self.catalog.set_meta, PENDING_DELETES_META, json.dumps(left))
+
+    # --- the catalog backup ---------------------------------------------------------------------------
+
+    def catalog_changed(self) -> None:
+        """Something in the catalog changed: back it up after the configured delay."""
+        self._backup_dirty = True
+        if self._backup_call is None and self.backups is not None and self._restore_done:
+            delay = self.node.settings.get("services/backups/catalog-backup-delay")
+            self._backup_call = self.node.call_later(delay, self._scheduled_backup)
+
+    def _scheduled_backup(self) -> None:
+        self._backup_call = None
+        self._track(self.backup_catalog(), "backing up the catalog", quiet=True)
+
+    def backup_catalog(self, force: bool = False) -> defer.Deferred:
+        """Back the catalog up to the suppliers now (one backup at a time); fires with the outcome."""
+        if self.backups is None:
+            return defer.fail(Conflict("service_backups is not ready: no identity or not running"))
+        backups = self.backups
+        self._backup_dirty = False
+
+        def run():
+            if self.backups is not backups:
+                return defer.fail(Unavailable("service_backups stopped"))
+            d = defer.Deferred.fromCoroutine(backups.backup(force))
+            d.addCallbacks(self._backed_up, self._backup_failed)
+            return d
+
+        return self._backup_lock.run(run)
+
+    def _backed_up(self, outcome: dict) -> dict:
+        self.last_backup, self.last_backup_error = outcome, ""
+        return outcome
+
+    def _backup_failed(self, failure):
+        self._backup_dirty = True  # tried again when suppliers change
+        self.last_backup_error = failure.getErrorMessage()
+        self.log.info("catalog backup failed: {error}", error=self.last_backup_error)
+        return failure
+
+    def restore_catalog(self, replace: bool = False) -> defer.Deferred:
+        """Import the newest catalog backup found on the suppliers; fires with what was restored."""
+        d = self._restore(replace)
+
+        def restored(outcome):
+            if self.monitor is not None:
+                self.monitor.event("restart")
+            return outcome
+
+        return d.addCallback(restored)
+
+    def _restore(self, replace: bool = False) -> defer.Deferred:
+        if self.backups is None:
+            return defer.fail(Conflict("service_backups is not ready: no identity or not running"))
+        d = defer.Deferred.fromCoroutine(self.backups.restore(replace))
+
+        def restored(outcome):
+            self.last_restore = outcome
+            self._restore_done = True
+            return outcome
+
+        return d.addCallback(restored)
+
+    def _try_restore(self) -> None:
+        if self._restoring is not None:
+            return
+
+        def done(outcome):
+            self._restoring = None
+            self._restore_done = True
+            self.suppliers_changed()
+
+        def failed(failure):
+            self._restoring = None
+            if failure.check(NotFound, Conflict):
+                self.last_restore = {"error": failure.getErrorMessage()}
+                done(None)
+            else:
+                # No suppliers (yet): try again on the next suppliers-changed.
+                self.last_restore = {"error": failure.getErrorMessage(), "retry": True}
+
+        d = self._restoring = self._restore()
+        d.addCallbacks(done, failed)
+        self._track(d, "restoring the catalog")
+
+    # --- helpers ------------------------------------------------------------------------------------------
+
+    def _cancel_backup_call(self) -> None:
+        if self._backup_call is not None and self._backup_call.active():
+            self._backup_call.cancel()
+        self._backup_call = None
+
+    def _track(self, d: defer.Deferred, what: str, quiet: bool = False) -> defer.Deferred:
+        """Background work: logged if it fails, waited for when the service stops."""
+        self._background.add(d)
+
+        def finished(result):
+            self._background.discard(d)
+            return result
+
+        def failed(failure):
+            if quiet or failure.check(BitnodeError, defer.CancelledError):
+                self.log.info("{what} failed: {error}", what=what, error=failure.getErrorMessage())
+            else:
+                self.log.failure("{what} failed", failure, what=what)
+
+        d.addBoth(finished)
+        d.addErrback(failed)
+        return d

@@ -1,0 +1,252 @@
+"""The TransferManager: the upload and download jobs of one node, their slots and their history.
+
+Jobs wait in a queue (state PENDING) until a slot is free: at most
+``max_uploads()`` uploads and ``max_downloads()`` downloads run at once, so
+memory stays bounded by the running jobs' segments in flight whatever is
+queued. Finished jobs move to a bounded history (newest first) so the API can
+still show how they ended.
+
+At start-up :meth:`TransferManager.resume_interrupted` looks at every version
+left ``uploading`` in the catalog: if its local file has the size and mtime
+recorded when the version began, an :class:`UploadJob` resumes it from
+``catalog.resume_point()`` (acknowledged segments are not sent again);
+otherwise the version is abandoned and, if the file still exists, a new
+version of it is uploaded. :meth:`stop` pauses uploads (they resume after the
+next start) and cancels downloads, and fires once every job has come to rest.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Callable
+
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from bitnode.errors import BitnodeError, Conflict, NotFound, Unavailable
+from bitnode.storage.catalog import UPLOADING, split_remote_path
+from bitnode.storage.jobs import (
+    CANCELLED,
+    DONE,
+    FAILED_STATE,
+    PAUSED,
+    DownloadJob,
+    StorageContext,
+    UploadJob,
+    _Job,
+    abandon_version,
+    stat_file,
+)
+
+UPLOAD, DOWNLOAD = "upload", "download"
+AT_REST = frozenset({PAUSED, DONE, FAILED_STATE, CANCELLED, "NEW", "PENDING"})
+RUNNING_STATES = frozenset({"PREPARING", "UPLOADING", "DOWNLOADING", "PAUSING", "CANCELLING"})
+HISTORY_SIZE = 50
+
+
+class TransferManager:
+    """Starts, queues, lists, cancels and resumes the jobs of one node."""
+
+    log = Logger()
+
+    def __init__(self, ctx: StorageContext, max_uploads: Callable[[], int] = lambda: 1,
+                 max_downloads: Callable[[], int] = lambda: 2, history_size: int = HISTORY_SIZE):
+        self.ctx = ctx
+        self.max_uploads = max_uploads
+        self.max_downloads = max_downloads
+        self.history: deque[_Job] = deque(maxlen=history_size)
+        self._jobs: dict[str, _Job] = {}
+        self._queues: dict[str, deque[_Job]] = {UPLOAD: deque(), DOWNLOAD: deque()}
+        self._running: dict[str, set[_Job]] = {UPLOAD: set(), DOWNLOAD: set()}
+        self._stopping = False
+
+    # --- starting ------------------------------------------------------------------------
+
+    def start_upload(self, local_path: str, remote_path: str) -> UploadJob:
+        """Queue an upload of ``local_path`` as a new version of ``remote_path``.
+
+        Conflict if that remote path is being uploaded already; Unavailable
+        when no suppliers are hired. Problems with the file itself end the job
+        FAILED (see :meth:`UploadJob.wait`).
+        """
+        remote = self._remote(remote_path)
+        self._check_open()
+        busy = self.find(UPLOAD, remote)
+        if busy is not None:
+            raise Conflict(f"{remote} is already being uploaded ({busy.state})")
+        self.ctx.placement()
+        job = UploadJob(self.ctx, self, remote, local_path)
+        self._jobs[job.id] = job
+        job.event("start")
+        return job
+
+    def start_download(self, remote_path: str, local_path: str, version_id: str | None = None) -> DownloadJob:
+        """Queue a download of ``remote_path`` (newest complete version unless given) to ``local_path``."""
+        remote = self._remote(remote_path)
+        self._check_open()
+        busy = self.find(DOWNLOAD, remote)
+        if busy is not None:
+            raise Conflict(f"{remote} is already being downloaded ({busy.state})")
+        self.ctx.placement()
+        job = DownloadJob(self.ctx, self, remote, local_path, version_id)
+        self._jobs[job.id] = job
+        job.event("start")
+        return job
+
+    async def resume_interrupted(self) -> list[dict]:
+        """Resume or restart every upload a stop or a crash interrupted; what was done, per version."""
+        ctx = self.ctx
+        report = []
+        for version in await ctx.run_in_thread(ctx.catalog.versions, UPLOADING):
+            version_id, remote = version["version_id"], version["remote_path"]
+            if self._stopping or any(j.version_id == version_id for j in self._jobs.values()):
+                continue
+            source = await ctx.run_in_thread(ctx.catalog.source, version_id)
+            if source is None:
+                # Begun on another machine (a restored catalog): not ours to resume or to abandon.
+                report.append({"version_id": version_id, "remote_path": remote, "action": "left alone"})
+                continue
+            seen = None
+            try:
+                seen = await ctx.run_in_thread(stat_file, source["local_path"])
+            except BitnodeError:
+                seen = None
+            if seen is not None and seen == (source["size"], source["mtime"]):
+                job = UploadJob(ctx, self, remote, source["local_path"], version_id=version_id)
+                self._jobs[job.id] = job
+                job.event("resume")
+                report.append({"version_id": version_id, "remote_path": remote, "action": "resumed", "job": job.id})
+                continue
+            # In the background: slow suppliers must not hold up the other resumes.
+            defer.Deferred.fromCoroutine(abandon_version(ctx, version_id)).addErrback(
+                lambda f, v=version_id: self.log.failure("abandoning {version} failed", f, version=v))
+            entry = {"version_id": version_id, "remote_path": remote, "action": "abandoned"}
+            if seen is not None and self.find(UPLOAD, remote) is None:
+                try:
+                    entry["job"] = self.start_upload(source["local_path"], remote).id
+                    entry["action"] = "new version"
+                except BitnodeError as err:
+                    entry["error"] = str(err)
+            report.append(entry)
+        return report
+
+    # --- slots (called by the jobs) ------------------------------------------------------------
+
+    def enqueue(self, job: _Job) -> None:
+        """A job waits for a slot."""
+        queue = self._queues[job.kind]
+        if job not in queue and job not in self._running[job.kind]:
+            queue.append(job)
+        self._pump(job.kind)
+
+    def release(self, job: _Job) -> None:
+        """A job gives its slot or queue place back."""
+        self._running[job.kind].discard(job)
+        try:
+            self._queues[job.kind].remove(job)
+        except ValueError:
+            pass
+        self._pump(job.kind)
+
+    def finished(self, job: _Job) -> None:
+        """A job ended: keep it in the history."""
+        self._jobs.pop(job.id, None)
+        self.history.appendleft(job)
+
+    def _pump(self, kind: str) -> None:
+        if self._stopping:
+            return
+        limit = max(1, (self.max_uploads if kind == UPLOAD else self.max_downloads)())
+        queue, running = self._queues[kind], self._running[kind]
+        while queue and len(running) < limit:
+            job = queue.popleft()
+            running.add(job)
+            job.event("run")
+
+    # --- looking and stopping ---------------------------------------------------------------------
+
+    def find(self, kind: str, remote_path: str) -> _Job | None:
+        """The active job of ``kind`` for a remote path, if any."""
+        for job in self._jobs.values():
+            if job.kind == kind and job.remote_path == remote_path:
+                return job
+        return None
+
+    def jobs(self, kind: str | None = None) -> list[_Job]:
+        """Active jobs (optionally of one kind), oldest first."""
+        return [j for j in self._jobs.values() if kind is None or j.kind == kind]
+
+    def cancel(self, kind: str, remote_path: str) -> _Job:
+        """Cancel the active job of ``kind`` for ``remote_path``; NotFound if there is none."""
+        job = self.find(kind, self._remote(remote_path))
+        if job is None:
+            raise NotFound(f"no {kind} of {remote_path} is running or queued")
+        job.event("cancel")
+        return job
+
+    def uploads(self, include_running: bool = True, include_pending: bool = True) -> dict:
+        """``{"running": [...], "pending": [...]}``: pending are queued or paused uploads."""
+        out: dict[str, list] = {}
+        jobs = self.jobs(UPLOAD)
+        if include_running:
+            out["running"] = [j.info() for j in jobs if j.state in RUNNING_STATES]
+        if include_pending:
+            out["pending"] = [j.info() for j in jobs if j.state not in RUNNING_STATES]
+        return out
+
+    def transfers(self) -> list[dict]:
+        """Every active job with its figures (bytes done/total, speed, ETA), uploads first."""
+        return [j.info() for j in self.jobs(UPLOAD)] + [j.info() for j in self.jobs(DOWNLOAD)]
+
+    def recent(self, kind: str | None = None) -> list[dict]:
+        """Finished jobs, newest first."""
+        return [j.info() for j in self.history if kind is None or j.kind == kind]
+
+    def suppliers_changed(self) -> None:
+        """Paused uploads try again with the new suppliers."""
+        for job in self.jobs(UPLOAD):
+            job.event("suppliers-changed")
+
+    def stop(self) -> defer.Deferred:
+        """Pause uploads and cancel downloads; fires when every job rests, then forgets the machines."""
+        self._stopping = True
+        waits = []
+        for job in list(self._jobs.values()):
+            job.event("pause")
+            waits.append(_at_rest(job))
+
+        def forget(_):
+            for job in list(self._jobs.values()):
+                job.destroy()
+            self._jobs.clear()
+            for kind in (UPLOAD, DOWNLOAD):
+                self._queues[kind].clear()
+                self._running[kind].clear()
+
+        return defer.DeferredList(waits).addCallback(forget)
+
+    # --- helpers -----------------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._stopping:
+            raise Unavailable("the storage service is stopping")
+
+    @staticmethod
+    def _remote(remote_path: str) -> str:
+        key_id, path = split_remote_path(remote_path)
+        return f"{key_id}:{path}"
+
+
+def _at_rest(job: _Job) -> defer.Deferred:
+    """Fires once ``job`` is in a state where nothing of it is running."""
+    if job.state in AT_REST or job.destroyed:
+        return defer.succeed(None)
+    d = defer.Deferred()
+
+    def listener(machine, old, new, event):
+        if new in AT_REST and not d.called:
+            machine.remove_state_listener(listener)
+            d.callback(None)
+
+    job.add_state_listener(listener)
+    return d

@@ -1,0 +1,656 @@
+"""The gateway: this node's packets in and out, over one TCP transport.
+
+Outgoing, :meth:`Gateway.send` runs a :class:`~bitnode.transport.packet_out.PacketOut`
+machine per packet.  Packets for one peer go through that peer's queue, in
+order: the first one resolves the peer's address (an open connection with
+them if there is one, else the first ``tcp://host:port`` of their identity's
+contacts, fetched through the identity provider), and every packet reuses
+the transport's connection.  If a cached address refuses, the identity is
+fetched again once (contacts change when a node restarts on another port).
+
+Incoming, every valid packet (the transport has already checked framing,
+signature, recipient and replay, and counted what it dropped) is first
+matched against the packets waiting for an answer, by ``(sender,
+packet_id)``; a match is that packet's ``Ack``, ``Fail`` or reply.  Otherwise
+it goes to the one handler registered for its command.  ``Ack``/``Fail``
+that match nothing (late or unsolicited) and commands nobody handles are
+dropped and counted (``unmatched_response``, ``no_handler``).
+
+``Identity`` is handled here: its payload is the sender's signed identity
+document, which updates the identity cache (a newer revision, same pinned
+key), and the sender gets an ``Ack`` (``user_ping`` is built on that).  A
+sender we know no key for may introduce itself this way: the packet is
+verified with the key in the document it carries, then the document is
+checked against the one its own identity server publishes before anything
+is cached or answered, so a made-up document cannot pin a wrong key.
+
+Payloads travel raw in one frame (see :mod:`bitnode.transport.framing`): a
+packet payload is held in memory whole on both sides, up to ``max_frame``
+bytes; larger data must be cut by the caller (storage sends blocks).
+"""
+
+from __future__ import annotations
+
+from collections import Counter, OrderedDict, deque
+from typing import Any, Callable, Optional, Protocol
+
+from twisted.internet.defer import Deferred, fail, gatherResults, maybeDeferred, succeed
+from twisted.internet.interfaces import IReactorTCP, IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from bitnode.crypt import fastsign, keys
+from bitnode.errors import BadRequest, BitnodeError, Conflict, NotFound, TooManyRequests, Unavailable
+from bitnode.transport.commands import Command, command_name
+from bitnode.transport.packet import (
+    DEFAULT_MAX_PAYLOAD,
+    MAX_HEADER,
+    Packet,
+    Signer,
+    UnknownSender,
+    Verifier,
+)
+from bitnode.transport.packet_out import PacketOut, gateway_stopped
+from bitnode.transport.replay import ReplayCache
+from bitnode.transport.stats import PacketStats
+from bitnode.transport.tcp import Address, Handler, TCPTransport
+from bitnode.userid import globalid
+from bitnode.userid.identity import Identity
+
+DEFAULT_MAX_FRAME = DEFAULT_MAX_PAYLOAD + MAX_HEADER
+#: A cached address that refused is looked up again at most this often (seconds).
+REFRESH_INTERVAL = 30.0
+
+_RESPONSE_EVENTS = {Command.ACK.value: "ack", Command.FAIL.value: "fail"}
+
+
+class IdentityProvider(Protocol):
+    """What the gateway needs from the identity service (``service_identity``).
+
+    ``my_global_id()`` / ``my_identity()`` (None before an identity exists),
+    ``packet_signer()`` (``.algorithm``, ``.sign(data)``), ``resolve_verifier(
+    global_id)`` (synchronous, None for an unknown user), ``fetch_identity(
+    idurl_or_global_id, refresh)`` (a Deferred Identity, from the cache unless
+    ``refresh``), and ``.cache.put(identity)`` (an
+    :class:`~bitnode.userid.idcache.IdentityCache`) to store what peers send.
+    """
+
+    cache: Any
+
+    def my_global_id(self) -> Optional[str]: ...
+
+    def my_identity(self) -> Optional[Identity]: ...
+
+    def packet_signer(self) -> Signer: ...
+
+    def resolve_verifier(self, global_id: str) -> Optional[Verifier]: ...
+
+    def fetch_identity(self, idurl_or_global_id: str, refresh: bool = False) -> Deferred: ...
+
+
+def parse_tcp_contact(contact: str) -> Optional[Address]:
+    """``tcp://host:port`` -> ``(host, port)``; None for other protocols or bad text."""
+    if not isinstance(contact, str) or not contact.startswith("tcp://"):
+        return None
+    host, _, port = contact[len("tcp://"):].rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        return None
+    return host, int(port)
+
+
+class IdentityKeyVerifier:
+    """Verifies packets with the keys written in an identity document.
+
+    Used only for a sender that introduces itself: ``ed25519`` packets with
+    the document's certified signing key, ``rsa-pss-sha256`` ones with its
+    RSA key; any other algorithm never verifies.
+    """
+
+    def __init__(self, identity: Identity, algorithm: str) -> None:
+        self.identity = identity
+        self.algorithm = algorithm
+
+    def verify(self, data: bytes, signature: bytes) -> bool:
+        """Whether ``signature`` is valid for ``data`` under the document's key."""
+        if self.algorithm == "ed25519":
+            key = self.identity.fast_public_key()
+            return key is not None and fastsign.verify(key, data, signature)
+        if self.algorithm == "rsa-pss-sha256":
+            return keys.verify(self.identity.rsa_public_key(), data, signature)
+        return False
+
+
+class _IntroducingTransport(TCPTransport):
+    """A TCP transport that lets an ``Identity`` packet vouch for an unknown sender.
+
+    Everything else is the parent's pipeline.  Only when the parent drops a
+    packet as ``unknown_sender`` and it is an ``Identity`` packet carrying a
+    valid signed document of its creator, the packet is verified with that
+    document's key and replay-checked; the document is kept in
+    :attr:`introductions` for the gateway, which confirms it before trusting it.
+    """
+
+    def __init__(self, *args: Any, introduce: Callable[[Packet], Optional[Identity]], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._introduce = introduce
+        self.introductions: dict[tuple[str, str], Identity] = {}
+
+    def _validate(self, head: bytes, body: bytes, digest: bytes | None) -> Packet:
+        try:
+            return super()._validate(head, body, digest)
+        except UnknownSender:
+            packet = Packet.decode_parts(head, body, max_payload=self.max_frame, payload_sha256=digest)
+            document = self._introduce(packet)
+            if document is None:
+                raise
+            verifier = IdentityKeyVerifier(document, packet.algorithm)
+            packet.verify(lambda _creator: verifier)
+            self.replay.check(packet.creator_id, packet.packet_id, packet.date)
+            self.introductions[(packet.creator_id, packet.packet_id)] = document
+            return packet
+
+
+class _Peer:
+    """What the gateway knows about one remote node."""
+
+    def __init__(self, global_id: str) -> None:
+        self.global_id = global_id
+        self.address: Optional[Address] = None  # the connection last used with them
+        self.tail: Deferred[None] = succeed(None)  # the end of their send queue
+        self.queued = 0
+        self.refreshed_at = float("-inf")
+
+
+class Gateway:
+    """Signed packets to and from other nodes, over one TCP transport.
+
+    :param clock: time source (timeouts, packet dates).
+    :param reactor: provides ``listenTCP``/``connectTCP``.
+    :param identity: the :class:`IdentityProvider`; an identity must exist.
+    :param registry: the node's automats registry (packet_out machines live there).
+    :param interface: address to listen on.
+    :param advertise_host: host written into our ``tcp://`` contact
+        (defaults to ``interface``).
+    :param packet_timeout: default seconds to wait for an answer.
+    :param idle_timeout: close connections idle this long (0: never).
+    :param max_frame: largest frame (header + payload) sent or accepted.
+    :param max_frames_per_second: per-connection flood limit (None: off).
+    :param connect_timeout: seconds to wait for an outgoing connection.
+    :param replay_window: how old (or how far ahead) a packet's date may be.
+    :param history_size: finished packets kept for ``packets_list``.
+    :param max_queue: packets waiting per peer before sends are refused.
+    :param max_peers: peers remembered (idle ones are forgotten first).
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        reactor: IReactorTCP,
+        identity: IdentityProvider,
+        registry: Any = None,
+        *,
+        interface: str = "127.0.0.1",
+        advertise_host: str = "",
+        packet_timeout: float = 30.0,
+        idle_timeout: float = 300.0,
+        max_frame: int = DEFAULT_MAX_FRAME,
+        max_frames_per_second: Optional[int] = None,
+        connect_timeout: float = 10.0,
+        replay_window: float = 900.0,
+        replay_entries: int = 100_000,
+        history_size: int = 100,
+        max_queue: int = 1000,
+        max_peers: int = 10_000,
+    ) -> None:
+        my_id = identity.my_global_id()
+        if not my_id:
+            raise Conflict("no identity: call identity_create first")
+        self.clock = clock
+        self.identity = identity
+        self.my_id = my_id
+        self.packet_timeout = float(packet_timeout)
+        self.advertise_host = advertise_host or interface
+        self.max_queue = max_queue
+        self.max_peers = max_peers
+        self.stats = PacketStats()
+        self.transport = _IntroducingTransport(
+            clock, reactor, my_id, identity.resolve_verifier, self.stats,
+            ReplayCache(clock, window_seconds=replay_window, max_entries=replay_entries),
+            max_frame, idle_timeout, interface=interface, connect_timeout=connect_timeout,
+            max_frames_per_second=max_frames_per_second, introduce=self._introduce,
+        )
+        for command in Command:
+            self.transport.register_handler(command, self._on_packet)
+        self.port: Optional[int] = None
+        self._registry = registry
+        self._handlers: dict[str, Handler] = {}
+        self._listeners: list[Callable[[str, str], Any]] = []
+        self._peers: OrderedDict[str, _Peer] = OrderedDict()
+        self._live: dict[PacketOut, None] = {}
+        self._waiting: dict[tuple[str, str], PacketOut] = {}
+        self._incoming: dict[int, dict] = {}
+        self._incoming_seq = 0
+        self._history: deque[dict] = deque(maxlen=history_size)
+        self._finished: Counter[str] = Counter()
+        self._stopped = False
+
+    # -- lifecycle ----------------------------------------------------------
+
+    def listen(self, port: int = 0) -> Deferred[int]:
+        """Listen for peers; fires with the real port (useful with port 0)."""
+        d = self.transport.listen(port)
+
+        def listening(real_port: int) -> int:
+            self.port = real_port
+            return real_port
+
+        return d.addCallback(listening)
+
+    @property
+    def contact(self) -> Optional[str]:
+        """Our ``tcp://host:port`` once listening."""
+        if self.port is None:
+            return None
+        return f"tcp://{self.advertise_host}:{self.port}"
+
+    def is_listening(self) -> bool:
+        """Whether the transport accepts connections."""
+        return not self._stopped and bool(self.transport.listening_ports())
+
+    def close_connections(self) -> Deferred[None]:
+        """Close every open connection (they are made again by the next send)."""
+        waits = []
+        for row in self.transport.connections():
+            conn = self.transport.connection_to((row["host"], row["port"]))
+            if conn is not None:
+                waits.append(conn.when_closed())
+                conn.closeConnection()
+        return gatherResults(waits, consumeErrors=True).addCallback(lambda _: None)
+
+    def stop(self) -> Deferred[None]:
+        """Fail the packets in flight with ``Unavailable`` and close the transport."""
+        self._stopped = True
+        for machine in list(self._live):
+            machine.event("cancel", gateway_stopped())
+        return self.transport.stop()
+
+    # -- handlers and listeners ---------------------------------------------
+
+    def register_handler(self, command: str | Command, handler: Handler) -> None:
+        """Call ``handler(packet, address)`` for incoming ``command`` packets that answer nothing.
+
+        One handler per command (``Conflict`` otherwise); ``Identity`` is the
+        gateway's own.  A handler may return a Deferred; a failure is counted
+        as ``handler_error`` and logged.
+        """
+        name = command_name(command)
+        if name not in {c.value for c in Command}:
+            raise BadRequest(f"unknown command {name!r}")
+        if name == Command.IDENTITY.value or name in self._handlers:
+            raise Conflict(f"command {name!r} already has a handler")
+        self._handlers[name] = handler
+
+    def unregister_handler(self, command: str | Command) -> None:
+        """Stop dispatching ``command``."""
+        self._handlers.pop(command_name(command), None)
+
+    def add_listener(self, listener: Callable[[str, str], Any]) -> None:
+        """Call ``listener(peer_id, what)`` on traffic news.
+
+        ``what`` is ``"received"`` (a valid packet came from them),
+        ``"unreachable"`` (a send to them failed) or ``"timeout"`` (they did
+        not answer in time).
+        """
+        self._listeners.append(listener)
+
+    def remove_listener(self, listener: Callable[[str, str], Any]) -> None:
+        """Stop calling ``listener``."""
+        if listener in self._listeners:
+            self._listeners.remove(listener)
+
+    # -- sending --------------------------------------------------------------
+
+    def build(self, command: str | Command, remote_id: str, payload: bytes = b"", key_id: str = "",
+              packet_id: Optional[str] = None) -> Packet:
+        """A packet from us to ``remote_id`` (a global id or an IDURL), signed now."""
+        remote = str(globalid.to_global_id(remote_id))
+        return Packet.create(self.clock, command, self.my_id, self.my_id, remote, payload,
+                             self.identity.packet_signer(), key_id=key_id, packet_id=packet_id)
+
+    def send(self, packet: Packet, wait_response: bool = True, timeout: Optional[float] = None) -> Deferred:
+        """Send ``packet``; see :mod:`bitnode.transport.packet_out` for what the Deferred fires with."""
+        if self._stopped:
+            return fail(Unavailable("the gateway is stopped"))
+        if packet.creator_id != self.my_id:
+            return fail(BadRequest(f"packet was created by {packet.creator_id}, we are {self.my_id}"))
+        timeout = self.packet_timeout if timeout is None else timeout
+        if not timeout > 0:
+            return fail(BadRequest("timeout must be positive"))
+        key = (packet.remote_id, packet.packet_id)
+        if wait_response and key in self._waiting:
+            return fail(Conflict(f"packet {packet.packet_id} to {packet.remote_id} is already waiting"))
+        machine = PacketOut(self.clock, packet, self._write, wait_response, timeout,
+                            on_finished=self._on_finished, registry=self._registry)
+        self._live[machine] = None
+        if wait_response:
+            self._waiting[key] = machine
+        return machine.run()
+
+    def request(self, command: str | Command, remote_id: str, payload: bytes = b"", wait_response: bool = True,
+                timeout: Optional[float] = None, key_id: str = "") -> Deferred:
+        """Build and :meth:`send` a packet in one call."""
+        try:
+            packet = self.build(command, remote_id, payload, key_id=key_id)
+        except BitnodeError as err:
+            return fail(err)
+        return self.send(packet, wait_response, timeout)
+
+    def reply(self, incoming: Packet, command: str | Command, payload: bytes = b"") -> Deferred:
+        """Answer ``incoming`` (``Ack``, ``Fail`` or a reply) with its packet id; fires once sent."""
+        try:
+            packet = self.build(command, incoming.creator_id, payload, packet_id=incoming.packet_id)
+        except BitnodeError as err:
+            return fail(err)
+        return self.send(packet, wait_response=False)
+
+    def ping(self, remote_id: str, timeout: Optional[float] = None) -> Deferred:
+        """Send our identity document and wait for the peer's ``Ack``."""
+        me = self.identity.my_identity()
+        if me is None:
+            return fail(Conflict("no identity: call identity_create first"))
+        return self.request(Command.IDENTITY, remote_id, me.to_xml(), timeout=timeout)
+
+    def _write(self, machine: PacketOut) -> Deferred[None]:
+        """PacketOut's ``write``: queue behind the peer's earlier packets."""
+        peer = self._peer(machine.packet.remote_id)
+        if peer.queued >= self.max_queue:
+            return fail(TooManyRequests(f"{peer.queued} packets already queued for {peer.global_id}"))
+        peer.queued += 1
+        outcome: Deferred[None] = Deferred()
+
+        def deliver(_: Any) -> Deferred[None]:
+            d = Deferred.fromCoroutine(self._deliver(peer, machine))
+            d.addBoth(settle)
+            return d
+
+        def settle(result: Any) -> None:
+            peer.queued -= 1
+            if isinstance(result, Failure):
+                outcome.errback(result)
+            else:
+                outcome.callback(None)
+            return None  # the queue goes on whatever happened to this packet
+
+        peer.tail.addCallback(deliver)
+        return outcome
+
+    async def _deliver(self, peer: _Peer, machine: PacketOut) -> None:
+        if machine.destroyed:
+            return  # timed out or cancelled while queued: nothing to send
+        packet = machine.packet
+        address = self._open_address(peer)
+        if address is not None:
+            try:
+                await self.transport.send(address, packet)
+                return
+            except Unavailable:
+                peer.address = None  # that connection just went away: find them through their identity
+                if machine.destroyed:
+                    return
+        address = await self._resolve(peer, refresh=False)
+        if machine.destroyed:
+            return
+        try:
+            await self.transport.send(address, packet)
+        except Unavailable:
+            if self.clock.seconds() - peer.refreshed_at < REFRESH_INTERVAL:
+                raise
+            fresh = await self._resolve(peer, refresh=True)
+            if fresh == address or machine.destroyed:
+                raise
+            address = fresh
+            await self.transport.send(address, packet)
+        peer.address = address
+
+    def _open_address(self, peer: _Peer) -> Optional[Address]:
+        if peer.address is not None and self.transport.connection_to(peer.address) is not None:
+            return peer.address
+        return None
+
+    async def _resolve(self, peer: _Peer, refresh: bool) -> Address:
+        if refresh:
+            peer.refreshed_at = self.clock.seconds()
+        try:
+            identity = await self.identity.fetch_identity(peer.global_id, refresh=refresh)
+        except NotFound as err:
+            raise NotFound(f"unknown user {peer.global_id}: {err}") from err
+        for contact in identity.contacts:
+            address = parse_tcp_contact(contact)
+            if address is not None:
+                return address
+        raise Unavailable(f"{peer.global_id} publishes no tcp contact")
+
+    def _on_finished(self, machine: PacketOut) -> None:
+        self._live.pop(machine, None)
+        if self._waiting.get(machine.key) is machine:
+            del self._waiting[machine.key]
+        self._finished[machine.state] += 1
+        self._history.append(machine.info())
+        if machine.state == "TIMEOUT":
+            self._tell(machine.packet.remote_id, "timeout")
+        elif machine.send_failure is not None and machine.send_failure.check(Unavailable):
+            self._tell(machine.packet.remote_id, "unreachable")
+
+    # -- receiving --------------------------------------------------------------
+
+    def _introduce(self, packet: Packet) -> Optional[Identity]:
+        """The document an unknown sender's Identity packet carries, if it is theirs and signed."""
+        if packet.command != Command.IDENTITY.value:
+            return None
+        try:
+            document = Identity.from_xml(packet.payload)
+        except BadRequest:
+            return None
+        if document.global_id != packet.creator_id or not document.verify():
+            return None
+        return document
+
+    def _on_packet(self, packet: Packet, address: Address) -> Any:
+        """Every valid incoming packet: an answer, an introduction, or a handler's job."""
+        key = (packet.creator_id, packet.packet_id)
+        document = self.transport.introductions.pop(key, None)
+        if document is not None:
+            # not trusted yet: no routing, no answers matched, until the id server agrees
+            return self._track(packet, Deferred.fromCoroutine(self._on_identity(packet, address, document)))
+        self._seen(packet.creator_id, address)
+        machine = self._waiting.get(key)
+        if machine is not None:
+            machine.event(_RESPONSE_EVENTS.get(packet.command, "reply"), packet)
+            return None
+        if packet.command in _RESPONSE_EVENTS:
+            self.stats.record_drop("unmatched_response")
+            return None
+        if packet.command == Command.IDENTITY.value:
+            return self._track(packet, Deferred.fromCoroutine(self._on_identity(packet, address, None)))
+        handler = self._handlers.get(packet.command)
+        if handler is None:
+            self.stats.record_drop("no_handler")
+            return None
+        return self._track(packet, maybeDeferred(handler, packet, address))
+
+    async def _on_identity(self, packet: Packet, address: Address, introduced: Optional[Identity]) -> None:
+        """Cache the sender's identity document and Ack it (Fail with the reason if refused)."""
+        document = introduced
+        if document is None:
+            try:
+                document = Identity.from_xml(packet.payload)
+            except BadRequest as err:
+                self.stats.record_drop("bad_identity")
+                await self._answer(packet, Command.FAIL, f"bad identity document: {err}")
+                return
+            if document.global_id != packet.creator_id or not document.verify():
+                self.stats.record_drop("bad_identity")
+                await self._answer(packet, Command.FAIL, "the identity document is not yours or not signed")
+                return
+        else:
+            try:
+                published = await self.identity.fetch_identity(document.idurl, refresh=True)
+            except BitnodeError as err:
+                self.stats.record_drop("bad_introduction")
+                self.log.info("could not check {who}'s identity: {err}", who=packet.creator_id, err=err)
+                return
+            if published.rsa_public_key() != document.rsa_public_key():
+                self.stats.record_drop("bad_introduction")
+                self.log.warn("{who} introduced itself with a key its identity server does not publish",
+                              who=packet.creator_id)
+                return
+            self._seen(packet.creator_id, address)
+        try:
+            self._remember(document)
+        except BitnodeError as err:
+            await self._answer(packet, Command.FAIL, str(err))
+            return
+        await self._answer(packet, Command.ACK, "")
+
+    def _remember(self, document: Identity) -> None:
+        # the cache enforces the pinned key and revision order, and raises why it refuses
+        self.identity.cache.put(document)
+
+    async def _answer(self, packet: Packet, command: Command, text: str) -> None:
+        try:
+            await self.reply(packet, command, text.encode("utf-8"))
+        except BitnodeError as err:
+            self.log.info("could not answer {who}: {err}", who=packet.creator_id, err=err)
+
+    def _track(self, packet: Packet, d: Deferred) -> Deferred:
+        """Show a packet being handled in ``packets_list`` until its handler is done."""
+        self._incoming_seq += 1
+        token = self._incoming_seq
+        self._incoming[token] = {
+            "direction": "in", "state": "HANDLING", "command": packet.command, "packet_id": packet.packet_id,
+            "creator_id": packet.creator_id, "payload_size": len(packet.payload), "started": self.clock.seconds(),
+        }
+
+        def done(result: Any) -> Any:
+            self._incoming.pop(token, None)
+            return result
+
+        return d.addBoth(done)
+
+    def _seen(self, peer_id: str, address: Address) -> None:
+        peer = self._peer(peer_id)
+        peer.address = address
+        self._tell(peer_id, "received")
+
+    def _peer(self, peer_id: str) -> _Peer:
+        peer = self._peers.get(peer_id)
+        if peer is None:
+            peer = self._peers[peer_id] = _Peer(peer_id)
+            self._forget_idle_peers()
+        else:
+            self._peers.move_to_end(peer_id)
+        return peer
+
+    def _forget_idle_peers(self) -> None:
+        excess = len(self._peers) - self.max_peers
+        for peer_id in list(self._peers):
+            if excess <= 0:
+                break
+            if self._peers[peer_id].queued == 0:
+                del self._peers[peer_id]
+                excess -= 1
+
+    def _tell(self, peer_id: str, what: str) -> None:
+        for listener in list(self._listeners):
+            try:
+                listener(peer_id, what)
+            except Exception:
+                self.log.failure("gateway listener failed on {what} for {peer}", what=what, peer=peer_id)
+
+    # -- reporting -----------------------------------------------------------------
+
+    def packets(self) -> list[dict]:
+        """Packets in flight (out, then in), then the recently finished ones, newest last."""
+        rows = [machine.info() for machine in self._live]
+        rows += [dict(row) for row in self._incoming.values()]
+        rows += [dict(row) for row in self._history]
+        return rows
+
+    def stats_dict(self) -> dict:
+        """Transport counters (with every drop reason) plus the gateway's own."""
+        data = self.stats.as_dict()
+        data["gateway"] = {
+            "outgoing_in_flight": len(self._live),
+            "waiting_response": len(self._waiting),
+            "incoming_in_flight": len(self._incoming),
+            "finished": {state: self._finished[state] for state in ("DONE", "FAILED", "TIMEOUT", "CANCELLED")},
+            "peers": len(self._peers),
+        }
+        return data
+
+    def connections(self) -> list[dict]:
+        """Open and pending connections, with the peers using them."""
+        users = self._peers_by_address()
+        rows = []
+        for row in self.transport.connections():
+            row = dict(row, protocol="tcp")
+            row["peers"] = sorted(users.get((row["host"], row["port"]), ()))
+            rows.append(row)
+        return rows
+
+    def streams(self) -> list[dict]:
+        """Frames partly received and bytes still waiting to be written, per connection.
+
+        Only what is in flight right now: an idle node answers an empty list.
+        """
+        users = self._peers_by_address()
+        rows = []
+        for row in self.transport.connections():
+            conn = self.transport.connection_to((row["host"], row["port"]))
+            if conn is None:
+                continue
+            peers = sorted(users.get(conn.address, ()))
+            receiving = _receiving(conn)
+            if receiving is not None:
+                done, total = receiving
+                rows.append({"protocol": "tcp", "direction": "in", "address": row["address"], "peers": peers,
+                             "bytes_done": done, "bytes_total": total,
+                             "progress": round(100.0 * done / total, 1) if total else 100.0})
+            pending = _unsent_bytes(conn)
+            if pending:
+                rows.append({"protocol": "tcp", "direction": "out", "address": row["address"], "peers": peers,
+                             "bytes_pending": pending})
+        return rows
+
+    def _peers_by_address(self) -> dict[Address, set[str]]:
+        users: dict[Address, set[str]] = {}
+        for peer in self._peers.values():
+            if peer.address is not None:
+                users.setdefault(peer.address, set()).add(peer.global_id)
+        return users
+
+
+def _receiving(conn: Any) -> Optional[tuple[int, int]]:
+    """(bytes received, frame size) of a frame being read, or None between frames.
+
+    Reads FrameProtocol's private progress fields; there is no public accessor yet.
+    """
+    left = getattr(conn, "_body_left", 0) or 0
+    if not left:
+        return None
+    done = sum(len(part) for part in (getattr(conn, "_body_parts", None) or ()))
+    return done, done + left
+
+
+def _unsent_bytes(conn: Any) -> int:
+    """Bytes handed to the socket transport and not written yet (Twisted's write buffers)."""
+    transport = getattr(conn, "transport", None)
+    if transport is None:
+        return 0
+    try:
+        buffered = len(getattr(transport, "dataBuffer", b"")) - int(getattr(transport, "offset", 0))
+        return max(0, buffered) + int(getattr(transport, "_tempDataLen", 0))
+    except (TypeError, ValueError):
+        return 0

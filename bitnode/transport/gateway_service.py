@@ -1,0 +1,198 @@
+"""service_gateway: the node's :class:`~bitnode.transport.gateway.Gateway`, listening for peers.
+
+Starting needs an identity (packets are signed with its key and addressed to
+its global id): without one the service fails with "no identity: call
+identity_create first".  Once an identity is created (event
+``my-identity-created``) the service starts itself, and the driver then
+starts the enabled services that depend on it; when it is erased
+(``my-identity-erased``) the service restarts, and so ends FAILED.
+
+On start it listens on ``services/tcp-connections/interface`` :
+``services/tcp-connections/tcp-port`` (port 0 picks a free port) and, when
+the identity's ``tcp://`` contact is not the address really listened on,
+publishes a new revision with the right one (:meth:`GatewayService.ensure_contacts`;
+a failure to publish is reported in the status, not fatal: the network
+connector checks and retries it).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+
+from bitnode.errors import BitnodeError, Conflict, Unavailable
+from bitnode.main.options import DISK_SPACE, FLOAT, INTEGER, STRING, Option
+from bitnode.services.base import Service
+from bitnode.transport.gateway import Gateway
+from bitnode.transport.packet import MAX_HEADER
+
+PREFIX = "services/gateway/"
+_WILDCARDS = ("", "0.0.0.0", "::")
+
+
+class GatewayService(Service):
+    """Owns the gateway (signed packets over TCP) of one node."""
+
+    name = "service_gateway"
+    depends_on = ("service_identity",)
+    description = "Signed packets to and from other nodes over TCP"
+    options = (
+        Option(PREFIX + "packet-timeout", FLOAT, 30.0,
+               "Seconds to wait for a peer's Ack, Fail or reply to a packet.", minimum=0.1, maximum=3600.0),
+        Option(PREFIX + "connect-timeout", FLOAT, 10.0,
+               "Seconds to wait for a TCP connection to a peer.", minimum=0.1, maximum=300.0, restart_needed=True),
+        Option(PREFIX + "idle-timeout", FLOAT, 300.0,
+               "Seconds without traffic before a connection is closed (0: never).", minimum=0.0,
+               restart_needed=True),
+        Option(PREFIX + "max-frame-size", DISK_SPACE, 16 * 1024 * 1024,
+               "Largest packet payload sent or accepted; a bigger frame closes the connection.",
+               minimum=64 * 1024, maximum=1024 ** 3, restart_needed=True),
+        Option(PREFIX + "flood-limit", INTEGER, 2000,
+               "Frames per second one connection may send before it is closed (0: no limit).", minimum=0,
+               restart_needed=True),
+        Option(PREFIX + "replay-window", FLOAT, 900.0,
+               "How old (or how far ahead) a packet's date may be; replays inside it are refused.",
+               minimum=10.0, maximum=86400.0, restart_needed=True),
+        Option(PREFIX + "external-host", STRING, "",
+               "Host written into our tcp:// contact (empty: the listening interface).",
+               pattern=r"[A-Za-z0-9.:\-]*", restart_needed=True),
+    )
+    log = Logger()
+
+    def __init__(self, node: Any) -> None:
+        super().__init__(node)
+        self.gateway: Optional[Gateway] = None
+        self.contacts_error = ""
+        node.events.subscribe(self._on_event)
+
+    # -- lifecycle ----------------------------------------------------------
+
+    def start(self) -> Deferred:
+        """Build the gateway and listen; fails with Conflict when there is no identity yet."""
+        return Deferred.fromCoroutine(self._start())
+
+    async def _start(self) -> None:
+        identity = self.node.service_driver.get("service_identity")
+        if not identity.my_global_id():
+            raise Conflict("no identity: call identity_create first")
+        if identity.packet_signer() is None:
+            raise Conflict("no packet-signing key: recover the identity with identity_recover")
+        settings = self.node.settings
+        interface = settings.get("services/tcp-connections/interface")
+        external = settings.get(PREFIX + "external-host")
+        if not external and interface in _WILDCARDS:
+            self.log.warn("listening on all interfaces without {key}: advertising 127.0.0.1",
+                          key=PREFIX + "external-host")
+            external = "127.0.0.1"
+        flood = settings.get(PREFIX + "flood-limit")
+        gateway = Gateway(
+            self.node.clock, self.node.reactor, identity, self.node.automats,
+            interface=interface or "0.0.0.0",
+            advertise_host=external,
+            packet_timeout=settings.get(PREFIX + "packet-timeout"),
+            idle_timeout=settings.get(PREFIX + "idle-timeout"),
+            max_frame=settings.get(PREFIX + "max-frame-size") + MAX_HEADER,
+            max_frames_per_second=flood or None,
+            connect_timeout=settings.get(PREFIX + "connect-timeout"),
+            replay_window=settings.get(PREFIX + "replay-window"),
+        )
+        try:
+            await gateway.listen(settings.get("services/tcp-connections/tcp-port"))
+        except Exception:
+            await gateway.stop()
+            raise
+        self.gateway = gateway
+        settings.add_listener(PREFIX + "packet-timeout", self._timeout_changed)
+        self.log.info("gateway of {me} listening at {contact}", me=gateway.my_id, contact=gateway.contact)
+        try:
+            await self.ensure_contacts()
+        except BitnodeError as err:
+            self.log.warn("could not publish our contact {contact}: {err}", contact=gateway.contact, err=err)
+
+    def stop(self) -> Optional[Deferred]:
+        """Fail packets in flight, close every connection and the listening port."""
+        gateway, self.gateway = self.gateway, None
+        if gateway is None:
+            return None
+        self.node.settings.remove_listener(PREFIX + "packet-timeout", self._timeout_changed)
+        return gateway.stop()
+
+    def status(self) -> dict:
+        """Facts for service_info."""
+        gateway = self.gateway
+        if gateway is None:
+            return {}
+        stats = gateway.stats
+        return {
+            "global_id": gateway.my_id,
+            "contact": gateway.contact,
+            "listening": gateway.is_listening(),
+            "connections": len(gateway.transport.connections()),
+            "packets_in": stats.packets_in,
+            "packets_out": stats.packets_out,
+            "dropped": stats.as_dict()["dropped_total"],
+            "contacts_error": self.contacts_error,
+        }
+
+    # -- helpers for others -----------------------------------------------------
+
+    def require_gateway(self) -> Gateway:
+        """The running gateway; ``Unavailable`` (503) when the service is not on."""
+        if self.gateway is None:
+            raise Unavailable("service_gateway is not running")
+        return self.gateway
+
+    def wanted_contacts(self) -> list[str]:
+        """Our identity's contacts with the ``tcp://`` one replaced by the address we listen on."""
+        gateway = self.require_gateway()
+        me = self.node.service_driver.get("service_identity").my_identity()
+        others = [c for c in (me.contacts if me is not None else ()) if not c.startswith("tcp://")]
+        return [gateway.contact] + others
+
+    def ensure_contacts(self) -> Deferred:
+        """Publish a new revision of our identity if its contacts are not where we listen.
+
+        Fires with True when a new revision was made, False when the contacts
+        were already right.
+        """
+        return Deferred.fromCoroutine(self._ensure_contacts())
+
+    async def _ensure_contacts(self) -> bool:
+        identity = self.node.service_driver.get("service_identity")
+        me = identity.my_identity()
+        wanted = self.wanted_contacts()
+        if me is not None and list(me.contacts) == wanted:
+            self.contacts_error = ""
+            return False
+        try:
+            await identity.update_contacts(wanted)
+        except BitnodeError as err:
+            self.contacts_error = str(err)
+            raise
+        self.contacts_error = ""
+        return True
+
+    # -- reacting to the node ---------------------------------------------------------
+
+    def _timeout_changed(self, key: str, old: Any, new: Any) -> None:
+        if self.gateway is not None:
+            self.gateway.packet_timeout = float(new)
+
+    def _on_event(self, event: Any) -> None:
+        """Start once an identity exists (the driver then starts enabled dependents); stop when it is erased."""
+        driver = self.node.service_driver
+        if event.event_id == "my-identity-created":
+            if driver.is_on(self.name) or not self.node.settings.get(self.enabled_key()):
+                return
+            if not driver.is_on("service_identity"):
+                return
+            d = driver.start(self.name)
+        elif event.event_id == "my-identity-erased" and driver.is_on(self.name):
+            # restarting without an identity leaves the service FAILED with the reason, dependents off
+            d = driver.restart(self.name)
+        else:
+            return
+        d.addErrback(lambda failure: self.log.failure("{name} did not follow {event}", failure, name=self.name,
+                                                      event=event.event_id))

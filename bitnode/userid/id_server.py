@@ -1,0 +1,381 @@
+"""service_identity_server: an HTTP identity server (``GET``/``POST /<name>.xml``).
+
+A node running this service keeps the identity documents of the users who
+registered here and serves them to anyone::
+
+    GET  /                 JSON list of the names held here
+    GET  /<name>.xml       the stored document (text/xml), 404 if unknown
+    POST /<name>.xml       register or update <name> with a signed identity document
+
+A POST is accepted (200, JSON envelope) only when every rule holds, checked in
+this order; the first that fails decides the answer:
+
+1. the body is at most ``services/identity-server/max-size`` bytes (413);
+2. it parses as an identity document and its signature verifies (400); the
+   parser refuses DTDs and entities, so "billion laughs" is a plain 400;
+3. the name in the document is the name in the path (400);
+4. one of its sources is this server: the configured
+   ``services/identity-server/host`` and the port we listen on (403);
+5. the name is free, or held by the same RSA key: the first key to register
+   a name owns it (409 otherwise);
+6. its revision is higher than the stored one (409); the same revision with
+   the same signed content is an idempotent 200.
+
+The document is persisted (atomically) before the 200 goes out. Errors use the
+bitnode error envelope ``{"status": "ERROR", "errors": [...]}``.
+
+Files live in ``basedir/identityserver/<name>.xml``; a valid name is a safe
+file name. Everything runs on the reactor thread on purpose: documents are at
+most 64 KiB, so parsing, one RSA public-key verification and a small
+synchronous atomic write are cheap, and handling a POST in one uninterrupted
+step makes "first come owns the name" race-free without locks. Loading the
+whole store at start-up, which may be many files, runs in the node's thread
+pool.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from typing import Any
+
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.protocols.policies import WrappingFactory
+from twisted.web import resource, server
+
+from bitnode.crypt.fileutil import atomic_write, ensure_dir, read_limited
+from bitnode.errors import (
+    BadRequest,
+    BitnodeError,
+    Conflict,
+    Forbidden,
+    MethodNotAllowed,
+    NotFound,
+    error_response,
+)
+from bitnode.main.options import INTEGER, Option
+from bitnode.services.base import Service
+from bitnode.userid import globalid
+from bitnode.userid.identity import MAX_XML_BYTES, Identity
+
+STORE_FOLDER = "identityserver"
+MAX_SIZE_KEY = "services/identity-server/max-size"
+PORT_KEY = "services/identity-server/web-port"
+HOST_KEY = "services/identity-server/host"
+INTERFACE_KEY = "services/tcp-connections/interface"
+# An oversize body is read and thrown away up to this many times the limit, so
+# an honest client still gets its 413; past that the connection is cut.
+DISCARD_FACTOR = 16
+IDLE_TIMEOUT = 60
+
+_PATH_RE = re.compile(r"/([a-z][a-z0-9_-]*)\.xml\Z")
+_ALLOWED = ("GET", "HEAD", "POST")
+
+
+class PayloadTooLarge(BadRequest):
+    """A request body over the server's size limit (HTTP 413)."""
+
+    http_code = 413
+
+
+class IdentityStore:
+    """The identities held by one server: name -> verified :class:`Identity`, persisted as XML files."""
+
+    log = Logger()
+
+    def __init__(self, directory: str):
+        self.directory = directory
+        self._items: dict[str, Identity] = {}
+        self.load_errors: list[str] = []
+
+    def load(self) -> None:
+        """Read every stored document (blocking: run it in a thread). Bad files are skipped and listed."""
+        ensure_dir(self.directory)
+        items: dict[str, Identity] = {}
+        errors: list[str] = []
+        for filename in sorted(os.listdir(self.directory)):
+            if not filename.endswith(".xml") or filename.startswith("."):
+                continue
+            try:
+                data = read_limited(os.path.join(self.directory, filename), MAX_XML_BYTES)
+                identity = Identity.from_xml(data)
+                if not identity.verify():
+                    raise BadRequest("signature does not verify")
+                if f"{identity.name}.xml" != filename:
+                    raise BadRequest(f"holds the identity of {identity.name!r}")
+            except (OSError, BitnodeError) as err:
+                errors.append(f"{filename}: {err}")
+                continue
+            items[identity.name] = identity
+        self._items = items
+        self.load_errors = errors
+        for error in errors:
+            self.log.warn("identity server: skipped stored document {error}", error=error)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def names(self) -> list[str]:
+        """Names held here, sorted."""
+        return sorted(self._items)
+
+    def get(self, name: str) -> Identity | None:
+        """The stored identity of ``name``, if any."""
+        return self._items.get(name)
+
+    def accept(self, identity: Identity) -> str:
+        """Store a verified ``identity`` if the ownership and revision rules allow it.
+
+        Returns ``"created"``, ``"updated"`` or ``"unchanged"``; raises
+        :class:`~bitnode.errors.Conflict` when the name belongs to another key
+        or the revision does not move forward. Persists before returning.
+        """
+        current = self._items.get(identity.name)
+        if current is None:
+            outcome = "created"
+        else:
+            if current.rsa_public_key() != identity.rsa_public_key():
+                raise Conflict(f"name {identity.name!r} is already registered here by another key")
+            if identity.revision == current.revision and identity.signed_content() == current.signed_content():
+                return "unchanged"
+            if identity.revision <= current.revision:
+                raise Conflict(
+                    f"revision {identity.revision} of {identity.name!r} is not newer than "
+                    f"the stored revision {current.revision}"
+                )
+            outcome = "updated"
+        # Small (<= 64 KiB) synchronous write on purpose: see the module docstring.
+        ensure_dir(self.directory)
+        atomic_write(os.path.join(self.directory, f"{identity.name}.xml"), identity.to_xml())
+        self._items[identity.name] = identity
+        return outcome
+
+
+class _CappedRequest(server.Request):
+    """A request whose body is kept only up to the site's ``max_body`` bytes.
+
+    Past the limit the body is discarded (``too_large`` is set, rendering
+    answers 413); past ``DISCARD_FACTOR`` times the limit the connection is cut.
+    """
+
+    too_large = False
+    _received = 0
+
+    def gotLength(self, length: int | None) -> None:
+        limit = self.channel.site.max_body()
+        if length is not None and length > limit:
+            self.too_large = True
+            if length > limit * DISCARD_FACTOR:
+                self.channel.transport.abortConnection()
+        super().gotLength(min(length, limit) if length is not None else None)
+
+    def handleContentChunk(self, data: bytes) -> None:
+        limit = self.channel.site.max_body()
+        self._received += len(data)
+        if self._received > limit * DISCARD_FACTOR:
+            self.channel.transport.abortConnection()
+            return
+        if self._received > limit:
+            if not self.too_large:
+                self.too_large = True
+                self.content.seek(0)
+                self.content.truncate()
+            return
+        if not self.too_large:
+            super().handleContentChunk(data)
+
+
+class IdentityResource(resource.Resource):
+    """The HTTP face of an :class:`IdentityStore` (see the module docstring)."""
+
+    isLeaf = True
+    log = Logger()
+
+    def __init__(self, store: IdentityStore, is_this_server):
+        super().__init__()
+        self._store = store
+        self._is_this_server = is_this_server
+
+    def render(self, request: server.Request) -> bytes:
+        """Dispatch by method; every failure becomes an error envelope with its HTTP code."""
+        try:
+            method = request.method.decode("ascii", "replace")
+            if method not in _ALLOWED:
+                raise MethodNotAllowed(f"method {method} is not allowed here", allowed=_ALLOWED)
+            path = request.path.decode("ascii", "replace")
+            if path == "/":
+                if method == "POST":
+                    raise MethodNotAllowed("POST an identity to /<name>.xml", allowed=("GET", "HEAD"))
+                return self._send_json(request, 200, {"status": "OK", "result": {
+                    "names": self._store.names(), "count": len(self._store)}})
+            name = self._path_name(path)
+            if method == "POST":
+                return self._post(request, name)
+            return self._get(request, name)
+        except BitnodeError as err:
+            response = error_response(err)
+            for header, value in response.headers.items():
+                request.setHeader(header, value)
+            return self._send_json(request, response.http_code, response.envelope)
+        except Exception:
+            self.log.failure("identity server failed on {method} {path}", method=request.method,
+                             path=request.path)
+            return self._send_json(request, 500, error_response(RuntimeError()).envelope)
+
+    @staticmethod
+    def _path_name(path: str) -> str:
+        match = _PATH_RE.match(path)
+        if not match:
+            raise NotFound(f"no such document {path[:100]!r}; identities are at /<name>.xml")
+        return globalid.validate_name(match.group(1))
+
+    def _get(self, request: server.Request, name: str) -> bytes:
+        identity = self._store.get(name)
+        if identity is None:
+            raise NotFound(f"no identity called {name!r} here")
+        request.setResponseCode(200)
+        request.setHeader(b"content-type", b"text/xml; charset=utf-8")
+        return identity.to_xml()
+
+    def _post(self, request: server.Request, name: str) -> bytes:
+        if getattr(request, "too_large", False):
+            raise PayloadTooLarge(f"identity document is larger than {request.channel.site.max_body()} bytes")
+        request.content.seek(0)
+        body = request.content.read()
+        identity = Identity.from_xml(body)
+        if not identity.verify():
+            raise BadRequest("identity signature does not verify")
+        if identity.name != name:
+            raise BadRequest(f"the document is the identity of {identity.name!r}, posted to /{name}.xml")
+        here = [source for source in identity.sources if self._is_this_server(source)]
+        if not here:
+            raise Forbidden("none of the identity's sources points at this identity server")
+        outcome = self._store.accept(identity)
+        if outcome != "unchanged":
+            self.log.info("identity server: {outcome} {name} revision {revision}",
+                          outcome=outcome, name=name, revision=identity.revision)
+        return self._send_json(request, 200, {"status": "OK", "result": {
+            "name": name, "idurl": here[0], "revision": identity.revision, "outcome": outcome}})
+
+    @staticmethod
+    def _send_json(request: server.Request, code: int, body: dict) -> bytes:
+        request.setResponseCode(code)
+        request.setHeader(b"content-type", b"application/json")
+        return json.dumps(body).encode("utf-8")
+
+
+class IdentitySite(server.Site):
+    """A quiet Site using :class:`_CappedRequest`, with the body limit read from a callable."""
+
+    noisy = False
+
+    def __init__(self, root: resource.Resource, max_body, reactor=None):
+        super().__init__(root, requestFactory=_CappedRequest, parsePOSTFormSubmission=False,
+                         timeout=IDLE_TIMEOUT, reactor=reactor)
+        self.max_body = max_body
+
+    def log(self, request) -> None:
+        """No access log: lookups are frequent and say nothing useful."""
+
+
+class _TrackingFactory(WrappingFactory):
+    """Remembers open connections so the service can close them all when it stops."""
+
+    noisy = False
+
+    def __init__(self, wrapped):
+        super().__init__(wrapped)
+        self._idle_waiters: list[defer.Deferred] = []
+
+    def unregisterProtocol(self, p) -> None:
+        super().unregisterProtocol(p)
+        if not self.protocols:
+            waiters, self._idle_waiters = self._idle_waiters, []
+            for waiter in waiters:
+                waiter.callback(None)
+
+    def close_all(self) -> defer.Deferred:
+        """Abort every open connection; fires once they are all gone."""
+        if not self.protocols:
+            return defer.succeed(None)
+        d: defer.Deferred = defer.Deferred()
+        self._idle_waiters.append(d)
+        for proto in list(self.protocols):
+            proto.transport.abortConnection()
+        return d
+
+
+class IdentityServerService(Service):
+    """Runs the identity server of this node (see the module docstring)."""
+
+    name = "service_identity_server"
+    enabled_by_default = False
+    description = "HTTP identity server: serves and registers users' identity documents"
+    options = (
+        Option(MAX_SIZE_KEY, INTEGER, MAX_XML_BYTES, "Largest identity document (bytes) the server accepts.",
+               minimum=1024, maximum=MAX_XML_BYTES),
+    )
+    log = Logger()
+
+    def __init__(self, node):
+        super().__init__(node)
+        self.store: IdentityStore | None = None
+        self._port = None
+        self._factory: _TrackingFactory | None = None
+
+    @defer.inlineCallbacks
+    def start(self):
+        """Load the stored identities (in a thread), then listen."""
+        store = IdentityStore(self.node.basedir.path(STORE_FOLDER))
+        yield self.node.run_in_thread(store.load)
+        self.store = store
+        settings = self.node.settings
+        site = IdentitySite(IdentityResource(store, self.is_this_server),
+                            lambda: settings.get(MAX_SIZE_KEY), reactor=self.node.reactor)
+        self._factory = _TrackingFactory(site)
+        self._port = self.node.reactor.listenTCP(settings.get(PORT_KEY), self._factory,
+                                                 interface=settings.get(INTERFACE_KEY) or "127.0.0.1")
+        self.log.info("identity server listening on port {port} with {count} identities",
+                      port=self.port, count=len(store))
+
+    @defer.inlineCallbacks
+    def stop(self):
+        """Stop listening and close open connections."""
+        port, self._port = self._port, None
+        if port is not None:
+            yield port.stopListening()
+        if self._factory is not None:
+            yield self._factory.close_all()
+            self._factory = None
+
+    @property
+    def port(self) -> int | None:
+        """The TCP port we listen on (useful when the setting is 0), or None when stopped."""
+        return self._port.getHost().port if self._port is not None else None
+
+    @property
+    def host(self) -> str:
+        """The host name identities registered here must use in their sources."""
+        return self.node.settings.get(HOST_KEY).lower()
+
+    def idurl(self, name: str) -> str:
+        """The IDURL of ``name`` on this server (needs the server running)."""
+        if self.port is None:
+            raise BadRequest("the identity server is not running")
+        return str(globalid.IdUrl(globalid.validate_name(name), self.host, self.port))
+
+    def is_this_server(self, source: str) -> bool:
+        """True when the IDURL ``source`` points at this server (configured host, listening port)."""
+        try:
+            idurl = globalid.IdUrl.parse(source)
+        except BadRequest:
+            return False
+        return self.port is not None and idurl.host == self.host and idurl.port == self.port
+
+    def status(self) -> dict[str, Any]:
+        """Port, host and how many identities are held."""
+        return {"port": self.port, "host": self.host,
+                "identities": len(self.store) if self.store is not None else 0,
+                "load_errors": len(self.store.load_errors) if self.store is not None else 0}

@@ -1,0 +1,612 @@
+"""service_identity: this node's keys and identity, and the identities of others.
+
+Files under the basedir:
+
+- ``metadata/identity.xml``   my signed identity document (atomic, 0600);
+- ``metadata/packetkey.pem``  my Ed25519 packet-signing key, PKCS#8 (atomic, 0600);
+- ``metadata/keys/``          the :class:`~bitnode.crypt.keystore.KeyStore` (0700),
+  holding the master RSA key ``master$<me>`` and every other key;
+- ``identitycache/``          the :class:`~bitnode.userid.idcache.IdentityCache` of others.
+
+``identity.xml`` is written last: it is what makes an identity exist, so a
+crash while keys are being written leaves no half identity behind.
+
+The public interface other parts code against:
+
+- ``.keystore`` (``None`` while there is no identity: key ids need an owner),
+  ``.cache``, ``.client`` (all set once the service runs), ``.publisher``
+  (:class:`~bitnode.userid.id_publisher.Publisher`: publish state and retry);
+- :meth:`my_identity`, :meth:`my_global_id`, :meth:`my_idurl`;
+- :meth:`packet_signer`, :meth:`packet_private_key` (``None`` without identity);
+- :meth:`resolve_verifier` (sync), :meth:`fetch_identity` (Deferred);
+- :meth:`create_identity`, :meth:`recover_identity`, :meth:`erase_identity`,
+  :meth:`rotate_identity`, :meth:`update_contacts`, :meth:`backup_identity`;
+- events on ``node.events``: ``my-identity-created``, ``my-identity-changed``,
+  ``my-identity-erased``, and ``network-join-requested`` (see :meth:`create_identity`).
+
+Changes to my identity are serialised by one lock, so two updates never
+produce the same revision. A new revision is saved before it is published
+(revisions never go backwards, even after a crash); a failed publish of an
+update is retried in the background with a growing pause.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+
+from bitnode.crypt import fastsign, keys
+from bitnode.crypt.fastsign import Ed25519PrivateKey, Ed25519PublicKey
+from bitnode.crypt.fileutil import PRIVATE_FILE_MODE, atomic_write, ensure_dir, read_limited, remove_if_exists
+from bitnode.crypt.keys import RsaPrivateKey
+from bitnode.crypt.keystore import KeyStore
+from bitnode.errors import BadRequest, BitnodeError, Conflict, Forbidden, NotFound, Unavailable
+from bitnode.main.options import FLOAT, INTEGER, Option
+from bitnode.services.base import Service
+from bitnode.userid import globalid, id_backup
+from bitnode.userid.id_publisher import Publisher, parse_servers
+from bitnode.userid.idcache import IdentityCache
+from bitnode.userid.identity import MAX_SOURCES, MAX_XML_BYTES, Identity, format_date, validate_contact
+
+ALGORITHM = "ed25519"
+
+
+class Ed25519Signer:
+    """Signs packets with my Ed25519 key (the transport's ``Signer``)."""
+
+    algorithm = ALGORITHM
+
+    def __init__(self, key: Ed25519PrivateKey):
+        self._key = key
+
+    def sign(self, data: bytes) -> bytes:
+        """The 64-byte signature of ``data``."""
+        return fastsign.sign(self._key, data)
+
+    def __repr__(self) -> str:
+        return f"<Ed25519Signer {self._key.public_key()!r}>"
+
+
+class Ed25519Verifier:
+    """Checks packet signatures with someone's certified Ed25519 key (the transport's ``Verifier``)."""
+
+    algorithm = ALGORITHM
+
+    def __init__(self, key: Ed25519PublicKey):
+        self.public_key = key
+
+    def verify(self, data: bytes, signature: bytes) -> bool:
+        """True for a valid signature; never raises."""
+        return fastsign.verify(self.public_key, data, signature)
+
+
+@dataclass(frozen=True)
+class RotateResult:
+    """What :meth:`IdentityService.rotate_identity` did."""
+
+    identity: Identity
+    added_sources: tuple[str, ...]
+    refused_sources: tuple[str, ...]
+    published_to: tuple[str, ...]
+
+
+def identity_as_dict(identity: Identity, include_xml: bool = False) -> dict:
+    """The API shape of an identity (public data only)."""
+    result = {
+        "name": identity.name,
+        "global_id": identity.global_id,
+        "idurl": identity.idurl,
+        "sources": list(identity.sources),
+        "contacts": list(identity.contacts),
+        "revision": identity.revision,
+        "date": identity.date,
+        "version": identity.version,
+        "publickey": identity.public_key,
+        "fingerprint": identity.fingerprint(),
+        "signingkey": identity.signing_key,
+        "signature": identity.signature,
+    }
+    if include_xml:
+        result["xml"] = identity.to_xml().decode("utf-8")
+    return result
+
+
+def _generate_identity(name: str, sources: list[str], contacts: list[str], key_size: int,
+                       now: float) -> tuple[RsaPrivateKey, Ed25519PrivateKey, Identity]:
+    """Thread side of identity creation: both keys and the signed revision 1."""
+    master = keys.generate_rsa(key_size)
+    packet_key = fastsign.generate_ed25519()
+    identity = Identity(
+        name=name,
+        sources=tuple(sources),
+        contacts=tuple(contacts),
+        revision=1,
+        date=format_date(now),
+        public_key=master.public_key().to_pem().decode("ascii"),
+        signing_key=_signing_key_text(packet_key),
+    )
+    return master, packet_key, identity.sign(master)
+
+
+def _signing_key_text(packet_key: Ed25519PrivateKey) -> str:
+    return base64.b64encode(fastsign.public_to_raw(packet_key)).decode("ascii")
+
+
+class IdentityService(Service):
+    """Owns my identity, my keys, the identity cache and the identity-server client."""
+
+    name = "service_identity"
+    depends_on = ()
+    enabled_by_default = True
+    description = "My keys and identity document; cache of other users' identities"
+    options = (
+        Option("services/identity/fetch-timeout", FLOAT, 10.0,
+               "Seconds to wait for an identity server to answer one request.", minimum=0.1, maximum=300.0),
+        Option("services/identity/fetch-retries", INTEGER, 1,
+               "How many more times a failed identity server request is tried.", minimum=0, maximum=10),
+    )
+    log = Logger()
+
+    def __init__(self, node):
+        super().__init__(node)
+        self.keystore: KeyStore | None = None
+        self.cache: IdentityCache | None = None
+        self.client: Any = None
+        self.load_problems: list[str] = []
+        self._identity: Identity | None = None
+        self._packet_key: Ed25519PrivateKey | None = None
+        self._signer: Ed25519Signer | None = None
+        self._pending_contacts: tuple[str, ...] | None = None
+        self._lock = defer.DeferredLock()
+        self.publisher = Publisher(lambda: self.client, self.my_identity, self._lock.run, node.call_later)
+        metadata = node.basedir.metadata
+        self.identity_file = os.path.join(metadata, "identity.xml")
+        self.packet_key_file = os.path.join(metadata, "packetkey.pem")
+        self.keys_dir = os.path.join(metadata, "keys")
+        self.cache_dir = node.basedir.path("identitycache")
+
+    # -- lifecycle --------------------------------------------------------
+
+    def make_client(self) -> Any:
+        """The identity-server client (tests override this to plug in a fake)."""
+        from bitnode.userid.id_client import IdentityClient
+
+        settings = self.node.settings
+        return IdentityClient(self.node.reactor, self.node.clock,
+                              timeout=settings.get("services/identity/fetch-timeout"),
+                              retries=settings.get("services/identity/fetch-retries"))
+
+    def start(self) -> Deferred:
+        """Open the key store, the cache and my identity (off the reactor)."""
+        self.load_problems = []
+        d = self.node.run_in_thread(self._open_files)
+        d.addCallback(self._opened)
+        return d
+
+    def _open_files(self) -> tuple:
+        ensure_dir(self.keys_dir)
+        cache = IdentityCache(self.cache_dir)
+        identity = keystore = packet_key = None
+        problems: list[str] = []
+        try:
+            identity = self._read_identity()
+        except FileNotFoundError:
+            pass
+        except (OSError, BadRequest) as err:
+            problems.append(f"identity.xml cannot be used: {err}")
+        if identity is not None:
+            keystore = KeyStore(self.keys_dir, identity.global_id, self.node.run_in_thread, clock=self.node.clock)
+            problems.extend(keystore.load_errors)
+            try:
+                if keystore.public_key(keystore.master_key_id) != identity.rsa_public_key():
+                    problems.append("the master key does not match identity.xml")
+                keystore.private_key(keystore.master_key_id)
+            except NotFound:
+                problems.append("the master private key is missing: identity updates cannot be signed")
+            packet_key = self._read_packet_key(identity, problems)
+        return cache, identity, keystore, packet_key, problems
+
+    def _read_identity(self) -> Identity:
+        identity = Identity.from_xml(read_limited(self.identity_file, MAX_XML_BYTES))
+        if not identity.verify():
+            raise BadRequest("its signature does not verify")
+        return identity
+
+    def _read_packet_key(self, identity: Identity, problems: list[str]) -> Ed25519PrivateKey | None:
+        try:
+            key = fastsign.private_from_pem(read_limited(self.packet_key_file, keys.MAX_PEM_BYTES))
+        except FileNotFoundError:
+            problems.append("packetkey.pem is missing: packets cannot be signed")
+            return None
+        except (OSError, BadRequest) as err:
+            problems.append(f"packetkey.pem cannot be used: {err.__class__.__name__}")
+            return None
+        if identity.fast_public_key() != key.public_key():
+            problems.append("packetkey.pem does not match the signing key of identity.xml")
+            return None
+        return key
+
+    def _opened(self, loaded: tuple) -> None:
+        self.cache, identity, keystore, packet_key, problems = loaded
+        self.load_problems = problems + list(self.cache.load_errors)
+        for problem in problems:
+            self.log.warn("service_identity: {problem}", problem=problem)
+        self.client = self.make_client()
+        self._install(identity, keystore, packet_key)
+        if identity is not None:
+            self.log.info("my identity is {global_id} revision {revision}",
+                          global_id=identity.global_id, revision=identity.revision)
+
+    def stop(self) -> Deferred | None:
+        """Cancel the background republish and close the client."""
+        self.publisher.cancel()
+        client, self.client = self.client, None
+        if client is not None and hasattr(client, "close"):
+            return defer.maybeDeferred(client.close)
+        return None
+
+    def status(self) -> dict:
+        """Facts for service_info."""
+        identity = self._identity
+        return {
+            "global_id": identity.global_id if identity else None,
+            "revision": identity.revision if identity else None,
+            "published_revision": self.publisher.published_revision,
+            "last_publish_error": self.publisher.last_error,
+            "has_packet_key": self._packet_key is not None,
+            "cached_identities": len(self.cache) if self.cache is not None else 0,
+            "problems": list(self.load_problems),
+        }
+
+    # -- who am I -----------------------------------------------------------
+
+    def my_identity(self) -> Identity | None:
+        """My signed identity, or None."""
+        return self._identity
+
+    def my_global_id(self) -> str | None:
+        """``name@host[_port]``, or None."""
+        return self._identity.global_id if self._identity else None
+
+    def my_idurl(self) -> str | None:
+        """My primary IDURL, or None."""
+        return self._identity.idurl if self._identity else None
+
+    def packet_signer(self) -> Ed25519Signer | None:
+        """Signs my packets with the Ed25519 key certified in my identity; None without one."""
+        return self._signer
+
+    def packet_private_key(self) -> Ed25519PrivateKey | None:
+        """My Ed25519 packet key (the DHT signs records with it); None without one."""
+        return self._packet_key
+
+    def _install(self, identity: Identity | None, keystore: KeyStore | None,
+                 packet_key: Ed25519PrivateKey | None) -> None:
+        self._identity = identity
+        self.keystore = keystore
+        self._packet_key = packet_key if identity is not None else None
+        self._signer = Ed25519Signer(packet_key) if identity is not None and packet_key is not None else None
+
+    def _require_running(self) -> None:
+        if self.cache is None or self.client is None:
+            raise Unavailable("service_identity is not running")
+
+    def require_identity(self) -> Identity:
+        """My identity; NotFound (404) when there is none, Unavailable when the service is off."""
+        self._require_running()
+        if self._identity is None:
+            raise NotFound("this node has no identity yet: call identity_create or identity_recover")
+        return self._identity
+
+    def _master_key(self) -> RsaPrivateKey:
+        if self.keystore is None:
+            raise Conflict("no key store: this node has no identity")
+        try:
+            return self.keystore.private_key(self.keystore.master_key_id)
+        except NotFound:
+            raise Conflict("the master private key is missing; recover it with identity_recover") from None
+
+    # -- others -------------------------------------------------------------
+
+    def resolve_verifier(self, global_id: str) -> Ed25519Verifier | None:
+        """A verifier for packets from ``global_id`` (mine or a cached identity); None if unknown."""
+        try:
+            key = str(globalid.to_global_id(global_id))
+        except BadRequest:
+            return None
+        identity = self._identity if self._identity is not None and self._identity.global_id == key else None
+        if identity is None and self.cache is not None:
+            try:
+                identity = self.cache.get(key)
+            except (NotFound, BadRequest):
+                return None
+        if identity is None:
+            return None
+        public = identity.fast_public_key()
+        return Ed25519Verifier(public) if public is not None else None
+
+    def fetch_identity(self, idurl_or_global_id: str, refresh: bool = False) -> Deferred:
+        """Deferred[Identity]: mine, the cached one, or fetched from its servers and cached.
+
+        A fetched identity goes through the cache's pinning rules: another key
+        for a known IDURL fails with ``KeyMismatch`` (403). With ``refresh``
+        the servers are asked even when a copy is cached (the newest wins).
+        """
+        return Deferred.fromCoroutine(self._fetch_identity(idurl_or_global_id, refresh))
+
+    async def _fetch_identity(self, idurl_or_global_id: str, refresh: bool) -> Identity:
+        self._require_running()
+        wanted = globalid.to_global_id(idurl_or_global_id)
+        key = str(wanted)
+        if self._identity is not None and self._identity.global_id == key:
+            return self._identity
+        cached = self.cache.get(key) if self.cache.has(key) else None
+        if cached is not None and not refresh:
+            return cached
+        asked = str(wanted.idurl)
+        urls = [asked] + [s for s in (cached.sources if cached else ()) if s != asked]
+        fetched = await (self.client.fetch_any(urls) if len(urls) > 1 else self.client.fetch(asked))
+        if fetched.global_id != key and asked not in fetched.sources:
+            raise Forbidden(f"{asked} served the identity of {fetched.global_id}")
+        self.cache.put(fetched)
+        return self.cache.get(fetched.global_id)
+
+    # -- creating -------------------------------------------------------------
+
+    def identity_servers(self, preferred: list[str] | None = None) -> list[tuple[str, int]]:
+        """``preferred`` (``host:port`` strings) or the ``personal/identity-servers`` setting, parsed."""
+        return parse_servers(list(preferred or []) or list(self.node.settings.get("personal/identity-servers")))
+
+    def _initial_contacts(self) -> list[str]:
+        if self._pending_contacts is not None:
+            return list(self._pending_contacts)
+        settings = self.node.settings
+        iface = settings.get("services/tcp-connections/interface")
+        port = settings.get("services/tcp-connections/tcp-port")
+        if iface in ("", "0.0.0.0", "::") or not port:
+            # Not a reachable address: the transport calls update_contacts once it listens.
+            return []
+        try:
+            return [validate_contact(f"tcp://{iface}:{port}")]
+        except BadRequest:
+            return []
+
+    def create_identity(self, username: str, preferred_servers: list[str] | None = None,
+                        join_network: bool = False) -> Deferred:
+        """Deferred[Identity]: make keys, build and publish revision 1, then persist.
+
+        The master RSA key (size ``personal/private-key-size``) and the Ed25519
+        packet key are generated off the reactor. Sources are
+        ``http://host:port/<username>.xml`` for each identity server. Nothing is
+        written to disk unless at least one server accepted the identity; the
+        client's error (409 name taken, 503 unreachable...) is passed on.
+        Conflict if an identity exists. ``join_network`` publishes the event
+        ``network-join-requested`` (the network connector, when it exists,
+        reacts to it).
+        """
+        return self._lock.run(lambda: Deferred.fromCoroutine(
+            self._create(username, list(preferred_servers or []), join_network)))
+
+    def _check_no_identity(self) -> None:
+        self._require_running()
+        if self._identity is not None:
+            raise Conflict(f"this node already has an identity: {self._identity.global_id}")
+        if os.path.exists(self.identity_file):
+            raise Conflict("identity.xml exists but cannot be loaded; erase it with identity_erase first")
+
+    async def _create(self, username: str, preferred: list[str], join_network: bool) -> Identity:
+        self._check_no_identity()
+        name = globalid.validate_name(username)
+        servers = self.identity_servers(preferred)
+        if not servers:
+            raise BadRequest("no identity server: pass preferred_servers or set personal/identity-servers")
+        if len(servers) > MAX_SOURCES:
+            raise BadRequest(f"at most {MAX_SOURCES} identity servers")
+        sources = [str(globalid.IdUrl(name, host, port)) for host, port in servers]
+        key_size = keys.check_key_size(self.node.settings.get("personal/private-key-size"))
+        master, packet_key, identity = await self.node.run_in_thread(
+            _generate_identity, name, sources, self._initial_contacts(), key_size, self.node.clock.seconds())
+        accepted = await self.client.publish(identity)
+        await self._persist_new(identity, master, packet_key)
+        self.publisher.mark_published(identity)
+        self.log.info("identity {global_id} created, published to {count} server(s)",
+                      global_id=identity.global_id, count=len(accepted))
+        self._announce("my-identity-created", identity, join_network)
+        return identity
+
+    async def _persist_new(self, identity: Identity, master: RsaPrivateKey, packet_key: Ed25519PrivateKey) -> None:
+        keystore = await self.node.run_in_thread(self._write_new, identity, master, packet_key)
+        self._pending_contacts = None
+        self._install(identity, keystore, packet_key)
+
+    def _write_new(self, identity: Identity, master: RsaPrivateKey, packet_key: Ed25519PrivateKey) -> KeyStore:
+        """Thread side: keys first, identity.xml last (its presence is what makes the identity exist)."""
+        ensure_dir(self.keys_dir)
+        keystore = KeyStore(self.keys_dir, identity.global_id, self.node.run_in_thread, clock=self.node.clock)
+        keystore.add_private(keystore.master_key_id, master.to_pem(), label="master key")
+        atomic_write(self.packet_key_file, packet_key.to_pem(), mode=PRIVATE_FILE_MODE)
+        atomic_write(self.identity_file, identity.to_xml(), mode=PRIVATE_FILE_MODE)
+        return keystore
+
+    def _announce(self, event_id: str, identity: Identity, join_network: bool = False, **extra: Any) -> None:
+        data = {"global_id": identity.global_id, "idurl": identity.idurl, "revision": identity.revision}
+        data.update(extra)
+        self.node.events.publish(event_id, data)
+        if join_network:
+            self.node.events.publish("network-join-requested", {"global_id": identity.global_id})
+
+    # -- recovering -------------------------------------------------------------
+
+    def recover_identity(self, private_key_source: str, known_idurl: str | None = None,
+                         join_network: bool = False) -> Deferred:
+        """Deferred[Identity]: restore my identity from a backup (see :mod:`bitnode.userid.id_backup`).
+
+        ``private_key_source`` is the backup text, a bare PEM, or an absolute
+        path to a backup file; ``known_idurl`` is tried first. The identity is
+        fetched from its servers and must carry the RSA key of the backup
+        (Forbidden otherwise). Without a matching packet key in the backup a
+        new one is made and a new revision published before anything is saved.
+        """
+        return self._lock.run(lambda: Deferred.fromCoroutine(
+            self._recover(private_key_source, known_idurl, join_network)))
+
+    async def _recover(self, private_key_source: str, known_idurl: str | None, join_network: bool) -> Identity:
+        self._check_no_identity()
+        text = await self.node.run_in_thread(id_backup.read_source, private_key_source)
+        contents = await self.node.run_in_thread(id_backup.parse_backup, text)
+        idurls = list(contents.idurls)
+        if known_idurl:
+            first = str(globalid.IdUrl.parse(known_idurl))
+            idurls = [first] + [u for u in idurls if u != first]
+        if not idurls:
+            raise BadRequest("the key source names no IDURL: pass known_idurl")
+        identity = await self.client.fetch_any(idurls)
+        if identity.rsa_public_key() != contents.master_key.public_key():
+            raise Forbidden(f"the private key does not match the identity published at {identity.idurl}")
+        packet_key = contents.packet_key
+        contacts = self._pending_contacts if self._pending_contacts is not None else identity.contacts
+        if packet_key is None or identity.fast_public_key() != packet_key.public_key():
+            packet_key = fastsign.generate_ed25519()
+        if _signing_key_text(packet_key) != identity.signing_key or tuple(contacts) != identity.contacts:
+            candidate = identity.updated(now=self.node.clock.seconds(), contacts=tuple(contacts),
+                                         signing_key=_signing_key_text(packet_key))
+            identity = await self.node.run_in_thread(candidate.sign, contents.master_key)
+            await self.client.publish(identity)
+        await self._persist_new(identity, contents.master_key, packet_key)
+        self.publisher.mark_published(identity)
+        self.log.info("identity {global_id} recovered at revision {revision}",
+                      global_id=identity.global_id, revision=identity.revision)
+        self._announce("my-identity-created", identity, join_network, recovered=True)
+        return identity
+
+    # -- backing up and erasing -----------------------------------------------------
+
+    def backup_identity(self, destination_filepath: str) -> Deferred:
+        """Deferred[str]: write the backup file (0600, never over an existing file); fires with its path."""
+        try:
+            identity = self.require_identity()
+            data = id_backup.render_backup(identity.sources, self._master_key(), self._packet_key)
+        except BitnodeError:
+            return defer.fail()
+        return self.node.run_in_thread(id_backup.write_new_file, destination_filepath, data)
+
+    def erase_identity(self, erase_private_key: bool = False) -> Deferred:
+        """Deferred[str]: delete identity.xml (and with ``erase_private_key`` the master and packet keys).
+
+        Fires with the erased global id. Services that need an identity learn
+        it from the ``my-identity-erased`` event. Other keys in the key store
+        are kept.
+        """
+        return self._lock.run(lambda: Deferred.fromCoroutine(self._erase(erase_private_key)))
+
+    async def _erase(self, erase_private_key: bool) -> str:
+        self._require_running()
+        identity = self._identity
+        if identity is None and not os.path.exists(self.identity_file):
+            raise NotFound("this node has no identity to erase")
+        master_key_id = self.keystore.master_key_id if self.keystore is not None else None
+        self.publisher.reset()
+        await self.node.run_in_thread(self._remove_files, erase_private_key, master_key_id)
+        self._install(None, None, None)
+        global_id = identity.global_id if identity is not None else ""
+        self.log.info("identity {global_id} erased (private key erased: {erased})",
+                      global_id=global_id, erased=erase_private_key)
+        self.node.events.publish("my-identity-erased",
+                                 {"global_id": global_id, "private_key_erased": erase_private_key})
+        return global_id
+
+    def _remove_files(self, erase_private_key: bool, master_key_id: str | None) -> None:
+        remove_if_exists(self.identity_file)
+        if erase_private_key:
+            remove_if_exists(self.packet_key_file)
+            if master_key_id is not None:
+                # KeyStore.erase refuses the master key on purpose; erasing the identity is the one exception.
+                for suffix in (".private", ".public", ".json"):
+                    remove_if_exists(os.path.join(self.keys_dir, master_key_id + suffix))
+
+    # -- changing -------------------------------------------------------------------
+
+    def update_contacts(self, contacts: list[str]) -> Deferred:
+        """Deferred[Identity | None]: a new revision with these contacts, saved, then published.
+
+        No-op (fires with the current identity) when unchanged. Without an
+        identity the contacts are remembered for :meth:`create_identity` /
+        :meth:`recover_identity` and the Deferred fires with None. A failed
+        publish does not fail the call: it is logged and retried in the
+        background (see :class:`~bitnode.userid.id_publisher.Publisher`).
+        """
+        try:
+            if isinstance(contacts, str) or not isinstance(contacts, (list, tuple)):
+                raise BadRequest("contacts must be a list")
+            wanted = tuple(dict.fromkeys(validate_contact(c) for c in contacts))
+        except BadRequest:
+            return defer.fail()
+        return self._lock.run(lambda: Deferred.fromCoroutine(self._update_contacts(wanted)))
+
+    async def _update_contacts(self, contacts: tuple[str, ...]) -> Identity | None:
+        self._require_running()
+        if self._identity is None:
+            self._pending_contacts = contacts
+            return None
+        if contacts == self._identity.contacts:
+            return self._identity
+        identity = await self._save_revision(self._identity.updated(now=self.node.clock.seconds(),
+                                                                    contacts=contacts))
+        await self.publisher.publish_or_retry(identity)
+        return identity
+
+    async def _save_revision(self, candidate: Identity) -> Identity:
+        """Sign, save and install a new revision of my identity; announce it."""
+        signed = await self.node.run_in_thread(candidate.sign, self._master_key())
+        return await self._store_revision(signed)
+
+    async def _store_revision(self, signed: Identity) -> Identity:
+        await self.node.run_in_thread(atomic_write, self.identity_file, signed.to_xml(), PRIVATE_FILE_MODE)
+        self._identity = signed
+        self._announce("my-identity-changed", signed)
+        return signed
+
+    def rotate_identity(self) -> Deferred:
+        """Deferred[RotateResult]: a new revision, extended to new identity servers, re-published.
+
+        Identity servers from ``personal/identity-servers`` that are not yet
+        among my sources are appended (up to 10 sources) and the revision is
+        published to all of them; a new server that refuses the name is
+        dropped again in a further revision. The primary source (and so my
+        global id, key ids and remote paths) never changes: peers pin
+        identities by it. Without new servers this is a plain re-publish of a
+        new revision. Fails with the client's error when no server accepts.
+        """
+        return self._lock.run(lambda: Deferred.fromCoroutine(self._rotate()))
+
+    async def _rotate(self) -> RotateResult:
+        current = self.require_identity()
+        self._master_key()
+        configured = [str(globalid.IdUrl(current.name, host, port)) for host, port in self.identity_servers()]
+        room = MAX_SOURCES - len(current.sources)
+        added = tuple(s for s in configured if s not in current.sources)[:max(room, 0)]
+        now = self.node.clock.seconds()
+        if not added:
+            identity = await self._save_revision(current.updated(now=now))
+            accepted = await self.publisher.publish(identity)
+            return RotateResult(identity, (), (), tuple(accepted))
+        candidate = current.updated(now=now, sources=current.sources + added)
+        candidate = await self.node.run_in_thread(candidate.sign, self._master_key())
+        accepted = await self.client.publish(candidate)
+        kept = tuple(s for s in added if s in accepted)
+        refused = tuple(s for s in added if s not in accepted)
+        if not refused:
+            identity = await self._store_revision(candidate)
+            self.publisher.mark_published(identity)
+        else:
+            # A new server refused the name: drop it in a higher revision so no one trusts it for us.
+            identity = await self._save_revision(candidate.updated(now=now, sources=current.sources + kept))
+            accepted = await self.publisher.publish(identity)
+        self.log.info("identity rotated: added {added}, refused {refused}", added=list(kept), refused=list(refused))
+        return RotateResult(identity, kept, refused, tuple(accepted))

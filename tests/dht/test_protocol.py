@@ -1,0 +1,173 @@
+"""Tests for bitnode.dht.protocol: RPC round trips, timeouts, bad datagrams, rate limits."""
+
+from __future__ import annotations
+
+import random
+
+from twisted.internet.task import Clock
+from twisted.trial import unittest
+
+from bitnode.dht import messages
+from bitnode.dht.ids import id_to_hex
+from bitnode.dht.messages import Message, Sender
+from bitnode.dht.protocol import PeerRateLimiter, RPCEngine, TokenBucket
+from bitnode.dht.simnet import SimNetwork
+from bitnode.errors import Timeout, Unavailable
+
+
+class Peer:
+    """An RPCEngine on a simulated endpoint that answers PING and FIND_NODE."""
+
+    def __init__(self, net: SimNetwork, host: str, node_id: int, **kw: object) -> None:
+        self.seen: list[tuple[str, tuple]] = []
+        self.silent = False
+        self.engine = RPCEngine(net.clock, random.Random(node_id), lambda: Sender(node_id, "u", (0,)),
+                                self.handle, lambda m, a: self.seen.append((m.kind, a)), **kw)
+        self.endpoint = net.endpoint(host)
+        self.endpoint.set_receiver(self.engine.datagram_received)
+        self.engine.attach(self.endpoint.send)
+
+    def handle(self, msg: Message, address: tuple) -> tuple[str, dict] | None:
+        if self.silent:
+            return None
+        if msg.kind == messages.FIND_NODE:
+            raise RuntimeError("handler bug")
+        return messages.PONG, {}
+
+
+class RPCEngineTests(unittest.TestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.net = SimNetwork(self.clock, random.Random(3), latency=0.05, jitter=0.0)
+        self.a = Peer(self.net, "10.0.0.1", 1, timeout=1.0, rate=5.0, burst=10.0)
+        self.b = Peer(self.net, "10.0.0.2", 2, timeout=1.0, rate=5.0, burst=10.0)
+
+    def raw(self, data: bytes, src: str = "10.0.0.9") -> None:
+        """Deliver raw bytes to b as if sent from ``src``."""
+        self.net.transmit((src, 7000), self.b.endpoint.address, data)
+        self.net.run_for(0.1)
+
+    def test_round_trip_matches_response_and_tells_the_observer(self) -> None:
+        d = self.a.engine.request(self.b.endpoint.address, messages.PING)
+        reply = self.net.run_until(d)
+        self.assertEqual((reply.kind, reply.sender.node_id), (messages.PONG, 2))
+        self.assertAlmostEqual(self.clock.seconds(), 0.1)
+        self.assertEqual(self.b.seen, [(messages.PING, ("10.0.0.1", 7000))])
+        self.assertEqual(self.a.seen, [(messages.PONG, ("10.0.0.2", 7000))])
+        self.assertEqual(self.a.engine.stats()["pending"], 0)
+        self.assertEqual(self.clock.getDelayedCalls(), [])  # the timeout timer was cancelled
+
+    def test_silent_peer_times_out(self) -> None:
+        self.b.silent = True
+        d = self.a.engine.request(self.b.endpoint.address, messages.PING)
+        self.clock.advance(0.99)
+        self.assertNoResult(d)
+        self.clock.advance(0.02)
+        self.failureResultOf(d, Timeout)
+        self.assertEqual(self.a.engine.stats()["timeouts"], 1)
+
+    def test_handler_exception_is_counted_and_becomes_a_timeout(self) -> None:
+        d = self.a.engine.request(self.b.endpoint.address, messages.FIND_NODE, {"target": 5})
+        self.net.run_for(2)
+        self.failureResultOf(d, Timeout)
+        self.assertEqual(self.b.engine.stats()["handler_errors"], 1)
+        self.flushLoggedErrors(RuntimeError)
+
+    def test_malformed_datagrams_are_ignored_and_counted(self) -> None:
+        for data in (b"\x00\x01garbage", b"{}", b'{"v":1,"t":"PING"}', b"[1,2]", "é".encode("latin-1")):
+            self.raw(data)
+        self.assertEqual(self.b.engine.stats()["malformed"], 5)
+        self.assertEqual(self.b.seen, [])
+        # b still works afterwards
+        self.assertEqual(self.net.run_until(self.a.engine.request(self.b.endpoint.address, "PING")).kind, "PONG")
+
+    def test_oversize_datagram_is_dropped_before_parsing(self) -> None:
+        self.raw(b"{" + b" " * messages.MAX_DATAGRAM + b"}")
+        self.assertEqual(self.b.engine.stats()["oversize"], 1)
+        self.assertEqual(self.b.engine.stats()["malformed"], 0)
+
+    def test_oversize_request_fails_without_sending(self) -> None:
+        record = {"blob": "x" * messages.MAX_DATAGRAM}
+        d = self.a.engine.request(self.b.endpoint.address, messages.STORE, {"record": record})
+        self.failureResultOf(d, messages.OversizeMessage)
+        self.assertEqual(self.a.engine.stats()["sent"], 0)
+
+    def test_flood_from_one_peer_is_rate_limited_others_unaffected(self) -> None:
+        ping = messages.encode(Message(messages.PING, "00000000000000aa", Sender(9)))
+        for _ in range(30):
+            self.net.transmit(("10.0.0.9", 7000), self.b.endpoint.address, ping)
+        self.net.run_for(0.1)
+        stats = self.b.engine.stats()
+        self.assertEqual((stats["requests_handled"], stats["rate_limited"]), (10, 20))
+        # Another peer still gets answers.
+        self.assertEqual(self.net.run_until(self.a.engine.request(self.b.endpoint.address, "PING")).kind, "PONG")
+        # The flooder's bucket refills at 5/s.
+        self.clock.advance(1.0)
+        self.raw(ping)
+        self.assertEqual(self.b.engine.stats()["requests_handled"], 12)
+
+    def test_response_from_the_wrong_address_or_unknown_rid_is_unmatched(self) -> None:
+        self.b.silent = True
+        d = self.a.engine.request(self.b.endpoint.address, messages.PING)
+        rid = next(iter(self.a.engine._pending))
+        pong = messages.encode(Message(messages.PONG, rid, Sender(2)))
+        self.net.transmit(("10.0.0.66", 7000), self.a.endpoint.address, pong)  # spoofed source
+        wrong_kind = messages.encode(Message(messages.NODES, rid, Sender(2), body={"contacts": ()}))
+        self.net.transmit(self.b.endpoint.address, self.a.endpoint.address, wrong_kind)
+        self.net.run_for(0.1)
+        self.assertNoResult(d)
+        self.assertEqual(self.a.engine.stats()["unmatched"], 2)
+        self.net.transmit(self.b.endpoint.address, self.a.endpoint.address, pong)
+        self.net.run_for(0.1)
+        self.assertEqual(self.successResultOf(d).kind, messages.PONG)
+
+    def test_close_fails_pending_and_later_requests(self) -> None:
+        self.b.silent = True
+        d = self.a.engine.request(self.b.endpoint.address, messages.PING)
+        self.a.engine.close()
+        self.failureResultOf(d, Unavailable)
+        self.failureResultOf(self.a.engine.request(self.b.endpoint.address, messages.PING), Unavailable)
+        self.assertEqual(self.a.engine.stats()["pending"], 0)
+        self.net.run_for(5)  # the datagram already in flight is answered into the void
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertTrue(self.a.engine.closed)
+
+    def test_send_error_fails_the_request(self) -> None:
+        self.a.endpoint.close()
+        d = self.a.engine.request(self.b.endpoint.address, messages.PING)
+        self.failureResultOf(d, Unavailable)
+        self.assertEqual(self.a.engine.stats()["send_errors"], 1)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_unsendable_address_fails_the_request(self) -> None:
+        def refuse(data: bytes, address: tuple) -> None:
+            raise ValueError("not an IP address")  # what Twisted's UDP port raises for a host name
+
+        self.a.engine.attach(refuse)
+        self.failureResultOf(self.a.engine.request(("evil.example", 1), messages.PING), Unavailable)
+        self.assertEqual(self.a.engine.stats()["send_errors"], 1)
+
+    def test_non_request_kind_is_refused(self) -> None:
+        self.failureResultOf(self.a.engine.request(self.b.endpoint.address, messages.PONG),
+                             messages.MalformedMessage)
+
+    def test_replies_keep_the_request_layer_and_id(self) -> None:
+        d = self.a.engine.request(self.b.endpoint.address, messages.PING, layer=7)
+        reply = self.net.run_until(d)
+        self.assertEqual(reply.layer, 7)
+        self.assertEqual(id_to_hex(reply.sender.node_id)[-1], "2")
+
+
+class RateLimiterTests(unittest.TestCase):
+    def test_token_bucket_refills_up_to_burst(self) -> None:
+        bucket = TokenBucket(rate=2.0, burst=3.0, tokens=3.0, stamp=0.0)
+        self.assertEqual([bucket.allow(0.0) for _ in range(4)], [True, True, True, False])
+        self.assertTrue(bucket.allow(0.5))
+        self.assertFalse(bucket.allow(0.5))
+        self.assertEqual([bucket.allow(100.0) for _ in range(4)], [True, True, True, False])
+
+    def test_limiter_remembers_a_bounded_number_of_peers(self) -> None:
+        limiter = PeerRateLimiter(rate=1.0, burst=1.0, max_peers=10)
+        for i in range(100):
+            self.assertTrue(limiter.allow((f"10.0.0.{i}", 1), float(i) / 1000))
+        self.assertLessEqual(len(limiter.buckets), 10)

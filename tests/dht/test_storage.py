@@ -1,0 +1,145 @@
+"""Tests for bitnode.dht.storage: the sqlite record store and its upkeep timers."""
+
+from __future__ import annotations
+
+import os
+
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.task import Clock
+from twisted.trial import unittest
+
+from bitnode.dht.storage import RecordStore, StoredRecord, StoreKeeper
+from bitnode.errors import InsufficientStorage, Timeout
+
+REC = {"key": "app:x", "value": {"n": 1}}
+
+
+class RecordStoreTests(unittest.TestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(1000)
+        self.path = os.path.join(self.mktemp() + "-dht.sqlite")
+        self.store = RecordStore(self.path, self.clock)
+        self.addCleanup(lambda: self.store.close())
+
+    def test_put_then_get_per_layer(self) -> None:
+        self.store.put(0, "app:x", REC, expires=2000, own=True)
+        self.store.put(5, "app:x", {"other": True}, expires=2000)
+        row = self.store.get(0, "app:x")
+        self.assertEqual((row.layer, row.key, row.record, row.expires, row.own), (0, "app:x", REC, 2000.0, True))
+        self.assertEqual(self.store.get(5, "app:x").record, {"other": True})
+        self.assertIsNone(self.store.get(1, "app:x"))
+        self.assertIsNone(self.store.get(0, "app:y"))
+
+    def test_put_replaces_the_previous_record(self) -> None:
+        self.store.put(0, "app:x", REC, expires=2000)
+        self.store.put(0, "app:x", {"v": 2}, expires=3000)
+        self.assertEqual(self.store.get(0, "app:x").record, {"v": 2})
+        self.assertEqual(self.store.count(), 1)
+
+    def test_expired_rows_are_invisible_then_deleted(self) -> None:
+        self.store.put(0, "app:x", REC, expires=1500)
+        self.store.put(0, "app:y", REC, expires=2500)
+        self.clock.advance(500)  # now == 1500: x has expired
+        self.assertIsNone(self.store.get(0, "app:x"))
+        self.assertEqual([r["key"] for r in self.store.dump()], ["app:y"])
+        self.assertEqual(self.store.count(), 2)
+        self.assertEqual(self.store.expire(), 1)
+        self.assertEqual(self.store.count(), 1)
+
+    def test_records_persist_across_reopen_in_wal_mode(self) -> None:
+        self.store.put(0, "app:x", REC, expires=2000, own=True)
+        self.store.close()
+        self.store = RecordStore(self.path, self.clock)
+        row = self.store.get(0, "app:x")
+        self.assertEqual((row.record, row.own), (REC, True))
+        self.assertEqual(self.store.count(), 1)
+        mode = self.store._db.execute("PRAGMA journal_mode").fetchone()[0]
+        self.assertEqual(mode, "wal")
+
+    def test_full_store_refuses_new_keys_but_accepts_updates(self) -> None:
+        store = RecordStore(":memory:", self.clock, max_records=2)
+        self.addCleanup(store.close)
+        store.put(0, "app:a", REC, expires=1100)
+        store.put(0, "app:b", REC, expires=5000)
+        self.assertRaises(InsufficientStorage, store.put, 0, "app:c", REC, 5000)
+        store.put(0, "app:b", {"v": 2}, expires=5000)  # same key: allowed
+        self.clock.advance(100)  # app:a expires, which frees a slot
+        store.put(0, "app:c", REC, expires=5000)
+        self.assertEqual(sorted(r["key"] for r in store.dump()), ["app:b", "app:c"])
+
+    def test_own_records_and_replication_due(self) -> None:
+        self.store.put(0, "app:mine", REC, expires=9000, own=True)
+        self.store.put(0, "app:theirs", REC, expires=9000)
+        self.assertEqual([r.key for r in self.store.own_records()], ["app:mine"])
+        self.assertEqual(self.store.due_for_replication(3600), [])
+        self.clock.advance(3600)
+        self.assertEqual([r.key for r in self.store.due_for_replication(3600)], ["app:theirs"])
+        self.store.mark_replicated(0, "app:theirs")
+        self.assertEqual(self.store.due_for_replication(3600), [])
+
+    def test_delete_and_json_safe_dump(self) -> None:
+        self.store.put(0, "app:x", REC, expires=2000)
+        self.assertEqual(self.store.dump()[0]["record"], REC)
+        self.assertTrue(self.store.delete(0, "app:x"))
+        self.assertFalse(self.store.delete(0, "app:x"))
+        self.assertEqual(self.store.count(), 0)
+
+
+class StoreKeeperTests(unittest.TestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.store = RecordStore(":memory:", self.clock)
+        self.addCleanup(self.store.close)
+        self.pushed: list[tuple[float, str]] = []
+        self.outcome = succeed
+        self.keeper = StoreKeeper(self.store, self.clock, self.publish, republish_interval=3600,
+                                  replicate_interval=3600, expire_interval=60)
+        self.addCleanup(self.keeper.stop)
+
+    def publish(self, row: StoredRecord) -> Deferred:
+        self.pushed.append((self.clock.seconds(), row.key))
+        return self.outcome(1)
+
+    def test_timers_expire_republish_and_replicate(self) -> None:
+        self.store.put(0, "app:mine", REC, expires=10_000, own=True)
+        self.store.put(0, "app:theirs", REC, expires=10_000)
+        self.store.put(0, "app:short", REC, expires=30)
+        self.keeper.start()
+        self.clock.advance(60)
+        self.assertEqual(self.store.count(), 2)  # app:short expired and was deleted
+        self.assertEqual(self.pushed, [])
+        for _ in range(60):
+            self.clock.advance(60)
+        self.assertEqual(sorted(k for _, k in self.pushed), ["app:mine", "app:theirs"])
+        self.assertTrue(all(t == 3600 for t, _ in self.pushed))
+
+    def test_replication_skips_records_someone_replicated_to_us(self) -> None:
+        self.store.put(0, "app:theirs", REC, expires=100_000)
+        self.keeper.start()
+        self.clock.advance(1800)
+        self.store.mark_replicated(0, "app:theirs")  # an identical STORE arrived
+        self.clock.advance(1800)
+        self.assertEqual(self.pushed, [])
+        self.clock.advance(3600)
+        self.assertEqual([k for _, k in self.pushed], ["app:theirs"])
+
+    def test_push_failures_are_swallowed_and_loops_keep_running(self) -> None:
+        self.outcome = lambda _: fail(Timeout("nobody answered"))
+        self.store.put(0, "app:mine", REC, expires=100_000, own=True)
+        self.keeper.start()
+        self.clock.advance(3600)
+        self.clock.advance(3600)
+        self.assertEqual(len(self.pushed), 2)
+
+    def test_stop_cancels_every_timer(self) -> None:
+        self.keeper.start()
+        self.keeper.start()  # idempotent
+        self.assertEqual(len(self.clock.getDelayedCalls()), 3)
+        self.keeper.stop()
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_republish_now_reports_how_many_were_pushed(self) -> None:
+        self.assertEqual(self.successResultOf(self.keeper.republish_now()), 0)
+        self.store.put(0, "app:mine", REC, expires=100_000, own=True)
+        self.assertEqual(self.successResultOf(self.keeper.republish_now()), 1)

@@ -1,0 +1,507 @@
+"""The REST API through real HTTP against a running Node: envelope, codes, checks, foundation methods."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import pdb
+import sys
+
+from twisted.internet import defer
+from twisted.trial import unittest
+
+import bitnode
+from bitnode.errors import Conflict
+from bitnode.interface import api as api_module
+from bitnode.interface import rest
+from bitnode.main.schema import SCHEMA
+from bitnode.main.settings import Settings
+from tests.interface.support import HttpApi, Lamp, pending_calls, start_node, stored_settings, wait
+
+
+class RestTestCase(unittest.TestCase):
+    """A started node with fake services and an HTTP client for it."""
+
+    overrides: dict = {}
+
+    @defer.inlineCallbacks
+    def setUp(self):
+        self.node = yield start_node(self, overrides=self.overrides)
+        self.api = HttpApi(self, self.node)
+
+    @defer.inlineCallbacks
+    def assertError(self, pending, code, *words):
+        """``pending`` fires with an ERROR envelope of HTTP ``code`` whose text contains ``words``."""
+        reply = yield pending
+        self.assertEqual(reply.code, code, reply.body)
+        self.assertEqual(reply.body["status"], "ERROR")
+        self.assertIsInstance(reply.body["errors"], list)
+        for word in words:
+            self.assertIn(word, reply.error)
+        return reply
+
+
+class EnvelopeTests(RestTestCase):
+    """The answer format and the HTTP codes of the dispatcher and the body reader."""
+
+    @defer.inlineCallbacks
+    def test_success_envelope_has_status_result_and_execution(self):
+        reply = yield self.api.get("process/health/v1")
+        self.assertEqual(reply.code, 200)
+        self.assertEqual(set(reply.body), {"status", "result", "execution"})
+        self.assertEqual(reply.body["status"], "OK")
+        self.assertEqual(reply.body["result"], {"alive": True, "ready": True})
+        self.assertGreaterEqual(float(reply.body["execution"]), 0.0)
+        self.assertTrue(reply.headers["content-type"].startswith("application/json"))
+        self.assertEqual(reply.headers["cache-control"], "no-store")
+
+    @defer.inlineCallbacks
+    def test_answer_has_a_content_length(self):
+        reply = yield self.api.get("process/health/v1")
+        self.assertEqual(reply.length, len(json.dumps(reply.body)))
+
+    def test_unknown_path_is_404(self):
+        return self.assertError(self.api.get("process/nothing/v1"), 404, "/process/nothing/v1")
+
+    @defer.inlineCallbacks
+    def test_wrong_verb_is_405_with_allow_header(self):
+        reply = yield self.assertError(self.api.request("DELETE", "process/health/v1"), 405, "DELETE")
+        self.assertEqual(reply.headers["allow"], "GET")
+        reply = yield self.assertError(self.api.request("GET", "config/set/v1"), 405)
+        self.assertEqual(reply.headers["allow"], "POST")
+
+    def test_missing_parameter_is_400_naming_it(self):
+        return self.assertError(self.api.get("config/get/v1"), 400, "missing parameter 'key'")
+
+    def test_ill_typed_parameter_is_400_naming_it(self):
+        pending = self.api.get("config/get/v1", key="logs/api-calls", include_info="maybe")
+        return self.assertError(pending, 400, "include_info", "boolean")
+
+    def test_ill_typed_json_body_parameter_is_400_naming_it(self):
+        pending = self.api.post("service/restart/service_fake_base/v1", wait_timeout=[1])
+        return self.assertError(pending, 400, "'wait_timeout'")
+
+    def test_unknown_parameter_is_400_naming_it(self):
+        return self.assertError(self.api.get("process/health/v1", verbose="1"), 400, "'verbose'")
+
+    def test_malformed_json_body_is_400(self):
+        pending = self.api.request("POST", "config/set/v1", raw=b'{"key": "logs/api-calls",')
+        return self.assertError(pending, 400, "malformed JSON")
+
+    def test_body_that_is_not_utf8_is_400(self):
+        return self.assertError(self.api.request("POST", "config/set/v1", raw=b"\xff\xfe{}"), 400, "malformed")
+
+    def test_json_body_that_is_not_an_object_is_400(self):
+        pending = self.api.request("POST", "config/set/v1", raw=b'["logs/api-calls", true]')
+        return self.assertError(pending, 400, "object")
+
+    def test_body_too_large_is_413(self):
+        raw = b'{"key": "' + b"x" * rest.MAX_BODY + b'"}'
+        return self.assertError(self.api.request("POST", "config/set/v1", raw=raw), 413, "larger than")
+
+    def test_empty_body_means_no_parameters(self):
+        pending = self.api.request("POST", "config/set/v1", raw=b"  ")
+        return self.assertError(pending, 400, "missing parameter 'key'")
+
+    @defer.inlineCallbacks
+    def test_post_takes_query_string_parameters_too(self):
+        reply = yield self.api.request("POST", "config/set/v1", params={"key": "logs/api-calls"},
+                                       body={"value": True})
+        self.assertEqual(reply.result["value"], True)
+
+    @defer.inlineCallbacks
+    def test_state_changing_get_method_also_accepts_post(self):
+        self.patch(api_module, "STOP_DELAY", 0.01)
+        calls = []
+        self.node.on_stop_requested = lambda: calls.append("stop")
+        for verb in ("GET", "POST"):
+            reply = yield self.api.request(verb, "process/debug/v1")
+            self.assertIn("debugger", reply.result)
+        reply = yield self.api.request("POST", "process/stop/v1")
+        self.assertTrue(reply.result["stopping"])
+        yield wait(0.05)
+        self.assertEqual(calls, ["stop"])
+
+    @defer.inlineCallbacks
+    def test_path_parameter_cannot_be_overridden(self):
+        pending = self.api.post("service/stop/service_fake_top/v1", service_name="service_fake_base")
+        yield self.assertError(pending, 400, "'service_name'", "path")
+        pending = self.api.request("POST", "service/stop/service_fake_top/v1",
+                                   params={"service_name": "service_fake_base"})
+        yield self.assertError(pending, 400, "'service_name'")
+        self.assertTrue(self.node.service_driver.is_on("service_fake_base"))
+        reply = yield self.api.post("service/stop/service_fake_top/v1", service_name="service_fake_top")
+        self.assertEqual(reply.result["state"], "OFF")
+
+    def test_read_only_get_method_refuses_post(self):
+        return self.assertError(self.api.request("POST", "process/health/v1"), 405)
+
+
+class GuardTests(RestTestCase):
+    """The secret, Origin and Host checks."""
+
+    def test_missing_secret_is_401(self):
+        return self.assertError(self.api.request("GET", "process/health/v1", secret=None), 401, "missing api_secret")
+
+    def test_wrong_secret_is_401(self):
+        pending = self.api.request("GET", "process/health/v1", secret=self.node.api_secret[:-1] + "x")
+        return self.assertError(pending, 401, "wrong api_secret")
+
+    def test_secret_in_query_string_is_not_enough_for_http(self):
+        pending = self.api.request("GET", "process/health/v1", params={"api_secret": self.node.api_secret},
+                                   secret=None)
+        return self.assertError(pending, 401)
+
+    def test_foreign_origin_is_403(self):
+        pending = self.api.request("GET", "process/health/v1", headers={"Origin": "https://evil.example"})
+        return self.assertError(pending, 403, "Origin")
+
+    def test_foreign_origin_is_403_even_without_secret(self):
+        pending = self.api.request("GET", "process/health/v1", secret=None, headers={"Origin": "http://evil.example"})
+        return self.assertError(pending, 403)
+
+    def test_foreign_host_is_403(self):
+        pending = self.api.request("GET", "process/health/v1", headers={"Host": "evil.example:8180"})
+        return self.assertError(pending, 403, "Host")
+
+    @defer.inlineCallbacks
+    def test_local_origin_and_host_are_accepted(self):
+        port = self.node.endpoints()["http"].rsplit(":", 1)[1].rstrip("/")
+        reply = yield self.api.request("GET", "process/health/v1",
+                                       headers={"Origin": f"http://localhost:{port}", "Host": f"localhost:{port}"})
+        self.assertEqual(reply.code, 200)
+
+    @defer.inlineCallbacks
+    def test_mutating_get_needs_the_secret(self):
+        before = pending_calls()
+        yield self.assertError(self.api.request("GET", "process/stop/v1", secret=None), 401)
+        yield self.assertError(self.api.request("POST", "process/stop/v1", secret="guess"), 401)
+        self.assertEqual(pending_calls() - before, set(), "a stop was scheduled")
+
+
+class RateLimitTests(RestTestCase):
+    """A client over the limit gets 429 with Retry-After."""
+
+    overrides = {"interface/api/rate-limit": 0.5, "interface/api/rate-burst": 2}
+
+    @defer.inlineCallbacks
+    def test_over_the_limit_is_429_with_retry_after(self):
+        for _ in range(2):
+            reply = yield self.api.get("process/health/v1")
+            self.assertEqual(reply.code, 200)
+        reply = yield self.assertError(self.api.get("process/health/v1"), 429, "too many")
+        self.assertGreaterEqual(int(reply.headers["retry-after"]), 1)
+
+
+class ProcessMethodTests(RestTestCase):
+    """process_* methods."""
+
+    @defer.inlineCallbacks
+    def test_process_health(self):
+        reply = yield self.api.get("process/health/v1")
+        self.assertEqual(reply.result, {"alive": True, "ready": True})
+        yield self.assertError(self.api.get("process/health/v1", ready="1"), 400, "'ready'")
+
+    @defer.inlineCallbacks
+    def test_process_info(self):
+        info = (yield self.api.get("process/info/v1")).result
+        self.assertEqual(info["version"], bitnode.__version__)
+        self.assertEqual(info["pid"], os.getpid())
+        self.assertEqual(info["basedir"], self.node.basedir.root)
+        self.assertGreaterEqual(info["uptime"], 0.0)
+        self.assertLess(info["uptime"], 60.0)
+        self.assertEqual(info["api"], self.node.endpoints())
+        self.assertEqual(info["services"], {"total": 3, "on": 2})
+        system = info["system"]
+        self.assertGreater(system["process"]["rss_bytes"], 0)
+        self.assertGreater(system["machine"]["cpu_count"], 0)
+        self.assertGreater(system["machine"]["memory_total_bytes"], 0)
+        self.assertGreater(system["disk"]["total_bytes"], 0)
+        yield self.assertError(self.api.get("process/info/v1", pid="1"), 400, "'pid'")
+
+    @defer.inlineCallbacks
+    def test_process_debug_does_not_open_pdb_unless_allowed(self):
+        opened = []
+        self.patch(pdb, "set_trace", lambda: opened.append(True))
+        result = (yield self.api.get("process/debug/v1")).result
+        self.assertIn("not opened", result["debugger"])
+        self.assertEqual(result["pid"], os.getpid())
+        self.assertTrue(result["threads"])
+        # Allowed, but not on a terminal (a daemonised node): still not opened.
+        self.node.settings.set("interface/api/allow-debugger", True)
+        self.patch(sys, "stdin", io.StringIO())
+        result = (yield self.api.request("POST", "process/debug/v1")).result
+        self.assertIn("not opened", result["debugger"])
+        self.assertEqual(opened, [])
+        yield self.assertError(self.api.get("process/debug/v1", pdb="1"), 400, "'pdb'")
+
+    @defer.inlineCallbacks
+    def check_stop_or_restart(self, path, attribute, key):
+        self.patch(api_module, "STOP_DELAY", 0.02)
+        calls = []
+        setattr(self.node, attribute, lambda: calls.append(self.node.running))
+        reply = yield self.api.get(path)
+        self.assertTrue(reply.result[key])
+        self.assertEqual(reply.result["pid"], os.getpid())
+        self.assertEqual(calls, [], "asked to stop before the answer was sent")
+        yield wait(0.06)
+        self.assertEqual(calls, [True])
+        yield self.assertError(self.api.get(path, force="1"), 400, "'force'")
+
+    def test_process_stop_is_requested_after_the_answer(self):
+        return self.check_stop_or_restart("process/stop/v1", "on_stop_requested", "stopping")
+
+    def test_process_restart_is_requested_after_the_answer(self):
+        return self.check_stop_or_restart("process/restart/v1", "on_restart_requested", "restarting")
+
+    @defer.inlineCallbacks
+    def test_pending_stop_is_cancelled_when_the_node_stops_first(self):
+        calls = []
+        self.node.on_stop_requested = lambda: calls.append("stop")
+        before = pending_calls()
+        yield self.api.get("process/stop/v1")
+        self.assertTrue(pending_calls() - before)
+        yield self.node.stopService()
+        self.assertEqual(pending_calls() - before, set())
+        self.assertEqual(calls, [])
+
+
+class ConfigMethodTests(RestTestCase):
+    """config_get, config_set, configs_list, configs_tree."""
+
+    @defer.inlineCallbacks
+    def test_config_get(self):
+        reply = yield self.api.get("config/get/v1", key="logs/debug-level")
+        self.assertEqual(reply.result, {"key": "logs/debug-level", "value": 4, "type": "integer"})
+        info = (yield self.api.get("config/get/v1", key="logs/debug-level", include_info="true")).result
+        self.assertEqual((info["default"], info["minimum"], info["maximum"]), (4, 0, 20))
+        self.assertTrue(info["description"])
+        yield self.assertError(self.api.get("config/get/v1", key="logs/nothing"), 404, "logs/nothing")
+
+    @defer.inlineCallbacks
+    def test_config_get_legacy_default_answers_unknown_keys(self):
+        reply = yield self.api.get("config/get/v1", key="old/setting", default="5")
+        self.assertEqual(reply.result["value"], 5)
+        reply = yield self.api.get("config/get/v1", key="logs/debug-level", default="5")
+        self.assertEqual(reply.result["value"], 4)
+
+    @defer.inlineCallbacks
+    def test_config_get_of_a_service_switch(self):
+        reply = yield self.api.get("config/get/v1", key="services/fake-broken/enabled")
+        self.assertEqual(reply.result["value"], False)
+
+    @defer.inlineCallbacks
+    def test_config_set_persists_before_answering(self):
+        reply = yield self.api.post("config/set/v1", key="logs/debug-level", value=7)
+        self.assertEqual((reply.result["value"], reply.result["old_value"]), (7, 4))
+        self.assertEqual(self.node.settings.get("logs/debug-level"), 7)
+        self.assertEqual(Settings(self.node.basedir.settings_file, SCHEMA).get("logs/debug-level"), 7)
+        reply = yield self.api.post("config/set/v1", key="logs/debug-level", value="9")
+        self.assertEqual(reply.result["value"], 9)
+
+    @defer.inlineCallbacks
+    def test_config_set_refuses_bad_values(self):
+        yield self.assertError(self.api.post("config/set/v1", key="logs/debug-level", value=99), 400)
+        yield self.assertError(self.api.post("config/set/v1", key="logs/debug-level", value="lots"), 400)
+        yield self.assertError(self.api.post("config/set/v1", key="logs/debug-level"), 400, "'value'")
+        yield self.assertError(self.api.post("config/set/v1", key="nothing/here", value=1), 404)
+        self.assertEqual(Settings(self.node.basedir.settings_file, SCHEMA).get("logs/debug-level"), 4)
+
+    @defer.inlineCallbacks
+    def test_configs_list(self):
+        items = (yield self.api.get("config/list/v1")).result
+        keys = [item["key"] for item in items]
+        self.assertIn("interface/api/http-port", keys)
+        self.assertIn("services/fake-top/enabled", keys)
+        self.assertNotIn("description", items[0])
+        items = (yield self.api.get("config/list/v1", sort="1", include_info="1")).result
+        self.assertEqual([item["key"] for item in items], sorted(keys))
+        self.assertIn("description", items[0])
+        yield self.assertError(self.api.get("config/list/v1", sort="sideways"), 400, "'sort'")
+
+    @defer.inlineCallbacks
+    def test_configs_tree(self):
+        tree = (yield self.api.get("config/tree/v1")).result
+        self.assertEqual(tree["logs"]["debug-level"]["value"], 4)
+        self.assertEqual(tree["services"]["fake-base"]["enabled"]["value"], True)
+        tree = (yield self.api.get("config/tree/v1", include_info="yes")).result
+        self.assertIn("description", tree["logs"]["debug-level"])
+        yield self.assertError(self.api.get("config/tree/v1", include_info="2"), 400, "'include_info'")
+
+
+class ServiceMethodTests(RestTestCase):
+    """services_list, service_info, service_start/stop/restart with fake services."""
+
+    def states(self):
+        return {item["name"]: item["state"] for item in self.node.service_driver.list()}
+
+    @defer.inlineCallbacks
+    def test_services_list(self):
+        items = (yield self.api.get("service/list/v1")).result
+        self.assertEqual([(i["name"], i["state"]) for i in items],
+                         [("service_fake_base", "ON"), ("service_fake_top", "ON"), ("service_fake_broken", "OFF")])
+        self.assertNotIn("configs", items[0])
+        items = (yield self.api.get("service/list/v1", with_configs="true")).result
+        self.assertEqual(items[0]["configs"][0]["key"], "services/fake-base/enabled")
+        yield self.assertError(self.api.get("service/list/v1", with_configs="x"), 400, "'with_configs'")
+
+    @defer.inlineCallbacks
+    def test_service_info(self):
+        info = (yield self.api.get("service/info/service_fake_top/v1")).result
+        self.assertEqual((info["name"], info["state"], info["depends"]), ("service_fake_top", "ON", ["service_fake_base"]))
+        self.assertEqual(info["status"], {"fake": True})
+        info = (yield self.api.get("service/info/service_fake_base/v1")).result
+        self.assertEqual(info["dependents"], ["service_fake_top"])
+        yield self.assertError(self.api.get("service/info/service_nothing/v1"), 404, "service_nothing")
+
+    @defer.inlineCallbacks
+    def test_service_stop_and_start_follow_dependencies(self):
+        info = (yield self.api.post("service/stop/service_fake_base/v1")).result
+        self.assertEqual(info["state"], "OFF")
+        self.assertFalse(info["enabled"])
+        self.assertEqual(self.states()["service_fake_top"], "DEPENDS_OFF")
+        self.assertEqual(self.node.test_log[-2:], [("stop", "service_fake_top"), ("stop", "service_fake_base")])
+        self.assertIs(stored_settings(self.node)["services/fake-base/enabled"], False)
+        yield self.assertError(self.api.post("service/start/service_fake_top/v1"), 409, "service_fake_base")
+        info = (yield self.api.post("service/start/service_fake_base/v1")).result
+        self.assertEqual((info["state"], info["enabled"]), ("ON", True))
+        self.assertEqual(self.states()["service_fake_top"], "ON")
+        self.assertNotIn("services/fake-base/enabled", stored_settings(self.node))  # back to the default
+        yield self.assertError(self.api.post("service/stop/service_nothing/v1"), 404)
+
+    @defer.inlineCallbacks
+    def test_service_start_that_fails_is_an_error(self):
+        yield self.assertError(self.api.post("service/start/service_fake_broken/v1"), 409, "cannot start")
+        self.flushLoggedErrors(Conflict)
+        self.assertEqual(self.states()["service_fake_broken"], "FAILED")
+
+    @defer.inlineCallbacks
+    def test_service_restart(self):
+        del self.node.test_log[:]
+        info = (yield self.api.post("service/restart/service_fake_base/v1", wait_timeout=1)).result
+        self.assertEqual(info["state"], "ON")
+        self.assertEqual(self.node.test_log, [("stop", "service_fake_top"), ("stop", "service_fake_base"),
+                                              ("start", "service_fake_base"), ("start", "service_fake_top")])
+        yield self.assertError(self.api.post("service/restart/service_fake_base/v1", wait_timeout=0), 400,
+                               "wait_timeout")
+        yield self.assertError(self.api.post("service/restart/service_fake_broken/v1"), 409, "disabled")
+        yield self.assertError(self.api.post("service/restart/service_fake_base/v1", wait_timeout="soon"), 400,
+                               "'wait_timeout'")
+
+
+class EventMethodTests(RestTestCase):
+    """event_send and event_listen (long-poll)."""
+
+    @defer.inlineCallbacks
+    def test_long_poll_returns_when_an_event_is_sent(self):
+        start = self.node.events.last_seq
+        polling = self.api.get("event/listen/ui1/v1", since=start, polling_timeout=1)
+        yield wait(0.02)
+        self.assertFalse(polling.called)
+        sent = (yield self.api.post("event/send/hello/v1", data={"n": 1})).result
+        self.assertEqual(sent, {"event_id": "hello", "seq": start + 1})
+        result = (yield polling).result
+        self.assertEqual([(e["event_id"], e["seq"], e["data"]) for e in result["events"]],
+                         [("hello", start + 1, {"n": 1})])
+        self.assertEqual((result["last_seq"], result["missed"]), (start + 1, 0))
+
+    @defer.inlineCallbacks
+    def test_listen_resumes_after_since_and_keeps_a_cursor(self):
+        first = (yield self.api.post("event/send/one/v1")).result["seq"]
+        yield self.api.post("event/send/two/v1", data="x")
+        result = (yield self.api.get("event/listen/ui2/v1", since=first - 1, polling_timeout=0)).result
+        self.assertEqual([e["event_id"] for e in result["events"]], ["one", "two"])
+        result = (yield self.api.get("event/listen/ui2/v1", since=first, polling_timeout=0)).result
+        self.assertEqual([e["event_id"] for e in result["events"]], ["two"])
+        # Without since, the consumer continues from what it was last given.
+        yield self.api.post("event/send/three/v1")
+        result = (yield self.api.get("event/listen/ui2/v1", polling_timeout=0)).result
+        self.assertEqual([e["event_id"] for e in result["events"]], ["three"])
+
+    @defer.inlineCallbacks
+    def test_polling_timeout_is_honoured(self):
+        started = self.node.reactor.seconds()
+        result = (yield self.api.get("event/listen/ui3/v1", polling_timeout=0.1)).result
+        elapsed = self.node.reactor.seconds() - started
+        self.assertEqual(result["events"], [])
+        self.assertGreaterEqual(elapsed, 0.09)
+        self.assertLess(elapsed, 0.5)
+
+    @defer.inlineCallbacks
+    def test_bad_event_parameters(self):
+        yield self.assertError(self.api.post("event/send/" + "e" * 200 + "/v1"), 400, "event_id")
+        yield self.assertError(self.api.get("event/listen/ui4/v1", polling_timeout=-1), 400, "polling_timeout")
+        yield self.assertError(self.api.get("event/listen/ui4/v1", polling_timeout="long"), 400, "'polling_timeout'")
+        yield self.assertError(self.api.get("event/listen/ui4/v1", since="last"), 400, "'since'")
+        future = self.node.events.last_seq + 5
+        yield self.assertError(self.api.get("event/listen/ui4/v1", since=future), 409, str(future))
+
+    @defer.inlineCallbacks
+    def test_abandoned_long_poll_leaves_no_timer(self):
+        before = pending_calls()
+        polling = self.api.get("event/listen/ui6/v1", polling_timeout=1)
+        yield wait(0.02)
+        self.assertTrue(pending_calls() - before)
+        polling.cancel()
+        self.failureResultOf(polling)
+        for _ in range(20):
+            if not pending_calls() - before:
+                break
+            yield wait(0.01)
+        self.assertEqual(pending_calls() - before, set())
+
+    @defer.inlineCallbacks
+    def test_listen_is_answered_when_the_node_stops(self):
+        started = self.node.reactor.seconds()
+        polling = self.api.get("event/listen/ui5/v1", polling_timeout=1)
+        yield wait(0.02)
+        yield self.node.stopService()
+        reply = yield polling
+        self.assertEqual(reply.result["events"], [])
+        self.assertLess(self.node.reactor.seconds() - started, 0.5)
+
+
+class AutomatsListTests(RestTestCase):
+    """automats_list shows registered machines with state, timers and transitions."""
+
+    @defer.inlineCallbacks
+    def test_automats_list(self):
+        lamp = Lamp(self.node.reactor, registry=self.node.automats, machine_id="lamp1")
+        self.addCleanup(lamp.destroy)
+        lamp.event("switch")
+        items = (yield self.api.get("automat/list/v1")).result
+        self.assertEqual(len(items), 1)
+        item = items[0]
+        self.assertEqual((item["id"], item["name"], item["state"], item["timers"]),
+                         ("lamp1", "test_lamp", "ON", ["timer-1min"]))
+        self.assertEqual([(t["event"], t["from"], t["to"]) for t in item["transitions"]], [("switch", "OFF", "ON")])
+        seen, _ = self.node.events.since(0)
+        changed = [e.data for e in seen if e.event_id == "automat-state-changed"]
+        self.assertEqual(changed[-1]["new_state"], "ON")
+        yield self.assertError(self.api.get("automat/list/v1", index="1"), 400, "'index'")
+
+
+class LegacyAliasTests(RestTestCase):
+    """Legacy names reach the same code."""
+
+    @defer.inlineCallbacks
+    def test_legacy_config_list_is_configs_list(self):
+        legacy = (yield self.api.get("legacy/config_list/v1", sort="true")).result
+        current = (yield self.api.get("config/list/v1", sort="true")).result
+        self.assertEqual(legacy, current)
+        legacy = (yield self.api.post("legacy/config_list/v1", sort=True)).result
+        self.assertEqual(legacy, current)
+        yield self.assertError(self.api.get("legacy/config_list/v1", include_info="1"), 400, "'include_info'")
+
+    @defer.inlineCallbacks
+    def test_legacy_stop_and_restart_reach_process_methods(self):
+        self.patch(api_module, "STOP_DELAY", 0.01)
+        calls = []
+        self.node.on_stop_requested = lambda: calls.append("stop")
+        self.node.on_restart_requested = lambda: calls.append("restart")
+        self.assertTrue((yield self.api.get("legacy/stop/v1")).result["stopping"])
+        self.assertTrue((yield self.api.post("legacy/restart/v1", showgui=True)).result["restarting"])
+        yield wait(0.05)
+        self.assertEqual(sorted(calls), ["restart", "stop"])
+        yield self.assertError(self.api.get("legacy/restart/v1", showgui="maybe"), 400, "'showgui'")

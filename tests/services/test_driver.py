@@ -1,0 +1,420 @@
+"""Tests for bitnode.services.driver (and the Service base class) with fake services."""
+
+from __future__ import annotations
+
+import os
+
+from twisted.internet import defer
+from twisted.internet.task import Clock
+from twisted.trial import unittest
+
+from bitnode.errors import BadRequest, Conflict, NotFound, Timeout
+from bitnode.main.options import INTEGER, Option
+from bitnode.main.settings import Settings
+from bitnode.services import driver as driver_module
+from bitnode.services.base import Service
+from bitnode.services.driver import DEPENDS_OFF, FAILED, OFF, ON, ServiceDriver, dependency_order
+
+
+class FakeNode:
+    """What services see as ``self.node``: just a journal of start/stop calls."""
+
+    def __init__(self):
+        self.journal: list[str] = []
+        self.fail_start: set[str] = set()
+        self.fail_stop: set[str] = set()
+        self.pending: dict[str, defer.Deferred] = {}
+        self.hold_start: set[str] = set()
+        self.hold_stop: set[str] = set()
+
+
+class Fake(Service):
+    """Logs start/stop on the node; fails or holds when the node says so."""
+
+    def _act(self, what: str, fail: set[str], hold: set[str]):
+        self.node.journal.append(f"{what} {self.name}")
+        if self.name in fail:
+            raise RuntimeError(f"{self.name} cannot {what}")
+        if self.name in hold:
+            d = self.node.pending[f"{what} {self.name}"] = defer.Deferred()
+            return d
+        return defer.succeed(None) if what == "stop" else None
+
+    def start(self):
+        return self._act("start", self.node.fail_start, self.node.hold_start)
+
+    def stop(self):
+        return self._act("stop", self.node.fail_stop, self.node.hold_stop)
+
+    def status(self):
+        return {"ticks": 3}
+
+
+class Base(Fake):
+    name = "service_base"
+    description = "the bottom"
+    options = (Option("services/base/size", INTEGER, 4, "How many.", minimum=1),)
+
+
+class Middle(Fake):
+    name = "service_middle_part"
+    depends_on = ("service_base",)
+
+
+class Top(Fake):
+    name = "service_top"
+    depends_on = ("service_middle_part", "service_base")
+
+
+class Other(Fake):
+    name = "service_other"
+
+
+class Optional(Fake):
+    name = "service_optional"
+    enabled_by_default = False
+    depends_on = ("service_base",)
+
+
+ALL = (Top, Optional, Other, Middle, Base)
+
+
+class DependencyOrderTests(unittest.TestCase):
+    def test_dependencies_first(self) -> None:
+        names = [cls.name for cls in dependency_order(ALL)]
+        for cls in ALL:
+            for dep in cls.depends_on:
+                self.assertLess(names.index(dep), names.index(cls.name))
+        self.assertEqual(sorted(names), sorted(cls.name for cls in ALL))
+
+    def test_unknown_dependency(self) -> None:
+        class Lonely(Fake):
+            name = "service_lonely"
+            depends_on = ("service_missing",)
+
+        err = self.assertRaises(ValueError, dependency_order, (Lonely,))
+        self.assertIn("service_lonely depends on unknown service service_missing", str(err))
+
+    def test_repeated_or_missing_name(self) -> None:
+        class Twin(Fake):
+            name = "service_base"
+
+        class Nameless(Fake):
+            pass
+
+        err = self.assertRaises(ValueError, dependency_order, (Base, Twin))
+        self.assertIn("Twin", str(err))
+        self.assertRaises(ValueError, dependency_order, (Nameless,))
+
+    def test_cycle(self) -> None:
+        class A(Fake):
+            name = "service_a"
+            depends_on = ("service_b",)
+
+        class B(Fake):
+            name = "service_b"
+            depends_on = ("service_a",)
+
+        err = self.assertRaises(ValueError, dependency_order, (A, B))
+        self.assertIn("cycle", str(err))
+        self.assertIn("service_a -> service_b -> service_a", str(err))
+
+
+class ServiceBaseTests(unittest.TestCase):
+    def test_config_keys(self) -> None:
+        self.assertEqual(Middle.config_prefix(), "services/middle-part")
+        self.assertEqual(Middle.enabled_key(), "services/middle-part/enabled")
+        option = Optional.enabled_option()
+        self.assertEqual((option.key, option.default, option.kind.name),
+                         ("services/optional/enabled", False, "boolean"))
+
+    def test_defaults_do_nothing(self) -> None:
+        service = Service(object())
+        self.assertIsNone(service.start())
+        self.assertIsNone(service.stop())
+        self.assertEqual(service.status(), {})
+
+
+class DriverTestCase(unittest.TestCase):
+    classes = ALL
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.node = FakeNode()
+        directory = self.mktemp()
+        os.makedirs(directory)
+        self.path = os.path.join(directory, "settings.json")
+        self.settings = Settings(self.path, ())
+        self.driver = ServiceDriver(self.node, self.settings, self.clock, self.classes)
+
+    def tearDown(self) -> None:
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def state(self, name: str) -> str:
+        return self.driver.info(name)["state"]
+
+    def states(self) -> dict:
+        return {item["name"]: item["state"] for item in self.driver.list()}
+
+    def started(self) -> None:
+        self.successResultOf(self.driver.start_all())
+        del self.node.journal[:]
+
+
+class StartStopAllTests(DriverTestCase):
+    def test_options_registered(self) -> None:
+        self.assertEqual(self.settings.get("services/base/size"), 4)
+        self.assertEqual(self.settings.get("services/middle-part/enabled"), True)
+        self.assertEqual(self.settings.get("services/optional/enabled"), False)
+        self.assertRaises(BadRequest, self.settings.set, "services/base/size", 0)
+
+    def test_names_in_dependency_order(self) -> None:
+        names = self.driver.names()
+        self.assertLess(names.index("service_base"), names.index("service_middle_part"))
+        self.assertLess(names.index("service_middle_part"), names.index("service_top"))
+        self.assertIsInstance(self.driver.get("service_top"), Top)
+        self.assertIs(self.driver.get("service_top").node, self.node)
+        self.assertRaises(NotFound, self.driver.get, "service_nope")
+
+    def test_start_all_starts_enabled_in_order(self) -> None:
+        self.successResultOf(self.driver.start_all())
+        order = [entry.split()[1] for entry in self.node.journal]
+        self.assertEqual(order, [n for n in self.driver.names() if n != "service_optional"])
+        self.assertEqual(self.states(), {"service_base": ON, "service_middle_part": ON, "service_top": ON,
+                                         "service_other": ON, "service_optional": OFF})
+        self.assertTrue(self.driver.is_on("service_top"))
+        self.assertFalse(self.driver.is_on("service_optional"))
+        self.assertFalse(self.driver.is_on("service_nope"))
+
+    def test_failed_dependency_reported(self) -> None:
+        self.node.fail_start.add("service_base")
+        self.successResultOf(self.driver.start_all())
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        base = self.driver.info("service_base")
+        self.assertEqual(base["state"], FAILED)
+        self.assertEqual(base["reason"], "start failed: service_base cannot start")
+        middle = self.driver.info("service_middle_part")
+        self.assertEqual(middle["state"], DEPENDS_OFF)
+        self.assertEqual(middle["reason"], "needs service_base (FAILED)")
+        top = self.driver.info("service_top")
+        self.assertEqual(top["state"], DEPENDS_OFF)
+        self.assertIn("service_middle_part (DEPENDS_OFF)", top["reason"])
+        self.assertIn("service_base (FAILED)", top["reason"])
+        self.assertEqual(self.state("service_other"), ON)
+        self.assertEqual(self.node.journal, ["start service_base", "start service_other"])
+
+    def test_disabled_dependency_reported(self) -> None:
+        self.settings.set("services/base/enabled", False)
+        self.successResultOf(self.driver.start_all())
+        self.assertEqual(self.state("service_base"), OFF)
+        self.assertEqual(self.driver.info("service_middle_part")["reason"], "needs service_base (OFF)")
+
+    def test_deferred_start(self) -> None:
+        self.node.hold_start.add("service_base")
+        d = self.driver.start_all()
+        self.assertNoResult(d)
+        self.assertEqual(self.state("service_base"), "STARTING")
+        self.assertEqual(self.node.journal, ["start service_base"])
+        self.node.pending["start service_base"].callback(None)
+        self.successResultOf(d)
+        self.assertEqual(self.state("service_top"), ON)
+
+    def test_deferred_start_failure(self) -> None:
+        self.node.hold_start.add("service_base")
+        d = self.driver.start_all()
+        self.node.pending["start service_base"].errback(RuntimeError("late failure"))
+        self.successResultOf(d)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertEqual(self.driver.info("service_base")["reason"], "start failed: late failure")
+        self.assertEqual(self.state("service_middle_part"), DEPENDS_OFF)
+
+    def test_stop_all_reverse_order(self) -> None:
+        self.started()
+        self.successResultOf(self.driver.stop_all())
+        order = [entry.split()[1] for entry in self.node.journal]
+        running = [n for n in self.driver.names() if n != "service_optional"]
+        self.assertEqual(order, list(reversed(running)))
+        self.assertEqual(set(self.states().values()), {OFF})
+        # stop_all does not switch anything off.
+        self.assertTrue(self.settings.get("services/top/enabled"))
+
+    def test_stop_failure_reported(self) -> None:
+        self.started()
+        self.node.fail_stop.add("service_middle_part")
+        self.successResultOf(self.driver.stop_all())
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertEqual(self.state("service_middle_part"), FAILED)
+        self.assertIn("stop failed", self.driver.info("service_middle_part")["reason"])
+        self.assertEqual(self.state("service_base"), OFF)
+
+    def test_stop_that_hangs_times_out(self) -> None:
+        self.started()
+        self.node.hold_stop.add("service_top")
+        d = self.driver.stop_all()
+        self.assertNoResult(d)
+        self.clock.advance(driver_module.STOP_TIMEOUT)
+        self.successResultOf(d)
+        self.assertEqual(len(self.flushLoggedErrors(defer.TimeoutError)), 1)
+        self.assertEqual(self.state("service_top"), FAILED)
+        self.assertEqual(self.state("service_base"), OFF)
+
+
+class StartStopOneTests(DriverTestCase):
+    def test_unknown_service(self) -> None:
+        for call in (self.driver.start, self.driver.stop, self.driver.restart, self.driver.info):
+            self.assertRaises(NotFound, call, "service_nope")
+        self.assertRaises(NotFound, self.driver.start, None)
+
+    def test_start_enables_and_persists(self) -> None:
+        self.started()
+        info = self.successResultOf(self.driver.start("service_optional"))
+        self.assertEqual((info["name"], info["state"], info["enabled"]), ("service_optional", ON, True))
+        self.assertTrue(Settings(self.path, (Optional.enabled_option(),)).get("services/optional/enabled"))
+
+    def test_start_with_dependency_off_conflicts(self) -> None:
+        self.settings.set("services/base/enabled", False)
+        self.successResultOf(self.driver.start_all())
+        failure = self.failureResultOf(self.driver.start("service_middle_part"), Conflict)
+        self.assertEqual(failure.value.http_code, 409)
+        self.assertIn("service_base which is OFF", str(failure.value))
+        self.assertEqual(self.node.journal, ["start service_other"])
+
+    def test_start_dependency_starts_waiting_dependents(self) -> None:
+        self.settings.set("services/base/enabled", False)
+        self.successResultOf(self.driver.start_all())
+        self.assertEqual(self.state("service_top"), DEPENDS_OFF)
+        info = self.successResultOf(self.driver.start("service_base"))
+        self.assertEqual(info["state"], ON)
+        self.assertEqual(self.state("service_middle_part"), ON)
+        self.assertEqual(self.state("service_top"), ON)
+        # Optional is disabled: it stays off.
+        self.assertEqual(self.state("service_optional"), OFF)
+
+    def test_failed_start_reported_in_answer(self) -> None:
+        self.node.fail_start.add("service_optional")
+        self.started()
+        info = self.successResultOf(self.driver.start("service_optional"))
+        self.assertEqual(info["state"], FAILED)
+        self.assertIn("cannot start", info["reason"])
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    def test_stop_stops_dependents_first(self) -> None:
+        self.started()
+        info = self.successResultOf(self.driver.stop("service_base"))
+        self.assertEqual((info["state"], info["enabled"]), (OFF, False))
+        self.assertEqual(self.node.journal, ["stop service_top", "stop service_middle_part", "stop service_base"])
+        for name in ("service_middle_part", "service_top"):
+            item = self.driver.info(name)
+            self.assertEqual((item["state"], item["enabled"]), (DEPENDS_OFF, True))
+            self.assertEqual(item["reason"], "needs service_base (OFF)")
+        self.assertEqual(self.state("service_other"), ON)
+        self.assertFalse(Settings(self.path, (Base.enabled_option(),)).get("services/base/enabled"))
+
+    def test_stop_then_start_again(self) -> None:
+        self.started()
+        self.successResultOf(self.driver.stop("service_base"))
+        self.successResultOf(self.driver.start("service_base"))
+        self.assertEqual(self.state("service_top"), ON)
+
+    def test_stop_of_waiting_service_clears_reason(self) -> None:
+        self.settings.set("services/base/enabled", False)
+        self.successResultOf(self.driver.start_all())
+        info = self.successResultOf(self.driver.stop("service_middle_part"))
+        self.assertEqual((info["state"], info["enabled"]), (OFF, False))
+        self.assertNotIn("reason", info)
+
+    def test_operations_are_serialised(self) -> None:
+        self.node.hold_start.add("service_base")
+        first = self.driver.start_all()
+        second = self.driver.stop("service_other")
+        self.assertNoResult(second)
+        self.node.pending["start service_base"].callback(None)
+        self.successResultOf(first)
+        self.assertEqual(self.successResultOf(second)["state"], OFF)
+        self.assertEqual(self.node.journal[-1], "stop service_other")
+
+
+class RestartTests(DriverTestCase):
+    def test_restart_stops_and_starts_dependents(self) -> None:
+        self.started()
+        info = self.successResultOf(self.driver.restart("service_middle_part"))
+        self.assertEqual(info["state"], ON)
+        self.assertEqual(self.node.journal, ["stop service_top", "stop service_middle_part",
+                                             "start service_middle_part", "start service_top"])
+        self.assertTrue(self.settings.get("services/middle-part/enabled"))
+
+    def test_restart_disabled_conflicts(self) -> None:
+        self.started()
+        self.assertRaises(Conflict, self.driver.restart, "service_optional")
+
+    def test_restart_bad_timeout(self) -> None:
+        self.assertRaises(BadRequest, self.driver.restart, "service_base", 0)
+
+    def test_restart_timeout(self) -> None:
+        self.started()
+        self.node.hold_start.add("service_base")
+        d = self.driver.restart("service_base", wait_timeout=5)
+        self.clock.advance(4.9)
+        self.assertNoResult(d)
+        self.clock.advance(0.1)
+        failure = self.failureResultOf(d, Timeout)
+        self.assertEqual(failure.value.http_code, 503)
+        self.assertIn("service_base did not restart within 5 seconds", str(failure.value))
+        # The hung start was cancelled, so the driver is free again.
+        self.flushLoggedErrors(defer.CancelledError)
+        self.assertEqual(self.state("service_base"), FAILED)
+        self.node.hold_start.clear()
+        self.assertEqual(self.successResultOf(self.driver.restart("service_base"))["state"], ON)
+        self.assertEqual(self.state("service_top"), ON)
+
+    def test_failed_restart_leaves_dependents_explained(self) -> None:
+        self.started()
+        self.node.fail_start.add("service_base")
+        info = self.successResultOf(self.driver.restart("service_base"))
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertEqual(info["state"], FAILED)
+        self.assertEqual(self.state("service_middle_part"), DEPENDS_OFF)
+        self.assertEqual(self.driver.info("service_middle_part")["reason"], "needs service_base (FAILED)")
+
+
+class InfoTests(DriverTestCase):
+    def test_info_shape(self) -> None:
+        self.started()
+        info = self.driver.info("service_base")
+        self.assertEqual(info, {
+            "index": self.driver.names().index("service_base"),
+            "name": "service_base",
+            "state": ON,
+            "enabled": True,
+            "depends": [],
+            "dependents": ["service_middle_part", "service_top", "service_optional"],
+            "config_path": "services/base/enabled",
+            "description": "the bottom",
+            "installed": True,
+            "status": {"ticks": 3},
+        })
+
+    def test_status_only_when_on(self) -> None:
+        self.assertNotIn("status", self.driver.info("service_base"))
+
+    def test_failing_status_logged(self) -> None:
+        self.started()
+
+        def broken():
+            raise RuntimeError("status bug")
+
+        self.driver.get("service_other").status = broken
+        self.assertNotIn("status", self.driver.info("service_other"))
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    def test_with_configs(self) -> None:
+        info = self.driver.info("service_base", with_configs=True)
+        self.assertEqual([c["key"] for c in info["configs"]], ["services/base/enabled", "services/base/size"])
+        self.assertEqual(info["configs"][1], {"key": "services/base/size", "value": 4, "type": "integer"})
+
+    def test_list(self) -> None:
+        items = self.driver.list()
+        self.assertEqual([item["name"] for item in items], self.driver.names())
+        self.assertEqual([item["index"] for item in items], list(range(len(ALL))))
+        self.assertNotIn("configs", items[0])
+        self.assertIn("configs", self.driver.list(with_configs=True)[0])

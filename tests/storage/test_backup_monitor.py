@@ -1,0 +1,193 @@
+"""Tests for bitnode.storage.backup_monitor: compare, rebuild, report, never delete.
+
+Files are uploaded with the real jobs onto the in-memory grid (tests/storage/test_jobs.py
+Harness); the provider fake reads the Harness's current positions, so replacing a
+supplier is two assignments.
+"""
+
+from __future__ import annotations
+
+from twisted.internet import defer
+from twisted.trial import unittest
+
+from bitnode.errors import Unavailable
+from bitnode.storage.backup_monitor import BackupMonitor
+from bitnode.storage.interface import block_path
+from bitnode.storage.memory_grid import FaultyServer, MemoryStorageServer
+from tests.storage.test_jobs import CUSTOMER, REMOTE, SEG, Grid, Harness, download, read, write
+
+
+class FakeProvider:
+    """Positions and servers straight from the Harness; ``settle`` is what settled() answers."""
+
+    def __init__(self, h: Harness):
+        self.h = h
+        self.settle: defer.Deferred | None = None
+
+    def positions(self):
+        return list(self.h.grid.ids)
+
+    def server(self, supplier_id):
+        return dict(zip(self.h.grid.ids, self.h.servers, strict=True))[supplier_id]
+
+    def settled(self):
+        return self.settle
+
+
+class MonitorTestCase(unittest.TestCase):
+    def setUp(self):
+        self.grid = Grid()
+        self.h = Harness(self, self.grid)
+        self.source, self.data = write(self, 3 * SEG + 11)
+        self.version = self.h.manager.start_upload(self.source, REMOTE).version_id
+        self.provider = FakeProvider(self.h)
+        self.changed = 0
+        self.monitor = self.make_monitor()
+
+    def make_monitor(self, provider=None):
+        def changed():
+            self.changed += 1
+
+        monitor = BackupMonitor(self.h.clock, self.h.ctx.run_in_thread, self.h.catalog, CUSTOMER,
+                                provider or (lambda: self.provider), on_catalog_changed=changed,
+                                registry=self.h.registry)
+        self.addCleanup(monitor.destroy)
+        return monitor
+
+    def replace(self, position: int, supplier_id: str) -> MemoryStorageServer:
+        store = MemoryStorageServer()
+        self.grid.stores[position] = store
+        self.grid.ids[position] = supplier_id
+        self.h.servers[position] = FaultyServer(store, self.h.clock, name=supplier_id)
+        return store
+
+    def run_check(self, event="restart"):
+        self.monitor.event(event)
+        self.h.clock.pump([1.0] * 5)
+        self.assertEqual(self.monitor.state, "READY", self.monitor.last_error)
+        return self.monitor.status()
+
+    def deletes(self) -> int:
+        return sum(server.calls["delete"] for server in self.h.servers)
+
+
+class RebuildTests(MonitorTestCase):
+    def test_replaced_supplier_gets_byte_identical_blocks_and_data_survives_two_more_losses(self):
+        original = self.grid.blocks(1)
+        new_store = self.replace(1, "s9@id.example.net_8084")
+        figures = self.run_check("suppliers-changed")
+        self.assertEqual((figures["blocks_missing"], figures["blocks_rebuilt"]), (4, 4))
+        self.assertEqual(figures["unrecoverable_segments"], 0)
+        self.assertEqual(new_store._spaces[CUSTOMER], original)
+        holders = {(s, p): who for s, p, _, who in self.h.catalog.blocks(self.version)}
+        self.assertEqual({holders[(s, 1)] for s in range(4)}, {"s9@id.example.net_8084"})
+        self.assertEqual(self.h.catalog.missing_blocks(), [])
+        self.assertEqual(self.changed, 1)
+        self.assertEqual(self.deletes(), 0)
+        self.h.servers[0].go_offline()
+        self.h.servers[2].go_offline()
+        target = self.mktemp()
+        self.assertEqual(download(self.h, target).state, "DONE")
+        self.assertEqual(read(target), self.data)
+
+    def test_corrupted_block_is_detected_by_its_hash_and_rebuilt(self):
+        path = block_path(self.version, 2, 3)
+        good = self.grid.stores[3]._spaces[CUSTOMER][path]
+        self.grid.stores[3]._spaces[CUSTOMER][path] = good[:-1] + bytes([good[-1] ^ 1])
+        figures = self.run_check()
+        self.assertEqual((figures["blocks_missing"], figures["blocks_rebuilt"]), (1, 1))
+        self.assertEqual(self.grid.stores[3]._spaces[CUSTOMER][path], good)
+        self.assertEqual(self.h.catalog.missing_blocks(), [])
+
+    def test_block_corrupt_when_fetched_is_rebuilt_too(self):
+        self.replace(4, "s9@id.example.net_8084")
+        self.h.servers[0].corrupt(block_path(self.version, 0, 0))
+        figures = self.run_check()
+        self.assertEqual(figures["blocks_rebuilt"], 5)  # four on the new supplier, one over the bad copy
+        self.assertEqual(figures["rebuild_failures"], 1)
+        self.assertEqual(self.h.catalog.missing_blocks(), [])
+
+    def test_fewer_than_k_survivors_is_reported_and_nothing_is_deleted(self):
+        for position in (0, 1, 2):
+            del self.grid.stores[position]._spaces[CUSTOMER][block_path(self.version, 1, position)]
+        before = [self.grid.blocks(i) for i in range(5)]
+        figures = self.run_check()
+        self.assertEqual(figures["unrecoverable_segments"], 1)
+        self.assertEqual(figures["unrecoverable"], [{"version_id": self.version, "segment": 1,
+                                                     "available": 2, "needed": 3}])
+        self.assertEqual(figures["blocks_rebuilt"], 0)
+        self.assertEqual(self.deletes(), 0)
+        self.assertEqual([self.grid.blocks(i) for i in range(5)], before)
+        self.assertEqual(self.h.catalog.missing_blocks(), [(self.version, 1, 0), (self.version, 1, 1),
+                                                           (self.version, 1, 2)])
+
+    def test_offline_supplier_is_unknown_not_missing(self):
+        self.h.servers[2].go_offline()
+        figures = self.run_check()
+        self.assertEqual(figures["suppliers_unreachable"], [self.grid.ids[2]])
+        self.assertEqual((figures["blocks_unknown"], figures["blocks_missing"]), (4, 0))
+        self.assertEqual(self.h.catalog.missing_blocks(), [])
+        self.assertEqual(self.changed, 0)
+
+    def test_block_the_catalog_thought_missing_but_held_is_recorded(self):
+        self.h.catalog.set_block_holder(self.version, 0, 4, "")
+        figures = self.run_check()
+        self.assertEqual((figures["holders_corrected"], figures["blocks_rebuilt"]), (1, 0))
+        self.assertEqual(self.h.catalog.missing_blocks(), [])
+
+    def test_empty_position_marks_the_old_holders_blocks_missing(self):
+        self.grid.ids[3] = ""
+        figures = self.run_check()
+        self.assertEqual(figures["blocks_rebuilt"], 0)
+        self.assertEqual(len(self.h.catalog.missing_blocks()), 4)
+
+
+class MachineTests(MonitorTestCase):
+    def test_waits_for_fire_hire_to_settle(self):
+        self.provider.settle = defer.Deferred()
+        self.monitor.event("restart")
+        self.assertEqual(self.monitor.state, "FIRE_HIRE")
+        self.provider.settle.callback(None)
+        self.assertEqual(self.monitor.state, "READY")
+        self.assertEqual([r.to_state for r in self.monitor.history],
+                         ["FIRE_HIRE", "LIST_FILES", "LIST_BACKUPS", "REBUILDING", "READY"])
+
+    def test_stops_waiting_for_fire_hire_after_a_minute(self):
+        self.provider.settle = defer.Deferred()
+        self.monitor.event("restart")
+        self.h.clock.advance(60.0)
+        self.assertEqual(self.monitor.state, "READY")
+        self.provider.settle.callback(None)  # late: harmless
+        self.assertEqual(self.monitor.state, "READY")
+
+    def test_restart_during_a_run_runs_again(self):
+        self.h.slow(1.0)
+        self.monitor.event("restart")
+        self.assertEqual(self.monitor.state, "LIST_BACKUPS")
+        self.monitor.event("suppliers-changed")
+        self.h.clock.pump([1.0] * 3)
+        self.assertEqual(self.monitor.state, "READY")
+        self.assertEqual(self.monitor.runs, 2)
+
+    def test_periodic_check(self):
+        self.h.clock.advance(600.0)
+        self.assertEqual(self.monitor.runs, 1)
+        self.assertEqual(self.monitor.state, "READY")
+
+    def test_without_suppliers_the_run_fails_and_says_why(self):
+        def none():
+            raise Unavailable("no suppliers hired: service_customer is off")
+
+        monitor = self.make_monitor(none)
+        monitor.event("restart")
+        self.assertEqual(monitor.state, "READY")
+        self.assertIn("service_customer is off", monitor.status()["last_error"])
+
+    def test_shutdown_mid_run_cancels_and_forgets(self):
+        self.h.slow(1.0)
+        self.monitor.event("restart")
+        done = self.monitor.shutdown()
+        self.successResultOf(done)
+        self.assertEqual(self.monitor.state, "CLOSED")
+        self.assertEqual(self.monitor.active_timers(), [])
+        self.assertNotIn(self.monitor, list(self.h.registry))

@@ -1,0 +1,304 @@
+"""Tests for bitnode.storage.storage_service: service_backups in real Nodes over an in-memory grid.
+
+Nodes are real (reactor, thread pool, API listeners on port 0); identities use
+the fake identity servers of tests/userid/fakes.py with 1024-bit keys; the
+suppliers are MemoryStorageServers behind a fake supplier provider (the
+customer service that will provide real ones is not part of this test).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+
+from twisted.internet import defer, reactor
+from twisted.internet.task import deferLater
+from twisted.trial import unittest
+from zope.interface import implementer
+
+from bitnode.errors import Unavailable
+from bitnode.storage.catalog import COMPLETE
+from bitnode.storage.interface import IStorageServer
+from bitnode.storage.memory_grid import MemoryStorageServer
+from bitnode.storage.storage_service import NO_SUPPLIERS, StorageService
+from bitnode.userid.id_service import IdentityService
+from tests.interface.support import start_node
+from tests.userid.fakes import SERVER, FakeClient, FakeServers
+
+ME = "alice@id.example.net_8084"
+MASTER = "master$" + ME
+SEG = 64 * 1024
+SETTINGS = {"personal/private-key-size": 1024, "personal/identity-servers": [SERVER],
+            "services/backups/segment-size": SEG, "services/backups/segments-in-flight": 1,
+            "services/backups/catalog-backup-delay": 3600.0}
+
+
+@implementer(IStorageServer)
+class Gate:
+    """A supplier that can stop answering stores after ``budget`` of them, or go offline; counts stores."""
+
+    def __init__(self, store: MemoryStorageServer):
+        self.store = store
+        self.budget: int | None = None
+        self.offline = False
+        self.stores = 0
+        self.held: list[defer.Deferred] = []
+
+    def _check(self):
+        if self.offline:
+            raise Unavailable("supplier offline")
+
+    def store_block(self, customer_id, path, data):
+        self.stores += 1
+        if self.offline:
+            return defer.fail(Unavailable("supplier offline"))
+        if self.budget is not None:
+            if self.budget <= 0:
+                held = defer.Deferred()
+                self.held.append(held)
+                return held
+            self.budget -= 1
+        return self.store.store_block(customer_id, path, data)
+
+    def fetch_block(self, customer_id, path):
+        return defer.maybeDeferred(self._check).addCallback(lambda _: self.store.fetch_block(customer_id, path))
+
+    def list_blocks(self, customer_id, prefix):
+        return defer.maybeDeferred(self._check).addCallback(lambda _: self.store.list_blocks(customer_id, prefix))
+
+    def delete(self, customer_id, path):
+        return defer.maybeDeferred(self._check).addCallback(lambda _: self.store.delete(customer_id, path))
+
+
+class GridProvider:
+    """A supplier provider over in-memory suppliers; ``replace`` hires a new one at a position."""
+
+    def __init__(self, stores: list[MemoryStorageServer] | None = None):
+        self.stores = stores if stores is not None else [MemoryStorageServer() for _ in range(5)]
+        self.ids = [f"s{i}@id.example.net_8084" for i in range(len(self.stores))]
+        self.gates = {sid: Gate(store) for sid, store in zip(self.ids, self.stores, strict=True)}
+        self.listeners: list = []
+
+    def positions(self):
+        return list(self.ids)
+
+    def server(self, supplier_id):
+        if supplier_id not in self.gates:
+            raise Unavailable(f"{supplier_id} is not connected")
+        return self.gates[supplier_id]
+
+    def subscribe(self, callback):
+        self.listeners.append(callback)
+        return lambda: self.listeners.remove(callback)
+
+    def replace(self, position: int, supplier_id: str) -> MemoryStorageServer:
+        store = MemoryStorageServer()
+        self.stores[position] = store
+        self.ids[position] = supplier_id
+        self.gates[supplier_id] = Gate(store)
+        for callback in list(self.listeners):
+            callback()
+        return store
+
+    def stores_sent(self) -> int:
+        return sum(gate.stores for gate in self.gates.values())
+
+
+def identity_service(servers: FakeServers):
+    class FakeNetworkIdentityService(IdentityService):
+        def make_client(self):
+            return FakeClient(servers)
+
+    return FakeNetworkIdentityService
+
+
+def storage_service(provider):
+    class GridStorageService(StorageService):
+        def make_provider(self):
+            return provider
+
+    return GridStorageService
+
+
+def wait_until(predicate, timeout: float = 3.0, step: float = 0.005) -> defer.Deferred:
+    """Poll ``predicate`` on the reactor until it is true; fail after ``timeout`` seconds."""
+
+    async def poll():
+        waited = 0.0
+        while not predicate():
+            if waited > timeout:
+                raise AssertionError(f"condition not reached in {timeout}s: {predicate}")
+            await deferLater(reactor, step, lambda: None)
+            waited += step
+
+    return defer.Deferred.fromCoroutine(poll())
+
+
+def write(case, size: int, seed: int = 1) -> tuple[str, bytes]:
+    path = case.mktemp()
+    data = random.Random(seed).randbytes(size)
+    with open(path, "wb") as handle:
+        handle.write(data)
+    return path, data
+
+
+def read(path: str) -> bytes:
+    with open(path, "rb") as handle:
+        return handle.read()
+
+
+class StorageNodeTestCase(unittest.TestCase):
+    """Helpers to run nodes with service_identity (fake identity servers) and service_backups."""
+
+    def setUp(self):
+        self.servers = FakeServers()
+        self.provider = GridProvider()
+
+    @defer.inlineCallbacks
+    def start(self, basedir=None, provider="default", storage=None, overrides=None, identity=True):
+        provider = self.provider if provider == "default" else provider
+        settings = dict(SETTINGS)
+        settings.update(overrides or {})
+        classes = [identity_service(self.servers), storage or storage_service(provider)]
+        node = yield start_node(self, service_classes=classes, overrides=settings, basedir=basedir or self.mktemp())
+        service = node.service_driver.get("service_backups")
+        if identity and node.service_driver.get("service_identity").my_identity() is None:
+            yield node.service_driver.get("service_identity").create_identity("alice")
+        if identity:
+            yield wait_until(lambda: service.transfers is not None)
+        return node, service
+
+    @defer.inlineCallbacks
+    def upload(self, service, size: int = 3 * SEG, remote: str = MASTER + ":docs/a.bin", seed: int = 1):
+        source, data = write(self, size, seed)
+        job = service.transfers.start_upload(source, remote)
+        yield job.wait()
+        return job, source, data
+
+    @defer.inlineCallbacks
+    def download(self, service, remote: str = MASTER + ":docs/a.bin"):
+        target = os.path.join(self.mktemp(), "out.bin")
+        job = service.transfers.start_download(remote, target)
+        yield job.wait()
+        return read(target)
+
+
+class ServiceTests(StorageNodeTestCase):
+    @defer.inlineCallbacks
+    def test_upload_and_download_through_the_service(self):
+        node, service = yield self.start()
+        _, _, data = yield self.upload(service)
+        self.assertEqual((yield self.download(service)), data)
+        self.assertTrue(os.path.exists(os.path.join(node.basedir.metadata, "catalog.sqlite")))
+        names = [m["name"] for m in node.automats.list()]
+        self.assertIn("backup_monitor", names)
+        info = node.service_driver.info("service_backups")
+        self.assertEqual(info["state"], "ON")
+        self.assertTrue(info["status"]["ready"])
+        self.assertEqual(node.settings.get("services/backups/data-blocks"), 0)
+
+    @defer.inlineCallbacks
+    def test_without_a_supplier_provider_nothing_pretends_to_work(self):
+        node, service = yield self.start(storage=StorageService)
+        source, _ = write(self, 10)
+        error = self.assertRaises(Unavailable, service.transfers.start_upload, source, MASTER + ":a")
+        self.assertEqual(str(error), NO_SUPPLIERS)
+        self.assertRaises(Unavailable, service.placement)
+        yield wait_until(lambda: "error" in service.last_restore)
+        self.assertIn("service_customer is off", service.last_restore["error"])
+        service.sync()
+        yield wait_until(lambda: service.monitor.last_error != "")
+        self.assertIn("service_customer is off", service.monitor.last_error)
+
+    @defer.inlineCallbacks
+    def test_parts_wait_for_an_identity(self):
+        node, service = yield self.start(identity=False)
+        self.assertIsNone(service.transfers)
+        yield node.service_driver.get("service_identity").create_identity("alice")
+        yield wait_until(lambda: service.transfers is not None)
+        self.assertEqual(service.master_key_id(), MASTER)
+
+    @defer.inlineCallbacks
+    def test_k_setting_is_used(self):
+        node, service = yield self.start(overrides={"services/backups/data-blocks": 2})
+        job, _, _ = yield self.upload(service, size=10)
+        version = service.catalog.version(job.version_id)
+        self.assertEqual((version["k"], version["n"]), (2, 5))
+
+    @defer.inlineCallbacks
+    def test_new_supplier_gets_its_blocks_rebuilt(self):
+        node, service = yield self.start()
+        job, _, data = yield self.upload(service)
+        yield wait_until(lambda: service.monitor.state == "READY")
+        runs = service.monitor.runs
+        new_store = self.provider.replace(2, "s9@id.example.net_8084")
+        yield wait_until(lambda: service.monitor.runs > runs and service.monitor.state == "READY")
+        self.assertEqual(service.monitor.status()["blocks_rebuilt"], 3)
+        self.assertEqual(len(new_store._spaces[ME]), 3)
+        self.assertEqual(service.catalog.missing_blocks(), [])
+        self.provider.gates[self.provider.ids[0]].offline = True
+        self.provider.gates[self.provider.ids[1]].offline = True
+        self.assertEqual((yield self.download(service)), data)
+
+    @defer.inlineCallbacks
+    def test_delete_removes_blocks_first_and_reports_what_failed(self):
+        node, service = yield self.start()
+        job, _, _ = yield self.upload(service)
+        self.provider.gates[self.provider.ids[4]].offline = True
+        outcome = yield service.delete(MASTER + ":docs")
+        self.assertEqual((outcome["versions"], outcome["blocks_deleted"]), (1, 12))
+        self.assertEqual([f["supplier"] for f in outcome["failed"]], [self.provider.ids[4]])
+        self.assertFalse(service.catalog.exists(MASTER, "docs"))
+        self.assertEqual(self.provider.stores[0]._spaces[ME], {})
+        self.assertTrue(self.provider.stores[4]._spaces[ME])
+        self.provider.gates[self.provider.ids[4]].offline = False
+        self.provider.replace(3, "s8@id.example.net_8084")  # any change of suppliers retries the delete
+        yield wait_until(lambda: self.provider.stores[4]._spaces[ME] == {})
+
+    @defer.inlineCallbacks
+    def test_catalog_is_backed_up_after_a_change(self):
+        node, service = yield self.start(overrides={"services/backups/catalog-backup-delay": 0.0})
+        yield self.upload(service)
+        yield wait_until(lambda: service.last_backup.get("serial") == 1)
+        self.assertIn("catalog-1/manifest", self.provider.stores[0]._spaces[ME])
+
+
+class RestartTests(StorageNodeTestCase):
+    @defer.inlineCallbacks
+    def test_interrupted_upload_resumes_after_restart_without_resending(self):
+        basedir = self.mktemp()
+        node, service = yield self.start(basedir)
+        for gate in self.provider.gates.values():
+            gate.budget = 2  # two segments get through, the third is never answered
+        source, data = write(self, 5 * SEG)
+        job = service.transfers.start_upload(source, MASTER + ":big.bin")
+        yield wait_until(lambda: sum(len(g.held) for g in self.provider.gates.values()) == 5)
+        version_id = job.version_id
+        self.assertEqual(service.catalog.resume_point(version_id), 2)
+        yield node.stopService()
+        self.assertEqual(job.state, "PAUSED")
+
+        fresh = GridProvider(self.provider.stores)
+        node, service = yield self.start(basedir, provider=fresh)
+        yield wait_until(lambda: service.catalog.version(version_id)["state"] == COMPLETE)
+        self.assertEqual(fresh.stores_sent(), 3 * 5)
+        self.assertEqual((yield self.download(service, MASTER + ":big.bin")), data)
+
+    @defer.inlineCallbacks
+    def test_new_machine_with_only_the_private_key_gets_the_catalog_and_the_file(self):
+        node, service = yield self.start()
+        yield self.upload(service)
+        outcome = yield service.backup_catalog()
+        self.assertEqual(outcome["serial"], 1)
+        key_file = os.path.join(self.mktemp())
+        yield node.service_driver.get("service_identity").backup_identity(os.path.abspath(key_file))
+        yield node.stopService()
+
+        other, restored = yield self.start(identity=False)
+        yield other.service_driver.get("service_identity").recover_identity(os.path.abspath(key_file))
+        yield wait_until(lambda: restored.catalog is not None and restored.last_restore.get("serial") == 1)
+        self.assertTrue(restored.catalog.exists(MASTER, "docs/a.bin"))
+        self.assertEqual((yield self.download(restored)), random.Random(1).randbytes(3 * SEG))
+        # Its next backup is newer than the one it restored.
+        restored.catalog.create(MASTER, "new.txt")
+        self.assertEqual((yield restored.backup_catalog())["serial"], 2)

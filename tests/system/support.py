@@ -1,0 +1,154 @@
+"""Helpers for system tests: real node processes, driven the way a user drives them.
+
+Everything waits by polling with short intervals under an overall deadline;
+nothing sleeps for a fixed long time. Every process a test starts is killed in
+cleanup if the test did not stop it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from typing import Callable
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from bitnode.main.basedir import Basedir
+
+DEADLINE = 20.0
+POLL = 0.05
+VENV_BIN = os.path.dirname(sys.executable)
+_NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def wait_for(predicate: Callable[[], object], what: str, timeout: float = DEADLINE):
+    """Poll ``predicate`` until it returns something true; AssertionError naming ``what`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(POLL)
+
+
+def port_settings() -> list[str]:
+    """``KEY=0`` for every port option a node has, so a test node never collides with another."""
+    from bitnode.main.schema import SCHEMA
+    from bitnode.services.catalog import SERVICES
+
+    keys = [option.key for option in SCHEMA]
+    for service in SERVICES:
+        keys += [option.key for option in getattr(service, "options", ())]
+    return [f"{key}=0" for key in keys if key.endswith("port")]
+
+
+def script(name: str) -> list[str]:
+    """The command of console script ``name`` of this interpreter's environment."""
+    path = os.path.join(VENV_BIN, name)
+    if os.path.exists(path):
+        return [path]
+    fallback = {"bitnode": "bitnode.interface.cli", "twistd": "bitnode.main.twistd_main"}[name]
+    return [sys.executable, "-m", fallback]
+
+
+def read_json(path: str) -> dict | None:
+    """A JSON file's content, or None while it does not exist or is being written."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except (OSError, ValueError):
+        return None
+
+
+def http_get(url: str, secret: str | None = None, timeout: float = 5.0) -> tuple[int, dict]:
+    """GET ``url`` with the ``api_secret`` header: (HTTP code, JSON body)."""
+    request = urllib.request.Request(url)
+    if secret is not None:
+        request.add_header("api_secret", secret)
+    try:
+        with _NO_PROXY.open(request, timeout=timeout) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        with err:
+            return err.code, json.loads(err.read())
+
+
+def pid_alive(pid: int) -> bool:
+    """True while ``pid`` runs (zombies count as gone)."""
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+class ProcessTestCase(SynchronousTestCase):
+    """A test case that owns real processes and basedirs, and cleans them up."""
+
+    def make_basedir(self) -> Basedir:
+        """A fresh basedir path inside the test's temporary directory."""
+        return Basedir.at(os.path.abspath(self.mktemp()))
+
+    def kill_at_cleanup(self, pid_source: Callable[[], int | None]) -> None:
+        """SIGKILL whatever pid ``pid_source`` names at cleanup, if still alive."""
+
+        def kill():
+            pid = pid_source()
+            if pid and pid_alive(pid):
+                os.kill(pid, signal.SIGCONT)
+                os.kill(pid, signal.SIGKILL)
+
+        self.addCleanup(kill)
+
+    def spawn(self, command: list[str], cwd: str | None = None) -> subprocess.Popen:
+        """Start ``command`` with output captured; killed and reaped at cleanup."""
+        proc = subprocess.Popen(command, cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+
+        def reap():
+            if proc.poll() is None:
+                proc.kill()
+            proc.communicate(timeout=DEADLINE)
+
+        self.addCleanup(reap)
+        return proc
+
+    def run_cli(self, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess:
+        """Run ``bitnode ARGS`` to completion: (returncode, stdout, stderr)."""
+        return subprocess.run([*script("bitnode"), *args], stdin=subprocess.DEVNULL, capture_output=True,
+                              text=True, timeout=timeout)
+
+    def wait_endpoints(self, basedir: Basedir, pid: int | None = None) -> dict:
+        """The endpoints file of a node once written (by process ``pid`` when given)."""
+
+        def written():
+            data = read_json(basedir.endpoints_file)
+            if data and "http" in data and (pid is None or data.get("pid") == pid):
+                return data
+            return None
+
+        return wait_for(written, f"{basedir.endpoints_file}")
+
+    def wait_ready(self, basedir: Basedir, secret: str) -> dict:
+        """Poll process_health until the node says ready; its endpoints."""
+
+        def ready():
+            endpoints = read_json(basedir.endpoints_file)
+            if not endpoints:
+                return None
+            try:
+                code, body = http_get(endpoints["http"] + "process/health/v1", secret, timeout=2.0)
+            except OSError:
+                return None
+            return endpoints if code == 200 and body["result"]["ready"] else None
+
+        return wait_for(ready, "process_health to say ready")

@@ -1,0 +1,164 @@
+"""Node: several nodes in one reactor stay apart, and a stopped node leaves nothing behind."""
+
+from __future__ import annotations
+
+import json
+
+from treq.client import HTTPClient
+from twisted.internet import defer, reactor
+from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet.error import CannotListenError, ConnectionRefusedError
+from twisted.internet.protocol import Factory, Protocol
+from twisted.trial import unittest
+from twisted.web.client import Agent, HTTPConnectionPool
+
+from bitnode.interface import api as api_module
+from bitnode.node import build_node
+from tests.interface.support import (
+    FAKE_SERVICES,
+    WAIT,
+    HttpApi,
+    Lamp,
+    connect_ws,
+    pending_calls,
+    start_node,
+    stored_settings,
+    wait,
+)
+
+
+class _Idle(Protocol):
+    """A client that connects and says nothing."""
+
+    def connectionMade(self):
+        self.lost = defer.Deferred()
+
+    def connectionLost(self, reason):
+        self.lost.callback(None)
+
+
+class TwoNodesTests(unittest.TestCase):
+    """Two nodes with their own basedirs and ports in one reactor."""
+
+    @defer.inlineCallbacks
+    def setUp(self):
+        self.a = yield start_node(self)
+        self.b = yield start_node(self)
+        self.api_a = HttpApi(self, self.a)
+        self.api_b = HttpApi(self, self.b)
+
+    def test_each_node_has_its_own_basedir_ports_and_secret(self):
+        self.assertNotEqual(self.a.basedir.root, self.b.basedir.root)
+        self.assertNotEqual(self.a.endpoints()["http"], self.b.endpoints()["http"])
+        self.assertNotEqual(self.a.endpoints()["ws"], self.b.endpoints()["ws"])
+        self.assertNotEqual(self.a.api_secret, self.b.api_secret)
+
+    @defer.inlineCallbacks
+    def test_both_answer_and_refuse_the_other_ones_secret(self):
+        for api in (self.api_a, self.api_b):
+            self.assertEqual((yield api.get("process/health/v1")).result["alive"], True)
+        reply = yield self.api_b.request("GET", "process/health/v1", secret=self.a.api_secret)
+        self.assertEqual(reply.code, 401)
+        info = (yield self.api_b.get("process/info/v1")).result
+        self.assertEqual(info["basedir"], self.b.basedir.root)
+
+    def test_each_node_writes_its_own_endpoints_file(self):
+        for node in (self.a, self.b):
+            with open(node.basedir.endpoints_file, encoding="utf-8") as handle:
+                written = json.load(handle)
+            self.assertEqual((written["http"], written["ws"], written["basedir"]),
+                             (node.endpoints()["http"], node.endpoints()["ws"], node.basedir.root))
+
+    @defer.inlineCallbacks
+    def test_config_set_on_one_does_not_change_the_other(self):
+        yield self.api_a.post("config/set/v1", key="logs/debug-level", value=12)
+        self.assertEqual((yield self.api_b.get("config/get/v1", key="logs/debug-level")).result["value"], 4)
+        self.assertEqual(stored_settings(self.a)["logs/debug-level"], 12)
+        self.assertNotIn("logs/debug-level", stored_settings(self.b))
+        yield self.api_b.post("service/stop/service_fake_top/v1")
+        self.assertTrue(self.a.service_driver.is_on("service_fake_top"))
+
+    @defer.inlineCallbacks
+    def test_events_stay_on_their_node(self):
+        listener_b = yield connect_ws(self, self.b)
+        seq_b = self.b.events.last_seq
+        sent = (yield self.api_a.post("event/send/only-a/v1")).result
+        self.assertEqual(sent["seq"], self.a.events.last_seq)
+        self.assertEqual(self.b.events.last_seq, seq_b)
+        yield listener_b.call_ok("process_health")
+        self.assertEqual(listener_b.events(), [])
+        polled = (yield self.api_b.get("event/listen/b/v1", since=0, polling_timeout=0)).result
+        self.assertNotIn("only-a", [e["event_id"] for e in polled["events"]])
+
+    @defer.inlineCallbacks
+    def test_stopping_one_leaves_the_other_running(self):
+        ports = [self.a._http_port.getHost().port, self.a._ws_port.getHost().port]
+        yield self.a.stopService()
+        for port in ports:
+            with self.assertRaises(ConnectionRefusedError):
+                yield TCP4ClientEndpoint(reactor, "127.0.0.1", port).connect(Factory.forProtocol(Protocol))
+        self.assertEqual((yield self.api_b.get("process/health/v1")).result, {"alive": True, "ready": True})
+        client = yield connect_ws(self, self.b)
+        self.assertTrue((yield client.call_ok("event_send", event_id="still-here"))["seq"])
+
+
+class StopTests(unittest.TestCase):
+    """After stopService no listening port, connection, thread or delayed call of the node remains."""
+
+    @defer.inlineCallbacks
+    def test_stop_service_leaves_nothing_behind(self):
+        before = pending_calls()
+        node = yield start_node(self)
+        ports = [node._http_port, node._ws_port]
+        ws = yield connect_ws(self, node)
+        # A keep-alive HTTP connection the client does not close itself.
+        pool = HTTPConnectionPool(reactor, persistent=True)
+        self.addCleanup(pool.closeCachedConnections)
+        client = HTTPClient(Agent(reactor, pool=pool))
+        response = yield client.get(node.endpoints()["http"] + "process/health/v1",
+                                    headers={"api_secret": node.api_secret})
+        yield response.content()
+        # Idle raw connections: one that never sends its WebSocket handshake, one that never sends a request.
+        idle = []
+        for port in ports:
+            idle.append((yield TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port).connect(
+                Factory.forProtocol(_Idle))))
+        lamp = Lamp(node.reactor, registry=node.automats)
+        lamp.event("switch")
+        self.patch(api_module, "STOP_DELAY", 30.0)
+        node.on_stop_requested = lambda: self.fail("stop requested after the node stopped")
+        yield ws.call_ok("process_stop")
+        self.assertTrue(node.threadpool.started)
+        self.assertTrue(pending_calls() - before)
+
+        yield node.stopService()
+
+        self.assertEqual(node.endpoints(), {})
+        for port in ports:
+            self.assertNotIn(port, reactor.getReaders())
+        self.assertEqual([tracker.protocols for tracker in node._connections], [])
+        self.assertFalse(node.threadpool.started)
+        self.assertEqual(node.threadpool.threads, [])
+        self.assertTrue(lamp.destroyed)
+        yield ws.closed.addTimeout(WAIT, reactor)
+        for protocol in idle:
+            yield protocol.lost.addTimeout(WAIT, reactor)
+        (kept,) = [protocol for protocols in pool._connections.values() for protocol in protocols]
+        for _ in range(50):  # the client side of the kept-alive connection sees the close a moment later
+            if kept._state == "CONNECTION_LOST":
+                break
+            yield wait(0.01)
+        self.assertEqual(kept._state, "CONNECTION_LOST")
+        yield pool.closeCachedConnections()  # the client pool's own idle timer
+        self.assertEqual(pending_calls() - before, set())
+
+    @defer.inlineCallbacks
+    def test_failed_listen_leaves_no_port_or_thread(self):
+        first = yield start_node(self)
+        taken = int(first.endpoints()["ws"].rsplit(":", 1)[1].rstrip("/"))
+        second = build_node(self.mktemp(), reactor, service_classes=FAKE_SERVICES,
+                            overrides={"interface/api/http-port": 0, "interface/api/ws-port": taken})
+        self.assertRaises(CannotListenError, second.startService)
+        self.assertIsNone(second._http_port)
+        self.assertFalse(second.threadpool.started)
+        yield wait(0)  # the HTTP port opened before the failure finishes closing
