@@ -18,14 +18,13 @@ $(STAMP): setup.cfg setup.py
 
 venv: $(STAMP)
 
-## make run: install, start a local node in the background, and print where its API is and how to call it.
-## A second `make run` while it runs says so and prints the same; `make stop` stops it.
+## make run: install, start a local network (identity server, suppliers, a customer), print where the API is.
 run: $(STAMP)
-	@$(VENV)/bin/bitnode start --basedir $(LOCALNET)/node
-	@echo "  or:        make stop"
+	@$(VENV)/bin/bitnode localnet up --dir $(LOCALNET)
+	@echo "Stop it:  make stop"
 
 stop: $(STAMP)
-	@$(VENV)/bin/bitnode stop --basedir $(LOCALNET)/node
+	@$(VENV)/bin/bitnode localnet down --dir $(LOCALNET)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check automats bitnode tests scripts twisted

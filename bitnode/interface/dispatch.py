@@ -3,6 +3,12 @@
 REST, WebSocket and the CLI all go through :class:`Dispatcher`, so argument
 checking, the 501 for unbuilt methods, timing and error mapping happen in one
 place.
+
+Everything that can be worked out from the route table alone (path patterns,
+accepted verbs, parameter tables, where a legacy name leads) is worked out
+once, when the dispatcher is built; a call only looks things up. A handler
+that answers with a plain value is answered without a Deferred
+(:meth:`Dispatcher.answer`), which is what keeps the API's overhead small.
 """
 
 from __future__ import annotations
@@ -10,7 +16,9 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import dataclass
-from typing import Any, Union
+from types import CoroutineType
+from typing import Any, Callable, Union
+from urllib.parse import unquote
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -38,6 +46,48 @@ class Answer:
     headers: dict
 
 
+class ParamTable:
+    """The parameters of one method, indexed once (names and aliases) for :meth:`bind`."""
+
+    __slots__ = ("name", "params", "_by_name")
+
+    def __init__(self, name: str, params: tuple[Param, ...]):
+        self.name = name
+        self.params = params
+        self._by_name: dict[str, Param] = {}
+        for param in params:
+            self._by_name[param.name] = param
+            for alias in param.aliases:
+                self._by_name[alias] = param
+
+    def bind(self, raw: dict) -> dict:
+        """Check ``raw``: unknown names, missing required ones, types; fill in defaults.
+
+        Every BadRequest names the parameter concerned.
+        """
+        kwargs: dict[str, Any] = {}
+        by_name = self._by_name
+        for key, value in raw.items():
+            param = by_name.get(key)
+            if param is None:
+                raise BadRequest(f"{self.name}: unknown parameter '{key}'")
+            if param.name in kwargs:
+                raise BadRequest(f"{self.name}: parameter '{param.name}' given twice")
+            kwargs[param.name] = param.coerce(value)
+        if len(kwargs) < len(self.params):
+            for param in self.params:
+                if param.name not in kwargs:
+                    if param.required:
+                        raise BadRequest(f"{self.name}: missing parameter '{param.name}'")
+                    kwargs[param.name] = param.default_value()
+        return kwargs
+
+
+def bind_arguments(name: str, params: tuple[Param, ...], raw: dict) -> dict:
+    """Check ``raw`` against ``params`` (see :meth:`ParamTable.bind`); the keyword arguments with defaults."""
+    return ParamTable(name, params).bind(raw)
+
+
 def _path_regex(path: str) -> re.Pattern:
     parts = []
     for part in path.split("/"):
@@ -48,31 +98,15 @@ def _path_regex(path: str) -> re.Pattern:
     return re.compile("^" + "/".join(parts) + "$")
 
 
-def bind_arguments(name: str, params: tuple[Param, ...], raw: dict) -> dict:
-    """Check ``raw`` against ``params``: unknown names, missing required ones, types.
+class _Entry:
+    """A target as the path index holds it: its pattern and verbs, computed once."""
 
-    Returns the keyword arguments with defaults filled in. Every BadRequest
-    names the parameter concerned.
-    """
-    by_name: dict[str, Param] = {}
-    for param in params:
-        by_name[param.name] = param
-        for alias in param.aliases:
-            by_name[alias] = param
-    kwargs: dict[str, Any] = {}
-    for key, value in raw.items():
-        param = by_name.get(key)
-        if param is None:
-            raise BadRequest(f"{name}: unknown parameter '{key}'")
-        if param.name in kwargs:
-            raise BadRequest(f"{name}: parameter '{param.name}' given twice")
-        kwargs[param.name] = param.coerce(value)
-    for param in params:
-        if param.name not in kwargs:
-            if param.required:
-                raise BadRequest(f"{name}: missing parameter '{param.name}'")
-            kwargs[param.name] = param.default_value()
-    return kwargs
+    __slots__ = ("target", "verbs", "regex")
+
+    def __init__(self, target: Target):
+        self.target = target
+        self.verbs = target.verbs
+        self.regex = _path_regex(target.path) if "{" in target.path else None
 
 
 class Dispatcher:
@@ -80,13 +114,34 @@ class Dispatcher:
 
     log = Logger()
 
-    def __init__(self, api: Any, log_calls=lambda: False):
+    def __init__(self, api: Any, log_calls: Callable[[], bool] = lambda: False):
         self._api = api
         self._log_calls = log_calls
         self._routes = {route.name: route for route in ROUTES}
         self._legacy = {alias.name: alias for alias in LEGACY if alias.name not in self._routes}
-        self._paths: list[tuple[re.Pattern, Target]] = [(_path_regex(r.path), r) for r in ROUTES]
-        self._paths += [(_path_regex(a.path), a) for a in self._legacy.values()]
+        entries = [_Entry(target) for target in (*ROUTES, *self._legacy.values())]
+        # A fixed path maps to every entry matching it, in table order (a pattern may match it too);
+        # other paths are tried against the patterns with the same number of segments only.
+        self._fixed: dict[str, list[tuple[_Entry, dict]]] = {}
+        self._patterns: dict[int, list[_Entry]] = {}
+        for entry in entries:
+            if entry.regex is None:
+                self._fixed[entry.target.path] = []
+            else:
+                self._patterns.setdefault(entry.target.path.count("/"), []).append(entry)
+        for path, found in self._fixed.items():
+            for entry in entries:
+                if entry.regex is None:
+                    if entry.target.path == path:
+                        found.append((entry, {}))
+                else:
+                    match = entry.regex.match(path)
+                    if match is not None:
+                        found.append((entry, match.groupdict()))
+        # Keyed by identity: the table's own objects are what by_name and by_path hand out.
+        self._calls: dict[int, tuple[Target, Callable[[dict], Any]]] = {}
+        for target in (*ROUTES, *self._legacy.values()):
+            self._calls[id(target)] = (target, self._plan(target))
 
     # --- resolving -----------------------------------------------------------
 
@@ -99,20 +154,28 @@ class Dispatcher:
         raise NotFound(f"unknown API method {name!r}")
 
     def by_path(self, path: str, verb: str) -> tuple[Target, dict]:
-        """The target of an HTTP path and the arguments taken from the path itself.
+        """The target of an HTTP path and the (URL-decoded) arguments taken from the path itself.
 
-        NotFound for an unknown path, MethodNotAllowed (with the allowed verbs)
-        for a known path with the wrong verb.
+        ``path`` is the raw request path, still %-encoded: a placeholder's
+        value may contain an encoded ``/``. NotFound for an unknown path,
+        MethodNotAllowed (with the allowed verbs) for a known path with the
+        wrong verb.
         """
         path = path.strip("/")
+        fixed = self._fixed.get(path)
+        if fixed is not None:
+            candidates = fixed
+        else:
+            candidates = []
+            for entry in self._patterns.get(path.count("/"), ()):
+                match = entry.regex.match(path)
+                if match is not None:
+                    candidates.append((entry, match.groupdict()))
         allowed: tuple[str, ...] = ()
-        for regex, target in self._paths:
-            match = regex.match(path)
-            if match is None:
-                continue
-            if verb in target.verbs:
-                return target, match.groupdict()
-            allowed += target.verbs
+        for entry, args in candidates:
+            if verb in entry.verbs:
+                return entry.target, {name: unquote(value) for name, value in args.items()}
+            allowed += entry.verbs
         if allowed:
             raise MethodNotAllowed(f"{verb} is not allowed on /{path}; use {', '.join(allowed)}", allowed)
         raise NotFound(f"no API method at /{path}")
@@ -130,17 +193,63 @@ class Dispatcher:
         """Validate ``raw`` and call the handler; a Deferred of the handler's result."""
         return defer.maybeDeferred(self._call, target, raw)
 
+    def answer(self, target: Target, raw: dict) -> Answer | defer.Deferred:
+        """Call and answer: an :class:`Answer` at once when the handler answered at once,
+        else a Deferred that always fires with one (never errbacks; cancelling it answers 499).
+        """
+        started = time.perf_counter()
+        try:
+            result = self._call(target, raw)
+        except BaseException:
+            return self._failed(Failure(), target, started)
+        if isinstance(result, defer.Deferred):
+            return result.addCallbacks(self._ok, self._failed, (target, started), None, (target, started))
+        if type(result) is CoroutineType:
+            return defer.Deferred.fromCoroutine(result).addCallbacks(
+                self._ok, self._failed, (target, started), None, (target, started))
+        if isinstance(result, Failure):
+            return self._failed(result, target, started)
+        return self._ok(result, target, started)
+
+    def execute(self, target: Target, raw: dict) -> defer.Deferred:
+        """Like :meth:`answer`, always as a Deferred (which never errbacks)."""
+        answer = self.answer(target, raw)
+        return answer if isinstance(answer, defer.Deferred) else defer.succeed(answer)
+
+    def answer_by_name(self, name: Any, raw: dict) -> Answer | defer.Deferred:
+        """Resolve a method name, then :meth:`answer`; unknown names are a 404 Answer."""
+        try:
+            target = self.by_name(name)
+        except NotFound as err:
+            return error_answer(err)
+        return self.answer(target, raw)
+
+    def execute_by_name(self, name: Any, raw: dict) -> defer.Deferred:
+        """Resolve a method name, then :meth:`execute`; unknown names become a 404 Answer."""
+        answer = self.answer_by_name(name, raw)
+        return answer if isinstance(answer, defer.Deferred) else defer.succeed(answer)
+
+    # --- internals ---------------------------------------------------------------
+
+    def _plan(self, target: Target) -> Callable[[dict], Any]:
+        """The function that binds raw arguments for ``target`` and calls its handler."""
+        table = ParamTable(target.name, target.params)
+        if isinstance(target, Route):
+            return lambda raw: self._invoke(target.name, target.handler, table.bind(raw))
+        if target.target not in self._routes:  # a legacy-only method of the API
+            return lambda raw: self._invoke(target.name, target.target, table.bind(raw))
+        route = self._routes[target.target]
+        route_table = ParamTable(route.name, route.params)
+        return lambda raw: self._invoke(route.name, route.handler,
+                                        route_table.bind(target.to_target_kwargs(table.bind(raw))))
+
     def _call(self, target: Target, raw: dict):
         if not isinstance(raw, dict):
             raise BadRequest(f"{target.name}: arguments must be a JSON object")
-        if isinstance(target, Alias):
-            kwargs = bind_arguments(target.name, target.params, raw)
-            if target.target in self._routes:
-                route = self._routes[target.target]
-                return self._invoke(route.name, route.handler,
-                                    bind_arguments(route.name, route.params, target.to_target_kwargs(kwargs)))
-            return self._invoke(target.name, target.target, kwargs)
-        return self._invoke(target.name, target.handler, bind_arguments(target.name, target.params, raw))
+        known = self._calls.get(id(target))
+        if known is not None and known[0] is target:
+            return known[1](raw)
+        return self._plan(target)(raw)  # a target from elsewhere (a test's own Route)
 
     def _invoke(self, name: str, handler_name: str, kwargs: dict):
         handler = getattr(self._api, handler_name, None)
@@ -148,35 +257,26 @@ class Dispatcher:
             raise NotImplementedYet(f"{name} is not implemented yet")
         return handler(**kwargs)
 
-    def execute(self, target: Target, raw: dict) -> defer.Deferred:
-        """Call and always fire with an :class:`Answer` (never errback)."""
-        started = time.perf_counter()
+    def _ok(self, result, target: Target, started: float) -> Answer:
+        execution = f"{time.perf_counter() - started:.4f}"
+        if self._log_calls():
+            self.log.info("api {name} OK in {execution}s", name=target.name, execution=execution)
+        return Answer(200, {"status": "OK", "result": result, "execution": execution}, {})
 
-        def ok(result):
-            envelope = {"status": "OK", "result": result, "execution": f"{time.perf_counter() - started:.4f}"}
-            if self._log_calls():
-                self.log.info("api {name} OK in {execution}s", name=target.name, execution=envelope["execution"])
-            return Answer(200, envelope, {})
+    def _failed(self, failure: Failure, target: Target, started: float) -> Answer:
+        if failure.check(defer.CancelledError):
+            return Answer(499, {"status": "ERROR", "errors": ["request cancelled"]}, {})
+        response = error_response(failure.value, time.perf_counter() - started)
+        # Typed errors are answers (501, 503, 507...); only the unexpected deserve a traceback.
+        if response.http_code == 500 or not failure.check(BitnodeError):
+            self.log.failure("api {name} failed unexpectedly", failure, name=target.name)
+        elif self._log_calls():
+            self.log.info("api {name} -> {code}: {errors}", name=target.name, code=response.http_code,
+                          errors=response.envelope["errors"])
+        return Answer(response.http_code, response.envelope, response.headers)
 
-        def failed(failure: Failure):
-            if failure.check(defer.CancelledError):
-                return Answer(499, {"status": "ERROR", "errors": ["request cancelled"]}, {})
-            response = error_response(failure.value, time.perf_counter() - started)
-            # Typed errors are answers (501, 503, 507...); only the unexpected deserve a traceback.
-            if response.http_code == 500 or not failure.check(BitnodeError):
-                self.log.failure("api {name} failed unexpectedly", failure, name=target.name)
-            elif self._log_calls():
-                self.log.info("api {name} -> {code}: {errors}", name=target.name, code=response.http_code,
-                              errors=response.envelope["errors"])
-            return Answer(response.http_code, response.envelope, response.headers)
 
-        return self.call(target, raw).addCallbacks(ok, failed)
-
-    def execute_by_name(self, name: Any, raw: dict) -> defer.Deferred:
-        """Resolve a method name, then :meth:`execute`; unknown names become a 404 Answer."""
-        try:
-            target = self.by_name(name)
-        except NotFound as err:
-            response = error_response(err)
-            return defer.succeed(Answer(response.http_code, response.envelope, response.headers))
-        return self.execute(target, raw)
+def error_answer(err: BaseException) -> Answer:
+    """The :class:`Answer` for an error raised before any method was called (bad path, refused caller)."""
+    response = error_response(err)
+    return Answer(response.http_code, response.envelope, response.headers)

@@ -16,18 +16,17 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
-import subprocess
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 from bitnode.crypt.fileutil import atomic_write
 from bitnode.errors import BadRequest, NotFound
-from bitnode.interface.cli import call_api, node_pid, read_endpoints, read_secret
+from bitnode.interface.client import call_api, read_endpoints, read_secret
+from bitnode.main import control
 from bitnode.main.basedir import Basedir
+from bitnode.main.control import node_pid
 
 NETWORK_FORMAT = 1
 SERVER_NAME = "idserver"
@@ -69,6 +68,16 @@ def free_port(kind: int = socket.SOCK_STREAM) -> int:
         return sock.getsockname()[1]
 
 
+def preferred_port(port: int) -> int:
+    """``port`` if it is free on 127.0.0.1 now, else any free port."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return free_port()
+    return port
+
+
 def plan_network(directory: str, suppliers: int, customers: int) -> list[NodePlan]:
     """Names, roles, basedirs and fresh ports for a network of that shape."""
     if suppliers < 0 or customers < 0 or suppliers + customers == 0:
@@ -81,6 +90,9 @@ def plan_network(directory: str, suppliers: int, customers: int) -> list[NodePla
     plans = []
     for name, roles in names:
         ports = {"http": free_port(), "ws": free_port(), "tcp": free_port(), "dht": free_port(socket.SOCK_DGRAM)}
+        if name == "customer-1":
+            # The node a user drives gets the documented API ports when they are free.
+            ports["http"], ports["ws"] = preferred_port(8180), preferred_port(8280)
         if "identity-server" in roles:
             ports["idserver"] = free_port()
         plans.append(NodePlan(name, roles, os.path.join(directory, name), ports))
@@ -118,15 +130,6 @@ def write_settings(basedir: Basedir, values: dict) -> None:
     stored.update(values)
     data = json.dumps({"format": 1, "values": stored}, indent=1, sort_keys=True)
     atomic_write(basedir.settings_file, data.encode("utf-8"), mode=0o600)
-
-
-def spawn_node(basedir: Basedir) -> None:
-    """Start a daemonised node (twistd) in ``basedir``; returns once twistd has forked."""
-    command = [sys.executable, "-m", "bitnode.main.twistd_main", "--pidfile", basedir.pid_file,
-               "--logfile", basedir.log_file, "bitnode", "--basedir", basedir.root]
-    result = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True, text=True)
-    if result.returncode != 0:
-        raise LocalnetError(f"twistd failed in {basedir.root}: {(result.stdout + result.stderr).strip()}")
 
 
 def api(basedir: Basedir, method: str, timeout: float = 60.0, **kwargs) -> tuple[int, dict]:
@@ -220,16 +223,14 @@ class LocalNet:
             write_settings(basedir, node_settings(plan, server, key_size))
         self.save(plans)
         # The identity server first: every other node registers its identity there.
-        self._start(server, timeout)
-        for plan in plans[1:]:
-            if node_pid(Basedir.at(plan.basedir)) is None:
-                spawn_node(Basedir.at(plan.basedir))
-        for plan in plans[1:]:
-            self._wait_ready(plan, timeout)
+        for plan in plans:
+            self._start(plan, timeout)
         for plan in plans:
             self._ensure_identity(plan, timeout)
         for plan in plans:
             self._wait_connected(plan, timeout)
+        for plan in plans:
+            self._wait_dht(plan, len(plans), timeout)
         data = self.save(plans)
         self.log(f"local network up: {len(plans)} nodes; see {self.network_file}")
         return data
@@ -281,21 +282,12 @@ class LocalNet:
 
     def _start(self, plan: NodePlan, timeout: float) -> None:
         basedir = Basedir.at(plan.basedir)
-        if node_pid(basedir) is None:
-            spawn_node(basedir)
-        self._wait_ready(plan, timeout)
-
-    def _wait_ready(self, plan: NodePlan, timeout: float) -> None:
-        basedir = Basedir.at(plan.basedir)
-
-        def ready():
-            if node_pid(basedir) is None and not os.path.exists(basedir.pid_file):
-                raise LocalnetError(f"node {plan.name} exited; see {basedir.log_file}")
-            code, envelope = api(basedir, "process_health", timeout=2.0)
-            return code == 200 and envelope.get("result", {}).get("ready")
-
-        wait_for(ready, timeout, f"node {plan.name} to be ready (log: {basedir.log_file})")
-        self.log(f"  {plan.name}: ready ({(read_endpoints(basedir) or {}).get('http')})")
+        try:
+            process = control.start(basedir, timeout=timeout)
+        except control.ControlError as err:
+            raise LocalnetError(f"node {plan.name}: {err}") from None
+        self.log(f"  {plan.name}: {'running' if process.already_running else 'started'} "
+                 f"(pid {process.pid}, {process.endpoints.get('http')})")
 
     def _ensure_identity(self, plan: NodePlan, timeout: float) -> None:
         basedir = Basedir.at(plan.basedir)
@@ -309,9 +301,6 @@ class LocalNet:
         if code != 200:
             raise LocalnetError(f"identity_create on {plan.name} failed: {_error_text(envelope)}")
         self.log(f"  {plan.name}: identity {envelope['result'].get('global_id', '?')}")
-        # Services that need an identity (transport, network) start now that it exists.
-        for name in ("service_gateway", "service_network"):
-            api(basedir, "service_start", timeout=timeout, service_name=name)
 
     def _wait_connected(self, plan: NodePlan, timeout: float) -> None:
         basedir = Basedir.at(plan.basedir)
@@ -321,25 +310,37 @@ class LocalNet:
         if code != 200:
             raise LocalnetError(f"node {plan.name} did not connect: {_error_text(envelope)}")
 
+    def _wait_dht(self, plan: NodePlan, nodes: int, timeout: float) -> None:
+        """Wait until the node's DHT routing table knows the others (or most of them)."""
+        basedir = Basedir.at(plan.basedir)
+        wanted = max(1, min(nodes - 1, 8))
+
+        def populated():
+            code, envelope = api(basedir, "network_status", timeout=5.0, dht=True)
+            dht = envelope.get("result", {}).get("dht", {}) if code == 200 else {}
+            if not dht.get("available"):
+                return "unavailable"  # no DHT service on this node: nothing to wait for
+            return dht.get("contacts", {}).get("0", 0) >= wanted
+
+        if wait_for(populated, timeout, f"the DHT of {plan.name} to know {wanted} node(s)") == "unavailable":
+            self.log(f"  {plan.name}: no DHT service running")
+
     def _stop(self, plan: NodePlan, kill: bool, timeout: float) -> None:
         basedir = Basedir.at(plan.basedir)
-        pid = node_pid(basedir)
-        if pid is None:
-            return
         if kill:
-            os.kill(pid, signal.SIGKILL)
-        else:
-            code, _ = api(basedir, "process_stop", timeout=5.0)
-            if code != 200:
-                os.kill(pid, signal.SIGTERM)
+            pid = node_pid(basedir)
+            if pid is not None:
+                os.kill(pid, 9)  # a crash, on purpose: no clean shutdown
+                control.wait_gone(pid, timeout)
+                control.remove_stale_files(basedir)
+                self.log(f"  {plan.name}: killed")
+            return
         try:
-            wait_for(lambda: not _alive(pid), timeout, f"node {plan.name} (pid {pid}) to stop")
-        except LocalnetError:
-            os.kill(pid, signal.SIGKILL)
-            wait_for(lambda: not _alive(pid), 5.0, f"node {plan.name} (pid {pid}) to die")
-        if kill and os.path.exists(basedir.pid_file):
-            os.unlink(basedir.pid_file)
-        self.log(f"  {plan.name}: stopped")
+            pid, how = control.stop(basedir, timeout=timeout, kill=True)
+        except control.ControlError as err:
+            raise LocalnetError(f"node {plan.name}: {err}") from None
+        if pid is not None:
+            self.log(f"  {plan.name}: {how}")
 
     def _global_id(self, basedir: Basedir) -> str | None:
         if node_pid(basedir) is None:
@@ -348,16 +349,3 @@ class LocalNet:
         if code != 200:
             return None
         return envelope.get("result", {}).get("global_id")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except OSError:
-        return False
-    # A zombie child still answers kill(0); treat it as gone once reaped elsewhere.
-    try:
-        waited, _ = os.waitpid(pid, os.WNOHANG)
-        return waited == 0
-    except ChildProcessError:
-        return True

@@ -271,9 +271,10 @@ class _Job(Automat):
         """The end: answer waiters, hand the job to the history, leave the registry."""
         self.finished = self.ctx.clock.seconds()
         self.manager.release(self)
-        self.settle_waiters()
         self.manager.finished(self)
         self.destroy()
+        # Last: whoever waited sees the job already gone from the live lists.
+        self.settle_waiters()
 
     def _check_halted(self) -> None:
         """A stop asked for before the pipeline object existed still stops the job."""
@@ -282,7 +283,13 @@ class _Job(Automat):
 
     def _spawn(self, coroutine) -> None:
         d = defer.Deferred.fromCoroutine(coroutine)
-        d.addErrback(lambda f: self.log.failure("{id}: job step crashed", f, id=self.id))
+
+        def crashed(failure):
+            if not failure.check(defer.CancelledError):
+                self.log.failure("{id}: job step crashed", failure, id=self.id)
+
+        d.addErrback(crashed)
+        self.manager.track(d)
 
 
 class UploadJob(_Job):

@@ -329,6 +329,26 @@ class StorageService(Service):
         return {"remote_path": remote, "versions": len(versions), "blocks_deleted": outcome["deleted"],
                 "failed": outcome["failed"]}
 
+    def delete_version(self, version_id: str) -> defer.Deferred:
+        """Delete one version: its blocks on the suppliers, then its catalog row (the file stays)."""
+
+        async def run() -> dict:
+            self.require_ready()
+            version = await self.node.run_in_thread(self.catalog.version, version_id)
+            self.check_remote_path(version["remote_path"])
+            for job in self.transfers.jobs(UPLOAD):
+                if job.version_id == version_id:
+                    job.event("cancel")
+            outcome = await delete_versions(self.context, [version_id])
+            await self.node.run_in_thread(self.catalog.drop_version, version_id)
+            if outcome["failed"]:
+                await self._remember_deletes([version_id])
+            self.catalog_changed()
+            return {"version_id": version_id, "remote_path": version["remote_path"],
+                    "blocks_deleted": outcome["deleted"], "failed": outcome["failed"]}
+
+        return defer.Deferred.fromCoroutine(run())
+
     async def _remember_deletes(self, version_ids: list[str]) -> None:
         pending = set(json.loads(await self.node.run_in_thread(self.catalog.get_meta, PENDING_DELETES_META, "[]")))
         pending.update(version_ids)

@@ -59,6 +59,7 @@ class TransferManager:
         self._queues: dict[str, deque[_Job]] = {UPLOAD: deque(), DOWNLOAD: deque()}
         self._running: dict[str, set[_Job]] = {UPLOAD: set(), DOWNLOAD: set()}
         self._stopping = False
+        self._background: set[defer.Deferred] = set()
 
     # --- starting ------------------------------------------------------------------------
 
@@ -118,8 +119,9 @@ class TransferManager:
                 report.append({"version_id": version_id, "remote_path": remote, "action": "resumed", "job": job.id})
                 continue
             # In the background: slow suppliers must not hold up the other resumes.
-            defer.Deferred.fromCoroutine(abandon_version(ctx, version_id)).addErrback(
-                lambda f, v=version_id: self.log.failure("abandoning {version} failed", f, version=v))
+            self.track(defer.Deferred.fromCoroutine(abandon_version(ctx, version_id)).addErrback(
+                lambda f, v=version_id: None if f.check(defer.CancelledError)
+                else self.log.failure("abandoning {version} failed", f, version=v)))
             entry = {"version_id": version_id, "remote_path": remote, "action": "abandoned"}
             if seen is not None and self.find(UPLOAD, remote) is None:
                 try:
@@ -147,6 +149,13 @@ class TransferManager:
         except ValueError:
             pass
         self._pump(job.kind)
+
+    def track(self, d: defer.Deferred) -> None:
+        """Work of a job that may outlive its state (deleting blocks...): finished or cancelled by :meth:`stop`."""
+        if d.called:
+            return
+        self._background.add(d)
+        d.addBoth(lambda result: (self._background.discard(d), result)[1])
 
     def finished(self, job: _Job) -> None:
         """A job ended: keep it in the history."""
@@ -215,6 +224,13 @@ class TransferManager:
             job.event("pause")
             waits.append(_at_rest(job))
 
+        def cancel_background(_):
+            # Jobs rest; what is left is cleanup (deleting blocks), which the next start or prune redoes.
+            left = list(self._background)
+            for d in left:
+                d.cancel()
+            return defer.DeferredList(left, consumeErrors=True)
+
         def forget(_):
             for job in list(self._jobs.values()):
                 job.destroy()
@@ -223,7 +239,7 @@ class TransferManager:
                 self._queues[kind].clear()
                 self._running[kind].clear()
 
-        return defer.DeferredList(waits).addCallback(forget)
+        return defer.DeferredList(waits).addCallback(cancel_background).addCallback(forget)
 
     # --- helpers -----------------------------------------------------------------------------------
 

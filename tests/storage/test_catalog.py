@@ -198,3 +198,60 @@ class DurabilityTests(CatalogTestCase):
         self.catalog._db.execute("UPDATE meta SET value = '99' WHERE name = 'format'")
         self.catalog.close()
         self.assertRaises(BadRequest, Catalog, self.path)
+
+
+class SourceAndLookupTests(CatalogTestCase):
+    def test_source_is_recorded_with_the_version_and_not_exported(self) -> None:
+        self.catalog.begin_version(KEY, "a", "V1", 150, 100, 2, 3, 5, b"", SUPPLIERS, now=1,
+                                   source=("/home/alice/a", 150, 1234.5))
+        self.assertEqual(self.catalog.source("V1"), {"local_path": "/home/alice/a", "size": 150, "mtime": 1234.5})
+        self.assertEqual(self.catalog.latest_source(KEY, "a")["local_path"], "/home/alice/a")
+        self.assertIsNone(self.catalog.source("nope"))
+        self.assertNotIn(b"/home/alice", self.catalog.export())
+        other = Catalog(":memory:")
+        self.addCleanup(other.close)
+        other.import_(self.catalog.export())
+        self.assertIsNone(other.source("V1"))
+
+    def test_latest_complete_and_versions_under(self) -> None:
+        self.upload(self.catalog, "docs/a", "V1", now=1)
+        self.upload(self.catalog, "docs/a", "V2", now=5)
+        self.catalog.begin_version(KEY, "docs/a", "V3", 1, 1, 1, 3, 5, b"", SUPPLIERS, now=9)
+        self.upload(self.catalog, "docs/sub/b", "V4")
+        self.assertEqual(self.catalog.latest_complete(KEY, "docs/a")["version_id"], "V2")
+        self.assertEqual(self.catalog.version_ids_under(KEY, "docs"), ["V1", "V2", "V3", "V4"])
+        self.assertEqual(self.catalog.version_ids_under(KEY, "docs/a"), ["V1", "V2", "V3"])
+        self.catalog.create(KEY, "empty")
+        self.assertRaises(NotFound, self.catalog.latest_complete, KEY, "empty")
+        self.assertRaises(NotFound, self.catalog.version_ids_under, KEY, "nope")
+
+    def test_drop_version_and_blocks(self) -> None:
+        self.catalog.begin_version(KEY, "a", "V1", 100, 100, 1, 3, 5, b"", SUPPLIERS, source=("/x", 1, 2.0))
+        self.catalog.record_segment("V1", segment(0, stored=(0, 1, 2, 3)))
+        self.assertEqual(self.catalog.blocks("V1")[3:], [(0, 3, SHAS[3], SUPPLIERS[3]), (0, 4, SHAS[4], "")])
+        self.catalog.drop_version("V1")
+        self.assertRaises(NotFound, self.catalog.version, "V1")
+        self.assertIsNone(self.catalog.source("V1"))
+        self.assertRaises(NotFound, self.catalog.drop_version, "V1")
+        self.assertRaises(NotFound, self.catalog.blocks, "V1")
+        self.assertTrue(self.catalog.exists(KEY, "a"))
+
+    def test_meta_and_emptiness(self) -> None:
+        self.assertTrue(self.catalog.is_empty())
+        self.assertEqual(self.catalog.get_meta("serial", "0"), "0")
+        self.catalog.set_meta("serial", "7")
+        self.assertEqual(self.catalog.get_meta("serial"), "7")
+        self.assertRaises(BadRequest, self.catalog.set_meta, "format", "2")
+        self.catalog.create(KEY, "a")
+        self.assertFalse(self.catalog.is_empty())
+        self.catalog.close()
+        self.assertEqual(self.open().get_meta("serial"), "7")
+
+    def test_a_catalog_from_before_the_sources_table_opens(self) -> None:
+        self.upload(self.catalog, "a", "V1")
+        self.catalog._db.execute("DROP TABLE sources")
+        self.catalog.close()
+        again = self.open()
+        self.assertEqual(again.version("V1")["state"], COMPLETE)
+        again.begin_version(KEY, "b", "V2", 1, 1, 1, 3, 5, b"", SUPPLIERS, source=("/b", 1, 1.0))
+        self.assertEqual(again.source("V2")["local_path"], "/b")

@@ -1,0 +1,515 @@
+"""API methods for files: the catalog (files_*, file_*), uploads, downloads and transfers.
+
+Thin: each method checks its arguments and calls service_backups
+(:mod:`bitnode.storage.storage_service`), its catalog (always in the thread
+pool) or its TransferManager. Remote paths are ``key_id:path``; the key must
+be one of mine (403 otherwise). Local paths must be absolute: the node's
+working directory means nothing to the caller.
+
+Result shapes:
+
+- an item: ``{"remote_path", "key_id", "path", "name", "type", "size",
+  "latest_version", "created"}`` (file_info adds ``versions``);
+- a transfer: ``{"id", "kind", "state", "remote_path", "local_path",
+  "version_id", "bytes_done", "bytes_total", "progress", "segments_done",
+  "segments_total", "speed", "eta", "created", "started", "finished",
+  "error", "result"}`` — speed in bytes/s and ETA in seconds (None until
+  measured);
+- a folder upload or download: ``{"remote_path", "local_path", "files",
+  "transfers": [...], "skipped": [...]}``.
+
+``wait_result`` (and ``wait_finish`` for uploads) make the call answer only
+when the transfer ended: DONE answers the transfer, anything else answers
+its error (a paused upload answers why it paused: 503, or 507 for a full
+supplier).
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from typing import TYPE_CHECKING
+
+from twisted.internet import defer
+
+from bitnode.errors import BadRequest, BitnodeError, NotFound, Unavailable
+from bitnode.storage.catalog import COMPLETE
+
+if TYPE_CHECKING:  # pragma: no cover
+    from bitnode.storage.storage_service import StorageService
+
+SERVICE = "service_backups"
+MAX_FOLDER_FILES = 10000
+
+
+def _absolute(local_path: str, name: str = "local_path") -> str:
+    if not isinstance(local_path, str) or not local_path.strip():
+        raise BadRequest(f"{name} is required")
+    expanded = os.path.expanduser(local_path)
+    if not os.path.isabs(expanded):
+        raise BadRequest(f"{name} must be an absolute path, got {local_path!r}")
+    return os.path.normpath(expanded)
+
+
+def _local_tree(local_path: str) -> tuple[str, list[tuple[str, str]]]:
+    """("file" | "folder", [(local file, relative remote path)]). Worker thread."""
+    try:
+        st = os.stat(local_path)
+    except FileNotFoundError:
+        raise NotFound(f"local path {local_path} does not exist") from None
+    if stat.S_ISREG(st.st_mode):
+        return "file", [(local_path, "")]
+    if not stat.S_ISDIR(st.st_mode):
+        raise BadRequest(f"{local_path} is neither a file nor a folder")
+    found = []
+    for root, dirs, files in os.walk(local_path):
+        dirs.sort()
+        for name in sorted(files):
+            full = os.path.join(root, name)
+            if os.path.isfile(full) and not os.path.islink(full):
+                found.append((full, os.path.relpath(full, local_path).replace(os.sep, "/")))
+                if len(found) > MAX_FOLDER_FILES:
+                    raise BadRequest(f"{local_path} has more than {MAX_FOLDER_FILES} files")
+    return "folder", found
+
+
+def _download_target(destination: str, name: str, is_folder: bool) -> str:
+    """Where a download goes; BadRequest when it cannot be written there. Worker thread."""
+    if os.path.isdir(destination):
+        target = os.path.join(destination, name)
+    elif is_folder:
+        raise BadRequest(f"destination {destination} must be an existing folder")
+    else:
+        target = destination
+    parent = os.path.dirname(target) if not is_folder else destination
+    if not os.path.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK):
+        raise BadRequest(f"destination folder {parent} does not exist or is not writable")
+    if not is_folder and os.path.isdir(target):
+        raise BadRequest(f"destination {target} is a folder")
+    return target
+
+
+def _explore(local_path: str) -> dict:
+    """A local file, or a folder with its entries. Worker thread."""
+    def entry(path: str, st: os.stat_result) -> dict:
+        kind = "dir" if stat.S_ISDIR(st.st_mode) else "file" if stat.S_ISREG(st.st_mode) else "other"
+        return {"name": os.path.basename(path) or path, "path": path, "type": kind,
+                "size": st.st_size if kind == "file" else 0, "modified": st.st_mtime}
+
+    try:
+        st = os.stat(local_path)
+    except FileNotFoundError:
+        raise NotFound(f"local path {local_path} does not exist") from None
+    result = entry(local_path, st)
+    if result["type"] == "dir":
+        items = []
+        try:
+            names = sorted(os.listdir(local_path))
+        except PermissionError:
+            raise BadRequest(f"{local_path} cannot be listed: permission denied") from None
+        for name in names:
+            path = os.path.join(local_path, name)
+            try:
+                items.append(entry(path, os.lstat(path)))
+            except OSError:
+                continue
+        result["items"] = items
+    return result
+
+
+def _item(row: dict) -> dict:
+    out = {key: row[key] for key in ("remote_path", "key_id", "path", "type", "created")}
+    out["name"] = row["path"].rsplit("/", 1)[-1]
+    out["size"] = row.get("size", 0)
+    out["latest_version"] = row.get("latest_version")
+    return out
+
+
+class FilesMethods:
+    """files_*, file_* and transfers_list; mixed into :class:`bitnode.interface.api.API`."""
+
+    def _storage(self) -> StorageService:
+        driver = self.node.service_driver
+        if SERVICE not in driver.names() or not driver.is_on(SERVICE):
+            raise Unavailable(f"{SERVICE} is not running")
+        service = driver.get(SERVICE)
+        service.require_ready()
+        return service
+
+    def _thread(self, fn, *args):
+        return self.node.run_in_thread(fn, *args)
+
+    def _transfers_of(self, storage: StorageService, remote_path: str, kind: str) -> list:
+        return [j.info() for j in storage.transfers.jobs(kind)
+                if j.remote_path == remote_path or j.remote_path.startswith(remote_path.rstrip("/") + "/")]
+
+    # --- the catalog ----------------------------------------------------------------------
+
+    def files_sync(self) -> dict:
+        """Restart backup_monitor (check every supplier, rebuild what is missing) and paused uploads."""
+        return self._storage().sync()
+
+    def files_list(self, remote_path: str | None = None, key_id: str | None = None, recursive: bool = True,
+                   all_customers: bool = False, include_uploads: bool = False, include_downloads: bool = False,
+                   offset: int = 0, limit: int | None = None) -> defer.Deferred:
+        """Items under a folder (everything by default), sorted by remote path.
+
+        ``all_customers`` changes nothing yet: only my own keys' files are stored.
+        """
+        storage = self._storage()
+        if key_id is not None:
+            storage.check_remote_path(f"{key_id}:")
+        if remote_path:
+            if ":" not in remote_path:
+                remote_path = f"{key_id or storage.master_key_id()}:{remote_path}"
+            owner_key, path = storage.check_remote_path(remote_path)
+            if key_id is not None and key_id != owner_key:
+                raise BadRequest(f"remote_path is under {owner_key}, not under key_id {key_id}")
+            key_id = owner_key
+        else:
+            path = ""
+        if offset < 0 or (limit is not None and limit < 0):
+            raise BadRequest("offset and limit must not be negative")
+        return defer.Deferred.fromCoroutine(self._files_list(storage, key_id, path, recursive, include_uploads,
+                                                             include_downloads, offset, limit))
+
+    async def _files_list(self, storage, key_id, path, recursive, uploads, downloads, offset, limit) -> list:
+        catalog = storage.catalog
+        if path:
+            item = await self._thread(catalog.get, key_id, path)
+            if item["type"] == "file":
+                rows = [r for r in await self._thread(catalog.list, key_id, path.rpartition("/")[0], False)
+                        if r["path"] == path]
+            else:
+                rows = await self._thread(catalog.list, key_id, path, recursive)
+        else:
+            rows = await self._thread(catalog.list, key_id, "", recursive)
+        rows = rows[offset:] if limit is None else rows[offset:offset + limit]
+        items = [_item(r) for r in rows]
+        for item in items:
+            if uploads:
+                item["uploads"] = self._transfers_of(storage, item["remote_path"], "upload")
+            if downloads:
+                item["downloads"] = self._transfers_of(storage, item["remote_path"], "download")
+        return items
+
+    def file_exists(self, remote_path: str) -> defer.Deferred:
+        """``{"exist": bool, "remote_path", "type"}``."""
+        storage = self._storage()
+        key_id, path = storage.check_remote_path(remote_path)
+
+        async def look() -> dict:
+            try:
+                item = await self._thread(storage.catalog.get, key_id, path) if path else {"type": "folder"}
+            except NotFound:
+                return {"exist": False, "remote_path": f"{key_id}:{path}", "type": None}
+            return {"exist": True, "remote_path": f"{key_id}:{path}", "type": item["type"]}
+
+        return defer.Deferred.fromCoroutine(look())
+
+    def file_info(self, remote_path: str, include_uploads: bool = True, include_downloads: bool = True
+                  ) -> defer.Deferred:
+        """An item with its versions: size, k-of-n, per-position availability, whether it can be restored."""
+        storage = self._storage()
+        key_id, path = storage.check_remote_path(remote_path)
+        if not path:
+            raise BadRequest("file_info needs a file or folder, not the root")
+        return defer.Deferred.fromCoroutine(self._file_info(storage, key_id, path, include_uploads,
+                                                            include_downloads))
+
+    async def _file_info(self, storage, key_id, path, uploads, downloads) -> dict:
+        catalog = storage.catalog
+        item = await self._thread(catalog.get, key_id, path)
+        out = _item(item)
+        try:
+            positions = list(storage.placement().positions)
+        except Unavailable:
+            positions = []
+        versions = []
+        for version in item["versions"]:
+            blocks = await self._thread(catalog.blocks, version["version_id"])
+            held_per_segment: dict[int, int] = {}
+            per_position = [0] * version["n"]
+            for seg, pos, _, holder in blocks:
+                held_per_segment[seg] = held_per_segment.get(seg, 0) + (1 if holder else 0)
+                per_position[pos] += 1 if holder else 0
+            weakest = min(held_per_segment.values()) if held_per_segment else 0
+            complete = version["state"] == COMPLETE
+            versions.append({
+                **{k: version[k] for k in ("version_id", "state", "size", "segment_size", "segments_total",
+                                           "segments_done", "k", "n", "created", "completed")},
+                "restorable": complete and len(held_per_segment) == version["segments_total"]
+                and weakest >= version["k"],
+                "blocks_total": len(blocks),
+                "blocks_missing": sum(1 for b in blocks if not b[3]),
+                "weakest_segment_blocks": weakest,
+                "positions": [{"position": i, "supplier": version["suppliers"][i],
+                               "current_supplier": positions[i] if i < len(positions) else "",
+                               "blocks_held": per_position[i]} for i in range(version["n"])],
+            })
+        out["versions"] = versions
+        if out["type"] == "file" and versions and out["latest_version"] is None:
+            out["size"] = versions[0]["size"]
+        if uploads:
+            out["uploads"] = self._transfers_of(storage, out["remote_path"], "upload")
+        if downloads:
+            out["downloads"] = self._transfers_of(storage, out["remote_path"], "download")
+        return out
+
+    def file_create(self, remote_path: str, as_folder: bool = False, exist_ok: bool = False,
+                    force_path_id: str | None = None) -> defer.Deferred:
+        """Add a file or folder to the catalog (no upload); 409 if it exists unless ``exist_ok``."""
+        if force_path_id is not None:
+            raise BadRequest("force_path_id is not supported: catalog items are addressed by their remote path")
+        storage = self._storage()
+        key_id, path = storage.check_remote_path(remote_path)
+        d = self._thread(storage.catalog.create, key_id, path, as_folder, exist_ok, self.node.clock.seconds())
+
+        def created(item):
+            storage.catalog_changed()
+            return _item(item)
+
+        return d.addCallback(created)
+
+    def file_delete(self, remote_path: str) -> defer.Deferred:
+        """Delete a file or folder: blocks on the suppliers first, then the catalog rows."""
+        return self._storage().delete(remote_path)
+
+    # --- uploads -------------------------------------------------------------------------------
+
+    def files_uploads(self, include_running: bool = True, include_pending: bool = True) -> dict:
+        """``{"running": [...], "pending": [...]}`` (pending: queued or paused)."""
+        return self._storage().transfers.uploads(include_running, include_pending)
+
+    def file_upload_start(self, local_path: str, remote_path: str, wait_result: bool = False,
+                          wait_finish: bool = False, open_share: bool = False) -> defer.Deferred:
+        """Upload a file (a new version) or a folder (a new version of every file in it).
+
+        ``open_share`` needs no action: only my own keys are accepted.
+        """
+        storage = self._storage()
+        local = _absolute(local_path)
+        key_id, path = storage.check_remote_path(remote_path)
+        if not path:
+            raise BadRequest("upload to a named file or folder, not to the root")
+        storage.placement()  # 503 before anything is created when no supplier is hired
+        return defer.Deferred.fromCoroutine(self._upload(storage, local, f"{key_id}:{path}",
+                                                         wait_result or wait_finish))
+
+    async def _upload(self, storage, local: str, remote: str, wait: bool) -> dict:
+        kind, files = await self._thread(_local_tree, local)
+        if kind == "file":
+            job = storage.transfers.start_upload(local, remote)
+            if wait:
+                await job.wait()
+            return job.info()
+        key_id, _, path = remote.partition(":")
+        await self._thread(storage.catalog.create, key_id, path, True, True, self.node.clock.seconds())
+        jobs, skipped = [], []
+        for full, relative in files:
+            try:
+                jobs.append(storage.transfers.start_upload(full, f"{remote}/{relative}"))
+            except BitnodeError as err:
+                skipped.append({"local_path": full, "error": str(err)})
+        return await self._many(local, remote, jobs, skipped, wait)
+
+    async def _many(self, local: str, remote: str, jobs: list, skipped: list, wait: bool) -> dict:
+        if wait:
+            outcomes = await defer.DeferredList([job.wait() for job in jobs], consumeErrors=True)
+            for job, (ok, failure) in zip(jobs, outcomes, strict=True):
+                if not ok:
+                    skipped.append({"local_path": job.local_path, "remote_path": job.remote_path,
+                                    "error": failure.getErrorMessage()})
+        return {"remote_path": remote, "local_path": local, "files": len(jobs),
+                "transfers": [job.info() for job in jobs], "skipped": skipped}
+
+    def file_upload_stop(self, remote_path: str) -> dict:
+        """Cancel the upload of a file (or of everything under a folder)."""
+        return self._stop(remote_path, "upload")
+
+    def _stop(self, remote_path: str, kind: str) -> dict:
+        storage = self._storage()
+        key_id, path = storage.check_remote_path(remote_path)
+        remote = f"{key_id}:{path}"
+        jobs = [j for j in storage.transfers.jobs(kind)
+                if j.remote_path == remote or j.remote_path.startswith(remote.rstrip("/") + "/")]
+        if not jobs:
+            raise NotFound(f"no {kind} of {remote} is running or queued")
+        for job in jobs:
+            job.event("cancel")
+        return {"remote_path": remote, "cancelled": [job.info() for job in jobs]}
+
+    # --- downloads -------------------------------------------------------------------------------
+
+    def files_downloads(self) -> list:
+        """Downloads running or queued."""
+        return [job.info() for job in self._storage().transfers.jobs("download")]
+
+    def file_download_start(self, remote_path: str, destination_path: str | None = None,
+                            wait_result: bool = False, open_share: bool = True) -> defer.Deferred:
+        """Download the newest complete version of a file (or every file of a folder).
+
+        ``remote_path`` may also be a version id. Without ``destination_path``
+        files go to the ``paths/restore`` folder (default: home). An existing
+        destination file is replaced once the download is complete.
+        """
+        storage = self._storage()
+        destination = destination_path or self.node.settings.get("paths/restore") or os.path.expanduser("~")
+        destination = _absolute(destination, "destination_path")
+        return defer.Deferred.fromCoroutine(self._download(storage, remote_path, destination, wait_result))
+
+    async def _download(self, storage, remote_path: str, destination: str, wait: bool) -> dict:
+        catalog = storage.catalog
+        version_id = None
+        if isinstance(remote_path, str) and ":" not in remote_path:
+            version = await self._thread(catalog.version, remote_path)
+            version_id, remote_path = version["version_id"], version["remote_path"]
+        key_id, path = storage.check_remote_path(remote_path)
+        if not path:
+            raise BadRequest("download a named file or folder, not the root")
+        remote = f"{key_id}:{path}"
+        item = await self._thread(catalog.get, key_id, path)
+        name = path.rsplit("/", 1)[-1]
+        if item["type"] == "file":
+            target = await self._thread(_download_target, destination, name, False)
+            job = storage.transfers.start_download(remote, target, version_id)
+            if wait:
+                await job.wait()
+            return job.info()
+        root = await self._thread(_download_target, destination, name, True)
+        jobs, skipped = [], []
+        for row in await self._thread(catalog.list, key_id, path, True):
+            if row["type"] != "file":
+                continue
+            if row["latest_version"] is None:
+                skipped.append({"remote_path": row["remote_path"], "error": "no complete version"})
+                continue
+            target = os.path.join(root, *row["path"][len(path) + 1:].split("/"))
+            try:
+                jobs.append(storage.transfers.start_download(row["remote_path"], target))
+            except BitnodeError as err:
+                skipped.append({"remote_path": row["remote_path"], "error": str(err)})
+        return await self._many(root, remote, jobs, skipped, wait)
+
+    def file_download_stop(self, remote_path: str) -> dict:
+        """Cancel the download of a file (or of everything under a folder); no partial file is left."""
+        return self._stop(remote_path, "download")
+
+    # --- local files and transfers ---------------------------------------------------------------
+
+    def file_explore(self, local_path: str) -> defer.Deferred:
+        """A local file, or a local folder with its entries (name, path, type, size, modified)."""
+        return self._thread(_explore, _absolute(local_path))
+
+    def transfers_list(self) -> list:
+        """Every live upload and download with bytes done/total, speed and ETA."""
+        return self._storage().transfers.transfers()
+
+    # --- legacy-only names (spec/bitdust-api-legacy.txt) ------------------------------------------------
+    # A "path id" is a remote path, or a path under my master key; a local path maps to the
+    # remote path master$me:<local path without its leading "/">.
+
+    def _legacy_remote(self, storage: StorageService, path_id: str) -> str:
+        if not isinstance(path_id, str) or not path_id.strip("/"):
+            raise BadRequest("a path id is required")
+        return path_id if ":" in path_id else f"{storage.master_key_id()}:{path_id.strip('/')}"
+
+    def _local_remote(self, storage: StorageService, local_path: str) -> tuple[str, str]:
+        local = _absolute(local_path, "path")
+        return local, f"{storage.master_key_id()}:{local.lstrip(os.sep).replace(os.sep, '/')}"
+
+    def backups_id_list(self) -> defer.Deferred:
+        """Every complete version: ``{"remote_path", "version_id", "size", "created", "completed"}``."""
+        storage = self._storage()
+        d = self._thread(storage.catalog.versions, COMPLETE)
+        return d.addCallback(lambda versions: [{k: v[k] for k in ("remote_path", "version_id", "size", "created",
+                                                                   "completed")} for v in versions])
+
+    def backup_start_path(self, path: str, bind_local_path: bool = True) -> defer.Deferred:
+        """Upload a local file or folder to the remote path named after it."""
+        local, remote = self._local_remote(self._storage(), path)
+        return self.file_upload_start(local, remote)
+
+    def backup_start_id(self, pathID: str) -> defer.Deferred:
+        """Upload again the local file the newest version of an item was read from."""
+        storage = self._storage()
+        key_id, item_path = storage.check_remote_path(self._legacy_remote(storage, pathID))
+
+        def found(source):
+            if source is None:
+                raise NotFound(f"{key_id}:{item_path} has no known local file on this machine")
+            return self.file_upload_start(source["local_path"], f"{key_id}:{item_path}")
+
+        return self._thread(storage.catalog.latest_source, key_id, item_path).addCallback(found)
+
+    def backup_map_path(self, path: str) -> defer.Deferred:
+        """Create the catalog item (file or folder, as on disk) for a local path, without uploading."""
+        storage = self._storage()
+        local, remote = self._local_remote(storage, path)
+        d = self._thread(_local_tree, local)
+        return d.addCallback(lambda tree: self.file_create(remote, as_folder=tree[0] == "folder", exist_ok=True))
+
+    def backup_dir_add(self, dirpath: str) -> defer.Deferred:
+        """Create the catalog folder for a local folder, without uploading."""
+        return self.file_create(self._local_remote(self._storage(), dirpath)[1], as_folder=True, exist_ok=True)
+
+    def backup_file_add(self, filepath: str) -> defer.Deferred:
+        """Create the catalog file for a local file, without uploading."""
+        return self.file_create(self._local_remote(self._storage(), filepath)[1], exist_ok=True)
+
+    def backup_tree_add(self, dirpath: str) -> defer.Deferred:
+        """Create catalog items for a local folder and every file in it, without uploading."""
+        storage = self._storage()
+        local, remote = self._local_remote(storage, dirpath)
+        key_id, path = storage.check_remote_path(remote)
+
+        async def add() -> dict:
+            kind, files = await self._thread(_local_tree, local)
+            if kind != "folder":
+                raise BadRequest(f"{local} is not a folder")
+            now = self.node.clock.seconds()
+            await self._thread(storage.catalog.create, key_id, path, True, True, now)
+            for _, relative in files:
+                await self._thread(storage.catalog.create, key_id, f"{path}/{relative}", False, True, now)
+            storage.catalog_changed()
+            return {"remote_path": remote, "files": len(files)}
+
+        return defer.Deferred.fromCoroutine(add())
+
+    def backup_delete_local(self, backupID: str) -> defer.Deferred:
+        """Nothing of a version is kept locally: answers that nothing was removed (404 for an unknown one)."""
+        storage = self._storage()
+        return self._thread(storage.catalog.version, backupID).addCallback(
+            lambda version: {"version_id": version["version_id"], "local_files_removed": 0})
+
+    def backup_delete_id(self, pathID_or_backupID: str) -> defer.Deferred:
+        """Delete one version (a version id) or an item with all its versions (a path id)."""
+        storage = self._storage()
+        wanted = pathID_or_backupID
+
+        async def delete() -> dict:
+            if ":" not in wanted:
+                try:
+                    await self._thread(storage.catalog.version, wanted)
+                except (NotFound, BadRequest):
+                    pass
+                else:
+                    return await storage.delete_version(wanted)
+            return await storage.delete(self._legacy_remote(storage, wanted))
+
+        return defer.Deferred.fromCoroutine(delete())
+
+    def backup_delete_path(self, localPath: str) -> defer.Deferred:
+        """Delete everything stored for a local path."""
+        storage = self._storage()
+        return storage.delete(self._local_remote(storage, localPath)[1])
+
+    def backup_cancel_pending(self, path_id: str) -> dict:
+        """Cancel an upload that waits (queued or paused); a running one is stopped with file_upload_stop."""
+        storage = self._storage()
+        key_id, path = storage.check_remote_path(self._legacy_remote(storage, path_id))
+        job = storage.transfers.find("upload", f"{key_id}:{path}")
+        if job is None or job.state not in ("NEW", "PENDING", "PAUSED"):
+            raise NotFound(f"no pending upload of {key_id}:{path}")
+        job.event("cancel")
+        return job.info()

@@ -1,0 +1,247 @@
+"""Tests for bitnode.interface.api_files: files_*, file_* and transfers_list through the dispatcher.
+
+A real Node with service_identity (fake identity servers, 1024-bit keys) and
+service_backups over the in-memory grid of tests/storage/test_storage_service.py.
+"""
+
+from __future__ import annotations
+
+import os
+
+from twisted.internet import defer
+from twisted.trial import unittest
+
+from bitnode.storage.memory_grid import MemoryStorageServer
+from bitnode.storage.storage_service import StorageService
+from tests.storage.test_storage_service import (
+    ME,
+    SEG,
+    GridProvider,
+    StorageNodeTestCase,
+    read,
+    wait_until,
+    write,
+)
+from tests.userid.fakes import FakeServers
+
+MASTER = "master$" + ME
+REMOTE = MASTER + ":docs/a.bin"
+
+
+class ApiFilesTestCase(StorageNodeTestCase):
+    @defer.inlineCallbacks
+    def setUp(self):
+        StorageNodeTestCase.setUp(self)
+        self.node, self.storage = yield self.start()
+
+    @defer.inlineCallbacks
+    def call(self, method, **kwargs):
+        answer = yield self.node.dispatcher.execute_by_name(method, kwargs)
+        return answer
+
+    @defer.inlineCallbacks
+    def ok(self, method, **kwargs):
+        answer = yield self.call(method, **kwargs)
+        self.assertEqual(answer.code, 200, answer.envelope)
+        return answer.envelope["result"]
+
+    @defer.inlineCallbacks
+    def error(self, code, method, **kwargs):
+        answer = yield self.call(method, **kwargs)
+        self.assertEqual(answer.code, code, answer.envelope)
+        return " ".join(answer.envelope["errors"])
+
+    def local(self, size=2 * SEG + 3, seed=1):
+        path, data = write(self, size, seed)
+        return os.path.abspath(path), data
+
+    def folder(self):
+        root = os.path.abspath(self.mktemp())
+        os.makedirs(os.path.join(root, "sub"))
+        files = {"one.txt": b"one", "sub/two.bin": os.urandom(SEG + 5), "sub/three": b""}
+        for name, data in files.items():
+            with open(os.path.join(root, name), "wb") as handle:
+                handle.write(data)
+        return root, files
+
+
+class RoundTripTests(ApiFilesTestCase):
+    @defer.inlineCallbacks
+    def test_upload_list_info_download(self):
+        local, data = self.local()
+        done = yield self.ok("file_upload_start", local_path=local, remote_path=REMOTE, wait_result=True)
+        self.assertEqual((done["state"], done["bytes_done"], done["bytes_total"]), ("DONE", len(data), len(data)))
+        self.assertEqual(done["progress"], 1.0)
+        listed = yield self.ok("files_list")
+        self.assertEqual([(i["remote_path"], i["type"]) for i in listed],
+                         [(MASTER + ":docs", "folder"), (REMOTE, "file")])
+        self.assertEqual(listed[1]["size"], len(data))
+        self.assertEqual(listed[1]["latest_version"], done["version_id"])
+        top = yield self.ok("files_list", remote_path=MASTER + ":", recursive=False)
+        self.assertEqual([i["name"] for i in top], ["docs"])
+        inside = yield self.ok("files_list", remote_path="docs", include_uploads=True)
+        self.assertEqual([(i["name"], i["uploads"]) for i in inside], [("a.bin", [])])
+        self.assertEqual((yield self.ok("file_exists", remote_path=REMOTE))["exist"], True)
+        self.assertEqual((yield self.ok("file_exists", remote_path=MASTER + ":nope"))["exist"], False)
+        info = yield self.ok("file_info", remote_path=REMOTE)
+        version = info["versions"][0]
+        self.assertEqual((version["k"], version["n"], version["restorable"]), (3, 5, True))
+        self.assertEqual([p["blocks_held"] for p in version["positions"]], [3] * 5)
+        self.assertEqual(version["blocks_missing"], 0)
+
+        where = os.path.abspath(self.mktemp())
+        os.makedirs(where)
+        got = yield self.ok("file_download_start", remote_path=REMOTE, destination_path=where, wait_result=True)
+        self.assertEqual(got["state"], "DONE")
+        self.assertEqual(read(os.path.join(where, "a.bin")), data)
+        by_version = os.path.join(where, "again.bin")
+        yield self.ok("file_download_start", remote_path=done["version_id"], destination_path=by_version,
+                      wait_result=True)
+        self.assertEqual(read(by_version), data)
+        self.assertEqual((yield self.ok("transfers_list")), [])
+        self.assertEqual((yield self.ok("files_uploads")), {"running": [], "pending": []})
+        self.assertEqual((yield self.ok("files_downloads")), [])
+
+    @defer.inlineCallbacks
+    def test_folder_upload_and_download(self):
+        root, files = self.folder()
+        result = yield self.ok("file_upload_start", local_path=root, remote_path=MASTER + ":backup",
+                               wait_finish=True)
+        self.assertEqual((result["files"], result["skipped"]), (3, []))
+        self.assertTrue(all(t["state"] == "DONE" for t in result["transfers"]))
+        names = [i["path"] for i in (yield self.ok("files_list", remote_path=MASTER + ":backup"))]
+        self.assertEqual(names, ["backup/one.txt", "backup/sub", "backup/sub/three", "backup/sub/two.bin"])
+        where = os.path.abspath(self.mktemp())
+        os.makedirs(where)
+        result = yield self.ok("file_download_start", remote_path=MASTER + ":backup", destination_path=where,
+                               wait_result=True)
+        self.assertEqual(result["files"], 3)
+        for name, data in files.items():
+            self.assertEqual(read(os.path.join(where, "backup", name)), data)
+
+    @defer.inlineCallbacks
+    def test_create_and_delete(self):
+        created = yield self.ok("file_create", remote_path=MASTER + ":a/b", as_folder=True)
+        self.assertEqual(created["type"], "folder")
+        yield self.error(409, "file_create", remote_path=MASTER + ":a/b", as_folder=True)
+        yield self.ok("file_create", remote_path=MASTER + ":a/b", as_folder=True, exist_ok=True)
+        yield self.error(400, "file_create", remote_path=MASTER + ":x", force_path_id="0/1")
+        local, _ = self.local()
+        yield self.ok("file_upload_start", local_path=local, remote_path=MASTER + ":a/b/c.bin", wait_result=True)
+        deleted = yield self.ok("file_delete", remote_path=MASTER + ":a")
+        self.assertEqual((deleted["versions"], deleted["blocks_deleted"], deleted["failed"]), (1, 15, []))
+        self.assertEqual((yield self.ok("files_list")), [])
+        self.assertEqual(self.provider.stores[0]._spaces[ME], {})
+        yield self.error(404, "file_delete", remote_path=MASTER + ":a")
+
+    @defer.inlineCallbacks
+    def test_legacy_names(self):
+        local, data = self.local(size=100)
+        yield self.ok("file_upload_start", local_path=local, remote_path=REMOTE, wait_result=True)
+        self.assertEqual(len((yield self.ok("backups_list"))), 2)
+        yield self.ok("backups_update")
+        target = os.path.join(os.path.abspath(self.mktemp()))
+        yield self.ok("restore_single", pathID_or_backupID_or_localPath=REMOTE, destinationPath=target)
+        yield wait_until(lambda: os.path.exists(target))
+        self.assertEqual(read(target), data)
+        self.assertEqual((yield self.ok("backups_running")), {"running": []})
+
+    @defer.inlineCallbacks
+    def test_explore_a_local_folder(self):
+        root, _ = self.folder()
+        seen = yield self.ok("file_explore", local_path=root)
+        self.assertEqual(seen["type"], "dir")
+        self.assertEqual([(i["name"], i["type"]) for i in seen["items"]], [("one.txt", "file"), ("sub", "dir")])
+        one = yield self.ok("file_explore", local_path=os.path.join(root, "one.txt"))
+        self.assertEqual((one["type"], one["size"]), ("file", 3))
+        yield self.error(404, "file_explore", local_path=os.path.join(root, "nope"))
+        yield self.error(400, "file_explore", local_path="relative/path")
+
+
+class RunningTransferTests(ApiFilesTestCase):
+    @defer.inlineCallbacks
+    def test_progress_listing_and_stop(self):
+        for gate in self.provider.gates.values():
+            gate.budget = 1  # the first segment is acknowledged, the second never is
+        local, data = self.local(size=3 * SEG)
+        started = yield self.ok("file_upload_start", local_path=local, remote_path=REMOTE)
+        self.assertIn(started["state"], ("PREPARING", "PENDING", "UPLOADING"))
+        yield wait_until(lambda: sum(len(g.held) for g in self.provider.gates.values()) == 5)
+        live = yield self.ok("transfers_list")
+        self.assertEqual(len(live), 1)
+        self.assertEqual((live[0]["kind"], live[0]["state"]), ("upload", "UPLOADING"))
+        self.assertEqual((live[0]["bytes_done"], live[0]["bytes_total"]), (SEG, len(data)))
+        self.assertIsNotNone(live[0]["speed"])
+        self.assertIsNotNone(live[0]["eta"])
+        self.assertEqual(len((yield self.ok("files_uploads"))["running"]), 1)
+        listed = yield self.ok("files_list", include_uploads=True)
+        self.assertEqual(listed[1]["uploads"][0]["state"], "UPLOADING")
+        yield self.error(409, "file_upload_start", local_path=local, remote_path=REMOTE)
+        stopped = yield self.ok("file_upload_stop", remote_path=REMOTE)
+        self.assertEqual(len(stopped["cancelled"]), 1)
+        yield wait_until(lambda: self.storage.transfers.jobs() == [])
+        self.assertEqual(self.storage.transfers.recent()[0]["state"], "CANCELLED")
+        yield self.error(404, "file_upload_stop", remote_path=REMOTE)
+        yield self.error(404, "file_download_stop", remote_path=REMOTE)
+
+
+class ErrorTests(ApiFilesTestCase):
+    @defer.inlineCallbacks
+    def test_bad_input_answers_the_right_code_and_leaves_nothing(self):
+        missing = os.path.abspath(os.path.join(self.mktemp(), "nope.bin"))
+        yield self.error(404, "file_upload_start", local_path=missing, remote_path=REMOTE)
+        yield self.error(400, "file_upload_start", local_path="relative.bin", remote_path=REMOTE)
+        local, _ = self.local(size=10)
+        yield self.error(403, "file_upload_start", local_path=local, remote_path="master$bob@x.example.net:a")
+        yield self.error(403, "file_upload_start", local_path=local, remote_path="share9$" + ME + ":a")
+        yield self.error(400, "file_upload_start", local_path=local, remote_path="no-key-here")
+        yield self.error(400, "file_upload_start", local_path=local, remote_path=MASTER + ":")
+        self.assertEqual((yield self.ok("files_list")), [])
+        yield self.error(404, "file_info", remote_path=REMOTE)
+        yield self.error(404, "file_download_start", remote_path=REMOTE, destination_path=local)
+        yield self.error(403, "files_list", key_id="master$bob@x.example.net")
+
+        yield self.ok("file_upload_start", local_path=local, remote_path=REMOTE, wait_result=True)
+        nowhere = os.path.abspath(os.path.join(self.mktemp(), "missing-dir", "out.bin"))
+        yield self.error(400, "file_download_start", remote_path=REMOTE, destination_path=nowhere)
+        self.assertFalse(os.path.exists(os.path.dirname(nowhere)))
+        yield self.error(400, "file_download_start", remote_path=REMOTE, destination_path="out.bin")
+        yield self.error(404, "file_download_start", remote_path="Fno-such-version")
+
+    @defer.inlineCallbacks
+    def test_too_few_suppliers_is_503_and_a_full_supplier_507(self):
+        local, _ = self.local(size=SEG)
+        for sid in self.provider.ids[:3]:
+            self.provider.gates[sid].offline = True
+        text = yield self.error(503, "file_upload_start", local_path=local, remote_path=REMOTE, wait_finish=True)
+        self.assertIn("required", text)
+        self.assertEqual(self.storage.transfers.jobs()[0].state, "PAUSED")
+
+    @defer.inlineCallbacks
+    def test_full_suppliers_answer_507(self):
+        yield self.node.stopService()
+        self.servers = FakeServers()  # a new node registers alice again
+        self.provider = GridProvider([MemoryStorageServer(quota_bytes=1000) for _ in range(5)])
+        self.node, self.storage = yield self.start()
+        local, _ = self.local(size=SEG)
+        text = yield self.error(507, "file_upload_start", local_path=local, remote_path=REMOTE, wait_result=True)
+        self.assertIn("out of space", text)
+
+
+class NoSupplierTests(unittest.TestCase):
+    """A node whose service_backups has no provider and no service_customer to ask."""
+
+    @defer.inlineCallbacks
+    def test_methods_needing_suppliers_say_so(self):
+        helper = StorageNodeTestCase("setUp")
+        helper.setUp()
+        helper.mktemp = self.mktemp
+        helper.addCleanup = self.addCleanup
+        node, _ = yield helper.start(storage=StorageService)
+        local, _ = write(self, 10)
+        answer = yield node.dispatcher.execute_by_name(
+            "file_upload_start", {"local_path": os.path.abspath(local), "remote_path": REMOTE})
+        self.assertEqual(answer.code, 503)
+        self.assertIn("service_customer is off", answer.envelope["errors"][0])
+        answer = yield node.dispatcher.execute_by_name("files_list", {})
+        self.assertEqual((answer.code, answer.envelope["result"]), (200, []))
