@@ -20,7 +20,7 @@ venv: $(STAMP)
 
 ## make run: install, start a local network (identity server, suppliers, a customer), print where the API is.
 run: $(STAMP)
-	@$(VENV)/bin/bitnode localnet up --dir $(LOCALNET)
+	@$(VENV)/bin/bitnode localnet up --detach --dir $(LOCALNET)
 	@echo "Stop it:  make stop"
 
 stop: $(STAMP)

@@ -17,14 +17,14 @@ from twisted.internet import defer
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
-from twisted.web.server import Site
 
 from automats import Registry
 from bitnode.crypt.fileutil import atomic_write
 from bitnode.interface.api import API
 from bitnode.interface.auth import ApiGuard, RateLimiter, load_or_create_secret
+from bitnode.interface.connections import ConnectionSet, TrackingSite
 from bitnode.interface.dispatch import Dispatcher
-from bitnode.interface.rest import ApiResource, ConnectionTracker
+from bitnode.interface.rest import ApiResource
 from bitnode.interface.websocket import ApiWebSocketFactory
 from bitnode.main.basedir import Basedir
 from bitnode.main.events import EventBus
@@ -52,7 +52,14 @@ class Node(MultiService):
                                      name=f"bitnode-{os.path.basename(basedir.root)}")
         self.service_driver = ServiceDriver(self, settings, reactor, service_classes)
         self.api = API(self)
-        self.dispatcher = Dispatcher(self.api, log_calls=lambda: settings.get("logs/api-calls"))
+        # API settings read on every request are cached here and kept current by settings listeners.
+        self._log_api_calls = bool(settings.get("logs/api-calls"))
+        self._api_site: _ApiSite | None = None
+        self._limiter = RateLimiter(reactor, settings.get("interface/api/rate-limit"),
+                                    settings.get("interface/api/rate-burst"))
+        settings.add_listener("logs/api-calls", self._api_settings_changed)
+        settings.add_listener("interface/api/rate-", self._api_settings_changed)
+        self.dispatcher = Dispatcher(self.api, log_calls=lambda: self._log_api_calls)
         self.api_secret = ""
         self.ready = False
         self.started_at = 0.0
@@ -60,7 +67,7 @@ class Node(MultiService):
         self.on_restart_requested: Callable[[], None] = self._restart_process
         self._http_port = None
         self._ws_port = None
-        self._connections: list[ConnectionTracker] = []
+        self._connections: list[ConnectionSet] = []
         self._later: set = set()
         self._startup: defer.Deferred | None = None
 
@@ -152,8 +159,9 @@ class Node(MultiService):
         self._http_port = self._ws_port = None
         # Answer waiting long-polls before the connections they would be written to are closed.
         self.events.close()
-        yield defer.gatherResults([tracker.close_all(self.clock) for tracker in self._connections])
+        yield defer.gatherResults([open_ones.close_all(self.clock, grace=2.0) for open_ones in self._connections])
         self._connections = []
+        self._api_site = None
         self.threadpool.stop()
         try:
             os.unlink(self.basedir.endpoints_file)
@@ -163,23 +171,29 @@ class Node(MultiService):
     def _listen(self) -> None:
         iface = self.settings.get("interface/api/interface")
         guard = ApiGuard(self.api_secret, extra_hosts=(iface,))
-        limiter = RateLimiter(self.clock, lambda: self.settings.get("interface/api/rate-limit"),
-                              lambda: self.settings.get("interface/api/rate-burst"))
-        site = _ApiSite(ApiResource(self.dispatcher, guard, limiter))
-        site.log_requests = lambda: self.settings.get("logs/api-calls")
-        ws_factory = ApiWebSocketFactory(self.dispatcher, guard, limiter, self.events)
+        site = self._api_site = _ApiSite(ApiResource(self.dispatcher, guard, self._limiter))
+        site.log_requests = self._log_api_calls
+        ws_factory = ApiWebSocketFactory(self.dispatcher, guard, self._limiter, self.events)
         ws_factory.noisy = False
-        # Trackers so stopService can close the connections still open, not only the listening ports.
-        self._connections = [ConnectionTracker(site), ConnectionTracker(ws_factory)]
-        self._http_port = self.reactor.listenTCP(self.settings.get("interface/api/http-port"),
-                                                 self._connections[0], interface=iface)
+        # So stopService can close the connections still open, not only the listening ports.
+        self._connections = [site.connections, ws_factory.connections]
+        self._http_port = self.reactor.listenTCP(self.settings.get("interface/api/http-port"), site, interface=iface)
         try:
-            self._ws_port = self.reactor.listenTCP(self.settings.get("interface/api/ws-port"),
-                                                   self._connections[1], interface=iface)
+            self._ws_port = self.reactor.listenTCP(self.settings.get("interface/api/ws-port"), ws_factory,
+                                                   interface=iface)
         except Exception:
             self._http_port.stopListening()
             self._http_port = None
             raise
+
+    def _api_settings_changed(self, key, old, new) -> None:
+        if key == "logs/api-calls":
+            self._log_api_calls = bool(new)
+            if self._api_site is not None:
+                self._api_site.log_requests = self._log_api_calls
+        else:
+            self._limiter.configure(self.settings.get("interface/api/rate-limit"),
+                                    self.settings.get("interface/api/rate-burst"))
 
     def _write_endpoints(self) -> None:
         data = dict(self.endpoints(), pid=os.getpid(), basedir=self.basedir.root)
@@ -214,15 +228,15 @@ class Node(MultiService):
         self._stop_reactor()
 
 
-class _ApiSite(Site):
+class _ApiSite(TrackingSite):
     """A Site that writes access-log lines only when ``logs/api-calls`` asks for them."""
 
     noisy = False
-    log_requests: Callable[[], bool] = staticmethod(lambda: False)
+    log_requests = False
 
     def log(self, request) -> None:
         """Skip the per-request access log unless enabled."""
-        if self.log_requests():
+        if self.log_requests:
             super().log(request)
 
 

@@ -130,13 +130,16 @@ class StopTests(unittest.TestCase):
         yield ws.call_ok("process_stop")
         self.assertTrue(node.threadpool.started)
         self.assertTrue(pending_calls() - before)
+        open_connections = list(node._connections)
+        self.assertEqual(sum(len(connections) for connections in open_connections), 4)
 
         yield node.stopService()
 
         self.assertEqual(node.endpoints(), {})
         for port in ports:
             self.assertNotIn(port, reactor.getReaders())
-        self.assertEqual([tracker.protocols for tracker in node._connections], [])
+        self.assertEqual([len(connections) for connections in open_connections], [0, 0])
+        self.assertEqual(node._connections, [])
         self.assertFalse(node.threadpool.started)
         self.assertEqual(node.threadpool.threads, [])
         self.assertTrue(lamp.destroyed)

@@ -23,10 +23,11 @@ backup_monitor rebuilds what the new suppliers lack).
 from __future__ import annotations
 
 import json
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from automats import Automat
 from bitnode.crypt.fileutil import atomic_write
+from bitnode.customer.supplier_connector import timer_intervals
 from bitnode.errors import BadRequest, NotFound
 
 ROSTER_FORMAT = 1
@@ -89,7 +90,11 @@ class FireHire(Automat):
 
     def __init__(self, clock, roster: SupplierRoster, finder: Any, make_connector: Callable[[str], Any],
                  wanted: Callable[[], int], dead_after: Callable[[], float],
-                 on_changed: Callable[[list[str], str], None] = lambda positions, reason: None, **kwargs: Any):
+                 on_changed: Callable[[list[str], str], None] = lambda positions, reason: None,
+                 intervals: Mapping[str, float] | None = None, **kwargs: Any):
+        if intervals:
+            # Shadows the class's timer table for this machine only (read by the Automat base).
+            self._timer_specs = timer_intervals(type(self), intervals)
         super().__init__(clock, **kwargs)
         self.roster = roster
         self.finder = finder
@@ -103,6 +108,7 @@ class FireHire(Automat):
         self._to_fire: list[tuple[int, str]] = []
         self._reserved: dict[int, str] = {}
         self.fired_at: dict[str, float] = {}
+        self._flush_call = None
 
     # --- public entry points -----------------------------------------------------------
 
@@ -222,16 +228,21 @@ class FireHire(Automat):
 
     def restart_later(self, *_: Any) -> None:
         """A restart while busy: decide again once back in READY."""
-        self._pending.append(("restart", ()))
-        self.clock.callLater(0, self._flush_pending)
+        if ("restart", ()) not in self._pending:  # one pending restart decides as well as ten
+            self._pending.append(("restart", ()))
+        self._schedule_flush(0)
 
     def replace_later(self, position: int, new_supplier_id: str | None) -> None:
         """A replace request while busy: run it once back in READY."""
         self._pending.append(("replace", (position, new_supplier_id)))
-        self.clock.callLater(0, self._flush_pending)
+        self._schedule_flush(0)
 
     def close_all(self, *_: Any) -> None:
         """Node stopping: stop every connector (contracts stay)."""
+        if self._flush_call is not None and self._flush_call.active():
+            self._flush_call.cancel()
+        self._flush_call = None
+        self._pending = []
         for connector in list(self.connectors.values()):
             connector.event("shutdown")
         self.connectors.clear()
@@ -239,15 +250,22 @@ class FireHire(Automat):
 
     # --- helpers -------------------------------------------------------------------------
 
+    def _schedule_flush(self, delay: float) -> None:
+        # One pending call at a time, so shutdown can cancel it and leave no timer behind.
+        if self._flush_call is None or not self._flush_call.active():
+            self._flush_call = self.clock.callLater(delay, self._flush_pending)
+
     def _flush_pending(self) -> None:
-        if self.destroyed or self.state != "READY" or not self._pending:
-            if self._pending and not self.destroyed:
-                self.clock.callLater(1.0, self._flush_pending)
+        self._flush_call = None
+        if self.destroyed or not self._pending:
+            return
+        if self.state != "READY":
+            self._schedule_flush(1.0)
             return
         event, args = self._pending.pop(0)
         self.event(event, *args)
         if self._pending:
-            self.clock.callLater(0, self._flush_pending)
+            self._schedule_flush(0)
 
     def _connect(self, supplier_id: str):
         connector = self.make_connector(supplier_id)

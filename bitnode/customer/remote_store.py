@@ -19,7 +19,7 @@ from typing import Callable
 from twisted.internet import defer
 from zope.interface import implementer
 
-from bitnode.errors import BadRequest, InsufficientStorage, Unavailable
+from bitnode.errors import BadRequest, Forbidden, InsufficientStorage, Unavailable
 from bitnode.storage import wire
 from bitnode.storage.interface import BlockNotFound, IStorageServer, validate_customer_id, validate_path
 from bitnode.transport.commands import Command
@@ -45,6 +45,9 @@ def error_from_fail(reason: str, path: str = "") -> Exception:
         return InsufficientStorage(f"supplier refused: {reason}")
     if reason.startswith("invalid") or reason.startswith("not a customer") or "payload" in reason:
         return BadRequest(f"supplier refused: {reason}")
+    if reason.startswith("rejected") or reason.startswith("forbidden"):
+        # The supplier will not serve us (customer_reject, or a packet it may not accept): a refusal, not silence.
+        return Forbidden(f"supplier refused: {reason}")
     return Unavailable(f"supplier failed: {reason}")
 
 

@@ -12,16 +12,40 @@ with the supplier's answer dict, fails with the refusal),
 States: NO_SERVICE (new), REQUEST (asked, waiting), CONNECTED (accepted and
 answering), REFUSE (said no: no space, rejected...), DISCONNECTED (did not
 answer; retried on a timer), CLOSED (contract ended or node stopping).
+A supplier that stops serving us on its own (``customer_reject``) sends a
+notice; the node turns it into the event ``rejected`` (any state -> REFUSE).
+
+Timer intervals are the table's unless ``intervals`` overrides some by timer
+name (the node takes them from settings; see :func:`timer_intervals`).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping
 
 from twisted.internet import defer
 
 from automats import Automat
 from bitnode.errors import BadRequest, Forbidden, InsufficientStorage
+
+
+def timer_intervals(machine_cls: type[Automat], overrides: Mapping[str, float]) -> dict:
+    """``machine_cls``'s timers with the intervals named in ``overrides`` replaced.
+
+    The states a timer runs in stay those of the table; only how long it waits
+    changes, so a node can make its checks as frequent as its settings say.
+    """
+    specs = machine_cls.timer_specs()
+    unknown = set(overrides) - set(specs)
+    if unknown:
+        raise ValueError(f"{machine_cls.__name__} has no timer {sorted(unknown)}")
+    out = {}
+    for name, (interval, states) in specs.items():
+        seconds = float(overrides.get(name, interval))
+        if not seconds > 0:
+            raise ValueError(f"timer {name} needs a positive interval")
+        out[name] = (seconds, states)
+    return out
 
 
 class SupplierConnector(Automat):
@@ -46,6 +70,7 @@ class SupplierConnector(Automat):
         ("DISCONNECTED", "timer-retry",      None,  "REQUEST",      ["request_service"]),
         ("DISCONNECTED", "connect",          None,  "REQUEST",      ["request_service"]),
         ("REFUSE",       "connect",          None,  "REQUEST",      ["request_service"]),
+        ("*",            "rejected",         None,  "REFUSE",       ["note_refused"]),
         ("*",            "close",            None,  "CLOSED",       ["cancel_service", "destroy"]),
         ("*",            "shutdown",         None,  "CLOSED",       ["destroy"]),
         # Answers that arrive after the machine moved on change nothing.
@@ -53,7 +78,11 @@ class SupplierConnector(Automat):
         ("*",            "ping-failed",      None,  "*",            []),
     ]
 
-    def __init__(self, clock, supplier_id: str, contracts: Any, needed_bytes: int, **kwargs: Any):
+    def __init__(self, clock, supplier_id: str, contracts: Any, needed_bytes: int,
+                 intervals: Mapping[str, float] | None = None, **kwargs: Any):
+        if intervals:
+            # Shadows the class's timer table for this machine only (read by the Automat base).
+            self._timer_specs = timer_intervals(type(self), intervals)
         super().__init__(clock, **kwargs)
         self.supplier_id = supplier_id
         self.contracts = contracts
@@ -71,9 +100,15 @@ class SupplierConnector(Automat):
         d = defer.maybeDeferred(self.contracts.request_service, self.supplier_id, self.needed_bytes)
         d.addCallbacks(lambda answer: self.event("service-accepted", answer), self._request_failed)
 
+    def rejected(self, reason: str) -> None:
+        """The supplier told us it stopped serving us (its customer_reject notice)."""
+        self.refusal = reason  # before the event: state listeners (fire_hire) read it on the transition
+        self.event("rejected", reason)
+
     def _request_failed(self, failure) -> None:
         # A supplier that answered "no" is a refusal; silence or a broken link is being offline.
         if failure.check(InsufficientStorage, BadRequest, Forbidden):
+            self.refusal = failure.getErrorMessage()  # listeners of the REFUSE transition read it
             self.event("service-refused", failure.getErrorMessage())
         else:
             self.event("request-failed", failure.getErrorMessage())

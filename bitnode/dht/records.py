@@ -15,7 +15,11 @@ whole seconds (ints), so the canonical form is the same in any language.
 Keys are namespaced strings: ``nickname:``, ``identity:`` and ``suppliers:``
 keys must carry records of that type; ``skip_validation`` records may use any
 other key (``app:x``, or a plain ``abcd`` as in the API examples). A
-``nickname:X`` record must have ``value.nickname == X``.
+``nickname:X`` record must have ``value.nickname == X``. A ``suppliers``
+record names canonical IDURLs: its customer and, position by position, up to
+:data:`MAX_SUPPLIERS` suppliers ("" for an empty position). Who wrote it is
+checked by its readers against the customer's identity (see
+:func:`bitnode.customer.customer_service.lookup_suppliers`).
 
 The writer's key is an Ed25519 private key, given either as a
 :class:`bitnode.crypt.fastsign.Ed25519PrivateKey` (what the identity service
@@ -48,6 +52,7 @@ from Crypto.Signature import eddsa
 from bitnode.crypt.fastsign import Ed25519PrivateKey
 from bitnode.dht.ids import key_to_id
 from bitnode.errors import BadRequest, Conflict
+from bitnode.userid.globalid import is_canonical_idurl
 
 RECORD_VERSION = 1
 SIGNING_CONTEXT = b"bitnode-dht-record-v1\n"
@@ -61,6 +66,8 @@ MAX_KEY_LEN = 256
 MAX_RECORD_BYTES = 6144
 MAX_TTL = 30 * 24 * 3600
 MAX_CLOCK_SKEW = 600
+#: Positions a suppliers record may list (a customer hires at most 16; room for growth).
+MAX_SUPPLIERS = 64
 
 _FIELDS = ("version", "key", "value", "record_type", "writer_pubkey", "created", "expires", "seq", "signature")
 
@@ -234,9 +241,13 @@ def check_shape(record_type: str, key: str, value: Any) -> None:
     else:
         _need_str(value, "customer_idurl")
         _need_str(value, "ecc_map")
+        if not is_canonical_idurl(value["customer_idurl"]):
+            raise InvalidRecord("value.customer_idurl must be a canonical IDURL")
         suppliers = value["suppliers"]
         if not isinstance(suppliers, list) or not all(isinstance(s, str) for s in suppliers):
             raise InvalidRecord("value.suppliers must be a list of idurl strings ('' for an empty slot)")
+        if len(suppliers) > MAX_SUPPLIERS or not all(s == "" or is_canonical_idurl(s) for s in suppliers):
+            raise InvalidRecord(f"value.suppliers must hold at most {MAX_SUPPLIERS} canonical IDURLs or ''")
         if type(value["revision"]) is not int or value["revision"] < 0:
             raise InvalidRecord("value.revision must be an int >= 0")
 

@@ -16,11 +16,15 @@ from twisted.internet import defer
 
 import bitnode
 from bitnode.errors import BadRequest, Conflict, NotFound
+from bitnode.interface.api_access import AccessMethods
 from bitnode.interface.api_dht import DHTMethods
 from bitnode.interface.api_files import FilesMethods
 from bitnode.interface.api_identity import IdentityMethods
+from bitnode.interface.api_market import MarketMethods
+from bitnode.interface.api_messages import MessageMethods
 from bitnode.interface.api_network import NetworkMethods
 from bitnode.interface.api_nicknames import NicknameMethods
+from bitnode.interface.api_stun import StunMethods
 from bitnode.main.process import debug_snapshot, system_stats
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -29,7 +33,8 @@ if TYPE_CHECKING:  # pragma: no cover
 STOP_DELAY = 0.2
 
 
-class API(IdentityMethods, NetworkMethods, DHTMethods, FilesMethods, NicknameMethods):
+class API(IdentityMethods, AccessMethods, NetworkMethods, DHTMethods, FilesMethods, NicknameMethods, StunMethods,
+          MessageMethods, MarketMethods):
     """Every implemented API method of one node."""
 
     def __init__(self, node: Node):

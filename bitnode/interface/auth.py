@@ -1,4 +1,10 @@
-"""Who may call the local API: the secret token, local Host/Origin checks, and rate limits."""
+"""Who may call the local API: the secret token, local Host/Origin checks, and rate limits.
+
+Order of the checks for every request (REST) and every WebSocket handshake
+and message: the rate limit first, per client host, so that guessing the
+secret costs tokens like any other request; then Origin and Host; then the
+secret.
+"""
 
 from __future__ import annotations
 
@@ -42,19 +48,30 @@ def _host_of(value: str) -> str:
 class ApiGuard:
     """Checks every API request: local Host, local or absent Origin, right secret."""
 
+    # Host header values already accepted ("127.0.0.1:8180"): clients send the same one every time.
+    MAX_KNOWN_HOSTS = 64
+
     def __init__(self, secret: str, extra_hosts: tuple[str, ...] = ()):
         self._secret = secret.encode("utf-8")
         self._hosts = LOCAL_HOSTS | {h.lower() for h in extra_hosts if h and h not in ("0.0.0.0", "::")}
+        self._known_hosts: set[str | bytes] = set()
 
-    def check_host(self, host_header: str | None) -> None:
+    def check_host(self, host_header: str | bytes | None) -> None:
         """Refuse requests addressed to a non-local name (DNS rebinding). A missing Host is allowed."""
-        if host_header and _host_of(host_header) not in self._hosts:
-            raise Forbidden("requests must be addressed to this machine (Host header is not local)")
-
-    def check_origin(self, origin: str | None) -> None:
-        """Refuse browser requests from foreign pages (CSRF). Non-browser clients send no Origin."""
-        if origin is None or origin == "":
+        if not host_header or host_header in self._known_hosts:
             return
+        text = host_header.decode("latin-1") if isinstance(host_header, bytes) else host_header
+        if _host_of(text) not in self._hosts:
+            raise Forbidden("requests must be addressed to this machine (Host header is not local)")
+        if len(self._known_hosts) < self.MAX_KNOWN_HOSTS:
+            self._known_hosts.add(host_header)
+
+    def check_origin(self, origin: str | bytes | None) -> None:
+        """Refuse browser requests from foreign pages (CSRF). Non-browser clients send no Origin."""
+        if not origin:
+            return
+        if isinstance(origin, bytes):
+            origin = origin.decode("latin-1")
         parts = urlsplit(origin.strip())
         if parts.scheme not in ("http", "https", "ws", "wss") or (parts.hostname or "").lower() not in self._hosts:
             raise Forbidden("requests from a foreign Origin are refused")
@@ -68,29 +85,56 @@ class ApiGuard:
         if not hmac.compare_digest(given, self._secret):
             raise Unauthorized("wrong api_secret")
 
-    def check(self, host: str | None, origin: str | None, secret: str | bytes | None) -> None:
-        """All three checks, in the order that leaks least: origin and host, then the secret."""
-        self.check_origin(origin)
-        self.check_host(host)
+    def check(self, host: str | bytes | None, origin: str | bytes | None, secret: str | bytes | None) -> None:
+        """All three checks, in the order that leaks least: origin and host, then the secret.
+
+        Header values may be given as received (bytes) or as text.
+        """
+        if origin:
+            self.check_origin(origin)
+        if host and host not in self._known_hosts:
+            self.check_host(host)
+        if type(secret) is bytes and secret and hmac.compare_digest(secret, self._secret):
+            return  # the usual case, without one more call
         self.check_secret(secret)
 
 
 class RateLimiter:
-    """Token buckets per client: ``rate`` requests per second, bursts up to ``burst``."""
+    """Token buckets per client: ``rate`` requests per second, bursts up to ``burst``.
+
+    A client is a host (an IP address), the same key for HTTP and WebSocket:
+    opening more connections buys no more requests. The limits are values,
+    changed with :meth:`configure` (the node calls it when the settings
+    change), not read from the settings on every request.
+    """
 
     MAX_CLIENTS = 4096
 
-    def __init__(self, clock: IReactorTime, rate, burst):
+    def __init__(self, clock: IReactorTime, rate: float, burst: float):
         self._clock = clock
-        self._rate = rate
-        self._burst = burst
+        self.rate = 0.0
+        self._burst = 1.0
         self._buckets: dict[str, tuple[float, float]] = {}
+        self.configure(rate, burst)
+
+    @property
+    def burst(self) -> float:
+        """Requests a client may send at once."""
+        return self._burst
+
+    def configure(self, rate: float, burst: float) -> None:
+        """New limits, applied from the next request on; every client starts again with a full burst."""
+        #: Requests per second per client; 0 (false) when there is no limit, so callers may skip :meth:`hit`.
+        self.rate = max(0.0, float(rate))
+        self._burst = float(burst)
+        self._buckets.clear()
 
     def hit(self, client: str) -> None:
         """Take one token for ``client`` or raise TooManyRequests with the wait in seconds."""
-        rate, burst = float(self._rate()), float(self._burst())
+        rate = self.rate
         if rate <= 0:
             return
+        burst = self._burst
         now = self._clock.seconds()
         tokens, last = self._buckets.get(client, (burst, now))
         tokens = min(burst, tokens + (now - last) * rate)

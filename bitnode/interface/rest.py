@@ -2,27 +2,45 @@
 
 GET parameters come from the query string; other verbs take a JSON object
 body (query-string parameters are accepted too); a parameter that is part of
-the path cannot be given a different value elsewhere. Every answer is the
-JSON envelope with the HTTP code from the one error table (413 for a body
-over :data:`MAX_BODY`).
+the path (URL-decoded: ``event/listen/my%20id/v1`` is consumer ``my id``)
+cannot be given a different value elsewhere. Every answer is the JSON
+envelope with the HTTP code from the one error table (413 for a body over
+:data:`MAX_BODY`).
+
+Each request is rate-limited per client host first, then its Origin, Host and
+secret are checked (see :mod:`bitnode.interface.auth`). A method that answers
+at once is written at once, without a Deferred; one that answers later is
+written when it does, and cancelled if the client goes away first.
 """
 
 from __future__ import annotations
 
 import json
+from json.encoder import c_make_encoder, encode_basestring_ascii
 
-from twisted.internet import defer
-from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
-from twisted.protocols.policies import WrappingFactory
+from twisted.web.http_headers import Headers
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
-from bitnode.errors import BadRequest, BitnodeError, error_response
+from bitnode.errors import BadRequest, BitnodeError
 from bitnode.interface.auth import ApiGuard, RateLimiter
-from bitnode.interface.dispatch import Answer, Dispatcher
+from bitnode.interface.dispatch import Answer, Dispatcher, error_answer
 
 MAX_BODY = 1024 * 1024
+
+JSON_TYPE = b"application/json; charset=utf-8"
+
+# The C encoder of json.dumps, built once and without the circular-reference check (answers are
+# trees): json.dumps(..., default=str) would build a new encoder, in Python, on every call.
+# Output is the same as json.dumps (", " and ": " separators, ASCII).
+if c_make_encoder is not None:
+    _encode_parts = c_make_encoder(None, str, encode_basestring_ascii, None, ": ", ", ", False, False, True)
+
+    def _to_json(value) -> str:
+        return "".join(_encode_parts(value, 0))
+else:  # pragma: no cover - Pythons without the json C accelerator
+    _to_json = json.JSONEncoder(default=str).encode
 
 
 class PayloadTooLarge(BadRequest):
@@ -33,7 +51,20 @@ class PayloadTooLarge(BadRequest):
 
 def encode_envelope(envelope: dict) -> bytes:
     """JSON text of an envelope; values JSON cannot carry become strings rather than a 500."""
-    return json.dumps(envelope, default=str).encode("utf-8")
+    return _to_json(envelope).encode("ascii")
+
+
+_VERBS = {verb.encode("ascii"): verb for verb in ("GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS")}
+
+
+def _canonical(name: bytes) -> bytes:
+    """A header name as ``Headers.getAllRawHeaders`` spells it (it canonicalises capitalisation)."""
+    return next(iter(Headers({name: [b""]}).getAllRawHeaders()))[0]
+
+
+# The headers the guard reads, looked for in one pass over the request's headers.
+_GUARD_HEADERS = {_canonical(b"host"): 0, _canonical(b"origin"): 1, _canonical(b"api_secret"): 2,
+                  _canonical(b"api-secret"): 3}
 
 
 class ApiResource(Resource):
@@ -53,29 +84,37 @@ class ApiResource(Resource):
         try:
             target, kwargs = self._prepare(request)
         except BitnodeError as err:
-            response = error_response(err)
-            self._write(request, Answer(response.http_code, response.envelope, response.headers))
-            return NOT_DONE_YET
-        d = self._dispatcher.execute(target, kwargs)
-        request.notifyFinish().addErrback(lambda _: d.cancel())
-        d.addCallback(lambda answer: self._write(request, answer))
-        d.addErrback(lambda f: self.log.failure("writing API answer failed", f))
+            return self._start_answer(request, error_answer(err))
+        except Exception as err:  # a bug: the envelope of a 500, and the traceback in the log
+            self.log.failure("reading the API request failed")
+            return self._start_answer(request, error_answer(err))
+        answer = self._dispatcher.answer(target, kwargs)
+        if isinstance(answer, Answer):
+            # The body goes back to twisted.web, which sets Content-Length, writes and finishes in one go.
+            return self._start_answer(request, answer)
+        request.notifyFinish().addErrback(lambda _: answer.cancel())
+        answer.addCallback(self._write_later, request)
+        answer.addErrback(lambda f: self.log.failure("writing API answer failed", f))
         return NOT_DONE_YET
 
     def _prepare(self, request: Request):
-        header = request.getHeader
-        self._guard.check(header("host"), header("origin"), header("api_secret") or header("api-secret"))
-        client = getattr(request.getClientAddress(), "host", "?")
-        self._limiter.hit(client)
-        verb = request.method.decode("ascii", "replace").upper()
-        path = request.path.decode("utf-8", "replace")
-        target, from_path = self._dispatcher.by_path(path, verb)
+        # The rate limit counts per client host (not per port or connection), before any check.
+        if self._limiter.rate:
+            self._limiter.hit(getattr(request.getClientAddress(), "host", "?"))
+        found = [None, None, None, None]  # host, origin, api_secret, api-secret: the last value of each
+        for name, values in request.requestHeaders.getAllRawHeaders():
+            index = _GUARD_HEADERS.get(name)
+            if index is not None and values:
+                found[index] = values[-1]
+        self._guard.check(found[0], found[1], found[2] or found[3])
+        verb = _VERBS.get(request.method) or request.method.decode("ascii", "replace").upper()
+        target, from_path = self._dispatcher.by_path(request.path.decode("utf-8", "replace"), verb)
         kwargs = {}
-        for key, values in request.args.items():
-            name = key.decode("utf-8", "replace")
-            if name == "api_secret":
-                continue
-            kwargs[name] = values[-1].decode("utf-8", "replace")
+        if request.args:
+            for key, values in request.args.items():
+                name = key.decode("utf-8", "replace")
+                if name != "api_secret":
+                    kwargs[name] = values[-1].decode("utf-8", "replace")
         if verb != "GET":
             kwargs.update(self._read_body(request))
         for name, value in from_path.items():
@@ -101,68 +140,29 @@ class ApiResource(Resource):
             raise BadRequest("the JSON body must be an object of parameters")
         return body
 
-    @staticmethod
-    def _write(request: Request, answer: Answer) -> None:
+    def _start_answer(self, request: Request, answer: Answer) -> bytes:
+        """Status and headers of ``answer``; returns the body to send."""
+        code, envelope, extra = answer
+        try:
+            body = _to_json(envelope).encode("ascii")
+        except Exception:  # a result JSON cannot carry even as text (too deep): a 500, not a hung request
+            self.log.failure("encoding the API answer failed")
+            code, body = 500, encode_envelope({"status": "ERROR", "errors": ["internal error: answer not encodable"]})
+        if code != 200:
+            request.setResponseCode(code if code != 499 else 400)
+        headers = request.responseHeaders
+        headers.setRawHeaders(b"content-type", [JSON_TYPE])
+        headers.setRawHeaders(b"cache-control", [b"no-store"])
+        if extra:
+            for name, value in extra.items():
+                headers.setRawHeaders(name.encode("ascii"), [str(value).encode("ascii")])
+        return body
+
+    def _write_later(self, answer: Answer, request: Request) -> None:
         if request.finished or request._disconnected:
             return
-        body = encode_envelope(answer.envelope)
-        request.setResponseCode(answer.code if answer.code != 499 else 400)
-        request.setHeader(b"content-type", b"application/json; charset=utf-8")
-        request.setHeader(b"cache-control", b"no-store")
+        body = self._start_answer(request, answer)
         # A length instead of chunked encoding: one write, and clients know when the answer ends.
         request.setHeader(b"content-length", str(len(body)).encode("ascii"))
-        for name, value in answer.headers.items():
-            request.setHeader(name.encode("ascii"), str(value).encode("ascii"))
         request.write(body)
         request.finish()
-
-
-class ConnectionTracker(WrappingFactory):
-    """Wraps a server factory (the Site, the WebSocket factory) to know its open connections.
-
-    Stopping to listen leaves accepted connections open, with their idle
-    timers; a node that stops must close them itself, or they outlive it.
-    """
-
-    noisy = False
-
-    def __init__(self, wrapped_factory):
-        super().__init__(wrapped_factory)
-        self._when_empty: list[defer.Deferred] = []
-
-    def logPrefix(self) -> str:
-        """Log as the wrapped factory ("_ApiSite starting on 8180"), as without the tracker."""
-        return self.wrappedFactory.__class__.__name__
-
-    def unregisterProtocol(self, p) -> None:
-        """A connection went away; tell :meth:`close_all` when it was the last one."""
-        super().unregisterProtocol(p)
-        if not self.protocols:
-            waiters, self._when_empty = self._when_empty, []
-            for waiter in waiters:
-                waiter.callback(None)
-
-    def close_all(self, clock: IReactorTime, grace: float = 2.0) -> defer.Deferred:
-        """Close every connection; fires once all are gone (aborting those still open after ``grace``).
-
-        A wrapped protocol with a ``close_for_shutdown()`` method closes
-        itself politely (a WebSocket close frame); others lose the connection
-        once written data is flushed.
-        """
-        if not self.protocols:
-            return defer.succeed(None)
-        done = defer.Deferred()
-        self._when_empty.append(done)
-        for wrapper in list(self.protocols):
-            closer = getattr(wrapper.wrappedProtocol, "close_for_shutdown", None)
-            if closer is not None:
-                closer()
-            else:
-                wrapper.transport.loseConnection()
-        abort = clock.callLater(grace, self._abort_all)
-        done.addBoth(lambda result: (abort.cancel() if abort.active() else None, result)[1])
-        return done
-
-    def _abort_all(self) -> None:
-        for wrapper in list(self.protocols):
-            wrapper.transport.abortConnection()

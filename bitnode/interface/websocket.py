@@ -7,7 +7,13 @@ A client connects to ``ws://127.0.0.1:8280/?api_secret=...`` (or sends the
 (``code`` is what REST would answer, so a client can tell 404 from 400). Every event of
 the node is pushed as ``{"type": "event", "seq": N, "payload": {...}}``;
 ``?since=N`` on the URL (or ``{"command": "resume", "since": N}``) replays the
-buffered events after N first.
+buffered events after N first; N is a sequence id (0 or more).
+Chat messages are also pushed as ``{"type": "stream_message", "seq": N,
+"payload": <message>}`` (see :data:`STREAM_EVENTS`).
+
+The handshake and every message cost one token of the rate limit of the
+client's host (shared with its HTTP requests), taken before the secret is
+checked, so guessing the secret is rate-limited too.
 """
 
 from __future__ import annotations
@@ -20,31 +26,45 @@ from twisted.logger import Logger
 
 from bitnode.errors import BadRequest, BitnodeError, error_response
 from bitnode.interface.auth import ApiGuard, RateLimiter
-from bitnode.interface.dispatch import Dispatcher
+from bitnode.interface.connections import ConnectionSet, TrackedProtocol
+from bitnode.interface.dispatch import Answer, Dispatcher
 from bitnode.interface.rest import encode_envelope
 from bitnode.main.events import Event, EventBus
 
 MAX_MESSAGE = 1024 * 1024
+#: Events also pushed as a frame of their own type (same sequence id), for clients that follow a stream:
+#: a chat message stored (received, or sent and Acked) is a ``stream_message`` whose payload is the message.
+STREAM_EVENTS = {"message-received": "stream_message", "message-sent": "stream_message"}
 
 
-class ApiWebSocketProtocol(WebSocketServerProtocol):
+def _parse_since(value) -> int:
+    """A sequence id to resume after: an integer, 0 or more (BadRequest otherwise)."""
+    if isinstance(value, str):
+        try:
+            value = int(value)
+        except ValueError:
+            raise BadRequest("since must be an event sequence id (an integer, 0 or more)") from None
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise BadRequest("since must be an event sequence id (an integer, 0 or more)")
+    return value
+
+
+class ApiWebSocketProtocol(TrackedProtocol, WebSocketServerProtocol):
     """One connected API client."""
 
     log = Logger()
 
     def onConnect(self, request):
-        """Check Origin, Host and the secret before accepting the connection."""
+        """Rate-limit, then check Origin, Host and the secret, and ``?since``, before accepting."""
         factory: ApiWebSocketFactory = self.factory
         secret = (request.params.get("api_secret") or [None])[-1] or request.headers.get("api_secret")
-        try:
-            factory.guard.check(request.headers.get("host"), request.headers.get("origin"), secret)
-        except BitnodeError as err:
-            raise ConnectionDeny(err.http_code, str(err)) from None
         since = (request.params.get("since") or [None])[-1]
         try:
-            self._resume_from = int(since) if since is not None else None
-        except ValueError:
-            raise ConnectionDeny(400, "since must be an event sequence id") from None
+            factory.limiter.hit(self._client_host())
+            factory.guard.check(request.headers.get("host"), request.headers.get("origin"), secret)
+            self._resume_from = _parse_since(since) if since is not None else None
+        except BitnodeError as err:
+            raise ConnectionDeny(err.http_code, str(err)) from None
         self._pending = set()
         self._unsubscribe = None
         return None
@@ -77,15 +97,15 @@ class ApiWebSocketProtocol(WebSocketServerProtocol):
             if not isinstance(message, dict):
                 raise BadRequest("a message must be a JSON object")
             call_id = message.get("call_id")
-            self.factory.limiter.hit(f"ws:{self.peer}")
+            self.factory.limiter.hit(self._client_host())
             command = message.get("command")
             if command == "api_call":
                 self._api_call(message, call_id)
             elif command == "resume":
                 since = message.get("since")
-                if not isinstance(since, int) or isinstance(since, bool):
-                    raise BadRequest("resume needs an integer 'since'")
-                self._replay(since)
+                if not isinstance(since, int):
+                    raise BadRequest("resume needs an integer 'since' (0 or more)")
+                self._replay(_parse_since(since))
             else:
                 raise BadRequest(f"unknown command {command!r}; use 'api_call' or 'resume'")
         except BitnodeError as err:
@@ -109,16 +129,26 @@ class ApiWebSocketProtocol(WebSocketServerProtocol):
             kwargs = {}
         if not isinstance(kwargs, dict):
             raise BadRequest("kwargs must be a JSON object")
-        d = self.factory.dispatcher.execute_by_name(method, kwargs)
-        self._pending.add(d)
+        outcome = self.factory.dispatcher.answer_by_name(method, kwargs)
+        if isinstance(outcome, Answer):
+            self._send_answer(outcome, call_id)
+            return
+        self._pending.add(outcome)
 
         def answer(result):
-            self._pending.discard(d)
-            if result.code != 499:
-                self._send({"type": "api_call", "call_id": call_id, "code": result.code, "payload": result.envelope})
+            self._pending.discard(outcome)
+            self._send_answer(result, call_id)
 
-        d.addCallback(answer)
-        d.addErrback(lambda f: self.log.failure("websocket api_call failed", f))
+        outcome.addCallback(answer)
+        outcome.addErrback(lambda f: self.log.failure("websocket api_call failed", f))
+
+    def _send_answer(self, answer: Answer, call_id) -> None:
+        if answer.code != 499:
+            self._send({"type": "api_call", "call_id": call_id, "code": answer.code, "payload": answer.envelope})
+
+    def _client_host(self) -> str:
+        """The rate limit's key: the client's host, as for HTTP requests (not the connection's port)."""
+        return getattr(self.transport.getPeer(), "host", "?")
 
     def _replay(self, since: int) -> None:
         events, missed = self.factory.events.since(since)
@@ -129,6 +159,9 @@ class ApiWebSocketProtocol(WebSocketServerProtocol):
 
     def _push_event(self, event: Event) -> None:
         self._send({"type": "event", "seq": event.seq, "payload": event.as_dict()})
+        stream = STREAM_EVENTS.get(event.event_id)
+        if stream is not None:
+            self._send({"type": stream, "seq": event.seq, "payload": event.data})
 
     def _send(self, message: dict) -> None:
         if self.state == WebSocketServerProtocol.STATE_OPEN:
@@ -136,7 +169,10 @@ class ApiWebSocketProtocol(WebSocketServerProtocol):
 
 
 class ApiWebSocketFactory(WebSocketServerFactory):
-    """Builds API client connections sharing one dispatcher, guard, limiter and event bus."""
+    """Builds API client connections sharing one dispatcher, guard, limiter and event bus.
+
+    ``connections`` holds the open ones, for the node to close when it stops.
+    """
 
     protocol = ApiWebSocketProtocol
 
@@ -146,5 +182,6 @@ class ApiWebSocketFactory(WebSocketServerFactory):
         self.guard = guard
         self.limiter = limiter
         self.events = events
+        self.connections = ConnectionSet()
         self.setProtocolOptions(maxMessagePayloadSize=MAX_MESSAGE, maxFramePayloadSize=MAX_MESSAGE,
                                 autoPingInterval=30, autoPingTimeout=30)

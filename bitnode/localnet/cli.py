@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 
 from bitnode.errors import BitnodeError
 from bitnode.localnet.network import LocalNet, LocalnetError
@@ -38,7 +39,16 @@ def cmd_up(args) -> int:
         print(f"  bitnode api process_info --basedir {customer['basedir']}")
         print(f"Every node: {LocalNet(args.dir).network_file}")
 
-    return _run(up)
+    code = _run(up)
+    if code != 0 or args.detach:
+        return code
+    print("The network runs until Ctrl-C (or run 'bitnode localnet up --detach' to leave it running).")
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        print()
+    return _run(lambda: LocalNet(args.dir).down())
 
 
 def cmd_down(args) -> int:
@@ -80,6 +90,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     up.add_argument("--key-size", type=int, default=2048, choices=(1024, 2048, 3072, 4096),
                     help="RSA key size of new identities (default 2048)")
     up.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for each step")
+    up.add_argument("--detach", action="store_true",
+                    help="return once the network is up and leave it running (default: run until Ctrl-C, then stop it)")
     add("down", cmd_down, "stop every node").add_argument("--kill", action="store_true", help="SIGKILL")
     add("status", cmd_status, "show every node and whether it runs")
     add("start-node", cmd_start_node, "start one node again").add_argument("name")

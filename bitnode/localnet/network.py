@@ -33,11 +33,15 @@ SERVER_NAME = "idserver"
 
 #: Settings each role switches on; keys of services not built yet are stored and ignored until they exist.
 ROLE_SETTINGS: dict[str, dict] = {
-    "identity-server": {"services/identity-server/enabled": True},
+    "identity-server": {"services/identity-server/enabled": True, "services/ip-port-responder/enabled": True},
     "dht-seed": {},
     "supplier": {"services/supplier/enabled": True},
-    "customer": {"services/customer/enabled": True},
+    # A local network replaces a stopped supplier within about a minute (a real one waits 10 minutes).
+    "customer": {"services/customer/enabled": True, "services/customer/dead-after": 30.0,
+                 "services/customer/ping-interval": 10.0, "services/customer/check-interval": 15.0},
 }
+#: How many suppliers a localnet customer hires (at most this many; the setting's minimum is 2).
+LOCALNET_SUPPLIERS_NUMBER = 4
 
 Log = Callable[[str], None]
 
@@ -78,8 +82,13 @@ def preferred_port(port: int) -> int:
     return port
 
 
-def plan_network(directory: str, suppliers: int, customers: int) -> list[NodePlan]:
-    """Names, roles, basedirs and fresh ports for a network of that shape."""
+def plan_network(directory: str, suppliers: int, customers: int, documented_ports: bool = True) -> list[NodePlan]:
+    """Names, roles, basedirs and fresh ports for a network of that shape.
+
+    With ``documented_ports`` the first customer gets the API ports of the
+    documentation (8180/8280) when they are free; tests running several
+    networks at once turn it off so they never race for them.
+    """
     if suppliers < 0 or customers < 0 or suppliers + customers == 0:
         raise BadRequest("a local network needs at least one supplier or customer")
     if suppliers + customers > 64:
@@ -90,11 +99,12 @@ def plan_network(directory: str, suppliers: int, customers: int) -> list[NodePla
     plans = []
     for name, roles in names:
         ports = {"http": free_port(), "ws": free_port(), "tcp": free_port(), "dht": free_port(socket.SOCK_DGRAM)}
-        if name == "customer-1":
+        if documented_ports and name == "customer-1":
             # The node a user drives gets the documented API ports when they are free.
             ports["http"], ports["ws"] = preferred_port(8180), preferred_port(8280)
         if "identity-server" in roles:
             ports["idserver"] = free_port()
+            ports["stun"] = free_port(socket.SOCK_DGRAM)
         plans.append(NodePlan(name, roles, os.path.join(directory, name), ports))
     return plans
 
@@ -111,6 +121,10 @@ def node_settings(plan: NodePlan, server: NodePlan, key_size: int) -> dict:
     }
     if plan.name != server.name:
         values["services/entangled-dht/known-nodes"] = [f"127.0.0.1:{server.ports['dht']}"]
+    if "stun" in server.ports:
+        values["services/stun-client/servers"] = [f"127.0.0.1:{server.ports['stun']}"]
+    if "stun" in plan.ports:
+        values["services/ip-port-responder/udp-port"] = plan.ports["stun"]
     if "idserver" in plan.ports:
         values["services/identity-server/web-port"] = plan.ports["idserver"]
         values["services/identity-server/host"] = "127.0.0.1"
@@ -159,8 +173,9 @@ def _error_text(envelope: dict) -> str:
 class LocalNet:
     """The network described by ``<directory>/network.json``."""
 
-    def __init__(self, directory: str, log: Log = print):
+    def __init__(self, directory: str, log: Log = print, documented_ports: bool = True):
         self.directory = os.path.abspath(directory)
+        self.documented_ports = documented_ports
         self.network_file = os.path.join(self.directory, "network.json")
         self.log = log
 
@@ -213,14 +228,18 @@ class LocalNet:
             plans = self.load()
             self.log(f"local network in {self.directory}: starting its {len(plans)} nodes again")
         except NotFound:
-            plans = plan_network(self.directory, suppliers, customers)
+            plans = plan_network(self.directory, suppliers, customers, self.documented_ports)
             self.log(f"new local network in {self.directory}: 1 identity server, "
                      f"{suppliers} supplier(s), {customers} customer(s)")
         server = plans[0]
+        hire = min(LOCALNET_SUPPLIERS_NUMBER, sum(1 for p in plans if "supplier" in p.roles))
         for plan in plans:
             basedir = Basedir.at(plan.basedir)
             basedir.create()
-            write_settings(basedir, node_settings(plan, server, key_size))
+            values = node_settings(plan, server, key_size)
+            if "customer" in plan.roles and hire >= 2:
+                values["services/customer/suppliers-number"] = hire
+            write_settings(basedir, values)
         self.save(plans)
         # The identity server first: every other node registers its identity there.
         for plan in plans:
@@ -231,6 +250,9 @@ class LocalNet:
             self._wait_connected(plan, timeout)
         for plan in plans:
             self._wait_dht(plan, len(plans), timeout)
+        for plan in plans:
+            if "customer" in plan.roles:
+                self._wait_suppliers(plan, hire, timeout)
         data = self.save(plans)
         self.log(f"local network up: {len(plans)} nodes; see {self.network_file}")
         return data
@@ -324,6 +346,26 @@ class LocalNet:
 
         if wait_for(populated, timeout, f"the DHT of {plan.name} to know {wanted} node(s)") == "unavailable":
             self.log(f"  {plan.name}: no DHT service running")
+
+    def _wait_suppliers(self, plan: NodePlan, wanted: int, timeout: float) -> None:
+        """Wait until a customer has ``wanted`` CONNECTED suppliers (a customer needs at least 2)."""
+        basedir = Basedir.at(plan.basedir)
+        if wanted < 2:
+            self.log(f"  {plan.name}: fewer than 2 suppliers in this network: nothing to hire")
+            return
+        started = time.monotonic()
+
+        def hired():
+            code, envelope = api(basedir, "suppliers_list", timeout=5.0)
+            if code == 501:
+                return "unavailable"  # no market in this build: nothing to wait for
+            rows = envelope.get("result") if code == 200 else None
+            return bool(rows) and sum(1 for r in rows if r.get("state") == "CONNECTED") >= wanted
+
+        if wait_for(hired, timeout, f"{plan.name} to hire {wanted} suppliers") == "unavailable":
+            self.log(f"  {plan.name}: no customer service")
+            return
+        self.log(f"  {plan.name}: {wanted} suppliers hired in {time.monotonic() - started:.1f}s")
 
     def _stop(self, plan: NodePlan, kill: bool, timeout: float) -> None:
         basedir = Basedir.at(plan.basedir)

@@ -4,6 +4,16 @@ Every event gets a sequence id that only grows. The last N events stay in a
 replay buffer so a client can resume from the id it saw last; a client that
 fell further behind than the buffer is told how many it missed instead of
 silently losing them.
+
+Long-poll consumers are bounded (:data:`MAX_CONSUMERS`): a new consumer
+makes room by forgetting the one idle (not polling) the longest; when every
+consumer is polling, the new one is refused with TooManyRequests (429) rather
+than cutting off a client that is waiting — they are answered within their
+timeout, so retrying later works.
+
+:meth:`EventBus.close` (node shutdown) is final: waiting polls are answered,
+and a later :meth:`EventBus.listen` is answered at once with what is buffered,
+never left waiting with a timer.
 """
 
 from __future__ import annotations
@@ -16,7 +26,7 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from bitnode.errors import BadRequest
+from bitnode.errors import BadRequest, TooManyRequests
 
 MAX_CONSUMERS = 256
 MAX_EVENT_ID = 128
@@ -55,6 +65,7 @@ class EventBus:
         self._seq = 0
         self._subscribers: list[Callable[[Event], None]] = []
         self._consumers: dict[str, _Consumer] = {}
+        self._closed = False
 
     @property
     def last_seq(self) -> int:
@@ -81,7 +92,8 @@ class EventBus:
 
     def subscribe(self, callback: Callable[[Event], None]) -> Callable[[], None]:
         """Call ``callback(event)`` for every new event; returns the function that unsubscribes."""
-        self._subscribers.append(callback)
+        if not self._closed:
+            self._subscribers.append(callback)
 
         def unsubscribe() -> None:
             if callback in self._subscribers:
@@ -101,12 +113,15 @@ class EventBus:
 
         A new consumer starts at the current end of the stream unless ``since``
         is given; ``since`` also rewinds an existing consumer. The result is a
-        dict ``{"events": [...], "last_seq": N, "missed": M}``.
+        dict ``{"events": [...], "last_seq": N, "missed": M}``. Raises
+        TooManyRequests for a new consumer when :data:`MAX_CONSUMERS` are all
+        waiting. After :meth:`close`, answers at once.
         """
         consumer = self._consumers.get(consumer_id)
         if consumer is None:
-            if len(self._consumers) >= MAX_CONSUMERS:
-                self._forget_idlest()
+            if len(self._consumers) >= MAX_CONSUMERS and not self._forget_idlest():
+                raise TooManyRequests(f"{MAX_CONSUMERS} event consumers are already waiting; try again later",
+                                      retry_after=1.0)
             consumer = self._consumers[consumer_id] = _Consumer(self._seq)
         if since is not None:
             consumer.cursor = max(0, int(since))
@@ -116,7 +131,7 @@ class EventBus:
         consumer.last_seen = self._clock.seconds()
         waiter = consumer.waiter = defer.Deferred(lambda d: self._cancel(consumer, d))
         pending, _ = self.since(consumer.cursor)
-        if pending or timeout <= 0:
+        if pending or timeout <= 0 or self._closed:
             self._deliver(consumer)
         else:
             consumer.timeout_call = self._clock.callLater(timeout, self._answer, consumer, [], 0)
@@ -127,7 +142,11 @@ class EventBus:
         return sorted(self._consumers)
 
     def close(self) -> None:
-        """Answer every waiting consumer with what it has, drop subscribers (node shutdown)."""
+        """Answer every waiting consumer with what it has, drop subscribers (node shutdown).
+
+        Final: later polls are answered at once, later subscribers are not kept.
+        """
+        self._closed = True
         for consumer in list(self._consumers.values()):
             if consumer.waiter is not None:
                 self._deliver(consumer)
@@ -154,7 +173,10 @@ class EventBus:
                 consumer.timeout_call.cancel()
             consumer.timeout_call = None
 
-    def _forget_idlest(self) -> None:
+    def _forget_idlest(self) -> bool:
+        """Forget the consumer idle the longest; False when every consumer is waiting."""
         idle = [(c.last_seen, cid) for cid, c in self._consumers.items() if c.waiter is None]
-        if idle:
-            del self._consumers[min(idle)[1]]
+        if not idle:
+            return False
+        del self._consumers[min(idle)[1]]
+        return True

@@ -59,6 +59,8 @@ SCHEMA: tuple[Option, ...] = (
     Option("services/entangled-dht/udp-port", INTEGER, 14441, "UDP port of the DHT node.", **_PORT),
     Option("services/entangled-dht/known-nodes", STRING_LIST, [], "DHT seed nodes as host:port."),
     Option("services/ip-port-responder/udp-port", INTEGER, 3478, "UDP port of the STUN server.", **_PORT),
+    Option("services/stun-client/servers", STRING_LIST, [],
+           "STUN servers (host:port) network_stun asks for this node's external address."),
     # --- storage market ------------------------------------------------------------
     Option("services/supplier/donated-space", DISK_SPACE, 8 * 1024 ** 3,
            "Disk space you donate to other users' encrypted blocks."),

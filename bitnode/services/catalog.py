@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+from bitnode.access.friends_service import FriendsService
+from bitnode.access.key_exchange_service import KeyExchangeService
+from bitnode.chat.messages_service import PrivateMessagesService
 from bitnode.chat.nickname_service import NicknameService
+from bitnode.customer.customer_service import CustomerService
 from bitnode.dht.dht_service import DHTService
 from bitnode.interface.webhooks import WebhooksService
 from bitnode.p2p.network_service import NetworkService
+from bitnode.p2p.stun_service import StunServerService
 from bitnode.storage.storage_service import StorageService
+from bitnode.supplier.supplier_service import SupplierService
 from bitnode.transport.gateway_service import GatewayService
 from bitnode.userid.id_server import IdentityServerService
 from bitnode.userid.id_service import IdentityService
@@ -17,7 +23,13 @@ SERVICES = (
     IdentityService,
     GatewayService,
     NetworkService,
+    KeyExchangeService,
+    FriendsService,
+    StunServerService,
     DHTService,
     NicknameService,
+    PrivateMessagesService,
+    SupplierService,
+    CustomerService,
     StorageService,
 )

@@ -4,6 +4,23 @@ A service whose dependency is off or failed is not skipped silently: its
 state says ``DEPENDS_OFF`` with the reason, and a failed start is ``FAILED``
 with the error. All operations are serialised so a start and a stop of the
 same service cannot interleave.
+
+A start that fails with a typed error (a :class:`~bitnode.errors.BitnodeError`
+such as "no identity yet") is an expected condition: it is logged as a
+one-line warning with the reason. Any other exception is a bug and is logged
+with its traceback.
+
+The ``services/<x>/enabled`` settings are the switches: ``service_start`` /
+``service_stop`` set them, and changing one directly (``config_set``)
+starts or stops the service the same way, in the background, once the node
+has started its services (a change made by the driver itself is not acted
+on twice). Switching a service on whose dependencies are not running leaves
+it ``DEPENDS_OFF`` with the reason, and it starts when they do.
+
+Decision on a failed explicit ``service_start``: the service stays enabled —
+the user asked for it, so it is tried again at the next node start (or
+``service_restart``) — while the answer is the 409 with the reason of the
+failure, and its state says ``FAILED`` with that reason until then.
 """
 
 from __future__ import annotations
@@ -74,11 +91,18 @@ class ServiceDriver:
         self._clock = clock
         self._lock = defer.DeferredLock()
         self._slots: dict[str, _Slot] = {}
+        self._switches: dict[str, str] = {}  # enabled setting -> service name
+        # True between start_all and stop_all: only then do switched settings start or stop services.
+        self._running = False
+        # True while the driver itself sets a switch (service_start/stop): not a change to act on.
+        self._switching = False
         for index, cls in enumerate(dependency_order(service_classes)):
             settings.register(cls.enabled_option())
             for option in cls.options:
                 settings.register(option)
             self._slots[cls.name] = _Slot(cls(node), index)
+            self._switches[cls.enabled_key()] = cls.name
+        settings.add_listener("services/", self._switch_changed)
 
     # --- queries -------------------------------------------------------------
 
@@ -134,10 +158,12 @@ class ServiceDriver:
 
     def start_all(self) -> defer.Deferred:
         """Start every enabled service in dependency order; fires when all were tried."""
+        self._running = True
         return self._lock.run(self._start_enabled, list(self._slots))
 
     def stop_all(self) -> defer.Deferred:
         """Stop every running service in reverse dependency order."""
+        self._running = False
         return self._lock.run(self._stop_many, list(reversed(self._slots)))
 
     # --- API operations --------------------------------------------------------
@@ -171,6 +197,33 @@ class ServiceDriver:
         return d
 
     # --- internals -------------------------------------------------------------
+
+    def _switch_changed(self, key: str, old, new) -> None:
+        """Settings listener: a service's ``enabled`` switch changed (config_set) — start or stop it."""
+        name = self._switches.get(key)
+        if name is None or self._switching or not self._running:
+            return
+        operation = self._switched_on if new else self._switched_off
+        d = self._lock.run(operation, name)
+        d.addErrback(lambda failure: self.log.failure("switching {name} failed", failure, name=name))
+
+    @defer.inlineCallbacks
+    def _switched_on(self, name: str):
+        # The switch may have been flipped back while earlier operations ran.
+        if self._running and self._enabled(name):
+            yield self._start_with_dependents(name)
+
+    @defer.inlineCallbacks
+    def _switched_off(self, name: str):
+        if self._running and not self._enabled(name):
+            yield self._stop_with_dependents(name)
+
+    def _set_switch(self, name: str, on: bool) -> None:
+        self._switching = True
+        try:
+            self._settings.set(type(self._slots[name].service).enabled_key(), on)
+        finally:
+            self._switching = False
 
     def _timed_out(self, name: str, timeout: float):
         raise Timeout(f"{name} did not restart within {timeout:g} seconds; state is {self._slots[name].state}")
@@ -264,21 +317,31 @@ class ServiceDriver:
         if blocking:
             raise Conflict(f"{name} depends on " + ", ".join(f"{dep} which is {self._slots[dep].state}"
                                                               for dep in blocking))
-        self._settings.set(type(self._slots[name].service).enabled_key(), True)
-        if self._slots[name].state != ON:
-            started = yield self._try_start(name)
-            if not started:
-                return self.info(name)
-        yield self._start_enabled(self._closure_of_dependents(name))
+        self._set_switch(name, True)
+        yield self._start_with_dependents(name)
         return self.info(name)
 
     @defer.inlineCallbacks
+    def _start_with_dependents(self, name: str):
+        """Start ``name`` (if not on), then its enabled dependents that were waiting for it."""
+        if self._slots[name].state != ON:
+            started = yield self._try_start(name)
+            if not started:
+                return
+        yield self._start_enabled(self._closure_of_dependents(name))
+
+    @defer.inlineCallbacks
     def _stop_one(self, name: str):
-        self._settings.set(type(self._slots[name].service).enabled_key(), False)
+        self._set_switch(name, False)
+        yield self._stop_with_dependents(name)
+        return self.info(name)
+
+    @defer.inlineCallbacks
+    def _stop_with_dependents(self, name: str):
+        """Stop ``name``'s running dependents (they stay enabled, waiting for it), then ``name``."""
         for dependent in reversed(self._closure_of_dependents(name)):
             yield self._try_stop(dependent, keep_reason=f"needs {name} (OFF)")
         yield self._try_stop(name)
-        return self.info(name)
 
     @defer.inlineCallbacks
     def _restart_one(self, name: str):

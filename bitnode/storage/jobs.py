@@ -216,14 +216,9 @@ class _Job(Automat):
             "result": dict(self.result),
         }
 
-    @property
-    def active(self) -> bool:
-        """Not finished (PAUSED counts as active: it will go on)."""
-        return self.state not in FINAL_STATES
-
     def wait(self) -> defer.Deferred:
         """Fires with the job once DONE; fails with its error once FAILED, CANCELLED or PAUSED."""
-        if self.state in FINAL_STATES or (self.state == PAUSED and self.error is not None):
+        if self.state in FINAL_STATES or self.state == PAUSED:
             return self._outcome()
         d = defer.Deferred()
         self._waiters.append(d)
@@ -241,6 +236,8 @@ class _Job(Automat):
         err = self.error
         if isinstance(err, BitnodeError):
             return err
+        if err is None:
+            return Unavailable(f"{self.kind} of {self.remote_path} is paused; it goes on when the node runs again")
         return Unavailable(f"{self.kind} of {self.remote_path} failed: {err}")
 
     # --- actions both kinds use ---------------------------------------------------------
@@ -312,7 +309,7 @@ class UploadJob(_Job):
         ("PREPARING",   "cancelled",         None,               CANCELLED,     ["abandon_version", "finish"]),
         ("PENDING",     "run",               None,               "UPLOADING",   ["run_uploader"]),
         ("PENDING",     "cancel",            None,               CANCELLED,     ["abandon_version", "finish"]),
-        ("PENDING",     "pause",             None,               PAUSED,        ["release_slot"]),
+        ("PENDING",     "pause",             None,               PAUSED,        ["release_slot", "settle_waiters"]),
         ("UPLOADING",   "progress",          None,               "*",           ["note_progress"]),
         ("UPLOADING",   "uploaded",          None,               DONE,          ["finish"]),
         ("UPLOADING",   "stalled",           None,               PAUSED,        ["remember_error", "release_slot",
@@ -604,6 +601,8 @@ class DownloadJob(_Job):
 
     async def _note_damage(self, problems, ids: list[str]) -> None:
         """Blocks the holder answered as corrupt or absent are missing: the catalog says so."""
+        if not any(p.kind in ("corrupt", "missing") for p in problems):
+            return
         holders = {(seg, pos): who for seg, pos, _, who in
                    await self.ctx.run_in_thread(self.ctx.catalog.blocks, self.version_id)}
         lost = {(p.segment_index, p.block_index) for p in problems if p.kind in ("corrupt", "missing")

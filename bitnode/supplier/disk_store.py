@@ -83,7 +83,8 @@ class DiskStore:
 
     def used_bytes(self, customer_id: str) -> defer.Deferred:
         """Deferred of the bytes one customer stores here."""
-        return self._run(self._used_of, customer_id)
+        # Under the customer's lock: a first count racing a store would be cached wrong for good.
+        return self._locked(customer_id, self._run, self._used_of, customer_id)
 
     def customers(self) -> list[str]:
         """Directory names of every customer with data here."""
@@ -225,6 +226,11 @@ def _list(space: str, prefix: str) -> dict[str, tuple[int, str]]:
                         digest.update(chunk)
                 out[rel] = (os.path.getsize(full), digest.hexdigest())
     return dict(sorted(out.items()))
+
+
+def tree_size(path: str) -> int:
+    """Bytes of every file under ``path`` (0 when it does not exist); blocking, run it in a thread."""
+    return _tree_size(path)
 
 
 def _tree_size(path: str) -> int:

@@ -42,7 +42,6 @@ from typing import Any
 
 from twisted.internet import defer
 from twisted.logger import Logger
-from twisted.protocols.policies import WrappingFactory
 from twisted.web import resource, server
 
 from bitnode.crypt.fileutil import atomic_write, ensure_dir, read_limited
@@ -55,6 +54,7 @@ from bitnode.errors import (
     NotFound,
     error_response,
 )
+from bitnode.interface.connections import TrackingSite
 from bitnode.main.options import INTEGER, Option
 from bitnode.services.base import Service
 from bitnode.userid import globalid
@@ -266,8 +266,11 @@ class IdentityResource(resource.Resource):
         return json.dumps(body).encode("utf-8")
 
 
-class IdentitySite(server.Site):
-    """A quiet Site using :class:`_CappedRequest`, with the body limit read from a callable."""
+class IdentitySite(TrackingSite):
+    """A quiet Site using :class:`_CappedRequest`, with the body limit read from a callable.
+
+    Its open connections are in ``connections`` so the service can close them when it stops.
+    """
 
     noisy = False
 
@@ -278,33 +281,6 @@ class IdentitySite(server.Site):
 
     def log(self, request) -> None:
         """No access log: lookups are frequent and say nothing useful."""
-
-
-class _TrackingFactory(WrappingFactory):
-    """Remembers open connections so the service can close them all when it stops."""
-
-    noisy = False
-
-    def __init__(self, wrapped):
-        super().__init__(wrapped)
-        self._idle_waiters: list[defer.Deferred] = []
-
-    def unregisterProtocol(self, p) -> None:
-        super().unregisterProtocol(p)
-        if not self.protocols:
-            waiters, self._idle_waiters = self._idle_waiters, []
-            for waiter in waiters:
-                waiter.callback(None)
-
-    def close_all(self) -> defer.Deferred:
-        """Abort every open connection; fires once they are all gone."""
-        if not self.protocols:
-            return defer.succeed(None)
-        d: defer.Deferred = defer.Deferred()
-        self._idle_waiters.append(d)
-        for proto in list(self.protocols):
-            proto.transport.abortConnection()
-        return d
 
 
 class IdentityServerService(Service):
@@ -323,7 +299,7 @@ class IdentityServerService(Service):
         super().__init__(node)
         self.store: IdentityStore | None = None
         self._port = None
-        self._factory: _TrackingFactory | None = None
+        self._site: IdentitySite | None = None
 
     @defer.inlineCallbacks
     def start(self):
@@ -334,8 +310,8 @@ class IdentityServerService(Service):
         settings = self.node.settings
         site = IdentitySite(IdentityResource(store, self.is_this_server),
                             lambda: settings.get(MAX_SIZE_KEY), reactor=self.node.reactor)
-        self._factory = _TrackingFactory(site)
-        self._port = self.node.reactor.listenTCP(settings.get(PORT_KEY), self._factory,
+        self._site = site
+        self._port = self.node.reactor.listenTCP(settings.get(PORT_KEY), site,
                                                  interface=settings.get(INTERFACE_KEY) or "127.0.0.1")
         self.log.info("identity server listening on port {port} with {count} identities",
                       port=self.port, count=len(store))
@@ -346,9 +322,9 @@ class IdentityServerService(Service):
         port, self._port = self._port, None
         if port is not None:
             yield port.stopListening()
-        if self._factory is not None:
-            yield self._factory.close_all()
-            self._factory = None
+        if self._site is not None:
+            yield self._site.connections.close_all()  # aborted at once: lookups have nothing to finish
+            self._site = None
 
     @property
     def port(self) -> int | None:

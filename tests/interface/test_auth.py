@@ -95,6 +95,21 @@ class GuardTests(unittest.TestCase):
             err = self.assertRaises(Forbidden, self.guard.check, "localhost", origin, "s3cret")
             self.assertIn("foreign Origin", str(err))
 
+    def test_header_bytes_as_received(self) -> None:
+        self.guard.check(b"127.0.0.1:8180", b"http://localhost:3000", b"s3cret")
+        self.guard.check(b"127.0.0.1:8180", None, b"s3cret")  # the second time the Host is known
+        for _ in range(2):  # a refused Host is never remembered as good
+            self.assertRaises(Forbidden, self.guard.check, b"evil.com", None, b"s3cret")
+        self.assertRaises(Forbidden, self.guard.check, b"localhost", b"http://evil.com", b"s3cret")
+        self.assertRaises(Unauthorized, self.guard.check, b"localhost", None, b"s3cre")
+
+    def test_remembered_hosts_are_bounded(self) -> None:
+        self.patch(ApiGuard, "MAX_KNOWN_HOSTS", 2)
+        for port in range(5):
+            self.guard.check_host(f"localhost:{port}")
+        self.assertEqual(len(self.guard._known_hosts), 2)
+        self.guard.check_host("localhost:4")
+
     def test_origin_checked_before_secret(self) -> None:
         # A foreign page learns nothing about the secret: it is refused before the secret is looked at.
         self.assertRaises(Forbidden, self.guard.check, "localhost", "http://evil.com", None)
@@ -104,9 +119,7 @@ class GuardTests(unittest.TestCase):
 class RateLimiterTests(unittest.TestCase):
     def setUp(self) -> None:
         self.clock = Clock()
-        self.rate = 2.0
-        self.burst = 3
-        self.limiter = RateLimiter(self.clock, lambda: self.rate, lambda: self.burst)
+        self.limiter = RateLimiter(self.clock, 2.0, 3)
 
     def test_burst_then_429(self) -> None:
         for _ in range(3):
@@ -139,16 +152,24 @@ class RateLimiterTests(unittest.TestCase):
         self.limiter.hit("a")
 
     def test_zero_rate_is_unlimited(self) -> None:
-        self.rate = 0
+        self.limiter.configure(0, 3)
         for _ in range(1000):
             self.limiter.hit("a")
 
-    def test_settings_read_on_each_hit(self) -> None:
+    def test_new_limits_apply_to_the_next_hit(self) -> None:
         for _ in range(3):
             self.limiter.hit("a")
         self.assertRaises(TooManyRequests, self.limiter.hit, "a")
-        self.rate = 0
+        self.limiter.configure(0, 3)
         self.limiter.hit("a")
+        # New limits: every client starts again with a full (here smaller) burst.
+        self.limiter.configure(2.0, 1)
+        self.limiter.hit("a")
+        self.assertRaises(TooManyRequests, self.limiter.hit, "a")
+        self.clock.advance(100)
+        self.limiter.hit("a")
+        self.assertRaises(TooManyRequests, self.limiter.hit, "a")
+        self.assertEqual((self.limiter.rate, self.limiter.burst), (2.0, 1.0))
 
     def test_clients_are_separate(self) -> None:
         for _ in range(3):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from twisted.internet import defer
+from twisted.python.failure import Failure
 from twisted.trial import unittest
 
 from bitnode.errors import (
@@ -182,6 +183,12 @@ class ResolveTests(DispatcherTestCase):
         route, args = self.dispatcher.by_path("event/listen/abc/v1/", "GET")
         self.assertEqual((route.name, args), ("event_listen", {"consumer_callback_id": "abc"}))
 
+    def test_path_values_are_url_decoded(self) -> None:
+        route, args = self.dispatcher.by_path("/event/listen/my%20id%2Fsub%C3%A9/v1", "GET")
+        self.assertEqual((route.name, args), ("event_listen", {"consumer_callback_id": "my id/sub\u00e9"}))
+        # An encoded "/" stays inside its segment: this is not a path with more segments.
+        self.assertRaises(NotFound, self.dispatcher.by_path, "event/listen/a/b/v1", "GET")
+
     def test_by_path_legacy(self) -> None:
         target, args = self.dispatcher.by_path("legacy/config_list/v1", "POST")
         self.assertEqual((target.name, args), ("config_list", {}))
@@ -283,6 +290,37 @@ class ExecuteTests(DispatcherTestCase):
 
     def test_arguments_checked_before_501(self) -> None:
         self.assertEqual(self.answer("user_ping", {}).code, 400)
+
+    def test_plain_result_is_answered_without_a_deferred(self) -> None:
+        answer = self.dispatcher.answer(self.dispatcher.by_name("config_get"), {"key": "k"})
+        self.assertIsInstance(answer, Answer)
+        self.assertEqual((answer.code, answer.envelope["result"]["method"]), (200, "config_get"))
+        answer = self.dispatcher.answer_by_name("config_get", {})
+        self.assertEqual(answer.code, 400)
+        self.assertEqual(self.dispatcher.answer_by_name("nope", {}).code, 404)
+        self.api.raise_next = ZeroDivisionError("x")
+        self.assertEqual(self.dispatcher.answer_by_name("config_set", {"key": "k", "value": 1}).code, 500)
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+
+    def test_pending_result_is_answered_by_a_deferred(self) -> None:
+        d = self.dispatcher.answer_by_name("event_listen", {"consumer_callback_id": "c"})
+        self.assertIsInstance(d, defer.Deferred)
+        self.assertNoResult(d)
+        self.api.pending.callback({"events": []})
+        self.assertEqual(self.successResultOf(d).code, 200)
+
+    def test_coroutine_result(self) -> None:
+        async def later():
+            return {"done": True}
+
+        self.api.config_get = lambda **kwargs: later()
+        answer = self.successResultOf(self.dispatcher.execute_by_name("config_get", {"key": "k"}))
+        self.assertEqual((answer.code, answer.envelope["result"]), (200, {"done": True}))
+
+    def test_failure_result(self) -> None:
+        self.api.config_get = lambda **kwargs: Failure(Conflict("busy"))
+        answer = self.dispatcher.answer_by_name("config_get", {"key": "k"})
+        self.assertEqual((answer.code, answer.envelope["errors"]), (409, ["busy"]))
 
     def test_deferred_result(self) -> None:
         d = self.dispatcher.execute_by_name("event_listen", {"consumer_callback_id": "c", "since": "4"})

@@ -9,12 +9,14 @@ import pdb
 import sys
 
 from twisted.internet import defer
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial import unittest
 
 import bitnode
 from bitnode.errors import Conflict
 from bitnode.interface import api as api_module
 from bitnode.interface import rest
+from bitnode.main import events as events_module
 from bitnode.main.schema import SCHEMA
 from bitnode.main.settings import Settings
 from tests.interface.support import HttpApi, Lamp, pending_calls, start_node, stored_settings, wait
@@ -192,6 +194,57 @@ class RateLimitTests(RestTestCase):
             self.assertEqual(reply.code, 200)
         reply = yield self.assertError(self.api.get("process/health/v1"), 429, "too many")
         self.assertGreaterEqual(int(reply.headers["retry-after"]), 1)
+
+    @defer.inlineCallbacks
+    def test_secret_guessing_is_rate_limited(self):
+        for guess in ("guess-1", "guess-2"):
+            yield self.assertError(self.api.request("GET", "process/health/v1", secret=guess), 401, "wrong")
+        # Out of tokens: refused before the secret is looked at, so a right guess learns nothing either.
+        yield self.assertError(self.api.request("GET", "process/health/v1", secret="guess-3"), 429)
+        yield self.assertError(self.api.get("process/health/v1"), 429)
+
+    @defer.inlineCallbacks
+    def test_requests_refused_by_the_guard_count_too(self):
+        yield self.assertError(self.api.request("GET", "process/health/v1", headers={"Host": "evil.example"}), 403)
+        yield self.assertError(self.api.request("GET", "process/health/v1", secret=None), 401)
+        yield self.assertError(self.api.get("process/health/v1"), 429)
+
+    @defer.inlineCallbacks
+    def test_a_changed_limit_applies_without_restart(self):
+        for _ in range(2):
+            yield self.api.get("process/health/v1")
+        yield self.assertError(self.api.get("process/health/v1"), 429)
+        self.node.settings.set("interface/api/rate-limit", 0)
+        for _ in range(3):
+            self.assertEqual((yield self.api.get("process/health/v1")).code, 200)
+        self.node.settings.set("interface/api/rate-limit", 0.5)
+        self.node.settings.set("interface/api/rate-burst", 1)
+        self.assertEqual((yield self.api.get("process/health/v1")).code, 200)
+        yield self.assertError(self.api.get("process/health/v1"), 429)
+
+
+class ApiCallLogTests(RestTestCase):
+    """logs/api-calls switches the per-call log on and off without a restart."""
+
+    @defer.inlineCallbacks
+    def test_call_log_follows_the_setting(self):
+        logged = []
+        globalLogPublisher.addObserver(logged.append)
+        self.addCleanup(globalLogPublisher.removeObserver, logged.append)
+
+        def call_lines():
+            return [text for text in map(formatEvent, logged) if text.startswith("api process_health")]
+
+        yield self.api.get("process/health/v1")
+        self.assertEqual(call_lines(), [])
+        self.assertFalse(self.node._api_site.log_requests)
+        self.node.settings.set("logs/api-calls", True)
+        yield self.api.get("process/health/v1")
+        self.assertEqual(len(call_lines()), 1)
+        self.assertTrue(self.node._api_site.log_requests)
+        self.node.settings.set("logs/api-calls", False)
+        yield self.api.get("process/health/v1")
+        self.assertEqual(len(call_lines()), 1)
 
 
 class ProcessMethodTests(RestTestCase):
@@ -371,6 +424,18 @@ class ServiceMethodTests(RestTestCase):
         yield self.assertError(self.api.post("service/stop/service_nothing/v1"), 404)
 
     @defer.inlineCallbacks
+    def test_config_set_of_a_switch_stops_and_starts_the_service(self):
+        yield self.api.post("config/set/v1", key="services/fake-top/enabled", value=False)
+        self.assertEqual(self.states()["service_fake_top"], "OFF")
+        yield self.api.post("config/set/v1", key="services/fake-top/enabled", value="true")
+        self.assertEqual(self.states()["service_fake_top"], "ON")
+        self.assertEqual(self.node.test_log[-2:], [("stop", "service_fake_top"), ("start", "service_fake_top")])
+        yield self.api.post("config/set/v1", key="services/fake-broken/enabled", value=True)
+        info = (yield self.api.get("service/info/service_fake_broken/v1")).result
+        self.assertEqual((info["state"], info["enabled"]), ("FAILED", True))
+        self.assertIn("cannot start", info["reason"])
+
+    @defer.inlineCallbacks
     def test_service_start_that_fails_is_an_error(self):
         yield self.assertError(self.api.post("service/start/service_fake_broken/v1"), 409, "cannot start")
         self.flushLoggedErrors(Conflict)
@@ -429,6 +494,19 @@ class EventMethodTests(RestTestCase):
         self.assertLess(elapsed, 0.5)
 
     @defer.inlineCallbacks
+    def test_path_parameters_are_url_decoded(self):
+        result = (yield self.api.get("event/listen/my%20id%2Fx/v1", polling_timeout=0)).result
+        self.assertEqual(result["events"], [])
+        self.assertIn("my id/x", self.node.events.consumers())
+        sent = (yield self.api.post("event/send/caf%C3%A9%20open/v1")).result
+        self.assertEqual(sent["event_id"], "caf\u00e9 open")
+        info = (yield self.api.get("service/info/service%5Ffake%5Fbase/v1")).result
+        self.assertEqual(info["name"], "service_fake_base")
+        # The decoded path value is what a repeated parameter is compared with.
+        reply = yield self.api.post("service/stop/service%5Ffake%5Ftop/v1", service_name="service_fake_top")
+        self.assertEqual(reply.result["state"], "OFF")
+
+    @defer.inlineCallbacks
     def test_bad_event_parameters(self):
         yield self.assertError(self.api.post("event/send/" + "e" * 200 + "/v1"), 400, "event_id")
         yield self.assertError(self.api.get("event/listen/ui4/v1", polling_timeout=-1), 400, "polling_timeout")
@@ -436,6 +514,16 @@ class EventMethodTests(RestTestCase):
         yield self.assertError(self.api.get("event/listen/ui4/v1", since="last"), 400, "'since'")
         future = self.node.events.last_seq + 5
         yield self.assertError(self.api.get("event/listen/ui4/v1", since=future), 409, str(future))
+
+    @defer.inlineCallbacks
+    def test_too_many_waiting_consumers_is_429(self):
+        self.patch(events_module, "MAX_CONSUMERS", len(self.node.events.consumers()) + 1)
+        polling = self.api.get("event/listen/first/v1", polling_timeout=1)
+        yield wait(0.02)
+        reply = yield self.assertError(self.api.get("event/listen/second/v1", polling_timeout=1), 429, "waiting")
+        self.assertIn("retry-after", reply.headers)
+        yield self.api.post("event/send/wake/v1")
+        self.assertEqual([e["event_id"] for e in (yield polling).result["events"]], ["wake"])
 
     @defer.inlineCallbacks
     def test_abandoned_long_poll_leaves_no_timer(self):

@@ -12,7 +12,7 @@ from bitnode.errors import Conflict
 from bitnode.interface import api as api_module
 from bitnode.main.schema import SCHEMA
 from bitnode.main.settings import Settings
-from tests.interface.support import WAIT, Lamp, WsRefused, connect_ws, start_node, wait
+from tests.interface.support import WAIT, HttpApi, Lamp, WsRefused, connect_ws, start_node, wait
 
 
 class WsTestCase(unittest.TestCase):
@@ -64,6 +64,13 @@ class ConnectTests(WsTestCase):
 
     def test_refused_with_bad_since(self):
         return self.check_refused(400, since="yesterday")
+
+    @defer.inlineCallbacks
+    def test_refused_with_negative_since(self):
+        yield self.check_refused(400, since=-1)
+        with self.assertRaises(WsRefused) as caught:
+            yield connect_ws(self, self.node, since="-5")
+        self.assertIn("0 or more", str(caught.exception))
 
     @defer.inlineCallbacks
     def test_secret_header_and_local_origin_are_accepted(self):
@@ -130,14 +137,45 @@ class CallTests(WsTestCase):
 
 
 class RateLimitTests(WsTestCase):
-    """A WebSocket client over the limit gets 429 envelopes, and stays connected."""
+    """A WebSocket client over the limit gets 429 envelopes, and stays connected.
 
-    overrides = {"interface/api/rate-limit": 0.5, "interface/api/rate-burst": 2}
+    The limit is per client host: the handshake of ``self.ws`` took one of the 3 tokens.
+    """
+
+    overrides = {"interface/api/rate-limit": 0.5, "interface/api/rate-burst": 3}
 
     @defer.inlineCallbacks
     def test_over_the_limit_is_429(self):
         for _ in range(2):
             yield self.ws.call_ok("process_health")
+        yield self.assertCallFails(429, "process_health", "too many")
+        yield self.assertCallFails(429, "process_health", "too many")
+
+    @defer.inlineCallbacks
+    def test_connections_of_one_host_share_the_limit(self):
+        yield self.ws.call_ok("process_health")
+        other = yield connect_ws(self, self.node)  # the third token
+        reply = yield other.call("process_health")
+        self.assertEqual(reply["code"], 429)
+        yield self.assertCallFails(429, "process_health", "too many")
+
+    @defer.inlineCallbacks
+    def test_secret_guessing_is_rate_limited(self):
+        for _ in range(2):
+            with self.assertRaises(WsRefused) as caught:
+                yield connect_ws(self, self.node, secret="guess")
+            self.assertIn("[401]", str(caught.exception))
+        # Out of tokens: refused before the secret is even looked at, the right one too.
+        for secret in ("guess", True):
+            with self.assertRaises(WsRefused) as caught:
+                yield connect_ws(self, self.node, secret=secret)
+            self.assertIn("[429]", str(caught.exception))
+
+    @defer.inlineCallbacks
+    def test_http_and_websocket_share_the_limit(self):
+        reply = yield HttpApi(self, self.node).get("process/health/v1")
+        self.assertEqual(reply.code, 200)
+        yield self.ws.call_ok("process_health")
         yield self.assertCallFails(429, "process_health", "too many")
 
 
@@ -179,6 +217,12 @@ class EventPushTests(WsTestCase):
         self.ws.send_json({"command": "resume", "since": "start"})
         reply = yield self.ws.next_message(lambda m: m.get("type") == "error")
         self.assertEqual(reply["code"], 400)
+        for bad in (-1, True):
+            self.ws.send_json({"command": "resume", "since": bad})
+            reply = yield self.ws.next_message(lambda m: m.get("type") == "error")
+            self.assertEqual(reply["code"], 400)
+            self.assertIn("0 or more", " ".join(reply["payload"]["errors"]))
+        yield self.assertStillOpen()
 
 
 

@@ -6,7 +6,7 @@ from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
-from bitnode.errors import BadRequest
+from bitnode.errors import BadRequest, TooManyRequests
 from bitnode.main import events as events_module
 from bitnode.main.events import EventBus
 
@@ -238,3 +238,40 @@ class ListenTests(unittest.TestCase):
         self.bus.listen("d", timeout=0)
         # The idlest one ("a") made room.
         self.assertEqual(self.bus.consumers(), ["b", "c", "d"])
+
+    def test_consumers_bounded_when_all_are_waiting(self) -> None:
+        self.patch(events_module, "MAX_CONSUMERS", 3)
+        waiting = [self.bus.listen(name, timeout=10) for name in ("a", "b", "c")]
+        err = self.assertRaises(TooManyRequests, self.bus.listen, "d", timeout=10)
+        self.assertEqual(err.http_code, 429)
+        self.assertGreater(err.retry_after, 0)
+        self.assertEqual(self.bus.consumers(), ["a", "b", "c"])
+        self.assertEqual(len(self.clock.getDelayedCalls()), 3)
+        # A known consumer may still poll again (its older poll is answered empty);
+        # once one is idle, a newcomer takes its place.
+        again = self.bus.listen("a", timeout=0)
+        self.assertEqual(self.fired(waiting[0])["events"], [])
+        self.assertEqual(self.fired(again)["events"], [])
+        self.fired(self.bus.listen("d", timeout=0))
+        self.assertEqual(self.bus.consumers(), ["b", "c", "d"])
+        self.bus.publish("e")
+        for d in waiting[1:]:
+            self.assertEqual(seqs(self.fired(d)), [1])
+
+    def test_listen_after_close_answers_at_once(self) -> None:
+        self.bus.publish("before")
+        self.bus.listen("known", timeout=0)
+        self.bus.close()
+        for consumer in ("known", "new"):
+            result = self.fired(self.bus.listen(consumer, since=0, timeout=30))
+            self.assertEqual(seqs(result), [1])
+        self.assertEqual(self.fired(self.bus.listen("later", timeout=30))["events"], [])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_subscribe_after_close_is_not_kept(self) -> None:
+        self.bus.close()
+        got = []
+        unsubscribe = self.bus.subscribe(got.append)
+        self.bus.publish("e")
+        self.assertEqual(got, [])
+        unsubscribe()

@@ -6,6 +6,7 @@ import os
 
 from twisted.internet import defer
 from twisted.internet.task import Clock
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.trial import unittest
 
 from bitnode.errors import BadRequest, Conflict, NotFound, Timeout
@@ -26,6 +27,7 @@ class FakeNode:
         self.pending: dict[str, defer.Deferred] = {}
         self.hold_start: set[str] = set()
         self.hold_stop: set[str] = set()
+        self.start_errors: dict[str, Exception] = {}
 
 
 class Fake(Service):
@@ -33,6 +35,8 @@ class Fake(Service):
 
     def _act(self, what: str, fail: set[str], hold: set[str]):
         self.node.journal.append(f"{what} {self.name}")
+        if what == "start" and self.name in self.node.start_errors:
+            raise self.node.start_errors[self.name]
         if self.name in fail:
             raise RuntimeError(f"{self.name} cannot {what}")
         if self.name in hold:
@@ -332,6 +336,114 @@ class StartStopOneTests(DriverTestCase):
         self.successResultOf(first)
         self.assertEqual(self.successResultOf(second)["state"], OFF)
         self.assertEqual(self.node.journal[-1], "stop service_other")
+
+
+class StartLoggingTests(DriverTestCase):
+    """An expected start failure is a one-line warning; only a bug gets a traceback."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.logged: list[dict] = []
+        globalLogPublisher.addObserver(self.logged.append)
+        self.addCleanup(globalLogPublisher.removeObserver, self.logged.append)
+
+    def test_typed_error_is_a_warning_with_the_reason(self) -> None:
+        self.node.start_errors["service_base"] = Conflict("no identity yet: create one first")
+        self.successResultOf(self.driver.start_all())
+        self.assertEqual(self.flushLoggedErrors(), [])
+        (event,) = [e for e in self.logged if "failed to start" in e.get("log_format", "")]
+        self.assertEqual(event["log_level"], LogLevel.warn)
+        self.assertNotIn("log_failure", event)
+        self.assertEqual(formatEvent(event), "service_base failed to start: no identity yet: create one first")
+        self.assertEqual(self.driver.info("service_base")["reason"], "start failed: no identity yet: create one first")
+
+    def test_unexpected_error_has_a_traceback(self) -> None:
+        self.node.fail_start.add("service_other")
+        self.successResultOf(self.driver.start_all())
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        (event,) = [e for e in self.logged if "failed to start" in e.get("log_format", "")]
+        self.assertEqual(event["log_level"], LogLevel.critical)
+        self.assertIn("log_failure", event)
+
+
+class SwitchTests(DriverTestCase):
+    """The services/<x>/enabled settings start and stop services once the driver runs."""
+
+    def test_switch_on_starts_and_off_stops(self) -> None:
+        self.started()
+        self.settings.set("services/optional/enabled", True)
+        self.assertEqual(self.state("service_optional"), ON)
+        self.settings.set("services/optional/enabled", False)
+        self.assertEqual(self.state("service_optional"), OFF)
+        self.assertEqual(self.node.journal, ["start service_optional", "stop service_optional"])
+
+    def test_switching_a_dependency_moves_its_dependents(self) -> None:
+        self.started()
+        self.settings.set("services/base/enabled", False)
+        self.assertEqual(self.node.journal, ["stop service_top", "stop service_middle_part", "stop service_base"])
+        self.assertEqual(self.driver.info("service_top")["reason"], "needs service_base (OFF)")
+        del self.node.journal[:]
+        self.settings.set("services/base/enabled", True)
+        self.assertEqual(self.node.journal, ["start service_base", "start service_middle_part", "start service_top"])
+        self.assertEqual(self.state("service_top"), ON)
+
+    def test_switch_on_with_dependency_off_waits_for_it(self) -> None:
+        self.started()
+        self.successResultOf(self.driver.stop("service_base"))
+        self.settings.set("services/optional/enabled", True)
+        info = self.driver.info("service_optional")
+        self.assertEqual((info["state"], info["reason"]), (DEPENDS_OFF, "needs service_base (OFF)"))
+        self.successResultOf(self.driver.start("service_base"))
+        self.assertEqual(self.state("service_optional"), ON)
+
+    def test_service_start_and_stop_act_once(self) -> None:
+        self.started()
+        self.successResultOf(self.driver.start("service_optional"))
+        self.successResultOf(self.driver.stop("service_optional"))
+        self.assertEqual(self.node.journal, ["start service_optional", "stop service_optional"])
+        self.assertFalse(self.settings.get("services/optional/enabled"))
+
+    def test_switches_ignored_before_start_all_and_after_stop_all(self) -> None:
+        self.settings.set("services/optional/enabled", True)
+        self.assertEqual(self.node.journal, [])
+        self.started()
+        self.assertEqual(self.state("service_optional"), ON)
+        self.successResultOf(self.driver.stop_all())
+        del self.node.journal[:]
+        self.settings.set("services/other/enabled", False)
+        self.settings.set("services/other/enabled", True)
+        self.assertEqual(self.node.journal, [])
+
+    def test_switch_waits_for_a_running_operation(self) -> None:
+        self.node.hold_start.add("service_base")
+        d = self.driver.start_all()
+        self.settings.set("services/other/enabled", False)
+        self.settings.set("services/optional/enabled", True)
+        self.settings.set("services/optional/enabled", False)  # flipped back before its turn: nothing to do
+        self.node.pending["start service_base"].callback(None)
+        self.successResultOf(d)
+        self.assertEqual(self.state("service_other"), OFF)
+        self.assertEqual(self.state("service_optional"), OFF)
+        self.assertNotIn("start service_optional", self.node.journal)
+
+    def test_failed_switch_on_is_reported_in_the_state(self) -> None:
+        self.started()
+        self.node.start_errors["service_optional"] = Conflict("not configured")
+        self.settings.set("services/optional/enabled", True)
+        info = self.driver.info("service_optional")
+        self.assertEqual((info["state"], info["enabled"]), (FAILED, True))
+        self.assertEqual(info["reason"], "start failed: not configured")
+
+    def test_failed_service_start_stays_enabled(self) -> None:
+        self.started()
+        self.node.start_errors["service_optional"] = Conflict("not configured")
+        info = self.successResultOf(self.driver.start("service_optional"))
+        self.assertEqual((info["state"], info["enabled"]), (FAILED, True))
+        # Tried again at the next start of the node.
+        self.successResultOf(self.driver.stop_all())
+        del self.node.start_errors["service_optional"]
+        self.successResultOf(self.driver.start_all())
+        self.assertEqual(self.state("service_optional"), ON)
 
 
 class RestartTests(DriverTestCase):

@@ -26,7 +26,7 @@ class LocalnetTests(SynchronousTestCase):
 
     def test_a_local_network_end_to_end(self) -> None:
         self.dir = tempfile.mkdtemp(prefix="bitnode-localnet-")
-        self.net = LocalNet(self.dir, log=lambda _line: None)
+        self.net = LocalNet(self.dir, log=lambda _line: None, documented_ports=False)
         self.addCleanup(self.down)
         self.data = self.net.up(suppliers=2, customers=1, key_size=1024, timeout=60)
         self.nodes = {node["name"]: node for node in self.data["nodes"]}
@@ -66,6 +66,8 @@ class LocalnetTests(SynchronousTestCase):
         self.api("supplier-2", "dht_value_set", key="localnet-test", value="hello")
         got = self.api("customer-1", "dht_value_get", key="localnet-test")
         self.assertEqual(got["value"], "hello")
+        (seen,) = self.api("customer-1", "network_stun")
+        self.assertEqual((seen["ip"], seen["port"]), ("127.0.0.1", seen["local_port"]))
 
     def check_same_nickname_twice_gets_a_numbered_name_and_search_finds_both(self) -> None:
         self.api("supplier-1", "config_set", key="services/private-messages/nickname", value="carol")

@@ -1,0 +1,552 @@
+"""service_private_messages: end-to-end encrypted private messages, their history and their stream.
+
+Sending (:meth:`PrivateMessagesService.send`, the API's ``message_send``):
+
+1. the recipient may be a global id, an IDURL, a key id (its owner is meant)
+   or a nickname (looked up in the DHT through ``service_nicknames``, which
+   must be running for that);
+2. their identity is fetched (cached, else from their identity server) and
+   the data (a JSON object; a plain string is sent as ``{"message": text}``)
+   is sealed for their RSA key and signed with my master key
+   (:mod:`bitnode.chat.message_crypto`);
+3. the message is stored in the history in state ``sent`` *before* anything
+   goes out;
+4. unless a packet came from the recipient within the online window, they
+   are pinged first (an ``Identity`` packet, which also introduces me to a
+   peer that does not know me yet), waiting up to ``ping_timeout`` seconds
+   (0: never ping);
+5. a ``Message`` packet is sent and the recipient's ``Ack`` awaited for up to
+   ``message_ack_timeout`` seconds. The recipient Acks only after it stored
+   the message.
+
+**Offline recipients: no queueing.** If the ping or the ``Ack`` does not come
+in time, or the recipient cannot be reached at all, the message is *not*
+delivered and *not* retried later: the history row becomes ``failed`` (with
+the reason) and the API answers 503 ``recipient ... is offline, message not
+delivered``. A ``Fail`` from the recipient (it could not verify or decrypt
+the message) is a 409 and also ``failed``. Only an ``Ack`` makes the row
+``acked`` and the API answer OK. So an OK always means "stored on the
+recipient's node". Sending again is up to the user (a new message id).
+A send still waiting when the node stopped is marked ``failed`` when the
+service starts again.
+
+Receiving (a ``Message`` packet): the sealed message must name the packet's
+sender as its sender and me as its recipient, verify with the sender's RSA
+key and decrypt with mine; otherwise the sender gets a ``Fail`` with the
+reason and nothing is stored. A good message is stored (once: a repeated
+message id from the same sender is only Acked again), then Acked, then
+published.
+
+Publishing: ``message-received`` (incoming, stored) and ``message-sent``
+(outgoing, Acked) go on the node's event bus with the message as data; the
+WebSocket pushes them to every client twice, as the usual ``event`` frame and
+as ``{"type": "stream_message", "seq": N, "payload": <message>}`` (N is the
+event's sequence id, so ``?since=N`` resumes the stream). A failed outgoing
+message is published as ``message-failed`` (an event only).
+
+Long-poll (:meth:`PrivateMessagesService.receive`, the API's
+``message_receive``): each consumer id has a cursor in the history; a new
+consumer starts at the end (older messages are in ``message_history``). A
+poll answers at once with messages after the cursor that match its
+direction and types (up to 100), or waits up to ``polling_timeout`` seconds
+for one; a new poll by the same consumer answers the older one empty.
+Outgoing messages enter the stream when they are stored (state ``sent``).
+
+History files: ``metadata/messages.sqlite`` (:mod:`bitnode.chat.history`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from typing import Any, Optional
+
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from bitnode.chat import history as hist
+from bitnode.chat.history import MessageHistory
+from bitnode.chat.message_crypto import (
+    PRIVATE_MESSAGE,
+    MessageHeader,
+    MessageRejected,
+    open_message,
+    peek,
+    seal,
+)
+from bitnode.chat.nickname_holder import validate_nickname
+from bitnode.errors import BadRequest, BitnodeError, Conflict, NotFound, Unavailable
+from bitnode.main.options import DISK_SPACE, Option
+from bitnode.services.base import Service
+from bitnode.transport.commands import Command
+from bitnode.transport.packet_out import PeerRefused
+from bitnode.userid import globalid
+
+PREFIX = "services/private-messages/"
+IDENTITY, GATEWAY, NETWORK, NICKNAMES = "service_identity", "service_gateway", "service_network", "service_nicknames"
+MAX_CONSUMERS = 256
+MAX_CONSUMER_ID = 128
+POLL_LIMIT = 100
+MAX_POLLING_TIMEOUT = 3600.0
+#: Sealing adds the wrapped key, the signature and the header to the JSON data.
+SEAL_OVERHEAD = 16 * 1024
+DIRECTION_CHOICES = {
+    "incoming": (hist.INCOMING,),
+    "outgoing": (hist.OUTGOING,),
+    "both": hist.DIRECTIONS,
+    "all": hist.DIRECTIONS,
+}
+#: Accepted spellings of message types (the spec's docs use several) -> the stored name.
+TYPE_NAMES = {
+    "private_message": "private_message", "privatemessage": "private_message",
+    "personal_message": "private_message", "group_message": "group_message", "groupmessage": "group_message",
+}
+
+
+def normalize_types(message_types: Any) -> list[str]:
+    """A list of message type names (any accepted spelling) -> the stored names, deduplicated."""
+    if isinstance(message_types, str):
+        message_types = [t for t in message_types.split(",") if t.strip()]
+    if not isinstance(message_types, (list, tuple)):
+        raise BadRequest("message_types must be a list of message type names")
+    result: list[str] = []
+    for name in message_types:
+        key = str(name).strip().lower()
+        if key not in TYPE_NAMES:
+            raise BadRequest(f"unknown message type {name!r}; use private_message or group_message")
+        if TYPE_NAMES[key] not in result:
+            result.append(TYPE_NAMES[key])
+    return result
+
+
+def normalize_data(data: Any) -> dict:
+    """Message content: a JSON object; a string is wrapped as ``{"message": text}``."""
+    if isinstance(data, str):
+        data = {"message": data}
+    if not isinstance(data, dict):
+        raise BadRequest("message data must be a JSON object (or a text)")
+    return data
+
+
+class _Consumer:
+    def __init__(self, cursor: int):
+        self.cursor = cursor
+        self.directions: tuple[str, ...] = (hist.INCOMING,)
+        self.types: list[str] = []
+        self.limit = POLL_LIMIT
+        self.waiter: Optional[Deferred] = None
+        self.timeout_call: Any = None
+        self.immediate = False
+        self.querying = False
+        self.recheck = False
+        self.generation = 0
+        self.last_seen = 0.0
+
+
+class PrivateMessagesService(Service):
+    """Private messages of one node: send, receive, history, stream."""
+
+    name = "service_private_messages"
+    depends_on = (GATEWAY, NETWORK)
+    description = "End-to-end encrypted private messages with history (sqlite) and a message stream"
+    options = (
+        Option(PREFIX + "max-message-size", DISK_SPACE, 256 * 1024,
+               "Largest message content (its JSON text) sent or accepted.", minimum=1024, maximum=8 * 1024 ** 2),
+    )
+    log = Logger()
+
+    def __init__(self, node: Any) -> None:
+        super().__init__(node)
+        self.history: Optional[MessageHistory] = None
+        self.history_file = os.path.join(node.basedir.metadata, "messages.sqlite")
+        self._gateway: Any = None
+        self._last_seq = 0
+        self._consumers: dict[str, _Consumer] = {}
+        self._work: set[Deferred] = set()
+        self._queries: set[Deferred] = set()
+        self._counts = {"sent": 0, "acked": 0, "failed": 0, "received": 0, "duplicates": 0, "rejected": 0}
+
+    # -- lifecycle ----------------------------------------------------------------
+
+    def start(self) -> Deferred:
+        """Open the history (off the reactor) and take the ``Message`` packets of the gateway."""
+        gateway = self.node.service_driver.get(GATEWAY).require_gateway()
+        d = self.node.run_in_thread(_open_history, self.history_file)
+
+        def opened(result: tuple[MessageHistory, int]) -> None:
+            self.history, self._last_seq = result
+            self._gateway = gateway
+            gateway.register_handler(Command.MESSAGE, self._on_message)
+
+        return d.addCallback(opened)
+
+    def stop(self) -> Deferred:
+        """Release the ``Message`` command, end sends and polls in progress, close the history."""
+        if self._gateway is not None:
+            self._gateway.unregister_handler(Command.MESSAGE)
+            self._gateway = None
+        for consumer in self._consumers.values():
+            self._answer(consumer, [])
+        self._consumers.clear()
+        work = list(self._work)
+        for d in work:
+            d.cancel()
+        history, self.history = self.history, None
+
+        def close(_: Any) -> Optional[Deferred]:
+            return self.node.run_in_thread(history.close) if history is not None else None
+
+        # reads in progress finish first: the history is closed only when nobody uses it
+        pending = work + list(self._queries)
+        return defer.DeferredList(pending, consumeErrors=True).addCallback(close)
+
+    def status(self) -> dict:
+        """Counters for service_info."""
+        return dict(self._counts, history_last_seq=self._last_seq, consumers=len(self._consumers))
+
+    def _require(self) -> MessageHistory:
+        if self.history is None or self._gateway is None:
+            raise Unavailable(f"{self.name} is not running")
+        return self.history
+
+    def _identity(self) -> Any:
+        return self.node.service_driver.get(IDENTITY)
+
+    def _my_id(self) -> str:
+        me = self._identity().my_global_id()
+        if not me:
+            raise Conflict("no identity: call identity_create first")
+        return me
+
+    def _my_key(self) -> Any:
+        keystore = self._identity().keystore
+        if keystore is None:
+            raise Conflict("no identity: call identity_create first")
+        try:
+            return keystore.private_key(keystore.master_key_id)
+        except NotFound:
+            raise Conflict("the master private key is missing; recover it with identity_recover") from None
+
+    def _max_size(self) -> int:
+        return int(self.node.settings.get(PREFIX + "max-message-size"))
+
+    def _query(self, fn: Any, *args: Any) -> Deferred:
+        """Read the history in the thread pool; the service waits for reads in progress before closing it."""
+        return _tracked(self.node.run_in_thread(fn, *args), self._queries)
+
+    def _run(self, coroutine: Any) -> Deferred:
+        """Run work the service must see finished (or cancel) before it closes the history."""
+        return _tracked(Deferred.fromCoroutine(coroutine), self._work)
+
+    # -- names -----------------------------------------------------------------------
+
+    def resolve_user(self, user_id: str) -> Deferred:
+        """Deferred[str]: the global id of a global id, IDURL, key id (its owner) or nickname."""
+        return Deferred.fromCoroutine(self._resolve_user(user_id))
+
+    async def _resolve_user(self, user_id: str) -> str:
+        if not isinstance(user_id, str) or not user_id.strip():
+            raise BadRequest("recipient_id must be a nickname, a global id or an IDURL")
+        text = user_id.strip()
+        if "://" in text or "@" in text:
+            if "$" in text and "://" not in text:
+                return str(globalid.parse_key_id(text).owner)
+            return str(globalid.to_global_id(text))
+        validate_nickname(text)
+        driver = self.node.service_driver
+        if NICKNAMES not in driver.names() or not driver.is_on(NICKNAMES):
+            raise Unavailable(f"cannot look up the nickname {text!r}: {NICKNAMES} is not running")
+        holders = await driver.get(NICKNAMES).observe(text, 1)
+        found = [h["global_id"] for h in holders if h.get("global_id")]
+        if not found:
+            raise NotFound(f"nobody holds the nickname {text!r}")
+        return found[0]
+
+    # -- sending ---------------------------------------------------------------------
+
+    def send(self, recipient_id: str, data: Any, ping_timeout: float = 30.0,
+             message_ack_timeout: float = 15.0) -> Deferred:
+        """Deliver one private message; Deferred[dict] of its history row once Acked (see the module doc).
+
+        The delivery runs to its end even if the caller stops waiting, so the
+        history always gets its outcome.
+        """
+        try:
+            self._require()
+            data = normalize_data(data)
+            size = len(json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode("utf-8"))
+        except (BitnodeError, TypeError, ValueError) as err:
+            return defer.fail(err if isinstance(err, BitnodeError) else BadRequest(f"message data: {err}"))
+        if size > self._max_size():
+            return defer.fail(BadRequest(f"message is {size} bytes; the limit is {self._max_size()}"))
+        if not 0 <= ping_timeout <= MAX_POLLING_TIMEOUT:
+            return defer.fail(BadRequest("ping_timeout must be between 0 and 3600 seconds"))
+        if not 0 < message_ack_timeout <= MAX_POLLING_TIMEOUT:
+            return defer.fail(BadRequest("message_ack_timeout must be more than 0 and at most 3600 seconds"))
+        work = self._run(self._send(recipient_id, data, float(ping_timeout), float(message_ack_timeout)))
+        return _detached(work)
+
+    async def _send(self, recipient_id: str, data: dict, ping_timeout: float, ack_timeout: float) -> dict:
+        me = self._my_id()
+        recipient = await self._resolve_user(recipient_id)
+        if recipient == me:
+            raise BadRequest("cannot send a private message to yourself")
+        identity = await self._identity().fetch_identity(recipient)
+        header = MessageHeader(PRIVATE_MESSAGE, me, recipient, secrets.token_hex(16), self.node.clock.seconds())
+        sealed = await self.node.run_in_thread(seal, header, data, self._my_key(), identity.rsa_public_key())
+        row, _ = await self.node.run_in_thread(
+            self._require().add, message_id=header.message_id, conversation_id=recipient,
+            direction=hist.OUTGOING, sender=me, recipient=recipient, message_type=PRIVATE_MESSAGE, data=data,
+            time=header.time, stored_time=self.node.clock.seconds(), state=hist.SENT)
+        self._counts["sent"] += 1
+        self.notify_stored(row)
+        try:
+            await self._deliver(recipient, sealed, header.message_id, ping_timeout, ack_timeout)
+        except PeerRefused as err:
+            await self._failed(row, f"refused by the recipient: {err.reason}")
+            raise Conflict(f"{recipient} refused the message: {err.reason}") from None
+        except defer.CancelledError:
+            await self._failed(row, "the service stopped before the recipient acknowledged the message")
+            raise Unavailable(f"message to {recipient} not delivered: {self.name} is stopping") from None
+        except BitnodeError as err:
+            await self._failed(row, str(err))
+            raise Unavailable(f"recipient {recipient} is offline, message not delivered: {err}") from None
+        row = await self.node.run_in_thread(self._require().set_state, row["seq"], hist.ACKED)
+        self._counts["acked"] += 1
+        self.node.events.publish("message-sent", row)
+        return row
+
+    async def _deliver(self, recipient: str, sealed: bytes, message_id: str, ping_timeout: float,
+                       ack_timeout: float) -> None:
+        gateway = self._gateway
+        if gateway is None:
+            raise Unavailable(f"{self.name} is stopping")
+        online = self.node.service_driver.get(NETWORK).require_online()
+        if ping_timeout > 0 and not online.status(recipient)["online"]:
+            await online.ping(recipient, ping_timeout, 0)
+        packet = gateway.build(Command.MESSAGE, recipient, sealed, packet_id=message_id)
+        await gateway.send(packet, wait_response=True, timeout=ack_timeout)
+
+    async def _failed(self, row: dict, reason: str) -> None:
+        self._counts["failed"] += 1
+        history = self.history
+        if history is None:
+            return
+        failed = await self.node.run_in_thread(history.set_state, row["seq"], hist.FAILED, reason)
+        self.node.events.publish("message-failed", failed)
+
+    # -- receiving -------------------------------------------------------------------
+
+    def _on_message(self, packet: Any, address: Any) -> Deferred:
+        # cancelled only when the service stops: the sender gets no Ack, which is the truth
+        return self._run(self._receive(packet)).addErrback(lambda f: f.trap(defer.CancelledError) and None)
+
+    async def _receive(self, packet: Any) -> None:
+        gateway = self._gateway
+        try:
+            opened = await self._open(packet)
+        except BitnodeError as err:
+            self._counts["rejected"] += 1
+            self.log.info("message {id} from {who} refused: {err}", id=packet.packet_id, who=packet.creator_id,
+                          err=err)
+            await _reply(gateway, packet, Command.FAIL, str(err))
+            return
+        header = opened.header
+        row, created = await self.node.run_in_thread(
+            self._require().add, message_id=header.message_id, conversation_id=header.sender,
+            direction=hist.INCOMING, sender=header.sender, recipient=header.recipient,
+            message_type=header.message_type, data=opened.data, time=header.time,
+            stored_time=self.node.clock.seconds(), state=hist.RECEIVED)
+        await _reply(gateway, packet, Command.ACK, "")
+        if not created:
+            self._counts["duplicates"] += 1
+            return
+        self._counts["received"] += 1
+        self.notify_stored(row)
+        self.node.events.publish("message-received", row)
+
+    async def _open(self, packet: Any) -> Any:
+        me = self._my_id()
+        if len(packet.payload) > self._max_size() + SEAL_OVERHEAD:
+            raise MessageRejected(f"message larger than {self._max_size()} bytes")
+        header = peek(packet.payload)
+        if header.sender != packet.creator_id:
+            raise MessageRejected(f"message of {header.sender} sent by {packet.creator_id}")
+        if header.message_type != PRIVATE_MESSAGE:
+            raise MessageRejected(f"{header.message_type} is not accepted as a private message")
+        if header.recipient != me:
+            raise MessageRejected(f"message is addressed to {header.recipient}, not to {me}")
+        sender = await self._identity().fetch_identity(header.sender)
+        opened = await self.node.run_in_thread(open_message, packet.payload, self._my_key(),
+                                               sender.rsa_public_key(), me)
+        if not isinstance(opened.data, dict):
+            raise MessageRejected("message content must be a JSON object")
+        return opened
+
+    # -- the stream (long-poll consumers) -------------------------------------------------
+
+    def receive(self, consumer_id: str, direction: str = "incoming", message_types: Any = (),
+                polling_timeout: float = 60.0, limit: int = POLL_LIMIT) -> Deferred:
+        """Long-poll: Deferred[list] of messages after the consumer's cursor (see the module doc)."""
+        self._require()
+        if not isinstance(consumer_id, str) or not 0 < len(consumer_id) <= MAX_CONSUMER_ID:
+            raise BadRequest(f"consumer_callback_id must be 1..{MAX_CONSUMER_ID} characters")
+        if direction not in DIRECTION_CHOICES:
+            raise BadRequest(f"direction must be one of {', '.join(DIRECTION_CHOICES)}")
+        types = normalize_types(message_types)
+        if not 0 <= polling_timeout <= MAX_POLLING_TIMEOUT:
+            raise BadRequest("polling_timeout must be between 0 and 3600 seconds")
+        consumer = self._consumers.get(consumer_id)
+        if consumer is None:
+            if len(self._consumers) >= MAX_CONSUMERS:
+                self._forget_idlest()
+            consumer = self._consumers[consumer_id] = _Consumer(self._last_seq)
+        if consumer.waiter is not None:
+            self._answer(consumer, [])  # one outstanding poll per consumer
+        consumer.directions, consumer.types, consumer.limit = DIRECTION_CHOICES[direction], types, limit
+        consumer.generation += 1
+        consumer.last_seen = self.node.clock.seconds()
+        consumer.immediate = polling_timeout <= 0
+        waiter = consumer.waiter = Deferred(lambda d: self._cancel(consumer, d))
+        if not consumer.immediate:
+            consumer.timeout_call = self.node.clock.callLater(polling_timeout, self._answer, consumer, [])
+        self._check(consumer)
+        return waiter
+
+    def notify_stored(self, row: dict) -> None:
+        """A row was committed to the history: move the end of the stream, wake the consumers that want it."""
+        self._last_seq = max(self._last_seq, row["seq"])
+        for consumer in list(self._consumers.values()):
+            if consumer.waiter is not None and row["direction"] in consumer.directions \
+                    and (not consumer.types or row["message_type"] in consumer.types):
+                self._check(consumer)
+
+    def _check(self, consumer: _Consumer) -> None:
+        """Read the consumer's pending rows (off the reactor) and answer if there are any."""
+        if consumer.querying:
+            consumer.recheck = True
+            return
+        history = self.history
+        if history is None:
+            self._answer(consumer, [])
+            return
+        consumer.querying, consumer.recheck = True, False
+        generation = consumer.generation
+        d = self._query(history.since, consumer.cursor, consumer.directions, consumer.types, consumer.limit)
+
+        def read(result: tuple[list[dict], int]) -> None:
+            consumer.querying = False
+            rows, top = result
+            if consumer.waiter is None:
+                return
+            if generation != consumer.generation:
+                self._check(consumer)  # a newer poll changed the filters while this one read: read again
+                return
+            if rows:
+                self._answer(consumer, rows)
+                return
+            # nothing matched up to ``top``: skip it, and look again if more was stored meanwhile
+            consumer.cursor = max(consumer.cursor, top)
+            if consumer.recheck or self._last_seq > consumer.cursor:
+                self._check(consumer)
+            elif consumer.immediate:
+                self._answer(consumer, [])
+
+        def failed(failure: Any) -> None:
+            consumer.querying = False
+            self.log.failure("reading the message stream failed", failure)
+            waiter, consumer.waiter = consumer.waiter, None
+            self._clear_timer(consumer)
+            if waiter is not None:
+                waiter.errback(failure)
+
+        d.addCallback(read).addErrback(failed)
+
+    def _answer(self, consumer: _Consumer, rows: list[dict]) -> None:
+        waiter, consumer.waiter = consumer.waiter, None
+        self._clear_timer(consumer)
+        if rows:
+            consumer.cursor = max(consumer.cursor, rows[-1]["seq"])
+        if waiter is not None:
+            waiter.callback(rows)
+
+    def _clear_timer(self, consumer: _Consumer) -> None:
+        if consumer.timeout_call is not None and consumer.timeout_call.active():
+            consumer.timeout_call.cancel()
+        consumer.timeout_call = None
+
+    def _cancel(self, consumer: _Consumer, waiter: Deferred) -> None:
+        if consumer.waiter is waiter:
+            consumer.waiter = None
+            self._clear_timer(consumer)
+
+    def _forget_idlest(self) -> None:
+        idle = [(c.last_seen, cid) for cid, c in self._consumers.items() if c.waiter is None]
+        if idle:
+            del self._consumers[min(idle)[1]]
+
+    # -- history queries (for the API) ---------------------------------------------------
+
+    def message_history(self, conversation_id: Optional[str] = None, sender: Optional[str] = None,
+                        recipient: Optional[str] = None, message_type: Optional[str] = None,
+                        offset: int = 0, limit: int = 100) -> Deferred:
+        """Deferred[(rows, total)] of :meth:`MessageHistory.history`."""
+        history = self._require()
+        hist.check_page(offset, limit)
+        return self._query(history.history, conversation_id, sender, recipient, message_type, offset, limit)
+
+    def conversations(self, message_types: Any = (), offset: int = 0, limit: int = 100) -> Deferred:
+        """Deferred[(rows, total)] of :meth:`MessageHistory.conversations`."""
+        history = self._require()
+        types = normalize_types(message_types)
+        hist.check_page(offset, limit)
+        return self._query(history.conversations, types, offset, limit)
+
+
+def _open_history(path: str) -> tuple[MessageHistory, int]:
+    history = MessageHistory(path)
+    # a send still waiting for its Ack when the node stopped has no outcome: it was not confirmed
+    history.fail_unfinished("the node stopped before the recipient acknowledged the message")
+    return history, history.last_seq()
+
+
+def _tracked(d: Deferred, pending: set[Deferred]) -> Deferred:
+    """Keep ``d`` in ``pending`` until it fires."""
+    if d.called:
+        return d
+    pending.add(d)
+
+    def done(result: Any) -> Any:
+        pending.discard(d)
+        return result
+
+    return d.addBoth(done)
+
+
+def _detached(work: Deferred) -> Deferred:
+    """A Deferred with ``work``'s result; cancelling it does not cancel ``work``."""
+    result: Deferred = Deferred()
+
+    def forward(outcome: Any) -> None:
+        if result.called:
+            return None  # the caller stopped waiting; the outcome is in the history
+        if isinstance(outcome, Failure):
+            result.errback(outcome)
+        else:
+            result.callback(outcome)
+        return None
+
+    work.addBoth(forward)
+    return result
+
+
+async def _reply(gateway: Any, packet: Any, command: Command, text: str) -> None:
+    if gateway is None:
+        return
+    try:
+        await gateway.reply(packet, command, text.encode("utf-8")[:300])
+    except BitnodeError as err:
+        Logger().info("could not answer {who}: {err}", who=packet.creator_id, err=err)

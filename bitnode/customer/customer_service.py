@@ -1,0 +1,579 @@
+"""service_customer: hire, keep and replace the suppliers that hold my blocks.
+
+The service wires the market machines of :mod:`bitnode.customer` to the node:
+
+- **supplier_finder** looks for candidates in the suppliers' DHT layer
+  (:data:`~bitnode.supplier.supplier_service.SUPPLIERS_LAYER`) with
+  ``random_nodes``; a contact carries its user's IDURL as ``user``, which is
+  turned into a global id (contacts without one, and this node, are skipped);
+- **supplier_connector** (one per supplier) talks through the gateway:
+  RequestService / CancelService are storage packets sent by a
+  :class:`~bitnode.customer.remote_store.RemoteStorageServer`, the ping is an
+  Identity ping through service_network's online-status table;
+- **fire_hire** keeps ``services/customer/suppliers-number`` suppliers. A
+  change of that setting applies at once (fire_hire ``restart``: it hires the
+  missing ones or fires the last positions); ``dead-after``, ``ping-interval``
+  and ``check-interval`` say when an offline supplier is fired and how often
+  suppliers are checked.
+
+Quota rule: every supplier holds one block of every segment, and a block is
+about ``segment / k`` bytes (k = data blocks of ``n`` = suppliers-number, from
+``service_backups``: ``services/backups/data-blocks``, else ``ceil(n/2)``). So
+to keep ``needed-space`` bytes of files, each supplier is asked for
+``ceil(needed-space / k)`` plus 1/16 of that for block headers and the
+catalog backups. A change of needed-space or suppliers-number asks the
+connected suppliers again with the new quota.
+
+The roster (positions: position i holds block i) is ``metadata/suppliers.json``.
+After every change of it: the event ``suppliers-changed`` is published (with
+the positions, the reason and the revision), and the signed DHT record
+``suppliers:<my global id>`` is written (value: my IDURL, ``ecc_map`` "k-of-n",
+the positions as IDURLs, "" for an empty one, and the roster revision); it is
+re-written every 12 hours and lives 24. A node that starts with no roster file
+at all (a recovered identity on a new machine) first reads that record back —
+only if it is signed with my identity's packet key — and takes those
+positions, so the catalog backup on those suppliers can be found again.
+
+Storage (``service_backups``) gets its suppliers from :meth:`CustomerService.supplier_provider`:
+``positions()``, ``server(supplier_id)`` (a RemoteStorageServer over gateway
+requests; block commands wait ``block-timeout`` seconds, contract commands
+``request-timeout``) and ``settled()`` (fire_hire is done hiring and firing).
+It hears of changes through the ``suppliers-changed`` event, so the provider
+has no separate subscription.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from twisted.internet import defer, task
+from twisted.logger import Logger
+
+from bitnode.customer.fire_hire import FireHire, SupplierRoster
+from bitnode.customer.remote_store import RemoteStorageServer
+from bitnode.customer.supplier_connector import SupplierConnector
+from bitnode.customer.supplier_finder import SupplierFinder
+from bitnode.dht import records
+from bitnode.errors import BadRequest, BitnodeError, Conflict, Forbidden, NotFound, Unavailable
+from bitnode.main.options import FLOAT, Option
+from bitnode.services.base import Service
+from bitnode.storage import wire
+from bitnode.supplier.supplier_service import SUPPLIERS_LAYER, install_market_router
+from bitnode.transport.commands import Command
+from bitnode.transport.packet_out import PeerRefused
+from bitnode.userid import globalid
+
+PREFIX = "services/customer/"
+WANTED_KEY = PREFIX + "suppliers-number"
+NEEDED_KEY = PREFIX + "needed-space"
+GATEWAY = "service_gateway"
+DHT = "service_entangled_dht"
+NETWORK = "service_network"
+IDENTITY = "service_identity"
+STORAGE = "service_backups"
+RECORD_TTL = 24 * 3600
+REPUBLISH_AFTER = RECORD_TTL / 2
+PUBLISH_RETRY = 60.0
+#: Commands about the contract (answered at once); the others move blocks.
+CONTRACT_COMMANDS = frozenset({Command.REQUEST_SERVICE.value, Command.CANCEL_SERVICE.value})
+
+
+def suppliers_key(customer_id: str) -> str:
+    """The DHT key of a customer's suppliers record."""
+    return f"{records.SUPPLIERS}:{customer_id}"
+
+
+def lookup_suppliers(node: Any, customer_id: str) -> defer.Deferred:
+    """Read ``customer_id``'s suppliers record from the DHT and check its writer is that customer.
+
+    Fires with ``{"customer_id", "customer_idurl", "revision", "ecc_map",
+    "suppliers": [global id or ""], "idurls", "writer_verified", "created",
+    "expires"}``; NotFound without a record, Conflict when the record was not
+    written with the customer's identity key (someone else holds the key).
+    Works whether or not service_customer runs (anyone's list can be read).
+    """
+    return defer.Deferred.fromCoroutine(_lookup_suppliers(node, customer_id))
+
+
+async def _lookup_suppliers(node: Any, customer_id: str) -> dict:
+    driver = node.service_driver
+    if not driver.is_on(DHT):
+        raise Unavailable(f"{DHT} is not running")
+    gid = str(globalid.to_global_id(customer_id))
+    record = await driver.get(DHT).get_value(suppliers_key(gid), records.SUPPLIERS)
+    identity = await driver.get(IDENTITY).fetch_identity(gid)
+    value = record["value"]
+    if not identity.signing_key or record["writer_pubkey"] != identity.signing_key:
+        raise Conflict(f"the DHT record {suppliers_key(gid)} is not signed by {gid}'s identity key")
+    if value["customer_idurl"] != identity.idurl:
+        raise Conflict(f"the DHT record {suppliers_key(gid)} names another customer")
+    suppliers = []
+    for idurl in value["suppliers"]:
+        try:
+            suppliers.append(globalid.idurl_to_global_id(idurl) if idurl else "")
+        except BadRequest:
+            suppliers.append("")
+    return {"customer_id": gid, "customer_idurl": value["customer_idurl"], "revision": value["revision"],
+            "ecc_map": value["ecc_map"], "suppliers": suppliers, "idurls": list(value["suppliers"]),
+            "writer_verified": True, "created": record["created"], "expires": record["expires"]}
+
+
+class SupplierProvider:
+    """What service_backups needs from the customer side (see the module docstring)."""
+
+    def __init__(self, service: CustomerService):
+        self._service = service
+
+    def positions(self) -> list[str]:
+        """Position i's supplier (global id), "" where nobody is hired."""
+        roster = self._service.roster
+        return list(roster.positions) if roster is not None else []
+
+    def server(self, supplier_id: str) -> RemoteStorageServer:
+        """The IStorageServer of one supplier."""
+        return self._service.server(supplier_id)
+
+    def settled(self) -> defer.Deferred | None:
+        """None when fire_hire is idle, else a Deferred fired when it is."""
+        return self._service.settled()
+
+
+class CustomerService(Service):
+    """Hires and keeps this node's suppliers; see the module docstring."""
+
+    name = "service_customer"
+    depends_on = (GATEWAY, DHT, NETWORK)
+    enabled_by_default = False
+    description = "Hire suppliers for your encrypted blocks, replace dead ones (fire_hire)"
+    options = (
+        Option(PREFIX + "dead-after", FLOAT, 600.0,
+               "Seconds a hired supplier may stay offline before it is fired and replaced.",
+               minimum=0.1, maximum=30 * 86400.0),
+        Option(PREFIX + "ping-interval", FLOAT, 60.0,
+               "Seconds between checks that a hired supplier answers (an offline one is retried twice as often).",
+               minimum=0.05, maximum=86400.0, restart_needed=True),
+        Option(PREFIX + "check-interval", FLOAT, 60.0,
+               "Seconds between fire_hire's reviews of the suppliers (and new tries after a shortage).",
+               minimum=0.05, maximum=86400.0, restart_needed=True),
+        Option(PREFIX + "request-timeout", FLOAT, 30.0,
+               "Seconds a supplier has to answer RequestService, CancelService or a ping.",
+               minimum=0.1, maximum=600.0),
+        Option(PREFIX + "block-timeout", FLOAT, 120.0,
+               "Seconds a supplier has to answer Data, Retrieve, ListFiles, DeleteFile or DeleteBackup.",
+               minimum=0.1, maximum=3600.0),
+    )
+    log = Logger()
+
+    def __init__(self, node):
+        super().__init__(node)
+        self.roster_file = os.path.join(node.basedir.metadata, "suppliers.json")
+        self.roster: SupplierRoster | None = None
+        self.finder: SupplierFinder | None = None
+        self.fire_hire: FireHire | None = None
+        self.provider = SupplierProvider(self)
+        self.dht_revision: int | None = None
+        self.dht_error = ""
+        self.recovered_from_dht = False
+        self._my_id = ""
+        self._servers: dict[str, RemoteStorageServer] = {}
+        self._waiters: list[defer.Deferred] = []
+        self._publishing = False
+        self._publish_again = False
+        self._publish_call: Any = None
+
+    # --- lifecycle ----------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Build the machines, then (after a DHT look for a lost roster) let fire_hire hire."""
+        node, settings = self.node, self.node.settings
+        gateway = node.service_driver.get(GATEWAY).require_gateway()
+        self._my_id = gateway.my_id
+        fresh = not os.path.exists(self.roster_file)
+        self.roster = SupplierRoster(self.roster_file)
+        self.finder = SupplierFinder(node.clock, self._random_suppliers, self._make_connector,
+                                     registry=node.automats)
+        self.fire_hire = FireHire(node.clock, self.roster, self.finder, self._make_connector, self.wanted,
+                                  self.dead_after, self._roster_changed, registry=node.automats,
+                                  intervals={"timer-1min": settings.get(PREFIX + "check-interval")})
+        self.fire_hire.add_state_listener(self._fire_hire_changed)
+        settings.add_listener(WANTED_KEY, self._wanted_changed)
+        settings.add_listener(NEEDED_KEY, self._needed_changed)
+        install_market_router(node, gateway)
+        d = defer.Deferred.fromCoroutine(self._recover()) if fresh else defer.succeed(None)
+        d.addErrback(lambda f: self.log.failure("looking for my suppliers in the DHT failed", f))
+        d.addCallback(self._begin)
+        d.addErrback(lambda f: self.log.failure("fire_hire did not start", f))
+
+    def _begin(self, _: Any) -> None:
+        fire_hire = self.fire_hire
+        if fire_hire is None or fire_hire.state != "AT_STARTUP":
+            return  # stopped meanwhile
+        fire_hire.event("init")
+        if self.roster.hired() and self.dht_revision is None:
+            self.publish_suppliers()
+
+    def stop(self) -> None:
+        """Stop the machines (contracts stay: the suppliers keep our data), release waiters."""
+        settings = self.node.settings
+        settings.remove_listener(WANTED_KEY, self._wanted_changed)
+        settings.remove_listener(NEEDED_KEY, self._needed_changed)
+        fire_hire, self.fire_hire = self.fire_hire, None
+        if fire_hire is not None and not fire_hire.destroyed:
+            fire_hire.event("shutdown")  # also shuts the finder and every connector down
+        self.finder = None
+        self.roster = None
+        self._servers.clear()
+        if self._publish_call is not None and self._publish_call.active():
+            self._publish_call.cancel()
+        self._publish_call = None
+        self._release_waiters()
+
+    def status(self) -> dict:
+        """Facts for service_info."""
+        fire_hire, roster = self.fire_hire, self.roster
+        if fire_hire is None or roster is None:
+            return {}
+        states = [c.state for c in fire_hire.connectors.values()]
+        return {"wanted": self.wanted(), "hired": len(roster.hired()), "connected": states.count("CONNECTED"),
+                "fire_hire": fire_hire.state, "supplier_finder": self.finder.state if self.finder else None,
+                "shortage": fire_hire.shortage, "roster_revision": roster.revision,
+                "dht_revision": self.dht_revision, "dht_error": self.dht_error,
+                "quota_per_supplier": self.quota_bytes(), "recovered_from_dht": self.recovered_from_dht}
+
+    # --- settings -----------------------------------------------------------------------
+
+    def wanted(self) -> int:
+        """How many suppliers to keep."""
+        return int(self.node.settings.get(WANTED_KEY))
+
+    def dead_after(self) -> float:
+        """Seconds offline before a supplier is fired."""
+        return float(self.node.settings.get(PREFIX + "dead-after"))
+
+    def data_blocks(self, n: int) -> int:
+        """k for n positions, as service_backups will encode (ceil(n/2) without it)."""
+        driver = self.node.service_driver
+        if STORAGE in driver.names():
+            return max(1, driver.get(STORAGE).data_blocks(n))
+        return max(1, (n + 1) // 2)
+
+    def quota_bytes(self) -> int:
+        """What each supplier is asked for (the quota rule of the module docstring)."""
+        needed = int(self.node.settings.get(NEEDED_KEY))
+        k = self.data_blocks(max(1, self.wanted()))
+        per_supplier = -(-needed // k)
+        return max(1, per_supplier + per_supplier // 16)
+
+    def _wanted_changed(self, key: str, old: Any, new: Any) -> None:
+        self._ask_new_quota()
+        if self.fire_hire is not None and not self.fire_hire.destroyed:
+            self.fire_hire.event("restart")
+
+    def _needed_changed(self, key: str, old: Any, new: Any) -> None:
+        self._ask_new_quota()
+
+    def _ask_new_quota(self) -> None:
+        if self.fire_hire is None:
+            return
+        quota = self.quota_bytes()
+        for connector in list(self.fire_hire.connectors.values()):
+            if connector.needed_bytes != quota:
+                connector.needed_bytes = quota
+                if connector.state == "CONNECTED":
+                    connector.event("connect")  # asks again; an offline one asks with it on its next retry
+
+    # --- the machines' neighbours --------------------------------------------------------
+
+    def _make_connector(self, supplier_id: str) -> SupplierConnector:
+        ping = float(self.node.settings.get(PREFIX + "ping-interval"))
+        return SupplierConnector(self.node.clock, supplier_id, self, self.quota_bytes(),
+                                 intervals={"timer-ping": ping, "timer-retry": ping / 2},
+                                 registry=self.node.automats)
+
+    def _random_suppliers(self, count: int) -> defer.Deferred:
+        driver = self.node.service_driver
+        if not driver.is_on(DHT):
+            return defer.fail(Unavailable(f"{DHT} is not running"))
+        return driver.get(DHT).random_nodes(SUPPLIERS_LAYER, count).addCallback(self._global_ids)
+
+    def _global_ids(self, contacts: list[dict]) -> list[str]:
+        out: list[str] = []
+        for contact in contacts:
+            try:
+                supplier_id = globalid.idurl_to_global_id(contact.get("user") or "")
+            except BadRequest:
+                continue  # a DHT node without an identity (yet) cannot be hired
+            if supplier_id != self._my_id and supplier_id not in out:
+                out.append(supplier_id)
+        return out
+
+    def request_service(self, supplier_id: str, needed_bytes: int) -> defer.Deferred:
+        """Contracts neighbour: RequestService; fires with the supplier's answer dict.
+
+        An Identity ping goes first: a node drops packets from senders it has
+        no key for, and the ping is how a new customer introduces itself.
+        """
+        d = self.ping(supplier_id)
+        return d.addCallback(lambda _: self.server(supplier_id).request_service(self._my_id, needed_bytes))
+
+    def cancel_service(self, supplier_id: str) -> defer.Deferred:
+        """Contracts neighbour: CancelService (the supplier deletes our data)."""
+        return self.server(supplier_id).cancel_service(self._my_id)
+
+    def ping(self, supplier_id: str) -> defer.Deferred:
+        """Contracts neighbour: an Identity ping through the online-status table (it records the answer)."""
+        timeout = self.node.settings.get(PREFIX + "request-timeout")
+        return defer.maybeDeferred(lambda: self.node.service_driver.get(NETWORK).require_online().ping(
+            supplier_id, timeout))
+
+    def request(self, supplier_id: str, owner_id: str, command: str, payload: bytes) -> defer.Deferred:
+        """RemoteStorageServer's transport: one packet to the supplier, its answer as ``(command, payload)``."""
+        try:
+            gateway = self.node.service_driver.get(GATEWAY).require_gateway()
+        except Unavailable as err:
+            return defer.fail(err)
+        if owner_id != gateway.my_id:
+            return defer.fail(Forbidden(f"this node acts only for {gateway.my_id}, not {owner_id}"))
+        name = str(command)
+        timeout = self.node.settings.get(PREFIX + ("request-timeout" if name in CONTRACT_COMMANDS
+                                                    else "block-timeout"))
+        d = gateway.request(name, supplier_id, payload, timeout=timeout)
+        d.addCallbacks(lambda packet: (packet.command, packet.payload), _fail_answer)
+        return d
+
+    def server(self, supplier_id: str) -> RemoteStorageServer:
+        """The IStorageServer of ``supplier_id`` (any valid global id or IDURL)."""
+        supplier_id = str(globalid.to_global_id(supplier_id))
+        server = self._servers.get(supplier_id)
+        if server is None:
+            server = self._servers[supplier_id] = RemoteStorageServer(self.request, supplier_id)
+        return server
+
+    def supplier_provider(self) -> SupplierProvider:
+        """The supplier provider service_backups uses."""
+        return self.provider
+
+    def settled(self) -> defer.Deferred | None:
+        """None while fire_hire is idle (READY), else a Deferred fired when it gets there."""
+        fire_hire = self.fire_hire
+        if fire_hire is None or fire_hire.state in ("READY", "CLOSED"):
+            return None
+        d = defer.Deferred()
+        self._waiters.append(d)
+        return d
+
+    def _fire_hire_changed(self, machine: Any, old: str, new: str, event: str) -> None:
+        if new in ("READY", "CLOSED"):
+            self._release_waiters()
+
+    def _release_waiters(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        for d in waiters:
+            d.callback(None)
+
+    # --- roster changes -------------------------------------------------------------------
+
+    def _roster_changed(self, positions: list[str], reason: str) -> None:
+        revision = self.roster.revision if self.roster is not None else None
+        self.node.events.publish("suppliers-changed", {"positions": list(positions), "reason": reason,
+                                                       "revision": revision})
+        self.publish_suppliers()
+
+    def record_value(self) -> dict:
+        """The value of my ``suppliers`` DHT record, from the current roster."""
+        positions = list(self.roster.positions)
+        n = len(positions)
+        identity = self.node.service_driver.get(IDENTITY)
+        return {"customer_idurl": identity.my_idurl() or "",
+                "ecc_map": f"{self.data_blocks(n) if n else 0}-of-{n}",
+                "suppliers": [globalid.global_id_to_idurl(s) if s else "" for s in positions],
+                "revision": self.roster.revision}
+
+    def publish_suppliers(self) -> None:
+        """Write my suppliers record to the DHT now (once at a time; again if the roster changed meanwhile)."""
+        if self.roster is None:
+            return
+        if self._publishing:
+            self._publish_again = True
+            return
+        if self._publish_call is not None and self._publish_call.active():
+            self._publish_call.cancel()
+        self._publish_call = None
+        self._publishing = True
+        d = defer.Deferred.fromCoroutine(self._publish())
+
+        def done(result: Any) -> Any:
+            self._publishing = False
+            if self._publish_again:
+                self._publish_again = False
+                self.publish_suppliers()
+            return result
+
+        d.addBoth(done)
+        d.addErrback(lambda f: self.log.failure("publishing my suppliers failed", f))
+
+    async def _publish(self) -> None:
+        roster = self.roster
+        revision = roster.revision
+        try:
+            driver = self.node.service_driver
+            if not driver.is_on(DHT):
+                raise Unavailable(f"{DHT} is not running")
+            dht = driver.get(DHT)
+            if not (dht.dht is not None and dht.dht.stats()["contacts"].get("0")):
+                raise Unavailable("the DHT knows no other node yet")
+            await dht.set_value(suppliers_key(self._my_id), self.record_value(), expire=RECORD_TTL,
+                                record_type=records.SUPPLIERS)
+        except BitnodeError as err:
+            self.dht_error = str(err)
+            self.log.info("suppliers record not published (retry in {s:.0f}s): {err}", s=PUBLISH_RETRY, err=err)
+            self._publish_later(PUBLISH_RETRY)
+            return
+        self.dht_revision, self.dht_error = revision, ""
+        self._publish_later(REPUBLISH_AFTER)
+
+    def _publish_later(self, delay: float) -> None:
+        if self.roster is None or self._publish_again:
+            return  # stopped, or a newer publish comes right away
+        self._publish_call = self.node.call_later(delay, self.publish_suppliers)
+
+    async def _recover(self) -> None:
+        """No roster on disk: take the positions my suppliers record in the DHT names, if any."""
+        dht = self.node.service_driver.get(DHT)
+        if dht.dht is not None and not dht.dht.stats()["contacts"].get("0"):
+            try:
+                await dht.bootstrap()
+            except Exception as err:  # noqa: BLE001 - no DHT peers: nothing to recover from
+                self.log.info("no DHT peers to recover my suppliers from: {err}", err=err)
+                return
+        try:
+            found = await lookup_suppliers(self.node, self._my_id)
+        except BitnodeError as err:
+            self.log.info("no suppliers record of mine in the DHT: {err}", err=err)
+            return
+        roster = self.roster
+        if roster is None or roster.positions or not any(found["suppliers"]):
+            return
+        roster.revision = found["revision"]
+        roster.save(found["suppliers"])
+        self.recovered_from_dht = True
+        self.dht_revision = found["revision"]  # what the DHT holds now
+        self.log.info("took my suppliers from the DHT (revision {rev}): {positions}", rev=found["revision"],
+                      positions=found["suppliers"])
+
+    # --- incoming notices ----------------------------------------------------------------
+
+    def supplier_rejected(self, packet: Any, gateway: Any) -> defer.Deferred:
+        """A supplier's CancelService notice: it does not serve us any more (fire and replace it)."""
+        fire_hire = self.fire_hire
+        connector = fire_hire.connectors.get(packet.creator_id) if fire_hire is not None else None
+        if connector is None:
+            return gateway.reply(packet, Command.FAIL, b"not one of my suppliers")
+        try:
+            reason = str(wire.decode_json(packet.payload).get("reason") or "no reason given")
+        except BadRequest:
+            reason = "no reason given"
+        connector.rejected(f"rejected: {reason[:200]}")
+        return gateway.reply(packet, Command.ACK, b"")
+
+    # --- what the API calls ------------------------------------------------------------------
+
+    def require_fire_hire(self) -> FireHire:
+        """The running fire_hire; Unavailable while the service is off."""
+        if self.fire_hire is None or self.fire_hire.destroyed:
+            raise Unavailable(f"{self.name} is not running")
+        return self.fire_hire
+
+    def suppliers(self, verbose: bool = False) -> list[dict]:
+        """Each position: supplier, contract state, online, quota and used bytes (from its last answer)."""
+        fire_hire = self.require_fire_hire()
+        rows = []
+        for position, supplier_id in enumerate(self.roster.positions):
+            connector = fire_hire.connectors.get(supplier_id) if supplier_id else None
+            answer = connector.answer if connector is not None else {}
+            row = {"position": position, "supplier_id": supplier_id,
+                   "idurl": globalid.global_id_to_idurl(supplier_id) if supplier_id else "",
+                   "state": connector.state if connector is not None else ("NO_SERVICE" if supplier_id else "EMPTY"),
+                   "online": connector is not None and connector.state == "CONNECTED",
+                   "quota_bytes": answer.get("quota_bytes"), "used_bytes": answer.get("used_bytes")}
+            if verbose:
+                info = connector.info() if connector is not None else {}
+                row.update({"automat": connector.id if connector is not None else None,
+                            "offline_for": info.get("offline_for", 0.0), "last_seen": info.get("last_seen"),
+                            "failures": info.get("failures", 0), "refusal": info.get("refusal", "")})
+            rows.append(row)
+        return rows
+
+    def change(self, position: int | None = None, supplier_id: str | None = None,
+               new_supplier_id: str | None = None, index_or_idurl: str | None = None) -> dict:
+        """Fire the supplier at a position (or with that id) and hire ``new_supplier_id`` or a random one."""
+        fire_hire = self.require_fire_hire()
+        positions = list(self.roster.positions)
+        if position is None and supplier_id is None and index_or_idurl is not None:
+            text = str(index_or_idurl).strip()
+            if text.isdigit():
+                position = int(text)
+            else:
+                supplier_id = text
+        if position is None and supplier_id is None:
+            raise BadRequest("say which supplier to change: position or supplier_id")
+        if supplier_id is not None:
+            wanted_id = str(globalid.to_global_id(supplier_id))
+            if wanted_id not in positions:
+                raise NotFound(f"{wanted_id} is not one of my suppliers")
+            found = positions.index(wanted_id)
+            if position is not None and position != found:
+                raise BadRequest(f"{wanted_id} is at position {found}, not {position}")
+            position = found
+        new_id = None
+        if new_supplier_id:
+            new_id = str(globalid.to_global_id(new_supplier_id))
+            if new_id == self._my_id:
+                raise BadRequest("a node cannot be its own supplier")
+            if new_id in positions:
+                raise Conflict(f"{new_id} is already my supplier at position {positions.index(new_id)}")
+        fire_hire.replace(position, new_id)
+        return {"position": position, "old_supplier_id": positions[position], "new_supplier_id": new_id,
+                "replacing": True}
+
+    def ping_suppliers(self) -> defer.Deferred:
+        """Ask every supplier for service again now; fires with suppliers() once each answered (or timed out)."""
+        fire_hire = self.require_fire_hire()
+        timeout = float(self.node.settings.get(PREFIX + "request-timeout")) + 1.0
+        waits = [self._ask_again(c, timeout) for c in list(fire_hire.connectors.values())
+                 if c.state in ("CONNECTED", "DISCONNECTED", "REFUSE")]
+        d = defer.DeferredList(waits, consumeErrors=True)
+        # A connector's listeners hear of CONNECTED before its action stores the answer: read on the next turn.
+        return d.addCallback(lambda _: task.deferLater(self.node.clock, 0, self.suppliers))
+
+    def _ask_again(self, connector: SupplierConnector, timeout: float) -> defer.Deferred:
+        d = defer.Deferred()
+
+        def watch(machine, old, new, event):
+            if new != "REQUEST" and not d.called:
+                d.callback(new)
+
+        connector.add_state_listener(watch)
+        d.addTimeout(timeout, self.node.clock)
+        d.addBoth(lambda result: (connector.remove_state_listener(watch), result)[1])
+        connector.event("connect")
+        return d
+
+    def space(self) -> dict:
+        """Needed space, quota per supplier and what the suppliers said we use."""
+        rows = self.suppliers()
+        hired = [r for r in rows if r["supplier_id"]]
+        n = max(1, self.wanted())
+        return {"running": True, "needed_bytes": int(self.node.settings.get(NEEDED_KEY)),
+                "suppliers_num": len(hired), "wanted_suppliers": self.wanted(), "data_blocks": self.data_blocks(n),
+                "quota_per_supplier": self.quota_bytes(),
+                "used_bytes": sum(r["used_bytes"] or 0 for r in hired),
+                "suppliers": [{k: r[k] for k in ("position", "supplier_id", "state", "quota_bytes", "used_bytes")}
+                              for r in rows]}
+
+
+def _fail_answer(failure):
+    """A supplier's Fail is an answer like any other for RemoteStorageServer (it maps the reason)."""
+    failure.trap(PeerRefused)
+    return Command.FAIL.value, failure.value.reason.encode("utf-8")

@@ -1,0 +1,70 @@
+"""API methods for sharing and auditing keys (key_share, key_audit) and friends (friend_*).
+
+Thin: each method checks its arguments and calls service_key_exchange
+(:mod:`bitnode.access.key_exchange`) or service_friends
+(:mod:`bitnode.access.friends_service`).
+
+Result shapes:
+
+- key_share: ``{"key_id", "trusted_user_id", "include_private", "fingerprint",
+  "label", "shared": true}``;
+- key_audit: ``{"result": "OK"|"FAILED", "reason", "key_id",
+  "untrusted_user_id", "is_private", "fingerprint"}``;
+- a friend: ``{"global_id", "idurl", "username", "alias", "added_at", "online",
+  "contact_status": "online"|"offline", "contact_state", "last_seen"}``;
+  friend_add adds ``"added"`` (true when new) and, with share_person_key,
+  ``"person_key_id", "person_key_shared", "person_key_error"``;
+- friend_remove: ``{"global_id", "alias", "removed": true}``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.defer import Deferred
+
+from bitnode.access.key_exchange import check_timeout
+from bitnode.errors import Unavailable
+
+KEY_EXCHANGE = "service_key_exchange"
+FRIENDS = "service_friends"
+
+
+class AccessMethods:
+    """key_share, key_audit, friends_list, friend_add, friend_remove; mixed into the API."""
+
+    def _running_service(self, name: str) -> Any:
+        driver = self.node.service_driver
+        if not driver.is_on(name):
+            raise Unavailable(f"{name} is not running")
+        return driver.get(name)
+
+    # --- keys ------------------------------------------------------------------------
+
+    def key_share(self, key_id: str, trusted_user_id: str, include_private: bool = False,
+                  timeout: float = 10.0) -> Deferred:
+        """Send a key (public, or private too) to a user; answers once they stored it."""
+        check_timeout(timeout)
+        exchange = self._running_service(KEY_EXCHANGE).require_exchange()
+        return exchange.share(key_id, trusted_user_id, include_private, timeout)
+
+    def key_audit(self, key_id: str, untrusted_user_id: str, is_private: bool = False,
+                  timeout: float = 10.0) -> Deferred:
+        """Ask a user to prove it holds a key (its private part with is_private)."""
+        check_timeout(timeout)
+        exchange = self._running_service(KEY_EXCHANGE).require_exchange()
+        return exchange.audit(key_id, untrusted_user_id, is_private, timeout)
+
+    # --- friends ------------------------------------------------------------------------
+
+    def friends_list(self) -> list:
+        """My friends with alias and online status."""
+        return self._running_service(FRIENDS).list_friends()
+
+    def friend_add(self, trusted_user_id: str, alias: str = "", share_person_key: bool = True) -> Deferred:
+        """Add a friend (or change their alias), sharing my person key unless told not to."""
+        return self._running_service(FRIENDS).add_friend(trusted_user_id, alias, share_person_key)
+
+    def friend_remove(self, user_id: str) -> Deferred:
+        """Remove a friend."""
+        return self._running_service(FRIENDS).remove_friend(user_id)

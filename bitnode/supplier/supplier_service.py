@@ -1,0 +1,336 @@
+"""service_supplier: donate disk space to other users' encrypted blocks.
+
+The service owns a :class:`~bitnode.supplier.disk_store.DiskStore` under
+``basedir/customers/`` and a :class:`~bitnode.supplier.desk.SupplierDesk`
+whose contracts live in ``basedir/metadata/customers.json``; the space it may
+promise is the setting ``services/supplier/donated-space``.
+
+Packets: the storage commands (RequestService, CancelService, Data, Retrieve,
+ListFiles, DeleteFile, DeleteBackup) reach :meth:`SupplierService.handle_packet`
+through the node's *market router* (:func:`install_market_router`). The
+packet's signature was checked by the transport, so its creator is who sent
+it; the owner field names whose space is meant, and until a share feature
+allows otherwise both must be the same: a packet acting for someone else is
+answered ``Fail "forbidden: ..."`` and counted (``refused["foreign_owner"]``).
+The desk's answer goes back with the request's packet id. A RequestService
+answer also carries ``used_bytes`` (what the customer stores here now), so the
+customer's suppliers_list can show it.
+
+While the service is not running (off, or stopping), every storage command is
+answered ``Fail "supplier service is not running"`` — the customer learns at
+once instead of waiting for a timeout.
+
+Being found: the service joins the DHT layer :data:`SUPPLIERS_LAYER`;
+customers pick candidates there with ``random_nodes(SUPPLIERS_LAYER, n)``.
+The DHT re-announces its layers on every bootstrap, so a supplier that started
+before the DHT knew anyone is still found later.
+
+``customer_reject`` ends a contract from this side: the customer's data is
+deleted, it may not come back, and it is told with a ``CancelService`` packet
+whose JSON payload says ``{"rejected": true, "reason": ...}`` (the router hands
+such a notice to the customer side of the receiving node).
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from typing import Any
+
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from bitnode.errors import BadRequest, BitnodeError, Conflict, NotFound, Unavailable
+from bitnode.services.base import Service
+from bitnode.storage import wire
+from bitnode.supplier.desk import SupplierDesk
+from bitnode.supplier.disk_store import DiskStore, tree_size
+from bitnode.transport.commands import Command
+from bitnode.userid import globalid
+
+#: The DHT layer suppliers join so customers can find them (layer 0 is everyone).
+SUPPLIERS_LAYER = 1
+GATEWAY = "service_gateway"
+DHT = "service_entangled_dht"
+CUSTOMER = "service_customer"
+NETWORK = "service_network"
+SUPPLIER = "service_supplier"
+DONATED_KEY = "services/supplier/donated-space"
+NOT_RUNNING = "supplier service is not running"
+FOREIGN_OWNER = "forbidden: a packet's owner must be its sender"
+#: Commands a supplier serves (CancelService also carries suppliers' rejection notices).
+MARKET_COMMANDS = (Command.REQUEST_SERVICE, Command.CANCEL_SERVICE, Command.DATA, Command.RETRIEVE,
+                   Command.LIST_FILES, Command.DELETE_FILE, Command.DELETE_BACKUP)
+NOTICE_TIMEOUT = 10.0
+
+
+def rejection_notice(reason: str) -> bytes:
+    """The CancelService payload a supplier sends a customer it rejects."""
+    return wire.encode_json({"version": wire.WIRE_VERSION, "rejected": True, "reason": reason})
+
+
+def is_rejection_notice(payload: bytes) -> bool:
+    """Whether a CancelService payload is a supplier's rejection (a customer's own cancel is empty)."""
+    if not payload:
+        return False
+    try:
+        return wire.decode_json(payload).get("rejected") is True
+    except BadRequest:
+        return False
+
+
+def install_market_router(node: Any, gateway: Any) -> None:
+    """Route the storage commands arriving at ``gateway`` to this node's market services.
+
+    The router looks the services up at each packet, so one router serves the
+    supplier side, the customer side (rejection notices) and neither (it then
+    answers "not running"); whichever market service starts first installs it
+    and it lives as long as the gateway.
+    """
+
+    def route(packet, address):
+        driver = node.service_driver
+        if packet.command == Command.CANCEL_SERVICE.value and is_rejection_notice(packet.payload):
+            if driver.is_on(CUSTOMER):
+                return driver.get(CUSTOMER).supplier_rejected(packet, gateway)
+            return _answer(gateway, packet, Command.FAIL, b"not a customer here")
+        if driver.is_on(SUPPLIER):
+            return driver.get(SUPPLIER).handle_packet(packet, gateway)
+        return _answer(gateway, packet, Command.FAIL, NOT_RUNNING.encode("utf-8"))
+
+    for command in MARKET_COMMANDS:
+        try:
+            gateway.register_handler(command, route)
+        except Conflict:
+            pass  # this gateway already routes it (the other market service installed the router)
+
+
+def _answer(gateway: Any, packet: Any, command: str, payload: bytes) -> defer.Deferred:
+    d = gateway.reply(packet, command, payload)
+    d.addErrback(lambda f: SupplierService.log.info("could not answer {who}: {err}", who=packet.creator_id,
+                                                    err=f.getErrorMessage()))
+    return d
+
+
+def _open(root: str, contracts_file: str, run_in_thread, donated, clock, accepting) -> SupplierDesk:
+    """Build the store and desk (creates the folder, reads the contracts file): done in a worker thread."""
+    return SupplierDesk(DiskStore(root, run_in_thread), contracts_file, donated, clock, accepting)
+
+
+class SupplierService(Service):
+    """Stores customers' blocks within the donated space; see the module docstring."""
+
+    name = SUPPLIER
+    depends_on = (GATEWAY, DHT)
+    enabled_by_default = False
+    description = "Keep other users' encrypted blocks in the disk space you donate"
+    log = Logger()
+
+    def __init__(self, node):
+        super().__init__(node)
+        self.root = node.basedir.path("customers")
+        self.contracts_file = os.path.join(node.basedir.metadata, "customers.json")
+        self.desk: SupplierDesk | None = None
+        self.accepting = False
+        self.refused: Counter[str] = Counter()
+        self.served: Counter[str] = Counter()
+        self.layer_joined = False
+        self.layer_error = ""
+        self._busy: set[defer.Deferred] = set()
+
+    # --- lifecycle ----------------------------------------------------------------------
+
+    def start(self) -> defer.Deferred:
+        """Open the store and contracts off the reactor, route packets here, join the suppliers' layer."""
+        gateway = self.node.service_driver.get(GATEWAY).require_gateway()
+        settings = self.node.settings
+        d = self.node.run_in_thread(_open, self.root, self.contracts_file, self.node.run_in_thread,
+                                    lambda: settings.get(DONATED_KEY), self.node.clock, lambda: self.accepting)
+        d.addCallback(self._opened, gateway)
+        return d
+
+    def _opened(self, desk: SupplierDesk, gateway: Any) -> None:
+        self.desk = desk
+        self.accepting = True
+        install_market_router(self.node, gateway)
+        self._track(defer.Deferred.fromCoroutine(self._join_layer()))
+        self.log.info("supplier: {n} customer(s), {donated} bytes donated", n=len(desk.customers),
+                      donated=self.node.settings.get(DONATED_KEY))
+
+    async def _join_layer(self) -> None:
+        try:
+            await self.node.service_driver.get(DHT).join_layer(SUPPLIERS_LAYER)
+        except BitnodeError as err:
+            # The DHT re-announces joined layers when it bootstraps; this only says why not yet.
+            self.layer_error = str(err)
+            self.log.info("joining the suppliers' DHT layer: {err}", err=err)
+            return
+        self.layer_joined, self.layer_error = True, ""
+
+    def stop(self) -> defer.Deferred:
+        """Refuse new work ("not running"), let the commands being served finish, then close."""
+        self.accepting = False
+        d = defer.DeferredList(list(self._busy), consumeErrors=True)
+
+        def closed(_):
+            self.desk = None
+            self.layer_joined = False
+
+        return d.addCallback(closed)
+
+    def status(self) -> dict:
+        """Facts for service_info."""
+        desk = self.desk
+        return {
+            "accepting": self.accepting,
+            "customers": len(desk.customers) if desk else 0,
+            "donated_bytes": self.node.settings.get(DONATED_KEY),
+            "allocated_bytes": desk.allocated_bytes() if desk else 0,
+            "dht_layer": SUPPLIERS_LAYER, "layer_joined": self.layer_joined, "layer_error": self.layer_error,
+            "served": dict(self.served), "refused": dict(self.refused),
+            "store_refused": dict(desk.store.refused) if desk else {},
+        }
+
+    # --- packets ------------------------------------------------------------------------
+
+    def handle_packet(self, packet: Any, gateway: Any) -> defer.Deferred:
+        """Serve one storage command and answer it with the same packet id."""
+        desk = self.desk
+        if not self.accepting or desk is None:
+            self.refused["not_running"] += 1
+            return _answer(gateway, packet, Command.FAIL, NOT_RUNNING.encode("utf-8"))
+        if packet.owner_id != packet.creator_id:
+            self.refused["foreign_owner"] += 1
+            self.log.warn("refused {command} from {creator} acting for {owner}", command=packet.command,
+                          creator=packet.creator_id, owner=packet.owner_id)
+            return _answer(gateway, packet, Command.FAIL, FOREIGN_OWNER.encode("utf-8"))
+        customer_id = packet.creator_id
+        self.served[packet.command] += 1
+        d = desk.handle(customer_id, packet.command, packet.payload)
+        if packet.command == Command.REQUEST_SERVICE.value:
+            d.addCallback(self._with_usage, desk, customer_id)
+        d.addCallback(lambda reply: _answer(gateway, packet, reply[0], reply[1]))
+        return self._track(d)
+
+    def _with_usage(self, reply: tuple[str, bytes], desk: SupplierDesk, customer_id: str):
+        command, payload = reply
+        if command != Command.ACK.value:
+            return reply
+        answer = wire.decode_json(payload)
+        return desk.store.used_bytes(customer_id).addCallback(
+            lambda used: (command, wire.encode_json(dict(answer, used_bytes=used))))
+
+    # --- what the API calls -------------------------------------------------------------
+
+    def require_desk(self) -> SupplierDesk:
+        """The running desk; Unavailable while the service is off."""
+        if self.desk is None or not self.accepting:
+            raise Unavailable(f"{SUPPLIER} is not running")
+        return self.desk
+
+    def customers(self) -> defer.Deferred:
+        """Every customer with its contract and the bytes it stores here, sorted by id."""
+        return defer.Deferred.fromCoroutine(self._customers())
+
+    async def _customers(self) -> list[dict]:
+        desk = self.require_desk()
+        online = self._online_table()
+        rows = []
+        for customer_id, contract in sorted(desk.customers.items()):
+            used = await desk.store.used_bytes(customer_id)
+            rows.append({"customer_id": customer_id, "idurl": _idurl(customer_id),
+                         "quota_bytes": contract["quota_bytes"], "used_bytes": used,
+                         "since": contract.get("since"),
+                         "online": online.status(customer_id)["online"] if online is not None else None})
+        return rows
+
+    def ping_customers(self) -> defer.Deferred:
+        """Ping every customer at once; fires with ``[{"customer_id", "online", "round_trip" | "error"}]``."""
+        desk = self.require_desk()
+        customers = sorted(desk.customers)
+        return defer.gatherResults([defer.Deferred.fromCoroutine(self._ping(c)) for c in customers],
+                                   consumeErrors=True)
+
+    async def _ping(self, customer_id: str) -> dict:
+        started = self.node.clock.seconds()
+        try:
+            online = self._online_table()
+            if online is not None:
+                await online.ping(customer_id, NOTICE_TIMEOUT)
+            else:
+                await self.node.service_driver.get(GATEWAY).require_gateway().ping(customer_id, NOTICE_TIMEOUT)
+        except BitnodeError as err:
+            return {"customer_id": customer_id, "online": False, "error": str(err)}
+        return {"customer_id": customer_id, "online": True,
+                "round_trip": round(self.node.clock.seconds() - started, 6)}
+
+    def _online_table(self) -> Any:
+        driver = self.node.service_driver
+        return driver.get(NETWORK).online if driver.is_on(NETWORK) else None
+
+    def reject(self, customer_id: str) -> defer.Deferred:
+        """End a customer's contract for good: delete its data, refuse it from now on, tell it."""
+        return defer.Deferred.fromCoroutine(self._reject(customer_id))
+
+    async def _reject(self, customer_id: str) -> dict:
+        desk = self.require_desk()
+        customer_id = str(globalid.to_global_id(customer_id))
+        if customer_id not in desk.customers:
+            raise NotFound(f"{customer_id} is not a customer of this supplier")
+        freed = await desk.cancel(customer_id, reject=True)
+        notified, problem = True, ""
+        gateway = self.node.service_driver.get(GATEWAY).require_gateway()
+        try:
+            await gateway.request(Command.CANCEL_SERVICE, customer_id,
+                                  rejection_notice("the supplier rejected you (customer_reject)"),
+                                  timeout=NOTICE_TIMEOUT)
+        except BitnodeError as err:
+            notified, problem = False, str(err)
+        self.log.info("rejected customer {customer}: {freed} bytes freed, notified: {notified}",
+                      customer=customer_id, freed=freed, notified=notified)
+        result = {"customer_id": customer_id, "rejected": True, "freed_bytes": freed, "notified": notified}
+        if problem:
+            result["notify_error"] = problem
+        return result
+
+    def space(self) -> defer.Deferred:
+        """Donated, promised and used bytes (real disk usage of basedir/customers)."""
+        return defer.Deferred.fromCoroutine(self._space())
+
+    async def _space(self) -> dict:
+        donated = self.node.settings.get(DONATED_KEY)
+        desk = self.desk if self.accepting else None
+        if desk is None:
+            used = await self.node.run_in_thread(tree_size, self.root)
+            return {"running": False, "donated_bytes": donated, "allocated_bytes": 0, "used_bytes": used,
+                    "free_bytes": max(0, donated - used), "customers_num": 0, "customers": []}
+        used = await desk.store.total_used()
+        customers = await self._customers()
+        return {"running": True, "donated_bytes": donated, "allocated_bytes": desk.allocated_bytes(),
+                "used_bytes": used, "free_bytes": max(0, donated - used),
+                "unallocated_bytes": max(0, donated - desk.allocated_bytes()),
+                "customers_num": len(customers), "customers": customers}
+
+    # --- helpers --------------------------------------------------------------------------
+
+    def _track(self, d: defer.Deferred) -> defer.Deferred:
+        """Work the service must wait for when stopping (commands being served)."""
+        self._busy.add(d)
+
+        def done(result):
+            self._busy.discard(d)
+            return result
+
+        def failed(failure):
+            self.log.failure("supplier work failed", failure)
+
+        d.addBoth(done)
+        d.addErrback(failed)
+        return d
+
+
+def _idurl(global_id: str) -> str:
+    try:
+        return globalid.global_id_to_idurl(global_id)
+    except BadRequest:
+        return ""

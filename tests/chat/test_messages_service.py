@@ -1,0 +1,245 @@
+"""In-process network: private messages between real Nodes (identity server, DHT, gateways over loopback).
+
+Everything a user does goes through the API dispatcher or the WebSocket, the
+way a client calls it; 1024-bit keys.
+"""
+
+from __future__ import annotations
+
+from twisted.internet import reactor
+from twisted.internet.defer import inlineCallbacks
+from twisted.internet.task import deferLater
+from twisted.trial import unittest
+
+from bitnode.chat.message_crypto import PRIVATE_MESSAGE, MessageHeader, seal
+from bitnode.chat.messages_service import PrivateMessagesService
+from bitnode.chat.nickname_service import NicknameService
+from bitnode.dht.dht_service import DHTService
+from bitnode.p2p.network_service import NetworkService
+from bitnode.transport.commands import Command
+from bitnode.transport.gateway_service import GatewayService
+from bitnode.transport.packet_out import PeerRefused
+from bitnode.userid.id_server import IdentityServerService
+from bitnode.userid.id_service import IdentityService
+from tests.interface.support import connect_ws, start_node
+
+SERVICES = [IdentityService, GatewayService, NetworkService, PrivateMessagesService]
+#: Only the nickname test needs the DHT (it makes starting a node slower).
+DHT_SERVICES = [IdentityService, GatewayService, NetworkService, DHTService, NicknameService, PrivateMessagesService]
+MESSAGES = "service_private_messages"
+
+
+class PrivateMessagesNetworkTests(unittest.TestCase):
+    timeout = 60
+
+    @inlineCallbacks
+    def setUp(self):
+        self.seed = yield start_node(self, service_classes=[IdentityServerService, IdentityService, DHTService],
+                                     overrides={"services/identity-server/enabled": True,
+                                                "services/identity-server/web-port": 0,
+                                                "services/entangled-dht/udp-port": 0})
+        id_port = self.seed.service_driver.get("service_identity_server").port
+        dht_port = self.seed.service_driver.get("service_entangled_dht").dht.address[1]
+        self.settings = {"personal/private-key-size": 1024, "personal/identity-servers": [f"127.0.0.1:{id_port}"],
+                         "services/identity/fetch-timeout": 5.0, "services/tcp-connections/tcp-port": 0,
+                         "services/entangled-dht/udp-port": 0,
+                         "services/entangled-dht/known-nodes": [f"127.0.0.1:{dht_port}"]}
+
+    # -- helpers ------------------------------------------------------------------------
+
+    def call(self, node, method, **kwargs):
+        return node.dispatcher.execute_by_name(method, kwargs)
+
+    @inlineCallbacks
+    def ok(self, node, method, **kwargs):
+        answer = yield self.call(node, method, **kwargs)
+        self.assertEqual(answer.code, 200, (method, answer.envelope))
+        return answer.envelope["result"]
+
+    @inlineCallbacks
+    def until(self, check, what):
+        for _ in range(250):
+            if check():
+                return
+            yield deferLater(reactor, 0.02, lambda: None)
+        self.fail(f"timed out waiting for {what}")
+
+    @inlineCallbacks
+    def user(self, name, nickname=None):
+        node = yield start_node(self, service_classes=SERVICES if nickname is None else DHT_SERVICES,
+                                overrides=dict(self.settings, **{"services/private-messages/nickname": nickname or ""}))
+        yield self.ok(node, "identity_create", username=name)
+        yield self.until(lambda: node.service_driver.is_on(MESSAGES), f"{name}'s {MESSAGES}")
+        return node
+
+    def gid(self, node):
+        return node.service_driver.get("service_identity").my_global_id()
+
+    # -- tests ---------------------------------------------------------------------------
+
+    @inlineCallbacks
+    def test_alice_messages_bob_histories_agree_and_bob_hears_it_twice(self):
+        alice = yield self.user("alice")
+        bob = yield self.user("bob")
+        alice_id, bob_id = self.gid(alice), self.gid(bob)
+        ws = yield connect_ws(self, bob)
+        poll = self.call(bob, "message_receive", consumer_callback_id="ui", polling_timeout=10)
+
+        sent = yield self.ok(alice, "message_send", recipient_id=bob_id, data={"message": "Hola Bob!"})
+        self.assertEqual((sent["state"], sent["direction"], sent["sender"], sent["recipient"]),
+                         ("acked", "outgoing", alice_id, bob_id))
+
+        # Bob's long-poll answers with it...
+        answer = yield poll
+        self.assertEqual(answer.code, 200, answer.envelope)
+        [got] = answer.envelope["result"]
+        self.assertEqual((got["message_id"], got["data"], got["sender"], got["state"], got["direction"]),
+                         (sent["message_id"], {"message": "Hola Bob!"}, alice_id, "received", "incoming"))
+        # ...and his WebSocket pushed it as a stream_message with the event's sequence id
+        frame = yield ws.next_message(lambda m: m.get("type") == "stream_message", timeout=5)
+        self.assertEqual(frame["payload"]["message_id"], sent["message_id"])
+        received = [e for e in bob.events.since(0)[0] if e.event_id == "message-received"]
+        self.assertEqual(frame["seq"], received[0].seq)
+
+        # both histories hold the same message, in their own direction
+        mine = yield self.ok(alice, "message_history", recipient_id=bob_id)
+        theirs = yield self.ok(bob, "message_history", recipient_id=alice_id)
+        self.assertEqual((mine["total"], theirs["total"]), (1, 1))
+        for row in (mine["messages"][0], theirs["messages"][0]):
+            self.assertEqual((row["message_id"], row["data"], row["sender"], row["recipient"], row["time"]),
+                             (sent["message_id"], {"message": "Hola Bob!"}, alice_id, bob_id, sent["time"]))
+        self.assertEqual(mine["messages"][0]["state"], "acked")
+        self.assertEqual(theirs["messages"][0]["conversation_id"], alice_id)
+
+        # Bob answers; the conversation lists agree
+        yield self.ok(bob, "message_send", recipient_id=alice_id, data={"message": "Hola Alice"})
+        for node, other in ((alice, bob_id), (bob, alice_id)):
+            listed = yield self.ok(node, "message_conversations_list")
+            self.assertEqual(listed["total"], 1)
+            conversation = listed["conversations"][0]
+            self.assertEqual((conversation["conversation_id"], conversation["messages"], conversation["incoming"],
+                              conversation["outgoing"]), (other, 2, 1, 1))
+            self.assertEqual(conversation["last_message"]["data"], {"message": "Hola Alice"})
+        sent_event = [e for e in bob.events.since(0)[0] if e.event_id == "message-sent"]
+        self.assertEqual(sent_event[0].data["state"], "acked")
+        self.assertEqual(bob.service_driver.info(MESSAGES)["status"]["received"], 1)
+
+    @inlineCallbacks
+    def test_an_offline_recipient_is_an_error_and_a_failed_entry(self):
+        alice = yield self.user("alice")
+        bob = yield self.user("bob")
+        bob_id = self.gid(bob)
+        yield bob.stopService()
+        answer = yield self.call(alice, "message_send", recipient_id=bob_id, data={"message": "anyone?"},
+                                 ping_timeout=2, message_ack_timeout=2)
+        self.assertEqual(answer.code, 503, answer.envelope)
+        self.assertIn(f"recipient {bob_id} is offline, message not delivered", answer.envelope["errors"][0])
+        history = yield self.ok(alice, "message_history", recipient_id=bob_id)
+        [row] = history["messages"]
+        self.assertEqual((row["state"], row["data"]), ("failed", {"message": "anyone?"}))
+        self.assertTrue(row["error"])
+        failed = [e for e in alice.events.since(0)[0] if e.event_id == "message-failed"]
+        self.assertEqual(failed[0].data["message_id"], row["message_id"])
+
+    @inlineCallbacks
+    def test_a_recipient_that_does_not_ack_is_an_error_after_the_ack_timeout(self):
+        alice = yield self.user("alice")
+        bob = yield self.user("bob")
+        yield self.ok(bob, "service_stop", service_name=MESSAGES)  # online, but nobody takes Message packets
+        answer = yield self.call(alice, "message_send", recipient_id=self.gid(bob), data={"message": "hello?"},
+                                 ping_timeout=5, message_ack_timeout=0.5)
+        self.assertEqual(answer.code, 503, answer.envelope)
+        self.assertIn("not delivered", answer.envelope["errors"][0])
+        history = yield self.ok(alice, "message_history", sender_id=self.gid(alice))
+        self.assertEqual([m["state"] for m in history["messages"]], ["failed"])
+
+    @inlineCallbacks
+    def test_stopping_the_service_mid_send_answers_503_and_records_the_failure(self):
+        alice = yield self.user("alice")
+        bob = yield self.user("bob")
+        yield self.ok(bob, "service_stop", service_name=MESSAGES)
+        sending = self.call(alice, "message_send", recipient_id=self.gid(bob), data={"message": "wait"},
+                            ping_timeout=5, message_ack_timeout=30)
+        service = alice.service_driver.get(MESSAGES)
+        yield self.until(lambda: service.status()["sent"] == 1, "the message to be stored and sent")
+        yield self.ok(alice, "service_stop", service_name=MESSAGES)
+        answer = yield sending
+        self.assertEqual(answer.code, 503, answer.envelope)
+        self.assertIn("is stopping", answer.envelope["errors"][0])
+        yield self.ok(alice, "service_start", service_name=MESSAGES)
+        history = yield self.ok(alice, "message_history")
+        self.assertEqual([m["state"] for m in history["messages"]], ["failed"])
+
+    @inlineCallbacks
+    def test_message_to_a_nickname(self):
+        alice = yield self.user("alice", nickname="")
+        bob = yield self.user("bob", nickname="bobby")
+        holder = bob.service_driver.get("service_nicknames").holder
+        yield self.until(lambda: holder.state == "READY", "bob to hold his nickname")
+        sent = yield self.ok(alice, "message_send", recipient_id="bobby", data={"message": "hi bobby"})
+        self.assertEqual(sent["recipient"], self.gid(bob))
+        missing = yield self.call(alice, "message_send", recipient_id="nobody-here", data={"message": "?"})
+        self.assertEqual(missing.code, 404, missing.envelope)
+        # the legacy lookup reaches the same DHT records
+        found = yield self.ok(alice, "find_peer_by_nickname", nickname="bobby")
+        self.assertEqual(found[0]["global_id"], self.gid(bob))
+
+    @inlineCallbacks
+    def test_legacy_send_message_and_receive_one_message(self):
+        alice = yield self.user("alice")
+        bob = yield self.user("bob")
+        waiting = self.call(bob, "receive_one_message")
+        sent = yield self.ok(alice, "send_message", recipient=self.gid(bob), message_body="plain text")
+        self.assertEqual(sent["data"], {"message": "plain text"})
+        answer = yield waiting
+        self.assertEqual(answer.code, 200, answer.envelope)
+        self.assertEqual([m["data"] for m in answer.envelope["result"]], [{"message": "plain text"}])
+
+    @inlineCallbacks
+    def test_forged_and_repeated_messages(self):
+        alice = yield self.user("alice")
+        bob = yield self.user("bob")
+        carol = yield self.user("carol")
+        alice_id, bob_id, carol_id = self.gid(alice), self.gid(bob), self.gid(carol)
+        yield self.ok(carol, "user_ping", user_id=bob_id)  # bob learns carol's identity
+        carol_gateway = carol.service_driver.get("service_gateway").gateway
+        carol_key = carol.service_driver.get("service_identity").keystore
+        carol_key = carol_key.private_key(carol_key.master_key_id)
+        bob_public = bob.service_driver.get("service_identity").my_identity().rsa_public_key()
+
+        # Carol seals a message claiming to come from Alice and sends it herself: refused with a Fail
+        forged = seal(MessageHeader(PRIVATE_MESSAGE, alice_id, bob_id, "forged-1", 1.0), {"message": "x"},
+                      carol_key, bob_public)
+        failure = yield self.assertFailure(carol_gateway.request(Command.MESSAGE, bob_id, forged, timeout=5),
+                                           PeerRefused)
+        self.assertIn("sent by", failure.reason)
+
+        # Carol's own message, but tampered with on the way: refused
+        honest = seal(MessageHeader(PRIVATE_MESSAGE, carol_id, bob_id, "carol-1", 1.0), {"message": "hi"},
+                      carol_key, bob_public)
+        tampered = honest[:-5] + bytes([honest[-5] ^ 1]) + honest[-4:]
+        failure = yield self.assertFailure(carol_gateway.request(Command.MESSAGE, bob_id, tampered, timeout=5),
+                                           PeerRefused)
+        self.assertIn("signature", failure.reason)
+        history = yield self.ok(bob, "message_history")
+        self.assertEqual(history["total"], 0)
+        self.assertEqual(bob.service_driver.info(MESSAGES)["status"]["rejected"], 2)
+
+        # the honest one, delivered twice (a sender retrying after a lost Ack): Acked twice, stored once
+        for _ in range(2):
+            ack = yield carol_gateway.request(Command.MESSAGE, bob_id, honest, timeout=5)
+            self.assertEqual(ack.command, "Ack")
+        history = yield self.ok(bob, "message_history", recipient_id=carol_id)
+        self.assertEqual([m["message_id"] for m in history["messages"]], ["carol-1"])
+        self.assertEqual(bob.service_driver.info(MESSAGES)["status"]["duplicates"], 1)
+
+    @inlineCallbacks
+    def test_sending_to_myself_or_to_nobody_is_refused(self):
+        alice = yield self.user("alice")
+        answer = yield self.call(alice, "message_send", recipient_id=self.gid(alice), data={"message": "me"})
+        self.assertEqual(answer.code, 400, answer.envelope)
+        answer = yield self.call(alice, "message_send", recipient_id="ghost@127.0.0.1_1", data={"message": "?"},
+                                 ping_timeout=1, message_ack_timeout=1)
+        self.assertIn(answer.code, (404, 503), answer.envelope)
+        history = yield self.ok(alice, "message_history")
+        self.assertEqual(history["total"], 0)  # nothing was sealed, so nothing was stored

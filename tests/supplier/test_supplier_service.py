@@ -1,0 +1,177 @@
+"""In-process network: a supplier node serving two customers over real gateways on loopback.
+
+An identity server node, one supplier (identity, gateway, DHT, service_supplier)
+and two plain nodes, alice and bob (identity and gateway), in one reactor with
+1024-bit keys. The customers talk to the supplier with RemoteStorageServer over
+their own gateway, the way service_customer does.
+"""
+
+from __future__ import annotations
+
+from twisted.internet import reactor
+from twisted.internet.defer import inlineCallbacks
+from twisted.internet.task import deferLater
+from twisted.trial import unittest
+
+from bitnode.customer.customer_service import _fail_answer
+from bitnode.customer.remote_store import RemoteStorageServer
+from bitnode.dht.dht_service import DHTService
+from bitnode.errors import BadRequest, Forbidden, InsufficientStorage, Unavailable
+from bitnode.storage import wire
+from bitnode.storage.interface import BlockNotFound
+from bitnode.supplier.supplier_service import SUPPLIERS_LAYER, SupplierService, install_market_router
+from bitnode.transport.commands import Command
+from bitnode.transport.gateway_service import GatewayService
+from bitnode.transport.packet import Packet
+from bitnode.userid.id_server import IdentityServerService
+from bitnode.userid.id_service import IdentityService
+from tests.interface.support import start_node
+
+PLAIN = [IdentityService, GatewayService]
+SUPPLIER = [IdentityService, GatewayService, DHTService, SupplierService]
+
+
+class Net:
+    """Helpers shared with the customer service tests: an identity server, nodes, API calls, polling."""
+
+    @inlineCallbacks
+    def start_id_server(self, case, extra=()):
+        server = yield start_node(case, service_classes=[IdentityServerService, IdentityService, *extra],
+                                  overrides={"services/identity-server/enabled": True,
+                                             "services/identity-server/web-port": 0,
+                                             "services/entangled-dht/udp-port": 0})
+        port = server.service_driver.get("service_identity_server").port
+        self.base = {"personal/private-key-size": 1024, "personal/identity-servers": [f"127.0.0.1:{port}"],
+                     "services/identity/fetch-timeout": 5.0, "services/tcp-connections/tcp-port": 0,
+                     "services/entangled-dht/udp-port": 0}
+        return server
+
+    @inlineCallbacks
+    def node(self, case, name, services, overrides=None, wait_for=None):
+        node = yield start_node(case, service_classes=services, overrides=dict(self.base, **(overrides or {})))
+        yield ok(case, node, "identity_create", username=name)
+        yield until(lambda: node.service_driver.is_on(wait_for or "service_gateway"), f"{name} to be up")
+        return node
+
+
+@inlineCallbacks
+def ok(case, node, method, **kwargs):
+    """Call an API method; it must answer 200; fires with the result."""
+    answer = yield node.dispatcher.execute_by_name(method, kwargs)
+    case.assertEqual(answer.code, 200, (method, answer.envelope))
+    return answer.envelope["result"]
+
+
+@inlineCallbacks
+def until(check, what, seconds=10.0, step=0.02):
+    """Poll ``check`` (it may return a Deferred) until it is true; fails naming ``what``."""
+    for _ in range(int(seconds / step)):
+        result = check()
+        if hasattr(result, "addCallback"):
+            result = yield result
+        if result:
+            return result
+        yield deferLater(reactor, step, lambda: None)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def gid(node) -> str:
+    return node.service_driver.get("service_identity").my_global_id()
+
+
+def over_gateway(node):
+    """A RemoteStorageServer request function over ``node``'s gateway (as service_customer does it)."""
+
+    def request(supplier_id, owner_id, command, payload):
+        gateway = node.service_driver.get("service_gateway").gateway
+        d = gateway.request(command, supplier_id, payload, timeout=5.0)
+        return d.addCallbacks(lambda packet: (packet.command, packet.payload), _fail_answer)
+
+    return request
+
+
+class SupplierServiceTests(unittest.TestCase):
+    timeout = 60
+
+    @inlineCallbacks
+    def setUp(self):
+        net = Net()
+        yield net.start_id_server(self)
+        self.supplier = yield net.node(self, "sam", SUPPLIER, {"services/supplier/enabled": True,
+                                                              "services/supplier/donated-space": 1000},
+                                       wait_for="service_supplier")
+        self.alice = yield net.node(self, "alice", PLAIN)
+        self.bob = yield net.node(self, "bob", PLAIN)
+        self.sam = gid(self.supplier)
+        self.service = self.supplier.service_driver.get("service_supplier")
+        for customer in (self.alice, self.bob):  # introduce them: a node drops packets from unknown senders
+            yield customer.service_driver.get("service_gateway").gateway.ping(self.sam, timeout=5.0)
+
+    def server(self, node):
+        return RemoteStorageServer(over_gateway(node), self.sam)
+
+    @inlineCallbacks
+    def test_customers_are_served_within_the_donated_space_and_kept_apart(self):
+        alice, bob = self.server(self.alice), self.server(self.bob)
+        answer = yield alice.request_service(gid(self.alice), 600)
+        self.assertEqual(answer, {"accepted": True, "quota_bytes": 600, "used_bytes": 0})
+        yield self.assertFailure(bob.request_service(gid(self.bob), 600), InsufficientStorage)
+        yield bob.request_service(gid(self.bob), 300)
+        self.assertEqual(self.service.desk.allocated_bytes(), 900)
+        self.assertIn(SUPPLIERS_LAYER, self.service.node.service_driver.get("service_entangled_dht").dht.layers)
+
+        yield alice.store_block(gid(self.alice), "V1/0/0", b"a" * 100)
+        self.assertEqual((yield alice.fetch_block(gid(self.alice), "V1/0/0")), b"a" * 100)
+        self.assertEqual(list((yield alice.list_blocks(gid(self.alice), ""))), ["V1/0/0"])
+        yield self.assertFailure(alice.store_block(gid(self.alice), "V1/0/1", b"b" * 600), InsufficientStorage)
+        # bob asks for alice's block: he only ever sees his own space
+        yield self.assertFailure(bob.fetch_block(gid(self.bob), "V1/0/0"), BlockNotFound)
+        self.assertEqual((yield bob.list_blocks(gid(self.bob), "")), {})
+        # naming alice as owner in a packet he signs does not help: refused and counted
+        gateway = self.bob.service_driver.get("service_gateway").gateway
+        forged = Packet.create(reactor, Command.DELETE_FILE, gid(self.alice), gid(self.bob), self.sam,
+                               wire.encode_path("V1/0/0"), gateway.identity.packet_signer())
+        answer = yield self.assertFailure(gateway.send(forged, timeout=5.0), Exception)
+        self.assertIn("forbidden", str(answer))
+        self.assertEqual(self.service.refused["foreign_owner"], 1)
+        self.assertEqual((yield alice.fetch_block(gid(self.alice), "V1/0/0")), b"a" * 100)
+
+        customers = yield ok(self, self.supplier, "customers_list", verbose=True)
+        self.assertEqual([(c["customer_id"], c["quota_bytes"], c["used_bytes"]) for c in customers],
+                         sorted([(gid(self.alice), 600, 100), (gid(self.bob), 300, 0)]))
+        space = yield ok(self, self.supplier, "space_donated")
+        self.assertEqual((space["donated_bytes"], space["allocated_bytes"], space["used_bytes"],
+                          space["customers_num"]), (1000, 900, 100, 2))
+        pinged = yield ok(self, self.supplier, "customers_ping")
+        self.assertEqual([p["online"] for p in pinged], [True, True])
+
+    @inlineCallbacks
+    def test_rejected_customer_loses_its_data_is_told_and_cannot_come_back(self):
+        alice = self.server(self.alice)
+        yield alice.request_service(gid(self.alice), 500)
+        yield alice.store_block(gid(self.alice), "V1/0/0", b"x" * 50)
+        # alice runs no market service: her router answers the notice with Fail, which counts as not notified
+        install_market_router(self.alice, self.alice.service_driver.get("service_gateway").gateway)
+        result = yield ok(self, self.supplier, "customer_reject", customer_id=gid(self.alice))
+        self.assertEqual((result["rejected"], result["freed_bytes"], result["notified"]), (True, 50, False))
+        self.assertIn("not a customer here", result["notify_error"])
+        self.assertEqual((yield ok(self, self.supplier, "customers_list")), [])
+        yield self.assertFailure(alice.fetch_block(gid(self.alice), "V1/0/0"), BadRequest)
+        yield self.assertFailure(alice.request_service(gid(self.alice), 10), Forbidden)
+        missing = yield self.supplier.dispatcher.execute_by_name("customer_reject", {"customer_id": gid(self.bob)})
+        self.assertEqual(missing.code, 404)
+
+    @inlineCallbacks
+    def test_a_stopped_supplier_says_it_is_not_running(self):
+        alice = self.server(self.alice)
+        yield alice.request_service(gid(self.alice), 100)
+        yield ok(self, self.supplier, "service_stop", service_name="service_supplier")
+        failure = yield self.assertFailure(alice.request_service(gid(self.alice), 100), Unavailable)
+        self.assertIn("not running", str(failure))
+        answer = yield self.supplier.dispatcher.execute_by_name("customers_list", {})
+        self.assertEqual(answer.code, 503)
+        space = yield ok(self, self.supplier, "space_donated")
+        self.assertEqual((space["running"], space["used_bytes"]), (False, 0))
+        # the contract survived the stop: back on, alice is served again
+        yield ok(self, self.supplier, "service_start", service_name="service_supplier")
+        yield alice.store_block(gid(self.alice), "V1/0/0", b"y")

@@ -1,0 +1,87 @@
+"""System test: private messages between real node processes on a localnet, through the public HTTP API.
+
+One network (identity server, one supplier, one customer, 1024-bit keys) and
+one test walking through the scenario: a message by nickname, both histories,
+the long-poll stream and the event, the legacy names, then the recipient
+goes offline and the sender gets a clear error and a ``failed`` entry.
+"""
+
+from __future__ import annotations
+
+import tempfile
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from bitnode.interface.client import call_api
+from bitnode.localnet.network import LocalNet
+from bitnode.main.basedir import Basedir
+from tests.system.support import pid_alive, wait_for
+
+
+class LocalnetMessagesTests(SynchronousTestCase):
+    """message_send / message_history / message_receive / legacy names across processes."""
+
+    def test_private_messages_between_processes(self) -> None:
+        self.dir = tempfile.mkdtemp(prefix="bitnode-messages-")
+        self.net = LocalNet(self.dir, log=lambda _line: None, documented_ports=False)
+        self.addCleanup(self.down)
+        data = self.net.up(suppliers=1, customers=1, key_size=1024, timeout=60)
+        self.nodes = {node["name"]: node for node in data["nodes"]}
+        alice, bob = "customer-1", "supplier-1"
+        alice_id, bob_id = self.nodes[alice]["global_id"], self.nodes[bob]["global_id"]
+        for name in (alice, bob):
+            info = self.api(name, "service_info", service_name="service_private_messages")
+            self.assertEqual(info["state"], "ON", info)
+
+        # Bob listens (a new consumer starts at the end of the stream), Alice writes to his nickname
+        self.assertEqual(self.api(bob, "message_receive", consumer_callback_id="ui", polling_timeout=0), [])
+        last_event = self.api(bob, "event_listen", consumer_callback_id="sys", polling_timeout=0)["last_seq"]
+        wait_for(lambda: self._held(bob), "bob to hold his nickname")
+        sent = self.api(alice, "message_send", recipient_id=self._held(bob), data={"message": "Hola Bob!"},
+                        ping_timeout=10, message_ack_timeout=10)
+        self.assertEqual((sent["state"], sent["recipient"]), ("acked", bob_id))
+
+        (got,) = self.api(bob, "message_receive", consumer_callback_id="ui", polling_timeout=10)
+        self.assertEqual((got["message_id"], got["sender"], got["data"]),
+                         (sent["message_id"], alice_id, {"message": "Hola Bob!"}))
+        events = self.api(bob, "event_listen", consumer_callback_id="sys", since=last_event, polling_timeout=5)
+        received = [e for e in events["events"] if e["event_id"] == "message-received"]
+        self.assertEqual(received[0]["data"]["message_id"], sent["message_id"])
+
+        mine = self.api(alice, "message_history", recipient_id=bob_id)["messages"]
+        theirs = self.api(bob, "message_history", recipient_id=alice_id)["messages"]
+        self.assertEqual([(m["message_id"], m["data"], m["state"]) for m in mine],
+                         [(sent["message_id"], {"message": "Hola Bob!"}, "acked")])
+        self.assertEqual([(m["message_id"], m["data"], m["state"]) for m in theirs],
+                         [(sent["message_id"], {"message": "Hola Bob!"}, "received")])
+
+        # the legacy names: Bob answers with send_message, Alice takes it with receive_one_message
+        self.api(bob, "send_message", recipient=alice_id, message_body="Hola Alice")
+        conversations = self.api(alice, "message_conversations_list", message_types="private_message")
+        self.assertEqual((conversations["total"], conversations["conversations"][0]["messages"]), (1, 2))
+
+        # Bob goes away: a clear 503, and the history says the message failed
+        self.net.stop_node(bob, kill=False)
+        wait_for(lambda: not pid_alive(self.nodes[bob]["pid"]), "bob to exit")
+        code, envelope = call_api(Basedir.at(self.nodes[alice]["basedir"]), "message_send",
+                                  {"recipient_id": bob_id, "data": {"message": "still there?"},
+                                   "ping_timeout": 3, "message_ack_timeout": 3}, timeout=30)
+        self.assertEqual(code, 503, envelope)
+        self.assertIn("offline, message not delivered", envelope["errors"][0])
+        latest = self.api(alice, "message_history", recipient_id=bob_id, limit=1)["messages"][0]
+        self.assertEqual((latest["data"], latest["state"]), ({"message": "still there?"}, "failed"))
+
+    def down(self) -> None:
+        pids = [row["pid"] for row in self.net.status() if row["pid"]]
+        self.net.down(kill=False)
+        for pid in pids:
+            wait_for(lambda p=pid: not pid_alive(p), f"pid {pid} to exit")
+
+    def api(self, name: str, method: str, **kwargs):
+        code, envelope = call_api(Basedir.at(self.nodes[name]["basedir"]), method, kwargs, timeout=30)
+        self.assertEqual(code, 200, (name, method, envelope))
+        return envelope["result"]
+
+    def _held(self, name: str) -> str:
+        status = self.api(name, "service_info", service_name="service_nicknames").get("status", {})
+        return status.get("nickname", "") if status.get("state") == "READY" else ""
