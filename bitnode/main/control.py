@@ -203,6 +203,11 @@ def start(basedir: Basedir, settings: Sequence[str] = (), timeout: float = 60.0)
     if result.returncode != 0:
         # twistd cuts the daemon's error to 100 bytes; the log has all of it.
         output = (result.stdout + result.stderr).strip() or log_tail(basedir)
+        # The daemon that reported the failure may still be exiting: once we say "failed",
+        # `bitnode status` must not find it running.
+        leftover = node_pid(basedir)
+        if leftover is not None:
+            wait_gone(leftover, 10.0)
         raise ControlError(f"the node failed to start (twistd exit {result.returncode}):\n{output}\n"
                            f"the log: {basedir.log_file}")
     return wait_ready(basedir, timeout)
