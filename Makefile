@@ -46,8 +46,9 @@ test-system: $(STAMP)
 docs: $(STAMP)
 	$(PY) scripts/gen_docs.py
 
+## make bench: API overhead, then 16/128/512 MiB up and down a localnet (5 suppliers, 3-of-5); BENCH_ARGS="--quick" etc.
 bench: $(STAMP)
-	$(PY) scripts/bench.py
+	$(PY) scripts/bench.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) _trial_temp* build *.egg-info

@@ -32,6 +32,10 @@ Rules, in the order the machine applies them to one event:
 6. The actions run in order.  An exception is logged with its traceback and
    stops the remaining actions of that transition; the machine stays usable.
 
+Timer intervals are the class's unless one machine is given others:
+``Door(clock, timer_intervals={"timer-30sec": 5.0})`` waits 5 seconds in that
+machine only (the states a timer runs in are always the table's).
+
 A guard that raises is logged with its traceback and the event is abandoned:
 no transition, nothing recorded, the machine stays usable.
 
@@ -41,9 +45,10 @@ An event with no matching row is logged as a warning and kept in
 
 from __future__ import annotations
 
+import math
 import re
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
@@ -210,6 +215,31 @@ def _normalize_timers(cls: type, raw: object, states: set[str], events: set[str]
     return timers
 
 
+def _override_intervals(
+    cls: type, specs: Mapping[str, tuple[float, frozenset[str]]], overrides: object
+) -> dict[str, tuple[float, frozenset[str]]]:
+    """``specs`` with the intervals named in ``overrides`` replaced (see ``Automat(timer_intervals=...)``).
+
+    ``TypeError`` unless ``overrides`` maps timer names to numbers; ``ValueError``
+    for a name that is not one of the class's timers or an interval that is not
+    a positive, finite number of seconds.
+    """
+    name = cls.__qualname__
+    if not isinstance(overrides, Mapping):
+        raise TypeError(f"timer_intervals must be a mapping {{timer: seconds}}, not {overrides!r}")
+    unknown = sorted(str(timer) for timer in overrides if timer not in specs)
+    if unknown:
+        raise ValueError(f"{name} has no timer {unknown}; its timers are {sorted(specs)}")
+    out = dict(specs)
+    for timer, seconds in overrides.items():
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
+            raise TypeError(f"{name} timer {timer!r}: interval must be a number of seconds, not {seconds!r}")
+        if not (seconds > 0 and math.isfinite(seconds)):
+            raise ValueError(f"{name} timer {timer!r}: interval must be a positive number of seconds, not {seconds!r}")
+        out[timer] = (float(seconds), specs[timer][1])
+    return out
+
+
 class Automat:
     """Base class of every state machine; subclasses declare the table.
 
@@ -291,7 +321,10 @@ class Automat:
 
     @classmethod
     def timer_specs(cls) -> dict[str, tuple[float, frozenset[str]]]:
-        """Return the normalized timers: ``{event: (interval_seconds, frozenset(states))}``."""
+        """Return the class's normalized timers: ``{event: (interval_seconds, frozenset(states))}``.
+
+        One machine may wait other intervals; see :meth:`timer_interval`.
+        """
         return dict(cls._timer_specs)
 
     # -- instances ------------------------------------------------------------
@@ -303,6 +336,7 @@ class Automat:
         machine_id: str | None = None,
         history_size: int = 50,
         log: Logger | None = None,
+        timer_intervals: Mapping[str, float] | None = None,
     ) -> None:
         """Create a machine in its ``initial`` state and start that state's timers.
 
@@ -314,6 +348,11 @@ class Automat:
             registered, else the name plus a hex object id.
         :param history_size: how many transitions :attr:`history` keeps.
         :param log: where to log; by default a ``twisted.logger.Logger``.
+        :param timer_intervals: ``{timer: seconds}`` for this machine only,
+            replacing the intervals of the class's ``timers`` (not their
+            states).  ``ValueError`` for a name that is not one of the class's
+            timers or an interval that is not positive, ``TypeError`` for one
+            that is not a number.
         """
         cls = type(self)
         if not cls._rows:
@@ -322,6 +361,12 @@ class Automat:
             raise TypeError(f"machine_id must be a non-empty string, not {machine_id!r}")
         if isinstance(history_size, bool) or not isinstance(history_size, int) or history_size < 1:
             raise ValueError(f"history_size must be a positive int, not {history_size!r}")
+        # This machine's timers: the class's, with its own intervals if given. Checked before
+        # registering, so a bad value leaves no half-built machine in the registry.
+        timer_table = cls._timer_specs
+        if timer_intervals is not None:
+            timer_table = _override_intervals(cls, timer_table, timer_intervals)
+        self._timer_table: dict[str, tuple[float, frozenset[str]]] = dict(timer_table)
         self.clock = clock
         self.log = log if log is not None else Logger(namespace=f"automats.{cls.name}", source=self)
         self.index: int | None = None
@@ -369,6 +414,13 @@ class Automat:
     def active_timers(self) -> list[str]:
         """Return the names of the timers now running, sorted."""
         return sorted(self._running_timers)
+
+    def timer_interval(self, timer: str) -> float:
+        """Return the seconds timer ``timer`` waits in this machine; ``ValueError`` for an unknown timer."""
+        spec = self._timer_table.get(timer)
+        if spec is None:
+            raise ValueError(f"{type(self).__qualname__} has no timer {timer!r}")
+        return spec[0]
 
     def add_state_listener(self, listener: StateListener) -> None:
         """Call ``listener(machine, old_state, new_state, event)`` on every state change.
@@ -528,7 +580,7 @@ class Automat:
         """Start the timers valid in the current state and cancel the others."""
         if self._destroyed:
             return
-        for name, (interval, states) in self._timer_specs.items():
+        for name, (interval, states) in self._timer_table.items():
             running = self._running_timers.get(name)
             if self._state in states:
                 if running is None:
@@ -540,7 +592,7 @@ class Automat:
 
     def _fire_timer(self, name: str) -> None:
         """Re-arm timer ``name`` and fire its event (a transition may cancel it)."""
-        interval, _states = self._timer_specs[name]
+        interval, _states = self._timer_table[name]
         # Re-arm first, so that a transition out of the timer's states finds
         # the new call and cancels it, and a stay keeps the period exact.
         self._running_timers[name] = self.clock.callLater(interval, self._fire_timer, name)

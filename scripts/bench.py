@@ -1,11 +1,12 @@
-"""`make bench`: the performance figures of DESIGN.md, measured as ratios in one run.
+"""`make bench`: the performance figures of DESIGN.md, measured in one run.
 
 Usage::
 
-    python scripts/bench.py [--size 512MB] [--quick] [--requests N] [--concurrency N] [--rounds N]
+    python scripts/bench.py [--sizes 16,128,512] [--quick] [--skip-api] [--skip-transfer]
+                            [--profile DIR] [--strict] [--requests N] [--concurrency N] [--rounds N]
 
-What it measures (machines are noisy, so each target is a ratio or a bound
-taken within this one run):
+What it measures (machines are noisy, so each target is also shown as a ratio
+or a bound taken within this one run):
 
 a. API overhead: ``process_health`` round trips per second against a real
    node (:func:`bitnode.node.build_node`, its whole REST stack: Host/Origin/
@@ -16,16 +17,18 @@ a. API overhead: ``process_health`` round trips per second against a real
    client and the servers are pinned to different CPUs. Rounds alternate the
    two servers and the best round of each counts. The node runs without
    services and with its rate limit off (a policy, not overhead).
-b. The in-process pipeline limit: read -> encrypt -> erasure-encode (3-of-5)
-   -> pack + hash, no network, over a temporary file of ``--size`` bytes
-   written once, with one thread (:func:`bitnode.storage.uploader.pipeline_limit`)
-   and with two worker threads (like the uploader's thread pool); the peak
-   RSS of this process during it (psutil, sampled).
-c. Upload/download over a localnet: not measurable yet (no supplier network);
-   said so, never faked.
+b. A localnet (``bitnode.localnet``: identity server, 5 suppliers, 1
+   customer that hires all 5, 3-of-5) of real node processes.
+c. For each of ``--sizes``: a file of random bytes; the in-process limit of
+   the node's own upload and download code on it (no network, see
+   ``bench_transfer.pipeline_limits``); then an upload and a download through
+   the customer's HTTP API (``file_upload_start`` / ``file_download_start``,
+   answered when the transfer is DONE), the restored file compared by
+   SHA-256, with every node's peak RSS (psutil, sampled) and CPU time.
 
-The last block is a summary with each figure, its target and PASS/FAIL.
-Exit status is 0 unless something broke (``--strict`` also fails on FAIL).
+The last block is one table per size, the API figures, and PASS/FAIL per
+target. Exit status is 1 when something broke (a transfer failed, a file came
+back different); ``--strict`` also exits 1 when a target is missed.
 """
 
 from __future__ import annotations
@@ -41,20 +44,19 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import psutil
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the bench_* modules live next to this file
+import bench_transfer  # noqa: E402
+from bench_report import evaluate, failed_targets, fmt_size, report_lines, summarize_stacks  # noqa: E402
+
 MiB = 1024 * 1024
 HEALTH_PATH = "/process/health/v1"
-API_RATIO_TARGET = 0.80
-RSS_TARGET_MIB = 150.0
-TRANSFER_TARGET_MIB_S = 100.0
-TRANSFER_FRACTION_TARGET = 0.50
-NOT_YET = "not yet (needs the storage issue)"
+SUPPLIERS = 5
+DATA_BLOCKS = 3
 SERVER_START_TIMEOUT = 60.0
 
 
@@ -328,152 +330,7 @@ def measure_api(workdir: str, requests: int, concurrency: int, rounds: int, warm
     }
 
 
-# --- the in-process pipeline -------------------------------------------------------------
-
-
-class RssSampler:
-    """Samples this process's RSS in a background thread and keeps the peak."""
-
-    def __init__(self, interval: float = 0.005):
-        self._proc = psutil.Process()
-        self._interval = interval
-        self._stop = threading.Event()
-        self.baseline = self._proc.memory_info().rss
-        self.peak = self.baseline
-        self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self._proc.memory_info().rss)
-            self._stop.wait(self._interval)
-
-    def __enter__(self) -> RssSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, self._proc.memory_info().rss)
-
-
-def write_test_file(path: str, size: int, chunk: int = MiB) -> None:
-    """Write ``size`` random bytes (random so nothing compresses or dedups anywhere)."""
-    with open(path, "wb") as handle:
-        left = size
-        while left > 0:
-            step = min(chunk, left)
-            handle.write(os.urandom(step))
-            left -= step
-
-
-def threaded_pipeline(path: str, threads: int, k: int, n: int, segment_size: int) -> dict:
-    """The same per-segment work as the uploader, with ``threads`` segments in flight at once."""
-    from bitnode.storage import segment_crypto
-    from bitnode.storage.uploader import prepare_segment, segment_count
-
-    size = os.path.getsize(path)
-    key = segment_crypto.new_version_key()
-    total = segment_count(size, segment_size)
-    start = time.perf_counter()
-    with ThreadPoolExecutor(max_workers=threads) as pool:
-        window = []
-        for index in range(total):
-            window.append(pool.submit(prepare_segment, path, index, segment_size, size, "bench", key, k, n))
-            if len(window) >= threads:
-                window.pop(0).result()
-        for future in window:
-            future.result()
-    seconds = time.perf_counter() - start
-    return {"bytes": size, "seconds": seconds, "mib_per_s": (size / MiB) / seconds if seconds > 0 else 0.0}
-
-
-def measure_pipeline(workdir: str, size: int, k: int = 3, n: int = 5, segment_size: int = 4 * MiB,
-                     threads: int = 2) -> dict:
-    """Part b: MiB/s of read -> encrypt -> encode -> hash, one thread and ``threads``; peak RSS."""
-    from bitnode.storage.uploader import pipeline_limit
-
-    path = os.path.join(workdir, "bench-input.bin")
-    write_test_file(path, size)
-    try:
-        with RssSampler() as rss:
-            single = pipeline_limit(path, k=k, n=n, segment_size=segment_size)
-            multi = threaded_pipeline(path, threads, k, n, segment_size)
-    finally:
-        os.unlink(path)
-    return {
-        "size": size,
-        "k": k,
-        "n": n,
-        "segment_size": segment_size,
-        "threads": threads,
-        "single_mib_s": single["mib_per_s"],
-        "stages": single["stages"],
-        "multi_mib_s": multi["mib_per_s"],
-        "limit_mib_s": max(single["mib_per_s"], multi["mib_per_s"]),
-        "rss_baseline_mib": rss.baseline / MiB,
-        "rss_peak_mib": rss.peak / MiB,
-    }
-
-
-# --- report ------------------------------------------------------------------------------
-
-
-def _row(figure: str, value: str, target: str, verdict: str) -> str:
-    return f"{figure:<44} {value:>16}  {target:<40} {verdict}".rstrip()
-
-
-def _verdict(ok: bool) -> str:
-    return "PASS" if ok else "FAIL"
-
-
-def summary_lines(api: dict | None, pipeline: dict | None) -> list[str]:
-    """The final block: every figure, its target and PASS/FAIL (or why it is missing)."""
-    lines = ["", "== summary " + "=" * 93, _row("figure", "value", "target", "result")]
-    if api is not None:
-        lines += [
-            _row("API process_health, real node", f"{api['node_rate']:.0f} req/s", "", ""),
-            _row("API process_health, bare twisted.web", f"{api['bare_rate']:.0f} req/s", "", ""),
-            _row("API overhead: node / bare", f"{api['ratio']:.2f}", f">= {API_RATIO_TARGET:.2f}",
-                 _verdict(api["ratio"] >= API_RATIO_TARGET)),
-            _row("API server CPU per request, node / bare",
-                 f"{api['node_cpu_us']:.0f} / {api['bare_cpu_us']:.0f} us",
-                 f"(bare/node = {api['bare_cpu_us'] / api['node_cpu_us']:.2f}, less noisy)"
-                 if api["node_cpu_us"] else "(information)", ""),
-        ]
-    else:
-        lines.append(_row("API overhead: node / bare", "skipped", f">= {API_RATIO_TARGET:.2f}", "NOT MEASURED"))
-    if pipeline is not None:
-        size = f"{pipeline['size'] / MiB:.0f} MiB, {pipeline['k']}-of-{pipeline['n']}"
-        lines += [
-            _row(f"pipeline limit, 1 thread ({size})", f"{pipeline['single_mib_s']:.1f} MiB/s", "(reference)", ""),
-            _row(f"pipeline limit, {pipeline['threads']} threads ({size})", f"{pipeline['multi_mib_s']:.1f} MiB/s",
-                 "(reference)", ""),
-            _row("pipeline process peak RSS", f"{pipeline['rss_peak_mib']:.0f} MiB",
-                 f"<= {RSS_TARGET_MIB:.0f} MiB", _verdict(pipeline["rss_peak_mib"] <= RSS_TARGET_MIB)),
-        ]
-    else:
-        lines.append(_row("pipeline limit", "skipped", "(reference)", "NOT MEASURED"))
-    limit = pipeline["limit_mib_s"] if pipeline else None
-    share = f"{TRANSFER_FRACTION_TARGET:.0%} of limit"
-    if limit:
-        share += f" = {TRANSFER_FRACTION_TARGET * limit:.0f}"
-    for what in ("upload", "download"):
-        lines.append(_row(f"{what} on localnet (3-of-5)", "not yet",
-                          f">= {TRANSFER_TARGET_MIB_S:.0f} and >= {share} MiB/s", "NOT MEASURED"))
-    lines.append(_row("peak RSS of uploading/downloading node", "not yet", f"<= {RSS_TARGET_MIB:.0f} MiB",
-                      "NOT MEASURED"))
-    return lines
-
-
-def failed_targets(api: dict | None, pipeline: dict | None) -> list[str]:
-    """Names of the measured targets that were missed."""
-    failed = []
-    if api is not None and api["ratio"] < API_RATIO_TARGET:
-        failed.append("api_overhead")
-    if pipeline is not None and pipeline["rss_peak_mib"] > RSS_TARGET_MIB:
-        failed.append("pipeline_rss")
-    return failed
+# --- options and the run -------------------------------------------------------------------
 
 
 def parse_size(text: str) -> int:
@@ -491,22 +348,43 @@ def parse_size(text: str) -> int:
     return size
 
 
+def parse_sizes(text: str) -> list[int]:
+    """``16,128,512`` (MiB) or sizes with units (``512KB,4MB``): the file sizes to move, in bytes."""
+    sizes = []
+    for item in text.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        sizes.append(int(item) * MiB if item.isdigit() else parse_size(item))
+        if sizes[-1] <= 0:
+            raise argparse.ArgumentTypeError("sizes must be positive")
+    if not sizes:
+        raise argparse.ArgumentTypeError("no size given")
+    return sizes
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Options; ``--quick`` shrinks every default for a smoke test."""
     parser = argparse.ArgumentParser(description="Measure bitnode's performance targets (DESIGN.md).")
-    parser.add_argument("--size", type=parse_size, default=None, help="pipeline test file size (default 512MB)")
+    parser.add_argument("--sizes", type=parse_sizes, default=None,
+                        help="file sizes to upload and download, in MiB or with units (default 16,128,512)")
     parser.add_argument("--quick", action="store_true", help="small sizes and counts, for a smoke test")
-    parser.add_argument("--requests", type=int, default=None, help="requests per round per server")
-    parser.add_argument("--concurrency", type=int, default=8, help="persistent connections used at once")
-    parser.add_argument("--rounds", type=int, default=None, help="alternating rounds per server (best counts)")
-    parser.add_argument("--skip-api", action="store_true", help="do not run part a")
-    parser.add_argument("--skip-pipeline", action="store_true", help="do not run part b")
+    parser.add_argument("--requests", type=int, default=None, help="API requests per round per server")
+    parser.add_argument("--concurrency", type=int, default=8, help="persistent API connections used at once")
+    parser.add_argument("--rounds", type=int, default=None, help="alternating API rounds per server (best counts)")
+    parser.add_argument("--threads", type=int, default=2, help="segments at once in the in-process limit")
+    parser.add_argument("--skip-api", action="store_true", help="do not measure the API overhead")
+    parser.add_argument("--skip-pipeline", action="store_true", help="do not measure the in-process limit")
+    parser.add_argument("--skip-transfer", action="store_true", help="do not start a localnet")
+    parser.add_argument("--profile", metavar="DIR", help="record each transfer with py-spy into DIR")
+    parser.add_argument("--profile-idle", action="store_true", help="with --profile: record waiting threads too")
+    parser.add_argument("--py-spy", metavar="PATH", help="the py-spy executable (default: the one on PATH)")
     parser.add_argument("--strict", action="store_true", help="exit 1 when a measured target is missed")
     parser.add_argument("--serve", choices=("node", "bare"), help=argparse.SUPPRESS)
     parser.add_argument("--basedir", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.size is None:
-        args.size = 8 * MiB if args.quick else 512 * MiB
+    if args.sizes is None:
+        args.sizes = [8 * MiB] if args.quick else [16 * MiB, 128 * MiB, 512 * MiB]
     if args.requests is None:
         args.requests = 300 if args.quick else 10000
     if args.rounds is None:
@@ -515,15 +393,90 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def _machine() -> str:
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    return f"{os.cpu_count()} CPUs, load average {load}"
+
+
+def measure_storage(args: argparse.Namespace, workdir: str, say) -> list[dict]:
+    """Per size: write a random file, measure the in-process limits, round-trip it through the localnet."""
+    from bitnode.main.memory import tune_allocator
+
+    tune_allocator()  # as in a node process, so the in-process limit runs the same way
+    net = None
+    net_error = ""
+    results = []
+    try:
+        if not args.skip_transfer:
+            say(f"b. localnet: 1 customer hiring {SUPPLIERS} suppliers, {DATA_BLOCKS}-of-{SUPPLIERS} ...")
+            py_spy = None
+            if args.profile:
+                py_spy = bench_transfer.find_py_spy(args.py_spy)
+                os.makedirs(args.profile, exist_ok=True)
+                say(f"   profiling with {py_spy} into {args.profile}" if py_spy else
+                    "   --profile: py-spy not found (pip install py-spy, or --py-spy PATH): not profiling")
+            net = bench_transfer.BenchNet(workdir, say, SUPPLIERS, DATA_BLOCKS, py_spy=py_spy,
+                                          profile_dir=args.profile, profile_idle=args.profile_idle)
+            try:
+                net.up()
+            except Exception as err:  # noqa: BLE001 - reported in the table, the rest still runs
+                net_error = f"localnet did not come up: {err}"
+                say(f"   {net_error}")
+        for size in args.sizes:
+            label = fmt_size(size).replace(" ", "")
+            result: dict = {"size": size, "limit": None, "upload": None, "download": None, "sha256_ok": False}
+            results.append(result)
+            path = os.path.join(workdir, f"{label}.bin")
+            sha = bench_transfer.write_test_file(path, size)
+            try:
+                if not args.skip_pipeline:
+                    limit = bench_transfer.pipeline_limits(path, workdir, DATA_BLOCKS, SUPPLIERS,
+                                                           threads=args.threads)
+                    result["limit"] = limit
+                    say(f"c. {fmt_size(size)}: in-process limit up {limit['up']:.1f} MiB/s, "
+                        f"down {limit['down']:.1f} MiB/s")
+                if net_error:
+                    result["error"] = net_error
+                elif net is not None:
+                    result.update(net.round_trip(path, size, sha, label, workdir))
+                    say(f"   {fmt_size(size)}: upload {result['upload']['mib_s']:.1f} MiB/s, "
+                        f"download {result['download']['mib_s']:.1f} MiB/s, "
+                        f"sha256 {'OK' if result['sha256_ok'] else 'MISMATCH'}")
+            except Exception as err:  # noqa: BLE001 - one size failing still reports the others
+                result["error"] = f"{type(err).__name__}: {err}"
+                say(f"   {fmt_size(size)}: {result['error']}")
+            finally:
+                os.unlink(path)
+    finally:
+        if net is not None:
+            net.down()
+    return results
+
+
+def profile_lines(directory: str, top: int = 12) -> list[str]:
+    """Where the time went: the top functions (self samples) of every py-spy recording in ``directory``."""
+    lines = []
+    for name in sorted(os.listdir(directory)) if os.path.isdir(directory) else []:
+        if not name.endswith(".txt"):
+            continue
+        with open(os.path.join(directory, name), encoding="utf-8", errors="replace") as handle:
+            total, ranked = summarize_stacks(handle, top)
+        lines += ["", f"profile {name}: {total} samples (self time, top {top})"]
+        lines += [f"  {100.0 * n / total:5.1f}%  {frame}" for n, frame in ranked if total]
+    return lines
+
+
 def run(args: argparse.Namespace, out=None) -> dict:
-    """Run the parts selected by ``args``, print progress and the summary; return the figures."""
+    """Run the parts selected by ``args``, print progress and the report; return the figures."""
     out = out or sys.stdout
 
     def say(text: str) -> None:
         print(text, file=out, flush=True)
 
     workdir = tempfile.mkdtemp(prefix="bitnode-bench-")
-    api = pipeline = None
+    api = None
+    transfers = None
+    before = _machine()
     try:
         if not args.skip_api:
             say(f"a. API overhead: {args.rounds} round(s) x {args.requests} process_health requests, "
@@ -532,19 +485,21 @@ def run(args: argparse.Namespace, out=None) -> dict:
             pinned = "client and servers on different CPUs" if api["pinned"] else "not pinned (one CPU)"
             say(f"   node {api['node_rate']:.0f} req/s, bare {api['bare_rate']:.0f} req/s, "
                 f"ratio {api['ratio']:.2f} ({pinned})")
-        if not args.skip_pipeline:
-            say(f"b. pipeline limit: {args.size / MiB:.0f} MiB file, read -> encrypt -> encode 3-of-5 -> hash ...")
-            pipeline = measure_pipeline(workdir, args.size)
-            stages = ", ".join(f"{name} {secs:.2f}s" for name, secs in sorted(pipeline["stages"].items()))
-            say(f"   1 thread {pipeline['single_mib_s']:.1f} MiB/s ({stages}); "
-                f"{pipeline['threads']} threads {pipeline['multi_mib_s']:.1f} MiB/s; "
-                f"peak RSS {pipeline['rss_peak_mib']:.0f} MiB (baseline {pipeline['rss_baseline_mib']:.0f} MiB)")
-        say(f"c. upload/download on localnet: {NOT_YET}")
+        if not (args.skip_transfer and args.skip_pipeline):
+            transfers = measure_storage(args, workdir, say)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    for line in summary_lines(api, pipeline):
+    checks = evaluate(api, transfers)
+    context = (f"machine: {before} at the start, {_machine()} at the end. Other work on this machine moves "
+               "MiB/s; the ratios and CPU ms/MiB move less.")
+    for line in report_lines(api, transfers, checks, context):
         say(line)
-    return {"api": api, "pipeline": pipeline, "transfer": None, "failed": failed_targets(api, pipeline)}
+    if args.profile:
+        for line in profile_lines(args.profile):
+            say(line)
+    broken = [t for t in transfers or [] if t.get("error") or (t.get("download") and not t["sha256_ok"])]
+    return {"api": api, "transfers": transfers, "checks": checks, "failed": failed_targets(checks),
+            "broken": bool(broken)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -557,6 +512,8 @@ def main(argv: list[str] | None = None) -> int:
         serve_bare()
         return 0
     figures = run(args)
+    if figures["broken"]:
+        return 1
     return 1 if args.strict and figures["failed"] else 0
 
 

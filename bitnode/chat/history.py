@@ -10,7 +10,8 @@ direction:
   group's key id for a group message);
 - ``direction``        ``outgoing`` or ``incoming``;
 - ``sender``, ``recipient``  global ids (recipient: a group key id for groups);
-- ``message_type``     ``private_message`` (``group_message`` reserved);
+- ``message_type``     ``private_message`` or ``group_message`` (stored by
+  :mod:`bitnode.access.groups_service`, in the group's order);
 - ``data``             the message content as JSON text;
 - ``time``             the sender's time; ``stored_time`` when written here;
 - ``state``            ``sent`` (stored, on its way, no Ack yet), ``acked``
@@ -30,11 +31,10 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import threading
-from contextlib import contextmanager
-from typing import Any, Iterable, Iterator
+from typing import Any, ContextManager, Iterable
 
 from bitnode.errors import BadRequest, NotFound
+from bitnode.main.sqlitedb import SqliteFile
 
 HISTORY_FORMAT = 1
 OUTGOING, INCOMING = "outgoing", "incoming"
@@ -102,36 +102,15 @@ class MessageHistory:
 
     def __init__(self, path: str):
         self.path = path
-        self._lock = threading.RLock()
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.row_factory = sqlite3.Row
-        if path != ":memory:":
-            self._db.execute("PRAGMA journal_mode = WAL")
-            # FULL: a commit is on disk before the peer (or the API caller) hears "stored".
-            self._db.execute("PRAGMA synchronous = FULL")
-        self._db.executescript(_SCHEMA)
-        row = self._db.execute("SELECT value FROM meta WHERE name = 'format'").fetchone()
-        if row is None:
-            self._db.execute("INSERT INTO meta (name, value) VALUES ('format', ?)", (str(HISTORY_FORMAT),))
-        elif int(row["value"]) != HISTORY_FORMAT:
-            self._db.close()
-            raise BadRequest(f"message history {path} has format {row['value']}, this node reads {HISTORY_FORMAT}")
+        self._file = SqliteFile(path, _SCHEMA, HISTORY_FORMAT, "message history")
+        self._lock, self._db = self._file.lock, self._file.db
 
     def close(self) -> None:
         """Close the database."""
-        with self._lock:
-            self._db.close()
+        self._file.close()
 
-    @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+    def _transaction(self) -> ContextManager[sqlite3.Connection]:
+        return self._file.transaction()
 
     # --- writing ---------------------------------------------------------------------
 

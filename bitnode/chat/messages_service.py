@@ -168,6 +168,7 @@ class PrivateMessagesService(Service):
         self._work: set[Deferred] = set()
         self._queries: set[Deferred] = set()
         self._counts = {"sent": 0, "acked": 0, "failed": 0, "received": 0, "duplicates": 0, "rejected": 0}
+        self._payload_routes: dict[bytes, Any] = {}
 
     # -- lifecycle ----------------------------------------------------------------
 
@@ -319,6 +320,36 @@ class PrivateMessagesService(Service):
         self.node.events.publish("message-sent", row)
         return row
 
+    def broadcast(self, data: Any, ping_timeout: float = 10.0, message_ack_timeout: float = 15.0) -> Deferred:
+        """Send ``data`` as a private message to every user this node knows (its identity cache).
+
+        There is no network-wide broadcast channel: "all peers" are the users
+        whose identities this node holds. Each gets its own encrypted, Acked
+        message (and its own history row). Deferred[dict]:
+        ``{"recipients": N, "delivered": [global ids], "failed": {global id: reason}}``;
+        Unavailable when nobody is known or nobody got the message.
+        """
+        try:
+            me = self._my_id()
+            cache = self._identity().cache
+            known = sorted({ident.global_id for ident in cache.list()} - {me}) if cache is not None else []
+        except BitnodeError as err:
+            return defer.fail(err)
+        if not known:
+            return defer.fail(Unavailable("no known peers to broadcast to"))
+        sends = [self.send(user, data, ping_timeout, message_ack_timeout) for user in known]
+
+        def summarize(outcomes: list) -> dict:
+            delivered = [user for user, (ok, _) in zip(known, outcomes, strict=True) if ok]
+            failed = {user: (str(value.value) if isinstance(value, Failure) else str(value))
+                      for user, (ok, value) in zip(known, outcomes, strict=True) if not ok}
+            if not delivered:
+                reasons = "; ".join(f"{user}: {why}" for user, why in failed.items())
+                raise Unavailable(f"the broadcast reached none of {len(known)} known peers: {reasons}")
+            return {"recipients": len(known), "delivered": delivered, "failed": failed}
+
+        return defer.DeferredList(sends, consumeErrors=True).addCallback(summarize)
+
     async def _deliver(self, recipient: str, sealed: bytes, message_id: str, ping_timeout: float,
                        ack_timeout: float) -> None:
         gateway = self._gateway
@@ -340,7 +371,21 @@ class PrivateMessagesService(Service):
 
     # -- receiving -------------------------------------------------------------------
 
+    def route_payloads(self, prefix: bytes, handler: Any) -> None:
+        """Hand ``Message`` packets whose payload starts with ``prefix`` to ``handler(packet)`` instead.
+
+        Other traffic that travels in ``Message`` packets (group frames,
+        :mod:`bitnode.access.group_protocol`) uses it; ``handler=None`` removes the route.
+        """
+        if handler is None:
+            self._payload_routes.pop(prefix, None)
+        else:
+            self._payload_routes[prefix] = handler
+
     def _on_message(self, packet: Any, address: Any) -> Deferred:
+        for prefix, handler in self._payload_routes.items():
+            if packet.payload.startswith(prefix):
+                return handler(packet)
         # cancelled only when the service stops: the sender gets no Ack, which is the truth
         return self._run(self._receive(packet)).addErrback(lambda f: f.trap(defer.CancelledError) and None)
 

@@ -74,6 +74,22 @@ class _Entry:
     public: RsaPublicKey
     private: RsaPrivateKey | None
 
+    @classmethod
+    def build(cls, parsed: globalid.KeyId, public: RsaPublicKey, private: RsaPrivateKey | None,
+              label: str, created: float) -> _Entry:
+        """An entry with its KeyInfo worked out from the key id and the key."""
+        info = KeyInfo(
+            key_id=str(parsed),
+            alias=parsed.alias,
+            creator=str(parsed.owner),
+            fingerprint=public.fingerprint(),
+            size=public.size_bits,
+            label=label,
+            is_private=private is not None,
+            created=created,
+        )
+        return cls(info, public, private)
+
     def __repr__(self) -> str:
         return f"<_Entry {self.info.key_id}>"
 
@@ -154,6 +170,7 @@ class KeyStore:
         self._min_key_size = min_key_size
         self._entries: dict[str, _Entry] = {}
         self._pending: set[str] = set()
+        self._listeners: list[Callable[[], None]] = []
         self.load_errors: list[str] = []
         ensure_dir(keys_dir)
         self._load()
@@ -167,6 +184,23 @@ class KeyStore:
     def master_key_id(self) -> str:
         """``master$<owner>``, the id of the identity key."""
         return str(globalid.KeyId(MASTER_ALIAS, self._owner))
+
+    def subscribe(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call ``callback()`` after every change of a key (created, added, relabelled, erased); returns unsubscribe."""
+        self._listeners.append(callback)
+
+        def unsubscribe() -> None:
+            if callback in self._listeners:
+                self._listeners.remove(callback)
+
+        return unsubscribe
+
+    def _changed(self) -> None:
+        for callback in list(self._listeners):
+            try:
+                callback()
+            except Exception:  # noqa: BLE001 - a listener's bug must not undo a stored key
+                self.log.failure("key store listener failed")
 
     # -- creating -------------------------------------------------------
 
@@ -202,6 +236,7 @@ class KeyStore:
         def stored(result: tuple[RsaPrivateKey, KeyInfo]) -> KeyInfo:
             priv, info = result
             self._entries[key_id] = _Entry(info, priv.public_key(), priv)
+            self._changed()
             return info
 
         def finished(result: Any) -> Any:
@@ -246,22 +281,13 @@ class KeyStore:
     def _store(
         self, parsed: globalid.KeyId, public: RsaPublicKey, private: RsaPrivateKey | None, label: str
     ) -> KeyInfo:
-        key_id = str(parsed)
-        created = self._clock.seconds()
-        info = KeyInfo(
-            key_id=key_id,
-            alias=parsed.alias,
-            creator=str(parsed.owner),
-            fingerprint=public.fingerprint(),
-            size=public.size_bits,
-            label=label,
-            is_private=private is not None,
-            created=created,
-        )
+        entry = _Entry.build(parsed, public, private, label, self._clock.seconds())
+        key_id = entry.info.key_id
         pem = private.to_pem() if private is not None else public.to_pem()
-        _write_key_files(self._dir, key_id, pem, private is not None, _meta_bytes(label, created))
-        self._entries[key_id] = _Entry(info, public, private)
-        return info
+        _write_key_files(self._dir, key_id, pem, private is not None, _meta_bytes(label, entry.info.created))
+        self._entries[key_id] = entry
+        self._changed()
+        return entry.info
 
     # -- reading --------------------------------------------------------
 
@@ -327,6 +353,7 @@ class KeyStore:
         atomic_write(os.path.join(self._dir, key_id + _META), meta, mode=PRIVATE_FILE_MODE)
         info = replace(entry.info, label=label)
         self._entries[key_id] = _Entry(info, entry.public, entry.private)
+        self._changed()
         return info
 
     def erase(self, key_id: str) -> None:
@@ -337,6 +364,7 @@ class KeyStore:
         for suffix in (_PRIVATE, _PUBLIC, _META):
             remove_if_exists(os.path.join(self._dir, key_id + suffix))
         del self._entries[key_id]
+        self._changed()
 
     # -- loading --------------------------------------------------------
 
@@ -374,17 +402,7 @@ class KeyStore:
             priv = None
             public = keys.public_from_pem(pem)
         label, created = self._load_meta(key_id, path)
-        info = KeyInfo(
-            key_id=key_id,
-            alias=parsed.alias,
-            creator=str(parsed.owner),
-            fingerprint=public.fingerprint(),
-            size=public.size_bits,
-            label=label,
-            is_private=priv is not None,
-            created=created,
-        )
-        return _Entry(info, public, priv)
+        return _Entry.build(parsed, public, priv, label, created)
 
     def _load_meta(self, key_id: str, key_path: str) -> tuple[str, float]:
         path = os.path.join(self._dir, key_id + _META)

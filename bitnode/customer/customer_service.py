@@ -32,7 +32,10 @@ the positions as IDURLs, "" for an empty one, and the roster revision); it is
 re-written every 12 hours and lives 24. A node that starts with no roster file
 at all (a recovered identity on a new machine) first reads that record back —
 only if it is signed with my identity's packet key — and takes those
-positions, so the catalog backup on those suppliers can be found again.
+positions, so the catalog backup on those suppliers can be found again; it
+also takes the record's k-of-n as its ``suppliers-number`` (and
+``services/backups/data-blocks`` when ceil(n/2) is not k), so none of those
+suppliers is fired as "not needed".
 
 Storage (``service_backups``) gets its suppliers from :meth:`CustomerService.supplier_provider`:
 ``positions()``, ``server(supplier_id)`` (a RemoteStorageServer over gateway
@@ -67,6 +70,7 @@ from bitnode.userid import globalid
 PREFIX = "services/customer/"
 WANTED_KEY = PREFIX + "suppliers-number"
 NEEDED_KEY = PREFIX + "needed-space"
+DATA_BLOCKS_KEY = "services/backups/data-blocks"
 GATEWAY = "service_gateway"
 DHT = "service_entangled_dht"
 NETWORK = "service_network"
@@ -210,8 +214,14 @@ class CustomerService(Service):
         if fire_hire is None or fire_hire.state != "AT_STARTUP":
             return  # stopped meanwhile
         fire_hire.event("init")
-        if self.roster.hired() and self.dht_revision is None:
-            self.publish_suppliers()
+        if self.roster.hired():
+            # Storage may have come up before this service (it needs no gateway) and found no
+            # suppliers then: tell it they are here, e.g. to restore the catalog of a recovered identity.
+            reason = "recovered from the DHT" if self.recovered_from_dht else "service started"
+            self.node.events.publish("suppliers-changed", {"positions": list(self.roster.positions),
+                                                           "reason": reason, "revision": self.roster.revision})
+            if self.dht_revision is None:
+                self.publish_suppliers()
 
     def stop(self) -> None:
         """Stop the machines (contracts stay: the suppliers keep our data), release waiters."""
@@ -461,6 +471,20 @@ class CustomerService(Service):
         self.dht_revision = found["revision"]  # what the DHT holds now
         self.log.info("took my suppliers from the DHT (revision {rev}): {positions}", rev=found["revision"],
                       positions=found["suppliers"])
+        self._adopt_ecc_map(found["ecc_map"], len(found["suppliers"]))
+
+    def _adopt_ecc_map(self, ecc_map: str, n: int) -> None:
+        """Keep the recovered k-of-n (fewer wanted suppliers would fire, and so empty, the last positions)."""
+        settings = self.node.settings
+        try:
+            if self.wanted() != n:
+                settings.set(WANTED_KEY, n)
+            k = int(str(ecc_map).partition("-of-")[0])
+            if STORAGE in self.node.service_driver.names() and self.data_blocks(n) != k:
+                settings.set(DATA_BLOCKS_KEY, k)
+        except (BitnodeError, ValueError) as err:
+            self.log.warn("could not keep the recovered suppliers' {ecc_map} ({n} positions): {err}",
+                          ecc_map=ecc_map, n=n, err=err)
 
     # --- incoming notices ----------------------------------------------------------------
 

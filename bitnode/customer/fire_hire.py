@@ -27,7 +27,6 @@ from typing import Any, Callable, Mapping
 
 from automats import Automat
 from bitnode.crypt.fileutil import atomic_write
-from bitnode.customer.supplier_connector import timer_intervals
 from bitnode.errors import BadRequest, NotFound
 
 ROSTER_FORMAT = 1
@@ -92,10 +91,7 @@ class FireHire(Automat):
                  wanted: Callable[[], int], dead_after: Callable[[], float],
                  on_changed: Callable[[list[str], str], None] = lambda positions, reason: None,
                  intervals: Mapping[str, float] | None = None, **kwargs: Any):
-        if intervals:
-            # Shadows the class's timer table for this machine only (read by the Automat base).
-            self._timer_specs = timer_intervals(type(self), intervals)
-        super().__init__(clock, **kwargs)
+        super().__init__(clock, timer_intervals=intervals, **kwargs)
         self.roster = roster
         self.finder = finder
         self.make_connector = make_connector
@@ -244,6 +240,11 @@ class FireHire(Automat):
         self._flush_call = None
         self._pending = []
         for connector in list(self.connectors.values()):
+            try:
+                # Its CLOSED would reach this machine after it is destroyed (a warning, nothing else).
+                connector.remove_state_listener(self._connector_changed)
+            except ValueError:
+                pass  # a requested hire listens with _requested_hire_changed
             connector.event("shutdown")
         self.connectors.clear()
         self.finder.event("shutdown")

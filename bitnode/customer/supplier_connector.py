@@ -16,7 +16,7 @@ A supplier that stops serving us on its own (``customer_reject``) sends a
 notice; the node turns it into the event ``rejected`` (any state -> REFUSE).
 
 Timer intervals are the table's unless ``intervals`` overrides some by timer
-name (the node takes them from settings; see :func:`timer_intervals`).
+name (the node takes them from settings; passed to the Automat base as ``timer_intervals``).
 """
 
 from __future__ import annotations
@@ -27,25 +27,6 @@ from twisted.internet import defer
 
 from automats import Automat
 from bitnode.errors import BadRequest, Forbidden, InsufficientStorage
-
-
-def timer_intervals(machine_cls: type[Automat], overrides: Mapping[str, float]) -> dict:
-    """``machine_cls``'s timers with the intervals named in ``overrides`` replaced.
-
-    The states a timer runs in stay those of the table; only how long it waits
-    changes, so a node can make its checks as frequent as its settings say.
-    """
-    specs = machine_cls.timer_specs()
-    unknown = set(overrides) - set(specs)
-    if unknown:
-        raise ValueError(f"{machine_cls.__name__} has no timer {sorted(unknown)}")
-    out = {}
-    for name, (interval, states) in specs.items():
-        seconds = float(overrides.get(name, interval))
-        if not seconds > 0:
-            raise ValueError(f"timer {name} needs a positive interval")
-        out[name] = (seconds, states)
-    return out
 
 
 class SupplierConnector(Automat):
@@ -80,10 +61,7 @@ class SupplierConnector(Automat):
 
     def __init__(self, clock, supplier_id: str, contracts: Any, needed_bytes: int,
                  intervals: Mapping[str, float] | None = None, **kwargs: Any):
-        if intervals:
-            # Shadows the class's timer table for this machine only (read by the Automat base).
-            self._timer_specs = timer_intervals(type(self), intervals)
-        super().__init__(clock, **kwargs)
+        super().__init__(clock, timer_intervals=intervals, **kwargs)
         self.supplier_id = supplier_id
         self.contracts = contracts
         self.needed_bytes = needed_bytes
@@ -98,14 +76,21 @@ class SupplierConnector(Automat):
     def request_service(self, *_: Any) -> None:
         """Ask the supplier to serve us ``needed_bytes``."""
         d = defer.maybeDeferred(self.contracts.request_service, self.supplier_id, self.needed_bytes)
-        d.addCallbacks(lambda answer: self.event("service-accepted", answer), self._request_failed)
+        d.addCallbacks(lambda answer: self._answered("service-accepted", answer), self._request_failed)
 
     def rejected(self, reason: str) -> None:
         """The supplier told us it stopped serving us (its customer_reject notice)."""
         self.refusal = reason  # before the event: state listeners (fire_hire) read it on the transition
         self.event("rejected", reason)
 
+    def _answered(self, event: str, *args: Any) -> None:
+        # An answer to a machine closed meanwhile (fired, node stopping) changes nothing: not even a warning.
+        if not self.destroyed:
+            self.event(event, *args)
+
     def _request_failed(self, failure) -> None:
+        if self.destroyed:
+            return
         # A supplier that answered "no" is a refusal; silence or a broken link is being offline.
         if failure.check(InsufficientStorage, BadRequest, Forbidden):
             self.refusal = failure.getErrorMessage()  # listeners of the REFUSE transition read it
@@ -140,7 +125,8 @@ class SupplierConnector(Automat):
     def ping(self, *_: Any) -> None:
         """Check the supplier still answers."""
         d = defer.maybeDeferred(self.contracts.ping, self.supplier_id)
-        d.addCallbacks(lambda _: self.event("ping-ok"), lambda f: self.event("ping-failed", f.getErrorMessage()))
+        d.addCallbacks(lambda _: self._answered("ping-ok"),
+                       lambda f: self._answered("ping-failed", f.getErrorMessage()))
 
     def cancel_service(self, *_: Any) -> None:
         """End the contract; the supplier deletes our data (best effort: it may be gone)."""

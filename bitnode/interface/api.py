@@ -19,11 +19,13 @@ from bitnode.errors import BadRequest, Conflict, NotFound
 from bitnode.interface.api_access import AccessMethods
 from bitnode.interface.api_dht import DHTMethods
 from bitnode.interface.api_files import FilesMethods
+from bitnode.interface.api_groups import GroupsMethods
 from bitnode.interface.api_identity import IdentityMethods
 from bitnode.interface.api_market import MarketMethods
 from bitnode.interface.api_messages import MessageMethods
 from bitnode.interface.api_network import NetworkMethods
 from bitnode.interface.api_nicknames import NicknameMethods
+from bitnode.interface.api_shares import SharesMethods
 from bitnode.interface.api_stun import StunMethods
 from bitnode.main.process import debug_snapshot, system_stats
 
@@ -34,7 +36,7 @@ STOP_DELAY = 0.2
 
 
 class API(IdentityMethods, AccessMethods, NetworkMethods, DHTMethods, FilesMethods, NicknameMethods, StunMethods,
-          MessageMethods, MarketMethods):
+          MessageMethods, MarketMethods, GroupsMethods, SharesMethods):
     """Every implemented API method of one node."""
 
     def __init__(self, node: Node):

@@ -24,7 +24,7 @@ from typing import Any
 from twisted.internet.defer import Deferred
 
 from bitnode.access.key_exchange import check_timeout
-from bitnode.errors import Unavailable
+from bitnode.interface.running import running_service
 
 KEY_EXCHANGE = "service_key_exchange"
 FRIENDS = "service_friends"
@@ -34,10 +34,7 @@ class AccessMethods:
     """key_share, key_audit, friends_list, friend_add, friend_remove; mixed into the API."""
 
     def _running_service(self, name: str) -> Any:
-        driver = self.node.service_driver
-        if not driver.is_on(name):
-            raise Unavailable(f"{name} is not running")
-        return driver.get(name)
+        return running_service(self.node, name)
 
     # --- keys ------------------------------------------------------------------------
 

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred
 
-from bitnode.errors import Unavailable
+from bitnode.interface.running import running_service
 
 if TYPE_CHECKING:  # pragma: no cover
     from bitnode.dht.dht_service import DHTService
@@ -33,10 +33,7 @@ class DHTMethods:
     """dht_* methods; mixed into :class:`bitnode.interface.api.API`."""
 
     def _dht_service(self) -> DHTService:
-        driver = self.node.service_driver
-        if not driver.is_on(SERVICE):
-            raise Unavailable(f"{SERVICE} is not running")
-        return driver.get(SERVICE)
+        return running_service(self.node, SERVICE)
 
     def dht_node_find(self, node_id_64: str | None = None, layer_id: int = 0) -> Deferred:
         """The k DHT nodes closest to ``node_id_64`` (a random id when not given)."""

@@ -33,12 +33,14 @@ from typing import TYPE_CHECKING
 from twisted.internet import defer
 
 from bitnode.errors import BadRequest, BitnodeError, NotFound, Unavailable
+from bitnode.interface.running import running_service
 from bitnode.storage.catalog import COMPLETE
 
 if TYPE_CHECKING:  # pragma: no cover
     from bitnode.storage.storage_service import StorageService
 
 SERVICE = "service_backups"
+SHARES = "service_shares"
 MAX_FOLDER_FILES = 10000
 
 
@@ -128,13 +130,24 @@ def _item(row: dict) -> dict:
 class FilesMethods:
     """files_*, file_* and transfers_list; mixed into :class:`bitnode.interface.api.API`."""
 
-    def _storage(self) -> StorageService:
+    def _storage(self, where: str | None = None) -> StorageService:
         driver = self.node.service_driver
-        if SERVICE not in driver.names() or not driver.is_on(SERVICE):
-            raise Unavailable(f"{SERVICE} is not running")
-        service = driver.get(SERVICE)
+        service = running_service(self.node, SERVICE)
         service.require_ready()
+        # ``where`` (a remote path or key id) under another user's share: that open share's view stands in.
+        if where and SHARES in driver.names() and driver.is_on(SHARES):
+            view = driver.get(SHARES).view_for(where)
+            if view is not None:
+                return view
         return service
+
+    def _transfer_managers(self) -> list:
+        """My TransferManager, then those of the shares of others I have open (their downloads)."""
+        managers = [self._storage().transfers]
+        driver = self.node.service_driver
+        if SHARES in driver.names() and driver.is_on(SHARES):
+            managers += driver.get(SHARES).transfer_managers()
+        return managers
 
     def _thread(self, fn, *args):
         return self.node.run_in_thread(fn, *args)
@@ -154,9 +167,9 @@ class FilesMethods:
                    offset: int = 0, limit: int | None = None) -> defer.Deferred:
         """Items under a folder (everything by default), sorted by remote path.
 
-        ``all_customers`` changes nothing yet: only my own keys' files are stored.
+        ``all_customers`` changes nothing yet: a share granted to me is listed with its key id.
         """
-        storage = self._storage()
+        storage = self._storage(key_id or remote_path)
         if key_id is not None:
             storage.check_remote_path(f"{key_id}:")
         if remote_path:
@@ -195,7 +208,7 @@ class FilesMethods:
 
     def file_exists(self, remote_path: str) -> defer.Deferred:
         """``{"exist": bool, "remote_path", "type"}``."""
-        storage = self._storage()
+        storage = self._storage(remote_path)
         key_id, path = storage.check_remote_path(remote_path)
 
         async def look() -> dict:
@@ -210,7 +223,7 @@ class FilesMethods:
     def file_info(self, remote_path: str, include_uploads: bool = True, include_downloads: bool = True
                   ) -> defer.Deferred:
         """An item with its versions: size, k-of-n, per-position availability, whether it can be restored."""
-        storage = self._storage()
+        storage = self._storage(remote_path)
         key_id, path = storage.check_remote_path(remote_path)
         if not path:
             raise BadRequest("file_info needs a file or folder, not the root")
@@ -328,7 +341,7 @@ class FilesMethods:
         return self._stop(remote_path, "upload")
 
     def _stop(self, remote_path: str, kind: str) -> dict:
-        storage = self._storage()
+        storage = self._storage(remote_path)
         key_id, path = storage.check_remote_path(remote_path)
         remote = f"{key_id}:{path}"
         jobs = [j for j in storage.transfers.jobs(kind)
@@ -342,8 +355,8 @@ class FilesMethods:
     # --- downloads -------------------------------------------------------------------------------
 
     def files_downloads(self) -> list:
-        """Downloads running or queued."""
-        return [job.info() for job in self._storage().transfers.jobs("download")]
+        """Downloads running or queued: of my files, then of the shares of others I have open."""
+        return [job.info() for manager in self._transfer_managers() for job in manager.jobs("download")]
 
     def file_download_start(self, remote_path: str, destination_path: str | None = None,
                             wait_result: bool = False, open_share: bool = True) -> defer.Deferred:
@@ -353,7 +366,7 @@ class FilesMethods:
         files go to the ``paths/restore`` folder (default: home). An existing
         destination file is replaced once the download is complete.
         """
-        storage = self._storage()
+        storage = self._storage(remote_path)
         destination = destination_path or self.node.settings.get("paths/restore") or os.path.expanduser("~")
         destination = _absolute(destination, "destination_path")
         return defer.Deferred.fromCoroutine(self._download(storage, remote_path, destination, wait_result))
@@ -402,8 +415,8 @@ class FilesMethods:
         return self._thread(_explore, _absolute(local_path))
 
     def transfers_list(self) -> list:
-        """Every live upload and download with bytes done/total, speed and ETA."""
-        return self._storage().transfers.transfers()
+        """Every live upload and download with bytes done/total, speed and ETA (downloads from open shares too)."""
+        return [info for manager in self._transfer_managers() for info in manager.transfers()]
 
     # --- legacy-only names (spec/bitdust-api-legacy.txt) ------------------------------------------------
     # A "path id" is a remote path, or a path under my master key; a local path maps to the

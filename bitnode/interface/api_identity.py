@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING
 
 from twisted.internet.defer import Deferred
 
-from bitnode.errors import BadRequest, Conflict, Unavailable
+from bitnode.errors import BadRequest, Conflict
+from bitnode.interface.running import running_service
 from bitnode.userid import globalid
 from bitnode.userid.id_service import IdentityService, RotateResult, identity_as_dict
 
@@ -33,10 +34,7 @@ class IdentityMethods:
     """key_* and identity_* methods; mixed into :class:`bitnode.interface.api.API`."""
 
     def _identity_service(self) -> IdentityService:
-        driver = self.node.service_driver
-        if not driver.is_on(SERVICE):
-            raise Unavailable(f"{SERVICE} is not running")
-        return driver.get(SERVICE)
+        return running_service(self.node, SERVICE)
 
     def _keystore(self) -> KeyStore:
         store = self._identity_service().keystore

@@ -38,6 +38,7 @@ from twisted.internet import defer
 
 from bitnode.customer.customer_service import lookup_suppliers
 from bitnode.errors import Conflict, Unavailable
+from bitnode.interface.running import running_service
 from bitnode.supplier.disk_store import tree_size
 from bitnode.userid import globalid
 
@@ -49,9 +50,11 @@ class MarketMethods:
     """suppliers_*, customers_*, space_* methods; mixed into :class:`bitnode.interface.api.API`."""
 
     def _market_service(self, name: str, must_run: bool = True) -> Any:
+        if must_run:
+            return running_service(self.node, name)
         driver = self.node.service_driver
-        if name not in driver.names() or (must_run and not driver.is_on(name)):
-            raise Unavailable(f"{name} is not running")
+        if name not in driver.names():
+            raise Unavailable(f"{name} is not installed")
         return driver.get(name)
 
     def _my_id(self) -> str:

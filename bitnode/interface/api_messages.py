@@ -1,5 +1,6 @@
 """API methods of private messages: message_send, message_history, message_conversations_list,
-message_receive, and the legacy receive_one_message (send_message is an alias of message_send).
+message_receive, and the legacy receive_one_message and broadcast_send_message (send_message is an
+alias of message_send).
 
 A message, as these methods answer it (one row of the history)::
 
@@ -21,7 +22,8 @@ from typing import Any, Optional
 from twisted.internet import defer
 
 from bitnode.chat.messages_service import normalize_types
-from bitnode.errors import BadRequest, Unavailable
+from bitnode.errors import BadRequest
+from bitnode.interface.running import running_service
 from bitnode.userid import globalid
 
 MESSAGES = "service_private_messages"
@@ -49,11 +51,7 @@ class MessageMethods:
     node: Any
 
     def _messages(self) -> Any:
-        driver = self.node.service_driver
-        if MESSAGES not in driver.names() or not driver.is_on(MESSAGES):
-            state = driver.info(MESSAGES)["state"] if MESSAGES in driver.names() else "NOT_INSTALLED"
-            raise Unavailable(f"{MESSAGES} is not running ({state})")
-        return driver.get(MESSAGES)
+        return running_service(self.node, MESSAGES)
 
     def _my_global_id(self) -> Optional[str]:
         driver = self.node.service_driver
@@ -63,6 +61,10 @@ class MessageMethods:
                      message_ack_timeout: float = 15.0) -> defer.Deferred:
         """Send an encrypted private message; answers the history row once the recipient Acked it."""
         return self._messages().send(recipient_id, data, ping_timeout, message_ack_timeout)
+
+    def broadcast_send_message(self, payload: Any) -> defer.Deferred:
+        """Legacy: send ``payload`` to every user this node knows; who got it and who did not."""
+        return self._messages().broadcast(payload)
 
     def message_history(self, recipient_id: Optional[str] = None, sender_id: Optional[str] = None,
                         message_type: Optional[str] = None, offset: int = 0, limit: int = 100) -> defer.Deferred:

@@ -27,6 +27,7 @@ from typing import Any
 from twisted.internet.defer import Deferred, succeed
 
 from bitnode.errors import BadRequest, Unavailable
+from bitnode.interface.running import running_service
 
 GATEWAY = "service_gateway"
 NETWORK = "service_network"
@@ -40,14 +41,7 @@ class NetworkMethods:
     node: Any
 
     def _running(self, name: str) -> Any:
-        driver = self.node.service_driver
-        if name not in driver.names():
-            raise Unavailable(f"{name} is not installed")
-        if not driver.is_on(name):
-            info = driver.info(name)
-            reason = f": {info['reason']}" if info.get("reason") else ""
-            raise Unavailable(f"{name} is not running ({info['state']}{reason})")
-        return driver.get(name)
+        return running_service(self.node, name)
 
     def _gateway(self) -> Any:
         return self._running(GATEWAY).require_gateway()

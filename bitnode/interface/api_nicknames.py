@@ -7,7 +7,8 @@ from typing import Any
 from twisted.internet import defer
 
 from bitnode.chat.nickname_holder import validate_nickname
-from bitnode.errors import BadRequest, NotFound, Unavailable
+from bitnode.errors import BadRequest, NotFound
+from bitnode.interface.running import running_service
 
 NICKNAMES = "service_nicknames"
 NETWORK = "service_network"
@@ -19,11 +20,7 @@ class NicknameMethods:
     node: Any
 
     def _nicknames(self):
-        driver = self.node.service_driver
-        if NICKNAMES not in driver.names() or not driver.is_on(NICKNAMES):
-            state = driver.info(NICKNAMES)["state"] if NICKNAMES in driver.names() else "NOT_INSTALLED"
-            raise Unavailable(f"{NICKNAMES} is not running ({state})")
-        return driver.get(NICKNAMES)
+        return running_service(self.node, NICKNAMES)
 
     def _with_online_status(self, holders: list[dict], check_timeout: float = 5.0) -> defer.Deferred:
         """Add ``online``/``state`` to each holder: asks them (a ping) unless they were heard from lately."""

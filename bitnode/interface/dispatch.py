@@ -13,6 +13,7 @@ that answers with a plain value is answered without a Deferred
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from types import CoroutineType
@@ -88,6 +89,17 @@ class ParamTable:
         return kwargs
 
 
+def parse_json_object(raw: bytes, what: str) -> dict:
+    """``raw`` UTF-8 JSON text of an object, as a dict; BadRequest naming ``what`` ("body", "message") otherwise."""
+    try:
+        value = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as err:
+        raise BadRequest(f"malformed JSON {what}: {err}") from None
+    if not isinstance(value, dict):
+        raise BadRequest(f"the {what} must be a JSON object")
+    return value
+
+
 def bind_arguments(name: str, params: tuple[Param, ...], raw: dict) -> dict:
     """Check ``raw`` against ``params`` (see :meth:`ParamTable.bind`); the keyword arguments with defaults."""
     return ParamTable(name, params).bind(raw)
@@ -101,6 +113,21 @@ def _path_regex(path: str) -> re.Pattern:
         else:
             parts.append(re.escape(part))
     return re.compile("^" + "/".join(parts) + "$")
+
+
+def _decode_path_args(args: dict[str, str]) -> dict[str, str]:
+    """Percent-decode values taken from a path (``share%24alice%40host`` -> ``share$alice@host``).
+
+    A ``+`` stays a ``+`` (that rule is the query string's). An escape that is
+    not UTF-8 is a BadRequest naming the parameter, not a silent U+FFFD.
+    """
+    decoded = {}
+    for name, value in args.items():
+        try:
+            decoded[name] = unquote(value, errors="strict")
+        except UnicodeDecodeError:
+            raise BadRequest(f"parameter '{name}': the path has a %-escape that is not UTF-8") from None
+    return decoded
 
 
 class _Entry:
@@ -179,7 +206,7 @@ class Dispatcher:
         allowed: tuple[str, ...] = ()
         for entry, args in candidates:
             if verb in entry.verbs:
-                return entry.target, {name: unquote(value) for name, value in args.items()} if args else {}
+                return entry.target, _decode_path_args(args) if args else {}
             allowed += entry.verbs
         if allowed:
             raise MethodNotAllowed(f"{verb} is not allowed on /{path}; use {', '.join(allowed)}", allowed)

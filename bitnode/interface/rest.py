@@ -25,7 +25,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 
 from bitnode.errors import BadRequest, BitnodeError
 from bitnode.interface.auth import ApiGuard, RateLimiter
-from bitnode.interface.dispatch import Answer, Dispatcher, error_answer
+from bitnode.interface.dispatch import Answer, Dispatcher, error_answer, parse_json_object
 
 MAX_BODY = 1024 * 1024
 
@@ -108,7 +108,11 @@ class ApiResource(Resource):
                 found[index] = values[-1]
         self._guard.check(found[0], found[1], found[2] or found[3])
         verb = _VERBS.get(request.method) or request.method.decode("ascii", "replace").upper()
-        target, from_path = self._dispatcher.by_path(request.path.decode("utf-8", "replace"), verb)
+        try:
+            path = request.path.decode("utf-8")
+        except UnicodeDecodeError:
+            raise BadRequest("the request path is not UTF-8 (send other characters %-encoded)") from None
+        target, from_path = self._dispatcher.by_path(path, verb)
         kwargs = {}
         if request.args:
             for key, values in request.args.items():
@@ -132,13 +136,7 @@ class ApiResource(Resource):
             raise PayloadTooLarge(f"request body larger than {MAX_BODY} bytes")
         if not raw.strip():
             return {}
-        try:
-            body = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError) as err:
-            raise BadRequest(f"malformed JSON body: {err}") from None
-        if not isinstance(body, dict):
-            raise BadRequest("the JSON body must be an object of parameters")
-        return body
+        return parse_json_object(raw, "body")
 
     def _start_answer(self, request: Request, answer: Answer) -> bytes:
         """Status and headers of ``answer``; returns the body to send."""

@@ -287,6 +287,8 @@ ROUTES: tuple[Route, ...] = (
         P("all_customers", BOOL, False),
         P("include_uploads", BOOL, False),
         P("include_downloads", BOOL, False),
+        P("offset", INT, 0),
+        P("limit", INT, None),
       )),
     R("file_exists", "GET", "file/exists/v1", "Returns positive result if file or folder with such remote_path already exists in the catalog.",
       params=(

@@ -18,7 +18,7 @@ checked, so guessing the secret is rate-limited too.
 
 from __future__ import annotations
 
-import json
+import re
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionDeny
@@ -27,26 +27,27 @@ from twisted.logger import Logger
 from bitnode.errors import BadRequest, BitnodeError, error_response
 from bitnode.interface.auth import ApiGuard, RateLimiter
 from bitnode.interface.connections import ConnectionSet, TrackedProtocol
-from bitnode.interface.dispatch import Answer, Dispatcher
+from bitnode.interface.dispatch import Answer, Dispatcher, parse_json_object
 from bitnode.interface.rest import encode_envelope
-from bitnode.main.events import Event, EventBus
+from bitnode.main.events import Event, EventBus, check_since
 
 MAX_MESSAGE = 1024 * 1024
 #: Events also pushed as a frame of their own type (same sequence id), for clients that follow a stream:
 #: a chat message stored (received, or sent and Acked) is a ``stream_message`` whose payload is the message.
-STREAM_EVENTS = {"message-received": "stream_message", "message-sent": "stream_message"}
+STREAM_EVENTS = {"message-received": "stream_message", "message-sent": "stream_message",
+                 "group-message-received": "stream_message", "group-message-sent": "stream_message"}
 
 
-def _parse_since(value) -> int:
-    """A sequence id to resume after: an integer, 0 or more (BadRequest otherwise)."""
-    if isinstance(value, str):
-        try:
-            value = int(value)
-        except ValueError:
-            raise BadRequest("since must be an event sequence id (an integer, 0 or more)") from None
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+_DECIMAL = re.compile(r"-?[0-9]{1,18}")
+
+
+def _since_from_url(text: str) -> int:
+    """``?since=N`` of the handshake: decimal text of a sequence id, 0 or more (BadRequest otherwise)."""
+    # Plain ASCII digits only (int() would also take " 5", "1_000" and other scripts' digits).
+    if not _DECIMAL.fullmatch(text):
+        # The text is not echoed: it would go back in the handshake's status line.
         raise BadRequest("since must be an event sequence id (an integer, 0 or more)")
-    return value
+    return check_since(int(text))
 
 
 class ApiWebSocketProtocol(TrackedProtocol, WebSocketServerProtocol):
@@ -62,7 +63,7 @@ class ApiWebSocketProtocol(TrackedProtocol, WebSocketServerProtocol):
         try:
             factory.limiter.hit(self._client_host())
             factory.guard.check(request.headers.get("host"), request.headers.get("origin"), secret)
-            self._resume_from = _parse_since(since) if since is not None else None
+            self._resume_from = _since_from_url(since) if since is not None else None
         except BitnodeError as err:
             raise ConnectionDeny(err.http_code, str(err)) from None
         self._pending = set()
@@ -90,22 +91,16 @@ class ApiWebSocketProtocol(TrackedProtocol, WebSocketServerProtocol):
                 raise BadRequest("binary frames are not supported; send JSON text")
             if len(payload) > MAX_MESSAGE:
                 raise BadRequest(f"message larger than {MAX_MESSAGE} bytes")
-            try:
-                message = json.loads(payload.decode("utf-8"))
-            except (UnicodeDecodeError, ValueError) as err:
-                raise BadRequest(f"malformed JSON: {err}") from None
-            if not isinstance(message, dict):
-                raise BadRequest("a message must be a JSON object")
+            message = parse_json_object(payload, "message")
             call_id = message.get("call_id")
             self.factory.limiter.hit(self._client_host())
             command = message.get("command")
             if command == "api_call":
                 self._api_call(message, call_id)
             elif command == "resume":
-                since = message.get("since")
-                if not isinstance(since, int):
-                    raise BadRequest("resume needs an integer 'since' (0 or more)")
-                self._replay(_parse_since(since))
+                if "since" not in message:
+                    raise BadRequest("resume needs 'since': the sequence id of the last event seen (0 or more)")
+                self._replay(check_since(message["since"]))
             else:
                 raise BadRequest(f"unknown command {command!r}; use 'api_call' or 'resume'")
         except BitnodeError as err:

@@ -3,7 +3,9 @@
 ``bitnode localnet up --dir D`` plans the nodes, gives each its own basedir
 under ``D`` and its own loopback ports, starts every node as a separate
 daemonised process, creates each node's identity on the network's identity
-server, waits until every node is connected, and writes ``D/network.json``.
+server, waits until every node is connected and every service it has
+switched on is ON (a user who runs ``make run`` gets a ready network), and
+writes ``D/network.json``.
 The plan (names, roles, ports) is kept in that file, so ``up`` again after a
 ``down`` restarts the same nodes with the same identities and ports.
 
@@ -16,13 +18,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 from bitnode.crypt.fileutil import atomic_write
-from bitnode.errors import BadRequest, NotFound
+from bitnode.errors import BadRequest, Conflict, NotFound
 from bitnode.interface.client import call_api, read_endpoints, read_secret
 from bitnode.main import control
 from bitnode.main.basedir import Basedir
@@ -42,6 +45,11 @@ ROLE_SETTINGS: dict[str, dict] = {
 }
 #: How many suppliers a localnet customer hires (at most this many; the setting's minimum is 2).
 LOCALNET_SUPPLIERS_NUMBER = 4
+#: How often a node is started again on new ports when one of its planned ports was taken.
+PORT_RETRIES = 2
+PORT_TAKEN = ("Couldn't listen", "Address already in use", "CannotListenError")
+#: Names ``add_node`` accepts (they become basedir names and usernames).
+NODE_NAME = re.compile(r"[a-z][a-z0-9-]{0,31}")
 
 Log = Callable[[str], None]
 
@@ -98,15 +106,26 @@ def plan_network(directory: str, suppliers: int, customers: int, documented_port
     names += [(f"customer-{i}", ("customer",)) for i in range(1, customers + 1)]
     plans = []
     for name, roles in names:
-        ports = {"http": free_port(), "ws": free_port(), "tcp": free_port(), "dht": free_port(socket.SOCK_DGRAM)}
+        ports = node_ports(roles)
         if documented_ports and name == "customer-1":
             # The node a user drives gets the documented API ports when they are free.
             ports["http"], ports["ws"] = preferred_port(8180), preferred_port(8280)
-        if "identity-server" in roles:
-            ports["idserver"] = free_port()
-            ports["stun"] = free_port(socket.SOCK_DGRAM)
         plans.append(NodePlan(name, roles, os.path.join(directory, name), ports))
     return plans
+
+
+def node_ports(roles: tuple[str, ...]) -> dict[str, int]:
+    """Fresh loopback ports for one node with these roles."""
+    ports = {"http": free_port(), "ws": free_port(), "tcp": free_port(), "dht": free_port(socket.SOCK_DGRAM)}
+    if "identity-server" in roles:
+        ports["idserver"] = free_port()
+        ports["stun"] = free_port(socket.SOCK_DGRAM)
+    return ports
+
+
+def suppliers_to_hire(plans: list[NodePlan]) -> int:
+    """How many suppliers a customer of this network hires (LOCALNET_SUPPLIERS_NUMBER at most)."""
+    return min(LOCALNET_SUPPLIERS_NUMBER, sum(1 for p in plans if "supplier" in p.roles))
 
 
 def node_settings(plan: NodePlan, server: NodePlan, key_size: int) -> dict:
@@ -231,19 +250,14 @@ class LocalNet:
             plans = plan_network(self.directory, suppliers, customers, self.documented_ports)
             self.log(f"new local network in {self.directory}: 1 identity server, "
                      f"{suppliers} supplier(s), {customers} customer(s)")
-        server = plans[0]
-        hire = min(LOCALNET_SUPPLIERS_NUMBER, sum(1 for p in plans if "supplier" in p.roles))
+        hire = suppliers_to_hire(plans)
         for plan in plans:
-            basedir = Basedir.at(plan.basedir)
-            basedir.create()
-            values = node_settings(plan, server, key_size)
-            if "customer" in plan.roles and hire >= 2:
-                values["services/customer/suppliers-number"] = hire
-            write_settings(basedir, values)
+            Basedir.at(plan.basedir).create()
+            self._write_settings(plan, plans, key_size)
         self.save(plans)
         # The identity server first: every other node registers its identity there.
         for plan in plans:
-            self._start(plan, timeout)
+            self._start_on_free_ports(plan, plans, key_size, timeout)
         for plan in plans:
             self._ensure_identity(plan, timeout)
         for plan in plans:
@@ -253,6 +267,8 @@ class LocalNet:
         for plan in plans:
             if "customer" in plan.roles:
                 self._wait_suppliers(plan, hire, timeout)
+        for plan in plans:
+            self._wait_services(plan, timeout)
         data = self.save(plans)
         self.log(f"local network up: {len(plans)} nodes; see {self.network_file}")
         return data
@@ -273,7 +289,34 @@ class LocalNet:
             raise NotFound(f"no node {name!r} in {self.network_file}")
         self._start(plan, timeout)
         self._wait_connected(plan, timeout)
+        self._wait_services(plan, timeout)
         self.save(plans)
+
+    def add_node(self, name: str, roles: tuple[str, ...] = ("customer",), key_size: int = 2048,
+                 timeout: float = 60.0) -> dict:
+        """Start one more node with the network's settings and ports of its own, but no identity.
+
+        For a user who restores an identity on a "new machine"
+        (``identity_recover``), or creates one later. The node joins
+        ``network.json``, so ``down`` stops it (and ``up`` gives it an identity
+        if it still has none). Answers its ``network.json`` entry.
+        """
+        if not isinstance(name, str) or not NODE_NAME.fullmatch(name):
+            raise BadRequest("a node name is 1-32 lowercase letters, digits or '-', starting with a letter")
+        unknown = set(roles) - set(ROLE_SETTINGS)
+        if not roles or unknown or "identity-server" in roles:
+            raise BadRequest(f"roles must be some of supplier, customer (got {list(roles)})")
+        plans = self.load()
+        if any(p.name == name for p in plans):
+            raise Conflict(f"the network already has a node {name!r}")
+        plan = NodePlan(name, tuple(roles), os.path.join(self.directory, name), node_ports(tuple(roles)))
+        Basedir.at(plan.basedir).create()
+        plans.append(plan)
+        self._write_settings(plan, plans, key_size)
+        self.save(plans)
+        self._start_on_free_ports(plan, plans, key_size, timeout)
+        data = self.save(plans)
+        return next(node for node in data["nodes"] if node["name"] == name)
 
     def stop_node(self, name: str, kill: bool = False, timeout: float = 20.0) -> None:
         """Stop one node (``kill``: SIGKILL at once, as a crash would)."""
@@ -301,6 +344,35 @@ class LocalNet:
         return rows
 
     # --- steps ----------------------------------------------------------------------
+
+    def _write_settings(self, plan: NodePlan, plans: list[NodePlan], key_size: int) -> None:
+        values = node_settings(plan, plans[0], key_size)
+        hire = suppliers_to_hire(plans)
+        if "customer" in plan.roles and hire >= 2:
+            values["services/customer/suppliers-number"] = hire
+        write_settings(Basedir.at(plan.basedir), values)
+
+    def _start_on_free_ports(self, plan: NodePlan, plans: list[NodePlan], key_size: int, timeout: float) -> None:
+        """Start a node; if a planned port was taken meanwhile, plan new ones and try again.
+
+        A port free when planned can be taken by then (any process's outgoing
+        connection may get it as its local port). The identity server's web
+        port stays: it is part of every IDURL of the network. Only the server's
+        ports are in other nodes' settings, and the server starts first.
+        """
+        for attempt in range(PORT_RETRIES + 1):
+            try:
+                self._start(plan, timeout)
+                return
+            except LocalnetError as err:
+                if attempt == PORT_RETRIES or not any(text in str(err) for text in PORT_TAKEN):
+                    raise
+                self.log(f"  {plan.name}: a port was taken, trying new ones ({str(err).splitlines()[0]})")
+            kept = {key: port for key, port in plan.ports.items() if key == "idserver"}
+            plan.ports = node_ports(plan.roles) | kept
+            for other in plans if plan is plans[0] else [plan]:
+                self._write_settings(other, plans, key_size)
+            self.save(plans)
 
     def _start(self, plan: NodePlan, timeout: float) -> None:
         basedir = Basedir.at(plan.basedir)
@@ -366,6 +438,25 @@ class LocalNet:
             self.log(f"  {plan.name}: no customer service")
             return
         self.log(f"  {plan.name}: {wanted} suppliers hired in {time.monotonic() - started:.1f}s")
+
+    def _wait_services(self, plan: NodePlan, timeout: float) -> None:
+        """Wait until every enabled service of the node is ON; the error names those that are not, and why."""
+        basedir = Basedir.at(plan.basedir)
+        waiting: list[str] = []
+
+        def all_on():
+            code, envelope = api(basedir, "services_list", timeout=5.0)
+            if code != 200:
+                waiting[:] = [f"services_list: {_error_text(envelope)}"]
+                return False
+            waiting[:] = [f"{row['name']} {row['state']}" + (f" ({row['reason']})" if row.get("reason") else "")
+                          for row in envelope["result"] if row.get("enabled") and row.get("state") != "ON"]
+            return not waiting
+
+        try:
+            wait_for(all_on, timeout, f"the services of {plan.name} to be ON")
+        except LocalnetError as err:
+            raise LocalnetError(f"{err}: {'; '.join(waiting)}") from None
 
     def _stop(self, plan: NodePlan, kill: bool, timeout: float) -> None:
         basedir = Basedir.at(plan.basedir)

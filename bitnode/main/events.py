@@ -7,13 +7,16 @@ silently losing them.
 
 Long-poll consumers are bounded (:data:`MAX_CONSUMERS`): a new consumer
 makes room by forgetting the one idle (not polling) the longest; when every
-consumer is polling, the new one is refused with TooManyRequests (429) rather
-than cutting off a client that is waiting — they are answered within their
-timeout, so retrying later works.
+consumer is polling, the new one is refused with TooManyRequests (429, with a
+retry delay) rather than cutting off a client that is waiting. TooManyRequests
+and not Conflict, because the refusal is temporary: the waiting polls are
+answered within their timeout, so the same call works a little later. A
+consumer already known may always poll again.
 
-:meth:`EventBus.close` (node shutdown) is final: waiting polls are answered,
-and a later :meth:`EventBus.listen` is answered at once with what is buffered,
-never left waiting with a timer.
+:meth:`EventBus.close` (node shutdown) is final: waiting polls are answered
+with what they have, a later :meth:`EventBus.listen` raises Unavailable (503:
+the node is stopping; nothing is left waiting with a timer), and a later
+subscriber is never called (its unsubscribe function still works).
 """
 
 from __future__ import annotations
@@ -26,10 +29,17 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from bitnode.errors import BadRequest, TooManyRequests
+from bitnode.errors import BadRequest, TooManyRequests, Unavailable
 
 MAX_CONSUMERS = 256
 MAX_EVENT_ID = 128
+
+
+def check_since(value: Any) -> int:
+    """``value`` if it is a sequence id to resume after: an int, 0 or more (BadRequest otherwise)."""
+    if type(value) is not int or value < 0:
+        raise BadRequest(f"since must be an event sequence id (an integer, 0 or more), not {value!r:.40}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -91,7 +101,12 @@ class EventBus:
         return event
 
     def subscribe(self, callback: Callable[[Event], None]) -> Callable[[], None]:
-        """Call ``callback(event)`` for every new event; returns the function that unsubscribes."""
+        """Call ``callback(event)`` for every new event; returns the function that unsubscribes.
+
+        After :meth:`close` the callback is not kept (no event will come), and
+        no error is raised: a client connecting while the node stops is closed
+        with its connection.
+        """
         if not self._closed:
             self._subscribers.append(callback)
 
@@ -114,9 +129,14 @@ class EventBus:
         A new consumer starts at the current end of the stream unless ``since``
         is given; ``since`` also rewinds an existing consumer. The result is a
         dict ``{"events": [...], "last_seq": N, "missed": M}``. Raises
+        BadRequest for a ``since`` that is not an integer 0 or more,
         TooManyRequests for a new consumer when :data:`MAX_CONSUMERS` are all
-        waiting. After :meth:`close`, answers at once.
+        waiting, and Unavailable after :meth:`close`.
         """
+        if since is not None:
+            check_since(since)
+        if self._closed:
+            raise Unavailable("the event bus is closed: the node is stopping")
         consumer = self._consumers.get(consumer_id)
         if consumer is None:
             if len(self._consumers) >= MAX_CONSUMERS and not self._forget_idlest():
@@ -124,14 +144,14 @@ class EventBus:
                                       retry_after=1.0)
             consumer = self._consumers[consumer_id] = _Consumer(self._seq)
         if since is not None:
-            consumer.cursor = max(0, int(since))
+            consumer.cursor = since
         if consumer.waiter is not None:
             # One outstanding poll per consumer: the older one is answered empty.
             self._answer(consumer, [], 0)
         consumer.last_seen = self._clock.seconds()
         waiter = consumer.waiter = defer.Deferred(lambda d: self._cancel(consumer, d))
         pending, _ = self.since(consumer.cursor)
-        if pending or timeout <= 0 or self._closed:
+        if pending or timeout <= 0:
             self._deliver(consumer)
         else:
             consumer.timeout_call = self._clock.callLater(timeout, self._answer, consumer, [], 0)
@@ -144,7 +164,7 @@ class EventBus:
     def close(self) -> None:
         """Answer every waiting consumer with what it has, drop subscribers (node shutdown).
 
-        Final: later polls are answered at once, later subscribers are not kept.
+        Final: later polls raise Unavailable, later subscribers are not kept.
         """
         self._closed = True
         for consumer in list(self._consumers.values()):

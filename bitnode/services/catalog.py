@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from bitnode.access.friends_service import FriendsService
+from bitnode.access.groups_service import GroupsService
 from bitnode.access.key_exchange_service import KeyExchangeService
+from bitnode.access.shares_service import SharesService
 from bitnode.chat.messages_service import PrivateMessagesService
 from bitnode.chat.nickname_service import NicknameService
 from bitnode.customer.customer_service import CustomerService
@@ -29,7 +31,9 @@ SERVICES = (
     DHTService,
     NicknameService,
     PrivateMessagesService,
+    GroupsService,
     SupplierService,
     CustomerService,
     StorageService,
+    SharesService,
 )

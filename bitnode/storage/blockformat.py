@@ -102,8 +102,13 @@ def pack_header(header: BlockHeader) -> bytes:
     return MAGIC + bytes([header.format_version, len(vid)]) + vid + fixed
 
 
-def unpack(data: bytes) -> tuple[BlockHeader, bytes]:
-    """Parse and verify one stored block; returns its header and payload."""
+def unpack(data: bytes, trusted: bool = False) -> tuple[BlockHeader, bytes]:
+    """Parse and verify one stored block; returns its header and payload.
+
+    ``trusted``: the caller has already matched the whole block against a
+    hash it trusts (the catalog's), so the payload hash is not computed again
+    and the payload comes back as a memoryview into ``data`` (no copy).
+    """
     view = memoryview(data)
     if len(view) < _MIN_HEADER + 1:
         raise BlockFormatError(f"block too short: {len(view)} bytes")
@@ -125,6 +130,8 @@ def unpack(data: bytes) -> tuple[BlockHeader, bytes]:
     payload = view[start + _FIXED.size :]
     if len(payload) != pay_len:
         raise BlockFormatError(f"payload is {len(payload)} bytes, header says {pay_len}")
+    if trusted:
+        return header, payload
     if hashlib.sha256(payload).digest() != digest:
         raise BlockCorrupt(f"block {blk} of segment {seg} of {version_id}: payload hash mismatch")
     return header, bytes(payload)

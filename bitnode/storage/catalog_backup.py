@@ -11,13 +11,19 @@ per backup and is kept in the catalog's meta table):
    segment's length, block hashes and stored positions, the SHA-256 of the
    export, and the version key wrapped with the master key (RSA-OAEP) — the
    whole signed with the master key (RSA-PSS), so a supplier cannot slip us
-   a catalog of its own making.
+   a catalog of its own making. From manifest format 2 on it also carries
+   ``secrets``: my other keys and the records services registered, sealed to
+   the master key (:mod:`bitnode.storage.key_backup`); format 1 manifests
+   (no secrets) stay readable.
 
 Restoring needs nothing but the master private key and the suppliers: list
 what they hold, take the newest manifest whose signature verifies, unwrap the
 key, download and check the blocks with the tested Downloader, decompress,
-check the export's hash, and import it. After a new backup is stored, the
-one before the previous is deleted (two always remain).
+check the export's hash, hand the secrets to ``restore_secrets`` (my keys
+are back before the catalog that needs them), and import it. After a new
+backup is stored, the one before the previous is deleted (two always remain).
+A backup is skipped when neither the catalog export nor the secrets changed
+since the last one (their digests are kept in the catalog's meta table).
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ import json
 import os
 import re
 import zlib
-from typing import Callable
+from typing import Any, Callable
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
@@ -36,18 +42,21 @@ from twisted.internet.interfaces import IReactorTime
 from bitnode.crypt import keys
 from bitnode.crypt.keys import RsaPrivateKey
 from bitnode.errors import BadRequest, Conflict, NotFound, Unavailable
-from bitnode.storage import segment_crypto
+from bitnode.storage import key_backup, segment_crypto
 from bitnode.storage.catalog import Catalog
 from bitnode.storage.downloader import Downloader
 from bitnode.storage.interface import SegmentMeta, version_prefix
 from bitnode.storage.jobs import Placement
 from bitnode.storage.uploader import Uploader
 
-MANIFEST_FORMAT = 1
+MANIFEST_FORMAT = 2
+#: Manifest formats this code reads: 1 has no ``secrets``.
+READABLE_FORMATS = (1, 2)
 PREFIX = "catalog-"
 MANIFEST = "manifest"
 SERIAL_META = "catalog-backup-serial"
 DIGEST_META = "catalog-backup-sha256"
+SECRETS_DIGEST_META = "catalog-backup-secrets-sha256"
 _MANIFEST_RE = re.compile(r"^catalog-(\d{1,18})/manifest$")
 MAX_MANIFEST = 16 * 1024 * 1024
 
@@ -110,19 +119,40 @@ def open_manifest(master: RsaPrivateKey, data: bytes, serial: int, owner: str) -
     if not keys.verify(master.public_key(), body.encode("utf-8"), signature):
         raise BadRequest(f"catalog manifest {serial} is not signed by my key")
     manifest = json.loads(body)
-    if (manifest.get("format"), manifest.get("serial"), manifest.get("owner")) != (MANIFEST_FORMAT, serial, owner):
-        raise BadRequest(f"catalog manifest {serial} is for another backup or owner")
+    if manifest.get("format") not in READABLE_FORMATS or (manifest.get("serial"), manifest.get("owner")) != (
+            serial, owner):
+        raise BadRequest(f"catalog manifest {serial} is for another backup or owner, or of an unknown format")
     return manifest
 
 
+def open_secrets(master: RsaPrivateKey, manifest: dict, owner: str) -> dict | None:
+    """The secrets document a verified manifest carries, or None (format 1, or stored without). Worker thread."""
+    sealed = manifest.get("secrets") if manifest.get("format", 1) >= 2 else None
+    if sealed is None:
+        return None
+    try:
+        data = base64.b64decode(sealed, validate=True)
+    except (ValueError, TypeError) as err:
+        raise BadRequest(f"catalog manifest {manifest.get('serial')} has unreadable secrets: {err}") from None
+    return key_backup.open_sealed(master, data, owner)
+
+
 class CatalogBackup:
-    """Backs the catalog up to the suppliers and restores it from them."""
+    """Backs the catalog up to the suppliers and restores it from them.
+
+    ``secrets()`` (optional; may return a Deferred) gives the plaintext
+    document of :mod:`bitnode.storage.key_backup` to seal into each manifest;
+    ``restore_secrets(document)`` (optional; may return a Deferred of a
+    summary) takes it back on a restore, before the catalog is imported.
+    """
 
     def __init__(self, clock: IReactorTime, run_in_thread: RunInThread, catalog: Catalog, customer_id: str,
                  placement: Callable[[], Placement], data_blocks: Callable[[int], int],
                  master: Callable[[], RsaPrivateKey], temp_dir: str,
                  segment_size: Callable[[], int] = lambda: 4 * 1024 * 1024,
-                 timeout: Callable[[], float] = lambda: 60.0):
+                 timeout: Callable[[], float] = lambda: 60.0,
+                 secrets: Callable[[], Any] | None = None,
+                 restore_secrets: Callable[[dict], Any] | None = None):
         self.clock = clock
         self.run_in_thread = run_in_thread
         self.catalog = catalog
@@ -133,6 +163,8 @@ class CatalogBackup:
         self.temp_dir = temp_dir
         self.segment_size = segment_size
         self.timeout = timeout
+        self.secrets = secrets
+        self.restore_secrets = restore_secrets
         self._uploader: Uploader | None = None
         self._downloader: Downloader | None = None
 
@@ -145,13 +177,17 @@ class CatalogBackup:
     # --- backup ------------------------------------------------------------------------------
 
     async def backup(self, force: bool = False) -> dict:
-        """Store the catalog as the next ``catalog-<serial>``; skipped when unchanged since the last one."""
+        """Store the catalog as the next ``catalog-<serial>``; skipped when nothing changed since the last one."""
         export = await self.run_in_thread(self.catalog.export)
         digest = hashlib.sha256(export).hexdigest()
+        secrets = await defer.maybeDeferred(self.secrets) if self.secrets is not None else None
+        secrets_digest = key_backup.digest(secrets) if secrets is not None else ""
         last = await self.run_in_thread(self.catalog.get_meta, DIGEST_META)
+        last_secrets = await self.run_in_thread(self.catalog.get_meta, SECRETS_DIGEST_META, "")
         serial_text = await self.run_in_thread(self.catalog.get_meta, SERIAL_META, "0")
-        if digest == last and not force:
-            return {"skipped": True, "serial": int(serial_text), "sha256": digest}
+        if digest == last and secrets_digest == last_secrets and not force:
+            return {"skipped": True, "serial": int(serial_text), "sha256": digest,
+                    "keys": len(secrets["keys"]) if secrets is not None else 0}
         serial = int(serial_text) + 1
         version_id = backup_version_id(serial)
         placement = self.placement()
@@ -176,6 +212,9 @@ class CatalogBackup:
             "wrapped_key": base64.b64encode(wrapped).decode("ascii"),
             "segments": [[m.plaintext_length, list(m.block_sha256), list(m.stored)] for m in result.segments],
         }
+        if secrets is not None:
+            sealed = await self.run_in_thread(key_backup.seal, master, secrets)
+            manifest["secrets"] = base64.b64encode(sealed).decode("ascii")
         stored = await self.run_in_thread(sign_manifest, master, manifest)
         path = f"{version_id}/{MANIFEST}"
         acked = await self._to_all(servers, lambda server: server.store_block(self.customer_id, path, stored))
@@ -183,12 +222,13 @@ class CatalogBackup:
             raise Unavailable(f"catalog backup {serial}: only {acked} suppliers took its manifest, {k} needed")
         await self.run_in_thread(self.catalog.set_meta, SERIAL_META, str(serial))
         await self.run_in_thread(self.catalog.set_meta, DIGEST_META, digest)
+        await self.run_in_thread(self.catalog.set_meta, SECRETS_DIGEST_META, secrets_digest)
         if serial > 2:
             # Two backups always remain: this one and the previous.
             old = version_prefix(backup_version_id(serial - 2))
             await self._to_all(servers, lambda server: server.delete(self.customer_id, old))
         return {"skipped": False, "serial": serial, "sha256": digest, "bytes": result.file_size,
-                "suppliers": acked}
+                "suppliers": acked, "keys": len(secrets["keys"]) if secrets is not None else 0}
 
     # --- restore -----------------------------------------------------------------------------
 
@@ -236,6 +276,7 @@ class CatalogBackup:
         for serial in serials:
             try:
                 manifest = await self._fetch_manifest(serial, holders[serial], by_id, master)
+                secrets = await self.run_in_thread(open_secrets, master, manifest, self.customer_id)
                 export = await self._download(serial, manifest, by_id, master)
             except (BadRequest, Unavailable, NotFound) as err:
                 problems.append(f"backup {serial}: {err}")
@@ -243,10 +284,15 @@ class CatalogBackup:
             empty = await self.run_in_thread(self.catalog.is_empty)
             if not empty and not replace:
                 raise Conflict("the catalog already has files; not replacing it with the backup")
+            restored_secrets = None
+            if secrets is not None and self.restore_secrets is not None:
+                # The keys first: files under a share or group key are useless without them.
+                restored_secrets = await defer.maybeDeferred(self.restore_secrets, secrets)
             await self.run_in_thread(self.catalog.import_, export)
             await self.run_in_thread(self.catalog.set_meta, DIGEST_META, manifest["sha256"])
             items = await self.run_in_thread(self.catalog.list)
-            return {"serial": serial, "items": len(items), "sha256": manifest["sha256"], "skipped": problems}
+            return {"serial": serial, "items": len(items), "sha256": manifest["sha256"], "skipped": problems,
+                    "secrets": restored_secrets}
         raise Unavailable("no catalog backup could be restored: " + "; ".join(problems))
 
     async def _fetch_manifest(self, serial: int, holders: list[str], by_id: dict, master: RsaPrivateKey) -> dict:

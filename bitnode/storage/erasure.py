@@ -48,15 +48,25 @@ def block_size(data_len: int, k: int) -> int:
 
 def encode(data: bytes, k: int, n: int) -> list[bytes]:
     """Split ``data`` into n equal-size blocks, any k of which rebuild it."""
+    return [bytes(b) for b in encode_views(data, k, n)]
+
+
+def encode_views(data: bytes, k: int, n: int) -> list[bytes | memoryview]:
+    """:func:`encode` without copying: the data blocks are views into ``data`` (only a padded one is new).
+
+    For a caller that copies the blocks anyway (the uploader packs each into
+    its stored form); ``data`` must not change while the views are used.
+    """
     check_params(k, n)
     size = block_size(len(data), k)
-    padded = bytes(data) + b"\x00" * (size * k - len(data))
-    view = memoryview(padded)
-    primary = tuple(view[i * size : (i + 1) * size] for i in range(k))
+    view = memoryview(data)
+    primary: list[bytes | memoryview] = []
+    for i in range(k):
+        piece = view[i * size : (i + 1) * size]
+        primary.append(piece if len(piece) == size else bytes(piece) + b"\x00" * (size - len(piece)))
     if k == n:
-        return [bytes(b) for b in primary]
-    parity = zfec.Encoder(k, n).encode(primary, tuple(range(k, n)))
-    return [bytes(b) for b in primary] + [bytes(b) for b in parity]
+        return primary
+    return primary + list(zfec.Encoder(k, n).encode(primary, tuple(range(k, n))))
 
 
 def choose_blocks(available: list[int] | set[int] | tuple[int, ...], k: int) -> list[int]:
@@ -87,5 +97,11 @@ def decode(blocks: dict[int, bytes], k: int, n: int, data_len: int) -> bytes:
         primary = [blocks[i] for i in chosen]
     else:
         primary = zfec.Decoder(k, n).decode(tuple(blocks[i] for i in chosen), tuple(chosen))
-    joined = b"".join(primary)
-    return joined[:data_len] if len(joined) != data_len else joined
+    # One copy: the padding is cut off before joining, not after.
+    pieces, left = [], data_len
+    for block in primary:
+        if left <= 0:
+            break
+        pieces.append(block if left >= size else memoryview(block)[:left])
+        left -= size
+    return b"".join(pieces)

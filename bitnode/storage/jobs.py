@@ -94,6 +94,8 @@ class StorageContext:
     registry: Any = None
     on_catalog_changed: Callable[[], None] = lambda: None
     on_blocks_damaged: Callable[[], None] = lambda: None
+    #: What a new version id under a key id starts with ("<alias>." for a share: bitnode.access.share_scope).
+    version_tag: Callable[[str], str] = lambda key_id: ""
     log: Logger = field(default_factory=Logger)
 
 
@@ -402,7 +404,7 @@ class UploadJob(_Job):
             key = segment_crypto.new_version_key()
             wrapped = await ctx.run_in_thread(ctx.wrap_key, self.key_id, key)
             now = ctx.clock.seconds()
-            version_id = new_version_id(now)
+            version_id = ctx.version_tag(self.key_id) + new_version_id(now)
             await ctx.run_in_thread(
                 ctx.catalog.begin_version, self.key_id, self.path, version_id, size, segment_size,
                 segment_count(size, segment_size), k, n, wrapped, list(placement.positions), now,

@@ -19,6 +19,14 @@ Then, whenever suppliers are known: an empty catalog is first restored from
 the newest catalog backup on the suppliers (a recovered identity on a new
 machine gets its files back), backup_monitor checks and rebuilds, and every
 catalog change is backed up again after ``catalog-backup-delay`` seconds.
+
+The catalog backup also carries my other keys (share and group keys, keys
+shared with me) and the records services register with
+:meth:`StorageService.add_backup_part`, sealed to my master key
+(:mod:`bitnode.storage.key_backup`): a change of my key store is backed up
+like a catalog change, and a restore puts the keys back before the catalog.
+A restored part whose service is off waits in the catalog's meta table until
+the service registers it.
 """
 
 from __future__ import annotations
@@ -30,13 +38,16 @@ from typing import Any
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from bitnode.access import share_scope
 from bitnode.crypt import keys
 from bitnode.errors import BadRequest, BitnodeError, Conflict, Forbidden, NotFound, Unavailable
 from bitnode.main.options import FLOAT, INTEGER, Option
+from bitnode.services.background import BackgroundWork
 from bitnode.services.base import Service
+from bitnode.storage import key_backup
 from bitnode.storage.backup_monitor import BackupMonitor
 from bitnode.storage.catalog import Catalog, split_remote_path
-from bitnode.storage.catalog_backup import SERIAL_META, CatalogBackup
+from bitnode.storage.catalog_backup import SECRETS_DIGEST_META, SERIAL_META, CatalogBackup
 from bitnode.storage.jobs import Placement, StorageContext, delete_versions
 from bitnode.storage.transfers import UPLOAD, TransferManager
 from bitnode.userid import globalid
@@ -44,6 +55,7 @@ from bitnode.userid import globalid
 CUSTOMER_SERVICE = "service_customer"
 IDENTITY_SERVICE = "service_identity"
 PENDING_DELETES_META = "pending-deletes"
+PENDING_PARTS_META = "backup-parts-pending"
 NO_SUPPLIERS = "no suppliers hired: service_customer is off"
 
 
@@ -99,7 +111,10 @@ class StorageService(Service):
         self._backup_dirty = False
         self._restore_done = True
         self._restoring: defer.Deferred | None = None
-        self._background: set[defer.Deferred] = set()
+        self._background = BackgroundWork(self.log, (BitnodeError, defer.CancelledError))
+        self.parts = key_backup.BackupParts()
+        self.parts.on_pending = self._save_pending_parts
+        self._unsubscribe_keys: Any = None
         self._stopping = False
 
     # --- lifecycle ----------------------------------------------------------------------------
@@ -132,6 +147,8 @@ class StorageService(Service):
         node, settings = self.node, self.node.settings
         empty = yield node.run_in_thread(self.catalog.is_empty)
         serial = yield node.run_in_thread(self.catalog.get_meta, SERIAL_META)
+        secrets_digest = yield node.run_in_thread(self.catalog.get_meta, SECRETS_DIGEST_META)
+        pending_parts = yield node.run_in_thread(self.catalog.get_meta, PENDING_PARTS_META, "{}")
         if self._stopping or self.transfers is not None or self._my_global_id() != customer_id:
             return  # brought up (or stopped, or the identity changed) while we looked
         self.context = StorageContext(
@@ -142,7 +159,8 @@ class StorageService(Service):
             keep_versions=lambda: settings.get("services/backups/max-copies"),
             store_timeout=lambda: settings.get("services/backups/store-timeout"),
             fetch_timeout=lambda: settings.get("services/backups/fetch-timeout"),
-            registry=node.automats, on_catalog_changed=self.catalog_changed, on_blocks_damaged=self.sync)
+            registry=node.automats, on_catalog_changed=self.catalog_changed, on_blocks_damaged=self.sync,
+            version_tag=share_scope.version_tag)
         self.transfers = TransferManager(self.context, lambda: settings.get("services/backups/max-uploads"),
                                          lambda: settings.get("services/backups/max-downloads"))
         self.monitor = BackupMonitor(node.clock, node.run_in_thread, self.catalog, customer_id,
@@ -152,15 +170,23 @@ class StorageService(Service):
         self.backups = CatalogBackup(node.clock, node.run_in_thread, self.catalog, customer_id, self.placement,
                                      self.data_blocks, self._master_key, self.temp_dir,
                                      segment_size=lambda: settings.get("services/backups/segment-size"),
-                                     timeout=lambda: settings.get("services/backups/store-timeout"))
+                                     timeout=lambda: settings.get("services/backups/store-timeout"),
+                                     secrets=self._collect_secrets, restore_secrets=self._restore_secrets)
+        self.parts.load_pending(json.loads(pending_parts))
+        self._unsubscribe_keys = self._identity().keystore.subscribe(self.backup_needed)
         # A new, empty catalog may have a backup waiting on the suppliers: look before backing up over it.
         self._restore_done = not empty or serial is not None
-        self._track(defer.Deferred.fromCoroutine(self.transfers.resume_interrupted()), "resuming uploads")
+        if serial is not None and secrets_digest is None:
+            self.backup_needed()  # backed up before keys were: the next backup carries them
+        self._background.track(defer.Deferred.fromCoroutine(self.transfers.resume_interrupted()), "resuming uploads")
         self.suppliers_changed()
 
     @defer.inlineCallbacks
     def _bring_down(self):
         self._cancel_backup_call()
+        if self._unsubscribe_keys is not None:
+            self._unsubscribe_keys()
+            self._unsubscribe_keys = None
         transfers, monitor, backups = self.transfers, self.monitor, self.backups
         self.transfers = self.monitor = self.backups = self.context = None
         if backups is not None:
@@ -179,7 +205,7 @@ class StorageService(Service):
         self._unsubscribe = []
         yield self._bring_down()
         if self._background:
-            yield defer.DeferredList(list(self._background))
+            yield self._background.wait()
         catalog, self.catalog = self.catalog, None
         if catalog is not None:
             yield self.node.run_in_thread(catalog.close)
@@ -191,6 +217,8 @@ class StorageService(Service):
             "transfers": len(self.transfers.transfers()) if self.transfers else 0,
             "backup_monitor": self.monitor.status() if self.monitor else None,
             "catalog_backup": dict(self.last_backup, error=self.last_backup_error),
+            # Catalog changes not on the suppliers yet (waiting for the delay, running, or failed and retried).
+            "catalog_backup_pending": self._backup_dirty or self._backup_call is not None or self._backup_lock.locked,
             "catalog_restore": self.last_restore,
         }
 
@@ -198,9 +226,9 @@ class StorageService(Service):
         if event.event_id == "suppliers-changed":
             self.suppliers_changed()
         elif event.event_id == "my-identity-created" and self.catalog is not None:
-            self._track(self._bring_up(), "starting storage")
+            self._background.track(self._bring_up(), "starting storage")
         elif event.event_id == "my-identity-erased":
-            self._track(self._bring_down(), "stopping storage")
+            self._background.track(self._bring_down(), "stopping storage")
 
     # --- suppliers ------------------------------------------------------------------------------
 
@@ -241,7 +269,7 @@ class StorageService(Service):
             return
         self.transfers.suppliers_changed()
         self.monitor.event("suppliers-changed")
-        self._track(defer.Deferred.fromCoroutine(self._retry_deletes()), "retrying deletes")
+        self._background.track(defer.Deferred.fromCoroutine(self._retry_deletes()), "retrying deletes")
         if self._backup_dirty:
             self.catalog_changed()
 
@@ -366,7 +394,13 @@ class StorageService(Service):
     # --- the catalog backup ---------------------------------------------------------------------------
 
     def catalog_changed(self) -> None:
-        """Something in the catalog changed: back it up after the configured delay."""
+        """Something in the catalog changed: back it up after the configured delay (and tell service_shares)."""
+        self._backup_dirty = True
+        self.node.events.publish("catalog-changed", {})
+        self.backup_needed()
+
+    def backup_needed(self) -> None:
+        """Something the catalog backup holds changed (catalog, keys, a part): back up after the delay."""
         self._backup_dirty = True
         if self._backup_call is None and self.backups is not None and self._restore_done:
             delay = self.node.settings.get("services/backups/catalog-backup-delay")
@@ -374,7 +408,7 @@ class StorageService(Service):
 
     def _scheduled_backup(self) -> None:
         self._backup_call = None
-        self._track(self.backup_catalog(), "backing up the catalog", quiet=True)
+        self._background.track(self.backup_catalog(), "backing up the catalog", quiet=True)
 
     def backup_catalog(self, force: bool = False) -> defer.Deferred:
         """Back the catalog up to the suppliers now (one backup at a time); fires with the outcome."""
@@ -421,6 +455,7 @@ class StorageService(Service):
         def restored(outcome):
             self.last_restore = outcome
             self._restore_done = True
+            self.node.events.publish("catalog-changed", {"restored": outcome["serial"]})
             return outcome
 
         return d.addCallback(restored)
@@ -445,7 +480,35 @@ class StorageService(Service):
 
         d = self._restoring = self._restore()
         d.addCallbacks(done, failed)
-        self._track(d, "restoring the catalog")
+        self._background.track(d, "restoring the catalog")
+
+    # --- keys and records in the backup -----------------------------------------------------------------
+
+    def add_backup_part(self, name: str, collect, restore):
+        """Keep ``collect()``'s JSON value in every catalog backup; ``restore(value)`` gets it back on a new machine.
+
+        Returns unregister. Call :meth:`backup_needed` when the value changes.
+        """
+        return self.parts.register(name, collect, restore)
+
+    def _collect_secrets(self) -> dict:
+        return key_backup.collect(self._identity().keystore, self.parts.collect())
+
+    def _restore_secrets(self, document: dict) -> dict:
+        keystore = self._identity().keystore
+        if keystore is None:
+            raise Conflict("this node has no identity")
+        outcome = key_backup.restore_keys(keystore, document)
+        for failed in outcome["failed"]:
+            self.log.warn("key {key_id} not restored: {error}", **failed)
+        outcome["parts"] = self.parts.restore(document["parts"])
+        return {"keys_restored": len(outcome["restored"]), "keys_present": outcome["present"],
+                "keys_failed": outcome["failed"], "parts": outcome["parts"]}
+
+    def _save_pending_parts(self, pending: dict) -> None:
+        if self.catalog is not None:
+            self._background.track(self.node.run_in_thread(self.catalog.set_meta, PENDING_PARTS_META, json.dumps(pending)),
+                        "keeping restored records")
 
     # --- helpers ------------------------------------------------------------------------------------------
 
@@ -453,21 +516,3 @@ class StorageService(Service):
         if self._backup_call is not None and self._backup_call.active():
             self._backup_call.cancel()
         self._backup_call = None
-
-    def _track(self, d: defer.Deferred, what: str, quiet: bool = False) -> defer.Deferred:
-        """Background work: logged if it fails, waited for when the service stops."""
-        self._background.add(d)
-
-        def finished(result):
-            self._background.discard(d)
-            return result
-
-        def failed(failure):
-            if quiet or failure.check(BitnodeError, defer.CancelledError):
-                self.log.info("{what} failed: {error}", what=what, error=failure.getErrorMessage())
-            else:
-                self.log.failure("{what} failed", failure, what=what)
-
-        d.addBoth(finished)
-        d.addErrback(failed)
-        return d

@@ -150,7 +150,7 @@ def prepare_segment(
     encrypted = segment_crypto.encrypt_segment(version_key, version_id, index, data)
     del data
     t2 = time.perf_counter()
-    raw_blocks = erasure.encode(encrypted, k, n)
+    raw_blocks = erasure.encode_views(encrypted, k, n)  # views: pack() below makes the one copy
     del encrypted
     t3 = time.perf_counter()
     packed = tuple(

@@ -38,8 +38,12 @@ def encode_data(path: str, block: bytes) -> bytes:
     return _DATA_HEAD.pack(WIRE_VERSION, len(raw)) + raw + bytes(block)
 
 
-def decode_data(payload: bytes) -> tuple[str, bytes]:
-    """(path, block bytes) of a ``Data`` payload; BadRequest when malformed."""
+def decode_data(payload: bytes, copy: bool = True) -> tuple[str, bytes]:
+    """(path, block bytes) of a ``Data`` payload; BadRequest when malformed.
+
+    ``copy=False``: the block is a read-only memoryview into ``payload`` (no
+    copy), for a caller that only writes it out (the supplier storing it).
+    """
     if len(payload) < _DATA_HEAD.size:
         raise BadRequest("Data payload too short")
     version, length = _DATA_HEAD.unpack_from(payload)
@@ -48,7 +52,8 @@ def decode_data(payload: bytes) -> tuple[str, bytes]:
     end = _DATA_HEAD.size + length
     if length == 0 or length > MAX_PATH_LENGTH or len(payload) < end:
         raise BadRequest("Data payload has a bad path length")
-    return decode_path(payload[_DATA_HEAD.size:end]), payload[end:]
+    block = memoryview(payload)[end:] if not copy else payload[end:]
+    return decode_path(payload[_DATA_HEAD.size:end]), block
 
 
 def encode_path(path: str) -> bytes:

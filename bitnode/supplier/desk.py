@@ -120,7 +120,7 @@ class SupplierDesk:
         if customer_id not in self.customers:
             raise BadRequest("not a customer: send RequestService first")
         if command == Command.DATA:
-            path, block = wire.decode_data(payload)
+            path, block = wire.decode_data(payload, copy=False)  # written out as is: no copy of the block
             return self.store.store_block(customer_id, path, block).addCallback(
                 lambda _: (Command.ACK, wire.encode_json({"stored": path, "size": len(block)})))
         if command == Command.RETRIEVE:

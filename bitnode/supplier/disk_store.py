@@ -109,7 +109,9 @@ class DiskStore:
             target = self._target(customer_id, block_path)
         except BadRequest as err:
             return defer.fail(err)
-        return self._locked(customer_id, self._run, self._store, customer_id, target, bytes(data))
+        if not (isinstance(data, bytes) or (isinstance(data, memoryview) and isinstance(data.obj, bytes))):
+            data = bytes(data)  # a snapshot of mutable data; immutable bytes are written without a copy
+        return self._locked(customer_id, self._run, self._store, customer_id, target, data)
 
     def fetch_block(self, customer_id: str, block_path: str) -> defer.Deferred:
         """The stored bytes, or BlockNotFound."""

@@ -9,9 +9,10 @@ Packets: the storage commands (RequestService, CancelService, Data, Retrieve,
 ListFiles, DeleteFile, DeleteBackup) reach :meth:`SupplierService.handle_packet`
 through the node's *market router* (:func:`install_market_router`). The
 packet's signature was checked by the transport, so its creator is who sent
-it; the owner field names whose space is meant, and until a share feature
-allows otherwise both must be the same: a packet acting for someone else is
-answered ``Fail "forbidden: ..."`` and counted (``refused["foreign_owner"]``).
+it; the owner field names whose space is meant, and both must be the same: a
+packet acting for someone else is answered ``Fail "forbidden: ..."`` and
+counted (``refused["foreign_owner"]``) — except a read of the owner's shared
+files by a reader the owner listed (:mod:`bitnode.supplier.shared_reads`).
 The desk's answer goes back with the request's packet id. A RequestService
 answer also carries ``used_bytes`` (what the customer stores here now), so the
 customer's suppliers_list can show it.
@@ -43,6 +44,7 @@ from twisted.logger import Logger
 from bitnode.errors import BadRequest, BitnodeError, Conflict, NotFound, Unavailable
 from bitnode.services.base import Service
 from bitnode.storage import wire
+from bitnode.supplier import shared_reads
 from bitnode.supplier.desk import SupplierDesk
 from bitnode.supplier.disk_store import DiskStore, tree_size
 from bitnode.transport.commands import Command
@@ -199,6 +201,9 @@ class SupplierService(Service):
         if not self.accepting or desk is None:
             self.refused["not_running"] += 1
             return _answer(gateway, packet, Command.FAIL, NOT_RUNNING.encode("utf-8"))
+        if packet.owner_id != packet.creator_id and shared_reads.is_shared_read(packet):
+            d = shared_reads.serve(desk, packet, self.refused, self.served)  # a reader of the owner's share?
+            return self._track(d.addCallback(lambda reply: _answer(gateway, packet, reply[0], reply[1])))
         if packet.owner_id != packet.creator_id:
             self.refused["foreign_owner"] += 1
             self.log.warn("refused {command} from {creator} acting for {owner}", command=packet.command,

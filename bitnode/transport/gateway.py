@@ -19,10 +19,9 @@ dropped and counted (``unmatched_response``, ``no_handler``).
 ``Identity`` is handled here: its payload is the sender's signed identity
 document, which updates the identity cache (a newer revision, same pinned
 key), and the sender gets an ``Ack`` (``user_ping`` is built on that).  A
-sender we know no key for may introduce itself this way: the packet is
-verified with the key in the document it carries, then the document is
-checked against the one its own identity server publishes before anything
-is cached or answered, so a made-up document cannot pin a wrong key.
+sender we know no key for may introduce itself this way; how such a packet
+gets through and is confirmed before anything is cached or answered is in
+:mod:`bitnode.transport.introduction`.
 
 Payloads travel raw in one frame (see :mod:`bitnode.transport.framing`): a
 packet payload is held in memory whole on both sides, up to ``max_frame``
@@ -39,21 +38,20 @@ from twisted.internet.interfaces import IReactorTCP, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from bitnode.crypt import fastsign, keys
 from bitnode.errors import BadRequest, BitnodeError, Conflict, NotFound, TooManyRequests, Unavailable
 from bitnode.transport.commands import Command, command_name
-from bitnode.transport.packet import (
-    DEFAULT_MAX_PAYLOAD,
-    MAX_HEADER,
-    Packet,
-    Signer,
-    UnknownSender,
-    Verifier,
+from bitnode.transport.introduction import (
+    IntroducingTransport,
+    IntroductionRefused,
+    carried_identity,
+    confirm_introduction,
+    introduced_identity,
 )
+from bitnode.transport.packet import DEFAULT_MAX_PAYLOAD, MAX_HEADER, Packet, Signer, Verifier
 from bitnode.transport.packet_out import PacketOut, gateway_stopped
 from bitnode.transport.replay import ReplayCache
 from bitnode.transport.stats import PacketStats
-from bitnode.transport.tcp import Address, Handler, TCPTransport
+from bitnode.transport.tcp import Address, Handler
 from bitnode.userid import globalid
 from bitnode.userid.identity import Identity
 
@@ -96,58 +94,6 @@ def parse_tcp_contact(contact: str) -> Optional[Address]:
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
         return None
     return host, int(port)
-
-
-class IdentityKeyVerifier:
-    """Verifies packets with the keys written in an identity document.
-
-    Used only for a sender that introduces itself: ``ed25519`` packets with
-    the document's certified signing key, ``rsa-pss-sha256`` ones with its
-    RSA key; any other algorithm never verifies.
-    """
-
-    def __init__(self, identity: Identity, algorithm: str) -> None:
-        self.identity = identity
-        self.algorithm = algorithm
-
-    def verify(self, data: bytes, signature: bytes) -> bool:
-        """Whether ``signature`` is valid for ``data`` under the document's key."""
-        if self.algorithm == "ed25519":
-            key = self.identity.fast_public_key()
-            return key is not None and fastsign.verify(key, data, signature)
-        if self.algorithm == "rsa-pss-sha256":
-            return keys.verify(self.identity.rsa_public_key(), data, signature)
-        return False
-
-
-class _IntroducingTransport(TCPTransport):
-    """A TCP transport that lets an ``Identity`` packet vouch for an unknown sender.
-
-    Everything else is the parent's pipeline.  Only when the parent drops a
-    packet as ``unknown_sender`` and it is an ``Identity`` packet carrying a
-    valid signed document of its creator, the packet is verified with that
-    document's key and replay-checked; the document is kept in
-    :attr:`introductions` for the gateway, which confirms it before trusting it.
-    """
-
-    def __init__(self, *args: Any, introduce: Callable[[Packet], Optional[Identity]], **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._introduce = introduce
-        self.introductions: dict[tuple[str, str], Identity] = {}
-
-    def _validate(self, head: bytes, body: bytes, digest: bytes | None) -> Packet:
-        try:
-            return super()._validate(head, body, digest)
-        except UnknownSender:
-            packet = Packet.decode_parts(head, body, max_payload=self.max_frame, payload_sha256=digest)
-            document = self._introduce(packet)
-            if document is None:
-                raise
-            verifier = IdentityKeyVerifier(document, packet.algorithm)
-            packet.verify(lambda _creator: verifier)
-            self.replay.check(packet.creator_id, packet.packet_id, packet.date)
-            self.introductions[(packet.creator_id, packet.packet_id)] = document
-            return packet
 
 
 class _Peer:
@@ -215,11 +161,11 @@ class Gateway:
         self.max_queue = max_queue
         self.max_peers = max_peers
         self.stats = PacketStats()
-        self.transport = _IntroducingTransport(
+        self.transport = IntroducingTransport(
             clock, reactor, my_id, identity.resolve_verifier, self.stats,
             ReplayCache(clock, window_seconds=replay_window, max_entries=replay_entries),
             max_frame, idle_timeout, interface=interface, connect_timeout=connect_timeout,
-            max_frames_per_second=max_frames_per_second, introduce=self._introduce,
+            max_frames_per_second=max_frames_per_second, introduce=introduced_identity,
         )
         for command in Command:
             self.transport.register_handler(command, self._on_packet)
@@ -445,18 +391,6 @@ class Gateway:
 
     # -- receiving --------------------------------------------------------------
 
-    def _introduce(self, packet: Packet) -> Optional[Identity]:
-        """The document an unknown sender's Identity packet carries, if it is theirs and signed."""
-        if packet.command != Command.IDENTITY.value:
-            return None
-        try:
-            document = Identity.from_xml(packet.payload)
-        except BadRequest:
-            return None
-        if document.global_id != packet.creator_id or not document.verify():
-            return None
-        return document
-
     def _on_packet(self, packet: Packet, address: Address) -> Any:
         """Every valid incoming packet: an answer, an introduction, or a handler's job."""
         key = (packet.creator_id, packet.packet_id)
@@ -482,30 +416,26 @@ class Gateway:
 
     async def _on_identity(self, packet: Packet, address: Address, introduced: Optional[Identity]) -> None:
         """Cache the sender's identity document and Ack it (Fail with the reason if refused)."""
-        document = introduced
-        if document is None:
+        if introduced is None:
             try:
-                document = Identity.from_xml(packet.payload)
+                document = carried_identity(packet)
             except BadRequest as err:
                 self.stats.record_drop("bad_identity")
-                await self._answer(packet, Command.FAIL, f"bad identity document: {err}")
-                return
-            if document.global_id != packet.creator_id or not document.verify():
-                self.stats.record_drop("bad_identity")
-                await self._answer(packet, Command.FAIL, "the identity document is not yours or not signed")
+                await self._answer(packet, Command.FAIL, str(err))
                 return
         else:
             try:
-                published = await self.identity.fetch_identity(document.idurl, refresh=True)
-            except BitnodeError as err:
-                self.stats.record_drop("bad_introduction")
-                self.log.info("could not check {who}'s identity: {err}", who=packet.creator_id, err=err)
-                return
-            if published.rsa_public_key() != document.rsa_public_key():
+                await confirm_introduction(self.identity.fetch_identity, introduced)
+            except IntroductionRefused:
                 self.stats.record_drop("bad_introduction")
                 self.log.warn("{who} introduced itself with a key its identity server does not publish",
                               who=packet.creator_id)
                 return
+            except BitnodeError as err:
+                self.stats.record_drop("bad_introduction")
+                self.log.info("could not check {who}'s identity: {err}", who=packet.creator_id, err=err)
+                return
+            document = introduced
             self._seen(packet.creator_id, address)
         try:
             self._remember(document)

@@ -25,6 +25,7 @@ so it is a ``callLater`` on the injected clock, not a class-level timer.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, Callable
 
 from twisted.internet.defer import Deferred
@@ -104,6 +105,7 @@ class PacketOut(Automat):
         if not timeout > 0:
             raise ValueError("timeout must be positive")
         self.packet = packet
+        self.payload_size = len(packet.payload)
         self.wait_response = bool(wait_response)
         self.timeout = float(timeout)
         self.result: Deferred[Packet | None] = Deferred(self._cancelled_by_caller)
@@ -140,7 +142,7 @@ class PacketOut(Automat):
             "command": self.packet.command,
             "packet_id": self.packet.packet_id,
             "remote_id": self.packet.remote_id,
-            "payload_size": len(self.packet.payload),
+            "payload_size": self.payload_size,
             "wait_response": self.wait_response,
             "timeout": self.timeout,
             "started": self.started_at,
@@ -259,11 +261,20 @@ class PacketOut(Automat):
         self._tell_owner()
         if not self.result.called:
             self.result.callback(value)
+        self._drop_payloads()
 
     def _fail(self, error: Exception | Failure) -> None:
         self._tell_owner()
         if not self.result.called:
             self.result.errback(error if isinstance(error, Failure) else Failure(error))
+        self._drop_payloads()
+
+    def _drop_payloads(self) -> None:
+        # A finished machine is freed only by the cyclic GC (its logger and its result's canceller point
+        # back at it), which may run much later: it must not keep a block sent or received alive until then.
+        self.packet = replace(self.packet, payload=b"")
+        if self.response is not None:
+            self.response = replace(self.response, payload=b"")
 
 
 def gateway_stopped() -> Unavailable:

@@ -40,26 +40,26 @@ _PORT_RE = re.compile(r"[1-9][0-9]{0,4}\Z")
 _IDURL_RE = re.compile(r"(?i:http)://([^/:?#@]+)(?::([^/]*))?/([^/?#]*)\Z")
 
 
+def _validate_word(value: str, what: str, limit: int, pattern: re.Pattern, rule: str) -> str:
+    """``value`` if it is a non-empty string of at most ``limit`` characters matching ``pattern``."""
+    if not isinstance(value, str) or not value:
+        raise BadRequest(f"{what} is empty")
+    if len(value) > limit:
+        raise BadRequest(f"{what} is longer than {limit} characters")
+    if not pattern.match(value):
+        raise BadRequest(f"{what} {value!r} {rule}")
+    return value
+
+
 def validate_name(name: str) -> str:
     """A user name: ``[a-z][a-z0-9_-]*``, at most 64 characters."""
-    if not isinstance(name, str) or not name:
-        raise BadRequest("user name is empty")
-    if len(name) > MAX_NAME:
-        raise BadRequest(f"user name is longer than {MAX_NAME} characters")
-    if not _NAME_RE.match(name):
-        raise BadRequest(f"user name {name!r} must start with a-z and use only a-z, 0-9, '_' and '-'")
-    return name
+    return _validate_word(name, "user name", MAX_NAME, _NAME_RE,
+                          "must start with a-z and use only a-z, 0-9, '_' and '-'")
 
 
 def validate_alias(alias: str) -> str:
     """A key alias: ``[a-z0-9_-]+``, at most 64 characters."""
-    if not isinstance(alias, str) or not alias:
-        raise BadRequest("key alias is empty")
-    if len(alias) > MAX_ALIAS:
-        raise BadRequest(f"key alias is longer than {MAX_ALIAS} characters")
-    if not _ALIAS_RE.match(alias):
-        raise BadRequest(f"key alias {alias!r} may use only a-z, 0-9, '_' and '-'")
-    return alias
+    return _validate_word(alias, "key alias", MAX_ALIAS, _ALIAS_RE, "may use only a-z, 0-9, '_' and '-'")
 
 
 def validate_host(host: str) -> str:
@@ -95,8 +95,11 @@ def _parse_port(text: str) -> int:
 
 
 @dataclass(frozen=True)
-class GlobalId:
-    """A user: ``name@host[_port]``."""
+class _UserAt:
+    """A user name at a host and port, checked on creation; the base of GlobalId and IdUrl.
+
+    The two spell the same user differently and never compare equal.
+    """
 
     name: str
     host: str
@@ -106,6 +109,11 @@ class GlobalId:
         validate_name(self.name)
         validate_host(self.host)
         validate_port(self.port)
+
+
+@dataclass(frozen=True)
+class GlobalId(_UserAt):
+    """A user: ``name@host[_port]``."""
 
     @classmethod
     def parse(cls, text: str) -> GlobalId:
@@ -136,17 +144,8 @@ class GlobalId:
 
 
 @dataclass(frozen=True)
-class IdUrl:
+class IdUrl(_UserAt):
     """An identity document address: ``http://host[:port]/name.xml``."""
-
-    name: str
-    host: str
-    port: int = DEFAULT_PORT
-
-    def __post_init__(self) -> None:
-        validate_name(self.name)
-        validate_host(self.host)
-        validate_port(self.port)
 
     @classmethod
     def parse(cls, text: str) -> IdUrl:

@@ -157,6 +157,7 @@ class Identity:
     version: str = FORMAT_VERSION
     signature: str = ""
     _rsa: RsaPublicKey = field(init=False, repr=False, compare=False)
+    _fast: Ed25519PublicKey | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.version != FORMAT_VERSION:
@@ -246,7 +247,10 @@ class Identity:
         """The certified Ed25519 packet-signing key, if the document has one."""
         if not self.signing_key:
             return None
-        return fastsign.public_from_raw(base64.b64decode(self.signing_key))
+        if self._fast is None:
+            # Parsed once per document: the transport asks for it for every packet it verifies.
+            self._set("_fast", fastsign.public_from_raw(base64.b64decode(self.signing_key)))
+        return self._fast
 
     # -- signing --------------------------------------------------------
 

@@ -33,6 +33,8 @@ class AccessNetworkCase(unittest.TestCase):
     """Starts an identity server node in setUp; :meth:`joined_node` adds nodes with an identity."""
 
     timeout = 60
+    #: The services of :meth:`joined_node` (a subclass may add its own).
+    node_services = NODE_SERVICES
 
     @inlineCallbacks
     def setUp(self):
@@ -68,7 +70,7 @@ class AccessNetworkCase(unittest.TestCase):
         """A node with identity ``name`` whose access services run and whose network is connected."""
         settings = dict(self.settings)
         settings.update(overrides or {})
-        node = yield start_node(self, service_classes=NODE_SERVICES, overrides=settings)
+        node = yield start_node(self, service_classes=self.node_services, overrides=settings)
         yield self.ok(node, "identity_create", username=name)
         for _ in range(300):
             if all(node.service_driver.is_on(name) for name in READY):

@@ -10,7 +10,7 @@ from twisted.internet.task import Clock
 from twisted.logger import Logger, LogLevel, formatEvent, globalLogPublisher
 from twisted.trial import unittest
 
-from automats import Automat, Row, TransitionRecord, UnexpectedEvent
+from automats import Automat, Registry, Row, TransitionRecord, UnexpectedEvent
 from automats.machine import UNEXPECTED_KEPT
 
 
@@ -315,6 +315,74 @@ class TimerTests(unittest.TestCase):
         poller.destroy()
         clock.advance(10)
         self.assertEqual((poller.history, poller.active_timers(), clock.getDelayedCalls()), ([], [], []))
+
+
+class TimerIntervalTests(unittest.TestCase):
+    """``timer_intervals=`` changes how long one machine's timers wait, not where they run."""
+
+    def test_override_changes_only_that_machines_interval(self) -> None:
+        clock = Clock()
+        fast = Blinker(clock, timer_intervals={"tick": 2.0})
+        slow = Blinker(clock)
+        fast.event("start")
+        slow.event("start")
+        clock.pump([1, 1, 1, 1, 1])
+        self.assertEqual(fast.calls[1:], [("blink", 2.0), ("blink", 4.0)])
+        self.assertEqual(slow.calls[1:], [("blink", 5.0)])
+        self.assertEqual((fast.timer_interval("tick"), slow.timer_interval("tick")), (2.0, 5.0))
+        self.assertEqual(Blinker.timer_specs()["tick"][0], 5.0)  # the class keeps its own
+
+    def test_timers_not_named_keep_the_class_interval(self) -> None:
+        clock = Clock()
+        blinker = Blinker(clock, timer_intervals={"tick": 1})
+        self.assertEqual(blinker.timer_interval("giveup"), 32.0)
+        blinker.event("start")
+        clock.pump([1] * 32)
+        self.assertEqual(blinker.state, "IDLE")
+        self.assertEqual(blinker.history[-1], TransitionRecord(32.0, "giveup", "BLINKING", "IDLE"))
+
+    def test_overridden_timer_still_runs_only_in_its_states(self) -> None:
+        clock = Clock()
+        blinker = Blinker(clock, timer_intervals={"tick": 0.5})
+        self.assertEqual((blinker.active_timers(), clock.getDelayedCalls()), ([], []))
+        blinker.event("start")
+        clock.advance(0.5)
+        blinker.event("pause")
+        clock.advance(0.5)
+        blinker.event("stop")
+        self.assertEqual(clock.getDelayedCalls(), [])
+        self.assertEqual(blinker.calls[1:], [("blink", 0.5), ("paused_tick", 1.0)])
+
+    def test_initial_state_timer_starts_with_the_overridden_interval(self) -> None:
+        clock = Clock()
+        poller = Poller(clock, timer_intervals={"poll": 0.25})
+        clock.pump([0.25, 0.25])
+        self.assertEqual([r.time for r in poller.history], [0.25, 0.5])
+        poller.destroy()
+
+    def test_empty_override_is_the_class_table(self) -> None:
+        self.assertEqual(Blinker(Clock(), timer_intervals={}).timer_interval("tick"), 5.0)
+
+    def test_unknown_timer_name_is_refused(self) -> None:
+        with self.assertRaises(ValueError) as caught:
+            Blinker(Clock(), timer_intervals={"tock": 1.0})
+        self.assertIn("no timer ['tock']", str(caught.exception))
+        self.assertIn("'giveup', 'tick'", str(caught.exception))
+
+    def test_bad_intervals_are_refused(self) -> None:
+        for bad in (0, -1.0, float("nan"), float("inf")):
+            self.assertRaises(ValueError, Blinker, Clock(), timer_intervals={"tick": bad})
+        for bad in ("5", None, True):
+            self.assertRaises(TypeError, Blinker, Clock(), timer_intervals={"tick": bad})
+        self.assertRaises(TypeError, Blinker, Clock(), timer_intervals=[("tick", 1.0)])
+
+    def test_refused_override_leaves_nothing_registered_or_scheduled(self) -> None:
+        clock, registry = Clock(), Registry()
+        self.assertRaises(ValueError, Poller, clock, registry=registry, timer_intervals={"tock": 1.0})
+        self.assertEqual((len(registry), clock.getDelayedCalls()), (0, []))
+
+    def test_timer_interval_of_unknown_timer(self) -> None:
+        self.assertRaises(ValueError, Blinker(Clock()).timer_interval, "tock")
 
 
 class DestroyTests(unittest.TestCase):

@@ -243,3 +243,29 @@ class PrivateMessagesNetworkTests(unittest.TestCase):
         self.assertIn(answer.code, (404, 503), answer.envelope)
         history = yield self.ok(alice, "message_history")
         self.assertEqual(history["total"], 0)  # nothing was sealed, so nothing was stored
+
+    @inlineCallbacks
+    def test_broadcast_reaches_known_users_and_names_who_missed_it(self):
+        alice = yield self.user("alice")
+        lonely = yield self.call(alice, "broadcast_send_message", payload={"note": "anyone?"})
+        self.assertEqual(lonely.code, 503, lonely.envelope)
+        self.assertIn("no known peers", lonely.envelope["errors"][0])
+        bob = yield self.user("bob")
+        carol = yield self.user("carol")
+        for peer in (bob, carol):  # Alice learns their identities
+            yield self.ok(alice, "user_ping", user_id=self.gid(peer), timeout=10)
+        sent = yield self.ok(alice, "broadcast_send_message", payload={"note": "to all"})
+        self.assertEqual(sent, {"recipients": 2, "delivered": sorted([self.gid(bob), self.gid(carol)]),
+                                "failed": {}})
+        for peer in (bob, carol):
+            history = yield self.ok(peer, "message_history", recipient_id=self.gid(alice))
+            self.assertEqual([m["data"] for m in history["messages"]], [{"note": "to all"}])
+        yield self.ok(carol, "service_stop", service_name=MESSAGES)  # online, but takes no messages
+        partial = yield alice.service_driver.get(MESSAGES).broadcast({"note": "again"}, 2, 0.5)
+        self.assertEqual(partial["delivered"], [self.gid(bob)])
+        self.assertEqual(list(partial["failed"]), [self.gid(carol)])
+        self.assertIn("not delivered", partial["failed"][self.gid(carol)])
+        yield self.ok(bob, "service_stop", service_name=MESSAGES)
+        with self.assertRaises(Exception) as caught:
+            yield alice.service_driver.get(MESSAGES).broadcast({"note": "nobody"}, 2, 0.5)
+        self.assertIn("reached none of 2 known peers", str(caught.exception))

@@ -288,3 +288,30 @@ class KeyStoreTests(unittest.TestCase):
 
     def test_bad_owner_is_rejected(self) -> None:
         self.assertRaises(BadRequest, KeyStore, self.mktemp(), "not-a-global-id", self.run_in_thread)
+
+    def test_listeners_hear_of_every_change_and_not_of_a_no_op(self) -> None:
+        heard: list[int] = []
+        unsubscribe = self.store.subscribe(lambda: heard.append(len(self.store.list())))
+        info = self.create("share_a", "x")
+        other, _ = other_keys()
+        self.store.add_public("master$bob@x.net", other.public_key().to_pem())
+        self.store.add_public("master$bob@x.net", other.public_key().to_pem())  # the same again: no change
+        self.store.label(info.key_id, "y")
+        self.store.erase(info.key_id)
+        self.assertEqual(heard, [1, 2, 2, 1])
+        self.failureResultOf(self.store.create("share_a", 1024).addCallback(lambda _: self.store.create("share_a", 1024)),
+                             Conflict)
+        self.assertEqual(len(heard), 5)  # the first create of the two counted, the Conflict did not
+
+        def broken() -> None:
+            raise RuntimeError("listener bug")
+
+        drop_broken = self.store.subscribe(broken)
+        self.create("share_b")  # a broken listener is logged, the key is still stored
+        self.assertTrue(self.store.has("share_b$" + OWNER))
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        drop_broken()
+        unsubscribe()
+        unsubscribe()
+        self.store.erase("share_b$" + OWNER)
+        self.assertEqual(len(heard), 6)

@@ -18,20 +18,18 @@ from twisted.trial import unittest
 from bitnode.customer.customer_service import CustomerService
 from bitnode.customer.fire_hire import FireHire, SupplierRoster
 from bitnode.customer.remote_store import error_from_fail
-from bitnode.customer.supplier_connector import SupplierConnector, timer_intervals
+from bitnode.customer.supplier_connector import SupplierConnector
 from bitnode.customer.supplier_finder import SupplierFinder
 from bitnode.dht.dht_service import DHTService
 from bitnode.errors import Forbidden, Unavailable
 from bitnode.p2p.network_service import NetworkService
 from bitnode.storage.downloader import Downloader
 from bitnode.storage.uploader import Uploader
-from bitnode.supplier.supplier_service import SupplierService
 from bitnode.transport.gateway_service import GatewayService
 from bitnode.userid.id_service import IdentityService
 from tests.customer.test_supplier_market import FakeNetwork
 from tests.supplier.test_supplier_service import Net, gid, ok, until
 
-SUPPLIER = [IdentityService, GatewayService, DHTService, SupplierService]
 CUSTOMER = [IdentityService, GatewayService, NetworkService, DHTService, CustomerService]
 FAST_MARKET = {
     "services/customer/enabled": True, "services/customer/suppliers-number": 2,
@@ -47,16 +45,7 @@ class CustomerServiceNetworkTests(unittest.TestCase):
     @inlineCallbacks
     def setUp(self):
         net = Net()
-        seed = yield net.start_id_server(self, extra=[DHTService])
-        dht_port = seed.service_driver.get("service_entangled_dht").dht.address[1]
-        net.base.update({"services/entangled-dht/known-nodes": [f"127.0.0.1:{dht_port}"],
-                         "services/entangled-dht/rpc-timeout": 0.5})
-        self.suppliers = []
-        for i in range(4):
-            node = yield net.node(self, f"sup{i}", SUPPLIER, {"services/supplier/enabled": True,
-                                                             "services/supplier/donated-space": 64 * 1024 * 1024},
-                                  wait_for="service_supplier")
-            self.suppliers.append(node)
+        self.suppliers = yield net.start_market(self, 4)
         self.customer = yield net.node(self, "carol", CUSTOMER, FAST_MARKET, wait_for="service_customer")
         self.service = self.customer.service_driver.get("service_customer")
 
@@ -106,6 +95,14 @@ class CustomerServiceNetworkTests(unittest.TestCase):
         # blocks go to the hired suppliers and come back
         yield self.upload_and_download()
 
+        # a (re)start says the suppliers are there: storage may have come up first and found none
+        seq = self.customer.events.last_seq
+        yield self.customer.service_driver.restart("service_customer")
+        events = [e for e in self.customer.events.since(seq)[0] if e.event_id == "suppliers-changed"]
+        self.assertEqual([(e.data["reason"], e.data["positions"]) for e in events], [("service started", first)])
+        self.service = self.customer.service_driver.get("service_customer")
+        yield self.connected(2)
+
         # grow: one more supplier is hired at the next position
         yield ok(self, self.customer, "config_set", key="services/customer/suppliers-number", value=3)
         rows = yield self.connected(3)
@@ -138,6 +135,24 @@ class CustomerServiceNetworkTests(unittest.TestCase):
         self.assertEqual(rows[0]["supplier_id"], first[0])
         space = yield ok(self, self.customer, "space_consumed")
         self.assertEqual((space["suppliers_num"], space["wanted_suppliers"]), (2, 2))
+
+    @inlineCallbacks
+    def test_without_a_roster_the_dht_record_gives_the_positions_and_their_number(self):
+        yield ok(self, self.customer, "config_set", key="services/customer/suppliers-number", value=3)
+        hired = [r["supplier_id"] for r in (yield self.connected(3))]
+        yield until(lambda: self.service.dht_revision == self.service.roster.revision, "the record to be published")
+        driver, settings = self.customer.service_driver, self.customer.settings
+        yield driver.stop("service_customer")
+        os.remove(self.service.roster_file)  # a new machine: only the identity is there
+        settings.set("services/customer/suppliers-number", 2)
+        seq = self.customer.events.last_seq
+        yield driver.start("service_customer")
+        yield until(lambda: self.service.recovered_from_dht, "the positions to come from the DHT")
+        # fewer wanted suppliers would fire (and so empty) the last position: the record's n is kept
+        self.assertEqual(settings.get("services/customer/suppliers-number"), 3)
+        self.assertEqual([r["supplier_id"] for r in (yield self.connected(3))], hired)
+        reasons = [e.data["reason"] for e in self.customer.events.since(seq)[0] if e.event_id == "suppliers-changed"]
+        self.assertEqual(reasons, ["recovered from the DHT"])
 
     @inlineCallbacks
     def upload_and_download(self):
@@ -176,7 +191,7 @@ class MachineAdditionsTests(unittest.TestCase):
         self.assertEqual(self.net.calls, [("request", "s1"), ("ping", "s1")])
         self.assertEqual(SupplierConnector.timer_specs()["timer-ping"][0], 60.0)  # the class keeps its own
         self.assertRaises(ValueError, SupplierConnector, self.clock, "s1", self.net, 10, intervals={"timer-x": 1})
-        self.assertRaises(ValueError, timer_intervals, SupplierConnector, {"timer-ping": 0})
+        self.assertRaises(ValueError, SupplierConnector, self.clock, "s1", self.net, 10, intervals={"timer-ping": 0})
         connector.event("shutdown")
 
     def test_a_rejection_notice_is_a_refusal_with_its_reason(self):
@@ -204,3 +219,35 @@ class MachineAdditionsTests(unittest.TestCase):
         self.clock.advance(0)
         fire_hire.event("shutdown")
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_answers_after_a_connector_closed_are_dropped_quietly(self):
+        self.net.behaviour["s1"] = "hang"
+        connector = SupplierConnector(self.clock, "s1", self.net, 10, intervals={"timer-ping": 0.5})
+        connector.event("connect")
+        connector.event("shutdown")  # fired while its RequestService is on the way
+        self.net.hanging.pop().errback(Unavailable("cannot connect"))
+        self.assertEqual((connector.state, connector.unexpected_count), ("CLOSED", 0))
+        pinged = SupplierConnector(self.clock, "s2", self.net, 10, intervals={"timer-ping": 0.5})
+        pinged.event("connect")
+        self.net.behaviour["s2"] = "hang"
+        self.clock.advance(0.5)
+        pinged.event("shutdown")
+        self.net.hanging.pop().callback(None)
+        self.assertEqual((pinged.state, pinged.unexpected_count), ("CLOSED", 0))
+
+    def test_fire_hire_shutdown_does_not_hear_its_connectors_close(self):
+        connectors = []
+
+        def make(supplier_id):
+            connectors.append(SupplierConnector(self.clock, supplier_id, self.net, 10))
+            return connectors[-1]
+
+        roster = SupplierRoster(os.path.join(self.mktemp() + "-suppliers.json"))
+        roster.save(["s1", "s2"])
+        finder = SupplierFinder(self.clock, lambda count: defer.Deferred(), make)
+        fire_hire = FireHire(self.clock, roster, finder, make, lambda: 2, lambda: 1.0)
+        fire_hire.event("init")
+        self.assertEqual([c.state for c in connectors], ["CONNECTED", "CONNECTED"])
+        fire_hire.event("shutdown")
+        self.assertEqual([c.state for c in connectors], ["CLOSED", "CLOSED"])
+        self.assertEqual((fire_hire.state, fire_hire.unexpected_count), ("CLOSED", 0))

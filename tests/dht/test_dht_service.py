@@ -46,6 +46,12 @@ class FakeDriver:
     def get(self, name: str):
         return self.services[name]
 
+    def names(self) -> list[str]:
+        return ["service_entangled_dht"]
+
+    def info(self, name: str) -> dict:
+        return {"name": name, "state": "ON" if name in self.services else "OFF"}
+
 
 class FakeNode:
     """basedir, settings, reactor/clock, events, threads (inline) and a service driver."""

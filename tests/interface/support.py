@@ -22,6 +22,8 @@ from automats import Automat
 from bitnode.errors import Conflict
 from bitnode.node import build_node
 from bitnode.services.base import Service
+from bitnode.userid.id_server import IdentityServerService
+from bitnode.userid.id_service import IdentityService
 
 WAIT = 0.5
 FAST = {"interface/api/http-port": 0, "interface/api/ws-port": 0}
@@ -101,6 +103,45 @@ def start_node(case, service_classes=FAKE_SERVICES, overrides=None, basedir=None
 
 def _stop_node(node):
     return node.stopService() if node.running else None
+
+
+@defer.inlineCallbacks
+def start_id_server(case, service_classes=(), overrides=None):
+    """Start a node serving identities (plus ``service_classes``) for an in-process network.
+
+    Fires with ``(server_node, settings)``: ``settings`` are the overrides a
+    node needs to use that server (1024-bit keys, a short identity fetch
+    timeout, a free TCP port); copy them before changing them.
+    """
+    settings = {"services/identity-server/enabled": True, "services/identity-server/web-port": 0}
+    settings.update(overrides or {})
+    server = yield start_node(case, service_classes=[IdentityServerService, IdentityService, *service_classes],
+                              overrides=settings)
+    port = server.service_driver.get("service_identity_server").port
+    return server, {"personal/private-key-size": 1024, "personal/identity-servers": [f"127.0.0.1:{port}"],
+                    "services/identity/fetch-timeout": 5.0, "services/tcp-connections/tcp-port": 0}
+
+
+class DispatcherCalls:
+    """Mixin of a TestCase: API calls through a node's dispatcher, the way a client makes them."""
+
+    def call(self, node, method, **kwargs):
+        """The dispatcher's answer (``.code``, ``.envelope``)."""
+        return node.dispatcher.execute_by_name(method, kwargs)
+
+    @defer.inlineCallbacks
+    def ok(self, node, method, **kwargs):
+        """The result of a call that must answer 200."""
+        answer = yield self.call(node, method, **kwargs)
+        self.assertEqual(answer.code, 200, (method, answer.envelope))
+        return answer.envelope["result"]
+
+    @defer.inlineCallbacks
+    def error(self, node, code, method, **kwargs):
+        """The error text of a call that must answer ``code``."""
+        answer = yield self.call(node, method, **kwargs)
+        self.assertEqual(answer.code, code, (method, answer.envelope))
+        return " ".join(answer.envelope["errors"])
 
 
 # --- HTTP ------------------------------------------------------------------------

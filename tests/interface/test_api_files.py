@@ -151,9 +151,15 @@ class RoundTripTests(ApiFilesTestCase):
     def test_listing_pages_with_offset_and_limit(self):
         for name in ("a", "b", "c"):
             yield self.ok("file_create", remote_path=f"{MASTER}:{name}")
-        # routes.py has no offset/limit for files_list yet: the method takes them for when it does.
-        page = yield self.node.api.files_list(offset=1, limit=1)
+        page = yield self.ok("files_list", offset=1, limit=1)
         self.assertEqual([i["name"] for i in page], ["b"])
+        self.assertEqual([i["name"] for i in (yield self.ok("files_list", offset=2))], ["c"])
+        self.assertEqual([i["name"] for i in (yield self.ok("files_list", limit=2))], ["a", "b"])
+        self.assertEqual((yield self.ok("files_list", offset=5)), [])
+        self.assertEqual((yield self.ok("files_list", limit=0)), [])
+        yield self.error(400, "files_list", offset=-1)
+        yield self.error(400, "files_list", limit=-1)
+        yield self.error(400, "files_list", limit="many")
         self.assertRaises(BadRequest, self.node.api.files_list, offset=-1)
 
     @defer.inlineCallbacks

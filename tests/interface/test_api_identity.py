@@ -13,9 +13,8 @@ from twisted.internet import defer
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial import unittest
 
-from bitnode.userid.id_server import IdentityServerService
 from bitnode.userid.id_service import IdentityService
-from tests.interface.support import start_node
+from tests.interface.support import start_id_server, start_node
 from tests.userid.fakes import SERVER, FakeClient, FakeServers, file_mode, make_identity, rsa_key
 
 ALICE = "alice@id.example.net_8084"
@@ -268,12 +267,8 @@ class RealIdentityServerTests(unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_create_on_a_real_server_and_fetch_from_another_node(self):
-        server_node = yield start_node(self, service_classes=[IdentityServerService, IdentityService],
-                                       overrides={"services/identity-server/enabled": True,
-                                                  "services/identity-server/web-port": 0})
+        server_node, settings = yield start_id_server(self)
         port = server_node.service_driver.get("service_identity_server").port
-        settings = {"personal/private-key-size": 1024, "personal/identity-servers": [f"127.0.0.1:{port}"],
-                    "services/identity/fetch-timeout": 5.0}
         alice_node = yield start_node(self, service_classes=[IdentityService], overrides=settings)
         bob_node = yield start_node(self, service_classes=[IdentityService], overrides=settings)
         answer = yield alice_node.dispatcher.execute_by_name("identity_create", {"username": "alice"})

@@ -16,9 +16,8 @@ from bitnode.chat.history import INCOMING, OUTGOING, RECEIVED, SENT
 from bitnode.chat.messages_service import PrivateMessagesService
 from bitnode.p2p.network_service import NetworkService
 from bitnode.transport.gateway_service import GatewayService
-from bitnode.userid.id_server import IdentityServerService
 from bitnode.userid.id_service import IdentityService
-from tests.interface.support import HttpApi, start_node
+from tests.interface.support import HttpApi, start_id_server, start_node
 
 MESSAGES = "service_private_messages"
 BOB, CAROL = "bob@127.0.0.1_9", "carol@127.0.0.1_9"
@@ -31,14 +30,10 @@ class MessagesApiTests(unittest.TestCase):
 
     @inlineCallbacks
     def setUp(self):
-        server = yield start_node(self, service_classes=[IdentityServerService, IdentityService],
-                                  overrides={"services/identity-server/enabled": True,
-                                             "services/identity-server/web-port": 0})
-        port = server.service_driver.get("service_identity_server").port
+        _server, settings = yield start_id_server(self)
         self.node = yield start_node(
             self, service_classes=[IdentityService, GatewayService, NetworkService, PrivateMessagesService],
-            overrides={"personal/private-key-size": 1024, "personal/identity-servers": [f"127.0.0.1:{port}"],
-                       "services/tcp-connections/tcp-port": 0})
+            overrides=settings)
         yield self.ok("identity_create", username="alice")
         for _ in range(250):
             if self.node.service_driver.is_on(MESSAGES):

@@ -189,6 +189,19 @@ class ResolveTests(DispatcherTestCase):
         # An encoded "/" stays inside its segment: this is not a path with more segments.
         self.assertRaises(NotFound, self.dispatcher.by_path, "event/listen/a/b/v1", "GET")
 
+    def test_path_values_keep_plus_and_decode_key_id_characters(self) -> None:
+        _, args = self.dispatcher.by_path("event/listen/share%24alice%40host_1/v1", "GET")
+        self.assertEqual(args, {"consumer_callback_id": "share$alice@host_1"})
+        _, args = self.dispatcher.by_path("event/listen/a+b%2Bc/v1", "GET")
+        self.assertEqual(args, {"consumer_callback_id": "a+b+c"})
+        # Text that only looks like an escape is kept as it is.
+        _, args = self.dispatcher.by_path("event/listen/100%25%zz/v1", "GET")
+        self.assertEqual(args, {"consumer_callback_id": "100%%zz"})
+
+    def test_path_escape_that_is_not_utf8_is_bad_request(self) -> None:
+        err = self.assertRaises(BadRequest, self.dispatcher.by_path, "event/listen/caf%E9/v1", "GET")
+        self.assertIn("'consumer_callback_id'", str(err))
+
     def test_by_path_legacy(self) -> None:
         target, args = self.dispatcher.by_path("legacy/config_list/v1", "POST")
         self.assertEqual((target.name, args), ("config_list", {}))

@@ -507,11 +507,34 @@ class EventMethodTests(RestTestCase):
         self.assertEqual(reply.result["state"], "OFF")
 
     @defer.inlineCallbacks
+    def test_key_id_characters_in_the_path_are_url_decoded(self):
+        # "$" and "@" of a key id, %-encoded by a careful client or sent as they are.
+        for path in ("event/listen/share%24alice%40host_1/v1", "event/listen/share$alice@host_1/v1"):
+            result = (yield self.api.get(path, polling_timeout=0)).result
+            self.assertEqual(result["events"], [])
+        self.assertIn("share$alice@host_1", self.node.events.consumers())
+        self.assertNotIn("share%24alice%40host_1", self.node.events.consumers())
+        sent = (yield self.api.post("event/send/key%24bob%40id.example_2%2Bx/v1")).result
+        self.assertEqual(sent["event_id"], "key$bob@id.example_2+x")
+        # The decoded value is what a repeated parameter must equal.
+        reply = yield self.api.get("event/listen/share%24alice%40host_1/v1", consumer_callback_id="share$alice@host_1",
+                                   polling_timeout=0)
+        self.assertEqual(reply.code, 200)
+        yield self.assertError(self.api.get("event/listen/share%24alice%40host_1/v1",
+                                            consumer_callback_id="share%24alice%40host_1"), 400, "path")
+
+    def test_path_escape_that_is_not_utf8_is_400(self):
+        return self.assertError(self.api.get("event/listen/caf%E9/v1", polling_timeout=0), 400,
+                                "'consumer_callback_id'", "UTF-8")
+
+    @defer.inlineCallbacks
     def test_bad_event_parameters(self):
         yield self.assertError(self.api.post("event/send/" + "e" * 200 + "/v1"), 400, "event_id")
         yield self.assertError(self.api.get("event/listen/ui4/v1", polling_timeout=-1), 400, "polling_timeout")
         yield self.assertError(self.api.get("event/listen/ui4/v1", polling_timeout="long"), 400, "'polling_timeout'")
         yield self.assertError(self.api.get("event/listen/ui4/v1", since="last"), 400, "'since'")
+        yield self.assertError(self.api.get("event/listen/ui4/v1", since=-1), 400, "since", "0 or more")
+        yield self.assertError(self.api.get("event/listen/ui4/v1", since="2.5"), 400, "'since'")
         future = self.node.events.last_seq + 5
         yield self.assertError(self.api.get("event/listen/ui4/v1", since=future), 409, str(future))
 

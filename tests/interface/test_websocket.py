@@ -226,6 +226,49 @@ class EventPushTests(WsTestCase):
 
 
 
+class SinceValidationTests(WsTestCase):
+    """A ``since`` that is not a sequence id (an integer, 0 or more) is a 400 envelope wherever it is given."""
+
+    @defer.inlineCallbacks
+    def test_handshake_since_that_is_not_a_whole_number_is_refused(self):
+        for bad in ("1.5", "0x10", "1e3", "-0x1", " 5", "1_0", "\u0663", "9" * 40):
+            with self.assertRaises(WsRefused) as caught:
+                yield connect_ws(self, self.node, since=bad)
+            self.assertIn("[400]", str(caught.exception))
+            self.assertIn("0 or more", str(caught.exception))
+
+    @defer.inlineCallbacks
+    def test_resume_with_a_bad_since_answers_an_error_and_replays_nothing(self):
+        self.node.events.publish("x", 1)
+        yield self.ws.call_ok("process_health")
+        self.ws.events()
+        for message in ({"command": "resume", "since": 1.5}, {"command": "resume", "since": None},
+                        {"command": "resume", "since": [0]}, {"command": "resume", "since": -7},
+                        {"command": "resume"}):
+            self.ws.send_json(message)
+            reply = yield self.ws.next_message(lambda m: m.get("type") == "error")
+            self.assertEqual(reply["code"], 400, message)
+            self.assertEqual(reply["payload"]["status"], "ERROR")
+            self.assertIn("since", " ".join(reply["payload"]["errors"]))
+        yield self.assertStillOpen()
+        self.assertEqual(self.ws.events(), [])
+
+    @defer.inlineCallbacks
+    def test_resume_error_carries_the_call_id_when_given(self):
+        self.ws.send_json({"command": "resume", "since": -1, "call_id": "r1"})
+        reply = yield self.ws.next_message(lambda m: m.get("call_id") == "r1")
+        self.assertEqual((reply["type"], reply["code"]), ("api_call", 400))
+
+    @defer.inlineCallbacks
+    def test_event_listen_with_a_bad_since_is_400(self):
+        for bad in (-1, "-1", 2.5, "soon", True):
+            yield self.assertCallFails(400, "event_listen", "since", consumer_callback_id="ws-bad",
+                                       since=bad, polling_timeout=0)
+        self.assertNotIn("ws-bad", self.node.events.consumers())
+        result = yield self.ws.call_ok("event_listen", consumer_callback_id="ws-bad", since=0, polling_timeout=0)
+        self.assertEqual(result["last_seq"], self.node.events.last_seq)
+
+
 class ReplayBufferTests(WsTestCase):
     """A client that fell further behind than the replay buffer is told how many events it missed."""
 

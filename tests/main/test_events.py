@@ -6,7 +6,7 @@ from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
-from bitnode.errors import BadRequest, TooManyRequests
+from bitnode.errors import BadRequest, TooManyRequests, Unavailable
 from bitnode.main import events as events_module
 from bitnode.main.events import EventBus
 
@@ -258,15 +258,37 @@ class ListenTests(unittest.TestCase):
         for d in waiting[1:]:
             self.assertEqual(seqs(self.fired(d)), [1])
 
-    def test_listen_after_close_answers_at_once(self) -> None:
+    def test_listen_after_close_is_unavailable(self) -> None:
         self.bus.publish("before")
         self.bus.listen("known", timeout=0)
         self.bus.close()
         for consumer in ("known", "new"):
-            result = self.fired(self.bus.listen(consumer, since=0, timeout=30))
-            self.assertEqual(seqs(result), [1])
-        self.assertEqual(self.fired(self.bus.listen("later", timeout=30))["events"], [])
+            err = self.assertRaises(Unavailable, self.bus.listen, consumer, since=0, timeout=30)
+            self.assertEqual(err.http_code, 503)
+            self.assertIn("stopping", str(err))
+        self.assertRaises(Unavailable, self.bus.listen, "later", timeout=0)
+        self.assertEqual(self.bus.consumers(), ["known"])
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_since_must_be_a_sequence_id(self) -> None:
+        self.bus.publish("e")
+        for bad in (-1, "1", 1.0, True, [1]):
+            err = self.assertRaises(BadRequest, self.bus.listen, "c", since=bad, timeout=0)
+            self.assertIn("0 or more", str(err))
+        # Nothing was created or scheduled by the refused calls.
+        self.assertEqual((self.bus.consumers(), self.clock.getDelayedCalls()), ([], []))
+        self.assertEqual(seqs(self.fired(self.bus.listen("c", since=0, timeout=0))), [1])
+
+    def test_bad_since_is_refused_before_the_bus_is_known_closed(self) -> None:
+        # A malformed call is the caller's mistake whatever the bus's state: 400, not 503.
+        self.bus.close()
+        self.assertRaises(BadRequest, self.bus.listen, "c", since=-3, timeout=0)
+
+    def test_check_since(self) -> None:
+        self.assertEqual(events_module.check_since(0), 0)
+        self.assertEqual(events_module.check_since(12), 12)
+        for bad in (-1, "3", 2.5, False, None):
+            self.assertRaises(BadRequest, events_module.check_since, bad)
 
     def test_subscribe_after_close_is_not_kept(self) -> None:
         self.bus.close()

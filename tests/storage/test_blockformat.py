@@ -79,3 +79,19 @@ class StrictParsingTests(unittest.TestCase):
 
     def test_pack_rejects_bad_header(self):
         self.assertRaises(bf.BlockFormatError, bf.pack, "../x", 0, 0, 1, 1, 0, b"\x00" * 16)
+
+
+class TrustedUnpackTests(unittest.TestCase):
+    """unpack(trusted=True): the caller matched the whole block already (the downloader, against the catalog)."""
+
+    def test_trusted_returns_a_view_of_the_same_payload(self):
+        header, payload = bf.unpack(VECTOR, trusted=True)
+        self.assertIsInstance(payload, memoryview)
+        self.assertEqual(bytes(payload), PAYLOAD)
+        self.assertEqual(header, bf.unpack(VECTOR)[0])
+
+    def test_trusted_skips_only_the_payload_hash(self):
+        altered = VECTOR[:-1] + b"\xff"
+        self.assertRaises(bf.BlockCorrupt, bf.unpack, altered)
+        self.assertEqual(bytes(bf.unpack(altered, trusted=True)[1])[-1], 0xFF)
+        self.assertRaises(bf.BlockFormatError, bf.unpack, VECTOR[:-1], trusted=True)  # lengths still checked

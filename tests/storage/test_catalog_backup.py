@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 
@@ -9,6 +10,7 @@ from twisted.internet import defer
 from twisted.trial import unittest
 
 from bitnode.errors import BadRequest, Conflict, NotFound, Unavailable
+from bitnode.storage import key_backup
 from bitnode.storage.catalog_backup import CatalogBackup, sign_manifest
 from tests.storage.test_jobs import CUSTOMER, KEY_ID, REMOTE, SEG, Grid, Harness, read, write
 from tests.userid.fakes import rsa_key
@@ -120,3 +122,67 @@ class CatalogBackupTests(unittest.TestCase):
         self.assertRaises(BadRequest, open_manifest, rsa_key(0), b"nope", 1, CUSTOMER)
         signed = sign_manifest(rsa_key(0), {"format": 1, "serial": 1, "owner": "bob@x.net"})
         self.assertRaises(BadRequest, open_manifest, rsa_key(0), signed, 1, CUSTOMER)
+
+
+class SecretsInTheBackupTests(unittest.TestCase):
+    """The manifest carries the sealed key backup (format 2); format 1 manifests stay readable."""
+
+    def setUp(self):
+        self.grid = Grid()
+        self.h = Harness(self, self.grid)
+        self.source, self.data = write(self, SEG + 5)
+        self.h.manager.start_upload(self.source, REMOTE)
+        self.secrets = {"format": 1, "owner": CUSTOMER, "keys": [], "parts": {"shares": ["one"]}}
+
+    def make(self, h: Harness, got: list | None = None) -> CatalogBackup:
+        temp = self.mktemp()
+        os.makedirs(temp)
+
+        def restore_secrets(document):
+            # The keys come back before the catalog that needs them.
+            got.append((document, h.catalog.is_empty()))
+            return {"restored": True}
+
+        return CatalogBackup(h.clock, h.ctx.run_in_thread, h.catalog, CUSTOMER, h.ctx.placement,
+                             lambda n: (n + 1) // 2, lambda: rsa_key(0), temp, segment_size=lambda: 4096,
+                             secrets=lambda: self.secrets, restore_secrets=restore_secrets if got is not None else None)
+
+    def test_secrets_go_sealed_and_come_back_before_the_catalog(self):
+        self.successResultOf(run(self.make(self.h).backup()))
+        stored = self.grid.blocks(0)["catalog-1/manifest"]
+        manifest = json.loads(json.loads(stored)["manifest"])
+        self.assertEqual(manifest["format"], 2)
+        self.assertNotIn(b"shares", stored)
+        got = []
+        outcome = self.successResultOf(run(self.make(Harness(self, self.grid), got).restore()))
+        self.assertEqual(got, [(self.secrets, True)])
+        self.assertEqual(outcome["secrets"], {"restored": True})
+
+    def test_a_change_of_secrets_alone_makes_a_new_backup(self):
+        backup = self.make(self.h)
+        self.successResultOf(run(backup.backup()))
+        self.assertTrue(self.successResultOf(run(backup.backup()))["skipped"])
+        self.secrets = dict(self.secrets, parts={"shares": ["one", "two"]})
+        self.assertEqual(self.successResultOf(run(backup.backup()))["serial"], 2)
+
+    def test_a_format_1_manifest_without_secrets_is_still_restored(self):
+        old = self.make(self.h)
+        old.secrets = None
+        self.successResultOf(run(old.backup()))
+        for store in self.grid.stores:
+            outer = json.loads(store._spaces[CUSTOMER]["catalog-1/manifest"])
+            manifest = dict(json.loads(outer["manifest"]), format=1)
+            store._spaces[CUSTOMER]["catalog-1/manifest"] = sign_manifest(rsa_key(0), manifest)
+        got = []
+        outcome = self.successResultOf(run(self.make(Harness(self, self.grid), got).restore()))
+        self.assertEqual((outcome["serial"], outcome["secrets"], got), (1, None, []))
+
+    def test_secrets_sealed_by_another_key_make_the_backup_unusable(self):
+        self.successResultOf(run(self.make(self.h).backup()))
+        for store in self.grid.stores:
+            outer = json.loads(store._spaces[CUSTOMER]["catalog-1/manifest"])
+            manifest = json.loads(outer["manifest"])
+            manifest["secrets"] = base64.b64encode(key_backup.seal(rsa_key(1), self.secrets)).decode()
+            store._spaces[CUSTOMER]["catalog-1/manifest"] = sign_manifest(rsa_key(0), manifest)
+        failure = self.failureResultOf(run(self.make(Harness(self, self.grid), []).restore()), Unavailable)
+        self.assertIn("not signed by my master key", failure.getErrorMessage())

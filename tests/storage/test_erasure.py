@@ -83,3 +83,26 @@ class FailureTests(unittest.TestCase):
     def test_choose_blocks_prefers_data(self):
         self.assertEqual(erasure.choose_blocks({4, 0, 3, 2, 1}, 3), [0, 1, 2])
         self.assertEqual(erasure.choose_blocks([4, 3, 1], 2), [1, 3])
+
+
+class ViewTests(unittest.TestCase):
+    """encode_views: the same blocks as encode, without copying the data blocks."""
+
+    def test_same_blocks_as_encode(self):
+        for length in (0, 1, 2, 3, 10, 3 * 1000, 3 * 1000 + 2):
+            data = bytes(i % 251 for i in range(length))
+            self.assertEqual([bytes(b) for b in erasure.encode_views(data, 3, 5)], erasure.encode(data, 3, 5))
+
+    def test_unpadded_data_blocks_are_views_into_the_data(self):
+        data = bytes(range(12))
+        blocks = erasure.encode_views(data, 3, 5)
+        self.assertIsInstance(blocks[0], memoryview)
+        self.assertIs(blocks[0].obj, data)
+        self.assertEqual(len(blocks), 5)
+
+    def test_decode_takes_views(self):
+        data = bytes(range(200)) * 3 + b"x"
+        blocks = erasure.encode(data, 3, 5)
+        views = {pos: memoryview(blocks[pos]) for pos in (0, 2, 4)}
+        self.assertEqual(erasure.decode(views, 3, 5, len(data)), data)
+        self.assertEqual(erasure.decode({i: memoryview(blocks[i]) for i in range(3)}, 3, 5, len(data)), data)

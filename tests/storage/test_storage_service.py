@@ -258,9 +258,14 @@ class ServiceTests(StorageNodeTestCase):
     @defer.inlineCallbacks
     def test_catalog_is_backed_up_after_a_change(self):
         node, service = yield self.start(overrides={"services/backups/catalog-backup-delay": 0.0})
+        self.assertFalse(service.status()["catalog_backup_pending"])
         yield self.upload(service)
         yield wait_until(lambda: service.last_backup.get("serial") == 1)
         self.assertIn("catalog-1/manifest", self.provider.stores[0]._spaces[ME])
+        yield wait_until(lambda: not service.status()["catalog_backup_pending"])
+        service.catalog_changed()
+        self.assertTrue(service.status()["catalog_backup_pending"])  # until the next backup is stored
+        yield wait_until(lambda: not service.status()["catalog_backup_pending"])
 
 
 class RestartTests(StorageNodeTestCase):

@@ -36,3 +36,12 @@ class WireTests(unittest.TestCase):
         self.assertRaises(BadRequest, wire.decode_path, b"a" * 600)
         self.assertEqual(wire.decode_json(wire.encode_json({"a": 1})), {"a": 1})
         self.assertRaises(BadRequest, wire.decode_json, b"1")
+
+
+class NoCopyTests(unittest.TestCase):
+    def test_data_without_a_copy_is_a_view_of_the_payload(self) -> None:
+        payload = wire.encode_data("V1/0/3", b"raw block")
+        path, block = wire.decode_data(payload, copy=False)
+        self.assertEqual((path, bytes(block)), ("V1/0/3", b"raw block"))
+        self.assertIsInstance(block, memoryview)
+        self.assertIs(block.obj, payload)

@@ -93,3 +93,36 @@ class DiskStoreTests(unittest.TestCase):
         self.successResultOf(store.list_blocks(CUSTOMER, ""))
         self.successResultOf(store.delete(CUSTOMER, "v/0/0"))
         self.assertEqual(calls, ["_store", "_read", "_list", "_delete"])
+
+
+class BlockBufferTests(unittest.TestCase):
+    """Immutable block data (bytes, or a view of bytes, as the desk passes it) is written without a copy;
+    mutable data is snapshotted when the store is asked for, not when the thread gets to it."""
+
+    def setUp(self) -> None:
+        self.queued: list = []
+
+        def later(fn, *args):
+            d = defer.Deferred()
+            self.queued.append((d, fn, args))
+            return d
+
+        self.store = DiskStore(self.mktemp(), run_in_thread=later)
+
+    def run_queued(self) -> None:
+        while self.queued:
+            d, fn, args = self.queued.pop(0)
+            d.callback(fn(*args))
+
+    def test_a_view_of_bytes_and_a_mutable_buffer(self) -> None:
+        payload = b"head" + b"view block"
+        stored_view = self.store.store_block(CUSTOMER, "v1/0/0", memoryview(payload)[4:])
+        mutable = bytearray(b"original")
+        stored_copy = self.store.store_block(CUSTOMER, "v1/0/1", mutable)
+        mutable[:] = b"changed!"
+        self.run_queued()
+        self.successResultOf(stored_view)
+        self.successResultOf(stored_copy)
+        read = [self.store.fetch_block(CUSTOMER, path) for path in ("v1/0/0", "v1/0/1")]
+        self.run_queued()
+        self.assertEqual([self.successResultOf(d) for d in read], [b"view block", b"original"])

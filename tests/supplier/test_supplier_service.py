@@ -47,6 +47,21 @@ class Net:
         return server
 
     @inlineCallbacks
+    def start_market(self, case, suppliers: int):
+        """An identity server that is also the DHT seed, and ``suppliers`` supplier nodes (64 MiB each); their list."""
+        seed = yield self.start_id_server(case, extra=[DHTService])
+        dht_port = seed.service_driver.get("service_entangled_dht").dht.address[1]
+        self.base.update({"services/entangled-dht/known-nodes": [f"127.0.0.1:{dht_port}"],
+                          "services/entangled-dht/rpc-timeout": 0.5})
+        nodes = []
+        for i in range(suppliers):
+            node = yield self.node(case, f"sup{i}", SUPPLIER, {"services/supplier/enabled": True,
+                                                               "services/supplier/donated-space": 64 * 1024 * 1024},
+                                   wait_for="service_supplier")
+            nodes.append(node)
+        return nodes
+
+    @inlineCallbacks
     def node(self, case, name, services, overrides=None, wait_for=None):
         node = yield start_node(case, service_classes=services, overrides=dict(self.base, **(overrides or {})))
         yield ok(case, node, "identity_create", username=name)

@@ -29,7 +29,7 @@ class LocalnetMessagesTests(SynchronousTestCase):
         self.nodes = {node["name"]: node for node in data["nodes"]}
         alice, bob = "customer-1", "supplier-1"
         alice_id, bob_id = self.nodes[alice]["global_id"], self.nodes[bob]["global_id"]
-        for name in (alice, bob):
+        for name in (alice, bob):  # up answers once every enabled service is ON
             info = self.api(name, "service_info", service_name="service_private_messages")
             self.assertEqual(info["state"], "ON", info)
 

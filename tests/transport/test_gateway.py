@@ -22,7 +22,8 @@ from bitnode.crypt import keys
 from bitnode.errors import BadRequest, Conflict, Forbidden, NotFound, Timeout, Unavailable
 from bitnode.transport.commands import Command
 from bitnode.transport.framing import PREFIX
-from bitnode.transport.gateway import Gateway, IdentityKeyVerifier, parse_tcp_contact
+from bitnode.transport.gateway import Gateway, parse_tcp_contact
+from bitnode.transport.introduction import IdentityKeyVerifier
 from bitnode.transport.packet import Packet
 from bitnode.transport.packet_out import PeerRefused
 from bitnode.userid.identity import Identity, format_date

@@ -205,3 +205,24 @@ class PacketOutTests(unittest.TestCase):
                          ("out", "Retrieve", "SENDING", 7))
         self.wire.send_all()
         machine.event("ack", self.answer(Command.ACK))
+
+    # A finished machine is freed only by the cyclic GC: it must not keep the blocks it carried.
+
+    def test_payloads_are_dropped_once_the_answer_is_handed_over(self) -> None:
+        machine = self.machine()
+        d = machine.run()
+        self.wire.send_all()
+        reply = self.answer(Command.DATA, b"x" * 1000)
+        machine.event("reply", reply)
+        self.assertEqual(self.successResultOf(d).payload, b"x" * 1000)  # the caller got all of it
+        self.assertEqual((machine.packet.payload, machine.response.payload), (b"", b""))
+        row = machine.info()
+        self.assertEqual((row["payload_size"], row["response"], row["command"]), (7, "Data", "Retrieve"))
+
+    def test_payload_is_dropped_after_a_failure_too(self) -> None:
+        machine = self.machine()
+        d = machine.run()
+        self.clock.advance(10.0)
+        self.failureResultOf(d, Timeout)
+        self.assertEqual(machine.packet.payload, b"")
+        self.assertEqual(machine.info()["payload_size"], 7)

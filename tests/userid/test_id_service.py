@@ -111,6 +111,8 @@ class CreateTests(ServiceTestBase):
         signature = signer.sign(b"packet")
         self.assertTrue(fastsign.verify(identity.fast_public_key(), b"packet", signature))
         self.assertEqual(self.service.packet_private_key().public_key(), identity.fast_public_key())
+        # parsed once per document: the transport asks for it for every packet it verifies
+        self.assertIs(identity.fast_public_key(), identity.fast_public_key())
 
     def test_identity_survives_a_restart(self) -> None:
         identity = self.create()

@@ -66,8 +66,10 @@ class BitnodeServiceMaker:
 
     def makeService(self, options):
         """Import lazily: twistd loads every plugin just to list them."""
+        from bitnode.main.memory import tune_allocator
         from bitnode.main.runner import make_service
 
+        tune_allocator()  # process-wide, so here where the process starts, not in a Node
         return make_service(options["basedir"], options["set"])
 
 

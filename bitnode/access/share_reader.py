@@ -1,0 +1,177 @@
+"""A reader of someone else's share, talking to the share owner's suppliers.
+
+Everything a grantee sends an owner's supplier is a storage packet whose
+*owner* field names the share's owner (whose space is meant) and whose
+*creator* (the signer) is me. A supplier serves such a packet only when it
+is a read inside the share's scope and the owner's readers list there names
+me (:mod:`bitnode.access.share_scope`, :mod:`bitnode.supplier.shared_reads`);
+otherwise it answers ``Fail "forbidden: ..."``, which
+:class:`~bitnode.customer.remote_store.RemoteStorageServer` turns into a 403.
+
+:class:`ShareReader` gives the other share parts what they need:
+
+- :meth:`find_suppliers`: the owner's positions, from the owner's signed
+  ``suppliers`` DHT record (injected ``lookup(owner_id)``, in a node
+  :func:`bitnode.customer.customer_service.lookup_suppliers`);
+- :meth:`connect`: an Identity ping to each supplier (a node drops packets
+  from senders it does not know yet);
+- :meth:`fetch_index`: the share index from every supplier at once; each
+  copy's signature is checked against the owner's published identity key,
+  the newest serial that verifies is decrypted with the share key;
+- :meth:`server`: an ``IStorageServer`` per supplier for the Downloader.
+
+No retries here: the coordinator decides when to try again.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from twisted.internet import defer
+
+from bitnode.access import share_index, share_scope
+from bitnode.customer.remote_store import RemoteStorageServer
+from bitnode.errors import BadRequest, BitnodeError, Forbidden, NotFound, Unavailable
+from bitnode.storage.interface import BlockNotFound
+from bitnode.transport.commands import Command
+from bitnode.transport.packet import Packet
+from bitnode.transport.packet_out import PeerRefused
+from bitnode.userid import globalid
+
+
+class ShareReader:
+    """Reads share ``key_id`` of ``owner_id`` from the owner's suppliers.
+
+    :param gateway: returns the running gateway (raises Unavailable when off).
+    :param lookup: ``lookup(owner_id)`` → Deferred of the owner's suppliers
+        record (``{"suppliers": [global id or ""], ...}``).
+    :param fetch_identity: ``fetch_identity(global_id)`` → Deferred of an Identity.
+    :param share_key: returns the share's private key (NotFound when not held).
+    :param timeout: seconds a supplier has to answer one request.
+    """
+
+    def __init__(self, clock: Any, run_in_thread: Callable[..., defer.Deferred], gateway: Callable[[], Any],
+                 key_id: str, lookup: Callable[[str], defer.Deferred],
+                 fetch_identity: Callable[[str], defer.Deferred], share_key: Callable[[], Any],
+                 timeout: Callable[[], float] = lambda: 60.0):
+        self.clock = clock
+        self.run_in_thread = run_in_thread
+        self.gateway = gateway
+        self.key_id = key_id
+        self.owner_id = share_scope.share_owner(key_id)
+        self.alias = share_scope.share_alias(key_id)
+        self.lookup = lookup
+        self.fetch_identity = fetch_identity
+        self.share_key = share_key
+        self.timeout = timeout
+        self._servers: dict[str, RemoteStorageServer] = {}
+
+    # --- the owner's suppliers --------------------------------------------------------------
+
+    def find_suppliers(self) -> defer.Deferred:
+        """The owner's positions (global ids, "" for empty ones); NotFound without a record."""
+
+        def positions(record: dict) -> list[str]:
+            found = list(record.get("suppliers") or [])
+            if not any(found):
+                raise NotFound(f"{self.owner_id} has no suppliers: the share cannot be read")
+            return found
+
+        return defer.maybeDeferred(self.lookup, self.owner_id).addCallback(positions)
+
+    def connect(self, positions: list[str]) -> defer.Deferred:
+        """Ping every supplier; fires with how many answered, Unavailable when none did."""
+        return defer.Deferred.fromCoroutine(self._connect(positions))
+
+    async def _connect(self, positions: list[str]) -> int:
+        gateway = self.gateway()
+        wanted = [s for s in positions if s]
+        outcomes = await defer.DeferredList([defer.maybeDeferred(gateway.ping, s, self.timeout()) for s in wanted],
+                                            consumeErrors=True)
+        answered = sum(1 for ok, _ in outcomes if ok)
+        if not answered:
+            reasons = "; ".join(f.getErrorMessage() for ok, f in outcomes if not ok)
+            raise Unavailable(f"none of {self.owner_id}'s suppliers answered: {reasons}")
+        return answered
+
+    def request(self, supplier_id: str, owner_id: str, command: str, payload: bytes) -> defer.Deferred:
+        """RemoteStorageServer's transport: a packet for ``owner_id``'s space, signed by me."""
+        try:
+            gateway = self.gateway()
+            packet = Packet.create(gateway.clock, command, owner_id, gateway.my_id,
+                                   str(globalid.to_global_id(supplier_id)), payload,
+                                   gateway.identity.packet_signer())
+        except BitnodeError as err:
+            return defer.fail(err)
+        d = gateway.send(packet, timeout=self.timeout())
+        return d.addCallbacks(lambda answer: (answer.command, answer.payload), _fail_answer)
+
+    def server(self, supplier_id: str) -> RemoteStorageServer:
+        """The IStorageServer of one of the owner's suppliers, read as me."""
+        server = self._servers.get(supplier_id)
+        if server is None:
+            server = self._servers[supplier_id] = RemoteStorageServer(self.request, supplier_id)
+        return server
+
+    # --- the index ---------------------------------------------------------------------------
+
+    def fetch_index(self, positions: list[str]) -> defer.Deferred:
+        """The newest index that verifies, opened: ``{"serial", "created", "catalog"}``.
+
+        Forbidden when the suppliers refuse me (not a reader, or no longer
+        one), NotFound when none holds an index, BadRequest when the copies
+        found do not verify, Unavailable when nobody answered.
+        """
+        return defer.Deferred.fromCoroutine(self._fetch_index(positions))
+
+    async def _fetch_index(self, positions: list[str]) -> dict:
+        wanted = [s for s in positions if s]
+        path = share_scope.index_path(self.alias)
+        calls = []
+        for supplier_id in wanted:
+            d = self.server(supplier_id).fetch_block(self.owner_id, path)
+            d.addTimeout(self.timeout(), self.clock)
+            calls.append(d)
+        outcomes = await defer.DeferredList(calls, consumeErrors=True)
+        copies = [value for ok, value in outcomes if ok]
+        problems = [value for ok, value in outcomes if not ok]
+        if not copies:
+            raise _no_copy(self.key_id, self.owner_id, problems)
+        owner = await self.fetch_identity(self.owner_id)
+        owner_key = owner.rsa_public_key()
+        best: share_index.SignedIndex | None = None
+        bad = []
+        for data in copies:
+            try:
+                signed = await self.run_in_thread(share_index.verify_index, owner_key, data, self.owner_id,
+                                                  self.key_id)
+            except BadRequest as err:
+                bad.append(str(err))
+                continue
+            if best is None or signed.serial > best.serial:
+                best = signed
+        if best is None:
+            raise BadRequest(f"no copy of the index of {self.key_id} verifies: {'; '.join(bad)}")
+        try:
+            private = self.share_key()
+        except NotFound:
+            raise Forbidden(f"the private key of {self.key_id} is not here: the share cannot be read") from None
+        return await self.run_in_thread(share_index.open_index, private, best)
+
+
+def _no_copy(key_id: str, owner_id: str, problems: list) -> BitnodeError:
+    """The clearest error when no supplier gave an index."""
+    if any(p.check(Forbidden) for p in problems):
+        refusal = next(p for p in problems if p.check(Forbidden)).getErrorMessage()
+        return Forbidden(f"{owner_id}'s suppliers refuse to serve share {key_id} to this node "
+                         f"(not granted, or revoked): {refusal}")
+    if problems and all(p.check(BlockNotFound, NotFound) for p in problems):
+        return NotFound(f"{owner_id} has not published the index of {key_id} yet")
+    reasons = "; ".join(p.getErrorMessage() for p in problems) or "no supplier to ask"
+    return Unavailable(f"the index of {key_id} could not be read from {owner_id}'s suppliers: {reasons}")
+
+
+def _fail_answer(failure):
+    """A supplier's Fail is an answer RemoteStorageServer maps to the matching error."""
+    failure.trap(PeerRefused)
+    return Command.FAIL.value, failure.value.reason.encode("utf-8")

@@ -1,0 +1,551 @@
+"""service_shares: shares I create and grant, and shares granted to me that I open and read.
+
+How a share works, end to end (the parts are documented in their modules):
+
+1. **Create** (owner): a new RSA key ``share_<32 hex>$me`` in my key store
+   (:func:`~bitnode.access.share_scope.new_share_alias`). Files uploaded to
+   ``share_...$me:path`` are stored on my suppliers like my other files, but
+   their per-version keys are wrapped with the share key (service_backups
+   wraps with the key of the remote path's key id) and their version ids are
+   tagged ``<alias>.`` (:func:`~bitnode.access.share_scope.version_tag`), so
+   all their blocks lie in one named part of my space on each supplier.
+2. **Grant** (owner): the share's private key goes to the reader in a
+   ``Key`` packet encrypted to the reader's identity key
+   (:meth:`KeyExchange.share <bitnode.access.key_exchange.KeyExchange.share>`),
+   then every supplier of mine gets the share's readers list (the grant it
+   checks) and the share's index (my catalog rows of that share, sealed with
+   the share key and signed with my master key)
+   (:mod:`bitnode.access.share_publisher`). Whenever files under the share
+   change, the index is published again; whenever my suppliers change, both
+   go to every supplier again. **Revoke** re-sends the list without the
+   reader; **delete** removes the files, the list and the index, then the key.
+3. **Open** (reader): a :class:`~bitnode.access.shared_access_coordinator.SharedAccessCoordinator`
+   finds the owner's suppliers in the DHT, pings them, reads the index and
+   fills a :class:`~bitnode.access.share_view.ShareView`: ``files_list``
+   with the share's key id lists the files, ``file_download_start`` of
+   ``share_...$owner:path`` downloads them from the owner's suppliers,
+   which serve me because the list names me (:mod:`bitnode.supplier.shared_reads`).
+   A share opened stays open across restarts; **close** forgets the view.
+
+Shares I know and what happened to them are persisted in
+``metadata/shares.json`` (:mod:`bitnode.access.shares`); the records (who
+each share of mine is granted to) also go into my catalog backup as the
+backup part ``shares``, so an identity recovered on a new machine gets them
+back with its share keys and goes on publishing. Events on the bus:
+``share-created``, ``share-granted``, ``share-revoked``, ``share-received``,
+``share-opened``, ``share-closed``, ``share-deleted``, and from the
+coordinators ``share-connected`` / ``share-disconnected``.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from bitnode.access import share_scope
+from bitnode.access.share_publisher import SharePublisher
+from bitnode.access.share_reader import ShareReader
+from bitnode.access.share_view import ShareView
+from bitnode.access.shared_access_coordinator import CONNECTED, SharedAccessCoordinator
+from bitnode.access.shares import ShareRegistry
+from bitnode.customer.customer_service import lookup_suppliers
+from bitnode.errors import (
+    BadRequest,
+    BitnodeError,
+    Conflict,
+    Forbidden,
+    NotFound,
+    Unavailable,
+)
+from bitnode.main.options import FLOAT, Option
+from bitnode.services.background import BackgroundWork
+from bitnode.services.base import Service
+from bitnode.storage.catalog import split_remote_path
+from bitnode.userid import globalid
+
+PREFIX = "services/shares/"
+#: Seconds before a publish that reached no supplier is tried again (suppliers changing also retries it).
+PUBLISH_RETRY = 60.0
+IDENTITY, GATEWAY, STORAGE, KEYS = "service_identity", "service_gateway", "service_backups", "service_key_exchange"
+#: The name of my share records in the catalog backup (see :meth:`StorageService.add_backup_part`).
+BACKUP_PART = "shares"
+
+
+class SharesService(Service):
+    """Creates, grants, opens and reads shares; see the module docstring."""
+
+    name = "service_shares"
+    depends_on = (KEYS, STORAGE)
+    description = "Shares: keys under which your files are stored for other users to read (share_* methods)"
+    options = (
+        Option(PREFIX + "index-delay", FLOAT, 2.0,
+               "Seconds after a change of shared files before the share index is published to the suppliers.",
+               minimum=0.0, maximum=3600.0),
+        Option(PREFIX + "request-timeout", FLOAT, 30.0,
+               "Seconds a supplier has to answer one share request (readers list, index, a block for a reader).",
+               minimum=0.1, maximum=3600.0),
+    )
+    log = Logger()
+
+    def __init__(self, node):
+        super().__init__(node)
+        self.registry: ShareRegistry | None = None
+        self.publisher: SharePublisher | None = None
+        self.coordinators: dict[str, SharedAccessCoordinator] = {}
+        self.views: dict[str, ShareView] = {}
+        self._unsubscribe: Any = None
+        self._unregister_part: Any = None
+        self._publish_call: Any = None
+        self._publish_force = False
+        self._publish_lock = defer.DeferredLock()
+        self._background = BackgroundWork(self.log)
+        self._connected: dict[str, bool] = {}
+        self._deleting: set[str] = set()
+
+    # --- lifecycle -------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Load the shares, listen to the node's news, open again the shares left open, catch up publishing."""
+        self.registry = ShareRegistry(os.path.join(self.node.basedir.metadata, "shares.json"), self.node.clock,
+                                      on_change=self._records_changed)
+        self._unregister_part = self._storage().add_backup_part(BACKUP_PART, self.registry.shares,
+                                                                self._restore_records)
+        self.publisher = SharePublisher(self.node.clock, self.node.run_in_thread, self._storage, self._keystore,
+                                        lambda: self.node.settings.get(PREFIX + "request-timeout"))
+        self._unsubscribe = self.node.events.subscribe(self._on_event)
+        for record in self.registry.shares():
+            if record["active"] and not record["mine"] and self._holds(record["key_id"]):
+                self._background.track(defer.maybeDeferred(self._open_received, record["key_id"]),
+                            f"opening {record['key_id']} again", quiet=True)
+        # What a stop or a crash may have left unsent (a grant, a revoke) goes out again.
+        self._schedule_publish(force=True)
+
+    @defer.inlineCallbacks
+    def stop(self):
+        """Close every open share (their downloads stop), stop publishing, wait for work in flight."""
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
+        if self._unregister_part is not None:
+            self._unregister_part()
+            self._unregister_part = None
+        if self._publish_call is not None and self._publish_call.active():
+            self._publish_call.cancel()
+        self._publish_call = None
+        views = list(self.views.values())
+        for coordinator in list(self.coordinators.values()):
+            coordinator.event("close")
+        self.coordinators.clear()
+        self.views.clear()
+        yield defer.DeferredList([view.release() for view in views])
+        if self._background:
+            yield self._background.wait()
+        self.registry = None  # a retry still scheduled finds the service stopped and does nothing
+
+    def status(self) -> dict:
+        """Figures for service_info."""
+        records = self.registry.shares() if self.registry is not None else []
+        return {"mine": sum(1 for r in records if r["mine"]), "received": sum(1 for r in records if not r["mine"]),
+                "open": {key_id: c.state for key_id, c in self.coordinators.items()}}
+
+    # --- neighbours ------------------------------------------------------------------------------------
+
+    def _identity(self) -> Any:
+        return self.node.service_driver.get(IDENTITY)
+
+    def _keystore(self) -> Any:
+        store = self._identity().keystore
+        if store is None:
+            raise Conflict("this node has no identity yet: call identity_create or identity_recover first")
+        return store
+
+    def _me(self) -> str:
+        me = self._identity().my_global_id()
+        if not me:
+            raise Conflict("this node has no identity yet: call identity_create or identity_recover first")
+        return me
+
+    def _storage(self) -> Any:
+        driver = self.node.service_driver
+        if not driver.is_on(STORAGE):
+            raise Unavailable(f"{STORAGE} is not running")
+        return driver.get(STORAGE)
+
+    def _holds(self, key_id: str) -> bool:
+        store = self._keystore()
+        return store.has(key_id) and store.get(key_id).is_private
+
+    def require_registry(self) -> ShareRegistry:
+        """The loaded registry; Unavailable while the service is off."""
+        if self.registry is None:
+            raise Unavailable(f"{self.name} is not running")
+        return self.registry
+
+    # --- the API: listing and history ------------------------------------------------------------------
+
+    def list(self, only_active: bool = False, include_mine: bool = True, include_granted: bool = True) -> list[dict]:
+        """Every share whose key I hold: mine and those granted to me, with their state."""
+        registry = self.require_registry()
+        store, me = self._keystore(), self._me()
+        rows = []
+        for info in store.list():
+            if not share_scope.is_share_alias(info.alias) or not info.is_private:
+                continue
+            mine = info.creator == me
+            if (mine and not include_mine) or (not mine and not include_granted):
+                continue
+            row = self._row(info.key_id, info.label, mine, registry.get(info.key_id))
+            if only_active and row["state"] != CONNECTED:
+                continue
+            rows.append(row)
+        return rows
+
+    def _row(self, key_id: str, label: str, mine: bool, record: dict | None) -> dict:
+        record = record or {}
+        active = bool(record.get("active"))
+        coordinator = self.coordinators.get(key_id)
+        row = {"key_id": key_id, "alias": share_scope.share_alias(key_id), "label": label,
+               "owner_id": share_scope.share_owner(key_id), "mine": mine, "active": active,
+               "created": record.get("created"), "grantees": list(record.get("grantees", [])) if mine else [],
+               "granted_by": record.get("granted_by", ""), "index_serial": record.get("index_serial", 0),
+               "state": (CONNECTED if active else "CLOSED") if mine else "CLOSED",
+               "suppliers": [], "files": None, "error": ""}
+        if coordinator is not None and not coordinator.destroyed:
+            info = coordinator.info()
+            row.update(state=info["state"], suppliers=info["suppliers"], files=info["files"], error=info["error"],
+                       index_serial=info["index_serial"])
+        return row
+
+    def history(self) -> list[dict]:
+        """What happened to shares on this node, oldest first."""
+        return self.require_registry().history()
+
+    def share(self, key_id: str) -> dict:
+        """One share as :meth:`list` shows it; NotFound when I do not hold its key."""
+        key_id = _share_key(key_id)
+        store = self._keystore()
+        if not self._holds(key_id):
+            raise NotFound(f"share {key_id} is not known here (its private key is not in the key store)")
+        return self._row(key_id, store.get(key_id).label, share_scope.share_owner(key_id) == self._me(),
+                         self.require_registry().get(key_id))
+
+    # --- the API: an owner's shares ----------------------------------------------------------------------
+
+    def create(self, owner_id: str | None = None, key_size: int | None = None, label: str = "") -> defer.Deferred:
+        """A new share owned by me: ``share_<random>$me`` in the key store."""
+        return defer.Deferred.fromCoroutine(self._create(owner_id, key_size, label))
+
+    async def _create(self, owner_id: str | None, key_size: int | None, label: str) -> dict:
+        registry, store, me = self.require_registry(), self._keystore(), self._me()
+        owner = str(globalid.to_global_id(owner_id)) if owner_id else me
+        if owner != me:
+            # A share is a key in its owner's namespace (share_<id>$owner), made and held by the owner.
+            raise Forbidden(f"a node creates keys only under its own id: {me} cannot create a share owned by "
+                            f"{owner}; {owner} creates it and grants it to you (share_grant)")
+        size = key_size if key_size is not None else self.node.settings.get("personal/private-key-size")
+        info = await store.create(share_scope.new_share_alias(), int(size), label or "")
+        registry.put(info.key_id, owner_id=me, label=info.label, mine=True, active=True)
+        registry.note("created", info.key_id, me, f"{info.size}-bit key")
+        row = self.share(info.key_id)
+        self.node.events.publish("share-created", dict(row))
+        return row
+
+    def _mine(self, key_id: str) -> str:
+        """``key_id`` checked to be a share I own and hold."""
+        key_id = _share_key(key_id)
+        if share_scope.share_owner(key_id) != self._me():
+            raise Forbidden(f"share {key_id} belongs to {share_scope.share_owner(key_id)}: only its owner can do that")
+        if not self._holds(key_id):
+            raise NotFound(f"share {key_id} is not in the key store")
+        return key_id
+
+    def grant(self, key_id: str, trusted_user_id: str, timeout: float = 30.0) -> defer.Deferred:
+        """Give ``trusted_user_id`` the share key and tell my suppliers they may serve the share to that user."""
+        return defer.Deferred.fromCoroutine(self._grant(key_id, trusted_user_id, timeout))
+
+    async def _grant(self, key_id: str, trusted_user_id: str, timeout: float) -> dict:
+        registry, key_id = self.require_registry(), self._mine(key_id)
+        user = str(globalid.to_global_id(trusted_user_id))
+        started = self.node.clock.seconds()
+        driver = self.node.service_driver
+        exchange = driver.get(KEYS).require_exchange()
+        shared = await exchange.share(key_id, user, include_private=True, timeout=timeout)
+        record = registry.get(key_id) or {}
+        grantees = sorted(set(record.get("grantees", [])) | {user})
+        registry.put(key_id, owner_id=self._me(), mine=True, grantees=grantees, active=True)
+        registry.note("granted", key_id, user)
+        left = max(1.0, timeout - (self.node.clock.seconds() - started))
+        suppliers = await self._publish_now(key_id, readers_changed=True, timeout=left)
+        result = {"key_id": key_id, "trusted_user_id": user, "fingerprint": shared["fingerprint"],
+                  "grantees": grantees, "suppliers": suppliers, "ready": not suppliers.get("error")}
+        self.node.events.publish("share-granted", dict(result))
+        return result
+
+    def revoke(self, key_id: str, user_id: str, timeout: float = 30.0) -> defer.Deferred:
+        """Stop my suppliers serving the share to ``user_id`` (the key it already has stays with it)."""
+        return defer.Deferred.fromCoroutine(self._revoke(key_id, user_id, timeout))
+
+    async def _revoke(self, key_id: str, user_id: str, timeout: float) -> dict:
+        registry, key_id = self.require_registry(), self._mine(key_id)
+        user = str(globalid.to_global_id(user_id))
+        record = registry.require(key_id)
+        if user not in record["grantees"]:
+            raise NotFound(f"{user} is not a reader of share {key_id}")
+        grantees = [g for g in record["grantees"] if g != user]
+        registry.put(key_id, grantees=grantees)
+        registry.note("revoked", key_id, user)
+        suppliers = await self._publish_now(key_id, readers_changed=True, timeout=timeout)
+        result = {"key_id": key_id, "user_id": user, "grantees": grantees, "suppliers": suppliers,
+                  "ready": not suppliers.get("error")}
+        self.node.events.publish("share-revoked", dict(result))
+        return result
+
+    async def _publish_now(self, key_id: str, readers_changed: bool = False, force: bool = False,
+                           timeout: float | None = None) -> dict:
+        """Publish one share now (after any publish running); a failure is reported, not raised."""
+        try:
+            return await self._publish_lock.run(
+                lambda: defer.Deferred.fromCoroutine(self._publish_share(key_id, readers_changed, force, timeout)))
+        except BitnodeError as err:
+            self.log.info("publishing share {key_id} failed: {err}", key_id=key_id, err=err)
+            return {"key_id": key_id, "error": str(err)}
+
+    async def _publish_share(self, key_id: str, readers_changed: bool, force: bool, timeout: float | None) -> dict:
+        registry = self.require_registry()
+        if key_id in self._deleting:
+            return {"key_id": key_id, "skipped": "the share is being deleted"}
+        record = registry.require(key_id)
+        outcome = await self.publisher.publish(key_id, record["grantees"], record["index_serial"],
+                                               record["index_sha256"], readers_changed, force, timeout)
+        if outcome["index_sent"] and registry.get(key_id) is not None:
+            registry.put(key_id, index_serial=outcome["serial"], index_sha256=outcome["sha256"])
+        return outcome
+
+    def _schedule_publish(self, force: bool = False) -> None:
+        """Publish the shares I granted after ``index-delay`` (changes close together go out once)."""
+        self._publish_force = self._publish_force or force
+        if self._publish_call is None and self.registry is not None:
+            delay = self.node.settings.get(PREFIX + "index-delay")
+            self._publish_call = self.node.call_later(delay, self._publish_granted)
+
+    def _publish_granted(self) -> None:
+        self._publish_call = None
+        force, self._publish_force = self._publish_force, False
+        if self.registry is None:
+            return
+        for record in self.registry.shares():
+            if record["mine"] and record["grantees"] and self._holds(record["key_id"]):
+                d = defer.Deferred.fromCoroutine(self._publish_now(record["key_id"], readers_changed=force, force=force))
+                d.addCallback(self._retry_failed_publish, force)
+                self._background.track(d, f"publishing {record['key_id']}")
+
+    def _retry_failed_publish(self, outcome: dict, force: bool) -> None:
+        if "error" in outcome and self.registry is not None:
+            self.node.call_later(PUBLISH_RETRY, self._schedule_publish, force)
+
+    def delete(self, key_id: str) -> defer.Deferred:
+        """Delete a share: mine with its files and its lists on my suppliers, or one granted to me; then its key."""
+        return defer.Deferred.fromCoroutine(self._delete(key_id))
+
+    async def _delete(self, key_id: str) -> dict:
+        registry, key_id = self.require_registry(), _share_key(key_id)
+        if not self._holds(key_id):
+            raise NotFound(f"share {key_id} is not in the key store")
+        mine = share_scope.share_owner(key_id) == self._me()
+        await self._close_view(key_id)
+        result: dict = {"key_id": key_id, "mine": mine, "deleted": True}
+        self._deleting.add(key_id)  # no publish of it from now on; one running finishes before the withdraw
+        try:
+            if mine:
+                result["files"] = await self._delete_files(key_id)
+                try:
+                    result["suppliers"] = await self._publish_lock.run(
+                        lambda: defer.Deferred.fromCoroutine(self.publisher.withdraw(key_id)))
+                except BitnodeError as err:
+                    result["suppliers"] = {"error": str(err)}
+            self._keystore().erase(key_id)
+            registry.forget(key_id)
+        finally:
+            self._deleting.discard(key_id)
+        registry.note("deleted", key_id, self._me())
+        self.node.events.publish("share-deleted", dict(result))
+        return result
+
+    async def _delete_files(self, key_id: str) -> dict:
+        """Every file and folder under the share key, deleted like ``file_delete`` does."""
+        storage = self._storage()
+        storage.require_ready()
+        rows = await self.node.run_in_thread(storage.catalog.list, key_id, "", False)
+        outcome = {"items": len(rows), "versions": 0, "failed": []}
+        for row in rows:
+            done = await storage.delete(row["remote_path"])
+            outcome["versions"] += done["versions"]
+            outcome["failed"] += done["failed"]
+        return outcome
+
+    # --- the API: opening and closing ------------------------------------------------------------------
+
+    def open(self, key_id: str) -> defer.Deferred:
+        """Activate a share: mine is ready at once; one granted to me is read from its owner's suppliers."""
+        key_id = _share_key(key_id)
+        self.require_registry()
+        if not self._holds(key_id):
+            raise NotFound(f"share {key_id} was not granted to this node (its private key is not here)")
+        if share_scope.share_owner(key_id) == self._me():
+            self.registry.put(key_id, owner_id=self._me(), mine=True, active=True)
+            self.registry.note("opened", key_id, self._me())
+            self._schedule_publish()
+            row = self.share(key_id)
+            self.node.events.publish("share-opened", dict(row))
+            return defer.succeed(row)
+        return self._open_received(key_id)
+
+    def _open_received(self, key_id: str) -> defer.Deferred:
+        owner = share_scope.share_owner(key_id)
+        record = self.registry.get(key_id) or {}
+        if not record.get("active"):
+            self.registry.put(key_id, owner_id=owner, mine=False, active=True)
+            self.registry.note("opened", key_id, owner)
+            self.node.events.publish("share-opened", {"key_id": key_id, "owner_id": owner, "mine": False})
+        coordinator = self.coordinators.get(key_id)
+        if coordinator is None or coordinator.destroyed:
+            coordinator = self._new_coordinator(key_id, owner)
+        d = coordinator.wait()
+        coordinator.event("open")
+        return d.addCallback(lambda _: self.share(key_id))
+
+    def _new_coordinator(self, key_id: str, owner: str) -> SharedAccessCoordinator:
+        node, settings, driver = self.node, self.node.settings, self.node.service_driver
+        store = self._keystore()
+        reader = ShareReader(node.clock, node.run_in_thread, lambda: driver.get(GATEWAY).require_gateway(), key_id,
+                             self._lookup, self._identity().fetch_identity, lambda: store.private_key(key_id),
+                             lambda: settings.get(PREFIX + "request-timeout"))
+        view = ShareView(node.clock, node.run_in_thread, reader, registry=node.automats,
+                         segments_in_flight=lambda: settings.get("services/backups/segments-in-flight"),
+                         fetch_timeout=lambda: settings.get(PREFIX + "request-timeout"),
+                         max_downloads=lambda: settings.get("services/backups/max-downloads"))
+        coordinator = SharedAccessCoordinator(node.clock, key_id, owner, view, self._coordinator_news,
+                                              registry=node.automats)
+        self.coordinators[key_id] = coordinator
+        self.views[key_id] = view
+        return coordinator
+
+    def _lookup(self, owner_id: str) -> defer.Deferred:
+        return lookup_suppliers(self.node, owner_id)
+
+    def _coordinator_news(self, event_id: str, data: dict) -> None:
+        """A coordinator connected or not: tell the bus, note changes (not every refresh) in the history."""
+        key_id = data["key_id"]
+        connected = event_id == "share-connected"
+        if self._connected.get(key_id) != connected and self.registry is not None:
+            detail = f"index {data.get('index_serial')}, {data.get('files')} file(s)" if connected else data["error"]
+            self.registry.note("connected" if connected else "disconnected", key_id, data["owner_id"], detail)
+        self._connected[key_id] = connected
+        self.node.events.publish(event_id, dict(data))
+
+    def close(self, key_id: str) -> defer.Deferred:
+        """Deactivate a share: one granted to me is disconnected and its files are no longer visible."""
+        key_id = _share_key(key_id)
+        registry = self.require_registry()
+        if not self._holds(key_id):
+            raise NotFound(f"share {key_id} is not known here")
+
+        async def run() -> dict:
+            await self._close_view(key_id)
+            registry.put(key_id, owner_id=share_scope.share_owner(key_id),
+                         mine=share_scope.share_owner(key_id) == self._me(), active=False)
+            registry.note("closed", key_id, self._me())
+            row = self.share(key_id)
+            self.node.events.publish("share-closed", dict(row))
+            return row
+
+        return defer.Deferred.fromCoroutine(run())
+
+    async def _close_view(self, key_id: str) -> None:
+        coordinator = self.coordinators.pop(key_id, None)
+        view = self.views.pop(key_id, None)
+        self._connected.pop(key_id, None)
+        if coordinator is not None and not coordinator.destroyed:
+            coordinator.event("close")
+        if view is not None:
+            await view.release()
+
+    def transfer_managers(self) -> list:
+        """The TransferManagers of the open views (downloads of others' files), for files_downloads/transfers_list."""
+        return [view.transfers for view in self.views.values()]
+
+    def view_for(self, where: str) -> ShareView | None:
+        """The open view of another user's share named by a remote path or key id, else None.
+
+        Forbidden when it names a share of someone else that was not granted
+        to me, Conflict when it was granted but is not open (or not read yet).
+        """
+        key_id = _key_of(where)
+        if key_id is None or self.registry is None:
+            return None
+        if share_scope.share_owner(key_id) == self._me():
+            return None
+        view = self.views.get(key_id)
+        if view is None:
+            if not self._holds(key_id):
+                raise Forbidden(f"share {key_id} was not granted to this node")
+            raise Conflict(f"share {key_id} is not open: call share_open first")
+        view.require_ready()
+        return view
+
+    # --- news from the node -------------------------------------------------------------------------------
+
+    def _on_event(self, event: Any) -> None:
+        if event.event_id == "key-received":
+            self._key_received(event.data or {})
+        elif event.event_id == "catalog-changed":
+            self._schedule_publish()
+        elif event.event_id == "suppliers-changed":
+            self._schedule_publish(force=True)
+
+    def _records_changed(self) -> None:
+        """A share record changed: it goes into the next catalog backup (when service_backups runs)."""
+        if self.node.service_driver.is_on(STORAGE):
+            self.node.service_driver.get(STORAGE).backup_needed()
+
+    def _restore_records(self, records: list) -> None:
+        """My share records from a catalog backup (a new machine): the ones not known here are taken.
+
+        Nothing is published here: the catalog they index is imported after
+        the records, and its ``catalog-changed`` (then ``suppliers-changed``)
+        brings the publishing up to date.
+        """
+        registry = self.require_registry()
+        for key_id in registry.restore(records):
+            registry.note("restored", key_id, self._me(), "from the catalog backup")
+
+    def _key_received(self, data: dict) -> None:
+        key_id = data.get("key_id", "")
+        if not share_scope.is_share_key(key_id) or not data.get("is_private") or self.registry is None:
+            return
+        sender = data.get("from", "")
+        self.registry.put(key_id, owner_id=share_scope.share_owner(key_id), label=data.get("label", ""), mine=False,
+                          granted_by=sender)
+        self.registry.note("received", key_id, sender)
+        self.node.events.publish("share-received", {"key_id": key_id, "from": sender, "label": data.get("label", "")})
+
+
+def _share_key(key_id: str) -> str:
+    """A share key id, checked (BadRequest otherwise)."""
+    if not isinstance(key_id, str) or not share_scope.is_share_key(key_id):
+        raise BadRequest(f"{key_id!r} is not a share key id (share_<id>$owner@host)")
+    return str(globalid.KeyId.parse(key_id))
+
+
+def _key_of(where: str) -> str | None:
+    """The share key id a remote path (``key_id:path``) or key id names, else None."""
+    if not isinstance(where, str):
+        return None
+    try:
+        key_id = split_remote_path(where)[0] if ":" in where else where
+    except BadRequest:
+        return None
+    return key_id if share_scope.is_share_key(key_id) else None

@@ -1,0 +1,71 @@
+"""API methods for shares: shares_list, share_create, share_delete, share_grant, share_open, share_close, share_history.
+
+Thin: each method checks its arguments and calls service_shares
+(:mod:`bitnode.access.shares_service`, which documents how a share works).
+A share's files are then used through the files API with the share's key
+id: ``file_upload_start`` to ``share_...$me:path`` (owner), ``files_list``
+with ``key_id=share_...$owner`` and ``file_download_start`` of
+``share_...$owner:path`` (owner, and readers once the share is open).
+
+A share as listed: ``{"key_id", "alias", "label", "owner_id", "mine",
+"active", "state", "created", "grantees", "granted_by", "index_serial",
+"suppliers", "files", "error"}``; ``state`` is ``CONNECTED`` for an open
+share (a reader's share: once its index was read from the owner's
+suppliers), ``CLOSED``, or the reader's connecting state
+(``DHT_LOOKUP``, ``SUPPLIERS?``, ``INDEX?``, ``DISCONNECTED``).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from twisted.internet import defer
+
+from bitnode.crypt import keys
+from bitnode.errors import BadRequest
+from bitnode.interface.running import running_service
+
+if TYPE_CHECKING:  # pragma: no cover
+    from bitnode.access.shares_service import SharesService
+
+SERVICE = "service_shares"
+KEY_SIZES = (1024, 2048, 3072, 4096)
+
+
+class SharesMethods:
+    """share_* and shares_list; mixed into :class:`bitnode.interface.api.API`."""
+
+    def _shares(self) -> SharesService:
+        return running_service(self.node, SERVICE)
+
+    def shares_list(self, only_active: bool = False, include_mine: bool = True, include_granted: bool = True) -> list:
+        """Shares I own and shares granted to me, with their state."""
+        return self._shares().list(only_active, include_mine, include_granted)
+
+    def share_create(self, owner_id: str | None = None, key_size: int | None = None, label: str = "") -> defer.Deferred:
+        """A new share (an RSA key ``share_<id>$me``) to upload files into and grant to others."""
+        if key_size is not None and (key_size not in KEY_SIZES or key_size < keys.MIN_RSA_BITS):
+            raise BadRequest(f"key_size must be one of {', '.join(map(str, KEY_SIZES))}")
+        return self._shares().create(owner_id, key_size, label)
+
+    def share_delete(self, key_id: str) -> defer.Deferred:
+        """Delete a share: the owner's files in it and its grants on the suppliers, then the key."""
+        return self._shares().delete(key_id)
+
+    def share_grant(self, key_id: str, trusted_user_id: str, timeout: float = 30) -> defer.Deferred:
+        """Give a user the share key and let the owner's suppliers serve the share's files to that user."""
+        if not timeout > 0:
+            raise BadRequest("timeout must be positive")
+        return self._shares().grant(key_id, trusted_user_id, timeout)
+
+    def share_open(self, key_id: str) -> defer.Deferred:
+        """Connect to the share's suppliers and make its files visible (answers once connected, or why not)."""
+        return self._shares().open(key_id)
+
+    def share_close(self, key_id: str) -> defer.Deferred:
+        """Disconnect a share granted to me (its files are no longer visible); mark mine inactive."""
+        return self._shares().close(key_id)
+
+    def share_history(self) -> list:
+        """What happened to shares on this node, oldest first: ``{"time", "event", "key_id", "user", "detail"}``."""
+        return self._shares().history()

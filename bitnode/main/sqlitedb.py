@@ -1,0 +1,62 @@
+"""One sqlite file opened the way bitnode keeps its durable tables: WAL, FULL sync, a format check, one lock.
+
+:class:`SqliteFile` is the small common part of the node's sqlite stores
+(message history, group queues): it opens the file in WAL mode with
+``synchronous=FULL`` (a commit is on disk before anyone is told "stored"),
+creates the schema, checks the ``meta`` table's ``format`` row against the
+version the code reads, and offers one thread-safe :meth:`SqliteFile.transaction`.
+The stores keep their own queries; they share only this.
+
+The schema passed in must create ``meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)``.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from contextlib import contextmanager
+from typing import Iterator
+
+from bitnode.errors import BadRequest
+
+
+class SqliteFile:
+    """An open sqlite database at ``path`` (``":memory:"`` for tests) holding ``schema`` at ``format_version``.
+
+    :param what: how errors name the file ("message history", "group queues").
+    :raises BadRequest: the file holds another format (it is closed again).
+    """
+
+    def __init__(self, path: str, schema: str, format_version: int, what: str) -> None:
+        self.path = path
+        self.lock = threading.RLock()
+        self.db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self.db.row_factory = sqlite3.Row
+        if path != ":memory:":
+            self.db.execute("PRAGMA journal_mode = WAL")
+            # FULL: a commit is on disk before the peer (or the API caller) hears "stored".
+            self.db.execute("PRAGMA synchronous = FULL")
+        self.db.executescript(schema)
+        row = self.db.execute("SELECT value FROM meta WHERE name = 'format'").fetchone()
+        if row is None:
+            self.db.execute("INSERT INTO meta (name, value) VALUES ('format', ?)", (str(format_version),))
+        elif int(row["value"]) != format_version:
+            self.db.close()
+            raise BadRequest(f"{what} {path} has format {row['value']}, this node reads {format_version}")
+
+    def close(self) -> None:
+        """Close the database."""
+        with self.lock:
+            self.db.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One ``BEGIN IMMEDIATE`` ... ``COMMIT`` under the lock; rolled back if the body raises."""
+        with self.lock:
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self.db
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+            self.db.execute("COMMIT")

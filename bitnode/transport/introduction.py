@@ -1,0 +1,122 @@
+"""Identity packets: how a peer shows us its identity document, and how a stranger introduces itself.
+
+An ``Identity`` packet carries its creator's signed identity document.  For
+a sender whose key we already know, the transport verifies the packet as
+usual and :func:`carried_identity` reads the document out of it.
+
+A sender we know no key for cannot pass the transport's signature check.
+:class:`IntroducingTransport` lets exactly one kind of packet through: an
+``Identity`` packet whose document is its creator's own and validly signed
+(:func:`introduced_identity`); the packet is then verified with the key in
+that document (:class:`IdentityKeyVerifier`) and replay-checked like any
+other.  Such a document is not trusted yet: the gateway first asks the
+sender's identity server for the published one and compares the keys
+(:func:`confirm_introduction`), so a made-up document cannot pin a wrong key.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+from twisted.internet.defer import Deferred
+
+from bitnode.crypt import fastsign, keys
+from bitnode.errors import BadRequest, Forbidden
+from bitnode.transport.commands import Command
+from bitnode.transport.packet import Packet, UnknownSender
+from bitnode.transport.tcp import TCPTransport
+from bitnode.userid.identity import Identity
+
+
+class IntroductionRefused(Forbidden):
+    """A stranger's identity document does not have the key its identity server publishes."""
+
+
+def carried_identity(packet: Packet) -> Identity:
+    """The identity document ``packet`` carries, if it is its creator's own and signed.
+
+    Raises BadRequest otherwise, with the text the sender is told in its ``Fail``.
+    """
+    try:
+        document = Identity.from_xml(packet.payload)
+    except BadRequest as err:
+        raise BadRequest(f"bad identity document: {err}") from None
+    if document.global_id != packet.creator_id or not document.verify():
+        raise BadRequest("the identity document is not yours or not signed")
+    return document
+
+
+def introduced_identity(packet: Packet) -> Optional[Identity]:
+    """The document an unknown sender's packet introduces it with; None unless an Identity packet with a valid one."""
+    if packet.command != Command.IDENTITY.value:
+        return None
+    try:
+        return carried_identity(packet)
+    except BadRequest:
+        return None
+
+
+async def confirm_introduction(fetch_identity: Callable[..., Deferred], document: Identity) -> None:
+    """Check an introduced ``document`` against the one its identity server publishes now.
+
+    ``fetch_identity(idurl, refresh=True)`` is the identity provider's; its
+    errors (server down, unknown user) pass through.  Raises
+    :class:`IntroductionRefused` when the published key is another one.
+    """
+    published = await fetch_identity(document.idurl, refresh=True)
+    if published.rsa_public_key() != document.rsa_public_key():
+        raise IntroductionRefused(f"{document.global_id} introduced itself with a key its identity server "
+                                  "does not publish")
+
+
+class IdentityKeyVerifier:
+    """Verifies packets with the keys written in an identity document.
+
+    Used only for a sender that introduces itself: ``ed25519`` packets with
+    the document's certified signing key, ``rsa-pss-sha256`` ones with its
+    RSA key; any other algorithm never verifies.
+    """
+
+    def __init__(self, identity: Identity, algorithm: str) -> None:
+        self.identity = identity
+        self.algorithm = algorithm
+
+    def verify(self, data: bytes, signature: bytes) -> bool:
+        """Whether ``signature`` is valid for ``data`` under the document's key."""
+        if self.algorithm == "ed25519":
+            key = self.identity.fast_public_key()
+            return key is not None and fastsign.verify(key, data, signature)
+        if self.algorithm == "rsa-pss-sha256":
+            return keys.verify(self.identity.rsa_public_key(), data, signature)
+        return False
+
+
+class IntroducingTransport(TCPTransport):
+    """A TCP transport that lets an ``Identity`` packet vouch for an unknown sender.
+
+    Everything else is the parent's pipeline.  Only when the parent drops a
+    packet as ``unknown_sender`` and ``introduce(packet)`` (normally
+    :func:`introduced_identity`) returns a document, the packet is verified
+    with that document's key and replay-checked; the document is kept in
+    :attr:`introductions`, by ``(creator_id, packet_id)``, for the gateway,
+    which confirms it before trusting it.
+    """
+
+    def __init__(self, *args: Any, introduce: Callable[[Packet], Optional[Identity]], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._introduce = introduce
+        self.introductions: dict[tuple[str, str], Identity] = {}
+
+    def _validate(self, head: bytes, body: bytes, digest: bytes | None) -> Packet:
+        try:
+            return super()._validate(head, body, digest)
+        except UnknownSender:
+            packet = Packet.decode_parts(head, body, max_payload=self.max_frame, payload_sha256=digest)
+            document = self._introduce(packet)
+            if document is None:
+                raise
+            verifier = IdentityKeyVerifier(document, packet.algorithm)
+            packet.verify(lambda _creator: verifier)
+            self.replay.check(packet.creator_id, packet.packet_id, packet.date)
+            self.introductions[(packet.creator_id, packet.packet_id)] = document
+            return packet

@@ -1,0 +1,381 @@
+"""The storage half of ``make bench``: pipeline limits in this process, then transfers over a localnet.
+
+Imported by ``scripts/bench.py`` (not run on its own).
+
+- :func:`write_test_file` writes random bytes (nothing compresses or dedups)
+  and returns their SHA-256.
+- :func:`pipeline_limits` runs the node's own per-segment code on that file
+  with no network: ``prepare_segment`` (read -> encrypt -> encode -> pack +
+  hash, as the uploader) and ``verify_block`` + ``decode_segment`` + write (as
+  the downloader, from k data blocks kept in files like a supplier's), with
+  one thread and with ``threads`` segments at once; the better figure of each
+  is the limit a transfer is compared with.
+- :class:`BenchNet` starts a localnet (identity server, ``suppliers``
+  suppliers, one customer) as real processes, makes the customer hire all of
+  them with k = ``data_blocks``, and moves files through the customer's HTTP
+  API (``file_upload_start`` / ``file_download_start`` with ``wait_result``,
+  so the call answers when the transfer is DONE) while a :class:`RssSampler`
+  watches every node's resident memory.
+- ``profile_dir``: each transfer is also recorded by ``py-spy`` (if it is on
+  PATH or given) on the customer and the first supplier, as collapsed stacks
+  (``<size>-<upload|download>-<node>.txt``) for ``py-spy``-style analysis.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable
+
+import psutil
+
+MiB = 1024 * 1024
+SEGMENT_SIZE = 4 * MiB
+Log = Callable[[str], None]
+
+
+# --- test data ---------------------------------------------------------------------------
+
+
+def write_test_file(path: str, size: int, chunk: int = MiB) -> str:
+    """Write ``size`` random bytes to ``path``; return their SHA-256 (hex)."""
+    digest = hashlib.sha256()
+    with open(path, "wb") as handle:
+        left = size
+        while left > 0:
+            data = os.urandom(min(chunk, left))
+            digest.update(data)
+            handle.write(data)
+            left -= len(data)
+    return digest.hexdigest()
+
+
+def file_sha256(path: str, chunk: int = MiB) -> str:
+    """SHA-256 (hex) of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# --- memory ------------------------------------------------------------------------------
+
+
+class RssSampler:
+    """Samples the resident memory of some processes in a background thread; keeps each one's peak.
+
+    ``pids`` maps a name to a pid (``0`` is this process). A process that is
+    gone is simply no longer sampled.
+    """
+
+    def __init__(self, pids: dict[str, int], interval: float = 0.02):
+        self._procs = {name: psutil.Process(pid or os.getpid()) for name, pid in pids.items()}
+        self._interval = interval
+        self._stop = threading.Event()
+        self.peak: dict[str, int] = {}
+        self._sample()
+        self.baseline = dict(self.peak)
+        self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
+
+    def _sample(self) -> None:
+        for name, proc in self._procs.items():
+            try:
+                rss = proc.memory_info().rss
+            except psutil.Error:
+                continue
+            if rss > self.peak.get(name, 0):
+                self.peak[name] = rss
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            self._sample()
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+
+    def peak_mib(self, names=None) -> float:
+        """The highest peak among ``names`` (all when None), in MiB."""
+        values = [v for k, v in self.peak.items() if names is None or k in names]
+        return max(values, default=0) / MiB
+
+
+# --- the in-process pipeline ------------------------------------------------------------
+
+
+def _rate(size: int, seconds: float) -> float:
+    return (size / MiB) / seconds if seconds > 0 else 0.0
+
+
+def _windowed(fn, count: int, threads: int) -> float:
+    """Run ``fn(i)`` for i in 0..count-1 with ``threads`` in flight; seconds taken."""
+    start = time.perf_counter()
+    if threads <= 1:
+        for index in range(count):
+            fn(index)
+        return time.perf_counter() - start
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        window = []
+        for index in range(count):
+            window.append(pool.submit(fn, index))
+            if len(window) >= threads:
+                window.pop(0).result()
+        for future in window:
+            future.result()
+    return time.perf_counter() - start
+
+
+def pipeline_limits(path: str, workdir: str, k: int = 3, n: int = 5, segment_size: int = SEGMENT_SIZE,
+                    threads: int = 2) -> dict:
+    """MiB/s of the node's upload and download code on ``path`` with no network.
+
+    Upload: ``prepare_segment`` per segment. Download: the k data blocks of
+    every segment are first written to files (untimed, like a supplier's
+    disk), then each segment is read back, verified (``verify_block``),
+    decoded and decrypted (``decode_segment``) and appended to an output file
+    in order. Each with one thread and with ``threads``; ``up``/``down`` are
+    the better of the two.
+    """
+    from bitnode.storage import segment_crypto
+    from bitnode.storage.downloader import decode_segment, verify_block
+    from bitnode.storage.uploader import prepare_segment, segment_count
+
+    size = os.path.getsize(path)
+    key = segment_crypto.new_version_key()
+    version_id = "bench"
+    total = segment_count(size, segment_size)
+    blocks_dir = os.path.join(workdir, "pipeline-blocks")
+    os.makedirs(blocks_dir, exist_ok=True)
+    hashes: dict[int, tuple[str, ...]] = {}
+    lengths: dict[int, int] = {}
+
+    def prepare(index: int) -> None:
+        prepare_segment(path, index, segment_size, size, version_id, key, k, n)
+
+    def prepare_and_keep(index: int) -> None:
+        seg = prepare_segment(path, index, segment_size, size, version_id, key, k, n)
+        hashes[index], lengths[index] = seg.block_sha256, seg.plaintext_length
+        for pos in range(k):
+            with open(os.path.join(blocks_dir, f"{index}.{pos}"), "wb") as handle:
+                handle.write(seg.blocks[pos])
+
+    out_path = os.path.join(workdir, "pipeline-out.bin")
+    lock = threading.Lock()
+    turn = threading.Condition(lock)
+    state = {"next": 0}
+
+    def restore(out, index: int) -> None:
+        payloads = {}
+        for pos in range(k):
+            with open(os.path.join(blocks_dir, f"{index}.{pos}"), "rb") as handle:
+                data = handle.read()
+            payloads[pos] = verify_block(data, hashes[index][pos], version_id, index, pos, k, n, lengths[index])
+        plain = decode_segment(payloads, k, n, key, version_id, index, lengths[index])
+        with turn:  # written strictly in order, like the downloader
+            turn.wait_for(lambda: state["next"] == index)
+            out.write(plain)
+            state["next"] += 1
+            turn.notify_all()
+
+    try:
+        up = {1: _rate(size, _windowed(prepare, total, 1))}
+        if threads > 1:
+            up[threads] = _rate(size, _windowed(prepare, total, threads))
+        _windowed(prepare_and_keep, total, threads)
+        down = {}
+        for count in sorted({1, threads}):
+            state["next"] = 0
+            with open(out_path, "wb") as out:
+                down[count] = _rate(size, _windowed(lambda i, o=out: restore(o, i), total, count))
+    finally:
+        shutil.rmtree(blocks_dir, ignore_errors=True)
+        if os.path.exists(out_path):
+            os.unlink(out_path)
+    return {"size": size, "k": k, "n": n, "segment_size": segment_size, "threads": threads,
+            "up_by_threads": up, "down_by_threads": down, "up": max(up.values()), "down": max(down.values())}
+
+
+# --- the localnet ---------------------------------------------------------------------------
+
+
+def find_py_spy(given: str | None = None) -> str | None:
+    """The py-spy executable to profile with: ``given``, else one on PATH, else None."""
+    if given:
+        return given if os.access(given, os.X_OK) else None
+    return shutil.which("py-spy")
+
+
+class _Recorder:
+    """py-spy recording some pids into collapsed-stack files until stopped (SIGINT makes it write)."""
+
+    def __init__(self, py_spy: str | None, targets: dict[str, int], prefix: str, idle: bool = False):
+        self._procs = []
+        if not py_spy:
+            return
+        for name, pid in targets.items():
+            command = [py_spy, "record", "--format", "raw", "--rate", "250", "--nonblocking", "--threads",
+                       "-o", f"{prefix}-{name}.txt", "-p", str(pid)]
+            if idle:
+                command.append("--idle")  # waiting threads too: shows how busy each thread is
+            self._procs.append(subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+
+    def __enter__(self) -> _Recorder:
+        if self._procs:
+            time.sleep(0.5)  # py-spy attaches before the transfer begins
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for proc in self._procs:
+            proc.send_signal(signal.SIGINT)
+        for proc in self._procs:
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+class BenchNet:
+    """A localnet of ``suppliers`` suppliers and one customer that hires them all, k = ``data_blocks``."""
+
+    def __init__(self, workdir: str, log: Log, suppliers: int = 5, data_blocks: int = 3,
+                 timeout: float = 240.0, py_spy: str | None = None, profile_dir: str | None = None,
+                 profile_idle: bool = False):
+        self.workdir = workdir
+        self.net = None
+        self.log = log
+        self.suppliers = suppliers
+        self.data_blocks = data_blocks
+        self.timeout = timeout
+        self.py_spy = py_spy
+        self.profile_dir = profile_dir
+        self.profile_idle = profile_idle
+        self.customer = None
+        self.key_id = ""
+        self.pids: dict[str, int] = {}
+
+    # --- setup ---------------------------------------------------------------------------
+
+    def up(self, attempts: int = 3) -> None:
+        """Start every node, then make the customer hire all suppliers with k = data_blocks.
+
+        Other programs on this machine may take a port between the moment it
+        is planned and the moment a node binds it: then the network is
+        stopped and planned again on fresh ports (``attempts`` times at most).
+        """
+        from bitnode.localnet.network import LocalNet, LocalnetError, wait_for
+        from bitnode.main.basedir import Basedir
+        from bitnode.main.control import node_pid
+
+        for attempt in range(1, attempts + 1):
+            directory = os.path.join(self.workdir, f"localnet-{attempt}")
+            self.net = LocalNet(directory, log=lambda text: self.log("   " + text.strip()), documented_ports=False)
+            try:
+                self.net.up(suppliers=self.suppliers, customers=1, key_size=1024, timeout=self.timeout)
+                break
+            except LocalnetError as err:
+                self.down()
+                if attempt == attempts or "listen" not in str(err).lower():
+                    raise
+                self.log(f"   a port was taken meanwhile ({err}); trying again on other ports")
+        plans = self.net.load()
+        self.customer = Basedir.at(next(p for p in plans if "customer" in p.roles).basedir)
+        for key, value in (("services/backups/data-blocks", self.data_blocks),
+                           ("services/customer/suppliers-number", self.suppliers)):
+            self.call("config_set", key=key, value=value)
+
+        def hired():
+            rows = self.call("suppliers_list")
+            return sum(1 for r in rows if r.get("state") == "CONNECTED") >= self.suppliers
+
+        wait_for(hired, self.timeout, f"the customer to hire {self.suppliers} suppliers", interval=0.5)
+        global_id = self.call("identity_get")["global_id"]
+        self.key_id = f"master${global_id}"
+        self.pids = {p.name: node_pid(Basedir.at(p.basedir)) for p in plans if "identity-server" not in p.roles}
+        self.log(f"   customer hired {self.suppliers} suppliers, k={self.data_blocks}; "
+                 f"pids {', '.join(f'{n}={p}' for n, p in self.pids.items())}")
+
+    def down(self) -> None:
+        """Stop every node (killing what does not stop)."""
+        if self.net is None:
+            return
+        try:
+            self.net.down(kill=False, timeout=30)
+        except Exception:  # noqa: BLE001 - a bench that is ending must not hang on a stuck node
+            try:
+                self.net.down(kill=True, timeout=30)
+            except Exception as err:  # noqa: BLE001 - said, and the bench goes on to its report
+                self.log(f"   could not stop the localnet in {self.net.directory}: {err}")
+
+    # --- calls -----------------------------------------------------------------------------
+
+    def call(self, method: str, timeout: float = 60.0, **kwargs):
+        """One API call on the customer; its result, or RuntimeError with the node's errors."""
+        from bitnode.interface.client import call_api
+
+        code, envelope = call_api(self.customer, method, kwargs, timeout=timeout)
+        if code != 200 or envelope.get("status") != "OK":
+            raise RuntimeError(f"{method} answered {code}: {'; '.join(map(str, envelope.get('errors', [])))}")
+        return envelope["result"]
+
+    def customer_name(self) -> str:
+        """The customer node's name in the plan."""
+        return next(name for name in self.pids if name.startswith("customer"))
+
+    def _transfer(self, kind: str, label: str, method: str, size: int, **kwargs) -> dict:
+        customer = self.customer_name()
+        suppliers = [name for name in self.pids if name.startswith("supplier")]
+        targets = {customer: self.pids[customer]}
+        if suppliers:
+            targets[suppliers[0]] = self.pids[suppliers[0]]
+        prefix = os.path.join(self.profile_dir, f"{label}-{kind}") if self.profile_dir else ""
+        recorder = _Recorder(self.py_spy if prefix else None, targets, prefix, self.profile_idle)
+        with recorder, RssSampler(self.pids) as rss:
+            cpu_before = self._cpu()
+            start = time.perf_counter()
+            info = self.call(method, timeout=3600.0, wait_result=True, **kwargs)
+            seconds = time.perf_counter() - start
+            cpu_after = self._cpu()
+        if info.get("state") != "DONE":
+            raise RuntimeError(f"{kind} ended {info.get('state')}: {info.get('error')}")
+        cpu = {name: cpu_after.get(name, 0.0) - cpu_before.get(name, 0.0) for name in cpu_before}
+        return {"seconds": seconds, "mib_s": _rate(size, seconds), "info": info,
+                "customer_rss_mib": rss.peak_mib([customer]), "suppliers_rss_mib": rss.peak_mib(suppliers),
+                "customer_rss_before_mib": rss.baseline.get(customer, 0) / MiB,
+                "customer_cpu_s": cpu.get(customer, 0.0),
+                "suppliers_cpu_s": sum(v for k, v in cpu.items() if k in suppliers)}
+
+    def _cpu(self) -> dict[str, float]:
+        out = {}
+        for name, pid in self.pids.items():
+            try:
+                times = psutil.Process(pid).cpu_times()
+            except psutil.Error:
+                continue
+            out[name] = times.user + times.system
+        return out
+
+    def round_trip(self, local_path: str, size: int, sha256: str, label: str, out_dir: str) -> dict:
+        """Upload ``local_path``, download it again, compare SHA-256; figures of both directions."""
+        remote = f"{self.key_id}:bench/{label}.bin"
+        up = self._transfer("upload", label, "file_upload_start", size, local_path=local_path, remote_path=remote)
+        target = os.path.join(out_dir, f"{label}.restored")
+        down = self._transfer("download", label, "file_download_start", size, remote_path=remote,
+                              destination_path=target)
+        got = file_sha256(target)
+        os.unlink(target)
+        # The suppliers' space is freed for the next size (not timed).
+        self.call("file_delete", remote_path=remote)
+        return {"size": size, "upload": up, "download": down, "sha256_ok": got == sha256}

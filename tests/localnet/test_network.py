@@ -1,0 +1,142 @@
+"""LocalNet planning and ``add_node`` without starting processes (the system tests start real ones)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from twisted.trial import unittest
+
+from bitnode.errors import BadRequest, Conflict, NotFound
+from bitnode.localnet import network
+from bitnode.localnet.network import PORT_RETRIES, LocalNet, LocalnetError, plan_network, suppliers_to_hire
+from bitnode.main.basedir import Basedir
+
+
+class AddNodeTests(unittest.TestCase):
+    def setUp(self) -> None:
+        self.dir = os.path.abspath(self.mktemp())
+        self.net = LocalNet(self.dir, log=lambda _line: None, documented_ports=False)
+        self.started = []
+        self.patch(self.net, "_start", lambda plan, timeout: self.started.append(plan.name))
+
+    def plan(self, suppliers: int = 5, customers: int = 1) -> None:
+        plans = plan_network(self.dir, suppliers, customers, documented_ports=False)
+        for plan in plans:
+            Basedir.at(plan.basedir).create()
+        self.net.save(plans)
+
+    def test_a_new_node_gets_the_network_settings_and_no_identity(self) -> None:
+        self.plan()
+        entry = self.net.add_node("restored", key_size=1024)
+        self.assertEqual(self.started, ["restored"])
+        self.assertEqual((entry["name"], entry["roles"], entry["global_id"]), ("restored", ["customer"], None))
+        self.assertEqual(self.net.node("restored").ports, entry["ports"])
+        with open(Basedir.at(entry["basedir"]).settings_file) as handle:
+            values = json.load(handle)["values"]
+        server = self.net.node("idserver")
+        self.assertEqual(values["services/entangled-dht/known-nodes"], [f"127.0.0.1:{server.ports['dht']}"])
+        self.assertEqual(values["personal/identity-servers"], [f"127.0.0.1:{server.ports['idserver']}"])
+        self.assertEqual(values["interface/api/http-port"], entry["ports"]["http"])
+        self.assertEqual(values["personal/private-key-size"], 1024)
+        self.assertTrue(values["services/customer/enabled"])
+        self.assertEqual(values["services/customer/suppliers-number"], 4)
+        self.assertNotIn(entry["ports"]["http"], [p.ports["http"] for p in self.net.load()[:-1]])
+
+    def test_bad_names_roles_and_duplicates_are_refused(self) -> None:
+        self.assertRaises(NotFound, self.net.add_node, "extra")  # no network here yet
+        self.plan()
+        for name in ("", "Upper", "1abc", "a/b", "x" * 33):
+            self.assertRaises(BadRequest, self.net.add_node, name)
+        for roles in ((), ("identity-server",), ("wizard",)):
+            self.assertRaises(BadRequest, self.net.add_node, "extra", roles)
+        self.assertRaises(Conflict, self.net.add_node, "supplier-1")
+        self.assertEqual(self.started, [])
+
+    def settings_of(self, name: str) -> dict:
+        with open(Basedir.at(self.net.node(name).basedir).settings_file) as handle:
+            return json.load(handle)["values"]
+
+    def test_a_taken_port_is_replaced_and_the_start_tried_again(self) -> None:
+        self.plan(suppliers=1)
+        plans = self.net.load()
+        server = plans[0]
+        for plan in plans:
+            self.net._write_settings(plan, plans, 1024)
+        failures = [LocalnetError("node idserver: the node failed to start (twistd exit 1):\n"
+                                  "CannotListenError: Couldn't listen on 127.0.0.1:4: [Errno 98] Address a")]
+
+        def start(plan, timeout):
+            self.started.append(plan.name)
+            if failures:
+                raise failures.pop()
+
+        self.patch(self.net, "_start", start)
+        before = dict(server.ports)
+        self.net._start_on_free_ports(server, plans, 1024, 5.0)
+        self.assertEqual(self.started, ["idserver", "idserver"])
+        moved = self.net.node("idserver").ports
+        self.assertEqual(moved["idserver"], before["idserver"])  # in every IDURL of the network: kept
+        self.assertEqual(self.settings_of("idserver")["services/entangled-dht/udp-port"], moved["dht"])
+        # the server's new DHT and STUN ports reach the nodes that start after it
+        self.assertEqual(self.settings_of("supplier-1")["services/entangled-dht/known-nodes"],
+                         [f"127.0.0.1:{moved['dht']}"])
+        self.assertEqual(self.settings_of("supplier-1")["services/stun-client/servers"],
+                         [f"127.0.0.1:{moved['stun']}"])
+
+        # any other failure, or a port taken every time, is the user's to see
+        self.started.clear()
+        failures.extend([LocalnetError("node supplier-1: no identity")])
+        self.assertRaises(LocalnetError, self.net._start_on_free_ports, plans[1], plans, 1024, 5.0)
+        taken = LocalnetError("node supplier-1: Couldn't listen on 127.0.0.1:5")
+        failures.extend([taken] * (PORT_RETRIES + 1))
+        self.assertRaises(LocalnetError, self.net._start_on_free_ports, plans[1], plans, 1024, 5.0)
+        self.assertEqual(len(self.started), 1 + PORT_RETRIES + 1)
+
+    def test_customers_hire_at_most_four(self) -> None:
+        self.assertEqual(suppliers_to_hire(plan_network(self.dir, 5, 1, False)), 4)
+        self.assertEqual(suppliers_to_hire(plan_network(self.dir, 2, 1, False)), 2)
+        self.assertEqual(suppliers_to_hire(plan_network(self.dir, 0, 1, False)), 0)
+
+
+class WaitServicesTests(unittest.TestCase):
+    """``start_node`` (and ``up``) answer once every enabled service of the node is ON."""
+
+    def setUp(self) -> None:
+        self.dir = os.path.abspath(self.mktemp())
+        self.net = LocalNet(self.dir, log=lambda _line: None, documented_ports=False)
+        plans = plan_network(self.dir, 1, 1, documented_ports=False)
+        for plan in plans:
+            Basedir.at(plan.basedir).create()
+        self.net.save(plans)
+        self.patch(self.net, "_start", lambda plan, timeout: None)
+        self.answers: list[list[dict]] = []
+        self.calls: list[str] = []
+
+        def fake_api(basedir, method, timeout=60.0, **kwargs):
+            self.calls.append(method)
+            if method == "services_list":
+                rows = self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
+                return 200, {"status": "OK", "result": rows}
+            return 200, {"status": "OK", "result": {}}
+
+        self.patch(network, "api", fake_api)
+        self.patch(network.time, "sleep", lambda seconds: None)
+
+    def test_a_service_still_starting_is_waited_for(self) -> None:
+        self.answers = [
+            [{"name": "service_gateway", "enabled": True, "state": "ON"},
+             {"name": "service_private_messages", "enabled": True, "state": "STARTING"},
+             {"name": "service_webhooks", "enabled": False, "state": "OFF"}],
+            [{"name": "service_gateway", "enabled": True, "state": "ON"},
+             {"name": "service_private_messages", "enabled": True, "state": "ON"},
+             {"name": "service_webhooks", "enabled": False, "state": "OFF"}],
+        ]
+        self.net.start_node("customer-1", timeout=5)
+        self.assertEqual(self.calls, ["network_connected", "services_list", "services_list"])
+
+    def test_a_service_that_never_comes_on_is_named_with_its_reason(self) -> None:
+        self.answers = [[{"name": "service_customer", "enabled": True, "state": "FAILED",
+                          "reason": "start failed: no disk"}]]
+        error = self.assertRaises(LocalnetError, self.net.start_node, "customer-1", timeout=0)
+        self.assertIn("service_customer FAILED (start failed: no disk)", str(error))

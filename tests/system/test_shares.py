@@ -1,0 +1,84 @@
+"""System test: a shared folder between real node processes on a localnet, through the public HTTP API.
+
+One network (identity server, two suppliers, three customers, 1024-bit keys)
+and one scenario: Alice creates a share, uploads a folder into it and grants
+it to Bob; Bob opens the share, lists it and downloads the folder byte for
+byte from Alice's suppliers; Carol, not granted, gets clear errors; Alice
+deletes the share and Bob's next open is refused.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+from tests.system.support import LocalnetTestCase, wait_for
+
+FILES = {"a.txt": b"hello from alice\n", "sub/b.bin": os.urandom(200_000), "sub/c.bin": os.urandom(3000)}
+
+
+class LocalnetSharesTests(LocalnetTestCase):
+    """share_create / file_upload_start / share_grant / share_open / files_list / file_download_start / share_delete."""
+
+    def test_a_shared_folder_between_processes(self) -> None:
+        self.start_network(suppliers=2, customers=3, prefix="bitnode-shares-", timeout=60)
+        alice, bob, carol = "customer-1", "customer-2", "customer-3"
+        alice_id, bob_id = self.nodes[alice]["global_id"], self.nodes[bob]["global_id"]
+        folder = tempfile.mkdtemp(prefix="bitnode-shares-src-")
+        self.addCleanup(_remove_tree, folder)
+        for name, data in FILES.items():
+            os.makedirs(os.path.dirname(os.path.join(folder, name)), exist_ok=True)
+            with open(os.path.join(folder, name), "wb") as handle:
+                handle.write(data)
+
+        # Alice: a share, a folder in it, Bob granted
+        share = self.api(alice, "share_create", key_size=1024, label="holidays")
+        key_id = share["key_id"]
+        self.assertTrue(key_id.startswith("share_") and key_id.endswith("$" + alice_id), key_id)
+        upload = self.api(alice, "file_upload_start", local_path=folder, remote_path=f"{key_id}:trip",
+                          wait_result=True, open_share=True)
+        self.assertEqual((upload["files"], upload["skipped"]), (3, []), upload)
+        granted = self.api(alice, "share_grant", key_id=key_id, trusted_user_id=bob_id, timeout=30)
+        self.assertTrue(granted["ready"], granted)
+        self.assertEqual([s["grantees"] for s in self.api(alice, "shares_list")], [[bob_id]])
+
+        # Bob: the share is there, opens it (his DHT may need a moment to see Alice's suppliers), reads it
+        (listed,) = self.api(bob, "shares_list", include_mine=False)
+        self.assertEqual((listed["key_id"], listed["state"]), (key_id, "CLOSED"))
+        opened = wait_for(lambda: self._open(bob, key_id), "bob to open the share", timeout=40)
+        self.assertEqual((opened["state"], opened["files"]), ("CONNECTED", 3), opened)
+        items = self.api(bob, "files_list", key_id=key_id)
+        self.assertEqual(sorted(i["path"] for i in items if i["type"] == "file"),
+                         sorted(f"trip/{name}" for name in FILES))
+        target = tempfile.mkdtemp(prefix="bitnode-shares-dst-")
+        self.addCleanup(_remove_tree, target)
+        done = self.api(bob, "file_download_start", remote_path=f"{key_id}:trip", destination_path=target,
+                        wait_result=True)
+        self.assertEqual(done["skipped"], [], done)
+        for name, data in FILES.items():
+            with open(os.path.join(target, "trip", name), "rb") as handle:
+                self.assertEqual(handle.read(), data, name)
+        self.assertEqual([s["state"] for s in self.api(bob, "shares_list", only_active=True)], ["CONNECTED"])
+
+        # Carol was never granted: clear errors, nothing listed
+        self.assertIn("not granted", self.api_error(404, carol, "share_open", key_id=key_id))
+        self.assertIn("not granted", self.api_error(403, carol, "files_list", key_id=key_id))
+        self.assertEqual(self.api(carol, "shares_list"), [])
+
+        # Alice deletes the share: her files under it go, and Alice's suppliers refuse Bob from then on
+        deleted = self.api(alice, "share_delete", key_id=key_id)
+        self.assertEqual((deleted["deleted"], deleted["files"]["items"]), (True, 1), deleted)
+        self.assertEqual(self.api(alice, "shares_list"), [])
+        self.assertIn("refuse", self.api_error(403, bob, "share_open", key_id=key_id))
+        self.assertEqual([e["event"] for e in self.api(alice, "share_history")], ["created", "granted", "deleted"])
+        self.assertEqual([e["event"] for e in self.api(bob, "share_history")][:3], ["received", "opened", "connected"])
+
+    def _open(self, name: str, key_id: str) -> dict | None:
+        code, envelope = self.call(name, "share_open", key_id=key_id)
+        return envelope["result"] if code == 200 else None
+
+
+def _remove_tree(path: str) -> None:
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
