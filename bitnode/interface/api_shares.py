@@ -43,7 +43,12 @@ class SharesMethods:
         return self._shares().list(only_active, include_mine, include_granted)
 
     def share_create(self, owner_id: str | None = None, key_size: int | None = None, label: str = "") -> defer.Deferred:
-        """A new share (an RSA key ``share_<id>$me``) to upload files into and grant to others."""
+        """A new share (an RSA key ``share_<id>$me``) to upload files into and grant to others.
+
+        ``owner_id`` may only be me: a node creates keys in its own namespace,
+        so a share owned by another user is a 403 (that user creates it and
+        grants it to me with share_grant).
+        """
         if key_size is not None and (key_size not in KEY_SIZES or key_size < keys.MIN_RSA_BITS):
             raise BadRequest(f"key_size must be one of {', '.join(map(str, KEY_SIZES))}")
         return self._shares().create(owner_id, key_size, label)

@@ -24,14 +24,17 @@ class SqliteFile:
     """An open sqlite database at ``path`` (``":memory:"`` for tests) holding ``schema`` at ``format_version``.
 
     :param what: how errors name the file ("message history", "group queues").
+    :param foreign_keys: enforce the schema's foreign keys (sqlite leaves them off by default).
     :raises BadRequest: the file holds another format (it is closed again).
     """
 
-    def __init__(self, path: str, schema: str, format_version: int, what: str) -> None:
+    def __init__(self, path: str, schema: str, format_version: int, what: str, foreign_keys: bool = False) -> None:
         self.path = path
         self.lock = threading.RLock()
         self.db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self.db.row_factory = sqlite3.Row
+        if foreign_keys:
+            self.db.execute("PRAGMA foreign_keys = ON")
         if path != ":memory:":
             self.db.execute("PRAGMA journal_mode = WAL")
             # FULL: a commit is on disk before the peer (or the API caller) hears "stored".

@@ -38,11 +38,10 @@ from __future__ import annotations
 import base64
 import json
 import sqlite3
-import threading
-from contextlib import contextmanager
-from typing import Iterable, Iterator
+from typing import ContextManager, Iterable
 
 from bitnode.errors import BadRequest, Conflict, NotFound
+from bitnode.main.sqlitedb import SqliteFile
 from bitnode.storage.interface import SegmentMeta
 from bitnode.storage.segment_crypto import validate_version_id
 from bitnode.userid.globalid import parse_key_id, validate_path
@@ -121,36 +120,15 @@ class Catalog:
 
     def __init__(self, path: str):
         self.path = path
-        self._lock = threading.RLock()
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA foreign_keys = ON")
-        if path != ":memory:":
-            self._db.execute("PRAGMA journal_mode = WAL")
-            # FULL: a commit is on disk before we tell anyone it happened.
-            self._db.execute("PRAGMA synchronous = FULL")
-        self._db.executescript(_SCHEMA)
-        row = self._db.execute("SELECT value FROM meta WHERE name = 'format'").fetchone()
-        if row is None:
-            self._db.execute("INSERT INTO meta (name, value) VALUES ('format', ?)", (str(CATALOG_FORMAT),))
-        elif int(row["value"]) != CATALOG_FORMAT:
-            raise BadRequest(f"catalog {path} has format {row['value']}, this node reads {CATALOG_FORMAT}")
+        self._file = SqliteFile(path, _SCHEMA, CATALOG_FORMAT, "catalog", foreign_keys=True)
+        self._lock, self._db = self._file.lock, self._file.db
 
     def close(self) -> None:
         """Close the database."""
-        with self._lock:
-            self._db.close()
+        self._file.close()
 
-    @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+    def _transaction(self) -> ContextManager[sqlite3.Connection]:
+        return self._file.transaction()
 
     # --- files and folders ---------------------------------------------------------
 

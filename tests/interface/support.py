@@ -144,6 +144,30 @@ class DispatcherCalls:
         return " ".join(answer.envelope["errors"])
 
 
+class OwnNodeCalls:
+    """Mixin of a TestCase with a main ``self.node``: the same calls, method first, node optional."""
+
+    node: object
+
+    def call(self, method, node=None, **kwargs):
+        """The dispatcher's answer (``.code``, ``.envelope``) from ``node`` or ``self.node``."""
+        return (node or self.node).dispatcher.execute_by_name(method, kwargs)
+
+    @defer.inlineCallbacks
+    def ok(self, method, node=None, **kwargs):
+        """The result of a call that must answer 200."""
+        answer = yield self.call(method, node, **kwargs)
+        self.assertEqual(answer.code, 200, answer.envelope)
+        return answer.envelope["result"]
+
+    @defer.inlineCallbacks
+    def error(self, code, method, node=None, **kwargs):
+        """The error text of a call that must answer ``code``."""
+        answer = yield self.call(method, node, **kwargs)
+        self.assertEqual(answer.code, code, answer.envelope)
+        return " ".join(answer.envelope["errors"])
+
+
 # --- HTTP ------------------------------------------------------------------------
 
 

@@ -14,7 +14,7 @@ from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial import unittest
 
 from bitnode.userid.id_service import IdentityService
-from tests.interface.support import start_id_server, start_node
+from tests.interface.support import OwnNodeCalls, start_id_server, start_node
 from tests.userid.fakes import SERVER, FakeClient, FakeServers, file_mode, make_identity, rsa_key
 
 ALICE = "alice@id.example.net_8084"
@@ -33,7 +33,7 @@ def service_with(servers: FakeServers) -> type[IdentityService]:
     return FakeNetworkIdentityService
 
 
-class ApiTestBase(unittest.TestCase):
+class ApiTestBase(OwnNodeCalls, unittest.TestCase):
     @defer.inlineCallbacks
     def setUp(self):
         self.servers = FakeServers()
@@ -52,23 +52,6 @@ class ApiTestBase(unittest.TestCase):
 
     def start(self, basedir):
         return start_node(self, service_classes=[service_with(self.servers)], overrides=SETTINGS, basedir=basedir)
-
-    @defer.inlineCallbacks
-    def call(self, method, node=None, **kwargs):
-        answer = yield (node or self.node).dispatcher.execute_by_name(method, kwargs)
-        return answer
-
-    @defer.inlineCallbacks
-    def ok(self, method, node=None, **kwargs):
-        answer = yield self.call(method, node, **kwargs)
-        self.assertEqual(answer.code, 200, answer.envelope)
-        return answer.envelope["result"]
-
-    @defer.inlineCallbacks
-    def error(self, code, method, node=None, **kwargs):
-        answer = yield self.call(method, node, **kwargs)
-        self.assertEqual(answer.code, code, answer.envelope)
-        return " ".join(answer.envelope["errors"])
 
     def create(self, node=None, **kwargs):
         kwargs.setdefault("username", "alice")

@@ -25,7 +25,7 @@ from bitnode.supplier.supplier_service import SupplierService
 from bitnode.transport.commands import Command
 from bitnode.transport.packet_out import PeerRefused
 from bitnode.userid import globalid
-from tests.interface.support import start_node
+from tests.interface.support import OwnNodeCalls, start_node
 
 ME = "carol@127.0.0.1_8084"
 SUPPLIERS = [f"s{i}@127.0.0.1_8084" for i in range(5)]
@@ -143,7 +143,7 @@ def make_fakes(world: World, me: str) -> list:
 
 
 
-class MarketApiTests(unittest.TestCase):
+class MarketApiTests(OwnNodeCalls, unittest.TestCase):
     @defer.inlineCallbacks
     def setUp(self):
         self.world = World(self)
@@ -156,23 +156,6 @@ class MarketApiTests(unittest.TestCase):
     def market_node(self, me, services, overrides):
         node = yield start_node(self, service_classes=make_fakes(self.world, me) + services, overrides=overrides)
         return node
-
-    @defer.inlineCallbacks
-    def call(self, method, node=None, **kwargs):
-        answer = yield (node or self.node).dispatcher.execute_by_name(method, kwargs)
-        return answer
-
-    @defer.inlineCallbacks
-    def ok(self, method, node=None, **kwargs):
-        answer = yield self.call(method, node, **kwargs)
-        self.assertEqual(answer.code, 200, answer.envelope)
-        return answer.envelope["result"]
-
-    @defer.inlineCallbacks
-    def error(self, code, method, node=None, **kwargs):
-        answer = yield self.call(method, node, **kwargs)
-        self.assertEqual(answer.code, code, answer.envelope)
-        return " ".join(answer.envelope["errors"])
 
     @defer.inlineCallbacks
     def test_suppliers_list_shape_and_quota_rule(self):
