@@ -76,6 +76,11 @@ class _Inbox:
         if self.next <= sequence < self.next + MAX_BUFFERED:
             self.buffer.setdefault(sequence, blob)
 
+    def skip_to(self, sequence: int) -> None:
+        """Entries before ``sequence`` will never come: hand over from ``sequence`` on."""
+        self.buffer = {s: b for s, b in self.buffer.items() if s >= sequence}
+        self.next, self.stored = sequence, sequence - 1
+
     def has_hole(self, more: tuple[int, ...] = ()) -> bool:
         """Whether some entry (held, or among ``more``) waits for one that has not come."""
         known = {s for s in (*self.buffer, *more) if s >= self.next}
@@ -266,7 +271,12 @@ class GroupMember(Automat):
     def accept_batch(self, batch: dict) -> None:
         """Hold the fetched entries and hand over whatever is now in order."""
         self.head = max(self.head, int(batch["head"]))
-        for sequence, blob in batch["entries"]:
+        entries = batch["entries"]
+        if entries and entries[0][0] > self.inbox.next:
+            # A fetch answers every entry after the ones taken: the broker no longer has those in between
+            # (a queue restored from a backup goes on numbering without its old stream).
+            self.inbox.skip_to(entries[0][0])
+        for sequence, blob in entries:
             self.inbox.add(sequence, blob)
         self._drain()
 

@@ -121,6 +121,20 @@ class GroupBroker:
         """Start hosting a queue for a group this node created; Deferred[queue summary]."""
         return self.run(self.store.create_queue, group_key_id, self.clock.seconds())
 
+    def restore(self, group_key_id: str, created: float, head: int, members: list[dict]) -> Deferred:
+        """Host a queue again from a backup (see :meth:`GroupStore.restore_queue`); pushes resume to its
+        subscribed members. Deferred[queue summary]."""
+
+        def restored(summary: dict) -> dict:
+            consumers = self._subscribers.setdefault(group_key_id, {})
+            for member in members:
+                if member["subscribed"] and member["member_id"] not in consumers:
+                    consumers[member["member_id"]] = _Consumer()
+            return summary
+
+        d = self.run(self.store.restore_queue, group_key_id, created, head, members)
+        return d.addCallback(restored)
+
     def drop(self, group_key_id: str) -> Deferred:
         """Stop hosting a queue and delete its entries; Deferred[bool existed]."""
         self._subscribers.pop(group_key_id, None)
@@ -171,7 +185,9 @@ class GroupBroker:
         entries, head = await self.run(self.store.entries_after, group_key_id, after, limit, MAX_FETCH_BYTES)
         self.counters["fetched"] += len(entries)
         last = entries[-1][0] if entries else after
-        return {"entries": entries, "head": head, "more": last < head}
+        # No entry after ``after`` although the head is beyond it: those entries are gone (a queue restored
+        # from a backup keeps its numbers, not its stream), so there is nothing more to fetch.
+        return {"entries": entries, "head": head, "more": bool(entries) and last < head}
 
     def publish(self, group_key_id: str, member: str, blob: bytes) -> Deferred:
         """Add a member's sealed message to the queue: Deferred[{"sequence", "head"}] once it is stored."""

@@ -140,6 +140,20 @@ class GroupStore:
                 return found
         raise NotFound(f"this node hosts no queue for group {group_key_id}")
 
+    def restore_queue(self, group_key_id: str, created: float, head: int, members: list[dict]) -> dict:
+        """Host a queue again from a backup (no entries): its head is at least ``head`` so sequence numbers
+        go on after the backed-up ones; members (``member_id``, ``verified``, ``subscribed``) not known are
+        added. Its summary."""
+        with self._file.transaction() as db:
+            db.execute("INSERT OR IGNORE INTO queues (group_key_id, created, head) VALUES (?, ?, 0)",
+                       (group_key_id, float(created)))
+            db.execute("UPDATE queues SET head = MAX(head, ?) WHERE group_key_id = ?", (int(head), group_key_id))
+            for member in members:
+                db.execute("INSERT OR IGNORE INTO members (group_key_id, member_id, verified, subscribed)"
+                           " VALUES (?, ?, ?, ?)", (group_key_id, member["member_id"], int(member["verified"]),
+                                                   int(member["subscribed"])))
+        return self.queue(group_key_id)
+
     def head(self, group_key_id: str) -> int:
         """The newest sequence number of a hosted queue (NotFound if not hosted)."""
         rows = self._read("SELECT head FROM queues WHERE group_key_id = ?", (group_key_id,))

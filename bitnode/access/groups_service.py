@@ -30,6 +30,11 @@ The design, end to end:
   ``message_history``, ``message_conversations_list``, ``message_receive`` and
   the WebSocket stream like private messages.
 
+Backup: memberships and hosted queues (members, numbers; not the message
+stream) go into the catalog backup as the part ``groups`` when
+service_backups is in the node (:mod:`bitnode.access.group_backup`); a
+recovered identity rejoins its groups and hosts its queues again.
+
 Wire: group frames in ``Message`` packets (:mod:`bitnode.access.group_protocol`),
 handed over by service_private_messages (:meth:`route_payloads`).
 
@@ -50,6 +55,7 @@ from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
+from bitnode.access import group_backup
 from bitnode.access.group_links import LocalBrokerLink, RemoteBrokerLink, push_to_member
 from bitnode.access.group_member import GroupMember
 from bitnode.access.group_protocol import (
@@ -87,6 +93,7 @@ from bitnode.userid import globalid
 PREFIX = "services/private-groups/"
 IDENTITY, GATEWAY, MESSAGES, KEY_EXCHANGE = ("service_identity", "service_gateway", "service_private_messages",
                                             "service_key_exchange")
+STORAGE = "service_backups"
 #: How long message_send_group waits for my own message to take its place in my history.
 DELIVERY_WAIT = 10.0
 
@@ -119,6 +126,8 @@ class GroupsService(Service):
         self._messages: Any = None
         self._work: set[Deferred] = set()
         self._counts = {"frames": 0, "refused_frames": 0}
+        self._unregister_part: Any = None
+        self._unsubscribe: Any = None
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -146,9 +155,18 @@ class GroupsService(Service):
         for group_key_id, cursor in cursors.items():
             if cursor["active"] and self._holds_key(keystore, group_key_id):
                 self._start_member(group_key_id, cursor["last_sequence"])
+        self._unsubscribe = self.node.events.subscribe(self._on_event)
+        storage = self._storage()
+        if storage is not None:  # a part restored before this start is handed over now
+            self._unregister_part = storage.add_backup_part(group_backup.PART, lambda: group_backup.collect(store),
+                                                            self._restore_part)
 
     def stop(self) -> Deferred:
         """Stop taking frames, close the memberships (the brokers keep them), close the store."""
+        for undo in (self._unregister_part, self._unsubscribe):
+            if undo is not None:
+                undo()
+        self._unregister_part = self._unsubscribe = None
         if self._messages is not None:
             self._messages.route_payloads(MAGIC, None)
         for member in list(self.members.values()):
@@ -406,6 +424,57 @@ class GroupsService(Service):
                                                              "member_id": self._me(), "queue": False})
         self.log.info("group {group}: {what} ({state}) {reason}", group=facts["group_key_id"], what=what,
                       state=facts["state"], reason=facts["reason"])
+
+    # -- the catalog backup ------------------------------------------------------------------
+
+    def _storage(self) -> Any:
+        try:
+            return self.node.service_driver.get(STORAGE)
+        except NotFound:
+            return None  # a node without service_backups: nothing to back up to
+
+    def _on_event(self, event: Any) -> None:
+        """Memberships or a hosted queue changed: back the ``groups`` part up (after the backup delay)."""
+        data = event.data if isinstance(event.data, dict) else {}
+        if event.event_id in ("group-member-joined", "group-member-left"):
+            changed = True
+        elif event.event_id in ("group-message-sent", "group-message-received"):
+            # a new head of a queue I host (my own membership sees each entry): keep its number in the backup
+            changed = broker_of(data.get("group_key_id", "")) == self._me()
+        else:
+            changed = False
+        storage = self._storage()
+        if changed and storage is not None and self.node.service_driver.is_on(STORAGE):
+            storage.backup_needed()
+
+    def _restore_part(self, value: Any) -> None:
+        """The ``groups`` part of a restored backup: checked now (a bad one fails the part), applied in the
+        background (it needs the store)."""
+        document = group_backup.parse(value)
+        self._require()
+        d = self._run(self._restore(document))
+        d.addErrback(lambda f: None if f.check(defer.CancelledError) else
+                     self.log.failure("restoring the groups backup failed", f))
+
+    async def _restore(self, document: dict) -> None:
+        store, broker = self._require()
+        me, keystore = self._me(), self._keystore()
+        for queue in document["queues"]:
+            if broker_of(queue["group_key_id"]) == me and self._holds_key(keystore, queue["group_key_id"]):
+                await broker.restore(queue["group_key_id"], queue["created"], queue["head"], queue["members"])
+        cursors = await self.node.run_in_thread(store.cursors)
+        for entry in document["memberships"]:
+            key_id = entry["group_key_id"]
+            if key_id in cursors or key_id in self.members or not self._holds_key(keystore, key_id):
+                continue  # known here (newer than the backup), or its key did not come back
+            # From 0: the message history is not in the backup, the broker refills it.
+            await self.node.run_in_thread(store.save_cursor, key_id, entry["active"], 0, self.node.clock.seconds())
+            if entry["active"] and self.store is store and key_id not in self.members:
+                if broker_of(key_id) == me:
+                    await broker.host(key_id)
+                self._start_member(key_id, 0)
+        self.log.info("groups restored from the catalog backup: {m} memberships, {q} queues",
+                      m=len(document["memberships"]), q=len(document["queues"]))
 
     # -- the broker's neighbours ---------------------------------------------------------------
 

@@ -12,7 +12,7 @@ otherwise it answers ``Fail "forbidden: ..."``, which
 
 - :meth:`find_suppliers`: the owner's positions, from the owner's signed
   ``suppliers`` DHT record (injected ``lookup(owner_id)``, in a node
-  :func:`bitnode.customer.customer_service.lookup_suppliers`);
+  :func:`bitnode.customer.suppliers_record.lookup_suppliers`);
 - :meth:`connect`: an Identity ping to each supplier (a node drops packets
   from senders it does not know yet);
 - :meth:`fetch_index`: the share index from every supplier at once; each

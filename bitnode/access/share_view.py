@@ -7,7 +7,7 @@ suppliers. So each open share gets a :class:`ShareView`:
 
 - an in-memory :class:`~bitnode.storage.catalog.Catalog` holding exactly the
   rows of the share's newest index (replaced at every read of the index);
-- a :class:`~bitnode.storage.jobs.StorageContext` whose customer is the
+- a :class:`~bitnode.storage.job_context.StorageContext` whose customer is the
   owner (block paths are in the owner's space), whose placement is the
   owner's positions served by :meth:`ShareReader.server
   <bitnode.access.share_reader.ShareReader.server>` (packets signed by me,
@@ -35,7 +35,7 @@ from bitnode.access.share_reader import ShareReader
 from bitnode.crypt import keys
 from bitnode.errors import BadRequest, Conflict, Forbidden, NotFound, Unavailable
 from bitnode.storage.catalog import Catalog, split_remote_path
-from bitnode.storage.jobs import Placement, StorageContext
+from bitnode.storage.job_context import Placement, StorageContext
 from bitnode.storage.transfers import TransferManager
 
 

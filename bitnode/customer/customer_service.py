@@ -57,6 +57,14 @@ from bitnode.customer.fire_hire import FireHire, SupplierRoster
 from bitnode.customer.remote_store import RemoteStorageServer
 from bitnode.customer.supplier_connector import SupplierConnector
 from bitnode.customer.supplier_finder import SupplierFinder
+from bitnode.customer.suppliers_record import (
+    DHT,
+    IDENTITY,
+    RECORD_TTL,
+    REPUBLISH_AFTER,
+    lookup_suppliers,
+    suppliers_key,
+)
 from bitnode.dht import records
 from bitnode.errors import BadRequest, BitnodeError, Conflict, Forbidden, NotFound, Unavailable
 from bitnode.main.options import FLOAT, Option
@@ -72,55 +80,11 @@ WANTED_KEY = PREFIX + "suppliers-number"
 NEEDED_KEY = PREFIX + "needed-space"
 DATA_BLOCKS_KEY = "services/backups/data-blocks"
 GATEWAY = "service_gateway"
-DHT = "service_entangled_dht"
 NETWORK = "service_network"
-IDENTITY = "service_identity"
 STORAGE = "service_backups"
-RECORD_TTL = 24 * 3600
-REPUBLISH_AFTER = RECORD_TTL / 2
 PUBLISH_RETRY = 60.0
 #: Commands about the contract (answered at once); the others move blocks.
 CONTRACT_COMMANDS = frozenset({Command.REQUEST_SERVICE.value, Command.CANCEL_SERVICE.value})
-
-
-def suppliers_key(customer_id: str) -> str:
-    """The DHT key of a customer's suppliers record."""
-    return f"{records.SUPPLIERS}:{customer_id}"
-
-
-def lookup_suppliers(node: Any, customer_id: str) -> defer.Deferred:
-    """Read ``customer_id``'s suppliers record from the DHT and check its writer is that customer.
-
-    Fires with ``{"customer_id", "customer_idurl", "revision", "ecc_map",
-    "suppliers": [global id or ""], "idurls", "writer_verified", "created",
-    "expires"}``; NotFound without a record, Conflict when the record was not
-    written with the customer's identity key (someone else holds the key).
-    Works whether or not service_customer runs (anyone's list can be read).
-    """
-    return defer.Deferred.fromCoroutine(_lookup_suppliers(node, customer_id))
-
-
-async def _lookup_suppliers(node: Any, customer_id: str) -> dict:
-    driver = node.service_driver
-    if not driver.is_on(DHT):
-        raise Unavailable(f"{DHT} is not running")
-    gid = str(globalid.to_global_id(customer_id))
-    record = await driver.get(DHT).get_value(suppliers_key(gid), records.SUPPLIERS)
-    identity = await driver.get(IDENTITY).fetch_identity(gid)
-    value = record["value"]
-    if not identity.signing_key or record["writer_pubkey"] != identity.signing_key:
-        raise Conflict(f"the DHT record {suppliers_key(gid)} is not signed by {gid}'s identity key")
-    if value["customer_idurl"] != identity.idurl:
-        raise Conflict(f"the DHT record {suppliers_key(gid)} names another customer")
-    suppliers = []
-    for idurl in value["suppliers"]:
-        try:
-            suppliers.append(globalid.idurl_to_global_id(idurl) if idurl else "")
-        except BadRequest:
-            suppliers.append("")
-    return {"customer_id": gid, "customer_idurl": value["customer_idurl"], "revision": value["revision"],
-            "ecc_map": value["ecc_map"], "suppliers": suppliers, "idurls": list(value["suppliers"]),
-            "writer_verified": True, "created": record["created"], "expires": record["expires"]}
 
 
 class SupplierProvider:

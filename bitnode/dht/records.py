@@ -19,7 +19,7 @@ other key (``app:x``, or a plain ``abcd`` as in the API examples). A
 record names canonical IDURLs: its customer and, position by position, up to
 :data:`MAX_SUPPLIERS` suppliers ("" for an empty position). Who wrote it is
 checked by its readers against the customer's identity (see
-:func:`bitnode.customer.customer_service.lookup_suppliers`).
+:func:`bitnode.customer.suppliers_record.lookup_suppliers`).
 
 The writer's key is an Ed25519 private key, given either as a
 :class:`bitnode.crypt.fastsign.Ed25519PrivateKey` (what the identity service

@@ -1,7 +1,9 @@
 """The ONE route table: every API method, its verb, path, parameters and meaning.
 
 REST, WebSocket, the CLI, the OpenAPI document and docs/api.md are generated
-from :data:`ROUTES` and :data:`LEGACY`. ``tests/interface/test_routes.py``
+from :data:`ROUTES` and :data:`LEGACY` (the legacy names, in
+:mod:`bitnode.interface.routes_legacy`; the types are in
+:mod:`bitnode.interface.route_types`). ``tests/interface/test_routes.py``
 checks the table against ``spec/api-v1-methods.tsv``.
 
 A route's handler is the method of the same name on
@@ -11,162 +13,23 @@ answers 501 "<method> is not implemented yet".
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
-from typing import Any, Callable
+from bitnode.interface.route_types import (
+    BOOL,
+    FLOAT,
+    INT,
+    JSON,
+    LIST,
+    REQUIRED,
+    STR,
+    Param,
+    ParamType,
+    Route,
+)
+from bitnode.interface.routes_legacy import LEGACY, Alias
 
-from bitnode.errors import BadRequest
-from bitnode.main.options import parse_bool, parse_float, parse_int, parse_string_list
-
-
-class _Required:
-    def __repr__(self) -> str:
-        return "REQUIRED"
-
-
-REQUIRED: Any = _Required()
-
-
-def _parse_str(value: Any) -> str:
-    if isinstance(value, str):
-        return value
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return str(value)
-    raise BadRequest(f"expected a string, got {type(value).__name__}")
-
-
-def _parse_json(value: Any) -> Any:
-    """JSON bodies arrive parsed; query-string text is parsed when it is JSON, else kept as text."""
-    if isinstance(value, str):
-        try:
-            return json.loads(value)
-        except ValueError:
-            return value
-    return value
-
-
-def _parse_list(value: Any) -> list:
-    if isinstance(value, str) and value.strip().startswith("["):
-        try:
-            value = json.loads(value)
-        except ValueError:
-            raise BadRequest("expected a list") from None
-    return parse_string_list(value)
-
-
-@dataclass(frozen=True)
-class ParamType:
-    """How a parameter value is read from JSON or from query-string text."""
-
-    name: str
-    parse: Callable[[Any], Any]
-
-
-STR = ParamType("string", _parse_str)
-INT = ParamType("integer", parse_int)
-FLOAT = ParamType("number", parse_float)
-BOOL = ParamType("boolean", parse_bool)
-LIST = ParamType("list of strings", _parse_list)
-JSON = ParamType("JSON value", _parse_json)
-
-
-@dataclass(frozen=True)
-class Param:
-    """One parameter: name, type, default (REQUIRED if none) and older names it also answers to."""
-
-    name: str
-    type: ParamType
-    default: Any = REQUIRED
-    aliases: tuple[str, ...] = ()
-    description: str = ""
-
-    @property
-    def required(self) -> bool:
-        """True when the caller must give this parameter."""
-        return self.default is REQUIRED
-
-    def default_value(self) -> Any:
-        """The default as a handler receives it: list parameters get a fresh list, also from comma text."""
-        if self.default is None or self.default is REQUIRED:
-            return self.default
-        if self.type is LIST:
-            return self.type.parse(list(self.default) if isinstance(self.default, tuple) else self.default)
-        return list(self.default) if isinstance(self.default, tuple) else self.default
-
-    def coerce(self, value: Any) -> Any:
-        """Parse ``value``; None is accepted where the default is None. BadRequest names the parameter."""
-        if value is None and self.default is None:
-            return None
-        try:
-            return self.type.parse(value)
-        except BadRequest as err:
-            raise BadRequest(f"parameter '{self.name}': {err}") from None
-
-
-@dataclass(frozen=True)
-class Route:
-    """One API method."""
-
-    name: str
-    verb: str
-    path: str
-    description: str
-    params: tuple[Param, ...] = ()
-    mutating: bool = False
-
-    @property
-    def verbs(self) -> tuple[str, ...]:
-        """HTTP verbs accepted: the spec's, plus POST for state-changing methods the spec made GET."""
-        if self.mutating and self.verb == "GET":
-            return ("GET", "POST")
-        return (self.verb,)
-
-    @property
-    def path_params(self) -> tuple[str, ...]:
-        """Names of the ``{placeholders}`` in the path."""
-        return tuple(part[1:-1] for part in self.path.split("/") if part.startswith("{") and part.endswith("}"))
-
-    @property
-    def handler(self) -> str:
-        """Name of the API method that serves this route."""
-        return self.name
-
-
-@dataclass(frozen=True)
-class Alias:
-    """A legacy method name routed to the same code.
-
-    ``target`` is the v1 route it maps to, or the alias's own name when the
-    API has a legacy-only method of that name; ``params`` is the legacy
-    signature; ``rename`` maps legacy parameter names to the target's;
-    ``fixed`` adds arguments; ``ignored`` parameters are accepted and dropped.
-    """
-
-    name: str
-    target: str
-    description: str
-    params: tuple[Param, ...] = ()
-    rename: tuple[tuple[str, str], ...] = ()
-    fixed: tuple[tuple[str, Any], ...] = ()
-    ignored: tuple[str, ...] = ()
-
-    @property
-    def verbs(self) -> tuple[str, ...]:
-        """Legacy names take GET (as they always did) and POST."""
-        return ("GET", "POST")
-
-    def to_target_kwargs(self, kwargs: dict) -> dict:
-        """Translate already-validated legacy arguments into the target's."""
-        names = dict(self.rename)
-        out = {names.get(key, key): value for key, value in kwargs.items() if key not in self.ignored}
-        out.update(self.fixed)
-        return out
-
-    @property
-    def path(self) -> str:
-        """REST path of the legacy name."""
-        return f"legacy/{self.name}/v1"
-
+# Callers import the whole vocabulary from here.
+__all__ = ["BOOL", "FLOAT", "INT", "JSON", "LIST", "REQUIRED", "STR", "Alias", "LEGACY", "Param", "ParamType",
+           "ROUTES", "Route"]
 
 R, P = Route, Param
 
@@ -635,58 +498,4 @@ ROUTES: tuple[Route, ...] = (
     R("automats_list", "GET", "automat/list/v1", "Returns a list of all currently running state machines.",
       params=(
       )),
-)
-
-LEGACY: tuple[Alias, ...] = (
-    Alias("stop", "process_stop", "Stop the main process immediately."),
-    Alias("restart", "process_restart", "Restart the main process (showgui is ignored: bitnode has no GUI).",
-          params=(P("showgui", BOOL, False),), ignored=("showgui",)),
-    Alias("reconnect", "network_reconnect", 'Sends "reconnect" to the network_connector automat.'),
-    Alias("config_list", "configs_list", "All options and values from settings.", params=(P("sort", BOOL, False),)),
-    Alias("backups_update", "files_sync", 'Sends "restart" to the backup_monitor automat.'),
-    Alias("backups_list", "files_list", "The whole tree of files and folders in the catalog."),
-    Alias("backups_id_list", "backups_id_list", "Only the items uploaded to suppliers, with their version ids."),
-    Alias("backup_start_id", "backup_start_id", "Start uploading an item already in the catalog, by its path id.",
-          params=(P("pathID", STR),)),
-    Alias("backup_start_path", "backup_start_path", "Add a local file or folder to the catalog and upload it.",
-          params=(P("path", STR), P("bind_local_path", BOOL, True))),
-    Alias("backup_map_path", "backup_map_path", "Create a top-level catalog item for a local path.",
-          params=(P("path", STR),)),
-    Alias("backup_dir_add", "backup_dir_add", "Add a folder to the catalog without uploading.",
-          params=(P("dirpath", STR),)),
-    Alias("backup_file_add", "backup_file_add", "Add a single file to the catalog without uploading.",
-          params=(P("filepath", STR),)),
-    Alias("backup_tree_add", "backup_tree_add", "Add a folder tree to the catalog without uploading.",
-          params=(P("dirpath", STR),)),
-    Alias("backup_delete_local", "backup_delete_local", "Remove only the local files of one version.",
-          params=(P("backupID", STR),)),
-    Alias("backup_delete_id", "backup_delete_id", "Delete an item or version from the catalog and the suppliers.",
-          params=(P("pathID_or_backupID", STR),)),
-    Alias("backup_delete_path", "backup_delete_path", "Delete everything stored for a local path.",
-          params=(P("localPath", STR),)),
-    Alias("backups_queue", "files_uploads", "Uploads waiting to start.", fixed=(("include_running", False),)),
-    Alias("backups_running", "files_uploads", "Uploads running now.", fixed=(("include_pending", False),)),
-    Alias("backup_cancel_pending", "backup_cancel_pending", "Cancel a pending upload.", params=(P("path_id", STR),)),
-    Alias("backup_abort_running", "file_upload_stop", "Abort a running upload.",
-          params=(P("backup_id", STR),), rename=(("backup_id", "remote_path"),)),
-    Alias("restore_single", "file_download_start", "Download an item from the suppliers.",
-          params=(P("pathID_or_backupID_or_localPath", STR), P("destinationPath", STR, None)),
-          rename=(("pathID_or_backupID_or_localPath", "remote_path"), ("destinationPath", "destination_path"))),
-    Alias("restores_running", "files_downloads", "Downloads running now."),
-    Alias("restore_abort", "file_download_stop", "Abort a running download.",
-          params=(P("backup_id", STR),), rename=(("backup_id", "remote_path"),)),
-    Alias("supplier_replace", "supplier_change", "Fire a supplier and hire a random replacement.",
-          params=(P("index_or_idurl", STR),)),
-    Alias("ping", "user_ping", "Send an Identity packet to a peer and wait for its Ack.",
-          params=(P("idurl", STR), P("timeout", FLOAT, 10.0)), rename=(("idurl", "user_id"),)),
-    Alias("set_my_nickname", "set_my_nickname", "Start nickname_holder to register and keep a nickname in the DHT.",
-          params=(P("nickname", STR),)),
-    Alias("find_peer_by_nickname", "user_observe", "Look up who holds a nickname in the DHT.",
-          params=(P("nickname", STR),)),
-    Alias("send_message", "message_send", "Send a text message to a peer.",
-          params=(P("recipient", STR), P("message_body", JSON)),
-          rename=(("recipient", "recipient_id"), ("message_body", "data"))),
-    Alias("receive_one_message", "receive_one_message", "Wait for one incoming chat message."),
-    Alias("broadcast_send_message", "broadcast_send_message", "Send a message to all peers.",
-          params=(P("payload", JSON),)),
 )

@@ -71,6 +71,19 @@ def cmd_stop_node(args) -> int:
     return _run(lambda: LocalNet(args.dir).stop_node(args.name, kill=args.kill))
 
 
+def cmd_add_node(args) -> int:
+    """Start one more node with the network's settings but no identity (e.g. to recover one there)."""
+
+    def add():
+        roles = tuple(args.role or ("customer",))
+        node = LocalNet(args.dir).add_node(args.name, roles, args.key_size, args.timeout)
+        print(f"  {node['name']:<12} {','.join(node['roles']):<26} {node['api_url']}  (no identity yet)")
+        print(f"  bitnode api identity_recover private_key_source=/path/to/identity-backup --basedir {node['basedir']}")
+        print(f"  bitnode api identity_create username=NAME --basedir {node['basedir']}")
+
+    return _run(add)
+
+
 def add_commands(sub: argparse._SubParsersAction) -> None:
     """Add ``localnet`` and its sub-commands to the ``bitnode`` parser."""
     text = "run a whole network (identity server, suppliers, customers) on this machine"
@@ -95,6 +108,14 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     add("down", cmd_down, "stop every node").add_argument("--kill", action="store_true", help="SIGKILL")
     add("status", cmd_status, "show every node and whether it runs")
     add("start-node", cmd_start_node, "start one node again").add_argument("name")
+    more = add("add-node", cmd_add_node, "start one more node without an identity (to recover or create one)")
+    more.add_argument("name")
+    more.add_argument("--role", action="append", choices=("customer", "supplier"),
+                      help="customer (default) and/or supplier; repeat for both")
+    more.add_argument("--key-size", type=int, default=2048, choices=(1024, 2048, 3072, 4096),
+                      help="RSA key size if an identity is created later by `up` (default 2048)")
+    more.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the node")
+    more.set_defaults(role=None)
     stop = add("stop-node", cmd_stop_node, "stop one node")
     stop.add_argument("name")
     stop.add_argument("--kill", action="store_true", help="SIGKILL, as a crash would")

@@ -261,7 +261,7 @@ class LocalNet:
         for plan in plans:
             self._ensure_identity(plan, timeout)
         for plan in plans:
-            self._wait_connected(plan, timeout)
+            self._wait_connected(plan, timeout, plans, key_size)
         for plan in plans:
             self._wait_dht(plan, len(plans), timeout)
         for plan in plans:
@@ -396,13 +396,28 @@ class LocalNet:
             raise LocalnetError(f"identity_create on {plan.name} failed: {_error_text(envelope)}")
         self.log(f"  {plan.name}: identity {envelope['result'].get('global_id', '?')}")
 
-    def _wait_connected(self, plan: NodePlan, timeout: float) -> None:
+    def _wait_connected(self, plan: NodePlan, timeout: float, plans: list[NodePlan] | None = None,
+                        key_size: int = 2048) -> None:
+        """Wait for network_connected; a node whose TCP/DHT port was taken meanwhile moves to new ports.
+
+        Those ports are bound only once the node has an identity, so the
+        start-up retry of :meth:`_start_on_free_ports` cannot see them taken.
+        """
         basedir = Basedir.at(plan.basedir)
-        code, envelope = api(basedir, "network_connected", timeout=timeout + 5, wait_timeout=timeout)
-        if code == 501:
-            return
-        if code != 200:
-            raise LocalnetError(f"node {plan.name} did not connect: {_error_text(envelope)}")
+        for attempt in range(PORT_RETRIES + 1):
+            code, envelope = api(basedir, "network_connected", timeout=timeout + 5, wait_timeout=timeout)
+            if code in (200, 501):
+                return
+            _, services = api(basedir, "services_list", timeout=timeout)
+            port_taken = any(text in json.dumps(services) for text in PORT_TAKEN)
+            if attempt == PORT_RETRIES or not port_taken or plans is None or plan is plans[0]:
+                raise LocalnetError(f"node {plan.name} did not connect: {_error_text(envelope)}")
+            self.log(f"  {plan.name}: a peer port was taken, restarting it on new ones")
+            control.stop(basedir, timeout=timeout)
+            plan.ports = node_ports(plan.roles)
+            self._write_settings(plan, plans, key_size)
+            self.save(plans)
+            self._start(plan, timeout)
 
     def _wait_dht(self, plan: NodePlan, nodes: int, timeout: float) -> None:
         """Wait until the node's DHT routing table knows the others (or most of them)."""

@@ -93,8 +93,14 @@ def regenerate_blocks(payloads: dict[int, bytes], plan: SegmentPlan, positions: 
     """Decode the encrypted segment from k payloads and re-make the stored blocks at ``positions``. Worker thread."""
     encrypted = erasure.decode(payloads, plan.k, plan.n, plan.plaintext_length + TAG_SIZE)
     raw = erasure.encode(encrypted, plan.k, plan.n)
-    return {pos: blockformat.pack(plan.version_id, plan.index, pos, plan.k, plan.n, plan.plaintext_length, raw[pos])
-            for pos in positions}
+    blocks = {}
+    for pos in positions:
+        args = (plan.version_id, plan.index, pos, plan.k, plan.n, plan.plaintext_length, raw[pos])
+        block = blockformat.pack(*args)
+        if hashlib.sha256(block).hexdigest() != plan.blocks[pos][0]:
+            block = blockformat.pack_v1(*args)  # a version stored before block format 2 is rebuilt as it was
+        blocks[pos] = block
+    return blocks
 
 
 def _new_figures() -> dict:

@@ -1,7 +1,29 @@
-"""The on-supplier block format, version 1.
+"""The on-supplier block format, versions 1 and 2.
 
-A stored block is a fixed-layout header followed by the payload (one zfec block
-of one encrypted segment). All integers are big-endian::
+A stored block is one zfec block of one encrypted segment (the payload) plus a
+fixed-layout description of it. :func:`pack` writes version 2; :func:`unpack`
+reads both. All integers are big-endian.
+
+Version 2 puts the description after the payload, so the one SHA-256 pass the
+uploader makes over a block yields both the payload hash (a digest of the
+bytes in front of the trailer) and the whole-block hash the catalog keeps
+(the same hash state continued over the trailer)::
+
+    offset size field
+         0    4 magic               b"BNBK"
+         4    1 format version      2
+         5    P payload
+       5+P    L version id          ASCII, see segment_crypto.validate_version_id
+     5+P+L    8 segment index
+    13+P+L    2 block index         0..n-1
+    15+P+L    2 k                   1..n
+    17+P+L    2 n                   1..256
+    19+P+L    8 segment plaintext length
+    27+P+L    8 payload length      P
+    35+P+L   32 SHA-256 of bytes 0..5+P (magic, version and payload)
+    67+P+L    1 version id length   L (1..128), the last byte
+
+Version 1 (still read) has the description in front of the payload::
 
     offset size field
          0    4 magic               b"BNBK"
@@ -36,7 +58,9 @@ from bitnode.storage.erasure import MAX_N, block_size
 from bitnode.storage.segment_crypto import TAG_SIZE, validate_version_id
 
 MAGIC = b"BNBK"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+FORMAT_V1 = 1
+KNOWN_VERSIONS = (FORMAT_V1, FORMAT_VERSION)
 _FIXED = struct.Struct(">QHHHQQ32s")
 _MIN_HEADER = len(MAGIC) + 2 + _FIXED.size  # magic, version, id length, fixed fields
 
@@ -51,7 +75,11 @@ class BlockCorrupt(BlockFormatError):
 
 @dataclass(frozen=True)
 class BlockHeader:
-    """Everything a block says about itself (format version 1)."""
+    """Everything a block says about itself.
+
+    ``payload_sha256`` is the SHA-256 of the payload (version 1) or of the
+    magic, version byte and payload (version 2).
+    """
 
     version_id: str
     segment_index: int
@@ -65,14 +93,28 @@ class BlockHeader:
 
 
 def header_size(version_id: str) -> int:
-    """Number of header bytes in front of the payload for ``version_id``."""
+    """Number of bytes a block adds to its payload for ``version_id`` (both versions)."""
     return _MIN_HEADER + len(version_id)
 
 
 def pack(
     version_id: str, segment_index: int, block_index: int, k: int, n: int, segment_length: int, payload: bytes
 ) -> bytes:
-    """Build the stored form of one block (header + payload)."""
+    """Build the stored form of one block (format version 2)."""
+    return pack_hashed(version_id, segment_index, block_index, k, n, segment_length, payload)[0]
+
+
+def pack_hashed(
+    version_id: str, segment_index: int, block_index: int, k: int, n: int, segment_length: int, payload
+) -> tuple[bytes, str]:
+    """Build one version 2 block and the hex SHA-256 of the whole block, in one pass over the payload.
+
+    ``payload`` may be any bytes-like object (a memoryview of an erasure
+    block is packed with a single copy).
+    """
+    prefix = MAGIC + bytes([FORMAT_VERSION])
+    hasher = hashlib.sha256(prefix)
+    hasher.update(payload)
     header = BlockHeader(
         version_id=version_id,
         segment_index=segment_index,
@@ -80,17 +122,41 @@ def pack(
         k=k,
         n=n,
         segment_length=segment_length,
-        payload_length=len(payload),
-        payload_sha256=hashlib.sha256(payload).digest(),
+        payload_length=len(memoryview(payload)),
+        payload_sha256=hasher.digest(),  # digest() leaves the state open for the trailer
     )
     _check_header(header, error=BlockFormatError)
-    return pack_header(header) + payload
+    trailer = _pack_trailer(header)
+    hasher.update(trailer)
+    return b"".join((prefix, payload, trailer)), hasher.hexdigest()
 
 
-def pack_header(header: BlockHeader) -> bytes:
-    """Serialise a header (no checks beyond what struct enforces)."""
+def pack_v1(
+    version_id: str, segment_index: int, block_index: int, k: int, n: int, segment_length: int, payload: bytes
+) -> bytes:
+    """Build a version 1 block: to rebuild, byte for byte, a block of a version stored before format 2."""
+    header = BlockHeader(
+        version_id=version_id,
+        segment_index=segment_index,
+        block_index=block_index,
+        k=k,
+        n=n,
+        segment_length=segment_length,
+        payload_length=len(memoryview(payload)),
+        payload_sha256=hashlib.sha256(payload).digest(),
+        format_version=FORMAT_V1,
+    )
+    _check_header(header, error=BlockFormatError)
+    return pack_header(header) + bytes(payload)
+
+
+def _pack_trailer(header: BlockHeader) -> bytes:
     vid = header.version_id.encode("ascii")
-    fixed = _FIXED.pack(
+    return vid + _pack_fixed(header) + bytes([len(vid)])
+
+
+def _pack_fixed(header: BlockHeader) -> bytes:
+    return _FIXED.pack(
         header.segment_index,
         header.block_index,
         header.k,
@@ -99,11 +165,16 @@ def pack_header(header: BlockHeader) -> bytes:
         header.payload_length,
         header.payload_sha256,
     )
-    return MAGIC + bytes([header.format_version, len(vid)]) + vid + fixed
+
+
+def pack_header(header: BlockHeader) -> bytes:
+    """Serialise a version 1 header, which precedes the payload (no checks beyond struct's)."""
+    vid = header.version_id.encode("ascii")
+    return MAGIC + bytes([header.format_version, len(vid)]) + vid + _pack_fixed(header)
 
 
 def unpack(data: bytes, trusted: bool = False) -> tuple[BlockHeader, bytes]:
-    """Parse and verify one stored block; returns its header and payload.
+    """Parse and verify one stored block of either version; returns its header and payload.
 
     ``trusted``: the caller has already matched the whole block against a
     hash it trusts (the catalog's), so the payload hash is not computed again
@@ -114,27 +185,54 @@ def unpack(data: bytes, trusted: bool = False) -> tuple[BlockHeader, bytes]:
         raise BlockFormatError(f"block too short: {len(view)} bytes")
     if bytes(view[:4]) != MAGIC:
         raise BlockFormatError("not a bitnode block (bad magic)")
-    if view[4] != FORMAT_VERSION:
-        raise BlockFormatError(f"unknown block format version {view[4]}")
+    version = view[4]
+    if version == FORMAT_VERSION:
+        header, payload, covered = _parse_v2(view)
+    elif version == FORMAT_V1:
+        header, payload, covered = _parse_v1(view)
+    else:
+        raise BlockFormatError(f"unknown block format version {version}")
+    if len(payload) != header.payload_length:
+        raise BlockFormatError(f"payload is {len(payload)} bytes, header says {header.payload_length}")
+    if trusted:
+        return header, payload
+    if hashlib.sha256(covered).digest() != header.payload_sha256:
+        raise BlockCorrupt(
+            f"block {header.block_index} of segment {header.segment_index} of {header.version_id}: "
+            "payload hash mismatch"
+        )
+    return header, bytes(payload)
+
+
+def _parse_v1(view: memoryview) -> tuple[BlockHeader, memoryview, memoryview]:
     vlen = view[5]
     start = 6 + vlen
     if len(view) < start + _FIXED.size:
         raise BlockFormatError("block header truncated")
+    header = _header(view, 6, start, FORMAT_V1)
+    payload = view[start + _FIXED.size :]
+    return header, payload, payload
+
+
+def _parse_v2(view: memoryview) -> tuple[BlockHeader, memoryview, memoryview]:
+    vlen = view[-1]
+    fixed_at = len(view) - 1 - _FIXED.size
+    vid_at = fixed_at - vlen
+    if vid_at < len(MAGIC) + 1:
+        raise BlockFormatError("block trailer truncated")
+    header = _header(view, vid_at, fixed_at, FORMAT_VERSION)
+    return header, view[len(MAGIC) + 1 : vid_at], view[:vid_at]
+
+
+def _header(view: memoryview, vid_at: int, fixed_at: int, version: int) -> BlockHeader:
     try:
-        version_id = bytes(view[6:start]).decode("ascii")
+        version_id = bytes(view[vid_at:fixed_at]).decode("ascii")
     except UnicodeDecodeError as exc:
         raise BlockFormatError("block version id is not ASCII") from exc
-    seg, blk, k, n, seg_len, pay_len, digest = _FIXED.unpack_from(view, start)
-    header = BlockHeader(version_id, seg, blk, k, n, seg_len, pay_len, digest)
+    seg, blk, k, n, seg_len, pay_len, digest = _FIXED.unpack_from(view, fixed_at)
+    header = BlockHeader(version_id, seg, blk, k, n, seg_len, pay_len, digest, format_version=version)
     _check_header(header, error=BlockFormatError)
-    payload = view[start + _FIXED.size :]
-    if len(payload) != pay_len:
-        raise BlockFormatError(f"payload is {len(payload)} bytes, header says {pay_len}")
-    if trusted:
-        return header, payload
-    if hashlib.sha256(payload).digest() != digest:
-        raise BlockCorrupt(f"block {blk} of segment {seg} of {version_id}: payload hash mismatch")
-    return header, bytes(payload)
+    return header
 
 
 def _check_header(h: BlockHeader, error: type[BitnodeError]) -> None:
@@ -142,7 +240,7 @@ def _check_header(h: BlockHeader, error: type[BitnodeError]) -> None:
         validate_version_id(h.version_id)
     except BitnodeError as exc:
         raise error(str(exc)) from exc
-    if h.format_version != FORMAT_VERSION:
+    if h.format_version not in KNOWN_VERSIONS:
         raise error(f"unknown block format version {h.format_version}")
     if not 1 <= h.k <= h.n <= MAX_N:
         raise error(f"impossible k={h.k} n={h.n}")

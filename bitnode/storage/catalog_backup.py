@@ -46,7 +46,7 @@ from bitnode.storage import key_backup, segment_crypto
 from bitnode.storage.catalog import Catalog
 from bitnode.storage.downloader import Downloader
 from bitnode.storage.interface import SegmentMeta, version_prefix
-from bitnode.storage.jobs import Placement
+from bitnode.storage.job_context import Placement
 from bitnode.storage.uploader import Uploader
 
 MANIFEST_FORMAT = 2

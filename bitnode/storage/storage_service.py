@@ -48,7 +48,7 @@ from bitnode.storage import key_backup
 from bitnode.storage.backup_monitor import BackupMonitor
 from bitnode.storage.catalog import Catalog, split_remote_path
 from bitnode.storage.catalog_backup import SECRETS_DIGEST_META, SERIAL_META, CatalogBackup
-from bitnode.storage.jobs import Placement, StorageContext, delete_versions
+from bitnode.storage.job_context import Placement, StorageContext, delete_versions
 from bitnode.storage.transfers import UPLOAD, TransferManager
 from bitnode.userid import globalid
 

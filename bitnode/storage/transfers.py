@@ -25,18 +25,8 @@ from twisted.logger import Logger
 
 from bitnode.errors import BitnodeError, Conflict, NotFound, Unavailable
 from bitnode.storage.catalog import UPLOADING, split_remote_path
-from bitnode.storage.jobs import (
-    CANCELLED,
-    DONE,
-    FAILED_STATE,
-    PAUSED,
-    DownloadJob,
-    StorageContext,
-    UploadJob,
-    _Job,
-    abandon_version,
-    stat_file,
-)
+from bitnode.storage.job_context import StorageContext, abandon_version, stat_file
+from bitnode.storage.jobs import CANCELLED, DONE, FAILED_STATE, PAUSED, DownloadJob, UploadJob, _Job
 
 UPLOAD, DOWNLOAD = "upload", "download"
 AT_REST = frozenset({PAUSED, DONE, FAILED_STATE, CANCELLED, "NEW", "PENDING"})

@@ -24,7 +24,6 @@ that changed since the first attempt must become a new version with a new key.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 from collections.abc import Callable
@@ -153,11 +152,14 @@ def prepare_segment(
     raw_blocks = erasure.encode_views(encrypted, k, n)  # views: pack() below makes the one copy
     del encrypted
     t3 = time.perf_counter()
-    packed = tuple(
-        blockformat.pack(version_id, index, i, k, n, expected, b) for i, b in enumerate(raw_blocks)
-    )
+    # One SHA-256 pass per block gives both its payload hash and the whole-block hash the catalog keeps.
+    packed_hashed = [
+        blockformat.pack_hashed(version_id, index, i, k, n, expected, b) for i, b in enumerate(raw_blocks)
+    ]
     del raw_blocks
-    hashes = tuple(hashlib.sha256(b).hexdigest() for b in packed)
+    packed = tuple(block for block, _ in packed_hashed)
+    hashes = tuple(digest for _, digest in packed_hashed)
+    del packed_hashed
     t4 = time.perf_counter()
     if timings is not None:
         for name, spent in (

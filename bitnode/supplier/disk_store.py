@@ -10,8 +10,9 @@ is still inside the customer's directory. Refusals are counted in
 :attr:`DiskStore.refused`.
 
 Writes are atomic (temp file, fsync, rename, fsync of the directory), so a
-crash leaves the old block or the new one, never half of one; a store is
-acknowledged only after that. Every file operation runs through the injected
+crash leaves the old block or the new one, never half of one; a directory
+created for a block is flushed into its parent too. A store is acknowledged
+only after that. Every file operation runs through the injected
 ``run_in_thread`` so the reactor never waits on the disk.
 
 Quota: :meth:`DiskStore.set_quota` per customer; a store that would go over it
@@ -32,7 +33,7 @@ from typing import Any, Callable
 from twisted.internet import defer
 from zope.interface import implementer
 
-from bitnode.crypt.fileutil import atomic_write, ensure_dir
+from bitnode.crypt.fileutil import atomic_write, ensure_dir, fsync_dir
 from bitnode.errors import BadRequest, InsufficientStorage
 from bitnode.storage.interface import BlockNotFound, IStorageServer, validate_customer_id, validate_path
 
@@ -175,7 +176,7 @@ class DiskStore:
         if quota is not None and used - old + len(data) > quota:
             self.refused["over_quota"] += 1
             raise InsufficientStorage(f"quota of {quota} bytes for {customer_id} would be exceeded")
-        ensure_dir(os.path.dirname(target))
+        _make_dirs_durably(os.path.dirname(target), self.root)
         atomic_write(target, data, mode=0o600)
         self._used[customer_id] = used - old + len(data)
 
@@ -200,6 +201,25 @@ class DiskStore:
         # One write at a time per customer keeps the usage count exact.
         lock = self._locks.setdefault(customer_id, defer.DeferredLock())
         return lock.run(fn, *args)
+
+
+def _make_dirs_durably(folder: str, root: str) -> None:
+    """Create ``folder`` and its missing parents, and flush the parent of each new one.
+
+    atomic_write flushes the block's own directory; a directory created for it
+    must itself be recorded in its parent before the store is acknowledged.
+    Existing directories cost one ``stat``; only new ones add an fsync.
+    """
+    if os.path.isdir(folder):
+        return
+    missing = []
+    probe = folder
+    while probe not in (root, os.path.dirname(probe)) and not os.path.isdir(probe):
+        missing.append(probe)
+        probe = os.path.dirname(probe)
+    ensure_dir(folder)
+    for created in reversed(missing):
+        fsync_dir(os.path.dirname(created))
 
 
 def _read(target: str, block_path: str, customer_id: str) -> bytes:

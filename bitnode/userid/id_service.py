@@ -32,7 +32,6 @@ update is retried in the background with a growing pause.
 
 from __future__ import annotations
 
-import base64
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -42,7 +41,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from bitnode.crypt import fastsign, keys
-from bitnode.crypt.fastsign import Ed25519PrivateKey, Ed25519PublicKey
+from bitnode.crypt.fastsign import Ed25519PrivateKey
 from bitnode.crypt.fileutil import PRIVATE_FILE_MODE, atomic_write, ensure_dir, read_limited, remove_if_exists
 from bitnode.crypt.keys import RsaPrivateKey
 from bitnode.crypt.keystore import KeyStore
@@ -52,38 +51,8 @@ from bitnode.services.base import Service
 from bitnode.userid import globalid, id_backup
 from bitnode.userid.id_publisher import Publisher, parse_servers
 from bitnode.userid.idcache import IdentityCache
-from bitnode.userid.identity import MAX_SOURCES, MAX_XML_BYTES, Identity, format_date, validate_contact
-
-ALGORITHM = "ed25519"
-
-
-class Ed25519Signer:
-    """Signs packets with my Ed25519 key (the transport's ``Signer``)."""
-
-    algorithm = ALGORITHM
-
-    def __init__(self, key: Ed25519PrivateKey):
-        self._key = key
-
-    def sign(self, data: bytes) -> bytes:
-        """The 64-byte signature of ``data``."""
-        return fastsign.sign(self._key, data)
-
-    def __repr__(self) -> str:
-        return f"<Ed25519Signer {self._key.public_key()!r}>"
-
-
-class Ed25519Verifier:
-    """Checks packet signatures with someone's certified Ed25519 key (the transport's ``Verifier``)."""
-
-    algorithm = ALGORITHM
-
-    def __init__(self, key: Ed25519PublicKey):
-        self.public_key = key
-
-    def verify(self, data: bytes, signature: bytes) -> bool:
-        """True for a valid signature; never raises."""
-        return fastsign.verify(self.public_key, data, signature)
+from bitnode.userid.identity import MAX_SOURCES, MAX_XML_BYTES, Identity, validate_contact
+from bitnode.userid.packet_keys import Ed25519Signer, Ed25519Verifier, generate_identity, signing_key_text
 
 
 @dataclass(frozen=True)
@@ -115,27 +84,6 @@ def identity_as_dict(identity: Identity, include_xml: bool = False) -> dict:
     if include_xml:
         result["xml"] = identity.to_xml().decode("utf-8")
     return result
-
-
-def _generate_identity(name: str, sources: list[str], contacts: list[str], key_size: int,
-                       now: float) -> tuple[RsaPrivateKey, Ed25519PrivateKey, Identity]:
-    """Thread side of identity creation: both keys and the signed revision 1."""
-    master = keys.generate_rsa(key_size)
-    packet_key = fastsign.generate_ed25519()
-    identity = Identity(
-        name=name,
-        sources=tuple(sources),
-        contacts=tuple(contacts),
-        revision=1,
-        date=format_date(now),
-        public_key=master.public_key().to_pem().decode("ascii"),
-        signing_key=_signing_key_text(packet_key),
-    )
-    return master, packet_key, identity.sign(master)
-
-
-def _signing_key_text(packet_key: Ed25519PrivateKey) -> str:
-    return base64.b64encode(fastsign.public_to_raw(packet_key)).decode("ascii")
 
 
 class IdentityService(Service):
@@ -411,7 +359,7 @@ class IdentityService(Service):
         sources = [str(globalid.IdUrl(name, host, port)) for host, port in servers]
         key_size = keys.check_key_size(self.node.settings.get("personal/private-key-size"))
         master, packet_key, identity = await self.node.run_in_thread(
-            _generate_identity, name, sources, self._initial_contacts(), key_size, self.node.clock.seconds())
+            generate_identity, name, sources, self._initial_contacts(), key_size, self.node.clock.seconds())
         accepted = await self.client.publish(identity)
         await self._persist_new(identity, master, packet_key)
         self.publisher.mark_published(identity)
@@ -473,9 +421,9 @@ class IdentityService(Service):
         contacts = self._pending_contacts if self._pending_contacts is not None else identity.contacts
         if packet_key is None or identity.fast_public_key() != packet_key.public_key():
             packet_key = fastsign.generate_ed25519()
-        if _signing_key_text(packet_key) != identity.signing_key or tuple(contacts) != identity.contacts:
+        if signing_key_text(packet_key) != identity.signing_key or tuple(contacts) != identity.contacts:
             candidate = identity.updated(now=self.node.clock.seconds(), contacts=tuple(contacts),
-                                         signing_key=_signing_key_text(packet_key))
+                                         signing_key=signing_key_text(packet_key))
             identity = await self.node.run_in_thread(candidate.sign, contents.master_key)
             await self.client.publish(identity)
         await self._persist_new(identity, contents.master_key, packet_key)

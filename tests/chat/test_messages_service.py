@@ -6,10 +6,7 @@ way a client calls it; 1024-bit keys.
 
 from __future__ import annotations
 
-from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
-from twisted.internet.task import deferLater
-from twisted.trial import unittest
 
 from bitnode.chat.message_crypto import PRIVATE_MESSAGE, MessageHeader, seal
 from bitnode.chat.messages_service import PrivateMessagesService
@@ -19,8 +16,8 @@ from bitnode.p2p.network_service import NetworkService
 from bitnode.transport.commands import Command
 from bitnode.transport.gateway_service import GatewayService
 from bitnode.transport.packet_out import PeerRefused
-from bitnode.userid.id_server import IdentityServerService
 from bitnode.userid.id_service import IdentityService
+from tests.chat.support import ChatNetworkCase
 from tests.interface.support import connect_ws, start_node
 
 SERVICES = [IdentityService, GatewayService, NetworkService, PrivateMessagesService]
@@ -29,40 +26,8 @@ DHT_SERVICES = [IdentityService, GatewayService, NetworkService, DHTService, Nic
 MESSAGES = "service_private_messages"
 
 
-class PrivateMessagesNetworkTests(unittest.TestCase):
-    timeout = 60
-
-    @inlineCallbacks
-    def setUp(self):
-        self.seed = yield start_node(self, service_classes=[IdentityServerService, IdentityService, DHTService],
-                                     overrides={"services/identity-server/enabled": True,
-                                                "services/identity-server/web-port": 0,
-                                                "services/entangled-dht/udp-port": 0})
-        id_port = self.seed.service_driver.get("service_identity_server").port
-        dht_port = self.seed.service_driver.get("service_entangled_dht").dht.address[1]
-        self.settings = {"personal/private-key-size": 1024, "personal/identity-servers": [f"127.0.0.1:{id_port}"],
-                         "services/identity/fetch-timeout": 5.0, "services/tcp-connections/tcp-port": 0,
-                         "services/entangled-dht/udp-port": 0,
-                         "services/entangled-dht/known-nodes": [f"127.0.0.1:{dht_port}"]}
-
+class PrivateMessagesNetworkTests(ChatNetworkCase):
     # -- helpers ------------------------------------------------------------------------
-
-    def call(self, node, method, **kwargs):
-        return node.dispatcher.execute_by_name(method, kwargs)
-
-    @inlineCallbacks
-    def ok(self, node, method, **kwargs):
-        answer = yield self.call(node, method, **kwargs)
-        self.assertEqual(answer.code, 200, (method, answer.envelope))
-        return answer.envelope["result"]
-
-    @inlineCallbacks
-    def until(self, check, what):
-        for _ in range(250):
-            if check():
-                return
-            yield deferLater(reactor, 0.02, lambda: None)
-        self.fail(f"timed out waiting for {what}")
 
     @inlineCallbacks
     def user(self, name, nickname=None):

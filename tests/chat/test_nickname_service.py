@@ -2,50 +2,18 @@
 
 from __future__ import annotations
 
-from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
-from twisted.internet.task import deferLater
-from twisted.trial import unittest
 
 from bitnode.chat.nickname_service import NicknameService
 from bitnode.dht.dht_service import DHTService
-from bitnode.userid.id_server import IdentityServerService
 from bitnode.userid.id_service import IdentityService
+from tests.chat.support import ChatNetworkCase
 from tests.interface.support import start_node
 
 SERVICES = [IdentityService, DHTService, NicknameService]
 
 
-class NicknameNetworkTests(unittest.TestCase):
-    timeout = 60
-
-    @inlineCallbacks
-    def setUp(self):
-        self.seed = yield start_node(self, service_classes=[IdentityServerService, IdentityService, DHTService],
-                                     overrides={"services/identity-server/enabled": True,
-                                                "services/identity-server/web-port": 0,
-                                                "services/entangled-dht/udp-port": 0})
-        id_port = self.seed.service_driver.get("service_identity_server").port
-        dht_port = self.seed.service_driver.get("service_entangled_dht").dht.address[1]
-        self.settings = {"personal/private-key-size": 1024, "personal/identity-servers": [f"127.0.0.1:{id_port}"],
-                         "services/entangled-dht/udp-port": 0,
-                         "services/entangled-dht/known-nodes": [f"127.0.0.1:{dht_port}"]}
-
-    @inlineCallbacks
-    def ok(self, node, method, **kwargs):
-        answer = yield node.dispatcher.execute_by_name(method, kwargs)
-        self.assertEqual(answer.code, 200, (method, answer.envelope))
-        return answer.envelope["result"]
-
-    @inlineCallbacks
-    def until(self, check, what):
-        for _ in range(250):
-            result = yield check()
-            if result:
-                return result
-            yield deferLater(reactor, 0.02, lambda: None)
-        self.fail(f"timed out waiting for {what}")
-
+class NicknameNetworkTests(ChatNetworkCase):
     @inlineCallbacks
     def user(self, name, nickname):
         node = yield start_node(self, service_classes=SERVICES,

@@ -140,3 +140,49 @@ class WaitServicesTests(unittest.TestCase):
                           "reason": "start failed: no disk"}]]
         error = self.assertRaises(LocalnetError, self.net.start_node, "customer-1", timeout=0)
         self.assertIn("service_customer FAILED (start failed: no disk)", str(error))
+
+
+class PeerPortTakenTests(unittest.TestCase):
+    """A node whose TCP/DHT port was taken before its gateway bound it moves to new ports."""
+
+    def setUp(self) -> None:
+        self.dir = os.path.abspath(self.mktemp())
+        self.net = LocalNet(self.dir, log=lambda _line: None, documented_ports=False)
+        self.plans = plan_network(self.dir, 1, 0, documented_ports=False)
+        for plan in self.plans:
+            Basedir.at(plan.basedir).create()
+            self.net._write_settings(plan, self.plans, 1024)
+        self.net.save(self.plans)
+        self.events: list[str] = []
+        self.connected: list[bool] = []
+        self.patch(self.net, "_start", lambda plan, timeout: self.events.append("start"))
+        self.patch(network.control, "stop", lambda basedir, timeout=20.0: self.events.append("stop"))
+        taken = {"name": "service_gateway", "state": "FAILED",
+                 "reason": "Couldn't listen on 127.0.0.1:5: [Errno 98] Address already in use"}
+
+        def fake_api(basedir, method, timeout=60.0, **kwargs):
+            self.events.append(method)
+            if method == "services_list":
+                return 200, {"status": "OK", "result": [taken]}
+            if self.connected.pop(0):
+                return 200, {"status": "OK", "result": {"connected": True}}
+            return 503, {"status": "ERROR", "errors": ["service_network is not running (DEPENDS_OFF)"]}
+
+        self.patch(network, "api", fake_api)
+
+    def test_the_node_restarts_on_new_ports_and_connects(self) -> None:
+        supplier = self.plans[1]
+        before = dict(supplier.ports)
+        self.connected = [False, True]
+        self.net._wait_connected(supplier, 5.0, self.plans, 1024)
+        self.assertEqual(self.events, ["network_connected", "services_list", "stop", "start", "network_connected"])
+        self.assertNotEqual(self.net.node("supplier-1").ports, before)
+        with open(Basedir.at(supplier.basedir).settings_file) as handle:
+            values = json.load(handle)["values"]
+        self.assertEqual(values["services/tcp-connections/tcp-port"], supplier.ports["tcp"])
+
+    def test_a_port_taken_every_time_is_reported(self) -> None:
+        self.connected = [False] * (PORT_RETRIES + 1)
+        error = self.assertRaises(LocalnetError, self.net._wait_connected, self.plans[1], 5.0, self.plans, 1024)
+        self.assertIn("did not connect", str(error))
+        self.assertEqual(self.events.count("start"), PORT_RETRIES)

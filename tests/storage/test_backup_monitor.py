@@ -7,11 +7,14 @@ supplier is two assignments.
 
 from __future__ import annotations
 
+import hashlib
+
 from twisted.internet import defer
 from twisted.trial import unittest
 
 from bitnode.errors import Unavailable
-from bitnode.storage.backup_monitor import BackupMonitor
+from bitnode.storage import blockformat, erasure, segment_crypto
+from bitnode.storage.backup_monitor import BackupMonitor, SegmentPlan, regenerate_blocks
 from bitnode.storage.interface import block_path
 from bitnode.storage.memory_grid import FaultyServer, MemoryStorageServer
 from tests.storage.test_jobs import CUSTOMER, REMOTE, SEG, Grid, Harness, download, read, write
@@ -140,6 +143,31 @@ class RebuildTests(MonitorTestCase):
         figures = self.run_check()
         self.assertEqual(figures["blocks_rebuilt"], 0)
         self.assertEqual(len(self.h.catalog.missing_blocks()), 4)
+
+
+class RegenerateFormatTests(unittest.TestCase):
+    """A rebuilt block must be byte-identical to what the catalog recorded, in either block format."""
+
+    def _plan_and_payloads(self, pack):
+        key = segment_crypto.new_version_key()
+        plain = b"segment data " * 50
+        raw = erasure.encode(segment_crypto.encrypt_segment(key, "ver-1", 4, plain), 3, 5)
+        blocks = [pack("ver-1", 4, pos, 3, 5, len(plain), raw[pos]) for pos in range(5)]
+        plan = SegmentPlan("ver-1", 4, 3, 5, len(plain),
+                           tuple((hashlib.sha256(b).hexdigest(), "s@id.example.net_8084") for b in blocks))
+        return plan, {pos: raw[pos] for pos in (0, 2, 4)}, blocks
+
+    def test_current_format_blocks_are_rebuilt_as_version_2(self):
+        plan, payloads, blocks = self._plan_and_payloads(blockformat.pack)
+        rebuilt = regenerate_blocks(payloads, plan, [1, 3])
+        self.assertEqual(rebuilt, {1: blocks[1], 3: blocks[3]})
+        self.assertEqual(blockformat.unpack(rebuilt[1])[0].format_version, 2)
+
+    def test_version_1_blocks_are_rebuilt_as_version_1(self):
+        plan, payloads, blocks = self._plan_and_payloads(blockformat.pack_v1)
+        rebuilt = regenerate_blocks(payloads, plan, [1, 3])
+        self.assertEqual(rebuilt, {1: blocks[1], 3: blocks[3]})
+        self.assertEqual(blockformat.unpack(rebuilt[3])[0].format_version, 1)
 
 
 class MachineTests(MonitorTestCase):

@@ -29,8 +29,9 @@ class VectorTests(unittest.TestCase):
     def test_payload_hash_in_vector_is_sha256(self):
         self.assertEqual(hashlib.sha256(PAYLOAD).hexdigest(), VECTOR[-39:-7].hex())
 
-    def test_pack_produces_vector(self):
-        self.assertEqual(bf.pack("v1", 7, 2, 3, 5, 5, PAYLOAD), VECTOR)
+    def test_version_1_header_packs_to_vector(self):
+        header = bf.BlockHeader("v1", 7, 2, 3, 5, 5, 7, hashlib.sha256(PAYLOAD).digest(), format_version=1)
+        self.assertEqual(bf.pack_header(header) + PAYLOAD, VECTOR)
 
     def test_unpack_vector(self):
         header, payload = bf.unpack(VECTOR)
@@ -40,6 +41,86 @@ class VectorTests(unittest.TestCase):
             bf.BlockHeader("v1", 7, 2, 3, 5, 5, 7, hashlib.sha256(PAYLOAD).digest(), format_version=1),
         )
         self.assertEqual(bf.header_size("v1"), len(VECTOR) - len(PAYLOAD))
+
+
+V2_VECTOR = bytes.fromhex(
+    "424e424b"  # magic "BNBK"
+    "02"  # format version 2
+    "00010203040506"  # payload
+    "7631"  # version id "v1"
+    "0000000000000007"  # segment index 7
+    "0002"  # block index 2
+    "0003"
+    "0005"  # k=3, n=5
+    "0000000000000005"  # segment plaintext length 5
+    "0000000000000007"  # payload length 7
+    + hashlib.sha256(b"BNBK\x02" + PAYLOAD).hexdigest()  # sha256(magic, version, payload)
+    + "02"  # version id length
+)
+
+
+class Version2Tests(unittest.TestCase):
+    """pack() writes version 2: the description after the payload, one hash pass for both hashes."""
+
+    def test_pack_produces_v2_vector(self):
+        self.assertEqual(bf.pack("v1", 7, 2, 3, 5, 5, PAYLOAD), V2_VECTOR)
+
+    def test_pack_hashed_gives_the_whole_block_hash(self):
+        block, digest = bf.pack_hashed("v1", 7, 2, 3, 5, 5, memoryview(PAYLOAD))
+        self.assertEqual(block, V2_VECTOR)
+        self.assertIsInstance(block, bytes)
+        self.assertEqual(digest, hashlib.sha256(V2_VECTOR).hexdigest())
+
+    def test_unpack_v2_vector(self):
+        header, payload = bf.unpack(V2_VECTOR)
+        self.assertEqual(payload, PAYLOAD)
+        self.assertIsInstance(payload, bytes)
+        self.assertEqual(
+            header,
+            bf.BlockHeader("v1", 7, 2, 3, 5, 5, 7, hashlib.sha256(b"BNBK\x02" + PAYLOAD).digest(), format_version=2),
+        )
+        self.assertEqual(bf.header_size("v1"), len(V2_VECTOR) - len(PAYLOAD))
+
+    def test_both_versions_describe_the_same_block(self):
+        h1, p1 = bf.unpack(VECTOR)
+        h2, p2 = bf.unpack(V2_VECTOR)
+        self.assertEqual(p1, p2)
+        self.assertEqual(h1.format_version, 1)
+        fields = ("version_id", "segment_index", "block_index", "k", "n", "segment_length", "payload_length")
+        self.assertEqual([getattr(h1, f) for f in fields], [getattr(h2, f) for f in fields])
+
+    def test_corrupt_v2_payload_or_hash_is_block_corrupt(self):
+        for offset in (0 + 5, 11, len(V2_VECTOR) - 2):  # payload start, payload end, inside the hash
+            data = bytearray(V2_VECTOR)
+            data[offset] ^= 0x01
+            self.assertRaises(bf.BlockCorrupt, bf.unpack, bytes(data))
+
+    def test_v2_strict_parsing(self):
+        for bad in (V2_VECTOR[:-1], V2_VECTOR + b"\x00", b"BNBK\x02" + V2_VECTOR[5 + 7 :], V2_VECTOR[:5] + b"\x00" + V2_VECTOR[5:]):
+            err = self.assertRaises(bf.BlockFormatError, bf.unpack, bad)
+            self.assertNotIsInstance(err, bf.BlockCorrupt)
+        data = bytearray(V2_VECTOR)
+        data[-1] = 200  # version id length beyond the block
+        self.assertRaises(bf.BlockFormatError, bf.unpack, bytes(data))
+        data = bytearray(V2_VECTOR)
+        data[-54] = 5  # low byte of the block index: 5 with n=5
+        err = self.assertRaises(bf.BlockFormatError, bf.unpack, bytes(data))
+        self.assertNotIsInstance(err, bf.BlockCorrupt)
+
+    def test_trusted_v2_returns_a_view_and_skips_the_hash(self):
+        data = bytearray(V2_VECTOR)
+        data[5] ^= 0x01
+        header, payload = bf.unpack(bytes(data), trusted=True)
+        self.assertIsInstance(payload, memoryview)
+        self.assertEqual(bytes(payload), bytes([1]) + PAYLOAD[1:])
+        self.assertEqual(header.block_index, 2)
+
+    def test_real_sized_block_round_trips(self):
+        payload = bytes(range(256)) * 5  # 1280 bytes: a segment of 3824 bytes (+16 tag) with k=3
+        block, digest = bf.pack_hashed("ver-1", 3, 4, 3, 5, 3824, payload)
+        self.assertEqual(digest, hashlib.sha256(block).hexdigest())
+        header, got = bf.unpack(block)
+        self.assertEqual((got, header.segment_index, header.block_index), (payload, 3, 4))
 
 
 class StrictParsingTests(unittest.TestCase):
@@ -58,7 +139,7 @@ class StrictParsingTests(unittest.TestCase):
         self.assertRaises(bf.BlockFormatError, bf.unpack, b"XXXX" + VECTOR[4:])
 
     def test_unknown_version(self):
-        err = self.assertRaises(bf.BlockFormatError, bf.unpack, self._mutate(4, 2))
+        err = self.assertRaises(bf.BlockFormatError, bf.unpack, self._mutate(4, 9))
         self.assertNotIsInstance(err, bf.BlockCorrupt)
 
     def test_truncated_and_trailing(self):
@@ -95,3 +176,11 @@ class TrustedUnpackTests(unittest.TestCase):
         self.assertRaises(bf.BlockCorrupt, bf.unpack, altered)
         self.assertEqual(bytes(bf.unpack(altered, trusted=True)[1])[-1], 0xFF)
         self.assertRaises(bf.BlockFormatError, bf.unpack, VECTOR[:-1], trusted=True)  # lengths still checked
+
+
+class PackV1Tests(unittest.TestCase):
+    def test_pack_v1_produces_the_version_1_vector(self):
+        self.assertEqual(bf.pack_v1("v1", 7, 2, 3, 5, 5, memoryview(PAYLOAD)), VECTOR)
+
+    def test_pack_v1_checks_the_header(self):
+        self.assertRaises(bf.BlockFormatError, bf.pack_v1, "v1", 0, 0, 3, 5, 5, b"123456")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import itertools
 import os
 
@@ -10,7 +12,7 @@ from twisted.python.threadpool import ThreadPool
 from twisted.trial import unittest
 
 from bitnode.errors import BadRequest
-from bitnode.storage import segment_crypto
+from bitnode.storage import blockformat, segment_crypto
 from bitnode.storage.downloader import Downloader, DownloadFailed
 from bitnode.storage.interface import SegmentMeta, TransferCancelled, block_path
 from bitnode.storage.uploader import Uploader
@@ -53,6 +55,25 @@ class RoundTripTests(_Base):
             self.assertEqual(got.problems, ())
             self.assertEqual(set(got.used_blocks), {(0, 1, 2)})
             self.assertFalse(os.path.exists(dest + ".part"))
+
+    def test_version_1_blocks_stored_earlier_still_download(self):
+        result, data = self.stored(2 * SEG + 5)
+        segments = []
+        for meta in result.segments:
+            hashes = []
+            for pos, s in enumerate(self.grid):
+                path = block_path(VERSION, meta.index, pos)
+                header, payload = blockformat.unpack(self.successResultOf(s.wrapped.fetch_block(CUSTOMER, path)))
+                self.assertEqual(header.format_version, 2)
+                v1_header = dataclasses.replace(header, payload_sha256=hashlib.sha256(payload).digest(), format_version=1)
+                old = blockformat.pack_header(v1_header) + payload
+                self.successResultOf(s.wrapped.store_block(CUSTOMER, path, old))
+                hashes.append(hashlib.sha256(old).hexdigest())
+            segments.append(dataclasses.replace(meta, block_sha256=tuple(hashes)))
+        dl, dest = self.download(result)
+        got = self.successResultOf(dl.download(tuple(segments), VERSION, KEY, CUSTOMER, dest))
+        self.assertEqual(self.read(dest), data)
+        self.assertEqual(got.problems, ())
 
     def test_only_data_blocks_are_fetched_when_all_healthy(self):
         result, _ = self.stored(2 * SEG)

@@ -19,7 +19,7 @@ from bitnode.crypt import keys
 from bitnode.errors import InsufficientStorage, NotFound, Unavailable
 from bitnode.storage.catalog import COMPLETE, UPLOADING, Catalog
 from bitnode.storage.interface import TransferCancelled, block_path
-from bitnode.storage.jobs import Placement, StorageContext, delete_versions, new_version_id
+from bitnode.storage.job_context import Placement, StorageContext, delete_versions, new_version_id
 from bitnode.storage.memory_grid import FaultyServer, MemoryStorageServer
 from bitnode.storage.transfers import TransferManager
 from tests.userid.fakes import rsa_key

@@ -23,6 +23,7 @@ from bitnode.storage.memory_grid import MemoryStorageServer
 from bitnode.storage.storage_service import NO_SUPPLIERS, StorageService
 from bitnode.userid.id_service import IdentityService
 from tests.interface.support import start_node
+from tests.storage.test_jobs import read, write
 from tests.userid.fakes import SERVER, FakeClient, FakeServers
 
 ME = "alice@id.example.net_8084"
@@ -132,19 +133,6 @@ def wait_until(predicate, timeout: float = 3.0, step: float = 0.005) -> defer.De
             waited += step
 
     return defer.Deferred.fromCoroutine(poll())
-
-
-def write(case, size: int, seed: int = 1) -> tuple[str, bytes]:
-    path = case.mktemp()
-    data = random.Random(seed).randbytes(size)
-    with open(path, "wb") as handle:
-        handle.write(data)
-    return path, data
-
-
-def read(path: str) -> bytes:
-    with open(path, "rb") as handle:
-        return handle.read()
 
 
 class StorageNodeTestCase(unittest.TestCase):

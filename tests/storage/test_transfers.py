@@ -62,6 +62,26 @@ class QueueTests(unittest.TestCase):
         self.assertEqual([j["remote_path"] for j in manager.recent()], [f"{KEY_ID}:f2", f"{KEY_ID}:f1"])
 
 
+    def test_folder_upload_figures_count_each_file_from_its_own_start(self):
+        # A folder is one job per file, queued at once: a file that waited for its slot must not
+        # count the wait (nor the other files' bytes) in its speed.
+        sizes = [10, 10, 5 * SEG, 10]
+        t0 = self.h.clock.seconds()
+        jobs = []
+        for seed, size in enumerate(sizes):
+            source, _ = write(self, size, seed=seed)
+            jobs.append(self.h.manager.start_upload(source, f"{KEY_ID}:folder/f{seed}"))
+        self.h.clock.pump([1.0] * 10)
+        infos = [job.info() for job in jobs]
+        self.assertEqual([i["state"] for i in infos], ["DONE"] * 4)
+        self.assertEqual([i["created"] for i in infos], [t0] * 4)
+        self.assertEqual([i["started"] - t0 for i in infos], [0.0, 1.0, 2.0, 7.0])
+        self.assertEqual([i["finished"] - t0 for i in infos], [1.0, 2.0, 7.0, 8.0])
+        # One 1 s store per segment, one segment in flight: every file moves at one segment a second.
+        self.assertEqual([i["speed"] for i in infos], [10.0, 10.0, float(SEG), 10.0])
+        self.assertEqual([(i["bytes_done"], i["bytes_total"], i["progress"]) for i in infos],
+                         [(size, size, 1.0) for size in sizes])
+
 class StopAndResumeTests(unittest.TestCase):
     """A 'node' is a Harness; a restart is a new Harness on the same catalog file and the same grid."""
 

@@ -8,6 +8,7 @@ from twisted.internet import defer
 from twisted.trial import unittest
 
 from bitnode.errors import BadRequest, InsufficientStorage
+from bitnode.supplier import disk_store
 from bitnode.supplier.disk_store import DiskStore, customer_dirname
 from tests.storage.test_interface_contract import StorageServerContract
 
@@ -93,6 +94,36 @@ class DiskStoreTests(unittest.TestCase):
         self.successResultOf(store.list_blocks(CUSTOMER, ""))
         self.successResultOf(store.delete(CUSTOMER, "v/0/0"))
         self.assertEqual(calls, ["_store", "_read", "_list", "_delete"])
+
+
+class DurableDirectoryTests(unittest.TestCase):
+    """A directory created for a block is flushed into its parent before the store is acknowledged."""
+
+    def setUp(self) -> None:
+        self.flushed: list[str] = []
+        real = disk_store.fsync_dir
+
+        def record(path: str) -> None:
+            self.flushed.append(path)
+            real(path)
+
+        self.patch(disk_store, "fsync_dir", record)
+        self.store = DiskStore(self.mktemp())
+        self.space = os.path.join(self.store.root, customer_dirname(CUSTOMER))
+
+    def test_new_directories_are_flushed_into_their_parents(self) -> None:
+        self.successResultOf(self.store.store_block(CUSTOMER, "v1/0/0", b"block"))
+        self.assertEqual(self.flushed, [self.store.root, self.space, os.path.join(self.space, "v1")])
+
+    def test_existing_directories_are_not_flushed_again(self) -> None:
+        self.successResultOf(self.store.store_block(CUSTOMER, "v1/0/0", b"block"))
+        self.flushed.clear()
+        self.successResultOf(self.store.store_block(CUSTOMER, "v1/0/1", b"block"))
+        self.successResultOf(self.store.store_block(CUSTOMER, "v1/0/1", b"again"))
+        self.assertEqual(self.flushed, [])
+        self.successResultOf(self.store.store_block(CUSTOMER, "v1/1/0", b"block"))
+        self.assertEqual(self.flushed, [os.path.join(self.space, "v1")])
+        self.assertEqual(self.successResultOf(self.store.fetch_block(CUSTOMER, "v1/1/0")), b"block")
 
 
 class BlockBufferTests(unittest.TestCase):

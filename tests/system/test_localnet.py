@@ -35,6 +35,7 @@ class LocalnetTests(SynchronousTestCase):
         self.check_same_nickname_twice_gets_a_numbered_name_and_search_finds_both()
         self.check_stop_node_and_start_node()
         self.check_cli_status_lists_every_node()
+        self.check_cli_add_node_starts_a_node_without_identity()
 
     def down(self) -> None:
         pids = [row["pid"] for row in self.net.status() if row["pid"]]
@@ -104,3 +105,17 @@ class LocalnetTests(SynchronousTestCase):
         self.assertEqual(out.returncode, 0, out.stderr)
         rows = json.loads(out.stdout)
         self.assertEqual(len(rows), 4)
+
+    def check_cli_add_node_starts_a_node_without_identity(self) -> None:
+        bitnode = os.path.join(os.path.dirname(sys.executable), "bitnode")
+        out = subprocess.run([bitnode, "localnet", "add-node", "spare", "--key-size", "1024", "--dir", self.dir],
+                             capture_output=True, text=True, timeout=90)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        self.assertIn("identity_recover", out.stdout)
+        spare = next(plan for plan in self.net.load() if plan.name == "spare")
+        code, envelope = call_api(Basedir.at(spare.basedir), "identity_get", {}, timeout=30)
+        self.assertNotEqual(code, 200, envelope)  # a new machine: no identity until created or recovered
+        again = subprocess.run([bitnode, "localnet", "add-node", "spare", "--dir", self.dir],
+                               capture_output=True, text=True, timeout=60)
+        self.assertEqual(again.returncode, 1)
+        self.assertIn("already has a node", again.stderr)

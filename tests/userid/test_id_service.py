@@ -102,7 +102,7 @@ class CreateTests(ServiceTestBase):
             self.assertEqual(file_mode(self.metadata(name)), 0o600, name)
         self.assertEqual(self.node.event_ids(), ["my-identity-created"])
         self.assertEqual(self.node.seen[0][1], {"global_id": ALICE, "idurl": ALICE_IDURL, "revision": 1})
-        self.assertIn("_generate_identity", self.node.thread_calls)
+        self.assertIn("generate_identity", self.node.thread_calls)
 
     def test_packet_key_is_certified_by_the_identity(self) -> None:
         identity = self.create()

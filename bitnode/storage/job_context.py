@@ -1,0 +1,138 @@
+"""What storage jobs need from their node, and the housekeeping of versions that never complete.
+
+A :class:`StorageContext` is the only way an upload or download job (see
+:mod:`bitnode.storage.jobs`) reaches its node: clock, thread runner, catalog,
+supplier :class:`Placement`, key wrapping and the tunables, as plain callables
+so tests fake each one. :func:`delete_versions` and :func:`abandon_version`
+remove a version's blocks from every current supplier; the storage service,
+the transfer manager and the jobs all use them.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from bitnode.errors import BadRequest, NotFound, Unavailable
+from bitnode.storage.catalog import FAILED, Catalog
+from bitnode.storage.interface import IStorageServer, version_prefix
+from bitnode.storage.uploader import DEFAULT_SEGMENT_SIZE
+
+RunInThread = Callable[..., defer.Deferred]
+
+@dataclass(frozen=True)
+class Placement:
+    """The current supplier positions: ``positions[i]`` holds block i ("" = nobody), and its server."""
+
+    positions: tuple[str, ...]
+    servers: tuple[IStorageServer | None, ...]
+
+    def for_n(self, n: int) -> tuple[list[str], list[IStorageServer | None]]:
+        """Positions and servers cut or padded to exactly n (a version keeps its n)."""
+        ids = [self.positions[i] if i < len(self.positions) else "" for i in range(n)]
+        servers = [self.servers[i] if i < len(self.servers) else None for i in range(n)]
+        return ids, servers
+
+
+@dataclass
+class StorageContext:
+    """Everything a job needs from its node; plain callables so tests can fake each one.
+
+    ``placement()`` raises :class:`Unavailable` when no suppliers are hired;
+    ``wrap_key(key_id, secret)`` / ``unwrap_key(key_id, blob)`` run in a worker
+    thread (RSA); ``data_blocks(n)`` is k for n positions.
+    """
+
+    clock: IReactorTime
+    run_in_thread: RunInThread
+    catalog: Catalog
+    customer_id: str
+    placement: Callable[[], Placement]
+    wrap_key: Callable[[str, bytes], bytes]
+    unwrap_key: Callable[[str, bytes], bytes]
+    data_blocks: Callable[[int], int] = lambda n: (n + 1) // 2
+    segment_size: Callable[[], int] = lambda: DEFAULT_SEGMENT_SIZE
+    segments_in_flight: Callable[[], int] = lambda: 2
+    keep_versions: Callable[[], int] = lambda: 2
+    store_timeout: Callable[[], float] = lambda: 120.0
+    fetch_timeout: Callable[[], float] = lambda: 60.0
+    registry: Any = None
+    on_catalog_changed: Callable[[], None] = lambda: None
+    on_blocks_damaged: Callable[[], None] = lambda: None
+    #: What a new version id under a key id starts with ("<alias>." for a share: bitnode.access.share_scope).
+    version_tag: Callable[[str], str] = lambda key_id: ""
+    log: Logger = field(default_factory=Logger)
+
+
+def new_version_id(now: float) -> str:
+    """``F<UTC yyyymmddThhmmss><ms>-<8 hex>``: sorts by time, unique by its random tail."""
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now))
+    return f"F{stamp}{int(now * 1000) % 1000:03d}-{secrets.token_hex(4)}"
+
+
+def stat_file(path: str) -> tuple[int, float]:
+    """(size, mtime) of a regular file; NotFound if missing, BadRequest if not a file. Worker thread."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise NotFound(f"local file {path} does not exist") from None
+    except OSError as err:
+        raise BadRequest(f"local file {path} cannot be read: {err.strerror}") from None
+    if not os.path.isfile(path):
+        raise BadRequest(f"{path} is not a regular file")
+    return st.st_size, st.st_mtime
+
+
+async def delete_versions(ctx: StorageContext, version_ids: list[str]) -> dict:
+    """Delete every block of ``version_ids`` on every current supplier (best effort).
+
+    Returns ``{"deleted": blocks, "failed": [{"supplier", "version_id", "reason"}]}``;
+    never raises for a supplier failure (the caller reports them).
+    """
+    try:
+        placement = ctx.placement()
+    except Unavailable as err:
+        return {"deleted": 0, "failed": [{"supplier": "", "version_id": v, "reason": str(err)}
+                                         for v in version_ids]}
+    calls = []
+    for supplier, server in zip(placement.positions, placement.servers, strict=False):
+        if server is None:
+            continue
+        for version_id in version_ids:
+            d = defer.maybeDeferred(server.delete, ctx.customer_id, version_prefix(version_id))
+            d.addTimeout(ctx.store_timeout(), ctx.clock)
+            calls.append((supplier, version_id, d))
+    outcomes = await defer.DeferredList([d for _, _, d in calls], consumeErrors=True)
+    deleted, failed = 0, []
+    for (supplier, version_id, _), (ok, value) in zip(calls, outcomes, strict=True):
+        if ok:
+            deleted += int(value or 0)
+        else:
+            failed.append({"supplier": supplier, "version_id": version_id, "reason": value.getErrorMessage()})
+    return {"deleted": deleted, "failed": failed}
+
+
+async def abandon_version(ctx: StorageContext, version_id: str) -> None:
+    """A version that will never complete: mark it failed, delete its blocks, then forget it.
+
+    The row is dropped only once every supplier acknowledged the delete; a
+    failed version left behind is dropped by the next prune of that file.
+    """
+    try:
+        await ctx.run_in_thread(ctx.catalog.finish_version, version_id, FAILED, ctx.clock.seconds())
+    except NotFound:
+        return
+    outcome = await delete_versions(ctx, [version_id])
+    if not outcome["failed"]:
+        try:
+            await ctx.run_in_thread(ctx.catalog.drop_version, version_id)
+        except NotFound:
+            pass
+    ctx.on_catalog_changed()
