@@ -47,7 +47,7 @@ from bitnode.services.base import Service
 from bitnode.storage import key_backup
 from bitnode.storage.backup_monitor import BackupMonitor
 from bitnode.storage.catalog import Catalog, split_remote_path
-from bitnode.storage.catalog_backup import SECRETS_DIGEST_META, SERIAL_META, CatalogBackup
+from bitnode.storage.catalog_backup import SERIAL_META, CatalogBackup
 from bitnode.storage.job_context import Placement, StorageContext, delete_versions
 from bitnode.storage.transfers import UPLOAD, TransferManager
 from bitnode.userid import globalid
@@ -57,6 +57,8 @@ IDENTITY_SERVICE = "service_identity"
 PENDING_DELETES_META = "pending-deletes"
 PENDING_PARTS_META = "backup-parts-pending"
 NO_SUPPLIERS = "no suppliers hired: service_customer is off"
+#: Seconds before backing up a changed catalog when no upload is running (see _schedule_backup).
+QUIET_BACKUP_DELAY = 0.5
 
 
 def _open_catalog(path: str, temp_dir: str) -> Catalog:
@@ -147,7 +149,6 @@ class StorageService(Service):
         node, settings = self.node, self.node.settings
         empty = yield node.run_in_thread(self.catalog.is_empty)
         serial = yield node.run_in_thread(self.catalog.get_meta, SERIAL_META)
-        secrets_digest = yield node.run_in_thread(self.catalog.get_meta, SECRETS_DIGEST_META)
         pending_parts = yield node.run_in_thread(self.catalog.get_meta, PENDING_PARTS_META, "{}")
         if self._stopping or self.transfers is not None or self._my_global_id() != customer_id:
             return  # brought up (or stopped, or the identity changed) while we looked
@@ -162,7 +163,8 @@ class StorageService(Service):
             registry=node.automats, on_catalog_changed=self.catalog_changed, on_blocks_damaged=self.sync,
             version_tag=share_scope.version_tag)
         self.transfers = TransferManager(self.context, lambda: settings.get("services/backups/max-uploads"),
-                                         lambda: settings.get("services/backups/max-downloads"))
+                                         lambda: settings.get("services/backups/max-downloads"),
+                                         on_uploads_done=self._schedule_backup)
         self.monitor = BackupMonitor(node.clock, node.run_in_thread, self.catalog, customer_id,
                                      self.supplier_provider,
                                      request_timeout=settings.get("services/backups/fetch-timeout"),
@@ -176,8 +178,10 @@ class StorageService(Service):
         self._unsubscribe_keys = self._identity().keystore.subscribe(self.backup_needed)
         # A new, empty catalog may have a backup waiting on the suppliers: look before backing up over it.
         self._restore_done = not empty or serial is not None
-        if serial is not None and secrets_digest is None:
-            self.backup_needed()  # backed up before keys were: the next backup carries them
+        if self._restore_done:
+            # The last run may have stopped (or crashed) before its changes were backed up, or backed
+            # up before keys were carried; an unchanged catalog and key set is skipped by the backup.
+            self.backup_needed()
         self._background.track(defer.Deferred.fromCoroutine(self.transfers.resume_interrupted()), "resuming uploads")
         self.suppliers_changed()
 
@@ -402,9 +406,26 @@ class StorageService(Service):
     def backup_needed(self) -> None:
         """Something the catalog backup holds changed (catalog, keys, a part): back up after the delay."""
         self._backup_dirty = True
-        if self._backup_call is None and self.backups is not None and self._restore_done:
-            delay = self.node.settings.get("services/backups/catalog-backup-delay")
-            self._backup_call = self.node.call_later(delay, self._scheduled_backup)
+        self._schedule_backup()
+
+    def _schedule_backup(self) -> None:
+        """Back up a changed catalog after ``catalog-backup-delay``, or at once when no upload is running.
+
+        The delay gathers the changes of a running upload (or folder) into one
+        backup; once the last upload ended nothing more is coming, and until
+        the backup is on the suppliers a new machine could not find what was
+        just uploaded. A later change never postpones a scheduled backup.
+        """
+        if not self._backup_dirty or self.backups is None or not self._restore_done:
+            return
+        delay = self.node.settings.get("services/backups/catalog-backup-delay")
+        if self.transfers is not None and not self.transfers.jobs(UPLOAD):
+            delay = min(delay, QUIET_BACKUP_DELAY)
+        call = self._backup_call
+        if call is not None and call.active() and call.getTime() <= self.node.clock.seconds() + delay:
+            return
+        self._cancel_backup_call()
+        self._backup_call = self.node.call_later(delay, self._scheduled_backup)
 
     def _scheduled_backup(self) -> None:
         self._backup_call = None

@@ -40,8 +40,11 @@ class TransferManager:
     log = Logger()
 
     def __init__(self, ctx: StorageContext, max_uploads: Callable[[], int] = lambda: 1,
-                 max_downloads: Callable[[], int] = lambda: 2, history_size: int = HISTORY_SIZE):
+                 max_downloads: Callable[[], int] = lambda: 2, history_size: int = HISTORY_SIZE,
+                 on_uploads_done: Callable[[], None] | None = None):
         self.ctx = ctx
+        #: Called when the last active upload ended (done, failed or cancelled).
+        self.on_uploads_done = on_uploads_done
         self.max_uploads = max_uploads
         self.max_downloads = max_downloads
         self.history: deque[_Job] = deque(maxlen=history_size)
@@ -151,6 +154,8 @@ class TransferManager:
         """A job ended: keep it in the history."""
         self._jobs.pop(job.id, None)
         self.history.appendleft(job)
+        if job.kind == UPLOAD and self.on_uploads_done is not None and not self.jobs(UPLOAD):
+            self.on_uploads_done()
 
     def _pump(self, kind: str) -> None:
         if self._stopping:

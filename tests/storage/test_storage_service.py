@@ -256,6 +256,27 @@ class ServiceTests(StorageNodeTestCase):
         yield wait_until(lambda: not service.status()["catalog_backup_pending"])
 
 
+    @defer.inlineCallbacks
+    def test_the_last_upload_ending_backs_the_catalog_up_without_the_delay(self):
+        # The hour-long delay gathers changes while uploads run; once none is left the catalog
+        # goes to the suppliers at once, so a new machine finds what was just uploaded.
+        node, service = yield self.start()
+        yield self.upload(service)
+        yield wait_until(lambda: service.last_backup.get("serial") == 1)
+        self.assertIn("catalog-1/manifest", self.provider.stores[0]._spaces[ME])
+
+    @defer.inlineCallbacks
+    def test_changes_a_stopped_node_did_not_back_up_are_backed_up_at_its_next_start(self):
+        basedir = self.mktemp()
+        node, service = yield self.start(basedir, overrides={"services/backups/catalog-backup-delay": 3600.0})
+        service.transfers.on_uploads_done = None  # as if the node stopped before the backup
+        yield self.upload(service)
+        self.assertEqual(service.last_backup, {})
+        yield node.stopService()
+        node, service = yield self.start(basedir)
+        yield wait_until(lambda: service.last_backup.get("serial") == 1)
+
+
 class RestartTests(StorageNodeTestCase):
     @defer.inlineCallbacks
     def test_interrupted_upload_resumes_after_restart_without_resending(self):
