@@ -55,7 +55,7 @@ from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
-from bitnode.access import group_backup
+from bitnode.access import group_backup, group_views
 from bitnode.access.group_links import LocalBrokerLink, RemoteBrokerLink, push_to_member
 from bitnode.access.group_member import GroupMember
 from bitnode.access.group_protocol import (
@@ -65,7 +65,6 @@ from bitnode.access.group_protocol import (
     broker_of,
     decode_frame,
     encode_frame,
-    is_group_key_id,
     new_group_alias,
     parse_group_key_id,
     refusal,
@@ -257,7 +256,7 @@ class GroupsService(Service):
         member = await self._join(info.key_id)
         await member.when_settled(timeout)  # my own broker: connected at once
         self.log.info("group {group} created", group=info.key_id)
-        return await self._info(info.key_id)
+        return await group_views.describe_group(self, info.key_id)
 
     def share(self, group_key_id: str, trusted_user_id: str, timeout: float = 30.0) -> Deferred:
         """Send the group's private key to a user so they can join; Deferred[key_share's result]."""
@@ -282,7 +281,7 @@ class GroupsService(Service):
         state = await member.when_settled(3 * self._setting("request-timeout"))
         if state == "REFUSED" and member.refusal is not None:
             raise type(member.refusal)(str(member.refusal))
-        return await self._info(key_id)
+        return await group_views.describe_group(self, key_id)
 
     async def _join(self, group_key_id: str) -> GroupMember:
         store, broker = self._require()
@@ -557,23 +556,7 @@ class GroupsService(Service):
 
     def groups(self, only_active: bool = False, include_mine: bool = True, include_granted: bool = True) -> Deferred:
         """Deferred[list] of the groups whose key this node holds (see :meth:`info`)."""
-        return self._run(self._groups(only_active, include_mine, include_granted))
-
-    async def _groups(self, only_active: bool, include_mine: bool, include_granted: bool) -> list[dict]:
-        self._require()
-        me = self._me()
-        result = []
-        for info in self._keystore().list():
-            if not is_group_key_id(info.key_id) or not info.is_private:
-                continue
-            mine = info.creator == me
-            if (mine and not include_mine) or (not mine and not include_granted):
-                continue
-            member = self.members.get(info.key_id)
-            if only_active and (member is None or not member.is_active()):
-                continue
-            result.append(await self._info(info.key_id, with_queue=False))
-        return result
+        return self._run(group_views.list_groups(self, only_active, include_mine, include_granted))
 
     def info(self, group_key_id: str) -> Deferred:
         """Deferred[dict]: the group's key facts, my membership and, for its creator, its queue."""
@@ -581,34 +564,7 @@ class GroupsService(Service):
             key_id = str(parse_group_key_id(group_key_id))
         except BitnodeError as err:
             return defer.fail(err)
-        return self._run(self._info(key_id))
-
-    async def _info(self, group_key_id: str, with_queue: bool = True) -> dict:
-        store, broker = self._require()
-        keystore = self._keystore()
-        if not keystore.has(group_key_id):
-            raise NotFound(f"unknown group {group_key_id}")
-        key = keystore.get(group_key_id)
-        member = self.members.get(group_key_id)
-        result = {"group_key_id": group_key_id, "alias": key.alias, "label": key.label, "creator": key.creator,
-                  "broker": broker_of(group_key_id), "mine": key.creator == self._me(), "key_size": key.size,
-                  "fingerprint": key.fingerprint, "created": key.created}
-        if member is not None:
-            result.update(member.describe_group())
-        else:
-            cursor = (await self.node.run_in_thread(store.cursors)).get(group_key_id, {})
-            result.update(state="LEFT" if cursor else "NOT_JOINED", active=False,
-                          last_sequence=cursor.get("last_sequence", 0))
-        if with_queue and result["mine"]:
-            try:
-                result["queue"] = await self.node.run_in_thread(store.queue, group_key_id)
-            except NotFound:
-                result["queue"] = None
-            if result["queue"] is not None:
-                members = await self.node.run_in_thread(store.members, group_key_id)
-                result["members"] = [m["member_id"] for m in members if m["verified"] or m["member_id"] == self._me()]
-                result["consumers"] = broker.subscribers(group_key_id)
-        return result
+        return self._run(group_views.describe_group(self, key_id))
 
     def queues(self) -> Deferred:
         """Deferred[list] of the queues hosted here."""
