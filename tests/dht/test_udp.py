@@ -18,11 +18,12 @@ log = Logger()
 
 
 class LoopbackUDPTests(unittest.TestCase):
+    # rpc_timeout is generous: on a loaded 2-core CI machine a live peer may take a few hundred ms to answer.
     async def start_nodes(self) -> list[DHTNode]:
         nodes = []
         for i in range(COUNT):
             node = DHTNode(reactor, random.Random(100 + i), KEYS[i % len(KEYS)], k=8, alpha=3,
-                           rpc_timeout=0.3, user=f"http://127.0.0.1/node{i}.xml")
+                           rpc_timeout=1.5, user=f"http://127.0.0.1/node{i}.xml")
             node.listen_udp(reactor, 0, "127.0.0.1")
             self.addCleanup(node.stop)
             nodes.append(node)
