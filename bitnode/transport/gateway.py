@@ -43,12 +43,14 @@ from bitnode.transport.commands import Command, command_name
 from bitnode.transport.introduction import (
     IntroducingTransport,
     IntroductionRefused,
+    asks_introduction,
     carried_identity,
     confirm_introduction,
     introduced_identity,
 )
 from bitnode.transport.packet import DEFAULT_MAX_PAYLOAD, MAX_HEADER, Packet, Signer, Verifier
 from bitnode.transport.packet_out import PacketOut, gateway_stopped
+from bitnode.transport.reintroduction import REFRESH_INTERVAL, Reintroduction
 from bitnode.transport.replay import ReplayCache
 from bitnode.transport.stats import PacketStats
 from bitnode.transport.tcp import Address, Handler
@@ -56,8 +58,6 @@ from bitnode.userid import globalid
 from bitnode.userid.identity import Identity
 
 DEFAULT_MAX_FRAME = DEFAULT_MAX_PAYLOAD + MAX_HEADER
-#: A cached address that refused is looked up again at most this often (seconds).
-REFRESH_INTERVAL = 30.0
 
 _RESPONSE_EVENTS = {Command.ACK.value: "ack", Command.FAIL.value: "fail"}
 
@@ -105,10 +105,13 @@ class _Peer:
         self.tail: Deferred[None] = succeed(None)  # the end of their send queue
         self.queued = 0
         self.refreshed_at = float("-inf")
+        self.introduced_at = float("-inf")
 
 
-class Gateway:
+class Gateway(Reintroduction):
     """Signed packets to and from other nodes, over one TCP transport.
+
+    Peers that moved or forgot us are found again: see :mod:`bitnode.transport.reintroduction`.
 
     :param clock: time source (timeouts, packet dates).
     :param reactor: provides ``listenTCP``/``connectTCP``.
@@ -166,6 +169,7 @@ class Gateway:
             ReplayCache(clock, window_seconds=replay_window, max_entries=replay_entries),
             max_frame, idle_timeout, interface=interface, connect_timeout=connect_timeout,
             max_frames_per_second=max_frames_per_second, introduce=introduced_identity,
+            on_stranger=self._on_stranger,
         )
         for command in Command:
             self.transport.register_handler(command, self._on_packet)
@@ -385,6 +389,7 @@ class Gateway:
         self._finished[machine.state] += 1
         self._history.append(machine.info())
         if machine.state == "TIMEOUT":
+            self._recheck(machine.packet.remote_id)
             self._tell(machine.packet.remote_id, "timeout")
         elif machine.send_failure is not None and machine.send_failure.check(Unavailable):
             self._tell(machine.packet.remote_id, "unreachable")
@@ -399,6 +404,16 @@ class Gateway:
             # not trusted yet: no routing, no answers matched, until the id server agrees
             return self._track(packet, Deferred.fromCoroutine(self._on_identity(packet, address, document)))
         self._seen(packet.creator_id, address)
+        refused_id = asks_introduction(packet)
+        if refused_id is not None:
+            machine = self._waiting.get((packet.creator_id, refused_id))
+            if machine is not None and not machine.reintroduced:
+                machine.reintroduced = True
+                return Deferred.fromCoroutine(self._reintroduce(machine, packet))
+            if machine is None:
+                # a packet sent without waiting is lost, but the next ones will get through
+                self._introduce_once(packet.creator_id)
+            key = (packet.creator_id, refused_id)  # asked twice: the packet fails with the refusal
         machine = self._waiting.get(key)
         if machine is not None:
             machine.event(_RESPONSE_EVENTS.get(packet.command, "reply"), packet)

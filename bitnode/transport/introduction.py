@@ -12,6 +12,16 @@ that document (:class:`IdentityKeyVerifier`) and replay-checked like any
 other.  Such a document is not trusted yet: the gateway first asks the
 sender's identity server for the published one and compares the keys
 (:func:`confirm_introduction`), so a made-up document cannot pin a wrong key.
+The same path serves a known sender whose packet no longer verifies with the
+cached key: a node recovered on a new machine signs with a new packet key,
+certified in a newer revision of its identity (same pinned master key).
+
+Any other packet from a sender we cannot verify is not processed; the
+transport tells the gateway (``on_stranger``), which answers it on the same
+connection with a ``Fail`` saying :data:`UNKNOWN_SENDER` (:func:`stranger_refusal`).  The
+sender then introduces itself with an ``Identity`` packet and sends again
+(:func:`asks_introduction`).  That ``Fail`` only goes back where the frame
+came from, so a forged packet cannot direct it at anybody else.
 """
 
 from __future__ import annotations
@@ -23,9 +33,41 @@ from twisted.internet.defer import Deferred
 from bitnode.crypt import fastsign, keys
 from bitnode.errors import BadRequest, Forbidden
 from bitnode.transport.commands import Command
-from bitnode.transport.packet import Packet, UnknownSender
-from bitnode.transport.tcp import TCPTransport
+from bitnode.transport.packet import BadPacket, BadSignature, Packet, UnknownSender
+from bitnode.transport.tcp import PacketConnection, TCPTransport
 from bitnode.userid.identity import Identity
+
+#: The ``Fail`` payload a node answers to a packet whose sender it cannot verify.
+UNKNOWN_SENDER = "unknown sender: introduce yourself with an Identity packet"
+
+#: Commands never answered with that ``Fail`` (no answers to answers; a bad Identity is just dropped).
+_NOT_ANSWERED = frozenset({Command.ACK.value, Command.FAIL.value, Command.IDENTITY.value})
+
+
+def stranger_refusal(packet_id: str) -> bytes:
+    """The payload of that ``Fail``: the text, then the refused packet's id on its own line.
+
+    The ``Fail`` has a packet id of its own: answering with the refused one
+    would make the answer to the packet sent again look like a replay.
+    """
+    return f"{UNKNOWN_SENDER}\n{packet_id}".encode("utf-8")
+
+
+def asks_introduction(response: Packet) -> Optional[str]:
+    """The id of our packet a peer could not verify, if ``response`` is such a ``Fail``; else None."""
+    if response.command != Command.FAIL.value:
+        return None
+    text, _, packet_id = response.payload.decode("utf-8", errors="replace").partition("\n")
+    return packet_id if text == UNKNOWN_SENDER and packet_id else None
+
+
+class StrangerPacket(UnknownSender):
+    """A decodable packet for us whose sender we cannot verify; ``packet`` is it, unverified."""
+
+    def __init__(self, error: BadPacket, packet: Packet) -> None:
+        super().__init__(str(error))
+        self.reason = error.reason  # counted as what it was: unknown_sender or bad_signature
+        self.packet = packet
 
 
 class IntroductionRefused(Forbidden):
@@ -102,21 +144,37 @@ class IntroducingTransport(TCPTransport):
     which confirms it before trusting it.
     """
 
-    def __init__(self, *args: Any, introduce: Callable[[Packet], Optional[Identity]], **kwargs: Any) -> None:
+    def __init__(self, *args: Any, introduce: Callable[[Packet], Optional[Identity]],
+                 on_stranger: Optional[Callable[[Packet, PacketConnection], Any]] = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._introduce = introduce
+        self._on_stranger = on_stranger
         self.introductions: dict[tuple[str, str], Identity] = {}
+
+    def answer_on(self, conn: PacketConnection, packet: Packet) -> None:
+        """Write ``packet`` on ``conn`` itself (an answer goes back where its question came from)."""
+        self._write_packet(conn, packet.encode_header(), packet)
 
     def _validate(self, head: bytes, body: bytes, digest: bytes | None) -> Packet:
         try:
             return super()._validate(head, body, digest)
-        except UnknownSender:
+        except (UnknownSender, BadSignature) as err:
+            # BadSignature too: a known sender recovered elsewhere signs with a new packet key
             packet = Packet.decode_parts(head, body, max_payload=self.max_frame, payload_sha256=digest)
             document = self._introduce(packet)
             if document is None:
+                if packet.remote_id == self.my_id and packet.command not in _NOT_ANSWERED:
+                    raise StrangerPacket(err, packet) from None
                 raise
             verifier = IdentityKeyVerifier(document, packet.algorithm)
             packet.verify(lambda _creator: verifier)
             self.replay.check(packet.creator_id, packet.packet_id, packet.date)
             self.introductions[(packet.creator_id, packet.packet_id)] = document
             return packet
+
+    def _dropped(self, conn: PacketConnection, error: BadPacket) -> None:
+        if isinstance(error, StrangerPacket) and self._on_stranger is not None:
+            try:
+                self._on_stranger(error.packet, conn)
+            except Exception:
+                self.log.failure("answering an unknown sender failed")

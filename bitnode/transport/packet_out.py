@@ -112,6 +112,7 @@ class PacketOut(Automat):
         self.response: Packet | None = None
         self.error = ""
         self.send_failure: Failure | None = None
+        self.reintroduced = False  # the gateway introduced us to the peer and sent again (at most once)
         self.started_at = clock.seconds()
         self.sent_at: float | None = None
         self.finished_at: float | None = None

@@ -380,6 +380,7 @@ class TCPTransport:
         except BadPacket as exc:
             self.stats.record_drop(exc.reason)
             self.log.debug("dropped packet from {address}: {error}", address=conn.address, error=exc)
+            self._dropped(conn, exc)
             return
         except Exception:
             self.stats.record_drop("malformed")
@@ -402,6 +403,9 @@ class TCPTransport:
         packet.verify(self._resolve_verifier)
         self.replay.check(packet.creator_id, packet.packet_id, packet.date)
         return packet
+
+    def _dropped(self, conn: PacketConnection, error: BadPacket) -> None:
+        """A frame from ``conn`` was refused with ``error``; subclasses may answer it (default: nothing)."""
 
     def _handler_failed(self, failure: Failure, packet: Packet) -> None:
         self.stats.record_drop("handler_error")
