@@ -115,17 +115,9 @@ def pack_hashed(
     prefix = MAGIC + bytes([FORMAT_VERSION])
     hasher = hashlib.sha256(prefix)
     hasher.update(payload)
-    header = BlockHeader(
-        version_id=version_id,
-        segment_index=segment_index,
-        block_index=block_index,
-        k=k,
-        n=n,
-        segment_length=segment_length,
-        payload_length=len(memoryview(payload)),
-        payload_sha256=hasher.digest(),  # digest() leaves the state open for the trailer
-    )
-    _check_header(header, error=BlockFormatError)
+    # digest() leaves the state open for the trailer
+    header = _checked_header(version_id, segment_index, block_index, k, n, segment_length, payload,
+                             hasher.digest(), FORMAT_VERSION)
     trailer = _pack_trailer(header)
     hasher.update(trailer)
     return b"".join((prefix, payload, trailer)), hasher.hexdigest()
@@ -135,6 +127,14 @@ def pack_v1(
     version_id: str, segment_index: int, block_index: int, k: int, n: int, segment_length: int, payload: bytes
 ) -> bytes:
     """Build a version 1 block: to rebuild, byte for byte, a block of a version stored before format 2."""
+    header = _checked_header(version_id, segment_index, block_index, k, n, segment_length, payload,
+                             hashlib.sha256(payload).digest(), FORMAT_V1)
+    return pack_header(header) + bytes(payload)
+
+
+def _checked_header(version_id: str, segment_index: int, block_index: int, k: int, n: int, segment_length: int,
+                    payload, payload_sha256: bytes, format_version: int) -> BlockHeader:
+    """The header of ``payload`` in ``format_version``; BlockFormatError if a field is out of range."""
     header = BlockHeader(
         version_id=version_id,
         segment_index=segment_index,
@@ -143,11 +143,11 @@ def pack_v1(
         n=n,
         segment_length=segment_length,
         payload_length=len(memoryview(payload)),
-        payload_sha256=hashlib.sha256(payload).digest(),
-        format_version=FORMAT_V1,
+        payload_sha256=payload_sha256,
+        format_version=format_version,
     )
     _check_header(header, error=BlockFormatError)
-    return pack_header(header) + bytes(payload)
+    return header
 
 
 def _pack_trailer(header: BlockHeader) -> bytes:

@@ -53,7 +53,7 @@ from bitnode.transport.packet_out import PacketOut, gateway_stopped
 from bitnode.transport.reintroduction import REFRESH_INTERVAL, Reintroduction
 from bitnode.transport.replay import ReplayCache
 from bitnode.transport.stats import PacketStats
-from bitnode.transport.tcp import Address, Handler
+from bitnode.transport.tcp import Address, Handler, parse_tcp_contact
 from bitnode.userid import globalid
 from bitnode.userid.identity import Identity
 
@@ -84,16 +84,6 @@ class IdentityProvider(Protocol):
     def resolve_verifier(self, global_id: str) -> Optional[Verifier]: ...
 
     def fetch_identity(self, idurl_or_global_id: str, refresh: bool = False) -> Deferred: ...
-
-
-def parse_tcp_contact(contact: str) -> Optional[Address]:
-    """``tcp://host:port`` -> ``(host, port)``; None for other protocols or bad text."""
-    if not isinstance(contact, str) or not contact.startswith("tcp://"):
-        return None
-    host, _, port = contact[len("tcp://"):].rpartition(":")
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        return None
-    return host, int(port)
 
 
 class _Peer:

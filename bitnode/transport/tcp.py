@@ -41,6 +41,16 @@ from bitnode.transport.replay import ReplayCache
 from bitnode.transport.stats import PacketStats
 
 Address = tuple[str, int]
+
+
+def parse_tcp_contact(contact: str) -> Address | None:
+    """``tcp://host:port`` -> ``(host, port)``; None for other protocols or bad text."""
+    if not isinstance(contact, str) or not contact.startswith("tcp://"):
+        return None
+    host, _, port = contact[len("tcp://"):].rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        return None
+    return host, int(port)
 Handler = Callable[[Packet, Address], Any]
 #: Bytes per recv() and per send() on a packet connection. Twisted's defaults (64 KiB in, 128 KiB out)
 #: cost a reactor turn and a Python call per 64 KiB of a multi-MiB block; bigger steps cost no copy more.
