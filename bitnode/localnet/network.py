@@ -368,11 +368,19 @@ class LocalNet:
                 if attempt == PORT_RETRIES or not any(text in str(err) for text in PORT_TAKEN):
                     raise
                 self.log(f"  {plan.name}: a port was taken, trying new ones ({str(err).splitlines()[0]})")
-            kept = {key: port for key, port in plan.ports.items() if key == "idserver"}
-            plan.ports = node_ports(plan.roles) | kept
-            for other in plans if plan is plans[0] else [plan]:
-                self._write_settings(other, plans, key_size)
-            self.save(plans)
+            self._move_to_new_ports(plan, plans, key_size)
+
+    def _move_to_new_ports(self, plan: NodePlan, plans: list[NodePlan], key_size: int) -> None:
+        """Give ``plan`` fresh ports, rewrite the settings that name them, and save the network.
+
+        The identity server's web port stays (it is part of every IDURL); when
+        the server moves, every node's settings name its new DHT and STUN ports.
+        """
+        kept = {key: port for key, port in plan.ports.items() if key == "idserver"}
+        plan.ports = node_ports(plan.roles) | kept
+        for other in plans if plan is plans[0] else [plan]:
+            self._write_settings(other, plans, key_size)
+        self.save(plans)
 
     def _start(self, plan: NodePlan, timeout: float) -> None:
         basedir = Basedir.at(plan.basedir)
@@ -414,9 +422,7 @@ class LocalNet:
                 raise LocalnetError(f"node {plan.name} did not connect: {_error_text(envelope)}")
             self.log(f"  {plan.name}: a peer port was taken, restarting it on new ones")
             control.stop(basedir, timeout=timeout)
-            plan.ports = node_ports(plan.roles)
-            self._write_settings(plan, plans, key_size)
-            self.save(plans)
+            self._move_to_new_ports(plan, plans, key_size)
             self._start(plan, timeout)
 
     def _wait_dht(self, plan: NodePlan, nodes: int, timeout: float) -> None:
