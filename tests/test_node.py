@@ -24,6 +24,7 @@ from tests.interface.support import (
     start_node,
     stored_settings,
     wait,
+    wait_until,
 )
 
 
@@ -147,10 +148,8 @@ class StopTests(unittest.TestCase):
         for protocol in idle:
             yield protocol.lost.addTimeout(WAIT, reactor)
         (kept,) = [protocol for protocols in pool._connections.values() for protocol in protocols]
-        for _ in range(50):  # the client side of the kept-alive connection sees the close a moment later
-            if kept._state == "CONNECTION_LOST":
-                break
-            yield wait(0.01)
+        # the client side of the kept-alive connection sees the close a moment later
+        yield wait_until(lambda: kept._state == "CONNECTION_LOST")
         self.assertEqual(kept._state, "CONNECTION_LOST")
         yield pool.closeCachedConnections()  # the client pool's own idle timer
         self.assertEqual(pending_calls() - before, set())

@@ -15,7 +15,7 @@ from bitnode.chat.message_crypto import GROUP_MESSAGE, MessageHeader, seal
 from bitnode.chat.messages_service import PrivateMessagesService
 from bitnode.errors import BadRequest, Forbidden
 from tests.access.support import NODE_SERVICES, AccessNetworkCase, pause
-from tests.interface.support import connect_ws
+from tests.interface.support import connect_ws, wait_until
 
 GROUPS = "service_private_groups"
 
@@ -33,11 +33,7 @@ class GroupsNetworkTests(AccessNetworkCase):
 
     @inlineCallbacks
     def until(self, check, what, seconds=10.0):
-        for _ in range(int(seconds / 0.02)):
-            if check():
-                return
-            yield pause(0.02)
-        self.fail(f"timed out waiting for {what}")
+        yield wait_until(check, what, timeout=seconds)
 
     def member(self, node, group):
         return node.service_driver.get(GROUPS).members.get(group)

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from twisted.internet import defer, reactor
-from twisted.internet.task import deferLater
+from twisted.internet import defer
 from twisted.trial import unittest
 
 from bitnode.dht.dht_service import DHTService
-from tests.interface.support import DispatcherCalls, start_id_server
+from tests.interface.support import DispatcherCalls, start_id_server, wait_until
 
 DHT_PORT = "services/entangled-dht/udp-port"
 
@@ -38,9 +37,4 @@ class ChatNetworkCase(DispatcherCalls, unittest.TestCase):
     @defer.inlineCallbacks
     def until(self, check, what):
         """Fires with ``check()``'s first true answer; fails the test after about 5 s."""
-        for _ in range(250):
-            result = check()
-            if result:
-                return result
-            yield deferLater(reactor, 0.02, lambda: None)
-        self.fail(f"timed out waiting for {what}")
+        return (yield wait_until(check, what))

@@ -378,3 +378,27 @@ def stored_settings(node) -> dict:
 def wait(seconds: float) -> defer.Deferred:
     """A Deferred firing after ``seconds`` of real time (kept short: only for timers under test)."""
     return deferLater(reactor, seconds, lambda: None)
+
+
+def wait_until(check, what: str = "", timeout: float = 5.0, step: float = 0.005) -> defer.Deferred:
+    """Poll ``check`` on the reactor until it answers something true; fires with that answer.
+
+    ``check`` may return a Deferred. Fails with an AssertionError naming ``what`` after
+    ``timeout`` seconds. For things that happen over real sockets: a fixed wait is a race
+    on a loaded machine.
+    """
+
+    async def poll():
+        waited = 0.0
+        while True:
+            result = check()
+            if isinstance(result, defer.Deferred):
+                result = await result
+            if result:
+                return result
+            if waited > timeout:
+                raise AssertionError(f"timed out after {timeout}s waiting for {what or check}")
+            await deferLater(reactor, step, lambda: None)
+            waited += step
+
+    return defer.Deferred.fromCoroutine(poll())

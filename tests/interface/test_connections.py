@@ -5,12 +5,13 @@ from __future__ import annotations
 from twisted.internet import defer, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.protocol import Factory, Protocol
-from twisted.internet.task import Clock, deferLater
+from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial import unittest
 from twisted.web.resource import Resource
 
 from bitnode.interface.connections import ConnectionSet, TrackedProtocol, TrackingSite
+from tests.interface.support import wait_until
 
 WAIT = 2.0
 
@@ -140,10 +141,8 @@ class TrackingSiteTests(unittest.TestCase):
         self.addCleanup(port.stopListening)
         client = yield TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port).connect(
             Factory.forProtocol(_Idle))
-        for _ in range(100):  # the server side accepts a moment after the client connected
-            if len(site.connections):
-                break
-            yield deferLater(reactor, 0.01, lambda: None)
+        # the server side accepts a moment after the client connected
+        yield wait_until(lambda: len(site.connections), "the server to accept")
         self.assertEqual(len(site.connections), 1)
         yield site.connections.close_all(reactor, grace=1.0)
         yield client.lost.addTimeout(WAIT, reactor)

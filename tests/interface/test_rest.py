@@ -19,7 +19,7 @@ from bitnode.interface import rest
 from bitnode.main import events as events_module
 from bitnode.main.schema import SCHEMA
 from bitnode.main.settings import Settings
-from tests.interface.support import HttpApi, Lamp, pending_calls, start_node, stored_settings, wait
+from tests.interface.support import HttpApi, Lamp, pending_calls, start_node, stored_settings, wait_until
 
 
 class RestTestCase(unittest.TestCase):
@@ -122,7 +122,7 @@ class EnvelopeTests(RestTestCase):
             self.assertIn("debugger", reply.result)
         reply = yield self.api.request("POST", "process/stop/v1")
         self.assertTrue(reply.result["stopping"])
-        yield wait(0.05)
+        yield wait_until(lambda: calls)
         self.assertEqual(calls, ["stop"])
 
     @defer.inlineCallbacks
@@ -298,7 +298,7 @@ class ProcessMethodTests(RestTestCase):
         self.assertTrue(reply.result[key])
         self.assertEqual(reply.result["pid"], os.getpid())
         self.assertEqual(calls, [], "asked to stop before the answer was sent")
-        yield wait(0.06)
+        yield wait_until(lambda: calls)
         self.assertEqual(calls, [True])
         yield self.assertError(self.api.get(path, force="1"), 400, "'force'")
 
@@ -462,7 +462,7 @@ class EventMethodTests(RestTestCase):
     def test_long_poll_returns_when_an_event_is_sent(self):
         start = self.node.events.last_seq
         polling = self.api.get("event/listen/ui1/v1", since=start, polling_timeout=1)
-        yield wait(0.02)
+        yield wait_until(lambda: "ui1" in self.node.events.consumers())
         self.assertFalse(polling.called)
         sent = (yield self.api.post("event/send/hello/v1", data={"n": 1})).result
         self.assertEqual(sent, {"event_id": "hello", "seq": start + 1})
@@ -542,7 +542,7 @@ class EventMethodTests(RestTestCase):
     def test_too_many_waiting_consumers_is_429(self):
         self.patch(events_module, "MAX_CONSUMERS", len(self.node.events.consumers()) + 1)
         polling = self.api.get("event/listen/first/v1", polling_timeout=1)
-        yield wait(0.02)
+        yield wait_until(lambda: "first" in self.node.events.consumers())
         reply = yield self.assertError(self.api.get("event/listen/second/v1", polling_timeout=1), 429, "waiting")
         self.assertIn("retry-after", reply.headers)
         yield self.api.post("event/send/wake/v1")
@@ -552,21 +552,17 @@ class EventMethodTests(RestTestCase):
     def test_abandoned_long_poll_leaves_no_timer(self):
         before = pending_calls()
         polling = self.api.get("event/listen/ui6/v1", polling_timeout=1)
-        yield wait(0.02)
+        yield wait_until(lambda: "ui6" in self.node.events.consumers())
         self.assertTrue(pending_calls() - before)
         polling.cancel()
         self.failureResultOf(polling)
-        for _ in range(20):
-            if not pending_calls() - before:
-                break
-            yield wait(0.01)
-        self.assertEqual(pending_calls() - before, set())
+        yield wait_until(lambda: not pending_calls() - before)
 
     @defer.inlineCallbacks
     def test_listen_is_answered_when_the_node_stops(self):
         started = self.node.reactor.seconds()
         polling = self.api.get("event/listen/ui5/v1", polling_timeout=1)
-        yield wait(0.02)
+        yield wait_until(lambda: "ui5" in self.node.events.consumers())
         yield self.node.stopService()
         reply = yield polling
         self.assertEqual(reply.result["events"], [])
@@ -613,6 +609,6 @@ class LegacyAliasTests(RestTestCase):
         self.node.on_restart_requested = lambda: calls.append("restart")
         self.assertTrue((yield self.api.get("legacy/stop/v1")).result["stopping"])
         self.assertTrue((yield self.api.post("legacy/restart/v1", showgui=True)).result["restarting"])
-        yield wait(0.05)
+        yield wait_until(lambda: len(calls) == 2)
         self.assertEqual(sorted(calls), ["restart", "stop"])
         yield self.assertError(self.api.get("legacy/restart/v1", showgui="maybe"), 400, "'showgui'")

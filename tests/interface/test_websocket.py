@@ -12,7 +12,7 @@ from bitnode.errors import Conflict
 from bitnode.interface import api as api_module
 from bitnode.main.schema import SCHEMA
 from bitnode.main.settings import Settings
-from tests.interface.support import WAIT, HttpApi, Lamp, WsRefused, connect_ws, start_node, wait
+from tests.interface.support import WAIT, HttpApi, Lamp, WsRefused, connect_ws, start_node, wait_until
 
 
 class WsTestCase(unittest.TestCase):
@@ -315,7 +315,7 @@ class MethodTests(WsTestCase):
         self.assertTrue((yield self.ws.call_ok("process_stop"))["stopping"])
         self.assertTrue((yield self.ws.call_ok("process_restart"))["restarting"])
         self.assertEqual(calls, [])
-        yield wait(0.05)
+        yield wait_until(lambda: len(calls) == 2)
         self.assertEqual(calls, ["stop", "restart"])
         yield self.assertCallFails(400, "process_stop", "'now'", now=True)
 
@@ -361,7 +361,7 @@ class MethodTests(WsTestCase):
     def test_event_send_and_listen(self):
         start = self.node.events.last_seq
         polling = self.ws.call("event_listen", consumer_callback_id="ws-ui", since=start, polling_timeout=1)
-        yield wait(0.02)
+        yield wait_until(lambda: "ws-ui" in self.node.events.consumers())
         self.assertFalse(polling.called)
         sent = yield self.ws.call_ok("event_send", event_id="ping", data=[1, 2])
         reply = yield polling
@@ -395,7 +395,7 @@ class MethodTests(WsTestCase):
         legacy = yield self.ws.call_ok("config_list", sort=True)
         self.assertEqual(legacy, (yield self.ws.call_ok("configs_list", sort=True)))
         self.assertTrue((yield self.ws.call_ok("stop"))["stopping"])
-        yield wait(0.05)
+        yield wait_until(lambda: calls)
         self.assertEqual(calls, ["stop"])
         yield self.assertCallFails(400, "config_list", "'include_info'", include_info=True)
 

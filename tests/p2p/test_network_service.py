@@ -17,7 +17,7 @@ from bitnode.transport.commands import Command
 from bitnode.transport.gateway_service import GatewayService
 from bitnode.transport.packet import Packet
 from bitnode.userid.id_service import IdentityService
-from tests.interface.support import DispatcherCalls, start_id_server, start_node
+from tests.interface.support import DispatcherCalls, start_id_server, start_node, wait_until
 from tests.transport.test_support import Ed25519Signer, seed
 
 NODE_SERVICES = [IdentityService, GatewayService, NetworkService]
@@ -121,12 +121,10 @@ class NetworkOfNodesTests(DispatcherCalls, unittest.TestCase):
         forged = Packet.create(reactor, Command.IDENTITY, bob_id, bob_id, alice_id, b"x", Ed25519Signer(seed(9)))
         address = ("127.0.0.1", alice.service_driver.get("service_gateway").gateway.port)
         yield bob_gateway.transport.send(address, forged)
-        for _ in range(100):
-            stats = yield self.ok(alice, "packets_stats")
-            if stats["dropped"]["bad_signature"]:
-                break
-            yield deferLater(reactor, 0.01, lambda: None)
-        self.assertEqual(stats["dropped"]["bad_signature"], 1)
+        def dropped():
+            return self.ok(alice, "packets_stats").addCallback(lambda stats: stats["dropped"]["bad_signature"])
+
+        self.assertEqual((yield wait_until(dropped, "the forged packet to be dropped")), 1)
 
         # bob goes away: the ping fails with 503 and his status turns OFFLINE
         yield bob.stopService()

@@ -20,7 +20,8 @@ from bitnode.access import share_scope
 from bitnode.crypt.keystore import KeyStore
 from bitnode.errors import BadRequest
 from bitnode.storage import key_backup
-from tests.storage.test_storage_service import MASTER, SEG, StorageNodeTestCase, wait_until
+from tests.interface.support import wait_until
+from tests.storage.test_storage_service import MASTER, SEG, StorageNodeTestCase
 from tests.userid.fakes import rsa_key
 
 OWNER = "alice@id.example.net_8084"

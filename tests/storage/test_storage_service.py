@@ -11,8 +11,7 @@ from __future__ import annotations
 import os
 import random
 
-from twisted.internet import defer, reactor
-from twisted.internet.task import deferLater
+from twisted.internet import defer
 from twisted.trial import unittest
 from zope.interface import implementer
 
@@ -22,7 +21,7 @@ from bitnode.storage.interface import IStorageServer
 from bitnode.storage.memory_grid import MemoryStorageServer
 from bitnode.storage.storage_service import NO_SUPPLIERS, StorageService
 from bitnode.userid.id_service import IdentityService
-from tests.interface.support import start_node
+from tests.interface.support import start_node, wait_until
 from tests.storage.test_jobs import read, write
 from tests.userid.fakes import SERVER, FakeClient, FakeServers
 
@@ -119,20 +118,6 @@ def storage_service(provider):
             return provider
 
     return GridStorageService
-
-
-def wait_until(predicate, timeout: float = 3.0, step: float = 0.005) -> defer.Deferred:
-    """Poll ``predicate`` on the reactor until it is true; fail after ``timeout`` seconds."""
-
-    async def poll():
-        waited = 0.0
-        while not predicate():
-            if waited > timeout:
-                raise AssertionError(f"condition not reached in {timeout}s: {predicate}")
-            await deferLater(reactor, step, lambda: None)
-            waited += step
-
-    return defer.Deferred.fromCoroutine(poll())
 
 
 class StorageNodeTestCase(unittest.TestCase):

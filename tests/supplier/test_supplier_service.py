@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
-from twisted.internet.task import deferLater
 from twisted.trial import unittest
 
 from bitnode.customer.customer_service import _fail_answer
@@ -25,7 +24,7 @@ from bitnode.transport.gateway_service import GatewayService
 from bitnode.transport.packet import Packet
 from bitnode.userid.id_server import IdentityServerService
 from bitnode.userid.id_service import IdentityService
-from tests.interface.support import start_node
+from tests.interface.support import start_node, wait_until
 
 PLAIN = [IdentityService, GatewayService]
 SUPPLIER = [IdentityService, GatewayService, DHTService, SupplierService]
@@ -80,14 +79,7 @@ def ok(case, node, method, **kwargs):
 @inlineCallbacks
 def until(check, what, seconds=10.0, step=0.02):
     """Poll ``check`` (it may return a Deferred) until it is true; fails naming ``what``."""
-    for _ in range(int(seconds / step)):
-        result = check()
-        if hasattr(result, "addCallback"):
-            result = yield result
-        if result:
-            return result
-        yield deferLater(reactor, step, lambda: None)
-    raise AssertionError(f"timed out waiting for {what}")
+    return (yield wait_until(check, what, timeout=seconds, step=step))
 
 
 def gid(node) -> str:

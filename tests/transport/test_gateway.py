@@ -14,7 +14,7 @@ import functools
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, fail, inlineCallbacks, succeed
-from twisted.internet.task import Clock, deferLater
+from twisted.internet.task import Clock
 from twisted.trial import unittest
 
 from automats import Registry
@@ -27,6 +27,7 @@ from bitnode.transport.introduction import IdentityKeyVerifier
 from bitnode.transport.packet import Packet
 from bitnode.transport.packet_out import PeerRefused
 from bitnode.userid.identity import Identity, format_date
+from tests.interface.support import wait_until
 from tests.transport.test_support import Ed25519Signer, KeyBook, seed
 
 START = 1700000000.0
@@ -541,13 +542,11 @@ class GatewayTests(unittest.TestCase):
         conn = alice.gateway.transport.connection_to(parse_tcp_contact(bob.gateway.contact))
         # the prefix and head, then only 40 000 of the 100 000 payload bytes
         conn.transport.write(PREFIX.pack(2 + len(head) + 100_000, len(head)) + head + packet.payload[:40_000])
-        rows = []
-        for _ in range(200):
+        def partly_received():
             rows = bob.gateway.streams()
-            if rows and rows[0]["bytes_done"] == 40_000:
-                break
-            yield deferLater(reactor, 0.005, lambda: None)
-        (row,) = rows
+            return rows if rows and rows[0]["bytes_done"] == 40_000 else None
+
+        (row,) = yield wait_until(partly_received, "40 000 bytes received")
         self.assertEqual((row["direction"], row["bytes_done"], row["bytes_total"], row["progress"]),
                          ("in", 40_000, 100_000, 40.0))
         self.assertEqual(row["peers"], [alice.id])

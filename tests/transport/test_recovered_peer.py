@@ -20,6 +20,7 @@ from bitnode.errors import Timeout, Unavailable
 from bitnode.transport.commands import Command
 from bitnode.transport.introduction import UNKNOWN_SENDER, asks_introduction, stranger_refusal
 from bitnode.transport.packet import Packet
+from tests.interface.support import wait_until
 from tests.transport import test_gateway
 from tests.transport.test_gateway import START, FakeIdentities, IdServer, Peer
 from tests.transport.test_support import Ed25519Signer, seed
@@ -138,11 +139,8 @@ class RecoveredPeerTests(unittest.TestCase):
         bob2 = yield self.recover(bob, 2)
         yield alice.ids.fetch_identity(bob.id, refresh=True)
         yield alice.gateway.request(Command.MESSAGE, bob.id, b"lost", wait_response=False)
-        for _ in range(50):  # the refusal comes back, alice introduces herself
-            if bob2.ids.resolve_verifier(alice.id) is not None:
-                break
-            yield deferLater(reactor, 0.01, lambda: None)
-        self.assertIsNotNone(bob2.ids.resolve_verifier(alice.id))
+        # the refusal comes back, alice introduces herself
+        yield wait_until(lambda: bob2.ids.resolve_verifier(alice.id) is not None, "alice's introduction")
         ack = yield alice.gateway.request(Command.MESSAGE, bob.id, b"next")
         self.assertEqual(ack.command, "Ack")
         self.assertEqual([p.payload for p in bob2.received], [b"next"])
