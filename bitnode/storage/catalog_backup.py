@@ -47,6 +47,7 @@ from bitnode.storage.catalog import Catalog
 from bitnode.storage.downloader import Downloader
 from bitnode.storage.interface import SegmentMeta, version_prefix
 from bitnode.storage.job_context import Placement
+from bitnode.storage.patience import GraceWait, Patience
 from bitnode.storage.uploader import Uploader
 
 MANIFEST_FORMAT = 2
@@ -59,6 +60,8 @@ DIGEST_META = "catalog-backup-sha256"
 SECRETS_DIGEST_META = "catalog-backup-secrets-sha256"
 _MANIFEST_RE = re.compile(r"^catalog-(\d{1,18})/manifest$")
 MAX_MANIFEST = 16 * 1024 * 1024
+# Least wait for suppliers still silent once enough have answered a listing or a manifest store.
+GRACE_FLOOR = 5.0
 
 RunInThread = Callable[..., defer.Deferred]
 
@@ -217,7 +220,7 @@ class CatalogBackup:
             manifest["secrets"] = base64.b64encode(sealed).decode("ascii")
         stored = await self.run_in_thread(sign_manifest, master, manifest)
         path = f"{version_id}/{MANIFEST}"
-        acked = await self._to_all(servers, lambda server: server.store_block(self.customer_id, path, stored))
+        acked = await self._to_all(servers, k, lambda server: server.store_block(self.customer_id, path, stored))
         if acked < k:
             raise Unavailable(f"catalog backup {serial}: only {acked} suppliers took its manifest, {k} needed")
         await self.run_in_thread(self.catalog.set_meta, SERIAL_META, str(serial))
@@ -226,7 +229,7 @@ class CatalogBackup:
         if serial > 2:
             # Two backups always remain: this one and the previous.
             old = version_prefix(backup_version_id(serial - 2))
-            await self._to_all(servers, lambda server: server.delete(self.customer_id, old))
+            await self._to_all(servers, k, lambda server: server.delete(self.customer_id, old))
         return {"skipped": False, "serial": serial, "sha256": digest, "bytes": result.file_size,
                 "suppliers": acked, "keys": len(secrets["keys"]) if secrets is not None else 0}
 
@@ -235,18 +238,21 @@ class CatalogBackup:
     async def newest_serials(self) -> tuple[list[int], dict[int, list[str]]]:
         """Backup serials found on the suppliers, newest first, and who holds each manifest."""
         placement = self.placement()
+        n = len(placement.positions)
         holders: dict[int, list[str]] = {}
-        calls = []
+        calls = {}
         for supplier_id, server in zip(placement.positions, placement.servers, strict=False):
             if server is None:
                 continue
             # A prefix needs a trailing "/": there is no way to ask for "catalog-*" only.
             d = defer.maybeDeferred(server.list_blocks, self.customer_id, "")
             d.addTimeout(self.timeout(), self.clock)
-            calls.append((supplier_id, d))
-        outcomes = await defer.DeferredList([d for _, d in calls], consumeErrors=True)
+            calls[supplier_id] = d
+        # A backup counts once k suppliers hold its manifest, so any n-k+1 listings show the newest:
+        # after those, a silent supplier only gets a grace.
+        outcomes = await self._gather(calls, n - self.data_blocks(n) + 1)
         answered = 0
-        for (supplier_id, _), (ok, listing) in zip(calls, outcomes, strict=True):
+        for supplier_id, (ok, listing) in outcomes.items():
             if not ok:
                 continue
             answered += 1
@@ -330,12 +336,16 @@ class CatalogBackup:
 
     # --- helpers --------------------------------------------------------------------------------
 
-    async def _to_all(self, servers: list, call) -> int:
-        calls = []
-        for server in servers:
+    async def _to_all(self, servers: list, enough: int, call) -> int:
+        """``call(server)`` on every server; how many succeeded (stragglers get a grace after ``enough``)."""
+        calls = {}
+        for pos, server in enumerate(servers):
             if server is not None:
                 d = defer.maybeDeferred(call, server)
                 d.addTimeout(self.timeout(), self.clock)
-                calls.append(d)
-        outcomes = await defer.DeferredList(calls, consumeErrors=True)
-        return sum(1 for ok, _ in outcomes if ok)
+                calls[pos] = d
+        outcomes = await self._gather(calls, enough)
+        return sum(1 for ok, _ in outcomes.values() if ok)
+
+    def _gather(self, calls: dict, enough: int) -> defer.Deferred:
+        return GraceWait(self.clock, Patience(min(GRACE_FLOOR, self.timeout()), self.timeout()), calls, enough).done

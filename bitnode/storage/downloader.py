@@ -1,12 +1,18 @@
 """Download one file version: fetch any k blocks per segment, decode, decrypt, write.
 
-For every segment the downloader runs k *lanes* that pull block positions from
-one queue ordered data blocks first (``0..k-1``), then parity. A lane fetches a
-block (with a timeout on the injected clock), checks it in a worker thread
-against the SHA-256 the catalog recorded at upload and against its own header,
-and keeps it; on an error, a timeout or a bad block it records a
-:class:`BlockProblem` and takes the next position. With k good blocks the
-segment is decoded and decrypted in a worker thread.
+For every segment the downloader keeps k block fetches running, taking block
+positions from one queue ordered data blocks first (``0..k-1``), then parity.
+Each fetch (with a timeout on the injected clock) is checked in a worker
+thread against the SHA-256 the catalog recorded at upload and against the
+block's own header; on an error, a timeout or a bad block it records a
+:class:`BlockProblem` and the next position is fetched instead. With k good
+blocks the segment is decoded and decrypted in a worker thread.
+
+A silent supplier must not cost a full timeout per segment
+(:mod:`bitnode.storage.patience`): when no fetch of a segment has finished for
+a few times the slowest recent answer, one more block is fetched beside the
+slow ones, and whichever k arrive first are used. Suppliers that failed or
+kept a segment waiting are asked last for the rest of the download.
 
 Plaintext goes to ``dest_path + ".part"``, strictly in segment order, then
 the file is fsynced and renamed over ``dest_path``. If anything fails (or the
@@ -39,10 +45,13 @@ from bitnode.storage.interface import (
     make_progress,
     validate_customer_id,
 )
+from bitnode.storage.patience import Patience
 
 RunInThread = Callable[..., defer.Deferred]
 ProgressCallback = Callable[[Progress], None]
 PART_SUFFIX = ".part"
+# Least wait before fetching a spare block beside a slow fetch: a spare costs one block of traffic.
+HEDGE_FLOOR = 2.0
 
 
 class DownloadFailed(Unavailable):
@@ -183,6 +192,7 @@ class Downloader:
         n: int,
         max_in_flight: int = 2,
         fetch_timeout: float = 60.0,
+        hedge_floor: float = HEDGE_FLOOR,
     ):
         erasure.check_params(k, n)
         if len(servers) != n:
@@ -198,6 +208,7 @@ class Downloader:
         self.n = n
         self.max_in_flight = max_in_flight
         self.fetch_timeout = fetch_timeout
+        self.hedge_floor = hedge_floor
         self.in_flight = 0
         self.peak_in_flight = 0
         self._job: _DownloadJob | None = None
@@ -284,6 +295,9 @@ class _DownloadJob:
         self.problems: list[BlockProblem] = []
         self.used: dict[int, tuple[int, ...]] = {}
         self.pending: set[defer.Deferred] = set()
+        self.patience = Patience(min(dl.hedge_floor, timeout), timeout)
+        # Positions that failed or kept a segment waiting: asked last from then on.
+        self.suspects: set[int] = set()
         self.turns = [defer.Deferred() for _ in segments]
         self.fh = None
         self.bytes_written = 0
@@ -353,17 +367,7 @@ class _DownloadJob:
 
     async def fetch_and_decode(self, meta: SegmentMeta) -> bytes:
         dl = self.dl
-        queue: deque[int] = deque()
-        for pos in sorted(meta.stored):
-            if dl.servers[pos] is None:
-                self.problems.append(
-                    BlockProblem(meta.index, pos, "no-supplier", "no supplier at this position")
-                )
-            else:
-                queue.append(pos)
-        good: dict[int, bytes] = {}
-        lanes = [defer.Deferred.fromCoroutine(self.lane(meta, queue, good)) for _ in range(dl.k)]
-        await defer.DeferredList(lanes)
+        good = await self.fetch_blocks(meta)
         if self.cancelled:
             raise TransferCancelled(f"download of {self.version_id} cancelled")
         if len(good) < dl.k:
@@ -381,32 +385,82 @@ class _DownloadJob:
             decode_segment, payloads, dl.k, dl.n, self.key, self.version_id, meta.index, meta.plaintext_length
         )
 
-    async def lane(self, meta: SegmentMeta, queue: deque[int], good: dict[int, bytes]) -> None:
-        while queue and not self.stopping():
-            pos = queue.popleft()
-            payload = await self.fetch_one(meta, pos)
-            if payload is not None:
-                good[pos] = payload
-                return
+    async def fetch_blocks(self, meta: SegmentMeta) -> dict[int, bytes]:
+        """Good blocks of one segment by position: k of them unless too few could be had."""
+        dl = self.dl
+        queue: deque[int] = deque()
+        # Data blocks first (decoding them is cheapest), suppliers that let us down last.
+        for pos in sorted(meta.stored, key=lambda p: (p in self.suspects, p)):
+            if dl.servers[pos] is None:
+                self.problems.append(
+                    BlockProblem(meta.index, pos, "no-supplier", "no supplier at this position")
+                )
+            else:
+                queue.append(pos)
+        good: dict[int, bytes] = {}
+        fetching: dict[int, defer.Deferred] = {}
+        requests: set[defer.Deferred] = set()
+        wake: list[defer.Deferred] = []
 
-    async def fetch_one(self, meta: SegmentMeta, pos: int) -> bytes | None:
+        def poke(hedge: bool) -> None:
+            if wake:
+                wake.pop().callback(hedge)
+
+        def landed(payload: bytes | None, pos: int) -> None:
+            del fetching[pos]
+            if payload is not None and len(good) < dl.k:
+                good[pos] = payload
+            poke(False)
+
+        def start(pos: int) -> None:
+            fetching[pos] = defer.Deferred.fromCoroutine(self.fetch_one(meta, pos, requests))
+            fetching[pos].addCallback(landed, pos)
+
+        while not self.stopping() and len(good) < dl.k:
+            while queue and len(fetching) + len(good) < dl.k:
+                start(queue.popleft())
+            if not fetching:
+                break
+            waiter = defer.Deferred()
+            wake.append(waiter)
+            timer = dl.clock.callLater(self.patience.delay(), poke, True)
+            hedge = await waiter
+            if timer.active():
+                timer.cancel()
+            if hedge:
+                # Nothing arrived for a while: the fetches still running are slow.
+                self.suspects.update(fetching)
+                if queue:
+                    start(queue.popleft())
+        for request in list(requests):  # blocks nobody needs any more
+            request.cancel()
+        return good
+
+    async def fetch_one(self, meta: SegmentMeta, pos: int, requests: set[defer.Deferred]) -> bytes | None:
         dl = self.dl
         path = block_path(self.version_id, meta.index, pos)
+        started = dl.clock.seconds()
         d = defer.maybeDeferred(dl.servers[pos].fetch_block, self.customer_id, path)
         d.addTimeout(self.timeout, dl.clock)
         self.pending.add(d)
+        requests.add(d)
         try:
             data = await d
         except defer.TimeoutError:
+            self.suspects.add(pos)
             return self.problem(meta, pos, "timeout", f"no answer in {self.timeout}s")
         except defer.CancelledError:
             return None
         except BlockNotFound as exc:
             return self.problem(meta, pos, "missing", str(exc))
         except Exception as exc:  # noqa: BLE001 - any supplier failure means: try another block
+            self.suspects.add(pos)
             return self.problem(meta, pos, "error", f"{exc.__class__.__name__}: {exc}")
         finally:
             self.pending.discard(d)
+            requests.discard(d)
+        self.patience.record(dl.clock.seconds() - started)
+        self.suspects.discard(pos)  # slow but answering: the patience now allows for it
         if self.stopping():
             return None
         try:

@@ -12,7 +12,16 @@ When is a segment OK?  Only when at least ``required_blocks`` distinct block
 positions were acknowledged by their supplier; ``required_blocks`` defaults to
 k and can never be lower, so an "OK" segment is always restorable. Positions
 that failed (error, timeout, no supplier) are listed in ``SegmentMeta.missing``
-for the rebuilder. If any segment ends below ``required_blocks`` the upload
+for the rebuilder.
+
+A silent supplier must not cost a full store timeout per segment
+(:mod:`bitnode.storage.patience`): once a segment has its ``required_blocks``,
+a store still waiting after a few times the slowest recent acknowledgement
+(at least ``grace_floor``) is given up and left to the rebuilder, and that
+supplier is skipped for a while (a minute, doubling each time it lets us down
+again) before it is tried again.
+
+If any segment ends below ``required_blocks`` the upload
 stops launching segments, lets the in-flight ones finish, and fails with
 :class:`UploadFailed`, which carries the segments that did succeed and the
 ``resume_from`` index to pass to a later :meth:`Uploader.upload`.
@@ -44,9 +53,16 @@ from bitnode.storage.interface import (
     make_progress,
     validate_customer_id,
 )
+from bitnode.storage.patience import GraceWait, Patience
 
 MiB = 1024 * 1024
 DEFAULT_SEGMENT_SIZE = 4 * MiB
+# Least wait for the stragglers of a segment that already has its required blocks: giving one
+# up costs a rebuild later, so be generous.
+GRACE_FLOOR = 10.0
+# A supplier whose store was given up is skipped this long, doubling on each new give-up.
+SKIP_FIRST = 60.0
+SKIP_MAX = 600.0
 MAX_SEGMENT_SIZE = 256 * MiB
 
 RunInThread = Callable[..., defer.Deferred]
@@ -225,6 +241,7 @@ class Uploader:
         max_in_flight: int = 2,
         required_blocks: int | None = None,
         store_timeout: float = 120.0,
+        grace_floor: float = GRACE_FLOOR,
     ):
         erasure.check_params(k, n)
         if len(servers) != n:
@@ -247,6 +264,7 @@ class Uploader:
         self.max_in_flight = max_in_flight
         self.required_blocks = required
         self.store_timeout = store_timeout
+        self.grace_floor = grace_floor
         self.in_flight = 0
         self.peak_in_flight = 0
         self._job: _UploadJob | None = None
@@ -316,6 +334,9 @@ class _UploadJob:
         self.done: dict[int, SegmentMeta] = {}
         self.failures: list[StoreFailure] = []
         self.pending: set[defer.Deferred] = set()
+        self.patience = Patience(min(up.grace_floor, up.store_timeout), up.store_timeout)
+        # position -> (skipped until, how long the next skip lasts)
+        self.skipped: dict[int, tuple[float, float]] = {}
         self.started = up.clock.seconds()
         self.bytes_this_run = 0
         self.file_size = 0
@@ -412,10 +433,14 @@ class _UploadJob:
 
     async def send(self, prepared: PreparedSegment) -> tuple[int, ...]:
         up = self.up
+        now = up.clock.seconds()
         calls: list[tuple[int, defer.Deferred]] = []
         for pos, server in enumerate(up.servers):
             if server is None:
                 self.failures.append(StoreFailure(prepared.index, pos, "no supplier"))
+                continue
+            if self.skipped.get(pos, (0.0, 0.0))[0] > now:
+                self.failures.append(StoreFailure(prepared.index, pos, "skipped: too slow earlier in this upload"))
                 continue
             path = block_path(self.version_id, prepared.index, pos)
             d = defer.maybeDeferred(server.store_block, self.customer_id, path, prepared.blocks[pos])
@@ -423,14 +448,24 @@ class _UploadJob:
             self.pending.add(d)
             d.addBoth(self._forget, d)
             calls.append((pos, d))
-        outcomes = await defer.DeferredList([d for _, d in calls], consumeErrors=True)
+        wait = GraceWait(up.clock, self.patience, dict(calls), up.required_blocks)
+        outcomes = await wait.done
         acked = []
-        for (pos, _), (ok, value) in zip(calls, outcomes, strict=True):
+        for pos, _ in calls:
+            ok, value = outcomes[pos]
             if ok:
                 acked.append(pos)
+            elif pos in wait.given_up:
+                self.give_up_on(pos)
+                self.failures.append(StoreFailure(prepared.index, pos, "given up: no answer while the others answered"))
             elif not self.cancelled:
                 self.failures.append(StoreFailure(prepared.index, pos, _reason(value)))
         return tuple(acked)
+
+    def give_up_on(self, pos: int) -> None:
+        """Skip a supplier that kept a segment waiting: a minute first, twice as long each time after."""
+        _, skip = self.skipped.get(pos, (0.0, SKIP_FIRST))
+        self.skipped[pos] = (self.up.clock.seconds() + skip, min(SKIP_MAX, 2 * skip))
 
     def _forget(self, result, d: defer.Deferred):
         self.pending.discard(d)

@@ -58,6 +58,30 @@ class CatalogBackupTests(unittest.TestCase):
         self.successResultOf(run(self.make(other).restore()))
         self.assertTrue(other.catalog.exists(KEY_ID, "docs/a.bin"))
 
+    def test_a_silent_supplier_delays_a_restore_by_seconds_not_by_timeouts(self):
+        self.successResultOf(run(self.backup.backup()))
+        other = self.fresh_node()
+        other.servers[2].hang()  # a data position: the catalog's blocks are fetched around it too
+        d = run(self.make(other).restore())
+        other.clock.advance(4.9)
+        self.assertNoResult(d)  # four listings are in: the silent one gets a grace
+        other.clock.advance(0.1)
+        other.clock.advance(2.0)  # then its block gets a spare beside it
+        restored = self.successResultOf(d)
+        self.assertEqual((restored["serial"], restored["items"]), (1, 2))
+        self.assertEqual(other.servers[2].hung_calls, 0)
+        self.assertEqual(other.clock.getDelayedCalls(), [])
+
+    def test_a_silent_supplier_delays_a_backup_by_seconds_not_by_timeouts(self):
+        self.h.servers[4].hang()
+        d = run(self.backup.backup())
+        self.h.clock.advance(10.0)  # the catalog's block for the silent supplier is given up
+        self.assertNoResult(d)
+        self.h.clock.advance(5.0)  # and so is its copy of the manifest
+        outcome = self.successResultOf(d)
+        self.assertEqual((outcome["serial"], outcome["suppliers"]), (1, 4))
+        self.assertEqual(self.h.servers[4].hung_calls, 0)
+
     def test_unchanged_catalog_is_not_backed_up_again_and_two_backups_remain(self):
         self.successResultOf(run(self.backup.backup()))
         self.assertTrue(self.successResultOf(run(self.backup.backup()))["skipped"])

@@ -168,7 +168,7 @@ class FaultTests(_Base):
     def test_hanging_supplier_times_out_and_parity_is_used(self):
         result, data = self.stored(SEG)
         self.grid[0].hang()
-        dl, dest = self.download(result)
+        dl, dest = self.download(result, hedge_floor=10.0)  # no spare fetch before the timeout
         d = dl.download(result.segments, VERSION, KEY, CUSTOMER, dest, fetch_timeout=5.0)
         self.clock.advance(4.9)
         self.assertNoResult(d)
@@ -179,15 +179,69 @@ class FaultTests(_Base):
         self.assertEqual(got.used_blocks, ((1, 2, 3),))
         self.assertEqual(self.grid[0].hung_calls, 0)
 
-    def test_slow_supplier_within_timeout_is_waited_for(self):
+    def test_hanging_supplier_costs_the_hedge_delay_not_the_timeout(self):
+        result, data = self.stored(SEG)
+        self.grid[0].hang()
+        dl, dest = self.download(result)
+        d = dl.download(result.segments, VERSION, KEY, CUSTOMER, dest, fetch_timeout=60.0)
+        self.clock.advance(1.9)
+        self.assertNoResult(d)
+        self.clock.advance(0.1)  # the hedge delay's floor: a parity block is fetched beside the silent one
+        got = self.successResultOf(d)
+        self.assertEqual(self.read(dest), data)
+        self.assertEqual(got.used_blocks, ((1, 2, 3),))
+        self.assertEqual(self.grid[0].hung_calls, 0, "the fetch nobody needs any more is cancelled")
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_a_silent_supplier_is_asked_last_for_the_rest_of_the_download(self):
+        result, data = self.stored(6 * SEG)
+        self.grid[0].hang()
+        dl, dest = self.download(result, max_in_flight=1)
+        d = dl.download(result.segments, VERSION, KEY, CUSTOMER, dest, fetch_timeout=60.0)
+        self.clock.advance(2.0)  # only the first segment waits
+        got = self.successResultOf(d)
+        self.assertEqual(self.read(dest), data)
+        self.assertEqual(got.used_blocks, ((1, 2, 3),) * 6)
+        self.assertEqual(self.grid[0].calls["fetch_block"], 1)
+
+    def test_slow_supplier_within_the_hedge_delay_is_waited_for(self):
+        result, data = self.stored(SEG)
+        self.grid[2].slow(1.5)
+        dl, dest = self.download(result)
+        d = dl.download(result.segments, VERSION, KEY, CUSTOMER, dest, fetch_timeout=5.0)
+        self.clock.advance(1.5)
+        got = self.successResultOf(d)
+        self.assertEqual(got.used_blocks, ((0, 1, 2),))
+        self.assertEqual(self.read(dest), data)
+        self.assertEqual(self.grid[3].calls["fetch_block"], 0)
+
+    def test_slow_supplier_beyond_the_hedge_delay_gets_a_spare_block_beside_it(self):
         result, data = self.stored(SEG)
         self.grid[2].slow(3.0)
         dl, dest = self.download(result)
         d = dl.download(result.segments, VERSION, KEY, CUSTOMER, dest, fetch_timeout=5.0)
-        self.clock.advance(3.0)
+        self.clock.advance(2.0)
         got = self.successResultOf(d)
-        self.assertEqual(got.used_blocks, ((0, 1, 2),))
+        self.assertEqual(got.used_blocks, ((0, 1, 3),))
         self.assertEqual(self.read(dest), data)
+        self.assertEqual(got.problems, ())
+        self.clock.advance(1.0)  # the late answer finds nobody waiting for it
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_the_hedge_delay_follows_how_fast_suppliers_answer(self):
+        result, data = self.stored(3 * SEG)
+        for server in self.grid:
+            server.slow(3.0)  # everybody is slow: a spare block helps nobody after the first try
+        dl, dest = self.download(result, max_in_flight=1)
+        d = dl.download(result.segments, VERSION, KEY, CUSTOMER, dest, fetch_timeout=60.0)
+        for _ in range(3):
+            self.clock.advance(3.0)
+        got = self.successResultOf(d)
+        self.assertEqual(self.read(dest), data)
+        fetches = sum(server.calls["fetch_block"] for server in self.grid)
+        self.assertEqual(fetches, 3 * K + 1, "one spare fetch, in the first segment only")
+        self.assertEqual(got.used_blocks, ((0, 1, 2),) * 3)
+        self.assertEqual(got.problems, ())
 
     def test_blocks_swapped_between_segments_are_rejected(self):
         result, data = self.stored(2 * SEG)

@@ -159,6 +159,50 @@ class UploadTests(unittest.TestCase):
         self.assertEqual(result.segments[0].missing, (1,))
         self.assertEqual(result.failures[0].reason, "timeout")
 
+    def test_a_silent_supplier_costs_the_grace_not_the_store_timeout(self):
+        path, _ = write_file(self, 10)
+        self.grid[4].hang()
+        uploader = Uploader(sync_thread, self.clock, self.grid, K, N, segment_size=SEG, store_timeout=120)
+        d = uploader.upload(path, VERSION, KEY, CUSTOMER)
+        self.clock.advance(9.9)
+        self.assertNoResult(d)
+        self.clock.advance(0.1)
+        result = self.successResultOf(d)
+        self.assertEqual(result.segments[0].missing, (4,))
+        self.assertEqual([(f.block_index, f.reason) for f in result.failures],
+                         [(4, "given up: no answer while the others answered")])
+        self.assertEqual(self.grid[4].hung_calls, 0, "the store given up is cancelled")
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_a_given_up_supplier_is_skipped_for_a_while_then_tried_again(self):
+        path, _ = write_file(self, 5 * SEG)
+        for server in self.grid[:4]:
+            server.slow(20.0)  # each segment takes 20 s: the skip ends within the upload
+        self.grid[4].hang()
+        uploader = Uploader(sync_thread, self.clock, self.grid, K, N, segment_size=SEG, max_in_flight=1,
+                            store_timeout=120)
+        d = uploader.upload(path, VERSION, KEY, CUSTOMER)
+        while not d.called:
+            self.clock.advance(10)
+        result = self.successResultOf(d)
+        # Given up at 100 s (four times the slowest answer after the first ack), skipped until 160 s.
+        self.assertEqual([f.reason.split(":")[0] for f in result.failures if f.block_index == 4],
+                         ["given up", "skipped", "skipped", "skipped", "given up"])
+        self.assertEqual(self.grid[4].calls["store_block"], 2)
+        self.assertTrue(all(meta.missing == (4,) for meta in result.segments))
+
+    def test_slow_but_steady_suppliers_are_waited_for(self):
+        path, _ = write_file(self, 3 * SEG)
+        for pos, server in enumerate(self.grid):
+            server.slow(5.0 + pos)  # the last two answer after the required three
+        uploader = Uploader(sync_thread, self.clock, self.grid, K, N, segment_size=SEG, max_in_flight=1)
+        d = uploader.upload(path, VERSION, KEY, CUSTOMER)
+        while not d.called:
+            self.clock.advance(1)
+        result = self.successResultOf(d)
+        self.assertEqual(result.failures, ())
+        self.assertTrue(all(meta.missing == () for meta in result.segments))
+
     def test_one_upload_at_a_time(self):
         path, _ = write_file(self, 10)
         for s in self.grid:
