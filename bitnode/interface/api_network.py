@@ -24,15 +24,22 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.internet.task import deferLater
 
 from bitnode.errors import BadRequest, Unavailable
 from bitnode.interface.running import running_service
 
 GATEWAY = "service_gateway"
+# States of an enabled service that may still turn ON by themselves.
+COMING_UP = ("STARTING", "DEPENDS_OFF", "OFF")
+SERVICE_POLL = 0.1
 NETWORK = "service_network"
 PROTOCOLS = ("tcp", "udp", "proxy")
-NOT_YET = {"available": False, "reason": "not available yet: this subsystem is not built"}
+# bitnode has one packet transport, TCP; UDP carries only the DHT, and there is no relay.
+NO_UDP = {"available": False, "reason": "no UDP packet transport: packets travel over tcp (the DHT uses UDP, "
+          "see the dht section)"}
+NO_PROXY = {"available": False, "reason": "no proxy (relay) transport: a node must be reachable over tcp"}
 
 
 class NetworkMethods:
@@ -77,9 +84,19 @@ class NetworkMethods:
         return dict(connector.status(), reconnect="started")
 
     def network_connected(self, wait_timeout: float = 5) -> Deferred:
-        """The connector's status once CONNECTED, waiting up to ``wait_timeout``; else 503 with the state."""
+        """The connector's status once CONNECTED, waiting up to ``wait_timeout``; else 503 with the state.
+
+        While service_network is still coming up (starting, or waiting for a
+        dependency, as just after identity_create or identity_recover) the wait
+        includes its start.
+        """
         if not 0 <= wait_timeout <= 3600:
             raise BadRequest("wait_timeout must be between 0 and 3600 seconds")
+        driver = self.node.service_driver
+        if wait_timeout > 0 and NETWORK in driver.names() and not driver.is_on(NETWORK):
+            info = driver.info(NETWORK)
+            if info["enabled"] and info["state"] in COMING_UP:
+                return self._network_started(wait_timeout)
         connector = self._running(NETWORK).require_connector()
         if connector.connected:
             return succeed(connector.status())
@@ -90,9 +107,29 @@ class NetworkMethods:
             raise Unavailable(f"not connected: state {status['state']}, {status['reason']}")
         return connector.when_connected(wait_timeout)
 
+    def _network_started(self, wait_timeout: float) -> Deferred:
+        """network_connected once service_network is ON, within ``wait_timeout`` in all."""
+        clock = self.node.clock
+        deadline = clock.seconds() + wait_timeout
+
+        async def wait() -> Any:
+            # The driver has no state-change events; a short poll is bounded by the timeout.
+            while not self.node.service_driver.is_on(NETWORK) and clock.seconds() < deadline:
+                await deferLater(clock, min(SERVICE_POLL, max(0.0, deadline - clock.seconds())), lambda: None)
+            return await self.network_connected(max(0.0, deadline - clock.seconds()))
+
+        return Deferred.fromCoroutine(wait())
+
     def network_status(self, suppliers: bool = False, customers: bool = False, cache: bool = False,
-                       tcp: bool = False, udp: bool = False, proxy: bool = False, dht: bool = False) -> dict:
-        """Connection state, plus the sections asked for (tcp and cache are real; the rest not built yet)."""
+                       tcp: bool = False, udp: bool = False, proxy: bool = False, dht: bool = False) -> Deferred:
+        """Connection state, plus the sections asked for.
+
+        ``suppliers``: my suppliers by position (as suppliers_list); ``customers``:
+        the customers I store for (as customers_list); ``tcp``: listening port and
+        connections; ``cache``: known identities; ``dht``: the DHT node and its
+        routing table. ``udp`` and ``proxy`` say that those transports do not exist
+        in bitnode (packets go over TCP). A section whose service is off says so.
+        """
         driver = self.node.service_driver
         identity = driver.get("service_identity") if driver.is_on("service_identity") else None
         me = identity.my_identity() if identity is not None else None
@@ -108,10 +145,31 @@ class NetworkMethods:
             result["cache"] = self._cache_section(identity)
         if dht:
             result["dht"] = self._dht_section()
-        for flag, name in ((suppliers, "suppliers"), (customers, "customers"), (udp, "udp"), (proxy, "proxy")):
-            if flag:
-                result[name] = dict(NOT_YET)
-        return result
+        if udp:
+            result["udp"] = dict(NO_UDP)
+        if proxy:
+            result["proxy"] = dict(NO_PROXY)
+        if suppliers:
+            result["suppliers"] = self._market_section("service_customer", lambda service: service.suppliers(False))
+        if customers:
+            result["customers"] = self._market_section("service_supplier", lambda service: service.customers())
+
+        async def sections_answered() -> dict:
+            for key, value in list(result.items()):
+                if isinstance(value, Deferred):
+                    result[key] = await value
+            return result
+
+        return Deferred.fromCoroutine(sections_answered())
+
+    def _market_section(self, name: str, rows) -> Any:
+        """``{"available", "items"}`` from a market service, or why it is not available."""
+        driver = self.node.service_driver
+        if name not in driver.names() or not driver.is_on(name):
+            state = driver.info(name)["state"] if name in driver.names() else "NOT_INSTALLED"
+            return {"available": False, "reason": f"{name} is {state}"}
+        return maybeDeferred(rows, driver.get(name)).addCallback(
+            lambda items: {"available": True, "count": len(items), "items": items})
 
     def network_configuration(self) -> dict:
         """Settings and state of the network services, and where we listen."""
@@ -128,8 +186,8 @@ class NetworkMethods:
             "identity_servers": settings.get("personal/identity-servers"),
             "services": [driver.info(name, with_configs=True)
                          for name in ("service_identity", GATEWAY, NETWORK) if name in driver.names()],
-            "udp": dict(NOT_YET),
-            "proxy": dict(NOT_YET),
+            "udp": dict(NO_UDP),
+            "proxy": dict(NO_PROXY),
         }
 
     # --- users -----------------------------------------------------------------------
@@ -191,7 +249,7 @@ class NetworkMethods:
                 if not driver.is_on(name):
                     return {"available": False, "reason": f"{name} is {driver.info(name)['state']}"}
                 return dict(driver.get(name).status(), available=True)
-        return dict(NOT_YET)
+        return {"available": False, "reason": "no DHT service is installed"}
 
 
 def _wants_tcp(protocols: list | None) -> bool:

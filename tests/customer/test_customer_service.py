@@ -70,6 +70,8 @@ class CustomerServiceNetworkTests(unittest.TestCase):
     def test_hire_grow_replace_reject_and_shrink(self):
         rows = yield self.connected(2)
         first = [r["supplier_id"] for r in rows]
+        status = yield ok(self, self.customer, "network_status", suppliers=True)
+        self.assertEqual([r["supplier_id"] for r in status["suppliers"]["items"]], first)
         self.assertEqual(rows[0]["quota_bytes"], 1024 * 1024 + 1024 * 1024 // 16)  # k=1 of n=2, plus 1/16
         self.assertEqual(rows[0]["used_bytes"], 0)
         machines = {(m["name"], m["state"]) for m in (yield ok(self, self.customer, "automats_list"))}

@@ -76,6 +76,24 @@ class NetworkOfNodesTests(DispatcherCalls, unittest.TestCase):
         self.assertIn("identity_create", answer.envelope["errors"][0])
 
     @inlineCallbacks
+    def test_network_connected_waits_for_the_network_service_to_come_up(self):
+        node = yield self.fresh_node()
+        waiting = self.ok(node, "network_connected", wait_timeout=10)
+        yield self.ok(node, "identity_create", username="carol")  # the gateway, then the network start now
+        status = yield waiting
+        self.assertEqual(status["state"], "CONNECTED")
+        yield deferLater(reactor, 0, lambda: None)
+
+    @inlineCallbacks
+    def test_network_connected_on_a_node_that_never_comes_up_says_why_after_the_wait(self):
+        node = yield self.fresh_node()
+        started = reactor.seconds()
+        answer = yield self.call(node, "network_connected", wait_timeout=0.3)
+        self.assertEqual(answer.code, 503)
+        self.assertIn("service_network is not running", answer.envelope["errors"][0])
+        self.assertGreaterEqual(reactor.seconds() - started, 0.3)
+
+    @inlineCallbacks
     def test_alice_pings_bob_through_the_api(self):
         alice = yield self.joined_node("alice")
         bob = yield self.joined_node("bob")
@@ -111,6 +129,9 @@ class NetworkOfNodesTests(DispatcherCalls, unittest.TestCase):
         self.assertEqual(network["tcp"]["contact"], alice.service_driver.get("service_gateway").gateway.contact)
         self.assertIn(bob_id, [item["global_id"] for item in network["cache"]["items"]])
         self.assertFalse(network["dht"]["available"])
+        network = yield self.ok(alice, "network_status", udp=True, proxy=True)
+        self.assertIn("tcp", network["udp"]["reason"])
+        self.assertIn("relay", network["proxy"]["reason"])
         config = yield self.ok(alice, "network_configuration")
         self.assertEqual(config["tcp"]["port"], 0)
         self.assertIsNotNone(config["tcp"]["listening_port"])

@@ -146,6 +146,12 @@ class SupplierServiceTests(unittest.TestCase):
         customers = yield ok(self, self.supplier, "customers_list", verbose=True)
         self.assertEqual([(c["customer_id"], c["quota_bytes"], c["used_bytes"]) for c in customers],
                          sorted([(gid(self.alice), 600, 100), (gid(self.bob), 300, 0)]))
+        status = yield ok(self, self.supplier, "network_status", customers=True, suppliers=True)
+        self.assertEqual(sorted(c["customer_id"] for c in status["customers"]["items"]),
+                         sorted([gid(self.alice), gid(self.bob)]))
+        self.assertEqual(status["customers"]["count"], 2)
+        self.assertFalse(status["suppliers"]["available"])
+        self.assertIn("service_customer", status["suppliers"]["reason"])
         space = yield ok(self, self.supplier, "space_donated")
         self.assertEqual((space["donated_bytes"], space["allocated_bytes"], space["used_bytes"],
                           space["customers_num"]), (1000, 900, 100, 2))

@@ -165,11 +165,11 @@ class LocalnetTestCase(SynchronousTestCase):
 
     def start_network(self, suppliers: int, customers: int, prefix: str, timeout: float = 90.0) -> dict:
         """``localnet up`` with 1024-bit keys; the nodes by name (their network.json entries)."""
-        import tempfile
-
         from bitnode.localnet.network import LocalNet
 
-        self.dir = tempfile.mkdtemp(prefix=prefix)
+        # Under trial's temp directory: kept after a failure for its logs, wiped by the next run.
+        self.dir = os.path.join(os.path.abspath(self.mktemp()), prefix.rstrip("-"))
+        os.makedirs(self.dir)
         self.net = LocalNet(self.dir, log=lambda _line: None, documented_ports=False)
         self.addCleanup(self._down)
         data = self.net.up(suppliers=suppliers, customers=customers, key_size=1024, timeout=timeout)
