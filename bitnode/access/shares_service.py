@@ -477,6 +477,11 @@ class SharesService(Service):
         """The TransferManagers of the open views (downloads of others' files), for files_downloads/transfers_list."""
         return [view.transfers for view in self.views.values()]
 
+    def ready_views(self) -> list[ShareView]:
+        """The open views of other users' shares whose catalog has been read, by key id."""
+        return [self.views[key_id] for key_id in sorted(self.views)
+                if self.views[key_id].loaded and self.views[key_id].refusal is None]
+
     def view_for(self, where: str) -> ShareView | None:
         """The open view of another user's share named by a remote path or key id, else None.
 

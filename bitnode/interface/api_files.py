@@ -167,7 +167,9 @@ class FilesMethods:
                    offset: int = 0, limit: int | None = None) -> defer.Deferred:
         """Items under a folder (everything by default), sorted by remote path.
 
-        ``all_customers`` changes nothing yet: a share granted to me is listed with its key id.
+        Without ``remote_path`` and ``key_id``, ``all_customers`` adds the files of
+        other users' shares granted to me and open (share_open), after mine, each
+        under its share's key id. ``offset``/``limit`` count over the whole list.
         """
         storage = self._storage(key_id or remote_path)
         if key_id is not None:
@@ -183,10 +185,34 @@ class FilesMethods:
             path = ""
         if offset < 0 or (limit is not None and limit < 0):
             raise BadRequest("offset and limit must not be negative")
+        others = self._open_share_views() if all_customers and key_id is None and not path else []
         return defer.Deferred.fromCoroutine(self._files_list(storage, key_id, path, recursive, include_uploads,
-                                                             include_downloads, offset, limit))
+                                                             include_downloads, offset, limit, others))
 
-    async def _files_list(self, storage, key_id, path, recursive, uploads, downloads, offset, limit) -> list:
+    def _open_share_views(self) -> list:
+        driver = self.node.service_driver
+        if SHARES in driver.names() and driver.is_on(SHARES):
+            return driver.get(SHARES).ready_views()
+        return []
+
+    async def _files_list(self, storage, key_id, path, recursive, uploads, downloads, offset, limit,
+                          others=()) -> list:
+        sources = [(storage, await self._catalog_rows(storage, key_id, path, recursive))]
+        for view in others:
+            sources.append((view, await self._thread(view.catalog.list, view.key_id, "", recursive)))
+        listed = [(source, row) for source, rows in sources for row in rows]
+        listed = listed[offset:] if limit is None else listed[offset:offset + limit]
+        items = []
+        for source, row in listed:
+            item = _item(row)
+            if uploads:
+                item["uploads"] = self._transfers_of(source, item["remote_path"], "upload")
+            if downloads:
+                item["downloads"] = self._transfers_of(source, item["remote_path"], "download")
+            items.append(item)
+        return items
+
+    async def _catalog_rows(self, storage, key_id, path, recursive) -> list:
         catalog = storage.catalog
         if path:
             item = await self._thread(catalog.get, key_id, path)
@@ -197,14 +223,7 @@ class FilesMethods:
                 rows = await self._thread(catalog.list, key_id, path, recursive)
         else:
             rows = await self._thread(catalog.list, key_id, "", recursive)
-        rows = rows[offset:] if limit is None else rows[offset:offset + limit]
-        items = [_item(r) for r in rows]
-        for item in items:
-            if uploads:
-                item["uploads"] = self._transfers_of(storage, item["remote_path"], "upload")
-            if downloads:
-                item["downloads"] = self._transfers_of(storage, item["remote_path"], "download")
-        return items
+        return rows
 
     def file_exists(self, remote_path: str) -> defer.Deferred:
         """``{"exist": bool, "remote_path", "type"}``."""

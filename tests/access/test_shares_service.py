@@ -114,6 +114,13 @@ class SharesNetworkTests(unittest.TestCase):
         self.assertEqual(sorted(i["path"] for i in items if i["type"] == "file"),
                          sorted(f"photos/{name}" for name in FILES))
         self.assertEqual(sum(i["size"] for i in items), sum(len(d) for d in FILES.values()))
+        # all_customers: my own files, then those of the shares granted to me and open
+        mine = yield ok(self, self.bob, "files_list")
+        everything = yield ok(self, self.bob, "files_list", all_customers=True)
+        self.assertEqual(everything, mine + items)
+        self.assertEqual((yield ok(self, self.bob, "files_list", all_customers=True, offset=len(mine), limit=2)),
+                         items[:2])
+        self.assertEqual((yield ok(self, self.bob, "files_list", key_id=key_id, all_customers=True)), items)
         info = yield ok(self, self.bob, "file_info", remote_path=f"{key_id}:photos/sub/b.bin")
         self.assertTrue(info["versions"][0]["restorable"])
         self.assert_same_folder((yield self.download(self.bob, f"{key_id}:photos")))
