@@ -7,6 +7,7 @@ cleanup if the test did not stop it.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -79,6 +80,15 @@ def http_get(url: str, secret: str | None = None, timeout: float = 5.0) -> tuple
     except urllib.error.HTTPError as err:
         with err:
             return err.code, json.loads(err.read())
+
+
+def sha256_of(path: str) -> str:
+    """SHA-256 (hex) of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def pid_alive(pid: int) -> bool:

@@ -23,12 +23,11 @@ fails, for its node logs.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import signal
 import time
 
-from tests.system.support import LocalnetTestCase, pid_alive, wait_for
+from tests.system.support import LocalnetTestCase, pid_alive, sha256_of, wait_for
 
 CUSTOMER = "customer-1"
 SUPPLIERS = 4
@@ -37,14 +36,6 @@ SIZE = 12 * 1024 * 1024
 DOWNLOAD_LIMIT = 30.0
 #: Far below the 120 s store timeout: an upload that waited for the silent supplier once would miss it.
 UPLOAD_LIMIT = 60.0
-
-
-def sha256_of(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def write_random_file(path: str, size: int) -> str:

@@ -16,25 +16,16 @@ The upload, download and recovery times are printed for the record.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 
-from tests.system.support import LocalnetTestCase, wait_for
+from tests.system.support import LocalnetTestCase, sha256_of, wait_for
 
 CUSTOMER = "customer-1"
 RESTORED = "restored"
 BIG = 64 * 1024 * 1024
 N, K = 5, 3
 FOLDER = {"a.txt": b"alpha\n", "sub/b.bin": os.urandom(100 * 1024), "sub/deeper/c.txt": b""}
-
-
-def sha256_of(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 class StorageTests(LocalnetTestCase):
