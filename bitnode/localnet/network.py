@@ -11,7 +11,8 @@ The plan (names, roles, ports) is kept in that file, so ``up`` again after a
 
 The orchestration is plain blocking code (subprocesses and urllib through each
 node's public HTTP API, the way a user drives a node); it runs in the CLI, not
-inside a reactor.
+inside a reactor. The identity server comes first; the other nodes then start,
+create their identities and stop side by side, each step in a few threads.
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ import json
 import os
 import re
 import socket
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
@@ -50,6 +53,8 @@ PORT_RETRIES = 2
 PORT_TAKEN = ("Couldn't listen", "Address already in use", "CannotListenError")
 #: Names ``add_node`` accepts (they become basedir names and usernames).
 NODE_NAME = re.compile(r"[a-z][a-z0-9-]{0,31}")
+#: Nodes handled at once by up and down (starting one is mostly Python imports and waiting).
+PARALLEL_NODES = 8
 
 Log = Callable[[str], None]
 
@@ -196,7 +201,13 @@ class LocalNet:
         self.directory = os.path.abspath(directory)
         self.documented_ports = documented_ports
         self.network_file = os.path.join(self.directory, "network.json")
-        self.log = log
+        self._log = log
+        self._lock = threading.Lock()  # network.json and the log, written from the worker threads
+
+    def log(self, text: str) -> None:
+        """One line of progress for the user (whole lines, whichever thread writes)."""
+        with self._lock:
+            self._log(text)
 
     # --- the plan on disk -------------------------------------------------------
 
@@ -228,8 +239,9 @@ class LocalNet:
             })
             nodes.append(entry)
         data = {"format": NETWORK_FORMAT, "directory": self.directory, "nodes": nodes}
-        os.makedirs(self.directory, mode=0o700, exist_ok=True)
-        atomic_write(self.network_file, json.dumps(data, indent=1).encode("utf-8"), mode=0o600)
+        with self._lock:
+            os.makedirs(self.directory, mode=0o700, exist_ok=True)
+            atomic_write(self.network_file, json.dumps(data, indent=1).encode("utf-8"), mode=0o600)
         return data
 
     def node(self, name: str) -> NodePlan:
@@ -256,19 +268,23 @@ class LocalNet:
             self._write_settings(plan, plans, key_size)
         self.save(plans)
         # The identity server first: every other node registers its identity there.
-        for plan in plans:
-            self._start_on_free_ports(plan, plans, key_size, timeout)
-        for plan in plans:
-            self._ensure_identity(plan, timeout)
-        for plan in plans:
-            self._wait_connected(plan, timeout, plans, key_size)
-        for plan in plans:
-            self._wait_dht(plan, len(plans), timeout)
-        for plan in plans:
-            if "customer" in plan.roles:
-                self._wait_suppliers(plan, hire, timeout)
-        for plan in plans:
-            self._wait_services(plan, timeout)
+        server, others = plans[0], plans[1:]
+        self._start_on_free_ports(server, plans, key_size, timeout)
+        self._ensure_identity(server, timeout)
+        self._each(others, lambda plan: self._start_on_free_ports(plan, plans, key_size, timeout))
+        # Customers last: they look for suppliers in the DHT as soon as they have an identity.
+        customers = [plan for plan in plans if "customer" in plan.roles]
+        joined: list[NodePlan] = []
+        for group in ([plan for plan in plans if plan not in customers], customers):
+            joined += group
+            # (the server has its identity already: the DHT seed is up before anyone bootstraps from it)
+            self._each([plan for plan in group if plan is not server],
+                       lambda plan: self._ensure_identity(plan, timeout))
+            self._each(group, lambda plan: self._wait_connected(plan, timeout, plans, key_size))
+            self._each(group, lambda plan, nodes=len(joined): self._wait_dht(plan, nodes, timeout))
+            self._each(group, lambda plan: self._wait_services(plan, timeout))
+        self._each(customers, lambda plan: self._wait_suppliers(plan, hire, timeout))
+        self._each(plans, lambda plan: self._wait_services(plan, timeout))
         data = self.save(plans)
         self.log(f"local network up: {len(plans)} nodes; see {self.network_file}")
         return data
@@ -276,8 +292,9 @@ class LocalNet:
     def down(self, kill: bool = False, timeout: float = 20.0) -> None:
         """Stop every node (customers first, the identity server last)."""
         plans = self.load()
-        for plan in reversed(plans):
-            self._stop(plan, kill, timeout)
+        # The others side by side, then the identity server (they may still publish to it on the way down).
+        self._each(plans[1:], lambda plan: self._stop(plan, kill, timeout))
+        self._stop(plans[0], kill, timeout)
         self.save(plans)
         self.log("local network down")
 
@@ -478,6 +495,17 @@ class LocalNet:
             wait_for(all_on, timeout, f"the services of {plan.name} to be ON")
         except LocalnetError as err:
             raise LocalnetError(f"{err}: {'; '.join(waiting)}") from None
+
+    def _each(self, plans: list[NodePlan], step: Callable[[NodePlan], None]) -> None:
+        """``step(plan)`` for every plan, a few at once; the first error (in plan order) once all are done."""
+        if not plans:
+            return
+        with ThreadPoolExecutor(max_workers=min(PARALLEL_NODES, len(plans))) as pool:
+            futures = [pool.submit(step, plan) for plan in plans]
+        for future in futures:
+            error = future.exception()
+            if error is not None:
+                raise error
 
     def _stop(self, plan: NodePlan, kill: bool, timeout: float) -> None:
         basedir = Basedir.at(plan.basedir)

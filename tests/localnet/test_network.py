@@ -93,6 +93,44 @@ class AddNodeTests(unittest.TestCase):
         self.assertRaises(LocalnetError, self.net._start_on_free_ports, plans[1], plans, 1024, 5.0)
         self.assertEqual(len(self.started), 1 + PORT_RETRIES + 1)
 
+    def record_up_steps(self, failing: str = "") -> list:
+        """Run ``up`` with every step replaced by a recorder; ``failing`` names a node whose identity fails."""
+        steps = self.steps = []
+
+        def step(name):
+            def record(plan, *args, **kwargs):
+                steps.append((name, plan.name))
+                if name == "identity" and plan.name == failing:
+                    raise LocalnetError(f"identity_create on {plan.name} failed")
+            return record
+
+        for attribute, name in (("_start_on_free_ports", "start"), ("_ensure_identity", "identity"),
+                                ("_wait_connected", "connected"), ("_wait_dht", "dht"),
+                                ("_wait_services", "services"), ("_wait_suppliers", "suppliers")):
+            self.patch(self.net, attribute, step(name))
+        self.net.up(suppliers=3, customers=2, key_size=1024)
+        return steps
+
+    def test_up_brings_the_server_first_and_the_customers_after_the_suppliers(self) -> None:
+        steps = self.record_up_steps()
+        self.assertEqual(steps[:2], [("start", "idserver"), ("identity", "idserver")])
+        identities = [name for step, name in steps if step == "identity"]
+        self.assertEqual(sorted(identities[1:4]), ["supplier-1", "supplier-2", "supplier-3"])
+        self.assertEqual(sorted(identities[4:]), ["customer-1", "customer-2"])
+        # every supplier is connected and in the DHT before any customer gets an identity
+        first_customer = steps.index(next(s for s in steps if s[0] == "identity" and "customer" in s[1]))
+        for supplier in ("supplier-1", "supplier-2", "supplier-3"):
+            self.assertLess(steps.index(("dht", supplier)), first_customer)
+            self.assertLess(steps.index(("services", supplier)), first_customer)
+        self.assertEqual(sorted(name for step, name in steps if step == "suppliers"), ["customer-1", "customer-2"])
+
+    def test_a_failing_node_fails_up_after_the_others_of_its_step(self) -> None:
+        err = self.assertRaises(LocalnetError, self.record_up_steps, failing="supplier-2")
+        self.assertIn("supplier-2", str(err))
+        self.assertEqual(sorted(name for step, name in self.steps if step == "identity"),
+                         ["idserver", "supplier-1", "supplier-2", "supplier-3"])  # the others of the step ran
+        self.assertNotIn("connected", [step for step, _ in self.steps])  # and nothing after it
+
     def test_customers_hire_at_most_four(self) -> None:
         self.assertEqual(suppliers_to_hire(plan_network(self.dir, 5, 1, False)), 4)
         self.assertEqual(suppliers_to_hire(plan_network(self.dir, 2, 1, False)), 2)
