@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from bitnode.errors import BadRequest, Conflict, Unavailable
 from bitnode.storage import blockformat, erasure, segment_crypto
@@ -406,15 +407,18 @@ class _DownloadJob:
             if wake:
                 wake.pop().callback(hedge)
 
-        def landed(payload: bytes | None, pos: int) -> None:
+        def landed(outcome: bytes | Failure | None, pos: int) -> None:
             del fetching[pos]
-            if payload is not None and len(good) < dl.k:
-                good[pos] = payload
+            if isinstance(outcome, Failure):  # a bug, not a supplier's fault: say so, use another block
+                dl.log.failure("fetching block {pos} of segment {index} failed", outcome, pos=pos, index=meta.index)
+                self.problem(meta, pos, "error", f"{outcome.type.__name__}: {outcome.getErrorMessage()}")
+            elif outcome is not None and len(good) < dl.k:
+                good[pos] = outcome
             poke(False)
 
         def start(pos: int) -> None:
             fetching[pos] = defer.Deferred.fromCoroutine(self.fetch_one(meta, pos, requests))
-            fetching[pos].addCallback(landed, pos)
+            fetching[pos].addBoth(landed, pos)
 
         while not self.stopping() and len(good) < dl.k:
             while queue and len(fetching) + len(good) < dl.k:

@@ -434,24 +434,37 @@ class _UploadJob:
     async def send(self, prepared: PreparedSegment) -> tuple[int, ...]:
         up = self.up
         now = up.clock.seconds()
-        calls: list[tuple[int, defer.Deferred]] = []
+        present = []
         for pos, server in enumerate(up.servers):
             if server is None:
                 self.failures.append(StoreFailure(prepared.index, pos, "no supplier"))
-                continue
-            if self.skipped.get(pos, (0.0, 0.0))[0] > now:
-                self.failures.append(StoreFailure(prepared.index, pos, "skipped: too slow earlier in this upload"))
-                continue
+            else:
+                present.append(pos)
+        skipped = [pos for pos in present if self.skipped.get(pos, (0.0, 0.0))[0] > now]
+        acked = await self.store_on(prepared, [pos for pos in present if pos not in skipped], up.required_blocks)
+        if skipped and len(acked) < up.required_blocks and not self.stopping():
+            # Too few without them: a slow supplier is better than none.
+            acked += await self.store_on(prepared, skipped, up.required_blocks - len(acked))
+        elif skipped:
+            self.failures.extend(StoreFailure(prepared.index, pos, "skipped: too slow earlier in this upload")
+                                 for pos in skipped)
+        return tuple(sorted(acked))
+
+    async def store_on(self, prepared: PreparedSegment, positions: list[int], enough: int) -> list[int]:
+        """Send the segment's blocks to ``positions``; the positions that acknowledged."""
+        up = self.up
+        calls: dict[int, defer.Deferred] = {}
+        for pos in positions:
             path = block_path(self.version_id, prepared.index, pos)
-            d = defer.maybeDeferred(server.store_block, self.customer_id, path, prepared.blocks[pos])
+            d = defer.maybeDeferred(up.servers[pos].store_block, self.customer_id, path, prepared.blocks[pos])
             d.addTimeout(up.store_timeout, up.clock)
             self.pending.add(d)
             d.addBoth(self._forget, d)
-            calls.append((pos, d))
-        wait = GraceWait(up.clock, self.patience, dict(calls), up.required_blocks)
+            calls[pos] = d
+        wait = GraceWait(up.clock, self.patience, calls, enough)
         outcomes = await wait.done
         acked = []
-        for pos, _ in calls:
+        for pos in positions:
             ok, value = outcomes[pos]
             if ok:
                 acked.append(pos)
@@ -460,7 +473,7 @@ class _UploadJob:
                 self.failures.append(StoreFailure(prepared.index, pos, "given up: no answer while the others answered"))
             elif not self.cancelled:
                 self.failures.append(StoreFailure(prepared.index, pos, _reason(value)))
-        return tuple(acked)
+        return acked
 
     def give_up_on(self, pos: int) -> None:
         """Skip a supplier that kept a segment waiting: a minute first, twice as long each time after."""

@@ -13,6 +13,7 @@ from twisted.trial import unittest
 
 from bitnode.errors import BadRequest
 from bitnode.storage import blockformat, segment_crypto
+from bitnode.storage import downloader as downloader_module
 from bitnode.storage.downloader import Downloader, DownloadFailed
 from bitnode.storage.interface import SegmentMeta, TransferCancelled, block_path
 from bitnode.storage.uploader import Uploader
@@ -203,6 +204,22 @@ class FaultTests(_Base):
         self.assertEqual(self.read(dest), data)
         self.assertEqual(got.used_blocks, ((1, 2, 3),) * 6)
         self.assertEqual(self.grid[0].calls["fetch_block"], 1)
+
+    def test_an_unexpected_error_in_one_fetch_is_logged_and_another_block_used(self):
+        result, data = self.stored(SEG)
+        real_verify = downloader_module.verify_block
+
+        def verify(data, sha, version_id, index, pos, *rest):
+            if pos == 0:
+                raise RuntimeError("a bug")
+            return real_verify(data, sha, version_id, index, pos, *rest)
+
+        self.patch(downloader_module, "verify_block", verify)
+        dl, dest = self.download(result)
+        got = self.successResultOf(dl.download(result.segments, VERSION, KEY, CUSTOMER, dest))
+        self.assertEqual(self.read(dest), data)
+        self.assertEqual([(p.block_index, p.kind) for p in got.problems], [(0, "error")])
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
 
     def test_slow_supplier_within_the_hedge_delay_is_waited_for(self):
         result, data = self.stored(SEG)

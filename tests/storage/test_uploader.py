@@ -191,6 +191,21 @@ class UploadTests(unittest.TestCase):
         self.assertEqual(self.grid[4].calls["store_block"], 2)
         self.assertTrue(all(meta.missing == (4,) for meta in result.segments))
 
+    def test_a_given_up_supplier_is_still_asked_when_too_few_others_are_left(self):
+        path, _ = write_file(self, 2 * SEG)
+        self.grid[4].slow(30.0)  # given up in the first segment ...
+        uploader = Uploader(sync_thread, self.clock, self.grid, K, N, segment_size=SEG, max_in_flight=1,
+                            store_timeout=120)
+        d = uploader.upload(path, VERSION, KEY, CUSTOMER)
+        self.clock.advance(9.9)
+        for server in self.grid[1:3]:
+            server.go_offline()  # ... then two others go: without it the second segment has 2 of 3
+        while not d.called:
+            self.clock.advance(10)
+        result = self.successResultOf(d)
+        self.assertEqual(self.grid[4].calls["store_block"], 2)
+        self.assertEqual(result.segments[1].missing, (1, 2))
+
     def test_slow_but_steady_suppliers_are_waited_for(self):
         path, _ = write_file(self, 3 * SEG)
         for pos, server in enumerate(self.grid):
