@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
 import json
 import os
 import pkgutil
@@ -227,6 +228,15 @@ def group_routes(routes: Iterable[Route]) -> list[tuple[str, list[Route]]]:
     return list(areas.items())
 
 
+def _our_behaviour(name: str) -> list[str]:
+    """What bitnode's method says about itself (its docstring), as a quoted paragraph."""
+    doc = inspect.getdoc(getattr(API, name, None))
+    if not doc:
+        return []
+    return [f"> **In bitnode:** {line}" if index == 0 else f"> {line}" if line else ">"
+            for index, line in enumerate(doc.splitlines())] + [""]
+
+
 def render_api_md(implemented: Callable[[Route | Alias], bool]) -> str:
     """The whole of docs/api.md."""
     defaults = {option.key: option.default for option in SCHEMA}
@@ -278,6 +288,7 @@ def render_api_md(implemented: Callable[[Route | Alias], bool]) -> str:
                 "",
                 r.description or "(no description in the spec)",
                 "",
+                *_our_behaviour(r.name),
                 *_params_table(r.params, r.path_params),
             ]
     lines += legacy_section(implemented)

@@ -59,7 +59,13 @@ class MessageMethods:
 
     def message_send(self, recipient_id: str, data: Any, ping_timeout: float = 30.0,
                      message_ack_timeout: float = 15.0) -> defer.Deferred:
-        """Send an encrypted private message; answers the history row once the recipient Acked it."""
+        """Send an encrypted private message; answers the history row once the recipient Acked it.
+
+        Not queued: when the recipient cannot be reached (offline, unknown
+        address) or does not acknowledge within ``message_ack_timeout``, the
+        answer is 503 and the history keeps the message as ``failed``. Send
+        it again once the recipient is online (``user_status``).
+        """
         return self._messages().send(recipient_id, data, ping_timeout, message_ack_timeout)
 
     def broadcast_send_message(self, payload: Any) -> defer.Deferred:

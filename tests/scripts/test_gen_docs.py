@@ -103,6 +103,13 @@ class ApiReferenceTests(unittest.TestCase):
         self.assertIn("**implemented**", _section(text, "process_info"))
         self.assertIn("**501 not implemented yet**", _section(text, "process_health"))
 
+    def test_each_method_says_what_bitnode_does_from_its_docstring(self):
+        section = _section(self.text, "message_send")
+        self.assertIn("> **In bitnode:** Send an encrypted private message", section)
+        self.assertIn("> Not queued", section)
+        for route in ROUTES:
+            self.assertIn("**In bitnode:**", _section(self.text, route.name), route.name)
+
     def test_parameters_show_type_default_and_aliases(self):
         section = _section(self.text, "customer_reject")
         self.assertIn("| `customer_id` | string | required | `idurl` |", section)
