@@ -199,7 +199,7 @@ class FilesMethods:
                           others=()) -> list:
         sources = [(storage, await self._catalog_rows(storage, key_id, path, recursive))]
         for view in others:
-            sources.append((view, await self._thread(view.catalog.list, view.key_id, "", recursive)))
+            sources.append((view, await self._catalog_rows(view, view.key_id, "", recursive)))
         listed = [(source, row) for source, rows in sources for row in rows]
         listed = listed[offset:] if limit is None else listed[offset:offset + limit]
         items = []

@@ -284,7 +284,8 @@ class LocalNet:
             self._each(group, lambda plan, nodes=len(joined): self._wait_dht(plan, nodes, timeout))
             self._each(group, lambda plan: self._wait_services(plan, timeout))
         self._each(customers, lambda plan: self._wait_suppliers(plan, hire, timeout))
-        self._each(plans, lambda plan: self._wait_services(plan, timeout))
+        # The others were ON before the customers joined; a customer's storage comes ON once it has hired.
+        self._each(customers, lambda plan: self._wait_services(plan, timeout))
         data = self.save(plans)
         self.log(f"local network up: {len(plans)} nodes; see {self.network_file}")
         return data

@@ -348,4 +348,4 @@ class CatalogBackup:
         return sum(1 for ok, _ in outcomes.values() if ok)
 
     def _gather(self, calls: dict, enough: int) -> defer.Deferred:
-        return GraceWait(self.clock, Patience(min(GRACE_FLOOR, self.timeout()), self.timeout()), calls, enough).done
+        return GraceWait(self.clock, Patience(GRACE_FLOOR, self.timeout()), calls, enough).done

@@ -296,7 +296,7 @@ class _DownloadJob:
         self.problems: list[BlockProblem] = []
         self.used: dict[int, tuple[int, ...]] = {}
         self.pending: set[defer.Deferred] = set()
-        self.patience = Patience(min(dl.hedge_floor, timeout), timeout)
+        self.patience = Patience(dl.hedge_floor, timeout)
         # Positions that failed or kept a segment waiting: asked last from then on.
         self.suspects: set[int] = set()
         self.turns = [defer.Deferred() for _ in segments]

@@ -27,12 +27,16 @@ WINDOW = 16
 
 
 class Patience:
-    """Answer times of one transfer's suppliers, and the wait they justify."""
+    """Answer times of one transfer's suppliers, and the wait they justify.
+
+    The wait is never under ``floor`` nor over ``ceiling`` (the call's own
+    timeout); when the floor is above the ceiling, the ceiling wins.
+    """
 
     def __init__(self, floor: float, ceiling: float, factor: float = SLOW_FACTOR, window: int = WINDOW):
         if floor <= 0 or ceiling <= 0 or factor < 1:
             raise ValueError("floor and ceiling must be positive, factor at least 1")
-        self.floor = floor
+        self.floor = min(floor, ceiling)
         self.ceiling = ceiling
         self.factor = factor
         self._recent: deque[float] = deque(maxlen=window)

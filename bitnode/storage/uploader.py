@@ -334,7 +334,7 @@ class _UploadJob:
         self.done: dict[int, SegmentMeta] = {}
         self.failures: list[StoreFailure] = []
         self.pending: set[defer.Deferred] = set()
-        self.patience = Patience(min(up.grace_floor, up.store_timeout), up.store_timeout)
+        self.patience = Patience(up.grace_floor, up.store_timeout)
         # position -> (skipped until, how long the next skip lasts)
         self.skipped: dict[int, tuple[float, float]] = {}
         self.started = up.clock.seconds()

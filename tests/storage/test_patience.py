@@ -30,6 +30,9 @@ class PatienceTests(unittest.TestCase):
             patience.record(0.5)
         self.assertEqual(patience.delay(), 2.0)
 
+    def test_a_floor_above_the_ceiling_gives_the_ceiling(self):
+        self.assertEqual(Patience(floor=10.0, ceiling=5.0).delay(), 5.0)
+
     def test_bad_parameters_are_refused(self):
         self.assertRaises(ValueError, Patience, 0, 10)
         self.assertRaises(ValueError, Patience, 1, 0)
