@@ -15,9 +15,12 @@ from __future__ import annotations
 import sqlite3
 import threading
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Iterator, Sequence
 
 from bitnode.errors import BadRequest
+
+#: Most ``?`` put in one ``IN (...)`` list, below the connection's own limit (999 on old sqlite builds).
+MAX_IN_LIST = 500
 
 
 class SqliteFile:
@@ -63,3 +66,15 @@ class SqliteFile:
                 self.db.execute("ROLLBACK")
                 raise
             self.db.execute("COMMIT")
+
+    def in_lists(self, values: Sequence) -> Iterator[tuple[str, list]]:
+        """``values`` cut into ``IN (...)`` lists that fit one statement: ``("?,?,...", slice)`` per slice.
+
+        sqlite refuses a statement with more variables than its limit
+        (``SQLITE_LIMIT_VARIABLE_NUMBER``), so a long list is asked in slices.
+        """
+        size = max(1, min(MAX_IN_LIST, self.db.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)))
+        values = list(values)
+        for start in range(0, len(values), size):
+            part = values[start:start + size]
+            yield ",".join("?" * len(part)), part

@@ -215,15 +215,10 @@ class Catalog:
             row = self._item_row(db, key_id, path)
             if row is None:
                 raise NotFound(f"{key_id}:{path} is not in the catalog")
-            ids = [row["item_id"]]
-            if row["is_folder"]:
-                ids += [r["item_id"] for r in db.execute(
-                    "SELECT item_id FROM items WHERE key_id = ? AND substr(path, 1, ?) = ?",
-                    (key_id, len(path) + 1, path + "/"))]
-            marks = ",".join("?" * len(ids))
-            versions = [r["version_id"] for r in db.execute(
-                f"SELECT version_id FROM versions WHERE item_id IN ({marks})", ids)]
-            db.execute(f"DELETE FROM items WHERE item_id IN ({marks})", ids)
+            ids = self._item_ids_under(db, row)
+            versions = self._version_ids_of(db, ids)
+            for marks, part in self._file.in_lists(ids):
+                db.execute(f"DELETE FROM items WHERE item_id IN ({marks})", part)
             return versions
 
     # --- versions, segments, blocks ----------------------------------------------------
@@ -292,14 +287,7 @@ class Catalog:
             row = self._item_row(self._db, key_id, path)
             if row is None:
                 raise NotFound(f"{key_id}:{path} is not in the catalog")
-            ids = [row["item_id"]]
-            if row["is_folder"]:
-                ids += [r["item_id"] for r in self._db.execute(
-                    "SELECT item_id FROM items WHERE key_id = ? AND substr(path, 1, ?) = ?",
-                    (key_id, len(path) + 1, path + "/"))]
-            marks = ",".join("?" * len(ids))
-            return [r["version_id"] for r in self._db.execute(
-                f"SELECT version_id FROM versions WHERE item_id IN ({marks}) ORDER BY version_id", ids)]
+            return self._version_ids_of(self._db, self._item_ids_under(self._db, row))
 
     def drop_version(self, version_id: str) -> None:
         """Forget one version (its segments, blocks and source go with it); NotFound if absent."""
@@ -445,7 +433,8 @@ class Catalog:
                                                              if v["state"] == FAILED]
         if drop:
             with self._transaction() as db:
-                db.execute(f"DELETE FROM versions WHERE version_id IN ({','.join('?' * len(drop))})", drop)
+                for marks, part in self._file.in_lists(drop):
+                    db.execute(f"DELETE FROM versions WHERE version_id IN ({marks})", part)
         return drop
 
     # --- backup ---------------------------------------------------------------------------
@@ -500,6 +489,25 @@ class Catalog:
             raise BadRequest(f"catalog backup is not valid: {err}") from None
 
     # --- rows -----------------------------------------------------------------------------
+
+    @staticmethod
+    def _item_ids_under(db: sqlite3.Connection, row: sqlite3.Row) -> list[int]:
+        """The item of ``row`` and, for a folder, every item under it."""
+        ids = [row["item_id"]]
+        if row["is_folder"]:
+            path = row["path"]
+            ids += [r["item_id"] for r in db.execute(
+                "SELECT item_id FROM items WHERE key_id = ? AND substr(path, 1, ?) = ?",
+                (row["key_id"], len(path) + 1, path + "/"))]
+        return ids
+
+    def _version_ids_of(self, db: sqlite3.Connection, item_ids: list[int]) -> list[str]:
+        """Every version of those items, sorted (asked in slices: a folder may hold more than sqlite's limit)."""
+        found = []
+        for marks, part in self._file.in_lists(item_ids):
+            found += [r["version_id"] for r in db.execute(
+                f"SELECT version_id FROM versions WHERE item_id IN ({marks})", part)]
+        return sorted(found)
 
     @staticmethod
     def _item_row(db: sqlite3.Connection, key_id: str, path: str) -> sqlite3.Row | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 
 from twisted.trial import unittest
 
@@ -255,3 +256,28 @@ class SourceAndLookupTests(CatalogTestCase):
         self.assertEqual(again.version("V1")["state"], COMPLETE)
         again.begin_version(KEY, "b", "V2", 1, 1, 1, 3, 5, b"", SUPPLIERS, source=("/b", 1, 1.0))
         self.assertEqual(again.source("V2")["local_path"], "/b")
+
+
+class LongListTests(CatalogTestCase):
+    """A folder or a prune may name more rows than sqlite allows variables in one statement."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        # sqlite's limit is 32766 (999 on old builds); a low one makes the same failure cheap to reach.
+        self.catalog._db.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 20)
+
+    def test_a_folder_with_more_files_than_the_variable_limit_is_listed_and_deleted(self) -> None:
+        for i in range(30):
+            self.catalog.begin_version(KEY, f"big/f{i:02d}", f"V{i:02d}", 1, 1, 1, 3, 5, b"", SUPPLIERS)
+        expected = [f"V{i:02d}" for i in range(30)]
+        self.assertEqual(self.catalog.version_ids_under(KEY, "big"), expected)
+        self.assertEqual(sorted(self.catalog.delete(KEY, "big")), expected)
+        self.assertFalse(self.catalog.exists(KEY, "big/f00"))
+        self.assertEqual(self.catalog.versions(), [])
+
+    def test_pruning_more_versions_than_the_variable_limit(self) -> None:
+        for i in range(25):
+            self.upload(self.catalog, "a", f"V{i:02d}", segments=1, now=float(i))
+        dropped = self.catalog.prune_versions(KEY, "a", keep=1)
+        self.assertEqual(len(dropped), 24)
+        self.assertEqual([v["version_id"] for v in self.catalog.get(KEY, "a")["versions"]], ["V24"])
