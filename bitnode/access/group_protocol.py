@@ -50,6 +50,7 @@ import struct
 from dataclasses import dataclass, field
 from typing import Any
 
+from bitnode import boundedjson
 from bitnode.errors import BadRequest, BitnodeError, Conflict, Forbidden, NotFound, Unavailable
 from bitnode.userid import globalid
 
@@ -141,7 +142,7 @@ def decode_frame(payload: bytes) -> Frame:
     if size > MAX_HEADER or start + size > len(payload):
         raise FrameError("group frame header is truncated or too large")
     try:
-        header = json.loads(payload[start:start + size].decode("utf-8"))
+        header = boundedjson.loads(payload[start:start + size], "group frame header")
     except (UnicodeDecodeError, ValueError):
         raise FrameError("group frame header is not JSON") from None
     if not isinstance(header, dict) or header.get("v") != 1:

@@ -87,6 +87,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+from bitnode import boundedjson
 from bitnode.crypt import aes, keys
 from bitnode.crypt.keys import RsaPrivateKey, RsaPublicKey
 from bitnode.crypt.keystore import MASTER_ALIAS, validate_label
@@ -191,7 +192,7 @@ def ack_payload(key_id: str, fingerprint: str, is_private: bool) -> bytes:
 def json_object(data: bytes, what: str) -> dict:
     """Parse ``data`` as a JSON object; BadRequest naming ``what`` otherwise."""
     try:
-        value = json.loads(data.decode("utf-8"))
+        value = boundedjson.loads(data, what)
     except (UnicodeDecodeError, ValueError):
         raise BadRequest(f"{what} is not JSON") from None
     if not isinstance(value, dict):

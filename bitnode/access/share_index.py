@@ -42,6 +42,7 @@ import json
 import zlib
 from dataclasses import dataclass
 
+from bitnode import boundedjson
 from bitnode.crypt import aes, keys
 from bitnode.crypt.keys import RsaPrivateKey, RsaPublicKey
 from bitnode.errors import BadRequest
@@ -120,14 +121,14 @@ def verify_index(owner_public: RsaPublicKey, data: bytes, owner: str, key_id: st
     if len(data) > MAX_INDEX_BYTES:
         raise BadRequest("share index too large")
     try:
-        outer = json.loads(bytes(data).decode("utf-8"))
+        outer = boundedjson.loads(data, "share index")
         signed = outer["signed"].encode("utf-8")
         signature = base64.b64decode(outer["signature"], validate=True)
     except (UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as err:
         raise BadRequest(f"share index is not readable: {err}") from None
     if not keys.verify(owner_public, signed, signature):
         raise BadRequest(f"share index of {key_id} is not signed by {owner}")
-    head = json.loads(signed)
+    head = boundedjson.loads(signed, "share index head")
     if (head.get("format"), head.get("owner"), head.get("key_id")) != (INDEX_FORMAT, owner, key_id):
         raise BadRequest(f"share index is not the index of {key_id}")
     serial = head.get("serial")
@@ -151,7 +152,7 @@ def open_index(share_private: RsaPrivateKey, signed: SignedIndex) -> dict:
     if inflater.unconsumed_tail:
         raise BadRequest("share index body is too large")
     try:
-        inner = json.loads(raw.decode("utf-8"))
+        inner = boundedjson.loads(raw, "share index body")
     except (UnicodeDecodeError, ValueError):
         raise BadRequest("share index body is not JSON") from None
     if (not isinstance(inner, dict) or inner.get("format") != INDEX_FORMAT or inner.get("owner") != signed.owner

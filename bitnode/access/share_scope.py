@@ -38,6 +38,7 @@ from __future__ import annotations
 import json
 import secrets
 
+from bitnode import boundedjson
 from bitnode.errors import BadRequest
 from bitnode.userid import globalid
 
@@ -144,7 +145,7 @@ def decode_readers(data: bytes, owner: str, alias: str) -> frozenset[str]:
     if len(data) > MAX_ACL_BYTES:
         raise BadRequest("readers list too large")
     try:
-        doc = json.loads(bytes(data).decode("utf-8"))
+        doc = boundedjson.loads(data, "readers list")
     except (UnicodeDecodeError, ValueError):
         raise BadRequest("readers list is not JSON") from None
     if not isinstance(doc, dict) or doc.get("format") != ACL_FORMAT:

@@ -38,6 +38,7 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
+from bitnode import boundedjson
 from bitnode.crypt import aes, keys
 from bitnode.crypt.keys import DecryptionError, RsaPrivateKey, RsaPublicKey
 from bitnode.errors import BadRequest
@@ -210,7 +211,7 @@ def open_message(blob: bytes, recipient_key: RsaPrivateKey, sender_public: RsaPu
     except DecryptionError:
         raise MessageRejected("message cannot be decrypted with our key") from None
     try:
-        data = json.loads(plaintext.decode("utf-8"))
+        data = boundedjson.loads(plaintext, "message content")
     except (UnicodeDecodeError, ValueError):
         raise MessageRejected("message content is not JSON") from None
     return OpenedMessage(header, data)

@@ -39,6 +39,7 @@ from typing import Any, Callable
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 
+from bitnode import boundedjson
 from bitnode.crypt import keys
 from bitnode.crypt.keys import RsaPrivateKey
 from bitnode.errors import BadRequest, Conflict, NotFound, Unavailable
@@ -114,7 +115,7 @@ def sign_manifest(master: RsaPrivateKey, manifest: dict) -> bytes:
 def open_manifest(master: RsaPrivateKey, data: bytes, serial: int, owner: str) -> dict:
     """Verify a stored manifest against my key and what it should be; return it. Worker thread."""
     try:
-        outer = json.loads(bytes(data).decode("utf-8"))
+        outer = boundedjson.loads(data, "catalog manifest")
         body = outer["manifest"]
         signature = base64.b64decode(outer["signature"], validate=True)
     except (ValueError, KeyError, TypeError) as err:

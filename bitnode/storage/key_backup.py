@@ -37,6 +37,7 @@ import json
 import zlib
 from typing import Any
 
+from bitnode import boundedjson
 from bitnode.crypt import aes, keys
 from bitnode.crypt.keys import RsaPrivateKey
 from bitnode.errors import BadRequest, Conflict
@@ -82,7 +83,7 @@ def seal(master: RsaPrivateKey, document: dict) -> bytes:
 def open_sealed(master: RsaPrivateKey, data: bytes, owner: str) -> dict:
     """The document sealed in ``data`` by :func:`seal`; BadRequest when it is not mine or not intact. Worker thread."""
     try:
-        outer = json.loads(bytes(data).decode("utf-8"))
+        outer = boundedjson.loads(data, "key backup")
         if not isinstance(outer, dict):
             raise ValueError("not a JSON object")
         version, stated_owner = outer.get("format"), outer.get("owner")

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import struct
 
+from bitnode import boundedjson
 from bitnode.errors import BadRequest
 from bitnode.storage.interface import MAX_PATH_LENGTH
 
@@ -77,13 +78,8 @@ def encode_json(value: dict) -> bytes:
 
 
 def decode_json(payload: bytes) -> dict:
-    """A JSON object payload; BadRequest when it is not one."""
-    if len(payload) > MAX_JSON_PAYLOAD:
-        raise BadRequest("JSON payload too large")
-    try:
-        value = json.loads(bytes(payload).decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
-        raise BadRequest("payload is not JSON") from None
+    """A JSON object payload; BadRequest when it is not one (or is too large or too deeply nested)."""
+    value = boundedjson.loads(payload, "JSON payload", max_bytes=MAX_JSON_PAYLOAD)
     if not isinstance(value, dict):
         raise BadRequest("payload must be a JSON object")
     return value

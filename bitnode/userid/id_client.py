@@ -25,7 +25,6 @@ A lost connection, a timeout or a 5xx answer is retried; ``NotFound``,
 
 from __future__ import annotations
 
-import json
 from typing import Any, Iterable
 
 from treq.client import HTTPClient
@@ -39,6 +38,7 @@ from twisted.python.failure import Failure
 from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone, ResponseFailed
 from twisted.web.http import PotentialDataLoss
 
+from bitnode import boundedjson
 from bitnode.errors import BadRequest, BitnodeError, Conflict, Forbidden, NotFound, Timeout, Unavailable
 from bitnode.userid import globalid
 from bitnode.userid.identity import Identity
@@ -105,7 +105,7 @@ class _CappedBody(Protocol):
 def _server_message(body: bytes) -> str:
     """The first error text of a server's JSON error envelope, or ``""``."""
     try:
-        envelope = json.loads(body.decode("utf-8"))
+        envelope = boundedjson.loads(body, "error envelope")
         errors = envelope.get("errors") if isinstance(envelope, dict) else None
         if isinstance(errors, list) and errors and isinstance(errors[0], str):
             return errors[0][:300]

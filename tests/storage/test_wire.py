@@ -45,3 +45,15 @@ class NoCopyTests(unittest.TestCase):
         self.assertEqual((path, bytes(block)), ("V1/0/3", b"raw block"))
         self.assertIsInstance(block, memoryview)
         self.assertIs(block.obj, payload)
+
+
+class HostileJsonTests(unittest.TestCase):
+    def test_deeply_nested_json_is_refused_cleanly(self) -> None:
+        for depth in (200, 5_000, 200_000):
+            for payload in (b"[" * depth + b"]" * depth, b'{"a":' * depth + b"1" + b"}" * depth):
+                self.assertRaises(BadRequest, wire.decode_json, payload)
+                self.assertRaises(BadRequest, wire.decode_files, payload)
+
+    def test_nesting_inside_an_object_is_refused_too(self) -> None:
+        payload = b'{"version": 1, "blocks": {"a": ' + b"[" * 100_000 + b"]" * 100_000 + b"}}"
+        self.assertRaises(BadRequest, wire.decode_files, payload)
