@@ -85,6 +85,7 @@ class DHTNode:
         expire_interval: float = 60.0,
         max_failures: int = 2,
         cache_values: bool = True,
+        first_come_max_age: float = records.FIRST_COME_MAX_AGE,
     ) -> None:
         if k < 1 or alpha < 1:
             raise BadRequest("k and alpha must be >= 1")
@@ -100,6 +101,7 @@ class DHTNode:
         self._max_failures = max_failures
         self.refresh_interval = refresh_interval
         self.cache_values = cache_values
+        self.first_come_max_age = first_come_max_age
         self._tables: dict[int, RoutingTable] = {0: self._new_table()}
         self._engine = RPCEngine(
             clock, rng, self._sender, self._handle_request, self._observe, rpc_timeout, rate_limit, rate_burst
@@ -243,7 +245,8 @@ class DHTNode:
         times = [r.elapsed for r in self.lookups]
         return (
             self._engine.stats()
-            | {k: self.counters[k] for k in ("store_accepted", "store_rejected", "store_conflicts", "bad_values")}
+            | {k: self.counters[k] for k in ("store_accepted", "store_rejected", "store_conflicts", "bad_values",
+                                              "store_refused_stale", "replicate_skipped_stale")}
             | {
                 "lookups": len(self.lookups),
                 "lookup_hops_avg": sum(hops) / len(hops) if hops else 0.0,
@@ -296,7 +299,10 @@ class DHTNode:
             record = records.parse_and_verify(raw, now)
             if record.is_expired(now):
                 raise InvalidRecord("record expired")
-            if not records.check_replace(self._local_record(layer, record.key), record, now):
+            old = self._local_record(layer, record.key)
+            if old != record and (old is None or old.writer_pubkey != record.writer_pubkey):
+                records.check_fresh(record, now, self.first_come_max_age)  # a claim new to this node
+            if not records.check_replace(old, record, now):
                 self._store.mark_replicated(layer, record.key)
                 return True, "same", ""
             mine = bool(self.pubkey) and record.writer_pubkey == self.pubkey
@@ -304,6 +310,9 @@ class DHTNode:
         except RecordConflict as exc:
             self.counters["store_conflicts"] += 1
             return False, "conflict", str(exc)
+        except records.StaleRecord as exc:
+            self.counters["store_refused_stale"] += 1
+            return False, "stale", str(exc)
         except InvalidRecord as exc:
             self.counters["store_rejected"] += 1
             return False, "invalid", str(exc)
@@ -461,7 +470,11 @@ class DHTNode:
         existing = records.pick_best(copies, now)
         seq = max((r.seq + 1 for r in copies if r.writer_pubkey == pubkey), default=0)
         record = records.sign_record(signer, key, value, record_type, now, now + expire, seq)
-        records.check_replace(existing, record, now)
+        # Renewing a first-come name we hold: copies another writer planted must not stop it (holders decide).
+        renewal = record_type in records.FIRST_COME_TYPES and any(
+            r.writer_pubkey == pubkey and not r.is_expired(now) for r in copies)
+        if not renewal:
+            records.check_replace(existing, record, now)
         records.check_replace(local, record, now)
         closest = found.contacts
         if found.values:  # the value lookup stopped early: find the true k closest
@@ -488,17 +501,44 @@ class DHTNode:
             local = None
         copies = [v for _, v in found.values] + ([local] if local else [])
         best = records.pick_best(copies, self._clock.seconds())
-        if best is not None and self.cache_values and found.cache_at is not None:
+        if best is not None and self.cache_values and found.cache_at is not None and self._fresh_enough(best):
             self._store_at(found.cache_at, best, layer)  # never fails; result unused
         return best
 
-    async def _publish(self, row: StoredRecord) -> int:
-        """Push one stored record to the current k closest nodes of its layer (republish/replicate)."""
+    def _fresh_enough(self, record: Record) -> bool:
+        """Would a node that does not hold ``record`` accept it now? (Only first-come records age out.)"""
         try:
-            record = records.parse_and_verify(row.record, self._clock.seconds())
+            records.check_fresh(record, self._clock.seconds(), self.first_come_max_age)
+        except records.StaleRecord:
+            return False
+        return True
+
+    def _resign(self, record: Record, layer: int) -> Record:
+        """Our own first-come record signed again with ``created`` now (same value and ``expires``), kept locally."""
+        assert self._signer is not None
+        now = int(self._clock.seconds())
+        record = records.sign_record(self._signer, record.key, record.value, record.record_type, now,
+                                     record.expires, record.seq + 1)
+        self._store.put(layer, record.key, record.to_dict(), record.expires, own=True)
+        return record
+
+    async def _publish(self, row: StoredRecord) -> int:
+        """Push one stored record to the current k closest nodes of its layer (republish/replicate).
+
+        Our own first-come records are re-signed first (nodes newly among the k closest
+        only take fresh ones); others' first-come records too old for them are not pushed.
+        """
+        now = self._clock.seconds()
+        try:
+            record = records.parse_and_verify(row.record, now)
         except InvalidRecord:
             self._store.delete(row.layer, row.key)
             return 0
+        if not self._fresh_enough(record):
+            if record.writer_pubkey != self.pubkey or self._signer is None or record.expires <= int(now) + 1:
+                self.counters["replicate_skipped_stale"] += 1
+                return 0
+            record = self._resign(record, row.layer)
         result = await self._lookup(record.key_id, row.layer)
         bodies = await self._store_at_closest(record, row.layer, result.contacts)
         return sum(1 for b in bodies if b.get("ok"))

@@ -36,6 +36,14 @@ Overwrite rules (:func:`check_replace`), for an unexpired stored record:
   node picks the same one).
 
 An expired stored record is replaced by any valid record.
+
+First-come records (:data:`FIRST_COME_TYPES`, ``nickname``): whoever claims the
+name first holds it. ``created`` is chosen by the writer, so it can never
+decide *who* was first: a node keeps the record it stored first, a node refuses
+to start holding a first-come record whose ``created`` is older than a small
+age (:func:`check_fresh`; the owner re-signs its record with a fresh
+``created`` whenever it pushes it), and a reader that found several writers'
+copies takes the writer most nodes returned (:func:`pick_best`).
 """
 
 from __future__ import annotations
@@ -61,11 +69,18 @@ IDENTITY = "identity"
 SUPPLIERS = "suppliers"
 SKIP_VALIDATION = "skip_validation"
 RECORD_TYPES = frozenset({NICKNAME, IDENTITY, SUPPLIERS, SKIP_VALIDATION})
-FIRST_OWNER_TYPES = frozenset({NICKNAME, IDENTITY, SUPPLIERS})
+#: first claim wins; ``created`` must be fresh when a node first stores one (see the module docstring)
+FIRST_COME_TYPES = frozenset({NICKNAME})
+#: the holder is the identity whose key signed it (readers check the identity)
+KEY_BOUND_TYPES = frozenset({IDENTITY, SUPPLIERS})
+#: no other writer may replace a stored record of these types until it expires
+FIRST_OWNER_TYPES = FIRST_COME_TYPES | KEY_BOUND_TYPES
 MAX_KEY_LEN = 256
 MAX_RECORD_BYTES = 6144
 MAX_TTL = 30 * 24 * 3600
 MAX_CLOCK_SKEW = 600
+#: default for how old ``created`` may be when a node first stores a first-come record (a setting in the service)
+FIRST_COME_MAX_AGE = 600
 #: Positions a suppliers record may list (a customer hires at most 16; room for growth).
 MAX_SUPPLIERS = 64
 
@@ -74,6 +89,10 @@ _FIELDS = ("version", "key", "value", "record_type", "writer_pubkey", "created",
 
 class InvalidRecord(BadRequest):
     """A record with a bad shape, a bad signature, or out-of-range times."""
+
+
+class StaleRecord(InvalidRecord):
+    """A first-come record whose ``created`` lies too far in the past for a node to start holding it."""
 
 
 class RecordConflict(Conflict):
@@ -259,6 +278,17 @@ def parse_and_verify(data: Any, now: float) -> Record:
     return record
 
 
+def check_fresh(record: Record, now: float, max_age: float = FIRST_COME_MAX_AGE) -> None:
+    """Refuse a first-come record created more than ``max_age`` seconds ago; raises :class:`StaleRecord`.
+
+    A backdated ``created`` must not buy a claim: a node only starts holding a
+    first-come record that was signed just now (other types are not checked).
+    """
+    if record.record_type in FIRST_COME_TYPES and record.created < now - max_age:
+        raise StaleRecord(f"{record.key} was created {int(now - record.created)}s ago; a first-come record "
+                          f"must be at most {int(max_age)}s old when a node first stores it")
+
+
 def check_replace(old: Record | None, new: Record, now: float) -> bool:
     """May ``new`` be stored where ``old`` is? True: store it; False: it is the same record.
 
@@ -280,22 +310,44 @@ def check_replace(old: Record | None, new: Record, now: float) -> bool:
 
 
 def pick_best(records: list[Record], now: float) -> Record | None:
-    """Choose among copies of one key found on several nodes, by the same rules as :func:`check_replace`.
+    """Choose among copies of one key found on several nodes (one copy per node); expired ones are ignored.
 
-    First-owner types: the earliest-created writer wins (then that writer's highest
-    ``seq``); ``skip_validation``: the newest wins. Expired records are ignored.
+    * first-come types: the writer whose record the most nodes returned; ties go to
+      the earliest ``created``, then the smaller writer key. ``created`` alone never
+      decides: it is the writer's claim (see :func:`check_fresh`).
+    * key-bound types: the earliest-created writer.
+    * ``skip_validation``: the newest wins, as in :func:`check_replace`.
+
+    Of the chosen writer's copies, the one with the highest ``seq`` is returned.
     """
     live = [r for r in records if not r.is_expired(now)]
     if not live:
         return None
     newest_per_writer: dict[str, Record] = {}
-    first_created: dict[str, int] = {}
     for r in live:
         cur = newest_per_writer.get(r.writer_pubkey)
         if cur is None or (r.seq, r.created) > (cur.seq, cur.created):
             newest_per_writer[r.writer_pubkey] = r
+    if any(r.record_type in FIRST_COME_TYPES for r in live):
+        return newest_per_writer[_pick_first_come(live)]
+    if any(r.record_type in KEY_BOUND_TYPES for r in live):
+        return newest_per_writer[_pick_key_bound(live)]
+    return max(newest_per_writer.values(), key=lambda r: (r.created, r.signature))
+
+
+def _pick_first_come(live: list[Record]) -> str:
+    """The writer key most copies name (then the earliest created, then the smaller key)."""
+    copies: dict[str, int] = {}
+    first_created: dict[str, int] = {}
+    for r in live:
+        copies[r.writer_pubkey] = copies.get(r.writer_pubkey, 0) + 1
         first_created[r.writer_pubkey] = min(first_created.get(r.writer_pubkey, r.created), r.created)
-    candidates = list(newest_per_writer.values())
-    if any(r.record_type in FIRST_OWNER_TYPES for r in candidates):
-        return min(candidates, key=lambda r: (first_created[r.writer_pubkey], r.writer_pubkey))
-    return max(candidates, key=lambda r: (r.created, r.signature))
+    return min(copies, key=lambda w: (-copies[w], first_created[w], w))
+
+
+def _pick_key_bound(live: list[Record]) -> str:
+    """The writer key whose earliest copy was created first (readers check it against the identity)."""
+    first_created: dict[str, int] = {}
+    for r in live:
+        first_created[r.writer_pubkey] = min(first_created.get(r.writer_pubkey, r.created), r.created)
+    return min(first_created, key=lambda w: (first_created[w], w))

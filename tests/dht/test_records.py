@@ -154,3 +154,25 @@ class OverwriteTests(unittest.TestCase):
         a, b = note(created=1000), note(signer=MALLORY, created=1050)
         self.assertEqual(records.pick_best([b, a], 1100), b)
         self.assertIsNone(records.pick_best([], 0))
+
+
+class FirstComeTests(unittest.TestCase):
+    def test_a_first_come_record_must_be_fresh_when_a_node_first_stores_it(self) -> None:
+        rec = nick(created=1000)
+        records.check_fresh(rec, 1000 + records.FIRST_COME_MAX_AGE)
+        self.assertRaises(records.StaleRecord, records.check_fresh, rec, 1001 + records.FIRST_COME_MAX_AGE)
+        self.assertRaises(records.StaleRecord, records.check_fresh, rec, 1100, max_age=99)
+        records.check_fresh(note(created=1000), 10**6)  # last-writer-wins records are not first-come
+        self.assertTrue(issubclass(records.StaleRecord, InvalidRecord))
+
+    def test_created_in_the_future_is_refused(self) -> None:
+        self.assertRaises(InvalidRecord, records.verify, nick(created=2000), 2000 - records.MAX_CLOCK_SKEW - 1)
+
+    def test_readers_take_the_writer_most_nodes_returned_not_the_earliest_created(self) -> None:
+        alice = [nick(created=5000, seq=s) for s in (3, 3, 4)]
+        backdated = nick(signer=MALLORY, created=1000, ttl=records.MAX_TTL)
+        self.assertEqual(records.pick_best([backdated, *alice], 5100), alice[2])
+        self.assertEqual(records.pick_best([backdated, backdated, alice[0]], 5100), backdated)
+        # A tie goes to the earliest created.
+        self.assertEqual(records.pick_best([alice[0], backdated], 5100), backdated)
+        self.assertEqual(records.pick_best([alice[0], nick(signer=MALLORY, created=5050)], 5100), alice[0])
