@@ -32,6 +32,7 @@ from twisted.logger import Logger
 from bitnode.crypt.fileutil import atomic_write, ensure_dir, read_limited
 from bitnode.dht import records
 from bitnode.dht.ids import ID_HEX_LEN, check_layer_id, id_from_hex, id_to_hex, random_id
+from bitnode.dht.limits import LIMIT_OPTIONS, limits_from_settings
 from bitnode.dht.node import DHTNode
 from bitnode.dht.records import Record
 from bitnode.errors import BadRequest, Conflict, NotFound, Unavailable
@@ -79,6 +80,7 @@ class DHTService(Service):
                "Seconds between bootstrap attempts while no DHT peer is known.", minimum=1.0),
         Option("services/entangled-dht/k", INTEGER, 20, "Kademlia bucket size and replication factor.",
                minimum=2, maximum=64, restart_needed=True),
+        *LIMIT_OPTIONS,
     )
     log = Logger()
 
@@ -112,7 +114,8 @@ class DHTService(Service):
         # The sqlite connection must be opened on the reactor thread, which uses it.
         dht = DHTNode(self.node.clock, random.SystemRandom(), None, os.path.join(self.folder, "records.sqlite"),
                       k=settings.get("services/entangled-dht/k"), node_id=node_id,
-                      rpc_timeout=settings.get("services/entangled-dht/rpc-timeout"))
+                      rpc_timeout=settings.get("services/entangled-dht/rpc-timeout"),
+                      limits=limits_from_settings(settings))
         try:
             dht.listen_udp(self.node.reactor, settings.get(PORT_KEY), settings.get("services/entangled-dht/interface"))
         except Exception:

@@ -40,6 +40,7 @@ from twisted.logger import Logger
 
 from bitnode.dht import messages, records
 from bitnode.dht.ids import ID_SPACE, Contact, check_layer_id, check_user, id_from_hex, key_to_id, random_id
+from bitnode.dht.limits import DHTLimits
 from bitnode.dht.lookup import IterativeLookup, LookupResult
 from bitnode.dht.messages import Message, Sender
 from bitnode.dht.protocol import Address, RPCEngine, UDPProtocol
@@ -61,6 +62,7 @@ class DHTNode:
     :param store_path: sqlite file for held records, or ``":memory:"``.
     :param k: bucket size and replication factor.
     :param alpha: parallel requests per lookup.
+    :param limits: what peers are allowed (see :mod:`bitnode.dht.limits`).
     """
 
     _log = Logger()
@@ -85,7 +87,7 @@ class DHTNode:
         expire_interval: float = 60.0,
         max_failures: int = 2,
         cache_values: bool = True,
-        first_come_max_age: float = records.FIRST_COME_MAX_AGE,
+        limits: DHTLimits = DHTLimits(),
     ) -> None:
         if k < 1 or alpha < 1:
             raise BadRequest("k and alpha must be >= 1")
@@ -101,7 +103,7 @@ class DHTNode:
         self._max_failures = max_failures
         self.refresh_interval = refresh_interval
         self.cache_values = cache_values
-        self.first_come_max_age = first_come_max_age
+        self.limits = limits
         self._tables: dict[int, RoutingTable] = {0: self._new_table()}
         self._engine = RPCEngine(
             clock, rng, self._sender, self._handle_request, self._observe, rpc_timeout, rate_limit, rate_burst
@@ -301,7 +303,7 @@ class DHTNode:
                 raise InvalidRecord("record expired")
             old = self._local_record(layer, record.key)
             if old != record and (old is None or old.writer_pubkey != record.writer_pubkey):
-                records.check_fresh(record, now, self.first_come_max_age)  # a claim new to this node
+                records.check_fresh(record, now, self.limits.first_come_max_age)  # a claim new to this node
             if not records.check_replace(old, record, now):
                 self._store.mark_replicated(layer, record.key)
                 return True, "same", ""
@@ -508,7 +510,7 @@ class DHTNode:
     def _fresh_enough(self, record: Record) -> bool:
         """Would a node that does not hold ``record`` accept it now? (Only first-come records age out.)"""
         try:
-            records.check_fresh(record, self._clock.seconds(), self.first_come_max_age)
+            records.check_fresh(record, self._clock.seconds(), self.limits.first_come_max_age)
         except records.StaleRecord:
             return False
         return True

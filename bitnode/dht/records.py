@@ -80,7 +80,7 @@ MAX_RECORD_BYTES = 6144
 MAX_TTL = 30 * 24 * 3600
 MAX_CLOCK_SKEW = 600
 #: default for how old ``created`` may be when a node first stores a first-come record (a setting in the service)
-FIRST_COME_MAX_AGE = 600
+FIRST_COME_MAX_AGE = 600.0
 #: Positions a suppliers record may list (a customer hires at most 16; room for growth).
 MAX_SUPPLIERS = 64
 
