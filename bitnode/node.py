@@ -14,6 +14,7 @@ from typing import Callable, Iterable
 
 from twisted.application.service import MultiService
 from twisted.internet import defer
+from twisted.internet.error import ReactorNotRunning
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
@@ -65,6 +66,8 @@ class Node(MultiService):
         self.started_at = 0.0
         self.on_stop_requested: Callable[[], None] = self._stop_reactor
         self.on_restart_requested: Callable[[], None] = self._restart_process
+        #: "stop" or "restart" once the process was asked to end (later requests are no-ops), else None.
+        self.end_requested: str | None = None
         self._http_port = None
         self._ws_port = None
         self._connections: list[ConnectionSet] = []
@@ -99,15 +102,34 @@ class Node(MultiService):
             out["ws"] = f"ws://{host}:{self._ws_port.getHost().port}/"
         return out
 
-    def request_stop(self) -> None:
-        """Ask the process to stop (process_stop)."""
-        self.log.info("stop requested through the API")
-        self.on_stop_requested()
+    def request_stop(self, delay: float = 0.0) -> str | None:
+        """Ask the process to stop (process_stop) after ``delay`` seconds.
 
-    def request_restart(self) -> None:
-        """Ask the process to restart (process_restart)."""
-        self.log.info("restart requested through the API")
-        self.on_restart_requested()
+        The process ends once: a request after a stop or restart was asked for
+        is a no-op (a second stop would raise ReactorNotRunning, a second
+        restart exec twice). Returns None for the first request, else what is
+        already under way ("stop" or "restart").
+        """
+        return self._request_end("stop", delay)
+
+    def request_restart(self, delay: float = 0.0) -> str | None:
+        """Ask the process to restart (process_restart) after ``delay`` seconds; see :meth:`request_stop`."""
+        return self._request_end("restart", delay)
+
+    def _request_end(self, what: str, delay: float) -> str | None:
+        earlier = self.end_requested
+        if earlier is not None:
+            self.log.info("{what} requested through the API while a {earlier} is under way: ignored",
+                          what=what, earlier=earlier)
+            return earlier
+        self.end_requested = what
+        self.log.info("{what} requested through the API", what=what)
+        self.call_later(delay, self._end_now, what)
+        return None
+
+    def _end_now(self, what: str) -> None:
+        # The hook is looked up now, not when requested: tests replace it.
+        (self.on_stop_requested if what == "stop" else self.on_restart_requested)()
 
     # --- lifecycle -----------------------------------------------------------------
 
@@ -207,7 +229,10 @@ class Node(MultiService):
 
     def _stop_reactor(self) -> None:
         if self.reactor.running:
-            self.reactor.stop()
+            try:
+                self.reactor.stop()
+            except ReactorNotRunning:
+                pass  # already stopping for another reason (a signal): that stop serves this request too
 
     def _restart_process(self) -> None:
         # orig_argv keeps "-m module" (sys.argv[0] alone would be the module file, which may not run as a script).

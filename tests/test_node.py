@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 
 from treq.client import HTTPClient
 from twisted.internet import defer, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint
-from twisted.internet.error import CannotListenError, ConnectionRefusedError
+from twisted.internet.error import CannotListenError, ConnectionRefusedError, ReactorNotRunning
 from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import Clock
 from twisted.trial import unittest
 from twisted.web.client import Agent, HTTPConnectionPool
 
@@ -164,3 +166,59 @@ class StopTests(unittest.TestCase):
         self.assertIsNone(second._http_port)
         self.assertFalse(second.threadpool.started)
         yield wait(0)  # the HTTP port opened before the failure finishes closing
+
+
+class _StoppableClock(Clock):
+    """A Clock that stops like a reactor: a second ``stop()`` raises ReactorNotRunning."""
+
+    running = True
+
+    def __init__(self):
+        super().__init__()
+        self.stops = 0
+
+    def stop(self):
+        if self.stops:
+            raise ReactorNotRunning("Can't stop reactor that isn't running.")
+        self.stops += 1
+
+
+class EndRequestTests(unittest.TestCase):
+    """process_stop / process_restart asked twice: the process ends once, the second request is a no-op."""
+
+    def setUp(self):
+        self.clock = _StoppableClock()
+        self.node = build_node(self.mktemp(), self.clock, service_classes=FAKE_SERVICES)
+
+    def test_second_stop_is_a_no_op_not_a_reactor_error(self):
+        first = self.node.api.process_stop()
+        second = self.node.api.process_stop()
+        self.clock.advance(1)  # raised ReactorNotRunning from the second delayed stop before
+        self.assertEqual(self.clock.stops, 1)
+        self.assertEqual(first, {"stopping": True, "pid": os.getpid()})
+        self.assertEqual(second["ignored"], "a stop is already under way")
+        self.assertTrue(second["stopping"])
+
+    def test_restart_after_stop_is_a_no_op(self):
+        restarts = []
+        self.node.on_restart_requested = lambda: restarts.append(1)
+        self.node.api.process_stop()
+        answer = self.node.api.process_restart()
+        self.clock.advance(1)
+        self.assertEqual((self.clock.stops, restarts), (1, []))
+        self.assertEqual((answer["restarting"], answer["ignored"]), (False, "a stop is already under way"))
+
+    def test_second_restart_is_a_no_op(self):
+        restarts = []
+        self.node.on_restart_requested = lambda: restarts.append(1)
+        self.node.api.process_restart()
+        answer = self.node.api.process_restart()
+        self.clock.advance(1)
+        self.assertEqual(restarts, [1])
+        self.assertEqual((answer["restarting"], answer["ignored"]), (True, "a restart is already under way"))
+
+    def test_stop_while_a_signal_already_stops_the_reactor(self):
+        self.clock.stop()  # SIGTERM got there first; the reactor still says it is running while it stops
+        self.node.api.process_stop()
+        self.clock.advance(1)  # no ReactorNotRunning escapes
+        self.assertEqual(self.clock.stops, 1)

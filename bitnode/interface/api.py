@@ -45,14 +45,12 @@ class API(IdentityMethods, AccessMethods, NetworkMethods, DHTMethods, FilesMetho
     # --- process -------------------------------------------------------------
 
     def process_stop(self) -> dict:
-        """Stop the node shortly after answering."""
-        self.node.call_later(STOP_DELAY, self.node.request_stop)
-        return {"stopping": True, "pid": os.getpid()}
+        """Stop the node shortly after answering; once a stop or restart is under way, a no-op that says so."""
+        return _end_answer("stopping", self.node.request_stop(STOP_DELAY))
 
     def process_restart(self) -> dict:
-        """Stop the node and start it again with the same arguments, after answering."""
-        self.node.call_later(STOP_DELAY, self.node.request_restart)
-        return {"restarting": True, "pid": os.getpid()}
+        """Stop the node and start it again with the same arguments, after answering (once, like process_stop)."""
+        return _end_answer("restarting", self.node.request_restart(STOP_DELAY))
 
     def process_health(self) -> dict:
         """Alive, and whether start-up (services) has finished."""
@@ -159,6 +157,14 @@ class API(IdentityMethods, AccessMethods, NetworkMethods, DHTMethods, FilesMetho
     def automats_list(self) -> list:
         """Every state machine of this node with state, timers and recent transitions."""
         return self.node.automats.list()
+
+
+def _end_answer(key: str, under_way: str | None) -> dict:
+    """process_stop/process_restart's answer; ``under_way`` is the stop or restart asked for before, if any."""
+    if under_way is None:
+        return {key: True, "pid": os.getpid()}
+    return {key: key == ("stopping" if under_way == "stop" else "restarting"), "pid": os.getpid(),
+            "ignored": f"a {under_way} is already under way"}
 
 
 def _service_outcome(info: dict, action: str) -> dict:

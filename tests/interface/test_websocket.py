@@ -313,10 +313,11 @@ class MethodTests(WsTestCase):
         self.node.on_stop_requested = lambda: calls.append("stop")
         self.node.on_restart_requested = lambda: calls.append("restart")
         self.assertTrue((yield self.ws.call_ok("process_stop"))["stopping"])
-        self.assertTrue((yield self.ws.call_ok("process_restart"))["restarting"])
+        second = yield self.ws.call_ok("process_restart")
+        self.assertEqual((second["restarting"], second["ignored"]), (False, "a stop is already under way"))
         self.assertEqual(calls, [])
-        yield wait_until(lambda: len(calls) == 2)
-        self.assertEqual(calls, ["stop", "restart"])
+        yield wait_until(lambda: calls)
+        self.assertEqual(calls, ["stop"])
         yield self.assertCallFails(400, "process_stop", "'now'", now=True)
 
     @defer.inlineCallbacks
