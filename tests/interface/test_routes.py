@@ -1,7 +1,8 @@
 """The route table checked against the spec, plus the contract of which methods are built.
 
-The spec lives outside the repository (``../shared/spec`` next to the checkout);
-without it the spec tests skip with the reason.
+The spec's method tables (method, signature, verb, path; the legacy methods' signatures) are
+vendored under ``tests/interface/fixtures/`` so these tests run on any checkout. When the spec
+itself is beside the checkout (``../shared/spec``), the fixtures are also checked against it.
 """
 
 from __future__ import annotations
@@ -20,8 +21,11 @@ from bitnode.interface.routes import BOOL, FLOAT, INT, JSON, LEGACY, LIST, REQUI
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(bitnode.__file__)))
 SPEC_DIR = os.path.join(REPO_ROOT, "..", "shared", "spec")
-METHODS_TSV = os.path.join(SPEC_DIR, "api-v1-methods.tsv")
-LEGACY_TXT = os.path.join(SPEC_DIR, "bitdust-api-legacy.txt")
+SPEC_METHODS_TSV = os.path.join(SPEC_DIR, "api-v1-methods.tsv")
+SPEC_LEGACY_TXT = os.path.join(SPEC_DIR, "bitdust-api-legacy.txt")
+FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
+METHODS_TSV = os.path.join(FIXTURES, "api-v1-methods.tsv")
+LEGACY_TXT = os.path.join(FIXTURES, "api-legacy-methods.txt")
 
 #: Legacy methods bitnode deliberately does not offer: both drive BitDust's GUI, which bitnode does not have.
 LEGACY_NOT_SUPPORTED = {"show", "filemanager"}
@@ -48,16 +52,16 @@ def parse_signature(signature: str) -> list[tuple[str, object]]:
     return list(zip(names, padded, strict=True))
 
 
-def read_spec() -> dict[str, dict]:
-    with open(METHODS_TSV, encoding="utf-8", newline="") as handle:
+def read_spec(path: str = METHODS_TSV) -> dict[str, dict]:
+    with open(path, encoding="utf-8", newline="") as handle:
         rows = list(csv.DictReader(handle, delimiter="\t"))
     return {row["method"]: {"verb": row["http_verb"], "path": row["http_path"],
                             "params": parse_signature(row["signature"])} for row in rows}
 
 
-def read_legacy() -> dict[str, list[tuple[str, object]]]:
+def read_legacy(path: str = LEGACY_TXT) -> dict[str, list[tuple[str, object]]]:
     found = {}
-    with open(LEGACY_TXT, encoding="utf-8") as handle:
+    with open(path, encoding="utf-8") as handle:
         for line in handle:
             match = re.match(r"^([a-z_]+)\((.*)\)\s*$", line)
             if match:
@@ -74,14 +78,28 @@ def same_default(spec_default, route_default) -> bool:
     return spec_default == route_default
 
 
-class SpecTestCase(unittest.TestCase):
-    def setUp(self) -> None:
-        for path in (METHODS_TSV, LEGACY_TXT):
-            if not os.path.exists(path):
-                raise unittest.SkipTest(f"spec file {os.path.normpath(path)} not found next to the repository")
+class FixtureTests(unittest.TestCase):
+    """The vendored tables say what the spec says (checked where the spec is beside the checkout)."""
+
+    def test_fixtures_hold_the_whole_tables(self) -> None:
+        self.assertEqual(len(read_spec()), 98)
+        self.assertGreaterEqual(len(read_legacy()), 50)
+
+    def test_vendored_methods_match_the_spec(self) -> None:
+        self.assertEqual(read_spec(), read_spec(_spec_file(SPEC_METHODS_TSV)))
+
+    def test_vendored_legacy_methods_match_the_spec(self) -> None:
+        self.assertEqual(read_legacy(), read_legacy(_spec_file(SPEC_LEGACY_TXT)))
 
 
-class RouteTableTests(SpecTestCase):
+def _spec_file(path: str) -> str:
+    """``path`` if the spec is beside the checkout; only the drift checks skip without it."""
+    if not os.path.exists(path):
+        raise unittest.SkipTest(f"{os.path.normpath(path)} not beside the checkout: nothing to compare with")
+    return path
+
+
+class RouteTableTests(unittest.TestCase):
     def test_every_spec_method_present(self) -> None:
         spec = read_spec()
         self.assertEqual(len(spec), 98)
@@ -165,7 +183,7 @@ class RouteTableTests(SpecTestCase):
                 self.assertEqual(route.verbs, (route.verb,), route.name)
 
 
-class LegacyTableTests(SpecTestCase):
+class LegacyTableTests(unittest.TestCase):
     def test_every_legacy_method_routed(self) -> None:
         aliases = {alias.name for alias in LEGACY}
         missing = [name for name in read_legacy()
