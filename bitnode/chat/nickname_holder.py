@@ -17,7 +17,7 @@ The machine, read top to bottom (the table below is the specification)::
 The DHT neighbour is anything with ``get_value(key, record_type)`` (fires
 with a record having ``.value``, or None) and ``set_value(key, value,
 record_type, expire)`` (fails with a ``Conflict`` when another writer holds
-the key) — :class:`bitnode.dht.node.DHTNode` in a node.
+the key) — :class:`bitnode.dht.kademlia_node.DHTNode` in a node.
 """
 
 from __future__ import annotations

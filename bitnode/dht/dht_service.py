@@ -1,6 +1,6 @@
 """service_entangled_dht: this node's Kademlia node on UDP, joined to the network through the known nodes.
 
-The service owns one :class:`bitnode.dht.node.DHTNode`:
+The service owns one :class:`bitnode.dht.kademlia_node.DHTNode`:
 
 * its id is random once, then kept in ``basedir/dht/node_id`` (Kademlia peers
   remember ids, so a restarted node takes its old place);
@@ -32,8 +32,8 @@ from twisted.logger import Logger
 from bitnode.crypt.fileutil import atomic_write, ensure_dir, read_limited
 from bitnode.dht import records
 from bitnode.dht.ids import ID_HEX_LEN, check_layer_id, id_from_hex, id_to_hex, random_id
+from bitnode.dht.kademlia_node import DHTNode
 from bitnode.dht.limits import LIMIT_OPTIONS, limits_from_settings
-from bitnode.dht.node import DHTNode
 from bitnode.dht.records import Record
 from bitnode.errors import BadRequest, Conflict, NotFound, Unavailable
 from bitnode.main.options import FLOAT, INTEGER, STRING, Option

@@ -1,6 +1,6 @@
 """What a DHT node allows its peers: every limit in one frozen value, and the settings that fill it.
 
-:class:`DHTLimits` is passed to :class:`bitnode.dht.node.DHTNode`; each field is a
+:class:`DHTLimits` is passed to :class:`bitnode.dht.kademlia_node.DHTNode`; each field is a
 setting of ``service_entangled_dht`` (:data:`LIMIT_OPTIONS`, read by
 :func:`limits_from_settings`), and each limit has a counter in the node's
 ``stats()`` (shown by ``service_info service_entangled_dht`` and

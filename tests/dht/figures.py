@@ -15,7 +15,7 @@ from twisted.internet import task
 from twisted.internet.defer import DeferredList, ensureDeferred
 
 from bitnode.dht import records
-from bitnode.dht.node import DHTNode
+from bitnode.dht.kademlia_node import DHTNode
 from tests.dht.simcluster import KEYS, SimCluster
 
 

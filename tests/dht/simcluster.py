@@ -8,7 +8,7 @@ from typing import Any
 from twisted.internet.defer import Deferred
 
 from bitnode.crypt.fastsign import generate_ed25519
-from bitnode.dht.node import DHTNode
+from bitnode.dht.kademlia_node import DHTNode
 from bitnode.dht.simnet import SimClock, SimNetwork
 
 #: a few writer keys shared by all test clusters (key generation is not what we test)

@@ -10,7 +10,7 @@ from twisted.logger import Logger
 from twisted.trial import unittest
 
 from bitnode.dht import records
-from bitnode.dht.node import DHTNode
+from bitnode.dht.kademlia_node import DHTNode
 from tests.dht.simcluster import KEYS
 
 COUNT = 10

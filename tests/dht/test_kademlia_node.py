@@ -1,4 +1,4 @@
-"""Tests for bitnode.dht.node: the DHTNode facade on a small simulated network."""
+"""Tests for bitnode.dht.kademlia_node: the DHTNode facade on a small simulated network."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from twisted.trial import unittest
 
 from bitnode.dht import messages, records
 from bitnode.dht.ids import key_to_id
-from bitnode.dht.node import DHTNode
+from bitnode.dht.kademlia_node import DHTNode
 from bitnode.dht.records import InvalidRecord, RecordConflict
 from bitnode.errors import BadRequest, Conflict, NotFound, Unavailable
 from tests.dht.simcluster import KEYS, SimCluster
