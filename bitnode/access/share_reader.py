@@ -32,7 +32,7 @@ from twisted.internet import defer
 from bitnode.access import share_index, share_scope
 from bitnode.customer.remote_store import RemoteStorageServer
 from bitnode.errors import BadRequest, BitnodeError, Forbidden, NotFound, Unavailable
-from bitnode.storage.interface import BlockNotFound
+from bitnode.storage.ports import BlockNotFound
 from bitnode.transport.commands import Command
 from bitnode.transport.packet import Packet
 from bitnode.transport.packet_out import PeerRefused

@@ -21,7 +21,7 @@ from zope.interface import implementer
 
 from bitnode.errors import BadRequest, Forbidden, InsufficientStorage, Unavailable
 from bitnode.storage import wire
-from bitnode.storage.interface import BlockNotFound, IStorageServer, validate_customer_id, validate_path
+from bitnode.storage.ports import BlockNotFound, IStorageServer, validate_customer_id, validate_path
 from bitnode.transport.commands import Command
 
 Request = Callable[[str, str, str, bytes], defer.Deferred]

@@ -48,7 +48,7 @@ from bitnode.errors import BitnodeError, NotFound
 from bitnode.storage import blockformat, erasure
 from bitnode.storage.catalog import COMPLETE, UPLOADING, Catalog
 from bitnode.storage.downloader import verify_block
-from bitnode.storage.interface import BlockNotFound, block_path
+from bitnode.storage.ports import BlockNotFound, block_path
 from bitnode.storage.segment_crypto import TAG_SIZE
 
 RunInThread = Callable[..., defer.Deferred]

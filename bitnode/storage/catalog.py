@@ -42,7 +42,7 @@ from typing import ContextManager, Iterable
 
 from bitnode.errors import BadRequest, Conflict, NotFound
 from bitnode.main.sqlitedb import SqliteFile
-from bitnode.storage.interface import SegmentMeta
+from bitnode.storage.ports import SegmentMeta
 from bitnode.storage.segment_crypto import validate_version_id
 from bitnode.userid.globalid import parse_key_id, validate_path
 

@@ -46,9 +46,9 @@ from bitnode.errors import BadRequest, Conflict, NotFound, Unavailable
 from bitnode.storage import key_backup, segment_crypto
 from bitnode.storage.catalog import Catalog
 from bitnode.storage.downloader import Downloader
-from bitnode.storage.interface import SegmentMeta, version_prefix
 from bitnode.storage.job_context import Placement
 from bitnode.storage.patience import GraceWait, Patience
+from bitnode.storage.ports import SegmentMeta, version_prefix
 from bitnode.storage.uploader import Uploader
 
 MANIFEST_FORMAT = 2

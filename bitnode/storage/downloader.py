@@ -36,7 +36,8 @@ from twisted.python.failure import Failure
 
 from bitnode.errors import BadRequest, Conflict, Unavailable
 from bitnode.storage import blockformat, erasure, segment_crypto
-from bitnode.storage.interface import (
+from bitnode.storage.patience import Patience
+from bitnode.storage.ports import (
     BlockNotFound,
     IStorageServer,
     Progress,
@@ -46,7 +47,6 @@ from bitnode.storage.interface import (
     make_progress,
     validate_customer_id,
 )
-from bitnode.storage.patience import Patience
 
 RunInThread = Callable[..., defer.Deferred]
 ProgressCallback = Callable[[Progress], None]

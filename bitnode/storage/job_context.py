@@ -22,7 +22,7 @@ from twisted.logger import Logger
 
 from bitnode.errors import BadRequest, NotFound, Unavailable
 from bitnode.storage.catalog import FAILED, Catalog
-from bitnode.storage.interface import IStorageServer, version_prefix
+from bitnode.storage.ports import IStorageServer, version_prefix
 from bitnode.storage.uploader import DEFAULT_SEGMENT_SIZE
 
 RunInThread = Callable[..., defer.Deferred]

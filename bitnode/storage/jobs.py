@@ -42,7 +42,6 @@ from bitnode.errors import BadRequest, BitnodeError, Conflict, InsufficientStora
 from bitnode.storage import segment_crypto
 from bitnode.storage.catalog import COMPLETE, split_remote_path
 from bitnode.storage.downloader import Downloader
-from bitnode.storage.interface import Progress, TransferCancelled
 from bitnode.storage.job_context import (
     StorageContext,
     abandon_version,
@@ -50,6 +49,7 @@ from bitnode.storage.job_context import (
     new_version_id,
     stat_file,
 )
+from bitnode.storage.ports import Progress, TransferCancelled
 from bitnode.storage.uploader import FileChanged, Uploader, UploadFailed, segment_count
 
 DONE, FAILED_STATE, CANCELLED, PAUSED = "DONE", "FAILED", "CANCELLED", "PAUSED"

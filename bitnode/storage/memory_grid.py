@@ -18,7 +18,7 @@ from twisted.internet.interfaces import IReactorTime
 from zope.interface import implementer
 
 from bitnode.errors import InsufficientStorage, Unavailable
-from bitnode.storage.interface import BlockNotFound, IStorageServer, validate_customer_id, validate_path
+from bitnode.storage.ports import BlockNotFound, IStorageServer, validate_customer_id, validate_path
 
 OPERATIONS = ("store_block", "fetch_block", "list_blocks", "delete")
 

@@ -44,7 +44,8 @@ from twisted.logger import Logger
 
 from bitnode.errors import BadRequest, Conflict, Unavailable
 from bitnode.storage import blockformat, erasure, segment_crypto
-from bitnode.storage.interface import (
+from bitnode.storage.patience import GraceWait, Patience
+from bitnode.storage.ports import (
     IStorageServer,
     Progress,
     SegmentMeta,
@@ -53,7 +54,6 @@ from bitnode.storage.interface import (
     make_progress,
     validate_customer_id,
 )
-from bitnode.storage.patience import GraceWait, Patience
 
 MiB = 1024 * 1024
 DEFAULT_SEGMENT_SIZE = 4 * MiB

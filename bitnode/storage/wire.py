@@ -24,7 +24,7 @@ import struct
 
 from bitnode import boundedjson
 from bitnode.errors import BadRequest
-from bitnode.storage.interface import MAX_PATH_LENGTH
+from bitnode.storage.ports import MAX_PATH_LENGTH
 
 WIRE_VERSION = 1
 _DATA_HEAD = struct.Struct(">BH")

@@ -23,7 +23,7 @@ from twisted.logger import Logger
 from bitnode.crypt.fileutil import atomic_write
 from bitnode.errors import BadRequest, BitnodeError, InsufficientStorage
 from bitnode.storage import wire
-from bitnode.storage.interface import BlockNotFound, version_prefix
+from bitnode.storage.ports import BlockNotFound, version_prefix
 from bitnode.supplier.disk_store import DiskStore
 from bitnode.transport.commands import Command
 

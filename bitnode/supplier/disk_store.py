@@ -4,7 +4,7 @@ Layout: ``<root>/<customer dir>/<block path>`` where the customer directory is
 the customer's global id when it is made of safe characters (``[a-z0-9_.@-]``,
 which every canonical global id is) and ``x-<sha256 of the id>`` otherwise.
 Block paths come from packets, so they are checked twice: by
-:func:`bitnode.storage.interface.validate_path` (relative, ``[A-Za-z0-9._-]``
+:func:`bitnode.storage.ports.validate_path` (relative, ``[A-Za-z0-9._-]``
 components, no ``.``/``..``), and by resolving the final path and verifying it
 is still inside the customer's directory. Refusals are counted in
 :attr:`DiskStore.refused`.
@@ -35,7 +35,7 @@ from zope.interface import implementer
 
 from bitnode.crypt.fileutil import atomic_write, ensure_dir, fsync_dir
 from bitnode.errors import BadRequest, InsufficientStorage
-from bitnode.storage.interface import BlockNotFound, IStorageServer, validate_customer_id, validate_path
+from bitnode.storage.ports import BlockNotFound, IStorageServer, validate_customer_id, validate_path
 
 _SAFE_DIR_RE = re.compile(r"[a-z0-9_.@-]{1,200}\Z")
 RunInThread = Callable[..., defer.Deferred]

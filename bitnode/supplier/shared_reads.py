@@ -28,7 +28,7 @@ from twisted.internet import defer
 from bitnode.access import share_scope
 from bitnode.errors import BadRequest
 from bitnode.storage import wire
-from bitnode.storage.interface import BlockNotFound
+from bitnode.storage.ports import BlockNotFound
 from bitnode.transport.commands import Command
 
 READ_COMMANDS = frozenset({Command.RETRIEVE.value, Command.LIST_FILES.value})

@@ -10,7 +10,7 @@ from bitnode.access import share_index
 from bitnode.crypt import keys
 from bitnode.errors import BadRequest
 from bitnode.storage.catalog import Catalog
-from bitnode.storage.interface import SegmentMeta
+from bitnode.storage.ports import SegmentMeta
 
 OWNER = "alice@id.example.net_8084"
 SHARE = f"share_0123456789abcdef0123456789abcdef${OWNER}"

@@ -13,12 +13,12 @@ from twisted.trial import unittest
 from bitnode.customer.remote_store import RemoteStorageServer, error_from_fail
 from bitnode.errors import BadRequest, InsufficientStorage, Unavailable
 from bitnode.storage.downloader import Downloader
-from bitnode.storage.interface import BlockNotFound
+from bitnode.storage.ports import BlockNotFound
 from bitnode.storage.uploader import Uploader
 from bitnode.supplier.desk import SupplierDesk
 from bitnode.supplier.disk_store import DiskStore
 from bitnode.transport.commands import Command
-from tests.storage.test_interface_contract import StorageServerContract
+from tests.storage.test_ports import StorageServerContract
 
 
 def make_supplier(testcase: unittest.TestCase, donated: int = 10**9) -> SupplierDesk:

@@ -15,8 +15,8 @@ from twisted.trial import unittest
 from bitnode.errors import Unavailable
 from bitnode.storage import blockformat, erasure, segment_crypto
 from bitnode.storage.backup_monitor import BackupMonitor, SegmentPlan, regenerate_blocks
-from bitnode.storage.interface import block_path
 from bitnode.storage.memory_grid import FaultyServer, MemoryStorageServer
+from bitnode.storage.ports import block_path
 from tests.storage.test_jobs import CUSTOMER, REMOTE, SEG, Grid, Harness, download, read, write
 
 

@@ -9,7 +9,7 @@ from twisted.trial import unittest
 
 from bitnode.errors import BadRequest, Conflict, NotFound
 from bitnode.storage.catalog import COMPLETE, FAILED, UPLOADING, Catalog, split_remote_path
-from bitnode.storage.interface import SegmentMeta
+from bitnode.storage.ports import SegmentMeta
 
 KEY = "master$alice@127.0.0.1_8084"
 SHARE = "share1$alice@127.0.0.1_8084"

@@ -15,7 +15,7 @@ from bitnode.errors import BadRequest
 from bitnode.storage import blockformat, segment_crypto
 from bitnode.storage import downloader as downloader_module
 from bitnode.storage.downloader import Downloader, DownloadFailed
-from bitnode.storage.interface import SegmentMeta, TransferCancelled, block_path
+from bitnode.storage.ports import SegmentMeta, TransferCancelled, block_path
 from bitnode.storage.uploader import Uploader
 
 from .test_uploader import CUSTOMER, KEY, SEG, VERSION, K, N, make_grid, sync_thread, upload_sync, write_file

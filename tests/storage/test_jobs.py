@@ -18,9 +18,9 @@ from automats import Registry
 from bitnode.crypt import keys
 from bitnode.errors import InsufficientStorage, NotFound, Unavailable
 from bitnode.storage.catalog import COMPLETE, UPLOADING, Catalog
-from bitnode.storage.interface import TransferCancelled, block_path
 from bitnode.storage.job_context import Placement, StorageContext, delete_versions, new_version_id
 from bitnode.storage.memory_grid import FaultyServer, MemoryStorageServer
+from bitnode.storage.ports import TransferCancelled, block_path
 from bitnode.storage.transfers import TransferManager
 from tests.userid.fakes import rsa_key
 

@@ -6,8 +6,8 @@ from twisted.internet import defer, task
 from twisted.trial import unittest
 
 from bitnode.errors import InsufficientStorage, Unavailable
-from bitnode.storage.interface import BlockNotFound
 from bitnode.storage.memory_grid import Call, FaultyServer, MemoryStorageServer
+from bitnode.storage.ports import BlockNotFound
 
 CUSTOMER = "alice"
 

@@ -17,8 +17,8 @@ from zope.interface import implementer
 
 from bitnode.errors import Unavailable
 from bitnode.storage.catalog import COMPLETE
-from bitnode.storage.interface import IStorageServer
 from bitnode.storage.memory_grid import MemoryStorageServer
+from bitnode.storage.ports import IStorageServer
 from bitnode.storage.storage_service import NO_SUPPLIERS, StorageService
 from bitnode.userid.id_service import IdentityService
 from tests.interface.support import start_node, wait_until

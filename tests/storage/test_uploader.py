@@ -11,8 +11,8 @@ from twisted.trial import unittest
 
 from bitnode.errors import BadRequest, Conflict
 from bitnode.storage import uploader as up_mod
-from bitnode.storage.interface import TransferCancelled, block_path
 from bitnode.storage.memory_grid import FaultyServer, MemoryStorageServer
+from bitnode.storage.ports import TransferCancelled, block_path
 from bitnode.storage.uploader import FileChanged, Uploader, UploadFailed
 
 SEG = 64 * 1024

@@ -10,7 +10,7 @@ from twisted.trial import unittest
 from bitnode.errors import BadRequest, InsufficientStorage
 from bitnode.supplier import disk_store
 from bitnode.supplier.disk_store import DiskStore, customer_dirname
-from tests.storage.test_interface_contract import StorageServerContract
+from tests.storage.test_ports import StorageServerContract
 
 CUSTOMER = "alice@127.0.0.1_8084"
 

@@ -17,7 +17,7 @@ from bitnode.customer.remote_store import RemoteStorageServer
 from bitnode.dht.dht_service import DHTService
 from bitnode.errors import BadRequest, Forbidden, InsufficientStorage, Unavailable
 from bitnode.storage import wire
-from bitnode.storage.interface import BlockNotFound
+from bitnode.storage.ports import BlockNotFound
 from bitnode.supplier.supplier_service import SUPPLIERS_LAYER, SupplierService, install_market_router
 from bitnode.transport.commands import Command
 from bitnode.transport.gateway_service import GatewayService

@@ -14,9 +14,9 @@ from twisted.trial import unittest
 from zope.interface.verify import verifyObject
 
 from bitnode.errors import BadRequest
-from bitnode.storage import interface
-from bitnode.storage.interface import BlockNotFound, IStorageServer
+from bitnode.storage import ports
 from bitnode.storage.memory_grid import FaultyServer, MemoryStorageServer
+from bitnode.storage.ports import BlockNotFound, IStorageServer
 
 
 def _run(coro_fn):
@@ -141,33 +141,33 @@ class HealthyFaultyServerContractTests(StorageServerContract, unittest.TestCase)
 
 class PathSchemeTests(unittest.TestCase):
     def test_block_path(self):
-        self.assertEqual(interface.block_path("F2025-ab.1", 7, 3), "F2025-ab.1/7/3")
-        self.assertEqual(interface.version_prefix("v1"), "v1/")
-        self.assertEqual(interface.segment_prefix("v1", 12), "v1/12/")
+        self.assertEqual(ports.block_path("F2025-ab.1", 7, 3), "F2025-ab.1/7/3")
+        self.assertEqual(ports.version_prefix("v1"), "v1/")
+        self.assertEqual(ports.segment_prefix("v1", 12), "v1/12/")
 
     def test_block_path_rejects_bad_parts(self):
-        self.assertRaises(BadRequest, interface.block_path, "../v", 0, 0)
-        self.assertRaises(BadRequest, interface.block_path, "v", -1, 0)
-        self.assertRaises(BadRequest, interface.block_path, "v", 0, 256)
+        self.assertRaises(BadRequest, ports.block_path, "../v", 0, 0)
+        self.assertRaises(BadRequest, ports.block_path, "v", -1, 0)
+        self.assertRaises(BadRequest, ports.block_path, "v", 0, 256)
 
     def test_validate_path_prefix_rules(self):
-        self.assertEqual(interface.validate_path("", allow_prefix=True), "")
-        self.assertEqual(interface.validate_path("v1/", allow_prefix=True), "v1/")
-        self.assertRaises(BadRequest, interface.validate_path, "v1/")
-        self.assertRaises(BadRequest, interface.validate_path, "x" * 600)
+        self.assertEqual(ports.validate_path("", allow_prefix=True), "")
+        self.assertEqual(ports.validate_path("v1/", allow_prefix=True), "v1/")
+        self.assertRaises(BadRequest, ports.validate_path, "v1/")
+        self.assertRaises(BadRequest, ports.validate_path, "x" * 600)
 
 
 class ProgressTests(unittest.TestCase):
     def test_speed_and_eta(self):
-        p = interface.make_progress(50, 150, 1, 3, started=10.0, now=12.0, bytes_this_run=50)
+        p = ports.make_progress(50, 150, 1, 3, started=10.0, now=12.0, bytes_this_run=50)
         self.assertEqual((p.speed, p.eta, p.elapsed), (25.0, 4.0, 2.0))
         self.assertAlmostEqual(p.fraction, 1 / 3)
 
     def test_no_speed_before_time_passes(self):
-        p = interface.make_progress(50, 150, 1, 3, started=10.0, now=10.0, bytes_this_run=50)
+        p = ports.make_progress(50, 150, 1, 3, started=10.0, now=10.0, bytes_this_run=50)
         self.assertEqual((p.speed, p.eta), (None, None))
-        self.assertEqual(interface.make_progress(0, 0, 0, 1, 0.0, 0.0, 0).fraction, 1.0)
+        self.assertEqual(ports.make_progress(0, 0, 0, 1, 0.0, 0.0, 0).fraction, 1.0)
 
     def test_segment_meta_missing(self):
-        meta = interface.SegmentMeta(0, 10, ("a", "b", "c"), (0, 2))
+        meta = ports.SegmentMeta(0, 10, ("a", "b", "c"), (0, 2))
         self.assertEqual(meta.missing, (1,))
