@@ -34,11 +34,11 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from bitnode import globalid
 from bitnode.crypt.fileutil import atomic_write, read_limited
 from bitnode.crypt.keystore import MAX_LABEL, validate_label
 from bitnode.errors import BadRequest, BitnodeError, Conflict, NotFound
 from bitnode.p2p.online_status import PING
-from bitnode.userid import globalid
 
 FILE_VERSION = 1
 MAX_FRIENDS = 5000

@@ -50,9 +50,8 @@ import struct
 from dataclasses import dataclass, field
 from typing import Any
 
-from bitnode import boundedjson
+from bitnode import boundedjson, globalid
 from bitnode.errors import BadRequest, BitnodeError, Conflict, Forbidden, NotFound, Unavailable
-from bitnode.userid import globalid
 
 MAGIC = b"\x00GRP1\n"
 GROUP_PREFIX = "group_"

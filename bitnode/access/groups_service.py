@@ -55,6 +55,7 @@ from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
+from bitnode import globalid
 from bitnode.access import group_backup, group_views
 from bitnode.access.group_links import LocalBrokerLink, RemoteBrokerLink, push_to_member
 from bitnode.access.group_member import GroupMember
@@ -87,7 +88,6 @@ from bitnode.errors import BadRequest, BitnodeError, Conflict, Forbidden, NotFou
 from bitnode.main.options import FLOAT, Option
 from bitnode.services.base import Service
 from bitnode.transport.commands import Command
-from bitnode.userid import globalid
 
 PREFIX = "services/private-groups/"
 IDENTITY, GATEWAY, MESSAGES, KEY_EXCHANGE = ("service_identity", "service_gateway", "service_private_messages",

@@ -35,6 +35,7 @@ from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
+from bitnode import globalid
 from bitnode.access.key_packets import (
     MASTER_ALIAS,
     NOT_HELD,
@@ -56,7 +57,6 @@ from bitnode.access.key_packets import (
 from bitnode.errors import BadRequest, BitnodeError, Conflict, Forbidden, NotFound, Timeout
 from bitnode.transport.commands import Command
 from bitnode.transport.packet_out import PeerRefused
-from bitnode.userid import globalid
 
 
 class KeyExchange:

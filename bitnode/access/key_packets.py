@@ -87,12 +87,11 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from bitnode import boundedjson
+from bitnode import boundedjson, globalid
 from bitnode.crypt import aes, keys
 from bitnode.crypt.keys import RsaPrivateKey, RsaPublicKey
 from bitnode.crypt.keystore import MASTER_ALIAS, validate_label
 from bitnode.errors import BadRequest, Forbidden, NotFound
-from bitnode.userid import globalid
 
 VERSION = 1
 SHARE_DOMAIN = b"bitnode-key-share/1\x00"

@@ -29,6 +29,7 @@ from typing import Any, Callable
 
 from twisted.internet import defer
 
+from bitnode import globalid
 from bitnode.access import share_index, share_scope
 from bitnode.customer.remote_store import RemoteStorageServer
 from bitnode.errors import BadRequest, BitnodeError, Forbidden, NotFound, Unavailable
@@ -36,7 +37,6 @@ from bitnode.storage.ports import BlockNotFound
 from bitnode.transport.commands import Command
 from bitnode.transport.packet import Packet
 from bitnode.transport.packet_out import PeerRefused
-from bitnode.userid import globalid
 
 
 class ShareReader:

@@ -38,9 +38,8 @@ from __future__ import annotations
 import json
 import secrets
 
-from bitnode import boundedjson
+from bitnode import boundedjson, globalid
 from bitnode.errors import BadRequest
-from bitnode.userid import globalid
 
 SHARE_PREFIX = "share_"
 INDEX_SUFFIX = ".index"

@@ -45,6 +45,7 @@ from typing import Any
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from bitnode import globalid
 from bitnode.access import share_scope
 from bitnode.access.share_publisher import SharePublisher
 from bitnode.access.share_reader import ShareReader
@@ -64,7 +65,6 @@ from bitnode.main.options import FLOAT, Option
 from bitnode.services.background import BackgroundWork
 from bitnode.services.base import Service
 from bitnode.storage.catalog import split_remote_path
-from bitnode.userid import globalid
 
 PREFIX = "services/shares/"
 #: Seconds before a publish that reached no supplier is tried again (suppliers changing also retries it).

@@ -67,6 +67,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from bitnode import globalid
 from bitnode.chat import history as hist
 from bitnode.chat.history import MessageHistory
 from bitnode.chat.message_crypto import (
@@ -83,7 +84,6 @@ from bitnode.main.options import DISK_SPACE, Option
 from bitnode.services.base import Service
 from bitnode.transport.commands import Command
 from bitnode.transport.packet_out import PeerRefused
-from bitnode.userid import globalid
 
 PREFIX = "services/private-messages/"
 IDENTITY, GATEWAY, NETWORK, NICKNAMES = "service_identity", "service_gateway", "service_network", "service_nicknames"

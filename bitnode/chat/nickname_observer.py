@@ -16,7 +16,7 @@ from twisted.internet import defer
 
 from automats import Automat
 from bitnode.chat.nickname_holder import nickname_key, validate_nickname
-from bitnode.userid.globalid import idurl_to_global_id
+from bitnode.globalid import idurl_to_global_id
 
 
 class NicknameObserver(Automat):

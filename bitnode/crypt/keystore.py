@@ -1,6 +1,6 @@
 """The node's RSA keys: its master (identity) key, keys it created, keys shared with it.
 
-Key ids are ``alias$user@host[_port]`` (:mod:`bitnode.userid.globalid`); the
+Key ids are ``alias$user@host[_port]`` (:mod:`bitnode.globalid`); the
 node's own identity key is ``master$<owner>``. On disk, in ``keys_dir`` (0700):
 
 - ``<key_id>.private``  PKCS#8 PEM, mode 0600, for keys we hold privately;
@@ -24,6 +24,7 @@ from typing import Any, Callable
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from bitnode import globalid
 from bitnode.crypt import keys
 from bitnode.crypt.fileutil import (
     PRIVATE_FILE_MODE,
@@ -34,7 +35,6 @@ from bitnode.crypt.fileutil import (
 )
 from bitnode.crypt.keys import RsaPrivateKey, RsaPublicKey
 from bitnode.errors import BadRequest, Conflict, NotFound
-from bitnode.userid import globalid
 
 MASTER_ALIAS = "master"
 MAX_LABEL = 256

@@ -53,6 +53,7 @@ from typing import Any
 from twisted.internet import defer, task
 from twisted.logger import Logger
 
+from bitnode import globalid
 from bitnode.customer.fire_hire import FireHire, SupplierRoster
 from bitnode.customer.remote_store import RemoteStorageServer
 from bitnode.customer.supplier_connector import SupplierConnector
@@ -73,7 +74,6 @@ from bitnode.storage import wire
 from bitnode.supplier.supplier_service import SUPPLIERS_LAYER, install_market_router
 from bitnode.transport.commands import Command
 from bitnode.transport.packet_out import PeerRefused
-from bitnode.userid import globalid
 
 PREFIX = "services/customer/"
 WANTED_KEY = PREFIX + "suppliers-number"

@@ -11,9 +11,9 @@ from typing import Any
 
 from twisted.internet import defer
 
+from bitnode import globalid
 from bitnode.dht import records
 from bitnode.errors import BadRequest, Conflict, Unavailable
-from bitnode.userid import globalid
 
 DHT = "service_entangled_dht"
 IDENTITY = "service_identity"

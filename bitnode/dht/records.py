@@ -60,7 +60,7 @@ from Crypto.Signature import eddsa
 from bitnode.crypt.fastsign import Ed25519PrivateKey
 from bitnode.dht.ids import key_to_id
 from bitnode.errors import BadRequest, Conflict
-from bitnode.userid.globalid import is_canonical_idurl
+from bitnode.globalid import is_canonical_idurl
 
 RECORD_VERSION = 1
 SIGNING_CONTEXT = b"bitnode-dht-record-v1\n"

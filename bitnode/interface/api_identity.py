@@ -19,9 +19,9 @@ from typing import TYPE_CHECKING
 
 from twisted.internet.defer import Deferred
 
+from bitnode import globalid
 from bitnode.errors import BadRequest, Conflict
 from bitnode.interface.running import running_service
-from bitnode.userid import globalid
 from bitnode.userid.id_service import IdentityService, RotateResult, identity_as_dict
 
 if TYPE_CHECKING:  # pragma: no cover

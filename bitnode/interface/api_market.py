@@ -36,11 +36,11 @@ from typing import Any
 import psutil
 from twisted.internet import defer
 
+from bitnode import globalid
 from bitnode.customer.customer_service import lookup_suppliers
 from bitnode.errors import Conflict, Unavailable
 from bitnode.interface.running import running_service
 from bitnode.supplier.disk_store import tree_size
-from bitnode.userid import globalid
 
 CUSTOMER = "service_customer"
 SUPPLIER = "service_supplier"

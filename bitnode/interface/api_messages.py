@@ -21,10 +21,10 @@ from typing import Any, Optional
 
 from twisted.internet import defer
 
+from bitnode import globalid
 from bitnode.chat.messages_service import normalize_types
 from bitnode.errors import BadRequest
 from bitnode.interface.running import running_service
-from bitnode.userid import globalid
 
 MESSAGES = "service_private_messages"
 #: The legacy receive_one_message is one long-poll consumer of its own.

@@ -22,9 +22,9 @@ from typing import Any, Optional
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 
+from bitnode import globalid
 from bitnode.errors import BadRequest, NotFound, Timeout, Unavailable
 from bitnode.transport.packet_out import PeerRefused
-from bitnode.userid import globalid
 
 UNKNOWN, PING, CONNECTED, OFFLINE = "UNKNOWN", "PING", "CONNECTED", "OFFLINE"
 

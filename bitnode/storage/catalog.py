@@ -1,6 +1,6 @@
 """The catalog: what a user stored, where its blocks are, in one sqlite file (WAL).
 
-Remote paths are ``key_id:path`` (:mod:`bitnode.userid.globalid`): the key id
+Remote paths are ``key_id:path`` (:mod:`bitnode.globalid`): the key id
 says whose key encrypts the file (the user's master key or a share key). The
 tables, format version :data:`CATALOG_FORMAT`:
 
@@ -41,10 +41,10 @@ import sqlite3
 from typing import ContextManager, Iterable
 
 from bitnode.errors import BadRequest, Conflict, NotFound
+from bitnode.globalid import parse_key_id, validate_path
 from bitnode.main.sqlitedb import SqliteFile
 from bitnode.storage.ports import SegmentMeta
 from bitnode.storage.segment_crypto import validate_version_id
-from bitnode.userid.globalid import parse_key_id, validate_path
 
 CATALOG_FORMAT = 1
 UPLOADING, COMPLETE, FAILED = "uploading", "complete", "failed"

@@ -38,6 +38,7 @@ from typing import Any
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from bitnode import globalid
 from bitnode.access import share_scope
 from bitnode.crypt import keys
 from bitnode.errors import BadRequest, BitnodeError, Conflict, Forbidden, NotFound, Unavailable
@@ -50,7 +51,6 @@ from bitnode.storage.catalog import Catalog, split_remote_path
 from bitnode.storage.catalog_backup import SERIAL_META, CatalogBackup
 from bitnode.storage.job_context import Placement, StorageContext, delete_versions
 from bitnode.storage.transfers import UPLOAD, TransferManager
-from bitnode.userid import globalid
 
 CUSTOMER_SERVICE = "service_customer"
 IDENTITY_SERVICE = "service_identity"

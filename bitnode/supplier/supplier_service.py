@@ -41,6 +41,7 @@ from typing import Any
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from bitnode import globalid
 from bitnode.errors import BadRequest, BitnodeError, Conflict, NotFound, Unavailable
 from bitnode.services.base import Service
 from bitnode.storage import wire
@@ -48,7 +49,6 @@ from bitnode.supplier import shared_reads
 from bitnode.supplier.desk import SupplierDesk
 from bitnode.supplier.disk_store import DiskStore, tree_size
 from bitnode.transport.commands import Command
-from bitnode.userid import globalid
 
 #: The DHT layer suppliers join so customers can find them (layer 0 is everyone).
 SUPPLIERS_LAYER = 1

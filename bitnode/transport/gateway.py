@@ -38,6 +38,7 @@ from twisted.internet.interfaces import IReactorTCP, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from bitnode import globalid
 from bitnode.errors import BadRequest, BitnodeError, Conflict, NotFound, TooManyRequests, Unavailable
 from bitnode.transport.commands import Command, command_name
 from bitnode.transport.introduction import (
@@ -54,7 +55,6 @@ from bitnode.transport.reintroduction import REFRESH_INTERVAL, Reintroduction
 from bitnode.transport.replay import ReplayCache
 from bitnode.transport.stats import PacketStats
 from bitnode.transport.tcp import Address, Handler, parse_tcp_contact
-from bitnode.userid import globalid
 from bitnode.userid.identity import Identity
 
 DEFAULT_MAX_FRAME = DEFAULT_MAX_PAYLOAD + MAX_HEADER

@@ -38,9 +38,8 @@ from twisted.python.failure import Failure
 from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone, ResponseFailed
 from twisted.web.http import PotentialDataLoss
 
-from bitnode import boundedjson
+from bitnode import boundedjson, globalid
 from bitnode.errors import BadRequest, BitnodeError, Conflict, Forbidden, NotFound, Timeout, Unavailable
-from bitnode.userid import globalid
 from bitnode.userid.identity import Identity
 
 DEFAULT_TIMEOUT = 10.0

@@ -17,8 +17,8 @@ from typing import Any, Callable
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
+from bitnode import globalid
 from bitnode.errors import BadRequest, BitnodeError
-from bitnode.userid import globalid
 from bitnode.userid.identity import Identity
 
 FIRST_DELAY = 30.0

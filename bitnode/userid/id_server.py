@@ -44,6 +44,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.web import resource, server
 
+from bitnode import globalid
 from bitnode.crypt.fileutil import atomic_write, ensure_dir, read_limited
 from bitnode.errors import (
     BadRequest,
@@ -57,7 +58,6 @@ from bitnode.errors import (
 from bitnode.interface.connections import TrackingSite
 from bitnode.main.options import INTEGER, Option
 from bitnode.services.base import Service
-from bitnode.userid import globalid
 from bitnode.userid.identity import MAX_XML_BYTES, Identity
 
 STORE_FOLDER = "identityserver"

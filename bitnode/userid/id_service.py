@@ -40,6 +40,7 @@ from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
+from bitnode import globalid
 from bitnode.crypt import fastsign, keys
 from bitnode.crypt.fastsign import Ed25519PrivateKey
 from bitnode.crypt.fileutil import PRIVATE_FILE_MODE, atomic_write, ensure_dir, read_limited, remove_if_exists
@@ -48,7 +49,7 @@ from bitnode.crypt.keystore import KeyStore
 from bitnode.errors import BadRequest, BitnodeError, Conflict, Forbidden, NotFound, Unavailable
 from bitnode.main.options import FLOAT, INTEGER, Option
 from bitnode.services.base import Service
-from bitnode.userid import globalid, id_backup
+from bitnode.userid import id_backup
 from bitnode.userid.id_publisher import Publisher, parse_servers
 from bitnode.userid.idcache import IdentityCache
 from bitnode.userid.identity import MAX_SOURCES, MAX_XML_BYTES, Identity, validate_contact

@@ -25,9 +25,9 @@ import os
 
 from twisted.logger import Logger
 
+from bitnode import globalid
 from bitnode.crypt.fileutil import atomic_write, ensure_dir, read_limited
 from bitnode.errors import BadRequest, Conflict, Forbidden, NotFound
-from bitnode.userid import globalid
 from bitnode.userid.identity import MAX_XML_BYTES, Identity
 
 _SUFFIX = ".xml"

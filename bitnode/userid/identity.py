@@ -51,11 +51,11 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 
+from bitnode import globalid
 from bitnode.crypt import fastsign, keys
 from bitnode.crypt.fastsign import Ed25519PublicKey
 from bitnode.crypt.keys import RsaPrivateKey, RsaPublicKey
 from bitnode.errors import BadRequest
-from bitnode.userid import globalid
 
 FORMAT_VERSION = "1"
 MAX_XML_BYTES = 64 * 1024

@@ -16,6 +16,7 @@ from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
+from bitnode import globalid
 from bitnode.customer.customer_service import CustomerService, suppliers_key
 from bitnode.errors import NotFound, Unavailable
 from bitnode.services.base import Service
@@ -24,7 +25,6 @@ from bitnode.supplier.disk_store import DiskStore
 from bitnode.supplier.supplier_service import SupplierService
 from bitnode.transport.commands import Command
 from bitnode.transport.packet_out import PeerRefused
-from bitnode.userid import globalid
 from tests.interface.support import OwnNodeCalls, start_node
 
 ME = "carol@127.0.0.1_8084"

@@ -16,13 +16,13 @@ import stat
 from twisted.internet import defer
 from twisted.internet.task import Clock
 
+from bitnode import globalid
 from bitnode.crypt import fastsign, keys
 from bitnode.errors import BadRequest, Conflict, NotFound, Unavailable
 from bitnode.main.basedir import Basedir
 from bitnode.main.events import EventBus
 from bitnode.main.schema import SCHEMA
 from bitnode.main.settings import Settings
-from bitnode.userid import globalid
 from bitnode.userid.id_service import IdentityService
 from bitnode.userid.identity import Identity, format_date
 
