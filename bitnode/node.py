@@ -20,7 +20,6 @@ from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
 from automats import Registry
-from bitnode.crypt.fileutil import atomic_write
 from bitnode.interface.api import API
 from bitnode.interface.auth import ApiGuard, RateLimiter, load_or_create_secret
 from bitnode.interface.connections import ConnectionSet, TrackingSite
@@ -29,6 +28,7 @@ from bitnode.interface.rest import ApiResource
 from bitnode.interface.websocket import ApiWebSocketFactory
 from bitnode.main.basedir import Basedir
 from bitnode.main.events import EventBus
+from bitnode.main.fileutil import atomic_write
 from bitnode.main.schema import SCHEMA
 from bitnode.main.settings import Settings
 from bitnode.services.base import Service

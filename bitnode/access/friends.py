@@ -35,9 +35,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from bitnode import globalid
-from bitnode.crypt.fileutil import atomic_write, read_limited
 from bitnode.crypt.keystore import MAX_LABEL, validate_label
 from bitnode.errors import BadRequest, BitnodeError, Conflict, NotFound
+from bitnode.main.fileutil import atomic_write, read_limited
 from bitnode.p2p.online_status import PING
 
 FILE_VERSION = 1

@@ -33,8 +33,8 @@ from typing import Any
 
 from twisted.logger import Logger
 
-from bitnode.crypt.fileutil import PRIVATE_FILE_MODE, atomic_write, read_limited
 from bitnode.errors import BadRequest, NotFound
+from bitnode.main.fileutil import PRIVATE_FILE_MODE, atomic_write, read_limited
 
 REGISTRY_FORMAT = 1
 HISTORY_SIZE = 500

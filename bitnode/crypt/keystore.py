@@ -26,15 +26,15 @@ from twisted.logger import Logger
 
 from bitnode import globalid
 from bitnode.crypt import keys
-from bitnode.crypt.fileutil import (
+from bitnode.crypt.keys import RsaPrivateKey, RsaPublicKey
+from bitnode.errors import BadRequest, Conflict, NotFound
+from bitnode.main.fileutil import (
     PRIVATE_FILE_MODE,
     atomic_write,
     ensure_dir,
     read_limited,
     remove_if_exists,
 )
-from bitnode.crypt.keys import RsaPrivateKey, RsaPublicKey
-from bitnode.errors import BadRequest, Conflict, NotFound
 
 MASTER_ALIAS = "master"
 MAX_LABEL = 256

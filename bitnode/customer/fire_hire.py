@@ -26,8 +26,8 @@ import json
 from typing import Any, Callable, Mapping
 
 from automats import Automat
-from bitnode.crypt.fileutil import atomic_write
 from bitnode.errors import BadRequest, NotFound
+from bitnode.main.fileutil import atomic_write
 
 ROSTER_FORMAT = 1
 FIRED_MEMORY = 3600.0  # seconds a fired supplier is not hired again

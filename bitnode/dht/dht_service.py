@@ -29,13 +29,13 @@ from twisted.internet.defer import Deferred, ensureDeferred, maybeDeferred, succ
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from bitnode.crypt.fileutil import atomic_write, ensure_dir, read_limited
 from bitnode.dht import records
 from bitnode.dht.ids import ID_HEX_LEN, check_layer_id, id_from_hex, id_to_hex, random_id
 from bitnode.dht.kademlia_node import DHTNode
 from bitnode.dht.limits import LIMIT_OPTIONS, limits_from_settings
 from bitnode.dht.records import Record
 from bitnode.errors import BadRequest, Conflict, NotFound, Unavailable
+from bitnode.main.fileutil import atomic_write, ensure_dir, read_limited
 from bitnode.main.options import FLOAT, INTEGER, STRING, Option
 from bitnode.services.base import Service
 

@@ -15,8 +15,8 @@ from urllib.parse import urlsplit
 
 from twisted.internet.interfaces import IReactorTime
 
-from bitnode.crypt.fileutil import atomic_write
 from bitnode.errors import Forbidden, TooManyRequests, Unauthorized
+from bitnode.main.fileutil import atomic_write
 
 LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 

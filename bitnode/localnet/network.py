@@ -27,12 +27,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
-from bitnode.crypt.fileutil import atomic_write
 from bitnode.errors import BadRequest, Conflict, NotFound
 from bitnode.interface.client import call_api, read_endpoints, read_secret
 from bitnode.main import control
 from bitnode.main.basedir import Basedir
 from bitnode.main.control import node_pid
+from bitnode.main.fileutil import atomic_write
 
 NETWORK_FORMAT = 1
 SERVER_NAME = "idserver"

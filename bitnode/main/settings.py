@@ -14,8 +14,8 @@ from typing import Any, Callable, Iterable
 
 from twisted.logger import Logger
 
-from bitnode.crypt.fileutil import atomic_write
 from bitnode.errors import BadRequest, NotFound
+from bitnode.main.fileutil import atomic_write
 from bitnode.main.options import Option
 
 SETTINGS_FORMAT = 1

@@ -20,8 +20,8 @@ from typing import Callable
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from bitnode.crypt.fileutil import atomic_write
 from bitnode.errors import BadRequest, BitnodeError, InsufficientStorage
+from bitnode.main.fileutil import atomic_write
 from bitnode.storage import wire
 from bitnode.storage.ports import BlockNotFound, version_prefix
 from bitnode.supplier.disk_store import DiskStore

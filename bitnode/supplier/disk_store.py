@@ -33,8 +33,8 @@ from typing import Any, Callable
 from twisted.internet import defer
 from zope.interface import implementer
 
-from bitnode.crypt.fileutil import atomic_write, ensure_dir, fsync_dir
 from bitnode.errors import BadRequest, InsufficientStorage
+from bitnode.main.fileutil import atomic_write, ensure_dir, fsync_dir
 from bitnode.storage.ports import BlockNotFound, IStorageServer, validate_customer_id, validate_path
 
 _SAFE_DIR_RE = re.compile(r"[a-z0-9_.@-]{1,200}\Z")

@@ -35,9 +35,9 @@ from dataclasses import dataclass
 from bitnode import globalid
 from bitnode.crypt import fastsign, keys
 from bitnode.crypt.fastsign import Ed25519PrivateKey
-from bitnode.crypt.fileutil import PRIVATE_FILE_MODE, fsync_dir, read_limited
 from bitnode.crypt.keys import InvalidKey, RsaPrivateKey
 from bitnode.errors import BadRequest, Conflict, NotFound
+from bitnode.main.fileutil import PRIVATE_FILE_MODE, fsync_dir, read_limited
 
 HEADER = "# bitnode identity backup, format 1"
 MAX_BACKUP_BYTES = 64 * 1024

@@ -45,7 +45,6 @@ from twisted.logger import Logger
 from twisted.web import resource, server
 
 from bitnode import globalid
-from bitnode.crypt.fileutil import atomic_write, ensure_dir, read_limited
 from bitnode.errors import (
     BadRequest,
     BitnodeError,
@@ -56,6 +55,7 @@ from bitnode.errors import (
     error_response,
 )
 from bitnode.interface.connections import TrackingSite
+from bitnode.main.fileutil import atomic_write, ensure_dir, read_limited
 from bitnode.main.options import INTEGER, Option
 from bitnode.services.base import Service
 from bitnode.userid.identity import MAX_XML_BYTES, Identity

@@ -43,10 +43,10 @@ from twisted.logger import Logger
 from bitnode import globalid
 from bitnode.crypt import fastsign, keys
 from bitnode.crypt.fastsign import Ed25519PrivateKey
-from bitnode.crypt.fileutil import PRIVATE_FILE_MODE, atomic_write, ensure_dir, read_limited, remove_if_exists
 from bitnode.crypt.keys import RsaPrivateKey
 from bitnode.crypt.keystore import KeyStore
 from bitnode.errors import BadRequest, BitnodeError, Conflict, Forbidden, NotFound, Unavailable
+from bitnode.main.fileutil import PRIVATE_FILE_MODE, atomic_write, ensure_dir, read_limited, remove_if_exists
 from bitnode.main.options import FLOAT, INTEGER, Option
 from bitnode.services.base import Service
 from bitnode.userid import id_backup

@@ -26,8 +26,8 @@ import os
 from twisted.logger import Logger
 
 from bitnode import globalid
-from bitnode.crypt.fileutil import atomic_write, ensure_dir, read_limited
 from bitnode.errors import BadRequest, Conflict, Forbidden, NotFound
+from bitnode.main.fileutil import atomic_write, ensure_dir, read_limited
 from bitnode.userid.identity import MAX_XML_BYTES, Identity
 
 _SUFFIX = ".xml"

@@ -12,9 +12,9 @@ import os
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from bitnode.crypt.fileutil import atomic_write
 from bitnode.interface import cli
 from bitnode.main.basedir import Basedir
+from bitnode.main.fileutil import atomic_write
 
 BUILT_IN = ("start", "stop", "status", "run", "api", "methods")
 

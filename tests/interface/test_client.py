@@ -10,7 +10,6 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from bitnode.crypt.fileutil import atomic_write
 from bitnode.interface.client import (
     NotRunning,
     UnknownMethod,
@@ -23,6 +22,7 @@ from bitnode.interface.client import (
 )
 from bitnode.interface.routes import ROUTES
 from bitnode.main.basedir import Basedir
+from bitnode.main.fileutil import atomic_write
 
 
 def _param(route_name: str, name: str):

@@ -9,9 +9,9 @@ import sys
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from bitnode.crypt.fileutil import atomic_write
 from bitnode.main import control
 from bitnode.main.basedir import Basedir
+from bitnode.main.fileutil import atomic_write
 
 # A process whose command line mentions bitnode, as a node's does; it prints once its handlers are set.
 STAND_IN = "import signal, sys, time; {setup}; print('up', flush=True); time.sleep(30)"

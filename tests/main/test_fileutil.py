@@ -1,4 +1,4 @@
-"""Tests for bitnode.crypt.fileutil."""
+"""Tests for bitnode.main.fileutil."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import stat
 
 from twisted.trial import unittest
 
-from bitnode.crypt import fileutil
+from bitnode.main import fileutil
 
 
 def _mode(path: str) -> int:
