@@ -22,11 +22,11 @@ from twisted.python.threadpool import ThreadPool
 from automats import Registry
 from bitnode.interface.api import API
 from bitnode.interface.auth import ApiGuard, RateLimiter, load_or_create_secret
-from bitnode.interface.connections import ConnectionSet, TrackingSite
 from bitnode.interface.dispatch import Dispatcher
 from bitnode.interface.rest import ApiResource
 from bitnode.interface.websocket import ApiWebSocketFactory
 from bitnode.main.basedir import Basedir
+from bitnode.main.connections import ConnectionSet, TrackingSite
 from bitnode.main.events import EventBus
 from bitnode.main.fileutil import atomic_write
 from bitnode.main.schema import SCHEMA

@@ -26,9 +26,9 @@ from twisted.logger import Logger
 
 from bitnode.errors import BadRequest, BitnodeError, error_response
 from bitnode.interface.auth import ApiGuard, RateLimiter
-from bitnode.interface.connections import ConnectionSet, TrackedProtocol
 from bitnode.interface.dispatch import Answer, Dispatcher, parse_json_object
 from bitnode.interface.rest import encode_envelope
+from bitnode.main.connections import ConnectionSet, TrackedProtocol
 from bitnode.main.events import Event, EventBus, check_since
 
 MAX_MESSAGE = 1024 * 1024

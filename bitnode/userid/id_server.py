@@ -54,7 +54,7 @@ from bitnode.errors import (
     NotFound,
     error_response,
 )
-from bitnode.interface.connections import TrackingSite
+from bitnode.main.connections import TrackingSite
 from bitnode.main.fileutil import atomic_write, ensure_dir, read_limited
 from bitnode.main.options import INTEGER, Option
 from bitnode.services.base import Service

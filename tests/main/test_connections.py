@@ -1,4 +1,4 @@
-"""Tests for bitnode.interface.connections: knowing and closing a server's open connections."""
+"""Tests for bitnode.main.connections: knowing and closing a server's open connections."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from twisted.internet.testing import StringTransport
 from twisted.trial import unittest
 from twisted.web.resource import Resource
 
-from bitnode.interface.connections import ConnectionSet, TrackedProtocol, TrackingSite
+from bitnode.main.connections import ConnectionSet, TrackedProtocol, TrackingSite
 from tests.interface.support import wait_until
 
 WAIT = 2.0
