@@ -275,9 +275,9 @@ class BenchNet:
         is planned and the moment a node binds it: then the network is
         stopped and planned again on fresh ports (``attempts`` times at most).
         """
+        from bitnode.interface.control import node_pid
         from bitnode.localnet.network import LocalNet, LocalnetError, wait_for
         from bitnode.main.basedir import Basedir
-        from bitnode.main.control import node_pid
 
         for attempt in range(1, attempts + 1):
             directory = os.path.join(self.workdir, f"localnet-{attempt}")

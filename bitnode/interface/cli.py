@@ -19,6 +19,7 @@ import shlex
 import shutil
 import sys
 
+from bitnode.interface import control
 from bitnode.interface.client import (
     NotRunning,
     UnknownMethod,
@@ -28,10 +29,9 @@ from bitnode.interface.client import (
     read_endpoints,
     read_secret,
 )
+from bitnode.interface.control import node_pid
 from bitnode.interface.routes import LEGACY, ROUTES, Alias
-from bitnode.main import control
 from bitnode.main.basedir import Basedir, default_basedir
-from bitnode.main.control import node_pid
 
 __all__ = ["main", "make_parser", "call_api", "node_pid", "read_endpoints", "read_secret"]
 

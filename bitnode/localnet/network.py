@@ -28,10 +28,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 from bitnode.errors import BadRequest, Conflict, NotFound
+from bitnode.interface import control
 from bitnode.interface.client import call_api, read_endpoints, read_secret
-from bitnode.main import control
+from bitnode.interface.control import node_pid
 from bitnode.main.basedir import Basedir
-from bitnode.main.control import node_pid
 from bitnode.main.fileutil import atomic_write
 
 NETWORK_FORMAT = 1

@@ -8,7 +8,7 @@ import signal
 import socket
 import time
 
-from bitnode.main import control
+from bitnode.interface import control
 from tests.system.support import (
     DEADLINE,
     ProcessTestCase,

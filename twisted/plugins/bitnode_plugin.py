@@ -29,7 +29,7 @@ class Options(usage.Options):
 
     def opt_set(self, value):
         """KEY=VALUE: store setting KEY before starting (validated like config_set; repeatable)."""
-        from bitnode.main.runner import parse_setting
+        from bitnode.runner import parse_setting
 
         try:
             self["set"].append(parse_setting(value))
@@ -67,7 +67,7 @@ class BitnodeServiceMaker:
     def makeService(self, options):
         """Import lazily: twistd loads every plugin just to list them."""
         from bitnode.main.memory import tune_allocator
-        from bitnode.main.runner import make_service
+        from bitnode.runner import make_service
 
         tune_allocator()  # process-wide, so here where the process starts, not in a Node
         return make_service(options["basedir"], options["set"])

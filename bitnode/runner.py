@@ -12,7 +12,7 @@ from twisted.logger import Logger
 from bitnode.errors import BitnodeError
 from bitnode.node import build_node
 
-log = Logger(namespace="bitnode.main.runner")
+log = Logger(namespace="bitnode.runner")
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 

@@ -1,4 +1,4 @@
-"""Tests for bitnode.main.control with stand-in processes (real node processes: tests/system)."""
+"""Tests for bitnode.interface.control with stand-in processes (real node processes: tests/system)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import sys
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from bitnode.main import control
+from bitnode.interface import control
 from bitnode.main.basedir import Basedir
 from bitnode.main.fileutil import atomic_write
 

@@ -1,4 +1,4 @@
-"""Tests for bitnode.main.runner and the twistd plugin's options (real twistd processes: tests/system)."""
+"""Tests for bitnode.runner and the twistd plugin's options (real twistd processes: tests/system)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from twisted.python import usage
 from twisted.scripts.twistd import ServerOptions
 from twisted.trial.unittest import SynchronousTestCase
 
-from bitnode.main import runner
+from bitnode import runner
 from bitnode.main.basedir import Basedir
 
 
