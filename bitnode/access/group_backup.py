@@ -1,7 +1,7 @@
 """The ``groups`` part of the catalog backup: my memberships and the queues I host, without their messages.
 
 service_private_groups registers this part with service_backups
-(:meth:`~bitnode.storage.storage_service.StorageService.add_backup_part`), so an
+(:meth:`~bitnode.storage.backups_service.BackupsService.add_backup_part`), so an
 identity recovered on a new machine (its group keys come back with the key
 backup) also gets back the groups it was in and the queues it hosted.
 

@@ -70,7 +70,7 @@ PREFIX = "services/shares/"
 #: Seconds before a publish that reached no supplier is tried again (suppliers changing also retries it).
 PUBLISH_RETRY = 60.0
 IDENTITY, GATEWAY, STORAGE, KEYS = "service_identity", "service_gateway", "service_backups", "service_key_exchange"
-#: The name of my share records in the catalog backup (see :meth:`StorageService.add_backup_part`).
+#: The name of my share records in the catalog backup (see :meth:`BackupsService.add_backup_part`).
 BACKUP_PART = "shares"
 
 

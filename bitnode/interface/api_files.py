@@ -1,7 +1,7 @@
 """API methods for files: the catalog (files_*, file_*), uploads, downloads and transfers.
 
 Thin: each method checks its arguments and calls service_backups
-(:mod:`bitnode.storage.storage_service`), its catalog (always in the thread
+(:mod:`bitnode.storage.backups_service`), its catalog (always in the thread
 pool) or its TransferManager. Remote paths are ``key_id:path``; the key must
 be one of mine (403 otherwise). Local paths must be absolute: the node's
 working directory means nothing to the caller.
@@ -37,7 +37,7 @@ from bitnode.interface.running import running_service
 from bitnode.storage.catalog import COMPLETE
 
 if TYPE_CHECKING:  # pragma: no cover
-    from bitnode.storage.storage_service import StorageService
+    from bitnode.storage.backups_service import BackupsService
 
 SERVICE = "service_backups"
 SHARES = "service_shares"
@@ -130,7 +130,7 @@ def _item(row: dict) -> dict:
 class FilesMethods:
     """files_*, file_* and transfers_list; mixed into :class:`bitnode.interface.api.API`."""
 
-    def _storage(self, where: str | None = None) -> StorageService:
+    def _storage(self, where: str | None = None) -> BackupsService:
         driver = self.node.service_driver
         service = running_service(self.node, SERVICE)
         service.require_ready()
@@ -152,7 +152,7 @@ class FilesMethods:
     def _thread(self, fn, *args):
         return self.node.run_in_thread(fn, *args)
 
-    def _transfers_of(self, storage: StorageService, remote_path: str, kind: str) -> list:
+    def _transfers_of(self, storage: BackupsService, remote_path: str, kind: str) -> list:
         return [j.info() for j in storage.transfers.jobs(kind)
                 if j.remote_path == remote_path or j.remote_path.startswith(remote_path.rstrip("/") + "/")]
 
@@ -441,12 +441,12 @@ class FilesMethods:
     # A "path id" is a remote path, or a path under my master key; a local path maps to the
     # remote path master$me:<local path without its leading "/">.
 
-    def _legacy_remote(self, storage: StorageService, path_id: str) -> str:
+    def _legacy_remote(self, storage: BackupsService, path_id: str) -> str:
         if not isinstance(path_id, str) or not path_id.strip("/"):
             raise BadRequest("a path id is required")
         return path_id if ":" in path_id else f"{storage.master_key_id()}:{path_id.strip('/')}"
 
-    def _local_remote(self, storage: StorageService, local_path: str) -> tuple[str, str]:
+    def _local_remote(self, storage: BackupsService, local_path: str) -> tuple[str, str]:
         local = _absolute(local_path, "path")
         return local, f"{storage.master_key_id()}:{local.lstrip(os.sep).replace(os.sep, '/')}"
 

@@ -13,7 +13,7 @@ from bitnode.dht.dht_service import DHTService
 from bitnode.interface.webhooks import WebhooksService
 from bitnode.p2p.network_service import NetworkService
 from bitnode.p2p.stun_service import StunServerService
-from bitnode.storage.storage_service import StorageService
+from bitnode.storage.backups_service import BackupsService
 from bitnode.supplier.supplier_service import SupplierService
 from bitnode.transport.gateway_service import GatewayService
 from bitnode.userid.id_server import IdentityServerService
@@ -34,6 +34,6 @@ SERVICES = (
     GroupsService,
     SupplierService,
     CustomerService,
-    StorageService,
+    BackupsService,
     SharesService,
 )

@@ -18,7 +18,7 @@ from bitnode.access.groups_service import GroupsService
 from bitnode.chat.messages_service import PrivateMessagesService
 from bitnode.customer.customer_service import CustomerService
 from bitnode.dht.dht_service import DHTService
-from bitnode.storage.storage_service import StorageService
+from bitnode.storage.backups_service import BackupsService
 from tests.access import test_groups_service
 from tests.access.support import NODE_SERVICES, AccessNetworkCase
 from tests.customer.test_customer_service import FAST_MARKET
@@ -42,7 +42,7 @@ class GroupRecoveryTests(_GroupHelpers, AccessNetworkCase):
     """Bob hires suppliers (his catalog backup goes there); Alice hosts the group."""
 
     timeout = 120
-    node_services = [*NODE_SERVICES, DHTService, CustomerService, StorageService, PrivateMessagesService,
+    node_services = [*NODE_SERVICES, DHTService, CustomerService, BackupsService, PrivateMessagesService,
                      GroupsService]
 
     @inlineCallbacks
@@ -136,7 +136,7 @@ class GroupRecoveryTests(_GroupHelpers, AccessNetworkCase):
 class PendingPartTests(_GroupHelpers, AccessNetworkCase):
     """No market: service_backups runs without suppliers, which is enough to hold a restored part."""
 
-    node_services = [*NODE_SERVICES, StorageService, PrivateMessagesService, GroupsService]
+    node_services = [*NODE_SERVICES, BackupsService, PrivateMessagesService, GroupsService]
 
     @inlineCallbacks
     def test_a_part_restored_while_the_groups_service_is_off_waits_for_it(self):

@@ -25,15 +25,15 @@ from bitnode.customer.customer_service import CustomerService, lookup_suppliers
 from bitnode.dht.dht_service import DHTService
 from bitnode.errors import Forbidden
 from bitnode.p2p.network_service import NetworkService
-from bitnode.storage.storage_service import StorageService
+from bitnode.storage.backups_service import BackupsService
 from bitnode.transport.gateway_service import GatewayService
 from bitnode.userid.id_service import IdentityService
 from tests.customer.test_customer_service import FAST_MARKET
 from tests.interface.support import start_node
-from tests.storage.test_storage_service import read
+from tests.storage.test_backups_service import read
 from tests.supplier.test_supplier_service import Net, gid, ok, until
 
-READER = [IdentityService, GatewayService, NetworkService, DHTService, KeyExchangeService, StorageService,
+READER = [IdentityService, GatewayService, NetworkService, DHTService, KeyExchangeService, BackupsService,
           SharesService]
 OWNER = [*READER[:4], CustomerService, *READER[4:]]
 USER_SETTINGS = {"services/backups/segment-size": 64 * 1024, "services/backups/catalog-backup-delay": 3600.0,

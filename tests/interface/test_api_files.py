@@ -1,7 +1,7 @@
 """Tests for bitnode.interface.api_files: files_*, file_* and transfers_list through the dispatcher.
 
 A real Node with service_identity (fake identity servers, 1024-bit keys) and
-service_backups over the in-memory grid of tests/storage/test_storage_service.py.
+service_backups over the in-memory grid of tests/storage/test_backups_service.py.
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from twisted.internet import defer
 from twisted.trial import unittest
 
 from bitnode.errors import BadRequest
+from bitnode.storage.backups_service import BackupsService
 from bitnode.storage.memory_grid import MemoryStorageServer
-from bitnode.storage.storage_service import StorageService
-from tests.storage.test_storage_service import (
+from tests.storage.test_backups_service import (
     ME,
     SEG,
     GridProvider,
@@ -291,7 +291,7 @@ class NoSupplierTests(unittest.TestCase):
         helper.setUp()
         helper.mktemp = self.mktemp
         helper.addCleanup = self.addCleanup
-        node, _ = yield helper.start(storage=StorageService)
+        node, _ = yield helper.start(storage=BackupsService)
         local, _ = write(self, 10)
         answer = yield node.dispatcher.execute_by_name(
             "file_upload_start", {"local_path": os.path.abspath(local), "remote_path": REMOTE})

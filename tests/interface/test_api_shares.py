@@ -12,7 +12,7 @@ from __future__ import annotations
 from twisted.internet.defer import inlineCallbacks
 
 from bitnode.access.shares_service import SharesService
-from bitnode.storage.storage_service import StorageService
+from bitnode.storage.backups_service import BackupsService
 from tests.access.support import NODE_SERVICES, AccessNetworkCase, pause
 from tests.interface.support import start_node
 
@@ -20,7 +20,7 @@ from tests.interface.support import start_node
 class ShareApiTests(AccessNetworkCase):
     @inlineCallbacks
     def node(self, name):
-        node = yield start_node(self, service_classes=[*NODE_SERVICES, StorageService, SharesService],
+        node = yield start_node(self, service_classes=[*NODE_SERVICES, BackupsService, SharesService],
                                 overrides=dict(self.settings, **{"services/shares/index-delay": 0.01}))
         yield self.ok(node, "identity_create", username=name)
         for _ in range(300):

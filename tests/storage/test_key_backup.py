@@ -1,7 +1,7 @@
 """Tests for bitnode.storage.key_backup: the sealed format, key store round trips, parts, and a whole recovery.
 
 The last class runs real Nodes (service_identity + service_backups over the
-in-memory grid of tests/storage/test_storage_service.py): a file stored under
+in-memory grid of tests/storage/test_backups_service.py): a file stored under
 a share key comes back on a new machine that has nothing but the master key.
 """
 
@@ -21,7 +21,7 @@ from bitnode.crypt.keystore import KeyStore
 from bitnode.errors import BadRequest
 from bitnode.storage import key_backup
 from tests.interface.support import wait_until
-from tests.storage.test_storage_service import MASTER, SEG, StorageNodeTestCase
+from tests.storage.test_backups_service import MASTER, SEG, StorageNodeTestCase
 from tests.userid.fakes import rsa_key
 
 OWNER = "alice@id.example.net_8084"

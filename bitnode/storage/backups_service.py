@@ -22,7 +22,7 @@ catalog change is backed up again after ``catalog-backup-delay`` seconds.
 
 The catalog backup also carries my other keys (share and group keys, keys
 shared with me) and the records services register with
-:meth:`StorageService.add_backup_part`, sealed to my master key
+:meth:`BackupsService.add_backup_part`, sealed to my master key
 (:mod:`bitnode.storage.key_backup`): a change of my key store is backed up
 like a catalog change, and a restore puts the keys back before the catalog.
 A restored part whose service is off waits in the catalog's meta table until
@@ -66,7 +66,7 @@ def _open_catalog(path: str, temp_dir: str) -> Catalog:
     return Catalog(path)
 
 
-class StorageService(Service):
+class BackupsService(Service):
     """Backups of my files on my suppliers."""
 
     name = "service_backups"

@@ -1,4 +1,4 @@
-"""Tests for bitnode.storage.storage_service: service_backups in real Nodes over an in-memory grid.
+"""Tests for bitnode.storage.backups_service: service_backups in real Nodes over an in-memory grid.
 
 Nodes are real (reactor, thread pool, API listeners on port 0); identities use
 the fake identity servers of tests/userid/fakes.py with 1024-bit keys; the
@@ -16,10 +16,10 @@ from twisted.trial import unittest
 from zope.interface import implementer
 
 from bitnode.errors import Unavailable
+from bitnode.storage.backups_service import NO_SUPPLIERS, BackupsService
 from bitnode.storage.catalog import COMPLETE
 from bitnode.storage.memory_grid import MemoryStorageServer
 from bitnode.storage.ports import IStorageServer
-from bitnode.storage.storage_service import NO_SUPPLIERS, StorageService
 from bitnode.userid.id_service import IdentityService
 from tests.interface.support import start_node, wait_until
 from tests.storage.test_jobs import read, write
@@ -113,7 +113,7 @@ def identity_service(servers: FakeServers):
 
 
 def storage_service(provider):
-    class GridStorageService(StorageService):
+    class GridStorageService(BackupsService):
         def make_provider(self):
             return provider
 
@@ -172,7 +172,7 @@ class ServiceTests(StorageNodeTestCase):
 
     @defer.inlineCallbacks
     def test_without_a_supplier_provider_nothing_pretends_to_work(self):
-        node, service = yield self.start(storage=StorageService)
+        node, service = yield self.start(storage=BackupsService)
         source, _ = write(self, 10)
         error = self.assertRaises(Unavailable, service.transfers.start_upload, source, MASTER + ":a")
         self.assertEqual(str(error), NO_SUPPLIERS)
