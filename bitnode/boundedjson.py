@@ -30,6 +30,10 @@ class BadJson(BadRequest, ValueError):
     """
 
 
+class TooDeep(BadJson):
+    """A JSON document whose lists and objects nest deeper than allowed."""
+
+
 def loads(data: bytes | bytearray | memoryview | str, what: str = "payload", max_depth: int = MAX_DEPTH,
           max_bytes: int | None = None) -> Any:
     """Parse JSON ``data``; :class:`BadJson` for anything malformed, oversize or deeper than ``max_depth``.
@@ -45,11 +49,11 @@ def loads(data: bytes | bytearray | memoryview | str, what: str = "payload", max
     try:
         value = json.loads(text)
     except RecursionError:
-        raise BadJson(f"{what} is nested too deeply") from None
+        raise TooDeep(f"{what} is nested too deeply") from None
     except ValueError as err:
         raise BadJson(f"{what} is not JSON: {err}") from None
     if text.count("[") + text.count("{") > max_depth and depth(value, max_depth) > max_depth:
-        raise BadJson(f"{what} is nested deeper than {max_depth} levels")
+        raise TooDeep(f"{what} is nested deeper than {max_depth} levels")
     return value
 
 

@@ -23,6 +23,7 @@ from automats import Registry
 from bitnode.interface.api import API
 from bitnode.interface.auth import ApiGuard, RateLimiter, load_or_create_secret
 from bitnode.interface.dispatch import Dispatcher
+from bitnode.interface.limits import ApiLimits
 from bitnode.interface.rest import ApiResource
 from bitnode.interface.websocket import ApiWebSocketFactory
 from bitnode.main.basedir import Basedir
@@ -60,7 +61,8 @@ class Node(MultiService):
                                     settings.get("interface/api/rate-burst"))
         settings.add_listener("logs/api-calls", self._api_settings_changed)
         settings.add_listener("interface/api/rate-", self._api_settings_changed)
-        self.dispatcher = Dispatcher(self.api, log_calls=lambda: self._log_api_calls)
+        self.dispatcher = Dispatcher(self.api, log_calls=lambda: self._log_api_calls,
+                                     limits=ApiLimits.from_settings(settings))
         self.api_secret = ""
         self.ready = False
         self.started_at = 0.0

@@ -68,6 +68,7 @@ class API(IdentityMethods, AccessMethods, NetworkMethods, DHTMethods, FilesMetho
             "basedir": node.basedir.root,
             "ready": node.ready,
             "api": node.endpoints(),
+            "api_limits": node.dispatcher.limits.status(),
             "services": {"total": len(services), "on": sum(1 for s in services if s["state"] == "ON")},
             "automats": len(node.automats.list()),
             "events": {"last_seq": node.events.last_seq},

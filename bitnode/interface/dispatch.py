@@ -13,7 +13,6 @@ that answers with a plain value is answered without a Deferred
 
 from __future__ import annotations
 
-import json
 import re
 import time
 from types import CoroutineType
@@ -24,6 +23,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from bitnode import boundedjson
 from bitnode.errors import (
     BadRequest,
     BitnodeError,
@@ -32,6 +32,7 @@ from bitnode.errors import (
     NotImplementedYet,
     error_response,
 )
+from bitnode.interface.limits import DEFAULT_MAX_DEPTH, ApiLimits
 from bitnode.interface.routes import LEGACY, ROUTES, Alias, Param, Route
 
 Target = Union[Route, Alias]
@@ -53,11 +54,12 @@ class Answer(NamedTuple):
 class ParamTable:
     """The parameters of one method, indexed once (names and aliases) for :meth:`bind`."""
 
-    __slots__ = ("name", "params", "_by_name")
+    __slots__ = ("name", "params", "_by_name", "_limits")
 
-    def __init__(self, name: str, params: tuple[Param, ...]):
+    def __init__(self, name: str, params: tuple[Param, ...], limits: ApiLimits | None = None):
         self.name = name
         self.params = params
+        self._limits = limits if limits is not None else ApiLimits()
         self._by_name: dict[str, Param] = {}
         for param in params:
             self._by_name[param.name] = param
@@ -73,13 +75,18 @@ class ParamTable:
         if not raw and not self.params:
             return kwargs
         by_name = self._by_name
+        depth = self._limits.max_json_depth
         for key, value in raw.items():
             param = by_name.get(key)
             if param is None:
                 raise BadRequest(f"{self.name}: unknown parameter '{key}'")
             if param.name in kwargs:
                 raise BadRequest(f"{self.name}: parameter '{param.name}' given twice")
-            kwargs[param.name] = param.coerce(value)
+            try:
+                kwargs[param.name] = param.coerce(value, depth)
+            except boundedjson.BadJson as err:  # JSON text in a value: counted with the bodies'
+                self._limits.count_json_error(err)
+                raise
         if len(kwargs) < len(self.params):
             for param in self.params:
                 if param.name not in kwargs:
@@ -89,20 +96,23 @@ class ParamTable:
         return kwargs
 
 
-def parse_json_object(raw: bytes, what: str) -> dict:
-    """``raw`` UTF-8 JSON text of an object, as a dict; BadRequest naming ``what`` ("body", "message") otherwise."""
-    try:
-        value = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as err:
-        raise BadRequest(f"malformed JSON {what}: {err}") from None
+def parse_json_object(raw: bytes, what: str, max_depth: int = DEFAULT_MAX_DEPTH) -> dict:
+    """``raw`` UTF-8 JSON text of an object, as a dict.
+
+    Otherwise a BadRequest naming ``what`` ("body", "message"): a
+    :class:`~bitnode.boundedjson.BadJson` (a :class:`~bitnode.boundedjson.TooDeep`
+    when it nests deeper than ``max_depth``), or a plain BadRequest when it is
+    JSON but not an object.
+    """
+    value = boundedjson.loads(raw, f"the {what}", max_depth)
     if not isinstance(value, dict):
         raise BadRequest(f"the {what} must be a JSON object")
     return value
 
 
-def bind_arguments(name: str, params: tuple[Param, ...], raw: dict) -> dict:
+def bind_arguments(name: str, params: tuple[Param, ...], raw: dict, limits: ApiLimits | None = None) -> dict:
     """Check ``raw`` against ``params`` (see :meth:`ParamTable.bind`); the keyword arguments with defaults."""
-    return ParamTable(name, params).bind(raw)
+    return ParamTable(name, params, limits).bind(raw)
 
 
 def _path_regex(path: str) -> re.Pattern:
@@ -146,9 +156,11 @@ class Dispatcher:
 
     log = Logger()
 
-    def __init__(self, api: Any, log_calls: Callable[[], bool] = lambda: False):
+    def __init__(self, api: Any, log_calls: Callable[[], bool] = lambda: False, limits: ApiLimits | None = None):
         self._api = api
         self._log_calls = log_calls
+        #: The limits on what clients send, shared with the HTTP and WebSocket readers (and their counters).
+        self.limits = limits if limits is not None else ApiLimits()
         self._routes = {route.name: route for route in ROUTES}
         self._legacy = {alias.name: alias for alias in LEGACY if alias.name not in self._routes}
         entries = [_Entry(target) for target in (*ROUTES, *self._legacy.values())]
@@ -279,7 +291,7 @@ class Dispatcher:
         to an unbuilt method is a 400, not a 501.
         """
         api = self._api
-        table = ParamTable(target.name, target.params)
+        table = ParamTable(target.name, target.params, self.limits)
         direct = isinstance(target, Route) or target.target not in self._routes
         if direct:  # a route, or a legacy-only method of the API
             name, handler_name = target.name, target.handler if isinstance(target, Route) else target.target
@@ -288,7 +300,7 @@ class Dispatcher:
             route = self._routes[target.target]
             name, handler_name = route.name, route.handler
             alias_bind, translate = table.bind, target.to_target_kwargs
-            route_bind = ParamTable(route.name, route.params).bind
+            route_bind = ParamTable(route.name, route.params, self.limits).bind
 
             def bind(raw: dict) -> dict:
                 return route_bind(translate(alias_bind(raw)))

@@ -23,6 +23,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
+from bitnode.boundedjson import BadJson
 from bitnode.errors import BadRequest, BitnodeError
 from bitnode.interface.auth import ApiGuard, RateLimiter
 from bitnode.interface.dispatch import Answer, Dispatcher, error_answer, parse_json_object
@@ -128,15 +129,20 @@ class ApiResource(Resource):
             kwargs[name] = value
         return target, kwargs
 
-    @staticmethod
-    def _read_body(request: Request) -> dict:
+    def _read_body(self, request: Request) -> dict:
+        limits = self._dispatcher.limits
         request.content.seek(0)
-        raw = request.content.read(MAX_BODY + 1)
-        if len(raw) > MAX_BODY:
-            raise PayloadTooLarge(f"request body larger than {MAX_BODY} bytes")
+        raw = request.content.read(limits.max_body_bytes + 1)
+        if len(raw) > limits.max_body_bytes:
+            limits.count("body_too_large")
+            raise PayloadTooLarge(f"request body larger than {limits.max_body_bytes} bytes")
         if not raw.strip():
             return {}
-        return parse_json_object(raw, "body")
+        try:
+            return parse_json_object(raw, "body", limits.max_json_depth)
+        except BadJson as err:
+            limits.count_json_error(err)
+            raise
 
     def _start_answer(self, request: Request, answer: Answer) -> bytes:
         """Status and headers of ``answer``; returns the body to send."""

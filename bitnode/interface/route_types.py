@@ -7,10 +7,10 @@ are made of these.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from bitnode import boundedjson
 from bitnode.errors import BadRequest
 from bitnode.main.options import parse_bool, parse_float, parse_int, parse_string_list
 
@@ -31,21 +31,28 @@ def _parse_str(value: Any) -> str:
     raise BadRequest(f"expected a string, got {type(value).__name__}")
 
 
-def _parse_json(value: Any) -> Any:
-    """JSON bodies arrive parsed; query-string text is parsed when it is JSON, else kept as text."""
+def _parse_json(value: Any, max_depth: int = boundedjson.MAX_DEPTH) -> Any:
+    """JSON bodies arrive parsed; text (a query string's) is parsed when it is JSON, else kept as text.
+
+    Text that is JSON nested deeper than ``max_depth`` is refused (TooDeep), not kept.
+    """
     if isinstance(value, str):
         try:
-            return json.loads(value)
-        except ValueError:
+            return boundedjson.loads(value, "the value", max_depth)
+        except boundedjson.TooDeep:
+            raise
+        except boundedjson.BadJson:
             return value
     return value
 
 
-def _parse_list(value: Any) -> list:
+def _parse_list(value: Any, max_depth: int = boundedjson.MAX_DEPTH) -> list:
     if isinstance(value, str) and value.strip().startswith("["):
         try:
-            value = json.loads(value)
-        except ValueError:
+            value = boundedjson.loads(value, "the list", max_depth)
+        except boundedjson.TooDeep:
+            raise
+        except boundedjson.BadJson:
             raise BadRequest("expected a list") from None
     return parse_string_list(value)
 
@@ -55,15 +62,17 @@ class ParamType:
     """How a parameter value is read from JSON or from query-string text."""
 
     name: str
-    parse: Callable[[Any], Any]
+    parse: Callable[..., Any]
+    #: True when ``parse`` may read JSON text and takes the nesting limit as its second argument.
+    reads_json: bool = False
 
 
 STR = ParamType("string", _parse_str)
 INT = ParamType("integer", parse_int)
 FLOAT = ParamType("number", parse_float)
 BOOL = ParamType("boolean", parse_bool)
-LIST = ParamType("list of strings", _parse_list)
-JSON = ParamType("JSON value", _parse_json)
+LIST = ParamType("list of strings", _parse_list, reads_json=True)
+JSON = ParamType("JSON value", _parse_json, reads_json=True)
 
 
 @dataclass(frozen=True)
@@ -89,12 +98,19 @@ class Param:
             return self.type.parse(list(self.default) if isinstance(self.default, tuple) else self.default)
         return list(self.default) if isinstance(self.default, tuple) else self.default
 
-    def coerce(self, value: Any) -> Any:
-        """Parse ``value``; None is accepted where the default is None. BadRequest names the parameter."""
+    def coerce(self, value: Any, max_json_depth: int = boundedjson.MAX_DEPTH) -> Any:
+        """Parse ``value``; None is accepted where the default is None. BadRequest names the parameter.
+
+        JSON text in ``value`` may nest ``max_json_depth`` levels at most (a TooDeep otherwise).
+        """
         if value is None and self.default is None:
             return None
         try:
+            if self.type.reads_json:
+                return self.type.parse(value, max_json_depth)
             return self.type.parse(value)
+        except boundedjson.BadJson as err:  # keeps its kind: the API counts refused JSON by kind
+            raise type(err)(f"parameter '{self.name}': {err}") from None
         except BadRequest as err:
             raise BadRequest(f"parameter '{self.name}': {err}") from None
 

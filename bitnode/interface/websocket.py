@@ -24,6 +24,7 @@ from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerPr
 from autobahn.websocket.types import ConnectionDeny
 from twisted.logger import Logger
 
+from bitnode.boundedjson import BadJson
 from bitnode.errors import BadRequest, BitnodeError, error_response
 from bitnode.interface.auth import ApiGuard, RateLimiter
 from bitnode.interface.dispatch import Answer, Dispatcher, parse_json_object
@@ -89,9 +90,15 @@ class ApiWebSocketProtocol(TrackedProtocol, WebSocketServerProtocol):
         try:
             if isBinary:
                 raise BadRequest("binary frames are not supported; send JSON text")
-            if len(payload) > MAX_MESSAGE:
-                raise BadRequest(f"message larger than {MAX_MESSAGE} bytes")
-            message = parse_json_object(payload, "message")
+            limits = self.factory.dispatcher.limits
+            if len(payload) > limits.max_body_bytes:
+                limits.count("body_too_large")
+                raise BadRequest(f"message larger than {limits.max_body_bytes} bytes")
+            try:
+                message = parse_json_object(payload, "message", limits.max_json_depth)
+            except BadJson as err:
+                limits.count_json_error(err)
+                raise
             call_id = message.get("call_id")
             self.factory.limiter.hit(self._client_host())
             command = message.get("command")

@@ -25,6 +25,11 @@ SCHEMA: tuple[Option, ...] = (
            minimum=0),
     Option("interface/api/rate-burst", INTEGER, 4000, "How many requests a client may send at once above the rate.",
            minimum=1),
+    Option("interface/api/max-body-bytes", INTEGER, 1024 * 1024,
+           "Largest HTTP request body or WebSocket message (bytes) the API accepts (413 above; counted in "
+           "process_info api_limits).", minimum=1024, maximum=64 * 1024 * 1024),
+    Option("interface/api/max-json-depth", INTEGER, 32,
+           "Deepest nesting of lists and objects in JSON sent to the API (400 above).", minimum=2, maximum=200),
     Option("interface/api/event-buffer", INTEGER, 1000,
            "How many recent events are kept so listeners can resume from a sequence id.", minimum=10,
            restart_needed=True),

@@ -6,6 +6,7 @@ from twisted.internet import defer
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 
+from bitnode.boundedjson import TooDeep
 from bitnode.errors import (
     BadRequest,
     Conflict,
@@ -21,6 +22,7 @@ from bitnode.errors import (
     error_response,
 )
 from bitnode.interface.dispatch import Answer, Dispatcher, bind_arguments
+from bitnode.interface.limits import ApiLimits
 from bitnode.interface.routes import BOOL, FLOAT, INT, JSON, LIST, REQUIRED, STR, Alias, Param, Route
 
 
@@ -119,6 +121,17 @@ class BindArgumentsTests(unittest.TestCase):
         self.assertEqual(bind_arguments("m", PARAMS, {"name": "x", "tags": '["a", "b c"]'})["tags"], ["a", "b c"])
         err = self.assertRaises(BadRequest, bind_arguments, "m", PARAMS, {"name": "x", "tags": "[oops"})
         self.assertIn("'tags'", str(err))
+
+    def test_json_text_nested_too_deeply_is_refused_and_counted(self) -> None:
+        limits = ApiLimits(max_json_depth=3)
+        for key in ("data", "tags"):
+            for levels in (4, 50_000):  # 50,000 raised RecursionError (a 500) before
+                text = "[" * levels + "]" * levels
+                err = self.assertRaises(TooDeep, bind_arguments, "m", PARAMS, {"name": "x", key: text}, limits)
+                self.assertEqual(err.http_code, 400)
+                self.assertIn(f"parameter '{key}'", str(err))
+        self.assertEqual(limits.refused["json_too_deep"], 4)
+        self.assertEqual(bind_arguments("m", PARAMS, {"name": "x", "data": "[[[1]]]"}, limits)["data"], [[[1]]])
 
     def test_json_text_that_is_not_json_kept(self) -> None:
         self.assertEqual(bind_arguments("m", PARAMS, {"name": "x", "data": "hello"})["data"], "hello")

@@ -15,7 +15,7 @@ from twisted.trial import unittest
 import bitnode
 from bitnode.errors import Conflict
 from bitnode.interface import api as api_module
-from bitnode.interface import rest
+from bitnode.interface.limits import DEFAULT_MAX_BODY
 from bitnode.main import events as events_module
 from bitnode.main.schema import SCHEMA
 from bitnode.main.settings import Settings
@@ -89,17 +89,59 @@ class EnvelopeTests(RestTestCase):
 
     def test_malformed_json_body_is_400(self):
         pending = self.api.request("POST", "config/set/v1", raw=b'{"key": "logs/api-calls",')
-        return self.assertError(pending, 400, "malformed JSON")
+        return self.assertError(pending, 400, "the body is not JSON")
 
     def test_body_that_is_not_utf8_is_400(self):
-        return self.assertError(self.api.request("POST", "config/set/v1", raw=b"\xff\xfe{}"), 400, "malformed")
+        return self.assertError(self.api.request("POST", "config/set/v1", raw=b"\xff\xfe{}"), 400, "not UTF-8")
+
+    @defer.inlineCallbacks
+    def test_deeply_nested_body_is_400_not_500(self):
+        # 100,000 levels made json.loads raise RecursionError: a 500 with a traceback before.
+        for levels in (100_000, 33):
+            raw = b'{"key": "logs/api-calls", "value": ' + b"[" * levels + b"]" * levels + b"}"
+            pending = self.api.request("POST", "config/set/v1", raw=raw)
+            yield self.assertError(pending, 400, "the body is nested")
+        refused = (yield self.api.get("process/info/v1")).result["api_limits"]["refused"]
+        self.assertEqual(refused["json_too_deep"], 2)
+
+    @defer.inlineCallbacks
+    def test_body_at_the_depth_limit_is_read(self):
+        raw = b'{"data": ' + b"[" * 31 + b"]" * 31 + b"}"  # 32 levels with the body's own
+        reply = yield self.api.request("POST", "event/send/deep/v1", raw=raw)
+        self.assertEqual(reply.code, 200, reply.body)
+
+    @defer.inlineCallbacks
+    def test_json_depth_limit_is_a_setting(self):
+        yield self.api.post("config/set/v1", key="interface/api/max-json-depth", value=4)
+        raw = b'{"data": [[[[1]]]]}'
+        yield self.assertError(self.api.request("POST", "event/send/deep/v1", raw=raw), 400, "deeper than 4")
+        reply = yield self.api.request("POST", "event/send/deep/v1", raw=b'{"data": [[1]]}')
+        self.assertEqual(reply.code, 200, reply.body)
+        info = (yield self.api.get("process/info/v1")).result["api_limits"]
+        self.assertEqual((info["max_json_depth"], info["refused"]["json_too_deep"]), (4, 1))
+
+    @defer.inlineCallbacks
+    def test_deeply_nested_json_text_in_a_query_string_is_400(self):
+        deep = "[" * 2000 + "]" * 2000  # %-encoded, within twisted.web's 16 KiB of request line and headers
+        # a JSON-typed parameter: JSON text is parsed (a 500 before), other text kept as text
+        yield self.assertError(self.api.get("config/get/v1", key="x/y", default=deep), 400,
+                               "parameter 'default'", "nested")
+        yield self.assertError(self.api.get("config/get/v1", key="x/y", default="[" * 40 + "]" * 40), 400,
+                               "deeper than 32")
+        reply = yield self.api.get("config/get/v1", key="x/y", default="[[not json")
+        self.assertEqual(reply.result["value"], "[[not json")
+
+    @defer.inlineCallbacks
+    def test_deeply_nested_json_text_inside_a_body_value_is_400(self):
+        body = {"data": "[" * 5000 + "]" * 5000}
+        yield self.assertError(self.api.post("event/send/x/v1", **body), 400, "parameter 'data'", "nested")
 
     def test_json_body_that_is_not_an_object_is_400(self):
         pending = self.api.request("POST", "config/set/v1", raw=b'["logs/api-calls", true]')
         return self.assertError(pending, 400, "object")
 
     def test_body_too_large_is_413(self):
-        raw = b'{"key": "' + b"x" * rest.MAX_BODY + b'"}'
+        raw = b'{"key": "' + b"x" * DEFAULT_MAX_BODY + b'"}'
         return self.assertError(self.api.request("POST", "config/set/v1", raw=raw), 413, "larger than")
 
     def test_empty_body_means_no_parameters(self):

@@ -112,7 +112,18 @@ class CallTests(WsTestCase):
         yield self.assertStillOpen()
 
     def test_frame_that_is_not_json(self):
-        return self.check_malformed(b"hello?", "malformed JSON")
+        return self.check_malformed(b"hello?", "the message is not JSON")
+
+    @defer.inlineCallbacks
+    def test_deeply_nested_frame_is_400_not_500(self):
+        # 100,000 levels made json.loads raise RecursionError inside onMessage before: no answer at all.
+        yield self.check_malformed(b'{"command": "api_call", "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+                                   "the message is nested")
+        frame = b'{"command": "api_call", "method": "event_send", "call_id": 1, "kwargs": {"event_id": "x", "data": '
+        yield self.check_malformed(frame + b"[" * 40 + b"]" * 40 + b"}}", "deeper than 32")
+        frame += b'"' + b"[" * 5000 + b"]" * 5000 + b'"}}'
+        yield self.check_malformed(frame, "parameter 'data'", message_type="api_call")
+        self.assertEqual(self.node.dispatcher.limits.refused["json_too_deep"], 3)
 
     def test_frame_that_is_not_an_object(self):
         return self.check_malformed(b'["api_call", "process_health"]', "JSON object")
