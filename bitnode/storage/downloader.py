@@ -14,17 +14,18 @@ a few times the slowest recent answer, one more block is fetched beside the
 slow ones, and whichever k arrive first are used. Suppliers that failed or
 kept a segment waiting are asked last for the rest of the download.
 
-Plaintext goes to ``dest_path + ".part"``, strictly in segment order, then
-the file is fsynced and renamed over ``dest_path``. If anything fails (or the
-download is cancelled) the ``.part`` file is removed: no half-written file is
-ever left at either name. At most ``max_in_flight`` segments are held in
+Plaintext goes to a temporary ``<name>.<8 hex>.part`` beside ``dest_path``,
+created exclusively and without following links
+(:mod:`bitnode.storage.local_files`), strictly in segment order; then the file
+is fsynced and renamed over ``dest_path``. If anything fails (or the download
+is cancelled) the ``.part`` file is removed: no half-written file is ever left
+at either name. At most ``max_in_flight`` segments are held in
 memory (fetching, decoding or waiting for their turn to be written).
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,7 +36,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from bitnode.errors import BadRequest, Conflict, Unavailable
-from bitnode.storage import blockformat, erasure, segment_crypto
+from bitnode.storage import blockformat, erasure, local_files, segment_crypto
 from bitnode.storage.patience import Patience
 from bitnode.storage.ports import (
     BlockNotFound,
@@ -50,7 +51,7 @@ from bitnode.storage.ports import (
 
 RunInThread = Callable[..., defer.Deferred]
 ProgressCallback = Callable[[Progress], None]
-PART_SUFFIX = ".part"
+PART_SUFFIX = local_files.PART_SUFFIX
 # Least wait before fetching a spare block beside a slow fetch: a spare costs one block of traffic.
 HEDGE_FLOOR = 2.0
 
@@ -141,44 +142,6 @@ def decode_segment(
     return segment_crypto.decrypt_segment(version_key, version_id, segment_index, plaintext_length, encrypted)
 
 
-def open_part(part_path: str):
-    """Create (truncate) the temporary file. Worker thread."""
-    return open(part_path, "wb")
-
-
-def write_part(fh, data: bytes) -> None:
-    """Append one segment's plaintext. Worker thread."""
-    fh.write(data)
-
-
-def finish_part(fh, part_path: str, dest_path: str) -> None:
-    """fsync, close and rename the temporary file into place. Worker thread."""
-    fh.flush()
-    os.fsync(fh.fileno())
-    fh.close()
-    os.replace(part_path, dest_path)
-    try:
-        dir_fd = os.open(os.path.dirname(os.path.abspath(dest_path)), os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dir_fd)
-    except OSError:
-        pass
-    finally:
-        os.close(dir_fd)
-
-
-def abort_part(fh, part_path: str) -> None:
-    """Close and remove the temporary file. Worker thread."""
-    if fh is not None and not fh.closed:
-        fh.close()
-    try:
-        os.unlink(part_path)
-    except FileNotFoundError:
-        pass
-
-
 class Downloader:
     """Restores file versions from a fixed set of n supplier positions (``None`` = no supplier)."""
 
@@ -223,10 +186,14 @@ class Downloader:
         dest_path: str,
         fetch_timeout: float | None = None,
         on_progress: ProgressCallback | None = None,
+        root: str | None = None,
     ) -> defer.Deferred:
         """Restore a version to ``dest_path``; fires with a :class:`DownloadResult`.
 
         ``segments_meta`` must be every segment of the version (indexes 0..N-1).
+        ``root``: the folder of a folder download; the folders between it and
+        ``dest_path`` are made as needed and are never links
+        (:func:`bitnode.storage.local_files.create_part`).
         Fails with :class:`DownloadFailed`, :class:`TransferCancelled` or
         :class:`segment_crypto.SegmentIntegrityError` (wrong key); the
         destination is then untouched and no ``.part`` file remains.
@@ -245,6 +212,7 @@ class Downloader:
         job = _DownloadJob(
             self, segments, version_id, version_key, customer_id, dest_path, timeout, on_progress
         )
+        job.root = root
         self._job = job
 
         def done(result):
@@ -288,7 +256,7 @@ class _DownloadJob:
         self.key = key
         self.customer_id = customer_id
         self.dest_path = dest_path
-        self.part_path = dest_path + PART_SUFFIX
+        self.root: str | None = None
         self.timeout = timeout
         self.on_progress = on_progress
         self.cancelled = False
@@ -300,7 +268,7 @@ class _DownloadJob:
         # Positions that failed or kept a segment waiting: asked last from then on.
         self.suspects: set[int] = set()
         self.turns = [defer.Deferred() for _ in segments]
-        self.fh = None
+        self.part: local_files.PartFile | None = None
         self.bytes_written = 0
         self.bytes_total = sum(m.plaintext_length for m in segments)
         self.started = dl.clock.seconds()
@@ -316,7 +284,7 @@ class _DownloadJob:
     async def run(self) -> DownloadResult:
         dl = self.dl
         try:
-            self.fh = await dl.run_in_thread(open_part, self.part_path)
+            self.part = await dl.run_in_thread(local_files.create_part, self.dest_path, self.root)
             self.turns[0].callback(None)
             window = defer.DeferredSemaphore(dl.max_in_flight)
             tasks = []
@@ -333,9 +301,10 @@ class _DownloadJob:
                 raise TransferCancelled(f"download of {self.version_id} cancelled")
             if self.error is not None:
                 raise self.error
-            await dl.run_in_thread(finish_part, self.fh, self.part_path, self.dest_path)
+            await dl.run_in_thread(self.part.finish)
         except BaseException:
-            await dl.run_in_thread(abort_part, self.fh, self.part_path)
+            if self.part is not None:
+                await dl.run_in_thread(self.part.abort)
             raise
         return DownloadResult(
             self.dest_path,
@@ -353,7 +322,7 @@ class _DownloadJob:
             await self.turns[meta.index]
             if self.stopping():
                 return
-            await dl.run_in_thread(write_part, self.fh, plaintext)
+            await dl.run_in_thread(self.part.write, plaintext)
             self.bytes_written += len(plaintext)
             del plaintext
             self.report_progress(meta.index + 1)

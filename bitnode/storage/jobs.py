@@ -19,7 +19,8 @@ An :class:`UploadJob` turns one local file into one new catalog version::
 
 A :class:`DownloadJob` restores one version (the newest complete one unless
 given) to a local path: PENDING → DOWNLOADING → DONE / FAILED / CANCELLED. The
-Downloader writes ``<dest>.part``, fsyncs and renames; blocks found corrupt or
+Downloader writes ``<dest>.<8 hex>.part`` (exclusive, never through a link:
+:mod:`bitnode.storage.local_files`), fsyncs and renames; blocks found corrupt or
 missing on the supplier that should hold them are marked missing in the
 catalog so backup_monitor rebuilds them.
 
@@ -31,7 +32,6 @@ synchronous sqlite work and always go through ``run_in_thread``.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from twisted.internet import defer
@@ -436,9 +436,11 @@ class DownloadJob(_Job):
     ]
 
     def __init__(self, ctx: StorageContext, manager: Any, remote_path: str, local_path: str,
-                 version_id: str | None = None):
+                 version_id: str | None = None, root: str | None = None):
         super().__init__(ctx, manager, remote_path, local_path)
         self.version_id = version_id
+        #: The folder of a folder download: nothing between it and local_path may be a link.
+        self.root = root
         self.downloader: Downloader | None = None
 
     def run_downloader(self, *_: Any) -> None:
@@ -465,13 +467,12 @@ class DownloadJob(_Job):
             segments = await ctx.run_in_thread(catalog.segments, self.version_id)
             key = await ctx.run_in_thread(ctx.unwrap_key, self.key_id, version["wrapped_key"])
             ids, servers = ctx.placement().for_n(version["n"])
-            await ctx.run_in_thread(_make_parent, self.local_path)
             downloader = Downloader(ctx.run_in_thread, ctx.clock, servers, version["k"], version["n"],
                                     max_in_flight=ctx.segments_in_flight(), fetch_timeout=ctx.fetch_timeout())
             self._check_halted()
             self.downloader = downloader
             result = await downloader.download(segments, self.version_id, key, ctx.customer_id, self.local_path,
-                                               on_progress=lambda p: self.event("progress", p))
+                                               on_progress=lambda p: self.event("progress", p), root=self.root)
             self.result = {"dest_path": result.dest_path, "bytes": result.bytes_written,
                            "segments": result.segments_total,
                            "corrupt_blocks": [list(b) for b in result.corrupt_blocks]}
@@ -513,7 +514,3 @@ class DownloadJob(_Job):
         if self.downloader is not None:
             self.downloader.cancel()
 
-
-def _make_parent(path: str) -> None:
-    parent = os.path.dirname(os.path.abspath(path))
-    os.makedirs(parent, exist_ok=True)

@@ -74,15 +74,19 @@ class TransferManager:
         job.event("start")
         return job
 
-    def start_download(self, remote_path: str, local_path: str, version_id: str | None = None) -> DownloadJob:
-        """Queue a download of ``remote_path`` (newest complete version unless given) to ``local_path``."""
+    def start_download(self, remote_path: str, local_path: str, version_id: str | None = None,
+                       root: str | None = None) -> DownloadJob:
+        """Queue a download of ``remote_path`` (newest complete version unless given) to ``local_path``.
+
+        ``root``: the folder of a folder download (no link below it is followed).
+        """
         remote = self._remote(remote_path)
         self._check_open()
         busy = self.find(DOWNLOAD, remote)
         if busy is not None:
             raise Conflict(f"{remote} is already being downloaded ({busy.state})")
         self.ctx.placement()
-        job = DownloadJob(self.ctx, self, remote, local_path, version_id)
+        job = DownloadJob(self.ctx, self, remote, local_path, version_id, root)
         self._jobs[job.id] = job
         job.event("start")
         return job

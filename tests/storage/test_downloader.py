@@ -17,6 +17,7 @@ from bitnode.storage import downloader as downloader_module
 from bitnode.storage.downloader import Downloader, DownloadFailed
 from bitnode.storage.ports import SegmentMeta, TransferCancelled, block_path
 from bitnode.storage.uploader import Uploader
+from tests.storage.test_local_files import parts_beside
 
 from .test_uploader import CUSTOMER, KEY, SEG, VERSION, K, N, make_grid, sync_thread, upload_sync, write_file
 
@@ -37,7 +38,7 @@ class _Base(unittest.TestCase):
 
     def assert_nothing_left(self, dest):
         self.assertFalse(os.path.exists(dest))
-        self.assertFalse(os.path.exists(dest + ".part"))
+        self.assertEqual(parts_beside(dest), [])
 
     def read(self, path):
         with open(path, "rb") as f:
@@ -55,7 +56,7 @@ class RoundTripTests(_Base):
             self.assertEqual(got.bytes_written, size)
             self.assertEqual(got.problems, ())
             self.assertEqual(set(got.used_blocks), {(0, 1, 2)})
-            self.assertFalse(os.path.exists(dest + ".part"))
+            self.assertEqual(parts_beside(dest), [])
 
     def test_version_1_blocks_stored_earlier_still_download(self):
         result, data = self.stored(2 * SEG + 5)
@@ -145,7 +146,7 @@ class FaultTests(_Base):
             f.write(b"previous")
         self.failureResultOf(dl.download(result.segments, VERSION, KEY, CUSTOMER, dest), DownloadFailed)
         self.assertEqual(self.read(dest), b"previous")
-        self.assertFalse(os.path.exists(dest + ".part"))
+        self.assertEqual(parts_beside(dest), [])
 
     def test_failure_in_a_later_segment_removes_partial_file(self):
         result, _ = self.stored(4 * SEG)
@@ -306,7 +307,7 @@ class CancelTests(_Base):
 
         d = dl.download(result.segments, VERSION, KEY, CUSTOMER, dest, on_progress=on_progress)
         self.assertNoResult(d)
-        self.assertTrue(os.path.exists(dest + ".part"))
+        self.assertEqual(len(parts_beside(dest)), 1)
         fetches = sum(s.calls["fetch_block"] for s in self.grid)
         dl.cancel()
         self.failureResultOf(d, TransferCancelled)

@@ -22,6 +22,7 @@ from bitnode.storage.job_context import Placement, StorageContext, delete_versio
 from bitnode.storage.memory_grid import FaultyServer, MemoryStorageServer
 from bitnode.storage.ports import TransferCancelled, block_path
 from bitnode.storage.transfers import TransferManager
+from tests.storage.test_local_files import parts_beside
 from tests.userid.fakes import rsa_key
 
 SEG = 64 * 1024
@@ -137,7 +138,7 @@ class UploadDownloadTests(unittest.TestCase):
         down = self.h.manager.start_download(REMOTE, target)
         self.assertEqual(down.state, "DONE", down.error)
         self.assertEqual(read(target), data)
-        self.assertFalse(os.path.exists(target + ".part"))
+        self.assertEqual(parts_beside(target), [])
         self.assertEqual(down.info()["bytes_done"], len(data))
         self.assertEqual(down.result["corrupt_blocks"], [])
         self.assertEqual(down.version_id, version["version_id"])
@@ -319,7 +320,7 @@ class DownloadTests(unittest.TestCase):
         job = self.h.manager.start_download(REMOTE, target)
         self.assertEqual(job.state, "FAILED")
         self.failureResultOf(job.wait(), Unavailable)
-        self.assertFalse(os.path.exists(target) or os.path.exists(target + ".part"))
+        self.assertFalse(os.path.exists(target) or parts_beside(target))
 
     def test_unknown_path_or_version(self):
         job = self.h.manager.start_download(KEY_ID + ":nope", self.mktemp())
@@ -336,7 +337,31 @@ class DownloadTests(unittest.TestCase):
         self.h.clock.pump([1.0] * 5)
         self.assertEqual(job.state, "CANCELLED")
         self.failureResultOf(job.wait(), TransferCancelled)
-        self.assertFalse(os.path.exists(target) or os.path.exists(target + ".part"))
+        self.assertFalse(os.path.exists(target) or parts_beside(target))
+
+
+    def test_a_link_planted_at_the_part_name_is_not_written_through(self):
+        folder = os.path.abspath(self.mktemp())
+        os.makedirs(folder)
+        victim = os.path.join(folder, "victim")
+        with open(victim, "wb") as handle:
+            handle.write(b"precious")
+        target = os.path.join(folder, "a.bin")
+        os.symlink(victim, target + ".part")
+        self.assertEqual(self.h.manager.start_download(REMOTE, target).state, "DONE")
+        self.assertEqual(read(target), self.data)
+        self.assertEqual(read(victim), b"precious")
+
+    def test_a_folder_download_refuses_a_linked_sub_folder(self):
+        root = os.path.abspath(self.mktemp())
+        outside = os.path.abspath(self.mktemp())
+        os.makedirs(root)
+        os.makedirs(outside)
+        os.symlink(outside, os.path.join(root, "docs"))
+        job = self.h.manager.start_download(REMOTE, os.path.join(root, "docs", "a.bin"), root=root)
+        self.assertEqual(job.state, "FAILED")
+        self.assertIn("symbolic link", str(job.error))
+        self.assertEqual(os.listdir(outside), [])
 
 
 class HelperTests(unittest.TestCase):

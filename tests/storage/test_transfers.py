@@ -10,6 +10,7 @@ from bitnode.errors import Conflict, Unavailable
 from bitnode.storage.catalog import COMPLETE, UPLOADING
 from bitnode.storage.transfers import TransferManager
 from tests.storage.test_jobs import KEY_ID, REMOTE, SEG, Grid, Harness, download, read, write
+from tests.storage.test_local_files import parts_beside
 
 
 class QueueTests(unittest.TestCase):
@@ -160,7 +161,7 @@ class StopAndResumeTests(unittest.TestCase):
         self.assertEqual(job.state, "PAUSED")
         self.assertEqual(down.state, "CANCELLED")
         self.successResultOf(stopped)
-        self.assertFalse(os.path.exists(target + ".part"))
+        self.assertEqual(parts_beside(target), [])
         self.assertEqual(job.active_timers(), [])
         self.assertEqual(self.h.registry.list(), [])
         self.assertRaises(Unavailable, self.h.manager.start_upload, other, KEY_ID + ":x")
