@@ -418,7 +418,7 @@ class FilesMethods:
                 continue
             target = os.path.join(root, *row["path"][len(path) + 1:].split("/"))
             try:
-                jobs.append(storage.transfers.start_download(row["remote_path"], target, root=root))
+                jobs.append(storage.transfers.start_download(row["remote_path"], target, root=destination))
             except BitnodeError as err:
                 skipped.append({"remote_path": row["remote_path"], "error": str(err)})
         return await self._many(root, remote, jobs, skipped, wait)
