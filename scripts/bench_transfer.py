@@ -181,8 +181,9 @@ def pipeline_limits(path: str, workdir: str, k: int = 3, n: int = 5, segment_siz
         for pos in range(k):
             with open(os.path.join(blocks_dir, f"{index}.{pos}"), "rb") as handle:
                 data = handle.read()
-            payloads[pos] = verify_block(data, hashes[index][pos], version_id, index, pos, k, n, lengths[index])
-        plain = decode_segment(payloads, k, n, key, version_id, index, lengths[index])
+            payloads[pos], nonce = verify_block(data, hashes[index][pos], version_id, index, pos, k, n,
+                                                lengths[index])
+        plain = decode_segment(payloads, k, n, key, version_id, index, lengths[index], nonce)
         with turn:  # written strictly in order, like the downloader
             turn.wait_for(lambda: state["next"] == index)
             out.write(plain)

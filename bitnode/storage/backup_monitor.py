@@ -89,15 +89,20 @@ def catalog_snapshot(catalog: Catalog) -> list[SegmentPlan]:
     return plans
 
 
-def regenerate_blocks(payloads: dict[int, bytes], plan: SegmentPlan, positions: list[int]) -> dict[int, bytes]:
-    """Decode the encrypted segment from k payloads and re-make the stored blocks at ``positions``. Worker thread."""
+def regenerate_blocks(payloads: dict[int, bytes], plan: SegmentPlan, positions: list[int],
+                      nonce: bytes | None = None) -> dict[int, bytes]:
+    """Decode the encrypted segment from k payloads and re-make the stored blocks at ``positions``. Worker thread.
+
+    ``nonce`` is the one the fetched blocks carry (block format 3); None for
+    older blocks, rebuilt as they were (format 2, else format 1).
+    """
     encrypted = erasure.decode(payloads, plan.k, plan.n, plan.plaintext_length + TAG_SIZE)
     raw = erasure.encode(encrypted, plan.k, plan.n)
     blocks = {}
     for pos in positions:
         args = (plan.version_id, plan.index, pos, plan.k, plan.n, plan.plaintext_length, raw[pos])
-        block = blockformat.pack(*args)
-        if hashlib.sha256(block).hexdigest() != plan.blocks[pos][0]:
+        block = blockformat.pack(*args, nonce=nonce)
+        if nonce is None and hashlib.sha256(block).hexdigest() != plan.blocks[pos][0]:
             block = blockformat.pack_v1(*args)  # a version stored before block format 2 is rebuilt as it was
         blocks[pos] = block
     return blocks
@@ -310,17 +315,19 @@ class BackupMonitor(Automat):
 
     async def _rebuild_segment(self, plan: SegmentPlan, provider: Any, held: list[int], targets: list[int]) -> None:
         payloads: dict[int, bytes] = {}
+        nonces: set[bytes | None] = set()
         for pos in sorted(held):  # data blocks first: decoding them is a plain join
             if len(payloads) == plan.k or self._stopping:
                 break
-            payload = await self._fetch_verified(plan, provider, pos)
-            if payload is LOST:
+            fetched = await self._fetch_verified(plan, provider, pos)
+            if fetched is LOST:
                 # A listed block that is corrupt or gone when fetched is lost too: rebuild it with the others.
                 await self.run_in_thread(self.catalog.set_block_holder, plan.version_id, plan.index, pos, "")
                 self.figures["blocks_missing"] += 1
                 targets.append(pos)
-            elif payload is not None:
-                payloads[pos] = payload
+            elif fetched is not None:
+                payloads[pos], nonce = fetched
+                nonces.add(nonce)
         if self._stopping:
             return
         if len(payloads) < plan.k:
@@ -329,7 +336,10 @@ class BackupMonitor(Automat):
                 self.figures["unrecoverable"].append({"version_id": plan.version_id, "segment": plan.index,
                                                       "available": len(payloads), "needed": plan.k})
             return
-        blocks = await self.run_in_thread(regenerate_blocks, payloads, plan, sorted(targets))
+        if len(nonces) > 1:
+            self._problem(f"{plan.version_id}/{plan.index}: its blocks name different nonces")
+            return
+        blocks = await self.run_in_thread(regenerate_blocks, payloads, plan, sorted(targets), nonces.pop())
         payloads.clear()
         for pos in sorted(targets):
             data = blocks.pop(pos)
@@ -348,8 +358,8 @@ class BackupMonitor(Automat):
             self.figures["blocks_rebuilt"] += 1
             self.figures["bytes_rebuilt"] += len(data)
 
-    async def _fetch_verified(self, plan: SegmentPlan, provider: Any, pos: int) -> bytes | object | None:
-        """The verified payload; LOST if the supplier has no good copy; None if it did not answer."""
+    async def _fetch_verified(self, plan: SegmentPlan, provider: Any, pos: int) -> tuple | object | None:
+        """The verified (payload, nonce); LOST if the supplier has no good copy; None if it did not answer."""
         supplier_id = self._positions[pos]
         try:
             d = defer.maybeDeferred(provider.server(supplier_id).fetch_block, self.customer_id,

@@ -1,17 +1,18 @@
-"""The on-supplier block format, versions 1 and 2.
+"""The on-supplier block format, versions 1, 2 and 3.
 
 A stored block is one zfec block of one encrypted segment (the payload) plus a
-fixed-layout description of it. :func:`pack` writes version 2; :func:`unpack`
-reads both. All integers are big-endian.
+fixed-layout description of it. :func:`pack` writes version 3 (version 2 when
+rebuilding a block of an older version); :func:`unpack` reads all three. All
+integers are big-endian.
 
-Version 2 puts the description after the payload, so the one SHA-256 pass the
-uploader makes over a block yields both the payload hash (a digest of the
-bytes in front of the trailer) and the whole-block hash the catalog keeps
-(the same hash state continued over the trailer)::
+Versions 2 and 3 put the description after the payload, so the one SHA-256
+pass the uploader makes over a block yields both the payload hash (a digest
+of the bytes in front of the trailer) and the whole-block hash the catalog
+keeps (the same hash state continued over the trailer)::
 
     offset size field
          0    4 magic               b"BNBK"
-         4    1 format version      2
+         4    1 format version      3 (or 2)
          5    P payload
        5+P    L version id          ASCII, see segment_crypto.validate_version_id
      5+P+L    8 segment index
@@ -21,7 +22,14 @@ bytes in front of the trailer) and the whole-block hash the catalog keeps
     19+P+L    8 segment plaintext length
     27+P+L    8 payload length      P
     35+P+L   32 SHA-256 of bytes 0..5+P (magic, version and payload)
-    67+P+L    1 version id length   L (1..128), the last byte
+    67+P+L   12 segment nonce       version 3 only (segment_crypto format 2)
+         .    1 version id length   L (1..128), the last byte
+
+Version 3 carries the segment's GCM nonce (the same in every block of a
+segment): since segment encryption format 2 the nonce depends on the
+segment's content (:func:`bitnode.storage.segment_crypto.synthetic_nonce`) and
+cannot be recomputed from the place alone. A version 2 or 1 block was
+encrypted with the format 1 nonce (``header.nonce`` is empty).
 
 Version 1 (still read) has the description in front of the payload::
 
@@ -55,12 +63,13 @@ from dataclasses import dataclass
 
 from bitnode.errors import BitnodeError
 from bitnode.storage.erasure import MAX_N, block_size
-from bitnode.storage.segment_crypto import TAG_SIZE, validate_version_id
+from bitnode.storage.segment_crypto import NONCE_SIZE, TAG_SIZE, validate_version_id
 
 MAGIC = b"BNBK"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 FORMAT_V1 = 1
-KNOWN_VERSIONS = (FORMAT_V1, FORMAT_VERSION)
+FORMAT_V2 = 2
+KNOWN_VERSIONS = (FORMAT_V1, FORMAT_V2, FORMAT_VERSION)
 _FIXED = struct.Struct(">QHHHQQ32s")
 _MIN_HEADER = len(MAGIC) + 2 + _FIXED.size  # magic, version, id length, fixed fields
 
@@ -78,7 +87,8 @@ class BlockHeader:
     """Everything a block says about itself.
 
     ``payload_sha256`` is the SHA-256 of the payload (version 1) or of the
-    magic, version byte and payload (version 2).
+    magic, version byte and payload (versions 2 and 3). ``nonce`` is the
+    segment's GCM nonce (version 3), empty before.
     """
 
     version_id: str
@@ -90,34 +100,40 @@ class BlockHeader:
     payload_length: int
     payload_sha256: bytes
     format_version: int = FORMAT_VERSION
+    nonce: bytes = b""
 
 
-def header_size(version_id: str) -> int:
-    """Number of bytes a block adds to its payload for ``version_id`` (both versions)."""
-    return _MIN_HEADER + len(version_id)
+def header_size(version_id: str, format_version: int = FORMAT_VERSION) -> int:
+    """Number of bytes a block adds to its payload for ``version_id`` in ``format_version``."""
+    return _MIN_HEADER + len(version_id) + (NONCE_SIZE if format_version == FORMAT_VERSION else 0)
 
 
 def pack(
-    version_id: str, segment_index: int, block_index: int, k: int, n: int, segment_length: int, payload: bytes
+    version_id: str, segment_index: int, block_index: int, k: int, n: int, segment_length: int, payload: bytes,
+    nonce: bytes | None = None,
 ) -> bytes:
-    """Build the stored form of one block (format version 2)."""
-    return pack_hashed(version_id, segment_index, block_index, k, n, segment_length, payload)[0]
+    """Build the stored form of one block: version 3 with the segment's ``nonce``, version 2 without."""
+    return pack_hashed(version_id, segment_index, block_index, k, n, segment_length, payload, nonce)[0]
 
 
 def pack_hashed(
-    version_id: str, segment_index: int, block_index: int, k: int, n: int, segment_length: int, payload
+    version_id: str, segment_index: int, block_index: int, k: int, n: int, segment_length: int, payload,
+    nonce: bytes | None = None,
 ) -> tuple[bytes, str]:
-    """Build one version 2 block and the hex SHA-256 of the whole block, in one pass over the payload.
+    """Build one block and the hex SHA-256 of the whole block, in one pass over the payload.
 
-    ``payload`` may be any bytes-like object (a memoryview of an erasure
-    block is packed with a single copy).
+    With ``nonce`` (segment encryption format 2) the block is version 3;
+    without, version 2 (to rebuild, byte for byte, a block stored before
+    version 3). ``payload`` may be any bytes-like object (a memoryview of an
+    erasure block is packed with a single copy).
     """
-    prefix = MAGIC + bytes([FORMAT_VERSION])
+    version = FORMAT_V2 if nonce is None else FORMAT_VERSION
+    prefix = MAGIC + bytes([version])
     hasher = hashlib.sha256(prefix)
     hasher.update(payload)
     # digest() leaves the state open for the trailer
     header = _checked_header(version_id, segment_index, block_index, k, n, segment_length, payload,
-                             hasher.digest(), FORMAT_VERSION)
+                             hasher.digest(), version, nonce or b"")
     trailer = _pack_trailer(header)
     hasher.update(trailer)
     return b"".join((prefix, payload, trailer)), hasher.hexdigest()
@@ -133,7 +149,7 @@ def pack_v1(
 
 
 def _checked_header(version_id: str, segment_index: int, block_index: int, k: int, n: int, segment_length: int,
-                    payload, payload_sha256: bytes, format_version: int) -> BlockHeader:
+                    payload, payload_sha256: bytes, format_version: int, nonce: bytes = b"") -> BlockHeader:
     """The header of ``payload`` in ``format_version``; BlockFormatError if a field is out of range."""
     header = BlockHeader(
         version_id=version_id,
@@ -145,6 +161,7 @@ def _checked_header(version_id: str, segment_index: int, block_index: int, k: in
         payload_length=len(memoryview(payload)),
         payload_sha256=payload_sha256,
         format_version=format_version,
+        nonce=bytes(nonce),
     )
     _check_header(header, error=BlockFormatError)
     return header
@@ -152,7 +169,7 @@ def _checked_header(version_id: str, segment_index: int, block_index: int, k: in
 
 def _pack_trailer(header: BlockHeader) -> bytes:
     vid = header.version_id.encode("ascii")
-    return vid + _pack_fixed(header) + bytes([len(vid)])
+    return vid + _pack_fixed(header) + header.nonce + bytes([len(vid)])
 
 
 def _pack_fixed(header: BlockHeader) -> bytes:
@@ -186,8 +203,8 @@ def unpack(data: bytes, trusted: bool = False) -> tuple[BlockHeader, bytes]:
     if bytes(view[:4]) != MAGIC:
         raise BlockFormatError("not a bitnode block (bad magic)")
     version = view[4]
-    if version == FORMAT_VERSION:
-        header, payload, covered = _parse_v2(view)
+    if version in (FORMAT_V2, FORMAT_VERSION):
+        header, payload, covered = _parse_trailer(view, version)
     elif version == FORMAT_V1:
         header, payload, covered = _parse_v1(view)
     else:
@@ -214,23 +231,26 @@ def _parse_v1(view: memoryview) -> tuple[BlockHeader, memoryview, memoryview]:
     return header, payload, payload
 
 
-def _parse_v2(view: memoryview) -> tuple[BlockHeader, memoryview, memoryview]:
+def _parse_trailer(view: memoryview, version: int) -> tuple[BlockHeader, memoryview, memoryview]:
+    """Versions 2 and 3: the description after the payload (version 3 with the nonce before the last byte)."""
     vlen = view[-1]
-    fixed_at = len(view) - 1 - _FIXED.size
+    nonce_size = NONCE_SIZE if version == FORMAT_VERSION else 0
+    fixed_at = len(view) - 1 - nonce_size - _FIXED.size
     vid_at = fixed_at - vlen
     if vid_at < len(MAGIC) + 1:
         raise BlockFormatError("block trailer truncated")
-    header = _header(view, vid_at, fixed_at, FORMAT_VERSION)
+    nonce = bytes(view[len(view) - 1 - nonce_size : len(view) - 1])
+    header = _header(view, vid_at, fixed_at, version, nonce)
     return header, view[len(MAGIC) + 1 : vid_at], view[:vid_at]
 
 
-def _header(view: memoryview, vid_at: int, fixed_at: int, version: int) -> BlockHeader:
+def _header(view: memoryview, vid_at: int, fixed_at: int, version: int, nonce: bytes = b"") -> BlockHeader:
     try:
         version_id = bytes(view[vid_at:fixed_at]).decode("ascii")
     except UnicodeDecodeError as exc:
         raise BlockFormatError("block version id is not ASCII") from exc
     seg, blk, k, n, seg_len, pay_len, digest = _FIXED.unpack_from(view, fixed_at)
-    header = BlockHeader(version_id, seg, blk, k, n, seg_len, pay_len, digest, format_version=version)
+    header = BlockHeader(version_id, seg, blk, k, n, seg_len, pay_len, digest, format_version=version, nonce=nonce)
     _check_header(header, error=BlockFormatError)
     return header
 
@@ -254,3 +274,5 @@ def _check_header(h: BlockHeader, error: type[BitnodeError]) -> None:
         )
     if len(h.payload_sha256) != 32:
         raise error("payload hash must be 32 bytes")
+    if len(h.nonce) != (NONCE_SIZE if h.format_version == FORMAT_VERSION else 0):
+        raise error(f"a version {h.format_version} block has a {len(h.nonce)}-byte nonce")

@@ -100,10 +100,12 @@ def verify_block(
     k: int,
     n: int,
     plaintext_length: int,
-) -> bytes:
-    """Check a fetched block against the catalog hash and its header; return its payload.
+) -> tuple[bytes, bytes | None]:
+    """Check a fetched block against the catalog hash and its header; return its payload and nonce.
 
-    Raises :class:`blockformat.BlockCorrupt` for any mismatch. Worker thread.
+    The nonce is the segment's (block format 3), None for an older block
+    (encrypted with the format 1 nonce). Raises :class:`blockformat.BlockCorrupt`
+    for any mismatch. Worker thread.
     """
     if hashlib.sha256(data).hexdigest() != expected_sha256:
         raise blockformat.BlockCorrupt(
@@ -125,7 +127,7 @@ def verify_block(
     )
     if got != expected:
         raise blockformat.BlockCorrupt(f"block header {got} does not match {expected}")
-    return payload
+    return payload, header.nonce or None
 
 
 def decode_segment(
@@ -136,10 +138,12 @@ def decode_segment(
     version_id: str,
     segment_index: int,
     plaintext_length: int,
+    nonce: bytes | None = None,
 ) -> bytes:
-    """Erasure-decode then decrypt one segment. Worker thread."""
+    """Erasure-decode then decrypt one segment (``nonce`` from its blocks; None for old blocks). Worker thread."""
     encrypted = erasure.decode(payloads, k, n, plaintext_length + segment_crypto.TAG_SIZE)
-    return segment_crypto.decrypt_segment(version_key, version_id, segment_index, plaintext_length, encrypted)
+    return segment_crypto.decrypt_segment(version_key, version_id, segment_index, plaintext_length, encrypted,
+                                          nonce)
 
 
 class Downloader:
@@ -349,14 +353,20 @@ class _DownloadJob:
             )
         chosen = erasure.choose_blocks(list(good), dl.k)
         self.used[meta.index] = tuple(chosen)
-        payloads = {pos: good.pop(pos) for pos in chosen}
+        nonces = {good[pos][1] for pos in chosen}
+        payloads = {pos: good.pop(pos)[0] for pos in chosen}
         good.clear()
+        if len(nonces) != 1:
+            # Every block the catalog's hashes admit was written with the segment's one nonce.
+            raise segment_crypto.SegmentIntegrityError(
+                f"segment {meta.index} of {self.version_id}: its blocks name different nonces")
         return await dl.run_in_thread(
-            decode_segment, payloads, dl.k, dl.n, self.key, self.version_id, meta.index, meta.plaintext_length
+            decode_segment, payloads, dl.k, dl.n, self.key, self.version_id, meta.index, meta.plaintext_length,
+            nonces.pop()
         )
 
-    async def fetch_blocks(self, meta: SegmentMeta) -> dict[int, bytes]:
-        """Good blocks of one segment by position: k of them unless too few could be had."""
+    async def fetch_blocks(self, meta: SegmentMeta) -> dict[int, tuple[bytes, bytes | None]]:
+        """Good blocks of one segment by position, as (payload, nonce): k of them unless too few could be had."""
         dl = self.dl
         queue: deque[int] = deque()
         # Data blocks first (decoding them is cheapest), suppliers that let us down last.
@@ -367,7 +377,7 @@ class _DownloadJob:
                 )
             else:
                 queue.append(pos)
-        good: dict[int, bytes] = {}
+        good: dict[int, tuple[bytes, bytes | None]] = {}
         fetching: dict[int, defer.Deferred] = {}
         requests: set[defer.Deferred] = set()
         wake: list[defer.Deferred] = []
@@ -376,7 +386,7 @@ class _DownloadJob:
             if wake:
                 wake.pop().callback(hedge)
 
-        def landed(outcome: bytes | Failure | None, pos: int) -> None:
+        def landed(outcome: tuple | Failure | None, pos: int) -> None:
             del fetching[pos]
             if isinstance(outcome, Failure):  # a bug, not a supplier's fault: say so, use another block
                 dl.log.failure("fetching block {pos} of segment {index} failed", outcome, pos=pos, index=meta.index)
@@ -409,7 +419,7 @@ class _DownloadJob:
             request.cancel()
         return good
 
-    async def fetch_one(self, meta: SegmentMeta, pos: int, requests: set[defer.Deferred]) -> bytes | None:
+    async def fetch_one(self, meta: SegmentMeta, pos: int, requests: set[defer.Deferred]) -> tuple | None:
         dl = self.dl
         path = block_path(self.version_id, meta.index, pos)
         started = dl.clock.seconds()

@@ -4,33 +4,45 @@ Every stored file version gets its own fresh 32-byte key (:func:`new_version_key
 A version is cut into segments; each segment is encrypted on its own so that a
 restore can decrypt and verify it without the others.
 
-Nonce: ``SHA-256("bitnode-seg-nonce-v1" || version_id)[:4] || segment_index``
-(8 bytes, big-endian). It is deterministic, so re-encrypting an unchanged
-segment (a resumed upload, a rebuild) produces the same ciphertext, and it is
-unique because:
+Nonce, format 2 (every block written since block format 3 carries it): a
+*synthetic* nonce, the first 12 bytes of
+``HMAC-SHA256(nonce_key, "bitnode-seg-siv-v2" || len(version_id) (2 bytes) ||
+version_id || segment_index (8) || plaintext_length (8) || plaintext)`` where
+``nonce_key = HMAC-SHA256(version_key, "bitnode-seg-nonce-key-v2")``
+(:func:`synthetic_nonce`). So:
 
-* a key is generated for ONE version only, so the pair (key, nonce) repeats
-  only if the same segment index of the same version is encrypted again;
-* within a version the 8-byte segment index is different for every segment.
+* the same plaintext at the same place gives the same nonce and the very same
+  ciphertext (a resumed upload of an unchanged file re-sends identical blocks);
+* *different* plaintext for the same (key, version, segment) — a file that
+  changed between an interrupted upload and its resume while keeping its size
+  and mtime — gets a different nonce: a GCM nonce is never reused under one
+  key with other data (a collision needs a 96-bit HMAC collision).
 
-The version-hash prefix is defence in depth should a key ever be wrongly reused
-for a second version. The one thing the caller must never do is encrypt
-*different* plaintext for the same (version, segment): a version is an
-immutable snapshot, so resuming an upload of a file that changed since the
-first attempt must start a new version with a new key.
+The nonce is stored in every block of the segment
+(:mod:`bitnode.storage.blockformat`), which the catalog's block hash covers,
+and GCM authenticates it. :func:`encrypt_segment` returns it with the
+ciphertext; :func:`decrypt_segment` takes it back.
 
-AAD (authenticated, not stored): ``"bitnode-seg-v1" || len(version_id) (2 bytes)
-|| version_id || segment_index (8 bytes) || plaintext_length (8 bytes)``. A
-segment (or the blocks that make it) moved to another version, another index
-or cut short fails authentication.
+Nonce, format 1 (blocks stored before block format 3, still read):
+``SHA-256("bitnode-seg-nonce-v1" || version_id)[:4] || segment_index`` (8
+bytes, big-endian), :func:`segment_nonce`. It depends only on the place, which
+is what made a changed-but-same-size file reuse it on resume; nothing is
+encrypted with it any more (:func:`encrypt_segment_v1` exists to make test
+vectors of old blocks).
 
-Output of :func:`encrypt_segment`: ciphertext || 16-byte GCM tag, so the
-encrypted length is always ``len(plaintext) + TAG_SIZE``.
+AAD (authenticated, not stored), both formats: ``"bitnode-seg-v1" ||
+len(version_id) (2 bytes) || version_id || segment_index (8 bytes) ||
+plaintext_length (8 bytes)``. A segment (or the blocks that make it) moved to
+another version, another index or cut short fails authentication.
+
+The encrypted form is always ciphertext || 16-byte GCM tag, so the encrypted
+length is ``len(plaintext) + TAG_SIZE`` in both formats.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import os
 import re
 import struct
@@ -48,6 +60,8 @@ MAX_SEGMENT_INDEX = 2**64 - 1
 
 _AAD_DOMAIN = b"bitnode-seg-v1"
 _NONCE_DOMAIN = b"bitnode-seg-nonce-v1"
+_NONCE_KEY_DOMAIN = b"bitnode-seg-nonce-key-v2"
+_SIV_DOMAIN = b"bitnode-seg-siv-v2"
 _VERSION_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
@@ -75,11 +89,24 @@ def new_version_key(randbytes: Callable[[int], bytes] = os.urandom) -> bytes:
 
 
 def segment_nonce(version_id: str, segment_index: int) -> bytes:
-    """The 12-byte GCM nonce of segment ``segment_index`` of ``version_id``."""
+    """The format 1 nonce of segment ``segment_index`` of ``version_id`` (blocks before block format 3)."""
     validate_version_id(version_id)
     _check_index(segment_index)
     prefix = hashlib.sha256(_NONCE_DOMAIN + version_id.encode("ascii")).digest()[:4]
     return prefix + struct.pack(">Q", segment_index)
+
+
+def synthetic_nonce(key: bytes, version_id: str, segment_index: int, plaintext) -> bytes:
+    """The format 2 nonce: a keyed hash of the segment's place and content (see the module docstring)."""
+    _aead(key)  # checks the key
+    validate_version_id(version_id)
+    _check_index(segment_index)
+    nonce_key = hmac.digest(bytes(key), _NONCE_KEY_DOMAIN, "sha256")
+    vid = version_id.encode("ascii")
+    mac = hmac.new(nonce_key, _SIV_DOMAIN + struct.pack(">H", len(vid)) + vid
+                   + struct.pack(">QQ", segment_index, len(plaintext)), "sha256")
+    mac.update(plaintext)
+    return mac.digest()[:NONCE_SIZE]
 
 
 def segment_aad(version_id: str, segment_index: int, plaintext_length: int) -> bytes:
@@ -94,31 +121,42 @@ def segment_aad(version_id: str, segment_index: int, plaintext_length: int) -> b
     )
 
 
-def encrypt_segment(key: bytes, version_id: str, segment_index: int, plaintext: bytes) -> bytes:
-    """Encrypt one segment; returns ciphertext followed by the 16-byte tag."""
+def encrypt_segment(key: bytes, version_id: str, segment_index: int, plaintext: bytes) -> tuple[bytes, bytes]:
+    """Encrypt one segment under its synthetic nonce; returns ``(nonce, ciphertext || 16-byte tag)``."""
     # OpenSSL's AES-GCM (through ``cryptography``): one pass, ciphertext and tag in one buffer, no GIL held.
+    nonce = synthetic_nonce(key, version_id, segment_index, plaintext)
+    aead = _aead(key)
+    return nonce, aead.encrypt(nonce, plaintext, segment_aad(version_id, segment_index, len(plaintext)))
+
+
+def encrypt_segment_v1(key: bytes, version_id: str, segment_index: int, plaintext: bytes) -> bytes:
+    """Encrypt the way blocks before format 3 were (place-only nonce): only to make test vectors of old data."""
     aead = _aead(key)
     return aead.encrypt(segment_nonce(version_id, segment_index), plaintext,
                         segment_aad(version_id, segment_index, len(plaintext)))
 
 
 def decrypt_segment(
-    key: bytes, version_id: str, segment_index: int, plaintext_length: int, encrypted: bytes
+    key: bytes, version_id: str, segment_index: int, plaintext_length: int, encrypted: bytes,
+    nonce: bytes | None = None,
 ) -> bytes:
-    """Verify and decrypt one segment made by :func:`encrypt_segment`.
+    """Verify and decrypt one segment made by :func:`encrypt_segment` (``nonce`` None: a format 1 segment).
 
     Raises :class:`SegmentIntegrityError` if the data, the key, the version,
-    the index or the expected length do not match what was encrypted.
+    the index, the nonce or the expected length do not match what was encrypted.
     """
     if len(encrypted) != plaintext_length + TAG_SIZE:
         raise SegmentIntegrityError(
             f"segment {segment_index} of {version_id}: encrypted length {len(encrypted)}, "
             f"expected {plaintext_length + TAG_SIZE}"
         )
+    if nonce is None:
+        nonce = segment_nonce(version_id, segment_index)
+    elif not isinstance(nonce, bytes | bytearray) or len(nonce) != NONCE_SIZE:
+        raise SegmentIntegrityError(f"segment {segment_index} of {version_id}: the nonce must be {NONCE_SIZE} bytes")
     aead = _aead(key)
     try:
-        return aead.decrypt(segment_nonce(version_id, segment_index), encrypted,
-                            segment_aad(version_id, segment_index, plaintext_length))
+        return aead.decrypt(bytes(nonce), encrypted, segment_aad(version_id, segment_index, plaintext_length))
     except InvalidTag as exc:
         raise SegmentIntegrityError(
             f"segment {segment_index} of {version_id} failed authentication (wrong key or tampered data)"

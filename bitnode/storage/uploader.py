@@ -26,9 +26,11 @@ stops launching segments, lets the in-flight ones finish, and fails with
 :class:`UploadFailed`, which carries the segments that did succeed and the
 ``resume_from`` index to pass to a later :meth:`Uploader.upload`.
 
-Resuming is safe because segment encryption is deterministic for a given
-(key, version, index): an unchanged file produces the very same blocks. A file
-that changed since the first attempt must become a new version with a new key.
+Resuming is safe because a segment's nonce is derived from its content
+(:func:`bitnode.storage.segment_crypto.synthetic_nonce`): an unchanged file
+produces the very same blocks, and a file that changed without its size or
+mtime showing it gets fresh nonces, never a reused one. A file whose size or
+mtime changed since the first attempt becomes a new version with a new key.
 """
 
 from __future__ import annotations
@@ -162,7 +164,7 @@ def prepare_segment(
         if len(data) != expected or (index == segment_count(file_size, segment_size) - 1 and f.read(1)):
             raise FileChanged(f"{path} changed size during upload")
     t1 = time.perf_counter()
-    encrypted = segment_crypto.encrypt_segment(version_key, version_id, index, data)
+    nonce, encrypted = segment_crypto.encrypt_segment(version_key, version_id, index, data)
     del data
     t2 = time.perf_counter()
     raw_blocks = erasure.encode_views(encrypted, k, n)  # views: pack() below makes the one copy
@@ -170,7 +172,7 @@ def prepare_segment(
     t3 = time.perf_counter()
     # One SHA-256 pass per block gives both its payload hash and the whole-block hash the catalog keeps.
     packed_hashed = [
-        blockformat.pack_hashed(version_id, index, i, k, n, expected, b) for i, b in enumerate(raw_blocks)
+        blockformat.pack_hashed(version_id, index, i, k, n, expected, b, nonce) for i, b in enumerate(raw_blocks)
     ]
     del raw_blocks
     packed = tuple(block for block, _ in packed_hashed)

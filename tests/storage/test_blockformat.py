@@ -40,7 +40,7 @@ class VectorTests(unittest.TestCase):
             header,
             bf.BlockHeader("v1", 7, 2, 3, 5, 5, 7, hashlib.sha256(PAYLOAD).digest(), format_version=1),
         )
-        self.assertEqual(bf.header_size("v1"), len(VECTOR) - len(PAYLOAD))
+        self.assertEqual(bf.header_size("v1", 1), len(VECTOR) - len(PAYLOAD))
 
 
 V2_VECTOR = bytes.fromhex(
@@ -60,7 +60,7 @@ V2_VECTOR = bytes.fromhex(
 
 
 class Version2Tests(unittest.TestCase):
-    """pack() writes version 2: the description after the payload, one hash pass for both hashes."""
+    """pack() without a nonce writes version 2: the description after the payload, one hash pass for both."""
 
     def test_pack_produces_v2_vector(self):
         self.assertEqual(bf.pack("v1", 7, 2, 3, 5, 5, PAYLOAD), V2_VECTOR)
@@ -79,7 +79,7 @@ class Version2Tests(unittest.TestCase):
             header,
             bf.BlockHeader("v1", 7, 2, 3, 5, 5, 7, hashlib.sha256(b"BNBK\x02" + PAYLOAD).digest(), format_version=2),
         )
-        self.assertEqual(bf.header_size("v1"), len(V2_VECTOR) - len(PAYLOAD))
+        self.assertEqual(bf.header_size("v1", 2), len(V2_VECTOR) - len(PAYLOAD))
 
     def test_both_versions_describe_the_same_block(self):
         h1, p1 = bf.unpack(VECTOR)
@@ -121,6 +121,50 @@ class Version2Tests(unittest.TestCase):
         self.assertEqual(digest, hashlib.sha256(block).hexdigest())
         header, got = bf.unpack(block)
         self.assertEqual((got, header.segment_index, header.block_index), (payload, 3, 4))
+
+
+NONCE = bytes(range(100, 112))
+V3_VECTOR = bytes.fromhex(
+    "424e424b"  # magic "BNBK"
+    "03"  # format version 3
+    "00010203040506"  # payload
+    "7631"  # version id "v1"
+    "0000000000000007"  # segment index 7
+    "0002"  # block index 2
+    "0003"
+    "0005"  # k=3, n=5
+    "0000000000000005"  # segment plaintext length 5
+    "0000000000000007"  # payload length 7
+    + hashlib.sha256(b"BNBK\x03" + PAYLOAD).hexdigest()  # sha256(magic, version, payload)
+    + "6465666768696a6b6c6d6e6f"  # the segment's nonce (12 bytes)
+    + "02"  # version id length
+)
+
+
+class Version3Tests(unittest.TestCase):
+    """pack() with the segment's nonce writes version 3: version 2's layout plus the nonce before the last byte."""
+
+    def test_pack_produces_v3_vector(self):
+        self.assertEqual(bf.pack("v1", 7, 2, 3, 5, 5, PAYLOAD, nonce=NONCE), V3_VECTOR)
+        block, digest = bf.pack_hashed("v1", 7, 2, 3, 5, 5, memoryview(PAYLOAD), NONCE)
+        self.assertEqual((block, digest), (V3_VECTOR, hashlib.sha256(V3_VECTOR).hexdigest()))
+
+    def test_unpack_v3_vector(self):
+        header, payload = bf.unpack(V3_VECTOR)
+        self.assertEqual(payload, PAYLOAD)
+        self.assertEqual(header, bf.BlockHeader("v1", 7, 2, 3, 5, 5, 7, hashlib.sha256(b"BNBK\x03" + PAYLOAD).digest(),
+                                                format_version=3, nonce=NONCE))
+        self.assertEqual(bf.header_size("v1"), len(V3_VECTOR) - len(PAYLOAD))
+        self.assertEqual(bf.unpack(V2_VECTOR)[0].nonce, b"")
+
+    def test_v3_strict_parsing(self):
+        self.assertRaises(bf.BlockFormatError, bf.pack, "v1", 7, 2, 3, 5, 5, PAYLOAD, nonce=b"short")
+        for bad in (V3_VECTOR[:-1], V3_VECTOR + b"\x00", V3_VECTOR[:4] + b"\x02" + V3_VECTOR[5:]):
+            self.assertRaises(bf.BlockFormatError, bf.unpack, bad)
+        data = bytearray(V3_VECTOR)
+        data[-2] ^= 1  # the nonce is covered by the whole-block hash the catalog keeps, not the payload hash
+        self.assertEqual(bf.unpack(bytes(data))[0].nonce[-1], NONCE[-1] ^ 1)
+        self.assertNotEqual(hashlib.sha256(bytes(data)).hexdigest(), hashlib.sha256(V3_VECTOR).hexdigest())
 
 
 class StrictParsingTests(unittest.TestCase):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import itertools
 import os
@@ -12,7 +11,7 @@ from twisted.python.threadpool import ThreadPool
 from twisted.trial import unittest
 
 from bitnode.errors import BadRequest
-from bitnode.storage import blockformat, segment_crypto
+from bitnode.storage import blockformat, erasure, segment_crypto
 from bitnode.storage import downloader as downloader_module
 from bitnode.storage.downloader import Downloader, DownloadFailed
 from bitnode.storage.ports import SegmentMeta, TransferCancelled, block_path
@@ -58,24 +57,41 @@ class RoundTripTests(_Base):
             self.assertEqual(set(got.used_blocks), {(0, 1, 2)})
             self.assertEqual(parts_beside(dest), [])
 
-    def test_version_1_blocks_stored_earlier_still_download(self):
-        result, data = self.stored(2 * SEG + 5)
+    def store_old_format(self, data: bytes, pack) -> list[SegmentMeta]:
+        """Blocks as a node stored them before block format 3: format 1 nonces, packed by ``pack``."""
         segments = []
-        for meta in result.segments:
+        for index in range(max(1, -(-len(data) // SEG))):
+            plain = data[index * SEG:(index + 1) * SEG]
+            raw = erasure.encode(segment_crypto.encrypt_segment_v1(KEY, VERSION, index, plain), K, N)
             hashes = []
             for pos, s in enumerate(self.grid):
-                path = block_path(VERSION, meta.index, pos)
-                header, payload = blockformat.unpack(self.successResultOf(s.wrapped.fetch_block(CUSTOMER, path)))
-                self.assertEqual(header.format_version, 2)
-                v1_header = dataclasses.replace(header, payload_sha256=hashlib.sha256(payload).digest(), format_version=1)
-                old = blockformat.pack_header(v1_header) + payload
-                self.successResultOf(s.wrapped.store_block(CUSTOMER, path, old))
-                hashes.append(hashlib.sha256(old).hexdigest())
-            segments.append(dataclasses.replace(meta, block_sha256=tuple(hashes)))
-        dl, dest = self.download(result)
-        got = self.successResultOf(dl.download(tuple(segments), VERSION, KEY, CUSTOMER, dest))
-        self.assertEqual(self.read(dest), data)
-        self.assertEqual(got.problems, ())
+                block = pack(VERSION, index, pos, K, N, len(plain), raw[pos])
+                self.assertIn(blockformat.unpack(block)[0].format_version, (1, 2))
+                self.successResultOf(s.wrapped.store_block(CUSTOMER, block_path(VERSION, index, pos), block))
+                hashes.append(hashlib.sha256(block).hexdigest())
+            segments.append(SegmentMeta(index, len(plain), tuple(hashes), tuple(range(N))))
+        return segments
+
+    def test_version_1_and_2_blocks_stored_earlier_still_download(self):
+        for pack in (blockformat.pack_v1, blockformat.pack):
+            self.grid = make_grid(self.clock)
+            data = os.urandom(2 * SEG + 5)
+            segments = self.store_old_format(data, pack)
+            dl, dest = self.download(None)
+            got = self.successResultOf(dl.download(tuple(segments), VERSION, KEY, CUSTOMER, dest))
+            self.assertEqual(self.read(dest), data)
+            self.assertEqual(got.problems, ())
+
+    def test_new_blocks_carry_the_segment_nonce(self):
+        result, _ = self.stored(SEG + 3)
+        for meta in result.segments:
+            nonces = set()
+            for pos, s in enumerate(self.grid):
+                block = self.successResultOf(s.wrapped.fetch_block(CUSTOMER, block_path(VERSION, meta.index, pos)))
+                header, _ = blockformat.unpack(block)
+                self.assertEqual(header.format_version, 3)
+                nonces.add(header.nonce)
+            self.assertEqual(len(nonces), 1)
 
     def test_only_data_blocks_are_fetched_when_all_healthy(self):
         result, _ = self.stored(2 * SEG)

@@ -17,6 +17,7 @@ from twisted.trial import unittest
 from automats import Registry
 from bitnode.crypt import keys
 from bitnode.errors import InsufficientStorage, NotFound, Unavailable
+from bitnode.storage import blockformat, segment_crypto
 from bitnode.storage.catalog import COMPLETE, UPLOADING, Catalog
 from bitnode.storage.job_context import Placement, StorageContext, delete_versions, new_version_id
 from bitnode.storage.memory_grid import FaultyServer, MemoryStorageServer
@@ -215,6 +216,26 @@ class UploadDownloadTests(unittest.TestCase):
         download(self.h, target)
         self.assertEqual(read(target), data)
 
+    def test_a_file_changed_in_place_with_the_same_size_and_mtime_never_reuses_a_nonce_on_resume(self):
+        source, _ = write(self, 2 * SEG)
+        stat = os.stat(source)
+        for server in self.h.servers[:3]:
+            server.go_offline()
+        job = self.h.manager.start_upload(source, REMOTE)
+        self.assertEqual(job.state, "PAUSED")  # segment 0 reached 2 suppliers of the 3 needed: not recorded
+        path = block_path(job.version_id, 0, 4)
+        first = self.grid.blocks(4)[path]
+        with open(source, "r+b") as handle:  # new bytes, same size, and the mtime put back
+            handle.write(b"changed!")
+        os.utime(source, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+        for server in self.h.servers:
+            server.heal()
+        job.event("resume")
+        self.assertEqual(job.state, "DONE")
+        second = self.grid.blocks(4)[path]
+        self.assertNotEqual(first, second)
+        self.assertNotEqual(_nonce_of(first, job.version_id), _nonce_of(second, job.version_id))
+
     def test_paused_upload_retries_on_its_timer(self):
         source, data = write(self, 2 * SEG)
         for server in self.h.servers[:3]:
@@ -362,6 +383,12 @@ class DownloadTests(unittest.TestCase):
         self.assertEqual(job.state, "FAILED")
         self.assertIn("symbolic link", str(job.error))
         self.assertEqual(os.listdir(outside), [])
+
+
+def _nonce_of(block: bytes, version_id: str) -> bytes:
+    """The GCM nonce a stored block's segment was encrypted with (format 1 blocks: the place-only one)."""
+    header, _ = blockformat.unpack(block)
+    return getattr(header, "nonce", b"") or segment_crypto.segment_nonce(version_id, header.segment_index)
 
 
 class HelperTests(unittest.TestCase):
