@@ -54,8 +54,9 @@ from twisted.internet import defer, task
 from twisted.logger import Logger
 
 from bitnode import globalid
-from bitnode.customer.fire_hire import FireHire, SupplierRoster
+from bitnode.customer.fire_hire import FireHire
 from bitnode.customer.remote_store import RemoteStorageServer
+from bitnode.customer.roster import SupplierRoster
 from bitnode.customer.supplier_connector import SupplierConnector
 from bitnode.customer.supplier_finder import SupplierFinder
 from bitnode.customer.suppliers_record import (
@@ -83,6 +84,8 @@ GATEWAY = "service_gateway"
 NETWORK = "service_network"
 STORAGE = "service_backups"
 PUBLISH_RETRY = 60.0
+#: fire_hire is idle in these (storage waits for them before it checks the suppliers).
+SETTLED_STATES = ("READY", "WAITING", "CLOSED")
 #: Commands about the contract (answered at once); the others move blocks.
 CONTRACT_COMMANDS = frozenset({Command.REQUEST_SERVICE.value, Command.CANCEL_SERVICE.value})
 
@@ -105,6 +108,25 @@ class SupplierProvider:
     def settled(self) -> defer.Deferred | None:
         """None when fire_hire is idle, else a Deferred fired when it is."""
         return self._service.settled()
+
+    def retiring(self) -> list[dict]:
+        """Former holders still read from: ``{"supplier_id", "position"}`` (fire_hire's retiring list)."""
+        fire_hire = self._service.fire_hire
+        if fire_hire is None or fire_hire.destroyed:
+            return [{"supplier_id": r.supplier_id, "position": r.position}
+                    for r in (self._service.roster.retiring if self._service.roster is not None else [])]
+        return [{"supplier_id": r["supplier_id"], "position": r["position"]} for r in fire_hire.retiring()]
+
+    def rebuild_progress(self, report: dict) -> None:
+        """Storage's blocks rebuilt per retiring holder (shown in suppliers_list)."""
+        fire_hire = self._service.fire_hire
+        if fire_hire is not None and not fire_hire.destroyed:
+            fire_hire.rebuild_progress(report)
+
+    def release(self, supplier_id: str) -> bool:
+        """Storage says nothing depends on this retiring holder: its contract ends (CancelService)."""
+        fire_hire = self._service.fire_hire
+        return fire_hire is not None and not fire_hire.destroyed and fire_hire.release(supplier_id)
 
 
 class CustomerService(Service):
@@ -130,6 +152,10 @@ class CustomerService(Service):
         Option(PREFIX + "block-timeout", FLOAT, 120.0,
                "Seconds a supplier has to answer Data, Retrieve, ListFiles, DeleteFile or DeleteBackup.",
                minimum=0.1, maximum=3600.0),
+        Option(PREFIX + "pause-tolerance", FLOAT, 30.0,
+               "Seconds this process may have stood still (a late tick, or the wall clock jumping against the "
+               "monotonic one) before fire_hire treats it as a pause and asks every supplier again before "
+               "judging anyone.", minimum=0.05, maximum=86400.0),
     )
     log = Logger()
 
@@ -149,6 +175,7 @@ class CustomerService(Service):
         self._publishing = False
         self._publish_again = False
         self._publish_call: Any = None
+        self._unsubscribe_events: Any = None
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -161,10 +188,16 @@ class CustomerService(Service):
         self.roster = SupplierRoster(self.roster_file)
         self.finder = SupplierFinder(node.clock, self._random_suppliers, self._make_connector,
                                      registry=node.automats)
+        probe = 2 * float(settings.get(PREFIX + "request-timeout")) + 1.0
         self.fire_hire = FireHire(node.clock, self.roster, self.finder, self._make_connector, self.wanted,
                                   self.dead_after, self._roster_changed, registry=node.automats,
-                                  intervals={"timer-1min": settings.get(PREFIX + "check-interval")})
+                                  intervals={"timer-1min": settings.get(PREFIX + "check-interval"),
+                                             "timer-probe": probe},
+                                  network_state=self._network_state, check_network=self._check_network,
+                                  data_blocks=self.data_blocks, cancel_service=self.cancel_service,
+                                  pause_tolerance=lambda: float(settings.get(PREFIX + "pause-tolerance")))
         self.fire_hire.add_state_listener(self._fire_hire_changed)
+        self._unsubscribe_events = node.events.subscribe(self._on_event)
         settings.add_listener(WANTED_KEY, self._wanted_changed)
         settings.add_listener(NEEDED_KEY, self._needed_changed)
         install_market_router(node, gateway)
@@ -192,6 +225,9 @@ class CustomerService(Service):
         settings = self.node.settings
         settings.remove_listener(WANTED_KEY, self._wanted_changed)
         settings.remove_listener(NEEDED_KEY, self._needed_changed)
+        if self._unsubscribe_events is not None:
+            self._unsubscribe_events()
+            self._unsubscribe_events = None
         fire_hire, self.fire_hire = self.fire_hire, None
         if fire_hire is not None and not fire_hire.destroyed:
             fire_hire.event("shutdown")  # also shuts the finder and every connector down
@@ -213,7 +249,9 @@ class CustomerService(Service):
                 "fire_hire": fire_hire.state, "supplier_finder": self.finder.state if self.finder else None,
                 "shortage": fire_hire.shortage, "roster_revision": roster.revision,
                 "dht_revision": self.dht_revision, "dht_error": self.dht_error,
-                "quota_per_supplier": self.quota_bytes(), "recovered_from_dht": self.recovered_from_dht}
+                "quota_per_supplier": self.quota_bytes(), "recovered_from_dht": self.recovered_from_dht,
+                "waiting": fire_hire.waiting, "reprobes": fire_hire.reprobes, "pauses": fire_hire.watch.pauses,
+                "retiring": len(roster.retiring), "releasing": len(roster.releasing)}
 
     # --- settings -----------------------------------------------------------------------
 
@@ -331,15 +369,32 @@ class CustomerService(Service):
     def settled(self) -> defer.Deferred | None:
         """None while fire_hire is idle (READY), else a Deferred fired when it gets there."""
         fire_hire = self.fire_hire
-        if fire_hire is None or fire_hire.state in ("READY", "CLOSED"):
+        if fire_hire is None or fire_hire.state in SETTLED_STATES:
             return None
         d = defer.Deferred()
         self._waiters.append(d)
         return d
 
     def _fire_hire_changed(self, machine: Any, old: str, new: str, event: str) -> None:
-        if new in ("READY", "CLOSED"):
+        if new in SETTLED_STATES:
             self._release_waiters()
+
+    def _network_state(self) -> str:
+        """network_connector's state ("" while service_network is off): fire_hire judges only when CONNECTED."""
+        connector = self.node.service_driver.get(NETWORK).connector
+        return connector.state if connector is not None else ""
+
+    def _check_network(self) -> None:
+        """No supplier answers: maybe this node is the one cut off; let network_connector check now."""
+        connector = self.node.service_driver.get(NETWORK).connector
+        if connector is not None and not connector.destroyed:
+            connector.event("check-reconnect")
+
+    def _on_event(self, event: Any) -> None:
+        if event.event_id in ("network-connected", "network-disconnected"):
+            fire_hire = self.fire_hire
+            if fire_hire is not None and not fire_hire.destroyed and fire_hire.state != "AT_STARTUP":
+                fire_hire.event("restart")
 
     def _release_waiters(self) -> None:
         waiters, self._waiters = self._waiters, []
@@ -476,6 +531,7 @@ class CustomerService(Service):
     def suppliers(self, verbose: bool = False) -> list[dict]:
         """Each position: supplier, contract state, online, quota and used bytes (from its last answer)."""
         fire_hire = self.require_fire_hire()
+        retiring = fire_hire.retiring()
         rows = []
         for position, supplier_id in enumerate(self.roster.positions):
             connector = fire_hire.connectors.get(supplier_id) if supplier_id else None
@@ -485,13 +541,30 @@ class CustomerService(Service):
                    "state": connector.state if connector is not None else ("NO_SERVICE" if supplier_id else "EMPTY"),
                    "online": connector is not None and connector.state == "CONNECTED",
                    "quota_bytes": answer.get("quota_bytes"), "used_bytes": answer.get("used_bytes")}
+            rebuilding = [r for r in retiring if r["position"] == position]
+            row.update({"retiring": False, "waiting": fire_hire.waiting,
+                        "rebuild": [{"from": r["supplier_id"], **r["rebuild"]} for r in rebuilding]})
             if verbose:
                 info = connector.info() if connector is not None else {}
                 row.update({"automat": connector.id if connector is not None else None,
                             "offline_for": info.get("offline_for", 0.0), "last_seen": info.get("last_seen"),
                             "failures": info.get("failures", 0), "refusal": info.get("refusal", "")})
             rows.append(row)
+        for r in retiring:
+            rows.append(self._former_row(r["position"], r["supplier_id"], "RETIRING", fire_hire.waiting,
+                                         reason=r["reason"], fault=r["fault"], since=r["since"],
+                                         rebuild=r["rebuild"]))
+        for r in fire_hire.releasing():
+            rows.append(self._former_row(None, r["supplier_id"], "RELEASING", fire_hire.waiting, since=r["since"],
+                                         attempts=r["attempts"], error=r["error"]))
         return rows
+
+    @staticmethod
+    def _former_row(position: int | None, supplier_id: str, state: str, waiting: str, **facts: Any) -> dict:
+        """A suppliers_list row for a former holder (after the position rows)."""
+        return {"position": position, "supplier_id": supplier_id, "idurl": globalid.global_id_to_idurl(supplier_id),
+                "state": state, "online": None, "quota_bytes": None, "used_bytes": None, "retiring": True,
+                "waiting": waiting, **facts}
 
     def change(self, position: int | None = None, supplier_id: str | None = None,
                new_supplier_id: str | None = None, index_or_idurl: str | None = None) -> dict:
@@ -522,8 +595,10 @@ class CustomerService(Service):
             if new_id in positions:
                 raise Conflict(f"{new_id} is already my supplier at position {positions.index(new_id)}")
         fire_hire.replace(position, new_id)
+        # The old supplier retires: it keeps its blocks (and is read from) until they are rebuilt on the new one.
         return {"position": position, "old_supplier_id": positions[position], "new_supplier_id": new_id,
-                "replacing": True}
+                "replacing": True, "roster": list(self.roster.positions), "retiring": fire_hire.retiring(),
+                "waiting": fire_hire.waiting}
 
     def ping_suppliers(self) -> defer.Deferred:
         """Ask every supplier for service again now; fires with suppliers() once each answered (or timed out)."""
@@ -550,7 +625,7 @@ class CustomerService(Service):
 
     def space(self) -> dict:
         """Needed space, quota per supplier and what the suppliers said we use."""
-        rows = self.suppliers()
+        rows = [r for r in self.suppliers() if not r["retiring"]]
         hired = [r for r in rows if r["supplier_id"]]
         n = max(1, self.wanted())
         return {"running": True, "needed_bytes": int(self.node.settings.get(NEEDED_KEY)),

@@ -78,6 +78,14 @@ class SupplierConnector(Automat):
         d = defer.maybeDeferred(self.contracts.request_service, self.supplier_id, self.needed_bytes)
         d.addCallbacks(lambda answer: self._answered("service-accepted", answer), self._request_failed)
 
+    def reprobe(self) -> None:
+        """Ask again now, and let the silence so far count for nothing (we were away, or could not see)."""
+        if self.destroyed:
+            return
+        self.offline_since = None  # a failing answer starts it again
+        if self.state != "REQUEST":
+            self.event("connect")
+
     def rejected(self, reason: str) -> None:
         """The supplier told us it stopped serving us (its customer_reject notice)."""
         self.refusal = reason  # before the event: state listeners (fire_hire) read it on the transition

@@ -6,14 +6,22 @@ Thin: each method checks the service it needs runs and calls it
 Result shapes:
 
 - suppliers_list: ``[{"position", "supplier_id", "idurl", "state", "online",
-  "quota_bytes", "used_bytes"}]`` (``state`` is the supplier_connector's, or
-  ``EMPTY`` for a free position; quota and used bytes come from the
-  supplier's last answer to RequestService); ``verbose`` adds ``automat``,
-  ``offline_for``, ``last_seen``, ``failures``, ``refusal``. With another
-  customer's id: the positions of that customer's DHT record, ``state``
-  ``DHT_RECORD``;
-- supplier_change: ``{"position", "old_supplier_id", "new_supplier_id", "replacing": true}``
-  (the legacy ``index_or_idurl`` is a position or a supplier's IDURL / global id);
+  "quota_bytes", "used_bytes", "retiring", "waiting", "rebuild"}]``: first one
+  row per position (``state`` is the supplier_connector's, or ``EMPTY`` for a
+  free position; quota and used bytes come from the supplier's last answer to
+  RequestService; ``rebuild`` lists the former holders of that position whose
+  blocks are being rebuilt on it, ``{"from", "done", "total"}`` in blocks),
+  then one row per former holder (``retiring: true``; ``state`` ``RETIRING``:
+  still holds blocks we read, with ``reason``, ``fault``, ``since``,
+  ``rebuild``; ``RELEASING``: its CancelService is still to be delivered).
+  ``waiting`` is why fire_hire does nothing now ("" when it does not wait).
+  ``verbose`` adds ``automat``, ``offline_for``, ``last_seen``, ``failures``,
+  ``refusal``. With another customer's id: the positions of that customer's
+  DHT record, ``state`` ``DHT_RECORD``;
+- supplier_change: ``{"position", "old_supplier_id", "new_supplier_id", "replacing": true,
+  "roster", "retiring", "waiting"}`` (the old supplier retires: it is read from, and keeps
+  its blocks, until they are rebuilt on the new one; the legacy ``index_or_idurl`` is a
+  position or a supplier's IDURL / global id);
 - suppliers_ping: suppliers_list's rows after every supplier answered RequestService again;
 - suppliers_dht_lookup: ``{"customer_id", "customer_idurl", "revision",
   "ecc_map", "suppliers", "idurls", "writer_verified", "created", "expires"}``;

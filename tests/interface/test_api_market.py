@@ -107,6 +107,7 @@ def make_fakes(world: World, me: str) -> list:
             gateway = self.node.service_driver.get("service_gateway").gateway
             self.online = SimpleNamespace(ping=lambda who, timeout: gateway.ping(who, timeout),
                                           status=lambda who: {"online": who not in gateway.world.offline})
+            self.connector = SimpleNamespace(state="CONNECTED", destroyed=False, event=lambda name: None)
 
         def require_online(self):
             return self.online
@@ -165,7 +166,8 @@ class MarketApiTests(OwnNodeCalls, unittest.TestCase):
         # report used bytes (service_supplier adds them to its answer)
         self.assertEqual(rows[0], {"position": 0, "supplier_id": SUPPLIERS[0],
                                    "idurl": globalid.global_id_to_idurl(SUPPLIERS[0]), "state": "CONNECTED",
-                                   "online": True, "quota_bytes": 1593, "used_bytes": None})
+                                   "online": True, "quota_bytes": 1593, "used_bytes": None, "retiring": False,
+                                   "waiting": "", "rebuild": []})
         verbose = yield self.ok("suppliers_list", verbose=True)
         self.assertEqual(set(verbose[0]) - set(rows[0]), {"automat", "offline_for", "last_seen", "failures",
                                                           "refusal"})
@@ -182,23 +184,36 @@ class MarketApiTests(OwnNodeCalls, unittest.TestCase):
     @defer.inlineCallbacks
     def test_supplier_change_by_position_id_and_legacy_names(self):
         changed = yield self.ok("supplier_change", position=1, new_supplier_id=SUPPLIERS[4])
+        retiring = changed.pop("retiring")
         self.assertEqual(changed, {"position": 1, "old_supplier_id": SUPPLIERS[1],
-                                   "new_supplier_id": SUPPLIERS[4], "replacing": True})
+                                   "new_supplier_id": SUPPLIERS[4], "replacing": True, "waiting": "",
+                                   "roster": [SUPPLIERS[0], SUPPLIERS[4], SUPPLIERS[2]]})
+        self.assertEqual([(r["supplier_id"], r["position"], r["reason"], r["fault"]) for r in retiring],
+                         [(SUPPLIERS[1], 1, "replaced on request", False)])
         self.assertEqual(self.service.roster.positions, [SUPPLIERS[0], SUPPLIERS[4], SUPPLIERS[2]])
-        self.assertIn(("CancelService", SUPPLIERS[1]), self.node.service_driver.get("service_gateway").gateway.sent)
-        # legacy supplier_replace(index_or_idurl) with an IDURL: a random new one (s3, the only one not fired)
+        # the old one keeps its blocks (no CancelService) until they are rebuilt on the new one
+        gateway = self.node.service_driver.get("service_gateway").gateway
+        self.assertNotIn(("CancelService", SUPPLIERS[1]), gateway.sent)
+        rows = yield self.ok("suppliers_list")
+        self.assertEqual([(r["position"], r["supplier_id"], r["state"]) for r in rows if r["retiring"]],
+                         [(1, SUPPLIERS[1], "RETIRING")])
+        self.assertEqual(rows[1]["rebuild"], [{"from": SUPPLIERS[1]}])
+        self.assertTrue(self.service.supplier_provider().release(SUPPLIERS[1]))
+        self.assertIn(("CancelService", SUPPLIERS[1]), gateway.sent)
+        # legacy supplier_replace(index_or_idurl) with an IDURL: a random new one (s1: replaced on request
+        # and released, it may be hired again)
         yield self.ok("supplier_replace", index_or_idurl=globalid.global_id_to_idurl(SUPPLIERS[2]))
-        self.assertEqual(self.service.roster.positions, [SUPPLIERS[0], SUPPLIERS[4], SUPPLIERS[3]])
+        self.assertEqual(self.service.roster.positions, [SUPPLIERS[0], SUPPLIERS[4], SUPPLIERS[1]])
         # legacy supplier_change(index_or_idurl, new_idurl)
-        yield self.ok("supplier_change", index_or_idurl="0", new_idurl=globalid.global_id_to_idurl(SUPPLIERS[1]))
-        self.assertEqual(self.service.roster.positions, [SUPPLIERS[1], SUPPLIERS[4], SUPPLIERS[3]])
+        yield self.ok("supplier_change", index_or_idurl="0", new_idurl=globalid.global_id_to_idurl(SUPPLIERS[3]))
+        self.assertEqual(self.service.roster.positions, [SUPPLIERS[3], SUPPLIERS[4], SUPPLIERS[1]])
 
         self.assertIn("position or supplier_id", (yield self.error(400, "supplier_change")))
         yield self.error(400, "supplier_change", position=9)
         yield self.error(404, "supplier_change", supplier_id="nobody@127.0.0.1_8084")
         yield self.error(409, "supplier_change", position=0, new_supplier_id=SUPPLIERS[4])
         yield self.error(400, "supplier_change", position=0, new_supplier_id=ME)
-        yield self.error(400, "supplier_change", position=2, supplier_id=SUPPLIERS[1])
+        yield self.error(400, "supplier_change", position=2, supplier_id=SUPPLIERS[4])
         yield self.error(400, "supplier_change", supplier_id="not an id")
 
     @defer.inlineCallbacks

@@ -45,7 +45,8 @@ class MarketTests(LocalnetTestCase):
     # --- steps -----------------------------------------------------------------------------
 
     def suppliers(self) -> list[dict]:
-        return self.api(CUSTOMER, "suppliers_list", verbose=True)
+        """The position rows of suppliers_list (former holders, still retiring, follow them)."""
+        return [r for r in self.api(CUSTOMER, "suppliers_list", verbose=True) if not r["retiring"]]
 
     def connected(self) -> list[str] | None:
         """The hired suppliers by position once all four are CONNECTED, else None."""
