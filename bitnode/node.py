@@ -24,10 +24,10 @@ from bitnode.interface.api import API
 from bitnode.interface.auth import ApiGuard, RateLimiter, load_or_create_secret
 from bitnode.interface.dispatch import Dispatcher
 from bitnode.interface.limits import ApiLimits
-from bitnode.interface.rest import ApiResource
+from bitnode.interface.rest import ApiResource, ApiSite
 from bitnode.interface.websocket import ApiWebSocketFactory
 from bitnode.main.basedir import Basedir
-from bitnode.main.connections import ConnectionSet, TrackingSite
+from bitnode.main.connections import ConnectionSet
 from bitnode.main.events import EventBus
 from bitnode.main.fileutil import atomic_write
 from bitnode.main.schema import SCHEMA
@@ -56,7 +56,7 @@ class Node(MultiService):
         self.api = API(self)
         # API settings read on every request are cached here and kept current by settings listeners.
         self._log_api_calls = bool(settings.get("logs/api-calls"))
-        self._api_site: _ApiSite | None = None
+        self._api_site: ApiSite | None = None
         self._limiter = RateLimiter(reactor, settings.get("interface/api/rate-limit"),
                                     settings.get("interface/api/rate-burst"))
         settings.add_listener("logs/api-calls", self._api_settings_changed)
@@ -195,7 +195,7 @@ class Node(MultiService):
     def _listen(self) -> None:
         iface = self.settings.get("interface/api/interface")
         guard = ApiGuard(self.api_secret, extra_hosts=(iface,))
-        site = self._api_site = _ApiSite(ApiResource(self.dispatcher, guard, self._limiter))
+        site = self._api_site = ApiSite(ApiResource(self.dispatcher, guard, self._limiter), reactor=self.reactor)
         site.log_requests = self._log_api_calls
         ws_factory = ApiWebSocketFactory(self.dispatcher, guard, self._limiter, self.events)
         ws_factory.noisy = False
@@ -253,18 +253,6 @@ class Node(MultiService):
 
         self.reactor.addSystemEventTrigger("after", "shutdown", exec_again)
         self._stop_reactor()
-
-
-class _ApiSite(TrackingSite):
-    """A Site that writes access-log lines only when ``logs/api-calls`` asks for them."""
-
-    noisy = False
-    log_requests = False
-
-    def log(self, request) -> None:
-        """Skip the per-request access log unless enabled."""
-        if self.log_requests:
-            super().log(request)
 
 
 def default_services() -> list[type[Service]]:

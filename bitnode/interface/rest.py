@@ -4,13 +4,16 @@ GET parameters come from the query string; other verbs take a JSON object
 body (query-string parameters are accepted too); a parameter that is part of
 the path (URL-decoded: ``event/listen/my%20id/v1`` is consumer ``my id``)
 cannot be given a different value elsewhere. Every answer is the JSON
-envelope with the HTTP code from the one error table (413 for a body over
-:data:`MAX_BODY`).
+envelope with the HTTP code from the one error table.
 
-Each request is rate-limited per client host first, then its Origin, Host and
-secret are checked (see :mod:`bitnode.interface.auth`). A method that answers
-at once is written at once, without a Deferred; one that answers later is
-written when it does, and cancelled if the client goes away first.
+Each request is judged as soon as its headers arrive (:class:`ApiRequest`):
+rate-limited per client host first, then its Origin, Host and secret are
+checked (see :mod:`bitnode.interface.auth`), and a Content-Length over
+``interface/api/max-body-bytes`` is a 413. A refused request is answered at
+once and its body is never stored; an accepted body is kept in memory and cut
+(413) if it streams past the limit. A method that answers at once is written
+at once, without a Deferred; one that answers later is written when it does,
+and cancelled if the client goes away first.
 """
 
 from __future__ import annotations
@@ -24,11 +27,14 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from bitnode.boundedjson import BadJson
-from bitnode.errors import BadRequest, BitnodeError
+from bitnode.errors import BadRequest, BitnodeError, TooManyRequests
 from bitnode.interface.auth import ApiGuard, RateLimiter
 from bitnode.interface.dispatch import Answer, Dispatcher, error_answer, parse_json_object
+from bitnode.main.bounded_request import BoundedRequest, PayloadTooLarge
+from bitnode.main.connections import TrackingSite
 
-MAX_BODY = 1024 * 1024
+#: Seconds an idle HTTP connection stays open (a long-poll is not idle: its request is being handled).
+IDLE_TIMEOUT = 120
 
 JSON_TYPE = b"application/json; charset=utf-8"
 
@@ -42,12 +48,6 @@ if c_make_encoder is not None:
         return "".join(_encode_parts(value, 0))
 else:  # pragma: no cover - Pythons without the json C accelerator
     _to_json = json.JSONEncoder(default=str).encode
-
-
-class PayloadTooLarge(BadRequest):
-    """The request body is over :data:`MAX_BODY` (HTTP 413)."""
-
-    http_code = 413
 
 
 def encode_envelope(envelope: dict) -> bytes:
@@ -79,6 +79,8 @@ class ApiResource(Resource):
         self._dispatcher = dispatcher
         self._guard = guard
         self._limiter = limiter
+        #: The limits and counters shared with the dispatcher.
+        self.limits = dispatcher.limits
 
     def render(self, request: Request):
         """Check the caller, resolve the route, read the arguments, dispatch, write the envelope."""
@@ -98,7 +100,8 @@ class ApiResource(Resource):
         answer.addErrback(lambda f: self.log.failure("writing API answer failed", f))
         return NOT_DONE_YET
 
-    def _prepare(self, request: Request):
+    def check_caller(self, request: Request) -> None:
+        """Rate limit, Origin, Host and secret of a request, from its headers alone (raises to refuse)."""
         # The rate limit counts per client host (not per port or connection), before any check.
         if self._limiter.rate:
             self._limiter.hit(getattr(request.getClientAddress(), "host", "?"))
@@ -108,6 +111,10 @@ class ApiResource(Resource):
             if index is not None and values:
                 found[index] = values[-1]
         self._guard.check(found[0], found[1], found[2] or found[3])
+
+    def _prepare(self, request: Request):
+        if not getattr(request, "admitted", False):  # not an ApiRequest, which checked the headers already
+            self.check_caller(request)
         verb = _VERBS.get(request.method) or request.method.decode("ascii", "replace").upper()
         try:
             path = request.path.decode("utf-8")
@@ -130,7 +137,7 @@ class ApiResource(Resource):
         return target, kwargs
 
     def _read_body(self, request: Request) -> dict:
-        limits = self._dispatcher.limits
+        limits = self.limits
         request.content.seek(0)
         raw = request.content.read(limits.max_body_bytes + 1)
         if len(raw) > limits.max_body_bytes:
@@ -170,3 +177,52 @@ class ApiResource(Resource):
         request.setHeader(b"content-length", str(len(body)).encode("ascii"))
         request.write(body)
         request.finish()
+
+
+class ApiRequest(BoundedRequest):
+    """An API request, judged when its headers arrive (see :class:`~bitnode.main.bounded_request.BoundedRequest`)."""
+
+    def admit(self, length: int | None) -> None:
+        """Rate limit, Origin, Host and secret, before any byte of the body is read."""
+        self.channel.site.resource.check_caller(self)
+
+    def max_body(self) -> int:
+        """``interface/api/max-body-bytes``."""
+        return self.channel.site.limits.max_body_bytes
+
+    def refused(self, err: BitnodeError, discarded: int) -> None:
+        """Count the refusal by kind."""
+        limits = self.channel.site.limits
+        if isinstance(err, PayloadTooLarge):
+            limits.count("body_too_large")
+        else:
+            limits.count("refused_at_headers")
+            if isinstance(err, TooManyRequests):
+                limits.count("rate_limited")
+        if discarded:
+            limits.count("body_bytes_discarded", discarded)
+
+    def discarded(self, amount: int) -> None:
+        """Count body bytes thrown away."""
+        self.channel.site.limits.count("body_bytes_discarded", amount)
+
+
+class ApiSite(TrackingSite):
+    """The HTTP API's Site: :class:`ApiRequest` for every request, access log lines only when asked.
+
+    ``log_requests`` follows ``logs/api-calls``. Form bodies are not parsed
+    (the API reads JSON), and idle connections close after :data:`IDLE_TIMEOUT`.
+    """
+
+    noisy = False
+    log_requests = False
+
+    def __init__(self, resource: ApiResource, reactor=None):
+        super().__init__(resource, requestFactory=ApiRequest, parsePOSTFormSubmission=False, timeout=IDLE_TIMEOUT,
+                         reactor=reactor)
+        self.limits = resource.limits
+
+    def log(self, request) -> None:
+        """Skip the per-request access log unless enabled."""
+        if self.log_requests:
+            super().log(request)
