@@ -50,6 +50,9 @@ from bitnode.dht.simnet import SimEndpoint
 from bitnode.dht.storage import RecordStore, StoredRecord, StoreKeeper
 from bitnode.errors import BadRequest, Conflict, InsufficientStorage, NotFound, Timeout, Unavailable
 
+#: senders being pinged at once to prove their address before they enter the routing tables
+MAX_ADDRESS_CHECKS = 256
+
 
 class DHTNode:
     """One Kademlia node. All state hangs off the instance; time and randomness are injected.
@@ -79,8 +82,6 @@ class DHTNode:
         node_id: int | None = None,
         user: str = "",
         rpc_timeout: float = 2.0,
-        rate_limit: float = 50.0,
-        rate_burst: float = 100.0,
         refresh_interval: float = 3600.0,
         republish_interval: float = 3600.0,
         replicate_interval: float = 3600.0,
@@ -105,14 +106,13 @@ class DHTNode:
         self.cache_values = cache_values
         self.limits = limits
         self._tables: dict[int, RoutingTable] = {0: self._new_table()}
-        self._engine = RPCEngine(
-            clock, rng, self._sender, self._handle_request, self._observe, rpc_timeout, rate_limit, rate_burst
-        )
+        self._engine = RPCEngine(clock, rng, self._sender, self._handle_request, self._observe, rpc_timeout, limits)
         self._store = RecordStore(store_path, clock)
         self._keeper = StoreKeeper(
             self._store, clock, self._publish_row, republish_interval, replicate_interval, expire_interval
         )
         self._refresh_loop: LoopingCall | None = None
+        self._checking: set[Address] = set()
         self._port: IListeningPort | None = None
         self._endpoint: SimEndpoint | None = None
         self.address: Address | None = None
@@ -264,16 +264,36 @@ class DHTNode:
     def _sender(self) -> Sender:
         return Sender(self.node_id, self._user, self.layers)
 
-    def _observe(self, msg: Message, address: Address) -> None:
-        """Every accepted message refreshes the sender in the tables of the layers it advertises."""
+    def _observe(self, msg: Message, address: Address, proven: bool = True) -> None:
+        """Every accepted message refreshes the sender in the tables of the layers it advertises.
+
+        A sender at an address it has not proven (its first request to us: the
+        source may be forged) is pinged instead if our table has room for it;
+        its answer adds it.
+        """
         if msg.sender.node_id == self.node_id:
             return
         contact = Contact(msg.sender.node_id, address[0], address[1], msg.sender.user, msg.sender.layers)
+        known = self._tables[0].get(contact.node_id)
+        if not proven and (known is None or known.address != contact.address):
+            if self._tables[0].has_room_for(contact.node_id):
+                self._check_address(contact)
+            return
         for layer, table in self._tables.items():
             if contact.in_layer(layer):
                 table.add(contact)
             else:
                 table.remove(contact.node_id)
+
+    def _check_address(self, contact: Contact) -> None:
+        """Ping a newly heard-of sender once (a bounded number at a time); its PONG puts it in our tables."""
+        if contact.address in self._checking or len(self._checking) >= MAX_ADDRESS_CHECKS:
+            return
+        self._checking.add(contact.address)
+        self.counters["address_checks"] += 1
+        d = self._engine.request(contact.address, messages.PING)
+        d.addErrback(lambda _: None)
+        d.addBoth(lambda _: self._checking.discard(contact.address))
 
     def _handle_request(self, msg: Message, address: Address) -> tuple[str, dict[str, Any]] | None:
         if msg.kind == messages.PING:

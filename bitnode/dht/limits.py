@@ -24,6 +24,16 @@ class DHTLimits:
 
     #: seconds ``created`` of a first-come (nickname) record may lie in the past when a node first stores it
     first_come_max_age: float = FIRST_COME_MAX_AGE
+    #: datagrams per second (and burst) accepted from one source IP, whatever its ports; 0 = no limit
+    rate_per_ip: float = 200.0
+    burst_per_ip: float = 400.0
+    #: datagrams per second (and burst) accepted from all sources together; 0 = no limit
+    rate_total: float = 2000.0
+    burst_total: float = 4000.0
+    #: an answer to an address without a valid token is at most this many times the request's size
+    unverified_reply_factor: float = 3.0
+    #: seconds per token period (a token is good for one to two periods)
+    token_lifetime: float = 600.0
 
 
 #: (setting name under ``services/entangled-dht/``, DHTLimits field, Option arguments)
@@ -31,6 +41,21 @@ _SETTINGS: tuple[tuple[str, str, Any, str, dict[str, Any]], ...] = (
     ("first-come-max-age", "first_come_max_age", FLOAT,
      "Seconds a nickname record's creation time may lie in the past when a DHT node first stores it "
      "(older claims are refused: a backdated record cannot take a name).", {"minimum": 60.0, "maximum": 86400.0}),
+    ("rate-limit-per-ip", "rate_per_ip", FLOAT,
+     "DHT datagrams per second accepted from one IP address, whatever its ports (0 turns the limit off).",
+     {"minimum": 0.0}),
+    ("rate-burst-per-ip", "burst_per_ip", FLOAT, "How many DHT datagrams one IP address may send at once.",
+     {"minimum": 1.0}),
+    ("rate-limit-total", "rate_total", FLOAT,
+     "DHT datagrams per second accepted from all addresses together (0 turns the limit off).", {"minimum": 0.0}),
+    ("rate-burst-total", "burst_total", FLOAT, "How many DHT datagrams all addresses together may send at once.",
+     {"minimum": 1.0}),
+    ("unverified-reply-factor", "unverified_reply_factor", FLOAT,
+     "An answer to a DHT peer that has not proven its address (no token yet) is at most this many times the "
+     "size of its request: no traffic amplification towards forged addresses.", {"minimum": 1.0, "maximum": 20.0}),
+    ("token-lifetime", "token_lifetime", FLOAT,
+     "Seconds a DHT address token stays valid (one to two of these periods).", {"minimum": 30.0,
+                                                                                 "maximum": 86400.0}),
 )
 
 LIMIT_OPTIONS: tuple[Option, ...] = tuple(

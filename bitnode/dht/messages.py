@@ -8,7 +8,15 @@ One datagram is one UTF-8 JSON object of at most :data:`MAX_DATAGRAM` bytes::
 
 ``rid`` is a random request id chosen by the requester (from an injected
 ``random.Random``) and echoed in the response. The sender's address is never
-read from the payload: it is the datagram's source address. Bodies by type:
+read from the payload: it is the datagram's source address.
+
+Optional top-level fields (address checks, see :mod:`bitnode.dht.tokens`):
+``"tok"`` — in a response, a token for the requester's IP; in a request, the
+token the requester last got from that node, proving it receives at its
+source address. ``"trunc": true`` — this response was cut to a small size
+because the request came from an unproven address (ask again with the token).
+``"pad"`` — a string of spaces that makes a request without a token big enough
+to earn a full answer. Bodies by type:
 
 =============  ===================================================
 PING / PONG    ``{}``
@@ -39,6 +47,8 @@ MAX_DATAGRAM = 8192
 MAX_CONTACTS = 64
 MAX_KEY_LEN = 512
 MAX_REASON_LEN = 200
+TOKEN_LEN = 32
+_ENVELOPE_BYTES = len(b'"pad":"",')
 
 PING = "PING"
 PONG = "PONG"
@@ -89,6 +99,10 @@ class Message:
     sender: Sender
     layer: int = 0
     body: dict[str, Any] = field(default_factory=dict)
+    #: request: the token presented; response: a token issued for the requester's IP ("" if none)
+    token: str = ""
+    #: response only: cut short because the requester's address is not proven yet
+    truncated: bool = False
 
     @property
     def is_request(self) -> bool:
@@ -153,9 +167,12 @@ def _decode_body(kind: str, body: Any) -> dict[str, Any]:
     raise MalformedMessage(f"unknown message type {kind!r}")
 
 
-def encode(msg: Message) -> bytes:
-    """Serialise ``msg``; raises :class:`OversizeMessage` if it exceeds :data:`MAX_DATAGRAM`."""
-    wire = {
+def encode(msg: Message, pad_to: int = 0, limit: int = MAX_DATAGRAM) -> bytes:
+    """Serialise ``msg`` (padded with spaces to at least ``pad_to`` bytes if that is more).
+
+    Raises :class:`OversizeMessage` if it exceeds ``limit`` (at most :data:`MAX_DATAGRAM`).
+    """
+    wire: dict[str, Any] = {
         "v": PROTOCOL_VERSION,
         "t": msg.kind,
         "rid": msg.request_id,
@@ -163,17 +180,25 @@ def encode(msg: Message) -> bytes:
         "from": {"id": id_to_hex(msg.sender.node_id), "user": msg.sender.user, "layers": list(msg.sender.layers)},
         "body": _encode_body(msg.kind, msg.body),
     }
+    if msg.token:
+        wire["tok"] = msg.token
+    if msg.truncated:
+        wire["trunc"] = True
     data = json.dumps(wire, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
-    if len(data) > MAX_DATAGRAM:
-        raise OversizeMessage(f"{msg.kind} message is {len(data)} bytes, max {MAX_DATAGRAM}")
+    limit = min(limit, MAX_DATAGRAM)
+    missing = min(pad_to, limit) - len(data) - _ENVELOPE_BYTES
+    if missing > 0:
+        data = data[:-1] + b',"pad":"' + b" " * missing + b'"}'
+    if len(data) > limit:
+        raise OversizeMessage(f"{msg.kind} message is {len(data)} bytes, max {limit}")
     return data
 
 
-def encode_fitting(msg: Message) -> bytes:
-    """Like :func:`encode`, but a NODES message drops its farthest contacts until it fits."""
+def encode_fitting(msg: Message, limit: int = MAX_DATAGRAM) -> bytes:
+    """Like :func:`encode`, but a NODES message drops its farthest contacts until it fits in ``limit``."""
     while True:
         try:
-            return encode(msg)
+            return encode(msg, limit=limit)
         except OversizeMessage:
             contacts = msg.body.get("contacts") if msg.kind == NODES else None
             if not contacts:
@@ -211,7 +236,13 @@ def decode(data: bytes) -> Message:
         raise
     except BadRequest as exc:
         raise MalformedMessage(str(exc)) from None
-    return Message(kind=kind, request_id=_check_rid(wire["rid"]), sender=parsed_sender, layer=layer, body=body)
+    token, truncated, pad = wire.get("tok", ""), wire.get("trunc", False), wire.get("pad", "")
+    if not isinstance(token, str) or token and (len(token) != TOKEN_LEN or not set(token) <= _HEX):
+        raise MalformedMessage(f"tok must be {TOKEN_LEN} lowercase hex characters")
+    if not isinstance(truncated, bool) or not isinstance(pad, str):
+        raise MalformedMessage("trunc must be a boolean and pad a string")
+    return Message(kind=kind, request_id=_check_rid(wire["rid"]), sender=parsed_sender, layer=layer, body=body,
+                   token=token, truncated=truncated)
 
 
 def _reject_constant(name: str) -> Any:

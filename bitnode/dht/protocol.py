@@ -5,10 +5,23 @@ function and is fed received datagrams through :meth:`RPCEngine.datagram_receive
 :class:`UDPProtocol` plugs it into a real ``reactor.listenUDP`` socket; a
 :class:`bitnode.dht.simnet.SimEndpoint` plugs it into the simulated network.
 
-Every received datagram first passes a per-peer token bucket (floods are dropped
-and counted before any parsing), then a size check, then strict parsing. A
-response is accepted only if its request id is pending *and* it comes from the
-address the request went to; anything else is counted as unmatched.
+Every received datagram first passes a token bucket per source IP (not per
+host:port: one machine gets one budget however many ports it sends from), then
+one for all sources together; floods are dropped and counted before any
+parsing. Then a size check, then strict parsing. A response is accepted only if
+its request id is pending *and* it comes from the address the request went to;
+anything else is counted as unmatched.
+
+Unproven addresses (:mod:`bitnode.dht.tokens`): a request that neither presents
+a valid token for its source IP nor comes from an address that answered one of
+our requests (a round trip; we keep the token it gave us) gets an answer at most
+``unverified_reply_factor`` times its own size — a NODES list loses its
+farthest contacts, a VALUE that does not fit becomes an empty NODES — marked
+``trunc`` and carrying a token; a STORE from such an address is not executed.
+The asking engine remembers the token, sends it with later requests to that
+peer, and asks once more with it when an answer came back truncated. A request
+sent without a token is padded so that a normal answer fits, which spares that
+extra round trip in most cases.
 """
 
 from __future__ import annotations
@@ -16,7 +29,7 @@ from __future__ import annotations
 import random
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from twisted.internet.defer import Deferred, fail
@@ -26,15 +39,18 @@ from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
 from bitnode.dht import messages
+from bitnode.dht.limits import DHTLimits
 from bitnode.dht.messages import Message, Sender
+from bitnode.dht.tokens import AddressTokens, PeerTokens
 from bitnode.errors import Timeout, Unavailable
 
 Address = tuple[str, int]
 SendFn = Callable[[bytes, Address], None]
 #: handles a request; returns ``(response_kind, response_body)`` or None to stay silent
 RequestHandler = Callable[[Message, Address], "tuple[str, dict[str, Any]] | None"]
-#: told about every accepted message (requests and matched responses) to update routing
-MessageObserver = Callable[[Message, Address], None]
+#: told about every accepted message (requests and matched responses) to update routing; the flag says
+#: whether the source address is proven (a matched response, or a request with a valid token)
+MessageObserver = Callable[[Message, Address, bool], None]
 
 
 @dataclass
@@ -58,20 +74,25 @@ class TokenBucket:
 
 @dataclass
 class PeerRateLimiter:
-    """One token bucket per source address, at most ``max_peers`` of them remembered."""
+    """One token bucket per source (an IP address), at most ``max_peers`` of them remembered.
+
+    A ``rate`` of 0 or less turns the limit off.
+    """
 
     rate: float
     burst: float
     max_peers: int = 4096
-    buckets: dict[Address, TokenBucket] = field(default_factory=dict)
+    buckets: dict[str, TokenBucket] = field(default_factory=dict)
 
-    def allow(self, address: Address, now: float) -> bool:
-        """True if a datagram from ``address`` may be processed now."""
-        bucket = self.buckets.get(address)
+    def allow(self, source: str, now: float) -> bool:
+        """True if a datagram from ``source`` may be processed now."""
+        if self.rate <= 0:
+            return True
+        bucket = self.buckets.get(source)
         if bucket is None:
             if len(self.buckets) >= self.max_peers:
                 self._forget_idle(now)
-            bucket = self.buckets[address] = TokenBucket(self.rate, self.burst, self.burst, now)
+            bucket = self.buckets[source] = TokenBucket(self.rate, self.burst, self.burst, now)
         return bucket.allow(now)
 
     def _forget_idle(self, now: float) -> None:
@@ -85,9 +106,19 @@ class PeerRateLimiter:
 @dataclass
 class _Pending:
     address: Address
-    kinds: frozenset[str]
+    request: Message
     deferred: Deferred
     timer: IDelayedCall
+    retried: bool = False
+
+    @property
+    def kinds(self) -> frozenset[str]:
+        return messages.RESPONSES[self.request.kind]
+
+
+#: a request without a token is padded to this size: with the default reply factor (3) a full answer fits
+UNVERIFIED_PAD = 1200
+_PADDED_KINDS = frozenset({messages.FIND_NODE, messages.FIND_VALUE})
 
 
 class RPCEngine:
@@ -99,7 +130,7 @@ class RPCEngine:
     :param handler: answers incoming requests.
     :param observer: told about every accepted message.
     :param timeout: seconds before a request fails with :class:`Timeout`.
-    :param rate, burst: per-peer token bucket for incoming datagrams.
+    :param limits: per-IP and total rates, the reply factor for unproven addresses, the token lifetime.
     """
 
     _log = Logger()
@@ -112,8 +143,7 @@ class RPCEngine:
         handler: RequestHandler,
         observer: MessageObserver | None = None,
         timeout: float = 2.0,
-        rate: float = 50.0,
-        burst: float = 100.0,
+        limits: DHTLimits = DHTLimits(),
     ) -> None:
         self._clock = clock
         self._rng = rng
@@ -121,7 +151,11 @@ class RPCEngine:
         self._handler = handler
         self._observer = observer
         self.timeout = timeout
-        self._limiter = PeerRateLimiter(rate, burst)
+        self.limits = limits
+        self._per_ip = PeerRateLimiter(limits.rate_per_ip, limits.burst_per_ip)
+        self._total = PeerRateLimiter(limits.rate_total, limits.burst_total, max_peers=1)
+        self._tokens = AddressTokens(clock, rng, limits.token_lifetime)
+        self._peer_tokens = PeerTokens()
         self._pending: dict[str, _Pending] = {}
         self._send: SendFn | None = None
         self._closed = False
@@ -149,10 +183,15 @@ class RPCEngine:
             p.deferred.errback(Unavailable("DHT node stopped"))
 
     def stats(self) -> dict[str, int]:
-        """Counters: sent, received, malformed, oversize, rate_limited, timeouts, unmatched, ..."""
-        keys = ("sent", "received", "malformed", "oversize", "rate_limited", "timeouts", "unmatched",
-                "send_errors", "handler_errors", "requests_handled", "oversize_replies")
-        return {k: self.counters[k] for k in keys} | {"pending": len(self._pending)}
+        """Counters: sent, received, malformed, oversize, rate_limited (per IP), rate_limited_total, timeouts,
+        unmatched, replies_truncated_unverified, stores_refused_unverified, retried_with_token, ..."""
+        keys = ("sent", "received", "malformed", "oversize", "rate_limited", "rate_limited_total", "timeouts",
+                "unmatched", "send_errors", "handler_errors", "requests_handled", "oversize_replies",
+                "replies_truncated_unverified", "replies_dropped_unverified", "stores_refused_unverified",
+                "retried_with_token")
+        return {k: self.counters[k] for k in keys} | {"pending": len(self._pending),
+                                                       "rate_limited_sources": len(self._per_ip.buckets),
+                                                       "peer_tokens": len(self._peer_tokens)}
 
     # -- outgoing -----------------------------------------------------------------
 
@@ -166,22 +205,28 @@ class RPCEngine:
             return fail(Unavailable("DHT node is not running"))
         if kind not in messages.RESPONSES:
             return fail(messages.MalformedMessage(f"{kind!r} is not a request type"))
+        d: Deferred = Deferred()
+        msg = Message(kind=kind, request_id="", sender=self._sender(), layer=layer, body=body or {})
+        try:
+            self._send_request(address, msg, d)
+        except (messages.MalformedMessage, Unavailable) as exc:
+            return fail(exc)
+        return d
+
+    def _send_request(self, address: Address, msg: Message, d: Deferred, retried: bool = False) -> None:
+        """Send ``msg`` under a fresh request id, with our token for ``address``; ``d`` gets the answer."""
         rid = messages.new_request_id(self._rng)
         while rid in self._pending:
             rid = messages.new_request_id(self._rng)
-        msg = Message(kind=kind, request_id=rid, sender=self._sender(), layer=layer, body=body or {})
-        try:
-            data = messages.encode(msg)
-        except messages.MalformedMessage as exc:
-            return fail(exc)
-        d: Deferred = Deferred()
+        token = self._peer_tokens.get(address)
+        msg = replace(msg, request_id=rid, token=token)
+        data = messages.encode(msg, pad_to=0 if token or msg.kind not in _PADDED_KINDS else UNVERIFIED_PAD)
         timer = self._clock.callLater(self.timeout, self._timed_out, rid)
-        self._pending[rid] = _Pending(address, messages.RESPONSES[kind], d, timer)
+        self._pending[rid] = _Pending(address, msg, d, timer, retried)
         if not self._transmit(data, address):
             self._pending.pop(rid)
             timer.cancel()
-            return fail(Unavailable(f"cannot send to {address[0]}:{address[1]}"))
-        return d
+            raise Unavailable(f"cannot send to {address[0]}:{address[1]}")
 
     def _timed_out(self, rid: str) -> None:
         pending = self._pending.pop(rid, None)
@@ -209,8 +254,12 @@ class RPCEngine:
         if self._closed:
             return
         self.counters["received"] += 1
-        if not self._limiter.allow(address, self._clock.seconds()):
+        now = self._clock.seconds()
+        if not self._per_ip.allow(address[0], now):
             self.counters["rate_limited"] += 1
+            return
+        if not self._total.allow("", now):
+            self.counters["rate_limited_total"] += 1
             return
         try:
             msg = messages.decode(data)
@@ -221,7 +270,7 @@ class RPCEngine:
             self.counters["malformed"] += 1
             return
         if msg.is_request:
-            self._handle_request(msg, address)
+            self._handle_request(msg, address, len(data))
         else:
             self._handle_response(msg, address)
 
@@ -233,12 +282,32 @@ class RPCEngine:
         del self._pending[msg.request_id]
         if pending.timer.active():
             pending.timer.cancel()
-        self._observe(msg, address)
+        self._peer_tokens.remember(address, msg.token, self._clock.seconds())
+        if msg.truncated and msg.token and not pending.retried:
+            # Cut short because we were unproven (no token, or an expired one): ask once more with the new token.
+            self.counters["retried_with_token"] += 1
+            try:
+                self._send_request(address, pending.request, pending.deferred, retried=True)
+                return
+            except (messages.MalformedMessage, Unavailable):
+                pass  # answer with what we have
+        self._observe(msg, address, True)
         pending.deferred.callback(msg)
 
-    def _handle_request(self, msg: Message, address: Address) -> None:
+    def _handle_request(self, msg: Message, address: Address, size: int) -> None:
         self.counters["requests_handled"] += 1
-        self._observe(msg, address)
+        # Proven: a valid token for this IP, or this address answered one of our requests lately (a round trip).
+        recent = self._clock.seconds() - 2 * self.limits.token_lifetime
+        proven = (bool(msg.token) and self._tokens.check(address[0], msg.token)) or self._peer_tokens.answered_since(
+            address, recent)
+        self._observe(msg, address, proven)
+        fresh_token = self._tokens.issue(address[0])
+        token = "" if msg.token == fresh_token else fresh_token
+        if msg.kind == messages.STORE and not proven:
+            self.counters["stores_refused_unverified"] += 1
+            body = {"ok": False, "code": "unverified", "reason": "ask again with the token"}
+            self._reply(msg, address, messages.STORED, body, token, size, proven, truncated=True)
+            return
         try:
             answer = self._handler(msg, address)
         except Exception:
@@ -247,18 +316,33 @@ class RPCEngine:
             return
         if answer is None or self._closed:
             return
-        kind, body = answer
-        reply = Message(kind=kind, request_id=msg.request_id, sender=self._sender(), layer=msg.layer, body=body)
+        self._reply(msg, address, answer[0], answer[1], token, size, proven)
+
+    def _reply(self, msg: Message, address: Address, kind: str, body: dict[str, Any], token: str, size: int,
+               proven: bool, truncated: bool = False) -> None:
+        """Answer ``msg``; to an unproven address at most ``unverified_reply_factor`` times the request size."""
+        reply = Message(kind=kind, request_id=msg.request_id, sender=self._sender(), layer=msg.layer, body=body,
+                        token=token, truncated=truncated)
         try:
             data = messages.encode_fitting(reply)
         except messages.OversizeMessage:
             self.counters["oversize_replies"] += 1
             return
+        limit = int(size * self.limits.unverified_reply_factor)
+        if not proven and len(data) > limit:
+            self.counters["replies_truncated_unverified"] += 1
+            if kind != messages.NODES:
+                reply = replace(reply, kind=messages.NODES, body={"contacts": ()})
+            try:
+                data = messages.encode_fitting(replace(reply, truncated=True), limit)
+            except messages.OversizeMessage:
+                self.counters["replies_dropped_unverified"] += 1
+                return
         self._transmit(data, address)
 
-    def _observe(self, msg: Message, address: Address) -> None:
+    def _observe(self, msg: Message, address: Address, proven: bool) -> None:
         if self._observer is not None:
-            self._observer(msg, address)
+            self._observer(msg, address, proven)
 
 
 class UDPProtocol(DatagramProtocol):

@@ -122,6 +122,11 @@ class RoutingTable:
         found.sort(key=lambda c: c.node_id ^ target)
         return found[:count]
 
+    def has_room_for(self, node_id: int) -> bool:
+        """Would :meth:`add` take this new id at once (its bucket has room, or would split)?"""
+        bucket = self.bucket_for(node_id)
+        return len(bucket.contacts) < self.k or (bucket.covers(self.own_id) and bucket.hi - bucket.lo > 1)
+
     # -- updates ------------------------------------------------------------------
 
     def add(self, contact: Contact) -> str:

@@ -26,6 +26,7 @@ def simulated(count: int, lookups: int = 100) -> None:
     boot = time.perf_counter() - wall
     rng = random.Random(1)
     exact = 0
+    sent_before = c.net.counters["sent"]
     for _ in range(lookups):
         asker, target = rng.choice(c.nodes), rng.getrandbits(256)
         found = c.run(asker.find_node(target))
@@ -36,7 +37,8 @@ def simulated(count: int, lookups: int = 100) -> None:
     print(f"simulated: {count} nodes (k={c.k}, alpha={c.alpha}, links 20-40 ms), bootstrap {boot:.2f}s wall, "
           f"{c.net.counters['sent']} datagrams")
     print(f"  {lookups} FIND_NODE lookups: exact k-closest {exact}/{lookups}; hops avg {statistics.mean(hops):.2f} "
-          f"max {max(hops)}; simulated latency avg {statistics.mean(secs) * 1000:.0f} ms max {max(secs) * 1000:.0f} ms")
+          f"max {max(hops)}; simulated latency avg {statistics.mean(secs) * 1000:.0f} ms max {max(secs) * 1000:.0f} ms; "
+          f"{c.net.counters['sent'] - sent_before} datagrams")
     c.stop()
 
 

@@ -13,6 +13,7 @@ DAY = 24 * 3600
 NICK = {"idurl": "http://id.local/alice.xml", "nickname": "alice"}
 EVIL = {"idurl": "http://evil.local/mallory.xml", "nickname": "alice"}
 MALLORY = generate_ed25519()
+ALICE = generate_ed25519()  # no other simulated node shares it (they share a few keys)
 
 
 class FirstComeTakeoverTests(unittest.TestCase):
@@ -21,7 +22,8 @@ class FirstComeTakeoverTests(unittest.TestCase):
     def setUp(self) -> None:
         self.c = SimCluster(24, seed=7)
         self.addCleanup(self.c.stop)
-        self.alice, self.reader = self.c.nodes[1], self.c.nodes[20]
+        self.reader = self.c.nodes[20]
+        self.alice = self.c.add_node(key=ALICE)
         self.attacker = self.c.add_node(key=MALLORY)
         self.held = self.c.run(self.alice.set_value("nickname:alice", NICK, records.NICKNAME, expire=DAY))
 
@@ -77,3 +79,78 @@ class FirstComeTakeoverTests(unittest.TestCase):
         self.c.net.run_for(2 * 3600)
         self.assertGreater(sum(n.stats()["replicate_skipped_stale"] for n in self.c.live()), 0)
         self.assertEqual(self.c.run(self.reader.get_value("nickname:alice", records.NICKNAME)).value, NICK)
+
+
+class AmplificationTests(unittest.TestCase):
+    """Item 6: small requests with a forged source address must not make nodes send big answers to it."""
+
+    def setUp(self) -> None:
+        self.c = SimCluster(20, seed=3)
+        self.addCleanup(self.c.stop)
+        self.big = self.c.run(self.c.nodes[2].set_value("app:big", {"blob": "x" * 5000}, records.SKIP_VALIDATION,
+                                                          expire=DAY))
+        self.victim = self.c.net.endpoint("10.66.0.1")
+        self.received: list[bytes] = []
+        self.victim.set_receiver(lambda data, addr: self.received.append(data))
+
+    def spoof(self, node, kind: str, body: dict, rid: int) -> int:
+        """Send ``kind`` to ``node`` as if from the victim; returns the bytes sent."""
+        data = messages.encode(messages.Message(kind, format(rid, "016x"), messages.Sender(rid), body=body))
+        self.c.net.transmit(self.victim.address, node.address, data)
+        return len(data)
+
+    def test_forged_find_value_and_find_node_get_no_more_than_three_times_their_size(self) -> None:
+        sent = 0
+        for i, node in enumerate(self.c.nodes):
+            sent += self.spoof(node, messages.FIND_VALUE, {"key": "app:big"}, 2 * i + 1)
+            sent += self.spoof(node, messages.FIND_NODE, {"target": self.big.key_id}, 2 * i + 2)
+        self.c.net.run_for(1)
+        # Every node answered each request (small), and some pinged the forged address once to check it.
+        self.assertGreaterEqual(len(self.received), 2 * len(self.c.nodes))
+        self.assertLessEqual(sum(map(len, self.received)), 3 * sent)
+        self.assertTrue(all(len(d) <= 3 * 300 for d in self.received), max(map(len, self.received)))
+        truncated = sum(n.stats()["replies_truncated_unverified"] for n in self.c.nodes)
+        self.assertGreaterEqual(truncated, len(self.c.holders("app:big")))
+
+    def test_newcomers_and_peers_with_expired_tokens_still_read_the_big_record_and_find_nodes(self) -> None:
+        for reader in (self.c.add_node(), self.c.nodes[7], self.c.add_node()):
+            self.c.clock.advance(2 * reader.limits.token_lifetime)  # every token and round trip so far is stale
+            self.assertEqual(self.c.run(reader.get_value("app:big")), self.big)
+            found = self.c.run(reader.find_node(self.big.key_id))
+            self.assertEqual([int(x["id"], 16) for x in found], self.c.brute_closest(self.big.key_id, exclude=reader))
+        self.assertGreater(sum(n.stats()["retried_with_token"] for n in self.c.nodes), 0)
+
+    def test_forged_stores_are_not_executed(self) -> None:
+        now = int(self.c.clock.seconds())
+        for i, node in enumerate(self.c.nodes):
+            rec = records.sign_record(generate_ed25519(), f"app:junk{i}", {"j": i}, records.SKIP_VALIDATION,
+                                      now, now + DAY, 0)
+            self.spoof(node, messages.STORE, {"record": rec.to_dict()}, i + 1)
+        self.c.net.run_for(1)
+        self.assertEqual([r["key"] for n in self.c.nodes for r in n.local_dump() if r["key"].startswith("app:junk")],
+                         [])
+        self.assertEqual(sum(n.stats()["stores_refused_unverified"] for n in self.c.nodes), len(self.c.nodes))
+
+
+class FloodTests(unittest.TestCase):
+    """Item 6: one machine flooding from many ports shares one per-IP budget; real peers get through."""
+
+    def test_flood_from_many_ports_of_one_ip_is_limited_and_lookups_still_succeed(self) -> None:
+        c = SimCluster(20, seed=4)
+        self.addCleanup(c.stop)
+        target = c.nodes[5]
+        limits = target.limits
+        ping = messages.encode(messages.Message(messages.PING, "00000000000000aa", messages.Sender(9)))
+        handled = target.stats()["requests_handled"]
+        for i in range(2000):  # 2000 datagrams from 1000 ports within 0.5 s
+            c.clock.callLater(i / 4000, c.net.transmit, ("10.99.0.1", 20000 + i % 1000), target.address, ping)
+        c.net.run_for(1)
+        flood_handled = target.stats()["requests_handled"] - handled
+        self.assertLessEqual(flood_handled, limits.burst_per_ip + limits.rate_per_ip * 1.0)
+        self.assertGreaterEqual(target.stats()["rate_limited"], 2000 - flood_handled)
+        for asker in (target, c.nodes[11]):
+            for key in (target.node_id ^ 1, c.nodes[14].node_id):
+                found = c.run(asker.find_node(key))
+                self.assertEqual([int(x["id"], 16) for x in found], c.brute_closest(key, exclude=asker))
+        self.assertEqual(c.run(c.nodes[3].set_value("app:ok", {"v": 1}, records.SKIP_VALIDATION)).value, {"v": 1})
+        self.assertEqual(c.run(target.get_value("app:ok")).value, {"v": 1})

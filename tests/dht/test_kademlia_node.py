@@ -23,6 +23,7 @@ class DHTNodeTests(unittest.TestCase):
         self.a, self.b = self.c.nodes[1], self.c.nodes[6]
 
     def test_bootstrap_fills_routing_tables(self) -> None:
+        self.c.net.run_for(1)  # the pings that prove the last newcomers' addresses
         for node in self.c.nodes:
             self.assertEqual(sum(len(b["contacts"]) for b in node.routing_table()["buckets"]), 7)
             self.assertEqual(node.stats()["contacts"]["0"], 7)

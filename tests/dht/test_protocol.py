@@ -9,6 +9,7 @@ from twisted.trial import unittest
 
 from bitnode.dht import messages
 from bitnode.dht.ids import id_to_hex
+from bitnode.dht.limits import DHTLimits
 from bitnode.dht.messages import Message, Sender
 from bitnode.dht.protocol import PeerRateLimiter, RPCEngine, TokenBucket
 from bitnode.dht.simnet import SimNetwork
@@ -20,9 +21,10 @@ class Peer:
 
     def __init__(self, net: SimNetwork, host: str, node_id: int, **kw: object) -> None:
         self.seen: list[tuple[str, tuple]] = []
+        self.stored: list[dict] = []
         self.silent = False
         self.engine = RPCEngine(net.clock, random.Random(node_id), lambda: Sender(node_id, "u", (0,)),
-                                self.handle, lambda m, a: self.seen.append((m.kind, a)), **kw)
+                                self.handle, lambda m, a, proven: self.seen.append((m.kind, a)), **kw)
         self.endpoint = net.endpoint(host)
         self.endpoint.set_receiver(self.engine.datagram_received)
         self.engine.attach(self.endpoint.send)
@@ -32,6 +34,11 @@ class Peer:
             return None
         if msg.kind == messages.FIND_NODE:
             raise RuntimeError("handler bug")
+        if msg.kind == messages.FIND_VALUE:
+            return messages.VALUE, {"record": {"blob": "x" * 5000}}
+        if msg.kind == messages.STORE:
+            self.stored.append(msg.body["record"])
+            return messages.STORED, {"ok": True, "code": "ok", "reason": ""}
         return messages.PONG, {}
 
 
@@ -39,8 +46,9 @@ class RPCEngineTests(unittest.TestCase):
     def setUp(self) -> None:
         self.clock = Clock()
         self.net = SimNetwork(self.clock, random.Random(3), latency=0.05, jitter=0.0)
-        self.a = Peer(self.net, "10.0.0.1", 1, timeout=1.0, rate=5.0, burst=10.0)
-        self.b = Peer(self.net, "10.0.0.2", 2, timeout=1.0, rate=5.0, burst=10.0)
+        limits = DHTLimits(rate_per_ip=5.0, burst_per_ip=10.0)
+        self.a = Peer(self.net, "10.0.0.1", 1, timeout=1.0, limits=limits)
+        self.b = Peer(self.net, "10.0.0.2", 2, timeout=1.0, limits=limits)
 
     def raw(self, data: bytes, src: str = "10.0.0.9") -> None:
         """Deliver raw bytes to b as if sent from ``src``."""
@@ -105,6 +113,77 @@ class RPCEngineTests(unittest.TestCase):
         self.clock.advance(1.0)
         self.raw(ping)
         self.assertEqual(self.b.engine.stats()["requests_handled"], 12)
+
+    def test_one_ip_shares_one_budget_whatever_its_ports(self) -> None:
+        ping = messages.encode(Message(messages.PING, "00000000000000aa", Sender(9)))
+        for port in range(30):
+            self.net.transmit(("10.0.0.9", 1000 + port), self.b.endpoint.address, ping)
+        self.net.run_for(0.1)
+        stats = self.b.engine.stats()
+        self.assertEqual((stats["requests_handled"], stats["rate_limited"]), (10, 20))
+        self.assertEqual(self.net.run_until(self.a.engine.request(self.b.endpoint.address, "PING")).kind, "PONG")
+
+    def test_all_sources_together_are_limited_too(self) -> None:
+        c = Peer(self.net, "10.0.0.3", 3, limits=DHTLimits(rate_total=5.0, burst_total=10.0))
+        ping = messages.encode(Message(messages.PING, "00000000000000aa", Sender(9)))
+        for host in range(30):
+            self.net.transmit((f"10.1.0.{host}", 7000), c.endpoint.address, ping)
+        self.net.run_for(0.1)
+        self.assertEqual((c.engine.stats()["requests_handled"], c.engine.stats()["rate_limited_total"]), (10, 20))
+
+    def test_forged_source_gets_no_amplified_answer_and_cannot_store(self) -> None:
+        victim = self.net.endpoint("10.0.0.66")
+        received: list[bytes] = []
+        victim.set_receiver(lambda data, addr: received.append(data))
+        ask = messages.encode(Message(messages.FIND_VALUE, "00000000000000ab", Sender(9), body={"key": "app:x"}))
+        self.net.transmit(victim.address, self.b.endpoint.address, ask)
+        store = messages.encode(Message(messages.STORE, "00000000000000ac", Sender(9), body={"record": {"a": 1}}))
+        self.net.transmit(victim.address, self.b.endpoint.address, store)
+        self.net.run_for(0.2)
+        self.assertEqual(len(received), 2)
+        self.assertLessEqual(len(received[0]), 3 * len(ask))
+        answer = messages.decode(received[0])
+        self.assertEqual((answer.kind, answer.truncated, answer.body), (messages.NODES, True, {"contacts": ()}))
+        self.assertEqual(len(answer.token), messages.TOKEN_LEN)
+        stored = messages.decode(received[1])
+        self.assertEqual((stored.body["code"], stored.truncated), ("unverified", True))
+        self.assertEqual(self.b.stored, [])
+        stats = self.b.engine.stats()
+        self.assertEqual((stats["replies_truncated_unverified"], stats["stores_refused_unverified"]), (1, 1))
+        # The token works only from the address it was given to.
+        stolen = messages.encode(Message(messages.STORE, "00000000000000ad", Sender(9), body={"record": {"a": 1}},
+                                         token=answer.token))
+        self.raw(stolen, src="10.0.0.67")
+        self.assertEqual(self.b.stored, [])
+
+    def test_a_peer_proves_its_address_with_the_token_and_then_gets_everything(self) -> None:
+        found = self.net.run_until(self.a.engine.request(self.b.endpoint.address, messages.FIND_VALUE,
+                                                         {"key": "app:x"}))
+        self.assertEqual(found.body["record"], {"blob": "x" * 5000})  # too big for a padded request: asked again
+        self.assertEqual(self.a.engine.stats()["retried_with_token"], 1)
+        stored = self.net.run_until(self.a.engine.request(self.b.endpoint.address, messages.STORE,
+                                                          {"record": {"a": 1}}))
+        self.assertTrue(stored.body["ok"])
+        self.assertEqual(self.b.stored, [{"a": 1}])
+        self.assertEqual(self.a.engine.stats()["retried_with_token"], 1)  # the token was sent at once
+        self.assertEqual(self.b.engine.stats()["stores_refused_unverified"], 0)
+
+    def test_store_from_a_new_peer_is_asked_again_with_the_token(self) -> None:
+        stored = self.net.run_until(self.a.engine.request(self.b.endpoint.address, messages.STORE,
+                                                          {"record": {"a": 2}}))
+        self.assertTrue(stored.body["ok"])
+        self.assertEqual(self.b.stored, [{"a": 2}])
+        self.assertEqual((self.a.engine.stats()["retried_with_token"],
+                          self.b.engine.stats()["stores_refused_unverified"]), (1, 1))
+
+    def test_tokens_expire_after_two_periods(self) -> None:
+        self.net.run_until(self.a.engine.request(self.b.endpoint.address, messages.PING))
+        self.clock.advance(DHTLimits().token_lifetime * 2)
+        stored = self.net.run_until(self.a.engine.request(self.b.endpoint.address, messages.STORE,
+                                                          {"record": {"a": 3}}))
+        self.assertTrue(stored.body["ok"])
+        self.assertEqual(self.b.engine.stats()["stores_refused_unverified"], 1)  # old token refused, new one used
+        self.assertEqual(self.a.engine.stats()["retried_with_token"], 1)
 
     def test_response_from_the_wrong_address_or_unknown_rid_is_unmatched(self) -> None:
         self.b.silent = True
