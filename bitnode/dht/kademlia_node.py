@@ -28,6 +28,7 @@ small table.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections import Counter, deque
 from collections.abc import Iterable
@@ -255,6 +256,7 @@ class DHTNode:
                 "lookup_hops_max": max(hops, default=0),
                 "lookup_seconds_avg": sum(times) / len(times) if times else 0.0,
                 "records": 0 if self._stopped else self._store.count(),
+                "limits": dataclasses.asdict(self.limits),
                 "contacts": {str(layer): len(t) for layer, t in self._tables.items()},
             }
         )

@@ -76,8 +76,8 @@ class Api(DHTMethods):
 
 
 class DHTServiceTests(unittest.TestCase):
-    async def start(self, name: str, seeds: list[str] = (), identity: bool = True) -> DHTService:
-        node = FakeNode(self.mktemp(), {"services/entangled-dht/known-nodes": list(seeds)})
+    async def start(self, name: str, seeds: list[str] = (), identity: bool = True, **settings) -> DHTService:
+        node = FakeNode(self.mktemp(), {"services/entangled-dht/known-nodes": list(seeds), **settings})
         if identity:
             node.service_driver.services["service_identity"] = FakeIdentity(name)
         service = DHTService(node)
@@ -132,6 +132,17 @@ class DHTServiceTests(unittest.TestCase):
         status = b.status()
         self.assertEqual((status["contacts"]["0"], status["can_write"]), (1, True))
         self.assertEqual(status["routing_tables"]["0"]["size"], 1)
+
+    async def test_limits_are_settings_and_their_counters_show_in_the_status(self) -> None:
+        a = await self.start("alice", **{"services/entangled-dht/rate-limit-per-ip": 7.0,
+                                         "services/entangled-dht/first-come-max-age": 120.0})
+        self.assertEqual((a.dht.limits.rate_per_ip, a.dht.limits.first_come_max_age), (7.0, 120.0))
+        self.assertEqual(a.dht.limits.unverified_reply_factor, 3.0)  # defaults for the rest
+        status = a.status()
+        for counter in ("rate_limited", "rate_limited_total", "replies_truncated_unverified",
+                        "stores_refused_unverified", "store_refused_stale"):
+            self.assertEqual(status[counter], 0, counter)
+        self.assertEqual(status["limits"]["rate_per_ip"], 7.0)
 
     async def test_cached_answers_within_use_cache_ttl(self) -> None:
         a = await self.start("alice")
