@@ -96,10 +96,11 @@ class MarketMethods:
     # --- my customers ------------------------------------------------------------------------
 
     def customers_list(self, verbose: bool = False) -> defer.Deferred:
-        """The customers whose blocks this node keeps."""
+        """The customers whose blocks this node keeps, with each contract's quota, usage and expiry."""
         d = self._market_service(SUPPLIER).customers()
         if not verbose:
-            d.addCallback(lambda rows: [{k: v for k, v in row.items() if k != "since"} for row in rows])
+            d.addCallback(lambda rows: [{k: v for k, v in row.items() if k not in ("since", "silent_for")}
+                                        for row in rows])
         return d
 
     def customer_reject(self, customer_id: str) -> defer.Deferred:

@@ -28,10 +28,16 @@ class SqliteFile:
 
     :param what: how errors name the file ("message history", "group queues").
     :param foreign_keys: enforce the schema's foreign keys (sqlite leaves them off by default).
+    :param synchronous: ``"FULL"`` (a commit is on disk when it returns) or ``"NORMAL"`` for a table
+        that is a cache its owner can rebuild (WAL keeps it consistent; the last commits may be lost
+        in a power cut).
     :raises BadRequest: the file holds another format (it is closed again).
     """
 
-    def __init__(self, path: str, schema: str, format_version: int, what: str, foreign_keys: bool = False) -> None:
+    def __init__(self, path: str, schema: str, format_version: int, what: str, foreign_keys: bool = False,
+                 synchronous: str = "FULL") -> None:
+        if synchronous not in ("FULL", "NORMAL"):
+            raise ValueError(f"synchronous must be FULL or NORMAL, not {synchronous!r}")
         self.path = path
         self.lock = threading.RLock()
         self.db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
@@ -41,7 +47,7 @@ class SqliteFile:
         if path != ":memory:":
             self.db.execute("PRAGMA journal_mode = WAL")
             # FULL: a commit is on disk before the peer (or the API caller) hears "stored".
-            self.db.execute("PRAGMA synchronous = FULL")
+            self.db.execute(f"PRAGMA synchronous = {synchronous}")
         self.db.executescript(schema)
         row = self.db.execute("SELECT value FROM meta WHERE name = 'format'").fetchone()
         if row is None:

@@ -12,10 +12,20 @@ Block path scheme (relative to one customer's space on a supplier)::
 
     <version_id>/<segment_index>/<block_index>     e.g. "F20250101T1200-ab12/7/3"
 
-with decimal indexes, no leading zeros. A *prefix* ends with "/" and selects a
+with decimal indexes, no leading zeros (a block index is 0..255). A *prefix* ends with "/" and selects a
 subtree: ``"<version_id>/"`` is a whole version, ``"<version_id>/7/"`` one
 segment; ``""`` is everything of that customer. Paths are relative, made of
 ``[A-Za-z0-9._-]`` components, never ``.`` or ``..``.
+
+Besides blocks a customer stores three kinds of small whole objects, one per
+supplier (:func:`validate_store_path` accepts exactly these and the block
+paths, so a supplier refuses anything else a customer asks it to write)::
+
+    catalog-<serial>/manifest          the signed manifest of a catalog backup
+    <share alias>.index/current        a share's sealed index (bitnode.access.share_scope)
+    acl.<share alias>/readers          a share's readers list (bitnode.access.share_scope)
+
+where a share alias is ``share_`` and ``[A-Za-z0-9_-]`` characters (never a dot).
 
 The module also holds the values passed between the uploader, the downloader
 and their callers (:class:`SegmentMeta`, :class:`Progress`) and the error both
@@ -33,6 +43,16 @@ from bitnode.errors import BadRequest, BitnodeError, NotFound
 from bitnode.storage.segment_crypto import validate_version_id
 
 _COMPONENT_RE = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+_VERSION = r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}"
+_SEGMENT_INDEX = r"(?:0|[1-9][0-9]{0,19})"
+_BLOCK_INDEX = r"(?:0|[1-9][0-9]?|1[0-9]{2}|2[0-4][0-9]|25[0-5])"
+_SHARE_ALIAS = r"share_[A-Za-z0-9_-]{1,120}"
+#: Everything a customer stores on a supplier: blocks, and the whole objects of the module docstring.
+_STORE_PATH_RE = re.compile(
+    rf"(?:{_VERSION}/{_SEGMENT_INDEX}/{_BLOCK_INDEX}"
+    r"|catalog-(?:0|[1-9][0-9]{0,17})/manifest"
+    rf"|{_SHARE_ALIAS}\.index/current"
+    rf"|acl\.{_SHARE_ALIAS}/readers)\Z")
 _CUSTOMER_RE = re.compile(r"^[^/\\\x00-\x1f]{1,256}$")
 MAX_PATH_LENGTH = 512
 
@@ -108,6 +128,21 @@ def validate_path(path: str, allow_prefix: bool = False) -> str:
     for part in parts:
         if not _COMPONENT_RE.match(part) or part in (".", ".."):
             raise BadRequest(f"invalid block path: {path!r}")
+    return path
+
+
+def validate_store_path(path: str) -> str:
+    """Check a path a customer asks a supplier to write: a block path or one of the whole objects.
+
+    Stricter than :func:`validate_path` (which reads and deletes use): the
+    depth and the names are those of the scheme in the module docstring, so a
+    customer cannot make a supplier create directories of its own choosing.
+    """
+    validate_path(path)
+    if not _STORE_PATH_RE.match(path):
+        raise BadRequest(f"invalid block path: {path!r} is not a path of the storage scheme "
+                         "(<version>/<segment>/<block>, catalog-<n>/manifest, <share>.index/current, "
+                         "acl.<share>/readers)")
     return path
 
 

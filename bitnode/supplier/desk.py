@@ -5,102 +5,121 @@ customer id (the packet's signed owner), the command and the payload, and
 fires with the reply ``(command, payload)``. The gateway glue turns packets
 into calls and replies into packets; tests call it directly.
 
-Customers and their quotas live in ``customers.json`` (format 1) next to the
-blocks, written atomically before the ``Ack`` of a ``RequestService`` goes out.
-A customer is accepted when the donated space still covers every quota; the
-answer to anything from a non-customer is ``Fail`` with a reason.
+Customers and their quotas live in the :class:`~bitnode.supplier.contracts.ContractBook`
+(``customers.json``), written atomically, off the reactor, before the ``Ack``
+of a ``RequestService`` goes out. A customer is accepted when the donated
+space still covers every quota. What a customer gets is capped: a *new*
+customer at most ``new_customer_quota`` bytes (the answer says how much was
+granted: ``{"accepted": true, "quota_bytes": granted, "asked_bytes": asked}``),
+and a customer asking again at most the larger of its current quota, that
+cap, and twice what it really stores — space is earned by use, so a stranger
+cannot reserve the whole donation with one packet. The answer to anything
+from a non-customer is ``Fail`` with a reason. Every command of a customer
+renews its contract.
 """
 
 from __future__ import annotations
 
-import json
-import os
-from typing import Callable
+from typing import Any, Callable
 
 from twisted.internet import defer
 from twisted.logger import Logger
 
 from bitnode.errors import BadRequest, BitnodeError, InsufficientStorage
-from bitnode.main.fileutil import atomic_write
 from bitnode.storage import wire
 from bitnode.storage.ports import BlockNotFound, version_prefix
+from bitnode.supplier.contracts import Contract, ContractBook
 from bitnode.supplier.disk_store import DiskStore
 from bitnode.transport.commands import Command
 
-CONTRACTS_FORMAT = 1
 Reply = tuple[str, bytes]
 
 
+def _sync(fn, *args, **kwargs) -> defer.Deferred:
+    return defer.maybeDeferred(fn, *args, **kwargs)
+
+
 class SupplierDesk:
-    """Accepts customers within the donated space and serves their storage commands."""
+    """Accepts customers within the donated space and serves their storage commands.
+
+    :param new_customer_quota: the most a new customer is granted (0: no cap).
+    :param on_ended: ``on_ended(customer_id, reason)`` after a contract ended and its data went.
+    """
 
     log = Logger()
 
     def __init__(self, store: DiskStore, contracts_file: str, donated_bytes: Callable[[], int],
-                 clock, accepting: Callable[[], bool] = lambda: True):
+                 clock, accepting: Callable[[], bool] = lambda: True, run_in_thread=_sync,
+                 new_customer_quota: Callable[[], int] = lambda: 0,
+                 on_ended: Callable[[str, str], Any] = lambda customer_id, reason: None):
         self.store = store
-        self.contracts_file = contracts_file
         self.donated_bytes = donated_bytes
         self.clock = clock
         self.accepting = accepting
-        self.customers: dict[str, dict] = {}
-        self.rejected: set[str] = set()
-        self._load()
+        self.new_customer_quota = new_customer_quota
+        self.on_ended = on_ended
+        self.book = ContractBook(contracts_file, run_in_thread, clock)
+        for customer_id, contract in self.book.customers.items():
+            self.store.set_quota(customer_id, contract.quota_bytes)
+
+    @property
+    def customers(self) -> dict[str, Contract]:
+        """Every customer's contract by global id."""
+        return self.book.customers
+
+    @property
+    def rejected(self) -> set[str]:
+        """Customers refused for good (customer_reject)."""
+        return self.book.rejected
 
     # --- contracts ------------------------------------------------------------------
 
-    def _load(self) -> None:
-        try:
-            with open(self.contracts_file, encoding="utf-8") as handle:
-                data = json.load(handle)
-            if data.get("format") != CONTRACTS_FORMAT:
-                raise ValueError("unknown format")
-            self.customers = {k: dict(v) for k, v in data["customers"].items()}
-            self.rejected = set(data.get("rejected", []))
-        except FileNotFoundError:
-            return
-        except (OSError, ValueError, KeyError, AttributeError) as err:
-            # Keep the broken file for a human; start with no contracts rather than refuse to run.
-            os.replace(self.contracts_file, self.contracts_file + ".broken")
-            self.log.error("contracts file unreadable ({err}); moved aside", err=err)
-        for customer_id, contract in self.customers.items():
-            self.store.set_quota(customer_id, contract["quota_bytes"])
-
-    def _save(self) -> None:
-        data = {"format": CONTRACTS_FORMAT, "customers": self.customers, "rejected": sorted(self.rejected)}
-        atomic_write(self.contracts_file, json.dumps(data, indent=1, sort_keys=True).encode("utf-8"), mode=0o600)
-
     def allocated_bytes(self) -> int:
         """The sum of every customer's quota."""
-        return sum(c["quota_bytes"] for c in self.customers.values())
+        return self.book.allocated_bytes()
 
-    def accept(self, customer_id: str, needed_bytes: int) -> dict:
-        """Take a customer (or change its quota); InsufficientStorage / BadRequest with the reason."""
-        if not isinstance(needed_bytes, int) or needed_bytes <= 0:
+    def accept(self, customer_id: str, needed_bytes: int) -> defer.Deferred:
+        """Take a customer (or change its quota); fires with the answer once the contract is on disk.
+
+        Fails with InsufficientStorage / BadRequest and the reason.
+        """
+        return defer.Deferred.fromCoroutine(self._accept(customer_id, needed_bytes))
+
+    async def _accept(self, customer_id: str, needed_bytes: int) -> dict:
+        if not isinstance(needed_bytes, int) or isinstance(needed_bytes, bool) or needed_bytes <= 0:
             raise BadRequest("needed_bytes must be a positive integer")
         if not self.accepting():
             raise BitnodeError("supplier service is not running")
-        if customer_id in self.rejected:
+        if customer_id in self.book.rejected:
             raise BadRequest("rejected: this supplier does not serve you any more")
-        current = self.customers.get(customer_id, {}).get("quota_bytes", 0)
+        contract = self.book.customers.get(customer_id)
+        cap = int(self.new_customer_quota())
+        if contract is None:
+            allowance = cap
+        else:
+            used = await self.store.used_bytes(customer_id)
+            allowance = max(contract.quota_bytes, cap, 2 * used) if cap else 0
+        granted = min(needed_bytes, allowance) if allowance else needed_bytes
+        current = contract.quota_bytes if contract is not None else 0
         free = self.donated_bytes() - self.allocated_bytes() + current
-        if needed_bytes > free:
-            raise InsufficientStorage(f"no space: {free} bytes free, {needed_bytes} asked")
-        contract = dict(self.customers.get(customer_id, {"since": self.clock.seconds()}))
-        contract["quota_bytes"] = needed_bytes
-        self.customers[customer_id] = contract
-        self._save()
-        self.store.set_quota(customer_id, needed_bytes)
-        return {"accepted": True, "quota_bytes": needed_bytes}
+        if granted > free:
+            raise InsufficientStorage(f"no space: {free} bytes free, {granted} asked")
+        self.book.set_quota(customer_id, granted)
+        await self.book.save()
+        self.store.set_quota(customer_id, granted)
+        return {"accepted": True, "quota_bytes": granted, "asked_bytes": needed_bytes}
 
-    def cancel(self, customer_id: str, reject: bool = False) -> defer.Deferred:
-        """End a contract and delete the customer's data (``reject``: refuse it from now on)."""
-        self.customers.pop(customer_id, None)
-        if reject:
-            self.rejected.add(customer_id)
-        self._save()
+    def cancel(self, customer_id: str, reject: bool = False, reason: str = "") -> defer.Deferred:
+        """End a contract and delete the customer's data (``reject``: refuse it from now on); fires with bytes freed."""
+        return defer.Deferred.fromCoroutine(self._cancel(customer_id, reject, reason))
+
+    async def _cancel(self, customer_id: str, reject: bool, reason: str) -> int:
+        self.book.end(customer_id, reject)
+        await self.book.save()
         self.store.set_quota(customer_id, None)
-        return self.store.remove_customer(customer_id)
+        freed = await self.store.remove_customer(customer_id)
+        self.on_ended(customer_id, reason or ("rejected" if reject else "cancelled"))
+        return freed
 
     # --- commands ------------------------------------------------------------------------
 
@@ -111,13 +130,15 @@ class SupplierDesk:
         return d
 
     def _dispatch(self, customer_id: str, command: str, payload: bytes):
+        self.book.renew(customer_id)
         if command == Command.REQUEST_SERVICE:
             request = wire.decode_json(payload)
-            return Command.ACK, wire.encode_json(self.accept(customer_id, request.get("needed_bytes")))
+            return self.accept(customer_id, request.get("needed_bytes")).addCallback(
+                lambda answer: (Command.ACK, wire.encode_json(answer)))
         if command == Command.CANCEL_SERVICE:
             return self.cancel(customer_id).addCallback(
                 lambda freed: (Command.ACK, wire.encode_json({"cancelled": True, "freed_bytes": freed})))
-        if customer_id not in self.customers:
+        if customer_id not in self.book.customers:
             raise BadRequest("not a customer: send RequestService first")
         if command == Command.DATA:
             path, block = wire.decode_data(payload, copy=False)  # written out as is: no copy of the block

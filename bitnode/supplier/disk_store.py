@@ -3,11 +3,13 @@
 Layout: ``<root>/<customer dir>/<block path>`` where the customer directory is
 the customer's global id when it is made of safe characters (``[a-z0-9_.@-]``,
 which every canonical global id is) and ``x-<sha256 of the id>`` otherwise.
-Block paths come from packets, so they are checked twice: by
-:func:`bitnode.storage.ports.validate_path` (relative, ``[A-Za-z0-9._-]``
-components, no ``.``/``..``), and by resolving the final path and verifying it
-is still inside the customer's directory. Refusals are counted in
-:attr:`DiskStore.refused`.
+Block paths come from packets, so they are checked twice: a write must be a
+path of the customer side's scheme
+(:func:`bitnode.storage.ports.validate_store_path`: blocks, catalog
+manifests, share indexes and readers lists, nothing else), a read or delete a
+safe relative path (:func:`~bitnode.storage.ports.validate_path`); then the
+final path is resolved and must still be inside the customer's directory.
+Refusals are counted in :attr:`DiskStore.refused`.
 
 Writes are atomic (temp file, fsync, rename, fsync of the directory), so a
 crash leaves the old block or the new one, never half of one; a directory
@@ -15,10 +17,30 @@ created for a block is flushed into its parent too. A store is acknowledged
 only after that. Every file operation runs through the injected
 ``run_in_thread`` so the reactor never waits on the disk.
 
-Quota: :meth:`DiskStore.set_quota` per customer; a store that would go over it
-fails with :class:`~bitnode.errors.InsufficientStorage` and writes nothing.
-Usage is counted when a customer's directory is first touched and then kept
-up to date in memory (one store at a time per customer keeps it exact).
+What a customer may take (:class:`StoreLimits`, read at each store so a
+settings change applies at once):
+
+- its quota (:meth:`DiskStore.set_quota`), charged by what the disk really
+  spends: each file at least ``min_file_charge`` bytes and each directory
+  ``min_dir_charge`` — thousands of empty blocks or directories are not free;
+- at most ``max_files`` files;
+- and nobody's store goes through while the disk the store lives on has less
+  than ``reserve_bytes`` free after it.
+
+A refused store writes nothing and fails with
+:class:`~bitnode.errors.InsufficientStorage` (its text says "quota" or "no
+space", which the customer side understands).
+
+Usage is counted when a customer's space is first used after a start (one walk
+of its directory, which also removes the temp files of writes a crash
+interrupted, and checks the block index), then kept up to date in memory: one
+write at a time per customer keeps it exact. Temp files (dot names) never
+count and are never listed. :meth:`DiskStore.load_all` runs that first walk
+for every customer (the supplier does it when it starts).
+
+Listing is a query of the :class:`~bitnode.supplier.block_index.BlockIndex`
+(sizes and SHA-256 recorded when each block was written), not a hash of every
+file.
 """
 
 from __future__ import annotations
@@ -27,18 +49,58 @@ import hashlib
 import os
 import re
 import shutil
+import stat
 from collections import Counter
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from twisted.internet import defer
 from zope.interface import implementer
 
 from bitnode.errors import BadRequest, InsufficientStorage
-from bitnode.main.fileutil import atomic_write, ensure_dir, fsync_dir
-from bitnode.storage.ports import BlockNotFound, IStorageServer, validate_customer_id, validate_path
+from bitnode.main.fileutil import atomic_write, ensure_dir, fsync_dir, remove_if_exists
+from bitnode.storage.ports import (
+    BlockNotFound,
+    IStorageServer,
+    validate_customer_id,
+    validate_path,
+    validate_store_path,
+)
+from bitnode.supplier.block_index import INDEX_NAME, BlockIndex, FileIdentity, IndexedBlock
 
 _SAFE_DIR_RE = re.compile(r"[a-z0-9_.@-]{1,200}\Z")
 RunInThread = Callable[..., defer.Deferred]
+_HASH_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class StoreLimits:
+    """What one customer may take of a supplier's disk (the settings of service_supplier)."""
+
+    #: Bytes a file counts for at least (a 0-byte file still takes an inode and a block).
+    min_file_charge: int = 4096
+    #: Bytes each directory of a customer counts for.
+    min_dir_charge: int = 4096
+    #: Files one customer may keep.
+    max_files: int = 500_000
+    #: Free bytes a store must leave on the supplier's disk.
+    reserve_bytes: int = 1024 ** 3
+
+
+@dataclass
+class SpaceUsage:
+    """One customer's space as the store counts it."""
+
+    files: int = 0
+    bytes: int = 0
+    dirs: int = 0
+    #: Sum over files of ``max(0, min_charge - size)`` for ``min_charge``.
+    shortfall: int = 0
+    min_charge: int = 0
+
+    def charged(self, min_dir_charge: int) -> int:
+        """Bytes counted against the quota."""
+        return self.bytes + self.shortfall + self.dirs * min_dir_charge
 
 
 def customer_dirname(customer_id: str) -> str:
@@ -53,18 +115,36 @@ def _sync(fn, *args, **kwargs) -> defer.Deferred:
     return defer.maybeDeferred(fn, *args, **kwargs)
 
 
+def disk_free_bytes(path: str) -> int:
+    """Free bytes on the file system holding ``path``."""
+    return shutil.disk_usage(path).free
+
+
 @implementer(IStorageServer)
 class DiskStore:
     """IStorageServer on the local disk, for the supplier side."""
 
-    def __init__(self, root: str, run_in_thread: RunInThread = _sync):
+    def __init__(self, root: str, run_in_thread: RunInThread = _sync,
+                 limits: Callable[[], StoreLimits] = StoreLimits,
+                 free_bytes: Callable[[str], int] = disk_free_bytes):
         self.root = os.path.abspath(root)
         self._run = run_in_thread
+        self._limits = limits
+        self._free_bytes = free_bytes
         self._quota: dict[str, int] = {}
-        self._used: dict[str, int] = {}
+        self._usage: dict[str, SpaceUsage] = {}
         self._locks: dict[str, defer.DeferredLock] = {}
         self.refused: Counter[str] = Counter()
+        #: Temp files of interrupted writes removed by the first walk of a space.
+        self.temp_files_removed = 0
+        #: Files whose hash the index did not have (or had for other bytes) and that were hashed again.
+        self.rehashed = 0
         ensure_dir(self.root)
+        self.index = BlockIndex(os.path.join(self.root, INDEX_NAME))
+
+    def close(self) -> None:
+        """Close the block index (the store is not used afterwards)."""
+        self.index.close()
 
     # --- quotas and usage ----------------------------------------------------------
 
@@ -83,9 +163,12 @@ class DiskStore:
         return self._quota.get(customer_id)
 
     def used_bytes(self, customer_id: str) -> defer.Deferred:
-        """Deferred of the bytes one customer stores here."""
-        # Under the customer's lock: a first count racing a store would be cached wrong for good.
-        return self._locked(customer_id, self._run, self._used_of, customer_id)
+        """Deferred of the bytes one customer's space counts for against its quota."""
+        return self.usage(customer_id).addCallback(lambda usage: usage["charged_bytes"])
+
+    def usage(self, customer_id: str) -> defer.Deferred:
+        """Deferred of ``{"files", "bytes", "dirs", "charged_bytes"}`` of one customer."""
+        return self._locked(customer_id, self._run, self._usage_report, customer_id)
 
     def customers(self) -> list[str]:
         """Directory names of every customer with data here."""
@@ -98,6 +181,15 @@ class DiskStore:
         """Deferred of the bytes every customer's data takes."""
         return self._run(_tree_size, self.root)
 
+    def load_all(self, customer_ids: list[str]) -> defer.Deferred:
+        """Count (and clean: temp files, stale index rows) the spaces of ``customer_ids``, one after another."""
+        return defer.Deferred.fromCoroutine(self._load_all(list(customer_ids)))
+
+    async def _load_all(self, customer_ids: list[str]) -> int:
+        for customer_id in customer_ids:
+            await self.usage(customer_id)
+        return len(customer_ids)
+
     def remove_customer(self, customer_id: str) -> defer.Deferred:
         """Delete everything of one customer (customer_reject); fires with the bytes freed."""
         return self._locked(customer_id, self._run, self._remove_customer, customer_id)
@@ -105,14 +197,14 @@ class DiskStore:
     # --- IStorageServer ----------------------------------------------------------------
 
     def store_block(self, customer_id: str, block_path: str, data: bytes) -> defer.Deferred:
-        """Store (or replace) one block atomically, within the customer's quota."""
+        """Store (or replace) one block atomically, within the customer's limits."""
         try:
-            target = self._target(customer_id, block_path)
+            target = self._target(customer_id, block_path, write=True)
         except BadRequest as err:
             return defer.fail(err)
         if not (isinstance(data, bytes) or (isinstance(data, memoryview) and isinstance(data.obj, bytes))):
             data = bytes(data)  # a snapshot of mutable data; immutable bytes are written without a copy
-        return self._locked(customer_id, self._run, self._store, customer_id, target, data)
+        return self._locked(customer_id, self._run, self._store, customer_id, block_path, target, data)
 
     def fetch_block(self, customer_id: str, block_path: str) -> defer.Deferred:
         """The stored bytes, or BlockNotFound."""
@@ -123,14 +215,14 @@ class DiskStore:
         return self._run(_read, target, block_path, customer_id)
 
     def list_blocks(self, customer_id: str, prefix: str) -> defer.Deferred:
-        """``{path: (size, sha256 hex)}`` of every block under ``prefix``."""
+        """``{path: (size, sha256 hex)}`` of every block under ``prefix`` (from the index: no hashing)."""
         try:
             validate_path(prefix, allow_prefix=True)
-            space = os.path.join(self.root, customer_dirname(customer_id))
+            customer_dirname(customer_id)
         except BadRequest as err:
             self.refused["bad_path"] += 1
             return defer.fail(err)
-        return self._run(_list, space, prefix)
+        return self._locked(customer_id, self._run, self._list, customer_id, prefix)
 
     def delete(self, customer_id: str, path_or_prefix: str) -> defer.Deferred:
         """Delete a block or everything under a prefix; fires with how many blocks went."""
@@ -147,9 +239,9 @@ class DiskStore:
     def _space(self, customer_id: str) -> str:
         return os.path.join(self.root, customer_dirname(customer_id))
 
-    def _target(self, customer_id: str, block_path: str) -> str:
+    def _target(self, customer_id: str, block_path: str, write: bool = False) -> str:
         try:
-            validate_path(block_path)
+            validate_store_path(block_path) if write else validate_path(block_path)
             space = self._space(customer_id)
         except BadRequest:
             self.refused["bad_path"] += 1
@@ -164,37 +256,122 @@ class DiskStore:
             raise BadRequest(f"invalid block path: {block_path!r}")
         return target
 
-    def _used_of(self, customer_id: str) -> int:
-        if customer_id not in self._used:
-            self._used[customer_id] = _tree_size(self._space(customer_id))
-        return self._used[customer_id]
+    def _loaded(self, customer_id: str) -> SpaceUsage:
+        """The customer's usage, walking its space the first time (under the customer's lock)."""
+        usage = self._usage.get(customer_id)
+        if usage is None:
+            usage = self._usage[customer_id] = self._walk(customer_id)
+        min_charge = self._limits().min_file_charge
+        if usage.min_charge != min_charge:
+            usage.shortfall = self.index.shortfall(customer_dirname(customer_id), min_charge)
+            usage.min_charge = min_charge
+        return usage
 
-    def _store(self, customer_id: str, target: str, data: bytes) -> None:
-        used = self._used_of(customer_id)
-        old = os.path.getsize(target) if os.path.isfile(target) else 0
+    def _walk(self, customer_id: str) -> SpaceUsage:
+        """Count one space from disk, remove temp files, and bring its index rows in line with the files."""
+        name = customer_dirname(customer_id)
+        space = os.path.join(self.root, name)
+        rows = self.index.identities(name)
+        usage = SpaceUsage(min_charge=-1)
+        stale: list[IndexedBlock] = []
+        for folder, dirs, files in os.walk(space):
+            if folder != space:
+                usage.dirs += 1
+            dirs.sort()
+            for filename in files:
+                full = os.path.join(folder, filename)
+                if filename.startswith("."):
+                    # A temp file of a write a crash interrupted: we hold the customer's lock, none is running.
+                    if remove_if_exists(full):
+                        self.temp_files_removed += 1
+                    continue
+                try:
+                    info = os.lstat(full)
+                except FileNotFoundError:
+                    continue
+                if not stat.S_ISREG(info.st_mode):
+                    continue
+                rel = os.path.relpath(full, space).replace(os.sep, "/")
+                identity = FileIdentity(info.st_size, info.st_mtime_ns, info.st_ino)
+                usage.files += 1
+                usage.bytes += info.st_size
+                if rows.pop(rel, None) != identity:
+                    self.rehashed += 1
+                    stale.append(IndexedBlock(rel, identity, _hash_file(full)))
+        if stale or rows:
+            self.index.replace(name, stale, list(rows))
+        return usage
+
+    def _usage_report(self, customer_id: str) -> dict:
+        usage = self._loaded(customer_id)
+        return {"files": usage.files, "bytes": usage.bytes, "dirs": usage.dirs,
+                "charged_bytes": usage.charged(self._limits().min_dir_charge)}
+
+    def _store(self, customer_id: str, block_path: str, target: str, data: bytes) -> None:
+        usage = self._loaded(customer_id)
+        limits = self._limits()
+        try:
+            old_size: int | None = os.stat(target).st_size
+        except FileNotFoundError:
+            old_size = None
+        folder = os.path.dirname(target)
+        new_dirs = _missing_dirs(folder, self.root)
+        space_dirs = sum(1 for d in new_dirs if d != self._space(customer_id))
+        min_file = limits.min_file_charge
+        old_charge = 0 if old_size is None else max(old_size, min_file)
+        delta = max(len(data), min_file) - old_charge + space_dirs * limits.min_dir_charge
         quota = self._quota.get(customer_id)
-        if quota is not None and used - old + len(data) > quota:
+        if quota is not None and delta > 0 and usage.charged(limits.min_dir_charge) + delta > quota:
             self.refused["over_quota"] += 1
             raise InsufficientStorage(f"quota of {quota} bytes for {customer_id} would be exceeded")
-        _make_dirs_durably(os.path.dirname(target), self.root)
+        if old_size is None and usage.files + 1 > limits.max_files:
+            self.refused["too_many_files"] += 1
+            raise InsufficientStorage(f"quota of {limits.max_files} files for {customer_id} would be exceeded")
+        if self._free_bytes(self.root) - len(data) - len(new_dirs) * limits.min_dir_charge < limits.reserve_bytes:
+            self.refused["disk_reserve"] += 1
+            raise InsufficientStorage(f"no space: this supplier keeps {limits.reserve_bytes} bytes of its disk free")
+        digest = hashlib.sha256(data).hexdigest()
+        _make_dirs_durably(new_dirs)
         atomic_write(target, data, mode=0o600)
-        self._used[customer_id] = used - old + len(data)
+        info = os.stat(target)
+        try:
+            self.index.put(customer_dirname(customer_id),
+                           IndexedBlock(block_path, FileIdentity(info.st_size, info.st_mtime_ns, info.st_ino), digest))
+        except Exception:
+            self._usage.pop(customer_id, None)  # the next use walks the space again and mends the index
+            raise
+        usage.files += old_size is None
+        usage.bytes += len(data) - (old_size or 0)
+        usage.shortfall += max(0, min_file - len(data)) - (0 if old_size is None else max(0, min_file - old_size))
+        usage.dirs += space_dirs
+
+    def _list(self, customer_id: str, prefix: str) -> dict[str, tuple[int, str]]:
+        self._loaded(customer_id)
+        return self.index.listing(customer_dirname(customer_id), prefix)
 
     def _delete(self, customer_id: str, path_or_prefix: str) -> int:
-        space = self._space(customer_id)
-        found = _list(space, path_or_prefix)
+        usage = self._loaded(customer_id)
+        name = customer_dirname(customer_id)
+        space = os.path.join(self.root, name)
+        found = self.index.sizes(name, path_or_prefix)
+        folders = set()
         for path in found:
-            os.unlink(os.path.join(space, *path.split("/")))
-        _prune_empty_dirs(space)
-        if customer_id in self._used:
-            self._used[customer_id] -= sum(size for size, _ in found.values())
+            remove_if_exists(os.path.join(space, *path.split("/")))
+            folders.add(os.path.dirname(path))
+        self.index.remove(name, found)
+        min_file = usage.min_charge
+        usage.files -= len(found)
+        usage.bytes -= sum(found.values())
+        usage.shortfall -= sum(max(0, min_file - size) for size in found.values())
+        usage.dirs -= _prune_empty_dirs(space, folders)
         return len(found)
 
     def _remove_customer(self, customer_id: str) -> int:
         space = self._space(customer_id)
         freed = _tree_size(space)
         shutil.rmtree(space, ignore_errors=True)
-        self._used.pop(customer_id, None)
+        self.index.drop_space(customer_dirname(customer_id))
+        self._usage.pop(customer_id, None)
         return freed
 
     def _locked(self, customer_id: str, fn, *args: Any) -> defer.Deferred:
@@ -203,23 +380,25 @@ class DiskStore:
         return lock.run(fn, *args)
 
 
-def _make_dirs_durably(folder: str, root: str) -> None:
-    """Create ``folder`` and its missing parents, and flush the parent of each new one.
-
-    atomic_write flushes the block's own directory; a directory created for it
-    must itself be recorded in its parent before the store is acknowledged.
-    Existing directories cost one ``stat``; only new ones add an fsync.
-    """
-    if os.path.isdir(folder):
-        return
+def _missing_dirs(folder: str, root: str) -> list[str]:
+    """The directories from ``root`` down to ``folder`` that do not exist yet, outermost first."""
     missing = []
     probe = folder
     while probe not in (root, os.path.dirname(probe)) and not os.path.isdir(probe):
         missing.append(probe)
         probe = os.path.dirname(probe)
-    ensure_dir(folder)
-    for created in reversed(missing):
-        fsync_dir(os.path.dirname(created))
+    return missing[::-1]
+
+
+def _make_dirs_durably(missing: list[str]) -> None:
+    """Create the ``missing`` directories (outermost first) and flush the parent of each.
+
+    atomic_write flushes the block's own directory; a directory created for it
+    must itself be recorded in its parent before the store is acknowledged.
+    """
+    for folder in missing:
+        ensure_dir(folder)
+        fsync_dir(os.path.dirname(folder))
 
 
 def _read(target: str, block_path: str, customer_id: str) -> bytes:
@@ -230,28 +409,16 @@ def _read(target: str, block_path: str, customer_id: str) -> bytes:
         raise BlockNotFound(f"no block {block_path} for {customer_id}") from None
 
 
-def _list(space: str, prefix: str) -> dict[str, tuple[int, str]]:
-    out: dict[str, tuple[int, str]] = {}
-    if not os.path.isdir(space):
-        return out
-    for folder, dirs, files in os.walk(space):
-        dirs.sort()
-        for name in sorted(files):
-            if name.startswith("."):
-                continue  # a temp file of an interrupted atomic write
-            full = os.path.join(folder, name)
-            rel = os.path.relpath(full, space).replace(os.sep, "/")
-            if prefix == "" or (rel.startswith(prefix) if prefix.endswith("/") else rel == prefix):
-                digest = hashlib.sha256()
-                with open(full, "rb") as handle:
-                    for chunk in iter(lambda h=handle: h.read(1 << 20), b""):
-                        digest.update(chunk)
-                out[rel] = (os.path.getsize(full), digest.hexdigest())
-    return dict(sorted(out.items()))
+def _hash_file(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(_HASH_CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def tree_size(path: str) -> int:
-    """Bytes of every file under ``path`` (0 when it does not exist); blocking, run it in a thread."""
+    """Bytes of every file under ``path`` but temp files and the index (dot names); blocking, run it in a thread."""
     return _tree_size(path)
 
 
@@ -259,6 +426,8 @@ def _tree_size(path: str) -> int:
     total = 0
     for folder, _dirs, files in os.walk(path):
         for name in files:
+            if name.startswith("."):
+                continue
             try:
                 total += os.path.getsize(os.path.join(folder, name))
             except OSError:
@@ -266,10 +435,18 @@ def _tree_size(path: str) -> int:
     return total
 
 
-def _prune_empty_dirs(space: str) -> None:
-    for folder, _dirs, _files in sorted(os.walk(space), key=lambda entry: -len(entry[0])):
-        if folder != space:
-            try:
-                os.rmdir(folder)
-            except OSError:
-                pass  # not empty
+def _prune_empty_dirs(space: str, folders: set[str]) -> int:
+    """Remove the directories (relative to ``space``) left empty by a delete, deepest first; how many went."""
+    candidates = set()
+    for folder in folders:
+        while folder:
+            candidates.add(folder)
+            folder = os.path.dirname(folder)
+    removed = 0
+    for folder in sorted(candidates, key=lambda f: (-f.count("/"), f)):
+        try:
+            os.rmdir(os.path.join(space, *folder.split("/")))
+        except OSError:
+            continue  # not empty (or already gone)
+        removed += 1
+    return removed

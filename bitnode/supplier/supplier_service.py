@@ -30,6 +30,27 @@ before the DHT knew anyone is still found later.
 deleted, it may not come back, and it is told with a ``CancelService`` packet
 whose JSON payload says ``{"rejected": true, "reason": ...}`` (the router hands
 such a notice to the customer side of the receiving node).
+
+Limits (settings under ``services/supplier/``, counters in ``service_info``):
+
+- per requester, ``request-rate``/``request-burst`` storage commands and
+  ``list-rate``/``list-burst`` listings (:mod:`bitnode.supplier.request_limits`);
+  over them: ``Fail "rate limited: ..."``, counted in ``rate_limited``;
+- per customer, its quota charged at least ``min-file-charge`` per file and
+  ``min-dir-charge`` per directory, at most ``max-files-per-customer`` files,
+  only the customer side's path scheme, and ``disk-reserve`` bytes of the disk
+  always left free (:mod:`bitnode.supplier.disk_store`; refusals in ``store_refused``);
+- a new customer is granted at most ``new-customer-quota`` (:mod:`bitnode.supplier.desk`).
+
+Contracts (:mod:`bitnode.supplier.contracts`): every packet the gateway
+accepts from a customer renews its contract; a customer silent (while this
+supplier ran and was connected) for ``contract-period`` + ``contract-grace``
+seconds is pinged, its suppliers record asked about (:meth:`SupplierService.set_record_check`),
+and if neither shows life its data is removed. When a contract ends (cancelled,
+rejected, expired) ``customer-contract-ended`` is published with
+``{"customer_id", "reason"}``. At start the supplier walks every customer's
+space once in the background: it removes temp files of interrupted writes
+(never counted in a quota) and checks the block index.
 """
 
 from __future__ import annotations
@@ -43,11 +64,15 @@ from twisted.logger import Logger
 
 from bitnode import globalid
 from bitnode.errors import BadRequest, BitnodeError, Conflict, NotFound, Unavailable
+from bitnode.main.options import DISK_SPACE, FLOAT, INTEGER, Option
+from bitnode.p2p.network_connector import CONNECTED
 from bitnode.services.base import Service
 from bitnode.storage import wire
 from bitnode.supplier import shared_reads
+from bitnode.supplier.contracts import DAY, ContractSweeper, ContractTerms
 from bitnode.supplier.desk import SupplierDesk
-from bitnode.supplier.disk_store import DiskStore, tree_size
+from bitnode.supplier.disk_store import DiskStore, StoreLimits, tree_size
+from bitnode.supplier.request_limits import RateSettings, RequestLimits
 from bitnode.transport.commands import Command
 
 #: The DHT layer suppliers join so customers can find them (layer 0 is everyone).
@@ -57,7 +82,8 @@ DHT = "service_entangled_dht"
 CUSTOMER = "service_customer"
 NETWORK = "service_network"
 SUPPLIER = "service_supplier"
-DONATED_KEY = "services/supplier/donated-space"
+PREFIX = "services/supplier/"
+DONATED_KEY = PREFIX + "donated-space"
 NOT_RUNNING = "supplier service is not running"
 FOREIGN_OWNER = "forbidden: a packet's owner must be its sender"
 #: Commands a supplier serves (CancelService also carries suppliers' rejection notices).
@@ -114,9 +140,11 @@ def _answer(gateway: Any, packet: Any, command: str, payload: bytes) -> defer.De
     return d
 
 
-def _open(root: str, contracts_file: str, run_in_thread, donated, clock, accepting) -> SupplierDesk:
-    """Build the store and desk (creates the folder, reads the contracts file): done in a worker thread."""
-    return SupplierDesk(DiskStore(root, run_in_thread), contracts_file, donated, clock, accepting)
+def _open(root: str, contracts_file: str, run_in_thread, clock, settings: dict) -> SupplierDesk:
+    """Build the store and desk (creates the folder, opens the index, reads the contracts): in a worker thread."""
+    store = DiskStore(root, run_in_thread, settings["limits"])
+    return SupplierDesk(store, contracts_file, settings["donated"], clock, settings["accepting"], run_in_thread,
+                        settings["new_customer_quota"], settings["on_ended"])
 
 
 class SupplierService(Service):
@@ -126,6 +154,33 @@ class SupplierService(Service):
     depends_on = (GATEWAY, DHT)
     enabled_by_default = False
     description = "Keep other users' encrypted blocks in the disk space you donate"
+    options = (
+        Option(PREFIX + "new-customer-quota", DISK_SPACE, 1024 ** 3,
+               "The most a new customer is granted at first (0: what it asks); a customer asking again gets "
+               "up to twice what it really stores.", minimum=0),
+        Option(PREFIX + "max-files-per-customer", INTEGER, 500_000, "Files one customer may keep here.",
+               minimum=1),
+        Option(PREFIX + "min-file-charge", DISK_SPACE, 4096,
+               "Bytes each stored file counts for at least against its customer's quota.", minimum=0,
+               maximum=1024 ** 2),
+        Option(PREFIX + "min-dir-charge", DISK_SPACE, 4096,
+               "Bytes each directory of a customer counts for against its quota.", minimum=0, maximum=1024 ** 2),
+        Option(PREFIX + "disk-reserve", DISK_SPACE, 1024 ** 3,
+               "Free disk space no customer's block may take: stores are refused below it.", minimum=0),
+        Option(PREFIX + "request-rate", FLOAT, 1000.0,
+               "Storage commands per second one peer may send (0: no limit).", minimum=0),
+        Option(PREFIX + "request-burst", INTEGER, 2000, "Storage commands one peer may send at once.", minimum=1),
+        Option(PREFIX + "list-rate", FLOAT, 0.5, "Block listings (ListFiles) per second one peer may ask for "
+               "(0: no limit).", minimum=0),
+        Option(PREFIX + "list-burst", INTEGER, 30, "Block listings one peer may ask for at once.", minimum=1),
+        Option(PREFIX + "contract-period", FLOAT, 30 * DAY,
+               "Seconds of silence after which a customer's contract expires (any packet from it renews it).",
+               minimum=60.0),
+        Option(PREFIX + "contract-grace", FLOAT, 30 * DAY,
+               "Seconds an expired contract's data is still kept before it is removed.", minimum=0.0),
+        Option(PREFIX + "contract-check-interval", FLOAT, 3600.0,
+               "Seconds between rounds that count customers' silence.", minimum=1.0, maximum=DAY),
+    )
     log = Logger()
 
     def __init__(self, node):
@@ -139,6 +194,11 @@ class SupplierService(Service):
         self.layer_joined = False
         self.layer_error = ""
         self._busy: set[defer.Deferred] = set()
+        self.limits = RequestLimits(node.clock, self._rate_settings())
+        self.sweeper: ContractSweeper | None = None
+        self.contracts_ended: Counter[str] = Counter()
+        self._record_check: Any = None
+        self._gateway: Any = None
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -146,18 +206,95 @@ class SupplierService(Service):
         """Open the store and contracts off the reactor, route packets here, join the suppliers' layer."""
         gateway = self.node.service_driver.get(GATEWAY).require_gateway()
         settings = self.node.settings
+        wiring = {"donated": lambda: settings.get(DONATED_KEY), "accepting": lambda: self.accepting,
+                  "limits": self._store_limits, "new_customer_quota": lambda: settings.get(PREFIX + "new-customer-quota"),
+                  "on_ended": self._contract_ended}
         d = self.node.run_in_thread(_open, self.root, self.contracts_file, self.node.run_in_thread,
-                                    lambda: settings.get(DONATED_KEY), self.node.clock, lambda: self.accepting)
+                                    self.node.clock, wiring)
         d.addCallback(self._opened, gateway)
         return d
 
     def _opened(self, desk: SupplierDesk, gateway: Any) -> None:
         self.desk = desk
         self.accepting = True
+        self._gateway = gateway
+        self.limits.configure(self._rate_settings())
+        self.node.settings.add_listener(PREFIX, self._settings_changed)
+        gateway.add_listener(self._traffic)
         install_market_router(self.node, gateway)
+        self.sweeper = ContractSweeper(self.node.clock, desk.book, self._contract_terms, self._can_judge,
+                                       self._customer_alive, self._expire)
+        self.sweeper.start()
         self._track(defer.Deferred.fromCoroutine(self._join_layer()))
+        # Counts every space once (removing temp files of interrupted writes, mending the block index).
+        self._track(desk.store.load_all(sorted(desk.customers)))
         self.log.info("supplier: {n} customer(s), {donated} bytes donated", n=len(desk.customers),
                       donated=self.node.settings.get(DONATED_KEY))
+
+    # --- settings -----------------------------------------------------------------------
+
+    def _store_limits(self) -> StoreLimits:
+        get = self.node.settings.get
+        return StoreLimits(min_file_charge=get(PREFIX + "min-file-charge"), min_dir_charge=get(PREFIX + "min-dir-charge"),
+                           max_files=get(PREFIX + "max-files-per-customer"), reserve_bytes=get(PREFIX + "disk-reserve"))
+
+    def _rate_settings(self) -> RateSettings:
+        get = self.node.settings.get
+        return RateSettings(get(PREFIX + "request-rate"), get(PREFIX + "request-burst"),
+                            get(PREFIX + "list-rate"), get(PREFIX + "list-burst"))
+
+    def _contract_terms(self) -> ContractTerms:
+        get = self.node.settings.get
+        return ContractTerms(get(PREFIX + "contract-period"), get(PREFIX + "contract-grace"),
+                             get(PREFIX + "contract-check-interval"))
+
+    def _settings_changed(self, key: str, old: Any, new: Any) -> None:
+        if key in {PREFIX + name for name in ("request-rate", "request-burst", "list-rate", "list-burst")}:
+            self.limits.configure(self._rate_settings())
+
+    # --- contracts ----------------------------------------------------------------------
+
+    def renew_contract(self, customer_id: str, when: float | None = None) -> bool:
+        """A sign of life of a customer at ``when`` (e.g. a newer revision of its signed suppliers record).
+
+        False when it is not a customer here (or the service is off).
+        """
+        desk = self.desk
+        return desk is not None and desk.book.renew(customer_id, when)
+
+    def set_record_check(self, check: Any) -> None:
+        """``check(customer_id)`` -> Deferred[bool]: is the customer's suppliers record alive (None: no check).
+
+        Asked before a silent customer's data is removed; True keeps it.
+        """
+        self._record_check = check
+
+    def _traffic(self, peer_id: str, what: str) -> None:
+        # Any packet the gateway accepted (its signature checked) is the customer alive.
+        if what == "received" and self.desk is not None:
+            self.desk.book.renew(peer_id)
+
+    def _can_judge(self) -> bool:
+        driver = self.node.service_driver
+        if NETWORK not in driver.names() or not driver.is_on(NETWORK):
+            return False
+        connector = driver.get(NETWORK).connector
+        return connector is not None and connector.state == CONNECTED
+
+    async def _customer_alive(self, customer_id: str) -> bool:
+        check = self._record_check
+        if check is not None and await defer.maybeDeferred(check, customer_id):
+            return True
+        ping = await self._ping(customer_id)
+        return bool(ping["online"])
+
+    def _expire(self, customer_id: str) -> defer.Deferred:
+        desk = self.require_desk()
+        return desk.cancel(customer_id, reason="expired")
+
+    def _contract_ended(self, customer_id: str, reason: str) -> None:
+        self.contracts_ended[reason] += 1
+        self.node.events.publish("customer-contract-ended", {"customer_id": customer_id, "reason": reason})
 
     async def _join_layer(self) -> None:
         try:
@@ -172,13 +309,33 @@ class SupplierService(Service):
     def stop(self) -> defer.Deferred:
         """Refuse new work ("not running"), let the commands being served finish, then close."""
         self.accepting = False
-        d = defer.DeferredList(list(self._busy), consumeErrors=True)
+        self.node.settings.remove_listener(PREFIX, self._settings_changed)
+        if self._gateway is not None:
+            self._gateway.remove_listener(self._traffic)
+            self._gateway = None
+        waits = list(self._busy)
+        if self.sweeper is not None:
+            waits.append(self.sweeper.stop())
+        d = defer.DeferredList(waits, consumeErrors=True)
+        desk = self.desk
+
+        def saved(_):
+            # The silence counted since the last round, and renewals, are kept for the next start.
+            return desk.book.save() if desk is not None else None
 
         def closed(_):
+            if desk is not None:
+                return self.node.run_in_thread(desk.store.close)
+            return None
+
+        def cleared(_):
             self.desk = None
+            self.sweeper = None
             self.layer_joined = False
 
-        return d.addCallback(closed)
+        d.addCallback(saved)
+        d.addErrback(lambda f: self.log.failure("saving the contracts at stop failed", f))
+        return d.addCallback(closed).addCallback(cleared)
 
     def status(self) -> dict:
         """Facts for service_info."""
@@ -191,6 +348,11 @@ class SupplierService(Service):
             "dht_layer": SUPPLIERS_LAYER, "layer_joined": self.layer_joined, "layer_error": self.layer_error,
             "served": dict(self.served), "refused": dict(self.refused),
             "store_refused": dict(desk.store.refused) if desk else {},
+            "rate_limited": dict(self.limits.limited),
+            "temp_files_removed": desk.store.temp_files_removed if desk else 0,
+            "blocks_rehashed": desk.store.rehashed if desk else 0,
+            "contracts": dict(self.sweeper.counters, ended=dict(self.contracts_ended),
+                              writes=desk.book.writes) if desk and self.sweeper else {},
         }
 
     # --- packets ------------------------------------------------------------------------
@@ -201,6 +363,10 @@ class SupplierService(Service):
         if not self.accepting or desk is None:
             self.refused["not_running"] += 1
             return _answer(gateway, packet, Command.FAIL, NOT_RUNNING.encode("utf-8"))
+        limited = self.limits.check(packet.creator_id, packet.command)
+        if limited:
+            self.refused["rate_limited"] += 1
+            return _answer(gateway, packet, Command.FAIL, limited.encode("utf-8"))
         if packet.owner_id != packet.creator_id and shared_reads.is_shared_read(packet):
             d = shared_reads.serve(desk, packet, self.refused, self.served)  # a reader of the owner's share?
             return self._track(d.addCallback(lambda reply: _answer(gateway, packet, reply[0], reply[1])))
@@ -240,13 +406,15 @@ class SupplierService(Service):
     async def _customers(self) -> list[dict]:
         desk = self.require_desk()
         online = self._online_table()
+        terms = self._contract_terms()
         rows = []
-        for customer_id, contract in sorted(desk.customers.items()):
-            used = await desk.store.used_bytes(customer_id)
-            rows.append({"customer_id": customer_id, "idurl": _idurl(customer_id),
-                         "quota_bytes": contract["quota_bytes"], "used_bytes": used,
-                         "since": contract.get("since"),
-                         "online": online.status(customer_id)["online"] if online is not None else None})
+        for customer_id in sorted(desk.customers):
+            usage = await desk.store.usage(customer_id)
+            if customer_id not in desk.customers:
+                continue  # its contract ended while we counted
+            rows.append(dict(desk.book.terms(customer_id, terms), customer_id=customer_id, idurl=_idurl(customer_id),
+                             used_bytes=usage["charged_bytes"], stored_bytes=usage["bytes"], files=usage["files"],
+                             online=online.status(customer_id)["online"] if online is not None else None))
         return rows
 
     def ping_customers(self) -> defer.Deferred:

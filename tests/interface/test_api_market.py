@@ -53,6 +53,12 @@ class FakeGateway:
     def register_handler(self, command, handler):
         pass
 
+    def add_listener(self, listener):
+        pass
+
+    def remove_listener(self, listener):
+        pass
+
     def ping(self, remote_id, timeout=None):
         if remote_id in self.world.offline:
             return defer.fail(Unavailable(f"{remote_id} is offline"))
@@ -171,13 +177,13 @@ class MarketApiTests(OwnNodeCalls, unittest.TestCase):
         verbose = yield self.ok("suppliers_list", verbose=True)
         self.assertEqual(set(verbose[0]) - set(rows[0]), {"automat", "offline_for", "last_seen", "failures",
                                                           "refusal"})
-        self.assertEqual(self.world.desks[SUPPLIERS[0]].customers[ME]["quota_bytes"], 1593)
+        self.assertEqual(self.world.desks[SUPPLIERS[0]].customers[ME].quota_bytes, 1593)
         space = yield self.ok("space_consumed")
         self.assertEqual((space["needed_bytes"], space["quota_per_supplier"], space["suppliers_num"],
                           space["data_blocks"]), (3000, 1593, 3, 2))
         # a bigger need asks the suppliers again with the new quota
         yield self.ok("config_set", key="services/customer/needed-space", value=6000)
-        self.assertEqual(self.world.desks[SUPPLIERS[0]].customers[ME]["quota_bytes"], 3187)
+        self.assertEqual(self.world.desks[SUPPLIERS[0]].customers[ME].quota_bytes, 3187)
         pinged = yield self.ok("suppliers_ping")
         self.assertEqual([r["state"] for r in pinged], ["CONNECTED"] * 3)
 
@@ -243,17 +249,26 @@ class MarketApiTests(OwnNodeCalls, unittest.TestCase):
     @defer.inlineCallbacks
     def test_supplier_side_methods(self):
         sam = yield self.market_node(SUPPLIERS[0], [SupplierService], {"services/supplier/enabled": True,
-                                                                        "services/supplier/donated-space": 5000})
+                                                                        "services/supplier/donated-space": 50000})
         service = sam.service_driver.get("service_supplier")
-        service.desk.accept(ME, 1000)
+        yield service.desk.accept(ME, 20000)
         yield service.desk.store.store_block(ME, "V1/0/0", b"z" * 10)
         rows = yield self.ok("customers_list", node=sam)
-        self.assertEqual(rows, [{"customer_id": ME, "idurl": globalid.global_id_to_idurl(ME), "quota_bytes": 1000,
-                                 "used_bytes": 10, "online": True}])
+        month = 30 * 24 * 3600.0
+        row = rows[0]
+        # used_bytes is what counts against the quota: the 10-byte file at the 4 KiB minimum, and its 2 directories
+        self.assertEqual(len(rows), 1)
+        self.assertEqual({k: row[k] for k in ("customer_id", "idurl", "quota_bytes", "used_bytes", "stored_bytes",
+                                              "files", "online", "contract_expired")},
+                         {"customer_id": ME, "idurl": globalid.global_id_to_idurl(ME), "quota_bytes": 20000,
+                          "used_bytes": 3 * 4096, "stored_bytes": 10, "files": 1, "online": True,
+                          "contract_expired": False})
+        self.assertLess(abs(row["contract_expires"] - (row["last_seen"] + month)), 60)
+        self.assertLess(abs(row["data_removed_after"] - (row["last_seen"] + 2 * month)), 60)
         self.assertIn("since", (yield self.ok("customers_list", node=sam, verbose=True))[0])
         space = yield self.ok("space_donated", node=sam)
         self.assertEqual((space["running"], space["donated_bytes"], space["allocated_bytes"], space["used_bytes"],
-                          space["free_bytes"], space["customers_num"]), (True, 5000, 1000, 10, 4990, 1))
+                          space["free_bytes"], space["customers_num"]), (True, 50000, 20000, 10, 49990, 1))
         pinged = yield self.ok("customers_ping", node=sam)
         self.assertEqual(pinged[0]["customer_id"], ME)
         self.assertTrue(pinged[0]["online"])

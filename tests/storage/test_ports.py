@@ -156,6 +156,28 @@ class PathSchemeTests(unittest.TestCase):
         self.assertRaises(BadRequest, ports.validate_path, "v1/")
         self.assertRaises(BadRequest, ports.validate_path, "x" * 600)
 
+    def test_every_path_the_customer_side_writes_is_a_store_path(self):
+        # The writers' own helpers, so the scheme a supplier enforces cannot drift from what customers store.
+        from bitnode.access import share_scope
+        from bitnode.storage import catalog_backup
+        from bitnode.storage.job_context import new_version_id
+
+        alias = share_scope.new_share_alias()
+        version = new_version_id(1_790_000_000.123)
+        written = [ports.block_path(version, 0, 0), ports.block_path(version, 2**64 - 1, 255),
+                   ports.block_path(share_scope.version_tag(f"{alias}$alice@127.0.0.1_8084") + version, 7, 3),
+                   ports.block_path(catalog_backup.backup_version_id(12), 3, 1),
+                   f"{catalog_backup.backup_version_id(12)}/{catalog_backup.MANIFEST}",
+                   share_scope.index_path(alias), share_scope.readers_path(alias)]
+        for path in written:
+            self.assertEqual(ports.validate_store_path(path), path)
+
+    def test_anything_else_is_not_a_store_path(self):
+        for path in ("v", "v/0", "v/0/0/0", "a/b/c/d/e", "v/01/0", "v/0/256", "v/x/0", "catalog-1/other",
+                     "catalog-01/manifest", "share_a.index/old", "acl.x/readers", "acl.share_a.b/readers",
+                     ".v/0/0", "v/0/0/", "", "../v/0/0"):
+            self.assertRaises(BadRequest, ports.validate_store_path, path)
+
 
 class ProgressTests(unittest.TestCase):
     def test_speed_and_eta(self):

@@ -10,7 +10,7 @@ from twisted.trial import unittest
 
 from bitnode.storage import wire
 from bitnode.supplier.desk import SupplierDesk
-from bitnode.supplier.disk_store import DiskStore
+from bitnode.supplier.disk_store import DiskStore, StoreLimits
 from bitnode.transport.commands import Command
 
 ALICE = "alice@127.0.0.1_8084"
@@ -27,18 +27,22 @@ class DeskTests(unittest.TestCase):
         os.makedirs(self.dir)
         self.donated = 1000
         self.running = True
+        self.cap = 0
         self.desk = self.make_desk()
 
     def make_desk(self) -> SupplierDesk:
-        return SupplierDesk(DiskStore(os.path.join(self.dir, "customers")), os.path.join(self.dir, "contracts.json"),
-                            lambda: self.donated, Clock(), accepting=lambda: self.running)
+        # No minimum charges here: these tests count bytes; the charges have their own tests.
+        store = DiskStore(os.path.join(self.dir, "customers"), limits=lambda: StoreLimits(0, 0))
+        return SupplierDesk(store, os.path.join(self.dir, "contracts.json"), lambda: self.donated, Clock(),
+                            accepting=lambda: self.running, new_customer_quota=lambda: self.cap)
 
     def call(self, who: str, command: str, payload: bytes = b"", desk: SupplierDesk | None = None):
         return self.successResultOf((desk or self.desk).handle(who, command, payload))
 
     def test_request_service_within_donated_space(self) -> None:
         command, payload = self.call(ALICE, Command.REQUEST_SERVICE, request(600))
-        self.assertEqual((command, wire.decode_json(payload)), (Command.ACK, {"accepted": True, "quota_bytes": 600}))
+        self.assertEqual((command, wire.decode_json(payload)),
+                         (Command.ACK, {"accepted": True, "quota_bytes": 600, "asked_bytes": 600}))
         command, payload = self.call(BOB, Command.REQUEST_SERVICE, request(500))
         self.assertEqual(command, Command.FAIL)
         self.assertIn(b"no space", payload)
@@ -87,7 +91,7 @@ class DeskTests(unittest.TestCase):
         self.call(ALICE, Command.REQUEST_SERVICE, request(100))
         self.call(ALICE, Command.DATA, wire.encode_data("V1/0/0", b"x" * 10))
         again = self.make_desk()
-        self.assertEqual(again.customers[ALICE]["quota_bytes"], 100)
+        self.assertEqual(again.customers[ALICE].quota_bytes, 100)
         self.assertEqual(again.store.quota(ALICE), 100)
         command, payload = self.call(ALICE, Command.CANCEL_SERVICE, b"", desk=again)
         self.assertEqual(wire.decode_json(payload), {"cancelled": True, "freed_bytes": 10})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 
 from twisted.internet import defer
@@ -9,7 +10,7 @@ from twisted.trial import unittest
 
 from bitnode.errors import BadRequest, InsufficientStorage
 from bitnode.supplier import disk_store
-from bitnode.supplier.disk_store import DiskStore, customer_dirname
+from bitnode.supplier.disk_store import DiskStore, StoreLimits, customer_dirname
 from tests.storage.test_ports import StorageServerContract
 
 CUSTOMER = "alice@127.0.0.1_8084"
@@ -50,23 +51,49 @@ class DiskStoreTests(unittest.TestCase):
         self.failureResultOf(self.store.list_blocks(CUSTOMER, "/abs/"), BadRequest)
 
     def test_quota_refuses_and_writes_nothing(self) -> None:
-        self.store.set_quota(CUSTOMER, 10)
-        self.successResultOf(self.store.store_block(CUSTOMER, "v/0/0", b"12345678"))
-        self.failureResultOf(self.store.store_block(CUSTOMER, "v/0/1", b"123"), InsufficientStorage)
-        self.assertEqual(self.store.refused["over_quota"], 1)
-        self.successResultOf(self.store.store_block(CUSTOMER, "v/0/0", b"1234567890"))  # replacing counts the old
-        self.assertEqual(self.successResultOf(self.store.used_bytes(CUSTOMER)), 10)
-        self.assertEqual(self.successResultOf(self.store.delete(CUSTOMER, "v/")), 1)
-        self.assertEqual(self.successResultOf(self.store.used_bytes(CUSTOMER)), 0)
-        self.assertRaises(BadRequest, self.store.set_quota, CUSTOMER, -1)
-        self.store.set_quota(CUSTOMER, None)
-        self.assertIsNone(self.store.quota(CUSTOMER))
+        store = DiskStore(self.mktemp(), limits=lambda: StoreLimits(min_file_charge=0, min_dir_charge=0))
+        store.set_quota(CUSTOMER, 10)
+        self.successResultOf(store.store_block(CUSTOMER, "v/0/0", b"12345678"))
+        self.failureResultOf(store.store_block(CUSTOMER, "v/0/1", b"123"), InsufficientStorage)
+        self.assertEqual(store.refused["over_quota"], 1)
+        self.successResultOf(store.store_block(CUSTOMER, "v/0/0", b"1234567890"))  # replacing counts the old
+        self.assertEqual(self.successResultOf(store.used_bytes(CUSTOMER)), 10)
+        self.assertEqual(self.successResultOf(store.delete(CUSTOMER, "v/")), 1)
+        self.assertEqual(self.successResultOf(store.used_bytes(CUSTOMER)), 0)
+        self.assertRaises(BadRequest, store.set_quota, CUSTOMER, -1)
+        store.set_quota(CUSTOMER, None)
+        self.assertIsNone(store.quota(CUSTOMER))
+
+    def test_files_and_directories_are_charged_a_minimum(self) -> None:
+        self.successResultOf(self.store.store_block(CUSTOMER, "v/0/0", b"x" * 100))
+        # one file at 4 KiB, two directories (v, v/0) at 4 KiB each
+        self.assertEqual(self.successResultOf(self.store.usage(CUSTOMER)),
+                         {"files": 1, "bytes": 100, "dirs": 2, "charged_bytes": 3 * 4096})
+        self.successResultOf(self.store.store_block(CUSTOMER, "v/0/1", b"y" * 5000))
+        self.successResultOf(self.store.store_block(CUSTOMER, "v/1/0", b""))
+        self.assertEqual(self.successResultOf(self.store.used_bytes(CUSTOMER)), 4096 + 5000 + 4096 + 3 * 4096)
+        self.assertEqual(self.successResultOf(self.store.delete(CUSTOMER, "v/0/")), 2)
+        # v/0 went with its blocks
+        self.assertEqual(self.successResultOf(self.store.usage(CUSTOMER)),
+                         {"files": 1, "bytes": 0, "dirs": 2, "charged_bytes": 3 * 4096})
+        self.assertFalse(os.path.exists(os.path.join(self.store.root, CUSTOMER, "v", "0")))
+
+    def test_a_changed_minimum_charge_applies_at_once(self) -> None:
+        limits = [StoreLimits(min_file_charge=1000, min_dir_charge=0)]
+        store = DiskStore(self.mktemp(), limits=lambda: limits[0])
+        for i in range(3):
+            self.successResultOf(store.store_block(CUSTOMER, f"v/0/{i}", b"x" * (i * 700)))
+        self.assertEqual(self.successResultOf(store.used_bytes(CUSTOMER)), 1000 + 1000 + 1400)
+        limits[0] = StoreLimits(min_file_charge=2000, min_dir_charge=10)
+        self.assertEqual(self.successResultOf(store.used_bytes(CUSTOMER)), 3 * 2000 + 2 * 10)
 
     def test_usage_is_counted_from_disk_after_restart(self) -> None:
         self.successResultOf(self.store.store_block(CUSTOMER, "v/0/0", b"x" * 100))
         again = DiskStore(self.root)
-        self.assertEqual(self.successResultOf(again.used_bytes(CUSTOMER)), 100)
+        self.assertEqual(self.successResultOf(again.usage(CUSTOMER)),
+                         {"files": 1, "bytes": 100, "dirs": 2, "charged_bytes": 3 * 4096})
         self.assertEqual(self.successResultOf(again.total_used()), 100)
+        self.assertEqual(again.rehashed, 0)  # the index written with the block is trusted after the check
 
     def test_leftover_temp_files_are_not_listed(self) -> None:
         self.successResultOf(self.store.store_block(CUSTOMER, "v/0/0", b"x"))
@@ -157,3 +184,98 @@ class BlockBufferTests(unittest.TestCase):
         read = [self.store.fetch_block(CUSTOMER, path) for path in ("v1/0/0", "v1/0/1")]
         self.run_queued()
         self.assertEqual([self.successResultOf(d) for d in read], [b"view block", b"original"])
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+class StoredHashTests(unittest.TestCase):
+    """Listings come from the hashes taken when each block was written, and those stay right."""
+
+    def setUp(self) -> None:
+        self.root = self.mktemp()
+        self.store = DiskStore(self.root)
+        self.space = os.path.join(self.store.root, CUSTOMER)
+
+    def listing(self, store: DiskStore | None = None, prefix: str = "") -> dict:
+        return self.successResultOf((store or self.store).list_blocks(CUSTOMER, prefix))
+
+    def test_a_listing_reads_no_stored_file(self) -> None:
+        for i in range(20):
+            self.successResultOf(self.store.store_block(CUSTOMER, f"v/{i}/0", b"%d" % i * 1000))
+        opened = []
+        real_open = open
+
+        def counting_open(path, *args, **kwargs):
+            opened.append(path)
+            return real_open(path, *args, **kwargs)
+
+        disk_store.open = counting_open  # shadows the builtin for the module's own calls
+        self.addCleanup(delattr, disk_store, "open")
+        listing = self.listing()
+        self.assertEqual(len(listing), 20)
+        self.assertEqual(listing["v/7/0"], (1000, sha(b"7" * 1000)))
+        self.assertEqual(opened, [])
+
+    def test_an_overwrite_lists_the_new_hash_also_after_a_restart(self) -> None:
+        self.successResultOf(self.store.store_block(CUSTOMER, "v/0/0", b"old"))
+        self.successResultOf(self.store.store_block(CUSTOMER, "v/0/0", b"brand new"))
+        self.assertEqual(self.listing(), {"v/0/0": (9, sha(b"brand new"))})
+        self.store.close()
+        again = DiskStore(self.root)
+        self.assertEqual(self.listing(again), {"v/0/0": (9, sha(b"brand new"))})
+        self.assertEqual(again.rehashed, 0)
+
+    def test_a_lost_index_is_rebuilt_from_the_files(self) -> None:
+        self.successResultOf(self.store.store_block(CUSTOMER, "v/0/0", b"block a"))
+        self.successResultOf(self.store.store_block(CUSTOMER, "w/1/2", b"block b"))
+        self.store.close()
+        for name in os.listdir(self.store.root):
+            if name.startswith(".index"):
+                os.unlink(os.path.join(self.store.root, name))
+        again = DiskStore(self.root)
+        self.assertEqual(self.listing(again), {"v/0/0": (7, sha(b"block a")), "w/1/2": (7, sha(b"block b"))})
+        self.assertEqual(again.rehashed, 2)
+
+    def test_a_file_changed_behind_the_index_is_hashed_again(self) -> None:
+        self.successResultOf(self.store.store_block(CUSTOMER, "v/0/0", b"as stored"))
+        self.successResultOf(self.store.store_block(CUSTOMER, "v/0/1", b"gone soon"))
+        self.store.close()
+        with open(os.path.join(self.space, "v", "0", "0"), "wb") as handle:
+            handle.write(b"changed by hand, longer")  # a lost index row of an overwrite looks the same
+        os.unlink(os.path.join(self.space, "v", "0", "1"))
+        again = DiskStore(self.root)
+        self.assertEqual(self.listing(again), {"v/0/0": (23, sha(b"changed by hand, longer"))})
+        self.assertEqual(self.successResultOf(again.usage(CUSTOMER))["files"], 1)
+
+    def test_prefixes_select_subtrees_exactly(self) -> None:
+        for path in ("v1/0/0", "v1/1/0", "v1/10/0", "v10/0/0", "v1-x/0/0"):
+            self.successResultOf(self.store.store_block(CUSTOMER, path, b"x"))
+        self.assertEqual(list(self.listing(prefix="v1/")), ["v1/0/0", "v1/1/0", "v1/10/0"])
+        self.assertEqual(list(self.listing(prefix="v1/1/")), ["v1/1/0"])
+        self.assertEqual(list(self.listing(prefix="v1/1/0")), ["v1/1/0"])
+        self.assertEqual(list(self.listing(prefix="v1")), [])
+        self.assertEqual(self.successResultOf(self.store.delete(CUSTOMER, "v1/")), 3)
+        self.assertEqual(list(self.listing()), ["v1-x/0/0", "v10/0/0"])
+
+
+class TempFileTests(unittest.TestCase):
+    """Temp files of writes a crash interrupted: removed when the space is first used, never counted."""
+
+    def test_leftover_temp_files_are_removed_at_start_and_never_counted(self) -> None:
+        root = self.mktemp()
+        store = DiskStore(root, limits=lambda: StoreLimits(min_file_charge=0, min_dir_charge=0))
+        self.successResultOf(store.store_block(CUSTOMER, "v/0/0", b"x" * 10))
+        store.close()
+        folder = os.path.join(os.path.abspath(root), CUSTOMER, "v", "0")
+        leftovers = [os.path.join(folder, ".1.a1b2.tmp"), os.path.join(folder, "..0.zz.tmp")]
+        for path in leftovers:
+            with open(path, "wb") as handle:
+                handle.write(b"half written" * 1000)
+        again = DiskStore(root, limits=lambda: StoreLimits(min_file_charge=0, min_dir_charge=0))
+        self.assertEqual(self.successResultOf(again.total_used()), 10)  # temp files are not data
+        self.assertEqual(self.successResultOf(again.load_all([CUSTOMER])), 1)
+        self.assertEqual([os.path.exists(p) for p in leftovers], [False, False])
+        self.assertEqual(again.temp_files_removed, 2)
+        self.assertEqual(self.successResultOf(again.used_bytes(CUSTOMER)), 10)

@@ -8,7 +8,9 @@ their own gateway, the way service_customer does.
 
 from __future__ import annotations
 
-from twisted.internet import reactor
+import os
+
+from twisted.internet import defer, reactor
 from twisted.internet.defer import inlineCallbacks
 from twisted.trial import unittest
 
@@ -16,6 +18,7 @@ from bitnode.customer.customer_service import _fail_answer
 from bitnode.customer.remote_store import RemoteStorageServer
 from bitnode.dht.dht_service import DHTService
 from bitnode.errors import BadRequest, Forbidden, InsufficientStorage, Unavailable
+from bitnode.p2p.network_service import NetworkService
 from bitnode.storage import wire
 from bitnode.storage.ports import BlockNotFound
 from bitnode.supplier.supplier_service import SUPPLIERS_LAYER, SupplierService, install_market_router
@@ -104,8 +107,11 @@ class SupplierServiceTests(unittest.TestCase):
     def setUp(self):
         net = Net()
         yield net.start_id_server(self)
+        # No minimum charges: these tests count bytes (tests/supplier/test_attacks.py has the charges).
         self.supplier = yield net.node(self, "sam", SUPPLIER, {"services/supplier/enabled": True,
-                                                              "services/supplier/donated-space": 1000},
+                                                              "services/supplier/donated-space": 1000,
+                                                              "services/supplier/min-file-charge": 0,
+                                                              "services/supplier/min-dir-charge": 0},
                                        wait_for="service_supplier")
         self.alice = yield net.node(self, "alice", PLAIN)
         self.bob = yield net.node(self, "bob", PLAIN)
@@ -121,7 +127,7 @@ class SupplierServiceTests(unittest.TestCase):
     def test_customers_are_served_within_the_donated_space_and_kept_apart(self):
         alice, bob = self.server(self.alice), self.server(self.bob)
         answer = yield alice.request_service(gid(self.alice), 600)
-        self.assertEqual(answer, {"accepted": True, "quota_bytes": 600, "used_bytes": 0})
+        self.assertEqual(answer, {"accepted": True, "quota_bytes": 600, "asked_bytes": 600, "used_bytes": 0})
         yield self.assertFailure(bob.request_service(gid(self.bob), 600), InsufficientStorage)
         yield bob.request_service(gid(self.bob), 300)
         self.assertEqual(self.service.desk.allocated_bytes(), 900)
@@ -188,3 +194,67 @@ class SupplierServiceTests(unittest.TestCase):
         # the contract survived the stop: back on, alice is served again
         yield ok(self, self.supplier, "service_start", service_name="service_supplier")
         yield alice.store_block(gid(self.alice), "V1/0/0", b"y")
+
+
+class SupplierContractTests(unittest.TestCase):
+    """The contract wiring over real gateways: packets renew, a silent customer's data goes, and says so."""
+
+    timeout = 60
+
+    @inlineCallbacks
+    def setUp(self):
+        net = Net()
+        yield net.start_id_server(self)
+        self.supplier = yield net.node(self, "sam", [*SUPPLIER, NetworkService], {
+            "services/supplier/enabled": True, "services/supplier/donated-space": 10 * 1024 * 1024},
+            wait_for="service_supplier")
+        self.alice = yield net.node(self, "alice", PLAIN)
+        self.sam = gid(self.supplier)
+        self.service = self.supplier.service_driver.get("service_supplier")
+        yield self.alice.service_driver.get("service_gateway").gateway.ping(self.sam, timeout=5.0)
+        connector = self.supplier.service_driver.get("service_network").connector
+        yield until(lambda: connector.state == "CONNECTED", "the supplier to be connected")
+        self.ended = []
+        self.supplier.events.subscribe(lambda event: event.event_id == "customer-contract-ended"
+                                       and self.ended.append(event.data))
+
+    @inlineCallbacks
+    def test_packets_renew_and_silence_past_the_grace_removes_the_data(self):
+        alice = RemoteStorageServer(over_gateway(self.alice), self.sam)
+        yield alice.request_service(gid(self.alice), 1024 * 1024)
+        yield alice.store_block(gid(self.alice), "V1/0/0", b"x" * 100)
+        contract = self.service.desk.customers[gid(self.alice)]
+        contract.silent_for = 61 * 24 * 3600.0
+        yield self.alice.service_driver.get("service_gateway").gateway.ping(self.sam, timeout=5.0)
+        self.assertEqual(contract.silent_for, 0.0)  # any packet from her renews the contract
+        rows = yield ok(self, self.supplier, "customers_list")
+        self.assertFalse(rows[0]["contract_expired"])
+
+        asked = []
+        self.service.set_record_check(lambda customer_id: asked.append(customer_id) or False)
+        yield self.alice.stopService()  # silent from now on: no packet, no answer to a ping
+        contract.silent_for = 61 * 24 * 3600.0
+        self.assertEqual(self.service.sweeper.sweep(), [gid(self.alice)])
+        yield until(lambda: self.ended, "the contract to end")
+        self.assertEqual(self.ended, [{"customer_id": gid(self.alice), "reason": "expired"}])
+        self.assertEqual(asked, [gid(self.alice)])
+        self.assertEqual((yield ok(self, self.supplier, "customers_list")), [])
+        self.assertFalse(os.path.exists(os.path.join(self.service.root, gid(self.alice))))
+        info = yield ok(self, self.supplier, "service_info", service_name="service_supplier")
+        self.assertEqual((info["status"]["contracts"]["removed"], info["status"]["contracts"]["ended"]),
+                         (1, {"expired": 1}))
+
+    @inlineCallbacks
+    def test_a_silent_customer_whose_record_is_alive_keeps_its_data(self):
+        alice = RemoteStorageServer(over_gateway(self.alice), self.sam)
+        yield alice.request_service(gid(self.alice), 1024 * 1024)
+        yield alice.store_block(gid(self.alice), "V1/0/0", b"x" * 100)
+        yield self.alice.stopService()
+        self.service.set_record_check(lambda customer_id: defer.succeed(True))
+        contract = self.service.desk.customers[gid(self.alice)]
+        contract.silent_for = 61 * 24 * 3600.0
+        self.service.sweeper.sweep()
+        yield until(lambda: self.service.sweeper.counters["kept_alive"] == 1, "the record check")
+        self.assertEqual(self.ended, [])
+        self.assertLess(contract.silent_for, 60.0)
+        self.assertTrue(os.path.exists(os.path.join(self.service.root, gid(self.alice))))
