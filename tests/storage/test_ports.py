@@ -13,8 +13,10 @@ from twisted.internet import defer, task
 from twisted.trial import unittest
 from zope.interface.verify import verifyObject
 
+from bitnode.access import share_scope
 from bitnode.errors import BadRequest
-from bitnode.storage import ports
+from bitnode.storage import catalog_backup, ports
+from bitnode.storage.job_context import new_version_id
 from bitnode.storage.memory_grid import FaultyServer, MemoryStorageServer
 from bitnode.storage.ports import BlockNotFound, IStorageServer
 
@@ -158,10 +160,6 @@ class PathSchemeTests(unittest.TestCase):
 
     def test_every_path_the_customer_side_writes_is_a_store_path(self):
         # The writers' own helpers, so the scheme a supplier enforces cannot drift from what customers store.
-        from bitnode.access import share_scope
-        from bitnode.storage import catalog_backup
-        from bitnode.storage.job_context import new_version_id
-
         alias = share_scope.new_share_alias()
         version = new_version_id(1_790_000_000.123)
         written = [ports.block_path(version, 0, 0), ports.block_path(version, 2**64 - 1, 255),
