@@ -7,7 +7,8 @@ Instead the store hashes a block once, when it arrives (its bytes are in
 memory then), and keeps the hash here together with the file's identity at
 that moment: size, ``st_mtime_ns`` and inode.
 
-One sqlite file, ``<store root>/.index.sqlite`` (format :data:`INDEX_FORMAT`,
+One sqlite file, ``basedir/metadata/supplier-blocks.sqlite`` for the supplier
+(``<store root>/.index.sqlite`` when the store is given no path; format :data:`INDEX_FORMAT`,
 WAL, ``synchronous=NORMAL``): the index is a cache of the disk, never the
 truth, so it need not be flushed with every block. When a customer's space is
 first used after a start, :class:`~bitnode.supplier.disk_store.DiskStore`

@@ -126,7 +126,7 @@ class DiskStore:
 
     def __init__(self, root: str, run_in_thread: RunInThread = _sync,
                  limits: Callable[[], StoreLimits] = StoreLimits,
-                 free_bytes: Callable[[str], int] = disk_free_bytes):
+                 free_bytes: Callable[[str], int] = disk_free_bytes, index_path: str | None = None):
         self.root = os.path.abspath(root)
         self._run = run_in_thread
         self._limits = limits
@@ -140,7 +140,7 @@ class DiskStore:
         #: Files whose hash the index did not have (or had for other bytes) and that were hashed again.
         self.rehashed = 0
         ensure_dir(self.root)
-        self.index = BlockIndex(os.path.join(self.root, INDEX_NAME))
+        self.index = BlockIndex(index_path or os.path.join(self.root, INDEX_NAME))
 
     def close(self) -> None:
         """Close the block index (the store is not used afterwards)."""

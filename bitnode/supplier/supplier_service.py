@@ -90,6 +90,8 @@ FOREIGN_OWNER = "forbidden: a packet's owner must be its sender"
 MARKET_COMMANDS = (Command.REQUEST_SERVICE, Command.CANCEL_SERVICE, Command.DATA, Command.RETRIEVE,
                    Command.LIST_FILES, Command.DELETE_FILE, Command.DELETE_BACKUP)
 NOTICE_TIMEOUT = 10.0
+#: The block index (sizes and hashes of the stored blocks) in basedir/metadata.
+BLOCK_INDEX_NAME = "supplier-blocks.sqlite"
 
 
 def rejection_notice(reason: str) -> bytes:
@@ -142,7 +144,8 @@ def _answer(gateway: Any, packet: Any, command: str, payload: bytes) -> defer.De
 
 def _open(root: str, contracts_file: str, run_in_thread, clock, settings: dict) -> SupplierDesk:
     """Build the store and desk (creates the folder, opens the index, reads the contracts): in a worker thread."""
-    store = DiskStore(root, run_in_thread, settings["limits"])
+    store = DiskStore(root, run_in_thread, settings["limits"],
+                      index_path=os.path.join(os.path.dirname(contracts_file), BLOCK_INDEX_NAME))
     return SupplierDesk(store, contracts_file, settings["donated"], clock, settings["accepting"], run_in_thread,
                         settings["new_customer_quota"], settings["on_ended"])
 

@@ -153,5 +153,6 @@ class MarketTests(LocalnetTestCase):
                         polling_timeout=0)["events"]
 
     def used_on(self, supplier: str) -> int:
+        """Bytes of customers' blocks on ``supplier`` (used_bytes adds the minimum charges per file and folder)."""
         rows = self.api(supplier, "customers_list")
-        return sum(r["used_bytes"] for r in rows)
+        return sum(r["stored_bytes"] for r in rows)
