@@ -16,7 +16,7 @@ from twisted.application.service import MultiService
 from twisted.internet import defer
 from twisted.internet.error import ReactorNotRunning
 from twisted.internet.threads import deferToThreadPool
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.python.threadpool import ThreadPool
 
 from automats import Registry
@@ -30,6 +30,7 @@ from bitnode.main.basedir import Basedir
 from bitnode.main.connections import ConnectionSet
 from bitnode.main.events import EventBus
 from bitnode.main.fileutil import atomic_write
+from bitnode.main.logs import DEBUG_LEVEL_KEY, level_for
 from bitnode.main.schema import SCHEMA
 from bitnode.main.settings import Settings
 from bitnode.services.base import Service
@@ -56,10 +57,12 @@ class Node(MultiService):
         self.api = API(self)
         # API settings read on every request are cached here and kept current by settings listeners.
         self._log_api_calls = bool(settings.get("logs/api-calls"))
+        self._api_debug = level_for(settings.get(DEBUG_LEVEL_KEY)) is LogLevel.debug
         self._api_site: ApiSite | None = None
         self._limiter = RateLimiter(reactor, settings.get("interface/api/rate-limit"),
                                     settings.get("interface/api/rate-burst"))
         settings.add_listener("logs/api-calls", self._api_settings_changed)
+        settings.add_listener(DEBUG_LEVEL_KEY, self._api_settings_changed)
         settings.add_listener("interface/api/rate-", self._api_settings_changed)
         self.dispatcher = Dispatcher(self.api, log_calls=lambda: self._log_api_calls,
                                      limits=ApiLimits.from_settings(settings))
@@ -197,7 +200,8 @@ class Node(MultiService):
         guard = ApiGuard(self.api_secret, extra_hosts=(iface,))
         site = self._api_site = ApiSite(ApiResource(self.dispatcher, guard, self._limiter), reactor=self.reactor)
         site.log_requests = self._log_api_calls
-        ws_factory = ApiWebSocketFactory(self.dispatcher, guard, self._limiter, self.events)
+        ws_factory = ApiWebSocketFactory(self.dispatcher, guard, self._limiter, self.events, self.reactor,
+                                         debug_enabled=lambda: self._api_debug, secrets=lambda: (self.api_secret,))
         ws_factory.noisy = False
         # So stopService can close the connections still open, not only the listening ports.
         self._connections = [site.connections, ws_factory.connections]
@@ -211,7 +215,9 @@ class Node(MultiService):
             raise
 
     def _api_settings_changed(self, key, old, new) -> None:
-        if key == "logs/api-calls":
+        if key == DEBUG_LEVEL_KEY:
+            self._api_debug = level_for(new) is LogLevel.debug
+        elif key == "logs/api-calls":
             self._log_api_calls = bool(new)
             if self._api_site is not None:
                 self._api_site.log_requests = self._log_api_calls

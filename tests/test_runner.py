@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
 
+import txaio
+from twisted.application.service import Application
 from twisted.internet.error import ReactorNotRunning
 from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import ILogObserver, Logger
 from twisted.python import usage
 from twisted.scripts.twistd import ServerOptions
 from twisted.trial.unittest import SynchronousTestCase
 
 from bitnode import runner
 from bitnode.main.basedir import Basedir
+from twisted.plugins import bitnode_plugin as plugin
 
 
 class _SignalReactor:
@@ -108,3 +113,52 @@ class PluginOptionsTests(SynchronousTestCase):
         config = self.parse("-n", "bitnode", "--basedir", self.basedir.root, "--set", "a=1", "--set", "b=x=y")
         self.assertEqual(config.subOptions["set"], [("a", "1"), ("b", "x=y")])
         self.assertRaises(usage.UsageError, self.parse, "-n", "bitnode", "--set", "novalue")
+
+
+class ProcessLogTests(SynchronousTestCase):
+    """twistd's log goes through the node's LogControl: logs/debug-level decides, the secret never shows."""
+
+    def setUp(self):
+        txaio.use_twisted()
+        self.addCleanup(txaio.set_global_log_level, txaio.get_global_log_level())
+        self.basedir = Basedir.at(os.path.abspath(self.mktemp()))
+        self.logfile = os.path.abspath(self.mktemp())
+        config = ServerOptions()
+        config.parseOptions(["--logfile", self.logfile, "bitnode", "--basedir", self.basedir.root,
+                             "--set", "interface/api/http-port=0"])
+        self.patch(runner, "make_service", functools.partial(runner.make_service, reactor=MemoryReactorClock()))
+        self.root = plugin.serviceMaker.makeService(config.subOptions)
+        self.application = Application("bitnode")
+        self.root.setServiceParent(self.application)  # what twistd does before it starts logging
+
+    def written(self) -> str:
+        observer = self.application.getComponent(ILogObserver)
+        logger = Logger(namespace="test", observer=observer)
+        node = next(iter(self.root))
+        with open(node.basedir.api_secret_file, encoding="ascii") as handle:  # make_service created it
+            self.secret = handle.read().strip()
+        logger.debug("chatter")
+        logger.info("GET /?api_secret={secret} HTTP/1.1", secret="guess-123456789")
+        logger.info("the secret itself: {value}", value=self.secret)
+        logger.error("oops")
+        with open(self.logfile, encoding="utf-8") as handle:
+            return handle.read()
+
+    def test_the_twistd_log_is_filtered_and_redacted(self):
+        text = self.written()
+        self.assertNotIn("chatter", text)  # logs/debug-level 4: no debug lines
+        self.assertNotIn("guess-123456789", text)
+        self.assertNotIn(self.secret, text)
+        self.assertIn("the secret itself: <redacted>", text)
+        self.assertIn("oops", text)
+
+    def test_debug_level_setting_is_honoured(self):
+        node = next(iter(self.root))
+        node.settings.set("logs/debug-level", 10)
+        self.assertIn("chatter", self.written())
+        node.settings.set("logs/debug-level", 0)
+        with open(self.logfile, encoding="utf-8") as handle:
+            before = len(handle.read())
+        text = self.written()[before:]
+        self.assertNotIn("GET /", text)
+        self.assertIn("oops", text)

@@ -80,20 +80,26 @@ class ApiGuard:
         """Compare the given token with the secret in constant time."""
         if given is None or given == "" or given == b"":
             raise Unauthorized("missing api_secret (header 'api_secret', see basedir/metadata/apisecret)")
+        if not isinstance(given, (str, bytes)):
+            raise Unauthorized("api_secret must be text")
         if isinstance(given, str):
             given = given.encode("utf-8", "replace")
         if not hmac.compare_digest(given, self._secret):
             raise Unauthorized("wrong api_secret")
+
+    def check_local(self, host: str | bytes | None, origin: str | bytes | None) -> None:
+        """Origin and Host only (a WebSocket client may send the secret in its first message instead)."""
+        if origin:
+            self.check_origin(origin)
+        if host and host not in self._known_hosts:
+            self.check_host(host)
 
     def check(self, host: str | bytes | None, origin: str | bytes | None, secret: str | bytes | None) -> None:
         """All three checks, in the order that leaks least: origin and host, then the secret.
 
         Header values may be given as received (bytes) or as text.
         """
-        if origin:
-            self.check_origin(origin)
-        if host and host not in self._known_hosts:
-            self.check_host(host)
+        self.check_local(host, origin)
         if type(secret) is bytes and secret and hmac.compare_digest(secret, self._secret):
             return  # the usual case, without one more call
         self.check_secret(secret)

@@ -22,6 +22,7 @@ import json
 from json.encoder import c_make_encoder, encode_basestring_ascii
 
 from twisted.logger import Logger
+from twisted.web.http import combinedLogFormatter
 from twisted.web.http_headers import Headers
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
@@ -32,6 +33,7 @@ from bitnode.interface.auth import ApiGuard, RateLimiter
 from bitnode.interface.dispatch import Answer, Dispatcher, error_answer, parse_json_object
 from bitnode.main.bounded_request import BoundedRequest, PayloadTooLarge
 from bitnode.main.connections import TrackingSite
+from bitnode.main.logs import redact
 
 #: Seconds an idle HTTP connection stays open (a long-poll is not idle: its request is being handled).
 IDLE_TIMEOUT = 120
@@ -207,6 +209,11 @@ class ApiRequest(BoundedRequest):
         self.channel.site.limits.count("body_bytes_discarded", amount)
 
 
+def _redacted_access_line(timestamp: str, request: Request) -> str:
+    """twisted.web's access log line, without a secret a client put in the URL."""
+    return redact(combinedLogFormatter(timestamp, request))
+
+
 class ApiSite(TrackingSite):
     """The HTTP API's Site: :class:`ApiRequest` for every request, access log lines only when asked.
 
@@ -219,7 +226,7 @@ class ApiSite(TrackingSite):
 
     def __init__(self, resource: ApiResource, reactor=None):
         super().__init__(resource, requestFactory=ApiRequest, parsePOSTFormSubmission=False, timeout=IDLE_TIMEOUT,
-                         reactor=reactor)
+                         logFormatter=_redacted_access_line, reactor=reactor)
         self.limits = resource.limits
 
     def log(self, request) -> None:

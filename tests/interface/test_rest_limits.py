@@ -13,6 +13,7 @@ import tempfile
 from twisted.internet import defer, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial import unittest
 from twisted.web import http
 
@@ -203,3 +204,19 @@ class EarlyCheckTests(unittest.TestCase):
         reply = yield pending
         self.assertEqual(reply.code, 400, reply.body)
         self.assertFalse(self.node.settings.get("logs/api-calls"))
+
+
+class AccessLogTests(unittest.TestCase):
+    @defer.inlineCallbacks
+    def test_secret_in_a_url_is_redacted_from_the_access_log(self):
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        node = yield start_node(self, overrides={"logs/api-calls": True})
+        api = HttpApi(self, node)
+        reply = yield api.request("GET", "process/health/v1", params={"api_secret": "url-secret-12345"})
+        self.assertEqual(reply.code, 200)
+        yield wait_until(lambda: any("process/health" in formatEvent(e) for e in events), "the access log line")
+        lines = [formatEvent(e) for e in events if "process/health" in formatEvent(e)]
+        self.assertIn("api_secret=<redacted>", lines[0])
+        self.assertFalse([line for line in lines if "url-secret-12345" in line])

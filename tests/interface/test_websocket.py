@@ -50,9 +50,6 @@ class ConnectTests(WsTestCase):
             yield connect_ws(self, self.node, **kwargs)
         self.assertIn(f"[{code}]", str(caught.exception))
 
-    def test_refused_without_secret(self):
-        return self.check_refused(401, secret=None)
-
     def test_refused_with_wrong_secret(self):
         return self.check_refused(401, secret="not-the-secret")
 

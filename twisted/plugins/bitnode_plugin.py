@@ -66,11 +66,17 @@ class BitnodeServiceMaker:
 
     def makeService(self, options):
         """Import lazily: twistd loads every plugin just to list them."""
+        from bitnode.main.logs import LogControl
         from bitnode.main.memory import tune_allocator
-        from bitnode.runner import make_service
+        from bitnode.runner import make_service, with_process_log
 
         tune_allocator()  # process-wide, so here where the process starts, not in a Node
-        return make_service(options["basedir"], options["set"])
+        # The log filter is process-wide too: logs/debug-level, and the API secret kept out of every line.
+        log_control = LogControl()
+        node = make_service(options["basedir"], options["set"], log_control=log_control)
+        if options.parent is None:  # built outside twistd (a test): no process log to set up
+            return node
+        return with_process_log(node, options.parent, log_control)
 
 
 serviceMaker = BitnodeServiceMaker()
