@@ -17,21 +17,34 @@ Comparing, per block of every recorded segment (position p, current supplier
 - ``cur`` answered its listing but lacks the block or reports another hash:
   the block is missing (``set_block_holder(..., "")``) and is rebuilt on ``cur``;
 - ``cur`` did not answer, or the position is empty: nothing can be said or
-  done now, except that a holder who is no longer at that position has lost it.
+  done now, except that a holder who is no longer at that position has lost it;
+- a *retiring* holder of p (a replaced supplier not released yet) that lists
+  the block keeps it readable: it is recorded as the holder until the block
+  is on ``cur``, and it is a source for rebuilds. A retiring holder that did
+  not answer keeps its recorded blocks.
 
-Rebuilding one segment: fetch k held blocks (data blocks first; each checked
-against the catalog hash and its header, a bad one is itself marked missing
-and rebuilt), decode the encrypted segment with zfec, encode it again, pack
-the missing positions, check their SHA-256 equals the catalog's, store each on
-the current supplier of its position and only then record the holder. No key
-is needed: the blocks are ciphertext. A segment with fewer than k held blocks
-is reported as unrecoverable for now and left alone. The monitor never
-deletes anything; it only adds copies.
+Rebuilding one segment: a missing block a retiring holder still lists is
+copied from it as it is. The others: fetch k held blocks (data blocks first;
+each checked against the catalog hash and its header, a bad one is itself
+marked missing and rebuilt), decode the encrypted segment with zfec, encode
+it again, pack the missing positions, check their SHA-256 equals the
+catalog's, store each on the current supplier of its position and only then
+record the holder. No key is needed: the blocks are ciphertext. A segment
+with fewer than k held blocks is reported as unrecoverable for now and left
+alone. The monitor never deletes anything; it only adds copies.
+
+After a whole run, each retiring holder's rebuild is reported (blocks of its
+position on the current supplier, of all) and the holders nothing depends on
+any more (every block of their position is on the current supplier, or they
+answered and hold none of the missing ones) are released, once the catalog
+backup is current (``backup_current()``; :meth:`BackupMonitor.release_ready`
+is called again after each backup): only then are they told to delete.
 
 The neighbours are injected: ``provider()`` returns the supplier provider
 (``positions() -> list[str]``, ``server(supplier_id) -> IStorageServer``,
-optionally ``settled() -> Deferred | None``) or raises Unavailable;
-tests use fakes and a Clock.
+optionally ``settled() -> Deferred | None``, ``retiring() -> [{"supplier_id",
+"position"}]``, ``rebuild_progress(report)``, ``release(supplier_id)``) or
+raises Unavailable; tests use fakes and a Clock.
 """
 
 from __future__ import annotations
@@ -108,9 +121,16 @@ def regenerate_blocks(payloads: dict[int, bytes], plan: SegmentPlan, positions: 
     return blocks
 
 
+def _lists(listing: dict | None, path: str, sha256: str) -> bool:
+    """Does a supplier's listing show this block with the catalog's hash?"""
+    entry = listing.get(path) if listing is not None else None
+    return entry is not None and entry[1] == sha256
+
+
 def _new_figures() -> dict:
     return {"segments_checked": 0, "blocks_checked": 0, "blocks_held": 0, "blocks_unknown": 0,
             "blocks_missing": 0, "blocks_rebuilt": 0, "bytes_rebuilt": 0, "rebuild_failures": 0,
+            "blocks_on_retiring": 0, "blocks_copied": 0, "holders_released": 0,
             "unrecoverable_segments": 0, "suppliers_listed": 0, "suppliers_unreachable": [],
             "holders_corrected": 0, "unrecoverable": [], "errors": []}
 
@@ -147,8 +167,10 @@ class BackupMonitor(Automat):
 
     def __init__(self, clock: IReactorTime, run_in_thread: RunInThread, catalog: Catalog, customer_id: str,
                  provider: Callable[[], Any], request_timeout: float = 60.0,
-                 on_catalog_changed: Callable[[], None] = lambda: None, **kwargs: Any):
+                 on_catalog_changed: Callable[[], None] = lambda: None,
+                 backup_current: Callable[[], bool] = lambda: True, **kwargs: Any):
         super().__init__(clock, **kwargs)
+        self.backup_current = backup_current
         self.run_in_thread = run_in_thread
         self.catalog = catalog
         self.customer_id = customer_id
@@ -165,6 +187,12 @@ class BackupMonitor(Automat):
         self._plans: list[SegmentPlan] = []
         self._positions: list[str] = []
         self._listings: dict[str, dict] = {}
+        self._retiring: dict[int, list[str]] = {}
+        self._retiring_counts: dict[str, dict] = {}
+        self._still_needed: set[str] = set()
+        self._releasable: list[str] = []
+        #: per retiring holder: blocks of its position on the current supplier, of all (the last run's count)
+        self.retiring: dict[str, dict] = {}
         self._pending: set[defer.Deferred] = set()
         self._work: defer.Deferred | None = None
 
@@ -173,7 +201,8 @@ class BackupMonitor(Automat):
     def status(self) -> dict:
         """Progress figures of the current (or last) run, for the API."""
         return {"state": self.state, "runs": self.runs, "last_started": self.last_started,
-                "last_finished": self.last_finished, "last_error": self.last_error, **self.figures}
+                "last_finished": self.last_finished, "last_error": self.last_error, **self.figures,
+                "retiring": {s: dict(c) for s, c in self.retiring.items()}, "releasable": list(self._releasable)}
 
     def shutdown(self) -> defer.Deferred:
         """Stop; fires when running work has let go (nothing half-recorded)."""
@@ -243,8 +272,12 @@ class BackupMonitor(Automat):
     async def _list_suppliers(self) -> None:
         provider = self.provider()
         self._positions = list(provider.positions())
+        self._retiring = {}
+        for holder in getattr(provider, "retiring", list)():
+            self._retiring.setdefault(int(holder["position"]), []).append(holder["supplier_id"])
+        retiring = [s for former in self._retiring.values() for s in former]
         calls = []
-        for supplier_id in dict.fromkeys(p for p in self._positions if p):
+        for supplier_id in dict.fromkeys([p for p in self._positions if p] + retiring):
             d = defer.maybeDeferred(lambda s=supplier_id: provider.server(s).list_blocks(self.customer_id, ""))
             calls.append((supplier_id, self._track(d)))
         outcomes = await defer.DeferredList([d for _, d in calls], consumeErrors=True)
@@ -263,6 +296,8 @@ class BackupMonitor(Automat):
     async def _rebuild(self) -> None:
         provider = self.provider()
         changed = False
+        self._retiring_counts = {s: {"done": 0, "total": 0} for former in self._retiring.values() for s in former}
+        self._still_needed = set()
         for plan in self._plans:
             if self._stopping:
                 return
@@ -272,7 +307,39 @@ class BackupMonitor(Automat):
                 continue  # the version was deleted meanwhile
         if changed:
             self.on_catalog_changed()
+        self._settle_retiring(provider)
         self.event("rebuilt")
+
+    def _settle_retiring(self, provider: Any) -> None:
+        """A whole run is done: report each retiring holder's rebuild; those nothing needs may go."""
+        self.retiring = {s: dict(c) for s, c in self._retiring_counts.items()}
+        report = getattr(provider, "rebuild_progress", None)
+        if report is not None:
+            report(dict(self.retiring))
+        self._releasable = sorted(set(self.retiring) - self._still_needed)
+        self.release_ready()
+
+    def release_ready(self) -> list[str]:
+        """Release the retiring holders the last run found unneeded, once the catalog backup is current.
+
+        The node calls it again after each catalog backup: a holder is let go
+        only when a new machine restoring that backup would not need it.
+        """
+        if not self._releasable or not self.backup_current():
+            return []
+        try:
+            release = getattr(self.provider(), "release", None)
+        except BitnodeError:
+            return []
+        released, self._releasable = self._releasable, []
+        if release is None:
+            return []
+        for supplier_id in released:
+            if release(supplier_id):
+                self.figures["holders_released"] += 1
+                self.log.info("{id}: {s} released: every block it held is on its successor", id=self.id,
+                              s=supplier_id)
+        return released
 
     def stop_work(self, *_: Any) -> None:
         """Shutdown: no new step starts, requests in flight are cancelled."""
@@ -285,60 +352,102 @@ class BackupMonitor(Automat):
     async def _check_segment(self, plan: SegmentPlan, provider: Any) -> bool:
         figures = self.figures
         figures["segments_checked"] += 1
-        held, targets, updates = [], [], []
+        sources: dict[int, str] = {}  # position -> a supplier listing its block (the current one first)
+        keepers: dict[int, str] = {}  # position -> the retiring holder listing its block
+        targets, updates = [], []
         for pos, (sha, holder) in enumerate(plan.blocks):
             figures["blocks_checked"] += 1
+            path = block_path(plan.version_id, plan.index, pos)
             current = self._positions[pos] if pos < len(self._positions) else ""
+            former = self._retiring.get(pos, ())
             listing = self._listings.get(current) if current else None
-            if listing is None:
-                figures["blocks_unknown"] += 1
-                if holder and holder != current:
-                    updates.append((pos, ""))  # its holder is no longer at this position
-                continue
-            entry = listing.get(block_path(plan.version_id, plan.index, pos))
-            if entry is not None and entry[1] == sha:
-                held.append(pos)
+            if _lists(listing, path, sha):
+                sources[pos] = current
                 figures["blocks_held"] += 1
                 if holder != current:
                     updates.append((pos, current))
                 continue
-            figures["blocks_missing"] += 1
-            targets.append(pos)
-            if holder:
-                updates.append((pos, ""))
+            keeper = next((f for f in former if _lists(self._listings.get(f), path, sha)), "")
+            if keeper:
+                sources[pos] = keepers[pos] = keeper
+                figures["blocks_on_retiring"] += 1
+                if holder != keeper:
+                    updates.append((pos, keeper))
+            elif holder and not self._may_still_hold(holder, current, former):
+                updates.append((pos, ""))  # its holder lost it, or is no longer at this position
+            if listing is None:
+                figures["blocks_unknown"] += 1
+            else:
+                figures["blocks_missing"] += 1
+                targets.append(pos)
         for pos, who in updates:
             await self.run_in_thread(self.catalog.set_block_holder, plan.version_id, plan.index, pos, who)
             self.figures["holders_corrected"] += 1
+        on_current = {p for p, s in sources.items() if s == self._positions[p]}
         if targets:
-            await self._rebuild_segment(plan, provider, held, targets)
+            on_current |= await self._rebuild_segment(plan, provider, sources, targets)
+        self._count_retiring(plan, on_current, keepers)
         return bool(updates or targets)
 
-    async def _rebuild_segment(self, plan: SegmentPlan, provider: Any, held: list[int], targets: list[int]) -> None:
+    def _may_still_hold(self, holder: str, current: str, former: tuple[str, ...]) -> bool:
+        """A recorded holder that did not answer its listing may still have the block (one that answered has not)."""
+        return (holder == current or holder in former) and holder not in self._listings
+
+    def _count_retiring(self, plan: SegmentPlan, on_current: set[int], keepers: dict[int, str]) -> None:
+        """Per retiring holder: blocks of its position now on the current supplier, and whether it is still needed."""
+        for pos, former in self._retiring.items():
+            if pos >= plan.n:
+                continue
+            for supplier_id in former:
+                counts = self._retiring_counts.setdefault(supplier_id, {"done": 0, "total": 0})
+                counts["total"] += 1
+                if pos in on_current:
+                    counts["done"] += 1
+                elif keepers.get(pos) == supplier_id or supplier_id not in self._listings:
+                    self._still_needed.add(supplier_id)  # it has (or may have) a copy nobody else has
+
+    async def _rebuild_segment(self, plan: SegmentPlan, provider: Any, sources: dict[int, str],
+                               targets: list[int]) -> set[int]:
+        """Make the missing blocks on their current suppliers; returns the positions stored."""
+        stored: set[int] = set()
+        for pos in sorted(targets):  # a retiring holder still has it: copy it as it is
+            keeper = sources.get(pos)
+            if not keeper or self._stopping:
+                continue
+            fetched = await self._fetch_verified(plan, provider, pos, keeper)
+            if isinstance(fetched, tuple) and await self._store(plan, provider, pos, fetched[0]):
+                stored.add(pos)
+                self.figures["blocks_copied"] += 1
+                self.figures["bytes_rebuilt"] += len(fetched[0])
+            else:
+                del sources[pos]
+        targets = [pos for pos in targets if pos not in stored]
         payloads: dict[int, bytes] = {}
         nonces: set[bytes | None] = set()
-        for pos in sorted(held):  # data blocks first: decoding them is a plain join
-            if len(payloads) == plan.k or self._stopping:
+        for pos in sorted(sources):  # data blocks first: decoding them is a plain join
+            if not targets or len(payloads) == plan.k or self._stopping:
                 break
-            fetched = await self._fetch_verified(plan, provider, pos)
+            fetched = await self._fetch_verified(plan, provider, pos, sources[pos])
             if fetched is LOST:
                 # A listed block that is corrupt or gone when fetched is lost too: rebuild it with the others.
                 await self.run_in_thread(self.catalog.set_block_holder, plan.version_id, plan.index, pos, "")
                 self.figures["blocks_missing"] += 1
-                targets.append(pos)
+                if sources[pos] == self._positions[pos]:
+                    targets.append(pos)
             elif fetched is not None:
-                payloads[pos], nonce = fetched
+                _, payloads[pos], nonce = fetched
                 nonces.add(nonce)
-        if self._stopping:
-            return
+        if self._stopping or not targets:
+            return stored
         if len(payloads) < plan.k:
             self.figures["unrecoverable_segments"] += 1
             if len(self.figures["unrecoverable"]) < MAX_REPORTED:
                 self.figures["unrecoverable"].append({"version_id": plan.version_id, "segment": plan.index,
                                                       "available": len(payloads), "needed": plan.k})
-            return
+            return stored
         if len(nonces) > 1:
             self._problem(f"{plan.version_id}/{plan.index}: its blocks name different nonces")
-            return
+            return stored
         blocks = await self.run_in_thread(regenerate_blocks, payloads, plan, sorted(targets), nonces.pop())
         payloads.clear()
         for pos in sorted(targets):
@@ -346,27 +455,35 @@ class BackupMonitor(Automat):
             if hashlib.sha256(data).hexdigest() != plan.blocks[pos][0]:
                 self._problem(f"{plan.version_id}/{plan.index}/{pos}: rebuilt block differs from the catalog")
                 continue
-            supplier_id = self._positions[pos]
-            try:
-                d = defer.maybeDeferred(provider.server(supplier_id).store_block, self.customer_id,
-                                        block_path(plan.version_id, plan.index, pos), data)
-                await self._track(d)
-            except Exception as err:  # noqa: BLE001 - counted; the next run tries again
-                self._problem(f"storing {plan.version_id}/{plan.index}/{pos} on {supplier_id}: {err}")
-                continue
-            await self.run_in_thread(self.catalog.set_block_holder, plan.version_id, plan.index, pos, supplier_id)
-            self.figures["blocks_rebuilt"] += 1
-            self.figures["bytes_rebuilt"] += len(data)
+            if await self._store(plan, provider, pos, data):
+                stored.add(pos)
+                self.figures["blocks_rebuilt"] += 1
+                self.figures["bytes_rebuilt"] += len(data)
+        return stored
 
-    async def _fetch_verified(self, plan: SegmentPlan, provider: Any, pos: int) -> tuple | object | None:
-        """The verified (payload, nonce); LOST if the supplier has no good copy; None if it did not answer."""
+    async def _store(self, plan: SegmentPlan, provider: Any, pos: int, data: bytes) -> bool:
+        """Store one block on the current supplier of its position, then record it as the holder."""
         supplier_id = self._positions[pos]
+        try:
+            d = defer.maybeDeferred(provider.server(supplier_id).store_block, self.customer_id,
+                                    block_path(plan.version_id, plan.index, pos), data)
+            await self._track(d)
+        except Exception as err:  # noqa: BLE001 - counted; the next run tries again
+            self._problem(f"storing {plan.version_id}/{plan.index}/{pos} on {supplier_id}: {err}")
+            return False
+        await self.run_in_thread(self.catalog.set_block_holder, plan.version_id, plan.index, pos, supplier_id)
+        return True
+
+    async def _fetch_verified(self, plan: SegmentPlan, provider: Any, pos: int,
+                              supplier_id: str) -> tuple | object | None:
+        """The verified (block, payload, nonce); LOST if the supplier has no good copy; None if it did not answer."""
         try:
             d = defer.maybeDeferred(provider.server(supplier_id).fetch_block, self.customer_id,
                                     block_path(plan.version_id, plan.index, pos))
             data = await self._track(d)
-            return await self.run_in_thread(verify_block, data, plan.blocks[pos][0], plan.version_id, plan.index,
-                                            pos, plan.k, plan.n, plan.plaintext_length)
+            payload, nonce = await self.run_in_thread(verify_block, data, plan.blocks[pos][0], plan.version_id,
+                                                      plan.index, pos, plan.k, plan.n, plan.plaintext_length)
+            return data, payload, nonce
         except blockformat.BlockCorrupt as err:
             self._problem(f"{plan.version_id}/{plan.index}/{pos} on {supplier_id} is corrupt: {err}")
             return LOST

@@ -168,7 +168,8 @@ class BackupsService(Service):
         self.monitor = BackupMonitor(node.clock, node.run_in_thread, self.catalog, customer_id,
                                      self.supplier_provider,
                                      request_timeout=settings.get("services/backups/fetch-timeout"),
-                                     on_catalog_changed=self.catalog_changed, registry=node.automats)
+                                     on_catalog_changed=self.catalog_changed,
+                                     backup_current=self.catalog_backup_current, registry=node.automats)
         self.backups = CatalogBackup(node.clock, node.run_in_thread, self.catalog, customer_id, self.placement,
                                      self.data_blocks, self._master_key, self.temp_dir,
                                      segment_size=lambda: settings.get("services/backups/segment-size"),
@@ -222,7 +223,7 @@ class BackupsService(Service):
             "backup_monitor": self.monitor.status() if self.monitor else None,
             "catalog_backup": dict(self.last_backup, error=self.last_backup_error),
             # Catalog changes not on the suppliers yet (waiting for the delay, running, or failed and retried).
-            "catalog_backup_pending": self._backup_dirty or self._backup_call is not None or self._backup_lock.locked,
+            "catalog_backup_pending": self._backup_pending(),
             "catalog_restore": self.last_restore,
         }
 
@@ -257,7 +258,13 @@ class BackupsService(Service):
                 servers.append(provider.server(supplier_id) if supplier_id else None)
             except BitnodeError:
                 servers.append(None)  # not reachable now: its blocks count as missing for this transfer
-        return Placement(positions, tuple(servers))
+        retiring = []
+        for holder in getattr(provider, "retiring", list)():
+            try:
+                retiring.append((int(holder["position"]), holder["supplier_id"], provider.server(holder["supplier_id"])))
+            except BitnodeError:
+                continue
+        return Placement(positions, tuple(servers), tuple(retiring))
 
     def data_blocks(self, n: int) -> int:
         """k for n positions: the setting, or ceil(n/2) when it is 0."""
@@ -449,7 +456,21 @@ class BackupsService(Service):
 
     def _backed_up(self, outcome: dict) -> dict:
         self.last_backup, self.last_backup_error = outcome, ""
+        # Retiring holders that only waited for this backup may go (once the backup lock is let go).
+        self.node.call_later(0, self._release_retiring)
         return outcome
+
+    def _backup_pending(self) -> bool:
+        """Catalog changes not on the suppliers yet (waiting for the delay, running, or failed and retried)."""
+        return self._backup_dirty or self._backup_call is not None or self._backup_lock.locked
+
+    def catalog_backup_current(self) -> bool:
+        """The last catalog backup succeeded and nothing changed since: a new machine would restore all I know."""
+        return bool(self.last_backup) and not self.last_backup_error and not self._backup_pending()
+
+    def _release_retiring(self) -> None:
+        if self.monitor is not None:
+            self.monitor.release_ready()
 
     def _backup_failed(self, failure):
         self._backup_dirty = True  # tried again when suppliers change

@@ -242,9 +242,7 @@ class CatalogBackup:
         n = len(placement.positions)
         holders: dict[int, list[str]] = {}
         calls = {}
-        for supplier_id, server in zip(placement.positions, placement.servers, strict=False):
-            if server is None:
-                continue
+        for supplier_id, server in placement.holders().items():  # retiring holders may have newer ones
             # A prefix needs a trailing "/": there is no way to ask for "catalog-*" only.
             d = defer.maybeDeferred(server.list_blocks, self.customer_id, "")
             d.addTimeout(self.timeout(), self.clock)
@@ -276,8 +274,7 @@ class CatalogBackup:
         # Whatever happens next, my next backup must be newer than any found.
         current = int(await self.run_in_thread(self.catalog.get_meta, SERIAL_META, "0"))
         await self.run_in_thread(self.catalog.set_meta, SERIAL_META, str(max(current, serials[0])))
-        placement = self.placement()
-        by_id = dict(zip(placement.positions, placement.servers, strict=False))
+        by_id = self.placement().holders()
         master = self.master()
         problems = []
         for serial in serials:

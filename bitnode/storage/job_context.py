@@ -22,6 +22,7 @@ from twisted.logger import Logger
 
 from bitnode.errors import BadRequest, NotFound, Unavailable
 from bitnode.storage.catalog import FAILED, Catalog
+from bitnode.storage.holders import PositionReader
 from bitnode.storage.ports import IStorageServer, version_prefix
 from bitnode.storage.uploader import DEFAULT_SEGMENT_SIZE
 
@@ -29,16 +30,37 @@ RunInThread = Callable[..., defer.Deferred]
 
 @dataclass(frozen=True)
 class Placement:
-    """The current supplier positions: ``positions[i]`` holds block i ("" = nobody), and its server."""
+    """The current supplier positions: ``positions[i]`` holds block i ("" = nobody), and its server.
+
+    ``retiring`` are former holders still under contract, ``(position, supplier_id, server)``:
+    they are read from (downloads, the catalog restore), never written to.
+    """
 
     positions: tuple[str, ...]
     servers: tuple[IStorageServer | None, ...]
+    retiring: tuple[tuple[int, str, IStorageServer], ...] = ()
 
     def for_n(self, n: int) -> tuple[list[str], list[IStorageServer | None]]:
-        """Positions and servers cut or padded to exactly n (a version keeps its n)."""
+        """Positions and servers cut or padded to exactly n (a version keeps its n): where blocks are written."""
         ids = [self.positions[i] if i < len(self.positions) else "" for i in range(n)]
         servers = [self.servers[i] if i < len(self.servers) else None for i in range(n)]
         return ids, servers
+
+    def readers_for_n(self, n: int) -> list[IStorageServer | None]:
+        """Per position, where its blocks are read: the current supplier, then its retiring holders."""
+        _, servers = self.for_n(n)
+        readers: list[IStorageServer | None] = []
+        for position, server in enumerate(servers):
+            chain = ([server] if server is not None else []) + [s for p, _, s in self.retiring if p == position]
+            readers.append(chain[0] if len(chain) == 1 else PositionReader(chain) if chain else None)
+        return readers
+
+    def holders(self) -> dict[str, IStorageServer]:
+        """Every supplier that may hold my blocks, current and retiring, by id."""
+        out = {s: server for s, server in zip(self.positions, self.servers, strict=False) if s and server is not None}
+        for _, supplier_id, server in self.retiring:
+            out.setdefault(supplier_id, server)
+        return out
 
 
 @dataclass

@@ -466,7 +466,9 @@ class DownloadJob(_Job):
             self.bytes_total = version["size"]
             segments = await ctx.run_in_thread(catalog.segments, self.version_id)
             key = await ctx.run_in_thread(ctx.unwrap_key, self.key_id, version["wrapped_key"])
-            ids, servers = ctx.placement().for_n(version["n"])
+            placement = ctx.placement()
+            ids, _ = placement.for_n(version["n"])
+            servers = placement.readers_for_n(version["n"])  # retiring holders are read too
             downloader = Downloader(ctx.run_in_thread, ctx.clock, servers, version["k"], version["n"],
                                     max_in_flight=ctx.segments_in_flight(), fetch_timeout=ctx.fetch_timeout())
             self._check_halted()

@@ -15,26 +15,48 @@ from twisted.trial import unittest
 from bitnode.errors import Unavailable
 from bitnode.storage import blockformat, erasure, segment_crypto
 from bitnode.storage.backup_monitor import BackupMonitor, SegmentPlan, regenerate_blocks
+from bitnode.storage.job_context import Placement
 from bitnode.storage.memory_grid import FaultyServer, MemoryStorageServer
 from bitnode.storage.ports import block_path
 from tests.storage.test_jobs import CUSTOMER, REMOTE, SEG, Grid, Harness, download, read, write
 
 
 class FakeProvider:
-    """Positions and servers straight from the Harness; ``settle`` is what settled() answers."""
+    """Positions and servers straight from the Harness; ``settle`` is what settled() answers.
+
+    ``former`` are retiring holders ``{supplier_id: (position, server)}``; releases and
+    rebuild reports are kept.
+    """
 
     def __init__(self, h: Harness):
         self.h = h
         self.settle: defer.Deferred | None = None
+        self.former: dict[str, tuple[int, object]] = {}
+        self.released: list[str] = []
+        self.reports: list[dict] = []
 
     def positions(self):
         return list(self.h.grid.ids)
 
     def server(self, supplier_id):
+        if supplier_id in self.former:
+            return self.former[supplier_id][1]
         return dict(zip(self.h.grid.ids, self.h.servers, strict=True))[supplier_id]
 
     def settled(self):
         return self.settle
+
+    def retiring(self):
+        return [{"supplier_id": s, "position": p} for s, (p, _) in self.former.items()]
+
+    def rebuild_progress(self, report):
+        self.reports.append(report)
+
+    def release(self, supplier_id):
+        if self.former.pop(supplier_id, None) is None:
+            return False
+        self.released.append(supplier_id)
+        return True
 
 
 class MonitorTestCase(unittest.TestCase):
@@ -143,6 +165,94 @@ class RebuildTests(MonitorTestCase):
         figures = self.run_check()
         self.assertEqual(figures["blocks_rebuilt"], 0)
         self.assertEqual(len(self.h.catalog.missing_blocks()), 4)
+
+
+class RetiringHolderTests(MonitorTestCase):
+    """A replaced supplier stays a source until its blocks are on its successor; only then is it released."""
+
+    OLD = "old@id.example.net_8084"
+    NEW = "s9@id.example.net_8084"
+
+    def retire(self, position: int) -> FaultyServer:
+        """The supplier at ``position`` is replaced by an empty one and becomes a retiring holder."""
+        old_server = self.h.servers[position]
+        self.grid.ids[position] = self.OLD  # (the catalog names its old id as the holder)
+        for seg in range(4):
+            self.h.catalog.set_block_holder(self.version, seg, position, self.OLD)
+        self.provider.former[self.OLD] = (position, old_server)
+        self.replace(position, self.NEW)
+        return old_server
+
+    def test_a_live_retiring_holder_is_copied_from_then_released(self):
+        original = self.grid.blocks(1)
+        old = self.retire(1)
+        figures = self.run_check("suppliers-changed")
+        self.assertEqual((figures["blocks_copied"], figures["blocks_rebuilt"]), (4, 0))  # no decoding needed
+        self.assertEqual(self.grid.stores[1]._spaces[CUSTOMER], original)
+        self.assertEqual(self.provider.reports[-1], {self.OLD: {"done": 4, "total": 4}})
+        self.assertEqual(self.provider.released, [self.OLD])
+        self.assertEqual(figures["holders_released"], 1)
+        self.assertEqual(old.calls["delete"], 0)  # the monitor deletes nothing: the market's CancelService does
+        holders = {(s, p): who for s, p, _, who in self.h.catalog.blocks(self.version)}
+        self.assertEqual({holders[(s, 1)] for s in range(4)}, {self.NEW})
+
+    def test_a_dead_retiring_holder_is_released_once_its_blocks_are_rebuilt_from_the_others(self):
+        self.retire(2).go_offline()
+        figures = self.run_check("suppliers-changed")
+        self.assertEqual((figures["blocks_copied"], figures["blocks_rebuilt"]), (0, 4))
+        self.assertEqual(self.provider.released, [self.OLD])
+        for position in (0, 1):  # and the file survives two more losses
+            self.h.servers[position].go_offline()
+        target = self.mktemp()
+        self.assertEqual(download(self.h, target).state, "DONE")
+        self.assertEqual(read(target), self.data)
+
+    def test_not_released_while_it_may_hold_the_only_copy(self):
+        self.retire(3)
+        self.h.servers[3].go_offline()  # the successor does not answer: nothing is on it yet
+        figures = self.run_check("suppliers-changed")
+        self.assertEqual(figures["blocks_on_retiring"], 4)
+        self.assertEqual(self.provider.released, [])
+        self.assertEqual(self.provider.reports[-1], {self.OLD: {"done": 0, "total": 4}})
+        holders = {(s, p): who for s, p, _, who in self.h.catalog.blocks(self.version)}
+        self.assertEqual({holders[(s, 3)] for s in range(4)}, {self.OLD})  # still recorded as the holder
+        self.h.servers[3].go_online()
+        self.run_check()
+        self.assertEqual(self.provider.released, [self.OLD])
+
+    def test_a_silent_retiring_holder_keeps_its_blocks_recorded(self):
+        self.retire(0).go_offline()
+        self.h.servers[0].go_offline()
+        self.run_check("suppliers-changed")
+        holders = {(s, p): who for s, p, _, who in self.h.catalog.blocks(self.version)}
+        self.assertEqual({holders[(s, 0)] for s in range(4)}, {self.OLD})
+        self.assertEqual(self.provider.released, [])
+
+    def test_released_only_once_the_catalog_backup_is_current(self):
+        current = []
+        self.monitor.destroy()
+        self.monitor = BackupMonitor(self.h.clock, self.h.ctx.run_in_thread, self.h.catalog, CUSTOMER,
+                                     lambda: self.provider, backup_current=lambda: bool(current),
+                                     registry=self.h.registry)
+        self.addCleanup(self.monitor.destroy)
+        self.retire(1)
+        figures = self.run_check("suppliers-changed")
+        self.assertEqual((self.provider.released, figures["releasable"]), ([], [self.OLD]))
+        self.assertEqual(self.monitor.release_ready(), [])
+        current.append(True)  # the node backed the catalog up
+        self.assertEqual(self.monitor.release_ready(), [self.OLD])
+        self.assertEqual(self.provider.released, [self.OLD])
+
+    def test_downloads_read_a_retiring_holder_while_the_successor_is_empty(self):
+        self.retire(0)
+        for position in (1, 2):
+            self.h.servers[position].go_offline()
+        # positions 0 (new, empty), 3 and 4 answer; the old holder of 0 fills the gap
+        self.h.ctx.placement = lambda: Placement(tuple(self.grid.ids), tuple(self.h.servers),
+                                                 ((0, self.OLD, self.provider.former[self.OLD][1]),))
+        target = self.mktemp()
+        self.assertEqual(download(self.h, target).state, "DONE")
+        self.assertEqual(read(target), self.data)
 
 
 class RegenerateFormatTests(unittest.TestCase):
