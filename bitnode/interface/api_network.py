@@ -227,6 +227,7 @@ class NetworkMethods:
             "packets_in": stats.packets_in,
             "packets_out": stats.packets_out,
             "dropped_total": stats.as_dict()["dropped_total"],
+            "limits": gateway.limits_stats(),
         }
 
     def _cache_section(self, identity: Any) -> dict:

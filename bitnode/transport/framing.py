@@ -10,7 +10,10 @@ Wire layout of one frame (big-endian)::
 Splitting head from body in the frame lets a receiver collect a large body as
 a list of received chunks and join it exactly once, hashing it as it streams
 in, and lets a sender hand ``[prefix, head, body]`` to ``writeSequence`` so the
-body is never concatenated with anything.
+body is never concatenated with anything.  It also lets the receiver judge
+the head before a byte of the body is kept (:meth:`FrameProtocol.headReceived`):
+a body it does not want is read past without being stored, and one it wants
+is first reserved in a buffer budget shared by all connections.
 
 A frame over ``max_frame`` bytes (head + body), a head over ``max_head``, a
 malformed prefix or more than ``max_frames_per_second`` frames in one second
@@ -23,13 +26,14 @@ from __future__ import annotations
 
 import hashlib
 import struct
-from typing import Any
+from typing import Any, Optional
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 
 from bitnode.errors import BadRequest
+from bitnode.transport.limits import BufferBudget
 
 PREFIX = struct.Struct(">IH")
 #: Largest frame the u32 length can describe.
@@ -38,6 +42,9 @@ MAX_FRAME_LIMIT = 0xFFFFFFFF - 2
 DEFAULT_MAX_HEAD = 0xFFFF
 
 _PREFIX, _HEAD, _BODY = range(3)
+#: Verdicts of :meth:`FrameProtocol.headReceived`.
+KEEP = "keep"
+SKIP = "skip"
 
 
 class FrameTooLarge(BadRequest):
@@ -62,6 +69,9 @@ class FrameProtocol(Protocol):
         closes the connection (``None``: no limit).
     :param digest_bodies: compute SHA-256 of each body while it streams in and
         pass it to :meth:`frameReceived`.
+    :param budget: a :class:`~bitnode.transport.limits.BufferBudget` shared
+        by the connections: a kept body is reserved there before it is read,
+        and reading pauses while it does not fit.
     """
 
     log = Logger()
@@ -73,6 +83,7 @@ class FrameProtocol(Protocol):
         max_head: int = DEFAULT_MAX_HEAD,
         max_frames_per_second: int | None = None,
         digest_bodies: bool = False,
+        budget: Optional[BufferBudget] = None,
     ) -> None:
         if not 0 < max_frame <= MAX_FRAME_LIMIT:
             raise ValueError(f"max_frame must be in 1..{MAX_FRAME_LIMIT}")
@@ -88,6 +99,12 @@ class FrameProtocol(Protocol):
         self._body_left = 0
         self._body_parts: list[Any] = []
         self._hasher: Any = None
+        self._budget = budget
+        self._verdict: Optional[str] = None
+        self._keep_body = False
+        self._reserved = 0
+        self._stash: Optional[bytearray] = None
+        self.budget_waits = 0
         self._rate_window_start = float("-inf")
         self._rate_count = 0
         self._closing = False
@@ -104,6 +121,18 @@ class FrameProtocol(Protocol):
 
     def frameRejected(self, reason: str) -> None:
         """The stream was rejected for ``reason`` (oversize, malformed, flood); closing."""
+
+    def headReceived(self, head: bytes, body_length: int) -> str:
+        """A frame's head arrived, its body (``body_length`` bytes) not yet: :data:`KEEP` or :data:`SKIP` it.
+
+        A skipped body is read past without being kept (no memory, no
+        budget), then :meth:`frameSkipped` is called instead of
+        :meth:`frameReceived`.  The default keeps every body.
+        """
+        return KEEP
+
+    def frameSkipped(self, head: bytes) -> None:
+        """The body of a frame whose head was answered :data:`SKIP` has been read past."""
 
     # -- sending ----------------------------------------------------------
 
@@ -129,7 +158,13 @@ class FrameProtocol(Protocol):
         if not isinstance(data, bytes):
             data = bytes(data)
         self.bytes_in += len(data)
-        view = memoryview(data)
+        if self._stash is not None:
+            # paused for the buffer budget: a last chunk may still arrive; keep it in order
+            self._stash += data
+            return
+        self._consume(memoryview(data))
+
+    def _consume(self, view: memoryview) -> None:
         pos, end = 0, len(view)
         while pos < end and not self._closing:
             if self._state == _PREFIX:
@@ -150,14 +185,18 @@ class FrameProtocol(Protocol):
                     break
                 self._head = bytes(self._buf)
                 self._buf.clear()
-                self._state = _BODY
+                if not self._head_done():
+                    if not self._closing:
+                        self._pause(view[pos:end])
+                    return
             if self._state == _BODY:
                 take = min(self._body_left, end - pos)
                 if take:
                     piece = view[pos : pos + take]
-                    self._body_parts.append(piece)
-                    if self._hasher is not None:
-                        self._hasher.update(piece)
+                    if self._keep_body:
+                        self._body_parts.append(piece)
+                        if self._hasher is not None:
+                            self._hasher.update(piece)
                     self._body_left -= take
                     pos += take
                 if self._body_left:
@@ -183,21 +222,75 @@ class FrameProtocol(Protocol):
                 return False
         self._head_length = head_length
         self._body_left = length - 2 - head_length
-        self._hasher = hashlib.sha256() if self._digest_bodies else None
         self._state = _HEAD
         return True
 
+    def _head_done(self) -> bool:
+        """Ask the subclass about the head; reserve the body's bytes if kept. False: wait (or closed)."""
+        if self._verdict is None:
+            verdict = self.headReceived(self._head, self._body_left)
+            if self._closing:
+                return False
+            self._verdict = verdict
+            self._keep_body = verdict == KEEP
+        if self._keep_body and self._budget is not None and self._body_left and not self._reserved:
+            if not self._budget.try_reserve(self._budget_key(), self._body_left):
+                return False
+            self._reserved = self._body_left
+        self._hasher = hashlib.sha256() if self._digest_bodies and self._keep_body else None
+        self._state = _BODY
+        return True
+
+    def _pause(self, rest: memoryview) -> None:
+        """No room in the buffer budget for this body yet: stop reading until some is released."""
+        self._stash = bytearray(rest)
+        self.budget_waits += 1
+        if self.transport is not None:
+            self.transport.pauseProducing()
+        self._budget.wait(self, self._budget_released)
+
+    def _budget_released(self) -> None:
+        if self._closing:
+            return
+        if not self._head_done():
+            self._budget.wait(self, self._budget_released)
+            return
+        stash, self._stash = self._stash, None
+        if self.transport is not None:
+            self.transport.resumeProducing()
+        if stash:
+            self._consume(memoryview(bytes(stash)))
+
+    def _budget_key(self) -> str:
+        try:
+            return str(self.transport.getPeer().host)
+        except Exception:
+            return "?"
+
     def _finish_frame(self) -> None:
         parts, self._body_parts = self._body_parts, []
-        body = b"".join(parts) if parts else b""
-        digest = self._hasher.digest() if self._hasher is not None else None
-        head, self._head, self._hasher = self._head, b"", None
+        keep, self._keep_body, self._verdict = self._keep_body, False, None
+        reserved, self._reserved = self._reserved, 0
+        head, self._head = self._head, b""
         self._state = _PREFIX
         self.frames_in += 1
+        if not keep:
+            self._hasher = None
+            self._call(self.frameSkipped, head)
+        else:
+            body = b"".join(parts) if parts else b""
+            del parts
+            digest = self._hasher.digest() if self._hasher is not None else None
+            self._hasher = None
+            if reserved:
+                self._budget.release(self._budget_key(), reserved)
+            self._call(self.frameReceived, head, body, digest)
+
+    def _call(self, hook: Any, *args: Any) -> None:
         try:
-            self.frameReceived(head, body, digest)
+            hook(*args)
         except Exception:
-            self.log.failure("frameReceived raised; frame dropped")
+            self.log.failure("{hook} raised; frame dropped", hook=hook.__name__)
 
     def _reject(self, reason: str) -> None:
         self.log.info("closing {peer}: {reason}", peer=self._peer_text(), reason=reason)
@@ -208,11 +301,21 @@ class FrameProtocol(Protocol):
         """Stop reading frames and close the connection."""
         if self._closing:
             return
+        self._forget_partial_frame()
+        if self.transport is not None:
+            self.transport.loseConnection()
+
+    def _forget_partial_frame(self) -> None:
+        """Drop whatever part of a frame is held, and give back its budget."""
         self._closing = True
         self._body_parts = []
         self._buf.clear()
-        if self.transport is not None:
-            self.transport.loseConnection()
+        self._stash = None
+        if self._budget is not None:
+            self._budget.cancel(self)
+            if self._reserved:
+                reserved, self._reserved = self._reserved, 0
+                self._budget.release(self._budget_key(), reserved)
 
     @property
     def closing(self) -> bool:
@@ -221,9 +324,15 @@ class FrameProtocol(Protocol):
 
     def connectionLost(self, reason: Any = None) -> None:
         """Forget any partial frame."""
-        self._closing = True
-        self._body_parts = []
-        self._buf.clear()
+        self._forget_partial_frame()
+
+    @property
+    def receiving(self) -> Optional[tuple[int, int]]:
+        """(body bytes received, body size) of a frame being read and kept, or None between frames."""
+        if self._state != _BODY or not self._keep_body or not self._body_left:
+            return None
+        done = sum(len(part) for part in self._body_parts)
+        return done, done + self._body_left
 
     def _peer_text(self) -> str:
         try:

@@ -49,6 +49,7 @@ from bitnode.transport.introduction import (
     confirm_introduction,
     introduced_identity,
 )
+from bitnode.transport.limits import PeerLimits, RateLimit
 from bitnode.transport.packet import DEFAULT_MAX_PAYLOAD, MAX_HEADER, Packet, Signer, Verifier
 from bitnode.transport.packet_out import PacketOut, gateway_stopped
 from bitnode.transport.reintroduction import REFRESH_INTERVAL, Reintroduction
@@ -115,7 +116,8 @@ class Gateway(Reintroduction):
     :param max_frame: largest frame (header + payload) sent or accepted.
     :param max_frames_per_second: per-connection flood limit (None: off).
     :param connect_timeout: seconds to wait for an outgoing connection.
-    :param replay_window: how old (or how far ahead) a packet's date may be.
+    :param replay_window: how old a packet's date may be.
+    :param limits: what peers and strangers may cost (:class:`~bitnode.transport.limits.PeerLimits`).
     :param history_size: finished packets kept for ``packets_list``.
     :param max_queue: packets waiting per peer before sends are refused.
     :param max_peers: peers remembered (idle ones are forgotten first).
@@ -138,7 +140,7 @@ class Gateway(Reintroduction):
         max_frames_per_second: Optional[int] = None,
         connect_timeout: float = 10.0,
         replay_window: float = 900.0,
-        replay_entries: int = 100_000,
+        limits: PeerLimits = PeerLimits(),
         history_size: int = 100,
         max_queue: int = 1000,
         max_peers: int = 10_000,
@@ -154,13 +156,27 @@ class Gateway(Reintroduction):
         self.max_queue = max_queue
         self.max_peers = max_peers
         self.stats = PacketStats()
+        self.limits = limits
+
+        def replay_cache(entries: int, per_sender: Optional[int]) -> ReplayCache:
+            # refuse_before_start: a packet captured before a restart cannot be played after it
+            return ReplayCache(clock, window_seconds=replay_window, max_entries=entries,
+                               max_future_seconds=limits.replay_future, min_window_seconds=limits.replay_min_window,
+                               max_per_sender=per_sender, refuse_before_start=True)
+
         self.transport = IntroducingTransport(
             clock, reactor, my_id, identity.resolve_verifier, self.stats,
-            ReplayCache(clock, window_seconds=replay_window, max_entries=replay_entries),
+            replay_cache(limits.replay_entries, limits.replay_entries_per_peer),
             max_frame, idle_timeout, interface=interface, connect_timeout=connect_timeout,
-            max_frames_per_second=max_frames_per_second, introduce=introduced_identity,
-            on_stranger=self._on_stranger,
+            max_frames_per_second=max_frames_per_second, max_connections_per_ip=limits.connections_per_ip,
+            max_connections=limits.connections, max_buffered=limits.max_buffered,
+            introduce=introduced_identity, on_stranger=self._on_stranger,
+            introduction_replay=replay_cache(limits.introduction_entries, None),
+            strangers=RateLimit(clock, per_minute=limits.introductions_per_minute),
+            max_stranger_body=limits.max_stranger_body,
         )
+        self._confirming = 0
+        self._introductions: Counter[str] = Counter()
         for command in Command:
             self.transport.register_handler(command, self._on_packet)
         self.port: Optional[int] = None
@@ -392,7 +408,13 @@ class Gateway(Reintroduction):
         document = self.transport.introductions.pop(key, None)
         if document is not None:
             # not trusted yet: no routing, no answers matched, until the id server agrees
-            return self._track(packet, Deferred.fromCoroutine(self._on_identity(packet, address, document)))
+            if self._confirming >= self.limits.pending_introductions:
+                self.stats.record_drop("introductions_busy")
+                self._introductions["busy"] += 1
+                return None
+            self._confirming += 1
+            d = Deferred.fromCoroutine(self._on_identity(packet, address, document))
+            return self._track(packet, d.addBoth(self._confirmation_done))
         self._seen(packet.creator_id, address)
         refused_id = asks_introduction(packet)
         if refused_id is not None:
@@ -432,15 +454,19 @@ class Gateway(Reintroduction):
             try:
                 await confirm_introduction(self.identity.fetch_identity, introduced)
             except IntroductionRefused:
+                self._introductions["refused"] += 1
                 self.stats.record_drop("bad_introduction")
                 self.log.warn("{who} introduced itself with a key its identity server does not publish",
                               who=packet.creator_id)
                 return
             except BitnodeError as err:
+                self._introductions["unconfirmed"] += 1
                 self.stats.record_drop("bad_introduction")
                 self.log.info("could not check {who}'s identity: {err}", who=packet.creator_id, err=err)
                 return
             document = introduced
+            self._introductions["confirmed"] += 1
+            self.transport.confirmed(packet)
             self._seen(packet.creator_id, address)
         try:
             self._remember(document)
@@ -448,6 +474,10 @@ class Gateway(Reintroduction):
             await self._answer(packet, Command.FAIL, str(err))
             return
         await self._answer(packet, Command.ACK, "")
+
+    def _confirmation_done(self, result: Any) -> Any:
+        self._confirming -= 1
+        return result
 
     def _remember(self, document: Identity) -> None:
         # the cache enforces the pinned key and revision order, and raises why it refuses
@@ -523,7 +553,22 @@ class Gateway(Reintroduction):
             "finished": {state: self._finished[state] for state in ("DONE", "FAILED", "TIMEOUT", "CANCELLED")},
             "peers": len(self._peers),
         }
+        data["limits"] = self.limits_stats()
         return data
+
+    def limits_stats(self) -> dict:
+        """What peers and strangers cost now, against the limits (``packets_stats`` and ``network_status``).
+
+        ``connections`` (incoming, refused_per_ip, refused_total), ``buffer``
+        (bytes_buffered, peak, waits), ``replay`` (the confirmed peers' cache),
+        ``introductions`` (rate_limited per IP, their own replay cache, and how
+        many were confirmed, refused, left unconfirmed or dropped as busy).
+        """
+        limits = self.transport.limits_stats()
+        limits["introductions"].update(
+            confirming=self._confirming, max_confirming=self.limits.pending_introductions,
+            **{what: self._introductions[what] for what in ("confirmed", "refused", "unconfirmed", "busy")})
+        return limits
 
     def connections(self) -> list[dict]:
         """Open and pending connections, with the peers using them."""
@@ -547,7 +592,7 @@ class Gateway(Reintroduction):
             if conn is None:
                 continue
             peers = sorted(users.get(conn.address, ()))
-            receiving = _receiving(conn)
+            receiving = conn.receiving
             if receiving is not None:
                 done, total = receiving
                 rows.append({"protocol": "tcp", "direction": "in", "address": row["address"], "peers": peers,
@@ -565,18 +610,6 @@ class Gateway(Reintroduction):
             if peer.address is not None:
                 users.setdefault(peer.address, set()).add(peer.global_id)
         return users
-
-
-def _receiving(conn: Any) -> Optional[tuple[int, int]]:
-    """(bytes received, frame size) of a frame being read, or None between frames.
-
-    Reads FrameProtocol's private progress fields; there is no public accessor yet.
-    """
-    left = getattr(conn, "_body_left", 0) or 0
-    if not left:
-        return None
-    done = sum(len(part) for part in (getattr(conn, "_body_parts", None) or ()))
-    return done, done + left
 
 
 def _unsent_bytes(conn: Any) -> int:

@@ -26,6 +26,7 @@ from bitnode.errors import BitnodeError, Conflict, Unavailable
 from bitnode.main.options import DISK_SPACE, FLOAT, INTEGER, STRING, Option
 from bitnode.services.base import Service
 from bitnode.transport.gateway import Gateway
+from bitnode.transport.limits import PeerLimits
 from bitnode.transport.packet import MAX_HEADER
 
 PREFIX = "services/gateway/"
@@ -53,8 +54,40 @@ class GatewayService(Service):
                "Frames per second one connection may send before it is closed (0: no limit).", minimum=0,
                restart_needed=True),
         Option(PREFIX + "replay-window", FLOAT, 900.0,
-               "How old (or how far ahead) a packet's date may be; replays inside it are refused.",
+               "How old a packet's date may be; replays inside it are refused.",
                minimum=10.0, maximum=86400.0, restart_needed=True),
+        Option(PREFIX + "replay-max-future", FLOAT, 60.0,
+               "Seconds a packet's date may be ahead of our clock; later ones are refused (dropped.too_new).",
+               minimum=1.0, maximum=3600.0, restart_needed=True),
+        Option(PREFIX + "replay-min-window", FLOAT, 30.0,
+               "A flood never shortens the replay window below this; past it new packets are refused "
+               "(dropped.replay_full).", minimum=1.0, maximum=3600.0, restart_needed=True),
+        Option(PREFIX + "replay-entries", INTEGER, 100_000,
+               "Packet ids of confirmed peers remembered against replays, in all.", minimum=100,
+               maximum=10_000_000, restart_needed=True),
+        Option(PREFIX + "replay-entries-per-peer", INTEGER, 25_000,
+               "Packet ids remembered per peer (one busy or hostile peer fills only its own share).",
+               minimum=10, maximum=10_000_000, restart_needed=True),
+        Option(PREFIX + "introduction-entries", INTEGER, 1000,
+               "Packet ids of strangers' introductions remembered (a cache of their own).", minimum=10,
+               maximum=1_000_000, restart_needed=True),
+        Option(PREFIX + "introductions-per-minute", INTEGER, 60,
+               "Introductions from (and answers to) strangers per source IP per minute (0: no limit).",
+               minimum=0, maximum=100_000, restart_needed=True),
+        Option(PREFIX + "pending-introductions", INTEGER, 16,
+               "Strangers' introductions checked with identity servers at once; more are dropped.",
+               minimum=1, maximum=1000, restart_needed=True),
+        Option(PREFIX + "stranger-max-payload", DISK_SPACE, 16 * 1024,
+               "The largest Identity packet a stranger may send; its payload is not read past the header "
+               "otherwise.", minimum=4 * 1024, maximum=64 * 1024, restart_needed=True),
+        Option(PREFIX + "max-connections-per-ip", INTEGER, 64,
+               "Incoming connections from one IP address (0: no limit).", minimum=0, maximum=100_000,
+               restart_needed=True),
+        Option(PREFIX + "max-connections", INTEGER, 512,
+               "Incoming connections in all (0: no limit).", minimum=0, maximum=1_000_000, restart_needed=True),
+        Option(PREFIX + "max-buffered", DISK_SPACE, 64 * 1024 * 1024,
+               "Bytes of packets being received at once over all connections; past it reading pauses "
+               "(one IP may hold half).", minimum=1024 * 1024, maximum=16 * 1024 ** 3, restart_needed=True),
         Option(PREFIX + "external-host", STRING, "",
                "Host written into our tcp:// contact (empty: the listening interface).",
                pattern=r"[A-Za-z0-9.:\-]*", restart_needed=True),
@@ -97,6 +130,7 @@ class GatewayService(Service):
             max_frames_per_second=flood or None,
             connect_timeout=settings.get(PREFIX + "connect-timeout"),
             replay_window=settings.get(PREFIX + "replay-window"),
+            limits=self.peer_limits(),
         )
         try:
             await gateway.listen(settings.get("services/tcp-connections/tcp-port"))
@@ -110,6 +144,23 @@ class GatewayService(Service):
             await self.ensure_contacts()
         except BitnodeError as err:
             self.log.warn("could not publish our contact {contact}: {err}", contact=gateway.contact, err=err)
+
+    def peer_limits(self) -> PeerLimits:
+        """The :class:`~bitnode.transport.limits.PeerLimits` the settings say."""
+        get = self.node.settings.get
+        return PeerLimits(
+            replay_future=get(PREFIX + "replay-max-future"),
+            replay_min_window=get(PREFIX + "replay-min-window"),
+            replay_entries=get(PREFIX + "replay-entries"),
+            replay_entries_per_peer=get(PREFIX + "replay-entries-per-peer"),
+            introduction_entries=get(PREFIX + "introduction-entries"),
+            introductions_per_minute=get(PREFIX + "introductions-per-minute"),
+            pending_introductions=get(PREFIX + "pending-introductions"),
+            max_stranger_body=get(PREFIX + "stranger-max-payload"),
+            connections_per_ip=get(PREFIX + "max-connections-per-ip"),
+            connections=get(PREFIX + "max-connections"),
+            max_buffered=get(PREFIX + "max-buffered"),
+        )
 
     def stop(self) -> Optional[Deferred]:
         """Fail packets in flight, close every connection and the listening port."""
@@ -134,6 +185,7 @@ class GatewayService(Service):
             "packets_out": stats.packets_out,
             "dropped": stats.as_dict()["dropped_total"],
             "contacts_error": self.contacts_error,
+            "limits": gateway.limits_stats(),
         }
 
     # -- helpers for others -----------------------------------------------------

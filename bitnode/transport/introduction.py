@@ -6,10 +6,12 @@ usual and :func:`carried_identity` reads the document out of it.
 
 A sender we know no key for cannot pass the transport's signature check.
 :class:`IntroducingTransport` lets exactly one kind of packet through: an
-``Identity`` packet whose document is its creator's own and validly signed
-(:func:`introduced_identity`); the packet is then verified with the key in
-that document (:class:`IdentityKeyVerifier`) and replay-checked like any
-other.  Such a document is not trusted yet: the gateway first asks the
+``Identity`` packet, of at most a few KiB, whose document is its creator's
+own and validly signed (:func:`introduced_identity`); the packet is then
+verified with the key in that document (:class:`IdentityKeyVerifier`) and
+replay-checked in a cache of its own (strangers never touch the one
+confirmed peers use).  Each source IP may make only so many introductions a
+minute.  Such a document is not trusted yet: the gateway first asks the
 sender's identity server for the published one and compares the keys
 (:func:`confirm_introduction`), so a made-up document cannot pin a wrong key.
 The same path serves a known sender whose packet no longer verifies with the
@@ -33,8 +35,10 @@ from twisted.internet.defer import Deferred
 from bitnode.crypt import fastsign, keys
 from bitnode.errors import BadRequest, Forbidden
 from bitnode.transport.commands import Command
-from bitnode.transport.packet import BadPacket, BadSignature, Packet, UnknownSender
-from bitnode.transport.tcp import PacketConnection, TCPTransport
+from bitnode.transport.limits import PeerLimits, RateLimit
+from bitnode.transport.packet import BadPacket, Packet, PacketHead, UnknownSender
+from bitnode.transport.replay import ReplayCache
+from bitnode.transport.tcp import INTRODUCTION, PacketConnection, TCPTransport
 from bitnode.userid.identity import Identity
 
 #: The ``Fail`` payload a node answers to a packet whose sender it cannot verify.
@@ -62,12 +66,24 @@ def asks_introduction(response: Packet) -> Optional[str]:
 
 
 class StrangerPacket(UnknownSender):
-    """A decodable packet for us whose sender we cannot verify; ``packet`` is it, unverified."""
+    """A decodable packet for us whose sender we cannot verify; ``packet`` is its header, unverified."""
 
-    def __init__(self, error: BadPacket, packet: Packet) -> None:
+    def __init__(self, error: BadPacket, packet: PacketHead) -> None:
         super().__init__(str(error))
         self.reason = error.reason  # counted as what it was: unknown_sender or bad_signature
         self.packet = packet
+
+
+class StrangerRateLimited(BadPacket):
+    """The stranger's IP has used up its introductions (and answers) for now."""
+
+    reason = "rate_limited"
+
+
+class StrangerTooLarge(BadPacket):
+    """A stranger's Identity packet is larger than a stranger may send."""
+
+    reason = "stranger_oversize"
 
 
 class IntroductionRefused(Forbidden):
@@ -136,45 +152,91 @@ class IdentityKeyVerifier:
 class IntroducingTransport(TCPTransport):
     """A TCP transport that lets an ``Identity`` packet vouch for an unknown sender.
 
-    Everything else is the parent's pipeline.  Only when the parent drops a
-    packet as ``unknown_sender`` and ``introduce(packet)`` (normally
-    :func:`introduced_identity`) returns a document, the packet is verified
-    with that document's key and replay-checked; the document is kept in
-    :attr:`introductions`, by ``(creator_id, packet_id)``, for the gateway,
-    which confirms it before trusting it.
+    Everything else is the parent's pipeline.  A header whose sender the
+    parent cannot verify (``unknown_sender``, or ``bad_signature``: a known
+    sender recovered elsewhere signs with a new packet key) gets this far:
+
+    - any command but ``Identity``/``Ack``/``Fail``: its payload is read past
+      unkept and ``on_stranger`` is told (the gateway answers it);
+    - an ``Identity`` packet: its payload is kept only up to
+      ``max_stranger_body`` bytes; once in, ``introduce(packet)`` (normally
+      :func:`introduced_identity`) must return its creator's own signed
+      document, whose key must verify the header; the packet is then
+      replay-checked in :attr:`introduction_replay`, a cache of its own, so
+      strangers never fill (or raise a floor in) the one confirmed peers use;
+      the document waits in :attr:`introductions`, by ``(creator_id,
+      packet_id)``, for the gateway, which confirms it before trusting it.
+
+    Both cost the stranger's IP a token of :attr:`strangers` (a
+    :class:`~bitnode.transport.limits.RateLimit`): past it, headers are
+    dropped as ``rate_limited`` before any work is done for them.
     """
 
+    #: Documents waiting for the gateway; more than this (the gateway takes each at once) is a bug, not a flood.
+    MAX_WAITING_INTRODUCTIONS = 1000
+
     def __init__(self, *args: Any, introduce: Callable[[Packet], Optional[Identity]],
-                 on_stranger: Optional[Callable[[Packet, PacketConnection], Any]] = None, **kwargs: Any) -> None:
+                 on_stranger: Optional[Callable[[PacketHead, PacketConnection], Any]] = None,
+                 introduction_replay: Optional[ReplayCache] = None, strangers: Optional[RateLimit] = None,
+                 max_stranger_body: int = PeerLimits.max_stranger_body, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._introduce = introduce
         self._on_stranger = on_stranger
+        if introduction_replay is None:  # (an empty cache is falsy: it has a length)
+            introduction_replay = ReplayCache(self.clock, window_seconds=900.0, max_entries=1000,
+                                              refuse_before_start=True)
+        self.introduction_replay = introduction_replay
+        self.strangers = strangers if strangers is not None else RateLimit(self.clock, per_minute=60)
+        self.max_stranger_body = max_stranger_body
         self.introductions: dict[tuple[str, str], Identity] = {}
 
     def answer_on(self, conn: PacketConnection, packet: Packet) -> None:
         """Write ``packet`` on ``conn`` itself (an answer goes back where its question came from)."""
         self._write_packet(conn, packet.encode_header(), packet)
 
-    def _validate(self, head: bytes, body: bytes, digest: bytes | None) -> Packet:
+    def confirmed(self, packet: Packet) -> None:
+        """The gateway confirmed this introduction: remember it where confirmed peers' packets are remembered."""
         try:
-            return super()._validate(head, body, digest)
-        except (UnknownSender, BadSignature) as err:
-            # BadSignature too: a known sender recovered elsewhere signs with a new packet key
-            packet = Packet.decode_parts(head, body, max_payload=self.max_frame, payload_sha256=digest)
-            document = self._introduce(packet)
-            if document is None:
-                if packet.remote_id == self.my_id and packet.command not in _NOT_ANSWERED:
-                    raise StrangerPacket(err, packet) from None
-                raise
-            verifier = IdentityKeyVerifier(document, packet.algorithm)
-            packet.verify(lambda _creator: verifier)
             self.replay.check(packet.creator_id, packet.packet_id, packet.date)
-            self.introductions[(packet.creator_id, packet.packet_id)] = document
-            return packet
+        except BadPacket:
+            pass  # too old by now, or already there: either way it cannot be played again
+
+    def _stranger_head(self, conn: PacketConnection, head: PacketHead, body_length: int, error: BadPacket) -> str:
+        if head.command != Command.IDENTITY.value:
+            if head.command in _NOT_ANSWERED:
+                raise error
+            self._take_token(conn)
+            raise StrangerPacket(error, head)
+        if body_length > self.max_stranger_body:
+            raise StrangerTooLarge(f"an Identity packet of {body_length} bytes from a stranger; the limit is "
+                                   f"{self.max_stranger_body}")
+        self._take_token(conn)
+        self.introduction_replay.peek(head.creator_id, head.packet_id, head.date)
+        return INTRODUCTION
+
+    def _take_token(self, conn: PacketConnection) -> None:
+        if not self.strangers.allow(conn.address[0]):
+            raise StrangerRateLimited(f"too many packets from strangers at {conn.address[0]}")
+
+    def _stranger_packet(self, conn: PacketConnection, incoming: Any, packet: Packet) -> Packet:
+        document = self._introduce(packet)
+        if document is None:  # counted as what the header was: unknown_sender or bad_signature
+            raise incoming.error
+        verifier = IdentityKeyVerifier(document, packet.algorithm)
+        incoming.head.verify(lambda _creator: verifier)
+        self.replay.peek(packet.creator_id, packet.packet_id, packet.date)
+        self.introduction_replay.check(packet.creator_id, packet.packet_id, packet.date)
+        while len(self.introductions) >= self.MAX_WAITING_INTRODUCTIONS:
+            self.introductions.pop(next(iter(self.introductions)))
+        self.introductions[(packet.creator_id, packet.packet_id)] = document
+        return packet
 
     def _dropped(self, conn: PacketConnection, error: BadPacket) -> None:
         if isinstance(error, StrangerPacket) and self._on_stranger is not None:
-            try:
-                self._on_stranger(error.packet, conn)
-            except Exception:
-                self.log.failure("answering an unknown sender failed")
+            self._on_stranger(error.packet, conn)
+
+    def limits_stats(self) -> dict:
+        """The parent's, plus the strangers' rate limit and the introductions' own replay cache."""
+        return dict(super().limits_stats(), introductions=dict(self.strangers.stats(),
+                                                              replay=self.introduction_replay.stats(),
+                                                              waiting=len(self.introductions)))

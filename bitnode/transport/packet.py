@@ -162,19 +162,7 @@ class Packet:
         if isinstance(self.date, bool) or not isinstance(self.date, (int, float)):
             raise BadPacket("date must be a number")
         object.__setattr__(self, "date", float(self.date))
-        if not math.isfinite(self.date):
-            raise BadPacket("date must be finite")
-        for name, limit, may_be_empty in _TEXT_FIELDS:
-            value = getattr(self, name)
-            if not isinstance(value, str):
-                raise BadPacket(f"{name} must be a str")
-            size = len(value.encode("utf-8"))
-            if size > limit:
-                raise PacketTooLarge(f"{name} is {size} bytes, limit {limit}")
-            if not size and not may_be_empty:
-                raise BadPacket(f"{name} is empty")
-        if len(self.signature) > MAX_SIGNATURE:
-            raise PacketTooLarge(f"signature is {len(self.signature)} bytes, limit {MAX_SIGNATURE}")
+        _check_fields(self, self.date, self.signature)
 
     # -- building ---------------------------------------------------------
 
@@ -288,12 +276,49 @@ class Packet:
         ``payload`` while it streamed in (saves hashing it twice); it is
         trusted, so pass only a digest you computed yourself.
         """
+        return PacketHead.decode(header, max_payload).packet(payload, payload_sha256)
+
+    # -- verifying --------------------------------------------------------
+
+    def verify(self, resolve_verifier: ResolveVerifier) -> None:
+        """Check the signature with the creator's verifier.
+
+        Raises :class:`UnknownSender` when ``resolve_verifier`` knows no key
+        for ``creator_id`` and :class:`BadSignature` when the signature fails.
+        """
+        _verify(self.creator_id, self.algorithm, self.signed_data(), self.signature, resolve_verifier)
+
+
+@dataclass(frozen=True)
+class PacketHead:
+    """A packet's header alone, parsed before its payload arrives (see :meth:`decode`).
+
+    It holds everything the signature covers, including the payload's length
+    and SHA-256, so a receiver can check the signature, the recipient and the
+    replay window before it accepts a byte of the payload, then build the
+    :class:`Packet` with :meth:`packet` once the payload is in.
+    """
+
+    command: str
+    owner_id: str
+    creator_id: str
+    packet_id: str
+    date: float
+    remote_id: str
+    key_id: str
+    algorithm: str
+    signature: bytes = field(repr=False)
+    payload_length: int
+    payload_sha256: bytes = field(repr=False)
+    signed: bytes = field(repr=False)  # exactly the bytes the signature covers
+
+    @classmethod
+    def decode(cls, header: bytes, max_payload: int = DEFAULT_MAX_PAYLOAD) -> PacketHead:
+        """Parse a wire header; :class:`BadPacket` when malformed, over a limit or unsigned."""
         view = memoryview(header)
         header_length, payload_length = _parse_lengths(view, max_payload)
         if header_length != len(view):
             raise BadPacket(f"header has {len(view) - header_length} trailing bytes")
-        if len(payload) != payload_length:
-            raise BadPacket(f"payload is {len(payload)} bytes, header says {payload_length}")
         _version, _flags, date, _length, signed_digest = _FIXED.unpack_from(view, 0)
         offset = _FIXED.size
         texts: dict[str, str] = {}
@@ -305,46 +330,78 @@ class Packet:
             except UnicodeDecodeError as exc:
                 raise BadPacket(f"{name} is not valid UTF-8") from exc
             offset += size
+        signed = SIGNING_DOMAIN + bytes(view[:offset])
         (sig_size,) = _U16.unpack_from(view, offset)
         offset += _U16.size
         signature = view[offset : offset + sig_size].tobytes()
         if not signature:
             raise BadPacket("packet is not signed")
+        head = cls(date=date, signature=signature, payload_length=payload_length, payload_sha256=signed_digest,
+                   signed=signed, **texts)
+        _check_fields(head, date, signature)
+        return head
+
+    def verify(self, resolve_verifier: ResolveVerifier) -> None:
+        """Check the signature over the header (and so over the payload's hash) before the payload arrives.
+
+        Raises :class:`UnknownSender` or :class:`BadSignature` like :meth:`Packet.verify`.
+        """
+        _verify(self.creator_id, self.algorithm, self.signed, self.signature, resolve_verifier)
+
+    def packet(self, payload: bytes, payload_sha256: bytes | None = None) -> Packet:
+        """The whole packet once ``payload`` is in; :class:`BadSignature` if it is not the one signed for.
+
+        ``payload_sha256`` is a digest the caller computed over ``payload``
+        itself while it streamed in (trusted: pass only your own).
+        """
+        if len(payload) != self.payload_length:
+            raise BadPacket(f"payload is {len(payload)} bytes, header says {self.payload_length}")
         digest = payload_sha256 if payload_sha256 is not None else payload_digest(payload)
-        if digest != signed_digest:
+        if digest != self.payload_sha256:
             raise BadSignature("payload does not match its signed SHA-256")
-        packet = cls(
-            date=date,
-            payload=payload if isinstance(payload, bytes) else bytes(payload),
-            signature=signature,
-            **texts,
+        packet = Packet(
+            command=self.command, owner_id=self.owner_id, creator_id=self.creator_id, packet_id=self.packet_id,
+            date=self.date, payload=payload if isinstance(payload, bytes) else bytes(payload),
+            remote_id=self.remote_id, key_id=self.key_id, algorithm=self.algorithm, signature=self.signature,
         )
         packet._set_digest(digest)
         return packet
 
-    # -- verifying --------------------------------------------------------
 
-    def verify(self, resolve_verifier: ResolveVerifier) -> None:
-        """Check the signature with the creator's verifier.
+def _check_fields(obj: object, date: float, signature: bytes) -> None:
+    """The limits every packet (and header) keeps: a finite date, text fields in bounds, a bounded signature."""
+    if not math.isfinite(date):
+        raise BadPacket("date must be finite")
+    for name, limit, may_be_empty in _TEXT_FIELDS:
+        value = getattr(obj, name)
+        if not isinstance(value, str):
+            raise BadPacket(f"{name} must be a str")
+        size = len(value.encode("utf-8"))
+        if size > limit:
+            raise PacketTooLarge(f"{name} is {size} bytes, limit {limit}")
+        if not size and not may_be_empty:
+            raise BadPacket(f"{name} is empty")
+    if len(signature) > MAX_SIGNATURE:
+        raise PacketTooLarge(f"signature is {len(signature)} bytes, limit {MAX_SIGNATURE}")
 
-        Raises :class:`UnknownSender` when ``resolve_verifier`` knows no key
-        for ``creator_id`` and :class:`BadSignature` when the signature fails.
-        """
-        try:
-            verifier = resolve_verifier(self.creator_id)
-        except Exception as exc:  # a broken lookup must not crash the receiver
-            raise UnknownSender(f"key lookup for {self.creator_id!r} failed: {exc!r}") from exc
-        if verifier is None:
-            raise UnknownSender(f"no key known for {self.creator_id!r}")
-        expected = getattr(verifier, "algorithm", None)
-        if expected is not None and expected != self.algorithm:
-            raise BadSignature(f"packet says {self.algorithm!r}, key of {self.creator_id!r} is {expected!r}")
-        try:
-            valid = verifier.verify(self.signed_data(), self.signature)
-        except Exception as exc:  # a verifier that raises instead of answering False
-            raise BadSignature(f"signature check failed: {exc.__class__.__name__}") from exc
-        if not valid:
-            raise BadSignature(f"bad signature from {self.creator_id!r}")
+
+def _verify(creator_id: str, algorithm: str, signed: bytes, signature: bytes,
+            resolve_verifier: ResolveVerifier) -> None:
+    try:
+        verifier = resolve_verifier(creator_id)
+    except Exception as exc:  # a broken lookup must not crash the receiver
+        raise UnknownSender(f"key lookup for {creator_id!r} failed: {exc!r}") from exc
+    if verifier is None:
+        raise UnknownSender(f"no key known for {creator_id!r}")
+    expected = getattr(verifier, "algorithm", None)
+    if expected is not None and expected != algorithm:
+        raise BadSignature(f"packet says {algorithm!r}, key of {creator_id!r} is {expected!r}")
+    try:
+        valid = verifier.verify(signed, signature)
+    except Exception as exc:  # a verifier that raises instead of answering False
+        raise BadSignature(f"signature check failed: {exc.__class__.__name__}") from exc
+    if not valid:
+        raise BadSignature(f"bad signature from {creator_id!r}")
 
 
 def _parse_lengths(view: memoryview, max_payload: int) -> tuple[int, int]:

@@ -23,6 +23,13 @@ DROP_REASONS: tuple[str, ...] = (
     "unknown_sender",
     "no_handler",
     "handler_error",
+    "before_start",
+    "replay_full",
+    "rate_limited",
+    "stranger_oversize",
+    "bad_identity",
+    "bad_introduction",
+    "introductions_busy",
 )
 
 #: Per-peer rows beyond this limit are summed under this name.

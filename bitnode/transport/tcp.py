@@ -7,10 +7,20 @@ one by the peer's address as the socket reports it.  A handler receives that
 address with each packet, so replying with ``send(address, ...)`` reuses the
 connection the packet came in on.
 
-Receive pipeline, in order: frame limits (framing) -> decode -> known command
--> recipient is us -> signature (via ``resolve_verifier``) -> replay window ->
-handler.  Each rejection is counted in :class:`PacketStats` under its reason
-and never raises out of the protocol.
+Receive pipeline, in order: frame limits (framing) -> the header alone:
+decode -> known command -> recipient is us -> signature over the header,
+which covers the payload's SHA-256 (via ``resolve_verifier``) -> replay
+window; only then is the payload read and kept (reserved first in the
+transport's :class:`~bitnode.transport.limits.BufferBudget`), and once it is
+in: its hash -> replay cache -> handler.  A frame whose header fails is read
+past without keeping its payload.  Each rejection is counted in
+:class:`PacketStats` under its reason and never raises out of the protocol.
+
+Incoming connections are counted per IP and in all
+(:class:`~bitnode.transport.limits.ConnectionLimits`); one over a limit is
+closed at once.  A sender whose key we do not know gets no further than its
+header here; :mod:`bitnode.transport.introduction` decides what such a
+header may still do (introduce itself, or be told to).
 """
 
 from __future__ import annotations
@@ -28,13 +38,17 @@ from twisted.python.failure import Failure
 
 from bitnode.errors import BadRequest, Conflict, Timeout, Unavailable
 from bitnode.transport.commands import Command, command_name, is_known
-from bitnode.transport.framing import FrameProtocol
+from bitnode.transport.framing import KEEP, SKIP, FrameProtocol
+from bitnode.transport.limits import BufferBudget, ConnectionLimits
 from bitnode.transport.packet import (
     MAX_HEADER,
     BadPacket,
+    BadSignature,
     Packet,
+    PacketHead,
     ResolveVerifier,
     UnknownCommand,
+    UnknownSender,
     WrongRecipient,
 )
 from bitnode.transport.replay import ReplayCache
@@ -52,6 +66,22 @@ def parse_tcp_contact(contact: str) -> Address | None:
         return None
     return host, int(port)
 Handler = Callable[[Packet, Address], Any]
+#: What a frame's header said about its sender: a verified sender, or one introducing itself.
+VERIFIED = "verified"
+INTRODUCTION = "introduction"
+#: Default bound on the bytes of payloads being received, over all connections.
+DEFAULT_MAX_BUFFERED = 64 * 1024 * 1024
+
+
+class _Incoming:
+    """A frame whose header was accepted; its payload is on the way."""
+
+    __slots__ = ("head", "kind", "error")
+
+    def __init__(self, head: PacketHead, kind: str, error: BadPacket | None = None) -> None:
+        self.head = head
+        self.kind = kind
+        self.error = error  # why the sender could not be verified (for a stranger's packet)
 #: Bytes per recv() and per send() on a packet connection. Twisted's defaults (64 KiB in, 128 KiB out)
 #: cost a reactor turn and a Python call per 64 KiB of a multi-MiB block; bigger steps cost no copy more.
 IO_STEP = 1024 * 1024
@@ -69,8 +99,11 @@ class PacketConnection(FrameProtocol):
             max_head=MAX_HEADER,
             max_frames_per_second=owner.max_frames_per_second,
             digest_bodies=True,
+            budget=owner.budget,
         )
         self._owner = owner
+        self.incoming: _Incoming | None = None  # the frame being received, once its header passed
+        self.admitted_ip: str | None = None  # counted in the owner's connection limits
         self.direction = direction
         self.address = address
         self.connected_at = owner.clock.seconds()
@@ -94,9 +127,17 @@ class PacketConnection(FrameProtocol):
         self.last_activity = self._owner.clock.seconds()
         super().dataReceived(data)
 
+    def headReceived(self, head: bytes, body_length: int) -> str:
+        """Let the owner judge the header before the payload is read."""
+        return self._owner._head_received(self, head, body_length)
+
     def frameReceived(self, head: bytes, body: bytes, body_sha256: bytes | None) -> None:
         """Hand the frame to the owner's validation pipeline."""
         self._owner._frame_received(self, head, body, body_sha256)
+
+    def frameSkipped(self, head: bytes) -> None:
+        """A refused header's payload was read past."""
+        self.incoming = None
 
     def frameRejected(self, reason: str) -> None:
         """Count a stream-level rejection (oversize, malformed prefix, flood)."""
@@ -177,9 +218,14 @@ class _ConnectionFactory(Factory):
         self._direction = direction
         self._address = address
 
-    def buildProtocol(self, addr: Any) -> PacketConnection:
+    def buildProtocol(self, addr: Any) -> PacketConnection | None:
+        if self._direction == "in" and not self._owner.limits.admit(addr.host):
+            return None  # Twisted closes the socket at once
         address = self._address if self._address is not None else (addr.host, addr.port)
-        return PacketConnection(self._owner, self._direction, address)
+        conn = PacketConnection(self._owner, self._direction, address)
+        if self._direction == "in":
+            conn.admitted_ip = addr.host
+        return conn
 
 
 class TCPTransport:
@@ -197,6 +243,10 @@ class TCPTransport:
     :param interface: the address listened on.
     :param connect_timeout: seconds to wait for an outgoing connection.
     :param max_frames_per_second: per-connection flood limit (``None``: off).
+    :param max_connections_per_ip: incoming connections from one IP (0: no limit).
+    :param max_connections: incoming connections in all (0: no limit).
+    :param max_buffered: bytes of payloads being received at once, over all
+        connections (one frame always fits).
     """
 
     log = Logger()
@@ -214,6 +264,9 @@ class TCPTransport:
         interface: str = "127.0.0.1",
         connect_timeout: float = 10.0,
         max_frames_per_second: int | None = None,
+        max_connections_per_ip: int = 0,
+        max_connections: int = 0,
+        max_buffered: int = DEFAULT_MAX_BUFFERED,
     ) -> None:
         self.clock = clock
         self.reactor = reactor
@@ -225,6 +278,8 @@ class TCPTransport:
         self.interface = interface
         self.connect_timeout = connect_timeout
         self.max_frames_per_second = max_frames_per_second
+        self.limits = ConnectionLimits(max_connections_per_ip, max_connections)
+        self.budget = BufferBudget(max_buffered)
         self._resolve_verifier = resolve_verifier
         self._handlers: dict[str, Handler] = {}
         self._ports: list[IListeningPort] = []
@@ -375,22 +430,73 @@ class TCPTransport:
         self._by_address[conn.address] = conn
 
     def _connection_lost(self, conn: PacketConnection) -> None:
+        if conn.admitted_ip is not None:
+            self.limits.release(conn.admitted_ip)
+            conn.admitted_ip = None
         self._open.discard(conn)
         if self._by_address.get(conn.address) is conn:
             del self._by_address[conn.address]
 
     # -- receiving --------------------------------------------------------
 
+    def _head_received(self, conn: PacketConnection, head: bytes, body_length: int) -> str:
+        """Judge a frame's header before its payload: KEEP the payload or SKIP it; never raises."""
+        conn.incoming = None
+        try:
+            packet_head = PacketHead.decode(head, max_payload=self.max_frame)
+            if packet_head.payload_length != body_length:
+                raise BadPacket(f"frame carries {body_length} payload bytes, header says {packet_head.payload_length}")
+            if not is_known(packet_head.command):
+                raise UnknownCommand(f"unknown command {packet_head.command!r}")
+            if packet_head.remote_id != self.my_id:
+                raise WrongRecipient(f"packet for {packet_head.remote_id!r}, we are {self.my_id!r}")
+            error: BadPacket | None = None
+            try:
+                packet_head.verify(self._resolve_verifier)
+                kind = VERIFIED
+            except (UnknownSender, BadSignature) as err:
+                kind, error = self._stranger_head(conn, packet_head, body_length, err), err
+            self.replay.peek(packet_head.creator_id, packet_head.packet_id, packet_head.date)
+        except BadPacket as exc:
+            self._refused(conn, exc, len(head) + body_length)
+            return SKIP
+        except Exception:
+            self.stats.record_drop("malformed")
+            self.stats.record_frame_in(len(head) + body_length)
+            self.log.failure("unexpected error reading a packet header from {address}", address=conn.address)
+            return SKIP
+        conn.incoming = _Incoming(packet_head, kind, error)
+        return KEEP
+
+    def _stranger_head(self, conn: PacketConnection, head: PacketHead, body_length: int, error: BadPacket) -> str:
+        """A header whose sender cannot be verified: its kind if it may go on, else raise (default: ``error``)."""
+        raise error
+
+    def _refused(self, conn: PacketConnection, error: BadPacket, size: int) -> None:
+        self.stats.record_frame_in(size)
+        self.stats.record_drop(error.reason)
+        self.log.debug("dropped packet from {address}: {error}", address=conn.address, error=error)
+        try:
+            self._dropped(conn, error)
+        except Exception:
+            self.log.failure("answering a dropped packet failed")
+
     def _frame_received(self, conn: PacketConnection, head: bytes, body: bytes, digest: bytes | None) -> None:
-        """Validate one frame as a packet and dispatch it; never raises."""
+        """Finish one frame whose header passed: check the payload, then dispatch; never raises."""
+        incoming, conn.incoming = conn.incoming, None
+        if incoming is None:  # cannot happen: a body is kept only after _head_received said so
+            return
         size = len(head) + len(body)
         self.stats.record_frame_in(size)
         try:
-            packet = self._validate(head, body, digest)
+            packet = incoming.head.packet(body, digest)
+            if incoming.kind == VERIFIED:
+                self.replay.check(packet.creator_id, packet.packet_id, packet.date)
+            else:
+                packet = self._stranger_packet(conn, incoming, packet)
         except BadPacket as exc:
             self.stats.record_drop(exc.reason)
             self.log.debug("dropped packet from {address}: {error}", address=conn.address, error=exc)
-            self._dropped(conn, exc)
             return
         except Exception:
             self.stats.record_drop("malformed")
@@ -404,15 +510,13 @@ class TCPTransport:
         d = maybeDeferred(handler, packet, conn.address)
         d.addErrback(self._handler_failed, packet)
 
-    def _validate(self, head: bytes, body: bytes, digest: bytes | None) -> Packet:
-        packet = Packet.decode_parts(head, body, max_payload=self.max_frame, payload_sha256=digest)
-        if not is_known(packet.command):
-            raise UnknownCommand(f"unknown command {packet.command!r}")
-        if packet.remote_id != self.my_id:
-            raise WrongRecipient(f"packet for {packet.remote_id!r}, we are {self.my_id!r}")
-        packet.verify(self._resolve_verifier)
-        self.replay.check(packet.creator_id, packet.packet_id, packet.date)
-        return packet
+    def _stranger_packet(self, conn: PacketConnection, incoming: _Incoming, packet: Packet) -> Packet:
+        """The whole packet of a header :meth:`_stranger_head` let through; raise BadPacket to drop it."""
+        raise UnknownSender("no key known for the sender")
+
+    def limits_stats(self) -> dict:
+        """Connections and buffered bytes, with their limits and refusals (for ``packets_stats``)."""
+        return {"connections": self.limits.stats(), "buffer": self.budget.stats(), "replay": self.replay.stats()}
 
     def _dropped(self, conn: PacketConnection, error: BadPacket) -> None:
         """A frame from ``conn`` was refused with ``error``; subclasses may answer it (default: nothing)."""

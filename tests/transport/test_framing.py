@@ -5,11 +5,14 @@ from __future__ import annotations
 import hashlib
 import struct
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial import unittest
 
-from bitnode.transport.framing import FrameProtocol, FrameTooLarge, encode_frame
+from bitnode.transport.framing import KEEP, SKIP, FrameProtocol, FrameTooLarge, encode_frame
+from bitnode.transport.limits import BufferBudget
 
 
 class Recorder(FrameProtocol):
@@ -19,6 +22,17 @@ class Recorder(FrameProtocol):
         super().__init__(*args, **kw)
         self.frames: list[tuple[bytes, bytes, bytes | None]] = []
         self.rejected: list[str] = []
+        self.heads: list[tuple[bytes, int]] = []
+        self.skipped: list[bytes] = []
+        self.buffered_at_head: list[int] = []
+
+    def headReceived(self, head: bytes, body_length: int) -> str:
+        self.heads.append((head, body_length))
+        self.buffered_at_head.append(sum(len(p) for p in self._body_parts))
+        return SKIP if head.startswith(b"skip") else KEEP
+
+    def frameSkipped(self, head: bytes) -> None:
+        self.skipped.append(head)
 
     def frameReceived(self, head: bytes, body: bytes, body_sha256: bytes | None) -> None:
         self.frames.append((head, body, body_sha256))
@@ -180,3 +194,136 @@ class FramingTests(unittest.TestCase):
 
     def test_max_frame_must_be_positive(self) -> None:
         self.assertRaises(ValueError, Recorder, Clock(), 0)
+
+
+class HeadFirstTests(unittest.TestCase):
+    """Issue 14.3: a frame's head is judged before any of its body is kept."""
+
+    def test_the_head_is_judged_before_a_byte_of_the_body_is_kept(self) -> None:
+        proto, _ = connect(max_frame=100_000)
+        frame = encode_frame(b"keep", b"b" * 50_000)
+        proto.dataReceived(frame[:6 + 4 + 10])
+        self.assertEqual(proto.heads, [(b"keep", 50_000)])
+        self.assertEqual(proto.buffered_at_head, [0])
+        proto.dataReceived(frame[6 + 4 + 10:])
+        self.assertEqual([(h, len(b)) for h, b, _d in proto.frames], [(b"keep", 50_000)])
+
+    def test_a_skipped_body_is_read_past_without_being_kept(self) -> None:
+        proto, transport = connect(max_frame=100_000, digest_bodies=True)
+        stream = encode_frame(b"skip-me", b"x" * 60_000) + encode_frame(b"next", b"y")
+        for i in range(0, len(stream), 7000):
+            proto.dataReceived(stream[i:i + 7000])
+            self.assertLessEqual(sum(len(p) for p in proto._body_parts), 1)
+        self.assertEqual(proto.skipped, [b"skip-me"])
+        self.assertEqual([(h, b) for h, b, _d in proto.frames], [(b"next", b"y")])
+        self.assertFalse(transport.disconnecting)
+
+    def test_progress_is_reported_only_for_kept_bodies(self) -> None:
+        proto, _ = connect(max_frame=1000)
+        proto.dataReceived(encode_frame(b"keep", b"k" * 100)[:60])
+        self.assertEqual(proto.receiving, (50, 100))
+        proto.dataReceived(encode_frame(b"keep", b"k" * 100)[60:] + encode_frame(b"skip", b"s" * 100)[:60])
+        self.assertIsNone(proto.receiving)
+
+
+class BudgetTests(unittest.TestCase):
+    """Issue 14.3: the bytes held by partly received bodies are bounded across connections."""
+
+    def connect(self, budget: BufferBudget, host: str = "10.0.0.1") -> tuple[Recorder, StringTransport]:
+        from twisted.internet.address import IPv4Address
+
+        proto = Recorder(Clock(), 100_000, budget=budget)
+        transport = StringTransport(peerAddress=IPv4Address("TCP", host, 4000))
+        proto.makeConnection(transport)
+        return proto, transport
+
+    def test_a_body_that_does_not_fit_waits_with_reading_paused_then_completes(self) -> None:
+        budget = BufferBudget(max_bytes=1500)
+        first, _ = self.connect(budget, "10.0.0.1")
+        second, second_transport = self.connect(budget, "10.0.0.2")
+        frame_a = encode_frame(b"a", b"A" * 1000)
+        frame_b = encode_frame(b"b", b"B" * 1000)
+        first.dataReceived(frame_a[:500])
+        self.assertEqual(budget.reserved, 1000)
+        second.dataReceived(frame_b[:700])
+        self.assertEqual(second_transport.producerState, "paused")
+        self.assertEqual((budget.reserved, budget.waits), (1000, 1))
+        second.dataReceived(frame_b[700:])  # arrives while paused: kept in order
+        first.dataReceived(frame_a[500:])
+        self.assertEqual([h for h, _b, _d in first.frames], [b"a"])
+        self.assertEqual([(h, b) for h, b, _d in second.frames], [(b"b", b"B" * 1000)])
+        self.assertEqual(second_transport.producerState, "producing")
+        self.assertEqual(budget.reserved, 0)
+        self.assertLessEqual(budget.peak, 1500)
+
+    def test_one_frame_always_fits_when_nothing_else_is_held(self) -> None:
+        budget = BufferBudget(max_bytes=100)
+        proto, _ = self.connect(budget)
+        proto.dataReceived(encode_frame(b"big", b"x" * 5000))
+        self.assertEqual(len(proto.frames), 1)
+        self.assertEqual(budget.reserved, 0)
+
+    def test_one_ip_holds_at_most_its_share(self) -> None:
+        budget = BufferBudget(max_bytes=4000, per_key_share=0.5)
+        one, _ = self.connect(budget, "10.0.0.9")
+        two, two_transport = self.connect(budget, "10.0.0.9")
+        other, other_transport = self.connect(budget, "10.0.0.7")
+        one.dataReceived(encode_frame(b"a", b"x" * 1500)[:10])
+        two.dataReceived(encode_frame(b"b", b"x" * 1500)[:10])
+        other.dataReceived(encode_frame(b"c", b"x" * 1500)[:10])
+        self.assertEqual(two_transport.producerState, "paused")
+        self.assertEqual(other_transport.producerState, "producing")
+        self.assertEqual(budget.reserved, 3000)
+
+    def test_a_closed_connection_gives_its_reservation_back(self) -> None:
+        budget = BufferBudget(max_bytes=1000)
+        proto, _ = self.connect(budget)
+        waiting, _ = self.connect(budget, "10.0.0.3")
+        proto.dataReceived(encode_frame(b"a", b"x" * 900)[:100])
+        waiting.dataReceived(encode_frame(b"b", b"y" * 900))
+        self.assertEqual(waiting.frames, [])
+        proto.connectionLost(None)
+        self.assertEqual([h for h, _b, _d in waiting.frames], [b"b"])
+        self.assertEqual(budget.reserved, 0)
+        waiting.connectionLost(None)
+        self.assertEqual(budget.stats()["waiting"], 0)
+
+    def test_skipped_bodies_cost_no_budget(self) -> None:
+        budget = BufferBudget(max_bytes=10)
+        proto, _ = self.connect(budget)
+        proto.dataReceived(encode_frame(b"skip", b"x" * 5000)[:3000])
+        self.assertEqual(budget.reserved, 0)
+
+
+frame_lists = st.lists(st.tuples(st.binary(max_size=40), st.binary(max_size=300)), max_size=8)
+
+
+class FramePropertyTests(unittest.TestCase):
+    """Random and mutated streams never raise out of dataReceived, and good streams cut the same way at any split."""
+
+    @settings(max_examples=150, deadline=None)
+    @given(frame_lists, st.lists(st.integers(min_value=1, max_value=64), min_size=1, max_size=20))
+    def test_any_chunking_gives_the_same_frames(self, frames, cuts) -> None:
+        stream = b"".join(encode_frame(h, b) for h, b in frames)
+        proto, transport = connect(max_frame=400)
+        pos, i = 0, 0
+        while pos < len(stream):
+            step = cuts[i % len(cuts)]
+            proto.dataReceived(stream[pos:pos + step])
+            pos, i = pos + step, i + 1
+        kept = [(h, b) for h, b in frames if not h.startswith(b"skip")]
+        self.assertEqual([(h, b) for h, b, _d in proto.frames], kept)
+        self.assertFalse(transport.disconnecting)
+
+    @settings(max_examples=300, deadline=None)
+    @given(frame_lists, st.lists(st.tuples(st.integers(min_value=0), st.integers(0, 255)), max_size=6),
+           st.binary(max_size=200))
+    def test_mutated_or_random_streams_never_raise(self, frames, flips, junk) -> None:
+        stream = bytearray(b"".join(encode_frame(h, b) for h, b in frames) + junk)
+        for where, value in flips:
+            if stream:
+                stream[where % len(stream)] = value
+        proto, _ = connect(max_frame=400, max_head=64, max_frames_per_second=50)
+        proto.dataReceived(bytes(stream))
+        self.assertLessEqual(len(proto.rejected), 1)
+        self.assertLessEqual(len(proto.frames) + len(proto.skipped), max(len(stream) // 6, 0))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
-from bitnode.transport.replay import ReplayCache, Replayed, TooNew, TooOld
+from bitnode.transport.replay import BeforeStart, ReplayCache, Replayed, ReplayFull, TooNew, TooOld
 
 
 class ReplayCacheTests(unittest.TestCase):
@@ -40,10 +40,10 @@ class ReplayCacheTests(unittest.TestCase):
             self.cache.check("alice", "p1", 1010.1)
         self.assertEqual(caught.exception.reason, "too_new")
 
-    def test_future_defaults_to_window(self) -> None:
-        cache = ReplayCache(self.clock, window_seconds=30, max_entries=10)
-        cache.check("a", "1", 1030.0)
-        self.assertRaises(TooNew, cache.check, "a", "2", 1030.5)
+    def test_future_is_a_minute_by_default_whatever_the_window(self) -> None:
+        cache = ReplayCache(self.clock, window_seconds=900, max_entries=10)
+        cache.check("a", "1", 1060.0)
+        self.assertRaises(TooNew, cache.check, "a", "2", 1060.5)
 
     def test_rejected_packet_is_not_remembered(self) -> None:
         self.assertRaises(TooOld, self.cache.check, "alice", "p1", 1.0)
@@ -76,8 +76,8 @@ class ReplayCacheTests(unittest.TestCase):
         dates = [950.0, 960.0, 970.0, 980.0]
         for i, date in enumerate(dates):
             cache.check("alice", f"p{i}", date)
-        # p0 (oldest date) was evicted; its replay is refused by the floor
-        self.assertEqual(cache.floor, 950.0)
+        # p0 (oldest date) was evicted; its replay is refused by alice's floor
+        self.assertEqual(cache.floor_of("alice"), 950.0)
         self.assertRaises(TooOld, cache.check, "alice", "p0", 950.0)
         for i, date in enumerate(dates[1:], start=1):
             self.assertRaises(Replayed, cache.check, "alice", f"p{i}", date)
@@ -88,3 +88,123 @@ class ReplayCacheTests(unittest.TestCase):
         self.assertRaises(ValueError, ReplayCache, self.clock, 0, 10)
         self.assertRaises(ValueError, ReplayCache, self.clock, 10, 0)
         self.assertRaises(ValueError, ReplayCache, self.clock, 10, 10, -1)
+        self.assertRaises(ValueError, ReplayCache, self.clock, 10, 10, 1, -1)
+        self.assertRaises(ValueError, ReplayCache, self.clock, 10, 10, max_per_sender=0)
+
+
+class PoisoningTests(unittest.TestCase):
+    """Issue 14.1: a stranger's packets dated just under now + window pushed the floor there, blocking everyone."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(1_000_000.0)
+        self.now = self.clock.seconds()
+
+    def test_far_future_dates_are_refused_so_they_cannot_raise_any_floor(self) -> None:
+        cache = ReplayCache(self.clock, window_seconds=900, max_entries=100)
+        for i in range(500):
+            self.assertRaises(TooNew, cache.check, f"mallory{i}", "p", self.now + 899)
+        self.assertEqual(len(cache), 0)
+        cache.check("alice", "p", self.now)
+
+    def test_a_flood_dated_near_the_future_limit_never_blocks_a_packet_dated_now(self) -> None:
+        cache = ReplayCache(self.clock, window_seconds=900, max_entries=100, min_window_seconds=30)
+        for i in range(1000):
+            try:
+                cache.check(f"mallory{i}", "p", self.now + 59)
+            except ReplayFull:
+                pass
+        self.assertEqual(len(cache), 100)
+        self.assertLessEqual(cache.floor, self.now - 30)
+        # the flood is refused, but it raised no floor: once its keys may be forgotten alice gets through
+        self.clock.advance(90)
+        cache.check("alice", "p", self.clock.seconds())
+        self.assertLessEqual(cache.floor, self.clock.seconds() - 30)
+
+    def test_eviction_never_raises_a_floor_above_now_minus_the_shortest_window(self) -> None:
+        cache = ReplayCache(self.clock, window_seconds=900, max_entries=50, min_window_seconds=30)
+        for step in range(2000):
+            self.clock.advance(0.5)
+            now = self.clock.seconds()
+            try:
+                cache.check(f"peer{step % 7}", f"p{step}", now - (step * 7919 % 600))
+            except (TooOld, ReplayFull):
+                pass
+            for n in range(7):
+                self.assertLessEqual(cache.floor_of(f"peer{n}"), now - 30)
+            self.assertLessEqual(len(cache), 50)
+
+    def test_a_flooding_sender_fills_only_its_own_share(self) -> None:
+        cache = ReplayCache(self.clock, window_seconds=900, max_entries=100, max_per_sender=10)
+        for i in range(50):
+            try:
+                cache.check("mallory", f"p{i}", self.now)
+            except ReplayFull as err:
+                self.assertEqual(err.reason, "replay_full")
+        self.assertEqual(len(cache), 10)
+        for i in range(90):
+            cache.check(f"peer{i}", "p", self.now)
+        self.assertEqual(len(cache), 100)
+
+    def test_a_busy_sender_keeps_going_once_its_oldest_keys_are_old_enough(self) -> None:
+        cache = ReplayCache(self.clock, window_seconds=900, max_entries=1000, max_per_sender=500,
+                            min_window_seconds=30)
+        for i in range(5000):  # 10 packets a second from one sender, for 500 seconds
+            self.clock.advance(0.1)
+            cache.check("alice", f"p{i}", self.clock.seconds())
+        self.assertEqual(len(cache), 500)
+        self.assertRaises(TooOld, cache.check, "alice", "p0", self.now + 0.1)
+        self.assertRaises(Replayed, cache.check, "alice", "p4999", self.clock.seconds())
+        self.assertEqual(cache.evictions["per_sender"], 4500)
+        cache.check("bob", "p0", self.clock.seconds() - 400)  # other senders keep the whole window
+
+
+class RestartTests(unittest.TestCase):
+    """Issue 14.7: a packet captured before a restart cannot be played again after it."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(5000.0)
+
+    def test_a_packet_dated_before_the_cache_was_made_is_refused(self) -> None:
+        cache = ReplayCache(self.clock, window_seconds=900, max_entries=10, refuse_before_start=True)
+        self.clock.advance(5)
+        with self.assertRaises(BeforeStart) as caught:
+            cache.check("alice", "captured", 4990.0)
+        self.assertEqual(caught.exception.reason, "before_start")
+        cache.check("alice", "new", 5000.0)
+        self.assertEqual(cache.not_before, 5000.0)
+
+    def test_without_the_option_the_whole_window_is_accepted(self) -> None:
+        cache = ReplayCache(self.clock, window_seconds=900, max_entries=10)
+        cache.check("alice", "p", 4200.0)
+
+
+class PeekAndForgetTests(unittest.TestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(5000.0)
+        self.cache = ReplayCache(self.clock, window_seconds=900, max_entries=10)
+
+    def test_peek_raises_like_check_but_remembers_nothing(self) -> None:
+        self.cache.peek("alice", "p", 5000.0)
+        self.cache.peek("alice", "p", 5000.0)
+        self.assertEqual(len(self.cache), 0)
+        self.cache.check("alice", "p", 5000.0)
+        self.assertRaises(Replayed, self.cache.peek, "alice", "p", 5000.0)
+        self.assertRaises(TooNew, self.cache.peek, "alice", "q", 6000.0)
+
+    def test_a_forgotten_key_may_come_again_once(self) -> None:
+        self.cache.check("alice", "p", 5000.0)
+        self.cache.forget("alice", "p")
+        self.assertEqual(len(self.cache), 0)
+        self.cache.check("alice", "p", 5000.0)
+        self.assertRaises(Replayed, self.cache.check, "alice", "p", 5000.0)
+        self.clock.advance(901)
+        self.cache.check("bob", "q", self.clock.seconds())
+        self.assertEqual(len(self.cache), 1)
+
+    def test_stats_say_how_full_the_cache_is(self) -> None:
+        self.cache.check("alice", "p", 5000.0)
+        stats = self.cache.stats()
+        self.assertEqual((stats["entries"], stats["senders"], stats["max_entries"]), (1, 1, 10))
