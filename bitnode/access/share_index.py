@@ -46,7 +46,7 @@ from bitnode import boundedjson
 from bitnode.crypt import aes, keys
 from bitnode.crypt.keys import RsaPrivateKey, RsaPublicKey
 from bitnode.errors import BadRequest
-from bitnode.storage.catalog import CATALOG_FORMAT, COMPLETE
+from bitnode.storage.catalog_format import COMPLETE, READABLE_EXPORT_FORMATS, parse_export
 
 INDEX_FORMAT = 1
 #: A stored index must fit in one Data packet with room to spare.
@@ -85,7 +85,9 @@ def share_subset(export: bytes, key_id: str) -> dict:
         doc = json.loads(bytes(export).decode("utf-8"))
         versions = [row for row in doc["versions"] if row[1] == key_id and row[3] == COMPLETE]
         complete = {row[2] for row in versions}
-        items = [row for row in doc["items"] if row[0] == key_id and (row[2] or row[1] in complete)]
+        # Folders, links (row[6]: their target) and files with a complete version.
+        items = [row for row in doc["items"] if row[0] == key_id
+                 and (row[2] or (len(row) > 6 and row[6] is not None) or row[1] in complete)]
         ids = {row[0] for row in versions}
         segments = [row for row in doc["segments"] if row[0] in ids]
         blocks = [row for row in doc["blocks"] if row[0] in ids]
@@ -164,14 +166,12 @@ def open_index(share_private: RsaPrivateKey, signed: SignedIndex) -> dict:
 
 
 def _check_catalog(catalog: object, key_id: str) -> None:
-    """Every row must be of the share's key: a reader's catalog holds that share and nothing else."""
+    """A catalog document every reader can import (checked row by row), of the share's key only."""
+    if not isinstance(catalog, dict) or catalog.get("format") not in READABLE_EXPORT_FORMATS:
+        raise BadRequest("share index catalog has an unknown format")
     try:
-        if not isinstance(catalog, dict) or catalog.get("format") != CATALOG_FORMAT:
-            raise BadRequest("share index catalog has an unknown format")
-        if any(row[0] != key_id for row in catalog["items"]) or any(row[1] != key_id for row in catalog["versions"]):
-            raise BadRequest(f"share index lists files of keys other than {key_id}")
-        for name in ("segments", "blocks"):
-            if not isinstance(catalog[name], list):
-                raise BadRequest(f"share index catalog has no {name}")
-    except (KeyError, IndexError, TypeError):
-        raise BadRequest("share index catalog is malformed") from None
+        rows = parse_export(catalog)
+    except BadRequest as err:
+        raise BadRequest(f"share index catalog is malformed: {err}") from None
+    if any(row[0] != key_id for row in rows.items) or any(row[1] != key_id for row in rows.versions):
+        raise BadRequest(f"share index lists files of keys other than {key_id}")

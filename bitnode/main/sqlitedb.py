@@ -15,7 +15,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 from contextlib import contextmanager
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 from bitnode.errors import BadRequest
 
@@ -31,11 +31,14 @@ class SqliteFile:
     :param synchronous: ``"FULL"`` (a commit is on disk when it returns) or ``"NORMAL"`` for a table
         that is a cache its owner can rebuild (WAL keeps it consistent; the last commits may be lost
         in a power cut).
+    :param migrate: ``migrate(db, old_format)`` brings a file of an older format up to ``format_version``
+        (in one transaction with the new format row); without it an older format is refused too.
     :raises BadRequest: the file holds another format (it is closed again).
     """
 
     def __init__(self, path: str, schema: str, format_version: int, what: str, foreign_keys: bool = False,
-                 synchronous: str = "FULL") -> None:
+                 synchronous: str = "FULL",
+                 migrate: Callable[[sqlite3.Connection, int], None] | None = None) -> None:
         if synchronous not in ("FULL", "NORMAL"):
             raise ValueError(f"synchronous must be FULL or NORMAL, not {synchronous!r}")
         self.path = path
@@ -52,9 +55,15 @@ class SqliteFile:
         row = self.db.execute("SELECT value FROM meta WHERE name = 'format'").fetchone()
         if row is None:
             self.db.execute("INSERT INTO meta (name, value) VALUES ('format', ?)", (str(format_version),))
-        elif int(row["value"]) != format_version:
+            return
+        found = str(row["value"])
+        if found.isdigit() and int(found) < format_version and migrate is not None:
+            with self.transaction() as db:
+                migrate(db, int(found))
+                db.execute("UPDATE meta SET value = ? WHERE name = 'format'", (str(format_version),))
+        elif found != str(format_version):
             self.db.close()
-            raise BadRequest(f"{what} {path} has format {row['value']}, this node reads {format_version}")
+            raise BadRequest(f"{what} {path} has format {found}, this node reads {format_version}")
 
     def close(self) -> None:
         """Close the database."""

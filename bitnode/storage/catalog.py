@@ -4,13 +4,14 @@ Remote paths are ``key_id:path`` (:mod:`bitnode.globalid`): the key id
 says whose key encrypts the file (the user's master key or a share key). The
 tables, format version :data:`CATALOG_FORMAT`:
 
-- ``items``     one row per file or folder: (key_id, path) unique; parent
-  folders are created implicitly, as a file system would show them;
+- ``items``     one row per file, folder or symbolic link: (key_id, path)
+  unique; parent folders are created implicitly, as a file system would show
+  them; a folder keeps its mode and mtime, a link its target text;
 - ``versions``  one row per stored version of a file: its id (the block path
   prefix on suppliers), state (``uploading`` → ``complete`` / ``failed``), size,
   segment size and count, the erasure parameters k-of-n, the version key
-  wrapped with the owner's key, and which supplier held which position when it
-  was uploaded;
+  wrapped with the owner's key, which supplier held which position when it
+  was uploaded, and the mode and mtime of the file it was read from;
 - ``segments``  per version and segment: plaintext length;
 - ``blocks``    per segment and position: the block's SHA-256, the supplier
   that acknowledged it (empty when it is missing and must be rebuilt);
@@ -21,13 +22,17 @@ tables, format version :data:`CATALOG_FORMAT`:
   IF NOT EXISTS`` adds it when an older catalog file is opened.
 
 ``meta`` holds the format and small node-local facts (:meth:`Catalog.get_meta`).
+Format 2 added the metadata columns (items: mode, mtime_ns, link_target;
+versions: mode, mtime_ns); a format 1 file is migrated when opened (the new
+columns are NULL: unknown).
 
 Rules: a segment is recorded only after its suppliers acknowledged its blocks
 (persist before acknowledging the user); every change is one transaction, so
 a crash leaves the previous consistent state. The whole catalog exports to a
-compact, versioned JSON document (:meth:`Catalog.export`) that the node
-encrypts and backs up to its suppliers, and :meth:`Catalog.import_` restores
-it on a new machine.
+compact, versioned JSON document (:meth:`Catalog.export`,
+:mod:`bitnode.storage.catalog_format`) that the node encrypts and backs up to
+its suppliers, and :meth:`Catalog.import_` restores it on a new machine after
+checking every row.
 
 The class is synchronous and thread-safe (one lock, one connection): the node
 calls it from its thread pool, never on the reactor thread for big work.
@@ -35,7 +40,6 @@ calls it from its thread pool, never on the reactor thread for big work.
 
 from __future__ import annotations
 
-import base64
 import json
 import sqlite3
 from typing import ContextManager, Iterable
@@ -43,12 +47,30 @@ from typing import ContextManager, Iterable
 from bitnode.errors import BadRequest, Conflict, NotFound
 from bitnode.globalid import parse_key_id, validate_path
 from bitnode.main.sqlitedb import SqliteFile
+from bitnode.storage.catalog_format import (
+    COMPLETE,
+    EXPORT_FORMAT,
+    FAILED,
+    UPLOADING,
+    VERSION_STATES,
+    check_link_target,
+    check_mode,
+    check_mtime_ns,
+    check_sha256,
+    check_suppliers,
+    parents_of,
+    parse_export,
+    segment_count,
+    segment_length,
+    write_export,
+)
+from bitnode.storage.erasure import MAX_N
 from bitnode.storage.ports import SegmentMeta
 from bitnode.storage.segment_crypto import validate_version_id
 
-CATALOG_FORMAT = 1
-UPLOADING, COMPLETE, FAILED = "uploading", "complete", "failed"
-VERSION_STATES = (UPLOADING, COMPLETE, FAILED)
+CATALOG_FORMAT = 2
+__all__ = ["CATALOG_FORMAT", "COMPLETE", "EXPORT_FORMAT", "FAILED", "UPLOADING", "VERSION_STATES", "Catalog",
+           "split_remote_path"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -58,6 +80,9 @@ CREATE TABLE IF NOT EXISTS items (
     path      TEXT NOT NULL,
     is_folder INTEGER NOT NULL,
     created   REAL NOT NULL,
+    mode        INTEGER,
+    mtime_ns    INTEGER,
+    link_target TEXT,
     UNIQUE (key_id, path)
 );
 CREATE TABLE IF NOT EXISTS versions (
@@ -72,7 +97,9 @@ CREATE TABLE IF NOT EXISTS versions (
     wrapped_key    BLOB NOT NULL,
     suppliers      TEXT NOT NULL,
     created        REAL NOT NULL,
-    completed      REAL
+    completed      REAL,
+    mode           INTEGER,
+    mtime_ns       INTEGER
 );
 CREATE INDEX IF NOT EXISTS versions_by_item ON versions(item_id);
 CREATE TABLE IF NOT EXISTS segments (
@@ -100,6 +127,15 @@ CREATE TABLE IF NOT EXISTS sources (
 _RESERVED_META = ("format",)
 
 
+def _migrate(db: sqlite3.Connection, old_format: int) -> None:
+    """Format 1 → 2: the metadata columns, NULL (unknown) for what was stored before."""
+    if old_format == 1:
+        for table, column, kind in (("items", "mode", "INTEGER"), ("items", "mtime_ns", "INTEGER"),
+                                    ("items", "link_target", "TEXT"), ("versions", "mode", "INTEGER"),
+                                    ("versions", "mtime_ns", "INTEGER")):
+            db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+
+
 def split_remote_path(remote_path: str) -> tuple[str, str]:
     """``key_id:path`` → (key_id, path), both validated; the path may be empty (the root)."""
     if not isinstance(remote_path, str) or ":" not in remote_path:
@@ -110,17 +146,12 @@ def split_remote_path(remote_path: str) -> tuple[str, str]:
     return key_id, (validate_path(path) if path else "")
 
 
-def _parents(path: str) -> list[str]:
-    parts = path.split("/")
-    return ["/".join(parts[:i]) for i in range(1, len(parts))]
-
-
 class Catalog:
     """One node's catalog in the sqlite file at ``path`` (``":memory:"`` for tests)."""
 
     def __init__(self, path: str):
         self.path = path
-        self._file = SqliteFile(path, _SCHEMA, CATALOG_FORMAT, "catalog", foreign_keys=True)
+        self._file = SqliteFile(path, _SCHEMA, CATALOG_FORMAT, "catalog", foreign_keys=True, migrate=_migrate)
         self._lock, self._db = self._file.lock, self._file.db
 
     def close(self) -> None:
@@ -133,30 +164,69 @@ class Catalog:
     # --- files and folders ---------------------------------------------------------
 
     def create(self, key_id: str, path: str, as_folder: bool = False, exist_ok: bool = False,
-               now: float = 0.0) -> dict:
-        """Add a file or folder (and its parent folders); Conflict if it exists (unless ``exist_ok``)."""
+               now: float = 0.0, mode: int | None = None, mtime_ns: int | None = None) -> dict:
+        """Add a file or folder (and its parent folders); Conflict if it exists (unless ``exist_ok``).
+
+        ``mode`` and ``mtime_ns`` (a folder's, from an upload) are kept, also
+        on a folder that exists already.
+        """
         if not path:
             raise BadRequest("the root folder always exists")
         parse_key_id(key_id)
         validate_path(path)
+        check_mode(mode)
+        check_mtime_ns(mtime_ns)
         with self._transaction() as db:
-            for parent in _parents(path):
+            for parent in parents_of(path):
                 found = self._item_row(db, key_id, parent)
                 if found is None:
                     db.execute("INSERT INTO items (key_id, path, is_folder, created) VALUES (?, ?, 1, ?)",
                                (key_id, parent, now))
                 elif not found["is_folder"]:
-                    raise Conflict(f"{key_id}:{parent} is a file, not a folder")
+                    raise Conflict(f"{key_id}:{parent} is a {_kind(found)}, not a folder")
             found = self._item_row(db, key_id, path)
             if found is not None:
-                if bool(found["is_folder"]) != as_folder:
-                    kind = "folder" if found["is_folder"] else "file"
-                    raise Conflict(f"{key_id}:{path} already exists as a {kind}")
+                if bool(found["is_folder"]) != as_folder or found["link_target"] is not None:
+                    raise Conflict(f"{key_id}:{path} already exists as a {_kind(found)}")
                 if not exist_ok:
                     raise Conflict(f"{key_id}:{path} already exists")
+                if mode is not None or mtime_ns is not None:
+                    db.execute("UPDATE items SET mode = ?, mtime_ns = ? WHERE item_id = ?",
+                               (mode, mtime_ns, found["item_id"]))
             else:
-                db.execute("INSERT INTO items (key_id, path, is_folder, created) VALUES (?, ?, ?, ?)",
-                           (key_id, path, int(as_folder), now))
+                db.execute("INSERT INTO items (key_id, path, is_folder, created, mode, mtime_ns)"
+                           " VALUES (?, ?, ?, ?, ?, ?)", (key_id, path, int(as_folder), now, mode, mtime_ns))
+        return self.get(key_id, path)
+
+    def create_link(self, key_id: str, path: str, target: str, mtime_ns: int | None = None,
+                    now: float = 0.0) -> dict:
+        """Keep a symbolic link (its target text, never what it points to); an existing link is updated.
+
+        Conflict when a file or folder is at ``path``.
+        """
+        if not path:
+            raise BadRequest("the root folder always exists")
+        parse_key_id(key_id)
+        validate_path(path)
+        check_link_target(target)
+        check_mtime_ns(mtime_ns)
+        with self._transaction() as db:
+            for parent in parents_of(path):
+                found = self._item_row(db, key_id, parent)
+                if found is None:
+                    db.execute("INSERT INTO items (key_id, path, is_folder, created) VALUES (?, ?, 1, ?)",
+                               (key_id, parent, now))
+                elif not found["is_folder"]:
+                    raise Conflict(f"{key_id}:{parent} is a {_kind(found)}, not a folder")
+            found = self._item_row(db, key_id, path)
+            if found is None:
+                db.execute("INSERT INTO items (key_id, path, is_folder, created, mtime_ns, link_target)"
+                           " VALUES (?, ?, 0, ?, ?, ?)", (key_id, path, now, mtime_ns, target))
+            elif found["link_target"] is None:
+                raise Conflict(f"{key_id}:{path} already exists as a {_kind(found)}")
+            else:
+                db.execute("UPDATE items SET link_target = ?, mtime_ns = ? WHERE item_id = ?",
+                           (target, mtime_ns, found["item_id"]))
         return self.get(key_id, path)
 
     def exists(self, key_id: str, path: str) -> bool:
@@ -225,17 +295,24 @@ class Catalog:
 
     def begin_version(self, key_id: str, path: str, version_id: str, size: int, segment_size: int,
                       segments_total: int, k: int, n: int, wrapped_key: bytes, suppliers: Iterable[str],
-                      now: float = 0.0, source: tuple[str, int, float] | None = None) -> dict:
+                      now: float = 0.0, source: tuple[str, int, float] | None = None,
+                      mode: int | None = None, mtime_ns: int | None = None) -> dict:
         """Record a new version being uploaded (the file item is created if needed).
 
         ``source`` is ``(local_path, size, mtime)`` of the file being read, kept
-        in the same transaction so a resumed upload can tell whether it changed.
+        in the same transaction so a resumed upload can tell whether it changed;
+        ``mode`` and ``mtime_ns`` are the file's, given back by a restore.
         """
         validate_version_id(version_id)
+        check_mode(mode)
+        check_mtime_ns(mtime_ns)
         suppliers = list(suppliers)
         if len(suppliers) != n:
             raise BadRequest(f"{n} blocks per segment need {n} supplier positions, got {len(suppliers)}")
-        if not 1 <= k <= n or size < 0 or segment_size <= 0 or segments_total < 1:
+        check_suppliers(suppliers, n)
+        # What is recorded must read back from an export (catalog_format checks the same).
+        if (not 1 <= k <= n <= MAX_N or size < 0 or segment_size <= 0
+                or segments_total != segment_count(size, segment_size)):
             raise BadRequest("invalid version parameters")
         self.create(key_id, path, exist_ok=True, now=now)
         with self._transaction() as db:
@@ -244,9 +321,9 @@ class Catalog:
             item = self._item_row(db, key_id, path)
             db.execute(
                 "INSERT INTO versions (version_id, item_id, state, size, segment_size, segments_total, k, n,"
-                " wrapped_key, suppliers, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " wrapped_key, suppliers, created, mode, mtime_ns) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (version_id, item["item_id"], UPLOADING, size, segment_size, segments_total, k, n,
-                 bytes(wrapped_key), json.dumps(suppliers), now))
+                 bytes(wrapped_key), json.dumps(suppliers), now, mode, mtime_ns))
             if source is not None:
                 local_path, local_size, mtime = source
                 db.execute("INSERT INTO sources (version_id, local_path, size, mtime) VALUES (?, ?, ?, ?)",
@@ -322,6 +399,10 @@ class Catalog:
                 raise BadRequest(f"segment {meta.index} of {version_id} needs {version['n']} blocks")
             if not 0 <= meta.index < version["segments_total"]:
                 raise BadRequest(f"segment {meta.index} out of range for {version_id}")
+            if meta.plaintext_length != segment_length(version["size"], version["segment_size"], meta.index):
+                raise BadRequest(f"segment {meta.index} of {version_id} cannot be {meta.plaintext_length} bytes")
+            for sha in meta.block_sha256:
+                check_sha256(sha)
             db.execute("INSERT OR REPLACE INTO segments (version_id, seg_index, plaintext_length) VALUES (?, ?, ?)",
                        (version_id, meta.index, meta.plaintext_length))
             db.executemany(
@@ -440,52 +521,34 @@ class Catalog:
     # --- backup ---------------------------------------------------------------------------
 
     def export(self) -> bytes:
-        """The whole catalog as a versioned JSON document (bytes), for the encrypted backup."""
+        """The whole catalog as a versioned JSON document (bytes), for the encrypted backup (see catalog_format)."""
         with self._lock:
-            doc = {"format": CATALOG_FORMAT, "items": [], "versions": [], "segments": [], "blocks": []}
-            for row in self._db.execute("SELECT key_id, path, is_folder, created FROM items ORDER BY item_id"):
-                doc["items"].append(list(row))
-            for row in self._db.execute(
-                    "SELECT v.version_id, i.key_id, i.path, v.state, v.size, v.segment_size, v.segments_total,"
-                    " v.k, v.n, v.wrapped_key, v.suppliers, v.created, v.completed"
-                    " FROM versions v JOIN items i USING (item_id) ORDER BY v.version_id"):
-                values = list(row)
-                values[9] = base64.b64encode(values[9]).decode("ascii")
-                doc["versions"].append(values)
-            for row in self._db.execute("SELECT * FROM segments ORDER BY version_id, seg_index"):
-                doc["segments"].append(list(row))
-            for row in self._db.execute("SELECT * FROM blocks ORDER BY version_id, seg_index, position"):
-                doc["blocks"].append(list(row))
-        return json.dumps(doc, separators=(",", ":")).encode("utf-8")
+            return write_export(self._db)
 
     def import_(self, data: bytes) -> None:
-        """Replace everything with an exported document (restoring on a new machine)."""
-        try:
-            doc = json.loads(data.decode("utf-8"))
-            if doc.get("format") != CATALOG_FORMAT:
-                raise BadRequest(f"catalog backup has format {doc.get('format')!r}")
-        except (UnicodeDecodeError, ValueError, AttributeError) as err:
-            raise BadRequest(f"catalog backup is not readable: {err}") from None
+        """Replace everything with an exported document (restoring on a new machine, or a share's index).
+
+        Every row is checked first (:func:`~bitnode.storage.catalog_format.parse_export`):
+        BadRequest and nothing changed when anything is off.
+        """
+        rows = parse_export(data)
         try:
             with self._transaction() as db:
                 db.execute("DELETE FROM items")
-                db.executemany("INSERT INTO items (key_id, path, is_folder, created) VALUES (?, ?, ?, ?)",
-                               doc["items"])
-                for (version_id, key_id, path, state, size, segment_size, segments_total, k, n, wrapped,
-                     suppliers, created, completed) in doc["versions"]:
-                    if state not in VERSION_STATES:
-                        raise BadRequest(f"unknown version state {state!r}")
-                    item = self._item_row(db, key_id, path)
-                    if item is None:
-                        raise BadRequest(f"version {version_id} names an unknown file")
-                    db.execute(
-                        "INSERT INTO versions (version_id, item_id, state, size, segment_size, segments_total,"
-                        " k, n, wrapped_key, suppliers, created, completed) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-                        (version_id, item["item_id"], state, size, segment_size, segments_total, k, n,
-                         base64.b64decode(wrapped), suppliers, created, completed))
-                db.executemany("INSERT INTO segments VALUES (?, ?, ?)", doc["segments"])
-                db.executemany("INSERT INTO blocks VALUES (?, ?, ?, ?, ?)", doc["blocks"])
-        except (KeyError, TypeError, ValueError, sqlite3.Error) as err:
+                ids = {}
+                for key_id, path, is_folder, created, mode, mtime_ns, link in rows.items:
+                    ids[(key_id, path)] = db.execute(
+                        "INSERT INTO items (key_id, path, is_folder, created, mode, mtime_ns, link_target)"
+                        " VALUES (?, ?, ?, ?, ?, ?, ?)", (key_id, path, is_folder, created, mode, mtime_ns, link)
+                    ).lastrowid
+                db.executemany(
+                    "INSERT INTO versions (version_id, item_id, state, size, segment_size, segments_total,"
+                    " k, n, wrapped_key, suppliers, created, completed, mode, mtime_ns)"
+                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    [(v[0], ids[(v[1], v[2])], *v[3:]) for v in rows.versions])
+                db.executemany("INSERT INTO segments VALUES (?, ?, ?)", rows.segments)
+                db.executemany("INSERT INTO blocks VALUES (?, ?, ?, ?, ?)", rows.blocks)
+        except sqlite3.Error as err:
             raise BadRequest(f"catalog backup is not valid: {err}") from None
 
     # --- rows -----------------------------------------------------------------------------
@@ -524,12 +587,13 @@ class Catalog:
     @staticmethod
     def _item_dict(row: sqlite3.Row) -> dict:
         return {"remote_path": f"{row['key_id']}:{row['path']}", "key_id": row["key_id"], "path": row["path"],
-                "type": "folder" if row["is_folder"] else "file", "created": row["created"]}
+                "type": _kind(row), "created": row["created"], "mode": row["mode"], "mtime_ns": row["mtime_ns"],
+                "link_target": row["link_target"]}
 
     def _version_dict(self, row: sqlite3.Row) -> dict:
         keys = row.keys()
         out = {name: row[name] for name in ("version_id", "state", "size", "segment_size", "segments_total",
-                                            "k", "n", "created", "completed")}
+                                            "k", "n", "created", "completed", "mode", "mtime_ns")}
         out["suppliers"] = json.loads(row["suppliers"])
         out["wrapped_key"] = bytes(row["wrapped_key"])
         if "key_id" not in keys:
@@ -540,3 +604,8 @@ class Catalog:
         out["segments_done"] = self._db.execute("SELECT COUNT(*) FROM segments WHERE version_id = ?",
                                                 (row["version_id"],)).fetchone()[0]
         return out
+
+
+def _kind(row: sqlite3.Row) -> str:
+    """What an items row is: folder, link or file."""
+    return "folder" if row["is_folder"] else "link" if row["link_target"] is not None else "file"

@@ -46,6 +46,7 @@ from twisted.logger import Logger
 
 from bitnode.errors import BadRequest, Conflict, Unavailable
 from bitnode.storage import blockformat, erasure, segment_crypto
+from bitnode.storage.catalog_format import MAX_SEGMENT_SIZE, segment_count
 from bitnode.storage.patience import GraceWait, Patience
 from bitnode.storage.ports import (
     IStorageServer,
@@ -65,7 +66,6 @@ GRACE_FLOOR = 10.0
 # A supplier whose store was given up is skipped this long, doubling on each new give-up.
 SKIP_FIRST = 60.0
 SKIP_MAX = 600.0
-MAX_SEGMENT_SIZE = 256 * MiB
 
 RunInThread = Callable[..., defer.Deferred]
 ProgressCallback = Callable[[Progress], None]
@@ -132,11 +132,6 @@ class UploadResult:
     def degraded(self) -> tuple[int, ...]:
         """Indexes of segments stored OK but on fewer than n suppliers."""
         return tuple(s.index for s in self.segments if s.missing)
-
-
-def segment_count(file_size: int, segment_size: int) -> int:
-    """How many segments a file of ``file_size`` bytes has (an empty file has one)."""
-    return max(1, -(-file_size // segment_size))
 
 
 def prepare_segment(

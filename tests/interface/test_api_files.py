@@ -6,6 +6,7 @@ service_backups over the in-memory grid of tests/storage/test_backups_service.py
 
 from __future__ import annotations
 
+import json
 import os
 
 from twisted.internet import defer
@@ -280,6 +281,26 @@ class ErrorTests(ApiFilesTestCase):
         local, _ = self.local(size=SEG)
         text = yield self.error(507, "file_upload_start", local_path=local, remote_path=REMOTE, wait_result=True)
         self.assertIn("out of space", text)
+
+
+class HostileCatalogTests(ApiFilesTestCase):
+    @defer.inlineCallbacks
+    def test_a_catalog_that_would_crash_file_info_is_refused_on_import(self):
+        # What a malicious share owner (or a broken backup) could hand over: positions beyond n, too few suppliers.
+        version_id = "F20250101T000000000-0a1b2c3d"
+        hostile = {"format": 1, "items": [[MASTER, "docs", 1, 1.0], [MASTER, "docs/a.bin", 0, 1.0]],
+                   "versions": [[version_id, MASTER, "docs/a.bin", "complete", 5, 4194304, 1, 1, 2, "d3JhcHBlZA==",
+                                 '["s0"]', 1.0, 2.0]],
+                   "segments": [[version_id, 0, 5]],
+                   "blocks": [[version_id, 0, 0, "aa" * 32, "s0"], [version_id, 0, 7, "bb" * 32, "s0"]]}
+        try:
+            yield self.node.run_in_thread(self.storage.catalog.import_, json.dumps(hostile).encode())
+        except BadRequest:
+            pass
+        answer = yield self.call("file_info", remote_path=MASTER + ":docs/a.bin")
+        self.assertEqual(answer.code, 404, answer.envelope)
+        listed = yield self.ok("files_list")
+        self.assertEqual(listed, [])
 
 
 class NoSupplierTests(unittest.TestCase):

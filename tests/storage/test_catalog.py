@@ -34,7 +34,7 @@ class CatalogTestCase(unittest.TestCase):
         return catalog
 
     def upload(self, catalog: Catalog, path: str, version: str, segments: int = 2, now: float = 1.0) -> None:
-        catalog.begin_version(KEY, path, version, 150, 100, segments, 3, 5, b"wrapped", SUPPLIERS, now=now)
+        catalog.begin_version(KEY, path, version, 100 * segments, 100, segments, 3, 5, b"wrapped", SUPPLIERS, now=now)
         for i in range(segments):
             catalog.record_segment(version, segment(i))
         catalog.finish_version(version, now=now + 1)
@@ -85,7 +85,7 @@ class ItemTests(CatalogTestCase):
                                       f"{KEY}:docs/sub/b.txt", f"{SHARE}:x"])
         top = self.catalog.list(KEY, "docs", recursive=False)
         self.assertEqual([i["path"] for i in top], ["docs/a.txt", "docs/sub"])
-        self.assertEqual(top[0]["size"], 150)
+        self.assertEqual(top[0]["size"], 200)
         self.assertEqual(top[0]["latest_version"], "V1")
         self.assertEqual([i["path"] for i in self.catalog.list(KEY, "", recursive=False)], ["docs"])
 
@@ -281,3 +281,55 @@ class LongListTests(CatalogTestCase):
         dropped = self.catalog.prune_versions(KEY, "a", keep=1)
         self.assertEqual(len(dropped), 24)
         self.assertEqual([v["version_id"] for v in self.catalog.get(KEY, "a")["versions"]], ["V24"])
+
+
+# The tables of catalog format 1 (before the metadata columns), as a node of that format created them.
+FORMAT_1_SCHEMA = """
+CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE items (item_id INTEGER PRIMARY KEY AUTOINCREMENT, key_id TEXT NOT NULL, path TEXT NOT NULL,
+    is_folder INTEGER NOT NULL, created REAL NOT NULL, UNIQUE (key_id, path));
+CREATE TABLE versions (version_id TEXT PRIMARY KEY,
+    item_id INTEGER NOT NULL REFERENCES items(item_id) ON DELETE CASCADE, state TEXT NOT NULL,
+    size INTEGER NOT NULL, segment_size INTEGER NOT NULL, segments_total INTEGER NOT NULL, k INTEGER NOT NULL,
+    n INTEGER NOT NULL, wrapped_key BLOB NOT NULL, suppliers TEXT NOT NULL, created REAL NOT NULL, completed REAL);
+CREATE INDEX versions_by_item ON versions(item_id);
+CREATE TABLE segments (version_id TEXT NOT NULL REFERENCES versions(version_id) ON DELETE CASCADE,
+    seg_index INTEGER NOT NULL, plaintext_length INTEGER NOT NULL, PRIMARY KEY (version_id, seg_index));
+CREATE TABLE blocks (version_id TEXT NOT NULL, seg_index INTEGER NOT NULL, position INTEGER NOT NULL,
+    sha256 TEXT NOT NULL, supplier TEXT NOT NULL, PRIMARY KEY (version_id, seg_index, position),
+    FOREIGN KEY (version_id, seg_index) REFERENCES segments(version_id, seg_index) ON DELETE CASCADE);
+CREATE TABLE sources (version_id TEXT PRIMARY KEY REFERENCES versions(version_id) ON DELETE CASCADE,
+    local_path TEXT NOT NULL, size INTEGER NOT NULL, mtime REAL NOT NULL);
+INSERT INTO meta VALUES ('format', '1'), ('catalog-backup-serial', '7');
+INSERT INTO items (key_id, path, is_folder, created) VALUES
+    ('master$alice@127.0.0.1_8084', 'docs', 1, 1.0), ('master$alice@127.0.0.1_8084', 'docs/a.txt', 0, 1.0);
+INSERT INTO versions VALUES ('V1', 2, 'complete', 100, 100, 1, 3, 5, X'00ff', '["s1@h", "s2@h", "s3@h", "s4@h", "s5@h"]',
+    1.0, 2.0);
+INSERT INTO segments VALUES ('V1', 0, 100);
+"""
+
+
+class FormatOneFileTests(unittest.TestCase):
+    def test_a_format_1_catalog_file_is_migrated_and_keeps_everything(self):
+        path = os.path.join(self.mktemp())
+        db = sqlite3.connect(path)
+        db.executescript(FORMAT_1_SCHEMA)
+        db.executemany("INSERT INTO blocks VALUES ('V1', 0, ?, ?, ?)", [(i, SHAS[i], SUPPLIERS[i]) for i in range(5)])
+        db.commit()
+        db.close()
+        catalog = Catalog(path)
+        self.addCleanup(catalog.close)
+        self.assertEqual(catalog.get_meta("format"), "2")
+        self.assertEqual(catalog.get_meta("catalog-backup-serial"), "7")
+        version = catalog.latest_complete(KEY, "docs/a.txt")
+        self.assertEqual((version["size"], version["wrapped_key"], version["mode"], version["mtime_ns"]),
+                         (100, b"\x00\xff", None, None))
+        self.assertEqual(catalog.get(KEY, "docs")["mode"], None)
+        self.assertEqual(len(catalog.segments("V1")[0].stored), 5)
+        catalog.begin_version(KEY, "docs/a.txt", "V2", 1, 1, 1, 3, 5, b"", SUPPLIERS, now=3.0, mode=0o640,
+                              mtime_ns=10)
+        self.assertEqual(catalog.version("V2")["mode"], 0o640)
+        other = Catalog(":memory:")
+        self.addCleanup(other.close)
+        other.import_(catalog.export())
+        self.assertEqual(other.segments("V1"), catalog.segments("V1"))
