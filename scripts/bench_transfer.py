@@ -284,7 +284,7 @@ class BenchNet:
             directory = os.path.join(self.workdir, f"localnet-{attempt}")
             self.net = LocalNet(directory, log=lambda text: self.log("   " + text.strip()), documented_ports=False)
             try:
-                self.net.up(suppliers=self.suppliers, customers=1, key_size=1024, timeout=self.timeout)
+                self.net.up(suppliers=self.suppliers, customers=1, key_size=2048, timeout=self.timeout)
                 break
             except LocalnetError as err:
                 self.down()

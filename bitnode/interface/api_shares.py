@@ -29,7 +29,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from bitnode.access.shares_service import SharesService
 
 SERVICE = "service_shares"
-KEY_SIZES = (1024, 2048, 3072, 4096)
+KEY_SIZES = (2048, 3072, 4096)
 
 
 class SharesMethods:

@@ -100,7 +100,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     up = add("up", cmd_up, "start the network and wait until every node is connected")
     up.add_argument("--suppliers", type=int, default=4, help="how many supplier nodes (default 4)")
     up.add_argument("--customers", type=int, default=1, help="how many customer nodes (default 1)")
-    up.add_argument("--key-size", type=int, default=2048, choices=(1024, 2048, 3072, 4096),
+    up.add_argument("--key-size", type=int, default=2048, choices=(2048, 3072, 4096),
                     help="RSA key size of new identities (default 2048)")
     up.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for each step")
     up.add_argument("--detach", action="store_true",
@@ -112,7 +112,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     more.add_argument("name")
     more.add_argument("--role", action="append", choices=("customer", "supplier"),
                       help="customer (default) and/or supplier; repeat for both")
-    more.add_argument("--key-size", type=int, default=2048, choices=(1024, 2048, 3072, 4096),
+    more.add_argument("--key-size", type=int, default=2048, choices=(2048, 3072, 4096),
                       help="RSA key size if an identity is created later by `up` (default 2048)")
     more.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the node")
     more.set_defaults(role=None)

@@ -52,7 +52,7 @@ SCHEMA: tuple[Option, ...] = (
            minimum=1, maximum=64, restart_needed=True),
     # --- identity and keys -----------------------------------------------------
     Option("personal/private-key-size", INTEGER, 3072, "Size in bits of newly generated RSA keys.",
-           choices=(1024, 2048, 3072, 4096)),
+           choices=(2048, 3072, 4096)),
     Option("personal/identity-servers", STRING_LIST, [],
            "Identity servers (host:port) to register a new identity on."),
     # --- paths -----------------------------------------------------------------

@@ -1,7 +1,7 @@
 """An in-process network for the access tests: an identity server node and ordinary nodes.
 
 Real services (identity, gateway, network, key exchange, friends), real HTTP
-and TCP on 127.0.0.1 with free ports, 1024-bit keys.  API calls go through
+and TCP on 127.0.0.1 with free ports, 2048-bit keys.  API calls go through
 the node's dispatcher, the way a client calls them.
 """
 
@@ -42,7 +42,7 @@ class AccessNetworkCase(unittest.TestCase):
                                   overrides={"services/identity-server/enabled": True,
                                              "services/identity-server/web-port": 0})
         port = server.service_driver.get("service_identity_server").port
-        self.settings = {"personal/private-key-size": 1024, "personal/identity-servers": [f"127.0.0.1:{port}"],
+        self.settings = {"personal/private-key-size": 2048, "personal/identity-servers": [f"127.0.0.1:{port}"],
                          "services/identity/fetch-timeout": 5.0, "services/tcp-connections/tcp-port": 0}
 
     @inlineCallbacks

@@ -142,7 +142,7 @@ class PendingPartTests(_GroupHelpers, AccessNetworkCase):
     def test_a_part_restored_while_the_groups_service_is_off_waits_for_it(self):
         alice = yield self.member_node("alice")
         bob = yield self.member_node("bob")
-        group = yield self.ok(alice, "group_create", label="later", key_size=1024)
+        group = yield self.ok(alice, "group_create", label="later", key_size=2048)
         group = group["group_key_id"]
         yield self.ok(alice, "group_share", group_key_id=group, trusted_user_id=self.global_id(bob))
         self.assertIsNone(self.member(bob, group))  # the key, not (yet) the membership

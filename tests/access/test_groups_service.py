@@ -1,4 +1,4 @@
-"""In-process network: groups between real Nodes (identity server, gateways over loopback, 1024-bit keys).
+"""In-process network: groups between real Nodes (identity server, gateways over loopback, 2048-bit keys).
 
 Everything a user does goes through the API dispatcher, the way a client calls it.
 """
@@ -60,7 +60,7 @@ class GroupsNetworkTests(AccessNetworkCase):
 
     @inlineCallbacks
     def new_group(self, owner, *members):
-        info = yield self.ok(owner, "group_create", label="friends", key_size=1024)
+        info = yield self.ok(owner, "group_create", label="friends", key_size=2048)
         group = info["group_key_id"]
         for node in members:
             shared = yield self.ok(owner, "group_share", group_key_id=group, trusted_user_id=self.global_id(node))

@@ -21,7 +21,7 @@ class KeyExchangeNetworkTests(AccessNetworkCase):
 
     @inlineCallbacks
     def test_share_public_then_private_key_and_audit_it(self):
-        created = yield self.ok(self.alice, "key_create", key_alias="share1", key_size=1024, label="photos")
+        created = yield self.ok(self.alice, "key_create", key_alias="share1", key_size=2048, label="photos")
         key_id = created["key_id"]
         answer = yield self.ok(self.alice, "key_share", key_id=key_id, trusted_user_id=self.bob_id)
         self.assertEqual(answer, {"key_id": key_id, "trusted_user_id": self.bob_id, "include_private": False,
@@ -61,7 +61,7 @@ class KeyExchangeNetworkTests(AccessNetworkCase):
     @inlineCallbacks
     def test_audit_of_a_different_key_under_the_same_id_fails(self):
         # bob has his own key under alice's id? He cannot get one by sharing; plant it directly.
-        yield self.ok(self.alice, "key_create", key_alias="share2", key_size=1024)
+        yield self.ok(self.alice, "key_create", key_alias="share2", key_size=2048)
         key_id = "share2$" + self.alice_id
         self.keystore(self.bob).add_private(key_id, KEY_C.to_pem())
         for is_private in (False, True):
@@ -133,7 +133,7 @@ class KeyExchangeNetworkTests(AccessNetworkCase):
 
     @inlineCallbacks
     def test_peer_gone_answers_503(self):
-        yield self.ok(self.alice, "key_create", key_alias="late", key_size=1024)
+        yield self.ok(self.alice, "key_create", key_alias="late", key_size=2048)
         key_id = "late$" + self.alice_id
         yield self.bob.stopService()
         text = yield self.error(self.alice, 503, "key_share", key_id=key_id, trusted_user_id=self.bob_id, timeout=2)

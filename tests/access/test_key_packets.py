@@ -12,9 +12,9 @@ from bitnode.crypt.keys import DecryptionError
 from bitnode.errors import BadRequest, Forbidden, NotFound
 
 ALICE, BOB, CAROL = "alice@id.net", "bob@id.net", "carol@id.net"
-KEY_A = keys.generate_rsa(1024)
-KEY_B = keys.generate_rsa(1024)
-KEY_C = keys.generate_rsa(1024)
+KEY_A = keys.generate_rsa(2048)
+KEY_B = keys.generate_rsa(2048)
+KEY_C = keys.generate_rsa(2048)
 
 
 def offer_of(key_id, key, private, label="a label"):

@@ -36,9 +36,9 @@ _KEYS: dict[str, keys.RsaPrivateKey] = {}
 
 
 def key(name: str) -> keys.RsaPrivateKey:
-    """A 1024-bit key made once per test run (generating one costs more than a test)."""
+    """A 2048-bit key made once per test run (generating one costs more than a test)."""
     if name not in _KEYS:
-        _KEYS[name] = keys.generate_rsa(1024)
+        _KEYS[name] = keys.generate_rsa(2048)
     return _KEYS[name]
 
 

@@ -1,7 +1,7 @@
 """In-process network: Alice shares a folder with Bob through her suppliers; Carol, not granted, cannot read.
 
 An identity server that is also the DHT seed, three supplier nodes and three
-users in one reactor on loopback with 1024-bit keys. Alice hires two
+users in one reactor on loopback with 2048-bit keys. Alice hires two
 suppliers (real service_customer, service_backups, service_supplier),
 creates a share, uploads a folder into it and grants it to Bob; Bob opens
 it (DHT lookup of Alice's suppliers, index read from them) and downloads the
@@ -75,7 +75,7 @@ class SharesNetworkTests(unittest.TestCase):
     @inlineCallbacks
     def shared_folder(self):
         """Alice creates a share, uploads the folder into it and grants it to Bob; the share's key id."""
-        share = yield ok(self, self.alice, "share_create", key_size=1024, label="holidays")
+        share = yield ok(self, self.alice, "share_create", key_size=2048, label="holidays")
         key_id = share["key_id"]
         self.assertTrue(key_id.startswith("share_") and key_id.endswith("$" + gid(self.alice)), key_id)
         self.assertEqual((share["mine"], share["state"], share["label"]), (True, "CONNECTED", "holidays"))

@@ -26,8 +26,8 @@ ALICE, BOB, CAROL = "alice@id.net_8084", "bob@id.net_8084", "carol@id.net_8084"
 
 @cache
 def _keys():
-    """Three 1024-bit keys, made once per test run (key generation is the slow part)."""
-    return tuple(keys.generate_rsa(1024) for _ in range(3))
+    """Three 2048-bit keys, made once per test run (key generation is the slow part)."""
+    return tuple(keys.generate_rsa(2048) for _ in range(3))
 
 
 class SealedMessageTests(unittest.TestCase):
@@ -61,8 +61,8 @@ class SealedMessageTests(unittest.TestCase):
         self.assertEqual(head[0], FORMAT_VERSION)
         self.assertEqual(head[1:2 + len(PRIVATE_MESSAGE)], bytes([len(PRIVATE_MESSAGE)]) + PRIVATE_MESSAGE.encode())
         self.assertEqual(struct.unpack(">d", head[-8:])[0], 1700000000.25)
-        # the signature closes the record: its length, then the 128 bytes of a 1024-bit RSA-PSS signature
-        self.assertEqual(int.from_bytes(blob[-130:-128], "big"), 128)
+        # the signature closes the record: its length, then the 256 bytes of a 2048-bit RSA-PSS signature
+        self.assertEqual(int.from_bytes(blob[-258:-256], "big"), 256)
 
     def test_someone_else_cannot_read_it(self):
         blob = self.sealed()

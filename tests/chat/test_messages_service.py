@@ -1,7 +1,7 @@
 """In-process network: private messages between real Nodes (identity server, DHT, gateways over loopback).
 
 Everything a user does goes through the API dispatcher or the WebSocket, the
-way a client calls it; 1024-bit keys.
+way a client calls it; 2048-bit keys.
 """
 
 from __future__ import annotations

@@ -94,7 +94,7 @@ class HybridTests(unittest.TestCase):
     def setUp(self) -> None:
         # Generated once per class and kept as a class attribute (trial has no setUpClass).
         if not HybridTests._cached:
-            HybridTests._cached = (keys.generate_rsa(1024), keys.generate_rsa(1024))
+            HybridTests._cached = (keys.generate_rsa(2048), keys.generate_rsa(2048))
         self.priv, self.other = HybridTests._cached
 
     def test_round_trip(self) -> None:
@@ -105,8 +105,8 @@ class HybridTests(unittest.TestCase):
     def test_layout(self) -> None:
         blob = aes.hybrid_encrypt(self.priv.public_key(), b"hi")
         self.assertEqual(blob[0], 1)
-        self.assertEqual(int.from_bytes(blob[1:3], "big"), 128)
-        self.assertEqual(len(blob), 3 + 128 + aes.OVERHEAD + 2)
+        self.assertEqual(int.from_bytes(blob[1:3], "big"), 256)
+        self.assertEqual(len(blob), 3 + 256 + aes.OVERHEAD + 2)
 
     def test_aad_round_trip_and_mismatch(self) -> None:
         blob = aes.hybrid_encrypt(self.priv.public_key(), b"hi", aad=b"to:bob")

@@ -83,7 +83,7 @@ class FastSignTests(unittest.TestCase):
         self.assertEqual(fastsign.private_from_pem(pem.decode("ascii")), self.priv)
 
     def test_bad_private_pem_is_rejected(self) -> None:
-        rsa_pem = keys.generate_rsa(1024).to_pem()
+        rsa_pem = keys.generate_rsa(2048).to_pem()
         for bad in (b"", b"junk", b"\xff\xfe", rsa_pem, b"-----BEGIN PRIVATE KEY-----\nAA\n", None):
             self.assertRaises(InvalidKey, fastsign.private_from_pem, bad)
 

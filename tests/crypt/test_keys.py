@@ -21,20 +21,20 @@ def _flip(data: bytes, index: int) -> bytes:
 
 
 class KeysTestBase(unittest.TestCase):
-    """Two 1024-bit keys, generated once for all subclasses (trial has no setUpClass)."""
+    """Two 2048-bit keys, generated once for all subclasses (trial has no setUpClass)."""
 
     _cached: tuple[keys.RsaPrivateKey, ...] = ()
 
     def setUp(self) -> None:
         if not KeysTestBase._cached:
-            KeysTestBase._cached = (keys.generate_rsa(1024), keys.generate_rsa(1024))
+            KeysTestBase._cached = (keys.generate_rsa(2048), keys.generate_rsa(2048))
         self.priv, self.other = KeysTestBase._cached
 
 
 class GenerateTests(KeysTestBase):
     def test_generated_key_has_requested_size(self) -> None:
-        self.assertEqual(self.priv.size_bits, 1024)
-        self.assertEqual(self.priv.public_key().size_bits, 1024)
+        self.assertEqual(self.priv.size_bits, 2048)
+        self.assertEqual(self.priv.public_key().size_bits, 2048)
         self.assertEqual(self.priv.raw.e, 65537)
 
     def test_default_size_is_3072(self) -> None:
@@ -97,6 +97,16 @@ class PemTests(KeysTestBase):
         self.assertRaises(InvalidKey, keys.private_from_pem, small.export_key())
         self.assertRaises(InvalidKey, keys.public_from_pem, small.public_key().export_key())
 
+    def test_1024_bit_keys_are_refused_when_made_imported_or_received(self) -> None:
+        self.assertRaises(BadRequest, keys.generate_rsa, 1024)
+        self.assertRaises(BadRequest, keys.check_key_size, 1024)
+        old = RSA.generate(1024)
+        for parse, data in ((keys.private_from_pem, old.export_key()),
+                            (keys.public_from_pem, old.public_key().export_key()),
+                            (keys.public_from_der, old.public_key().export_key(format="DER"))):
+            err = self.assertRaises(InvalidKey, parse, data)
+            self.assertIn("1024", str(err))
+
     def test_parse_error_does_not_quote_the_key(self) -> None:
         pem = self.priv.to_pem()
         broken = pem[:60] + b"!!" + pem[62:]
@@ -109,7 +119,7 @@ class PemTests(KeysTestBase):
         text = repr(self.priv) + str(self.priv) + repr(self.priv.public_key())
         for secret in (self.priv.raw.d, self.priv.raw.p, self.priv.raw.q):
             self.assertNotIn(str(secret), text)
-        self.assertIn("1024", text)
+        self.assertIn("2048", text)
 
     def test_keys_are_immutable_and_private_keys_unpicklable(self) -> None:
         self.assertRaises(AttributeError, setattr, self.priv, "_key", None)
@@ -145,7 +155,7 @@ class FingerprintTests(KeysTestBase):
 class SignatureTests(KeysTestBase):
     def test_sign_and_verify(self) -> None:
         sig = keys.sign(self.priv, b"message")
-        self.assertEqual(len(sig), 128)
+        self.assertEqual(len(sig), 256)
         self.assertTrue(keys.verify(self.priv.public_key(), b"message", sig))
         self.assertTrue(keys.verify(self.priv, b"message", sig))
 
@@ -184,7 +194,7 @@ class WrapTests(KeysTestBase):
     def test_wrap_round_trip(self) -> None:
         secret = bytes(range(32))
         blob = keys.wrap_key(self.priv.public_key(), secret)
-        self.assertEqual(len(blob), 128)
+        self.assertEqual(len(blob), 256)
         self.assertEqual(keys.unwrap_key(self.priv, blob), secret)
 
     def test_wrap_is_randomized(self) -> None:
@@ -203,7 +213,7 @@ class WrapTests(KeysTestBase):
 
     def test_secret_too_long_is_rejected(self) -> None:
         limit = keys.max_wrap_size(self.priv)
-        self.assertEqual(limit, 128 - 66)
+        self.assertEqual(limit, 256 - 66)
         keys.wrap_key(self.priv, b"x" * limit)
         self.assertRaises(BadRequest, keys.wrap_key, self.priv, b"x" * (limit + 1))
 

@@ -30,7 +30,7 @@ class _OtherKeys:
 
 def other_keys() -> tuple[keys.RsaPrivateKey, keys.RsaPrivateKey]:
     if not _OtherKeys.cached:
-        _OtherKeys.cached = (keys.generate_rsa(1024), keys.generate_rsa(1024))
+        _OtherKeys.cached = (keys.generate_rsa(2048), keys.generate_rsa(2048))
     return _OtherKeys.cached  # type: ignore[return-value]
 
 
@@ -50,7 +50,7 @@ class KeyStoreTests(unittest.TestCase):
         return KeyStore(self.dir, OWNER, self.run_in_thread, clock=self.clock)
 
     def create(self, alias: str, label: str = "", store: KeyStore | None = None) -> KeyInfo:
-        return self.successResultOf((store or self.store).create(alias, 1024, label))
+        return self.successResultOf((store or self.store).create(alias, 2048, label))
 
     def path(self, name: str) -> str:
         return os.path.join(self.dir, name)
@@ -63,7 +63,7 @@ class KeyStoreTests(unittest.TestCase):
         self.assertEqual(info.key_id, "share1$" + OWNER)
         self.assertEqual(info.alias, "share1")
         self.assertEqual(info.creator, OWNER)
-        self.assertEqual(info.size, 1024)
+        self.assertEqual(info.size, 2048)
         self.assertEqual(info.label, "photos")
         self.assertTrue(info.is_private)
         self.assertEqual(info.created, 1_700_000_000)
@@ -79,7 +79,7 @@ class KeyStoreTests(unittest.TestCase):
 
     def test_create_rejects_bad_aliases(self) -> None:
         for alias in ("", "master", "Share", "a b", "a$b", "a@b", "x" * 65, "ä", None):
-            self.failureResultOf(self.store.create(alias, 1024), BadRequest)
+            self.failureResultOf(self.store.create(alias, 2048), BadRequest)
         self.assertEqual(self.thread_calls, [])
 
     def test_alias_of_64_characters_is_fine(self) -> None:
@@ -87,13 +87,13 @@ class KeyStoreTests(unittest.TestCase):
 
     def test_create_rejects_bad_size_and_label(self) -> None:
         self.failureResultOf(self.store.create("a", 512), BadRequest)
-        self.failureResultOf(self.store.create("a", 1024, "bad\nlabel"), BadRequest)
-        strict = KeyStore(self.mktemp(), OWNER, self.run_in_thread, min_key_size=2048)
-        self.failureResultOf(strict.create("a", 1024), BadRequest)
+        self.failureResultOf(self.store.create("a", 2048, "bad\nlabel"), BadRequest)
+        strict = KeyStore(self.mktemp(), OWNER, self.run_in_thread, min_key_size=3072)
+        self.failureResultOf(strict.create("a", 2048), BadRequest)
 
     def test_create_existing_alias_conflicts(self) -> None:
         self.create("share1")
-        self.failureResultOf(self.store.create("share1", 1024), Conflict)
+        self.failureResultOf(self.store.create("share1", 2048), Conflict)
 
     def test_create_while_same_alias_is_generating_conflicts(self) -> None:
         pending: list[defer.Deferred] = []
@@ -106,8 +106,8 @@ class KeyStoreTests(unittest.TestCase):
             return d
 
         store = KeyStore(self.mktemp(), OWNER, slow)
-        first = store.create("share1", 1024)
-        self.failureResultOf(store.create("share1", 1024), Conflict)
+        first = store.create("share1", 2048)
+        self.failureResultOf(store.create("share1", 2048), Conflict)
         fn, args = calls[0]
         pending[0].callback(fn(*args))
         self.assertEqual(self.successResultOf(first).alias, "share1")
@@ -117,22 +117,22 @@ class KeyStoreTests(unittest.TestCase):
             return defer.fail(RuntimeError("thread pool stopped"))
 
         store = KeyStore(self.dir, OWNER, broken)
-        self.failureResultOf(store.create("share1", 1024), RuntimeError)
+        self.failureResultOf(store.create("share1", 2048), RuntimeError)
         self.assertFalse(store.has("share1$" + OWNER))
-        self.assertEqual(self.successResultOf(self.make_store().create("share1", 1024)).alias, "share1")
+        self.assertEqual(self.successResultOf(self.make_store().create("share1", 2048)).alias, "share1")
 
     def test_create_master(self) -> None:
-        info = self.successResultOf(self.store.create_master(1024))
+        info = self.successResultOf(self.store.create_master(2048))
         self.assertEqual(info.key_id, MASTER)
         self.assertEqual(self.store.master_key_id, MASTER)
-        self.failureResultOf(self.store.create_master(1024), Conflict)
+        self.failureResultOf(self.store.create_master(2048), Conflict)
 
     # -- list, get, label, erase ----------------------------------------
 
     def test_list_puts_master_first(self) -> None:
         self.create("zeta")
         self.create("alpha")
-        self.successResultOf(self.store.create_master(1024))
+        self.successResultOf(self.store.create_master(2048))
         ids = [info.key_id for info in self.store.list()]
         self.assertEqual(ids, [MASTER, "alpha$" + OWNER, "zeta$" + OWNER])
 
@@ -159,7 +159,7 @@ class KeyStoreTests(unittest.TestCase):
         self.assertRaises(NotFound, self.store.erase, info.key_id)
 
     def test_master_key_cannot_be_erased(self) -> None:
-        self.successResultOf(self.store.create_master(1024))
+        self.successResultOf(self.store.create_master(2048))
         self.assertRaises(Conflict, self.store.erase, MASTER)
         self.assertTrue(self.store.has(MASTER))
 
@@ -236,7 +236,7 @@ class KeyStoreTests(unittest.TestCase):
     # -- reload ---------------------------------------------------------
 
     def test_reload_from_disk(self) -> None:
-        master = self.successResultOf(self.store.create_master(1024))
+        master = self.successResultOf(self.store.create_master(2048))
         share = self.create("share1", label="photos")
         bob = other_keys()[0]
         friend = self.store.add_public("friend$bob@id.example.net", bob.public_key().to_pem(), "Bob")
@@ -299,7 +299,7 @@ class KeyStoreTests(unittest.TestCase):
         self.store.label(info.key_id, "y")
         self.store.erase(info.key_id)
         self.assertEqual(heard, [1, 2, 2, 1])
-        self.failureResultOf(self.store.create("share_a", 1024).addCallback(lambda _: self.store.create("share_a", 1024)),
+        self.failureResultOf(self.store.create("share_a", 2048).addCallback(lambda _: self.store.create("share_a", 2048)),
                              Conflict)
         self.assertEqual(len(heard), 5)  # the first create of the two counted, the Conflict did not
 

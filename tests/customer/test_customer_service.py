@@ -1,7 +1,7 @@
 """In-process market: one customer hires suppliers found in the DHT, keeps, fires and replaces them.
 
 An identity server that is also the DHT seed, four supplier nodes and one
-customer node, all in one reactor on loopback with 1024-bit keys. The
+customer node, all in one reactor on loopback with 2048-bit keys. The
 customer's checks are made fast by settings (ping every 0.3 s, a supplier
 offline for 1 s is dead), so the whole life of a roster fits in a few seconds.
 """

@@ -110,7 +110,7 @@ def start_id_server(case, service_classes=(), overrides=None):
     """Start a node serving identities (plus ``service_classes``) for an in-process network.
 
     Fires with ``(server_node, settings)``: ``settings`` are the overrides a
-    node needs to use that server (1024-bit keys, a short identity fetch
+    node needs to use that server (2048-bit keys, a short identity fetch
     timeout, a free TCP port); copy them before changing them.
     """
     settings = {"services/identity-server/enabled": True, "services/identity-server/web-port": 0}
@@ -118,7 +118,7 @@ def start_id_server(case, service_classes=(), overrides=None):
     server = yield start_node(case, service_classes=[IdentityServerService, IdentityService, *service_classes],
                               overrides=settings)
     port = server.service_driver.get("service_identity_server").port
-    return server, {"personal/private-key-size": 1024, "personal/identity-servers": [f"127.0.0.1:{port}"],
+    return server, {"personal/private-key-size": 2048, "personal/identity-servers": [f"127.0.0.1:{port}"],
                     "services/identity/fetch-timeout": 5.0, "services/tcp-connections/tcp-port": 0}
 
 

@@ -53,7 +53,7 @@ class AccessApiTests(AccessNetworkCase):
         bob = yield self.joined_node("bob")
         bob_id = self.global_id(bob)
         http = HttpApi(self, alice)
-        created = yield self.ok(alice, "key_create", key_alias="docs", key_size=1024)
+        created = yield self.ok(alice, "key_create", key_alias="docs", key_size=2048)
 
         reply = yield http.request("PUT", "key/share/v1", body={"key_id": created["key_id"], "trusted_user_id": bob_id,
                                                                 "include_private": True, "timeout": 5})

@@ -1,6 +1,6 @@
 """Tests for bitnode.interface.api_files: files_*, file_* and transfers_list through the dispatcher.
 
-A real Node with service_identity (fake identity servers, 1024-bit keys) and
+A real Node with service_identity (fake identity servers, 2048-bit keys) and
 service_backups over the in-memory grid of tests/storage/test_backups_service.py.
 """
 

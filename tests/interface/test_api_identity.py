@@ -20,7 +20,7 @@ from tests.userid.fakes import SERVER, FakeClient, FakeServers, file_mode, make_
 ALICE = "alice@id.example.net_8084"
 ALICE_IDURL = "http://id.example.net:8084/alice.xml"
 MASTER = "master$" + ALICE
-SETTINGS = {"personal/private-key-size": 1024, "personal/identity-servers": [SERVER]}
+SETTINGS = {"personal/private-key-size": 2048, "personal/identity-servers": [SERVER]}
 
 
 def service_with(servers: FakeServers) -> type[IdentityService]:
@@ -83,7 +83,7 @@ class KeyMethodsTests(ApiTestBase):
         self.assertIn("BEGIN PRIVATE KEY", with_private[0]["private"])
         got = yield self.ok("key_get", key_id=MASTER)
         self.assertNotIn("private", got)
-        self.assertEqual(got["size"], 1024)
+        self.assertEqual(got["size"], 2048)
         got = yield self.ok("key_get", key_id=MASTER, include_private="1")
         self.assertIn("BEGIN PRIVATE KEY", got["private"])
         self.assert_no_secret_logged()
@@ -91,11 +91,11 @@ class KeyMethodsTests(ApiTestBase):
     @defer.inlineCallbacks
     def test_create_label_erase(self):
         yield self.create()
-        created = yield self.ok("key_create", key_alias="share1", key_size=1024, label="Cats")
+        created = yield self.ok("key_create", key_alias="share1", key_size=2048, label="Cats")
         self.assertEqual(created["key_id"], "share1$" + ALICE)
         self.assertEqual(created["label"], "Cats")
         self.assertNotIn("private", created)
-        other = yield self.ok("key_create", key_alias="abc", key_size="1024", include_private=True)
+        other = yield self.ok("key_create", key_alias="abc", key_size="2048", include_private=True)
         self.assertIn("BEGIN PRIVATE KEY", other["private"])
         self.assertEqual((yield self.ok("key_label", key_id=created["key_id"], label="Dogs"))["label"], "Dogs")
         self.assertEqual((yield self.ok("key_get", key_id=created["key_id"]))["label"], "Dogs")
@@ -116,11 +116,11 @@ class KeyMethodsTests(ApiTestBase):
         yield self.error(400, "key_get")
         yield self.error(409, "key_erase", key_id=MASTER)
         yield self.error(404, "key_erase", key_id="nothere$" + ALICE)
-        yield self.error(400, "key_create", key_alias="Bad Alias!", key_size=1024)
-        yield self.error(400, "key_create", key_alias="master", key_size=1024)
+        yield self.error(400, "key_create", key_alias="Bad Alias!", key_size=2048)
+        yield self.error(400, "key_create", key_alias="master", key_size=2048)
         yield self.error(400, "key_create", key_alias="k1", key_size=1000)
-        yield self.ok("key_create", key_alias="k1", key_size=1024)
-        yield self.error(409, "key_create", key_alias="k1", key_size=1024)
+        yield self.ok("key_create", key_alias="k1", key_size=2048)
+        yield self.error(409, "key_create", key_alias="k1", key_size=2048)
         yield self.error(400, "key_label", key_id=MASTER, label="bad\x00label")
         yield self.error(404, "key_label", key_id="nothere$" + ALICE, label="x")
 
@@ -128,7 +128,7 @@ class KeyMethodsTests(ApiTestBase):
     def test_key_size_defaults_to_the_setting(self):
         yield self.create()
         created = yield self.ok("key_create", key_alias="k2")
-        self.assertEqual(created["size"], 1024)
+        self.assertEqual(created["size"], 2048)
 
 
 class IdentityMethodsTests(ApiTestBase):

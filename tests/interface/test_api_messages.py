@@ -1,6 +1,6 @@
 """Tests for bitnode.interface.api_messages: shapes, bad parameters, pagination, REST paths.
 
-One real Node with an identity (an identity server node next to it, 1024-bit
+One real Node with an identity (an identity server node next to it, 2048-bit
 keys) and service_private_messages; history rows are put in through the
 service's history so listings can be paged without a second node.
 """

@@ -39,7 +39,7 @@ class ShareApiTests(AccessNetworkCase):
         self.assertIn("cannot create a share owned by bob@127.0.0.1_1", refused)
         self.assertIn("share_grant", refused)
         yield self.error(alice, 400, "share_create", owner_id="not a user")
-        mine = yield self.ok(alice, "share_create", owner_id=me, key_size=1024)
+        mine = yield self.ok(alice, "share_create", owner_id=me, key_size=2048)
         self.assertTrue(mine["key_id"].endswith("$" + me))
         yield self.ok(alice, "share_delete", key_id=mine["key_id"])
         self.assertIn("not a share key", (yield self.error(alice, 400, "share_open", key_id=f"master${me}")))
@@ -57,12 +57,12 @@ class ShareApiTests(AccessNetworkCase):
     @inlineCallbacks
     def test_create_list_close_open_and_the_records_survive_a_restart(self):
         alice = yield self.node("alice")
-        share = yield self.ok(alice, "share_create", key_size=1024, label="summer")
+        share = yield self.ok(alice, "share_create", key_size=2048, label="summer")
         key_id = share["key_id"]
         self.assertRegex(key_id, r"^share_[0-9a-f]{32}\$alice@")
         self.assertEqual((share["mine"], share["active"], share["state"], share["grantees"]),
                          (True, True, "CONNECTED", []))
-        self.assertEqual(self.keystore(alice).get(key_id).size, 1024)
+        self.assertEqual(self.keystore(alice).get(key_id).size, 2048)
         self.assertEqual(self.events(alice, "share-created")[0]["key_id"], key_id)
         closed = yield self.ok(alice, "share_close", key_id=key_id)
         self.assertEqual((closed["active"], closed["state"]), (False, "CLOSED"))
@@ -81,7 +81,7 @@ class ShareApiTests(AccessNetworkCase):
     def test_a_grant_without_suppliers_delivers_the_key_and_says_the_suppliers_were_not_told(self):
         alice = yield self.node("alice")
         bob = yield self.node("bob")
-        key_id = (yield self.ok(alice, "share_create", key_size=1024))["key_id"]
+        key_id = (yield self.ok(alice, "share_create", key_size=2048))["key_id"]
         granted = yield self.ok(alice, "share_grant", key_id=key_id, trusted_user_id=self.global_id(bob), timeout=10)
         self.assertEqual((granted["ready"], granted["grantees"]), (False, [self.global_id(bob)]))
         self.assertIn("no suppliers", granted["suppliers"]["error"])

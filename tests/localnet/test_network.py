@@ -28,7 +28,7 @@ class AddNodeTests(unittest.TestCase):
 
     def test_a_new_node_gets_the_network_settings_and_no_identity(self) -> None:
         self.plan()
-        entry = self.net.add_node("restored", key_size=1024)
+        entry = self.net.add_node("restored", key_size=2048)
         self.assertEqual(self.started, ["restored"])
         self.assertEqual((entry["name"], entry["roles"], entry["global_id"]), ("restored", ["customer"], None))
         self.assertEqual(self.net.node("restored").ports, entry["ports"])
@@ -38,7 +38,7 @@ class AddNodeTests(unittest.TestCase):
         self.assertEqual(values["services/entangled-dht/known-nodes"], [f"127.0.0.1:{server.ports['dht']}"])
         self.assertEqual(values["personal/identity-servers"], [f"127.0.0.1:{server.ports['idserver']}"])
         self.assertEqual(values["interface/api/http-port"], entry["ports"]["http"])
-        self.assertEqual(values["personal/private-key-size"], 1024)
+        self.assertEqual(values["personal/private-key-size"], 2048)
         self.assertTrue(values["services/customer/enabled"])
         self.assertEqual(values["services/customer/suppliers-number"], 4)
         self.assertNotIn(entry["ports"]["http"], [p.ports["http"] for p in self.net.load()[:-1]])
@@ -62,7 +62,7 @@ class AddNodeTests(unittest.TestCase):
         plans = self.net.load()
         server = plans[0]
         for plan in plans:
-            self.net._write_settings(plan, plans, 1024)
+            self.net._write_settings(plan, plans, 2048)
         failures = [LocalnetError("node idserver: the node failed to start (twistd exit 1):\n"
                                   "CannotListenError: Couldn't listen on 127.0.0.1:4: [Errno 98] Address a")]
 
@@ -73,7 +73,7 @@ class AddNodeTests(unittest.TestCase):
 
         self.patch(self.net, "_start", start)
         before = dict(server.ports)
-        self.net._start_on_free_ports(server, plans, 1024, 5.0)
+        self.net._start_on_free_ports(server, plans, 2048, 5.0)
         self.assertEqual(self.started, ["idserver", "idserver"])
         moved = self.net.node("idserver").ports
         self.assertEqual(moved["idserver"], before["idserver"])  # in every IDURL of the network: kept
@@ -87,10 +87,10 @@ class AddNodeTests(unittest.TestCase):
         # any other failure, or a port taken every time, is the user's to see
         self.started.clear()
         failures.extend([LocalnetError("node supplier-1: no identity")])
-        self.assertRaises(LocalnetError, self.net._start_on_free_ports, plans[1], plans, 1024, 5.0)
+        self.assertRaises(LocalnetError, self.net._start_on_free_ports, plans[1], plans, 2048, 5.0)
         taken = LocalnetError("node supplier-1: Couldn't listen on 127.0.0.1:5")
         failures.extend([taken] * (PORT_RETRIES + 1))
-        self.assertRaises(LocalnetError, self.net._start_on_free_ports, plans[1], plans, 1024, 5.0)
+        self.assertRaises(LocalnetError, self.net._start_on_free_ports, plans[1], plans, 2048, 5.0)
         self.assertEqual(len(self.started), 1 + PORT_RETRIES + 1)
 
     def record_up_steps(self, failing: str = "") -> list:
@@ -108,7 +108,7 @@ class AddNodeTests(unittest.TestCase):
                                 ("_wait_connected", "connected"), ("_wait_dht", "dht"),
                                 ("_wait_services", "services"), ("_wait_suppliers", "suppliers")):
             self.patch(self.net, attribute, step(name))
-        self.net.up(suppliers=3, customers=2, key_size=1024)
+        self.net.up(suppliers=3, customers=2, key_size=2048)
         return steps
 
     def test_up_brings_the_server_first_and_the_customers_after_the_suppliers(self) -> None:
@@ -189,7 +189,7 @@ class PeerPortTakenTests(unittest.TestCase):
         self.plans = plan_network(self.dir, 1, 0, documented_ports=False)
         for plan in self.plans:
             Basedir.at(plan.basedir).create()
-            self.net._write_settings(plan, self.plans, 1024)
+            self.net._write_settings(plan, self.plans, 2048)
         self.net.save(self.plans)
         self.events: list[str] = []
         self.connected: list[bool] = []
@@ -212,7 +212,7 @@ class PeerPortTakenTests(unittest.TestCase):
         supplier = self.plans[1]
         before = dict(supplier.ports)
         self.connected = [False, True]
-        self.net._wait_connected(supplier, 5.0, self.plans, 1024)
+        self.net._wait_connected(supplier, 5.0, self.plans, 2048)
         self.assertEqual(self.events, ["network_connected", "services_list", "stop", "start", "network_connected"])
         self.assertNotEqual(self.net.node("supplier-1").ports, before)
         with open(Basedir.at(supplier.basedir).settings_file) as handle:
@@ -221,6 +221,6 @@ class PeerPortTakenTests(unittest.TestCase):
 
     def test_a_port_taken_every_time_is_reported(self) -> None:
         self.connected = [False] * (PORT_RETRIES + 1)
-        error = self.assertRaises(LocalnetError, self.net._wait_connected, self.plans[1], 5.0, self.plans, 1024)
+        error = self.assertRaises(LocalnetError, self.net._wait_connected, self.plans[1], 5.0, self.plans, 2048)
         self.assertIn("did not connect", str(error))
         self.assertEqual(self.events.count("start"), PORT_RETRIES)

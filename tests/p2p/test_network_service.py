@@ -1,7 +1,7 @@
 """In-process network: an identity server node and two ordinary Nodes in one reactor, over loopback.
 
 Real services (identity, identity server, gateway, network), real HTTP and
-TCP on 127.0.0.1 with free ports, 1024-bit keys.  Everything goes through
+TCP on 127.0.0.1 with free ports, 2048-bit keys.  Everything goes through
 the API dispatcher, the way a client calls it.
 """
 

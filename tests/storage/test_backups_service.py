@@ -1,7 +1,7 @@
 """Tests for bitnode.storage.backups_service: service_backups in real Nodes over an in-memory grid.
 
 Nodes are real (reactor, thread pool, API listeners on port 0); identities use
-the fake identity servers of tests/userid/fakes.py with 1024-bit keys; the
+the fake identity servers of tests/userid/fakes.py with 2048-bit keys; the
 suppliers are MemoryStorageServers behind a fake supplier provider (the
 customer service that will provide real ones is not part of this test).
 """
@@ -28,7 +28,7 @@ from tests.userid.fakes import SERVER, FakeClient, FakeServers
 ME = "alice@id.example.net_8084"
 MASTER = "master$" + ME
 SEG = 64 * 1024
-SETTINGS = {"personal/private-key-size": 1024, "personal/identity-servers": [SERVER],
+SETTINGS = {"personal/private-key-size": 2048, "personal/identity-servers": [SERVER],
             "services/backups/segment-size": SEG, "services/backups/segments-in-flight": 1,
             "services/backups/catalog-backup-delay": 3600.0}
 

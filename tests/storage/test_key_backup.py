@@ -89,7 +89,7 @@ class KeyStoreRoundTripTests(unittest.TestCase):
     def test_every_key_but_the_master_goes_and_comes_back_with_its_label(self):
         store = store_at(self)
         store.add_private(store.master_key_id, rsa_key(0).to_pem(), "master key")
-        share = self.successResultOf(store.create(share_scope.new_share_alias(), 1024, "holidays"))
+        share = self.successResultOf(store.create(share_scope.new_share_alias(), 2048, "holidays"))
         store.add_private("share_0123456789abcdef0123456789abcdef$bob@x.net", rsa_key(3).to_pem(), "from bob")
         store.add_public("master$bob@x.net", rsa_key(3).public_key().to_pem())
         doc = key_backup.collect(store, {"p": 1})
@@ -162,7 +162,7 @@ class RecoveryTests(StorageNodeTestCase):
     def test_file_under_a_share_key_comes_back_on_a_new_machine_byte_identical(self):
         node, service = yield self.start()
         keystore = node.service_driver.get("service_identity").keystore
-        share = yield keystore.create(share_scope.new_share_alias(), 1024, "holidays")
+        share = yield keystore.create(share_scope.new_share_alias(), 2048, "holidays")
         keystore.add_public("master$bob@x.net", rsa_key(3).public_key().to_pem(), "bob")
         remote = share.key_id + ":photos/a.bin"
         _, _, data = yield self.upload(service, 2 * SEG + 7, remote=remote, seed=7)
@@ -197,7 +197,7 @@ class RecoveryTests(StorageNodeTestCase):
         serial = service.last_backup["serial"]
         self.assertEqual(service.last_backup["keys"], 0)
         keystore = node.service_driver.get("service_identity").keystore
-        info = yield keystore.create("group_" + "ab" * 16, 1024, "team")
+        info = yield keystore.create("group_" + "ab" * 16, 2048, "team")
         self.assertTrue(service.status()["catalog_backup_pending"])
         yield wait_until(lambda: not service.status()["catalog_backup_pending"])
         self.assertEqual((service.last_backup["serial"], service.last_backup["keys"]), (serial + 1, 1))

@@ -2,7 +2,7 @@
 
 An identity server node, one supplier (identity, gateway, DHT, service_supplier)
 and two plain nodes, alice and bob (identity and gateway), in one reactor with
-1024-bit keys. The customers talk to the supplier with RemoteStorageServer over
+2048-bit keys. The customers talk to the supplier with RemoteStorageServer over
 their own gateway, the way service_customer does.
 """
 
@@ -43,7 +43,7 @@ class Net:
                                              "services/identity-server/web-port": 0,
                                              "services/entangled-dht/udp-port": 0})
         port = server.service_driver.get("service_identity_server").port
-        self.base = {"personal/private-key-size": 1024, "personal/identity-servers": [f"127.0.0.1:{port}"],
+        self.base = {"personal/private-key-size": 2048, "personal/identity-servers": [f"127.0.0.1:{port}"],
                      "services/identity/fetch-timeout": 5.0, "services/tcp-connections/tcp-port": 0,
                      "services/entangled-dht/udp-port": 0}
         return server

@@ -174,7 +174,7 @@ class LocalnetTestCase(SynchronousTestCase):
     """
 
     def start_network(self, suppliers: int, customers: int, prefix: str, timeout: float = 90.0) -> dict:
-        """``localnet up`` with 1024-bit keys; the nodes by name (their network.json entries)."""
+        """``localnet up`` with 2048-bit keys; the nodes by name (their network.json entries)."""
         from bitnode.localnet.network import LocalNet
 
         # Under trial's temp directory: kept after a failure for its logs, wiped by the next run.
@@ -182,7 +182,7 @@ class LocalnetTestCase(SynchronousTestCase):
         os.makedirs(self.dir)
         self.net = LocalNet(self.dir, log=lambda _line: None, documented_ports=False)
         self.addCleanup(self._down)
-        data = self.net.up(suppliers=suppliers, customers=customers, key_size=1024, timeout=timeout)
+        data = self.net.up(suppliers=suppliers, customers=customers, key_size=2048, timeout=timeout)
         self.nodes = {node["name"]: node for node in data["nodes"]}
         return self.nodes
 

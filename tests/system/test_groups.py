@@ -1,6 +1,6 @@
 """System test: a message group between real node processes on a localnet, through the public HTTP API.
 
-One network (identity server and five nodes, 1024-bit keys) and one test
+One network (identity server and five nodes, 2048-bit keys) and one test
 walking through the scenario: Alice creates a group and shares it with Bob
 and Carol, the three write at once and all see one order, Dave is invited
 after some messages and sees the history, Eve (no key) is refused; Alice's
@@ -23,7 +23,7 @@ class LocalnetGroupsTests(LocalnetTestCase):
         alice, bob, carol, dave, eve = (f"supplier-{n}" for n in range(1, 6))
         ids = {name: self.nodes[name]["global_id"] for name in (alice, bob, carol, dave, eve)}
 
-        group = self.api(alice, "group_create", label="friends", key_size=1024)["group_key_id"]
+        group = self.api(alice, "group_create", label="friends", key_size=2048)["group_key_id"]
         for name in (bob, carol):
             self.api(alice, "group_share", group_key_id=group, trusted_user_id=ids[name])
             self.api(name, "group_join", group_key_id=group)

@@ -2,7 +2,7 @@
 
 Starting a network costs a few seconds, so one test walks through the whole
 scenario on one network: an identity server, two suppliers and a customer,
-1024-bit keys. (trial has no per-class set-up, hence one test.)
+2048-bit keys. (trial has no per-class set-up, hence one test.)
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ class LocalnetTests(SynchronousTestCase):
         self.dir = tempfile.mkdtemp(prefix="bitnode-localnet-")
         self.net = LocalNet(self.dir, log=lambda _line: None, documented_ports=False)
         self.addCleanup(self.down)
-        self.data = self.net.up(suppliers=2, customers=1, key_size=1024, timeout=60)
+        self.data = self.net.up(suppliers=2, customers=1, key_size=2048, timeout=60)
         self.nodes = {node["name"]: node for node in self.data["nodes"]}
         self.check_network_file_tells_how_to_reach_every_node()
         self.check_nodes_reach_each_other()
@@ -108,7 +108,7 @@ class LocalnetTests(SynchronousTestCase):
 
     def check_cli_add_node_starts_a_node_without_identity(self) -> None:
         bitnode = os.path.join(os.path.dirname(sys.executable), "bitnode")
-        out = subprocess.run([bitnode, "localnet", "add-node", "spare", "--key-size", "1024", "--dir", self.dir],
+        out = subprocess.run([bitnode, "localnet", "add-node", "spare", "--key-size", "2048", "--dir", self.dir],
                              capture_output=True, text=True, timeout=90)
         self.assertEqual(out.returncode, 0, out.stderr)
         self.assertIn("identity_recover", out.stdout)

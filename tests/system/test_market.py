@@ -1,6 +1,6 @@
 """System test: the supplier market (issue 6) with real node processes on a localnet.
 
-One network (identity server, five suppliers, one customer, 1024-bit keys;
+One network (identity server, five suppliers, one customer, 2048-bit keys;
 localnet makes a customer hire four) and one test walking through it: the
 customer hires four live suppliers and its market machines are in real
 states; with short fire_hire timeouts a killed supplier is replaced by the

@@ -1,6 +1,6 @@
 """System test: private messages between real node processes on a localnet, through the public HTTP API.
 
-One network (identity server, one supplier, one customer, 1024-bit keys) and
+One network (identity server, one supplier, one customer, 2048-bit keys) and
 one test walking through the scenario: a message by nickname, both histories,
 the long-poll stream and the event, the legacy names, then the recipient
 goes offline and the sender gets a clear error and a ``failed`` entry.
@@ -25,7 +25,7 @@ class LocalnetMessagesTests(SynchronousTestCase):
         self.dir = tempfile.mkdtemp(prefix="bitnode-messages-")
         self.net = LocalNet(self.dir, log=lambda _line: None, documented_ports=False)
         self.addCleanup(self.down)
-        data = self.net.up(suppliers=1, customers=1, key_size=1024, timeout=60)
+        data = self.net.up(suppliers=1, customers=1, key_size=2048, timeout=60)
         self.nodes = {node["name"]: node for node in data["nodes"]}
         alice, bob = "customer-1", "supplier-1"
         alice_id, bob_id = self.nodes[alice]["global_id"], self.nodes[bob]["global_id"]

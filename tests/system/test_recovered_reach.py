@@ -1,7 +1,7 @@
 """System test: peers reach a node whose identity was recovered on a new machine.
 
 One network of real processes (identity server, two suppliers, one customer,
-1024-bit keys) and one test walking the user's story:
+2048-bit keys) and one test walking the user's story:
 
 1. customer-1 and supplier-1 exchange private messages, so each side has the
    other's identity and packet key cached;
@@ -58,7 +58,7 @@ class RecoveredReachTests(LocalnetTestCase):
         self.assertFalse(pid_alive(old_pid))
 
         # 3. a new node with no identity recovers it from the backup file
-        self.nodes[NEW_MACHINE] = self.net.add_node(NEW_MACHINE, key_size=1024)
+        self.nodes[NEW_MACHINE] = self.net.add_node(NEW_MACHINE, key_size=2048)
         self.assertIsNone(self.nodes[NEW_MACHINE]["global_id"])
         self.assertNotEqual(self.nodes[NEW_MACHINE]["ports"]["tcp"], self.nodes[CUSTOMER]["ports"]["tcp"])
         recovered = self.api(NEW_MACHINE, "identity_recover", private_key_source=backup_file)

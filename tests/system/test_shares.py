@@ -1,6 +1,6 @@
 """System test: a shared folder between real node processes on a localnet, through the public HTTP API.
 
-One network (identity server, two suppliers, three customers, 1024-bit keys)
+One network (identity server, two suppliers, three customers, 2048-bit keys)
 and one scenario: Alice creates a share, uploads a folder into it and grants
 it to Bob; Bob opens the share, lists it and downloads the folder byte for
 byte from Alice's suppliers; Carol, not granted, gets clear errors; Alice
@@ -32,7 +32,7 @@ class LocalnetSharesTests(LocalnetTestCase):
                 handle.write(data)
 
         # Alice: a share, a folder in it, Bob granted
-        share = self.api(alice, "share_create", key_size=1024, label="holidays")
+        share = self.api(alice, "share_create", key_size=2048, label="holidays")
         key_id = share["key_id"]
         self.assertTrue(key_id.startswith("share_") and key_id.endswith("$" + alice_id), key_id)
         upload = self.api(alice, "file_upload_start", local_path=folder, remote_path=f"{key_id}:trip",

@@ -3,7 +3,7 @@
 A supplier whose process is stopped (SIGSTOP) keeps its sockets open but never
 answers: every call to it just waits for its timeout (fetch 60 s, store
 120 s). One network of real processes (identity server, four suppliers,
-customer-1 hiring all four, 1024-bit keys, so 2-of-4) and one test:
+customer-1 hiring all four, 2048-bit keys, so 2-of-4) and one test:
 
 1. a 12 MiB file (three 4 MiB segments) goes up while everyone answers;
 2. the process of the supplier at position 0 (a data-block holder, asked first

@@ -1,6 +1,6 @@
 """System test: encrypted storage on real suppliers (issue 7), end to end through the HTTP API.
 
-One network (identity server, five suppliers, one customer, 1024-bit keys)
+One network (identity server, five suppliers, one customer, 2048-bit keys)
 and one test: the customer keeps 3-of-5 (five suppliers, any three restore a
 segment); a 64 MiB random file and a small folder go up; two suppliers are
 killed and the file still comes back byte for byte; then the identity is
@@ -142,7 +142,7 @@ class StorageTests(LocalnetTestCase):
         with open(backup_file, encoding="utf-8") as handle:
             backup_text = handle.read()
         self.net.stop_node(CUSTOMER, kill=True)  # the old machine is gone
-        self.nodes[RESTORED] = self.net.add_node(RESTORED, key_size=1024)
+        self.nodes[RESTORED] = self.net.add_node(RESTORED, key_size=2048)
         self.assertIsNone(self.nodes[RESTORED]["global_id"])
         # Nothing configured on the new node: it wants localnet's 4 suppliers until the DHT record says 3-of-5.
         self.assertEqual(self.api(RESTORED, "config_get", key="services/customer/suppliers-number")["value"], 4)

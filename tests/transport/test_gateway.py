@@ -36,8 +36,8 @@ ID_HOST = "127.0.0.1:8084"
 
 @functools.lru_cache(maxsize=None)
 def rsa_key(n: int) -> keys.RsaPrivateKey:
-    """A 1024-bit RSA key per test user (generated once per test run: keygen is slow)."""
-    return keys.generate_rsa(1024)
+    """A 2048-bit RSA key per test user (generated once per test run: keygen is slow)."""
+    return keys.generate_rsa(2048)
 
 
 class IdServer:

@@ -28,7 +28,7 @@ from bitnode.userid.identity import Identity, format_date
 
 SERVER = "id.example.net:8084"
 SERVER2 = "id2.example.net:8084"
-FAST_KEYS = {"personal/private-key-size": 1024}
+FAST_KEYS = {"personal/private-key-size": 2048}
 
 
 class _Keys:
@@ -36,9 +36,9 @@ class _Keys:
 
 
 def rsa_key(index: int) -> keys.RsaPrivateKey:
-    """The ``index``-th 1024-bit test key (generated on first use, then reused)."""
+    """The ``index``-th 2048-bit test key (generated on first use, then reused)."""
     while len(_Keys.cached) <= index:
-        _Keys.cached.append(keys.generate_rsa(1024))
+        _Keys.cached.append(keys.generate_rsa(2048))
     return _Keys.cached[index]
 
 

@@ -21,7 +21,7 @@ FIXED_DATE = format_date(1_700_000_000)
 
 @functools.cache
 def rsa_key(index: int = 0) -> keys.RsaPrivateKey:
-    """A 1024-bit RSA key, generated once per process and index (tests only)."""
+    """A 2048-bit RSA key, generated once per process and index (tests only)."""
     return keys.generate_rsa(keys.MIN_RSA_BITS)
 
 

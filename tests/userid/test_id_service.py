@@ -91,7 +91,7 @@ class CreateTests(ServiceTestBase):
         self.assertEqual(identity.contacts, ("tcp://127.0.0.1:7771",))
         self.assertEqual(identity.revision, 1)
         self.assertTrue(identity.verify())
-        self.assertEqual(identity.rsa_public_key().size_bits, 1024)
+        self.assertEqual(identity.rsa_public_key().size_bits, 2048)
         self.assertEqual(self.servers.stored(ALICE_IDURL), identity)
         self.assertEqual(self.service.my_global_id(), ALICE)
         self.assertEqual(self.service.my_idurl(), ALICE_IDURL)
