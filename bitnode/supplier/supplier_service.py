@@ -285,11 +285,33 @@ class SupplierService(Service):
         return connector is not None and connector.state == CONNECTED
 
     async def _customer_alive(self, customer_id: str) -> bool:
+        """The last question before a silent customer's data goes: its record, then a ping."""
         check = self._record_check
-        if check is not None and await defer.maybeDeferred(check, customer_id):
+        if check is not None:
+            if await defer.maybeDeferred(check, customer_id):
+                return True
+        elif self._record_alive(customer_id):
             return True
         ping = await self._ping(customer_id)
         return bool(ping["online"])
+
+    def _record_alive(self, customer_id: str) -> bool:
+        """Whether the customer's kept ``suppliers:`` record was signed within its own TTL and still names me.
+
+        The customer re-signs its record at every publish (at least every TTL/2 while it runs), so a
+        signature younger than the TTL means it is alive somewhere, even if it cannot reach us.
+        """
+        records = getattr(self, "records", None)  # the record keeper (engineer "record"), when there is one
+        value = records.latest(customer_id) if records is not None else None
+        if not isinstance(value, dict):
+            return False
+        try:
+            fresh = self.node.clock.seconds() - float(value["signed_at"]) < float(value["ttl"])
+            me = self._gateway.my_id if self._gateway is not None else None
+            named = {str(globalid.to_global_id(entry)) for entry in value.get("suppliers", []) if entry}
+        except (KeyError, TypeError, ValueError, BitnodeError):
+            return False
+        return fresh and me in named
 
     def _expire(self, customer_id: str) -> defer.Deferred:
         desk = self.require_desk()

@@ -9,6 +9,7 @@ their own gateway, the way service_customer does.
 from __future__ import annotations
 
 import os
+from types import SimpleNamespace
 
 from twisted.internet import defer, reactor
 from twisted.internet.defer import inlineCallbacks
@@ -258,3 +259,24 @@ class SupplierContractTests(unittest.TestCase):
         self.assertEqual(self.ended, [])
         self.assertLess(contract.silent_for, 60.0)
         self.assertTrue(os.path.exists(os.path.join(self.service.root, gid(self.alice))))
+
+    @inlineCallbacks
+    def test_a_kept_record_signed_within_its_ttl_and_naming_me_keeps_the_data(self):
+        alice = RemoteStorageServer(over_gateway(self.alice), self.sam)
+        yield alice.request_service(gid(self.alice), 1024 * 1024)
+        yield self.alice.service_driver.get("service_gateway").gateway.ping(self.sam, timeout=5.0)
+        yield self.alice.stopService()
+        now = self.supplier.clock.seconds()
+        value = {"suppliers": [self.supplier.service_driver.get("service_identity").my_identity().idurl, ""],
+                 "signed_at": now - 3600.0, "ttl": 86400.0}
+        self.service.records = SimpleNamespace(latest=lambda customer_id: value)  # the record keeper's copy
+        contract = self.service.desk.customers[gid(self.alice)]
+        contract.silent_for = 61 * 24 * 3600.0
+        self.service.sweeper.sweep()
+        yield until(lambda: self.service.sweeper.counters["kept_alive"] == 1, "the record to keep the data")
+        # signed longer ago than its TTL, or not naming me: not alive; the ping fails too; the data goes
+        value["signed_at"] = now - 2 * 86400.0
+        contract.silent_for = 61 * 24 * 3600.0
+        self.service.sweeper.sweep()
+        yield until(lambda: self.ended, "the contract to end")
+        self.assertEqual(self.service.sweeper.counters["kept_alive"], 1)
