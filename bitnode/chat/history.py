@@ -63,6 +63,8 @@ CREATE TABLE IF NOT EXISTS messages (
 CREATE INDEX IF NOT EXISTS messages_by_conversation ON messages(conversation_id, seq);
 CREATE INDEX IF NOT EXISTS messages_by_sender ON messages(sender, seq);
 CREATE INDEX IF NOT EXISTS messages_by_recipient ON messages(recipient, seq);
+CREATE INDEX IF NOT EXISTS messages_incoming_by_sender ON messages(direction, sender, stored_time);
+CREATE INDEX IF NOT EXISTS messages_incoming_by_time ON messages(direction, stored_time);
 """
 
 
@@ -153,6 +155,34 @@ class MessageHistory:
         return cursor.rowcount
 
     # --- reading ---------------------------------------------------------------------
+
+    def incoming_usage(self, since: float, sender: str | None = None,
+                       except_senders: Iterable[str] = ()) -> tuple[int, int]:
+        """(messages, bytes of content) of private messages received since ``since``.
+
+        From ``sender`` alone, or (``sender`` None) from everyone but ``except_senders``
+        (the quotas of :mod:`bitnode.chat.inbox_limits`).
+        """
+        where = ["direction = 'incoming'", "message_type = 'private_message'", "stored_time >= ?"]
+        args: list[Any] = [float(since)]
+        if sender is not None:
+            where.append("sender = ?")
+            args.append(sender)
+        else:
+            # One parameter whatever the number of exceptions (sqlite's variable limit stays far away).
+            where.append("sender NOT IN (SELECT value FROM json_each(?))")
+            args.append(json.dumps(sorted(except_senders)))
+        with self._lock:
+            row = self._db.execute(f"SELECT COUNT(*), COALESCE(SUM(LENGTH(CAST(data AS BLOB))), 0) FROM messages"
+                                   f" WHERE {' AND '.join(where)}", args).fetchone()
+        return int(row[0]), int(row[1])
+
+    def has_incoming(self, sender: str, message_id: str) -> bool:
+        """Whether the message ``message_id`` of ``sender`` is already stored."""
+        with self._lock:
+            row = self._db.execute("SELECT 1 FROM messages WHERE direction = 'incoming' AND sender = ? AND message_id = ?",
+                                   (sender, message_id)).fetchone()
+        return row is not None
 
     def last_seq(self) -> int:
         """The newest row number (0 when empty)."""

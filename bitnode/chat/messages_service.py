@@ -30,12 +30,15 @@ recipient's node". Sending again is up to the user (a new message id).
 A send still waiting when the node stopped is marked ``failed`` when the
 service starts again.
 
-Receiving (a ``Message`` packet): the sealed message must name the packet's
-sender as its sender and me as its recipient, verify with the sender's RSA
-key and decrypt with mine; otherwise the sender gets a ``Fail`` with the
-reason and nothing is stored. A good message is stored (once: a repeated
-message id from the same sender is only Acked again), then Acked, then
-published.
+Receiving (a ``Message`` packet, :mod:`bitnode.chat.inbox`): first the
+limits on what others may make me store (:mod:`bitnode.chat.inbox_limits`:
+friends only, a rate and a quota per sender, a quota for all strangers; the
+settings below, refusals counted in ``inbox_refused``); then the sealed
+message must name the packet's sender as its sender and me as its recipient,
+verify with the sender's RSA key and decrypt with mine; otherwise the sender
+gets a ``Fail`` with the reason and nothing is stored. A good message is
+stored (once: a repeated message id from the same sender is only Acked
+again), then Acked, then published.
 
 Publishing: ``message-received`` (incoming, stored) and ``message-sent``
 (outgoing, Acked) go on the node's event bus with the message as data; the
@@ -70,6 +73,8 @@ from twisted.python.failure import Failure
 from bitnode import globalid
 from bitnode.chat import history as hist
 from bitnode.chat.history import MessageHistory
+from bitnode.chat.inbox import Inbox
+from bitnode.chat.inbox_limits import InboxLimits, InboxSettings
 from bitnode.chat.message_crypto import (
     PRIVATE_MESSAGE,
     MessageHeader,
@@ -78,50 +83,19 @@ from bitnode.chat.message_crypto import (
     peek,
     seal,
 )
+from bitnode.chat.message_stream import MAX_POLLING_TIMEOUT, POLL_LIMIT, MessageStream, normalize_types
 from bitnode.chat.nickname_holder import validate_nickname
 from bitnode.errors import BadRequest, BitnodeError, Conflict, NotFound, Unavailable
-from bitnode.main.options import DISK_SPACE, Option
+from bitnode.main.options import BOOLEAN, DISK_SPACE, FLOAT, INTEGER, Option
 from bitnode.services.base import Service
 from bitnode.transport.commands import Command
 from bitnode.transport.packet_out import PeerRefused
 
 PREFIX = "services/private-messages/"
 IDENTITY, GATEWAY, NETWORK, NICKNAMES = "service_identity", "service_gateway", "service_network", "service_nicknames"
-MAX_CONSUMERS = 256
-MAX_CONSUMER_ID = 128
-POLL_LIMIT = 100
-MAX_POLLING_TIMEOUT = 3600.0
+FRIENDS = "service_friends"
 #: Sealing adds the wrapped key, the signature and the header to the JSON data.
 SEAL_OVERHEAD = 16 * 1024
-DIRECTION_CHOICES = {
-    "incoming": (hist.INCOMING,),
-    "outgoing": (hist.OUTGOING,),
-    "both": hist.DIRECTIONS,
-    "all": hist.DIRECTIONS,
-}
-#: Accepted spellings of message types (the spec's docs use several) -> the stored name.
-TYPE_NAMES = {
-    "private_message": "private_message", "privatemessage": "private_message",
-    "personal_message": "private_message", "group_message": "group_message", "groupmessage": "group_message",
-}
-
-
-def normalize_types(message_types: Any) -> list[str]:
-    """A list of message type names (any accepted spelling) -> the stored names, deduplicated."""
-    if isinstance(message_types, str):
-        message_types = [t for t in message_types.split(",") if t.strip()]
-    if not isinstance(message_types, (list, tuple)):
-        raise BadRequest("message_types must be a list of message type names")
-    result: list[str] = []
-    for name in message_types:
-        key = str(name).strip().lower()
-        if key not in TYPE_NAMES:
-            raise BadRequest(f"unknown message type {name!r}; use private_message or group_message")
-        if TYPE_NAMES[key] not in result:
-            result.append(TYPE_NAMES[key])
-    return result
-
-
 def normalize_data(data: Any) -> dict:
     """Message content: a JSON object; a string is wrapped as ``{"message": text}``."""
     if isinstance(data, str):
@@ -129,21 +103,6 @@ def normalize_data(data: Any) -> dict:
     if not isinstance(data, dict):
         raise BadRequest("message data must be a JSON object (or a text)")
     return data
-
-
-class _Consumer:
-    def __init__(self, cursor: int):
-        self.cursor = cursor
-        self.directions: tuple[str, ...] = (hist.INCOMING,)
-        self.types: list[str] = []
-        self.limit = POLL_LIMIT
-        self.waiter: Optional[Deferred] = None
-        self.timeout_call: Any = None
-        self.immediate = False
-        self.querying = False
-        self.recheck = False
-        self.generation = 0
-        self.last_seen = 0.0
 
 
 class PrivateMessagesService(Service):
@@ -155,6 +114,22 @@ class PrivateMessagesService(Service):
     options = (
         Option(PREFIX + "max-message-size", DISK_SPACE, 256 * 1024,
                "Largest message content (its JSON text) sent or accepted.", minimum=1024, maximum=8 * 1024 ** 2),
+        Option(PREFIX + "friends-only", BOOLEAN, False, "Take private messages from my friends only."),
+        Option(PREFIX + "sender-rate", FLOAT, 2.0,
+               "Messages per second one user may send me on average (0: no limit).", minimum=0),
+        Option(PREFIX + "sender-burst", INTEGER, 30, "Messages one user may send me at once.", minimum=1),
+        Option(PREFIX + "sender-max-messages", INTEGER, 2000,
+               "Messages kept from one user per quota period (0: no limit).", minimum=0),
+        Option(PREFIX + "sender-max-bytes", DISK_SPACE, 32 * 1024 ** 2,
+               "Bytes of messages kept from one user per quota period (0: no limit).", minimum=0),
+        Option(PREFIX + "strangers-max-messages", INTEGER, 10_000,
+               "Messages kept from all users who are not my friends together per quota period (0: no limit).",
+               minimum=0),
+        Option(PREFIX + "strangers-max-bytes", DISK_SPACE, 128 * 1024 ** 2,
+               "Bytes of messages kept from all users who are not my friends per quota period (0: no limit).",
+               minimum=0),
+        Option(PREFIX + "quota-period", FLOAT, 86400.0, "Seconds the message quotas count over.",
+               minimum=60.0, maximum=365 * 86400.0),
     )
     log = Logger()
 
@@ -163,12 +138,14 @@ class PrivateMessagesService(Service):
         self.history: Optional[MessageHistory] = None
         self.history_file = os.path.join(node.basedir.metadata, "messages.sqlite")
         self._gateway: Any = None
-        self._last_seq = 0
-        self._consumers: dict[str, _Consumer] = {}
+        self.stream = MessageStream(node.clock, self._query, lambda: self.history)
         self._work: set[Deferred] = set()
         self._queries: set[Deferred] = set()
         self._counts = {"sent": 0, "acked": 0, "failed": 0, "received": 0, "duplicates": 0, "rejected": 0}
         self._payload_routes: dict[bytes, Any] = {}
+        self.limits = InboxLimits(node.clock, self._inbox_settings(), self._is_friend)
+        self.inbox = Inbox(node.run_in_thread, self.limits, self._require, self._open, self._friends,
+                           self._stored_incoming, self._counts, node.clock.seconds)
 
     # -- lifecycle ----------------------------------------------------------------
 
@@ -178,20 +155,21 @@ class PrivateMessagesService(Service):
         d = self.node.run_in_thread(_open_history, self.history_file)
 
         def opened(result: tuple[MessageHistory, int]) -> None:
-            self.history, self._last_seq = result
+            self.history, self.stream.last_seq = result
             self._gateway = gateway
+            self.limits.configure(self._inbox_settings())
+            self.node.settings.add_listener(PREFIX, self._settings_changed)
             gateway.register_handler(Command.MESSAGE, self._on_message)
 
         return d.addCallback(opened)
 
     def stop(self) -> Deferred:
         """Release the ``Message`` command, end sends and polls in progress, close the history."""
+        self.node.settings.remove_listener(PREFIX, self._settings_changed)
         if self._gateway is not None:
             self._gateway.unregister_handler(Command.MESSAGE)
             self._gateway = None
-        for consumer in self._consumers.values():
-            self._answer(consumer, [])
-        self._consumers.clear()
+        self.stream.close()
         work = list(self._work)
         for d in work:
             d.cancel()
@@ -206,7 +184,8 @@ class PrivateMessagesService(Service):
 
     def status(self) -> dict:
         """Counters for service_info."""
-        return dict(self._counts, history_last_seq=self._last_seq, consumers=len(self._consumers))
+        return dict(self._counts, history_last_seq=self.stream.last_seq, consumers=len(self.stream.consumers),
+                    inbox_refused=dict(self.limits.refused))
 
     def _require(self) -> MessageHistory:
         if self.history is None or self._gateway is None:
@@ -230,6 +209,39 @@ class PrivateMessagesService(Service):
             return keystore.private_key(keystore.master_key_id)
         except NotFound:
             raise Conflict("the master private key is missing; recover it with identity_recover") from None
+
+    # -- the inbox's limits (bitnode.chat.inbox_limits) ------------------------------------
+
+    def _inbox_settings(self) -> InboxSettings:
+        get = self.node.settings.get
+        return InboxSettings(
+            friends_only=get(PREFIX + "friends-only"), sender_rate=get(PREFIX + "sender-rate"),
+            sender_burst=get(PREFIX + "sender-burst"), sender_max_messages=get(PREFIX + "sender-max-messages"),
+            sender_max_bytes=get(PREFIX + "sender-max-bytes"),
+            strangers_max_messages=get(PREFIX + "strangers-max-messages"),
+            strangers_max_bytes=get(PREFIX + "strangers-max-bytes"), period=get(PREFIX + "quota-period"))
+
+    def _settings_changed(self, key: str, old: Any, new: Any) -> None:
+        self.limits.configure(self._inbox_settings())
+
+    def _friends(self) -> list[str]:
+        """My friends' global ids (none while service_friends is off: everyone is then a stranger)."""
+        driver = self.node.service_driver
+        if FRIENDS not in driver.names() or not driver.is_on(FRIENDS):
+            return []
+        friends = driver.get(FRIENDS).friends
+        return [friend.global_id for friend in friends.list()] if friends is not None else []
+
+    def _is_friend(self, global_id: str) -> bool:
+        driver = self.node.service_driver
+        if FRIENDS not in driver.names() or not driver.is_on(FRIENDS):
+            return False
+        friends = driver.get(FRIENDS).friends
+        return friends is not None and friends.has(global_id)
+
+    def _stored_incoming(self, row: dict) -> None:
+        self.notify_stored(row)
+        self.node.events.publish("message-received", row)
 
     def _max_size(self) -> int:
         return int(self.node.settings.get(PREFIX + "max-message-size"))
@@ -387,31 +399,8 @@ class PrivateMessagesService(Service):
             if packet.payload.startswith(prefix):
                 return handler(packet)
         # cancelled only when the service stops: the sender gets no Ack, which is the truth
-        return self._run(self._receive(packet)).addErrback(lambda f: f.trap(defer.CancelledError) and None)
-
-    async def _receive(self, packet: Any) -> None:
-        gateway = self._gateway
-        try:
-            opened = await self._open(packet)
-        except BitnodeError as err:
-            self._counts["rejected"] += 1
-            self.log.info("message {id} from {who} refused: {err}", id=packet.packet_id, who=packet.creator_id,
-                          err=err)
-            await _reply(gateway, packet, Command.FAIL, str(err))
-            return
-        header = opened.header
-        row, created = await self.node.run_in_thread(
-            self._require().add, message_id=header.message_id, conversation_id=header.sender,
-            direction=hist.INCOMING, sender=header.sender, recipient=header.recipient,
-            message_type=header.message_type, data=opened.data, time=header.time,
-            stored_time=self.node.clock.seconds(), state=hist.RECEIVED)
-        await _reply(gateway, packet, Command.ACK, "")
-        if not created:
-            self._counts["duplicates"] += 1
-            return
-        self._counts["received"] += 1
-        self.notify_stored(row)
-        self.node.events.publish("message-received", row)
+        receiving = self.inbox.receive(packet, lambda p, command, text: _reply(self._gateway, p, command, text))
+        return self._run(receiving).addErrback(lambda f: f.trap(defer.CancelledError) and None)
 
     async def _open(self, packet: Any) -> Any:
         me = self._my_id()
@@ -431,107 +420,17 @@ class PrivateMessagesService(Service):
             raise MessageRejected("message content must be a JSON object")
         return opened
 
-    # -- the stream (long-poll consumers) -------------------------------------------------
+    # -- the stream (long-poll consumers: bitnode.chat.message_stream) ---------------------
 
     def receive(self, consumer_id: str, direction: str = "incoming", message_types: Any = (),
                 polling_timeout: float = 60.0, limit: int = POLL_LIMIT) -> Deferred:
         """Long-poll: Deferred[list] of messages after the consumer's cursor (see the module doc)."""
         self._require()
-        if not isinstance(consumer_id, str) or not 0 < len(consumer_id) <= MAX_CONSUMER_ID:
-            raise BadRequest(f"consumer_callback_id must be 1..{MAX_CONSUMER_ID} characters")
-        if direction not in DIRECTION_CHOICES:
-            raise BadRequest(f"direction must be one of {', '.join(DIRECTION_CHOICES)}")
-        types = normalize_types(message_types)
-        if not 0 <= polling_timeout <= MAX_POLLING_TIMEOUT:
-            raise BadRequest("polling_timeout must be between 0 and 3600 seconds")
-        consumer = self._consumers.get(consumer_id)
-        if consumer is None:
-            if len(self._consumers) >= MAX_CONSUMERS:
-                self._forget_idlest()
-            consumer = self._consumers[consumer_id] = _Consumer(self._last_seq)
-        if consumer.waiter is not None:
-            self._answer(consumer, [])  # one outstanding poll per consumer
-        consumer.directions, consumer.types, consumer.limit = DIRECTION_CHOICES[direction], types, limit
-        consumer.generation += 1
-        consumer.last_seen = self.node.clock.seconds()
-        consumer.immediate = polling_timeout <= 0
-        waiter = consumer.waiter = Deferred(lambda d: self._cancel(consumer, d))
-        if not consumer.immediate:
-            consumer.timeout_call = self.node.clock.callLater(polling_timeout, self._answer, consumer, [])
-        self._check(consumer)
-        return waiter
+        return self.stream.receive(consumer_id, direction, message_types, polling_timeout, limit)
 
     def notify_stored(self, row: dict) -> None:
         """A row was committed to the history: move the end of the stream, wake the consumers that want it."""
-        self._last_seq = max(self._last_seq, row["seq"])
-        for consumer in list(self._consumers.values()):
-            if consumer.waiter is not None and row["direction"] in consumer.directions \
-                    and (not consumer.types or row["message_type"] in consumer.types):
-                self._check(consumer)
-
-    def _check(self, consumer: _Consumer) -> None:
-        """Read the consumer's pending rows (off the reactor) and answer if there are any."""
-        if consumer.querying:
-            consumer.recheck = True
-            return
-        history = self.history
-        if history is None:
-            self._answer(consumer, [])
-            return
-        consumer.querying, consumer.recheck = True, False
-        generation = consumer.generation
-        d = self._query(history.since, consumer.cursor, consumer.directions, consumer.types, consumer.limit)
-
-        def read(result: tuple[list[dict], int]) -> None:
-            consumer.querying = False
-            rows, top = result
-            if consumer.waiter is None:
-                return
-            if generation != consumer.generation:
-                self._check(consumer)  # a newer poll changed the filters while this one read: read again
-                return
-            if rows:
-                self._answer(consumer, rows)
-                return
-            # nothing matched up to ``top``: skip it, and look again if more was stored meanwhile
-            consumer.cursor = max(consumer.cursor, top)
-            if consumer.recheck or self._last_seq > consumer.cursor:
-                self._check(consumer)
-            elif consumer.immediate:
-                self._answer(consumer, [])
-
-        def failed(failure: Any) -> None:
-            consumer.querying = False
-            self.log.failure("reading the message stream failed", failure)
-            waiter, consumer.waiter = consumer.waiter, None
-            self._clear_timer(consumer)
-            if waiter is not None:
-                waiter.errback(failure)
-
-        d.addCallback(read).addErrback(failed)
-
-    def _answer(self, consumer: _Consumer, rows: list[dict]) -> None:
-        waiter, consumer.waiter = consumer.waiter, None
-        self._clear_timer(consumer)
-        if rows:
-            consumer.cursor = max(consumer.cursor, rows[-1]["seq"])
-        if waiter is not None:
-            waiter.callback(rows)
-
-    def _clear_timer(self, consumer: _Consumer) -> None:
-        if consumer.timeout_call is not None and consumer.timeout_call.active():
-            consumer.timeout_call.cancel()
-        consumer.timeout_call = None
-
-    def _cancel(self, consumer: _Consumer, waiter: Deferred) -> None:
-        if consumer.waiter is waiter:
-            consumer.waiter = None
-            self._clear_timer(consumer)
-
-    def _forget_idlest(self) -> None:
-        idle = [(c.last_seen, cid) for cid, c in self._consumers.items() if c.waiter is None]
-        if idle:
-            del self._consumers[min(idle)[1]]
+        self.stream.notify_stored(row)
 
     # -- history queries (for the API) ---------------------------------------------------
 

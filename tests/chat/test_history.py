@@ -160,3 +160,31 @@ class HistoryTests(unittest.TestCase):
         db.close()
         err = self.assertRaises(BadRequest, MessageHistory, self.path)
         self.assertIn("format 99", str(err))
+
+
+class IncomingUsageTests(unittest.TestCase):
+    """What the inbox quotas count: private messages received since a moment, by sender or by strangers."""
+
+    def setUp(self):
+        self.history = MessageHistory(":memory:")
+        self.addCleanup(self.history.close)
+
+    def test_usage_counts_incoming_private_messages_since_a_moment(self):
+        incoming(self.history, "b1", BOB, at=10.0, data={"message": "é"})  # {"message":"é"} is 16 bytes in UTF-8
+        incoming(self.history, "b2", BOB, at=100.0, data={"message": "xx"})
+        incoming(self.history, "c1", CAROL, at=100.0, data={"message": "xx"})
+        incoming(self.history, "g1", BOB, at=100.0, message_type="group_message")  # groups have their own limits
+        outgoing(self.history, "o1", BOB, at=100.0)
+        self.assertEqual(self.history.incoming_usage(0.0, BOB), (2, 16 + 16))
+        self.assertEqual(self.history.incoming_usage(50.0, BOB), (1, 16))
+        self.assertEqual(self.history.incoming_usage(50.0, None), (2, 32))
+        self.assertEqual(self.history.incoming_usage(50.0, None, [BOB]), (1, 16))
+        self.assertEqual(self.history.incoming_usage(0.0, None, [BOB, CAROL, "x"] * 2000), (0, 0))
+        self.assertEqual(self.history.incoming_usage(500.0, BOB), (0, 0))
+
+    def test_a_stored_incoming_message_is_known_by_sender_and_id(self):
+        incoming(self.history, "b1", BOB)
+        self.assertTrue(self.history.has_incoming(BOB, "b1"))
+        self.assertFalse(self.history.has_incoming(CAROL, "b1"))
+        outgoing(self.history, "o1", BOB)
+        self.assertFalse(self.history.has_incoming(ME, "o1"))
