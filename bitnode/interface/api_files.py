@@ -35,6 +35,7 @@ from twisted.internet import defer
 from bitnode.errors import BadRequest, BitnodeError, NotFound, Unavailable
 from bitnode.interface.running import running_service
 from bitnode.storage.catalog import COMPLETE
+from bitnode.storage.redundancy import version_report
 
 if TYPE_CHECKING:  # pragma: no cover
     from bitnode.storage.backups_service import BackupsService
@@ -254,32 +255,19 @@ class FilesMethods:
         item = await self._thread(catalog.get, key_id, path)
         out = _item(item)
         try:
-            positions = list(storage.placement().positions)
+            placement = storage.placement()
+            positions, holders = list(placement.positions), set(placement.holders())
+            retiring = {supplier_id for _, supplier_id, _ in placement.retiring}
+            layout = (storage.data_blocks(len(positions)), len(positions)) if hasattr(storage, "data_blocks") else None
         except Unavailable:
-            positions = []
+            positions, holders, retiring, layout = [], None, set(), None
         versions = []
         for version in item["versions"]:
             blocks = await self._thread(catalog.blocks, version["version_id"])
-            held_per_segment: dict[int, int] = {}
-            per_position = [0] * version["n"]
-            for seg, pos, _, holder in blocks:
-                held_per_segment[seg] = held_per_segment.get(seg, 0) + (1 if holder else 0)
-                per_position[pos] += 1 if holder else 0
-            weakest = min(held_per_segment.values()) if held_per_segment else 0
-            complete = version["state"] == COMPLETE
-            versions.append({
-                **{k: version[k] for k in ("version_id", "state", "size", "segment_size", "segments_total",
-                                           "segments_done", "k", "n", "created", "completed")},
-                "restorable": complete and len(held_per_segment) == version["segments_total"]
-                and weakest >= version["k"],
-                "blocks_total": len(blocks),
-                "blocks_missing": sum(1 for b in blocks if not b[3]),
-                "weakest_segment_blocks": weakest,
-                "positions": [{"position": i, "supplier": version["suppliers"][i],
-                               "current_supplier": positions[i] if i < len(positions) else "",
-                               "blocks_held": per_position[i]} for i in range(version["n"])],
-            })
+            versions.append(version_report(version, blocks, positions, holders, retiring, layout))
         out["versions"] = versions
+        if versions:  # the newest complete version's (what a download gets)
+            out["redundancy"] = next((v for v in versions if v["state"] == COMPLETE), versions[0])["redundancy"]
         if out["type"] == "file" and versions and out["latest_version"] is None:
             out["size"] = versions[0]["size"]
         if uploads:

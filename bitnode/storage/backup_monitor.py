@@ -358,7 +358,7 @@ class BackupMonitor(Automat):
         for pos, (sha, holder) in enumerate(plan.blocks):
             figures["blocks_checked"] += 1
             path = block_path(plan.version_id, plan.index, pos)
-            current = self._positions[pos] if pos < len(self._positions) else ""
+            current = self._current(pos)
             former = self._retiring.get(pos, ())
             listing = self._listings.get(current) if current else None
             if _lists(listing, path, sha):
@@ -383,11 +383,15 @@ class BackupMonitor(Automat):
         for pos, who in updates:
             await self.run_in_thread(self.catalog.set_block_holder, plan.version_id, plan.index, pos, who)
             self.figures["holders_corrected"] += 1
-        on_current = {p for p, s in sources.items() if s == self._positions[p]}
+        on_current = {p for p, s in sources.items() if s == self._current(p)}
         if targets:
             on_current |= await self._rebuild_segment(plan, provider, sources, targets)
         self._count_retiring(plan, on_current, keepers)
         return bool(updates or targets)
+
+    def _current(self, pos: int) -> str:
+        """The supplier at a position now ("" when empty, or when the position went away)."""
+        return self._positions[pos] if pos < len(self._positions) else ""
 
     def _may_still_hold(self, holder: str, current: str, former: tuple[str, ...]) -> bool:
         """A recorded holder that did not answer its listing may still have the block (one that answered has not)."""
@@ -432,7 +436,7 @@ class BackupMonitor(Automat):
                 # A listed block that is corrupt or gone when fetched is lost too: rebuild it with the others.
                 await self.run_in_thread(self.catalog.set_block_holder, plan.version_id, plan.index, pos, "")
                 self.figures["blocks_missing"] += 1
-                if sources[pos] == self._positions[pos]:
+                if sources[pos] == self._current(pos):
                     targets.append(pos)
             elif fetched is not None:
                 _, payloads[pos], nonce = fetched

@@ -3,14 +3,23 @@
 Suppliers come from a *supplier provider*: an object with ``positions() ->
 list[str]`` (position i holds block i, "" = empty), ``server(supplier_id) ->
 IStorageServer``, optionally ``subscribe(callback) -> unsubscribe`` (called on
-"suppliers-changed") and ``settled() -> Deferred | None`` (fire_hire is done
-hiring). By default it is ``service_customer``'s ``supplier_provider()`` while
+"suppliers-changed"), ``settled() -> Deferred | None`` (fire_hire is done
+hiring), and for replaced suppliers ``retiring()``, ``rebuild_progress(report)``
+and ``release(supplier_id)`` (see :mod:`bitnode.storage.backup_monitor`: a
+replaced supplier is read from until backup_monitor has its blocks on the
+successor and the catalog backup is current; only then is it released). By default it is ``service_customer``'s ``supplier_provider()`` while
 that service is on; tests inject one by overriding :meth:`make_provider`.
 Without one, anything that needs suppliers fails with Unavailable("no
 suppliers hired: service_customer is off") — it never pretends to succeed.
 
 Files: ``metadata/catalog.sqlite`` (the catalog), ``metadata/tmp/`` (the
-catalog backup being written or read; private like the rest of metadata/).
+catalog backup being written or read, a version being re-laid out; private
+like the rest of metadata/).
+
+After each check by backup_monitor, versions stored in another k-of-n than
+the current layout (the number of suppliers or ``data-blocks`` changed) are
+re-uploaded from their blocks in the background (:mod:`bitnode.storage.relayout`);
+``service_info`` shows it under ``relayout``.
 
 The parts need my identity (the customer id is my global id, keys come from
 my key store): they come up when the service starts with an identity, or when
@@ -50,6 +59,7 @@ from bitnode.storage.backup_monitor import BackupMonitor
 from bitnode.storage.catalog import Catalog, split_remote_path
 from bitnode.storage.catalog_backup import SERIAL_META, CatalogBackup
 from bitnode.storage.job_context import Placement, StorageContext, delete_versions
+from bitnode.storage.relayout import Relayout
 from bitnode.storage.transfers import UPLOAD, TransferManager
 
 CUSTOMER_SERVICE = "service_customer"
@@ -57,6 +67,7 @@ IDENTITY_SERVICE = "service_identity"
 PENDING_DELETES_META = "pending-deletes"
 PENDING_PARTS_META = "backup-parts-pending"
 NO_SUPPLIERS = "no suppliers hired: service_customer is off"
+DATA_BLOCKS = "services/backups/data-blocks"
 #: Seconds before backing up a changed catalog when no upload is running (see _schedule_backup).
 QUIET_BACKUP_DELAY = 0.5
 
@@ -99,6 +110,7 @@ class BackupsService(Service):
         self.catalog: Catalog | None = None
         self.transfers: TransferManager | None = None
         self.monitor: BackupMonitor | None = None
+        self.relayout: Relayout | None = None
         self.backups: CatalogBackup | None = None
         self.context: StorageContext | None = None
         self.provider: Any = None
@@ -136,6 +148,8 @@ class BackupsService(Service):
     def _opened(self, catalog: Catalog) -> defer.Deferred:
         self.catalog = catalog
         self._unsubscribe.append(self.node.events.subscribe(self._on_event))
+        self.node.settings.add_listener(DATA_BLOCKS, self._layout_changed)
+        self._unsubscribe.append(lambda: self.node.settings.remove_listener(DATA_BLOCKS, self._layout_changed))
         subscribe = getattr(self.provider, "subscribe", None)
         if subscribe is not None:
             self._unsubscribe.append(subscribe(self.suppliers_changed))
@@ -175,6 +189,10 @@ class BackupsService(Service):
                                      segment_size=lambda: settings.get("services/backups/segment-size"),
                                      timeout=lambda: settings.get("services/backups/store-timeout"),
                                      secrets=self._collect_secrets, restore_secrets=self._restore_secrets)
+        self.relayout = Relayout(self.context, self.temp_dir, busy=lambda: bool(self.transfers and
+                                                                              self.transfers.jobs(UPLOAD)),
+                                 on_changed=self._relaid_out, remember_deletes=self._remember_deletes)
+        self.monitor.add_state_listener(self._monitor_changed)
         self.parts.load_pending(json.loads(pending_parts))
         self._unsubscribe_keys = self._identity().keystore.subscribe(self.backup_needed)
         # A new, empty catalog may have a backup waiting on the suppliers: look before backing up over it.
@@ -192,10 +210,12 @@ class BackupsService(Service):
         if self._unsubscribe_keys is not None:
             self._unsubscribe_keys()
             self._unsubscribe_keys = None
-        transfers, monitor, backups = self.transfers, self.monitor, self.backups
-        self.transfers = self.monitor = self.backups = self.context = None
+        transfers, monitor, backups, relayout = self.transfers, self.monitor, self.backups, self.relayout
+        self.transfers = self.monitor = self.backups = self.context = self.relayout = None
         if backups is not None:
             backups.cancel()
+        if relayout is not None:
+            relayout.stop()
         if transfers is not None:
             yield transfers.stop()
         if monitor is not None:
@@ -225,7 +245,24 @@ class BackupsService(Service):
             # Catalog changes not on the suppliers yet (waiting for the delay, running, or failed and retried).
             "catalog_backup_pending": self._backup_pending(),
             "catalog_restore": self.last_restore,
+            "relayout": self.relayout.status() if self.relayout else None,
         }
+
+    def _monitor_changed(self, machine: Any, old: str, new: str, event: str) -> None:
+        # A check of the suppliers ended: versions in an old k-of-n are re-laid out now (one pass at a time).
+        if new == "READY" and event == "rebuilt" and self.relayout is not None:
+            d = self.relayout.start()
+            if d is not None:
+                self._background.track(d, "re-laying out old versions")
+
+    def _relaid_out(self) -> None:
+        # Old versions are gone from positions that went away: their holders may be released now.
+        if self.monitor is not None:
+            self.monitor.event("restart")
+
+    def _layout_changed(self, key: str, old: Any, new: Any) -> None:
+        if self.monitor is not None:
+            self.monitor.event("restart")
 
     def _on_event(self, event) -> None:
         if event.event_id == "suppliers-changed":

@@ -330,6 +330,48 @@ class Catalog:
                            (version_id, str(local_path), int(local_size), float(mtime)))
         return self.version(version_id)
 
+    def begin_copy_version(self, old_id: str, new_id: str, k: int, n: int, wrapped_key: bytes,
+                           suppliers: Iterable[str]) -> dict:
+        """A new version holding the same file as ``old_id`` in another k-of-n layout (re-layout).
+
+        It keeps the old one's file, size, segment size and ``created`` (so the
+        versions of a file keep their order) and its source; NotFound if the old
+        one is gone. Per-version facts added later must be copied here too.
+        """
+        validate_version_id(new_id)
+        suppliers = list(suppliers)
+        if len(suppliers) != n or not 1 <= k <= n:
+            raise BadRequest(f"invalid layout {k}-of-{n} for {len(suppliers)} positions")
+        with self._transaction() as db:
+            old = self._version_row(db, old_id)
+            if db.execute("SELECT 1 FROM versions WHERE version_id = ?", (new_id,)).fetchone():
+                raise Conflict(f"version {new_id} already exists")
+            db.execute(
+                "INSERT INTO versions (version_id, item_id, state, size, segment_size, segments_total, k, n,"
+                " wrapped_key, suppliers, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (new_id, old["item_id"], UPLOADING, old["size"], old["segment_size"], old["segments_total"], k, n,
+                 bytes(wrapped_key), json.dumps(suppliers), old["created"]))
+            db.execute("INSERT INTO sources (version_id, local_path, size, mtime)"
+                       " SELECT ?, local_path, size, mtime FROM sources WHERE version_id = ?", (new_id, old_id))
+        return self.version(new_id)
+
+    def replace_version(self, old_id: str, new_id: str) -> dict:
+        """In one transaction: the copy ``new_id`` (every segment recorded) is complete and ``old_id`` is gone.
+
+        The copy keeps the old one's completion time. NotFound if either is gone
+        (the file was deleted or pruned meanwhile), Conflict if the copy is not whole.
+        """
+        with self._transaction() as db:
+            old = self._version_row(db, old_id)
+            new = self._version_row(db, new_id)
+            have = db.execute("SELECT COUNT(*) FROM segments WHERE version_id = ?", (new_id,)).fetchone()[0]
+            if have != new["segments_total"] or new["item_id"] != old["item_id"]:
+                raise Conflict(f"{new_id} is not a whole copy of {old_id}")
+            db.execute("UPDATE versions SET state = ?, completed = ? WHERE version_id = ?",
+                       (old["state"], old["completed"], new_id))
+            db.execute("DELETE FROM versions WHERE version_id = ?", (old_id,))
+        return self.version(new_id)
+
     def source(self, version_id: str) -> dict | None:
         """``{"local_path", "size", "mtime"}`` a version was read from, or None if not recorded."""
         with self._lock:

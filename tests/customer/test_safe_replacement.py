@@ -86,7 +86,8 @@ class MarketGrid:
         roster = SupplierRoster(os.path.join(directory, "suppliers.json"))
         roster.save(self.ids[:originals])
         self.finder = SupplierFinder(reactor, self.random_suppliers, self.make_connector)
-        self.fire_hire = FireHire(reactor, roster, self.finder, self.make_connector, lambda: originals,
+        self.wanted = originals
+        self.fire_hire = FireHire(reactor, roster, self.finder, self.make_connector, lambda: self.wanted,
                                   lambda: DEAD_AFTER, self.changed, intervals={"timer-1min": 0.1, "timer-probe": 2.0},
                                   cancel_service=self.cancel_service, pause_tolerance=lambda: 5.0)
         case.addCleanup(lambda: self.fire_hire.event("shutdown") if not self.fire_hire.destroyed else None)
@@ -203,3 +204,25 @@ class SafeReplacementTests(StorageNodeTestCase):
         self.assertEqual((yield self.download(self.service, REMOTE)), self.data)
         self.grid.suppliers[dead].dead = False  # it comes back: now it hears it may delete
         yield wait_until(lambda: self.grid.cancelled == [dead], f"{dead} to get its CancelService", timeout=20)
+
+    @defer.inlineCallbacks
+    def test_fewer_suppliers_re_lay_out_the_files_before_the_positions_that_went_away_are_released(self):
+        old = self.service.catalog.latest_complete(MASTER, "docs/a.bin")
+        self.assertEqual((old["k"], old["n"]), (2, 4))
+        self.grid.wanted = 2
+        self.grid.fire_hire.event("restart")
+        self.assertEqual(self.grid.positions(), self.first[:2])
+        self.assertEqual(sorted(r["supplier_id"] for r in self.grid.fire_hire.retiring()), self.first[2:])
+
+        def relaid():
+            version = self.service.catalog.latest_complete(MASTER, "docs/a.bin")
+            return (version["k"], version["n"]) == (1, 2) and version
+
+        new = yield wait_until(relaid, "the file to be re-laid out 1-of-2", timeout=20)
+        self.assertEqual(new["created"], old["created"])
+        yield wait_until(lambda: sorted(self.grid.cancelled) == self.first[2:], "positions 2 and 3 to be released",
+                         timeout=20)
+        self.assertEqual(self.service.status()["relayout"]["versions_done"], 1)
+        # 1-of-2: either remaining supplier alone gives the file back
+        self.grid.suppliers[self.first[0]].dead = True
+        self.assertEqual((yield self.download(self.service, REMOTE)), self.data)

@@ -90,6 +90,12 @@ class RoundTripTests(ApiFilesTestCase):
         self.assertEqual((version["k"], version["n"], version["restorable"]), (3, 5, True))
         self.assertEqual([p["blocks_held"] for p in version["positions"]], [3] * 5)
         self.assertEqual(version["blocks_missing"], 0)
+        # the redundancy left: every segment has 5 blocks held, 3 needed, in the layout used now
+        self.assertEqual(info["redundancy"], version["redundancy"])
+        self.assertEqual(version["redundancy"], {
+            "blocks_needed": 3, "min_blocks_held": 5, "spare_blocks": 2, "segments_by_blocks_held": {"5": 3},
+            "segments_without_spare": 0, "blocks_on_retiring": 0, "layout": "3-of-5", "layout_current": True,
+            "target_layout": "3-of-5"})
 
         where = os.path.abspath(self.mktemp())
         os.makedirs(where)

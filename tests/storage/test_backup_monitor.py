@@ -228,6 +228,20 @@ class RetiringHolderTests(MonitorTestCase):
         self.assertEqual({holders[(s, 0)] for s in range(4)}, {self.OLD})
         self.assertEqual(self.provider.released, [])
 
+    def test_positions_that_went_away_keep_their_holders_until_their_versions_are_re_laid_out(self):
+        ids, servers = list(self.grid.ids), list(self.h.servers)
+        self.provider.former = {ids[3]: (3, servers[3]), ids[4]: (4, servers[4])}
+        self.provider.positions = lambda: ids[:3]
+        figures = self.run_check("suppliers-changed")
+        self.assertEqual((figures["blocks_on_retiring"], figures["blocks_rebuilt"]), (8, 0))
+        self.assertEqual(self.provider.released, [])
+        self.assertEqual(self.provider.reports[-1], {ids[3]: {"done": 0, "total": 4},
+                                                     ids[4]: {"done": 0, "total": 4}})
+        self.assertEqual(self.h.catalog.missing_blocks(), [])  # still recorded on the retiring holders
+        self.h.catalog.drop_version(self.version)  # (re-laid out: the old version is gone)
+        self.run_check()
+        self.assertEqual(sorted(self.provider.released), ids[3:])
+
     def test_released_only_once_the_catalog_backup_is_current(self):
         current = []
         self.monitor.destroy()
