@@ -48,7 +48,7 @@ from bitnode.dht.protocol import Address, RPCEngine, UDPProtocol
 from bitnode.dht.records import InvalidRecord, Record, RecordConflict
 from bitnode.dht.routing import RoutingTable
 from bitnode.dht.simnet import SimEndpoint
-from bitnode.dht.storage import RecordStore, StoredRecord, StoreKeeper
+from bitnode.dht.storage import RecordStore, StoredRecord, StoreKeeper, WriterQuotaExceeded
 from bitnode.errors import BadRequest, Conflict, InsufficientStorage, NotFound, Timeout, Unavailable
 
 #: senders being pinged at once to prove their address before they enter the routing tables
@@ -108,7 +108,7 @@ class DHTNode:
         self.limits = limits
         self._tables: dict[int, RoutingTable] = {0: self._new_table()}
         self._engine = RPCEngine(clock, rng, self._sender, self._handle_request, self._observe, rpc_timeout, limits)
-        self._store = RecordStore(store_path, clock)
+        self._store = RecordStore(store_path, clock, limits)
         self._keeper = StoreKeeper(
             self._store, clock, self._publish_row, republish_interval, replicate_interval, expire_interval
         )
@@ -249,13 +249,15 @@ class DHTNode:
         return (
             self._engine.stats()
             | {k: self.counters[k] for k in ("store_accepted", "store_rejected", "store_conflicts", "bad_values",
-                                              "store_refused_stale", "replicate_skipped_stale")}
+                                              "store_refused_stale", "store_refused_quota",
+                                              "store_refused_full", "replicate_skipped_stale")}
             | {
                 "lookups": len(self.lookups),
                 "lookup_hops_avg": sum(hops) / len(hops) if hops else 0.0,
                 "lookup_hops_max": max(hops, default=0),
                 "lookup_seconds_avg": sum(times) / len(times) if times else 0.0,
                 "records": 0 if self._stopped else self._store.count(),
+                "held_for_others": {} if self._stopped else self._store.usage(),
                 "limits": dataclasses.asdict(self.limits),
                 "contacts": {str(layer): len(t) for layer, t in self._tables.items()},
             }
@@ -340,8 +342,11 @@ class DHTNode:
         except InvalidRecord as exc:
             self.counters["store_rejected"] += 1
             return False, "invalid", str(exc)
+        except WriterQuotaExceeded as exc:
+            self.counters["store_refused_quota"] += 1
+            return False, "quota", str(exc)
         except InsufficientStorage as exc:
-            self.counters["store_rejected"] += 1
+            self.counters["store_refused_full"] += 1
             return False, "full", str(exc)
         self.counters["store_accepted"] += 1
         return True, "ok", ""

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bitnode.dht.records import FIRST_COME_MAX_AGE
-from bitnode.main.options import FLOAT, Option
+from bitnode.main.options import DISK_SPACE, FLOAT, INTEGER, Option
 
 PREFIX = "services/entangled-dht/"
 
@@ -34,6 +34,15 @@ class DHTLimits:
     unverified_reply_factor: float = 3.0
     #: seconds per token period (a token is good for one to two periods)
     token_lifetime: float = 600.0
+    #: STOREs per second (and burst) accepted from one source IP; 0 = no limit
+    store_rate_per_ip: float = 20.0
+    store_burst_per_ip: float = 200.0
+    #: records and bytes this node holds for one writer key
+    writer_max_records: int = 1000
+    writer_max_bytes: int = 2 * 1024 * 1024
+    #: records and bytes this node holds for others in all
+    store_max_records: int = 50_000
+    store_max_bytes: int = 64 * 1024 * 1024
 
 
 #: (setting name under ``services/entangled-dht/``, DHTLimits field, Option arguments)
@@ -56,6 +65,18 @@ _SETTINGS: tuple[tuple[str, str, Any, str, dict[str, Any]], ...] = (
     ("token-lifetime", "token_lifetime", FLOAT,
      "Seconds a DHT address token stays valid (one to two of these periods).", {"minimum": 30.0,
                                                                                  "maximum": 86400.0}),
+    ("store-rate-per-ip", "store_rate_per_ip", FLOAT,
+     "DHT records per second one IP address may store here (0 turns the limit off).", {"minimum": 0.0}),
+    ("store-burst-per-ip", "store_burst_per_ip", FLOAT, "How many DHT records one IP address may store at once.",
+     {"minimum": 1.0}),
+    ("writer-max-records", "writer_max_records", INTEGER,
+     "DHT records this node holds for one writer key (others' records; 0 refuses them all).", {"minimum": 0}),
+    ("writer-max-bytes", "writer_max_bytes", DISK_SPACE, "Bytes of DHT records this node holds for one writer key.",
+     {"minimum": 0}),
+    ("store-max-records", "store_max_records", INTEGER, "DHT records this node holds for others in all.",
+     {"minimum": 0}),
+    ("store-max-bytes", "store_max_bytes", DISK_SPACE, "Bytes of DHT records this node holds for others in all.",
+     {"minimum": 0}),
 )
 
 LIMIT_OPTIONS: tuple[Option, ...] = tuple(

@@ -154,6 +154,7 @@ class RPCEngine:
         self.limits = limits
         self._per_ip = PeerRateLimiter(limits.rate_per_ip, limits.burst_per_ip)
         self._total = PeerRateLimiter(limits.rate_total, limits.burst_total, max_peers=1)
+        self._stores_per_ip = PeerRateLimiter(limits.store_rate_per_ip, limits.store_burst_per_ip)
         self._tokens = AddressTokens(clock, rng, limits.token_lifetime)
         self._peer_tokens = PeerTokens()
         self._pending: dict[str, _Pending] = {}
@@ -188,6 +189,7 @@ class RPCEngine:
         keys = ("sent", "received", "malformed", "oversize", "rate_limited", "rate_limited_total", "timeouts",
                 "unmatched", "send_errors", "handler_errors", "requests_handled", "oversize_replies",
                 "replies_truncated_unverified", "replies_dropped_unverified", "stores_refused_unverified",
+                "stores_rate_limited",
                 "retried_with_token")
         return {k: self.counters[k] for k in keys} | {"pending": len(self._pending),
                                                        "rate_limited_sources": len(self._per_ip.buckets),
@@ -307,6 +309,11 @@ class RPCEngine:
             self.counters["stores_refused_unverified"] += 1
             body = {"ok": False, "code": "unverified", "reason": "ask again with the token"}
             self._reply(msg, address, messages.STORED, body, token, size, proven, truncated=True)
+            return
+        if msg.kind == messages.STORE and not self._stores_per_ip.allow(address[0], self._clock.seconds()):
+            self.counters["stores_rate_limited"] += 1
+            body = {"ok": False, "code": "busy", "reason": "too many records from this address: try later"}
+            self._reply(msg, address, messages.STORED, body, token, size, proven)
             return
         try:
             answer = self._handler(msg, address)

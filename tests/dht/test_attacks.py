@@ -7,6 +7,7 @@ from twisted.trial import unittest
 
 from bitnode.crypt.fastsign import generate_ed25519
 from bitnode.dht import messages, records
+from bitnode.dht.limits import DHTLimits
 from tests.dht.simcluster import SimCluster
 
 DAY = 24 * 3600
@@ -154,3 +155,59 @@ class FloodTests(unittest.TestCase):
                 self.assertEqual([int(x["id"], 16) for x in found], c.brute_closest(key, exclude=asker))
         self.assertEqual(c.run(c.nodes[3].set_value("app:ok", {"v": 1}, records.SKIP_VALIDATION)).value, {"v": 1})
         self.assertEqual(c.run(target.get_value("app:ok")).value, {"v": 1})
+
+
+class StoreFillingTests(unittest.TestCase):
+    """Item 6: a peer storing records without end fills neither one writer's share nor the store."""
+
+    def setUp(self) -> None:
+        self.c = SimCluster(12, seed=8)
+        self.addCleanup(self.c.stop)
+        limits = DHTLimits(writer_max_records=10, store_max_records=40, store_rate_per_ip=1000.0,
+                           store_burst_per_ip=1000.0)
+        self.victim = self.c.add_node(limits=limits)
+        self.attacker = self.c.add_node(key=MALLORY)
+        self.c.run(self.attacker.find_node(self.victim.node_id))  # a round trip: the victim takes its STOREs
+
+    def flood(self, count: int, keys) -> list[str]:
+        now = int(self.c.clock.seconds())
+        codes = []
+        for i in range(count):
+            rec = records.sign_record(keys(i), f"app:fill{i}", {"i": i}, records.SKIP_VALIDATION, now,
+                                      now + records.MAX_TTL, 0)
+            reply = self.c.run(self.attacker._engine.request(self.victim.address, messages.STORE,
+                                                             {"record": rec.to_dict()}))
+            codes.append(reply.body["code"])
+        return codes
+
+    def held(self) -> int:
+        return sum(1 for r in self.victim.local_dump() if r["key"].startswith("app:fill"))
+
+    def test_one_writer_gets_its_quota_and_no_more(self) -> None:
+        codes = self.flood(100, lambda i: MALLORY)
+        self.assertEqual((codes.count("ok"), codes.count("quota")), (10, 90))
+        self.assertEqual(self.held(), 10)
+        self.assertEqual(self.victim.stats()["store_refused_quota"], 90)
+
+    def test_many_writers_fill_the_store_up_to_its_cap_and_no_further(self) -> None:
+        writers = [generate_ed25519() for _ in range(10)]
+        codes = self.flood(100, lambda i: writers[i % 10])
+        self.assertEqual(codes.count("ok"), 40)
+        self.assertEqual(self.held(), 40)
+        self.assertEqual(self.victim.stats()["store_refused_full"], 60)
+        self.assertEqual(self.victim.stats()["held_for_others"]["records"], 40)
+        # The node still serves, and its own writes and the network's records work.
+        writer = self.c.nodes[3]
+        stored = self.c.run(writer.set_value("app:honest", {"v": 1}, records.SKIP_VALIDATION))
+        self.assertEqual(self.c.run(self.victim.get_value("app:honest")), stored)
+        self.assertEqual(self.c.run(self.victim.set_value("app:victims", {"v": 2}, records.SKIP_VALIDATION)).seq, 0)
+
+    def test_stores_from_one_ip_are_rate_limited(self) -> None:
+        limits = DHTLimits(store_rate_per_ip=2.0, store_burst_per_ip=5.0)
+        slow = self.c.add_node(limits=limits)
+        self.c.run(self.attacker.find_node(slow.node_id))
+        self.victim = slow
+        codes = self.flood(20, lambda i: generate_ed25519())  # ~0.05 s of simulated time each
+        self.assertLess(codes.count("ok"), 10)
+        self.assertGreater(codes.count("busy"), 10)
+        self.assertEqual(slow.stats()["stores_rate_limited"], codes.count("busy"))

@@ -8,7 +8,8 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
-from bitnode.dht.storage import RecordStore, StoredRecord, StoreKeeper
+from bitnode.dht.limits import DHTLimits
+from bitnode.dht.storage import RecordStore, StoredRecord, StoreKeeper, WriterQuotaExceeded
 from bitnode.errors import InsufficientStorage, Timeout
 
 REC = {"key": "app:x", "value": {"n": 1}}
@@ -58,7 +59,7 @@ class RecordStoreTests(unittest.TestCase):
         self.assertEqual(mode, "wal")
 
     def test_full_store_refuses_new_keys_but_accepts_updates(self) -> None:
-        store = RecordStore(":memory:", self.clock, max_records=2)
+        store = RecordStore(":memory:", self.clock, DHTLimits(store_max_records=2))
         self.addCleanup(store.close)
         store.put(0, "app:a", REC, expires=1100)
         store.put(0, "app:b", REC, expires=5000)
@@ -67,6 +68,53 @@ class RecordStoreTests(unittest.TestCase):
         self.clock.advance(100)  # app:a expires, which frees a slot
         store.put(0, "app:c", REC, expires=5000)
         self.assertEqual(sorted(r["key"] for r in store.dump()), ["app:b", "app:c"])
+
+    def test_writer_quota_counts_records_and_bytes_of_each_writer(self) -> None:
+        store = RecordStore(":memory:", self.clock, DHTLimits(writer_max_records=2, writer_max_bytes=300))
+        self.addCleanup(store.close)
+        a, b = {"writer_pubkey": "A", "v": 1}, {"writer_pubkey": "B", "v": 1}
+        store.put(0, "app:1", a, expires=5000)
+        store.put(0, "app:2", a, expires=5000)
+        self.assertRaises(WriterQuotaExceeded, store.put, 0, "app:3", a, 5000)
+        store.put(0, "app:2", dict(a, v=2), expires=5000)  # replacing its own record: allowed
+        store.put(0, "app:3", b, expires=5000)  # another writer: its own quota
+        self.assertRaises(WriterQuotaExceeded, store.put, 0, "app:4", dict(b, pad="x" * 300), 5000)
+        store.put(0, "app:own", a, expires=5000, own=True)  # our own records are not counted
+        self.assertEqual(store.usage("A")["records"], 2)
+        self.assertEqual(store.usage()["records"], 3)
+        store.delete(0, "app:1")
+        store.put(0, "app:5", a, expires=5000)
+        self.assertEqual(store.usage("A")["records"], 2)
+
+    def test_total_bytes_cap_and_usage_after_expiry_and_reopen(self) -> None:
+        limits = DHTLimits(store_max_bytes=200)
+        store = RecordStore(self.path, self.clock, limits)
+        rec = {"writer_pubkey": "A", "blob": "x" * 60}
+        store.put(0, "app:1", rec, expires=1500)
+        store.put(0, "app:2", rec, expires=5000)
+        self.assertRaises(InsufficientStorage, store.put, 0, "app:3", rec, 5000)
+        self.clock.advance(600)  # app:1 expires: its bytes are released when the next put needs room
+        store.put(0, "app:3", rec, expires=5000)
+        used = store.usage()
+        store.close()
+        self.store = reopened = RecordStore(self.path, self.clock, limits)
+        self.assertEqual(reopened.usage(), used)
+        self.assertEqual(reopened.usage("A"), used)
+
+    def test_a_store_file_from_before_quotas_is_migrated(self) -> None:
+        import sqlite3
+        self.store.close()
+        path = self.mktemp()
+        db = sqlite3.connect(path)
+        db.executescript("CREATE TABLE records (layer INTEGER NOT NULL, key TEXT NOT NULL, record TEXT NOT NULL,"
+                         " expires REAL NOT NULL, own INTEGER NOT NULL, stored_at REAL NOT NULL,"
+                         " replicated_at REAL NOT NULL, PRIMARY KEY (layer, key));")
+        db.execute("INSERT INTO records VALUES (0, 'app:x', ?, 5000, 0, 1000, 1000)", ('{"writer_pubkey": "W"}',))
+        db.commit()
+        db.close()
+        self.store = RecordStore(path, self.clock)
+        self.assertEqual(self.store.usage("W"), {"records": 1, "bytes": len('{"writer_pubkey": "W"}')})
+        self.assertEqual(self.store.get(0, "app:x").record, {"writer_pubkey": "W"})
 
     def test_own_records_and_replication_due(self) -> None:
         self.store.put(0, "app:mine", REC, expires=9000, own=True)
