@@ -40,6 +40,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from bitnode.dht import messages, records
+from bitnode.dht.holding import RecordHolder
 from bitnode.dht.ids import ID_SPACE, Contact, check_layer_id, check_user, id_from_hex, key_to_id, random_id
 from bitnode.dht.limits import DHTLimits
 from bitnode.dht.lookup import IterativeLookup, LookupResult
@@ -48,8 +49,9 @@ from bitnode.dht.protocol import Address, RPCEngine, UDPProtocol
 from bitnode.dht.records import InvalidRecord, Record, RecordConflict
 from bitnode.dht.routing import RoutingTable
 from bitnode.dht.simnet import SimEndpoint
-from bitnode.dht.storage import RecordStore, StoredRecord, StoreKeeper, WriterQuotaExceeded
-from bitnode.errors import BadRequest, Conflict, InsufficientStorage, NotFound, Timeout, Unavailable
+from bitnode.dht.storage import RecordStore, StoredRecord
+from bitnode.dht.upkeep import StoreKeeper
+from bitnode.errors import BadRequest, Conflict, NotFound, Timeout, Unavailable
 
 #: senders being pinged at once to prove their address before they enter the routing tables
 MAX_ADDRESS_CHECKS = 256
@@ -95,9 +97,6 @@ class DHTNode:
             raise BadRequest("k and alpha must be >= 1")
         self._clock = clock
         self._rng = rng
-        self._signer: records.SignerKey | None = None
-        self.pubkey = ""
-        self.set_signer_key(signer_key)
         self.node_id = random_id(rng) if node_id is None else node_id
         self.k = k
         self.alpha = alpha
@@ -109,8 +108,11 @@ class DHTNode:
         self._tables: dict[int, RoutingTable] = {0: self._new_table()}
         self._engine = RPCEngine(clock, rng, self._sender, self._handle_request, self._observe, rpc_timeout, limits)
         self._store = RecordStore(store_path, clock, limits)
+        self.counters: Counter[str] = Counter()
+        self._holder = RecordHolder(self._store, clock, limits, self.counters)
+        self.set_signer_key(signer_key)
         self._keeper = StoreKeeper(
-            self._store, clock, self._publish_row, republish_interval, replicate_interval, expire_interval
+            self._store, clock, self._publish_row, republish_interval, replicate_interval, expire_interval, limits
         )
         self._refresh_loop: LoopingCall | None = None
         self._checking: set[Address] = set()
@@ -118,7 +120,6 @@ class DHTNode:
         self._endpoint: SimEndpoint | None = None
         self.address: Address | None = None
         self._stopped = False
-        self.counters: Counter[str] = Counter()
         self.lookups: deque[LookupResult] = deque(maxlen=1000)
 
     # -- wiring -------------------------------------------------------------------
@@ -143,8 +144,12 @@ class DHTNode:
 
     def set_signer_key(self, signer_key: records.SignerKey | None) -> None:
         """Install (or, with None, remove) the Ed25519 key that signs our records."""
-        self.pubkey = "" if signer_key is None else records.public_key_b64(signer_key)
-        self._signer = signer_key
+        self._holder.set_signer(signer_key)
+
+    @property
+    def pubkey(self) -> str:
+        """Base64 of our records' Ed25519 public key ("" while we have no signing key)."""
+        return self._holder.pubkey
 
     def set_user(self, user: str) -> None:
         """Set the opaque text (e.g. our IDURL) sent with every message and returned in contacts."""
@@ -248,6 +253,7 @@ class DHTNode:
         times = [r.elapsed for r in self.lookups]
         return (
             self._engine.stats()
+            | self._keeper.stats()
             | {k: self.counters[k] for k in ("store_accepted", "store_rejected", "store_conflicts", "bad_values",
                                               "store_refused_stale", "store_refused_quota",
                                               "store_refused_full", "replicate_skipped_stale")}
@@ -312,54 +318,12 @@ class DHTNode:
                 return messages.VALUE, {"record": row.record}
             return messages.NODES, {"contacts": self._closest_for(msg.layer, key_to_id(key), asker, pad=True)}
         if msg.kind == messages.STORE:
-            ok, code, reason = self._accept_store(msg.layer, msg.body["record"])
+            if msg.layer not in self._tables:
+                self.counters["store_rejected"] += 1
+                return messages.STORED, {"ok": False, "code": "layer", "reason": f"not a member of layer {msg.layer}"}
+            ok, code, reason = self._holder.accept_store(msg.layer, msg.body["record"])
             return messages.STORED, {"ok": ok, "code": code, "reason": reason}
         return None
-
-    def _accept_store(self, layer: int, raw: dict[str, Any]) -> tuple[bool, str, str]:
-        now = self._clock.seconds()
-        if layer not in self._tables:
-            self.counters["store_rejected"] += 1
-            return False, "layer", f"not a member of layer {layer}"
-        try:
-            record = records.parse_and_verify(raw, now)
-            if record.is_expired(now):
-                raise InvalidRecord("record expired")
-            old = self._local_record(layer, record.key)
-            if old != record and (old is None or old.writer_pubkey != record.writer_pubkey):
-                records.check_fresh(record, now, self.limits.first_come_max_age)  # a claim new to this node
-            if not records.check_replace(old, record, now):
-                self._store.mark_replicated(layer, record.key)
-                return True, "same", ""
-            mine = bool(self.pubkey) and record.writer_pubkey == self.pubkey
-            self._store.put(layer, record.key, record.to_dict(), record.expires, own=mine)
-        except RecordConflict as exc:
-            self.counters["store_conflicts"] += 1
-            return False, "conflict", str(exc)
-        except records.StaleRecord as exc:
-            self.counters["store_refused_stale"] += 1
-            return False, "stale", str(exc)
-        except InvalidRecord as exc:
-            self.counters["store_rejected"] += 1
-            return False, "invalid", str(exc)
-        except WriterQuotaExceeded as exc:
-            self.counters["store_refused_quota"] += 1
-            return False, "quota", str(exc)
-        except InsufficientStorage as exc:
-            self.counters["store_refused_full"] += 1
-            return False, "full", str(exc)
-        self.counters["store_accepted"] += 1
-        return True, "ok", ""
-
-    def _local_record(self, layer: int, key: str) -> Record | None:
-        row = self._store.get(layer, key)
-        if row is None:
-            return None
-        try:
-            return records.parse_and_verify(row.record, self._clock.seconds())
-        except InvalidRecord:
-            self._store.delete(layer, key)
-            return None
 
     def _closest_for(self, layer: int, target: int, exclude: int | None = None, pad: bool = False) -> list[Contact]:
         """Our best contacts for ``target`` in ``layer``: the layer table plus layer-0 contacts claiming it.
@@ -488,13 +452,13 @@ class DHTNode:
         records.check_shape(record_type, key, value)
         if not 0 < expire <= records.MAX_TTL:
             raise BadRequest(f"expire must be 1..{records.MAX_TTL} seconds")
-        signer, pubkey = self._signer, self.pubkey
+        signer, pubkey = self._holder.signer, self.pubkey
         if signer is None:
             raise Conflict("this DHT node has no signing key yet (no identity): it cannot write records")
         found = await self._lookup(key_to_id(key), layer, key=key, record_type=record_type)
         self._check_running()
         now = int(self._clock.seconds())
-        local = self._local_record(layer, key)
+        local = self._holder.local(layer, key)
         copies = [v for _, v in found.values] + ([local] if local else [])
         existing = records.pick_best(copies, now)
         seq = max((r.seq + 1 for r in copies if r.writer_pubkey == pubkey), default=0)
@@ -525,49 +489,20 @@ class DHTNode:
         if record_type is not None and record_type not in records.RECORD_TYPES:
             raise BadRequest(f"unknown record type {record_type!r}")
         found = await self._lookup(key_to_id(key), layer, key=key, record_type=record_type)
-        local = None if self._stopped else self._local_record(layer, key)
+        local = None if self._stopped else self._holder.local(layer, key)
         if local is not None and record_type and local.record_type != record_type:
             local = None
         copies = [v for _, v in found.values] + ([local] if local else [])
         best = records.pick_best(copies, self._clock.seconds())
-        if best is not None and self.cache_values and found.cache_at is not None and self._fresh_enough(best):
+        if best is not None and self.cache_values and found.cache_at is not None and self._holder.fresh_enough(best):
             self._store_at(found.cache_at, best, layer)  # never fails; result unused
         return best
 
-    def _fresh_enough(self, record: Record) -> bool:
-        """Would a node that does not hold ``record`` accept it now? (Only first-come records age out.)"""
-        try:
-            records.check_fresh(record, self._clock.seconds(), self.limits.first_come_max_age)
-        except records.StaleRecord:
-            return False
-        return True
-
-    def _resign(self, record: Record, layer: int) -> Record:
-        """Our own first-come record signed again with ``created`` now (same value and ``expires``), kept locally."""
-        assert self._signer is not None
-        now = int(self._clock.seconds())
-        record = records.sign_record(self._signer, record.key, record.value, record.record_type, now,
-                                     record.expires, record.seq + 1)
-        self._store.put(layer, record.key, record.to_dict(), record.expires, own=True)
-        return record
-
     async def _publish(self, row: StoredRecord) -> int:
-        """Push one stored record to the current k closest nodes of its layer (republish/replicate).
-
-        Our own first-come records are re-signed first (nodes newly among the k closest
-        only take fresh ones); others' first-come records too old for them are not pushed.
-        """
-        now = self._clock.seconds()
-        try:
-            record = records.parse_and_verify(row.record, now)
-        except InvalidRecord:
-            self._store.delete(row.layer, row.key)
+        """Push one stored record to the current k closest nodes of its layer (republish/replicate)."""
+        record = self._holder.to_push(row)
+        if record is None:
             return 0
-        if not self._fresh_enough(record):
-            if record.writer_pubkey != self.pubkey or self._signer is None or record.expires <= int(now) + 1:
-                self.counters["replicate_skipped_stale"] += 1
-                return 0
-            record = self._resign(record, row.layer)
         result = await self._lookup(record.key_id, row.layer)
         bodies = await self._store_at_closest(record, row.layer, result.contacts)
         return sum(1 for b in bodies if b.get("ok"))

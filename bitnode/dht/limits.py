@@ -43,6 +43,11 @@ class DHTLimits:
     #: records and bytes this node holds for others in all
     store_max_records: int = 50_000
     store_max_bytes: int = 64 * 1024 * 1024
+    #: republish/replication: every ``replicate_tick`` seconds at most ``replicate_batch`` records are pushed,
+    #: ``replicate_concurrency`` at a time
+    replicate_tick: float = 60.0
+    replicate_batch: int = 100
+    replicate_concurrency: int = 8
 
 
 #: (setting name under ``services/entangled-dht/``, DHTLimits field, Option arguments)
@@ -77,6 +82,13 @@ _SETTINGS: tuple[tuple[str, str, Any, str, dict[str, Any]], ...] = (
      {"minimum": 0}),
     ("store-max-bytes", "store_max_bytes", DISK_SPACE, "Bytes of DHT records this node holds for others in all.",
      {"minimum": 0}),
+    ("replicate-tick", "replicate_tick", FLOAT,
+     "Seconds between two batches of DHT records pushed to the nodes closest to them (republish, replication).",
+     {"minimum": 1.0, "maximum": 3600.0}),
+    ("replicate-batch", "replicate_batch", INTEGER, "At most this many DHT records are pushed per batch.",
+     {"minimum": 1, "maximum": 10000}),
+    ("replicate-concurrency", "replicate_concurrency", INTEGER,
+     "At most this many DHT record pushes (a lookup and its STOREs) run at once.", {"minimum": 1, "maximum": 64}),
 )
 
 LIMIT_OPTIONS: tuple[Option, ...] = tuple(

@@ -1,4 +1,4 @@
-"""The node's local record store (sqlite) and its upkeep timers.
+"""The node's local record store (sqlite), with expiry and quotas.
 
 :class:`RecordStore` keeps the signed records this node holds, one per
 ``(layer, key)``, in sqlite (a file in WAL mode, or ``":memory:"``). Each row
@@ -6,13 +6,7 @@ remembers whether the record is our own (we wrote it: we republish it) and when
 it was last replicated. Expired rows are never returned and are deleted by
 :meth:`RecordStore.expire`.
 
-:class:`StoreKeeper` runs the periodic jobs on the injected clock:
-
-* expire — drop expired records;
-* republish — push our own records to the current k closest nodes;
-* replicate — push records we hold for others to the current k closest nodes,
-  skipping those someone else replicated to us within the interval (the paper's
-  optimisation: a STORE of an identical record marks it replicated).
+:class:`bitnode.dht.upkeep.StoreKeeper` runs the periodic jobs (expire, republish, replicate) on it.
 
 Limits (:class:`bitnode.dht.limits.DHTLimits`): records held for others count
 against their writer's quota (records and bytes per writer key) and against
@@ -31,14 +25,10 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.task import LoopingCall
-from twisted.logger import Logger
 
 from bitnode.dht.limits import DHTLimits
 from bitnode.errors import InsufficientStorage
@@ -57,6 +47,7 @@ CREATE TABLE IF NOT EXISTS records (
     PRIMARY KEY (layer, key)
 );
 CREATE INDEX IF NOT EXISTS records_expires ON records (expires);
+CREATE INDEX IF NOT EXISTS records_due ON records (own, replicated_at);
 """
 #: columns added after the first release: (name, definition) — added to an older file when it is opened
 _ADDED_COLUMNS = (("writer", "TEXT NOT NULL DEFAULT ''"), ("size", "INTEGER NOT NULL DEFAULT 0"))
@@ -254,9 +245,23 @@ class RecordStore:
         """Our own unexpired records."""
         return self._select("own=1")
 
-    def due_for_replication(self, max_age: float) -> list[StoredRecord]:
-        """Others' unexpired records not replicated in the last ``max_age`` seconds."""
-        return self._select("own=0 AND replicated_at<=?", (self._clock.seconds() - max_age,))
+    def due_for_replication(self, max_age: float, own: bool = False, limit: int = -1) -> list[StoredRecord]:
+        """Unexpired records (ours, or others') not pushed in the last ``max_age`` seconds, longest-waiting first.
+
+        At most ``limit`` of them (-1: all).
+        """
+        rows = self._db.execute(
+            "SELECT layer, key, record, expires, own, stored_at, replicated_at FROM records"
+            " WHERE expires>? AND own=? AND replicated_at<=? ORDER BY replicated_at LIMIT ?",
+            (self._clock.seconds(), int(own), self._clock.seconds() - max_age, limit),
+        ).fetchall()
+        return [_row(r) for r in rows]
+
+    def count_due(self, max_age: float, own: bool = False) -> int:
+        """How many records :meth:`due_for_replication` would return without a limit."""
+        now = self._clock.seconds()
+        return self._db.execute("SELECT COUNT(*) FROM records WHERE expires>? AND own=? AND replicated_at<=?",
+                                (now, int(own), now - max_age)).fetchone()[0]
 
     def dump(self) -> list[dict[str, Any]]:
         """Every unexpired record, JSON-safe, ordered by layer and key."""
@@ -280,82 +285,3 @@ def _writer_of(record: dict[str, Any]) -> str:
 def _row(row: tuple) -> StoredRecord:
     layer, key, record, expires, own, stored_at, replicated_at = row
     return StoredRecord(layer, key, json.loads(record), expires, bool(own), stored_at, replicated_at)
-
-
-PublishFn = Callable[[StoredRecord], Deferred]
-
-
-class StoreKeeper:
-    """Periodic expire / republish / replicate jobs for a :class:`RecordStore`.
-
-    :param publish: pushes one record to the k closest nodes of its layer;
-        its Deferred's result is ignored and failures are only logged.
-    """
-
-    _log = Logger()
-
-    def __init__(
-        self,
-        store: RecordStore,
-        clock: IReactorTime,
-        publish: PublishFn,
-        republish_interval: float = 3600.0,
-        replicate_interval: float = 3600.0,
-        expire_interval: float = 60.0,
-    ) -> None:
-        self.store = store
-        self._clock = clock
-        self._publish = publish
-        self.republish_interval = republish_interval
-        self.replicate_interval = replicate_interval
-        self.expire_interval = expire_interval
-        self._loops: list[LoopingCall] = []
-
-    def start(self) -> None:
-        """Start the three timers (first runs after one interval)."""
-        if self._loops:
-            return
-        for fn, interval in (
-            (self.expire_now, self.expire_interval),
-            (self.republish_now, self.republish_interval),
-            (self.replicate_now, self.replicate_interval),
-        ):
-            loop = LoopingCall(fn)
-            loop.clock = self._clock
-            loop.start(interval, now=False).addErrback(
-                lambda f: self._log.failure("DHT store upkeep loop died", f)
-            )
-            self._loops.append(loop)
-
-    def stop(self) -> None:
-        """Stop the timers."""
-        for loop in self._loops:
-            if loop.running:
-                loop.stop()
-        self._loops = []
-
-    def expire_now(self) -> int:
-        """Drop expired records now."""
-        return self.store.expire()
-
-    def republish_now(self) -> Deferred:
-        """Push every own record once."""
-        return self._push(self.store.own_records())
-
-    def replicate_now(self) -> Deferred:
-        """Push every record held for others that nobody replicated to us lately."""
-        return self._push(self.store.due_for_replication(self.replicate_interval))
-
-    def _push(self, rows: list[StoredRecord]) -> Deferred:
-        if not rows:
-            return succeed(0)
-        ds = []
-        for row in rows:
-            self.store.mark_replicated(row.layer, row.key)
-            d = self._publish(row)
-            d.addErrback(self._log_push_failure, row)
-            ds.append(d)
-        return DeferredList(ds, consumeErrors=True).addCallback(lambda _: len(rows))
-
-    def _log_push_failure(self, failure: Any, row: StoredRecord) -> None:
-        self._log.info("DHT push of {key} failed: {why}", key=row.key, why=failure.getErrorMessage())

@@ -1,16 +1,15 @@
-"""Tests for bitnode.dht.storage: the sqlite record store and its upkeep timers."""
+"""Tests for bitnode.dht.storage: the sqlite record store, its expiry and quotas."""
 
 from __future__ import annotations
 
 import os
 
-from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
 from bitnode.dht.limits import DHTLimits
-from bitnode.dht.storage import RecordStore, StoredRecord, StoreKeeper, WriterQuotaExceeded
-from bitnode.errors import InsufficientStorage, Timeout
+from bitnode.dht.storage import RecordStore, WriterQuotaExceeded
+from bitnode.errors import InsufficientStorage
 
 REC = {"key": "app:x", "value": {"n": 1}}
 
@@ -123,8 +122,18 @@ class RecordStoreTests(unittest.TestCase):
         self.assertEqual(self.store.due_for_replication(3600), [])
         self.clock.advance(3600)
         self.assertEqual([r.key for r in self.store.due_for_replication(3600)], ["app:theirs"])
+        self.assertEqual([r.key for r in self.store.due_for_replication(3600, own=True)], ["app:mine"])
+        self.assertEqual(self.store.count_due(3600), 1)
         self.store.mark_replicated(0, "app:theirs")
         self.assertEqual(self.store.due_for_replication(3600), [])
+
+    def test_due_records_come_longest_waiting_first_and_limited(self) -> None:
+        for i in range(5):
+            self.store.put(0, f"app:{i}", REC, expires=99_000)
+            self.clock.advance(10)
+        self.store.mark_replicated(0, "app:0")
+        self.clock.advance(3600)
+        self.assertEqual([r.key for r in self.store.due_for_replication(3600, limit=3)], ["app:1", "app:2", "app:3"])
 
     def test_delete_and_json_safe_dump(self) -> None:
         self.store.put(0, "app:x", REC, expires=2000)
@@ -132,62 +141,3 @@ class RecordStoreTests(unittest.TestCase):
         self.assertTrue(self.store.delete(0, "app:x"))
         self.assertFalse(self.store.delete(0, "app:x"))
         self.assertEqual(self.store.count(), 0)
-
-
-class StoreKeeperTests(unittest.TestCase):
-    def setUp(self) -> None:
-        self.clock = Clock()
-        self.store = RecordStore(":memory:", self.clock)
-        self.addCleanup(self.store.close)
-        self.pushed: list[tuple[float, str]] = []
-        self.outcome = succeed
-        self.keeper = StoreKeeper(self.store, self.clock, self.publish, republish_interval=3600,
-                                  replicate_interval=3600, expire_interval=60)
-        self.addCleanup(self.keeper.stop)
-
-    def publish(self, row: StoredRecord) -> Deferred:
-        self.pushed.append((self.clock.seconds(), row.key))
-        return self.outcome(1)
-
-    def test_timers_expire_republish_and_replicate(self) -> None:
-        self.store.put(0, "app:mine", REC, expires=10_000, own=True)
-        self.store.put(0, "app:theirs", REC, expires=10_000)
-        self.store.put(0, "app:short", REC, expires=30)
-        self.keeper.start()
-        self.clock.advance(60)
-        self.assertEqual(self.store.count(), 2)  # app:short expired and was deleted
-        self.assertEqual(self.pushed, [])
-        for _ in range(60):
-            self.clock.advance(60)
-        self.assertEqual(sorted(k for _, k in self.pushed), ["app:mine", "app:theirs"])
-        self.assertTrue(all(t == 3600 for t, _ in self.pushed))
-
-    def test_replication_skips_records_someone_replicated_to_us(self) -> None:
-        self.store.put(0, "app:theirs", REC, expires=100_000)
-        self.keeper.start()
-        self.clock.advance(1800)
-        self.store.mark_replicated(0, "app:theirs")  # an identical STORE arrived
-        self.clock.advance(1800)
-        self.assertEqual(self.pushed, [])
-        self.clock.advance(3600)
-        self.assertEqual([k for _, k in self.pushed], ["app:theirs"])
-
-    def test_push_failures_are_swallowed_and_loops_keep_running(self) -> None:
-        self.outcome = lambda _: fail(Timeout("nobody answered"))
-        self.store.put(0, "app:mine", REC, expires=100_000, own=True)
-        self.keeper.start()
-        self.clock.advance(3600)
-        self.clock.advance(3600)
-        self.assertEqual(len(self.pushed), 2)
-
-    def test_stop_cancels_every_timer(self) -> None:
-        self.keeper.start()
-        self.keeper.start()  # idempotent
-        self.assertEqual(len(self.clock.getDelayedCalls()), 3)
-        self.keeper.stop()
-        self.assertEqual(self.clock.getDelayedCalls(), [])
-
-    def test_republish_now_reports_how_many_were_pushed(self) -> None:
-        self.assertEqual(self.successResultOf(self.keeper.republish_now()), 0)
-        self.store.put(0, "app:mine", REC, expires=100_000, own=True)
-        self.assertEqual(self.successResultOf(self.keeper.republish_now()), 1)
