@@ -152,6 +152,10 @@ def node_settings(plan: NodePlan, server: NodePlan, key_size: int) -> dict:
     if "idserver" in plan.ports:
         values["services/identity-server/web-port"] = plan.ports["idserver"]
         values["services/identity-server/host"] = "127.0.0.1"
+        # Every node of the network registers from 127.0.0.1: the per-address limits meant for strangers
+        # would throttle the network itself.
+        values["services/identity-server/registrations-per-hour"] = 0
+        values["services/identity-server/posts-per-minute"] = 0
     for role in plan.roles:
         values.update(ROLE_SETTINGS[role])
     return values

@@ -12,7 +12,8 @@ decides as soon as the headers are in:
 - a refused request is answered at once with the error envelope and
   ``Connection: close``, and the connection is closed. A body still on its way
   is read and thrown away (never stored) first when that is at most
-  :data:`DISCARD_BYTES` (or a chunked body, cut after that many), so an honest
+  :meth:`BoundedRequest.discard_budget` bytes (a chunked body is cut after
+  that many), so an honest
   client sees the answer rather than a reset; a bigger one, or one the client
   was told not to send (``Expect: 100-continue``), is not waited for;
 - an accepted body is kept in memory (it is at most ``max_body`` bytes).
@@ -63,6 +64,10 @@ class BoundedRequest(server.Request):
     def discarded(self, amount: int) -> None:
         """Called for body bytes thrown away after the refusal (for counters)."""
 
+    def discard_budget(self) -> int:
+        """How many body bytes of a refused request are read and dropped at most (then the connection is cut)."""
+        return DISCARD_BYTES
+
     # --- twisted.web's hooks ------------------------------------------------------------
 
     def gotLength(self, length: int | None) -> None:
@@ -90,7 +95,7 @@ class BoundedRequest(server.Request):
             return
         self._discarded += len(data)
         self.discarded(len(data))
-        if self._discarded > DISCARD_BYTES and self.channel is not None:
+        if self._discarded > self.discard_budget() and self.channel is not None:
             self.channel.transport.abortConnection()
 
     def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
@@ -117,7 +122,7 @@ class BoundedRequest(server.Request):
         channel.persistent = False
         channel.transport.write(_raw_answer(err))
         still_to_come = None if self._length is None else self._length - received
-        if expects_continue or (still_to_come is not None and still_to_come > DISCARD_BYTES):
+        if expects_continue or (still_to_come is not None and still_to_come > self.discard_budget()):
             channel.loseConnection()  # nothing worth waiting for: the answer is written, then the connection closes
 
 

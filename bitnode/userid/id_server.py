@@ -3,23 +3,32 @@
 A node running this service keeps the identity documents of the users who
 registered here and serves them to anyone::
 
-    GET  /                 JSON list of the names held here
+    GET  /                 JSON list of the names held here (only with
+                           services/identity-server/list-names on; 404 otherwise)
     GET  /<name>.xml       the stored document (text/xml), 404 if unknown
     POST /<name>.xml       register or update <name> with a signed identity document
 
 A POST is accepted (200, JSON envelope) only when every rule holds, checked in
 this order; the first that fails decides the answer:
 
-1. the body is at most ``services/identity-server/max-size`` bytes (413);
-2. it parses as an identity document and its signature verifies (400); the
-   parser refuses DTDs and entities, so "billion laughs" is a plain 400;
-3. the name in the document is the name in the path (400);
-4. one of its sources is this server: the configured
+1. the body is at most ``services/identity-server/max-size`` bytes (413, as
+   soon as the headers say so: a refused body is never stored);
+2. the source address has not sent more than ``posts-per-minute`` POSTs (429);
+3. it parses as an identity document and its signature verifies (400); the
+   parser refuses DTDs and entities, so "billion laughs" is a plain 400; a
+   key under 2048 bits is refused too;
+4. the name in the document is the name in the path (400);
+5. one of its sources is this server: the configured
    ``services/identity-server/host`` and the port we listen on (403);
-5. the name is free, or held by the same RSA key: the first key to register
+6. the name is free, or held by the same RSA key: the first key to register
    a name owns it (409 otherwise);
-6. its revision is higher than the stored one (409); the same revision with
+7. a new name: the server holds fewer than ``max-identities`` (507), and the
+   source address has registered fewer than ``registrations-per-hour`` new
+   names in the last hour (429 with Retry-After);
+8. its revision is higher than the stored one (409); the same revision with
    the same signed content is an idempotent 200.
+
+What the limits refused is counted in the service's status (``service_info``).
 
 The document is persisted (atomically) before the 200 goes out. Errors use the
 bitnode error envelope ``{"status": "ERROR", "errors": [...]}``.
@@ -50,13 +59,17 @@ from bitnode.errors import (
     BitnodeError,
     Conflict,
     Forbidden,
+    InsufficientStorage,
     MethodNotAllowed,
     NotFound,
+    TooManyRequests,
     error_response,
 )
+from bitnode.main.bounded_request import BoundedRequest
 from bitnode.main.connections import TrackingSite
 from bitnode.main.fileutil import atomic_write, ensure_dir, read_limited
-from bitnode.main.options import INTEGER, Option
+from bitnode.main.options import BOOLEAN, FLOAT, INTEGER, Option
+from bitnode.main.ratelimit import KeyedRateLimiter
 from bitnode.services.base import Service
 from bitnode.userid.identity import MAX_XML_BYTES, Identity
 
@@ -65,6 +78,10 @@ MAX_SIZE_KEY = "services/identity-server/max-size"
 PORT_KEY = "services/identity-server/web-port"
 HOST_KEY = "services/identity-server/host"
 INTERFACE_KEY = "services/tcp-connections/interface"
+LIST_NAMES_KEY = "services/identity-server/list-names"
+REGISTRATIONS_KEY = "services/identity-server/registrations-per-hour"
+POSTS_KEY = "services/identity-server/posts-per-minute"
+MAX_IDENTITIES_KEY = "services/identity-server/max-identities"
 # An oversize body is read and thrown away up to this many times the limit, so
 # an honest client still gets its 413; past that the connection is cut.
 DISCARD_FACTOR = 16
@@ -74,10 +91,48 @@ _PATH_RE = re.compile(r"/([a-z][a-z0-9_-]*)\.xml\Z")
 _ALLOWED = ("GET", "HEAD", "POST")
 
 
-class PayloadTooLarge(BadRequest):
-    """A request body over the server's size limit (HTTP 413)."""
+class ServerLimits:
+    """Per-source-address limits of one identity server, from its settings, and what they refused."""
 
-    http_code = 413
+    def __init__(self, clock, settings):
+        self._settings = settings
+        self.posts = KeyedRateLimiter(clock, 0, 1)
+        self.registrations = KeyedRateLimiter(clock, 0, 1)
+        self.refused = {"posts_rate_limited": 0, "registrations_rate_limited": 0, "store_full": 0,
+                        "listing_refused": 0, "body_too_large": 0}
+        self.configure()
+
+    def configure(self, *_changed) -> None:
+        """Take the limits from the settings (a settings listener calls it on every change)."""
+        per_minute = float(self._settings.get(POSTS_KEY))
+        per_hour = float(self._settings.get(REGISTRATIONS_KEY))
+        self.posts.configure(per_minute / 60.0, max(1.0, per_minute))
+        self.registrations.configure(per_hour / 3600.0, max(1.0, per_hour))
+
+    def list_names(self) -> bool:
+        """Whether ``GET /`` lists the names held here."""
+        return bool(self._settings.get(LIST_NAMES_KEY))
+
+    def max_identities(self) -> int:
+        """How many identities the server holds at most."""
+        return int(self._settings.get(MAX_IDENTITIES_KEY))
+
+    def check_post(self, source: str) -> None:
+        """One more POST from ``source``, or TooManyRequests."""
+        if not self.posts.allow(source):
+            self.refused["posts_rate_limited"] += 1
+            raise TooManyRequests(f"too many identity posts from {source}; slow down",
+                                  retry_after=self.posts.retry_after(source))
+
+    def check_registration(self, source: str, held: int) -> None:
+        """One more new name from ``source`` while ``held`` are stored, or InsufficientStorage/TooManyRequests."""
+        if held >= self.max_identities():
+            self.refused["store_full"] += 1
+            raise InsufficientStorage("this identity server holds as many identities as it may")
+        if not self.registrations.allow(source):
+            self.refused["registrations_rate_limited"] += 1
+            raise TooManyRequests(f"too many new identities registered from {source}; try again later",
+                                  retry_after=self.registrations.retry_after(source))
 
 
 class IdentityStore:
@@ -153,38 +208,24 @@ class IdentityStore:
         return outcome
 
 
-class _CappedRequest(server.Request):
-    """A request whose body is kept only up to the site's ``max_body`` bytes.
+class _IdentityRequest(BoundedRequest):
+    """A request whose body is refused (413) as soon as it is known to be over the site's ``max_body``.
 
-    Past the limit the body is discarded (``too_large`` is set, rendering
-    answers 413); past ``DISCARD_FACTOR`` times the limit the connection is cut.
+    A refused body is read and thrown away up to ``DISCARD_FACTOR`` times the
+    limit, so an honest client gets its 413; past that the connection is cut.
     """
 
-    too_large = False
-    _received = 0
+    def max_body(self) -> int:
+        """``services/identity-server/max-size``."""
+        return self.channel.site.max_body()
 
-    def gotLength(self, length: int | None) -> None:
-        limit = self.channel.site.max_body()
-        if length is not None and length > limit:
-            self.too_large = True
-            if length > limit * DISCARD_FACTOR:
-                self.channel.transport.abortConnection()
-        super().gotLength(min(length, limit) if length is not None else None)
+    def discard_budget(self) -> int:
+        """``DISCARD_FACTOR`` times the limit."""
+        return self.channel.site.max_body() * DISCARD_FACTOR
 
-    def handleContentChunk(self, data: bytes) -> None:
-        limit = self.channel.site.max_body()
-        self._received += len(data)
-        if self._received > limit * DISCARD_FACTOR:
-            self.channel.transport.abortConnection()
-            return
-        if self._received > limit:
-            if not self.too_large:
-                self.too_large = True
-                self.content.seek(0)
-                self.content.truncate()
-            return
-        if not self.too_large:
-            super().handleContentChunk(data)
+    def refused(self, err: BitnodeError, discarded: int) -> None:
+        """Count oversize bodies."""
+        self.channel.site.limits.refused["body_too_large"] += 1
 
 
 class IdentityResource(resource.Resource):
@@ -193,10 +234,11 @@ class IdentityResource(resource.Resource):
     isLeaf = True
     log = Logger()
 
-    def __init__(self, store: IdentityStore, is_this_server):
+    def __init__(self, store: IdentityStore, is_this_server, limits: ServerLimits):
         super().__init__()
         self._store = store
         self._is_this_server = is_this_server
+        self._limits = limits
 
     def render(self, request: server.Request) -> bytes:
         """Dispatch by method; every failure becomes an error envelope with its HTTP code."""
@@ -208,6 +250,10 @@ class IdentityResource(resource.Resource):
             if path == "/":
                 if method == "POST":
                     raise MethodNotAllowed("POST an identity to /<name>.xml", allowed=("GET", "HEAD"))
+                if not self._limits.list_names():
+                    self._limits.refused["listing_refused"] += 1
+                    raise NotFound("this identity server does not list the names it holds; "
+                                   "ask for /<name>.xml")
                 return self._send_json(request, 200, {"status": "OK", "result": {
                     "names": self._store.names(), "count": len(self._store)}})
             name = self._path_name(path)
@@ -240,8 +286,8 @@ class IdentityResource(resource.Resource):
         return identity.to_xml()
 
     def _post(self, request: server.Request, name: str) -> bytes:
-        if getattr(request, "too_large", False):
-            raise PayloadTooLarge(f"identity document is larger than {request.channel.site.max_body()} bytes")
+        source = getattr(request.getClientAddress(), "host", "?")
+        self._limits.check_post(source)
         request.content.seek(0)
         body = request.content.read()
         identity = Identity.from_xml(body)
@@ -252,6 +298,8 @@ class IdentityResource(resource.Resource):
         here = [source for source in identity.sources if self._is_this_server(source)]
         if not here:
             raise Forbidden("none of the identity's sources points at this identity server")
+        if self._store.get(name) is None:
+            self._limits.check_registration(source, len(self._store))
         outcome = self._store.accept(identity)
         if outcome != "unchanged":
             self.log.info("identity server: {outcome} {name} revision {revision}",
@@ -267,17 +315,18 @@ class IdentityResource(resource.Resource):
 
 
 class IdentitySite(TrackingSite):
-    """A quiet Site using :class:`_CappedRequest`, with the body limit read from a callable.
+    """A quiet Site using :class:`_IdentityRequest`, with the body limit read from a callable.
 
     Its open connections are in ``connections`` so the service can close them when it stops.
     """
 
     noisy = False
 
-    def __init__(self, root: resource.Resource, max_body, reactor=None):
-        super().__init__(root, requestFactory=_CappedRequest, parsePOSTFormSubmission=False,
+    def __init__(self, root: resource.Resource, max_body, limits: ServerLimits, reactor=None):
+        super().__init__(root, requestFactory=_IdentityRequest, parsePOSTFormSubmission=False,
                          timeout=IDLE_TIMEOUT, reactor=reactor)
         self.max_body = max_body
+        self.limits = limits
 
     def log(self, request) -> None:
         """No access log: lookups are frequent and say nothing useful."""
@@ -292,6 +341,15 @@ class IdentityServerService(Service):
     options = (
         Option(MAX_SIZE_KEY, INTEGER, MAX_XML_BYTES, "Largest identity document (bytes) the server accepts.",
                minimum=1024, maximum=MAX_XML_BYTES),
+        Option(LIST_NAMES_KEY, BOOLEAN, False,
+               "Answer GET / with the list of every name held here (off: strangers cannot enumerate users)."),
+        Option(REGISTRATIONS_KEY, FLOAT, 20.0,
+               "New names one source address may register per hour (a burst of as many; 0: no limit).",
+               minimum=0),
+        Option(POSTS_KEY, FLOAT, 60.0, "Identity posts (new or updated) one source address may send per minute "
+               "(0: no limit).", minimum=0),
+        Option(MAX_IDENTITIES_KEY, INTEGER, 100_000, "Most identities this server holds (507 for new names above).",
+               minimum=1),
     )
     log = Logger()
 
@@ -300,6 +358,7 @@ class IdentityServerService(Service):
         self.store: IdentityStore | None = None
         self._port = None
         self._site: IdentitySite | None = None
+        self.limits: ServerLimits | None = None
 
     @defer.inlineCallbacks
     def start(self):
@@ -308,8 +367,11 @@ class IdentityServerService(Service):
         yield self.node.run_in_thread(store.load)
         self.store = store
         settings = self.node.settings
-        site = IdentitySite(IdentityResource(store, self.is_this_server),
-                            lambda: settings.get(MAX_SIZE_KEY), reactor=self.node.reactor)
+        limits = self.limits = ServerLimits(self.node.clock, settings)
+        settings.add_listener(REGISTRATIONS_KEY, limits.configure)
+        settings.add_listener(POSTS_KEY, limits.configure)
+        site = IdentitySite(IdentityResource(store, self.is_this_server, limits),
+                            lambda: settings.get(MAX_SIZE_KEY), limits, reactor=self.node.reactor)
         self._site = site
         self._port = self.node.reactor.listenTCP(settings.get(PORT_KEY), site,
                                                  interface=settings.get(INTERFACE_KEY) or "127.0.0.1")
@@ -319,6 +381,9 @@ class IdentityServerService(Service):
     @defer.inlineCallbacks
     def stop(self):
         """Stop listening and close open connections."""
+        if self.limits is not None:
+            self.node.settings.remove_listener(REGISTRATIONS_KEY, self.limits.configure)
+            self.node.settings.remove_listener(POSTS_KEY, self.limits.configure)
         port, self._port = self._port, None
         if port is not None:
             yield port.stopListening()
@@ -354,4 +419,5 @@ class IdentityServerService(Service):
         """Port, host and how many identities are held."""
         return {"port": self.port, "host": self.host,
                 "identities": len(self.store) if self.store is not None else 0,
-                "load_errors": len(self.store.load_errors) if self.store is not None else 0}
+                "load_errors": len(self.store.load_errors) if self.store is not None else 0,
+                "refused": dict(self.limits.refused) if self.limits is not None else {}}
