@@ -9,14 +9,16 @@ working directory means nothing to the caller.
 Result shapes:
 
 - an item: ``{"remote_path", "key_id", "path", "name", "type", "size",
-  "latest_version", "created"}`` (file_info adds ``versions``);
+  "latest_version", "created"}``, type ``file``, ``folder`` or ``link``
+  (file_info adds ``versions`` and ``metadata``);
 - a transfer: ``{"id", "kind", "state", "remote_path", "local_path",
   "version_id", "bytes_done", "bytes_total", "progress", "segments_done",
   "segments_total", "speed", "eta", "created", "started", "finished",
   "error", "result"}`` — speed in bytes/s and ETA in seconds (None until
   measured);
 - a folder upload or download: ``{"remote_path", "local_path", "files",
-  "transfers": [...], "skipped": [...]}``.
+  "folders", "links", "transfers": [...], "skipped": [...]}``
+  (:mod:`bitnode.storage.folders`).
 
 ``wait_result`` (and ``wait_finish`` for uploads) make the call answer only
 when the transfer ended: DONE answers the transfer, anything else answers
@@ -32,9 +34,11 @@ from typing import TYPE_CHECKING
 
 from twisted.internet import defer
 
-from bitnode.errors import BadRequest, BitnodeError, NotFound, Unavailable
+from bitnode.errors import BadRequest, NotFound, Unavailable
 from bitnode.interface.running import running_service
+from bitnode.storage import folders
 from bitnode.storage.catalog import COMPLETE
+from bitnode.storage.catalog_format import describe_metadata
 from bitnode.storage.redundancy import version_report
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -42,7 +46,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
 SERVICE = "service_backups"
 SHARES = "service_shares"
-MAX_FOLDER_FILES = 10000
 
 
 def _absolute(local_path: str, name: str = "local_path") -> str:
@@ -54,26 +57,17 @@ def _absolute(local_path: str, name: str = "local_path") -> str:
     return os.path.normpath(expanded)
 
 
-def _local_tree(local_path: str) -> tuple[str, list[tuple[str, str]]]:
-    """("file" | "folder", [(local file, relative remote path)]). Worker thread."""
+def _local_kind(local_path: str) -> str:
+    """"file" or "folder" (the path the user named is followed); NotFound / BadRequest otherwise. Worker thread."""
     try:
         st = os.stat(local_path)
     except FileNotFoundError:
         raise NotFound(f"local path {local_path} does not exist") from None
     if stat.S_ISREG(st.st_mode):
-        return "file", [(local_path, "")]
-    if not stat.S_ISDIR(st.st_mode):
-        raise BadRequest(f"{local_path} is neither a file nor a folder")
-    found = []
-    for root, dirs, files in os.walk(local_path):
-        dirs.sort()
-        for name in sorted(files):
-            full = os.path.join(root, name)
-            if os.path.isfile(full) and not os.path.islink(full):
-                found.append((full, os.path.relpath(full, local_path).replace(os.sep, "/")))
-                if len(found) > MAX_FOLDER_FILES:
-                    raise BadRequest(f"{local_path} has more than {MAX_FOLDER_FILES} files")
-    return "folder", found
+        return "file"
+    if stat.S_ISDIR(st.st_mode):
+        return "folder"
+    raise BadRequest(f"{local_path} is neither a file nor a folder")
 
 
 def _download_target(destination: str, name: str, is_folder: bool) -> str:
@@ -242,7 +236,11 @@ class FilesMethods:
 
     def file_info(self, remote_path: str, include_uploads: bool = True, include_downloads: bool = True
                   ) -> defer.Deferred:
-        """An item with its versions: size, k-of-n, per-position availability, whether it can be restored."""
+        """An item with its versions: size, k-of-n, per-position availability, whether it can be restored.
+
+        ``metadata`` (per version, and for the item) is what a restore gives
+        back: mode, permissions, mtime, and a link's target.
+        """
         storage = self._storage(remote_path)
         key_id, path = storage.check_remote_path(remote_path)
         if not path:
@@ -264,10 +262,19 @@ class FilesMethods:
         versions = []
         for version in item["versions"]:
             blocks = await self._thread(catalog.blocks, version["version_id"])
-            versions.append(version_report(version, blocks, positions, holders, retiring, layout))
+            report = version_report(version, blocks, positions, holders, retiring, layout)
+            report["metadata"] = describe_metadata("file", version.get("mode"), version.get("mtime_ns"))
+            versions.append(report)
         out["versions"] = versions
         if versions:  # the newest complete version's (what a download gets)
             out["redundancy"] = next((v for v in versions if v["state"] == COMPLETE), versions[0])["redundancy"]
+        # What a restore gives back (13.6): the newest complete version's for a file, the item's otherwise.
+        if out["type"] == "file":
+            shown = next((v for v in versions if v["state"] == COMPLETE), versions[0] if versions else None)
+            out["metadata"] = shown["metadata"] if shown else describe_metadata("file", None, None)
+        else:
+            out["metadata"] = describe_metadata(out["type"], item.get("mode"), item.get("mtime_ns"),
+                                                item.get("link_target"))
         if out["type"] == "file" and versions and out["latest_version"] is None:
             out["size"] = versions[0]["size"]
         if uploads:
@@ -305,6 +312,10 @@ class FilesMethods:
                           wait_finish: bool = False, open_share: bool = False) -> defer.Deferred:
         """Upload a file (a new version) or a folder (a new version of every file in it).
 
+        A folder keeps its sub-folders (empty ones too), modes, mtimes and
+        symbolic links (stored as links, never followed); what cannot be read
+        is listed in ``skipped`` with the reason, and the rest goes on.
+
         ``open_share`` needs no action: only my own keys are accepted.
         """
         storage = self._storage()
@@ -317,31 +328,13 @@ class FilesMethods:
                                                          wait_result or wait_finish))
 
     async def _upload(self, storage, local: str, remote: str, wait: bool) -> dict:
-        kind, files = await self._thread(_local_tree, local)
-        if kind == "file":
+        if await self._thread(_local_kind, local) == "file":
             job = storage.transfers.start_upload(local, remote)
             if wait:
                 await job.wait()
             return job.info()
         key_id, _, path = remote.partition(":")
-        await self._thread(storage.catalog.create, key_id, path, True, True, self.node.clock.seconds())
-        jobs, skipped = [], []
-        for full, relative in files:
-            try:
-                jobs.append(storage.transfers.start_upload(full, f"{remote}/{relative}"))
-            except BitnodeError as err:
-                skipped.append({"local_path": full, "error": str(err)})
-        return await self._many(local, remote, jobs, skipped, wait)
-
-    async def _many(self, local: str, remote: str, jobs: list, skipped: list, wait: bool) -> dict:
-        if wait:
-            outcomes = await defer.DeferredList([job.wait() for job in jobs], consumeErrors=True)
-            for job, (ok, failure) in zip(jobs, outcomes, strict=True):
-                if not ok:
-                    skipped.append({"local_path": job.local_path, "remote_path": job.remote_path,
-                                    "error": failure.getErrorMessage()})
-        return {"remote_path": remote, "local_path": local, "files": len(jobs),
-                "transfers": [job.info() for job in jobs], "skipped": skipped}
+        return await folders.upload_folder(storage.transfers, key_id, path, local, wait)
 
     def file_upload_stop(self, remote_path: str) -> dict:
         """Cancel the upload of a file (or of everything under a folder)."""
@@ -396,20 +389,12 @@ class FilesMethods:
             if wait:
                 await job.wait()
             return job.info()
-        root = await self._thread(_download_target, destination, name, True)
-        jobs, skipped = [], []
-        for row in await self._thread(catalog.list, key_id, path, True):
-            if row["type"] != "file":
-                continue
-            if row["latest_version"] is None:
-                skipped.append({"remote_path": row["remote_path"], "error": "no complete version"})
-                continue
-            target = os.path.join(root, *row["path"][len(path) + 1:].split("/"))
-            try:
-                jobs.append(storage.transfers.start_download(row["remote_path"], target, root=destination))
-            except BitnodeError as err:
-                skipped.append({"remote_path": row["remote_path"], "error": str(err)})
-        return await self._many(root, remote, jobs, skipped, wait)
+        if item["type"] == "link":
+            target = await self._thread(_download_target, destination, name, False)
+            await self._thread(folders.restore_link, target, item)
+            return {"remote_path": remote, "local_path": target, "link_target": item["link_target"]}
+        await self._thread(_download_target, destination, name, True)
+        return await folders.download_folder(storage.transfers, key_id, path, destination, wait)
 
     def file_download_stop(self, remote_path: str) -> dict:
         """Cancel the download of a file (or of everything under a folder); no partial file is left."""
@@ -466,8 +451,8 @@ class FilesMethods:
         """Create the catalog item (file or folder, as on disk) for a local path, without uploading."""
         storage = self._storage()
         local, remote = self._local_remote(storage, path)
-        d = self._thread(_local_tree, local)
-        return d.addCallback(lambda tree: self.file_create(remote, as_folder=tree[0] == "folder", exist_ok=True))
+        d = self._thread(_local_kind, local)
+        return d.addCallback(lambda kind: self.file_create(remote, as_folder=kind == "folder", exist_ok=True))
 
     def backup_dir_add(self, dirpath: str) -> defer.Deferred:
         """Create the catalog folder for a local folder, without uploading."""
@@ -484,15 +469,13 @@ class FilesMethods:
         key_id, path = storage.check_remote_path(remote)
 
         async def add() -> dict:
-            kind, files = await self._thread(_local_tree, local)
-            if kind != "folder":
+            if await self._thread(_local_kind, local) != "folder":
                 raise BadRequest(f"{local} is not a folder")
-            now = self.node.clock.seconds()
-            await self._thread(storage.catalog.create, key_id, path, True, True, now)
-            for _, relative in files:
-                await self._thread(storage.catalog.create, key_id, f"{path}/{relative}", False, True, now)
+            tree = await self._thread(folders.scan_folder, local)
+            skipped = await self._thread(folders.catalog_tree, storage.catalog, key_id, path, tree,
+                                         self.node.clock.seconds(), True)
             storage.catalog_changed()
-            return {"remote_path": remote, "files": len(files)}
+            return {"remote_path": remote, "files": len(tree.files), "skipped": tree.skipped + skipped}
 
         return defer.Deferred.fromCoroutine(add())
 

@@ -36,6 +36,7 @@ import json
 import math
 import re
 import sqlite3
+import stat
 from dataclasses import dataclass
 from typing import Any
 
@@ -149,6 +150,16 @@ def write_export(db: sqlite3.Connection) -> bytes:
                           " ORDER BY version_id, seg_index, position"):
         doc["blocks"].append(list(row))
     return json.dumps(doc, separators=(",", ":")).encode("utf-8")
+
+
+def describe_metadata(kind: str, mode: int | None, mtime_ns: int | None, link_target: str | None = None) -> dict:
+    """What ``file_info`` shows of the metadata kept for a file, folder or link (None where unknown)."""
+    type_bits = {"folder": stat.S_IFDIR, "link": stat.S_IFLNK}.get(kind, stat.S_IFREG)
+    return {"kept": mode is not None or mtime_ns is not None or link_target is not None,
+            "mode": None if mode is None else f"{mode:04o}",
+            "permissions": None if mode is None else stat.filemode(type_bits | mode),
+            "mtime": None if mtime_ns is None else mtime_ns / 1e9, "mtime_ns": mtime_ns,
+            "link_target": link_target}
 
 
 def parse_export(data: bytes | dict) -> ExportRows:

@@ -191,13 +191,16 @@ class Downloader:
         fetch_timeout: float | None = None,
         on_progress: ProgressCallback | None = None,
         root: str | None = None,
+        mode: int | None = None,
+        mtime_ns: int | None = None,
     ) -> defer.Deferred:
         """Restore a version to ``dest_path``; fires with a :class:`DownloadResult`.
 
         ``segments_meta`` must be every segment of the version (indexes 0..N-1).
         ``root``: the folder of a folder download; the folders between it and
         ``dest_path`` are made as needed and are never links
-        (:func:`bitnode.storage.local_files.create_part`).
+        (:func:`bitnode.storage.local_files.create_part`). ``mode`` and
+        ``mtime_ns`` (kept at upload) are given to the file once complete.
         Fails with :class:`DownloadFailed`, :class:`TransferCancelled` or
         :class:`segment_crypto.SegmentIntegrityError` (wrong key); the
         destination is then untouched and no ``.part`` file remains.
@@ -216,7 +219,7 @@ class Downloader:
         job = _DownloadJob(
             self, segments, version_id, version_key, customer_id, dest_path, timeout, on_progress
         )
-        job.root = root
+        job.root, job.finish_as = root, (mode, mtime_ns)
         self._job = job
 
         def done(result):
@@ -261,6 +264,7 @@ class _DownloadJob:
         self.customer_id = customer_id
         self.dest_path = dest_path
         self.root: str | None = None
+        self.finish_as: tuple[int | None, int | None] = (None, None)
         self.timeout = timeout
         self.on_progress = on_progress
         self.cancelled = False
@@ -305,7 +309,7 @@ class _DownloadJob:
                 raise TransferCancelled(f"download of {self.version_id} cancelled")
             if self.error is not None:
                 raise self.error
-            await dl.run_in_thread(self.part.finish)
+            await dl.run_in_thread(self.part.finish, *self.finish_as)
         except BaseException:
             if self.part is not None:
                 await dl.run_in_thread(self.part.abort)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import stat
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -99,17 +100,34 @@ def new_version_id(now: float) -> str:
     return f"F{stamp}{int(now * 1000) % 1000:03d}-{secrets.token_hex(4)}"
 
 
-def stat_file(path: str) -> tuple[int, float]:
-    """(size, mtime) of a regular file; NotFound if missing, BadRequest if not a file. Worker thread."""
+@dataclass(frozen=True)
+class LocalFile:
+    """What an upload notes of the local file it reads: size and mtime (is it unchanged?), and what a restore gives back."""
+
+    size: int
+    mtime: float
+    mode: int
+    mtime_ns: int
+
+    @property
+    def signature(self) -> tuple[int, float]:
+        """(size, mtime): what an interrupted upload compares before it resumes."""
+        return self.size, self.mtime
+
+
+def stat_file(path: str) -> LocalFile:
+    """A regular file that can be read; NotFound if missing, BadRequest if not a file or unreadable. Worker thread."""
     try:
         st = os.stat(path)
+        if stat.S_ISREG(st.st_mode):
+            os.close(os.open(path, os.O_RDONLY | os.O_CLOEXEC))  # readable now, not only listed
     except FileNotFoundError:
         raise NotFound(f"local file {path} does not exist") from None
     except OSError as err:
         raise BadRequest(f"local file {path} cannot be read: {err.strerror}") from None
-    if not os.path.isfile(path):
+    if not stat.S_ISREG(st.st_mode):
         raise BadRequest(f"{path} is not a regular file")
-    return st.st_size, st.st_mtime
+    return LocalFile(st.st_size, st.st_mtime, stat.S_IMODE(st.st_mode), st.st_mtime_ns)
 
 
 async def delete_versions(ctx: StorageContext, version_ids: list[str]) -> dict:

@@ -287,7 +287,8 @@ class UploadJob(_Job):
     async def _prepare(self) -> None:
         ctx = self.ctx
         try:
-            size, mtime = await ctx.run_in_thread(stat_file, self.local_path)
+            local = await ctx.run_in_thread(stat_file, self.local_path)
+            size = local.size
             placement = ctx.placement()
             n = len(placement.positions)
             k = ctx.data_blocks(n)
@@ -299,7 +300,7 @@ class UploadJob(_Job):
             await ctx.run_in_thread(
                 ctx.catalog.begin_version, self.key_id, self.path, version_id, size, segment_size,
                 segment_count(size, segment_size), k, n, wrapped, list(placement.positions), now,
-                (self.local_path, size, mtime))
+                (self.local_path, size, local.mtime), local.mode, local.mtime_ns)
         except Exception as err:  # noqa: BLE001 - any failure to prepare fails the job
             self.event("failed", err)
             return
@@ -323,7 +324,7 @@ class UploadJob(_Job):
             source = await ctx.run_in_thread(catalog.source, self.version_id)
             if source is not None:
                 now = await ctx.run_in_thread(stat_file, self.local_path)
-                if now != (source["size"], source["mtime"]):
+                if now.signature != (source["size"], source["mtime"]):
                     raise FileChanged(f"{self.local_path} changed since the upload began")
             if self.key is None:
                 self.key = await ctx.run_in_thread(ctx.unwrap_key, self.key_id, version["wrapped_key"])
@@ -474,7 +475,8 @@ class DownloadJob(_Job):
             self._check_halted()
             self.downloader = downloader
             result = await downloader.download(segments, self.version_id, key, ctx.customer_id, self.local_path,
-                                               on_progress=lambda p: self.event("progress", p), root=self.root)
+                                               on_progress=lambda p: self.event("progress", p), root=self.root,
+                                               mode=version.get("mode"), mtime_ns=version.get("mtime_ns"))
             self.result = {"dest_path": result.dest_path, "bytes": result.bytes_written,
                            "segments": result.segments_total,
                            "corrupt_blocks": [list(b) for b in result.corrupt_blocks]}

@@ -24,11 +24,14 @@ from __future__ import annotations
 import errno
 import os
 import secrets
+import stat
 from collections.abc import Sequence
 
 from bitnode.errors import BadRequest, Conflict
 
 PART_SUFFIX = ".part"
+#: Mode bits a restore gives back: rwx for all and sticky; never setuid or setgid (a share's owner chose them).
+RESTORED_MODE_BITS = 0o1777
 #: A part name longer than this many bytes of the destination's name uses a short stand-in.
 _MAX_PART_STEM = 200
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
@@ -145,7 +148,7 @@ class PartFile:
         """fsync, set the mode (default: a new file's under the umask) and mtime, rename into place."""
         fh = self.fh
         fh.flush()
-        os.fchmod(fh.fileno(), (0o666 & ~current_umask()) if mode is None else mode)
+        os.fchmod(fh.fileno(), (0o666 & ~current_umask()) if mode is None else mode & RESTORED_MODE_BITS)
         if mtime_ns is not None:
             os.utime(fh.fileno(), ns=(mtime_ns, mtime_ns))
         os.fsync(fh.fileno())
@@ -197,3 +200,52 @@ def create_part(dest_path: str, root: str | None = None, part_name: str | None =
         os.close(dir_fd)
         raise
     return PartFile(dir_fd, folder, name, part, os.fdopen(fd, "wb"))
+
+
+def make_folders(root: str, parts: Sequence[str]) -> None:
+    """Make ``root/parts...`` (each part a real folder, never a link)."""
+    os.close(open_folder(root, parts, create=True))
+
+
+def set_folder_meta(root: str, parts: Sequence[str], mode: int | None, mtime_ns: int | None) -> None:
+    """Give a restored folder its mode and mtime (after everything inside it was written)."""
+    fd = open_folder(root, parts)
+    try:
+        if mode is not None:
+            os.fchmod(fd, mode & RESTORED_MODE_BITS)
+        if mtime_ns is not None:
+            os.utime(fd, ns=(mtime_ns, mtime_ns))
+    finally:
+        os.close(fd)
+
+
+def make_link(root: str, parts: Sequence[str], target: str, mtime_ns: int | None = None) -> None:
+    """Restore a symbolic link at ``root/parts...`` (its text, as stored; nothing is written through it).
+
+    A file or link already there is replaced; a folder there is refused
+    (:class:`LinkRefused`).
+    """
+    if not parts:
+        raise BadRequest("a link needs a name")
+    name = _check_name(parts[-1])
+    fd = open_folder(root, parts[:-1], create=True)
+    try:
+        temp = part_name_for(name)
+        os.symlink(target, temp, dir_fd=fd)
+        try:
+            if mtime_ns is not None:
+                os.utime(temp, ns=(mtime_ns, mtime_ns), dir_fd=fd, follow_symlinks=False)
+            try:
+                if stat.S_ISDIR(os.lstat(name, dir_fd=fd).st_mode):
+                    raise LinkRefused(f"{name!r} in {root} is a folder: the link is not put in its place")
+            except FileNotFoundError:
+                pass
+            os.replace(temp, name, src_dir_fd=fd, dst_dir_fd=fd)
+        except BaseException:
+            try:
+                os.unlink(temp, dir_fd=fd)
+            except FileNotFoundError:
+                pass
+            raise
+    finally:
+        os.close(fd)

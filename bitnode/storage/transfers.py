@@ -109,7 +109,7 @@ class TransferManager:
                 seen = await ctx.run_in_thread(stat_file, source["local_path"])
             except BitnodeError:
                 seen = None
-            if seen is not None and seen == (source["size"], source["mtime"]):
+            if seen is not None and seen.signature == (source["size"], source["mtime"]):
                 job = UploadJob(ctx, self, remote, source["local_path"], version_id=version_id)
                 self._jobs[job.id] = job
                 job.event("resume")

@@ -128,6 +128,41 @@ class RoundTripTests(ApiFilesTestCase):
             self.assertEqual(read(os.path.join(where, "backup", name)), data)
 
     @defer.inlineCallbacks
+    def test_a_folder_comes_back_with_its_modes_mtimes_empty_folders_and_links(self):
+        root, files = self.folder()
+        os.makedirs(os.path.join(root, "nothing-here"))
+        os.chmod(os.path.join(root, "one.txt"), 0o640)
+        os.utime(os.path.join(root, "one.txt"), ns=(1_500_000_000_000_000_001, 1_500_000_000_000_000_001))
+        os.symlink("/etc/hostname", os.path.join(root, "sub", "host"))
+        result = yield self.ok("file_upload_start", local_path=root, remote_path=MASTER + ":backup",
+                               wait_finish=True)
+        self.assertEqual((result["files"], result["folders"], result["links"], result["skipped"]), (3, 3, 1, []))
+        info = yield self.ok("file_info", remote_path=MASTER + ":backup/one.txt")
+        self.assertEqual(info["metadata"]["mode"], "0640")
+        self.assertEqual(info["metadata"]["permissions"], "-rw-r-----")
+        self.assertEqual(info["metadata"]["mtime_ns"], 1_500_000_000_000_000_001)
+        self.assertEqual(info["versions"][0]["metadata"], info["metadata"])
+        link = yield self.ok("file_info", remote_path=MASTER + ":backup/sub/host")
+        self.assertEqual((link["type"], link["metadata"]["link_target"]), ("link", "/etc/hostname"))
+        empty = yield self.ok("file_info", remote_path=MASTER + ":backup/nothing-here")
+        self.assertEqual(empty["type"], "folder")
+        self.assertTrue(empty["metadata"]["kept"])
+        where = os.path.abspath(self.mktemp())
+        os.makedirs(where)
+        yield self.ok("file_download_start", remote_path=MASTER + ":backup", destination_path=where,
+                      wait_result=True)
+        restored = os.path.join(where, "backup")
+        st = os.stat(os.path.join(restored, "one.txt"))
+        self.assertEqual((st.st_mode & 0o777, st.st_mtime_ns), (0o640, 1_500_000_000_000_000_001))
+        self.assertEqual(os.readlink(os.path.join(restored, "sub", "host")), "/etc/hostname")
+        self.assertTrue(os.path.isdir(os.path.join(restored, "nothing-here")))
+        single = os.path.abspath(self.mktemp())
+        os.makedirs(single)
+        answer = yield self.ok("file_download_start", remote_path=MASTER + ":backup/sub/host", destination_path=single)
+        self.assertEqual(answer["link_target"], "/etc/hostname")
+        self.assertTrue(os.path.islink(os.path.join(single, "host")))
+
+    @defer.inlineCallbacks
     def test_create_and_delete(self):
         created = yield self.ok("file_create", remote_path=MASTER + ":a/b", as_folder=True)
         self.assertEqual(created["type"], "folder")
