@@ -186,9 +186,9 @@ def encode(msg: Message, pad_to: int = 0, limit: int = MAX_DATAGRAM) -> bytes:
         wire["trunc"] = True
     data = json.dumps(wire, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
     limit = min(limit, MAX_DATAGRAM)
-    missing = min(pad_to, limit) - len(data) - _ENVELOPE_BYTES
-    if missing > 0:
-        data = data[:-1] + b',"pad":"' + b" " * missing + b'"}'
+    if len(data) < min(pad_to, limit) and len(data) + _ENVELOPE_BYTES <= limit:
+        spaces = max(0, min(pad_to, limit) - len(data) - _ENVELOPE_BYTES)
+        data = data[:-1] + b',"pad":"' + b" " * spaces + b'"}'
     if len(data) > limit:
         raise OversizeMessage(f"{msg.kind} message is {len(data)} bytes, max {limit}")
     return data
@@ -219,7 +219,7 @@ def decode(data: bytes) -> Message:
     if wire["v"] != PROTOCOL_VERSION or type(wire["v"]) is not int:
         raise MalformedMessage(f"unsupported protocol version {wire['v']!r}")
     kind = wire["t"]
-    if kind not in REQUEST_KINDS and kind not in RESPONSE_KINDS:
+    if not isinstance(kind, str) or (kind not in REQUEST_KINDS and kind not in RESPONSE_KINDS):
         raise MalformedMessage(f"unknown message type {kind!r}")
     sender = wire["from"]
     if not isinstance(sender, dict):

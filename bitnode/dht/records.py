@@ -216,7 +216,7 @@ def verify(record: Record, now: float) -> None:
 
 def check_key(key: Any, record_type: Any) -> None:
     """Typed keys are ``type:name``; those namespaces are reserved for their record type."""
-    if record_type not in RECORD_TYPES:
+    if not isinstance(record_type, str) or record_type not in RECORD_TYPES:
         raise InvalidRecord(f"unknown record type {record_type!r}")
     if not isinstance(key, str) or not 0 < len(key) <= MAX_KEY_LEN or not key.isprintable():
         raise InvalidRecord(f"key must be a printable string of 1..{MAX_KEY_LEN} characters")
@@ -237,6 +237,8 @@ def _need_str(value: dict, name: str, allow_empty: bool = False) -> None:
 
 def check_shape(record_type: str, key: str, value: Any) -> None:
     """Validate the value of a typed record; raises :class:`InvalidRecord`."""
+    if not isinstance(record_type, str) or record_type not in RECORD_TYPES:
+        raise InvalidRecord(f"unknown record type {record_type!r}")
     if record_type == SKIP_VALIDATION:
         _canonical(value)
         return

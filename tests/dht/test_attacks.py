@@ -3,12 +3,18 @@ items 5 and 6 is reproduced, the limit is shown to hold, and honest lookups stil
 
 from __future__ import annotations
 
+import json
+
+from hypothesis import given
+from hypothesis import strategies as st
 from twisted.trial import unittest
 
 from bitnode.crypt.fastsign import generate_ed25519
 from bitnode.dht import messages, records
+from bitnode.dht.ids import Contact
 from bitnode.dht.limits import DHTLimits
 from tests.dht.simcluster import SimCluster
+from tests.dht.strategies import PROPERTY, mutated_bytes, mutated_json
 
 DAY = 24 * 3600
 NICK = {"idurl": "http://id.local/alice.xml", "nickname": "alice"}
@@ -211,3 +217,51 @@ class StoreFillingTests(unittest.TestCase):
         self.assertLess(codes.count("ok"), 10)
         self.assertGreater(codes.count("busy"), 10)
         self.assertEqual(slow.stats()["stores_rate_limited"], codes.count("busy"))
+
+
+class GarbageTests(unittest.TestCase):
+    """Random and mutated datagrams of every kind, with a valid token (so STOREs reach the record parser)."""
+
+    def setUp(self) -> None:
+        self.c = SimCluster(6, seed=9, limits=DHTLimits(rate_per_ip=0, rate_total=0, store_rate_per_ip=0))
+        self.node = self.c.nodes[2]
+        self.token = self.node._engine._tokens.issue("10.7.7.7")
+        now = int(self.c.clock.seconds())
+        good = records.sign_record(ALICE, "nickname:alice", NICK, records.NICKNAME, now, now + DAY, 0)
+        note = records.sign_record(ALICE, "app:n", {"v": [1, "x"]}, records.SKIP_VALIDATION, now, now + DAY, 0)
+        sender = messages.Sender(77, "http://id.local/x.xml", (0, 3))
+        self.samples = [
+            messages.Message(messages.PING, "0000000000000001", sender, token=self.token),
+            messages.Message(messages.FIND_NODE, "0000000000000002", sender, body={"target": 5}, token=self.token),
+            messages.Message(messages.FIND_VALUE, "0000000000000003", sender, body={"key": "nickname:alice"},
+                             token=self.token),
+            messages.Message(messages.STORE, "0000000000000004", sender, body={"record": good.to_dict()},
+                             token=self.token),
+            messages.Message(messages.STORE, "0000000000000005", sender, 3, body={"record": note.to_dict()},
+                             token=self.token),
+            messages.Message(messages.NODES, "0000000000000006", sender,
+                             body={"contacts": (Contact(9, "10.1.1.1", 7000),)}),
+            messages.Message(messages.VALUE, "0000000000000007", sender, body={"record": good.to_dict()}),
+        ]
+
+        self.addCleanup(self.c.stop)
+
+    def feed(self, data: bytes) -> None:
+        self.node._engine.datagram_received(data, ("10.7.7.7", 7000))
+
+    @PROPERTY
+    @given(st.data())
+    def test_mutated_datagrams_of_every_kind_never_break_the_node(self, data: st.DataObject) -> None:
+        msg = data.draw(st.sampled_from(self.samples))
+        wire_bytes = messages.encode(msg)
+        self.feed(data.draw(mutated_bytes(wire_bytes)))
+        self.feed(json.dumps(data.draw(mutated_json(json.loads(wire_bytes)))).encode())
+        self.feed(data.draw(st.binary(max_size=300)))
+        self.assertEqual(self.node.stats()["handler_errors"], 0)
+
+    def test_the_node_still_serves_after_the_garbage(self) -> None:
+        for i in range(3):
+            self.feed(messages.encode(self.samples[i]))
+        found = self.c.run(self.c.nodes[4].find_node(self.node.node_id))
+        self.assertEqual(int(found[0]["id"], 16), self.node.node_id)
+        self.assertEqual(self.node.stats()["handler_errors"], 0)

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 
+from hypothesis import given
+from hypothesis import strategies as st
 from twisted.trial import unittest
 
 from bitnode.dht import messages
 from bitnode.dht.ids import Contact, id_to_hex
 from bitnode.dht.messages import Message, Sender
+from tests.dht.strategies import PROPERTY, json_values, mutated_bytes, mutated_json, valid_messages
 
 SENDER = Sender(node_id=123, user="http://id/alice.xml", layers=(0, 2))
 
@@ -77,6 +80,10 @@ class RejectTests(unittest.TestCase):
                       {"t": "STORED", "body": {"ok": "yes"}}):
             self.assert_rejected(wire(**patch))
 
+    def test_a_type_that_is_not_a_string_is_rejected(self) -> None:
+        for kind in (["PING"], {"PING": 1}, 5, None):  # a list once raised TypeError (unhashable)
+            self.assert_rejected(wire(t=kind))
+
     def test_json_constants_are_rejected(self) -> None:
         self.assert_rejected(wire(layer=0).replace(b'"layer": 0', b'"layer": NaN'))
 
@@ -92,3 +99,56 @@ class RejectTests(unittest.TestCase):
         back = messages.decode(data).body["contacts"]
         self.assertTrue(0 < len(back) < 64)
         self.assertEqual(back, contacts[: len(back)])
+
+
+class ParserPropertyTests(unittest.TestCase):
+    """decode() of random and mutated datagrams raises nothing but MalformedMessage; valid ones round-trip."""
+
+    def decode_or_refuse(self, data: bytes) -> Message | None:
+        try:
+            return messages.decode(data)
+        except messages.MalformedMessage:
+            return None
+
+    @PROPERTY
+    @given(st.binary(max_size=messages.MAX_DATAGRAM + 64))
+    def test_random_bytes(self, data: bytes) -> None:
+        self.decode_or_refuse(data)
+
+    @PROPERTY
+    @given(json_values)
+    def test_random_json(self, value: object) -> None:
+        self.decode_or_refuse(json.dumps(value).encode())
+
+    @PROPERTY
+    @given(valid_messages(), st.integers(0, 2000))
+    def test_valid_messages_round_trip_with_padding(self, msg: Message, pad: int) -> None:
+        try:
+            data = messages.encode(msg, pad_to=pad)
+        except messages.OversizeMessage:
+            return
+        self.assertGreaterEqual(len(data), min(pad, messages.MAX_DATAGRAM - 9))
+        self.assertEqual(messages.decode(data), msg)
+
+    @PROPERTY
+    @given(st.data())
+    def test_mutated_datagrams(self, data: st.DataObject) -> None:
+        msg = data.draw(valid_messages())
+        try:
+            wire_bytes = messages.encode(msg, pad_to=data.draw(st.sampled_from([0, 600])))
+        except messages.OversizeMessage:
+            return
+        self.decode_or_refuse(data.draw(mutated_bytes(wire_bytes)))
+        self.decode_or_refuse(json.dumps(data.draw(mutated_json(json.loads(wire_bytes)))).encode())
+
+    @PROPERTY
+    @given(st.data())
+    def test_encode_fitting_never_exceeds_its_limit(self, data: st.DataObject) -> None:
+        msg = data.draw(valid_messages())
+        limit = data.draw(st.integers(100, messages.MAX_DATAGRAM))
+        try:
+            out = messages.encode_fitting(msg, limit)
+        except messages.OversizeMessage:
+            return
+        self.assertLessEqual(len(out), limit)
+        self.assertEqual(messages.decode(out).kind, msg.kind)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import json
 
+from hypothesis import given
+from hypothesis import strategies as st
 from twisted.trial import unittest
 
 from bitnode.crypt.fastsign import generate_ed25519
@@ -12,6 +14,7 @@ from bitnode.dht import records
 from bitnode.dht.ids import key_to_id
 from bitnode.dht.records import InvalidRecord, Record, RecordConflict
 from bitnode.errors import BadRequest
+from tests.dht.strategies import PROPERTY, json_values, mutated_json
 
 ALICE = records.generate_signing_key()
 MALLORY = records.generate_signing_key()
@@ -176,3 +179,54 @@ class FirstComeTests(unittest.TestCase):
         # A tie goes to the earliest created.
         self.assertEqual(records.pick_best([alice[0], backdated], 5100), backdated)
         self.assertEqual(records.pick_best([alice[0], nick(signer=MALLORY, created=5050)], 5100), alice[0])
+
+
+def samples() -> list[Record]:
+    """One valid record of each type (what the mutations start from)."""
+    return [nick(), note(), records.sign_record(ALICE, "suppliers:alice", SUPPLIERS, records.SUPPLIERS, 1000, 4600, 2),
+            records.sign_record(MALLORY, "identity:alice", {"idurl": "http://id/a.xml", "xml": "<identity/>"},
+                                records.IDENTITY, 1000, 4600, 0)]
+
+
+class RecordParserPropertyTests(unittest.TestCase):
+    """Random and mutated envelopes raise nothing but InvalidRecord in the record parser."""
+
+    def parse_or_refuse(self, data: object) -> Record | None:
+        try:
+            return records.parse_and_verify(data, 1001)
+        except InvalidRecord:
+            return None
+
+    @PROPERTY
+    @given(json_values)
+    def test_random_json(self, value: object) -> None:
+        self.parse_or_refuse(value)
+
+    @PROPERTY
+    @given(st.data())
+    def test_random_fields_in_a_record_shape(self, data: st.DataObject) -> None:
+        doc = {name: data.draw(json_values) for name in records._FIELDS}
+        if data.draw(st.booleans()):
+            doc["record_type"] = data.draw(st.sampled_from(sorted(records.RECORD_TYPES)))
+        self.parse_or_refuse(doc)
+        try:
+            records.check_shape(doc["record_type"], str(doc["key"]), doc["value"])
+        except InvalidRecord:
+            pass
+
+    @PROPERTY
+    @given(st.data())
+    def test_mutated_records(self, data: st.DataObject) -> None:
+        original = data.draw(st.sampled_from(samples()))
+        doc = data.draw(mutated_json(original.to_dict()))
+        parsed = self.parse_or_refuse(doc)
+        if parsed is not None:  # only a mutation that changed nothing can still carry a valid signature
+            self.assertEqual(parsed, original)
+
+    @PROPERTY
+    @given(st.data())
+    def test_check_key_refuses_cleanly(self, data: st.DataObject) -> None:
+        try:
+            records.check_key(data.draw(json_values), data.draw(st.sampled_from(sorted(records.RECORD_TYPES))))
+        except InvalidRecord:
+            pass
