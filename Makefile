@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 JOBS   ?= 2
 LOCALNET ?= .localnet
 
-.PHONY: all venv run stop test test-fast test-system lint docs bench clean
+.PHONY: all venv run stop test test-fast test-system lint docs bench fuzz clean
 
 all: test
 
@@ -49,6 +49,11 @@ docs: $(STAMP)
 ## make bench: API overhead, then 16/128/512 MiB up and down a localnet (5 suppliers, 3-of-5); BENCH_ARGS="--quick" etc.
 bench: $(STAMP)
 	$(PY) scripts/bench.py $(BENCH_ARGS)
+
+## make fuzz: schemathesis against a real node (a throwaway localnet), driven by its own GET /openapi.json;
+## fails on any 5xx. FUZZ_ARGS="--max-examples 100 --seed N --keep" etc.; a bounded run is in make test.
+fuzz: $(STAMP)
+	$(PY) scripts/fuzz.py $(FUZZ_ARGS)
 
 clean:
 	rm -rf $(VENV) _trial_temp* build *.egg-info

@@ -339,9 +339,11 @@ class PrivateMessagesService(Service):
         whose identities this node holds. Each gets its own encrypted, Acked
         message (and its own history row). Deferred[dict]:
         ``{"recipients": N, "delivered": [global ids], "failed": {global id: reason}}``;
-        Unavailable when nobody is known or nobody got the message.
+        Unavailable when nobody is known or nobody got the message; BadRequest
+        (before anything is sent) when ``data`` is not message content.
         """
         try:
+            normalize_data(data)  # bad content is the caller's error, not every peer's failure (a 503)
             me = self._my_id()
             cache = self._identity().cache
             known = sorted({ident.global_id for ident in cache.list()} - {me}) if cache is not None else []

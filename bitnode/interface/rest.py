@@ -6,7 +6,9 @@ the path (URL-decoded: ``event/listen/my%20id/v1`` is consumer ``my id``)
 cannot be given a different value elsewhere. Every answer is the JSON
 envelope with the HTTP code from the one error table.
 
-Each request is judged as soon as its headers arrive (:class:`ApiRequest`):
+``GET /openapi.json`` answers the OpenAPI document of the API (built from the
+route table, as :mod:`bitnode.interface.openapi` does), so tools and clients
+can find it. Each request is judged as soon as its headers arrive (:class:`ApiRequest`):
 rate-limited per client host first, then its Origin, Host and secret are
 checked (see :mod:`bitnode.interface.auth`), and a Content-Length over
 ``interface/api/max-body-bytes`` is a 413. A refused request is answered at
@@ -28,13 +30,16 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from bitnode.boundedjson import BadJson
-from bitnode.errors import BadRequest, BitnodeError, TooManyRequests
+from bitnode.errors import BadRequest, BitnodeError, MethodNotAllowed, TooManyRequests
 from bitnode.interface.auth import ApiGuard, RateLimiter
 from bitnode.interface.dispatch import Answer, Dispatcher, error_answer, parse_json_object
+from bitnode.interface.openapi import build_openapi
 from bitnode.main.bounded_request import BoundedRequest, PayloadTooLarge
 from bitnode.main.connections import TrackingSite
 from bitnode.main.logs import redact
 
+#: Where the node serves the OpenAPI document of its API (with the secret, like every request).
+OPENAPI_PATH = b"/openapi.json"
 #: Seconds an idle HTTP connection stays open (a long-poll is not idle: its request is being handled).
 IDLE_TIMEOUT = 120
 
@@ -83,9 +88,12 @@ class ApiResource(Resource):
         self._limiter = limiter
         #: The limits and counters shared with the dispatcher.
         self.limits = dispatcher.limits
+        self._openapi: bytes | None = None
 
     def render(self, request: Request):
         """Check the caller, resolve the route, read the arguments, dispatch, write the envelope."""
+        if request.path == OPENAPI_PATH:
+            return self._render_openapi(request)
         try:
             target, kwargs = self._prepare(request)
         except BitnodeError as err:
@@ -101,6 +109,24 @@ class ApiResource(Resource):
         answer.addCallback(self._write_later, request)
         answer.addErrback(lambda f: self.log.failure("writing API answer failed", f))
         return NOT_DONE_YET
+
+    def _render_openapi(self, request: Request) -> bytes:
+        """The OpenAPI document of this node's API (the secret is needed like everywhere else)."""
+        try:
+            if not getattr(request, "admitted", False):
+                self.check_caller(request)
+            if request.method not in (b"GET", b"HEAD"):
+                raise MethodNotAllowed("the OpenAPI document is read with GET", ("GET",))
+        except BitnodeError as err:
+            return self._start_answer(request, error_answer(err))
+        if self._openapi is None:
+            address = request.getHost()
+            host = f"[{address.host}]" if ":" in address.host else address.host
+            document = build_openapi(self._dispatcher.is_implemented, server_url=f"http://{host}:{address.port}")
+            self._openapi = json.dumps(document, indent=1).encode("utf-8")
+        request.responseHeaders.setRawHeaders(b"content-type", [JSON_TYPE])
+        request.responseHeaders.setRawHeaders(b"cache-control", [b"no-store"])
+        return self._openapi
 
     def check_caller(self, request: Request) -> None:
         """Rate limit, Origin, Host and secret of a request, from its headers alone (raises to refuse)."""

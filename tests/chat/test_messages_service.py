@@ -219,6 +219,9 @@ class PrivateMessagesNetworkTests(ChatNetworkCase):
         carol = yield self.user("carol")
         for peer in (bob, carol):  # Alice learns their identities
             yield self.ok(alice, "user_ping", user_id=self.gid(peer), timeout=10)
+        bad = yield self.call(alice, "broadcast_send_message", payload=[None, None])
+        self.assertEqual(bad.code, 400, bad.envelope)  # a 503 "reached none of 2 known peers" before
+        self.assertIn("JSON object", bad.envelope["errors"][0])
         sent = yield self.ok(alice, "broadcast_send_message", payload={"note": "to all"})
         self.assertEqual(sent, {"recipients": 2, "delivered": sorted([self.gid(bob), self.gid(carol)]),
                                 "failed": {}})

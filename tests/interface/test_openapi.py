@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 
+from twisted.internet import defer
 from twisted.trial import unittest
 
-from bitnode.interface.openapi import build_openapi, json_default, operation, param_schema
+from bitnode.interface.openapi import OPENAPI_VERSION, build_openapi, json_default, operation, param_schema
 from bitnode.interface.routes import BOOL, FLOAT, INT, JSON, LEGACY, LIST, REQUIRED, ROUTES, STR, Param, Route
+from tests.interface.support import HttpApi, start_node
 
 TYPES = {STR: "string", INT: "integer", FLOAT: "number", BOOL: "boolean", LIST: "array"}
 
@@ -184,3 +186,25 @@ class ParamSchemaTests(unittest.TestCase):
 
     def test_none_default_makes_the_type_nullable(self):
         self.assertEqual(param_schema(Param("size", INT, None)), {"type": ["integer", "null"], "default": None})
+
+
+class ServedDocumentTests(unittest.TestCase):
+    """The node serves its own OpenAPI document at GET /openapi.json (with the secret)."""
+
+    @defer.inlineCallbacks
+    def test_node_serves_its_document_with_the_secret(self):
+        node = yield start_node(self)
+        api = HttpApi(self, node)
+        agent = api._client
+        response = yield agent.get(api.url("openapi.json"), headers={"api_secret": [node.api_secret]})
+        self.assertEqual(response.code, 200)
+        document = json.loads((yield response.content()))
+        self.assertEqual(document["openapi"], OPENAPI_VERSION)
+        self.assertEqual(document["servers"], [{"url": node.endpoints()["http"].rstrip("/")}])
+        self.assertIn("/process/health/v1", document["paths"])
+        # implemented or not, as this node's dispatcher knows it
+        self.assertTrue(document["paths"]["/process/health/v1"]["get"]["x-implemented"])
+        reply = yield api.request("GET", "openapi.json", secret=None)
+        self.assertEqual(reply.code, 401)
+        reply = yield api.request("POST", "openapi.json")
+        self.assertEqual((reply.code, reply.headers["allow"]), (405, "GET"))
