@@ -56,7 +56,7 @@ from bitnode.services.background import BackgroundWork
 from bitnode.services.base import Service
 from bitnode.storage import key_backup
 from bitnode.storage.backup_monitor import BackupMonitor
-from bitnode.storage.catalog import Catalog, split_remote_path
+from bitnode.storage.catalog import Catalog, open_catalog, split_remote_path
 from bitnode.storage.catalog_backup import SERIAL_META, CatalogBackup
 from bitnode.storage.job_context import Placement, StorageContext, delete_versions
 from bitnode.storage.relayout import Relayout
@@ -72,9 +72,9 @@ DATA_BLOCKS = "services/backups/data-blocks"
 QUIET_BACKUP_DELAY = 0.5
 
 
-def _open_catalog(path: str, temp_dir: str) -> Catalog:
+def _open_catalog(path: str, temp_dir: str, now: float) -> tuple[Catalog, dict | None]:
     os.makedirs(temp_dir, mode=0o700, exist_ok=True)
-    return Catalog(path)
+    return open_catalog(path, now)
 
 
 class BackupsService(Service):
@@ -119,6 +119,8 @@ class BackupsService(Service):
         self.last_backup: dict = {}
         self.last_backup_error = ""
         self.last_restore: dict = {}
+        #: The catalog file could not be read at start: where it was set aside, why, and whether it was restored.
+        self.catalog_unreadable: dict | None = None
         self._unsubscribe: list = []
         self._backup_call = None
         self._backup_lock = defer.DeferredLock()
@@ -141,12 +143,18 @@ class BackupsService(Service):
         """Open the catalog off the reactor, then bring the parts up if I have an identity."""
         self.provider = self.make_provider()
         self._stopping = False
-        d = self.node.run_in_thread(_open_catalog, self.catalog_file, self.temp_dir)
+        d = self.node.run_in_thread(_open_catalog, self.catalog_file, self.temp_dir, self.node.clock.seconds())
         d.addCallback(self._opened)
         return d
 
-    def _opened(self, catalog: Catalog) -> defer.Deferred:
-        self.catalog = catalog
+    def _opened(self, opened: tuple[Catalog, dict | None]) -> defer.Deferred:
+        self.catalog, problem = opened
+        if problem is not None:
+            # Kept, reported, and replaced by the suppliers' backup (restored as for a new machine).
+            self.catalog_unreadable = dict(problem, restored=False)
+            self.log.error("{error}; it was moved to {moved_to} and is restored from the suppliers' backup",
+                           **problem)
+            self.node.events.publish("catalog-unreadable", dict(problem))
         self._unsubscribe.append(self.node.events.subscribe(self._on_event))
         self.node.settings.add_listener(DATA_BLOCKS, self._layout_changed)
         self._unsubscribe.append(lambda: self.node.settings.remove_listener(DATA_BLOCKS, self._layout_changed))
@@ -245,6 +253,7 @@ class BackupsService(Service):
             # Catalog changes not on the suppliers yet (waiting for the delay, running, or failed and retried).
             "catalog_backup_pending": self._backup_pending(),
             "catalog_restore": self.last_restore,
+            "catalog_unreadable": self.catalog_unreadable,
             "relayout": self.relayout.status() if self.relayout else None,
         }
 
@@ -338,11 +347,15 @@ class BackupsService(Service):
         return self._identity().my_global_id() if driver.is_on(IDENTITY_SERVICE) else None
 
     def require_ready(self) -> None:
-        """Unavailable while stopped, Conflict without an identity."""
+        """Unavailable while stopped or while an unreadable catalog is restored, Conflict without an identity."""
         if self.catalog is None:
             raise Unavailable("service_backups is not running")
         if self.transfers is None:
             raise Conflict("this node has no identity yet: call identity_create or identity_recover first")
+        if self.catalog_unreadable is not None and not self._restore_done:
+            problem = self.catalog_unreadable
+            raise Unavailable(f"{problem['error']}; it was moved to {problem['moved_to']} and the catalog is "
+                              "being restored from the suppliers' backup: try again when that is done")
 
     def master_key_id(self) -> str:
         """The key id files go under by default."""
@@ -534,6 +547,8 @@ class BackupsService(Service):
         def restored(outcome):
             self.last_restore = outcome
             self._restore_done = True
+            if self.catalog_unreadable is not None:
+                self.catalog_unreadable["restored"] = outcome["serial"]
             self.node.events.publish("catalog-changed", {"restored": outcome["serial"]})
             return outcome
 

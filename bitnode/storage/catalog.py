@@ -2,29 +2,10 @@
 
 Remote paths are ``key_id:path`` (:mod:`bitnode.globalid`): the key id
 says whose key encrypts the file (the user's master key or a share key). The
-tables, format version :data:`CATALOG_FORMAT`:
-
-- ``items``     one row per file, folder or symbolic link: (key_id, path)
-  unique; parent folders are created implicitly, as a file system would show
-  them; a folder keeps its mode and mtime, a link its target text;
-- ``versions``  one row per stored version of a file: its id (the block path
-  prefix on suppliers), state (``uploading`` → ``complete`` / ``failed``), size,
-  segment size and count, the erasure parameters k-of-n, the version key
-  wrapped with the owner's key, which supplier held which position when it
-  was uploaded, and the mode and mtime of the file it was read from;
-- ``segments``  per version and segment: plaintext length;
-- ``blocks``    per segment and position: the block's SHA-256, the supplier
-  that acknowledged it (empty when it is missing and must be rebuilt);
-- ``sources``   per version: the local file it was read from, with the size
-  and mtime seen when the version began, so an interrupted upload resumes
-  only while the file is unchanged. Local to this machine: not exported.
-  Added after format 1 without changing any existing table; ``CREATE TABLE
-  IF NOT EXISTS`` adds it when an older catalog file is opened.
-
-``meta`` holds the format and small node-local facts (:meth:`Catalog.get_meta`).
-Format 2 added the metadata columns (items: mode, mtime_ns, link_target;
-versions: mode, mtime_ns); a format 1 file is migrated when opened (the new
-columns are NULL: unknown).
+tables (items, versions, segments, blocks, sources, meta) and their format
+are described in :mod:`bitnode.storage.catalog_file`, which also refuses a
+file that is damaged or not a catalog (:func:`open_catalog` sets such a file
+aside).
 
 Rules: a segment is recorded only after its suppliers acknowledged its blocks
 (persist before acknowledging the user); every change is one transaction, so
@@ -41,12 +22,15 @@ calls it from its thread pool, never on the reactor thread for big work.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
+import time
 from typing import ContextManager, Iterable
 
 from bitnode.errors import BadRequest, Conflict, NotFound
 from bitnode.globalid import parse_key_id, validate_path
 from bitnode.main.sqlitedb import SqliteFile
+from bitnode.storage.catalog_file import CATALOG_FORMAT, SCHEMA, CatalogUnreadable, check_file, migrate
 from bitnode.storage.catalog_format import (
     COMPLETE,
     EXPORT_FORMAT,
@@ -68,72 +52,10 @@ from bitnode.storage.erasure import MAX_N
 from bitnode.storage.ports import SegmentMeta
 from bitnode.storage.segment_crypto import validate_version_id
 
-CATALOG_FORMAT = 2
-__all__ = ["CATALOG_FORMAT", "COMPLETE", "EXPORT_FORMAT", "FAILED", "UPLOADING", "VERSION_STATES", "Catalog",
+__all__ = ["CATALOG_FORMAT", "CatalogUnreadable", "COMPLETE", "EXPORT_FORMAT", "FAILED", "UPLOADING", "VERSION_STATES", "Catalog",
            "split_remote_path"]
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS items (
-    item_id   INTEGER PRIMARY KEY AUTOINCREMENT,
-    key_id    TEXT NOT NULL,
-    path      TEXT NOT NULL,
-    is_folder INTEGER NOT NULL,
-    created   REAL NOT NULL,
-    mode        INTEGER,
-    mtime_ns    INTEGER,
-    link_target TEXT,
-    UNIQUE (key_id, path)
-);
-CREATE TABLE IF NOT EXISTS versions (
-    version_id     TEXT PRIMARY KEY,
-    item_id        INTEGER NOT NULL REFERENCES items(item_id) ON DELETE CASCADE,
-    state          TEXT NOT NULL,
-    size           INTEGER NOT NULL,
-    segment_size   INTEGER NOT NULL,
-    segments_total INTEGER NOT NULL,
-    k              INTEGER NOT NULL,
-    n              INTEGER NOT NULL,
-    wrapped_key    BLOB NOT NULL,
-    suppliers      TEXT NOT NULL,
-    created        REAL NOT NULL,
-    completed      REAL,
-    mode           INTEGER,
-    mtime_ns       INTEGER
-);
-CREATE INDEX IF NOT EXISTS versions_by_item ON versions(item_id);
-CREATE TABLE IF NOT EXISTS segments (
-    version_id       TEXT NOT NULL REFERENCES versions(version_id) ON DELETE CASCADE,
-    seg_index        INTEGER NOT NULL,
-    plaintext_length INTEGER NOT NULL,
-    PRIMARY KEY (version_id, seg_index)
-);
-CREATE TABLE IF NOT EXISTS blocks (
-    version_id TEXT NOT NULL,
-    seg_index  INTEGER NOT NULL,
-    position   INTEGER NOT NULL,
-    sha256     TEXT NOT NULL,
-    supplier   TEXT NOT NULL,
-    PRIMARY KEY (version_id, seg_index, position),
-    FOREIGN KEY (version_id, seg_index) REFERENCES segments(version_id, seg_index) ON DELETE CASCADE
-);
-CREATE TABLE IF NOT EXISTS sources (
-    version_id TEXT PRIMARY KEY REFERENCES versions(version_id) ON DELETE CASCADE,
-    local_path TEXT NOT NULL,
-    size       INTEGER NOT NULL,
-    mtime      REAL NOT NULL
-);
-"""
 _RESERVED_META = ("format",)
-
-
-def _migrate(db: sqlite3.Connection, old_format: int) -> None:
-    """Format 1 → 2: the metadata columns, NULL (unknown) for what was stored before."""
-    if old_format == 1:
-        for table, column, kind in (("items", "mode", "INTEGER"), ("items", "mtime_ns", "INTEGER"),
-                                    ("items", "link_target", "TEXT"), ("versions", "mode", "INTEGER"),
-                                    ("versions", "mtime_ns", "INTEGER")):
-            db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
 
 
 def split_remote_path(remote_path: str) -> tuple[str, str]:
@@ -146,12 +68,37 @@ def split_remote_path(remote_path: str) -> tuple[str, str]:
     return key_id, (validate_path(path) if path else "")
 
 
+def open_catalog(path: str, now: float) -> tuple[Catalog, dict | None]:
+    """Open the catalog at ``path``; one that cannot be read is moved aside (kept) and a new one opened.
+
+    Returns the catalog and, when the old file was set aside, ``{"error",
+    "moved_to", "at"}`` for the caller to report. A catalog of a newer format
+    is not damaged: BadRequest, and nothing is moved. Worker thread.
+    """
+    try:
+        return Catalog(path), None
+    except CatalogUnreadable as err:
+        problem = str(err)
+    moved = f"{path}.unreadable-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime(now))}"
+    for suffix in ("", "-wal", "-shm"):  # sqlite's companions go with it: they belong to that file
+        if os.path.exists(path + suffix):
+            os.replace(path + suffix, moved + suffix)
+    return Catalog(path), {"error": f"the catalog {path} cannot be used: {problem}", "moved_to": moved, "at": now}
+
+
 class Catalog:
-    """One node's catalog in the sqlite file at ``path`` (``":memory:"`` for tests)."""
+    """One node's catalog in the sqlite file at ``path`` (``":memory:"`` for tests).
+
+    Raises :class:`CatalogUnreadable` for a damaged file or one that is not a catalog.
+    """
 
     def __init__(self, path: str):
         self.path = path
-        self._file = SqliteFile(path, _SCHEMA, CATALOG_FORMAT, "catalog", foreign_keys=True, migrate=_migrate)
+        check_file(path)
+        try:
+            self._file = SqliteFile(path, SCHEMA, CATALOG_FORMAT, "catalog", foreign_keys=True, migrate=migrate)
+        except sqlite3.DatabaseError as err:
+            raise CatalogUnreadable(f"sqlite cannot read it: {err}") from None
         self._lock, self._db = self._file.lock, self._file.db
 
     def close(self) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import random
+import sqlite3
 
 from twisted.internet import defer
 from twisted.trial import unittest
@@ -301,3 +302,74 @@ class RestartTests(StorageNodeTestCase):
         # Its next backup is newer than the one it restored.
         restored.catalog.create(MASTER, "new.txt")
         self.assertEqual((yield restored.backup_catalog())["serial"], 2)
+
+
+class UnreadableCatalogTests(StorageNodeTestCase):
+    """A catalog file sqlite cannot read (or that is no catalog) is set aside, reported and restored."""
+
+    @defer.inlineCallbacks
+    def run_with_broken_catalog(self, damage):
+        basedir = self.mktemp()
+        node, service = yield self.start(basedir)
+        _, _, data = yield self.upload(service)
+        yield service.backup_catalog()
+        path = service.catalog_file
+        yield node.stopService()
+        damage(path)
+        with open(path, "rb") as handle:
+            broken = handle.read()
+
+        node, service = yield self.start(basedir)
+        problem = service.status()["catalog_unreadable"]
+        self.assertIsNotNone(problem)
+        self.assertTrue(problem["moved_to"].startswith(path + ".unreadable-"))
+        with open(problem["moved_to"], "rb") as handle:
+            self.assertEqual(handle.read(), broken)  # kept as it was, not deleted
+        events, _ = node.events.since(0)
+        self.assertIn("catalog-unreadable", [e.event_id for e in events])
+        yield wait_until(lambda: service.last_restore.get("serial") == 1)
+        self.assertEqual(service.status()["catalog_unreadable"]["restored"], 1)
+        self.assertEqual((yield self.download(service)), data)
+        return problem
+
+    @defer.inlineCallbacks
+    def test_a_file_sqlite_cannot_read_is_moved_aside_and_restored_from_the_suppliers(self):
+        def garbage(path):
+            for suffix in ("-wal", "-shm"):
+                if os.path.exists(path + suffix):
+                    os.unlink(path + suffix)
+            with open(path, "wb") as handle:
+                handle.write(b"this is not sqlite at all " * 200)
+
+        problem = yield self.run_with_broken_catalog(garbage)
+        self.assertIn("cannot", problem["error"])
+
+    @defer.inlineCallbacks
+    def test_an_sqlite_file_that_is_not_a_catalog_is_moved_aside_too(self):
+        def other_database(path):
+            for suffix in ("", "-wal", "-shm"):
+                if os.path.exists(path + suffix):
+                    os.unlink(path + suffix)
+            db = sqlite3.connect(path)
+            db.execute("CREATE TABLE photos (name TEXT)")
+            db.commit()
+            db.close()
+
+        problem = yield self.run_with_broken_catalog(other_database)
+        self.assertIn("not a catalog", problem["error"])
+
+    @defer.inlineCallbacks
+    def test_the_files_api_says_why_while_the_catalog_is_restored(self):
+        basedir = self.mktemp()
+        node, service = yield self.start(basedir)
+        yield node.stopService()
+        with open(service.catalog_file, "wb") as handle:
+            handle.write(b"\x00" * 4096)
+        for gate in self.provider.gates.values():
+            gate.offline = True  # no backup can be read yet
+        node, service = yield self.start(basedir)
+        error = self.assertRaises(Unavailable, service.require_ready)
+        self.assertIn("being restored from the suppliers' backup", str(error))
+        answer = yield node.dispatcher.execute_by_name("files_list", {})
+        self.assertEqual(answer.code, 503)
+        self.assertIn("moved to", " ".join(answer.envelope["errors"]))

@@ -8,7 +8,15 @@ import sqlite3
 from twisted.trial import unittest
 
 from bitnode.errors import BadRequest, Conflict, NotFound
-from bitnode.storage.catalog import COMPLETE, FAILED, UPLOADING, Catalog, split_remote_path
+from bitnode.storage.catalog import (
+    COMPLETE,
+    FAILED,
+    UPLOADING,
+    Catalog,
+    CatalogUnreadable,
+    open_catalog,
+    split_remote_path,
+)
 from bitnode.storage.ports import SegmentMeta
 
 KEY = "master$alice@127.0.0.1_8084"
@@ -333,3 +341,34 @@ class FormatOneFileTests(unittest.TestCase):
         self.addCleanup(other.close)
         other.import_(catalog.export())
         self.assertEqual(other.segments("V1"), catalog.segments("V1"))
+
+
+class UnreadableFileTests(CatalogTestCase):
+    def test_a_damaged_file_is_set_aside_and_a_new_catalog_opened(self):
+        for i in range(200):
+            self.catalog.create(KEY, f"folder/file-{i:03d}-" + "x" * 100)
+        self.catalog.close()
+        for suffix in ("-wal", "-shm"):
+            self.assertFalse(os.path.exists(self.path + suffix))
+        size = os.path.getsize(self.path)
+        with open(self.path, "r+b") as handle:  # a page in the middle overwritten
+            handle.seek(size // 2)
+            handle.write(os.urandom(4096))
+        self.assertRaises(CatalogUnreadable, Catalog, self.path)
+        catalog, problem = open_catalog(self.path, 1_700_000_000.0)
+        self.addCleanup(catalog.close)
+        self.assertTrue(catalog.is_empty())
+        self.assertEqual(problem["moved_to"], self.path + ".unreadable-20231114T221320Z")
+        self.assertEqual(os.path.getsize(problem["moved_to"]), size)
+        self.assertIn("damaged", problem["error"])
+
+    def test_a_sound_catalog_and_a_newer_format_are_not_moved(self):
+        self.catalog.create(KEY, "a")
+        self.catalog.close()
+        catalog, problem = open_catalog(self.path, 0.0)
+        self.assertIsNone(problem)
+        self.assertTrue(catalog.exists(KEY, "a"))
+        catalog._db.execute("UPDATE meta SET value = '99' WHERE name = 'format'")
+        catalog.close()
+        self.assertRaises(BadRequest, open_catalog, self.path, 0.0)
+        self.assertEqual(os.listdir(self.dir), ["catalog.sqlite"])

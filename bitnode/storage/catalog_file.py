@@ -1,0 +1,126 @@
+"""The catalog's sqlite file: its tables, their format, the migration from format 1, and the soundness check.
+
+Tables, format version :data:`CATALOG_FORMAT`:
+
+- ``items``     one row per file, folder or symbolic link: (key_id, path)
+  unique; parent folders are created implicitly, as a file system would show
+  them; a folder keeps its mode and mtime, a link its target text;
+- ``versions``  one row per stored version of a file: its id (the block path
+  prefix on suppliers), state (``uploading`` → ``complete`` / ``failed``), size,
+  segment size and count, the erasure parameters k-of-n, the version key
+  wrapped with the owner's key, which supplier held which position when it
+  was uploaded, and the mode and mtime of the file it was read from;
+- ``segments``  per version and segment: plaintext length;
+- ``blocks``    per segment and position: the block's SHA-256, the supplier
+  that acknowledged it (empty when it is missing and must be rebuilt);
+- ``sources``   per version: the local file it was read from, with the size
+  and mtime seen when the version began, so an interrupted upload resumes
+  only while the file is unchanged. Local to this machine: not exported.
+- ``meta``      the format and small node-local facts.
+
+Format 2 added the metadata columns (items: mode, mtime_ns, link_target;
+versions: mode, mtime_ns); a format 1 file is migrated when opened
+(:func:`migrate`; the new columns are NULL: unknown).
+
+:func:`check_file` raises :class:`CatalogUnreadable` for a file sqlite
+cannot read, that its ``quick_check`` finds damaged, or that holds tables but
+no catalog.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+
+from bitnode.errors import BitnodeError
+
+CATALOG_FORMAT = 2
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS items (
+    item_id   INTEGER PRIMARY KEY AUTOINCREMENT,
+    key_id    TEXT NOT NULL,
+    path      TEXT NOT NULL,
+    is_folder INTEGER NOT NULL,
+    created   REAL NOT NULL,
+    mode        INTEGER,
+    mtime_ns    INTEGER,
+    link_target TEXT,
+    UNIQUE (key_id, path)
+);
+CREATE TABLE IF NOT EXISTS versions (
+    version_id     TEXT PRIMARY KEY,
+    item_id        INTEGER NOT NULL REFERENCES items(item_id) ON DELETE CASCADE,
+    state          TEXT NOT NULL,
+    size           INTEGER NOT NULL,
+    segment_size   INTEGER NOT NULL,
+    segments_total INTEGER NOT NULL,
+    k              INTEGER NOT NULL,
+    n              INTEGER NOT NULL,
+    wrapped_key    BLOB NOT NULL,
+    suppliers      TEXT NOT NULL,
+    created        REAL NOT NULL,
+    completed      REAL,
+    mode           INTEGER,
+    mtime_ns       INTEGER
+);
+CREATE INDEX IF NOT EXISTS versions_by_item ON versions(item_id);
+CREATE TABLE IF NOT EXISTS segments (
+    version_id       TEXT NOT NULL REFERENCES versions(version_id) ON DELETE CASCADE,
+    seg_index        INTEGER NOT NULL,
+    plaintext_length INTEGER NOT NULL,
+    PRIMARY KEY (version_id, seg_index)
+);
+CREATE TABLE IF NOT EXISTS blocks (
+    version_id TEXT NOT NULL,
+    seg_index  INTEGER NOT NULL,
+    position   INTEGER NOT NULL,
+    sha256     TEXT NOT NULL,
+    supplier   TEXT NOT NULL,
+    PRIMARY KEY (version_id, seg_index, position),
+    FOREIGN KEY (version_id, seg_index) REFERENCES segments(version_id, seg_index) ON DELETE CASCADE
+);
+CREATE TABLE IF NOT EXISTS sources (
+    version_id TEXT PRIMARY KEY REFERENCES versions(version_id) ON DELETE CASCADE,
+    local_path TEXT NOT NULL,
+    size       INTEGER NOT NULL,
+    mtime      REAL NOT NULL
+);
+"""
+
+def migrate(db: sqlite3.Connection, old_format: int) -> None:
+    """Format 1 → 2: the metadata columns, NULL (unknown) for what was stored before."""
+    if old_format == 1:
+        for table, column, kind in (("items", "mode", "INTEGER"), ("items", "mtime_ns", "INTEGER"),
+                                    ("items", "link_target", "TEXT"), ("versions", "mode", "INTEGER"),
+                                    ("versions", "mtime_ns", "INTEGER")):
+            db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+
+
+class CatalogUnreadable(BitnodeError):
+    """The catalog file is damaged (sqlite cannot read it) or is not a catalog."""
+
+    http_code = 503
+
+
+def check_file(path: str) -> None:
+    """CatalogUnreadable unless ``path`` is missing, empty, or a sound sqlite file holding a catalog."""
+    if path == ":memory:" or not os.path.exists(path) or os.path.getsize(path) == 0:
+        return
+    try:
+        db = sqlite3.connect(path)
+    except sqlite3.Error as err:
+        raise CatalogUnreadable(f"sqlite cannot open it: {err}") from None
+    try:
+        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        check = [row[0] for row in db.execute("PRAGMA quick_check")]
+        if check != ["ok"]:
+            raise CatalogUnreadable(f"sqlite finds it damaged: {'; '.join(map(str, check[:3]))}")
+        found = db.execute("SELECT value FROM meta WHERE name = 'format'").fetchone() if "meta" in tables else None
+        if tables and (found is None or not str(found[0]).isdigit() or not {"items", "versions"} <= tables):
+            raise CatalogUnreadable("it is an sqlite file but not a catalog")
+    except sqlite3.Error as err:
+        raise CatalogUnreadable(f"sqlite cannot read it: {err}") from None
+    finally:
+        db.close()
