@@ -30,6 +30,7 @@ bytes; larger data must be cut by the caller (storage sends blocks).
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter, OrderedDict, deque
 from typing import Any, Callable, Optional, Protocol
 
@@ -40,6 +41,8 @@ from twisted.python.failure import Failure
 
 from bitnode import globalid
 from bitnode.errors import BadRequest, BitnodeError, Conflict, NotFound, TooManyRequests, Unavailable
+from bitnode.transport import challenge
+from bitnode.transport.challenge import DESTRUCTIVE, Challenges
 from bitnode.transport.commands import Command, command_name
 from bitnode.transport.introduction import (
     IntroducingTransport,
@@ -97,6 +100,7 @@ class _Peer:
         self.queued = 0
         self.refreshed_at = float("-inf")
         self.introduced_at = float("-inf")
+        self.challenge: Optional[bytes] = None  # the nonce they gave us for destructive commands
 
 
 class Gateway(Reintroduction):
@@ -177,6 +181,7 @@ class Gateway(Reintroduction):
         )
         self._confirming = 0
         self._introductions: Counter[str] = Counter()
+        self.challenges = Challenges(clock, ttl=limits.challenge_ttl)
         for command in Command:
             self.transport.register_handler(command, self._on_packet)
         self.port: Optional[int] = None
@@ -270,8 +275,16 @@ class Gateway(Reintroduction):
 
     def build(self, command: str | Command, remote_id: str, payload: bytes = b"", key_id: str = "",
               packet_id: Optional[str] = None) -> Packet:
-        """A packet from us to ``remote_id`` (a global id or an IDURL), signed now."""
+        """A packet from us to ``remote_id`` (a global id or an IDURL), signed now.
+
+        A destructive command carries the challenge the peer last gave us, if any
+        (see :mod:`bitnode.transport.challenge`).
+        """
         remote = str(globalid.to_global_id(remote_id))
+        if command_name(command) in DESTRUCTIVE:
+            peer = self._peers.get(remote)
+            if peer is not None and peer.challenge is not None:
+                payload = challenge.wrap(peer.challenge, challenge.unwrap(payload)[1])
         return Packet.create(self.clock, command, self.my_id, self.my_id, remote, payload,
                              self.identity.packet_signer(), key_id=key_id, packet_id=packet_id)
 
@@ -428,6 +441,10 @@ class Gateway(Reintroduction):
             key = (packet.creator_id, refused_id)  # asked twice: the packet fails with the refusal
         machine = self._waiting.get(key)
         if machine is not None:
+            nonce = challenge.asks_challenge(packet.payload) if packet.command == Command.FAIL.value else None
+            if nonce is not None and machine.packet.command in DESTRUCTIVE and not machine.challenged:
+                machine.challenged = True
+                return Deferred.fromCoroutine(self._answer_challenge(machine, nonce, packet))
             machine.event(_RESPONSE_EVENTS.get(packet.command, "reply"), packet)
             return None
         if packet.command in _RESPONSE_EVENTS:
@@ -435,11 +452,55 @@ class Gateway(Reintroduction):
             return None
         if packet.command == Command.IDENTITY.value:
             return self._track(packet, Deferred.fromCoroutine(self._on_identity(packet, address, None)))
+        if packet.command in DESTRUCTIVE:
+            packet = self._challenged(packet)
+            if packet is None:
+                return None
         handler = self._handlers.get(packet.command)
         if handler is None:
             self.stats.record_drop("no_handler")
             return None
         return self._track(packet, maybeDeferred(handler, packet, address))
+
+    def _challenged(self, packet: Packet) -> Optional[Packet]:
+        """A destructive packet with this process's nonce for its sender, unwrapped; else None, refused.
+
+        The refusal hands out the nonce to send again with (see :mod:`bitnode.transport.challenge`).
+        """
+        nonce, payload = challenge.unwrap(packet.payload)
+        if self.challenges.accept(packet.creator_id, nonce):
+            return dataclasses.replace(packet, payload=payload)
+        d = self.reply(packet, Command.FAIL, challenge.challenge_refusal(self.challenges.issue(packet.creator_id)))
+        d.addErrback(lambda f: self.log.info("could not challenge {who}: {err}", who=packet.creator_id,
+                                             err=f.getErrorMessage()))
+        return None
+
+    async def _answer_challenge(self, machine: PacketOut, nonce: bytes, refusal: Packet) -> None:
+        """The peer wants a fresh challenge for our destructive packet: send it again, once, carrying ``nonce``.
+
+        A new packet (new id, the nonce in its payload) takes the old one's place in the same machine,
+        so the caller gets the answer to it; if that cannot be sent the caller gets the refusal.
+        """
+        peer = self._peer(machine.packet.remote_id)
+        peer.challenge = nonce
+        self.challenges.counts["answered"] += 1
+        old = machine.packet
+        try:
+            # the same packet but for its id and date, now carrying the nonce (the owner may not be us)
+            fresh = Packet.create(self.clock, old.command, old.owner_id, self.my_id, old.remote_id,
+                                  challenge.wrap(nonce, challenge.unwrap(old.payload)[1]),
+                                  self.identity.packet_signer(), key_id=old.key_id)
+            if machine.destroyed:
+                return
+            if self._waiting.get(machine.key) is machine:
+                del self._waiting[machine.key]
+            machine.packet = fresh
+            self._waiting[machine.key] = machine
+            await self._write(machine)
+        except Exception as err:  # whatever went wrong, the peer's refusal stands
+            self.log.info("could not answer the challenge of {who}: {err}", who=old.remote_id, err=err)
+            if not machine.destroyed:
+                machine.event("fail", refusal)
 
     async def _on_identity(self, packet: Packet, address: Address, introduced: Optional[Identity]) -> None:
         """Cache the sender's identity document and Ack it (Fail with the reason if refused)."""
@@ -565,6 +626,7 @@ class Gateway(Reintroduction):
         many were confirmed, refused, left unconfirmed or dropped as busy).
         """
         limits = self.transport.limits_stats()
+        limits["challenges"] = self.challenges.stats()
         limits["introductions"].update(
             confirming=self._confirming, max_confirming=self.limits.pending_introductions,
             **{what: self._introductions[what] for what in ("confirmed", "refused", "unconfirmed", "busy")})

@@ -88,6 +88,9 @@ class GatewayService(Service):
         Option(PREFIX + "max-buffered", DISK_SPACE, 64 * 1024 * 1024,
                "Bytes of packets being received at once over all connections; past it reading pauses "
                "(one IP may hold half).", minimum=1024 * 1024, maximum=16 * 1024 ** 3, restart_needed=True),
+        Option(PREFIX + "challenge-ttl", FLOAT, 300.0,
+               "Seconds the challenge we give a peer for CancelService/DeleteBackup/DeleteFile stays valid "
+               "(it never survives a restart).", minimum=10.0, maximum=86400.0, restart_needed=True),
         Option(PREFIX + "external-host", STRING, "",
                "Host written into our tcp:// contact (empty: the listening interface).",
                pattern=r"[A-Za-z0-9.:\-]*", restart_needed=True),
@@ -160,6 +163,7 @@ class GatewayService(Service):
             connections_per_ip=get(PREFIX + "max-connections-per-ip"),
             connections=get(PREFIX + "max-connections"),
             max_buffered=get(PREFIX + "max-buffered"),
+            challenge_ttl=get(PREFIX + "challenge-ttl"),
         )
 
     def stop(self) -> Optional[Deferred]:

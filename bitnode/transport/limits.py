@@ -182,6 +182,7 @@ class PeerLimits:
     :param connections_per_ip: incoming connections from one IP (0: no limit).
     :param connections: incoming connections in all (0: no limit).
     :param max_buffered: bytes of payloads being received at once, over all connections.
+    :param challenge_ttl: seconds a challenge for destructive commands stays valid.
     """
 
     replay_future: float = 60.0
@@ -195,3 +196,4 @@ class PeerLimits:
     connections_per_ip: int = 64
     connections: int = 512
     max_buffered: int = 64 * 1024 * 1024
+    challenge_ttl: float = 300.0

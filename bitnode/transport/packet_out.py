@@ -113,6 +113,7 @@ class PacketOut(Automat):
         self.error = ""
         self.send_failure: Failure | None = None
         self.reintroduced = False  # the gateway introduced us to the peer and sent again (at most once)
+        self.challenged = False  # the gateway answered the peer's challenge and sent again (at most once)
         self.started_at = clock.seconds()
         self.sent_at: float | None = None
         self.finished_at: float | None = None

@@ -309,6 +309,7 @@ class RestartReplayTests(AttackTestCase):
         yield alice.gateway.send(captured, wait_response=False)
         yield arrived
         yield bob.gateway.stop()
+        yield wait_until(lambda: not alice.gateway.connections(), "alice to see bob's connection gone")
         self.clock.advance(5)
         bob.gateway = Gateway(self.clock, reactor, bob.ids, Registry(), packet_timeout=10.0)
         self.addCleanup(bob.gateway.stop)
