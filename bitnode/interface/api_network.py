@@ -241,7 +241,9 @@ class NetworkMethods:
             if online is not None:
                 item["state"] = online.status(known.global_id)["state"]
             items.append(item)
-        return {"available": True, "identities": len(items), "items": items}
+        fetcher = getattr(identity, "fetcher", None)
+        return {"available": True, "identities": len(items), "items": items, "limits": identity.cache.stats(),
+                "fetches": fetcher.stats() if fetcher is not None else {}}
 
     def _dht_section(self) -> dict:
         driver = self.node.service_driver

@@ -72,8 +72,8 @@ class IdentityProvider(Protocol):
     ``my_global_id()`` / ``my_identity()`` (None before an identity exists),
     ``packet_signer()`` (``.algorithm``, ``.sign(data)``), ``resolve_verifier(
     global_id)`` (synchronous, None for an unknown user), ``fetch_identity(
-    idurl_or_global_id, refresh)`` (a Deferred Identity, from the cache unless
-    ``refresh``), and ``.cache.put(identity)`` (an
+    idurl_or_global_id, refresh, stranger)`` (a Deferred Identity, from the cache
+    unless ``refresh``; ``stranger``: on behalf of a stranger's introduction), and ``.cache.put(identity)`` (an
     :class:`~bitnode.userid.idcache.IdentityCache`) to store what peers send.
     """
 
@@ -87,7 +87,7 @@ class IdentityProvider(Protocol):
 
     def resolve_verifier(self, global_id: str) -> Optional[Verifier]: ...
 
-    def fetch_identity(self, idurl_or_global_id: str, refresh: bool = False) -> Deferred: ...
+    def fetch_identity(self, idurl_or_global_id: str, refresh: bool = False, stranger: bool = False) -> Deferred: ...
 
 
 class _Peer:

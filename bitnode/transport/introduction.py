@@ -117,11 +117,13 @@ def introduced_identity(packet: Packet) -> Optional[Identity]:
 async def confirm_introduction(fetch_identity: Callable[..., Deferred], document: Identity) -> None:
     """Check an introduced ``document`` against the one its identity server publishes now.
 
-    ``fetch_identity(idurl, refresh=True)`` is the identity provider's; its
+    ``fetch_identity(idurl, refresh=True, stranger=True)`` is the identity
+    provider's (``stranger``: the IDURL is a stranger's choice, so the
+    provider's limits for such fetches apply); its
     errors (server down, unknown user) pass through.  Raises
     :class:`IntroductionRefused` when the published key is another one.
     """
-    published = await fetch_identity(document.idurl, refresh=True)
+    published = await fetch_identity(document.idurl, refresh=True, stranger=True)
     if published.rsa_public_key() != document.rsa_public_key():
         raise IntroductionRefused(f"{document.global_id} introduced itself with a key its identity server "
                                   "does not publish")

@@ -47,9 +47,10 @@ from bitnode.crypt.keys import RsaPrivateKey
 from bitnode.crypt.keystore import KeyStore
 from bitnode.errors import BadRequest, BitnodeError, Conflict, Forbidden, NotFound, Unavailable
 from bitnode.main.fileutil import PRIVATE_FILE_MODE, atomic_write, ensure_dir, read_limited, remove_if_exists
-from bitnode.main.options import FLOAT, INTEGER, Option
+from bitnode.main.options import FLOAT, INTEGER, STRING_LIST, Option
 from bitnode.services.base import Service
 from bitnode.userid import id_backup
+from bitnode.userid.id_fetcher import IdentityFetcher
 from bitnode.userid.id_publisher import Publisher, parse_servers
 from bitnode.userid.idcache import IdentityCache
 from bitnode.userid.identity import MAX_SOURCES, MAX_XML_BYTES, Identity, validate_contact
@@ -99,6 +100,21 @@ class IdentityService(Service):
                "Seconds to wait for an identity server to answer one request.", minimum=0.1, maximum=300.0),
         Option("services/identity/fetch-retries", INTEGER, 1,
                "How many more times a failed identity server request is tried.", minimum=0, maximum=10),
+        Option("services/identity/max-concurrent-fetches", INTEGER, 8,
+               "Identity documents fetched at once; more wait (ours) or are refused (for strangers).",
+               minimum=1, maximum=1000, restart_needed=True),
+        Option("services/identity/max-stranger-fetches", INTEGER, 4,
+               "Of those, how many may be fetched at once to check strangers' introductions.",
+               minimum=1, maximum=1000, restart_needed=True),
+        Option("services/identity/negative-cache-seconds", FLOAT, 60.0,
+               "A failed identity fetch is not repeated for a stranger for this long.", minimum=0.0,
+               maximum=86400.0, restart_needed=True),
+        Option("services/identity/cache-entries", INTEGER, 10_000,
+               "Other users' identities kept (memory and identitycache/ files); the least recently used go "
+               "first.", minimum=10, maximum=10_000_000, restart_needed=True),
+        Option("services/identity/allowed-servers", STRING_LIST, [],
+               "Identity servers (host or host:port) whose documents we fetch; empty: any. Others are "
+               "refused without a request.", restart_needed=True),
     )
     log = Logger()
 
@@ -107,6 +123,7 @@ class IdentityService(Service):
         self.keystore: KeyStore | None = None
         self.cache: IdentityCache | None = None
         self.client: Any = None
+        self.fetcher: IdentityFetcher | None = None
         self.load_problems: list[str] = []
         self._identity: Identity | None = None
         self._packet_key: Ed25519PrivateKey | None = None
@@ -140,7 +157,7 @@ class IdentityService(Service):
 
     def _open_files(self) -> tuple:
         ensure_dir(self.keys_dir)
-        cache = IdentityCache(self.cache_dir)
+        cache = IdentityCache(self.cache_dir, max_entries=self.node.settings.get("services/identity/cache-entries"))
         identity = keystore = packet_key = None
         problems: list[str] = []
         try:
@@ -186,19 +203,33 @@ class IdentityService(Service):
         self.load_problems = problems + list(self.cache.load_errors)
         for problem in problems:
             self.log.warn("service_identity: {problem}", problem=problem)
+        self.cache.writer = self.node.run_in_thread  # files are written off the reactor from now on
         self.client = self.make_client()
+        self.fetcher = self.make_fetcher()
         self._install(identity, keystore, packet_key)
         if identity is not None:
             self.log.info("my identity is {global_id} revision {revision}",
                           global_id=identity.global_id, revision=identity.revision)
 
+    def make_fetcher(self) -> IdentityFetcher:
+        """The :class:`~bitnode.userid.id_fetcher.IdentityFetcher` in front of the client, as the settings say."""
+        get = self.node.settings.get
+        return IdentityFetcher(
+            lambda idurl: self.client.fetch(idurl), self.node.clock,
+            max_concurrent=get("services/identity/max-concurrent-fetches"),
+            max_stranger_concurrent=get("services/identity/max-stranger-fetches"),
+            negative_ttl=get("services/identity/negative-cache-seconds"),
+            allowed_hosts=get("services/identity/allowed-servers"),
+        )
+
     def stop(self) -> Deferred | None:
-        """Cancel the background republish and close the client."""
+        """Cancel the background republish, close the client, finish writing the cache."""
         self.publisher.cancel()
         client, self.client = self.client, None
+        waits = [self.cache.flush()] if self.cache is not None else []
         if client is not None and hasattr(client, "close"):
-            return defer.maybeDeferred(client.close)
-        return None
+            waits.append(defer.maybeDeferred(client.close))
+        return defer.gatherResults(waits, consumeErrors=True).addCallback(lambda _: None)
 
     def status(self) -> dict:
         """Facts for service_info."""
@@ -210,6 +241,8 @@ class IdentityService(Service):
             "last_publish_error": self.publisher.last_error,
             "has_packet_key": self._packet_key is not None,
             "cached_identities": len(self.cache) if self.cache is not None else 0,
+            "cache": self.cache.stats() if self.cache is not None else {},
+            "fetches": self.fetcher.stats() if self.fetcher is not None else {},
             "problems": list(self.load_problems),
         }
 
@@ -280,16 +313,19 @@ class IdentityService(Service):
         public = identity.fast_public_key()
         return Ed25519Verifier(public) if public is not None else None
 
-    def fetch_identity(self, idurl_or_global_id: str, refresh: bool = False) -> Deferred:
+    def fetch_identity(self, idurl_or_global_id: str, refresh: bool = False, stranger: bool = False) -> Deferred:
         """Deferred[Identity]: mine, the cached one, or fetched from its servers and cached.
 
         A fetched identity goes through the cache's pinning rules: another key
         for a known IDURL fails with ``KeyMismatch`` (403). With ``refresh``
         the servers are asked even when a copy is cached (the newest wins).
+        ``stranger``: asked because of a stranger's packet (an introduction):
+        answered from the negative cache and refused when too many such
+        fetches run (see :mod:`bitnode.userid.id_fetcher`).
         """
-        return Deferred.fromCoroutine(self._fetch_identity(idurl_or_global_id, refresh))
+        return Deferred.fromCoroutine(self._fetch_identity(idurl_or_global_id, refresh, stranger))
 
-    async def _fetch_identity(self, idurl_or_global_id: str, refresh: bool) -> Identity:
+    async def _fetch_identity(self, idurl_or_global_id: str, refresh: bool, stranger: bool = False) -> Identity:
         self._require_running()
         wanted = globalid.to_global_id(idurl_or_global_id)
         key = str(wanted)
@@ -300,11 +336,21 @@ class IdentityService(Service):
             return cached
         asked = str(wanted.idurl)
         urls = [asked] + [s for s in (cached.sources if cached else ()) if s != asked]
-        fetched = await (self.client.fetch_any(urls) if len(urls) > 1 else self.client.fetch(asked))
+        fetched = await self._fetch_first(urls, stranger)
         if fetched.global_id != key and asked not in fetched.sources:
             raise Forbidden(f"{asked} served the identity of {fetched.global_id}")
         self.cache.put(fetched)
         return self.cache.get(fetched.global_id)
+
+    async def _fetch_first(self, urls: list[str], stranger: bool) -> Identity:
+        """The first of ``urls`` that answers (each through the fetcher), else the last error."""
+        for n, url in enumerate(urls):
+            try:
+                return await self.fetcher.fetch(url, stranger=stranger)
+            except BitnodeError:
+                if n == len(urls) - 1:
+                    raise
+        raise NotFound("no IDURL to fetch")  # never reached: urls is never empty
 
     # -- creating -------------------------------------------------------------
 

@@ -17,13 +17,25 @@ Rules of :meth:`IdentityCache.put`:
 
 The pin is the stored document's key: :meth:`IdentityCache.remove` forgets it,
 which is the way to accept a user's new key after checking it out of band.
+
+The cache is bounded: at most ``max_entries`` identities, in memory and on
+disk.  The least recently used one (read or stored) is forgotten first, its
+file removed; at start-up only the newest ``max_entries`` files are loaded
+and older ones removed.  Peers we talk to are used all the time, so what a
+flood of strangers pushes out is other strangers first.  Files are written
+(and removed) by ``writer`` — the node's thread pool — in the background, in
+order, never on the reactor; :meth:`IdentityCache.flush` waits for them.
 """
 
 from __future__ import annotations
 
 import os
+from collections import OrderedDict
+from typing import Any, Callable, Optional
 
+from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from bitnode import globalid
 from bitnode.errors import BadRequest, Conflict, Forbidden, NotFound
@@ -45,20 +57,37 @@ class RevisionConflict(Conflict):
     """Two different documents claim the same revision of one identity."""
 
 
+#: Identities kept unless told otherwise.
+DEFAULT_MAX_ENTRIES = 10_000
+
+
 class IdentityCache:
     """Verified, key-pinned identities of other users, persisted under ``cache_dir``.
 
-    Loads every stored document at construction; a file that does not parse,
-    verify or match its name is logged, listed in :attr:`load_errors` and
-    skipped (left on disk for inspection).
+    Loads the stored documents at construction (the newest ``max_entries``);
+    a file that does not parse, verify or match its name is logged, listed in
+    :attr:`load_errors` and skipped (left on disk for inspection).
+
+    :param writer: ``writer(fn, *args) -> Deferred`` runs file writes off the
+        reactor (the node's ``run_in_thread``); None writes at once (tests, or
+        code already in a thread).  May be set later (:attr:`writer`).
     """
 
     log = Logger()
 
-    def __init__(self, cache_dir: str):
+    def __init__(self, cache_dir: str, max_entries: int = DEFAULT_MAX_ENTRIES,
+                 writer: Optional[Callable[..., Deferred]] = None):
+        if max_entries < 1:
+            raise ValueError("max_entries must be at least 1")
         self._dir = cache_dir
-        self._items: dict[str, Identity] = {}
+        self.max_entries = max_entries
+        self.writer = writer
+        self._items: OrderedDict[str, Identity] = OrderedDict()
         self.load_errors: list[str] = []
+        self.evicted = 0
+        self.pruned = 0
+        self._pending: dict[str, Optional[bytes]] = {}  # global id -> XML to write, or None to remove
+        self._writing: Optional[Deferred] = None
         ensure_dir(cache_dir)
         self._load()
 
@@ -68,17 +97,18 @@ class IdentityCache:
         """The cached identity for an IDURL or a global id; :class:`NotFound` if absent."""
         key = str(globalid.to_global_id(idurl_or_global_id))
         try:
-            return self._items[key]
+            identity = self._items[key]
         except KeyError:
             raise NotFound(f"identity {idurl_or_global_id} is not cached") from None
+        self._items.move_to_end(key)
+        return identity
 
     def has(self, idurl_or_global_id: str) -> bool:
-        """True when an identity is cached for this IDURL or global id."""
+        """True when an identity is cached for this IDURL or global id (does not count as a use)."""
         try:
-            self.get(idurl_or_global_id)
-        except (NotFound, BadRequest):
+            return str(globalid.to_global_id(idurl_or_global_id)) in self._items
+        except BadRequest:
             return False
-        return True
 
     def list(self) -> list[Identity]:
         """All cached identities, sorted by global id."""
@@ -114,28 +144,98 @@ class IdentityCache:
                 raise RevisionConflict(
                     f"identity {identity.idurl} revision {identity.revision} differs from the cached one"
                 )
-        atomic_write(self._path(key), identity.to_xml())
         self._items[key] = identity
+        self._items.move_to_end(key)
+        self._store(key, identity.to_xml())
+        while len(self._items) > self.max_entries:
+            old, _forgotten = self._items.popitem(last=False)
+            self.evicted += 1
+            self._store(old, None)
         return True
 
     def remove(self, idurl_or_global_id: str) -> None:
         """Forget an identity and its pinned key; :class:`NotFound` if absent."""
         key = str(self.get(idurl_or_global_id).global_id)
-        try:
-            os.unlink(self._path(key))
-        except FileNotFoundError:
-            pass
         del self._items[key]
+        self._store(key, None)
+
+    def flush(self) -> Deferred:
+        """A Deferred that fires once every change so far is on disk."""
+        if self._writing is None:
+            return succeed(None)
+        done: Deferred = Deferred()
+
+        def wake(result: Any) -> Any:
+            done.callback(None)
+            return result
+
+        self._writing.addBoth(wake)
+        return done
+
+    def stats(self) -> dict:
+        """Identities held, the limit, and how many were pushed out (LRU) or pruned at start-up."""
+        return {"identities": len(self._items), "max_entries": self.max_entries, "evicted": self.evicted,
+                "pruned_at_start": self.pruned, "writes_pending": len(self._pending)}
 
     # -- disk -----------------------------------------------------------
 
     def _path(self, global_id: str) -> str:
         return os.path.join(self._dir, global_id + _SUFFIX)
 
+    def _store(self, key: str, xml: Optional[bytes]) -> None:
+        """Write (or, with None, remove) a file: now without a writer, else in the background, in order."""
+        if self.writer is None:
+            self._write_batch({key: xml})
+            return
+        self._pending[key] = xml
+        if self._writing is None:
+            self._write_next()
+
+    def _write_next(self) -> None:
+        batch, self._pending = self._pending, {}
+        if not batch:
+            self._writing = None
+            return
+        d = self.writer(self._write_batch, batch)
+        self._writing = d
+
+        def written(result: Any) -> None:
+            if isinstance(result, Failure):
+                self.log.warn("could not write the identity cache: {err}", err=result.getErrorMessage())
+            self._write_next()
+
+        d.addBoth(written)
+
+    def _write_batch(self, batch: dict[str, Optional[bytes]]) -> None:
+        """Thread side: the files of one batch (atomic writes; removals)."""
+        for key, xml in batch.items():
+            if xml is None:
+                try:
+                    os.unlink(self._path(key))
+                except FileNotFoundError:
+                    pass
+            else:
+                atomic_write(self._path(key), xml)
+
     def _load(self) -> None:
-        for filename in sorted(os.listdir(self._dir)):
-            if filename.startswith(".") or not filename.endswith(_SUFFIX):
-                continue
+        names = [name for name in os.listdir(self._dir) if not name.startswith(".") and name.endswith(_SUFFIX)]
+        if len(names) > self.max_entries:
+            # keep the newest; the rest is only a cache of what identity servers publish
+            def mtime(name: str) -> float:
+                try:
+                    return os.stat(os.path.join(self._dir, name)).st_mtime
+                except OSError:
+                    return 0.0
+
+            names.sort(key=mtime, reverse=True)
+            for name in names[self.max_entries:]:
+                try:
+                    os.unlink(os.path.join(self._dir, name))
+                    self.pruned += 1
+                except OSError:
+                    pass
+            names = names[: self.max_entries]
+        for filename in sorted(names):
             path = os.path.join(self._dir, filename)
             try:
                 identity = self._load_one(path, filename[: -len(_SUFFIX)])

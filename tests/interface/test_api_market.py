@@ -91,7 +91,7 @@ def make_fakes(world: World, me: str) -> list:
         def my_idurl(self):
             return globalid.global_id_to_idurl(me)
 
-        def fetch_identity(self, who, refresh=False):
+        def fetch_identity(self, who, refresh=False, stranger=False):
             gid = str(globalid.to_global_id(who))
             return defer.succeed(SimpleNamespace(signing_key="key-" + gid, idurl=globalid.global_id_to_idurl(gid)))
 

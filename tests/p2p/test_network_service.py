@@ -128,6 +128,11 @@ class NetworkOfNodesTests(DispatcherCalls, unittest.TestCase):
         self.assertTrue(network["connected"])
         self.assertEqual(network["tcp"]["contact"], alice.service_driver.get("service_gateway").gateway.contact)
         self.assertIn(bob_id, [item["global_id"] for item in network["cache"]["items"]])
+        # what strangers may cost, and what they did, where an operator looks
+        self.assertEqual(network["tcp"]["limits"]["connections"]["max_per_ip"], 64)
+        self.assertEqual(network["tcp"]["limits"]["introductions"]["rate_limited"], 0)
+        self.assertEqual(network["cache"]["limits"]["max_entries"], 10_000)
+        self.assertIn("negative_cached", network["cache"]["fetches"])
         self.assertFalse(network["dht"]["available"])
         network = yield self.ok(alice, "network_status", udp=True, proxy=True)
         self.assertIn("tcp", network["udp"]["reason"])

@@ -114,7 +114,7 @@ class FakeIdentities:
     def resolve_verifier(self, global_id: str):
         return self.keybook(global_id)
 
-    def fetch_identity(self, idurl_or_global_id: str, refresh: bool = False) -> Deferred:
+    def fetch_identity(self, idurl_or_global_id: str, refresh: bool = False, stranger: bool = False) -> Deferred:
         global_id = idurl_or_global_id
         if "://" in global_id:
             name = global_id.rsplit("/", 1)[1][: -len(".xml")]

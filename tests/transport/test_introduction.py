@@ -90,8 +90,8 @@ class ConfirmIntroductionTests(IntroductionTestCase):
     def fetch_from(self, answer: Deferred):
         calls = []
 
-        def fetch(idurl: str, refresh: bool = False) -> Deferred:
-            calls.append((idurl, refresh))
+        def fetch(idurl: str, refresh: bool = False, stranger: bool = False) -> Deferred:
+            calls.append((idurl, refresh, stranger))
             return answer
 
         return fetch, calls
@@ -100,7 +100,7 @@ class ConfirmIntroductionTests(IntroductionTestCase):
         fetch, calls = self.fetch_from(succeed(self.alice.identity))
         d = Deferred.fromCoroutine(confirm_introduction(fetch, self.alice.identity))
         self.assertIsNone(self.successResultOf(d))
-        self.assertEqual(calls, [(self.alice.identity.idurl, True)])
+        self.assertEqual(calls, [(self.alice.identity.idurl, True, True)])  # asked for a stranger
 
     def test_another_published_key_is_refused(self) -> None:
         fetch, _ = self.fetch_from(succeed(self.mallory.identity))

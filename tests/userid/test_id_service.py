@@ -299,6 +299,43 @@ class OthersTests(ServiceTestBase):
         self.assertEqual(self.restart().cache.get(BOB), self.bob)
 
 
+class StrangerFetchTests(ServiceTestBase):
+    """14.2: what a stranger's introduction may make service_identity fetch, and keep."""
+
+    def test_a_stranger_asking_again_for_a_missing_identity_gets_the_negative_cache(self) -> None:
+        carol = "carol@id.example.net_8084"
+        for _ in range(5):
+            self.failureResultOf(self.service.fetch_identity(carol, refresh=True, stranger=True), NotFound)
+        self.assertEqual(len(self.servers.gets), 1)
+        self.assertEqual(self.service.status()["fetches"]["negative_cached"], 4)
+        self.failureResultOf(self.service.fetch_identity(carol), NotFound)  # our own asks again
+        self.assertEqual(len(self.servers.gets), 2)
+        self.node.clock.advance(60)
+        self.failureResultOf(self.service.fetch_identity(carol, stranger=True), NotFound)
+        self.assertEqual(len(self.servers.gets), 3)
+
+    def test_identity_servers_outside_the_allow_list_are_never_asked(self) -> None:
+        node = FakeNode(self.mktemp(), clock=self.node.clock, overrides={
+            "personal/identity-servers": [SERVER], "services/identity/allowed-servers": ["id2.example.net"]})
+        service = self.start_service(node)
+        self.failureResultOf(service.fetch_identity(BOB, stranger=True), Forbidden)
+        self.failureResultOf(service.fetch_identity(BOB), Forbidden)
+        self.assertEqual(self.servers.gets, [])
+        self.assertEqual(service.status()["fetches"]["refused_host"], 2)
+
+    def test_the_cache_keeps_at_most_its_setting(self) -> None:
+        node = FakeNode(self.mktemp(), clock=self.node.clock, overrides={
+            "personal/identity-servers": [SERVER], "services/identity/cache-entries": 10})
+        service = self.start_service(node)
+        for n in range(12):
+            person = make_identity(f"user{n}", rsa_key(n % 3))
+            self.servers.docs[person.idurl] = person.to_xml()
+            self.successResultOf(service.fetch_identity(person.idurl))
+        self.assertEqual(service.status()["cache"]["identities"], 10)
+        self.assertEqual(len(os.listdir(service.cache_dir)), 10)
+        self.assertIn("_write_batch", node.thread_calls)  # files are written off the reactor
+
+
 class EraseRecoverRotateTests(ServiceTestBase):
     def test_erase_keeps_the_key_unless_asked(self) -> None:
         self.create()
