@@ -395,6 +395,8 @@ class DHTNode:
             alpha=self.alpha,
             layer=layer,
             find_value=key is not None,
+            # First-come records are chosen by majority (records.pick_best): ask all the k closest.
+            values_wanted=self.k if key is not None and key.partition(":")[0] in records.FIRST_COME_TYPES else 1,
             accept=accept,
         )
         return lookup.start().addCallback(self._note_lookup)

@@ -7,10 +7,11 @@ when none of the ``k`` closest remains unasked and nothing is in flight — so
 when a round brings nothing closer, the rest of the k closest get asked before
 giving up, as in the paper.
 
-A FIND_VALUE lookup stops sending new requests once a valid value arrives,
-waits for those in flight, and reports every valid copy it saw (the caller picks
-the best) plus the closest node that answered without the value (a place to
-cache it).
+A FIND_VALUE lookup stops sending new requests once ``values_wanted`` valid
+copies arrived (one by default; more when the caller decides by majority, as for
+first-come records), waits for those in flight, and reports every valid copy it
+saw (the caller picks the best) plus the closest node that answered without the
+value (a place to cache it).
 
 Layers: in a layer lookup a node that answers without advertising the layer is
 a *relay* — its answer is used, but it leaves the shortlist so it neither
@@ -76,7 +77,8 @@ class IterativeLookup:
     :param query: sends the request to one contact.
     :param own_id: never queried nor returned.
     :param layer: results only include responders advertising this layer.
-    :param find_value: stop on the first valid value (``accept`` must be given).
+    :param find_value: a FIND_VALUE lookup (``accept`` must be given).
+    :param values_wanted: stop asking once this many valid values arrived.
     :param max_queries: hard cap on requests sent by this lookup.
     :param max_relays: cap on non-members asked by a layer lookup.
     """
@@ -90,6 +92,7 @@ class IterativeLookup:
     alpha: int = 3
     layer: int = 0
     find_value: bool = False
+    values_wanted: int = 1
     accept: AcceptFn | None = None
     max_queries: int = 200
     max_relays: int = 40
@@ -134,7 +137,7 @@ class IterativeLookup:
     def _pump(self) -> None:
         if self._done is None or self._done.called:
             return
-        stop_asking = (self.find_value and self._values) or self._queried >= self.max_queries
+        stop_asking = (self.find_value and len(self._values) >= self.values_wanted) or self._queried >= self.max_queries
         if not stop_asking:
             for entry in self._closest_alive():
                 if self._in_flight >= self.alpha or self._queried >= self.max_queries or self._done is None:

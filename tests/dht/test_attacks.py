@@ -67,6 +67,16 @@ class FirstComeTakeoverTests(unittest.TestCase):
         honest = [n for n in self.c.holders("nickname:alice") if n not in planted]
         self.assertTrue(all(n._store.get(0, "nickname:alice").record == renewed.to_dict() for n in honest))
 
+    def test_readers_outvote_a_few_lying_holders(self) -> None:
+        closest = sorted(self.c.holders("nickname:alice"), key=lambda n: n.node_id ^ self.held.key_id)
+        liars = [n for n in closest if n is not self.alice][:3]  # 3 of the 8 nodes nearest the key lie
+        forged = self.backdated()
+        for node in liars:
+            node._store.put(0, "nickname:alice", forged.to_dict(), forged.expires)
+        readers = [n for n in self.c.nodes if n not in liars]
+        got = [self.c.run(r.get_value("nickname:alice", records.NICKNAME)).value for r in readers]
+        self.assertEqual(got, [NICK] * len(readers))
+
     def test_fresh_claim_of_a_held_name_is_a_conflict(self) -> None:
         with self.assertRaises(records.RecordConflict):
             self.c.run(self.attacker.set_value("nickname:alice", EVIL, records.NICKNAME))

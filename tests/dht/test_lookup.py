@@ -132,6 +132,16 @@ class LookupTests(unittest.TestCase):
         if result.cache_at is not None:
             self.assertNotIn(result.cache_at.node_id, holders)
 
+    def test_find_value_can_collect_copies_from_all_the_k_closest(self) -> None:
+        target = random.Random(10).getrandbits(256)
+        holders = self.net.brute(target, self.me, count=K)
+        for h in holders:
+            self.net.values[h] = {"v": h}
+        one = self.run_lookup(target, find_value=True, accept=lambda rec: rec["v"])
+        every = self.run_lookup(target, find_value=True, accept=lambda rec: rec["v"], values_wanted=K)
+        self.assertLess(len(one.values), K)
+        self.assertEqual(sorted(v for _, v in every.values), sorted(holders))
+
     def test_rejected_value_does_not_stop_the_lookup(self) -> None:
         target = random.Random(11).getrandbits(256)
         forger, honest = self.net.brute(target, self.me, count=2)
