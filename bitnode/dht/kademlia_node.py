@@ -256,7 +256,8 @@ class DHTNode:
             | self._keeper.stats()
             | {k: self.counters[k] for k in ("store_accepted", "store_rejected", "store_conflicts", "bad_values",
                                               "store_refused_stale", "store_refused_quota",
-                                              "store_refused_full", "replicate_skipped_stale")}
+                                              "store_refused_full", "replicate_skipped_stale",
+                                              "lookup_contacts_skipped")}
             | {
                 "lookups": len(self.lookups),
                 "lookup_hops_avg": sum(hops) / len(hops) if hops else 0.0,
@@ -398,11 +399,13 @@ class DHTNode:
             # First-come records are chosen by majority (records.pick_best): ask all the k closest.
             values_wanted=self.k if key is not None and key.partition(":")[0] in records.FIRST_COME_TYPES else 1,
             accept=accept,
+            max_per_host=self.limits.lookup_contacts_per_host,
         )
         return lookup.start().addCallback(self._note_lookup)
 
     def _note_lookup(self, result: LookupResult) -> LookupResult:
         self.lookups.append(result)
+        self.counters["lookup_contacts_skipped"] += result.skipped
         return result
 
     def _store_at(self, contact: Contact, record: Record, layer: int) -> Deferred:

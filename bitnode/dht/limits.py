@@ -43,6 +43,8 @@ class DHTLimits:
     #: records and bytes this node holds for others in all
     store_max_records: int = 50_000
     store_max_bytes: int = 64 * 1024 * 1024
+    #: contacts a lookup takes from one answer per host other than the answering node's (reflection guard)
+    lookup_contacts_per_host: int = 2
     #: republish/replication: every ``replicate_tick`` seconds at most ``replicate_batch`` records are pushed,
     #: ``replicate_concurrency`` at a time
     replicate_tick: float = 60.0
@@ -82,6 +84,9 @@ _SETTINGS: tuple[tuple[str, str, Any, str, dict[str, Any]], ...] = (
      {"minimum": 0}),
     ("store-max-bytes", "store_max_bytes", DISK_SPACE, "Bytes of DHT records this node holds for others in all.",
      {"minimum": 0}),
+    ("lookup-contacts-per-host", "lookup_contacts_per_host", INTEGER,
+     "A DHT lookup takes at most this many contacts per host from one answer, unless they share the answering "
+     "node's host (an answer cannot aim our lookups at one victim address).", {"minimum": 1, "maximum": 64}),
     ("replicate-tick", "replicate_tick", FLOAT,
      "Seconds between two batches of DHT records pushed to the nodes closest to them (republish, replication).",
      {"minimum": 1.0, "maximum": 3600.0}),

@@ -20,6 +20,12 @@ layer, not to walk it: contacts not advertising the layer (as far as the answer
 naming them says) are asked only until the first member answers, and at most
 ``max_relays`` of them; from then on members' answers drive the lookup.
 
+Reflection: an answer may name any address as a contact, e.g. a victim's, at
+many ports. From one answer a lookup takes at most ``max_per_host`` contacts
+on a host other than the answering node's own (nodes sharing the answerer's
+host, as on one machine or behind one NAT, are not limited); the rest are
+counted in ``skipped``.
+
 Hops: a seed is hop 1; a contact first learnt from a hop-h answer is hop h+1.
 The lookup is pure logic: it sends through the ``query`` callable it is given.
 """
@@ -57,6 +63,7 @@ class LookupResult:
     failed: int = 0
     hops: int = 0
     elapsed: float = 0.0
+    skipped: int = 0
 
 
 @dataclass
@@ -81,6 +88,7 @@ class IterativeLookup:
     :param values_wanted: stop asking once this many valid values arrived.
     :param max_queries: hard cap on requests sent by this lookup.
     :param max_relays: cap on non-members asked by a layer lookup.
+    :param max_per_host: contacts taken from one answer per host other than the answerer's.
     """
 
     target: int
@@ -96,12 +104,14 @@ class IterativeLookup:
     accept: AcceptFn | None = None
     max_queries: int = 200
     max_relays: int = 40
+    max_per_host: int = 2
     _entries: dict[int, _Entry] = field(default_factory=dict, init=False)
     _in_flight: int = field(default=0, init=False)
     _queried: int = field(default=0, init=False)
     _values: list[tuple[Contact, Any, int]] = field(default_factory=list, init=False)
     _done: Deferred | None = field(default=None, init=False)
     _started: float = field(default=0.0, init=False)
+    _skipped: int = field(default=0, init=False)
 
     _log = Logger()
 
@@ -176,7 +186,13 @@ class IterativeLookup:
                 entry.had_value = True
                 self._values.append((entry.contact, value, entry.hop))
             return
+        per_host: dict[str, int] = {}
         for c in msg.body.get("contacts", ()):
+            if c.host != entry.contact.host:
+                per_host[c.host] = per_host.get(c.host, 0) + 1
+                if per_host[c.host] > self.max_per_host:
+                    self._skipped += 1
+                    continue
             self._learn(c, entry.hop + 1)
 
     def _failed(self, failure: Any, entry: _Entry) -> None:
@@ -201,6 +217,7 @@ class IterativeLookup:
             failed=sum(1 for e in self._entries.values() if e.state == "failed"),
             hops=hops,
             elapsed=self.clock.seconds() - self._started,
+            skipped=self._skipped,
         )
         done, self._done = self._done, None
         if done is not None:

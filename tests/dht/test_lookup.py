@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
@@ -141,6 +141,23 @@ class LookupTests(unittest.TestCase):
         every = self.run_lookup(target, find_value=True, accept=lambda rec: rec["v"], values_wanted=K)
         self.assertLess(len(one.values), K)
         self.assertEqual(sorted(v for _, v in every.values), sorted(holders))
+
+    def test_one_answer_cannot_aim_the_lookup_at_many_ports_of_one_foreign_host(self) -> None:
+        liar = Contact(1, "10.0.0.9", 7000)
+        victims = tuple(Contact(100 + i, "10.66.0.1", 1000 + i) for i in range(20))
+        neighbours = tuple(Contact(200 + i, "10.0.0.9", 2000 + i) for i in range(5))  # the liar's own host
+        asked: list[Contact] = []
+
+        def query(contact: Contact) -> Deferred:
+            asked.append(contact)
+            body = {"contacts": victims + neighbours} if contact is liar else {"contacts": ()}
+            return succeed(Message(messages.NODES, "0" * 16, Sender(contact.node_id), body=body))
+
+        lookup = IterativeLookup(target=0, seeds=[liar], query=query, clock=self.clock, own_id=2**200, k=40)
+        result = self.successResultOf(lookup.start())
+        self.assertEqual(sum(1 for c in asked if c.host == "10.66.0.1"), 2)
+        self.assertEqual(sum(1 for c in asked if c.host == "10.0.0.9"), 6)
+        self.assertEqual(result.skipped, 18)
 
     def test_rejected_value_does_not_stop_the_lookup(self) -> None:
         target = random.Random(11).getrandbits(256)
