@@ -123,14 +123,19 @@ class SupplierDesk:
 
     # --- commands ------------------------------------------------------------------------
 
-    def handle(self, customer_id: str, command: str, payload: bytes) -> defer.Deferred:
-        """The reply to one storage command from ``customer_id`` (already authenticated)."""
-        d = defer.maybeDeferred(self._dispatch, customer_id, command, payload)
+    def handle(self, customer_id: str, command: str, payload: bytes, renew: bool = True) -> defer.Deferred:
+        """The reply to one storage command in ``customer_id``'s space (the sender authenticated).
+
+        ``renew=False`` for a read by someone else (a share reader): only the customer's own
+        traffic renews its contract.
+        """
+        d = defer.maybeDeferred(self._dispatch, customer_id, command, payload, renew)
         d.addErrback(self._to_fail, customer_id, command)
         return d
 
-    def _dispatch(self, customer_id: str, command: str, payload: bytes):
-        self.book.renew(customer_id)
+    def _dispatch(self, customer_id: str, command: str, payload: bytes, renew: bool = True):
+        if renew:
+            self.book.renew(customer_id)
         if command == Command.REQUEST_SERVICE:
             request = wire.decode_json(payload)
             return self.accept(customer_id, request.get("needed_bytes")).addCallback(

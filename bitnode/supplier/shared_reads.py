@@ -54,7 +54,7 @@ async def _serve(desk: Any, packet: Any, refused: Counter, served: Counter) -> t
                       reader=reader, owner=owner, reason=reason)
         return Command.FAIL.value, reason.encode("utf-8")
     served["shared_" + packet.command] += 1
-    return await desk.handle(owner, packet.command, packet.payload)
+    return await desk.handle(owner, packet.command, packet.payload, renew=False)  # a reader keeps no contract alive
 
 
 async def _refusal(desk: Any, owner: str, reader: str, payload: bytes) -> str:

@@ -47,6 +47,14 @@ class SharedReadTests(unittest.TestCase):
         self.assertEqual((command, list(wire.decode_files(payload))), (Command.FILES.value, [BLOCK]))
         self.assertEqual(self.served, Counter({"shared_Retrieve": 1, "shared_ListFiles": 1}))
 
+    def test_a_readers_reads_do_not_keep_the_owners_contract_alive(self):
+        contract = self.desk.customers[ALICE]
+        contract.silent_for = 40 * 86400.0
+        self.serve(packet(Command.RETRIEVE.value, wire.encode_path(BLOCK)))
+        self.assertEqual(contract.silent_for, 40 * 86400.0)
+        self.successResultOf(self.desk.handle(ALICE, Command.RETRIEVE.value, wire.encode_path(BLOCK)))
+        self.assertEqual(contract.silent_for, 0.0)  # her own read does
+
     def test_others_and_other_paths_are_refused(self):
         cases = [packet(Command.RETRIEVE.value, wire.encode_path(BLOCK), creator=CAROL),  # not listed
                  packet(Command.RETRIEVE.value, wire.encode_path("F1-aa/0/0")),  # alice's own files
