@@ -25,6 +25,8 @@ from bitnode.storage.ports import BlockNotFound, IStorageServer, validate_custom
 from bitnode.transport.commands import Command
 
 Request = Callable[[str, str, str, bytes], defer.Deferred]
+#: Pages of one listing at most (100 million blocks at wire.LIST_PAGE per page).
+MAX_LIST_PAGES = 10_000
 
 
 def _deferred(method):
@@ -97,10 +99,25 @@ class RemoteStorageServer:
 
     @_deferred
     def list_blocks(self, customer_id: str, prefix: str) -> defer.Deferred:
-        """What the supplier holds under ``prefix``: {path: (size, sha256)}."""
+        """What the supplier holds under ``prefix``: {path: (size, sha256)}, every page of it."""
         validate_customer_id(customer_id)
         validate_path(prefix, allow_prefix=True)
-        return self._call(customer_id, Command.LIST_FILES, wire.encode_path(prefix), Command.FILES).addCallback(wire.decode_files)
+        return defer.Deferred.fromCoroutine(self._list_pages(customer_id, prefix))
+
+    async def _list_pages(self, customer_id: str, prefix: str) -> dict[str, tuple[int, str]]:
+        blocks: dict[str, tuple[int, str]] = {}
+        after = ""
+        for _ in range(MAX_LIST_PAGES):
+            payload = await self._call(customer_id, Command.LIST_FILES, wire.encode_list_request(prefix, after),
+                                       Command.FILES)
+            page, next_after = wire.decode_files_page(payload)
+            blocks.update(page)
+            if not next_after:
+                return blocks
+            if next_after <= after:
+                raise Unavailable(f"supplier {self.supplier_id} sent a listing page that does not advance")
+            after = next_after
+        raise Unavailable(f"supplier {self.supplier_id} lists more than {MAX_LIST_PAGES} pages")
 
     @_deferred
     def delete(self, customer_id: str, path_or_prefix: str) -> defer.Deferred:

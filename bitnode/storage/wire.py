@@ -8,8 +8,12 @@ the payload bytes for each storage command, format version 1:
       u8 version=1 | u16 path length | path (UTF-8) | block bytes (raw, to the end)
 
 - ``Retrieve``, ``DeleteFile``, ``DeleteBackup``, ``ListFiles``: the UTF-8 block
-  path or prefix alone.
-- ``Files`` (answer to ``ListFiles``): JSON ``{"version": 1, "blocks": {path: [size, sha256]}}``.
+  path or prefix alone. A ``ListFiles`` asking for the next page adds a newline
+  and the last path of the page before: ``prefix "\n" after``.
+- ``Files`` (answer to ``ListFiles``): JSON ``{"version": 1, "blocks": {path: [size, sha256]}}``,
+  sorted by path, at most :data:`LIST_PAGE` of them; when more follow, ``"next"``
+  names the last path of this page (ask again with it as ``after``). A customer
+  that never asks for a next page still reads the first one.
 - ``RequestService``: JSON ``{"version": 1, "needed_bytes": N}``; answered by
   ``Ack`` with JSON ``{"accepted": true, "quota_bytes": N}`` or ``Fail``.
 - ``Ack`` / ``Fail`` for everything else: JSON ``{...}`` / UTF-8 reason text.
@@ -28,6 +32,8 @@ from bitnode.storage.ports import MAX_PATH_LENGTH
 
 WIRE_VERSION = 1
 _DATA_HEAD = struct.Struct(">BH")
+#: Blocks in one ``Files`` page (about 1.3 MB of JSON: far below the JSON payload limit).
+LIST_PAGE = 10_000
 MAX_JSON_PAYLOAD = 4 * 1024 * 1024
 
 
@@ -85,16 +91,44 @@ def decode_json(payload: bytes) -> dict:
     return value
 
 
-def encode_files(blocks: dict[str, tuple[int, str]]) -> bytes:
-    """A ``Files`` payload listing blocks with size and SHA-256."""
-    return encode_json({"version": WIRE_VERSION, "blocks": {p: [s, h] for p, (s, h) in blocks.items()}})
+def encode_list_request(prefix: str, after: str = "") -> bytes:
+    """A ``ListFiles`` payload: the first page under ``prefix``, or the page after the path ``after``."""
+    return encode_path(prefix if not after else f"{prefix}\n{after}")
+
+
+def decode_list_request(payload: bytes) -> tuple[str, str]:
+    """(prefix, after) of a ``ListFiles`` payload; BadRequest for non-UTF-8 or over-long input."""
+    if len(payload) > 2 * MAX_PATH_LENGTH + 1:
+        raise BadRequest("ListFiles payload too long")
+    try:
+        text = bytes(payload).decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadRequest("path is not UTF-8") from None
+    prefix, _, after = text.partition("\n")
+    if len(prefix.encode("utf-8")) > MAX_PATH_LENGTH or len(after.encode("utf-8")) > MAX_PATH_LENGTH:
+        raise BadRequest("path too long")
+    return prefix, after
+
+
+def encode_files(blocks: dict[str, tuple[int, str]], next_after: str = "") -> bytes:
+    """A ``Files`` payload listing blocks with size and SHA-256 (``next_after``: more follow after that path)."""
+    value: dict = {"version": WIRE_VERSION, "blocks": {p: [s, h] for p, (s, h) in blocks.items()}}
+    if next_after:
+        value["next"] = next_after
+    return encode_json(value)
 
 
 def decode_files(payload: bytes) -> dict[str, tuple[int, str]]:
     """The block listing of a ``Files`` payload; BadRequest when malformed."""
+    return decode_files_page(payload)[0]
+
+
+def decode_files_page(payload: bytes) -> tuple[dict[str, tuple[int, str]], str]:
+    """(blocks, the path to ask the next page after or "") of a ``Files`` payload; BadRequest when malformed."""
     value = decode_json(payload)
     blocks = value.get("blocks")
-    if value.get("version") != WIRE_VERSION or not isinstance(blocks, dict):
+    after = value.get("next", "")
+    if value.get("version") != WIRE_VERSION or not isinstance(blocks, dict) or not isinstance(after, str):
         raise BadRequest("Files payload is malformed")
     out = {}
     for path, entry in blocks.items():
@@ -102,4 +136,4 @@ def decode_files(payload: bytes) -> dict[str, tuple[int, str]]:
                 or not isinstance(entry[1], str)):
             raise BadRequest(f"Files entry for {path!r} is malformed")
         out[path] = (entry[0], entry[1])
-    return out
+    return out, after

@@ -112,12 +112,16 @@ class BlockIndex:
                                          (space,)).fetchall()
         return {row["path"]: FileIdentity(row["size"], row["mtime_ns"], row["inode"]) for row in rows}
 
-    def listing(self, space: str, prefix: str) -> dict[str, tuple[int, str]]:
-        """``{path: (size, sha256)}`` of the blocks a listing prefix selects, sorted by path."""
+    def listing(self, space: str, prefix: str, after: str = "", limit: int = -1) -> dict[str, tuple[int, str]]:
+        """``{path: (size, sha256)}`` of the blocks a listing prefix selects, sorted by path.
+
+        ``after``: only paths sorting after it; ``limit``: at most that many (-1: all).
+        """
         clause, args = _prefix_clause(prefix)
         with self._file.lock:
-            rows = self._file.db.execute(f"SELECT path, size, sha256 FROM blocks WHERE space = ?{clause} ORDER BY path",
-                                         (space, *args)).fetchall()
+            rows = self._file.db.execute(
+                f"SELECT path, size, sha256 FROM blocks WHERE space = ?{clause} AND path > ? ORDER BY path LIMIT ?",
+                (space, *args, after, int(limit))).fetchall()
         return {row["path"]: (row["size"], row["sha256"]) for row in rows}
 
     def sizes(self, space: str, prefix: str) -> dict[str, int]:

@@ -59,6 +59,8 @@ class SupplierDesk:
         self.new_customer_quota = new_customer_quota
         self.on_ended = on_ended
         self.book = ContractBook(contracts_file, run_in_thread, clock)
+        #: Blocks in one ``Files`` answer (more follow in further pages).
+        self.list_page = wire.LIST_PAGE
         for customer_id, contract in self.book.customers.items():
             self.store.set_quota(customer_id, contract.quota_bytes)
 
@@ -154,9 +156,10 @@ class SupplierDesk:
             return self.store.fetch_block(customer_id, path).addCallback(
                 lambda block: (Command.DATA, wire.encode_data(path, block)))
         if command == Command.LIST_FILES:
-            prefix = wire.decode_path(payload)
-            return self.store.list_blocks(customer_id, prefix).addCallback(
-                lambda blocks: (Command.FILES, wire.encode_files(blocks)))
+            prefix, after = wire.decode_list_request(payload)
+            page = self.list_page
+            return self.store.list_blocks(customer_id, prefix, after, page).addCallback(
+                lambda blocks: (Command.FILES, wire.encode_files(blocks, next(reversed(blocks)) if len(blocks) >= page else "")))
         if command in (Command.DELETE_FILE, Command.DELETE_BACKUP):
             path = wire.decode_path(payload)
             if command == Command.DELETE_BACKUP:

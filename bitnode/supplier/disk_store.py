@@ -214,15 +214,20 @@ class DiskStore:
             return defer.fail(err)
         return self._run(_read, target, block_path, customer_id)
 
-    def list_blocks(self, customer_id: str, prefix: str) -> defer.Deferred:
-        """``{path: (size, sha256 hex)}`` of every block under ``prefix`` (from the index: no hashing)."""
+    def list_blocks(self, customer_id: str, prefix: str, after: str = "", limit: int = -1) -> defer.Deferred:
+        """``{path: (size, sha256 hex)}`` of every block under ``prefix`` (from the index: no hashing).
+
+        Sorted by path; ``after``: only paths after it, ``limit``: at most that many (a page).
+        """
         try:
             validate_path(prefix, allow_prefix=True)
+            if after:
+                validate_path(after)
             customer_dirname(customer_id)
         except BadRequest as err:
             self.refused["bad_path"] += 1
             return defer.fail(err)
-        return self._locked(customer_id, self._run, self._list, customer_id, prefix)
+        return self._locked(customer_id, self._run, self._list, customer_id, prefix, after, limit)
 
     def delete(self, customer_id: str, path_or_prefix: str) -> defer.Deferred:
         """Delete a block or everything under a prefix; fires with how many blocks went."""
@@ -345,9 +350,9 @@ class DiskStore:
         usage.shortfall += max(0, min_file - len(data)) - (0 if old_size is None else max(0, min_file - old_size))
         usage.dirs += space_dirs
 
-    def _list(self, customer_id: str, prefix: str) -> dict[str, tuple[int, str]]:
+    def _list(self, customer_id: str, prefix: str, after: str, limit: int) -> dict[str, tuple[int, str]]:
         self._loaded(customer_id)
-        return self.index.listing(customer_dirname(customer_id), prefix)
+        return self.index.listing(customer_dirname(customer_id), prefix, after, limit)
 
     def _delete(self, customer_id: str, path_or_prefix: str) -> int:
         usage = self._loaded(customer_id)

@@ -4,8 +4,8 @@ Each requester (the packet's verified creator: a customer, a share reader, or a
 stranger asking for service) has two token buckets
 (:class:`~bitnode.main.ratelimit.KeyedRateLimiter`): one for every storage
 command (``request-rate`` per second, ``request-burst`` at once) and one more
-for ``ListFiles`` (``list-rate`` / ``list-burst``), the one command whose cost
-grows with what the customer stores. A command over either limit is answered
+for ``ListFiles`` (``list-rate`` / ``list-burst``; each page of a long listing
+counts), the one command whose cost grows with what the customer stores. A command over either limit is answered
 ``Fail "rate limited: ..."`` before the desk does any work, and counted.
 
 The defaults leave a real customer far below them: an upload sends one
@@ -31,8 +31,8 @@ class RateSettings:
 
     rate: float = 1000.0
     burst: float = 2000.0
-    list_rate: float = 0.5
-    list_burst: float = 30.0
+    list_rate: float = 1.0
+    list_burst: float = 60.0
 
 
 class RequestLimits:

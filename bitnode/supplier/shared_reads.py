@@ -62,7 +62,7 @@ async def _refusal(desk: Any, owner: str, reader: str, payload: bytes) -> str:
     if owner not in desk.customers:
         return NOT_SHARED
     try:
-        alias = share_scope.shared_alias(wire.decode_path(payload))
+        alias = share_scope.shared_alias(wire.decode_list_request(payload)[0])  # a path, or a listing's prefix
     except BadRequest:
         alias = None
     if alias is None:

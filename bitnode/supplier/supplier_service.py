@@ -173,9 +173,9 @@ class SupplierService(Service):
         Option(PREFIX + "request-rate", FLOAT, 1000.0,
                "Storage commands per second one peer may send (0: no limit).", minimum=0),
         Option(PREFIX + "request-burst", INTEGER, 2000, "Storage commands one peer may send at once.", minimum=1),
-        Option(PREFIX + "list-rate", FLOAT, 0.5, "Block listings (ListFiles) per second one peer may ask for "
-               "(0: no limit).", minimum=0),
-        Option(PREFIX + "list-burst", INTEGER, 30, "Block listings one peer may ask for at once.", minimum=1),
+        Option(PREFIX + "list-rate", FLOAT, 1.0, "Block listing pages (ListFiles, 10000 blocks each) per second "
+               "one peer may ask for (0: no limit).", minimum=0),
+        Option(PREFIX + "list-burst", INTEGER, 60, "Block listing pages one peer may ask for at once.", minimum=1),
         Option(PREFIX + "contract-period", FLOAT, 30 * DAY,
                "Seconds of silence after which a customer's contract expires (any packet from it renews it).",
                minimum=60.0),

@@ -12,6 +12,7 @@ from twisted.trial import unittest
 
 from bitnode.customer.remote_store import RemoteStorageServer, error_from_fail
 from bitnode.errors import BadRequest, InsufficientStorage, Unavailable
+from bitnode.storage import wire
 from bitnode.storage.downloader import Downloader
 from bitnode.storage.ports import BlockNotFound
 from bitnode.storage.uploader import Uploader
@@ -88,3 +89,38 @@ class EndToEndTests(unittest.TestCase):
         self.successResultOf(downloader.download(result.segments, "V1", key, customer, target))
         with open(target, "rb") as handle:
             self.assertEqual(handle.read(), data)
+
+
+class PagedListingTests(unittest.TestCase):
+    """A listing longer than one Files page arrives whole, one page after another."""
+
+    def setUp(self) -> None:
+        self.desk = make_supplier(self)
+        self.desk.list_page = 7
+        self.asked: list[bytes] = []
+        serve = direct({"s1": self.desk})
+
+        def request(supplier_id, owner_id, command, payload):
+            if command == Command.LIST_FILES:
+                self.asked.append(payload)
+            return serve(supplier_id, owner_id, command, payload)
+
+        self.server = RemoteStorageServer(request, "s1")
+        self.successResultOf(self.server.request_service("alice@x", 10**7))
+        for i in range(20):
+            self.successResultOf(self.server.store_block("alice@x", f"V/{i}/0", b"%d" % i))
+        self.successResultOf(self.server.store_block("alice@x", "W/0/0", b"other"))
+
+    def test_every_page_is_asked_for_and_merged(self) -> None:
+        listing = self.successResultOf(self.server.list_blocks("alice@x", "V/"))
+        self.assertEqual(sorted(listing), sorted(f"V/{i}/0" for i in range(20)))
+        self.assertEqual(listing["V/3/0"], (1, hashlib.sha256(b"3").hexdigest()))
+        # sorted by path: V/0/0, V/1/0, V/10/0 ... V/14/0 | V/15/0 ... V/3/0 | V/4/0 ... V/9/0
+        self.assertEqual(self.asked, [b"V/", b"V/\nV/14/0", b"V/\nV/3/0"])
+        self.assertEqual(len(self.successResultOf(self.server.list_blocks("alice@x", ""))), 21)
+
+    def test_a_page_that_does_not_advance_is_an_error(self) -> None:
+        stuck = RemoteStorageServer(lambda *a: defer.succeed(
+            (Command.FILES, wire.encode_files({"V/0/0": (1, "ab")}, next_after="V/0/0"))), "s2")
+        failure = self.failureResultOf(stuck.list_blocks("alice@x", ""), Unavailable)
+        self.assertIn("does not advance", str(failure.value))
