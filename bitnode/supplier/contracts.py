@@ -208,8 +208,9 @@ class ContractSweeper:
 
     :param terms: the current :class:`ContractTerms` (read at each round).
     :param can_judge: whether this supplier is connected now (no silence is counted otherwise).
-    :param alive: ``alive(customer_id)`` -> Deferred[bool]: a last check before removing (ping the
-        customer, ask the record keeper); True keeps the data and renews the contract.
+    :param alive: ``alive(customer_id)`` -> Deferred[bool]: a last check before removing: True when the
+        customer answered now (the contract is renewed); it may also renew the contract itself with an
+        older sign of life (its signed record). The data stays whenever the contract is no longer due.
     :param remove: ``remove(customer_id)`` -> Deferred: end the contract and delete the data.
     """
 
@@ -291,10 +292,9 @@ class ContractSweeper:
             return
         if alive:
             self.book.renew(customer_id)
-            self.counters["kept_alive"] += 1
-            return
         if contract.silent_for < terms.period + terms.grace:
-            return  # renewed while we asked
+            self.counters["kept_alive"] += 1  # it answered, or a sign of life came meanwhile (its record)
+            return
         self.log.info("customer {customer} silent for {days:.1f} days: removing its data",
                       customer=customer_id, days=contract.silent_for / DAY)
         await self.remove(customer_id)

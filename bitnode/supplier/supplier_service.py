@@ -285,33 +285,38 @@ class SupplierService(Service):
         return connector is not None and connector.state == CONNECTED
 
     async def _customer_alive(self, customer_id: str) -> bool:
-        """The last question before a silent customer's data goes: its record, then a ping."""
+        """The last check before a silent customer's data goes: its record, then a ping (see ContractSweeper)."""
         check = self._record_check
         if check is not None:
             if await defer.maybeDeferred(check, customer_id):
                 return True
-        elif self._record_alive(customer_id):
-            return True
+        elif self._renew_from_record(customer_id):
+            return False  # its record is a recent enough sign of life: no need to ask the customer
         ping = await self._ping(customer_id)
         return bool(ping["online"])
 
-    def _record_alive(self, customer_id: str) -> bool:
-        """Whether the customer's kept ``suppliers:`` record was signed within its own TTL and still names me.
+    def _renew_from_record(self, customer_id: str) -> bool:
+        """Count the customer's kept ``suppliers:`` record as a sign of life; whether that took it off the list.
 
-        The customer re-signs its record at every publish (at least every TTL/2 while it runs), so a
-        signature younger than the TTL means it is alive somewhere, even if it cannot reach us.
+        The customer re-signs its record at every publish (at least every TTL/2 while it runs), so the
+        record's ``signed_at`` is a moment it was alive — if the record still names this supplier (a
+        customer that moved its data elsewhere does not keep it here).
         """
         records = getattr(self, "records", None)  # the record keeper (engineer "record"), when there is one
         value = records.latest(customer_id) if records is not None else None
-        if not isinstance(value, dict):
+        desk = self.desk
+        if not isinstance(value, dict) or desk is None:
             return False
         try:
-            fresh = self.node.clock.seconds() - float(value["signed_at"]) < float(value["ttl"])
+            signed_at = float(value["signed_at"])
             me = self._gateway.my_id if self._gateway is not None else None
             named = {str(globalid.to_global_id(entry)) for entry in value.get("suppliers", []) if entry}
         except (KeyError, TypeError, ValueError, BitnodeError):
             return False
-        return fresh and me in named
+        if me not in named or not desk.book.renew(customer_id, signed_at):
+            return False
+        terms = self._contract_terms()
+        return desk.customers[customer_id].silent_for < terms.period + terms.grace
 
     def _expire(self, customer_id: str) -> defer.Deferred:
         desk = self.require_desk()

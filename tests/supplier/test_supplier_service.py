@@ -261,22 +261,24 @@ class SupplierContractTests(unittest.TestCase):
         self.assertTrue(os.path.exists(os.path.join(self.service.root, gid(self.alice))))
 
     @inlineCallbacks
-    def test_a_kept_record_signed_within_its_ttl_and_naming_me_keeps_the_data(self):
+    def test_a_kept_record_naming_me_is_a_sign_of_life_of_the_customer(self):
         alice = RemoteStorageServer(over_gateway(self.alice), self.sam)
         yield alice.request_service(gid(self.alice), 1024 * 1024)
         yield self.alice.service_driver.get("service_gateway").gateway.ping(self.sam, timeout=5.0)
         yield self.alice.stopService()
         now = self.supplier.clock.seconds()
+        day = 86400.0
         value = {"suppliers": [self.supplier.service_driver.get("service_identity").my_identity().idurl, ""],
-                 "signed_at": now - 3600.0, "ttl": 86400.0}
+                 "signed_at": now - 59 * day, "ttl": day}
         self.service.records = SimpleNamespace(latest=lambda customer_id: value)  # the record keeper's copy
         contract = self.service.desk.customers[gid(self.alice)]
-        contract.silent_for = 61 * 24 * 3600.0
+        contract.last_seen, contract.silent_for = now - 61 * day, 61 * day  # her last packet, two months ago
         self.service.sweeper.sweep()
         yield until(lambda: self.service.sweeper.counters["kept_alive"] == 1, "the record to keep the data")
-        # signed longer ago than its TTL, or not naming me: not alive; the ping fails too; the data goes
-        value["signed_at"] = now - 2 * 86400.0
-        contract.silent_for = 61 * 24 * 3600.0
+        self.assertLess(contract.silent_for, 60 * day)  # counted from the record's signature
+        # a record that no longer names me is no sign of life here; the ping fails too: the data goes
+        value["suppliers"] = ["http://127.0.0.1:1/someone-else.xml"]
+        contract.silent_for = 61 * day
         self.service.sweeper.sweep()
         yield until(lambda: self.ended, "the contract to end")
         self.assertEqual(self.service.sweeper.counters["kept_alive"], 1)
