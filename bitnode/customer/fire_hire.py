@@ -193,7 +193,7 @@ class FireHire(Automat):
             return False
         self.rebuild.pop(supplier_id, None)
         self.roster.save_holders()
-        self.log.info("{id}: releasing {s}: every block it held is on its successor", id=self.id, s=supplier_id)
+        self.log.info("{id}: releasing {s}: storage needs none of its blocks any more", id=self.id, s=supplier_id)
         self._send_release(supplier_id)
         return True
 

@@ -335,9 +335,10 @@ class BackupMonitor(Automat):
         if release is None:
             return []
         for supplier_id in released:
+            self.retiring.pop(supplier_id, None)
             if release(supplier_id):
                 self.figures["holders_released"] += 1
-                self.log.info("{id}: {s} released: every block it held is on its successor", id=self.id,
+                self.log.info("{id}: {s} released: no block in the catalog needs it any more", id=self.id,
                               s=supplier_id)
         return released
 

@@ -196,8 +196,9 @@ class SafeReplacementTests(StorageNodeTestCase):
         self.assertEqual(self.grid.cancelled, [])
         yield wait_until(lambda: self.grid.fire_hire.releasing(), f"{dead} to be released", timeout=20)
         self.assertGreater(self.grid.suppliers[successor].blocks(), 0)
-        progress = self.service.monitor.retiring
-        self.assertEqual(progress[dead]["done"], progress[dead]["total"])
+        version = self.service.catalog.latest_complete(MASTER, "docs/a.bin")["version_id"]
+        self.assertEqual({holder for _, pos, _, holder in self.service.catalog.blocks(version) if pos == 3},
+                         {successor})  # every block of its position is on the successor
         self.assertEqual(self.grid.cancelled, [])  # it is dead: the CancelService waits to be delivered
         for position in (0, 1):
             self.grid.suppliers[self.first[position]].dead = True
