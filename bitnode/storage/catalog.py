@@ -295,9 +295,9 @@ class Catalog:
                 raise Conflict(f"version {new_id} already exists")
             db.execute(
                 "INSERT INTO versions (version_id, item_id, state, size, segment_size, segments_total, k, n,"
-                " wrapped_key, suppliers, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " wrapped_key, suppliers, created, mode, mtime_ns) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (new_id, old["item_id"], UPLOADING, old["size"], old["segment_size"], old["segments_total"], k, n,
-                 bytes(wrapped_key), json.dumps(suppliers), old["created"]))
+                 bytes(wrapped_key), json.dumps(suppliers), old["created"], old["mode"], old["mtime_ns"]))
             db.execute("INSERT INTO sources (version_id, local_path, size, mtime)"
                        " SELECT ?, local_path, size, mtime FROM sources WHERE version_id = ?", (new_id, old_id))
         return self.version(new_id)

@@ -59,6 +59,8 @@ class RelayoutTests(unittest.TestCase):
         (new,) = self.h.catalog.versions()
         self.assertEqual((new["state"], new["k"], new["n"], new["size"]), (COMPLETE, 2, 3, len(self.data)))
         self.assertEqual((new["created"], new["completed"]), (self.old["created"], self.old["completed"]))
+        self.assertEqual((new["mode"], new["mtime_ns"]), (self.old["mode"], self.old["mtime_ns"]))  # what a restore sets
+        self.assertIsNotNone(new["mode"])
         self.assertNotEqual(new["version_id"], self.old["version_id"])
         self.assertEqual(new["suppliers"], self.grid.ids[:3])
         # old blocks: deleted on the current suppliers, left on the retiring ones (their CancelService does it)
