@@ -29,7 +29,7 @@ from __future__ import annotations
 import random
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from twisted.internet.defer import Deferred, fail
@@ -43,6 +43,7 @@ from bitnode.dht.limits import DHTLimits
 from bitnode.dht.messages import Message, Sender
 from bitnode.dht.tokens import AddressTokens, PeerTokens
 from bitnode.errors import Timeout, Unavailable
+from bitnode.main.ratelimit import KeyedRateLimiter
 
 Address = tuple[str, int]
 SendFn = Callable[[bytes, Address], None]
@@ -51,56 +52,6 @@ RequestHandler = Callable[[Message, Address], "tuple[str, dict[str, Any]] | None
 #: told about every accepted message (requests and matched responses) to update routing; the flag says
 #: whether the source address is proven (a matched response, or a request with a valid token)
 MessageObserver = Callable[[Message, Address, bool], None]
-
-
-@dataclass
-class TokenBucket:
-    """A token bucket: ``rate`` tokens per second, holding at most ``burst``."""
-
-    rate: float
-    burst: float
-    tokens: float
-    stamp: float
-
-    def allow(self, now: float, cost: float = 1.0) -> bool:
-        """Take ``cost`` tokens if available."""
-        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
-        self.stamp = now
-        if self.tokens >= cost:
-            self.tokens -= cost
-            return True
-        return False
-
-
-@dataclass
-class PeerRateLimiter:
-    """One token bucket per source (an IP address), at most ``max_peers`` of them remembered.
-
-    A ``rate`` of 0 or less turns the limit off.
-    """
-
-    rate: float
-    burst: float
-    max_peers: int = 4096
-    buckets: dict[str, TokenBucket] = field(default_factory=dict)
-
-    def allow(self, source: str, now: float) -> bool:
-        """True if a datagram from ``source`` may be processed now."""
-        if self.rate <= 0:
-            return True
-        bucket = self.buckets.get(source)
-        if bucket is None:
-            if len(self.buckets) >= self.max_peers:
-                self._forget_idle(now)
-            bucket = self.buckets[source] = TokenBucket(self.rate, self.burst, self.burst, now)
-        return bucket.allow(now)
-
-    def _forget_idle(self, now: float) -> None:
-        # A bucket that has refilled completely carries no information: forget those first.
-        full_after = self.burst / self.rate if self.rate > 0 else 0.0
-        idle = [a for a, b in self.buckets.items() if now - b.stamp >= full_after]
-        for a in idle or list(self.buckets)[: len(self.buckets) // 2]:
-            del self.buckets[a]
 
 
 @dataclass
@@ -152,9 +103,9 @@ class RPCEngine:
         self._observer = observer
         self.timeout = timeout
         self.limits = limits
-        self._per_ip = PeerRateLimiter(limits.rate_per_ip, limits.burst_per_ip)
-        self._total = PeerRateLimiter(limits.rate_total, limits.burst_total, max_peers=1)
-        self._stores_per_ip = PeerRateLimiter(limits.store_rate_per_ip, limits.store_burst_per_ip)
+        self._per_ip = KeyedRateLimiter(clock, limits.rate_per_ip, limits.burst_per_ip)
+        self._total = KeyedRateLimiter(clock, limits.rate_total, limits.burst_total, max_keys=1)
+        self._stores_per_ip = KeyedRateLimiter(clock, limits.store_rate_per_ip, limits.store_burst_per_ip)
         self._tokens = AddressTokens(clock, rng, limits.token_lifetime)
         self._peer_tokens = PeerTokens()
         self._pending: dict[str, _Pending] = {}
@@ -192,7 +143,7 @@ class RPCEngine:
                 "stores_rate_limited",
                 "retried_with_token")
         return {k: self.counters[k] for k in keys} | {"pending": len(self._pending),
-                                                       "rate_limited_sources": len(self._per_ip.buckets),
+                                                       "rate_limited_sources": len(self._per_ip),
                                                        "peer_tokens": len(self._peer_tokens)}
 
     # -- outgoing -----------------------------------------------------------------
@@ -256,11 +207,10 @@ class RPCEngine:
         if self._closed:
             return
         self.counters["received"] += 1
-        now = self._clock.seconds()
-        if not self._per_ip.allow(address[0], now):
+        if not self._per_ip.allow(address[0]):
             self.counters["rate_limited"] += 1
             return
-        if not self._total.allow("", now):
+        if not self._total.allow(""):
             self.counters["rate_limited_total"] += 1
             return
         try:
@@ -310,7 +260,7 @@ class RPCEngine:
             body = {"ok": False, "code": "unverified", "reason": "ask again with the token"}
             self._reply(msg, address, messages.STORED, body, token, size, proven, truncated=True)
             return
-        if msg.kind == messages.STORE and not self._stores_per_ip.allow(address[0], self._clock.seconds()):
+        if msg.kind == messages.STORE and not self._stores_per_ip.allow(address[0]):
             self.counters["stores_rate_limited"] += 1
             body = {"ok": False, "code": "busy", "reason": "too many records from this address: try later"}
             self._reply(msg, address, messages.STORED, body, token, size, proven)

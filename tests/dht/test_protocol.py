@@ -11,7 +11,7 @@ from bitnode.dht import messages
 from bitnode.dht.ids import id_to_hex
 from bitnode.dht.limits import DHTLimits
 from bitnode.dht.messages import Message, Sender
-from bitnode.dht.protocol import PeerRateLimiter, RPCEngine, TokenBucket
+from bitnode.dht.protocol import RPCEngine
 from bitnode.dht.simnet import SimNetwork
 from bitnode.errors import Timeout, Unavailable
 
@@ -235,18 +235,3 @@ class RPCEngineTests(unittest.TestCase):
         reply = self.net.run_until(d)
         self.assertEqual(reply.layer, 7)
         self.assertEqual(id_to_hex(reply.sender.node_id)[-1], "2")
-
-
-class RateLimiterTests(unittest.TestCase):
-    def test_token_bucket_refills_up_to_burst(self) -> None:
-        bucket = TokenBucket(rate=2.0, burst=3.0, tokens=3.0, stamp=0.0)
-        self.assertEqual([bucket.allow(0.0) for _ in range(4)], [True, True, True, False])
-        self.assertTrue(bucket.allow(0.5))
-        self.assertFalse(bucket.allow(0.5))
-        self.assertEqual([bucket.allow(100.0) for _ in range(4)], [True, True, True, False])
-
-    def test_limiter_remembers_a_bounded_number_of_peers(self) -> None:
-        limiter = PeerRateLimiter(rate=1.0, burst=1.0, max_peers=10)
-        for i in range(100):
-            self.assertTrue(limiter.allow((f"10.0.0.{i}", 1), float(i) / 1000))
-        self.assertLessEqual(len(limiter.buckets), 10)
