@@ -34,6 +34,7 @@ from bitnode.main.logs import DEBUG_LEVEL_KEY, level_for
 from bitnode.main.schema import SCHEMA
 from bitnode.main.settings import Settings
 from bitnode.services.base import Service
+from bitnode.services.context import NodeContext
 from bitnode.services.driver import ServiceDriver
 
 
@@ -53,7 +54,10 @@ class Node(MultiService):
         self.automats.add_listener(self._publish_state_change)
         self.threadpool = ThreadPool(minthreads=0, maxthreads=settings.get("process/worker-threads"),
                                      name=f"bitnode-{os.path.basename(basedir.root)}")
-        self.service_driver = ServiceDriver(self, settings, reactor, service_classes)
+        self.context = NodeContext(basedir=basedir, settings=settings, clock=reactor, reactor=reactor,
+                                   events=self.events, automats=self.automats, run_in_thread=self.run_in_thread,
+                                   call_later=self.call_later)
+        self.service_driver = ServiceDriver(self.context, service_classes)
         self.api = API(self)
         # API settings read on every request are cached here and kept current by settings listeners.
         self._log_api_calls = bool(settings.get("logs/api-calls"))

@@ -10,9 +10,10 @@ from hypothesis import strategies as st
 from twisted.trial import unittest
 
 from bitnode import boundedjson
-from bitnode.access import group_protocol, key_packets, share_scope
+from bitnode.access import group_protocol, key_packets
 from bitnode.boundedjson import BadJson
 from bitnode.errors import BadRequest
+from bitnode.storage import share_scope
 from bitnode.userid.id_client import _server_message
 
 DEEP_LIST = b"[" * 100_000 + b"]" * 100_000

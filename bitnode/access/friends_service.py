@@ -26,9 +26,15 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from bitnode.access.friends import FriendList, FriendsWatcher, friend_id, validate_alias
+from bitnode.access.key_exchange_service import KeyExchangeService
+from bitnode.chat.ports import FriendsDirectory
 from bitnode.errors import BadRequest, BitnodeError, Unavailable
 from bitnode.main.options import FLOAT, Option
+from bitnode.p2p.network_service import NetworkService
 from bitnode.services.base import Service
+from bitnode.services.context import NodeContext
+from bitnode.transport.gateway_service import GatewayService
+from bitnode.userid.id_service import IdentityService
 
 PREFIX = "services/friends/"
 
@@ -37,7 +43,9 @@ class FriendsService(Service):
     """Keeps the friends list and watches the friends' online state."""
 
     name = "service_friends"
-    depends_on = ("service_network",)
+    requires = {"network": NetworkService, "gateway": GatewayService, "identity": IdentityService}
+    optional = {"key_exchange": KeyExchangeService}
+    provides = (FriendsDirectory,)
     description = "My list of friends (correspondents) and their online status"
     options = (
         Option(PREFIX + "check-interval", FLOAT, 60.0,
@@ -52,8 +60,8 @@ class FriendsService(Service):
     )
     log = Logger()
 
-    def __init__(self, node: Any) -> None:
-        super().__init__(node)
+    def __init__(self, ctx: NodeContext) -> None:
+        super().__init__(ctx)
         self.friends: Optional[FriendList] = None
         self.watcher: Optional[FriendsWatcher] = None
 
@@ -61,16 +69,15 @@ class FriendsService(Service):
 
     def start(self) -> Deferred:
         """Load the list, then start watching."""
-        driver = self.node.service_driver
-        online = driver.get("service_network").require_online()
-        gateway = driver.get("service_gateway").require_gateway()
-        friends = FriendList(os.path.join(self.node.basedir.metadata, "friends.json"), self.node.run_in_thread,
-                             self.node.clock)
-        settings = self.node.settings
+        online = self.deps.network.require_online()
+        gateway = self.deps.gateway.require_gateway()
+        friends = FriendList(os.path.join(self.ctx.basedir.metadata, "friends.json"), self.ctx.run_in_thread,
+                             self.ctx.clock)
+        settings = self.ctx.settings
 
         def loaded(_: Any) -> None:
             self.friends = friends
-            self.watcher = FriendsWatcher(self.node.clock, friends, online, gateway, self.node.events.publish,
+            self.watcher = FriendsWatcher(self.ctx.clock, friends, online, gateway, self.ctx.events.publish,
                                           settings.get(PREFIX + "check-interval"),
                                           settings.get(PREFIX + "ping-timeout"))
             settings.add_listener(PREFIX, self._settings_changed)
@@ -83,7 +90,7 @@ class FriendsService(Service):
         watcher, self.watcher = self.watcher, None
         self.friends = None
         if watcher is not None:
-            self.node.settings.remove_listener(PREFIX, self._settings_changed)
+            self.ctx.settings.remove_listener(PREFIX, self._settings_changed)
             watcher.stop()
 
     def status(self) -> dict:
@@ -110,6 +117,18 @@ class FriendsService(Service):
         elif key == PREFIX + "ping-timeout":
             self.watcher.ping_timeout = float(new)
 
+    # -- FriendsDirectory (the message inbox asks) ---------------------------------------------
+
+    def friend_ids(self) -> list[str]:
+        """The global ids of my friends (none while the list is not loaded)."""
+        friends = self.friends
+        return [friend.global_id for friend in friends.list()] if friends is not None else []
+
+    def is_friend(self, global_id: str) -> bool:
+        """Whether ``global_id`` is one of my friends."""
+        friends = self.friends
+        return friends is not None and friends.has(global_id)
+
     # -- operations ------------------------------------------------------------------------
 
     def list_friends(self) -> list[dict]:
@@ -123,7 +142,7 @@ class FriendsService(Service):
 
     async def _add(self, user_id: str, alias: str, share_person_key: bool) -> dict:
         friends, watcher = self._require()
-        identity = self.node.service_driver.get("service_identity")
+        identity = self.deps.identity
         global_id = friend_id(user_id)
         validate_alias(alias)
         if global_id == identity.my_global_id():
@@ -131,7 +150,7 @@ class FriendsService(Service):
         await identity.fetch_identity(global_id)  # a user that does not exist is 404, not a friend
         friend, added = await friends.add(global_id, alias)
         if added:
-            self.node.events.publish("friend-added", {"global_id": global_id, "alias": friend.alias})
+            self.ctx.events.publish("friend-added", {"global_id": global_id, "alias": friend.alias})
         result = dict(watcher.contact(friend), added=added)
         if share_person_key:
             result.update(await self._share_person_key(global_id))
@@ -139,15 +158,15 @@ class FriendsService(Service):
         return result
 
     async def _share_person_key(self, global_id: str) -> dict:
-        driver = self.node.service_driver
-        key_id = driver.get("service_identity").keystore.master_key_id
+        key_id = self.deps.identity.keystore.master_key_id
         shared = {"person_key_id": key_id, "person_key_shared": False, "person_key_error": ""}
-        if not driver.is_on("service_key_exchange"):
-            shared["person_key_error"] = "service_key_exchange is not running"
+        key_exchange = self.deps.key_exchange
+        if key_exchange is None:
+            shared["person_key_error"] = f"{KeyExchangeService.name} is not running"
             return shared
-        exchange = driver.get("service_key_exchange").require_exchange()
+        exchange = key_exchange.require_exchange()
         try:
-            await exchange.share(key_id, global_id, False, self.node.settings.get(PREFIX + "key-share-timeout"))
+            await exchange.share(key_id, global_id, False, self.ctx.settings.get(PREFIX + "key-share-timeout"))
         except BitnodeError as err:
             shared["person_key_error"] = str(err)
             self.log.info("person key not shared with {who}: {err}", who=global_id, err=err)
@@ -163,7 +182,7 @@ class FriendsService(Service):
 
         def removed(friend: Any) -> dict:
             watcher.forget(global_id)
-            self.node.events.publish("friend-removed", {"global_id": global_id, "alias": friend.alias})
+            self.ctx.events.publish("friend-removed", {"global_id": global_id, "alias": friend.alias})
             return {"global_id": global_id, "alias": friend.alias, "removed": True}
 
         return d.addCallback(removed)

@@ -45,16 +45,16 @@ async def describe_group(service: Any, group_key_id: str, with_queue: bool = Tru
     if member is not None:
         result.update(member.describe_group())
     else:
-        cursor = (await service.node.run_in_thread(store.cursors)).get(group_key_id, {})
+        cursor = (await service.ctx.run_in_thread(store.cursors)).get(group_key_id, {})
         result.update(state="LEFT" if cursor else "NOT_JOINED", active=False,
                       last_sequence=cursor.get("last_sequence", 0))
     if with_queue and result["mine"]:
         try:
-            result["queue"] = await service.node.run_in_thread(store.queue, group_key_id)
+            result["queue"] = await service.ctx.run_in_thread(store.queue, group_key_id)
         except NotFound:
             result["queue"] = None
         if result["queue"] is not None:
-            members = await service.node.run_in_thread(store.members, group_key_id)
+            members = await service.ctx.run_in_thread(store.members, group_key_id)
             result["members"] = [m["member_id"] for m in members if m["verified"] or m["member_id"] == service._me()]
             result["consumers"] = broker.subscribers(group_key_id)
     return result

@@ -36,7 +36,8 @@ service_backups is in the node (:mod:`bitnode.access.group_backup`); a
 recovered identity rejoins its groups and hosts its queues again.
 
 Wire: group frames in ``Message`` packets (:mod:`bitnode.access.group_protocol`),
-handed over by service_private_messages (:meth:`route_payloads`).
+routed to this service by the gateway's packet router (group frames are told apart
+by their first bytes, :func:`~bitnode.access.group_protocol.is_group_frame`).
 
 Events on the node's bus: ``group-member-joined`` / ``group-member-left``
 (``{"group_key_id", "member_id", "queue"}``; ``queue`` false: this node's own
@@ -60,39 +61,43 @@ from bitnode.access import group_backup, group_views
 from bitnode.access.group_links import LocalBrokerLink, RemoteBrokerLink, push_to_member
 from bitnode.access.group_member import GroupMember
 from bitnode.access.group_protocol import (
-    MAGIC,
     Frame,
     FrameError,
     broker_of,
     decode_frame,
     encode_frame,
+    is_group_frame,
     new_group_alias,
     parse_group_key_id,
     refusal,
 )
 from bitnode.access.group_queue import GroupBroker
 from bitnode.access.group_store import GroupStore
+from bitnode.access.key_exchange_service import KeyExchangeService
 from bitnode.access.key_packets import check_timeout
 from bitnode.chat import history as hist
 from bitnode.chat.message_crypto import (
     GROUP_MESSAGE,
+    SEAL_OVERHEAD,
     MessageHeader,
     MessageRejected,
+    normalize_data,
     open_message,
     peek,
     seal,
 )
-from bitnode.chat.messages_service import SEAL_OVERHEAD, normalize_data
+from bitnode.chat.messages_service import PrivateMessagesService
 from bitnode.crypt import keys
 from bitnode.errors import BadRequest, BitnodeError, Conflict, Forbidden, NotFound, Unavailable
 from bitnode.main.options import FLOAT, Option
 from bitnode.services.base import Service
+from bitnode.services.context import NodeContext
+from bitnode.storage.backups_service import BackupsService
 from bitnode.transport.commands import Command
+from bitnode.transport.gateway_service import GatewayService
+from bitnode.userid.id_service import IdentityService
 
 PREFIX = "services/private-groups/"
-IDENTITY, GATEWAY, MESSAGES, KEY_EXCHANGE = ("service_identity", "service_gateway", "service_private_messages",
-                                            "service_key_exchange")
-STORAGE = "service_backups"
 #: How long message_send_group waits for my own message to take its place in my history.
 DELIVERY_WAIT = 10.0
 
@@ -101,7 +106,9 @@ class GroupsService(Service):
     """Groups of one node: its memberships, and the queues of the groups it created."""
 
     name = "service_private_groups"
-    depends_on = (MESSAGES, KEY_EXCHANGE)
+    requires = {"messages": PrivateMessagesService, "key_exchange": KeyExchangeService, "gateway": GatewayService,
+                "identity": IdentityService}
+    optional = {"storage": BackupsService}
     description = "Message groups: a shared key and an ordered, end-to-end encrypted message stream"
     options = (
         Option(PREFIX + "request-timeout", FLOAT, 20.0,
@@ -115,17 +122,18 @@ class GroupsService(Service):
     )
     log = Logger()
 
-    def __init__(self, node: Any) -> None:
-        super().__init__(node)
+    def __init__(self, ctx: NodeContext) -> None:
+        super().__init__(ctx)
         self.store: Optional[GroupStore] = None
         self.broker: Optional[GroupBroker] = None
         self.members: dict[str, GroupMember] = {}
-        self.store_file = os.path.join(node.basedir.metadata, "groups.sqlite")
+        self.store_file = os.path.join(ctx.basedir.metadata, "groups.sqlite")
         self._gateway: Any = None
         self._messages: Any = None
         self._work: set[Deferred] = set()
         self._counts = {"frames": 0, "refused_frames": 0}
         self._unregister_part: Any = None
+        self._route: Any = None
         self._unsubscribe: Any = None
 
     # -- lifecycle --------------------------------------------------------------------
@@ -135,26 +143,26 @@ class GroupsService(Service):
         return Deferred.fromCoroutine(self._start())
 
     async def _start(self) -> None:
-        driver = self.node.service_driver
-        gateway = driver.get(GATEWAY).require_gateway()
-        messages = driver.get(MESSAGES)
+        gateway = self.deps.gateway.require_gateway()
+        messages = self.deps.messages
         me = self._me()
-        store = await self.node.run_in_thread(GroupStore, self.store_file)
-        broker = GroupBroker(self.node.clock, me, store, self.node.run_in_thread, self._audit,
-                             self._check, self._push, self.node.events.publish)
+        store = await self.ctx.run_in_thread(GroupStore, self.store_file)
+        broker = GroupBroker(self.ctx.clock, me, store, self.ctx.run_in_thread, self._audit,
+                             self._check, self._push, self.ctx.events.publish)
         try:
             await broker.load()
-            cursors = await self.node.run_in_thread(store.cursors)
+            cursors = await self.ctx.run_in_thread(store.cursors)
         except BaseException:
-            await self.node.run_in_thread(store.close)
+            await self.ctx.run_in_thread(store.close)
             raise
         self.store, self.broker, self._gateway, self._messages = store, broker, gateway, messages
-        messages.route_payloads(MAGIC, self._on_frame)
+        self._route = gateway.router.add(Command.MESSAGE, self._on_frame, accepts=_carries_group_frame,
+                                         owner=self.name)
         keystore = self._keystore()
         for group_key_id, cursor in cursors.items():
             if cursor["active"] and self._holds_key(keystore, group_key_id):
                 self._start_member(group_key_id, cursor["last_sequence"])
-        self._unsubscribe = self.node.events.subscribe(self._on_event)
+        self._unsubscribe = self.ctx.events.subscribe(self._on_event)
         storage = self._storage()
         if storage is not None:  # a part restored before this start is handed over now
             self._unregister_part = storage.add_backup_part(group_backup.PART, lambda: group_backup.collect(store),
@@ -166,8 +174,9 @@ class GroupsService(Service):
             if undo is not None:
                 undo()
         self._unregister_part = self._unsubscribe = None
-        if self._messages is not None:
-            self._messages.route_payloads(MAGIC, None)
+        if self._route is not None:
+            self._route.remove()
+            self._route = None
         for member in list(self.members.values()):
             member.close()
         self.members.clear()
@@ -179,7 +188,7 @@ class GroupsService(Service):
             d.cancel()
 
         def close(_: Any) -> Optional[Deferred]:
-            return self.node.run_in_thread(store.close) if store is not None else None
+            return self.ctx.run_in_thread(store.close) if store is not None else None
 
         return defer.DeferredList(work, consumeErrors=True).addCallback(close)
 
@@ -198,7 +207,7 @@ class GroupsService(Service):
         return self.store, self.broker
 
     def _identity(self) -> Any:
-        return self.node.service_driver.get(IDENTITY)
+        return self.deps.identity
 
     def _me(self) -> str:
         return self._identity().require_identity().global_id
@@ -220,7 +229,7 @@ class GroupsService(Service):
         return key_id
 
     def _setting(self, name: str) -> float:
-        return float(self.node.settings.get(PREFIX + name))
+        return float(self.ctx.settings.get(PREFIX + name))
 
     def _run(self, coroutine: Any) -> Deferred:
         """Run work the service waits for (or cancels) before closing the store."""
@@ -231,7 +240,7 @@ class GroupsService(Service):
         return d
 
     def _max_blob(self) -> int:
-        return int(self.node.settings.get("services/private-messages/max-message-size")) + SEAL_OVERHEAD
+        return self.deps.messages.max_message_size() + SEAL_OVERHEAD
 
     # -- groups --------------------------------------------------------------------------
 
@@ -249,7 +258,7 @@ class GroupsService(Service):
         if creator_id not in (None, "") and str(globalid.to_global_id(creator_id)) != me:
             raise Forbidden(f"a group can only be created by this node's own identity {me}")
         check_timeout(timeout)
-        size = keys.check_key_size(int(self.node.settings.get("personal/private-key-size")) if key_size is None
+        size = keys.check_key_size(int(self.ctx.settings.get("personal/private-key-size")) if key_size is None
                                    else key_size)
         info = await self._keystore().create(new_group_alias(), size, label or "")
         await broker.host(info.key_id)
@@ -263,7 +272,7 @@ class GroupsService(Service):
         try:
             key_id = self._group_key(group_key_id)
             check_timeout(timeout)
-            exchange = self.node.service_driver.get(KEY_EXCHANGE).require_exchange()
+            exchange = self.deps.key_exchange.require_exchange()
         except BitnodeError as err:
             return defer.fail(err)
         d = exchange.share(key_id, trusted_user_id, True, timeout)
@@ -291,11 +300,11 @@ class GroupsService(Service):
             return member
         if broker_of(group_key_id) == self._me():
             await broker.host(group_key_id)  # e.g. a key restored from a backup: host its queue again
-        cursor = (await self.node.run_in_thread(store.cursors)).get(group_key_id, {})
+        cursor = (await self.ctx.run_in_thread(store.cursors)).get(group_key_id, {})
         last = cursor.get("last_sequence", 0)
         if group_key_id in self.members:  # joined by a concurrent call meanwhile
             return self.members[group_key_id]
-        await self.node.run_in_thread(store.save_cursor, group_key_id, True, last, self.node.clock.seconds())
+        await self.ctx.run_in_thread(store.save_cursor, group_key_id, True, last, self.ctx.clock.seconds())
         return self._start_member(group_key_id, last)
 
     def _start_member(self, group_key_id: str, last_sequence: int) -> GroupMember:
@@ -304,10 +313,10 @@ class GroupsService(Service):
             link: Any = LocalBrokerLink(self.broker, group_key_id, me)
         else:
             link = RemoteBrokerLink(self._gateway, group_key_id, broker_id, lambda: self._setting("request-timeout"))
-        member = GroupMember(self.node.clock, group_key_id, broker_id, last_sequence, link,
+        member = GroupMember(self.ctx.clock, group_key_id, broker_id, last_sequence, link,
                              lambda sequence, blob: self._deliver(group_key_id, sequence, blob),
                              lambda active, last: self._save_cursor(group_key_id, active, last),
-                             self._announce, registry=self.node.automats)
+                             self._announce, registry=self.ctx.automats)
         self.members[group_key_id] = member
         member.event("join")
         return member
@@ -321,7 +330,7 @@ class GroupsService(Service):
         key_id = str(parse_group_key_id(group_key_id))
         keystore = self._keystore()
         member = self.members.pop(key_id, None)
-        cursors = await self.node.run_in_thread(store.cursors)
+        cursors = await self.ctx.run_in_thread(store.cursors)
         if member is None and key_id not in cursors and not keystore.has(key_id):
             raise NotFound(f"unknown group {key_id}")
         last = member.last_sequence if member is not None else cursors.get(key_id, {}).get("last_sequence", 0)
@@ -329,9 +338,9 @@ class GroupsService(Service):
             member.event("leave")
         result = {"group_key_id": key_id, "left": member is not None, "key_erased": False, "queue_deleted": False}
         if not erase_key:
-            await self.node.run_in_thread(store.save_cursor, key_id, False, last, self.node.clock.seconds())
+            await self.ctx.run_in_thread(store.save_cursor, key_id, False, last, self.ctx.clock.seconds())
             return result
-        await self.node.run_in_thread(store.drop_cursor, key_id)
+        await self.ctx.run_in_thread(store.drop_cursor, key_id)
         if keystore.has(key_id):
             keystore.erase(key_id)
             result["key_erased"] = True
@@ -356,9 +365,9 @@ class GroupsService(Service):
         if member is None:
             raise Conflict(f"not a member of group {group_key_id} now: call group_join first")
         me = self._me()
-        header = MessageHeader(GROUP_MESSAGE, me, group_key_id, secrets.token_hex(16), self.node.clock.seconds())
+        header = MessageHeader(GROUP_MESSAGE, me, group_key_id, secrets.token_hex(16), self.ctx.clock.seconds())
         keystore = self._keystore()
-        sealed = await self.node.run_in_thread(seal, header, data, keystore.private_key(keystore.master_key_id),
+        sealed = await self.ctx.run_in_thread(seal, header, data, keystore.private_key(keystore.master_key_id),
                                                keystore.public_key(group_key_id))
         if len(sealed) > self._max_blob():
             raise BadRequest(f"message is larger than {self._max_blob() - SEAL_OVERHEAD} bytes")
@@ -380,7 +389,7 @@ class GroupsService(Service):
         if sender is not None and header.sender != sender:
             raise MessageRejected(f"a message of {header.sender} published by {sender}")
         identity = await self._identity().fetch_identity(header.sender)
-        opened = await self.node.run_in_thread(open_message, blob, self._keystore().private_key(group_key_id),
+        opened = await self.ctx.run_in_thread(open_message, blob, self._keystore().private_key(group_key_id),
                                                identity.rsa_public_key(), group_key_id)
         if not isinstance(opened.data, dict):
             raise MessageRejected("group message content must be a JSON object")
@@ -396,30 +405,30 @@ class GroupsService(Service):
         messages = self._messages
         history = messages.history if messages is not None else None
         if history is None:
-            raise Unavailable(f"{MESSAGES} is not running: group message {sequence} kept for later")
+            raise Unavailable(f"{PrivateMessagesService.name} is not running: group message {sequence} kept for later")
         mine = header.sender == me
-        row, created = await self.node.run_in_thread(
+        row, created = await self.ctx.run_in_thread(
             history.add, message_id=header.message_id, conversation_id=group_key_id,
             direction=hist.OUTGOING if mine else hist.INCOMING, sender=header.sender, recipient=group_key_id,
-            message_type=GROUP_MESSAGE, data=opened.data, time=header.time, stored_time=self.node.clock.seconds(),
+            message_type=GROUP_MESSAGE, data=opened.data, time=header.time, stored_time=self.ctx.clock.seconds(),
             state=hist.ACKED if mine else hist.RECEIVED)
         if not created:
             return row
         row = dict(row, sequence=sequence, group_key_id=group_key_id)
         messages.notify_stored(row)
-        self.node.events.publish("group-message-sent" if mine else "group-message-received", row)
+        self.ctx.events.publish("group-message-sent" if mine else "group-message-received", row)
         return row
 
     def _save_cursor(self, group_key_id: str, active: bool, last_sequence: int) -> Deferred:
         store = self.store
         if store is None:
             return defer.succeed(None)
-        return self.node.run_in_thread(store.save_cursor, group_key_id, active, last_sequence,
-                                       self.node.clock.seconds())
+        return self.ctx.run_in_thread(store.save_cursor, group_key_id, active, last_sequence,
+                                       self.ctx.clock.seconds())
 
     def _announce(self, what: str, facts: dict) -> None:
         if what in ("joined", "left"):
-            self.node.events.publish(f"group-member-{what}", {"group_key_id": facts["group_key_id"],
+            self.ctx.events.publish(f"group-member-{what}", {"group_key_id": facts["group_key_id"],
                                                              "member_id": self._me(), "queue": False})
         self.log.info("group {group}: {what} ({state}) {reason}", group=facts["group_key_id"], what=what,
                       state=facts["state"], reason=facts["reason"])
@@ -427,10 +436,8 @@ class GroupsService(Service):
     # -- the catalog backup ------------------------------------------------------------------
 
     def _storage(self) -> Any:
-        try:
-            return self.node.service_driver.get(STORAGE)
-        except NotFound:
-            return None  # a node without service_backups: nothing to back up to
+        # Installed is enough: the part stays registered across the storage service's restarts.
+        return self.deps.installed("storage")  # None on a node without service_backups: nothing to back up to
 
     def _on_event(self, event: Any) -> None:
         """Memberships or a hosted queue changed: back the ``groups`` part up (after the backup delay)."""
@@ -443,7 +450,7 @@ class GroupsService(Service):
         else:
             changed = False
         storage = self._storage()
-        if changed and storage is not None and self.node.service_driver.is_on(STORAGE):
+        if changed and storage is not None and self.deps.is_on("storage"):
             storage.backup_needed()
 
     def _restore_part(self, value: Any) -> None:
@@ -461,13 +468,13 @@ class GroupsService(Service):
         for queue in document["queues"]:
             if broker_of(queue["group_key_id"]) == me and self._holds_key(keystore, queue["group_key_id"]):
                 await broker.restore(queue["group_key_id"], queue["created"], queue["head"], queue["members"])
-        cursors = await self.node.run_in_thread(store.cursors)
+        cursors = await self.ctx.run_in_thread(store.cursors)
         for entry in document["memberships"]:
             key_id = entry["group_key_id"]
             if key_id in cursors or key_id in self.members or not self._holds_key(keystore, key_id):
                 continue  # known here (newer than the backup), or its key did not come back
             # From 0: the message history is not in the backup, the broker refills it.
-            await self.node.run_in_thread(store.save_cursor, key_id, entry["active"], 0, self.node.clock.seconds())
+            await self.ctx.run_in_thread(store.save_cursor, key_id, entry["active"], 0, self.ctx.clock.seconds())
             if entry["active"] and self.store is store and key_id not in self.members:
                 if broker_of(key_id) == me:
                     await broker.host(key_id)
@@ -478,7 +485,7 @@ class GroupsService(Service):
     # -- the broker's neighbours ---------------------------------------------------------------
 
     def _audit(self, group_key_id: str, member: str) -> Deferred:
-        exchange = self.node.service_driver.get(KEY_EXCHANGE).require_exchange()
+        exchange = self.deps.key_exchange.require_exchange()
         d = exchange.audit(group_key_id, member, True, self._setting("audit-timeout"))
         return d.addCallback(lambda result: result["result"] == "OK")
 
@@ -498,7 +505,7 @@ class GroupsService(Service):
 
     # -- group frames from other nodes ------------------------------------------------------------
 
-    def _on_frame(self, packet: Any) -> Deferred:
+    def _on_frame(self, packet: Any, address: Any = None) -> Deferred:
         d = self._run(self._answer_frame(packet))
         return d.addErrback(lambda f: f.trap(defer.CancelledError) and None)
 
@@ -578,3 +585,7 @@ class GroupsService(Service):
         """Deferred[list] of the producers of the queues hosted here."""
         return self._require()[1].producers()
 
+
+def _carries_group_frame(packet: Any) -> bool:
+    """Router predicate: a ``Message`` packet whose payload is a group frame."""
+    return is_group_frame(packet.payload)

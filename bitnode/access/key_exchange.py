@@ -85,16 +85,19 @@ class KeyExchange:
         self.max_busy = max_busy
         self.busy = 0
         self.counters = {"shared": 0, "received": 0, "refused": 0, "audits_asked": 0, "audits_answered": 0}
+        self._routes: list[Any] = []
 
     def start(self) -> None:
-        """Handle incoming ``Key`` and ``AuditKey`` packets."""
-        self.gateway.register_handler(Command.KEY, self._on_key)
-        self.gateway.register_handler(Command.AUDIT_KEY, self._on_audit)
+        """Handle incoming ``Key`` and ``AuditKey`` packets (routes on the gateway's packet router)."""
+        router = self.gateway.router
+        self._routes = [router.add(Command.KEY, self._on_key, owner="key_exchange"),
+                        router.add(Command.AUDIT_KEY, self._on_audit, owner="key_exchange")]
 
     def stop(self) -> None:
         """Stop handling them."""
-        self.gateway.unregister_handler(Command.KEY)
-        self.gateway.unregister_handler(Command.AUDIT_KEY)
+        for route in self._routes:
+            route.remove()
+        self._routes = []
 
     def _me(self) -> str:
         return self.gateway.my_id

@@ -17,6 +17,9 @@ from bitnode.access.key_exchange import KeyExchange
 from bitnode.errors import Unavailable
 from bitnode.main.options import INTEGER, Option
 from bitnode.services.base import Service
+from bitnode.services.context import NodeContext
+from bitnode.transport.gateway_service import GatewayService
+from bitnode.userid.id_service import IdentityService
 
 PREFIX = "services/key-exchange/"
 
@@ -25,7 +28,7 @@ class KeyExchangeService(Service):
     """Runs the key exchange of one node."""
 
     name = "service_key_exchange"
-    depends_on = ("service_gateway",)
+    requires = {"gateway": GatewayService, "identity": IdentityService}
     description = "Share keys with other users (Key packets) and audit that they hold them (AuditKey)"
     options = (
         Option(PREFIX + "max-concurrent", INTEGER, 8,
@@ -33,25 +36,24 @@ class KeyExchangeService(Service):
     )
     log = Logger()
 
-    def __init__(self, node: Any) -> None:
-        super().__init__(node)
+    def __init__(self, ctx: NodeContext) -> None:
+        super().__init__(ctx)
         self.exchange: Optional[KeyExchange] = None
 
     def start(self) -> None:
         """Register the packet handlers on the running gateway."""
-        driver = self.node.service_driver
-        gateway = driver.get("service_gateway").require_gateway()
-        exchange = KeyExchange(self.node.clock, gateway, driver.get("service_identity"), self.node.run_in_thread,
-                               self.node.events.publish, self.node.settings.get(PREFIX + "max-concurrent"))
+        gateway = self.deps.gateway.require_gateway()
+        exchange = KeyExchange(self.ctx.clock, gateway, self.deps.identity, self.ctx.run_in_thread,
+                               self.ctx.events.publish, self.ctx.settings.get(PREFIX + "max-concurrent"))
         exchange.start()
         self.exchange = exchange
-        self.node.settings.add_listener(PREFIX + "max-concurrent", self._limit_changed)
+        self.ctx.settings.add_listener(PREFIX + "max-concurrent", self._limit_changed)
 
     def stop(self) -> None:
         """Unregister the handlers."""
         exchange, self.exchange = self.exchange, None
         if exchange is not None:
-            self.node.settings.remove_listener(PREFIX + "max-concurrent", self._limit_changed)
+            self.ctx.settings.remove_listener(PREFIX + "max-concurrent", self._limit_changed)
             exchange.stop()
 
     def status(self) -> dict:

@@ -7,7 +7,7 @@ owner therefore extracts that part of its catalog (:func:`share_subset`: the
 items under the share key, their *complete* versions, their segments and
 blocks — the same rows and row shapes as :meth:`Catalog.export`, so the
 grantee imports it with :meth:`Catalog.import_`) and stores it on each of its
-suppliers at ``<alias>.index/current`` (:mod:`bitnode.access.share_scope`).
+suppliers at ``<alias>.index/current`` (:mod:`bitnode.storage.share_scope`).
 
 Stored form, format 1 (UTF-8 JSON)::
 

@@ -1,7 +1,7 @@
 """The owner's side of a share on its suppliers: the readers list and the index, kept current.
 
 For each share I own that has readers, every one of my suppliers holds
-(:mod:`bitnode.access.share_scope`):
+(:mod:`bitnode.storage.share_scope`):
 
 - ``acl.<alias>/readers``: who may read the share there (the grant the
   supplier checks), re-sent when a reader is added or removed and to every
@@ -25,8 +25,9 @@ from typing import Any, Callable
 
 from twisted.internet import defer
 
-from bitnode.access import share_index, share_scope
+from bitnode.access import share_index
 from bitnode.errors import Unavailable
+from bitnode.storage import share_scope
 
 
 class SharePublisher:

@@ -4,7 +4,7 @@ Everything a grantee sends an owner's supplier is a storage packet whose
 *owner* field names the share's owner (whose space is meant) and whose
 *creator* (the signer) is me. A supplier serves such a packet only when it
 is a read inside the share's scope and the owner's readers list there names
-me (:mod:`bitnode.access.share_scope`, :mod:`bitnode.supplier.shared_reads`);
+me (:mod:`bitnode.storage.share_scope`, :mod:`bitnode.supplier.shared_reads`);
 otherwise it answers ``Fail "forbidden: ..."``, which
 :class:`~bitnode.customer.remote_store.RemoteStorageServer` turns into a 403.
 
@@ -30,9 +30,10 @@ from typing import Any, Callable
 from twisted.internet import defer
 
 from bitnode import globalid
-from bitnode.access import share_index, share_scope
+from bitnode.access import share_index
 from bitnode.customer.remote_store import RemoteStorageServer
 from bitnode.errors import BadRequest, BitnodeError, Forbidden, NotFound, Unavailable
+from bitnode.storage import share_scope
 from bitnode.storage.ports import BlockNotFound
 from bitnode.transport.commands import Command
 from bitnode.transport.packet import Packet

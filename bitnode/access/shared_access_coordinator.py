@@ -8,7 +8,7 @@ catalog rows of that share, sealed with the share key and signed by the owner:
 :mod:`bitnode.access.share_index`). Then the shared files are visible on this
 node (``files_list`` with the share's key id) and can be downloaded from the
 owner's suppliers, which serve them because the owner listed me as a reader
-(:mod:`bitnode.access.share_scope`). Read top to bottom::
+(:mod:`bitnode.storage.share_scope`). Read top to bottom::
 
     AT_STARTUP --open--> DHT_LOOKUP               look up the owner's suppliers
     DHT_LOOKUP --suppliers-found--> SUPPLIERS?    ping each of them

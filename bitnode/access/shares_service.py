@@ -3,11 +3,11 @@
 How a share works, end to end (the parts are documented in their modules):
 
 1. **Create** (owner): a new RSA key ``share_<32 hex>$me`` in my key store
-   (:func:`~bitnode.access.share_scope.new_share_alias`). Files uploaded to
+   (:func:`~bitnode.storage.share_scope.new_share_alias`). Files uploaded to
    ``share_...$me:path`` are stored on my suppliers like my other files, but
    their per-version keys are wrapped with the share key (service_backups
    wraps with the key of the remote path's key id) and their version ids are
-   tagged ``<alias>.`` (:func:`~bitnode.access.share_scope.version_tag`), so
+   tagged ``<alias>.`` (:func:`~bitnode.storage.share_scope.version_tag`), so
    all their blocks lie in one named part of my space on each supplier.
 2. **Grant** (owner): the share's private key goes to the reader in a
    ``Key`` packet encrypted to the reader's identity key
@@ -46,13 +46,14 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from bitnode import globalid
-from bitnode.access import share_scope
+from bitnode.access.key_exchange_service import KeyExchangeService
 from bitnode.access.share_publisher import SharePublisher
 from bitnode.access.share_reader import ShareReader
 from bitnode.access.share_view import ShareView
 from bitnode.access.shared_access_coordinator import CONNECTED, SharedAccessCoordinator
 from bitnode.access.shares import ShareRegistry
-from bitnode.customer.customer_service import lookup_suppliers
+from bitnode.customer.suppliers_record import lookup_suppliers
+from bitnode.dht.dht_service import DHTService
 from bitnode.errors import (
     BadRequest,
     BitnodeError,
@@ -64,12 +65,16 @@ from bitnode.errors import (
 from bitnode.main.options import FLOAT, Option
 from bitnode.services.background import BackgroundWork
 from bitnode.services.base import Service
+from bitnode.services.context import NodeContext
+from bitnode.storage import share_scope
+from bitnode.storage.backups_service import BackupsService
 from bitnode.storage.catalog import split_remote_path
+from bitnode.transport.gateway_service import GatewayService
+from bitnode.userid.id_service import IdentityService
 
 PREFIX = "services/shares/"
 #: Seconds before a publish that reached no supplier is tried again (suppliers changing also retries it).
 PUBLISH_RETRY = 60.0
-IDENTITY, GATEWAY, STORAGE, KEYS = "service_identity", "service_gateway", "service_backups", "service_key_exchange"
 #: The name of my share records in the catalog backup (see :meth:`BackupsService.add_backup_part`).
 BACKUP_PART = "shares"
 
@@ -78,7 +83,9 @@ class SharesService(Service):
     """Creates, grants, opens and reads shares; see the module docstring."""
 
     name = "service_shares"
-    depends_on = (KEYS, STORAGE)
+    requires = {"key_exchange": KeyExchangeService, "storage": BackupsService, "gateway": GatewayService,
+                "identity": IdentityService}
+    optional = {"dht": DHTService}
     description = "Shares: keys under which your files are stored for other users to read (share_* methods)"
     options = (
         Option(PREFIX + "index-delay", FLOAT, 2.0,
@@ -90,8 +97,8 @@ class SharesService(Service):
     )
     log = Logger()
 
-    def __init__(self, node):
-        super().__init__(node)
+    def __init__(self, ctx: NodeContext) -> None:
+        super().__init__(ctx)
         self.registry: ShareRegistry | None = None
         self.publisher: SharePublisher | None = None
         self.coordinators: dict[str, SharedAccessCoordinator] = {}
@@ -109,13 +116,13 @@ class SharesService(Service):
 
     def start(self) -> None:
         """Load the shares, listen to the node's news, open again the shares left open, catch up publishing."""
-        self.registry = ShareRegistry(os.path.join(self.node.basedir.metadata, "shares.json"), self.node.clock,
+        self.registry = ShareRegistry(os.path.join(self.ctx.basedir.metadata, "shares.json"), self.ctx.clock,
                                       on_change=self._records_changed)
         self._unregister_part = self._storage().add_backup_part(BACKUP_PART, self.registry.shares,
                                                                 self._restore_records)
-        self.publisher = SharePublisher(self.node.clock, self.node.run_in_thread, self._storage, self._keystore,
-                                        lambda: self.node.settings.get(PREFIX + "request-timeout"))
-        self._unsubscribe = self.node.events.subscribe(self._on_event)
+        self.publisher = SharePublisher(self.ctx.clock, self.ctx.run_in_thread, self._storage, self._keystore,
+                                        lambda: self.ctx.settings.get(PREFIX + "request-timeout"))
+        self._unsubscribe = self.ctx.events.subscribe(self._on_event)
         for record in self.registry.shares():
             if record["active"] and not record["mine"] and self._holds(record["key_id"]):
                 self._background.track(defer.maybeDeferred(self._open_received, record["key_id"]),
@@ -154,7 +161,7 @@ class SharesService(Service):
     # --- neighbours ------------------------------------------------------------------------------------
 
     def _identity(self) -> Any:
-        return self.node.service_driver.get(IDENTITY)
+        return self.deps.identity
 
     def _keystore(self) -> Any:
         store = self._identity().keystore
@@ -168,11 +175,10 @@ class SharesService(Service):
             raise Conflict("this node has no identity yet: call identity_create or identity_recover first")
         return me
 
-    def _storage(self) -> Any:
-        driver = self.node.service_driver
-        if not driver.is_on(STORAGE):
-            raise Unavailable(f"{STORAGE} is not running")
-        return driver.get(STORAGE)
+    def _storage(self) -> BackupsService:
+        if not self.deps.is_on("storage"):
+            raise Unavailable(f"{BackupsService.name} is not running")
+        return self.deps.storage
 
     def _holds(self, key_id: str) -> bool:
         store = self._keystore()
@@ -245,12 +251,12 @@ class SharesService(Service):
             # A share is a key in its owner's namespace (share_<id>$owner), made and held by the owner.
             raise Forbidden(f"a node creates keys only under its own id: {me} cannot create a share owned by "
                             f"{owner}; {owner} creates it and grants it to you (share_grant)")
-        size = key_size if key_size is not None else self.node.settings.get("personal/private-key-size")
+        size = key_size if key_size is not None else self.ctx.settings.get("personal/private-key-size")
         info = await store.create(share_scope.new_share_alias(), int(size), label or "")
         registry.put(info.key_id, owner_id=me, label=info.label, mine=True, active=True)
         registry.note("created", info.key_id, me, f"{info.size}-bit key")
         row = self.share(info.key_id)
-        self.node.events.publish("share-created", dict(row))
+        self.ctx.events.publish("share-created", dict(row))
         return row
 
     def _mine(self, key_id: str) -> str:
@@ -269,19 +275,18 @@ class SharesService(Service):
     async def _grant(self, key_id: str, trusted_user_id: str, timeout: float) -> dict:
         registry, key_id = self.require_registry(), self._mine(key_id)
         user = str(globalid.to_global_id(trusted_user_id))
-        started = self.node.clock.seconds()
-        driver = self.node.service_driver
-        exchange = driver.get(KEYS).require_exchange()
+        started = self.ctx.clock.seconds()
+        exchange = self.deps.key_exchange.require_exchange()
         shared = await exchange.share(key_id, user, include_private=True, timeout=timeout)
         record = registry.get(key_id) or {}
         grantees = sorted(set(record.get("grantees", [])) | {user})
         registry.put(key_id, owner_id=self._me(), mine=True, grantees=grantees, active=True)
         registry.note("granted", key_id, user)
-        left = max(1.0, timeout - (self.node.clock.seconds() - started))
+        left = max(1.0, timeout - (self.ctx.clock.seconds() - started))
         suppliers = await self._publish_now(key_id, readers_changed=True, timeout=left)
         result = {"key_id": key_id, "trusted_user_id": user, "fingerprint": shared["fingerprint"],
                   "grantees": grantees, "suppliers": suppliers, "ready": not suppliers.get("error")}
-        self.node.events.publish("share-granted", dict(result))
+        self.ctx.events.publish("share-granted", dict(result))
         return result
 
     def revoke(self, key_id: str, user_id: str, timeout: float = 30.0) -> defer.Deferred:
@@ -300,7 +305,7 @@ class SharesService(Service):
         suppliers = await self._publish_now(key_id, readers_changed=True, timeout=timeout)
         result = {"key_id": key_id, "user_id": user, "grantees": grantees, "suppliers": suppliers,
                   "ready": not suppliers.get("error")}
-        self.node.events.publish("share-revoked", dict(result))
+        self.ctx.events.publish("share-revoked", dict(result))
         return result
 
     async def _publish_now(self, key_id: str, readers_changed: bool = False, force: bool = False,
@@ -328,8 +333,8 @@ class SharesService(Service):
         """Publish the shares I granted after ``index-delay`` (changes close together go out once)."""
         self._publish_force = self._publish_force or force
         if self._publish_call is None and self.registry is not None:
-            delay = self.node.settings.get(PREFIX + "index-delay")
-            self._publish_call = self.node.call_later(delay, self._publish_granted)
+            delay = self.ctx.settings.get(PREFIX + "index-delay")
+            self._publish_call = self.ctx.call_later(delay, self._publish_granted)
 
     def _publish_granted(self) -> None:
         self._publish_call = None
@@ -344,7 +349,7 @@ class SharesService(Service):
 
     def _retry_failed_publish(self, outcome: dict, force: bool) -> None:
         if "error" in outcome and self.registry is not None:
-            self.node.call_later(PUBLISH_RETRY, self._schedule_publish, force)
+            self.ctx.call_later(PUBLISH_RETRY, self._schedule_publish, force)
 
     def delete(self, key_id: str) -> defer.Deferred:
         """Delete a share: mine with its files and its lists on my suppliers, or one granted to me; then its key."""
@@ -371,14 +376,14 @@ class SharesService(Service):
         finally:
             self._deleting.discard(key_id)
         registry.note("deleted", key_id, self._me())
-        self.node.events.publish("share-deleted", dict(result))
+        self.ctx.events.publish("share-deleted", dict(result))
         return result
 
     async def _delete_files(self, key_id: str) -> dict:
         """Every file and folder under the share key, deleted like ``file_delete`` does."""
         storage = self._storage()
         storage.require_ready()
-        rows = await self.node.run_in_thread(storage.catalog.list, key_id, "", False)
+        rows = await self.ctx.run_in_thread(storage.catalog.list, key_id, "", False)
         outcome = {"items": len(rows), "versions": 0, "failed": []}
         for row in rows:
             done = await storage.delete(row["remote_path"])
@@ -399,7 +404,7 @@ class SharesService(Service):
             self.registry.note("opened", key_id, self._me())
             self._schedule_publish()
             row = self.share(key_id)
-            self.node.events.publish("share-opened", dict(row))
+            self.ctx.events.publish("share-opened", dict(row))
             return defer.succeed(row)
         return self._open_received(key_id)
 
@@ -409,7 +414,7 @@ class SharesService(Service):
         if not record.get("active"):
             self.registry.put(key_id, owner_id=owner, mine=False, active=True)
             self.registry.note("opened", key_id, owner)
-            self.node.events.publish("share-opened", {"key_id": key_id, "owner_id": owner, "mine": False})
+            self.ctx.events.publish("share-opened", {"key_id": key_id, "owner_id": owner, "mine": False})
         coordinator = self.coordinators.get(key_id)
         if coordinator is None or coordinator.destroyed:
             coordinator = self._new_coordinator(key_id, owner)
@@ -418,23 +423,23 @@ class SharesService(Service):
         return d.addCallback(lambda _: self.share(key_id))
 
     def _new_coordinator(self, key_id: str, owner: str) -> SharedAccessCoordinator:
-        node, settings, driver = self.node, self.node.settings, self.node.service_driver
+        ctx, settings, gateway = self.ctx, self.ctx.settings, self.deps.gateway
         store = self._keystore()
-        reader = ShareReader(node.clock, node.run_in_thread, lambda: driver.get(GATEWAY).require_gateway(), key_id,
+        reader = ShareReader(ctx.clock, ctx.run_in_thread, gateway.require_gateway, key_id,
                              self._lookup, self._identity().fetch_identity, lambda: store.private_key(key_id),
                              lambda: settings.get(PREFIX + "request-timeout"))
-        view = ShareView(node.clock, node.run_in_thread, reader, registry=node.automats,
+        view = ShareView(ctx.clock, ctx.run_in_thread, reader, registry=ctx.automats,
                          segments_in_flight=lambda: settings.get("services/backups/segments-in-flight"),
                          fetch_timeout=lambda: settings.get(PREFIX + "request-timeout"),
                          max_downloads=lambda: settings.get("services/backups/max-downloads"))
-        coordinator = SharedAccessCoordinator(node.clock, key_id, owner, view, self._coordinator_news,
-                                              registry=node.automats)
+        coordinator = SharedAccessCoordinator(ctx.clock, key_id, owner, view, self._coordinator_news,
+                                              registry=ctx.automats)
         self.coordinators[key_id] = coordinator
         self.views[key_id] = view
         return coordinator
 
     def _lookup(self, owner_id: str) -> defer.Deferred:
-        return lookup_suppliers(self.node, owner_id)
+        return lookup_suppliers(self.deps.dht, self.deps.identity, owner_id)
 
     def _coordinator_news(self, event_id: str, data: dict) -> None:
         """A coordinator connected or not: tell the bus, note changes (not every refresh) in the history."""
@@ -444,7 +449,7 @@ class SharesService(Service):
             detail = f"index {data.get('index_serial')}, {data.get('files')} file(s)" if connected else data["error"]
             self.registry.note("connected" if connected else "disconnected", key_id, data["owner_id"], detail)
         self._connected[key_id] = connected
-        self.node.events.publish(event_id, dict(data))
+        self.ctx.events.publish(event_id, dict(data))
 
     def close(self, key_id: str) -> defer.Deferred:
         """Deactivate a share: one granted to me is disconnected and its files are no longer visible."""
@@ -459,7 +464,7 @@ class SharesService(Service):
                          mine=share_scope.share_owner(key_id) == self._me(), active=False)
             registry.note("closed", key_id, self._me())
             row = self.share(key_id)
-            self.node.events.publish("share-closed", dict(row))
+            self.ctx.events.publish("share-closed", dict(row))
             return row
 
         return defer.Deferred.fromCoroutine(run())
@@ -513,8 +518,8 @@ class SharesService(Service):
 
     def _records_changed(self) -> None:
         """A share record changed: it goes into the next catalog backup (when service_backups runs)."""
-        if self.node.service_driver.is_on(STORAGE):
-            self.node.service_driver.get(STORAGE).backup_needed()
+        if self.deps.is_on("storage"):
+            self.deps.storage.backup_needed()
 
     def _restore_records(self, records: list) -> None:
         """My share records from a catalog backup (a new machine): the ones not known here are taken.
@@ -535,7 +540,7 @@ class SharesService(Service):
         self.registry.put(key_id, owner_id=share_scope.share_owner(key_id), label=data.get("label", ""), mine=False,
                           granted_by=sender)
         self.registry.note("received", key_id, sender)
-        self.node.events.publish("share-received", {"key_id": key_id, "from": sender, "label": data.get("label", "")})
+        self.ctx.events.publish("share-received", {"key_id": key_id, "from": sender, "label": data.get("label", "")})
 
 
 def _share_key(key_id: str) -> str:

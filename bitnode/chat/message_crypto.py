@@ -49,6 +49,8 @@ GROUP_MESSAGE = "group_message"
 MESSAGE_TYPES = (PRIVATE_MESSAGE, GROUP_MESSAGE)
 #: Largest sealed message :func:`peek` and :func:`open_message` accept.
 MAX_SEALED_BYTES = 16 * 1024 * 1024
+#: Sealing adds the wrapped key, the signature and the header to the JSON data.
+SEAL_OVERHEAD = 16 * 1024
 MAX_MESSAGE_ID = 128
 _MESSAGE_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,%d}\Z" % MAX_MESSAGE_ID)
 _TIME = struct.Struct(">d")
@@ -76,6 +78,15 @@ class OpenedMessage:
     header: MessageHeader
     data: Any
 
+
+
+def normalize_data(data: Any) -> dict:
+    """Message content: a JSON object; a string is wrapped as ``{"message": text}``."""
+    if isinstance(data, str):
+        data = {"message": data}
+    if not isinstance(data, dict):
+        raise BadRequest("message data must be a JSON object (or a text)")
+    return data
 
 def validate_message_id(message_id: str) -> str:
     """A message id: 1..128 characters of ``[A-Za-z0-9_-]`` (BadRequest otherwise)."""

@@ -77,39 +77,37 @@ from bitnode.chat.inbox import Inbox
 from bitnode.chat.inbox_limits import InboxLimits, InboxSettings
 from bitnode.chat.message_crypto import (
     PRIVATE_MESSAGE,
+    SEAL_OVERHEAD,
     MessageHeader,
     MessageRejected,
+    normalize_data,
     open_message,
     peek,
     seal,
 )
 from bitnode.chat.message_stream import MAX_POLLING_TIMEOUT, POLL_LIMIT, MessageStream, normalize_types
 from bitnode.chat.nickname_holder import validate_nickname
+from bitnode.chat.nickname_service import NicknameService
+from bitnode.chat.ports import FriendsDirectory
 from bitnode.errors import BadRequest, BitnodeError, Conflict, NotFound, Unavailable
 from bitnode.main.options import BOOLEAN, DISK_SPACE, FLOAT, INTEGER, Option
+from bitnode.p2p.network_service import NetworkService
 from bitnode.services.base import Service
+from bitnode.services.context import NodeContext
 from bitnode.transport.commands import Command
+from bitnode.transport.gateway_service import GatewayService
 from bitnode.transport.packet_out import PeerRefused
+from bitnode.userid.id_service import IdentityService
 
 PREFIX = "services/private-messages/"
-IDENTITY, GATEWAY, NETWORK, NICKNAMES = "service_identity", "service_gateway", "service_network", "service_nicknames"
-FRIENDS = "service_friends"
-#: Sealing adds the wrapped key, the signature and the header to the JSON data.
-SEAL_OVERHEAD = 16 * 1024
-def normalize_data(data: Any) -> dict:
-    """Message content: a JSON object; a string is wrapped as ``{"message": text}``."""
-    if isinstance(data, str):
-        data = {"message": data}
-    if not isinstance(data, dict):
-        raise BadRequest("message data must be a JSON object (or a text)")
-    return data
 
 
 class PrivateMessagesService(Service):
     """Private messages of one node: send, receive, history, stream."""
 
     name = "service_private_messages"
-    depends_on = (GATEWAY, NETWORK)
+    requires = {"gateway": GatewayService, "network": NetworkService, "identity": IdentityService}
+    optional = {"nicknames": NicknameService, "friends": FriendsDirectory}
     description = "End-to-end encrypted private messages with history (sqlite) and a message stream"
     options = (
         Option(PREFIX + "max-message-size", DISK_SPACE, 256 * 1024,
@@ -133,42 +131,43 @@ class PrivateMessagesService(Service):
     )
     log = Logger()
 
-    def __init__(self, node: Any) -> None:
-        super().__init__(node)
+    def __init__(self, ctx: NodeContext) -> None:
+        super().__init__(ctx)
         self.history: Optional[MessageHistory] = None
-        self.history_file = os.path.join(node.basedir.metadata, "messages.sqlite")
+        self.history_file = os.path.join(ctx.basedir.metadata, "messages.sqlite")
         self._gateway: Any = None
-        self.stream = MessageStream(node.clock, self._query, lambda: self.history)
+        self.stream = MessageStream(ctx.clock, self._query, lambda: self.history)
         self._work: set[Deferred] = set()
         self._queries: set[Deferred] = set()
         self._counts = {"sent": 0, "acked": 0, "failed": 0, "received": 0, "duplicates": 0, "rejected": 0}
-        self._payload_routes: dict[bytes, Any] = {}
-        self.limits = InboxLimits(node.clock, self._inbox_settings(), self._is_friend)
-        self.inbox = Inbox(node.run_in_thread, self.limits, self._require, self._open, self._friends,
-                           self._stored_incoming, self._counts, node.clock.seconds)
+        self._route: Any = None
+        self.limits = InboxLimits(ctx.clock, self._inbox_settings(), self._is_friend)
+        self.inbox = Inbox(ctx.run_in_thread, self.limits, self._require, self._open, self._friends,
+                           self._stored_incoming, self._counts, ctx.clock.seconds)
 
     # -- lifecycle ----------------------------------------------------------------
 
     def start(self) -> Deferred:
         """Open the history (off the reactor) and take the ``Message`` packets of the gateway."""
-        gateway = self.node.service_driver.get(GATEWAY).require_gateway()
-        d = self.node.run_in_thread(_open_history, self.history_file)
+        gateway = self.deps.gateway.require_gateway()
+        d = self.ctx.run_in_thread(_open_history, self.history_file)
 
         def opened(result: tuple[MessageHistory, int]) -> None:
             self.history, self.stream.last_seq = result
             self._gateway = gateway
             self.limits.configure(self._inbox_settings())
-            self.node.settings.add_listener(PREFIX, self._settings_changed)
-            gateway.register_handler(Command.MESSAGE, self._on_message)
+            self.ctx.settings.add_listener(PREFIX, self._settings_changed)
+            self._route = gateway.router.add(Command.MESSAGE, self._on_message, owner=self.name)
 
         return d.addCallback(opened)
 
     def stop(self) -> Deferred:
         """Release the ``Message`` command, end sends and polls in progress, close the history."""
-        self.node.settings.remove_listener(PREFIX, self._settings_changed)
-        if self._gateway is not None:
-            self._gateway.unregister_handler(Command.MESSAGE)
-            self._gateway = None
+        self.ctx.settings.remove_listener(PREFIX, self._settings_changed)
+        if self._route is not None:
+            self._route.remove()
+            self._route = None
+        self._gateway = None
         self.stream.close()
         work = list(self._work)
         for d in work:
@@ -176,7 +175,7 @@ class PrivateMessagesService(Service):
         history, self.history = self.history, None
 
         def close(_: Any) -> Optional[Deferred]:
-            return self.node.run_in_thread(history.close) if history is not None else None
+            return self.ctx.run_in_thread(history.close) if history is not None else None
 
         # reads in progress finish first: the history is closed only when nobody uses it
         pending = work + list(self._queries)
@@ -193,7 +192,7 @@ class PrivateMessagesService(Service):
         return self.history
 
     def _identity(self) -> Any:
-        return self.node.service_driver.get(IDENTITY)
+        return self.deps.identity
 
     def _my_id(self) -> str:
         me = self._identity().my_global_id()
@@ -213,7 +212,7 @@ class PrivateMessagesService(Service):
     # -- the inbox's limits (bitnode.chat.inbox_limits) ------------------------------------
 
     def _inbox_settings(self) -> InboxSettings:
-        get = self.node.settings.get
+        get = self.ctx.settings.get
         return InboxSettings(
             friends_only=get(PREFIX + "friends-only"), sender_rate=get(PREFIX + "sender-rate"),
             sender_burst=get(PREFIX + "sender-burst"), sender_max_messages=get(PREFIX + "sender-max-messages"),
@@ -226,29 +225,24 @@ class PrivateMessagesService(Service):
 
     def _friends(self) -> list[str]:
         """My friends' global ids (none while service_friends is off: everyone is then a stranger)."""
-        driver = self.node.service_driver
-        if FRIENDS not in driver.names() or not driver.is_on(FRIENDS):
-            return []
-        friends = driver.get(FRIENDS).friends
-        return [friend.global_id for friend in friends.list()] if friends is not None else []
+        friends = self.deps.friends
+        return friends.friend_ids() if friends is not None else []
 
     def _is_friend(self, global_id: str) -> bool:
-        driver = self.node.service_driver
-        if FRIENDS not in driver.names() or not driver.is_on(FRIENDS):
-            return False
-        friends = driver.get(FRIENDS).friends
-        return friends is not None and friends.has(global_id)
+        friends = self.deps.friends
+        return friends is not None and friends.is_friend(global_id)
 
     def _stored_incoming(self, row: dict) -> None:
         self.notify_stored(row)
-        self.node.events.publish("message-received", row)
+        self.ctx.events.publish("message-received", row)
 
-    def _max_size(self) -> int:
-        return int(self.node.settings.get(PREFIX + "max-message-size"))
+    def max_message_size(self) -> int:
+        """The largest message data (bytes of JSON) sent or accepted: ``max-message-size``; groups use it too."""
+        return int(self.ctx.settings.get(PREFIX + "max-message-size"))
 
     def _query(self, fn: Any, *args: Any) -> Deferred:
         """Read the history in the thread pool; the service waits for reads in progress before closing it."""
-        return _tracked(self.node.run_in_thread(fn, *args), self._queries)
+        return _tracked(self.ctx.run_in_thread(fn, *args), self._queries)
 
     def _run(self, coroutine: Any) -> Deferred:
         """Run work the service must see finished (or cancel) before it closes the history."""
@@ -269,10 +263,10 @@ class PrivateMessagesService(Service):
                 return str(globalid.parse_key_id(text).owner)
             return str(globalid.to_global_id(text))
         validate_nickname(text)
-        driver = self.node.service_driver
-        if NICKNAMES not in driver.names() or not driver.is_on(NICKNAMES):
-            raise Unavailable(f"cannot look up the nickname {text!r}: {NICKNAMES} is not running")
-        holders = await driver.get(NICKNAMES).observe(text, 1)
+        nicknames = self.deps.nicknames
+        if nicknames is None:
+            raise Unavailable(f"cannot look up the nickname {text!r}: {NicknameService.name} is not running")
+        holders = await nicknames.observe(text, 1)
         found = [h["global_id"] for h in holders if h.get("global_id")]
         if not found:
             raise NotFound(f"nobody holds the nickname {text!r}")
@@ -293,8 +287,8 @@ class PrivateMessagesService(Service):
             size = len(json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode("utf-8"))
         except (BitnodeError, TypeError, ValueError) as err:
             return defer.fail(err if isinstance(err, BitnodeError) else BadRequest(f"message data: {err}"))
-        if size > self._max_size():
-            return defer.fail(BadRequest(f"message is {size} bytes; the limit is {self._max_size()}"))
+        if size > self.max_message_size():
+            return defer.fail(BadRequest(f"message is {size} bytes; the limit is {self.max_message_size()}"))
         if not 0 <= ping_timeout <= MAX_POLLING_TIMEOUT:
             return defer.fail(BadRequest("ping_timeout must be between 0 and 3600 seconds"))
         if not 0 < message_ack_timeout <= MAX_POLLING_TIMEOUT:
@@ -308,12 +302,12 @@ class PrivateMessagesService(Service):
         if recipient == me:
             raise BadRequest("cannot send a private message to yourself")
         identity = await self._identity().fetch_identity(recipient)
-        header = MessageHeader(PRIVATE_MESSAGE, me, recipient, secrets.token_hex(16), self.node.clock.seconds())
-        sealed = await self.node.run_in_thread(seal, header, data, self._my_key(), identity.rsa_public_key())
-        row, _ = await self.node.run_in_thread(
+        header = MessageHeader(PRIVATE_MESSAGE, me, recipient, secrets.token_hex(16), self.ctx.clock.seconds())
+        sealed = await self.ctx.run_in_thread(seal, header, data, self._my_key(), identity.rsa_public_key())
+        row, _ = await self.ctx.run_in_thread(
             self._require().add, message_id=header.message_id, conversation_id=recipient,
             direction=hist.OUTGOING, sender=me, recipient=recipient, message_type=PRIVATE_MESSAGE, data=data,
-            time=header.time, stored_time=self.node.clock.seconds(), state=hist.SENT)
+            time=header.time, stored_time=self.ctx.clock.seconds(), state=hist.SENT)
         self._counts["sent"] += 1
         self.notify_stored(row)
         try:
@@ -327,9 +321,9 @@ class PrivateMessagesService(Service):
         except BitnodeError as err:
             await self._failed(row, str(err))
             raise Unavailable(f"recipient {recipient} is offline, message not delivered: {err}") from None
-        row = await self.node.run_in_thread(self._require().set_state, row["seq"], hist.ACKED)
+        row = await self.ctx.run_in_thread(self._require().set_state, row["seq"], hist.ACKED)
         self._counts["acked"] += 1
-        self.node.events.publish("message-sent", row)
+        self.ctx.events.publish("message-sent", row)
         return row
 
     def broadcast(self, data: Any, ping_timeout: float = 10.0, message_ack_timeout: float = 15.0) -> Deferred:
@@ -369,7 +363,7 @@ class PrivateMessagesService(Service):
         gateway = self._gateway
         if gateway is None:
             raise Unavailable(f"{self.name} is stopping")
-        online = self.node.service_driver.get(NETWORK).require_online()
+        online = self.deps.network.require_online()
         if ping_timeout > 0 and not online.status(recipient)["online"]:
             await online.ping(recipient, ping_timeout, 0)
         packet = gateway.build(Command.MESSAGE, recipient, sealed, packet_id=message_id)
@@ -380,34 +374,21 @@ class PrivateMessagesService(Service):
         history = self.history
         if history is None:
             return
-        failed = await self.node.run_in_thread(history.set_state, row["seq"], hist.FAILED, reason)
-        self.node.events.publish("message-failed", failed)
+        failed = await self.ctx.run_in_thread(history.set_state, row["seq"], hist.FAILED, reason)
+        self.ctx.events.publish("message-failed", failed)
 
     # -- receiving -------------------------------------------------------------------
 
-    def route_payloads(self, prefix: bytes, handler: Any) -> None:
-        """Hand ``Message`` packets whose payload starts with ``prefix`` to ``handler(packet)`` instead.
-
-        Other traffic that travels in ``Message`` packets (group frames,
-        :mod:`bitnode.access.group_protocol`) uses it; ``handler=None`` removes the route.
-        """
-        if handler is None:
-            self._payload_routes.pop(prefix, None)
-        else:
-            self._payload_routes[prefix] = handler
-
     def _on_message(self, packet: Any, address: Any) -> Deferred:
-        for prefix, handler in self._payload_routes.items():
-            if packet.payload.startswith(prefix):
-                return handler(packet)
+        # Other traffic in Message packets (group frames) has its own routes on the gateway's router.
         # cancelled only when the service stops: the sender gets no Ack, which is the truth
         receiving = self.inbox.receive(packet, lambda p, command, text: _reply(self._gateway, p, command, text))
         return self._run(receiving).addErrback(lambda f: f.trap(defer.CancelledError) and None)
 
     async def _open(self, packet: Any) -> Any:
         me = self._my_id()
-        if len(packet.payload) > self._max_size() + SEAL_OVERHEAD:
-            raise MessageRejected(f"message larger than {self._max_size()} bytes")
+        if len(packet.payload) > self.max_message_size() + SEAL_OVERHEAD:
+            raise MessageRejected(f"message larger than {self.max_message_size()} bytes")
         header = peek(packet.payload)
         if header.sender != packet.creator_id:
             raise MessageRejected(f"message of {header.sender} sent by {packet.creator_id}")
@@ -416,7 +397,7 @@ class PrivateMessagesService(Service):
         if header.recipient != me:
             raise MessageRejected(f"message is addressed to {header.recipient}, not to {me}")
         sender = await self._identity().fetch_identity(header.sender)
-        opened = await self.node.run_in_thread(open_message, packet.payload, self._my_key(),
+        opened = await self.ctx.run_in_thread(open_message, packet.payload, self._my_key(),
                                                sender.rsa_public_key(), me)
         if not isinstance(opened.data, dict):
             raise MessageRejected("message content must be a JSON object")

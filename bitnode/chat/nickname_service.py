@@ -14,50 +14,51 @@ from twisted.internet import defer
 
 from bitnode.chat.nickname_holder import NicknameHolder, validate_nickname
 from bitnode.chat.nickname_observer import NicknameObserver
+from bitnode.dht.dht_service import DHTService
 from bitnode.errors import Conflict, Unavailable
 from bitnode.services.base import Service
+from bitnode.services.context import NodeContext
+from bitnode.userid.id_service import IdentityService
 
 NICKNAME_KEY = "services/private-messages/nickname"
-IDENTITY = "service_identity"
-DHT = "service_entangled_dht"
 
 
 class NicknameService(Service):
     """Keeps my nickname registered and answers nickname searches."""
 
     name = "service_nicknames"
-    depends_on = (IDENTITY, DHT)
+    requires = {"identity": IdentityService, "dht": DHTService}
     description = "keep my nickname in the DHT (nickname_holder) and find others' (nickname_observer)"
 
-    def __init__(self, node):
-        super().__init__(node)
+    def __init__(self, ctx: NodeContext) -> None:
+        super().__init__(ctx)
         self.holder: NicknameHolder | None = None
         self.observer: NicknameObserver | None = None
 
     def _dht(self):
-        dht = self.node.service_driver.get(DHT).dht
+        dht = self.deps.dht.dht
         if dht is None:
             raise Unavailable("the DHT is not running")
         return dht
 
     def _my_idurl(self) -> str:
-        return self.node.service_driver.get(IDENTITY).my_idurl() or ""
+        return self.deps.identity.my_idurl() or ""
 
     def start(self) -> None:
         """Create both machines and claim the configured (or default) nickname."""
-        node = self.node
-        self.holder = NicknameHolder(node.clock, _LazyDHT(self._dht), self._my_idurl, self._held,
-                                     registry=node.automats)
-        self.observer = NicknameObserver(node.clock, _LazyDHT(self._dht), registry=node.automats)
-        node.settings.add_listener(NICKNAME_KEY, self._setting_changed)
-        self._unsubscribe = node.events.subscribe(self._on_event)
+        ctx = self.ctx
+        self.holder = NicknameHolder(ctx.clock, _LazyDHT(self._dht), self._my_idurl, self._held,
+                                     registry=ctx.automats)
+        self.observer = NicknameObserver(ctx.clock, _LazyDHT(self._dht), registry=ctx.automats)
+        ctx.settings.add_listener(NICKNAME_KEY, self._setting_changed)
+        self._unsubscribe = ctx.events.subscribe(self._on_event)
         if self._my_idurl():
             self.claim()
         # Without an identity yet, the claim happens on "my-identity-created".
 
     def stop(self) -> None:
         """Stop both machines (the DHT record simply expires if not re-published)."""
-        self.node.settings.remove_listener(NICKNAME_KEY, self._setting_changed)
+        self.ctx.settings.remove_listener(NICKNAME_KEY, self._setting_changed)
         if getattr(self, "_unsubscribe", None):
             self._unsubscribe()
         for machine in (self.holder, self.observer):
@@ -73,10 +74,10 @@ class NicknameService(Service):
 
     def wanted_nickname(self) -> str:
         """The setting, or my identity's name when the setting is empty."""
-        configured = self.node.settings.get(NICKNAME_KEY)
+        configured = self.ctx.settings.get(NICKNAME_KEY)
         if configured:
             return configured
-        identity = self.node.service_driver.get(IDENTITY).my_identity()
+        identity = self.deps.identity.my_identity()
         return identity.name if identity is not None else ""
 
     def claim(self, nickname: str | None = None) -> dict:
@@ -98,7 +99,7 @@ class NicknameService(Service):
     # --- reactions ----------------------------------------------------------------------
 
     def _held(self, nickname: str) -> None:
-        self.node.events.publish("nickname-held", {"nickname": nickname, "idurl": self._my_idurl()})
+        self.ctx.events.publish("nickname-held", {"nickname": nickname, "idurl": self._my_idurl()})
 
     def _setting_changed(self, key: str, old: Any, new: Any) -> None:
         if new and self.holder is not None and self._my_idurl():

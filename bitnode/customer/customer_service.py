@@ -3,7 +3,7 @@
 The service wires the market machines of :mod:`bitnode.customer` to the node:
 
 - **supplier_finder** looks for candidates in the suppliers' DHT layer
-  (:data:`~bitnode.supplier.supplier_service.SUPPLIERS_LAYER`) with
+  (:data:`~bitnode.storage.wire.SUPPLIERS_LAYER`) with
   ``random_nodes``; a contact carries its user's IDURL as ``user``, which is
   turned into a global id (contacts without one, and this node, are skipped);
 - **supplier_connector** (one per supplier) talks through the gateway:
@@ -17,8 +17,8 @@ The service wires the market machines of :mod:`bitnode.customer` to the node:
   suppliers are checked.
 
 Quota rule: every supplier holds one block of every segment, and a block is
-about ``segment / k`` bytes (k = data blocks of ``n`` = suppliers-number, from
-``service_backups``: ``services/backups/data-blocks``, else ``ceil(n/2)``). So
+about ``segment / k`` bytes (k of ``n`` = suppliers-number, by the one k-of-n
+policy :mod:`bitnode.storage.k_of_n`). So
 to keep ``needed-space`` bytes of files, each supplier is asked for
 ``ceil(needed-space / k)`` plus 1/16 of that for block headers and the
 catalog backups. A change of needed-space or suppliers-number asks the
@@ -37,12 +37,19 @@ also takes the record's k-of-n as its ``suppliers-number`` (and
 ``services/backups/data-blocks`` when ceil(n/2) is not k), so none of those
 suppliers is fired as "not needed".
 
-Storage (``service_backups``) gets its suppliers from :meth:`CustomerService.supplier_provider`:
-``positions()``, ``server(supplier_id)`` (a RemoteStorageServer over gateway
-requests; block commands wait ``block-timeout`` seconds, contract commands
-``request-timeout``) and ``settled()`` (fire_hire is done hiring and firing).
-It hears of changes through the ``suppliers-changed`` event, so the provider
-has no separate subscription.
+Storage (``service_backups``) gets its suppliers from this service through
+the port it declares, :class:`~bitnode.storage.ports.SupplierProvider`
+(``provides``): ``positions()``, ``server(supplier_id)`` (a
+RemoteStorageServer over gateway requests; block commands wait
+``block-timeout`` seconds, contract commands ``request-timeout``) and
+``settled()`` (fire_hire is done hiring and firing). It hears of changes
+through the ``suppliers-changed`` event, so the provider has no separate
+subscription.
+
+Packets: a supplier's rejection notice (a ``CancelService`` carrying
+``{"rejected": true}``) is routed here by the gateway's packet router while the
+service runs; storage commands reaching a node that serves no supplier are
+answered "supplier service is not running" (:data:`bitnode.storage.wire.SUPPLIER_OFF`).
 """
 
 from __future__ import annotations
@@ -60,29 +67,28 @@ from bitnode.customer.roster import SupplierRoster
 from bitnode.customer.supplier_connector import SupplierConnector
 from bitnode.customer.supplier_finder import SupplierFinder
 from bitnode.customer.suppliers_record import (
-    DHT,
-    IDENTITY,
     RECORD_TTL,
     REPUBLISH_AFTER,
     lookup_suppliers,
     suppliers_key,
 )
 from bitnode.dht import records
+from bitnode.dht.dht_service import DHTService
 from bitnode.errors import BadRequest, BitnodeError, Conflict, Forbidden, NotFound, Unavailable
 from bitnode.main.options import FLOAT, Option
+from bitnode.p2p.network_service import NetworkService
 from bitnode.services.base import Service
-from bitnode.storage import wire
-from bitnode.supplier.supplier_service import SUPPLIERS_LAYER, install_market_router
+from bitnode.services.context import NodeContext
+from bitnode.storage import k_of_n, wire
+from bitnode.storage.ports import SupplierProvider
 from bitnode.transport.commands import Command
+from bitnode.transport.gateway_service import GatewayService
 from bitnode.transport.packet_out import PeerRefused
+from bitnode.userid.id_service import IdentityService
 
 PREFIX = "services/customer/"
 WANTED_KEY = PREFIX + "suppliers-number"
 NEEDED_KEY = PREFIX + "needed-space"
-DATA_BLOCKS_KEY = "services/backups/data-blocks"
-GATEWAY = "service_gateway"
-NETWORK = "service_network"
-STORAGE = "service_backups"
 PUBLISH_RETRY = 60.0
 #: fire_hire is idle in these (storage waits for them before it checks the suppliers).
 SETTLED_STATES = ("READY", "WAITING", "CLOSED")
@@ -90,50 +96,12 @@ SETTLED_STATES = ("READY", "WAITING", "CLOSED")
 CONTRACT_COMMANDS = frozenset({Command.REQUEST_SERVICE.value, Command.CANCEL_SERVICE.value})
 
 
-class SupplierProvider:
-    """What service_backups needs from the customer side (see the module docstring)."""
-
-    def __init__(self, service: CustomerService):
-        self._service = service
-
-    def positions(self) -> list[str]:
-        """Position i's supplier (global id), "" where nobody is hired."""
-        roster = self._service.roster
-        return list(roster.positions) if roster is not None else []
-
-    def server(self, supplier_id: str) -> RemoteStorageServer:
-        """The IStorageServer of one supplier."""
-        return self._service.server(supplier_id)
-
-    def settled(self) -> defer.Deferred | None:
-        """None when fire_hire is idle, else a Deferred fired when it is."""
-        return self._service.settled()
-
-    def retiring(self) -> list[dict]:
-        """Former holders still read from: ``{"supplier_id", "position"}`` (fire_hire's retiring list)."""
-        fire_hire = self._service.fire_hire
-        if fire_hire is None or fire_hire.destroyed:
-            return [{"supplier_id": r.supplier_id, "position": r.position}
-                    for r in (self._service.roster.retiring if self._service.roster is not None else [])]
-        return [{"supplier_id": r["supplier_id"], "position": r["position"]} for r in fire_hire.retiring()]
-
-    def rebuild_progress(self, report: dict) -> None:
-        """Storage's blocks rebuilt per retiring holder (shown in suppliers_list)."""
-        fire_hire = self._service.fire_hire
-        if fire_hire is not None and not fire_hire.destroyed:
-            fire_hire.rebuild_progress(report)
-
-    def release(self, supplier_id: str) -> bool:
-        """Storage says nothing depends on this retiring holder: its contract ends (CancelService)."""
-        fire_hire = self._service.fire_hire
-        return fire_hire is not None and not fire_hire.destroyed and fire_hire.release(supplier_id)
-
-
 class CustomerService(Service):
     """Hires and keeps this node's suppliers; see the module docstring."""
 
     name = "service_customer"
-    depends_on = (GATEWAY, DHT, NETWORK)
+    requires = {"gateway": GatewayService, "dht": DHTService, "network": NetworkService, "identity": IdentityService}
+    provides = (SupplierProvider,)
     enabled_by_default = False
     description = "Hire suppliers for your encrypted blocks, replace dead ones (fire_hire)"
     options = (
@@ -159,13 +127,13 @@ class CustomerService(Service):
     )
     log = Logger()
 
-    def __init__(self, node):
-        super().__init__(node)
-        self.roster_file = os.path.join(node.basedir.metadata, "suppliers.json")
+    def __init__(self, ctx: NodeContext) -> None:
+        super().__init__(ctx)
+        self.roster_file = os.path.join(ctx.basedir.metadata, "suppliers.json")
         self.roster: SupplierRoster | None = None
         self.finder: SupplierFinder | None = None
         self.fire_hire: FireHire | None = None
-        self.provider = SupplierProvider(self)
+        self._route: Any = None
         self.dht_revision: int | None = None
         self.dht_error = ""
         self.recovered_from_dht = False
@@ -181,26 +149,28 @@ class CustomerService(Service):
 
     def start(self) -> None:
         """Build the machines, then (after a DHT look for a lost roster) let fire_hire hire."""
-        node, settings = self.node, self.node.settings
-        gateway = node.service_driver.get(GATEWAY).require_gateway()
+        ctx, settings = self.ctx, self.ctx.settings
+        gateway = self.deps.gateway.require_gateway()
         self._my_id = gateway.my_id
         fresh = not os.path.exists(self.roster_file)
         self.roster = SupplierRoster(self.roster_file)
-        self.finder = SupplierFinder(node.clock, self._random_suppliers, self._make_connector,
-                                     registry=node.automats)
+        self.finder = SupplierFinder(ctx.clock, self._random_suppliers, self._make_connector,
+                                     registry=ctx.automats)
         probe = 2 * float(settings.get(PREFIX + "request-timeout")) + 1.0
-        self.fire_hire = FireHire(node.clock, self.roster, self.finder, self._make_connector, self.wanted,
-                                  self.dead_after, self._roster_changed, registry=node.automats,
+        self.fire_hire = FireHire(ctx.clock, self.roster, self.finder, self._make_connector, self.wanted,
+                                  self.dead_after, self._roster_changed, registry=ctx.automats,
                                   intervals={"timer-1min": settings.get(PREFIX + "check-interval"),
                                              "timer-probe": probe},
                                   network_state=self._network_state, check_network=self._check_network,
                                   data_blocks=self.data_blocks, cancel_service=self.cancel_service,
                                   pause_tolerance=lambda: float(settings.get(PREFIX + "pause-tolerance")))
         self.fire_hire.add_state_listener(self._fire_hire_changed)
-        self._unsubscribe_events = node.events.subscribe(self._on_event)
+        self._unsubscribe_events = ctx.events.subscribe(self._on_event)
         settings.add_listener(WANTED_KEY, self._wanted_changed)
         settings.add_listener(NEEDED_KEY, self._needed_changed)
-        install_market_router(node, gateway)
+        self._route = gateway.router.add(Command.CANCEL_SERVICE, self._on_rejection, accepts=_is_rejection,
+                                         owner=self.name)
+        gateway.router.refuse(wire.MARKET_COMMANDS, wire.SUPPLIER_OFF)
         d = defer.Deferred.fromCoroutine(self._recover()) if fresh else defer.succeed(None)
         d.addErrback(lambda f: self.log.failure("looking for my suppliers in the DHT failed", f))
         d.addCallback(self._begin)
@@ -215,19 +185,22 @@ class CustomerService(Service):
             # Storage may have come up before this service (it needs no gateway) and found no
             # suppliers then: tell it they are here, e.g. to restore the catalog of a recovered identity.
             reason = "recovered from the DHT" if self.recovered_from_dht else "service started"
-            self.node.events.publish("suppliers-changed", {"positions": list(self.roster.positions),
+            self.ctx.events.publish("suppliers-changed", {"positions": list(self.roster.positions),
                                                            "reason": reason, "revision": self.roster.revision})
             if self.dht_revision is None:
                 self.publish_suppliers()
 
     def stop(self) -> None:
         """Stop the machines (contracts stay: the suppliers keep our data), release waiters."""
-        settings = self.node.settings
+        settings = self.ctx.settings
         settings.remove_listener(WANTED_KEY, self._wanted_changed)
         settings.remove_listener(NEEDED_KEY, self._needed_changed)
         if self._unsubscribe_events is not None:
             self._unsubscribe_events()
             self._unsubscribe_events = None
+        if self._route is not None:
+            self._route.remove()
+            self._route = None
         fire_hire, self.fire_hire = self.fire_hire, None
         if fire_hire is not None and not fire_hire.destroyed:
             fire_hire.event("shutdown")  # also shuts the finder and every connector down
@@ -257,22 +230,19 @@ class CustomerService(Service):
 
     def wanted(self) -> int:
         """How many suppliers to keep."""
-        return int(self.node.settings.get(WANTED_KEY))
+        return int(self.ctx.settings.get(WANTED_KEY))
 
     def dead_after(self) -> float:
         """Seconds offline before a supplier is fired."""
-        return float(self.node.settings.get(PREFIX + "dead-after"))
+        return float(self.ctx.settings.get(PREFIX + "dead-after"))
 
     def data_blocks(self, n: int) -> int:
-        """k for n positions, as service_backups will encode (ceil(n/2) without it)."""
-        driver = self.node.service_driver
-        if STORAGE in driver.names():
-            return max(1, driver.get(STORAGE).data_blocks(n))
-        return max(1, (n + 1) // 2)
+        """k for n positions, as service_backups will encode (:mod:`bitnode.storage.k_of_n`); at least 1."""
+        return max(1, k_of_n.data_blocks(n, k_of_n.configured_data_blocks(self.ctx.settings)))
 
     def quota_bytes(self) -> int:
         """What each supplier is asked for (the quota rule of the module docstring)."""
-        needed = int(self.node.settings.get(NEEDED_KEY))
+        needed = int(self.ctx.settings.get(NEEDED_KEY))
         k = self.data_blocks(max(1, self.wanted()))
         per_supplier = -(-needed // k)
         return max(1, per_supplier + per_supplier // 16)
@@ -298,16 +268,15 @@ class CustomerService(Service):
     # --- the machines' neighbours --------------------------------------------------------
 
     def _make_connector(self, supplier_id: str) -> SupplierConnector:
-        ping = float(self.node.settings.get(PREFIX + "ping-interval"))
-        return SupplierConnector(self.node.clock, supplier_id, self, self.quota_bytes(),
+        ping = float(self.ctx.settings.get(PREFIX + "ping-interval"))
+        return SupplierConnector(self.ctx.clock, supplier_id, self, self.quota_bytes(),
                                  intervals={"timer-ping": ping, "timer-retry": ping / 2},
-                                 registry=self.node.automats)
+                                 registry=self.ctx.automats)
 
     def _random_suppliers(self, count: int) -> defer.Deferred:
-        driver = self.node.service_driver
-        if not driver.is_on(DHT):
-            return defer.fail(Unavailable(f"{DHT} is not running"))
-        return driver.get(DHT).random_nodes(SUPPLIERS_LAYER, count).addCallback(self._global_ids)
+        if not self.deps.is_on("dht"):
+            return defer.fail(Unavailable(f"{DHTService.name} is not running"))
+        return self.deps.dht.random_nodes(wire.SUPPLIERS_LAYER, count).addCallback(self._global_ids)
 
     def _global_ids(self, contacts: list[dict]) -> list[str]:
         out: list[str] = []
@@ -335,20 +304,20 @@ class CustomerService(Service):
 
     def ping(self, supplier_id: str) -> defer.Deferred:
         """Contracts neighbour: an Identity ping through the online-status table (it records the answer)."""
-        timeout = self.node.settings.get(PREFIX + "request-timeout")
-        return defer.maybeDeferred(lambda: self.node.service_driver.get(NETWORK).require_online().ping(
+        timeout = self.ctx.settings.get(PREFIX + "request-timeout")
+        return defer.maybeDeferred(lambda: self.deps.network.require_online().ping(
             supplier_id, timeout))
 
     def request(self, supplier_id: str, owner_id: str, command: str, payload: bytes) -> defer.Deferred:
         """RemoteStorageServer's transport: one packet to the supplier, its answer as ``(command, payload)``."""
         try:
-            gateway = self.node.service_driver.get(GATEWAY).require_gateway()
+            gateway = self.deps.gateway.require_gateway()
         except Unavailable as err:
             return defer.fail(err)
         if owner_id != gateway.my_id:
             return defer.fail(Forbidden(f"this node acts only for {gateway.my_id}, not {owner_id}"))
         name = str(command)
-        timeout = self.node.settings.get(PREFIX + ("request-timeout" if name in CONTRACT_COMMANDS
+        timeout = self.ctx.settings.get(PREFIX + ("request-timeout" if name in CONTRACT_COMMANDS
                                                     else "block-timeout"))
         d = gateway.request(name, supplier_id, payload, timeout=timeout)
         d.addCallbacks(lambda packet: (packet.command, packet.payload), _fail_answer)
@@ -362,9 +331,29 @@ class CustomerService(Service):
             server = self._servers[supplier_id] = RemoteStorageServer(self.request, supplier_id)
         return server
 
-    def supplier_provider(self) -> SupplierProvider:
-        """The supplier provider service_backups uses."""
-        return self.provider
+    def positions(self) -> list[str]:
+        """SupplierProvider: position i's supplier (global id), "" where nobody is hired."""
+        roster = self.roster
+        return list(roster.positions) if roster is not None else []
+
+    def retiring(self) -> list[dict]:
+        """SupplierProvider: former holders still read from, ``{"supplier_id", "position"}`` (fire_hire's list)."""
+        fire_hire = self.fire_hire
+        if fire_hire is None or fire_hire.destroyed:
+            return [{"supplier_id": r.supplier_id, "position": r.position}
+                    for r in (self.roster.retiring if self.roster is not None else [])]
+        return [{"supplier_id": r["supplier_id"], "position": r["position"]} for r in fire_hire.retiring()]
+
+    def rebuild_progress(self, report: dict) -> None:
+        """SupplierProvider: storage's blocks rebuilt per retiring holder (shown in suppliers_list)."""
+        fire_hire = self.fire_hire
+        if fire_hire is not None and not fire_hire.destroyed:
+            fire_hire.rebuild_progress(report)
+
+    def release(self, supplier_id: str) -> bool:
+        """SupplierProvider: nothing depends on this retiring holder any more; its contract ends (CancelService)."""
+        fire_hire = self.fire_hire
+        return fire_hire is not None and not fire_hire.destroyed and fire_hire.release(supplier_id)
 
     def settled(self) -> defer.Deferred | None:
         """None while fire_hire is idle (READY), else a Deferred fired when it gets there."""
@@ -381,12 +370,12 @@ class CustomerService(Service):
 
     def _network_state(self) -> str:
         """network_connector's state ("" while service_network is off): fire_hire judges only when CONNECTED."""
-        connector = self.node.service_driver.get(NETWORK).connector
+        connector = self.deps.network.connector
         return connector.state if connector is not None else ""
 
     def _check_network(self) -> None:
         """No supplier answers: maybe this node is the one cut off; let network_connector check now."""
-        connector = self.node.service_driver.get(NETWORK).connector
+        connector = self.deps.network.connector
         if connector is not None and not connector.destroyed:
             connector.event("check-reconnect")
 
@@ -405,7 +394,7 @@ class CustomerService(Service):
 
     def _roster_changed(self, positions: list[str], reason: str) -> None:
         revision = self.roster.revision if self.roster is not None else None
-        self.node.events.publish("suppliers-changed", {"positions": list(positions), "reason": reason,
+        self.ctx.events.publish("suppliers-changed", {"positions": list(positions), "reason": reason,
                                                        "revision": revision})
         self.publish_suppliers()
 
@@ -413,9 +402,9 @@ class CustomerService(Service):
         """The value of my ``suppliers`` DHT record, from the current roster."""
         positions = list(self.roster.positions)
         n = len(positions)
-        identity = self.node.service_driver.get(IDENTITY)
+        identity = self.deps.identity
         return {"customer_idurl": identity.my_idurl() or "",
-                "ecc_map": f"{self.data_blocks(n) if n else 0}-of-{n}",
+                "ecc_map": k_of_n.ecc_map(n, k_of_n.configured_data_blocks(self.ctx.settings)),
                 "suppliers": [globalid.global_id_to_idurl(s) if s else "" for s in positions],
                 "revision": self.roster.revision}
 
@@ -446,10 +435,9 @@ class CustomerService(Service):
         roster = self.roster
         revision = roster.revision
         try:
-            driver = self.node.service_driver
-            if not driver.is_on(DHT):
-                raise Unavailable(f"{DHT} is not running")
-            dht = driver.get(DHT)
+            if not self.deps.is_on("dht"):
+                raise Unavailable(f"{DHTService.name} is not running")
+            dht = self.deps.dht
             if not (dht.dht is not None and dht.dht.stats()["contacts"].get("0")):
                 raise Unavailable("the DHT knows no other node yet")
             await dht.set_value(suppliers_key(self._my_id), self.record_value(), expire=RECORD_TTL,
@@ -465,11 +453,11 @@ class CustomerService(Service):
     def _publish_later(self, delay: float) -> None:
         if self.roster is None or self._publish_again:
             return  # stopped, or a newer publish comes right away
-        self._publish_call = self.node.call_later(delay, self.publish_suppliers)
+        self._publish_call = self.ctx.call_later(delay, self.publish_suppliers)
 
     async def _recover(self) -> None:
         """No roster on disk: take the positions my suppliers record in the DHT names, if any."""
-        dht = self.node.service_driver.get(DHT)
+        dht = self.deps.dht
         if dht.dht is not None and not dht.dht.stats()["contacts"].get("0"):
             try:
                 await dht.bootstrap()
@@ -477,7 +465,7 @@ class CustomerService(Service):
                 self.log.info("no DHT peers to recover my suppliers from: {err}", err=err)
                 return
         try:
-            found = await lookup_suppliers(self.node, self._my_id)
+            found = await lookup_suppliers(self.deps.dht, self.deps.identity, self._my_id)
         except BitnodeError as err:
             self.log.info("no suppliers record of mine in the DHT: {err}", err=err)
             return
@@ -494,18 +482,21 @@ class CustomerService(Service):
 
     def _adopt_ecc_map(self, ecc_map: str, n: int) -> None:
         """Keep the recovered k-of-n (fewer wanted suppliers would fire, and so empty, the last positions)."""
-        settings = self.node.settings
+        settings = self.ctx.settings
         try:
             if self.wanted() != n:
                 settings.set(WANTED_KEY, n)
-            k = int(str(ecc_map).partition("-of-")[0])
-            if STORAGE in self.node.service_driver.names() and self.data_blocks(n) != k:
-                settings.set(DATA_BLOCKS_KEY, k)
+            k, _ = k_of_n.parse_ecc_map(ecc_map)
+            if k_of_n.DATA_BLOCKS_KEY in settings.keys() and self.data_blocks(n) != k:
+                settings.set(k_of_n.DATA_BLOCKS_KEY, k)
         except (BitnodeError, ValueError) as err:
             self.log.warn("could not keep the recovered suppliers' {ecc_map} ({n} positions): {err}",
                           ecc_map=ecc_map, n=n, err=err)
 
     # --- incoming notices ----------------------------------------------------------------
+
+    def _on_rejection(self, packet: Any, address: Any) -> defer.Deferred:
+        return self.supplier_rejected(packet, self.deps.gateway.require_gateway())
 
     def supplier_rejected(self, packet: Any, gateway: Any) -> defer.Deferred:
         """A supplier's CancelService notice: it does not serve us any more (fire and replace it)."""
@@ -603,12 +594,12 @@ class CustomerService(Service):
     def ping_suppliers(self) -> defer.Deferred:
         """Ask every supplier for service again now; fires with suppliers() once each answered (or timed out)."""
         fire_hire = self.require_fire_hire()
-        timeout = float(self.node.settings.get(PREFIX + "request-timeout")) + 1.0
+        timeout = float(self.ctx.settings.get(PREFIX + "request-timeout")) + 1.0
         waits = [self._ask_again(c, timeout) for c in list(fire_hire.connectors.values())
                  if c.state in ("CONNECTED", "DISCONNECTED", "REFUSE")]
         d = defer.DeferredList(waits, consumeErrors=True)
         # A connector's listeners hear of CONNECTED before its action stores the answer: read on the next turn.
-        return d.addCallback(lambda _: task.deferLater(self.node.clock, 0, self.suppliers))
+        return d.addCallback(lambda _: task.deferLater(self.ctx.clock, 0, self.suppliers))
 
     def _ask_again(self, connector: SupplierConnector, timeout: float) -> defer.Deferred:
         d = defer.Deferred()
@@ -618,7 +609,7 @@ class CustomerService(Service):
                 d.callback(new)
 
         connector.add_state_listener(watch)
-        d.addTimeout(timeout, self.node.clock)
+        d.addTimeout(timeout, self.ctx.clock)
         d.addBoth(lambda result: (connector.remove_state_listener(watch), result)[1])
         connector.event("connect")
         return d
@@ -628,7 +619,7 @@ class CustomerService(Service):
         rows = [r for r in self.suppliers() if not r["retiring"]]
         hired = [r for r in rows if r["supplier_id"]]
         n = max(1, self.wanted())
-        return {"running": True, "needed_bytes": int(self.node.settings.get(NEEDED_KEY)),
+        return {"running": True, "needed_bytes": int(self.ctx.settings.get(NEEDED_KEY)),
                 "suppliers_num": len(hired), "wanted_suppliers": self.wanted(), "data_blocks": self.data_blocks(n),
                 "quota_per_supplier": self.quota_bytes(),
                 "used_bytes": sum(r["used_bytes"] or 0 for r in hired),
@@ -640,3 +631,8 @@ def _fail_answer(failure):
     """A supplier's Fail is an answer like any other for RemoteStorageServer (it maps the reason)."""
     failure.trap(PeerRefused)
     return Command.FAIL.value, failure.value.reason.encode("utf-8")
+
+
+def _is_rejection(packet: Any) -> bool:
+    """Router predicate: a supplier's rejection notice (not a customer's own CancelService)."""
+    return wire.is_rejection_notice(packet.payload)

@@ -13,10 +13,9 @@ from twisted.internet import defer
 
 from bitnode import globalid
 from bitnode.dht import records
+from bitnode.dht.dht_service import DHTService
 from bitnode.errors import BadRequest, Conflict, Unavailable
 
-DHT = "service_entangled_dht"
-IDENTITY = "service_identity"
 RECORD_TTL = 24 * 3600
 REPUBLISH_AFTER = RECORD_TTL / 2
 
@@ -26,8 +25,11 @@ def suppliers_key(customer_id: str) -> str:
     return f"{records.SUPPLIERS}:{customer_id}"
 
 
-def lookup_suppliers(node: Any, customer_id: str) -> defer.Deferred:
+def lookup_suppliers(dht: Any, identities: Any, customer_id: str) -> defer.Deferred:
     """Read ``customer_id``'s suppliers record from the DHT and check its writer is that customer.
+
+    ``dht`` is the running DHT service (None when it is off: Unavailable),
+    ``identities`` anything with ``fetch_identity(global_id)`` (the identity service).
 
     Fires with ``{"customer_id", "customer_idurl", "revision", "ecc_map",
     "suppliers": [global id or ""], "idurls", "writer_verified", "created",
@@ -35,16 +37,15 @@ def lookup_suppliers(node: Any, customer_id: str) -> defer.Deferred:
     written with the customer's identity key (someone else holds the key).
     Works whether or not service_customer runs (anyone's list can be read).
     """
-    return defer.Deferred.fromCoroutine(_lookup_suppliers(node, customer_id))
+    return defer.Deferred.fromCoroutine(_lookup_suppliers(dht, identities, customer_id))
 
 
-async def _lookup_suppliers(node: Any, customer_id: str) -> dict:
-    driver = node.service_driver
-    if not driver.is_on(DHT):
-        raise Unavailable(f"{DHT} is not running")
+async def _lookup_suppliers(dht: Any, identities: Any, customer_id: str) -> dict:
+    if dht is None:
+        raise Unavailable(f"{DHTService.name} is not running")
     gid = str(globalid.to_global_id(customer_id))
-    record = await driver.get(DHT).get_value(suppliers_key(gid), records.SUPPLIERS)
-    identity = await driver.get(IDENTITY).fetch_identity(gid)
+    record = await dht.get_value(suppliers_key(gid), records.SUPPLIERS)
+    identity = await identities.fetch_identity(gid)
     value = record["value"]
     if not identity.signing_key or record["writer_pubkey"] != identity.signing_key:
         raise Conflict(f"the DHT record {suppliers_key(gid)} is not signed by {gid}'s identity key")

@@ -14,7 +14,7 @@ The service owns one :class:`bitnode.dht.kademlia_node.DHTNode`:
   again whenever that setting changes. Start-up does not wait for the network.
 
 API methods (:mod:`bitnode.interface.api_dht`) call the methods below; other
-services reach the node as ``node.service_driver.get("service_entangled_dht")``.
+services declare it (``requires = {"dht": DHTService}``) and use ``self.deps.dht``.
 """
 
 from __future__ import annotations
@@ -38,8 +38,9 @@ from bitnode.errors import BadRequest, Conflict, NotFound, Unavailable
 from bitnode.main.fileutil import atomic_write, ensure_dir, read_limited
 from bitnode.main.options import FLOAT, INTEGER, STRING, Option
 from bitnode.services.base import Service
+from bitnode.services.context import NodeContext
+from bitnode.userid.id_service import IdentityService
 
-IDENTITY = "service_identity"
 PORT_KEY = "services/entangled-dht/udp-port"
 SEEDS_KEY = "services/entangled-dht/known-nodes"
 DEFAULT_EXPIRE = 24 * 3600
@@ -67,7 +68,7 @@ class DHTService(Service):
     """Runs the node's DHT node; see the module docstring."""
 
     name = "service_entangled_dht"
-    depends_on = (IDENTITY,)
+    requires = {"identity": IdentityService}
     enabled_by_default = True
     description = "Kademlia DHT on UDP: finds peers, stores signed nickname/identity/supplier records"
     options = (
@@ -84,21 +85,21 @@ class DHTService(Service):
     )
     log = Logger()
 
-    def __init__(self, node):
-        super().__init__(node)
+    def __init__(self, ctx: NodeContext) -> None:
+        super().__init__(ctx)
         self.dht: DHTNode | None = None
         self.last_bootstrap_error = ""
         self._retry: LoopingCall | None = None
         self._unsubscribe = None
         self._get_cache: OrderedDict[tuple, tuple[float, Record | None]] = OrderedDict()
-        self.folder = node.basedir.path("dht")
+        self.folder = ctx.basedir.path("dht")
         self.id_file = os.path.join(self.folder, "node_id")
 
     # -- lifecycle ------------------------------------------------------------
 
     def start(self) -> Deferred:
         """Read (or create) the node id off the reactor, then listen and start joining."""
-        return self.node.run_in_thread(self._load_node_id).addCallback(self._started)
+        return self.ctx.run_in_thread(self._load_node_id).addCallback(self._started)
 
     def _load_node_id(self) -> int:
         ensure_dir(self.folder)
@@ -110,23 +111,23 @@ class DHTService(Service):
             return node_id
 
     def _started(self, node_id: int) -> None:
-        settings = self.node.settings
+        settings = self.ctx.settings
         # The sqlite connection must be opened on the reactor thread, which uses it.
-        dht = DHTNode(self.node.clock, random.SystemRandom(), None, os.path.join(self.folder, "records.sqlite"),
+        dht = DHTNode(self.ctx.clock, random.SystemRandom(), None, os.path.join(self.folder, "records.sqlite"),
                       k=settings.get("services/entangled-dht/k"), node_id=node_id,
                       rpc_timeout=settings.get("services/entangled-dht/rpc-timeout"),
                       limits=limits_from_settings(settings))
         try:
-            dht.listen_udp(self.node.reactor, settings.get(PORT_KEY), settings.get("services/entangled-dht/interface"))
+            dht.listen_udp(self.ctx.reactor, settings.get(PORT_KEY), settings.get("services/entangled-dht/interface"))
         except Exception:
             dht.stop()
             raise
         self.dht = dht
         self.refresh_identity()
-        self._unsubscribe = self.node.events.subscribe(self._on_event)
+        self._unsubscribe = self.ctx.events.subscribe(self._on_event)
         settings.add_listener(SEEDS_KEY, self._seeds_changed)
         self._retry = LoopingCall(self._retry_bootstrap)
-        self._retry.clock = self.node.clock
+        self._retry.clock = self.ctx.clock
         self._retry.start(settings.get("services/entangled-dht/bootstrap-retry"), now=True).addErrback(
             lambda f: self.log.failure("DHT bootstrap loop died", f))
         self.log.info("DHT node {id} on udp {host}:{port}", id=id_to_hex(node_id)[:12], host=dht.address[0],
@@ -135,7 +136,7 @@ class DHTService(Service):
     def stop(self) -> Deferred:
         """Stop joining, close the socket and the record store."""
         if self.dht is not None:
-            self.node.settings.remove_listener(SEEDS_KEY, self._seeds_changed)
+            self.ctx.settings.remove_listener(SEEDS_KEY, self._seeds_changed)
         if self._unsubscribe is not None:
             self._unsubscribe()
             self._unsubscribe = None
@@ -160,8 +161,7 @@ class DHTService(Service):
 
     def refresh_identity(self) -> None:
         """Take the signing key and IDURL from service_identity (they appear when an identity is created)."""
-        driver = self.node.service_driver
-        ident = driver.get(IDENTITY) if driver.is_on(IDENTITY) else None
+        ident = self.deps.identity if self.deps.is_on("identity") else None
         dht = self.dht
         if dht is None:
             return
@@ -187,7 +187,7 @@ class DHTService(Service):
     def seeds(self) -> list[tuple[str, int]]:
         """The known nodes from settings; malformed entries are skipped (and logged)."""
         out = []
-        for text in self.node.settings.get(SEEDS_KEY):
+        for text in self.ctx.settings.get(SEEDS_KEY):
             try:
                 out.append(parse_seed(text))
             except BadRequest as err:
@@ -205,7 +205,7 @@ class DHTService(Service):
         for host, port in self.seeds():
             if not _is_ip(host):
                 try:
-                    host = await self.node.reactor.resolve(host)
+                    host = await self.ctx.reactor.resolve(host)
                 except Exception as err:  # a DNS failure of one seed must not stop the others
                     self.log.info("cannot resolve DHT seed {host}: {err}", host=host, err=err)
                     continue
@@ -259,7 +259,7 @@ class DHTService(Service):
         if use_cache_ttl is not None and (type(use_cache_ttl) is not int or use_cache_ttl < 0):
             raise BadRequest("use_cache_ttl must be a number of seconds >= 0")
         cache_key = (layer, key, record_type)
-        now = self.node.clock.seconds()
+        now = self.ctx.clock.seconds()
         if use_cache_ttl and cache_key in self._get_cache:
             stamp, cached = self._get_cache[cache_key]
             if now - stamp <= use_cache_ttl and (cached is None or not cached.is_expired(now)):
@@ -267,7 +267,7 @@ class DHTService(Service):
         d = dht.get_value(key, record_type, layer)
 
         def remember(record: Record | None) -> Record | None:
-            self._get_cache[cache_key] = (self.node.clock.seconds(), record)
+            self._get_cache[cache_key] = (self.ctx.clock.seconds(), record)
             self._get_cache.move_to_end(cache_key)
             while len(self._get_cache) > GET_CACHE_SIZE:
                 self._get_cache.popitem(last=False)

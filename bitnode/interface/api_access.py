@@ -23,18 +23,16 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 
+from bitnode.access.friends_service import FriendsService
 from bitnode.access.key_exchange import check_timeout
-from bitnode.interface.running import running_service
-
-KEY_EXCHANGE = "service_key_exchange"
-FRIENDS = "service_friends"
+from bitnode.access.key_exchange_service import KeyExchangeService
 
 
 class AccessMethods:
     """key_share, key_audit, friends_list, friend_add, friend_remove; mixed into the API."""
 
-    def _running_service(self, name: str) -> Any:
-        return running_service(self.node, name)
+    def _running_service(self, kind: type) -> Any:
+        return self.node.service_driver.running(kind)
 
     # --- keys ------------------------------------------------------------------------
 
@@ -42,26 +40,26 @@ class AccessMethods:
                   timeout: float = 10.0) -> Deferred:
         """Send a key (public, or private too) to a user; answers once they stored it."""
         check_timeout(timeout)
-        exchange = self._running_service(KEY_EXCHANGE).require_exchange()
+        exchange = self._running_service(KeyExchangeService).require_exchange()
         return exchange.share(key_id, trusted_user_id, include_private, timeout)
 
     def key_audit(self, key_id: str, untrusted_user_id: str, is_private: bool = False,
                   timeout: float = 10.0) -> Deferred:
         """Ask a user to prove it holds a key (its private part with is_private)."""
         check_timeout(timeout)
-        exchange = self._running_service(KEY_EXCHANGE).require_exchange()
+        exchange = self._running_service(KeyExchangeService).require_exchange()
         return exchange.audit(key_id, untrusted_user_id, is_private, timeout)
 
     # --- friends ------------------------------------------------------------------------
 
     def friends_list(self) -> list:
         """My friends with alias and online status."""
-        return self._running_service(FRIENDS).list_friends()
+        return self._running_service(FriendsService).list_friends()
 
     def friend_add(self, trusted_user_id: str, alias: str = "", share_person_key: bool = True) -> Deferred:
         """Add a friend (or change their alias), sharing my person key unless told not to."""
-        return self._running_service(FRIENDS).add_friend(trusted_user_id, alias, share_person_key)
+        return self._running_service(FriendsService).add_friend(trusted_user_id, alias, share_person_key)
 
     def friend_remove(self, user_id: str) -> Deferred:
         """Remove a friend."""
-        return self._running_service(FRIENDS).remove_friend(user_id)
+        return self._running_service(FriendsService).remove_friend(user_id)

@@ -17,23 +17,18 @@ Result shapes:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from twisted.internet.defer import Deferred
 
-from bitnode.interface.running import running_service
-
-if TYPE_CHECKING:  # pragma: no cover
-    from bitnode.dht.dht_service import DHTService
-
-SERVICE = "service_entangled_dht"
+from bitnode.dht.dht_service import DHTService
 
 
 class DHTMethods:
     """dht_* methods; mixed into :class:`bitnode.interface.api.API`."""
 
     def _dht_service(self) -> DHTService:
-        return running_service(self.node, SERVICE)
+        return self.node.service_driver.running(DHTService)
 
     def dht_node_find(self, node_id_64: str | None = None, layer_id: int = 0) -> Deferred:
         """The k DHT nodes closest to ``node_id_64`` (a random id when not given)."""

@@ -30,22 +30,16 @@ from __future__ import annotations
 
 import os
 import stat
-from typing import TYPE_CHECKING
 
 from twisted.internet import defer
 
+from bitnode.access.shares_service import SharesService
 from bitnode.errors import BadRequest, NotFound, Unavailable
-from bitnode.interface.running import running_service
 from bitnode.storage import folders
+from bitnode.storage.backups_service import BackupsService
 from bitnode.storage.catalog import COMPLETE
 from bitnode.storage.catalog_format import describe_metadata
 from bitnode.storage.redundancy import version_report
-
-if TYPE_CHECKING:  # pragma: no cover
-    from bitnode.storage.backups_service import BackupsService
-
-SERVICE = "service_backups"
-SHARES = "service_shares"
 
 
 def _absolute(local_path: str, name: str = "local_path") -> str:
@@ -127,11 +121,12 @@ class FilesMethods:
 
     def _storage(self, where: str | None = None) -> BackupsService:
         driver = self.node.service_driver
-        service = running_service(self.node, SERVICE)
+        service = driver.running(BackupsService)
         service.require_ready()
         # ``where`` (a remote path or key id) under another user's share: that open share's view stands in.
-        if where and SHARES in driver.names() and driver.is_on(SHARES):
-            view = driver.get(SHARES).view_for(where)
+        shares = driver.find(SharesService) if where else None
+        if shares is not None:
+            view = shares.view_for(where)
             if view is not None:
                 return view
         return service
@@ -139,9 +134,9 @@ class FilesMethods:
     def _transfer_managers(self) -> list:
         """My TransferManager, then those of the shares of others I have open (their downloads)."""
         managers = [self._storage().transfers]
-        driver = self.node.service_driver
-        if SHARES in driver.names() and driver.is_on(SHARES):
-            managers += driver.get(SHARES).transfer_managers()
+        shares = self.node.service_driver.find(SharesService)
+        if shares is not None:
+            managers += shares.transfer_managers()
         return managers
 
     def _thread(self, fn, *args):
@@ -185,10 +180,8 @@ class FilesMethods:
                                                              include_downloads, offset, limit, others))
 
     def _open_share_views(self) -> list:
-        driver = self.node.service_driver
-        if SHARES in driver.names() and driver.is_on(SHARES):
-            return driver.get(SHARES).ready_views()
-        return []
+        shares = self.node.service_driver.find(SharesService)
+        return shares.ready_views() if shares is not None else []
 
     async def _files_list(self, storage, key_id, path, recursive, uploads, downloads, offset, limit,
                           others=()) -> list:

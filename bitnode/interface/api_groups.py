@@ -33,9 +33,7 @@ from typing import Any, Optional
 
 from twisted.internet import defer
 
-from bitnode.interface.running import running_service
-
-GROUPS = "service_private_groups"
+from bitnode.access.groups_service import GroupsService
 
 
 class GroupsMethods:
@@ -44,7 +42,7 @@ class GroupsMethods:
     node: Any
 
     def _groups(self) -> Any:
-        return running_service(self.node, GROUPS)
+        return self.node.service_driver.running(GroupsService)
 
     def groups_list(self, only_active: bool = False, include_mine: bool = True,
                     include_granted: bool = True) -> defer.Deferred:

@@ -21,20 +21,18 @@ from twisted.internet.defer import Deferred
 
 from bitnode import globalid
 from bitnode.errors import BadRequest, Conflict
-from bitnode.interface.running import running_service
 from bitnode.userid.id_service import IdentityService, RotateResult, identity_as_dict
 
 if TYPE_CHECKING:  # pragma: no cover
     from bitnode.crypt.keystore import KeyStore
 
-SERVICE = "service_identity"
 
 
 class IdentityMethods:
     """key_* and identity_* methods; mixed into :class:`bitnode.interface.api.API`."""
 
     def _identity_service(self) -> IdentityService:
-        return running_service(self.node, SERVICE)
+        return self.node.service_driver.running(IdentityService)
 
     def _keystore(self) -> KeyStore:
         store = self._identity_service().keystore

@@ -45,29 +45,34 @@ import psutil
 from twisted.internet import defer
 
 from bitnode import globalid
-from bitnode.customer.customer_service import lookup_suppliers
+from bitnode.customer.customer_service import CustomerService
+from bitnode.customer.suppliers_record import lookup_suppliers
+from bitnode.dht.dht_service import DHTService
 from bitnode.errors import Conflict, Unavailable
-from bitnode.interface.running import running_service
 from bitnode.supplier.disk_store import tree_size
-
-CUSTOMER = "service_customer"
-SUPPLIER = "service_supplier"
+from bitnode.supplier.supplier_service import SupplierService
+from bitnode.userid.id_service import IdentityService
 
 
 class MarketMethods:
     """suppliers_*, customers_*, space_* methods; mixed into :class:`bitnode.interface.api.API`."""
 
-    def _market_service(self, name: str, must_run: bool = True) -> Any:
-        if must_run:
-            return running_service(self.node, name)
+    def _market_service(self, kind: type, must_run: bool = True) -> Any:
         driver = self.node.service_driver
-        if name not in driver.names():
-            raise Unavailable(f"{name} is not installed")
-        return driver.get(name)
+        if must_run:
+            return driver.running(kind)
+        service = driver.installed(kind)
+        if service is None:
+            raise Unavailable(f"{kind.name} is not installed")
+        return service
+
+    def _lookup_suppliers(self, customer_id: str) -> defer.Deferred:
+        driver = self.node.service_driver
+        return lookup_suppliers(driver.find(DHTService), driver.running(IdentityService), customer_id)
 
     def _my_id(self) -> str:
-        driver = self.node.service_driver
-        me = driver.get("service_identity").my_global_id() if driver.is_on("service_identity") else None
+        identity = self.node.service_driver.find(IdentityService)
+        me = identity.my_global_id() if identity is not None else None
         if not me:
             raise Conflict("this node has no identity yet: call identity_create or identity_recover first")
         return me
@@ -77,27 +82,27 @@ class MarketMethods:
     def suppliers_list(self, customer_id: str | None = None, verbose: bool = False) -> Any:
         """My suppliers by position (or, for another customer, those its DHT record names)."""
         if customer_id and str(globalid.to_global_id(customer_id)) != self._my_id():
-            return lookup_suppliers(self.node, customer_id).addCallback(_record_rows)
-        return self._market_service(CUSTOMER).suppliers(verbose)
+            return self._lookup_suppliers(customer_id).addCallback(_record_rows)
+        return self._market_service(CustomerService).suppliers(verbose)
 
     def supplier_change(self, position: int | None = None, supplier_id: str | None = None,
                         new_supplier_id: str | None = None, index_or_idurl: str | None = None) -> dict:
         """Fire one supplier and hire ``new_supplier_id`` (or a random node) in its position."""
-        return self._market_service(CUSTOMER).change(position, supplier_id, new_supplier_id, index_or_idurl)
+        return self._market_service(CustomerService).change(position, supplier_id, new_supplier_id, index_or_idurl)
 
     def suppliers_ping(self) -> defer.Deferred:
         """Ask every supplier for service again and answer their states."""
-        return self._market_service(CUSTOMER).ping_suppliers()
+        return self._market_service(CustomerService).ping_suppliers()
 
     def suppliers_dht_lookup(self, customer_id: str | None = None) -> defer.Deferred:
         """The suppliers a customer (default: me) published in the DHT, checked against its identity key."""
-        return lookup_suppliers(self.node, customer_id or self._my_id())
+        return self._lookup_suppliers(customer_id or self._my_id())
 
     # --- my customers ------------------------------------------------------------------------
 
     def customers_list(self, verbose: bool = False) -> defer.Deferred:
         """The customers whose blocks this node keeps, with each contract's quota, usage and expiry."""
-        d = self._market_service(SUPPLIER).customers()
+        d = self._market_service(SupplierService).customers()
         if not verbose:
             d.addCallback(lambda rows: [{k: v for k, v in row.items() if k not in ("since", "silent_for")}
                                         for row in rows])
@@ -105,23 +110,23 @@ class MarketMethods:
 
     def customer_reject(self, customer_id: str) -> defer.Deferred:
         """Stop serving a customer: delete its data, refuse it from now on, tell it."""
-        return self._market_service(SUPPLIER).reject(customer_id)
+        return self._market_service(SupplierService).reject(customer_id)
 
     def customers_ping(self) -> defer.Deferred:
         """Ping every customer."""
-        return self._market_service(SUPPLIER).ping_customers()
+        return self._market_service(SupplierService).ping_customers()
 
     # --- space --------------------------------------------------------------------------------
 
     def space_donated(self) -> defer.Deferred:
         """Donated space, what is promised to customers and what their blocks really take."""
-        return self._market_service(SUPPLIER, must_run=False).space()
+        return self._market_service(SupplierService, must_run=False).space()
 
     def space_consumed(self) -> dict:
         """Space asked of my suppliers and what they said I use."""
-        driver = self.node.service_driver
-        if CUSTOMER in driver.names() and driver.is_on(CUSTOMER):
-            return driver.get(CUSTOMER).space()
+        customer = self.node.service_driver.find(CustomerService)
+        if customer is not None:
+            return customer.space()
         settings = self.node.settings
         return {"running": False, "needed_bytes": settings.get("services/customer/needed-space"),
                 "suppliers_num": 0, "wanted_suppliers": settings.get("services/customer/suppliers-number"),

@@ -22,11 +22,10 @@ from typing import Any, Optional
 from twisted.internet import defer
 
 from bitnode import globalid
-from bitnode.chat.messages_service import normalize_types
+from bitnode.chat.messages_service import PrivateMessagesService, normalize_types
 from bitnode.errors import BadRequest
-from bitnode.interface.running import running_service
+from bitnode.userid.id_service import IdentityService
 
-MESSAGES = "service_private_messages"
 #: The legacy receive_one_message is one long-poll consumer of its own.
 LEGACY_CONSUMER = "legacy-receive-one-message"
 LEGACY_TIMEOUT = 60.0
@@ -51,11 +50,11 @@ class MessageMethods:
     node: Any
 
     def _messages(self) -> Any:
-        return running_service(self.node, MESSAGES)
+        return self.node.service_driver.running(PrivateMessagesService)
 
     def _my_global_id(self) -> Optional[str]:
-        driver = self.node.service_driver
-        return driver.get("service_identity").my_global_id() if "service_identity" in driver.names() else None
+        identity = self.node.service_driver.installed(IdentityService)
+        return identity.my_global_id() if identity is not None else None
 
     def message_send(self, recipient_id: str, data: Any, ping_timeout: float = 30.0,
                      message_ack_timeout: float = 15.0) -> defer.Deferred:

@@ -27,14 +27,17 @@ from typing import Any
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.task import deferLater
 
+from bitnode.customer.customer_service import CustomerService
+from bitnode.dht.dht_service import DHTService
 from bitnode.errors import BadRequest, Unavailable
-from bitnode.interface.running import running_service
+from bitnode.p2p.network_service import NetworkService
+from bitnode.supplier.supplier_service import SupplierService
+from bitnode.transport.gateway_service import GatewayService
+from bitnode.userid.id_service import IdentityService
 
-GATEWAY = "service_gateway"
 # States of an enabled service that may still turn ON by themselves.
 COMING_UP = ("STARTING", "DEPENDS_OFF", "OFF")
 SERVICE_POLL = 0.1
-NETWORK = "service_network"
 PROTOCOLS = ("tcp", "udp", "proxy")
 # bitnode has one packet transport, TCP; UDP carries only the DHT, and there is no relay.
 NO_UDP = {"available": False, "reason": "no UDP packet transport: packets travel over tcp (the DHT uses UDP, "
@@ -47,11 +50,11 @@ class NetworkMethods:
 
     node: Any
 
-    def _running(self, name: str) -> Any:
-        return running_service(self.node, name)
+    def _running(self, kind: type) -> Any:
+        return self.node.service_driver.running(kind)
 
     def _gateway(self) -> Any:
-        return self._running(GATEWAY).require_gateway()
+        return self._running(GatewayService).require_gateway()
 
     # --- packets and connections ---------------------------------------------------
 
@@ -79,7 +82,7 @@ class NetworkMethods:
 
     def network_reconnect(self) -> dict:
         """Fire ``reconnect`` at the network_connector (connections are closed and re-checked)."""
-        connector = self._running(NETWORK).require_connector()
+        connector = self._running(NetworkService).require_connector()
         connector.event("reconnect")
         return dict(connector.status(), reconnect="started")
 
@@ -93,11 +96,11 @@ class NetworkMethods:
         if not 0 <= wait_timeout <= 3600:
             raise BadRequest("wait_timeout must be between 0 and 3600 seconds")
         driver = self.node.service_driver
-        if wait_timeout > 0 and NETWORK in driver.names() and not driver.is_on(NETWORK):
-            info = driver.info(NETWORK)
-            if info["enabled"] and info["state"] in COMING_UP:
+        if wait_timeout > 0 and driver.state(NetworkService) in COMING_UP:
+            info = driver.info(NetworkService.name)
+            if info["enabled"]:
                 return self._network_started(wait_timeout)
-        connector = self._running(NETWORK).require_connector()
+        connector = self._running(NetworkService).require_connector()
         if connector.connected:
             return succeed(connector.status())
         if connector.state == "DISCONNECTED":
@@ -114,7 +117,7 @@ class NetworkMethods:
 
         async def wait() -> Any:
             # The driver has no state-change events; a short poll is bounded by the timeout.
-            while not self.node.service_driver.is_on(NETWORK) and clock.seconds() < deadline:
+            while self.node.service_driver.find(NetworkService) is None and clock.seconds() < deadline:
                 await deferLater(clock, min(SERVICE_POLL, max(0.0, deadline - clock.seconds())), lambda: None)
             return await self.network_connected(max(0.0, deadline - clock.seconds()))
 
@@ -131,13 +134,14 @@ class NetworkMethods:
         in bitnode (packets go over TCP). A section whose service is off says so.
         """
         driver = self.node.service_driver
-        identity = driver.get("service_identity") if driver.is_on("service_identity") else None
+        identity = driver.find(IdentityService)
         me = identity.my_identity() if identity is not None else None
         result: dict = {"global_id": me.global_id if me else None, "idurl": me.idurl if me else None}
-        if driver.is_on(NETWORK):
-            result.update(driver.get(NETWORK).require_connector().status())
+        network = driver.find(NetworkService)
+        if network is not None:
+            result.update(network.require_connector().status())
         else:
-            info = driver.info(NETWORK) if NETWORK in driver.names() else {"state": "NOT_INSTALLED"}
+            info = driver.info(NetworkService.name) if driver.installed(NetworkService) else {"state": "NOT_INSTALLED"}
             result.update({"state": info["state"], "connected": False, "reason": info.get("reason", "")})
         if tcp:
             result["tcp"] = self._tcp_section()
@@ -150,9 +154,9 @@ class NetworkMethods:
         if proxy:
             result["proxy"] = dict(NO_PROXY)
         if suppliers:
-            result["suppliers"] = self._market_section("service_customer", lambda service: service.suppliers(False))
+            result["suppliers"] = self._market_section(CustomerService, lambda service: service.suppliers(False))
         if customers:
-            result["customers"] = self._market_section("service_supplier", lambda service: service.customers())
+            result["customers"] = self._market_section(SupplierService, lambda service: service.customers())
 
         async def sections_answered() -> dict:
             for key, value in list(result.items()):
@@ -162,20 +166,21 @@ class NetworkMethods:
 
         return Deferred.fromCoroutine(sections_answered())
 
-    def _market_section(self, name: str, rows) -> Any:
+    def _market_section(self, kind: type, rows) -> Any:
         """``{"available", "items"}`` from a market service, or why it is not available."""
         driver = self.node.service_driver
-        if name not in driver.names() or not driver.is_on(name):
-            state = driver.info(name)["state"] if name in driver.names() else "NOT_INSTALLED"
-            return {"available": False, "reason": f"{name} is {state}"}
-        return maybeDeferred(rows, driver.get(name)).addCallback(
+        service = driver.find(kind)
+        if service is None:
+            return {"available": False, "reason": f"{kind.name} is {driver.state(kind)}"}
+        return maybeDeferred(rows, service).addCallback(
             lambda items: {"available": True, "count": len(items), "items": items})
 
     def network_configuration(self) -> dict:
         """Settings and state of the network services, and where we listen."""
         driver = self.node.service_driver
         settings = self.node.settings
-        gateway = driver.get(GATEWAY).gateway if driver.is_on(GATEWAY) else None
+        gateway_service = driver.find(GatewayService)
+        gateway = gateway_service.gateway if gateway_service is not None else None
         return {
             "tcp": {
                 "interface": settings.get("services/tcp-connections/interface"),
@@ -184,8 +189,8 @@ class NetworkMethods:
                 "contact": gateway.contact if gateway is not None else None,
             },
             "identity_servers": settings.get("personal/identity-servers"),
-            "services": [driver.info(name, with_configs=True)
-                         for name in ("service_identity", GATEWAY, NETWORK) if name in driver.names()],
+            "services": [driver.info(kind.name, with_configs=True)
+                         for kind in (IdentityService, GatewayService, NetworkService) if driver.installed(kind)],
             "udp": dict(NO_UDP),
             "proxy": dict(NO_PROXY),
         }
@@ -198,26 +203,28 @@ class NetworkMethods:
             raise BadRequest("timeout must be more than 0 and at most 600 seconds")
         if not 0 <= retries <= 10:
             raise BadRequest("retries must be between 0 and 10")
-        return self._running(NETWORK).require_online().ping(user_id, timeout, retries)
+        return self._running(NetworkService).require_online().ping(user_id, timeout, retries)
 
     def user_status(self, user_id: str) -> dict:
         """The user's online status from the traffic seen (no packet is sent)."""
-        return self._running(NETWORK).require_online().status(user_id)
+        return self._running(NetworkService).require_online().status(user_id)
 
     def user_status_check(self, user_id: str, timeout: float = 5) -> Deferred:
         """The user's status, pinging once first unless they sent us something recently."""
         if not 0 < timeout <= 600:
             raise BadRequest("timeout must be more than 0 and at most 600 seconds")
-        return self._running(NETWORK).require_online().check(user_id, timeout)
+        return self._running(NetworkService).require_online().check(user_id, timeout)
 
     # --- sections of network_status -------------------------------------------------------
 
     def _tcp_section(self) -> dict:
         driver = self.node.service_driver
-        if not driver.is_on(GATEWAY):
-            info = driver.info(GATEWAY) if GATEWAY in driver.names() else {"state": "NOT_INSTALLED"}
-            return {"available": False, "reason": f"{GATEWAY} is {info['state']} {info.get('reason', '')}".strip()}
-        gateway = driver.get(GATEWAY).require_gateway()
+        service = driver.find(GatewayService)
+        if service is None:
+            info = driver.info(GatewayService.name) if driver.installed(GatewayService) else {"state": "NOT_INSTALLED"}
+            return {"available": False,
+                    "reason": f"{GatewayService.name} is {info['state']} {info.get('reason', '')}".strip()}
+        gateway = service.require_gateway()
         stats = gateway.stats
         return {
             "available": True,
@@ -233,7 +240,8 @@ class NetworkMethods:
     def _cache_section(self, identity: Any) -> dict:
         if identity is None or getattr(identity, "cache", None) is None:
             return {"available": False, "reason": "service_identity is not running"}
-        online = self.node.service_driver.get(NETWORK).online if self.node.service_driver.is_on(NETWORK) else None
+        network = self.node.service_driver.find(NetworkService)
+        online = network.online if network is not None else None
         items = []
         for known in identity.cache.list():
             item = {"global_id": known.global_id, "idurl": known.idurl, "revision": known.revision,
@@ -247,12 +255,12 @@ class NetworkMethods:
 
     def _dht_section(self) -> dict:
         driver = self.node.service_driver
-        for name in ("service_entangled_dht", "service_dht"):
-            if name in driver.names():
-                if not driver.is_on(name):
-                    return {"available": False, "reason": f"{name} is {driver.info(name)['state']}"}
-                return dict(driver.get(name).status(), available=True)
-        return {"available": False, "reason": "no DHT service is installed"}
+        if driver.installed(DHTService) is None:
+            return {"available": False, "reason": "no DHT service is installed"}
+        service = driver.find(DHTService)
+        if service is None:
+            return {"available": False, "reason": f"{DHTService.name} is {driver.state(DHTService)}"}
+        return dict(service.status(), available=True)
 
 
 def _wants_tcp(protocols: list | None) -> bool:

@@ -7,11 +7,9 @@ from typing import Any
 from twisted.internet import defer
 
 from bitnode.chat.nickname_holder import validate_nickname
+from bitnode.chat.nickname_service import NicknameService
 from bitnode.errors import BadRequest, NotFound
-from bitnode.interface.running import running_service
-
-NICKNAMES = "service_nicknames"
-NETWORK = "service_network"
+from bitnode.p2p.network_service import NetworkService
 
 
 class NicknameMethods:
@@ -20,14 +18,12 @@ class NicknameMethods:
     node: Any
 
     def _nicknames(self):
-        return running_service(self.node, NICKNAMES)
+        return self.node.service_driver.running(NicknameService)
 
     def _with_online_status(self, holders: list[dict], check_timeout: float = 5.0) -> defer.Deferred:
         """Add ``online``/``state`` to each holder: asks them (a ping) unless they were heard from lately."""
-        driver = self.node.service_driver
-        online = None
-        if NETWORK in driver.names() and driver.is_on(NETWORK):
-            online = getattr(driver.get(NETWORK), "online", None)
+        network = self.node.service_driver.find(NetworkService)
+        online = network.online if network is not None else None
 
         def one(holder: dict) -> defer.Deferred:
             if online is None or not holder["global_id"]:

@@ -17,18 +17,12 @@ suppliers), ``CLOSED``, or the reader's connecting state
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from twisted.internet import defer
 
+from bitnode.access.shares_service import SharesService
 from bitnode.crypt import keys
 from bitnode.errors import BadRequest
-from bitnode.interface.running import running_service
 
-if TYPE_CHECKING:  # pragma: no cover
-    from bitnode.access.shares_service import SharesService
-
-SERVICE = "service_shares"
 KEY_SIZES = (2048, 3072, 4096)
 
 
@@ -36,7 +30,7 @@ class SharesMethods:
     """share_* and shares_list; mixed into :class:`bitnode.interface.api.API`."""
 
     def _shares(self) -> SharesService:
-        return running_service(self.node, SERVICE)
+        return self.ctx.service_driver.running(SharesService)
 
     def shares_list(self, only_active: bool = False, include_mine: bool = True, include_granted: bool = True) -> list:
         """Shares I own and shares granted to me, with their state."""

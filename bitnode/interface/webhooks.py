@@ -19,6 +19,7 @@ from twisted.web.client import Agent
 from bitnode.errors import Conflict
 from bitnode.main.events import Event
 from bitnode.services.base import Service
+from bitnode.services.context import NodeContext
 
 QUEUE_LIMIT = 1000
 
@@ -31,8 +32,8 @@ class WebhooksService(Service):
     description = "POST every node event as JSON to a configured URL, with retries"
     log = Logger()
 
-    def __init__(self, node):
-        super().__init__(node)
+    def __init__(self, ctx: NodeContext) -> None:
+        super().__init__(ctx)
         self._queue: deque[Event] = deque()
         self._unsubscribe = None
         self._running = False
@@ -45,12 +46,12 @@ class WebhooksService(Service):
 
     def start(self):
         """Subscribe to events; refuses to start without a URL."""
-        url = self.node.settings.get("interface/webhooks/url")
+        url = self.ctx.settings.get("interface/webhooks/url")
         if not url:
             raise Conflict("set interface/webhooks/url before starting service_webhooks")
-        self._client = HTTPClient(Agent(self.node.reactor))
+        self._client = HTTPClient(Agent(self.ctx.reactor))
         self._running = True
-        self._unsubscribe = self.node.events.subscribe(self._enqueue)
+        self._unsubscribe = self.ctx.events.subscribe(self._enqueue)
 
     def stop(self):
         """Stop delivering; events still queued are counted as dropped."""
@@ -68,7 +69,7 @@ class WebhooksService(Service):
 
     def status(self) -> dict:
         """Delivery counters for service_info."""
-        return {"url": self.node.settings.get("interface/webhooks/url"), "queued": len(self._queue),
+        return {"url": self.ctx.settings.get("interface/webhooks/url"), "queued": len(self._queue),
                 "delivered": self.delivered, "failed": self.failed, "dropped": self.dropped,
                 "last_error": self.last_error}
 
@@ -85,11 +86,11 @@ class WebhooksService(Service):
         if not self._running or not self._queue:
             return
         event = self._queue[0]
-        url = self.node.settings.get("interface/webhooks/url")
+        url = self.ctx.settings.get("interface/webhooks/url")
         body = json.dumps(event.as_dict(), default=str).encode("utf-8")
         d = self._client.post(url, data=body, headers={b"Content-Type": [b"application/json"]})
         d.addCallback(self._check_response)
-        d.addTimeout(self.node.settings.get("interface/webhooks/timeout"), self.node.clock)
+        d.addTimeout(self.ctx.settings.get("interface/webhooks/timeout"), self.ctx.clock)
         self._sending = d
         d.addCallbacks(lambda _: self._sent(), lambda f: self._failed(f, attempt))
 
@@ -112,10 +113,10 @@ class WebhooksService(Service):
         if not self._running:
             return
         self.last_error = failure.getErrorMessage() or failure.type.__name__
-        if attempt >= self.node.settings.get("interface/webhooks/retries"):
+        if attempt >= self.ctx.settings.get("interface/webhooks/retries"):
             self.failed += 1
             self.log.warn("webhook gave up on event {seq}: {err}", seq=self._queue[0].seq, err=self.last_error)
             self._queue.popleft()
             self._send_next(attempt=0)
             return
-        self._retry_call = self.node.clock.callLater(2.0 ** attempt, self._send_next, attempt + 1)
+        self._retry_call = self.ctx.clock.callLater(2.0 ** attempt, self._send_next, attempt + 1)

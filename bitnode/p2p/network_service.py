@@ -28,6 +28,9 @@ from bitnode.main.options import FLOAT, Option
 from bitnode.p2p.network_connector import NetworkConnector
 from bitnode.p2p.online_status import OnlineStatus
 from bitnode.services.base import Service
+from bitnode.services.context import NodeContext
+from bitnode.transport.gateway_service import GatewayService
+from bitnode.userid.id_service import IdentityService
 
 PREFIX = "services/network/"
 #: Peers pinged when no identity server answers.
@@ -38,7 +41,7 @@ class NetworkService(Service):
     """Runs the network connector and the online-status table."""
 
     name = "service_network"
-    depends_on = ("service_gateway",)
+    requires = {"gateway": GatewayService, "identity": IdentityService}
     description = "Network connection state (network_connector) and peers' online status"
     options = (
         Option(PREFIX + "online-window", FLOAT, 300.0,
@@ -50,8 +53,8 @@ class NetworkService(Service):
     )
     log = Logger()
 
-    def __init__(self, node: Any) -> None:
-        super().__init__(node)
+    def __init__(self, ctx: NodeContext) -> None:
+        super().__init__(ctx)
         self.connector: Optional[NetworkConnector] = None
         self.online: Optional[OnlineStatus] = None
         self._announced: Optional[bool] = None
@@ -61,12 +64,12 @@ class NetworkService(Service):
     def start(self) -> None:
         """Build the online table and the connector, and fire ``init``."""
         gateway = self._gateway_service().require_gateway()
-        self.online = OnlineStatus(self.node.clock, gateway, self.node.settings.get(PREFIX + "online-window"))
-        self.node.settings.add_listener(PREFIX + "online-window", self._window_changed)
+        self.online = OnlineStatus(self.ctx.clock, gateway, self.ctx.settings.get(PREFIX + "online-window"))
+        self.ctx.settings.add_listener(PREFIX + "online-window", self._window_changed)
         self._announced = None
         self.connector = NetworkConnector(
-            self.node.clock, self._transports_ready, self._restart_transports, self._probe, self._announce,
-            registry=self.node.automats,
+            self.ctx.clock, self._transports_ready, self._restart_transports, self._probe, self._announce,
+            registry=self.ctx.automats,
         )
         self.connector.event("init")
 
@@ -78,7 +81,7 @@ class NetworkService(Service):
         if self.online is not None:
             self.online.stop()
             self.online = None
-            self.node.settings.remove_listener(PREFIX + "online-window", self._window_changed)
+            self.ctx.settings.remove_listener(PREFIX + "online-window", self._window_changed)
 
     def status(self) -> dict:
         """Facts for service_info."""
@@ -102,11 +105,11 @@ class NetworkService(Service):
 
     # -- the connector's neighbours --------------------------------------------------------
 
-    def _gateway_service(self) -> Any:
-        return self.node.service_driver.get("service_gateway")
+    def _gateway_service(self) -> GatewayService:
+        return self.deps.gateway
 
-    def _identity_service(self) -> Any:
-        return self.node.service_driver.get("service_identity")
+    def _identity_service(self) -> IdentityService:
+        return self.deps.identity
 
     def _transports_ready(self) -> Deferred:
         return Deferred.fromCoroutine(self._check_transports())
@@ -155,7 +158,7 @@ class NetworkService(Service):
                 except BitnodeError as err:
                     problems.append(f"identity server has stale contacts and re-publishing failed: {err}")
         online = self.require_online()
-        timeout = self.node.settings.get(PREFIX + "probe-ping-timeout")
+        timeout = self.ctx.settings.get(PREFIX + "probe-ping-timeout")
         for peer in [p for p in online.recent_peers(PEERS_TO_PING + 1) if p != me.global_id][:PEERS_TO_PING]:
             try:
                 result = await online.ping(peer, timeout, 0)
@@ -171,7 +174,7 @@ class NetworkService(Service):
         self._announced = connected
         event = "network-connected" if connected else "network-disconnected"
         self.log.info("{event}: {reason}", event=event, reason=reason)
-        self.node.events.publish(event, {"reason": reason, "global_id": self._identity_service().my_global_id()})
+        self.ctx.events.publish(event, {"reason": reason, "global_id": self._identity_service().my_global_id()})
 
     def _window_changed(self, key: str, old: Any, new: Any) -> None:
         if self.online is not None:

@@ -6,6 +6,7 @@ from typing import Any
 
 from bitnode.p2p.stun import StunServer
 from bitnode.services.base import Service
+from bitnode.services.context import NodeContext
 
 PORT_KEY = "services/ip-port-responder/udp-port"
 INTERFACE_KEY = "services/tcp-connections/interface"
@@ -18,16 +19,16 @@ class StunServerService(Service):
     enabled_by_default = False
     description = "STUN server (RFC 5389 Binding) telling other nodes their address"
 
-    def __init__(self, node):
-        super().__init__(node)
+    def __init__(self, ctx: NodeContext) -> None:
+        super().__init__(ctx)
         self.server: StunServer | None = None
         self._port = None
 
     def start(self) -> None:
         """Listen on the configured UDP port (0 picks a free one)."""
         self.server = StunServer()
-        self._port = self.node.reactor.listenUDP(self.node.settings.get(PORT_KEY), self.server,
-                                                 interface=self.node.settings.get(INTERFACE_KEY))
+        self._port = self.ctx.reactor.listenUDP(self.ctx.settings.get(PORT_KEY), self.server,
+                                                 interface=self.ctx.settings.get(INTERFACE_KEY))
 
     def stop(self):
         """Close the UDP port."""

@@ -1,5 +1,13 @@
 """The service driver: starts services in dependency order and stops them in reverse.
 
+Dependencies are what the service classes declare (``requires``,
+``optional``; resolved by :mod:`bitnode.services.deps`): both order
+start-up; only a required one keeps a service ``DEPENDS_OFF`` and stops it
+when it stops. Every service gets ``deps`` (its neighbours) and
+``lifecycle`` right after it is built. Other layers find a service by its
+class: :meth:`ServiceDriver.running` (or a 503 saying why not),
+:meth:`ServiceDriver.find` (None unless running).
+
 A service whose dependency is off or failed is not skipped silently: its
 state says ``DEPENDS_OFF`` with the reason, and a failed start is ``FAILED``
 with the error. All operations are serialised so a start and a stop of the
@@ -25,17 +33,16 @@ failure, and its state says ``FAILED`` with that reason until then.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Iterable
+from typing import Any, Iterable, TypeVar
 
 from twisted.internet import defer
-from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from bitnode.errors import BadRequest, BitnodeError, Conflict, NotFound, Timeout
+from bitnode.errors import BadRequest, BitnodeError, Conflict, NotFound, Timeout, Unavailable
 from bitnode.services.base import Service
+from bitnode.services.deps import Deps, Lifecycle, describe, is_service_class, resolve
 
-if TYPE_CHECKING:  # pragma: no cover
-    from bitnode.main.settings import Settings
+S = TypeVar("S")
 
 OFF, STARTING, ON, STOPPING, FAILED, DEPENDS_OFF = "OFF", "STARTING", "ON", "STOPPING", "FAILED", "DEPENDS_OFF"
 
@@ -51,34 +58,12 @@ class _Slot:
 
 
 def dependency_order(services: Iterable[type[Service]]) -> list[type[Service]]:
-    """Topologically sort service classes so every service comes after its dependencies.
+    """Topologically sort service classes so every service comes after its dependencies (optional ones too).
 
     Raises ValueError on a missing or repeated name, an unknown dependency or a cycle.
     """
-    by_name: dict[str, type[Service]] = {}
-    for cls in services:
-        if not cls.name or cls.name in by_name:
-            raise ValueError(f"service class {cls.__name__} has a missing or repeated name {cls.name!r}")
-        by_name[cls.name] = cls
-    ordered: list[type[Service]] = []
-    marks: dict[str, str] = {}
-
-    def visit(name: str, path: tuple[str, ...]) -> None:
-        if marks.get(name) == "done":
-            return
-        if marks.get(name) == "visiting":
-            raise ValueError("service dependency cycle: " + " -> ".join(path + (name,)))
-        if name not in by_name:
-            raise ValueError(f"{path[-1] if path else '?'} depends on unknown service {name}")
-        marks[name] = "visiting"
-        for dep in by_name[name].depends_on:
-            visit(dep, path + (name,))
-        marks[name] = "done"
-        ordered.append(by_name[name])
-
-    for name in by_name:
-        visit(name, ())
-    return ordered
+    graph = resolve(services)
+    return [graph.classes[name] for name in graph.order]
 
 
 class ServiceDriver:
@@ -86,9 +71,10 @@ class ServiceDriver:
 
     log = Logger()
 
-    def __init__(self, node, settings: Settings, clock: IReactorTime, service_classes: Iterable[type[Service]]):
-        self._settings = settings
-        self._clock = clock
+    def __init__(self, ctx: Any, service_classes: Iterable[type[Service]]):
+        """``ctx`` is the NodeContext handed to every service (the driver uses its settings and clock)."""
+        settings = self._settings = ctx.settings
+        self._clock = ctx.clock
         self._lock = defer.DeferredLock()
         self._slots: dict[str, _Slot] = {}
         self._switches: dict[str, str] = {}  # enabled setting -> service name
@@ -96,12 +82,18 @@ class ServiceDriver:
         self._running = False
         # True while the driver itself sets a switch (service_start/stop): not a change to act on.
         self._switching = False
-        for index, cls in enumerate(dependency_order(service_classes)):
+        self.graph = resolve(service_classes)
+        for index, name in enumerate(self.graph.order):
+            cls = self.graph.classes[name]
             settings.register(cls.enabled_option())
             for option in cls.options:
                 settings.register(option)
-            self._slots[cls.name] = _Slot(cls(node), index)
-            self._switches[cls.enabled_key()] = cls.name
+            service = cls(ctx)
+            service.deps = Deps(name, self.graph.required[name], self.graph.optional[name], cls.optional,
+                                self.get, self.is_on)
+            service.lifecycle = self._lifecycle(name)
+            self._slots[name] = _Slot(service, index)
+            self._switches[cls.enabled_key()] = name
         settings.add_listener("services/", self._switch_changed)
 
     # --- queries -------------------------------------------------------------
@@ -119,6 +111,37 @@ class ServiceDriver:
         slot = self._slots.get(name)
         return slot is not None and slot.state == ON
 
+    def running(self, kind: type[S]) -> S:
+        """The running service of class ``kind`` (or the one providing port ``kind``).
+
+        Otherwise Unavailable (503): ``"<name> is not installed"`` when the
+        node has no such service, else ``"<name> is not running (<STATE>[:
+        reason])"`` with the state and the reason the driver reports.
+        """
+        name = self._name_of(kind)
+        if name is None:
+            raise Unavailable(f"{describe(kind)} is not installed")
+        slot = self._slots[name]
+        if slot.state == ON:
+            return slot.service  # type: ignore[return-value]
+        reason = f": {slot.reason}" if slot.reason else ""
+        raise Unavailable(f"{name} is not running ({slot.state}{reason})")
+
+    def find(self, kind: type[S]) -> S | None:
+        """The service of class ``kind`` (or providing port ``kind``) if it is running, else None."""
+        name = self._name_of(kind)
+        return self._slots[name].service if name is not None and self._slots[name].state == ON else None  # type: ignore[return-value]
+
+    def installed(self, kind: type[S]) -> S | None:
+        """The service of class ``kind`` (or providing port ``kind``) in whatever state, None if the node has none."""
+        name = self._name_of(kind)
+        return self._slots[name].service if name is not None else None  # type: ignore[return-value]
+
+    def state(self, kind: type) -> str:
+        """The driver state of the service of class ``kind`` ("NOT_INSTALLED" when the node has none)."""
+        name = self._name_of(kind)
+        return self._slots[name].state if name is not None else "NOT_INSTALLED"
+
     def info(self, name: str, with_configs: bool = False) -> dict:
         """The API shape of one service."""
         slot = self._slot(name)
@@ -128,8 +151,10 @@ class ServiceDriver:
             "name": cls.name,
             "state": slot.state,
             "enabled": self._enabled(name),
-            "depends": list(cls.depends_on),
+            "depends": self.graph.depends(name),
+            "optional": self.graph.uses(name),
             "dependents": self._dependents(name),
+            "used_by": self.graph.users(name),
             "config_path": cls.enabled_key(),
             "description": cls.description,
             "installed": True,
@@ -237,10 +262,23 @@ class ServiceDriver:
         return bool(self._settings.get(type(self._slots[name].service).enabled_key()))
 
     def _dependents(self, name: str) -> list[str]:
-        return [other for other, slot in self._slots.items() if name in type(slot.service).depends_on]
+        return self.graph.dependents(name)
 
     def _blocking_dependencies(self, name: str) -> list[str]:
-        return [dep for dep in type(self._slots[name].service).depends_on if self._slots[dep].state != ON]
+        return [dep for dep in self.graph.depends(name) if self._slots[dep].state != ON]
+
+    def _name_of(self, kind: type) -> str | None:
+        if is_service_class(kind):
+            return kind.name if kind.name in self._slots else None
+        for name, slot in self._slots.items():
+            if any(port is kind or (isinstance(port, type) and issubclass(port, kind))
+                   for port in type(slot.service).provides):
+                return name
+        return None
+
+    def _lifecycle(self, name: str) -> Lifecycle:
+        return Lifecycle(name, lambda: self.is_on(name), lambda: self._enabled(name),
+                         lambda: self.start(name), lambda: self.restart(name))
 
     @defer.inlineCallbacks
     def _start_enabled(self, names: list[str]):

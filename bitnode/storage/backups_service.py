@@ -1,14 +1,16 @@
 """service_backups: the catalog, upload/download jobs, backup_monitor and the catalog backup of one node.
 
-Suppliers come from a *supplier provider*: an object with ``positions() ->
-list[str]`` (position i holds block i, "" = empty), ``server(supplier_id) ->
-IStorageServer``, optionally ``subscribe(callback) -> unsubscribe`` (called on
-"suppliers-changed"), ``settled() -> Deferred | None`` (fire_hire is done
-hiring), and for replaced suppliers ``retiring()``, ``rebuild_progress(report)``
-and ``release(supplier_id)`` (see :mod:`bitnode.storage.backup_monitor`: a
+Suppliers come from a *supplier provider* (:class:`~bitnode.storage.ports.SupplierProvider`,
+declared ``optional``): ``positions() -> list[str]`` (position i holds block i,
+"" = empty), ``server(supplier_id) -> IStorageServer``, optionally
+``subscribe(callback) -> unsubscribe`` (called on "suppliers-changed"),
+``settled() -> Deferred | None`` (fire_hire is done hiring), and for replaced
+suppliers ``retiring()``, ``rebuild_progress(report)`` and
+``release(supplier_id)`` (see :mod:`bitnode.storage.backup_monitor`: a
 replaced supplier is read from until backup_monitor has its blocks on the
-successor and the catalog backup is current; only then is it released). By default it is ``service_customer``'s ``supplier_provider()`` while
-that service is on; tests inject one by overriding :meth:`make_provider`.
+successor and the catalog backup is current; only then is it released). By
+default it is the service that provides the port (``service_customer``)
+while that service is on; tests inject one by overriding :meth:`make_provider`.
 Without one, anything that needs suppliers fails with Unavailable("no
 suppliers hired: service_customer is off") — it never pretends to succeed.
 
@@ -48,26 +50,25 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from bitnode import globalid
-from bitnode.access import share_scope
 from bitnode.crypt import keys
 from bitnode.errors import BadRequest, BitnodeError, Conflict, Forbidden, NotFound, Unavailable
 from bitnode.main.options import FLOAT, INTEGER, Option
 from bitnode.services.background import BackgroundWork
 from bitnode.services.base import Service
-from bitnode.storage import key_backup
+from bitnode.services.context import NodeContext
+from bitnode.storage import k_of_n, key_backup, share_scope
 from bitnode.storage.backup_monitor import BackupMonitor
 from bitnode.storage.catalog import Catalog, open_catalog, split_remote_path
 from bitnode.storage.catalog_backup import SERIAL_META, CatalogBackup
 from bitnode.storage.job_context import Placement, StorageContext, delete_versions
+from bitnode.storage.ports import SupplierProvider
 from bitnode.storage.relayout import Relayout
 from bitnode.storage.transfers import UPLOAD, TransferManager
+from bitnode.userid.id_service import IdentityService
 
-CUSTOMER_SERVICE = "service_customer"
-IDENTITY_SERVICE = "service_identity"
 PENDING_DELETES_META = "pending-deletes"
 PENDING_PARTS_META = "backup-parts-pending"
 NO_SUPPLIERS = "no suppliers hired: service_customer is off"
-DATA_BLOCKS = "services/backups/data-blocks"
 #: Seconds before backing up a changed catalog when no upload is running (see _schedule_backup).
 QUIET_BACKUP_DELAY = 0.5
 
@@ -81,13 +82,12 @@ class BackupsService(Service):
     """Backups of my files on my suppliers."""
 
     name = "service_backups"
-    depends_on = (IDENTITY_SERVICE,)
+    requires = {"identity": IdentityService}
+    optional = {"suppliers": SupplierProvider}
     enabled_by_default = True
     description = "Encrypted, erasure-coded copies of your files on the suppliers you hire"
     options = (
-        Option("services/backups/data-blocks", INTEGER, 0,
-               "Blocks needed to restore a segment (k of n suppliers); 0 means half the suppliers, rounded up.",
-               minimum=0, maximum=256),
+        k_of_n.DATA_BLOCKS_OPTION,
         Option("services/backups/segments-in-flight", INTEGER, 2,
                "Segments of one transfer held in memory at once (memory is about this times segment size "
                "times n/k).", minimum=1, maximum=32),
@@ -105,8 +105,8 @@ class BackupsService(Service):
     )
     log = Logger()
 
-    def __init__(self, node):
-        super().__init__(node)
+    def __init__(self, ctx: NodeContext) -> None:
+        super().__init__(ctx)
         self.catalog: Catalog | None = None
         self.transfers: TransferManager | None = None
         self.monitor: BackupMonitor | None = None
@@ -114,8 +114,8 @@ class BackupsService(Service):
         self.backups: CatalogBackup | None = None
         self.context: StorageContext | None = None
         self.provider: Any = None
-        self.catalog_file = os.path.join(node.basedir.metadata, "catalog.sqlite")
-        self.temp_dir = os.path.join(node.basedir.metadata, "tmp")
+        self.catalog_file = os.path.join(ctx.basedir.metadata, "catalog.sqlite")
+        self.temp_dir = os.path.join(ctx.basedir.metadata, "tmp")
         self.last_backup: dict = {}
         self.last_backup_error = ""
         self.last_restore: dict = {}
@@ -143,7 +143,7 @@ class BackupsService(Service):
         """Open the catalog off the reactor, then bring the parts up if I have an identity."""
         self.provider = self.make_provider()
         self._stopping = False
-        d = self.node.run_in_thread(_open_catalog, self.catalog_file, self.temp_dir, self.node.clock.seconds())
+        d = self.ctx.run_in_thread(_open_catalog, self.catalog_file, self.temp_dir, self.ctx.clock.seconds())
         d.addCallback(self._opened)
         return d
 
@@ -154,10 +154,10 @@ class BackupsService(Service):
             self.catalog_unreadable = dict(problem, restored=False)
             self.log.error("{error}; it was moved to {moved_to} and is restored from the suppliers' backup",
                            **problem)
-            self.node.events.publish("catalog-unreadable", dict(problem))
-        self._unsubscribe.append(self.node.events.subscribe(self._on_event))
-        self.node.settings.add_listener(DATA_BLOCKS, self._layout_changed)
-        self._unsubscribe.append(lambda: self.node.settings.remove_listener(DATA_BLOCKS, self._layout_changed))
+            self.ctx.events.publish("catalog-unreadable", dict(problem))
+        self._unsubscribe.append(self.ctx.events.subscribe(self._on_event))
+        self.ctx.settings.add_listener(k_of_n.DATA_BLOCKS_KEY, self._layout_changed)
+        self._unsubscribe.append(lambda: self.ctx.settings.remove_listener(k_of_n.DATA_BLOCKS_KEY, self._layout_changed))
         subscribe = getattr(self.provider, "subscribe", None)
         if subscribe is not None:
             self._unsubscribe.append(subscribe(self.suppliers_changed))
@@ -168,31 +168,31 @@ class BackupsService(Service):
         customer_id = self._my_global_id()
         if customer_id is None or self.transfers is not None or self.catalog is None or self._stopping:
             return
-        node, settings = self.node, self.node.settings
-        empty = yield node.run_in_thread(self.catalog.is_empty)
-        serial = yield node.run_in_thread(self.catalog.get_meta, SERIAL_META)
-        pending_parts = yield node.run_in_thread(self.catalog.get_meta, PENDING_PARTS_META, "{}")
+        ctx, settings = self.ctx, self.ctx.settings
+        empty = yield ctx.run_in_thread(self.catalog.is_empty)
+        serial = yield ctx.run_in_thread(self.catalog.get_meta, SERIAL_META)
+        pending_parts = yield ctx.run_in_thread(self.catalog.get_meta, PENDING_PARTS_META, "{}")
         if self._stopping or self.transfers is not None or self._my_global_id() != customer_id:
             return  # brought up (or stopped, or the identity changed) while we looked
         self.context = StorageContext(
-            clock=node.clock, run_in_thread=node.run_in_thread, catalog=self.catalog, customer_id=customer_id,
+            clock=ctx.clock, run_in_thread=ctx.run_in_thread, catalog=self.catalog, customer_id=customer_id,
             placement=self.placement, wrap_key=self._wrap_key, unwrap_key=self._unwrap_key,
             data_blocks=self.data_blocks, segment_size=lambda: settings.get("services/backups/segment-size"),
             segments_in_flight=lambda: settings.get("services/backups/segments-in-flight"),
             keep_versions=lambda: settings.get("services/backups/max-copies"),
             store_timeout=lambda: settings.get("services/backups/store-timeout"),
             fetch_timeout=lambda: settings.get("services/backups/fetch-timeout"),
-            registry=node.automats, on_catalog_changed=self.catalog_changed, on_blocks_damaged=self.sync,
+            registry=ctx.automats, on_catalog_changed=self.catalog_changed, on_blocks_damaged=self.sync,
             version_tag=share_scope.version_tag)
         self.transfers = TransferManager(self.context, lambda: settings.get("services/backups/max-uploads"),
                                          lambda: settings.get("services/backups/max-downloads"),
                                          on_uploads_done=self._schedule_backup)
-        self.monitor = BackupMonitor(node.clock, node.run_in_thread, self.catalog, customer_id,
+        self.monitor = BackupMonitor(ctx.clock, ctx.run_in_thread, self.catalog, customer_id,
                                      self.supplier_provider,
                                      request_timeout=settings.get("services/backups/fetch-timeout"),
                                      on_catalog_changed=self.catalog_changed,
-                                     backup_current=self.catalog_backup_current, registry=node.automats)
-        self.backups = CatalogBackup(node.clock, node.run_in_thread, self.catalog, customer_id, self.placement,
+                                     backup_current=self.catalog_backup_current, registry=ctx.automats)
+        self.backups = CatalogBackup(ctx.clock, ctx.run_in_thread, self.catalog, customer_id, self.placement,
                                      self.data_blocks, self._master_key, self.temp_dir,
                                      segment_size=lambda: settings.get("services/backups/segment-size"),
                                      timeout=lambda: settings.get("services/backups/store-timeout"),
@@ -241,7 +241,7 @@ class BackupsService(Service):
             yield self._background.wait()
         catalog, self.catalog = self.catalog, None
         if catalog is not None:
-            yield self.node.run_in_thread(catalog.close)
+            yield self.ctx.run_in_thread(catalog.close)
 
     def status(self) -> dict:
         """Figures for service_info: transfers, the monitor's last check, the catalog backup."""
@@ -283,14 +283,12 @@ class BackupsService(Service):
 
     # --- suppliers ------------------------------------------------------------------------------
 
-    def supplier_provider(self) -> Any:
-        """The injected provider, else service_customer's; Unavailable without either."""
-        if self.provider is not None:
-            return self.provider
-        driver = self.node.service_driver
-        if CUSTOMER_SERVICE in driver.names() and driver.is_on(CUSTOMER_SERVICE):
-            return driver.get(CUSTOMER_SERVICE).supplier_provider()
-        raise Unavailable(NO_SUPPLIERS)
+    def supplier_provider(self) -> SupplierProvider:
+        """The injected provider, else the running service that provides suppliers; Unavailable without either."""
+        provider = self.provider if self.provider is not None else self.deps.suppliers
+        if provider is None:
+            raise Unavailable(NO_SUPPLIERS)
+        return provider
 
     def placement(self) -> Placement:
         """Current positions and their storage servers; Unavailable when nobody is hired."""
@@ -313,9 +311,8 @@ class BackupsService(Service):
         return Placement(positions, tuple(servers), tuple(retiring))
 
     def data_blocks(self, n: int) -> int:
-        """k for n positions: the setting, or ceil(n/2) when it is 0."""
-        wanted = self.node.settings.get("services/backups/data-blocks")
-        return min(wanted, n) if wanted else (n + 1) // 2
+        """k for n positions (:mod:`bitnode.storage.k_of_n`): the setting, or ceil(n/2) when it is 0."""
+        return k_of_n.data_blocks(n, self.ctx.settings.get(k_of_n.DATA_BLOCKS_KEY))
 
     def suppliers_changed(self, *_: Any) -> None:
         """New suppliers: restore an empty catalog, resume paused uploads, check and rebuild, back up."""
@@ -339,12 +336,11 @@ class BackupsService(Service):
 
     # --- keys and paths -------------------------------------------------------------------------------
 
-    def _identity(self):
-        return self.node.service_driver.get(IDENTITY_SERVICE)
+    def _identity(self) -> IdentityService:
+        return self.deps.identity
 
     def _my_global_id(self) -> str | None:
-        driver = self.node.service_driver
-        return self._identity().my_global_id() if driver.is_on(IDENTITY_SERVICE) else None
+        return self._identity().my_global_id() if self.deps.is_on("identity") else None
 
     def require_ready(self) -> None:
         """Unavailable while stopped or while an unreadable catalog is restored, Conflict without an identity."""
@@ -405,12 +401,12 @@ class BackupsService(Service):
         if not path:
             raise BadRequest("the root folder cannot be deleted")
         remote = f"{key_id}:{path}"
-        versions = await self.node.run_in_thread(self.catalog.version_ids_under, key_id, path)
+        versions = await self.ctx.run_in_thread(self.catalog.version_ids_under, key_id, path)
         for job in self.transfers.jobs(UPLOAD):
             if job.remote_path == remote or job.remote_path.startswith(remote + "/"):
                 job.event("cancel")
         outcome = await delete_versions(self.context, versions) if versions else {"deleted": 0, "failed": []}
-        await self.node.run_in_thread(self.catalog.delete, key_id, path)
+        await self.ctx.run_in_thread(self.catalog.delete, key_id, path)
         failed_versions = sorted({f["version_id"] for f in outcome["failed"]})
         if failed_versions:
             await self._remember_deletes(failed_versions)
@@ -423,13 +419,13 @@ class BackupsService(Service):
 
         async def run() -> dict:
             self.require_ready()
-            version = await self.node.run_in_thread(self.catalog.version, version_id)
+            version = await self.ctx.run_in_thread(self.catalog.version, version_id)
             self.check_remote_path(version["remote_path"])
             for job in self.transfers.jobs(UPLOAD):
                 if job.version_id == version_id:
                     job.event("cancel")
             outcome = await delete_versions(self.context, [version_id])
-            await self.node.run_in_thread(self.catalog.drop_version, version_id)
+            await self.ctx.run_in_thread(self.catalog.drop_version, version_id)
             if outcome["failed"]:
                 await self._remember_deletes([version_id])
             self.catalog_changed()
@@ -439,25 +435,25 @@ class BackupsService(Service):
         return defer.Deferred.fromCoroutine(run())
 
     async def _remember_deletes(self, version_ids: list[str]) -> None:
-        pending = set(json.loads(await self.node.run_in_thread(self.catalog.get_meta, PENDING_DELETES_META, "[]")))
+        pending = set(json.loads(await self.ctx.run_in_thread(self.catalog.get_meta, PENDING_DELETES_META, "[]")))
         pending.update(version_ids)
-        await self.node.run_in_thread(self.catalog.set_meta, PENDING_DELETES_META, json.dumps(sorted(pending)))
+        await self.ctx.run_in_thread(self.catalog.set_meta, PENDING_DELETES_META, json.dumps(sorted(pending)))
 
     async def _retry_deletes(self) -> None:
-        pending = json.loads(await self.node.run_in_thread(self.catalog.get_meta, PENDING_DELETES_META, "[]"))
+        pending = json.loads(await self.ctx.run_in_thread(self.catalog.get_meta, PENDING_DELETES_META, "[]"))
         if not pending or self.context is None:
             return
         outcome = await delete_versions(self.context, pending)
         left = sorted({f["version_id"] for f in outcome["failed"]})
         if self.catalog is not None:
-            await self.node.run_in_thread(self.catalog.set_meta, PENDING_DELETES_META, json.dumps(left))
+            await self.ctx.run_in_thread(self.catalog.set_meta, PENDING_DELETES_META, json.dumps(left))
 
     # --- the catalog backup ---------------------------------------------------------------------------
 
     def catalog_changed(self) -> None:
         """Something in the catalog changed: back it up after the configured delay (and tell service_shares)."""
         self._backup_dirty = True
-        self.node.events.publish("catalog-changed", {})
+        self.ctx.events.publish("catalog-changed", {})
         self.backup_needed()
 
     def backup_needed(self) -> None:
@@ -475,14 +471,14 @@ class BackupsService(Service):
         """
         if not self._backup_dirty or self.backups is None or not self._restore_done:
             return
-        delay = self.node.settings.get("services/backups/catalog-backup-delay")
+        delay = self.ctx.settings.get("services/backups/catalog-backup-delay")
         if self.transfers is not None and not self.transfers.jobs(UPLOAD):
             delay = min(delay, QUIET_BACKUP_DELAY)
         call = self._backup_call
-        if call is not None and call.active() and call.getTime() <= self.node.clock.seconds() + delay:
+        if call is not None and call.active() and call.getTime() <= self.ctx.clock.seconds() + delay:
             return
         self._cancel_backup_call()
-        self._backup_call = self.node.call_later(delay, self._scheduled_backup)
+        self._backup_call = self.ctx.call_later(delay, self._scheduled_backup)
 
     def _scheduled_backup(self) -> None:
         self._backup_call = None
@@ -507,7 +503,7 @@ class BackupsService(Service):
     def _backed_up(self, outcome: dict) -> dict:
         self.last_backup, self.last_backup_error = outcome, ""
         # Retiring holders that only waited for this backup may go (once the backup lock is let go).
-        self.node.call_later(0, self._release_retiring)
+        self.ctx.call_later(0, self._release_retiring)
         return outcome
 
     def _backup_pending(self) -> bool:
@@ -549,7 +545,7 @@ class BackupsService(Service):
             self._restore_done = True
             if self.catalog_unreadable is not None:
                 self.catalog_unreadable["restored"] = outcome["serial"]
-            self.node.events.publish("catalog-changed", {"restored": outcome["serial"]})
+            self.ctx.events.publish("catalog-changed", {"restored": outcome["serial"]})
             return outcome
 
         return d.addCallback(restored)
@@ -601,7 +597,7 @@ class BackupsService(Service):
 
     def _save_pending_parts(self, pending: dict) -> None:
         if self.catalog is not None:
-            self._background.track(self.node.run_in_thread(self.catalog.set_meta, PENDING_PARTS_META, json.dumps(pending)),
+            self._background.track(self.ctx.run_in_thread(self.catalog.set_meta, PENDING_PARTS_META, json.dumps(pending)),
                         "keeping restored records")
 
     # --- helpers ------------------------------------------------------------------------------------------

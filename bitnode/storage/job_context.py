@@ -89,7 +89,7 @@ class StorageContext:
     registry: Any = None
     on_catalog_changed: Callable[[], None] = lambda: None
     on_blocks_damaged: Callable[[], None] = lambda: None
-    #: What a new version id under a key id starts with ("<alias>." for a share: bitnode.access.share_scope).
+    #: What a new version id under a key id starts with ("<alias>." for a share: bitnode.storage.share_scope).
     version_tag: Callable[[str], str] = lambda key_id: ""
     log: Logger = field(default_factory=Logger)
 

@@ -22,10 +22,12 @@ supplier (:func:`validate_store_path` accepts exactly these and the block
 paths, so a supplier refuses anything else a customer asks it to write)::
 
     catalog-<serial>/manifest          the signed manifest of a catalog backup
-    <share alias>.index/current        a share's sealed index (bitnode.access.share_scope)
-    acl.<share alias>/readers          a share's readers list (bitnode.access.share_scope)
+    <share alias>.index/current        a share's sealed index (bitnode.storage.share_scope)
+    acl.<share alias>/readers          a share's readers list (bitnode.storage.share_scope)
 
 where a share alias is ``share_`` and ``[A-Za-z0-9_-]`` characters (never a dot).
+
+:class:`SupplierProvider` is the port storage needs from the customer side.
 
 The module also holds the values passed between the uploader, the downloader
 and their callers (:class:`SegmentMeta`, :class:`Progress`) and the error both
@@ -36,6 +38,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 from zope.interface import Interface
 
@@ -145,6 +148,33 @@ def validate_store_path(path: str) -> str:
                          "acl.<share>/readers)")
     return path
 
+
+class SupplierProvider(Protocol):
+    """What service_backups needs from whoever hires the suppliers (service_customer provides it).
+
+    Declared by storage (``optional = {"suppliers": SupplierProvider}``) and
+    provided by the market (``provides = (SupplierProvider,)``), so storage
+    never imports the customer side. Storage hears of changes through the
+    node's ``suppliers-changed`` event.
+    """
+
+    def positions(self) -> list[str]:
+        """Position i's supplier (global id), "" where nobody is hired."""
+
+    def server(self, supplier_id: str) -> Any:
+        """The :class:`IStorageServer` of one supplier."""
+
+    def settled(self) -> Any:
+        """None when hiring and firing is done, else a Deferred fired when it is."""
+
+    def retiring(self) -> list[dict]:
+        """Former holders still read from until their blocks are rebuilt: ``{"supplier_id", "position"}``."""
+
+    def rebuild_progress(self, report: dict) -> None:
+        """Storage's blocks rebuilt per retiring holder."""
+
+    def release(self, supplier_id: str) -> bool:
+        """Nothing depends on this retiring holder any more: its contract may end."""
 
 @dataclass(frozen=True)
 class SegmentMeta:

@@ -17,6 +17,11 @@ the payload bytes for each storage command, format version 1:
 - ``RequestService``: JSON ``{"version": 1, "needed_bytes": N}``; answered by
   ``Ack`` with JSON ``{"accepted": true, "quota_bytes": N}`` or ``Fail``.
 - ``Ack`` / ``Fail`` for everything else: JSON ``{...}`` / UTF-8 reason text.
+- ``CancelService`` from a supplier to its customer is a *rejection notice*:
+  JSON ``{"version": 1, "rejected": true, "reason": ...}`` (a customer's own
+  cancel is empty); see :func:`rejection_notice`.
+
+Suppliers are found in the DHT layer :data:`SUPPLIERS_LAYER`.
 
 Block bytes are never base64'd or copied more than once on the way in.
 """
@@ -29,8 +34,18 @@ import struct
 from bitnode import boundedjson
 from bitnode.errors import BadRequest
 from bitnode.storage.ports import MAX_PATH_LENGTH
+from bitnode.transport.commands import Command
 
 WIRE_VERSION = 1
+#: The DHT layer suppliers join so customers can find them (layer 0 is everyone).
+SUPPLIERS_LAYER = 1
+#: Commands a supplier serves (CancelService also carries suppliers' rejection notices).
+MARKET_COMMANDS = (Command.REQUEST_SERVICE, Command.CANCEL_SERVICE, Command.DATA, Command.RETRIEVE,
+                   Command.LIST_FILES, Command.DELETE_FILE, Command.DELETE_BACKUP)
+#: The Fail answer to a storage command while the node serves no supplier.
+SUPPLIER_OFF = "supplier service is not running"
+#: The Fail answer to a rejection notice while the node runs no customer side.
+NOT_A_CUSTOMER = "not a customer here"
 _DATA_HEAD = struct.Struct(">BH")
 #: Blocks in one ``Files`` page (about 1.3 MB of JSON: far below the JSON payload limit).
 LIST_PAGE = 10_000
@@ -137,3 +152,18 @@ def decode_files_page(payload: bytes) -> tuple[dict[str, tuple[int, str]], str]:
             raise BadRequest(f"Files entry for {path!r} is malformed")
         out[path] = (entry[0], entry[1])
     return out, after
+
+
+def rejection_notice(reason: str) -> bytes:
+    """The CancelService payload a supplier sends a customer it rejects."""
+    return encode_json({"version": WIRE_VERSION, "rejected": True, "reason": reason})
+
+
+def is_rejection_notice(payload: bytes) -> bool:
+    """Whether a CancelService payload is a supplier's rejection (a customer's own cancel is empty)."""
+    if not payload:
+        return False
+    try:
+        return decode_json(payload).get("rejected") is True
+    except BadRequest:
+        return False

@@ -2,7 +2,7 @@
 
 A storage packet normally acts for its own signer: the owner field must be
 the creator. The one exception is a *shared read* (design in
-:mod:`bitnode.access.share_scope`): a ``Retrieve`` of a path, or a
+:mod:`bitnode.storage.share_scope`): a ``Retrieve`` of a path, or a
 ``ListFiles`` of a prefix ending in ``/``, inside the scope of one share of
 the owner (first path component ``<share alias>.<...>``), from a sender that
 the owner's readers list for that share names. The list is the object
@@ -25,9 +25,8 @@ from typing import Any
 
 from twisted.internet import defer
 
-from bitnode.access import share_scope
 from bitnode.errors import BadRequest
-from bitnode.storage import wire
+from bitnode.storage import share_scope, wire
 from bitnode.storage.ports import BlockNotFound
 from bitnode.transport.commands import Command
 

@@ -7,7 +7,8 @@ promise is the setting ``services/supplier/donated-space``.
 
 Packets: the storage commands (RequestService, CancelService, Data, Retrieve,
 ListFiles, DeleteFile, DeleteBackup) reach :meth:`SupplierService.handle_packet`
-through the node's *market router* (:func:`install_market_router`). The
+through the route this service adds to the gateway's packet router
+(:mod:`bitnode.transport.router`) while it runs. The
 packet's signature was checked by the transport, so its creator is who sent
 it; the owner field names whose space is meant, and both must be the same: a
 packet acting for someone else is answered ``Fail "forbidden: ..."`` and
@@ -21,15 +22,16 @@ While the service is not running (off, or stopping), every storage command is
 answered ``Fail "supplier service is not running"`` — the customer learns at
 once instead of waiting for a timeout.
 
-Being found: the service joins the DHT layer :data:`SUPPLIERS_LAYER`;
+Being found: the service joins the DHT layer :data:`bitnode.storage.wire.SUPPLIERS_LAYER`;
 customers pick candidates there with ``random_nodes(SUPPLIERS_LAYER, n)``.
 The DHT re-announces its layers on every bootstrap, so a supplier that started
 before the DHT knew anyone is still found later.
 
 ``customer_reject`` ends a contract from this side: the customer's data is
 deleted, it may not come back, and it is told with a ``CancelService`` packet
-whose JSON payload says ``{"rejected": true, "reason": ...}`` (the router hands
-such a notice to the customer side of the receiving node).
+whose JSON payload says ``{"rejected": true, "reason": ...}``
+(:func:`bitnode.storage.wire.rejection_notice`; the receiving node's customer
+side routes such notices to itself).
 
 Limits (settings under ``services/supplier/``, counters in ``service_info``):
 
@@ -63,10 +65,13 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from bitnode import globalid
-from bitnode.errors import BadRequest, BitnodeError, Conflict, NotFound, Unavailable
+from bitnode.dht.dht_service import DHTService
+from bitnode.errors import BadRequest, BitnodeError, NotFound, Unavailable
 from bitnode.main.options import DISK_SPACE, FLOAT, INTEGER, Option
 from bitnode.p2p.network_connector import CONNECTED
+from bitnode.p2p.network_service import NetworkService
 from bitnode.services.base import Service
+from bitnode.services.context import NodeContext
 from bitnode.storage import wire
 from bitnode.supplier import shared_reads
 from bitnode.supplier.contracts import DAY, ContractSweeper, ContractTerms
@@ -74,65 +79,15 @@ from bitnode.supplier.desk import SupplierDesk
 from bitnode.supplier.disk_store import DiskStore, StoreLimits, tree_size
 from bitnode.supplier.request_limits import RateSettings, RequestLimits
 from bitnode.transport.commands import Command
+from bitnode.transport.gateway_service import GatewayService
 
-#: The DHT layer suppliers join so customers can find them (layer 0 is everyone).
-SUPPLIERS_LAYER = 1
-GATEWAY = "service_gateway"
-DHT = "service_entangled_dht"
-CUSTOMER = "service_customer"
-NETWORK = "service_network"
-SUPPLIER = "service_supplier"
 PREFIX = "services/supplier/"
 DONATED_KEY = PREFIX + "donated-space"
-NOT_RUNNING = "supplier service is not running"
+NOT_RUNNING = wire.SUPPLIER_OFF
 FOREIGN_OWNER = "forbidden: a packet's owner must be its sender"
-#: Commands a supplier serves (CancelService also carries suppliers' rejection notices).
-MARKET_COMMANDS = (Command.REQUEST_SERVICE, Command.CANCEL_SERVICE, Command.DATA, Command.RETRIEVE,
-                   Command.LIST_FILES, Command.DELETE_FILE, Command.DELETE_BACKUP)
 NOTICE_TIMEOUT = 10.0
 #: The block index (sizes and hashes of the stored blocks) in basedir/metadata.
 BLOCK_INDEX_NAME = "supplier-blocks.sqlite"
-
-
-def rejection_notice(reason: str) -> bytes:
-    """The CancelService payload a supplier sends a customer it rejects."""
-    return wire.encode_json({"version": wire.WIRE_VERSION, "rejected": True, "reason": reason})
-
-
-def is_rejection_notice(payload: bytes) -> bool:
-    """Whether a CancelService payload is a supplier's rejection (a customer's own cancel is empty)."""
-    if not payload:
-        return False
-    try:
-        return wire.decode_json(payload).get("rejected") is True
-    except BadRequest:
-        return False
-
-
-def install_market_router(node: Any, gateway: Any) -> None:
-    """Route the storage commands arriving at ``gateway`` to this node's market services.
-
-    The router looks the services up at each packet, so one router serves the
-    supplier side, the customer side (rejection notices) and neither (it then
-    answers "not running"); whichever market service starts first installs it
-    and it lives as long as the gateway.
-    """
-
-    def route(packet, address):
-        driver = node.service_driver
-        if packet.command == Command.CANCEL_SERVICE.value and is_rejection_notice(packet.payload):
-            if driver.is_on(CUSTOMER):
-                return driver.get(CUSTOMER).supplier_rejected(packet, gateway)
-            return _answer(gateway, packet, Command.FAIL, b"not a customer here")
-        if driver.is_on(SUPPLIER):
-            return driver.get(SUPPLIER).handle_packet(packet, gateway)
-        return _answer(gateway, packet, Command.FAIL, NOT_RUNNING.encode("utf-8"))
-
-    for command in MARKET_COMMANDS:
-        try:
-            gateway.register_handler(command, route)
-        except Conflict:
-            pass  # this gateway already routes it (the other market service installed the router)
 
 
 def _answer(gateway: Any, packet: Any, command: str, payload: bytes) -> defer.Deferred:
@@ -153,8 +108,9 @@ def _open(root: str, contracts_file: str, run_in_thread, clock, settings: dict) 
 class SupplierService(Service):
     """Stores customers' blocks within the donated space; see the module docstring."""
 
-    name = SUPPLIER
-    depends_on = (GATEWAY, DHT)
+    name = "service_supplier"
+    requires = {"gateway": GatewayService, "dht": DHTService}
+    optional = {"network": NetworkService}
     enabled_by_default = False
     description = "Keep other users' encrypted blocks in the disk space you donate"
     options = (
@@ -186,10 +142,10 @@ class SupplierService(Service):
     )
     log = Logger()
 
-    def __init__(self, node):
-        super().__init__(node)
-        self.root = node.basedir.path("customers")
-        self.contracts_file = os.path.join(node.basedir.metadata, "customers.json")
+    def __init__(self, ctx: NodeContext) -> None:
+        super().__init__(ctx)
+        self.root = ctx.basedir.path("customers")
+        self.contracts_file = os.path.join(ctx.basedir.metadata, "customers.json")
         self.desk: SupplierDesk | None = None
         self.accepting = False
         self.refused: Counter[str] = Counter()
@@ -197,23 +153,24 @@ class SupplierService(Service):
         self.layer_joined = False
         self.layer_error = ""
         self._busy: set[defer.Deferred] = set()
-        self.limits = RequestLimits(node.clock, self._rate_settings())
+        self.limits = RequestLimits(ctx.clock, self._rate_settings())
         self.sweeper: ContractSweeper | None = None
         self.contracts_ended: Counter[str] = Counter()
         self._record_check: Any = None
         self._gateway: Any = None
+        self._route: Any = None
 
     # --- lifecycle ----------------------------------------------------------------------
 
     def start(self) -> defer.Deferred:
         """Open the store and contracts off the reactor, route packets here, join the suppliers' layer."""
-        gateway = self.node.service_driver.get(GATEWAY).require_gateway()
-        settings = self.node.settings
+        gateway = self.deps.gateway.require_gateway()
+        settings = self.ctx.settings
         wiring = {"donated": lambda: settings.get(DONATED_KEY), "accepting": lambda: self.accepting,
                   "limits": self._store_limits, "new_customer_quota": lambda: settings.get(PREFIX + "new-customer-quota"),
                   "on_ended": self._contract_ended}
-        d = self.node.run_in_thread(_open, self.root, self.contracts_file, self.node.run_in_thread,
-                                    self.node.clock, wiring)
+        d = self.ctx.run_in_thread(_open, self.root, self.contracts_file, self.ctx.run_in_thread,
+                                    self.ctx.clock, wiring)
         d.addCallback(self._opened, gateway)
         return d
 
@@ -222,32 +179,32 @@ class SupplierService(Service):
         self.accepting = True
         self._gateway = gateway
         self.limits.configure(self._rate_settings())
-        self.node.settings.add_listener(PREFIX, self._settings_changed)
+        self.ctx.settings.add_listener(PREFIX, self._settings_changed)
         gateway.add_listener(self._traffic)
-        install_market_router(self.node, gateway)
-        self.sweeper = ContractSweeper(self.node.clock, desk.book, self._contract_terms, self._can_judge,
+        self._route = gateway.router.add(wire.MARKET_COMMANDS, self._on_packet, owner=self.name)
+        self.sweeper = ContractSweeper(self.ctx.clock, desk.book, self._contract_terms, self._can_judge,
                                        self._customer_alive, self._expire)
         self.sweeper.start()
         self._track(defer.Deferred.fromCoroutine(self._join_layer()))
         # Counts every space once (removing temp files of interrupted writes, mending the block index).
         self._track(desk.store.load_all(sorted(desk.customers)))
         self.log.info("supplier: {n} customer(s), {donated} bytes donated", n=len(desk.customers),
-                      donated=self.node.settings.get(DONATED_KEY))
+                      donated=self.ctx.settings.get(DONATED_KEY))
 
     # --- settings -----------------------------------------------------------------------
 
     def _store_limits(self) -> StoreLimits:
-        get = self.node.settings.get
+        get = self.ctx.settings.get
         return StoreLimits(min_file_charge=get(PREFIX + "min-file-charge"), min_dir_charge=get(PREFIX + "min-dir-charge"),
                            max_files=get(PREFIX + "max-files-per-customer"), reserve_bytes=get(PREFIX + "disk-reserve"))
 
     def _rate_settings(self) -> RateSettings:
-        get = self.node.settings.get
+        get = self.ctx.settings.get
         return RateSettings(get(PREFIX + "request-rate"), get(PREFIX + "request-burst"),
                             get(PREFIX + "list-rate"), get(PREFIX + "list-burst"))
 
     def _contract_terms(self) -> ContractTerms:
-        get = self.node.settings.get
+        get = self.ctx.settings.get
         return ContractTerms(get(PREFIX + "contract-period"), get(PREFIX + "contract-grace"),
                              get(PREFIX + "contract-check-interval"))
 
@@ -278,10 +235,10 @@ class SupplierService(Service):
             self.desk.book.renew(peer_id)
 
     def _can_judge(self) -> bool:
-        driver = self.node.service_driver
-        if NETWORK not in driver.names() or not driver.is_on(NETWORK):
+        network = self.deps.network
+        if network is None:
             return False
-        connector = driver.get(NETWORK).connector
+        connector = network.connector
         return connector is not None and connector.state == CONNECTED
 
     async def _customer_alive(self, customer_id: str) -> bool:
@@ -324,11 +281,11 @@ class SupplierService(Service):
 
     def _contract_ended(self, customer_id: str, reason: str) -> None:
         self.contracts_ended[reason] += 1
-        self.node.events.publish("customer-contract-ended", {"customer_id": customer_id, "reason": reason})
+        self.ctx.events.publish("customer-contract-ended", {"customer_id": customer_id, "reason": reason})
 
     async def _join_layer(self) -> None:
         try:
-            await self.node.service_driver.get(DHT).join_layer(SUPPLIERS_LAYER)
+            await self.deps.dht.join_layer(wire.SUPPLIERS_LAYER)
         except BitnodeError as err:
             # The DHT re-announces joined layers when it bootstraps; this only says why not yet.
             self.layer_error = str(err)
@@ -339,7 +296,7 @@ class SupplierService(Service):
     def stop(self) -> defer.Deferred:
         """Refuse new work ("not running"), let the commands being served finish, then close."""
         self.accepting = False
-        self.node.settings.remove_listener(PREFIX, self._settings_changed)
+        self.ctx.settings.remove_listener(PREFIX, self._settings_changed)
         if self._gateway is not None:
             self._gateway.remove_listener(self._traffic)
             self._gateway = None
@@ -355,13 +312,17 @@ class SupplierService(Service):
 
         def closed(_):
             if desk is not None:
-                return self.node.run_in_thread(desk.store.close)
+                return self.ctx.run_in_thread(desk.store.close)
             return None
 
         def cleared(_):
             self.desk = None
             self.sweeper = None
             self.layer_joined = False
+            if self._route is not None:
+                # The gateway keeps answering "not running" (a customer learns at once, not after a timeout).
+                self._route.remove(refusal=NOT_RUNNING)
+                self._route = None
 
         d.addCallback(saved)
         d.addErrback(lambda f: self.log.failure("saving the contracts at stop failed", f))
@@ -373,9 +334,9 @@ class SupplierService(Service):
         return {
             "accepting": self.accepting,
             "customers": len(desk.customers) if desk else 0,
-            "donated_bytes": self.node.settings.get(DONATED_KEY),
+            "donated_bytes": self.ctx.settings.get(DONATED_KEY),
             "allocated_bytes": desk.allocated_bytes() if desk else 0,
-            "dht_layer": SUPPLIERS_LAYER, "layer_joined": self.layer_joined, "layer_error": self.layer_error,
+            "dht_layer": wire.SUPPLIERS_LAYER, "layer_joined": self.layer_joined, "layer_error": self.layer_error,
             "served": dict(self.served), "refused": dict(self.refused),
             "store_refused": dict(desk.store.refused) if desk else {},
             "rate_limited": dict(self.limits.limited),
@@ -386,6 +347,13 @@ class SupplierService(Service):
         }
 
     # --- packets ------------------------------------------------------------------------
+
+    def _on_packet(self, packet: Any, address: Any) -> defer.Deferred:
+        gateway = self.deps.gateway.require_gateway()
+        if packet.command == Command.CANCEL_SERVICE.value and wire.is_rejection_notice(packet.payload):
+            # A supplier's rejection notice: this node's customer side (which routes those first) is off.
+            return _answer(gateway, packet, Command.FAIL, wire.NOT_A_CUSTOMER.encode("utf-8"))
+        return self.handle_packet(packet, gateway)
 
     def handle_packet(self, packet: Any, gateway: Any) -> defer.Deferred:
         """Serve one storage command and answer it with the same packet id."""
@@ -426,7 +394,7 @@ class SupplierService(Service):
     def require_desk(self) -> SupplierDesk:
         """The running desk; Unavailable while the service is off."""
         if self.desk is None or not self.accepting:
-            raise Unavailable(f"{SUPPLIER} is not running")
+            raise Unavailable(f"{self.name} is not running")
         return self.desk
 
     def customers(self) -> defer.Deferred:
@@ -455,21 +423,21 @@ class SupplierService(Service):
                                    consumeErrors=True)
 
     async def _ping(self, customer_id: str) -> dict:
-        started = self.node.clock.seconds()
+        started = self.ctx.clock.seconds()
         try:
             online = self._online_table()
             if online is not None:
                 await online.ping(customer_id, NOTICE_TIMEOUT)
             else:
-                await self.node.service_driver.get(GATEWAY).require_gateway().ping(customer_id, NOTICE_TIMEOUT)
+                await self.deps.gateway.require_gateway().ping(customer_id, NOTICE_TIMEOUT)
         except BitnodeError as err:
             return {"customer_id": customer_id, "online": False, "error": str(err)}
         return {"customer_id": customer_id, "online": True,
-                "round_trip": round(self.node.clock.seconds() - started, 6)}
+                "round_trip": round(self.ctx.clock.seconds() - started, 6)}
 
     def _online_table(self) -> Any:
-        driver = self.node.service_driver
-        return driver.get(NETWORK).online if driver.is_on(NETWORK) else None
+        network = self.deps.network
+        return network.online if network is not None else None
 
     def reject(self, customer_id: str) -> defer.Deferred:
         """End a customer's contract for good: delete its data, refuse it from now on, tell it."""
@@ -482,10 +450,10 @@ class SupplierService(Service):
             raise NotFound(f"{customer_id} is not a customer of this supplier")
         freed = await desk.cancel(customer_id, reject=True)
         notified, problem = True, ""
-        gateway = self.node.service_driver.get(GATEWAY).require_gateway()
+        gateway = self.deps.gateway.require_gateway()
         try:
             await gateway.request(Command.CANCEL_SERVICE, customer_id,
-                                  rejection_notice("the supplier rejected you (customer_reject)"),
+                                  wire.rejection_notice("the supplier rejected you (customer_reject)"),
                                   timeout=NOTICE_TIMEOUT)
         except BitnodeError as err:
             notified, problem = False, str(err)
@@ -501,10 +469,10 @@ class SupplierService(Service):
         return defer.Deferred.fromCoroutine(self._space())
 
     async def _space(self) -> dict:
-        donated = self.node.settings.get(DONATED_KEY)
+        donated = self.ctx.settings.get(DONATED_KEY)
         desk = self.desk if self.accepting else None
         if desk is None:
-            used = await self.node.run_in_thread(tree_size, self.root)
+            used = await self.ctx.run_in_thread(tree_size, self.root)
             return {"running": False, "donated_bytes": donated, "allocated_bytes": 0, "used_bytes": used,
                     "free_bytes": max(0, donated - used), "customers_num": 0, "customers": []}
         used = await desk.store.total_used()

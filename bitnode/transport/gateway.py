@@ -12,7 +12,8 @@ Incoming, every valid packet (the transport has already checked framing,
 signature, recipient and replay, and counted what it dropped) is first
 matched against the packets waiting for an answer, by ``(sender,
 packet_id)``; a match is that packet's ``Ack``, ``Fail`` or reply.  Otherwise
-it goes to the one handler registered for its command.  ``Ack``/``Fail``
+it goes to the route the services registered for it on :attr:`Gateway.router`
+(:mod:`bitnode.transport.router`).  ``Ack``/``Fail``
 that match nothing (late or unsolicited) and commands nobody handles are
 dropped and counted (``unmatched_response``, ``no_handler``).
 
@@ -57,8 +58,9 @@ from bitnode.transport.packet import DEFAULT_MAX_PAYLOAD, MAX_HEADER, Packet, Si
 from bitnode.transport.packet_out import PacketOut, gateway_stopped
 from bitnode.transport.reintroduction import REFRESH_INTERVAL, Reintroduction
 from bitnode.transport.replay import ReplayCache
+from bitnode.transport.router import PacketRouter
 from bitnode.transport.stats import PacketStats
-from bitnode.transport.tcp import Address, Handler, parse_tcp_contact
+from bitnode.transport.tcp import Address, parse_tcp_contact
 from bitnode.userid.identity import Identity
 
 DEFAULT_MAX_FRAME = DEFAULT_MAX_PAYLOAD + MAX_HEADER
@@ -186,7 +188,8 @@ class Gateway(Reintroduction):
             self.transport.register_handler(command, self._on_packet)
         self.port: Optional[int] = None
         self._registry = registry
-        self._handlers: dict[str, Handler] = {}
+        #: Where incoming packets that answer nothing go (services register their commands here).
+        self.router = PacketRouter(self._refuse)
         self._listeners: list[Callable[[str, str], Any]] = []
         self._peers: OrderedDict[str, _Peer] = OrderedDict()
         self._live: dict[PacketOut, None] = {}
@@ -238,24 +241,6 @@ class Gateway(Reintroduction):
         return self.transport.stop()
 
     # -- handlers and listeners ---------------------------------------------
-
-    def register_handler(self, command: str | Command, handler: Handler) -> None:
-        """Call ``handler(packet, address)`` for incoming ``command`` packets that answer nothing.
-
-        One handler per command (``Conflict`` otherwise); ``Identity`` is the
-        gateway's own.  A handler may return a Deferred; a failure is counted
-        as ``handler_error`` and logged.
-        """
-        name = command_name(command)
-        if name not in {c.value for c in Command}:
-            raise BadRequest(f"unknown command {name!r}")
-        if name == Command.IDENTITY.value or name in self._handlers:
-            raise Conflict(f"command {name!r} already has a handler")
-        self._handlers[name] = handler
-
-    def unregister_handler(self, command: str | Command) -> None:
-        """Stop dispatching ``command``."""
-        self._handlers.pop(command_name(command), None)
 
     def add_listener(self, listener: Callable[[str, str], Any]) -> None:
         """Call ``listener(peer_id, what)`` on traffic news.
@@ -456,7 +441,7 @@ class Gateway(Reintroduction):
             packet = self._challenged(packet)
             if packet is None:
                 return None
-        handler = self._handlers.get(packet.command)
+        handler = self.router.handler_for(packet)
         if handler is None:
             self.stats.record_drop("no_handler")
             return None
@@ -543,6 +528,9 @@ class Gateway(Reintroduction):
     def _remember(self, document: Identity) -> None:
         # the cache enforces the pinned key and revision order, and raises why it refuses
         self.identity.cache.put(document)
+
+    def _refuse(self, packet: Packet, text: str) -> Deferred:
+        return Deferred.fromCoroutine(self._answer(packet, Command.FAIL, text))
 
     async def _answer(self, packet: Packet, command: Command, text: str) -> None:
         try:

@@ -25,9 +25,11 @@ from twisted.logger import Logger
 from bitnode.errors import BitnodeError, Conflict, Unavailable
 from bitnode.main.options import DISK_SPACE, FLOAT, INTEGER, STRING, Option
 from bitnode.services.base import Service
+from bitnode.services.context import NodeContext
 from bitnode.transport.gateway import Gateway
 from bitnode.transport.limits import PeerLimits
 from bitnode.transport.packet import MAX_HEADER
+from bitnode.userid.id_service import IdentityService
 
 PREFIX = "services/gateway/"
 _WILDCARDS = ("", "0.0.0.0", "::")
@@ -37,7 +39,7 @@ class GatewayService(Service):
     """Owns the gateway (signed packets over TCP) of one node."""
 
     name = "service_gateway"
-    depends_on = ("service_identity",)
+    requires = {"identity": IdentityService}
     description = "Signed packets to and from other nodes over TCP"
     options = (
         Option(PREFIX + "packet-timeout", FLOAT, 30.0,
@@ -97,11 +99,11 @@ class GatewayService(Service):
     )
     log = Logger()
 
-    def __init__(self, node: Any) -> None:
-        super().__init__(node)
+    def __init__(self, ctx: NodeContext) -> None:
+        super().__init__(ctx)
         self.gateway: Optional[Gateway] = None
         self.contacts_error = ""
-        node.events.subscribe(self._on_event)
+        ctx.events.subscribe(self._on_event)
 
     # -- lifecycle ----------------------------------------------------------
 
@@ -110,12 +112,12 @@ class GatewayService(Service):
         return Deferred.fromCoroutine(self._start())
 
     async def _start(self) -> None:
-        identity = self.node.service_driver.get("service_identity")
+        identity = self.deps.identity
         if not identity.my_global_id():
             raise Conflict("no identity: call identity_create first")
         if identity.packet_signer() is None:
             raise Conflict("no packet-signing key: recover the identity with identity_recover")
-        settings = self.node.settings
+        settings = self.ctx.settings
         interface = settings.get("services/tcp-connections/interface")
         external = settings.get(PREFIX + "external-host")
         if not external and interface in _WILDCARDS:
@@ -124,7 +126,7 @@ class GatewayService(Service):
             external = "127.0.0.1"
         flood = settings.get(PREFIX + "flood-limit")
         gateway = Gateway(
-            self.node.clock, self.node.reactor, identity, self.node.automats,
+            self.ctx.clock, self.ctx.reactor, identity, self.ctx.automats,
             interface=interface or "0.0.0.0",
             advertise_host=external,
             packet_timeout=settings.get(PREFIX + "packet-timeout"),
@@ -171,7 +173,7 @@ class GatewayService(Service):
         gateway, self.gateway = self.gateway, None
         if gateway is None:
             return None
-        self.node.settings.remove_listener(PREFIX + "packet-timeout", self._timeout_changed)
+        self.ctx.settings.remove_listener(PREFIX + "packet-timeout", self._timeout_changed)
         return gateway.stop()
 
     def status(self) -> dict:
@@ -203,7 +205,7 @@ class GatewayService(Service):
     def wanted_contacts(self) -> list[str]:
         """Our identity's contacts with the ``tcp://`` one replaced by the address we listen on."""
         gateway = self.require_gateway()
-        me = self.node.service_driver.get("service_identity").my_identity()
+        me = self.deps.identity.my_identity()
         others = [c for c in (me.contacts if me is not None else ()) if not c.startswith("tcp://")]
         return [gateway.contact] + others
 
@@ -216,7 +218,7 @@ class GatewayService(Service):
         return Deferred.fromCoroutine(self._ensure_contacts())
 
     async def _ensure_contacts(self) -> bool:
-        identity = self.node.service_driver.get("service_identity")
+        identity = self.deps.identity
         me = identity.my_identity()
         wanted = self.wanted_contacts()
         if me is not None and list(me.contacts) == wanted:
@@ -238,16 +240,16 @@ class GatewayService(Service):
 
     def _on_event(self, event: Any) -> None:
         """Start once an identity exists (the driver then starts enabled dependents); stop when it is erased."""
-        driver = self.node.service_driver
+        lifecycle = self.lifecycle
         if event.event_id == "my-identity-created":
-            if driver.is_on(self.name) or not self.node.settings.get(self.enabled_key()):
+            if lifecycle.is_on() or not lifecycle.enabled():
                 return
-            if not driver.is_on("service_identity"):
+            if not self.deps.is_on("identity"):
                 return
-            d = driver.start(self.name)
-        elif event.event_id == "my-identity-erased" and driver.is_on(self.name):
+            d = lifecycle.start()
+        elif event.event_id == "my-identity-erased" and lifecycle.is_on():
             # restarting without an identity leaves the service FAILED with the reason, dependents off
-            d = driver.restart(self.name)
+            d = lifecycle.restart()
         else:
             return
         d.addErrback(lambda failure: self.log.failure("{name} did not follow {event}", failure, name=self.name,

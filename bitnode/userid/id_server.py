@@ -71,6 +71,7 @@ from bitnode.main.fileutil import atomic_write, ensure_dir, read_limited
 from bitnode.main.options import BOOLEAN, FLOAT, INTEGER, Option
 from bitnode.main.ratelimit import KeyedRateLimiter
 from bitnode.services.base import Service
+from bitnode.services.context import NodeContext
 from bitnode.userid.identity import MAX_XML_BYTES, Identity
 
 STORE_FOLDER = "identityserver"
@@ -353,8 +354,8 @@ class IdentityServerService(Service):
     )
     log = Logger()
 
-    def __init__(self, node):
-        super().__init__(node)
+    def __init__(self, ctx: NodeContext) -> None:
+        super().__init__(ctx)
         self.store: IdentityStore | None = None
         self._port = None
         self._site: IdentitySite | None = None
@@ -363,17 +364,17 @@ class IdentityServerService(Service):
     @defer.inlineCallbacks
     def start(self):
         """Load the stored identities (in a thread), then listen."""
-        store = IdentityStore(self.node.basedir.path(STORE_FOLDER))
-        yield self.node.run_in_thread(store.load)
+        store = IdentityStore(self.ctx.basedir.path(STORE_FOLDER))
+        yield self.ctx.run_in_thread(store.load)
         self.store = store
-        settings = self.node.settings
-        limits = self.limits = ServerLimits(self.node.clock, settings)
+        settings = self.ctx.settings
+        limits = self.limits = ServerLimits(self.ctx.clock, settings)
         settings.add_listener(REGISTRATIONS_KEY, limits.configure)
         settings.add_listener(POSTS_KEY, limits.configure)
         site = IdentitySite(IdentityResource(store, self.is_this_server, limits),
-                            lambda: settings.get(MAX_SIZE_KEY), limits, reactor=self.node.reactor)
+                            lambda: settings.get(MAX_SIZE_KEY), limits, reactor=self.ctx.reactor)
         self._site = site
-        self._port = self.node.reactor.listenTCP(settings.get(PORT_KEY), site,
+        self._port = self.ctx.reactor.listenTCP(settings.get(PORT_KEY), site,
                                                  interface=settings.get(INTERFACE_KEY) or "127.0.0.1")
         self.log.info("identity server listening on port {port} with {count} identities",
                       port=self.port, count=len(store))
@@ -382,8 +383,8 @@ class IdentityServerService(Service):
     def stop(self):
         """Stop listening and close open connections."""
         if self.limits is not None:
-            self.node.settings.remove_listener(REGISTRATIONS_KEY, self.limits.configure)
-            self.node.settings.remove_listener(POSTS_KEY, self.limits.configure)
+            self.ctx.settings.remove_listener(REGISTRATIONS_KEY, self.limits.configure)
+            self.ctx.settings.remove_listener(POSTS_KEY, self.limits.configure)
         port, self._port = self._port, None
         if port is not None:
             yield port.stopListening()
@@ -399,7 +400,7 @@ class IdentityServerService(Service):
     @property
     def host(self) -> str:
         """The host name identities registered here must use in their sources."""
-        return self.node.settings.get(HOST_KEY).lower()
+        return self.ctx.settings.get(HOST_KEY).lower()
 
     def idurl(self, name: str) -> str:
         """The IDURL of ``name`` on this server (needs the server running)."""

@@ -49,6 +49,7 @@ from bitnode.errors import BadRequest, BitnodeError, Conflict, Forbidden, NotFou
 from bitnode.main.fileutil import PRIVATE_FILE_MODE, atomic_write, ensure_dir, read_limited, remove_if_exists
 from bitnode.main.options import FLOAT, INTEGER, STRING_LIST, Option
 from bitnode.services.base import Service
+from bitnode.services.context import NodeContext
 from bitnode.userid import id_backup
 from bitnode.userid.id_fetcher import IdentityFetcher
 from bitnode.userid.id_publisher import Publisher, parse_servers
@@ -92,7 +93,6 @@ class IdentityService(Service):
     """Owns my identity, my keys, the identity cache and the identity-server client."""
 
     name = "service_identity"
-    depends_on = ()
     enabled_by_default = True
     description = "My keys and identity document; cache of other users' identities"
     options = (
@@ -118,8 +118,8 @@ class IdentityService(Service):
     )
     log = Logger()
 
-    def __init__(self, node):
-        super().__init__(node)
+    def __init__(self, ctx: NodeContext) -> None:
+        super().__init__(ctx)
         self.keystore: KeyStore | None = None
         self.cache: IdentityCache | None = None
         self.client: Any = None
@@ -130,12 +130,12 @@ class IdentityService(Service):
         self._signer: Ed25519Signer | None = None
         self._pending_contacts: tuple[str, ...] | None = None
         self._lock = defer.DeferredLock()
-        self.publisher = Publisher(lambda: self.client, self.my_identity, self._lock.run, node.call_later)
-        metadata = node.basedir.metadata
+        self.publisher = Publisher(lambda: self.client, self.my_identity, self._lock.run, ctx.call_later)
+        metadata = ctx.basedir.metadata
         self.identity_file = os.path.join(metadata, "identity.xml")
         self.packet_key_file = os.path.join(metadata, "packetkey.pem")
         self.keys_dir = os.path.join(metadata, "keys")
-        self.cache_dir = node.basedir.path("identitycache")
+        self.cache_dir = ctx.basedir.path("identitycache")
 
     # -- lifecycle --------------------------------------------------------
 
@@ -143,15 +143,15 @@ class IdentityService(Service):
         """The identity-server client (tests override this to plug in a fake)."""
         from bitnode.userid.id_client import IdentityClient
 
-        settings = self.node.settings
-        return IdentityClient(self.node.reactor, self.node.clock,
+        settings = self.ctx.settings
+        return IdentityClient(self.ctx.reactor, self.ctx.clock,
                               timeout=settings.get("services/identity/fetch-timeout"),
                               retries=settings.get("services/identity/fetch-retries"))
 
     def start(self) -> Deferred:
         """Open the key store, the cache and my identity (off the reactor)."""
         self.load_problems = []
-        d = self.node.run_in_thread(self._open_files)
+        d = self.ctx.run_in_thread(self._open_files)
         d.addCallback(self._opened)
         return d
 
@@ -167,7 +167,7 @@ class IdentityService(Service):
         except (OSError, BadRequest) as err:
             problems.append(f"identity.xml cannot be used: {err}")
         if identity is not None:
-            keystore = KeyStore(self.keys_dir, identity.global_id, self.node.run_in_thread, clock=self.node.clock)
+            keystore = KeyStore(self.keys_dir, identity.global_id, self.ctx.run_in_thread, clock=self.ctx.clock)
             problems.extend(keystore.load_errors)
             try:
                 if keystore.public_key(keystore.master_key_id) != identity.rsa_public_key():
@@ -356,12 +356,12 @@ class IdentityService(Service):
 
     def identity_servers(self, preferred: list[str] | None = None) -> list[tuple[str, int]]:
         """``preferred`` (``host:port`` strings) or the ``personal/identity-servers`` setting, parsed."""
-        return parse_servers(list(preferred or []) or list(self.node.settings.get("personal/identity-servers")))
+        return parse_servers(list(preferred or []) or list(self.ctx.settings.get("personal/identity-servers")))
 
     def _initial_contacts(self) -> list[str]:
         if self._pending_contacts is not None:
             return list(self._pending_contacts)
-        settings = self.node.settings
+        settings = self.ctx.settings
         iface = settings.get("services/tcp-connections/interface")
         port = settings.get("services/tcp-connections/tcp-port")
         if iface in ("", "0.0.0.0", "::") or not port:
@@ -404,9 +404,9 @@ class IdentityService(Service):
         if len(servers) > MAX_SOURCES:
             raise BadRequest(f"at most {MAX_SOURCES} identity servers")
         sources = [str(globalid.IdUrl(name, host, port)) for host, port in servers]
-        key_size = keys.check_key_size(self.node.settings.get("personal/private-key-size"))
-        master, packet_key, identity = await self.node.run_in_thread(
-            generate_identity, name, sources, self._initial_contacts(), key_size, self.node.clock.seconds())
+        key_size = keys.check_key_size(self.ctx.settings.get("personal/private-key-size"))
+        master, packet_key, identity = await self.ctx.run_in_thread(
+            generate_identity, name, sources, self._initial_contacts(), key_size, self.ctx.clock.seconds())
         accepted = await self.client.publish(identity)
         await self._persist_new(identity, master, packet_key)
         self.publisher.mark_published(identity)
@@ -416,14 +416,14 @@ class IdentityService(Service):
         return identity
 
     async def _persist_new(self, identity: Identity, master: RsaPrivateKey, packet_key: Ed25519PrivateKey) -> None:
-        keystore = await self.node.run_in_thread(self._write_new, identity, master, packet_key)
+        keystore = await self.ctx.run_in_thread(self._write_new, identity, master, packet_key)
         self._pending_contacts = None
         self._install(identity, keystore, packet_key)
 
     def _write_new(self, identity: Identity, master: RsaPrivateKey, packet_key: Ed25519PrivateKey) -> KeyStore:
         """Thread side: keys first, identity.xml last (its presence is what makes the identity exist)."""
         ensure_dir(self.keys_dir)
-        keystore = KeyStore(self.keys_dir, identity.global_id, self.node.run_in_thread, clock=self.node.clock)
+        keystore = KeyStore(self.keys_dir, identity.global_id, self.ctx.run_in_thread, clock=self.ctx.clock)
         keystore.add_private(keystore.master_key_id, master.to_pem(), label="master key")
         atomic_write(self.packet_key_file, packet_key.to_pem(), mode=PRIVATE_FILE_MODE)
         atomic_write(self.identity_file, identity.to_xml(), mode=PRIVATE_FILE_MODE)
@@ -432,9 +432,9 @@ class IdentityService(Service):
     def _announce(self, event_id: str, identity: Identity, join_network: bool = False, **extra: Any) -> None:
         data = {"global_id": identity.global_id, "idurl": identity.idurl, "revision": identity.revision}
         data.update(extra)
-        self.node.events.publish(event_id, data)
+        self.ctx.events.publish(event_id, data)
         if join_network:
-            self.node.events.publish("network-join-requested", {"global_id": identity.global_id})
+            self.ctx.events.publish("network-join-requested", {"global_id": identity.global_id})
 
     # -- recovering -------------------------------------------------------------
 
@@ -453,8 +453,8 @@ class IdentityService(Service):
 
     async def _recover(self, private_key_source: str, known_idurl: str | None, join_network: bool) -> Identity:
         self._check_no_identity()
-        text = await self.node.run_in_thread(id_backup.read_source, private_key_source)
-        contents = await self.node.run_in_thread(id_backup.parse_backup, text)
+        text = await self.ctx.run_in_thread(id_backup.read_source, private_key_source)
+        contents = await self.ctx.run_in_thread(id_backup.parse_backup, text)
         idurls = list(contents.idurls)
         if known_idurl:
             first = str(globalid.IdUrl.parse(known_idurl))
@@ -469,9 +469,9 @@ class IdentityService(Service):
         if packet_key is None or identity.fast_public_key() != packet_key.public_key():
             packet_key = fastsign.generate_ed25519()
         if signing_key_text(packet_key) != identity.signing_key or tuple(contacts) != identity.contacts:
-            candidate = identity.updated(now=self.node.clock.seconds(), contacts=tuple(contacts),
+            candidate = identity.updated(now=self.ctx.clock.seconds(), contacts=tuple(contacts),
                                          signing_key=signing_key_text(packet_key))
-            identity = await self.node.run_in_thread(candidate.sign, contents.master_key)
+            identity = await self.ctx.run_in_thread(candidate.sign, contents.master_key)
             await self.client.publish(identity)
         await self._persist_new(identity, contents.master_key, packet_key)
         self.publisher.mark_published(identity)
@@ -489,7 +489,7 @@ class IdentityService(Service):
             data = id_backup.render_backup(identity.sources, self._master_key(), self._packet_key)
         except BitnodeError:
             return defer.fail()
-        return self.node.run_in_thread(id_backup.write_new_file, destination_filepath, data)
+        return self.ctx.run_in_thread(id_backup.write_new_file, destination_filepath, data)
 
     def erase_identity(self, erase_private_key: bool = False) -> Deferred:
         """Deferred[str]: delete identity.xml (and with ``erase_private_key`` the master and packet keys).
@@ -507,12 +507,12 @@ class IdentityService(Service):
             raise NotFound("this node has no identity to erase")
         master_key_id = self.keystore.master_key_id if self.keystore is not None else None
         self.publisher.reset()
-        await self.node.run_in_thread(self._remove_files, erase_private_key, master_key_id)
+        await self.ctx.run_in_thread(self._remove_files, erase_private_key, master_key_id)
         self._install(None, None, None)
         global_id = identity.global_id if identity is not None else ""
         self.log.info("identity {global_id} erased (private key erased: {erased})",
                       global_id=global_id, erased=erase_private_key)
-        self.node.events.publish("my-identity-erased",
+        self.ctx.events.publish("my-identity-erased",
                                  {"global_id": global_id, "private_key_erased": erase_private_key})
         return global_id
 
@@ -551,18 +551,18 @@ class IdentityService(Service):
             return None
         if contacts == self._identity.contacts:
             return self._identity
-        identity = await self._save_revision(self._identity.updated(now=self.node.clock.seconds(),
+        identity = await self._save_revision(self._identity.updated(now=self.ctx.clock.seconds(),
                                                                     contacts=contacts))
         await self.publisher.publish_or_retry(identity)
         return identity
 
     async def _save_revision(self, candidate: Identity) -> Identity:
         """Sign, save and install a new revision of my identity; announce it."""
-        signed = await self.node.run_in_thread(candidate.sign, self._master_key())
+        signed = await self.ctx.run_in_thread(candidate.sign, self._master_key())
         return await self._store_revision(signed)
 
     async def _store_revision(self, signed: Identity) -> Identity:
-        await self.node.run_in_thread(atomic_write, self.identity_file, signed.to_xml(), PRIVATE_FILE_MODE)
+        await self.ctx.run_in_thread(atomic_write, self.identity_file, signed.to_xml(), PRIVATE_FILE_MODE)
         self._identity = signed
         self._announce("my-identity-changed", signed)
         return signed
@@ -586,13 +586,13 @@ class IdentityService(Service):
         configured = [str(globalid.IdUrl(current.name, host, port)) for host, port in self.identity_servers()]
         room = MAX_SOURCES - len(current.sources)
         added = tuple(s for s in configured if s not in current.sources)[:max(room, 0)]
-        now = self.node.clock.seconds()
+        now = self.ctx.clock.seconds()
         if not added:
             identity = await self._save_revision(current.updated(now=now))
             accepted = await self.publisher.publish(identity)
             return RotateResult(identity, (), (), tuple(accepted))
         candidate = current.updated(now=now, sources=current.sources + added)
-        candidate = await self.node.run_in_thread(candidate.sign, self._master_key())
+        candidate = await self.ctx.run_in_thread(candidate.sign, self._master_key())
         accepted = await self.client.publish(candidate)
         kept = tuple(s for s in added if s in accepted)
         refused = tuple(s for s in added if s not in accepted)

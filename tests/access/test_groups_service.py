@@ -9,11 +9,12 @@ from twisted.internet import defer
 from twisted.internet.defer import inlineCallbacks
 
 from bitnode.access.group_links import RemoteBrokerLink
-from bitnode.access.group_protocol import MAGIC
+from bitnode.access.group_protocol import is_group_frame
 from bitnode.access.groups_service import GroupsService
 from bitnode.chat.message_crypto import GROUP_MESSAGE, MessageHeader, seal
 from bitnode.chat.messages_service import PrivateMessagesService
 from bitnode.errors import BadRequest, Forbidden
+from bitnode.transport.commands import Command
 from tests.access.support import NODE_SERVICES, AccessNetworkCase, pause
 from tests.interface.support import connect_ws, wait_until
 
@@ -179,9 +180,11 @@ class GroupsNetworkTests(AccessNetworkCase):
         alice = yield self.member_node("alice")
         bob = yield self.member_node("bob", {"services/private-groups/request-timeout": 0.5})
         group = yield self.new_group(alice, bob)
-        alice_messages = alice.service_driver.get("service_private_messages")
         alice_groups = alice.service_driver.get(GROUPS)
-        alice_messages.route_payloads(MAGIC, lambda packet: None)  # the broker hears nothing any more
+        router = alice.service_driver.get("service_gateway").require_gateway().router
+        frames = lambda packet: is_group_frame(packet.payload)  # noqa: E731
+        alice_groups._route.remove()
+        deaf = router.add(Command.MESSAGE, lambda packet, address: None, accepts=frames)  # the broker hears nothing
 
         text = yield self.error(bob, 503, "message_send_group", group_key_id=group, data="anyone?")
         self.assertIn("unreachable, message not sent", text)
@@ -192,7 +195,8 @@ class GroupsNetworkTests(AccessNetworkCase):
         self.assertEqual((info["state"], info["active"]), ("DISCONNECTED", False))
         self.assertEqual((yield self.ok(bob, "groups_list", only_active=True)), [])
 
-        alice_messages.route_payloads(MAGIC, alice_groups._on_frame)  # back
+        deaf.remove()  # back
+        alice_groups._route = router.add(Command.MESSAGE, alice_groups._on_frame, accepts=frames)
         yield self.ok(bob, "group_join", group_key_id=group)  # try now rather than after the backoff
         yield self.connected(bob, group)
         yield self.ok(bob, "message_send_group", group_key_id=group, data="back")

@@ -21,7 +21,8 @@ from bitnode.access import share_index
 from bitnode.access.key_exchange_service import KeyExchangeService
 from bitnode.access.share_reader import ShareReader
 from bitnode.access.shares_service import SharesService
-from bitnode.customer.customer_service import CustomerService, lookup_suppliers
+from bitnode.customer.customer_service import CustomerService
+from bitnode.customer.suppliers_record import lookup_suppliers
 from bitnode.dht.dht_service import DHTService
 from bitnode.errors import Forbidden
 from bitnode.p2p.network_service import NetworkService
@@ -287,7 +288,9 @@ class SharesNetworkTests(unittest.TestCase):
         driver = node.service_driver
         keystore = driver.get("service_identity").keystore
         return ShareReader(node.clock, node.run_in_thread, driver.get("service_gateway").require_gateway, key_id,
-                           lambda owner: lookup_suppliers(node, owner), driver.get("service_identity").fetch_identity,
+                           lambda owner: lookup_suppliers(driver.get("service_entangled_dht"), driver.get("service_identity"),
+                                                          owner),
+                           driver.get("service_identity").fetch_identity,
                            lambda: keystore.private_key(key_id), lambda: 5.0)
 
 

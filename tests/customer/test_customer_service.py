@@ -79,7 +79,7 @@ class CustomerServiceNetworkTests(unittest.TestCase):
         self.assertIn(("fire_hire", "READY"), machines)
         self.assertIn(("supplier_finder", "READY"), machines)
         self.assertIn(("supplier_connector", "CONNECTED"), machines)
-        self.assertIsNone(self.service.supplier_provider().settled())
+        self.assertIsNone(self.service.settled())
         with open(os.path.join(self.customer.basedir.metadata, "suppliers.json")) as handle:
             self.assertIn(first[0], handle.read())
 
@@ -159,7 +159,7 @@ class CustomerServiceNetworkTests(unittest.TestCase):
 
     @inlineCallbacks
     def upload_and_download(self):
-        provider = self.service.supplier_provider()
+        provider = self.service  # the SupplierProvider port service_backups uses
         servers = [provider.server(s) for s in provider.positions()]
         source = self.mktemp()
         data = os.urandom(150_000)

@@ -16,6 +16,7 @@ from bitnode.main.basedir import Basedir
 from bitnode.main.events import EventBus
 from bitnode.main.schema import SCHEMA
 from bitnode.main.settings import Settings
+from bitnode.services.deps import Deps
 from bitnode.userid.id_service import IdentityService
 from tests.interface.support import start_node
 
@@ -39,6 +40,11 @@ class FakeIdentity:
 class FakeDriver:
     def __init__(self) -> None:
         self.services: dict = {}
+
+    def running(self, kind: type):
+        if kind.name not in self.services:
+            raise Unavailable(f"{kind.name} is not running (OFF)")
+        return self.services[kind.name]
 
     def is_on(self, name: str) -> bool:
         return name in self.services
@@ -81,6 +87,9 @@ class DHTServiceTests(unittest.TestCase):
         if identity:
             node.service_driver.services["service_identity"] = FakeIdentity(name)
         service = DHTService(node)
+        services = node.service_driver.services  # read at each use: an identity may appear later
+        service.deps = Deps(DHTService.name, {"identity": "service_identity"}, {}, (), services.get,
+                            services.__contains__)
         node.service_driver.services[DHTService.name] = service
         await service.start()
         self.addCleanup(service.stop)
@@ -94,14 +103,14 @@ class DHTServiceTests(unittest.TestCase):
         a = await self.start("alice")
         b = await self.start("bob", [self.seed_of(a)])
         self.assertEqual(await b.bootstrap(), 1)
-        api_a, api_b = Api(a.node), Api(b.node)
+        api_a, api_b = Api(a.ctx), Api(b.ctx)
         stored = await api_a.dht_value_set("abcd", {"text": "A-B-C-D"})
         self.assertEqual((stored["key"], stored["value"], stored["record_type"]), ("abcd", {"text": "A-B-C-D"},
                                                                                    "skip_validation"))
         self.assertEqual(stored["expires"] - stored["created"], 24 * 3600)
         got = await api_b.dht_value_get("abcd")
         self.assertEqual(got, stored)
-        nick = await api_a.dht_value_set("nickname:alice", {"idurl": a.node.service_driver.get(
+        nick = await api_a.dht_value_set("nickname:alice", {"idurl": a.ctx.service_driver.get(
             "service_identity").idurl, "nickname": "alice"}, expire=60, record_type="nickname")
         self.assertEqual((await api_b.dht_value_get("nickname:alice"))["value"], nick["value"])  # any type
         self.assertEqual((await api_b.dht_value_get("nickname:alice", "nickname"))["seq"], 0)
@@ -119,7 +128,7 @@ class DHTServiceTests(unittest.TestCase):
         a = await self.start("alice")
         b = await self.start("bob", [self.seed_of(a)])
         await b.bootstrap()
-        api_b = Api(b.node)
+        api_b = Api(b.ctx)
         users = await api_b.dht_user_random(count=3)
         self.assertEqual([u["user"] for u in users], ["http://127.0.0.1:8084/alice.xml"])
         found = await api_b.dht_node_find(format(a.dht.node_id, "064x"))
@@ -146,7 +155,7 @@ class DHTServiceTests(unittest.TestCase):
 
     async def test_cached_answers_within_use_cache_ttl(self) -> None:
         a = await self.start("alice")
-        api = Api(a.node)
+        api = Api(a.ctx)
         await api.dht_value_set("app:c", 1, expire=600)
         self.assertEqual((await api.dht_value_get("app:c", use_cache_ttl=60))["value"], 1)
         a.dht._store.delete(0, "app:c")  # gone locally: only the cache still knows it
@@ -157,11 +166,11 @@ class DHTServiceTests(unittest.TestCase):
 
     async def test_without_identity_reads_work_and_writes_wait_for_a_key(self) -> None:
         a = await self.start("alice", identity=False)
-        api = Api(a.node)
+        api = Api(a.ctx)
         self.assertRaises(Conflict, api.dht_value_set, "app:x", 1)
         self.assertFalse(a.status()["can_write"])
-        a.node.service_driver.services["service_identity"] = FakeIdentity("alice")
-        a.node.events.publish("my-identity-created", {})
+        a.ctx.service_driver.services["service_identity"] = FakeIdentity("alice")
+        a.ctx.events.publish("my-identity-created", {})
         self.assertTrue(a.status()["can_write"])
         self.assertEqual(a.dht._user, "http://127.0.0.1:8084/alice.xml")
         self.assertEqual((await api.dht_value_set("app:x", 1))["value"], 1)
@@ -171,7 +180,7 @@ class DHTServiceTests(unittest.TestCase):
         first = a.dht.node_id
         await a.stop()
         self.assertIsNone(a.dht)
-        self.assertRaises(Unavailable, Api(a.node).dht_local_db_dump)
+        self.assertRaises(Unavailable, Api(a.ctx).dht_local_db_dump)
         await a.start()
         self.assertEqual(a.dht.node_id, first)
         with open(a.id_file) as f:
@@ -184,7 +193,7 @@ class DHTServiceTests(unittest.TestCase):
             await a.bootstrap()
         self.assertIn("no DHT bootstrap seed answered", a.status()["last_bootstrap_error"])
         b = await self.start("bob")
-        a.node.settings.set("services/entangled-dht/known-nodes", [self.seed_of(b)])
+        a.ctx.settings.set("services/entangled-dht/known-nodes", [self.seed_of(b)])
         await a.bootstrap()
         self.assertEqual(a.status()["last_bootstrap_error"], "")
         self.assertEqual(a.status()["contacts"]["0"], 1)

@@ -33,18 +33,22 @@ FAST = {"interface/api/http-port": 0, "interface/api/ws-port": 0}
 
 
 class FakeBase(Service):
-    """A service with no dependencies that records its starts and stops on the node."""
+    """A service with no dependencies that records its starts and stops (in ``node.test_log``, see start_node)."""
 
     name = "service_fake_base"
     description = "test service at the bottom of the tree"
 
+    def __init__(self, ctx):
+        super().__init__(ctx)
+        self.journal: list = []
+
     def start(self):
         """Record the start."""
-        self.node.test_log.append(("start", self.name))
+        self.journal.append(("start", self.name))
 
     def stop(self):
         """Record the stop."""
-        self.node.test_log.append(("stop", self.name))
+        self.journal.append(("stop", self.name))
 
     def status(self):
         """A fact service_info shows while ON."""
@@ -55,7 +59,7 @@ class FakeTop(FakeBase):
     """Depends on :class:`FakeBase`, to show 409 and dependents being stopped."""
 
     name = "service_fake_top"
-    depends_on = ("service_fake_base",)
+    requires = {"base": FakeBase}
     description = "test service on top of service_fake_base"
 
 
@@ -95,6 +99,10 @@ def start_node(case, service_classes=FAKE_SERVICES, overrides=None, basedir=None
     settings.update(overrides or {})
     node = build_node(basedir or case.mktemp(), reactor, overrides=settings, service_classes=service_classes)
     node.test_log = []
+    for name in node.service_driver.names():
+        service = node.service_driver.get(name)
+        if isinstance(service, FakeBase):
+            service.journal = node.test_log
     node.startService()
     case.addCleanup(_stop_node, node)
     yield node.when_ready()

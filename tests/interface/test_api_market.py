@@ -25,6 +25,7 @@ from bitnode.supplier.disk_store import DiskStore
 from bitnode.supplier.supplier_service import SupplierService
 from bitnode.transport.commands import Command
 from bitnode.transport.packet_out import PeerRefused
+from bitnode.transport.router import PacketRouter
 from tests.interface.support import OwnNodeCalls, start_node
 
 ME = "carol@127.0.0.1_8084"
@@ -49,9 +50,7 @@ class FakeGateway:
     def __init__(self, world, me):
         self.world, self.my_id = world, me
         self.sent = []
-
-    def register_handler(self, command, handler):
-        pass
+        self.router = PacketRouter(lambda packet, text: defer.succeed(None))
 
     def add_listener(self, listener):
         pass
@@ -97,7 +96,7 @@ def make_fakes(world: World, me: str) -> list:
 
     class FakeGatewayService(Service):
         name = "service_gateway"
-        depends_on = ("service_identity",)
+        requires = {"identity": FakeIdentityService}
 
         def start(self):
             self.gateway = FakeGateway(world, me)
@@ -107,10 +106,10 @@ def make_fakes(world: World, me: str) -> list:
 
     class FakeNetworkService(Service):
         name = "service_network"
-        depends_on = ("service_gateway",)
+        requires = {"gateway": FakeGatewayService}
 
         def start(self):
-            gateway = self.node.service_driver.get("service_gateway").gateway
+            gateway = self.deps.gateway.gateway
             self.online = SimpleNamespace(ping=lambda who, timeout: gateway.ping(who, timeout),
                                           status=lambda who: {"online": who not in gateway.world.offline})
             self.connector = SimpleNamespace(state="CONNECTED", destroyed=False, event=lambda name: None)
@@ -120,7 +119,7 @@ def make_fakes(world: World, me: str) -> list:
 
     class FakeDHTService(Service):
         name = "service_entangled_dht"
-        depends_on = ("service_identity",)
+        requires = {"identity": FakeIdentityService}
 
         def start(self):
             self.dht = self

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
+from typing import Protocol
 
 from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.trial import unittest
 
-from bitnode.errors import BadRequest, Conflict, NotFound, Timeout
+from bitnode.errors import BadRequest, Conflict, NotFound, Timeout, Unavailable
 from bitnode.main.options import INTEGER, Option
 from bitnode.main.settings import Settings
 from bitnode.services import driver as driver_module
@@ -18,9 +19,11 @@ from bitnode.services.driver import DEPENDS_OFF, FAILED, OFF, ON, ServiceDriver,
 
 
 class FakeNode:
-    """What services see as ``self.node``: just a journal of start/stop calls."""
+    """What services see as ``self.ctx``: settings, a clock and a journal of start/stop calls."""
 
-    def __init__(self):
+    def __init__(self, settings=None, clock=None):
+        self.settings = settings
+        self.clock = clock
         self.journal: list[str] = []
         self.fail_start: set[str] = set()
         self.fail_stop: set[str] = set()
@@ -34,21 +37,21 @@ class Fake(Service):
     """Logs start/stop on the node; fails or holds when the node says so."""
 
     def _act(self, what: str, fail: set[str], hold: set[str]):
-        self.node.journal.append(f"{what} {self.name}")
-        if what == "start" and self.name in self.node.start_errors:
-            raise self.node.start_errors[self.name]
+        self.ctx.journal.append(f"{what} {self.name}")
+        if what == "start" and self.name in self.ctx.start_errors:
+            raise self.ctx.start_errors[self.name]
         if self.name in fail:
             raise RuntimeError(f"{self.name} cannot {what}")
         if self.name in hold:
-            d = self.node.pending[f"{what} {self.name}"] = defer.Deferred()
+            d = self.ctx.pending[f"{what} {self.name}"] = defer.Deferred()
             return d
         return defer.succeed(None) if what == "stop" else None
 
     def start(self):
-        return self._act("start", self.node.fail_start, self.node.hold_start)
+        return self._act("start", self.ctx.fail_start, self.ctx.hold_start)
 
     def stop(self):
-        return self._act("stop", self.node.fail_stop, self.node.hold_stop)
+        return self._act("stop", self.ctx.fail_stop, self.ctx.hold_stop)
 
     def status(self):
         return {"ticks": 3}
@@ -62,12 +65,12 @@ class Base(Fake):
 
 class Middle(Fake):
     name = "service_middle_part"
-    depends_on = ("service_base",)
+    requires = {"base": Base}
 
 
 class Top(Fake):
     name = "service_top"
-    depends_on = ("service_middle_part", "service_base")
+    requires = {"middle": Middle, "base": Base}
 
 
 class Other(Fake):
@@ -77,7 +80,7 @@ class Other(Fake):
 class Optional(Fake):
     name = "service_optional"
     enabled_by_default = False
-    depends_on = ("service_base",)
+    requires = {"base": Base}
 
 
 ALL = (Top, Optional, Other, Middle, Base)
@@ -87,14 +90,17 @@ class DependencyOrderTests(unittest.TestCase):
     def test_dependencies_first(self) -> None:
         names = [cls.name for cls in dependency_order(ALL)]
         for cls in ALL:
-            for dep in cls.depends_on:
-                self.assertLess(names.index(dep), names.index(cls.name))
+            for dep in cls.requires.values():
+                self.assertLess(names.index(dep.name), names.index(cls.name))
         self.assertEqual(sorted(names), sorted(cls.name for cls in ALL))
 
     def test_unknown_dependency(self) -> None:
+        class Missing(Fake):
+            name = "service_missing"
+
         class Lonely(Fake):
             name = "service_lonely"
-            depends_on = ("service_missing",)
+            requires = {"missing": Missing}
 
         err = self.assertRaises(ValueError, dependency_order, (Lonely,))
         self.assertIn("service_lonely depends on unknown service service_missing", str(err))
@@ -113,11 +119,12 @@ class DependencyOrderTests(unittest.TestCase):
     def test_cycle(self) -> None:
         class A(Fake):
             name = "service_a"
-            depends_on = ("service_b",)
 
         class B(Fake):
             name = "service_b"
-            depends_on = ("service_a",)
+            requires = {"a": A}
+
+        A.requires = {"b": B}
 
         err = self.assertRaises(ValueError, dependency_order, (A, B))
         self.assertIn("cycle", str(err))
@@ -149,7 +156,8 @@ class DriverTestCase(unittest.TestCase):
         os.makedirs(directory)
         self.path = os.path.join(directory, "settings.json")
         self.settings = Settings(self.path, ())
-        self.driver = ServiceDriver(self.node, self.settings, self.clock, self.classes)
+        self.node.settings, self.node.clock = self.settings, self.clock
+        self.driver = ServiceDriver(self.node, self.classes)
 
     def tearDown(self) -> None:
         self.assertEqual(self.clock.getDelayedCalls(), [])
@@ -177,7 +185,7 @@ class StartStopAllTests(DriverTestCase):
         self.assertLess(names.index("service_base"), names.index("service_middle_part"))
         self.assertLess(names.index("service_middle_part"), names.index("service_top"))
         self.assertIsInstance(self.driver.get("service_top"), Top)
-        self.assertIs(self.driver.get("service_top").node, self.node)
+        self.assertIs(self.driver.get("service_top").ctx, self.node)
         self.assertRaises(NotFound, self.driver.get, "service_nope")
 
     def test_start_all_starts_enabled_in_order(self) -> None:
@@ -499,7 +507,9 @@ class InfoTests(DriverTestCase):
             "state": ON,
             "enabled": True,
             "depends": [],
+            "optional": [],
             "dependents": ["service_middle_part", "service_top", "service_optional"],
+            "used_by": [],
             "config_path": "services/base/enabled",
             "description": "the bottom",
             "installed": True,
@@ -530,3 +540,123 @@ class InfoTests(DriverTestCase):
         self.assertEqual([item["index"] for item in items], list(range(len(ALL))))
         self.assertNotIn("configs", items[0])
         self.assertIn("configs", self.driver.list(with_configs=True)[0])
+
+
+class Port(Protocol):
+    """A port a consumer declares by type; some service provides it."""
+
+    def answer(self) -> int: ...
+
+
+class Provider(Fake):
+    name = "service_provider"
+    requires = {"base": Base}
+    provides = (Port,)
+
+    def answer(self) -> int:
+        return 42
+
+
+class Consumer(Fake):
+    name = "service_consumer"
+    requires = {"base": Base}
+    optional = {"port": Port, "other": Other}
+
+
+class DeclaredDependencyTests(DriverTestCase):
+    """requires / optional / provides: start-up order, ``self.deps``, and lookups by class."""
+
+    classes = (Consumer, Provider, Other, Base)
+
+    def test_optional_dependencies_start_first(self) -> None:
+        names = self.driver.names()
+        self.assertLess(names.index("service_provider"), names.index("service_consumer"))
+        self.assertLess(names.index("service_other"), names.index("service_consumer"))
+
+    def test_deps_are_the_running_neighbours(self) -> None:
+        self.started()
+        consumer = self.driver.get("service_consumer")
+        self.assertIs(consumer.deps.base, self.driver.get("service_base"))
+        self.assertIs(consumer.deps.port, self.driver.get("service_provider"))
+        self.assertEqual(consumer.deps.port.answer(), 42)
+        self.assertIs(consumer.deps.other, self.driver.get("service_other"))
+        self.assertTrue(consumer.deps.is_on("port"))
+        self.assertRaises(AttributeError, getattr, consumer.deps, "gateway")
+
+    def test_an_optional_neighbour_that_is_off_is_none_and_does_not_stop_its_user(self) -> None:
+        self.started()
+        self.successResultOf(self.driver.stop("service_provider"))
+        consumer = self.driver.get("service_consumer")
+        self.assertIsNone(consumer.deps.port)
+        self.assertFalse(consumer.deps.is_on("port"))
+        self.assertIs(consumer.deps.installed("port"), self.driver.get("service_provider"))
+        self.assertEqual(self.state("service_consumer"), ON)
+        self.assertEqual(self.node.journal, ["stop service_provider"])
+
+    def test_an_optional_port_nobody_provides_is_none(self) -> None:
+        driver = ServiceDriver(self.node, (Consumer, Other, Base))
+        self.successResultOf(driver.start_all())
+        consumer = driver.get("service_consumer")
+        self.assertIsNone(consumer.deps.port)
+        self.assertIsNone(consumer.deps.installed("port"))
+        self.assertEqual(driver.info("service_consumer")["optional"], ["service_other"])
+        self.successResultOf(driver.stop_all())
+
+    def test_info_shows_the_graph(self) -> None:
+        consumer = self.driver.info("service_consumer")
+        self.assertEqual((consumer["depends"], consumer["optional"]),
+                         (["service_base"], ["service_provider", "service_other"]))
+        self.assertEqual(self.driver.info("service_provider")["used_by"], ["service_consumer"])
+        self.assertEqual(self.driver.info("service_base")["dependents"], ["service_provider", "service_consumer"])
+
+    def test_a_port_provided_twice_is_refused(self) -> None:
+        class Twin(Provider):
+            name = "service_twin"
+
+        err = self.assertRaises(ValueError, dependency_order, (Consumer, Provider, Twin, Other, Base))
+        self.assertIn("Port is provided by more than one service", str(err))
+
+    def test_a_required_port_nobody_provides_is_refused(self) -> None:
+        class Needy(Fake):
+            name = "service_needy"
+            requires = {"port": Port}
+
+        err = self.assertRaises(ValueError, dependency_order, (Needy,))
+        self.assertIn("service_needy depends on unknown service Port", str(err))
+
+    def test_a_stand_in_of_the_same_name_satisfies_a_class_dependency(self) -> None:
+        class FakeBase(Fake):
+            name = "service_base"
+
+        ctx = FakeNode(Settings(os.path.join(os.path.dirname(self.path), "other.json"), ()), self.clock)
+        driver = ServiceDriver(ctx, (Consumer, FakeBase))
+        self.assertIsInstance(driver.get("service_consumer").deps.base, FakeBase)
+
+
+class LookupByClassTests(DriverTestCase):
+    """driver.running / find / installed / state: how other layers reach a service."""
+
+    def test_a_running_service_is_returned(self) -> None:
+        self.started()
+        self.assertIs(self.driver.running(Top), self.driver.get("service_top"))
+        self.assertIs(self.driver.find(Top), self.driver.get("service_top"))
+
+    def test_a_stopped_service_is_503_with_its_state(self) -> None:
+        err = self.assertRaises(Unavailable, self.driver.running, Top)
+        self.assertEqual((err.http_code, str(err)), (503, "service_top is not running (OFF)"))
+        self.assertIsNone(self.driver.find(Top))
+        self.assertIs(self.driver.installed(Top), self.driver.get("service_top"))
+        self.assertEqual(self.driver.state(Top), OFF)
+
+    def test_a_failed_service_is_503_with_its_reason(self) -> None:
+        self.node.fail_start.add("service_base")
+        self.successResultOf(self.driver.start_all())
+        self.flushLoggedErrors(RuntimeError)
+        err = self.assertRaises(Unavailable, self.driver.running, Base)
+        self.assertEqual(str(err), "service_base is not running (FAILED: start failed: service_base cannot start)")
+
+    def test_a_service_the_node_does_not_have_is_503_not_installed(self) -> None:
+        err = self.assertRaises(Unavailable, self.driver.running, Provider)
+        self.assertEqual(str(err), "service_provider is not installed")
+        self.assertIsNone(self.driver.installed(Provider))
+        self.assertEqual(self.driver.state(Provider), "NOT_INSTALLED")

@@ -16,10 +16,9 @@ import sqlite3
 from twisted.internet import defer
 from twisted.trial import unittest
 
-from bitnode.access import share_scope
 from bitnode.crypt.keystore import KeyStore
 from bitnode.errors import BadRequest
-from bitnode.storage import key_backup
+from bitnode.storage import key_backup, share_scope
 from tests.interface.support import wait_until
 from tests.storage.test_backups_service import MASTER, SEG, StorageNodeTestCase
 from tests.userid.fakes import rsa_key

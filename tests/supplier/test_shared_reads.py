@@ -9,8 +9,7 @@ from types import SimpleNamespace
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
-from bitnode.access import share_scope
-from bitnode.storage import wire
+from bitnode.storage import share_scope, wire
 from bitnode.supplier import shared_reads
 from bitnode.supplier.desk import SupplierDesk
 from bitnode.supplier.disk_store import DiskStore

@@ -22,7 +22,8 @@ from bitnode.errors import BadRequest, Forbidden, InsufficientStorage, Unavailab
 from bitnode.p2p.network_service import NetworkService
 from bitnode.storage import wire
 from bitnode.storage.ports import BlockNotFound
-from bitnode.supplier.supplier_service import SUPPLIERS_LAYER, SupplierService, install_market_router
+from bitnode.storage.wire import NOT_A_CUSTOMER, SUPPLIERS_LAYER
+from bitnode.supplier.supplier_service import SupplierService
 from bitnode.transport.commands import Command
 from bitnode.transport.gateway_service import GatewayService
 from bitnode.transport.packet import Packet
@@ -132,7 +133,7 @@ class SupplierServiceTests(unittest.TestCase):
         yield self.assertFailure(bob.request_service(gid(self.bob), 600), InsufficientStorage)
         yield bob.request_service(gid(self.bob), 300)
         self.assertEqual(self.service.desk.allocated_bytes(), 900)
-        self.assertIn(SUPPLIERS_LAYER, self.service.node.service_driver.get("service_entangled_dht").dht.layers)
+        self.assertIn(SUPPLIERS_LAYER, self.service.deps.dht.dht.layers)
 
         yield alice.store_block(gid(self.alice), "V1/0/0", b"a" * 100)
         self.assertEqual((yield alice.fetch_block(gid(self.alice), "V1/0/0")), b"a" * 100)
@@ -170,8 +171,9 @@ class SupplierServiceTests(unittest.TestCase):
         alice = self.server(self.alice)
         yield alice.request_service(gid(self.alice), 500)
         yield alice.store_block(gid(self.alice), "V1/0/0", b"x" * 50)
-        # alice runs no market service: her router answers the notice with Fail, which counts as not notified
-        install_market_router(self.alice, self.alice.service_driver.get("service_gateway").gateway)
+        # alice runs no market service: her node answers the notice with Fail, which counts as not notified
+        gateway = self.alice.service_driver.get("service_gateway").gateway
+        gateway.router.refuse([Command.CANCEL_SERVICE], NOT_A_CUSTOMER)
         result = yield ok(self, self.supplier, "customer_reject", customer_id=gid(self.alice))
         self.assertEqual((result["rejected"], result["freed_bytes"], result["notified"]), (True, 50, False))
         self.assertIn("not a customer here", result["notify_error"])

@@ -195,7 +195,7 @@ class Peer:
     def expect_mark(self, payload: bytes) -> Deferred:
         if not hasattr(self, "marks"):
             self.marks: dict[bytes, Deferred] = {}
-            self.gateway.register_handler(Command.CORRESPONDENT, self.mark)
+            self.gateway.router.add(Command.CORRESPONDENT, self.mark)
         d: Deferred = Deferred()
         self.marks[payload] = d
         return d
@@ -238,7 +238,7 @@ class GatewayTests(unittest.TestCase):
         def serve(packet: Packet, address) -> Deferred:
             return bob.gateway.reply(packet, Command.DATA, b"block for " + packet.payload)
 
-        bob.gateway.register_handler(Command.RETRIEVE, serve)
+        bob.gateway.router.add(Command.RETRIEVE, serve)
         request = alice.gateway.build(Command.RETRIEVE, bob.id, b"b-7")
         response = yield alice.gateway.send(request)
         self.assertEqual((response.command, response.payload), ("Data", b"block for b-7"))
@@ -261,7 +261,7 @@ class GatewayTests(unittest.TestCase):
                 return bob.gateway.reply(packet, Command.ACK)
             return bob.gateway.reply(packet, Command.FAIL, b"quota exceeded")
 
-        bob.gateway.register_handler(Command.DATA, serve)
+        bob.gateway.router.add(Command.DATA, serve)
         ack = yield alice.gateway.request(Command.DATA, bob.id, b"ok")
         self.assertEqual(ack.command, "Ack")
         err = yield self.assertFailure(alice.gateway.request(Command.DATA, bob.id, b"big"), PeerRefused)
@@ -271,7 +271,7 @@ class GatewayTests(unittest.TestCase):
     @inlineCallbacks
     def test_packets_to_one_peer_keep_their_order_and_share_a_connection(self) -> None:
         alice, bob = yield self.peers("alice", "bob")
-        bob.gateway.register_handler(Command.MESSAGE, bob.record)
+        bob.gateway.router.add(Command.MESSAGE, bob.record)
         sends = [alice.gateway.request(Command.MESSAGE, bob.id, b"%d" % i, wait_response=False) for i in range(20)]
         for d in sends:
             yield d
@@ -284,7 +284,7 @@ class GatewayTests(unittest.TestCase):
     @inlineCallbacks
     def test_answer_travels_back_on_the_incoming_connection(self) -> None:
         alice, bob = yield self.peers("alice", "bob")
-        bob.gateway.register_handler(Command.LIST_FILES, lambda p, a: bob.gateway.reply(p, Command.FILES, b"[]"))
+        bob.gateway.router.add(Command.LIST_FILES, lambda p, a: bob.gateway.reply(p, Command.FILES, b"[]"))
         yield alice.gateway.request(Command.LIST_FILES, bob.id)
         self.assertEqual([c["direction"] for c in bob.gateway.connections()], ["in"])
 
@@ -294,8 +294,8 @@ class GatewayTests(unittest.TestCase):
     def test_handlers_get_their_commands_and_the_rest_is_counted(self) -> None:
         alice, bob = yield self.peers("alice", "bob")
         messages, events = [], []
-        bob.gateway.register_handler(Command.MESSAGE, lambda p, a: messages.append(p.payload))
-        bob.gateway.register_handler(Command.EVENT, lambda p, a: events.append(p.payload))
+        bob.gateway.router.add(Command.MESSAGE, lambda p, a: messages.append(p.payload))
+        bob.gateway.router.add(Command.EVENT, lambda p, a: events.append(p.payload))
         yield alice.gateway.request(Command.MESSAGE, bob.id, b"hello", wait_response=False)
         yield alice.gateway.request(Command.EVENT, bob.id, b"evt", wait_response=False)
         yield alice.gateway.request(Command.KEY, bob.id, b"no handler", wait_response=False)
@@ -309,7 +309,7 @@ class GatewayTests(unittest.TestCase):
     @inlineCallbacks
     def test_forged_replayed_and_misaddressed_packets_are_dropped_and_counted(self) -> None:
         alice, bob = yield self.peers("alice", "bob")
-        bob.gateway.register_handler(Command.MESSAGE, bob.record)
+        bob.gateway.router.add(Command.MESSAGE, bob.record)
         address = parse_tcp_contact(bob.gateway.contact)
         raw_send = alice.gateway.transport.send
         mallory = Ed25519Signer(seed(66))
@@ -347,15 +347,15 @@ class GatewayTests(unittest.TestCase):
         yield conn_closed
         self.assertEqual(bob.gateway.stats_dict()["dropped"]["oversize"], 1)
 
-    def test_register_handler_rules(self) -> None:
+    def test_router_rules(self) -> None:
         server = IdServer()
         peer = Peer(self, "alice", 1, server, self.clock)
-        peer.gateway.register_handler(Command.MESSAGE, peer.record)
-        self.assertRaises(Conflict, peer.gateway.register_handler, Command.MESSAGE, peer.record)
-        self.assertRaises(Conflict, peer.gateway.register_handler, Command.IDENTITY, peer.record)
-        self.assertRaises(BadRequest, peer.gateway.register_handler, "Shutdown", peer.record)
-        peer.gateway.unregister_handler(Command.MESSAGE)
-        peer.gateway.register_handler(Command.MESSAGE, peer.record)
+        route = peer.gateway.router.add(Command.MESSAGE, peer.record)
+        self.assertRaises(Conflict, peer.gateway.router.add, Command.MESSAGE, peer.record)
+        self.assertRaises(Conflict, peer.gateway.router.add, Command.IDENTITY, peer.record)
+        self.assertRaises(BadRequest, peer.gateway.router.add, "Shutdown", peer.record)
+        route.remove()
+        peer.gateway.router.add(Command.MESSAGE, peer.record)
 
     def test_no_identity_is_a_clear_error(self) -> None:
         ids = FakeIdentities("alice", 1, IdServer(), self.clock)
@@ -388,7 +388,7 @@ class GatewayTests(unittest.TestCase):
         bob2 = Peer(self, "bob", 2, self.server, self.clock, ids=bob.ids)
         yield bob2.start()
         bob2.ids.remember_identity(alice.ids.identity)
-        bob2.gateway.register_handler(Command.MESSAGE, lambda p, a: bob2.gateway.reply(p, Command.ACK))
+        bob2.gateway.router.add(Command.MESSAGE, lambda p, a: bob2.gateway.reply(p, Command.ACK))
         self.assertNotEqual(alice.ids.cache[bob.id].contacts, bob2.ids.identity.contacts)
         ack = yield alice.gateway.request(Command.MESSAGE, bob.id, b"are you there")
         self.assertEqual(ack.command, "Ack")
@@ -406,7 +406,7 @@ class GatewayTests(unittest.TestCase):
     @inlineCallbacks
     def test_silent_peer_times_out(self) -> None:
         alice, bob = yield self.peers("alice", "bob")
-        bob.gateway.register_handler(Command.MESSAGE, bob.record)  # never answers
+        bob.gateway.router.add(Command.MESSAGE, bob.record)  # never answers
         arrived = bob.next_packet()
         d = alice.gateway.request(Command.MESSAGE, bob.id, b"anyone?", timeout=5.0)
         yield arrived
@@ -421,16 +421,16 @@ class GatewayTests(unittest.TestCase):
     def test_late_answer_is_counted_as_unmatched(self) -> None:
         alice, bob = yield self.peers("alice", "bob")
         held: list[Packet] = []
-        bob.gateway.register_handler(Command.MESSAGE, lambda p, a: held.append(p))
+        bob.gateway.router.add(Command.MESSAGE, lambda p, a: held.append(p))
         arrived = Deferred()
-        bob.gateway.register_handler(Command.EVENT, lambda p, a: arrived.callback(p))
+        bob.gateway.router.add(Command.EVENT, lambda p, a: arrived.callback(p))
         d = alice.gateway.request(Command.MESSAGE, bob.id, b"slow", timeout=5.0)
         yield alice.gateway.request(Command.EVENT, bob.id, wait_response=False)
         yield arrived
         self.clock.advance(5.0)
         yield self.assertFailure(d, Timeout)
         yield bob.gateway.reply(held[0], Command.ACK)
-        alice.gateway.register_handler(Command.MESSAGE, alice.record)
+        alice.gateway.router.add(Command.MESSAGE, alice.record)
         arrived = alice.next_packet()
         yield bob.gateway.request(Command.MESSAGE, alice.id, b"sentinel", wait_response=False)
         yield arrived
@@ -439,7 +439,7 @@ class GatewayTests(unittest.TestCase):
     @inlineCallbacks
     def test_stop_fails_packets_in_flight(self) -> None:
         alice, bob = yield self.peers("alice", "bob")
-        bob.gateway.register_handler(Command.MESSAGE, bob.record)
+        bob.gateway.router.add(Command.MESSAGE, bob.record)
         arrived = bob.next_packet()
         d = alice.gateway.request(Command.MESSAGE, bob.id, b"pending")
         yield arrived

@@ -61,7 +61,7 @@ class RecoveredPeerTests(unittest.TestCase):
         again = Peer(self, peer.ids.identity.name, n, self.server, self.clock,
                      ids=recovered_identities(peer.ids, n, new_seed=40 + n))
         yield again.start()  # publishes the new contact as a higher revision
-        again.gateway.register_handler(Command.MESSAGE, acker(again))
+        again.gateway.router.add(Command.MESSAGE, acker(again))
         return again
 
     @inlineCallbacks
@@ -80,7 +80,7 @@ class RecoveredPeerTests(unittest.TestCase):
         self.assertEqual(bob2.gateway.stats_dict()["dropped"]["unknown_sender"], 1)
         # and from now on it just works, both ways
         yield alice.gateway.request(Command.MESSAGE, bob.id, b"second")
-        alice.gateway.register_handler(Command.MESSAGE, acker(alice))
+        alice.gateway.router.add(Command.MESSAGE, acker(alice))
         ack = yield bob2.gateway.request(Command.MESSAGE, alice.id, b"hi alice")
         self.assertEqual(ack.command, "Ack")
 
@@ -100,7 +100,7 @@ class RecoveredPeerTests(unittest.TestCase):
     @inlineCallbacks
     def test_a_recovered_node_reaches_a_peer_holding_its_old_packet_key(self) -> None:
         alice, bob = yield self.peers("alice", "bob")
-        alice.gateway.register_handler(Command.MESSAGE, acker(alice))
+        alice.gateway.router.add(Command.MESSAGE, acker(alice))
         bob2 = yield self.recover(bob, 2)
         old_revision = alice.ids.cache[bob.id].revision
         # bob2 finds alice through the identity server; alice's cached key for bob no longer verifies
@@ -113,7 +113,7 @@ class RecoveredPeerTests(unittest.TestCase):
     @inlineCallbacks
     def test_an_unpublished_stranger_is_told_but_gets_nothing_in(self) -> None:
         (bob,) = yield self.peers("bob")
-        bob.gateway.register_handler(Command.MESSAGE, acker(bob))
+        bob.gateway.router.add(Command.MESSAGE, acker(bob))
         mallory = Peer(self, "mallory", 6, IdServer(), self.clock)  # her identity server is not bob's
         yield mallory.start()
         mallory.ids.remember_identity(bob.ids.identity)
@@ -151,7 +151,7 @@ class RecoveredPeerTests(unittest.TestCase):
         yield alice.gateway.ping(bob.id)  # alice now has an open connection to the old node, which stays up
         bob2 = Peer(self, "bob", 2, self.server, self.clock, ids=recovered_identities(bob.ids, 2, new_seed=42))
         yield bob2.start()
-        bob2.gateway.register_handler(Command.MESSAGE, acker(bob2))
+        bob2.gateway.router.add(Command.MESSAGE, acker(bob2))
         # the old node does not answer Messages: the packet times out on the old route
         d = alice.gateway.request(Command.MESSAGE, bob.id, b"anyone?", timeout=5.0)
         self.clock.advance(5.0)

@@ -1,11 +1,11 @@
-"""Tests for bitnode.access.share_scope: share key names, the paths of a share on a supplier, readers lists."""
+"""Tests for bitnode.storage.share_scope: share key names, the paths of a share on a supplier, readers lists."""
 
 from __future__ import annotations
 
 from twisted.trial import unittest
 
-from bitnode.access import share_scope
 from bitnode.errors import BadRequest
+from bitnode.storage import share_scope
 
 OWNER = "alice@id.example.net_8084"
 ALIAS = "share_0123456789abcdef0123456789abcdef"
