@@ -203,7 +203,7 @@ class MarketApiTests(OwnNodeCalls, unittest.TestCase):
         self.assertEqual([(r["position"], r["supplier_id"], r["state"]) for r in rows if r["retiring"]],
                          [(1, SUPPLIERS[1], "RETIRING")])
         self.assertEqual(rows[1]["rebuild"], [{"from": SUPPLIERS[1]}])
-        self.assertTrue(self.service.supplier_provider().release(SUPPLIERS[1]))
+        self.assertTrue(self.service.release(SUPPLIERS[1]))  # the SupplierProvider port storage uses
         self.assertIn(("CancelService", SUPPLIERS[1]), gateway.sent)
         # legacy supplier_replace(index_or_idurl) with an IDURL: a random new one (s1: replaced on request
         # and released, it may be hired again)
