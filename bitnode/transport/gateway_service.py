@@ -152,7 +152,7 @@ class GatewayService(Service):
 
     def peer_limits(self) -> PeerLimits:
         """The :class:`~bitnode.transport.limits.PeerLimits` the settings say."""
-        get = self.node.settings.get
+        get = self.ctx.settings.get
         return PeerLimits(
             replay_future=get(PREFIX + "replay-max-future"),
             replay_min_window=get(PREFIX + "replay-min-window"),

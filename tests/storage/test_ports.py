@@ -13,9 +13,8 @@ from twisted.internet import defer, task
 from twisted.trial import unittest
 from zope.interface.verify import verifyObject
 
-from bitnode.access import share_scope
 from bitnode.errors import BadRequest
-from bitnode.storage import catalog_backup, ports
+from bitnode.storage import catalog_backup, ports, share_scope
 from bitnode.storage.job_context import new_version_id
 from bitnode.storage.memory_grid import FaultyServer, MemoryStorageServer
 from bitnode.storage.ports import BlockNotFound, IStorageServer

@@ -11,6 +11,7 @@ loopback), the legitimate peers from 127.0.0.1.
 from __future__ import annotations
 
 import base64
+from types import SimpleNamespace
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
@@ -123,8 +124,8 @@ class AttackTestCase(unittest.TestCase):
     @inlineCallbacks
     def delivered(self, sender: Peer, receiver: Peer, payload: bytes = b"still here"):
         """A legitimate packet from ``sender`` reaches ``receiver``'s handler (the test fails otherwise)."""
-        if Command.MESSAGE.value not in receiver.gateway._handlers:
-            receiver.gateway.register_handler(Command.MESSAGE, receiver.record)
+        if receiver.gateway.router.handler_for(SimpleNamespace(command=Command.MESSAGE.value, payload=b"")) is None:
+            receiver.gateway.router.add(Command.MESSAGE, receiver.record)
         arrived = receiver.next_packet()
         yield sender.gateway.request(Command.MESSAGE, receiver.id, payload, wait_response=False)
         packet = yield arrived
@@ -165,7 +166,7 @@ class ReplayPoisoningTests(AttackTestCase):
     def test_a_known_peer_flooding_fills_only_its_own_share(self) -> None:
         limits = PeerLimits(replay_entries=100, replay_entries_per_peer=20)
         alice, bob, carol = yield self.peers("alice", "bob", "carol", limits=limits)
-        bob.gateway.register_handler(Command.MESSAGE, bob.record)
+        bob.gateway.router.add(Command.MESSAGE, bob.record)
         for i in range(40):
             alice.gateway.request(Command.MESSAGE, bob.id, b"flood %d" % i, wait_response=False)
         yield wait_until(lambda: len(bob.received) + self.dropped(bob, "replay_full") >= 40, "the flood")
@@ -279,7 +280,7 @@ class BufferingTests(AttackTestCase):
     def test_bytes_buffered_over_all_connections_are_bounded(self) -> None:
         limits = PeerLimits(max_buffered=2 * MiB)
         alice, bob, mallory = yield self.peers("alice", "bob", "mallory", limits=limits)
-        bob.gateway.register_handler(Command.DATA, bob.record)
+        bob.gateway.router.add(Command.DATA, bob.record)
         # a known (but hostile) peer starts six 1 MiB packets on six connections and never finishes them
         trickles = []
         for _ in range(6):
@@ -303,7 +304,7 @@ class RestartReplayTests(AttackTestCase):
     @inlineCallbacks
     def test_a_packet_captured_before_a_restart_is_refused_after_it(self) -> None:
         alice, bob = yield self.peers("alice", "bob")
-        bob.gateway.register_handler(Command.MESSAGE, bob.record)
+        bob.gateway.router.add(Command.MESSAGE, bob.record)
         captured = alice.gateway.build(Command.MESSAGE, bob.id, b"cancel everything")
         arrived = bob.next_packet()
         yield alice.gateway.send(captured, wait_response=False)
@@ -314,7 +315,7 @@ class RestartReplayTests(AttackTestCase):
         bob.gateway = Gateway(self.clock, reactor, bob.ids, Registry(), packet_timeout=10.0)
         self.addCleanup(bob.gateway.stop)
         yield bob.start()
-        bob.gateway.register_handler(Command.MESSAGE, bob.record)
+        bob.gateway.router.add(Command.MESSAGE, bob.record)
         attacker = yield self.raw(bob)
         attacker.transport.write(frame_of(captured))
         yield wait_until(lambda: self.dropped(bob, "before_start") == 1, "the replay refused")
@@ -338,7 +339,7 @@ class NestedJsonTests(AttackTestCase):
                 return bob.gateway.reply(packet, Command.FAIL, str(err).encode())
             return bob.gateway.reply(packet, Command.ACK)
 
-        bob.gateway.register_handler(Command.REQUEST_SERVICE, serve)
+        bob.gateway.router.add(Command.REQUEST_SERVICE, serve)
         deep = b'{"a":' * 100_000 + b"1" + b"}" * 100_000
         err = yield self.assertFailure(alice.gateway.request(Command.REQUEST_SERVICE, bob.id, deep), Exception)
         self.assertIn("nested", str(err))
