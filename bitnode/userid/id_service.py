@@ -157,7 +157,7 @@ class IdentityService(Service):
 
     def _open_files(self) -> tuple:
         ensure_dir(self.keys_dir)
-        cache = IdentityCache(self.cache_dir, max_entries=self.node.settings.get("services/identity/cache-entries"))
+        cache = IdentityCache(self.cache_dir, max_entries=self.ctx.settings.get("services/identity/cache-entries"))
         identity = keystore = packet_key = None
         problems: list[str] = []
         try:
@@ -203,7 +203,7 @@ class IdentityService(Service):
         self.load_problems = problems + list(self.cache.load_errors)
         for problem in problems:
             self.log.warn("service_identity: {problem}", problem=problem)
-        self.cache.writer = self.node.run_in_thread  # files are written off the reactor from now on
+        self.cache.writer = self.ctx.run_in_thread  # files are written off the reactor from now on
         self.client = self.make_client()
         self.fetcher = self.make_fetcher()
         self._install(identity, keystore, packet_key)
@@ -213,9 +213,9 @@ class IdentityService(Service):
 
     def make_fetcher(self) -> IdentityFetcher:
         """The :class:`~bitnode.userid.id_fetcher.IdentityFetcher` in front of the client, as the settings say."""
-        get = self.node.settings.get
+        get = self.ctx.settings.get
         return IdentityFetcher(
-            lambda idurl: self.client.fetch(idurl), self.node.clock,
+            lambda idurl: self.client.fetch(idurl), self.ctx.clock,
             max_concurrent=get("services/identity/max-concurrent-fetches"),
             max_stranger_concurrent=get("services/identity/max-stranger-fetches"),
             negative_ttl=get("services/identity/negative-cache-seconds"),
