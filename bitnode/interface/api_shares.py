@@ -30,7 +30,7 @@ class SharesMethods:
     """share_* and shares_list; mixed into :class:`bitnode.interface.api.API`."""
 
     def _shares(self) -> SharesService:
-        return self.ctx.service_driver.running(SharesService)
+        return self.node.service_driver.running(SharesService)
 
     def shares_list(self, only_active: bool = False, include_mine: bool = True, include_granted: bool = True) -> list:
         """Shares I own and shares granted to me, with their state."""

@@ -76,9 +76,7 @@ def resolve(classes: Iterable[type[Service]]) -> DependencyGraph:
     def stand_in(kind: type) -> str | None:
         if is_service_class(kind):
             return kind.name if kind.name in graph.classes else None
-        providers = [name for name, cls in graph.classes.items()
-                     if any(port is kind or (isinstance(port, type) and issubclass(port, kind))
-                            for port in cls.provides)]
+        providers = [name for name, cls in graph.classes.items() if kind in cls.provides]
         if len(providers) > 1:
             raise ValueError(f"{kind.__name__} is provided by more than one service: {', '.join(providers)}")
         return providers[0] if providers else None

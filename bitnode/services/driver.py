@@ -271,8 +271,7 @@ class ServiceDriver:
         if is_service_class(kind):
             return kind.name if kind.name in self._slots else None
         for name, slot in self._slots.items():
-            if any(port is kind or (isinstance(port, type) and issubclass(port, kind))
-                   for port in type(slot.service).provides):
+            if kind in type(slot.service).provides:
                 return name
         return None
 
