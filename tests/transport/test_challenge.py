@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.task import Clock
@@ -81,8 +83,7 @@ class GatewayChallengeTests(AttackTestCase):
             self.deleted.append(packet.payload)
             return self.bob.gateway.reply(packet, Command.ACK, b'{"deleted": 1}')
 
-        for command in DESTRUCTIVE:
-            self.bob.gateway.register_handler(command, delete)
+        self.bob.gateway.router.add(DESTRUCTIVE, delete)
 
     @inlineCallbacks
     def test_a_destructive_command_gets_through_after_one_challenge(self) -> None:
@@ -164,9 +165,15 @@ class GatewayChallengeTests(AttackTestCase):
         yield bob.gateway.stop()
         yield wait_until(lambda: not self.alice.gateway.connections(), "alice to see bob's connection gone")
         self.clock.advance(5)
-        handlers = dict(bob.gateway._handlers)
+        routes = [row["command"] for row in bob.gateway.router.table() if row.get("owner") == "" and "refusal" not in row]
+        handlers = {command: bob.gateway.router.handler_for(_packet_of(command)) for command in routes}
         bob.gateway = Gateway(self.clock, reactor, bob.ids, Registry(), packet_timeout=10.0)
         self.addCleanup(bob.gateway.stop)
         yield bob.start()
         for command, handler in handlers.items():
-            bob.gateway.register_handler(command, handler)
+            bob.gateway.router.add(command, handler)
+
+
+def _packet_of(command: str):
+    """A stand-in packet of ``command`` for asking the router which handler takes it."""
+    return SimpleNamespace(command=command, payload=b"")
