@@ -243,6 +243,12 @@ class ContractSweeper:
         self._call = None
         return defer.DeferredList(list(self._checking.values()), consumeErrors=True)
 
+    def reschedule(self) -> None:
+        """The round interval changed: the next round comes one new interval from now."""
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+            self._schedule()
+
     def _schedule(self) -> None:
         self._call = self.clock.callLater(self.terms().check_interval, self._round)
 

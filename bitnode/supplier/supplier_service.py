@@ -211,6 +211,8 @@ class SupplierService(Service):
     def _settings_changed(self, key: str, old: Any, new: Any) -> None:
         if key in {PREFIX + name for name in ("request-rate", "request-burst", "list-rate", "list-burst")}:
             self.limits.configure(self._rate_settings())
+        if key == PREFIX + "contract-check-interval" and self.sweeper is not None:
+            self.sweeper.reschedule()
 
     # --- contracts ----------------------------------------------------------------------
 

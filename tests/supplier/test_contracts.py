@@ -196,6 +196,15 @@ class SweeperOverWeeksTests(unittest.TestCase):
         self.assertTrue(self.has_data(ALICE))
         self.assertGreater(self.sweeper.counters["check_errors"], 0)
 
+    def test_a_shorter_round_interval_applies_from_now(self) -> None:
+        terms = [TERMS]
+        self.sweeper.terms = lambda: terms[0]
+        self.clock.advance(60.0)
+        terms[0] = ContractTerms(period=TERMS.period, grace=TERMS.grace, check_interval=10.0)
+        self.sweeper.reschedule()
+        self.clock.advance(10.0)
+        self.assertEqual(self.sweeper.counters["rounds"], 1)  # not an hour later
+
     def test_the_counted_silence_survives_a_restart(self) -> None:
         self.days(40)
         again = ContractBook(self.desk.book.path, lambda fn, *a: defer.maybeDeferred(fn, *a), self.clock)
