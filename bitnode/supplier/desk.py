@@ -25,6 +25,7 @@ from typing import Any, Callable
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from bitnode import globalid
 from bitnode.errors import BadRequest, BitnodeError, InsufficientStorage
 from bitnode.storage import wire
 from bitnode.storage.ports import BlockNotFound, version_prefix
@@ -61,6 +62,8 @@ class SupplierDesk:
         self.book = ContractBook(contracts_file, run_in_thread, clock)
         #: Blocks in one ``Files`` answer (more follow in further pages).
         self.list_page = wire.LIST_PAGE
+        #: Customers' folders found without a contract (a lost or broken contracts file) and taken on.
+        self.orphans_adopted = self._adopt_orphans()
         for customer_id, contract in self.book.customers.items():
             self.store.set_quota(customer_id, contract.quota_bytes)
 
@@ -75,6 +78,28 @@ class SupplierDesk:
         return self.book.rejected
 
     # --- contracts ------------------------------------------------------------------
+
+    def _adopt_orphans(self) -> list[str]:
+        """Give data without a contract one (quota 0, silent from now), so it expires like any other.
+
+        Without it, the folders of customers lost from the contracts file would stay forever. A
+        customer that comes back asks for service again and gets its quota back. Runs at start.
+        """
+        adopted = []
+        for name in self.store.customers():
+            if name in self.book.customers or name.startswith("x-"):
+                continue
+            try:
+                customer_id = str(globalid.to_global_id(name))
+            except BitnodeError:
+                continue
+            if customer_id == name:
+                self.book.set_quota(customer_id, 0)
+                adopted.append(customer_id)
+        if adopted:
+            self.log.warn("{n} customer folder(s) had no contract; taken on to expire: {ids}", n=len(adopted),
+                          ids=", ".join(adopted))
+        return adopted
 
     def allocated_bytes(self) -> int:
         """The sum of every customer's quota."""

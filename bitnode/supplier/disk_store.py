@@ -49,6 +49,7 @@ import hashlib
 import os
 import re
 import shutil
+import sqlite3
 import stat
 from collections import Counter
 from dataclasses import dataclass
@@ -139,8 +140,21 @@ class DiskStore:
         self.temp_files_removed = 0
         #: Files whose hash the index did not have (or had for other bytes) and that were hashed again.
         self.rehashed = 0
+        #: Why the block index had to be built again at start ("" when it opened).
+        self.index_problem = ""
         ensure_dir(self.root)
-        self.index = BlockIndex(index_path or os.path.join(self.root, INDEX_NAME))
+        self.index = self._open_index(index_path or os.path.join(self.root, INDEX_NAME))
+
+    def _open_index(self, path: str) -> BlockIndex:
+        try:
+            return BlockIndex(path)
+        except (sqlite3.DatabaseError, BadRequest) as err:
+            # A cache of the disk: a broken one is moved aside and built again from the files (the first walks).
+            self.index_problem = f"block index unreadable ({err}); moved aside to {path}.broken"
+            for suffix in ("", "-wal", "-shm"):
+                if os.path.exists(path + suffix):
+                    os.replace(path + suffix, path + suffix + ".broken")
+            return BlockIndex(path)
 
     def close(self) -> None:
         """Close the block index (the store is not used afterwards)."""

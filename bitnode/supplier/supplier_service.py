@@ -188,6 +188,8 @@ class SupplierService(Service):
         self._track(defer.Deferred.fromCoroutine(self._join_layer()))
         # Counts every space once (removing temp files of interrupted writes, mending the block index).
         self._track(desk.store.load_all(sorted(desk.customers)))
+        if desk.orphans_adopted:
+            self._track(desk.book.save())
         self.log.info("supplier: {n} customer(s), {donated} bytes donated", n=len(desk.customers),
                       donated=self.ctx.settings.get(DONATED_KEY))
 
@@ -344,6 +346,8 @@ class SupplierService(Service):
             "rate_limited": dict(self.limits.limited),
             "temp_files_removed": desk.store.temp_files_removed if desk else 0,
             "blocks_rehashed": desk.store.rehashed if desk else 0,
+            "block_index_problem": desk.store.index_problem if desk else "",
+            "orphans_adopted": len(desk.orphans_adopted) if desk else 0,
             "contracts": dict(self.sweeper.counters, ended=dict(self.contracts_ended),
                               writes=desk.book.writes) if desk and self.sweeper else {},
         }

@@ -196,6 +196,23 @@ class SweeperOverWeeksTests(unittest.TestCase):
         self.assertTrue(self.has_data(ALICE))
         self.assertGreater(self.sweeper.counters["check_errors"], 0)
 
+    def test_data_left_without_a_contract_is_taken_on_and_expires(self) -> None:
+        os.remove(self.desk.book.path)  # the contracts file was lost; bob's and alice's blocks are still there
+        desk = SupplierDesk(self.desk.store, self.desk.book.path, lambda: 10 ** 9, self.clock,
+                            on_ended=lambda c, r: self.ended.append((c, r)))
+        self.assertEqual(sorted(desk.orphans_adopted), [ALICE, BOB])
+        self.assertEqual((desk.customers[ALICE].quota_bytes, desk.customers[ALICE].last_seen), (0, self.clock.seconds()))
+        self.sweeper.stop()
+        sweeper = ContractSweeper(self.clock, desk.book, lambda: TERMS, lambda: True, self.is_alive,
+                                  lambda c: desk.cancel(c, reason="expired"))
+        sweeper.start()
+        self.addCleanup(sweeper.stop)
+        self.successResultOf(desk.handle(ALICE, Command.REQUEST_SERVICE,  # alice comes back: her quota again
+                                         wire.encode_json({"version": 1, "needed_bytes": 10 ** 6})))
+        self.days(60.1, every=lambda day: desk.handle(ALICE, Command.LIST_FILES, b""))
+        self.assertEqual(self.ended, [(BOB, "expired")])
+        self.assertEqual(desk.customers[ALICE].quota_bytes, 10 ** 6)
+
     def test_a_shorter_round_interval_applies_from_now(self) -> None:
         terms = [TERMS]
         self.sweeper.terms = lambda: terms[0]

@@ -259,6 +259,19 @@ class StoredHashTests(unittest.TestCase):
         self.assertEqual(self.successResultOf(self.store.delete(CUSTOMER, "v1/")), 3)
         self.assertEqual(list(self.listing()), ["v1-x/0/0", "v10/0/0"])
 
+    def test_a_broken_index_is_moved_aside_and_built_again(self) -> None:
+        index = os.path.join(self.mktemp() + "-meta", "blocks.sqlite")
+        os.makedirs(os.path.dirname(index))
+        store = DiskStore(self.root, index_path=index)
+        self.successResultOf(store.store_block(CUSTOMER, "v/0/0", b"kept"))
+        store.close()
+        with open(index, "wb") as handle:
+            handle.write(b"this is not a database" * 100)
+        again = DiskStore(self.root, index_path=index)
+        self.assertIn("moved aside", again.index_problem)
+        self.assertTrue(os.path.exists(index + ".broken"))
+        self.assertEqual(self.listing(again), {"v/0/0": (4, sha(b"kept"))})
+
 
 class TempFileTests(unittest.TestCase):
     """Temp files of writes a crash interrupted: removed when the space is first used, never counted."""
@@ -279,3 +292,4 @@ class TempFileTests(unittest.TestCase):
         self.assertEqual([os.path.exists(p) for p in leftovers], [False, False])
         self.assertEqual(again.temp_files_removed, 2)
         self.assertEqual(self.successResultOf(again.used_bytes(CUSTOMER)), 10)
+
