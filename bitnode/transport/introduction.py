@@ -212,8 +212,9 @@ class IntroducingTransport(TCPTransport):
         if body_length > self.max_stranger_body:
             raise StrangerTooLarge(f"an Identity packet of {body_length} bytes from a stranger; the limit is "
                                    f"{self.max_stranger_body}")
-        self._take_token(conn)
+        # the free checks first (date, replay): only an introduction that could go on costs a token
         self.introduction_replay.peek(head.creator_id, head.packet_id, head.date)
+        self._take_token(conn)
         return INTRODUCTION
 
     def _take_token(self, conn: PacketConnection) -> None:

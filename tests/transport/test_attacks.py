@@ -163,6 +163,18 @@ class ReplayPoisoningTests(AttackTestCase):
         self.assertGreaterEqual(self.limits(bob)["replay"]["shortest_window_seconds"], 30)
 
     @inlineCallbacks
+    def test_introductions_dated_ahead_cost_no_rate_limit_token(self) -> None:
+        alice, bob = yield self.peers("alice", "bob", limits=PeerLimits(introductions_per_minute=5))
+        attacker = yield self.raw(bob)
+        now = self.clock.seconds()
+        attacker.transport.write(b"".join(frame_of(Stranger(f"m{i}", 600 + i).packet(bob.id, now + 899))
+                                          for i in range(20)))
+        attacker.transport.write(frame_of(Stranger("late", 650).packet(bob.id, now)))
+        yield wait_until(lambda: self.server.fetches == 1, "the one introduction dated now to be checked")
+        self.assertEqual((self.dropped(bob, "too_new"), self.dropped(bob, "rate_limited")), (20, 0))
+        yield self.delivered(alice, bob)
+
+    @inlineCallbacks
     def test_a_known_peer_flooding_fills_only_its_own_share(self) -> None:
         limits = PeerLimits(replay_entries=100, replay_entries_per_peer=20)
         alice, bob, carol = yield self.peers("alice", "bob", "carol", limits=limits)
