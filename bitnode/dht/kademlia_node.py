@@ -16,9 +16,16 @@ looks up our own id in that layer.
 
 Records live until the ``expires`` their writer signed. Every hour (settable)
 a node re-pushes its own records and the records it holds for others to the
-current k closest nodes, so the value survives churn until then; extending a
-record's life means writing it again (``set_value``), which the nickname
-holder does before expiry.
+current k closest nodes, in small batches spread over time
+(:mod:`bitnode.dht.upkeep`), so the value survives churn until then; extending
+a record's life means writing it again (``set_value``), which the nickname
+holder does before expiry. Which STOREs a node accepts is
+:mod:`bitnode.dht.holding`; what a peer may cost it (rates per IP, answers to
+unproven addresses, quotas) is :mod:`bitnode.dht.limits`.
+
+A peer enters our routing tables only from a proven address: a matched answer
+to our request, or a request carrying our token; a first request from an
+unknown address gets a PING back, and the PONG adds it.
 
 Disk: the record store is sqlite in WAL mode, used synchronously on the reactor
 thread. Records are at most 6 KiB and every query is by primary key or by
