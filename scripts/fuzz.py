@@ -144,7 +144,9 @@ def run_schemathesis(schema_file: str, base_url: str, secret: str, report_dir: s
     for operation_id in exclude:
         command += ["--exclude-operation-id", operation_id]
     started = time.monotonic()
-    done = subprocess.run(command, capture_output=True, text=True, env=dict(os.environ, NO_COLOR="1"))
+    # Run in the report folder: schemathesis keeps a cache (.schemathesis/) where it runs.
+    done = subprocess.run(command, capture_output=True, text=True, env=dict(os.environ, NO_COLOR="1"),
+                          cwd=report_dir)
     output = done.stdout + done.stderr
     log(f"schemathesis: exit {done.returncode} in {time.monotonic() - started:.0f} s")
     tested = _number(r"Tested:\s+(\d+)", output)
@@ -191,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, help="schemathesis seed, to repeat a run")
     parser.add_argument("--keep", action="store_true", help="leave the network running")
     args = parser.parse_args(argv)
-    directory = args.dir or tempfile.mkdtemp(prefix="bitnode-fuzz-")
+    directory = os.path.abspath(args.dir or tempfile.mkdtemp(prefix="bitnode-fuzz-"))
     max_examples = args.max_examples or (4 if args.quick else 30)
     max_time = args.max_time or (150 if args.quick else None)
     phases = "examples,coverage,fuzzing"
