@@ -61,6 +61,7 @@ from bitnode.storage.backup_monitor import BackupMonitor
 from bitnode.storage.catalog import Catalog, open_catalog, split_remote_path
 from bitnode.storage.catalog_backup import SERIAL_META, CatalogBackup
 from bitnode.storage.job_context import Placement, StorageContext, delete_versions
+from bitnode.storage.jobs import PAUSED
 from bitnode.storage.ports import SupplierProvider
 from bitnode.storage.relayout import Relayout
 from bitnode.storage.transfers import UPLOAD, TransferManager
@@ -197,9 +198,8 @@ class BackupsService(Service):
                                      segment_size=lambda: settings.get("services/backups/segment-size"),
                                      timeout=lambda: settings.get("services/backups/store-timeout"),
                                      secrets=self._collect_secrets, restore_secrets=self._restore_secrets)
-        self.relayout = Relayout(self.context, self.temp_dir, busy=lambda: bool(self.transfers and
-                                                                              self.transfers.jobs(UPLOAD)),
-                                 on_changed=self._relaid_out, remember_deletes=self._remember_deletes)
+        self.relayout = Relayout(self.context, self.temp_dir, busy=self._uploading, on_changed=self._relaid_out,
+                                 remember_deletes=self._remember_deletes)
         self.monitor.add_state_listener(self._monitor_changed)
         self.parts.load_pending(json.loads(pending_parts))
         self._unsubscribe_keys = self._identity().keystore.subscribe(self.backup_needed)
@@ -263,6 +263,10 @@ class BackupsService(Service):
             d = self.relayout.start()
             if d is not None:
                 self._background.track(d, "re-laying out old versions")
+
+    def _uploading(self) -> bool:
+        """An upload is moving blocks now (a paused one, waiting for suppliers, does not count)."""
+        return self.transfers is not None and any(job.state != PAUSED for job in self.transfers.jobs(UPLOAD))
 
     def _relaid_out(self) -> None:
         # Old versions are gone from positions that went away: their holders may be released now.

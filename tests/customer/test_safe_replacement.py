@@ -227,3 +227,16 @@ class SafeReplacementTests(StorageNodeTestCase):
         # 1-of-2: either remaining supplier alone gives the file back
         self.grid.suppliers[self.first[0]].dead = True
         self.assertEqual((yield self.download(self.service, REMOTE)), self.data)
+
+    @defer.inlineCallbacks
+    def test_a_new_data_blocks_setting_re_lays_out_the_files(self):
+        self.node.settings.set("services/backups/data-blocks", 3)
+
+        def relaid():
+            version = self.service.catalog.latest_complete(MASTER, "docs/a.bin")
+            return (version["k"], version["n"]) == (3, 4)
+
+        yield wait_until(relaid, "the file to be re-laid out 3-of-4", timeout=20)
+        self.assertEqual(self.grid.fire_hire.retiring(), [])  # nobody leaves: the same four positions
+        self.grid.suppliers[self.first[0]].dead = True
+        self.assertEqual((yield self.download(self.service, REMOTE)), self.data)
