@@ -357,3 +357,55 @@ class NestedJsonTests(AttackTestCase):
         self.assertIn("nested", str(err))
         self.assertEqual([type(a) for a in answers if isinstance(a, BadJson)], [type(answers[0])])
         yield self.delivered(alice, bob)
+
+
+class RealIdentityServiceTests(AttackTestCase):
+    """14.2 end to end: strangers' introductions reach a gateway whose identity provider is the real service_identity."""
+
+    @inlineCallbacks
+    def bob_with_service(self, **settings):
+        from tests.userid.fakes import FakeNode, FakeServers, make_service
+
+        self.servers = FakeServers()
+        node = FakeNode(self.mktemp(), clock=self.clock,
+                        overrides=dict({"personal/identity-servers": [ID_HOST]}, **settings))
+        service = make_service(node, self.servers)
+        yield service.start()
+        self.addCleanup(service.stop)
+        yield service.create_identity("bob")
+        gateway = Gateway(self.clock, reactor, service, Registry(), packet_timeout=10.0)
+        self.addCleanup(gateway.stop)
+        yield gateway.listen(0)
+        return service, gateway
+
+    @inlineCallbacks
+    def flood(self, gateway: Gateway, strangers: list) -> None:
+        host, port = parse_tcp_contact(f"tcp://127.0.0.1:{gateway.port}")
+        factory = _RawFactory()
+        connector = reactor.connectTCP(host, port, factory, bindAddress=(ATTACKER_IP, 0))
+        self.addCleanup(connector.disconnect)
+        client = yield factory.client.ready
+        now = self.clock.seconds()
+        client.transport.write(b"".join(frame_of(s.packet(gateway.my_id, now)) for s in strangers))
+
+    @inlineCallbacks
+    def test_strangers_naming_one_missing_idurl_cost_one_request(self) -> None:
+        service, gateway = yield self.bob_with_service()
+        gets = len(self.servers.gets)
+        strangers = [Stranger("mallory", 700 + i) for i in range(20)]  # one name, twenty keys
+        yield self.flood(gateway, strangers)
+        yield wait_until(lambda: gateway.stats_dict()["limits"]["introductions"]["unconfirmed"] == 20,
+                         "the twenty introductions checked")
+        self.assertEqual(len(self.servers.gets) - gets, 1)
+        self.assertEqual(service.status()["fetches"]["negative_cached"], 19)
+        self.assertEqual(len(service.cache), 0)
+
+    @inlineCallbacks
+    def test_strangers_naming_another_identity_server_cost_no_request(self) -> None:
+        service, gateway = yield self.bob_with_service(**{"services/identity/allowed-servers": ["id.example.net"]})
+        gets = len(self.servers.gets)
+        yield self.flood(gateway, [Stranger(f"m{i}", 800 + i) for i in range(5)])
+        yield wait_until(lambda: gateway.stats_dict()["limits"]["introductions"]["unconfirmed"] == 5,
+                         "the five introductions refused")
+        self.assertEqual(len(self.servers.gets), gets)
+        self.assertEqual(service.status()["fetches"]["refused_host"], 5)
