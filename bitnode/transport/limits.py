@@ -4,9 +4,8 @@ Each is a small object owned by one transport (never module-level) and
 reports its own counters for ``packets_stats``:
 
 - :class:`RateLimit` — a token bucket per key (a source IP), for work a
-  stranger's packet makes us do (answering it, fetching its identity).  The
-  table of keys is bounded: the least recently seen key is forgotten first,
-  which only ever gives a forgotten IP a full bucket again.
+  stranger's packet makes us do (answering it, fetching its identity), on
+  the shared :class:`~bitnode.main.ratelimit.KeyedRateLimiter`.
 - :class:`ConnectionLimits` — incoming connections per IP and in all.
 - :class:`BufferBudget` — bytes of frame bodies being received, summed over
   every connection.  A connection reserves a body's size before it reads the
@@ -24,9 +23,14 @@ from typing import Callable, Optional
 
 from twisted.internet.interfaces import IReactorTime
 
+from bitnode.main.ratelimit import KeyedRateLimiter
+
 
 class RateLimit:
-    """At most ``per_minute`` events per key, in bursts of up to ``burst``.
+    """At most ``per_minute`` events per key, in bursts of up to ``burst``, counted for ``packets_stats``.
+
+    The buckets are the shared :class:`~bitnode.main.ratelimit.KeyedRateLimiter`
+    (bounded memory: a forgotten key only gets a full bucket again).
 
     :param clock: the time source.
     :param per_minute: the sustained rate per key (0: no limit).
@@ -38,28 +42,15 @@ class RateLimit:
                  max_keys: int = 10_000) -> None:
         if per_minute < 0:
             raise ValueError("per_minute must not be negative")
-        self._clock = clock
         self.per_minute = float(per_minute)
-        self.burst = float(burst if burst is not None else per_minute)
-        self._max_keys = max_keys
-        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()  # key -> (tokens, at)
+        self._buckets = KeyedRateLimiter(clock, self.per_minute / 60.0,
+                                         burst if burst is not None else self.per_minute, max_keys)
         self.allowed = 0
         self.refused = 0
 
     def allow(self, key: str) -> bool:
         """Take one token for ``key``; False (and counted) when its bucket is empty."""
-        if not self.per_minute:
-            self.allowed += 1
-            return True
-        now = self._clock.seconds()
-        tokens, at = self._buckets.pop(key, (self.burst, now))
-        tokens = min(self.burst, tokens + (now - at) * self.per_minute / 60.0)
-        ok = tokens >= 1.0
-        if ok:
-            tokens -= 1.0
-        self._buckets[key] = (tokens, now)
-        while len(self._buckets) > self._max_keys:
-            self._buckets.popitem(last=False)
+        ok = self._buckets.allow(key)
         if ok:
             self.allowed += 1
         else:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
+from bitnode.transport.packet import BadPacket
 from bitnode.transport.replay import BeforeStart, ReplayCache, Replayed, ReplayFull, TooNew, TooOld
 
 
@@ -208,3 +209,26 @@ class PeekAndForgetTests(unittest.TestCase):
         self.cache.check("alice", "p", 5000.0)
         stats = self.cache.stats()
         self.assertEqual((stats["entries"], stats["senders"], stats["max_entries"]), (1, 1, 10))
+
+
+class LongRunTests(unittest.TestCase):
+    """Two days of simulated traffic: memory stays bounded, fresh packets always pass, replays never do."""
+
+    def test_two_days_of_traffic_from_many_peers(self) -> None:
+        clock = Clock()
+        clock.advance(1_700_000_000)
+        cache = ReplayCache(clock, window_seconds=900, max_entries=2000, max_per_sender=500, min_window_seconds=30,
+                            refuse_before_start=True)
+        sent: list[tuple[str, str, float]] = []
+        for step in range(2 * 24 * 360):  # every 10 s for two days
+            clock.advance(10)
+            now = clock.seconds()
+            for peer in range(5):
+                packet = (f"peer{peer}", f"p{step}-{peer}", now - (step * 7 + peer) % 20)
+                cache.check(*packet)  # never refused: traffic well inside the limits
+                sent.append(packet)
+            if step % 100 == 0 and len(sent) > 50:
+                creator, packet_id, date = sent[-50]
+                self.assertRaises(BadPacket, cache.check, creator, packet_id, date)
+            self.assertLessEqual(len(cache), 2000)
+        self.assertLessEqual(len(cache), 5 * 91)  # only the last 900 s are held
