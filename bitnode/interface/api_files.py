@@ -399,9 +399,16 @@ class FilesMethods:
         """A local file, or a local folder with its entries (name, path, type, size, modified)."""
         return self._thread(_explore, _absolute(local_path))
 
-    def transfers_list(self) -> list:
-        """Every live upload and download with bytes done/total, speed and ETA (downloads from open shares too)."""
-        return [info for manager in self._transfer_managers() for info in manager.transfers()]
+    def transfers_list(self, include_finished: bool = False) -> list:
+        """Every live upload and download with bytes done/total, speed and ETA (downloads from open shares too).
+
+        ``include_finished`` adds the recently ended ones (newest first, with
+        their state and error): what became of a transfer, also one a restart
+        resumed (``after_restart``) or cleaned up.
+        """
+        managers = self._transfer_managers()
+        live = [info for manager in managers for info in manager.transfers()]
+        return live + [info for manager in managers for info in manager.recent()] if include_finished else live
 
     # --- legacy-only names (spec/bitdust-api-legacy.txt) ------------------------------------------------
     # A "path id" is a remote path, or a path under my master key; a local path maps to the

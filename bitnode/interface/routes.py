@@ -413,6 +413,7 @@ ROUTES: tuple[Route, ...] = (
       )),
     R("transfers_list", "GET", "transfer/list/v1", "Returns list of current data fragments transfers to/from suppliers.",
       params=(
+        P("include_finished", BOOL, False),
       )),
     R("connections_list", "GET", "connection/list/v1", "Returns list of opened/active network connections.",
       params=(

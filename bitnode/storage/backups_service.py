@@ -60,6 +60,7 @@ from bitnode.storage import k_of_n, key_backup, share_scope
 from bitnode.storage.backup_monitor import BackupMonitor
 from bitnode.storage.catalog import Catalog, open_catalog, split_remote_path
 from bitnode.storage.catalog_backup import SERIAL_META, CatalogBackup
+from bitnode.storage.download_journal import DownloadJournal
 from bitnode.storage.job_context import Placement, StorageContext, delete_versions
 from bitnode.storage.jobs import PAUSED
 from bitnode.storage.ports import SupplierProvider
@@ -72,6 +73,7 @@ PENDING_PARTS_META = "backup-parts-pending"
 NO_SUPPLIERS = "no suppliers hired: service_customer is off"
 #: Seconds before backing up a changed catalog when no upload is running (see _schedule_backup).
 QUIET_BACKUP_DELAY = 0.5
+DOWNLOAD_JOURNAL = "downloads.json"
 
 
 def _open_catalog(path: str, temp_dir: str, now: float) -> tuple[Catalog, dict | None]:
@@ -100,6 +102,10 @@ class BackupsService(Service):
                minimum=1.0, maximum=3600.0),
         Option("services/backups/fetch-timeout", FLOAT, 60.0, "Seconds a supplier has to return one block.",
                minimum=1.0, maximum=3600.0),
+        Option("services/backups/download-checkpoint", INTEGER, 64 * 1024 * 1024,
+               "Bytes a download writes between two checkpoints (synced to disk and noted in "
+               "metadata/downloads.json): after a crash it goes on from the last one.",
+               minimum=1024 * 1024, maximum=1024 * 1024 * 1024),
         Option("services/backups/catalog-backup-delay", FLOAT, 10.0,
                "Seconds after a catalog change before the catalog is backed up to the suppliers.",
                minimum=0.0, maximum=3600.0),
@@ -122,6 +128,7 @@ class BackupsService(Service):
         self.last_restore: dict = {}
         #: The catalog file could not be read at start: where it was set aside, why, and whether it was restored.
         self.catalog_unreadable: dict | None = None
+        self.transfers_resumed: dict[str, int] = {}
         self._unsubscribe: list = []
         self._backup_call = None
         self._backup_lock = defer.DeferredLock()
@@ -173,6 +180,8 @@ class BackupsService(Service):
         empty = yield ctx.run_in_thread(self.catalog.is_empty)
         serial = yield ctx.run_in_thread(self.catalog.get_meta, SERIAL_META)
         pending_parts = yield ctx.run_in_thread(self.catalog.get_meta, PENDING_PARTS_META, "{}")
+        journal = DownloadJournal(os.path.join(ctx.basedir.metadata, DOWNLOAD_JOURNAL), ctx.run_in_thread)
+        interrupted = yield journal.load()
         if self._stopping or self.transfers is not None or self._my_global_id() != customer_id:
             return  # brought up (or stopped, or the identity changed) while we looked
         self.context = StorageContext(
@@ -184,7 +193,8 @@ class BackupsService(Service):
             store_timeout=lambda: settings.get("services/backups/store-timeout"),
             fetch_timeout=lambda: settings.get("services/backups/fetch-timeout"),
             registry=ctx.automats, on_catalog_changed=self.catalog_changed, on_blocks_damaged=self.sync,
-            version_tag=share_scope.version_tag)
+            version_tag=share_scope.version_tag, download_journal=journal,
+            download_checkpoint=lambda: settings.get("services/backups/download-checkpoint"))
         self.transfers = TransferManager(self.context, lambda: settings.get("services/backups/max-uploads"),
                                          lambda: settings.get("services/backups/max-downloads"),
                                          on_uploads_done=self._schedule_backup)
@@ -209,8 +219,26 @@ class BackupsService(Service):
             # The last run may have stopped (or crashed) before its changes were backed up, or backed
             # up before keys were carried; an unchanged catalog and key set is skipped by the backup.
             self.backup_needed()
-        self._background.track(defer.Deferred.fromCoroutine(self.transfers.resume_interrupted()), "resuming uploads")
+        self._background.track(defer.Deferred.fromCoroutine(self._resume_transfers(interrupted)),
+                               "resuming transfers")
         self.suppliers_changed()
+
+    async def _resume_transfers(self, downloads: dict) -> None:
+        """Go on with what a stop or a crash interrupted; say what was done (log, event, service_info)."""
+
+        def mine(entry: dict) -> bool:
+            try:
+                self.check_remote_path(entry["remote_path"])
+            except BitnodeError:
+                return False
+            return True
+
+        report = await self.transfers.resume_after_restart(downloads, mine)
+        self.transfers_resumed = report["counts"]
+        if report["counts"]:
+            self.log.info("after the restart: {counts}", counts=report["counts"])
+            self.ctx.events.publish("transfers-resumed", {"uploads": report["uploads"],
+                                                           "downloads": report["downloads"]})
 
     @defer.inlineCallbacks
     def _bring_down(self):
@@ -254,6 +282,8 @@ class BackupsService(Service):
             "catalog_backup_pending": self._backup_pending(),
             "catalog_restore": self.last_restore,
             "catalog_unreadable": self.catalog_unreadable,
+            # What the last start found interrupted (uploads_resumed, downloads_cleaned_up ...).
+            "transfers_resumed": self.transfers_resumed,
             "relayout": self.relayout.status() if self.relayout else None,
         }
 

@@ -124,26 +124,31 @@ class Catalog:
         check_mode(mode)
         check_mtime_ns(mtime_ns)
         with self._transaction() as db:
-            for parent in parents_of(path):
-                found = self._item_row(db, key_id, parent)
-                if found is None:
-                    db.execute("INSERT INTO items (key_id, path, is_folder, created) VALUES (?, ?, 1, ?)",
-                               (key_id, parent, now))
-                elif not found["is_folder"]:
-                    raise Conflict(f"{key_id}:{parent} is a {_kind(found)}, not a folder")
-            found = self._item_row(db, key_id, path)
-            if found is not None:
-                if bool(found["is_folder"]) != as_folder or found["link_target"] is not None:
-                    raise Conflict(f"{key_id}:{path} already exists as a {_kind(found)}")
-                if not exist_ok:
-                    raise Conflict(f"{key_id}:{path} already exists")
-                if mode is not None or mtime_ns is not None:
-                    db.execute("UPDATE items SET mode = ?, mtime_ns = ? WHERE item_id = ?",
-                               (mode, mtime_ns, found["item_id"]))
-            else:
-                db.execute("INSERT INTO items (key_id, path, is_folder, created, mode, mtime_ns)"
-                           " VALUES (?, ?, ?, ?, ?, ?)", (key_id, path, int(as_folder), now, mode, mtime_ns))
+            self._ensure_item(db, key_id, path, as_folder, exist_ok, now, mode, mtime_ns)
         return self.get(key_id, path)
+
+    def _ensure_item(self, db: sqlite3.Connection, key_id: str, path: str, as_folder: bool, exist_ok: bool,
+                     now: float, mode: int | None = None, mtime_ns: int | None = None) -> bool:
+        """Make the item and its parent folders inside the caller's transaction; True if the item is new."""
+        for parent in parents_of(path):
+            found = self._item_row(db, key_id, parent)
+            if found is None:
+                db.execute("INSERT INTO items (key_id, path, is_folder, created) VALUES (?, ?, 1, ?)",
+                           (key_id, parent, now))
+            elif not found["is_folder"]:
+                raise Conflict(f"{key_id}:{parent} is a {_kind(found)}, not a folder")
+        found = self._item_row(db, key_id, path)
+        if found is None:
+            db.execute("INSERT INTO items (key_id, path, is_folder, created, mode, mtime_ns)"
+                       " VALUES (?, ?, ?, ?, ?, ?)", (key_id, path, int(as_folder), now, mode, mtime_ns))
+            return True
+        if bool(found["is_folder"]) != as_folder or found["link_target"] is not None:
+            raise Conflict(f"{key_id}:{path} already exists as a {_kind(found)}")
+        if not exist_ok:
+            raise Conflict(f"{key_id}:{path} already exists")
+        if mode is not None or mtime_ns is not None:
+            db.execute("UPDATE items SET mode = ?, mtime_ns = ? WHERE item_id = ?", (mode, mtime_ns, found["item_id"]))
+        return False
 
     def create_link(self, key_id: str, path: str, target: str, mtime_ns: int | None = None,
                     now: float = 0.0) -> dict:
@@ -261,10 +266,12 @@ class Catalog:
         if (not 1 <= k <= n <= MAX_N or size < 0 or segment_size <= 0
                 or segments_total != segment_count(size, segment_size)):
             raise BadRequest("invalid version parameters")
-        self.create(key_id, path, exist_ok=True, now=now)
-        with self._transaction() as db:
+        parse_key_id(key_id)
+        validate_path(path)
+        with self._transaction() as db:  # item and version together: a crash leaves neither half made
             if db.execute("SELECT 1 FROM versions WHERE version_id = ?", (version_id,)).fetchone():
                 raise Conflict(f"version {version_id} already exists")
+            new_item = self._ensure_item(db, key_id, path, False, True, now)
             item = self._item_row(db, key_id, path)
             db.execute(
                 "INSERT INTO versions (version_id, item_id, state, size, segment_size, segments_total, k, n,"
@@ -273,8 +280,8 @@ class Catalog:
                  bytes(wrapped_key), json.dumps(suppliers), now, mode, mtime_ns))
             if source is not None:
                 local_path, local_size, mtime = source
-                db.execute("INSERT INTO sources (version_id, local_path, size, mtime) VALUES (?, ?, ?, ?)",
-                           (version_id, str(local_path), int(local_size), float(mtime)))
+                db.execute("INSERT INTO sources (version_id, local_path, size, mtime, new_item) VALUES (?, ?, ?, ?, ?)",
+                           (version_id, str(local_path), int(local_size), float(mtime), int(new_item)))
         return self.version(version_id)
 
     def begin_copy_version(self, old_id: str, new_id: str, k: int, n: int, wrapped_key: bytes,
@@ -355,11 +362,23 @@ class Catalog:
                 raise NotFound(f"{key_id}:{path} is not in the catalog")
             return self._version_ids_of(self._db, self._item_ids_under(self._db, row))
 
-    def drop_version(self, version_id: str) -> None:
-        """Forget one version (its segments, blocks and source go with it); NotFound if absent."""
+    def drop_version(self, version_id: str, forget_new_file: bool = False) -> None:
+        """Forget one version (its segments, blocks and source go with it); NotFound if absent.
+
+        ``forget_new_file``: when that version's upload made the file item and
+        no other version is left, the item goes too (an abandoned first upload
+        leaves no empty file behind).
+        """
         with self._transaction() as db:
-            if not db.execute("DELETE FROM versions WHERE version_id = ?", (version_id,)).rowcount:
+            row = db.execute("SELECT v.item_id, s.new_item FROM versions v LEFT JOIN sources s USING (version_id)"
+                             " WHERE v.version_id = ?", (version_id,)).fetchone()
+            if row is None:
                 raise NotFound(f"no version {version_id!r} in the catalog")
+            db.execute("DELETE FROM versions WHERE version_id = ?", (version_id,))
+            if forget_new_file and row["new_item"] and not db.execute(
+                    "SELECT 1 FROM versions WHERE item_id = ?", (row["item_id"],)).fetchone():
+                db.execute("DELETE FROM items WHERE item_id = ? AND is_folder = 0 AND link_target IS NULL",
+                           (row["item_id"],))
 
     def is_empty(self) -> bool:
         """True when no file or folder is catalogued."""

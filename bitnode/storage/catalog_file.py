@@ -15,12 +15,14 @@ Tables, format version :data:`CATALOG_FORMAT`:
   that acknowledged it (empty when it is missing and must be rebuilt);
 - ``sources``   per version: the local file it was read from, with the size
   and mtime seen when the version began, so an interrupted upload resumes
-  only while the file is unchanged. Local to this machine: not exported.
+  only while the file is unchanged, and whether its upload made the file item
+  (an abandoned first upload removes it again). Local to this machine: not
+  exported.
 - ``meta``      the format and small node-local facts.
 
 Format 2 added the metadata columns (items: mode, mtime_ns, link_target;
-versions: mode, mtime_ns); a format 1 file is migrated when opened
-(:func:`migrate`; the new columns are NULL: unknown).
+versions: mode, mtime_ns), format 3 ``sources.new_item``; older files are
+migrated when opened (:func:`migrate`; the new columns are NULL: unknown, or 0).
 
 :func:`check_file` raises :class:`CatalogUnreadable` for a file sqlite
 cannot read, that its ``quick_check`` finds damaged, or that holds tables but
@@ -34,7 +36,7 @@ import sqlite3
 
 from bitnode.errors import BitnodeError
 
-CATALOG_FORMAT = 2
+CATALOG_FORMAT = 3
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -85,16 +87,24 @@ CREATE TABLE IF NOT EXISTS sources (
     version_id TEXT PRIMARY KEY REFERENCES versions(version_id) ON DELETE CASCADE,
     local_path TEXT NOT NULL,
     size       INTEGER NOT NULL,
-    mtime      REAL NOT NULL
+    mtime      REAL NOT NULL,
+    new_item   INTEGER NOT NULL DEFAULT 0
 );
 """
 
+#: Columns added since format 1, by the format that added them: (table, column, type).
+_ADDED_COLUMNS = (
+    (2, "items", "mode", "INTEGER"), (2, "items", "mtime_ns", "INTEGER"), (2, "items", "link_target", "TEXT"),
+    (2, "versions", "mode", "INTEGER"), (2, "versions", "mtime_ns", "INTEGER"),
+    (3, "sources", "new_item", "INTEGER NOT NULL DEFAULT 0"),
+)
+
+
 def migrate(db: sqlite3.Connection, old_format: int) -> None:
-    """Format 1 → 2: the metadata columns, NULL (unknown) for what was stored before."""
-    if old_format == 1:
-        for table, column, kind in (("items", "mode", "INTEGER"), ("items", "mtime_ns", "INTEGER"),
-                                    ("items", "link_target", "TEXT"), ("versions", "mode", "INTEGER"),
-                                    ("versions", "mtime_ns", "INTEGER")):
+    """Format 1 or 2 → 3: the columns added since, NULL (unknown) or 0 for what was stored before."""
+    for added_in, table, column, kind in _ADDED_COLUMNS:
+        present = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+        if added_in > old_format and column not in present:
             db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
 
 

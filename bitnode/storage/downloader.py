@@ -35,7 +35,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from bitnode.errors import BadRequest, Conflict, Unavailable
+from bitnode.errors import BadRequest, BitnodeError, Conflict, Unavailable
 from bitnode.storage import blockformat, erasure, local_files, segment_crypto
 from bitnode.storage.patience import Patience
 from bitnode.storage.ports import (
@@ -84,6 +84,8 @@ class DownloadResult:
     segments_total: int
     used_blocks: tuple[tuple[int, ...], ...]
     problems: tuple[BlockProblem, ...]
+    #: The first segment fetched: > 0 when an interrupted download went on from its checkpoint.
+    resumed_from: int = 0
 
     @property
     def corrupt_blocks(self) -> tuple[tuple[int, int], ...]:
@@ -193,6 +195,10 @@ class Downloader:
         root: str | None = None,
         mode: int | None = None,
         mtime_ns: int | None = None,
+        part_name: str | None = None,
+        resume_at: tuple[int, int] | None = None,
+        checkpoint_bytes: int = 0,
+        on_checkpoint: Callable[[int, int], defer.Deferred | None] | None = None,
     ) -> defer.Deferred:
         """Restore a version to ``dest_path``; fires with a :class:`DownloadResult`.
 
@@ -201,6 +207,14 @@ class Downloader:
         ``dest_path`` are made as needed and are never links
         (:func:`bitnode.storage.local_files.create_part`). ``mode`` and
         ``mtime_ns`` (kept at upload) are given to the file once complete.
+
+        Going on after an interruption: ``part_name`` names the temporary
+        file, ``resume_at = (segments, bytes)`` what of it is known to be on
+        disk (it is cut there and the download goes on from that segment; a
+        part that is missing or shorter starts over). Every
+        ``checkpoint_bytes`` written (and when cancelled with
+        ``keep_part``) the part is synced and ``on_checkpoint(segments,
+        bytes)`` told, so a journal can record how far it is durable.
         Fails with :class:`DownloadFailed`, :class:`TransferCancelled` or
         :class:`segment_crypto.SegmentIntegrityError` (wrong key); the
         destination is then untouched and no ``.part`` file remains.
@@ -219,7 +233,8 @@ class Downloader:
         job = _DownloadJob(
             self, segments, version_id, version_key, customer_id, dest_path, timeout, on_progress
         )
-        job.root, job.finish_as = root, (mode, mtime_ns)
+        job.root, job.finish_as, job.part_name = root, (mode, mtime_ns), part_name
+        job.resume_at, job.checkpoint_bytes, job.on_checkpoint = resume_at, checkpoint_bytes, on_checkpoint
         self._job = job
 
         def done(result):
@@ -228,9 +243,14 @@ class Downloader:
 
         return defer.Deferred.fromCoroutine(job.run()).addBoth(done)
 
-    def cancel(self) -> None:
-        """Cancel the running download; pending fetches are cancelled and the .part removed."""
+    def cancel(self, keep_part: bool = False) -> None:
+        """Cancel the running download; pending fetches are cancelled and the .part removed.
+
+        ``keep_part``: the part stays, synced, and ``on_checkpoint`` hears how
+        far it is (a node stopping: the download goes on at its next start).
+        """
         if self._job is not None:
+            self._job.keep_part = self._job.keep_part or keep_part
             self._job.cancel()
 
     def _check_segments(self, segments: tuple[SegmentMeta, ...]) -> None:
@@ -277,7 +297,16 @@ class _DownloadJob:
         self.suspects: set[int] = set()
         self.turns = [defer.Deferred() for _ in segments]
         self.part: local_files.PartFile | None = None
+        self.part_name: str | None = None
+        self.resume_at: tuple[int, int] | None = None
+        self.checkpoint_bytes = 0
+        self.on_checkpoint: Callable[[int, int], defer.Deferred | None] | None = None
+        self.keep_part = False
+        self.first = 0  # the first segment this run fetches
+        self.segments_written = 0
         self.bytes_written = 0
+        self.resumed_bytes = 0
+        self.checkpointed = 0
         self.bytes_total = sum(m.plaintext_length for m in segments)
         self.started = dl.clock.seconds()
 
@@ -289,14 +318,47 @@ class _DownloadJob:
     def stopping(self) -> bool:
         return self.cancelled or self.error is not None
 
+    async def open_part(self) -> local_files.PartFile:
+        """The part to write: the interrupted one cut to its checkpoint, else a new one."""
+        dl = self.dl
+        if self.resume_at is not None and self.part_name is not None:
+            segments, size = self.resume_at
+            # The journal's figures must fall on a segment boundary of this very version.
+            if 0 <= segments <= len(self.segments) and size == sum(
+                    m.plaintext_length for m in self.segments[:segments]):
+                try:
+                    part = await dl.run_in_thread(local_files.reopen_part, self.dest_path, self.root,
+                                                  self.part_name, size)
+                except (OSError, BitnodeError):
+                    pass
+                else:
+                    self.first = self.segments_written = segments
+                    self.bytes_written = self.resumed_bytes = self.checkpointed = size
+                    return part
+            await dl.run_in_thread(local_files.remove_part, self.dest_path, self.root, self.part_name)
+        return await dl.run_in_thread(local_files.create_part, self.dest_path, self.root, self.part_name)
+
+    async def checkpoint(self) -> None:
+        """Sync the part and say how far it is on disk; a failing journal does not stop the download."""
+        if self.on_checkpoint is None or self.part is None:
+            return
+        try:
+            await self.dl.run_in_thread(self.part.sync)
+            self.checkpointed = self.bytes_written
+            await defer.maybeDeferred(self.on_checkpoint, self.segments_written, self.bytes_written)
+        except Exception:  # noqa: BLE001 - the download goes on; a restart then starts it over
+            self.dl.log.failure("download checkpoint of {version} failed", version=self.version_id)
+
     async def run(self) -> DownloadResult:
         dl = self.dl
+        kept = False
         try:
-            self.part = await dl.run_in_thread(local_files.create_part, self.dest_path, self.root)
-            self.turns[0].callback(None)
+            self.part = await self.open_part()
+            if self.first < len(self.turns):
+                self.turns[self.first].callback(None)
             window = defer.DeferredSemaphore(dl.max_in_flight)
             tasks = []
-            for meta in self.segments:
+            for meta in self.segments[self.first:]:
                 await window.acquire()
                 if self.stopping():
                     window.release()
@@ -305,21 +367,26 @@ class _DownloadJob:
                 task.addBoth(lambda _, w=window: w.release())
                 tasks.append(task)
             await defer.DeferredList(tasks)
+            if self.cancelled and self.keep_part and self.on_checkpoint is not None:
+                await self.checkpoint()
+                await dl.run_in_thread(self.part.keep)
+                kept = True
             if self.cancelled:
                 raise TransferCancelled(f"download of {self.version_id} cancelled")
             if self.error is not None:
                 raise self.error
             await dl.run_in_thread(self.part.finish, *self.finish_as)
         except BaseException:
-            if self.part is not None:
+            if self.part is not None and not kept:
                 await dl.run_in_thread(self.part.abort)
             raise
         return DownloadResult(
             self.dest_path,
             self.bytes_written,
             len(self.segments),
-            tuple(self.used[i] for i in range(len(self.segments))),
+            tuple(self.used.get(i, ()) for i in range(len(self.segments))),
             tuple(self.problems),
+            self.first,
         )
 
     async def one_segment(self, meta: SegmentMeta) -> None:
@@ -332,8 +399,11 @@ class _DownloadJob:
                 return
             await dl.run_in_thread(self.part.write, plaintext)
             self.bytes_written += len(plaintext)
+            self.segments_written = meta.index + 1
             del plaintext
             self.report_progress(meta.index + 1)
+            if self.checkpoint_bytes and self.bytes_written - self.checkpointed >= self.checkpoint_bytes:
+                await self.checkpoint()  # before the next segment's turn: the figures match the file
         except Exception as exc:  # noqa: BLE001 - recorded and re-raised by run()
             if self.error is None and not self.cancelled:
                 self.error = exc
@@ -480,7 +550,7 @@ class _DownloadJob:
             len(self.segments),
             self.started,
             now,
-            self.bytes_written,
+            self.bytes_written - self.resumed_bytes,
         )
         try:
             self.on_progress(progress)

@@ -91,6 +91,10 @@ class StorageContext:
     on_blocks_damaged: Callable[[], None] = lambda: None
     #: What a new version id under a key id starts with ("<alias>." for a share: bitnode.storage.share_scope).
     version_tag: Callable[[str], str] = lambda key_id: ""
+    #: Downloads under way, on disk (:mod:`bitnode.storage.download_journal`); None: a stop cancels them.
+    download_journal: Any = None
+    #: Bytes a download writes between two checkpoints (synced and journaled).
+    download_checkpoint: Callable[[], int] = lambda: 64 * 1024 * 1024
     log: Logger = field(default_factory=Logger)
 
 
@@ -172,7 +176,7 @@ async def abandon_version(ctx: StorageContext, version_id: str) -> None:
     outcome = await delete_versions(ctx, [version_id])
     if not outcome["failed"]:
         try:
-            await ctx.run_in_thread(ctx.catalog.drop_version, version_id)
+            await ctx.run_in_thread(ctx.catalog.drop_version, version_id, True)
         except NotFound:
             pass
     ctx.on_catalog_changed()

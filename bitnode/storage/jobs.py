@@ -1,10 +1,11 @@
-"""Upload and download jobs: small automats around the Uploader and the Downloader.
+"""Upload jobs (and what every job shares): small automats around the Uploader.
 
 An :class:`UploadJob` turns one local file into one new catalog version::
 
     NEW --start--> PREPARING        stat the file, new version id and key (wrapped
                                     with the owner's key), begin_version + source
     NEW --resume--> PENDING         a version left "uploading" by a stop or crash
+    NEW --abandon--> FAILED         such a version whose file changed or is gone
     PREPARING --prepared--> PENDING wait for an upload slot (TransferManager)
     PENDING --run--> UPLOADING      Uploader from catalog.resume_point(); every
                                     acknowledged segment is recorded before it counts
@@ -17,12 +18,7 @@ An :class:`UploadJob` turns one local file into one new catalog version::
     cancel: PENDING/PAUSED -> CANCELLED, UPLOADING -> CANCELLING -> CANCELLED
     pause (node stopping): UPLOADING -> PAUSING -> PAUSED, resumed after restart
 
-A :class:`DownloadJob` restores one version (the newest complete one unless
-given) to a local path: PENDING → DOWNLOADING → DONE / FAILED / CANCELLED. The
-Downloader writes ``<dest>.<8 hex>.part`` (exclusive, never through a link:
-:mod:`bitnode.storage.local_files`), fsyncs and renames; blocks found corrupt or
-missing on the supplier that should hold them are marked missing in the
-catalog so backup_monitor rebuilds them.
+Download jobs are in :mod:`bitnode.storage.download_job`.
 
 The jobs reach the node only through a :class:`StorageContext` (see
 :mod:`bitnode.storage.job_context`: clock, thread runner, catalog, supplier
@@ -38,10 +34,9 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from automats import Automat
-from bitnode.errors import BadRequest, BitnodeError, Conflict, InsufficientStorage, NotFound, Unavailable
+from bitnode.errors import BadRequest, BitnodeError, InsufficientStorage, Unavailable
 from bitnode.storage import segment_crypto
 from bitnode.storage.catalog import COMPLETE, split_remote_path
-from bitnode.storage.downloader import Downloader
 from bitnode.storage.job_context import (
     StorageContext,
     abandon_version,
@@ -80,6 +75,8 @@ class _Job(Automat):
         self.result: dict = {}
         self._waiters: list[defer.Deferred] = []
         self._halted = False
+        #: Resumed at start-up: a stop or a crash interrupted it in an earlier run.
+        self.after_restart = False
 
     # --- what the API shows -----------------------------------------------------------
 
@@ -107,6 +104,7 @@ class _Job(Automat):
             "finished": self.finished,
             "error": str(self.error) if self.error is not None else None,
             "result": dict(self.result),
+            "after_restart": self.after_restart,
         }
 
     def wait(self) -> defer.Deferred:
@@ -193,6 +191,9 @@ class UploadJob(_Job):
         # state         event                guard               next           actions
         ("NEW",         "start",             None,               "PREPARING",   ["prepare_version"]),
         ("NEW",         "resume",            None,               "PENDING",     ["ask_for_slot"]),
+        # Interrupted in an earlier run, and its file changed since: the history says so.
+        ("NEW",         "abandon",           None,               FAILED_STATE,  ["remember_error", "abandon_version",
+                                                                                 "finish"]),
         ("PREPARING",   "prepared",          "stop_requested",   "*",           ["handle_stop_request"]),
         ("PREPARING",   "prepared",          None,               "PENDING",     ["ask_for_slot"]),
         ("PREPARING",   "failed",            None,               FAILED_STATE,  ["remember_error", "finish"]),
@@ -407,114 +408,3 @@ def _explain_upload_failure(err: UploadFailed) -> BitnodeError:
     if quota:
         return InsufficientStorage(f"suppliers are out of space for this upload: {quota[0]}")
     return err
-
-
-class DownloadJob(_Job):
-    """Restores one version of ``remote_path`` to ``local_path`` (temp file, fsync, rename)."""
-
-    name = "download_job"
-    kind = "download"
-    initial = "NEW"
-    transitions = [
-        # state          event         guard  next           actions
-        ("NEW",          "start",      None,  "PENDING",     ["ask_for_slot"]),
-        ("PENDING",      "run",        None,  "DOWNLOADING", ["run_downloader"]),
-        ("PENDING",      "cancel",     None,  CANCELLED,     ["finish"]),
-        ("PENDING",      "pause",      None,  CANCELLED,     ["finish"]),
-        ("DOWNLOADING",  "progress",   None,  "*",           ["note_progress"]),
-        ("DOWNLOADING",  "downloaded", None,  DONE,          ["finish"]),
-        ("DOWNLOADING",  "failed",     None,  FAILED_STATE,  ["remember_error", "finish"]),
-        ("DOWNLOADING",  "cancel",     None,  "CANCELLING",  ["stop_downloader"]),
-        # A download is not resumed after a restart: stopping the node cancels it (no .part is left).
-        ("DOWNLOADING",  "pause",      None,  "CANCELLING",  ["stop_downloader"]),
-        ("CANCELLING",   "downloaded", None,  DONE,          ["finish"]),
-        ("CANCELLING",   "stopped",    None,  CANCELLED,     ["finish"]),
-        ("CANCELLING",   "failed",     None,  CANCELLED,     ["finish"]),
-        # Harmless where they mean nothing: late progress, repeated requests.
-        ("*",            "progress",   None,  "*",           []),
-        ("*",            "cancel",     None,  "*",           []),
-        ("*",            "pause",      None,  "*",           []),
-    ]
-
-    def __init__(self, ctx: StorageContext, manager: Any, remote_path: str, local_path: str,
-                 version_id: str | None = None, root: str | None = None):
-        super().__init__(ctx, manager, remote_path, local_path)
-        self.version_id = version_id
-        #: The folder of a folder download: nothing between it and local_path may be a link.
-        self.root = root
-        self.downloader: Downloader | None = None
-
-    def run_downloader(self, *_: Any) -> None:
-        """Look the version up, unwrap its key and restore it."""
-        self.started = self.ctx.clock.seconds()
-        self._halted = False
-        self._spawn(self._download())
-
-    async def _download(self) -> None:
-        ctx = self.ctx
-        catalog = ctx.catalog
-        ids: list[str] = []
-        try:
-            if self.version_id is None:
-                version = await ctx.run_in_thread(catalog.latest_complete, self.key_id, self.path)
-            else:
-                version = await ctx.run_in_thread(catalog.version, self.version_id)
-                if version["remote_path"] != self.remote_path:
-                    raise NotFound(f"version {self.version_id} is not a version of {self.remote_path}")
-                if version["state"] != COMPLETE:
-                    raise Conflict(f"version {self.version_id} is not complete ({version['state']})")
-            self.version_id = version["version_id"]
-            self.bytes_total = version["size"]
-            segments = await ctx.run_in_thread(catalog.segments, self.version_id)
-            key = await ctx.run_in_thread(ctx.unwrap_key, self.key_id, version["wrapped_key"])
-            placement = ctx.placement()
-            ids, _ = placement.for_n(version["n"])
-            servers = placement.readers_for_n(version["n"])  # retiring holders are read too
-            downloader = Downloader(ctx.run_in_thread, ctx.clock, servers, version["k"], version["n"],
-                                    max_in_flight=ctx.segments_in_flight(), fetch_timeout=ctx.fetch_timeout())
-            self._check_halted()
-            self.downloader = downloader
-            result = await downloader.download(segments, self.version_id, key, ctx.customer_id, self.local_path,
-                                               on_progress=lambda p: self.event("progress", p), root=self.root,
-                                               mode=version.get("mode"), mtime_ns=version.get("mtime_ns"))
-            self.result = {"dest_path": result.dest_path, "bytes": result.bytes_written,
-                           "segments": result.segments_total,
-                           "corrupt_blocks": [list(b) for b in result.corrupt_blocks]}
-            self.progress = Progress(result.bytes_written, result.bytes_written, result.segments_total,
-                                     result.segments_total, self.progress.elapsed if self.progress else 0.0,
-                                     self.progress.speed if self.progress else None, 0.0)
-            await self._note_damage(result.problems, ids)
-        except TransferCancelled:
-            self.event("stopped")
-            return
-        except Exception as err:  # noqa: BLE001 - reported as the job's failure
-            problems = getattr(err, "problems", ())
-            if problems:
-                await self._note_damage(problems, ids)
-            self.event("failed", err)
-            return
-        finally:
-            self.downloader = None
-        self.event("downloaded")
-
-    async def _note_damage(self, problems, ids: list[str]) -> None:
-        """Blocks the holder answered as corrupt or absent are missing: the catalog says so."""
-        if not any(p.kind in ("corrupt", "missing") for p in problems):
-            return
-        holders = {(seg, pos): who for seg, pos, _, who in
-                   await self.ctx.run_in_thread(self.ctx.catalog.blocks, self.version_id)}
-        lost = {(p.segment_index, p.block_index) for p in problems if p.kind in ("corrupt", "missing")
-                and holders.get((p.segment_index, p.block_index)) == ids[p.block_index] != ""}
-        for seg, pos in sorted(lost):
-            await self.ctx.run_in_thread(self.ctx.catalog.set_block_holder, self.version_id, seg, pos, "")
-        if lost:
-            self.result["blocks_marked_missing"] = len(lost)
-            self.ctx.on_catalog_changed()
-            self.ctx.on_blocks_damaged()
-
-    def stop_downloader(self, *_: Any) -> None:
-        """Cancel the running downloader; the .part file is removed."""
-        self._halted = True
-        if self.downloader is not None:
-            self.downloader.cancel()
-

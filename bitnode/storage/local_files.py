@@ -27,7 +27,7 @@ import secrets
 import stat
 from collections.abc import Sequence
 
-from bitnode.errors import BadRequest, Conflict
+from bitnode.errors import BadRequest, BitnodeError, Conflict
 
 PART_SUFFIX = ".part"
 #: Mode bits a restore gives back: rwx for all and sticky; never setuid or setgid (a share's owner chose them).
@@ -160,6 +160,18 @@ class PartFile:
             pass
         self._close_dir()
 
+    def sync(self) -> None:
+        """Everything written so far is on disk (a checkpoint a restart may resume from)."""
+        self.fh.flush()
+        os.fdatasync(self.fh.fileno())
+
+    def keep(self) -> None:
+        """Leave the temporary file where it is, synced and closed: a later run resumes it."""
+        if not self.fh.closed:
+            self.sync()
+            self.fh.close()
+        self._close_dir()
+
     def abort(self) -> None:
         """Close and remove the temporary file (nothing is left at either name)."""
         if not self.fh.closed:
@@ -176,6 +188,63 @@ class PartFile:
             self.dir_fd = -1
 
 
+def _part_folder(dest_path: str, root: str | None, create: bool) -> tuple[str, str, int]:
+    """(folder, destination name, folder descriptor) of a download's destination."""
+    folder, name = os.path.split(os.path.abspath(dest_path))
+    _check_name(name)
+    if root is None:
+        if create:
+            os.makedirs(folder, exist_ok=True)
+        return folder, name, open_folder(folder)
+    return folder, name, open_folder(root, relative_parts(root, folder), create=create)
+
+
+def reopen_part(dest_path: str, root: str | None, part_name: str, size: int) -> PartFile:
+    """Reopen the temporary file an interrupted download left, cut to the ``size`` bytes known to be on disk.
+
+    Raises OSError (or :class:`LinkRefused`) when it is not there, not a
+    regular file of ours, or shorter than ``size``: the download then starts over.
+    """
+    if not is_part_name(part_name):
+        raise BadRequest(f"{part_name!r} is not the name of a download's temporary file")
+    folder, name, dir_fd = _part_folder(dest_path, root, create=False)
+    try:
+        fd = os.open(part_name, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or st.st_uid != os.getuid() or st.st_size < size:
+                raise FileNotFoundError(errno.ENOENT, "no usable temporary file", part_name)
+            os.ftruncate(fd, size)
+            os.lseek(fd, size, os.SEEK_SET)
+        except BaseException:
+            os.close(fd)
+            raise
+    except BaseException:
+        os.close(dir_fd)
+        raise
+    return PartFile(dir_fd, folder, name, part_name, os.fdopen(fd, "wb"))
+
+
+def remove_part(dest_path: str, root: str | None, part_name: str) -> bool:
+    """Remove the temporary file of a download that will not go on (a link there is removed, not followed).
+
+    True if something was removed. Only names of the shape :func:`part_name_for` gives are touched.
+    """
+    if not is_part_name(part_name):
+        raise BadRequest(f"{part_name!r} is not the name of a download's temporary file")
+    try:
+        _, _, dir_fd = _part_folder(dest_path, root, create=False)
+    except (OSError, BitnodeError):
+        return False  # its folder is gone (or is now a link): nothing of ours is left to remove
+    try:
+        os.unlink(part_name, dir_fd=dir_fd)
+        return True
+    except FileNotFoundError:
+        return False
+    finally:
+        os.close(dir_fd)
+
+
 def create_part(dest_path: str, root: str | None = None, part_name: str | None = None) -> PartFile:
     """Create the temporary file of a download of ``dest_path`` (exclusive, no-follow, mode 0600).
 
@@ -183,13 +252,7 @@ def create_part(dest_path: str, root: str | None = None, part_name: str | None =
     destination are made as needed and must not be links; without it the
     destination's folder is the one the user named (made if missing).
     """
-    folder, name = os.path.split(os.path.abspath(dest_path))
-    _check_name(name)
-    if root is None:
-        os.makedirs(folder, exist_ok=True)
-        dir_fd = open_folder(folder)
-    else:
-        dir_fd = open_folder(root, relative_parts(root, folder), create=True)
+    folder, name, dir_fd = _part_folder(dest_path, root, create=True)
     part = part_name or part_name_for(name)
     try:
         fd = os.open(_check_name(part), _NEW_FILE_FLAGS, 0o600, dir_fd=dir_fd)

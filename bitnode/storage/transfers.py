@@ -10,9 +10,12 @@ At start-up :meth:`TransferManager.resume_interrupted` looks at every version
 left ``uploading`` in the catalog: if its local file has the size and mtime
 recorded when the version began, an :class:`UploadJob` resumes it from
 ``catalog.resume_point()`` (acknowledged segments are not sent again);
-otherwise the version is abandoned and, if the file still exists, a new
-version of it is uploaded. :meth:`stop` pauses uploads (they resume after the
-next start) and cancels downloads, and fires once every job has come to rest.
+otherwise the version is abandoned (the history says why) and, if the file
+still exists, a new version of it is uploaded. :meth:`resume_downloads` does
+the same for the downloads the journal lists: each goes on from its last
+checkpoint. Jobs resumed carry ``after_restart``. :meth:`stop` pauses uploads
+and (with a journal) downloads, which resume after the next start, and fires
+once every job has come to rest.
 """
 
 from __future__ import annotations
@@ -24,9 +27,11 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from bitnode.errors import BitnodeError, Conflict, NotFound, Unavailable
+from bitnode.storage import local_files
 from bitnode.storage.catalog import UPLOADING, split_remote_path
-from bitnode.storage.job_context import StorageContext, abandon_version, stat_file
-from bitnode.storage.jobs import CANCELLED, DONE, FAILED_STATE, PAUSED, DownloadJob, UploadJob, _Job
+from bitnode.storage.download_job import DownloadJob
+from bitnode.storage.job_context import StorageContext, stat_file
+from bitnode.storage.jobs import CANCELLED, DONE, FAILED_STATE, PAUSED, UploadJob, _Job
 
 UPLOAD, DOWNLOAD = "upload", "download"
 AT_REST = frozenset({PAUSED, DONE, FAILED_STATE, CANCELLED, "NEW", "PENDING"})
@@ -109,24 +114,72 @@ class TransferManager:
                 seen = await ctx.run_in_thread(stat_file, source["local_path"])
             except BitnodeError:
                 seen = None
+            job = UploadJob(ctx, self, remote, source["local_path"], version_id=version_id)
+            job.after_restart = True
+            self._jobs[job.id] = job
             if seen is not None and seen.signature == (source["size"], source["mtime"]):
-                job = UploadJob(ctx, self, remote, source["local_path"], version_id=version_id)
-                self._jobs[job.id] = job
                 job.event("resume")
                 report.append({"version_id": version_id, "remote_path": remote, "action": "resumed", "job": job.id})
                 continue
-            # In the background: slow suppliers must not hold up the other resumes.
-            self.track(defer.Deferred.fromCoroutine(abandon_version(ctx, version_id)).addErrback(
-                lambda f, v=version_id: None if f.check(defer.CancelledError)
-                else self.log.failure("abandoning {version} failed", f, version=v)))
-            entry = {"version_id": version_id, "remote_path": remote, "action": "abandoned"}
+            why = "changed" if seen is not None else "is gone or cannot be read"
+            # Its blocks are deleted in the background: slow suppliers must not hold up the other resumes.
+            job.event("abandon", Conflict(f"interrupted by a stop or crash, and {source['local_path']} {why} "
+                                          "since: the unfinished version was abandoned"))
+            entry = {"version_id": version_id, "remote_path": remote, "action": "abandoned", "job": job.id}
             if seen is not None and self.find(UPLOAD, remote) is None:
                 try:
-                    entry["job"] = self.start_upload(source["local_path"], remote).id
-                    entry["action"] = "new version"
+                    again = self.start_upload(source["local_path"], remote)
+                    again.after_restart = True
+                    entry.update(job=again.id, action="new version")
                 except BitnodeError as err:
                     entry["error"] = str(err)
             report.append(entry)
+        return report
+
+    async def resume_after_restart(self, downloads: dict[str, dict], mine: Callable[[dict], bool]) -> dict:
+        """Uploads (:meth:`resume_interrupted`), then the journal's downloads (:meth:`resume_downloads`).
+
+        ``{"uploads": [...], "downloads": [...], "counts": {"uploads_resumed": 1, "downloads_cleaned_up": 2, ...}}``.
+        """
+        uploads = await self.resume_interrupted()
+        resumed = await self.resume_downloads(downloads, mine)
+        counts: dict[str, int] = {}
+        for kind, report in (("uploads", uploads), ("downloads", resumed)):
+            for entry in report:
+                key = f"{kind}_{entry['action'].replace(' ', '_')}"
+                counts[key] = counts.get(key, 0) + 1
+        return {"uploads": uploads, "downloads": resumed, "counts": counts}
+
+    async def resume_downloads(self, entries: dict[str, dict], mine: Callable[[dict], bool]) -> list[dict]:
+        """Go on with the downloads an earlier run left in the journal (``entries``, by part name).
+
+        ``mine(entry)``: whether this manager may resume it; the others (and
+        any that cannot start) have their part removed and end FAILED in the
+        history with the reason.
+        """
+        report = []
+        for entry in entries.values():
+            if self._stopping:
+                break
+            outcome = {"remote_path": entry["remote_path"], "local_path": entry["local_path"]}
+            try:
+                job = DownloadJob(self.ctx, self, entry["remote_path"], entry["local_path"],
+                                  entry["version_id"] or None, entry.get("root"), journal_entry=entry)
+            except BitnodeError as err:
+                await self.ctx.run_in_thread(local_files.remove_part, entry["local_path"], entry.get("root"),
+                                             entry["part_name"])
+                await self.ctx.download_journal.drop(entry["part_name"])
+                report.append(dict(outcome, action="cleaned up", error=str(err)))
+                continue
+            busy = self.find(DOWNLOAD, job.remote_path) is not None
+            self._jobs[job.id] = job
+            if mine(entry) and not busy:
+                job.event("start")
+                report.append(dict(outcome, action="resumed", job=job.id, from_bytes=entry["bytes_done"]))
+            else:
+                job.event("abandon", Unavailable("interrupted by a stop or crash and not resumed here: "
+                                                 "download it again"))
+                report.append(dict(outcome, action="cleaned up", job=job.id))
         return report
 
     # --- slots (called by the jobs) ------------------------------------------------------------
@@ -216,7 +269,7 @@ class TransferManager:
             job.event("suppliers-changed")
 
     def stop(self) -> defer.Deferred:
-        """Pause uploads and cancel downloads; fires when every job rests, then forgets the machines."""
+        """Pause uploads and downloads (a download without a journal is cancelled); fires when every job rests."""
         self._stopping = True
         waits = []
         for job in list(self._jobs.values()):

@@ -107,6 +107,10 @@ class RoundTripTests(ApiFilesTestCase):
                       wait_result=True)
         self.assertEqual(read(by_version), data)
         self.assertEqual((yield self.ok("transfers_list")), [])
+        ended = yield self.ok("transfers_list", include_finished=True)
+        self.assertEqual([(t["kind"], t["state"]) for t in ended],  # newest first
+                         [("download", "DONE"), ("download", "DONE"), ("upload", "DONE")])
+        self.assertFalse(any(t["after_restart"] for t in ended))
         self.assertEqual((yield self.ok("files_uploads")), {"running": [], "pending": []})
         self.assertEqual((yield self.ok("files_downloads")), [])
 

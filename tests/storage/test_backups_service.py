@@ -24,6 +24,7 @@ from bitnode.storage.ports import IStorageServer
 from bitnode.userid.id_service import IdentityService
 from tests.interface.support import start_node, wait_until
 from tests.storage.test_jobs import read, write
+from tests.storage.test_local_files import parts_beside
 from tests.userid.fakes import SERVER, FakeClient, FakeServers
 
 ME = "alice@id.example.net_8084"
@@ -41,6 +42,7 @@ class Gate:
     def __init__(self, store: MemoryStorageServer):
         self.store = store
         self.budget: int | None = None
+        self.fetch_budget: int | None = None  # fetches answered before the next ones hang
         self.offline = False
         self.stores = 0
         self.held: list[defer.Deferred] = []
@@ -62,6 +64,12 @@ class Gate:
         return self.store.store_block(customer_id, path, data)
 
     def fetch_block(self, customer_id, path):
+        if self.fetch_budget is not None:
+            if self.fetch_budget <= 0:
+                held = defer.Deferred()
+                self.held.append(held)
+                return held
+            self.fetch_budget -= 1
         return defer.maybeDeferred(self._check).addCallback(lambda _: self.store.fetch_block(customer_id, path))
 
     def list_blocks(self, customer_id, prefix):
@@ -283,6 +291,33 @@ class RestartTests(StorageNodeTestCase):
         yield wait_until(lambda: service.catalog.version(version_id)["state"] == COMPLETE)
         self.assertEqual(fresh.stores_sent(), 3 * 5)
         self.assertEqual((yield self.download(service, MASTER + ":big.bin")), data)
+
+    @defer.inlineCallbacks
+    def test_a_download_stopped_mid_way_goes_on_after_restart_and_service_info_says_so(self):
+        basedir = self.mktemp()
+        node, service = yield self.start(basedir, overrides={"services/backups/download-checkpoint": 1024 * 1024})
+        _, _, data = yield self.upload(service, size=5 * SEG)
+        for gate in self.provider.gates.values():
+            gate.fetch_budget = 3  # three segments come back (k=3 data blocks each), then nothing
+        target = os.path.join(os.path.abspath(self.mktemp()), "out.bin")
+        job = service.transfers.start_download(MASTER + ":docs/a.bin", target)
+        yield wait_until(lambda: sum(len(g.held) for g in self.provider.gates.values()) == 3)
+        yield node.stopService()
+        self.assertEqual(job.state, "PAUSED")
+        self.assertEqual(len(parts_beside(target)), 1)
+
+        fresh = GridProvider(self.provider.stores)
+        node, service = yield self.start(basedir, provider=fresh)
+        yield wait_until(lambda: service.transfers.recent("download"))
+        self.assertEqual(read(target), data)
+        self.assertEqual(parts_beside(target), [])
+        self.assertEqual(service.status()["transfers_resumed"], {"downloads_resumed": 1})
+        events, _ = node.events.since(0)
+        resumed = [e.data for e in events if e.event_id == "transfers-resumed"]
+        self.assertEqual(resumed[0]["downloads"][0]["from_bytes"], 3 * SEG)
+        finished = service.transfers.recent("download")[0]
+        self.assertEqual((finished["state"], finished["after_restart"]), ("DONE", True))
+        self.assertEqual(finished["result"]["resumed_from_segment"], 3)
 
     @defer.inlineCallbacks
     def test_new_machine_with_only_the_private_key_gets_the_catalog_and_the_file(self):

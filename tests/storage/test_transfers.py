@@ -144,9 +144,17 @@ class StopAndResumeTests(unittest.TestCase):
         os.unlink(self.source)
         h = self.restart()
         report = self.successResultOf(_run(h.manager.resume_interrupted()))
-        self.assertEqual(report, [{"version_id": old, "remote_path": REMOTE, "action": "abandoned"}])
+        self.assertEqual([(r["version_id"], r["remote_path"], r["action"]) for r in report],
+                         [(old, REMOTE, "abandoned")])
         h.clock.pump([1.0] * 2)
         self.assertEqual(h.catalog.versions(), [])
+        # No half-made entry is left: the file item its first upload made goes with it (the folder stays).
+        self.assertFalse(h.catalog.exists(KEY_ID, "docs/a.bin"))
+        self.assertTrue(h.catalog.exists(KEY_ID, "docs"))
+        # The history says what happened to it.
+        ended = h.manager.recent("upload")[0]
+        self.assertEqual((ended["state"], ended["after_restart"], ended["version_id"]), ("FAILED", True, None))
+        self.assertIn("is gone or cannot be read since: the unfinished version was abandoned", ended["error"])
 
     def test_stop_pauses_uploads_and_cancels_downloads_then_restart_resumes(self):
         other, other_data = write(self, 2 * SEG, seed=3)
