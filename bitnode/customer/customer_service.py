@@ -25,15 +25,17 @@ catalog backups. A change of needed-space or suppliers-number asks the
 connected suppliers again with the new quota.
 
 The roster (positions: position i holds block i) is ``metadata/suppliers.json``.
-After every change of it: the event ``suppliers-changed`` is published (with
-the positions, the reason and the revision), and the signed DHT record
-``suppliers:<my global id>`` is written (value: my IDURL, ``ecc_map`` "k-of-n",
-the positions as IDURLs, "" for an empty one, and the roster revision); it is
-re-written every 12 hours and lives 24. A node that starts with no roster file
-at all (a recovered identity on a new machine) first reads that record back —
-only if it is signed with my identity's packet key — and takes those
-positions, so the catalog backup on those suppliers can be found again; it
-also takes the record's k-of-n as its ``suppliers-number`` (and
+After every change of it the event ``suppliers-changed`` is published (with
+the positions, the reason and the revision), and my signed suppliers record
+is written (:mod:`bitnode.customer.suppliers_record`: signed with my master
+key, living ``suppliers-record-ttl`` seconds, handed to each supplier, who
+keeps it alive in the DHT while it holds my data); it is written again every
+``ttl/2`` and when that setting changes. A node that starts with no roster
+file at all (a recovered identity on a new machine) first reads that record
+back — until the DHT answers: without DHT peers it waits and asks again, it
+never hires strangers in place of suppliers it could not look for — and
+takes those positions, so the catalog backup on those suppliers can be found
+again; it also takes the record's k-of-n as its ``suppliers-number`` (and
 ``services/backups/data-blocks`` when ceil(n/2) is not k), so none of those
 suppliers is fired as "not needed".
 
@@ -66,16 +68,10 @@ from bitnode.customer.remote_store import RemoteStorageServer
 from bitnode.customer.roster import SupplierRoster
 from bitnode.customer.supplier_connector import SupplierConnector
 from bitnode.customer.supplier_finder import SupplierFinder
-from bitnode.customer.suppliers_record import (
-    RECORD_TTL,
-    REPUBLISH_AFTER,
-    lookup_suppliers,
-    suppliers_key,
-)
-from bitnode.dht import records
+from bitnode.customer.suppliers_record import DEFAULT_TTL, TTL_KEY, RecordPublisher, find_record
 from bitnode.dht.dht_service import DHTService
 from bitnode.errors import BadRequest, BitnodeError, Conflict, Forbidden, NotFound, Unavailable
-from bitnode.main.options import FLOAT, Option
+from bitnode.main.options import FLOAT, INTEGER, Option
 from bitnode.p2p.network_service import NetworkService
 from bitnode.services.base import Service
 from bitnode.services.context import NodeContext
@@ -89,7 +85,6 @@ from bitnode.userid.id_service import IdentityService
 PREFIX = "services/customer/"
 WANTED_KEY = PREFIX + "suppliers-number"
 NEEDED_KEY = PREFIX + "needed-space"
-PUBLISH_RETRY = 60.0
 #: fire_hire is idle in these (storage waits for them before it checks the suppliers).
 SETTLED_STATES = ("READY", "WAITING", "CLOSED")
 #: Commands about the contract (answered at once); the others move blocks.
@@ -124,6 +119,9 @@ class CustomerService(Service):
                "Seconds this process may have stood still (a late tick, or the wall clock jumping against the "
                "monotonic one) before fire_hire treats it as a pause and asks every supplier again before "
                "judging anyone.", minimum=0.05, maximum=86400.0),
+        Option(TTL_KEY, INTEGER, DEFAULT_TTL,
+               "Lifetime in seconds written into my signed suppliers record; I and my suppliers store it "
+               "again at half of it, so it outlives my machine.", minimum=10, maximum=30 * 86400),
     )
     log = Logger()
 
@@ -134,15 +132,13 @@ class CustomerService(Service):
         self.finder: SupplierFinder | None = None
         self.fire_hire: FireHire | None = None
         self._route: Any = None
-        self.dht_revision: int | None = None
-        self.dht_error = ""
+        self.publisher: RecordPublisher | None = None
+        self.lookup_error = ""
+        self._recovering: defer.Deferred | None = None
         self.recovered_from_dht = False
         self._my_id = ""
         self._servers: dict[str, RemoteStorageServer] = {}
         self._waiters: list[defer.Deferred] = []
-        self._publishing = False
-        self._publish_again = False
-        self._publish_call: Any = None
         self._unsubscribe_events: Any = None
 
     # --- lifecycle ----------------------------------------------------------------------
@@ -165,14 +161,21 @@ class CustomerService(Service):
                                   data_blocks=self.data_blocks, cancel_service=self.cancel_service,
                                   pause_tolerance=lambda: float(settings.get(PREFIX + "pause-tolerance")))
         self.fire_hire.add_state_listener(self._fire_hire_changed)
+        identity = self.deps.identity
+        self.publisher = RecordPublisher(ctx.clock, ctx.call_later, ctx.run_in_thread, lambda: self.roster,
+                                         self._ecc_map, identity.master_private_key,
+                                         lambda: identity.my_idurl() or "", lambda: settings.get(TTL_KEY),
+                                         self._dht, self._hand_record)
         self._unsubscribe_events = ctx.events.subscribe(self._on_event)
         settings.add_listener(WANTED_KEY, self._wanted_changed)
         settings.add_listener(NEEDED_KEY, self._needed_changed)
+        settings.add_listener(TTL_KEY, self._ttl_changed)
         self._route = gateway.router.add(Command.CANCEL_SERVICE, self._on_rejection, accepts=_is_rejection,
                                          owner=self.name)
         gateway.router.refuse(wire.MARKET_COMMANDS, wire.SUPPLIER_OFF)
-        d = defer.Deferred.fromCoroutine(self._recover()) if fresh else defer.succeed(None)
-        d.addErrback(lambda f: self.log.failure("looking for my suppliers in the DHT failed", f))
+        d = self._recovering = defer.Deferred.fromCoroutine(self._recover()) if fresh else defer.succeed(None)
+        d.addErrback(lambda f: None if f.check(defer.CancelledError)
+                     else self.log.failure("looking for my suppliers in the DHT failed", f))
         d.addCallback(self._begin)
         d.addErrback(lambda f: self.log.failure("fire_hire did not start", f))
 
@@ -187,14 +190,14 @@ class CustomerService(Service):
             reason = "recovered from the DHT" if self.recovered_from_dht else "service started"
             self.ctx.events.publish("suppliers-changed", {"positions": list(self.roster.positions),
                                                            "reason": reason, "revision": self.roster.revision})
-            if self.dht_revision is None:
-                self.publish_suppliers()
+            self.publish_suppliers()
 
     def stop(self) -> None:
         """Stop the machines (contracts stay: the suppliers keep our data), release waiters."""
         settings = self.ctx.settings
         settings.remove_listener(WANTED_KEY, self._wanted_changed)
         settings.remove_listener(NEEDED_KEY, self._needed_changed)
+        settings.remove_listener(TTL_KEY, self._ttl_changed)
         if self._unsubscribe_events is not None:
             self._unsubscribe_events()
             self._unsubscribe_events = None
@@ -207,9 +210,10 @@ class CustomerService(Service):
         self.finder = None
         self.roster = None
         self._servers.clear()
-        if self._publish_call is not None and self._publish_call.active():
-            self._publish_call.cancel()
-        self._publish_call = None
+        if self.publisher is not None:
+            self.publisher.stop()
+        if self._recovering is not None and not self._recovering.called:
+            self._recovering.cancel()
         self._release_waiters()
 
     def status(self) -> dict:
@@ -222,9 +226,21 @@ class CustomerService(Service):
                 "fire_hire": fire_hire.state, "supplier_finder": self.finder.state if self.finder else None,
                 "shortage": fire_hire.shortage, "roster_revision": roster.revision,
                 "dht_revision": self.dht_revision, "dht_error": self.dht_error,
+                "suppliers_record": self.publisher.status() if self.publisher else {},
                 "quota_per_supplier": self.quota_bytes(), "recovered_from_dht": self.recovered_from_dht,
+                "lookup_error": self.lookup_error,
                 "waiting": fire_hire.waiting, "reprobes": fire_hire.reprobes, "pauses": fire_hire.watch.pauses,
                 "retiring": len(roster.retiring), "releasing": len(roster.releasing)}
+
+    @property
+    def dht_revision(self) -> int | None:
+        """The revision of my suppliers record the DHT took last (None before the first)."""
+        return self.publisher.dht_revision if self.publisher is not None else None
+
+    @property
+    def dht_error(self) -> str:
+        """Why my suppliers record is not in the DHT now ("" when it is)."""
+        return self.publisher.dht_error if self.publisher is not None else ""
 
     # --- settings -----------------------------------------------------------------------
 
@@ -254,6 +270,10 @@ class CustomerService(Service):
 
     def _needed_changed(self, key: str, old: Any, new: Any) -> None:
         self._ask_new_quota()
+
+    def _ttl_changed(self, key: str, old: Any, new: Any) -> None:
+        if self.roster is not None and self.roster.hired():
+            self.publish_suppliers()  # the lifetime a record carries is the one it was signed with
 
     def _ask_new_quota(self) -> None:
         if self.fire_hire is None:
@@ -398,84 +418,46 @@ class CustomerService(Service):
                                                        "revision": revision})
         self.publish_suppliers()
 
-    def record_value(self) -> dict:
-        """The value of my ``suppliers`` DHT record, from the current roster."""
-        positions = list(self.roster.positions)
-        n = len(positions)
-        identity = self.deps.identity
-        return {"customer_idurl": identity.my_idurl() or "",
-                "ecc_map": k_of_n.ecc_map(n, k_of_n.configured_data_blocks(self.ctx.settings)),
-                "suppliers": [globalid.global_id_to_idurl(s) if s else "" for s in positions],
-                "revision": self.roster.revision}
+    def _ecc_map(self, n: int) -> str:
+        return k_of_n.ecc_map(n, k_of_n.configured_data_blocks(self.ctx.settings))
 
     def publish_suppliers(self) -> None:
-        """Write my suppliers record to the DHT now (once at a time; again if the roster changed meanwhile)."""
-        if self.roster is None:
-            return
-        if self._publishing:
-            self._publish_again = True
-            return
-        if self._publish_call is not None and self._publish_call.active():
-            self._publish_call.cancel()
-        self._publish_call = None
-        self._publishing = True
-        d = defer.Deferred.fromCoroutine(self._publish())
+        """Sign my suppliers record now, store it in the DHT and hand it to my suppliers."""
+        if self.roster is not None and self.publisher is not None:
+            self.publisher.publish()
 
-        def done(result: Any) -> Any:
-            self._publishing = False
-            if self._publish_again:
-                self._publish_again = False
-                self.publish_suppliers()
-            return result
+    def _dht(self) -> DHTService:
+        if not self.deps.is_on("dht"):
+            raise Unavailable(f"{DHTService.name} is not running")
+        return self.deps.dht
 
-        d.addBoth(done)
-        d.addErrback(lambda f: self.log.failure("publishing my suppliers failed", f))
-
-    async def _publish(self) -> None:
-        roster = self.roster
-        revision = roster.revision
+    def _hand_record(self, supplier_id: str, payload: bytes) -> defer.Deferred:
+        """A ``Contacts`` packet with my signed suppliers record; fires when the supplier acknowledged it."""
         try:
-            if not self.deps.is_on("dht"):
-                raise Unavailable(f"{DHTService.name} is not running")
-            dht = self.deps.dht
-            if not (dht.dht is not None and dht.dht.stats()["contacts"].get("0")):
-                raise Unavailable("the DHT knows no other node yet")
-            await dht.set_value(suppliers_key(self._my_id), self.record_value(), expire=RECORD_TTL,
-                                record_type=records.SUPPLIERS)
-        except BitnodeError as err:
-            self.dht_error = str(err)
-            self.log.info("suppliers record not published (retry in {s:.0f}s): {err}", s=PUBLISH_RETRY, err=err)
-            self._publish_later(PUBLISH_RETRY)
-            return
-        self.dht_revision, self.dht_error = revision, ""
-        self._publish_later(REPUBLISH_AFTER)
-
-    def _publish_later(self, delay: float) -> None:
-        if self.roster is None or self._publish_again:
-            return  # stopped, or a newer publish comes right away
-        self._publish_call = self.ctx.call_later(delay, self.publish_suppliers)
+            gateway = self.deps.gateway.require_gateway()
+        except Unavailable as err:
+            return defer.fail(err)
+        timeout = self.ctx.settings.get(PREFIX + "request-timeout")
+        return gateway.request(Command.CONTACTS, supplier_id, payload, timeout=timeout)
 
     async def _recover(self) -> None:
-        """No roster on disk: take the positions my suppliers record in the DHT names, if any."""
-        dht = self.deps.dht
-        if dht.dht is not None and not dht.dht.stats()["contacts"].get("0"):
-            try:
-                await dht.bootstrap()
-            except Exception as err:  # noqa: BLE001 - no DHT peers: nothing to recover from
-                self.log.info("no DHT peers to recover my suppliers from: {err}", err=err)
-                return
-        try:
-            found = await lookup_suppliers(self.deps.dht, self.deps.identity, self._my_id)
-        except BitnodeError as err:
-            self.log.info("no suppliers record of mine in the DHT: {err}", err=err)
-            return
+        """No roster on disk: take the positions my suppliers record names, once the DHT can say (see find_record)."""
+        found = await find_record(self.ctx.clock, self._dht, self.deps.identity, self._my_id, self._note_lookup)
+        self.lookup_error = ""
+        if found is not None:
+            self._take_positions(found)
+
+    def _note_lookup(self, problem: str) -> None:
+        self.lookup_error = problem
+        self.log.info("looking for my suppliers record: {problem}", problem=problem)
+
+    def _take_positions(self, found: dict) -> None:
         roster = self.roster
         if roster is None or roster.positions or not any(found["suppliers"]):
             return
         roster.revision = found["revision"]
         roster.save(found["suppliers"])
         self.recovered_from_dht = True
-        self.dht_revision = found["revision"]  # what the DHT holds now
         self.log.info("took my suppliers from the DHT (revision {rev}): {positions}", rev=found["revision"],
                       positions=found["suppliers"])
         self._adopt_ecc_map(found["ecc_map"], len(found["suppliers"]))

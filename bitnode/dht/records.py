@@ -15,11 +15,12 @@ whole seconds (ints), so the canonical form is the same in any language.
 Keys are namespaced strings: ``nickname:``, ``identity:`` and ``suppliers:``
 keys must carry records of that type; ``skip_validation`` records may use any
 other key (``app:x``, or a plain ``abcd`` as in the API examples). A
-``nickname:X`` record must have ``value.nickname == X``. A ``suppliers``
-record names canonical IDURLs: its customer and, position by position, up to
-:data:`MAX_SUPPLIERS` suppliers ("" for an empty position). Who wrote it is
-checked by its readers against the customer's identity (see
-:func:`bitnode.customer.suppliers_record.lookup_suppliers`).
+``nickname:X`` record must have ``value.nickname == X``. ``suppliers`` and
+``identity`` records are *key-bound* (:data:`KEY_BOUND_TYPES`, see
+:mod:`bitnode.dht.bound_values`): the key names the fingerprint of an
+identity's master key, the value is signed by that key, and anyone may publish
+a copy (a customer's suppliers keep its record alive), so their envelope
+writer proves nothing.
 
 The writer's key is an Ed25519 private key, given either as a
 :class:`bitnode.crypt.fastsign.Ed25519PrivateKey` (what the identity service
@@ -27,10 +28,15 @@ holds) or as a raw pycryptodome ``EccKey``; the DHT never creates or stores it.
 
 Overwrite rules (:func:`check_replace`), for an unexpired stored record:
 
+* key-bound types: the signed value decides, whoever publishes it: a newer one
+  (:func:`bound_values.order`) replaces; the same signed value replaces only
+  with a later ``expires`` (a re-store renews it); an older one is refused. Its
+  envelope may live at most what the value allows
+  (:func:`bound_values.max_lifetime`: a suppliers value's signed ``ttl``).
 * same writer key: a strictly higher ``seq`` replaces; the identical record is
   accepted again (a refresh); anything else is refused.
-* different writer, ``nickname`` / ``identity`` / ``suppliers``: refused — the
-  first owner holds the key until its record expires.
+* different writer, ``nickname``: refused — the first owner holds the key
+  until its record expires.
 * different writer, ``skip_validation``: last writer wins — a strictly newer
   ``created`` replaces (equal ``created``: the larger signature wins, so every
   node picks the same one).
@@ -58,22 +64,22 @@ from Crypto.PublicKey import ECC
 from Crypto.Signature import eddsa
 
 from bitnode.crypt.fastsign import Ed25519PrivateKey
+from bitnode.dht import bound_values
 from bitnode.dht.ids import key_to_id
 from bitnode.errors import BadRequest, Conflict
-from bitnode.globalid import is_canonical_idurl
 
 RECORD_VERSION = 1
 SIGNING_CONTEXT = b"bitnode-dht-record-v1\n"
 NICKNAME = "nickname"
-IDENTITY = "identity"
-SUPPLIERS = "suppliers"
+IDENTITY = bound_values.IDENTITY
+SUPPLIERS = bound_values.SUPPLIERS
 SKIP_VALIDATION = "skip_validation"
 RECORD_TYPES = frozenset({NICKNAME, IDENTITY, SUPPLIERS, SKIP_VALIDATION})
 #: first claim wins; ``created`` must be fresh when a node first stores one (see the module docstring)
 FIRST_COME_TYPES = frozenset({NICKNAME})
-#: the holder is the identity whose key signed it (readers check the identity)
-KEY_BOUND_TYPES = frozenset({IDENTITY, SUPPLIERS})
-#: no other writer may replace a stored record of these types until it expires
+#: bound to an identity's master key: any publisher, the signed value decides (see :mod:`bitnode.dht.bound_values`)
+KEY_BOUND_TYPES = bound_values.BOUND_TYPES
+#: typed namespaces (``type:name`` keys); only first-come ones are held by their first writer
 FIRST_OWNER_TYPES = FIRST_COME_TYPES | KEY_BOUND_TYPES
 MAX_KEY_LEN = 256
 MAX_RECORD_BYTES = 6144
@@ -81,8 +87,6 @@ MAX_TTL = 30 * 24 * 3600
 MAX_CLOCK_SKEW = 600
 #: default for how old ``created`` may be when a node first stores a first-come record (a setting in the service)
 FIRST_COME_MAX_AGE = 600.0
-#: Positions a suppliers record may list (a customer hires at most 16; room for growth).
-MAX_SUPPLIERS = 64
 
 _FIELDS = ("version", "key", "value", "record_type", "writer_pubkey", "created", "expires", "seq", "signature")
 
@@ -203,6 +207,10 @@ def verify(record: Record, now: float) -> None:
         raise InvalidRecord("record created in the future")
     if not record.created < record.expires <= record.created + MAX_TTL:
         raise InvalidRecord(f"expires must be after created and at most {MAX_TTL}s later")
+    if record.record_type in KEY_BOUND_TYPES:
+        lifetime = bound_values.max_lifetime(record.record_type, record.value)
+        if record.expires - record.created > lifetime:
+            raise InvalidRecord(f"the value allows its record to live at most {lifetime}s")
     if len(record.to_json().encode("utf-8")) > MAX_RECORD_BYTES:
         raise InvalidRecord(f"record larger than {MAX_RECORD_BYTES} bytes")
     try:
@@ -242,35 +250,18 @@ def check_shape(record_type: str, key: str, value: Any) -> None:
     if record_type == SKIP_VALIDATION:
         _canonical(value)
         return
-    if not isinstance(value, dict):
-        raise InvalidRecord(f"{record_type} value must be an object")
-    expected = {
-        NICKNAME: {"idurl", "nickname"},
-        IDENTITY: {"idurl", "xml"},
-        SUPPLIERS: {"customer_idurl", "ecc_map", "suppliers", "revision"},
-    }[record_type]
-    if set(value) != expected:
-        raise InvalidRecord(f"{record_type} value must have exactly: {', '.join(sorted(expected))}")
-    if record_type == NICKNAME:
-        _need_str(value, "idurl")
-        _need_str(value, "nickname")
-        if key != f"{NICKNAME}:{value['nickname']}":
-            raise InvalidRecord("nickname key must be nickname:<value.nickname>")
-    elif record_type == IDENTITY:
-        _need_str(value, "idurl")
-        _need_str(value, "xml")
-    else:
-        _need_str(value, "customer_idurl")
-        _need_str(value, "ecc_map")
-        if not is_canonical_idurl(value["customer_idurl"]):
-            raise InvalidRecord("value.customer_idurl must be a canonical IDURL")
-        suppliers = value["suppliers"]
-        if not isinstance(suppliers, list) or not all(isinstance(s, str) for s in suppliers):
-            raise InvalidRecord("value.suppliers must be a list of idurl strings ('' for an empty slot)")
-        if len(suppliers) > MAX_SUPPLIERS or not all(s == "" or is_canonical_idurl(s) for s in suppliers):
-            raise InvalidRecord(f"value.suppliers must hold at most {MAX_SUPPLIERS} canonical IDURLs or ''")
-        if type(value["revision"]) is not int or value["revision"] < 0:
-            raise InvalidRecord("value.revision must be an int >= 0")
+    if record_type in KEY_BOUND_TYPES:
+        try:
+            bound_values.check_value(record_type, key, value)
+        except bound_values.InvalidBoundValue as err:
+            raise InvalidRecord(str(err)) from None
+        return
+    if not isinstance(value, dict) or set(value) != {"idurl", "nickname"}:
+        raise InvalidRecord(f"{record_type} value must have exactly: idurl, nickname")
+    _need_str(value, "idurl")
+    _need_str(value, "nickname")
+    if key != f"{NICKNAME}:{value['nickname']}":
+        raise InvalidRecord("nickname key must be nickname:<value.nickname>")
 
 
 def parse_and_verify(data: Any, now: float) -> Record:
@@ -300,6 +291,13 @@ def check_replace(old: Record | None, new: Record, now: float) -> bool:
         return True
     if new == old:
         return False
+    if new.record_type in KEY_BOUND_TYPES and old.record_type == new.record_type:
+        newer, older = bound_values.order(new.record_type, new.value), bound_values.order(old.record_type, old.value)
+        if newer > older:
+            return True
+        if newer == older:
+            return new.expires > old.expires  # the same signed value: a later expiry renews it
+        raise RecordConflict(f"an older value for {new.key}: a newer one is stored")
     if new.writer_pubkey == old.writer_pubkey:
         if new.seq > old.seq:
             return True
@@ -317,7 +315,8 @@ def pick_best(records: list[Record], now: float) -> Record | None:
     * first-come types: the writer whose record the most nodes returned; ties go to
       the earliest ``created``, then the smaller writer key. ``created`` alone never
       decides: it is the writer's claim (see :func:`check_fresh`).
-    * key-bound types: the earliest-created writer.
+    * key-bound types: the newest signed value (:func:`bound_values.order`),
+      whoever published it, then the latest ``expires`` (that copy is returned).
     * ``skip_validation``: the newest wins, as in :func:`check_replace`.
 
     Of the chosen writer's copies, the one with the highest ``seq`` is returned.
@@ -325,6 +324,8 @@ def pick_best(records: list[Record], now: float) -> Record | None:
     live = [r for r in records if not r.is_expired(now)]
     if not live:
         return None
+    if any(r.record_type in KEY_BOUND_TYPES for r in live):
+        return max(live, key=lambda r: (bound_values.order(r.record_type, r.value), r.expires))
     newest_per_writer: dict[str, Record] = {}
     for r in live:
         cur = newest_per_writer.get(r.writer_pubkey)
@@ -332,8 +333,6 @@ def pick_best(records: list[Record], now: float) -> Record | None:
             newest_per_writer[r.writer_pubkey] = r
     if any(r.record_type in FIRST_COME_TYPES for r in live):
         return newest_per_writer[_pick_first_come(live)]
-    if any(r.record_type in KEY_BOUND_TYPES for r in live):
-        return newest_per_writer[_pick_key_bound(live)]
     return max(newest_per_writer.values(), key=lambda r: (r.created, r.signature))
 
 
@@ -346,10 +345,3 @@ def _pick_first_come(live: list[Record]) -> str:
         first_created[r.writer_pubkey] = min(first_created.get(r.writer_pubkey, r.created), r.created)
     return min(copies, key=lambda w: (-copies[w], first_created[w], w))
 
-
-def _pick_key_bound(live: list[Record]) -> str:
-    """The writer key whose earliest copy was created first (readers check it against the identity)."""
-    first_created: dict[str, int] = {}
-    for r in live:
-        first_created[r.writer_pubkey] = min(first_created.get(r.writer_pubkey, r.created), r.created)
-    return min(first_created, key=lambda w: (first_created[w], w))

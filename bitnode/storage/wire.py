@@ -41,7 +41,7 @@ WIRE_VERSION = 1
 SUPPLIERS_LAYER = 1
 #: Commands a supplier serves (CancelService also carries suppliers' rejection notices).
 MARKET_COMMANDS = (Command.REQUEST_SERVICE, Command.CANCEL_SERVICE, Command.DATA, Command.RETRIEVE,
-                   Command.LIST_FILES, Command.DELETE_FILE, Command.DELETE_BACKUP)
+                   Command.LIST_FILES, Command.DELETE_FILE, Command.DELETE_BACKUP, Command.CONTACTS)
 #: The Fail answer to a storage command while the node serves no supplier.
 SUPPLIER_OFF = "supplier service is not running"
 #: The Fail answer to a rejection notice while the node runs no customer side.
@@ -152,6 +152,20 @@ def decode_files_page(payload: bytes) -> tuple[dict[str, tuple[int, str]], str]:
             raise BadRequest(f"Files entry for {path!r} is malformed")
         out[path] = (entry[0], entry[1])
     return out, after
+
+
+def contacts_payload(value: dict) -> bytes:
+    """The ``Contacts`` payload that hands a customer's signed suppliers record to one of its suppliers."""
+    return encode_json({"version": WIRE_VERSION, "suppliers_record": value})
+
+
+def parse_contacts_payload(payload: bytes) -> dict:
+    """The suppliers record inside a ``Contacts`` payload (its signature is checked by the keeper); BadRequest."""
+    body = decode_json(payload)
+    value = body.get("suppliers_record") if isinstance(body, dict) else None
+    if not isinstance(value, dict):
+        raise BadRequest("a Contacts packet must carry suppliers_record")
+    return value
 
 
 def rejection_notice(reason: str) -> bytes:

@@ -27,6 +27,12 @@ customers pick candidates there with ``random_nodes(SUPPLIERS_LAYER, n)``.
 The DHT re-announces its layers on every bootstrap, so a supplier that started
 before the DHT knew anyone is still found later.
 
+Customers' suppliers records: a customer hands its signed suppliers record
+over in a ``Contacts`` packet; the :class:`~bitnode.supplier.record_keeper.RecordKeeper`
+(``self.records``, files under ``basedir/metadata/customer-records/``) checks
+it, keeps it and stores it again in the DHT every ``ttl/2`` while the
+customer is one of ours, so the record outlives the customer's machine.
+
 ``customer_reject`` ends a contract from this side: the customer's data is
 deleted, it may not come back, and it is told with a ``CancelService`` packet
 whose JSON payload says ``{"rejected": true, "reason": ...}``
@@ -77,9 +83,11 @@ from bitnode.supplier import shared_reads
 from bitnode.supplier.contracts import DAY, ContractSweeper, ContractTerms
 from bitnode.supplier.desk import SupplierDesk
 from bitnode.supplier.disk_store import DiskStore, StoreLimits, tree_size
+from bitnode.supplier.record_keeper import RecordKeeper
 from bitnode.supplier.request_limits import RateSettings, RequestLimits
 from bitnode.transport.commands import Command
 from bitnode.transport.gateway_service import GatewayService
+from bitnode.userid.id_service import IdentityService
 
 PREFIX = "services/supplier/"
 DONATED_KEY = PREFIX + "donated-space"
@@ -109,7 +117,7 @@ class SupplierService(Service):
     """Stores customers' blocks within the donated space; see the module docstring."""
 
     name = "service_supplier"
-    requires = {"gateway": GatewayService, "dht": DHTService}
+    requires = {"gateway": GatewayService, "dht": DHTService, "identity": IdentityService}
     optional = {"network": NetworkService}
     enabled_by_default = False
     description = "Keep other users' encrypted blocks in the disk space you donate"
@@ -153,6 +161,7 @@ class SupplierService(Service):
         self.layer_joined = False
         self.layer_error = ""
         self._busy: set[defer.Deferred] = set()
+        self.records: RecordKeeper | None = None
         self.limits = RequestLimits(ctx.clock, self._rate_settings())
         self.sweeper: ContractSweeper | None = None
         self.contracts_ended: Counter[str] = Counter()
@@ -174,8 +183,15 @@ class SupplierService(Service):
         d.addCallback(self._opened, gateway)
         return d
 
-    def _opened(self, desk: SupplierDesk, gateway: Any) -> None:
+    def _opened(self, desk: SupplierDesk, gateway: Any) -> defer.Deferred:
         self.desk = desk
+        self.records = RecordKeeper(self.ctx.clock, self.ctx.run_in_thread,
+                                    os.path.join(self.ctx.basedir.metadata, "customer-records"), self._dht,
+                                    self._master_key_of, lambda customer_id: customer_id in desk.customers,
+                                    renew=self.renew_contract)
+        return self.records.start().addCallback(self._ready, desk, gateway)
+
+    def _ready(self, _: Any, desk: SupplierDesk, gateway: Any) -> None:
         self.accepting = True
         self._gateway = gateway
         self.limits.configure(self._rate_settings())
@@ -297,6 +313,15 @@ class SupplierService(Service):
             return
         self.layer_joined, self.layer_error = True, ""
 
+    def _dht(self) -> DHTService:
+        if not self.deps.is_on("dht"):
+            raise Unavailable(f"{DHTService.name} is not running")
+        return self.deps.dht
+
+    def _master_key_of(self, customer_id: str) -> defer.Deferred:
+        d = self.deps.identity.fetch_identity(customer_id)
+        return d.addCallback(lambda identity: identity.rsa_public_key())
+
     def stop(self) -> defer.Deferred:
         """Refuse new work ("not running"), let the commands being served finish, then close."""
         self.accepting = False
@@ -304,7 +329,7 @@ class SupplierService(Service):
         if self._gateway is not None:
             self._gateway.remove_listener(self._traffic)
             self._gateway = None
-        waits = list(self._busy)
+        waits = list(self._busy) + ([self.records.stop()] if self.records is not None else [])
         if self.sweeper is not None:
             waits.append(self.sweeper.stop())
         d = defer.DeferredList(waits, consumeErrors=True)
@@ -322,6 +347,7 @@ class SupplierService(Service):
         def cleared(_):
             self.desk = None
             self.sweeper = None
+            self.records = None
             self.layer_joined = False
             if self._route is not None:
                 # The gateway keeps answering "not running" (a customer learns at once, not after a timeout).
@@ -350,6 +376,7 @@ class SupplierService(Service):
             "orphans_adopted": len(desk.orphans_adopted) if desk else 0,
             "contracts": dict(self.sweeper.counters, ended=dict(self.contracts_ended),
                               writes=desk.book.writes) if desk and self.sweeper else {},
+            "customer_records": self.records.status() if self.records is not None else {},
         }
 
     # --- packets ------------------------------------------------------------------------
@@ -381,11 +408,25 @@ class SupplierService(Service):
             return _answer(gateway, packet, Command.FAIL, FOREIGN_OWNER.encode("utf-8"))
         customer_id = packet.creator_id
         self.served[packet.command] += 1
+        if packet.command == Command.CONTACTS.value:
+            d = self._keep_record(customer_id, packet.payload)
+            return self._track(d.addCallback(lambda reply: _answer(gateway, packet, reply[0], reply[1])))
         d = desk.handle(customer_id, packet.command, packet.payload)
         if packet.command == Command.REQUEST_SERVICE.value:
             d.addCallback(self._with_usage, desk, customer_id)
         d.addCallback(lambda reply: _answer(gateway, packet, reply[0], reply[1]))
         return self._track(d)
+
+    def _keep_record(self, customer_id: str, payload: bytes) -> defer.Deferred:
+        """A customer's Contacts packet: keep its signed suppliers record (Ack) or say why not (Fail)."""
+        d = defer.maybeDeferred(lambda: self.records.receive(customer_id, wire.parse_contacts_payload(payload)))
+        d.addCallback(lambda answer: (Command.ACK.value, wire.encode_json(answer)))
+
+        def refused(failure):
+            failure.trap(BitnodeError)
+            return Command.FAIL.value, failure.getErrorMessage().encode("utf-8")
+
+        return d.addErrback(refused)
 
     def _with_usage(self, reply: tuple[str, bytes], desk: SupplierDesk, customer_id: str):
         command, payload = reply

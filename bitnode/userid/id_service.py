@@ -286,6 +286,10 @@ class IdentityService(Service):
             raise NotFound("this node has no identity yet: call identity_create or identity_recover")
         return self._identity
 
+    def master_private_key(self) -> RsaPrivateKey:
+        """My RSA master key (it signs my identity and my suppliers record); Conflict without one."""
+        return self._master_key()
+
     def _master_key(self) -> RsaPrivateKey:
         if self.keystore is None:
             raise Conflict("no key store: this node has no identity")

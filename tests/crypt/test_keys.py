@@ -189,6 +189,28 @@ class SignatureTests(KeysTestBase):
     def test_sign_requires_private_key(self) -> None:
         self.assertRaises(TypeError, keys.sign, self.priv.public_key(), b"m")
 
+    def test_verify_der_agrees_with_verify_and_never_raises(self) -> None:
+        der = self.priv.public_key().to_der()
+        sig = keys.sign(self.priv, b"message")
+        self.assertTrue(keys.verify_der(der, b"message", sig))
+        self.assertFalse(keys.verify_der(der, b"messagE", sig))
+        self.assertFalse(keys.verify_der(der, b"message", _flip(sig, 3)))
+        self.assertFalse(keys.verify_der(self.other.public_key().to_der(), b"message", sig))
+        for bad_der in (b"", b"\x30\x00", der[:-1], "text", None):
+            self.assertFalse(keys.verify_der(bad_der, b"message", sig))
+        for bad_sig in (b"", sig[:-1], None, 5):
+            self.assertFalse(keys.verify_der(der, b"message", bad_sig))
+
+    def test_verify_der_refuses_keys_an_import_refuses(self) -> None:
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+        small = rsa.RSAPublicNumbers(65537, (1 << 511) | 0x3F).public_key()  # a 512-bit modulus
+        ecdsa = ec.generate_private_key(ec.SECP256R1()).public_key()
+        for public in (small, ecdsa):
+            der = public.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+            self.assertFalse(keys.verify_der(der, b"m", b"\x00" * 64))
+
 
 class WrapTests(KeysTestBase):
     def test_wrap_round_trip(self) -> None:

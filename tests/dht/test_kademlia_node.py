@@ -131,11 +131,10 @@ class DHTNodeTests(unittest.TestCase):
     def test_value_set_in_a_layer_is_not_visible_in_another(self) -> None:
         for n in self.c.nodes[:5]:
             self.c.run(n.join_layer(2))
-        self.c.run(self.a.set_value("suppliers:alice", {"customer_idurl": "http://id.local/alice.xml",
-                                                        "ecc_map": "ecc/2x2", "suppliers": ["", ""], "revision": 1},
-                                    records.SUPPLIERS, layer_id=2))
-        self.assertEqual(self.c.run(self.c.nodes[3].get_value("suppliers:alice", layer_id=2)).value["revision"], 1)
-        self.assertIsNone(self.c.run(self.c.nodes[3].get_value("suppliers:alice", layer_id=0)))
+        self.c.run(self.a.set_value("nickname:alice", {"idurl": "http://id.local/alice.xml", "nickname": "alice"},
+                                    records.NICKNAME, layer_id=2))
+        self.assertEqual(self.c.run(self.c.nodes[3].get_value("nickname:alice", layer_id=2)).value["nickname"], "alice")
+        self.assertIsNone(self.c.run(self.c.nodes[3].get_value("nickname:alice", layer_id=0)))
         self.assertTrue(all(r["layer"] == 2 for n in self.c.nodes for r in n.local_dump()))
 
     def test_get_value_caches_at_the_closest_node_without_it(self) -> None:

@@ -15,12 +15,13 @@ from bitnode.dht.ids import key_to_id
 from bitnode.dht.records import InvalidRecord, Record, RecordConflict
 from bitnode.errors import BadRequest
 from tests.dht.strategies import PROPERTY, json_values, mutated_json
+from tests.dht.test_bound_values import IdentityValueTests
+from tests.dht.test_bound_values import envelope as bound_envelope
+from tests.dht.test_bound_values import value as suppliers_value
 
 ALICE = records.generate_signing_key()
 MALLORY = records.generate_signing_key()
 NICK = {"idurl": "http://id.local/alice.xml", "nickname": "alice"}
-SUPPLIERS = {"customer_idurl": "http://id.local/alice.xml", "ecc_map": "ecc/4x4",
-             "suppliers": ["http://id.local/s1.xml", ""], "revision": 3}
 
 
 def nick(signer=ALICE, created: int = 1000, ttl: int = 3600, seq: int = 0, value: dict | None = None) -> Record:
@@ -87,9 +88,7 @@ class SignVerifyTests(unittest.TestCase):
 
 class ShapeTests(unittest.TestCase):
     def test_typed_shapes_accept_good_values(self) -> None:
-        records.sign_record(ALICE, "identity:alice", {"idurl": "http://id/a.xml", "xml": "<identity/>"},
-                            records.IDENTITY, 0, 60, 0)
-        records.sign_record(ALICE, "suppliers:alice", SUPPLIERS, records.SUPPLIERS, 0, 60, 0)
+        # suppliers and identity values: tests/dht/test_bound_values.py
         records.sign_record(ALICE, "app:any", [1, "two", None], records.SKIP_VALIDATION, 0, 60, 0)
         records.sign_record(ALICE, "abcd", {"text": "A-B-C-D"}, records.SKIP_VALIDATION, 0, 60, 0)
 
@@ -101,10 +100,8 @@ class ShapeTests(unittest.TestCase):
             ("nickname:alice", dict(NICK, idurl=""), records.NICKNAME),
             ("nickname:alice", "alice", records.NICKNAME),
             ("identity:alice", {"idurl": "x", "xml": 5}, records.IDENTITY),
-            ("suppliers:alice", dict(SUPPLIERS, suppliers="s1"), records.SUPPLIERS),
-            ("suppliers:alice", dict(SUPPLIERS, suppliers=[1]), records.SUPPLIERS),
-            ("suppliers:alice", dict(SUPPLIERS, revision=-1), records.SUPPLIERS),
-            ("suppliers:alice", dict(SUPPLIERS, revision="3"), records.SUPPLIERS),
+            ("suppliers:alice", {"customer_idurl": "http://id.local/alice.xml", "ecc_map": "1-of-2",
+                                 "suppliers": [], "revision": 3}, records.SUPPLIERS),  # unsigned, no key name
             ("app:x", {"f": float("nan")}, records.SKIP_VALIDATION),
         ]
         for key, value, rtype in bad:
@@ -181,11 +178,18 @@ class FirstComeTests(unittest.TestCase):
         self.assertEqual(records.pick_best([alice[0], nick(signer=MALLORY, created=5050)], 5100), alice[0])
 
 
+#: Key-bound records (signed once: RSA): a customer's suppliers record, an identity record.
+BOUND_SAMPLES = [
+    bound_envelope(suppliers_value(), MALLORY, created=1000),
+    records.sign_record(MALLORY, IdentityValueTests.key,
+                        {"idurl": IdentityValueTests.identity.idurl,
+                         "xml": IdentityValueTests.identity.to_xml().decode("utf-8")}, records.IDENTITY, 1000, 4600, 0),
+]
+
+
 def samples() -> list[Record]:
     """One valid record of each type (what the mutations start from)."""
-    return [nick(), note(), records.sign_record(ALICE, "suppliers:alice", SUPPLIERS, records.SUPPLIERS, 1000, 4600, 2),
-            records.sign_record(MALLORY, "identity:alice", {"idurl": "http://id/a.xml", "xml": "<identity/>"},
-                                records.IDENTITY, 1000, 4600, 0)]
+    return [nick(), note(), *BOUND_SAMPLES]
 
 
 class RecordParserPropertyTests(unittest.TestCase):

@@ -17,7 +17,9 @@ from twisted.internet.task import Clock
 from twisted.trial import unittest
 
 from bitnode import globalid
-from bitnode.customer.customer_service import CustomerService, suppliers_key
+from bitnode.crypt import keys
+from bitnode.customer.customer_service import CustomerService
+from bitnode.customer.suppliers_record import suppliers_key
 from bitnode.errors import NotFound, Unavailable
 from bitnode.services.base import Service
 from bitnode.supplier.desk import SupplierDesk
@@ -26,7 +28,7 @@ from bitnode.supplier.supplier_service import SupplierService
 from bitnode.transport.commands import Command
 from bitnode.transport.packet_out import PeerRefused
 from bitnode.transport.router import PacketRouter
-from tests.interface.support import OwnNodeCalls, start_node
+from tests.interface.support import OwnNodeCalls, start_node, wait_until
 
 ME = "carol@127.0.0.1_8084"
 SUPPLIERS = [f"s{i}@127.0.0.1_8084" for i in range(5)]
@@ -39,11 +41,18 @@ class World:
         self.desks = {}
         self.records = {}
         self.offline = set()
+        self.master_keys = {}
         for supplier_id in SUPPLIERS:
             root = case.mktemp()
             os.makedirs(root)
             self.desks[supplier_id] = SupplierDesk(DiskStore(os.path.join(root, "customers")),
                                                    os.path.join(root, "contracts.json"), lambda: 10**9, Clock())
+
+    def master_key(self, global_id: str) -> keys.RsaPrivateKey:
+        """The master key of a user of this world (made on first use)."""
+        if global_id not in self.master_keys:
+            self.master_keys[global_id] = keys.generate_rsa(2048)
+        return self.master_keys[global_id]
 
 
 class FakeGateway:
@@ -90,9 +99,14 @@ def make_fakes(world: World, me: str) -> list:
         def my_idurl(self):
             return globalid.global_id_to_idurl(me)
 
+        def master_private_key(self):
+            return world.master_key(me)
+
         def fetch_identity(self, who, refresh=False, stranger=False):
             gid = str(globalid.to_global_id(who))
-            return defer.succeed(SimpleNamespace(signing_key="key-" + gid, idurl=globalid.global_id_to_idurl(gid)))
+            idurl = globalid.global_id_to_idurl(gid)
+            public = world.master_key(gid).public_key()
+            return defer.succeed(SimpleNamespace(idurl=idurl, sources=(idurl,), rsa_public_key=lambda: public))
 
     class FakeGatewayService(Service):
         name = "service_gateway"
@@ -223,14 +237,17 @@ class MarketApiTests(OwnNodeCalls, unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_dht_record_and_its_writer_check(self):
+        yield wait_until(lambda: self.service.dht_revision == self.service.roster.revision,
+                         "the suppliers record to be published")
         found = yield self.ok("suppliers_dht_lookup")
         self.assertEqual((found["customer_id"], found["suppliers"], found["ecc_map"], found["writer_verified"]),
                          (ME, SUPPLIERS[:3], "2-of-3", True))
         self.assertEqual(found["revision"], self.service.roster.revision)
         yield self.error(404, "suppliers_dht_lookup", customer_id="dave@127.0.0.1_8084")
-        # a record under carol's key written by someone else is not believed
-        self.world.records[suppliers_key(ME)]["writer_pubkey"] = "key-mallory"
-        self.assertIn("not signed by", (yield self.error(409, "suppliers_dht_lookup", customer_id=ME)))
+        # a record under carol's key that her key did not sign is not believed (whoever stored it)
+        record = self.world.records[suppliers_key(self.world.master_key(ME))]
+        record["value"] = dict(record["value"], suppliers=list(reversed(record["value"]["suppliers"])))
+        self.assertIn("does not verify", (yield self.error(409, "suppliers_dht_lookup", customer_id=ME)))
         yield self.error(400, "suppliers_dht_lookup", customer_id="???")
 
     @defer.inlineCallbacks

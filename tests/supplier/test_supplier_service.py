@@ -9,7 +9,6 @@ their own gateway, the way service_customer does.
 from __future__ import annotations
 
 import os
-from types import SimpleNamespace
 
 from twisted.internet import defer, reactor
 from twisted.internet.defer import inlineCallbacks
@@ -272,7 +271,7 @@ class SupplierContractTests(unittest.TestCase):
         day = 86400.0
         value = {"suppliers": [self.supplier.service_driver.get("service_identity").my_identity().idurl, ""],
                  "signed_at": now - 59 * day, "ttl": day}
-        self.service.records = SimpleNamespace(latest=lambda customer_id: value)  # the record keeper's copy
+        self.patch(self.service.records, "latest", lambda customer_id: value)  # the record keeper's copy
         contract = self.service.desk.customers[gid(self.alice)]
         contract.last_seen, contract.silent_for = now - 61 * day, 61 * day  # her last packet, two months ago
         self.service.sweeper.sweep()
