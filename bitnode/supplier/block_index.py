@@ -15,7 +15,8 @@ first used after a start, :class:`~bitnode.supplier.disk_store.DiskStore`
 walks it and compares every file's identity with its row: a row whose file is
 gone is dropped; a file without a row, or whose identity changed (an
 overwrite whose row was lost in a power cut, a file put there by hand), is
-hashed again (:meth:`BlockIndex.replace`). From then on every write and delete
+hashed again, by the first listing that includes it (until then its row says
+:data:`UNHASHED`, so the walk costs a ``stat`` per file, not a read). From then on every write and delete
 of that space goes through the store under the customer's lock, so the rows
 stay exact and a listing is one query.
 
@@ -33,6 +34,8 @@ from bitnode.main.sqlitedb import SqliteFile
 
 INDEX_FORMAT = 1
 INDEX_NAME = ".index.sqlite"
+#: The hash of a row whose file was found by a walk and is not hashed yet (the next listing of it does).
+UNHASHED = ""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);

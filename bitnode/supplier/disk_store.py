@@ -40,7 +40,9 @@ for every customer (the supplier does it when it starts).
 
 Listing is a query of the :class:`~bitnode.supplier.block_index.BlockIndex`
 (sizes and SHA-256 recorded when each block was written), not a hash of every
-file.
+file. Files the first walk finds without a right row (an index lost, or data
+from before the index) are hashed once, by the first listing that includes
+them.
 """
 
 from __future__ import annotations
@@ -67,7 +69,7 @@ from bitnode.storage.ports import (
     validate_path,
     validate_store_path,
 )
-from bitnode.supplier.block_index import INDEX_NAME, BlockIndex, FileIdentity, IndexedBlock
+from bitnode.supplier.block_index import INDEX_NAME, UNHASHED, BlockIndex, FileIdentity, IndexedBlock
 
 _SAFE_DIR_RE = re.compile(r"[a-z0-9_.@-]{1,200}\Z")
 RunInThread = Callable[..., defer.Deferred]
@@ -315,8 +317,8 @@ class DiskStore:
                 usage.files += 1
                 usage.bytes += info.st_size
                 if rows.pop(rel, None) != identity:
-                    self.rehashed += 1
-                    stale.append(IndexedBlock(rel, identity, _hash_file(full)))
+                    # Hashed when a listing needs it: stores and reads of this customer need not wait for that.
+                    stale.append(IndexedBlock(rel, identity, UNHASHED))
         if stale or rows:
             self.index.replace(name, stale, list(rows))
         return usage
@@ -366,7 +368,29 @@ class DiskStore:
 
     def _list(self, customer_id: str, prefix: str, after: str, limit: int) -> dict[str, tuple[int, str]]:
         self._loaded(customer_id)
-        return self.index.listing(customer_dirname(customer_id), prefix, after, limit)
+        name = customer_dirname(customer_id)
+        listing = self.index.listing(name, prefix, after, limit)
+        unhashed = [path for path, (_size, digest) in listing.items() if digest == UNHASHED]
+        if unhashed:
+            listing.update(self._hash_now(name, unhashed))
+        return listing
+
+    def _hash_now(self, name: str, paths: list[str]) -> dict[str, tuple[int, str]]:
+        """Hash files the first walk found without a (right) row; record them; their listing entries."""
+        space = os.path.join(self.root, name)
+        done, found = [], {}
+        for path in paths:
+            full = os.path.join(space, *path.split("/"))
+            try:
+                info = os.stat(full)
+                digest = _hash_file(full)
+            except FileNotFoundError:
+                continue
+            done.append(IndexedBlock(path, FileIdentity(info.st_size, info.st_mtime_ns, info.st_ino), digest))
+            found[path] = (info.st_size, digest)
+        self.rehashed += len(done)
+        self.index.replace(name, done, ())
+        return found
 
     def _delete(self, customer_id: str, path_or_prefix: str) -> int:
         usage = self._loaded(customer_id)

@@ -238,6 +238,26 @@ class StoredHashTests(unittest.TestCase):
         self.assertEqual(self.listing(again), {"v/0/0": (7, sha(b"block a")), "w/1/2": (7, sha(b"block b"))})
         self.assertEqual(again.rehashed, 2)
 
+    def test_the_first_walk_only_stats_and_the_first_listing_hashes(self) -> None:
+        for i in range(5):
+            self.successResultOf(self.store.store_block(CUSTOMER, f"v/{i}/0", b"old data %d" % i))
+        self.store.close()
+        os.unlink(os.path.join(self.store.root, ".index.sqlite"))  # data from before the index
+        hashed = []
+        real = disk_store._hash_file
+        self.patch(disk_store, "_hash_file", lambda path: hashed.append(path) or real(path))
+        again = DiskStore(self.root)
+        self.successResultOf(again.store_block(CUSTOMER, "v/9/0", b"new"))
+        self.assertEqual(self.successResultOf(again.usage(CUSTOMER))["files"], 6)
+        self.assertEqual(hashed, [])  # a store did not wait for old files to be read
+        listing = self.listing(again, "v/3/")
+        self.assertEqual(listing, {"v/3/0": (10, sha(b"old data 3"))})
+        self.assertEqual(len(hashed), 1)  # only what the listing showed
+        self.assertEqual(len(self.listing(again)), 6)
+        self.assertEqual(len(hashed), 5)
+        self.listing(again)
+        self.assertEqual(len(hashed), 5)  # once
+
     def test_a_file_changed_behind_the_index_is_hashed_again(self) -> None:
         self.successResultOf(self.store.store_block(CUSTOMER, "v/0/0", b"as stored"))
         self.successResultOf(self.store.store_block(CUSTOMER, "v/0/1", b"gone soon"))
