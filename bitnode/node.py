@@ -26,6 +26,7 @@ from bitnode.interface.dispatch import Dispatcher
 from bitnode.interface.limits import ApiLimits
 from bitnode.interface.rest import ApiResource, ApiSite
 from bitnode.interface.websocket import ApiWebSocketFactory
+from bitnode.main import network_file
 from bitnode.main.basedir import Basedir
 from bitnode.main.connections import ConnectionSet
 from bitnode.main.events import EventBus
@@ -71,6 +72,8 @@ class Node(MultiService):
         self.dispatcher = Dispatcher(self.api, log_calls=lambda: self._log_api_calls,
                                      limits=ApiLimits.from_settings(settings))
         self.api_secret = ""
+        #: The network this node joins (its seeds, identity and STUN servers), see main/network_file.py.
+        self.network = network_file.NetworkFile()
         self.ready = False
         self.started_at = 0.0
         self.on_stop_requested: Callable[[], None] = self._stop_reactor
@@ -276,6 +279,10 @@ def build_node(basedir: str | None = None, reactor=None, overrides: dict | None 
                service_classes: Iterable[type[Service]] | None = None) -> Node:
     """Wire a Node: basedir layout, settings (with ``overrides``), services.
 
+    The node's network file (``config/network.json``, else the shipped one)
+    gives the defaults of its server settings; an unusable one raises
+    :class:`~bitnode.main.network_file.BadNetworkFile`.
+
     ``reactor`` defaults to the global reactor; tests may pass overrides such
     as ``{"interface/api/http-port": 0, "interface/api/ws-port": 0}`` to get
     free ports.
@@ -286,6 +293,9 @@ def build_node(basedir: str | None = None, reactor=None, overrides: dict | None 
         reactor = default_reactor
     where = Basedir.at(basedir)
     where.create()
-    settings = Settings(where.settings_file, SCHEMA, overrides)
+    network = network_file.for_node(where.config)
+    settings = Settings(where.settings_file, SCHEMA, overrides, defaults=network.setting_defaults())
     classes = list(service_classes) if service_classes is not None else default_services()
-    return Node(where, reactor, settings, classes)
+    node = Node(where, reactor, settings, classes)
+    node.network = network
+    return node

@@ -11,6 +11,8 @@ from twisted.logger import ILogObserver, LegacyLogObserverWrapper, Logger
 
 from bitnode.errors import BitnodeError
 from bitnode.interface.auth import load_or_create_secret
+from bitnode.main import network_file
+from bitnode.main.basedir import Basedir
 from bitnode.main.logs import LogControl
 from bitnode.node import build_node
 
@@ -29,12 +31,14 @@ def parse_setting(text: str) -> tuple[str, str]:
 
 
 def make_service(basedir: str | None, settings: Sequence[tuple[str, str]] = (), reactor=None,
-                 log_control: LogControl | None = None) -> IService:
+                 log_control: LogControl | None = None, network: str | None = None) -> IService:
     """The Node for ``twistd bitnode``, on the global reactor unless one is given.
 
+    ``network`` is a network file to install as the node's own first
+    (``config/network.json``, see :mod:`bitnode.main.network_file`).
     ``settings`` are (key, value text) pairs stored before the node starts,
-    validated like ``config_set``; a bad one ends twistd with a message
-    (SystemExit) before anything listens. SIGTERM and SIGINT stop the node
+    validated like ``config_set``; a bad one (or a bad network file) ends
+    twistd with a message (SystemExit) before anything listens. SIGTERM and SIGINT stop the node
     cleanly and twistd then exits with status 0. ``log_control``, if given,
     follows the node's ``logs/debug-level`` and redacts its API secret.
     """
@@ -42,7 +46,12 @@ def make_service(basedir: str | None, settings: Sequence[tuple[str, str]] = (), 
         from twisted.internet import reactor as default_reactor
 
         reactor = default_reactor
-    node = build_node(basedir, reactor)
+    try:
+        if network:
+            network_file.install(Basedir.at(basedir).config, network)
+        node = build_node(basedir, reactor)
+    except BitnodeError as err:
+        raise SystemExit(f"bitnode: {err}") from None
     for key, value in settings:
         try:
             node.settings.set(key, value)

@@ -63,6 +63,26 @@ class MakeServiceTests(SynchronousTestCase):
                                 [("interface/api/http-port", "eighty")], reactor=self.reactor)
         self.assertIn("interface/api/http-port", str(err))
 
+    def test_a_network_file_is_installed_and_gives_the_server_defaults(self):
+        source = os.path.abspath(self.mktemp())
+        with open(source, "w", encoding="utf-8") as handle:
+            json.dump({"version": 1, "identity-servers": ["127.0.0.1:9001"], "seeds": ["127.0.0.1:9002"]}, handle)
+        node = runner.make_service(self.basedir.root, reactor=self.reactor, network=source)
+        self.assertEqual(node.settings.get("personal/identity-servers"), ["127.0.0.1:9001"])
+        self.assertEqual(node.settings.get("services/entangled-dht/known-nodes"), ["127.0.0.1:9002"])
+        self.assertEqual(node.network.path, os.path.join(self.basedir.config, "network.json"))
+        # the next start without --network keeps using it
+        again = runner.make_service(self.basedir.root, reactor=MemoryReactorClock())
+        self.assertEqual(again.network.seeds, ("127.0.0.1:9002",))
+
+    def test_a_bad_network_file_ends_with_a_message(self):
+        source = os.path.abspath(self.mktemp())
+        with open(source, "w", encoding="utf-8") as handle:
+            handle.write('{"version": 1, "seeds": ["no port"]}')
+        err = self.assertRaises(SystemExit, runner.make_service, self.basedir.root, reactor=self.reactor,
+                                network=source)
+        self.assertIn("host:port", str(err))
+
     def test_stop_signals_stop_the_reactor_once(self):
         saved = {sig: signal.getsignal(sig) for sig in runner.STOP_SIGNALS}
         self.addCleanup(lambda: [signal.signal(sig, handler) for sig, handler in saved.items()])
@@ -108,6 +128,10 @@ class PluginOptionsTests(SynchronousTestCase):
         self.patch(os, "environ", dict(os.environ, BITNODE_HOME=self.basedir.root))
         config = self.parse("-n", "bitnode")
         self.assertEqual(config.subOptions["basedir"], self.basedir.root)
+
+    def test_network_is_made_absolute(self):
+        config = self.parse("-n", "bitnode", "--basedir", self.basedir.root, "--network", "net.json")
+        self.assertEqual(config.subOptions["network"], os.path.abspath("net.json"))
 
     def test_set_is_repeatable_and_checked(self):
         config = self.parse("-n", "bitnode", "--basedir", self.basedir.root, "--set", "a=1", "--set", "b=x=y")

@@ -189,6 +189,7 @@ class NetworkMethods:
                 "contact": gateway.contact if gateway is not None else None,
             },
             "identity_servers": settings.get("personal/identity-servers"),
+            "network": self.node.network.describe(),
             "services": [driver.info(kind.name, with_configs=True)
                          for kind in (IdentityService, GatewayService, NetworkService) if driver.installed(kind)],
             "udp": dict(NO_UDP),

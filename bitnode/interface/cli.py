@@ -31,6 +31,7 @@ from bitnode.interface.client import (
 )
 from bitnode.interface.control import node_pid
 from bitnode.interface.routes import LEGACY, ROUTES, Alias
+from bitnode.main import network_file
 from bitnode.main.basedir import Basedir, default_basedir
 
 __all__ = ["main", "make_parser", "call_api", "node_pid", "read_endpoints", "read_secret"]
@@ -50,6 +51,7 @@ exit codes:
 
 examples:
   bitnode start                       start a node in ~/.bitnode (or $BITNODE_HOME)
+  bitnode start --network net.json    ... joining the network that file names (seeds, id/STUN servers)
   bitnode api process_info            call an API method, print the JSON answer
   bitnode api config_set key=logs/api-calls value=true
   bitnode methods config              API methods whose name contains "config"
@@ -99,13 +101,17 @@ def _print_how_to_call(basedir: Basedir, endpoints: dict) -> None:
 def cmd_start(args) -> int:
     """Start a daemonised node and wait until it is ready; say where its API is."""
     basedir = Basedir.at(args.basedir)
+    if not _network_file_usable(args.network):
+        return EXIT_ERROR
     try:
-        node = control.start(basedir, args.set, args.timeout)
+        node = control.start(basedir, args.set, args.timeout, network=args.network)
     except control.ControlError as err:
         _err(f"bitnode: {err}")
         return EXIT_ERROR
     state = "already running" if node.already_running else "running"
     _say(f"bitnode is {state} in {basedir.root} (pid {node.pid})")
+    if node.already_running and args.network:
+        _err("bitnode: --network was not applied: the node already runs; 'bitnode stop' first")
     _print_how_to_call(basedir, node.endpoints)
     return EXIT_OK
 
@@ -216,6 +222,21 @@ def cmd_methods(args) -> int:
     return EXIT_OK
 
 
+def _network_file_usable(path: str | None) -> bool:
+    """Check a ``--network`` file before starting anything; say what is wrong with it."""
+    if not path:
+        return True
+    try:
+        network_file.load(path)
+    except OSError as err:
+        _err(f"bitnode: cannot read the network file {path}: {err.strerror or err}")
+        return False
+    except network_file.BadNetworkFile as err:
+        _err(f"bitnode: {path}: {err}")
+        return False
+    return True
+
+
 def cmd_run(args) -> int:
     """Run a node in the foreground (twistd -n), logging to stdout; replaces this process."""
     basedir = Basedir.at(args.basedir)
@@ -223,9 +244,11 @@ def cmd_run(args) -> int:
     if pid is not None:
         _err(f"bitnode: a node already runs in {basedir.root} (pid {pid}); 'bitnode stop' first")
         return EXIT_ERROR
+    if not _network_file_usable(args.network):
+        return EXIT_ERROR
     basedir.create()
     control.remove_stale_files(basedir)
-    command = control.twistd_command(basedir, foreground=True, settings=args.set)
+    command = control.twistd_command(basedir, foreground=True, settings=args.set, network=args.network)
     sys.stdout.flush()
     sys.stderr.flush()
     os.execv(command[0], command)
@@ -264,6 +287,9 @@ def make_parser() -> argparse.ArgumentParser:
     def add_set(cmd):
         cmd.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                          help="store a setting before starting, e.g. interface/api/http-port=0 (repeatable)")
+        cmd.add_argument("--network", default=None, metavar="FILE",
+                         help="a network file (seed nodes, identity and STUN servers) the node uses from now on "
+                              "(installed as config/network.json; default: the public network shipped with bitnode)")
 
     start = add("start", cmd_start, "start a node in the background and say where its API is")
     start.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for readiness (default 60)")

@@ -137,10 +137,12 @@ def log_tail(basedir: Basedir, lines: int = LOG_TAIL_LINES) -> str:
         return ""
 
 
-def twistd_command(basedir: Basedir, foreground: bool = False, settings: Sequence[str] = ()) -> list[str]:
+def twistd_command(basedir: Basedir, foreground: bool = False, settings: Sequence[str] = (),
+                   network: str | None = None) -> list[str]:
     """The command line that runs the node of ``basedir`` under twistd.
 
-    ``settings`` are ``KEY=VALUE`` texts given to the plugin's ``--set``.
+    ``settings`` are ``KEY=VALUE`` texts given to the plugin's ``--set``;
+    ``network`` a network file for its ``--network``.
     ``python -m bitnode.main.twistd_main`` is twistd itself, run by this
     interpreter, so the node uses the same environment as the caller.
     """
@@ -150,6 +152,8 @@ def twistd_command(basedir: Basedir, foreground: bool = False, settings: Sequenc
     else:
         command += ["--pidfile", basedir.pid_file, "--logfile", basedir.log_file]
     command += ["bitnode", "--basedir", basedir.root]
+    if network:
+        command += ["--network", os.path.abspath(network)]
     for item in settings:
         command += ["--set", item]
     return command
@@ -182,10 +186,13 @@ def wait_ready(basedir: Basedir, timeout: float) -> NodeProcess:
         time.sleep(POLL)
 
 
-def start(basedir: Basedir, settings: Sequence[str] = (), timeout: float = 60.0) -> NodeProcess:
+def start(basedir: Basedir, settings: Sequence[str] = (), timeout: float = 60.0,
+          network: str | None = None) -> NodeProcess:
     """Start a daemonised node in ``basedir`` and wait until it is ready.
 
-    A node already running there is left alone (``already_running``).
+    ``network``: a network file the node installs as its own before it starts.
+    A node already running there is left alone (``already_running``; its
+    network file is not changed).
     twistd forks, reports start-up errors (a port in use, a bad ``--set``)
     before its first process exits, and then the API is polled.
     """
@@ -194,7 +201,7 @@ def start(basedir: Basedir, settings: Sequence[str] = (), timeout: float = 60.0)
     if pid is not None:
         return NodeProcess(pid, read_endpoints(basedir) or {}, already_running=True)
     remove_stale_files(basedir)
-    command = twistd_command(basedir, settings=settings)
+    command = twistd_command(basedir, settings=settings, network=network)
     try:
         result = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True, text=True,
                                 timeout=timeout)

@@ -26,7 +26,8 @@ def cmd_up(args) -> int:
     """Start the network (create it on first use) and wait until every node is connected."""
 
     def up():
-        data = LocalNet(args.dir).up(args.suppliers, args.customers, args.key_size, args.timeout)
+        data = LocalNet(args.dir).up(args.suppliers, args.customers, args.key_size, args.timeout,
+                                     id_servers=args.id_servers)
         print()
         for node in data["nodes"]:
             print(f"  {node['name']:<12} {','.join(node['roles']):<26} {node['api_url']}  "
@@ -38,6 +39,7 @@ def cmd_up(args) -> int:
               f"{customer['api_url']}process/info/v1")
         print(f"  bitnode api process_info --basedir {customer['basedir']}")
         print(f"Every node: {LocalNet(args.dir).network_file}")
+        print(f"The network file its nodes use: {LocalNet(args.dir).bitnode_network_file}")
 
     code = _run(up)
     if code != 0 or args.detach:
@@ -100,6 +102,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     up = add("up", cmd_up, "start the network and wait until every node is connected")
     up.add_argument("--suppliers", type=int, default=4, help="how many supplier nodes (default 4)")
     up.add_argument("--customers", type=int, default=1, help="how many customer nodes (default 1)")
+    up.add_argument("--id-servers", type=int, default=1,
+                    help="how many identity servers; every identity lists all of them as sources (default 1)")
     up.add_argument("--key-size", type=int, default=2048, choices=(2048, 3072, 4096),
                     help="RSA key size of new identities (default 2048)")
     up.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for each step")

@@ -1,9 +1,11 @@
-"""A whole bitnode network on one machine: an identity server, suppliers, customers.
+"""A whole bitnode network on one machine: identity servers, suppliers, customers.
 
 ``bitnode localnet up --dir D`` plans the nodes, gives each its own basedir
-under ``D`` and its own loopback ports, starts every node as a separate
-daemonised process, creates each node's identity on the network's identity
-server, waits until every node is connected and every service it has
+under ``D`` and its own loopback ports, writes the network's own network file
+(``D/bitnode-network.json``: its identity servers, DHT seed and STUN servers;
+every node gets a copy as ``config/network.json``), starts every node as a
+separate daemonised process, creates each node's identity on the network's
+identity servers (``--id-servers N``: all N are every identity's sources), waits until every node is connected and every service it has
 switched on is ON (a user who runs ``make run`` gets a ready network), and
 writes ``D/network.json``.
 The plan (names, roles, ports) is kept in that file, so ``up`` again after a
@@ -11,7 +13,7 @@ The plan (names, roles, ports) is kept in that file, so ``up`` again after a
 
 The orchestration is plain blocking code (subprocesses and urllib through each
 node's public HTTP API, the way a user drives a node); it runs in the CLI, not
-inside a reactor. The identity server comes first; the other nodes then start,
+inside a reactor. The identity servers come first; the other nodes then start,
 create their identities and stop side by side, each step in a few threads.
 """
 
@@ -31,11 +33,18 @@ from bitnode.errors import BadRequest, Conflict, NotFound
 from bitnode.interface import control
 from bitnode.interface.client import call_api, read_endpoints, read_secret
 from bitnode.interface.control import node_pid
+from bitnode.main import network_file
 from bitnode.main.basedir import Basedir
 from bitnode.main.fileutil import atomic_write
 
 NETWORK_FORMAT = 1
 SERVER_NAME = "idserver"
+#: The network file the nodes of a local network use (in its directory; a copy in each basedir's config/).
+NETWORK_FILE_NAME = "bitnode-network.json"
+#: Identity servers one local network may have.
+MAX_ID_SERVERS = 8
+#: Settings the network file gives; a node's settings no longer name them (the file is the one place).
+NETWORK_SETTINGS = tuple(network_file.SETTING_KEYS.values())
 
 #: Settings each role switches on; keys of services not built yet are stored and ignored until they exist.
 ROLE_SETTINGS: dict[str, dict] = {
@@ -95,18 +104,24 @@ def preferred_port(port: int) -> int:
     return port
 
 
-def plan_network(directory: str, suppliers: int, customers: int, documented_ports: bool = True) -> list[NodePlan]:
+def plan_network(directory: str, suppliers: int, customers: int, documented_ports: bool = True, *,
+                 id_servers: int = 1) -> list[NodePlan]:
     """Names, roles, basedirs and fresh ports for a network of that shape.
 
     With ``documented_ports`` the first customer gets the API ports of the
     documentation (8180/8280) when they are free; tests running several
-    networks at once turn it off so they never race for them.
+    networks at once turn it off so they never race for them. The first of
+    the ``id_servers`` identity servers (``idserver``) is also the DHT seed;
+    the others are ``idserver-2`` ...
     """
     if suppliers < 0 or customers < 0 or suppliers + customers == 0:
         raise BadRequest("a local network needs at least one supplier or customer")
     if suppliers + customers > 64:
         raise BadRequest("at most 64 nodes on one machine")
+    if not 1 <= id_servers <= MAX_ID_SERVERS:
+        raise BadRequest(f"a local network has 1 to {MAX_ID_SERVERS} identity servers")
     names = [(SERVER_NAME, ("identity-server", "dht-seed"))]
+    names += [(f"{SERVER_NAME}-{i}", ("identity-server",)) for i in range(2, id_servers + 1)]
     names += [(f"supplier-{i}", ("supplier",)) for i in range(1, suppliers + 1)]
     names += [(f"customer-{i}", ("customer",)) for i in range(1, customers + 1)]
     plans = []
@@ -133,20 +148,35 @@ def suppliers_to_hire(plans: list[NodePlan]) -> int:
     return min(LOCALNET_SUPPLIERS_NUMBER, sum(1 for p in plans if "supplier" in p.roles))
 
 
-def node_settings(plan: NodePlan, server: NodePlan, key_size: int) -> dict:
-    """The settings a node of the network starts with."""
+def identity_servers(plans: list[NodePlan]) -> list[NodePlan]:
+    """The identity servers of the network, the first (the DHT seed) first."""
+    return [plan for plan in plans if "identity-server" in plan.roles]
+
+
+def network_document(directory: str, plans: list[NodePlan]) -> network_file.NetworkFile:
+    """The network file of a local network: its identity servers, the DHT seed, the STUN servers."""
+    servers = identity_servers(plans)
+    seeds = [plan for plan in plans if "dht-seed" in plan.roles]
+    return network_file.NetworkFile(
+        name=f"bitnode localnet {os.path.basename(directory)}"[:network_file.MAX_NAME],
+        identity_servers=tuple(f"127.0.0.1:{plan.ports['idserver']}" for plan in servers),
+        seeds=tuple(f"127.0.0.1:{plan.ports['dht']}" for plan in seeds),
+        stun_servers=tuple(f"127.0.0.1:{plan.ports['stun']}" for plan in servers if "stun" in plan.ports),
+    )
+
+
+def node_settings(plan: NodePlan, key_size: int) -> dict:
+    """The settings a node of the network starts with (the servers come from the network file)."""
     values = {
         "interface/api/http-port": plan.ports["http"],
         "interface/api/ws-port": plan.ports["ws"],
         "services/tcp-connections/tcp-port": plan.ports["tcp"],
         "services/entangled-dht/udp-port": plan.ports["dht"],
         "personal/private-key-size": key_size,
-        "personal/identity-servers": [f"127.0.0.1:{server.ports['idserver']}"],
     }
-    if plan.name != server.name:
-        values["services/entangled-dht/known-nodes"] = [f"127.0.0.1:{server.ports['dht']}"]
-    if "stun" in server.ports:
-        values["services/stun-client/servers"] = [f"127.0.0.1:{server.ports['stun']}"]
+    if "dht-seed" in plan.roles:
+        # the seed does not bootstrap from itself
+        values["services/entangled-dht/known-nodes"] = []
     if "stun" in plan.ports:
         values["services/ip-port-responder/udp-port"] = plan.ports["stun"]
     if "idserver" in plan.ports:
@@ -161,14 +191,16 @@ def node_settings(plan: NodePlan, server: NodePlan, key_size: int) -> dict:
     return values
 
 
-def write_settings(basedir: Basedir, values: dict) -> None:
-    """Merge ``values`` into the node's stored settings (before it starts)."""
+def write_settings(basedir: Basedir, values: dict, forget: tuple[str, ...] = ()) -> None:
+    """Merge ``values`` into the node's stored settings (before it starts); ``forget`` keys go back to default."""
     stored: dict = {}
     try:
         with open(basedir.settings_file, encoding="utf-8") as handle:
             stored = json.load(handle).get("values", {})
     except (OSError, ValueError, AttributeError):
         stored = {}
+    for key in forget:
+        stored.pop(key, None)
     stored.update(values)
     data = json.dumps({"format": 1, "values": stored}, indent=1, sort_keys=True)
     atomic_write(basedir.settings_file, data.encode("utf-8"), mode=0o600)
@@ -205,6 +237,8 @@ class LocalNet:
         self.directory = os.path.abspath(directory)
         self.documented_ports = documented_ports
         self.network_file = os.path.join(self.directory, "network.json")
+        #: the network file its nodes use (identity servers, DHT seed, STUN servers)
+        self.bitnode_network_file = os.path.join(self.directory, NETWORK_FILE_NAME)
         self._log = log
         self._lock = threading.Lock()  # network.json and the log, written from the worker threads
 
@@ -257,32 +291,40 @@ class LocalNet:
 
     # --- commands -----------------------------------------------------------------
 
-    def up(self, suppliers: int = 4, customers: int = 1, key_size: int = 2048, timeout: float = 120.0) -> dict:
-        """Start (or restart) every node, create missing identities, wait until all are connected."""
+    def up(self, suppliers: int = 4, customers: int = 1, key_size: int = 2048, timeout: float = 120.0, *,
+           id_servers: int = 1) -> dict:
+        """Start (or restart) every node, create missing identities, wait until all are connected.
+
+        ``id_servers`` identity servers (for a new network): every node's
+        identity lists all of them as its sources.
+        """
         try:
             plans = self.load()
             self.log(f"local network in {self.directory}: starting its {len(plans)} nodes again")
         except NotFound:
-            plans = plan_network(self.directory, suppliers, customers, self.documented_ports)
-            self.log(f"new local network in {self.directory}: 1 identity server, "
+            plans = plan_network(self.directory, suppliers, customers, self.documented_ports,
+                                 id_servers=id_servers)
+            self.log(f"new local network in {self.directory}: {id_servers} identity server(s), "
                      f"{suppliers} supplier(s), {customers} customer(s)")
         hire = suppliers_to_hire(plans)
         for plan in plans:
             Basedir.at(plan.basedir).create()
             self._write_settings(plan, plans, key_size)
         self.save(plans)
-        # The identity server first: every other node registers its identity there.
-        server, others = plans[0], plans[1:]
-        self._start_on_free_ports(server, plans, key_size, timeout)
+        # The identity servers first: every other node registers its identity on all of them.
+        servers = identity_servers(plans)
+        server, others = servers[0], [plan for plan in plans if plan not in servers]
+        self._each(servers, lambda plan: self._start_on_free_ports(plan, plans, key_size, timeout))
         self._ensure_identity(server, timeout)
+        self._each(servers[1:], lambda plan: self._ensure_identity(plan, timeout))
         self._each(others, lambda plan: self._start_on_free_ports(plan, plans, key_size, timeout))
         # Customers last: they look for suppliers in the DHT as soon as they have an identity.
         customers = [plan for plan in plans if "customer" in plan.roles]
         joined: list[NodePlan] = []
         for group in ([plan for plan in plans if plan not in customers], customers):
             joined += group
-            # (the server has its identity already: the DHT seed is up before anyone bootstraps from it)
-            self._each([plan for plan in group if plan is not server],
+            # (the servers have their identities already: the DHT seed is up before anyone bootstraps from it)
+            self._each([plan for plan in group if plan not in servers],
                        lambda plan: self._ensure_identity(plan, timeout))
             self._each(group, lambda plan: self._wait_connected(plan, timeout, plans, key_size))
             self._each(group, lambda plan, nodes=len(joined): self._wait_dht(plan, nodes, timeout))
@@ -295,11 +337,12 @@ class LocalNet:
         return data
 
     def down(self, kill: bool = False, timeout: float = 20.0) -> None:
-        """Stop every node (customers first, the identity server last)."""
+        """Stop every node (the identity servers last)."""
         plans = self.load()
-        # The others side by side, then the identity server (they may still publish to it on the way down).
-        self._each(plans[1:], lambda plan: self._stop(plan, kill, timeout))
-        self._stop(plans[0], kill, timeout)
+        servers = identity_servers(plans)
+        # The others side by side, then the identity servers (they may still publish to them on the way down).
+        self._each([plan for plan in plans if plan not in servers], lambda plan: self._stop(plan, kill, timeout))
+        self._each(servers, lambda plan: self._stop(plan, kill, timeout))
         self.save(plans)
         self.log("local network down")
 
@@ -368,19 +411,26 @@ class LocalNet:
     # --- steps ----------------------------------------------------------------------
 
     def _write_settings(self, plan: NodePlan, plans: list[NodePlan], key_size: int) -> None:
-        values = node_settings(plan, plans[0], key_size)
+        """The node's settings, and the network file (written for the network, installed in the node)."""
+        values = node_settings(plan, key_size)
         hire = suppliers_to_hire(plans)
         if "customer" in plan.roles and hire >= 2:
             values["services/customer/suppliers-number"] = hire
-        write_settings(Basedir.at(plan.basedir), values)
+        basedir = Basedir.at(plan.basedir)
+        network = network_document(self.directory, plans)
+        with self._lock:
+            os.makedirs(self.directory, mode=0o700, exist_ok=True)
+            atomic_write(self.bitnode_network_file, network.to_json(), mode=0o644)
+        network_file.install(basedir.config, network)
+        write_settings(basedir, values, forget=tuple(k for k in NETWORK_SETTINGS if k not in values))
 
     def _start_on_free_ports(self, plan: NodePlan, plans: list[NodePlan], key_size: int, timeout: float) -> None:
         """Start a node; if a planned port was taken meanwhile, plan new ones and try again.
 
         A port free when planned can be taken by then (any process's outgoing
-        connection may get it as its local port). The identity server's web
-        port stays: it is part of every IDURL of the network. Only the server's
-        ports are in other nodes' settings, and the server starts first.
+        connection may get it as its local port). An identity server's web
+        port stays: it is part of IDURLs of the network. Only the servers'
+        ports are in the network file, and the servers start first.
         """
         for attempt in range(PORT_RETRIES + 1):
             try:
@@ -395,12 +445,12 @@ class LocalNet:
     def _move_to_new_ports(self, plan: NodePlan, plans: list[NodePlan], key_size: int) -> None:
         """Give ``plan`` fresh ports, rewrite the settings that name them, and save the network.
 
-        The identity server's web port stays (it is part of every IDURL); when
-        the server moves, every node's settings name its new DHT and STUN ports.
+        An identity server's web port stays (it is part of IDURLs); when a
+        server moves, every node's network file names its new DHT and STUN ports.
         """
         kept = {key: port for key, port in plan.ports.items() if key == "idserver"}
         plan.ports = node_ports(plan.roles) | kept
-        for other in plans if plan is plans[0] else [plan]:
+        for other in plans if "identity-server" in plan.roles else [plan]:
             self._write_settings(other, plans, key_size)
         self.save(plans)
 
@@ -440,7 +490,7 @@ class LocalNet:
                 return
             _, services = api(basedir, "services_list", timeout=timeout)
             port_taken = any(text in json.dumps(services) for text in PORT_TAKEN)
-            if attempt == PORT_RETRIES or not port_taken or plans is None or plan is plans[0]:
+            if attempt == PORT_RETRIES or not port_taken or plans is None or "identity-server" in plan.roles:
                 raise LocalnetError(f"node {plan.name} did not connect: {_error_text(envelope)}")
             self.log(f"  {plan.name}: a peer port was taken, restarting it on new ones")
             control.stop(basedir, timeout=timeout)

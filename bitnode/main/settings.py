@@ -28,18 +28,26 @@ class Settings:
 
     log = Logger()
 
-    def __init__(self, path: str, options: Iterable[Option], overrides: dict | None = None):
+    def __init__(self, path: str, options: Iterable[Option], overrides: dict | None = None,
+                 defaults: dict | None = None):
         """Load ``path`` (if it exists) over the defaults of ``options``.
 
         ``overrides`` are applied on top without being validated twice; they
         are used by tests and by ``localnet`` to start nodes on free ports.
+        ``defaults`` replace the schema's defaults of some keys (the network
+        file's servers, see :mod:`bitnode.main.network_file`): a value set
+        explicitly still wins, and setting a key back to it forgets the value.
         """
         self._path = path
         self._options: dict[str, Option] = {}
         self._values: dict[str, Any] = {}
+        self._defaults: dict[str, Any] = dict(defaults or {})
         self._listeners: list[tuple[str, Listener]] = []
         for option in options:
             self.register(option)
+        for key, value in list(self._defaults.items()):
+            if key in self._options:
+                self._defaults[key] = self._options[key].coerce(value)
         self._load()
         for key, value in (overrides or {}).items():
             option = self._options.get(key)
@@ -82,7 +90,7 @@ class Settings:
     def get(self, key: str) -> Any:
         """Current value of ``key`` (the default unless it was set)."""
         option = self.option(key)
-        value = self._values.get(option.key, option.default)
+        value = self._values.get(option.key, self.default(option.key))
         # A list handed out must not be the stored value or the schema's shared default.
         return list(value) if isinstance(value, list) else value
 
@@ -92,7 +100,7 @@ class Settings:
         new = option.coerce(value)
         old = self.get(option.key)
         values = dict(self._values)
-        if new == option.default:
+        if new == self.default(option.key):
             values.pop(option.key, None)
         else:
             values[option.key] = new
@@ -107,6 +115,11 @@ class Settings:
                     except Exception:
                         self.log.failure("settings listener for {key} failed", key=option.key)
         return old, new
+
+    def default(self, key: str) -> Any:
+        """The value ``key`` has when it is not set: the network file's, else the schema's."""
+        option = self.option(key)
+        return self._defaults.get(option.key, option.default)
 
     def add_listener(self, prefix: str, listener: Listener) -> None:
         """Call ``listener(key, old, new)`` after any change of a key starting with ``prefix``."""
@@ -124,7 +137,7 @@ class Settings:
         value = self.get(option.key)
         item = {"key": option.key, "value": option.render(value), "type": option.kind.name}
         if include_info:
-            item["default"] = option.render(option.default)
+            item["default"] = option.render(self.default(option.key))
             item["description"] = option.description
             item["restart_needed"] = option.restart_needed
             if option.choices:

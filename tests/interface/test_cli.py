@@ -76,6 +76,19 @@ class CliTests(SynchronousTestCase):
         self.assertEqual(code, cli.EXIT_USAGE)
         self.assertEqual(self.run_main("no-such-command")[0], 2)
 
+    def test_start_and_run_refuse_a_bad_network_file_before_starting_anything(self):
+        bad = os.path.abspath(self.mktemp())
+        with open(bad, "w", encoding="utf-8") as handle:
+            handle.write('{"version": 1, "stun-servers": ["stun.example.net"]}')
+        for command in ("start", "run"):
+            code, _, err = self.run_main(command, "--basedir", self.basedir.root, "--network", bad)
+            self.assertEqual(code, cli.EXIT_ERROR)
+            self.assertIn("host:port", err)
+            code, _, err = self.run_main(command, "--basedir", self.basedir.root, "--network", bad + ".missing")
+            self.assertEqual(code, cli.EXIT_ERROR)
+            self.assertIn("cannot read", err)
+        self.assertFalse(os.path.exists(self.basedir.pid_file))
+
     def test_stop_without_a_node_is_fine(self):
         code, out, _ = self.run_main("stop", "--basedir", self.basedir.root)
         self.assertEqual(code, cli.EXIT_OK)

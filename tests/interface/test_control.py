@@ -75,6 +75,8 @@ class ControlTests(SynchronousTestCase):
         self.assertIn("--nodaemon", foreground)
         self.assertNotIn(self.basedir.log_file, foreground)
         self.assertIn(self.basedir.pid_file, foreground)
+        with_network = control.twistd_command(self.basedir, network="net.json")
+        self.assertEqual(with_network[-2:], ["--network", os.path.abspath("net.json")])
 
     def test_start_leaves_a_running_node_alone(self):
         node = self.spawn()

@@ -9,7 +9,15 @@ from twisted.trial import unittest
 
 from bitnode.errors import BadRequest, Conflict, NotFound
 from bitnode.localnet import network
-from bitnode.localnet.network import PORT_RETRIES, LocalNet, LocalnetError, plan_network, suppliers_to_hire
+from bitnode.localnet.network import (
+    MAX_ID_SERVERS,
+    PORT_RETRIES,
+    LocalNet,
+    LocalnetError,
+    plan_network,
+    suppliers_to_hire,
+)
+from bitnode.main import network_file
 from bitnode.main.basedir import Basedir
 
 
@@ -35,8 +43,12 @@ class AddNodeTests(unittest.TestCase):
         with open(Basedir.at(entry["basedir"]).settings_file) as handle:
             values = json.load(handle)["values"]
         server = self.net.node("idserver")
-        self.assertEqual(values["services/entangled-dht/known-nodes"], [f"127.0.0.1:{server.ports['dht']}"])
-        self.assertEqual(values["personal/identity-servers"], [f"127.0.0.1:{server.ports['idserver']}"])
+        self.assertNotIn("personal/identity-servers", values)  # the network file names the servers
+        network = network_file.for_node(Basedir.at(entry["basedir"]).config)
+        self.assertEqual(network.seeds, (f"127.0.0.1:{server.ports['dht']}",))
+        self.assertEqual(network.identity_servers, (f"127.0.0.1:{server.ports['idserver']}",))
+        self.assertEqual(network.stun_servers, (f"127.0.0.1:{server.ports['stun']}",))
+        self.assertEqual(network_file.load(self.net.bitnode_network_file).lists(), network.lists())
         self.assertEqual(values["interface/api/http-port"], entry["ports"]["http"])
         self.assertEqual(values["personal/private-key-size"], 2048)
         self.assertTrue(values["services/customer/enabled"])
@@ -79,10 +91,10 @@ class AddNodeTests(unittest.TestCase):
         self.assertEqual(moved["idserver"], before["idserver"])  # in every IDURL of the network: kept
         self.assertEqual(self.settings_of("idserver")["services/entangled-dht/udp-port"], moved["dht"])
         # the server's new DHT and STUN ports reach the nodes that start after it
-        self.assertEqual(self.settings_of("supplier-1")["services/entangled-dht/known-nodes"],
-                         [f"127.0.0.1:{moved['dht']}"])
-        self.assertEqual(self.settings_of("supplier-1")["services/stun-client/servers"],
-                         [f"127.0.0.1:{moved['stun']}"])
+        network = network_file.for_node(Basedir.at(self.net.node("supplier-1").basedir).config)
+        self.assertEqual(network.seeds, (f"127.0.0.1:{moved['dht']}",))
+        self.assertEqual(network.stun_servers, (f"127.0.0.1:{moved['stun']}",))
+        self.assertEqual(self.settings_of("idserver")["services/entangled-dht/known-nodes"], [])
 
         # any other failure, or a port taken every time, is the user's to see
         self.started.clear()
@@ -123,6 +135,32 @@ class AddNodeTests(unittest.TestCase):
             self.assertLess(steps.index(("dht", supplier)), first_customer)
             self.assertLess(steps.index(("services", supplier)), first_customer)
         self.assertEqual(sorted(name for step, name in steps if step == "suppliers"), ["customer-1", "customer-2"])
+
+    def test_several_identity_servers_start_first_and_are_all_in_the_network_file(self) -> None:
+        steps = []
+
+        def step(name):
+            return lambda plan, *args, **kwargs: steps.append((name, plan.name))
+
+        for attribute, name in (("_start_on_free_ports", "start"), ("_ensure_identity", "identity"),
+                                ("_wait_connected", "connected"), ("_wait_dht", "dht"),
+                                ("_wait_services", "services"), ("_wait_suppliers", "suppliers")):
+            self.patch(self.net, attribute, step(name))
+        self.net.up(suppliers=2, customers=1, key_size=2048, id_servers=3)
+        servers = ["idserver", "idserver-2", "idserver-3"]
+        self.assertEqual(sorted(name for _, name in steps[:3]), servers)
+        self.assertEqual([s for s, _ in steps[:3]], ["start"] * 3)
+        self.assertEqual(steps[3], ("identity", "idserver"))
+        self.assertEqual(sorted(name for _, name in steps[4:6]), ["idserver-2", "idserver-3"])
+        plans = self.net.load()
+        self.assertEqual([p.roles for p in plans[:3]],
+                         [("identity-server", "dht-seed"), ("identity-server",), ("identity-server",)])
+        network = network_file.load(self.net.bitnode_network_file)
+        self.assertEqual(network.identity_servers, tuple(f"127.0.0.1:{p.ports['idserver']}" for p in plans[:3]))
+        self.assertEqual(network.seeds, (f"127.0.0.1:{plans[0].ports['dht']}",))
+        self.assertEqual(len(network.stun_servers), 3)
+        self.assertRaises(BadRequest, plan_network, self.dir, 1, 1, False, id_servers=0)
+        self.assertRaises(BadRequest, plan_network, self.dir, 1, 1, False, id_servers=MAX_ID_SERVERS + 1)
 
     def test_a_failing_node_fails_up_after_the_others_of_its_step(self) -> None:
         err = self.assertRaises(LocalnetError, self.record_up_steps, failing="supplier-2")

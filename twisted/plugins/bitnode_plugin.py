@@ -21,6 +21,8 @@ class Options(usage.Options):
 
     optParameters = [
         ["basedir", "b", None, "The node's base directory (default: $BITNODE_HOME or ~/.bitnode)."],
+        ["network", None, None, "A network file (seed nodes, identity and STUN servers) to install as the "
+                                "node's own (config/network.json) before it starts."],
     ]
 
     def __init__(self):
@@ -42,6 +44,10 @@ class Options(usage.Options):
 
         where = Basedir.at(self["basedir"])
         self["basedir"] = where.root
+        if self["network"]:
+            import os
+
+            self["network"] = os.path.abspath(os.path.expanduser(self["network"]))
         server = self.parent
         if server is None:
             return
@@ -73,7 +79,8 @@ class BitnodeServiceMaker:
         tune_allocator()  # process-wide, so here where the process starts, not in a Node
         # The log filter is process-wide too: logs/debug-level, and the API secret kept out of every line.
         log_control = LogControl()
-        node = make_service(options["basedir"], options["set"], log_control=log_control)
+        node = make_service(options["basedir"], options["set"], log_control=log_control,
+                            network=options["network"])
         if options.parent is None:  # built outside twistd (a test): no process log to set up
             return node
         return with_process_log(node, options.parent, log_control)
