@@ -8,6 +8,9 @@ The machine, read top to bottom::
                                          journaled), fsyncs and renames it into place
     DOWNLOADING --downloaded--> DONE     journal entry dropped
     DOWNLOADING --failed--> FAILED       part removed, journal entry dropped
+    DOWNLOADING --stalled--> WAITING     a resumed download finds too few suppliers (the node
+                                         just started): the part is kept; it tries again on
+                                         suppliers-changed or every minute
     cancel: PENDING -> CANCELLED, DOWNLOADING -> CANCELLING -> CANCELLED (part removed)
     pause (node stopping), with a journal: PENDING -> PAUSED, DOWNLOADING -> PAUSING
         -> PAUSED with the part kept at its checkpoint; the next start resumes it
@@ -26,7 +29,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from bitnode.errors import Conflict, NotFound
+from bitnode.errors import Conflict, NotFound, Unavailable
 from bitnode.storage import local_files
 from bitnode.storage.catalog import COMPLETE
 from bitnode.storage.downloader import Downloader
@@ -41,6 +44,7 @@ class DownloadJob(_Job):
     name = "download_job"
     kind = "download"
     initial = "NEW"
+    timers = {"timer-1min": (60.0, {"WAITING"})}
     transitions = [
         # state          event         guard        next           actions
         ("NEW",          "start",      None,        "PENDING",     ["note_in_journal", "ask_for_slot"]),
@@ -54,19 +58,27 @@ class DownloadJob(_Job):
         ("DOWNLOADING",  "progress",   None,        "*",           ["note_progress"]),
         ("DOWNLOADING",  "downloaded", None,        DONE,          ["finish"]),
         ("DOWNLOADING",  "failed",     None,        FAILED_STATE,  ["remember_error", "finish"]),
+        ("DOWNLOADING",  "stalled",    None,        "WAITING",     ["remember_error", "release_slot"]),
+        ("WAITING",      "suppliers-changed", None, "PENDING",     ["clear_error", "ask_for_slot"]),
+        ("WAITING",      "timer-1min", None,        "PENDING",     ["clear_error", "ask_for_slot"]),
+        ("WAITING",      "cancel",     None,        CANCELLED,     ["drop_from_journal", "finish"]),
+        ("WAITING",      "pause",      None,        PAUSED,        ["settle_waiters"]),
         ("DOWNLOADING",  "cancel",     None,        "CANCELLING",  ["stop_downloader"]),
         ("DOWNLOADING",  "pause",      "resumable", "PAUSING",     ["pause_downloader"]),
         ("DOWNLOADING",  "pause",      None,        "CANCELLING",  ["stop_downloader"]),
         ("PAUSING",      "stopped",    None,        PAUSED,        ["release_slot", "settle_waiters"]),
         ("PAUSING",      "downloaded", None,        DONE,          ["finish"]),
         ("PAUSING",      "failed",     None,        FAILED_STATE,  ["remember_error", "finish"]),
+        ("PAUSING",      "stalled",    None,        PAUSED,        ["settle_waiters"]),
         ("CANCELLING",   "downloaded", None,        DONE,          ["finish"]),
         ("CANCELLING",   "stopped",    None,        CANCELLED,     ["finish"]),
         ("CANCELLING",   "failed",     None,        CANCELLED,     ["finish"]),
+        ("CANCELLING",   "stalled",    None,        CANCELLED,     ["drop_from_journal", "finish"]),
         # Harmless where they mean nothing: late progress, repeated requests, a cancel while pausing.
         ("*",            "progress",   None,        "*",           []),
         ("*",            "cancel",     None,        "*",           []),
         ("*",            "pause",      None,        "*",           []),
+        ("*",            "suppliers-changed", None, "*",           []),
     ]
 
     def __init__(self, ctx: StorageContext, manager: Any, remote_path: str, local_path: str,
@@ -88,6 +100,13 @@ class DownloadJob(_Job):
     def resumable(self, *_: Any) -> bool:
         """A journal keeps this download: it goes on at the next start."""
         return self.ctx.download_journal is not None
+
+    def may_wait(self, error: BaseException) -> bool:
+        """Too few suppliers for a download the user is not waiting on (resumed after a restart): wait for them.
+
+        A download the user just asked for fails at once instead, with the reason.
+        """
+        return self.resumable() and self.after_restart and isinstance(error, Unavailable)
 
     # --- actions ----------------------------------------------------------------------------
 
@@ -111,6 +130,14 @@ class DownloadJob(_Job):
         part = self.entry["part_name"]
         await self.ctx.run_in_thread(local_files.remove_part, self.local_path, self.root, part)
         await journal.drop(part)
+
+    def clear_error(self, *_: Any) -> None:
+        """A waiting download tries again: the old reason no longer holds."""
+        self.error = None
+
+    def _resume_from_journal(self) -> None:
+        """The next attempt goes on from the entry's checkpoint (the part was kept)."""
+        self.after_restart = True
 
     async def _checkpoint(self, segments: int, size: int) -> None:
         self.entry.update(segments_done=segments, bytes_done=size)
@@ -167,6 +194,10 @@ class DownloadJob(_Job):
             problems = getattr(err, "problems", ())
             if problems:
                 await self._note_damage(problems, ids)
+            if self.may_wait(err):
+                self._resume_from_journal()
+                self.event("stalled", err)
+                return
             await self._forget()
             self.event("failed", err)
             return

@@ -376,9 +376,14 @@ class _DownloadJob:
             if self.error is not None:
                 raise self.error
             await dl.run_in_thread(self.part.finish, *self.finish_as)
-        except BaseException:
+        except BaseException as exc:
             if self.part is not None and not kept:
-                await dl.run_in_thread(self.part.abort)
+                if self.on_checkpoint is not None and isinstance(exc, Unavailable):
+                    # Suppliers missing: the caller may try again later from what is on disk.
+                    await self.checkpoint()
+                    await dl.run_in_thread(self.part.keep)
+                else:
+                    await dl.run_in_thread(self.part.abort)
             raise
         return DownloadResult(
             self.dest_path,

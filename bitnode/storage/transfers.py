@@ -34,7 +34,7 @@ from bitnode.storage.job_context import StorageContext, stat_file
 from bitnode.storage.jobs import CANCELLED, DONE, FAILED_STATE, PAUSED, UploadJob, _Job
 
 UPLOAD, DOWNLOAD = "upload", "download"
-AT_REST = frozenset({PAUSED, DONE, FAILED_STATE, CANCELLED, "NEW", "PENDING"})
+AT_REST = frozenset({PAUSED, DONE, FAILED_STATE, CANCELLED, "NEW", "PENDING", "WAITING"})
 RUNNING_STATES = frozenset({"PREPARING", "UPLOADING", "DOWNLOADING", "PAUSING", "CANCELLING"})
 HISTORY_SIZE = 50
 
@@ -264,8 +264,8 @@ class TransferManager:
         return [j.info() for j in self.history if kind is None or j.kind == kind]
 
     def suppliers_changed(self) -> None:
-        """Paused uploads try again with the new suppliers."""
-        for job in self.jobs(UPLOAD):
+        """Paused uploads and waiting downloads try again with the new suppliers."""
+        for job in self.jobs():
             job.event("suppliers-changed")
 
     def stop(self) -> defer.Deferred:

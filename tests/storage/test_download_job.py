@@ -145,3 +145,32 @@ class ResumeTests(unittest.TestCase):
         self.h.clock.pump([1.0] * 9)
         self.assertEqual(done.state, "DONE")
         self.assertEqual(DownloadJournal(self.journal_path, sync_thread).load().result, {})
+
+    def test_a_resumed_download_waits_for_its_suppliers_instead_of_failing(self):
+        self.crash_after(5)
+        h = self.node()
+        for server in h.servers:
+            server.go_offline()  # the node just started: nobody is connected yet
+        entries = self.successResultOf(h.journal.load())
+        self.successResultOf(defer.Deferred.fromCoroutine(h.manager.resume_downloads(entries, lambda e: True)))
+        job = h.manager.jobs("download")[0]
+        self.assertEqual(job.state, "WAITING")
+        self.assertIn("timer-1min", job.active_timers())
+        self.assertEqual(len(parts_beside(self.target)), 1)  # kept at its checkpoint
+        self.assertEqual(len(h.journal.entries()), 1)
+        h.clock.advance(60)  # still nobody: it waits again
+        self.assertEqual(job.state, "WAITING")
+        for server in h.servers:
+            server.heal()
+        h.manager.suppliers_changed()
+        self.assertEqual(job.state, "DONE", job.error)
+        self.assertEqual(read(self.target), self.data)
+        self.assertEqual(job.result["resumed_from_segment"], 4)
+        self.assertEqual((parts_beside(self.target), h.journal.entries()), ([], {}))
+
+    def test_a_download_the_user_waits_on_fails_at_once_and_leaves_nothing(self):
+        for server in self.h.servers:
+            server.go_offline()
+        job = self.h.manager.start_download(REMOTE, self.target)
+        self.assertEqual(job.state, "FAILED")
+        self.assertEqual((parts_beside(self.target), self.h.journal.entries()), ([], {}))
