@@ -23,10 +23,10 @@ Contracts (:mod:`bitnode.supplier.contracts`): ``signed_at`` is when the
 customer itself signed a value (it re-signs at each of its publishes, at least
 every ``ttl/2`` while it runs; a supplier's re-store never changes it). So a
 newly kept value — handed over, or found newer in the DHT — renews the
-customer's contract as of ``signed_at`` (``renew``), and
-:meth:`RecordKeeper.record_alive` (asked before a silent customer's data is
-removed) is True while the newest value this supplier can find was signed
-within its ``ttl`` and still lists this supplier.
+customer's contract as of ``signed_at`` (``renew``); and before a silent
+customer's data is removed, the supplier reads :meth:`RecordKeeper.latest`
+once more (``SupplierService._renew_from_record``): a kept value that still
+lists this supplier counts as a sign of life at its ``signed_at``.
 
 Neighbours: ``clock``, ``run_in_thread``, ``dht()`` (an object with
 ``set_value`` / ``get_value`` like service_entangled_dht, or raises
