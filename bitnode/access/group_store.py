@@ -99,8 +99,8 @@ class GroupStore:
         self._file.close()
 
     def _read(self, sql: str, args: tuple = ()) -> list[sqlite3.Row]:
-        with self._file.lock:
-            return self._file.db.execute(sql, args).fetchall()
+        with self._file.locked() as db:
+            return db.execute(sql, args).fetchall()
 
     # -- hosted queues ------------------------------------------------------------------
 
@@ -190,9 +190,9 @@ class GroupStore:
                       max_bytes: int) -> tuple[list[tuple[int, bytes]], int]:
         """Entries with a sequence above ``after``, oldest first: at most ``limit`` of them and about
         ``max_bytes`` (always at least one when there is one); and the head."""
-        with self._file.lock:
+        with self._file.locked() as db:
             head = self.head(group_key_id)
-            rows = self._file.db.execute(
+            rows = db.execute(
                 "SELECT sequence, blob FROM entries WHERE group_key_id = ? AND sequence > ? ORDER BY sequence LIMIT ?",
                 (group_key_id, int(after), int(limit))).fetchall()
         batch, size = [], 0
@@ -253,8 +253,7 @@ class GroupStore:
 
     def describe(self) -> dict[str, Any]:
         """Counts for service_info."""
-        with self._file.lock:
-            db = self._file.db
+        with self._file.locked() as db:
             return {"hosted_queues": db.execute("SELECT COUNT(*) FROM queues").fetchone()[0],
                     "hosted_entries": db.execute("SELECT COUNT(*) FROM entries").fetchone()[0],
                     "memberships": db.execute("SELECT COUNT(*) FROM cursors WHERE active").fetchone()[0]}

@@ -90,6 +90,7 @@ from bitnode.chat.messages_service import PrivateMessagesService
 from bitnode.crypt import keys
 from bitnode.errors import BadRequest, BitnodeError, Conflict, Forbidden, NotFound, Unavailable
 from bitnode.main.options import FLOAT, Option
+from bitnode.main.sqlitedb import StoreClosed
 from bitnode.services.base import Service
 from bitnode.services.context import NodeContext
 from bitnode.storage.backups_service import BackupsService
@@ -423,8 +424,10 @@ class GroupsService(Service):
         store = self.store
         if store is None:
             return defer.succeed(None)
-        return self.ctx.run_in_thread(store.save_cursor, group_key_id, active, last_sequence,
-                                       self.ctx.clock.seconds())
+        d = self.ctx.run_in_thread(store.save_cursor, group_key_id, active, last_sequence, self.ctx.clock.seconds())
+        # Stopping: the store closed while this save waited for a thread. The next start fetches from the
+        # cursor saved before, and the history keeps one copy of a message: nothing is lost.
+        return d.addErrback(lambda f: f.trap(StoreClosed) and None)
 
     def _announce(self, what: str, facts: dict) -> None:
         if what in ("joined", "left"):
@@ -459,7 +462,7 @@ class GroupsService(Service):
         document = group_backup.parse(value)
         self._require()
         d = self._run(self._restore(document))
-        d.addErrback(lambda f: None if f.check(defer.CancelledError) else
+        d.addErrback(lambda f: None if f.check(defer.CancelledError, StoreClosed) else
                      self.log.failure("restoring the groups backup failed", f))
 
     async def _restore(self, document: dict) -> None:

@@ -17,10 +17,19 @@ import threading
 from contextlib import contextmanager
 from typing import Callable, Iterator, Sequence
 
-from bitnode.errors import BadRequest
+from bitnode.errors import BadRequest, Unavailable
 
 #: Most ``?`` put in one ``IN (...)`` list, below the connection's own limit (999 on old sqlite builds).
 MAX_IN_LIST = 500
+
+
+class StoreClosed(Unavailable):
+    """The database was closed (its service stopped) before this call reached it.
+
+    Work queued in the thread pool before a service stopped may run after the
+    service closed its file; it gets this error instead of sqlite's
+    ``ProgrammingError``, so its caller can tell "stopping" from a bug.
+    """
 
 
 class SqliteFile:
@@ -43,6 +52,7 @@ class SqliteFile:
             raise ValueError(f"synchronous must be FULL or NORMAL, not {synchronous!r}")
         self.path = path
         self.lock = threading.RLock()
+        self.closed = False
         self.db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self.db.row_factory = sqlite3.Row
         if foreign_keys:
@@ -66,14 +76,26 @@ class SqliteFile:
             raise BadRequest(f"{what} {path} has format {found}, this node reads {format_version}")
 
     def close(self) -> None:
-        """Close the database."""
+        """Close the database; later calls through :meth:`locked` or :meth:`transaction` raise StoreClosed."""
         with self.lock:
+            self.closed = True
             self.db.close()
 
     @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        """One ``BEGIN IMMEDIATE`` ... ``COMMIT`` under the lock; rolled back if the body raises."""
+    def locked(self) -> Iterator[sqlite3.Connection]:
+        """The connection under the lock, for reads (StoreClosed once the file was closed)."""
         with self.lock:
+            if self.closed:
+                raise StoreClosed(f"{self.path} is closed")
+            yield self.db
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One ``BEGIN IMMEDIATE`` ... ``COMMIT`` under the lock; rolled back if the body raises
+        (StoreClosed once the file was closed)."""
+        with self.lock:
+            if self.closed:
+                raise StoreClosed(f"{self.path} is closed")
             self.db.execute("BEGIN IMMEDIATE")
             try:
                 yield self.db

@@ -6,6 +6,7 @@ from twisted.trial import unittest
 
 from bitnode.access.group_store import GroupStore
 from bitnode.errors import NotFound
+from bitnode.main.sqlitedb import StoreClosed
 
 G1 = "group_00000000000000000000000000000001$alice@id.net"
 G2 = "group_00000000000000000000000000000002$alice@id.net"
@@ -27,6 +28,12 @@ class GroupStoreTests(unittest.TestCase):
         self.assertEqual(self.store.entries_after(G1, 0, 10, 1 << 20), ([(1, b"one"), (2, b"two")], 2))
         self.assertEqual(self.store.entries_after(G1, 1, 10, 1 << 20), ([(2, b"two")], 2))
         self.assertRaises(NotFound, self.store.append, "group_09$nobody@x", "bob@x", "m", 1.0, b"", 1.0)
+
+    def test_a_cursor_saved_after_the_store_closed_raises_store_closed(self):
+        # groups_service.stop closes the store while a member's save may still wait for a thread
+        self.store.close()
+        self.assertRaises(StoreClosed, self.store.save_cursor, G1, True, 3, 1.0)
+        self.assertRaises(StoreClosed, self.store.cursors)
 
     def test_a_fetch_is_bounded_by_count_and_bytes_but_never_empty_when_something_is_there(self):
         self.store.create_queue(G1, 1.0)

@@ -7,7 +7,7 @@ import sqlite3
 from twisted.trial import unittest
 
 from bitnode.errors import BadRequest
-from bitnode.main.sqlitedb import SqliteFile
+from bitnode.main.sqlitedb import SqliteFile, StoreClosed
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -42,3 +42,16 @@ class SqliteFileTests(unittest.TestCase):
         err = self.assertRaises(BadRequest, SqliteFile, self.path, SCHEMA, 2, "things")
         self.assertIn("things", str(err))
         self.assertIn("format 1", str(err))
+
+    def test_a_call_that_reaches_a_closed_file_gets_store_closed_not_a_sqlite_error(self):
+        # Work queued in the thread pool before its service stopped can run after the file closed.
+        db = SqliteFile(self.path, SCHEMA, 1, "things")
+        db.close()
+        self.assertTrue(db.closed)
+        with self.assertRaises(StoreClosed):
+            with db.transaction() as conn:
+                conn.execute("INSERT INTO things VALUES ('late')")
+        with self.assertRaises(StoreClosed):
+            with db.locked() as conn:
+                conn.execute("SELECT * FROM things")
+        self.assertEqual(StoreClosed("x").http_code, 503)
