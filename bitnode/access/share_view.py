@@ -14,7 +14,9 @@ suppliers. So each open share gets a :class:`ShareView`:
   for the owner's space), and whose key unwrapping uses the share's private
   key from my key store; wrapping (uploading) is refused: a reader reads;
 - a :class:`~bitnode.storage.transfers.TransferManager` of its own for the
-  downloads (the tested DownloadJob and Downloader do the work).
+  downloads (the tested DownloadJob and Downloader do the work), noted in my
+  node's download journal so that a crash mid-download leaves no ``.part``
+  behind (the next start removes it; a stop cancels).
 
 For the API the view stands in for service_backups (``catalog``,
 ``transfers``, ``check_remote_path``, ``placement``, ``require_ready``), so
@@ -44,7 +46,8 @@ class ShareView:
 
     def __init__(self, clock: Any, run_in_thread: Callable[..., defer.Deferred], reader: ShareReader,
                  registry: Any = None, segments_in_flight: Callable[[], int] = lambda: 2,
-                 fetch_timeout: Callable[[], float] = lambda: 60.0, max_downloads: Callable[[], int] = lambda: 2):
+                 fetch_timeout: Callable[[], float] = lambda: 60.0, max_downloads: Callable[[], int] = lambda: 2,
+                 download_journal: Any = None):
         self.reader = reader
         self.key_id = reader.key_id
         self.owner_id = reader.owner_id
@@ -57,7 +60,10 @@ class ShareView:
         self.context = StorageContext(
             clock=clock, run_in_thread=run_in_thread, catalog=self.catalog, customer_id=self.owner_id,
             placement=self.placement, wrap_key=self._refuse_wrap, unwrap_key=self._unwrap_key,
-            segments_in_flight=segments_in_flight, fetch_timeout=fetch_timeout, registry=registry)
+            segments_in_flight=segments_in_flight, fetch_timeout=fetch_timeout, registry=registry,
+            # Journaled so that a crash leaves no stray part (the next start removes it); a share's download
+            # is not resumed across restarts: the share is opened again first.
+            download_journal=download_journal, resumable_downloads=False)
         self.transfers = TransferManager(self.context, lambda: 1, max_downloads)
         self._released: defer.Deferred | None = None
 

@@ -180,6 +180,11 @@ class SharesService(Service):
             raise Unavailable(f"{BackupsService.name} is not running")
         return self.deps.storage
 
+    def _download_journal(self) -> Any:
+        """My node's download journal (None while service_backups has no identity): crash cleanup of share downloads."""
+        context = self.deps.storage.context if self.deps.is_on("storage") else None
+        return context.download_journal if context is not None else None
+
     def _holds(self, key_id: str) -> bool:
         store = self._keystore()
         return store.has(key_id) and store.get(key_id).is_private
@@ -431,7 +436,8 @@ class SharesService(Service):
         view = ShareView(ctx.clock, ctx.run_in_thread, reader, registry=ctx.automats,
                          segments_in_flight=lambda: settings.get("services/backups/segments-in-flight"),
                          fetch_timeout=lambda: settings.get(PREFIX + "request-timeout"),
-                         max_downloads=lambda: settings.get("services/backups/max-downloads"))
+                         max_downloads=lambda: settings.get("services/backups/max-downloads"),
+                         download_journal=self._download_journal())
         coordinator = SharedAccessCoordinator(ctx.clock, key_id, owner, view, self._coordinator_news,
                                               registry=ctx.automats)
         self.coordinators[key_id] = coordinator

@@ -42,6 +42,7 @@ from bitnode.storage.catalog_format import (
     check_mtime_ns,
     check_sha256,
     check_suppliers,
+    insert_rows,
     parents_of,
     parse_export,
     segment_count,
@@ -130,14 +131,7 @@ class Catalog:
     def _ensure_item(self, db: sqlite3.Connection, key_id: str, path: str, as_folder: bool, exist_ok: bool,
                      now: float, mode: int | None = None, mtime_ns: int | None = None) -> bool:
         """Make the item and its parent folders inside the caller's transaction; True if the item is new."""
-        for parent in parents_of(path):
-            found = self._item_row(db, key_id, parent)
-            if found is None:
-                db.execute("INSERT INTO items (key_id, path, is_folder, created) VALUES (?, ?, 1, ?)",
-                           (key_id, parent, now))
-            elif not found["is_folder"]:
-                raise Conflict(f"{key_id}:{parent} is a {_kind(found)}, not a folder")
-        found = self._item_row(db, key_id, path)
+        found = self._make_parents(db, key_id, path, now)
         if found is None:
             db.execute("INSERT INTO items (key_id, path, is_folder, created, mode, mtime_ns)"
                        " VALUES (?, ?, ?, ?, ?, ?)", (key_id, path, int(as_folder), now, mode, mtime_ns))
@@ -149,6 +143,17 @@ class Catalog:
         if mode is not None or mtime_ns is not None:
             db.execute("UPDATE items SET mode = ?, mtime_ns = ? WHERE item_id = ?", (mode, mtime_ns, found["item_id"]))
         return False
+
+    def _make_parents(self, db: sqlite3.Connection, key_id: str, path: str, now: float) -> sqlite3.Row | None:
+        """Make the folders above ``path`` (Conflict if one is a file or link); the row at ``path``, if any."""
+        for parent in parents_of(path):
+            found = self._item_row(db, key_id, parent)
+            if found is None:
+                db.execute("INSERT INTO items (key_id, path, is_folder, created) VALUES (?, ?, 1, ?)",
+                           (key_id, parent, now))
+            elif not found["is_folder"]:
+                raise Conflict(f"{key_id}:{parent} is a {_kind(found)}, not a folder")
+        return self._item_row(db, key_id, path)
 
     def create_link(self, key_id: str, path: str, target: str, mtime_ns: int | None = None,
                     now: float = 0.0) -> dict:
@@ -163,14 +168,7 @@ class Catalog:
         check_link_target(target)
         check_mtime_ns(mtime_ns)
         with self._transaction() as db:
-            for parent in parents_of(path):
-                found = self._item_row(db, key_id, parent)
-                if found is None:
-                    db.execute("INSERT INTO items (key_id, path, is_folder, created) VALUES (?, ?, 1, ?)",
-                               (key_id, parent, now))
-                elif not found["is_folder"]:
-                    raise Conflict(f"{key_id}:{parent} is a {_kind(found)}, not a folder")
-            found = self._item_row(db, key_id, path)
+            found = self._make_parents(db, key_id, path, now)
             if found is None:
                 db.execute("INSERT INTO items (key_id, path, is_folder, created, mtime_ns, link_target)"
                            " VALUES (?, ?, 0, ?, ?, ?)", (key_id, path, now, mtime_ns, target))
@@ -543,19 +541,7 @@ class Catalog:
         try:
             with self._transaction() as db:
                 db.execute("DELETE FROM items")
-                ids = {}
-                for key_id, path, is_folder, created, mode, mtime_ns, link in rows.items:
-                    ids[(key_id, path)] = db.execute(
-                        "INSERT INTO items (key_id, path, is_folder, created, mode, mtime_ns, link_target)"
-                        " VALUES (?, ?, ?, ?, ?, ?, ?)", (key_id, path, is_folder, created, mode, mtime_ns, link)
-                    ).lastrowid
-                db.executemany(
-                    "INSERT INTO versions (version_id, item_id, state, size, segment_size, segments_total,"
-                    " k, n, wrapped_key, suppliers, created, completed, mode, mtime_ns)"
-                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                    [(v[0], ids[(v[1], v[2])], *v[3:]) for v in rows.versions])
-                db.executemany("INSERT INTO segments VALUES (?, ?, ?)", rows.segments)
-                db.executemany("INSERT INTO blocks VALUES (?, ?, ?, ?, ?)", rows.blocks)
+                insert_rows(db, rows)
         except sqlite3.Error as err:
             raise BadRequest(f"catalog backup is not valid: {err}") from None
 

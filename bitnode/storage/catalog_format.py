@@ -152,6 +152,22 @@ def write_export(db: sqlite3.Connection) -> bytes:
     return json.dumps(doc, separators=(",", ":")).encode("utf-8")
 
 
+def insert_rows(db: sqlite3.Connection, rows: ExportRows) -> None:
+    """Put checked rows into empty catalog tables (inside the caller's transaction)."""
+    ids = {}
+    for key_id, path, is_folder, created, mode, mtime_ns, link in rows.items:
+        ids[(key_id, path)] = db.execute(
+            "INSERT INTO items (key_id, path, is_folder, created, mode, mtime_ns, link_target)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)", (key_id, path, is_folder, created, mode, mtime_ns, link)).lastrowid
+    db.executemany(
+        "INSERT INTO versions (version_id, item_id, state, size, segment_size, segments_total,"
+        " k, n, wrapped_key, suppliers, created, completed, mode, mtime_ns) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        [(v[0], ids[(v[1], v[2])], *v[3:]) for v in rows.versions])
+    db.executemany("INSERT INTO segments (version_id, seg_index, plaintext_length) VALUES (?, ?, ?)", rows.segments)
+    db.executemany("INSERT INTO blocks (version_id, seg_index, position, sha256, supplier) VALUES (?, ?, ?, ?, ?)",
+                   rows.blocks)
+
+
 def describe_metadata(kind: str, mode: int | None, mtime_ns: int | None, link_target: str | None = None) -> dict:
     """What ``file_info`` shows of the metadata kept for a file, folder or link (None where unknown)."""
     type_bits = {"folder": stat.S_IFDIR, "link": stat.S_IFLNK}.get(kind, stat.S_IFREG)

@@ -99,7 +99,7 @@ class DownloadJob(_Job):
 
     def resumable(self, *_: Any) -> bool:
         """A journal keeps this download: it goes on at the next start."""
-        return self.ctx.download_journal is not None
+        return self.ctx.download_journal is not None and self.ctx.resumable_downloads
 
     def may_wait(self, error: BaseException) -> bool:
         """Too few suppliers for a download the user is not waiting on (resumed after a restart): wait for them.

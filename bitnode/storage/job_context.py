@@ -93,6 +93,8 @@ class StorageContext:
     version_tag: Callable[[str], str] = lambda key_id: ""
     #: Downloads under way, on disk (:mod:`bitnode.storage.download_journal`); None: a stop cancels them.
     download_journal: Any = None
+    #: A stop pauses journaled downloads (resumed at the next start); False: it cancels them.
+    resumable_downloads: bool = True
     #: Bytes a download writes between two checkpoints (synced and journaled).
     download_checkpoint: Callable[[], int] = lambda: 64 * 1024 * 1024
     log: Logger = field(default_factory=Logger)
