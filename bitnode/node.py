@@ -1,38 +1,32 @@
-"""The Node: one user's node, owning all of its state, as a Twisted MultiService.
+"""The Node: one user's node, owning all of its state and its lifecycle, as a Twisted MultiService.
 
 Nothing a node knows lives at module level, so any number of Nodes can run in
-one reactor (the in-process test network relies on that). Build one with
-:func:`build_node`; ``twistd -n bitnode`` does the same.
+one reactor (the in-process test network relies on that). The node holds the
+basedir, settings, event bus, automat registry, thread pool and the service
+driver, and hands its services a :class:`~bitnode.services.context.NodeContext`.
+It knows nothing of the API: the composition root (:func:`bitnode.app.build_node`)
+adds the API server as a child service, which the node starts before its
+services and stops after them.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from typing import Callable, Iterable
 
 from twisted.application.service import MultiService
+from twisted.application.service import Service as TwistedService
 from twisted.internet import defer
 from twisted.internet.error import ReactorNotRunning
 from twisted.internet.threads import deferToThreadPool
-from twisted.logger import Logger, LogLevel
+from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
 from automats import Registry
-from bitnode.interface.api import API
-from bitnode.interface.auth import ApiGuard, RateLimiter, load_or_create_secret
-from bitnode.interface.dispatch import Dispatcher
-from bitnode.interface.limits import ApiLimits
-from bitnode.interface.rest import ApiResource, ApiSite
-from bitnode.interface.websocket import ApiWebSocketFactory
 from bitnode.main import network_file
 from bitnode.main.basedir import Basedir
-from bitnode.main.connections import ConnectionSet
 from bitnode.main.events import EventBus
-from bitnode.main.fileutil import atomic_write
-from bitnode.main.logs import DEBUG_LEVEL_KEY, level_for
-from bitnode.main.schema import SCHEMA
 from bitnode.main.settings import Settings
 from bitnode.services.base import Service
 from bitnode.services.context import NodeContext
@@ -40,7 +34,7 @@ from bitnode.services.driver import ServiceDriver
 
 
 class Node(MultiService):
-    """One node: settings, services, automats, event bus, thread pool and the local API."""
+    """One node: settings, services, automats, event bus and thread pool (the API is a child service)."""
 
     log = Logger()
 
@@ -59,19 +53,6 @@ class Node(MultiService):
                                    events=self.events, automats=self.automats, run_in_thread=self.run_in_thread,
                                    call_later=self.call_later)
         self.service_driver = ServiceDriver(self.context, service_classes)
-        self.api = API(self)
-        # API settings read on every request are cached here and kept current by settings listeners.
-        self._log_api_calls = bool(settings.get("logs/api-calls"))
-        self._api_debug = level_for(settings.get(DEBUG_LEVEL_KEY)) is LogLevel.debug
-        self._api_site: ApiSite | None = None
-        self._limiter = RateLimiter(reactor, settings.get("interface/api/rate-limit"),
-                                    settings.get("interface/api/rate-burst"))
-        settings.add_listener("logs/api-calls", self._api_settings_changed)
-        settings.add_listener(DEBUG_LEVEL_KEY, self._api_settings_changed)
-        settings.add_listener("interface/api/rate-", self._api_settings_changed)
-        self.dispatcher = Dispatcher(self.api, log_calls=lambda: self._log_api_calls,
-                                     limits=ApiLimits.from_settings(settings))
-        self.api_secret = ""
         #: The network this node joins (its seeds, identity and STUN servers), see main/network_file.py.
         self.network = network_file.NetworkFile()
         self.ready = False
@@ -80,9 +61,6 @@ class Node(MultiService):
         self.on_restart_requested: Callable[[], None] = self._restart_process
         #: "stop" or "restart" once the process was asked to end (later requests are no-ops), else None.
         self.end_requested: str | None = None
-        self._http_port = None
-        self._ws_port = None
-        self._connections: list[ConnectionSet] = []
         self._later: set = set()
         self._startup: defer.Deferred | None = None
 
@@ -104,14 +82,12 @@ class Node(MultiService):
         return call
 
     def endpoints(self) -> dict:
-        """The URLs of this node's API (known once listening)."""
-        iface = self.settings.get("interface/api/interface")
-        host = f"[{iface}]" if ":" in iface else iface
-        out = {}
-        if self._http_port is not None:
-            out["http"] = f"http://{host}:{self._http_port.getHost().port}/"
-        if self._ws_port is not None:
-            out["ws"] = f"ws://{host}:{self._ws_port.getHost().port}/"
+        """The URLs this node listens at for its user: those of its child services that have ``endpoints()``."""
+        out: dict = {}
+        for child in self:
+            endpoints = getattr(child, "endpoints", None)
+            if endpoints is not None:
+                out.update(endpoints())
         return out
 
     def request_stop(self, delay: float = 0.0) -> str | None:
@@ -146,14 +122,24 @@ class Node(MultiService):
     # --- lifecycle -----------------------------------------------------------------
 
     def startService(self) -> None:
-        """Create the basedir, open the API, then start the enabled services."""
+        """Create the basedir, start the child services (the API listens), then the enabled services.
+
+        A child that cannot start (a port in use) fails the node's start before
+        anything else runs.
+        """
         self.basedir.create()
-        self.api_secret = load_or_create_secret(self.basedir.api_secret_file)
-        self._listen()
+        started = []
+        try:
+            for child in list(self):
+                child.startService()
+                started.append(child)
+        except BaseException:
+            for child in reversed(started):
+                child.stopService()
+            raise
+        TwistedService.startService(self)
         self.threadpool.start()
-        self._write_endpoints()
         self.started_at = self.clock.seconds()
-        super().startService()
         self._startup = self.service_driver.start_all()
         self._startup.addCallback(self._started)
         self._startup.addErrback(lambda f: self.log.failure("starting services failed", f))
@@ -173,9 +159,9 @@ class Node(MultiService):
 
     @defer.inlineCallbacks
     def stopService(self):
-        """Stop services in reverse order, close the API, the event bus and the thread pool."""
+        """Stop services in reverse order, then the child services (the API), the event bus and the thread pool."""
         self.ready = False
-        yield defer.maybeDeferred(super().stopService)
+        TwistedService.stopService(self)
         if self._startup is not None and not self._startup.called:
             yield self._startup
         yield self.service_driver.stop_all()
@@ -187,54 +173,11 @@ class Node(MultiService):
             # Its service should have destroyed it; its timers must not fire on a stopped node.
             self.log.warn("automat {id} still running after its service stopped; destroying it", id=machine.id)
             machine.destroy()
-        for port in (self._http_port, self._ws_port):
-            if port is not None:
-                yield defer.maybeDeferred(port.stopListening)
-        self._http_port = self._ws_port = None
-        # Answer waiting long-polls before the connections they would be written to are closed.
+        # Clients are answered while the services stop; the API closes after them.
+        for child in reversed(list(self)):
+            yield defer.maybeDeferred(child.stopService)
         self.events.close()
-        yield defer.gatherResults([open_ones.close_all(self.clock, grace=2.0) for open_ones in self._connections])
-        self._connections = []
-        self._api_site = None
         self.threadpool.stop()
-        try:
-            os.unlink(self.basedir.endpoints_file)
-        except FileNotFoundError:
-            pass
-
-    def _listen(self) -> None:
-        iface = self.settings.get("interface/api/interface")
-        guard = ApiGuard(self.api_secret, extra_hosts=(iface,))
-        site = self._api_site = ApiSite(ApiResource(self.dispatcher, guard, self._limiter), reactor=self.reactor)
-        site.log_requests = self._log_api_calls
-        ws_factory = ApiWebSocketFactory(self.dispatcher, guard, self._limiter, self.events, self.reactor,
-                                         debug_enabled=lambda: self._api_debug, secrets=lambda: (self.api_secret,))
-        ws_factory.noisy = False
-        # So stopService can close the connections still open, not only the listening ports.
-        self._connections = [site.connections, ws_factory.connections]
-        self._http_port = self.reactor.listenTCP(self.settings.get("interface/api/http-port"), site, interface=iface)
-        try:
-            self._ws_port = self.reactor.listenTCP(self.settings.get("interface/api/ws-port"), ws_factory,
-                                                   interface=iface)
-        except Exception:
-            self._http_port.stopListening()
-            self._http_port = None
-            raise
-
-    def _api_settings_changed(self, key, old, new) -> None:
-        if key == DEBUG_LEVEL_KEY:
-            self._api_debug = level_for(new) is LogLevel.debug
-        elif key == "logs/api-calls":
-            self._log_api_calls = bool(new)
-            if self._api_site is not None:
-                self._api_site.log_requests = self._log_api_calls
-        else:
-            self._limiter.configure(self.settings.get("interface/api/rate-limit"),
-                                    self.settings.get("interface/api/rate-burst"))
-
-    def _write_endpoints(self) -> None:
-        data = dict(self.endpoints(), pid=os.getpid(), basedir=self.basedir.root)
-        atomic_write(self.basedir.endpoints_file, json.dumps(data).encode("utf-8"), mode=0o600)
 
     def _publish_state_change(self, machine, old_state, new_state, event) -> None:
         self.events.publish("automat-state-changed", {
@@ -266,36 +209,3 @@ class Node(MultiService):
 
         self.reactor.addSystemEventTrigger("after", "shutdown", exec_again)
         self._stop_reactor()
-
-
-def default_services() -> list[type[Service]]:
-    """The services every node has."""
-    from bitnode.services.catalog import SERVICES
-
-    return list(SERVICES)
-
-
-def build_node(basedir: str | None = None, reactor=None, overrides: dict | None = None,
-               service_classes: Iterable[type[Service]] | None = None) -> Node:
-    """Wire a Node: basedir layout, settings (with ``overrides``), services.
-
-    The node's network file (``config/network.json``, else the shipped one)
-    gives the defaults of its server settings; an unusable one raises
-    :class:`~bitnode.main.network_file.BadNetworkFile`.
-
-    ``reactor`` defaults to the global reactor; tests may pass overrides such
-    as ``{"interface/api/http-port": 0, "interface/api/ws-port": 0}`` to get
-    free ports.
-    """
-    if reactor is None:
-        from twisted.internet import reactor as default_reactor
-
-        reactor = default_reactor
-    where = Basedir.at(basedir)
-    where.create()
-    network = network_file.for_node(where.config)
-    settings = Settings(where.settings_file, SCHEMA, overrides, defaults=network.setting_defaults())
-    classes = list(service_classes) if service_classes is not None else default_services()
-    node = Node(where, reactor, settings, classes)
-    node.network = network
-    return node

@@ -9,12 +9,12 @@ from twisted.application.service import IService, MultiService
 from twisted.internet.error import ReactorNotRunning
 from twisted.logger import ILogObserver, LegacyLogObserverWrapper, Logger
 
+from bitnode.app import build_node
 from bitnode.errors import BitnodeError
 from bitnode.interface.auth import load_or_create_secret
 from bitnode.main import network_file
 from bitnode.main.basedir import Basedir
 from bitnode.main.logs import LogControl
-from bitnode.node import build_node
 
 log = Logger(namespace="bitnode.runner")
 

@@ -9,7 +9,7 @@ What it measures (machines are noisy, so each target is also shown as a ratio
 or a bound taken within this one run):
 
 a. API overhead: ``process_health`` round trips per second against a real
-   node (:func:`bitnode.node.build_node`, its whole REST stack: Host/Origin/
+   node (:func:`bitnode.app.build_node`, its whole REST stack: Host/Origin/
    secret checks, rate limiter, dispatcher, envelope) versus a bare
    ``twisted.web`` resource answering a tiny JSON. Each server is a separate
    process; the client here keeps ``--concurrency`` persistent HTTP/1.1
@@ -67,14 +67,14 @@ def serve_node(basedir: str) -> None:
     """Child process: start a real node on free loopback ports and print its port and secret."""
     from twisted.internet import reactor
 
-    from bitnode.node import build_node
+    from bitnode.app import api_server, build_node
 
     overrides = {"interface/api/http-port": 0, "interface/api/ws-port": 0, "interface/api/rate-limit": 0}
     node = build_node(basedir, reactor, overrides, service_classes=[])
     node.startService()
     reactor.addSystemEventTrigger("before", "shutdown", node.stopService)
     port = int(node.endpoints()["http"].rstrip("/").rsplit(":", 1)[1])
-    print(json.dumps({"port": port, "secret": node.api_secret}), flush=True)
+    print(json.dumps({"port": port, "secret": api_server(node).secret}), flush=True)
     reactor.run()
 
 

@@ -14,8 +14,8 @@ from twisted.internet.task import Clock
 from twisted.trial import unittest
 from twisted.web.client import Agent, HTTPConnectionPool
 
+from bitnode.app import api_server, build_node
 from bitnode.interface import api as api_module
-from bitnode.node import build_node
 from tests.interface.support import (
     FAKE_SERVICES,
     WAIT,
@@ -54,13 +54,13 @@ class TwoNodesTests(unittest.TestCase):
         self.assertNotEqual(self.a.basedir.root, self.b.basedir.root)
         self.assertNotEqual(self.a.endpoints()["http"], self.b.endpoints()["http"])
         self.assertNotEqual(self.a.endpoints()["ws"], self.b.endpoints()["ws"])
-        self.assertNotEqual(self.a.api_secret, self.b.api_secret)
+        self.assertNotEqual(api_server(self.a).secret, api_server(self.b).secret)
 
     @defer.inlineCallbacks
     def test_both_answer_and_refuse_the_other_ones_secret(self):
         for api in (self.api_a, self.api_b):
             self.assertEqual((yield api.get("process/health/v1")).result["alive"], True)
-        reply = yield self.api_b.request("GET", "process/health/v1", secret=self.a.api_secret)
+        reply = yield self.api_b.request("GET", "process/health/v1", secret=api_server(self.a).secret)
         self.assertEqual(reply.code, 401)
         info = (yield self.api_b.get("process/info/v1")).result
         self.assertEqual(info["basedir"], self.b.basedir.root)
@@ -95,7 +95,7 @@ class TwoNodesTests(unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_stopping_one_leaves_the_other_running(self):
-        ports = [self.a._http_port.getHost().port, self.a._ws_port.getHost().port]
+        ports = [api_server(self.a)._http_port.getHost().port, api_server(self.a)._ws_port.getHost().port]
         yield self.a.stopService()
         for port in ports:
             with self.assertRaises(ConnectionRefusedError):
@@ -112,14 +112,14 @@ class StopTests(unittest.TestCase):
     def test_stop_service_leaves_nothing_behind(self):
         before = pending_calls()
         node = yield start_node(self)
-        ports = [node._http_port, node._ws_port]
+        ports = [api_server(node)._http_port, api_server(node)._ws_port]
         ws = yield connect_ws(self, node)
         # A keep-alive HTTP connection the client does not close itself.
         pool = HTTPConnectionPool(reactor, persistent=True)
         self.addCleanup(pool.closeCachedConnections)
         client = HTTPClient(Agent(reactor, pool=pool))
         response = yield client.get(node.endpoints()["http"] + "process/health/v1",
-                                    headers={"api_secret": node.api_secret})
+                                    headers={"api_secret": api_server(node).secret})
         yield response.content()
         # Idle raw connections: one that never sends its WebSocket handshake, one that never sends a request.
         idle = []
@@ -133,7 +133,7 @@ class StopTests(unittest.TestCase):
         yield ws.call_ok("process_stop")
         self.assertTrue(node.threadpool.started)
         self.assertTrue(pending_calls() - before)
-        open_connections = list(node._connections)
+        open_connections = list(api_server(node)._connections)
         self.assertEqual(sum(len(connections) for connections in open_connections), 4)
 
         yield node.stopService()
@@ -142,7 +142,7 @@ class StopTests(unittest.TestCase):
         for port in ports:
             self.assertNotIn(port, reactor.getReaders())
         self.assertEqual([len(connections) for connections in open_connections], [0, 0])
-        self.assertEqual(node._connections, [])
+        self.assertEqual(api_server(node)._connections, [])
         self.assertFalse(node.threadpool.started)
         self.assertEqual(node.threadpool.threads, [])
         self.assertTrue(lamp.destroyed)
@@ -163,7 +163,7 @@ class StopTests(unittest.TestCase):
         second = build_node(self.mktemp(), reactor, service_classes=FAKE_SERVICES,
                             overrides={"interface/api/http-port": 0, "interface/api/ws-port": taken})
         self.assertRaises(CannotListenError, second.startService)
-        self.assertIsNone(second._http_port)
+        self.assertIsNone(api_server(second)._http_port)
         self.assertFalse(second.threadpool.started)
         yield wait(0)  # the HTTP port opened before the failure finishes closing
 
@@ -191,8 +191,8 @@ class EndRequestTests(unittest.TestCase):
         self.node = build_node(self.mktemp(), self.clock, service_classes=FAKE_SERVICES)
 
     def test_second_stop_is_a_no_op_not_a_reactor_error(self):
-        first = self.node.api.process_stop()
-        second = self.node.api.process_stop()
+        first = api_server(self.node).api.process_stop()
+        second = api_server(self.node).api.process_stop()
         self.clock.advance(1)  # raised ReactorNotRunning from the second delayed stop before
         self.assertEqual(self.clock.stops, 1)
         self.assertEqual(first, {"stopping": True, "pid": os.getpid()})
@@ -202,8 +202,8 @@ class EndRequestTests(unittest.TestCase):
     def test_restart_after_stop_is_a_no_op(self):
         restarts = []
         self.node.on_restart_requested = lambda: restarts.append(1)
-        self.node.api.process_stop()
-        answer = self.node.api.process_restart()
+        api_server(self.node).api.process_stop()
+        answer = api_server(self.node).api.process_restart()
         self.clock.advance(1)
         self.assertEqual((self.clock.stops, restarts), (1, []))
         self.assertEqual((answer["restarting"], answer["ignored"]), (False, "a stop is already under way"))
@@ -211,14 +211,14 @@ class EndRequestTests(unittest.TestCase):
     def test_second_restart_is_a_no_op(self):
         restarts = []
         self.node.on_restart_requested = lambda: restarts.append(1)
-        self.node.api.process_restart()
-        answer = self.node.api.process_restart()
+        api_server(self.node).api.process_restart()
+        answer = api_server(self.node).api.process_restart()
         self.clock.advance(1)
         self.assertEqual(restarts, [1])
         self.assertEqual((answer["restarting"], answer["ignored"]), (True, "a restart is already under way"))
 
     def test_stop_while_a_signal_already_stops_the_reactor(self):
         self.clock.stop()  # SIGTERM got there first; the reactor still says it is running while it stops
-        self.node.api.process_stop()
+        api_server(self.node).api.process_stop()
         self.clock.advance(1)  # no ReactorNotRunning escapes
         self.assertEqual(self.clock.stops, 1)

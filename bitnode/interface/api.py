@@ -30,6 +30,7 @@ from bitnode.interface.api_stun import StunMethods
 from bitnode.main.process import debug_snapshot, system_stats
 
 if TYPE_CHECKING:  # pragma: no cover
+    from bitnode.interface.api_server import ApiServer
     from bitnode.node import Node
 
 STOP_DELAY = 0.2
@@ -39,8 +40,10 @@ class API(IdentityMethods, AccessMethods, NetworkMethods, DHTMethods, FilesMetho
           MessageMethods, MarketMethods, GroupsMethods, SharesMethods):
     """Every implemented API method of one node."""
 
-    def __init__(self, node: Node):
+    def __init__(self, node: Node, server: ApiServer | None = None):
         self.node = node
+        #: The listeners answering through this API (their addresses and refusal counters).
+        self.server = server
 
     # --- process -------------------------------------------------------------
 
@@ -68,7 +71,7 @@ class API(IdentityMethods, AccessMethods, NetworkMethods, DHTMethods, FilesMetho
             "basedir": node.basedir.root,
             "ready": node.ready,
             "api": node.endpoints(),
-            "api_limits": node.dispatcher.limits.status(),
+            "api_limits": self.server.dispatcher.limits.status() if self.server is not None else {},
             "services": {"total": len(services), "on": sum(1 for s in services if s["state"] == "ON")},
             "automats": len(node.automats.list()),
             "events": {"last_seq": node.events.last_seq},

@@ -14,6 +14,7 @@ from twisted.trial import unittest
 
 from bitnode.access.friends_service import FriendsService
 from bitnode.access.key_exchange_service import KeyExchangeService
+from bitnode.app import api_server
 from bitnode.p2p.network_service import NetworkService
 from bitnode.transport.gateway_service import GatewayService
 from bitnode.userid.id_server import IdentityServerService
@@ -48,7 +49,7 @@ class AccessNetworkCase(unittest.TestCase):
     @inlineCallbacks
     def call(self, node, method, **kwargs):
         """The dispatcher's answer (``.code``, ``.envelope``)."""
-        answer = yield node.dispatcher.execute_by_name(method, kwargs)
+        answer = yield api_server(node).dispatcher.execute_by_name(method, kwargs)
         return answer
 
     @inlineCallbacks

@@ -21,6 +21,7 @@ from bitnode.access import share_index
 from bitnode.access.key_exchange_service import KeyExchangeService
 from bitnode.access.share_reader import ShareReader
 from bitnode.access.shares_service import SharesService
+from bitnode.app import api_server
 from bitnode.customer.customer_service import CustomerService
 from bitnode.customer.suppliers_record import lookup_suppliers
 from bitnode.dht.dht_service import DHTService
@@ -69,7 +70,7 @@ class SharesNetworkTests(unittest.TestCase):
 
     @inlineCallbacks
     def error(self, node, code, method, **kwargs):
-        answer = yield node.dispatcher.execute_by_name(method, kwargs)
+        answer = yield api_server(node).dispatcher.execute_by_name(method, kwargs)
         self.assertEqual(answer.code, code, (method, answer.envelope))
         return " ".join(answer.envelope["errors"])
 

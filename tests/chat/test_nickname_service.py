@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from twisted.internet.defer import inlineCallbacks
 
+from bitnode.app import api_server
 from bitnode.chat.nickname_service import NicknameService
 from bitnode.dht.dht_service import DHTService
 from bitnode.userid.id_service import IdentityService
@@ -38,9 +39,9 @@ class NicknameNetworkTests(ChatNetworkCase):
         self.assertEqual([h["nickname"] for h in everyone], ["carol", "carol-1"])
         self.assertEqual(everyone[1]["idurl"], bob.service_driver.get("service_identity").my_idurl())
 
-        missing = yield alice.dispatcher.execute_by_name("user_search", {"nickname": "nobody"})
+        missing = yield api_server(alice).dispatcher.execute_by_name("user_search", {"nickname": "nobody"})
         self.assertEqual(missing.code, 404)
-        bad = yield alice.dispatcher.execute_by_name("user_search", {"nickname": "no body"})
+        bad = yield api_server(alice).dispatcher.execute_by_name("user_search", {"nickname": "no body"})
         self.assertEqual(bad.code, 400)
 
     @inlineCallbacks
@@ -48,7 +49,7 @@ class NicknameNetworkTests(ChatNetworkCase):
         alice = yield self.user("alice", "")
         service = alice.service_driver.get("service_nicknames")
         self.assertEqual(service.status()["nickname"], "alice")  # default: my identity's name
-        answer = yield alice.dispatcher.execute_by_name("set_my_nickname", {"nickname": "queen"})
+        answer = yield api_server(alice).dispatcher.execute_by_name("set_my_nickname", {"nickname": "queen"})
         self.assertEqual(answer.code, 200, answer.envelope)
         yield self.until(lambda: service.status()["nickname"] == "queen", "the new nickname")
         found = yield self.ok(alice, "user_search", nickname="queen")

@@ -19,8 +19,8 @@ from twisted.internet.task import deferLater
 from twisted.web.client import Agent, HTTPConnectionPool
 
 from automats import Automat
+from bitnode.app import api_server, build_node
 from bitnode.errors import Conflict
-from bitnode.node import build_node
 from bitnode.services.base import Service
 from bitnode.userid.id_server import IdentityServerService
 from bitnode.userid.id_service import IdentityService
@@ -135,7 +135,7 @@ class DispatcherCalls:
 
     def call(self, node, method, **kwargs):
         """The dispatcher's answer (``.code``, ``.envelope``)."""
-        return node.dispatcher.execute_by_name(method, kwargs)
+        return api_server(node).dispatcher.execute_by_name(method, kwargs)
 
     @defer.inlineCallbacks
     def ok(self, node, method, **kwargs):
@@ -159,7 +159,7 @@ class OwnNodeCalls:
 
     def call(self, method, node=None, **kwargs):
         """The dispatcher's answer (``.code``, ``.envelope``) from ``node`` or ``self.node``."""
-        return (node or self.node).dispatcher.execute_by_name(method, kwargs)
+        return api_server(node or self.node).dispatcher.execute_by_name(method, kwargs)
 
     @defer.inlineCallbacks
     def ok(self, method, node=None, **kwargs):
@@ -226,7 +226,7 @@ class HttpApi:
         """
         sent = {}
         if secret is True:
-            sent["api_secret"] = self.node.api_secret
+            sent["api_secret"] = api_server(self.node).secret
         elif secret is not None:
             sent["api_secret"] = secret
         for name, value in (headers or {}).items():
@@ -340,7 +340,7 @@ def connect_ws(case, node, secret=True, origin=None, since=None, extra=None, hea
     """
     params = {}
     if secret is True:
-        params["api_secret"] = node.api_secret
+        params["api_secret"] = api_server(node).secret
     elif secret is not None:
         params["api_secret"] = secret
     if since is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from twisted.internet.defer import inlineCallbacks
 
+from bitnode.app import api_server
 from tests.access.support import NODE_SERVICES, AccessNetworkCase
 from tests.interface.support import HttpApi, start_node
 
@@ -22,7 +23,7 @@ class AccessApiTests(AccessNetworkCase):
             text = yield self.error(node, 503, method, **kwargs)
             self.assertIn("is not running", text)
         for method in METHODS:
-            self.assertTrue(callable(getattr(node.api, method)))
+            self.assertTrue(callable(getattr(api_server(node).api, method)))
 
     @inlineCallbacks
     def test_bad_arguments(self):

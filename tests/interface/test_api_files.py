@@ -12,6 +12,7 @@ import os
 from twisted.internet import defer
 from twisted.trial import unittest
 
+from bitnode.app import api_server
 from bitnode.errors import BadRequest
 from bitnode.storage.backups_service import BackupsService
 from bitnode.storage.memory_grid import MemoryStorageServer
@@ -38,7 +39,7 @@ class ApiFilesTestCase(StorageNodeTestCase):
 
     @defer.inlineCallbacks
     def call(self, method, **kwargs):
-        answer = yield self.node.dispatcher.execute_by_name(method, kwargs)
+        answer = yield api_server(self.node).dispatcher.execute_by_name(method, kwargs)
         return answer
 
     @defer.inlineCallbacks
@@ -206,7 +207,7 @@ class RoundTripTests(ApiFilesTestCase):
         yield self.error(400, "files_list", offset=-1)
         yield self.error(400, "files_list", limit=-1)
         yield self.error(400, "files_list", limit="many")
-        self.assertRaises(BadRequest, self.node.api.files_list, offset=-1)
+        self.assertRaises(BadRequest, api_server(self.node).api.files_list, offset=-1)
 
     @defer.inlineCallbacks
     def test_explore_a_local_folder(self):
@@ -359,9 +360,9 @@ class NoSupplierTests(unittest.TestCase):
         helper.addCleanup = self.addCleanup
         node, _ = yield helper.start(storage=BackupsService)
         local, _ = write(self, 10)
-        answer = yield node.dispatcher.execute_by_name(
+        answer = yield api_server(node).dispatcher.execute_by_name(
             "file_upload_start", {"local_path": os.path.abspath(local), "remote_path": REMOTE})
         self.assertEqual(answer.code, 503)
         self.assertIn("service_customer is off", answer.envelope["errors"][0])
-        answer = yield node.dispatcher.execute_by_name("files_list", {})
+        answer = yield api_server(node).dispatcher.execute_by_name("files_list", {})
         self.assertEqual((answer.code, answer.envelope["result"]), (200, []))

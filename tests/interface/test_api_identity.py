@@ -13,6 +13,7 @@ from twisted.internet import defer
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial import unittest
 
+from bitnode.app import api_server
 from bitnode.userid.id_service import IdentityService
 from tests.interface.support import OwnNodeCalls, start_id_server, start_node
 from tests.userid.fakes import SERVER, FakeClient, FakeServers, file_mode, make_identity, rsa_key
@@ -254,11 +255,11 @@ class RealIdentityServerTests(unittest.TestCase):
         port = server_node.service_driver.get("service_identity_server").port
         alice_node = yield start_node(self, service_classes=[IdentityService], overrides=settings)
         bob_node = yield start_node(self, service_classes=[IdentityService], overrides=settings)
-        answer = yield alice_node.dispatcher.execute_by_name("identity_create", {"username": "alice"})
+        answer = yield api_server(alice_node).dispatcher.execute_by_name("identity_create", {"username": "alice"})
         self.assertEqual(answer.code, 200, answer.envelope)
         alice_id = answer.envelope["result"]["global_id"]
         self.assertEqual(alice_id, f"alice@127.0.0.1_{port}")
-        taken = yield bob_node.dispatcher.execute_by_name("identity_create", {"username": "alice"})
+        taken = yield api_server(bob_node).dispatcher.execute_by_name("identity_create", {"username": "alice"})
         self.assertEqual(taken.code, 409, taken.envelope)
         bob_service = bob_node.service_driver.get("service_identity")
         fetched = yield bob_service.fetch_identity(alice_id)

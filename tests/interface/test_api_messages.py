@@ -12,6 +12,7 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.internet.task import deferLater
 from twisted.trial import unittest
 
+from bitnode.app import api_server
 from bitnode.chat.history import INCOMING, OUTGOING, RECEIVED, SENT
 from bitnode.chat.messages_service import PrivateMessagesService
 from bitnode.p2p.network_service import NetworkService
@@ -43,7 +44,7 @@ class MessagesApiTests(unittest.TestCase):
         self.me = self.node.service_driver.get("service_identity").my_global_id()
 
     def call(self, method, **kwargs):
-        return self.node.dispatcher.execute_by_name(method, kwargs)
+        return api_server(self.node).dispatcher.execute_by_name(method, kwargs)
 
     @inlineCallbacks
     def ok(self, method, **kwargs):

@@ -7,6 +7,7 @@ import json
 from twisted.internet import defer
 from twisted.trial import unittest
 
+from bitnode.app import api_server
 from bitnode.interface.openapi import OPENAPI_VERSION, build_openapi, json_default, operation, param_schema
 from bitnode.interface.routes import BOOL, FLOAT, INT, JSON, LEGACY, LIST, REQUIRED, ROUTES, STR, Param, Route
 from tests.interface.support import HttpApi, start_node
@@ -196,7 +197,7 @@ class ServedDocumentTests(unittest.TestCase):
         node = yield start_node(self)
         api = HttpApi(self, node)
         agent = api._client
-        response = yield agent.get(api.url("openapi.json"), headers={"api_secret": [node.api_secret]})
+        response = yield agent.get(api.url("openapi.json"), headers={"api_secret": [api_server(node).secret]})
         self.assertEqual(response.code, 200)
         document = json.loads((yield response.content()))
         self.assertEqual(document["openapi"], OPENAPI_VERSION)

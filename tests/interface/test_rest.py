@@ -13,6 +13,7 @@ from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial import unittest
 
 import bitnode
+from bitnode.app import api_server
 from bitnode.errors import Conflict
 from bitnode.interface import api as api_module
 from bitnode.interface.limits import DEFAULT_MAX_BODY
@@ -189,11 +190,11 @@ class GuardTests(RestTestCase):
         return self.assertError(self.api.request("GET", "process/health/v1", secret=None), 401, "missing api_secret")
 
     def test_wrong_secret_is_401(self):
-        pending = self.api.request("GET", "process/health/v1", secret=self.node.api_secret[:-1] + "x")
+        pending = self.api.request("GET", "process/health/v1", secret=api_server(self.node).secret[:-1] + "x")
         return self.assertError(pending, 401, "wrong api_secret")
 
     def test_secret_in_query_string_is_not_enough_for_http(self):
-        pending = self.api.request("GET", "process/health/v1", params={"api_secret": self.node.api_secret},
+        pending = self.api.request("GET", "process/health/v1", params={"api_secret": api_server(self.node).secret},
                                    secret=None)
         return self.assertError(pending, 401)
 
@@ -279,11 +280,11 @@ class ApiCallLogTests(RestTestCase):
 
         yield self.api.get("process/health/v1")
         self.assertEqual(call_lines(), [])
-        self.assertFalse(self.node._api_site.log_requests)
+        self.assertFalse(api_server(self.node)._site.log_requests)
         self.node.settings.set("logs/api-calls", True)
         yield self.api.get("process/health/v1")
         self.assertEqual(len(call_lines()), 1)
-        self.assertTrue(self.node._api_site.log_requests)
+        self.assertTrue(api_server(self.node)._site.log_requests)
         self.node.settings.set("logs/api-calls", False)
         yield self.api.get("process/health/v1")
         self.assertEqual(len(call_lines()), 1)

@@ -17,6 +17,7 @@ from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial import unittest
 from twisted.web import http
 
+from bitnode.app import api_server
 from tests.interface.support import HttpApi, start_node, wait_until
 
 
@@ -79,7 +80,7 @@ class EarlyCheckTests(unittest.TestCase):
         """Request line and headers of a POST (ends with the blank line)."""
         lines = [b"POST " + path + b" HTTP/1.1", b"Host: 127.0.0.1:%d" % self.port]
         if secret is True:
-            lines.append(b"api_secret: " + self.node.api_secret.encode("ascii"))
+            lines.append(b"api_secret: " + api_server(self.node).secret.encode("ascii"))
         elif secret:
             lines.append(b"api_secret: " + secret)
         if length is None:
@@ -89,7 +90,7 @@ class EarlyCheckTests(unittest.TestCase):
         return b"\r\n".join(lines) + b"\r\n" + extra + b"\r\n"
 
     def refused(self) -> dict:
-        return self.node.dispatcher.limits.refused
+        return api_server(self.node).dispatcher.limits.refused
 
     @defer.inlineCallbacks
     def test_no_cors_page_post_without_secret_is_answered_before_its_body_and_costs_nothing(self):

@@ -8,6 +8,7 @@ from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
 import bitnode
+from bitnode.app import api_server
 from bitnode.errors import Conflict
 from bitnode.interface import api as api_module
 from bitnode.main.schema import SCHEMA
@@ -73,7 +74,7 @@ class ConnectTests(WsTestCase):
     def test_secret_header_and_local_origin_are_accepted(self):
         port = self.node.endpoints()["ws"].rsplit(":", 1)[1].rstrip("/")
         client = yield connect_ws(self, self.node, secret=None, origin=f"http://127.0.0.1:{port}",
-                                  headers={"api_secret": self.node.api_secret})
+                                  headers={"api_secret": api_server(self.node).secret})
         self.assertTrue((yield client.call_ok("process_health"))["alive"])
 
 
@@ -120,7 +121,7 @@ class CallTests(WsTestCase):
         yield self.check_malformed(frame + b"[" * 40 + b"]" * 40 + b"}}", "deeper than 32")
         frame += b'"' + b"[" * 5000 + b"]" * 5000 + b'"}}'
         yield self.check_malformed(frame, "parameter 'data'", message_type="api_call")
-        self.assertEqual(self.node.dispatcher.limits.refused["json_too_deep"], 3)
+        self.assertEqual(api_server(self.node).dispatcher.limits.refused["json_too_deep"], 3)
 
     def test_frame_that_is_not_an_object(self):
         return self.check_malformed(b'["api_call", "process_health"]', "JSON object")

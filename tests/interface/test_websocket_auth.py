@@ -10,6 +10,7 @@ from twisted.internet.task import Clock
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial import unittest
 
+from bitnode.app import api_server
 from tests.interface.support import WsRefused, connect_ws, start_node, wait_until
 
 
@@ -25,10 +26,10 @@ class WsAuthTestCase(unittest.TestCase):
     @defer.inlineCallbacks
     def setUp(self):
         self.node = yield start_node(self)
-        self.factory = self.node._ws_port.factory
+        self.factory = api_server(self.node)._ws_port.factory
 
     def refused(self) -> dict:
-        return self.node.dispatcher.limits.refused
+        return api_server(self.node).dispatcher.limits.refused
 
     @defer.inlineCallbacks
     def assertClosedUnauthenticated(self, client):
@@ -43,7 +44,7 @@ class FirstMessageAuthTests(WsAuthTestCase):
     def test_auth_message_opens_the_session(self):
         client = yield connect_ws(self, self.node, secret=None)
         self.node.events.publish("before-auth", {})
-        client.send_json({"command": "auth", "api_secret": self.node.api_secret, "call_id": "a"})
+        client.send_json({"command": "auth", "api_secret": api_server(self.node).secret, "call_id": "a"})
         reply = yield client.next_message(lambda m: m.get("type") == "auth")
         self.assertEqual((reply["call_id"], reply["code"], reply["payload"]["result"]), ("a", 200,
                                                                                         {"authenticated": True}))
@@ -54,7 +55,7 @@ class FirstMessageAuthTests(WsAuthTestCase):
 
     @defer.inlineCallbacks
     def test_header_secret_needs_no_auth_message(self):
-        client = yield connect_ws(self, self.node, secret=None, headers={"api_secret": self.node.api_secret})
+        client = yield connect_ws(self, self.node, secret=None, headers={"api_secret": api_server(self.node).secret})
         self.assertTrue((yield client.call_ok("process_health"))["alive"])
 
     @defer.inlineCallbacks
@@ -112,7 +113,7 @@ class FrameLimitTests(WsAuthTestCase):
 
     @defer.inlineCallbacks
     def test_endless_handshake_is_cut_at_16_kib(self):
-        port = self.node._ws_port.getHost().port
+        port = api_server(self.node)._ws_port.getHost().port
         client = yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), _Raw())
         client.transport.write(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Filler: " + b"a" * 20_000)
         yield client.lost.addTimeout(2, reactor)  # autobahn kept buffering it before
@@ -146,7 +147,7 @@ class LogSecrecyTests(WsAuthTestCase):
         texts = self.texts()
         self.assertTrue(any("<redacted>" in text for text in texts), "the handshake was logged at debug level")
         for text in texts:
-            self.assertNotIn(self.node.api_secret, text)
+            self.assertNotIn(api_server(self.node).secret, text)
 
     @defer.inlineCallbacks
     def test_refused_handshake_does_not_log_the_guessed_secret(self):

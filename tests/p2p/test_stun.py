@@ -7,6 +7,7 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
+from bitnode.app import api_server
 from bitnode.errors import BadRequest, Timeout
 from bitnode.p2p import stun
 from bitnode.p2p.stun_service import StunServerService
@@ -115,7 +116,7 @@ class NetworkStunTests(unittest.TestCase):
         port = server.service_driver.get("service_ip_port_responder").port
         client = yield start_node(self, service_classes=[],
                                   overrides={"services/stun-client/servers": [f"127.0.0.1:{port}"]})
-        answer = yield client.dispatcher.execute_by_name("network_stun", {})
+        answer = yield api_server(client).dispatcher.execute_by_name("network_stun", {})
         self.assertEqual(answer.code, 200, answer.envelope)
         (result,) = answer.envelope["result"]
         self.assertEqual((result["ip"], result["port"]), ("127.0.0.1", result["local_port"]))
@@ -124,7 +125,7 @@ class NetworkStunTests(unittest.TestCase):
     @inlineCallbacks
     def test_network_stun_errors(self):
         node = yield start_node(self, service_classes=[])
-        answer = yield node.dispatcher.execute_by_name("network_stun", {})
+        answer = yield api_server(node).dispatcher.execute_by_name("network_stun", {})
         self.assertEqual(answer.code, 503)
         self.assertIn("services/stun-client/servers", answer.envelope["errors"][0])
         silent = reactor.listenUDP(0, stun.StunClient(reactor), interface="127.0.0.1")  # never answers
@@ -132,7 +133,7 @@ class NetworkStunTests(unittest.TestCase):
         node.settings.set("services/stun-client/servers", [f"127.0.0.1:{silent.getHost().port}"])
         busy = reactor.listenUDP(0, stun.StunClient(reactor), interface="127.0.0.1")
         self.addCleanup(busy.stopListening)
-        answer = yield node.dispatcher.execute_by_name("network_stun", {"udp_port": busy.getHost().port})
+        answer = yield api_server(node).dispatcher.execute_by_name("network_stun", {"udp_port": busy.getHost().port})
         self.assertEqual(answer.code, 409)
-        answer = yield node.dispatcher.execute_by_name("network_stun", {"udp_port": 70000})
+        answer = yield api_server(node).dispatcher.execute_by_name("network_stun", {"udp_port": 70000})
         self.assertEqual(answer.code, 400)

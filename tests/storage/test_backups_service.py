@@ -16,6 +16,7 @@ from twisted.internet import defer
 from twisted.trial import unittest
 from zope.interface import implementer
 
+from bitnode.app import api_server
 from bitnode.errors import Unavailable
 from bitnode.storage.backups_service import NO_SUPPLIERS, BackupsService
 from bitnode.storage.catalog import COMPLETE
@@ -405,6 +406,6 @@ class UnreadableCatalogTests(StorageNodeTestCase):
         node, service = yield self.start(basedir)
         error = self.assertRaises(Unavailable, service.require_ready)
         self.assertIn("being restored from the suppliers' backup", str(error))
-        answer = yield node.dispatcher.execute_by_name("files_list", {})
+        answer = yield api_server(node).dispatcher.execute_by_name("files_list", {})
         self.assertEqual(answer.code, 503)
         self.assertIn("moved to", " ".join(answer.envelope["errors"]))

@@ -14,6 +14,7 @@ from twisted.internet import defer, reactor
 from twisted.internet.defer import inlineCallbacks
 from twisted.trial import unittest
 
+from bitnode.app import api_server
 from bitnode.customer.customer_service import _fail_answer
 from bitnode.customer.remote_store import RemoteStorageServer
 from bitnode.dht.dht_service import DHTService
@@ -75,7 +76,7 @@ class Net:
 @inlineCallbacks
 def ok(case, node, method, **kwargs):
     """Call an API method; it must answer 200; fires with the result."""
-    answer = yield node.dispatcher.execute_by_name(method, kwargs)
+    answer = yield api_server(node).dispatcher.execute_by_name(method, kwargs)
     case.assertEqual(answer.code, 200, (method, answer.envelope))
     return answer.envelope["result"]
 
@@ -179,7 +180,7 @@ class SupplierServiceTests(unittest.TestCase):
         self.assertEqual((yield ok(self, self.supplier, "customers_list")), [])
         yield self.assertFailure(alice.fetch_block(gid(self.alice), "V1/0/0"), BadRequest)
         yield self.assertFailure(alice.request_service(gid(self.alice), 10), Forbidden)
-        missing = yield self.supplier.dispatcher.execute_by_name("customer_reject", {"customer_id": gid(self.bob)})
+        missing = yield api_server(self.supplier).dispatcher.execute_by_name("customer_reject", {"customer_id": gid(self.bob)})
         self.assertEqual(missing.code, 404)
 
     @inlineCallbacks
@@ -189,7 +190,7 @@ class SupplierServiceTests(unittest.TestCase):
         yield ok(self, self.supplier, "service_stop", service_name="service_supplier")
         failure = yield self.assertFailure(alice.request_service(gid(self.alice), 100), Unavailable)
         self.assertIn("not running", str(failure))
-        answer = yield self.supplier.dispatcher.execute_by_name("customers_list", {})
+        answer = yield api_server(self.supplier).dispatcher.execute_by_name("customers_list", {})
         self.assertEqual(answer.code, 503)
         space = yield ok(self, self.supplier, "space_donated")
         self.assertEqual((space["running"], space["used_bytes"]), (False, 0))

@@ -42,8 +42,8 @@ def wait_for(predicate: Callable[[], object], what: str, timeout: float = DEADLI
 
 def port_settings() -> list[str]:
     """``KEY=0`` for every port option a node has, so a test node never collides with another."""
+    from bitnode.app import SERVICES
     from bitnode.main.schema import SCHEMA
-    from bitnode.services.catalog import SERVICES
 
     keys = [option.key for option in SCHEMA]
     for service in SERVICES:
