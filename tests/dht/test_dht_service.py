@@ -7,6 +7,7 @@ import os
 from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
+from bitnode.app import api_server
 from bitnode.crypt.fastsign import generate_ed25519
 from bitnode.dht import records
 from bitnode.dht.dht_service import DHTService, parse_seed
@@ -223,7 +224,7 @@ class RealNodeTests(unittest.TestCase):
                              dict(FAST, **{"services/entangled-dht/known-nodes": [f"{host}:{port}"]}))
         service_b = b.service_driver.get("service_entangled_dht")
         yield service_b.bootstrap()
-        found = yield b.api.dht_node_find()
+        found = yield api_server(b).api.dht_node_find()
         self.assertEqual(len(found["closest_nodes"]), 1)
-        self.assertEqual(b.api.dht_local_db_dump(), [])
-        self.assertRaises(Conflict, b.api.dht_value_set, "abcd", {"text": "no identity yet"})
+        self.assertEqual(api_server(b).api.dht_local_db_dump(), [])
+        self.assertRaises(Conflict, api_server(b).api.dht_value_set, "abcd", {"text": "no identity yet"})
