@@ -93,7 +93,7 @@ class _RawFactory(ClientFactory):
 
 
 class AttackTestCase(unittest.TestCase):
-    timeout = 15
+    timeout = 60  # real sockets: generous for a loaded machine; the waits are for conditions
 
     def setUp(self) -> None:
         self.clock = Clock()
