@@ -165,7 +165,7 @@ class RecordPublisher:
                 "dht_revision": self.dht_revision, "dht_error": self.dht_error,
                 "suppliers_holding": sorted(s for s, sig in self.handed.items() if sig == value.get("signature")),
                 **{name: self.counters[name] for name in ("published", "publish_failed", "handed_over",
-                                                           "hand_over_failed", "revision_bumped")}}
+                                                           "hand_over_failed", "revision_bumped", "skipped_empty")}}
 
     def stop(self) -> None:
         """No more publishing (a publish under way ends quietly)."""
@@ -198,6 +198,10 @@ class RecordPublisher:
         if roster is None:
             return
         positions, revision, ttl = list(roster.positions), roster.revision, int(self.ttl())
+        if not any(positions):
+            # Nobody to name: the last record (and the suppliers it names, who hold my data) stays the one found.
+            self.counters["skipped_empty"] += 1
+            return
         master = self.master()
         idurls = [globalid.global_id_to_idurl(s) if s else "" for s in positions]
         value = await self.run_in_thread(bound_values.sign_suppliers, master, self.my_idurl(),

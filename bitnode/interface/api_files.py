@@ -232,7 +232,11 @@ class FilesMethods:
         """An item with its versions: size, k-of-n, per-position availability, whether it can be restored.
 
         ``metadata`` (per version, and for the item) is what a restore gives
-        back: mode, permissions, mtime, and a link's target.
+        back: mode, permissions, mtime, and a link's target. ``catalog_backup``
+        says whether my catalog backup on the suppliers is current (a new
+        machine would find this item as it is now), and each version's
+        ``in_catalog_backup`` whether a backup stored on k suppliers already
+        names it complete.
         """
         storage = self._storage(remote_path)
         key_id, path = storage.check_remote_path(remote_path)
@@ -258,6 +262,16 @@ class FilesMethods:
             report = version_report(version, blocks, positions, holders, retiring, layout)
             report["metadata"] = describe_metadata("file", version.get("mode"), version.get("mtime_ns"))
             versions.append(report)
+        backup_state = getattr(storage, "catalog_backup_state", None)  # my catalog (not someone's share)
+        if backup_state is not None:
+            backup = backup_state()
+            covered_at = backup.get("covered_at")
+            for report, version in zip(versions, item["versions"], strict=True):
+                report["in_catalog_backup"] = (version["state"] == COMPLETE and covered_at is not None
+                                               and version["completed"] is not None
+                                               and version["completed"] <= covered_at)
+            out["catalog_backup"] = {k: backup.get(k) for k in ("current", "pending", "serial", "error",
+                                                                "restore_pending")}
         out["versions"] = versions
         if versions:  # the newest complete version's (what a download gets)
             out["redundancy"] = next((v for v in versions if v["state"] == COMPLETE), versions[0])["redundancy"]
@@ -283,6 +297,7 @@ class FilesMethods:
             raise BadRequest("force_path_id is not supported: catalog items are addressed by their remote path")
         storage = self._storage()
         key_id, path = storage.check_remote_path(remote_path)
+        storage.check_catalog_writable()
         d = self._thread(storage.catalog.create, key_id, path, as_folder, exist_ok, self.node.clock.seconds())
 
         def created(item):
@@ -317,6 +332,7 @@ class FilesMethods:
         if not path:
             raise BadRequest("upload to a named file or folder, not to the root")
         storage.placement()  # 503 before anything is created when no supplier is hired
+        storage.check_catalog_writable()  # 503 while the catalog is being restored from the suppliers
         return defer.Deferred.fromCoroutine(self._upload(storage, local, f"{key_id}:{path}",
                                                          wait_result or wait_finish))
 

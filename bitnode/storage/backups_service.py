@@ -28,8 +28,12 @@ my key store): they come up when the service starts with an identity, or when
 ``my-identity-created`` is published, and go down on ``my-identity-erased``.
 Then, whenever suppliers are known: an empty catalog is first restored from
 the newest catalog backup on the suppliers (a recovered identity on a new
-machine gets its files back), backup_monitor checks and rebuilds, and every
-catalog change is backed up again after ``catalog-backup-delay`` seconds.
+machine gets its files back; tried again every ``catalog-retry`` seconds,
+doubling, while it fails, and on files_sync; meanwhile nothing is backed up
+and files cannot be added), backup_monitor checks and rebuilds, and every
+catalog change is backed up again after ``catalog-backup-delay`` seconds
+(:mod:`bitnode.storage.catalog_keeper`). An upload is done only once a
+catalog backup naming it is on at least k suppliers.
 
 The catalog backup also carries my other keys (share and group keys, keys
 shared with me) and the records services register with
@@ -60,9 +64,10 @@ from bitnode.storage import k_of_n, key_backup, share_scope
 from bitnode.storage.backup_monitor import BackupMonitor
 from bitnode.storage.catalog import Catalog, open_catalog, split_remote_path
 from bitnode.storage.catalog_backup import SERIAL_META, CatalogBackup
+from bitnode.storage.catalog_keeper import COVERED_META, CatalogKeeper
 from bitnode.storage.download_journal import DownloadJournal
 from bitnode.storage.job_context import Placement, StorageContext, delete_versions
-from bitnode.storage.jobs import PAUSED
+from bitnode.storage.jobs import PAUSED, SECURING
 from bitnode.storage.ports import SupplierProvider
 from bitnode.storage.relayout import Relayout
 from bitnode.storage.transfers import UPLOAD, TransferManager
@@ -71,8 +76,6 @@ from bitnode.userid.id_service import IdentityService
 PENDING_DELETES_META = "pending-deletes"
 PENDING_PARTS_META = "backup-parts-pending"
 NO_SUPPLIERS = "no suppliers hired: service_customer is off"
-#: Seconds before backing up a changed catalog when no upload is running (see _schedule_backup).
-QUIET_BACKUP_DELAY = 0.5
 DOWNLOAD_JOURNAL = "downloads.json"
 
 
@@ -109,6 +112,10 @@ class BackupsService(Service):
         Option("services/backups/catalog-backup-delay", FLOAT, 10.0,
                "Seconds after a catalog change before the catalog is backed up to the suppliers.",
                minimum=0.0, maximum=3600.0),
+        Option("services/backups/catalog-retry", FLOAT, 30.0,
+               "Seconds before a failed catalog backup, or a catalog restore that could not ask enough "
+               "suppliers, is tried again (doubling while it keeps failing, up to 16 times this).",
+               minimum=0.1, maximum=86400.0),
     )
     log = Logger()
 
@@ -123,18 +130,11 @@ class BackupsService(Service):
         self.provider: Any = None
         self.catalog_file = os.path.join(ctx.basedir.metadata, "catalog.sqlite")
         self.temp_dir = os.path.join(ctx.basedir.metadata, "tmp")
-        self.last_backup: dict = {}
-        self.last_backup_error = ""
-        self.last_restore: dict = {}
+        self.keeper: CatalogKeeper | None = None
         #: The catalog file could not be read at start: where it was set aside, why, and whether it was restored.
         self.catalog_unreadable: dict | None = None
         self.transfers_resumed: dict[str, int] = {}
         self._unsubscribe: list = []
-        self._backup_call = None
-        self._backup_lock = defer.DeferredLock()
-        self._backup_dirty = False
-        self._restore_done = True
-        self._restoring: defer.Deferred | None = None
         self._background = BackgroundWork(self.log, (BitnodeError, defer.CancelledError))
         self.parts = key_backup.BackupParts()
         self.parts.on_pending = self._save_pending_parts
@@ -180,6 +180,7 @@ class BackupsService(Service):
         empty = yield ctx.run_in_thread(self.catalog.is_empty)
         serial = yield ctx.run_in_thread(self.catalog.get_meta, SERIAL_META)
         pending_parts = yield ctx.run_in_thread(self.catalog.get_meta, PENDING_PARTS_META, "{}")
+        covered_at = yield ctx.run_in_thread(self.catalog.get_meta, COVERED_META)
         journal = DownloadJournal(os.path.join(ctx.basedir.metadata, DOWNLOAD_JOURNAL), ctx.run_in_thread)
         interrupted = yield journal.load()
         if self._stopping or self.transfers is not None or self._my_global_id() != customer_id:
@@ -193,7 +194,7 @@ class BackupsService(Service):
             store_timeout=lambda: settings.get("services/backups/store-timeout"),
             fetch_timeout=lambda: settings.get("services/backups/fetch-timeout"),
             registry=ctx.automats, on_catalog_changed=self.catalog_changed, on_blocks_damaged=self.sync,
-            version_tag=share_scope.version_tag, download_journal=journal,
+            version_tag=share_scope.version_tag, catalog_backed_up=self._catalog_backed_up, download_journal=journal,
             download_checkpoint=lambda: settings.get("services/backups/download-checkpoint"))
         self.transfers = TransferManager(self.context, lambda: settings.get("services/backups/max-uploads"),
                                          lambda: settings.get("services/backups/max-downloads"),
@@ -211,14 +212,16 @@ class BackupsService(Service):
         self.relayout = Relayout(self.context, self.temp_dir, busy=self._uploading, on_changed=self._relaid_out,
                                  remember_deletes=self._remember_deletes)
         self.monitor.add_state_listener(self._monitor_changed)
+        self.keeper = CatalogKeeper(ctx.clock, ctx.call_later, ctx.run_in_thread, self.backups, self.catalog,
+                                    lambda: settings.get("services/backups/catalog-backup-delay"),
+                                    lambda: settings.get("services/backups/catalog-retry"), self._uploading,
+                                    lambda d, what: self._background.track(d, what, quiet=True),
+                                    self._backed_up, self._restore_over)
         self.parts.load_pending(json.loads(pending_parts))
         self._unsubscribe_keys = self._identity().keystore.subscribe(self.backup_needed)
         # A new, empty catalog may have a backup waiting on the suppliers: look before backing up over it.
-        self._restore_done = not empty or serial is not None
-        if self._restore_done:
-            # The last run may have stopped (or crashed) before its changes were backed up, or backed
-            # up before keys were carried; an unchanged catalog and key set is skipped by the backup.
-            self.backup_needed()
+        self.keeper.start(restore_pending=empty and serial is None,
+                          covered_at=float(covered_at) if covered_at else None)
         self._background.track(defer.Deferred.fromCoroutine(self._resume_transfers(interrupted)),
                                "resuming transfers")
         self.suppliers_changed()
@@ -242,14 +245,13 @@ class BackupsService(Service):
 
     @defer.inlineCallbacks
     def _bring_down(self):
-        self._cancel_backup_call()
+        if self.keeper is not None:
+            self.keeper.stop()
         if self._unsubscribe_keys is not None:
             self._unsubscribe_keys()
             self._unsubscribe_keys = None
-        transfers, monitor, backups, relayout = self.transfers, self.monitor, self.backups, self.relayout
+        transfers, monitor, relayout = self.transfers, self.monitor, self.relayout
         self.transfers = self.monitor = self.backups = self.context = self.relayout = None
-        if backups is not None:
-            backups.cancel()
         if relayout is not None:
             relayout.stop()
         if transfers is not None:
@@ -277,9 +279,10 @@ class BackupsService(Service):
             "ready": self.transfers is not None,
             "transfers": len(self.transfers.transfers()) if self.transfers else 0,
             "backup_monitor": self.monitor.status() if self.monitor else None,
-            "catalog_backup": dict(self.last_backup, error=self.last_backup_error),
+            "catalog_backup": dict(self.last_backup, error=self.keeper.last_backup_error if self.keeper else ""),
             # Catalog changes not on the suppliers yet (waiting for the delay, running, or failed and retried).
-            "catalog_backup_pending": self._backup_pending(),
+            "catalog_backup_pending": self.keeper.pending() if self.keeper else False,
+            "catalog_backup_state": self.keeper.status() if self.keeper else {},
             "catalog_restore": self.last_restore,
             "catalog_unreadable": self.catalog_unreadable,
             # What the last start found interrupted (uploads_resumed, downloads_cleaned_up ...).
@@ -295,8 +298,10 @@ class BackupsService(Service):
                 self._background.track(d, "re-laying out old versions")
 
     def _uploading(self) -> bool:
-        """An upload is moving blocks now (a paused one, waiting for suppliers, does not count)."""
-        return self.transfers is not None and any(job.state != PAUSED for job in self.transfers.jobs(UPLOAD))
+        """An upload is moving blocks now (a paused one, waiting for suppliers, or one waiting only for the
+        catalog backup, does not count)."""
+        return self.transfers is not None and any(job.state not in (PAUSED, SECURING)
+                                                  for job in self.transfers.jobs(UPLOAD))
 
     def _relaid_out(self) -> None:
         # Old versions are gone from positions that went away: their holders may be released now.
@@ -352,21 +357,25 @@ class BackupsService(Service):
         """New suppliers: restore an empty catalog, resume paused uploads, check and rebuild, back up."""
         if self.transfers is None:
             return
-        if not self._restore_done:
-            self._try_restore()
+        if self.keeper.restore_pending:
+            self.keeper.restore_now()
             return
         self.transfers.suppliers_changed()
         self.monitor.event("suppliers-changed")
         self._background.track(defer.Deferred.fromCoroutine(self._retry_deletes()), "retrying deletes")
-        if self._backup_dirty:
-            self.catalog_changed()
+        if self.keeper.dirty:
+            self.keeper.schedule(0.0)  # a backup that failed for want of suppliers: try it now
 
     def sync(self) -> dict:
-        """files_sync: check and rebuild now, resume paused uploads."""
+        """files_sync: restore a catalog still missing, else check and rebuild now, resume paused uploads."""
         self.require_ready()
+        self.keeper.restore_now()  # when one is pending
         self.transfers.suppliers_changed()
         self.monitor.event("restart")
-        return {"backup_monitor": self.monitor.state}
+        out = {"backup_monitor": self.monitor.state}
+        if self.keeper.restore_pending:
+            out["catalog_restore"] = dict(self.last_restore, pending=True)
+        return out
 
     # --- keys and paths -------------------------------------------------------------------------------
 
@@ -382,7 +391,7 @@ class BackupsService(Service):
             raise Unavailable("service_backups is not running")
         if self.transfers is None:
             raise Conflict("this node has no identity yet: call identity_create or identity_recover first")
-        if self.catalog_unreadable is not None and not self._restore_done:
+        if self.catalog_unreadable is not None and self.keeper is not None and self.keeper.restore_pending:
             problem = self.catalog_unreadable
             raise Unavailable(f"{problem['error']}; it was moved to {problem['moved_to']} and the catalog is "
                               "being restored from the suppliers' backup: try again when that is done")
@@ -434,6 +443,7 @@ class BackupsService(Service):
         key_id, path = self.check_remote_path(remote_path)
         if not path:
             raise BadRequest("the root folder cannot be deleted")
+        self.check_catalog_writable()
         remote = f"{key_id}:{path}"
         versions = await self.ctx.run_in_thread(self.catalog.version_ids_under, key_id, path)
         for job in self.transfers.jobs(UPLOAD):
@@ -452,7 +462,7 @@ class BackupsService(Service):
         """Delete one version: its blocks on the suppliers, then its catalog row (the file stays)."""
 
         async def run() -> dict:
-            self.require_ready()
+            self.check_catalog_writable()
             version = await self.ctx.run_in_thread(self.catalog.version, version_id)
             self.check_remote_path(version["remote_path"])
             for job in self.transfers.jobs(UPLOAD):
@@ -486,125 +496,75 @@ class BackupsService(Service):
 
     def catalog_changed(self) -> None:
         """Something in the catalog changed: back it up after the configured delay (and tell service_shares)."""
-        self._backup_dirty = True
         self.ctx.events.publish("catalog-changed", {})
         self.backup_needed()
 
     def backup_needed(self) -> None:
         """Something the catalog backup holds changed (catalog, keys, a part): back up after the delay."""
-        self._backup_dirty = True
-        self._schedule_backup()
+        if self.keeper is not None:
+            self.keeper.changed()
+
+    def check_catalog_writable(self) -> None:
+        """Unavailable while the catalog is being restored from the suppliers (nothing may be added then)."""
+        self.require_ready()
+        self.keeper.check_writable()
+
+    @property
+    def last_backup(self) -> dict:
+        """The outcome of the last catalog backup that succeeded ({} before the first)."""
+        return self.keeper.last_backup if self.keeper is not None else {}
+
+    @property
+    def last_restore(self) -> dict:
+        """The outcome of the last catalog restore (or why it did not happen, and when it is tried again)."""
+        return self.keeper.last_restore if self.keeper is not None else {}
+
+    def catalog_backup_state(self) -> dict:
+        """Whether my catalog backup on the suppliers is current, and why not (file_info, service_info)."""
+        return self.keeper.status() if self.keeper is not None else {"current": False, "pending": False}
 
     def _schedule_backup(self) -> None:
-        """Back up a changed catalog after ``catalog-backup-delay``, or at once when no upload is running.
+        if self.keeper is not None:
+            self.keeper.schedule()
 
-        The delay gathers the changes of a running upload (or folder) into one
-        backup; once the last upload ended nothing more is coming, and until
-        the backup is on the suppliers a new machine could not find what was
-        just uploaded. A later change never postpones a scheduled backup.
-        """
-        if not self._backup_dirty or self.backups is None or not self._restore_done:
-            return
-        delay = self.ctx.settings.get("services/backups/catalog-backup-delay")
-        if self.transfers is not None and not self.transfers.jobs(UPLOAD):
-            delay = min(delay, QUIET_BACKUP_DELAY)
-        call = self._backup_call
-        if call is not None and call.active() and call.getTime() <= self.ctx.clock.seconds() + delay:
-            return
-        self._cancel_backup_call()
-        self._backup_call = self.ctx.call_later(delay, self._scheduled_backup)
-
-    def _scheduled_backup(self) -> None:
-        self._backup_call = None
-        self._background.track(self.backup_catalog(), "backing up the catalog", quiet=True)
+    def _catalog_backed_up(self, on_failure=None) -> defer.Deferred:
+        if self.keeper is None:
+            return defer.fail(Unavailable("service_backups is not ready"))
+        return self.keeper.backed_up(on_failure)
 
     def backup_catalog(self, force: bool = False) -> defer.Deferred:
         """Back the catalog up to the suppliers now (one backup at a time); fires with the outcome."""
-        if self.backups is None:
+        if self.keeper is None:
             return defer.fail(Conflict("service_backups is not ready: no identity or not running"))
-        backups = self.backups
-        self._backup_dirty = False
+        return self.keeper.backup(force)
 
-        def run():
-            if self.backups is not backups:
-                return defer.fail(Unavailable("service_backups stopped"))
-            d = defer.Deferred.fromCoroutine(backups.backup(force))
-            d.addCallbacks(self._backed_up, self._backup_failed)
-            return d
-
-        return self._backup_lock.run(run)
-
-    def _backed_up(self, outcome: dict) -> dict:
-        self.last_backup, self.last_backup_error = outcome, ""
+    def _backed_up(self, outcome: dict) -> None:
         # Retiring holders that only waited for this backup may go (once the backup lock is let go).
         self.ctx.call_later(0, self._release_retiring)
-        return outcome
-
-    def _backup_pending(self) -> bool:
-        """Catalog changes not on the suppliers yet (waiting for the delay, running, or failed and retried)."""
-        return self._backup_dirty or self._backup_call is not None or self._backup_lock.locked
 
     def catalog_backup_current(self) -> bool:
         """The last catalog backup succeeded and nothing changed since: a new machine would restore all I know."""
-        return bool(self.last_backup) and not self.last_backup_error and not self._backup_pending()
+        return self.keeper is not None and self.keeper.current()
 
     def _release_retiring(self) -> None:
         if self.monitor is not None:
             self.monitor.release_ready()
 
-    def _backup_failed(self, failure):
-        self._backup_dirty = True  # tried again when suppliers change
-        self.last_backup_error = failure.getErrorMessage()
-        self.log.info("catalog backup failed: {error}", error=self.last_backup_error)
-        return failure
-
     def restore_catalog(self, replace: bool = False) -> defer.Deferred:
         """Import the newest catalog backup found on the suppliers; fires with what was restored."""
-        d = self._restore(replace)
-
-        def restored(outcome):
-            if self.monitor is not None:
-                self.monitor.event("restart")
-            return outcome
-
-        return d.addCallback(restored)
-
-    def _restore(self, replace: bool = False) -> defer.Deferred:
-        if self.backups is None:
+        if self.keeper is None:
             return defer.fail(Conflict("service_backups is not ready: no identity or not running"))
-        d = defer.Deferred.fromCoroutine(self.backups.restore(replace))
+        return self.keeper.restore(replace)
 
-        def restored(outcome):
-            self.last_restore = outcome
-            self._restore_done = True
+    def _restore_over(self, outcome: dict | None) -> None:
+        """A backup was imported, or the pending restore ended with none: now the suppliers' work can begin."""
+        if outcome is not None:
             if self.catalog_unreadable is not None:
                 self.catalog_unreadable["restored"] = outcome["serial"]
             self.ctx.events.publish("catalog-changed", {"restored": outcome["serial"]})
-            return outcome
-
-        return d.addCallback(restored)
-
-    def _try_restore(self) -> None:
-        if self._restoring is not None:
-            return
-
-        def done(outcome):
-            self._restoring = None
-            self._restore_done = True
-            self.suppliers_changed()
-
-        def failed(failure):
-            self._restoring = None
-            if failure.check(NotFound, Conflict):
-                self.last_restore = {"error": failure.getErrorMessage()}
-                done(None)
-            else:
-                # No suppliers (yet): try again on the next suppliers-changed.
-                self.last_restore = {"error": failure.getErrorMessage(), "retry": True}
-
-        d = self._restoring = self._restore()
-        d.addCallbacks(done, failed)
-        self._background.track(d, "restoring the catalog")
+            if self.monitor is not None:
+                self.monitor.event("restart")
+        self.suppliers_changed()
 
     # --- keys and records in the backup -----------------------------------------------------------------
 
@@ -633,10 +593,3 @@ class BackupsService(Service):
         if self.catalog is not None:
             self._background.track(self.ctx.run_in_thread(self.catalog.set_meta, PENDING_PARTS_META, json.dumps(pending)),
                         "keeping restored records")
-
-    # --- helpers ------------------------------------------------------------------------------------------
-
-    def _cancel_backup_call(self) -> None:
-        if self._backup_call is not None and self._backup_call.active():
-            self._backup_call.cancel()
-        self._backup_call = None

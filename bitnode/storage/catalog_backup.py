@@ -237,7 +237,13 @@ class CatalogBackup:
     # --- restore -----------------------------------------------------------------------------
 
     async def newest_serials(self) -> tuple[list[int], dict[int, list[str]]]:
-        """Backup serials found on the suppliers, newest first, and who holds each manifest."""
+        """Backup serials found on the suppliers, newest first, and who holds each manifest.
+
+        None found is an answer only when at least n-k+1 of the current
+        suppliers listed my files (a backup counts once k of them hold its
+        manifest, so it cannot hide among the rest); with fewer, Unavailable:
+        the restore is tried again rather than concluding there is nothing.
+        """
         placement = self.placement()
         n = len(placement.positions)
         holders: dict[int, list[str]] = {}
@@ -261,6 +267,12 @@ class CatalogBackup:
                     holders.setdefault(int(found.group(1)), []).append(supplier_id)
         if not answered:
             raise Unavailable("no supplier answered: cannot look for catalog backups")
+        needed = n - self.data_blocks(n) + 1
+        listed = sum(1 for supplier_id in set(placement.positions) if supplier_id and outcomes.get(
+            supplier_id, (False, None))[0])
+        if not holders and listed < needed:
+            raise Unavailable(f"only {listed} of my {n} suppliers listed my files: {needed} must, to know that "
+                              "there is no catalog backup")
         return sorted(holders, reverse=True), holders
 
     async def restore(self, replace: bool = False) -> dict:

@@ -91,6 +91,9 @@ class StorageContext:
     on_blocks_damaged: Callable[[], None] = lambda: None
     #: What a new version id under a key id starts with ("<alias>." for a share: bitnode.storage.share_scope).
     version_tag: Callable[[str], str] = lambda key_id: ""
+    #: ``catalog_backed_up(on_failure)``: fires once the catalog as it is now is in a backup on at least k
+    #: suppliers; ``on_failure(error)`` hears of each attempt that failed meanwhile.
+    catalog_backed_up: Callable[..., defer.Deferred] = lambda on_failure=None: defer.succeed(None)
     #: Downloads under way, on disk (:mod:`bitnode.storage.download_journal`); None: a stop cancels them.
     download_journal: Any = None
     #: A stop pauses journaled downloads (resumed at the next start); False: it cancels them.

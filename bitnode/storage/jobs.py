@@ -9,7 +9,12 @@ An :class:`UploadJob` turns one local file into one new catalog version::
     PREPARING --prepared--> PENDING wait for an upload slot (TransferManager)
     PENDING --run--> UPLOADING      Uploader from catalog.resume_point(); every
                                     acknowledged segment is recorded before it counts
-    UPLOADING --uploaded--> DONE    finish_version, prune old versions
+    UPLOADING --uploaded--> SECURING finish_version, prune old versions; the slot is
+                                    free for the next upload
+    SECURING --secured--> DONE      a catalog backup naming the version is on at
+                                    least k suppliers (many uploads share one); a
+                                    failed backup attempt answers the waiters with
+                                    why, and the job waits for the next attempt
     UPLOADING --stalled--> PAUSED   too few suppliers answered: the version stays
                                     "uploading"; retried on suppliers-changed or
                                     every minute, from the last recorded segment
@@ -48,6 +53,8 @@ from bitnode.storage.ports import Progress, TransferCancelled
 from bitnode.storage.uploader import FileChanged, Uploader, UploadFailed, segment_count
 
 DONE, FAILED_STATE, CANCELLED, PAUSED = "DONE", "FAILED", "CANCELLED", "PAUSED"
+#: An uploaded version waits for the catalog backup that names it (nothing of the job runs meanwhile).
+SECURING = "SECURING"
 FINAL_STATES = frozenset({DONE, FAILED_STATE, CANCELLED})
 MAX_NEW_VERSIONS = 3  # a file that keeps changing while we read it is given up after this many versions
 
@@ -205,7 +212,7 @@ class UploadJob(_Job):
         ("PENDING",     "cancel",            None,               CANCELLED,     ["abandon_version", "finish"]),
         ("PENDING",     "pause",             None,               PAUSED,        ["release_slot", "settle_waiters"]),
         ("UPLOADING",   "progress",          None,               "*",           ["note_progress"]),
-        ("UPLOADING",   "uploaded",          None,               DONE,          ["finish"]),
+        ("UPLOADING",   "uploaded",          None,               SECURING,      ["release_slot", "await_catalog_backup"]),
         ("UPLOADING",   "stalled",           None,               PAUSED,        ["remember_error", "release_slot",
                                                                                  "settle_waiters"]),
         ("UPLOADING",   "changed",           "may_make_version", "PREPARING",   ["release_slot", "abandon_version",
@@ -218,13 +225,13 @@ class UploadJob(_Job):
         ("UPLOADING",   "pause",             None,               "PAUSING",     ["stop_uploader"]),
         ("PAUSING",     "stopped",           None,               PAUSED,        ["release_slot", "settle_waiters"]),
         ("PAUSING",     "stalled",           None,               PAUSED,        ["release_slot", "settle_waiters"]),
-        ("PAUSING",     "uploaded",          None,               DONE,          ["finish"]),
+        ("PAUSING",     "uploaded",          None,               SECURING,      ["release_slot", "await_catalog_backup"]),
         ("PAUSING",     "changed",           None,               FAILED_STATE,  ["remember_error", "abandon_version",
                                                                                  "finish"]),
         ("PAUSING",     "failed",            None,               FAILED_STATE,  ["remember_error", "abandon_version",
                                                                                  "finish"]),
         ("PAUSING",     "cancel",            None,               "CANCELLING",  []),
-        ("CANCELLING",  "uploaded",          None,               DONE,          ["finish"]),
+        ("CANCELLING",  "uploaded",          None,               SECURING,      ["release_slot", "await_catalog_backup"]),
         ("CANCELLING",  "stopped",           None,               CANCELLED,     ["abandon_version", "finish"]),
         ("CANCELLING",  "stalled",           None,               CANCELLED,     ["abandon_version", "finish"]),
         ("CANCELLING",  "changed",           None,               CANCELLED,     ["abandon_version", "finish"]),
@@ -233,6 +240,10 @@ class UploadJob(_Job):
         (PAUSED,        "suppliers-changed", None,               "PENDING",     ["clear_error", "ask_for_slot"]),
         (PAUSED,        "timer-1min",        None,               "PENDING",     ["clear_error", "ask_for_slot"]),
         (PAUSED,        "cancel",            None,               CANCELLED,     ["abandon_version", "finish"]),
+        (SECURING,      "secured",           None,               DONE,          ["clear_error", "finish"]),
+        (SECURING,      "not-secured",       None,               "*",           ["remember_error", "settle_waiters"]),
+        # The version is complete: a cancel or pause while its catalog backup is awaited changes nothing.
+        (SECURING,      "cancel",            None,               "*",           []),
         # Harmless where they mean nothing: late progress, repeated requests, news for a busy job.
         ("*",           "progress",          None,               "*",           []),
         ("*",           "pause",             None,               "*",           []),
@@ -388,6 +399,20 @@ class UploadJob(_Job):
             if outcome["failed"]:
                 self.log.warn("{id}: old versions not deleted everywhere: {failed}", id=self.id,
                               failed=outcome["failed"])
+
+    def await_catalog_backup(self, *_: Any) -> None:
+        """Wait until a catalog backup naming this version is on k suppliers; ``secured`` then."""
+        self.error = None
+
+        def not_secured(error: BaseException) -> None:
+            if not self.destroyed:
+                self.event("not-secured", Unavailable(
+                    f"{self.remote_path} is stored on the suppliers, but the catalog backup that lists it is "
+                    f"not on enough of them yet (tried again): {error}"))
+
+        d = self.ctx.catalog_backed_up(on_failure=not_secured)
+        d.addCallback(lambda _: None if self.destroyed else self.event("secured"))
+        d.addErrback(lambda failure: None)  # stopped: the next start backs the catalog up
 
     def stop_uploader(self, *_: Any) -> None:
         """Cancel the running uploader; it answers with ``stopped`` (or finishes first)."""

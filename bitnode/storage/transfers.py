@@ -31,11 +31,11 @@ from bitnode.storage import local_files
 from bitnode.storage.catalog import UPLOADING, split_remote_path
 from bitnode.storage.download_job import DownloadJob
 from bitnode.storage.job_context import StorageContext, stat_file
-from bitnode.storage.jobs import CANCELLED, DONE, FAILED_STATE, PAUSED, UploadJob, _Job
+from bitnode.storage.jobs import CANCELLED, DONE, FAILED_STATE, PAUSED, SECURING, UploadJob, _Job
 
 UPLOAD, DOWNLOAD = "upload", "download"
-AT_REST = frozenset({PAUSED, DONE, FAILED_STATE, CANCELLED, "NEW", "PENDING", "WAITING"})
-RUNNING_STATES = frozenset({"PREPARING", "UPLOADING", "DOWNLOADING", "PAUSING", "CANCELLING"})
+AT_REST = frozenset({PAUSED, DONE, FAILED_STATE, CANCELLED, "NEW", "PENDING", "WAITING", SECURING})
+RUNNING_STATES = frozenset({"PREPARING", "UPLOADING", "DOWNLOADING", "PAUSING", "CANCELLING", SECURING})
 HISTORY_SIZE = 50
 
 

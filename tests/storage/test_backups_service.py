@@ -46,6 +46,9 @@ class Gate:
         self.fetch_budget: int | None = None  # fetches answered before the next ones hang
         self.offline = False
         self.stores = 0
+        #: paths starting with this are refused (a supplier that takes no catalog backup)
+        self.refuse_prefix: str | None = None
+        self.paths: list[str] = []
         self.held: list[defer.Deferred] = []
 
     def _check(self):
@@ -54,7 +57,8 @@ class Gate:
 
     def store_block(self, customer_id, path, data):
         self.stores += 1
-        if self.offline:
+        self.paths.append(path)
+        if self.offline or (self.refuse_prefix is not None and path.startswith(self.refuse_prefix)):
             return defer.fail(Unavailable("supplier offline"))
         if self.budget is not None:
             if self.budget <= 0:
@@ -110,8 +114,13 @@ class GridProvider:
             callback()
         return store
 
-    def stores_sent(self) -> int:
-        return sum(gate.stores for gate in self.gates.values())
+    def stores_sent(self, prefix: str = "") -> int:
+        return sum(1 for gate in self.gates.values() for path in gate.paths if path.startswith(prefix))
+
+
+def files_held(store) -> dict:
+    """The blocks of my files a memory store holds (the catalog backups aside)."""
+    return {path: block for path, block in store._spaces[ME].items() if not path.startswith("catalog-")}
 
 
 def identity_service(servers: FakeServers):
@@ -232,20 +241,21 @@ class ServiceTests(StorageNodeTestCase):
         self.assertEqual((outcome["versions"], outcome["blocks_deleted"]), (1, 12))
         self.assertEqual([f["supplier"] for f in outcome["failed"]], [self.provider.ids[4]])
         self.assertFalse(service.catalog.exists(MASTER, "docs"))
-        self.assertEqual(self.provider.stores[0]._spaces[ME], {})
-        self.assertTrue(self.provider.stores[4]._spaces[ME])
+        self.assertEqual(files_held(self.provider.stores[0]), {})
+        self.assertTrue(files_held(self.provider.stores[4]))
         self.provider.gates[self.provider.ids[4]].offline = False
         self.provider.replace(3, "s8@id.example.net_8084")  # any change of suppliers retries the delete
-        yield wait_until(lambda: self.provider.stores[4]._spaces[ME] == {})
+        yield wait_until(lambda: files_held(self.provider.stores[4]) == {})
 
     @defer.inlineCallbacks
     def test_catalog_is_backed_up_after_a_change(self):
         node, service = yield self.start(overrides={"services/backups/catalog-backup-delay": 0.0})
         self.assertFalse(service.status()["catalog_backup_pending"])
         yield self.upload(service)
-        yield wait_until(lambda: service.last_backup.get("serial") == 1)
-        self.assertIn("catalog-1/manifest", self.provider.stores[0]._spaces[ME])
-        yield wait_until(lambda: not service.status()["catalog_backup_pending"])
+        # done means the catalog naming the file is on the suppliers: no waiting after the upload
+        serial = service.last_backup["serial"]
+        self.assertIn(f"catalog-{serial}/manifest", self.provider.stores[0]._spaces[ME])
+        self.assertTrue(service.catalog_backup_current())
         service.catalog_changed()
         self.assertTrue(service.status()["catalog_backup_pending"])  # until the next backup is stored
         yield wait_until(lambda: not service.status()["catalog_backup_pending"])
@@ -264,12 +274,106 @@ class ServiceTests(StorageNodeTestCase):
     def test_changes_a_stopped_node_did_not_back_up_are_backed_up_at_its_next_start(self):
         basedir = self.mktemp()
         node, service = yield self.start(basedir, overrides={"services/backups/catalog-backup-delay": 3600.0})
-        service.transfers.on_uploads_done = None  # as if the node stopped before the backup
-        yield self.upload(service)
+        yield wait_until(lambda: not service.status()["catalog_backup_state"]["restore_pending"])
+        # A change the node did not back up before it stopped (as if it crashed right after it).
+        yield node.run_in_thread(service.catalog.create, MASTER, "docs", True, False, 0.0)
         self.assertEqual(service.last_backup, {})
         yield node.stopService()
         node, service = yield self.start(basedir)
         yield wait_until(lambda: service.last_backup.get("serial") == 1)
+
+
+class AcknowledgedMeansSafeTests(StorageNodeTestCase):
+    """Done means a new machine finds the file: the catalog backup naming it is on k suppliers."""
+
+    @defer.inlineCallbacks
+    def test_an_upload_is_done_only_once_its_catalog_backup_is_on_k_suppliers(self):
+        node, service = yield self.start(overrides={"services/backups/catalog-retry": 0.2})
+        for supplier_id in self.provider.ids[:3]:  # k=3 of n=5: two acks are not enough
+            self.provider.gates[supplier_id].refuse_prefix = "catalog-"
+        source, data = write(self, 2 * SEG)
+        job = service.transfers.start_upload(source, MASTER + ":docs/a.bin")
+        failed = yield self.assertFailure(job.wait(), Unavailable)
+        self.assertIn("catalog backup that lists it is not on enough", str(failed))
+        self.assertEqual(job.state, "SECURING")
+        self.assertEqual(service.catalog.version(job.version_id)["state"], COMPLETE)
+        self.assertFalse(service.catalog_backup_current())
+        state = service.catalog_backup_state()
+        self.assertEqual((state["waiting_uploads"], state["current"]), (1, False))
+        self.assertIn("only 2 of the required 3 blocks stored", state["error"])
+        # the suppliers take backups again: the next attempt (a retry, no event needed) makes the upload done
+        for gate in self.provider.gates.values():
+            gate.refuse_prefix = None
+        waited = job.wait()
+        yield waited
+        self.assertEqual(job.state, "DONE")
+        self.assertTrue(service.catalog_backup_current())
+        serial = service.last_backup["serial"]
+        self.assertGreaterEqual(sum(1 for store in self.provider.stores
+                                    if f"catalog-{serial}/manifest" in store._spaces[ME]), 3)
+
+    @defer.inlineCallbacks
+    def test_many_small_uploads_finishing_together_share_few_backups(self):
+        node, service = yield self.start(overrides={"services/backups/max-uploads": 4})
+        jobs = []
+        for i in range(20):
+            source, _ = write(self, 1000 + i, seed=i)
+            jobs.append(service.transfers.start_upload(source, f"{MASTER}:many/{i}.bin"))
+        yield defer.gatherResults([job.wait() for job in jobs])
+        self.assertEqual({job.state for job in jobs}, {"DONE"})
+        self.assertLessEqual(service.last_backup["serial"], 5)  # one backup per batch, not one per file
+
+
+class PendingRestoreTests(StorageNodeTestCase):
+    """A new machine's empty catalog is restored once enough suppliers answer; meanwhile nothing is added."""
+
+    @defer.inlineCallbacks
+    def test_the_restore_waits_for_enough_suppliers_retries_and_files_sync_runs_it_at_once(self):
+        node, service = yield self.start()
+        yield self.upload(service)
+        key_file = os.path.abspath(self.mktemp())
+        yield node.service_driver.get("service_identity").backup_identity(key_file)
+        yield node.stopService()
+        # three of five suppliers do not answer: two listings cannot show that no backup exists
+        for supplier_id in self.provider.ids[:3]:
+            self.provider.gates[supplier_id].offline = True
+        other, restored = yield self.start(identity=False, overrides={"services/backups/catalog-retry": 0.2})
+        yield other.service_driver.get("service_identity").recover_identity(key_file)
+        state = restored.catalog_backup_state
+        yield wait_until(lambda: state().get("restore_attempts", 0) >= 3 and not state()["restoring"])
+        self.assertTrue(restored.catalog_backup_state()["restore_pending"])
+        self.assertIn("only 2 of 3 needed blocks available", restored.last_restore["error"])
+        self.assertTrue(restored.last_restore["retry"])
+        self.assertEqual(restored.catalog.list(), [])
+        self.assertRaises(Unavailable, restored.check_catalog_writable)
+        self.assertEqual(restored.last_backup, {})  # nothing backed up over what the suppliers hold
+        # files_sync asks again at once (no need to wait for the retry)
+        self.provider.gates[self.provider.ids[0]].offline = False
+        attempts = restored.catalog_backup_state()["restore_attempts"]
+        restored.sync()
+        self.assertEqual(restored.catalog_backup_state()["restore_attempts"], attempts + 1)
+        yield wait_until(lambda: restored.last_restore.get("serial"))
+        self.assertTrue(restored.catalog.exists(MASTER, "docs/a.bin"))
+        restored.check_catalog_writable()
+
+    @defer.inlineCallbacks
+    def test_enough_suppliers_without_a_backup_end_the_restore_at_once(self):
+        node, service = yield self.start()
+        yield wait_until(lambda: not service.catalog_backup_state()["restore_pending"])
+        self.assertIn("no catalog backup", service.last_restore["error"])
+        service.check_catalog_writable()
+
+    @defer.inlineCallbacks
+    def test_too_few_listings_never_conclude_that_there_is_no_backup(self):
+        for supplier_id in self.provider.ids[:3]:
+            self.provider.gates[supplier_id].offline = True
+        node, service = yield self.start(overrides={"services/backups/catalog-retry": 0.2})
+        yield wait_until(lambda: service.catalog_backup_state().get("restore_attempts", 0) >= 2)
+        self.assertIn("only 2 of my 5 suppliers listed my files", service.last_restore["error"])
+        self.assertTrue(service.catalog_backup_state()["restore_pending"])
+        self.provider.gates[self.provider.ids[0]].offline = False
+        yield wait_until(lambda: not service.catalog_backup_state()["restore_pending"])
+        self.assertIn("no catalog backup", service.last_restore["error"])
 
 
 class RestartTests(StorageNodeTestCase):
@@ -290,7 +394,7 @@ class RestartTests(StorageNodeTestCase):
         fresh = GridProvider(self.provider.stores)
         node, service = yield self.start(basedir, provider=fresh)
         yield wait_until(lambda: service.catalog.version(version_id)["state"] == COMPLETE)
-        self.assertEqual(fresh.stores_sent(), 3 * 5)
+        self.assertEqual(fresh.stores_sent(version_id), 3 * 5)  # the catalog backup's aside
         self.assertEqual((yield self.download(service, MASTER + ":big.bin")), data)
 
     @defer.inlineCallbacks

@@ -309,6 +309,53 @@ class UploadDownloadTests(unittest.TestCase):
         self.assertEqual(job.peak_in_flight, 2)
 
 
+class CatalogBackupTests(unittest.TestCase):
+    """An upload is done only once a catalog backup naming it is on k suppliers."""
+
+    def setUp(self):
+        self.backups: list[tuple[defer.Deferred, object]] = []
+
+        def backed_up(on_failure=None):
+            d = defer.Deferred()
+            self.backups.append((d, on_failure))
+            return d
+
+        self.h = Harness(self, Grid(), catalog_backed_up=backed_up)
+
+    def test_an_uploaded_version_waits_for_the_catalog_backup_and_frees_its_slot(self):
+        first, _ = write(self, SEG + 1)
+        second, _ = write(self, SEG + 2, seed=2)
+        job = self.h.manager.start_upload(first, REMOTE)
+        other = self.h.manager.start_upload(second, KEY_ID + ":docs/b.bin")
+        self.assertEqual((job.state, other.state), ("SECURING", "SECURING"))  # one slot, both got through
+        self.assertEqual(self.h.catalog.version(job.version_id)["state"], COMPLETE)
+        waited = job.wait()
+        self.assertNoResult(waited)
+        self.assertIn(job.info(), self.h.manager.uploads()["running"])
+        # a backup attempt fails: whoever waits hears why, the job goes on waiting for the next one
+        self.backups[0][1](Unavailable("only 1 suppliers took its manifest, 3 needed"))
+        error = self.failureResultOf(waited, Unavailable)
+        self.assertIn("catalog backup that lists it", str(error.value))
+        self.assertEqual(job.state, "SECURING")
+        again = job.wait()
+        job.event("cancel")  # too late: the version is complete
+        self.assertEqual(job.state, "SECURING")
+        self.backups[0][0].callback({"serial": 2})
+        self.assertIs(self.successResultOf(again), job)
+        self.assertEqual((job.state, job.error), ("DONE", None))
+        self.assertEqual(other.state, "SECURING")
+        self.backups[1][0].callback({"serial": 2})
+        self.assertEqual(other.state, "DONE")
+
+    def test_stopping_while_a_backup_is_awaited_leaves_the_complete_version(self):
+        source, _ = write(self, SEG)
+        job = self.h.manager.start_upload(source, REMOTE)
+        stopped = self.h.manager.stop()
+        self.successResultOf(stopped)  # waiting for the backup is at rest: nothing to stop
+        self.backups[0][0].errback(Unavailable("service_backups stopped"))
+        self.assertEqual(self.h.catalog.version(job.version_id)["state"], COMPLETE)
+
+
 class DownloadTests(unittest.TestCase):
     def setUp(self):
         self.grid = Grid()

@@ -207,6 +207,13 @@ class RecordLifeTests(unittest.TestCase):
         self.run_for(61)
         self.assertEqual(self.publisher.status()["suppliers_holding"], sorted(SUPPLIERS))
 
+    def test_a_roster_with_nobody_hired_does_not_replace_the_record(self) -> None:
+        self.publish()
+        self.roster.positions, self.roster.revision = ["", "", ""], 4
+        self.publish()
+        self.assertEqual(self.read()["value"]["revision"], 3)
+        self.assertEqual(self.publisher.status()["skipped_empty"], 1)
+
     def test_a_roster_behind_the_dht_goes_past_its_revision(self) -> None:
         self.roster.revision = 9
         self.publish()
