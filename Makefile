@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 JOBS   ?= 2
 LOCALNET ?= .localnet
 
-.PHONY: all venv run stop test test-fast test-system lint docs bench fuzz clean
+.PHONY: all venv run stop test test-fast test-system lint docs bench bench-quick fuzz clean
 
 all: test
 
@@ -46,9 +46,15 @@ test-system: $(STAMP)
 docs: $(STAMP)
 	$(PY) scripts/gen_docs.py
 
-## make bench: API overhead, then 16/128/512 MiB up and down a localnet (5 suppliers, 3-of-5); BENCH_ARGS="--quick" etc.
+## make bench: every target of the performance issue with a PASS/FAIL line: REST and WebSocket API, 16 MiB /
+## 512 MiB / 2 GiB up and down a localnet (5 suppliers + a spare, 3-of-5), CPU ms/MiB per process, small files,
+## a rebuild, and the catalog / simulation parts when present (about 10 minutes); BENCH_ARGS="--profile DIR" etc.
 bench: $(STAMP)
 	$(PY) scripts/bench.py $(BENCH_ARGS)
+
+## make bench-quick: the same with small sizes and counts (about a minute): a smoke test of every figure
+bench-quick: $(STAMP)
+	$(PY) scripts/bench.py --quick $(BENCH_ARGS)
 
 ## make fuzz: schemathesis against a real node (a throwaway localnet), driven by its own GET /openapi.json;
 ## fails on any 5xx. FUZZ_ARGS="--max-examples 100 --seed N --keep" etc.; a bounded run is in make test.

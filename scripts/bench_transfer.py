@@ -65,7 +65,21 @@ def file_sha256(path: str, chunk: int = MiB) -> str:
     return digest.hexdigest()
 
 
-# --- memory ------------------------------------------------------------------------------
+# --- CPU and memory ----------------------------------------------------------------------
+
+
+def proc_cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of a process, from ``/proc/<pid>/stat`` (None when it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            text = handle.read()
+    except OSError:
+        return None
+    # the command name (field 2) may hold spaces and parentheses: the fields after it follow the last ")"
+    fields = text[text.rindex(b")") + 2:].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 
 
 class RssSampler:
@@ -253,8 +267,9 @@ class BenchNet:
 
     def __init__(self, workdir: str, log: Log, suppliers: int = 5, data_blocks: int = 3,
                  timeout: float = 240.0, py_spy: str | None = None, profile_dir: str | None = None,
-                 profile_idle: bool = False):
+                 profile_idle: bool = False, spares: int = 0):
         self.workdir = workdir
+        self.spares = spares
         self.net = None
         self.log = log
         self.suppliers = suppliers
@@ -284,7 +299,8 @@ class BenchNet:
             directory = os.path.join(self.workdir, f"localnet-{attempt}")
             self.net = LocalNet(directory, log=lambda text: self.log("   " + text.strip()), documented_ports=False)
             try:
-                self.net.up(suppliers=self.suppliers, customers=1, key_size=2048, timeout=self.timeout)
+                self.net.up(suppliers=self.suppliers + self.spares, customers=1, key_size=2048,
+                            timeout=self.timeout)
                 break
             except LocalnetError as err:
                 self.down()
@@ -299,7 +315,7 @@ class BenchNet:
 
         def hired():
             rows = self.call("suppliers_list")
-            return sum(1 for r in rows if r.get("state") == "CONNECTED") >= self.suppliers
+            return sum(1 for r in rows if r.get("state") == "CONNECTED" and not r.get("retiring")) >= self.suppliers
 
         wait_for(hired, self.timeout, f"the customer to hire {self.suppliers} suppliers", interval=0.5)
         global_id = self.call("identity_get")["global_id"]
@@ -355,17 +371,15 @@ class BenchNet:
         return {"seconds": seconds, "mib_s": _rate(size, seconds), "info": info,
                 "customer_rss_mib": rss.peak_mib([customer]), "suppliers_rss_mib": rss.peak_mib(suppliers),
                 "customer_rss_before_mib": rss.baseline.get(customer, 0) / MiB,
-                "customer_cpu_s": cpu.get(customer, 0.0),
+                "cpu_by_process": cpu, "customer_cpu_s": cpu.get(customer, 0.0),
                 "suppliers_cpu_s": sum(v for k, v in cpu.items() if k in suppliers)}
 
     def _cpu(self) -> dict[str, float]:
         out = {}
         for name, pid in self.pids.items():
-            try:
-                times = psutil.Process(pid).cpu_times()
-            except psutil.Error:
-                continue
-            out[name] = times.user + times.system
+            seconds = proc_cpu_seconds(pid)
+            if seconds is not None:
+                out[name] = seconds
         return out
 
     def round_trip(self, local_path: str, size: int, sha256: str, label: str, out_dir: str) -> dict:
@@ -380,3 +394,97 @@ class BenchNet:
         # The suppliers' space is freed for the next size (not timed).
         self.call("file_delete", remote_path=remote)
         return {"size": size, "upload": up, "download": down, "sha256_ok": got == sha256}
+
+    # --- small files and rebuild ----------------------------------------------------------
+
+    def small_files(self, count: int, size: int, label: str, out_dir: str) -> dict:
+        """Upload a folder of ``count`` random files of ``size`` bytes, download it, compare; files/s each way."""
+        folder = os.path.join(out_dir, f"small-{label}")
+        os.makedirs(folder)
+        digests = {}
+        for index in range(count):
+            name = f"f{index:05d}.bin"
+            digests[name] = write_test_file(os.path.join(folder, name), size)
+        remote = f"{self.key_id}:bench/small-{label}"
+        figures: dict = {"count": count, "size": size}
+        try:
+            start = time.perf_counter()
+            info = self.call("file_upload_start", timeout=3600.0, local_path=folder, remote_path=remote,
+                             wait_result=True)
+            figures["upload_seconds"] = time.perf_counter() - start
+            figures["upload_files_s"] = count / figures["upload_seconds"]
+            failed = [t for t in info.get("transfers", []) if t.get("state") != "DONE"]
+            if failed or info.get("skipped"):
+                raise RuntimeError(f"folder upload: {len(failed)} transfers not DONE, skipped {info.get('skipped')}")
+            target = os.path.join(out_dir, f"small-{label}-restored")
+            os.makedirs(target)
+            start = time.perf_counter()
+            info = self.call("file_download_start", timeout=3600.0, remote_path=remote, destination_path=target,
+                             wait_result=True)
+            figures["download_seconds"] = time.perf_counter() - start
+            figures["download_files_s"] = count / figures["download_seconds"]
+            restored = os.path.join(target, os.path.basename(folder))
+            bad = [name for name, digest in digests.items()
+                   if not os.path.exists(os.path.join(restored, name)) or
+                   file_sha256(os.path.join(restored, name)) != digest]
+            figures["sha256_ok"] = not bad
+            if bad:
+                raise RuntimeError(f"{len(bad)} of {count} small files came back different or missing")
+            self.call("file_delete", remote_path=remote)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+            shutil.rmtree(os.path.join(out_dir, f"small-{label}-restored"), ignore_errors=True)
+        return figures
+
+    def rebuild(self, local_path: str, size: int, label: str, position: int = 0) -> dict:
+        """Upload a file, replace the supplier at ``position`` with the spare, time until its blocks are rebuilt.
+
+        Done when the new supplier holds the position with nothing left to
+        rebuild and the former holder is no longer ``RETIRING`` (it is
+        released only once its successor acknowledged every rebuilt block).
+        """
+        from bitnode.localnet.network import wait_for
+
+        if not self.spares:
+            raise RuntimeError("no spare supplier in this network")
+        remote = f"{self.key_id}:bench/rebuild-{label}.bin"
+        up = self.call("file_upload_start", timeout=3600.0, local_path=local_path, remote_path=remote,
+                       wait_result=True)
+        if up.get("state") != "DONE":
+            raise RuntimeError(f"upload before the rebuild ended {up.get('state')}: {up.get('error')}")
+        rows = self.call("suppliers_list")
+        hired = {r["supplier_id"] for r in rows if not r.get("retiring")}
+        old = next(r["supplier_id"] for r in rows if r["position"] == position and not r.get("retiring"))
+        spare = self._spare_id(hired)
+        cpu_before = self._cpu()
+        start = time.perf_counter()
+        self.call("supplier_change", position=position, new_supplier_id=spare)
+
+        def rebuilt():
+            rows = self.call("suppliers_list")
+            holder = next((r for r in rows if r["position"] == position and not r.get("retiring")), None)
+            retiring = [r for r in rows if r.get("retiring") and r["supplier_id"] == old and r["state"] == "RETIRING"]
+            return (holder is not None and holder["supplier_id"] == spare and holder.get("state") == "CONNECTED"
+                    and not holder.get("rebuild") and not retiring)
+
+        wait_for(rebuilt, self.timeout, f"the blocks of position {position} to be rebuilt on {spare}", interval=0.1)
+        seconds = time.perf_counter() - start
+        cpu_after = self._cpu()
+        self.call("file_delete", remote_path=remote)
+        rebuilt_mib = size / self.data_blocks / MiB
+        return {"size": size, "k": self.data_blocks, "seconds": seconds, "rebuilt_mib": rebuilt_mib,
+                "mib_s": rebuilt_mib / seconds, "file_mib_s": _rate(size, seconds), "old": old, "new": spare,
+                "cpu_by_process": {n: cpu_after.get(n, 0.0) - cpu_before.get(n, 0.0) for n in cpu_before}}
+
+    def _spare_id(self, hired: set[str]) -> str:
+        """The global id of a supplier of this network the customer has not hired."""
+        from bitnode.interface.client import call_api
+        from bitnode.main.basedir import Basedir
+
+        for plan in self.net.load():
+            if "supplier" not in plan.roles:
+                continue
+            code, envelope = call_api(Basedir.at(plan.basedir), "identity_get", {}, timeout=60.0)
+            if code == 200 and envelope["result"]["global_id"] not in hired:
+                return envelope["result"]["global_id"]
+        raise RuntimeError("every supplier of the network is hired: no spare")
