@@ -3,8 +3,9 @@
 Outgoing, :meth:`Gateway.send` runs a :class:`~bitnode.transport.packet_out.PacketOut`
 machine per packet.  Packets for one peer go through that peer's queue, in
 order: the first one resolves the peer's address (an open connection with
-them if there is one, else the first ``tcp://host:port`` of their identity's
-contacts, fetched through the identity provider), and every packet reuses
+them if there is one, else the first address of their identity's contacts,
+``tcp://`` before ``proxy://``, fetched through the identity provider; while
+we are routed, our router's — see :mod:`bitnode.transport.routing`), and every packet reuses
 the transport's connection.  If a cached address refuses, the identity is
 fetched again once (contacts change when a node restarts on another port).
 
@@ -59,8 +60,9 @@ from bitnode.transport.packet_out import PacketOut, gateway_stopped
 from bitnode.transport.reintroduction import REFRESH_INTERVAL, Reintroduction
 from bitnode.transport.replay import ReplayCache
 from bitnode.transport.router import PacketRouter
+from bitnode.transport.routing import Routing
 from bitnode.transport.stats import PacketStats
-from bitnode.transport.tcp import Address, parse_tcp_contact
+from bitnode.transport.tcp import Address, contact_addresses, parse_tcp_contact  # noqa: F401 (re-exported)
 from bitnode.userid.identity import Identity
 
 DEFAULT_MAX_FRAME = DEFAULT_MAX_PAYLOAD + MAX_HEADER
@@ -105,10 +107,11 @@ class _Peer:
         self.challenge: Optional[bytes] = None  # the nonce they gave us for destructive commands
 
 
-class Gateway(Reintroduction):
+class Gateway(Reintroduction, Routing):
     """Signed packets to and from other nodes, over one TCP transport.
 
     Peers that moved or forgot us are found again: see :mod:`bitnode.transport.reintroduction`.
+    Through a router, or for nodes routed through us: see :mod:`bitnode.transport.routing`.
 
     :param clock: time source (timeouts, packet dates).
     :param reactor: provides ``listenTCP``/``connectTCP``.
@@ -199,6 +202,7 @@ class Gateway(Reintroduction):
         self._history: deque[dict] = deque(maxlen=history_size)
         self._finished: Counter[str] = Counter()
         self._stopped = False
+        self._init_routing()
 
     # -- lifecycle ----------------------------------------------------------
 
@@ -344,6 +348,10 @@ class Gateway(Reintroduction):
         if machine.destroyed:
             return  # timed out or cancelled while queued: nothing to send
         packet = machine.packet
+        routed = self._routed_address(peer.global_id)
+        if routed is not None:
+            await self.transport.send(routed, packet)
+            return
         address = self._open_address(peer)
         if address is not None:
             try:
@@ -380,11 +388,10 @@ class Gateway(Reintroduction):
             identity = await self.identity.fetch_identity(peer.global_id, refresh=refresh)
         except NotFound as err:
             raise NotFound(f"unknown user {peer.global_id}: {err}") from err
-        for contact in identity.contacts:
-            address = parse_tcp_contact(contact)
-            if address is not None:
-                return address
-        raise Unavailable(f"{peer.global_id} publishes no tcp contact")
+        addresses = contact_addresses(identity.contacts)
+        if not addresses:
+            raise Unavailable(f"{peer.global_id} publishes no tcp or proxy contact")
+        return addresses[0]
 
     def _on_finished(self, machine: PacketOut) -> None:
         self._live.pop(machine, None)
@@ -648,7 +655,7 @@ class Gateway(Reintroduction):
                 rows.append({"protocol": "tcp", "direction": "in", "address": row["address"], "peers": peers,
                              "bytes_done": done, "bytes_total": total,
                              "progress": round(100.0 * done / total, 1) if total else 100.0})
-            pending = _unsent_bytes(conn)
+            pending = conn.unsent_bytes()
             if pending:
                 rows.append({"protocol": "tcp", "direction": "out", "address": row["address"], "peers": peers,
                              "bytes_pending": pending})
@@ -661,14 +668,3 @@ class Gateway(Reintroduction):
                 users.setdefault(peer.address, set()).add(peer.global_id)
         return users
 
-
-def _unsent_bytes(conn: Any) -> int:
-    """Bytes handed to the socket transport and not written yet (Twisted's write buffers)."""
-    transport = getattr(conn, "transport", None)
-    if transport is None:
-        return 0
-    try:
-        buffered = len(getattr(transport, "dataBuffer", b"")) - int(getattr(transport, "offset", 0))
-        return max(0, buffered) + int(getattr(transport, "_tempDataLen", 0))
-    except (TypeError, ValueError):
-        return 0

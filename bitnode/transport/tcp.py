@@ -25,7 +25,7 @@ header may still do (introduce itself, or be told to).
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 from twisted.internet.abstract import isIPv6Address
 from twisted.internet.defer import Deferred, fail, gatherResults, maybeDeferred, succeed
@@ -57,18 +57,48 @@ from bitnode.transport.stats import PacketStats
 Address = tuple[str, int]
 
 
-def parse_tcp_contact(contact: str) -> Address | None:
-    """``tcp://host:port`` -> ``(host, port)``; None for other protocols or bad text."""
-    if not isinstance(contact, str) or not contact.startswith("tcp://"):
+#: A contact reached directly, and one reached through a router (the router's own TCP address).
+TCP_SCHEME = "tcp://"
+PROXY_SCHEME = "proxy://"
+
+
+def parse_tcp_contact(contact: str, scheme: str = TCP_SCHEME) -> Address | None:
+    """``tcp://host:port`` (or another ``scheme``) -> ``(host, port)``; None for other protocols or bad text."""
+    if not isinstance(contact, str) or not contact.startswith(scheme):
         return None
-    host, _, port = contact[len("tcp://"):].rpartition(":")
+    host, _, port = contact[len(scheme):].rpartition(":")
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
         return None
     return host, int(port)
+
+
+def contact_addresses(contacts: Any) -> list[Address]:
+    """The TCP addresses of an identity's contacts to try, in order: direct (``tcp://``) ones first,
+    then routers (``proxy://``: the peer accepts no connection, its router carries its packets)."""
+    direct = [parse_tcp_contact(c) for c in contacts]
+    routed = [parse_tcp_contact(c, PROXY_SCHEME) for c in contacts]
+    return [address for address in direct + routed if address is not None]
 Handler = Callable[[Packet, Address], Any]
-#: What a frame's header said about its sender: a verified sender, or one introducing itself.
+
+
+class RelayHook(Protocol):
+    """What a transport asks about frames for someone else (see :class:`bitnode.transport.relay.Relay`).
+
+    ``admit(conn, head, body_length)``: True to keep and forward the frame,
+    False when it is nobody's business here (dropped as ``wrong_recipient``);
+    raises a :class:`BadPacket` to refuse it with that drop reason.
+    ``forward(conn, head_bytes, head, body)``: the frame, whole and with its
+    payload hash checked, to pass on unchanged.
+    """
+
+    def admit(self, conn: PacketConnection, head: PacketHead, body_length: int) -> bool: ...
+
+    def forward(self, conn: PacketConnection, head_bytes: bytes, head: PacketHead, body: bytes) -> None: ...
+#: What a frame's header said about its sender: a verified sender, one introducing itself, or a frame
+#: for someone else that this node forwards (:mod:`bitnode.transport.relay`).
 VERIFIED = "verified"
 INTRODUCTION = "introduction"
+RELAYED = "relayed"
 #: Default bound on the bytes of payloads being received, over all connections.
 DEFAULT_MAX_BUFFERED = 64 * 1024 * 1024
 
@@ -151,6 +181,17 @@ class PacketConnection(FrameProtocol):
     def is_usable(self) -> bool:
         """Whether packets may still be sent on this connection."""
         return not (self._lost or self.closing or self.transport is None or self.transport.disconnecting)
+
+    def unsent_bytes(self) -> int:
+        """Bytes handed to the socket transport and not written yet (Twisted's write buffers)."""
+        transport = self.transport
+        if transport is None:
+            return 0
+        try:
+            buffered = len(getattr(transport, "dataBuffer", b"")) - int(getattr(transport, "offset", 0))
+            return max(0, buffered) + int(getattr(transport, "_tempDataLen", 0))
+        except (TypeError, ValueError):
+            return 0
 
     def _check_idle(self) -> None:
         self._idle_call = None
@@ -288,6 +329,10 @@ class TCPTransport:
         self._dialling: dict[Address, _Dial] = {}
         self._waiting: dict[Address, list[Deferred[PacketConnection]]] = {}
         self._stopped = False
+        #: Forwards frames for other nodes when this node is a router (None: such frames are dropped).
+        self.relay: RelayHook | None = None
+        #: ``listener(conn)`` for every connection that closes (the relay and the routed side watch theirs).
+        self.lost_listeners: list[Callable[[PacketConnection], Any]] = []
 
     # -- public API -------------------------------------------------------
 
@@ -341,6 +386,15 @@ class TCPTransport:
         d = self._connection_to(address)
         d.addCallback(self._write_packet, header, packet)
         return d
+
+    def connect(self, address: Address) -> Deferred[PacketConnection]:
+        """The open connection to ``address``, made first if there is none (fails like :meth:`send`).
+
+        A router writes frames of other nodes on it, unchanged.
+        """
+        if self._stopped:
+            return fail(Unavailable("transport is stopped"))
+        return self._connection_to((str(address[0]), int(address[1])))
 
     def connections(self) -> list[dict]:
         """One JSON-safe dict per open or pending connection."""
@@ -436,6 +490,11 @@ class TCPTransport:
         self._open.discard(conn)
         if self._by_address.get(conn.address) is conn:
             del self._by_address[conn.address]
+        for listener in list(self.lost_listeners):
+            try:
+                listener(conn)
+            except Exception:
+                self.log.failure("connection-lost listener failed")
 
     # -- receiving --------------------------------------------------------
 
@@ -449,7 +508,10 @@ class TCPTransport:
             if not is_known(packet_head.command):
                 raise UnknownCommand(f"unknown command {packet_head.command!r}")
             if packet_head.remote_id != self.my_id:
-                raise WrongRecipient(f"packet for {packet_head.remote_id!r}, we are {self.my_id!r}")
+                if self.relay is None or not self.relay.admit(conn, packet_head, body_length):
+                    raise WrongRecipient(f"packet for {packet_head.remote_id!r}, we are {self.my_id!r}")
+                conn.incoming = _Incoming(packet_head, RELAYED)  # not ours: no signature or replay duty here
+                return KEEP
             error: BadPacket | None = None
             try:
                 packet_head.verify(self._resolve_verifier)
@@ -488,6 +550,9 @@ class TCPTransport:
             return
         size = len(head) + len(body)
         self.stats.record_frame_in(size)
+        if incoming.kind == RELAYED:
+            self._relay_frame(conn, incoming.head, head, body, digest)
+            return
         try:
             packet = incoming.head.packet(body, digest)
             if incoming.kind == VERIFIED:
@@ -509,6 +574,21 @@ class TCPTransport:
         self.stats.record_in(packet.command, packet.creator_id, size)
         d = maybeDeferred(handler, packet, conn.address)
         d.addErrback(self._handler_failed, packet)
+
+    def _relay_frame(self, conn: PacketConnection, head: PacketHead, head_bytes: bytes, body: bytes,
+                     digest: bytes | None) -> None:
+        """Pass a frame for someone else to the relay, if its payload is the one its sender signed for."""
+        relay = self.relay
+        try:
+            head.packet(body, digest)  # checks the payload's length and hash against the header
+            if relay is None:
+                raise WrongRecipient(f"packet for {head.remote_id!r}, and this node routes nobody now")
+            relay.forward(conn, head_bytes, head, body)
+        except BadPacket as exc:
+            self.stats.record_drop(exc.reason)
+        except Exception:
+            self.stats.record_drop("malformed")
+            self.log.failure("unexpected error forwarding a frame from {address}", address=conn.address)
 
     def _stranger_packet(self, conn: PacketConnection, incoming: _Incoming, packet: Packet) -> Packet:
         """The whole packet of a header :meth:`_stranger_head` let through; raise BadPacket to drop it."""

@@ -378,7 +378,7 @@ class GatewayTests(unittest.TestCase):
         ghost = FakeIdentities("ghost", 3, self.server, self.clock)
         ghost.update_contacts(["udp://127.0.0.1:9"])
         err = yield self.assertFailure(alice.gateway.request(Command.MESSAGE, ghost.global_id), Unavailable)
-        self.assertIn("no tcp contact", str(err))
+        self.assertIn("no tcp or proxy contact", str(err))
 
     @inlineCallbacks
     def test_moved_peer_is_found_again_through_its_identity(self) -> None:
