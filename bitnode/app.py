@@ -33,6 +33,8 @@ from bitnode.main.schema import SCHEMA
 from bitnode.main.settings import Settings
 from bitnode.node import Node
 from bitnode.p2p.network_service import NetworkService
+from bitnode.p2p.proxy_server_service import ProxyServerService
+from bitnode.p2p.proxy_transport_service import ProxyTransportService
 from bitnode.p2p.stun_service import StunServerService
 from bitnode.services.base import Service
 from bitnode.storage.backups_service import BackupsService
@@ -51,6 +53,8 @@ SERVICES = (
     FriendsService,
     StunServerService,
     DHTService,
+    ProxyServerService,
+    ProxyTransportService,
     NicknameService,
     PrivateMessagesService,
     GroupsService,

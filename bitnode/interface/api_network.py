@@ -31,6 +31,8 @@ from bitnode.customer.customer_service import CustomerService
 from bitnode.dht.dht_service import DHTService
 from bitnode.errors import BadRequest, Unavailable
 from bitnode.p2p.network_service import NetworkService
+from bitnode.p2p.proxy_server_service import ProxyServerService
+from bitnode.p2p.proxy_transport_service import ProxyTransportService
 from bitnode.supplier.supplier_service import SupplierService
 from bitnode.transport.gateway_service import GatewayService
 from bitnode.userid.id_service import IdentityService
@@ -39,10 +41,9 @@ from bitnode.userid.id_service import IdentityService
 COMING_UP = ("STARTING", "DEPENDS_OFF", "OFF")
 SERVICE_POLL = 0.1
 PROTOCOLS = ("tcp", "udp", "proxy")
-# bitnode has one packet transport, TCP; UDP carries only the DHT, and there is no relay.
+# bitnode has one packet transport, TCP; UDP carries only the DHT. The relay (proxy) rides on TCP too.
 NO_UDP = {"available": False, "reason": "no UDP packet transport: packets travel over tcp (the DHT uses UDP, "
           "see the dht section)"}
-NO_PROXY = {"available": False, "reason": "no proxy (relay) transport: a node must be reachable over tcp"}
 
 
 class NetworkMethods:
@@ -67,10 +68,13 @@ class NetworkMethods:
         return self._gateway().packets()
 
     def connections_list(self, protocols: list | None = None) -> list:
-        """Open and pending connections of the wanted protocols (only tcp exists)."""
-        if not _wants_tcp(protocols):
-            return []
-        return self._gateway().connections()
+        """Open and pending connections of the wanted protocols: tcp (all), proxy (those to our router or
+        of nodes routed through us: their ``proxy`` says which)."""
+        if _wants_tcp(protocols):
+            return self._gateway().connections()
+        if "proxy" in [str(p).strip().lower() for p in protocols or ()]:
+            return [row for row in self._gateway().connections() if row.get("proxy")]
+        return []
 
     def streams_list(self, protocols: list | None = None) -> list:
         """Data being received or written right now; empty when nothing is in flight."""
@@ -130,8 +134,10 @@ class NetworkMethods:
         ``suppliers``: my suppliers by position (as suppliers_list); ``customers``:
         the customers I store for (as customers_list); ``tcp``: listening port and
         connections; ``cache``: known identities; ``dht``: the DHT node and its
-        routing table. ``udp`` and ``proxy`` say that those transports do not exist
-        in bitnode (packets go over TCP). A section whose service is off says so.
+        routing table; ``proxy``: whether we are routed (our router, packets by
+        path) and whom we route (routed nodes, bytes each way, refusals). ``udp``
+        says that transport does not exist (packets go over TCP). A section whose
+        service is off says so.
         """
         driver = self.node.service_driver
         identity = driver.find(IdentityService)
@@ -152,7 +158,7 @@ class NetworkMethods:
         if udp:
             result["udp"] = dict(NO_UDP)
         if proxy:
-            result["proxy"] = dict(NO_PROXY)
+            result["proxy"] = self._proxy_section()
         if suppliers:
             result["suppliers"] = self._market_section(CustomerService, lambda service: service.suppliers(False))
         if customers:
@@ -193,7 +199,8 @@ class NetworkMethods:
             "services": [driver.info(kind.name, with_configs=True)
                          for kind in (IdentityService, GatewayService, NetworkService) if driver.installed(kind)],
             "udp": dict(NO_UDP),
-            "proxy": dict(NO_PROXY),
+            "proxy": {kind.name: driver.info(kind.name, with_configs=True)
+                      for kind in (ProxyTransportService, ProxyServerService) if driver.installed(kind)},
         }
 
     # --- users -----------------------------------------------------------------------
@@ -236,6 +243,33 @@ class NetworkMethods:
             "packets_out": stats.packets_out,
             "dropped_total": stats.as_dict()["dropped_total"],
             "limits": gateway.limits_stats(),
+        }
+
+    def _proxy_section(self) -> dict:
+        """Are we routed (through which router, packets by path), and whom do we route (bytes each way, refusals)."""
+        driver = self.node.service_driver
+        transport, server = driver.find(ProxyTransportService), driver.find(ProxyServerService)
+        gateway_service = driver.find(GatewayService)
+        if gateway_service is None or (transport is None and server is None):
+            states = ", ".join(f"{kind.name} is {driver.state(kind) if driver.installed(kind) else 'NOT_INSTALLED'}"
+                               for kind in (ProxyTransportService, ProxyServerService))
+            return {"available": False, "reason": states}
+        gateway = gateway_service.require_gateway()
+        routing = gateway.routing_stats()
+        relay = server.status() if server is not None else {}
+        return {
+            "available": True,
+            "mode": "router" if server is not None else ("routed" if gateway.link is not None else "direct"),
+            "router": routing["router"],
+            "contact": routing["contact"],
+            "packets_by_path": routing["packets"],
+            "routed_nodes": relay.get("routed_nodes", []),
+            "bytes_in": relay.get("bytes_in", 0),
+            "bytes_out": relay.get("bytes_out", 0),
+            "refused": relay.get("refused", {}),
+            "transport": transport.status() if transport is not None else
+            {"state": driver.state(ProxyTransportService)},
+            "server": relay or {"state": driver.state(ProxyServerService)},
         }
 
     def _cache_section(self, identity: Any) -> dict:

@@ -3,8 +3,10 @@
 The connector's neighbours are wired here (see
 :mod:`bitnode.p2p.network_connector` for what "connected" means):
 
-- transports ready: the gateway listens and my identity lists the
-  ``tcp://`` contact it listens on (fixed and published if not);
+- transports ready: the gateway listens, or a router carries our packets
+  (service_proxy_transport), and my identity lists the contacts
+  :meth:`~bitnode.transport.gateway_service.GatewayService.wanted_contacts`
+  says (fixed and published if not); a change of router checks again;
 - restart: close every connection, then the same;
 - probe: fetch my identity from my identity servers (over HTTP, not from
   the local copy); if they publish my current contact, the network can
@@ -27,6 +29,7 @@ from bitnode.errors import BitnodeError, Unavailable
 from bitnode.main.options import FLOAT, Option
 from bitnode.p2p.network_connector import NetworkConnector
 from bitnode.p2p.online_status import OnlineStatus
+from bitnode.p2p.proxy_transport_service import ProxyTransportService
 from bitnode.services.base import Service
 from bitnode.services.context import NodeContext
 from bitnode.transport.gateway_service import GatewayService
@@ -35,6 +38,8 @@ from bitnode.userid.id_service import IdentityService
 PREFIX = "services/network/"
 #: Peers pinged when no identity server answers.
 PEERS_TO_PING = 2
+#: Events of service_proxy_transport after which "connected" must be checked again.
+ROUTING_EVENTS = ("proxy-routed", "proxy-router-lost", "proxy-direct")
 
 
 class NetworkService(Service):
@@ -42,6 +47,7 @@ class NetworkService(Service):
 
     name = "service_network"
     requires = {"gateway": GatewayService, "identity": IdentityService}
+    optional = {"proxy": ProxyTransportService}
     description = "Network connection state (network_connector) and peers' online status"
     options = (
         Option(PREFIX + "online-window", FLOAT, 300.0,
@@ -58,6 +64,7 @@ class NetworkService(Service):
         self.connector: Optional[NetworkConnector] = None
         self.online: Optional[OnlineStatus] = None
         self._announced: Optional[bool] = None
+        self._unsubscribe: Any = None
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -72,9 +79,13 @@ class NetworkService(Service):
             registry=self.ctx.automats,
         )
         self.connector.event("init")
+        self._unsubscribe = self.ctx.events.subscribe(self._on_event)
 
     def stop(self) -> None:
         """Stop the connector (its waiters fail with 503) and the online table."""
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
         if self.connector is not None:
             self.connector.shutdown()
             self.connector = None
@@ -117,14 +128,23 @@ class NetworkService(Service):
     async def _check_transports(self) -> str:
         service = self._gateway_service()
         gateway = service.require_gateway()
-        if not gateway.is_listening():
-            raise Unavailable("the gateway is not listening")
+        self._require_reachable(gateway)
         me = self._identity_service().my_identity()
         if me is None:
             raise Unavailable("no identity")
-        if gateway.contact not in me.contacts:
+        if list(me.contacts) != service.wanted_contacts():
             await service.ensure_contacts()
+        if gateway.link is not None:
+            return f"routed through {gateway.link.router_id} ({gateway.link.contact})"
         return f"tcp listening at {gateway.contact}"
+
+    def _require_reachable(self, gateway: Any) -> None:
+        """Peers can reach us only if we listen or a router carries our packets."""
+        if gateway.is_listening() or gateway.link is not None:
+            return
+        proxy = self.deps.proxy
+        why = f": {proxy.reason()}" if proxy is not None else " (service_proxy_transport is off)"
+        raise Unavailable(f"the gateway is not listening and no router carries our packets yet{why}")
 
     def _restart_transports(self) -> Deferred:
         async def restart() -> str:
@@ -142,6 +162,8 @@ class NetworkService(Service):
         me = identity.my_identity()
         if me is None:
             raise Unavailable("no identity")
+        self._require_reachable(gateway)
+        wanted = self._gateway_service().wanted_contacts()
         problems: list[str] = []
         client = getattr(identity, "client", None)
         if client is not None:
@@ -150,11 +172,11 @@ class NetworkService(Service):
             except BitnodeError as err:
                 problems.append(f"identity server: {err}")
             else:
-                if gateway.contact in published.contacts:
-                    return f"identity server publishes {gateway.contact} for {me.global_id}"
+                if wanted and set(wanted) <= set(published.contacts):
+                    return f"identity server publishes {', '.join(wanted)} for {me.global_id}"
                 try:
                     await identity.publisher.publish(me)
-                    return f"re-published revision {me.revision} with {gateway.contact}"
+                    return f"re-published revision {me.revision} with {', '.join(me.contacts)}"
                 except BitnodeError as err:
                     problems.append(f"identity server has stale contacts and re-publishing failed: {err}")
         online = self.require_online()
@@ -175,6 +197,11 @@ class NetworkService(Service):
         event = "network-connected" if connected else "network-disconnected"
         self.log.info("{event}: {reason}", event=event, reason=reason)
         self.ctx.events.publish(event, {"reason": reason, "global_id": self._identity_service().my_global_id()})
+
+    def _on_event(self, event: Any) -> None:
+        """Our router changed (or we stopped being routed): check the network again now."""
+        if getattr(event, "event_id", "") in ROUTING_EVENTS and self.connector is not None:
+            self.connector.event("check-reconnect")
 
     def _window_changed(self, key: str, old: Any, new: Any) -> None:
         if self.online is not None:

@@ -376,6 +376,15 @@ class Gateway(Reintroduction, Routing):
             await self.transport.send(address, packet)
         peer.address = address
 
+    def peer_connection(self, peer_id: str) -> Any:
+        """The open connection ``peer_id``'s last packet came on (or ours to it), if any.
+
+        Its ``direction`` says who dialled: ``"in"`` (they connected to us) or ``"out"``.
+        """
+        peer = self._peers.get(peer_id)
+        address = self._open_address(peer) if peer is not None else None
+        return self.transport.connection_to(address) if address is not None else None
+
     def _open_address(self, peer: _Peer) -> Optional[Address]:
         if peer.address is not None and self.transport.connection_to(peer.address) is not None:
             return peer.address
@@ -630,10 +639,14 @@ class Gateway(Reintroduction, Routing):
     def connections(self) -> list[dict]:
         """Open and pending connections, with the peers using them."""
         users = self._peers_by_address()
+        proxy = self._proxy_roles()
         rows = []
         for row in self.transport.connections():
             row = dict(row, protocol="tcp")
             row["peers"] = sorted(users.get((row["host"], row["port"]), ()))
+            role = proxy.get((row["host"], row["port"]))
+            if role:
+                row["proxy"] = role
             rows.append(row)
         return rows
 

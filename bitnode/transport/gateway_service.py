@@ -12,23 +12,27 @@ On start it listens on ``services/tcp-connections/interface`` :
 the identity's ``tcp://`` contact is not the address really listened on,
 publishes a new revision with the right one (:meth:`GatewayService.ensure_contacts`;
 a failure to publish is reported in the status, not fatal: the network
-connector checks and retries it).
+connector checks and retries it).  With ``services/gateway/listen`` off it
+opens no port at all (a node behind NAT): service_proxy_transport then routes
+its packets through a router and publishes the router as its contact
+(:meth:`GatewayService.wanted_contacts` decides what is published).
 """
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from bitnode.errors import BitnodeError, Conflict, Unavailable
-from bitnode.main.options import DISK_SPACE, FLOAT, INTEGER, STRING, Option
+from bitnode.main.options import BOOLEAN, DISK_SPACE, FLOAT, INTEGER, STRING, Option
 from bitnode.services.base import Service
 from bitnode.services.context import NodeContext
 from bitnode.transport.gateway import Gateway
 from bitnode.transport.limits import PeerLimits
 from bitnode.transport.packet import MAX_HEADER
+from bitnode.transport.tcp import PROXY_SCHEME, TCP_SCHEME
 from bitnode.userid.id_service import IdentityService
 
 PREFIX = "services/gateway/"
@@ -93,6 +97,9 @@ class GatewayService(Service):
         Option(PREFIX + "challenge-ttl", FLOAT, 300.0,
                "Seconds the challenge we give a peer for CancelService/DeleteBackup/DeleteFile stays valid "
                "(it never survives a restart).", minimum=10.0, maximum=86400.0, restart_needed=True),
+        Option(PREFIX + "listen", BOOLEAN, True,
+               "Accept incoming TCP connections. Off: no listening port at all (a node behind NAT); "
+               "service_proxy_transport then routes our packets through a router.", restart_needed=True),
         Option(PREFIX + "external-host", STRING, "",
                "Host written into our tcp:// contact (empty: the listening interface).",
                pattern=r"[A-Za-z0-9.:\-]*", restart_needed=True),
@@ -103,6 +110,9 @@ class GatewayService(Service):
         super().__init__(ctx)
         self.gateway: Optional[Gateway] = None
         self.contacts_error = ""
+        #: Set by service_proxy_transport: ``() -> list[str] | None``, the contacts to publish while we are
+        #: routed (a router's ``proxy://``), None while we are not.
+        self.routed_contacts: Optional[Callable[[], Optional[list[str]]]] = None
         ctx.events.subscribe(self._on_event)
 
     # -- lifecycle ----------------------------------------------------------
@@ -137,14 +147,19 @@ class GatewayService(Service):
             replay_window=settings.get(PREFIX + "replay-window"),
             limits=self.peer_limits(),
         )
-        try:
-            await gateway.listen(settings.get("services/tcp-connections/tcp-port"))
-        except Exception:
-            await gateway.stop()
-            raise
+        if settings.get(PREFIX + "listen"):
+            try:
+                await gateway.listen(settings.get("services/tcp-connections/tcp-port"))
+            except Exception:
+                await gateway.stop()
+                raise
         self.gateway = gateway
         settings.add_listener(PREFIX + "packet-timeout", self._timeout_changed)
-        self.log.info("gateway of {me} listening at {contact}", me=gateway.my_id, contact=gateway.contact)
+        if gateway.contact is not None:
+            self.log.info("gateway of {me} listening at {contact}", me=gateway.my_id, contact=gateway.contact)
+        else:
+            self.log.info("gateway of {me} accepts no connection ({key} is off): it needs a router",
+                          me=gateway.my_id, key=PREFIX + "listen")
         try:
             await self.ensure_contacts()
         except BitnodeError as err:
@@ -192,6 +207,7 @@ class GatewayService(Service):
             "dropped": stats.as_dict()["dropped_total"],
             "contacts_error": self.contacts_error,
             "limits": gateway.limits_stats(),
+            "routing": gateway.routing_stats(),
         }
 
     # -- helpers for others -----------------------------------------------------
@@ -203,11 +219,19 @@ class GatewayService(Service):
         return self.gateway
 
     def wanted_contacts(self) -> list[str]:
-        """Our identity's contacts with the ``tcp://`` one replaced by the address we listen on."""
+        """The contacts our identity should publish: the one place that decides them.
+
+        While we are routed (:attr:`routed_contacts` says so) the router's
+        ``proxy://`` contact, else the ``tcp://`` address we listen on (none
+        when we do not listen); then the identity's other contacts, kept.
+        """
         gateway = self.require_gateway()
         me = self.deps.identity.my_identity()
-        others = [c for c in (me.contacts if me is not None else ()) if not c.startswith("tcp://")]
-        return [gateway.contact] + others
+        others = [c for c in (me.contacts if me is not None else ()) if not c.startswith((TCP_SCHEME, PROXY_SCHEME))]
+        routed = self.routed_contacts() if self.routed_contacts is not None else None
+        if routed is not None:
+            return list(routed) + others
+        return ([gateway.contact] if gateway.contact is not None else []) + others
 
     def ensure_contacts(self) -> Deferred:
         """Publish a new revision of our identity if its contacts are not where we listen.

@@ -87,6 +87,18 @@ class Routing:
         self.route_counts["direct"] += 1
         return None
 
+    def _proxy_roles(self) -> dict:
+        """Connection address -> ``"router"`` (ours) or ``"routed"`` (a node routed through us)."""
+        roles = {}
+        if self.link is not None:
+            roles[self.link.address] = "router"
+        relay = self.transport.relay
+        for global_id in relay.routed() if relay is not None else ():
+            address = relay.connection_of(global_id)
+            if address is not None:
+                roles[address] = "routed"
+        return roles
+
     def routing_stats(self) -> dict:
         """The router we go through (if any) and packets by path."""
         link = self.link

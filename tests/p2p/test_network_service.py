@@ -136,7 +136,7 @@ class NetworkOfNodesTests(DispatcherCalls, unittest.TestCase):
         self.assertFalse(network["dht"]["available"])
         network = yield self.ok(alice, "network_status", udp=True, proxy=True)
         self.assertIn("tcp", network["udp"]["reason"])
-        self.assertIn("relay", network["proxy"]["reason"])
+        self.assertIn("service_proxy_transport is NOT_INSTALLED", network["proxy"]["reason"])
         config = yield self.ok(alice, "network_configuration")
         self.assertEqual(config["tcp"]["port"], 0)
         self.assertIsNotNone(config["tcp"]["listening_port"])
