@@ -243,11 +243,11 @@ class ProxyTransportService(Service):
                 return
             link = gateway.link
             gateway.stop_routing()
+            if leave and self.receiver is not None and self.receiver.state == "DIRECT":
+                await self.deps.gateway.ensure_contacts()
             if leave and link is not None:
                 await gateway.request(Command.REQUEST_SERVICE, link.router_id, proxy_request("leave"),
                                       timeout=self._timeout())
-            if leave and self.receiver is not None and self.receiver.state == "DIRECT":
-                await self.deps.gateway.ensure_contacts()
 
         return Deferred.fromCoroutine(unlink())
 
