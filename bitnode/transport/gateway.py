@@ -162,6 +162,7 @@ class Gateway(Reintroduction, Routing):
         self.my_id = my_id
         self.packet_timeout = float(packet_timeout)
         self.advertise_host = advertise_host or interface
+        self.advertise_port: Optional[int] = None
         self.max_queue = max_queue
         self.max_peers = max_peers
         self.stats = PacketStats()
@@ -218,10 +219,18 @@ class Gateway(Reintroduction, Routing):
 
     @property
     def contact(self) -> Optional[str]:
-        """Our ``tcp://host:port`` once listening."""
+        """Our ``tcp://host:port`` once listening (the advertised port, if one was set, else the real one)."""
         if self.port is None:
             return None
-        return f"tcp://{self.advertise_host}:{self.port}"
+        return f"tcp://{self.advertise_host}:{self.advertise_port or self.port}"
+
+    def set_advertised(self, host: str, port: Optional[int] = None) -> None:
+        """Publish ``host`` (and ``port``, e.g. a NAT's mapping learnt by STUN) in our ``tcp://`` contact.
+
+        Only the contact changes; call ``GatewayService.ensure_contacts`` to publish it.
+        """
+        self.advertise_host = host
+        self.advertise_port = port
 
     def is_listening(self) -> bool:
         """Whether the transport accepts connections."""
