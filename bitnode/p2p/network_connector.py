@@ -27,10 +27,10 @@ from typing import Any, Callable
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
-from twisted.python.failure import Failure
 
 from automats import Automat
-from bitnode.errors import BitnodeError, Timeout, Unavailable
+from bitnode.errors import Timeout, Unavailable
+from bitnode.p2p.answers import LatestAnswers
 
 CONNECTED = "CONNECTED"
 DISCONNECTED = "DISCONNECTED"
@@ -99,7 +99,7 @@ class NetworkConnector(Automat):
         self._restart_transports = restart_transports
         self._probe = probe
         self._announce = announce
-        self._check = 0  # number of the latest check; older answers are dropped
+        self._answers = LatestAnswers(self)  # older checks' answers are dropped
         self._waiters: list[_Waiter] = []
         self.reason = "not started"
         self.since: float = clock.seconds()
@@ -141,7 +141,7 @@ class NetworkConnector(Automat):
 
     def shutdown(self) -> None:
         """Fail waiters, drop checks in flight, stop the machine."""
-        self._check += 1
+        self._answers.forget()
         self._settle_waiters(Unavailable("the network service stopped"))
         self.destroy()
 
@@ -163,12 +163,12 @@ class NetworkConnector(Automat):
 
     def forget_transports(self, *args: Any) -> None:
         """Transports did not get ready in time: drop that answer if it comes later."""
-        self._check += 1
+        self._answers.forget()
         self.reason = "transports were not ready within 10 seconds"
 
     def forget_check(self, *args: Any) -> None:
         """The check took too long: drop its answer if it comes later."""
-        self._check += 1
+        self._answers.forget()
         self.reason = "nothing answered within 30 seconds"
 
     def note_confirmed(self, reason: str = "", *args: Any) -> None:
@@ -194,25 +194,7 @@ class NetworkConnector(Automat):
 
     def _expect(self, ask: Callable[[], Deferred], ok_event: str, bad_event: str) -> None:
         """Run a neighbour's check; its answer becomes an event unless overtaken by a newer check."""
-        self._check += 1
-        number = self._check
-        try:
-            d = ask()
-        except Exception:
-            d = Deferred()
-            d.errback(Failure())
-
-        def answered(result: Any) -> None:
-            if number == self._check and not self.destroyed:
-                self.event(ok_event, str(result) if result else "")
-
-        def failed(failure: Failure) -> None:
-            if not failure.check(BitnodeError):
-                self.log.failure("{machine_id}: check failed unexpectedly", failure, machine_id=self.id)
-            if number == self._check and not self.destroyed:
-                self.event(bad_event, failure.getErrorMessage())
-
-        d.addCallbacks(answered, failed)
+        self._answers.ask(ask, lambda result: self.event(ok_event, str(result) if result else ""), bad_event)
 
     def _state_changed(self, machine: Automat, old: str, new: str, event: str) -> None:
         self.since = self.clock.seconds()

@@ -38,10 +38,9 @@ from typing import Any, Callable, Optional
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
-from twisted.python.failure import Failure
 
 from automats import Automat
-from bitnode.errors import BitnodeError
+from bitnode.p2p.answers import LatestAnswers
 
 #: Seconds a router that refused us, failed or went silent is not asked again.
 SKIP_FAILED_FOR = 600.0
@@ -136,7 +135,7 @@ class ProxyReceiver(Automat):
         self._unlink = unlink
         self._keepalive = keepalive
         self._announce = announce
-        self._asked = 0  # number of the latest question; older answers are dropped
+        self._answers = LatestAnswers(self)  # older questions' answers are dropped
         self.candidates: list[str] = []
         self.asking: Optional[str] = None  # the router being asked
         self.router: Optional[str] = None  # the router we are routed through
@@ -274,7 +273,7 @@ class ProxyReceiver(Automat):
 
     def forget_answer(self, *args: Any) -> None:
         """Drop the answer of the question in flight, if it still comes."""
-        self._asked += 1
+        self._answers.forget()
 
     # -- internals -------------------------------------------------------------------
 
@@ -285,26 +284,7 @@ class ProxyReceiver(Automat):
     def _expect(self, ask: Callable[[], Deferred], answered: Callable[[Any], None], failed_event: str,
                 numbered: bool = True) -> None:
         """Ask a neighbour; its answer becomes an event unless a newer question overtook it."""
-        if numbered:
-            self._asked += 1
-        number = self._asked
-        try:
-            d = ask()
-        except Exception:
-            d = Deferred()
-            d.errback(Failure())
-
-        def ok(result: Any) -> None:
-            if number == self._asked and not self.destroyed:
-                answered(result)
-
-        def bad(failure: Failure) -> None:
-            if not failure.check(BitnodeError):
-                self.log.failure("{machine_id}: a neighbour failed unexpectedly", failure, machine_id=self.id)
-            if number == self._asked and not self.destroyed:
-                self.event(failed_event, failure.getErrorMessage())
-
-        d.addCallbacks(ok, bad)
+        self._answers.ask(ask, answered, failed_event, new=numbered)
 
     def _fire(self, d: Optional[Deferred]) -> None:
         """Run a neighbour whose answer changes nothing; only log its failure."""

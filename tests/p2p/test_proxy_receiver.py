@@ -84,7 +84,7 @@ class ProxyReceiverTests(unittest.TestCase):
         self.assertEqual(self.machine.state, "DIRECT")
         self.assertEqual(self.n.events, [("check_reachable",), ("unlink", True)])
         self.assertEqual(self.n.announced, [("proxy-direct", {"reason": "router p1 connected to us"})])
-        for day in range(3):  # three days of simulated time: one check an hour, nothing else
+        for _day in range(3):  # three days of simulated time: one check an hour, nothing else
             for _ in range(24):
                 self.clock.advance(HOUR)
                 self.n.answer("check_reachable", (True, "still"))
