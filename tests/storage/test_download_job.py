@@ -174,3 +174,16 @@ class ResumeTests(unittest.TestCase):
         job = self.h.manager.start_download(REMOTE, self.target)
         self.assertEqual(job.state, "FAILED")
         self.assertEqual((parts_beside(self.target), self.h.journal.entries()), ([], {}))
+
+    def test_a_share_download_is_journaled_but_a_stop_cancels_it(self):
+        journal = DownloadJournal(self.journal_path, sync_thread)
+        h = Harness(self, self.grid, self.catalog_path, download_journal=journal, resumable_downloads=False)
+        h.slow(1.0)
+        job = h.manager.start_download(REMOTE, self.target)
+        h.clock.pump([1.0] * 2)
+        self.assertEqual(len(journal.entries()), 1)  # a crash now: the next start removes its part
+        stopped = h.manager.stop()
+        h.clock.pump([1.0] * 2)
+        self.successResultOf(stopped)
+        self.assertEqual(job.state, "CANCELLED")
+        self.assertEqual((parts_beside(self.target), journal.entries()), ([], {}))
