@@ -55,27 +55,28 @@ class Gate:
         if self.offline:
             raise Unavailable("supplier offline")
 
+    def _spend(self, budget: str) -> defer.Deferred | None:
+        """None while the budget named lasts (or there is none); else a call that never answers."""
+        left = getattr(self, budget)
+        if left is None:
+            return None
+        if left <= 0:
+            held = defer.Deferred()
+            self.held.append(held)
+            return held
+        setattr(self, budget, left - 1)
+        return None
+
     def store_block(self, customer_id, path, data):
         self.stores += 1
         self.paths.append(path)
         if self.offline or (self.refuse_prefix is not None and path.startswith(self.refuse_prefix)):
             return defer.fail(Unavailable("supplier offline"))
-        if self.budget is not None:
-            if self.budget <= 0:
-                held = defer.Deferred()
-                self.held.append(held)
-                return held
-            self.budget -= 1
-        return self.store.store_block(customer_id, path, data)
+        return self._spend("budget") or self.store.store_block(customer_id, path, data)
 
     def fetch_block(self, customer_id, path):
-        if self.fetch_budget is not None:
-            if self.fetch_budget <= 0:
-                held = defer.Deferred()
-                self.held.append(held)
-                return held
-            self.fetch_budget -= 1
-        return defer.maybeDeferred(self._check).addCallback(lambda _: self.store.fetch_block(customer_id, path))
+        return self._spend("fetch_budget") or defer.maybeDeferred(self._check).addCallback(
+            lambda _: self.store.fetch_block(customer_id, path))
 
     def list_blocks(self, customer_id, prefix):
         return defer.maybeDeferred(self._check).addCallback(lambda _: self.store.list_blocks(customer_id, prefix))
