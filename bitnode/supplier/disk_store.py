@@ -14,7 +14,9 @@ Refusals are counted in :attr:`DiskStore.refused`.
 Writes are atomic (temp file, fsync, rename, fsync of the directory), so a
 crash leaves the old block or the new one, never half of one; a directory
 created for a block is flushed into its parent too. A store is acknowledged
-only after that. Every file operation runs through the injected
+only after that. The blocks of one customer that arrive while one of its
+writes runs are written together, each directory flushed once for all of them
+(group commit, :mod:`bitnode.supplier.group_commit`). Every file operation runs through the injected
 ``run_in_thread`` so the reactor never waits on the disk.
 
 What a customer may take (:class:`StoreLimits`, read at each store so a
@@ -61,7 +63,7 @@ from twisted.internet import defer
 from zope.interface import implementer
 
 from bitnode.errors import BadRequest, InsufficientStorage
-from bitnode.main.fileutil import atomic_write, ensure_dir, fsync_dir, remove_if_exists
+from bitnode.main.fileutil import ensure_dir, remove_if_exists
 from bitnode.storage.ports import (
     BlockNotFound,
     IStorageServer,
@@ -70,6 +72,7 @@ from bitnode.storage.ports import (
     validate_store_path,
 )
 from bitnode.supplier.block_index import INDEX_NAME, UNHASHED, BlockIndex, FileIdentity, IndexedBlock
+from bitnode.supplier.group_commit import PendingWrite, WriteQueue, write_batch
 
 _SAFE_DIR_RE = re.compile(r"[a-z0-9_.@-]{1,200}\Z")
 RunInThread = Callable[..., defer.Deferred]
@@ -88,6 +91,10 @@ class StoreLimits:
     max_files: int = 500_000
     #: Free bytes a store must leave on the supplier's disk.
     reserve_bytes: int = 1024 ** 3
+    #: Group commit: at most this many blocks of one customer written and flushed together.
+    batch_blocks: int = 16
+    #: ... and at most this many bytes of them.
+    batch_bytes: int = 64 * 1024 * 1024
 
 
 @dataclass
@@ -129,9 +136,14 @@ class DiskStore:
 
     def __init__(self, root: str, run_in_thread: RunInThread = _sync,
                  limits: Callable[[], StoreLimits] = StoreLimits,
-                 free_bytes: Callable[[str], int] = disk_free_bytes, index_path: str | None = None):
+                 free_bytes: Callable[[str], int] = disk_free_bytes, index_path: str | None = None,
+                 fsync: Callable[[int], None] = os.fsync):
         self.root = os.path.abspath(root)
         self._run = run_in_thread
+        self._fsync = fsync
+        self._queues: dict[str, WriteQueue] = {}
+        #: Group commit: batches written, blocks in them, the largest batch.
+        self.batches = Counter()
         self._limits = limits
         self._free_bytes = free_bytes
         self._quota: dict[str, int] = {}
@@ -213,14 +225,68 @@ class DiskStore:
     # --- IStorageServer ----------------------------------------------------------------
 
     def store_block(self, customer_id: str, block_path: str, data: bytes) -> defer.Deferred:
-        """Store (or replace) one block atomically, within the customer's limits."""
+        """Store (or replace) one block atomically, within the customer's limits.
+
+        Fires once the block's data and its directory entry are fsynced (and
+        its index row written); blocks of the customer that arrive meanwhile
+        are written together (:mod:`bitnode.supplier.group_commit`).
+        """
         try:
             target = self._target(customer_id, block_path, write=True)
         except BadRequest as err:
             return defer.fail(err)
         if not (isinstance(data, bytes) or (isinstance(data, memoryview) and isinstance(data.obj, bytes))):
             data = bytes(data)  # a snapshot of mutable data; immutable bytes are written without a copy
-        return self._locked(customer_id, self._run, self._store, customer_id, block_path, target, data)
+        write = PendingWrite(block_path, target, data)
+        queue = self._queues.setdefault(customer_id, WriteQueue())
+        queue.add(write)
+        if not queue.running:
+            queue.running = True
+            self._next_batch(customer_id)
+        return write.done
+
+    def _next_batch(self, customer_id: str) -> None:
+        d = self._locked(customer_id, self._write_next_batch, customer_id)
+        d.addErrback(self._batch_broke, customer_id)
+
+    def _batch_broke(self, failure, customer_id: str) -> None:
+        """A bug in the batching itself: fail what waits (nobody is acknowledged) rather than hang it."""
+        queue = self._queues.pop(customer_id, None)
+        while queue is not None and len(queue):
+            for write in queue.take(len(queue), 2**62):
+                write.done.errback(failure)
+
+    def _write_next_batch(self, customer_id: str) -> defer.Deferred:
+        """Under the customer's lock: write what its queue holds now, answer each block, go on if more came."""
+        queue = self._queues[customer_id]
+        limits = self._limits()
+        batch = queue.take(limits.batch_blocks, limits.batch_bytes)
+        self.batches["batches"] += 1
+        self.batches["blocks"] += len(batch)
+        self.batches["largest"] = max(self.batches["largest"], len(batch))
+
+        def answer(results: list) -> None:
+            for write, result in zip(batch, results, strict=True):
+                if result is None:
+                    write.done.callback(None)
+                else:
+                    write.done.errback(result)
+
+        def failed(failure) -> None:
+            for write in batch:
+                write.done.errback(failure)
+
+        def next_batch(_) -> None:
+            if len(queue):
+                self._next_batch(customer_id)
+            else:
+                queue.running = False
+                self._queues.pop(customer_id, None)
+
+        d = self._run(self._store_batch, customer_id, [(w.block_path, w.target, w.data) for w in batch])
+        d.addCallbacks(answer, failed)
+        d.addCallback(next_batch)
+        return d
 
     def fetch_block(self, customer_id: str, block_path: str) -> defer.Deferred:
         """The stored bytes, or BlockNotFound."""
@@ -328,43 +394,89 @@ class DiskStore:
         return {"files": usage.files, "bytes": usage.bytes, "dirs": usage.dirs,
                 "charged_bytes": usage.charged(self._limits().min_dir_charge)}
 
-    def _store(self, customer_id: str, block_path: str, target: str, data: bytes) -> None:
+    def _store_batch(self, customer_id: str, writes: list[tuple[str, str, bytes]]) -> list[BaseException | None]:
+        """Check, write and index a batch of one customer's blocks (worker thread, under its lock).
+
+        One entry per block: None when it is stored, else why not (a refusal
+        refuses that block alone; the others are judged as if it had not come).
+        """
         usage = self._loaded(customer_id)
         limits = self._limits()
+        results: list[BaseException | None] = [None] * len(writes)
+        accepted: list[tuple[int, int | None]] = []
+        new_dirs: list[str] = []
+        charged, files, incoming = usage.charged(limits.min_dir_charge), usage.files, 0
+        for index, (_path, target, data) in enumerate(writes):
+            try:
+                old_size, dirs, delta = self._admit(customer_id, target, data, limits, new_dirs, charged, files,
+                                                    incoming)
+            except InsufficientStorage as err:
+                results[index] = err
+                continue
+            accepted.append((index, old_size))
+            new_dirs += dirs
+            charged += delta
+            files += old_size is None
+            incoming += len(data) + len(dirs) * limits.min_dir_charge
+        if not accepted:
+            return results
+        digests = {index: hashlib.sha256(writes[index][2]).hexdigest() for index, _ in accepted}
+        try:
+            written = write_batch([(writes[index][1], writes[index][2]) for index, _ in accepted], new_dirs,
+                                  mode=0o600, fsync=self._fsync)
+        except Exception:
+            self._usage.pop(customer_id, None)  # folders may be half made: the next use walks the space again
+            raise
+        usage.dirs += sum(1 for folder in new_dirs if folder != self._space(customer_id))
+        rows = []
+        stored = []
+        for (index, old_size), error in zip(accepted, written, strict=True):
+            if error is not None:
+                results[index] = error
+                continue
+            block_path, target, data = writes[index]
+            info = os.stat(target)
+            rows.append(IndexedBlock(block_path, FileIdentity(info.st_size, info.st_mtime_ns, info.st_ino),
+                                     digests[index]))
+            stored.append((len(data), old_size))
+        try:
+            self.index.replace(customer_dirname(customer_id), rows, ())
+        except Exception:
+            self._usage.pop(customer_id, None)  # the next use walks the space again and mends the index
+            raise
+        min_file = limits.min_file_charge
+        for size, old_size in stored:
+            usage.files += old_size is None
+            usage.bytes += size - (old_size or 0)
+            usage.shortfall += max(0, min_file - size) - (0 if old_size is None else max(0, min_file - old_size))
+        return results
+
+    def _admit(self, customer_id: str, target: str, data: bytes, limits: StoreLimits, planned_dirs: list[str],
+               charged: int, files: int, incoming: int) -> tuple[int | None, list[str], int]:
+        """Whether one block fits the customer's limits after the blocks admitted before it in its batch:
+        (the size of the file it replaces or None, the folders to make for it, the charge it adds);
+        InsufficientStorage when it does not fit."""
         try:
             old_size: int | None = os.stat(target).st_size
         except FileNotFoundError:
             old_size = None
-        folder = os.path.dirname(target)
-        new_dirs = _missing_dirs(folder, self.root)
+        new_dirs = [d for d in _missing_dirs(os.path.dirname(target), self.root) if d not in planned_dirs]
         space_dirs = sum(1 for d in new_dirs if d != self._space(customer_id))
         min_file = limits.min_file_charge
         old_charge = 0 if old_size is None else max(old_size, min_file)
         delta = max(len(data), min_file) - old_charge + space_dirs * limits.min_dir_charge
         quota = self._quota.get(customer_id)
-        if quota is not None and delta > 0 and usage.charged(limits.min_dir_charge) + delta > quota:
+        if quota is not None and delta > 0 and charged + delta > quota:
             self.refused["over_quota"] += 1
             raise InsufficientStorage(f"quota of {quota} bytes for {customer_id} would be exceeded")
-        if old_size is None and usage.files + 1 > limits.max_files:
+        if old_size is None and files + 1 > limits.max_files:
             self.refused["too_many_files"] += 1
             raise InsufficientStorage(f"quota of {limits.max_files} files for {customer_id} would be exceeded")
-        if self._free_bytes(self.root) - len(data) - len(new_dirs) * limits.min_dir_charge < limits.reserve_bytes:
+        free = self._free_bytes(self.root) - incoming
+        if free - len(data) - len(new_dirs) * limits.min_dir_charge < limits.reserve_bytes:
             self.refused["disk_reserve"] += 1
             raise InsufficientStorage(f"no space: this supplier keeps {limits.reserve_bytes} bytes of its disk free")
-        digest = hashlib.sha256(data).hexdigest()
-        _make_dirs_durably(new_dirs)
-        atomic_write(target, data, mode=0o600)
-        info = os.stat(target)
-        try:
-            self.index.put(customer_dirname(customer_id),
-                           IndexedBlock(block_path, FileIdentity(info.st_size, info.st_mtime_ns, info.st_ino), digest))
-        except Exception:
-            self._usage.pop(customer_id, None)  # the next use walks the space again and mends the index
-            raise
-        usage.files += old_size is None
-        usage.bytes += len(data) - (old_size or 0)
-        usage.shortfall += max(0, min_file - len(data)) - (0 if old_size is None else max(0, min_file - old_size))
-        usage.dirs += space_dirs
+        return old_size, new_dirs, delta
 
     def _list(self, customer_id: str, prefix: str, after: str, limit: int) -> dict[str, tuple[int, str]]:
         self._loaded(customer_id)
@@ -431,17 +543,6 @@ def _missing_dirs(folder: str, root: str) -> list[str]:
         missing.append(probe)
         probe = os.path.dirname(probe)
     return missing[::-1]
-
-
-def _make_dirs_durably(missing: list[str]) -> None:
-    """Create the ``missing`` directories (outermost first) and flush the parent of each.
-
-    atomic_write flushes the block's own directory; a directory created for it
-    must itself be recorded in its parent before the store is acknowledged.
-    """
-    for folder in missing:
-        ensure_dir(folder)
-        fsync_dir(os.path.dirname(folder))
 
 
 def _read(target: str, block_path: str, customer_id: str) -> bytes:

@@ -134,6 +134,10 @@ class SupplierService(Service):
                "Bytes each directory of a customer counts for against its quota.", minimum=0, maximum=1024 ** 2),
         Option(PREFIX + "disk-reserve", DISK_SPACE, 1024 ** 3,
                "Free disk space no customer's block may take: stores are refused below it.", minimum=0),
+        Option(PREFIX + "group-commit-blocks", INTEGER, 16, "Blocks of one customer that arrive while one of its "
+               "writes runs are written and flushed together: at most this many at once.", minimum=1),
+        Option(PREFIX + "group-commit-bytes", DISK_SPACE, 64 * 1024 ** 2,
+               "... and at most this many bytes of them (memory held by one batch).", minimum=1),
         Option(PREFIX + "request-rate", FLOAT, 1000.0,
                "Storage commands per second one peer may send (0: no limit).", minimum=0),
         Option(PREFIX + "request-burst", INTEGER, 2000, "Storage commands one peer may send at once.", minimum=1),
@@ -214,7 +218,9 @@ class SupplierService(Service):
     def _store_limits(self) -> StoreLimits:
         get = self.ctx.settings.get
         return StoreLimits(min_file_charge=get(PREFIX + "min-file-charge"), min_dir_charge=get(PREFIX + "min-dir-charge"),
-                           max_files=get(PREFIX + "max-files-per-customer"), reserve_bytes=get(PREFIX + "disk-reserve"))
+                           max_files=get(PREFIX + "max-files-per-customer"), reserve_bytes=get(PREFIX + "disk-reserve"),
+                           batch_blocks=get(PREFIX + "group-commit-blocks"),
+                           batch_bytes=get(PREFIX + "group-commit-bytes"))
 
     def _rate_settings(self) -> RateSettings:
         get = self.ctx.settings.get
@@ -372,6 +378,7 @@ class SupplierService(Service):
             "rate_limited": dict(self.limits.limited),
             "temp_files_removed": desk.store.temp_files_removed if desk else 0,
             "blocks_rehashed": desk.store.rehashed if desk else 0,
+            "group_commit": dict(desk.store.batches) if desk else {},
             "block_index_problem": desk.store.index_problem if desk else "",
             "orphans_adopted": len(desk.orphans_adopted) if desk else 0,
             "contracts": dict(self.sweeper.counters, ended=dict(self.contracts_ended),

@@ -120,36 +120,39 @@ class DiskStoreTests(unittest.TestCase):
         self.successResultOf(store.fetch_block(CUSTOMER, "v/0/0"))
         self.successResultOf(store.list_blocks(CUSTOMER, ""))
         self.successResultOf(store.delete(CUSTOMER, "v/0/0"))
-        self.assertEqual(calls, ["_store", "_read", "_list", "_delete"])
+        self.assertEqual(calls, ["_store_batch", "_read", "_list", "_delete"])
 
 
 class DurableDirectoryTests(unittest.TestCase):
-    """A directory created for a block is flushed into its parent before the store is acknowledged."""
+    """A directory created for a block is flushed into its parent before the store is acknowledged,
+    and the block's own directory after its rename; a directory that exists and gets no entry is not."""
 
     def setUp(self) -> None:
         self.flushed: list[str] = []
-        real = disk_store.fsync_dir
 
-        def record(path: str) -> None:
-            self.flushed.append(path)
-            real(path)
+        def record(fd: int) -> None:
+            path = os.readlink(f"/proc/self/fd/{fd}")
+            if os.path.isdir(path):
+                self.flushed.append(path)
+            os.fsync(fd)
 
-        self.patch(disk_store, "fsync_dir", record)
-        self.store = DiskStore(self.mktemp())
+        self.store = DiskStore(self.mktemp(), fsync=record)
         self.space = os.path.join(self.store.root, customer_dirname(CUSTOMER))
 
     def test_new_directories_are_flushed_into_their_parents(self) -> None:
         self.successResultOf(self.store.store_block(CUSTOMER, "v1/0/0", b"block"))
-        self.assertEqual(self.flushed, [self.store.root, self.space, os.path.join(self.space, "v1")])
+        self.assertEqual(sorted(self.flushed), sorted([self.store.root, self.space, os.path.join(self.space, "v1"),
+                                                       os.path.join(self.space, "v1", "0")]))
 
     def test_existing_directories_are_not_flushed_again(self) -> None:
         self.successResultOf(self.store.store_block(CUSTOMER, "v1/0/0", b"block"))
         self.flushed.clear()
         self.successResultOf(self.store.store_block(CUSTOMER, "v1/0/1", b"block"))
         self.successResultOf(self.store.store_block(CUSTOMER, "v1/0/1", b"again"))
-        self.assertEqual(self.flushed, [])
+        self.assertEqual(self.flushed, [os.path.join(self.space, "v1", "0")] * 2)  # the renames' directory
+        self.flushed.clear()
         self.successResultOf(self.store.store_block(CUSTOMER, "v1/1/0", b"block"))
-        self.assertEqual(self.flushed, [os.path.join(self.space, "v1")])
+        self.assertEqual(sorted(self.flushed), [os.path.join(self.space, "v1"), os.path.join(self.space, "v1", "1")])
         self.assertEqual(self.successResultOf(self.store.fetch_block(CUSTOMER, "v1/1/0")), b"block")
 
 
