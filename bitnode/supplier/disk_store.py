@@ -62,7 +62,7 @@ from typing import Any, Callable
 from twisted.internet import defer
 from zope.interface import implementer
 
-from bitnode.errors import BadRequest, InsufficientStorage
+from bitnode.errors import BadRequest, InsufficientStorage, TooManyRequests
 from bitnode.main.fileutil import ensure_dir, remove_if_exists
 from bitnode.storage.ports import (
     BlockNotFound,
@@ -95,6 +95,8 @@ class StoreLimits:
     batch_blocks: int = 16
     #: ... and at most this many bytes of them.
     batch_bytes: int = 64 * 1024 * 1024
+    #: Bytes of one customer's blocks that may wait to be written; a block beyond is refused ("busy").
+    queue_bytes: int = 256 * 1024 * 1024
 
 
 @dataclass
@@ -237,8 +239,13 @@ class DiskStore:
             return defer.fail(err)
         if not (isinstance(data, bytes) or (isinstance(data, memoryview) and isinstance(data.obj, bytes))):
             data = bytes(data)  # a snapshot of mutable data; immutable bytes are written without a copy
-        write = PendingWrite(block_path, target, data)
         queue = self._queues.setdefault(customer_id, WriteQueue())
+        limit = self._limits().queue_bytes
+        if queue.bytes and queue.bytes + len(data) > limit:
+            self.refused["queue_full"] += 1
+            return defer.fail(TooManyRequests(f"busy: {queue.bytes} bytes of blocks of {customer_id} wait to be "
+                                              f"written (at most {limit})"))
+        write = PendingWrite(block_path, target, data)
         queue.add(write)
         if not queue.running:
             queue.running = True

@@ -21,6 +21,13 @@ block that cannot be written (its temp file, its fsync or its rename fails)
 fails alone; a directory whose fsync fails fails every block renamed into it.
 Nothing is ever acknowledged early to fill a batch, and a lone block is
 written at once (a batch is whatever arrived meanwhile, never a timer).
+
+The queue is bounded: a customer whose waiting blocks already hold
+``queue_bytes`` (a slow disk, or a customer that sends without waiting for its
+acknowledgements) has its next block refused at once ("busy", which the
+customer side treats as a supplier that is unavailable for now) instead of
+making the supplier's memory grow. A customer that waits for its acks (the
+uploader keeps a few segments in flight) never comes near it.
 """
 
 from __future__ import annotations
@@ -54,6 +61,8 @@ class WriteQueue:
 
     def __init__(self) -> None:
         self._pending: list[PendingWrite] = []
+        #: Bytes of the blocks waiting (memory a slow disk or a flooding customer makes the supplier hold).
+        self.bytes = 0
         #: A batch of this customer is being written (or waits for the customer's lock).
         self.running = False
 
@@ -63,6 +72,7 @@ class WriteQueue:
     def add(self, write: PendingWrite) -> None:
         """Queue one block."""
         self._pending.append(write)
+        self.bytes += len(write.data)
 
     def take(self, max_blocks: int, max_bytes: int) -> list[PendingWrite]:
         """The oldest blocks, in order: at most ``max_blocks`` and ``max_bytes`` (at least one), never one
@@ -77,6 +87,7 @@ class WriteQueue:
             targets.add(write.target)
             size += len(write.data)
         del self._pending[:len(batch)]
+        self.bytes -= size
         return batch
 
 

@@ -138,6 +138,9 @@ class SupplierService(Service):
                "writes runs are written and flushed together: at most this many at once.", minimum=1),
         Option(PREFIX + "group-commit-bytes", DISK_SPACE, 64 * 1024 ** 2,
                "... and at most this many bytes of them (memory held by one batch).", minimum=1),
+        Option(PREFIX + "store-queue-bytes", DISK_SPACE, 256 * 1024 ** 2,
+               "Bytes of one customer's blocks that may wait to be written; a block beyond is refused as busy "
+               "(a slow disk or a customer that does not wait for its acks cannot make memory grow).", minimum=1),
         Option(PREFIX + "request-rate", FLOAT, 1000.0,
                "Storage commands per second one peer may send (0: no limit).", minimum=0),
         Option(PREFIX + "request-burst", INTEGER, 2000, "Storage commands one peer may send at once.", minimum=1),
@@ -220,7 +223,8 @@ class SupplierService(Service):
         return StoreLimits(min_file_charge=get(PREFIX + "min-file-charge"), min_dir_charge=get(PREFIX + "min-dir-charge"),
                            max_files=get(PREFIX + "max-files-per-customer"), reserve_bytes=get(PREFIX + "disk-reserve"),
                            batch_blocks=get(PREFIX + "group-commit-blocks"),
-                           batch_bytes=get(PREFIX + "group-commit-bytes"))
+                           batch_bytes=get(PREFIX + "group-commit-bytes"),
+                           queue_bytes=get(PREFIX + "store-queue-bytes"))
 
     def _rate_settings(self) -> RateSettings:
         get = self.ctx.settings.get

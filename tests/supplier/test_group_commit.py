@@ -9,7 +9,7 @@ import os
 from twisted.internet import defer
 from twisted.trial import unittest
 
-from bitnode.errors import InsufficientStorage
+from bitnode.errors import InsufficientStorage, TooManyRequests
 from bitnode.supplier.disk_store import DiskStore, StoreLimits, customer_dirname
 from bitnode.supplier.group_commit import PendingWrite, WriteQueue, write_batch
 
@@ -160,6 +160,28 @@ class GroupCommitTests(unittest.TestCase):
         self.assertEqual(self.successResultOf(self.drain(self.store.fetch_block(CUSTOMER, "v/0/1"))), b"b")
         self.assertEqual(self.successResultOf(self.drain(self.store.usage(CUSTOMER)))["files"], 2)
 
+    def test_blocks_beyond_the_queue_bound_are_refused_as_busy_and_memory_stays_bounded(self) -> None:
+        self.limits = StoreLimits(reserve_bytes=0, queue_bytes=10)
+        self.put("v/0/0", b"12345678")  # taken at once into the running batch: the queue is empty again
+        self.put("v/1/0", b"123456")
+        self.put("v/2/0", b"1234")  # 10 bytes wait: still allowed
+        self.failureResultOf(self.put("v/3/0", b"1"), TooManyRequests)  # would be 11
+        self.assertEqual(self.store.refused["queue_full"], 1)
+        while self.threads.queued:
+            self.threads.run_next()
+        for path in ("v/0/0", "v/1/0", "v/2/0"):
+            self.assertIsNone(self.successResultOf(self.stores[path]))
+        self.put("v/3/0", b"1")  # the queue drained: accepted again
+        self.drain(self.stores["v/3/0"])
+        self.assertIsNone(self.successResultOf(self.stores["v/3/0"]))
+
+    def test_one_block_larger_than_the_queue_bound_is_still_taken_when_nothing_waits(self) -> None:
+        self.limits = StoreLimits(reserve_bytes=0, queue_bytes=4)
+        self.put("v/0/0", b"12345678")
+        self.put("v/1/0", b"12345678")  # nothing waits (the first is being written): taken
+        self.drain(self.stores["v/1/0"])
+        self.assertIsNone(self.successResultOf(self.stores["v/1/0"]))
+
     def test_list_and_delete_wait_between_batches(self) -> None:
         self.put("v/0/0")
         self.put("v/1/0")
@@ -190,9 +212,10 @@ class WriteQueueTests(unittest.TestCase):
         queue = WriteQueue()
         for name in "abcdef":
             queue.add(self.write(name))
+        self.assertEqual(queue.bytes, 60)
         self.assertEqual([w.block_path for w in queue.take(4, 1000)], ["a", "b", "c", "d"])
         self.assertEqual([w.block_path for w in queue.take(4, 15)], ["e"])
-        self.assertEqual(len(queue), 1)
+        self.assertEqual((len(queue), queue.bytes), (1, 10))
 
     def test_one_block_larger_than_the_byte_bound_still_goes(self) -> None:
         queue = WriteQueue()
