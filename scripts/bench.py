@@ -353,7 +353,7 @@ def measure_storage(args: argparse.Namespace, workdir: str, say) -> tuple[list[d
                                           profile_dir=args.profile, profile_idle=args.profile_idle,
                                           spares=0 if args.skip_rebuild else 1)
             try:
-                net.up()
+                net.up(needed_bytes=max([*args.sizes, args.rebuild_size]) if not args.skip_rebuild else max(args.sizes))
             except Exception as err:  # noqa: BLE001 - reported in the table, the rest still runs
                 net_error = f"localnet did not come up: {err}"
                 say(f"   {net_error}")

@@ -284,8 +284,12 @@ class BenchNet:
 
     # --- setup ---------------------------------------------------------------------------
 
-    def up(self, attempts: int = 3) -> None:
+    def up(self, attempts: int = 3, needed_bytes: int = 0) -> None:
         """Start every node, then make the customer hire all suppliers with k = data_blocks.
+
+        ``needed_bytes``: the customer asks for space for that much (the
+        largest file moved), and this waits until every supplier granted its
+        share (a supplier grants a new customer at most its new-customer-quota).
 
         Other programs on this machine may take a port between the moment it
         is planned and the moment a node binds it: then the network is
@@ -309,15 +313,22 @@ class BenchNet:
                 self.log(f"   a port was taken meanwhile ({err}); trying again on other ports")
         plans = self.net.load()
         self.customer = Basedir.at(next(p for p in plans if "customer" in p.roles).basedir)
-        for key, value in (("services/backups/data-blocks", self.data_blocks),
-                           ("services/customer/suppliers-number", self.suppliers)):
+        settings = [("services/backups/data-blocks", self.data_blocks),
+                    ("services/customer/suppliers-number", self.suppliers)]
+        share = 0
+        if needed_bytes:
+            needed = 2 * needed_bytes  # the file, and room for what the other parts of the bench store meanwhile
+            settings.append(("services/customer/needed-space", needed))
+            share = needed_bytes // self.data_blocks
+        for key, value in settings:
             self.call("config_set", key=key, value=value)
 
         def hired():
-            rows = self.call("suppliers_list")
-            return sum(1 for r in rows if r.get("state") == "CONNECTED" and not r.get("retiring")) >= self.suppliers
+            rows = [r for r in self.call("suppliers_list") if r.get("state") == "CONNECTED" and not r.get("retiring")]
+            return len(rows) >= self.suppliers and all((r.get("quota_bytes") or 0) >= share for r in rows)
 
-        wait_for(hired, self.timeout, f"the customer to hire {self.suppliers} suppliers", interval=0.5)
+        wait_for(hired, self.timeout, f"the customer to hire {self.suppliers} suppliers with room for "
+                 f"{needed_bytes // MiB} MiB", interval=0.5)
         global_id = self.call("identity_get")["global_id"]
         self.key_id = f"master${global_id}"
         self.pids = {p.name: node_pid(Basedir.at(p.basedir)) for p in plans if "identity-server" not in p.roles}
@@ -415,7 +426,10 @@ class BenchNet:
             figures["upload_files_s"] = count / figures["upload_seconds"]
             failed = [t for t in info.get("transfers", []) if t.get("state") != "DONE"]
             if failed or info.get("skipped"):
-                raise RuntimeError(f"folder upload: {len(failed)} transfers not DONE, skipped {info.get('skipped')}")
+                skipped = info.get("skipped") or []
+                first = (skipped[0].get("error") if skipped else failed[0].get("error")) or "?"
+                raise RuntimeError(f"folder upload: {len(failed)} transfers not DONE, {len(skipped)} skipped; "
+                                   f"first: {str(first)[:200]}")
             target = os.path.join(out_dir, f"small-{label}-restored")
             os.makedirs(target)
             start = time.perf_counter()
