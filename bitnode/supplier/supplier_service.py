@@ -67,7 +67,7 @@ import os
 from collections import Counter
 from typing import Any
 
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.logger import Logger
 
 from bitnode import globalid
@@ -83,6 +83,7 @@ from bitnode.supplier import shared_reads
 from bitnode.supplier.contracts import DAY, ContractSweeper, ContractTerms
 from bitnode.supplier.desk import SupplierDesk
 from bitnode.supplier.disk_store import DiskStore, StoreLimits, tree_size
+from bitnode.supplier.mailbox import Mailbox, MailboxLimits, MailboxStore
 from bitnode.supplier.record_keeper import RecordKeeper
 from bitnode.supplier.request_limits import RateSettings, RequestLimits
 from bitnode.transport.commands import Command
@@ -96,6 +97,10 @@ FOREIGN_OWNER = "forbidden: a packet's owner must be its sender"
 NOTICE_TIMEOUT = 10.0
 #: The block index (sizes and hashes of the stored blocks) in basedir/metadata.
 BLOCK_INDEX_NAME = "supplier-blocks.sqlite"
+#: Private messages queued here for offline customers (bitnode.supplier.mailbox), in basedir/metadata.
+MAILBOX_NAME = "supplier-mailbox.sqlite"
+#: Seconds between sweeps of expired queued messages.
+MAILBOX_SWEEP = 3600.0
 
 
 def _answer(gateway: Any, packet: Any, command: str, payload: bytes) -> defer.Deferred:
@@ -154,6 +159,20 @@ class SupplierService(Service):
                "Seconds an expired contract's data is still kept before it is removed.", minimum=0.0),
         Option(PREFIX + "contract-check-interval", FLOAT, 3600.0,
                "Seconds between rounds that count customers' silence.", minimum=1.0, maximum=DAY),
+        Option(PREFIX + "mailbox-max-message-size", DISK_SPACE, 512 * 1024,
+               "Largest private message (sealed) queued here for an offline customer.", minimum=1024,
+               maximum=16 * 1024 ** 2),
+        Option(PREFIX + "mailbox-sender-max-messages", INTEGER, 100,
+               "Messages one sender may have queued here for one customer (0: no limit).", minimum=0),
+        Option(PREFIX + "mailbox-sender-max-bytes", DISK_SPACE, 8 * 1024 ** 2,
+               "Bytes one sender may have queued here for one customer (0: no limit).", minimum=0),
+        Option(PREFIX + "mailbox-recipient-max-messages", INTEGER, 2000,
+               "Messages queued here for one customer from everyone (0: no limit).", minimum=0),
+        Option(PREFIX + "mailbox-recipient-max-bytes", DISK_SPACE, 64 * 1024 ** 2,
+               "Bytes queued here for one customer from everyone (0: no limit).", minimum=0),
+        Option(PREFIX + "mailbox-expiry", FLOAT, 14 * DAY,
+               "Seconds a queued message waits for its recipient before it is removed.", minimum=60.0,
+               maximum=365 * DAY),
     )
     log = Logger()
 
@@ -175,6 +194,9 @@ class SupplierService(Service):
         self._record_check: Any = None
         self._gateway: Any = None
         self._route: Any = None
+        self.mailbox: Mailbox | None = None
+        self._mailbox_route: Any = None
+        self._mailbox_sweep: task.LoopingCall | None = None
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -192,6 +214,12 @@ class SupplierService(Service):
 
     def _opened(self, desk: SupplierDesk, gateway: Any) -> defer.Deferred:
         self.desk = desk
+        d = self.ctx.run_in_thread(MailboxStore, os.path.join(self.ctx.basedir.metadata, MAILBOX_NAME))
+        return d.addCallback(self._mailbox_opened, desk, gateway)
+
+    def _mailbox_opened(self, store: MailboxStore, desk: SupplierDesk, gateway: Any) -> defer.Deferred:
+        self.mailbox = Mailbox(store, self.ctx.run_in_thread, self.ctx.clock.seconds, self._mailbox_limits,
+                               lambda customer_id: customer_id in desk.customers)
         self.records = RecordKeeper(self.ctx.clock, self.ctx.run_in_thread,
                                     os.path.join(self.ctx.basedir.metadata, "customer-records"), self._dht,
                                     self._master_key_of, lambda customer_id: customer_id in desk.customers,
@@ -205,6 +233,10 @@ class SupplierService(Service):
         self.ctx.settings.add_listener(PREFIX, self._settings_changed)
         gateway.add_listener(self._traffic)
         self._route = gateway.router.add(wire.MARKET_COMMANDS, self._on_packet, owner=self.name)
+        self._mailbox_route = gateway.router.add(Command.CORRESPONDENT, self._on_mailbox, owner=self.name)
+        self._mailbox_sweep = task.LoopingCall(self._sweep_mailbox)
+        self._mailbox_sweep.clock = self.ctx.clock
+        self._mailbox_sweep.start(MAILBOX_SWEEP, now=True)
         self.sweeper = ContractSweeper(self.ctx.clock, desk.book, self._contract_terms, self._can_judge,
                                        self._customer_alive, self._expire)
         self.sweeper.start()
@@ -230,6 +262,15 @@ class SupplierService(Service):
         get = self.ctx.settings.get
         return RateSettings(get(PREFIX + "request-rate"), get(PREFIX + "request-burst"),
                             get(PREFIX + "list-rate"), get(PREFIX + "list-burst"))
+
+    def _mailbox_limits(self) -> MailboxLimits:
+        get = self.ctx.settings.get
+        return MailboxLimits(max_message_bytes=get(PREFIX + "mailbox-max-message-size"),
+                             sender_max_messages=get(PREFIX + "mailbox-sender-max-messages"),
+                             sender_max_bytes=get(PREFIX + "mailbox-sender-max-bytes"),
+                             recipient_max_messages=get(PREFIX + "mailbox-recipient-max-messages"),
+                             recipient_max_bytes=get(PREFIX + "mailbox-recipient-max-bytes"),
+                             expiry=get(PREFIX + "mailbox-expiry"))
 
     def _contract_terms(self) -> ContractTerms:
         get = self.ctx.settings.get
@@ -311,6 +352,8 @@ class SupplierService(Service):
 
     def _contract_ended(self, customer_id: str, reason: str) -> None:
         self.contracts_ended[reason] += 1
+        if self.mailbox is not None:
+            self._track(self.mailbox.drop(customer_id))
         self.ctx.events.publish("customer-contract-ended", {"customer_id": customer_id, "reason": reason})
 
     async def _join_layer(self) -> None:
@@ -342,14 +385,23 @@ class SupplierService(Service):
         waits = list(self._busy) + ([self.records.stop()] if self.records is not None else [])
         if self.sweeper is not None:
             waits.append(self.sweeper.stop())
+        if self._mailbox_sweep is not None and self._mailbox_sweep.running:
+            self._mailbox_sweep.stop()
+        self._mailbox_sweep = None
+        if self._mailbox_route is not None:
+            self._mailbox_route.remove(refusal=NOT_RUNNING)
+            self._mailbox_route = None
         d = defer.DeferredList(waits, consumeErrors=True)
         desk = self.desk
+        mailbox = self.mailbox
 
         def saved(_):
             # The silence counted since the last round, and renewals, are kept for the next start.
             return desk.book.save() if desk is not None else None
 
         def closed(_):
+            if mailbox is not None:
+                mailbox.store.close()
             if desk is not None:
                 return self.ctx.run_in_thread(desk.store.close)
             return None
@@ -358,6 +410,7 @@ class SupplierService(Service):
             self.desk = None
             self.sweeper = None
             self.records = None
+            self.mailbox = None
             self.layer_joined = False
             if self._route is not None:
                 # The gateway keeps answering "not running" (a customer learns at once, not after a timeout).
@@ -388,6 +441,7 @@ class SupplierService(Service):
             "contracts": dict(self.sweeper.counters, ended=dict(self.contracts_ended),
                               writes=desk.book.writes) if desk and self.sweeper else {},
             "customer_records": self.records.status() if self.records is not None else {},
+            "mailbox": self.mailbox.status() if self.mailbox is not None else {},
         }
 
     # --- packets ------------------------------------------------------------------------
@@ -398,6 +452,28 @@ class SupplierService(Service):
             # A supplier's rejection notice: this node's customer side (which routes those first) is off.
             return _answer(gateway, packet, Command.FAIL, wire.NOT_A_CUSTOMER.encode("utf-8"))
         return self.handle_packet(packet, gateway)
+
+    def _on_mailbox(self, packet: Any, address: Any) -> defer.Deferred:
+        """A ``Correspondent`` packet: a message queued for a customer, or a customer fetching its queue."""
+        gateway = self.deps.gateway.require_gateway()
+        mailbox = self.mailbox
+        if not self.accepting or mailbox is None:
+            self.refused["not_running"] += 1
+            return _answer(gateway, packet, Command.FAIL, NOT_RUNNING.encode("utf-8"))
+        limited = self.limits.check(packet.creator_id, packet.command)
+        if limited:
+            self.refused["rate_limited"] += 1
+            return _answer(gateway, packet, Command.FAIL, limited.encode("utf-8"))
+        d = mailbox.handle(packet.creator_id, packet.payload)
+        return self._track(d.addCallback(lambda reply: _answer(gateway, packet, reply[0], reply[1])))
+
+    def _sweep_mailbox(self) -> defer.Deferred | None:
+        mailbox = self.mailbox
+        if mailbox is None:
+            return None
+        d = self._track(mailbox.sweep())
+        d.addErrback(lambda f: self.log.info("mailbox sweep: {err}", err=f.getErrorMessage()))
+        return None
 
     def handle_packet(self, packet: Any, gateway: Any) -> defer.Deferred:
         """Serve one storage command and answer it with the same packet id."""
