@@ -457,15 +457,21 @@ class SupplierService(Service):
         """A ``Correspondent`` packet: a message queued for a customer, or a customer fetching its queue."""
         gateway = self.deps.gateway.require_gateway()
         mailbox = self.mailbox
-        if not self.accepting or mailbox is None:
+        refusal = self._gate(packet, mailbox)
+        if refusal or mailbox is None:
+            return _answer(gateway, packet, Command.FAIL, refusal.encode("utf-8"))
+        d = mailbox.handle(packet.creator_id, packet.payload)
+        return self._track(d.addCallback(lambda reply: _answer(gateway, packet, reply[0], reply[1])))
+
+    def _gate(self, packet: Any, part: Any) -> str:
+        """The first checks of every packet served (running, per-requester rate): "" or the refusal, counted."""
+        if not self.accepting or part is None:
             self.refused["not_running"] += 1
-            return _answer(gateway, packet, Command.FAIL, NOT_RUNNING.encode("utf-8"))
+            return NOT_RUNNING
         limited = self.limits.check(packet.creator_id, packet.command)
         if limited:
             self.refused["rate_limited"] += 1
-            return _answer(gateway, packet, Command.FAIL, limited.encode("utf-8"))
-        d = mailbox.handle(packet.creator_id, packet.payload)
-        return self._track(d.addCallback(lambda reply: _answer(gateway, packet, reply[0], reply[1])))
+        return limited
 
     def _sweep_mailbox(self) -> defer.Deferred | None:
         mailbox = self.mailbox
@@ -478,13 +484,9 @@ class SupplierService(Service):
     def handle_packet(self, packet: Any, gateway: Any) -> defer.Deferred:
         """Serve one storage command and answer it with the same packet id."""
         desk = self.desk
-        if not self.accepting or desk is None:
-            self.refused["not_running"] += 1
-            return _answer(gateway, packet, Command.FAIL, NOT_RUNNING.encode("utf-8"))
-        limited = self.limits.check(packet.creator_id, packet.command)
-        if limited:
-            self.refused["rate_limited"] += 1
-            return _answer(gateway, packet, Command.FAIL, limited.encode("utf-8"))
+        refusal = self._gate(packet, desk)
+        if refusal or desk is None:
+            return _answer(gateway, packet, Command.FAIL, refusal.encode("utf-8"))
         if packet.owner_id != packet.creator_id and shared_reads.is_shared_read(packet):
             d = shared_reads.serve(desk, packet, self.refused, self.served)  # a reader of the owner's share?
             return self._track(d.addCallback(lambda reply: _answer(gateway, packet, reply[0], reply[1])))
