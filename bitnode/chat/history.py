@@ -15,8 +15,14 @@ direction:
 - ``data``             the message content as JSON text;
 - ``time``             the sender's time; ``stored_time`` when written here;
 - ``state``            ``sent`` (stored, on its way, no Ack yet), ``acked``
-  (the recipient stored it and said so), ``failed`` (not delivered; ``error``
+  (the recipient stored it and said so), ``queued`` (the recipient was
+  offline: its suppliers keep it for it), ``delivered`` (a queued message the
+  recipient stored: its receipt came), ``failed`` (not delivered; ``error``
   says why) for outgoing rows, ``received`` for incoming ones.
+
+Table ``receipts_owed``: the queued messages this node stored whose senders
+have not been sent their delivery receipt yet (written in the same transaction
+as the message; removed once the receipt went out).
 
 An incoming message is unique by (sender, message_id): the same message
 delivered twice (the sender retried after a lost Ack) is stored once.
@@ -40,7 +46,8 @@ HISTORY_FORMAT = 1
 OUTGOING, INCOMING = "outgoing", "incoming"
 DIRECTIONS = (OUTGOING, INCOMING)
 SENT, ACKED, FAILED, RECEIVED = "sent", "acked", "failed", "received"
-STATES = (SENT, ACKED, FAILED, RECEIVED)
+QUEUED, DELIVERED = "queued", "delivered"
+STATES = (SENT, ACKED, FAILED, RECEIVED, QUEUED, DELIVERED)
 MAX_LIMIT = 1000
 
 _SCHEMA = """
@@ -65,6 +72,12 @@ CREATE INDEX IF NOT EXISTS messages_by_sender ON messages(sender, seq);
 CREATE INDEX IF NOT EXISTS messages_by_recipient ON messages(recipient, seq);
 CREATE INDEX IF NOT EXISTS messages_incoming_by_sender ON messages(direction, sender, stored_time);
 CREATE INDEX IF NOT EXISTS messages_incoming_by_time ON messages(direction, stored_time);
+CREATE TABLE IF NOT EXISTS receipts_owed (
+    sender     TEXT NOT NULL,
+    message_id TEXT NOT NULL,
+    since      REAL NOT NULL,
+    PRIMARY KEY (sender, message_id)
+);
 """
 
 
@@ -117,14 +130,22 @@ class MessageHistory:
     # --- writing ---------------------------------------------------------------------
 
     def add(self, *, message_id: str, conversation_id: str, direction: str, sender: str, recipient: str,
-            message_type: str, data: Any, time: float, stored_time: float, state: str) -> tuple[dict, bool]:
-        """Store one message; (its row, True) or, if already stored, (the existing row, False)."""
+            message_type: str, data: Any, time: float, stored_time: float, state: str,
+            receipt_owed: bool = False) -> tuple[dict, bool]:
+        """Store one message; (its row, True) or, if already stored, (the existing row, False).
+
+        ``receipt_owed``: the sender is owed a delivery receipt for it (noted even when it was stored before:
+        the sender queued it again, so it did not learn).
+        """
         if direction not in DIRECTIONS:
             raise BadRequest(f"direction must be one of {', '.join(DIRECTIONS)}")
         if state not in STATES:
             raise BadRequest(f"state must be one of {', '.join(STATES)}")
         text = json.dumps(data, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
         with self._transaction() as db:
+            if receipt_owed:
+                db.execute("INSERT OR IGNORE INTO receipts_owed (sender, message_id, since) VALUES (?, ?, ?)",
+                           (sender, message_id, float(stored_time)))
             found = db.execute("SELECT * FROM messages WHERE direction = ? AND sender = ? AND message_id = ?",
                                (direction, sender, message_id)).fetchone()
             if found is not None:
@@ -147,6 +168,31 @@ class MessageHistory:
         if row is None:
             raise NotFound(f"no message #{seq} in the history")
         return _row(row)
+
+    def mark_delivered(self, recipient: str, message_ids: Iterable[str]) -> list[dict]:
+        """``recipient``'s receipt for my messages ``message_ids``: those rows become ``delivered``; the changed rows."""
+        changed = []
+        with self._transaction() as db:
+            for marks, chunk in self._file.in_lists(sorted(set(message_ids))):
+                rows = db.execute(f"SELECT seq FROM messages WHERE direction = 'outgoing' AND recipient = ? AND"
+                                  f" state != ? AND message_id IN ({marks})", [recipient, DELIVERED, *chunk]).fetchall()
+                changed += [row[0] for row in rows]
+            for seq in changed:
+                db.execute("UPDATE messages SET state = ?, error = '' WHERE seq = ?", (DELIVERED, seq))
+            return [_row(db.execute("SELECT * FROM messages WHERE seq = ?", (seq,)).fetchone()) for seq in changed]
+
+    def receipts_owed(self, limit: int = 1000) -> list[tuple[str, str]]:
+        """(sender, message id) of the receipts owed, oldest first."""
+        with self._lock:
+            rows = self._db.execute("SELECT sender, message_id FROM receipts_owed ORDER BY since, sender, message_id"
+                                    " LIMIT ?", (int(limit),)).fetchall()
+        return [(row[0], row[1]) for row in rows]
+
+    def receipts_sent(self, sender: str, message_ids: Iterable[str]) -> None:
+        """These receipts went out: no longer owed."""
+        with self._transaction() as db:
+            for marks, chunk in self._file.in_lists(list(message_ids)):
+                db.execute(f"DELETE FROM receipts_owed WHERE sender = ? AND message_id IN ({marks})", [sender, *chunk])
 
     def fail_unfinished(self, reason: str) -> int:
         """Turn every ``sent`` row (no outcome recorded: the node stopped meanwhile) into ``failed``; how many."""

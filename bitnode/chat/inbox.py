@@ -14,6 +14,12 @@ For one ``Message`` packet (its signature already checked by the transport, so
    message at a time (so two messages racing cannot both slip under a quota);
 5. answers ``Ack`` once it is stored (``Fail`` with the reason otherwise) and
    tells ``on_stored`` about a new row.
+
+A ``delivery_receipt`` (a recipient saying my queued messages reached it) is
+opened the same way but not stored: ``on_receipt(opened)`` records it, then it
+is Acked. A message fetched from my suppliers' mailboxes (``queued=True``) goes
+the same way without the rate limit, and its sender is owed a receipt (noted
+with the message, in one transaction).
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from twisted.logger import Logger
 from bitnode.chat import history as hist
 from bitnode.chat.history import MessageHistory
 from bitnode.chat.inbox_limits import InboxLimits, Usage
-from bitnode.chat.message_crypto import peek
+from bitnode.chat.message_crypto import DELIVERY_RECEIPT, peek
 from bitnode.errors import BitnodeError
 from bitnode.transport.commands import Command
 
@@ -55,6 +61,7 @@ class Inbox:
     :param friends: my friends' global ids now.
     :param on_stored: ``on_stored(row)`` for each newly stored message.
     :param counts: the service's counters (received, duplicates, rejected).
+    :param on_receipt: ``on_receipt(opened)`` -> Deferred, for a delivery receipt.
     """
 
     log = Logger()
@@ -62,7 +69,7 @@ class Inbox:
     def __init__(self, run_in_thread: Callable[..., defer.Deferred], limits: InboxLimits,
                  history: Callable[[], MessageHistory], open_message: Callable[[Any], Any],
                  friends: Callable[[], list[str]], on_stored: Callable[[dict], None], counts: dict,
-                 now: Callable[[], float]):
+                 now: Callable[[], float], on_receipt: Callable[[Any], Any] = lambda opened: None):
         self.run = run_in_thread
         self.limits = limits
         self.history = history
@@ -71,36 +78,45 @@ class Inbox:
         self.on_stored = on_stored
         self.counts = counts
         self.now = now
+        self.on_receipt = on_receipt
         self._storing = defer.DeferredLock()
 
-    async def receive(self, packet: Any, reply: Reply) -> None:
-        """Handle one ``Message`` packet to its answer."""
+    async def receive(self, packet: Any, reply: Reply, queued: bool = False) -> str:
+        """Handle one ``Message`` packet (``queued``: a message fetched from a mailbox) to its answer.
+
+        The outcome: "stored", "duplicate" (stored before), "receipt", or the refusal the sender was told.
+        """
         sender = packet.creator_id
-        refusal = self.limits.admit(sender)
+        refusal = self.limits.admit(sender, rate=not queued)
         if not refusal:
             refusal = await self._quota_refusal(packet, 0)
         if refusal:
             self.log.info("message {id} from {who} refused: {why}", id=packet.packet_id, who=sender, why=refusal)
             await reply(packet, Command.FAIL, refusal)
-            return
+            return refusal
         try:
             opened = await self.open_message(packet)
         except BitnodeError as err:
             self.counts["rejected"] += 1
             self.log.info("message {id} from {who} refused: {err}", id=packet.packet_id, who=sender, err=err)
             await reply(packet, Command.FAIL, str(err))
-            return
-        outcome = await self._storing.run(lambda: defer.Deferred.fromCoroutine(self._store(packet, opened)))
+            return str(err)
+        if opened.header.message_type == DELIVERY_RECEIPT:
+            await defer.maybeDeferred(self.on_receipt, opened)
+            await reply(packet, Command.ACK, "")
+            return "receipt"
+        outcome = await self._storing.run(lambda: defer.Deferred.fromCoroutine(self._store(packet, opened, queued)))
         if isinstance(outcome, str):
             await reply(packet, Command.FAIL, outcome)
-            return
+            return outcome
         row, created = outcome
         await reply(packet, Command.ACK, "")
         if not created:
             self.counts["duplicates"] += 1
-            return
+            return "duplicate"
         self.counts["received"] += 1
         self.on_stored(row)
+        return "stored"
 
     async def _quota_refusal(self, packet: Any, size: int) -> str:
         """"" when the sender's message of ``size`` content bytes fits the quotas (or is already stored)."""
@@ -117,7 +133,7 @@ class Inbox:
             return ""
         return self.limits.over_quota(sender, mine, strangers, size)
 
-    async def _store(self, packet: Any, opened: Any) -> tuple[dict, bool] | str:
+    async def _store(self, packet: Any, opened: Any, queued: bool) -> tuple[dict, bool] | str:
         header = opened.header
         refusal = await self._quota_refusal(packet, _content_size(opened.data))
         if refusal:
@@ -126,4 +142,4 @@ class Inbox:
             self.history().add, message_id=header.message_id, conversation_id=header.sender,
             direction=hist.INCOMING, sender=header.sender, recipient=header.recipient,
             message_type=header.message_type, data=opened.data, time=header.time,
-            stored_time=self.now(), state=hist.RECEIVED)
+            stored_time=self.now(), state=hist.RECEIVED, receipt_owed=queued)

@@ -22,7 +22,9 @@ The quotas are counted from the history itself (:class:`Usage` comes from
 not reset them. A refusal is the reason text the sender gets in its ``Fail``
 ("friends only: ...", "rate limited: ...", "quota: ..."), counted by kind in
 :attr:`InboxLimits.refused`. Issue 17's queued offline delivery is meant to
-ask the same object about what peers queue for us.
+asks the same object about what it fetches from its suppliers' mailboxes
+(friends only and the quotas; not the rate: the suppliers' mailbox limits
+bound how many a sender queued, and we fetch them at once).
 """
 
 from __future__ import annotations
@@ -78,12 +80,15 @@ class InboxLimits:
         """The start of the quota period (messages stored after it count)."""
         return self.clock.seconds() - self.settings.period
 
-    def admit(self, sender: str) -> str:
-        """The cheap checks, before anything is done for a message of ``sender``: "" or the refusal."""
+    def admit(self, sender: str, rate: bool = True) -> str:
+        """The cheap checks, before anything is done for a message of ``sender``: "" or the refusal.
+
+        ``rate=False``: a message fetched from a mailbox (not sent to me now) is not rate limited.
+        """
         friend = self.is_friend(sender)
         if self.settings.friends_only and not friend:
             return self._refuse("friends_only", "friends only: this user takes messages from friends only")
-        if not self.rates.allow(sender):
+        if rate and not self.rates.allow(sender):
             wait = self.rates.retry_after(sender)
             return self._refuse("rate_limited", f"rate limited: more than {self.rates.rate:g} messages per second; "
                                                 f"retry in {wait:.1f} s")

@@ -10,7 +10,7 @@ it, and any changed byte (header, wrapped key, ciphertext or signature) makes
 Sealed message, format version 1 (integers big-endian, text UTF-8)::
 
     version        1 byte   = 0x01
-    message_type   u8 length  + text   ("private_message", "group_message")
+    message_type   u8 length  + text   ("private_message", "group_message", "delivery_receipt")
     sender         u16 length + text   the sender's global id
     recipient      u16 length + text   the recipient's global id (or a group key id)
     message_id     u8 length  + text   [A-Za-z0-9_-], at most 128 characters
@@ -46,7 +46,9 @@ from bitnode.errors import BadRequest
 FORMAT_VERSION = 1
 PRIVATE_MESSAGE = "private_message"
 GROUP_MESSAGE = "group_message"
-MESSAGE_TYPES = (PRIVATE_MESSAGE, GROUP_MESSAGE)
+#: A recipient's note to the sender that queued messages reached it (data: ``{"receipt_for": [ids]}``).
+DELIVERY_RECEIPT = "delivery_receipt"
+MESSAGE_TYPES = (PRIVATE_MESSAGE, GROUP_MESSAGE, DELIVERY_RECEIPT)
 #: Largest sealed message :func:`peek` and :func:`open_message` accept.
 MAX_SEALED_BYTES = 16 * 1024 * 1024
 #: Sealing adds the wrapped key, the signature and the header to the JSON data.

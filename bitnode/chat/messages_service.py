@@ -19,14 +19,22 @@ Sending (:meth:`PrivateMessagesService.send`, the API's ``message_send``):
    ``message_ack_timeout`` seconds. The recipient Acks only after it stored
    the message.
 
-**Offline recipients: no queueing.** If the ping or the ``Ack`` does not come
-in time, or the recipient cannot be reached at all, the message is *not*
-delivered and *not* retried later: the history row becomes ``failed`` (with
-the reason) and the API answers 503 ``recipient ... is offline, message not
-delivered``. A ``Fail`` from the recipient (it could not verify or decrypt
-the message) is a 409 and also ``failed``. Only an ``Ack`` makes the row
-``acked`` and the API answer OK. So an OK always means "stored on the
-recipient's node". Sending again is up to the user (a new message id).
+**Offline recipients: queued on their suppliers.** If the ping or the
+``Ack`` does not come in time, the sealed message is handed to the
+recipient's suppliers (found in its signed ``suppliers:`` DHT record), which
+keep it for the recipient (:mod:`bitnode.chat.offline_delivery`,
+:mod:`bitnode.supplier.mailbox`): the row becomes ``queued`` and the API
+answers OK with it. When the recipient is back, it fetches its queue (at
+start, on ``network-connected`` and ``suppliers-changed``, and every
+``mailbox-check-interval`` seconds), stores each message once, in the
+sender's order, and sends the sender a delivery receipt (queued on the
+sender's suppliers too if the sender is offline then): the sender's row
+becomes ``delivered`` and ``message-delivered`` is published. Only when no
+supplier of the recipient takes the message (no record, none reachable, all
+refuse) is the row ``failed`` and the API answer 503 ``recipient ... is
+offline, message not delivered``. A ``Fail`` from the recipient (it could
+not verify or decrypt the message) is a 409 and also ``failed``. An ``Ack``
+makes the row ``acked``. Sending again is up to the user (a new message id).
 A send still waiting when the node stopped is marked ``failed`` when the
 service starts again.
 
@@ -63,6 +71,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+from types import SimpleNamespace
 from typing import Any, Optional
 
 from twisted.internet import defer
@@ -76,6 +85,7 @@ from bitnode.chat.history import MessageHistory
 from bitnode.chat.inbox import Inbox
 from bitnode.chat.inbox_limits import InboxLimits, InboxSettings
 from bitnode.chat.message_crypto import (
+    DELIVERY_RECEIPT,
     PRIVATE_MESSAGE,
     SEAL_OVERHEAD,
     MessageHeader,
@@ -84,22 +94,32 @@ from bitnode.chat.message_crypto import (
     open_message,
     peek,
     seal,
+    validate_message_id,
 )
 from bitnode.chat.message_stream import MAX_POLLING_TIMEOUT, POLL_LIMIT, MessageStream, normalize_types
 from bitnode.chat.nickname_holder import validate_nickname
 from bitnode.chat.nickname_service import NicknameService
+from bitnode.chat.offline_delivery import MailboxClient, OfflineDelivery, Receipts
 from bitnode.chat.ports import FriendsDirectory
+from bitnode.customer.suppliers_record import lookup_suppliers
+from bitnode.dht.dht_service import DHTService
 from bitnode.errors import BadRequest, BitnodeError, Conflict, NotFound, Unavailable
 from bitnode.main.options import BOOLEAN, DISK_SPACE, FLOAT, INTEGER, Option
 from bitnode.p2p.network_service import NetworkService
 from bitnode.services.base import Service
 from bitnode.services.context import NodeContext
+from bitnode.storage.ports import SupplierProvider
+from bitnode.supplier.mailbox_wire import QueuedMessage
 from bitnode.transport.commands import Command
 from bitnode.transport.gateway_service import GatewayService
 from bitnode.transport.packet_out import PeerRefused
 from bitnode.userid.id_service import IdentityService
 
 PREFIX = "services/private-messages/"
+#: Seconds a delivery receipt waits for the ping and for the Ack before it is queued instead.
+RECEIPT_PING, RECEIPT_ACK = 10.0, 15.0
+#: Message ids one receipt may name.
+MAX_RECEIPT_IDS = 1000
 
 
 class PrivateMessagesService(Service):
@@ -107,7 +127,8 @@ class PrivateMessagesService(Service):
 
     name = "service_private_messages"
     requires = {"gateway": GatewayService, "network": NetworkService, "identity": IdentityService}
-    optional = {"nicknames": NicknameService, "friends": FriendsDirectory}
+    optional = {"nicknames": NicknameService, "friends": FriendsDirectory, "dht": DHTService,
+                "suppliers": SupplierProvider}
     description = "End-to-end encrypted private messages with history (sqlite) and a message stream"
     options = (
         Option(PREFIX + "max-message-size", DISK_SPACE, 256 * 1024,
@@ -128,6 +149,10 @@ class PrivateMessagesService(Service):
                minimum=0),
         Option(PREFIX + "quota-period", FLOAT, 86400.0, "Seconds the message quotas count over.",
                minimum=60.0, maximum=365 * 86400.0),
+        Option(PREFIX + "mailbox-check-interval", FLOAT, 300.0,
+               "Seconds between looks for messages queued on my suppliers while I was offline (also at start, "
+               "on reconnect and when my suppliers change); owed delivery receipts are retried as often.",
+               minimum=5.0, maximum=86400.0),
     )
     log = Logger()
 
@@ -139,11 +164,16 @@ class PrivateMessagesService(Service):
         self.stream = MessageStream(ctx.clock, self._query, lambda: self.history)
         self._work: set[Deferred] = set()
         self._queries: set[Deferred] = set()
-        self._counts = {"sent": 0, "acked": 0, "failed": 0, "received": 0, "duplicates": 0, "rejected": 0}
+        self._counts = {"sent": 0, "acked": 0, "failed": 0, "received": 0, "duplicates": 0, "rejected": 0,
+                        "queued": 0, "delivered": 0}
         self._route: Any = None
+        self._unsubscribe: Any = None
         self.limits = InboxLimits(ctx.clock, self._inbox_settings(), self._is_friend)
         self.inbox = Inbox(ctx.run_in_thread, self.limits, self._require, self._open, self._friends,
-                           self._stored_incoming, self._counts, ctx.clock.seconds)
+                           self._stored_incoming, self._counts, ctx.clock.seconds, self._receipt)
+        self.receipts = Receipts(self._receipts_owed, self._receipts_sent, self._send_receipt)
+        self.offline = OfflineDelivery(MailboxClient(lambda: self._gateway), self._their_suppliers,
+                                       self._my_suppliers, self._take_queued, self.receipts)
 
     # -- lifecycle ----------------------------------------------------------------
 
@@ -158,12 +188,18 @@ class PrivateMessagesService(Service):
             self.limits.configure(self._inbox_settings())
             self.ctx.settings.add_listener(PREFIX, self._settings_changed)
             self._route = gateway.router.add(Command.MESSAGE, self._on_message, owner=self.name)
+            self._unsubscribe = self.ctx.events.subscribe(self._event)
+            self.offline.start(self.ctx.clock, self.ctx.settings.get(PREFIX + "mailbox-check-interval"))
 
         return d.addCallback(opened)
 
     def stop(self) -> Deferred:
         """Release the ``Message`` command, end sends and polls in progress, close the history."""
         self.ctx.settings.remove_listener(PREFIX, self._settings_changed)
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
+        self.offline.stop()
         if self._route is not None:
             self._route.remove()
             self._route = None
@@ -184,7 +220,8 @@ class PrivateMessagesService(Service):
     def status(self) -> dict:
         """Counters for service_info."""
         return dict(self._counts, history_last_seq=self.stream.last_seq, consumers=len(self.stream.consumers),
-                    inbox_refused=dict(self.limits.refused))
+                    inbox_refused=dict(self.limits.refused), offline_delivery=self.offline.status(),
+                    receipts=dict(self.receipts.counts))
 
     def _require(self) -> MessageHistory:
         if self.history is None or self._gateway is None:
@@ -222,6 +259,13 @@ class PrivateMessagesService(Service):
 
     def _settings_changed(self, key: str, old: Any, new: Any) -> None:
         self.limits.configure(self._inbox_settings())
+        if key == PREFIX + "mailbox-check-interval" and self._gateway is not None:
+            self.offline.start(self.ctx.clock, new)
+
+    def _event(self, event: Any) -> None:
+        # back online, or other suppliers: messages may wait for me there
+        if event.event_id in ("network-connected", "suppliers-changed") and self._gateway is not None:
+            self.offline.check().addErrback(lambda f: f.trap(defer.CancelledError))
 
     def _friends(self) -> list[str]:
         """My friends' global ids (none while service_friends is off: everyone is then a stranger)."""
@@ -319,11 +363,28 @@ class PrivateMessagesService(Service):
             await self._failed(row, "the service stopped before the recipient acknowledged the message")
             raise Unavailable(f"message to {recipient} not delivered: {self.name} is stopping") from None
         except BitnodeError as err:
-            await self._failed(row, str(err))
-            raise Unavailable(f"recipient {recipient} is offline, message not delivered: {err}") from None
+            return await self._queue(row, recipient, sealed, str(err))
         row = await self.ctx.run_in_thread(self._require().set_state, row["seq"], hist.ACKED)
         self._counts["acked"] += 1
         self.ctx.events.publish("message-sent", row)
+        return row
+
+    async def _queue(self, row: dict, recipient: str, sealed: bytes, why: str) -> dict:
+        """The recipient did not answer: queue the message on its suppliers (``queued``) or fail (503)."""
+        try:
+            holders = await self.offline.queue(recipient, row["message_id"], sealed)
+        except defer.CancelledError:
+            await self._failed(row, "the service stopped before the message was queued")
+            raise Unavailable(f"message to {recipient} not delivered: {self.name} is stopping") from None
+        except BitnodeError as err:
+            await self._failed(row, f"{why}; not queued: {err}")
+            raise Unavailable(f"recipient {recipient} is offline, message not delivered: {why}; "
+                              f"and not queued: {err}") from None
+        self.log.info("message {id} to {who} queued on {n} of its suppliers", id=row["message_id"], who=recipient,
+                      n=len(holders))
+        row = await self.ctx.run_in_thread(self._require().set_state, row["seq"], hist.QUEUED)
+        self._counts["queued"] += 1
+        self.ctx.events.publish("message-queued", row)
         return row
 
     def broadcast(self, data: Any, ping_timeout: float = 10.0, message_ack_timeout: float = 15.0) -> Deferred:
@@ -392,7 +453,7 @@ class PrivateMessagesService(Service):
         header = peek(packet.payload)
         if header.sender != packet.creator_id:
             raise MessageRejected(f"message of {header.sender} sent by {packet.creator_id}")
-        if header.message_type != PRIVATE_MESSAGE:
+        if header.message_type not in (PRIVATE_MESSAGE, DELIVERY_RECEIPT):
             raise MessageRejected(f"{header.message_type} is not accepted as a private message")
         if header.recipient != me:
             raise MessageRejected(f"message is addressed to {header.recipient}, not to {me}")
@@ -402,6 +463,65 @@ class PrivateMessagesService(Service):
         if not isinstance(opened.data, dict):
             raise MessageRejected("message content must be a JSON object")
         return opened
+
+    # -- offline delivery (bitnode.chat.offline_delivery) ---------------------------------
+
+    def _their_suppliers(self, user: str) -> Deferred:
+        d = lookup_suppliers(self.deps.dht, self._identity(), user)
+        return d.addCallback(lambda record: record["suppliers"])
+
+    async def _my_suppliers(self) -> list[str]:
+        provider = self.deps.suppliers
+        if provider is not None:
+            return [s for s in provider.positions() if s]
+        if self.deps.dht is None:
+            return []
+        try:
+            return await self._their_suppliers(self._my_id())  # my own record (no customer side running here)
+        except NotFound:
+            return []
+
+    async def _take_queued(self, entry: QueuedMessage) -> str:
+        """A message fetched from a mailbox goes through the inbox like one sent to me now (no rate limit)."""
+        # shaped like the Message packet it would have come in (the mailbox checked who handed it over)
+        packet = SimpleNamespace(creator_id=entry.sender, payload=entry.sealed, packet_id=entry.message_id)
+
+        async def no_answer(packet: Any, command: Command, text: str) -> None:
+            return None  # the mailbox entry is removed instead
+
+        return await self.inbox.receive(packet, no_answer, queued=True)
+
+    async def _receipt(self, opened: Any) -> None:
+        """A recipient's delivery receipt: my messages it names become ``delivered``."""
+        ids = opened.data.get("receipt_for")
+        if not isinstance(ids, list) or len(ids) > MAX_RECEIPT_IDS:
+            raise MessageRejected("a receipt names a list of message ids")
+        for message_id in ids:
+            validate_message_id(message_id)
+        rows = await self.ctx.run_in_thread(self._require().mark_delivered, opened.header.sender, ids)
+        self._counts["delivered"] += len(rows)
+        for row in rows:
+            self.ctx.events.publish("message-delivered", row)
+
+    def _receipts_owed(self, limit: int) -> Deferred:
+        return self._query(self._require().receipts_owed, limit)
+
+    def _receipts_sent(self, sender: str, message_ids: list[str]) -> Deferred:
+        return self.ctx.run_in_thread(self._require().receipts_sent, sender, message_ids)
+
+    async def _send_receipt(self, user: str, data: dict, message_id: str) -> None:
+        """Send a delivery receipt to ``user``: directly, else queued on its suppliers (an error if neither)."""
+        header = MessageHeader(DELIVERY_RECEIPT, self._my_id(), user, message_id, self.ctx.clock.seconds())
+        identity = await self._identity().fetch_identity(user)
+        sealed = await self.ctx.run_in_thread(seal, header, data, self._my_key(), identity.rsa_public_key())
+        try:
+            await self._deliver(user, sealed, message_id, RECEIPT_PING, RECEIPT_ACK)
+        except PeerRefused as err:
+            if "rate limited" in err.reason:
+                raise
+            self.log.info("{who} refused a delivery receipt: {why}", who=user, why=err.reason)  # not owed any more
+        except BitnodeError:
+            await self.offline.queue(user, message_id, sealed)
 
     # -- the stream (long-poll consumers: bitnode.chat.message_stream) ---------------------
 

@@ -58,12 +58,19 @@ class MessageMethods:
 
     def message_send(self, recipient_id: str, data: Any, ping_timeout: float = 30.0,
                      message_ack_timeout: float = 15.0) -> defer.Deferred:
-        """Send an encrypted private message; answers the history row once the recipient Acked it.
+        """Send an encrypted private message; answers its history row once the recipient or its suppliers have it.
 
-        Not queued: when the recipient cannot be reached (offline, unknown
-        address) or does not acknowledge within ``message_ack_timeout``, the
-        answer is 503 and the history keeps the message as ``failed``. Send
-        it again once the recipient is online (``user_status``).
+        Online recipient: the row is ``acked`` (the recipient stored it). When
+        it cannot be reached (offline, unknown address) or does not acknowledge
+        within ``message_ack_timeout``, the sealed message (end-to-end encrypted
+        to the recipient, signed by me) is queued on the recipient's suppliers,
+        found through its signed ``suppliers:`` DHT record: the row is
+        ``queued``. The recipient fetches it when it comes online, stores it
+        once, in order, and sends a receipt: the row becomes ``delivered``
+        (``message-delivered`` event), also if I was offline then. Suppliers keep
+        a queued message up to their ``mailbox-expiry`` (14 days by default) and
+        bound what one sender may queue. 503 (row ``failed``) only when no
+        supplier of the recipient took it; 409 when the recipient refused it.
         """
         return self._messages().send(recipient_id, data, ping_timeout, message_ack_timeout)
 

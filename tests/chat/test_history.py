@@ -7,7 +7,17 @@ import sqlite3
 
 from twisted.trial import unittest
 
-from bitnode.chat.history import ACKED, FAILED, INCOMING, OUTGOING, RECEIVED, SENT, MessageHistory
+from bitnode.chat.history import (
+    ACKED,
+    DELIVERED,
+    FAILED,
+    INCOMING,
+    OUTGOING,
+    QUEUED,
+    RECEIVED,
+    SENT,
+    MessageHistory,
+)
 from bitnode.errors import BadRequest, NotFound
 
 ME, BOB, CAROL = "alice@id.net", "bob@id.net", "carol@id.net"
@@ -188,3 +198,28 @@ class IncomingUsageTests(unittest.TestCase):
         self.assertFalse(self.history.has_incoming(CAROL, "b1"))
         outgoing(self.history, "o1", BOB)
         self.assertFalse(self.history.has_incoming(ME, "o1"))
+
+    def test_a_receipt_marks_my_queued_messages_to_its_sender_delivered_once(self):
+        for message_id in ("m1", "m2"):
+            row, _ = outgoing(self.history, message_id)
+            self.history.set_state(row["seq"], QUEUED)
+        outgoing(self.history, "m3", to=CAROL)
+        changed = self.history.mark_delivered(BOB, ["m1", "m2", "m3", "unknown"])
+        self.assertEqual([(r["message_id"], r["state"]) for r in changed], [("m1", DELIVERED), ("m2", DELIVERED)])
+        self.assertEqual(self.history.mark_delivered(BOB, ["m1"]), [])  # a receipt that came twice
+        self.assertEqual(self.history.history(recipient=CAROL)[0][0]["state"], SENT)  # only Bob's receipt counts
+
+    def test_receipts_are_owed_with_the_queued_message_until_sent(self):
+        self.history.add(message_id="q1", conversation_id=BOB, direction=INCOMING, sender=BOB, recipient=ME,
+                         message_type="private_message", data={}, time=1.0, stored_time=2.0, state=RECEIVED,
+                         receipt_owed=True)
+        incoming(self.history, "direct")  # a message that came directly owes nothing
+        self.assertEqual(self.history.receipts_owed(), [(BOB, "q1")])
+        self.history.receipts_sent(BOB, ["q1"])
+        self.assertEqual(self.history.receipts_owed(), [])
+        # queued again (the sender did not learn): owed again, stored once
+        _, created = self.history.add(message_id="q1", conversation_id=BOB, direction=INCOMING, sender=BOB,
+                                      recipient=ME, message_type="private_message", data={}, time=1.0,
+                                      stored_time=3.0, state=RECEIVED, receipt_owed=True)
+        self.assertFalse(created)
+        self.assertEqual(self.history.receipts_owed(), [(BOB, "q1")])

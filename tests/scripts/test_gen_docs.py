@@ -106,7 +106,7 @@ class ApiReferenceTests(unittest.TestCase):
     def test_each_method_says_what_bitnode_does_from_its_docstring(self):
         section = _section(self.text, "message_send")
         self.assertIn("> **In bitnode:** Send an encrypted private message", section)
-        self.assertIn("> Not queued", section)
+        self.assertIn("queued on the recipient's suppliers", section)
         for route in ROUTES:
             self.assertIn("**In bitnode:**", _section(self.text, route.name), route.name)
 

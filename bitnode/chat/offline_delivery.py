@@ -1,0 +1,300 @@
+"""Private messages for users who are offline: queued on their suppliers, fetched when they are back, receipted.
+
+Sender side (:meth:`OfflineDelivery.queue`): the recipient did not answer, so
+the sealed message (encrypted to the recipient, signed by the sender: the
+suppliers cannot read or change it) goes to each supplier named in the
+recipient's signed ``suppliers:`` DHT record (which the suppliers keep alive
+while the recipient is away), as a mailbox PUT (:mod:`bitnode.supplier.mailbox`).
+It is queued when at least one supplier acknowledged it (stored on disk).
+
+Recipient side (:meth:`OfflineDelivery.check`, run at start, on
+``network-connected``, on ``suppliers-changed`` and every
+``mailbox-check-interval`` seconds): fetch every queued message from each of
+my suppliers; merge them (the same message from several suppliers counts
+once), order them by the sender's time, and hand them one at a time to the
+inbox (``take``: the same checks, limits and history as a message that came
+directly, once per sender and message id); then remove from each supplier the
+ones taken (stored, already stored, or refused for good). A round stopped
+midway (the service stopping, a supplier gone) leaves the rest queued: the next
+round fetches them again and the history's message ids keep them once.
+
+Receipts (:class:`Receipts`): each queued message stored here owes its sender
+a ``delivery_receipt`` (noted in the history in the same transaction as the
+message). Receipts go out, one per sender listing up to :data:`RECEIPT_BATCH`
+message ids, the same way as messages: directly, or queued on the sender's
+suppliers when the sender is offline too; an owed receipt is kept (and retried
+every round) until one of the two worked, so a sender offline at delivery time
+learns later. The sender marks those messages ``delivered``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter, defaultdict
+from typing import Any, Awaitable, Callable
+
+from twisted.internet import defer, task
+from twisted.logger import Logger
+
+from bitnode.chat.message_crypto import peek
+from bitnode.errors import BitnodeError, Unavailable
+from bitnode.supplier import mailbox_wire as mw
+from bitnode.transport.commands import Command
+
+#: Message ids one receipt lists.
+RECEIPT_BATCH = 100
+#: Receipts owed that one round reads from the history.
+RECEIPTS_PER_ROUND = 1000
+#: Pages fetched from one supplier in one round (each up to the supplier's page size).
+MAX_PAGES = 50
+
+
+def receipt_id(message_ids: list[str]) -> str:
+    """The message id of the receipt for these messages (the same list gives the same id: a resent receipt is one)."""
+    return "rcpt-" + hashlib.sha256("\n".join(message_ids).encode("utf-8")).hexdigest()[:40]
+
+
+class MailboxClient:
+    """Mailbox requests to suppliers over the gateway (``gateway()`` the running one; ``timeout`` seconds each)."""
+
+    def __init__(self, gateway: Callable[[], Any], timeout: float = 15.0):
+        self.gateway = gateway
+        self.timeout = timeout
+
+    async def _request(self, supplier: str, payload: bytes) -> bytes:
+        gateway = self.gateway()
+        if gateway is None:
+            raise Unavailable("the gateway is not running")
+        response = await gateway.request(Command.CORRESPONDENT, supplier, payload, timeout=self.timeout)
+        return bytes(response.payload)
+
+    async def put(self, supplier: str, recipient: str, message_id: str, sealed: bytes) -> None:
+        """Queue ``sealed`` for ``recipient`` on ``supplier`` (an error when it refused or did not answer)."""
+        await self._request(supplier, mw.encode_put(recipient, message_id, sealed))
+
+    async def fetch_all(self, supplier: str) -> list[mw.QueuedMessage]:
+        """Everything queued for me on ``supplier`` (up to :data:`MAX_PAGES` pages)."""
+        entries: list[mw.QueuedMessage] = []
+        after = 0
+        for _ in range(MAX_PAGES):
+            page, more = mw.decode_page(await self._request(supplier, mw.encode_fetch(after)))
+            entries += page
+            if not more or not page:
+                break
+            after = page[-1].seq
+        return entries
+
+    async def remove(self, supplier: str, seqs: list[int]) -> None:
+        """Remove these entries of my queue on ``supplier``."""
+        for start in range(0, len(seqs), mw.MAX_REMOVE):
+            await self._request(supplier, mw.encode_remove(seqs[start:start + mw.MAX_REMOVE]))
+
+
+#: Counter names of take()'s outcomes (anything else is a refusal).
+_OUTCOMES = {"stored": "taken", "duplicate": "duplicates", "receipt": "receipts"}
+
+
+def _order(entry: mw.QueuedMessage) -> tuple:
+    try:
+        sent = peek(entry.sealed).time  # the sender's time (signed; checked when the message is opened)
+    except BitnodeError:
+        sent = entry.arrived
+    return sent, entry.arrived, entry.sender, entry.message_id
+
+
+class OfflineDelivery:
+    """Queueing for offline recipients and fetching my own queue (see the module docstring).
+
+    :param client: a :class:`MailboxClient`.
+    :param their_suppliers: ``their_suppliers(user)`` -> Deferred[list of global ids] from the user's record.
+    :param my_suppliers: ``my_suppliers()`` -> Deferred[list of global ids].
+    :param take: ``take(entry)`` -> Deferred[str]: hands a queued message to the inbox; the outcome
+        ("stored", "duplicate", "receipt", or the refusal) — raises when it could not be judged now.
+    :param receipts: the :class:`Receipts` flushed at the end of every round.
+    """
+
+    log = Logger()
+
+    def __init__(self, client: MailboxClient, their_suppliers: Callable[[str], Any],
+                 my_suppliers: Callable[[], Any], take: Callable[[mw.QueuedMessage], Awaitable[str]],
+                 receipts: Receipts | None = None):
+        self.client = client
+        self.their_suppliers = their_suppliers
+        self.my_suppliers = my_suppliers
+        self.take = take
+        self.receipts = receipts
+        self._timer: task.LoopingCall | None = None
+        #: queued (messages I queued for others), queue_failed, rounds, fetched, taken, duplicates,
+        #: refused, fetch_failed, remove_failed, round_errors.
+        self.counts: Counter[str] = Counter()
+        self.last_error = ""
+        self._round: defer.Deferred | None = None
+        self._again = False
+
+    # -- sender side --------------------------------------------------------------------
+
+    async def queue(self, recipient: str, message_id: str, sealed: bytes) -> list[str]:
+        """Hand ``sealed`` to every supplier of ``recipient``; those that took it (Unavailable if none)."""
+        try:
+            suppliers = [s for s in await self.their_suppliers(recipient) if s]
+        except BitnodeError as err:
+            self.counts["queue_failed"] += 1
+            raise Unavailable(f"cannot find the suppliers of {recipient}: {err}") from None
+        if not suppliers:
+            self.counts["queue_failed"] += 1
+            raise Unavailable(f"{recipient} has no suppliers to queue the message on")
+        outcomes = await defer.DeferredList(
+            [defer.Deferred.fromCoroutine(self.client.put(s, recipient, message_id, sealed)) for s in suppliers],
+            consumeErrors=True)
+        holders = [s for s, (ok, _) in zip(suppliers, outcomes, strict=True) if ok]
+        if not holders:
+            self.counts["queue_failed"] += 1
+            reasons = "; ".join(f"{s}: {value.getErrorMessage()}" for s, (_, value) in zip(suppliers, outcomes,
+                                                                                            strict=True))
+            raise Unavailable(f"none of the {len(suppliers)} suppliers of {recipient} took the message: {reasons}")
+        self.counts["queued"] += 1
+        return holders
+
+    # -- recipient side -------------------------------------------------------------------
+
+    def check(self) -> defer.Deferred:
+        """Fetch and take my queued messages; a call during a round runs one more round after it."""
+        if self._round is not None:
+            self._again = True
+            return self._round
+        d = defer.Deferred.fromCoroutine(self._rounds())
+        if not d.called:
+            self._round = d  # (a round that needed no waiting is over already)
+        return d
+
+    def start(self, clock: Any, interval: float) -> None:
+        """A round now and every ``interval`` seconds of ``clock`` (again with a new interval)."""
+        if self._timer is not None and self._timer.running:
+            self._timer.stop()
+        self._timer = task.LoopingCall(self._tick)
+        self._timer.clock = clock
+        self._timer.start(interval, now=True)
+
+    def _tick(self) -> None:
+        self.check().addErrback(lambda f: f.trap(defer.CancelledError))
+
+    def stop(self) -> None:
+        """No more rounds; cancel one in progress (what it did not remove stays queued)."""
+        if self._timer is not None and self._timer.running:
+            self._timer.stop()
+        self._timer = None
+        self._again = False
+        if self._round is not None:
+            self._round.cancel()
+        if self.receipts is not None:
+            self.receipts.stop()
+
+    async def _rounds(self) -> None:
+        try:
+            while True:
+                self._again = False
+                try:
+                    await self._one_round()
+                    if self.receipts is not None:
+                        await self.receipts.flush()
+                except defer.CancelledError:
+                    raise
+                except Exception as err:  # noqa: BLE001 - a round's failure must not end the next ones
+                    self.counts["round_errors"] += 1
+                    self.last_error = str(err)
+                    self.log.info("fetching queued messages: {err}", err=err)
+                if not self._again:
+                    return
+        finally:
+            self._round = None
+
+    async def _one_round(self) -> None:
+        self.counts["rounds"] += 1
+        suppliers = [s for s in await self.my_suppliers() if s]
+        found: dict[tuple[str, str], mw.QueuedMessage] = {}
+        holders: dict[tuple[str, str], list[tuple[str, int]]] = defaultdict(list)
+        for supplier in suppliers:
+            try:
+                entries = await self.client.fetch_all(supplier)
+            except BitnodeError as err:
+                self.counts["fetch_failed"] += 1
+                self.last_error = f"{supplier}: {err}"
+                continue
+            for entry in entries:
+                key = (entry.sender, entry.message_id)
+                found.setdefault(key, entry)
+                holders[key].append((supplier, entry.seq))
+        self.counts["fetched"] += len(found)
+        taken: dict[str, list[int]] = defaultdict(list)
+        try:
+            for entry in sorted(found.values(), key=_order):
+                outcome = await self.take(entry)
+                self.counts[_OUTCOMES.get(outcome, "refused")] += 1
+                for supplier, seq in holders[(entry.sender, entry.message_id)]:
+                    taken[supplier].append(seq)
+        finally:
+            # what was taken goes from the suppliers even when the round stops midway
+            removals = [defer.Deferred.fromCoroutine(self.client.remove(s, seqs)) for s, seqs in taken.items()]
+            for ok, _ in await defer.DeferredList(removals, consumeErrors=True):
+                if not ok:
+                    self.counts["remove_failed"] += 1
+
+    def status(self) -> dict:
+        """Counters for service_info."""
+        return dict(self.counts, checking=self._round is not None, last_error=self.last_error)
+
+
+class Receipts:
+    """The receipts this node owes (kept in the history) and their sending (see the module docstring).
+
+    :param owed: ``owed(limit)`` -> Deferred[list of (sender, message id)].
+    :param settled: ``settled(sender, ids)`` -> Deferred: those receipts went out.
+    :param send: ``send(user, data, message_id)`` -> Deferred: delivered or queued (an error otherwise).
+    """
+
+    log = Logger()
+
+    def __init__(self, owed: Callable[[int], Any], settled: Callable[[str, list[str]], Any],
+                 send: Callable[[str, dict, str], Any]):
+        self.owed = owed
+        self.settled = settled
+        self.send = send
+        self.counts: Counter[str] = Counter()
+        self._flushing: defer.Deferred | None = None
+
+    def flush(self) -> defer.Deferred:
+        """Send what is owed (one flush at a time)."""
+        if self._flushing is not None:
+            return self._flushing
+        d = defer.Deferred.fromCoroutine(self._flush())
+        if not d.called:
+            self._flushing = d
+            d.addBoth(self._done)
+        return d
+
+    def _done(self, result: Any) -> Any:
+        self._flushing = None
+        return result
+
+    def stop(self) -> None:
+        """Cancel a flush in progress (owed receipts stay owed)."""
+        if self._flushing is not None:
+            self._flushing.cancel()
+
+    async def _flush(self) -> None:
+        by_sender: dict[str, list[str]] = defaultdict(list)
+        for sender, message_id in await self.owed(RECEIPTS_PER_ROUND):
+            by_sender[sender].append(message_id)
+        for sender, ids in by_sender.items():
+            for start in range(0, len(ids), RECEIPT_BATCH):
+                batch = ids[start:start + RECEIPT_BATCH]
+                try:
+                    await self.send(sender, {"receipt_for": batch}, receipt_id(batch))
+                except defer.CancelledError:
+                    raise
+                except BitnodeError as err:
+                    self.counts["failed"] += 1
+                    self.log.info("receipt to {who} not sent yet: {err}", who=sender, err=err)
+                    break  # the sender is unreachable now: its other batches wait for the next round too
+                await self.settled(sender, batch)
+                self.counts["sent"] += 1
