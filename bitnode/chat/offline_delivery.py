@@ -213,14 +213,15 @@ class OfflineDelivery:
         suppliers = [s for s in await self.my_suppliers() if s]
         found: dict[tuple[str, str], mw.QueuedMessage] = {}
         holders: dict[tuple[str, str], list[tuple[str, int]]] = defaultdict(list)
-        for supplier in suppliers:
-            try:
-                entries = await self.client.fetch_all(supplier)
-            except BitnodeError as err:
+        fetched = await defer.DeferredList(
+            [defer.Deferred.fromCoroutine(self.client.fetch_all(s)) for s in suppliers], consumeErrors=True)
+        for supplier, (ok, result) in zip(suppliers, fetched, strict=True):
+            if not ok:
+                result.trap(BitnodeError)
                 self.counts["fetch_failed"] += 1
-                self.last_error = f"{supplier}: {err}"
+                self.last_error = f"{supplier}: {result.getErrorMessage()}"
                 continue
-            for entry in entries:
+            for entry in result:
                 key = (entry.sender, entry.message_id)
                 found.setdefault(key, entry)
                 holders[key].append((supplier, entry.seq))
