@@ -55,6 +55,7 @@ AREA_TITLES = {
 
 IMPLEMENTED = "implemented"
 NOT_YET = "501 not implemented yet"
+BEYOND = "implemented, beyond the spec"
 
 
 # --- state machines -------------------------------------------------------------
@@ -207,7 +208,9 @@ def _params_table(params: tuple[Param, ...], in_path: tuple[str, ...] = ()) -> l
     return lines
 
 
-def _status(is_built: bool) -> str:
+def _status(is_built: bool, route: Route | Alias | None = None) -> str:
+    if is_built and getattr(route, "beyond_spec", False):
+        return BEYOND
     return IMPLEMENTED if is_built else NOT_YET
 
 
@@ -251,7 +254,8 @@ def render_api_md(implemented: Callable[[Route | Alias], bool]) -> str:
         "route table that REST, WebSocket, the CLI and `openapi.json` are built from. Do not edit by hand.",
         "",
         f"{len(ROUTES)} methods, {built} implemented; the other {len(ROUTES) - built} answer "
-        "HTTP 501 `<method> is not implemented yet` until their subsystem is built.",
+        "HTTP 501 `<method> is not implemented yet` until their subsystem is built. "
+        f"Methods marked \"beyond the spec\" go further than the spec: {sum(1 for r in ROUTES if r.beyond_spec)}.",
         f"HTTP on `http://127.0.0.1:{http_port}/`, WebSocket on `ws://127.0.0.1:{ws_port}/` (settings",
         "`interface/api/http-port` and `interface/api/ws-port`). The machine-readable form is",
         "[openapi.json](openapi.json) (OpenAPI 3.1).",
@@ -277,14 +281,14 @@ def render_api_md(implemented: Callable[[Route | Alias], bool]) -> str:
         title = AREA_TITLES.get(area, area.capitalize())
         lines += [f"## {title}", "", "| Method | Verb | Path | Status |", "|---|---|---|---|"]
         for r in routes:
-            lines.append(f"| [`{r.name}`](#{_anchor(r.name)}) | {_verbs(r)} | `/{r.path}` | {_status(implemented(r))} |")
+            lines.append(f"| [`{r.name}`](#{_anchor(r.name)}) | {_verbs(r)} | `/{r.path}` | {_status(implemented(r), r)} |")
         lines.append("")
         for r in routes:
             also = " (also POST)" if len(r.verbs) > 1 else ""
             lines += [
                 f"### {r.name}",
                 "",
-                f"`{r.verb} /{r.path}`{also} — **{_status(implemented(r))}**",
+                f"`{r.verb} /{r.path}`{also} — **{_status(implemented(r), r)}**",
                 "",
                 r.description or "(no description in the spec)",
                 "",

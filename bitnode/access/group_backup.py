@@ -1,110 +1,125 @@
-"""The ``groups`` part of the catalog backup: my memberships and the queues I host, without their messages.
+"""The ``groups`` part of the catalog backup: my groups, their keys, and a bounded tail of each one's history.
 
 service_private_groups registers this part with service_backups
 (:meth:`~bitnode.storage.backups_service.BackupsService.add_backup_part`), so an
 identity recovered on a new machine (its group keys come back with the key
-backup) also gets back the groups it was in and the queues it hosted.
+backup) also gets back the groups it was in, the keys their messages are
+sealed with, and their newest messages.
 
-The value, version 1 (plain JSON; the key backup seals it to my master key)::
+The value, version 2 (plain JSON; the key backup seals it to my master key
+and signs it)::
 
-    {"version": 1,
-     "memberships": [{"group_key_id": str, "active": bool, "last_sequence": int}, ...],
-     "queues": [{"group_key_id": str, "created": float, "head": int,
-                 "members": [{"member_id": str, "verified": bool, "subscribed": bool}, ...]}, ...]}
+    {"version": 2,
+     "groups": [{"group_key_id": str, "config": {<signed group config>},
+                 "active": bool, "last_sequence": int,
+                 "secrets": {"<generation>": "<hex>"},
+                 "recent": [[seq, "<base64 of the sealed entry>"], ...]}, ...]}
 
-Decision: **the hosted message stream is not in the backup.** The catalog
-backup is one signed document, rewritten after every change (every group
-message would make a new one) and bounded
-(:data:`bitnode.storage.key_backup.MAX_DOCUMENT`), while a queue keeps every
-message for ever; carrying it would make each backup grow with the whole
-history of every group I host. So a recovered broker keeps each queue's
-*numbers*, not its entries: it starts its stream at the next sequence number
-after the backed-up head, so members never see a number used twice, and
-members that fetch older numbers get nothing (see
-:meth:`bitnode.access.group_queue.GroupBroker.fetch`). A hosted queue's head
-changing asks for a backup (after ``catalog-backup-delay``), which narrows,
-but cannot close, the window where messages accepted just before the machine
-was lost have their numbers reused.
+Size: the catalog backup is one document rewritten after every change, so
+the history in it is bounded: the newest ``backup-history-messages`` entries
+of each group (kept by the member as they arrive), and at most
+``backup-history-bytes`` for all groups together (shared evenly). The full
+history is on the group's brokers (a majority of them keeps every entry up to
+their own limits); a recovered member fetches it from them, and the tail in
+the backup is what it shows when no broker is left.
 
-Memberships come back with their ``active`` flag; the backed-up
-``last_sequence`` is kept as a record but a restored membership fetches from
-the start (sequence 0): the message history is not part of the backup, so a
-new machine refills it from the group's broker (the history stores a message
-once, so nothing is doubled when it was there). A membership or queue this
-node already knows is left as it is: the local state is newer than a backup.
+Restoring: configs and keys come back as they were; each tail entry is opened
+and stored in the message history (once: the history keeps one copy of a
+message); an active membership starts again from sequence 0 (the brokers
+refill whatever the tail misses). A group this node already knows keeps its
+config and history (newer than a backup); a membership the backup has and
+this node never started is started. A version-1 part (before groups had several
+brokers) holds nothing a node can use now and restores nothing.
 """
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
-from bitnode.access.group_protocol import parse_group_key_id
-from bitnode.errors import BadRequest
+from bitnode.access import group_config
+from bitnode.errors import BadRequest, BitnodeError
 
 PART = "groups"
-VERSION = 1
+VERSION = 2
 
 
-def collect(store: Any) -> dict:
-    """The part's value from a :class:`~bitnode.access.group_store.GroupStore` (no entries: small)."""
+def collect(store: Any, max_bytes: int) -> dict:
+    """The part's value from a :class:`~bitnode.access.group_store.GroupStore` (called in a worker thread)."""
+    groups = store.groups()
     cursors = store.cursors()
-    memberships = [{"group_key_id": key_id, "active": cursor["active"], "last_sequence": cursor["last_sequence"]}
-                   for key_id, cursor in cursors.items()]
-    members: dict[str, list[dict]] = {}
-    for member in store.members():
-        members.setdefault(member["group_key_id"], []).append(
-            {"member_id": member["member_id"], "verified": member["verified"], "subscribed": member["subscribed"]})
-    queues = [{"group_key_id": queue["group_key_id"], "created": queue["created"], "head": queue["head"],
-               "members": members.get(queue["group_key_id"], [])} for queue in store.queues()]
-    return {"version": VERSION, "memberships": memberships, "queues": queues}
-
-
-def _count(value: Any, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise BadRequest(f"groups backup: {what} must be a whole number, 0 or more")
-    return value
-
-
-def _flag(value: Any, what: str) -> bool:
-    if not isinstance(value, bool):
-        raise BadRequest(f"groups backup: {what} must be true or false")
-    return value
-
-
-def _key(value: Any) -> str:
-    if not isinstance(value, str):
-        raise BadRequest("groups backup: a group key id must be a string")
-    return str(parse_group_key_id(value))
+    secrets = store.secrets()
+    budget = max_bytes // max(1, len(groups))
+    value = []
+    for group_key_id, row in groups.items():
+        cursor = cursors.get(group_key_id, {"active": False, "last_sequence": 0})
+        recent = store.recent(group_key_id, budget) if budget > 0 else []
+        value.append({"group_key_id": group_key_id, "config": group_config.parse(row["config"]).to_dict(),
+                      "active": cursor["active"], "last_sequence": cursor["last_sequence"],
+                      "secrets": {str(g): s.hex() for g, s in secrets.get(group_key_id, {}).items()},
+                      "recent": [[seq, base64.b64encode(blob).decode("ascii")] for seq, blob in recent]})
+    return {"version": VERSION, "groups": value}
 
 
 def parse(value: Any) -> dict:
-    """The part's value checked and normalised (BadRequest for another version or a malformed one)."""
+    """The part's value checked and normalised (BadRequest for an unknown version or a malformed one)."""
     if not isinstance(value, dict):
         raise BadRequest("groups backup must be a JSON object")
+    if value.get("version") == 1:
+        return {"version": VERSION, "groups": []}
     if value.get("version") != VERSION:
         raise BadRequest(f"groups backup version {value.get('version')!r} is not known (expected {VERSION})")
-    memberships, queues = value.get("memberships"), value.get("queues")
-    if not isinstance(memberships, list) or not isinstance(queues, list):
-        raise BadRequest("groups backup needs lists of memberships and queues")
-    result: dict = {"version": VERSION, "memberships": [], "queues": []}
-    for entry in memberships:
+    groups = value.get("groups")
+    if not isinstance(groups, list):
+        raise BadRequest("groups backup needs a list of groups")
+    result: list[dict] = []
+    for entry in groups:
         if not isinstance(entry, dict):
-            raise BadRequest("groups backup: a membership must be an object")
-        result["memberships"].append({"group_key_id": _key(entry.get("group_key_id")),
-                                      "active": _flag(entry.get("active"), "active"),
-                                      "last_sequence": _count(entry.get("last_sequence"), "last_sequence")})
-    for entry in queues:
-        if not isinstance(entry, dict) or not isinstance(entry.get("members"), list):
-            raise BadRequest("groups backup: a queue must be an object with a list of members")
-        created = entry.get("created")
-        if isinstance(created, bool) or not isinstance(created, (int, float)):
-            raise BadRequest("groups backup: a queue's created time must be a number")
-        members = []
-        for member in entry["members"]:
-            if not isinstance(member, dict) or not isinstance(member.get("member_id"), str):
-                raise BadRequest("groups backup: a queue member must be an object with a member_id")
-            members.append({"member_id": member["member_id"], "verified": _flag(member.get("verified"), "verified"),
-                            "subscribed": _flag(member.get("subscribed"), "subscribed")})
-        result["queues"].append({"group_key_id": _key(entry.get("group_key_id")), "created": float(created),
-                                 "head": _count(entry.get("head"), "head"), "members": members})
-    return result
+            raise BadRequest("groups backup: a group must be an object")
+        config = group_config.parse(entry.get("config"))
+        active, last = entry.get("active"), entry.get("last_sequence")
+        if not isinstance(active, bool) or isinstance(last, bool) or not isinstance(last, int) or last < 0:
+            raise BadRequest("groups backup: active must be true or false, last_sequence a whole number")
+        secrets, recent = entry.get("secrets"), entry.get("recent")
+        if not isinstance(secrets, dict) or not isinstance(recent, list):
+            raise BadRequest("groups backup: a group needs its secrets and its recent entries")
+        try:
+            keys = {int(g): bytes.fromhex(s) for g, s in secrets.items()}
+            tail = [(int(seq), base64.b64decode(blob, validate=True)) for seq, blob in recent]
+        except (TypeError, ValueError):
+            raise BadRequest("groups backup: malformed secrets or entries") from None
+        if any(len(s) != 32 or g < 1 for g, s in keys.items()) or any(seq < 1 for seq, _ in tail):
+            raise BadRequest("groups backup: malformed secrets or entries")
+        result.append({"group_key_id": config.group_key_id, "config": config, "active": active,
+                       "last_sequence": last, "secrets": keys, "recent": tail})
+    return {"version": VERSION, "groups": result}
+
+
+async def restore(service: Any, document: dict) -> None:
+    """Apply a parsed part to the running service (see the module doc)."""
+    store = service.require()
+    restored = 0
+    cursors = await service.ctx.run_in_thread(store.cursors)
+    for entry in document["groups"]:
+        config = entry["config"]
+        group_key_id = config.group_key_id
+        known = group_key_id in service.configs  # known here (an invitation, a membership): newer than the backup
+        if not known:
+            await service.ctx.run_in_thread(store.add_group, group_key_id, config.to_json(), config.creator,
+                                            service.ctx.clock.seconds())
+            service.configs[group_key_id] = config
+        await service.keyring.add_secrets(group_key_id, entry["secrets"])  # a generation held keeps its key
+        for seq, blob in ([] if known else entry["recent"]):
+            try:
+                await service.restore_entry(group_key_id, seq, blob)
+                restored += 1
+            except BitnodeError as err:
+                service.log.info("group {group}: backed-up entry {seq} not restored: {err}", group=group_key_id,
+                                 seq=seq, err=err)
+        joined_here = group_key_id in service.members or group_key_id in cursors
+        if entry["active"] and not joined_here and service.store is store:
+            await service.ctx.run_in_thread(store.save_cursor, group_key_id, True, 0, service.ctx.clock.seconds())
+            service.start_member(group_key_id)
+    service.counters["restored_entries"] += restored
+    service.log.info("groups restored from the catalog backup: {n} groups, {e} entries", n=len(document["groups"]),
+                     e=restored)

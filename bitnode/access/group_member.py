@@ -1,42 +1,51 @@
-"""group_member: this node's membership of one group, connected to the group's broker.
+"""group_member: this node's membership of one group, connected to the group's brokers.
 
-One machine per joined group. It subscribes to the group's queue on the
-broker (the group creator's node, :mod:`bitnode.access.group_queue`),
+One machine per joined group. It subscribes to the group's primary broker
+(through a :class:`~bitnode.access.group_links.BrokerChain`, which follows
+redirects and moves on to the next broker when one does not answer: a
+backup takes over then, :mod:`bitnode.access.group_replica`), learns the
+roster and its keys from the control entries the subscribe answer carries,
 catches up on everything after the last entry it stored, then takes the
-broker's pushes, and hands every entry to ``deliver`` strictly in sequence
+primary's pushes, and hands every entry to ``deliver`` strictly in sequence
 order: an entry that arrives early waits until the ones before it came (a
-hole is fetched from the broker). So every member stores a group's messages
-in the same order, the broker's.
+hole is fetched). So every member stores a group's messages in the same
+order, the log's.
 
 States:
 
-- ``SUBSCRIBING``   asking the broker for pushes (it audits us the first time);
-- ``CATCHING_UP``   fetching entries after the last one stored, batch by batch;
+- ``SUBSCRIBING``   asking the primary for pushes (through the chain of brokers);
+- ``CATCHING_UP``   fetching entries after the last one stored, batch by batch (from any broker);
 - ``CONNECTED``     taking pushes; once a minute it fetches again, which finds
-  pushes that were lost and notices a broker that went away;
-- ``DISCONNECTED``  the broker did not answer: retry after a delay that
-  doubles from :data:`RETRY_FIRST` up to :data:`RETRY_MAX` seconds (a push from
-  the broker, or a new ``join``, retries at once);
-- ``REFUSED``       the broker says we are no member (403) or the group no
-  longer exists (404): no retries until the user joins again;
+  pushes that were lost and notices a primary that changed or went away;
+- ``DISCONNECTED``  no broker answered: retry after a delay that doubles from
+  :data:`RETRY_FIRST` up to :data:`RETRY_MAX` seconds (a push, a ``moved``
+  notice or a new ``join`` retries at once);
+- ``REFUSED``       the brokers say we are no member (403: never invited, or
+  removed) or the group no longer exists (404): no retries until the user joins again;
 - ``CLOSED``        left: the machine is destroyed.
+
+``moved`` (a broker says it leads now, a push came from another broker, a
+publish found the primary gone or deposed) subscribes again at once.
 
 A push is acknowledged once it is held here, before it is stored: a node
 that stops before storing it fetches it again from its last stored sequence
 (the history keeps one copy of a message), so nothing acknowledged is lost.
 
-Sending (:meth:`GroupMember.publish`) is allowed in ``CATCHING_UP`` and
-``CONNECTED``; anywhere else it fails at once with a 503 saying why. A send
-the broker does not answer fails with a 503 too, and takes the machine to
-``DISCONNECTED``.
+Sending (:meth:`GroupMember.publish`) goes to the primary; when the primary
+is gone or no longer leads, the membership subscribes again (which makes a
+backup take over) and the message is sent there, the same message id: the
+log keeps it once. It fails with a 503 when no broker took it within the
+send timeout; refusals (403, 429 ...) come back as they are.
 
-Neighbours (passed in): ``link`` (the broker: ``subscribe(after)``,
-``fetch(after, limit)``, ``publish(blob)``, ``unsubscribe()``, each a
-Deferred; unreachable -> :class:`BrokerUnreachable`, refusals -> Forbidden /
-NotFound / other typed errors), ``deliver(sequence, blob) -> Deferred[row |
-None]`` (open, store in the history, announce), ``save(active,
-last_sequence) -> Deferred`` and ``announce(event, data)`` (``joined``,
-``left``, ``connected``, ``disconnected``, ``refused``).
+Neighbours (passed in): ``link`` (the chain: ``subscribe(after)``,
+``fetch(after, limit)``, ``publish(blob)``, ``unsubscribe()``, ``moved(leader,
+term)``, ``leader``; unreachable -> :class:`BrokerUnreachable`, refusals ->
+Forbidden / NotFound / other typed errors), ``learn(controls) -> Deferred``
+(the control entries of a subscribe answer: roster and keys),
+``deliver(sequence, blob) -> Deferred[row | None]`` (open, store in the
+history, announce), ``save(active, last_sequence) -> Deferred`` and
+``announce(event, data)`` (``joined``, ``left``, ``connected``,
+``disconnected``, ``refused``).
 """
 
 from __future__ import annotations
@@ -47,7 +56,7 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.logger import Logger
 
 from automats import Automat
-from bitnode.access.group_protocol import MAX_FETCH
+from bitnode.access.group_protocol import MAX_FETCH, Redirected
 from bitnode.chat.message_crypto import MessageRejected
 from bitnode.errors import BitnodeError, Forbidden, NotFound, Unavailable
 
@@ -99,41 +108,48 @@ class GroupMember(Automat):
         ("SUBSCRIBING",  "subscribed",  None,           "CATCHING_UP",  ["fetch"]),
         ("SUBSCRIBING",  "pushed",      None,           "*",            ["accept"]),  # may come before the answer
         ("SUBSCRIBING",  "join",        None,           "*",            []),  # already on its way
+        ("SUBSCRIBING",  "moved",       None,           "*",            []),  # the subscribe finds the leader
         ("SUBSCRIBING",  "refused",     None,           "REFUSED",      ["report_refused"]),
         ("SUBSCRIBING",  "broker-lost", None,           "DISCONNECTED", ["schedule_retry"]),
         ("CATCHING_UP",  "fetched",     "is_behind",    "*",            ["accept_batch", "fetch"]),
         ("CATCHING_UP",  "fetched",     None,           "CONNECTED",    ["accept_batch", "report_connected"]),
         ("CATCHING_UP",  "pushed",      None,           "*",            ["accept"]),  # a hole is seen after the batch
         ("CATCHING_UP",  "join",        None,           "*",            []),
+        ("CATCHING_UP",  "moved",       None,           "SUBSCRIBING",  ["subscribe"]),
         ("CATCHING_UP",  "refused",     None,           "REFUSED",      ["report_refused"]),
         ("CATCHING_UP",  "broker-lost", None,           "DISCONNECTED", ["report_disconnected", "schedule_retry"]),
         ("CONNECTED",    "pushed",      "leaves_hole",  "CATCHING_UP",  ["accept", "fetch"]),
         ("CONNECTED",    "pushed",      None,           "*",            ["accept"]),
         ("CONNECTED",    "timer-1min",  None,           "CATCHING_UP",  ["fetch"]),  # lost pushes? broker alive?
         ("CONNECTED",    "join",        None,           "*",            []),
+        ("CONNECTED",    "moved",       None,           "SUBSCRIBING",  ["subscribe"]),
         ("CONNECTED",    "refused",     None,           "REFUSED",      ["report_refused"]),
         ("CONNECTED",    "broker-lost", None,           "DISCONNECTED", ["report_disconnected", "schedule_retry"]),
         ("DISCONNECTED", "retry",       None,           "SUBSCRIBING",  ["subscribe"]),
         ("DISCONNECTED", "join",        None,           "SUBSCRIBING",  ["cancel_retry", "subscribe"]),  # now
         ("DISCONNECTED", "pushed",      None,           "SUBSCRIBING",  ["cancel_retry", "accept", "subscribe"]),
+        ("DISCONNECTED", "moved",       None,           "SUBSCRIBING",  ["cancel_retry", "subscribe"]),
         ("DISCONNECTED", "broker-lost", None,           "*",            []),  # a send that failed meanwhile
         ("DISCONNECTED", "refused",     None,           "REFUSED",      ["cancel_retry", "report_refused"]),
         ("REFUSED",      "join",        None,           "SUBSCRIBING",  ["subscribe"]),
         ("REFUSED",      "broker-lost", None,           "*",            []),  # a send that failed meanwhile
         ("REFUSED",      "refused",     None,           "*",            []),
+        ("REFUSED",      "moved",       None,           "*",            []),  # not a member: nothing to follow
+        ("REFUSED",      "pushed",      None,           "*",            []),  # on its way before the removal
         ("*",            "leave",       None,           "CLOSED",       ["cancel_retry", "unsubscribe", "report_left",
                                                                           "destroy"]),
     ]
 
     log = Logger()
 
-    def __init__(self, clock: Any, group_key_id: str, broker: str, last_sequence: int, link: Any,
-                 deliver: Callable[[int, bytes], Deferred], save: Callable[[bool, int], Deferred],
-                 announce: Callable[[str, dict], Any], registry: Any = None) -> None:
+    def __init__(self, clock: Any, group_key_id: str, last_sequence: int, link: Any,
+                 learn: Callable[[list], Deferred], deliver: Callable[[int, bytes], Deferred],
+                 save: Callable[[bool, int], Deferred], announce: Callable[[str, dict], Any],
+                 registry: Any = None) -> None:
         super().__init__(clock, registry=registry, machine_id=f"group_member[{group_key_id}]")
         self.group_key_id = group_key_id
-        self.broker = broker
         self.link = link
+        self.learn = learn
         self.deliver = deliver
         self.save = save
         self.announce = announce
@@ -159,6 +175,11 @@ class GroupMember(Automat):
         """The newest entry handed to ``deliver``."""
         return self.inbox.stored
 
+    @property
+    def broker(self) -> str:
+        """The broker asked first now (the one believed to lead)."""
+        return self.link.broker
+
     def is_active(self) -> bool:
         """Subscribed and able to send."""
         return self.state in ACTIVE_STATES
@@ -166,30 +187,57 @@ class GroupMember(Automat):
     def describe_group(self) -> dict:
         """The membership, for groups_list / group_info."""
         return {"state": self.state, "active": self.is_active(), "broker": self.broker,
+                "brokers": list(self.link.brokers), "term": self.link.term,
                 "last_sequence": self.inbox.stored, "head": max(self.head, self.inbox.stored),
                 "retries": self.retries, "retry_at": self.retry_at, "last_error": self.last_error,
                 **self.counters}
 
-    def publish(self, blob: bytes) -> Deferred:
-        """Send a sealed message to the broker: Deferred[int] of its sequence number (see the module doc)."""
-        if self.state not in ACTIVE_STATES:
+    def publish(self, blob: bytes, timeout: float) -> Deferred:
+        """Send a sealed entry to the primary: Deferred[int] of its sequence number (see the module doc)."""
+        if self.state not in ACTIVE_STATES and self.state != "SUBSCRIBING":
             return fail(self._why_not_active())
-        return Deferred.fromCoroutine(self._publish(blob))
+        return Deferred.fromCoroutine(self._publish(blob, self.clock.seconds() + timeout))
 
-    async def _publish(self, blob: bytes) -> int:
-        try:
-            answer = await self.link.publish(blob)
-        except BrokerUnreachable as err:
-            self._fire("broker-lost", str(err))
-            raise Unavailable(f"the broker of group {self.group_key_id} ({self.broker}) is unreachable, "
-                              f"message not sent: {err}") from None
-        except (Forbidden, NotFound) as err:
-            self._fire("refused", err)
-            raise
+    async def _publish(self, blob: bytes, deadline: float) -> int:
+        while True:
+            if self.state not in ACTIVE_STATES:
+                left = deadline - self.clock.seconds()
+                state = await self.when_settled(max(left, 0.0)) if left > 0 and not self.destroyed else self.state
+                if state not in ACTIVE_STATES:
+                    raise self._why_not_active()
+            try:
+                answer = await self.link.publish(blob)
+                break
+            except Redirected as err:
+                # the primary moved (or nobody leads now): subscribe again - a backup takes over - then resend
+                self.last_error = str(err)
+                if self.clock.seconds() >= deadline or self.destroyed:
+                    raise Unavailable(f"group {self.group_key_id}: no broker leads the group now, message not "
+                                      f"sent: {err}") from None
+                self._fire("moved")
+            except BrokerUnreachable as err:
+                self._fire("broker-lost", str(err))
+                raise Unavailable(f"no broker of group {self.group_key_id} is reachable, message not sent: "
+                                  f"{err}") from None
+            except (Forbidden, NotFound):
+                # this entry was refused (a control entry the roster does not allow, say); whether we
+                # are still a member at all is for a subscribe to say, not for this one refusal
+                self._fire("moved")
+                raise
         sequence = int(answer["sequence"])
         self.counters["published"] += 1
         self._fire("pushed", sequence, blob)  # our own entry: no push comes for it
         return sequence
+
+    def moved(self, leader: str, term: int) -> None:
+        """A broker of the group says it leads from ``term`` on (a ``moved`` notice, a push)."""
+        if self.link.moved(leader, term):
+            self._fire("moved")
+
+    def removed(self, error: BitnodeError) -> None:
+        """The log says this node was removed from the group: no more requests (``refused``)."""
+        self._attempt += 1  # an answer on its way no longer counts
+        self._fire("refused", error)
 
     def wait_delivered(self, sequence: int, timeout: float) -> Deferred:
         """Deferred[row | None]: the history row of entry ``sequence`` once delivered here
@@ -255,8 +303,13 @@ class GroupMember(Automat):
     # -- actions ----------------------------------------------------------------------
 
     def subscribe(self, *args: Any) -> None:
-        """Ask the broker for pushes; answers fire subscribed / refused / broker-lost."""
-        self._request(self.link.subscribe(self.inbox.next - 1), "subscribed")
+        """Ask the primary for pushes and learn the roster; answers fire subscribed / refused / broker-lost."""
+        async def subscribed() -> dict:
+            answer = await self.link.subscribe(self.inbox.next - 1)
+            await self.learn(answer["controls"])
+            return answer
+
+        self._request(Deferred.fromCoroutine(subscribed()), "subscribed")
 
     def fetch(self, *args: Any) -> None:
         """Fetch the entries after the last one taken; the answer fires fetched / refused / broker-lost."""
@@ -269,8 +322,10 @@ class GroupMember(Automat):
         self._drain()
 
     def accept_batch(self, batch: dict) -> None:
-        """Hold the fetched entries and hand over whatever is now in order."""
+        """Hold the fetched entries and hand over whatever is now in order; follow a primary that changed."""
         self.head = max(self.head, int(batch["head"]))
+        if batch.get("leader") and self.link.moved(batch["leader"], int(batch.get("term", 0))):
+            self._fire("moved")
         entries = batch["entries"]
         if entries and entries[0][0] > self.inbox.next:
             # A fetch answers every entry after the ones taken: the broker no longer has those in between
@@ -334,11 +389,11 @@ class GroupMember(Automat):
 
     def _why_not_active(self) -> BitnodeError:
         if self.state == "DISCONNECTED":
-            return Unavailable(f"group {self.group_key_id} is disconnected from its broker {self.broker} "
-                               f"(retrying; last error: {self.last_error or 'none'}): message not sent")
+            return Unavailable(f"group {self.group_key_id}: no broker is reachable, message not sent "
+                               f"(retrying; last error: {self.last_error or 'none'})")
         if self.state == "REFUSED" and self.refusal is not None:
             return type(self.refusal)(str(self.refusal))
-        return Unavailable(f"group {self.group_key_id} is still connecting to its broker {self.broker}: "
+        return Unavailable(f"group {self.group_key_id} is still connecting to its brokers: "
                            "message not sent, try again shortly")
 
     def _settled(self) -> None:
@@ -365,6 +420,9 @@ class GroupMember(Automat):
                 return
             if failure.check(Forbidden, NotFound):
                 self._fire("refused", failure.value)
+                return
+            if failure.check(Redirected):  # nobody leads now (an election failed): try again later
+                self._fire("broker-lost", failure.getErrorMessage())
                 return
             if not failure.check(BrokerUnreachable):
                 self.log.warn("{id}: the broker's answer was unusable: {err}", id=self.id,

@@ -4,9 +4,8 @@ Names
 -----
 
 A group is a private RSA key ``group_<32 hex>$creator@host[_port]`` (its
-*group key id*). The key's owner, the creator, runs the group's *broker*
-(:mod:`bitnode.access.group_queue`): the broker of a group is read from its
-key id, nothing else needs to be looked up.
+*group key id*). Which nodes host its log (its *brokers*) is in its signed
+config (:mod:`bitnode.access.group_config`), not in its name.
 
 Frames
 ------
@@ -21,19 +20,43 @@ so the two never mix. A frame, version 1 (integers big-endian)::
     header       UTF-8 JSON object: {"op": ..., "group_key_id": ..., "sizes": [n, ...], ...}
     blobs        the raw bytes of each blob, back to back, ``sizes`` long each
 
-The blobs are sealed group messages (:mod:`bitnode.chat.message_crypto`),
-sent raw (no base64). Operations (member -> broker unless said):
+The blobs are log entries (sealed group messages, :mod:`bitnode.chat.message_crypto`,
+or control entries, :mod:`bitnode.access.group_roster`) sent raw (no base64).
+Operations and their answers (an ``Ack`` carrying an ``ok`` frame unless said):
 
-=============  =====================================  ===========================================
-op             fields                                 the broker's ``Ack`` (a frame, op ``ok``)
-=============  =====================================  ===========================================
-subscribe      ``after``                              ``head``: the newest sequence number
-unsubscribe    -                                      ``head``
-fetch          ``after``, ``limit``                   ``head``, ``sequences`` (+ one blob each), ``more``
-publish        one blob                               ``sequence`` given to it, ``head``
-push           ``sequence``, one blob (broker ->      the member ``Ack``s with an empty ``ok`` frame
-               member)
-=============  =====================================  ===========================================
+=============  ===========================  =============================================================
+op             from -> to, fields           answer
+=============  ===========================  =============================================================
+subscribe      member -> broker: ``after``,  ``head`` (the commit index), ``term``, ``leader``, and every
+               ``suspects``                 control entry (``sequences`` + blobs): pushes follow
+unsubscribe    member -> broker             ``head``
+fetch          member -> any broker:        committed entries after ``after``: ``sequences`` + blobs,
+               ``after``, ``limit``          ``head``, ``more``, ``term``, ``leader``
+publish        member -> primary: one blob  ``sequence`` given to it, ``head``
+push           primary -> member:           the member's ``ok``
+               ``sequence``, one blob
+moved          primary -> member: ``term``  the member's ``ok`` (it subscribes there)
+invite         admin -> new member:         the invitee's ``ok`` once it stored the group
+               ``config``, ``bundle``
+host           creator (or a broker) ->     ``head``, ``term`` (the config is checked against the
+               broker: ``config``           creator's identity and this broker's limits)
+drop           creator -> broker            ``dropped``
+sync           primary -> backup: ``term``, ``result`` (ok / behind / stale), ``term``, ``head``,
+               ``prev_seq``, ``prev_term``, ``commit``
+               ``base``, ``commit``,
+               ``entries`` + blobs
+prepare        candidate -> broker:         ``result`` (promise / stale), ``term``, ``head``,
+               ``term``                     ``last_term``, ``commit``
+pull           candidate -> broker:         entries after it (uncommitted too) + ``head``, ``base``,
+               ``after``                    ``more``
+status         broker -> broker             ``role``, ``term``, ``leader``, ``head``, ``commit``
+=============  ===========================  =============================================================
+
+A broker that does not lead the group answers a member's subscribe or
+publish with an ``Ack`` carrying a ``redirect`` frame (``term``, ``leader``:
+the broker to ask, or empty when none is known): the member's link
+(:mod:`bitnode.access.group_links`) follows it. The replication rules behind
+sync, prepare and pull are in :mod:`bitnode.access.group_replica`.
 
 A refusal is a ``Fail`` whose payload is ``"<http code> <reason>"``
 (:func:`refusal`), turned back into the same typed error by
@@ -51,11 +74,22 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bitnode import boundedjson, globalid
-from bitnode.errors import BadRequest, BitnodeError, Conflict, Forbidden, NotFound, Unavailable
+from bitnode.errors import (
+    BadRequest,
+    BitnodeError,
+    Conflict,
+    Forbidden,
+    NotFound,
+    TooManyRequests,
+    Unavailable,
+)
 
 MAGIC = b"\x00GRP1\n"
 GROUP_PREFIX = "group_"
-OPS = ("subscribe", "unsubscribe", "fetch", "publish", "push", "ok")
+OPS = ("subscribe", "unsubscribe", "fetch", "publish", "push", "moved", "invite", "host", "drop", "sync", "prepare",
+       "pull", "status", "ok", "redirect")
+#: Answers: they carry no group key id of their own.
+ANSWERS = ("ok", "redirect")
 #: Most entries one fetch answers, and most blob bytes (the rest comes with ``more``).
 MAX_FETCH = 200
 MAX_FETCH_BYTES = 4 * 1024 * 1024
@@ -63,11 +97,20 @@ MAX_HEADER = 64 * 1024
 _SIZE = struct.Struct(">I")
 _ALIAS_RE = re.compile(r"group_[0-9a-f]{8,56}\Z")
 _ERRORS: dict[int, type[BitnodeError]] = {400: BadRequest, 403: Forbidden, 404: NotFound, 409: Conflict,
-                                          503: Unavailable}
+                                          429: TooManyRequests, 503: Unavailable}
 
 
 class FrameError(BadRequest):
     """A group frame that is malformed."""
+
+
+class Redirected(Unavailable):
+    """The broker asked does not lead the group: ``leader`` may (None: nobody known), in ``term``."""
+
+    def __init__(self, text: str, leader: str | None = None, term: int = 0) -> None:
+        super().__init__(text)
+        self.leader = leader
+        self.term = term
 
 
 def new_group_alias() -> str:
@@ -94,8 +137,8 @@ def parse_group_key_id(key_id: Any) -> globalid.KeyId:
     return parsed
 
 
-def broker_of(group_key_id: str) -> str:
-    """The global id of the node hosting the group's queue: the key's owner."""
+def creator_of(group_key_id: str) -> str:
+    """The global id of the group's creator: the key's owner."""
     return str(parse_group_key_id(group_key_id).owner)
 
 
@@ -151,7 +194,7 @@ def decode_frame(payload: bytes) -> Frame:
     header.pop("v")
     if op not in OPS:
         raise FrameError(f"unknown group operation {op!r}")
-    if op != "ok":
+    if op not in ANSWERS:
         parse_group_key_id(group_key_id)
     if not isinstance(sizes, list) or any(isinstance(n, bool) or not isinstance(n, int) or n < 0 for n in sizes):
         raise FrameError("group frame sizes must be a list of byte counts")

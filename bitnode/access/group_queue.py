@@ -1,54 +1,84 @@
-"""The group broker: hosts the queues of the groups this node created and orders their messages.
+"""The group broker: the logs this node hosts for groups, what members may ask of them, and its limits.
 
-Design (one broker per group, on the creator's node):
+A node is a *broker* of every group whose config names it (the creator picks
+its brokers: its suppliers, then itself). For each hosted group it keeps a
+:class:`~bitnode.access.group_replica.LogReplica` (the replication rules are
+there) and answers the group's members:
 
-- **Membership**: a member is whoever proves it holds the group's *private*
-  key. The first request of a member (subscribe, fetch or publish) makes the
-  broker audit it (``AuditKey``, :mod:`bitnode.access.key_exchange`: the
-  member signs a fresh challenge with the group key); the result is kept in
-  the ``members`` table, so the audit happens once per member. Whoever fails
-  it is refused with 403 and learns nothing of the queue. The creator itself
-  is a member without an audit.
-- **Order**: a message accepted into a queue gets the next sequence number
-  (1, 2, 3 ...) in the same sqlite transaction that stores it, so the queue's
-  order is the one order every member sees. Before that the broker checks the
-  sealed message: addressed to the group, sent by the member who published
-  it, signed by that member's identity key and readable with the group key
-  (the ``check`` neighbour).
-- **Persist, then acknowledge, then fan out**: the publisher's ``Ack`` (with
-  the sequence number) leaves after the entry is committed; then the entry is
-  pushed to every subscribed member (the *consumers*) except its sender, in
-  sequence order. Appends are serialized so pushes leave in that order.
-- **Late joiners and lost pushes**: any member may fetch every entry after a
-  sequence number; a member joining late or coming back catches up that way.
-- **Consumers that do not answer**: a push that fails counts against the
-  consumer; after :data:`MAX_PUSH_FAILURES` in a row it is marked offline and
-  skipped until it makes a request again (it then fetches what it missed).
-  A member that answers a push with "not joined" (404) is unsubscribed.
+- **Who may ask.** A member is whoever the roster in the log says
+  (:mod:`bitnode.access.group_roster`); anyone else gets 403 and learns
+  nothing. There is no key audit: the roster is signed by the group's admins
+  and ordered with the messages, so every broker applies the same one.
+- **Publishing** (the primary only; others redirect): a sealed message must
+  be signed by the member who publishes it and addressed to the group
+  (brokers cannot read messages, they check signatures); a control entry
+  must be signed by the member who publishes it and be allowed by the roster
+  at that point of the log. Then it is appended, committed on a majority of
+  the brokers, answered, and pushed to the subscribed members.
+- **Subscribing** (the primary): the answer carries every control entry, so a
+  member knows the roster and its keys before it reads the messages; pushes
+  follow. A subscribe that reaches a backup whose primary is gone is where a
+  takeover starts (:meth:`GroupBroker.subscribe`, ``suspects``).
+- **Fetching** (any broker): committed entries after a sequence number, so
+  a late joiner gets the history from whichever broker answers.
+- **Pushing**: committed entries go to every subscribed member but their
+  sender, in order; a member that does not take :data:`MAX_PUSH_FAILURES` in
+  a row is skipped until it asks something again (it then fetches what it
+  missed); one that answers "not joined" is unsubscribed.
 
-Entries are kept as long as the queue exists (no expiry yet); deleting the
-group key (``group_leave(erase_key=True)`` by the creator) deletes the queue.
+Limits (settings, each with a counter; a stranger cannot fill a broker):
+logs hosted in all and per creator, message entries and bytes kept per log
+(the oldest committed messages are trimmed beyond them; control entries
+stay), members per group, publishes per member per second, size of an entry.
 
 Events on the node's bus: ``group-member-joined`` / ``group-member-left``
 (``{"group_key_id", "member_id", "queue": true}``) when a member subscribes
-or unsubscribes.
+or unsubscribes here.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from twisted.internet import defer
-from twisted.internet.defer import Deferred, DeferredLock
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from bitnode.access.group_protocol import MAX_FETCH, MAX_FETCH_BYTES
-from bitnode.access.group_store import GroupStore
-from bitnode.errors import BadRequest, BitnodeError, Forbidden, NotFound, Unavailable
+from bitnode.access import group_config, group_roster
+from bitnode.access.group_config import GroupConfig
+from bitnode.access.group_log import CONTROL, MESSAGE, GroupLog
+from bitnode.access.group_protocol import MAX_FETCH, MAX_FETCH_BYTES, Redirected
+from bitnode.access.group_replica import COUNTERS, PRIMARY, LogReplica
+from bitnode.chat.message_crypto import GROUP_MESSAGE, MessageRejected, sealed_generation, verify_sealed
+from bitnode.errors import (
+    BadRequest,
+    Conflict,
+    Forbidden,
+    NotFound,
+    TooManyRequests,
+    Unavailable,
+)
+from bitnode.main.ratelimit import KeyedRateLimiter
 
 MAX_PUSH_FAILURES = 3
 ONLINE, OFFLINE = "online", "offline"
+
+
+@dataclass(frozen=True)
+class BrokerLimits:
+    """What one broker takes (settings ``services/private-groups/broker-*``)."""
+
+    max_logs: int = 500
+    max_logs_per_creator: int = 20
+    max_messages: int = 10000
+    max_bytes: int = 64 * 1024 * 1024
+    max_members: int = 200
+    publish_rate: float = 2.0
+    publish_burst: float = 20.0
+    max_entry_bytes: int = 512 * 1024
+    heartbeat: float = 30.0
 
 
 class _Consumer:
@@ -63,161 +93,311 @@ class _Consumer:
 
 
 class GroupBroker:
-    """The queues of the groups this node created.
+    """The group logs hosted by this node.
 
     :param clock: ``IReactorTime``.
     :param me: this node's global id.
-    :param store: the :class:`GroupStore` (read and written through ``run_in_thread``).
-    :param run_in_thread: runs a blocking call off the reactor, returns a Deferred.
-    :param audit: ``audit(group_key_id, member_id) -> Deferred[bool]``: whether
-        the member proved it holds the group's private key.
-    :param check: ``check(group_key_id, member_id, blob) -> Deferred[MessageHeader]``:
-        the sealed message verified (raises BadRequest when it is not acceptable).
-    :param push: ``push(member_id, group_key_id, sequence, blob) -> Deferred``:
-        deliver one entry to a consumer (fails when it does not take it).
+    :param log: the :class:`GroupLog` (read and written through ``run``).
+    :param run: runs a blocking call off the reactor, returns a Deferred.
+    :param ask: ``ask(peer, op, group_key_id, blobs, **fields) -> Deferred[Frame]``: a request to a broker.
+    :param public_key: ``public_key(user) -> Deferred[RsaPublicKey]``: a user's published master key.
+    :param push: ``push(member, group_key_id, sequence, blob) -> Deferred``: one entry to a member.
+    :param tell_moved: ``tell_moved(member, group_key_id, term) -> Deferred``: "I lead the group now".
+    :param limits: ``limits() -> BrokerLimits``: the settings now.
     :param publish_event: the node's ``events.publish(event_id, data)``.
     """
 
     log = Logger()
 
-    def __init__(self, clock: Any, me: str, store: GroupStore, run_in_thread: Callable[..., Deferred],
-                 audit: Callable[[str, str], Deferred], check: Callable[[str, str, bytes], Deferred],
-                 push: Callable[[str, str, int, bytes], Deferred],
+    def __init__(self, clock: Any, me: str, log: GroupLog, run: Callable[..., Deferred], ask: Callable[..., Deferred],
+                 public_key: Callable[[str], Deferred], push: Callable[[str, str, int, bytes], Deferred],
+                 tell_moved: Callable[[str, str, int], Deferred], limits: Callable[[], BrokerLimits],
                  publish_event: Callable[[str, Any], Any]) -> None:
         self.clock = clock
         self.me = me
-        self.store = store
-        self.run = run_in_thread
-        self.audit = audit
-        self.check = check
+        self.store = log
+        self.run = run
+        self.ask = ask
+        self.public_key = public_key
         self.push = push
+        self.tell_moved = tell_moved
+        self.limits = limits
         self.publish_event = publish_event
+        self.replicas: dict[str, LogReplica] = {}
         self._subscribers: dict[str, dict[str, _Consumer]] = {}
-        self._audits: dict[tuple[str, str], list[Deferred]] = {}
-        self._verified: set[tuple[str, str]] = set()
-        self._appending = DeferredLock()
         self._pushes: set[Deferred] = set()
+        self._background: set[Deferred] = set()
         self._stopped = False
-        self.counters = {"published": 0, "repeated": 0, "refused": 0, "pushed": 0, "push_failed": 0, "fetched": 0}
+        self._upkeep_call: Any = None
+        current = limits()
+        self._rate = KeyedRateLimiter(clock, current.publish_rate, current.publish_burst)
+        self.counters = dict.fromkeys(
+            ("hosted", "host_refused", "published", "repeated", "refused", "rate_limited", "too_large", "full",
+             "pushed", "push_failed", "fetched", "trimmed", "redirected", "moved_sent", "dropped"), 0)
+        self.counters.update(dict.fromkeys(COUNTERS, 0))
 
     # -- lifecycle --------------------------------------------------------------------
 
     async def load(self) -> None:
-        """Read the consumers of the hosted queues (after a restart pushes resume to them)."""
-        members = await self.run(self.store.members)
-        for member in members:
-            if member["subscribed"]:
-                self._subscribers.setdefault(member["group_key_id"], {})[member["member_id"]] = _Consumer()
+        """Open a replica for every hosted log, read its subscribers, start the upkeep rounds."""
+        for state in await self.run(self.store.states):
+            try:
+                config = group_config.parse(state.config)
+            except BadRequest as err:  # not written by this code: leave it, say so
+                self.log.warn("hosted log of {group} has a bad config: {err}", group=state.group_key_id, err=err)
+                continue
+            await self._open(config, fresh=False)
+        for group_key_id, members in (await self.run(self.store.subscribers)).items():
+            consumers = self._subscribers.setdefault(group_key_id, {})
+            for member in members:
+                consumers[member] = _Consumer()
+        self._schedule_upkeep()
 
     def stop(self) -> None:
-        """Stop pushing (pushes in flight are cancelled); requests after this are refused."""
+        """Stop: no more pushes (those in flight are cancelled), requests after this are refused."""
         self._stopped = True
-        for d in list(self._pushes):
+        if self._upkeep_call is not None and self._upkeep_call.active():
+            self._upkeep_call.cancel()
+        for replica in self.replicas.values():
+            replica.stop()
+        for d in list(self._pushes) + list(self._background):
             d.cancel()
+
+    async def _open(self, config: GroupConfig, fresh: bool) -> LogReplica:
+        replica = LogReplica(config, self.me, self.store, self.run, self.ask, self.clock, self._committed,
+                             self._leading, self.counters)
+        await replica.load(fresh=fresh)
+        self.replicas[config.group_key_id] = replica
+        return replica
+
+    def _schedule_upkeep(self) -> None:
+        if not self._stopped:
+            self._upkeep_call = self.clock.callLater(self.limits().heartbeat, self._upkeep)
+
+    def _upkeep(self) -> None:
+        """Each heartbeat: every log this broker leads sends what backups miss and retries what is not committed."""
+        for replica in list(self.replicas.values()):
+            if replica.role == PRIMARY:
+                self._track(replica.upkeep(), "upkeep")
+        self._schedule_upkeep()
+
+    def _track(self, d: Deferred, what: str) -> Deferred:
+        self._background.add(d)
+
+        def done(result: Any) -> None:
+            self._background.discard(d)
+            if isinstance(result, Failure) and not result.check(defer.CancelledError):
+                self.log.info("group broker: {what} failed: {err}", what=what, err=result.getErrorMessage())
+
+        d.addBoth(done)
+        return d
 
     # -- hosting ------------------------------------------------------------------------
 
-    def host(self, group_key_id: str) -> Deferred:
-        """Start hosting a queue for a group this node created; Deferred[queue summary]."""
-        return self.run(self.store.create_queue, group_key_id, self.clock.seconds())
+    def host(self, value: Any, requester: str) -> Deferred:
+        """Host the log of the group whose signed config is ``value`` (asked by its creator, or by one of its
+        brokers passing the config on): Deferred[{"head", "term"}]."""
+        return Deferred.fromCoroutine(self._host(value, requester))
 
-    def restore(self, group_key_id: str, created: float, head: int, members: list[dict]) -> Deferred:
-        """Host a queue again from a backup (see :meth:`GroupStore.restore_queue`); pushes resume to its
-        subscribed members. Deferred[queue summary]."""
+    async def _host(self, value: Any, requester: str) -> dict:
+        self._require_running()
+        config = group_config.parse(value)
+        replica = self.replicas.get(config.group_key_id)
+        if replica is not None:
+            if replica.config != config:
+                raise Conflict(f"group {config.group_key_id} is hosted here with another config")
+            return {"head": replica.head, "term": replica.term}
+        if requester != config.creator and requester not in config.brokers:
+            raise Forbidden(f"{requester} may not ask to host group {config.group_key_id}")
+        if self.me not in config.brokers:
+            raise Forbidden(f"{self.me} is not one of the brokers of group {config.group_key_id}")
+        limits = self.limits()
+        hosted = await self.run(self.store.count_hosted)
+        mine = await self.run(self.store.count_hosted, config.creator)
+        if hosted >= limits.max_logs or mine >= limits.max_logs_per_creator:
+            self.counters["host_refused"] += 1
+            raise TooManyRequests(f"{self.me} hosts as many group logs as it takes ({hosted} in all, {mine} of "
+                                  f"{config.creator})", retry_after=3600.0)
+        creator_key = await self.public_key(config.creator)
+        if not await self.run(group_config.verify, config, creator_key):
+            self.counters["host_refused"] += 1
+            raise Forbidden(f"the config of group {config.group_key_id} is not signed by {config.creator}")
+        if config.group_key_id in self.replicas:  # hosted by a concurrent call meanwhile
+            return {"head": self.replicas[config.group_key_id].head, "term": self.replicas[config.group_key_id].term}
+        await self.run(self.store.host, config.group_key_id, config.creator, config.to_json(), self.clock.seconds())
+        replica = await self._open(config, fresh=True)
+        self.counters["hosted"] += 1
+        self.log.info("hosting the log of group {group} (position {p} of {n})", group=config.group_key_id,
+                      p=config.position(self.me), n=config.size)
+        return {"head": replica.head, "term": replica.term}
 
-        def restored(summary: dict) -> dict:
-            consumers = self._subscribers.setdefault(group_key_id, {})
-            for member in members:
-                if member["subscribed"] and member["member_id"] not in consumers:
-                    consumers[member["member_id"]] = _Consumer()
-            return summary
+    def drop(self, group_key_id: str, requester: str) -> Deferred:
+        """The creator deletes its group here: Deferred[{"dropped": bool}]."""
+        return Deferred.fromCoroutine(self._drop(group_key_id, requester))
 
-        d = self.run(self.store.restore_queue, group_key_id, created, head, members)
-        return d.addCallback(restored)
-
-    def drop(self, group_key_id: str) -> Deferred:
-        """Stop hosting a queue and delete its entries; Deferred[bool existed]."""
+    async def _drop(self, group_key_id: str, requester: str) -> dict:
+        replica = self.replicas.get(group_key_id)
+        if replica is None:
+            return {"dropped": False}
+        if requester != replica.config.creator:
+            raise Forbidden(f"only the creator of group {group_key_id} deletes it")
+        replica.stop()
+        del self.replicas[group_key_id]
         self._subscribers.pop(group_key_id, None)
-        self._verified = {key for key in self._verified if key[0] != group_key_id}
-        return self.run(self.store.delete_queue, group_key_id)
+        dropped = await self.run(self.store.drop, group_key_id)
+        self.counters["dropped"] += int(dropped)
+        return {"dropped": dropped}
 
     # -- members' requests ------------------------------------------------------------------
 
-    def subscribe(self, group_key_id: str, member: str) -> Deferred:
-        """A member asks for pushes of new entries; Deferred[{"head"}] (403 if not a member, 404 no queue)."""
-        return Deferred.fromCoroutine(self._subscribe(group_key_id, member))
+    def subscribe(self, group_key_id: str, member: str, after: int = 0, suspects: tuple[str, ...] = ()) -> Deferred:
+        """A member asks for pushes: Deferred[{"head", "term", "leader", "controls": [(seq, blob)]}].
 
-    async def _subscribe(self, group_key_id: str, member: str) -> dict:
-        head = await self._admit(group_key_id, member)
+        Only the primary takes subscriptions. A backup asked by a member that could not reach some
+        brokers (``suspects``) checks the brokers ahead of itself in line and takes over when none of them
+        can lead (see :mod:`bitnode.access.group_replica`); otherwise it redirects (Redirected).
+        """
+        return Deferred.fromCoroutine(self._subscribe(group_key_id, member, tuple(suspects)))
+
+    async def _subscribe(self, group_key_id: str, member: str, suspects: tuple[str, ...]) -> dict:
+        replica = self._admit(group_key_id, member)
+        if replica.role != PRIMARY:
+            await self._lead_or_redirect(replica, suspects)
+        await self.run(self.store.subscribe, group_key_id, member, True, self.clock.seconds())
         consumers = self._subscribers.setdefault(group_key_id, {})
         new = member not in consumers
-        await self.run(self.store.update_member, group_key_id, member, self.clock.seconds(), None, True)
         consumers.setdefault(member, _Consumer()).state = ONLINE
         if new:
             self.publish_event("group-member-joined", {"group_key_id": group_key_id, "member_id": member,
                                                        "queue": True})
-            self.log.info("{member} subscribed to group {group}", member=member, group=group_key_id)
-        return {"head": head}
+        controls = await self.run(self.store.controls, group_key_id, replica.commit)
+        return {"head": replica.commit, "term": replica.term, "leader": self.me, "controls": controls}
 
     def unsubscribe(self, group_key_id: str, member: str) -> Deferred:
-        """A member stops its pushes; Deferred[{"head"}]. Nobody is refused: it only removes."""
+        """A member stops its pushes here; Deferred[{"head"}]. Nobody is refused: it only removes."""
         return Deferred.fromCoroutine(self._unsubscribe(group_key_id, member))
 
     async def _unsubscribe(self, group_key_id: str, member: str) -> dict:
         self._require_running()
-        head = await self.run(self.store.head, group_key_id)
+        replica = self.replicas.get(group_key_id)
         consumers = self._subscribers.get(group_key_id, {})
         if consumers.pop(member, None) is not None:
-            await self.run(self.store.update_member, group_key_id, member, self.clock.seconds(), None, False)
+            await self.run(self.store.subscribe, group_key_id, member, False, self.clock.seconds())
             self.publish_event("group-member-left", {"group_key_id": group_key_id, "member_id": member,
                                                      "queue": True})
-        return {"head": head}
+        return {"head": replica.commit if replica else 0}
 
     def fetch(self, group_key_id: str, member: str, after: int, limit: int = MAX_FETCH) -> Deferred:
-        """Entries after sequence ``after``: Deferred[{"entries": [(sequence, blob)], "head", "more"}]."""
+        """Committed entries after ``after``: Deferred[{"entries": [(seq, blob)], "head", "more", "term",
+        "leader"}] (any broker answers)."""
         return Deferred.fromCoroutine(self._fetch(group_key_id, member, after, limit))
 
     async def _fetch(self, group_key_id: str, member: str, after: int, limit: int) -> dict:
         if isinstance(after, bool) or not isinstance(after, int) or after < 0:
             raise BadRequest("after must be a sequence number, 0 or more")
+        replica = self._admit(group_key_id, member)
         limit = max(1, min(int(limit), MAX_FETCH))
-        await self._admit(group_key_id, member)
-        entries, head = await self.run(self.store.entries_after, group_key_id, after, limit, MAX_FETCH_BYTES)
+        commit = replica.commit
+        entries = await self.run(self.store.entries_after, group_key_id, after, commit, limit, MAX_FETCH_BYTES)
         self.counters["fetched"] += len(entries)
-        last = entries[-1][0] if entries else after
-        # No entry after ``after`` although the head is beyond it: those entries are gone (a queue restored
-        # from a backup keeps its numbers, not its stream), so there is nothing more to fetch.
-        return {"entries": entries, "head": head, "more": bool(entries) and last < head}
+        last = entries[-1].seq if entries else after
+        return {"entries": [(e.seq, e.blob) for e in entries], "head": commit,
+                "more": bool(entries) and last < commit, "term": replica.term, "leader": replica.leader or ""}
 
     def publish(self, group_key_id: str, member: str, blob: bytes) -> Deferred:
-        """Add a member's sealed message to the queue: Deferred[{"sequence", "head"}] once it is stored."""
-        return Deferred.fromCoroutine(self._publish(group_key_id, member, blob))
+        """Add a member's sealed message or control entry: Deferred[{"sequence", "head"}] once committed."""
+        return Deferred.fromCoroutine(self._publish(group_key_id, member, bytes(blob)))
 
     async def _publish(self, group_key_id: str, member: str, blob: bytes) -> dict:
-        await self._admit(group_key_id, member)
-        header = await self.check(group_key_id, member, blob)
-        await self._appending.acquire()
+        replica = self._admit(group_key_id, member)
+        if replica.role != PRIMARY:
+            self.counters["redirected"] += 1
+            raise replica.not_primary()
+        limits = self.limits()
+        if len(blob) > limits.max_entry_bytes:
+            self.counters["too_large"] += 1
+            raise BadRequest(f"a group entry is at most {limits.max_entry_bytes} bytes")
+        if not self._rate.allow((group_key_id, member)):
+            self.counters["rate_limited"] += 1
+            raise TooManyRequests(f"{member} publishes to group {group_key_id} faster than "
+                                  f"{limits.publish_rate:g} per second", self._rate.retry_after((group_key_id, member)))
+        if group_roster.is_control(blob):
+            kind, message_id, when, validate = CONTROL, *(await self._checked_control(group_key_id, member, blob))
+        else:
+            kind = MESSAGE
+            header = await self._checked_message(group_key_id, member, blob)
+            message_id, when = header.message_id, header.time
+            validate = _generation_check(group_key_id, sealed_generation(blob))
+        seq, new = await replica.append(kind, member, message_id, when, blob, validate)
+        self.counters["published" if new else "repeated"] += 1
+        return {"sequence": seq, "head": replica.commit}
+
+    async def _checked_message(self, group_key_id: str, member: str, blob: bytes) -> Any:
+        key = await self.public_key(member)
         try:
-            sequence, head, created = await self.run(
-                self.store.append, group_key_id, member, header.message_id, header.time, blob, self.clock.seconds())
-            if created:
-                self.counters["published"] += 1
-                self._fan_out(group_key_id, member, sequence, blob)
-            else:
-                self.counters["repeated"] += 1
-        finally:
-            self._appending.release()
-        return {"sequence": sequence, "head": head}
+            header = await self.run(verify_sealed, blob, key, group_key_id)
+        except MessageRejected as err:
+            raise BadRequest(f"group message refused: {err}") from None
+        if header.sender != member or header.message_type != GROUP_MESSAGE:
+            raise BadRequest(f"a group message of {header.sender} published by {member}")
+        return header
+
+    async def _checked_control(self, group_key_id: str, member: str, blob: bytes) -> tuple[str, float, Callable]:
+        entry = group_roster.decode(blob)
+        if entry.by != member or entry.op == "term":
+            raise Forbidden(f"{member} may publish only control entries it signed itself")
+        key = await self.public_key(member)
+        if not await self.run(group_roster.verify, entry, key):
+            raise Forbidden(f"a control entry of group {group_key_id} not signed by {member}")
+        max_members = self.limits().max_members
+
+        def validate(roster: group_roster.Roster) -> None:
+            group_roster.check(roster, entry, group_key_id)
+            if entry.op == "add" and len(roster.members) >= max_members:
+                self.counters["full"] += 1
+                raise Conflict(f"group {group_key_id} has {len(roster.members)} members, the most this broker keeps")
+
+        return entry.entry_id, entry.time, validate
+
+    # -- the brokers' own requests ------------------------------------------------------------
+
+    def broker_request(self, op: str, group_key_id: str, peer: str, fields: dict,
+                       blobs: tuple[bytes, ...]) -> Deferred:
+        """``sync``, ``prepare``, ``pull`` or ``status`` from another broker: Deferred[(fields, blobs)]."""
+        replica = self.replicas.get(group_key_id)
+        if self._stopped:
+            return defer.fail(Unavailable("the groups service of this node is stopping"))
+        if replica is None:
+            return defer.fail(NotFound(f"{self.me} hosts no log of group {group_key_id}"))
+        if op == "sync":
+            return replica.on_sync(peer, fields, blobs).addCallback(lambda answer: (answer, ()))
+        if op == "prepare":
+            return replica.on_prepare(peer, fields).addCallback(lambda answer: (answer, ()))
+        if op == "pull":
+            return replica.on_pull(peer, fields)
+        if op == "status":
+            return defer.maybeDeferred(lambda: (replica.on_status(peer), ()))
+        return defer.fail(BadRequest(f"a group broker does not take {op!r} from brokers"))
 
     # -- views -------------------------------------------------------------------------
 
     def queues(self) -> Deferred:
-        """Deferred[list] of the hosted queues (see :meth:`GroupStore.queues`), with ``queue_id``."""
-        d = self.run(self.store.queues)
-        return d.addCallback(lambda rows: [dict(row, queue_id=row["group_key_id"], owner=self.me) for row in rows])
+        """Deferred[list] of the hosted logs: their counts and where their replication stands."""
+        def shape(rows: list[dict]) -> list[dict]:
+            result = []
+            for row in rows:
+                replica = self.replicas.get(row["group_key_id"])
+                described = replica.describe() if replica else {}
+                result.append(dict(row, queue_id=row["group_key_id"], owner=row["creator"],
+                                   consumers=len(self._subscribers.get(row["group_key_id"], {})),
+                                   role=described.get("role"), leader=described.get("leader"),
+                                   brokers=described.get("brokers"), members=described.get("roster", {}).get("members")))
+            return result
+
+        return self.run(self.store.summaries).addCallback(shape)
 
     def consumers(self) -> list[dict]:
-        """The subscribed members of every hosted queue and how pushing to them goes."""
+        """The subscribed members of every hosted log and how pushing to them goes."""
         result = []
         for group_key_id, consumers in sorted(self._subscribers.items()):
             for member, consumer in sorted(consumers.items()):
@@ -227,16 +407,15 @@ class GroupBroker:
         return result
 
     def producers(self) -> Deferred:
-        """Deferred[list] of the members who published to a hosted queue."""
-        def shape(members: list[dict]) -> list[dict]:
-            return [{"queue_id": m["group_key_id"], "producer_id": m["member_id"], "published": m["published"],
-                     "last_sequence": m["last_sequence"], "last_published": m["last_published"]}
-                    for m in members if m["published"] > 0]
+        """Deferred[list] of the members who published messages to a hosted log."""
+        def shape(rows: list[dict]) -> list[dict]:
+            return [{"queue_id": r["group_key_id"], "producer_id": r["sender"], "published": r["published"],
+                     "last_sequence": r["last_sequence"], "last_published": r["last_published"]} for r in rows]
 
-        return self.run(self.store.members).addCallback(shape)
+        return self.run(self.store.producers).addCallback(shape)
 
     def subscribers(self, group_key_id: str) -> list[str]:
-        """The members subscribed to one hosted queue."""
+        """The members subscribed here to one hosted log."""
         return sorted(self._subscribers.get(group_key_id, {}))
 
     # -- internals ---------------------------------------------------------------------
@@ -245,55 +424,80 @@ class GroupBroker:
         if self._stopped:
             raise Unavailable("the groups service of this node is stopping")
 
-    async def _admit(self, group_key_id: str, member: str) -> int:
-        """The queue's head, once ``member`` is known to hold the group key (Forbidden otherwise)."""
+    def _admit(self, group_key_id: str, member: str) -> LogReplica:
+        """The replica of a hosted group whose roster has ``member`` (NotFound, Forbidden otherwise)."""
         self._require_running()
-        head = await self.run(self.store.head, group_key_id)
+        replica = self.replicas.get(group_key_id)
+        if replica is None:
+            raise NotFound(f"{self.me} hosts no log of group {group_key_id}")
+        if not replica.roster.is_member(member):
+            self.counters["refused"] += 1
+            raise Forbidden(f"{member} is not a member of group {group_key_id}")
         consumer = self._subscribers.get(group_key_id, {}).get(member)
         if consumer is not None:
             consumer.state, consumer.failures = ONLINE, 0  # it talks to us: push to it again
-        key = (group_key_id, member)
-        if member == self.me or key in self._verified:
-            return head
-        known = await self.run(self.store.member, group_key_id, member)
-        if known is not None and known["verified"]:
-            self._verified.add(key)
-            return head
-        waiters = self._audits.get(key)
-        if waiters is None:
-            ok = await self._audit_member(key)
-        else:  # an audit of this member is on its way: share its outcome
-            waiter: Deferred = Deferred()
-            waiters.append(waiter)
-            ok = await waiter
-        if not ok:
-            self.counters["refused"] += 1
-            raise Forbidden(f"{member} is not a member of group {group_key_id}: it did not prove it holds the key")
-        return head
+        return replica
 
-    async def _audit_member(self, key: tuple[str, str]) -> bool:
-        self._audits[key] = []
-        ok = False
-        try:
-            ok = bool(await self.audit(*key))
-            if ok:
-                await self.run(self.store.update_member, key[0], key[1], self.clock.seconds(), True, None)
-                self._verified.add(key)
-        except BitnodeError as err:
-            self.log.info("audit of {member} for {group} failed: {err}", member=key[1], group=key[0], err=err)
-            ok = False
-        finally:
-            for waiter in self._audits.pop(key, []):
-                waiter.callback(ok)
-        return ok
+    async def _lead_or_redirect(self, replica: LogReplica, suspects: tuple[str, ...]) -> None:
+        """Lead the group now, or raise Redirected naming who should (see :meth:`subscribe`)."""
+        statuses = await replica.probe()
+        reachable = {b for b, status in statuses.items() if status is not None and b not in suspects}
+        for broker, status in statuses.items():
+            if status is not None and status.get("role") == PRIMARY and status.get("term", -1) >= replica.term:
+                self.counters["redirected"] += 1
+                if broker in suspects:
+                    raise Unavailable(f"{broker} leads group {replica.group_key_id} and answers {self.me}, "
+                                      "but not you: try again later")
+                raise Redirected(f"{broker} leads group {replica.group_key_id}", broker,
+                                 status.get("term", replica.term))
+        config = replica.config
+        start = config.position(config.primary(replica.term))
+        line = [config.brokers[(start + i) % config.size] for i in range(config.size)]
+        for broker in line:
+            if broker == self.me:
+                break
+            if broker in reachable:  # it is ahead of me in line and alive: it takes over, not me
+                self.counters["redirected"] += 1
+                raise Redirected(f"{broker} is next in line to lead group {replica.group_key_id}", broker,
+                                 replica.term)
+        if not await replica.take_over():
+            raise Unavailable(f"{self.me} could not take over group {replica.group_key_id}: {replica.last_error}")
 
-    def _fan_out(self, group_key_id: str, sender: str, sequence: int, blob: bytes) -> None:
-        for member, consumer in list(self._subscribers.get(group_key_id, {}).items()):
-            if member == sender or consumer.state != ONLINE or self._stopped:
-                continue
-            d = self.push(member, group_key_id, sequence, blob)
-            self._pushes.add(d)
-            d.addBoth(self._pushed, d, group_key_id, member, consumer, sequence)
+    def _committed(self, replica: LogReplica, first: int, last: int) -> None:
+        """Entries ``first..last`` were committed here as primary: push them, apply the roster, trim."""
+        self._track(Deferred.fromCoroutine(self._fan_out(replica, first, last)), "pushing")
+
+    async def _fan_out(self, replica: LogReplica, first: int, last: int) -> None:
+        group_key_id = replica.group_key_id
+        entries = await self.run(self.store.entries_after, group_key_id, first - 1, last, last - first + 1, 1 << 40)
+        consumers = self._subscribers.get(group_key_id, {})
+        for member in list(consumers):
+            if not replica.roster.is_member(member):  # removed from the group: no more pushes
+                removal = _removal_of(member, entries)
+                if removal is not None and consumers[member].state == ONLINE and not self._stopped:
+                    # the entry that removed it, so that it knows (it opens nothing that follows)
+                    d = self.push(member, group_key_id, removal.seq, removal.blob)
+                    self._pushes.add(d)
+                    d.addBoth(lambda _, d=d: self._pushes.discard(d))
+                await self._unsubscribe(group_key_id, member)
+        for entry in entries:
+            for member, consumer in list(consumers.items()):
+                own = entry.sender == member and not entry.message_id.startswith("term-")
+                if own or consumer.state != ONLINE or self._stopped:
+                    continue
+                d = self.push(member, group_key_id, entry.seq, entry.blob)
+                self._pushes.add(d)
+                d.addBoth(self._pushed, d, group_key_id, member, consumer, entry.seq)
+        limits = self.limits()
+        trimmed = await self.run(self.store.trim, group_key_id, limits.max_messages, limits.max_bytes)
+        self.counters["trimmed"] += trimmed
+
+    def _leading(self, replica: LogReplica) -> None:
+        """This broker took over: tell the group's members where to subscribe now."""
+        for member in replica.roster.members:
+            if member != self.me:
+                self.counters["moved_sent"] += 1
+                self._track(self.tell_moved(member, replica.group_key_id, replica.term), f"telling {member}")
 
     def _pushed(self, result: Any, d: Deferred, group_key_id: str, member: str, consumer: _Consumer,
                 sequence: int) -> None:
@@ -310,9 +514,36 @@ class GroupBroker:
         consumer.last_error = result.getErrorMessage()[:200]
         if result.check(NotFound) and "not joined" in consumer.last_error:
             # the member left without telling us (or forgot the group): stop pushing for good
-            Deferred.fromCoroutine(self._unsubscribe(group_key_id, member)).addErrback(
-                lambda f: self.log.info("unsubscribing {m} failed: {e}", m=member, e=f.getErrorMessage()))
+            self._track(Deferred.fromCoroutine(self._unsubscribe(group_key_id, member)), f"unsubscribing {member}")
         elif consumer.failures >= MAX_PUSH_FAILURES:
             consumer.state = OFFLINE
         return None
 
+    def configure(self) -> None:
+        """The settings changed: the rate limit applies from now on."""
+        limits = self.limits()
+        self._rate.configure(limits.publish_rate, limits.publish_burst)
+
+
+def _removal_of(member: str, entries: list) -> Any:
+    """The entry among ``entries`` that removed ``member`` from the group, or None."""
+    for entry in entries:
+        if entry.kind == CONTROL and group_roster.is_control(entry.blob):
+            try:
+                control = group_roster.decode(entry.blob)
+            except BadRequest:
+                continue
+            if control.op == "remove" and control.member == member:
+                return entry
+    return None
+
+
+def _generation_check(group_key_id: str, generation: int) -> Callable:
+    """The check a message sealed with key ``generation`` passes at its place in the log: the roster's key
+    then (a removed member holds only older ones: nothing sealed after its removal opens for it)."""
+    def validate(roster: group_roster.Roster) -> None:
+        if generation != roster.generation:
+            raise Conflict(f"a message sealed with key generation {generation} of group {group_key_id}, which is "
+                           f"at key generation {roster.generation} now: seal it again")
+
+    return validate

@@ -1,49 +1,57 @@
-"""service_private_groups: message groups — a shared key, an ordered message stream, a broker.
+"""service_private_groups: message groups that keep working while their creator (or any one broker) is away.
 
 The design, end to end:
 
-- **A group is a key.** ``group_create`` makes a private RSA key
-  ``group_<hex>$me@host`` in the key store and starts hosting the group's
-  queue here (this node is the group's *broker*, :mod:`bitnode.access.group_queue`).
-  ``group_share`` sends the private key to a user (``Key`` packet,
-  :mod:`bitnode.access.key_exchange`, ``include_private``); only the creator
-  can share it (the key exchange accepts keys only from their owner's namespace).
-- **Joining** (``group_join``, needs the private key) starts a
-  :class:`~bitnode.access.group_member.GroupMember` machine: it subscribes to
-  the broker (which audits the member's key the first time: no key, 403),
-  fetches every entry after the last one stored here (all of them for a new
-  member: a late joiner sees the whole history) and then takes pushes. The
-  creator's own membership talks to the local broker directly. Memberships
-  are kept in ``metadata/groups.sqlite`` and rejoined when the node starts.
-- **Sending** (``message_send_group``) seals the data for the group key and
-  signs it with my identity key (:mod:`bitnode.chat.message_crypto`, type
-  ``group_message``) and publishes it to the broker, which checks it, gives it
-  the next sequence number, stores it, answers, and pushes it to the other
-  members. OK means "stored by the broker"; an unreachable broker is a 503
-  (never a silent OK) and the membership goes DISCONNECTED and retries.
-- **Receiving**: each member opens the entries in sequence order (verifies
-  the sender's signature, decrypts with the group key) and stores them in the
-  message history (``bitnode.chat.history``: conversation = the group key id,
-  ``message_type`` ``group_message``, ``incoming``/``received`` or, for my own,
-  ``outgoing``/``acked``), in the broker's order, so every member's history
-  lists a group's messages in the same order. They then show in
-  ``message_history``, ``message_conversations_list``, ``message_receive`` and
-  the WebSocket stream like private messages.
+- **A group is a key, a config and a log.** ``group_create`` makes a private
+  RSA key ``group_<hex>$me@host`` (the group's name and fingerprint) and a
+  signed config naming the group's *brokers* (:mod:`bitnode.access.group_config`):
+  the creator's suppliers by position, then the creator itself, up to the
+  ``brokers`` setting (3). The brokers host the group's *log*: messages and
+  control entries in one order, replicated so that it survives the loss of
+  any minority of them (:mod:`bitnode.access.group_replica`: a primary per
+  term, fixed by position; a majority holds an entry before anyone is told
+  it is there; a backup takes over when the primary is gone). The creator is
+  a member like the others: it can be offline, or gone, and the group goes on.
+- **Membership is in the log.** The roster (:mod:`bitnode.access.group_roster`)
+  is made of control entries signed by the creator or an admin: ``add`` (the
+  new member's keys sealed to its master key), ``remove`` (a new message key
+  for everyone who stays), ``admin`` (the creator makes admins). Brokers
+  admit roster members only; members check every control entry themselves.
+- **Joining** (``group_join``, after an admin's ``group_share`` invited this
+  node) starts a :class:`~bitnode.access.group_member.GroupMember` machine:
+  it subscribes at the primary through a :class:`~bitnode.access.group_links.BrokerChain`
+  (redirects followed, dead brokers passed over), learns the roster and its
+  keys, fetches every entry after the last one stored here (all of them for
+  a new member: a late joiner reads the history, from any broker) and then
+  takes pushes. Memberships are kept in ``metadata/groups.sqlite`` and
+  rejoined when the node starts.
+- **Sending** (``message_send_group``) seals the data with the group's
+  current generation key, signs it with my identity key
+  (:mod:`bitnode.chat.message_crypto` format 2) and publishes it to the
+  primary. OK means "committed on a majority of the brokers"; a primary that
+  went away makes the membership subscribe again (a backup takes over) and
+  the same message is sent there (kept once); no broker within
+  ``send-timeout`` is a 503 (never a silent OK).
+- **Receiving**: each member opens the entries in log order (the sender's
+  signature, the generation key) and stores them in the message history
+  (conversation = the group key id, ``message_type`` ``group_message``), so
+  every member's history lists a group's messages in the same order.
 
-Backup: memberships and hosted queues (members, numbers; not the message
-stream) go into the catalog backup as the part ``groups`` when
-service_backups is in the node (:mod:`bitnode.access.group_backup`); a
-recovered identity rejoins its groups and hosts its queues again.
+Backup: the ``groups`` part of the catalog backup (:mod:`bitnode.access.group_backup`)
+holds each group's config, my membership, its message keys and a bounded
+tail of its newest entries, so a recovered member (or creator) gets its groups
+back and sees their history even if no broker is left; with brokers alive it
+fetches the whole history from them.
 
 Wire: group frames in ``Message`` packets (:mod:`bitnode.access.group_protocol`),
-routed to this service by the gateway's packet router (group frames are told apart
-by their first bytes, :func:`~bitnode.access.group_protocol.is_group_frame`).
+routed to this service by the gateway's packet router.
 
 Events on the node's bus: ``group-member-joined`` / ``group-member-left``
 (``{"group_key_id", "member_id", "queue"}``; ``queue`` false: this node's own
-membership, true: a member of a queue hosted here), ``group-message-received``
-(an incoming group message stored, the history row) and ``group-message-sent``
-(my own group message stored in its place in the group's order).
+membership, true: a member subscribed to a log hosted here),
+``group-message-received`` (an incoming group message stored, the history
+row), ``group-message-sent`` (my own group message stored in its place) and
+``group-invited`` (``{"group_key_id", "from"}``: an admin invited this node).
 """
 
 from __future__ import annotations
@@ -56,25 +64,22 @@ from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
-from bitnode import globalid
-from bitnode.access import group_backup, group_views
-from bitnode.access.group_links import LocalBrokerLink, RemoteBrokerLink, push_to_member
+from bitnode.access import group_admin, group_backup, group_config, group_roster, group_views
+from bitnode.access.group_config import GroupConfig
+from bitnode.access.group_frames import answer_request
+from bitnode.access.group_keyring import Keyring
+from bitnode.access.group_links import BrokerChain, answer_frame, ask_peer
+from bitnode.access.group_log import GroupLog
 from bitnode.access.group_member import GroupMember
 from bitnode.access.group_protocol import (
-    Frame,
-    FrameError,
-    broker_of,
     decode_frame,
     encode_frame,
     is_group_frame,
-    new_group_alias,
     parse_group_key_id,
     refusal,
 )
-from bitnode.access.group_queue import GroupBroker
+from bitnode.access.group_queue import BrokerLimits, GroupBroker
 from bitnode.access.group_store import GroupStore
-from bitnode.access.key_exchange_service import KeyExchangeService
-from bitnode.access.key_packets import check_timeout
 from bitnode.chat import history as hist
 from bitnode.chat.message_crypto import (
     GROUP_MESSAGE,
@@ -82,18 +87,15 @@ from bitnode.chat.message_crypto import (
     MessageHeader,
     MessageRejected,
     normalize_data,
-    open_message,
-    peek,
-    seal,
 )
 from bitnode.chat.messages_service import PrivateMessagesService
-from bitnode.crypt import keys
 from bitnode.errors import BadRequest, BitnodeError, Conflict, Forbidden, NotFound, Unavailable
-from bitnode.main.options import FLOAT, Option
+from bitnode.main.options import DISK_SPACE, FLOAT, INTEGER, Option
 from bitnode.main.sqlitedb import StoreClosed
 from bitnode.services.base import Service
 from bitnode.services.context import NodeContext
 from bitnode.storage.backups_service import BackupsService
+from bitnode.storage.ports import SupplierProvider
 from bitnode.transport.commands import Command
 from bitnode.transport.gateway_service import GatewayService
 from bitnode.userid.id_service import IdentityService
@@ -104,35 +106,68 @@ DELIVERY_WAIT = 10.0
 
 
 class GroupsService(Service):
-    """Groups of one node: its memberships, and the queues of the groups it created."""
+    """Groups of one node: its memberships, and the logs it hosts as a broker."""
 
     name = "service_private_groups"
-    requires = {"messages": PrivateMessagesService, "key_exchange": KeyExchangeService, "gateway": GatewayService,
-                "identity": IdentityService}
-    optional = {"storage": BackupsService}
-    description = "Message groups: a shared key and an ordered, end-to-end encrypted message stream"
+    requires = {"messages": PrivateMessagesService, "gateway": GatewayService, "identity": IdentityService}
+    optional = {"storage": BackupsService, "suppliers": SupplierProvider}
+    description = "Message groups: an ordered, end-to-end encrypted message log kept by several brokers"
     options = (
         Option(PREFIX + "request-timeout", FLOAT, 20.0,
-               "Seconds a member waits for the group broker's answer before counting it unreachable.",
-               minimum=0.1, maximum=600.0),
+               "Seconds a node waits for another's answer about a group (a broker, a member) before counting "
+               "it unreachable.", minimum=0.1, maximum=600.0),
         Option(PREFIX + "push-timeout", FLOAT, 10.0,
                "Seconds a broker waits for a member to take a pushed message.", minimum=0.1, maximum=600.0),
-        Option(PREFIX + "audit-timeout", FLOAT, 20.0,
-               "Seconds a broker waits for a new member to prove it holds the group key.",
-               minimum=0.1, maximum=600.0),
+        Option(PREFIX + "send-timeout", FLOAT, 60.0,
+               "Seconds message_send_group keeps trying (through a broker's takeover) before it answers 503.",
+               minimum=1.0, maximum=3600.0),
+        Option(PREFIX + "brokers", INTEGER, 3,
+               "Brokers a new group's log is kept on (this node's suppliers, then itself); a majority of them "
+               "must be reachable.", minimum=1, maximum=group_config.MAX_BROKERS),
+        Option(PREFIX + "max-groups", INTEGER, 1000,
+               "Groups this node keeps invitations for (counter invitations_refused).", minimum=1, maximum=100000),
+        Option(PREFIX + "heartbeat-interval", FLOAT, 30.0,
+               "Seconds between a primary broker's rounds: entries a backup misses are sent again, entries not "
+               "yet on a majority are retried, backups in a newer term are found.", minimum=1.0, maximum=3600.0),
+        Option(PREFIX + "broker-max-logs", INTEGER, 500,
+               "Group logs this node hosts as a broker, in all (counter host_refused).", minimum=0, maximum=100000),
+        Option(PREFIX + "broker-max-logs-per-creator", INTEGER, 20,
+               "Group logs this node hosts for one creator (counter host_refused).", minimum=0, maximum=100000),
+        Option(PREFIX + "broker-max-messages", INTEGER, 10000,
+               "Messages a hosted log keeps; older ones are dropped (counter trimmed).", minimum=10,
+               maximum=10_000_000),
+        Option(PREFIX + "broker-max-bytes", DISK_SPACE, 64 * 1024 * 1024,
+               "Bytes of messages a hosted log keeps; older ones are dropped (counter trimmed).",
+               minimum=1024 * 1024),
+        Option(PREFIX + "broker-max-members", INTEGER, 200,
+               "Members a hosted group may have (counter full).", minimum=1, maximum=10000),
+        Option(PREFIX + "broker-publish-rate", FLOAT, 2.0,
+               "Entries per second one member may publish to a hosted log on average (counter rate_limited); "
+               "0: no limit.", minimum=0.0, maximum=10000.0),
+        Option(PREFIX + "broker-publish-burst", FLOAT, 20.0,
+               "Entries one member may publish at once before the rate applies.", minimum=1.0, maximum=100000.0),
+        Option(PREFIX + "backup-history-messages", INTEGER, 200,
+               "Newest entries of each group kept in the catalog backup (0: none).", minimum=0, maximum=100000),
+        Option(PREFIX + "backup-history-bytes", DISK_SPACE, 1024 * 1024,
+               "Bytes of entries of all groups kept in the catalog backup.", minimum=0),
     )
     log = Logger()
 
     def __init__(self, ctx: NodeContext) -> None:
         super().__init__(ctx)
         self.store: Optional[GroupStore] = None
+        self.logs: Optional[GroupLog] = None
         self.broker: Optional[GroupBroker] = None
+        self.keyring: Optional[Keyring] = None
         self.members: dict[str, GroupMember] = {}
+        self.configs: dict[str, GroupConfig] = {}
         self.store_file = os.path.join(ctx.basedir.metadata, "groups.sqlite")
+        self.logs_file = os.path.join(ctx.basedir.metadata, "group-logs.sqlite")
         self._gateway: Any = None
         self._messages: Any = None
         self._work: set[Deferred] = set()
-        self._counts = {"frames": 0, "refused_frames": 0}
+        self.counters = {"frames": 0, "refused_frames": 0, "invitations": 0, "invitations_refused": 0,
+                         "resealed": 0, "restored_entries": 0}
         self._unregister_part: Any = None
         self._route: Any = None
         self._unsubscribe: Any = None
@@ -140,37 +175,51 @@ class GroupsService(Service):
     # -- lifecycle --------------------------------------------------------------------
 
     def start(self) -> Deferred:
-        """Open the store, take group frames, load the hosted queues, rejoin the groups joined before."""
+        """Open the stores, host the logs, take group frames, rejoin the groups joined before."""
         return Deferred.fromCoroutine(self._start())
 
     async def _start(self) -> None:
         gateway = self.deps.gateway.require_gateway()
-        messages = self.deps.messages
-        me = self._me()
+        me = self.me()
         store = await self.ctx.run_in_thread(GroupStore, self.store_file)
-        broker = GroupBroker(self.ctx.clock, me, store, self.ctx.run_in_thread, self._audit,
-                             self._check, self._push, self.ctx.events.publish)
         try:
-            await broker.load()
-            cursors = await self.ctx.run_in_thread(store.cursors)
+            logs = await self.ctx.run_in_thread(GroupLog, self.logs_file)
         except BaseException:
             await self.ctx.run_in_thread(store.close)
             raise
-        self.store, self.broker, self._gateway, self._messages = store, broker, gateway, messages
+        self._gateway, self._messages = gateway, self.deps.messages
+        keyring = Keyring(me, store, self.ctx.run_in_thread, self.keystore, self.public_key)
+        broker = GroupBroker(self.ctx.clock, me, logs, self.ctx.run_in_thread, self.ask, self.public_key,
+                             self._push, self._tell_moved, self.broker_limits, self.ctx.events.publish)
+        try:
+            await broker.load()
+            known = await self.ctx.run_in_thread(store.groups)
+            cursors = await self.ctx.run_in_thread(store.cursors)
+        except BaseException:
+            broker.stop()
+            await self.ctx.run_in_thread(store.close)
+            await self.ctx.run_in_thread(logs.close)
+            raise
+        self.store, self.logs, self.broker, self.keyring = store, logs, broker, keyring
+        self.configs = {}
+        for group_key_id, row in known.items():
+            try:
+                self.configs[group_key_id] = group_config.parse(row["config"])
+            except BadRequest as err:
+                self.log.warn("group {group}: its config is not readable: {err}", group=group_key_id, err=err)
         self._route = gateway.router.add(Command.MESSAGE, self._on_frame, accepts=_carries_group_frame,
                                          owner=self.name)
-        keystore = self._keystore()
         for group_key_id, cursor in cursors.items():
-            if cursor["active"] and self._holds_key(keystore, group_key_id):
-                self._start_member(group_key_id, cursor["last_sequence"])
+            if cursor["active"] and group_key_id in self.configs:
+                row = known[group_key_id]
+                self._start_member(group_key_id, cursor["last_sequence"], row["leader"] or None, row["term"])
         self._unsubscribe = self.ctx.events.subscribe(self._on_event)
         storage = self._storage()
         if storage is not None:  # a part restored before this start is handed over now
-            self._unregister_part = storage.add_backup_part(group_backup.PART, lambda: group_backup.collect(store),
-                                                            self._restore_part)
+            self._unregister_part = storage.add_backup_part(group_backup.PART, self._collect_part, self._restore_part)
 
     def stop(self) -> Deferred:
-        """Stop taking frames, close the memberships (the brokers keep them), close the store."""
+        """Stop taking frames, close the memberships (the brokers keep them), stop hosting, close the stores."""
         for undo in (self._unregister_part, self._unsubscribe):
             if undo is not None:
                 undo()
@@ -183,57 +232,90 @@ class GroupsService(Service):
         self.members.clear()
         if self.broker is not None:
             self.broker.stop()
-        store, self.store, self.broker, self._gateway, self._messages = self.store, None, None, None, None
+        stores = [s for s in (self.store, self.logs) if s is not None]
+        self.store = self.logs = self.broker = self.keyring = None
+        self._gateway = self._messages = None
         work = list(self._work)
         for d in work:
             d.cancel()
 
-        def close(_: Any) -> Optional[Deferred]:
-            return self.ctx.run_in_thread(store.close) if store is not None else None
+        def close(_: Any) -> Deferred:
+            return defer.DeferredList([self.ctx.run_in_thread(s.close) for s in stores])
 
         return defer.DeferredList(work, consumeErrors=True).addCallback(close)
 
     def status(self) -> dict:
         """Counters for service_info."""
-        result = dict(self._counts, memberships=len(self.members))
+        result = dict(self.counters, memberships=len(self.members))
         if self.broker is not None:
-            result.update(self.broker.counters)
+            result["broker"] = dict(self.broker.counters, hosted_logs=len(self.broker.replicas))
+        if self.keyring is not None:
+            result.update(self.keyring.counters)
         return result
 
-    # -- helpers --------------------------------------------------------------------------
+    # -- what the parts of this service share (group_admin, group_views, group_frames use these) -------
 
-    def _require(self) -> tuple[GroupStore, GroupBroker]:
-        if self.store is None or self.broker is None:
+    def require(self) -> GroupStore:
+        """The member-side store (503 while the service is not running)."""
+        if self.store is None or self.broker is None or self.keyring is None:
             raise Unavailable(f"{self.name} is not running")
-        return self.store, self.broker
+        return self.store
 
-    def _identity(self) -> Any:
-        return self.deps.identity
+    def me(self) -> str:
+        return self.deps.identity.require_identity().global_id
 
-    def _me(self) -> str:
-        return self._identity().require_identity().global_id
-
-    def _keystore(self) -> Any:
-        identity = self._identity()
+    def keystore(self) -> Any:
+        identity = self.deps.identity
         identity.require_identity()
         return identity.keystore
 
-    @staticmethod
-    def _holds_key(keystore: Any, group_key_id: str) -> bool:
-        return keystore.has(group_key_id) and keystore.get(group_key_id).is_private
-
-    def _group_key(self, group_key_id: str) -> str:
-        """A canonical group key id whose private key this node holds (NotFound otherwise)."""
-        key_id = str(parse_group_key_id(group_key_id))
-        if not self._holds_key(self._keystore(), key_id):
-            raise NotFound(f"this node does not hold the key of group {key_id}: its creator must group_share it")
-        return key_id
-
-    def _setting(self, name: str) -> float:
+    def setting(self, name: str) -> float:
         return float(self.ctx.settings.get(PREFIX + name))
 
-    def _run(self, coroutine: Any) -> Deferred:
-        """Run work the service waits for (or cancels) before closing the store."""
+    def setting_int(self, name: str) -> int:
+        return int(self.ctx.settings.get(PREFIX + name))
+
+    def broker_limits(self) -> BrokerLimits:
+        """The broker's limits as the settings say now."""
+        return BrokerLimits(
+            max_logs=self.setting_int("broker-max-logs"),
+            max_logs_per_creator=self.setting_int("broker-max-logs-per-creator"),
+            max_messages=self.setting_int("broker-max-messages"), max_bytes=self.setting_int("broker-max-bytes"),
+            max_members=self.setting_int("broker-max-members"), publish_rate=self.setting("broker-publish-rate"),
+            publish_burst=self.setting("broker-publish-burst"), max_entry_bytes=max(self._max_blob(),
+                                                                                    group_roster.MAX_CONTROL_BYTES),
+            heartbeat=self.setting("heartbeat-interval"))
+
+    def broker_candidates(self) -> list[str]:
+        """Who may host a new group's log, best first: my suppliers by position, then me."""
+        provider = self.deps.suppliers
+        suppliers = [s for s in (provider.positions() if provider is not None else []) if s]
+        me = self.me()
+        return list(dict.fromkeys([*suppliers, me]))
+
+    def public_key(self, user: str) -> Deferred:
+        """Deferred[RsaPublicKey]: a user's published master key."""
+        return self.deps.identity.fetch_identity(user).addCallback(lambda identity: identity.rsa_public_key())
+
+    def config(self, group_key_id: str) -> GroupConfig:
+        """A known group's config (NotFound: this node was never invited)."""
+        key_id = str(parse_group_key_id(group_key_id))
+        config = self.configs.get(key_id)
+        if config is None:
+            raise NotFound(f"this node does not know group {key_id}: an admin of the group must group_share it")
+        return config
+
+    def active_membership(self, group_key_id: str) -> tuple[GroupConfig, GroupMember]:
+        """A group's config and my membership of it, which must be joined (Conflict otherwise)."""
+        self.require()
+        config = self.config(group_key_id)
+        member = self.members.get(config.group_key_id)
+        if member is None:
+            raise Conflict(f"not a member of group {config.group_key_id} now: call group_join first")
+        return config, member
+
+    def run_work(self, coroutine: Any) -> Deferred:
+        """Run work the service waits for (or cancels) before closing the stores."""
         d = Deferred.fromCoroutine(coroutine)
         if not d.called:
             self._work.add(d)
@@ -243,78 +325,69 @@ class GroupsService(Service):
     def _max_blob(self) -> int:
         return self.deps.messages.max_message_size() + SEAL_OVERHEAD
 
-    # -- groups --------------------------------------------------------------------------
+    # -- talking to other nodes (and to this node's own broker) -------------------------------------
 
-    def create_group(self, creator_id: Optional[str] = None, key_size: Optional[int] = None, label: str = "",
-                     timeout: float = 20.0) -> Deferred:
-        """Make a new group key, host its queue here and join it; Deferred[group info].
+    def ask(self, peer: str, op: str, group_key_id: str, blobs: tuple[bytes, ...] = (), **fields: Any) -> Deferred:
+        """One group request to ``peer`` (this node itself included): Deferred[answer Frame]."""
+        payload = encode_frame(op, group_key_id, blobs, **fields)
+        if peer == self.me():
+            return Deferred.fromCoroutine(self._ask_myself(payload))
+        gateway = self._gateway
+        if gateway is None:
+            return defer.fail(Unavailable(f"{self.name} is stopping"))
+        return Deferred.fromCoroutine(ask_peer(gateway, peer, payload, self.setting("request-timeout")))
 
-        ``timeout`` is checked but not waited on: creating a group talks to nobody.
-        """
-        return self._run(self._create(creator_id, key_size, label, timeout))
+    async def _ask_myself(self, payload: bytes) -> Any:
+        me = self.me()
+        answer = await answer_request(self, me, decode_frame(payload))
+        return answer_frame(decode_frame(answer), me)
 
-    async def _create(self, creator_id: Optional[str], key_size: Optional[int], label: str, timeout: float) -> dict:
-        store, broker = self._require()
-        me = self._me()
-        if creator_id not in (None, "") and str(globalid.to_global_id(creator_id)) != me:
-            raise Forbidden(f"a group can only be created by this node's own identity {me}")
-        check_timeout(timeout)
-        size = keys.check_key_size(int(self.ctx.settings.get("personal/private-key-size")) if key_size is None
-                                   else key_size)
-        info = await self._keystore().create(new_group_alias(), size, label or "")
-        await broker.host(info.key_id)
-        member = await self._join(info.key_id)
-        await member.when_settled(timeout)  # my own broker: connected at once
-        self.log.info("group {group} created", group=info.key_id)
-        return await group_views.describe_group(self, info.key_id)
+    def _push(self, member: str, group_key_id: str, sequence: int, blob: bytes) -> Deferred:
+        replica = self.broker.replicas.get(group_key_id) if self.broker is not None else None
+        term = replica.term if replica is not None else 0
+        if member == self.me():
+            local = self.members.get(group_key_id)
+            if local is None:
+                return defer.fail(NotFound(f"not joined to group {group_key_id}"))
+            local.moved(self.me(), term)
+            local.event("pushed", sequence, blob)
+            return defer.succeed(None)
+        gateway = self._gateway
+        if gateway is None:
+            return defer.fail(Unavailable(f"{self.name} is stopping"))
+        payload = encode_frame("push", group_key_id, (blob,), sequence=sequence, term=term)
+        return Deferred.fromCoroutine(ask_peer(gateway, member, payload, self.setting("push-timeout")))
 
-    def share(self, group_key_id: str, trusted_user_id: str, timeout: float = 30.0) -> Deferred:
-        """Send the group's private key to a user so they can join; Deferred[key_share's result]."""
-        try:
-            key_id = self._group_key(group_key_id)
-            check_timeout(timeout)
-            exchange = self.deps.key_exchange.require_exchange()
-        except BitnodeError as err:
-            return defer.fail(err)
-        d = exchange.share(key_id, trusted_user_id, True, timeout)
-        return d.addCallback(lambda result: dict(result, group_key_id=key_id))
+    def _tell_moved(self, member: str, group_key_id: str, term: int) -> Deferred:
+        return self.ask(member, "moved", group_key_id, (), term=term)
 
-    def join(self, group_key_id: str) -> Deferred:
-        """Become an active member (idempotent): Deferred[group info] once connected and caught up, or
-        disconnected (it retries in the background); the broker's refusal (403 not a member, 404 no such
-        group) is an error."""
-        return self._run(self._join_and_describe(group_key_id))
+    # -- memberships --------------------------------------------------------------------------
 
-    async def _join_and_describe(self, group_key_id: str) -> dict:
-        key_id = self._group_key(group_key_id)
-        member = await self._join(key_id)
-        state = await member.when_settled(3 * self._setting("request-timeout"))
-        if state == "REFUSED" and member.refusal is not None:
-            raise type(member.refusal)(str(member.refusal))
-        return await group_views.describe_group(self, key_id)
-
-    async def _join(self, group_key_id: str) -> GroupMember:
-        store, broker = self._require()
-        member = self.members.get(group_key_id)
+    async def join_member(self, group_key_id: str) -> GroupMember:
+        """My membership of a known group, started (or told to try again) and saved as active."""
+        store = self.require()
+        config = self.config(group_key_id)
+        key_id = config.group_key_id
+        member = self.members.get(key_id)
         if member is not None:
             member.event("join")  # a disconnected or refused membership tries again now
             return member
-        if broker_of(group_key_id) == self._me():
-            await broker.host(group_key_id)  # e.g. a key restored from a backup: host its queue again
-        cursor = (await self.ctx.run_in_thread(store.cursors)).get(group_key_id, {})
+        cursor = (await self.ctx.run_in_thread(store.cursors)).get(key_id, {})
         last = cursor.get("last_sequence", 0)
-        if group_key_id in self.members:  # joined by a concurrent call meanwhile
-            return self.members[group_key_id]
-        await self.ctx.run_in_thread(store.save_cursor, group_key_id, True, last, self.ctx.clock.seconds())
-        return self._start_member(group_key_id, last)
+        row = (await self.ctx.run_in_thread(store.groups)).get(key_id, {})
+        if key_id in self.members:  # joined by a concurrent call meanwhile
+            return self.members[key_id]
+        await self.ctx.run_in_thread(store.save_cursor, key_id, True, last, self.ctx.clock.seconds())
+        return self._start_member(key_id, last, row.get("leader") or None, row.get("term", 0))
 
-    def _start_member(self, group_key_id: str, last_sequence: int) -> GroupMember:
-        me, broker_id = self._me(), broker_of(group_key_id)
-        if broker_id == me:
-            link: Any = LocalBrokerLink(self.broker, group_key_id, me)
-        else:
-            link = RemoteBrokerLink(self._gateway, group_key_id, broker_id, lambda: self._setting("request-timeout"))
-        member = GroupMember(self.ctx.clock, group_key_id, broker_id, last_sequence, link,
+    def _start_member(self, group_key_id: str, last_sequence: int, leader: Optional[str], term: int) -> GroupMember:
+        config = self.configs[group_key_id]
+        keyring = self.keyring
+        assert keyring is not None
+        chain = BrokerChain(self.ask, group_key_id, config.brokers, leader, term,
+                            on_leader=lambda broker, known: self._remember_leader(group_key_id, broker, known))
+        member = GroupMember(self.ctx.clock, group_key_id, last_sequence, chain,
+                             lambda controls: Deferred.fromCoroutine(keyring.learn(config, controls)),
                              lambda sequence, blob: self._deliver(group_key_id, sequence, blob),
                              lambda active, last: self._save_cursor(group_key_id, active, last),
                              self._announce, registry=self.ctx.automats)
@@ -322,17 +395,81 @@ class GroupsService(Service):
         member.event("join")
         return member
 
+    def start_member(self, group_key_id: str) -> GroupMember:
+        """Start my membership of a known group from its first entry (a group restored from a backup)."""
+        return self._start_member(group_key_id, 0, None, 0)
+
+    def _remember_leader(self, group_key_id: str, leader: str, term: int) -> None:
+        store = self.store
+        if store is not None:
+            d = self.ctx.run_in_thread(store.set_leader, group_key_id, leader, term)
+            d.addErrback(lambda f: f.trap(StoreClosed) and None)
+
+    def _save_cursor(self, group_key_id: str, active: bool, last_sequence: int) -> Deferred:
+        store = self.store
+        if store is None:
+            return defer.succeed(None)
+        d = self.ctx.run_in_thread(store.save_cursor, group_key_id, active, last_sequence, self.ctx.clock.seconds())
+        # Stopping: the store closed while this save waited for a thread. The next start fetches from the
+        # cursor saved before, and the history keeps one copy of a message: nothing is lost.
+        return d.addErrback(lambda f: f.trap(StoreClosed) and None)
+
+    def _announce(self, what: str, facts: dict) -> None:
+        if what in ("joined", "left"):
+            self.ctx.events.publish(f"group-member-{what}", {"group_key_id": facts["group_key_id"],
+                                                             "member_id": self.me(), "queue": False})
+        self.log.info("group {group}: {what} ({state}) {reason}", group=facts["group_key_id"], what=what,
+                      state=facts["state"], reason=facts["reason"])
+
+    # -- the API ------------------------------------------------------------------------------
+
+    def create_group(self, creator_id: Optional[str] = None, key_size: Optional[int] = None, label: str = "",
+                     timeout: float = 20.0) -> Deferred:
+        """Make a new group (key, brokers, config) and join it; Deferred[group info]."""
+        return self.run_work(group_admin.create_group(self, creator_id, key_size, label, timeout))
+
+    def share(self, group_key_id: str, trusted_user_id: str, timeout: float = 30.0, admin: Optional[bool] = None
+              ) -> Deferred:
+        """Let a user into the group and invite it (an admin only; ``admin``: the creator also makes it an
+        admin or not); Deferred[key_share-like result + ``sequence``]."""
+        async def run() -> dict:
+            result = await group_admin.share(self, group_key_id, trusted_user_id, timeout)
+            if admin is not None:
+                made = await group_admin.set_admin(self, group_key_id, trusted_user_id, admin, timeout)
+                result["admin"] = made["admin"]
+            return result
+
+        return self.run_work(run())
+
+    def remove_member(self, group_key_id: str, member_id: str, timeout: float = 30.0) -> Deferred:
+        """Remove a member (an admin only) and rotate the message key; Deferred[dict]."""
+        return self.run_work(group_admin.remove_member(self, group_key_id, member_id, timeout))
+
+    def join(self, group_key_id: str) -> Deferred:
+        """Become an active member (idempotent): Deferred[group info] once connected and caught up, or
+        disconnected (it retries in the background); the brokers' refusal (403 not a member, 404 no such
+        group) is an error."""
+        async def run() -> dict:
+            member = await self.join_member(group_key_id)
+            state = await member.when_settled(3 * self.setting("request-timeout"))
+            if state == "REFUSED" and member.refusal is not None:
+                raise type(member.refusal)(str(member.refusal))
+            return await group_views.describe_group(self, member.group_key_id)
+
+        return self.run_work(run())
+
     def leave(self, group_key_id: str, erase_key: bool = False) -> Deferred:
-        """Stop being a member (and with ``erase_key`` forget the key; for the creator also the queue)."""
-        return self._run(self._leave(group_key_id, erase_key))
+        """Stop being a member (and with ``erase_key`` forget the group; the creator also deletes its log on
+        the brokers)."""
+        return self.run_work(self._leave(group_key_id, erase_key))
 
     async def _leave(self, group_key_id: str, erase_key: bool) -> dict:
-        store, broker = self._require()
+        store = self.require()
         key_id = str(parse_group_key_id(group_key_id))
-        keystore = self._keystore()
+        keystore = self.keystore()
         member = self.members.pop(key_id, None)
         cursors = await self.ctx.run_in_thread(store.cursors)
-        if member is None and key_id not in cursors and not keystore.has(key_id):
+        if member is None and key_id not in cursors and key_id not in self.configs and not keystore.has(key_id):
             raise NotFound(f"unknown group {key_id}")
         last = member.last_sequence if member is not None else cursors.get(key_id, {}).get("last_sequence", 0)
         if member is not None:
@@ -341,68 +478,89 @@ class GroupsService(Service):
         if not erase_key:
             await self.ctx.run_in_thread(store.save_cursor, key_id, False, last, self.ctx.clock.seconds())
             return result
-        await self.ctx.run_in_thread(store.drop_cursor, key_id)
+        config = self.configs.pop(key_id, None)
+        await self.ctx.run_in_thread(store.forget_group, key_id)
+        self.keyring.forget(key_id)
         if keystore.has(key_id):
             keystore.erase(key_id)
             result["key_erased"] = True
-        if broker_of(key_id) == self._me():
-            result["queue_deleted"] = await broker.drop(key_id)
+        if config is not None and config.creator == self.me():
+            answers = await defer.DeferredList([self.ask(b, "drop", key_id, ()) for b in config.brokers],
+                                               consumeErrors=True)
+            result["queue_deleted"] = any(ok and answer.fields.get("dropped") for ok, answer in answers)
         return result
 
     # -- sending and receiving ---------------------------------------------------------------
 
     def send(self, group_key_id: str, data: Any) -> Deferred:
-        """Publish a message to the group; Deferred[history row + ``sequence``] once the broker stored it."""
+        """Publish a message to the group; Deferred[history row + ``sequence``] once a majority of its brokers
+        hold it."""
         try:
-            self._require()
-            key_id = self._group_key(group_key_id)
+            self.require()
             data = normalize_data(data)
+            config, _ = self.active_membership(group_key_id)
         except BitnodeError as err:
             return defer.fail(err)
-        return self._run(self._send(key_id, data))
+        return self.run_work(self._send(config.group_key_id, data))
 
     async def _send(self, group_key_id: str, data: dict) -> dict:
-        member = self.members.get(group_key_id)
-        if member is None:
-            raise Conflict(f"not a member of group {group_key_id} now: call group_join first")
-        me = self._me()
+        member = self.members[group_key_id]
+        me, keyring = self.me(), self.keyring
         header = MessageHeader(GROUP_MESSAGE, me, group_key_id, secrets.token_hex(16), self.ctx.clock.seconds())
-        keystore = self._keystore()
-        sealed = await self.ctx.run_in_thread(seal, header, data, keystore.private_key(keystore.master_key_id),
-                                               keystore.public_key(group_key_id))
+        timeout = self.setting("send-timeout")
+        sealed = await keyring.seal(group_key_id, header, data)
         if len(sealed) > self._max_blob():
             raise BadRequest(f"message is larger than {self._max_blob() - SEAL_OVERHEAD} bytes")
-        sequence = await member.publish(sealed)
+        try:
+            sequence = await member.publish(sealed, timeout)
+        except Conflict as err:
+            if "key generation" not in str(err):
+                raise
+            # someone was removed meanwhile: learn the new roster (subscribe again), seal with the new key
+            self.counters["resealed"] += 1
+            member.event("moved")
+            await member.when_settled(timeout)
+            sealed = await keyring.seal(group_key_id, header, data)
+            sequence = await member.publish(sealed, timeout)
         row = await member.wait_delivered(sequence, DELIVERY_WAIT)
-        if row is None:  # stored already (or not yet): the broker has it, which is what OK means
+        if row is None:  # stored already (or not yet): the brokers have it, which is what OK means
             row = {"message_id": header.message_id, "conversation_id": group_key_id, "message_type": GROUP_MESSAGE,
                    "direction": hist.OUTGOING, "sender": me, "recipient": group_key_id, "data": data,
                    "time": header.time, "state": hist.ACKED, "error": ""}
         return dict(row, sequence=sequence, group_key_id=group_key_id)
 
-    async def _open(self, group_key_id: str, blob: bytes, sender: Optional[str] = None) -> Any:
-        """The verified, decrypted message of a sealed group entry (MessageRejected otherwise)."""
-        if len(blob) > self._max_blob():
-            raise MessageRejected(f"group message larger than {self._max_blob() - SEAL_OVERHEAD} bytes")
-        header = peek(blob)
-        if header.message_type != GROUP_MESSAGE or header.recipient != group_key_id:
-            raise MessageRejected(f"not a group message of {group_key_id}")
-        if sender is not None and header.sender != sender:
-            raise MessageRejected(f"a message of {header.sender} published by {sender}")
-        identity = await self._identity().fetch_identity(header.sender)
-        opened = await self.ctx.run_in_thread(open_message, blob, self._keystore().private_key(group_key_id),
-                                               identity.rsa_public_key(), group_key_id)
-        if not isinstance(opened.data, dict):
-            raise MessageRejected("group message content must be a JSON object")
-        return opened
-
     def _deliver(self, group_key_id: str, sequence: int, blob: bytes) -> Deferred:
-        return self._run(self._store_entry(group_key_id, sequence, blob))
+        return self.run_work(self._take_entry(group_key_id, sequence, blob))
+
+    async def _take_entry(self, group_key_id: str, sequence: int, blob: bytes) -> Optional[dict]:
+        """One entry of the log, in order: a control entry updates the roster, a message goes to the history."""
+        store, keyring = self.require(), self.keyring
+        if group_roster.is_control(blob):
+            me = self.me()
+            before = keyring.rosters.get(group_key_id)
+            after = await keyring.on_entry(group_key_id, self.configs[group_key_id].creator, sequence, blob)
+            member = self.members.get(group_key_id)
+            if before is not None and before.is_member(me) and not after.is_member(me) and member is not None:
+                member.removed(Forbidden(f"{me} was removed from group {group_key_id} (entry {sequence})"))
+            return None
+        row = await self._store_entry(group_key_id, sequence, blob)
+        keep = self.setting_int("backup-history-messages")
+        await self.ctx.run_in_thread(store.keep_recent, group_key_id, sequence, blob, keep)
+        return row
+
+    async def restore_entry(self, group_key_id: str, sequence: int, blob: bytes) -> None:
+        """A backed-up entry: a message goes to the history (the roster comes back from the brokers)."""
+        if not group_roster.is_control(blob):
+            await self._take_entry(group_key_id, sequence, blob)
 
     async def _store_entry(self, group_key_id: str, sequence: int, blob: bytes) -> Optional[dict]:
-        """Open one entry and store it in the message history; its row (None if it was there already)."""
-        opened = await self._open(group_key_id, blob)
-        header, me = opened.header, self._me()
+        """Open one message and store it in the message history; its row (or the row stored before)."""
+        if len(blob) > self._max_blob():
+            raise MessageRejected(f"group message larger than {self._max_blob() - SEAL_OVERHEAD} bytes")
+        opened = await self.keyring.open(group_key_id, blob)
+        if not isinstance(opened.data, dict):
+            raise MessageRejected("group message content must be a JSON object")
+        header, me = opened.header, self.me()
         messages = self._messages
         history = messages.history if messages is not None else None
         if history is None:
@@ -420,36 +578,25 @@ class GroupsService(Service):
         self.ctx.events.publish("group-message-sent" if mine else "group-message-received", row)
         return row
 
-    def _save_cursor(self, group_key_id: str, active: bool, last_sequence: int) -> Deferred:
-        store = self.store
-        if store is None:
-            return defer.succeed(None)
-        d = self.ctx.run_in_thread(store.save_cursor, group_key_id, active, last_sequence, self.ctx.clock.seconds())
-        # Stopping: the store closed while this save waited for a thread. The next start fetches from the
-        # cursor saved before, and the history keeps one copy of a message: nothing is lost.
-        return d.addErrback(lambda f: f.trap(StoreClosed) and None)
-
-    def _announce(self, what: str, facts: dict) -> None:
-        if what in ("joined", "left"):
-            self.ctx.events.publish(f"group-member-{what}", {"group_key_id": facts["group_key_id"],
-                                                             "member_id": self._me(), "queue": False})
-        self.log.info("group {group}: {what} ({state}) {reason}", group=facts["group_key_id"], what=what,
-                      state=facts["state"], reason=facts["reason"])
-
     # -- the catalog backup ------------------------------------------------------------------
 
     def _storage(self) -> Any:
         # Installed is enough: the part stays registered across the storage service's restarts.
         return self.deps.installed("storage")  # None on a node without service_backups: nothing to back up to
 
+    def _collect_part(self) -> dict:
+        store = self.store
+        if store is None:
+            raise Unavailable(f"{self.name} is not running")
+        return group_backup.collect(store, self.setting_int("backup-history-bytes"))
+
     def _on_event(self, event: Any) -> None:
-        """Memberships or a hosted queue changed: back the ``groups`` part up (after the backup delay)."""
-        data = event.data if isinstance(event.data, dict) else {}
-        if event.event_id in ("group-member-joined", "group-member-left"):
-            changed = True
+        """Memberships, invitations or the newest entries changed: back the ``groups`` part up (after the
+        backup delay)."""
+        if event.event_id in ("group-member-joined", "group-member-left", "group-invited"):
+            changed = not (isinstance(event.data, dict) and event.data.get("queue"))
         elif event.event_id in ("group-message-sent", "group-message-received"):
-            # a new head of a queue I host (my own membership sees each entry): keep its number in the backup
-            changed = broker_of(data.get("group_key_id", "")) == self._me()
+            changed = self.setting_int("backup-history-messages") > 0
         else:
             changed = False
         storage = self._storage()
@@ -458,69 +605,27 @@ class GroupsService(Service):
 
     def _restore_part(self, value: Any) -> None:
         """The ``groups`` part of a restored backup: checked now (a bad one fails the part), applied in the
-        background (it needs the store)."""
+        background (it needs the stores)."""
         document = group_backup.parse(value)
-        self._require()
-        d = self._run(self._restore(document))
+        self.require()
+        d = self.run_work(group_backup.restore(self, document))
         d.addErrback(lambda f: None if f.check(defer.CancelledError, StoreClosed) else
                      self.log.failure("restoring the groups backup failed", f))
-
-    async def _restore(self, document: dict) -> None:
-        store, broker = self._require()
-        me, keystore = self._me(), self._keystore()
-        for queue in document["queues"]:
-            if broker_of(queue["group_key_id"]) == me and self._holds_key(keystore, queue["group_key_id"]):
-                await broker.restore(queue["group_key_id"], queue["created"], queue["head"], queue["members"])
-        cursors = await self.ctx.run_in_thread(store.cursors)
-        for entry in document["memberships"]:
-            key_id = entry["group_key_id"]
-            if key_id in cursors or key_id in self.members or not self._holds_key(keystore, key_id):
-                continue  # known here (newer than the backup), or its key did not come back
-            # From 0: the message history is not in the backup, the broker refills it.
-            await self.ctx.run_in_thread(store.save_cursor, key_id, entry["active"], 0, self.ctx.clock.seconds())
-            if entry["active"] and self.store is store and key_id not in self.members:
-                if broker_of(key_id) == me:
-                    await broker.host(key_id)
-                self._start_member(key_id, 0)
-        self.log.info("groups restored from the catalog backup: {m} memberships, {q} queues",
-                      m=len(document["memberships"]), q=len(document["queues"]))
-
-    # -- the broker's neighbours ---------------------------------------------------------------
-
-    def _audit(self, group_key_id: str, member: str) -> Deferred:
-        exchange = self.deps.key_exchange.require_exchange()
-        d = exchange.audit(group_key_id, member, True, self._setting("audit-timeout"))
-        return d.addCallback(lambda result: result["result"] == "OK")
-
-    def _check(self, group_key_id: str, member: str, blob: bytes) -> Deferred:
-        return Deferred.fromCoroutine(self._open(group_key_id, blob, member)).addCallback(lambda opened: opened.header)
-
-    def _push(self, member: str, group_key_id: str, sequence: int, blob: bytes) -> Deferred:
-        if member == self._me():
-            local = self.members.get(group_key_id)
-            if local is None:
-                return defer.fail(NotFound(f"not joined to group {group_key_id}"))
-            local.event("pushed", sequence, blob)
-            return defer.succeed(None)
-        if self._gateway is None:
-            return defer.fail(Unavailable(f"{self.name} is stopping"))
-        return push_to_member(self._gateway, member, group_key_id, sequence, blob, self._setting("push-timeout"))
 
     # -- group frames from other nodes ------------------------------------------------------------
 
     def _on_frame(self, packet: Any, address: Any = None) -> Deferred:
-        d = self._run(self._answer_frame(packet))
+        d = self.run_work(self._answer_frame(packet))
         return d.addErrback(lambda f: f.trap(defer.CancelledError) and None)
 
     async def _answer_frame(self, packet: Any) -> None:
         gateway = self._gateway
-        self._counts["frames"] += 1
+        self.counters["frames"] += 1
         try:
-            frame = decode_frame(packet.payload)
-            command, payload = Command.ACK, await self._handle(packet.creator_id, frame)
+            command, payload = Command.ACK, await answer_request(self, packet.creator_id, decode_frame(packet.payload))
         except BitnodeError as err:
-            self._counts["refused_frames"] += 1
-            self.log.info("group frame from {peer} refused: {err}", peer=packet.creator_id, err=err)
+            self.counters["refused_frames"] += 1
+            self.log.debug("group frame from {peer} refused: {err}", peer=packet.creator_id, err=err)
             command, payload = Command.FAIL, refusal(err)
         if gateway is None:
             return
@@ -529,64 +634,35 @@ class GroupsService(Service):
         except BitnodeError as err:
             self.log.info("could not answer {peer}: {err}", peer=packet.creator_id, err=err)
 
-    async def _handle(self, peer: str, frame: Frame) -> bytes:
-        _, broker = self._require()
-        group_key_id = frame.group_key_id
-        if frame.op == "push":
-            return self._take_push(peer, frame)
-        if frame.op == "subscribe":
-            answer = await broker.subscribe(group_key_id, peer)
-            return encode_frame("ok", group_key_id, head=answer["head"])
-        if frame.op == "unsubscribe":
-            answer = await broker.unsubscribe(group_key_id, peer)
-            return encode_frame("ok", group_key_id, head=answer["head"])
-        if frame.op == "fetch":
-            batch = await broker.fetch(group_key_id, peer, frame.integer("after"), frame.integer("limit", 1, 1))
-            return encode_frame("ok", group_key_id, [blob for _, blob in batch["entries"]],
-                                sequences=[s for s, _ in batch["entries"]], head=batch["head"], more=batch["more"])
-        if frame.op == "publish":
-            if len(frame.blobs) != 1:
-                raise FrameError("publish carries exactly one message")
-            answer = await broker.publish(group_key_id, peer, frame.blobs[0])
-            return encode_frame("ok", group_key_id, sequence=answer["sequence"], head=answer["head"])
-        raise FrameError(f"a group broker does not take {frame.op!r} frames")
-
-    def _take_push(self, peer: str, frame: Frame) -> bytes:
-        member = self.members.get(frame.group_key_id)
-        if member is None or member.destroyed:
-            raise NotFound(f"not joined to group {frame.group_key_id}")
-        if peer != member.broker:
-            raise Forbidden(f"only the broker {member.broker} pushes messages of group {frame.group_key_id}")
-        if len(frame.blobs) != 1 or len(frame.blobs[0]) > self._max_blob():
-            raise FrameError("a push carries exactly one message of an acceptable size")
-        member.event("pushed", frame.integer("sequence", minimum=1), frame.blobs[0])
-        return encode_frame("ok", frame.group_key_id)
-
     # -- views -------------------------------------------------------------------------------
 
     def groups(self, only_active: bool = False, include_mine: bool = True, include_granted: bool = True) -> Deferred:
-        """Deferred[list] of the groups whose key this node holds (see :meth:`info`)."""
-        return self._run(group_views.list_groups(self, only_active, include_mine, include_granted))
+        """Deferred[list] of the groups this node knows (see :meth:`info`)."""
+        return self.run_work(group_views.list_groups(self, only_active, include_mine, include_granted))
 
     def info(self, group_key_id: str) -> Deferred:
-        """Deferred[dict]: the group's key facts, my membership and, for its creator, its queue."""
+        """Deferred[dict]: the group's key and config, my membership, its roster and, where this node is a
+        broker, its log."""
         try:
             key_id = str(parse_group_key_id(group_key_id))
         except BitnodeError as err:
             return defer.fail(err)
-        return self._run(group_views.describe_group(self, key_id))
+        return self.run_work(group_views.describe_group(self, key_id))
 
     def queues(self) -> Deferred:
-        """Deferred[list] of the queues hosted here."""
-        return self._require()[1].queues()
+        """Deferred[list] of the logs hosted here."""
+        self.require()
+        return self.broker.queues()
 
     def consumers(self) -> list[dict]:
-        """The consumers of the queues hosted here."""
-        return self._require()[1].consumers()
+        """The consumers of the logs hosted here."""
+        self.require()
+        return self.broker.consumers()
 
     def producers(self) -> Deferred:
-        """Deferred[list] of the producers of the queues hosted here."""
-        return self._require()[1].producers()
+        """Deferred[list] of the producers of the logs hosted here."""
+        self.require()
+        return self.broker.producers()
 
 
 def _carries_group_frame(packet: Any) -> bool:

@@ -28,6 +28,17 @@ JSON (a JSON object for chat messages).
 
 :func:`peek` reads the header without any key, so a receiver can learn whose
 public key it needs before verifying.
+
+Format version 2 (group messages, :func:`seal_with_secret`) has the same
+layout; only the ciphertext differs: a group's messages are sealed with the
+group's current *generation* key, a 32-byte AES key every member holds
+(:mod:`bitnode.access.group_roster`), instead of an RSA key of one recipient::
+
+    ciphertext     u32 length + (generation u32 + AES-256-GCM envelope of the JSON data)
+
+The generation is part of the signed ciphertext and of the AES-GCM associated
+data (header + generation), so it cannot be changed either. A broker that
+holds no group key checks the sender's signature with :func:`verify_sealed`.
 """
 
 from __future__ import annotations
@@ -44,6 +55,8 @@ from bitnode.crypt.keys import DecryptionError, RsaPrivateKey, RsaPublicKey
 from bitnode.errors import BadRequest
 
 FORMAT_VERSION = 1
+#: Sealed with a shared secret (a group's generation key) instead of the recipient's RSA key.
+SECRET_FORMAT_VERSION = 2
 PRIVATE_MESSAGE = "private_message"
 GROUP_MESSAGE = "group_message"
 #: A recipient's note to the sender that queued messages reached it (data: ``{"receipt_for": [ids]}``).
@@ -56,6 +69,7 @@ SEAL_OVERHEAD = 16 * 1024
 MAX_MESSAGE_ID = 128
 _MESSAGE_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,%d}\Z" % MAX_MESSAGE_ID)
 _TIME = struct.Struct(">d")
+_GENERATION = struct.Struct(">I")
 
 
 class MessageRejected(BadRequest):
@@ -106,7 +120,7 @@ def _text(value: str, what: str, width: int) -> bytes:
     return len(raw).to_bytes(width, "big") + raw
 
 
-def encode_header(header: MessageHeader) -> bytes:
+def encode_header(header: MessageHeader, version: int = FORMAT_VERSION) -> bytes:
     """The header bytes (version through time) of a sealed message."""
     if header.message_type not in MESSAGE_TYPES:
         raise BadRequest(f"message type must be one of {', '.join(MESSAGE_TYPES)}")
@@ -114,7 +128,7 @@ def encode_header(header: MessageHeader) -> bytes:
     if not isinstance(header.time, (int, float)) or isinstance(header.time, bool):
         raise BadRequest("message time must be a number")
     return b"".join((
-        bytes([FORMAT_VERSION]),
+        bytes([version]),
         _text(header.message_type, "message type", 1),
         _text(header.sender, "sender", 2),
         _text(header.recipient, "recipient", 2),
@@ -129,11 +143,30 @@ def seal(header: MessageHeader, data: Any, sender_key: RsaPrivateKey, recipient_
     CPU work (an RSA encryption and an RSA signature): run it off the reactor.
     """
     head = encode_header(header)
+    return _signed(head, aes.hybrid_encrypt(recipient_key, _json_bytes(data), aad=head), sender_key)
+
+
+def seal_with_secret(header: MessageHeader, data: Any, sender_key: RsaPrivateKey, generation: int,
+                     secret: bytes) -> bytes:
+    """Encrypt ``data`` with a group's generation key ``secret`` (format 2) and sign it with ``sender_key``.
+
+    CPU work (an RSA signature): run it off the reactor.
+    """
+    if isinstance(generation, bool) or not isinstance(generation, int) or not 0 <= generation < 1 << 32:
+        raise BadRequest("a key generation must be a whole number below 2**32")
+    head = encode_header(header, SECRET_FORMAT_VERSION)
+    gen = _GENERATION.pack(generation)
+    return _signed(head, gen + aes.encrypt(secret, _json_bytes(data), aad=head + gen), sender_key)
+
+
+def _json_bytes(data: Any) -> bytes:
     try:
-        plaintext = json.dumps(data, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
+        return json.dumps(data, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
     except (TypeError, ValueError) as err:
         raise BadRequest(f"message data is not JSON: {err}") from None
-    ciphertext = aes.hybrid_encrypt(recipient_key, plaintext, aad=head)
+
+
+def _signed(head: bytes, ciphertext: bytes, sender_key: RsaPrivateKey) -> bytes:
     signed = head + len(ciphertext).to_bytes(4, "big") + ciphertext
     signature = keys.sign(sender_key, signed)
     return signed + len(signature).to_bytes(2, "big") + signature
@@ -166,14 +199,17 @@ class _Reader:
 
 
 def _parse(blob: bytes) -> tuple[MessageHeader, bytes, bytes, bytes, bytes]:
-    """(header, header bytes, signed bytes, ciphertext, signature); MessageRejected if malformed."""
+    """(header, header bytes, signed bytes, ciphertext, signature); MessageRejected if malformed.
+
+    The format version is the first byte of the header bytes.
+    """
     if not isinstance(blob, (bytes, bytearray)):
         raise MessageRejected("sealed message must be bytes")
     if len(blob) > MAX_SEALED_BYTES:
         raise MessageRejected("sealed message is too large")
     reader = _Reader(bytes(blob))
     version = reader.take(1)[0]
-    if version != FORMAT_VERSION:
+    if version not in (FORMAT_VERSION, SECRET_FORMAT_VERSION):
         raise MessageRejected(f"unknown message format version {version}")
     message_type = reader.text(1, "message type")
     sender = reader.text(2, "sender")
@@ -214,17 +250,60 @@ def open_message(blob: bytes, recipient_key: RsaPrivateKey, sender_public: RsaPu
     :raises MessageRejected: malformed, not for us, bad signature, or a
         ciphertext that does not decrypt (tampered or sealed for another key).
     """
-    header, head, signed, ciphertext, signature = _parse(blob)
-    if header.recipient != expected_recipient:
-        raise MessageRejected(f"message is addressed to {header.recipient}, not to {expected_recipient}")
-    if not keys.verify(sender_public, signed, signature):
-        raise MessageRejected(f"message signature does not verify with the key of {header.sender}")
+    header, head, ciphertext = _verified(blob, sender_public, expected_recipient, FORMAT_VERSION)
     try:
         plaintext = aes.hybrid_decrypt(recipient_key, ciphertext, aad=head)
     except DecryptionError:
         raise MessageRejected("message cannot be decrypted with our key") from None
+    return OpenedMessage(header, _content(plaintext))
+
+
+def sealed_generation(blob: bytes) -> int:
+    """The key generation a format-2 message was sealed with (unverified: to pick the key)."""
+    header, head, _, ciphertext, _ = _parse(blob)
+    if head[0] != SECRET_FORMAT_VERSION or len(ciphertext) < _GENERATION.size:
+        raise MessageRejected("not a message sealed with a group key")
+    return _GENERATION.unpack_from(ciphertext)[0]
+
+
+def open_with_secret(blob: bytes, secret: bytes, sender_public: RsaPublicKey, expected_recipient: str) -> OpenedMessage:
+    """Verify and decrypt a format-2 message with the generation key it names (:func:`sealed_generation`).
+
+    :raises MessageRejected: malformed, another format, not for ``expected_recipient``, bad signature, or
+        a ciphertext that ``secret`` does not open.
+    """
+    header, head, ciphertext = _verified(blob, sender_public, expected_recipient, SECRET_FORMAT_VERSION)
+    gen, body = ciphertext[:_GENERATION.size], ciphertext[_GENERATION.size:]
     try:
-        data = boundedjson.loads(plaintext, "message content")
+        plaintext = aes.decrypt(secret, body, aad=head + gen)
+    except (DecryptionError, BadRequest):
+        raise MessageRejected("message cannot be decrypted with that group key") from None
+    return OpenedMessage(header, _content(plaintext))
+
+
+def verify_sealed(blob: bytes, sender_public: RsaPublicKey, expected_recipient: str) -> MessageHeader:
+    """The header of a sealed message (either format) whose signature verifies; no key is needed to read it.
+
+    What a group broker, which cannot read the group's messages, checks before it takes one.
+    """
+    header, _, _ = _verified(blob, sender_public, expected_recipient, None)
+    return header
+
+
+def _verified(blob: bytes, sender_public: RsaPublicKey, expected_recipient: str,
+              version: int | None) -> tuple[MessageHeader, bytes, bytes]:
+    header, head, signed, ciphertext, signature = _parse(blob)
+    if version is not None and head[0] != version:
+        raise MessageRejected(f"message has format {head[0]}, expected {version}")
+    if header.recipient != expected_recipient:
+        raise MessageRejected(f"message is addressed to {header.recipient}, not to {expected_recipient}")
+    if not keys.verify(sender_public, signed, signature):
+        raise MessageRejected(f"message signature does not verify with the key of {header.sender}")
+    return header, head, ciphertext
+
+
+def _content(plaintext: bytes) -> Any:
+    try:
+        return boundedjson.loads(plaintext, "message content")
     except (UnicodeDecodeError, ValueError):
         raise MessageRejected("message content is not JSON") from None
-    return OpenedMessage(header, data)

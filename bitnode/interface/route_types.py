@@ -125,6 +125,8 @@ class Route:
     description: str
     params: tuple[Param, ...] = ()
     mutating: bool = False
+    #: A method bitnode offers that the spec has not (documented as going further than the spec).
+    beyond_spec: bool = False
 
     @property
     def verbs(self) -> tuple[str, ...]:

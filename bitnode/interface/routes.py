@@ -273,6 +273,14 @@ ROUTES: tuple[Route, ...] = (
         P("group_key_id", STR, REQUIRED),
         P("trusted_user_id", STR, REQUIRED),
         P("timeout", FLOAT, 30),
+        P("admin", BOOL, None, description="the creator also makes the user an admin (true) or not (false)"),
+      )),
+    R("group_member_remove", "DELETE", "group/member/remove/v1", "Remove a member from a message group: the group's message key is rotated, so the removed member cannot read what is sent after.", mutating=True,
+      beyond_spec=True,
+      params=(
+        P("group_key_id", STR, REQUIRED),
+        P("member_id", STR, REQUIRED),
+        P("timeout", FLOAT, 30),
       )),
     R("friends_list", "GET", "friend/list/v1", "Returns list of registered correspondents.",
       params=(

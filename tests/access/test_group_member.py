@@ -7,7 +7,7 @@ from twisted.internet.task import Clock
 from twisted.trial import unittest
 
 from automats.registry import Registry
-from bitnode.access.group_member import MAX_FETCH, RETRY_FIRST, BrokerUnreachable, GroupMember
+from bitnode.access.group_member import MAX_FETCH, RETRY_FIRST, RETRY_MAX, BrokerUnreachable, GroupMember
 from bitnode.chat.message_crypto import MessageRejected
 from bitnode.errors import BadRequest, Forbidden, NotFound, Unavailable
 
@@ -17,8 +17,21 @@ G = "group_00000000000000000000000000000001$alice@id.net"
 class FakeLink:
     """The broker: every request is a Deferred the test answers."""
 
+    brokers = ("alice@id.net", "bob@id.net")
+
     def __init__(self) -> None:
         self.calls: list[tuple] = []
+        self.leader, self.term = "alice@id.net", 0
+
+    @property
+    def broker(self):
+        return self.leader
+
+    def moved(self, leader, term):
+        if leader not in self.brokers or term < self.term or (leader, term) == (self.leader, self.term):
+            return False
+        self.leader, self.term = leader, term
+        return True
 
     def _call(self, *call) -> defer.Deferred:
         d = defer.Deferred()
@@ -43,6 +56,8 @@ class FakeLink:
 
     def answer(self, name, result):
         call = self.last(name)
+        if name == "subscribe" and isinstance(result, dict):
+            result = {"controls": [], **result}
         if isinstance(result, Exception):
             call[-1].errback(result)
         else:
@@ -63,11 +78,16 @@ class GroupMemberTests(unittest.TestCase):
         self.saved: list[tuple] = []
         self.announced: list[str] = []
         self.registry = Registry()
+        self.learned: list = []
         self.member = self.make()
 
     def make(self, last_sequence=0):
-        return GroupMember(self.clock, G, "alice@id.net", last_sequence, self.link, self.deliver, self.save,
+        return GroupMember(self.clock, G, last_sequence, self.link, self.learn, self.deliver, self.save,
                            lambda what, facts: self.announced.append(what), registry=self.registry)
+
+    def learn(self, controls):
+        self.learned.append(controls)
+        return defer.succeed(None)
 
     def deliver(self, sequence, blob):
         error = self.deliver_error.pop(sequence, None)
@@ -176,7 +196,7 @@ class GroupMemberTests(unittest.TestCase):
 
     def test_a_message_sent_takes_the_number_the_broker_gave_it(self):
         self.connect(1)
-        d = self.member.publish(b"m2")
+        d = self.member.publish(b"m2", 30.0)
         self.assertEqual(self.link.last("publish")[1], b"m2")
         self.link.answer("publish", {"sequence": 2, "head": 2})
         self.assertEqual(self.successResultOf(d), 2)
@@ -185,7 +205,7 @@ class GroupMemberTests(unittest.TestCase):
 
     def test_waiting_for_my_message_fires_with_its_row_once_the_ones_before_came(self):
         self.connect(1)
-        d = self.member.publish(b"m3")
+        d = self.member.publish(b"m3", 30.0)
         self.link.answer("publish", {"sequence": 3, "head": 3})
         self.assertEqual(self.successResultOf(d), 3)
         waiting = self.member.wait_delivered(3, 5.0)
@@ -198,27 +218,36 @@ class GroupMemberTests(unittest.TestCase):
 
     def test_a_send_to_an_unreachable_broker_fails_and_disconnects(self):
         self.connect()
-        d = self.member.publish(b"m1")
+        d = self.member.publish(b"m1", 30.0)
         self.link.answer("publish", BrokerUnreachable("alice did not answer: timeout"))
         failure = self.failureResultOf(d, Unavailable)
-        self.assertIn("unreachable, message not sent", failure.getErrorMessage())
+        self.assertIn("is reachable, message not sent", failure.getErrorMessage())
         self.assertEqual(self.member.state, "DISCONNECTED")
-        failure = self.failureResultOf(self.member.publish(b"m1"), Unavailable)
-        self.assertIn("disconnected", failure.getErrorMessage())
+        failure = self.failureResultOf(self.member.publish(b"m1", 30.0), Unavailable)
+        self.assertIn("no broker is reachable", failure.getErrorMessage())
         self.assertEqual(len([c for c in self.link.calls if c[0] == "publish"]), 1)
 
     def test_a_send_the_broker_refuses_for_its_content_changes_nothing(self):
         self.connect()
-        d = self.member.publish(b"m1")
+        d = self.member.publish(b"m1", 30.0)
         self.link.answer("publish", BadRequest("too large"))
         self.failureResultOf(d, BadRequest)
         self.assertEqual(self.member.state, "CONNECTED")
 
-    def test_sending_before_being_connected_fails_at_once(self):
-        self.failureResultOf(self.member.publish(b"m1"), Unavailable)
+    def test_sending_before_joining_fails_at_once_and_while_joining_waits_for_the_join(self):
+        self.failureResultOf(self.member.publish(b"m1", 30.0), Unavailable)
         self.member.event("join")
-        failure = self.failureResultOf(self.member.publish(b"m1"), Unavailable)
+        late = self.member.publish(b"m1", 30.0)
+        self.assertNoResult(late)
+        self.clock.advance(30.0)
+        failure = self.failureResultOf(late, Unavailable)
         self.assertIn("still connecting", failure.getErrorMessage())
+        waiting = self.member.publish(b"m1", 30.0)
+        self.link.answer("subscribe", {"head": 0})
+        self.link.answer("fetch", batch())
+        self.assertEqual(self.link.last("publish")[1], b"m1")  # sent once connected
+        self.link.answer("publish", {"sequence": 1, "head": 1})
+        self.assertEqual(self.successResultOf(waiting), 1)
 
     # -- refusals and an absent broker ---------------------------------------------------------------
 
@@ -227,7 +256,7 @@ class GroupMemberTests(unittest.TestCase):
         self.link.answer("subscribe", Forbidden("eve is not a member"))
         self.assertEqual(self.member.state, "REFUSED")
         self.assertEqual(self.announced, ["refused"])
-        self.failureResultOf(self.member.publish(b"m1"), Forbidden)
+        self.failureResultOf(self.member.publish(b"m1", 30.0), Forbidden)
         self.clock.advance(3600)
         self.assertEqual(len(self.link.calls), 1)
         self.member.event("join")
@@ -257,6 +286,34 @@ class GroupMemberTests(unittest.TestCase):
         self.link.answer("subscribe", {"head": 0})
         self.link.answer("fetch", batch())
         self.assertEqual((self.member.state, self.member.retries), ("CONNECTED", 0))
+
+    def test_brokers_away_for_a_day_are_tried_at_most_every_retry_max_and_found_again(self):
+        self.member.event("join")
+        tries = [self.clock.seconds()]
+        self.link.answer("subscribe", BrokerUnreachable("timeout"))
+        while self.clock.seconds() < 24 * 3600:
+            self.clock.advance(10)
+            if self.member.state == "SUBSCRIBING":
+                tries.append(self.clock.seconds())
+                self.link.answer("subscribe", BrokerUnreachable("timeout"))
+        gaps = [b - a for a, b in zip(tries, tries[1:], strict=False)]
+        self.assertLessEqual(max(gaps), RETRY_MAX + 10)
+        self.assertLess(len(tries), 24 * 3600 / RETRY_MAX + 10)  # no storm of requests
+        self.assertGreater(len(tries), 24 * 3600 / (RETRY_MAX + 10) - 1)  # and no giving up
+        while self.member.state != "SUBSCRIBING":
+            self.clock.advance(10)
+        self.link.answer("subscribe", {"head": 0})
+        self.link.answer("fetch", batch())
+        self.assertEqual((self.member.state, self.member.retries), ("CONNECTED", 0))
+
+    def test_a_member_the_log_removed_stops_asking(self):
+        self.connect(1)
+        self.member.removed(Forbidden("bob was removed"))
+        self.assertEqual((self.member.state, self.announced[-1]), ("REFUSED", "refused"))
+        self.member.event("pushed", 3, b"m3")  # on its way before the removal: ignored
+        self.clock.advance(3600)
+        self.assertEqual([c[0] for c in self.link.calls], ["subscribe", "fetch"])
+        self.failureResultOf(self.member.publish(b"m9", 30.0), Forbidden)
 
     def test_a_broker_lost_while_connected_is_announced_and_retried(self):
         self.connect()
@@ -297,7 +354,7 @@ class GroupMemberTests(unittest.TestCase):
         settled = refused.when_settled(30.0)
         self.link.answer("subscribe", NotFound("no queue"))
         self.assertEqual(self.successResultOf(settled), "REFUSED")
-        self.assertIsInstance(self.failureResultOf(refused.publish(b"m1"), NotFound).value, NotFound)
+        self.assertIsInstance(self.failureResultOf(refused.publish(b"m1", 30.0), NotFound).value, NotFound)
         refused.event("join")
         slow = refused.when_settled(5.0)
         self.clock.advance(5.0)

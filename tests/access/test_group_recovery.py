@@ -18,27 +18,17 @@ from bitnode.access.groups_service import GroupsService
 from bitnode.chat.messages_service import PrivateMessagesService
 from bitnode.customer.customer_service import CustomerService
 from bitnode.dht.dht_service import DHTService
+from bitnode.p2p.network_service import NetworkService
 from bitnode.storage.backups_service import BackupsService
-from tests.access import test_groups_service
 from tests.access.support import NODE_SERVICES, AccessNetworkCase
+from tests.access.test_groups_service import GroupHelpers
 from tests.customer.test_customer_service import FAST_MARKET
 from tests.interface.support import start_node
-from tests.supplier.test_supplier_service import Net, until
+from tests.supplier.test_supplier_service import SUPPLIER, Net, until
 
 GROUPS, STORAGE = "service_private_groups", "service_backups"
 USER_SETTINGS = {"services/backups/catalog-backup-delay": 3600.0}
-_H = test_groups_service.GroupsNetworkTests  # its helpers are borrowed (not inherited: its tests run in their own module)
-
-
-class _GroupHelpers:
-    member_node, until, member, connected = _H.member_node, _H.until, _H.member, _H.connected
-    group_history, wait_history, new_group = _H.group_history, _H.wait_history, _H.new_group
-
-
-del _H  # a TestCase left in this module's namespace would run here too
-
-
-class GroupRecoveryTests(_GroupHelpers, AccessNetworkCase):
+class GroupRecoveryTests(GroupHelpers, AccessNetworkCase):
     """Bob hires suppliers (his catalog backup goes there); Alice hosts the group."""
 
     timeout = 120
@@ -48,7 +38,8 @@ class GroupRecoveryTests(_GroupHelpers, AccessNetworkCase):
     @inlineCallbacks
     def setUp(self):
         self.net = Net()
-        yield self.net.start_market(self, 2)
+        # the suppliers are brokers too: a creator's groups are kept by its suppliers
+        self.suppliers = yield self.net.start_market(self, 2, [*SUPPLIER, NetworkService, PrivateMessagesService, GroupsService])
         self.settings = dict(self.net.base, **USER_SETTINGS)
 
     @inlineCallbacks
@@ -82,23 +73,28 @@ class GroupRecoveryTests(_GroupHelpers, AccessNetworkCase):
         bob = yield start_node(self, service_classes=self.node_services, overrides=dict(self.settings, **FAST_MARKET))
         yield self.ok(bob, "identity_recover", private_key_source=key_file)
         storage = bob.service_driver.get(STORAGE)
-        yield until(lambda: storage.last_restore.get("serial"), "the catalog to be restored", seconds=30)
-        self.assertIn(storage.last_restore["secrets"]["parts"].get(group_backup.PART), ("restored", "pending"))
+        def groups_part():
+            return storage.last_restore.get("secrets", {}).get("parts", {}).get(group_backup.PART)
+
+        yield until(groups_part, "the catalog and its groups part to be restored", seconds=30)
+        self.assertIn(groups_part(), ("restored", "pending"))
         yield self.until(lambda: bob.service_driver.is_on(GROUPS), "bob's groups service", seconds=30)
         yield self.connected(bob, group)
         self.assertEqual((yield self.wait_history(bob, group, 3)), before)
+        head = (yield self.ok(alice, "group_info", group_key_id=group))["last_sequence"]
+        yield self.until(lambda: self.member(bob, group).last_sequence == head, "bob to catch up")
         info = yield self.ok(bob, "group_info", group_key_id=group)
-        self.assertEqual((info["active"], info["mine"], info["last_sequence"]), (True, False, 3))
+        self.assertEqual((info["active"], info["mine"], info["last_sequence"]), (True, False, head))
 
         yield self.ok(alice, "message_send_group", group_key_id=group, data={"message": "a3"})
         sent = yield self.ok(bob, "message_send_group", group_key_id=group, data={"message": "b2"})
-        self.assertEqual(sent["sequence"], 5)
+        self.assertEqual(sent["sequence"], head + 2)
         after = yield self.wait_history(bob, group, 5)
         self.assertEqual(after[3:], [(self.global_id(alice), "a3"), (self.global_id(bob), "b2")])
         self.assertEqual((yield self.wait_history(alice, group, 5)), after)
 
     @inlineCallbacks
-    def test_a_creator_recovered_from_her_master_key_hosts_her_queue_again_with_its_numbers(self):
+    def test_a_creator_recovered_on_a_new_machine_gets_the_whole_history_from_her_suppliers(self):
         alice = yield self.member_node("alice", FAST_MARKET)
         bob = yield self.member_node("bob")
         yield self.hired(alice)
@@ -119,21 +115,22 @@ class GroupRecoveryTests(_GroupHelpers, AccessNetworkCase):
         yield self.until(lambda: alice.service_driver.is_on(GROUPS), "alice's groups service", seconds=30)
         yield self.connected(alice, group)
         info = yield self.ok(alice, "group_info", group_key_id=group)
-        self.assertEqual((info["mine"], info["queue"]["head"], info["queue"]["messages"]), (True, 2, 0))
+        self.assertEqual(sorted(info["brokers"][:2]), sorted(self.global_id(s) for s in self.suppliers))
+        # her suppliers kept the log while her machine was gone: the whole history comes back
+        self.assertEqual([text for _, text in (yield self.wait_history(alice, group, 2))], ["a1", "b1"])
+        self.assertTrue(info["mine"])
         self.assertIn(self.global_id(bob), info["members"])
 
-        # the stream is not in the backup: numbers go on after the backed-up head, never reused
-        yield self.ok(bob, "group_join", group_key_id=group)
-        yield self.connected(bob, group)
         sent = yield self.ok(bob, "message_send_group", group_key_id=group, data={"message": "b2"})
-        self.assertEqual(sent["sequence"], 3)
         yield self.ok(alice, "message_send_group", group_key_id=group, data={"message": "a2"})
         bobs = yield self.wait_history(bob, group, 4)
         self.assertEqual([text for _, text in bobs], ["a1", "b1", "b2", "a2"])
-        self.assertEqual((yield self.wait_history(alice, group, 2)), bobs[2:])
+        self.assertEqual((yield self.wait_history(alice, group, 4)), bobs)
+        self.assertEqual(sent["sequence"], bobs and (yield self.ok(alice, "group_info", group_key_id=group))[
+            "last_sequence"] - 1)
 
 
-class PendingPartTests(_GroupHelpers, AccessNetworkCase):
+class PendingPartTests(GroupHelpers, AccessNetworkCase):
     """No market: service_backups runs without suppliers, which is enough to hold a restored part."""
 
     node_services = [*NODE_SERVICES, BackupsService, PrivateMessagesService, GroupsService]
@@ -147,8 +144,9 @@ class PendingPartTests(_GroupHelpers, AccessNetworkCase):
         yield self.ok(alice, "group_share", group_key_id=group, trusted_user_id=self.global_id(bob))
         self.assertIsNone(self.member(bob, group))  # the key, not (yet) the membership
         storage = bob.service_driver.get(STORAGE)
-        part = {"version": 1, "memberships": [{"group_key_id": group, "active": True, "last_sequence": 0}],
-                "queues": []}
+        config = self.groups_of(alice).configs[group]
+        part = {"version": 2, "groups": [{"group_key_id": group, "config": config.to_dict(), "active": True,
+                                          "last_sequence": 0, "secrets": {}, "recent": []}]}
 
         yield bob.service_driver.stop(GROUPS)
         self.assertEqual(storage.parts.restore({group_backup.PART: part}), {group_backup.PART: "pending"})
@@ -164,6 +162,6 @@ class PendingPartTests(_GroupHelpers, AccessNetworkCase):
 
         # now registered: the part is collected from the store, and a bad one fails without harm
         collected = storage.parts.collect()[group_backup.PART]
-        self.assertEqual([(m["group_key_id"], m["active"]) for m in collected["memberships"]], [(group, True)])
+        self.assertEqual([(g["group_key_id"], g["active"]) for g in collected["groups"]], [(group, True)])
         outcome = storage.parts.restore({group_backup.PART: dict(part, version=99)})
         self.assertIn("version 99 is not known", outcome[group_backup.PART])

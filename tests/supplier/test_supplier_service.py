@@ -51,15 +51,16 @@ class Net:
         return server
 
     @inlineCallbacks
-    def start_market(self, case, suppliers: int):
-        """An identity server that is also the DHT seed, and ``suppliers`` supplier nodes (64 MiB each); their list."""
+    def start_market(self, case, suppliers: int, services=SUPPLIER):
+        """An identity server that is also the DHT seed, and ``suppliers`` supplier nodes (64 MiB each, running
+        ``services``); their list."""
         seed = yield self.start_id_server(case, extra=[DHTService])
         dht_port = seed.service_driver.get("service_entangled_dht").dht.address[1]
         self.base.update({"services/entangled-dht/known-nodes": [f"127.0.0.1:{dht_port}"],
                           "services/entangled-dht/rpc-timeout": 0.5})
         nodes = []
         for i in range(suppliers):
-            node = yield self.node(case, f"sup{i}", SUPPLIER, {"services/supplier/enabled": True,
+            node = yield self.node(case, f"sup{i}", services, {"services/supplier/enabled": True,
                                                                "services/supplier/donated-space": 64 * 1024 * 1024},
                                    wait_for="service_supplier")
             nodes.append(node)
