@@ -160,11 +160,13 @@ def _check(config: GroupConfig) -> GroupConfig:
         raise BadRequest("group config: the group key id must be canonical and belong to its creator")
     if len(config.key_fingerprint) != 64 or any(c not in "0123456789abcdef" for c in config.key_fingerprint):
         raise BadRequest("group config: key_fingerprint must be 64 hex digits")
-    if not 1 <= len(config.brokers) <= MAX_BROKERS or len(set(config.brokers)) != len(config.brokers):
+    if not 1 <= len(config.brokers) <= MAX_BROKERS:
         raise BadRequest(f"group config: 1 to {MAX_BROKERS} distinct brokers")
     for broker in config.brokers:
         if not isinstance(broker, str) or str(globalid.to_global_id(broker)) != broker:
             raise BadRequest("group config: brokers must be canonical global ids")
+    if len(set(config.brokers)) != len(config.brokers):
+        raise BadRequest(f"group config: 1 to {MAX_BROKERS} distinct brokers")
     if len(config.creator_keys) > MAX_CONFIG_BYTES // 2:
         raise BadRequest("group config: creator_keys is too large")
     return config

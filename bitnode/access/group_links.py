@@ -28,7 +28,7 @@ from bitnode.access.group_protocol import (
     decode_frame,
     refused_error,
 )
-from bitnode.errors import BitnodeError, Unavailable
+from bitnode.errors import BitnodeError, NotFound, Unavailable
 from bitnode.transport.commands import Command
 from bitnode.transport.packet_out import PeerRefused
 
@@ -142,6 +142,7 @@ class BrokerChain:
         target: Optional[str] = self.leader if self.leader not in self.suspects else self._after(self.leader,
                                                                                                  self.suspects)
         last_error: Optional[BitnodeError] = None
+        lost: set[str] = set()
         for _ in range(3 * len(self.brokers)):
             if target is None:
                 break
@@ -162,7 +163,15 @@ class BrokerChain:
             except BrokerUnreachable as err:
                 last_error = err
                 self.suspect(target)
-                target = self._after(target, self.suspects)
+                target = self._after(target, self.suspects | lost)
+                continue
+            except NotFound as err:
+                # this broker lost the log (a new machine) or never got it: another one has it, unless none does
+                last_error = err
+                lost.add(target)
+                if lost >= set(self.brokers):
+                    raise
+                target = self._after(target, self.suspects | lost)
                 continue
             leader, term = _leader_of(frame)
             self._found(target if op in ("subscribe", "publish") else leader, term)
@@ -195,6 +204,7 @@ class BrokerChain:
         async def run() -> dict:
             order = [self.leader] + [b for b in self.brokers if b != self.leader]
             last_error: Optional[BitnodeError] = None
+            lost = 0
             for broker in order:
                 try:
                     frame = await self.ask(broker, "fetch", self.group_key_id, (), after=after, limit=limit)
@@ -202,9 +212,14 @@ class BrokerChain:
                     last_error = err
                     self.suspect(broker)
                     continue
+                except NotFound as err:  # this broker lost the log or never got it: ask the others
+                    last_error, lost = err, lost + 1
+                    continue
                 leader, term = _leader_of(frame)
                 return {"entries": entries_of(frame), "head": frame.integer("head"),
                         "more": bool(frame.fields.get("more")), "term": term, "leader": leader, "from": broker}
+            if lost == len(order) and last_error is not None:
+                raise last_error  # no broker has the log: the group is gone
             raise BrokerUnreachable(f"no broker of group {self.group_key_id} answered a fetch: {last_error}")
 
         return Deferred.fromCoroutine(run())
