@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 JOBS   ?= 2
 LOCALNET ?= .localnet
 
-.PHONY: all venv run stop test test-fast test-system lint docs bench bench-quick fuzz clean
+.PHONY: all venv run stop test test-fast test-system lint docs bench bench-quick fuzz sim clean
 
 all: test
 
@@ -55,6 +55,11 @@ bench: $(STAMP)
 ## make bench-quick: the same with small sizes and counts (about a minute): a smoke test of every figure
 bench-quick: $(STAMP)
 	$(PY) scripts/bench.py --quick $(BENCH_ARGS)
+
+## make sim: internet scale by simulation (10,000-node DHT under churn, one process, simulated clock);
+## writes docs/sim/ and the sim section of docs/performance.md. SIM_ARGS="--quick" / "--nodes 2000 --hours 2" etc.
+sim: $(STAMP)
+	$(PY) scripts/sim.py $(SIM_ARGS)
 
 ## make fuzz: schemathesis against a real node (a throwaway localnet), driven by its own GET /openapi.json;
 ## fails on any 5xx. FUZZ_ARGS="--max-examples 100 --seed N --keep" etc.; a bounded run is in make test.

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import random
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,7 +27,10 @@ MAX_USER_LEN = 200
 MAX_LAYERS = 16
 MAX_LAYER_ID = (1 << 31) - 1
 
-_HEX_DIGITS = frozenset("0123456789abcdef")
+_ID_HEX = re.compile(f"[0-9a-f]{{{ID_HEX_LEN}}}")
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+#: a canonical dotted-quad IPv4 address (what ``ipaddress`` accepts); others go the slow way
+_IPV4 = re.compile(rf"{_OCTET}(?:\.{_OCTET}){{3}}")
 
 
 def key_to_id(key: str) -> int:
@@ -65,7 +69,7 @@ def id_to_hex(node_id: int) -> str:
 
 def id_from_hex(text: Any) -> int:
     """Parse the wire form of an id strictly (exact length, lowercase hex)."""
-    if not isinstance(text, str) or len(text) != ID_HEX_LEN or not set(text) <= _HEX_DIGITS:
+    if not isinstance(text, str) or not _ID_HEX.fullmatch(text):
         raise BadRequest("node id must be 64 lowercase hex characters")
     return int(text, 16)
 
@@ -132,10 +136,11 @@ class Contact:
         port = data.get("port")
         if not isinstance(host, str) or not 0 < len(host) <= MAX_HOST_LEN:
             raise BadRequest("contact host must be a non-empty string")
-        try:
-            ipaddress.ip_address(host)  # contacts come from datagram source addresses: never names
-        except ValueError:
-            raise BadRequest("contact host must be an IP address") from None
+        if not _IPV4.fullmatch(host):  # a parse per contact is costly: the common case by a regex
+            try:
+                ipaddress.ip_address(host)  # contacts come from datagram source addresses: never names
+            except ValueError:
+                raise BadRequest("contact host must be an IP address") from None
         if type(port) is not int or not 0 < port < 65536:
             raise BadRequest("contact port must be an int in 1..65535")
         return cls(

@@ -250,6 +250,28 @@ class DHTNode:
         addr = self.address
         return {"layer": layer_id, "address": f"{addr[0]}:{addr[1]}" if addr else None} | table.to_dict()
 
+    def add_contacts(self, contacts: Iterable[Contact], layer_id: int = 0) -> int:
+        """Put contacts known from elsewhere into a layer's table, as if heard from; returns how many went in.
+
+        For a simulation's warm start (a network that has run a while) or a table
+        saved before a restart. Full buckets treat them like any newcomer (the
+        oldest contact is pinged; the newcomer waits as a replacement).
+        """
+        table = self._tables.get(check_layer_id(layer_id))
+        if table is None:
+            raise NotFound(f"not a member of DHT layer {layer_id}")
+        return sum(1 for c in contacts if table.add(c) == "added")
+
+    def routing_state(self) -> dict[str, int]:
+        """What the routing tables hold, all layers together: contacts, waiting replacements, buckets."""
+        buckets = [b for t in self._tables.values() for b in t.buckets]
+        return {
+            "contacts": sum(len(b.contacts) for b in buckets),
+            "replacements": sum(len(b.replacements) for b in buckets),
+            "buckets": len(buckets),
+            "pending_requests": self._engine.pending(),
+        }
+
     def local_dump(self) -> list[dict[str, Any]]:
         """Every unexpired record held locally."""
         return self._store.dump()

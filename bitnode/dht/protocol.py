@@ -134,6 +134,10 @@ class RPCEngine:
                 p.timer.cancel()
             p.deferred.errback(Unavailable("DHT node stopped"))
 
+    def pending(self) -> int:
+        """Requests sent and not yet answered nor timed out."""
+        return len(self._pending)
+
     def stats(self) -> dict[str, int]:
         """Counters: sent, received, malformed, oversize, rate_limited (per IP), rate_limited_total, timeouts,
         unmatched, replies_truncated_unverified, stores_refused_unverified, retried_with_token, ..."""

@@ -49,7 +49,7 @@ class HexTests(unittest.TestCase):
         self.assertEqual(ids.id_from_hex(text), node_id)
 
     def test_id_from_hex_is_strict(self) -> None:
-        for bad in ("ab", "G" * 64, "A" * 64, 12, None, "0" * 65):
+        for bad in ("ab", "G" * 64, "A" * 64, 12, None, "0" * 65, "0" * 63 + "\n", "0" * 63 + "\u0661"):
             self.assertRaises(BadRequest, ids.id_from_hex, bad)
 
 
@@ -63,8 +63,10 @@ class ContactTests(unittest.TestCase):
 
     def test_contact_from_dict_rejects_bad_fields(self) -> None:
         good = Contact(1, "10.0.0.1", 1).to_dict()
-        Contact.from_dict(good | {"host": "::1"})
+        for host in ("::1", "0.0.0.0", "255.255.255.255", "fe80::1"):
+            self.assertEqual(Contact.from_dict(good | {"host": host}).host, host)
         for patch in ({"port": 0}, {"port": "1"}, {"host": ""}, {"host": "evil.example"}, {"host": "1.2.3"},
+                      {"host": "01.2.3.4"}, {"host": "256.1.1.1"}, {"host": "10.0.0.1\n"}, {"host": "1.2.3.4 "},
                       {"user": "x" * 500}, {"layers": [-1]},
                       {"layers": list(range(40))}, {"id": "zz"}):
             self.assertRaises(BadRequest, Contact.from_dict, good | patch)

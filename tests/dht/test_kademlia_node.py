@@ -7,7 +7,7 @@ import json
 from twisted.trial import unittest
 
 from bitnode.dht import messages, records
-from bitnode.dht.ids import key_to_id
+from bitnode.dht.ids import Contact, key_to_id
 from bitnode.dht.kademlia_node import DHTNode
 from bitnode.dht.records import InvalidRecord, RecordConflict
 from bitnode.errors import BadRequest, Conflict, NotFound, Unavailable
@@ -27,6 +27,19 @@ class DHTNodeTests(unittest.TestCase):
         for node in self.c.nodes:
             self.assertEqual(sum(len(b["contacts"]) for b in node.routing_table()["buckets"]), 7)
             self.assertEqual(node.stats()["contacts"]["0"], 7)
+
+    def test_contacts_known_from_elsewhere_enter_the_table_and_count_in_routing_state(self) -> None:
+        self.c.net.run_for(1)
+        fresh = self.c.add_node(bootstrap=False)
+        self.assertEqual(fresh.routing_state(), {"contacts": 0, "replacements": 0, "buckets": 1,
+                                                 "pending_requests": 0})
+        known = [Contact(n.node_id, *n.address) for n in self.c.nodes[:5]]
+        self.assertEqual(fresh.add_contacts(known + known[:2]), 5)  # the repeated two are updates
+        self.assertEqual(fresh.routing_state()["contacts"], 5)
+        found = self.c.run(fresh.find_node(self.c.nodes[7].node_id))
+        self.assertEqual(int(found[0]["id"], 16), self.c.nodes[7].node_id)
+        with self.assertRaises(NotFound):
+            fresh.add_contacts(known, layer_id=5)
 
     def test_first_node_bootstraps_alone_and_dead_seeds_fail(self) -> None:
         lonely = self.c.add_node(bootstrap=False)

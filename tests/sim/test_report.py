@@ -1,0 +1,52 @@
+"""The simulation's report: SVG charts, saved verdicts, the generated section of a page."""
+
+from __future__ import annotations
+
+import os
+import xml.etree.ElementTree as ET
+
+from twisted.trial import unittest
+
+from bitnode.sim import report
+from bitnode.sim.svg import Series, chart
+from bitnode.sim.verdict import Verdict
+
+
+class ChartTests(unittest.TestCase):
+    def test_line_chart_is_well_formed_svg_with_one_point_per_value_and_a_guide(self) -> None:
+        svg = chart("t <&>", "x", "y", [Series("a", ((0, 1), (1, 2), (2, 3)))], guide=(2.5, "target"))
+        root = ET.fromstring(svg)
+        ns = "{http://www.w3.org/2000/svg}"
+        self.assertEqual(len(root.findall(f"{ns}circle")), 3)
+        self.assertEqual(len(root.findall(f"{ns}polyline")), 1)
+        self.assertIn("t <&>", [t.text for t in root.findall(f"{ns}text")])
+        self.assertTrue(any(line.get("stroke-dasharray") for line in root.findall(f"{ns}line")))
+
+    def test_bar_chart_draws_one_bar_per_point_of_each_series(self) -> None:
+        svg = chart("bars", "x", "y", [Series("a", ((1, 5), (2, 7))), Series("b", ((1, 1), (2, 0)))], bars=True)
+        root = ET.fromstring(svg)
+        bars = [r for r in root.findall("{http://www.w3.org/2000/svg}rect") if r.get("width") != "10"]
+        self.assertEqual(len(bars), 1 + 4)  # the white background, then the bars
+
+    def test_empty_series_still_draws_axes(self) -> None:
+        ET.fromstring(chart("nothing", "x", "y", [Series("a", ())]))
+
+
+class ReportTests(unittest.TestCase):
+    def test_section_is_replaced_in_place_and_the_rest_of_the_page_kept(self) -> None:
+        page = "# Performance\n\nintro\n"
+        once = report.replace_section(page, "first")
+        self.assertTrue(once.startswith("# Performance\n\nintro\n\n" + report.BEGIN))
+        twice = report.replace_section(once + "\n## after\n", "second")
+        self.assertNotIn("first", twice)
+        self.assertIn("second", twice)
+        self.assertTrue(twice.endswith("## after\n"))
+        self.assertEqual(twice.count(report.BEGIN), 1)
+
+    def test_saved_verdicts_come_back_from_the_results_file(self) -> None:
+        folder = self.mktemp()
+        self.assertEqual(report.saved_verdicts(folder), [])
+        lines = [Verdict("sim.x", True, "fine").line(), Verdict("sim.y", False, "too slow").line()]
+        report.write(folder, {"dht": {"verdicts": lines}}, {"a.svg": "<svg/>"})
+        self.assertEqual(report.saved_verdicts(folder), ["PASS sim.x: fine", "FAIL sim.y: too slow"])
+        self.assertTrue(os.path.exists(os.path.join(folder, "a.svg")))
