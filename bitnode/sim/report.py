@@ -1,8 +1,8 @@
 """The simulation's report: SVG charts under docs/sim/, a results file, and a section of docs/performance.md.
 
 ``make sim`` writes ``docs/sim/results.json`` (every figure and one verdict
-line per target). ``make bench`` (engineer "pipe") reads the verdicts back with
-:func:`saved_verdicts` instead of running a simulation of many minutes again.
+per target). ``make bench`` (scripts/bench_sim.py) reads the verdicts back with
+:func:`saved_checks` instead of running a simulation of many minutes again.
 """
 
 from __future__ import annotations
@@ -56,14 +56,26 @@ def write(folder: str, results: dict[str, Any], charts: dict[str, str]) -> None:
         f.write("\n")
 
 
-def saved_verdicts(folder: str) -> list[str]:
-    """The verdict lines of the last ``make sim`` (from ``folder/results.json``); [] if there is none."""
+def saved_results(folder: str) -> dict[str, Any]:
+    """The results of the last ``make sim`` (``folder/results.json``); {} if there are none."""
     try:
         with open(os.path.join(folder, RESULTS), encoding="utf-8") as f:
             results = json.load(f)
     except (OSError, ValueError):
-        return []
-    return [line for part in results.values() if isinstance(part, dict) for line in part.get("verdicts", ())]
+        return {}
+    return results if isinstance(results, dict) else {}
+
+
+def saved_verdicts(folder: str) -> list[str]:
+    """The verdict lines of the last ``make sim``; [] if there is none."""
+    return [line for part in saved_results(folder).values() if isinstance(part, dict)
+            for line in part.get("verdicts", ())]
+
+
+def saved_checks(folder: str) -> list[dict[str, Any]]:
+    """The last ``make sim``'s verdicts as ``make bench`` checks ({name, target, measured, verdict})."""
+    return [check for part in saved_results(folder).values() if isinstance(part, dict)
+            for check in part.get("checks", ())]
 
 
 def replace_section(page: str, section: str) -> str:

@@ -45,8 +45,12 @@ class ReportTests(unittest.TestCase):
 
     def test_saved_verdicts_come_back_from_the_results_file(self) -> None:
         folder = self.mktemp()
-        self.assertEqual(report.saved_verdicts(folder), [])
-        lines = [Verdict("sim.x", True, "fine").line(), Verdict("sim.y", False, "too slow").line()]
-        report.write(folder, {"dht": {"verdicts": lines}}, {"a.svg": "<svg/>"})
-        self.assertEqual(report.saved_verdicts(folder), ["PASS sim.x: fine", "FAIL sim.y: too slow"])
+        self.assertEqual((report.saved_verdicts(folder), report.saved_checks(folder)), ([], []))
+        verdicts = [Verdict("sim_x", "x >= 1", "2", True), Verdict("sim_y", "y <= 1", "3", False)]
+        report.write(folder, {"dht": {"verdicts": [v.line() for v in verdicts],
+                                      "checks": [v.to_check() for v in verdicts]}}, {"a.svg": "<svg/>"})
+        self.assertEqual(report.saved_verdicts(folder), ["PASS sim_x: 2 (target: x >= 1)",
+                                                         "FAIL sim_y: 3 (target: y <= 1)"])
+        self.assertEqual([c["verdict"] for c in report.saved_checks(folder)], ["PASS", "FAIL"])
         self.assertTrue(os.path.exists(os.path.join(folder, "a.svg")))
+
