@@ -67,7 +67,7 @@ from bitnode.customer.fire_hire import FireHire
 from bitnode.customer.remote_store import RemoteStorageServer
 from bitnode.customer.roster import SupplierRoster
 from bitnode.customer.supplier_connector import SupplierConnector
-from bitnode.customer.supplier_finder import SupplierFinder
+from bitnode.customer.supplier_finder import DEFAULT_HIRE_CHOICES, SupplierFinder
 from bitnode.customer.suppliers_record import DEFAULT_TTL, TTL_KEY, RecordPublisher, find_record
 from bitnode.dht.dht_service import DHTService
 from bitnode.errors import BadRequest, BitnodeError, Conflict, Forbidden, NotFound, Unavailable
@@ -109,6 +109,10 @@ class CustomerService(Service):
         Option(PREFIX + "check-interval", FLOAT, 60.0,
                "Seconds between fire_hire's reviews of the suppliers (and new tries after a shortage).",
                minimum=0.05, maximum=86400.0, restart_needed=True),
+        Option(PREFIX + "hire-choices", INTEGER, DEFAULT_HIRE_CHOICES,
+               "Suppliers asked at once when one is hired; the one serving the fewest customers is kept, the "
+               "others' contracts are cancelled (1: the first random supplier that accepts).",
+               minimum=1, maximum=8, restart_needed=True),
         Option(PREFIX + "request-timeout", FLOAT, 30.0,
                "Seconds a supplier has to answer RequestService, CancelService or a ping.",
                minimum=0.1, maximum=600.0),
@@ -151,7 +155,7 @@ class CustomerService(Service):
         fresh = not os.path.exists(self.roster_file)
         self.roster = SupplierRoster(self.roster_file)
         self.finder = SupplierFinder(ctx.clock, self._random_suppliers, self._make_connector,
-                                     registry=ctx.automats)
+                                     choices=int(settings.get(PREFIX + "hire-choices")), registry=ctx.automats)
         probe = 2 * float(settings.get(PREFIX + "request-timeout")) + 1.0
         self.fire_hire = FireHire(ctx.clock, self.roster, self.finder, self._make_connector, self.wanted,
                                   self.dead_after, self._roster_changed, registry=ctx.automats,

@@ -212,22 +212,36 @@ class ChurnNetwork:
         host, port = node.address
         return Contact(node.node_id, host, port, self.users[node.node_id], node.layers)
 
-    def warm_start(self) -> None:
-        """Create the nodes over one refresh period and fill their tables (see the module docstring)."""
+    def warm_start(self, count: int | None = None, layer: int = 0, in_layer: Any = None) -> list[DHTNode]:
+        """Create ``count`` nodes over one refresh period and fill their tables (see the module docstring).
+
+        With ``layer``, the nodes for which ``in_layer(index)`` is true join that layer first, and
+        members' layer tables are filled with members the same way. Returns the nodes made.
+        """
         s = self.settings
-        step = s.refresh_interval / max(1, s.nodes)
+        count = s.nodes if count is None else count
+        step = min(s.refresh_interval, HOUR) / max(1, count)
         made = []
-        for _ in range(s.nodes):
-            made.append(self.new_node())
+        for i in range(count):
+            node = self.new_node()
+            if layer and in_layer(i):
+                node.join_layer(layer)  # knows nobody yet: only the table and the advertisement
+            made.append(node)
             self.clock.advance(step)
         contacts = {n.node_id: self.contact(n) for n in made}
+        members = sorted(n.node_id for n in made if layer in n.layers) if layer else []
         for node in made:
-            node.add_contacts(contacts[i] for i in self._sample_ranges(node.node_id))
+            node.add_contacts(contacts[i] for i in self._sample_ranges(node.node_id, self.ids))
+            if layer and layer in node.layers:
+                node.add_contacts((contacts[i] for i in self._sample_ranges(node.node_id, members)), layer)
         self.ready = [n.node_id for n in made]
+        return made
 
-    def _sample_ranges(self, own: int) -> list[int]:
-        """Up to k random live ids in each bucket range of ``own`` (farthest range first)."""
-        k, ids, out = self.settings.k, self.ids, []
+    def _sample_ranges(self, own: int, ids: list[int]) -> list[int]:
+        """Up to k random ids of sorted ``ids`` in each bucket range of ``own`` (farthest range first)."""
+        k, out = self.settings.k, []
+        at = bisect.bisect_left(ids, own)
+        alone = 1 if at < len(ids) and ids[at] == own else 0
         for depth in range(ID_BITS):
             bit = 1 << (ID_BITS - 1 - depth)
             base = own & ~((bit << 1) - 1)
@@ -236,17 +250,21 @@ class ChurnNetwork:
             members = ids[lo:hi]
             out.extend(self.rng.sample(members, k) if len(members) > k else members)
             mine_lo = base | (own & bit)
-            if bisect.bisect_left(ids, mine_lo + bit) - bisect.bisect_left(ids, mine_lo) <= 1:
+            mine = bisect.bisect_left(ids, mine_lo + bit) - bisect.bisect_left(ids, mine_lo)
+            if mine <= alone:
                 break  # only we are left on our side
-        return out
+        return [i for i in out if i != own]
 
     def leave(self) -> None:
         """A random live node vanishes (host down, no goodbye)."""
-        if len(self.ids) < 2:
-            return
-        node_id = self.ids.pop(self.rng.randrange(len(self.ids)))
-        node = self.nodes.pop(node_id)
-        del self.users[node_id]
+        if len(self.ids) >= 2:
+            self.leave_node(self.nodes[self.ids[self.rng.randrange(len(self.ids))]])
+
+    def leave_node(self, node: DHTNode) -> None:
+        """``node`` vanishes (host down, no goodbye)."""
+        self.ids.pop(bisect.bisect_left(self.ids, node.node_id))
+        del self.nodes[node.node_id]
+        del self.users[node.node_id]
         self.net.set_down(node.address[0])
         node.stop()
         self.counters["left"] += 1

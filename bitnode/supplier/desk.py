@@ -10,7 +10,8 @@ Customers and their quotas live in the :class:`~bitnode.supplier.contracts.Contr
 of a ``RequestService`` goes out. A customer is accepted when the donated
 space still covers every quota. What a customer gets is capped: a *new*
 customer at most ``new_customer_quota`` bytes (the answer says how much was
-granted: ``{"accepted": true, "quota_bytes": granted, "asked_bytes": asked}``),
+granted: ``{"accepted": true, "quota_bytes": granted, "asked_bytes": asked, "customers": n}``, ``n``
+the customers it serves now, for customers that pick the least loaded of several suppliers),
 and a customer asking again at most the larger of its current quota, that
 cap, and twice what it really stores — space is earned by use, so a stranger
 cannot reserve the whole donation with one packet. The answer to anything
@@ -134,7 +135,9 @@ class SupplierDesk:
         self.book.set_quota(customer_id, granted)
         await self.book.save()
         self.store.set_quota(customer_id, granted)
-        return {"accepted": True, "quota_bytes": granted, "asked_bytes": needed_bytes}
+        # How many customers it serves: a customer choosing among several suppliers keeps the least loaded.
+        return {"accepted": True, "quota_bytes": granted, "asked_bytes": needed_bytes,
+                "customers": len(self.book.customers)}
 
     def cancel(self, customer_id: str, reject: bool = False, reason: str = "") -> defer.Deferred:
         """End a contract and delete the customer's data (``reject``: refuse it from now on); fires with bytes freed."""

@@ -24,6 +24,7 @@ class FakeNetwork:
         self.behaviour: dict[str, str] = {}  # supplier -> "ok" | "full" | "offline" | "hang"
         self.calls: list[tuple[str, str]] = []
         self.hanging: list[defer.Deferred] = []
+        self.customers: dict[str, int] = {}  # the load a supplier reports in its answer, if any
 
     def _answer(self, op: str, supplier_id: str, value):
         self.calls.append((op, supplier_id))
@@ -39,7 +40,10 @@ class FakeNetwork:
         return defer.succeed(value)
 
     def request_service(self, supplier_id: str, needed: int):
-        return self._answer("request", supplier_id, {"accepted": True, "quota_bytes": needed})
+        answer = {"accepted": True, "quota_bytes": needed}
+        if supplier_id in self.customers:
+            answer["customers"] = self.customers[supplier_id]
+        return self._answer("request", supplier_id, answer)
 
     def ping(self, supplier_id: str):
         return self._answer("ping", supplier_id, None)
@@ -177,6 +181,46 @@ class FinderTests(unittest.TestCase):
         self.assertNoResult(d)
         h.clock.advance(30)
         self.assertEqual(self.successResultOf(d).supplier_id, "s2")
+
+    def test_with_choices_the_least_loaded_of_the_accepting_candidates_is_kept_the_other_cancelled(self) -> None:
+        h = Harness(self, ["s1", "s2", "s3"])
+        h.finder.choices = 2
+        h.net.customers.update({"s1": 7, "s2": 2, "s3": 0})
+        connector = self.successResultOf(h.finder.find(set()))
+        self.assertEqual((connector.supplier_id, connector.state), ("s2", "CONNECTED"))
+        self.assertEqual(h.net.calls, [("request", "s1"), ("request", "s2"), ("cancel", "s1")])
+        self.assertEqual(h.finder.refused_at, {})  # s1 said yes: it may be asked again
+        self.assertEqual(h.finder.state, "READY")
+
+    def test_with_choices_a_supplier_that_does_not_say_its_load_counts_as_the_busiest(self) -> None:
+        h = Harness(self, ["s1", "s2"])
+        h.finder.choices = 2
+        h.net.customers["s2"] = 50
+        self.assertEqual(self.successResultOf(h.finder.find(set())).supplier_id, "s2")
+
+    def test_with_choices_a_silent_candidate_holds_the_answer_up_only_until_the_timer(self) -> None:
+        h = Harness(self, ["s1", "s2"])
+        h.finder.choices = 2
+        h.net.behaviour["s1"] = "hang"
+        h.net.customers["s2"] = 9
+        d = h.finder.find(set())
+        self.assertNoResult(d)
+        h.clock.advance(30)
+        self.assertEqual(self.successResultOf(d).supplier_id, "s2")
+        self.assertIn("s1", h.finder.refused_at)
+
+    def test_with_choices_when_nobody_accepts_it_looks_again(self) -> None:
+        h = Harness(self, ["s1", "s2", "s3"])
+        h.finder.choices = 2
+        h.net.behaviour.update({"s1": "full", "s2": "offline"})
+        self.assertEqual(self.successResultOf(h.finder.find(set())).supplier_id, "s3")
+        self.assertEqual(h.lookups, 2)
+        self.assertEqual(set(h.finder.refused_at), {"s1", "s2"})
+
+    def test_choices_must_be_a_positive_int(self) -> None:
+        for bad in (0, -1, 1.5, "2"):
+            self.assertRaises(BadRequest, SupplierFinder, Clock(), lambda n: defer.succeed([]), lambda s: None,
+                              choices=bad)
 
     def test_only_one_search_at_a_time(self) -> None:
         h = Harness(self, ["s1"])

@@ -108,7 +108,8 @@ class DeskAttackTests(unittest.TestCase):
 
     def test_a_new_customer_cannot_reserve_the_whole_donation(self) -> None:
         command, payload = self.call(MALLORY, Command.REQUEST_SERVICE, request(64 * MIB))
-        self.assertEqual(wire.decode_json(payload), {"accepted": True, "quota_bytes": 8 * MIB, "asked_bytes": 64 * MIB})
+        self.assertEqual(wire.decode_json(payload), {"accepted": True, "quota_bytes": 8 * MIB, "asked_bytes": 64 * MIB,
+                                                       "customers": 1})
         # asking again without storing anything does not raise the grant
         command, payload = self.call(MALLORY, Command.REQUEST_SERVICE, request(64 * MIB))
         self.assertEqual(wire.decode_json(payload)["quota_bytes"], 8 * MIB)

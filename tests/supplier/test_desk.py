@@ -42,7 +42,8 @@ class DeskTests(unittest.TestCase):
     def test_request_service_within_donated_space(self) -> None:
         command, payload = self.call(ALICE, Command.REQUEST_SERVICE, request(600))
         self.assertEqual((command, wire.decode_json(payload)),
-                         (Command.ACK, {"accepted": True, "quota_bytes": 600, "asked_bytes": 600}))
+                         (Command.ACK, {"accepted": True, "quota_bytes": 600, "asked_bytes": 600,
+                                       "customers": 1}))
         command, payload = self.call(BOB, Command.REQUEST_SERVICE, request(500))
         self.assertEqual(command, Command.FAIL)
         self.assertIn(b"no space", payload)

@@ -130,7 +130,8 @@ class SupplierServiceTests(unittest.TestCase):
     def test_customers_are_served_within_the_donated_space_and_kept_apart(self):
         alice, bob = self.server(self.alice), self.server(self.bob)
         answer = yield alice.request_service(gid(self.alice), 600)
-        self.assertEqual(answer, {"accepted": True, "quota_bytes": 600, "asked_bytes": 600, "used_bytes": 0})
+        self.assertEqual(answer, {"accepted": True, "quota_bytes": 600, "asked_bytes": 600, "used_bytes": 0,
+                                  "customers": 1})
         yield self.assertFailure(bob.request_service(gid(self.bob), 600), InsufficientStorage)
         yield bob.request_service(gid(self.bob), 300)
         self.assertEqual(self.service.desk.allocated_bytes(), 900)
