@@ -27,7 +27,8 @@ there) and answers the group's members:
   missed); one that answers "not joined" is unsubscribed.
 
 Limits (settings, each with a counter; a stranger cannot fill a broker):
-logs hosted in all and per creator, message entries and bytes kept per log
+whose logs it keeps (by default its customers' only: a creator's brokers are
+its suppliers), logs hosted in all and per creator, message entries and bytes kept per log
 (the oldest committed messages are trimmed beyond them; control entries
 stay), members per group, publishes per member per second, size of an entry.
 
@@ -39,7 +40,7 @@ or unsubscribes here.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
@@ -105,6 +106,8 @@ class GroupBroker:
     :param tell_moved: ``tell_moved(member, group_key_id, term) -> Deferred``: "I lead the group now".
     :param limits: ``limits() -> BrokerLimits``: the settings now.
     :param publish_event: the node's ``events.publish(event_id, data)``.
+    :param may_host: ``may_host(creator) -> bool``: whether this node keeps logs of that creator's groups
+        (its customers only, by default: see ``broker-customers-only``); None: anyone's.
     """
 
     log = Logger()
@@ -112,7 +115,7 @@ class GroupBroker:
     def __init__(self, clock: Any, me: str, log: GroupLog, run: Callable[..., Deferred], ask: Callable[..., Deferred],
                  public_key: Callable[[str], Deferred], push: Callable[[str, str, int, bytes], Deferred],
                  tell_moved: Callable[[str, str, int], Deferred], limits: Callable[[], BrokerLimits],
-                 publish_event: Callable[[str, Any], Any]) -> None:
+                 publish_event: Callable[[str, Any], Any], may_host: Optional[Callable[[str], bool]] = None) -> None:
         self.clock = clock
         self.me = me
         self.store = log
@@ -123,6 +126,7 @@ class GroupBroker:
         self.tell_moved = tell_moved
         self.limits = limits
         self.publish_event = publish_event
+        self.may_host = may_host or (lambda creator: True)
         self.replicas: dict[str, LogReplica] = {}
         self._subscribers: dict[str, dict[str, _Consumer]] = {}
         self._pushes: set[Deferred] = set()
@@ -211,6 +215,9 @@ class GroupBroker:
             raise Forbidden(f"{requester} may not ask to host group {config.group_key_id}")
         if self.me not in config.brokers:
             raise Forbidden(f"{self.me} is not one of the brokers of group {config.group_key_id}")
+        if config.creator != self.me and not self.may_host(config.creator):
+            self.counters["host_refused"] += 1
+            raise Forbidden(f"{self.me} keeps group logs only for its customers, and {config.creator} is none")
         limits = self.limits()
         hosted = await self.run(self.store.count_hosted)
         mine = await self.run(self.store.count_hosted, config.creator)

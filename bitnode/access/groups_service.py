@@ -90,12 +90,13 @@ from bitnode.chat.message_crypto import (
 )
 from bitnode.chat.messages_service import PrivateMessagesService
 from bitnode.errors import BadRequest, BitnodeError, Conflict, Forbidden, NotFound, Unavailable
-from bitnode.main.options import DISK_SPACE, FLOAT, INTEGER, Option
+from bitnode.main.options import BOOLEAN, DISK_SPACE, FLOAT, INTEGER, Option
 from bitnode.main.sqlitedb import StoreClosed
 from bitnode.services.base import Service
 from bitnode.services.context import NodeContext
 from bitnode.storage.backups_service import BackupsService
 from bitnode.storage.ports import SupplierProvider
+from bitnode.supplier.supplier_service import SupplierService
 from bitnode.transport.commands import Command
 from bitnode.transport.gateway_service import GatewayService
 from bitnode.userid.id_service import IdentityService
@@ -110,7 +111,7 @@ class GroupsService(Service):
 
     name = "service_private_groups"
     requires = {"messages": PrivateMessagesService, "gateway": GatewayService, "identity": IdentityService}
-    optional = {"storage": BackupsService, "suppliers": SupplierProvider}
+    optional = {"storage": BackupsService, "suppliers": SupplierProvider, "supplier": SupplierService}
     description = "Message groups: an ordered, end-to-end encrypted message log kept by several brokers"
     options = (
         Option(PREFIX + "request-timeout", FLOAT, 20.0,
@@ -129,6 +130,9 @@ class GroupsService(Service):
         Option(PREFIX + "heartbeat-interval", FLOAT, 30.0,
                "Seconds between a primary broker's rounds: entries a backup misses are sent again, entries not "
                "yet on a majority are retried, backups in a newer term are found.", minimum=1.0, maximum=3600.0),
+        Option(PREFIX + "broker-customers-only", BOOLEAN, True,
+               "Keep group logs only for this node's customers (a group's brokers are its creator's suppliers); "
+               "off: for anyone who names this node in a signed group config (counter host_refused)."),
         Option(PREFIX + "broker-max-logs", INTEGER, 500,
                "Group logs this node hosts as a broker, in all (counter host_refused).", minimum=0, maximum=100000),
         Option(PREFIX + "broker-max-logs-per-creator", INTEGER, 20,
@@ -190,7 +194,8 @@ class GroupsService(Service):
         self._gateway, self._messages = gateway, self.deps.messages
         keyring = Keyring(me, store, self.ctx.run_in_thread, self.keystore, self.public_key)
         broker = GroupBroker(self.ctx.clock, me, logs, self.ctx.run_in_thread, self.ask, self.public_key,
-                             self._push, self._tell_moved, self.broker_limits, self.ctx.events.publish)
+                             self._push, self._tell_moved, self.broker_limits, self.ctx.events.publish,
+                             self._may_host)
         try:
             await broker.load()
             known = await self.ctx.run_in_thread(store.groups)
@@ -285,6 +290,14 @@ class GroupsService(Service):
             publish_burst=self.setting("broker-publish-burst"), max_entry_bytes=max(self._max_blob(),
                                                                                     group_roster.MAX_CONTROL_BYTES),
             heartbeat=self.setting("heartbeat-interval"))
+
+    def _may_host(self, creator: str) -> bool:
+        """Whether this node keeps logs of ``creator``'s groups: a customer's (or anyone's, if so set)."""
+        if not bool(self.ctx.settings.get(PREFIX + "broker-customers-only")):
+            return True
+        supplier = self.deps.supplier
+        desk = supplier.desk if supplier is not None else None
+        return desk is not None and creator in desk.customers
 
     def broker_candidates(self) -> list[str]:
         """Who may host a new group's log, best first: my suppliers by position, then me."""

@@ -35,7 +35,9 @@ class Harness:
         self.broker = GroupBroker(self.clock, ME, self.log, lambda f, *a: defer.maybeDeferred(f, *a),
                                   self.ask, lambda user: defer.succeed(KEY.public_key()), self.push,
                                   lambda member, group, term: defer.succeed(None), lambda: self.limits,
-                                  lambda event, data: self.events.append((event, data)))
+                                  lambda event, data: self.events.append((event, data)),
+                                  lambda creator: creator in self.customers)
+        self.customers = {ALICE}
 
     def ask(self, peer, op, group_key_id, blobs=(), **fields):
         raise AssertionError(f"a group with one broker asks nobody ({op} to {peer})")
@@ -159,6 +161,7 @@ class GroupBrokerTests(unittest.TestCase):
 
     def test_hosting_is_bounded_in_all_and_per_creator(self):
         self.h.limits = replace(self.h.limits, max_logs=3, max_logs_per_creator=2)
+        self.h.customers |= {"dave@id.net", "erin@id.net"}
         other = "group_00000000000000000000000000000002$alice@id.net"
         self.successResultOf(self.broker.host(config(other).to_dict(), ALICE))
         third = "group_00000000000000000000000000000003$alice@id.net"
@@ -171,6 +174,15 @@ class GroupBrokerTests(unittest.TestCase):
         self.assertEqual(self.broker.counters["host_refused"], 2)
         # a stranger cannot make this node host a group it is no broker of, or with a config another signed
         self.failureResultOf(self.broker.host(config(erin, "erin@id.net").to_dict(), "mallory@id.net"), Forbidden)
+
+    def test_a_broker_keeps_logs_for_its_customers_only(self):
+        stranger = "group_00000000000000000000000000000007$mallory@id.net"
+        failure = self.failureResultOf(self.broker.host(config(stranger, "mallory@id.net").to_dict(),
+                                                        "mallory@id.net"), Forbidden)
+        self.assertIn("only for its customers", str(failure.value))
+        self.assertEqual(self.broker.counters["host_refused"], 1)
+        self.h.customers.add("mallory@id.net")
+        self.successResultOf(self.broker.host(config(stranger, "mallory@id.net").to_dict(), "mallory@id.net"))
 
     def test_only_the_creator_drops_its_log(self):
         self.failureResultOf(self.broker.drop(G, BOB), Forbidden)
