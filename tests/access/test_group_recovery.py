@@ -79,7 +79,7 @@ class GroupRecoveryTests(GroupHelpers, AccessNetworkCase):
         yield until(groups_part, "the catalog and its groups part to be restored", seconds=30)
         self.assertIn(groups_part(), ("restored", "pending"))
         yield self.until(lambda: bob.service_driver.is_on(GROUPS), "bob's groups service", seconds=30)
-        yield self.connected(bob, group)
+        yield self.connected(bob, group, seconds=60)
         self.assertEqual((yield self.wait_history(bob, group, 3)), before)
         head = (yield self.ok(alice, "group_info", group_key_id=group))["last_sequence"]
         yield self.until(lambda: self.member(bob, group).last_sequence == head, "bob to catch up")
@@ -113,7 +113,7 @@ class GroupRecoveryTests(GroupHelpers, AccessNetworkCase):
         storage = alice.service_driver.get(STORAGE)
         yield until(lambda: storage.last_restore.get("serial"), "the catalog to be restored", seconds=30)
         yield self.until(lambda: alice.service_driver.is_on(GROUPS), "alice's groups service", seconds=30)
-        yield self.connected(alice, group)
+        yield self.connected(alice, group, seconds=60)
         info = yield self.ok(alice, "group_info", group_key_id=group)
         self.assertEqual(sorted(info["brokers"][:2]), sorted(self.global_id(s) for s in self.suppliers))
         # her suppliers kept the log while her machine was gone: the whole history comes back

@@ -32,7 +32,7 @@ class GroupHelpers:
         return node
 
     @inlineCallbacks
-    def until(self, check, what, seconds=10.0):
+    def until(self, check, what, seconds=30.0):
         yield wait_until(check, what, timeout=seconds)
 
     def groups_of(self, node):
@@ -42,7 +42,7 @@ class GroupHelpers:
         return self.groups_of(node).members.get(group)
 
     @inlineCallbacks
-    def connected(self, node, group, seconds=10.0):
+    def connected(self, node, group, seconds=30.0):
         yield self.until(lambda: self.member(node, group) is not None and self.member(node, group).state == "CONNECTED",
                          f"{self.global_id(node)} connected to {group}", seconds)
 
@@ -53,7 +53,7 @@ class GroupHelpers:
         return [(row["sender"], row["data"]["message"]) for row in reversed(found["messages"])]
 
     @inlineCallbacks
-    def wait_history(self, node, group, count, seconds=10.0):
+    def wait_history(self, node, group, count, seconds=30.0):
         rows = []
         for _ in range(int(seconds / 0.02)):
             rows = yield self.group_history(node, group)
