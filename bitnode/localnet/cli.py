@@ -27,7 +27,9 @@ def cmd_up(args) -> int:
 
     def up():
         data = LocalNet(args.dir).up(args.suppliers, args.customers, args.key_size, args.timeout,
-                                     id_servers=args.id_servers)
+                                     id_servers=args.id_servers, routers=args.routers,
+                                     suppliers_behind_nat=args.suppliers_behind_nat,
+                                     customers_behind_nat=args.customers if args.behind_nat else 0)
         print()
         for node in data["nodes"]:
             print(f"  {node['name']:<12} {','.join(node['roles']):<26} {node['api_url']}  "
@@ -88,7 +90,7 @@ def cmd_add_node(args) -> int:
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
     """Add ``localnet`` and its sub-commands to the ``bitnode`` parser."""
-    text = "run a whole network (identity server, suppliers, customers) on this machine"
+    text = "run a whole network (identity servers, routers, suppliers, customers) on this machine"
     localnet = sub.add_parser("localnet", help=text, description=text)
     actions = localnet.add_subparsers(dest="action", metavar="ACTION")
     actions.required = True
@@ -104,6 +106,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     up.add_argument("--customers", type=int, default=1, help="how many customer nodes (default 1)")
     up.add_argument("--id-servers", type=int, default=1,
                     help="how many identity servers; every identity lists all of them as sources (default 1)")
+    up.add_argument("--behind-nat", action="store_true",
+                    help="every customer is behind NAT: no listening port, it works through a router")
+    up.add_argument("--suppliers-behind-nat", type=int, default=0, metavar="N",
+                    help="the last N suppliers are behind NAT (default 0)")
+    up.add_argument("--routers", type=int, default=None, metavar="N",
+                    help="how many router nodes (default 1 when any node is behind NAT, else 0)")
     up.add_argument("--key-size", type=int, default=2048, choices=(2048, 3072, 4096),
                     help="RSA key size of new identities (default 2048)")
     up.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for each step")
@@ -114,8 +122,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     add("start-node", cmd_start_node, "start one node again").add_argument("name")
     more = add("add-node", cmd_add_node, "start one more node without an identity (to recover or create one)")
     more.add_argument("name")
-    more.add_argument("--role", action="append", choices=("customer", "supplier"),
-                      help="customer (default) and/or supplier; repeat for both")
+    more.add_argument("--role", action="append", choices=("customer", "supplier", "router", "behind-nat"),
+                      help="customer (default), supplier, router, behind-nat (no listening port); repeat for more")
     more.add_argument("--key-size", type=int, default=2048, choices=(2048, 3072, 4096),
                       help="RSA key size if an identity is created later by `up` (default 2048)")
     more.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the node")

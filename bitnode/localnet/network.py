@@ -33,6 +33,14 @@ from bitnode.errors import BadRequest, Conflict, NotFound
 from bitnode.interface import control
 from bitnode.interface.client import call_api, read_endpoints, read_secret
 from bitnode.interface.control import node_pid
+from bitnode.localnet.shapes import (
+    BEHIND_NAT,
+    ROUTER,
+    SHAPE_SETTINGS,
+    routers_of,
+    routers_wanted,
+    shaped_names,
+)
 from bitnode.main import network_file
 from bitnode.main.basedir import Basedir
 from bitnode.main.fileutil import atomic_write
@@ -54,6 +62,7 @@ ROLE_SETTINGS: dict[str, dict] = {
     # A local network replaces a stopped supplier within about a minute (a real one waits 10 minutes).
     "customer": {"services/customer/enabled": True, "services/customer/dead-after": 30.0,
                  "services/customer/ping-interval": 10.0, "services/customer/check-interval": 15.0},
+    **SHAPE_SETTINGS,
 }
 #: How many suppliers a localnet customer hires (at most this many; the setting's minimum is 2).
 LOCALNET_SUPPLIERS_NUMBER = 4
@@ -105,25 +114,27 @@ def preferred_port(port: int) -> int:
 
 
 def plan_network(directory: str, suppliers: int, customers: int, documented_ports: bool = True, *,
-                 id_servers: int = 1) -> list[NodePlan]:
+                 id_servers: int = 1, routers: int | None = None, suppliers_behind_nat: int = 0,
+                 customers_behind_nat: int = 0) -> list[NodePlan]:
     """Names, roles, basedirs and fresh ports for a network of that shape.
 
     With ``documented_ports`` the first customer gets the API ports of the
     documentation (8180/8280) when they are free; tests running several
     networks at once turn it off so they never race for them. The first of
     the ``id_servers`` identity servers (``idserver``) is also the DHT seed;
-    the others are ``idserver-2`` ...
+    the others are ``idserver-2`` ...; routers and nodes behind NAT: see
+    :mod:`bitnode.localnet.shapes`.
     """
     if suppliers < 0 or customers < 0 or suppliers + customers == 0:
         raise BadRequest("a local network needs at least one supplier or customer")
-    if suppliers + customers > 64:
+    routers = routers_wanted(routers, suppliers_behind_nat + customers_behind_nat)
+    if suppliers + customers + routers > 64:
         raise BadRequest("at most 64 nodes on one machine")
     if not 1 <= id_servers <= MAX_ID_SERVERS:
         raise BadRequest(f"a local network has 1 to {MAX_ID_SERVERS} identity servers")
     names = [(SERVER_NAME, ("identity-server", "dht-seed"))]
     names += [(f"{SERVER_NAME}-{i}", ("identity-server",)) for i in range(2, id_servers + 1)]
-    names += [(f"supplier-{i}", ("supplier",)) for i in range(1, suppliers + 1)]
-    names += [(f"customer-{i}", ("customer",)) for i in range(1, customers + 1)]
+    names += shaped_names(suppliers, customers, routers, suppliers_behind_nat, customers_behind_nat)
     plans = []
     for name, roles in names:
         ports = node_ports(roles)
@@ -292,20 +303,25 @@ class LocalNet:
     # --- commands -----------------------------------------------------------------
 
     def up(self, suppliers: int = 4, customers: int = 1, key_size: int = 2048, timeout: float = 120.0, *,
-           id_servers: int = 1) -> dict:
+           id_servers: int = 1, routers: int | None = None, suppliers_behind_nat: int = 0,
+           customers_behind_nat: int = 0) -> dict:
         """Start (or restart) every node, create missing identities, wait until all are connected.
 
-        ``id_servers`` identity servers (for a new network): every node's
-        identity lists all of them as its sources.
+        For a new network: ``id_servers`` identity servers (every node's
+        identity lists all of them as its sources); ``routers`` routers and
+        that many suppliers / customers behind NAT (:mod:`bitnode.localnet.shapes`).
         """
         try:
             plans = self.load()
             self.log(f"local network in {self.directory}: starting its {len(plans)} nodes again")
         except NotFound:
             plans = plan_network(self.directory, suppliers, customers, self.documented_ports,
-                                 id_servers=id_servers)
+                                 id_servers=id_servers, routers=routers, suppliers_behind_nat=suppliers_behind_nat,
+                                 customers_behind_nat=customers_behind_nat)
+            natted = sum(1 for plan in plans if BEHIND_NAT in plan.roles)
             self.log(f"new local network in {self.directory}: {id_servers} identity server(s), "
-                     f"{suppliers} supplier(s), {customers} customer(s)")
+                     f"{suppliers} supplier(s), {customers} customer(s)"
+                     + (f", {len(routers_of(plans))} router(s), {natted} behind NAT" if routers_of(plans) else ""))
         hire = suppliers_to_hire(plans)
         for plan in plans:
             Basedir.at(plan.basedir).create()
@@ -318,10 +334,12 @@ class LocalNet:
         self._ensure_identity(server, timeout)
         self._each(servers[1:], lambda plan: self._ensure_identity(plan, timeout))
         self._each(others, lambda plan: self._start_on_free_ports(plan, plans, key_size, timeout))
+        # Routers before the others: a node behind NAT looks for one in the DHT as soon as it has an identity.
         # Customers last: they look for suppliers in the DHT as soon as they have an identity.
         customers = [plan for plan in plans if "customer" in plan.roles]
+        routers_first = routers_of(plans)
         joined: list[NodePlan] = []
-        for group in ([plan for plan in plans if plan not in customers], customers):
+        for group in (routers_first, [plan for plan in plans if plan not in customers + routers_first], customers):
             joined += group
             # (the servers have their identities already: the DHT seed is up before anyone bootstraps from it)
             self._each([plan for plan in group if plan not in servers],
@@ -329,6 +347,7 @@ class LocalNet:
             self._each(group, lambda plan: self._wait_connected(plan, timeout, plans, key_size))
             self._each(group, lambda plan, nodes=len(joined): self._wait_dht(plan, nodes, timeout))
             self._each(group, lambda plan: self._wait_services(plan, timeout))
+        self._each(routers_first, lambda plan: self._wait_advertised(plan, timeout))
         self._each(customers, lambda plan: self._wait_suppliers(plan, hire, timeout))
         # The others were ON before the customers joined; a customer's storage comes ON once it has hired.
         self._each(customers, lambda plan: self._wait_services(plan, timeout))
@@ -369,8 +388,8 @@ class LocalNet:
         if not isinstance(name, str) or not NODE_NAME.fullmatch(name):
             raise BadRequest("a node name is 1-32 lowercase letters, digits or '-', starting with a letter")
         unknown = set(roles) - set(ROLE_SETTINGS)
-        if not roles or unknown or "identity-server" in roles:
-            raise BadRequest(f"roles must be some of supplier, customer (got {list(roles)})")
+        if not roles or unknown or "identity-server" in roles or "dht-seed" in roles:
+            raise BadRequest(f"roles must be some of supplier, customer, {ROUTER}, {BEHIND_NAT} (got {list(roles)})")
         plans = self.load()
         if any(p.name == name for p in plans):
             raise Conflict(f"the network already has a node {name!r}")
@@ -511,6 +530,17 @@ class LocalNet:
 
         if wait_for(populated, timeout, f"the DHT of {plan.name} to know {wanted} node(s)") == "unavailable":
             self.log(f"  {plan.name}: no DHT service running")
+
+    def _wait_advertised(self, plan: NodePlan, timeout: float) -> None:
+        """Wait until a router has joined the routers' DHT layer (nodes behind NAT find it there)."""
+        basedir = Basedir.at(plan.basedir)
+
+        def joined():
+            code, envelope = api(basedir, "network_status", timeout=5.0, proxy=True)
+            server = envelope.get("result", {}).get("proxy", {}).get("server", {}) if code == 200 else {}
+            return server.get("layer_joined")
+
+        wait_for(joined, timeout, f"router {plan.name} to advertise itself in the DHT")
 
     def _wait_suppliers(self, plan: NodePlan, wanted: int, timeout: float) -> None:
         """Wait until a customer has ``wanted`` CONNECTED suppliers (a customer needs at least 2)."""

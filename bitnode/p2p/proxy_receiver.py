@@ -16,7 +16,8 @@
 - FIND_ROUTER asks ``find_routers`` for candidates (the last router first,
   then routers from the DHT); each is asked in turn (``request_route``) until
   one accepts; a router that refused, failed or went silent is skipped for
-  :data:`SKIP_FAILED_FOR` seconds.
+  :data:`SKIP_FAILED_FOR` seconds (unless every candidate was: then they
+  are all asked again, the longest-failed first).
 - LINKING: ``link(router)`` sends our packets through it and publishes it as
   our contact; then ROUTED, where ``keepalive(router)`` runs every
   ``timer-keepalive`` (a route request again: it keeps NAT mappings and the
@@ -137,6 +138,7 @@ class ProxyReceiver(Automat):
         self._announce = announce
         self._answers = LatestAnswers(self)  # older questions' answers are dropped
         self.candidates: list[str] = []
+        self._pass_started = float("-inf")  # when the current pass over candidates began
         self.asking: Optional[str] = None  # the router being asked
         self.router: Optional[str] = None  # the router we are routed through
         self.last_router: Optional[str] = None  # the one before (asked first again: it may only have reconnected)
@@ -167,11 +169,21 @@ class ProxyReceiver(Automat):
         return self.router is not None
 
     def has_candidate(self, routers: Any = None, *args: Any) -> bool:
-        """Is there a router left to ask (not skipped after a failure)?  ``routers``: a fresh list of candidates."""
-        if isinstance(routers, list):
-            self.candidates = list(dict.fromkeys(routers))
+        """Is there a router left to ask?  ``routers``: a fresh list of candidates (a new pass).
+
+        A pass asks the routers not skipped after a failure; when every one
+        was skipped, it asks them all again, the one that failed longest ago
+        first (the OFFLINE retry timer paces this): a router that came back
+        is found within a retry, not after :data:`SKIP_FAILED_FOR`.  Within a
+        pass, a router that failed is not asked again.
+        """
         now = self.clock.seconds()
-        self.candidates = [r for r in self.candidates if not self._skipping(r, self.skipped.get(r), now)]
+        if isinstance(routers, list):
+            self._pass_started = now
+            fresh = list(dict.fromkeys(routers))
+            usable = [r for r in fresh if not self._skipping(r, self.skipped.get(r), now)]
+            self.candidates = usable or sorted(fresh, key=lambda r: self.skipped.get(r, 0.0))
+        self.candidates = [r for r in self.candidates if self.skipped.get(r, float("-inf")) < self._pass_started]
         return bool(self.candidates)
 
     # -- actions --------------------------------------------------------------------

@@ -266,7 +266,9 @@ class ProxyTransportService(Service):
         if gateway is None or receiver is None or gateway.link is None:
             return
         if conn.address == gateway.link.address:
-            receiver.event("router-lost", f"the connection to router {gateway.link.router_id} closed")
+            why = f"the connection to router {gateway.link.router_id} closed"
+            gateway.router_lost(why)
+            receiver.event("router-lost", why)
 
     def _setting_changed(self, key: str, old: Any, new: Any) -> None:
         if self.receiver is not None:

@@ -315,6 +315,8 @@ class BackupsService(Service):
     def _on_event(self, event) -> None:
         if event.event_id == "suppliers-changed":
             self.suppliers_changed()
+        elif event.event_id == "network-connected" and self.transfers is not None:
+            self.transfers.suppliers_changed()  # back online (e.g. through a new router): paused transfers go on now
         elif event.event_id == "my-identity-created" and self.catalog is not None:
             self._background.track(self._bring_up(), "starting storage")
         elif event.event_id == "my-identity-erased":

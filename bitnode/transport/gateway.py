@@ -359,6 +359,7 @@ class Gateway(Reintroduction, Routing):
         packet = machine.packet
         routed = self._routed_address(peer.global_id)
         if routed is not None:
+            await self._know(peer)
             await self.transport.send(routed, packet)
             return
         address = self._open_address(peer)
@@ -399,13 +400,17 @@ class Gateway(Reintroduction, Routing):
             return peer.address
         return None
 
-    async def _resolve(self, peer: _Peer, refresh: bool) -> Address:
+    async def _know(self, peer: _Peer, refresh: bool = False) -> Identity:
+        """The peer's identity (cached, else fetched): its answers are checked with its key."""
         if refresh:
             peer.refreshed_at = self.clock.seconds()
         try:
-            identity = await self.identity.fetch_identity(peer.global_id, refresh=refresh)
+            return await self.identity.fetch_identity(peer.global_id, refresh=refresh)
         except NotFound as err:
             raise NotFound(f"unknown user {peer.global_id}: {err}") from err
+
+    async def _resolve(self, peer: _Peer, refresh: bool) -> Address:
+        identity = await self._know(peer, refresh)
         addresses = contact_addresses(identity.contacts)
         if not addresses:
             raise Unavailable(f"{peer.global_id} publishes no tcp or proxy contact")

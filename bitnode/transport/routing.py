@@ -25,7 +25,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from bitnode.errors import BadRequest
+from bitnode.errors import BadRequest, Unavailable
 from bitnode.transport.tcp import PROXY_SCHEME, Address, parse_tcp_contact
 
 
@@ -57,6 +57,7 @@ class Routing:
     transport: Any
     clock: Any
     log: Any
+    _live: dict
 
     def _init_routing(self) -> None:
         self.link: Optional[RouterLink] = None
@@ -73,6 +74,26 @@ class Routing:
         if self.link is not None:
             self.log.info("no longer routed through {router}", router=self.link.router_id)
         self.link = None
+
+    def router_lost(self, why: str) -> int:
+        """Our router's connection closed: stop routing, and fail the packets sent through it that wait for an answer.
+
+        Their answers would come to our published contact, the lost router:
+        failing them now (``Unavailable``) lets their senders try again over
+        the next router at once instead of after their timeout.  Packets not
+        sent yet stay queued.  Answers how many failed.
+        """
+        link = self.link
+        self.stop_routing()
+        if link is None:
+            return 0
+        failed = 0
+        for machine in list(self._live):
+            if machine.state in ("SENDING", "WAITING"):
+                machine.event("cancel", Unavailable(f"router {link.router_id} was lost before the answer came: {why}"))
+                failed += 1
+        self.route_counts["failed_router_lost"] += failed
+        return failed
 
     def _routed_address(self, peer_id: str) -> Optional[Address]:
         """Where a packet for ``peer_id`` must go instead of the direct path, counting the path taken."""
@@ -108,4 +129,5 @@ class Routing:
             "contact": link.contact if link is not None else None,
             "since": link.since if link is not None else None,
             "packets": {path: self.route_counts[path] for path in ("direct", "via_router", "to_routed")},
+            "failed_router_lost": self.route_counts["failed_router_lost"],
         }

@@ -152,7 +152,7 @@ class ProxyReceiverTests(unittest.TestCase):
         self.n.refuse("find_routers", Unavailable("DHT has no peers"))
         self.assertEqual((self.machine.state, self.machine.reason), ("OFFLINE", "DHT has no peers"))
 
-    def test_every_router_refusing_goes_offline_and_skips_them_for_ten_minutes(self):
+    def test_every_router_refusing_goes_offline_and_the_others_are_preferred_for_ten_minutes(self):
         self.machine.event("start")
         self.n.answer("check_reachable", (False, "forced"))
         self.n.answer("find_routers", ["p1@id_1"])
@@ -160,13 +160,34 @@ class ProxyReceiverTests(unittest.TestCase):
         self.assertEqual(self.machine.state, "OFFLINE")
         self.clock.advance(15)
         self.n.answer("check_reachable", (False, "forced"))
-        self.n.answer("find_routers", ["p1@id_1"])
-        self.assertEqual(self.machine.state, "OFFLINE")  # skipped: nobody left to ask
-        self.assertEqual(sum(1 for e in self.n.events if e[0] == "request_route"), 1)
+        self.n.answer("find_routers", ["p1@id_1", "p2@id_1"])
+        self.assertEqual(self.n.events[-1], ("request_route", "p2@id_1"))  # p1 failed lately: p2 first
+        self.n.refuse("request_route", Unavailable("refused: full"))
+        self.assertEqual(self.machine.state, "OFFLINE")  # p1 is not asked twice within 15 s
+        self.assertEqual(sum(1 for e in self.n.events if e[0] == "request_route"), 2)
         self.clock.advance(SKIP_FAILED_FOR)
         self.n.answer("check_reachable", (False, "forced"))
         self.n.answer("find_routers", ["p1@id_1"])
         self.assertEqual(self.machine.state, "REQUEST")
+
+    def test_when_every_router_failed_lately_they_are_asked_again_at_each_retry_the_longest_failed_first(self):
+        # both routers were killed one after the other; then they come back: found at the next retry
+        self.machine.event("start")
+        self.n.answer("check_reachable", (False, "forced"))
+        self.n.answer("find_routers", ["p1@id_1", "p2@id_1"])
+        self.n.refuse("request_route", Unavailable("connection refused"))
+        self.clock.advance(1)
+        self.n.refuse("request_route", Unavailable("connection refused"))
+        self.assertEqual(self.machine.state, "OFFLINE")
+        self.clock.advance(15)
+        self.n.answer("check_reachable", (False, "forced"))
+        self.n.answer("find_routers", ["p2@id_1", "p1@id_1"])
+        self.assertEqual(self.n.events[-1], ("request_route", "p1@id_1"))
+        self.n.refuse("request_route", Unavailable("still down"))
+        self.assertEqual(self.n.events[-1], ("request_route", "p2@id_1"))  # the rest of this pass
+        self.n.answer("request_route", "tcp://127.0.0.1:7002")
+        self.n.answer("link")
+        self.assertEqual((self.machine.state, self.machine.router), ("ROUTED", "p2@id_1"))
 
     def test_a_router_that_never_answers_is_given_up_after_30_seconds(self):
         self.machine.event("start")

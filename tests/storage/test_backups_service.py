@@ -191,6 +191,21 @@ class ServiceTests(StorageNodeTestCase):
         self.assertEqual(node.settings.get("services/backups/data-blocks"), 0)
 
     @defer.inlineCallbacks
+    def test_a_paused_upload_goes_on_as_soon_as_the_node_is_connected_again(self):
+        # e.g. a node behind NAT whose router died: its packets failed, then a new router carries them
+        node, service = yield self.start()
+        for gate in list(self.provider.gates.values())[:3]:
+            gate.offline = True
+        source, data = write(self, 2 * SEG)
+        job = service.transfers.start_upload(source, MASTER + ":docs/b.bin")
+        yield wait_until(lambda: job.state == "PAUSED")
+        for gate in self.provider.gates.values():
+            gate.offline = False
+        node.events.publish("network-connected", {"reason": "routed through router-2"})
+        yield wait_until(lambda: job.state == "DONE")  # not after its one-minute timer
+        self.assertEqual((yield self.download(service, MASTER + ":docs/b.bin")), data)
+
+    @defer.inlineCallbacks
     def test_without_a_supplier_provider_nothing_pretends_to_work(self):
         node, service = yield self.start(storage=BackupsService)
         source, _ = write(self, 10)

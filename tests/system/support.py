@@ -173,8 +173,11 @@ class LocalnetTestCase(SynchronousTestCase):
     the error text.
     """
 
-    def start_network(self, suppliers: int, customers: int, prefix: str, timeout: float = 90.0) -> dict:
-        """``localnet up`` with 2048-bit keys; the nodes by name (their network.json entries)."""
+    def start_network(self, suppliers: int, customers: int, prefix: str, timeout: float = 90.0, **shape) -> dict:
+        """``localnet up`` with 2048-bit keys; the nodes by name (their network.json entries).
+
+        ``shape``: more keywords of ``LocalNet.up`` (``routers``, ``customers_behind_nat`` ...).
+        """
         from bitnode.localnet.network import LocalNet
 
         # Under trial's temp directory: kept after a failure for its logs, wiped by the next run.
@@ -182,7 +185,7 @@ class LocalnetTestCase(SynchronousTestCase):
         os.makedirs(self.dir)
         self.net = LocalNet(self.dir, log=lambda _line: None, documented_ports=False)
         self.addCleanup(self._down)
-        data = self.net.up(suppliers=suppliers, customers=customers, key_size=2048, timeout=timeout)
+        data = self.net.up(suppliers=suppliers, customers=customers, key_size=2048, timeout=timeout, **shape)
         self.nodes = {node["name"]: node for node in data["nodes"]}
         return self.nodes
 

@@ -12,7 +12,7 @@ from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
-from bitnode.errors import TooManyRequests
+from bitnode.errors import TooManyRequests, Unavailable
 from bitnode.transport.commands import Command
 from bitnode.transport.packet import Packet, PacketHead
 from bitnode.transport.relay import Relay, RelayLimits, RelayRefused
@@ -108,6 +108,28 @@ class RoutedNetworkTests(unittest.TestCase):
         self.assertGreater(stats["bytes_in"], 0)
         self.assertEqual(stats["routed_nodes"][0]["global_id"], r1.id)
         self.assertEqual(stats["refused"], {})
+
+    @inlineCallbacks
+    def test_a_routed_node_learns_the_key_of_whom_it_writes_to_so_the_answer_is_not_dropped(self):
+        router, x, (r1,) = yield self.network()
+        r1.ids.forget(x.id)  # as for a supplier found in the DHT: never met
+        fetches = self.server.fetches
+        answer = yield r1.gateway.request(Command.MESSAGE, x.id, b"hello stranger", timeout=5)
+        self.assertEqual((answer.creator_id, answer.payload), (x.id, b"got hello stranger"))
+        self.assertEqual(self.server.fetches, fetches + 1)
+        self.assertEqual(r1.gateway.stats.as_dict()["dropped"].get("unknown_sender", 0), 0)
+
+    @inlineCallbacks
+    def test_losing_the_router_fails_the_packets_waiting_for_an_answer_through_it_at_once(self):
+        router, x, (r1,) = yield self.network()
+        d = r1.gateway.request(Command.MESSAGE, x.id, b"anyone?", timeout=600)
+        yield wait_until(lambda: any(m.state in ("SENDING", "WAITING") for m in r1.gateway._live), "the send")
+        self.assertEqual(r1.gateway.router_lost("the connection closed"), 1)
+        err = yield self.assertFailure(d, Unavailable)
+        self.assertIn(f"router {router.id} was lost", str(err))
+        self.assertIsNone(r1.gateway.link)
+        self.assertEqual(r1.gateway.routing_stats()["failed_router_lost"], 1)
+        self.assertEqual(r1.gateway.router_lost("again"), 0)  # not routed any more: nothing to fail
 
     @inlineCallbacks
     def test_two_routed_nodes_reach_each_other_through_the_router(self):

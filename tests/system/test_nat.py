@@ -1,0 +1,145 @@
+"""System test (issue 16): nodes behind NAT work through routers, on a localnet of real processes.
+
+One network: an identity server, two routers, two suppliers (``supplier-2``
+behind NAT) and two customers, both behind NAT.  A node behind NAT opens no
+listening peer port at all (only its local API); it finds a router in the
+DHT, keeps one connection to it and publishes the router as its contact.
+
+One test walks through it: the nodes behind NAT listen nowhere and publish
+``proxy://`` contacts; customer-1 (which hired supplier-2, behind NAT too)
+uploads a file and downloads it byte-identical; the two customers exchange a
+private message and ping each other; all of it went through the routers (no
+packet of a NATed node took the direct path, every connection it has goes to
+a router, and the routers counted the bytes); then customer-1's router is
+killed: customer-1 is routed through the other one within a bounded time and
+an upload and a download work again.  The timings are printed for the record.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import psutil
+
+from tests.system.support import LocalnetTestCase, sha256_of, wait_for
+
+ROUTERS = ("router-1", "router-2")
+NATTED = ("supplier-2", "customer-1", "customer-2")
+#: How long a node behind NAT may take to be routed again after its router died.
+REROUTE_WITHIN = 45.0
+
+
+class BehindNatTests(LocalnetTestCase):
+    """Storage, messages and pings between nodes behind NAT, through routers that may die."""
+
+    def test_nodes_behind_nat_store_talk_and_ping_through_routers_and_outlive_their_router(self) -> None:
+        started = time.monotonic()
+        self.start_network(suppliers=2, customers=2, prefix="bitnode-nat-", timeout=120.0, routers=2,
+                           suppliers_behind_nat=1, customers_behind_nat=2)
+        up_seconds = time.monotonic() - started
+        self.check_nodes_behind_nat_listen_nowhere_and_publish_their_router()
+        direct = {name: self.proxy(name)["packets_by_path"]["direct"] for name in NATTED}
+        carried = self.router_bytes()
+        self.upload_and_download("first.bin", 1024 * 1024)
+        self.message_and_ping("customer-1", "customer-2")
+        self.check_everything_went_through_routers(direct, carried)
+        reroute_seconds = self.kill_the_router_of("customer-1")
+        self.upload_and_download("second.bin", 512 * 1024)
+        self.message_and_ping("customer-2", "customer-1")
+        print(f"\nbehind NAT: network up {up_seconds:.1f}s, rerouted {reroute_seconds:.1f}s after its router died")
+
+    # --- steps -----------------------------------------------------------------------------
+
+    def check_nodes_behind_nat_listen_nowhere_and_publish_their_router(self) -> None:
+        router_ids = {self.nodes[name]["global_id"] for name in ROUTERS}
+        for name in NATTED:
+            proxy = self.proxy(name)
+            self.assertEqual(proxy["mode"], "routed", (name, proxy))
+            self.assertIn(proxy["router"], router_ids)
+            contacts = self.api(name, "identity_get")["contacts"]
+            self.assertEqual([c.split("://")[0] for c in contacts], ["proxy"], (name, contacts))
+            tcp = self.api(name, "network_status", tcp=True)["tcp"]
+            self.assertEqual((tcp["listening"], tcp["contact"]), (False, None))
+            # at the OS level: the local API's ports are its only listening sockets
+            api_ports = {self.nodes[name]["ports"]["http"], self.nodes[name]["ports"]["ws"]}
+            self.assertLessEqual(self.listening_ports(name), api_ports, name)
+        self.assertEqual(self.proxy("supplier-1")["mode"], "direct")  # reachable: decided by itself
+        hired = {row["supplier_id"] for row in self.api("customer-1", "suppliers_list") if row.get("supplier_id")}
+        self.assertIn(self.nodes["supplier-2"]["global_id"], hired)  # a supplier behind NAT stores for us too
+
+    def upload_and_download(self, name: str, size: int) -> None:
+        local = os.path.join(self.dir, name)
+        with open(local, "wb") as handle:
+            handle.write(os.urandom(size))
+        remote = f"master${self.nodes['customer-1']['global_id']}:{name}"
+        done = self.api("customer-1", "file_upload_start", local_path=local, remote_path=remote, wait_result=True,
+                        timeout=90)
+        self.assertEqual(done["state"], "DONE", done)
+        target = os.path.join(self.dir, "back-" + name)
+        done = self.api("customer-1", "file_download_start", remote_path=remote, destination_path=target,
+                        wait_result=True, timeout=90)
+        self.assertEqual(done["state"], "DONE", done)
+        self.assertEqual(sha256_of(target), sha256_of(local))
+
+    def message_and_ping(self, sender: str, recipient: str) -> None:
+        recipient_id = self.nodes[recipient]["global_id"]
+        self.api(recipient, "message_receive", consumer_callback_id="nat-test", polling_timeout=0)
+        text = f"hello from {sender}"
+        sent = self.api(sender, "message_send", recipient_id=recipient_id, data={"message": text},
+                        ping_timeout=15, message_ack_timeout=15)
+        self.assertEqual(sent["state"], "acked", sent)
+        got = wait_for(lambda: self.api(recipient, "message_receive", consumer_callback_id="nat-test",
+                                        polling_timeout=1), f"{recipient} to receive the message", timeout=30)
+        self.assertEqual([m["data"] for m in got], [{"message": text}])
+        for one, other in ((sender, recipient), (recipient, sender)):
+            pong = self.api(one, "user_ping", user_id=self.nodes[other]["global_id"], timeout=15)
+            self.assertTrue(pong["online"], pong)
+
+    def check_everything_went_through_routers(self, direct_before: dict, carried_before: tuple) -> None:
+        router_ports = {self.nodes[name]["ports"]["tcp"] for name in ROUTERS}
+        for name in NATTED:
+            proxy = self.proxy(name)
+            self.assertEqual(proxy["packets_by_path"]["direct"], direct_before[name], (name, proxy))
+            self.assertGreater(proxy["packets_by_path"]["via_router"], 0)
+            rows = self.api(name, "connections_list")
+            self.assertTrue(rows)
+            self.assertEqual({(row["direction"], row["port"] in router_ports) for row in rows}, {("out", True)},
+                             (name, rows))
+        bytes_in, bytes_out = self.router_bytes()
+        self.assertGreater(bytes_in - carried_before[0], 1024 * 1024)  # the blocks, down a routed supplier's route
+        self.assertGreater(bytes_out - carried_before[1], 1024 * 1024)  # and up the customer's
+        for name in ROUTERS:
+            refused = self.proxy(name)["refused"]
+            self.assertEqual(refused.get("bad_signature", 0), 0, refused)
+
+    def kill_the_router_of(self, name: str) -> float:
+        router_id = self.proxy(name)["router"]
+        router = next(n for n in ROUTERS if self.nodes[n]["global_id"] == router_id)
+        killed = time.monotonic()
+        self.net.stop_node(router, kill=True)
+
+        def rerouted():
+            proxy = self.proxy(name)
+            return proxy["mode"] == "routed" and proxy["router"] not in (None, router_id)
+
+        wait_for(rerouted, f"{name} to be routed through another router", timeout=REROUTE_WITHIN)
+        seconds = time.monotonic() - killed
+        wait_for(lambda: self.api(name, "network_connected", wait_timeout=1)["state"] == "CONNECTED",
+                 f"{name} to be connected again", timeout=REROUTE_WITHIN)
+        return seconds
+
+    # --- helpers ----------------------------------------------------------------------------
+
+    def proxy(self, name: str) -> dict:
+        return self.api(name, "network_status", proxy=True)["proxy"]
+
+    def router_bytes(self) -> tuple[int, int]:
+        """Bytes the running routers passed on towards routed nodes and from them."""
+        sections = [self.proxy(name) for name in ROUTERS if psutil.pid_exists(self.nodes[name]["pid"] or 0)]
+        return sum(s["bytes_in"] for s in sections), sum(s["bytes_out"] for s in sections)
+
+    def listening_ports(self, name: str) -> set[int]:
+        process = psutil.Process(self.nodes[name]["pid"])
+        connections = getattr(process, "net_connections", None) or process.connections
+        return {c.laddr.port for c in connections(kind="tcp") if c.status == psutil.CONN_LISTEN}
