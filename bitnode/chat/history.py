@@ -22,7 +22,9 @@ direction:
 
 Table ``receipts_owed``: the queued messages this node stored whose senders
 have not been sent their delivery receipt yet (written in the same transaction
-as the message; removed once the receipt went out).
+as the message; removed once the receipt went out). Table ``refusals_owed``:
+the same for queued messages this node refused (a limit), with the reason the
+sender's receipt gives.
 
 An incoming message is unique by (sender, message_id): the same message
 delivered twice (the sender retried after a lost Ack) is stored once.
@@ -75,6 +77,13 @@ CREATE INDEX IF NOT EXISTS messages_incoming_by_time ON messages(direction, stor
 CREATE TABLE IF NOT EXISTS receipts_owed (
     sender     TEXT NOT NULL,
     message_id TEXT NOT NULL,
+    since      REAL NOT NULL,
+    PRIMARY KEY (sender, message_id)
+);
+CREATE TABLE IF NOT EXISTS refusals_owed (
+    sender     TEXT NOT NULL,
+    message_id TEXT NOT NULL,
+    reason     TEXT NOT NULL,
     since      REAL NOT NULL,
     PRIMARY KEY (sender, message_id)
 );
@@ -181,18 +190,40 @@ class MessageHistory:
                 db.execute("UPDATE messages SET state = ?, error = '' WHERE seq = ?", (DELIVERED, seq))
             return [_row(db.execute("SELECT * FROM messages WHERE seq = ?", (seq,)).fetchone()) for seq in changed]
 
-    def receipts_owed(self, limit: int = 1000) -> list[tuple[str, str]]:
-        """(sender, message id) of the receipts owed, oldest first."""
+    def mark_refused(self, recipient: str, refusals: dict[str, str]) -> list[dict]:
+        """``recipient`` refused my queued messages (id -> reason): those not delivered become ``failed``."""
+        changed = []
+        with self._transaction() as db:
+            for message_id, reason in sorted(refusals.items()):
+                row = db.execute("SELECT seq FROM messages WHERE direction = 'outgoing' AND recipient = ? AND"
+                                 " message_id = ? AND state IN (?, ?)", (recipient, message_id, QUEUED, SENT)).fetchone()
+                if row is not None:
+                    db.execute("UPDATE messages SET state = ?, error = ? WHERE seq = ?",
+                               (FAILED, f"refused by the recipient: {reason}"[:500], row[0]))
+                    changed.append(row[0])
+            return [_row(db.execute("SELECT * FROM messages WHERE seq = ?", (seq,)).fetchone()) for seq in changed]
+
+    def owe_refusal(self, sender: str, message_id: str, reason: str, now: float) -> None:
+        """I refused ``sender``'s queued message: it is owed a receipt saying so."""
+        with self._transaction() as db:
+            db.execute("INSERT OR IGNORE INTO refusals_owed (sender, message_id, reason, since) VALUES (?, ?, ?, ?)",
+                       (sender, message_id, reason[:300], float(now)))
+
+    def receipts_owed(self, limit: int = 1000) -> list[tuple[str, str, str]]:
+        """(sender, message id, refusal or "") of the receipts owed, oldest first."""
         with self._lock:
-            rows = self._db.execute("SELECT sender, message_id FROM receipts_owed ORDER BY since, sender, message_id"
-                                    " LIMIT ?", (int(limit),)).fetchall()
-        return [(row[0], row[1]) for row in rows]
+            rows = self._db.execute(
+                "SELECT sender, message_id, '' AS reason, since FROM receipts_owed UNION ALL"
+                " SELECT sender, message_id, reason, since FROM refusals_owed"
+                " ORDER BY since, sender, message_id LIMIT ?", (int(limit),)).fetchall()
+        return [(row[0], row[1], row[2]) for row in rows]
 
     def receipts_sent(self, sender: str, message_ids: Iterable[str]) -> None:
         """These receipts went out: no longer owed."""
         with self._transaction() as db:
             for marks, chunk in self._file.in_lists(list(message_ids)):
-                db.execute(f"DELETE FROM receipts_owed WHERE sender = ? AND message_id IN ({marks})", [sender, *chunk])
+                for table in ("receipts_owed", "refusals_owed"):
+                    db.execute(f"DELETE FROM {table} WHERE sender = ? AND message_id IN ({marks})", [sender, *chunk])
 
     def fail_unfinished(self, reason: str) -> int:
         """Turn every ``sent`` row (no outcome recorded: the node stopped meanwhile) into ``failed``; how many."""

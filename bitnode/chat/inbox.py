@@ -38,6 +38,8 @@ from bitnode.errors import BitnodeError
 from bitnode.transport.commands import Command
 
 Reply = Callable[[Any, Command, str], Any]
+#: How :meth:`Inbox.receive`'s outcome starts for a message that did not verify or decrypt.
+REJECTED = "rejected: "
 
 
 def _content_size(data: Any) -> int:
@@ -84,7 +86,8 @@ class Inbox:
     async def receive(self, packet: Any, reply: Reply, queued: bool = False) -> str:
         """Handle one ``Message`` packet (``queued``: a message fetched from a mailbox) to its answer.
 
-        The outcome: "stored", "duplicate" (stored before), "receipt", or the refusal the sender was told.
+        The outcome: "stored", "duplicate" (stored before), "receipt", the refusal of a limit the sender was
+        told, or ``"rejected: <why>"`` when the message did not verify or decrypt.
         """
         sender = packet.creator_id
         refusal = self.limits.admit(sender, rate=not queued)
@@ -100,7 +103,7 @@ class Inbox:
             self.counts["rejected"] += 1
             self.log.info("message {id} from {who} refused: {err}", id=packet.packet_id, who=sender, err=err)
             await reply(packet, Command.FAIL, str(err))
-            return str(err)
+            return f"{REJECTED}{err}"
         if opened.header.message_type == DELIVERY_RECEIPT:
             await defer.maybeDeferred(self.on_receipt, opened)
             await reply(packet, Command.ACK, "")

@@ -20,23 +20,18 @@ Sending (:meth:`PrivateMessagesService.send`, the API's ``message_send``):
    the message.
 
 **Offline recipients: queued on their suppliers.** If the ping or the
-``Ack`` does not come in time, the sealed message is handed to the
-recipient's suppliers (found in its signed ``suppliers:`` DHT record), which
-keep it for the recipient (:mod:`bitnode.chat.offline_delivery`,
-:mod:`bitnode.supplier.mailbox`): the row becomes ``queued`` and the API
-answers OK with it. When the recipient is back, it fetches its queue (at
-start, on ``network-connected`` and ``suppliers-changed``, and every
-``mailbox-check-interval`` seconds), stores each message once, in the
-sender's order, and sends the sender a delivery receipt (queued on the
-sender's suppliers too if the sender is offline then): the sender's row
-becomes ``delivered`` and ``message-delivered`` is published. Only when no
-supplier of the recipient takes the message (no record, none reachable, all
-refuse) is the row ``failed`` and the API answer 503 ``recipient ... is
-offline, message not delivered``. A ``Fail`` from the recipient (it could
-not verify or decrypt the message) is a 409 and also ``failed``. An ``Ack``
-makes the row ``acked``. Sending again is up to the user (a new message id).
-A send still waiting when the node stopped is marked ``failed`` when the
-service starts again.
+``Ack`` does not come in time, the sealed message goes to the recipient's
+suppliers, found in its signed ``suppliers:`` DHT record
+(:mod:`bitnode.chat.offline_delivery`, :mod:`bitnode.supplier.mailbox`): the
+row becomes ``queued`` and the API answers OK with it. The recipient fetches
+its queue when it is back and stores each message once, in order; its
+receipt makes the row ``delivered`` (``message-delivered``), or ``failed``
+when it refused the message (a limit). Only when no supplier takes the
+message is the row ``failed`` at once and the answer 503 ``recipient ... is
+offline, message not delivered``. A ``Fail`` from the recipient (it could not
+verify or decrypt the message) is a 409 and also ``failed``; an ``Ack``
+makes the row ``acked``. A send still waiting when the node stopped is marked
+``failed`` when the service starts again.
 
 Receiving (a ``Message`` packet, :mod:`bitnode.chat.inbox`): first the
 limits on what others may make me store (:mod:`bitnode.chat.inbox_limits`:
@@ -82,7 +77,7 @@ from twisted.python.failure import Failure
 from bitnode import globalid
 from bitnode.chat import history as hist
 from bitnode.chat.history import MessageHistory
-from bitnode.chat.inbox import Inbox
+from bitnode.chat.inbox import REJECTED, Inbox
 from bitnode.chat.inbox_limits import InboxLimits, InboxSettings
 from bitnode.chat.message_crypto import (
     DELIVERY_RECEIPT,
@@ -94,12 +89,11 @@ from bitnode.chat.message_crypto import (
     open_message,
     peek,
     seal,
-    validate_message_id,
 )
 from bitnode.chat.message_stream import MAX_POLLING_TIMEOUT, POLL_LIMIT, MessageStream, normalize_types
 from bitnode.chat.nickname_holder import validate_nickname
 from bitnode.chat.nickname_service import NicknameService
-from bitnode.chat.offline_delivery import MailboxClient, OfflineDelivery, Receipts
+from bitnode.chat.offline_delivery import MailboxClient, OfflineDelivery, Receipts, parse_receipt
 from bitnode.chat.ports import FriendsDirectory
 from bitnode.customer.suppliers_record import lookup_suppliers
 from bitnode.dht.dht_service import DHTService
@@ -118,8 +112,6 @@ from bitnode.userid.id_service import IdentityService
 PREFIX = "services/private-messages/"
 #: Seconds a delivery receipt waits for the ping and for the Ack before it is queued instead.
 RECEIPT_PING, RECEIPT_ACK = 10.0, 15.0
-#: Message ids one receipt may name.
-MAX_RECEIPT_IDS = 1000
 
 
 class PrivateMessagesService(Service):
@@ -489,19 +481,25 @@ class PrivateMessagesService(Service):
         async def no_answer(packet: Any, command: Command, text: str) -> None:
             return None  # the mailbox entry is removed instead
 
-        return await self.inbox.receive(packet, no_answer, queued=True)
+        outcome = await self.inbox.receive(packet, no_answer, queued=True)
+        if outcome not in ("stored", "duplicate", "receipt") and not outcome.startswith(REJECTED):
+            # refused by a limit: the sender (the supplier saw who handed it over) is told in a receipt
+            await self.ctx.run_in_thread(self._require().owe_refusal, entry.sender, entry.message_id, outcome,
+                                         self.ctx.clock.seconds())
+        return outcome
 
     async def _receipt(self, opened: Any) -> None:
         """A recipient's delivery receipt: my messages it names become ``delivered``."""
-        ids = opened.data.get("receipt_for")
-        if not isinstance(ids, list) or len(ids) > MAX_RECEIPT_IDS:
-            raise MessageRejected("a receipt names a list of message ids")
-        for message_id in ids:
-            validate_message_id(message_id)
-        rows = await self.ctx.run_in_thread(self._require().mark_delivered, opened.header.sender, ids)
+        ids, refused = parse_receipt(opened.data)
+        history = self._require()
+        rows = await self.ctx.run_in_thread(history.mark_delivered, opened.header.sender, ids)
+        failed = await self.ctx.run_in_thread(history.mark_refused, opened.header.sender, refused)
         self._counts["delivered"] += len(rows)
+        self._counts["failed"] += len(failed)
         for row in rows:
             self.ctx.events.publish("message-delivered", row)
+        for row in failed:
+            self.ctx.events.publish("message-failed", row)
 
     def _receipts_owed(self, limit: int) -> Deferred:
         return self._query(self._require().receipts_owed, limit)

@@ -24,7 +24,11 @@ message). Receipts go out, one per sender listing up to :data:`RECEIPT_BATCH`
 message ids, the same way as messages: directly, or queued on the sender's
 suppliers when the sender is offline too; an owed receipt is kept (and retried
 every round) until one of the two worked, so a sender offline at delivery time
-learns later. The sender marks those messages ``delivered``.
+learns later. The sender marks those messages ``delivered``. A queued message
+I refused (friends only, a quota) owes its sender a receipt too, naming it with
+the reason under ``"refused"``: the sender marks it ``failed`` with that
+reason. A message whose signature or encryption does not check gets none (its
+sender is not known for sure).
 """
 
 from __future__ import annotations
@@ -36,7 +40,8 @@ from typing import Any, Awaitable, Callable
 from twisted.internet import defer, task
 from twisted.logger import Logger
 
-from bitnode.chat.message_crypto import peek
+from bitnode.chat.inbox import REJECTED
+from bitnode.chat.message_crypto import MessageRejected, peek, validate_message_id
 from bitnode.errors import BitnodeError, Unavailable
 from bitnode.supplier import mailbox_wire as mw
 from bitnode.transport.commands import Command
@@ -45,6 +50,8 @@ from bitnode.transport.commands import Command
 RECEIPT_BATCH = 100
 #: Receipts owed that one round reads from the history.
 RECEIPTS_PER_ROUND = 1000
+#: Message ids one receipt may name.
+MAX_RECEIPT_IDS = 1000
 #: Pages fetched from one supplier in one round (each up to the supplier's page size).
 MAX_PAGES = 50
 
@@ -52,6 +59,16 @@ MAX_PAGES = 50
 def receipt_id(message_ids: list[str]) -> str:
     """The message id of the receipt for these messages (the same list gives the same id: a resent receipt is one)."""
     return "rcpt-" + hashlib.sha256("\n".join(message_ids).encode("utf-8")).hexdigest()[:40]
+
+
+def parse_receipt(data: Any) -> tuple[list[str], dict[str, str]]:
+    """(delivered ids, {refused id: reason}) of a receipt's data; MessageRejected when it is not one."""
+    ids, refused = data.get("receipt_for", []), data.get("refused", {})
+    if not isinstance(ids, list) or not isinstance(refused, dict) or len(ids) + len(refused) > MAX_RECEIPT_IDS:
+        raise MessageRejected("a receipt names a list of message ids and a map of refused ones")
+    for message_id in [*ids, *refused]:
+        validate_message_id(message_id)
+    return ids, {key: str(why)[:300] for key, why in refused.items()}
 
 
 class MailboxClient:
@@ -230,7 +247,7 @@ class OfflineDelivery:
         try:
             for entry in sorted(found.values(), key=_order):
                 outcome = await self.take(entry)
-                self.counts[_OUTCOMES.get(outcome, "refused")] += 1
+                self.counts[_OUTCOMES.get(outcome, "rejected" if outcome.startswith(REJECTED) else "refused")] += 1
                 for supplier, seq in holders[(entry.sender, entry.message_id)]:
                     taken[supplier].append(seq)
         finally:
@@ -248,7 +265,7 @@ class OfflineDelivery:
 class Receipts:
     """The receipts this node owes (kept in the history) and their sending (see the module docstring).
 
-    :param owed: ``owed(limit)`` -> Deferred[list of (sender, message id)].
+    :param owed: ``owed(limit)`` -> Deferred[list of (sender, message id, refusal or "")].
     :param settled: ``settled(sender, ids)`` -> Deferred: those receipts went out.
     :param send: ``send(user, data, message_id)`` -> Deferred: delivered or queued (an error otherwise).
     """
@@ -283,14 +300,18 @@ class Receipts:
             self._flushing.cancel()
 
     async def _flush(self) -> None:
-        by_sender: dict[str, list[str]] = defaultdict(list)
-        for sender, message_id in await self.owed(RECEIPTS_PER_ROUND):
-            by_sender[sender].append(message_id)
-        for sender, ids in by_sender.items():
-            for start in range(0, len(ids), RECEIPT_BATCH):
-                batch = ids[start:start + RECEIPT_BATCH]
+        by_sender: dict[str, list[tuple[str, str]]] = defaultdict(list)
+        for sender, message_id, refusal in await self.owed(RECEIPTS_PER_ROUND):
+            by_sender[sender].append((message_id, refusal))
+        for sender, owed in by_sender.items():
+            for start in range(0, len(owed), RECEIPT_BATCH):
+                batch = [message_id for message_id, _ in owed[start:start + RECEIPT_BATCH]]
+                data: dict[str, Any] = {"receipt_for": [m for m, why in owed[start:start + RECEIPT_BATCH] if not why]}
+                refused = {m: why for m, why in owed[start:start + RECEIPT_BATCH] if why}
+                if refused:
+                    data["refused"] = refused
                 try:
-                    await self.send(sender, {"receipt_for": batch}, receipt_id(batch))
+                    await self.send(sender, data, receipt_id(batch))
                 except defer.CancelledError:
                     raise
                 except BitnodeError as err:

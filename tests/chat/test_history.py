@@ -214,7 +214,7 @@ class IncomingUsageTests(unittest.TestCase):
                          message_type="private_message", data={}, time=1.0, stored_time=2.0, state=RECEIVED,
                          receipt_owed=True)
         incoming(self.history, "direct")  # a message that came directly owes nothing
-        self.assertEqual(self.history.receipts_owed(), [(BOB, "q1")])
+        self.assertEqual(self.history.receipts_owed(), [(BOB, "q1", "")])
         self.history.receipts_sent(BOB, ["q1"])
         self.assertEqual(self.history.receipts_owed(), [])
         # queued again (the sender did not learn): owed again, stored once
@@ -222,4 +222,19 @@ class IncomingUsageTests(unittest.TestCase):
                                       recipient=ME, message_type="private_message", data={}, time=1.0,
                                       stored_time=3.0, state=RECEIVED, receipt_owed=True)
         self.assertFalse(created)
-        self.assertEqual(self.history.receipts_owed(), [(BOB, "q1")])
+        self.assertEqual(self.history.receipts_owed(), [(BOB, "q1", "")])
+        # a queued message refused (a limit) owes a receipt that says why
+        self.history.owe_refusal(CAROL, "q2", "quota: full", 4.0)
+        self.assertEqual(self.history.receipts_owed(), [(BOB, "q1", ""), (CAROL, "q2", "quota: full")])
+        self.history.receipts_sent(CAROL, ["q2"])
+        self.assertEqual(self.history.receipts_owed(), [(BOB, "q1", "")])
+
+    def test_a_refusal_in_a_receipt_fails_my_queued_message_with_the_reason(self):
+        row, _ = outgoing(self.history, "m1")
+        self.history.set_state(row["seq"], QUEUED)
+        row2, _ = outgoing(self.history, "m2")
+        self.history.set_state(row2["seq"], DELIVERED)
+        [failed] = self.history.mark_refused(BOB, {"m1": "friends only", "m2": "late", "m9": "unknown"})
+        self.assertEqual((failed["message_id"], failed["state"], failed["error"]),
+                         ("m1", FAILED, "refused by the recipient: friends only"))
+        self.assertEqual(self.history.get(row2["seq"])["state"], DELIVERED)  # a delivered one stays delivered

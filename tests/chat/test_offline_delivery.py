@@ -202,7 +202,8 @@ class OfflineDeliveryTests(unittest.TestCase):
 
 class ReceiptsTests(unittest.TestCase):
     def setUp(self):
-        self.owed = [(BOB, f"m{i}") for i in range(RECEIPT_BATCH + 50)] + [(CAROL, "c1")]
+        self.owed = [(BOB, f"m{i}", "") for i in range(RECEIPT_BATCH + 50)] + [(CAROL, "c1", ""),
+                                                                                (CAROL, "c2", "quota: full")]
         self.sent: list[tuple[str, dict, str]] = []
         self.unreachable: set[str] = set()
 
@@ -210,7 +211,7 @@ class ReceiptsTests(unittest.TestCase):
             return self.owed[:limit]
 
         async def settled(sender, ids):
-            self.owed = [(s, m) for s, m in self.owed if not (s == sender and m in ids)]
+            self.owed = [(s, m, why) for s, m, why in self.owed if not (s == sender and m in ids)]
 
         async def send(user, data, message_id):
             if user in self.unreachable:
@@ -227,7 +228,8 @@ class ReceiptsTests(unittest.TestCase):
     def test_receipts_are_batched_per_sender_and_owed_until_they_went_out(self):
         self.unreachable.add(BOB)
         self.flush()
-        self.assertEqual([user for user, _, _ in self.sent], [CAROL])
+        self.assertEqual(self.sent, [(CAROL, {"receipt_for": ["c1"], "refused": {"c2": "quota: full"}},
+                                      receipt_id(["c1", "c2"]))])
         self.assertEqual(len(self.owed), RECEIPT_BATCH + 50)
         self.assertEqual(self.receipts.counts["failed"], 1)
         self.unreachable.clear()

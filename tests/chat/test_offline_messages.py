@@ -50,12 +50,12 @@ class OfflineNetwork:
         yield until(lambda: held_record(self.alice), "alice's suppliers to hold her record", seconds=60)
 
     @inlineCallbacks
-    def restart(self, node, services):
+    def restart(self, node, services, settings=None):
         basedir = node.basedir.root
         if node.running:
             yield node.stopService()
-        node = yield start_node(self, service_classes=services, overrides=dict(self.net.base, **FAST_MARKET, **FAST),
-                                basedir=basedir)
+        overrides = dict(self.net.base, **FAST_MARKET, **FAST, **(settings or {}))
+        node = yield start_node(self, service_classes=services, overrides=overrides, basedir=basedir)
         yield until(lambda: node.service_driver.is_on(MESSAGES), "the messages service after a restart", seconds=60)
         return node
 
@@ -108,6 +108,24 @@ class OfflineMessagesNetworkTests(OfflineNetwork, unittest.TestCase):
         mine = yield self.history(self.alice, self.bob_id)
         self.assertEqual([r["message_id"] for r in mine], sent)
         self.assertEqual([e for e in self.alice.events.since(0)[0] if e.event_id == "message-received"], [])
+
+
+    @inlineCallbacks
+    def test_a_queued_message_the_recipient_refuses_fails_with_her_reason(self):
+        yield self.alice.stopService()
+        row = yield self.send("from a stranger")
+        self.assertEqual(row["state"], "queued")
+        # Alice takes messages from her friends only now
+        self.alice = yield self.restart(self.alice, CUSTOMER, {"services/private-messages/friends-only": True})
+        yield until(lambda: self.states(self.bob, self.alice_id).addCallback(lambda s: s == ["failed"]),
+                    "bob's history to say failed", seconds=60)
+        [mine] = yield self.history(self.bob, self.alice_id)
+        self.assertIn("refused by the recipient: friends only", mine["error"])
+        self.assertEqual((yield self.history(self.alice, self.bob_id)), [])
+        offline = self.alice.service_driver.get(MESSAGES).offline
+        self.assertEqual(offline.counts["refused"], 1)
+        yield until(lambda: [self.mailbox(s)["messages"] for s in self.suppliers] == [0, 0],
+                    "the refused message to leave the suppliers", seconds=60)
 
 
 class SenderOfflineAtDeliveryTests(OfflineNetwork, unittest.TestCase):
