@@ -322,10 +322,20 @@ class BenchNet:
             share = needed_bytes // self.data_blocks
         for key, value in settings:
             self.call("config_set", key=key, value=value)
+        asked = [0.0]
 
         def hired():
             rows = [r for r in self.call("suppliers_list") if r.get("state") == "CONNECTED" and not r.get("retiring")]
-            return len(rows) >= self.suppliers and all((r.get("quota_bytes") or 0) >= share for r in rows)
+            if len(rows) < self.suppliers:
+                return False
+            if all((r.get("quota_bytes") or 0) >= share for r in rows):
+                return True
+            if time.monotonic() - asked[0] > 5.0:
+                # A supplier hired before needed-space changed may still hold the default grant (the change
+                # does not always reach every connector): ask every supplier again.
+                asked[0] = time.monotonic()
+                self.call("suppliers_ping", timeout=self.timeout)
+            return False
 
         wait_for(hired, self.timeout, f"the customer to hire {self.suppliers} suppliers with room for "
                  f"{needed_bytes // MiB} MiB", interval=0.5)
