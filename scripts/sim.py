@@ -2,16 +2,19 @@
 
 Usage::
 
-    python scripts/sim.py [--nodes 10000] [--hours 1] [--quick] [--out docs/sim] [--page docs/performance.md]
-                          [--from-results] [--strict]
+    python scripts/sim.py [--parts dht,market,rebuild] [--nodes 10000] [--hours 1]
+                          [--suppliers 2000] [--customers 1000] [--victims 500] [--baseline]
+                          [--quick] [--out docs/sim] [--page docs/performance.md] [--from-results] [--strict]
 
-Runs the real DHT code (bitnode/sim/dht_churn.py) on a simulated network,
-prints one PASS/FAIL line per target, writes SVG charts and ``results.json``
-under ``--out`` and regenerates the simulation section of ``--page``.
-``--quick`` is a small run (500 nodes, half an hour) for trying things out; it
-writes nothing unless ``--out`` is given. ``--from-results`` only redraws the
-charts and the page from the saved results. ``--strict`` exits 1 when a target
-is missed.
+Runs the real code on a simulated network: the DHT under churn
+(bitnode/sim/dht_churn.py), customers hiring suppliers and the death of a busy
+supplier (bitnode/sim/market.py). Prints one PASS/FAIL line per target, writes
+SVG charts and ``results.json`` under ``--out`` and regenerates the simulation
+section of ``--page``. ``--baseline`` also runs the market with the old choice
+(the first random supplier that accepts) for comparison. ``--quick`` is a small
+run for trying things out; it writes nothing unless ``--out`` is given.
+``--from-results`` only redraws the charts and the page from the saved results.
+``--strict`` exits 1 when a target is missed.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ sys.path.insert(0, os.path.dirname(HERE))
 
 from bitnode.sim import report  # noqa: E402
 from bitnode.sim.dht_churn import ChurnSettings, run_churn  # noqa: E402
+from bitnode.sim.market import MarketSettings, run_market, run_rebuild  # noqa: E402
 
 
 def load_average() -> str:
@@ -73,6 +77,60 @@ def dht_section(result: dict) -> str:
     return "\n".join(lines)
 
 
+def market_section(result: dict, baseline: dict | None) -> str:
+    """Markdown for the market run."""
+    s = result["settings"]
+    lines = [
+        "### Load spread of the market",
+        "",
+        f"{s['customers']:,} customers each hire {s['per_customer']} suppliers from {s['suppliers']:,} supplier "
+        f"nodes of the DHT's suppliers layer, starting at random moments within {s['start_window'] / 60:g} "
+        f"minutes. Each runs the real `fire_hire`, `supplier_finder` (candidates from its own DHT node's "
+        f"`random_nodes`) and `supplier_connector`s; only the suppliers' ends of the contracts are simulated "
+        f"(they accept everyone and say how many customers they serve). The finder asks "
+        f"`services/customer/hire-choices` = {s['hire_choices']} random suppliers at once and keeps the one "
+        f"serving the fewest customers.",
+        "",
+        f"Result: mean {result['mean']:.2f} customers per supplier, max {result['max']} "
+        f"(**{result['ratio']:.2f}x** the mean); suppliers by customers served: "
+        f"{', '.join(f'{n}: {c}' for n, c in result['histogram'].items())}.",
+    ]
+    if baseline:
+        lines += [
+            "",
+            f"The same market with one choice (the first random supplier that accepts, the behaviour before): max "
+            f"{baseline['max']} (**{baseline['ratio']:.2f}x** the mean); "
+            f"{', '.join(f'{n}: {c}' for n, c in baseline['histogram'].items())}. A uniformly random choice "
+            f"gives a Poisson spread: with 2.5 customers per supplier on average, some of 2,000 suppliers "
+            f"get 8-10, so no random choice alone can meet 2x.",
+        ]
+    lines += ["", "![market load](sim/market-load.svg)", ""]
+    return "\n".join(lines)
+
+
+def rebuild_section(result: dict) -> str:
+    """Markdown for the death of a busy supplier."""
+    s = result["settings"]
+    minutes = [int(m) for m in result["per_minute"]]
+    return "\n".join([
+        "### Death of a supplier of many customers",
+        "",
+        f"{s['victim_customers']} customers have one supplier in common (and 4 others from the market); it dies "
+        f"without a word. Each customer's real `fire_hire` notices through its connector's pings "
+        f"(every {s['ping_interval']:g} s) that it has been silent for `dead-after` = {s['dead_after']:g} s, "
+        f"fires it and hires a replacement; that change starts the customer's rebuild of that one position "
+        f"(1/k of its data, by its backup_monitor).",
+        "",
+        f"Result: {result['replaced']} of {s['victim_customers']} customers replaced it, between minute "
+        f"{min(minutes, default=0)} and {max(minutes, default=0)} after the death; the busiest minute saw "
+        f"{result['busiest_share']:.0%} of them start a rebuild; positions replaced per customer: "
+        f"{result['positions_replaced']}.",
+        "",
+        "![rebuild spread](sim/rebuild-spread.svg)",
+        "",
+    ])
+
+
 def section(results: dict) -> str:
     """The whole simulation section of the performance page."""
     parts = [
@@ -89,7 +147,58 @@ def section(results: dict) -> str:
     ]
     if "dht" in results:
         parts.append(dht_section(results["dht"]))
+    if "market" in results:
+        parts.append(market_section(results["market"], results.get("market_baseline")))
+    if "rebuild" in results:
+        parts.append(rebuild_section(results["rebuild"]))
     return "\n".join(parts)
+
+
+def charts_for(results: dict) -> dict[str, str]:
+    """Every chart the results allow."""
+    charts = {}
+    if "dht" in results:
+        charts.update(report.dht_charts(results["dht"]))
+    if "market" in results:
+        charts.update(report.market_charts(results["market"], results.get("market_baseline")))
+    if "rebuild" in results:
+        charts.update(report.rebuild_charts(results["rebuild"]))
+    return charts
+
+
+def run_parts(args: argparse.Namespace) -> dict:
+    """Run the chosen parts; their results by part name."""
+    parts = set(args.parts.split(","))
+    results: dict = {}
+
+    def say(text: str) -> None:
+        print(text, flush=True)
+
+    started = time.perf_counter()
+    if "dht" in parts:
+        nodes, hours = (300, 0.5) if args.quick else (args.nodes, args.hours)
+        say(f"sim: DHT of {nodes} nodes, {hours:g} simulated hour(s); load {load_average()}")
+        results["dht"] = run_churn(ChurnSettings(nodes=nodes, hours=hours, seed=args.seed), progress=say).to_dict()
+        results["dht"]["load"] = load_average()
+    suppliers, customers, victims = (200, 100, 50) if args.quick else (args.suppliers, args.customers, args.victims)
+    market = MarketSettings(suppliers=suppliers, customers=customers, victim_customers=victims, seed=args.seed)
+    if "market" in parts:
+        say(f"sim: market of {customers} customers x {market.per_customer} of {suppliers} suppliers; "
+            f"load {load_average()}")
+        results["market"] = run_market(market, progress=say).to_dict()
+        results["market"]["load"] = load_average()
+        if args.baseline:
+            say("sim: the same market with one choice per hire (baseline)")
+            baseline = run_market(MarketSettings(**{**market.__dict__, "hire_choices": 1}), progress=say).to_dict()
+            baseline.pop("checks")
+            baseline.pop("verdicts")
+            results["market_baseline"] = baseline
+    if "rebuild" in parts:
+        say(f"sim: a supplier of {victims} customers dies; load {load_average()}")
+        results["rebuild"] = run_rebuild(market, progress=say).to_dict()
+        results["rebuild"]["load"] = load_average()
+    say(f"sim: done in {time.perf_counter() - started:.0f} s; load {load_average()}")
+    return results
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -97,8 +206,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--nodes", type=int, default=10_000)
     parser.add_argument("--hours", type=float, default=1.0)
+    parser.add_argument("--suppliers", type=int, default=2000)
+    parser.add_argument("--customers", type=int, default=1000)
+    parser.add_argument("--victims", type=int, default=500, help="customers of the supplier that dies")
+    parser.add_argument("--parts", default="dht,market,rebuild")
+    parser.add_argument("--baseline", action="store_true", help="also run the market with one choice per hire")
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--quick", action="store_true", help="500 nodes for half an hour; writes nothing")
+    parser.add_argument("--quick", action="store_true", help="a small run of every part; writes nothing")
     parser.add_argument("--out", default=None, help="folder for charts and results (default docs/sim)")
     parser.add_argument("--page", default=None, help="markdown page with the sim section (default docs/performance.md)")
     parser.add_argument("--from-results", action="store_true", help="redraw charts and page from saved results")
@@ -112,15 +226,8 @@ def main(argv: list[str] | None = None) -> int:
         with open(os.path.join(out, report.RESULTS), encoding="utf-8") as f:
             results = json.load(f)
     else:
-        nodes, hours = (500, 0.5) if args.quick else (args.nodes, args.hours)
-        started = time.perf_counter()
-        print(f"sim: DHT of {nodes} nodes, {hours:g} simulated hour(s); load {load_average()}", flush=True)
-        dht = run_churn(ChurnSettings(nodes=nodes, hours=hours, seed=args.seed),
-                        progress=lambda text: print(text, flush=True)).to_dict()
-        dht["load"] = load_average()
-        results = {"dht": dht}
-        print(f"sim: done in {time.perf_counter() - started:.0f} s; load {load_average()}", flush=True)
-    charts = report.dht_charts(results["dht"]) if "dht" in results else {}
+        results = run_parts(args)
+    charts = charts_for(results)
     if write:
         report.write(out, results, charts)
         try:

@@ -63,7 +63,7 @@ from twisted.internet import defer, task
 from twisted.logger import Logger
 
 from bitnode import globalid
-from bitnode.customer.fire_hire import FireHire
+from bitnode.customer.fire_hire import DEFAULT_DEAD_SPREAD, FireHire
 from bitnode.customer.remote_store import RemoteStorageServer
 from bitnode.customer.roster import SupplierRoster
 from bitnode.customer.supplier_connector import SupplierConnector
@@ -109,6 +109,11 @@ class CustomerService(Service):
         Option(PREFIX + "check-interval", FLOAT, 60.0,
                "Seconds between fire_hire's reviews of the suppliers (and new tries after a shortage).",
                minimum=0.05, maximum=86400.0, restart_needed=True),
+        Option(PREFIX + "dead-after-spread", FLOAT, DEFAULT_DEAD_SPREAD,
+               "A silent supplier is fired after dead-after plus a random share of it, up to this many times "
+               "dead-after (drawn once per silence), so the customers of a supplier that died do not all replace "
+               "it and rebuild at the same moment (0: exactly dead-after).",
+               minimum=0.0, maximum=10.0),
         Option(PREFIX + "hire-choices", INTEGER, DEFAULT_HIRE_CHOICES,
                "Suppliers asked at once when one is hired; the one serving the fewest customers is kept, the "
                "others' contracts are cancelled (1: the first random supplier that accepts).",
@@ -163,7 +168,8 @@ class CustomerService(Service):
                                              "timer-probe": probe},
                                   network_state=self._network_state, check_network=self._check_network,
                                   data_blocks=self.data_blocks, cancel_service=self.cancel_service,
-                                  pause_tolerance=lambda: float(settings.get(PREFIX + "pause-tolerance")))
+                                  pause_tolerance=lambda: float(settings.get(PREFIX + "pause-tolerance")),
+                                  dead_spread=lambda: float(settings.get(PREFIX + "dead-after-spread")))
         self.fire_hire.add_state_listener(self._fire_hire_changed)
         identity = self.deps.identity
         self.publisher = RecordPublisher(ctx.clock, ctx.call_later, ctx.run_in_thread, lambda: self.roster,

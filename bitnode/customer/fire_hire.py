@@ -33,7 +33,11 @@ Judging, in order (:meth:`FireHire.decide`):
    when sight returns, every supplier is re-probed and silence from before
    does not count;
 5. "dead" means refused us, or silent for longer than ``dead_after()``
-   seconds; the worst one retires, but only one position at a time: while an
+   seconds plus a random share of it drawn once per silence (up to
+   ``dead_spread()`` times ``dead_after()``): the many customers of one
+   supplier that died do not all replace it, and start rebuilding its
+   blocks elsewhere, in the same minute (``make sim`` measures the spread);
+   the worst one retires, but only one position at a time: while an
    earlier replacement is still being rebuilt (for at most ``dead_after()``)
    the others wait.
 
@@ -52,6 +56,7 @@ fire_hire waits is logged once per change, and shown by :meth:`info` (in
 
 from __future__ import annotations
 
+import random
 import time
 from typing import Any, Callable, Mapping
 
@@ -62,10 +67,12 @@ from bitnode.customer.pause_watch import PauseWatch
 from bitnode.customer.roster import SupplierRoster
 from bitnode.errors import BadRequest, NotFound, Unavailable
 
-__all__ = ["FireHire", "SupplierRoster", "FIRED_MEMORY", "RELEASE_FOR"]
+__all__ = ["FireHire", "SupplierRoster", "FIRED_MEMORY", "RELEASE_FOR", "DEFAULT_DEAD_SPREAD"]
 
 FIRED_MEMORY = 3600.0  # seconds a supplier fired for its own failure is not hired again
 RELEASE_FOR = 30 * 86400.0  # seconds a CancelService is retried before it is given up
+#: the default of services/customer/dead-after-spread (make sim: rebuild starts spread over ~a quarter hour)
+DEFAULT_DEAD_SPREAD = 1.0
 CONNECTED = "CONNECTED"
 DISCONNECTED = "DISCONNECTED"
 
@@ -120,7 +127,8 @@ class FireHire(Automat):
                  data_blocks: Callable[[int], int] = lambda n: (n + 1) // 2,
                  cancel_service: Callable[[str], defer.Deferred] = _no_cancel,
                  pause_tolerance: Callable[[], float] = lambda: 30.0,
-                 monotonic: Callable[[], float] = time.monotonic, **kwargs: Any):
+                 monotonic: Callable[[], float] = time.monotonic,
+                 dead_spread: Callable[[], float] = lambda: 0.0, rng: random.Random | None = None, **kwargs: Any):
         super().__init__(clock, timer_intervals=intervals, **kwargs)
         self.roster = roster
         self.finder = finder
@@ -132,6 +140,9 @@ class FireHire(Automat):
         self.check_network = check_network
         self.data_blocks = data_blocks
         self.cancel_service = cancel_service
+        self.dead_spread = dead_spread
+        self._rng = rng or random.Random()
+        self._extra_wait: dict[str, tuple[float, float]] = {}  # supplier -> (offline_since, extra seconds)
         self.watch = PauseWatch(clock, lambda: self.timer_interval("timer-1min"), pause_tolerance, monotonic)
         self.connectors: dict[str, Any] = {}
         self.shortage = ""
@@ -279,10 +290,22 @@ class FireHire(Automat):
                 continue
             if connector.state == "REFUSE":
                 scored.append((float("inf"), position, f"refused: {connector.refusal}"))
-            elif connector.offline_for() > dead_after:
+            elif (connector.offline_for() > dead_after
+                  and connector.offline_for() > dead_after + self._extra_silence(supplier_id, connector, dead_after)):
                 scored.append((connector.offline_for(), position, f"offline for {connector.offline_for():.0f}s"))
         scored.sort(key=lambda row: (-row[0], row[1]))
         return [(position, reason) for _, position, reason in scored]
+
+    def _extra_silence(self, supplier_id: str, connector: Any, dead_after: float) -> float:
+        """The random share of ``dead_after`` this silence of ``supplier_id`` must also last (drawn once)."""
+        spread = self.dead_spread()
+        if spread <= 0:
+            return 0.0
+        drawn = self._extra_wait.get(supplier_id)
+        if drawn is None or drawn[0] != connector.offline_since:
+            drawn = (connector.offline_since, self._rng.uniform(0.0, spread * dead_after))
+            self._extra_wait[supplier_id] = drawn
+        return drawn[1]
 
     def _replacement_in_progress(self, position: int) -> str:
         """One position at a time: why replacing ``position`` waits for an earlier replacement ("" if not)."""
@@ -498,6 +521,7 @@ class FireHire(Automat):
 
     def _stop_connector(self, supplier_id: str) -> None:
         # No CancelService: a retiring holder keeps our blocks until storage releases it.
+        self._extra_wait.pop(supplier_id, None)
         connector = self.connectors.pop(supplier_id, None)
         if connector is not None:
             try:

@@ -15,9 +15,10 @@ of customers per supplier (max against mean) is the figure.
 
 Death of a busy supplier (:func:`run_rebuild`): ``victim_customers`` customers
 are set up with one common supplier (and others from the market); it dies.
-Each customer's fire_hire notices on its own (pings, ``dead_after``) and hires
-a replacement; that moment starts the rebuild of the replaced position (the
-customer's backup_monitor rebuilds on ``suppliers-changed``), which moves
+Each customer's fire_hire notices on its own (pings, then ``dead_after`` plus
+its random share ``dead_spread``) and hires a replacement; that moment starts
+the rebuild of the replaced position (the customer's backup_monitor rebuilds
+on ``suppliers-changed``), which moves
 that customer's blocks of one position: 1/k of its data. The figures are when
 the replacements happen (spread over time) and how many positions each
 customer replaces (bounded per customer).
@@ -26,6 +27,7 @@ customer replaces (bounded per customer).
 from __future__ import annotations
 
 import math
+import random
 import statistics
 import time
 from collections import Counter
@@ -34,7 +36,7 @@ from typing import Any
 
 from twisted.internet import defer
 
-from bitnode.customer.fire_hire import FireHire
+from bitnode.customer.fire_hire import DEFAULT_DEAD_SPREAD, FireHire
 from bitnode.customer.roster import SupplierRoster
 from bitnode.customer.supplier_connector import SupplierConnector
 from bitnode.customer.supplier_finder import DEFAULT_HIRE_CHOICES, SupplierFinder
@@ -59,12 +61,14 @@ class MarketSettings:
     latency: float = 0.05
     request_timeout: float = 30.0
     dead_after: float = 600.0
+    #: fire after dead_after plus up to this share of it, drawn per silence (services/customer/dead-after-spread)
+    dead_spread: float = DEFAULT_DEAD_SPREAD
     ping_interval: float = 60.0
     check_interval: float = 60.0
     victim_customers: int = 500
     max_load_ratio: float = 2.0
     #: rebuild target: at most this share of the victim's customers start their rebuild in any one minute
-    max_share_per_minute: float = 0.10
+    max_share_per_minute: float = 0.15
 
 
 class MemoryRoster(SupplierRoster):
@@ -169,7 +173,8 @@ class Market:
         machine = FireHire(clock, roster or MemoryRoster(), finder, make_connector, lambda: s.per_customer,
                            lambda: s.dead_after, changed,
                            intervals={"timer-1min": s.check_interval, "timer-probe": s.check_interval},
-                           cancel_service=contracts.cancel_service, monotonic=clock.seconds)
+                           cancel_service=contracts.cancel_service, monotonic=clock.seconds,
+                           dead_spread=lambda: s.dead_spread, rng=random.Random(self.sim.rng.getrandbits(64)))
         self.fire_hires[customer_id] = machine
         return machine
 

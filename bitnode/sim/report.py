@@ -45,6 +45,30 @@ def dht_charts(result: dict[str, Any]) -> dict[str, str]:
     }
 
 
+def market_charts(result: dict[str, Any], baseline: dict[str, Any] | None = None) -> dict[str, str]:
+    """Chart of a market run (``MarketResult.to_dict()``): suppliers by number of customers served."""
+    s = result["settings"]
+    series = [Series(f"least loaded of {s['hire_choices']} (max {result['max']}, {result['ratio']:.2f}x mean)",
+                     tuple((int(n), count) for n, count in result["histogram"].items()))]
+    if baseline:
+        series.append(Series(f"first random that accepts (max {baseline['max']}, {baseline['ratio']:.2f}x mean)",
+                             tuple((int(n), count) for n, count in baseline["histogram"].items())))
+    return {"market-load.svg": chart(
+        f"Customers per supplier: {s['customers']:,} customers x {s['per_customer']} of {s['suppliers']:,} "
+        f"suppliers", "customers served", "suppliers", series, bars=True)}
+
+
+def rebuild_charts(result: dict[str, Any]) -> dict[str, str]:
+    """Chart of a supplier's death (``RebuildResult.to_dict()``): replacements (rebuild starts) per minute."""
+    s = result["settings"]
+    points = tuple((int(minute), n) for minute, n in result["per_minute"].items())
+    limit = s["max_share_per_minute"] * s["victim_customers"]
+    return {"rebuild-spread.svg": chart(
+        f"Rebuild starts after a supplier of {s['victim_customers']} customers died", "minutes after its death",
+        "customers starting a rebuild", [Series("replacements per minute", points)], bars=True,
+        guide=(limit, f"target <= {limit:g} per minute"))}
+
+
 def write(folder: str, results: dict[str, Any], charts: dict[str, str]) -> None:
     """Write the charts and ``results.json`` into ``folder`` (created if needed)."""
     os.makedirs(folder, exist_ok=True)

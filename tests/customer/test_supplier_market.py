@@ -256,6 +256,26 @@ class FireHireTests(unittest.TestCase):
         self.assertEqual([(r["supplier_id"], r["position"], r["fault"]) for r in h.fire_hire.retiring()],
                          [("s2", 1, True)])
 
+    def test_with_a_spread_a_dead_supplier_is_fired_after_dead_after_plus_its_drawn_share(self) -> None:
+        h = Harness(self, ["s1", "s2", "s3", "s4"])
+        draws: list[tuple[float, float]] = []
+
+        class Half:
+            def uniform(self, low: float, high: float) -> float:
+                draws.append((low, high))
+                return low + (high - low) / 2
+
+        h.fire_hire = h.make_fire_hire(dead_spread=lambda: 1.0, rng=Half())
+        h.fire_hire.event("init")
+        h.net.behaviour["s2"] = "offline"
+        h.run(60)  # ping fails: s2 offline
+        h.run(360)  # 360 s offline: past dead_after (300), not past 300 + its share (150)
+        self.assertEqual(h.roster.positions, ["s1", "s2", "s3"])
+        self.assertEqual(draws, [(0.0, 300.0)])  # drawn once for this silence
+        h.run(120)
+        self.assertEqual(h.roster.positions, ["s1", "s4", "s3"])
+        self.assertEqual(draws, [(0.0, 300.0)])
+
     def test_no_candidate_leaves_a_gap_and_retries_on_timer(self) -> None:
         h = Harness(self, ["s1", "s2"])
         h.fire_hire.event("init")

@@ -54,3 +54,17 @@ class ReportTests(unittest.TestCase):
         self.assertEqual([c["verdict"] for c in report.saved_checks(folder)], ["PASS", "FAIL"])
         self.assertTrue(os.path.exists(os.path.join(folder, "a.svg")))
 
+
+
+class PartChartTests(unittest.TestCase):
+    def test_market_and_rebuild_results_become_charts(self) -> None:
+        market = {"settings": {"hire_choices": 3, "customers": 10, "per_customer": 5, "suppliers": 20},
+                  "histogram": {"1": 5, "2": 10, "3": 5}, "max": 3, "ratio": 1.2}
+        baseline = dict(market, histogram={"0": 4, "2": 8, "6": 8}, max=6, ratio=2.4)
+        rebuild = {"settings": {"victim_customers": 10, "max_share_per_minute": 0.15},
+                   "per_minute": {"10": 3, "12": 7}}
+        charts = report.market_charts(market, baseline) | report.rebuild_charts(rebuild)
+        self.assertEqual(sorted(charts), ["market-load.svg", "rebuild-spread.svg"])
+        for svg in charts.values():
+            ET.fromstring(svg)
+        self.assertIn("first random that accepts (max 6, 2.40x mean)", charts["market-load.svg"])
