@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sqlite3
+
 from twisted.trial import unittest
 
 from bitnode.access.group_store import GroupStore
@@ -61,3 +63,27 @@ class GroupStoreTests(unittest.TestCase):
         self.store.forget_group(G1)
         self.assertEqual((self.store.groups(), self.store.cursors(), self.store.secrets(), self.store.recent(G1, 99)),
                          ({}, {}, {}, []))
+
+    def test_a_file_of_the_single_broker_format_opens_without_its_queues(self):
+        # format 1 kept the creator's queue in this file; its groups cannot work with several brokers
+        path = self.mktemp()
+        db = sqlite3.connect(path)
+        db.executescript("""
+            CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+            INSERT INTO meta VALUES ('format', '1');
+            CREATE TABLE queues (group_key_id TEXT PRIMARY KEY, created REAL NOT NULL, head INTEGER NOT NULL);
+            INSERT INTO queues VALUES ('%s', 1.0, 3);
+            CREATE TABLE entries (group_key_id TEXT, sequence INTEGER, blob BLOB);
+            CREATE TABLE members (group_key_id TEXT, member_id TEXT);
+            CREATE TABLE cursors (group_key_id TEXT PRIMARY KEY, active INTEGER NOT NULL,
+                                  last_sequence INTEGER NOT NULL, changed REAL NOT NULL);
+            INSERT INTO cursors VALUES ('%s', 1, 3, 1.0);
+        """ % (G1, G1))
+        db.commit()
+        db.close()
+        store = GroupStore(path)
+        self.addCleanup(store.close)
+        self.assertEqual((store.cursors(), store.groups()), ({}, {}))
+        store.save_cursor(G1, True, 0, 2.0)  # and it works as a file of today's format
+        tables = {row[0] for row in sqlite3.connect(path).execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        self.assertFalse(tables & {"queues", "entries", "members"})
