@@ -219,6 +219,7 @@ class GroupsService(Service):
                 row = known[group_key_id]
                 self._start_member(group_key_id, cursor["last_sequence"], row["leader"] or None, row["term"])
         self._unsubscribe = self.ctx.events.subscribe(self._on_event)
+        self.ctx.settings.add_listener(PREFIX + "broker-publish-", self._rate_changed)
         storage = self._storage()
         if storage is not None:  # a part restored before this start is handed over now
             self._unregister_part = storage.add_backup_part(group_backup.PART, self._collect_part, self._restore_part)
@@ -229,6 +230,8 @@ class GroupsService(Service):
             if undo is not None:
                 undo()
         self._unregister_part = self._unsubscribe = None
+        if self.broker is not None:
+            self.ctx.settings.remove_listener(PREFIX + "broker-publish-", self._rate_changed)
         if self._route is not None:
             self._route.remove()
             self._route = None
@@ -298,6 +301,11 @@ class GroupsService(Service):
         supplier = self.deps.supplier
         desk = supplier.desk if supplier is not None else None
         return desk is not None and creator in desk.customers
+
+    def _rate_changed(self, key: str, old: Any, new: Any) -> None:
+        """A publish rate setting changed: the broker applies it from now on."""
+        if self.broker is not None:
+            self.broker.configure()
 
     def broker_candidates(self) -> list[str]:
         """Who may host a new group's log, best first: my suppliers by position, then me."""

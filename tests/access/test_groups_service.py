@@ -245,6 +245,18 @@ class GroupsNetworkTests(GroupHelpers, AccessNetworkCase):
         yield self.until(lambda: self.member(alice, group).last_sequence == head, "alice to take the whole log")
 
     @inlineCallbacks
+    def test_a_publish_rate_set_now_applies_at_once(self):
+        alice = yield self.member_node("alice")
+        info = yield self.ok(alice, "group_create", label="solo", key_size=2048)
+        group = info["group_key_id"]
+        yield self.ok(alice, "config_set", key="services/private-groups/broker-publish-burst", value="1")
+        yield self.ok(alice, "config_set", key="services/private-groups/broker-publish-rate", value="0.001")
+        yield self.ok(alice, "message_send_group", group_key_id=group, data="one")
+        text = yield self.error(alice, 429, "message_send_group", group_key_id=group, data="two")
+        self.assertIn("faster than", text)
+        self.assertEqual(self.groups_of(alice).status()["broker"]["rate_limited"], 1)
+
+    @inlineCallbacks
     def test_leaving_and_erasing_a_group(self):
         alice, bob = yield defer.gatherResults([self.member_node(n) for n in ("alice", "bob")])
         group = yield self.new_group(alice, bob)
