@@ -32,6 +32,7 @@ from bitnode.main.basedir import Basedir
 from bitnode.main.schema import SCHEMA
 from bitnode.main.settings import Settings
 from bitnode.node import Node
+from bitnode.p2p.id_rotator_service import IdentityPropagateService
 from bitnode.p2p.network_service import NetworkService
 from bitnode.p2p.proxy_server_service import ProxyServerService
 from bitnode.p2p.proxy_transport_service import ProxyTransportService
@@ -49,6 +50,7 @@ SERVICES = (
     IdentityService,
     GatewayService,
     NetworkService,
+    IdentityPropagateService,
     KeyExchangeService,
     FriendsService,
     StunServerService,

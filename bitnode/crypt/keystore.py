@@ -169,6 +169,7 @@ class KeyStore:
         self._clock = clock if clock is not None else _WallClock()
         self._min_key_size = min_key_size
         self._entries: dict[str, _Entry] = {}
+        self._master_names: frozenset[str] = frozenset({str(self._owner)})
         self._pending: set[str] = set()
         self._listeners: list[Callable[[], None]] = []
         self.load_errors: list[str] = []
@@ -184,6 +185,22 @@ class KeyStore:
     def master_key_id(self) -> str:
         """``master$<owner>``, the id of the identity key."""
         return str(globalid.KeyId(MASTER_ALIAS, self._owner))
+
+    def set_names(self, names: list[str]) -> None:
+        """Every name of the owner: ``master$<any of them>`` is the master key too.
+
+        A user whose primary identity server moved has a new global id; the
+        master key stays stored under the name it was made with, and key ids
+        written with a newer (or older) name still find it.
+        """
+        self._master_names = frozenset({str(self._owner), *(str(globalid.GlobalId.parse(n)) for n in names)})
+
+    def _canonical(self, key_id: str) -> str:
+        """``key_id``, or the master key id when it names the master key under another of the owner's names."""
+        if key_id in self._entries or not key_id.startswith(MASTER_ALIAS + "$"):
+            return key_id
+        owner = key_id[len(MASTER_ALIAS) + 1:]
+        return self.master_key_id if owner in self._master_names else key_id
 
     def subscribe(self, callback: Callable[[], None]) -> Callable[[], None]:
         """Call ``callback()`` after every change of a key (created, added, relabelled, erased); returns unsubscribe."""
@@ -295,7 +312,7 @@ class KeyStore:
         if not isinstance(key_id, str):
             raise BadRequest("key id must be text")
         try:
-            return self._entries[key_id]
+            return self._entries[self._canonical(key_id)]
         except KeyError:
             raise NotFound(f"key {key_id} not found") from None
 
@@ -305,7 +322,7 @@ class KeyStore:
 
     def has(self, key_id: str) -> bool:
         """True when the key is stored."""
-        return key_id in self._entries
+        return isinstance(key_id, str) and self._canonical(key_id) in self._entries
 
     def list(self) -> list[KeyInfo]:
         """Every stored key, master first, then by key id."""

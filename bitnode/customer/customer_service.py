@@ -315,9 +315,13 @@ class CustomerService(Service):
                 supplier_id = globalid.idurl_to_global_id(contact.get("user") or "")
             except BadRequest:
                 continue  # a DHT node without an identity (yet) cannot be hired
-            if supplier_id != self._my_id and supplier_id not in out:
+            if not self._is_me(supplier_id) and supplier_id not in out:
                 out.append(supplier_id)
         return out
+
+    def _is_me(self, name: str) -> bool:
+        """One of my names (my identity may have moved to another identity server: a new global id)."""
+        return name == self._my_id or self.deps.identity.is_me(name)
 
     def request_service(self, supplier_id: str, needed_bytes: int) -> defer.Deferred:
         """Contracts neighbour: RequestService; fires with the supplier's answer dict.
@@ -344,7 +348,7 @@ class CustomerService(Service):
             gateway = self.deps.gateway.require_gateway()
         except Unavailable as err:
             return defer.fail(err)
-        if owner_id != gateway.my_id:
+        if owner_id != gateway.my_id and not self._is_me(owner_id):
             return defer.fail(Forbidden(f"this node acts only for {gateway.my_id}, not {owner_id}"))
         name = str(command)
         timeout = self.ctx.settings.get(PREFIX + ("request-timeout" if name in CONTRACT_COMMANDS
@@ -573,7 +577,7 @@ class CustomerService(Service):
         new_id = None
         if new_supplier_id:
             new_id = str(globalid.to_global_id(new_supplier_id))
-            if new_id == self._my_id:
+            if new_id == self._my_id or self._is_me(new_id):
                 raise BadRequest("a node cannot be its own supplier")
             if new_id in positions:
                 raise Conflict(f"{new_id} is already my supplier at position {positions.index(new_id)}")

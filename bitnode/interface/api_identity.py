@@ -124,15 +124,18 @@ class IdentityMethods:
         return d
 
     def identity_rotate(self) -> Deferred:
-        """New revision, extended to configured identity servers not yet used, re-published."""
+        """Move my identity to another identity server (my next live source, else a configured one)."""
         d = self._identity_service().rotate_identity()
 
         def shape(result: RotateResult) -> dict:
             out = identity_as_dict(result.identity)
             out["rotation"] = {
+                "moved": result.moved,
+                "old_global_id": result.old_global_id,
                 "added_sources": list(result.added_sources),
                 "refused_sources": list(result.refused_sources),
                 "published_to": list(result.published_to),
+                "sources_checked": [state.as_dict() for state in result.probe],
             }
             return out
 

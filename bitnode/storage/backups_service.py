@@ -385,7 +385,8 @@ class BackupsService(Service):
         return self.deps.identity
 
     def _my_global_id(self) -> str | None:
-        return self._identity().my_global_id() if self.deps.is_on("identity") else None
+        """The name my files are stored under: it stays when my identity moves to another identity server."""
+        return self._identity().storage_id() if self.deps.is_on("identity") else None
 
     def require_ready(self) -> None:
         """Unavailable while stopped or while an unreadable catalog is restored, Conflict without an identity."""

@@ -487,15 +487,45 @@ class SupplierService(Service):
         refusal = self._gate(packet, desk)
         if refusal or desk is None:
             return _answer(gateway, packet, Command.FAIL, refusal.encode("utf-8"))
-        if packet.owner_id != packet.creator_id and shared_reads.is_shared_read(packet):
+        if packet.owner_id != packet.creator_id and not self._same_user(packet.owner_id, packet.creator_id):
+            # perhaps the customer's identity moved (a new global id; its space keeps the old name): ask
+            d = self.deps.identity.fetch_identity(packet.owner_id, stranger=True)
+            d.addErrback(lambda _failure: None)
+            return self._track(d.addCallback(lambda _: self._dispatch(packet, gateway, desk)))
+        return self._dispatch(packet, gateway, desk)
+
+    def _same_user(self, owner: str, creator: str) -> bool:
+        same_user = getattr(self.deps.identity, "same_user", None)
+        return same_user is not None and same_user(owner, creator)
+
+    def _account(self, packet: Any, desk: SupplierDesk) -> str | None:
+        """The name the sender's space is kept under, or None when the packet acts for someone else.
+
+        A customer whose identity moved to another identity server signs with
+        its new global id; its space (and contract) keep the name they were
+        made under, and the customer is served under any of its names.
+        """
+        owner, creator = packet.owner_id, packet.creator_id
+        if owner != creator and not self._same_user(owner, creator):
+            return None
+        names = getattr(self.deps.identity, "names", None)
+        for name in [owner, *(names(creator) if names is not None else ())]:
+            if name in desk.customers:
+                return name
+        return owner
+
+    def _dispatch(self, packet: Any, gateway: Any, desk: SupplierDesk) -> defer.Deferred:
+        customer_id = self._account(packet, desk)
+        if customer_id is None and shared_reads.is_shared_read(packet):
             d = shared_reads.serve(desk, packet, self.refused, self.served)  # a reader of the owner's share?
             return self._track(d.addCallback(lambda reply: _answer(gateway, packet, reply[0], reply[1])))
-        if packet.owner_id != packet.creator_id:
+        if customer_id is None:
             self.refused["foreign_owner"] += 1
             self.log.warn("refused {command} from {creator} acting for {owner}", command=packet.command,
                           creator=packet.creator_id, owner=packet.owner_id)
             return _answer(gateway, packet, Command.FAIL, FOREIGN_OWNER.encode("utf-8"))
-        customer_id = packet.creator_id
+        if customer_id != packet.creator_id:
+            self.served["moved_customer"] += 1
         self.served[packet.command] += 1
         if packet.command == Command.CONTACTS.value:
             d = self._keep_record(customer_id, packet.payload)

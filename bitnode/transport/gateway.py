@@ -107,6 +107,10 @@ class _Peer:
         self.challenge: Optional[bytes] = None  # the nonce they gave us for destructive commands
 
 
+#: Names of one peer looked at when matching its answer (a moved identity lists at most 10 sources).
+MAX_NAMES = 10
+
+
 class Gateway(Reintroduction, Routing):
     """Signed packets to and from other nodes, over one TCP transport.
 
@@ -204,8 +208,36 @@ class Gateway(Reintroduction, Routing):
         self._finished: Counter[str] = Counter()
         self._stopped = False
         self._init_routing()
+        self.follow_identity()
 
     # -- lifecycle ----------------------------------------------------------
+
+    def follow_identity(self) -> None:
+        """My identity changed: send as my current global id; accept packets for any of my names.
+
+        A moved identity (a new primary identity server) has a new global id;
+        peers that still know an old one reach us under it.
+        """
+        current = self.identity.my_global_id()
+        if not current:
+            return
+        names = getattr(self.identity, "my_names", None)
+        self.my_id = current
+        self.transport.my_id = current
+        self.transport.my_names = frozenset([current, *(names() if names is not None else ())])
+
+    def introduce_to_recent(self, limit: int = 50) -> list[str]:
+        """Send my identity to the peers used most recently (at most ``limit``); answers are not waited for.
+
+        After my identity moved, they learn my new name and contacts now
+        rather than at their next packet.
+        """
+        peers = [peer_id for peer_id in reversed(self._peers) if peer_id not in self.transport.my_names][:limit]
+        for peer_id in peers:
+            self.ping(peer_id).addErrback(
+                lambda f, who=peer_id: self.log.info("could not tell {who} my new identity: {err}", who=who,
+                                                     err=f.getErrorMessage()))
+        return peers
 
     def listen(self, port: int = 0) -> Deferred[int]:
         """Listen for peers; fires with the real port (useful with port 0)."""
@@ -272,25 +304,27 @@ class Gateway(Reintroduction, Routing):
     # -- sending --------------------------------------------------------------
 
     def build(self, command: str | Command, remote_id: str, payload: bytes = b"", key_id: str = "",
-              packet_id: Optional[str] = None) -> Packet:
+              packet_id: Optional[str] = None, as_name: Optional[str] = None) -> Packet:
         """A packet from us to ``remote_id`` (a global id or an IDURL), signed now.
 
         A destructive command carries the challenge the peer last gave us, if any
-        (see :mod:`bitnode.transport.challenge`).
+        (see :mod:`bitnode.transport.challenge`). ``as_name``: another of my
+        names to send as (an answer goes out under the name it was sent to).
         """
+        me = as_name if as_name is not None and as_name in self.transport.my_names else self.my_id
         remote = str(globalid.to_global_id(remote_id))
         if command_name(command) in DESTRUCTIVE:
             peer = self._peers.get(remote)
             if peer is not None and peer.challenge is not None:
                 payload = challenge.wrap(peer.challenge, challenge.unwrap(payload)[1])
-        return Packet.create(self.clock, command, self.my_id, self.my_id, remote, payload,
+        return Packet.create(self.clock, command, me, me, remote, payload,
                              self.identity.packet_signer(), key_id=key_id, packet_id=packet_id)
 
     def send(self, packet: Packet, wait_response: bool = True, timeout: Optional[float] = None) -> Deferred:
         """Send ``packet``; see :mod:`bitnode.transport.packet_out` for what the Deferred fires with."""
         if self._stopped:
             return fail(Unavailable("the gateway is stopped"))
-        if packet.creator_id != self.my_id:
+        if packet.creator_id != self.my_id and packet.creator_id not in self.transport.my_names:
             return fail(BadRequest(f"packet was created by {packet.creator_id}, we are {self.my_id}"))
         timeout = self.packet_timeout if timeout is None else timeout
         if not timeout > 0:
@@ -315,9 +349,15 @@ class Gateway(Reintroduction, Routing):
         return self.send(packet, wait_response, timeout)
 
     def reply(self, incoming: Packet, command: str | Command, payload: bytes = b"") -> Deferred:
-        """Answer ``incoming`` (``Ack``, ``Fail`` or a reply) with its packet id; fires once sent."""
+        """Answer ``incoming`` (``Ack``, ``Fail`` or a reply) with its packet id; fires once sent.
+
+        The answer is signed under the name ``incoming`` was sent to (an old
+        name of mine, if the peer has not heard that my identity moved), so
+        the peer matches it to its request.
+        """
         try:
-            packet = self.build(command, incoming.creator_id, payload, packet_id=incoming.packet_id)
+            packet = self.build(command, incoming.creator_id, payload, packet_id=incoming.packet_id,
+                                as_name=incoming.remote_id)
         except BitnodeError as err:
             return fail(err)
         return self.send(packet, wait_response=False)
@@ -446,7 +486,7 @@ class Gateway(Reintroduction, Routing):
         self._seen(packet.creator_id, address)
         refused_id = asks_introduction(packet)
         if refused_id is not None:
-            machine = self._waiting.get((packet.creator_id, refused_id))
+            machine = self._waiting_for(packet.creator_id, refused_id)
             if machine is not None and not machine.reintroduced:
                 machine.reintroduced = True
                 return Deferred.fromCoroutine(self._reintroduce(machine, packet))
@@ -454,7 +494,7 @@ class Gateway(Reintroduction, Routing):
                 # a packet sent without waiting is lost, but the next ones will get through
                 self._introduce_once(packet.creator_id)
             key = (packet.creator_id, refused_id)  # asked twice: the packet fails with the refusal
-        machine = self._waiting.get(key)
+        machine = self._waiting_for(*key)
         if machine is not None:
             nonce = challenge.asks_challenge(packet.payload) if packet.command == Command.FAIL.value else None
             if nonce is not None and machine.packet.command in DESTRUCTIVE and not machine.challenged:
@@ -476,6 +516,17 @@ class Gateway(Reintroduction, Routing):
             self.stats.record_drop("no_handler")
             return None
         return self._track(packet, maybeDeferred(handler, packet, address))
+
+    def _waiting_for(self, peer_id: str, packet_id: str) -> Optional[PacketOut]:
+        """Our packet ``packet_id`` sent to ``peer_id``, or to another name of that peer (it moved)."""
+        machine = self._waiting.get((peer_id, packet_id))
+        if machine is None:
+            names = getattr(self.identity, "names", None)
+            for name in names(peer_id)[:MAX_NAMES] if names is not None else ():
+                machine = self._waiting.get((name, packet_id))
+                if machine is not None:
+                    break
+        return machine
 
     def _challenged(self, packet: Packet) -> Optional[Packet]:
         """A destructive packet with this process's nonce for its sender, unwrapped; else None, refused.

@@ -100,6 +100,9 @@ class GatewayService(Service):
         Option(PREFIX + "listen", BOOLEAN, True,
                "Accept incoming TCP connections. Off: no listening port at all (a node behind NAT); "
                "service_proxy_transport then routes our packets through a router.", restart_needed=True),
+        Option(PREFIX + "tell-peers-on-move", INTEGER, 50,
+               "When my identity moves to another identity server, how many recent peers are sent it at once.",
+               minimum=0, maximum=10_000),
         Option(PREFIX + "external-host", STRING, "",
                "Host written into our tcp:// contact (empty: the listening interface).",
                pattern=r"[A-Za-z0-9.:\-]*", restart_needed=True),
@@ -263,8 +266,20 @@ class GatewayService(Service):
             self.gateway.packet_timeout = float(new)
 
     def _on_event(self, event: Any) -> None:
-        """Start once an identity exists (the driver then starts enabled dependents); stop when it is erased."""
+        """Start once an identity exists (the driver then starts enabled dependents); stop when it is erased.
+
+        When my identity moved to another primary identity server (a new
+        global id), the gateway sends as the new one, still accepts the old
+        ones, and tells the peers it talked to lately.
+        """
         lifecycle = self.lifecycle
+        if event.event_id in ("my-identity-changed", "my-identity-rotated") and self.gateway is not None:
+            self.gateway.follow_identity()
+            if event.event_id == "my-identity-rotated":
+                told = self.gateway.introduce_to_recent(self.ctx.settings.get(PREFIX + "tell-peers-on-move"))
+                self.log.info("my identity moved to {new}: told {count} peer(s)", new=self.gateway.my_id,
+                              count=len(told))
+            return
         if event.event_id == "my-identity-created":
             if lifecycle.is_on() or not lifecycle.enabled():
                 return

@@ -312,6 +312,8 @@ class TCPTransport:
         self.clock = clock
         self.reactor = reactor
         self.my_id = my_id
+        #: every name of ours (a moved identity keeps its old names); packets to any of them are ours
+        self.my_names: frozenset[str] = frozenset({my_id})
         self.stats = stats
         self.replay = replay
         self.max_frame = max_frame
@@ -507,7 +509,7 @@ class TCPTransport:
                 raise BadPacket(f"frame carries {body_length} payload bytes, header says {packet_head.payload_length}")
             if not is_known(packet_head.command):
                 raise UnknownCommand(f"unknown command {packet_head.command!r}")
-            if packet_head.remote_id != self.my_id:
+            if packet_head.remote_id != self.my_id and packet_head.remote_id not in self.my_names:
                 if self.relay is None or not self.relay.admit(conn, packet_head, body_length):
                     raise WrongRecipient(f"packet for {packet_head.remote_id!r}, we are {self.my_id!r}")
                 conn.incoming = _Incoming(packet_head, RELAYED)  # not ours: no signature or replay duty here

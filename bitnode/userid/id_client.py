@@ -169,7 +169,14 @@ class IdentityClient:
         when the name belongs to another key, then ``Forbidden``,
         ``BadRequest``, else ``Unavailable``).
         """
-        return Deferred.fromCoroutine(self._publish(identity))
+        return Deferred.fromCoroutine(self._publish(identity, identity.sources))
+
+    def publish_to(self, identity: Identity, sources: Iterable[str]) -> Deferred[list[str]]:
+        """Like :meth:`publish`, to some of its sources only (a new primary first, when rotating)."""
+        wanted = [source for source in identity.sources if source in set(sources)]
+        if not wanted:
+            return defer.fail(BadRequest("none of those is a source of the identity"))
+        return Deferred.fromCoroutine(self._publish(identity, wanted))
 
     def close(self) -> Deferred[None]:
         """Cancel requests in flight and close pooled connections."""
@@ -209,17 +216,17 @@ class IdentityClient:
 
     # -- publishing -----------------------------------------------------------
 
-    async def _publish(self, identity: Identity) -> list[str]:
+    async def _publish(self, identity: Identity, sources: list[str] | tuple[str, ...]) -> list[str]:
         if not identity.verify():
             raise BadRequest("refusing to publish an identity that is not validly signed")
         body = identity.to_xml()
         results = await defer.DeferredList(
-            [Deferred.fromCoroutine(self._publish_one(source, body)) for source in identity.sources],
+            [Deferred.fromCoroutine(self._publish_one(source, body)) for source in sources],
             consumeErrors=True,
         )
         accepted: list[str] = []
         errors: list[BaseException] = []
-        for source, (ok, result) in zip(identity.sources, results, strict=True):
+        for source, (ok, result) in zip(sources, results, strict=True):
             if ok:
                 accepted.append(source)
             else:

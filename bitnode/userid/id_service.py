@@ -1,28 +1,26 @@
 """service_identity: this node's keys and identity, and the identities of others.
 
-Files under the basedir:
-
-- ``metadata/identity.xml``   my signed identity document (atomic, 0600);
-- ``metadata/packetkey.pem``  my Ed25519 packet-signing key, PKCS#8 (atomic, 0600);
-- ``metadata/keys/``          the :class:`~bitnode.crypt.keystore.KeyStore` (0700),
-  holding the master RSA key ``master$<me>`` and every other key;
-- ``identitycache/``          the :class:`~bitnode.userid.idcache.IdentityCache` of others.
-
-``identity.xml`` is written last: it is what makes an identity exist, so a
-crash while keys are being written leaves no half identity behind.
+Its files (identity.xml, packetkey.pem, keys/, identitycache/) are in
+:mod:`bitnode.userid.id_files`.
 
 The public interface other parts code against:
 
 - ``.keystore`` (``None`` while there is no identity: key ids need an owner),
   ``.cache``, ``.client`` (all set once the service runs), ``.publisher``
   (:class:`~bitnode.userid.id_publisher.Publisher`: publish state and retry);
-- :meth:`my_identity`, :meth:`my_global_id`, :meth:`my_idurl`;
+- :meth:`my_identity`, :meth:`my_global_id`, :meth:`my_idurl`, :meth:`my_names` (every
+  source of my identity names me: packets to an old name are mine), :meth:`is_me`,
+  :meth:`storage_id` (the name my keys and my stored files are under: it never changes);
+- others' names: :meth:`names`, :meth:`current_id`, :meth:`same_user` (a user who
+  moved their primary keeps the old names, see :mod:`bitnode.userid.idcache`);
 - :meth:`packet_signer`, :meth:`packet_private_key` (``None`` without identity);
 - :meth:`resolve_verifier` (sync), :meth:`fetch_identity` (Deferred);
 - :meth:`create_identity`, :meth:`recover_identity`, :meth:`erase_identity`,
-  :meth:`rotate_identity`, :meth:`update_contacts`, :meth:`backup_identity`;
+  :meth:`rotate_identity`, :meth:`probe_sources`, :meth:`update_contacts`, :meth:`backup_identity`;
 - events on ``node.events``: ``my-identity-created``, ``my-identity-changed``,
-  ``my-identity-erased``, and ``network-join-requested`` (see :meth:`create_identity`).
+  ``my-identity-rotated`` (my primary moved: ``old_global_id`` -> ``global_id``),
+  ``identity-rotated`` (a cached user moved), ``my-identity-erased``, and
+  ``network-join-requested`` (see :meth:`create_identity`).
 
 Changes to my identity are serialised by one lock, so two updates never
 produce the same revision. A new revision is saved before it is published
@@ -33,7 +31,6 @@ update is retried in the background with a growing pause.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet import defer
@@ -46,26 +43,20 @@ from bitnode.crypt.fastsign import Ed25519PrivateKey
 from bitnode.crypt.keys import RsaPrivateKey
 from bitnode.crypt.keystore import KeyStore
 from bitnode.errors import BadRequest, BitnodeError, Conflict, Forbidden, NotFound, Unavailable
-from bitnode.main.fileutil import PRIVATE_FILE_MODE, atomic_write, ensure_dir, read_limited, remove_if_exists
+from bitnode.main.fileutil import PRIVATE_FILE_MODE, atomic_write
 from bitnode.main.options import FLOAT, INTEGER, STRING_LIST, Option
 from bitnode.services.base import Service
 from bitnode.services.context import NodeContext
-from bitnode.userid import id_backup
+from bitnode.userid import id_backup, id_files, id_rotation
 from bitnode.userid.id_fetcher import IdentityFetcher
 from bitnode.userid.id_publisher import Publisher, parse_servers
+from bitnode.userid.id_rotation import RotateResult, SourceState
+from bitnode.userid.id_sources import SourceFetcher
 from bitnode.userid.idcache import IdentityCache
-from bitnode.userid.identity import MAX_SOURCES, MAX_XML_BYTES, Identity, validate_contact
+from bitnode.userid.identity import MAX_SOURCES, Identity, validate_contact
 from bitnode.userid.packet_keys import Ed25519Signer, Ed25519Verifier, generate_identity, signing_key_text
 
-
-@dataclass(frozen=True)
-class RotateResult:
-    """What :meth:`IdentityService.rotate_identity` did."""
-
-    identity: Identity
-    added_sources: tuple[str, ...]
-    refused_sources: tuple[str, ...]
-    published_to: tuple[str, ...]
+__all__ = ["IdentityService", "RotateResult", "identity_as_dict"]
 
 
 def identity_as_dict(identity: Identity, include_xml: bool = False) -> dict:
@@ -115,6 +106,10 @@ class IdentityService(Service):
         Option("services/identity/allowed-servers", STRING_LIST, [],
                "Identity servers (host or host:port) whose documents we fetch; empty: any. Others are "
                "refused without a request.", restart_needed=True),
+        Option("services/identity/network-servers-asked", INTEGER, 8,
+               "When none of a user's sources answers, how many of the network's identity servers "
+               "(personal/identity-servers) are asked for the same name.", minimum=0, maximum=64,
+               restart_needed=True),
     )
     log = Logger()
 
@@ -124,6 +119,8 @@ class IdentityService(Service):
         self.cache: IdentityCache | None = None
         self.client: Any = None
         self.fetcher: IdentityFetcher | None = None
+        self.sources: SourceFetcher | None = None
+        self.last_rotation: dict = {}
         self.load_problems: list[str] = []
         self._identity: Identity | None = None
         self._packet_key: Ed25519PrivateKey | None = None
@@ -131,11 +128,11 @@ class IdentityService(Service):
         self._pending_contacts: tuple[str, ...] | None = None
         self._lock = defer.DeferredLock()
         self.publisher = Publisher(lambda: self.client, self.my_identity, self._lock.run, ctx.call_later)
-        metadata = ctx.basedir.metadata
-        self.identity_file = os.path.join(metadata, "identity.xml")
-        self.packet_key_file = os.path.join(metadata, "packetkey.pem")
-        self.keys_dir = os.path.join(metadata, "keys")
-        self.cache_dir = ctx.basedir.path("identitycache")
+        self.files = id_files.IdentityFiles.of(ctx.basedir)
+        self.identity_file = self.files.identity_file
+        self.packet_key_file = self.files.packet_key_file
+        self.keys_dir = self.files.keys_dir
+        self.cache_dir = self.files.cache_dir
 
     # -- lifecycle --------------------------------------------------------
 
@@ -151,52 +148,10 @@ class IdentityService(Service):
     def start(self) -> Deferred:
         """Open the key store, the cache and my identity (off the reactor)."""
         self.load_problems = []
-        d = self.ctx.run_in_thread(self._open_files)
+        d = self.ctx.run_in_thread(id_files.open_files, self.files, self.ctx.run_in_thread, self.ctx.clock,
+                                   self.ctx.settings.get("services/identity/cache-entries"))
         d.addCallback(self._opened)
         return d
-
-    def _open_files(self) -> tuple:
-        ensure_dir(self.keys_dir)
-        cache = IdentityCache(self.cache_dir, max_entries=self.ctx.settings.get("services/identity/cache-entries"))
-        identity = keystore = packet_key = None
-        problems: list[str] = []
-        try:
-            identity = self._read_identity()
-        except FileNotFoundError:
-            pass
-        except (OSError, BadRequest) as err:
-            problems.append(f"identity.xml cannot be used: {err}")
-        if identity is not None:
-            keystore = KeyStore(self.keys_dir, identity.global_id, self.ctx.run_in_thread, clock=self.ctx.clock)
-            problems.extend(keystore.load_errors)
-            try:
-                if keystore.public_key(keystore.master_key_id) != identity.rsa_public_key():
-                    problems.append("the master key does not match identity.xml")
-                keystore.private_key(keystore.master_key_id)
-            except NotFound:
-                problems.append("the master private key is missing: identity updates cannot be signed")
-            packet_key = self._read_packet_key(identity, problems)
-        return cache, identity, keystore, packet_key, problems
-
-    def _read_identity(self) -> Identity:
-        identity = Identity.from_xml(read_limited(self.identity_file, MAX_XML_BYTES))
-        if not identity.verify():
-            raise BadRequest("its signature does not verify")
-        return identity
-
-    def _read_packet_key(self, identity: Identity, problems: list[str]) -> Ed25519PrivateKey | None:
-        try:
-            key = fastsign.private_from_pem(read_limited(self.packet_key_file, keys.MAX_PEM_BYTES))
-        except FileNotFoundError:
-            problems.append("packetkey.pem is missing: packets cannot be signed")
-            return None
-        except (OSError, BadRequest) as err:
-            problems.append(f"packetkey.pem cannot be used: {err.__class__.__name__}")
-            return None
-        if identity.fast_public_key() != key.public_key():
-            problems.append("packetkey.pem does not match the signing key of identity.xml")
-            return None
-        return key
 
     def _opened(self, loaded: tuple) -> None:
         self.cache, identity, keystore, packet_key, problems = loaded
@@ -206,6 +161,9 @@ class IdentityService(Service):
         self.cache.writer = self.ctx.run_in_thread  # files are written off the reactor from now on
         self.client = self.make_client()
         self.fetcher = self.make_fetcher()
+        self.sources = SourceFetcher(self.fetcher, self.identity_servers,
+                                     self.ctx.settings.get("services/identity/network-servers-asked"))
+        self.cache.on_moved = self._peer_moved
         self._install(identity, keystore, packet_key)
         if identity is not None:
             self.log.info("my identity is {global_id} revision {revision}",
@@ -243,6 +201,10 @@ class IdentityService(Service):
             "cached_identities": len(self.cache) if self.cache is not None else 0,
             "cache": self.cache.stats() if self.cache is not None else {},
             "fetches": self.fetcher.stats() if self.fetcher is not None else {},
+            "sources": self.sources.stats() if self.sources is not None else {},
+            "names": self.my_names(),
+            "storage_id": self.storage_id(),
+            "last_rotation": dict(self.last_rotation),
             "problems": list(self.load_problems),
         }
 
@@ -260,6 +222,43 @@ class IdentityService(Service):
         """My primary IDURL, or None."""
         return self._identity.idurl if self._identity else None
 
+    def my_names(self) -> list[str]:
+        """Every global id that is me: one per source of my identity, the current one first."""
+        return id_files.names_of(self._identity) if self._identity is not None else []
+
+    def is_me(self, name: str) -> bool:
+        """True when ``name`` (a global id or an IDURL) is one of my names."""
+        try:
+            return str(globalid.to_global_id(name)) in self.my_names()
+        except BadRequest:
+            return False
+
+    def storage_id(self) -> str | None:
+        """The name my keys and my stored files are under (my first global id; it never changes)."""
+        if self.keystore is not None:
+            return self.keystore.owner
+        return self.my_global_id()
+
+    def names(self, name: str) -> list[str]:
+        """Every known name of a user, their current global id first (mine: :meth:`my_names`)."""
+        if self.is_me(name):
+            return self.my_names()
+        if self.cache is None:
+            return [str(globalid.to_global_id(name))]
+        return self.cache.names(name)
+
+    def current_id(self, name: str) -> str:
+        """The global id a user has now, as far as we know (``name`` itself when they never moved)."""
+        names = self.names(name)
+        return names[0]
+
+    def same_user(self, first: str, second: str) -> bool:
+        """True when the two names are known to be the same user."""
+        try:
+            return self.current_id(first) == self.current_id(second)
+        except BadRequest:
+            return False
+
     def packet_signer(self) -> Ed25519Signer | None:
         """Signs my packets with the Ed25519 key certified in my identity; None without one."""
         return self._signer
@@ -272,6 +271,8 @@ class IdentityService(Service):
                  packet_key: Ed25519PrivateKey | None) -> None:
         self._identity = identity
         self.keystore = keystore
+        if keystore is not None and identity is not None:
+            keystore.set_names(id_files.names_of(identity))
         self._packet_key = packet_key if identity is not None else None
         self._signer = Ed25519Signer(packet_key) if identity is not None and packet_key is not None else None
 
@@ -306,7 +307,7 @@ class IdentityService(Service):
             key = str(globalid.to_global_id(global_id))
         except BadRequest:
             return None
-        identity = self._identity if self._identity is not None and self._identity.global_id == key else None
+        identity = self._identity if self._identity is not None and key in self.my_names() else None
         if identity is None and self.cache is not None:
             try:
                 identity = self.cache.get(key)
@@ -333,28 +334,20 @@ class IdentityService(Service):
         self._require_running()
         wanted = globalid.to_global_id(idurl_or_global_id)
         key = str(wanted)
-        if self._identity is not None and self._identity.global_id == key:
+        if self._identity is not None and key in self.my_names():
             return self._identity
         cached = self.cache.get(key) if self.cache.has(key) else None
         if cached is not None and not refresh:
             return cached
         asked = str(wanted.idurl)
-        urls = [asked] + [s for s in (cached.sources if cached else ()) if s != asked]
-        fetched = await self._fetch_first(urls, stranger)
-        if fetched.global_id != key and asked not in fetched.sources:
-            raise Forbidden(f"{asked} served the identity of {fetched.global_id}")
-        self.cache.put(fetched)
+        fetched = await self.sources.fetch(asked, cached, stranger)
+        # served for the name asked: that name is theirs (an old one when their primary moved)
+        self.cache.put(fetched, also_known_as=asked)
         return self.cache.get(fetched.global_id)
 
-    async def _fetch_first(self, urls: list[str], stranger: bool) -> Identity:
-        """The first of ``urls`` that answers (each through the fetcher), else the last error."""
-        for n, url in enumerate(urls):
-            try:
-                return await self.fetcher.fetch(url, stranger=stranger)
-            except BitnodeError:
-                if n == len(urls) - 1:
-                    raise
-        raise NotFound("no IDURL to fetch")  # never reached: urls is never empty
+    def _peer_moved(self, old: str, new: str) -> None:
+        self.log.info("{old} moved its identity: now {new}", old=old, new=new)
+        self.ctx.events.publish("identity-rotated", {"old_global_id": old, "global_id": new})
 
     # -- creating -------------------------------------------------------------
 
@@ -419,19 +412,12 @@ class IdentityService(Service):
         self._announce("my-identity-created", identity, join_network)
         return identity
 
-    async def _persist_new(self, identity: Identity, master: RsaPrivateKey, packet_key: Ed25519PrivateKey) -> None:
-        keystore = await self.ctx.run_in_thread(self._write_new, identity, master, packet_key)
+    async def _persist_new(self, identity: Identity, master: RsaPrivateKey, packet_key: Ed25519PrivateKey,
+                           home: str = "") -> None:
+        keystore = await self.ctx.run_in_thread(id_files.write_new, self.files, identity, master, packet_key,
+                                                self.ctx.run_in_thread, self.ctx.clock, home)
         self._pending_contacts = None
         self._install(identity, keystore, packet_key)
-
-    def _write_new(self, identity: Identity, master: RsaPrivateKey, packet_key: Ed25519PrivateKey) -> KeyStore:
-        """Thread side: keys first, identity.xml last (its presence is what makes the identity exist)."""
-        ensure_dir(self.keys_dir)
-        keystore = KeyStore(self.keys_dir, identity.global_id, self.ctx.run_in_thread, clock=self.ctx.clock)
-        keystore.add_private(keystore.master_key_id, master.to_pem(), label="master key")
-        atomic_write(self.packet_key_file, packet_key.to_pem(), mode=PRIVATE_FILE_MODE)
-        atomic_write(self.identity_file, identity.to_xml(), mode=PRIVATE_FILE_MODE)
-        return keystore
 
     def _announce(self, event_id: str, identity: Identity, join_network: bool = False, **extra: Any) -> None:
         data = {"global_id": identity.global_id, "idurl": identity.idurl, "revision": identity.revision}
@@ -465,7 +451,11 @@ class IdentityService(Service):
             idurls = [first] + [u for u in idurls if u != first]
         if not idurls:
             raise BadRequest("the key source names no IDURL: pass known_idurl")
-        identity = await self.client.fetch_any(idurls)
+        try:
+            identity = await self.client.fetch_any(idurls)
+        except BitnodeError:
+            # every server of the backup is gone: the network's servers may hold it (moved since the backup)
+            identity = await self.sources.fetch(idurls[0])
         if identity.rsa_public_key() != contents.master_key.public_key():
             raise Forbidden(f"the private key does not match the identity published at {identity.idurl}")
         packet_key = contents.packet_key
@@ -477,7 +467,8 @@ class IdentityService(Service):
                                          signing_key=signing_key_text(packet_key))
             identity = await self.ctx.run_in_thread(candidate.sign, contents.master_key)
             await self.client.publish(identity)
-        await self._persist_new(identity, contents.master_key, packet_key)
+        home = globalid.idurl_to_global_id(contents.idurls[0]) if contents.idurls else ""
+        await self._persist_new(identity, contents.master_key, packet_key, home)
         self.publisher.mark_published(identity)
         self.log.info("identity {global_id} recovered at revision {revision}",
                       global_id=identity.global_id, revision=identity.revision)
@@ -490,7 +481,10 @@ class IdentityService(Service):
         """Deferred[str]: write the backup file (0600, never over an existing file); fires with its path."""
         try:
             identity = self.require_identity()
-            data = id_backup.render_backup(identity.sources, self._master_key(), self._packet_key)
+            # the name my keys are stored under first: a recovered node keeps it (see id_files.write_new)
+            home = globalid.global_id_to_idurl(self.storage_id() or identity.global_id)
+            idurls = [home] + [source for source in identity.sources if source != home]
+            data = id_backup.render_backup(idurls, self._master_key(), self._packet_key)
         except BitnodeError:
             return defer.fail()
         return self.ctx.run_in_thread(id_backup.write_new_file, destination_filepath, data)
@@ -511,7 +505,7 @@ class IdentityService(Service):
             raise NotFound("this node has no identity to erase")
         master_key_id = self.keystore.master_key_id if self.keystore is not None else None
         self.publisher.reset()
-        await self.ctx.run_in_thread(self._remove_files, erase_private_key, master_key_id)
+        await self.ctx.run_in_thread(id_files.remove_files, self.files, erase_private_key, master_key_id)
         self._install(None, None, None)
         global_id = identity.global_id if identity is not None else ""
         self.log.info("identity {global_id} erased (private key erased: {erased})",
@@ -519,15 +513,6 @@ class IdentityService(Service):
         self.ctx.events.publish("my-identity-erased",
                                  {"global_id": global_id, "private_key_erased": erase_private_key})
         return global_id
-
-    def _remove_files(self, erase_private_key: bool, master_key_id: str | None) -> None:
-        remove_if_exists(self.identity_file)
-        if erase_private_key:
-            remove_if_exists(self.packet_key_file)
-            if master_key_id is not None:
-                # KeyStore.erase refuses the master key on purpose; erasing the identity is the one exception.
-                for suffix in (".private", ".public", ".json"):
-                    remove_if_exists(os.path.join(self.keys_dir, master_key_id + suffix))
 
     # -- changing -------------------------------------------------------------------
 
@@ -571,41 +556,86 @@ class IdentityService(Service):
         self._announce("my-identity-changed", signed)
         return signed
 
-    def rotate_identity(self) -> Deferred:
-        """Deferred[RotateResult]: a new revision, extended to new identity servers, re-published.
+    def rotate_identity(self, wanted: str = "") -> Deferred:
+        """Deferred[RotateResult]: move my identity to another primary identity server, on demand.
 
-        Identity servers from ``personal/identity-servers`` that are not yet
-        among my sources are appended (up to 10 sources) and the revision is
-        published to all of them; a new server that refuses the name is
-        dropped again in a further revision. The primary source (and so my
-        global id, key ids and remote paths) never changes: peers pin
-        identities by it. Without new servers this is a plain re-publish of a
-        new revision. Fails with the client's error when no server accepts.
+        The primary moves to the next of my sources that answers (``wanted``:
+        that one), else to a configured identity server (``personal/identity-servers``)
+        not yet among my sources that accepts my name; my global id follows the
+        primary and the old one stays one of my names (listed, and in
+        ``my_names``). With nowhere to move, a new revision is saved and
+        published where I am. Fails with the client's error when no server
+        accepts it.
         """
-        return self._lock.run(lambda: Deferred.fromCoroutine(self._rotate()))
+        return self._lock.run(lambda: Deferred.fromCoroutine(self._rotate(force=True, wanted=wanted)))
 
-    async def _rotate(self) -> RotateResult:
+    def move_identity(self) -> Deferred:
+        """Deferred[RotateResult]: my primary is dead: move to a live source or a configured server.
+
+        :class:`~bitnode.userid.id_rotation.NowhereToMove` (an Unavailable;
+        nothing changed) when no other server answers: waiting is all there is
+        to do then (id_rotator calls this).
+        """
+        return self._lock.run(lambda: Deferred.fromCoroutine(self._rotate(force=False)))
+
+    def probe_sources(self) -> Deferred:
+        """Deferred[list[SourceState]]: what each of my sources holds now (see :mod:`bitnode.userid.id_rotation`)."""
+        try:
+            me = self.require_identity()
+        except BitnodeError:
+            return defer.fail()
+        return id_rotation.probe_sources(self.client, me)
+
+    def republish(self) -> Deferred:
+        """Deferred[list[str]]: publish my current revision again (to servers that hold an old one)."""
+        try:
+            me = self.require_identity()
+        except BitnodeError:
+            return defer.fail()
+        return self._lock.run(lambda: Deferred.fromCoroutine(self.publisher.publish(self._identity or me)))
+
+    def _configured_sources(self, name: str) -> list[str]:
+        return [str(globalid.IdUrl(name, host, port)) for host, port in self.identity_servers()]
+
+    async def _rotate(self, force: bool, wanted: str = "") -> RotateResult:
         current = self.require_identity()
-        self._master_key()
-        configured = [str(globalid.IdUrl(current.name, host, port)) for host, port in self.identity_servers()]
-        room = MAX_SOURCES - len(current.sources)
-        added = tuple(s for s in configured if s not in current.sources)[:max(room, 0)]
-        now = self.ctx.clock.seconds()
-        if not added:
-            identity = await self._save_revision(current.updated(now=now))
+        master = self._master_key()
+        home = str(globalid.GlobalId.parse(self.storage_id() or current.global_id).idurl)
+
+        def sign(candidate: Identity) -> Deferred:
+            return self.ctx.run_in_thread(candidate.sign, master)
+
+        try:
+            signed, accepted, refused, probe = await id_rotation.rotate(
+                self.client, current, sign, self._configured_sources(current.name), self.ctx.clock.seconds(),
+                keep=home, wanted=wanted)
+        except id_rotation.NowhereToMove as err:
+            self.last_rotation = {"at": self.ctx.clock.seconds(), "moved": False, "error": str(err)}
+            if not force or wanted:
+                raise
+            # on demand with nowhere to go: a new revision where I am (saved first, then published)
+            identity = await self._save_revision(current.updated(now=self.ctx.clock.seconds()))
             accepted = await self.publisher.publish(identity)
-            return RotateResult(identity, (), (), tuple(accepted))
-        candidate = current.updated(now=now, sources=current.sources + added)
-        candidate = await self.ctx.run_in_thread(candidate.sign, self._master_key())
-        accepted = await self.client.publish(candidate)
-        kept = tuple(s for s in added if s in accepted)
-        refused = tuple(s for s in added if s not in accepted)
-        if not refused:
-            identity = await self._store_revision(candidate)
-            self.publisher.mark_published(identity)
-        else:
-            # A new server refused the name: drop it in a higher revision so no one trusts it for us.
-            identity = await self._save_revision(candidate.updated(now=now, sources=current.sources + kept))
-            accepted = await self.publisher.publish(identity)
-        self.log.info("identity rotated: added {added}, refused {refused}", added=list(kept), refused=list(refused))
-        return RotateResult(identity, kept, refused, tuple(accepted))
+            return RotateResult(identity, current.global_id, (), (), tuple(accepted))
+        except BitnodeError as err:
+            self.last_rotation = {"at": self.ctx.clock.seconds(), "moved": False, "error": str(err)}
+            raise
+        return await self._rotated(current, signed, accepted, refused, probe)
+
+    async def _rotated(self, old: Identity, signed: Identity, accepted: list[str], refused: list[str],
+                       probe: list[SourceState]) -> RotateResult:
+        identity = await self._store_revision(signed)
+        self.publisher.mark_published(identity)
+        if self.keystore is not None:
+            self.keystore.set_names(id_files.names_of(identity))
+        added = tuple(s for s in identity.sources if s not in old.sources)
+        result = RotateResult(identity, old.global_id, added, tuple(refused), tuple(accepted), tuple(probe))
+        self.last_rotation = {"at": self.ctx.clock.seconds(), "moved": result.moved, "from": old.global_id,
+                              "to": identity.global_id, "revision": identity.revision,
+                              "published_to": list(accepted), "refused": list(refused)}
+        if result.moved:
+            self.log.info("identity moved from {old} to {new} (revision {revision}, published to {to})",
+                          old=old.global_id, new=identity.global_id, revision=identity.revision, to=accepted)
+            self._announce("my-identity-rotated", identity, old_global_id=old.global_id, old_idurl=old.idurl)
+        return result
+

@@ -120,8 +120,11 @@ class FakeClient:
         return defer.fail(last or BadRequest("no IDURL"))
 
     def publish(self, identity: Identity) -> defer.Deferred:
+        return self.publish_to(identity, identity.sources)
+
+    def publish_to(self, identity: Identity, sources) -> defer.Deferred:
         accepted, errors = [], []
-        for source in identity.sources:
+        for source in [s for s in identity.sources if s in set(sources)]:
             try:
                 self.servers.post(source, identity)
                 accepted.append(source)

@@ -67,7 +67,7 @@ class StartTests(ServiceTestBase):
         self.assertTrue(os.path.isdir(self.node.basedir.path("identitycache")))
 
     def test_files_are_opened_off_the_reactor(self) -> None:
-        self.assertIn("_open_files", self.node.thread_calls)
+        self.assertIn("open_files", self.node.thread_calls)
 
     def test_stop_closes_the_client(self) -> None:
         client = self.service.client
@@ -299,6 +299,67 @@ class OthersTests(ServiceTestBase):
         self.assertEqual(self.restart().cache.get(BOB), self.bob)
 
 
+class SourcesTests(ServiceTestBase):
+    """16.3: a dead identity server hides nobody: the other sources, then the network's servers, are asked."""
+
+    BOB2 = "bob@id2.example.net_8084"
+    BOB2_IDURL = "http://id2.example.net:8084/bob.xml"
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.node.settings.set("personal/identity-servers", [SERVER, SERVER2])
+        self.bob = make_identity("bob", rsa_key(1), servers=(SERVER, SERVER2))
+        for source in self.bob.sources:
+            self.servers.docs[source] = self.bob.to_xml()
+
+    def test_a_dead_primary_is_skipped_for_the_next_source_which_is_remembered(self) -> None:
+        self.successResultOf(self.service.fetch_identity(BOB))
+        self.servers.down.add(SERVER)
+        self.servers.gets.clear()
+        self.assertEqual(self.successResultOf(self.service.fetch_identity(BOB, refresh=True)), self.bob)
+        self.assertEqual(self.servers.gets, [BOB_IDURL, self.BOB2_IDURL])
+        self.servers.gets.clear()
+        self.successResultOf(self.service.fetch_identity(BOB, refresh=True))
+        self.assertEqual(self.servers.gets, [self.BOB2_IDURL])  # the one that answered, first
+        self.assertEqual(self.service.status()["sources"]["answered_by_other_source"], 2)
+
+    def test_a_user_never_seen_is_found_on_the_networks_servers_under_the_name_asked(self) -> None:
+        self.servers.down.add(SERVER)
+        found = self.successResultOf(self.service.fetch_identity(BOB))
+        self.assertEqual(found, self.bob)
+        self.assertEqual(self.servers.gets, [BOB_IDURL, self.BOB2_IDURL])
+        self.assertEqual(self.service.status()["sources"]["answered_by_network_server"], 1)
+
+    def test_a_document_that_does_not_list_the_name_asked_is_not_taken_for_it(self) -> None:
+        other_bob = make_identity("bob", rsa_key(2), servers=(SERVER2,))
+        self.servers.docs[self.BOB2_IDURL] = other_bob.to_xml()
+        self.servers.down.add(SERVER)
+        self.failureResultOf(self.service.fetch_identity(BOB), Unavailable)
+        self.assertFalse(self.service.cache.has(BOB))
+        self.assertEqual(self.service.status()["sources"]["wrong_user"], 1)
+
+    def test_a_user_who_moved_keeps_the_old_name_and_we_hear_of_it(self) -> None:
+        self.successResultOf(self.service.fetch_identity(BOB))
+        moved = make_identity("bob", rsa_key(1), servers=(SERVER2, SERVER), revision=2)
+        self.servers.docs[self.BOB2_IDURL] = moved.to_xml()
+        self.servers.down.add(SERVER)
+        self.assertEqual(self.successResultOf(self.service.fetch_identity(BOB, refresh=True)), moved)
+        self.assertEqual(self.service.current_id(BOB), self.BOB2)
+        self.assertEqual(self.service.names(self.BOB2), [self.BOB2, BOB])
+        self.assertTrue(self.service.same_user(BOB, self.BOB2))
+        self.assertIsNotNone(self.service.resolve_verifier(BOB))
+        self.assertIn(("identity-rotated", {"old_global_id": BOB, "global_id": self.BOB2}), self.node.seen)
+
+    def test_a_stranger_makes_us_ask_at_most_its_idurl_and_the_configured_number_of_servers(self) -> None:
+        servers = [f"id{n}.example.net:8084" for n in range(3, 20)]
+        node = FakeNode(self.mktemp(), clock=self.node.clock, overrides={
+            "personal/identity-servers": servers, "services/identity/network-servers-asked": 3})
+        service = self.start_service(node)
+        self.servers.gets.clear()
+        self.failureResultOf(service.fetch_identity("carol@id.example.net_8084", stranger=True), NotFound)
+        self.assertEqual(len(self.servers.gets), 1 + 3)
+
+
 class StrangerFetchTests(ServiceTestBase):
     """14.2: what a stranger's introduction may make service_identity fetch, and keep."""
 
@@ -394,28 +455,55 @@ class EraseRecoverRotateTests(ServiceTestBase):
         self.create()
         self.failureResultOf(self.service.recover_identity(pem, ALICE_IDURL), Conflict)
 
-    def test_rotate_adds_configured_servers(self) -> None:
+    def test_rotate_moves_to_a_configured_server_and_keeps_the_old_name(self) -> None:
         self.create()
         self.node.settings.set("personal/identity-servers", [SERVER, SERVER2])
         result = self.successResultOf(self.service.rotate_identity())
         second = "http://id2.example.net:8084/alice.xml"
-        self.assertEqual(result.identity.sources, (ALICE_IDURL, second))
+        self.assertEqual(result.identity.sources, (second, ALICE_IDURL))
         self.assertEqual(result.identity.revision, 2)
         self.assertEqual(result.added_sources, (second,))
         self.assertEqual(set(result.published_to), {ALICE_IDURL, second})
         self.assertEqual(self.servers.stored(second), result.identity)
-        self.assertEqual(self.service.my_global_id(), ALICE)
+        self.assertEqual(self.service.my_global_id(), "alice@id2.example.net_8084")
+        self.assertEqual(self.service.my_names(), ["alice@id2.example.net_8084", ALICE])
+        self.assertTrue(self.service.is_me(ALICE))
+        self.assertEqual(self.service.storage_id(), ALICE)  # keys and files stay where they were
+        keystore = self.service.keystore
+        self.assertIs(keystore.private_key("master$alice@id2.example.net_8084"), keystore.private_key(f"master${ALICE}"))
+        rotated = [data for event, data in self.node.seen if event == "my-identity-rotated"]
+        self.assertEqual(rotated[0]["old_global_id"], ALICE)
+        self.assertEqual(rotated[0]["global_id"], "alice@id2.example.net_8084")
+        # after a restart, the key store is found under the old name
+        self.successResultOf(defer.maybeDeferred(self.service.stop))
+        again = make_service(self.node, self.servers)
+        self.successResultOf(again.start())
+        self.assertEqual(again.my_global_id(), "alice@id2.example.net_8084")
+        self.assertEqual(again.keystore.master_key_id, f"master${ALICE}")
+        self.assertEqual(again.load_problems, [])
 
-    def test_rotate_drops_a_server_that_refuses_the_name(self) -> None:
+    def test_a_moved_identity_recovered_on_a_new_machine_keeps_its_storage_name(self) -> None:
+        self.create()
+        self.node.settings.set("personal/identity-servers", [SERVER, SERVER2])
+        self.successResultOf(self.service.rotate_identity())
+        backup = os.path.abspath(self.mktemp() + "-backup")
+        self.successResultOf(self.service.backup_identity(backup))
+        self.servers.down.add(SERVER)  # the first server died since
+        fresh = FakeNode(self.mktemp(), clock=self.node.clock, overrides={"personal/identity-servers": [SERVER2]})
+        other = self.start_service(fresh)
+        recovered = self.successResultOf(other.recover_identity(backup))
+        self.assertEqual(recovered.global_id, "alice@id2.example.net_8084")
+        self.assertEqual(other.storage_id(), ALICE)
+        self.assertEqual(other.keystore.master_key_id, f"master${ALICE}")
+
+    def test_rotate_skips_a_server_that_refuses_the_name(self) -> None:
         self.create()
         second = "http://id2.example.net:8084/alice.xml"
-        self.servers.docs[second] = make_identity("alice", rsa_key(0), servers=(SERVER2,)).to_xml()
+        self.servers.docs[second] = make_identity("alice", rsa_key(1), servers=(SERVER2,)).to_xml()
         self.node.settings.set("personal/identity-servers", [SERVER2])
-        result = self.successResultOf(self.service.rotate_identity())
-        self.assertEqual(result.refused_sources, (second,))
-        self.assertEqual(result.identity.sources, (ALICE_IDURL,))
-        self.assertEqual(result.identity.revision, 3)
-        self.assertEqual(self.servers.stored(ALICE_IDURL), result.identity)
+        self.failureResultOf(self.service.rotate_identity(), Conflict)
+        self.assertEqual(self.service.my_identity().sources, (ALICE_IDURL,))
+        self.assertEqual(self.service.status()["last_rotation"]["moved"], False)
 
     def test_rotate_without_new_servers_republishes_a_new_revision(self) -> None:
         self.create()
