@@ -120,9 +120,10 @@ def plan_network(directory: str, suppliers: int, customers: int, documented_port
 
     With ``documented_ports`` the first customer gets the API ports of the
     documentation (8180/8280) when they are free; tests running several
-    networks at once turn it off so they never race for them. The first of
-    the ``id_servers`` identity servers (``idserver``) is also the DHT seed;
-    the others are ``idserver-2`` ...; routers and nodes behind NAT: see
+    networks at once turn it off so they never race for them. The
+    ``id_servers`` identity servers are ``idserver``, ``idserver-2`` ...;
+    each is also a DHT seed, so a node that starts while one of them is down
+    still joins the DHT through another. Routers and nodes behind NAT: see
     :mod:`bitnode.localnet.shapes`.
     """
     if suppliers < 0 or customers < 0 or suppliers + customers == 0:
@@ -133,7 +134,7 @@ def plan_network(directory: str, suppliers: int, customers: int, documented_port
     if not 1 <= id_servers <= MAX_ID_SERVERS:
         raise BadRequest(f"a local network has 1 to {MAX_ID_SERVERS} identity servers")
     names = [(SERVER_NAME, ("identity-server", "dht-seed"))]
-    names += [(f"{SERVER_NAME}-{i}", ("identity-server",)) for i in range(2, id_servers + 1)]
+    names += [(f"{SERVER_NAME}-{i}", ("identity-server", "dht-seed")) for i in range(2, id_servers + 1)]
     names += shaped_names(suppliers, customers, routers, suppliers_behind_nat, customers_behind_nat)
     plans = []
     for name, roles in names:
@@ -185,9 +186,6 @@ def node_settings(plan: NodePlan, key_size: int) -> dict:
         "services/entangled-dht/udp-port": plan.ports["dht"],
         "personal/private-key-size": key_size,
     }
-    if "dht-seed" in plan.roles:
-        # the seed does not bootstrap from itself
-        values["services/entangled-dht/known-nodes"] = []
     if "stun" in plan.ports:
         values["services/ip-port-responder/udp-port"] = plan.ports["stun"]
     if "idserver" in plan.ports:
@@ -432,6 +430,11 @@ class LocalNet:
     def _write_settings(self, plan: NodePlan, plans: list[NodePlan], key_size: int) -> None:
         """The node's settings, and the network file (written for the network, installed in the node)."""
         values = node_settings(plan, key_size)
+        if "dht-seed" in plan.roles:
+            # A seed does not bootstrap from itself; the later ones join through the earlier ones.
+            seeds = [other for other in plans if "dht-seed" in other.roles]
+            values["services/entangled-dht/known-nodes"] = [
+                f"127.0.0.1:{other.ports['dht']}" for other in seeds[:seeds.index(plan)]]
         hire = suppliers_to_hire(plans)
         if "customer" in plan.roles and hire >= 2:
             values["services/customer/suppliers-number"] = hire

@@ -405,6 +405,13 @@ class IdentityService(Service):
         master, packet_key, identity = await self.ctx.run_in_thread(
             generate_identity, name, sources, self._initial_contacts(), key_size, self.ctx.clock.seconds())
         accepted = await self.client.publish(identity)
+        if identity.sources[0] not in accepted:
+            # The first server did not take it (it may be dead): a server that did becomes my primary,
+            # so peers find me; the others keep their places after it.
+            order = [s for s in sources if s in accepted] + [s for s in sources if s not in accepted]
+            identity = await self.ctx.run_in_thread(
+                identity.updated(now=self.ctx.clock.seconds(), sources=tuple(order)).sign, master)
+            accepted = await self.client.publish(identity)
         await self._persist_new(identity, master, packet_key)
         self.publisher.mark_published(identity)
         self.log.info("identity {global_id} created, published to {count} server(s)",

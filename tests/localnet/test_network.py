@@ -154,10 +154,13 @@ class AddNodeTests(unittest.TestCase):
         self.assertEqual(sorted(name for _, name in steps[4:6]), ["idserver-2", "idserver-3"])
         plans = self.net.load()
         self.assertEqual([p.roles for p in plans[:3]],
-                         [("identity-server", "dht-seed"), ("identity-server",), ("identity-server",)])
+                         [("identity-server", "dht-seed")] * 3)
         network = network_file.load(self.net.bitnode_network_file)
         self.assertEqual(network.identity_servers, tuple(f"127.0.0.1:{p.ports['idserver']}" for p in plans[:3]))
-        self.assertEqual(network.seeds, (f"127.0.0.1:{plans[0].ports['dht']}",))
+        self.assertEqual(network.seeds, tuple(f"127.0.0.1:{p.ports['dht']}" for p in plans[:3]))
+        # a later seed joins the DHT through the earlier ones, the first through nobody
+        known = [self.settings_of(p.name)["services/entangled-dht/known-nodes"] for p in plans[:3]]
+        self.assertEqual(known, [[], list(network.seeds[:1]), list(network.seeds[:2])])
         self.assertEqual(len(network.stun_servers), 3)
         self.assertRaises(BadRequest, plan_network, self.dir, 1, 1, False, id_servers=0)
         self.assertRaises(BadRequest, plan_network, self.dir, 1, 1, False, id_servers=MAX_ID_SERVERS + 1)

@@ -176,7 +176,7 @@ class LocalnetTestCase(SynchronousTestCase):
     def start_network(self, suppliers: int, customers: int, prefix: str, timeout: float = 90.0, **shape) -> dict:
         """``localnet up`` with 2048-bit keys; the nodes by name (their network.json entries).
 
-        ``shape``: more keywords of ``LocalNet.up`` (``routers``, ``customers_behind_nat`` ...).
+        ``shape``: more keywords of ``LocalNet.up`` (``id_servers``, ``routers``, ``customers_behind_nat`` ...).
         """
         from bitnode.localnet.network import LocalNet
 

@@ -130,6 +130,17 @@ class CreateTests(ServiceTestBase):
         self.assertEqual(identity.sources, ("http://id2.example.net:8084/alice.xml", ALICE_IDURL))
         self.assertEqual(identity.global_id, "alice@id2.example.net_8084")
 
+    def test_a_dead_first_server_is_not_my_primary(self) -> None:
+        self.servers.down.add(SERVER)
+        identity = self.create(servers=[SERVER, SERVER2])
+        second = "http://id2.example.net:8084/alice.xml"
+        # a live server gives my name; the dead one stays listed after it
+        self.assertEqual(identity.sources, (second, ALICE_IDURL))
+        self.assertEqual(self.service.my_global_id(), "alice@id2.example.net_8084")
+        self.assertEqual(self.servers.stored(second), identity)
+        self.assertTrue(identity.verify())
+        self.assertEqual(self.service.keystore.master_key_id, "master$alice@id2.example.net_8084")
+
     def test_publish_failure_leaves_nothing_on_disk(self) -> None:
         self.servers.down.add(SERVER)
         self.failureResultOf(self.service.create_identity("alice"), Unavailable)
