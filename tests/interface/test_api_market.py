@@ -99,6 +99,9 @@ def make_fakes(world: World, me: str) -> list:
         def my_idurl(self):
             return globalid.global_id_to_idurl(me)
 
+        def is_me(self, name):
+            return name == me
+
         def master_private_key(self):
             return world.master_key(me)
 
