@@ -146,6 +146,7 @@ class NetworkMethods:
         network = driver.find(NetworkService)
         if network is not None:
             result.update(network.require_connector().status())
+            result["external_address"] = network.external_status()
         else:
             info = driver.info(NetworkService.name) if driver.installed(NetworkService) else {"state": "NOT_INSTALLED"}
             result.update({"state": info["state"], "connected": False, "reason": info.get("reason", "")})

@@ -6,17 +6,10 @@ from typing import Any
 
 from twisted.internet import defer
 
-from bitnode.errors import BadRequest, Conflict, Unavailable
-from bitnode.p2p.stun import StunClient
+from bitnode.errors import BadRequest, Unavailable
+from bitnode.p2p.external_address import parse_stun_server, stun_query
 
 SERVERS_KEY = "services/stun-client/servers"
-
-
-def _server(text: str) -> tuple[str, int]:
-    host, _, port = str(text).rpartition(":")
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise BadRequest(f"STUN server must be host:port, got {text!r}")
-    return host, int(port)
 
 
 class StunMethods:
@@ -26,9 +19,9 @@ class StunMethods:
 
     def network_stun(self, udp_port: int | None = None, dht_port: int | None = None) -> defer.Deferred:
         """External address of each probed local UDP port (``udp_port``, ``dht_port``; default one free port)."""
-        servers = [_server(s) for s in self.node.settings.get(SERVERS_KEY)]
+        servers = [parse_stun_server(s) for s in self.node.settings.get(SERVERS_KEY)]
         if not servers:
-            raise Unavailable(f"no STUN server configured (set {SERVERS_KEY})")
+            raise Unavailable(f"no STUN server configured (set {SERVERS_KEY} or name one in the network file)")
         ports = [p for p in (udp_port, dht_port) if p is not None] or [0]
         for port in ports:
             if not 0 <= port < 65536:
@@ -36,28 +29,8 @@ class StunMethods:
         return defer.ensureDeferred(self._stun_all(servers, ports))
 
     async def _stun_all(self, servers: list[tuple[str, int]], ports: list[int]) -> list[dict]:
+        interface = self.node.settings.get("services/tcp-connections/interface")
         results = []
         for port in ports:
-            results.append(await self._stun_one(servers, port))
+            results.append(await stun_query(self.node.reactor, self.node.clock, servers, port, interface))
         return results
-
-    async def _stun_one(self, servers: list[tuple[str, int]], local_port: int) -> dict:
-        client = StunClient(self.node.clock)
-        try:
-            listening = self.node.reactor.listenUDP(local_port, client, interface=self.node.settings.get(
-                "services/tcp-connections/interface"))
-        except Exception as err:  # noqa: BLE001 - CannotListenError and friends: say which port
-            raise Conflict(f"cannot use local UDP port {local_port}: {err}") from None
-        try:
-            errors = []
-            for server in servers:
-                try:
-                    host, port = await client.query(server)
-                except Exception as err:  # noqa: BLE001 - try the next server, report all
-                    errors.append(f"{server[0]}:{server[1]}: {err}")
-                    continue
-                return {"local_port": listening.getHost().port, "ip": host, "port": port,
-                        "server": f"{server[0]}:{server[1]}"}
-            raise Unavailable("no STUN server answered: " + "; ".join(errors))
-        finally:
-            await defer.maybeDeferred(listening.stopListening)

@@ -22,11 +22,12 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.logger import Logger
 
 from bitnode.errors import BitnodeError, Unavailable
-from bitnode.main.options import FLOAT, Option
+from bitnode.main.options import BOOLEAN, FLOAT, Option
+from bitnode.p2p.external_address import ExternalAddress, stun_query
 from bitnode.p2p.network_connector import NetworkConnector
 from bitnode.p2p.online_status import OnlineStatus
 from bitnode.p2p.proxy_transport_service import ProxyTransportService
@@ -36,6 +37,11 @@ from bitnode.transport.gateway_service import GatewayService
 from bitnode.userid.id_service import IdentityService
 
 PREFIX = "services/network/"
+STUN_PREFIX = "services/stun-client/"
+#: The STUN servers (a setting of the schema, given by the network file).
+STUN_SERVERS_KEY = STUN_PREFIX + "servers"
+#: Where the peer transport listens (the schema's setting).
+INTERFACE_KEY = "services/tcp-connections/interface"
 #: Peers pinged when no identity server answers.
 PEERS_TO_PING = 2
 #: Events of service_proxy_transport after which "connected" must be checked again.
@@ -56,6 +62,12 @@ class NetworkService(Service):
         Option(PREFIX + "probe-ping-timeout", FLOAT, 5.0,
                "Seconds a connectivity check waits for a peer's Ack when no identity server answers.",
                minimum=0.1, maximum=60.0),
+        Option(STUN_PREFIX + "at-startup", BOOLEAN, True,
+               "Ask the STUN servers for my external address at start-up and after a reconnect, and write it "
+               "into my identity's tcp:// contact (services/gateway/external-host, when set, wins)."),
+        Option(STUN_PREFIX + "min-interval", FLOAT, 60.0,
+               "Seconds between two STUN checks of my address (a reconnect asks at once).",
+               minimum=1.0, maximum=86400.0, restart_needed=True),
     )
     log = Logger()
 
@@ -65,6 +77,7 @@ class NetworkService(Service):
         self.online: Optional[OnlineStatus] = None
         self._announced: Optional[bool] = None
         self._unsubscribe: Any = None
+        self.external: Optional[ExternalAddress] = None
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -74,6 +87,14 @@ class NetworkService(Service):
         self.online = OnlineStatus(self.ctx.clock, gateway, self.ctx.settings.get(PREFIX + "online-window"))
         self.ctx.settings.add_listener(PREFIX + "online-window", self._window_changed)
         self._announced = None
+        get = self.ctx.settings.get
+        self.external = ExternalAddress(
+            self.ctx.clock, lambda servers: stun_query(self.ctx.reactor, self.ctx.clock, servers, 0,
+                                                       get(INTERFACE_KEY)),
+            servers=lambda: get(STUN_SERVERS_KEY), interface=lambda: get(INTERFACE_KEY),
+            advertise=lambda host: self._gateway_service().advertise_external(host),
+            enabled=lambda: bool(get(STUN_PREFIX + "at-startup")),
+            min_interval=get(STUN_PREFIX + "min-interval"))
         self.connector = NetworkConnector(
             self.ctx.clock, self._transports_ready, self._restart_transports, self._probe, self._announce,
             registry=self.ctx.automats,
@@ -82,10 +103,13 @@ class NetworkService(Service):
         self._unsubscribe = self.ctx.events.subscribe(self._on_event)
 
     def stop(self) -> None:
-        """Stop the connector (its waiters fail with 503) and the online table."""
+        """Stop the connector (its waiters fail with 503), a STUN check on its way and the online table."""
         if self._unsubscribe is not None:
             self._unsubscribe()
             self._unsubscribe = None
+        if self.external is not None:
+            self.external.stop()
+            self.external = None
         if self.connector is not None:
             self.connector.shutdown()
             self.connector = None
@@ -98,7 +122,11 @@ class NetworkService(Service):
         """Facts for service_info."""
         if self.connector is None or self.online is None:
             return {}
-        return dict(self.connector.status(), peers=self.online.counts())
+        return dict(self.connector.status(), peers=self.online.counts(), external_address=self.external_status())
+
+    def external_status(self) -> dict:
+        """What STUN said about my address last, and the counters (for network_status and service_info)."""
+        return self.external.status() if self.external is not None else {}
 
     # -- for the API ------------------------------------------------------------------
 
@@ -134,6 +162,7 @@ class NetworkService(Service):
             raise Unavailable("no identity")
         if list(me.contacts) != service.wanted_contacts():
             await service.ensure_contacts()
+        self._learn_address(force=False)
         if gateway.link is not None:
             return f"routed through {gateway.link.router_id} ({gateway.link.contact})"
         return f"tcp listening at {gateway.contact}"
@@ -146,9 +175,18 @@ class NetworkService(Service):
         why = f": {proxy.reason()}" if proxy is not None else " (service_proxy_transport is off)"
         raise Unavailable(f"the gateway is not listening and no router carries our packets yet{why}")
 
+    def _learn_address(self, force: bool) -> None:
+        """STUN in the background: it may take seconds, the transports are ready without it."""
+        external = self.external
+        d = external.learn(force) if external is not None else None
+        if d is not None:
+            d.addErrback(lambda failure: None if failure.check(CancelledError) else
+                         self.log.failure("STUN check of my address", failure))
+
     def _restart_transports(self) -> Deferred:
         async def restart() -> str:
             await self._gateway_service().require_gateway().close_connections()
+            self._learn_address(force=True)  # a reconnect: the network may have changed under us
             return await self._check_transports()
 
         return Deferred.fromCoroutine(restart())

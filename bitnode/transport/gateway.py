@@ -256,13 +256,14 @@ class Gateway(Reintroduction, Routing):
             return None
         return f"tcp://{self.advertise_host}:{self.advertise_port or self.port}"
 
-    def set_advertised(self, host: str, port: Optional[int] = None) -> None:
+    def set_advertised(self, host: str, port: Optional[int] = None) -> bool:
         """Publish ``host`` (and ``port``, e.g. a NAT's mapping learnt by STUN) in our ``tcp://`` contact.
 
-        Only the contact changes; call ``GatewayService.ensure_contacts`` to publish it.
+        Only the contact changes (True when it did); call ``GatewayService.ensure_contacts`` to publish it.
         """
-        self.advertise_host = host
-        self.advertise_port = port
+        before = self.contact
+        self.advertise_host, self.advertise_port = host, port
+        return self.contact != before
 
     def is_listening(self) -> bool:
         """Whether the transport accepts connections."""

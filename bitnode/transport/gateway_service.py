@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Optional
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 
 from bitnode.errors import BitnodeError, Conflict, Unavailable
@@ -104,7 +104,8 @@ class GatewayService(Service):
                "When my identity moves to another identity server, how many recent peers are sent it at once.",
                minimum=0, maximum=10_000),
         Option(PREFIX + "external-host", STRING, "",
-               "Host written into our tcp:// contact (empty: the listening interface).",
+               "Host written into our tcp:// contact (empty: the address STUN servers see us at when some are "
+               "configured, else the listening interface).",
                pattern=r"[A-Za-z0-9.:\-]*", restart_needed=True),
     )
     log = Logger()
@@ -134,8 +135,8 @@ class GatewayService(Service):
         interface = settings.get("services/tcp-connections/interface")
         external = settings.get(PREFIX + "external-host")
         if not external and interface in _WILDCARDS:
-            self.log.warn("listening on all interfaces without {key}: advertising 127.0.0.1",
-                          key=PREFIX + "external-host")
+            self.log.warn("listening on all interfaces without {key}: advertising 127.0.0.1 until STUN "
+                          "tells my external address", key=PREFIX + "external-host")
             external = "127.0.0.1"
         flood = settings.get(PREFIX + "flood-limit")
         gateway = Gateway(
@@ -235,6 +236,19 @@ class GatewayService(Service):
         if routed is not None:
             return list(routed) + others
         return ([gateway.contact] if gateway.contact is not None else []) + others
+
+    def advertise_external(self, host: str) -> Deferred:
+        """Deferred[bool]: my contact names ``host`` (learnt by STUN) from now on, published; True if it changed.
+
+        Does nothing (False) when the user fixed the host
+        (``services/gateway/external-host``): that always wins.
+        """
+        gateway = self.require_gateway()
+        if self.ctx.settings.get(PREFIX + "external-host"):
+            return succeed(False)
+        changed = gateway.set_advertised(host)
+        d = self.ensure_contacts()
+        return d.addCallback(lambda _: changed)
 
     def ensure_contacts(self) -> Deferred:
         """Publish a new revision of our identity if its contacts are not where we listen.
