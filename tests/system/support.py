@@ -212,3 +212,23 @@ class LocalnetTestCase(SynchronousTestCase):
         got, envelope = self.call(name, method, **kwargs)
         self.assertEqual(got, code, (name, method, envelope))
         return " ".join(str(e) for e in envelope.get("errors", []))
+
+    def upload_random(self, customer: str, name: str, size: int) -> tuple[str, str]:
+        """``size`` random bytes uploaded by ``customer`` as ``name``: (remote path, SHA-256 of the bytes)."""
+        local = os.path.join(self.dir, name)
+        with open(local, "wb") as handle:
+            handle.write(os.urandom(size))
+        remote = f"master${self.nodes[customer]['global_id']}:{name}"
+        done = self.api(customer, "file_upload_start", local_path=local, remote_path=remote, wait_result=True,
+                        timeout=60)
+        self.assertEqual(done["state"], "DONE", done)
+        return remote, sha256_of(local)
+
+    def download_digest(self, customer: str, remote: str) -> str:
+        """SHA-256 of ``remote`` downloaded by ``customer`` into a fresh folder (the download must be DONE)."""
+        target = os.path.join(self.dir, "download-" + str(time.monotonic_ns()))
+        os.makedirs(target)
+        done = self.api(customer, "file_download_start", remote_path=remote, destination_path=target,
+                        wait_result=True, timeout=60)
+        self.assertEqual(done["state"], "DONE", done)
+        return sha256_of(os.path.join(target, os.path.basename(remote.split(":", 1)[1])))

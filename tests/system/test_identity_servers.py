@@ -22,10 +22,9 @@ The time the rotation took is printed for the record.
 
 from __future__ import annotations
 
-import os
 import time
 
-from tests.system.support import LocalnetTestCase, sha256_of, wait_for
+from tests.system.support import LocalnetTestCase, wait_for
 
 PRIMARY, SECOND = "idserver", "idserver-2"
 CUSTOMER = "customer-1"
@@ -44,7 +43,7 @@ class IdentityServerDeathTests(LocalnetTestCase):
         for name in members:
             self.assertEqual(len(old[name]["sources"]), 2, old[name])
             self.assertIn(f"_{self.nodes[PRIMARY]['ports']['idserver']}", old[name]["global_id"])
-        remote, digest = self.upload(CUSTOMER)
+        remote, digest = self.upload_random(CUSTOMER, "kept.bin", 100 * 1024)
         for name in members:
             for key, value in FAST_ROTATION.items():
                 self.api(name, "config_set", key=f"services/identity-propagate/{key}", value=value)
@@ -72,12 +71,7 @@ class IdentityServerDeathTests(LocalnetTestCase):
         for supplier in SUPPLIERS:
             wait_for(lambda s=supplier: self.cached_revision(s, customer_id) == new[CUSTOMER]["revision"],
                      f"{supplier} to hold the customer's new identity", timeout=30)
-        target = os.path.join(self.dir, "download")
-        os.makedirs(target)
-        done = self.api(CUSTOMER, "file_download_start", remote_path=remote, destination_path=target,
-                        wait_result=True, timeout=60)
-        self.assertEqual(done["state"], "DONE", done)
-        self.assertEqual(sha256_of(os.path.join(target, "kept.bin")), digest)
+        self.assertEqual(self.download_digest(CUSTOMER, remote), digest)
 
         # 3. a node started afterwards finds everyone through the live server and seed
         self.nodes[NEWCOMER] = self.net.add_node(NEWCOMER, key_size=2048)
@@ -102,16 +96,6 @@ class IdentityServerDeathTests(LocalnetTestCase):
               f"{rotation_seconds:.1f}s after it was killed (dead-after 3 s)")
 
     # --- helpers -----------------------------------------------------------------------------
-
-    def upload(self, customer: str) -> tuple[str, str]:
-        local = os.path.join(self.dir, "kept.bin")
-        with open(local, "wb") as handle:
-            handle.write(os.urandom(100 * 1024))
-        remote = f"master${self.nodes[customer]['global_id']}:kept.bin"
-        done = self.api(customer, "file_upload_start", local_path=local, remote_path=remote, wait_result=True,
-                        timeout=60)
-        self.assertEqual(done["state"], "DONE", done)
-        return remote, sha256_of(local)
 
     def cached_revision(self, name: str, global_id: str) -> int | None:
         rows = [row for row in self.api(name, "identity_cache_list") if row["global_id"] == global_id]
