@@ -64,6 +64,11 @@ ROLE_SETTINGS: dict[str, dict] = {
                  "services/customer/ping-interval": 10.0, "services/customer/check-interval": 15.0},
     **SHAPE_SETTINGS,
 }
+#: With several identity servers, a local network's nodes leave a dead one within about a minute
+#: (a real node checks every 10 minutes and waits 30 before it moves).
+SEVERAL_ID_SERVERS_SETTINGS = {"services/identity-propagate/check-interval": 20.0,
+                               "services/identity-propagate/recheck-interval": 10.0,
+                               "services/identity-propagate/dead-after": 45.0}
 #: How many suppliers a localnet customer hires (at most this many; the setting's minimum is 2).
 LOCALNET_SUPPLIERS_NUMBER = 4
 #: How often a node is started again on new ports when one of its planned ports was taken.
@@ -435,6 +440,8 @@ class LocalNet:
             seeds = [other for other in plans if "dht-seed" in other.roles]
             values["services/entangled-dht/known-nodes"] = [
                 f"127.0.0.1:{other.ports['dht']}" for other in seeds[:seeds.index(plan)]]
+        if len(identity_servers(plans)) > 1:
+            values.update(SEVERAL_ID_SERVERS_SETTINGS)
         hire = suppliers_to_hire(plans)
         if "customer" in plan.roles and hire >= 2:
             values["services/customer/suppliers-number"] = hire

@@ -195,6 +195,9 @@ class NetworkService(Service):
         return Deferred.fromCoroutine(self._check_network())
 
     async def _check_network(self) -> str:
+        # Every check (start-up, every 5 minutes, after a disconnection) may find a new address (a home
+        # connection's changes now and then); min-interval keeps it to one STUN query per interval.
+        self._learn_address(force=False)
         gateway = self._gateway_service().require_gateway()
         identity = self._identity_service()
         me = identity.my_identity()
@@ -231,7 +234,10 @@ class NetworkService(Service):
     def _announce(self, connected: bool, reason: str) -> None:
         if connected == self._announced:
             return
+        came_back = connected and self._announced is False
         self._announced = connected
+        if came_back:
+            self._learn_address(force=True)  # back after a disconnection: perhaps on another network
         event = "network-connected" if connected else "network-disconnected"
         self.log.info("{event}: {reason}", event=event, reason=reason)
         self.ctx.events.publish(event, {"reason": reason, "global_id": self._identity_service().my_global_id()})

@@ -44,6 +44,7 @@ class AddNodeTests(unittest.TestCase):
             values = json.load(handle)["values"]
         server = self.net.node("idserver")
         self.assertNotIn("personal/identity-servers", values)  # the network file names the servers
+        self.assertNotIn("services/identity-propagate/dead-after", values)  # one server: nowhere to move
         network = network_file.for_node(Basedir.at(entry["basedir"]).config)
         self.assertEqual(network.seeds, (f"127.0.0.1:{server.ports['dht']}",))
         self.assertEqual(network.identity_servers, (f"127.0.0.1:{server.ports['idserver']}",))
@@ -161,6 +162,8 @@ class AddNodeTests(unittest.TestCase):
         # a later seed joins the DHT through the earlier ones, the first through nobody
         known = [self.settings_of(p.name)["services/entangled-dht/known-nodes"] for p in plans[:3]]
         self.assertEqual(known, [[], list(network.seeds[:1]), list(network.seeds[:2])])
+        # with several identity servers a node leaves a dead one within about a minute
+        self.assertEqual(self.settings_of("supplier-1")["services/identity-propagate/dead-after"], 45.0)
         self.assertEqual(len(network.stun_servers), 3)
         self.assertRaises(BadRequest, plan_network, self.dir, 1, 1, False, id_servers=0)
         self.assertRaises(BadRequest, plan_network, self.dir, 1, 1, False, id_servers=MAX_ID_SERVERS + 1)

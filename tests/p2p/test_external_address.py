@@ -5,7 +5,7 @@ from __future__ import annotations
 from twisted.internet import defer, reactor
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.protocol import DatagramProtocol
-from twisted.internet.task import Clock
+from twisted.internet.task import Clock, deferLater
 from twisted.trial import unittest
 
 from bitnode.errors import Timeout
@@ -184,6 +184,23 @@ class NodeLearnsItsAddressTests(DispatcherCalls, unittest.TestCase):
         gateway = node.service_driver.find(GatewayService).require_gateway()
         self.assertEqual(self.my_contacts(node), [f"tcp://127.0.0.9:{gateway.port}"])
         self.assertEqual(network.external_status()["applied"], 0)
+
+    @inlineCallbacks
+    def test_coming_back_after_a_disconnection_asks_stun_again_at_once(self):
+        servers = [self.stun_server("127.0.0.5")]
+        node = yield self.joined_node("carol", **{"services/stun-client/servers": servers})
+        network = node.service_driver.find(NetworkService)
+        yield self.ok(node, "network_connected", wait_timeout=10)
+        yield wait_until(lambda: network.external_status()["applied"] == 1 and not network.external_status()["running"],
+                         "the first STUN answer published")
+        yield deferLater(reactor, 0, lambda: None)  # out of the connector's announce_up action first
+        before = network.external_status()["queries"]
+        network.connector.event("network-down")
+        self.assertEqual(network.connector.state, "DISCONNECTED")
+        network.connector.event("check-reconnect")
+        yield wait_until(lambda: network.connector.state == "CONNECTED", "connected again")
+        # within min-interval (60 s): only the way back asks again, perhaps from another network
+        yield wait_until(lambda: network.external_status()["queries"] == before + 1, "a STUN check on the way back")
 
     def my_contacts(self, node) -> list[str]:
         return list(node.service_driver.find(IdentityService).my_identity().contacts)
