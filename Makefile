@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 JOBS   ?= 2
 LOCALNET ?= .localnet
 
-.PHONY: all venv run stop test test-fast test-system lint docs bench bench-quick fuzz sim clean
+.PHONY: all venv run stop test test-fast test-system lint docs bench bench-quick bench-relay fuzz sim clean
 
 all: test
 
@@ -60,6 +60,11 @@ bench-quick: $(STAMP)
 ## writes docs/sim/ and the sim section of docs/performance.md. SIM_ARGS="--quick" / "--nodes 2000 --hours 2" etc.
 sim: $(STAMP)
 	$(PY) scripts/sim.py $(SIM_ARGS)
+
+## make bench-relay: an upload and a download through a router against the direct path, in one run (issue 16);
+## BENCH_ARGS="--size 64MB --rounds 3 --route-bandwidth 0" etc.
+bench-relay: $(STAMP)
+	$(PY) scripts/bench_relay.py $(BENCH_ARGS)
 
 ## make fuzz: schemathesis against a real node (a throwaway localnet), driven by its own GET /openapi.json;
 ## fails on any 5xx. FUZZ_ARGS="--max-examples 100 --seed N --keep" etc.; a bounded run is in make test.

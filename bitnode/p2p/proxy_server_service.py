@@ -213,8 +213,9 @@ class ProxyServerService(Service):
         self._probing += 1
         try:
             conn = await gateway.transport.connect(target)
+            # left open (the transport's idle timeout closes it): the asker takes the connection its answer
+            # came on for its next packet to us, which a close racing that packet would lose
             conn.send_frame(answer.encode_header(), answer.payload)
-            conn.closeConnection()  # the frame is written first; the asker needs nothing more on it
         except BitnodeError as err:
             self.probes["unreachable"] += 1
             raise Unavailable(f"unreachable: cannot connect to {target[0]}:{target[1]}: {err}") from None

@@ -13,9 +13,13 @@ from twisted.internet.defer import inlineCallbacks
 
 from bitnode.dht.dht_service import DHTService
 from bitnode.p2p.network_service import NetworkService
+from bitnode.localnet.network import free_port
+from bitnode.p2p.proxy_protocol import proxy_request
 from bitnode.p2p.proxy_server_service import ProxyServerService
 from bitnode.p2p.proxy_transport_service import ProxyTransportService
+from bitnode.transport.commands import Command
 from bitnode.transport.gateway_service import GatewayService
+from bitnode.transport.packet_out import PeerRefused
 from bitnode.userid.id_service import IdentityService
 from tests.chat.support import ChatNetworkCase
 from tests.interface.support import wait_until
@@ -39,8 +43,8 @@ class ProxyNetworkTests(ChatNetworkCase):
         return node
 
     @inlineCallbacks
-    def router(self, name):
-        node = yield self.node(name, **ROUTER)
+    def router(self, name, **overrides):
+        node = yield self.node(name, **ROUTER, **overrides)
         server = node.service_driver.get(ProxyServerService.name)
         yield wait_until(lambda: server.layer_joined, f"{name} to join the routers' layer", timeout=20)
         return node
@@ -129,3 +133,24 @@ class ProxyNetworkTests(ChatNetworkCase):
         answer = yield self.call(lonely, "network_connected", wait_timeout=0)
         self.assertEqual(answer.code, 503)
         self.assertIn("no router", " ".join(answer.envelope["errors"]))
+
+    @inlineCallbacks
+    def test_reachability_probes_are_limited_per_address_and_a_closed_port_is_reported(self):
+        # a stranger cannot make a router dial anywhere it likes, as often as it likes
+        router = yield self.router("router", **{"services/proxy-server/probes-per-minute": 2})
+        asker = yield self.node("asker", **{"services/proxy-transport/reachable": "yes"})  # probes nobody itself
+        gateway = asker.service_driver.get(GatewayService.name).gateway
+        router_id = self.global_id(router)
+        answer = yield gateway.request(Command.REQUEST_SERVICE, router_id, proxy_request("probe", self.port(asker)))
+        self.assertEqual(answer.command, "Ack")
+        closed = free_port()
+        err = yield self.assertFailure(
+            gateway.request(Command.REQUEST_SERVICE, router_id, proxy_request("probe", closed)), PeerRefused)
+        self.assertTrue(err.reason.startswith("unreachable"), err.reason)
+        err = yield self.assertFailure(
+            gateway.request(Command.REQUEST_SERVICE, router_id, proxy_request("probe", self.port(asker))),
+            PeerRefused)
+        self.assertIn("too many reachability probes", err.reason)
+        stats = router.service_driver.get(ProxyServerService.name).probe_stats()
+        self.assertEqual((stats["dialled"], stats["unreachable"], stats["rate_limited"], stats["running"]),
+                         (1, 1, 1, 0))
