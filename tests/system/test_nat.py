@@ -10,7 +10,9 @@ One test walks through it: the nodes behind NAT listen nowhere and publish
 uploads a file and downloads it byte-identical; the two customers exchange a
 private message and ping each other; all of it went through the routers (no
 packet of a NATed node took the direct path, every connection it has goes to
-a router, and the routers counted the bytes); then customer-1's router is
+a router, and the routers counted the bytes); a stranger on raw TCP cannot
+use a router as an open relay nor send in a routed node's name (refused and
+counted by the router); then customer-1's router is
 killed: customer-1 is routed through the other one within a bounded time and
 an upload and a download work again.  The timings are printed for the record.
 """
@@ -18,16 +20,29 @@ an upload and a download work again.  The timings are printed for the record.
 from __future__ import annotations
 
 import os
+import socket
 import time
 
 import psutil
+from twisted.internet.task import Clock
 
+from bitnode.crypt import keys
+from bitnode.transport.commands import Command
+from bitnode.transport.framing import PREFIX
+from bitnode.transport.packet import Packet
 from tests.system.support import LocalnetTestCase, sha256_of, wait_for
+from tests.system.test_wire_attacks import Stranger
 
 ROUTERS = ("router-1", "router-2")
 NATTED = ("supplier-2", "customer-1", "customer-2")
 #: How long a node behind NAT may take to be routed again after its router died.
 REROUTE_WITHIN = 45.0
+
+
+def frame(packet: Packet) -> bytes:
+    """A packet as it goes on the wire."""
+    head = packet.encode_header()
+    return PREFIX.pack(2 + len(head) + len(packet.payload), len(head)) + head + packet.payload
 
 
 class BehindNatTests(LocalnetTestCase):
@@ -44,10 +59,12 @@ class BehindNatTests(LocalnetTestCase):
         self.upload_and_download("first.bin", 1024 * 1024)
         self.message_and_ping("customer-1", "customer-2")
         self.check_everything_went_through_routers(direct, carried)
+        refused = self.check_a_stranger_cannot_use_a_router_as_an_open_relay()
         reroute_seconds = self.kill_the_router_of("customer-1")
         self.upload_and_download("second.bin", 512 * 1024)
         self.message_and_ping("customer-2", "customer-1")
-        print(f"\nbehind NAT: network up {up_seconds:.1f}s, rerouted {reroute_seconds:.1f}s after its router died")
+        print(f"\nbehind NAT: network up {up_seconds:.1f}s, rerouted {reroute_seconds:.1f}s after its router died; "
+              f"a stranger's frames refused by the router: {refused}")
 
     # --- steps -----------------------------------------------------------------------------
 
@@ -112,6 +129,29 @@ class BehindNatTests(LocalnetTestCase):
         for name in ROUTERS:
             refused = self.proxy(name)["refused"]
             self.assertEqual(refused.get("bad_signature", 0), 0, refused)
+
+    def check_a_stranger_cannot_use_a_router_as_an_open_relay(self) -> dict:
+        """Raw TCP to customer-1's router: frames for a node it does not route, and frames forged in the
+        name of a node it routes, are refused by the router and counted; nothing reaches their recipient."""
+        router_id = self.proxy("customer-1")["router"]
+        router = next(n for n in ROUTERS if self.nodes[n]["global_id"] == router_id)
+        id_server = f"127.0.0.1:{self.nodes['idserver']['ports']['idserver']}"
+        stranger = Stranger("mallory", id_server, keys.generate_rsa(2048))
+        target, routed = self.nodes["supplier-1"]["global_id"], self.nodes["customer-1"]["global_id"]
+        clock = Clock()
+        clock.advance(time.time())
+        frames = [frame(Packet.create(clock, Command.MESSAGE, stranger.identity.global_id,
+                                      stranger.identity.global_id, target, b"relay this", stranger.signer))
+                  for _ in range(20)]
+        frames += [frame(Packet.create(clock, Command.MESSAGE, routed, routed, target, b"it is me", stranger.signer))
+                   for _ in range(5)]
+        with socket.create_connection(("127.0.0.1", self.nodes[router]["ports"]["tcp"]), timeout=10) as sock:
+            sock.sendall(b"".join(frames))
+            refused = wait_for(lambda: (r := self.proxy(router)["refused"]).get("not_routed", 0) >= 20
+                               and r.get("bad_signature", 0) >= 5 and r, "the router to refuse the frames")
+        senders = self.api("supplier-1", "packets_stats")["in"]["by_peer"]
+        self.assertNotIn(stranger.identity.global_id, senders)
+        return refused
 
     def kill_the_router_of(self, name: str) -> float:
         router_id = self.proxy(name)["router"]
