@@ -9,11 +9,12 @@ from a router's probe; when the router goes away the node moves to another.
 
 from __future__ import annotations
 
+import socket
+
 from twisted.internet.defer import inlineCallbacks
 
 from bitnode.dht.dht_service import DHTService
 from bitnode.p2p.network_service import NetworkService
-from bitnode.localnet.network import free_port
 from bitnode.p2p.proxy_protocol import proxy_request
 from bitnode.p2p.proxy_server_service import ProxyServerService
 from bitnode.p2p.proxy_transport_service import ProxyTransportService
@@ -143,7 +144,9 @@ class ProxyNetworkTests(ChatNetworkCase):
         router_id = self.global_id(router)
         answer = yield gateway.request(Command.REQUEST_SERVICE, router_id, proxy_request("probe", self.port(asker)))
         self.assertEqual(answer.command, "Ack")
-        closed = free_port()
+        with socket.socket() as sock:  # a port nobody listens on
+            sock.bind(("127.0.0.1", 0))
+            closed = sock.getsockname()[1]
         err = yield self.assertFailure(
             gateway.request(Command.REQUEST_SERVICE, router_id, proxy_request("probe", closed)), PeerRefused)
         self.assertTrue(err.reason.startswith("unreachable"), err.reason)
