@@ -25,7 +25,8 @@ BEHIND_NAT = "behind-nat"
 MAX_ROUTERS = 8
 #: Settings these roles switch on (merged with the node's other roles').
 SHAPE_SETTINGS: dict[str, dict] = {
-    ROUTER: {"services/proxy-server/enabled": True},
+    # every node of a local network connects from 127.0.0.1: the per-address limit meant for strangers is off
+    ROUTER: {"services/proxy-server/enabled": True, "services/proxy-server/max-routes-per-ip": 0},
     BEHIND_NAT: {"services/gateway/listen": False, "services/proxy-transport/reachable": "no"},
 }
 

@@ -8,7 +8,8 @@ We advertise ourselves by joining the DHT layer
 probes: a node asks whether we can connect to it, we dial the address its
 request came from and answer on that new connection (or say we could not).
 
-Limits (settings under ``services/proxy-server/``): routed nodes, bytes
+Limits (settings under ``services/proxy-server/``): routed nodes (in all
+and per source IP), bytes
 waiting per route and in all, bandwidth per route each way, how long a lost
 route waits for its node, probes per source IP per minute and at once.
 Counters: ``service_info service_proxy_server`` and ``network_status
@@ -54,6 +55,9 @@ class ProxyServerService(Service):
     options = (
         Option(PREFIX + "max-routes", INTEGER, 100, "Nodes routed through this one at most; more are refused.",
                minimum=1, maximum=100_000, restart_needed=True),
+        Option(PREFIX + "max-routes-per-ip", INTEGER, 10,
+               "Nodes connecting from one IP address routed at most (0: no limit); more are refused.",
+               minimum=0, maximum=100_000, restart_needed=True),
         Option(PREFIX + "route-queue", DISK_SPACE, 64 * MiB,
                "Bytes waiting for one routed node (held for bandwidth or not written yet) before its packets "
                "are refused.", minimum=1 * MiB, maximum=16 * 1024 * MiB, restart_needed=True),
@@ -92,7 +96,8 @@ class ProxyServerService(Service):
         """Attach the relay to the gateway's transport, take proxy requests, join the routers' layer."""
         gateway = self.deps.gateway.require_gateway()
         get = self.ctx.settings.get
-        limits = RelayLimits(max_routes=get(PREFIX + "max-routes"), max_queued=get(PREFIX + "route-queue"),
+        limits = RelayLimits(max_routes=get(PREFIX + "max-routes"), max_routes_per_ip=get(PREFIX + "max-routes-per-ip"),
+                             max_queued=get(PREFIX + "route-queue"),
                              max_queued_total=get(PREFIX + "queue-total"),
                              bandwidth=get(PREFIX + "route-bandwidth"), route_grace=get(PREFIX + "route-grace"))
         self.relay = Relay(self.ctx.clock, gateway.transport, self.deps.identity.resolve_verifier,

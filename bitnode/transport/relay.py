@@ -21,7 +21,7 @@ for is checked here too (a forgery in a known name costs the routed node
 nothing), and only such a verified sender gets a reply path.
 
 What a route may cost is bounded (:class:`RelayLimits`): ``max_routes``
-routed nodes; ``max_queued`` bytes waiting for one route (frames held back
+routed nodes (``max_routes_per_ip`` from one address); ``max_queued`` bytes waiting for one route (frames held back
 by its bandwidth plus what its connection has not written yet) and
 ``max_queued_total`` over all routes; each direction of a route is shaped to
 ``bandwidth`` bytes per second (0: not shaped).  A frame that would pass a
@@ -59,6 +59,7 @@ class RelayLimits:
     """What the routes of one router may cost (every field is a setting of service_proxy_server)."""
 
     max_routes: int = 100
+    max_routes_per_ip: int = 10  # routed nodes whose connections come from one IP (0: no limit)
     max_queued: int = 64 * MiB
     max_queued_total: int = 256 * MiB
     bandwidth: int = 0  # bytes per second, each way, per route (0: no shaping)
@@ -120,6 +121,7 @@ class Route:
                  clock: IReactorTime, bandwidth: int) -> None:
         self.global_id = global_id
         self.conn: Optional[PacketConnection] = conn
+        self.host = conn.address[0]  # where the node connects from (per-IP limit)
         self.verifier = verifier
         self.since = clock.seconds()
         self.lost_at: Optional[float] = None
@@ -206,10 +208,19 @@ class Relay:
         if len(self._routes) >= self.limits.max_routes:
             self.refused["too_many_routes"] += 1
             raise TooManyRequests(f"this router routes {len(self._routes)} nodes, its limit")
+        per_ip = self.limits.max_routes_per_ip
+        if per_ip and self._routes_from(conn.address[0]) >= per_ip:
+            # one address cannot take every route with made-up identities
+            self.refused["too_many_routes_per_ip"] += 1
+            raise TooManyRequests(f"this router routes {per_ip} nodes from {conn.address[0]} already, its limit")
         route = self._routes[global_id] = Route(global_id, conn, self._resolve_verifier(global_id), self.clock,
                                                 self.limits.bandwidth)
         self.counts["added"] += 1
         return route
+
+    def _routes_from(self, host: str) -> int:
+        """Routes whose connection (or, while it is lost, last connection) comes from ``host``."""
+        return sum(1 for route in self._routes.values() if route.host == host)
 
     def remove_route(self, global_id: str, why: str = "removed") -> None:
         """Stop routing ``global_id``; frames waiting for it are dropped."""
@@ -241,6 +252,7 @@ class Relay:
         if route.conn is conn:
             return
         route.conn = conn
+        route.host = conn.address[0]
         route.lost_at = None
         if route.expiry is not None and route.expiry.active():
             route.expiry.cancel()

@@ -297,6 +297,20 @@ class RelayLimitTests(unittest.TestCase):
         relay.add_route("b@127.0.0.1_3", FakeConn(5003))  # a route moving to a new connection is no new route
         self.assertEqual(relay.stats()["refused"], {"too_many_routes": 1})
 
+    def test_routes_from_one_address_past_its_limit_are_refused(self):
+        relay = self.relay(max_routes_per_ip=2)  # r@ is routed from 127.0.0.1 already
+        relay.add_route("b@127.0.0.1_3", FakeConn(5001))
+        self.assertRaises(TooManyRequests, relay.add_route, "c@127.0.0.1_4", FakeConn(5002))
+        other = FakeConn(5003)
+        other.address = ("127.0.0.2", 5003)
+        relay.add_route("c@127.0.0.1_4", other)  # another address has its own share
+        relay.add_route("b@127.0.0.1_3", FakeConn(5004))  # moving to a new connection is no new route
+        self.assertEqual(relay.stats()["refused"], {"too_many_routes_per_ip": 1})
+        unlimited = self.relay(max_routes_per_ip=0)
+        for n in range(5):
+            unlimited.add_route(f"n{n}@127.0.0.1_9", FakeConn(7000 + n))
+        self.assertEqual(len(unlimited.routed()), 6)
+
     def test_frames_for_a_node_between_connections_wait_for_it_within_the_grace(self):
         relay = self.relay(route_grace=60.0)
         relay._connection_lost(self.conn)
