@@ -169,6 +169,35 @@ class SupplierServiceTests(unittest.TestCase):
         self.assertEqual([p["online"] for p in pinged], [True, True])
 
     @inlineCallbacks
+    def test_a_customer_whose_identity_moved_keeps_its_space_under_its_first_name(self):
+        alice = self.server(self.alice)
+        first = gid(self.alice)
+        yield alice.request_service(first, 500)
+        yield alice.store_block(first, "V1/0/0", b"m" * 50)
+        # alice's identity moves to a second identity server: a new global id, the same key
+        second_server = yield Net().start_id_server(self)
+        servers = self.alice.settings.get("personal/identity-servers")
+        self.alice.settings.set("personal/identity-servers", servers + [
+            f"127.0.0.1:{second_server.service_driver.get('service_identity_server').port}"])
+        moved = yield ok(self, self.alice, "identity_rotate")
+        self.assertTrue(moved["rotation"]["moved"])
+        self.assertNotEqual(moved["global_id"], first)
+        # she signs as her new name; the supplier serves her first name's space
+        self.assertEqual((yield alice.fetch_block(moved["global_id"], "V1/0/0")), b"m" * 50)
+        yield alice.store_block(moved["global_id"], "V1/0/1", b"n" * 30)
+        self.assertGreaterEqual(self.service.served["moved_customer"], 2)
+        customers = yield ok(self, self.supplier, "customers_list", verbose=True)
+        self.assertEqual([(c["customer_id"], c["used_bytes"]) for c in customers], [(first, 80)])
+        # bob naming alice (by either name) as the owner of what he signs is still refused
+        gateway = self.bob.service_driver.get("service_gateway").gateway
+        for owner in (first, moved["global_id"]):
+            forged = Packet.create(reactor, Command.DELETE_FILE, owner, gid(self.bob), self.sam,
+                                   wire.encode_path("V1/0/0"), gateway.identity.packet_signer())
+            yield self.assertFailure(gateway.send(forged, timeout=5.0), Exception)
+        self.assertEqual(self.service.refused["foreign_owner"], 2)
+        self.assertEqual((yield alice.fetch_block(moved["global_id"], "V1/0/0")), b"m" * 50)
+
+    @inlineCallbacks
     def test_rejected_customer_loses_its_data_is_told_and_cannot_come_back(self):
         alice = self.server(self.alice)
         yield alice.request_service(gid(self.alice), 500)
