@@ -57,14 +57,13 @@ row), ``group-message-sent`` (my own group message stored in its place) and
 from __future__ import annotations
 
 import os
-import secrets
 from typing import Any, Optional
 
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
-from bitnode.access import group_admin, group_backup, group_config, group_roster, group_views
+from bitnode.access import group_admin, group_backup, group_config, group_messages, group_roster, group_views
 from bitnode.access.group_config import GroupConfig
 from bitnode.access.group_frames import answer_request
 from bitnode.access.group_keyring import Keyring
@@ -80,16 +79,12 @@ from bitnode.access.group_protocol import (
 )
 from bitnode.access.group_queue import BrokerLimits, GroupBroker
 from bitnode.access.group_store import GroupStore
-from bitnode.chat import history as hist
 from bitnode.chat.message_crypto import (
-    GROUP_MESSAGE,
     SEAL_OVERHEAD,
-    MessageHeader,
-    MessageRejected,
     normalize_data,
 )
 from bitnode.chat.messages_service import PrivateMessagesService
-from bitnode.errors import BadRequest, BitnodeError, Conflict, Forbidden, NotFound, Unavailable
+from bitnode.errors import BadRequest, BitnodeError, Conflict, NotFound, Unavailable
 from bitnode.main.options import BOOLEAN, DISK_SPACE, FLOAT, INTEGER, Option
 from bitnode.main.sqlitedb import StoreClosed
 from bitnode.services.base import Service
@@ -102,8 +97,6 @@ from bitnode.transport.gateway_service import GatewayService
 from bitnode.userid.id_service import IdentityService
 
 PREFIX = "services/private-groups/"
-#: How long message_send_group waits for my own message to take its place in my history.
-DELIVERY_WAIT = 10.0
 
 
 class GroupsService(Service):
@@ -511,7 +504,7 @@ class GroupsService(Service):
             result["queue_deleted"] = any(ok and answer.fields.get("dropped") for ok, answer in answers)
         return result
 
-    # -- sending and receiving ---------------------------------------------------------------
+    # -- sending and receiving (bitnode.access.group_messages) ------------------------------------
 
     def send(self, group_key_id: str, data: Any) -> Deferred:
         """Publish a message to the group; Deferred[history row + ``sequence``] once a majority of its brokers
@@ -522,82 +515,22 @@ class GroupsService(Service):
             config, _ = self.active_membership(group_key_id)
         except BitnodeError as err:
             return defer.fail(err)
-        return self.run_work(self._send(config.group_key_id, data))
-
-    async def _send(self, group_key_id: str, data: dict) -> dict:
-        member = self.members[group_key_id]
-        me, keyring = self.me(), self.keyring
-        header = MessageHeader(GROUP_MESSAGE, me, group_key_id, secrets.token_hex(16), self.ctx.clock.seconds())
-        timeout = self.setting("send-timeout")
-        sealed = await keyring.seal(group_key_id, header, data)
-        if len(sealed) > self._max_blob():
-            raise BadRequest(f"message is larger than {self._max_blob() - SEAL_OVERHEAD} bytes")
-        try:
-            sequence = await member.publish(sealed, timeout)
-        except Conflict as err:
-            if "key generation" not in str(err):
-                raise
-            # someone was removed meanwhile: learn the new roster (subscribe again), seal with the new key
-            self.counters["resealed"] += 1
-            member.event("moved")
-            await member.when_settled(timeout)
-            sealed = await keyring.seal(group_key_id, header, data)
-            sequence = await member.publish(sealed, timeout)
-        row = await member.wait_delivered(sequence, DELIVERY_WAIT)
-        if row is None:  # stored already (or not yet): the brokers have it, which is what OK means
-            row = {"message_id": header.message_id, "conversation_id": group_key_id, "message_type": GROUP_MESSAGE,
-                   "direction": hist.OUTGOING, "sender": me, "recipient": group_key_id, "data": data,
-                   "time": header.time, "state": hist.ACKED, "error": ""}
-        return dict(row, sequence=sequence, group_key_id=group_key_id)
+        return self.run_work(group_messages.send(self, config.group_key_id, data))
 
     def _deliver(self, group_key_id: str, sequence: int, blob: bytes) -> Deferred:
-        return self.run_work(self._take_entry(group_key_id, sequence, blob))
-
-    async def _take_entry(self, group_key_id: str, sequence: int, blob: bytes) -> Optional[dict]:
-        """One entry of the log, in order: a control entry updates the roster, a message goes to the history."""
-        store, keyring = self.require(), self.keyring
-        if group_roster.is_control(blob):
-            me = self.me()
-            before = keyring.rosters.get(group_key_id)
-            after = await keyring.on_entry(group_key_id, self.configs[group_key_id].creator, sequence, blob)
-            member = self.members.get(group_key_id)
-            if before is not None and before.is_member(me) and not after.is_member(me) and member is not None:
-                member.removed(Forbidden(f"{me} was removed from group {group_key_id} (entry {sequence})"))
-            return None
-        row = await self._store_entry(group_key_id, sequence, blob)
-        keep = self.setting_int("backup-history-messages")
-        await self.ctx.run_in_thread(store.keep_recent, group_key_id, sequence, blob, keep)
-        return row
+        return self.run_work(group_messages.take_entry(self, group_key_id, sequence, blob))
 
     async def restore_entry(self, group_key_id: str, sequence: int, blob: bytes) -> None:
         """A backed-up entry: a message goes to the history (the roster comes back from the brokers)."""
-        if not group_roster.is_control(blob):
-            await self._take_entry(group_key_id, sequence, blob)
+        await group_messages.restore_entry(self, group_key_id, sequence, blob)
 
-    async def _store_entry(self, group_key_id: str, sequence: int, blob: bytes) -> Optional[dict]:
-        """Open one message and store it in the message history; its row (or the row stored before)."""
-        if len(blob) > self._max_blob():
-            raise MessageRejected(f"group message larger than {self._max_blob() - SEAL_OVERHEAD} bytes")
-        opened = await self.keyring.open(group_key_id, blob)
-        if not isinstance(opened.data, dict):
-            raise MessageRejected("group message content must be a JSON object")
-        header, me = opened.header, self.me()
-        messages = self._messages
-        history = messages.history if messages is not None else None
-        if history is None:
-            raise Unavailable(f"{PrivateMessagesService.name} is not running: group message {sequence} kept for later")
-        mine = header.sender == me
-        row, created = await self.ctx.run_in_thread(
-            history.add, message_id=header.message_id, conversation_id=group_key_id,
-            direction=hist.OUTGOING if mine else hist.INCOMING, sender=header.sender, recipient=group_key_id,
-            message_type=GROUP_MESSAGE, data=opened.data, time=header.time, stored_time=self.ctx.clock.seconds(),
-            state=hist.ACKED if mine else hist.RECEIVED)
-        if not created:
-            return row
-        row = dict(row, sequence=sequence, group_key_id=group_key_id)
-        messages.notify_stored(row)
-        self.ctx.events.publish("group-message-sent" if mine else "group-message-received", row)
-        return row
+    def message_service(self) -> Any:
+        """service_private_messages while this service runs (its history keeps the group messages), else None."""
+        return self._messages
+
+    def max_blob(self) -> int:
+        """The largest sealed group message taken (the messages service's size limit + the seal)."""
+        return self._max_blob()
 
     # -- the catalog backup ------------------------------------------------------------------
 
