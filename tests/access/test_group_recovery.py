@@ -31,7 +31,7 @@ USER_SETTINGS = {"services/backups/catalog-backup-delay": 3600.0}
 class GroupRecoveryTests(GroupHelpers, AccessNetworkCase):
     """Bob hires suppliers (his catalog backup goes there); Alice hosts the group."""
 
-    timeout = 120
+    timeout = 300  # a market, two recoveries and 2048-bit keys: minutes on a loaded 2-core machine
     node_services = [*NODE_SERVICES, DHTService, CustomerService, BackupsService, PrivateMessagesService,
                      GroupsService]
 
