@@ -61,7 +61,7 @@ class SharesNetworkTests(unittest.TestCase):
             return (roster is not None and len([s for s in roster.positions if s]) == 2
                     and customer.dht_revision == roster.revision and storage.transfers is not None)
 
-        yield until(hired, "alice to hire two suppliers and publish them", seconds=30)
+        yield until(hired, "alice to hire two suppliers and publish them", seconds=90)
         self.folder = os.path.abspath(self.mktemp())
         for name, data in FILES.items():
             os.makedirs(os.path.dirname(os.path.join(self.folder, name)), exist_ok=True)
@@ -262,7 +262,7 @@ class SharesNetworkTests(unittest.TestCase):
                                  overrides=dict(self.net.base, **FAST_MARKET, **USER_SETTINGS))
         yield ok(self, alice, "identity_recover", private_key_source=key_file)
         storage = alice.service_driver.get("service_backups")
-        yield until(lambda: storage.last_restore.get("serial"), "the catalog to be restored", seconds=30)
+        yield until(lambda: storage.last_restore.get("serial"), "the catalog to be restored", seconds=90)
         self.assertEqual(storage.last_restore["secrets"]["parts"], {"shares": "restored"})
         (share,) = yield ok(self, alice, "shares_list")
         self.assertEqual((share["key_id"], share["mine"], share["label"], share["grantees"]),

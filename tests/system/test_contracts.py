@@ -45,7 +45,7 @@ class ContractTests(LocalnetTestCase):
         self.assertGreaterEqual(removal_seconds, 55.0)  # not before its contract ran out
         for supplier in holders:
             folder = os.path.join(Basedir.at(self.nodes[supplier]["basedir"]).root, "customers", ids[SILENT])
-            self.assertFalse(os.path.exists(folder))
+            wait_for(lambda f=folder: not os.path.exists(f), f"{supplier} to remove the folder {folder}")
             contracts = self.api(supplier, "service_info", service_name="service_supplier")["status"]["contracts"]
             self.assertEqual(contracts["ended"], {"expired": 1})
 

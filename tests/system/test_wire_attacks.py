@@ -83,7 +83,7 @@ class WireAttackTests(LocalnetTestCase):
             stats = wait_for(lambda: (s := self.api(TARGET, "packets_stats"))["dropped"]["unknown_sender"] >= 1
                              and s["dropped"]["too_new"] >= 50 and s["limits"]["connections"]["refused_per_ip"] >= 36
                              and s["limits"]["introductions"]["rate_limited"] >= 40 and s,
-                             "the attack to be counted")
+                             "the attack to be counted", timeout=90)
             limits = stats["limits"]
             self.assertEqual(stats["dropped"]["too_new"], 50)
             self.assertLessEqual(limits["replay"]["senders"], 2, limits["replay"])  # peers only, no stranger
