@@ -44,6 +44,8 @@ class IdentityServerDeathTests(LocalnetTestCase):
             self.assertEqual(len(old[name]["sources"]), 2, old[name])
             self.assertIn(f"_{self.nodes[PRIMARY]['ports']['idserver']}", old[name]["global_id"])
         remote, digest = self.upload_random(CUSTOMER, "kept.bin", 100 * 1024)
+        hired = self.suppliers_of(CUSTOMER)
+        cancels = {supplier: self.served(supplier).get("CancelService", 0) for supplier in SUPPLIERS}
         for name in members:
             for key, value in FAST_ROTATION.items():
                 self.api(name, "config_set", key=f"services/identity-propagate/{key}", value=value)
@@ -72,6 +74,12 @@ class IdentityServerDeathTests(LocalnetTestCase):
             wait_for(lambda s=supplier: self.cached_revision(s, customer_id) == new[CUSTOMER]["revision"],
                      f"{supplier} to hold the customer's new identity", timeout=30)
         self.assertEqual(self.download_digest(CUSTOMER, remote), digest)
+        # nobody was fired or released for it: the same suppliers, still holding the customer's first name
+        self.assertEqual(self.suppliers_of(CUSTOMER), hired)
+        for supplier in SUPPLIERS:
+            rows = self.api(supplier, "customers_list")
+            self.assertEqual([r["customer_id"] for r in rows], [old[CUSTOMER]["global_id"]], (supplier, rows))
+            self.assertEqual(self.served(supplier).get("CancelService", 0), cancels[supplier], supplier)
 
         # 3. a node started afterwards finds everyone through the live server and seed
         self.nodes[NEWCOMER] = self.net.add_node(NEWCOMER, key_size=2048)
@@ -96,6 +104,12 @@ class IdentityServerDeathTests(LocalnetTestCase):
               f"{rotation_seconds:.1f}s after it was killed (dead-after 3 s)")
 
     # --- helpers -----------------------------------------------------------------------------
+
+    def suppliers_of(self, customer: str) -> list[tuple[int, str, str]]:
+        return [(r["position"], r["supplier_id"], r["state"]) for r in self.api(customer, "suppliers_list")]
+
+    def served(self, supplier: str) -> dict:
+        return self.api(supplier, "service_info", service_name="service_supplier")["status"]["served"]
 
     def cached_revision(self, name: str, global_id: str) -> int | None:
         rows = [row for row in self.api(name, "identity_cache_list") if row["global_id"] == global_id]
