@@ -59,7 +59,9 @@ SCHEMA: tuple[Option, ...] = (
     Option("paths/restore", STRING, "", "Default folder downloads are written to (empty: your home folder)."),
     # --- network -----------------------------------------------------------------
     Option("services/tcp-connections/tcp-port", INTEGER, 7771, "TCP port peers send packets to.", **_PORT),
-    Option("services/tcp-connections/interface", STRING, "127.0.0.1", "Address the packet transport listens on.",
+    Option("services/tcp-connections/interface", STRING, "127.0.0.1",
+           "Address the packet transport listens on (0.0.0.0: every interface; the API keeps "
+           "interface/api/interface).",
            pattern=_HOST),
     Option("services/identity-server/web-port", INTEGER, 8084, "HTTP port of this node's identity server.", **_PORT),
     Option("services/identity-server/host", STRING, "127.0.0.1", "Host name written into identities served here.",

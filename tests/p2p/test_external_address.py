@@ -8,6 +8,7 @@ from twisted.internet.protocol import DatagramProtocol
 from twisted.internet.task import Clock, deferLater
 from twisted.trial import unittest
 
+from bitnode.app import api_server
 from bitnode.errors import Timeout
 from bitnode.p2p import stun
 from bitnode.p2p.external_address import ExternalAddress, host_to_advertise
@@ -201,6 +202,14 @@ class NodeLearnsItsAddressTests(DispatcherCalls, unittest.TestCase):
         yield wait_until(lambda: network.connector.state == "CONNECTED", "connected again")
         # within min-interval (60 s): only the way back asks again, perhaps from another network
         yield wait_until(lambda: network.external_status()["queries"] == before + 1, "a STUN check on the way back")
+
+    @inlineCallbacks
+    def test_the_api_stays_on_loopback_whatever_the_peer_interface_says(self):
+        # (no gateway here: the test binds nothing on every interface)
+        node = yield start_node(self, service_classes=[],
+                                overrides={"services/tcp-connections/interface": "0.0.0.0"})
+        server = api_server(node)
+        self.assertEqual({server._http_port.getHost().host, server._ws_port.getHost().host}, {"127.0.0.1"})
 
     def my_contacts(self, node) -> list[str]:
         return list(node.service_driver.find(IdentityService).my_identity().contacts)
