@@ -7,9 +7,12 @@ formats and the reasons behind them).  In short:
 
 - ``share(key_id, user, include_private)``: the key is encrypted to the
   user's master key; the user stores it (public or private) and acknowledges
-  it with the key's fingerprint.  A key must be in the sharer's namespace
-  (except someone's master public key, checked against their identity), and
-  a master private key is never shared (403).
+  it with the key's fingerprint.  Any key the sharer holds may go, but a
+  master private key never (403), and a key of a third party's namespace
+  only as the reshare policy for its alias prefix allows (``reshare``).
+  The receiver takes a third party's key only when it holds no different
+  one under that id; the key's owner replaces a different one (a rotation);
+  a key of the receiver's own namespace only through ``own_key``.
 - ``audit(key_id, user, is_private)``: a random challenge; the user proves
   it holds the private key (an RSA-PSS signature over the challenge context)
   or the public key (an HMAC keyed by it).  ``{"result": "OK"|"FAILED"}``.
@@ -24,7 +27,8 @@ beyond that a peer is refused with "busy".
 Events on the node's bus: ``key-shared`` (``{"key_id", "trusted_user_id",
 "include_private", "fingerprint", "label", "shared"}``) after an
 acknowledged share, ``key-received`` (``{"key_id", "from", "is_private",
-"fingerprint", "label"}``) after a key was stored.
+"fingerprint", "label", "replaced"}``) after a key was stored (``replaced``:
+its owner sent a new generation of a key held here).
 """
 
 from __future__ import annotations
@@ -71,18 +75,28 @@ class KeyExchange:
         ``key-shared`` after a share was acknowledged, ``key-received`` after
         a key was stored.
     :param max_busy: peers' requests handled at once (more are refused as busy).
+    :param reshare: ``reshare(key_id, recipient, include_private)`` before a key
+        of a third party's namespace is sent: raises Forbidden (or returns a
+        Deferred that fails) when the key's owner does not allow it.
+    :param own_key: ``own_key(offer, sender)`` when a peer offers a key of *my*
+        namespace: returns the stored KeyInfo (or a Deferred of it), or raises
+        Forbidden; by default every such offer is refused.
     """
 
     log = Logger()
 
     def __init__(self, clock: Any, gateway: Any, identity: Any, run_in_thread: Callable[..., Deferred],
-                 publish: Callable[[str, Any], Any], max_busy: int = 8) -> None:
+                 publish: Callable[[str, Any], Any], max_busy: int = 8,
+                 reshare: Callable[[str, str, bool], Any] = lambda key_id, recipient, include_private: None,
+                 own_key: Callable[[KeyOffer, str], Any] | None = None) -> None:
         self.clock = clock
         self.gateway = gateway
         self.identity = identity
         self.run_in_thread = run_in_thread
         self.publish = publish
         self.max_busy = max_busy
+        self.reshare = reshare
+        self.own_key = own_key if own_key is not None else _refuse_own_key
         self.busy = 0
         self.counters = {"shared": 0, "received": 0, "refused": 0, "audits_asked": 0, "audits_answered": 0}
         self._routes: list[Any] = []
@@ -157,7 +171,9 @@ class KeyExchange:
     async def _share(self, key_id: str, user_id: str, include_private: bool, timeout: float) -> dict:
         deadline, store, me, key_id, peer = self._begin(key_id, user_id, timeout)
         info = store.get(key_id)
-        check_share_policy(key_id, me, include_private)
+        parsed = check_share_policy(key_id, me, include_private)
+        if str(parsed.owner) != me and parsed.alias != MASTER_ALIAS:
+            await defer.maybeDeferred(self.reshare, key_id, peer, include_private)
         material = store.private_key(key_id) if include_private else store.public_key(key_id)
         offer = KeyOffer(key_id, info.label, include_private, info.fingerprint, material.to_pem())
         target = await self._within(self.identity.fetch_identity(peer), deadline, f"fetching {peer}'s identity")
@@ -213,19 +229,26 @@ class KeyExchange:
         offer = await self.run_in_thread(open_key, master, packet.payload, sender, me)
         parsed = check_share_policy(offer.key_id, sender, offer.is_private)
         owner = str(parsed.owner)
+        replaced = False
         if owner == me:
-            raise Forbidden(f"{offer.key_id} is a key of this node: it is not taken from others")
-        if parsed.alias == MASTER_ALIAS:  # whoever sends it, a master key must be the one its owner publishes
+            info = await defer.maybeDeferred(self.own_key, offer, sender)
+        elif parsed.alias == MASTER_ALIAS:  # whoever sends it, a master key must be the one its owner publishes
             published = await self.identity.fetch_identity(owner)
             if published.rsa_public_key().fingerprint() != offer.fingerprint:
                 raise Forbidden(f"{offer.key_id} is not the key {owner} publishes")
-        if offer.is_private:
-            info = store.add_private(offer.key_id, offer.pem, offer.label)
+            info = store.add_public(offer.key_id, offer.pem, offer.label)
+        elif owner == sender and offer.is_private:
+            # The owner's word wins: a new generation (a rotation), or the real key over one planted earlier.
+            held = store.get(offer.key_id).fingerprint if store.has(offer.key_id) else None
+            info = store.replace_private(offer.key_id, offer.pem, offer.label or None)
+            replaced = held is not None and held != info.fingerprint
+        elif offer.is_private:
+            info = store.add_private(offer.key_id, offer.pem, offer.label)  # Conflict when another key is held
         else:
             info = store.add_public(offer.key_id, offer.pem, offer.label)
         self.counters["received"] += 1
         self.publish("key-received", {"key_id": info.key_id, "from": sender, "is_private": offer.is_private,
-                                      "fingerprint": info.fingerprint, "label": info.label})
+                                      "fingerprint": info.fingerprint, "label": info.label, "replaced": replaced})
         self.log.info("stored key {key_id} ({what}) shared by {sender}", key_id=info.key_id, sender=sender,
                       what="private" if offer.is_private else "public")
         return Command.ACK, ack_payload(info.key_id, info.fingerprint, offer.is_private)
@@ -284,3 +307,6 @@ class KeyExchange:
         self.counters["audits_answered"] += 1
         return Command.AUDIT_KEY, encode_audit_answer(request, proof)
 
+
+def _refuse_own_key(offer: KeyOffer, sender: str) -> Any:
+    raise Forbidden(f"{offer.key_id} is a key of this node: it is not taken from others")

@@ -28,19 +28,27 @@ disk before it answers) and answers ``Ack`` with ``{"version": 1,
 success.  Any refusal is a ``Fail`` whose payload is the reason; the sender
 answers it as 409 (``PeerRefused``).
 
-Who may share what (the same rule on both sides, :func:`check_share_policy`):
+Who may share what (:func:`check_share_policy` on both sides, and the rules of
+:class:`~bitnode.access.key_exchange.KeyExchange`):
 
 - anyone may share a key with us: no friendship or earlier contact needed
   (the packet is signed, so the sharer is known);
-- a key must belong to the sharer's own namespace (``alias$<sharer>``),
-  public or private — a sharer cannot plant a key under another user's id,
-  which would block the real owner's key later (the store refuses a second,
-  different key under a known id);
-- the one exception is a master public key ``master$<owner>`` of someone
-  else; every master key received (the sharer's own too) is checked against
-  ``owner``'s published identity, so it cannot be forged;
-- the private part of a master key is never shared (403), and nobody can
-  give us a key of our own namespace.
+- the private part of a master key is never shared (403); someone's master
+  *public* key may be passed on by anyone, and every master key received is
+  checked against its owner's published identity, so it cannot be forged;
+- any other key the sharer holds may be passed on: its own keys, and keys of
+  other users it received (share and group keys). For a key of someone
+  else's namespace the sharer first asks the *reshare policy* registered for
+  the key's alias prefix (service_shares registers ``share_``: the owner's
+  rule for its shares); without one it is allowed;
+- the receiver stores a key of a third party's namespace only when it holds
+  no *different* key under that id (so nobody can swap a key it holds); a key
+  offered by its **owner** replaces a different one held under its id (the
+  owner rotated it, or someone planted a fake one earlier: the owner's word
+  wins), the old one being kept as a previous generation; nobody can give us
+  a key of our own namespace unless a handler for that kind of key takes it
+  (service_shares: a share proposed to its owner, ``share_create`` with
+  ``owner_id``).
 
 Audits
 ------
@@ -110,15 +118,15 @@ NOT_HELD = "key {key_id} is not held here"
 
 
 def check_share_policy(key_id: str, sharer: str, is_private: bool) -> globalid.KeyId:
-    """Raise Forbidden unless ``sharer`` may share ``key_id`` (see the module docstring)."""
+    """The parsed ``key_id``; Forbidden for the private part of a master key (see the module docstring).
+
+    Whose namespace the key is in (the sharer's, the recipient's, a third
+    party's) decides the rest, in :class:`~bitnode.access.key_exchange.KeyExchange`.
+    """
     parsed = globalid.KeyId.parse(key_id)
     if parsed.alias == MASTER_ALIAS and is_private:
         raise Forbidden("the private part of a master key is never shared")
-    if str(parsed.owner) == sharer:
-        return parsed
-    if parsed.alias == MASTER_ALIAS:
-        return parsed  # someone's master public key: checked against their identity on arrival
-    raise Forbidden(f"{sharer} may only share its own keys (alias${sharer}), not {key_id}")
+    return parsed
 
 
 def check_timeout(timeout: float) -> float:

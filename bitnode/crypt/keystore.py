@@ -5,7 +5,10 @@ node's own identity key is ``master$<owner>``. On disk, in ``keys_dir`` (0700):
 
 - ``<key_id>.private``  PKCS#8 PEM, mode 0600, for keys we hold privately;
 - ``<key_id>.public``   public key PEM, for keys we only hold the public half of;
-- ``<key_id>.json``     ``{"version": 1, "label": str, "created": float}``.
+- ``<key_id>.json``     ``{"version": 1, "label": str, "created": float}``;
+- ``previous/<key_id>.<n>.private``  earlier generations of a key whose material was
+  replaced (:meth:`KeyStore.replace_private`: a share key rotated by its owner), ``n``
+  counting from 1; kept so that data wrapped with an older generation still opens.
 
 Every file is written atomically. Key generation runs through the injected
 ``run_in_thread(fn, *args) -> Deferred`` so it never blocks the reactor; the
@@ -42,6 +45,9 @@ MAX_META_BYTES = 16 * 1024
 _PRIVATE = ".private"
 _PUBLIC = ".public"
 _META = ".json"
+_PREVIOUS = "previous"
+#: Earlier generations kept per key; the oldest goes first beyond this.
+MAX_PREVIOUS = 16
 
 RunInThread = Callable[..., defer.Deferred]
 
@@ -295,6 +301,63 @@ class KeyStore:
             label = label or existing.info.label
         return self._store(parsed, public, private, label)
 
+    def replace_private(self, key_id: str, priv_pem: bytes | str, label: str | None = None) -> KeyInfo:
+        """Store a new generation of a (non-master) private key under the same id.
+
+        The key held until now (if different) is kept as a previous generation
+        (:meth:`previous_private_keys`), so what was wrapped with it still opens.
+        The same key again changes nothing; a key not held yet is simply added.
+        """
+        parsed = globalid.KeyId.parse(key_id)
+        if parsed.alias == MASTER_ALIAS:
+            raise Conflict("the master key is never replaced")
+        private = keys.private_from_pem(priv_pem)
+        existing = self._entries.get(key_id)
+        if key_id in self._pending:
+            raise Conflict(f"key {key_id} is being created")
+        if existing is None or existing.public == private.public_key():
+            return self.add_private(key_id, priv_pem, label or "")
+        label = existing.info.label if label is None else validate_label(label)
+        if existing.private is not None:
+            self._keep_previous(key_id, existing.private)
+        return self._store(parsed, private.public_key(), private, label)
+
+    def previous_private_keys(self, key_id: str) -> list[RsaPrivateKey]:
+        """Earlier generations of ``key_id`` held here, newest first (empty when none)."""
+        found = []
+        for number, path in reversed(self._previous_files(key_id)):
+            try:
+                found.append(keys.private_from_pem(read_limited(path, keys.MAX_PEM_BYTES)))
+            except (OSError, BadRequest) as err:
+                self._report(os.path.basename(path), f"previous generation {number} unreadable: {err}")
+        return found
+
+    def _previous_dir(self) -> str:
+        return os.path.join(self._dir, _PREVIOUS)
+
+    def _previous_files(self, key_id: str) -> list[tuple[int, str]]:
+        """``(n, path)`` of the kept generations of ``key_id``, oldest first."""
+        directory = self._previous_dir()
+        try:
+            names = os.listdir(directory)
+        except FileNotFoundError:
+            return []
+        found = []
+        for name in names:
+            stem, _, number = name[: -len(_PRIVATE)].rpartition(".") if name.endswith(_PRIVATE) else ("", "", "")
+            if stem == key_id and number.isdigit():
+                found.append((int(number), os.path.join(directory, name)))
+        return sorted(found)
+
+    def _keep_previous(self, key_id: str, private: RsaPrivateKey) -> None:
+        files = self._previous_files(key_id)
+        number = files[-1][0] + 1 if files else 1
+        ensure_dir(self._previous_dir())
+        atomic_write(os.path.join(self._previous_dir(), f"{key_id}.{number}{_PRIVATE}"), private.to_pem(),
+                     mode=PRIVATE_FILE_MODE)
+        for _, path in files[: max(0, len(files) + 1 - MAX_PREVIOUS)]:
+            remove_if_exists(path)
+
     def _store(
         self, parsed: globalid.KeyId, public: RsaPublicKey, private: RsaPrivateKey | None, label: str
     ) -> KeyInfo:
@@ -380,6 +443,8 @@ class KeyStore:
         self._entry(key_id)
         for suffix in (_PRIVATE, _PUBLIC, _META):
             remove_if_exists(os.path.join(self._dir, key_id + suffix))
+        for _, path in self._previous_files(key_id):
+            remove_if_exists(path)
         del self._entries[key_id]
         self._changed()
 

@@ -38,7 +38,18 @@ class AccessMethods:
 
     def key_share(self, key_id: str, trusted_user_id: str, include_private: bool = False,
                   timeout: float = 10.0) -> Deferred:
-        """Send a key (public, or private too) to a user; answers once they stored it."""
+        """Send a key (public, or private too) to a user; answers once they stored it.
+
+        Any key held here may go except the private part of a master key: my
+        own keys, and keys other users gave me (share and group keys), the
+        latter as their owner's policy allows (for a share: only its
+        read-write members pass it on, unless the owner set
+        ``services/shares/reshare``; 403 otherwise). Passing a share key on
+        gives the key, not access: the owner's suppliers serve only the members
+        the owner listed (``share_grant``). The recipient keeps a key of a third
+        party only when it holds no different key under that id (409); the
+        key's owner replaces one (a new generation after ``share_revoke``).
+        """
         check_timeout(timeout)
         exchange = self._running_service(KeyExchangeService).require_exchange()
         return exchange.share(key_id, trusted_user_id, include_private, timeout)

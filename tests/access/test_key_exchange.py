@@ -5,6 +5,7 @@ from __future__ import annotations
 from twisted.internet.defer import inlineCallbacks
 
 from bitnode.access import key_packets as kx
+from bitnode.errors import Forbidden
 from bitnode.transport.commands import Command
 from bitnode.transport.packet_out import PeerRefused
 from tests.access.support import AccessNetworkCase
@@ -68,9 +69,14 @@ class KeyExchangeNetworkTests(AccessNetworkCase):
             answer = yield self.ok(self.alice, "key_audit", key_id=key_id, untrusted_user_id=self.bob_id,
                                    is_private=is_private)
             self.assertEqual(answer["result"], "FAILED", answer)
-        # and sharing the real one is refused: bob already holds another key under that id
-        text = yield self.error(self.alice, 409, "key_share", key_id=key_id, trusted_user_id=self.bob_id)
-        self.assertIn("already exists with another key", text)
+        # alice, the key's owner, shares the real one: her word wins over the planted key (kept as a generation)
+        yield self.ok(self.alice, "key_share", key_id=key_id, trusted_user_id=self.bob_id, include_private=True)
+        self.assertEqual(self.keystore(self.bob).private_key(key_id), self.keystore(self.alice).private_key(key_id))
+        self.assertEqual([k.fingerprint() for k in self.keystore(self.bob).previous_private_keys(key_id)],
+                         [KEY_C.fingerprint()])
+        self.assertEqual([e["replaced"] for e in self.events(self.bob, "key-received")], [True])
+        answer = yield self.ok(self.alice, "key_audit", key_id=key_id, untrusted_user_id=self.bob_id, is_private=True)
+        self.assertEqual(answer["result"], "OK")
 
     @inlineCallbacks
     def test_master_key_rules(self):
@@ -96,9 +102,12 @@ class KeyExchangeNetworkTests(AccessNetworkCase):
         yield self.error(self.alice, 400, "key_share", key_id="bad id", trusted_user_id=self.bob_id)
         yield self.error(self.alice, 400, "key_share", key_id="master$" + self.alice_id,
                          trusted_user_id=self.alice_id)
-        # a public key I hold of someone else's namespace is not mine to pass on
+        # a key of bob's own namespace is not given to bob by others
         self.keystore(self.alice).add_public("s$" + self.bob_id, KEY_C.public_key().to_pem())
-        yield self.error(self.alice, 403, "key_share", key_id="s$" + self.bob_id, trusted_user_id=self.bob_id)
+        text = yield self.error(self.alice, 409, "key_share", key_id="s$" + self.bob_id, trusted_user_id=self.bob_id)
+        self.assertIn("is a key of this node", text)
+        yield self.error(self.alice, 404, "key_share", key_id="s$" + self.bob_id, trusted_user_id=self.bob_id,
+                         include_private=True)  # alice holds only its public half
         yield self.error(self.alice, 404, "key_audit", key_id="nope$" + self.alice_id,
                          untrusted_user_id=self.bob_id)
 
@@ -114,11 +123,11 @@ class KeyExchangeNetworkTests(AccessNetworkCase):
         err = yield self.assertFailure(gateway.request(Command.KEY, self.bob_id, tampered, timeout=5), PeerRefused)
         self.assertIn("decryption failed", err.reason)
 
-        # a key in carol's namespace, sealed correctly by alice: refused by the policy
-        planted = offer_of("x$carol@127.0.0.1_9", KEY_C, False)
+        # a key in bob's own namespace, sealed correctly by alice: refused
+        planted = offer_of("x$" + self.bob_id, KEY_C, True)
         sealed = kx.seal_key(bob_key, self.alice_id, self.bob_id, planted)
         err = yield self.assertFailure(gateway.request(Command.KEY, self.bob_id, sealed, timeout=5), PeerRefused)
-        self.assertIn("may only share its own keys", err.reason)
+        self.assertIn("is a key of this node", err.reason)
 
         # someone's master key that is not the one they publish
         forged = offer_of("master$" + self.global_id(self.alice), KEY_C, False)
@@ -130,6 +139,58 @@ class KeyExchangeNetworkTests(AccessNetworkCase):
         self.assertEqual(len(self.keystore(self.bob).list()), before)
         self.assertEqual(self.events(self.bob, "key-received"), [])
         self.assertGreaterEqual(self.bob.service_driver.info("service_key_exchange")["status"]["refused"], 4)
+
+    @inlineCallbacks
+    def test_a_received_key_is_passed_on_as_its_owners_policy_allows(self):
+        carol = yield self.joined_node("carol")
+        carol_id = self.global_id(carol)
+        created = yield self.ok(self.alice, "key_create", key_alias="group_x", key_size=2048, label="team")
+        key_id = created["key_id"]
+        yield self.ok(self.alice, "key_share", key_id=key_id, trusted_user_id=self.bob_id, include_private=True)
+        # bob passes alice's key on to carol: no policy registered for that prefix, so it goes
+        answer = yield self.ok(self.bob, "key_share", key_id=key_id, trusted_user_id=carol_id, include_private=True)
+        self.assertEqual((answer["fingerprint"], answer["include_private"]), (created["fingerprint"], True))
+        self.assertEqual(self.keystore(carol).private_key(key_id), self.keystore(self.alice).private_key(key_id))
+        self.assertEqual([(e["key_id"], e["from"], e["replaced"]) for e in self.events(carol, "key-received")],
+                         [(key_id, self.bob_id, False)])
+
+        # a policy for the prefix decides: here alice's rule refuses re-sharing
+        service = self.bob.service_driver.get("service_key_exchange")
+        asked = []
+
+        def policy(key, recipient, include_private):
+            asked.append((key, recipient, include_private))
+            raise Forbidden(f"{key}: its owner does not let it be passed on")
+
+        remove = service.set_reshare_policy("group_", policy)
+        dave = yield self.joined_node("dave")
+        text = yield self.error(self.bob, 403, "key_share", key_id=key_id, trusted_user_id=self.global_id(dave))
+        self.assertIn("does not let it be passed on", text)
+        self.assertEqual(asked, [(key_id, self.global_id(dave), False)])
+        self.assertFalse(self.keystore(dave).has(key_id))
+        remove()
+        yield self.ok(self.bob, "key_share", key_id=key_id, trusted_user_id=self.global_id(dave))
+        self.assertFalse(self.keystore(dave).get(key_id).is_private)
+
+        # a third party cannot swap a key someone holds: carol offers another key under alice's id to dave
+        self.keystore(carol).erase(key_id)
+        self.keystore(carol).add_private(key_id, KEY_C.to_pem())
+        text = yield self.error(carol, 409, "key_share", key_id=key_id, trusted_user_id=self.global_id(dave),
+                                include_private=True)
+        self.assertIn("already exists with another key", text)
+        self.assertEqual(self.keystore(dave).get(key_id).fingerprint, created["fingerprint"])
+
+    @inlineCallbacks
+    def test_the_owner_sends_a_new_generation_the_holder_keeps_the_old_one(self):
+        created = yield self.ok(self.alice, "key_create", key_alias="share_r", key_size=2048)
+        key_id = created["key_id"]
+        yield self.ok(self.alice, "key_share", key_id=key_id, trusted_user_id=self.bob_id, include_private=True)
+        old = self.keystore(self.alice).private_key(key_id)
+        self.keystore(self.alice).replace_private(key_id, KEY_C.to_pem())
+        yield self.ok(self.alice, "key_share", key_id=key_id, trusted_user_id=self.bob_id, include_private=True)
+        self.assertEqual(self.keystore(self.bob).get(key_id).fingerprint, KEY_C.fingerprint())
+        self.assertEqual(self.keystore(self.bob).previous_private_keys(key_id), [old])
+        self.assertEqual([e["replaced"] for e in self.events(self.bob, "key-received")], [False, True])
 
     @inlineCallbacks
     def test_peer_gone_answers_503(self):

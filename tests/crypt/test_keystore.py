@@ -315,3 +315,46 @@ class KeyStoreTests(unittest.TestCase):
         unsubscribe()
         self.store.erase("share_b$" + OWNER)
         self.assertEqual(len(heard), 6)
+
+    # -- generations (a share key rotated by its owner) ---------------------------------
+
+    def test_replacing_a_key_keeps_the_old_generation_to_open_old_data(self) -> None:
+        first, second = other_keys()
+        key_id = "share_a$bob@x.net"
+        self.store.add_private(key_id, first.to_pem(), "holidays")
+        wrapped = keys.wrap_key(first.public_key(), b"k" * 32)
+        info = self.store.replace_private(key_id, second.to_pem())
+        self.assertEqual((info.fingerprint, info.label), (second.fingerprint(), "holidays"))
+        self.assertEqual(self.store.private_key(key_id).fingerprint(), second.fingerprint())
+        (previous,) = self.store.previous_private_keys(key_id)
+        self.assertEqual(keys.unwrap_key(previous, wrapped), b"k" * 32)
+        self.assertEqual(_mode(self.path(f"previous/{key_id}.1.private")), 0o600)
+        # the same key again changes nothing; the generations survive a reload and go with an erase
+        self.store.replace_private(key_id, second.to_pem())
+        reloaded = self.make_store()
+        self.assertEqual(reloaded.load_errors, [])
+        self.assertEqual([k.fingerprint() for k in reloaded.previous_private_keys(key_id)], [first.fingerprint()])
+        self.store.replace_private(key_id, first.to_pem())
+        self.assertEqual([k.fingerprint() for k in self.store.previous_private_keys(key_id)],
+                         [second.fingerprint(), first.fingerprint()])
+        self.store.erase(key_id)
+        self.assertEqual(self.store.previous_private_keys(key_id), [])
+        self.assertEqual(os.listdir(self.path("previous")), [])
+
+    def test_replacing_adds_an_unknown_key_and_never_touches_a_master_key(self) -> None:
+        first, second = other_keys()
+        self.store.replace_private("share_b$bob@x.net", first.to_pem(), "new")
+        self.assertEqual(self.store.get("share_b$bob@x.net").label, "new")
+        self.assertEqual(self.store.previous_private_keys("share_b$bob@x.net"), [])
+        self.assertRaises(Conflict, self.store.replace_private, "master$bob@x.net", second.to_pem())
+        self.assertRaises(BadRequest, self.store.replace_private, "share_b$bob@x.net", b"not a key")
+
+    def test_only_the_newest_generations_are_kept(self) -> None:
+        from bitnode.crypt import keystore
+
+        self.patch(keystore, "MAX_PREVIOUS", 2)
+        first, second = other_keys()
+        key_id = "share_c$bob@x.net"
+        for pem in (first, second, first, second):
+            self.store.replace_private(key_id, pem.to_pem())
+        self.assertEqual(sorted(os.listdir(self.path("previous"))), [f"{key_id}.2.private", f"{key_id}.3.private"])
