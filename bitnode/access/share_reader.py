@@ -4,7 +4,7 @@ Everything a grantee sends an owner's supplier is a storage packet whose
 *owner* field names the share's owner (whose space is meant) and whose
 *creator* (the signer) is me. A supplier serves such a packet only when it
 is a read inside the share's scope and the owner's readers list there names
-me (:mod:`bitnode.storage.share_scope`, :mod:`bitnode.supplier.shared_reads`);
+me (:mod:`bitnode.storage.share_scope`, :mod:`bitnode.supplier.shared_access`);
 otherwise it answers ``Fail "forbidden: ..."``, which
 :class:`~bitnode.customer.remote_store.RemoteStorageServer` turns into a 403.
 

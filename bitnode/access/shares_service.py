@@ -24,7 +24,7 @@ How a share works, end to end (the parts are documented in their modules):
    fills a :class:`~bitnode.access.share_view.ShareView`: ``files_list``
    with the share's key id lists the files, ``file_download_start`` of
    ``share_...$owner:path`` downloads them from the owner's suppliers,
-   which serve me because the list names me (:mod:`bitnode.supplier.shared_reads`).
+   which serve me because the list names me (:mod:`bitnode.supplier.shared_access`).
    A share opened stays open across restarts; **close** forgets the view.
 
 Shares I know and what happened to them are persisted in

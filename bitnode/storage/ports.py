@@ -17,13 +17,16 @@ subtree: ``"<version_id>/"`` is a whole version, ``"<version_id>/7/"`` one
 segment; ``""`` is everything of that customer. Paths are relative, made of
 ``[A-Za-z0-9._-]`` components, never ``.`` or ``..``.
 
-Besides blocks a customer stores three kinds of small whole objects, one per
+Besides blocks a customer stores a few kinds of small whole objects, one per
 supplier (:func:`validate_store_path` accepts exactly these and the block
 paths, so a supplier refuses anything else a customer asks it to write)::
 
     catalog-<serial>/manifest          the signed manifest of a catalog backup
     <share alias>.index/current        a share's sealed index (bitnode.storage.share_scope)
+    <share alias>.index/w<16 hex>      a share writer's sealed entries
+    <share alias>.index/k<16 hex>      a share member's key envelope (after a rotation)
     acl.<share alias>/readers          a share's readers list (bitnode.storage.share_scope)
+    acl.<share alias>/writers          a share's writers list
 
 where a share alias is ``share_`` and ``[A-Za-z0-9_-]`` characters (never a dot).
 
@@ -54,8 +57,8 @@ _SHARE_ALIAS = r"share_[A-Za-z0-9_-]{1,120}"
 _STORE_PATH_RE = re.compile(
     rf"(?:{_VERSION}/{_SEGMENT_INDEX}/{_BLOCK_INDEX}"
     r"|catalog-(?:0|[1-9][0-9]{0,17})/manifest"
-    rf"|{_SHARE_ALIAS}\.index/current"
-    rf"|acl\.{_SHARE_ALIAS}/readers)\Z")
+    rf"|{_SHARE_ALIAS}\.index/(?:current|[wk][0-9a-f]{{16}})"
+    rf"|acl\.{_SHARE_ALIAS}/(?:readers|writers))\Z")
 _CUSTOMER_RE = re.compile(r"^[^/\\\x00-\x1f]{1,256}$")
 MAX_PATH_LENGTH = 512
 
@@ -144,8 +147,8 @@ def validate_store_path(path: str) -> str:
     validate_path(path)
     if not _STORE_PATH_RE.match(path):
         raise BadRequest(f"invalid block path: {path!r} is not a path of the storage scheme "
-                         "(<version>/<segment>/<block>, catalog-<n>/manifest, <share>.index/current, "
-                         "acl.<share>/readers)")
+                         "(<version>/<segment>/<block>, catalog-<n>/manifest, <share>.index/current|w<tag>|k<tag>, "
+                         "acl.<share>/readers|writers)")
     return path
 
 

@@ -25,17 +25,32 @@ owner's space; three conventions make them readable by other users:
   component ``acl.<alias>`` is outside every share's scope, so readers never
   read the list itself.
 
+- **The writers list.** ``acl.<alias>/writers``, the same form with the key
+  ``"writers"``: the members the owner granted read-write. A writer uploads
+  into the share with the owner's suppliers, under a part of the share's scope
+  that is its own: its version ids start with ``<alias>.w<tag>-``
+  (:func:`writer_version_tag`, ``tag`` = :func:`member_tag` of its global id),
+  and it publishes its *entries* (its catalog rows of the share, sealed and
+  signed like the index) at ``<alias>.index/w<tag>`` (:func:`entries_path`).
+- **Key envelopes.** After a rotation (``share_revoke``) the owner leaves the
+  new share key for each remaining member at ``<alias>.index/k<tag>``
+  (:func:`envelope_path`), sealed to that member's master key.
+
 A supplier serves a packet whose owner is not its sender only for reads
 (``Retrieve`` of a path, ``ListFiles`` of a prefix ending in ``/``) inside one
-share's scope, and only when that share's readers list names the sender
-(:func:`shared_alias` and :func:`decode_readers`, used by
-:mod:`bitnode.supplier.shared_reads`). Everything else of the owner stays the
-owner's alone.
+share's scope, when that share's readers or writers list names the sender,
+and for writes (``Data``, ``DeleteFile``, ``DeleteBackup``) of a writer the
+writers list names, inside that writer's own part (:func:`writable_by`)
+(:func:`shared_alias`, :func:`decode_readers`, :func:`decode_writers`, used by
+:mod:`bitnode.supplier.shared_access`). Everything else of the owner stays the
+owner's alone; what a writer stores counts against the owner's quota there.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 import secrets
 
 from bitnode import boundedjson, globalid
@@ -46,6 +61,10 @@ INDEX_SUFFIX = ".index"
 INDEX_NAME = "current"
 ACL_PREFIX = "acl."
 ACL_NAME = "readers"
+WRITERS_NAME = "writers"
+#: Hex digits of a member's tag (:func:`member_tag`).
+TAG_HEX = 16
+_WRITER_TAIL_RE = re.compile(rf"w[0-9a-f]{{{TAG_HEX}}}-.")
 ACL_FORMAT = 1
 MAX_ACL_BYTES = 1024 * 1024
 MAX_READERS = 1000
@@ -108,6 +127,61 @@ def readers_prefix(alias: str) -> str:
     return f"{ACL_PREFIX}{alias}/"
 
 
+def member_tag(global_id: str) -> str:
+    """A short stable name of a member in paths: the first 16 hex digits of SHA-256 of its global id."""
+    return hashlib.sha256(str(global_id).encode("utf-8")).hexdigest()[:TAG_HEX]
+
+
+def writer_prefix(alias: str, writer: str) -> str:
+    """What every version id a writer uploads into share ``alias`` starts with: ``<alias>.w<tag>-``."""
+    return f"{alias}.w{member_tag(writer)}-"
+
+
+def writer_version_tag(key_id: str, writer: str) -> str:
+    """The version tag of ``writer`` (not the owner) under share key ``key_id``."""
+    return writer_prefix(share_alias(key_id), writer)
+
+
+def is_writer_version(version_id: str, alias: str, writer: str) -> bool:
+    """Whether ``version_id`` is one that ``writer`` uploaded into share ``alias``."""
+    return isinstance(version_id, str) and version_id.startswith(writer_prefix(alias, writer))
+
+
+def is_owner_version(version_id: str, alias: str) -> bool:
+    """Whether ``version_id`` is one of the owner's own in share ``alias`` (not a writer's)."""
+    prefix = alias + "."
+    return (isinstance(version_id, str) and version_id.startswith(prefix)
+            and not _WRITER_TAIL_RE.match(version_id[len(prefix):]))
+
+
+def entries_path(alias: str, writer: str) -> str:
+    """Where a writer keeps its entries of share ``alias`` on the owner's suppliers."""
+    return f"{alias}{INDEX_SUFFIX}/w{member_tag(writer)}"
+
+
+def envelope_path(alias: str, member: str) -> str:
+    """Where the owner leaves a member the share key after a rotation."""
+    return f"{alias}{INDEX_SUFFIX}/k{member_tag(member)}"
+
+
+def writers_path(alias: str) -> str:
+    """Where the owner keeps a share's writers list on each supplier."""
+    return f"{ACL_PREFIX}{alias}/{WRITERS_NAME}"
+
+
+def writable_by(path: str, alias: str, writer: str) -> bool:
+    """Whether ``writer`` may store or delete ``path`` (a path or a prefix) of share ``alias``.
+
+    Its own versions (``<alias>.w<tag>-<...>/...``, a block or a prefix below
+    the first component) and its own entries; nothing else.
+    """
+    if not isinstance(path, str) or "/" not in path:
+        return False
+    first = path.partition("/")[0]
+    return (first.startswith(writer_prefix(alias, writer)) and len(first) > len(writer_prefix(alias, writer))
+            or path == entries_path(alias, writer))
+
+
 def shared_alias(path: str) -> str | None:
     """The share whose scope holds a supplier path or prefix, or None.
 
@@ -130,28 +204,46 @@ def shared_alias(path: str) -> str | None:
 
 def encode_readers(owner: str, alias: str, readers: list[str], updated: float) -> bytes:
     """The stored readers list of one share (see the module docstring)."""
-    if not is_share_alias(alias):
-        raise BadRequest(f"{alias!r} is not a share alias")
-    if len(readers) > MAX_READERS:
-        raise BadRequest(f"a share may have at most {MAX_READERS} readers")
-    doc = {"format": ACL_FORMAT, "owner": owner, "alias": alias, "readers": sorted(set(readers)),
-           "updated": float(updated)}
-    return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode("utf-8")
+    return _encode_list(owner, alias, ACL_NAME, readers, updated)
 
 
 def decode_readers(data: bytes, owner: str, alias: str) -> frozenset[str]:
     """The readers a stored list names; BadRequest when it is malformed or for another share."""
+    return _decode_list(data, owner, alias, ACL_NAME)
+
+
+def encode_writers(owner: str, alias: str, writers: list[str], updated: float) -> bytes:
+    """The stored writers list of one share (the readers list's form, key ``writers``)."""
+    return _encode_list(owner, alias, WRITERS_NAME, writers, updated)
+
+
+def decode_writers(data: bytes, owner: str, alias: str) -> frozenset[str]:
+    """The writers a stored list names; BadRequest when it is malformed or for another share."""
+    return _decode_list(data, owner, alias, WRITERS_NAME)
+
+
+def _encode_list(owner: str, alias: str, role: str, members: list[str], updated: float) -> bytes:
+    if not is_share_alias(alias):
+        raise BadRequest(f"{alias!r} is not a share alias")
+    if len(members) > MAX_READERS:
+        raise BadRequest(f"a share may have at most {MAX_READERS} {role}")
+    doc = {"format": ACL_FORMAT, "owner": owner, "alias": alias, role: sorted(set(members)),
+           "updated": float(updated)}
+    return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode("utf-8")
+
+
+def _decode_list(data: bytes, owner: str, alias: str, role: str) -> frozenset[str]:
     if len(data) > MAX_ACL_BYTES:
-        raise BadRequest("readers list too large")
+        raise BadRequest(f"{role} list too large")
     try:
-        doc = boundedjson.loads(data, "readers list")
+        doc = boundedjson.loads(data, f"{role} list")
     except (UnicodeDecodeError, ValueError):
-        raise BadRequest("readers list is not JSON") from None
+        raise BadRequest(f"{role} list is not JSON") from None
     if not isinstance(doc, dict) or doc.get("format") != ACL_FORMAT:
-        raise BadRequest("readers list has an unknown format")
+        raise BadRequest(f"{role} list has an unknown format")
     if doc.get("owner") != owner or doc.get("alias") != alias:
-        raise BadRequest("readers list is for another share")
-    readers = doc.get("readers")
-    if not isinstance(readers, list) or not all(isinstance(r, str) for r in readers):
-        raise BadRequest("readers list is malformed")
-    return frozenset(readers)
+        raise BadRequest(f"{role} list is for another share")
+    members = doc.get(role)
+    if not isinstance(members, list) or not all(isinstance(r, str) for r in members):
+        raise BadRequest(f"{role} list is malformed")
+    return frozenset(members)

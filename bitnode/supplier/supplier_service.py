@@ -13,7 +13,8 @@ packet's signature was checked by the transport, so its creator is who sent
 it; the owner field names whose space is meant, and both must be the same: a
 packet acting for someone else is answered ``Fail "forbidden: ..."`` and
 counted (``refused["foreign_owner"]``) — except a read of the owner's shared
-files by a reader the owner listed (:mod:`bitnode.supplier.shared_reads`).
+files by a member the owner listed, and a write of a writer the owner listed
+into its own part of the share (:mod:`bitnode.supplier.shared_access`).
 The desk's answer goes back with the request's packet id. A RequestService
 answer also carries ``used_bytes`` (what the customer stores here now), so the
 customer's suppliers_list can show it.
@@ -79,7 +80,7 @@ from bitnode.p2p.network_service import NetworkService
 from bitnode.services.base import Service
 from bitnode.services.context import NodeContext
 from bitnode.storage import wire
-from bitnode.supplier import shared_reads
+from bitnode.supplier import shared_access
 from bitnode.supplier.contracts import DAY, ContractSweeper, ContractTerms
 from bitnode.supplier.desk import SupplierDesk
 from bitnode.supplier.disk_store import DiskStore, StoreLimits, tree_size
@@ -516,8 +517,8 @@ class SupplierService(Service):
 
     def _dispatch(self, packet: Any, gateway: Any, desk: SupplierDesk) -> defer.Deferred:
         customer_id = self._account(packet, desk)
-        if customer_id is None and shared_reads.is_shared_read(packet):
-            d = shared_reads.serve(desk, packet, self.refused, self.served)  # a reader of the owner's share?
+        if customer_id is None and shared_access.is_shared(packet):
+            d = shared_access.serve(desk, packet, self.refused, self.served)  # a member of the owner's share?
             return self._track(d.addCallback(lambda reply: _answer(gateway, packet, reply[0], reply[1])))
         if customer_id is None:
             self.refused["foreign_owner"] += 1

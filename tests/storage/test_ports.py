@@ -165,13 +165,18 @@ class PathSchemeTests(unittest.TestCase):
                    ports.block_path(share_scope.version_tag(f"{alias}$alice@127.0.0.1_8084") + version, 7, 3),
                    ports.block_path(catalog_backup.backup_version_id(12), 3, 1),
                    f"{catalog_backup.backup_version_id(12)}/{catalog_backup.MANIFEST}",
-                   share_scope.index_path(alias), share_scope.readers_path(alias)]
+                   share_scope.index_path(alias), share_scope.readers_path(alias),
+                   ports.block_path(share_scope.writer_version_tag(f"{alias}$alice@127.0.0.1_8084",
+                                                                   "bob@127.0.0.1_8084") + version, 0, 2),
+                   share_scope.entries_path(alias, "bob@127.0.0.1_8084"),
+                   share_scope.envelope_path(alias, "bob@127.0.0.1_8084"), share_scope.writers_path(alias)]
         for path in written:
             self.assertEqual(ports.validate_store_path(path), path)
 
     def test_anything_else_is_not_a_store_path(self):
         for path in ("v", "v/0", "v/0/0/0", "a/b/c/d/e", "v/01/0", "v/0/256", "v/x/0", "catalog-1/other",
-                     "catalog-01/manifest", "share_a.index/old", "acl.x/readers", "acl.share_a.b/readers",
+                     "catalog-01/manifest", "share_a.index/old", "acl.x/readers",
+                     "share_a.index/w0123", "share_a.index/x0123456789abcdef", "acl.share_a/others", "acl.share_a.b/readers",
                      ".v/0/0", "v/0/0/", "", "../v/0/0"):
             self.assertRaises(BadRequest, ports.validate_store_path, path)
 

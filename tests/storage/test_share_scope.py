@@ -64,3 +64,42 @@ class ReadersTests(unittest.TestCase):
                     % (OWNER.encode(), ALIAS.encode())):
             self.assertRaises(BadRequest, share_scope.decode_readers, bad, OWNER, ALIAS)
         self.assertRaises(BadRequest, share_scope.encode_readers, OWNER, "master", [], 1.0)
+
+
+BOB, CAROL = "bob@h_1", "carol@h_1"
+
+
+class WritersTests(unittest.TestCase):
+    def test_a_writers_part_of_the_share_is_its_own(self):
+        tag = share_scope.member_tag(BOB)
+        self.assertRegex(tag, r"^[0-9a-f]{16}$")
+        self.assertEqual(share_scope.writer_version_tag(KEY, BOB), f"{ALIAS}.w{tag}-")
+        version = share_scope.writer_version_tag(KEY, BOB) + "F20250101T000000000-ab12cd34"
+        for path in (f"{version}/0/1", f"{version}/", share_scope.entries_path(ALIAS, BOB)):
+            self.assertTrue(share_scope.writable_by(path, ALIAS, BOB), path)
+            self.assertEqual(share_scope.shared_alias(path), ALIAS, path)  # readers read it too
+        owners = f"{ALIAS}.F20250101T000000000-ab12cd34"
+        for path in (f"{version}/0/1", f"{owners}/0/1", f"{owners}/", share_scope.index_path(ALIAS),
+                     share_scope.entries_path(ALIAS, BOB), share_scope.envelope_path(ALIAS, BOB),
+                     share_scope.readers_path(ALIAS), share_scope.writers_path(ALIAS), f"{ALIAS}.w{tag}-",
+                     f"{ALIAS}.w{tag}-/", "", None, f"{ALIAS}0.w{tag}-F1/0/0"):
+            self.assertFalse(share_scope.writable_by(path, ALIAS, CAROL), path)
+        self.assertFalse(share_scope.writable_by(f"{owners}/0/1", ALIAS, BOB))
+        self.assertFalse(share_scope.writable_by(share_scope.index_path(ALIAS), ALIAS, BOB))
+        self.assertFalse(share_scope.writable_by(f"{ALIAS}.w{tag}-/", ALIAS, BOB))
+
+    def test_owner_and_writer_versions_are_told_apart(self):
+        version = share_scope.writer_version_tag(KEY, BOB) + "F1-ab"
+        self.assertTrue(share_scope.is_writer_version(version, ALIAS, BOB))
+        self.assertFalse(share_scope.is_writer_version(version, ALIAS, CAROL))
+        self.assertFalse(share_scope.is_owner_version(version, ALIAS))
+        self.assertTrue(share_scope.is_owner_version(f"{ALIAS}.F1-ab", ALIAS))
+        self.assertTrue(share_scope.is_owner_version(f"{ALIAS}.wxyz-F1", ALIAS))  # not a tag: the owner's
+        self.assertFalse(share_scope.is_owner_version("F1-ab", ALIAS))
+
+    def test_writers_list_round_trip_and_is_not_a_readers_list(self):
+        data = share_scope.encode_writers(OWNER, ALIAS, [BOB], 2.0)
+        self.assertEqual(share_scope.decode_writers(data, OWNER, ALIAS), frozenset({BOB}))
+        self.assertRaises(BadRequest, share_scope.decode_readers, data, OWNER, ALIAS)
+        self.assertRaises(BadRequest, share_scope.decode_writers, share_scope.encode_readers(OWNER, ALIAS, [BOB], 1.0),
+                          OWNER, ALIAS)
