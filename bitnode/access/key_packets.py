@@ -40,7 +40,8 @@ Who may share what (:func:`check_share_policy` on both sides, and the rules of
   other users it received (share and group keys). For a key of someone
   else's namespace the sharer first asks the *reshare policy* registered for
   the key's alias prefix (service_shares registers ``share_``: the owner's
-  rule for its shares); without one it is allowed;
+  rule for its shares); without one it is allowed (a group key passed on
+  does not make a member: a group's brokers admit the members of its roster);
 - the receiver stores a key of a third party's namespace only when it holds
   no *different* key under that id (so nobody can swap a key it holds); a key
   offered by its **owner** replaces a different one held under its id (the

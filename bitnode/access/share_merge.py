@@ -26,6 +26,13 @@ catalog — builds the same view from those documents with one rule:
    file whose path (or a folder above it) is a folder, link or file of
    another kind in the base, or in an earlier writer's entries, is left out
    and reported (``conflicts``); so is a writer's folder over a file.
+6. **A writer's deletions show at once.** A version of a writer's own part
+   that the owner already took into its index but that the writer's newest
+   entries no longer list was deleted by that writer (its blocks are gone
+   from the suppliers): it is left out, and so is a file left without any
+   version. The owner forgets it at its next look
+   (:mod:`bitnode.access.share_absorb`). Entries that could not be read
+   remove nothing.
 
 Whatever goes in was already checked row by row
 (:func:`~bitnode.access.share_index.open_index`: a catalog document every
@@ -109,8 +116,26 @@ def merge(index: dict, entries: list[dict]) -> tuple[dict, MergeReport]:
         if members.get(writer) != "rw":
             report.ignored_writers.append(writer)
             continue
-        report.taken[writer] = take_entries(base, parse_export(doc["catalog"]), writer, removed, report)
+        rows = parse_export(doc["catalog"])
+        _drop_deleted(base, {row[0] for row in rows.versions}, writer)
+        report.taken[writer] = take_entries(base, rows, writer, removed, report)
     return base.document(), report
+
+
+def _drop_deleted(base: _Rows, listed: set[str], writer: str) -> None:
+    """Rule 6: the writer's versions in ``base`` its entries no longer list go, with files left empty."""
+    dropped = [v for v, row in base.versions.items()
+               if v not in listed and share_scope.is_writer_version(v, share_scope.share_alias(row[1]), writer)]
+    emptied = set()
+    for version_id in dropped:
+        row = base.versions.pop(version_id)
+        base.segments.pop(version_id, None)
+        base.blocks.pop(version_id, None)
+        emptied.add((row[1], row[2]))
+    still = {(row[1], row[2]) for row in base.versions.values()}
+    for key in emptied - still:
+        if base.kind(*key) == "file":
+            del base.items[key]
 
 
 def take_entries(base: _Rows, rows: ExportRows, writer: str, removed: set[str], report: MergeReport) -> list[str]:

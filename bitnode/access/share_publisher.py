@@ -3,13 +3,16 @@
 For each share I own that has readers, every one of my suppliers holds
 (:mod:`bitnode.storage.share_scope`):
 
-- ``acl.<alias>/readers``: who may read the share there (the grant the
-  supplier checks), re-sent when a reader is added or removed and to every
-  supplier after my suppliers changed;
-- ``<alias>.index/current``: the share's catalog rows sealed for its readers
-  (:mod:`bitnode.access.share_index`), re-sent when those rows changed (a
-  file was uploaded, replaced or deleted under the share key) — the digest
-  of the rows says whether they did — and after my suppliers changed.
+- ``acl.<alias>/readers`` and ``acl.<alias>/writers``: who may read the
+  share there (every member) and who may also write (the read-write members):
+  the grants the supplier checks, re-sent when a member is added, changed or
+  removed and to every supplier after my suppliers changed;
+- ``<alias>.index/current``: the share's catalog rows sealed for its members
+  (:mod:`bitnode.access.share_index`) with the members and their access, the
+  reshare rule and the writers' versions I removed; re-sent when any of that
+  changed (a file was uploaded, replaced or deleted under the share key, a
+  member added...) — the digest of it all says whether it did — and after my
+  suppliers changed.
 
 Both are small objects stored whole on each supplier (no erasure coding: any
 single supplier that answers is enough to read them). A publish counts as
@@ -25,7 +28,7 @@ from typing import Any, Callable
 
 from twisted.internet import defer
 
-from bitnode.access import share_index
+from bitnode.access import share_absorb, share_index
 from bitnode.errors import Unavailable
 from bitnode.storage import share_scope
 
@@ -47,9 +50,14 @@ class SharePublisher:
         self.keystore = keystore
         self.timeout = timeout
 
-    async def publish(self, key_id: str, readers: list[str], last_serial: int, last_digest: str,
-                      readers_changed: bool = False, force: bool = False, timeout: float | None = None) -> dict:
+    async def publish(self, key_id: str, members: dict[str, str], last_serial: int, last_digest: str,
+                      readers_changed: bool = False, force: bool = False, timeout: float | None = None,
+                      reshare: str = share_index.DEFAULT_RESHARE, absorbed: dict | None = None) -> dict:
         """Send what changed of one share to every supplier.
+
+        ``members`` is ``{global id: "ro" | "rw"}``; ``absorbed`` the writers'
+        versions I took in (:mod:`bitnode.access.share_absorb`): those I have
+        deleted since go into the index as ``removed``.
 
         Fires with ``{"key_id", "serial", "sha256", "index_sent", "readers_sent",
         "suppliers", "stored", "errors"}``; ``serial``/``sha256`` are the index now
@@ -63,7 +71,10 @@ class SharePublisher:
         alias = share_scope.share_alias(key_id)
         export = await self.run_in_thread(storage.catalog.export)
         subset = await self.run_in_thread(share_index.share_subset, export, key_id)
-        digest = await self.run_in_thread(share_index.subset_digest, subset)
+        removed = await self.run_in_thread(share_absorb.removed_versions, storage.catalog, key_id, absorbed or {})
+        digest = await self.run_in_thread(share_index.subset_digest, {
+            "catalog": subset, "members": members, "reshare": reshare, "removed": removed,
+            "key": store.public_key(key_id).fingerprint()})
         send_index = force or digest != last_digest
         send_readers = force or readers_changed
         outcome = {"key_id": key_id, "serial": last_serial, "sha256": last_digest, "index_sent": False,
@@ -73,13 +84,15 @@ class SharePublisher:
         placement = storage.placement()
         objects = []
         if send_readers:
-            objects.append((share_scope.readers_path(alias),
-                            share_scope.encode_readers(owner, alias, readers, self.clock.seconds())))
+            now = self.clock.seconds()
+            objects.append((share_scope.readers_path(alias), share_scope.encode_readers(owner, alias, list(members), now)))
+            objects.append((share_scope.writers_path(alias), share_scope.encode_writers(
+                owner, alias, [m for m, mode in members.items() if mode == "rw"], now)))
         serial = last_serial + 1
         if send_index:
             sealed = await self.run_in_thread(share_index.seal_index, store.private_key(store.master_key_id),
                                               store.public_key(key_id), owner, key_id, serial,
-                                              self.clock.seconds(), subset)
+                                              self.clock.seconds(), subset, "", members, reshare, removed)
             objects.append((share_scope.index_path(alias), sealed))
         stored, errors = await self._to_all(placement, timeout, lambda server: _store_all(server, owner, objects))
         outcome.update(suppliers=sum(1 for s in placement.positions if s), stored=stored, errors=errors)
@@ -98,7 +111,7 @@ class SharePublisher:
         owner = self.keystore().owner
         alias = share_scope.share_alias(key_id)
         placement = storage.placement()
-        prefixes = (share_scope.readers_prefix(alias), share_scope.index_prefix(alias))
+        prefixes = (share_scope.readers_prefix(alias), share_scope.index_prefix(alias))  # lists; index, entries, keys
 
         def remove(server):
             return defer.gatherResults([defer.maybeDeferred(server.delete, owner, p) for p in prefixes],

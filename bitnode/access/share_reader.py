@@ -17,8 +17,14 @@ otherwise it answers ``Fail "forbidden: ..."``, which
   from senders it does not know yet);
 - :meth:`fetch_index`: the share index from every supplier at once; each
   copy's signature is checked against the owner's published identity key,
-  the newest serial that verifies is decrypted with the share key;
-- :meth:`server`: an ``IStorageServer`` per supplier for the Downloader.
+  the newest serial that verifies is decrypted with the share key (the
+  generation the index names: the current one or one kept from before a
+  rotation; :class:`KeyOutdated` when this node does not hold it);
+- :meth:`fetch_entries`: the same for the entries of each writer, checked
+  against that writer's identity key; a writer whose entries cannot be read
+  is reported, not fatal;
+- :meth:`server`: an ``IStorageServer`` per supplier for the Downloader (and
+  the Uploader of a writer).
 
 No retries here: the coordinator decides when to try again.
 """
@@ -49,12 +55,13 @@ class ShareReader:
     :param fetch_identity: ``fetch_identity(global_id)`` → Deferred of an Identity.
     :param share_key: returns the share's private key (NotFound when not held).
     :param timeout: seconds a supplier has to answer one request.
+    :param previous_keys: returns the earlier generations of the share key held here, newest first.
     """
 
     def __init__(self, clock: Any, run_in_thread: Callable[..., defer.Deferred], gateway: Callable[[], Any],
                  key_id: str, lookup: Callable[[str], defer.Deferred],
                  fetch_identity: Callable[[str], defer.Deferred], share_key: Callable[[], Any],
-                 timeout: Callable[[], float] = lambda: 60.0):
+                 timeout: Callable[[], float] = lambda: 60.0, previous_keys: Callable[[], list] = lambda: []):
         self.clock = clock
         self.run_in_thread = run_in_thread
         self.gateway = gateway
@@ -64,6 +71,7 @@ class ShareReader:
         self.lookup = lookup
         self.fetch_identity = fetch_identity
         self.share_key = share_key
+        self.previous_keys = previous_keys
         self.timeout = timeout
         self._servers: dict[str, RemoteStorageServer] = {}
 
@@ -117,17 +125,34 @@ class ShareReader:
     # --- the index ---------------------------------------------------------------------------
 
     def fetch_index(self, positions: list[str]) -> defer.Deferred:
-        """The newest index that verifies, opened: ``{"serial", "created", "catalog"}``.
+        """The newest index that verifies, opened (:func:`share_index.open_index <bitnode.access.share_index.open_index>`).
 
         Forbidden when the suppliers refuse me (not a reader, or no longer
         one), NotFound when none holds an index, BadRequest when the copies
-        found do not verify, Unavailable when nobody answered.
+        found do not verify, Unavailable when nobody answered, KeyOutdated when
+        it is sealed for a generation of the share key this node does not hold.
         """
-        return defer.Deferred.fromCoroutine(self._fetch_index(positions))
+        return defer.Deferred.fromCoroutine(self._fetch_signed(positions, share_scope.index_path(self.alias), ""))
 
-    async def _fetch_index(self, positions: list[str]) -> dict:
+    def fetch_entries(self, positions: list[str], writers: list[str]) -> defer.Deferred:
+        """The newest entries of each writer, opened: ``({writer: opened}, {writer: "why not"})``."""
+        return defer.Deferred.fromCoroutine(self._fetch_entries(positions, writers))
+
+    async def _fetch_entries(self, positions: list[str], writers: list[str]) -> tuple[dict, dict]:
+        calls = [defer.Deferred.fromCoroutine(self._fetch_signed(positions, share_scope.entries_path(self.alias, w), w))
+                 for w in writers]
+        outcomes = await defer.DeferredList(calls, consumeErrors=True)
+        found, problems = {}, {}
+        for writer, (ok, value) in zip(writers, outcomes, strict=True):
+            if ok:
+                found[writer] = value
+            elif not value.check(NotFound):  # no entries yet: nothing to say
+                problems[writer] = value.getErrorMessage()
+        return found, problems
+
+    async def _fetch_signed(self, positions: list[str], path: str, writer: str) -> dict:
+        """The newest copy of ``path`` that verifies against its signer (the owner, or ``writer``), opened."""
         wanted = [s for s in positions if s]
-        path = share_scope.index_path(self.alias)
         calls = []
         for supplier_id in wanted:
             d = self.server(supplier_id).fetch_block(self.owner_id, path)
@@ -137,39 +162,69 @@ class ShareReader:
         copies = [value for ok, value in outcomes if ok]
         problems = [value for ok, value in outcomes if not ok]
         if not copies:
-            raise _no_copy(self.key_id, self.owner_id, problems)
-        owner = await self.fetch_identity(self.owner_id)
-        owner_key = owner.rsa_public_key()
+            raise _no_copy(self.key_id, self.owner_id, problems, writer)
+        signer = await self.fetch_identity(writer or self.owner_id)
+        signer_key = signer.rsa_public_key()
         best: share_index.SignedIndex | None = None
         bad = []
         for data in copies:
             try:
-                signed = await self.run_in_thread(share_index.verify_index, owner_key, data, self.owner_id,
-                                                  self.key_id)
+                signed = await self.run_in_thread(share_index.verify_index, signer_key, data, self.owner_id,
+                                                  self.key_id, writer)
             except BadRequest as err:
                 bad.append(str(err))
                 continue
             if best is None or signed.serial > best.serial:
                 best = signed
         if best is None:
-            raise BadRequest(f"no copy of the index of {self.key_id} verifies: {'; '.join(bad)}")
+            what = f"the entries of {writer} in" if writer else "the index of"
+            raise BadRequest(f"no copy of {what} {self.key_id} verifies: {'; '.join(bad)}")
+        return await self.run_in_thread(share_index.open_index, self.key_for(best.key), best)
+
+    def key_for(self, fingerprint: str | None) -> Any:
+        """The generation of the share key with ``fingerprint`` (the current one for None).
+
+        Forbidden when no share key is held, KeyOutdated when that generation is not.
+        """
         try:
-            private = self.share_key()
+            current = self.share_key()
         except NotFound:
             raise Forbidden(f"the private key of {self.key_id} is not here: the share cannot be read") from None
-        return await self.run_in_thread(share_index.open_index, private, best)
+        if fingerprint is None or current.fingerprint() == fingerprint:
+            return current
+        for previous in self.previous_keys():
+            if previous.fingerprint() == fingerprint:
+                return previous
+        raise KeyOutdated(f"{self.key_id} was sealed with a new generation of its key ({fingerprint[:16]}...), "
+                          "not held here yet", fingerprint)
+
+    def keys(self) -> list:
+        """Every generation of the share key held here, current first (what a version key may be wrapped with)."""
+        try:
+            return [self.share_key(), *self.previous_keys()]
+        except NotFound:
+            return []
 
 
-def _no_copy(key_id: str, owner_id: str, problems: list) -> BitnodeError:
-    """The clearest error when no supplier gave an index."""
+class KeyOutdated(Forbidden):
+    """A share document is sealed for a generation of the share key this node does not hold (yet)."""
+
+    def __init__(self, message: str, fingerprint: str):
+        super().__init__(message)
+        self.fingerprint = fingerprint
+
+
+def _no_copy(key_id: str, owner_id: str, problems: list, writer: str = "") -> BitnodeError:
+    """The clearest error when no supplier gave an index (or a writer's entries)."""
+    what = f"the entries of {writer} in" if writer else "the index of"
     if any(p.check(Forbidden) for p in problems):
         refusal = next(p for p in problems if p.check(Forbidden)).getErrorMessage()
         return Forbidden(f"{owner_id}'s suppliers refuse to serve share {key_id} to this node "
                          f"(not granted, or revoked): {refusal}")
     if problems and all(p.check(BlockNotFound, NotFound) for p in problems):
-        return NotFound(f"{owner_id} has not published the index of {key_id} yet")
+        return NotFound(f"{writer or owner_id} has not published {what} {key_id} yet")
     reasons = "; ".join(p.getErrorMessage() for p in problems) or "no supplier to ask"
-    return Unavailable(f"the index of {key_id} could not be read from {owner_id}'s suppliers: {reasons}")
+    return Unavailable(f"{what} {key_id} could not be read from {owner_id}'s suppliers: {reasons}")
 
 
 def _fail_answer(failure):

@@ -5,37 +5,44 @@ is backed up to its own suppliers and checked and rebuilt by its
 backup_monitor, none of which applies to blocks held by the owner's
 suppliers. So each open share gets a :class:`ShareView`:
 
-- an in-memory :class:`~bitnode.storage.catalog.Catalog` holding exactly the
-  rows of the share's newest index (replaced at every read of the index);
+- an in-memory :class:`~bitnode.storage.catalog.Catalog` holding the share
+  as :mod:`bitnode.access.share_merge` builds it: the owner's newest index
+  and the entries of the share's writers (mine from my own catalog of the
+  share), replaced at every read of the index and after each of my uploads;
 - a :class:`~bitnode.storage.job_context.StorageContext` whose customer is the
   owner (block paths are in the owner's space), whose placement is the
   owner's positions served by :meth:`ShareReader.server
   <bitnode.access.share_reader.ShareReader.server>` (packets signed by me,
   for the owner's space), and whose key unwrapping uses the share's private
-  key from my key store; wrapping (uploading) is refused: a reader reads;
+  key from my key store (any generation I hold);
 - a :class:`~bitnode.storage.transfers.TransferManager` of its own for the
   downloads (the tested DownloadJob and Downloader do the work), noted in my
   node's download journal so that a crash mid-download leaves no ``.part``
-  behind (the next start removes it; a stop cancels).
+  behind (the next start removes it; a stop cancels);
+- when the owner's index names me a read-write member, my
+  :class:`~bitnode.access.share_writes.ShareWrites`: my uploads into the
+  share (``upload_transfers``), my deletes of what I wrote, my entries.
 
 For the API the view stands in for service_backups (``catalog``,
-``transfers``, ``check_remote_path``, ``placement``, ``require_ready``), so
-``files_list``, ``file_info``, ``file_exists``, ``file_download_start`` and
-``file_download_stop`` work on ``share_...$owner:path`` exactly as on my own
-files. For the shared_access_coordinator it is the ``link``
+``transfers``, ``upload_transfers``, ``upload_settled``, ``delete``,
+``check_remote_path``, ``placement``, ``require_ready``), so ``files_list``,
+``file_info``, ``file_exists``, ``file_download_start``,
+``file_download_stop`` and, for a writer, ``file_upload_start``,
+``file_upload_stop`` and ``file_delete`` work on ``share_...$owner:path``
+exactly as on my own files. For the shared_access_coordinator it is the ``link``
 (``find_suppliers``, ``connect``, ``load_index``, ``release``).
 """
 
 from __future__ import annotations
 
-import json
 from typing import Any, Callable
 
 from twisted.internet import defer
 
+from bitnode.access import share_merge
 from bitnode.access.share_reader import ShareReader
-from bitnode.crypt import keys
-from bitnode.errors import BadRequest, Conflict, Forbidden, NotFound, Unavailable
+from bitnode.access.share_writes import ShareWrites, unwrap_with_any
+from bitnode.errors import BadRequest, Conflict, Forbidden, Unavailable
 from bitnode.storage.catalog import Catalog, split_remote_path
 from bitnode.storage.job_context import Placement, StorageContext
 from bitnode.storage.transfers import TransferManager
@@ -47,15 +54,29 @@ class ShareView:
     def __init__(self, clock: Any, run_in_thread: Callable[..., defer.Deferred], reader: ShareReader,
                  registry: Any = None, segments_in_flight: Callable[[], int] = lambda: 2,
                  fetch_timeout: Callable[[], float] = lambda: 60.0, max_downloads: Callable[[], int] = lambda: 2,
-                 download_journal: Any = None):
+                 download_journal: Any = None, me: str = "",
+                 open_writes: Callable[[ShareView], defer.Deferred] | None = None):
         self.reader = reader
         self.key_id = reader.key_id
         self.owner_id = reader.owner_id
         self.run_in_thread = run_in_thread
+        self.me = me
+        self.open_writes = open_writes
         self.positions: list[str] = []
         self.loaded = False
         self.index_serial = 0
+        #: What the owner's index says: my access ("rw", "ro", "" when not listed), every member's, the rule.
+        self.mode = ""
+        self.members: dict[str, str] = {}
+        self.reshare = ""
+        self.writes: ShareWrites | None = None
+        #: The last merge: what each writer added and what was left out; writers whose entries could not be read.
+        self.merge_report: dict = {}
+        self.entries_problems: dict[str, str] = {}
         self.refusal: Forbidden | None = None
+        self._index: dict | None = None
+        self._entries: dict[str, dict] = {}
+        self._merge_lock = defer.DeferredLock()
         self.catalog = Catalog(":memory:")
         self.context = StorageContext(
             clock=clock, run_in_thread=run_in_thread, catalog=self.catalog, customer_id=self.owner_id,
@@ -89,19 +110,51 @@ class ShareView:
             raise
         if self._released is not None:
             raise Unavailable(f"share {self.key_id} was closed")
-        document = json.dumps(opened["catalog"], separators=(",", ":")).encode("utf-8")
-        await self.run_in_thread(self.catalog.import_, document)
-        rows = await self.run_in_thread(self.catalog.list, self.key_id, "", True)
         self.positions = list(positions)
+        self.members, self.reshare = dict(opened["members"]), opened["reshare"]
+        self.mode = self.members.get(self.me, "")
+        writers = sorted(w for w, mode in self.members.items() if mode == "rw" and w != self.me)
+        entries, self.entries_problems = await self.reader.fetch_entries(positions, writers)
+        if self.mode == "rw" and self.writes is None and self.open_writes is not None:
+            self.writes = await self.open_writes(self)
+            if self._released is not None:
+                await self.writes.release()
+                raise Unavailable(f"share {self.key_id} was closed")
+        self._index, self._entries = opened, entries
+        files = await self.merge()
         self.index_serial = opened["serial"]
         self.loaded, self.refusal = True, None
-        return {"serial": opened["serial"], "files": sum(1 for r in rows if r["type"] == "file")}
+        return {"serial": opened["serial"], "files": files}
+
+    def merge(self) -> defer.Deferred:
+        """Build the view again from the last index and entries read and my own entries; fires with the file count."""
+        return self._merge_lock.run(lambda: defer.Deferred.fromCoroutine(self._merge()))
+
+    async def _merge(self) -> int:
+        if self._index is None or self._released is not None:
+            return 0
+        entries = list(self._entries.values())
+        if self.writes is not None and self.mode == "rw":
+            entries.append(await self.run_in_thread(self.writes.opened))
+        document, self.merge_report = await self.run_in_thread(share_merge.merged_bytes, self._index, entries)
+        await self.run_in_thread(self.catalog.import_, document)
+        rows = await self.run_in_thread(self.catalog.list, self.key_id, "", True)
+        return sum(1 for r in rows if r["type"] == "file")
+
+    def writes_changed(self) -> None:
+        """My own entries changed (an upload or a delete of mine): merge them into the view."""
+        if self._index is not None and self._released is None:
+            self.merge().addErrback(lambda f: self.context.log.info("merging share {key_id} again: {err}",
+                                                                    key_id=self.key_id, err=f.getErrorMessage()))
 
     def release(self) -> defer.Deferred:
         """Stop the downloads and close the catalog (once; later calls get the same Deferred)."""
         if self._released is None:
             self.loaded = False
+            writes, self.writes = self.writes, None
             d = self.transfers.stop()
+            if writes is not None:
+                d.addCallback(lambda _: writes.release())
             d.addCallback(lambda _: self.run_in_thread(self.catalog.close))
             # Releasing is cleanup: a failure is logged and waiters are answered all the same.
             d.addErrback(lambda f: self.context.log.info("closing share view {key_id}: {err}", key_id=self.key_id,
@@ -136,23 +189,48 @@ class ShareView:
         return Placement(tuple(self.positions), servers)
 
     def catalog_changed(self) -> None:
-        """Nothing to back up: the view is a copy of the owner's index."""
+        """Nothing to back up: the view is a copy of the owner's index and the writers' entries."""
 
     def master_key_id(self) -> str:
         """A view has no default key: remote paths must name the share's key."""
         raise BadRequest(f"name the share's key in the remote path: {self.key_id}:<path>")
 
+    # --- writing (a read-write member) ---------------------------------------------------------------
+
+    @property
+    def upload_transfers(self) -> Any:
+        """The TransferManager of my uploads into the share; Forbidden when I may only read it."""
+        self.require_ready()
+        if self.writes is None:
+            raise Forbidden(f"share {self.key_id} is read-only for this node: {self.owner_id} granted it to read")
+        return self.writes.transfers
+
+    def check_catalog_writable(self) -> None:
+        """A view's catalog is a copy: only my own part of it (my uploads) changes, and only while ready."""
+        self.require_ready()
+
+    def upload_settled(self) -> defer.Deferred:
+        """Fires once my finished uploads are in my published entries (the others see them)."""
+        return self.writes.settled() if self.writes is not None else defer.succeed(None)
+
+    def delete(self, remote_path: str) -> defer.Deferred:
+        """Delete my versions under ``remote_path`` (a writer deletes only what it wrote)."""
+        self.check_remote_path(remote_path)
+        if self.writes is None:
+            return defer.fail(Forbidden(f"share {self.key_id} is read-only for this node"))
+        return defer.Deferred.fromCoroutine(self.writes.delete(remote_path))
+
+    def transfer_managers(self) -> list:
+        """My downloads from the share, and my uploads into it."""
+        return [self.transfers] + ([self.writes.transfers] if self.writes is not None else [])
+
     # --- keys --------------------------------------------------------------------------------------
 
     def _refuse_wrap(self, key_id: str, secret: bytes) -> bytes:
-        raise Forbidden(f"share {self.key_id} is read-only on this node: only {self.owner_id} uploads to it")
+        raise Forbidden(f"downloads of share {self.key_id} make no new versions")
 
     def _unwrap_key(self, key_id: str, blob: bytes) -> bytes:
-        try:
-            private = self.reader.share_key()
-        except NotFound:
-            raise Forbidden(f"the private key of {self.key_id} is not here: this file cannot be decrypted") from None
-        return keys.unwrap_key(private, blob)
+        return unwrap_with_any(self.reader.keys(), blob, self.key_id)
 
 
 def _follow(d: defer.Deferred) -> defer.Deferred:

@@ -5,12 +5,15 @@ atomically after every change and before the change is reported::
 
     {"format": 1,
      "shares": {"<key id>": {"key_id", "owner_id", "label", "mine": bool, "created": seconds,
-                             "active": bool, "grantees": [global ids], "granted_by": "",
-                             "index_serial": int, "index_sha256": ""}},
+                             "active": bool, "grantees": [global ids], "writers": [global ids],
+                             "granted_by": "", "index_serial": int, "index_sha256": "",
+                             "absorbed": {"<writer>": [version ids]}, "proposed_by": ""}},
      "history": [{"time", "event", "key_id", "user", "detail"}, ...]}
 
-``grantees`` and ``index_*`` concern shares I own (who may read, what was
-last published); ``granted_by`` a share I received. ``active`` is whether
+``grantees``, ``writers`` (the grantees who may also write), ``index_*`` and
+``absorbed`` (the writers' versions taken into my catalog, :mod:`bitnode.access.share_absorb`)
+concern shares I own; ``granted_by`` a share I received; ``proposed_by`` a
+share in my namespace another user made and proposed to me (not granted yet). ``active`` is whether
 the share was opened (a received share is opened again when the node
 starts). ``history`` keeps the newest :data:`HISTORY_SIZE` entries: created,
 granted, revoked, received, opened, closed, deleted, failures worth knowing.
@@ -40,7 +43,8 @@ REGISTRY_FORMAT = 1
 HISTORY_SIZE = 500
 MAX_FILE_BYTES = 16 * 1024 * 1024
 _FIELDS = {"key_id": "", "owner_id": "", "label": "", "mine": False, "created": 0.0, "active": False,
-           "grantees": [], "granted_by": "", "index_serial": 0, "index_sha256": ""}
+           "grantees": [], "writers": [], "granted_by": "", "index_serial": 0, "index_sha256": "",
+           "absorbed": {}, "proposed_by": ""}
 
 
 class ShareRegistry:
@@ -153,4 +157,6 @@ class ShareRegistry:
 
 
 def _copy(record: dict) -> dict:
-    return {k: list(v) if isinstance(v, list) else v for k, v in record.items()}
+    return {k: list(v) if isinstance(v, list)
+            else {str(a): list(b) for a, b in v.items() if isinstance(b, list)} if isinstance(v, dict) else v
+            for k, v in record.items()}

@@ -46,10 +46,13 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from bitnode import globalid
+from bitnode.access import share_index
 from bitnode.access.key_exchange_service import KeyExchangeService
+from bitnode.access.share_keeper import ShareKeeper
 from bitnode.access.share_publisher import SharePublisher
 from bitnode.access.share_reader import ShareReader
 from bitnode.access.share_view import ShareView
+from bitnode.access.share_writes import ShareWrites, writes_file
 from bitnode.access.shared_access_coordinator import CONNECTED, SharedAccessCoordinator
 from bitnode.access.shares import ShareRegistry
 from bitnode.customer.suppliers_record import lookup_suppliers
@@ -62,19 +65,17 @@ from bitnode.errors import (
     NotFound,
     Unavailable,
 )
-from bitnode.main.options import FLOAT, Option
+from bitnode.main.options import FLOAT, STRING, Option
 from bitnode.services.background import BackgroundWork
 from bitnode.services.base import Service
 from bitnode.services.context import NodeContext
-from bitnode.storage import share_scope
+from bitnode.storage import k_of_n, share_scope
 from bitnode.storage.backups_service import BackupsService
-from bitnode.storage.catalog import split_remote_path
+from bitnode.storage.catalog import Catalog, open_catalog, split_remote_path
 from bitnode.transport.gateway_service import GatewayService
 from bitnode.userid.id_service import IdentityService
 
 PREFIX = "services/shares/"
-#: Seconds before a publish that reached no supplier is tried again (suppliers changing also retries it).
-PUBLISH_RETRY = 60.0
 #: The name of my share records in the catalog backup (see :meth:`BackupsService.add_backup_part`).
 BACKUP_PART = "shares"
 
@@ -94,23 +95,27 @@ class SharesService(Service):
         Option(PREFIX + "request-timeout", FLOAT, 30.0,
                "Seconds a supplier has to answer one share request (readers list, index, a block for a reader).",
                minimum=0.1, maximum=3600.0),
+        Option(PREFIX + "absorb-interval", FLOAT, 300.0,
+               "Seconds between two looks at what the writers of my shares uploaded, to take it into my catalog "
+               "(share_open of my share looks at once).", minimum=1.0, maximum=86400.0),
+        Option(PREFIX + "reshare", STRING, share_index.DEFAULT_RESHARE,
+               "Who may pass the keys of my shares on to others with key_share: nobody, writers (read-write "
+               "members) or members (everyone granted). Passing a key on never grants access: my suppliers "
+               "serve only the members I list.", choices=share_index.RESHARE_RULES),
     )
     log = Logger()
 
     def __init__(self, ctx: NodeContext) -> None:
         super().__init__(ctx)
         self.registry: ShareRegistry | None = None
-        self.publisher: SharePublisher | None = None
+        self.keeper: ShareKeeper | None = None
         self.coordinators: dict[str, SharedAccessCoordinator] = {}
         self.views: dict[str, ShareView] = {}
         self._unsubscribe: Any = None
         self._unregister_part: Any = None
-        self._publish_call: Any = None
-        self._publish_force = False
-        self._publish_lock = defer.DeferredLock()
+        self._unregister_policy: Any = None
         self._background = BackgroundWork(self.log)
         self._connected: dict[str, bool] = {}
-        self._deleting: set[str] = set()
 
     # --- lifecycle -------------------------------------------------------------------------------
 
@@ -120,15 +125,24 @@ class SharesService(Service):
                                       on_change=self._records_changed)
         self._unregister_part = self._storage().add_backup_part(BACKUP_PART, self.registry.shares,
                                                                 self._restore_records)
-        self.publisher = SharePublisher(self.ctx.clock, self.ctx.run_in_thread, self._storage, self._keystore,
-                                        lambda: self.ctx.settings.get(PREFIX + "request-timeout"))
+        settings = self.ctx.settings
+        publisher = SharePublisher(self.ctx.clock, self.ctx.run_in_thread, self._storage, self._keystore,
+                                   lambda: settings.get(PREFIX + "request-timeout"))
+        self.keeper = ShareKeeper(self.ctx, lambda: self.registry, publisher, self._storage, self._keystore,
+                                  self._own_reader, self._holds,
+                                  {"index_delay": lambda: settings.get(PREFIX + "index-delay"),
+                                   "absorb_interval": lambda: settings.get(PREFIX + "absorb-interval"),
+                                   "reshare": lambda: settings.get(PREFIX + "reshare")},
+                                  self._background, note=self._note)
         self._unsubscribe = self.ctx.events.subscribe(self._on_event)
+        self._unregister_policy = self.deps.key_exchange.set_reshare_policy(share_scope.SHARE_PREFIX,
+                                                                            self._check_reshare)
         for record in self.registry.shares():
             if record["active"] and not record["mine"] and self._holds(record["key_id"]):
                 self._background.track(defer.maybeDeferred(self._open_received, record["key_id"]),
                             f"opening {record['key_id']} again", quiet=True)
         # What a stop or a crash may have left unsent (a grant, a revoke) goes out again.
-        self._schedule_publish(force=True)
+        self.keeper.start()
 
     @defer.inlineCallbacks
     def stop(self):
@@ -139,9 +153,11 @@ class SharesService(Service):
         if self._unregister_part is not None:
             self._unregister_part()
             self._unregister_part = None
-        if self._publish_call is not None and self._publish_call.active():
-            self._publish_call.cancel()
-        self._publish_call = None
+        if self._unregister_policy is not None:
+            self._unregister_policy()
+            self._unregister_policy = None
+        if self.keeper is not None:
+            self.keeper.stop()
         views = list(self.views.values())
         for coordinator in list(self.coordinators.values()):
             coordinator.event("close")
@@ -155,8 +171,11 @@ class SharesService(Service):
     def status(self) -> dict:
         """Figures for service_info."""
         records = self.registry.shares() if self.registry is not None else []
+        views = {key_id: view for key_id, view in self.views.items() if view.writes is not None}
         return {"mine": sum(1 for r in records if r["mine"]), "received": sum(1 for r in records if not r["mine"]),
-                "open": {key_id: c.state for key_id, c in self.coordinators.items()}}
+                "open": {key_id: c.state for key_id, c in self.coordinators.items()},
+                **(dict(self.keeper.counters) if self.keeper is not None else {}),
+                "entries": {key_id: dict(view.writes.counters) for key_id, view in views.items()}}
 
     # --- neighbours ------------------------------------------------------------------------------------
 
@@ -188,6 +207,18 @@ class SharesService(Service):
     def _holds(self, key_id: str) -> bool:
         store = self._keystore()
         return store.has(key_id) and store.get(key_id).is_private
+
+    def _note(self, event: str, key_id: str, detail: str = "") -> None:
+        if self.registry is not None:
+            self.registry.note(event, key_id, self._me(), detail)
+
+    def _own_reader(self, key_id: str) -> ShareReader:
+        """A reader of my own share: it reads my suppliers as me (the writers' entries)."""
+        store = self._keystore()
+        return ShareReader(self.ctx.clock, self.ctx.run_in_thread, self.deps.gateway.require_gateway, key_id,
+                           self._lookup, self._identity().fetch_identity, lambda: store.private_key(key_id),
+                           lambda: self.ctx.settings.get(PREFIX + "request-timeout"),
+                           previous_keys=lambda: store.previous_private_keys(key_id))
 
     def require_registry(self) -> ShareRegistry:
         """The loaded registry; Unavailable while the service is off."""
@@ -221,13 +252,19 @@ class SharesService(Service):
         row = {"key_id": key_id, "alias": share_scope.share_alias(key_id), "label": label,
                "owner_id": share_scope.share_owner(key_id), "mine": mine, "active": active,
                "created": record.get("created"), "grantees": list(record.get("grantees", [])) if mine else [],
-               "granted_by": record.get("granted_by", ""), "index_serial": record.get("index_serial", 0),
+               "writers": list(record.get("writers", [])) if mine else [], "mode": "owner" if mine else "",
+               "granted_by": record.get("granted_by", ""), "proposed_by": record.get("proposed_by", ""),
+               "index_serial": record.get("index_serial", 0),
                "state": (CONNECTED if active else "CLOSED") if mine else "CLOSED",
                "suppliers": [], "files": None, "error": ""}
         if coordinator is not None and not coordinator.destroyed:
             info = coordinator.info()
             row.update(state=info["state"], suppliers=info["suppliers"], files=info["files"], error=info["error"],
                        index_serial=info["index_serial"])
+        view = self.views.get(key_id)
+        if view is not None and not mine:
+            row.update(mode=view.mode, writers=sorted(w for w, m in view.members.items() if m == "rw"),
+                       merge=dict(view.merge_report), entries_problems=dict(view.entries_problems))
         return row
 
     def history(self) -> list[dict]:
@@ -273,11 +310,17 @@ class SharesService(Service):
             raise NotFound(f"share {key_id} is not in the key store")
         return key_id
 
-    def grant(self, key_id: str, trusted_user_id: str, timeout: float = 30.0) -> defer.Deferred:
-        """Give ``trusted_user_id`` the share key and tell my suppliers they may serve the share to that user."""
-        return defer.Deferred.fromCoroutine(self._grant(key_id, trusted_user_id, timeout))
+    def grant(self, key_id: str, trusted_user_id: str, timeout: float = 30.0, mode: str = "rw") -> defer.Deferred:
+        """Give ``trusted_user_id`` the share key and tell my suppliers it may read (``ro``), or read and write (``rw``).
 
-    async def _grant(self, key_id: str, trusted_user_id: str, timeout: float) -> dict:
+        Granting again changes the access of a member; taking write access
+        away this way rotates no key (``share_revoke`` does).
+        """
+        if mode not in share_index.MODES:
+            raise BadRequest(f"mode must be one of {', '.join(share_index.MODES)}")
+        return defer.Deferred.fromCoroutine(self._grant(key_id, trusted_user_id, timeout, mode))
+
+    async def _grant(self, key_id: str, trusted_user_id: str, timeout: float, mode: str) -> dict:
         registry, key_id = self.require_registry(), self._mine(key_id)
         user = str(globalid.to_global_id(trusted_user_id))
         started = self.ctx.clock.seconds()
@@ -285,12 +328,16 @@ class SharesService(Service):
         shared = await exchange.share(key_id, user, include_private=True, timeout=timeout)
         record = registry.get(key_id) or {}
         grantees = sorted(set(record.get("grantees", [])) | {user})
-        registry.put(key_id, owner_id=self._me(), mine=True, grantees=grantees, active=True)
-        registry.note("granted", key_id, user)
+        writers = sorted((set(record.get("writers", [])) | {user}) if mode == "rw"
+                         else set(record.get("writers", [])) - {user})
+        registry.put(key_id, owner_id=self._me(), mine=True, grantees=grantees, writers=writers, active=True,
+                     proposed_by="")
+        registry.note("granted", key_id, user, "read-write" if mode == "rw" else "read-only")
         left = max(1.0, timeout - (self.ctx.clock.seconds() - started))
-        suppliers = await self._publish_now(key_id, readers_changed=True, timeout=left)
-        result = {"key_id": key_id, "trusted_user_id": user, "fingerprint": shared["fingerprint"],
-                  "grantees": grantees, "suppliers": suppliers, "ready": not suppliers.get("error")}
+        suppliers = await self.keeper.publish_now(key_id, readers_changed=True, timeout=left)
+        result = {"key_id": key_id, "trusted_user_id": user, "mode": mode, "fingerprint": shared["fingerprint"],
+                  "grantees": grantees, "writers": writers, "suppliers": suppliers,
+                  "ready": not suppliers.get("error")}
         self.ctx.events.publish("share-granted", dict(result))
         return result
 
@@ -305,56 +352,13 @@ class SharesService(Service):
         if user not in record["grantees"]:
             raise NotFound(f"{user} is not a reader of share {key_id}")
         grantees = [g for g in record["grantees"] if g != user]
-        registry.put(key_id, grantees=grantees)
+        registry.put(key_id, grantees=grantees, writers=[w for w in record["writers"] if w != user])
         registry.note("revoked", key_id, user)
-        suppliers = await self._publish_now(key_id, readers_changed=True, timeout=timeout)
+        suppliers = await self.keeper.publish_now(key_id, readers_changed=True, timeout=timeout)
         result = {"key_id": key_id, "user_id": user, "grantees": grantees, "suppliers": suppliers,
                   "ready": not suppliers.get("error")}
         self.ctx.events.publish("share-revoked", dict(result))
         return result
-
-    async def _publish_now(self, key_id: str, readers_changed: bool = False, force: bool = False,
-                           timeout: float | None = None) -> dict:
-        """Publish one share now (after any publish running); a failure is reported, not raised."""
-        try:
-            return await self._publish_lock.run(
-                lambda: defer.Deferred.fromCoroutine(self._publish_share(key_id, readers_changed, force, timeout)))
-        except BitnodeError as err:
-            self.log.info("publishing share {key_id} failed: {err}", key_id=key_id, err=err)
-            return {"key_id": key_id, "error": str(err)}
-
-    async def _publish_share(self, key_id: str, readers_changed: bool, force: bool, timeout: float | None) -> dict:
-        registry = self.require_registry()
-        if key_id in self._deleting:
-            return {"key_id": key_id, "skipped": "the share is being deleted"}
-        record = registry.require(key_id)
-        outcome = await self.publisher.publish(key_id, record["grantees"], record["index_serial"],
-                                               record["index_sha256"], readers_changed, force, timeout)
-        if outcome["index_sent"] and registry.get(key_id) is not None:
-            registry.put(key_id, index_serial=outcome["serial"], index_sha256=outcome["sha256"])
-        return outcome
-
-    def _schedule_publish(self, force: bool = False) -> None:
-        """Publish the shares I granted after ``index-delay`` (changes close together go out once)."""
-        self._publish_force = self._publish_force or force
-        if self._publish_call is None and self.registry is not None:
-            delay = self.ctx.settings.get(PREFIX + "index-delay")
-            self._publish_call = self.ctx.call_later(delay, self._publish_granted)
-
-    def _publish_granted(self) -> None:
-        self._publish_call = None
-        force, self._publish_force = self._publish_force, False
-        if self.registry is None:
-            return
-        for record in self.registry.shares():
-            if record["mine"] and record["grantees"] and self._holds(record["key_id"]):
-                d = defer.Deferred.fromCoroutine(self._publish_now(record["key_id"], readers_changed=force, force=force))
-                d.addCallback(self._retry_failed_publish, force)
-                self._background.track(d, f"publishing {record['key_id']}")
-
-    def _retry_failed_publish(self, outcome: dict, force: bool) -> None:
-        if "error" in outcome and self.registry is not None:
-            self.ctx.call_later(PUBLISH_RETRY, self._schedule_publish, force)
 
     def delete(self, key_id: str) -> defer.Deferred:
         """Delete a share: mine with its files and its lists on my suppliers, or one granted to me; then its key."""
@@ -367,19 +371,19 @@ class SharesService(Service):
         mine = share_scope.share_owner(key_id) == self._me()
         await self._close_view(key_id)
         result: dict = {"key_id": key_id, "mine": mine, "deleted": True}
-        self._deleting.add(key_id)  # no publish of it from now on; one running finishes before the withdraw
+        self.keeper.deleting.add(key_id)  # no publish of it from now on; one running finishes before the withdraw
         try:
             if mine:
                 result["files"] = await self._delete_files(key_id)
                 try:
-                    result["suppliers"] = await self._publish_lock.run(
-                        lambda: defer.Deferred.fromCoroutine(self.publisher.withdraw(key_id)))
+                    result["suppliers"] = await self.keeper.lock.run(
+                        lambda: defer.Deferred.fromCoroutine(self.keeper.publisher.withdraw(key_id)))
                 except BitnodeError as err:
                     result["suppliers"] = {"error": str(err)}
             self._keystore().erase(key_id)
             registry.forget(key_id)
         finally:
-            self._deleting.discard(key_id)
+            self.keeper.deleting.discard(key_id)
         registry.note("deleted", key_id, self._me())
         self.ctx.events.publish("share-deleted", dict(result))
         return result
@@ -405,13 +409,18 @@ class SharesService(Service):
         if not self._holds(key_id):
             raise NotFound(f"share {key_id} was not granted to this node (its private key is not here)")
         if share_scope.share_owner(key_id) == self._me():
-            self.registry.put(key_id, owner_id=self._me(), mine=True, active=True)
-            self.registry.note("opened", key_id, self._me())
-            self._schedule_publish()
-            row = self.share(key_id)
-            self.ctx.events.publish("share-opened", dict(row))
-            return defer.succeed(row)
+            return defer.Deferred.fromCoroutine(self._open_mine(key_id))
         return self._open_received(key_id)
+
+    async def _open_mine(self, key_id: str) -> dict:
+        """My own share: active at once; my writers' newest files are taken into my catalog first."""
+        self.registry.put(key_id, owner_id=self._me(), mine=True, active=True)
+        self.registry.note("opened", key_id, self._me())
+        absorbed = await self.keeper.absorb_now(key_id)
+        self.keeper.schedule_publish()
+        row = dict(self.share(key_id), absorbed=absorbed)
+        self.ctx.events.publish("share-opened", dict(row))
+        return row
 
     def _open_received(self, key_id: str) -> defer.Deferred:
         owner = share_scope.share_owner(key_id)
@@ -432,17 +441,41 @@ class SharesService(Service):
         store = self._keystore()
         reader = ShareReader(ctx.clock, ctx.run_in_thread, gateway.require_gateway, key_id,
                              self._lookup, self._identity().fetch_identity, lambda: store.private_key(key_id),
-                             lambda: settings.get(PREFIX + "request-timeout"))
+                             lambda: settings.get(PREFIX + "request-timeout"),
+                             previous_keys=lambda: store.previous_private_keys(key_id))
         view = ShareView(ctx.clock, ctx.run_in_thread, reader, registry=ctx.automats,
                          segments_in_flight=lambda: settings.get("services/backups/segments-in-flight"),
                          fetch_timeout=lambda: settings.get(PREFIX + "request-timeout"),
                          max_downloads=lambda: settings.get("services/backups/max-downloads"),
-                         download_journal=self._download_journal())
+                         download_journal=self._download_journal(),
+                         me=self._me(), open_writes=self._open_writes)
         coordinator = SharedAccessCoordinator(ctx.clock, key_id, owner, view, self._coordinator_news,
                                               registry=ctx.automats)
         self.coordinators[key_id] = coordinator
         self.views[key_id] = view
         return coordinator
+
+    async def _open_writes(self, view: ShareView) -> ShareWrites:
+        """My part of a share I may write into: my catalog of it, my uploads (interrupted ones resume)."""
+        ctx, settings, store = self.ctx, self.ctx.settings, self._keystore()
+        path = writes_file(ctx.basedir.metadata, view.key_id)
+        catalog = await ctx.run_in_thread(_open_writes_catalog, path, ctx.clock.seconds())
+        key_id = view.key_id
+        options = {
+            "segment_size": lambda: settings.get("services/backups/segment-size"),
+            "segments_in_flight": lambda: settings.get("services/backups/segments-in-flight"),
+            "keep_versions": lambda: settings.get("services/backups/max-copies"),
+            "store_timeout": lambda: settings.get("services/backups/store-timeout"),
+            "fetch_timeout": lambda: settings.get(PREFIX + "request-timeout"),
+            "max_uploads": lambda: settings.get("services/backups/max-uploads"),
+            "data_blocks": lambda n: k_of_n.data_blocks(n, k_of_n.configured_data_blocks(settings)),
+        }
+        writes = ShareWrites(ctx.clock, ctx.run_in_thread, key_id, self._me(), catalog, view.placement,
+                             lambda: view.reader.keys(), lambda: store.private_key(store.master_key_id), options,
+                             registry=ctx.automats, on_changed=view.writes_changed)
+        self._background.track(defer.Deferred.fromCoroutine(writes.transfers.resume_interrupted()),
+                               f"resuming uploads into {key_id}", quiet=True)
+        return writes
 
     def _lookup(self, owner_id: str) -> defer.Deferred:
         return lookup_suppliers(self.deps.dht, self.deps.identity, owner_id)
@@ -485,8 +518,8 @@ class SharesService(Service):
             await view.release()
 
     def transfer_managers(self) -> list:
-        """The TransferManagers of the open views (downloads of others' files), for files_downloads/transfers_list."""
-        return [view.transfers for view in self.views.values()]
+        """The TransferManagers of the open views (downloads of others' files, my uploads into them)."""
+        return [manager for view in self.views.values() for manager in view.transfer_managers()]
 
     def ready_views(self) -> list[ShareView]:
         """The open views of other users' shares whose catalog has been read, by key id."""
@@ -512,15 +545,42 @@ class SharesService(Service):
         view.require_ready()
         return view
 
+    # --- passing a received share key on (key_share) ------------------------------------------------------
+
+    def _check_reshare(self, key_id: str, recipient: str, include_private: bool) -> None:
+        """The owner's rule for passing its share key on, from its index (key_share asks before sending).
+
+        The public half goes to anyone (it opens nothing). The private key
+        goes only when the owner's rule (``reshare`` in its index: the
+        owner's ``services/shares/reshare``) lets a member of my access pass
+        it on; I must have read the index (``share_open``) to know the rule.
+        Either way the recipient gets a key, not access: the owner's suppliers
+        serve only the members the owner listed.
+        """
+        if not include_private:
+            return
+        owner = share_scope.share_owner(key_id)
+        view = self.views.get(key_id)
+        if view is None or not view.reshare:
+            raise Forbidden(f"open the share first (share_open): {owner}'s rule for passing on the key of "
+                            f"{key_id} is in its index")
+        allowed = (view.reshare == "members" and view.mode in share_index.MODES) or \
+                  (view.reshare == "writers" and view.mode == "rw")
+        if not allowed:
+            who = {"nobody": "nobody but itself", "writers": "only its read-write members",
+                   "members": "its members"}[view.reshare]
+            raise Forbidden(f"{owner} lets {who} pass on the key of {key_id}; this node is "
+                            f"{'a read-only member' if view.mode == 'ro' else 'not a member'}")
+
     # --- news from the node -------------------------------------------------------------------------------
 
     def _on_event(self, event: Any) -> None:
         if event.event_id == "key-received":
             self._key_received(event.data or {})
         elif event.event_id == "catalog-changed":
-            self._schedule_publish()
+            self.keeper.schedule_publish()
         elif event.event_id == "suppliers-changed":
-            self._schedule_publish(force=True)
+            self.keeper.schedule_publish(force=True)
 
     def _records_changed(self) -> None:
         """A share record changed: it goes into the next catalog backup (when service_backups runs)."""
@@ -565,3 +625,9 @@ def _key_of(where: str) -> str | None:
     except BadRequest:
         return None
     return key_id if share_scope.is_share_key(key_id) else None
+
+
+def _open_writes_catalog(path: str, now: float) -> Catalog:
+    """My catalog of one share I write into (its folder made); one that cannot be read is set aside. Worker thread."""
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    return open_catalog(path, now)[0]

@@ -307,14 +307,22 @@ class FilesMethods:
         return d.addCallback(created)
 
     def file_delete(self, remote_path: str) -> defer.Deferred:
-        """Delete a file or folder: blocks on the suppliers first, then the catalog rows."""
-        return self._storage().delete(remote_path)
+        """Delete a file or folder: blocks on the suppliers first, then the catalog rows.
+
+        Under another user's share granted to me read-write, only the versions
+        I uploaded are deleted (other members' versions of the same paths stay).
+        """
+        return self._storage(remote_path).delete(remote_path)
 
     # --- uploads -------------------------------------------------------------------------------
 
     def files_uploads(self, include_running: bool = True, include_pending: bool = True) -> dict:
-        """``{"running": [...], "pending": [...]}`` (pending: queued or paused)."""
-        return self._storage().transfers.uploads(include_running, include_pending)
+        """``{"running": [...], "pending": [...]}`` (pending: queued or paused), mine and into others' shares."""
+        found: dict = {}
+        for manager in self._transfer_managers():
+            for name, jobs in manager.uploads(include_running, include_pending).items():
+                found.setdefault(name, []).extend(jobs)
+        return found
 
     def file_upload_start(self, local_path: str, remote_path: str, wait_result: bool = False,
                           wait_finish: bool = False, open_share: bool = False) -> defer.Deferred:
@@ -324,26 +332,37 @@ class FilesMethods:
         symbolic links (stored as links, never followed); what cannot be read
         is listed in ``skipped`` with the reason, and the rest goes on.
 
-        ``open_share`` needs no action: only my own keys are accepted.
+        A remote path under another user's share (``share_...$owner:path``)
+        uploads into that share, with the owner's suppliers, when the owner
+        granted me read-write and the share is open (``share_open``; 403 when
+        I may only read it): ``open_share`` says nothing more, the key id in
+        the path is enough. Waiting for the result then also waits until my
+        entries naming the new version are on the owner's suppliers, so the
+        other members see it.
         """
-        storage = self._storage()
+        storage = self._storage(remote_path)
         local = _absolute(local_path)
         key_id, path = storage.check_remote_path(remote_path)
         if not path:
             raise BadRequest("upload to a named file or folder, not to the root")
+        manager = storage.upload_transfers  # 403 for a share I may only read
         storage.placement()  # 503 before anything is created when no supplier is hired
         storage.check_catalog_writable()  # 503 while the catalog is being restored from the suppliers
-        return defer.Deferred.fromCoroutine(self._upload(storage, local, f"{key_id}:{path}",
+        return defer.Deferred.fromCoroutine(self._upload(storage, manager, local, f"{key_id}:{path}",
                                                          wait_result or wait_finish))
 
-    async def _upload(self, storage, local: str, remote: str, wait: bool) -> dict:
+    async def _upload(self, storage, manager, local: str, remote: str, wait: bool) -> dict:
         if await self._thread(_local_kind, local) == "file":
-            job = storage.transfers.start_upload(local, remote)
+            job = manager.start_upload(local, remote)
             if wait:
                 await job.wait()
+                await storage.upload_settled()
             return job.info()
         key_id, _, path = remote.partition(":")
-        return await folders.upload_folder(storage.transfers, key_id, path, local, wait)
+        result = await folders.upload_folder(manager, key_id, path, local, wait)
+        if wait:
+            await storage.upload_settled()
+        return result
 
     def file_upload_stop(self, remote_path: str) -> dict:
         """Cancel the upload of a file (or of everything under a folder)."""
@@ -353,7 +372,8 @@ class FilesMethods:
         storage = self._storage(remote_path)
         key_id, path = storage.check_remote_path(remote_path)
         remote = f"{key_id}:{path}"
-        jobs = [j for j in storage.transfers.jobs(kind)
+        manager = storage.upload_transfers if kind == "upload" else storage.transfers
+        jobs = [j for j in manager.jobs(kind)
                 if j.remote_path == remote or j.remote_path.startswith(remote.rstrip("/") + "/")]
         if not jobs:
             raise NotFound(f"no {kind} of {remote} is running or queued")

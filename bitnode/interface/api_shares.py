@@ -3,13 +3,19 @@
 Thin: each method checks its arguments and calls service_shares
 (:mod:`bitnode.access.shares_service`, which documents how a share works).
 A share's files are then used through the files API with the share's key
-id: ``file_upload_start`` to ``share_...$me:path`` (owner), ``files_list``
-with ``key_id=share_...$owner`` and ``file_download_start`` of
-``share_...$owner:path`` (owner, and readers once the share is open).
+id: ``file_upload_start`` to ``share_...$owner:path`` (the owner, and the
+members granted read-write once the share is open), ``files_list`` with
+``key_id=share_...$owner``, ``file_download_start`` of
+``share_...$owner:path`` and ``file_delete`` (a writer deletes only the
+versions it uploaded).
 
 A share as listed: ``{"key_id", "alias", "label", "owner_id", "mine",
-"active", "state", "created", "grantees", "granted_by", "index_serial",
-"suppliers", "files", "error"}``; ``state`` is ``CONNECTED`` for an open
+"active", "state", "created", "grantees", "writers", "mode", "granted_by",
+"proposed_by", "index_serial", "suppliers", "files", "error"}`` (an open
+share of another user adds ``merge`` and ``entries_problems``: what the
+writers' entries added or left out). ``mode`` is ``owner``, or my access
+to another user's share as its owner's index says (``rw``, ``ro``; "" until
+read); ``writers`` are the members who may write. ``state`` is ``CONNECTED`` for an open
 share (a reader's share: once its index was read from the owner's
 suppliers), ``CLOSED``, or the reader's connecting state
 (``DHT_LOOKUP``, ``SUPPLIERS?``, ``INDEX?``, ``DISCONNECTED``).
@@ -51,11 +57,18 @@ class SharesMethods:
         """Delete a share: the owner's files in it and its grants on the suppliers, then the key."""
         return self._shares().delete(key_id)
 
-    def share_grant(self, key_id: str, trusted_user_id: str, timeout: float = 30) -> defer.Deferred:
-        """Give a user the share key and let the owner's suppliers serve the share's files to that user."""
+    def share_grant(self, key_id: str, trusted_user_id: str, timeout: float = 30, mode: str = "rw") -> defer.Deferred:
+        """Give a user the share key and let the owner's suppliers serve the share to that user.
+
+        ``mode`` ``rw`` (the default, as the spec says: both sides upload and
+        download) lets the user upload into the share too, with the owner's
+        suppliers and within the owner's quota there; ``ro`` lets it only
+        read. Granting again changes a member's access. The answer adds
+        ``mode``, ``grantees`` and ``writers`` (the members who may write).
+        """
         if not timeout > 0:
             raise BadRequest("timeout must be positive")
-        return self._shares().grant(key_id, trusted_user_id, timeout)
+        return self._shares().grant(key_id, trusted_user_id, timeout, mode)
 
     def share_open(self, key_id: str) -> defer.Deferred:
         """Connect to the share's suppliers and make its files visible (answers once connected, or why not)."""

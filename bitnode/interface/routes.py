@@ -230,6 +230,7 @@ ROUTES: tuple[Route, ...] = (
         P("key_id", STR, REQUIRED),
         P("trusted_user_id", STR, REQUIRED),
         P("timeout", FLOAT, 30),
+        P("mode", STR, "rw", description="rw: the user uploads and downloads (the spec's behaviour); ro: downloads only"),
       )),
     R("share_open", "PUT", "share/open/v1", "Activates given share and initiate required connections to remote suppliers to make possible to upload and download shared files.", mutating=True,
       params=(

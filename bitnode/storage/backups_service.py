@@ -432,6 +432,15 @@ class BackupsService(Service):
             raise Conflict("this node has no identity")
         return keystore.private_key(keystore.master_key_id)
 
+    @property
+    def upload_transfers(self) -> TransferManager | None:
+        """Where the API starts uploads: my TransferManager (a writable share's view has its own)."""
+        return self.transfers
+
+    def upload_settled(self) -> defer.Deferred:
+        """Fires once a finished upload is visible to whoever should see it: at once for my own files."""
+        return defer.succeed(None)
+
     # --- deleting ---------------------------------------------------------------------------------------
 
     def delete(self, remote_path: str) -> defer.Deferred:

@@ -123,7 +123,7 @@ def readers_path(alias: str) -> str:
 
 
 def readers_prefix(alias: str) -> str:
-    """The prefix of a share's readers list on a supplier (for deleting it)."""
+    """The prefix of a share's readers and writers lists on a supplier (for deleting them)."""
     return f"{ACL_PREFIX}{alias}/"
 
 

@@ -22,7 +22,8 @@ list without that member, or a deleted share takes effect at once):
 
 A shared packet that is not allowed is answered ``Fail "forbidden: ..."`` (a
 403 for the member) and counted as ``share_denied`` (reads) or
-``share_write_denied`` (writes); an allowed one is counted as
+``share_write_denied`` (writes; a write outside every shared folder is
+counted ``foreign_owner``, like any packet acting for someone else); an allowed one is counted as
 ``shared_<command>``. Members' packets never renew the owner's contract: only
 the owner's own traffic shows the owner is alive.
 """
@@ -43,6 +44,7 @@ READ_COMMANDS = frozenset({Command.RETRIEVE.value, Command.LIST_FILES.value})
 WRITE_COMMANDS = frozenset({Command.DATA.value, Command.DELETE_FILE.value, Command.DELETE_BACKUP.value})
 NOT_SHARED = "forbidden: not shared with you"
 NOT_WRITABLE = "forbidden: not writable by you"
+OUTSIDE = "(outside any shared folder)"
 
 
 def is_shared(packet: Any) -> bool:
@@ -63,7 +65,9 @@ async def _serve(desk: Any, packet: Any, refused: Counter, served: Counter) -> t
     else:
         reason = await _read_refusal(desk, owner, member, packet.payload)
     if reason:
-        refused["share_write_denied" if writing else "share_denied"] += 1
+        # A write outside every shared folder is the plain case of acting for someone else.
+        refused[("foreign_owner" if reason.endswith(OUTSIDE) else "share_write_denied") if writing
+                else "share_denied"] += 1
         desk.log.info("refused {command} of {member} in {owner}'s space: {reason}", command=packet.command,
                       member=member, owner=owner, reason=reason)
         return Command.FAIL.value, reason.encode("utf-8")
@@ -100,9 +104,11 @@ async def _write_refusal(desk: Any, owner: str, writer: str, command: str, paylo
             if command == Command.DELETE_BACKUP.value:
                 path = version_prefix(path.rstrip("/"))
     except BadRequest:
-        return f"{NOT_WRITABLE} (not a valid path)"
+        return f"{NOT_WRITABLE} (not a valid path) {OUTSIDE}"
     alias = share_scope.shared_alias(path)
-    if alias is None or not share_scope.writable_by(path, alias, writer):
+    if alias is None:
+        return f"{NOT_WRITABLE} {OUTSIDE}"
+    if not share_scope.writable_by(path, alias, writer):
         return f"{NOT_WRITABLE} (outside your part of a shared folder)"
     if writer not in await _members(desk, owner, alias, share_scope.writers_path(alias), share_scope.decode_writers):
         return NOT_WRITABLE

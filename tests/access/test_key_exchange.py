@@ -144,7 +144,7 @@ class KeyExchangeNetworkTests(AccessNetworkCase):
     def test_a_received_key_is_passed_on_as_its_owners_policy_allows(self):
         carol = yield self.joined_node("carol")
         carol_id = self.global_id(carol)
-        created = yield self.ok(self.alice, "key_create", key_alias="group_x", key_size=2048, label="team")
+        created = yield self.ok(self.alice, "key_create", key_alias="team_x", key_size=2048, label="team")
         key_id = created["key_id"]
         yield self.ok(self.alice, "key_share", key_id=key_id, trusted_user_id=self.bob_id, include_private=True)
         # bob passes alice's key on to carol: no policy registered for that prefix, so it goes
@@ -162,7 +162,7 @@ class KeyExchangeNetworkTests(AccessNetworkCase):
             asked.append((key, recipient, include_private))
             raise Forbidden(f"{key}: its owner does not let it be passed on")
 
-        remove = service.set_reshare_policy("group_", policy)
+        remove = service.set_reshare_policy("team_", policy)
         dave = yield self.joined_node("dave")
         text = yield self.error(self.bob, 403, "key_share", key_id=key_id, trusted_user_id=self.global_id(dave))
         self.assertIn("does not let it be passed on", text)

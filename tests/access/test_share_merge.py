@@ -84,6 +84,17 @@ class MergeTests(unittest.TestCase):
         self.assertEqual(sorted(report.ignored_writers), [DAVE, "mallory@h_1"])
         self.assertEqual([row[1] for row in document["items"]], ["docs", "docs/a.txt"])
 
+    def test_a_version_the_writer_deleted_leaves_the_view_though_the_owner_took_it_in(self):
+        index = opened(catalog_of(self, [(BOB, "bob/x.bin", "5-ee", 5.0), (BOB, "both.txt", "6-ff", 6.0),
+                                         (OWNER, "both.txt", "7-gg", 7.0), (CAROL, "carol.txt", "8-hh", 8.0)]),
+                       members={BOB: "rw", CAROL: "rw"})
+        bob = opened(catalog_of(self, []), writer=BOB)  # Bob deleted both of his
+        view = view_of(self, share_merge.merged_bytes(index, [bob])[0])
+        self.assertEqual({row["path"]: row["latest_version"] for row in view.list(SHARE) if row["type"] == "file"},
+                         {"both.txt": version_of(OWNER, "7-gg"), "carol.txt": version_of(CAROL, "8-hh")})
+        # Carol's entries were not read: nothing of hers goes
+        self.assertEqual(len(view.get(SHARE, "both.txt")["versions"]), 1)
+
     def test_a_conflict_of_kinds_keeps_what_was_there(self):
         owner = catalog_of(self, [(OWNER, "x/y.txt", "1-aa", 1.0)])
         owner.create(SHARE, "folder", as_folder=True)

@@ -17,7 +17,7 @@ import os
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.trial import unittest
 
-from bitnode.access import share_index
+from bitnode.access import share_absorb, share_index
 from bitnode.access.key_exchange_service import KeyExchangeService
 from bitnode.access.share_reader import ShareReader
 from bitnode.access.shares_service import SharesService
@@ -27,6 +27,7 @@ from bitnode.customer.suppliers_record import lookup_suppliers
 from bitnode.dht.dht_service import DHTService
 from bitnode.errors import Forbidden
 from bitnode.p2p.network_service import NetworkService
+from bitnode.storage import share_scope
 from bitnode.storage.backups_service import BackupsService
 from bitnode.transport.gateway_service import GatewayService
 from bitnode.userid.id_service import IdentityService
@@ -43,7 +44,9 @@ USER_SETTINGS = {"services/backups/segment-size": 64 * 1024, "services/backups/c
 FILES = {"a.txt": os.urandom(1000), "sub/b.bin": os.urandom(150_000), "sub/deeper/c.bin": b""}
 
 
-class SharesNetworkTests(unittest.TestCase):
+class ShareNetworkCase(unittest.TestCase):
+    """Three suppliers; Alice (hires two of them), Bob and Carol; helpers. No tests of its own."""
+
     timeout = 120
 
     @inlineCallbacks
@@ -75,8 +78,8 @@ class SharesNetworkTests(unittest.TestCase):
         return " ".join(answer.envelope["errors"])
 
     @inlineCallbacks
-    def shared_folder(self):
-        """Alice creates a share, uploads the folder into it and grants it to Bob; the share's key id."""
+    def shared_folder(self, mode="ro"):
+        """Alice creates a share, uploads the folder into it and grants it to Bob (``mode``); the share's key id."""
         share = yield ok(self, self.alice, "share_create", key_size=2048, label="holidays")
         key_id = share["key_id"]
         self.assertTrue(key_id.startswith("share_") and key_id.endswith("$" + gid(self.alice)), key_id)
@@ -84,9 +87,10 @@ class SharesNetworkTests(unittest.TestCase):
         upload = yield ok(self, self.alice, "file_upload_start", local_path=self.folder,
                           remote_path=f"{key_id}:photos", wait_result=True, open_share=True)
         self.assertEqual((upload["files"], upload["skipped"]), (3, []))
-        granted = yield ok(self, self.alice, "share_grant", key_id=key_id, trusted_user_id=gid(self.bob), timeout=20)
-        self.assertEqual((granted["trusted_user_id"], granted["ready"], granted["suppliers"]["stored"]),
-                         (gid(self.bob), True, 2), granted)
+        granted = yield ok(self, self.alice, "share_grant", key_id=key_id, trusted_user_id=gid(self.bob), timeout=20,
+                           mode=mode)
+        self.assertEqual((granted["trusted_user_id"], granted["ready"], granted["suppliers"]["stored"], granted["mode"]),
+                         (gid(self.bob), True, 2, mode), granted)
         return key_id
 
     @inlineCallbacks
@@ -99,6 +103,20 @@ class SharesNetworkTests(unittest.TestCase):
     def assert_same_folder(self, downloaded):
         for name, data in FILES.items():
             self.assertEqual(read(os.path.join(downloaded, "photos", name)), data, name)
+
+    def reader(self, node, key_id):
+        """A ShareReader over ``node``'s gateway, the way a coordinator reads (used to knock on doors directly)."""
+        driver = node.service_driver
+        keystore = driver.get("service_identity").keystore
+        return ShareReader(node.clock, node.run_in_thread, driver.get("service_gateway").require_gateway, key_id,
+                           lambda owner: lookup_suppliers(driver.get("service_entangled_dht"), driver.get("service_identity"),
+                                                          owner),
+                           driver.get("service_identity").fetch_identity,
+                           lambda: keystore.private_key(key_id), lambda: 5.0)
+
+
+class SharesNetworkTests(ShareNetworkCase):
+    """A read-only member, a stranger, revoking and deleting."""
 
     @inlineCallbacks
     def test_bob_reads_the_shared_folder_carol_is_refused_and_revoking_stops_bob(self):
@@ -128,8 +146,10 @@ class SharesNetworkTests(unittest.TestCase):
         self.assert_same_folder((yield self.download(self.bob, f"{key_id}:photos")))
         self.assertIn(("shared_access_coordinator", "CONNECTED"),
                       {(m["name"], m["state"]) for m in (yield ok(self, self.bob, "automats_list"))})
-        # a reader reads: uploading into Alice's share from Bob's node is refused
-        yield self.error(self.bob, 403, "file_upload_start", local_path=self.folder, remote_path=f"{key_id}:mine")
+        # a read-only member reads: uploading into Alice's share from Bob's node is refused, so is deleting
+        text = yield self.error(self.bob, 403, "file_upload_start", local_path=self.folder, remote_path=f"{key_id}:mine")
+        self.assertIn("read-only", text)
+        yield self.error(self.bob, 403, "file_delete", remote_path=f"{key_id}:photos/a.txt")
         served = sum(s.service_driver.get("service_supplier").served["shared_Retrieve"] for s in self.suppliers)
         self.assertGreater(served, 0)
 
@@ -159,11 +179,8 @@ class SharesNetworkTests(unittest.TestCase):
                  wait_result=True)
         shares = self.alice.service_driver.get("service_shares")
 
-        def published():
-            subset = share_index.share_subset(storage.catalog.export(), key_id)
-            return shares.registry.get(key_id)["index_sha256"] == share_index.subset_digest(subset)
-
-        yield until(published, "the index with the new file to be published")
+        yield until(lambda: shares.registry.get(key_id)["index_sha256"] == _published_digest(storage, shares, key_id),
+                    "the index with the new file to be published")
         reopened = yield ok(self, self.bob, "share_open", key_id=key_id)
         self.assertEqual(reopened["files"], 4)
         target = yield self.download(self.bob, f"{key_id}:photos/new.txt")
@@ -284,17 +301,6 @@ class SharesNetworkTests(unittest.TestCase):
         target = yield self.download(self.bob, f"{key_id}:photos/late.txt")
         self.assertEqual(read(os.path.join(target, "late.txt")), b"after the recovery")
 
-    def reader(self, node, key_id):
-        """A ShareReader over ``node``'s gateway, the way a coordinator reads (used to knock on doors directly)."""
-        driver = node.service_driver
-        keystore = driver.get("service_identity").keystore
-        return ShareReader(node.clock, node.run_in_thread, driver.get("service_gateway").require_gateway, key_id,
-                           lambda owner: lookup_suppliers(driver.get("service_entangled_dht"), driver.get("service_identity"),
-                                                          owner),
-                           driver.get("service_identity").fetch_identity,
-                           lambda: keystore.private_key(key_id), lambda: 5.0)
-
-
 class HoldLaterSegments:
     """Wraps a ShareReader's servers: blocks of segment 1 and later wait until :meth:`release`."""
 
@@ -329,3 +335,109 @@ class _HeldServer:
 
     def __getattr__(self, name):
         return getattr(self.server, name)
+
+
+class WritableShareTests(ShareNetworkCase):
+    """Bob (read-write) uploads into Alice's share with her suppliers; Carol (read-only) reads it, Alice takes it in."""
+
+    def local_file(self, data: bytes) -> str:
+        path = os.path.abspath(self.mktemp())
+        with open(path, "wb") as handle:
+            handle.write(data)
+        return path
+
+    @inlineCallbacks
+    def test_a_writer_uploads_readers_and_the_owner_get_it_and_concurrent_edits_are_kept(self):
+        key_id = yield self.shared_folder(mode="rw")
+        yield ok(self, self.alice, "share_grant", key_id=key_id, trusted_user_id=gid(self.carol), mode="ro")
+        storage = self.alice.service_driver.get("service_backups")
+        opened = yield ok(self, self.bob, "share_open", key_id=key_id)
+        self.assertEqual((opened["mode"], opened["writers"]), ("rw", [gid(self.bob)]))
+
+        # Bob uploads with Alice's suppliers; his upload answers once his entries are published
+        data = os.urandom(150_000)
+        done = yield ok(self, self.bob, "file_upload_start", local_path=self.local_file(data),
+                        remote_path=f"{key_id}:from-bob/x.bin", wait_result=True, open_share=True)
+        self.assertEqual(done["state"], "DONE")
+        version_id = done["version_id"]
+        self.assertTrue(version_id.startswith(share_scope.writer_prefix(share_scope.share_alias(key_id), gid(self.bob))))
+        held = 0
+        for supplier in self.suppliers:
+            held += len((yield supplier.service_driver.get("service_supplier").desk.store.list_blocks(
+                gid(self.alice), version_id + "/")))
+        self.assertEqual(held, 3 * 2)  # three segments, a block on each of Alice's two suppliers, in her space
+        self.assertIn("from-bob/x.bin", [i["path"] for i in (yield ok(self, self.bob, "files_list", key_id=key_id))])
+        self.assertFalse((yield self.alice.run_in_thread(storage.catalog.exists, key_id, "from-bob/x.bin")))
+
+        # Carol, read-only, sees it before Alice took it in (Alice may be away) and downloads it whole
+        opened = yield ok(self, self.carol, "share_open", key_id=key_id)
+        self.assertEqual((opened["mode"], opened["files"]), ("ro", 4))
+        target = yield self.download(self.carol, f"{key_id}:from-bob/x.bin")
+        self.assertEqual(read(os.path.join(target, "x.bin")), data)
+        text = yield self.error(self.carol, 403, "file_upload_start", local_path=self.local_file(b"no"),
+                                remote_path=f"{key_id}:from-carol.txt")
+        self.assertIn("read-only", text)
+
+        # Alice opens her share: Bob's file is taken into her catalog and comes down byte for byte
+        mine = yield ok(self, self.alice, "share_open", key_id=key_id)
+        self.assertEqual(mine["absorbed"]["taken"], {gid(self.bob): 1})
+        target = yield self.download(self.alice, f"{key_id}:from-bob/x.bin")
+        self.assertEqual(read(os.path.join(target, "x.bin")), data)
+
+        # concurrent edits of one path: both versions are kept, the newest is listed
+        yield ok(self, self.alice, "file_upload_start", local_path=self.local_file(b"alice's plan"),
+                 remote_path=f"{key_id}:plan.txt", wait_result=True)
+        later = yield ok(self, self.bob, "file_upload_start", local_path=self.local_file(b"bob's plan"),
+                         remote_path=f"{key_id}:plan.txt", wait_result=True)
+        shares = self.alice.service_driver.get("service_shares")
+        yield until(lambda: shares.registry.get(key_id)["index_sha256"] == _published_digest(storage, shares, key_id),
+                    "alice's index with her plan to be published")
+        yield ok(self, self.carol, "share_open", key_id=key_id)
+        info = yield ok(self, self.carol, "file_info", remote_path=f"{key_id}:plan.txt")
+        self.assertEqual(len(info["versions"]), 2)
+        self.assertEqual(info["versions"][0]["version_id"], later["version_id"])  # newest first: what is listed
+        target = yield self.download(self.carol, f"{key_id}:plan.txt")
+        self.assertEqual(read(os.path.join(target, "plan.txt")), b"bob's plan")
+
+        # Bob deletes what he wrote: gone from the readers' view, and Alice forgets it at her next look
+        yield ok(self, self.bob, "file_delete", remote_path=f"{key_id}:from-bob")
+        reopened = yield ok(self, self.carol, "share_open", key_id=key_id)
+        self.assertNotIn("from-bob/x.bin", [i["path"] for i in (yield ok(self, self.carol, "files_list", key_id=key_id))])
+        self.assertEqual(reopened["files"], 4)  # the three photos and plan.txt
+        mine = yield ok(self, self.alice, "share_open", key_id=key_id)
+        self.assertEqual(mine["absorbed"]["forgotten"], {gid(self.bob): 1})
+        self.assertFalse((yield self.alice.run_in_thread(storage.catalog.exists, key_id, "from-bob/x.bin")))
+        status = self.alice.service_driver.info("service_shares")["status"]
+        self.assertEqual((status["absorbed_versions"], status["forgotten_versions"]), (2, 1))
+
+    @inlineCallbacks
+    def test_a_read_only_member_cannot_write_nor_forge_a_writers_entries(self):
+        key_id = yield self.shared_folder(mode="ro")
+        yield ok(self, self.bob, "share_open", key_id=key_id)
+        alias, alice_id = share_scope.share_alias(key_id), gid(self.alice)
+        reader = self.reader(self.bob, key_id)
+        positions = yield reader.find_suppliers()
+        yield reader.connect(positions)
+        # Bob (read-only) stores blocks or entries in Alice's space directly: the suppliers refuse
+        forged = f"{share_scope.writer_prefix(alias, gid(self.bob))}F1-aa/0/0"
+        for path in (forged, share_scope.entries_path(alias, gid(self.bob)), share_scope.index_path(alias)):
+            failure = yield self.assertFailure(reader.server(positions[0]).store_block(alice_id, path, b"x"), Forbidden)
+            self.assertIn("not writable by you", str(failure))
+        denied = sum(s.service_driver.get("service_supplier").refused["share_write_denied"] for s in self.suppliers)
+        self.assertEqual(denied, 3)
+        # a passing of the key on is refused too: the owner's rule lets only writers do it
+        text = yield self.error(self.bob, 403, "key_share", key_id=key_id, trusted_user_id=gid(self.carol),
+                                include_private=True)
+        self.assertIn("only its read-write members", text)
+        yield ok(self, self.bob, "key_share", key_id=key_id, trusted_user_id=gid(self.carol))  # the public half
+
+
+def _published_digest(storage, shares, key_id):
+    """The digest the owner's next index would carry (unchanged: it is published)."""
+    subset = share_index.share_subset(storage.catalog.export(), key_id)
+    record = shares.registry.get(key_id)
+    members = {g: "rw" if g in record["writers"] else "ro" for g in record["grantees"]}
+    removed = share_absorb.removed_versions(storage.catalog, key_id, record["absorbed"])
+    return share_index.subset_digest({"catalog": subset, "members": members, "reshare": "writers",
+                                      "removed": removed,
+                                      "key": shares._keystore().public_key(key_id).fingerprint()})
