@@ -94,7 +94,8 @@ class SharePublisher:
                                               store.public_key(key_id), owner, key_id, serial,
                                               self.clock.seconds(), subset, "", members, reshare, removed)
             objects.append((share_scope.index_path(alias), sealed))
-        stored, errors = await self._to_all(placement, timeout, lambda server: _store_all(server, owner, objects))
+        stored, errors, _ = await to_every_supplier(self.clock, placement, self._seconds(timeout),
+                                                   lambda server: _store_all(server, owner, objects))
         outcome.update(suppliers=sum(1 for s in placement.positions if s), stored=stored, errors=errors)
         if not stored:
             raise Unavailable(f"share {key_id}: none of my suppliers took its readers list and index: "
@@ -117,32 +118,36 @@ class SharePublisher:
             return defer.gatherResults([defer.maybeDeferred(server.delete, owner, p) for p in prefixes],
                                        consumeErrors=True)
 
-        removed, errors = await self._to_all(placement, timeout, remove)
+        removed, errors, _ = await to_every_supplier(self.clock, placement, self._seconds(timeout), remove)
         return {"suppliers": sum(1 for s in placement.positions if s), "removed": removed, "errors": errors}
 
-    async def _to_all(self, placement: Any, timeout: float | None, call: Callable[[Any], defer.Deferred]
-                      ) -> tuple[int, list[dict]]:
-        """Run ``call(server)`` on every supplier at once: (how many succeeded, errors per supplier)."""
-        seconds = timeout if timeout is not None else self.timeout()
-        calls, errors = [], []
-        for supplier_id, server in zip(placement.positions, placement.servers, strict=False):
-            if not supplier_id:
-                continue
-            if server is None:
-                errors.append({"supplier": supplier_id, "error": "not connected"})
-                continue
-            d = defer.maybeDeferred(call, server)
-            d.addTimeout(seconds, self.clock)
-            calls.append((supplier_id, d))
-        outcomes = await defer.DeferredList([d for _, d in calls], consumeErrors=True)
-        done = 0
-        for (supplier_id, _), (ok, value) in zip(calls, outcomes, strict=True):
-            if ok:
-                done += 1
-            else:
-                failure = value.value.subFailure if isinstance(value.value, defer.FirstError) else value
-                errors.append({"supplier": supplier_id, "error": failure.getErrorMessage()})
-        return done, errors
+    def _seconds(self, timeout: float | None) -> float:
+        return timeout if timeout is not None else self.timeout()
+
+
+async def to_every_supplier(clock: Any, placement: Any, seconds: float, call: Callable[[Any], defer.Deferred]
+                            ) -> tuple[int, list[dict], list[Any]]:
+    """Run ``call(server)`` on every supplier at once: how many succeeded, errors per supplier, the failures."""
+    calls, errors, failures = [], [], []
+    for supplier_id, server in zip(placement.positions, placement.servers, strict=False):
+        if not supplier_id:
+            continue
+        if server is None:
+            errors.append({"supplier": supplier_id, "error": "not connected"})
+            continue
+        d = defer.maybeDeferred(call, server)
+        d.addTimeout(seconds, clock)
+        calls.append((supplier_id, d))
+    outcomes = await defer.DeferredList([d for _, d in calls], consumeErrors=True)
+    done = 0
+    for (supplier_id, _), (ok, value) in zip(calls, outcomes, strict=True):
+        if ok:
+            done += 1
+        else:
+            failure = value.value.subFailure if isinstance(value.value, defer.FirstError) else value
+            failures.append(failure)
+            errors.append({"supplier": supplier_id, "error": failure.getErrorMessage()})
+    return done, errors, failures
 
 
 def _store_all(server: Any, owner: str, objects: list[tuple[str, bytes]]) -> defer.Deferred:

@@ -36,6 +36,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from bitnode.access import share_index
+from bitnode.access.share_publisher import to_every_supplier
 from bitnode.crypt import keys
 from bitnode.errors import BitnodeError, Forbidden, NotFound, Unavailable
 from bitnode.storage import share_scope
@@ -202,30 +203,16 @@ class ShareWrites:
                                           self.owner_id, self.key_id, serial, self.clock.seconds(), subset, self.me)
         placement = self.placement()
         path = share_scope.entries_path(self.alias, self.me)
-        calls, errors = [], []
-        for supplier_id, server in zip(placement.positions, placement.servers, strict=False):
-            if not supplier_id:
-                continue
-            if server is None:
-                errors.append(f"{supplier_id}: not connected")
-                continue
-            d = defer.maybeDeferred(server.store_block, self.owner_id, path, sealed)
-            d.addTimeout(self.context.store_timeout(), self.clock)
-            calls.append((supplier_id, d))
-        outcomes = await defer.DeferredList([d for _, d in calls], consumeErrors=True)
-        stored = 0
-        for (supplier_id, _), (ok, value) in zip(calls, outcomes, strict=True):
-            if ok:
-                stored += 1
-            else:
-                errors.append(f"{supplier_id}: {value.getErrorMessage()}")
+        stored, errors, failures = await to_every_supplier(
+            self.clock, placement, self.context.store_timeout(),
+            lambda server: server.store_block(self.owner_id, path, sealed))
         if not stored:
-            failure = next((v for ok, v in outcomes if not ok and v.check(Forbidden)), None)
-            if failure is not None:
+            refusal = next((f for f in failures if f.check(Forbidden)), None)
+            if refusal is not None:
                 raise Forbidden(f"{self.owner_id}'s suppliers refuse my entries of {self.key_id}: "
-                                f"{failure.getErrorMessage()}")
+                                f"{refusal.getErrorMessage()}")
             raise Unavailable(f"none of {self.owner_id}'s suppliers took my entries of {self.key_id}: "
-                              + "; ".join(errors))
+                              + "; ".join(f"{e['supplier']}: {e['error']}" for e in errors))
         await self.run_in_thread(self.catalog.set_meta, SERIAL_META, str(serial))
         self.counters["published"] += 1
         return {"serial": serial, "stored": stored, "errors": errors}
