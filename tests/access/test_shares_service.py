@@ -280,7 +280,12 @@ class SharesNetworkTests(ShareNetworkCase):
         yield ok(self, alice, "identity_recover", private_key_source=key_file)
         storage = alice.service_driver.get("service_backups")
         yield until(lambda: storage.last_restore.get("serial"), "the catalog to be restored", seconds=90)
-        self.assertEqual(storage.last_restore["secrets"]["parts"], {"shares": "restored"})
+
+        def records_back():
+            shares = alice.service_driver.get("service_shares")
+            return alice.service_driver.is_on("service_shares") and shares.registry.get(key_id) is not None
+
+        yield until(records_back, "the share records to come back with the catalog backup", seconds=90)
         (share,) = yield ok(self, alice, "shares_list")
         self.assertEqual((share["key_id"], share["mine"], share["label"], share["grantees"]),
                          (key_id, True, "holidays", [gid(self.bob)]))
