@@ -47,7 +47,7 @@ FILES = {"a.txt": os.urandom(1000), "sub/b.bin": os.urandom(150_000), "sub/deepe
 class ShareNetworkCase(unittest.TestCase):
     """Three suppliers; Alice (hires two of them), Bob and Carol; helpers. No tests of its own."""
 
-    timeout = 120
+    timeout = 240
 
     @inlineCallbacks
     def setUp(self):
