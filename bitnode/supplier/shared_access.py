@@ -95,7 +95,7 @@ async def _read_refusal(desk: Any, owner: str, reader: str, payload: bytes) -> s
 async def _write_refusal(desk: Any, owner: str, writer: str, command: str, payload: bytes) -> str:
     """Why this write or delete may not be done ("" when it may)."""
     if owner not in desk.customers:
-        return NOT_WRITABLE
+        return f"{NOT_WRITABLE} {OUTSIDE}"  # nothing of that owner is kept here, shared or not
     try:
         if command == Command.DATA.value:
             path = wire.decode_data(payload, copy=False)[0]
