@@ -103,7 +103,7 @@ from bitnode.p2p.network_service import NetworkService
 from bitnode.services.base import Service
 from bitnode.services.context import NodeContext
 from bitnode.storage.ports import SupplierProvider
-from bitnode.supplier.mailbox_wire import QueuedMessage
+from bitnode.supplier.mailbox_wire import QueuedMessage, is_notify
 from bitnode.transport.commands import Command
 from bitnode.transport.gateway_service import GatewayService
 from bitnode.transport.packet_out import PeerRefused
@@ -159,11 +159,14 @@ class PrivateMessagesService(Service):
         self._counts = {"sent": 0, "acked": 0, "failed": 0, "received": 0, "duplicates": 0, "rejected": 0,
                         "queued": 0, "delivered": 0}
         self._route: Any = None
+        self._notices: Any = None
         self._unsubscribe: Any = None
         self.limits = InboxLimits(ctx.clock, self._inbox_settings(), self._is_friend)
         self.inbox = Inbox(ctx.run_in_thread, self.limits, self._require, self._open, self._friends,
                            self._stored_incoming, self._counts, ctx.clock.seconds, self._receipt)
-        self.receipts = Receipts(self._receipts_owed, self._receipts_sent, self._send_receipt)
+        self.receipts = Receipts(lambda limit: self._query(self._require().receipts_owed, limit),
+                                 lambda sender, ids: ctx.run_in_thread(self._require().receipts_sent, sender, ids),
+                                 self._send_receipt)
         self.offline = OfflineDelivery(MailboxClient(lambda: self._gateway), self._their_suppliers,
                                        self._my_suppliers, self._take_queued, self.receipts)
 
@@ -180,6 +183,8 @@ class PrivateMessagesService(Service):
             self.limits.configure(self._inbox_settings())
             self.ctx.settings.add_listener(PREFIX, self._settings_changed)
             self._route = gateway.router.add(Command.MESSAGE, self._on_message, owner=self.name)
+            self._notices = gateway.router.add(Command.CORRESPONDENT, self._on_notice, owner=self.name,
+                                               accepts=lambda packet: is_notify(packet.payload))
             self._unsubscribe = self.ctx.events.subscribe(self._event)
             self.offline.start(self.ctx.clock, self.ctx.settings.get(PREFIX + "mailbox-check-interval"))
 
@@ -192,9 +197,10 @@ class PrivateMessagesService(Service):
             self._unsubscribe()
             self._unsubscribe = None
         self.offline.stop()
-        if self._route is not None:
-            self._route.remove()
-            self._route = None
+        for route in (self._route, self._notices):
+            if route is not None:
+                route.remove()
+        self._route = self._notices = None
         self._gateway = None
         self.stream.close()
         work = list(self._work)
@@ -254,10 +260,16 @@ class PrivateMessagesService(Service):
         if key == PREFIX + "mailbox-check-interval" and self._gateway is not None:
             self.offline.start(self.ctx.clock, new)
 
+    def _on_notice(self, packet: Any, address: Any) -> None:
+        # one of my suppliers says messages wait there (anyone else's notice costs nothing)
+        provider = self.deps.suppliers
+        if provider is not None and packet.creator_id in provider.positions() and self._gateway is not None:
+            self.offline.poke()
+
     def _event(self, event: Any) -> None:
         # back online, or other suppliers: messages may wait for me there
         if event.event_id in ("network-connected", "suppliers-changed") and self._gateway is not None:
-            self.offline.check().addErrback(lambda f: f.trap(defer.CancelledError))
+            self.offline.poke()
 
     def _friends(self) -> list[str]:
         """My friends' global ids (none while service_friends is off: everyone is then a stranger)."""
@@ -500,12 +512,6 @@ class PrivateMessagesService(Service):
             self.ctx.events.publish("message-delivered", row)
         for row in failed:
             self.ctx.events.publish("message-failed", row)
-
-    def _receipts_owed(self, limit: int) -> Deferred:
-        return self._query(self._require().receipts_owed, limit)
-
-    def _receipts_sent(self, sender: str, message_ids: list[str]) -> Deferred:
-        return self.ctx.run_in_thread(self._require().receipts_sent, sender, message_ids)
 
     async def _send_receipt(self, user: str, data: dict, message_id: str) -> None:
         """Send a delivery receipt to ``user``: directly, else queued on its suppliers (an error if neither)."""

@@ -188,11 +188,12 @@ class OfflineDelivery:
         """A round now and every ``interval`` seconds of ``clock`` (again with a new interval)."""
         if self._timer is not None and self._timer.running:
             self._timer.stop()
-        self._timer = task.LoopingCall(self._tick)
+        self._timer = task.LoopingCall(self.poke)
         self._timer.clock = clock
         self._timer.start(interval, now=True)
 
-    def _tick(self) -> None:
+    def poke(self, *_: Any) -> None:
+        """A round soon (the timer, a notice, an event): :meth:`check` without waiting for it."""
         self.check().addErrback(lambda f: f.trap(defer.CancelledError))
 
     def stop(self) -> None:

@@ -20,6 +20,11 @@ What a stranger can make us keep is bounded (settings under
 - each message expires ``mailbox-expiry`` seconds after it arrived (a sweep
   every hour removes expired ones; expired ones are never given out).
 
+A newly queued message is announced to its recipient when it seems online
+(``on_queued``: a ``NOTIFY``, at most one per recipient every
+:data:`NOTIFY_INTERVAL` seconds), so a recipient the sender could not reach
+directly still gets it soon; an offline one fetches at its next start.
+
 A message is unique by (recipient, sender, message id): a sender handing it
 over again (its Ack was lost) gets ``Ack`` again and nothing more is stored.
 A message is on disk (sqlite, ``synchronous=FULL``) before the ``Ack``.
@@ -32,9 +37,11 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from twisted.internet import defer
+from twisted.internet import defer, task
+from twisted.logger import Logger
 
 from bitnode.errors import BadRequest, BitnodeError
+from bitnode.main.options import DISK_SPACE, FLOAT, INTEGER, Option
 from bitnode.main.sqlitedb import SqliteFile
 from bitnode.supplier import mailbox_wire as mw
 from bitnode.transport.commands import Command
@@ -44,6 +51,28 @@ DAY = 86400.0
 #: Bytes of messages in one FETCH answer (the first message always goes, whatever its size).
 PAGE_BYTES = 2 * 1024 * 1024
 PAGE_MESSAGES = 200
+#: Seconds between two NOTIFYs to one recipient.
+NOTIFY_INTERVAL = 5.0
+#: Seconds between sweeps of expired messages.
+SWEEP_INTERVAL = 3600.0
+PREFIX = "services/supplier/mailbox-"
+#: The settings of the limits (service_supplier's options).
+OPTIONS = (
+    Option(PREFIX + "max-message-size", DISK_SPACE, 512 * 1024,
+           "Largest private message (sealed) queued here for an offline customer.", minimum=1024,
+           maximum=16 * 1024 ** 2),
+    Option(PREFIX + "sender-max-messages", INTEGER, 100,
+           "Messages one sender may have queued here for one customer (0: no limit).", minimum=0),
+    Option(PREFIX + "sender-max-bytes", DISK_SPACE, 8 * 1024 ** 2,
+           "Bytes one sender may have queued here for one customer (0: no limit).", minimum=0),
+    Option(PREFIX + "recipient-max-messages", INTEGER, 2000,
+           "Messages queued here for one customer from everyone (0: no limit).", minimum=0),
+    Option(PREFIX + "recipient-max-bytes", DISK_SPACE, 64 * 1024 ** 2,
+           "Bytes queued here for one customer from everyone (0: no limit).", minimum=0),
+    Option(PREFIX + "expiry", FLOAT, 14 * DAY,
+           "Seconds a queued message waits for its recipient before it is removed.", minimum=60.0,
+           maximum=365 * DAY),
+)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -73,6 +102,15 @@ class MailboxLimits:
     recipient_max_messages: int = 2000
     recipient_max_bytes: int = 64 * 1024 * 1024
     expiry: float = 14 * DAY
+
+
+def limits_from(get: Callable[[str], Any]) -> MailboxLimits:
+    """The limits as the settings say (``get`` reads one setting)."""
+    return MailboxLimits(max_message_bytes=get(PREFIX + "max-message-size"),
+                         sender_max_messages=get(PREFIX + "sender-max-messages"),
+                         sender_max_bytes=get(PREFIX + "sender-max-bytes"),
+                         recipient_max_messages=get(PREFIX + "recipient-max-messages"),
+                         recipient_max_bytes=get(PREFIX + "recipient-max-bytes"), expiry=get(PREFIX + "expiry"))
 
 
 class MailboxRefused(BadRequest):
@@ -176,10 +214,16 @@ class Mailbox:
     :param now: the clock's ``seconds``.
     :param limits: ``limits()`` -> the current :class:`MailboxLimits`.
     :param is_customer: ``is_customer(global_id)``.
+    :param notify: ``notify(recipient)``: tell it (if it seems online) that messages wait here.
     """
 
     def __init__(self, store: MailboxStore, run_in_thread: Callable[..., defer.Deferred], now: Callable[[], float],
-                 limits: Callable[[], MailboxLimits], is_customer: Callable[[str], bool]):
+                 limits: Callable[[], MailboxLimits], is_customer: Callable[[str], bool],
+                 notify: Callable[[str], Any] = lambda recipient: None):
+        self.notify = notify
+        self._notified: dict[str, float] = {}
+        self._sweeps: task.LoopingCall | None = None
+        self._sweeping: defer.Deferred | None = None
         self.store = store
         self.run = run_in_thread
         self.now = now
@@ -222,7 +266,18 @@ class Mailbox:
         expires, new = await self.run(self.store.put, recipient, sender, message_id, sealed, self.now(),
                                       self.limits())
         self.counts["queued" if new else "duplicates"] += 1
+        if new:
+            self._announce(recipient)
         return Command.ACK.value, json.dumps({"queued": True, "expires": expires, "duplicate": not new}).encode()
+
+    def _announce(self, recipient: str) -> None:
+        now = self.now()
+        if now - self._notified.get(recipient, float("-inf")) < NOTIFY_INTERVAL:
+            return
+        # (one entry per customer at most: only customers get messages queued)
+        self._notified[recipient] = now
+        self.counts["notified"] += 1
+        self.notify(recipient)
 
     def sweep(self) -> defer.Deferred:
         """Remove expired messages (off the reactor); Deferred[int]."""
@@ -234,8 +289,31 @@ class Mailbox:
 
         return d.addCallback(counted)
 
+    def start_sweeps(self, clock: Any, interval: float = SWEEP_INTERVAL) -> None:
+        """A sweep now and every ``interval`` seconds of ``clock``."""
+        self._sweeps = task.LoopingCall(self._sweep_once)
+        self._sweeps.clock = clock
+        self._sweeps.start(interval, now=True)
+
+    def _sweep_once(self) -> None:
+        if self._sweeping is None:
+            d = self.sweep()
+            d.addErrback(lambda f: Logger().info("mailbox sweep: {err}", err=f.getErrorMessage()))
+            if not d.called:
+                self._sweeping = d
+                d.addBoth(lambda _: setattr(self, "_sweeping", None))
+
+    def close(self) -> defer.Deferred:
+        """No more sweeps; close the store once a sweep in progress is over."""
+        if self._sweeps is not None and self._sweeps.running:
+            self._sweeps.stop()
+        self._sweeps = None
+        d = self._sweeping if self._sweeping is not None else defer.succeed(None)
+        return d.addBoth(lambda _: self.store.close())
+
     def drop(self, recipient: str) -> defer.Deferred:
         """A customer's contract ended: its queue goes."""
+        self._notified.pop(recipient, None)
         d = self.run(self.store.drop_recipient, recipient)
         return d.addCallback(lambda n: self.counts.update(dropped=n))
 

@@ -20,6 +20,9 @@ Every payload starts with ``u8 version=1 | u8 op`` (integers big-endian, text UT
 
 - ``REMOVE`` (recipient -> supplier): ``u32 count | count x u64 seq``; answered
   ``Ack`` with JSON ``{"removed": n}``.
+- ``NOTIFY`` (supplier -> recipient, nothing more): new messages wait for you
+  here; not answered (the recipient fetches them if the sender is one of its
+  suppliers).
 
 A malformed payload raises :class:`~bitnode.errors.BadRequest`, whatever the bytes.
 """
@@ -32,8 +35,8 @@ from dataclasses import dataclass
 from bitnode.errors import BadRequest
 
 VERSION = 1
-PUT, FETCH, REMOVE = 1, 2, 3
-OPS = (PUT, FETCH, REMOVE)
+PUT, FETCH, REMOVE, NOTIFY = 1, 2, 3, 4
+OPS = (PUT, FETCH, REMOVE, NOTIFY)
 #: Entries one REMOVE may name.
 MAX_REMOVE = 1000
 #: Longest global id / message id accepted.
@@ -99,6 +102,16 @@ def op_of(payload: bytes) -> int:
     if op not in OPS:
         raise BadRequest(f"unknown mailbox operation {op}")
     return op
+
+
+def encode_notify() -> bytes:
+    """A NOTIFY payload."""
+    return _HEAD.pack(VERSION, NOTIFY)
+
+
+def is_notify(payload: bytes) -> bool:
+    """Whether a ``Correspondent`` payload is a NOTIFY (for the recipient's route)."""
+    return bytes(payload[:_HEAD.size]) == _HEAD.pack(VERSION, NOTIFY) and len(payload) == _HEAD.size
 
 
 def encode_put(recipient: str, message_id: str, sealed: bytes) -> bytes:

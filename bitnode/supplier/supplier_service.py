@@ -68,7 +68,7 @@ import os
 from collections import Counter
 from typing import Any
 
-from twisted.internet import defer, task
+from twisted.internet import defer
 from twisted.logger import Logger
 
 from bitnode import globalid
@@ -80,11 +80,11 @@ from bitnode.p2p.network_service import NetworkService
 from bitnode.services.base import Service
 from bitnode.services.context import NodeContext
 from bitnode.storage import wire
-from bitnode.supplier import shared_access
+from bitnode.supplier import mailbox, mailbox_wire, shared_access
 from bitnode.supplier.contracts import DAY, ContractSweeper, ContractTerms
 from bitnode.supplier.desk import SupplierDesk
 from bitnode.supplier.disk_store import DiskStore, StoreLimits, tree_size
-from bitnode.supplier.mailbox import Mailbox, MailboxLimits, MailboxStore
+from bitnode.supplier.mailbox import Mailbox, MailboxStore
 from bitnode.supplier.record_keeper import RecordKeeper
 from bitnode.supplier.request_limits import RateSettings, RequestLimits
 from bitnode.transport.commands import Command
@@ -100,8 +100,8 @@ NOTICE_TIMEOUT = 10.0
 BLOCK_INDEX_NAME = "supplier-blocks.sqlite"
 #: Private messages queued here for offline customers (bitnode.supplier.mailbox), in basedir/metadata.
 MAILBOX_NAME = "supplier-mailbox.sqlite"
-#: Seconds between sweeps of expired queued messages.
-MAILBOX_SWEEP = 3600.0
+#: Seconds since a customer's last packet within which it counts as online (for mailbox notices).
+RECENTLY_SEEN = 300.0
 
 
 def _answer(gateway: Any, packet: Any, command: str, payload: bytes) -> defer.Deferred:
@@ -160,21 +160,7 @@ class SupplierService(Service):
                "Seconds an expired contract's data is still kept before it is removed.", minimum=0.0),
         Option(PREFIX + "contract-check-interval", FLOAT, 3600.0,
                "Seconds between rounds that count customers' silence.", minimum=1.0, maximum=DAY),
-        Option(PREFIX + "mailbox-max-message-size", DISK_SPACE, 512 * 1024,
-               "Largest private message (sealed) queued here for an offline customer.", minimum=1024,
-               maximum=16 * 1024 ** 2),
-        Option(PREFIX + "mailbox-sender-max-messages", INTEGER, 100,
-               "Messages one sender may have queued here for one customer (0: no limit).", minimum=0),
-        Option(PREFIX + "mailbox-sender-max-bytes", DISK_SPACE, 8 * 1024 ** 2,
-               "Bytes one sender may have queued here for one customer (0: no limit).", minimum=0),
-        Option(PREFIX + "mailbox-recipient-max-messages", INTEGER, 2000,
-               "Messages queued here for one customer from everyone (0: no limit).", minimum=0),
-        Option(PREFIX + "mailbox-recipient-max-bytes", DISK_SPACE, 64 * 1024 ** 2,
-               "Bytes queued here for one customer from everyone (0: no limit).", minimum=0),
-        Option(PREFIX + "mailbox-expiry", FLOAT, 14 * DAY,
-               "Seconds a queued message waits for its recipient before it is removed.", minimum=60.0,
-               maximum=365 * DAY),
-    )
+    ) + mailbox.OPTIONS
     log = Logger()
 
     def __init__(self, ctx: NodeContext) -> None:
@@ -197,7 +183,6 @@ class SupplierService(Service):
         self._route: Any = None
         self.mailbox: Mailbox | None = None
         self._mailbox_route: Any = None
-        self._mailbox_sweep: task.LoopingCall | None = None
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -219,8 +204,9 @@ class SupplierService(Service):
         return d.addCallback(self._mailbox_opened, desk, gateway)
 
     def _mailbox_opened(self, store: MailboxStore, desk: SupplierDesk, gateway: Any) -> defer.Deferred:
-        self.mailbox = Mailbox(store, self.ctx.run_in_thread, self.ctx.clock.seconds, self._mailbox_limits,
-                               lambda customer_id: customer_id in desk.customers)
+        self.mailbox = Mailbox(store, self.ctx.run_in_thread, self.ctx.clock.seconds,
+                               lambda: mailbox.limits_from(self.ctx.settings.get),
+                               lambda customer_id: customer_id in desk.customers, self._notify_recipient)
         self.records = RecordKeeper(self.ctx.clock, self.ctx.run_in_thread,
                                     os.path.join(self.ctx.basedir.metadata, "customer-records"), self._dht,
                                     self._master_key_of, lambda customer_id: customer_id in desk.customers,
@@ -235,9 +221,7 @@ class SupplierService(Service):
         gateway.add_listener(self._traffic)
         self._route = gateway.router.add(wire.MARKET_COMMANDS, self._on_packet, owner=self.name)
         self._mailbox_route = gateway.router.add(Command.CORRESPONDENT, self._on_mailbox, owner=self.name)
-        self._mailbox_sweep = task.LoopingCall(self._sweep_mailbox)
-        self._mailbox_sweep.clock = self.ctx.clock
-        self._mailbox_sweep.start(MAILBOX_SWEEP, now=True)
+        self.mailbox.start_sweeps(self.ctx.clock)
         self.sweeper = ContractSweeper(self.ctx.clock, desk.book, self._contract_terms, self._can_judge,
                                        self._customer_alive, self._expire)
         self.sweeper.start()
@@ -263,15 +247,6 @@ class SupplierService(Service):
         get = self.ctx.settings.get
         return RateSettings(get(PREFIX + "request-rate"), get(PREFIX + "request-burst"),
                             get(PREFIX + "list-rate"), get(PREFIX + "list-burst"))
-
-    def _mailbox_limits(self) -> MailboxLimits:
-        get = self.ctx.settings.get
-        return MailboxLimits(max_message_bytes=get(PREFIX + "mailbox-max-message-size"),
-                             sender_max_messages=get(PREFIX + "mailbox-sender-max-messages"),
-                             sender_max_bytes=get(PREFIX + "mailbox-sender-max-bytes"),
-                             recipient_max_messages=get(PREFIX + "mailbox-recipient-max-messages"),
-                             recipient_max_bytes=get(PREFIX + "mailbox-recipient-max-bytes"),
-                             expiry=get(PREFIX + "mailbox-expiry"))
 
     def _contract_terms(self) -> ContractTerms:
         get = self.ctx.settings.get
@@ -386,26 +361,22 @@ class SupplierService(Service):
         waits = list(self._busy) + ([self.records.stop()] if self.records is not None else [])
         if self.sweeper is not None:
             waits.append(self.sweeper.stop())
-        if self._mailbox_sweep is not None and self._mailbox_sweep.running:
-            self._mailbox_sweep.stop()
-        self._mailbox_sweep = None
         if self._mailbox_route is not None:
             self._mailbox_route.remove(refusal=NOT_RUNNING)
             self._mailbox_route = None
         d = defer.DeferredList(waits, consumeErrors=True)
         desk = self.desk
-        mailbox = self.mailbox
+        queued = self.mailbox
 
         def saved(_):
             # The silence counted since the last round, and renewals, are kept for the next start.
             return desk.book.save() if desk is not None else None
 
         def closed(_):
-            if mailbox is not None:
-                mailbox.store.close()
+            closing = queued.close() if queued is not None else defer.succeed(None)
             if desk is not None:
-                return self.ctx.run_in_thread(desk.store.close)
-            return None
+                closing.addCallback(lambda _: self.ctx.run_in_thread(desk.store.close))
+            return closing
 
         def cleared(_):
             self.desk = None
@@ -457,11 +428,11 @@ class SupplierService(Service):
     def _on_mailbox(self, packet: Any, address: Any) -> defer.Deferred:
         """A ``Correspondent`` packet: a message queued for a customer, or a customer fetching its queue."""
         gateway = self.deps.gateway.require_gateway()
-        mailbox = self.mailbox
-        refusal = self._gate(packet, mailbox)
-        if refusal or mailbox is None:
+        box = self.mailbox
+        refusal = self._gate(packet, box)
+        if refusal or box is None:
             return _answer(gateway, packet, Command.FAIL, refusal.encode("utf-8"))
-        d = mailbox.handle(packet.creator_id, packet.payload)
+        d = box.handle(packet.creator_id, packet.payload)
         return self._track(d.addCallback(lambda reply: _answer(gateway, packet, reply[0], reply[1])))
 
     def _gate(self, packet: Any, part: Any) -> str:
@@ -474,13 +445,16 @@ class SupplierService(Service):
             self.refused["rate_limited"] += 1
         return limited
 
-    def _sweep_mailbox(self) -> defer.Deferred | None:
-        mailbox = self.mailbox
-        if mailbox is None:
-            return None
-        d = self._track(mailbox.sweep())
-        d.addErrback(lambda f: self.log.info("mailbox sweep: {err}", err=f.getErrorMessage()))
-        return None
+    def _notify_recipient(self, customer_id: str) -> None:
+        """Messages were queued for a customer: tell it now if it seems online (else it fetches at its start)."""
+        online, gateway, desk = self._online_table(), self._gateway, self.desk
+        contract = desk.customers.get(customer_id) if desk is not None else None
+        heard = contract is not None and self.ctx.clock.seconds() - contract.last_seen < RECENTLY_SEEN
+        if gateway is None or not (heard or (online is not None and online.status(customer_id)["online"])):
+            return
+        d = gateway.request(Command.CORRESPONDENT, customer_id, mailbox_wire.encode_notify(), wait_response=False)
+        d.addErrback(lambda f: self.log.info("mailbox notice to {who}: {err}", who=customer_id,
+                                             err=f.getErrorMessage()))
 
     def handle_packet(self, packet: Any, gateway: Any) -> defer.Deferred:
         """Serve one storage command and answer it with the same packet id."""

@@ -128,6 +128,24 @@ class OfflineMessagesNetworkTests(OfflineNetwork, unittest.TestCase):
                     "the refused message to leave the suppliers", seconds=60)
 
 
+    @inlineCallbacks
+    def test_a_recipient_online_but_out_of_direct_reach_is_told_by_her_supplier_and_gets_it_once(self):
+        service = self.alice.service_driver.get(MESSAGES)
+        yield ok(self, self.alice, "config_set", key="services/private-messages/mailbox-check-interval", value=3600)
+        rounds = service.offline.counts["rounds"]
+        service._route.handler = lambda packet, address: None  # Bob's direct Message packets get lost on the way
+        row = yield ok(self, self.bob, "message_send", recipient_id=self.alice_id, data={"message": "knock knock"},
+                       ping_timeout=5, message_ack_timeout=1)
+        self.assertEqual(row["state"], "queued")
+        # no timer round is due for an hour: her supplier's notice makes her fetch it now
+        yield until(lambda: self.states(self.bob, self.alice_id).addCallback(lambda s: s == ["delivered"]),
+                    "bob's history to say delivered", seconds=60)
+        mine = yield self.history(self.alice, self.bob_id)
+        self.assertEqual([(r["message_id"], r["data"]) for r in mine], [(row["message_id"], {"message": "knock knock"})])
+        self.assertGreater(service.offline.counts["rounds"], rounds)
+        self.assertGreaterEqual(sum(self.mailbox(s).get("notified", 0) for s in self.suppliers), 1)
+
+
 class SenderOfflineAtDeliveryTests(OfflineNetwork, unittest.TestCase):
     """Bob hires the same suppliers: his receipt can wait there while he is away."""
 

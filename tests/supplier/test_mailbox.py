@@ -12,7 +12,7 @@ from twisted.trial import unittest
 
 from bitnode.errors import BadRequest
 from bitnode.supplier import mailbox_wire as mw
-from bitnode.supplier.mailbox import DAY, Mailbox, MailboxLimits, MailboxStore
+from bitnode.supplier.mailbox import DAY, NOTIFY_INTERVAL, Mailbox, MailboxLimits, MailboxStore
 
 ALICE, BOB, EVE = "alice@id_1", "bob@id_1", "eve@id_1"
 
@@ -27,12 +27,13 @@ class MailboxTests(unittest.TestCase):
         self.clock = Clock()
         self.clock.advance(1_000_000)
         self.store = MailboxStore(":memory:")
-        self.addCleanup(self.store.close)
+        self.addCleanup(lambda: None if self.store._file.closed else self.store.close())
         self.customers = {ALICE}
         self.settings = MailboxLimits(sender_max_messages=3, sender_max_bytes=1000, recipient_max_messages=5,
                                       recipient_max_bytes=10_000, max_message_bytes=600, expiry=3 * DAY)
+        self.notices = []
         self.mailbox = Mailbox(self.store, in_line, self.clock.seconds, lambda: self.settings,
-                               lambda who: who in self.customers)
+                               lambda who: who in self.customers, self.notices.append)
 
     def answer(self, creator, payload):
         result = []
@@ -63,6 +64,30 @@ class MailboxTests(unittest.TestCase):
         self.assertEqual([e.message_id for e in page], ["m2"])
         self.assertEqual(self.fetch(after=page[0].seq), ([], False))
         self.assertEqual(self.mailbox.status()["removed"], 2)
+
+    def test_the_recipient_is_notified_of_new_messages_at_most_every_few_seconds(self):
+        for i in range(3):
+            self.put(BOB, f"m{i}")
+        self.put(BOB, "m0")  # a repeat is nothing new
+        self.assertEqual(self.notices, [ALICE])
+        self.clock.advance(NOTIFY_INTERVAL)
+        self.put(BOB, "m0")
+        self.assertEqual(self.notices, [ALICE])
+        self.put("carol@id_1", "c1")
+        self.assertEqual(self.notices, [ALICE, ALICE])
+        self.assertEqual(self.mailbox.counts["notified"], 2)
+        self.assertTrue(mw.is_notify(mw.encode_notify()))
+        self.assertFalse(mw.is_notify(mw.encode_fetch(0)))
+
+    def test_sweeps_run_every_hour_and_stop_with_close(self):
+        self.put(BOB, "m0")
+        self.mailbox.start_sweeps(self.clock)
+        self.clock.advance(3 * DAY)
+        self.assertEqual(self.mailbox.counts["expired"], 1)
+        closed = []
+        self.mailbox.close().addCallback(closed.append)
+        self.assertEqual(len(closed), 1)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def test_a_message_handed_over_again_is_kept_once(self):
         self.put(BOB, "m0")
