@@ -141,8 +141,8 @@ class OfflineDelivery:
         self.take = take
         self.receipts = receipts
         self._timer: task.LoopingCall | None = None
-        #: queued (messages I queued for others), queue_failed, rounds, fetched, taken, duplicates,
-        #: refused, fetch_failed, remove_failed, round_errors.
+        #: queued (messages I queued for others), queue_failed, rounds (started), rounds_finished, fetched, taken,
+        #: duplicates, rejected, refused, fetch_failed, remove_failed, round_errors.
         self.counts: Counter[str] = Counter()
         self.last_error = ""
         self._round: defer.Deferred | None = None
@@ -215,6 +215,7 @@ class OfflineDelivery:
                     await self._one_round()
                     if self.receipts is not None:
                         await self.receipts.flush()
+                    self.counts["rounds_finished"] += 1
                 except defer.CancelledError:
                     raise
                 except Exception as err:  # noqa: BLE001 - a round's failure must not end the next ones

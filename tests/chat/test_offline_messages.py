@@ -103,8 +103,7 @@ class OfflineMessagesNetworkTests(OfflineNetwork, unittest.TestCase):
         # Alice restarts after receiving: nothing comes twice
         self.alice = yield self.restart(self.alice, CUSTOMER)
         offline = self.alice.service_driver.get(MESSAGES).offline
-        yield until(lambda: offline.counts["rounds"] >= 1 and offline.status()["checking"] is False,
-                    "a round after the restart", seconds=60)
+        yield until(lambda: offline.counts["rounds_finished"] >= 1, "a round after the restart", seconds=60)
         mine = yield self.history(self.alice, self.bob_id)
         self.assertEqual([r["message_id"] for r in mine], sent)
         self.assertEqual([e for e in self.alice.events.since(0)[0] if e.event_id == "message-received"], [])

@@ -57,7 +57,7 @@ class LocalnetOfflineMessagesTests(SynchronousTestCase):
         self.assertEqual((status["received"], status["duplicates"]), (3, 0), status)
         self.api(alice, "network_reconnect")
         wait_for(lambda: self.api(alice, "service_info", service_name="service_private_messages")["status"]
-                 ["offline_delivery"].get("rounds", 0) >= 2, "another look at alice's suppliers")
+                 ["offline_delivery"].get("rounds_finished", 0) >= 2, "another look at alice's suppliers")
         self.assertEqual([m["message_id"] for m in self._history(alice, bob_id)], sent)
 
     def down(self) -> None:
