@@ -29,8 +29,9 @@ from typing import Any, Callable
 from twisted.internet import defer
 
 from bitnode.access import share_absorb, share_index
-from bitnode.errors import Unavailable
+from bitnode.errors import NotFound, Unavailable
 from bitnode.storage import share_scope
+from bitnode.storage.ports import BlockNotFound
 
 
 class SharePublisher:
@@ -121,6 +122,22 @@ class SharePublisher:
         removed, errors, _ = await to_every_supplier(self.clock, placement, self._seconds(timeout), remove)
         return {"suppliers": sum(1 for s in placement.positions if s), "removed": removed, "errors": errors}
 
+    async def put_objects(self, objects: list[tuple[str, bytes]], removed: list[str], timeout: float | None = None
+                          ) -> dict:
+        """Store ``objects`` (path, bytes) on every supplier and delete the ``removed`` paths there (key envelopes)."""
+        storage = self.storage()
+        storage.require_ready()
+        owner = self.keystore().owner
+        placement = storage.placement()
+
+        def put(server):
+            calls = [defer.maybeDeferred(server.store_block, owner, path, data) for path, data in objects]
+            calls += [defer.maybeDeferred(server.delete, owner, path).addErrback(_gone_is_fine) for path in removed]
+            return defer.gatherResults(calls, consumeErrors=True)
+
+        done, errors, _ = await to_every_supplier(self.clock, placement, self._seconds(timeout), put)
+        return {"suppliers": sum(1 for s in placement.positions if s), "stored": done, "errors": errors}
+
     def _seconds(self, timeout: float | None) -> float:
         return timeout if timeout is not None else self.timeout()
 
@@ -148,6 +165,11 @@ async def to_every_supplier(clock: Any, placement: Any, seconds: float, call: Ca
             failures.append(failure)
             errors.append({"supplier": supplier_id, "error": failure.getErrorMessage()})
     return done, errors, failures
+
+
+def _gone_is_fine(failure: Any) -> None:
+    """Deleting what is not there is done."""
+    failure.trap(BlockNotFound, NotFound)
 
 
 def _store_all(server: Any, owner: str, objects: list[tuple[str, bytes]]) -> defer.Deferred:

@@ -181,6 +181,24 @@ class ShareReader:
             raise BadRequest(f"no copy of {what} {self.key_id} verifies: {'; '.join(bad)}")
         return await self.run_in_thread(share_index.open_index, self.key_for(best.key), best)
 
+    def fetch_envelopes(self, positions: list[str]) -> defer.Deferred:
+        """Every copy of my key envelope the suppliers hold (checked by the caller); NotFound when none has one."""
+        return defer.Deferred.fromCoroutine(self._fetch_envelopes(positions))
+
+    async def _fetch_envelopes(self, positions: list[str]) -> list[bytes]:
+        path = share_scope.envelope_path(self.alias, self.gateway().my_id)
+        calls = []
+        for supplier_id in [s for s in positions if s]:
+            d = self.server(supplier_id).fetch_block(self.owner_id, path)
+            d.addTimeout(self.timeout(), self.clock)
+            calls.append(d)
+        outcomes = await defer.DeferredList(calls, consumeErrors=True)
+        copies = list(dict.fromkeys(value for ok, value in outcomes if ok))
+        if not copies:
+            raise _no_copy(self.key_id, self.owner_id, [value for ok, value in outcomes if not ok], "",
+                           "my key envelope of")
+        return copies
+
     def key_for(self, fingerprint: str | None) -> Any:
         """The generation of the share key with ``fingerprint`` (the current one for None).
 
@@ -214,9 +232,9 @@ class KeyOutdated(Forbidden):
         self.fingerprint = fingerprint
 
 
-def _no_copy(key_id: str, owner_id: str, problems: list, writer: str = "") -> BitnodeError:
-    """The clearest error when no supplier gave an index (or a writer's entries)."""
-    what = f"the entries of {writer} in" if writer else "the index of"
+def _no_copy(key_id: str, owner_id: str, problems: list, writer: str = "", what: str = "") -> BitnodeError:
+    """The clearest error when no supplier gave an index (or a writer's entries, or my key envelope)."""
+    what = what or (f"the entries of {writer} in" if writer else "the index of")
     if any(p.check(Forbidden) for p in problems):
         refusal = next(p for p in problems if p.check(Forbidden)).getErrorMessage()
         return Forbidden(f"{owner_id}'s suppliers refuse to serve share {key_id} to this node "

@@ -40,7 +40,7 @@ from typing import Any, Callable
 from twisted.internet import defer
 
 from bitnode.access import share_merge
-from bitnode.access.share_reader import ShareReader
+from bitnode.access.share_reader import KeyOutdated, ShareReader
 from bitnode.access.share_writes import ShareWrites, unwrap_with_any
 from bitnode.errors import BadRequest, Conflict, Forbidden, Unavailable
 from bitnode.storage.catalog import Catalog, split_remote_path
@@ -55,13 +55,15 @@ class ShareView:
                  registry: Any = None, segments_in_flight: Callable[[], int] = lambda: 2,
                  fetch_timeout: Callable[[], float] = lambda: 60.0, max_downloads: Callable[[], int] = lambda: 2,
                  download_journal: Any = None, me: str = "",
-                 open_writes: Callable[[ShareView], defer.Deferred] | None = None):
+                 open_writes: Callable[[ShareView], defer.Deferred] | None = None,
+                 pick_up_key: Callable[..., Any] | None = None):
         self.reader = reader
         self.key_id = reader.key_id
         self.owner_id = reader.owner_id
         self.run_in_thread = run_in_thread
         self.me = me
         self.open_writes = open_writes
+        self.pick_up_key = pick_up_key
         self.positions: list[str] = []
         self.loaded = False
         self.index_serial = 0
@@ -104,7 +106,14 @@ class ShareView:
 
     async def _load_index(self, positions: list[str]) -> dict:
         try:
-            opened = await self.reader.fetch_index(positions)
+            try:
+                opened = await self.reader.fetch_index(positions)
+            except KeyOutdated as outdated:
+                if self.pick_up_key is None:
+                    raise
+                # The owner renewed the key (share_revoke) while I was away: my envelope on its suppliers has it.
+                await self.pick_up_key(self.reader, positions, outdated.fingerprint)
+                opened = await self.reader.fetch_index(positions)
         except Forbidden as err:
             self.refusal = err  # the owner's suppliers refuse me now: the files are not mine to see any more
             raise

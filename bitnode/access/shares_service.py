@@ -46,15 +46,16 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from bitnode import globalid
-from bitnode.access import share_index
+from bitnode.access import share_index, share_rotation
 from bitnode.access.key_exchange_service import KeyExchangeService
 from bitnode.access.share_keeper import ShareKeeper
 from bitnode.access.share_publisher import SharePublisher
-from bitnode.access.share_reader import ShareReader
+from bitnode.access.share_reader import KeyOutdated, ShareReader
 from bitnode.access.share_view import ShareView
 from bitnode.access.share_writes import ShareWrites, writes_file
 from bitnode.access.shared_access_coordinator import CONNECTED, SharedAccessCoordinator
 from bitnode.access.shares import ShareRegistry
+from bitnode.crypt import keys
 from bitnode.customer.suppliers_record import lookup_suppliers
 from bitnode.dht.dht_service import DHTService
 from bitnode.errors import (
@@ -114,6 +115,7 @@ class SharesService(Service):
         self._unsubscribe: Any = None
         self._unregister_part: Any = None
         self._unregister_policy: Any = None
+        self._unregister_proposals: Any = None
         self._background = BackgroundWork(self.log)
         self._connected: dict[str, bool] = {}
 
@@ -137,6 +139,8 @@ class SharesService(Service):
         self._unsubscribe = self.ctx.events.subscribe(self._on_event)
         self._unregister_policy = self.deps.key_exchange.set_reshare_policy(share_scope.SHARE_PREFIX,
                                                                             self._check_reshare)
+        self._unregister_proposals = self.deps.key_exchange.set_own_key_handler(share_scope.SHARE_PREFIX,
+                                                                               self._take_proposal)
         for record in self.registry.shares():
             if record["active"] and not record["mine"] and self._holds(record["key_id"]):
                 self._background.track(defer.maybeDeferred(self._open_received, record["key_id"]),
@@ -153,9 +157,10 @@ class SharesService(Service):
         if self._unregister_part is not None:
             self._unregister_part()
             self._unregister_part = None
-        if self._unregister_policy is not None:
-            self._unregister_policy()
-            self._unregister_policy = None
+        for undo in (self._unregister_policy, self._unregister_proposals):
+            if undo is not None:
+                undo()
+        self._unregister_policy = self._unregister_proposals = None
         if self.keeper is not None:
             self.keeper.stop()
         views = list(self.views.values())
@@ -255,7 +260,8 @@ class SharesService(Service):
                "writers": list(record.get("writers", [])) if mine else [], "mode": "owner" if mine else "",
                "granted_by": record.get("granted_by", ""), "proposed_by": record.get("proposed_by", ""),
                "index_serial": record.get("index_serial", 0),
-               "state": (CONNECTED if active else "CLOSED") if mine else "CLOSED",
+               "state": (CONNECTED if active else "CLOSED") if mine else
+               ("PROPOSED" if record.get("proposed_by") == self._me() and not active else "CLOSED"),
                "suppliers": [], "files": None, "error": ""}
         if coordinator is not None and not coordinator.destroyed:
             info = coordinator.info()
@@ -289,17 +295,51 @@ class SharesService(Service):
     async def _create(self, owner_id: str | None, key_size: int | None, label: str) -> dict:
         registry, store, me = self.require_registry(), self._keystore(), self._me()
         owner = str(globalid.to_global_id(owner_id)) if owner_id else me
-        if owner != me:
-            # A share is a key in its owner's namespace (share_<id>$owner), made and held by the owner.
-            raise Forbidden(f"a node creates keys only under its own id: {me} cannot create a share owned by "
-                            f"{owner}; {owner} creates it and grants it to you (share_grant)")
         size = key_size if key_size is not None else self.ctx.settings.get("personal/private-key-size")
+        if owner != me:
+            return await self._propose(owner, int(size), label or "")
         info = await store.create(share_scope.new_share_alias(), int(size), label or "")
         registry.put(info.key_id, owner_id=me, label=info.label, mine=True, active=True)
         registry.note("created", info.key_id, me, f"{info.size}-bit key")
         row = self.share(info.key_id)
         self.ctx.events.publish("share-created", dict(row))
         return row
+
+    async def _propose(self, owner: str, size: int, label: str) -> dict:
+        """A share owned by another user, proposed to it: the key goes to the owner, who holds it from then on.
+
+        The files of such a share are stored by the owner's suppliers, so
+        nothing can be uploaded into it before the owner agrees by granting
+        it back to me (``share_grant``, read-write by default); until then
+        it lists as ``PROPOSED`` here and with ``proposed_by`` at the owner's.
+        """
+        store, me = self._keystore(), self._me()
+        keys.check_key_size(size)
+        private = await self.ctx.run_in_thread(keys.generate_rsa, size)
+        key_id = f"{share_scope.new_share_alias()}${owner}"
+        store.add_private(key_id, private.to_pem(), label)
+        try:
+            await self.deps.key_exchange.require_exchange().share(key_id, owner, include_private=True,
+                                                                  timeout=self.ctx.settings.get(PREFIX + "request-timeout"))
+        except BaseException:
+            store.erase(key_id)  # the owner never got it: nothing was proposed
+            raise
+        self.registry.put(key_id, owner_id=owner, label=label, mine=False, active=False, proposed_by=me)
+        self.registry.note("proposed", key_id, owner, "waiting for the owner to grant it")
+        row = self.share(key_id)
+        self.ctx.events.publish("share-created", dict(row))
+        return row
+
+    def _take_proposal(self, offer: Any, sender: str) -> Any:
+        """A user proposes a share owned by me (its ``share_create`` with my id): I keep its key, grant nothing."""
+        registry = self.require_registry()
+        if not offer.is_private:
+            raise Forbidden(f"{offer.key_id} is a key of this node: only a private share key is taken, as a proposal")
+        info = self._keystore().add_private(offer.key_id, offer.pem, offer.label)
+        registry.put(offer.key_id, owner_id=self._me(), label=offer.label, mine=True, active=False, proposed_by=sender)
+        registry.note("proposed", offer.key_id, sender, "share_grant it to let that user upload into it")
+        self.ctx.events.publish("share-proposed", {"key_id": offer.key_id, "from": sender, "label": offer.label})
+        return info
 
     def _mine(self, key_id: str) -> str:
         """``key_id`` checked to be a share I own and hold."""
@@ -342,7 +382,11 @@ class SharesService(Service):
         return result
 
     def revoke(self, key_id: str, user_id: str, timeout: float = 30.0) -> defer.Deferred:
-        """Stop my suppliers serving the share to ``user_id`` (the key it already has stays with it)."""
+        """Remove a member for good: my suppliers refuse it from now on and the share key is renewed.
+
+        See :mod:`bitnode.access.share_rotation` (the order of the steps, and
+        what a revoked member that kept the old key can still read).
+        """
         return defer.Deferred.fromCoroutine(self._revoke(key_id, user_id, timeout))
 
     async def _revoke(self, key_id: str, user_id: str, timeout: float) -> dict:
@@ -350,15 +394,65 @@ class SharesService(Service):
         user = str(globalid.to_global_id(user_id))
         record = registry.require(key_id)
         if user not in record["grantees"]:
-            raise NotFound(f"{user} is not a reader of share {key_id}")
+            raise NotFound(f"{user} is not a member of share {key_id}")
+        self._storage().require_ready()
+        started = self.ctx.clock.seconds()
+        absorbed = await self.keeper.absorb_now(key_id)  # the writers' files in, while their entries still open
         grantees = [g for g in record["grantees"] if g != user]
         registry.put(key_id, grantees=grantees, writers=[w for w in record["writers"] if w != user])
-        registry.note("revoked", key_id, user)
-        suppliers = await self.keeper.publish_now(key_id, readers_changed=True, timeout=timeout)
+        store = self._keystore()
+        renewed = await self.keeper.lock.run(lambda: defer.Deferred.fromCoroutine(
+            share_rotation.renew_key(self.ctx.run_in_thread, store, self._storage(), key_id)))
+        registry.note("revoked", key_id, user, f"key renewed ({renewed['fingerprint'][:16]}...), "
+                                               f"{renewed['rewrapped']} version key(s) re-wrapped")
+
+        def left() -> float:
+            return max(1.0, timeout - (self.ctx.clock.seconds() - started))
+
+        suppliers = await self.keeper.publish_now(key_id, readers_changed=True, force=True, timeout=left())
+        made, problems = await share_rotation.envelopes(self.ctx.run_in_thread, store, self._identity().fetch_identity,
+                                                        key_id, grantees)
+        try:
+            stored = await self.keeper.publisher.put_objects(
+                made, [share_scope.envelope_path(share_scope.share_alias(key_id), user)], timeout=left())
+        except BitnodeError as err:
+            stored = {"error": str(err)}
+        regranted = await self._regrant(key_id, grantees, left())
         result = {"key_id": key_id, "user_id": user, "grantees": grantees, "suppliers": suppliers,
-                  "ready": not suppliers.get("error")}
+                  "ready": not suppliers.get("error"), "key_fingerprint": renewed["fingerprint"],
+                  "rewrapped": renewed["rewrapped"], "absorbed": absorbed, "envelopes": dict(stored, problems=problems),
+                  "regranted": regranted}
         self.ctx.events.publish("share-revoked", dict(result))
         return result
+
+    async def _regrant(self, key_id: str, members: list[str], timeout: float) -> dict[str, str]:
+        """The new key to every remaining member now ("sent", or why not: it finds its envelope later)."""
+        exchange = self.deps.key_exchange.require_exchange()
+        calls = [exchange.share(key_id, member, include_private=True, timeout=timeout) for member in members]
+        outcomes = await defer.DeferredList(calls, consumeErrors=True)
+        return {member: "sent" if ok else value.getErrorMessage()
+                for member, (ok, value) in zip(members, outcomes, strict=True)}
+
+    async def _pick_up_key(self, reader: ShareReader, positions: list[str], wanted: str) -> None:
+        """The index is sealed with a key generation I do not hold: take it from my envelope on the suppliers."""
+        store, me = self._keystore(), self._me()
+        copies = await reader.fetch_envelopes(positions)
+        owner = await self._identity().fetch_identity(reader.owner_id)
+        problems = []
+        for data in copies:
+            try:
+                offer = await self.ctx.run_in_thread(share_rotation.open_envelope, owner.rsa_public_key(),
+                                                     store.private_key(store.master_key_id), data, reader.owner_id,
+                                                     me, reader.key_id)
+                share_rotation.take_offer(store, offer, wanted)
+            except BitnodeError as err:
+                problems.append(str(err))
+                continue
+            self.registry.note("key-renewed", reader.key_id, reader.owner_id, "from its envelope on the suppliers")
+            self.ctx.events.publish("share-key-renewed", {"key_id": reader.key_id, "fingerprint": wanted})
+            return
+        raise KeyOutdated(f"{reader.key_id} was sealed with a new generation of its key and no envelope for this "
+                          f"node holds it: {'; '.join(problems) or 'none found'}", wanted)
 
     def delete(self, key_id: str) -> defer.Deferred:
         """Delete a share: mine with its files and its lists on my suppliers, or one granted to me; then its key."""
@@ -448,7 +542,7 @@ class SharesService(Service):
                          fetch_timeout=lambda: settings.get(PREFIX + "request-timeout"),
                          max_downloads=lambda: settings.get("services/backups/max-downloads"),
                          download_journal=self._download_journal(),
-                         me=self._me(), open_writes=self._open_writes)
+                         me=self._me(), open_writes=self._open_writes, pick_up_key=self._pick_up_key)
         coordinator = SharedAccessCoordinator(ctx.clock, key_id, owner, view, self._coordinator_news,
                                               registry=ctx.automats)
         self.coordinators[key_id] = coordinator
@@ -557,9 +651,9 @@ class SharesService(Service):
         Either way the recipient gets a key, not access: the owner's suppliers
         serve only the members the owner listed.
         """
-        if not include_private:
-            return
         owner = share_scope.share_owner(key_id)
+        if not include_private or recipient == owner:  # the owner's own key back to it (a proposal): always
+            return
         view = self.views.get(key_id)
         if view is None or not view.reshare:
             raise Forbidden(f"open the share first (share_open): {owner}'s rule for passing on the key of "
@@ -602,9 +696,12 @@ class SharesService(Service):
         key_id = data.get("key_id", "")
         if not share_scope.is_share_key(key_id) or not data.get("is_private") or self.registry is None:
             return
+        if share_scope.share_owner(key_id) == self._me():
+            return  # a share of mine proposed to me: _take_proposal recorded it
         sender = data.get("from", "")
-        self.registry.put(key_id, owner_id=share_scope.share_owner(key_id), label=data.get("label", ""), mine=False,
-                          granted_by=sender)
+        owner = share_scope.share_owner(key_id)
+        self.registry.put(key_id, owner_id=owner, label=data.get("label", ""), mine=False, granted_by=sender,
+                          **({"proposed_by": ""} if sender == owner else {}))  # the owner granted what I proposed
         self.registry.note("received", key_id, sender)
         self.ctx.events.publish("share-received", {"key_id": key_id, "from": sender, "label": data.get("label", "")})
 

@@ -45,9 +45,13 @@ class SharesMethods:
     def share_create(self, owner_id: str | None = None, key_size: int | None = None, label: str = "") -> defer.Deferred:
         """A new share (an RSA key ``share_<id>$me``) to upload files into and grant to others.
 
-        ``owner_id`` may only be me: a node creates keys in its own namespace,
-        so a share owned by another user is a 403 (that user creates it and
-        grants it to me with share_grant).
+        With another user's ``owner_id`` (as the spec says: the files are then
+        stored by that user's suppliers, once that user authorizes the share)
+        the new key ``share_<id>$owner`` is sent to the owner at once (its
+        node keeps it as a share of its own, ``proposed_by`` me, granted to
+        nobody) and the share lists here as ``PROPOSED``. The owner
+        authorizes it with ``share_grant`` to me (read-write by default);
+        then I open it and upload into it like any share granted to me.
         """
         if key_size is not None and (key_size not in KEY_SIZES or key_size < keys.MIN_RSA_BITS):
             raise BadRequest(f"key_size must be one of {', '.join(map(str, KEY_SIZES))}")
@@ -69,6 +73,25 @@ class SharesMethods:
         if not timeout > 0:
             raise BadRequest("timeout must be positive")
         return self._shares().grant(key_id, trusted_user_id, timeout, mode)
+
+    def share_revoke(self, key_id: str, trusted_user_id: str, timeout: float = 30) -> defer.Deferred:
+        """Take a member off my share for good (beyond the spec): suppliers refuse it, the share key is renewed.
+
+        The owner's suppliers refuse the member from the next packet on; a new
+        generation of the share key replaces the old one (the version keys in
+        the owner's catalog are re-wrapped, no block is uploaded again); the
+        index is published sealed with it; each remaining member gets the new
+        key at once when online and as a key envelope on the owner's suppliers
+        in any case (taken at its next ``share_open``, the owner may be away).
+        A revoked member that kept the old key can still open the versions it
+        could read before (their blocks do not change), never one uploaded
+        after the revoke. The answer adds ``key_fingerprint``, ``rewrapped``,
+        ``absorbed`` (the writers' files taken in first), ``envelopes`` and
+        ``regranted`` (per member: ``sent`` or why not).
+        """
+        if not timeout > 0:
+            raise BadRequest("timeout must be positive")
+        return self._shares().revoke(key_id, trusted_user_id, timeout)
 
     def share_open(self, key_id: str) -> defer.Deferred:
         """Connect to the share's suppliers and make its files visible (answers once connected, or why not)."""

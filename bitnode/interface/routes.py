@@ -232,6 +232,14 @@ ROUTES: tuple[Route, ...] = (
         P("timeout", FLOAT, 30),
         P("mode", STR, "rw", description="rw: the user uploads and downloads (the spec's behaviour); ro: downloads only"),
       )),
+    R("share_revoke", "PUT", "share/revoke/v1", "Take a member off a share for good: the owner's suppliers refuse it from "
+      "now on, the share key is renewed (what is stored is re-keyed in the owner's catalog, no block is uploaded again) "
+      "and the remaining members get the new key.", mutating=True, beyond_spec=True,
+      params=(
+        P("key_id", STR, REQUIRED),
+        P("trusted_user_id", STR, REQUIRED),
+        P("timeout", FLOAT, 30),
+      )),
     R("share_open", "PUT", "share/open/v1", "Activates given share and initiate required connections to remote suppliers to make possible to upload and download shared files.", mutating=True,
       params=(
         P("key_id", STR, REQUIRED),

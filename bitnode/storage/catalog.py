@@ -25,7 +25,7 @@ import json
 import os
 import sqlite3
 import time
-from typing import ContextManager, Iterable
+from typing import Callable, ContextManager, Iterable
 
 from bitnode.errors import BadRequest, Conflict, NotFound
 from bitnode.globalid import parse_key_id, validate_path
@@ -377,6 +377,26 @@ class Catalog:
                     "SELECT 1 FROM versions WHERE item_id = ?", (row["item_id"],)).fetchone():
                 db.execute("DELETE FROM items WHERE item_id = ? AND is_folder = 0 AND link_target IS NULL",
                            (row["item_id"],))
+
+    def rewrap(self, key_id: str, rewrap: Callable[[bytes], bytes | None]) -> int:
+        """Replace the wrapped version key of every version under ``key_id`` by ``rewrap(old)`` (a share key was
+        renewed); None leaves one as it is. The work runs outside the lock; a row changed meanwhile is left
+        alone. Returns how many were replaced."""
+        with self._lock:
+            rows = self._db.execute("SELECT v.version_id, v.wrapped_key FROM versions v JOIN items i USING (item_id)"
+                                    " WHERE i.key_id = ?", (key_id,)).fetchall()
+        updates = []
+        for row in rows:
+            old = bytes(row["wrapped_key"])
+            new = rewrap(old)
+            if new is not None:
+                updates.append((new, row["version_id"], old))
+        with self._transaction() as db:
+            done = 0
+            for new, version_id, old in updates:
+                done += db.execute("UPDATE versions SET wrapped_key = ? WHERE version_id = ? AND wrapped_key = ?",
+                                   (new, version_id, old)).rowcount
+        return done
 
     def is_empty(self) -> bool:
         """True when no file or folder is catalogued."""

@@ -93,6 +93,12 @@ class ShareNetworkCase(unittest.TestCase):
                          (gid(self.bob), True, 2, mode), granted)
         return key_id
 
+    def local_file(self, data: bytes) -> str:
+        path = os.path.abspath(self.mktemp())
+        with open(path, "wb") as handle:
+            handle.write(data)
+        return path
+
     @inlineCallbacks
     def download(self, node, remote_path):
         target = os.path.abspath(self.mktemp())
@@ -344,12 +350,6 @@ class _HeldServer:
 
 class WritableShareTests(ShareNetworkCase):
     """Bob (read-write) uploads into Alice's share with her suppliers; Carol (read-only) reads it, Alice takes it in."""
-
-    def local_file(self, data: bytes) -> str:
-        path = os.path.abspath(self.mktemp())
-        with open(path, "wb") as handle:
-            handle.write(data)
-        return path
 
     @inlineCallbacks
     def test_a_writer_uploads_readers_and_the_owner_get_it_and_concurrent_edits_are_kept(self):

@@ -34,10 +34,12 @@ class ShareApiTests(AccessNetworkCase):
         alice = yield self.node("alice")
         me = self.global_id(alice)
         yield self.error(alice, 400, "share_create", key_size=1000)
-        # a node makes keys only under its own id: a share owned by someone else is refused, with why
-        refused = yield self.error(alice, 403, "share_create", owner_id="bob@127.0.0.1_1")
-        self.assertIn("cannot create a share owned by bob@127.0.0.1_1", refused)
-        self.assertIn("share_grant", refused)
+        # a share owned by someone else is proposed to that user: unreachable, it is a 503 and nothing is kept
+        refused = yield self.error(alice, 503, "share_create", owner_id="bob@127.0.0.1_1")
+        self.assertIn("bob", refused)
+        self.assertEqual((yield self.ok(alice, "shares_list")), [])
+        self.assertFalse([k for k in alice.service_driver.get("service_identity").keystore.list()
+                          if k.key_id.endswith("$bob@127.0.0.1_1")])
         yield self.error(alice, 400, "share_create", owner_id="not a user")
         mine = yield self.ok(alice, "share_create", owner_id=me, key_size=2048)
         self.assertTrue(mine["key_id"].endswith("$" + me))
