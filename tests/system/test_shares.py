@@ -1,18 +1,22 @@
-"""System test: a shared folder between real node processes on a localnet, through the public HTTP API.
+"""System tests: shared folders between real node processes on a localnet, through the public HTTP API.
 
 One network (identity server, two suppliers, three customers, 2048-bit keys)
 and one scenario: Alice creates a share, uploads a folder into it and grants
 it to Bob; Bob opens the share, lists it and downloads the folder byte for
 byte from Alice's suppliers; Carol, not granted, gets clear errors; Alice
-deletes the share and Bob's next open is refused.
+deletes the share and Bob's next open is refused. Then system test (b) of
+issue 17: Bob, granted read-write, uploads into Alice's share with her
+suppliers and Alice downloads it byte for byte; Carol, read-only, is refused;
+after Alice revokes Bob he can no longer read what comes after, Carol can.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 
-from tests.system.support import LocalnetTestCase, wait_for
+from tests.system.support import LocalnetTestCase, sha256_of, wait_for
 
 FILES = {"a.txt": b"hello from alice\n", "sub/b.bin": os.urandom(200_000), "sub/c.bin": os.urandom(3000)}
 
@@ -73,9 +77,72 @@ class LocalnetSharesTests(LocalnetTestCase):
         self.assertEqual([e["event"] for e in self.api(alice, "share_history")], ["created", "granted", "deleted"])
         self.assertEqual([e["event"] for e in self.api(bob, "share_history")][:3], ["received", "opened", "connected"])
 
-    def _open(self, name: str, key_id: str) -> dict | None:
+    def test_a_writer_uploads_into_the_owners_share_a_reader_cannot_and_a_revoke_stops_the_writer(self) -> None:
+        """System test (b): Bob (read-write) uploads into Alice's share, Carol (read-only) cannot, then the revoke."""
+        self.start_network(suppliers=2, customers=3, prefix="bitnode-shares-rw-", timeout=60)
+        alice, bob, carol = "customer-1", "customer-2", "customer-3"
+        bob_id, carol_id = self.nodes[bob]["global_id"], self.nodes[carol]["global_id"]
+        work = tempfile.mkdtemp(prefix="bitnode-shares-rw-")
+        self.addCleanup(_remove_tree, work)
+
+        def local(name: str, data: bytes) -> str:
+            path = os.path.join(work, name)
+            with open(path, "wb") as handle:
+                handle.write(data)
+            return path
+
+        key_id = self.api(alice, "share_create", key_size=2048, label="team")["key_id"]
+        self.api(alice, "file_upload_start", local_path=local("plan.txt", b"alice's plan\n"),
+                 remote_path=f"{key_id}:plan.txt", wait_result=True)
+        granted = self.api(alice, "share_grant", key_id=key_id, trusted_user_id=bob_id, timeout=30)  # rw: the default
+        self.assertEqual((granted["mode"], granted["ready"]), ("rw", True), granted)
+        granted = self.api(alice, "share_grant", key_id=key_id, trusted_user_id=carol_id, timeout=30, mode="ro")
+        self.assertEqual((granted["writers"], granted["ready"]), ([bob_id], True), granted)
+
+        # Bob uploads into Alice's share, with Alice's suppliers
+        opened = wait_for(lambda: self._open(bob, key_id), "bob to open the share", timeout=40)
+        self.assertEqual((opened["mode"], opened["files"]), ("rw", 1), opened)
+        data = os.urandom(300_000)
+        done = self.api(bob, "file_upload_start", local_path=local("bob.bin", data),
+                        remote_path=f"{key_id}:from-bob/bob.bin", wait_result=True)
+        self.assertEqual(done["state"], "DONE", done)
+
+        # Alice opens her share: Bob's file is taken into her catalog and comes down byte for byte
+        mine = self.api(alice, "share_open", key_id=key_id)
+        self.assertEqual(mine["absorbed"]["taken"], {bob_id: 1}, mine)
+        target = tempfile.mkdtemp(prefix="bitnode-shares-rw-dst-")
+        self.addCleanup(_remove_tree, target)
+        self.api(alice, "file_download_start", remote_path=f"{key_id}:from-bob/bob.bin", destination_path=target,
+                 wait_result=True)
+        self.assertEqual(sha256_of(os.path.join(target, "bob.bin")), hashlib.sha256(data).hexdigest())
+
+        # Carol (read-only) sees it and is refused when she uploads
+        opened = wait_for(lambda: self._open(carol, key_id), "carol to open the share", timeout=40)
+        self.assertEqual((opened["mode"], opened["files"]), ("ro", 2), opened)
+        self.assertIn("read-only", self.api_error(403, carol, "file_upload_start", local_path=local("c.txt", b"no"),
+                                                  remote_path=f"{key_id}:from-carol.txt"))
+
+        # Alice revokes Bob: a new key, Carol gets it; Bob is refused and cannot read what comes after
+        revoked = self.api(alice, "share_revoke", key_id=key_id, trusted_user_id=bob_id, timeout=30)
+        self.assertEqual((revoked["ready"], revoked["regranted"]), (True, {carol_id: "sent"}), revoked)
+        self.api(alice, "file_upload_start", local_path=local("late.txt", b"after the revoke\n"),
+                 remote_path=f"{key_id}:late.txt", wait_result=True)
+        self.assertIn("revoked", self.api_error(403, bob, "share_open", key_id=key_id))
+        self.assertIn("revoked", self.api_error(403, bob, "file_download_start", remote_path=f"{key_id}:late.txt",
+                                                destination_path=target, wait_result=True))
+        self.assertIn("revoked", self.api_error(403, bob, "file_upload_start", local_path=local("b2.txt", b"more"),
+                                                remote_path=f"{key_id}:from-bob/more.txt", wait_result=True))
+        opened = wait_for(lambda: self._open(carol, key_id, files=3), "carol to see the late file", timeout=40)
+        self.api(carol, "file_download_start", remote_path=f"{key_id}:late.txt", destination_path=target,
+                 wait_result=True)
+        with open(os.path.join(target, "late.txt"), "rb") as handle:
+            self.assertEqual(handle.read(), b"after the revoke\n")
+
+    def _open(self, name: str, key_id: str, files: int | None = None) -> dict | None:
         code, envelope = self.call(name, "share_open", key_id=key_id)
-        return envelope["result"] if code == 200 else None
+        if code != 200 or (files is not None and envelope["result"]["files"] != files):
+            return None
+        return envelope["result"]
 
 
 def _remove_tree(path: str) -> None:
