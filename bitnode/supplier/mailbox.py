@@ -213,12 +213,13 @@ class Mailbox:
     :param run_in_thread: the node's thread pool.
     :param now: the clock's ``seconds``.
     :param limits: ``limits()`` -> the current :class:`MailboxLimits`.
-    :param is_customer: ``is_customer(global_id)``.
+    :param account: ``account(global_id)``: the name that customer's space is kept under (its identity may
+        have moved since), None when it is no customer here.
     :param notify: ``notify(recipient)``: tell it (if it seems online) that messages wait here.
     """
 
     def __init__(self, store: MailboxStore, run_in_thread: Callable[..., defer.Deferred], now: Callable[[], float],
-                 limits: Callable[[], MailboxLimits], is_customer: Callable[[str], bool],
+                 limits: Callable[[], MailboxLimits], account: Callable[[str], str | None],
                  notify: Callable[[str], Any] = lambda recipient: None):
         self.notify = notify
         self._notified: dict[str, float] = {}
@@ -228,7 +229,7 @@ class Mailbox:
         self.run = run_in_thread
         self.now = now
         self.limits = limits
-        self.is_customer = is_customer
+        self.account = account
         #: queued, duplicates, fetched (messages given out), removed, expired, dropped (contract ended).
         self.counts: Counter[str] = Counter()
         self.refused: Counter[str] = Counter()
@@ -242,14 +243,15 @@ class Mailbox:
             op = mw.op_of(payload)
             if op == mw.PUT:
                 return await self._put(creator_id, payload)
-            if not self.is_customer(creator_id):
+            account = self.account(creator_id)
+            if account is None or op == mw.NOTIFY:
                 raise MailboxRefused("not_customer", "mailbox: you are not a customer here")
             if op == mw.FETCH:
                 after = mw.decode_fetch(payload)
-                page, more = await self.run(self.store.fetch, creator_id, after, self.now())
+                page, more = await self.run(self.store.fetch, account, after, self.now())
                 self.counts["fetched"] += len(page)
                 return Command.ACK.value, mw.encode_page(page, more)
-            removed = await self.run(self.store.remove, creator_id, mw.decode_remove(payload))
+            removed = await self.run(self.store.remove, account, mw.decode_remove(payload))
             self.counts["removed"] += removed
             return Command.ACK.value, json.dumps({"removed": removed}).encode("utf-8")
         except MailboxRefused as err:
@@ -261,21 +263,22 @@ class Mailbox:
 
     async def _put(self, sender: str, payload: bytes) -> tuple[str, bytes]:
         recipient, message_id, sealed = mw.decode_put(payload)
-        if not self.is_customer(recipient):
+        account = self.account(recipient)
+        if account is None:
             raise MailboxRefused("not_customer", f"mailbox: {recipient} is not a customer of this supplier")
-        expires, new = await self.run(self.store.put, recipient, sender, message_id, sealed, self.now(),
+        expires, new = await self.run(self.store.put, account, sender, message_id, sealed, self.now(),
                                       self.limits())
         self.counts["queued" if new else "duplicates"] += 1
         if new:
-            self._announce(recipient)
+            self._announce(account, recipient)
         return Command.ACK.value, json.dumps({"queued": True, "expires": expires, "duplicate": not new}).encode()
 
-    def _announce(self, recipient: str) -> None:
+    def _announce(self, account: str, recipient: str) -> None:
         now = self.now()
-        if now - self._notified.get(recipient, float("-inf")) < NOTIFY_INTERVAL:
+        if now - self._notified.get(account, float("-inf")) < NOTIFY_INTERVAL:
             return
         # (one entry per customer at most: only customers get messages queued)
-        self._notified[recipient] = now
+        self._notified[account] = now
         self.counts["notified"] += 1
         self.notify(recipient)
 

@@ -206,7 +206,7 @@ class SupplierService(Service):
     def _mailbox_opened(self, store: MailboxStore, desk: SupplierDesk, gateway: Any) -> defer.Deferred:
         self.mailbox = Mailbox(store, self.ctx.run_in_thread, self.ctx.clock.seconds,
                                lambda: mailbox.limits_from(self.ctx.settings.get),
-                               lambda customer_id: customer_id in desk.customers, self._notify_recipient)
+                               lambda user: self._kept_name(user, user, desk), self._notify_recipient)
         self.records = RecordKeeper(self.ctx.clock, self.ctx.run_in_thread,
                                     os.path.join(self.ctx.basedir.metadata, "customer-records"), self._dht,
                                     self._master_key_of, lambda customer_id: customer_id in desk.customers,
@@ -483,11 +483,15 @@ class SupplierService(Service):
         owner, creator = packet.owner_id, packet.creator_id
         if owner != creator and not self._same_user(owner, creator):
             return None
+        return self._kept_name(owner, creator, desk) or owner
+
+    def _kept_name(self, name: str, user: str, desk: SupplierDesk) -> str | None:
+        """The name ``user``'s space is kept under (``name`` first, then its other names); None if no customer."""
         names = getattr(self.deps.identity, "names", None)
-        for name in [owner, *(names(creator) if names is not None else ())]:
-            if name in desk.customers:
-                return name
-        return owner
+        for candidate in [name, *(names(user) if names is not None else ())]:
+            if candidate in desk.customers:
+                return candidate
+        return None
 
     def _dispatch(self, packet: Any, gateway: Any, desk: SupplierDesk) -> defer.Deferred:
         customer_id = self._account(packet, desk)

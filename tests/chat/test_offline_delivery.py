@@ -45,7 +45,7 @@ class Suppliers:
         for name in (S1, S2):
             store = MailboxStore(":memory:")
             self.boxes[name] = Mailbox(store, in_line, clock.seconds,
-                                       lambda: MailboxLimits(expiry=14 * DAY), lambda who: who == ALICE)
+                                       lambda: MailboxLimits(expiry=14 * DAY), lambda who: who if who == ALICE else None)
 
     def gateway(self, me):
         suppliers = self

@@ -15,6 +15,7 @@ from bitnode.supplier import mailbox_wire as mw
 from bitnode.supplier.mailbox import DAY, NOTIFY_INTERVAL, Mailbox, MailboxLimits, MailboxStore
 
 ALICE, BOB, EVE = "alice@id_1", "bob@id_1", "eve@id_1"
+ALICE_MOVED = "alice@id_2"
 
 
 def in_line(fn, *args, **kwargs):
@@ -33,7 +34,12 @@ class MailboxTests(unittest.TestCase):
                                       recipient_max_bytes=10_000, max_message_bytes=600, expiry=3 * DAY)
         self.notices = []
         self.mailbox = Mailbox(self.store, in_line, self.clock.seconds, lambda: self.settings,
-                               lambda who: who in self.customers, self.notices.append)
+                               self.account, self.notices.append)
+
+    def account(self, who):
+        # Alice's identity moved once: her space is still kept under her first name
+        who = ALICE if who == ALICE_MOVED else who
+        return who if who in self.customers else None
 
     def answer(self, creator, payload):
         result = []
@@ -88,6 +94,12 @@ class MailboxTests(unittest.TestCase):
         self.mailbox.close().addCallback(closed.append)
         self.assertEqual(len(closed), 1)
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_a_customer_whose_identity_moved_gets_messages_sent_to_either_name(self):
+        self.put(BOB, "m0", recipient=ALICE_MOVED)
+        self.put(EVE, "m1")
+        self.assertEqual([e.message_id for e in self.fetch(ALICE_MOVED)[0]], ["m0", "m1"])
+        self.assertEqual(self.notices, [ALICE_MOVED])  # told under the name the sender knows (once in 5 s)
 
     def test_a_message_handed_over_again_is_kept_once(self):
         self.put(BOB, "m0")
