@@ -9,6 +9,8 @@ from __future__ import annotations
 import functools
 import os
 
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from twisted.internet.defer import inlineCallbacks
 from twisted.trial import unittest
 
@@ -183,3 +185,42 @@ class ProposalTests(ShareNetworkCase):
         self.assertEqual(read(os.path.join(target, "notes.bin")), data)
         events = [(e["event"], e["user"]) for e in (yield ok(self, self.alice, "share_history"))]
         self.assertEqual(events[:2], [("proposed", gid(self.bob)), ("granted", gid(self.bob))])
+
+
+class EnvelopePropertyTests(unittest.TestCase):
+    """Whatever a supplier hands back as my key envelope, opening it raises BadRequest or gives the owner's key."""
+
+    def setUp(self):
+        self.owner, self.member, self.share = _key("owner"), _key("member"), _key("share")
+        self.key_id = "share_0123456789abcdef0123456789abcdef$alice@h_1"
+        offer = KeyOffer(self.key_id, "", True, self.share.fingerprint(), self.share.to_pem())
+        self.valid = share_rotation.seal_envelope(self.owner, self.member.public_key(), "alice@h_1", "bob@h_1", offer)
+
+    def open(self, data):
+        try:
+            offer = share_rotation.open_envelope(self.owner.public_key(), self.member, data, "alice@h_1", "bob@h_1",
+                                                 self.key_id)
+        except BadRequest:
+            return None
+        self.assertEqual(offer.fingerprint, self.share.fingerprint())  # only the real one ever opens
+        return offer
+
+    @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(st.binary(max_size=4096))
+    def test_random_bytes(self, data):
+        self.assertIsNone(self.open(data))
+
+    @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(st.data())
+    def test_mutated_envelopes(self, data):
+        blob = bytearray(self.valid)
+        for _ in range(data.draw(st.integers(1, 4), label="edits")):
+            action = data.draw(st.sampled_from(["flip", "cut", "insert"]), label="action")
+            at = data.draw(st.integers(0, max(0, len(blob) - 1)), label="at")
+            if action == "flip" and blob:
+                blob[at] ^= data.draw(st.integers(1, 255), label="bits")
+            elif action == "cut":
+                del blob[at:at + data.draw(st.integers(1, 64), label="length")]
+            else:
+                blob[at:at] = data.draw(st.binary(min_size=1, max_size=16), label="bytes")
+        self.open(bytes(blob))
