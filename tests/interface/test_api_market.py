@@ -205,6 +205,9 @@ class MarketApiTests(OwnNodeCalls, unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_supplier_change_by_position_id_and_legacy_names(self):
+        gateway = self.node.service_driver.get("service_gateway").gateway
+        # hiring asked several candidates and cancelled the busier ones: only what follows the change counts
+        sent_before = len(gateway.sent)
         changed = yield self.ok("supplier_change", position=1, new_supplier_id=SUPPLIERS[4])
         retiring = changed.pop("retiring")
         self.assertEqual(changed, {"position": 1, "old_supplier_id": SUPPLIERS[1],
@@ -214,14 +217,13 @@ class MarketApiTests(OwnNodeCalls, unittest.TestCase):
                          [(SUPPLIERS[1], 1, "replaced on request", False)])
         self.assertEqual(self.service.roster.positions, [SUPPLIERS[0], SUPPLIERS[4], SUPPLIERS[2]])
         # the old one keeps its blocks (no CancelService) until they are rebuilt on the new one
-        gateway = self.node.service_driver.get("service_gateway").gateway
-        self.assertNotIn(("CancelService", SUPPLIERS[1]), gateway.sent)
+        self.assertNotIn(("CancelService", SUPPLIERS[1]), gateway.sent[sent_before:])
         rows = yield self.ok("suppliers_list")
         self.assertEqual([(r["position"], r["supplier_id"], r["state"]) for r in rows if r["retiring"]],
                          [(1, SUPPLIERS[1], "RETIRING")])
         self.assertEqual(rows[1]["rebuild"], [{"from": SUPPLIERS[1]}])
         self.assertTrue(self.service.release(SUPPLIERS[1]))  # the SupplierProvider port storage uses
-        self.assertIn(("CancelService", SUPPLIERS[1]), gateway.sent)
+        self.assertIn(("CancelService", SUPPLIERS[1]), gateway.sent[sent_before:])
         # legacy supplier_replace(index_or_idurl) with an IDURL: a random new one (s1: replaced on request
         # and released, it may be hired again)
         yield self.ok("supplier_replace", index_or_idurl=globalid.global_id_to_idurl(SUPPLIERS[2]))
