@@ -34,10 +34,10 @@ import stat
 from twisted.internet import defer
 
 from bitnode.access.shares_service import SharesService
-from bitnode.errors import BadRequest, NotFound, Unavailable
+from bitnode.errors import BadRequest, BitnodeError, Conflict, NotFound, Unavailable
 from bitnode.storage import folders
 from bitnode.storage.backups_service import BackupsService
-from bitnode.storage.catalog import COMPLETE
+from bitnode.storage.catalog import COMPLETE, split_remote_path
 from bitnode.storage.catalog_format import describe_metadata
 from bitnode.storage.redundancy import version_report
 
@@ -130,6 +130,25 @@ class FilesMethods:
             if view is not None:
                 return view
         return service
+
+    def _share_to_open(self, where: str) -> bool:
+        """Whether ``where`` names a share of another user granted to me that is not open (or not read) yet."""
+        shares = self.node.service_driver.find(SharesService)
+        if shares is None:
+            return False
+        try:
+            shares.view_for(where)
+        except Conflict:
+            return True
+        except BitnodeError:
+            return False  # not granted, refused...: the call itself says so
+        return False
+
+    def _open_share_first(self, where: str) -> defer.Deferred:
+        """``share_open`` of the share ``where`` names (open_share)."""
+        shares = self.node.service_driver.running(SharesService)
+        key_id = split_remote_path(where)[0] if ":" in where else where
+        return defer.maybeDeferred(shares.open, key_id)
 
     def _transfer_managers(self) -> list:
         """My TransferManager, then those of the shares of others I have open (their downloads)."""
@@ -335,11 +354,15 @@ class FilesMethods:
         A remote path under another user's share (``share_...$owner:path``)
         uploads into that share, with the owner's suppliers, when the owner
         granted me read-write and the share is open (``share_open``; 403 when
-        I may only read it): ``open_share`` says nothing more, the key id in
-        the path is enough. Waiting for the result then also waits until my
+        I may only read it). With ``open_share`` a share granted to me that is
+        not open yet is opened first (``share_open``); without it such an
+        upload is a 409. Waiting for the result then also waits until my
         entries naming the new version are on the owner's suppliers, so the
         other members see it.
         """
+        if open_share and self._share_to_open(remote_path):
+            return self._open_share_first(remote_path).addCallback(
+                lambda _: self.file_upload_start(local_path, remote_path, wait_result, wait_finish, False))
         storage = self._storage(remote_path)
         local = _absolute(local_path)
         key_id, path = storage.check_remote_path(remote_path)
@@ -393,8 +416,13 @@ class FilesMethods:
 
         ``remote_path`` may also be a version id. Without ``destination_path``
         files go to the ``paths/restore`` folder (default: home). An existing
-        destination file is replaced once the download is complete.
+        destination file is replaced once the download is complete. With
+        ``open_share`` (the default) a share of another user granted to me
+        that is not open yet is opened first (``share_open``).
         """
+        if open_share and self._share_to_open(remote_path):
+            return self._open_share_first(remote_path).addCallback(
+                lambda _: self.file_download_start(remote_path, destination_path, wait_result, False))
         storage = self._storage(remote_path)
         destination = destination_path or self.node.settings.get("paths/restore") or os.path.expanduser("~")
         destination = _absolute(destination, "destination_path")

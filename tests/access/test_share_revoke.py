@@ -171,14 +171,15 @@ class ProposalTests(ShareNetworkCase):
 
         granted = yield ok(self, self.alice, "share_grant", key_id=key_id, trusted_user_id=gid(self.bob))
         self.assertEqual((granted["mode"], granted["ready"]), ("rw", True))
-        opened = yield ok(self, self.bob, "share_open", key_id=key_id)
-        self.assertEqual((opened["mode"], opened["proposed_by"]), ("rw", ""))
         data = os.urandom(20_000)
-        path = os.path.abspath(self.mktemp())
-        with open(path, "wb") as handle:
-            handle.write(data)
+        path = self.local_file(data)
+        text = yield self.error(self.bob, 409, "file_upload_start", local_path=path, remote_path=f"{key_id}:notes.bin")
+        self.assertIn("share_open", text)
+        # open_share opens it first
         yield ok(self, self.bob, "file_upload_start", local_path=path, remote_path=f"{key_id}:notes.bin",
-                 wait_result=True)
+                 wait_result=True, open_share=True)
+        (opened,) = yield ok(self, self.bob, "shares_list")
+        self.assertEqual((opened["state"], opened["mode"], opened["proposed_by"]), ("CONNECTED", "rw", ""))
         mine = yield ok(self, self.alice, "share_open", key_id=key_id)
         self.assertEqual(mine["absorbed"]["taken"], {gid(self.bob): 1})
         target = yield self.download(self.alice, f"{key_id}:notes.bin")
