@@ -358,6 +358,11 @@ class WritableShareTests(ShareNetworkCase):
         storage = self.alice.service_driver.get("service_backups")
         opened = yield ok(self, self.bob, "share_open", key_id=key_id)
         self.assertEqual((opened["mode"], opened["writers"]), ("rw", [gid(self.bob)]))
+        # the owner's rule (the default: writers) lets Bob pass the share's key on; it gives a key, not access
+        passed = yield ok(self, self.bob, "key_share", key_id=key_id, trusted_user_id=gid(self.carol),
+                          include_private=True)
+        self.assertEqual(passed["fingerprint"], self.alice.service_driver.get("service_identity").keystore.get(
+            key_id).fingerprint)
 
         # Bob uploads with Alice's suppliers; his upload answers once his entries are published
         data = os.urandom(150_000)
