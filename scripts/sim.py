@@ -108,24 +108,35 @@ def market_section(result: dict, baseline: dict | None) -> str:
     return "\n".join(lines)
 
 
-def rebuild_section(result: dict) -> str:
+def rebuild_section(result: dict, baseline: dict | None) -> str:
     """Markdown for the death of a busy supplier."""
     s = result["settings"]
     minutes = [int(m) for m in result["per_minute"]]
+    before = []
+    if baseline:
+        old = [int(m) for m in baseline["per_minute"]]
+        before = [
+            f"Without the spread (`dead-after-spread` 0, the behaviour before): all {baseline['replaced']} "
+            f"replaced it between minute {min(old, default=0)} and {max(old, default=0)}, "
+            f"{baseline['busiest_share']:.0%} of them in the busiest minute: their rebuilds all start at once.",
+            "",
+        ]
     return "\n".join([
         "### Death of a supplier of many customers",
         "",
         f"{s['victim_customers']} customers have one supplier in common (and 4 others from the market); it dies "
         f"without a word. Each customer's real `fire_hire` notices through its connector's pings "
         f"(every {s['ping_interval']:g} s) that it has been silent for `dead-after` = {s['dead_after']:g} s, "
-        f"fires it and hires a replacement; that change starts the customer's rebuild of that one position "
-        f"(1/k of its data, by its backup_monitor).",
+        f"plus a random share of it (up to `dead-after-spread` = {s['dead_spread']:g} times dead-after, drawn "
+        f"once per silence), fires it and hires a replacement; that change starts the customer's rebuild of "
+        f"that one position (by its backup_monitor).",
         "",
         f"Result: {result['replaced']} of {s['victim_customers']} customers replaced it, between minute "
         f"{min(minutes, default=0)} and {max(minutes, default=0)} after the death; the busiest minute saw "
         f"{result['busiest_share']:.0%} of them start a rebuild; positions replaced per customer: "
-        f"{result['positions_replaced']}.",
+        f"{result['positions_replaced']} (each rebuilds one position: 1/k of its data, nothing more).",
         "",
+        *before,
         "![rebuild spread](sim/rebuild-spread.svg)",
         "",
     ])
@@ -150,7 +161,7 @@ def section(results: dict) -> str:
     if "market" in results:
         parts.append(market_section(results["market"], results.get("market_baseline")))
     if "rebuild" in results:
-        parts.append(rebuild_section(results["rebuild"]))
+        parts.append(rebuild_section(results["rebuild"], results.get("rebuild_baseline")))
     return "\n".join(parts)
 
 
@@ -162,7 +173,7 @@ def charts_for(results: dict) -> dict[str, str]:
     if "market" in results:
         charts.update(report.market_charts(results["market"], results.get("market_baseline")))
     if "rebuild" in results:
-        charts.update(report.rebuild_charts(results["rebuild"]))
+        charts.update(report.rebuild_charts(results["rebuild"], results.get("rebuild_baseline")))
     return charts
 
 

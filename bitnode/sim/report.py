@@ -58,15 +58,21 @@ def market_charts(result: dict[str, Any], baseline: dict[str, Any] | None = None
         f"suppliers", "customers served", "suppliers", series, bars=True)}
 
 
-def rebuild_charts(result: dict[str, Any]) -> dict[str, str]:
-    """Chart of a supplier's death (``RebuildResult.to_dict()``): replacements (rebuild starts) per minute."""
+def rebuild_charts(result: dict[str, Any], baseline: dict[str, Any] | None = None) -> dict[str, str]:
+    """Chart of a supplier's death (``RebuildResult.to_dict()``): replacements (rebuild starts) per minute.
+
+    ``baseline``: the same death with no spread (``dead_spread`` 0), drawn beside it.
+    """
     s = result["settings"]
-    points = tuple((int(minute), n) for minute, n in result["per_minute"].items())
+    series = [Series(f"dead-after + up to {s['dead_spread']:g}x of it at random",
+                     tuple((int(minute), n) for minute, n in result["per_minute"].items()))]
+    if baseline:
+        series.append(Series("exactly dead-after (no spread)",
+                             tuple((int(minute), n) for minute, n in baseline["per_minute"].items())))
     limit = s["max_share_per_minute"] * s["victim_customers"]
     return {"rebuild-spread.svg": chart(
         f"Rebuild starts after a supplier of {s['victim_customers']} customers died", "minutes after its death",
-        "customers starting a rebuild", [Series("replacements per minute", points)], bars=True,
-        guide=(limit, f"target <= {limit:g} per minute"))}
+        "customers starting a rebuild", series, bars=True, guide=(limit, f"target <= {limit:g} per minute"))}
 
 
 def write(folder: str, results: dict[str, Any], charts: dict[str, str]) -> None:

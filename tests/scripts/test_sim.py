@@ -24,9 +24,10 @@ MARKET = {"settings": {"hire_choices": 3, "customers": 10, "per_customer": 5, "s
           "verdicts": ["PASS sim_market_spread: 1.2x (target: y)"], "checks": []}
 BASELINE = {k: v for k, v in MARKET.items() if k not in ("verdicts", "checks")} | {"max": 6, "ratio": 2.4}
 REBUILD = {"settings": {"victim_customers": 10, "max_share_per_minute": 0.15, "ping_interval": 60,
-                        "dead_after": 600},
+                        "dead_after": 600, "dead_spread": 1.0},
            "per_minute": {"10": 3, "12": 7}, "replaced": 10, "busiest_share": 0.7, "positions_replaced": {"1": 10},
            "verdicts": ["FAIL sim_rebuild_spread: 70% (target: z)"], "checks": []}
+REBUILD_BASELINE = {k: v for k, v in REBUILD.items() if k not in ("verdicts", "checks")} | {"per_minute": {"11": 10}}
 
 
 class SimScriptTests(unittest.TestCase):
@@ -38,7 +39,7 @@ class SimScriptTests(unittest.TestCase):
             f.write("# Performance\n\npipe's figures\n")
         with open(os.path.join(folder, report.RESULTS), "w") as f:
             json.dump({"dht": DHT, "market": MARKET, "market_baseline": BASELINE,
-                       "rebuild": REBUILD}, f)
+                       "rebuild": REBUILD, "rebuild_baseline": REBUILD_BASELINE}, f)
         self.assertEqual(sim.main(["--from-results", "--out", folder, "--page", page]), 0)
         self.assertEqual(sim.main(["--from-results", "--out", folder, "--page", page, "--strict"]), 1)
         for name in ("dht-success.svg", "dht-hops.svg", "dht-state.svg", "market-load.svg", "rebuild-spread.svg"):
@@ -47,6 +48,7 @@ class SimScriptTests(unittest.TestCase):
             text = f.read()
         self.assertTrue(text.startswith("# Performance\n\npipe's figures\n"))
         for words in ("### DHT under churn", "### Load spread of the market", "(**2.40x** the mean)",
-                      "### Death of a supplier of many customers", "FAIL sim_rebuild_spread"):
+                      "### Death of a supplier of many customers", "FAIL sim_rebuild_spread",
+                      "Without the spread (`dead-after-spread` 0"):
             self.assertIn(words, text)
         self.assertEqual(text.count(report.BEGIN), 1)

@@ -61,7 +61,7 @@ class PartChartTests(unittest.TestCase):
         market = {"settings": {"hire_choices": 3, "customers": 10, "per_customer": 5, "suppliers": 20},
                   "histogram": {"1": 5, "2": 10, "3": 5}, "max": 3, "ratio": 1.2}
         baseline = dict(market, histogram={"0": 4, "2": 8, "6": 8}, max=6, ratio=2.4)
-        rebuild = {"settings": {"victim_customers": 10, "max_share_per_minute": 0.15},
+        rebuild = {"settings": {"victim_customers": 10, "max_share_per_minute": 0.15, "dead_spread": 1.0},
                    "per_minute": {"10": 3, "12": 7}}
         charts = report.market_charts(market, baseline) | report.rebuild_charts(rebuild)
         self.assertEqual(sorted(charts), ["market-load.svg", "rebuild-spread.svg"])
