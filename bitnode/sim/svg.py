@@ -27,7 +27,7 @@ def _nice_top(value: float) -> float:
     if value <= 0:
         return 1.0
     step = 10 ** (len(str(int(value))) - 1) if value >= 1 else 0.1
-    for mult in (1, 2, 2.5, 5, 10):
+    for mult in (1, 1.2, 1.5, 2, 2.5, 3, 4, 5, 6, 8, 10):
         if step * mult >= value:
             return step * mult
     return value
