@@ -30,9 +30,11 @@ from __future__ import annotations
 
 import os
 import stat
+from typing import Any, Callable
 
 from twisted.internet import defer
 
+from bitnode.access.share_view import ShareView
 from bitnode.access.shares_service import SharesService
 from bitnode.errors import BadRequest, BitnodeError, Conflict, NotFound, Unavailable
 from bitnode.storage import folders
@@ -426,7 +428,16 @@ class FilesMethods:
         storage = self._storage(remote_path)
         destination = destination_path or self.node.settings.get("paths/restore") or os.path.expanduser("~")
         destination = _absolute(destination, "destination_path")
-        return defer.Deferred.fromCoroutine(self._download(storage, remote_path, destination, wait_result))
+        d = defer.Deferred.fromCoroutine(self._download(storage, remote_path, destination, wait_result))
+        if open_share and isinstance(storage, ShareView):
+            # Not in my copy of the owner's index: perhaps added since I read it; read it again, once.
+            d.addErrback(self._read_share_again, remote_path,
+                         lambda: self.file_download_start(remote_path, destination_path, wait_result, False))
+        return d
+
+    def _read_share_again(self, failure: Any, where: str, retry: Callable[[], defer.Deferred]) -> defer.Deferred:
+        failure.trap(NotFound)
+        return self._open_share_first(where).addCallback(lambda _: retry())
 
     async def _download(self, storage, remote_path: str, destination: str, wait: bool) -> dict:
         catalog = storage.catalog
