@@ -420,7 +420,8 @@ class FilesMethods:
         files go to the ``paths/restore`` folder (default: home). An existing
         destination file is replaced once the download is complete. With
         ``open_share`` (the default) a share of another user granted to me
-        that is not open yet is opened first (``share_open``).
+        that is not open yet is opened first (``share_open``), and a file my
+        copy of the owner's index does not list yet makes it read again once.
         """
         if open_share and self._share_to_open(remote_path):
             return self._open_share_first(remote_path).addCallback(
