@@ -38,7 +38,7 @@ from typing import Any, Callable
 from twisted.internet import defer
 
 from bitnode.access import share_index, share_merge
-from bitnode.access.share_writes import unwrap_with_any
+from bitnode.access.share_rotation import unwrap_with_any
 from bitnode.crypt import keys
 from bitnode.errors import BadRequest, BitnodeError, Conflict, NotFound
 from bitnode.storage import share_scope

@@ -151,3 +151,16 @@ def take_offer(store: Any, offer: KeyOffer, wanted: str) -> bool:
                         f"generation its index is sealed with ({wanted[:16]}...)")
     store.replace_private(offer.key_id, offer.pem)
     return True
+
+
+def unwrap_with_any(generations: list, blob: bytes, key_id: str) -> bytes:
+    """A version key unwrapped with whichever generation of the share key opens it; Forbidden when none does."""
+    if not generations:
+        raise Forbidden(f"the private key of {key_id} is not here: this file cannot be decrypted")
+    for private in generations:
+        try:
+            return keys.unwrap_key(private, blob)
+        except keys.DecryptionError:
+            continue
+    raise Forbidden(f"no generation of {key_id} held here opens this version (it was sealed for a newer key "
+                    "than this node holds, or this node was removed from the share)")

@@ -41,7 +41,8 @@ from twisted.internet import defer
 
 from bitnode.access import share_merge
 from bitnode.access.share_reader import KeyOutdated, ShareReader
-from bitnode.access.share_writes import ShareWrites, unwrap_with_any
+from bitnode.access.share_rotation import unwrap_with_any
+from bitnode.access.share_writes import ShareWrites
 from bitnode.errors import BadRequest, Conflict, Forbidden, Unavailable
 from bitnode.storage.catalog import Catalog, split_remote_path
 from bitnode.storage.job_context import Placement, StorageContext

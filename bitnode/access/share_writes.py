@@ -37,6 +37,7 @@ from twisted.logger import Logger
 
 from bitnode.access import share_index
 from bitnode.access.share_publisher import to_every_supplier
+from bitnode.access.share_rotation import unwrap_with_any
 from bitnode.crypt import keys
 from bitnode.errors import BitnodeError, Forbidden, NotFound, Unavailable
 from bitnode.storage import share_scope
@@ -232,15 +233,3 @@ class ShareWrites:
         d.addCallback(lambda _: self.run_in_thread(self.catalog.close))
         return d
 
-
-def unwrap_with_any(generations: list, blob: bytes, key_id: str) -> bytes:
-    """A version key unwrapped with whichever generation of the share key opens it; Forbidden when none does."""
-    if not generations:
-        raise Forbidden(f"the private key of {key_id} is not here: this file cannot be decrypted")
-    for private in generations:
-        try:
-            return keys.unwrap_key(private, blob)
-        except keys.DecryptionError:
-            continue
-    raise Forbidden(f"no generation of {key_id} held here opens this version (it was sealed for a newer key "
-                    "than this node holds, or this node was removed from the share)")
