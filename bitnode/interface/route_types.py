@@ -127,6 +127,8 @@ class Route:
     mutating: bool = False
     #: A method bitnode offers that the spec has not (documented as going further than the spec).
     beyond_spec: bool = False
+    #: The module that implements the method (``bitnode.interface.api_files`` ...): one hop from the table.
+    impl: str = ""
 
     @property
     def verbs(self) -> tuple[str, ...]:

@@ -250,6 +250,11 @@ class ImplementedContractTests(unittest.TestCase):
         # The class is enough: whether a handler exists does not need a node.
         self.dispatcher = Dispatcher(API)
 
+    def test_every_route_names_the_module_that_implements_it(self) -> None:
+        wrong = [(route.name, route.impl, getattr(API, route.handler).__module__) for route in ROUTES
+                 if getattr(API, route.handler).__module__ != route.impl]
+        self.assertEqual(wrong, [])
+
     def test_foundation_methods_implemented(self) -> None:
         missing = sorted(name for name in IMPLEMENTED if not self.dispatcher.is_implemented(ROUTES_BY_NAME[name]))
         self.assertEqual(missing, [])
