@@ -52,7 +52,9 @@ class Node(MultiService):
         self.context = NodeContext(basedir=basedir, settings=settings, clock=reactor, reactor=reactor,
                                    events=self.events, automats=self.automats, run_in_thread=self.run_in_thread,
                                    call_later=self.call_later)
-        self.service_driver = ServiceDriver(self.context, service_classes)
+        self.service_driver = ServiceDriver(self.context, service_classes,
+                                            on_state_changed=lambda change: self.events.publish(
+                                                "service-state-changed", change))
         #: The network this node joins (its seeds, identity and STUN servers), see main/network_file.py.
         self.network = network_file.NetworkFile()
         self.ready = False

@@ -73,6 +73,7 @@ from bitnode.services.context import NodeContext
 from bitnode.storage import k_of_n, share_scope
 from bitnode.storage.backups_service import BackupsService
 from bitnode.storage.catalog import Catalog, open_catalog, split_remote_path
+from bitnode.storage.ports import OtherCatalogs
 from bitnode.transport.gateway_service import GatewayService
 from bitnode.userid.id_service import IdentityService
 
@@ -87,6 +88,7 @@ class SharesService(Service):
     name = "service_shares"
     requires = {"key_exchange": KeyExchangeService, "storage": BackupsService, "gateway": GatewayService,
                 "identity": IdentityService}
+    provides = (OtherCatalogs,)
     optional = {"dht": DHTService}
     description = "Shares: keys under which your files are stored for other users to read (share_* methods)"
     options = (
@@ -116,6 +118,7 @@ class SharesService(Service):
         self._unregister_part: Any = None
         self._unregister_policy: Any = None
         self._unregister_proposals: Any = None
+        self._unregister_catalogs: Any = None
         self._background = BackgroundWork(self.log)
         self._connected: dict[str, bool] = {}
 
@@ -136,6 +139,7 @@ class SharesService(Service):
                                    "absorb_interval": lambda: settings.get(PREFIX + "absorb-interval"),
                                    "reshare": lambda: settings.get(PREFIX + "reshare")},
                                   self._background, note=self._note)
+        self._unregister_catalogs = self._storage().add_other_catalogs(self)
         self._unsubscribe = self.ctx.events.subscribe(self._on_event)
         self._unregister_policy = self.deps.key_exchange.set_reshare_policy(share_scope.SHARE_PREFIX,
                                                                             self._check_reshare)
@@ -157,10 +161,10 @@ class SharesService(Service):
         if self._unregister_part is not None:
             self._unregister_part()
             self._unregister_part = None
-        for undo in (self._unregister_policy, self._unregister_proposals):
+        for undo in (self._unregister_catalogs, self._unregister_policy, self._unregister_proposals):
             if undo is not None:
                 undo()
-        self._unregister_policy = self._unregister_proposals = None
+        self._unregister_catalogs = self._unregister_policy = self._unregister_proposals = None
         if self.keeper is not None:
             self.keeper.stop()
         views = list(self.views.values())

@@ -122,16 +122,8 @@ class FilesMethods:
     """files_*, file_* and transfers_list; mixed into :class:`bitnode.interface.api.API`."""
 
     def _storage(self, where: str | None = None) -> BackupsService:
-        driver = self.node.service_driver
-        service = driver.running(BackupsService)
-        service.require_ready()
-        # ``where`` (a remote path or key id) under another user's share: that open share's view stands in.
-        shares = driver.find(SharesService) if where else None
-        if shares is not None:
-            view = shares.view_for(where)
-            if view is not None:
-                return view
-        return service
+        """service_backups, or for ``where`` under another user's open share that share's view (storage routes)."""
+        return self.node.service_driver.running(BackupsService).catalog_for(where)
 
     def _share_to_open(self, where: str) -> bool:
         """Whether ``where`` names a share of another user granted to me that is not open (or not read) yet."""
@@ -154,11 +146,7 @@ class FilesMethods:
 
     def _transfer_managers(self) -> list:
         """My TransferManager, then those of the shares of others I have open (their downloads)."""
-        managers = [self._storage().transfers]
-        shares = self.node.service_driver.find(SharesService)
-        if shares is not None:
-            managers += shares.transfer_managers()
-        return managers
+        return self.node.service_driver.running(BackupsService).all_transfer_managers()
 
     def _thread(self, fn, *args):
         return self.node.run_in_thread(fn, *args)
@@ -201,8 +189,7 @@ class FilesMethods:
                                                              include_downloads, offset, limit, others))
 
     def _open_share_views(self) -> list:
-        shares = self.node.service_driver.find(SharesService)
-        return shares.ready_views() if shares is not None else []
+        return self.node.service_driver.running(BackupsService).other_views()
 
     async def _files_list(self, storage, key_id, path, recursive, uploads, downloads, offset, limit,
                           others=()) -> list:

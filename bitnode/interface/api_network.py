@@ -25,7 +25,6 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
-from twisted.internet.task import deferLater
 
 from bitnode.customer.customer_service import CustomerService
 from bitnode.dht.dht_service import DHTService
@@ -39,7 +38,6 @@ from bitnode.userid.id_service import IdentityService
 
 # States of an enabled service that may still turn ON by themselves.
 COMING_UP = ("STARTING", "DEPENDS_OFF", "OFF")
-SERVICE_POLL = 0.1
 PROTOCOLS = ("tcp", "udp", "proxy")
 # bitnode has one packet transport, TCP; UDP carries only the DHT. The relay (proxy) rides on TCP too.
 NO_UDP = {"available": False, "reason": "no UDP packet transport: packets travel over tcp (the DHT uses UDP, "
@@ -115,17 +113,32 @@ class NetworkMethods:
         return connector.when_connected(wait_timeout)
 
     def _network_started(self, wait_timeout: float) -> Deferred:
-        """network_connected once service_network is ON, within ``wait_timeout`` in all."""
-        clock = self.node.clock
+        """network_connected once service_network is ON, within ``wait_timeout`` in all.
+
+        Waits for the driver's ``service-state-changed`` event (no polling).
+        """
+        clock, events = self.node.clock, self.node.events
         deadline = clock.seconds() + wait_timeout
+        started: Deferred = Deferred()
 
-        async def wait() -> Any:
-            # The driver has no state-change events; a short poll is bounded by the timeout.
-            while self.node.service_driver.find(NetworkService) is None and clock.seconds() < deadline:
-                await deferLater(clock, min(SERVICE_POLL, max(0.0, deadline - clock.seconds())), lambda: None)
-            return await self.network_connected(max(0.0, deadline - clock.seconds()))
+        def on_event(event: Any) -> None:
+            data = event.data if isinstance(event.data, dict) else {}
+            if (event.event_id == "service-state-changed" and data.get("name") == NetworkService.name
+                    and data.get("new_state") == "ON" and not started.called):
+                started.callback(None)
 
-        return Deferred.fromCoroutine(wait())
+        unsubscribe = events.subscribe(on_event)
+        timer = clock.callLater(wait_timeout, lambda: None if started.called else started.callback(None))
+
+        def waited(_: Any) -> Deferred:
+            unsubscribe()
+            if timer.active():
+                timer.cancel()
+            return self.network_connected(max(0.0, deadline - clock.seconds()))
+
+        if self.node.service_driver.find(NetworkService) is not None:
+            started.callback(None)  # came up between the check and the subscription
+        return started.addCallback(waited)
 
     def network_status(self, suppliers: bool = False, customers: bool = False, cache: bool = False,
                        tcp: bool = False, udp: bool = False, proxy: bool = False, dht: bool = False) -> Deferred:

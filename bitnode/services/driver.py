@@ -33,7 +33,7 @@ failure, and its state says ``FAILED`` with that reason until then.
 
 from __future__ import annotations
 
-from typing import Any, Iterable, TypeVar
+from typing import Any, Callable, Iterable, TypeVar
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -71,8 +71,15 @@ class ServiceDriver:
 
     log = Logger()
 
-    def __init__(self, ctx: Any, service_classes: Iterable[type[Service]]):
-        """``ctx`` is the NodeContext handed to every service (the driver uses its settings and clock)."""
+    def __init__(self, ctx: Any, service_classes: Iterable[type[Service]],
+                 on_state_changed: Callable[[dict], None] | None = None):
+        """``ctx`` is the NodeContext handed to every service (the driver uses its settings and clock).
+
+        ``on_state_changed(change)`` hears every state change of a service:
+        ``{"name", "old_state", "new_state", "reason"}`` (the node publishes it
+        as the event ``service-state-changed``).
+        """
+        self._on_state_changed = on_state_changed
         settings = self._settings = ctx.settings
         self._clock = ctx.clock
         self._lock = defer.DeferredLock()
@@ -250,6 +257,13 @@ class ServiceDriver:
         finally:
             self._switching = False
 
+    def _set(self, slot: _Slot, state: str, reason: str) -> None:
+        old = slot.state
+        slot.state, slot.reason = state, reason
+        if old != state and self._on_state_changed is not None:
+            self._on_state_changed({"name": type(slot.service).name, "old_state": old, "new_state": state,
+                                    "reason": reason})
+
     def _timed_out(self, name: str, timeout: float):
         raise Timeout(f"{name} did not restart within {timeout:g} seconds; state is {self._slots[name].state}")
 
@@ -290,21 +304,20 @@ class ServiceDriver:
         slot = self._slots[name]
         blocking = self._blocking_dependencies(name)
         if blocking:
-            slot.state = DEPENDS_OFF
-            slot.reason = "needs " + ", ".join(f"{dep} ({self._slots[dep].state})" for dep in blocking)
+            self._set(slot, DEPENDS_OFF, "needs " + ", ".join(f"{dep} ({self._slots[dep].state})" for dep in blocking))
             self.log.warn("{name} not started: {reason}", name=name, reason=slot.reason)
             return False
-        slot.state, slot.reason = STARTING, ""
+        self._set(slot, STARTING, "")
         try:
             yield defer.maybeDeferred(slot.service.start)
         except Exception as err:
-            slot.state, slot.reason = FAILED, f"start failed: {err}"
+            self._set(slot, FAILED, f"start failed: {err}")
             if isinstance(err, BitnodeError):  # a stated reason ("no identity ..."), not a bug: no traceback
                 self.log.warn("{name} failed to start: {reason}", name=name, reason=err)
             else:
                 self.log.failure("{name} failed to start", name=name)
             return False
-        slot.state = ON
+        self._set(slot, ON, slot.reason)
         self.log.info("{name} is on", name=name)
         return True
 
@@ -313,23 +326,21 @@ class ServiceDriver:
         slot = self._slots[name]
         if slot.state not in (ON, STARTING):
             if keep_reason and slot.state == OFF and self._enabled(name):
-                slot.state, slot.reason = DEPENDS_OFF, keep_reason
+                self._set(slot, DEPENDS_OFF, keep_reason)
             elif not keep_reason and not self._enabled(name):
                 # Switched off by the user: an old DEPENDS_OFF/FAILED reason no longer applies.
-                slot.state, slot.reason = OFF, ""
+                self._set(slot, OFF, "")
             return
-        slot.state = STOPPING
+        self._set(slot, STOPPING, slot.reason)
         try:
             d = defer.maybeDeferred(slot.service.stop)
             d.addTimeout(STOP_TIMEOUT, self._clock)
             yield d
         except Exception as err:
-            slot.state, slot.reason = FAILED, f"stop failed: {err}"
+            self._set(slot, FAILED, f"stop failed: {err}")
             self.log.failure("{name} failed to stop cleanly", name=name)
             return
-        slot.state, slot.reason = OFF, ""
-        if keep_reason:
-            slot.state, slot.reason = DEPENDS_OFF, keep_reason
+        self._set(slot, DEPENDS_OFF if keep_reason else OFF, keep_reason)
         self.log.info("{name} is off", name=name)
 
     @defer.inlineCallbacks

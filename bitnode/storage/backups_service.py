@@ -68,7 +68,7 @@ from bitnode.storage.catalog_keeper import COVERED_META, CatalogKeeper
 from bitnode.storage.download_journal import DownloadJournal
 from bitnode.storage.job_context import Placement, StorageContext, delete_versions
 from bitnode.storage.jobs import PAUSED, SECURING
-from bitnode.storage.ports import SupplierProvider
+from bitnode.storage.ports import OtherCatalogs, SupplierProvider
 from bitnode.storage.relayout import Relayout
 from bitnode.storage.transfers import UPLOAD, TransferManager
 from bitnode.userid.id_service import IdentityService
@@ -136,6 +136,7 @@ class BackupsService(Service):
         self.transfers_resumed: dict[str, int] = {}
         self._unsubscribe: list = []
         self._background = BackgroundWork(self.log, (BitnodeError, defer.CancelledError))
+        self._other_catalogs: list[OtherCatalogs] = []
         self.parts = key_backup.BackupParts()
         self.parts.on_pending = self._save_pending_parts
         self._unsubscribe_keys: Any = None
@@ -579,6 +580,39 @@ class BackupsService(Service):
         self.suppliers_changed()
 
     # --- keys and records in the backup -----------------------------------------------------------------
+
+    # --- other users' catalogs (open shares) ------------------------------------------------------------
+
+    def add_other_catalogs(self, source: OtherCatalogs) -> Any:
+        """Let ``source`` serve remote paths under other users' keys (service_shares does); returns unregister."""
+        self._other_catalogs.append(source)
+
+        def unregister() -> None:
+            if source in self._other_catalogs:
+                self._other_catalogs.remove(source)
+
+        return unregister
+
+    def catalog_for(self, where: str | None = None) -> Any:
+        """Who answers for ``where`` (a remote path or key id): an open share's view, else this service (ready)."""
+        self.require_ready()
+        for source in list(self._other_catalogs) if where else ():
+            view = source.view_for(where)
+            if view is not None:
+                return view
+        return self
+
+    def all_transfer_managers(self) -> list:
+        """My TransferManager, then those of the other catalogs (downloads of others' files)."""
+        self.require_ready()
+        managers = [self.transfers]
+        for source in list(self._other_catalogs):
+            managers += source.transfer_managers()
+        return managers
+
+    def other_views(self) -> list:
+        """The read views of other users' catalogs (files_list all_customers)."""
+        return [view for source in list(self._other_catalogs) for view in source.ready_views()]
 
     def add_backup_part(self, name: str, collect, restore):
         """Keep ``collect()``'s JSON value in every catalog backup; ``restore(value)`` gets it back on a new machine.

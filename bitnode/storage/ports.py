@@ -179,6 +179,25 @@ class SupplierProvider(Protocol):
     def release(self, supplier_id: str) -> bool:
         """Nothing depends on this retiring holder any more: its contract may end."""
 
+class OtherCatalogs(Protocol):
+    """Catalogs of other users' files this node reads (the shares of others it has open).
+
+    service_shares registers itself with service_backups
+    (:meth:`~bitnode.storage.backups_service.BackupsService.add_other_catalogs`)
+    so that a remote path under another user's share key is served by that
+    share's view; storage never imports the sharing code.
+    """
+
+    def view_for(self, where: str) -> Any:
+        """The catalog view serving ``where`` (a remote path or key id), None when it is mine."""
+
+    def ready_views(self) -> list:
+        """The views whose catalog has been read."""
+
+    def transfer_managers(self) -> list:
+        """The TransferManagers of the views (their downloads)."""
+
+
 @dataclass(frozen=True)
 class SegmentMeta:
     """What the catalog must keep about one uploaded segment to restore it.

@@ -660,3 +660,29 @@ class LookupByClassTests(DriverTestCase):
         self.assertEqual(str(err), "service_provider is not installed")
         self.assertIsNone(self.driver.installed(Provider))
         self.assertEqual(self.driver.state(Provider), "NOT_INSTALLED")
+
+
+class StateEventTests(DriverTestCase):
+    """Every state change is heard (the node publishes it as ``service-state-changed``)."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.changes: list[dict] = []
+        self.driver = ServiceDriver(self.node, self.classes, on_state_changed=self.changes.append)
+
+    def test_start_and_stop_are_heard_with_their_reasons(self) -> None:
+        self.node.fail_start.add("service_base")
+        self.successResultOf(self.driver.start_all())
+        self.flushLoggedErrors(RuntimeError)
+        base = [(c["old_state"], c["new_state"], c["reason"]) for c in self.changes if c["name"] == "service_base"]
+        self.assertEqual(base, [(OFF, "STARTING", ""), ("STARTING", FAILED, "start failed: service_base cannot start")])
+        middle = [c for c in self.changes if c["name"] == "service_middle_part"]
+        self.assertEqual([(c["new_state"], c["reason"]) for c in middle],
+                         [(DEPENDS_OFF, "needs service_base (FAILED)")])
+
+    def test_a_stopped_dependency_says_why_its_dependents_are_off_once(self) -> None:
+        self.started()
+        del self.changes[:]
+        self.successResultOf(self.driver.stop("service_base"))
+        top = [(c["old_state"], c["new_state"]) for c in self.changes if c["name"] == "service_top"]
+        self.assertEqual(top, [(ON, "STOPPING"), ("STOPPING", DEPENDS_OFF)])
