@@ -45,6 +45,7 @@ test-system: $(STAMP)
 
 docs: $(STAMP)
 	$(PY) scripts/gen_docs.py
+	$(PY) scripts/architecture.py
 
 ## make bench: every target of the performance issue with a PASS/FAIL line: REST and WebSocket API, 16 MiB /
 ## 512 MiB / 2 GiB up and down a localnet (5 suppliers + a spare, 3-of-5), CPU ms/MiB per process, small files,

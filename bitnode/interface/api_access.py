@@ -31,7 +31,7 @@ from bitnode.access.key_exchange_service import KeyExchangeService
 class AccessMethods:
     """key_share, key_audit, friends_list, friend_add, friend_remove; mixed into the API."""
 
-    def _running_service(self, kind: type) -> Any:
+    def _running(self, kind: type) -> Any:
         return self.node.service_driver.running(kind)
 
     # --- keys ------------------------------------------------------------------------
@@ -51,26 +51,26 @@ class AccessMethods:
         key's owner replaces one (a new generation after ``share_revoke``).
         """
         check_timeout(timeout)
-        exchange = self._running_service(KeyExchangeService).require_exchange()
+        exchange = self._running(KeyExchangeService).require_exchange()
         return exchange.share(key_id, trusted_user_id, include_private, timeout)
 
     def key_audit(self, key_id: str, untrusted_user_id: str, is_private: bool = False,
                   timeout: float = 10.0) -> Deferred:
         """Ask a user to prove it holds a key (its private part with is_private)."""
         check_timeout(timeout)
-        exchange = self._running_service(KeyExchangeService).require_exchange()
+        exchange = self._running(KeyExchangeService).require_exchange()
         return exchange.audit(key_id, untrusted_user_id, is_private, timeout)
 
     # --- friends ------------------------------------------------------------------------
 
     def friends_list(self) -> list:
         """My friends with alias and online status."""
-        return self._running_service(FriendsService).list_friends()
+        return self._running(FriendsService).list_friends()
 
     def friend_add(self, trusted_user_id: str, alias: str = "", share_person_key: bool = True) -> Deferred:
         """Add a friend (or change their alias), sharing my person key unless told not to."""
-        return self._running_service(FriendsService).add_friend(trusted_user_id, alias, share_person_key)
+        return self._running(FriendsService).add_friend(trusted_user_id, alias, share_person_key)
 
     def friend_remove(self, user_id: str) -> Deferred:
         """Remove a friend."""
-        return self._running_service(FriendsService).remove_friend(user_id)
+        return self._running(FriendsService).remove_friend(user_id)

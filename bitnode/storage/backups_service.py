@@ -579,8 +579,6 @@ class BackupsService(Service):
                 self.monitor.event("restart")
         self.suppliers_changed()
 
-    # --- keys and records in the backup -----------------------------------------------------------------
-
     # --- other users' catalogs (open shares) ------------------------------------------------------------
 
     def add_other_catalogs(self, source: OtherCatalogs) -> Any:
@@ -613,6 +611,8 @@ class BackupsService(Service):
     def other_views(self) -> list:
         """The read views of other users' catalogs (files_list all_customers)."""
         return [view for source in list(self._other_catalogs) for view in source.ready_views()]
+
+    # --- keys and records in the backup -----------------------------------------------------------------
 
     def add_backup_part(self, name: str, collect, restore):
         """Keep ``collect()``'s JSON value in every catalog backup; ``restore(value)`` gets it back on a new machine.

@@ -179,6 +179,7 @@ class SupplierProvider(Protocol):
     def release(self, supplier_id: str) -> bool:
         """Nothing depends on this retiring holder any more: its contract may end."""
 
+
 class OtherCatalogs(Protocol):
     """Catalogs of other users' files this node reads (the shares of others it has open).
 
