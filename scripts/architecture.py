@@ -48,7 +48,8 @@ LAYERS: dict[int, tuple[str, tuple[str, ...], str]] = {
     6: ("social", ("bitnode.chat", "bitnode.access"), "messages and nicknames; keys, friends, shares, groups"),
     7: ("composition and interface", ("bitnode.app", "bitnode.node", "bitnode.runner", "bitnode.interface"),
         "the composition root, the Node, twistd glue, the API server, routes, CLI"),
-    8: ("tools", ("bitnode.localnet", "scripts"), "localnet and the runnable scripts"),
+    8: ("tools", ("bitnode.localnet", "bitnode.sim", "scripts"),
+        "localnet, the simulations (make sim) and the runnable scripts"),
 }
 LAYER_OF: dict[str, int] = {package: number for number, (_, packages, _) in LAYERS.items() for package in packages}
 
@@ -267,6 +268,8 @@ UPLOAD_PATH = (
         "checks the local and remote paths, asks the driver for the running `service_backups`"),
     Hop("bitnode.storage.backups_service", "BackupsService.check_remote_path",
         "the key must be mine (its `identity` dependency's key store)"),
+    Hop("bitnode.storage.queries", "FileQueries.upload",
+        "a file becomes one upload; a folder is walked (`storage/folders.py`) into one upload per file"),
     Hop("bitnode.storage.transfers", "TransferManager.start_upload",
         "queues the upload (at most `max-uploads` at once) and starts an upload job"),
     Hop("bitnode.storage.jobs", "UploadJob", "the job machine: a new catalog version, segment after segment"),

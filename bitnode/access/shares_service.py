@@ -71,7 +71,7 @@ from bitnode.services.background import BackgroundWork
 from bitnode.services.base import Service
 from bitnode.services.context import NodeContext
 from bitnode.storage import k_of_n, share_scope
-from bitnode.storage.backups_service import BackupsService
+from bitnode.storage.backups_service import MAX_DOWNLOADS_KEY, SEGMENTS_IN_FLIGHT_KEY, BackupsService
 from bitnode.storage.catalog import Catalog, open_catalog, split_remote_path
 from bitnode.storage.ports import OtherCatalogs
 from bitnode.transport.gateway_service import GatewayService
@@ -542,9 +542,9 @@ class SharesService(Service):
                              lambda: settings.get(PREFIX + "request-timeout"),
                              previous_keys=lambda: store.previous_private_keys(key_id))
         view = ShareView(ctx.clock, ctx.run_in_thread, reader, registry=ctx.automats,
-                         segments_in_flight=lambda: settings.get("services/backups/segments-in-flight"),
+                         segments_in_flight=lambda: settings.get(SEGMENTS_IN_FLIGHT_KEY),
                          fetch_timeout=lambda: settings.get(PREFIX + "request-timeout"),
-                         max_downloads=lambda: settings.get("services/backups/max-downloads"),
+                         max_downloads=lambda: settings.get(MAX_DOWNLOADS_KEY),
                          download_journal=self._download_journal(),
                          me=self._me(), open_writes=self._open_writes, pick_up_key=self._pick_up_key)
         coordinator = SharedAccessCoordinator(ctx.clock, key_id, owner, view, self._coordinator_news,

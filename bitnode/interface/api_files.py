@@ -1,8 +1,10 @@
 """API methods for files: the catalog (files_*, file_*), uploads, downloads and transfers.
 
-Thin: each method checks its arguments and calls service_backups
-(:mod:`bitnode.storage.backups_service`), its catalog (always in the thread
-pool) or its TransferManager. Remote paths are ``key_id:path``; the key must
+Thin: each method checks its arguments and asks service_backups
+(:mod:`bitnode.storage.backups_service`) which catalog answers for the path
+(mine, or an open share's view), then :mod:`bitnode.storage.queries` (listings,
+file_info, uploads, downloads: the catalog always in the thread pool) or its
+TransferManager. Remote paths are ``key_id:path``; the key must
 be one of mine (403 otherwise). Local paths must be absolute: the node's
 working directory means nothing to the caller.
 
@@ -36,12 +38,10 @@ from twisted.internet import defer
 
 from bitnode.access.share_view import ShareView
 from bitnode.access.shares_service import SharesService
-from bitnode.errors import BadRequest, BitnodeError, Conflict, NotFound, Unavailable
-from bitnode.storage import folders
+from bitnode.errors import BadRequest, BitnodeError, Conflict, NotFound
 from bitnode.storage.backups_service import BackupsService
 from bitnode.storage.catalog import COMPLETE, split_remote_path
-from bitnode.storage.catalog_format import describe_metadata
-from bitnode.storage.redundancy import version_report
+from bitnode.storage.queries import FileQueries, local_kind
 
 
 def _absolute(local_path: str, name: str = "local_path") -> str:
@@ -51,35 +51,6 @@ def _absolute(local_path: str, name: str = "local_path") -> str:
     if not os.path.isabs(expanded):
         raise BadRequest(f"{name} must be an absolute path, got {local_path!r}")
     return os.path.normpath(expanded)
-
-
-def _local_kind(local_path: str) -> str:
-    """"file" or "folder" (the path the user named is followed); NotFound / BadRequest otherwise. Worker thread."""
-    try:
-        st = os.stat(local_path)
-    except FileNotFoundError:
-        raise NotFound(f"local path {local_path} does not exist") from None
-    if stat.S_ISREG(st.st_mode):
-        return "file"
-    if stat.S_ISDIR(st.st_mode):
-        return "folder"
-    raise BadRequest(f"{local_path} is neither a file nor a folder")
-
-
-def _download_target(destination: str, name: str, is_folder: bool) -> str:
-    """Where a download goes; BadRequest when it cannot be written there. Worker thread."""
-    if os.path.isdir(destination):
-        target = os.path.join(destination, name)
-    elif is_folder:
-        raise BadRequest(f"destination {destination} must be an existing folder")
-    else:
-        target = destination
-    parent = os.path.dirname(target) if not is_folder else destination
-    if not os.path.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK):
-        raise BadRequest(f"destination folder {parent} does not exist or is not writable")
-    if not is_folder and os.path.isdir(target):
-        raise BadRequest(f"destination {target} is a folder")
-    return target
 
 
 def _explore(local_path: str) -> dict:
@@ -108,14 +79,6 @@ def _explore(local_path: str) -> dict:
                 continue
         result["items"] = items
     return result
-
-
-def _item(row: dict) -> dict:
-    out = {key: row[key] for key in ("remote_path", "key_id", "path", "type", "created")}
-    out["name"] = row["path"].rsplit("/", 1)[-1]
-    out["size"] = row.get("size", 0)
-    out["latest_version"] = row.get("latest_version")
-    return out
 
 
 class FilesMethods:
@@ -151,9 +114,9 @@ class FilesMethods:
     def _thread(self, fn, *args):
         return self.node.run_in_thread(fn, *args)
 
-    def _transfers_of(self, storage: BackupsService, remote_path: str, kind: str) -> list:
-        return [j.info() for j in storage.transfers.jobs(kind)
-                if j.remote_path == remote_path or j.remote_path.startswith(remote_path.rstrip("/") + "/")]
+    def _queries(self, source) -> FileQueries:
+        """The storage queries over ``source`` (service_backups or an open share's view)."""
+        return FileQueries(source, self.node.run_in_thread)
 
     # --- the catalog ----------------------------------------------------------------------
 
@@ -185,55 +148,17 @@ class FilesMethods:
         if offset < 0 or (limit is not None and limit < 0):
             raise BadRequest("offset and limit must not be negative")
         others = self._open_share_views() if all_customers and key_id is None and not path else []
-        return defer.Deferred.fromCoroutine(self._files_list(storage, key_id, path, recursive, include_uploads,
-                                                             include_downloads, offset, limit, others))
+        return defer.Deferred.fromCoroutine(self._queries(storage).list_items(
+            key_id, path, recursive, include_uploads, include_downloads, offset, limit, others))
 
     def _open_share_views(self) -> list:
         return self.node.service_driver.running(BackupsService).other_views()
-
-    async def _files_list(self, storage, key_id, path, recursive, uploads, downloads, offset, limit,
-                          others=()) -> list:
-        sources = [(storage, await self._catalog_rows(storage, key_id, path, recursive))]
-        for view in others:
-            sources.append((view, await self._catalog_rows(view, view.key_id, "", recursive)))
-        listed = [(source, row) for source, rows in sources for row in rows]
-        listed = listed[offset:] if limit is None else listed[offset:offset + limit]
-        items = []
-        for source, row in listed:
-            item = _item(row)
-            if uploads:
-                item["uploads"] = self._transfers_of(source, item["remote_path"], "upload")
-            if downloads:
-                item["downloads"] = self._transfers_of(source, item["remote_path"], "download")
-            items.append(item)
-        return items
-
-    async def _catalog_rows(self, storage, key_id, path, recursive) -> list:
-        catalog = storage.catalog
-        if path:
-            item = await self._thread(catalog.get, key_id, path)
-            if item["type"] == "file":
-                rows = [r for r in await self._thread(catalog.list, key_id, path.rpartition("/")[0], False)
-                        if r["path"] == path]
-            else:
-                rows = await self._thread(catalog.list, key_id, path, recursive)
-        else:
-            rows = await self._thread(catalog.list, key_id, "", recursive)
-        return rows
 
     def file_exists(self, remote_path: str) -> defer.Deferred:
         """``{"exist": bool, "remote_path", "type"}``."""
         storage = self._storage(remote_path)
         key_id, path = storage.check_remote_path(remote_path)
-
-        async def look() -> dict:
-            try:
-                item = await self._thread(storage.catalog.get, key_id, path) if path else {"type": "folder"}
-            except NotFound:
-                return {"exist": False, "remote_path": f"{key_id}:{path}", "type": None}
-            return {"exist": True, "remote_path": f"{key_id}:{path}", "type": item["type"]}
-
-        return defer.Deferred.fromCoroutine(look())
+        return defer.Deferred.fromCoroutine(self._queries(storage).exists(key_id, path))
 
     def file_info(self, remote_path: str, include_uploads: bool = True, include_downloads: bool = True
                   ) -> defer.Deferred:
@@ -250,53 +175,8 @@ class FilesMethods:
         key_id, path = storage.check_remote_path(remote_path)
         if not path:
             raise BadRequest("file_info needs a file or folder, not the root")
-        return defer.Deferred.fromCoroutine(self._file_info(storage, key_id, path, include_uploads,
-                                                            include_downloads))
-
-    async def _file_info(self, storage, key_id, path, uploads, downloads) -> dict:
-        catalog = storage.catalog
-        item = await self._thread(catalog.get, key_id, path)
-        out = _item(item)
-        try:
-            placement = storage.placement()
-            positions, holders = list(placement.positions), set(placement.holders())
-            retiring = {supplier_id for _, supplier_id, _ in placement.retiring}
-            layout = (storage.data_blocks(len(positions)), len(positions)) if hasattr(storage, "data_blocks") else None
-        except Unavailable:
-            positions, holders, retiring, layout = [], None, set(), None
-        versions = []
-        for version in item["versions"]:
-            blocks = await self._thread(catalog.blocks, version["version_id"])
-            report = version_report(version, blocks, positions, holders, retiring, layout)
-            report["metadata"] = describe_metadata("file", version.get("mode"), version.get("mtime_ns"))
-            versions.append(report)
-        backup_state = getattr(storage, "catalog_backup_state", None)  # my catalog (not someone's share)
-        if backup_state is not None:
-            backup = backup_state()
-            covered_at = backup.get("covered_at")
-            for report, version in zip(versions, item["versions"], strict=True):
-                report["in_catalog_backup"] = (version["state"] == COMPLETE and covered_at is not None
-                                               and version["completed"] is not None
-                                               and version["completed"] <= covered_at)
-            out["catalog_backup"] = {k: backup.get(k) for k in ("current", "pending", "serial", "error",
-                                                                "restore_pending")}
-        out["versions"] = versions
-        if versions:  # the newest complete version's (what a download gets)
-            out["redundancy"] = next((v for v in versions if v["state"] == COMPLETE), versions[0])["redundancy"]
-        # What a restore gives back (13.6): the newest complete version's for a file, the item's otherwise.
-        if out["type"] == "file":
-            shown = next((v for v in versions if v["state"] == COMPLETE), versions[0] if versions else None)
-            out["metadata"] = shown["metadata"] if shown else describe_metadata("file", None, None)
-        else:
-            out["metadata"] = describe_metadata(out["type"], item.get("mode"), item.get("mtime_ns"),
-                                                item.get("link_target"))
-        if out["type"] == "file" and versions and out["latest_version"] is None:
-            out["size"] = versions[0]["size"]
-        if uploads:
-            out["uploads"] = self._transfers_of(storage, out["remote_path"], "upload")
-        if downloads:
-            out["downloads"] = self._transfers_of(storage, out["remote_path"], "download")
-        return out
+        return defer.Deferred.fromCoroutine(self._queries(storage).item_info(key_id, path, include_uploads,
+                                                                             include_downloads))
 
     def file_create(self, remote_path: str, as_folder: bool = False, exist_ok: bool = False,
                     force_path_id: str | None = None) -> defer.Deferred:
@@ -306,13 +186,8 @@ class FilesMethods:
         storage = self._storage()
         key_id, path = storage.check_remote_path(remote_path)
         storage.check_catalog_writable()
-        d = self._thread(storage.catalog.create, key_id, path, as_folder, exist_ok, self.node.clock.seconds())
-
-        def created(item):
-            storage.catalog_changed()
-            return _item(item)
-
-        return d.addCallback(created)
+        return defer.Deferred.fromCoroutine(self._queries(storage).create(key_id, path, as_folder, exist_ok,
+                                                                          self.node.clock.seconds()))
 
     def file_delete(self, remote_path: str) -> defer.Deferred:
         """Delete a file or folder: blocks on the suppliers first, then the catalog rows.
@@ -360,38 +235,15 @@ class FilesMethods:
         manager = storage.upload_transfers  # 403 for a share I may only read
         storage.placement()  # 503 before anything is created when no supplier is hired
         storage.check_catalog_writable()  # 503 while the catalog is being restored from the suppliers
-        return defer.Deferred.fromCoroutine(self._upload(storage, manager, local, f"{key_id}:{path}",
-                                                         wait_result or wait_finish))
-
-    async def _upload(self, storage, manager, local: str, remote: str, wait: bool) -> dict:
-        if await self._thread(_local_kind, local) == "file":
-            job = manager.start_upload(local, remote)
-            if wait:
-                await job.wait()
-                await storage.upload_settled()
-            return job.info()
-        key_id, _, path = remote.partition(":")
-        result = await folders.upload_folder(manager, key_id, path, local, wait)
-        if wait:
-            await storage.upload_settled()
-        return result
+        return defer.Deferred.fromCoroutine(self._queries(storage).upload(manager, local, f"{key_id}:{path}",
+                                                                          wait_result or wait_finish))
 
     def file_upload_stop(self, remote_path: str) -> dict:
         """Cancel the upload of a file (or of everything under a folder)."""
         return self._stop(remote_path, "upload")
 
     def _stop(self, remote_path: str, kind: str) -> dict:
-        storage = self._storage(remote_path)
-        key_id, path = storage.check_remote_path(remote_path)
-        remote = f"{key_id}:{path}"
-        manager = storage.upload_transfers if kind == "upload" else storage.transfers
-        jobs = [j for j in manager.jobs(kind)
-                if j.remote_path == remote or j.remote_path.startswith(remote.rstrip("/") + "/")]
-        if not jobs:
-            raise NotFound(f"no {kind} of {remote} is running or queued")
-        for job in jobs:
-            job.event("cancel")
-        return {"remote_path": remote, "cancelled": [job.info() for job in jobs]}
+        return self._queries(self._storage(remote_path)).stop(remote_path, kind)
 
     # --- downloads -------------------------------------------------------------------------------
 
@@ -416,7 +268,7 @@ class FilesMethods:
         storage = self._storage(remote_path)
         destination = destination_path or self.node.settings.get("paths/restore") or os.path.expanduser("~")
         destination = _absolute(destination, "destination_path")
-        d = defer.Deferred.fromCoroutine(self._download(storage, remote_path, destination, wait_result))
+        d = defer.Deferred.fromCoroutine(self._queries(storage).download(remote_path, destination, wait_result))
         if open_share and isinstance(storage, ShareView):
             # Not in my copy of the owner's index: perhaps added since I read it; read it again, once.
             d.addErrback(self._read_share_again, remote_path,
@@ -426,31 +278,6 @@ class FilesMethods:
     def _read_share_again(self, failure: Any, where: str, retry: Callable[[], defer.Deferred]) -> defer.Deferred:
         failure.trap(NotFound)
         return self._open_share_first(where).addCallback(lambda _: retry())
-
-    async def _download(self, storage, remote_path: str, destination: str, wait: bool) -> dict:
-        catalog = storage.catalog
-        version_id = None
-        if isinstance(remote_path, str) and ":" not in remote_path:
-            version = await self._thread(catalog.version, remote_path)
-            version_id, remote_path = version["version_id"], version["remote_path"]
-        key_id, path = storage.check_remote_path(remote_path)
-        if not path:
-            raise BadRequest("download a named file or folder, not the root")
-        remote = f"{key_id}:{path}"
-        item = await self._thread(catalog.get, key_id, path)
-        name = path.rsplit("/", 1)[-1]
-        if item["type"] == "file":
-            target = await self._thread(_download_target, destination, name, False)
-            job = storage.transfers.start_download(remote, target, version_id)
-            if wait:
-                await job.wait()
-            return job.info()
-        if item["type"] == "link":
-            target = await self._thread(_download_target, destination, name, False)
-            await self._thread(folders.restore_link, target, item)
-            return {"remote_path": remote, "local_path": target, "link_target": item["link_target"]}
-        await self._thread(_download_target, destination, name, True)
-        return await folders.download_folder(storage.transfers, key_id, path, destination, wait)
 
     def file_download_stop(self, remote_path: str) -> dict:
         """Cancel the download of a file (or of everything under a folder); no partial file is left."""
@@ -514,7 +341,7 @@ class FilesMethods:
         """Create the catalog item (file or folder, as on disk) for a local path, without uploading."""
         storage = self._storage()
         local, remote = self._local_remote(storage, path)
-        d = self._thread(_local_kind, local)
+        d = self._thread(local_kind, local)
         return d.addCallback(lambda kind: self.file_create(remote, as_folder=kind == "folder", exist_ok=True))
 
     def backup_dir_add(self, dirpath: str) -> defer.Deferred:
@@ -530,17 +357,8 @@ class FilesMethods:
         storage = self._storage()
         local, remote = self._local_remote(storage, dirpath)
         key_id, path = storage.check_remote_path(remote)
-
-        async def add() -> dict:
-            if await self._thread(_local_kind, local) != "folder":
-                raise BadRequest(f"{local} is not a folder")
-            tree = await self._thread(folders.scan_folder, local)
-            skipped = await self._thread(folders.catalog_tree, storage.catalog, key_id, path, tree,
-                                         self.node.clock.seconds(), True)
-            storage.catalog_changed()
-            return {"remote_path": remote, "files": len(tree.files), "skipped": tree.skipped + skipped}
-
-        return defer.Deferred.fromCoroutine(add())
+        return defer.Deferred.fromCoroutine(self._queries(storage).add_tree(local, remote, key_id, path,
+                                                                            self.node.clock.seconds()))
 
     def backup_delete_local(self, backupID: str) -> defer.Deferred:
         """Nothing of a version is kept locally: answers that nothing was removed (404 for an unknown one)."""

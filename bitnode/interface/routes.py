@@ -301,7 +301,7 @@ ROUTES: tuple[Route, ...] = (
         P("timeout", FLOAT, 30),
         P("admin", BOOL, None, description="the creator also makes the user an admin (true) or not (false)"),
       )),
-    R("group_member_remove", "DELETE", "group/member/remove/v1", "Remove a member from a message group: the group's message key is rotated, so the removed member cannot read what is sent after.", mutating=True,
+    R("group_member_remove", "DELETE", "group/member/remove/v1", "Remove a member from a message group: the group's message key is rotated, so the removed member cannot read what is sent after.", mutating=True, impl=API_GROUPS,
       beyond_spec=True,
       params=(
         P("group_key_id", STR, REQUIRED),

@@ -77,6 +77,9 @@ PENDING_DELETES_META = "pending-deletes"
 PENDING_PARTS_META = "backup-parts-pending"
 NO_SUPPLIERS = "no suppliers hired: service_customer is off"
 DOWNLOAD_JOURNAL = "downloads.json"
+#: Settings another catalog reader (an open share's view) follows too: import these, never retype the key.
+SEGMENTS_IN_FLIGHT_KEY = "services/backups/segments-in-flight"
+MAX_DOWNLOADS_KEY = "services/backups/max-downloads"
 
 
 def _open_catalog(path: str, temp_dir: str, now: float) -> tuple[Catalog, dict | None]:
@@ -94,12 +97,12 @@ class BackupsService(Service):
     description = "Encrypted, erasure-coded copies of your files on the suppliers you hire"
     options = (
         k_of_n.DATA_BLOCKS_OPTION,
-        Option("services/backups/segments-in-flight", INTEGER, 2,
+        Option(SEGMENTS_IN_FLIGHT_KEY, INTEGER, 2,
                "Segments of one transfer held in memory at once (memory is about this times segment size "
                "times n/k).", minimum=1, maximum=32),
         Option("services/backups/max-uploads", INTEGER, 1, "Uploads running at once; the others wait.",
                minimum=1, maximum=16),
-        Option("services/backups/max-downloads", INTEGER, 2, "Downloads running at once; the others wait.",
+        Option(MAX_DOWNLOADS_KEY, INTEGER, 2, "Downloads running at once; the others wait.",
                minimum=1, maximum=16),
         Option("services/backups/store-timeout", FLOAT, 120.0, "Seconds a supplier has to store one block.",
                minimum=1.0, maximum=3600.0),
@@ -190,7 +193,7 @@ class BackupsService(Service):
             clock=ctx.clock, run_in_thread=ctx.run_in_thread, catalog=self.catalog, customer_id=customer_id,
             placement=self.placement, wrap_key=self._wrap_key, unwrap_key=self._unwrap_key,
             data_blocks=self.data_blocks, segment_size=lambda: settings.get("services/backups/segment-size"),
-            segments_in_flight=lambda: settings.get("services/backups/segments-in-flight"),
+            segments_in_flight=lambda: settings.get(SEGMENTS_IN_FLIGHT_KEY),
             keep_versions=lambda: settings.get("services/backups/max-copies"),
             store_timeout=lambda: settings.get("services/backups/store-timeout"),
             fetch_timeout=lambda: settings.get("services/backups/fetch-timeout"),
@@ -198,7 +201,7 @@ class BackupsService(Service):
             version_tag=share_scope.version_tag, catalog_backed_up=self._catalog_backed_up, download_journal=journal,
             download_checkpoint=lambda: settings.get("services/backups/download-checkpoint"))
         self.transfers = TransferManager(self.context, lambda: settings.get("services/backups/max-uploads"),
-                                         lambda: settings.get("services/backups/max-downloads"),
+                                         lambda: settings.get(MAX_DOWNLOADS_KEY),
                                          on_uploads_done=self._schedule_backup)
         self.monitor = BackupMonitor(ctx.clock, ctx.run_in_thread, self.catalog, customer_id,
                                      self.supplier_provider,

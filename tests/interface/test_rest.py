@@ -603,7 +603,7 @@ class EventMethodTests(RestTestCase):
 
     @defer.inlineCallbacks
     def test_listen_is_answered_when_the_node_stops(self):
-        # The poll would wait 60 s; the stop must answer it (well before that) with no events.
+        # The poll would wait 60 s; the stop must answer it (well before that) with no news but its own.
         polling = self.api.get("event/listen/ui5/v1", polling_timeout=60)
         yield wait_until(lambda: "ui5" in self.node.events.consumers())
         yield self.node.stopService()
