@@ -29,6 +29,7 @@ from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from bitnode.customer.customer_service import CustomerService
 from bitnode.dht.dht_service import DHTService
 from bitnode.errors import BadRequest, Unavailable
+from bitnode.main.schema import TCP_INTERFACE_KEY, TCP_PORT_KEY
 from bitnode.p2p.network_service import NetworkService
 from bitnode.p2p.proxy_server_service import ProxyServerService
 from bitnode.p2p.proxy_transport_service import ProxyTransportService
@@ -203,8 +204,8 @@ class NetworkMethods:
         gateway = gateway_service.gateway if gateway_service is not None else None
         return {
             "tcp": {
-                "interface": settings.get("services/tcp-connections/interface"),
-                "port": settings.get("services/tcp-connections/tcp-port"),
+                "interface": settings.get(TCP_INTERFACE_KEY),
+                "port": settings.get(TCP_PORT_KEY),
                 "listening_port": gateway.port if gateway is not None else None,
                 "contact": gateway.contact if gateway is not None else None,
             },

@@ -7,6 +7,7 @@ from typing import Any
 from twisted.internet import defer
 
 from bitnode.errors import BadRequest, Unavailable
+from bitnode.main.schema import TCP_INTERFACE_KEY
 from bitnode.p2p.external_address import parse_stun_server, stun_query
 
 SERVERS_KEY = "services/stun-client/servers"
@@ -29,7 +30,7 @@ class StunMethods:
         return defer.ensureDeferred(self._stun_all(servers, ports))
 
     async def _stun_all(self, servers: list[tuple[str, int]], ports: list[int]) -> list[dict]:
-        interface = self.node.settings.get("services/tcp-connections/interface")
+        interface = self.node.settings.get(TCP_INTERFACE_KEY)
         results = []
         for port in ports:
             results.append(await stun_query(self.node.reactor, self.node.clock, servers, port, interface))

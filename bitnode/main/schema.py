@@ -9,6 +9,9 @@ from __future__ import annotations
 from bitnode.main.options import BOOLEAN, DISK_SPACE, FLOAT, INTEGER, STRING, STRING_LIST, Option
 
 _PORT = {"minimum": 0, "maximum": 65535}
+#: The packet transport's address and port: the gateway listens there, identity and STUN answer for it.
+TCP_PORT_KEY = "services/tcp-connections/tcp-port"
+TCP_INTERFACE_KEY = "services/tcp-connections/interface"
 _HOST = r"[A-Za-z0-9.:\-\[\]]+"
 
 SCHEMA: tuple[Option, ...] = (
@@ -58,8 +61,8 @@ SCHEMA: tuple[Option, ...] = (
     # --- paths -----------------------------------------------------------------
     Option("paths/restore", STRING, "", "Default folder downloads are written to (empty: your home folder)."),
     # --- network -----------------------------------------------------------------
-    Option("services/tcp-connections/tcp-port", INTEGER, 7771, "TCP port peers send packets to.", **_PORT),
-    Option("services/tcp-connections/interface", STRING, "127.0.0.1",
+    Option(TCP_PORT_KEY, INTEGER, 7771, "TCP port peers send packets to.", **_PORT),
+    Option(TCP_INTERFACE_KEY, STRING, "127.0.0.1",
            "Address the packet transport listens on (0.0.0.0: every interface; the API keeps "
            "interface/api/interface).",
            pattern=_HOST),

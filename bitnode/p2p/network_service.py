@@ -27,6 +27,7 @@ from twisted.logger import Logger
 
 from bitnode.errors import BitnodeError, Unavailable
 from bitnode.main.options import BOOLEAN, FLOAT, Option
+from bitnode.main.schema import TCP_INTERFACE_KEY
 from bitnode.p2p.external_address import ExternalAddress, stun_query
 from bitnode.p2p.network_connector import NetworkConnector
 from bitnode.p2p.online_status import OnlineStatus
@@ -40,8 +41,6 @@ PREFIX = "services/network/"
 STUN_PREFIX = "services/stun-client/"
 #: The STUN servers (a setting of the schema, given by the network file).
 STUN_SERVERS_KEY = STUN_PREFIX + "servers"
-#: Where the peer transport listens (the schema's setting).
-INTERFACE_KEY = "services/tcp-connections/interface"
 #: Peers pinged when no identity server answers.
 PEERS_TO_PING = 2
 #: Events of service_proxy_transport after which "connected" must be checked again.
@@ -90,8 +89,8 @@ class NetworkService(Service):
         get = self.ctx.settings.get
         self.external = ExternalAddress(
             self.ctx.clock, lambda servers: stun_query(self.ctx.reactor, self.ctx.clock, servers, 0,
-                                                       get(INTERFACE_KEY)),
-            servers=lambda: get(STUN_SERVERS_KEY), interface=lambda: get(INTERFACE_KEY),
+                                                       get(TCP_INTERFACE_KEY)),
+            servers=lambda: get(STUN_SERVERS_KEY), interface=lambda: get(TCP_INTERFACE_KEY),
             advertise=lambda host: self._gateway_service().advertise_external(host),
             enabled=lambda: bool(get(STUN_PREFIX + "at-startup")),
             min_interval=get(STUN_PREFIX + "min-interval"))

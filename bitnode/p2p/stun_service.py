@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from bitnode.main.schema import TCP_INTERFACE_KEY
 from bitnode.p2p.stun import StunServer
 from bitnode.services.base import Service
 from bitnode.services.context import NodeContext
 
 PORT_KEY = "services/ip-port-responder/udp-port"
-INTERFACE_KEY = "services/tcp-connections/interface"
 
 
 class StunServerService(Service):
@@ -28,7 +28,7 @@ class StunServerService(Service):
         """Listen on the configured UDP port (0 picks a free one)."""
         self.server = StunServer()
         self._port = self.ctx.reactor.listenUDP(self.ctx.settings.get(PORT_KEY), self.server,
-                                                 interface=self.ctx.settings.get(INTERFACE_KEY))
+                                                 interface=self.ctx.settings.get(TCP_INTERFACE_KEY))
 
     def stop(self):
         """Close the UDP port."""

@@ -27,6 +27,7 @@ from twisted.logger import Logger
 
 from bitnode.errors import BitnodeError, Conflict, Unavailable
 from bitnode.main.options import BOOLEAN, DISK_SPACE, FLOAT, INTEGER, STRING, Option
+from bitnode.main.schema import TCP_INTERFACE_KEY, TCP_PORT_KEY
 from bitnode.services.base import Service
 from bitnode.services.context import NodeContext
 from bitnode.transport.gateway import Gateway
@@ -132,7 +133,7 @@ class GatewayService(Service):
         if identity.packet_signer() is None:
             raise Conflict("no packet-signing key: recover the identity with identity_recover")
         settings = self.ctx.settings
-        interface = settings.get("services/tcp-connections/interface")
+        interface = settings.get(TCP_INTERFACE_KEY)
         external = settings.get(PREFIX + "external-host")
         if not external and interface in _WILDCARDS:
             self.log.warn("listening on all interfaces without {key}: advertising 127.0.0.1 until STUN "
@@ -153,7 +154,7 @@ class GatewayService(Service):
         )
         if settings.get(PREFIX + "listen"):
             try:
-                await gateway.listen(settings.get("services/tcp-connections/tcp-port"))
+                await gateway.listen(settings.get(TCP_PORT_KEY))
             except Exception:
                 await gateway.stop()
                 raise

@@ -70,6 +70,7 @@ from bitnode.main.connections import TrackingSite
 from bitnode.main.fileutil import atomic_write, ensure_dir, read_limited
 from bitnode.main.options import BOOLEAN, FLOAT, INTEGER, Option
 from bitnode.main.ratelimit import KeyedRateLimiter
+from bitnode.main.schema import TCP_INTERFACE_KEY
 from bitnode.services.base import Service
 from bitnode.services.context import NodeContext
 from bitnode.userid.identity import MAX_XML_BYTES, Identity
@@ -78,7 +79,6 @@ STORE_FOLDER = "identityserver"
 MAX_SIZE_KEY = "services/identity-server/max-size"
 PORT_KEY = "services/identity-server/web-port"
 HOST_KEY = "services/identity-server/host"
-INTERFACE_KEY = "services/tcp-connections/interface"
 LIST_NAMES_KEY = "services/identity-server/list-names"
 REGISTRATIONS_KEY = "services/identity-server/registrations-per-hour"
 POSTS_KEY = "services/identity-server/posts-per-minute"
@@ -375,7 +375,7 @@ class IdentityServerService(Service):
                             lambda: settings.get(MAX_SIZE_KEY), limits, reactor=self.ctx.reactor)
         self._site = site
         self._port = self.ctx.reactor.listenTCP(settings.get(PORT_KEY), site,
-                                                 interface=settings.get(INTERFACE_KEY) or "127.0.0.1")
+                                                 interface=settings.get(TCP_INTERFACE_KEY) or "127.0.0.1")
         self.log.info("identity server listening on port {port} with {count} identities",
                       port=self.port, count=len(store))
 

@@ -45,6 +45,7 @@ from bitnode.crypt.keystore import KeyStore
 from bitnode.errors import BadRequest, BitnodeError, Conflict, Forbidden, NotFound, Unavailable
 from bitnode.main.fileutil import PRIVATE_FILE_MODE, atomic_write
 from bitnode.main.options import FLOAT, INTEGER, STRING_LIST, Option
+from bitnode.main.schema import TCP_INTERFACE_KEY, TCP_PORT_KEY
 from bitnode.services.base import Service
 from bitnode.services.context import NodeContext
 from bitnode.userid import id_backup, id_files, id_rotation
@@ -359,8 +360,8 @@ class IdentityService(Service):
         if self._pending_contacts is not None:
             return list(self._pending_contacts)
         settings = self.ctx.settings
-        iface = settings.get("services/tcp-connections/interface")
-        port = settings.get("services/tcp-connections/tcp-port")
+        iface = settings.get(TCP_INTERFACE_KEY)
+        port = settings.get(TCP_PORT_KEY)
         if iface in ("", "0.0.0.0", "::") or not port:
             # Not a reachable address: the transport calls update_contacts once it listens.
             return []
