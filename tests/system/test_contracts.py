@@ -47,7 +47,8 @@ class ContractTests(LocalnetTestCase):
             folder = os.path.join(Basedir.at(self.nodes[supplier]["basedir"]).root, "customers", ids[SILENT])
             wait_for(lambda f=folder: not os.path.exists(f), f"{supplier} to remove the folder {folder}")
             contracts = self.api(supplier, "service_info", service_name="service_supplier")["status"]["contracts"]
-            self.assertEqual(contracts["ended"], {"expired": 1})
+            # (hiring asks several suppliers and cancels the busier ones: those end as "cancelled")
+            self.assertEqual(contracts["ended"].get("expired"), 1, contracts["ended"])
 
         # customer-1 kept talking: its contract was renewed all along and its file comes back whole
         for supplier in self.holding(ids[ALIVE]):
