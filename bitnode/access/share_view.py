@@ -56,7 +56,7 @@ class ShareView:
                  registry: Any = None, segments_in_flight: Callable[[], int] = lambda: 2,
                  fetch_timeout: Callable[[], float] = lambda: 60.0, max_downloads: Callable[[], int] = lambda: 2,
                  download_journal: Any = None, me: str = "",
-                 open_writes: Callable[[ShareView], defer.Deferred] | None = None,
+                 open_writes: Callable[..., defer.Deferred] | None = None,
                  pick_up_key: Callable[..., Any] | None = None):
         self.reader = reader
         self.key_id = reader.key_id
@@ -123,10 +123,14 @@ class ShareView:
         self.positions = list(positions)
         self.members, self.reshare = dict(opened["members"]), opened["reshare"]
         self.mode = self.members.get(self.me, "")
-        writers = sorted(w for w, mode in self.members.items() if mode == "rw" and w != self.me)
+        opening = self.mode == "rw" and self.writes is None and self.open_writes is not None
+        # My own entries too when my part is opened here: a new machine's empty catalog of it starts from them.
+        writers = sorted(w for w, mode in self.members.items() if mode == "rw" and (w != self.me or opening))
         entries, self.entries_problems = await self.reader.fetch_entries(positions, writers)
-        if self.mode == "rw" and self.writes is None and self.open_writes is not None:
-            self.writes = await self.open_writes(self)
+        mine = entries.pop(self.me, None)
+        self.entries_problems.pop(self.me, None)
+        if opening:
+            self.writes = await self.open_writes(self, mine)
             if self._released is not None:
                 await self.writes.release()
                 raise Unavailable(f"share {self.key_id} was closed")

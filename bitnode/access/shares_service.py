@@ -39,6 +39,7 @@ coordinators ``share-connected`` / ``share-disconnected``.
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 
@@ -553,11 +554,16 @@ class SharesService(Service):
         self.views[key_id] = view
         return coordinator
 
-    async def _open_writes(self, view: ShareView) -> ShareWrites:
-        """My part of a share I may write into: my catalog of it, my uploads (interrupted ones resume)."""
+    async def _open_writes(self, view: ShareView, published: dict | None = None) -> ShareWrites:
+        """My part of a share I may write into: my catalog of it, my uploads (interrupted ones resume).
+
+        ``published`` is my entries as the owner's suppliers hold them: an
+        empty catalog of my part (a new machine) starts from them, so my next
+        entries do not drop what I wrote before.
+        """
         ctx, settings, store = self.ctx, self.ctx.settings, self._keystore()
         path = writes_file(ctx.basedir.metadata, view.key_id)
-        catalog = await ctx.run_in_thread(_open_writes_catalog, path, ctx.clock.seconds())
+        catalog = await ctx.run_in_thread(_open_writes_catalog, path, ctx.clock.seconds(), published)
         key_id = view.key_id
         options = {
             "segment_size": lambda: settings.get("services/backups/segment-size"),
@@ -728,7 +734,11 @@ def _key_of(where: str) -> str | None:
     return key_id if share_scope.is_share_key(key_id) else None
 
 
-def _open_writes_catalog(path: str, now: float) -> Catalog:
-    """My catalog of one share I write into (its folder made); one that cannot be read is set aside. Worker thread."""
+def _open_writes_catalog(path: str, now: float, published: dict | None = None) -> Catalog:
+    """My catalog of one share I write into (its folder made; one that cannot be read is set aside); an empty one
+    takes my published entries. Worker thread."""
     os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-    return open_catalog(path, now)[0]
+    catalog = open_catalog(path, now)[0]
+    if published is not None and catalog.is_empty():
+        catalog.import_(json.dumps(published["catalog"]).encode("utf-8"))
+    return catalog

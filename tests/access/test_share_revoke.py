@@ -16,6 +16,7 @@ from twisted.trial import unittest
 
 from bitnode.access import share_rotation
 from bitnode.access.key_packets import KeyOffer
+from bitnode.access.share_writes import writes_file
 from bitnode.crypt import keys
 from bitnode.errors import BadRequest, Forbidden
 from bitnode.storage import share_scope
@@ -225,3 +226,24 @@ class EnvelopePropertyTests(unittest.TestCase):
             else:
                 blob[at:at] = data.draw(st.binary(min_size=1, max_size=16), label="bytes")
         self.open(bytes(blob))
+
+
+class WriterOnANewMachineTests(ShareNetworkCase):
+    """A writer whose own catalog of the share is lost starts again from its entries on the owner's suppliers."""
+
+    @inlineCallbacks
+    def test_a_writer_that_lost_its_catalog_of_the_share_keeps_what_it_wrote(self):
+        key_id = yield self.shared_folder(mode="rw")
+        yield ok(self, self.bob, "file_upload_start", local_path=self.local_file(b"first"),
+                 remote_path=f"{key_id}:bob/first.txt", wait_result=True, open_share=True)
+        yield ok(self, self.bob, "share_close", key_id=key_id)
+        os.remove(writes_file(self.bob.basedir.metadata, key_id))  # a new machine: nothing of my part here
+        yield ok(self, self.bob, "file_upload_start", local_path=self.local_file(b"second"),
+                 remote_path=f"{key_id}:bob/second.txt", wait_result=True, open_share=True)
+        yield ok(self, self.alice, "share_grant", key_id=key_id, trusted_user_id=gid(self.carol), mode="ro")
+        yield ok(self, self.carol, "share_open", key_id=key_id)
+        listed = {i["path"] for i in (yield ok(self, self.carol, "files_list", key_id=key_id)) if i["type"] == "file"}
+        self.assertTrue({"bob/first.txt", "bob/second.txt"} <= listed, listed)
+        mine = yield ok(self, self.alice, "share_open", key_id=key_id)
+        self.assertEqual((mine["absorbed"]["taken"], mine["absorbed"]["forgotten"]), ({gid(self.bob): 2},
+                                                                                      {gid(self.bob): 0}))
