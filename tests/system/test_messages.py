@@ -8,25 +8,14 @@ goes offline and the sender gets a clear error and a ``failed`` entry.
 
 from __future__ import annotations
 
-import tempfile
-
-from twisted.trial.unittest import SynchronousTestCase
-
-from bitnode.interface.client import call_api
-from bitnode.localnet.network import LocalNet
-from bitnode.main.basedir import Basedir
-from tests.system.support import pid_alive, wait_for
+from tests.system.support import LocalnetTestCase, pid_alive, wait_for
 
 
-class LocalnetMessagesTests(SynchronousTestCase):
+class LocalnetMessagesTests(LocalnetTestCase):
     """message_send / message_history / message_receive / legacy names across processes."""
 
     def test_private_messages_between_processes(self) -> None:
-        self.dir = tempfile.mkdtemp(prefix="bitnode-messages-")
-        self.net = LocalNet(self.dir, log=lambda _line: None, documented_ports=False)
-        self.addCleanup(self.down)
-        data = self.net.up(suppliers=1, customers=1, key_size=2048, timeout=60)
-        self.nodes = {node["name"]: node for node in data["nodes"]}
+        self.start_network(suppliers=1, customers=1, prefix="bitnode-messages-")
         alice, bob = "customer-1", "supplier-1"
         alice_id, bob_id = self.nodes[alice]["global_id"], self.nodes[bob]["global_id"]
         for name in (alice, bob):  # up answers once every enabled service is ON
@@ -63,24 +52,12 @@ class LocalnetMessagesTests(SynchronousTestCase):
         # Bob goes away: a clear 503, and the history says the message failed
         self.net.stop_node(bob, kill=False)
         wait_for(lambda: not pid_alive(self.nodes[bob]["pid"]), "bob to exit")
-        code, envelope = call_api(Basedir.at(self.nodes[alice]["basedir"]), "message_send",
-                                  {"recipient_id": bob_id, "data": {"message": "still there?"},
-                                   "ping_timeout": 3, "message_ack_timeout": 3}, timeout=30)
+        code, envelope = self.call(alice, "message_send", timeout=30, recipient_id=bob_id,
+                                   data={"message": "still there?"}, ping_timeout=3, message_ack_timeout=3)
         self.assertEqual(code, 503, envelope)
         self.assertIn("offline, message not delivered", envelope["errors"][0])
         latest = self.api(alice, "message_history", recipient_id=bob_id, limit=1)["messages"][0]
         self.assertEqual((latest["data"], latest["state"]), ({"message": "still there?"}, "failed"))
-
-    def down(self) -> None:
-        pids = [row["pid"] for row in self.net.status() if row["pid"]]
-        self.net.down(kill=False)
-        for pid in pids:
-            wait_for(lambda p=pid: not pid_alive(p), f"pid {pid} to exit")
-
-    def api(self, name: str, method: str, **kwargs):
-        code, envelope = call_api(Basedir.at(self.nodes[name]["basedir"]), method, kwargs, timeout=30)
-        self.assertEqual(code, 200, (name, method, envelope))
-        return envelope["result"]
 
     def _held(self, name: str) -> str:
         status = self.api(name, "service_info", service_name="service_nicknames").get("status", {})

@@ -8,27 +8,16 @@ receives all three exactly once, in order; Bob's history says ``delivered``.
 
 from __future__ import annotations
 
-import tempfile
-
-from twisted.trial.unittest import SynchronousTestCase
-
-from bitnode.interface.client import call_api
-from bitnode.localnet.network import LocalNet
-from bitnode.main.basedir import Basedir
-from tests.system.support import pid_alive, wait_for
+from tests.system.support import LocalnetTestCase, pid_alive, wait_for
 
 TEXTS = ("first", "second", "third")
 
 
-class LocalnetOfflineMessagesTests(SynchronousTestCase):
+class LocalnetOfflineMessagesTests(LocalnetTestCase):
     """message_send to an offline user: queued on her suppliers, delivered once in order when she is back."""
 
     def test_three_messages_to_an_offline_user_arrive_once_in_order_and_the_sender_learns_it(self) -> None:
-        self.dir = tempfile.mkdtemp(prefix="bitnode-offline-messages-")
-        self.net = LocalNet(self.dir, log=lambda _line: None, documented_ports=False)
-        self.addCleanup(self.down)
-        data = self.net.up(suppliers=2, customers=2, key_size=2048, timeout=90)
-        self.nodes = {node["name"]: node for node in data["nodes"]}
+        self.start_network(suppliers=2, customers=2, prefix="bitnode-offline-messages-")
         alice, bob = "customer-1", "customer-2"
         alice_id, bob_id = self.nodes[alice]["global_id"], self.nodes[bob]["global_id"]
         # Alice's suppliers hold her signed record (so Bob finds them while she is away)
@@ -59,17 +48,6 @@ class LocalnetOfflineMessagesTests(SynchronousTestCase):
         wait_for(lambda: self.api(alice, "service_info", service_name="service_private_messages")["status"]
                  ["offline_delivery"].get("rounds_finished", 0) >= 2, "another look at alice's suppliers")
         self.assertEqual([m["message_id"] for m in self._history(alice, bob_id)], sent)
-
-    def down(self) -> None:
-        pids = [row["pid"] for row in self.net.status() if row["pid"]]
-        self.net.down(kill=False)
-        for pid in pids:
-            wait_for(lambda p=pid: not pid_alive(p), f"pid {pid} to exit")
-
-    def api(self, name: str, method: str, **kwargs):
-        code, envelope = call_api(Basedir.at(self.nodes[name]["basedir"]), method, kwargs, timeout=30)
-        self.assertEqual(code, 200, (name, method, envelope))
-        return envelope["result"]
 
     def _record(self, name: str) -> dict:
         info = self.api(name, "service_info", service_name="service_customer")
