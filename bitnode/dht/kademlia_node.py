@@ -62,6 +62,9 @@ from bitnode.errors import BadRequest, Conflict, NotFound, Timeout, Unavailable
 
 #: senders being pinged at once to prove their address before they enter the routing tables
 MAX_ADDRESS_CHECKS = 256
+#: a contact heard from in the last 15 minutes is not pinged when a newcomer finds its bucket full
+#: (as BitTorrent's DHT calls a node "good"): without it every newcomer cost a PING (make sim's storm)
+PING_FRESH_FOR = 900.0
 
 
 class DHTNode:
@@ -97,6 +100,7 @@ class DHTNode:
         replicate_interval: float = 3600.0,
         expire_interval: float = 60.0,
         max_failures: int = 2,
+        ping_fresh_for: float = PING_FRESH_FOR,
         cache_values: bool = True,
         limits: DHTLimits = DHTLimits(),
     ) -> None:
@@ -109,6 +113,7 @@ class DHTNode:
         self.alpha = alpha
         self._user = check_user(user)
         self._max_failures = max_failures
+        self._ping_fresh_for = ping_fresh_for
         self.refresh_interval = refresh_interval
         self.cache_values = cache_values
         self.limits = limits
@@ -296,6 +301,7 @@ class DHTNode:
                 "held_for_others": {} if self._stopped else self._store.usage(),
                 "limits": dataclasses.asdict(self.limits),
                 "contacts": {str(layer): len(t) for layer, t in self._tables.items()},
+                "eviction_pings_skipped": sum(t.pings_skipped_fresh for t in self._tables.values()),
             }
         )
 
@@ -547,7 +553,8 @@ class DHTNode:
     # -- timers -------------------------------------------------------------------
 
     def _new_table(self) -> RoutingTable:
-        return RoutingTable(self.node_id, self._clock, self.k, self._ping_contact, self._max_failures)
+        return RoutingTable(self.node_id, self._clock, self.k, self._ping_contact, self._max_failures,
+                            fresh_for=self._ping_fresh_for)
 
     def _start_timers(self) -> None:
         self._keeper.start()

@@ -67,6 +67,10 @@ class RoutingTable:
     :param ping: called with the least-recently-seen contact of a full bucket;
         its Deferred succeeding means "alive", failing means "evict".
     :param max_failures: consecutive RPC failures after which a contact is dropped.
+    :param fresh_for: seconds after we last heard from a contact during which a
+        newcomer to its full bucket does not make us ping it (a contact that just
+        answered is alive: pinging it again for every newcomer is a PING storm in a
+        busy network). 0 pings for every newcomer.
     """
 
     _log = Logger()
@@ -78,14 +82,21 @@ class RoutingTable:
         k: int = 20,
         ping: PingFn | None = None,
         max_failures: int = 2,
+        fresh_for: float = 0.0,
     ) -> None:
         if k < 1:
             raise BadRequest("k must be >= 1")
+        if fresh_for < 0:
+            raise BadRequest("fresh_for must be >= 0")
         self.own_id = own_id
         self.k = k
         self._clock = clock
         self._ping = ping
         self._max_failures = max_failures
+        self._fresh_for = fresh_for
+        self._heard_at: dict[int, float] = {}  # contact id -> when we last heard from it
+        #: eviction pings not sent because the oldest contact was heard from within fresh_for
+        self.pings_skipped_fresh = 0
         self._buckets: list[KBucket] = [KBucket(0, ID_SPACE, clock.seconds())]
         self._los: list[int] = [0]
 
@@ -145,10 +156,12 @@ class RoutingTable:
                 del bucket.contacts[i]
                 bucket.contacts.append(contact)
                 bucket.failures.pop(contact.node_id, None)
+                self._heard_at[contact.node_id] = self._clock.seconds()
                 return "updated"
             if len(bucket.contacts) < self.k:
                 bucket.contacts.append(contact)
                 self._drop_replacement(bucket, contact.node_id)
+                self._heard_at[contact.node_id] = self._clock.seconds()
                 return "added"
             if bucket.covers(self.own_id) and bucket.hi - bucket.lo > 1:
                 self._split(bucket)
@@ -166,6 +179,7 @@ class RoutingTable:
             return False
         del bucket.contacts[i]
         bucket.failures.pop(node_id, None)
+        self._heard_at.pop(node_id, None)
         if bucket.replacements:
             bucket.contacts.append(bucket.replacements.pop())
         return True
@@ -249,6 +263,12 @@ class RoutingTable:
         if self._ping is None or bucket.pinging or not bucket.contacts:
             return
         oldest = bucket.contacts[0]
+        heard_at = self._heard_at.get(oldest.node_id)
+        if self._fresh_for and heard_at is not None and self._clock.seconds() - heard_at < self._fresh_for:
+            # Even the least recently seen contact answered lately: keep the bucket, the newcomer waits
+            # in the replacement cache for a contact to fail.
+            self.pings_skipped_fresh += 1
+            return
         bucket.pinging = True
 
         def alive(_: object) -> None:
@@ -259,6 +279,7 @@ class RoutingTable:
                 # Still there: it is now the most recently seen.
                 current.contacts.append(current.contacts.pop(i))
                 current.failures.pop(oldest.node_id, None)
+                self._heard_at[oldest.node_id] = self._clock.seconds()
 
         def dead(reason: object) -> None:
             bucket.pinging = False

@@ -11,7 +11,7 @@ from twisted.trial import unittest
 
 from bitnode.dht.ids import ID_SPACE, Contact
 from bitnode.dht.routing import RoutingTable
-from bitnode.errors import Timeout
+from bitnode.errors import BadRequest, Timeout
 
 
 def contact(node_id: int) -> Contact:
@@ -130,3 +130,44 @@ class RoutingTableTests(unittest.TestCase):
         snap = json.loads(json.dumps(self.table.to_dict()))
         self.assertEqual(snap["size"], 5)
         self.assertEqual(len(snap["buckets"]), 2)
+
+
+class FreshContactTests(unittest.TestCase):
+    """A full bucket pings its oldest contact for a newcomer only when that contact was quiet for fresh_for."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.pinger = FakePinger()
+        self.table = RoutingTable(0, self.clock, k=4, ping=self.pinger, fresh_for=900.0)
+        self.far = [ID_SPACE - 1 - i for i in range(4)]
+        for i in self.far:
+            self.table.add(contact(i))
+        self.table.add(contact(1))  # the far half can no longer split
+
+    def test_a_day_of_newcomers_costs_one_ping_per_quiet_period_not_one_each(self) -> None:
+        # one newcomer a second for a day, while the far bucket's contacts stay quiet
+        for second in range(86400):
+            self.table.add(contact(ID_SPACE - 100 - second % 50))
+            for _, d in self.pinger.calls[len(self.pinger.calls) - 1:]:
+                if not d.called:
+                    d.callback("pong")  # every oldest contact answers
+            self.clock.advance(1)
+        # each of the 4 contacts is pinged at most once per 900 s once it went quiet: ~4 * 86400 / 900
+        self.assertLessEqual(len(self.pinger.calls), 4 * 86400 // 900 + 4)
+        self.assertGreater(self.table.pings_skipped_fresh, 80000)
+        self.assertEqual({c.node_id for c in self.table.bucket_for(self.far[0]).contacts}, set(self.far))
+
+    def test_a_contact_heard_within_fresh_for_is_not_pinged_and_a_quiet_one_is(self) -> None:
+        self.clock.advance(899)
+        self.assertEqual(self.table.add(contact(ID_SPACE - 100)), "pending")
+        self.assertEqual(self.pinger.calls, [])
+        self.clock.advance(2)
+        self.table.add(contact(ID_SPACE - 101))
+        self.assertEqual([c.node_id for c, _ in self.pinger.calls], [self.far[0]])
+        self.pinger.calls[0][1].errback(Timeout("no answer"))  # dead: the newest replacement takes its place
+        self.assertNotIn(self.far[0], self.table)
+        self.assertIn(ID_SPACE - 101, self.table)
+
+    def test_fresh_for_cannot_be_negative(self) -> None:
+        with self.assertRaises(BadRequest):
+            RoutingTable(0, self.clock, fresh_for=-1)
