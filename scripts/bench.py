@@ -279,6 +279,14 @@ def parse_sizes(text: str) -> list[int]:
     return sizes
 
 
+def parse_rebuild_size(text: str) -> int:
+    """``--rebuild-size``: MiB like ``--sizes`` (``256``), or a size with units (``32MB``)."""
+    sizes = parse_sizes(text)
+    if len(sizes) != 1:
+        raise argparse.ArgumentTypeError("one rebuild size")
+    return sizes[0]
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Options; ``--quick`` shrinks every default for a smoke test."""
     parser = argparse.ArgumentParser(description="Measure bitnode's performance targets (DESIGN.md).")
@@ -297,7 +305,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--skip-parts", default="", help="comma-separated: bench_catalog,bench_sim not to run")
     parser.add_argument("--small-16k", type=int, default=None, help="files in the 16 KiB folder (default 1000)")
     parser.add_argument("--small-1k", type=int, default=None, help="files in the 1 KiB folder (default 10000)")
-    parser.add_argument("--rebuild-size", type=parse_size, default=None, help="file size of the rebuild (256MB)")
+    parser.add_argument("--rebuild-size", type=parse_rebuild_size, default=None,
+                        help="file size of the rebuild, in MiB or with units (default 256)")
     parser.add_argument("--ws-connections", type=int, default=4, help="WebSocket connections at once")
     parser.add_argument("--ws-depth", type=int, default=8, help="WebSocket calls in flight per connection")
     parser.add_argument("--profile", metavar="DIR", help="record each transfer with py-spy into DIR")
@@ -416,7 +425,9 @@ def measure_rebuild(args: argparse.Namespace, net, workdir: str, say) -> dict | 
     bench_transfer.write_test_file(path, args.rebuild_size)
     try:
         figures = net.rebuild(path, args.rebuild_size, fmt_size(args.rebuild_size).replace(" ", ""))
-        say(f"   rebuild: {figures['rebuilt_mib']:.0f} MiB of blocks on {figures['new']} in {figures['seconds']:.1f} s")
+        say(f"   rebuild: {figures['rebuilt_mib']:.0f} MiB of blocks on {figures['new']} in {figures['seconds']:.1f} s "
+            f"(hiring {figures['hire_seconds']:.2f} s, moving the data {figures['data_seconds']:.2f} s; "
+            f"monitor: {figures['monitor']})")
     except Exception as err:  # noqa: BLE001 - reported as the target's figure
         figures = {"size": args.rebuild_size, "error": f"{type(err).__name__}: {err}"}
         say(f"   rebuild: {figures['error']}")

@@ -469,6 +469,10 @@ class BenchNet:
         Done when the new supplier holds the position with nothing left to
         rebuild and the former holder is no longer ``RETIRING`` (it is
         released only once its successor acknowledged every rebuilt block).
+        Two spans are timed: *hiring* (``supplier_change`` until the spare is
+        CONNECTED at the position) and *moving the data* (from then until
+        done); the customer's backup_monitor also reports the seconds of its
+        rebuild pass (fetch, decode/copy, store, acks) and the bytes it stored.
         """
         from bitnode.localnet.network import wait_for
 
@@ -483,24 +487,43 @@ class BenchNet:
         hired = {r["supplier_id"] for r in rows if not r.get("retiring")}
         old = next(r["supplier_id"] for r in rows if r["position"] == position and not r.get("retiring"))
         spare = self._spare_id(hired)
-        cpu_before = self._cpu()
-        start = time.perf_counter()
-        self.call("supplier_change", position=position, new_supplier_id=spare)
+        customer = self.customer_name()
+        targets = {customer: self.pids[customer]}
+        for role, supplier_id in (("old", old), ("new", spare)):
+            name = supplier_id.split("@")[0]
+            if name in self.pids:
+                targets[f"{name}-{role}"] = self.pids[name]
+        prefix = os.path.join(self.profile_dir, f"{label}-rebuild") if self.profile_dir else ""
+        marks: dict[str, float] = {}
 
         def rebuilt():
             rows = self.call("suppliers_list")
             holder = next((r for r in rows if r["position"] == position and not r.get("retiring")), None)
             retiring = [r for r in rows if r.get("retiring") and r["supplier_id"] == old and r["state"] == "RETIRING"]
-            return (holder is not None and holder["supplier_id"] == spare and holder.get("state") == "CONNECTED"
-                    and not holder.get("rebuild") and not retiring)
+            connected = holder is not None and holder["supplier_id"] == spare and holder.get("state") == "CONNECTED"
+            if connected and "hired" not in marks:
+                marks["hired"] = time.perf_counter()
+            return connected and not holder.get("rebuild") and not retiring
 
-        wait_for(rebuilt, self.timeout, f"the blocks of position {position} to be rebuilt on {spare}", interval=0.1)
-        seconds = time.perf_counter() - start
-        cpu_after = self._cpu()
+        with _Recorder(self.py_spy if prefix else None, targets, prefix, self.profile_idle):
+            cpu_before = self._cpu()
+            start = time.perf_counter()
+            self.call("supplier_change", position=position, new_supplier_id=spare)
+            wait_for(rebuilt, self.timeout, f"the blocks of position {position} to be rebuilt on {spare}",
+                     interval=0.02)
+            seconds = time.perf_counter() - start
+            cpu_after = self._cpu()
+        monitor = (self.call("service_info", service_name="service_backups").get("status") or {}).get(
+            "backup_monitor") or {}
         self.call("file_delete", timeout=3600.0, remote_path=remote)
         rebuilt_mib = size / self.data_blocks / MiB
+        hire_seconds = marks.get("hired", start) - start
+        data_seconds = max(seconds - hire_seconds, 1e-9)
         return {"size": size, "k": self.data_blocks, "seconds": seconds, "rebuilt_mib": rebuilt_mib,
                 "mib_s": rebuilt_mib / seconds, "file_mib_s": _rate(size, seconds), "old": old, "new": spare,
+                "hire_seconds": hire_seconds, "data_seconds": data_seconds, "data_mib_s": rebuilt_mib / data_seconds,
+                "monitor": {key: monitor.get(key) for key in ("rebuild_seconds", "bytes_rebuilt", "blocks_copied",
+                                                              "blocks_rebuilt", "rebuild_failures", "runs")},
                 "cpu_by_process": {n: cpu_after.get(n, 0.0) - cpu_before.get(n, 0.0) for n in cpu_before}}
 
     def _spare_id(self, hired: set[str]) -> str:

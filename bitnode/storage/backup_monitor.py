@@ -24,21 +24,33 @@ Comparing, per block of every recorded segment (position p, current supplier
   not answer keeps its recorded blocks.
 
 Rebuilding one segment: a missing block a retiring holder still lists is
-copied from it as it is. The others: fetch k held blocks (data blocks first;
-each checked against the catalog hash and its header, a bad one is itself
-marked missing and rebuilt), decode the encrypted segment with zfec, encode
-it again, pack the missing positions, check their SHA-256 equals the
-catalog's, store each on the current supplier of its position and only then
-record the holder. No key is needed: the blocks are ciphertext. A segment
-with fewer than k held blocks is reported as unrecoverable for now and left
-alone. The monitor never deletes anything; it only adds copies.
+copied from it as it is (no decoding). The others: fetch k held blocks at
+once (data blocks first; each checked against the catalog hash and its
+header, a bad one is itself marked missing and rebuilt, and the next source
+is asked instead), decode the encrypted segment with zfec, encode it again,
+pack the missing positions, check their SHA-256 equals the catalog's, store
+each on the current supplier of its position and only after its ack record
+the holder. No key is needed: the blocks are ciphertext. A segment with fewer
+than k held blocks is reported as unrecoverable for now and left alone. The
+monitor never deletes anything; it only adds copies.
+
+``segments_in_flight()`` segments are checked and rebuilt at once (each
+worker takes the next segment when its own is stored and acknowledged), so
+fetches, decoding and the new supplier's writes overlap and its acks are
+awaited in a window, not one by one; memory is bounded by that many segments
+(at most n blocks each). Holders are recorded in the catalog in batches of
+:data:`HOLDER_BATCH` (one transaction each) and always before the run ends: a
+crash before that loses nothing, the next run finds the blocks listed on the
+current supplier and records them.
 
 After a whole run, each retiring holder's rebuild is reported (blocks of its
 position on the current supplier, of all) and the holders nothing depends on
 any more (every block of their position is on the current supplier, or they
 answered and hold none of the missing ones) are released, once the catalog
 backup is current (``backup_current()``; :meth:`BackupMonitor.release_ready`
-is called again after each backup): only then are they told to delete.
+is called again after each backup): only then are they told to delete. A run
+that leaves holders waiting for that backup asks for it at once
+(``backup_soon()``) instead of waiting for the backup delay.
 
 The neighbours are injected: ``provider()`` returns the supplier provider
 (``positions() -> list[str]``, ``server(supplier_id) -> IStorageServer``,
@@ -50,75 +62,26 @@ raises Unavailable; tests use fakes and a Clock.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 
 from automats import Automat
 from bitnode.errors import BitnodeError, NotFound
-from bitnode.storage import blockformat, erasure
-from bitnode.storage.catalog import COMPLETE, UPLOADING, Catalog
+from bitnode.storage import blockformat
+from bitnode.storage.catalog import Catalog
 from bitnode.storage.downloader import verify_block
 from bitnode.storage.ports import BlockNotFound, block_path
-from bitnode.storage.segment_crypto import TAG_SIZE
+from bitnode.storage.rebuild_plan import SegmentPlan, catalog_snapshot, regenerate_blocks
 
 RunInThread = Callable[..., defer.Deferred]
 MAX_REPORTED = 100
+#: Holder changes recorded in the catalog in one transaction (a rebuild's catalog writes cost one fsync per batch).
+HOLDER_BATCH = 256
+#: Default of segments checked and rebuilt at once (the setting services/backups/rebuild-segments-in-flight).
+REBUILD_SEGMENTS_IN_FLIGHT = 8
 LOST = object()  # a fetch answer meaning: this supplier has no good copy
-
-
-@dataclass(frozen=True)
-class SegmentPlan:
-    """One recorded segment: its length and, per position, (sha256, holder)."""
-
-    version_id: str
-    index: int
-    k: int
-    n: int
-    plaintext_length: int
-    blocks: tuple[tuple[str, str], ...]
-
-
-def catalog_snapshot(catalog: Catalog) -> list[SegmentPlan]:
-    """Every recorded segment of every complete or uploading version. Worker thread."""
-    plans = []
-    for version in catalog.versions():
-        if version["state"] not in (COMPLETE, UPLOADING):
-            continue
-        version_id = version["version_id"]
-        try:
-            lengths = {m.index: m.plaintext_length for m in catalog.segments(version_id)}
-            rows = catalog.blocks(version_id)
-        except NotFound:  # deleted while we looked
-            continue
-        per_segment: dict[int, list[tuple[str, str]]] = {}
-        for seg, _pos, sha, holder in rows:
-            per_segment.setdefault(seg, []).append((sha, holder))
-        for seg, blocks in sorted(per_segment.items()):
-            if len(blocks) == version["n"]:
-                plans.append(SegmentPlan(version_id, seg, version["k"], version["n"], lengths[seg], tuple(blocks)))
-    return plans
-
-
-def regenerate_blocks(payloads: dict[int, bytes], plan: SegmentPlan, positions: list[int],
-                      nonce: bytes | None = None) -> dict[int, bytes]:
-    """Decode the encrypted segment from k payloads and re-make the stored blocks at ``positions``. Worker thread.
-
-    ``nonce`` is the one the fetched blocks carry (block format 3); None for
-    older blocks, rebuilt as they were (format 2, else format 1).
-    """
-    encrypted = erasure.decode(payloads, plan.k, plan.n, plan.plaintext_length + TAG_SIZE)
-    raw = erasure.encode(encrypted, plan.k, plan.n)
-    blocks = {}
-    for pos in positions:
-        args = (plan.version_id, plan.index, pos, plan.k, plan.n, plan.plaintext_length, raw[pos])
-        block = blockformat.pack(*args, nonce=nonce)
-        if nonce is None and hashlib.sha256(block).hexdigest() != plan.blocks[pos][0]:
-            block = blockformat.pack_v1(*args)  # a version stored before block format 2 is rebuilt as it was
-        blocks[pos] = block
-    return blocks
 
 
 def _lists(listing: dict | None, path: str, sha256: str) -> bool:
@@ -132,7 +95,14 @@ def _new_figures() -> dict:
             "blocks_missing": 0, "blocks_rebuilt": 0, "bytes_rebuilt": 0, "rebuild_failures": 0,
             "blocks_on_retiring": 0, "blocks_copied": 0, "holders_released": 0,
             "unrecoverable_segments": 0, "suppliers_listed": 0, "suppliers_unreachable": [],
-            "holders_corrected": 0, "unrecoverable": [], "errors": []}
+            "holders_corrected": 0, "unrecoverable": [], "errors": [],
+            # the REBUILDING pass: seconds (by the node's clock), segments worked on at once (most seen)
+            "rebuild_seconds": None, "segments_in_flight": 0, "segments_in_flight_max": 0}
+
+
+def _all(coroutines: list) -> defer.Deferred:
+    """Run coroutines at once; fires with their results in order (they catch their own errors)."""
+    return defer.gatherResults([defer.Deferred.fromCoroutine(c) for c in coroutines], consumeErrors=True)
 
 
 class BackupMonitor(Automat):
@@ -168,9 +138,13 @@ class BackupMonitor(Automat):
     def __init__(self, clock: IReactorTime, run_in_thread: RunInThread, catalog: Catalog, customer_id: str,
                  provider: Callable[[], Any], request_timeout: float = 60.0,
                  on_catalog_changed: Callable[[], None] = lambda: None,
-                 backup_current: Callable[[], bool] = lambda: True, **kwargs: Any):
+                 backup_current: Callable[[], bool] = lambda: True,
+                 backup_soon: Callable[[], None] = lambda: None,
+                 segments_in_flight: Callable[[], int] = lambda: REBUILD_SEGMENTS_IN_FLIGHT, **kwargs: Any):
         super().__init__(clock, **kwargs)
         self.backup_current = backup_current
+        self.backup_soon = backup_soon
+        self.segments_in_flight = segments_in_flight
         self.run_in_thread = run_in_thread
         self.catalog = catalog
         self.customer_id = customer_id
@@ -191,6 +165,8 @@ class BackupMonitor(Automat):
         self._retiring_counts: dict[str, dict] = {}
         self._still_needed: set[str] = set()
         self._releasable: list[str] = []
+        self._holders: list[tuple[str, int, int, str]] = []  # holder changes not in the catalog yet, in order
+        self._worker_failed = False
         #: per retiring holder: blocks of its position on the current supplier, of all (the last run's count)
         self.retiring: dict[str, dict] = {}
         self._pending: set[defer.Deferred] = set()
@@ -290,25 +266,64 @@ class BackupMonitor(Automat):
         self.event("lists-received")
 
     def rebuild(self, *_: Any) -> None:
-        """REBUILDING: compare and rebuild, one segment at a time."""
+        """REBUILDING: compare and rebuild, ``segments_in_flight()`` segments at a time."""
         self._start(self._rebuild())
 
     async def _rebuild(self) -> None:
         provider = self.provider()
-        changed = False
+        started = self.clock.seconds()
         self._retiring_counts = {s: {"done": 0, "total": 0} for former in self._retiring.values() for s in former}
         self._still_needed = set()
-        for plan in self._plans:
-            if self._stopping:
-                return
-            try:
-                changed |= await self._check_segment(plan, provider)
-            except NotFound:
-                continue  # the version was deleted meanwhile
-        if changed:
+        self._holders = []
+        self._worker_failed = False
+        plans = iter(self._plans)  # shared by the workers: each takes the next segment
+        width = max(1, int(self.segments_in_flight()))
+        workers = [defer.Deferred.fromCoroutine(self._check_segments(plans, provider)) for _ in range(width)]
+        outcomes = await defer.DeferredList(workers, consumeErrors=True)
+        # What was stored is recorded even when a worker failed (the next run would find it anyway).
+        await self._record_holders()
+        self.figures["rebuild_seconds"] = round(self.clock.seconds() - started, 3)
+        for ok, value in outcomes:
+            if not ok:
+                value.raiseException()
+        if self._stopping:
+            return
+        if any(value for _, value in outcomes):
             self.on_catalog_changed()
         self._settle_retiring(provider)
         self.event("rebuilt")
+
+    async def _check_segments(self, plans: Iterator[SegmentPlan], provider: Any) -> bool:
+        """One worker: check (and rebuild) the next segment until none is left; did the catalog change?"""
+        changed = False
+        figures = self.figures
+        for plan in plans:
+            if self._stopping or self._worker_failed:
+                break
+            figures["segments_in_flight"] += 1
+            figures["segments_in_flight_max"] = max(figures["segments_in_flight_max"], figures["segments_in_flight"])
+            try:
+                changed = await self._check_segment(plan, provider) or changed
+            except NotFound:
+                continue  # the version was deleted meanwhile
+            except BaseException:
+                self._worker_failed = True  # the others stop too: the run fails
+                raise
+            finally:
+                figures["segments_in_flight"] -= 1
+            if len(self._holders) >= HOLDER_BATCH:
+                await self._record_holders()
+        return changed
+
+    def _note_holder(self, plan: SegmentPlan, pos: int, supplier_id: str) -> None:
+        """A block's holder changed: recorded with the next batch (:meth:`_record_holders`)."""
+        self._holders.append((plan.version_id, plan.index, pos, supplier_id))
+
+    async def _record_holders(self) -> None:
+        """Write the holder changes gathered so far, in one transaction."""
+        updates, self._holders = self._holders, []
+        if updates:
+            await self.run_in_thread(self.catalog.set_block_holders, updates)
 
     def _settle_retiring(self, provider: Any) -> None:
         """A whole run is done: report each retiring holder's rebuild; those nothing needs may go."""
@@ -317,7 +332,8 @@ class BackupMonitor(Automat):
         if report is not None:
             report(dict(self.retiring))
         self._releasable = sorted(set(self.retiring) - self._still_needed)
-        self.release_ready()
+        if self._releasable and not self.release_ready():
+            self.backup_soon()  # they wait only for a catalog backup naming their successors: no need to delay it
 
     def release_ready(self) -> list[str]:
         """Release the retiring holders the last run found unneeded, once the catalog backup is current.
@@ -382,7 +398,7 @@ class BackupMonitor(Automat):
                 figures["blocks_missing"] += 1
                 targets.append(pos)
         for pos, who in updates:
-            await self.run_in_thread(self.catalog.set_block_holder, plan.version_id, plan.index, pos, who)
+            self._note_holder(plan, pos, who)
             self.figures["holders_corrected"] += 1
         on_current = {p for p, s in sources.items() if s == self._current(p)}
         if targets:
@@ -414,34 +430,30 @@ class BackupMonitor(Automat):
     async def _rebuild_segment(self, plan: SegmentPlan, provider: Any, sources: dict[int, str],
                                targets: list[int]) -> set[int]:
         """Make the missing blocks on their current suppliers; returns the positions stored."""
-        stored: set[int] = set()
-        for pos in sorted(targets):  # a retiring holder still has it: copy it as it is
-            keeper = sources.get(pos)
-            if not keeper or self._stopping:
-                continue
-            fetched = await self._fetch_verified(plan, provider, pos, keeper)
-            if isinstance(fetched, tuple) and await self._store(plan, provider, pos, fetched[0]):
-                stored.add(pos)
-                self.figures["blocks_copied"] += 1
-                self.figures["bytes_rebuilt"] += len(fetched[0])
-            else:
+        copies = [pos for pos in sorted(targets) if sources.get(pos)]  # a retiring holder still has it
+        copied = await _all([self._copy(plan, provider, pos, sources[pos]) for pos in copies])
+        stored = {pos for pos, ok in zip(copies, copied, strict=True) if ok}
+        for pos in copies:
+            if pos not in stored:
                 del sources[pos]
         targets = [pos for pos in targets if pos not in stored]
         payloads: dict[int, bytes] = {}
         nonces: set[bytes | None] = set()
-        for pos in sorted(sources):  # data blocks first: decoding them is a plain join
-            if not targets or len(payloads) == plan.k or self._stopping:
-                break
-            fetched = await self._fetch_verified(plan, provider, pos, sources[pos])
-            if fetched is LOST:
-                # A listed block that is corrupt or gone when fetched is lost too: rebuild it with the others.
-                await self.run_in_thread(self.catalog.set_block_holder, plan.version_id, plan.index, pos, "")
-                self.figures["blocks_missing"] += 1
-                if sources[pos] == self._current(pos):
-                    targets.append(pos)
-            elif fetched is not None:
-                _, payloads[pos], nonce = fetched
-                nonces.add(nonce)
+        candidates = sorted(sources)  # data blocks first: decoding them is a plain join
+        while targets and len(payloads) < plan.k and candidates and not self._stopping:
+            wanted = plan.k - len(payloads)
+            batch, candidates = candidates[:wanted], candidates[wanted:]
+            fetched_all = await _all([self._fetch_verified(plan, provider, pos, sources[pos]) for pos in batch])
+            for pos, fetched in zip(batch, fetched_all, strict=True):
+                if fetched is LOST:
+                    # A listed block that is corrupt or gone when fetched is lost too: rebuild it with the others.
+                    self._note_holder(plan, pos, "")
+                    self.figures["blocks_missing"] += 1
+                    if sources[pos] == self._current(pos):
+                        targets.append(pos)
+                elif fetched is not None:
+                    _, payloads[pos], nonce = fetched
+                    nonces.add(nonce)
         if self._stopping or not targets:
             return stored
         if len(payloads) < plan.k:
@@ -455,19 +467,33 @@ class BackupMonitor(Automat):
             return stored
         blocks = await self.run_in_thread(regenerate_blocks, payloads, plan, sorted(targets), nonces.pop())
         payloads.clear()
+        ready = []
         for pos in sorted(targets):
-            data = blocks.pop(pos)
-            if hashlib.sha256(data).hexdigest() != plan.blocks[pos][0]:
+            if hashlib.sha256(blocks[pos]).hexdigest() != plan.blocks[pos][0]:
                 self._problem(f"{plan.version_id}/{plan.index}/{pos}: rebuilt block differs from the catalog")
-                continue
-            if await self._store(plan, provider, pos, data):
+            else:
+                ready.append(pos)
+        acked = await _all([self._store(plan, provider, pos, blocks[pos]) for pos in ready])
+        for pos, ok in zip(ready, acked, strict=True):
+            if ok:
                 stored.add(pos)
                 self.figures["blocks_rebuilt"] += 1
-                self.figures["bytes_rebuilt"] += len(data)
+                self.figures["bytes_rebuilt"] += len(blocks[pos])
         return stored
 
+    async def _copy(self, plan: SegmentPlan, provider: Any, pos: int, keeper: str) -> bool:
+        """Copy a block as it is from the retiring holder ``keeper`` to the current supplier; stored?"""
+        if self._stopping:
+            return False
+        fetched = await self._fetch_verified(plan, provider, pos, keeper)
+        if not isinstance(fetched, tuple) or not await self._store(plan, provider, pos, fetched[0]):
+            return False
+        self.figures["blocks_copied"] += 1
+        self.figures["bytes_rebuilt"] += len(fetched[0])
+        return True
+
     async def _store(self, plan: SegmentPlan, provider: Any, pos: int, data: bytes) -> bool:
-        """Store one block on the current supplier of its position, then record it as the holder."""
+        """Store one block on the current supplier of its position; once acknowledged, note it as the holder."""
         supplier_id = self._positions[pos]
         try:
             d = defer.maybeDeferred(provider.server(supplier_id).store_block, self.customer_id,
@@ -476,7 +502,7 @@ class BackupMonitor(Automat):
         except Exception as err:  # noqa: BLE001 - counted; the next run tries again
             self._problem(f"storing {plan.version_id}/{plan.index}/{pos} on {supplier_id}: {err}")
             return False
-        await self.run_in_thread(self.catalog.set_block_holder, plan.version_id, plan.index, pos, supplier_id)
+        self._note_holder(plan, pos, supplier_id)
         return True
 
     async def _fetch_verified(self, plan: SegmentPlan, provider: Any, pos: int,
@@ -502,6 +528,7 @@ class BackupMonitor(Automat):
     # --- helpers ------------------------------------------------------------------------------------
 
     def _track(self, d: defer.Deferred) -> defer.Deferred:
+        """Time out and remember a request (shutdown cancels what is still pending)."""
         d.addTimeout(self.request_timeout, self.clock)
         self._pending.add(d)
 

@@ -61,7 +61,7 @@ from bitnode.services.background import BackgroundWork
 from bitnode.services.base import Service
 from bitnode.services.context import NodeContext
 from bitnode.storage import k_of_n, key_backup, share_scope
-from bitnode.storage.backup_monitor import BackupMonitor
+from bitnode.storage.backup_monitor import REBUILD_SEGMENTS_IN_FLIGHT, BackupMonitor
 from bitnode.storage.catalog import Catalog, open_catalog, split_remote_path
 from bitnode.storage.catalog_backup import SERIAL_META, CatalogBackup
 from bitnode.storage.catalog_keeper import COVERED_META, CatalogKeeper
@@ -80,6 +80,7 @@ DOWNLOAD_JOURNAL = "downloads.json"
 #: Settings another catalog reader (an open share's view) follows too: import these, never retype the key.
 SEGMENTS_IN_FLIGHT_KEY = "services/backups/segments-in-flight"
 MAX_DOWNLOADS_KEY = "services/backups/max-downloads"
+REBUILD_IN_FLIGHT_KEY = "services/backups/rebuild-segments-in-flight"
 
 
 def _open_catalog(path: str, temp_dir: str, now: float) -> tuple[Catalog, dict | None]:
@@ -100,6 +101,9 @@ class BackupsService(Service):
         Option(SEGMENTS_IN_FLIGHT_KEY, INTEGER, 2,
                "Segments of one transfer held in memory at once (memory is about this times segment size "
                "times n/k).", minimum=1, maximum=32),
+        Option(REBUILD_IN_FLIGHT_KEY, INTEGER, REBUILD_SEGMENTS_IN_FLIGHT,
+               "Segments a rebuild works on at once (fetching, decoding, storing on the new supplier and "
+               "waiting for its ack); memory is about this times segment size times n/k.", minimum=1, maximum=64),
         Option("services/backups/max-uploads", INTEGER, 1, "Uploads running at once; the others wait.",
                minimum=1, maximum=16),
         Option(MAX_DOWNLOADS_KEY, INTEGER, 2, "Downloads running at once; the others wait.",
@@ -207,7 +211,10 @@ class BackupsService(Service):
                                      self.supplier_provider,
                                      request_timeout=settings.get("services/backups/fetch-timeout"),
                                      on_catalog_changed=self.catalog_changed,
-                                     backup_current=self.catalog_backup_current, registry=ctx.automats)
+                                     backup_current=self.catalog_backup_current,
+                                     backup_soon=self._backup_soon,
+                                     segments_in_flight=lambda: settings.get(REBUILD_IN_FLIGHT_KEY),
+                                     registry=ctx.automats)
         self.backups = CatalogBackup(ctx.clock, ctx.run_in_thread, self.catalog, customer_id, self.placement,
                                      self.data_blocks, self._master_key, self.temp_dir,
                                      segment_size=lambda: settings.get("services/backups/segment-size"),
@@ -542,6 +549,11 @@ class BackupsService(Service):
     def _schedule_backup(self) -> None:
         if self.keeper is not None:
             self.keeper.schedule()
+
+    def _backup_soon(self) -> None:
+        # Retiring holders wait only for a backup naming their successors: take it now, not after the delay.
+        if self.keeper is not None:
+            self.keeper.schedule(0.0)
 
     def _catalog_backed_up(self, on_failure=None) -> defer.Deferred:
         if self.keeper is None:

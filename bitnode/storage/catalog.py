@@ -25,7 +25,7 @@ import json
 import os
 import sqlite3
 import time
-from typing import Callable, ContextManager, Iterable
+from typing import Callable, ContextManager, Iterable, Sequence
 
 from bitnode.errors import BadRequest, Conflict, NotFound
 from bitnode.globalid import parse_key_id, validate_path
@@ -524,6 +524,19 @@ class Catalog:
                 (supplier, version_id, seg_index, position)).rowcount
             if not changed:
                 raise NotFound(f"no block {version_id}/{seg_index}/{position} in the catalog")
+
+    def set_block_holders(self, updates: Sequence[tuple[str, int, int, str]]) -> int:
+        """Record many holders in one transaction, in order: ``(version_id, seg_index, position, supplier)``.
+
+        A rebuild records its blocks in batches (one commit, so one fsync, for
+        many). A block gone meanwhile (its version deleted) is skipped, not an
+        error. Returns how many blocks were updated.
+        """
+        with self._transaction() as db:
+            return sum(db.execute(
+                "UPDATE blocks SET supplier = ? WHERE version_id = ? AND seg_index = ? AND position = ?",
+                (supplier, version_id, seg_index, position)).rowcount
+                for version_id, seg_index, position, supplier in updates)
 
     def forget_supplier(self, supplier: str) -> int:
         """A supplier was fired: its blocks become missing. Returns how many."""

@@ -223,9 +223,25 @@ class TableTests(unittest.TestCase):
         self.assertIn("node/bare 0.83", text)
         self.assertIn("API WebSocket process_health: 6000 calls/s over 4 connection(s), 8 in flight", text)
         self.assertIn("small files 1000 x 16 KiB: upload 400 files/s in 2.5 s, download 600 files/s in 1.7 s", text)
-        self.assertIn("rebuild of 256 MiB (k=3): 85 MiB of blocks on the new supplier in 0.8 s = 106.7 MiB/s", text)
+        self.assertIn("rebuild of 256 MiB (k=3): 85 MiB of blocks on the new supplier in 0.80 s = 106.7 MiB/s", text)
         self.assertTrue(any(line.startswith("customer peak RSS at 512 MiB <= 150 MiB") and line.endswith("PASS")
                             for line in lines))
+
+    def test_rebuild_is_judged_on_the_data_and_prints_the_hiring_beside_it(self):
+        split = dict(REBUILD, seconds=1.0, mib_s=256 / 3, hire_seconds=0.3, data_seconds=0.7,
+                     data_mib_s=256 / 3 / 0.7, monitor={"rebuild_seconds": 0.6, "blocks_copied": 64,
+                                                        "blocks_rebuilt": 0},
+                     cpu_by_process={"customer-1": 0.5, "supplier-2": 0.25, "supplier-3": 0.0})
+        checks = {c["name"]: c for c in report.evaluate(API, GOOD, SMALL, split)}
+        self.assertEqual(checks["rebuild_speed"]["verdict"], "PASS")  # 121.9 MiB/s of data; 85.3 with hiring
+        self.assertEqual(checks["rebuild_speed"]["measured"], "121.9 MiB/s (85 MiB in 0.70 s; + hiring 0.30 s: 85.3)")
+        text = "\n".join(report.report_lines(API, GOOD, list(checks.values()), context="", rebuild=split))
+        self.assertIn("hiring the spare 0.30 s; moving the data 0.70 s = 121.9 MiB/s (the customer's rebuild pass "
+                      "itself: 0.6 s, 64 blocks copied, 0 decoded)", text)
+        self.assertIn("CPU ms per MiB restored: customer-1 5.9, supplier-2 2.9", text)
+        slow = dict(split, data_mib_s=99.0)
+        self.assertEqual({c["name"]: c for c in report.evaluate(API, GOOD, SMALL, slow)}["rebuild_speed"]["verdict"],
+                         "FAIL")
 
     def test_cpu_per_process_per_size(self):
         lines = report.process_cpu_lines(GOOD)
@@ -354,6 +370,10 @@ class OptionTests(unittest.TestCase):
         self.assertEqual(args.sizes, [32 * MiB])
         self.assertEqual((args.small_16k, args.small_1k, args.rebuild_size), (100, 300, 32 * MiB))
         self.assertEqual(args.rounds, 1)
+
+    def test_rebuild_size_is_mib_like_sizes_or_takes_units(self):
+        self.assertEqual(bench.parse_args(["--rebuild-size", "256"]).rebuild_size, 256 * MiB)
+        self.assertEqual(bench.parse_args(["--rebuild-size", "32MB"]).rebuild_size, 32 * MiB)
 
     def test_sizes_are_mib_or_take_units(self):
         self.assertEqual(bench.parse_sizes("16,128"), [16 * MiB, 128 * MiB])

@@ -7,14 +7,14 @@ supplier is two assignments.
 
 from __future__ import annotations
 
-import hashlib
+from unittest.mock import patch
 
 from twisted.internet import defer
 from twisted.trial import unittest
 
 from bitnode.errors import Unavailable
-from bitnode.storage import blockformat, erasure, segment_crypto
-from bitnode.storage.backup_monitor import BackupMonitor, SegmentPlan, regenerate_blocks
+from bitnode.storage import backup_monitor
+from bitnode.storage.backup_monitor import BackupMonitor
 from bitnode.storage.job_context import Placement
 from bitnode.storage.memory_grid import FaultyServer, MemoryStorageServer
 from bitnode.storage.ports import block_path
@@ -60,22 +60,24 @@ class FakeProvider:
 
 
 class MonitorTestCase(unittest.TestCase):
+    SIZE = 3 * SEG + 11  # four segments
+
     def setUp(self):
         self.grid = Grid()
         self.h = Harness(self, self.grid)
-        self.source, self.data = write(self, 3 * SEG + 11)
+        self.source, self.data = write(self, self.SIZE)
         self.version = self.h.manager.start_upload(self.source, REMOTE).version_id
         self.provider = FakeProvider(self.h)
         self.changed = 0
         self.monitor = self.make_monitor()
 
-    def make_monitor(self, provider=None):
+    def make_monitor(self, provider=None, **options):
         def changed():
             self.changed += 1
 
         monitor = BackupMonitor(self.h.clock, self.h.ctx.run_in_thread, self.h.catalog, CUSTOMER,
                                 provider or (lambda: self.provider), on_catalog_changed=changed,
-                                registry=self.h.registry)
+                                registry=self.h.registry, **options)
         self.addCleanup(monitor.destroy)
         return monitor
 
@@ -177,11 +179,14 @@ class RetiringHolderTests(MonitorTestCase):
         """The supplier at ``position`` is replaced by an empty one and becomes a retiring holder."""
         old_server = self.h.servers[position]
         self.grid.ids[position] = self.OLD  # (the catalog names its old id as the holder)
-        for seg in range(4):
+        for seg in range(self.segments()):
             self.h.catalog.set_block_holder(self.version, seg, position, self.OLD)
         self.provider.former[self.OLD] = (position, old_server)
         self.replace(position, self.NEW)
         return old_server
+
+    def segments(self) -> int:
+        return len({seg for seg, _, _, _ in self.h.catalog.blocks(self.version)})
 
     def test_a_live_retiring_holder_is_copied_from_then_released(self):
         original = self.grid.blocks(1)
@@ -269,40 +274,124 @@ class RetiringHolderTests(MonitorTestCase):
         self.assertEqual(read(target), self.data)
 
 
-class RegenerateFormatTests(unittest.TestCase):
-    """A rebuilt block must be byte-identical to what the catalog recorded, in either block format."""
+class CountingThreads:
+    """run_in_thread at once on this thread, counting calls per function name; ``fail`` names one that raises."""
 
-    def _plan_and_payloads(self, pack, nonce_format=2):
-        key = segment_crypto.new_version_key()
-        plain = b"segment data " * 50
-        if nonce_format == 2:
-            nonce, encrypted = segment_crypto.encrypt_segment(key, "ver-1", 4, plain)
-        else:
-            nonce, encrypted = None, segment_crypto.encrypt_segment_v1(key, "ver-1", 4, plain)
-        raw = erasure.encode(encrypted, 3, 5)
-        extra = {"nonce": nonce} if nonce is not None else {}
-        blocks = [pack("ver-1", 4, pos, 3, 5, len(plain), raw[pos], **extra) for pos in range(5)]
-        plan = SegmentPlan("ver-1", 4, 3, 5, len(plain),
-                           tuple((hashlib.sha256(b).hexdigest(), "s@id.example.net_8084") for b in blocks))
-        return plan, {pos: raw[pos] for pos in (0, 2, 4)}, blocks, nonce
+    def __init__(self, fail: str = ""):
+        self.calls: dict[str, int] = {}
+        self.fail = fail
 
-    def test_current_format_blocks_are_rebuilt_as_version_3_with_their_nonce(self):
-        plan, payloads, blocks, nonce = self._plan_and_payloads(blockformat.pack)
-        rebuilt = regenerate_blocks(payloads, plan, [1, 3], nonce)
-        self.assertEqual(rebuilt, {1: blocks[1], 3: blocks[3]})
-        self.assertEqual(blockformat.unpack(rebuilt[1])[0].format_version, 3)
+    def __call__(self, fn, *args):
+        self.calls[fn.__name__] = self.calls.get(fn.__name__, 0) + 1
+        if fn.__name__ == self.fail:
+            return defer.fail(RuntimeError(f"{fn.__name__} broke"))
+        return defer.maybeDeferred(fn, *args)
 
-    def test_version_2_blocks_are_rebuilt_as_version_2(self):
-        plan, payloads, blocks, _ = self._plan_and_payloads(blockformat.pack, nonce_format=1)
-        rebuilt = regenerate_blocks(payloads, plan, [1, 3])
-        self.assertEqual(rebuilt, {1: blocks[1], 3: blocks[3]})
-        self.assertEqual(blockformat.unpack(rebuilt[1])[0].format_version, 2)
 
-    def test_version_1_blocks_are_rebuilt_as_version_1(self):
-        plan, payloads, blocks, _ = self._plan_and_payloads(blockformat.pack_v1, nonce_format=1)
-        rebuilt = regenerate_blocks(payloads, plan, [1, 3])
-        self.assertEqual(rebuilt, {1: blocks[1], 3: blocks[3]})
-        self.assertEqual(blockformat.unpack(rebuilt[3])[0].format_version, 1)
+class RebuildWindowTests(RetiringHolderTests.__bases__[0]):
+    """Several segments are rebuilt at once; acks are awaited in a window; the holder goes only after the last."""
+
+    SIZE = 10 * SEG  # ten segments
+    OLD, NEW = RetiringHolderTests.OLD, RetiringHolderTests.NEW
+    retire = RetiringHolderTests.retire
+    segments = RetiringHolderTests.segments
+
+    def windowed(self, width: int, **options) -> BackupMonitor:
+        self.monitor.destroy()
+        self.monitor = self.make_monitor(segments_in_flight=lambda: width, **options)
+        return self.monitor
+
+    def test_stores_are_acknowledged_in_a_window_and_the_holder_is_released_after_the_last(self):
+        original = self.grid.blocks(1)
+        self.windowed(3)
+        old = self.retire(1)
+        new = self.h.servers[1]
+        new.slow(1.0)  # each store is acknowledged a second after it was sent (its listing too)
+        self.monitor.event("suppliers-changed")
+        self.h.clock.advance(1.0)  # the listings
+        stored = []
+        for _ in range(4):
+            stored.append(new.calls["store_block"])
+            self.assertEqual(self.provider.released, [])  # never before its successor acknowledged every block
+            self.h.clock.advance(1.0)
+        self.assertEqual(stored, [3, 6, 9, 10])  # three in flight; a worker goes on as soon as its ack came
+        self.assertEqual(self.monitor.state, "READY", self.monitor.last_error)
+        figures = self.monitor.status()
+        self.assertEqual((figures["blocks_copied"], figures["segments_in_flight_max"]), (10, 3))
+        self.assertEqual(figures["rebuild_seconds"], 4.0)  # ten acks of one second each, three at a time
+        self.assertEqual(self.provider.released, [self.OLD])
+        self.assertEqual(self.grid.stores[1]._spaces[CUSTOMER], original)
+        self.assertEqual(old.calls["fetch_block"], 10)  # copied as they are: one fetch per block, no decoding
+        self.assertEqual(sum(s.calls["fetch_block"] for i, s in enumerate(self.h.servers) if i != 1), 0)
+
+    def test_one_segment_in_flight_takes_one_round_trip_per_segment(self):
+        self.windowed(1)
+        self.retire(1)
+        self.h.servers[1].slow(1.0)
+        self.monitor.event("suppliers-changed")
+        self.h.clock.pump([1.0] * 10)  # the listings, then nine of the ten stores
+        self.assertEqual(self.monitor.state, "REBUILDING")
+        self.h.clock.advance(1.0)
+        self.assertEqual(self.monitor.state, "READY", self.monitor.last_error)
+        self.assertEqual(self.monitor.status()["segments_in_flight_max"], 1)
+
+    def test_without_the_retiring_holder_k_blocks_are_fetched_at_once_per_segment(self):
+        self.windowed(2)
+        self.retire(4).go_offline()
+        for server in self.h.servers:
+            server.slow(1.0)
+        self.monitor.event("suppliers-changed")
+        self.h.clock.advance(1.0)  # the listings
+        self.h.clock.advance(0.5)
+        self.assertEqual(sum(s.calls["fetch_block"] for s in self.h.servers), 2 * 3)  # k of each, both at once
+        self.h.clock.pump([1.0] * 30)
+        self.assertEqual(self.monitor.state, "READY", self.monitor.last_error)
+        self.assertEqual(self.monitor.status()["blocks_rebuilt"], 10)
+        self.assertEqual(sum(s.calls["fetch_block"] for s in self.h.servers), 10 * 3)  # never all n
+        self.assertEqual([s.calls["fetch_block"] for s in self.h.servers[:3]], [10, 10, 10])  # data blocks
+        self.assertEqual(self.provider.released, [self.OLD])
+
+    def test_holders_are_recorded_in_batches_before_the_run_ends(self):
+        threads = CountingThreads()
+        self.monitor.destroy()
+        self.monitor = BackupMonitor(self.h.clock, threads, self.h.catalog, CUSTOMER, lambda: self.provider,
+                                     segments_in_flight=lambda: 1, registry=self.h.registry)
+        self.addCleanup(self.monitor.destroy)
+        self.retire(2)
+        with patch.object(backup_monitor, "HOLDER_BATCH", 4):
+            self.run_check("suppliers-changed")
+        self.assertEqual(threads.calls.get("set_block_holder", 0), 0)
+        self.assertEqual(threads.calls["set_block_holders"], 3)  # after 4 and 8 segments, then the last 2
+        holders = {(s, p): who for s, p, _, who in self.h.catalog.blocks(self.version)}
+        self.assertEqual({holders[(s, 2)] for s in range(10)}, {self.NEW})
+
+    def test_a_run_left_waiting_for_the_catalog_backup_asks_for_it_at_once(self):
+        asked, current = [], []
+        self.windowed(4, backup_current=lambda: bool(current), backup_soon=lambda: asked.append(True))
+        self.retire(0)
+        self.run_check("suppliers-changed")
+        self.assertEqual((asked, self.provider.released), ([True], []))
+        current.append(True)
+        self.assertEqual(self.monitor.release_ready(), [self.OLD])
+        self.run_check()  # nothing waits any more: no backup asked for
+        self.assertEqual(asked, [True])
+
+    def test_a_crashing_segment_fails_the_run_and_no_worker_starts_another_segment(self):
+        threads = CountingThreads(fail="regenerate_blocks")
+        self.monitor.destroy()
+        self.monitor = BackupMonitor(self.h.clock, threads, self.h.catalog, CUSTOMER, lambda: self.provider,
+                                     segments_in_flight=lambda: 2, registry=self.h.registry)
+        self.addCleanup(self.monitor.destroy)
+        self.retire(3).go_offline()
+        self.h.slow(1.0)
+        self.monitor.event("suppliers-changed")
+        self.h.clock.pump([1.0] * 5)
+        self.assertEqual(self.monitor.state, "READY")
+        self.assertIn("regenerate_blocks broke", self.monitor.last_error)
+        self.assertEqual(threads.calls["regenerate_blocks"], 2)  # one per worker, then no third segment
+        self.assertEqual(self.provider.released, [])
+        self.assertEqual(self.h.servers[3].calls["store_block"], 0)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)  # logged with its traceback
 
 
 class MachineTests(MonitorTestCase):

@@ -153,6 +153,16 @@ class VersionTests(CatalogTestCase):
         self.assertEqual(self.catalog.missing_blocks("V1"), [("V1", 0, 0)])
         self.assertRaises(NotFound, self.catalog.set_block_holder, "V1", 0, 7, "x")
 
+    def test_many_holders_in_one_transaction_in_order_skipping_blocks_gone(self) -> None:
+        self.catalog.begin_version(KEY, "a", "V1", 100, 100, 1, 3, 5, b"", SUPPLIERS)
+        self.catalog.record_segment("V1", segment(0, stored=(0, 1, 2, 4)))
+        updates = [("V1", 0, 3, ""), ("V1", 0, 3, "s9@h"), ("V1", 0, 1, "s8@h"), ("V1", 0, 7, "x"), ("V0", 0, 0, "x")]
+        self.assertEqual(self.catalog.set_block_holders(updates), 3)  # the last two name no block: skipped
+        self.assertEqual(self.catalog.blocks_held_by("s9@h"), [("V1", 0, 3, SHAS[3])])  # the later one won
+        self.assertEqual(self.catalog.blocks_held_by("s8@h"), [("V1", 0, 1, SHAS[1])])
+        self.assertEqual(self.catalog.missing_blocks(), [])
+        self.assertEqual(self.catalog.set_block_holders([]), 0)
+
     def test_prune_keeps_newest_complete_and_drops_failed(self) -> None:
         for i, version in enumerate(("V1", "V2", "V3")):
             self.upload(self.catalog, "a", version, now=10 * i)

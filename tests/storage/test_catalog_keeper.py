@@ -78,6 +78,21 @@ class CatalogKeeperTests(unittest.TestCase):
         self.assertTrue(self.keeper.current())
         self.assertEqual(self.catalog.meta["catalog-backup-covers"], repr(DELAY + QUIET_DELAY))
 
+    def test_a_backup_asked_for_at_once_does_not_wait_for_the_delay(self):
+        # (what a rebuild does when its retiring holders wait only for the backup: service_backups' backup_soon)
+        self.keeper.start(restore_pending=False, covered_at=None)
+        self.clock.advance(QUIET_DELAY)
+        self.answer_backup()
+        self.uploading = True
+        self.keeper.changed()
+        self.keeper.schedule(0.0)
+        self.clock.advance(0)
+        self.assertEqual(len(self.backups.backups), 2)
+        self.answer_backup(2)
+        self.assertTrue(self.keeper.current())
+        self.clock.advance(DELAY)
+        self.assertEqual(len(self.backups.backups), 2)  # the delayed one was replaced, not added
+
     def test_an_upload_waits_for_a_backup_taken_after_its_change(self):
         self.keeper.start(restore_pending=False, covered_at=None)
         self.clock.advance(QUIET_DELAY)
