@@ -225,6 +225,19 @@ class MessageHistory:
                 for table in ("receipts_owed", "refusals_owed"):
                     db.execute(f"DELETE FROM {table} WHERE sender = ? AND message_id IN ({marks})", [sender, *chunk])
 
+    def expire_queued(self, before: float, reason: str) -> list[dict]:
+        """My ``queued`` messages stored before ``before`` (no receipt came): ``failed`` with ``reason``; those rows.
+
+        A receipt that still comes later turns such a row into ``delivered`` (:meth:`mark_delivered`).
+        """
+        with self._transaction() as db:
+            seqs = [row[0] for row in db.execute(
+                "SELECT seq FROM messages WHERE direction = 'outgoing' AND state = ? AND stored_time < ? ORDER BY seq",
+                (QUEUED, float(before)))]
+            for seq in seqs:
+                db.execute("UPDATE messages SET state = ?, error = ? WHERE seq = ?", (FAILED, reason[:500], seq))
+            return [_row(db.execute("SELECT * FROM messages WHERE seq = ?", (seq,)).fetchone()) for seq in seqs]
+
     def fail_unfinished(self, reason: str) -> int:
         """Turn every ``sent`` row (no outcome recorded: the node stopped meanwhile) into ``failed``; how many."""
         with self._transaction() as db:

@@ -34,12 +34,21 @@ from bitnode.chat import history as hist
 from bitnode.chat.history import MessageHistory
 from bitnode.chat.inbox_limits import InboxLimits, Usage
 from bitnode.chat.message_crypto import DELIVERY_RECEIPT, peek
-from bitnode.errors import BitnodeError
+from bitnode.errors import BitnodeError, Unavailable
 from bitnode.transport.commands import Command
 
 Reply = Callable[[Any, Command, str], Any]
 #: How :meth:`Inbox.receive`'s outcome starts for a message that did not verify or decrypt.
 REJECTED = "rejected: "
+#: How it starts for a message that cannot be judged now (its sender's identity could not be fetched).
+LATER = "later: "
+
+
+class SenderUnknownForNow(Unavailable):
+    """The sender's identity (its key) could not be fetched now: the message can be neither opened nor refused.
+
+    A message fetched from a mailbox stays queued there for a later round instead of being dropped as forged.
+    """
 
 
 def _content_size(data: Any) -> int:
@@ -62,7 +71,7 @@ class Inbox:
     :param open_message: ``open_message(packet)`` -> Deferred of the opened message (header, data).
     :param friends: my friends' global ids now.
     :param on_stored: ``on_stored(row)`` for each newly stored message.
-    :param counts: the service's counters (received, duplicates, rejected).
+    :param counts: the service's counters (received, duplicates, rejected, deferred).
     :param on_receipt: ``on_receipt(opened)`` -> Deferred, for a delivery receipt.
     """
 
@@ -87,7 +96,8 @@ class Inbox:
         """Handle one ``Message`` packet (``queued``: a message fetched from a mailbox) to its answer.
 
         The outcome: "stored", "duplicate" (stored before), "receipt", the refusal of a limit the sender was
-        told, or ``"rejected: <why>"`` when the message did not verify or decrypt.
+        told, ``"rejected: <why>"`` when the message did not verify or decrypt, or ``"later: <why>"`` when its
+        sender's identity could not be fetched now (:class:`SenderUnknownForNow`).
         """
         sender = packet.creator_id
         refusal = self.limits.admit(sender, rate=not queued)
@@ -99,6 +109,11 @@ class Inbox:
             return refusal
         try:
             opened = await self.open_message(packet)
+        except SenderUnknownForNow as err:
+            self.counts["deferred"] += 1
+            self.log.info("message {id} from {who} not judged now: {err}", id=packet.packet_id, who=sender, err=err)
+            await reply(packet, Command.FAIL, str(err))
+            return f"{LATER}{err}"
         except BitnodeError as err:
             self.counts["rejected"] += 1
             self.log.info("message {id} from {who} refused: {err}", id=packet.packet_id, who=sender, err=err)

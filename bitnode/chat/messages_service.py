@@ -26,7 +26,9 @@ suppliers, found in its signed ``suppliers:`` DHT record
 row becomes ``queued`` and the API answers OK with it. The recipient fetches
 its queue when it is back and stores each message once, in order; its
 receipt makes the row ``delivered`` (``message-delivered``), or ``failed``
-when it refused the message (a limit). Only when no supplier takes the
+when it refused the message (a limit), or ``failed`` when no receipt came
+within ``queued-expiry`` (15 days; the suppliers drop what waits longer), so
+a message is never ``queued`` for ever. Only when no supplier takes the
 message is the row ``failed`` at once and the answer 503 ``recipient ... is
 offline, message not delivered``. A ``Fail`` from the recipient (it could not
 verify or decrypt the message) is a 409 and also ``failed``; an ``Ack``
@@ -77,7 +79,7 @@ from twisted.python.failure import Failure
 from bitnode import globalid
 from bitnode.chat import history as hist
 from bitnode.chat.history import MessageHistory
-from bitnode.chat.inbox import REJECTED, Inbox
+from bitnode.chat.inbox import LATER, REJECTED, Inbox, SenderUnknownForNow
 from bitnode.chat.inbox_limits import InboxLimits, InboxSettings
 from bitnode.chat.message_crypto import (
     DELIVERY_RECEIPT,
@@ -93,7 +95,13 @@ from bitnode.chat.message_crypto import (
 from bitnode.chat.message_stream import MAX_POLLING_TIMEOUT, POLL_LIMIT, MessageStream, normalize_types
 from bitnode.chat.nickname_holder import validate_nickname
 from bitnode.chat.nickname_service import NicknameService
-from bitnode.chat.offline_delivery import MailboxClient, OfflineDelivery, Receipts, parse_receipt
+from bitnode.chat.offline_delivery import (
+    MailboxClient,
+    OfflineDelivery,
+    QueuedExpiry,
+    Receipts,
+    parse_receipt,
+)
 from bitnode.chat.ports import FriendsDirectory
 from bitnode.customer.suppliers_record import lookup_suppliers
 from bitnode.dht.dht_service import DHTService
@@ -145,6 +153,11 @@ class PrivateMessagesService(Service):
                "Seconds between looks for messages queued on my suppliers while I was offline (also at start, "
                "on reconnect and when my suppliers change); owed delivery receipts are retried as often.",
                minimum=5.0, maximum=86400.0),
+        Option(PREFIX + "queued-expiry", FLOAT, 15 * 86400.0,
+               "Seconds a message I queued on an offline recipient's suppliers waits for its delivery receipt "
+               "before it is marked failed (suppliers drop queued messages after their mailbox expiry, 14 days "
+               "by default; a receipt that still comes later marks it delivered).", minimum=60.0,
+               maximum=365 * 86400.0),
     )
     log = Logger()
 
@@ -157,7 +170,7 @@ class PrivateMessagesService(Service):
         self._work: set[Deferred] = set()
         self._queries: set[Deferred] = set()
         self._counts = {"sent": 0, "acked": 0, "failed": 0, "received": 0, "duplicates": 0, "rejected": 0,
-                        "queued": 0, "delivered": 0}
+                        "queued": 0, "delivered": 0, "deferred": 0, "expired": 0}
         self._route: Any = None
         self._notices: Any = None
         self._unsubscribe: Any = None
@@ -167,6 +180,8 @@ class PrivateMessagesService(Service):
         self.receipts = Receipts(lambda limit: self._query(self._require().receipts_owed, limit),
                                  lambda sender, ids: ctx.run_in_thread(self._require().receipts_sent, sender, ids),
                                  self._send_receipt)
+        self.expiry = QueuedExpiry(ctx.clock, ctx.run_in_thread, lambda: self.history,
+                                   lambda: ctx.settings.get(PREFIX + "queued-expiry"), self._expired)
         self.offline = OfflineDelivery(MailboxClient(lambda: self._gateway), self._their_suppliers,
                                        self._my_suppliers, self._take_queued, self.receipts)
 
@@ -186,9 +201,15 @@ class PrivateMessagesService(Service):
             self._notices = gateway.router.add(Command.CORRESPONDENT, self._on_notice, owner=self.name,
                                                accepts=lambda packet: is_notify(packet.payload))
             self._unsubscribe = self.ctx.events.subscribe(self._event)
-            self.offline.start(self.ctx.clock, self.ctx.settings.get(PREFIX + "mailbox-check-interval"))
+            self._start_expiry()
 
         return d.addCallback(opened)
+
+    def _start_expiry(self) -> None:
+        # my mailbox rounds and the expiry of what I queued on others' run on the same interval
+        interval = self.ctx.settings.get(PREFIX + "mailbox-check-interval")
+        self.offline.start(self.ctx.clock, interval)
+        self.expiry.start(interval)
 
     def stop(self) -> Deferred:
         """Release the ``Message`` command, end sends and polls in progress, close the history."""
@@ -197,6 +218,7 @@ class PrivateMessagesService(Service):
             self._unsubscribe()
             self._unsubscribe = None
         self.offline.stop()
+        self.expiry.stop()
         for route in (self._route, self._notices):
             if route is not None:
                 route.remove()
@@ -258,7 +280,7 @@ class PrivateMessagesService(Service):
     def _settings_changed(self, key: str, old: Any, new: Any) -> None:
         self.limits.configure(self._inbox_settings())
         if key == PREFIX + "mailbox-check-interval" and self._gateway is not None:
-            self.offline.start(self.ctx.clock, new)
+            self._start_expiry()
 
     def _on_notice(self, packet: Any, address: Any) -> None:
         # one of my suppliers says messages wait there (anyone else's notice costs nothing)
@@ -434,6 +456,12 @@ class PrivateMessagesService(Service):
         packet = gateway.build(Command.MESSAGE, recipient, sealed, packet_id=message_id)
         await gateway.send(packet, wait_response=True, timeout=ack_timeout)
 
+    def _expired(self, rows: list[dict]) -> None:
+        self._counts["expired"] += len(rows)
+        self._counts["failed"] += len(rows)
+        for row in rows:
+            self.ctx.events.publish("message-failed", row)
+
     async def _failed(self, row: dict, reason: str) -> None:
         self._counts["failed"] += 1
         history = self.history
@@ -461,7 +489,10 @@ class PrivateMessagesService(Service):
             raise MessageRejected(f"{header.message_type} is not accepted as a private message")
         if header.recipient != me:
             raise MessageRejected(f"message is addressed to {header.recipient}, not to {me}")
-        sender = await self._identity().fetch_identity(header.sender)
+        try:
+            sender = await self._identity().fetch_identity(header.sender)
+        except (NotFound, Unavailable) as err:  # not a forgery: its key is not at hand now
+            raise SenderUnknownForNow(f"cannot fetch the identity of {header.sender} now: {err}") from None
         opened = await self.ctx.run_in_thread(open_message, packet.payload, self._my_key(),
                                                sender.rsa_public_key(), me)
         if not isinstance(opened.data, dict):
@@ -494,7 +525,7 @@ class PrivateMessagesService(Service):
             return None  # the mailbox entry is removed instead
 
         outcome = await self.inbox.receive(packet, no_answer, queued=True)
-        if outcome not in ("stored", "duplicate", "receipt") and not outcome.startswith(REJECTED):
+        if outcome not in ("stored", "duplicate", "receipt") and not outcome.startswith((REJECTED, LATER)):
             # refused by a limit: the sender (the supplier saw who handed it over) is told in a receipt
             await self.ctx.run_in_thread(self._require().owe_refusal, entry.sender, entry.message_id, outcome,
                                          self.ctx.clock.seconds())

@@ -14,7 +14,10 @@ my suppliers; merge them (the same message from several suppliers counts
 once), order them by the sender's time, and hand them one at a time to the
 inbox (``take``: the same checks, limits and history as a message that came
 directly, once per sender and message id); then remove from each supplier the
-ones taken (stored, already stored, or refused for good). A round stopped
+ones taken (stored, already stored, or refused for good). A message that
+cannot be judged now (its sender's identity cannot be fetched, a history
+error) is left queued and the round goes on with the next one; the next
+round tries it again, until the suppliers' mailbox expiry. A round stopped
 midway (the service stopping, a supplier gone) leaves the rest queued: the next
 round fetches them again and the history's message ids keep them once.
 
@@ -40,7 +43,7 @@ from typing import Any, Awaitable, Callable
 from twisted.internet import defer, task
 from twisted.logger import Logger
 
-from bitnode.chat.inbox import REJECTED
+from bitnode.chat.inbox import LATER, REJECTED
 from bitnode.chat.message_crypto import MessageRejected, peek, validate_message_id
 from bitnode.errors import BitnodeError, Unavailable
 from bitnode.supplier import mailbox_wire as mw
@@ -142,7 +145,8 @@ class OfflineDelivery:
         self.receipts = receipts
         self._timer: task.LoopingCall | None = None
         #: queued (messages I queued for others), queue_failed, rounds (started), rounds_finished, fetched, taken,
-        #: duplicates, rejected, refused, fetch_failed, remove_failed, round_errors.
+        #: duplicates, rejected, refused, deferred (left queued: not judged now), fetch_failed, remove_failed,
+        #: round_errors.
         self.counts: Counter[str] = Counter()
         self.last_error = ""
         self._round: defer.Deferred | None = None
@@ -248,7 +252,17 @@ class OfflineDelivery:
         taken: dict[str, list[int]] = defaultdict(list)
         try:
             for entry in sorted(found.values(), key=_order):
-                outcome = await self.take(entry)
+                try:
+                    outcome = await self.take(entry)
+                except defer.CancelledError:
+                    raise
+                except Exception as err:  # noqa: BLE001 - one message that cannot be judged must not hold the rest
+                    outcome = f"{LATER}{err}"
+                if outcome.startswith(LATER):
+                    # left queued on the suppliers: a later round tries again (their expiry bounds how long)
+                    self.counts["deferred"] += 1
+                    self.last_error = f"{entry.sender} {entry.message_id}: {outcome[len(LATER):]}"
+                    continue
                 self.counts[_OUTCOMES.get(outcome, "rejected" if outcome.startswith(REJECTED) else "refused")] += 1
                 for supplier, seq in holders[(entry.sender, entry.message_id)]:
                     taken[supplier].append(seq)
@@ -322,3 +336,61 @@ class Receipts:
                     break  # the sender is unreachable now: its other batches wait for the next round too
                 await self.settled(sender, batch)
                 self.counts["sent"] += 1
+
+
+class QueuedExpiry:
+    """My messages ``queued`` on offline recipients' suppliers that no receipt reached in time become ``failed``.
+
+    A recipient that never comes back would otherwise leave them ``queued`` for ever, and its suppliers drop
+    them after their mailbox expiry anyway. Every ``interval`` seconds of ``clock`` the rows queued more than
+    ``expiry()`` seconds ago are marked failed (:meth:`MessageHistory.expire_queued`) and handed to
+    ``on_expired(rows)``; a receipt that still comes later marks them delivered.
+
+    :param run_in_thread: runs the history call off the reactor.
+    :param history: ``history()`` -> the open :class:`MessageHistory`, or None while closed.
+    """
+
+    log = Logger()
+
+    def __init__(self, clock: Any, run_in_thread: Callable[..., Any], history: Callable[[], Any],
+                 expiry: Callable[[], float], on_expired: Callable[[list[dict]], None]):
+        self.clock = clock
+        self.run_in_thread = run_in_thread
+        self.history = history
+        self.expiry = expiry
+        self.on_expired = on_expired
+        self._timer: task.LoopingCall | None = None
+
+    def start(self, interval: float) -> None:
+        """Look now and every ``interval`` seconds (again with a new interval)."""
+        self.stop()
+        self._timer = task.LoopingCall(self.sweep)
+        self._timer.clock = self.clock
+        self._timer.start(interval, now=True)
+
+    def stop(self) -> None:
+        """No more looks."""
+        if self._timer is not None and self._timer.running:
+            self._timer.stop()
+        self._timer = None
+
+    def sweep(self) -> defer.Deferred:
+        """One look: fires with the rows it marked failed (none while the history is closed)."""
+        history = self.history()
+        if history is None:
+            return defer.succeed([])
+        expiry = self.expiry()
+        reason = (f"not delivered: no delivery receipt came within {expiry / 86400:g} days of queueing it on the "
+                  f"recipient's suppliers (they drop queued messages after their own expiry)")
+        d = defer.maybeDeferred(self.run_in_thread, history.expire_queued, self.clock.seconds() - expiry, reason)
+
+        def expired(rows: list[dict]) -> list[dict]:
+            if rows:
+                self.on_expired(rows)
+            return rows
+
+        def failed(failure: Any) -> list[dict]:  # the next look tries again: the timer must not die of it
+            self.log.info("expiring queued messages: {err}", err=failure.getErrorMessage())
+            return []
+
+        return d.addCallbacks(expired, failed)

@@ -6,12 +6,23 @@ in-memory sqlite) behind a fake gateway that can take a supplier offline.
 
 from __future__ import annotations
 
+import os
+
 from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
+from bitnode.chat.history import OUTGOING, MessageHistory
+from bitnode.chat.inbox import LATER
 from bitnode.chat.message_crypto import PRIVATE_MESSAGE, MessageHeader, encode_header
-from bitnode.chat.offline_delivery import RECEIPT_BATCH, MailboxClient, OfflineDelivery, Receipts, receipt_id
+from bitnode.chat.offline_delivery import (
+    RECEIPT_BATCH,
+    MailboxClient,
+    OfflineDelivery,
+    QueuedExpiry,
+    Receipts,
+    receipt_id,
+)
 from bitnode.errors import Unavailable
 from bitnode.supplier.mailbox import DAY, Mailbox, MailboxLimits, MailboxStore
 from bitnode.transport.packet_out import PeerRefused
@@ -160,7 +171,7 @@ class OfflineDeliveryTests(unittest.TestCase):
         self.assertEqual(self.taken, [])
         self.assertEqual(self.net.boxes[S1].counts["expired"], 1)
 
-    def test_a_round_stopped_midway_leaves_the_rest_queued_and_the_next_round_takes_it_once(self):
+    def test_messages_that_cannot_be_taken_now_stay_queued_and_a_later_round_takes_them_once(self):
         for i in range(3):
             self.queue(f"m{i}", 100.0 + i)
         real_take = self.alice.take
@@ -174,10 +185,40 @@ class OfflineDeliveryTests(unittest.TestCase):
         self.result(self.alice.check())
         self.assertEqual(self.taken, [(BOB, "m0")])
         self.assertEqual((self.net.queued(S1), self.net.queued(S2)), (2, 2))
-        self.assertEqual(self.alice.counts["round_errors"], 1)
+        # each failed alone (the round went on and finished): left queued, not counted as rejected
+        self.assertEqual((self.alice.counts["deferred"], self.alice.counts["round_errors"]), (2, 0))
+        self.assertEqual(self.alice.counts["rejected"], 0)
         self.stopping, self.alice.take = False, real_take
         self.result(self.alice.check())
         self.assertEqual(self.taken, [(BOB, "m0"), (BOB, "m1"), (BOB, "m2")])
+
+    def test_a_sender_whose_identity_cannot_be_fetched_holds_back_only_its_own_message_for_days(self):
+        # Carol's identity server is down: her message can be neither opened nor refused as forged
+        self.queue("m1", 100.0, sender=CAROL)
+        self.queue("m2", 200.0)
+        unknown = {CAROL}
+        real_take = self.alice.take
+
+        async def take(entry):
+            if entry.sender in unknown:
+                return f"{LATER}cannot fetch the identity of {entry.sender} now"
+            return await real_take(entry)
+
+        self.alice.take = take
+        self.alice.start(self.clock, 300.0)
+        self.addCleanup(self.alice.stop)
+        self.assertEqual(self.taken, [(BOB, "m2")])  # Bob's later message is not held up behind Carol's
+        for _ in range(3 * 288):  # three days of rounds while her server stays down
+            self.clock.advance(300)
+        self.assertEqual(self.taken, [(BOB, "m2")])
+        self.assertEqual((self.net.queued(S1), self.net.queued(S2)), (1, 1))  # never dropped as forged
+        self.assertEqual(self.alice.counts["deferred"], 1 + 3 * 288)
+        self.assertIn(CAROL, self.alice.last_error)
+        unknown.clear()
+        self.clock.advance(300)
+        self.assertEqual(self.taken, [(BOB, "m2"), (CAROL, "m1")])
+        self.assertEqual((self.net.queued(S1), self.net.queued(S2)), (0, 0))
+        self.assertEqual(self.alice.counts["round_errors"], 0)
 
     def test_a_message_already_in_the_history_is_removed_without_being_stored_again(self):
         self.history.add((BOB, "m1"))  # it came directly, its Ack was lost, and the sender queued it too
@@ -239,3 +280,69 @@ class ReceiptsTests(unittest.TestCase):
         self.assertEqual(self.sent[1][2], receipt_id(batches[0]))
         self.assertEqual(self.owed, [])
         self.assertEqual(self.receipts.counts["sent"], 3)
+
+
+class QueuedExpiryTests(unittest.TestCase):
+    """My queued messages that no receipt reaches become failed after ``queued-expiry``, never stay queued."""
+
+    def setUp(self):
+        self.clock = Clock()
+        self.clock.advance(1_000_000)
+        path = os.path.join(self.mktemp() + "-db", "messages.sqlite")
+        os.makedirs(os.path.dirname(path))
+        self.history = MessageHistory(path)
+        self.addCleanup(self.history.close)
+        self.open = True
+        self.expired: list[dict] = []
+        self.expiry = QueuedExpiry(self.clock, in_line, lambda: self.history if self.open else None,
+                                   lambda: 15 * DAY, self.expired.extend)
+        self.addCleanup(self.expiry.stop)
+
+        def queued(message_id, to=BOB):
+            row, _ = self.history.add(message_id=message_id, conversation_id=to, direction=OUTGOING, sender=ALICE,
+                                      recipient=to, message_type="private_message", data={"m": message_id},
+                                      time=self.clock.seconds(), stored_time=self.clock.seconds(), state="sent")
+            return self.history.set_state(row["seq"], "queued")
+
+        self.queued = queued
+
+    def states(self):
+        return {r["message_id"]: r["state"] for r in self.history.history()[0]}
+
+    def test_a_message_queued_on_a_recipient_who_never_comes_back_fails_after_the_expiry(self):
+        self.queued("m1")
+        self.clock.advance(DAY)
+        self.queued("m2", to=CAROL)
+        self.expiry.start(300.0)
+        for _ in range(14 * 288 - 1):  # 14 days minus 5 minutes: m1 is not old enough yet
+            self.clock.advance(300)
+        self.assertEqual(self.states(), {"m1": "queued", "m2": "queued"})
+        self.clock.advance(600)
+        self.assertEqual(self.states(), {"m1": "failed", "m2": "queued"})
+        [row] = self.expired
+        self.assertIn("no delivery receipt came within 15 days", row["error"])
+        for _ in range(288):
+            self.clock.advance(300)
+        self.assertEqual(self.states(), {"m1": "failed", "m2": "failed"})
+        self.assertEqual([r["message_id"] for r in self.expired], ["m1", "m2"])
+
+    def test_a_receipt_that_comes_after_the_expiry_still_marks_it_delivered(self):
+        self.queued("m1")
+        self.clock.advance(16 * DAY)
+        self.expiry.sweep()
+        self.assertEqual(self.states(), {"m1": "failed"})
+        self.history.mark_delivered(BOB, ["m1"])
+        self.assertEqual(self.states(), {"m1": "delivered"})
+
+    def test_delivered_acked_and_incoming_rows_never_expire_and_a_closed_history_is_skipped(self):
+        row = self.queued("m1")
+        self.history.mark_delivered(BOB, ["m1"])
+        self.assertEqual(self.history.get(row["seq"])["state"], "delivered")
+        self.open = False
+        self.clock.advance(30 * DAY)
+        self.expiry.start(300.0)
+        self.clock.advance(300)
+        self.assertEqual(self.expired, [])
+        self.open = True
+        self.clock.advance(300)
+        self.assertEqual((self.states(), self.expired), ({"m1": "delivered"}, []))
