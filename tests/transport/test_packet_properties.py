@@ -91,6 +91,10 @@ class PipelinePropertyTests(unittest.TestCase):
     """The whole receive pipeline (framing, header first, strangers, replay) fed random and mutated streams."""
 
     def setUp(self) -> None:
+        self.fresh_transport()
+
+    def fresh_transport(self) -> None:
+        """A new receiving side: hypothesis runs many examples in one test, and none may see another's state."""
         from twisted.internet.testing import MemoryReactorClock
 
         from bitnode.transport.introduction import IntroducingTransport, introduced_identity
@@ -124,6 +128,7 @@ class PipelinePropertyTests(unittest.TestCase):
     def test_mutated_streams_never_raise_and_only_authentic_packets_are_delivered(self, sent, flips, cuts) -> None:
         from bitnode.transport.framing import encode_frame
 
+        self.fresh_transport()
         addressed = [Packet.create(self.clock, Command.MESSAGE, p.owner_id, ALICE, BOB, p.payload, SIGNER,
                                    packet_id=p.packet_id) for p in sent]
         stream = bytearray(b"".join(encode_frame(p.encode_header(), p.payload) for p in addressed))
@@ -135,9 +140,9 @@ class PipelinePropertyTests(unittest.TestCase):
             step = cuts[i % len(cuts)]
             conn.dataReceived(bytes(stream[pos:pos + step]))
             pos, i = pos + step, i + 1
-        originals = {p.packet_id: p for p in addressed}
         for packet in self.delivered:
-            self.assertEqual(packet, originals[packet.packet_id])
+            # (two authentic packets may share a packet id: each delivered one must be one of those sent, whole)
+            self.assertIn(packet, addressed)
         self.assertLessEqual(self.transport.budget.reserved, 1 << 20)
         conn.connectionLost(None)
         self.assertEqual(self.transport.budget.reserved, 0)
