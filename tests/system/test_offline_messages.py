@@ -46,7 +46,8 @@ class LocalnetOfflineMessagesTests(LocalnetTestCase):
         self.assertEqual((status["received"], status["duplicates"]), (3, 0), status)
         self.api(alice, "network_reconnect")
         wait_for(lambda: self.api(alice, "service_info", service_name="service_private_messages")["status"]
-                 ["offline_delivery"].get("rounds_finished", 0) >= 2, "another look at alice's suppliers")
+                 ["offline_delivery"].get("rounds_finished", 0) >= 2, "another look at alice's suppliers",
+                 timeout=60)
         self.assertEqual([m["message_id"] for m in self._history(alice, bob_id)], sent)
 
     def _record(self, name: str) -> dict:
