@@ -103,13 +103,17 @@ class ShareReader:
             raise Unavailable(f"none of {self.owner_id}'s suppliers answered: {reasons}")
         return answered
 
-    def request(self, supplier_id: str, owner_id: str, command: str, payload: bytes) -> defer.Deferred:
-        """RemoteStorageServer's transport: a packet for ``owner_id``'s space, signed by me."""
+    def request(self, supplier_id: str, owner_id: str, command: str, payload: bytes,
+                payload_sha256: bytes | None = None) -> defer.Deferred:
+        """RemoteStorageServer's transport: a packet for ``owner_id``'s space, signed by me.
+
+        ``payload_sha256``: the payload's SHA-256 when the caller computed it already (a writer's upload).
+        """
         try:
             gateway = self.gateway()
             packet = Packet.create(gateway.clock, command, owner_id, gateway.my_id,
                                    str(globalid.to_global_id(supplier_id)), payload,
-                                   gateway.identity.packet_signer())
+                                   gateway.identity.packet_signer(), payload_sha256=payload_sha256)
         except BitnodeError as err:
             return defer.fail(err)
         d = gateway.send(packet, timeout=self.timeout())

@@ -342,8 +342,12 @@ class CustomerService(Service):
         return defer.maybeDeferred(lambda: self.deps.network.require_online().ping(
             supplier_id, timeout))
 
-    def request(self, supplier_id: str, owner_id: str, command: str, payload: bytes) -> defer.Deferred:
-        """RemoteStorageServer's transport: one packet to the supplier, its answer as ``(command, payload)``."""
+    def request(self, supplier_id: str, owner_id: str, command: str, payload: bytes,
+                payload_sha256: bytes | None = None) -> defer.Deferred:
+        """RemoteStorageServer's transport: one packet to the supplier, its answer as ``(command, payload)``.
+
+        ``payload_sha256``: the payload's SHA-256 when the caller computed it already (trusted).
+        """
         try:
             gateway = self.deps.gateway.require_gateway()
         except Unavailable as err:
@@ -353,7 +357,7 @@ class CustomerService(Service):
         name = str(command)
         timeout = self.ctx.settings.get(PREFIX + ("request-timeout" if name in CONTRACT_COMMANDS
                                                     else "block-timeout"))
-        d = gateway.request(name, supplier_id, payload, timeout=timeout)
+        d = gateway.request(name, supplier_id, payload, timeout=timeout, payload_sha256=payload_sha256)
         d.addCallbacks(lambda packet: (packet.command, packet.payload), _fail_answer)
         return d
 

@@ -3,7 +3,10 @@
 The customer's uploader and downloader talk to ``IStorageServer`` objects; this
 one turns each call into a command for the supplier (:mod:`bitnode.storage.wire`
 payloads) through an injected ``request(supplier_id, owner_id, command,
-payload)`` that fires with the supplier's reply ``(command, payload)``. The
+payload)`` that fires with the supplier's reply ``(command, payload)``; when
+the payload's SHA-256 is known already (a block the uploader built inside its
+``Data`` payload) it is passed along as ``payload_sha256=`` so the packet is
+signed without hashing the payload again. The
 owner is whose space is meant (the packet's owner field); the supplier checks
 the packet's signer may act for that owner — the gateway in a
 node, a direct call to a :class:`~bitnode.supplier.desk.SupplierDesk` in tests.
@@ -24,7 +27,7 @@ from bitnode.storage import wire
 from bitnode.storage.ports import BlockNotFound, IStorageServer, validate_customer_id, validate_path
 from bitnode.transport.commands import Command
 
-Request = Callable[[str, str, str, bytes], defer.Deferred]
+Request = Callable[..., defer.Deferred]
 #: Pages of one listing at most (100 million blocks at wire.LIST_PAGE per page).
 MAX_LIST_PAGES = 10_000
 
@@ -61,8 +64,13 @@ class RemoteStorageServer:
         self.request = request
         self.supplier_id = supplier_id
 
-    def _call(self, owner_id: str, command: str, payload: bytes, expect: str, path: str = "") -> defer.Deferred:
-        d = defer.maybeDeferred(self.request, self.supplier_id, owner_id, command, payload)
+    def _call(self, owner_id: str, command: str, payload: bytes, expect: str, path: str = "",
+              payload_sha256: bytes | None = None) -> defer.Deferred:
+        if payload_sha256 is None:
+            d = defer.maybeDeferred(self.request, self.supplier_id, owner_id, command, payload)
+        else:
+            d = defer.maybeDeferred(self.request, self.supplier_id, owner_id, command, payload,
+                                    payload_sha256=payload_sha256)
 
         def answered(reply):
             reply_command, reply_payload = reply
@@ -75,11 +83,20 @@ class RemoteStorageServer:
         return d.addCallback(answered)
 
     @_deferred
-    def store_block(self, customer_id: str, block_path: str, data: bytes) -> defer.Deferred:
-        """Send a block; fires with None once the supplier acknowledged it."""
+    def store_block(self, customer_id: str, block_path: str, data: bytes,
+                    data_payload: wire.DataPayload | None = None) -> defer.Deferred:
+        """Send a block; fires with None once the supplier acknowledged it.
+
+        ``data_payload`` (the uploader's, for this very path) is sent as it is,
+        with its known SHA-256; without it the payload is built here.
+        """
         validate_customer_id(customer_id)
         validate_path(block_path)
-        d = self._call(customer_id, Command.DATA, wire.encode_data(block_path, data), Command.ACK, block_path)
+        if data_payload is not None and data_payload.path == block_path:
+            d = self._call(customer_id, Command.DATA, data_payload.payload, Command.ACK, block_path,
+                           payload_sha256=data_payload.sha256)
+        else:
+            d = self._call(customer_id, Command.DATA, wire.encode_data(block_path, data), Command.ACK, block_path)
         return d.addCallback(lambda _: None)
 
     @_deferred

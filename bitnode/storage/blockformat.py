@@ -127,6 +127,23 @@ def pack_hashed(
     version 3). ``payload`` may be any bytes-like object (a memoryview of an
     erasure block is packed with a single copy).
     """
+    packed, block_sha256, _ = pack_with_suffix(version_id, segment_index, block_index, k, n, segment_length,
+                                               payload, nonce)
+    return packed, block_sha256
+
+
+def pack_with_suffix(
+    version_id: str, segment_index: int, block_index: int, k: int, n: int, segment_length: int, payload,
+    nonce: bytes | None = None, suffix: bytes = b"",
+) -> tuple[bytes, str, bytes]:
+    """:func:`pack_hashed` with ``suffix`` after the block in the same buffer.
+
+    Returns (block + suffix, hex SHA-256 of the block, SHA-256 of block +
+    suffix): the uploader appends a ``Data`` payload's trailer
+    (:func:`bitnode.storage.wire.data_trailer`) and so gets the payload, the
+    block's hash for the catalog and the payload's hash for the packet from
+    one copy and one hash pass.
+    """
     version = FORMAT_V2 if nonce is None else FORMAT_VERSION
     prefix = MAGIC + bytes([version])
     hasher = hashlib.sha256(prefix)
@@ -136,7 +153,10 @@ def pack_hashed(
                              hasher.digest(), version, nonce or b"")
     trailer = _pack_trailer(header)
     hasher.update(trailer)
-    return b"".join((prefix, payload, trailer)), hasher.hexdigest()
+    block_sha256 = hasher.hexdigest()
+    if suffix:
+        hasher.update(suffix)
+    return b"".join((prefix, payload, trailer, suffix)), block_sha256, hasher.digest()
 
 
 def pack_v1(

@@ -47,7 +47,7 @@ class PositionReader:
         """The current supplier's listing (a reader is for fetching; listings are per supplier)."""
         return defer.maybeDeferred(self.servers[0].list_blocks, customer_id, prefix)
 
-    def store_block(self, customer_id: str, block_path: str, data: bytes) -> defer.Deferred:
+    def store_block(self, customer_id: str, block_path: str, data: bytes, data_payload=None) -> defer.Deferred:
         """Refused: blocks are stored on the current supplier only, never through a reader."""
         return defer.fail(BadRequest("a position reader is read-only"))
 

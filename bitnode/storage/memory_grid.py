@@ -35,8 +35,8 @@ class MemoryStorageServer:
         """Bytes stored for one customer."""
         return sum(len(v) for v in self._spaces.get(customer_id, {}).values())
 
-    def store_block(self, customer_id: str, block_path: str, data: bytes) -> defer.Deferred:
-        """Store (or replace) one block."""
+    def store_block(self, customer_id: str, block_path: str, data: bytes, data_payload=None) -> defer.Deferred:
+        """Store (or replace) one block (``data_payload`` is for servers on the wire: unused here)."""
         return defer.maybeDeferred(self._store, customer_id, block_path, data)
 
     def fetch_block(self, customer_id: str, block_path: str) -> defer.Deferred:
@@ -186,8 +186,8 @@ class FaultyServer:
 
     # -- IStorageServer ----------------------------------------------------------
 
-    def store_block(self, customer_id: str, block_path: str, data: bytes) -> defer.Deferred:
-        """See :class:`IStorageServer`."""
+    def store_block(self, customer_id: str, block_path: str, data: bytes, data_payload=None) -> defer.Deferred:
+        """See :class:`IStorageServer` (``data_payload`` unused: blocks stay in memory)."""
         return self._call("store_block", customer_id, block_path, (customer_id, block_path, data))
 
     def fetch_block(self, customer_id: str, block_path: str) -> defer.Deferred:

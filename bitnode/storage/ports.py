@@ -76,10 +76,15 @@ class TransferCancelled(BitnodeError):
 class IStorageServer(Interface):
     """One supplier, seen from the customer's storage logic."""
 
-    def store_block(customer_id: str, block_path: str, data: bytes):
+    def store_block(customer_id: str, block_path: str, data: bytes, data_payload=None):
         """Store ``data`` at ``block_path`` (replacing any old copy).
 
         The Deferred fires with None once the supplier has the block durably.
+        ``data_payload``: optionally the ``Data`` payload of exactly this block
+        at this path, already built with its SHA-256
+        (:class:`bitnode.storage.wire.DataPayload`, made by the uploader's
+        worker); a server that sends blocks over the wire sends it as it is
+        (no copy, no second hash), any other server ignores it.
         """
 
     def fetch_block(customer_id: str, block_path: str):

@@ -3,8 +3,11 @@
 The file is cut into segments of ``segment_size`` bytes (an empty file is one
 empty segment). For each segment a worker thread reads it, encrypts it
 (:mod:`segment_crypto`), splits it into n blocks (:mod:`erasure`), wraps each
-block in the stored format (:mod:`blockformat`) and hashes it; the reactor
-then sends block ``i`` to ``servers[i]``. At most ``max_in_flight`` segments
+block in the stored format (:mod:`blockformat`) and hashes it, building each
+block directly inside the ``Data`` payload that carries it (:mod:`wire`
+layout 2: one copy and one SHA-256 pass give the block, its catalog hash and
+the packet's payload hash); the reactor then sends block ``i`` to
+``servers[i]``, handing the ready payload along (``data_payload``). At most ``max_in_flight`` segments
 exist at any moment (being prepared or being sent), so memory is bounded by
 ``max_in_flight * segment_size * n / k`` whatever the file size.
 
@@ -45,7 +48,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from bitnode.errors import BadRequest, Conflict, Unavailable
-from bitnode.storage import blockformat, erasure, segment_crypto
+from bitnode.storage import blockformat, erasure, segment_crypto, wire
 from bitnode.storage.catalog_format import MAX_SEGMENT_SIZE, segment_count
 from bitnode.storage.patience import GraceWait, Patience
 from bitnode.storage.ports import (
@@ -108,12 +111,16 @@ class StoreFailure:
 
 @dataclass(frozen=True)
 class PreparedSegment:
-    """One segment ready to send: the n stored-format blocks and their hashes."""
+    """One segment ready to send: the n stored-format blocks, their hashes and their ``Data`` payloads.
+
+    ``blocks[i]`` is a view into ``payloads[i].payload`` (no copy of its own).
+    """
 
     index: int
     plaintext_length: int
-    blocks: tuple[bytes, ...]
+    blocks: tuple[memoryview, ...]
     block_sha256: tuple[str, ...]
+    payloads: tuple[wire.DataPayload, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -165,14 +172,18 @@ def prepare_segment(
     raw_blocks = erasure.encode_views(encrypted, k, n)  # views: pack() below makes the one copy
     del encrypted
     t3 = time.perf_counter()
-    # One SHA-256 pass per block gives both its payload hash and the whole-block hash the catalog keeps.
-    packed_hashed = [
-        blockformat.pack_hashed(version_id, index, i, k, n, expected, b, nonce) for i, b in enumerate(raw_blocks)
-    ]
+    # One copy and one SHA-256 pass per block: the block inside its Data payload, its payload hash, the
+    # whole-block hash the catalog keeps and the payload hash the packet signs.
+    payloads = []
+    hashes = []
+    for i, raw in enumerate(raw_blocks):
+        path = block_path(version_id, index, i)
+        trailer = wire.data_trailer(path)
+        built, block_sha256, payload_sha256 = blockformat.pack_with_suffix(
+            version_id, index, i, k, n, expected, raw, nonce, trailer)
+        payloads.append(wire.DataPayload(path, built, len(built) - len(trailer), payload_sha256))
+        hashes.append(block_sha256)
     del raw_blocks
-    packed = tuple(block for block, _ in packed_hashed)
-    hashes = tuple(digest for _, digest in packed_hashed)
-    del packed_hashed
     t4 = time.perf_counter()
     if timings is not None:
         for name, spent in (
@@ -182,7 +193,7 @@ def prepare_segment(
             ("pack_hash", t4 - t3),
         ):
             timings[name] = timings.get(name, 0.0) + spent
-    return PreparedSegment(index, expected, packed, hashes)
+    return PreparedSegment(index, expected, tuple(p.block for p in payloads), tuple(hashes), tuple(payloads))
 
 
 def file_size_of(path: str) -> int:
@@ -453,7 +464,8 @@ class _UploadJob:
         calls: dict[int, defer.Deferred] = {}
         for pos in positions:
             path = block_path(self.version_id, prepared.index, pos)
-            d = defer.maybeDeferred(up.servers[pos].store_block, self.customer_id, path, prepared.blocks[pos])
+            d = defer.maybeDeferred(up.servers[pos].store_block, self.customer_id, path, prepared.blocks[pos],
+                                    data_payload=prepared.payloads[pos])
             d.addTimeout(up.store_timeout, up.clock)
             self.pending.add(d)
             d.addBoth(self._forget, d)

@@ -3,9 +3,23 @@
 The packet (:mod:`bitnode.transport.packet`) carries who and what; these are
 the payload bytes for each storage command, format version 1:
 
-- ``Data`` (store one block, and the answer to ``Retrieve``)::
+- ``Data`` (store one block, and the answer to ``Retrieve``), layout 2 for a
+  block in the stored block format (it begins with ``blockformat.MAGIC``)::
 
-      u8 version=1 | u16 path length | path (UTF-8) | block bytes (raw, to the end)
+      block bytes (raw) | path (UTF-8) | u16 path length | u8 layout=2
+
+  and layout 1 for any other block (still read, whatever the block)::
+
+      u8 layout=1 | u16 path length | path (UTF-8) | block bytes (raw, to the end)
+
+  The first byte tells them apart: 0x01 is layout 1, the magic's ``B`` is
+  layout 2. With the block first, one SHA-256 state over the block (its
+  catalog hash) continues over the trailer into the packet's payload digest,
+  so the uploader builds the whole payload in the one copy it makes of a
+  block and hashes it once (:func:`data_trailer`, :class:`DataPayload`); a
+  receiver that kept the hash state of the block's end as the payload
+  streamed in gets the block's hash without a second pass
+  (:func:`block_digest`).
 
 - ``Retrieve``, ``DeleteFile``, ``DeleteBackup``, ``ListFiles``: the UTF-8 block
   path or prefix alone. A ``ListFiles`` asking for the next page adds a newline
@@ -28,11 +42,14 @@ Block bytes are never base64'd or copied more than once on the way in.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import struct
+from dataclasses import dataclass
 
 from bitnode import boundedjson
 from bitnode.errors import BadRequest
+from bitnode.storage.blockformat import MAGIC as BLOCK_MAGIC
 from bitnode.storage.ports import MAX_PATH_LENGTH
 from bitnode.transport.commands import Command
 
@@ -47,35 +64,110 @@ SUPPLIER_OFF = "supplier service is not running"
 #: The Fail answer to a rejection notice while the node runs no customer side.
 NOT_A_CUSTOMER = "not a customer here"
 _DATA_HEAD = struct.Struct(">BH")
+#: Layout 2 of a Data payload ends with the path's length and the layout byte.
+DATA_LAYOUT_2 = 2
+_DATA_TAIL = struct.Struct(">HB")
+#: Longest layout-2 trailer: what a receiver hashes separately to learn the block's own hash.
+MAX_DATA_TRAILER = MAX_PATH_LENGTH + _DATA_TAIL.size
 #: Blocks in one ``Files`` page (about 1.3 MB of JSON: far below the JSON payload limit).
 LIST_PAGE = 10_000
 MAX_JSON_PAYLOAD = 4 * 1024 * 1024
 
 
-def encode_data(path: str, block: bytes) -> bytes:
-    """A ``Data`` payload: the block at ``path``."""
+@dataclass(frozen=True)
+class DataPayload:
+    """A ``Data`` payload built ahead of sending, with the SHA-256 the packet header carries.
+
+    The uploader's worker builds it in the one copy it makes of each block
+    (:func:`bitnode.storage.blockformat.pack_with_suffix`), so the sender
+    neither copies the block again nor hashes it a second time.
+    ``block_length`` bytes of ``payload`` from its start are the block.
+    """
+
+    path: str
+    payload: bytes
+    block_length: int
+    sha256: bytes
+
+    @property
+    def block(self) -> memoryview:
+        """The block inside the payload (a view: no copy)."""
+        return memoryview(self.payload)[: self.block_length]
+
+
+def _encoded_path(path: str) -> bytes:
     raw = path.encode("utf-8")
     if not raw or len(raw) > MAX_PATH_LENGTH:
         raise BadRequest(f"invalid block path: {path!r}")
+    return raw
+
+
+def data_trailer(path: str) -> bytes:
+    """What follows a block (one that begins with the block magic) in a layout-2 ``Data`` payload."""
+    raw = _encoded_path(path)
+    return raw + _DATA_TAIL.pack(len(raw), DATA_LAYOUT_2)
+
+
+def encode_data(path: str, block: bytes) -> bytes:
+    """A ``Data`` payload: the block at ``path`` (layout 2 for a stored-format block, else layout 1)."""
+    view = memoryview(block)
+    if view[: len(BLOCK_MAGIC)] == BLOCK_MAGIC:
+        return b"".join((view, data_trailer(path)))
+    raw = _encoded_path(path)
     return _DATA_HEAD.pack(WIRE_VERSION, len(raw)) + raw + bytes(block)
 
 
 def decode_data(payload: bytes, copy: bool = True) -> tuple[str, bytes]:
-    """(path, block bytes) of a ``Data`` payload; BadRequest when malformed.
+    """(path, block bytes) of a ``Data`` payload of either layout; BadRequest when malformed.
 
     ``copy=False``: the block is a read-only memoryview into ``payload`` (no
     copy), for a caller that only writes it out (the supplier storing it).
     """
+    path, start, end = _data_bounds(payload)
+    block = memoryview(payload)[start:end] if not copy else payload[start:end]
+    return path, block
+
+
+def _data_bounds(payload: bytes) -> tuple[str, int, int]:
+    """(path, where the block starts, where it ends) in a ``Data`` payload; BadRequest when malformed."""
     if len(payload) < _DATA_HEAD.size:
         raise BadRequest("Data payload too short")
-    version, length = _DATA_HEAD.unpack_from(payload)
+    view = memoryview(payload)
+    if view[: len(BLOCK_MAGIC)] == BLOCK_MAGIC:
+        if len(view) < len(BLOCK_MAGIC) + _DATA_TAIL.size:
+            raise BadRequest("Data payload too short")
+        length, layout = _DATA_TAIL.unpack_from(view, len(view) - _DATA_TAIL.size)
+        if layout != DATA_LAYOUT_2:
+            raise BadRequest(f"Data payload layout {layout} is not supported")
+        end = len(view) - _DATA_TAIL.size - length
+        if length == 0 or length > MAX_PATH_LENGTH or end < len(BLOCK_MAGIC):
+            raise BadRequest("Data payload has a bad path length")
+        return decode_path(view[end : len(view) - _DATA_TAIL.size]), 0, end
+    version, length = _DATA_HEAD.unpack_from(view)
     if version != WIRE_VERSION:
         raise BadRequest(f"Data payload version {version} is not supported")
     end = _DATA_HEAD.size + length
-    if length == 0 or length > MAX_PATH_LENGTH or len(payload) < end:
+    if length == 0 or length > MAX_PATH_LENGTH or len(view) < end:
         raise BadRequest("Data payload has a bad path length")
-    block = memoryview(payload)[end:] if not copy else payload[end:]
-    return decode_path(payload[_DATA_HEAD.size:end]), block
+    return decode_path(view[_DATA_HEAD.size:end]), end, len(view)
+
+
+def block_digest(payload: bytes, open_state=None, open_at: int = 0) -> str:
+    """Hex SHA-256 of the block inside a ``Data`` payload (the hash the catalog and a supplier's index keep).
+
+    ``open_state``: a hashlib state over ``payload[:open_at]`` kept while the
+    payload streamed in (see :class:`bitnode.transport.framing.FrameProtocol`);
+    when the block is a layout-2 block that ends at or after ``open_at``, only
+    the rest of it is hashed here. Anything else is hashed from scratch.
+    BadRequest when the payload is malformed.
+    """
+    _path, start, end = _data_bounds(payload)
+    view = memoryview(payload)
+    if open_state is not None and start == 0 and open_at <= end:
+        hasher = open_state.copy()
+        hasher.update(view[open_at:end])
+        return hasher.hexdigest()
+    return hashlib.sha256(view[start:end]).hexdigest()
 
 
 def encode_path(path: str) -> bytes:

@@ -226,8 +226,10 @@ class DiskStore:
 
     # --- IStorageServer ----------------------------------------------------------------
 
-    def store_block(self, customer_id: str, block_path: str, data: bytes) -> defer.Deferred:
+    def store_block(self, customer_id: str, block_path: str, data: bytes, data_payload=None) -> defer.Deferred:
         """Store (or replace) one block atomically, within the customer's limits.
+
+        ``data_payload`` is unused (blocks are on this disk, not sent on).
 
         Fires once the block's data and its directory entry are fsynced (and
         its index row written); blocks of the customer that arrive meanwhile

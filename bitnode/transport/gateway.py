@@ -305,12 +305,15 @@ class Gateway(Reintroduction, Routing):
     # -- sending --------------------------------------------------------------
 
     def build(self, command: str | Command, remote_id: str, payload: bytes = b"", key_id: str = "",
-              packet_id: Optional[str] = None, as_name: Optional[str] = None) -> Packet:
+              packet_id: Optional[str] = None, as_name: Optional[str] = None,
+              payload_sha256: Optional[bytes] = None) -> Packet:
         """A packet from us to ``remote_id`` (a global id or an IDURL), signed now.
 
         A destructive command carries the challenge the peer last gave us, if any
         (see :mod:`bitnode.transport.challenge`). ``as_name``: another of my
         names to send as (an answer goes out under the name it was sent to).
+        ``payload_sha256``: the SHA-256 of ``payload`` computed by the caller
+        (trusted, see :meth:`Packet.create`).
         """
         me = as_name if as_name is not None and as_name in self.transport.my_names else self.my_id
         remote = str(globalid.to_global_id(remote_id))
@@ -318,8 +321,10 @@ class Gateway(Reintroduction, Routing):
             peer = self._peers.get(remote)
             if peer is not None and peer.challenge is not None:
                 payload = challenge.wrap(peer.challenge, challenge.unwrap(payload)[1])
+                payload_sha256 = None  # not the payload the caller hashed
         return Packet.create(self.clock, command, me, me, remote, payload,
-                             self.identity.packet_signer(), key_id=key_id, packet_id=packet_id)
+                             self.identity.packet_signer(), key_id=key_id, packet_id=packet_id,
+                             payload_sha256=payload_sha256)
 
     def send(self, packet: Packet, wait_response: bool = True, timeout: Optional[float] = None) -> Deferred:
         """Send ``packet``; see :mod:`bitnode.transport.packet_out` for what the Deferred fires with."""
@@ -341,10 +346,11 @@ class Gateway(Reintroduction, Routing):
         return machine.run()
 
     def request(self, command: str | Command, remote_id: str, payload: bytes = b"", wait_response: bool = True,
-                timeout: Optional[float] = None, key_id: str = "") -> Deferred:
-        """Build and :meth:`send` a packet in one call."""
+                timeout: Optional[float] = None, key_id: str = "",
+                payload_sha256: Optional[bytes] = None) -> Deferred:
+        """Build and :meth:`send` a packet in one call (``payload_sha256`` as in :meth:`build`)."""
         try:
-            packet = self.build(command, remote_id, payload, key_id=key_id)
+            packet = self.build(command, remote_id, payload, key_id=key_id, payload_sha256=payload_sha256)
         except BitnodeError as err:
             return fail(err)
         return self.send(packet, wait_response, timeout)

@@ -178,12 +178,20 @@ class Packet:
         signer: Signer,
         key_id: str = "",
         packet_id: str | None = None,
+        payload_sha256: bytes | None = None,
     ) -> Packet:
         """Build and sign a packet dated ``clock.seconds()``.
 
         ``packet_id`` defaults to a random 96-bit hex string.  Raises
         :class:`BadPacket` (a ``BadRequest``) for fields out of bounds.
+        ``payload_sha256``: the SHA-256 of ``payload`` when the caller computed
+        it already (the uploader hashes a block and its Data payload in one
+        pass); it is trusted, so pass only a digest you computed over this very
+        payload — a wrong one is signed, and every receiver then drops the
+        packet (:class:`BadSignature`).
         """
+        if payload_sha256 is not None and len(payload_sha256) != 32:
+            raise BadPacket("payload_sha256 must be 32 bytes")
         if packet_id is None:
             packet_id = secrets.token_hex(12)
         unsigned = cls(
@@ -197,6 +205,8 @@ class Packet:
             key_id=key_id,
             algorithm=signer.algorithm,
         )
+        if payload_sha256 is not None:
+            unsigned._set_digest(bytes(payload_sha256))
         signature = signer.sign(unsigned.signed_data())
         signed = cls(
             command=unsigned.command,

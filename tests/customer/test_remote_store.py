@@ -32,7 +32,7 @@ def make_supplier(testcase: unittest.TestCase, donated: int = 10**9) -> Supplier
 def direct(desks: dict[str, SupplierDesk]):
     """A request function that hands commands straight to the named supplier's desk."""
 
-    def request(supplier_id: str, owner_id: str, command: str, payload: bytes):
+    def request(supplier_id: str, owner_id: str, command: str, payload: bytes, payload_sha256: bytes | None = None):
         desk = desks.get(supplier_id)
         if desk is None:
             return defer.fail(Unavailable(f"{supplier_id} is offline"))
@@ -89,6 +89,39 @@ class EndToEndTests(unittest.TestCase):
         self.successResultOf(downloader.download(result.segments, "V1", key, customer, target))
         with open(target, "rb") as handle:
             self.assertEqual(handle.read(), data)
+
+
+class PreparedPayloadTests(unittest.TestCase):
+    """A block the uploader built inside its Data payload goes out as that very object, with its digest."""
+
+    def setUp(self) -> None:
+        self.sent: list[tuple] = []
+        desk = make_supplier(self)
+        serve = direct({"s1": desk})
+
+        def request(supplier_id, owner_id, command, payload, **kw):
+            self.sent.append((command, payload, kw))
+            return serve(supplier_id, owner_id, command, payload)
+
+        self.server = RemoteStorageServer(request, "s1")
+        self.successResultOf(self.server.request_service("alice@x", 10**7))
+        self.sent.clear()
+        block = b"BNBK\x03" + os.urandom(100)
+        built = block + wire.data_trailer("V/0/1")
+        self.sealed = wire.DataPayload("V/0/1", built, len(block), hashlib.sha256(built).digest())
+
+    def test_the_prepared_payload_is_sent_with_its_digest(self) -> None:
+        self.successResultOf(self.server.store_block("alice@x", "V/0/1", self.sealed.block, data_payload=self.sealed))
+        [(command, payload, kw)] = self.sent
+        self.assertEqual(command, Command.DATA)
+        self.assertIs(payload, self.sealed.payload)
+        self.assertEqual(kw, {"payload_sha256": self.sealed.sha256})
+        self.assertEqual(self.successResultOf(self.server.fetch_block("alice@x", "V/0/1")), bytes(self.sealed.block))
+
+    def test_a_payload_for_another_path_is_not_used(self) -> None:
+        self.successResultOf(self.server.store_block("alice@x", "V/0/2", self.sealed.block, data_payload=self.sealed))
+        [(_command, payload, kw)] = self.sent
+        self.assertEqual((payload, kw), (wire.encode_data("V/0/2", self.sealed.block), {}))
 
 
 class PagedListingTests(unittest.TestCase):

@@ -44,7 +44,7 @@ class Supplier:
         if self.dead:
             raise Unavailable("supplier is dead")
 
-    def store_block(self, customer_id, path, data):
+    def store_block(self, customer_id, path, data, data_payload=None):
         if self.dead:
             return defer.fail(Unavailable("supplier is dead"))
         if self.holding:

@@ -72,7 +72,7 @@ class FakeGateway:
             return defer.fail(Unavailable(f"{remote_id} is offline"))
         return defer.succeed(None)
 
-    def request(self, command, remote_id, payload=b"", timeout=None):
+    def request(self, command, remote_id, payload=b"", timeout=None, payload_sha256=None):
         self.sent.append((str(command), remote_id))
         desk = self.world.desks.get(remote_id)
         if desk is None or remote_id in self.world.offline:

@@ -67,7 +67,7 @@ class Gate:
         setattr(self, budget, left - 1)
         return None
 
-    def store_block(self, customer_id, path, data):
+    def store_block(self, customer_id, path, data, data_payload=None):
         self.stores += 1
         self.paths.append(path)
         if self.offline or (self.refuse_prefix is not None and path.startswith(self.refuse_prefix)):

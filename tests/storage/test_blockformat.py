@@ -228,3 +228,20 @@ class PackV1Tests(unittest.TestCase):
 
     def test_pack_v1_checks_the_header(self):
         self.assertRaises(bf.BlockFormatError, bf.pack_v1, "v1", 0, 0, 3, 5, 5, b"123456")
+
+
+class SuffixTests(unittest.TestCase):
+    """pack_with_suffix: the block and what follows it in one buffer, both hashes from one pass."""
+
+    def test_block_then_suffix_with_both_digests(self):
+        suffix = b"V1/0/3\x00\x06\x02"
+        packed, block_sha256, whole_sha256 = bf.pack_with_suffix("v1", 7, 2, 3, 5, 5, memoryview(PAYLOAD), NONCE,
+                                                                 suffix)
+        self.assertEqual(packed, V3_VECTOR + suffix)
+        self.assertEqual(block_sha256, hashlib.sha256(V3_VECTOR).hexdigest())
+        self.assertEqual(whole_sha256, hashlib.sha256(V3_VECTOR + suffix).digest())
+
+    def test_no_suffix_is_pack_hashed(self):
+        packed, block_sha256, whole_sha256 = bf.pack_with_suffix("v1", 7, 2, 3, 5, 5, PAYLOAD)
+        self.assertEqual((packed, block_sha256), bf.pack_hashed("v1", 7, 2, 3, 5, 5, PAYLOAD))
+        self.assertEqual((packed, whole_sha256), (V2_VECTOR, hashlib.sha256(V2_VECTOR).digest()))

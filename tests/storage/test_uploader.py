@@ -11,6 +11,7 @@ from twisted.trial import unittest
 
 from bitnode.errors import BadRequest, Conflict
 from bitnode.storage import uploader as up_mod
+from bitnode.storage import wire
 from bitnode.storage.memory_grid import FaultyServer, MemoryStorageServer
 from bitnode.storage.ports import TransferCancelled, block_path
 from bitnode.storage.uploader import FileChanged, Uploader, UploadFailed
@@ -419,5 +420,10 @@ class PipelineLimitTests(unittest.TestCase):
         prepared = up_mod.prepare_segment(path, 0, SEG, 100, VERSION, KEY, K, N)
         self.assertEqual(len(prepared.blocks), N)
         self.assertEqual(prepared.block_sha256, tuple(hashlib.sha256(b).hexdigest() for b in prepared.blocks))
+        for pos, (block, sealed) in enumerate(zip(prepared.blocks, prepared.payloads, strict=True)):
+            # each block lives inside its Data payload (layout 2), whose digest the packet will sign
+            self.assertIs(block.obj, sealed.payload)
+            self.assertEqual(wire.decode_data(sealed.payload), (block_path(VERSION, 0, pos), bytes(block)))
+            self.assertEqual(sealed.sha256, hashlib.sha256(sealed.payload).digest())
         self.assertEqual(prepared.plaintext_length, 100)
         self.assertFalse(os.path.exists(path + ".part"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 from hypothesis import given, settings
@@ -40,6 +41,110 @@ class WireTests(unittest.TestCase):
         self.assertRaises(BadRequest, wire.decode_path, b"a" * 600)
         self.assertEqual(wire.decode_json(wire.encode_json({"a": 1})), {"a": 1})
         self.assertRaises(BadRequest, wire.decode_json, b"1")
+
+
+#: A stored-format block (the wire reads only its magic) at "V1/0/3" in a layout-2 Data payload.
+LAYOUT2_BLOCK = bytes.fromhex("424e424b03" "0001020304")  # "BNBK", format 3, then the rest of the block
+LAYOUT2_VECTOR = bytes.fromhex(
+    "424e424b030001020304"  # the block, first
+    "56312f302f33"  # path "V1/0/3"
+    "0006"  # path length 6
+    "02"  # layout 2
+)
+#: Layout 1 (still read): any block, here "abc".
+LAYOUT1_VECTOR = bytes.fromhex("01" "0006" "56312f302f33" "616263")
+
+
+class DataLayoutTests(unittest.TestCase):
+    """Layout 2 puts a stored-format block first; layout 1 (any other block) is written and read as before."""
+
+    def test_layout_2_vector(self) -> None:
+        self.assertEqual(wire.encode_data("V1/0/3", LAYOUT2_BLOCK), LAYOUT2_VECTOR)
+        self.assertEqual(wire.decode_data(LAYOUT2_VECTOR), ("V1/0/3", LAYOUT2_BLOCK))
+        self.assertEqual(wire.data_trailer("V1/0/3"), LAYOUT2_VECTOR[len(LAYOUT2_BLOCK):])
+
+    def test_layout_1_vector_is_still_read_and_written(self) -> None:
+        self.assertEqual(wire.decode_data(LAYOUT1_VECTOR), ("V1/0/3", b"abc"))
+        self.assertEqual(wire.encode_data("V1/0/3", b"abc"), LAYOUT1_VECTOR)
+        # a layout-1 block may even begin with the magic: its first byte says layout 1
+        self.assertEqual(wire.decode_data(b"\x01\x00\x01pBNBK"), ("p", b"BNBK"))
+
+    def test_layout_2_block_is_a_view_without_copy(self) -> None:
+        path, block = wire.decode_data(LAYOUT2_VECTOR, copy=False)
+        self.assertEqual((path, bytes(block)), ("V1/0/3", LAYOUT2_BLOCK))
+        self.assertIs(block.obj, LAYOUT2_VECTOR)
+
+    def test_mutated_layout_2_payloads_are_refused(self) -> None:
+        for bad in (
+            LAYOUT2_VECTOR[:-1] + b"\x03",  # unknown layout
+            LAYOUT2_VECTOR[:-3] + b"\x00\x00\x02",  # empty path
+            LAYOUT2_VECTOR[:-3] + b"\x02\x01\x02",  # path longer than the limit
+            LAYOUT2_VECTOR[:-3] + b"\x00\x0d\x02",  # path runs into the magic
+            b"BNBK\x00\x01\x02",  # a path but no block
+            b"BNBK\xff\x00\x01\x02",  # a path that is not UTF-8
+            b"BNB",  # too short to be anything
+            b"BNBK",
+        ):
+            self.assertRaises(BadRequest, wire.decode_data, bad)
+
+    def test_data_payload_holds_the_block_and_its_hash(self) -> None:
+        trailer = wire.data_trailer("V1/0/3")
+        built = LAYOUT2_BLOCK + trailer
+        sealed = wire.DataPayload("V1/0/3", built, len(LAYOUT2_BLOCK), hashlib.sha256(built).digest())
+        self.assertEqual(bytes(sealed.block), LAYOUT2_BLOCK)
+        self.assertEqual(wire.decode_data(sealed.payload), ("V1/0/3", LAYOUT2_BLOCK))
+
+    def test_block_digest_continues_a_streamed_state(self) -> None:
+        payload = wire.encode_data("V1/0/3", LAYOUT2_BLOCK * 50)
+        expected = hashlib.sha256(LAYOUT2_BLOCK * 50).hexdigest()
+        self.assertEqual(wire.block_digest(payload), expected)
+        for open_at in (0, 1, 100, len(LAYOUT2_BLOCK) * 50):
+            state = hashlib.sha256(payload[:open_at])
+            self.assertEqual(wire.block_digest(payload, state, open_at), expected)
+            self.assertEqual(state.digest(), hashlib.sha256(payload[:open_at]).digest())  # not consumed
+        # a state past the block's end cannot give the block's hash: hashed from scratch
+        self.assertEqual(wire.block_digest(payload, hashlib.sha256(payload), len(payload)), expected)
+        self.assertEqual(wire.block_digest(LAYOUT1_VECTOR, hashlib.sha256(b""), 0), hashlib.sha256(b"abc").hexdigest())
+
+
+class DataParserPropertyTests(unittest.TestCase):
+    """Bytes from a peer: the Data parser raises nothing but BadRequest, and what it returns is in the payload."""
+
+    def check(self, payload: bytes) -> None:
+        try:
+            path, block = wire.decode_data(payload, copy=False)
+        except BadRequest:
+            self.assertRaises(BadRequest, wire.block_digest, payload)
+            return
+        self.assertIsInstance(path, str)
+        self.assertTrue(0 < len(path.encode("utf-8")) <= wire.MAX_PATH_LENGTH)
+        self.assertIs(block.obj, payload)
+        self.assertEqual(wire.block_digest(payload), hashlib.sha256(block).hexdigest())
+        self.assertEqual(wire.decode_data(payload), (path, bytes(block)))
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.binary(max_size=700))
+    def test_random_payloads(self, payload: bytes) -> None:
+        self.check(payload)
+        self.check(b"BNBK" + payload)
+        self.check(b"\x01" + payload)
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.sampled_from([LAYOUT1_VECTOR, LAYOUT2_VECTOR]), st.integers(min_value=0, max_value=200),
+           st.integers(min_value=0, max_value=255), st.integers(min_value=0, max_value=30))
+    def test_mutated_payloads(self, good: bytes, position: int, value: int, cut: int) -> None:
+        mutated = bytearray(good)
+        mutated[position % len(mutated)] = value
+        self.check(bytes(mutated))
+        self.check(bytes(mutated)[: max(0, len(mutated) - cut)])
+
+    @settings(max_examples=100, deadline=None)
+    @given(st.binary(max_size=300), st.text(min_size=1, max_size=40))
+    def test_layout_2_round_trip(self, rest: bytes, path: str) -> None:
+        block = b"BNBK" + rest
+        payload = wire.encode_data(path, block)
+        self.assertEqual(wire.decode_data(payload), (path, block))
+        self.assertEqual(payload[: len(block)], block)
 
 
 class NoCopyTests(unittest.TestCase):

@@ -95,9 +95,9 @@ def gid(node) -> str:
 def over_gateway(node):
     """A RemoteStorageServer request function over ``node``'s gateway (as service_customer does it)."""
 
-    def request(supplier_id, owner_id, command, payload):
+    def request(supplier_id, owner_id, command, payload, payload_sha256=None):
         gateway = node.service_driver.get("service_gateway").gateway
-        d = gateway.request(command, supplier_id, payload, timeout=5.0)
+        d = gateway.request(command, supplier_id, payload, timeout=5.0, payload_sha256=payload_sha256)
         return d.addCallbacks(lambda packet: (packet.command, packet.payload), _fail_answer)
 
     return request

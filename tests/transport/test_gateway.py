@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import functools
+import hashlib
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, fail, inlineCallbacks, succeed
@@ -251,6 +252,17 @@ class GatewayTests(unittest.TestCase):
         self.assertEqual(len(alice.gateway.connections()), 1)
         self.assertEqual(alice.gateway.connections()[0]["peers"], [bob.id])
         self.assertIn((bob.id, "received"), alice.traffic)
+
+    @inlineCallbacks
+    def test_a_known_payload_digest_is_signed_unless_a_challenge_rewrites_the_payload(self) -> None:
+        alice, bob = yield self.peers("alice", "bob")
+        block = b"BNBK" + b"z" * 1000
+        known = alice.gateway.build(Command.DATA, bob.id, block, payload_sha256=hashlib.sha256(block).digest())
+        self.assertEqual(known.payload_sha256, hashlib.sha256(block).digest())
+        alice.gateway._peer(bob.id).challenge = b"n" * 16
+        wrapped = alice.gateway.build(Command.DELETE_FILE, bob.id, b"V/0/0", payload_sha256=b"\x00" * 32)
+        self.assertNotEqual(wrapped.payload, b"V/0/0")
+        self.assertEqual(wrapped.payload_sha256, hashlib.sha256(wrapped.payload).digest())
 
     @inlineCallbacks
     def test_ack_and_fail_replies(self) -> None:

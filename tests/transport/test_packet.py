@@ -106,6 +106,19 @@ class PacketTests(unittest.TestCase):
         self.assertEqual(decoded, packet)
         decoded.verify(self.keys)
 
+    def test_create_with_a_known_digest_is_the_same_packet(self) -> None:
+        payload = b"block bytes" * 100
+        known = make_packet(self.clock, self.alice, payload=payload, packet_id="d1",
+                            payload_sha256=hashlib.sha256(payload).digest())
+        hashed = make_packet(self.clock, self.alice, payload=payload, packet_id="d1")
+        self.assertEqual(known.encode(), hashed.encode())
+        Packet.decode(known.encode()).verify(self.keys)
+
+    def test_a_wrong_known_digest_is_refused_by_the_receiver(self) -> None:
+        packet = make_packet(self.clock, self.alice, payload=b"block", payload_sha256=hashlib.sha256(b"other").digest())
+        self.assertRaises(BadSignature, Packet.decode, packet.encode())
+        self.assertRaises(BadPacket, make_packet, self.clock, self.alice, payload_sha256=b"short")
+
     def test_empty_payload_round_trips(self) -> None:
         packet = make_packet(self.clock, self.alice, payload=b"")
         self.assertEqual(Packet.decode(packet.encode()), packet)
