@@ -17,9 +17,9 @@ the payload bytes for each storage command, format version 1:
   catalog hash) continues over the trailer into the packet's payload digest,
   so the uploader builds the whole payload in the one copy it makes of a
   block and hashes it once (:func:`data_trailer`, :class:`DataPayload`); a
-  receiver that kept the hash state of the block's end as the payload
+  receiver that kept the hash state of the payload without its tail as it
   streamed in gets the block's hash without a second pass
-  (:func:`block_digest`).
+  (:func:`streamed_block_sha256`).
 
 - ``Retrieve``, ``DeleteFile``, ``DeleteBackup``, ``ListFiles``: the UTF-8 block
   path or prefix alone. A ``ListFiles`` asking for the next page adds a newline
@@ -42,9 +42,9 @@ Block bytes are never base64'd or copied more than once on the way in.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from bitnode import boundedjson
@@ -152,22 +152,19 @@ def _data_bounds(payload: bytes) -> tuple[str, int, int]:
     return decode_path(view[_DATA_HEAD.size:end]), end, len(view)
 
 
-def block_digest(payload: bytes, open_state=None, open_at: int = 0) -> str:
-    """Hex SHA-256 of the block inside a ``Data`` payload (the hash the catalog and a supplier's index keep).
+def streamed_block_sha256(payload: bytes, prefix_sha256: Callable[[int], str | None] | None) -> str | None:
+    """The hex SHA-256 of the block in a layout-2 ``Data`` payload, from the hash state kept as it streamed in.
 
-    ``open_state``: a hashlib state over ``payload[:open_at]`` kept while the
-    payload streamed in (see :class:`bitnode.transport.framing.FrameProtocol`);
-    when the block is a layout-2 block that ends at or after ``open_at``, only
-    the rest of it is hashed here. Anything else is hashed from scratch.
-    BadRequest when the payload is malformed.
+    ``prefix_sha256(n)`` gives the SHA-256 of ``payload[:n]`` or None
+    (:meth:`bitnode.transport.packet.Packet.streamed_prefix_sha256`). None when
+    the block is not at the payload's start (layout 1) or no state was kept:
+    the caller then hashes the block itself, in a worker. BadRequest when the
+    payload is malformed.
     """
     _path, start, end = _data_bounds(payload)
-    view = memoryview(payload)
-    if open_state is not None and start == 0 and open_at <= end:
-        hasher = open_state.copy()
-        hasher.update(view[open_at:end])
-        return hasher.hexdigest()
-    return hashlib.sha256(view[start:end]).hexdigest()
+    if prefix_sha256 is None or start != 0:
+        return None
+    return prefix_sha256(end)
 
 
 def encode_path(path: str) -> bytes:

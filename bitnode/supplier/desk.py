@@ -153,17 +153,22 @@ class SupplierDesk:
 
     # --- commands ------------------------------------------------------------------------
 
-    def handle(self, customer_id: str, command: str, payload: bytes, renew: bool = True) -> defer.Deferred:
+    def handle(self, customer_id: str, command: str, payload: bytes, renew: bool = True,
+               prefix_sha256: Callable[[int], str | None] | None = None) -> defer.Deferred:
         """The reply to one storage command in ``customer_id``'s space (the sender authenticated).
 
         ``renew=False`` for a read by someone else (a share reader): only the customer's own
-        traffic renews its contract.
+        traffic renews its contract. ``prefix_sha256(n)``: the hex SHA-256 of ``payload[:n]``
+        from the hash state kept as the packet streamed in, or None
+        (:meth:`~bitnode.transport.packet.Packet.streamed_prefix_sha256`): a stored block's index
+        hash then costs no second pass over it.
         """
-        d = defer.maybeDeferred(self._dispatch, customer_id, command, payload, renew)
+        d = defer.maybeDeferred(self._dispatch, customer_id, command, payload, renew, prefix_sha256)
         d.addErrback(self._to_fail, customer_id, command)
         return d
 
-    def _dispatch(self, customer_id: str, command: str, payload: bytes, renew: bool = True):
+    def _dispatch(self, customer_id: str, command: str, payload: bytes, renew: bool = True,
+                  prefix_sha256: Callable[[int], str | None] | None = None):
         if renew:
             self.book.renew(customer_id)
         if command == Command.REQUEST_SERVICE:
@@ -177,7 +182,8 @@ class SupplierDesk:
             raise BadRequest("not a customer: send RequestService first")
         if command == Command.DATA:
             path, block = wire.decode_data(payload, copy=False)  # written out as is: no copy of the block
-            return self.store.store_block(customer_id, path, block).addCallback(
+            sha256 = wire.streamed_block_sha256(payload, prefix_sha256)
+            return self.store.store_block(customer_id, path, block, sha256=sha256).addCallback(
                 lambda _: (Command.ACK, wire.encode_json({"stored": path, "size": len(block)})))
         if command == Command.RETRIEVE:
             path = wire.decode_path(payload)

@@ -226,10 +226,14 @@ class DiskStore:
 
     # --- IStorageServer ----------------------------------------------------------------
 
-    def store_block(self, customer_id: str, block_path: str, data: bytes, data_payload=None) -> defer.Deferred:
+    def store_block(self, customer_id: str, block_path: str, data: bytes, data_payload=None,
+                    sha256: str | None = None) -> defer.Deferred:
         """Store (or replace) one block atomically, within the customer's limits.
 
         ``data_payload`` is unused (blocks are on this disk, not sent on).
+        ``sha256``: the hex SHA-256 of ``data`` when the caller has it already
+        (the supplier's desk, from the hash kept as the packet streamed in; it
+        must be of these very bytes), so the index row costs no second pass.
 
         Fires once the block's data and its directory entry are fsynced (and
         its index row written); blocks of the customer that arrive meanwhile
@@ -247,7 +251,7 @@ class DiskStore:
             self.refused["queue_full"] += 1
             return defer.fail(TooManyRequests(f"busy: {queue.bytes} bytes of blocks of {customer_id} wait to be "
                                               f"written (at most {limit})"))
-        write = PendingWrite(block_path, target, data)
+        write = PendingWrite(block_path, target, data, sha256)
         queue.add(write)
         if not queue.running:
             queue.running = True
@@ -292,7 +296,7 @@ class DiskStore:
                 queue.running = False
                 self._queues.pop(customer_id, None)
 
-        d = self._run(self._store_batch, customer_id, [(w.block_path, w.target, w.data) for w in batch])
+        d = self._run(self._store_batch, customer_id, [(w.block_path, w.target, w.data, w.sha256) for w in batch])
         d.addCallbacks(answer, failed)
         d.addCallback(next_batch)
         return d
@@ -403,8 +407,11 @@ class DiskStore:
         return {"files": usage.files, "bytes": usage.bytes, "dirs": usage.dirs,
                 "charged_bytes": usage.charged(self._limits().min_dir_charge)}
 
-    def _store_batch(self, customer_id: str, writes: list[tuple[str, str, bytes]]) -> list[BaseException | None]:
+    def _store_batch(self, customer_id: str,
+                     writes: list[tuple[str, str, bytes, str | None]]) -> list[BaseException | None]:
         """Check, write and index a batch of one customer's blocks (worker thread, under its lock).
+
+        Each write is (block path, file, data, its hex SHA-256 or None to compute here).
 
         One entry per block: None when it is stored, else why not (a refusal
         refuses that block alone; the others are judged as if it had not come).
@@ -415,7 +422,7 @@ class DiskStore:
         accepted: list[tuple[int, int | None]] = []
         new_dirs: list[str] = []
         charged, files, incoming = usage.charged(limits.min_dir_charge), usage.files, 0
-        for index, (_path, target, data) in enumerate(writes):
+        for index, (_path, target, data, _sha256) in enumerate(writes):
             try:
                 old_size, dirs, delta = self._admit(customer_id, target, data, limits, new_dirs, charged, files,
                                                     incoming)
@@ -429,7 +436,7 @@ class DiskStore:
             incoming += len(data) + len(dirs) * limits.min_dir_charge
         if not accepted:
             return results
-        digests = {index: hashlib.sha256(writes[index][2]).hexdigest() for index, _ in accepted}
+        digests = {index: writes[index][3] or hashlib.sha256(writes[index][2]).hexdigest() for index, _ in accepted}
         try:
             written = write_batch([(writes[index][1], writes[index][2]) for index, _ in accepted], new_dirs,
                                   mode=0o600, fsync=self._fsync)
@@ -443,7 +450,7 @@ class DiskStore:
             if error is not None:
                 results[index] = error
                 continue
-            block_path, target, data = writes[index]
+            block_path, target, data, _sha256 = writes[index]
             info = os.stat(target)
             rows.append(IndexedBlock(block_path, FileIdentity(info.st_size, info.st_mtime_ns, info.st_ino),
                                      digests[index]))

@@ -53,6 +53,7 @@ class PendingWrite:
     block_path: str
     target: str
     data: bytes
+    sha256: str | None = None  # of ``data``, when the caller had it already (else hashed in the batch)
     done: defer.Deferred = field(default_factory=defer.Deferred)
 
 

@@ -509,7 +509,8 @@ class SupplierService(Service):
         if packet.command == Command.CONTACTS.value:
             d = self._keep_record(customer_id, packet.payload)
             return self._track(d.addCallback(lambda reply: _answer(gateway, packet, reply[0], reply[1])))
-        d = desk.handle(customer_id, packet.command, packet.payload)
+        d = desk.handle(customer_id, packet.command, packet.payload,
+                        prefix_sha256=getattr(packet, "streamed_prefix_sha256", None))
         if packet.command == Command.REQUEST_SERVICE.value:
             d.addCallback(self._with_usage, desk, customer_id)
         d.addCallback(lambda reply: _answer(gateway, packet, reply[0], reply[1]))

@@ -69,6 +69,11 @@ class FrameProtocol(Protocol):
         closes the connection (``None``: no limit).
     :param digest_bodies: compute SHA-256 of each body while it streams in and
         pass it to :meth:`frameReceived`.
+    :param digest_hold: with ``digest_bodies``, the last ``digest_hold`` bytes
+        of each body are hashed only once it is complete, and the hash state
+        of the body without them is passed on too (``body_prefix``), so a
+        receiver gets the hash of any leading part that ends in that tail (a
+        block inside a payload) without hashing the body a second time.
     :param budget: a :class:`~bitnode.transport.limits.BufferBudget` shared
         by the connections: a kept body is reserved there before it is read,
         and reading pauses while it does not fit.
@@ -84,6 +89,7 @@ class FrameProtocol(Protocol):
         max_frames_per_second: int | None = None,
         digest_bodies: bool = False,
         budget: Optional[BufferBudget] = None,
+        digest_hold: int = 0,
     ) -> None:
         if not 0 < max_frame <= MAX_FRAME_LIMIT:
             raise ValueError(f"max_frame must be in 1..{MAX_FRAME_LIMIT}")
@@ -92,6 +98,9 @@ class FrameProtocol(Protocol):
         self.max_head = min(max_head, DEFAULT_MAX_HEAD)
         self.max_frames_per_second = max_frames_per_second
         self._digest_bodies = digest_bodies
+        self._digest_hold = max(0, digest_hold)
+        self._hash_limit = 0  # body bytes hashed while streaming (the rest is the held tail)
+        self._hashed = 0
         self._state = _PREFIX
         self._buf = bytearray()  # prefix or head being collected
         self._head = b""
@@ -116,7 +125,11 @@ class FrameProtocol(Protocol):
     # -- hooks for subclasses ---------------------------------------------
 
     def frameReceived(self, head: bytes, body: bytes, body_sha256: bytes | None) -> None:
-        """One complete frame arrived.  ``body_sha256`` is set when digesting bodies."""
+        """One complete frame arrived.  ``body_sha256`` is set when digesting bodies.
+
+        With ``digest_hold`` a fourth argument follows: ``(state, length)``, a
+        hashlib state over ``body[:length]`` (``copy()`` it before use).
+        """
         raise NotImplementedError
 
     def frameRejected(self, reason: str) -> None:
@@ -195,8 +208,10 @@ class FrameProtocol(Protocol):
                     piece = view[pos : pos + take]
                     if self._keep_body:
                         self._body_parts.append(piece)
-                        if self._hasher is not None:
-                            self._hasher.update(piece)
+                        if self._hasher is not None and self._hashed < self._hash_limit:
+                            hash_now = min(take, self._hash_limit - self._hashed)
+                            self._hasher.update(piece[:hash_now] if hash_now < take else piece)
+                            self._hashed += hash_now
                     self._body_left -= take
                     pos += take
                 if self._body_left:
@@ -238,6 +253,8 @@ class FrameProtocol(Protocol):
                 return False
             self._reserved = self._body_left
         self._hasher = hashlib.sha256() if self._digest_bodies and self._keep_body else None
+        self._hash_limit = max(0, self._body_left - self._digest_hold)
+        self._hashed = 0
         self._state = _BODY
         return True
 
@@ -280,11 +297,20 @@ class FrameProtocol(Protocol):
         else:
             body = b"".join(parts) if parts else b""
             del parts
-            digest = self._hasher.digest() if self._hasher is not None else None
-            self._hasher = None
+            hasher, self._hasher = self._hasher, None
+            if hasher is None:
+                digest, prefix = None, None
+            else:
+                prefix = (hasher, self._hashed)  # the state of the body without its held tail
+                whole = hasher.copy()
+                whole.update(memoryview(body)[self._hashed :])
+                digest = whole.digest()
             if reserved:
                 self._budget.release(self._budget_key(), reserved)
-            self._call(self.frameReceived, head, body, digest)
+            if self._digest_hold and digest is not None:
+                self._call(self.frameReceived, head, body, digest, prefix)
+            else:
+                self._call(self.frameReceived, head, body, digest)
 
     def _call(self, hook: Any, *args: Any) -> None:
         try:

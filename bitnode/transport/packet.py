@@ -40,6 +40,10 @@ from bitnode.transport.commands import Command, command_name
 WIRE_VERSION = 1
 SIGNING_DOMAIN = b"bitnode-packet\x00"
 
+#: Bytes at the end of a received payload hashed after the rest, so that the hash of a leading part
+#: ending in them comes cheap (:meth:`Packet.streamed_prefix_sha256`): a storage ``Data`` payload's
+#: trailer after its block is at most 515 bytes.
+DIGEST_HOLD = 1024
 #: Largest payload accepted unless the caller says otherwise.
 DEFAULT_MAX_PAYLOAD = 16 * 1024 * 1024
 #: Upper bounds (in UTF-8 bytes) of the text fields.
@@ -152,6 +156,7 @@ class Packet:
     algorithm: str = ""
     signature: bytes = field(default=b"", repr=False)
     _digest: bytes = field(default=b"", init=False, repr=False, compare=False)
+    _prefix: tuple | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "command", command_name(self.command))
@@ -234,6 +239,22 @@ class Packet:
 
     def _set_digest(self, digest: bytes) -> None:
         object.__setattr__(self, "_digest", digest)
+
+    def streamed_prefix_sha256(self, length: int) -> str | None:
+        """Hex SHA-256 of ``payload[:length]`` from the hash state kept while the payload streamed in.
+
+        None when no state was kept, or it is already past ``length``: the
+        caller then hashes those bytes itself (in a worker, not on the
+        reactor). Costs at most :data:`DIGEST_HOLD` bytes of hashing.
+        """
+        if self._prefix is None:
+            return None
+        state, at = self._prefix
+        if not at <= length <= len(self.payload):
+            return None
+        hasher = state.copy()
+        hasher.update(memoryview(self.payload)[at:length])
+        return hasher.hexdigest()
 
     def _unsigned_header(self) -> bytes:
         parts = [_FIXED.pack(WIRE_VERSION, 0, self.date, len(self.payload), self.payload_sha256)]
@@ -358,11 +379,13 @@ class PacketHead:
         """
         _verify(self.creator_id, self.algorithm, self.signed, self.signature, resolve_verifier)
 
-    def packet(self, payload: bytes, payload_sha256: bytes | None = None) -> Packet:
+    def packet(self, payload: bytes, payload_sha256: bytes | None = None, prefix: tuple | None = None) -> Packet:
         """The whole packet once ``payload`` is in; :class:`BadSignature` if it is not the one signed for.
 
         ``payload_sha256`` is a digest the caller computed over ``payload``
-        itself while it streamed in (trusted: pass only your own).
+        itself while it streamed in (trusted: pass only your own); ``prefix``,
+        ``(hashlib state, length)``, the state of that hash over
+        ``payload[:length]`` (see :meth:`Packet.streamed_prefix_sha256`).
         """
         if len(payload) != self.payload_length:
             raise BadPacket(f"payload is {len(payload)} bytes, header says {self.payload_length}")
@@ -375,6 +398,8 @@ class PacketHead:
             remote_id=self.remote_id, key_id=self.key_id, algorithm=self.algorithm, signature=self.signature,
         )
         packet._set_digest(digest)
+        if prefix is not None and payload_sha256 is not None:
+            object.__setattr__(packet, "_prefix", prefix)
         return packet
 
 

@@ -41,6 +41,7 @@ from bitnode.transport.commands import Command, command_name, is_known
 from bitnode.transport.framing import KEEP, SKIP, FrameProtocol
 from bitnode.transport.limits import BufferBudget, ConnectionLimits
 from bitnode.transport.packet import (
+    DIGEST_HOLD,
     MAX_HEADER,
     BadPacket,
     BadSignature,
@@ -130,6 +131,7 @@ class PacketConnection(FrameProtocol):
             max_frames_per_second=owner.max_frames_per_second,
             digest_bodies=True,
             budget=owner.budget,
+            digest_hold=DIGEST_HOLD,
         )
         self._owner = owner
         self.incoming: _Incoming | None = None  # the frame being received, once its header passed
@@ -161,9 +163,10 @@ class PacketConnection(FrameProtocol):
         """Let the owner judge the header before the payload is read."""
         return self._owner._head_received(self, head, body_length)
 
-    def frameReceived(self, head: bytes, body: bytes, body_sha256: bytes | None) -> None:
+    def frameReceived(self, head: bytes, body: bytes, body_sha256: bytes | None,
+                      body_prefix: tuple | None = None) -> None:
         """Hand the frame to the owner's validation pipeline."""
-        self._owner._frame_received(self, head, body, body_sha256)
+        self._owner._frame_received(self, head, body, body_sha256, body_prefix)
 
     def frameSkipped(self, head: bytes) -> None:
         """A refused header's payload was read past."""
@@ -545,7 +548,8 @@ class TCPTransport:
         except Exception:
             self.log.failure("answering a dropped packet failed")
 
-    def _frame_received(self, conn: PacketConnection, head: bytes, body: bytes, digest: bytes | None) -> None:
+    def _frame_received(self, conn: PacketConnection, head: bytes, body: bytes, digest: bytes | None,
+                        prefix: tuple | None = None) -> None:
         """Finish one frame whose header passed: check the payload, then dispatch; never raises."""
         incoming, conn.incoming = conn.incoming, None
         if incoming is None:  # cannot happen: a body is kept only after _head_received said so
@@ -556,7 +560,7 @@ class TCPTransport:
             self._relay_frame(conn, incoming.head, head, body, digest)
             return
         try:
-            packet = incoming.head.packet(body, digest)
+            packet = incoming.head.packet(body, digest, prefix)
             if incoming.kind == VERIFIED:
                 self.replay.check(packet.creator_id, packet.packet_id, packet.date)
             else:

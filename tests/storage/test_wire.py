@@ -11,6 +11,7 @@ from twisted.trial import unittest
 
 from bitnode.errors import BadRequest
 from bitnode.storage import wire
+from bitnode.transport.packet import DIGEST_HOLD
 
 
 class WireTests(unittest.TestCase):
@@ -58,6 +59,10 @@ LAYOUT1_VECTOR = bytes.fromhex("01" "0006" "56312f302f33" "616263")
 class DataLayoutTests(unittest.TestCase):
     """Layout 2 puts a stored-format block first; layout 1 (any other block) is written and read as before."""
 
+    def test_the_longest_trailer_fits_the_streamed_hash_hold(self) -> None:
+        self.assertLessEqual(wire.MAX_DATA_TRAILER, DIGEST_HOLD)
+        self.assertEqual(len(wire.data_trailer("é" * (wire.MAX_PATH_LENGTH // 2))), wire.MAX_DATA_TRAILER)
+
     def test_layout_2_vector(self) -> None:
         self.assertEqual(wire.encode_data("V1/0/3", LAYOUT2_BLOCK), LAYOUT2_VECTOR)
         self.assertEqual(wire.decode_data(LAYOUT2_VECTOR), ("V1/0/3", LAYOUT2_BLOCK))
@@ -94,32 +99,38 @@ class DataLayoutTests(unittest.TestCase):
         self.assertEqual(bytes(sealed.block), LAYOUT2_BLOCK)
         self.assertEqual(wire.decode_data(sealed.payload), ("V1/0/3", LAYOUT2_BLOCK))
 
-    def test_block_digest_continues_a_streamed_state(self) -> None:
+    def test_the_block_hash_comes_from_the_streamed_prefix_hash(self) -> None:
         payload = wire.encode_data("V1/0/3", LAYOUT2_BLOCK * 50)
-        expected = hashlib.sha256(LAYOUT2_BLOCK * 50).hexdigest()
-        self.assertEqual(wire.block_digest(payload), expected)
-        for open_at in (0, 1, 100, len(LAYOUT2_BLOCK) * 50):
-            state = hashlib.sha256(payload[:open_at])
-            self.assertEqual(wire.block_digest(payload, state, open_at), expected)
-            self.assertEqual(state.digest(), hashlib.sha256(payload[:open_at]).digest())  # not consumed
-        # a state past the block's end cannot give the block's hash: hashed from scratch
-        self.assertEqual(wire.block_digest(payload, hashlib.sha256(payload), len(payload)), expected)
-        self.assertEqual(wire.block_digest(LAYOUT1_VECTOR, hashlib.sha256(b""), 0), hashlib.sha256(b"abc").hexdigest())
+        asked = []
+
+        def prefix_sha256(length: int) -> str:
+            asked.append(length)
+            return hashlib.sha256(payload[:length]).hexdigest()
+
+        self.assertEqual(wire.streamed_block_sha256(payload, prefix_sha256), hashlib.sha256(LAYOUT2_BLOCK * 50).hexdigest())
+        self.assertEqual(asked, [len(LAYOUT2_BLOCK) * 50])
+        # layout 1 (the block is not at the start) or no streamed state: the caller hashes the block itself
+        self.assertIsNone(wire.streamed_block_sha256(LAYOUT1_VECTOR, prefix_sha256))
+        self.assertIsNone(wire.streamed_block_sha256(payload, None))
+        self.assertRaises(BadRequest, wire.streamed_block_sha256, b"BNBK\x00\x09\x02", prefix_sha256)
 
 
 class DataParserPropertyTests(unittest.TestCase):
     """Bytes from a peer: the Data parser raises nothing but BadRequest, and what it returns is in the payload."""
 
     def check(self, payload: bytes) -> None:
+        def prefix_sha256(length: int) -> str:
+            return hashlib.sha256(payload[:length]).hexdigest()
+
         try:
             path, block = wire.decode_data(payload, copy=False)
         except BadRequest:
-            self.assertRaises(BadRequest, wire.block_digest, payload)
+            self.assertRaises(BadRequest, wire.streamed_block_sha256, payload, prefix_sha256)
             return
         self.assertIsInstance(path, str)
         self.assertTrue(0 < len(path.encode("utf-8")) <= wire.MAX_PATH_LENGTH)
         self.assertIs(block.obj, payload)
-        self.assertEqual(wire.block_digest(payload), hashlib.sha256(block).hexdigest())
+        self.assertIn(wire.streamed_block_sha256(payload, prefix_sha256), (None, hashlib.sha256(block).hexdigest()))
         self.assertEqual(wire.decode_data(payload), (path, bytes(block)))
 
     @settings(max_examples=300, deadline=None)

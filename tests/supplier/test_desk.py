@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 
@@ -69,6 +70,24 @@ class DeskTests(unittest.TestCase):
         self.assertEqual(self.call(ALICE, Command.RETRIEVE, wire.encode_path("V1/0/9")), (Command.FAIL, b"not found"))
         command, payload = self.call(ALICE, Command.DELETE_BACKUP, wire.encode_path("V1"))
         self.assertEqual(wire.decode_json(payload), {"deleted": 1})
+
+    def test_a_layout_2_block_is_indexed_with_the_streamed_hash(self) -> None:
+        self.call(ALICE, Command.REQUEST_SERVICE, request(500))
+        block = b"BNBK\x03" + bytes(range(100))
+        payload = wire.encode_data("V1/0/2", block)
+        asked = []
+
+        def prefix_sha256(length: int) -> str:
+            asked.append(length)
+            return hashlib.sha256(payload[:length]).hexdigest()
+
+        answer = self.successResultOf(self.desk.handle(ALICE, Command.DATA, payload, prefix_sha256=prefix_sha256))
+        self.assertEqual(answer[0], Command.ACK)
+        self.assertEqual(asked, [len(block)])
+        command, listing = self.call(ALICE, Command.LIST_FILES, wire.encode_path(""))
+        self.assertEqual(wire.decode_files(listing), {"V1/0/2": (len(block), hashlib.sha256(block).hexdigest())})
+        command, answer = self.call(ALICE, Command.RETRIEVE, wire.encode_path("V1/0/2"))
+        self.assertEqual(answer, payload)  # answered in layout 2 too
 
     def test_quota_and_bad_paths_fail_without_writing(self) -> None:
         self.call(ALICE, Command.REQUEST_SERVICE, request(4))

@@ -221,6 +221,13 @@ class StoredHashTests(unittest.TestCase):
         self.assertEqual(listing["v/7/0"], (1000, sha(b"7" * 1000)))
         self.assertEqual(opened, [])
 
+    def test_a_hash_the_caller_had_is_indexed_without_hashing_again(self) -> None:
+        # the desk passes the hash kept while the packet streamed in; a stand-in value shows it is the one used
+        given = "ab" * 32
+        self.successResultOf(self.store.store_block(CUSTOMER, "v/0/0", b"streamed", sha256=given))
+        self.successResultOf(self.store.store_block(CUSTOMER, "v/0/1", b"hashed here"))
+        self.assertEqual(self.listing(), {"v/0/0": (8, given), "v/0/1": (11, sha(b"hashed here"))})
+
     def test_an_overwrite_lists_the_new_hash_also_after_a_restart(self) -> None:
         self.successResultOf(self.store.store_block(CUSTOMER, "v/0/0", b"old"))
         self.successResultOf(self.store.store_block(CUSTOMER, "v/0/0", b"brand new"))

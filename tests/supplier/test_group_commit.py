@@ -72,7 +72,7 @@ class GroupCommitTests(unittest.TestCase):
         """The block paths of a queued worker call (a batch)."""
         _, fn, args = self.threads.queued[index]
         self.assertEqual(fn.__name__, "_store_batch")
-        return [path for path, _target, _data in args[1]]
+        return [path for path, _target, _data, _sha256 in args[1]]
 
     def test_blocks_arriving_during_a_write_are_written_together(self) -> None:
         self.put("v/0/0")

@@ -103,6 +103,29 @@ class FramingTests(unittest.TestCase):
             proto.dataReceived(frame[i : i + 4096])
         self.assertEqual(proto.frames, [(b"h", body, hashlib.sha256(body).digest())])
 
+    def test_held_tail_gives_the_hash_state_of_the_body_without_it(self) -> None:
+        got = []
+
+        class Holding(Recorder):
+            def frameReceived(self, head, body, body_sha256, body_prefix=None) -> None:
+                super().frameReceived(head, body, body_sha256)
+                got.append(body_prefix)
+
+        body = bytes(range(256)) * 300
+        for hold, chunk in ((100, 4096), (100, 1), (len(body) + 5, 999), (1, 77)):
+            proto = Holding(Clock(), 100_000, digest_bodies=True, digest_hold=hold)
+            proto.makeConnection(StringTransport())
+            frame = encode_frame(b"h", body) + encode_frame(b"empty", b"")
+            for i in range(0, len(frame), chunk):
+                proto.dataReceived(frame[i : i + chunk])
+            self.assertEqual(proto.frames, [(b"h", body, hashlib.sha256(body).digest()),
+                                            (b"empty", b"", hashlib.sha256(b"").digest())])
+            (state, length), (empty_state, empty_length) = got
+            self.assertEqual(length, max(0, len(body) - hold))
+            self.assertEqual(state.digest(), hashlib.sha256(body[:length]).digest())
+            self.assertEqual((empty_state.digest(), empty_length), (hashlib.sha256(b"").digest(), 0))
+            got.clear()
+
     def test_body_arriving_in_chunks_is_joined_into_bytes(self) -> None:
         proto, _ = connect(max_frame=10_000)
         frame = encode_frame(b"h", b"z" * 5000)

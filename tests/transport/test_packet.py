@@ -17,6 +17,7 @@ from bitnode.transport.packet import (
     BadPacket,
     BadSignature,
     Packet,
+    PacketHead,
     PacketTooLarge,
     UnknownSender,
 )
@@ -118,6 +119,21 @@ class PacketTests(unittest.TestCase):
         packet = make_packet(self.clock, self.alice, payload=b"block", payload_sha256=hashlib.sha256(b"other").digest())
         self.assertRaises(BadSignature, Packet.decode, packet.encode())
         self.assertRaises(BadPacket, make_packet, self.clock, self.alice, payload_sha256=b"short")
+
+    def test_streamed_prefix_hash_of_a_received_packet(self) -> None:
+        payload = bytes(range(256)) * 20
+        packet = make_packet(self.clock, self.alice, payload=payload)
+        head = PacketHead.decode(packet.encode_header())
+        held_at = len(payload) - 300
+        received = head.packet(payload, hashlib.sha256(payload).digest(), (hashlib.sha256(payload[:held_at]), held_at))
+        for length in (held_at, held_at + 1, len(payload)):
+            self.assertEqual(received.streamed_prefix_sha256(length), hashlib.sha256(payload[:length]).hexdigest())
+        # before the kept state, past the payload, or no state kept (a packet we built): the caller hashes itself
+        self.assertIsNone(received.streamed_prefix_sha256(held_at - 1))
+        self.assertIsNone(received.streamed_prefix_sha256(len(payload) + 1))
+        self.assertIsNone(packet.streamed_prefix_sha256(len(payload)))
+        self.assertIsNone(head.packet(payload).streamed_prefix_sha256(len(payload)))
+        self.assertEqual(received, packet)
 
     def test_empty_payload_round_trips(self) -> None:
         packet = make_packet(self.clock, self.alice, payload=b"")
