@@ -16,6 +16,7 @@ from twisted.web.client import Agent, HTTPConnectionPool
 
 from bitnode.app import api_server, build_node
 from bitnode.interface import api as api_module
+from bitnode.main import netns
 from tests.interface.support import (
     FAKE_SERVICES,
     WAIT,
@@ -71,6 +72,15 @@ class TwoNodesTests(unittest.TestCase):
                 written = json.load(handle)
             self.assertEqual((written["http"], written["ws"], written["basedir"]),
                              (node.endpoints()["http"], node.endpoints()["ws"], node.basedir.root))
+            self.assertEqual(written.get("netns"), netns.current_name())  # None unless run under `ip netns exec`
+
+    @defer.inlineCallbacks
+    def test_a_node_in_a_named_network_namespace_names_it_in_its_endpoints_file(self):
+        # clients (bitnode api, localnet) then connect from inside it: the API is on its loopback
+        self.patch(netns, "current_name", lambda: "bn-home1")
+        node = yield start_node(self)
+        with open(node.basedir.endpoints_file, encoding="utf-8") as handle:
+            self.assertEqual(json.load(handle)["netns"], "bn-home1")
 
     @defer.inlineCallbacks
     def test_config_set_on_one_does_not_change_the_other(self):

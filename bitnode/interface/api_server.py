@@ -32,6 +32,7 @@ from bitnode.interface.dispatch import Dispatcher
 from bitnode.interface.limits import ApiLimits
 from bitnode.interface.rest import ApiResource, ApiSite
 from bitnode.interface.websocket import ApiWebSocketFactory
+from bitnode.main import netns
 from bitnode.main.connections import ConnectionSet
 from bitnode.main.fileutil import atomic_write
 from bitnode.main.logs import DEBUG_LEVEL_KEY, level_for
@@ -138,4 +139,8 @@ class ApiServer(TwistedService):
 
     def _write_endpoints(self) -> None:
         data = dict(self.endpoints(), pid=os.getpid(), basedir=self.node.basedir.root)
+        namespace = netns.current_name()
+        if namespace is not None:
+            # the API listens on 127.0.0.1 of that namespace: clients must connect from inside it
+            data["netns"] = namespace
         atomic_write(self.node.basedir.endpoints_file, json.dumps(data).encode("utf-8"), mode=0o600)

@@ -20,6 +20,7 @@ from typing import Any, Union
 
 from bitnode.errors import BadRequest
 from bitnode.interface.routes import JSON, LEGACY, LIST, ROUTES, STR, Alias, Param, Route
+from bitnode.main import netns
 from bitnode.main.basedir import Basedir
 
 Target = Union[Route, Alias]
@@ -178,14 +179,16 @@ def call_api(basedir: Basedir, method: str, kwargs: dict, timeout: float = 120.0
     """Call ``method`` on the node of ``basedir``: (HTTP code, envelope).
 
     Raises NotRunning when no node has written its endpoints, another OSError
-    when the node does not answer, UnknownMethod or ValueError for a bad call.
+    when the node does not answer (or runs in a network namespace this process
+    may not enter), UnknownMethod or ValueError for a bad call.
     """
     endpoints = read_endpoints(basedir)
     if not endpoints or "http" not in endpoints:
         raise NotRunning(f"no running node found in {basedir.root}")
     request = build_request(endpoints["http"], read_secret(basedir), method, kwargs)
     try:
-        with _OPENER.open(request, timeout=timeout) as response:
+        # A node in a network namespace listens on that namespace's loopback (bitnode.main.netns).
+        with netns.entered(endpoints.get("netns")), _OPENER.open(request, timeout=timeout) as response:
             return response.status, _envelope(response.read())
     except urllib.error.HTTPError as err:
         with err:

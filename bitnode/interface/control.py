@@ -19,6 +19,7 @@ from typing import Callable, Sequence
 import psutil
 
 from bitnode.interface.client import call_api, read_endpoints
+from bitnode.main import netns
 from bitnode.main.basedir import Basedir
 
 POLL = 0.1
@@ -187,10 +188,12 @@ def wait_ready(basedir: Basedir, timeout: float) -> NodeProcess:
 
 
 def start(basedir: Basedir, settings: Sequence[str] = (), timeout: float = 60.0,
-          network: str | None = None) -> NodeProcess:
+          network: str | None = None, namespace: str | None = None) -> NodeProcess:
     """Start a daemonised node in ``basedir`` and wait until it is ready.
 
     ``network``: a network file the node installs as its own before it starts.
+    ``namespace``: the name of a network namespace (``ip netns``) to start it
+    in (root only); clients find it there through its endpoints file.
     A node already running there is left alone (``already_running``; its
     network file is not changed).
     twistd forks, reports start-up errors (a port in use, a bad ``--set``)
@@ -203,10 +206,15 @@ def start(basedir: Basedir, settings: Sequence[str] = (), timeout: float = 60.0,
     remove_stale_files(basedir)
     command = twistd_command(basedir, settings=settings, network=network)
     try:
-        result = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                                timeout=timeout)
+        with netns.entered(namespace):  # the child is born in the namespace
+            result = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                                    timeout=timeout)
     except subprocess.TimeoutExpired:
         raise ControlError(f"twistd did not detach within {timeout:g}s; see {basedir.log_file}") from None
+    except OSError as err:
+        if namespace is None:
+            raise
+        raise ControlError(f"cannot start the node in network namespace {namespace!r}: {err}") from None
     if result.returncode != 0:
         # twistd cuts the daemon's error to 100 bytes; the log has all of it.
         output = (result.stdout + result.stderr).strip() or log_tail(basedir)

@@ -27,7 +27,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from typing import Callable
+from typing import Callable, Mapping, Optional
 
 from bitnode.errors import BadRequest, Conflict, NotFound
 from bitnode.interface import control
@@ -44,8 +44,11 @@ from bitnode.localnet.shapes import (
 from bitnode.main import network_file
 from bitnode.main.basedir import Basedir
 from bitnode.main.fileutil import atomic_write
+from bitnode.main.schema import TCP_INTERFACE_KEY
 
 NETWORK_FORMAT = 1
+#: Where a local network's nodes listen unless placed elsewhere (``placements``).
+LOOPBACK = "127.0.0.1"
 SERVER_NAME = "idserver"
 #: The network file the nodes of a local network use (in its directory; a copy in each basedir's config/).
 NETWORK_FILE_NAME = "bitnode-network.json"
@@ -86,19 +89,32 @@ class LocalnetError(Exception):
     """Something the user must see: a node did not start, did not connect..."""
 
 
+@dataclass(frozen=True)
+class Placement:
+    """Where a node runs: a network namespace (``ip netns``; None: the host's) and its address there."""
+
+    netns: Optional[str]
+    host: str
+
+
 @dataclass
 class NodePlan:
-    """One node of the network: its name, roles, basedir and loopback ports."""
+    """One node of the network: its name, roles, basedir and ports; its address (loopback unless placed)."""
 
     name: str
     roles: tuple[str, ...]
     basedir: str
     ports: dict[str, int] = field(default_factory=dict)
+    #: the address its peer transport, DHT and servers listen on, and that the others use to reach it
+    host: str = LOOPBACK
+    #: the network namespace it runs in (its API is on that namespace's 127.0.0.1); None: the host's
+    netns: Optional[str] = None
 
     @classmethod
     def from_dict(cls, data: dict) -> NodePlan:
         """Read one entry of ``network.json``."""
-        return cls(data["name"], tuple(data["roles"]), data["basedir"], dict(data["ports"]))
+        return cls(data["name"], tuple(data["roles"]), data["basedir"], dict(data["ports"]),
+                   data.get("host", LOOPBACK), data.get("netns"))
 
 
 def free_port(kind: int = socket.SOCK_STREAM) -> int:
@@ -120,7 +136,7 @@ def preferred_port(port: int) -> int:
 
 def plan_network(directory: str, suppliers: int, customers: int, documented_ports: bool = True, *,
                  id_servers: int = 1, routers: int | None = None, suppliers_behind_nat: int = 0,
-                 customers_behind_nat: int = 0) -> list[NodePlan]:
+                 customers_behind_nat: int = 0, placements: Mapping[str, Placement] | None = None) -> list[NodePlan]:
     """Names, roles, basedirs and fresh ports for a network of that shape.
 
     With ``documented_ports`` the first customer gets the API ports of the
@@ -129,7 +145,8 @@ def plan_network(directory: str, suppliers: int, customers: int, documented_port
     ``id_servers`` identity servers are ``idserver``, ``idserver-2`` ...;
     each is also a DHT seed, so a node that starts while one of them is down
     still joins the DHT through another. Routers and nodes behind NAT: see
-    :mod:`bitnode.localnet.shapes`.
+    :mod:`bitnode.localnet.shapes`. ``placements`` puts nodes (by name) in
+    network namespaces at other addresses (a real NAT: tests/system/test_netns_nat.py).
     """
     if suppliers < 0 or customers < 0 or suppliers + customers == 0:
         raise BadRequest("a local network needs at least one supplier or customer")
@@ -147,7 +164,14 @@ def plan_network(directory: str, suppliers: int, customers: int, documented_port
         if documented_ports and name == "customer-1":
             # The node a user drives gets the documented API ports when they are free.
             ports["http"], ports["ws"] = preferred_port(8180), preferred_port(8280)
-        plans.append(NodePlan(name, roles, os.path.join(directory, name), ports))
+        plan = NodePlan(name, roles, os.path.join(directory, name), ports)
+        placement = (placements or {}).get(name)
+        if placement is not None:
+            plan.host, plan.netns = placement.host, placement.netns
+        plans.append(plan)
+    unknown = set(placements or {}) - {plan.name for plan in plans}
+    if unknown:
+        raise BadRequest(f"placements name nodes the network does not have: {sorted(unknown)}")
     return plans
 
 
@@ -170,15 +194,27 @@ def identity_servers(plans: list[NodePlan]) -> list[NodePlan]:
     return [plan for plan in plans if "identity-server" in plan.roles]
 
 
+def dht_peers(plan: NodePlan, nodes: list[NodePlan], plans: list[NodePlan]) -> list[NodePlan]:
+    """Those of ``nodes`` that the DHT of ``plan`` surely exchanges packets with: all of them on one host.
+
+    With placements, the identity servers' namespace is the public network:
+    only its nodes and those of ``plan``'s own namespace count. Nodes behind
+    two NATs never reach each other, and a public node hears from one behind
+    a NAT only if that one asks it something.
+    """
+    public = {server.netns for server in identity_servers(plans)}
+    return [other for other in nodes if other is not plan and (other.netns in public or other.netns == plan.netns)]
+
+
 def network_document(directory: str, plans: list[NodePlan]) -> network_file.NetworkFile:
     """The network file of a local network: its identity servers, the DHT seed, the STUN servers."""
     servers = identity_servers(plans)
     seeds = [plan for plan in plans if "dht-seed" in plan.roles]
     return network_file.NetworkFile(
         name=f"bitnode localnet {os.path.basename(directory)}"[:network_file.MAX_NAME],
-        identity_servers=tuple(f"127.0.0.1:{plan.ports['idserver']}" for plan in servers),
-        seeds=tuple(f"127.0.0.1:{plan.ports['dht']}" for plan in seeds),
-        stun_servers=tuple(f"127.0.0.1:{plan.ports['stun']}" for plan in servers if "stun" in plan.ports),
+        identity_servers=tuple(f"{plan.host}:{plan.ports['idserver']}" for plan in servers),
+        seeds=tuple(f"{plan.host}:{plan.ports['dht']}" for plan in seeds),
+        stun_servers=tuple(f"{plan.host}:{plan.ports['stun']}" for plan in servers if "stun" in plan.ports),
     )
 
 
@@ -191,11 +227,15 @@ def node_settings(plan: NodePlan, key_size: int) -> dict:
         "services/entangled-dht/udp-port": plan.ports["dht"],
         "personal/private-key-size": key_size,
     }
+    if plan.host != LOOPBACK:
+        # the peer transport (and the identity and STUN servers with it) and the DHT listen there
+        values[TCP_INTERFACE_KEY] = plan.host
+        values["services/entangled-dht/interface"] = plan.host
     if "stun" in plan.ports:
         values["services/ip-port-responder/udp-port"] = plan.ports["stun"]
     if "idserver" in plan.ports:
         values["services/identity-server/web-port"] = plan.ports["idserver"]
-        values["services/identity-server/host"] = "127.0.0.1"
+        values["services/identity-server/host"] = plan.host
         # Every node of the network registers from 127.0.0.1: the per-address limits meant for strangers
         # would throttle the network itself.
         values["services/identity-server/registrations-per-hour"] = 0
@@ -307,12 +347,13 @@ class LocalNet:
 
     def up(self, suppliers: int = 4, customers: int = 1, key_size: int = 2048, timeout: float = 120.0, *,
            id_servers: int = 1, routers: int | None = None, suppliers_behind_nat: int = 0,
-           customers_behind_nat: int = 0) -> dict:
+           customers_behind_nat: int = 0, placements: Mapping[str, Placement] | None = None) -> dict:
         """Start (or restart) every node, create missing identities, wait until all are connected.
 
         For a new network: ``id_servers`` identity servers (every node's
         identity lists all of them as its sources); ``routers`` routers and
-        that many suppliers / customers behind NAT (:mod:`bitnode.localnet.shapes`).
+        that many suppliers / customers behind NAT (:mod:`bitnode.localnet.shapes`);
+        ``placements``: nodes (by name) in network namespaces at other addresses.
         """
         try:
             plans = self.load()
@@ -320,7 +361,7 @@ class LocalNet:
         except NotFound:
             plans = plan_network(self.directory, suppliers, customers, self.documented_ports,
                                  id_servers=id_servers, routers=routers, suppliers_behind_nat=suppliers_behind_nat,
-                                 customers_behind_nat=customers_behind_nat)
+                                 customers_behind_nat=customers_behind_nat, placements=placements)
             natted = sum(1 for plan in plans if BEHIND_NAT in plan.roles)
             self.log(f"new local network in {self.directory}: {id_servers} identity server(s), "
                      f"{suppliers} supplier(s), {customers} customer(s)"
@@ -348,7 +389,8 @@ class LocalNet:
             self._each([plan for plan in group if plan not in servers],
                        lambda plan: self._ensure_identity(plan, timeout))
             self._each(group, lambda plan: self._wait_connected(plan, timeout, plans, key_size))
-            self._each(group, lambda plan, nodes=len(joined): self._wait_dht(plan, nodes, timeout))
+            self._each(group, lambda plan, nodes=list(joined): self._wait_dht(
+                plan, len(dht_peers(plan, nodes, plans)) + 1, timeout))
             self._each(group, lambda plan: self._wait_services(plan, timeout))
         self._each(routers_first, lambda plan: self._wait_advertised(plan, timeout))
         self._each(customers, lambda plan: self._wait_suppliers(plan, hire, timeout))
@@ -439,7 +481,7 @@ class LocalNet:
             # A seed does not bootstrap from itself; the later ones join through the earlier ones.
             seeds = [other for other in plans if "dht-seed" in other.roles]
             values["services/entangled-dht/known-nodes"] = [
-                f"127.0.0.1:{other.ports['dht']}" for other in seeds[:seeds.index(plan)]]
+                f"{other.host}:{other.ports['dht']}" for other in seeds[:seeds.index(plan)]]
         if len(identity_servers(plans)) > 1:
             values.update(SEVERAL_ID_SERVERS_SETTINGS)
         hire = suppliers_to_hire(plans)
@@ -486,7 +528,7 @@ class LocalNet:
     def _start(self, plan: NodePlan, timeout: float) -> None:
         basedir = Basedir.at(plan.basedir)
         try:
-            process = control.start(basedir, timeout=timeout)
+            process = control.start(basedir, timeout=timeout, namespace=plan.netns)
         except control.ControlError as err:
             raise LocalnetError(f"node {plan.name}: {err}") from None
         self.log(f"  {plan.name}: {'running' if process.already_running else 'started'} "

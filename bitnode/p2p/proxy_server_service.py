@@ -156,8 +156,8 @@ class ProxyServerService(Service):
 
     # -- the relay's neighbours ------------------------------------------------------------
 
-    def _addresses_of(self, global_id: str) -> Deferred:
-        d = self.deps.identity.fetch_identity(global_id)
+    def _addresses_of(self, global_id: str, refresh: bool = False) -> Deferred:
+        d = self.deps.identity.fetch_identity(global_id, refresh=refresh)
         return d.addCallback(lambda identity: contact_addresses(identity.contacts))
 
     def _own_addresses(self) -> set:

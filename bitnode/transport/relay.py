@@ -10,7 +10,8 @@ frame addressed to somebody else (the :class:`~bitnode.transport.tcp.RelayHook`)
   key (nobody else may send in its name), goes on to its recipient ("out"):
   down another routed node's connection, back up the connection the
   recipient last sent on (a verified reply path), or to the first address
-  of the recipient's identity (``find_addresses``);
+  of the recipient's identity (``find_addresses``; when none answers, its
+  identity is fetched again, at most once per ``REFRESH_INTERVAL``);
 - anything else is none of our business and is dropped as
   ``wrong_recipient``: a router is no open relay.
 
@@ -47,6 +48,7 @@ from twisted.logger import Logger
 
 from bitnode.errors import BitnodeError, TooManyRequests, Unavailable
 from bitnode.transport.packet import BadPacket, PacketHead, Verifier
+from bitnode.transport.reintroduction import REFRESH_INTERVAL
 from bitnode.transport.tcp import Address, PacketConnection, TCPTransport
 
 MiB = 1024 * 1024
@@ -156,8 +158,9 @@ class Relay:
     :param clock: time source (shaping, route grace).
     :param transport: the router's TCP transport; the relay installs itself as its ``relay``.
     :param resolve_verifier: ``global_id -> Verifier | None`` (the identity cache's keys).
-    :param find_addresses: ``global_id -> Deferred[list[Address]]``: where a recipient that is
-        not routed here can be reached (its identity's contacts).
+    :param find_addresses: ``(global_id, refresh) -> Deferred[list[Address]]``: where a recipient
+        that is not routed here can be reached (its identity's contacts; ``refresh``: fetched again from
+        its identity servers, when every cached address failed).
     :param own_addresses: ``() -> set[Address]``: our own listening addresses (never dialled:
         a stale contact naming us must not loop a frame back in).
     :param limits: :class:`RelayLimits`.
@@ -176,6 +179,8 @@ class Relay:
         self._own_addresses = own_addresses
         self._routes: dict[str, Route] = {}
         self._reply_paths: OrderedDict[str, Address] = OrderedDict()
+        self._refreshed: OrderedDict[str, float] = OrderedDict()  # recipient -> when its identity was refetched
+        self.contacts_refreshed = 0
         self.queued_total = 0
         self.refused: Counter[str] = Counter()
         self.counts: Counter[str] = Counter()  # routes added / rebound / removed / expired
@@ -359,11 +364,24 @@ class Relay:
         if conn is not None:
             self._write(conn, frame)
             return
+        errors: list[str] = []
+        if await self._dial(frame, False, errors):
+            return
+        if self._may_refresh(frame.remote_id):
+            # The cached identity may be stale: a node behind a real NAT publishes the NAT's address
+            # (from STUN) until a router's probe fails, then its router; we may hold the first one.
+            self.contacts_refreshed += 1
+            if await self._dial(frame, True, errors):
+                return
+        raise Unavailable("; ".join(errors))
+
+    async def _dial(self, frame: _Frame, refresh: bool, errors: list[str]) -> bool:
+        """Write ``frame`` on a connection to the first address of its recipient that answers."""
         own = self._own_addresses()
-        addresses = [a for a in await self._find_addresses(frame.remote_id) if tuple(a) not in own]
+        addresses = [a for a in await self._find_addresses(frame.remote_id, refresh) if tuple(a) not in own]
         if not addresses:
-            raise Unavailable(f"no address of {frame.remote_id} but this router's own")
-        errors = []
+            errors.append(f"no address of {frame.remote_id} but this router's own")
+            return False
         for address in addresses:
             try:
                 conn = await self.transport.connect(address)
@@ -371,8 +389,20 @@ class Relay:
                 errors.append(str(err))
                 continue
             self._write(conn, frame)
-            return
-        raise Unavailable("; ".join(errors))
+            return True
+        return False
+
+    def _may_refresh(self, global_id: str) -> bool:
+        """At most one fresh identity fetch per recipient per REFRESH_INTERVAL (remembered for a bounded few)."""
+        now = self.clock.seconds()
+        last = self._refreshed.get(global_id)
+        if last is not None and now - last < REFRESH_INTERVAL:
+            return False
+        self._refreshed.pop(global_id, None)
+        self._refreshed[global_id] = now
+        while len(self._refreshed) > self.limits.reply_paths:
+            self._refreshed.popitem(last=False)
+        return True
 
     def _connection_for(self, global_id: str) -> Optional[PacketConnection]:
         """A connection that reaches ``global_id`` now: its route here, or the one it last sent on."""
@@ -446,6 +476,7 @@ class Relay:
             **{key: self.totals[key] for key in ("packets_in", "bytes_in", "packets_out", "bytes_out")},
             "queued_bytes": self.queued_total,
             "reply_paths": len(self._reply_paths),
+            "contacts_refreshed": self.contacts_refreshed,
             "refused": dict(self.refused),
             "routes_counts": dict(self.counts),
             "limits": asdict(self.limits),

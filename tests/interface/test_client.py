@@ -6,6 +6,7 @@ import json
 import os
 import threading
 import urllib.parse
+import uuid
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
 from twisted.trial.unittest import SynchronousTestCase
@@ -21,8 +22,10 @@ from bitnode.interface.client import (
     read_secret,
 )
 from bitnode.interface.routes import ROUTES
+from bitnode.main import netns
 from bitnode.main.basedir import Basedir
 from bitnode.main.fileutil import atomic_write
+from tests.main.test_netns import scratch_netns
 
 
 def _param(route_name: str, name: str):
@@ -151,8 +154,9 @@ class CallApiTests(SynchronousTestCase):
         self.basedir = Basedir.at(os.path.abspath(self.mktemp()))
         self.basedir.create()
 
-    def serve(self) -> HTTPServer:
-        server = HTTPServer(("127.0.0.1", 0), _Handler)
+    def serve(self, namespace: str | None = None) -> HTTPServer:
+        with netns.entered(namespace):  # its socket listens on that namespace's loopback
+            server = HTTPServer(("127.0.0.1", 0), _Handler)
         server.seen = []  # type: ignore[attr-defined]
         thread = threading.Thread(target=server.serve_forever, args=(0.01,), daemon=True)
         thread.start()
@@ -198,3 +202,17 @@ class CallApiTests(SynchronousTestCase):
         server.server_close()
         atomic_write(self.basedir.endpoints_file, json.dumps({"http": f"http://127.0.0.1:{port}/"}).encode())
         self.assertRaises(OSError, call_api, self.basedir, "process_health", {}, 2.0)
+
+    def test_a_node_in_a_network_namespace_is_called_from_inside_it(self):
+        atomic_write(self.basedir.endpoints_file, json.dumps(
+            {"http": "http://127.0.0.1:9/", "netns": f"bitnode-no-such-{uuid.uuid4().hex[:8]}"}).encode())
+        self.assertRaises(OSError, call_api, self.basedir, "process_health", {}, 2.0)  # not there, or not root
+        name = scratch_netns(self)
+        server = self.serve(name)
+        port = server.server_address[1]
+        # its 127.0.0.1 is not ours: without the name the call goes nowhere
+        self.assertRaises(OSError, call_api, self.basedir, "process_health", {}, 2.0)
+        atomic_write(self.basedir.endpoints_file, json.dumps(
+            {"http": f"http://127.0.0.1:{port}/", "netns": name}).encode())
+        self.assertEqual(call_api(self.basedir, "process_health", {})[0], 200)
+        self.assertEqual(server.seen, [("/process/health/v1", "the-secret")])

@@ -10,8 +10,10 @@ import sys
 from twisted.trial.unittest import SynchronousTestCase
 
 from bitnode.interface import control
+from bitnode.main import netns
 from bitnode.main.basedir import Basedir
 from bitnode.main.fileutil import atomic_write
+from tests.main.test_netns import scratch_netns
 
 # A process whose command line mentions bitnode, as a node's does; it prints once its handlers are set.
 STAND_IN = "import signal, sys, time; {setup}; print('up', flush=True); time.sleep(30)"
@@ -140,3 +142,26 @@ class CommandLineScanTests(SynchronousTestCase):
         self.assertEqual(proc.stdout.readline().strip(), "up")
         self.assertEqual(control.node_pid(basedir), proc.pid)
         self.assertIsNone(control.node_pid(other))
+
+
+class NamespaceStartTests(SynchronousTestCase):
+    def setUp(self):
+        self.basedir = Basedir.at(os.path.abspath(self.mktemp()))
+        self.basedir.create()
+
+    def test_start_in_a_network_namespace_runs_twistd_from_inside_it(self):
+        err = self.assertRaises(control.ControlError, control.start, self.basedir, timeout=5.0,
+                                namespace="bitnode-no-such-namespace")
+        self.assertIn("cannot start the node in network namespace 'bitnode-no-such-namespace'", str(err))
+        name = scratch_netns(self)
+        seen = []
+
+        def fake_run(command, **kwargs):
+            seen.append(os.stat(netns.THREAD_NETNS).st_ino)  # where the child would be born
+            return subprocess.CompletedProcess(command, 1, "", "twistd said no")
+
+        self.patch(control.subprocess, "run", fake_run)
+        err = self.assertRaises(control.ControlError, control.start, self.basedir, timeout=5.0, namespace=name)
+        self.assertIn("twistd said no", str(err))
+        self.assertEqual(seen, [os.stat(netns.path_of(name)).st_ino])
+        self.assertNotEqual(os.stat(netns.THREAD_NETNS).st_ino, seen[0])  # and this thread came back

@@ -10,15 +10,20 @@ from twisted.trial import unittest
 from bitnode.errors import BadRequest, Conflict, NotFound
 from bitnode.localnet import network
 from bitnode.localnet.network import (
+    LOOPBACK,
     MAX_ID_SERVERS,
     PORT_RETRIES,
     LocalNet,
     LocalnetError,
+    NodePlan,
+    Placement,
+    dht_peers,
     plan_network,
     suppliers_to_hire,
 )
 from bitnode.main import network_file
 from bitnode.main.basedir import Basedir
+from bitnode.main.schema import TCP_INTERFACE_KEY
 
 
 class AddNodeTests(unittest.TestCase):
@@ -268,3 +273,55 @@ class PeerPortTakenTests(unittest.TestCase):
         error = self.assertRaises(LocalnetError, self.net._wait_connected, self.plans[1], 5.0, self.plans, 2048)
         self.assertIn("did not connect", str(error))
         self.assertEqual(self.events.count("start"), PORT_RETRIES)
+
+
+class PlacementTests(unittest.TestCase):
+    """Nodes placed in network namespaces at other addresses (the real-NAT system test's network)."""
+
+    def setUp(self) -> None:
+        self.dir = os.path.abspath(self.mktemp())
+        self.placements = {"idserver": Placement("pub", "10.77.0.1"), "supplier-1": Placement("pub", "10.77.0.1"),
+                           "customer-1": Placement("home1", "10.77.1.2"),
+                           "customer-2": Placement("home2", "10.77.2.2")}
+
+    def test_placed_nodes_listen_and_are_named_at_their_address_and_the_others_stay_on_loopback(self) -> None:
+        net = LocalNet(self.dir, log=lambda _line: None, documented_ports=False)
+        plans = plan_network(self.dir, 2, 2, False, placements=self.placements)
+        by_name = {plan.name: plan for plan in plans}
+        self.assertEqual((by_name["customer-1"].netns, by_name["customer-1"].host), ("home1", "10.77.1.2"))
+        self.assertEqual((by_name["supplier-2"].netns, by_name["supplier-2"].host), (None, LOOPBACK))
+        for plan in plans:
+            Basedir.at(plan.basedir).create()
+            net._write_settings(plan, plans, 2048)
+        net.save(plans)
+        server = by_name["idserver"]
+        document = network_file.load(net.bitnode_network_file)
+        self.assertEqual(document.identity_servers, (f"10.77.0.1:{server.ports['idserver']}",))
+        self.assertEqual(document.seeds, (f"10.77.0.1:{server.ports['dht']}",))
+        self.assertEqual(document.stun_servers, (f"10.77.0.1:{server.ports['stun']}",))
+        with open(Basedir.at(by_name["customer-1"].basedir).settings_file) as handle:
+            values = json.load(handle)["values"]
+        self.assertEqual(values[TCP_INTERFACE_KEY], "10.77.1.2")
+        self.assertEqual(values["services/entangled-dht/interface"], "10.77.1.2")
+        with open(Basedir.at(server.basedir).settings_file) as handle:
+            self.assertEqual(json.load(handle)["values"]["services/identity-server/host"], "10.77.0.1")
+        with open(Basedir.at(by_name["supplier-2"].basedir).settings_file) as handle:
+            self.assertNotIn(TCP_INTERFACE_KEY, json.load(handle)["values"])  # loopback: the default
+        # network.json keeps the placement for the next `up`; an older file without one means loopback
+        self.assertEqual({(p.name, p.netns, p.host) for p in net.load()}, {(p.name, p.netns, p.host) for p in plans})
+        old = NodePlan.from_dict({"name": "a", "roles": ["supplier"], "basedir": "/x", "ports": {}})
+        self.assertEqual((old.netns, old.host), (None, LOOPBACK))
+
+    def test_placements_must_name_nodes_of_the_network(self) -> None:
+        self.assertRaises(BadRequest, plan_network, self.dir, 1, 1, False,
+                          placements={"customer-9": Placement("x", "10.0.0.1")})
+
+    def test_a_node_behind_a_nat_exchanges_dht_packets_with_public_nodes_and_its_own_namespace_only(self) -> None:
+        plans = plan_network(self.dir, 2, 2, False, placements=self.placements)
+        by_name = {plan.name: plan for plan in plans}
+        names = lambda peers: sorted(p.name for p in peers)  # noqa: E731
+        self.assertEqual(names(dht_peers(by_name["customer-1"], plans, plans)), ["idserver", "supplier-1"])
+        self.assertEqual(names(dht_peers(by_name["supplier-1"], plans, plans)), ["idserver"])
+        # on one host (no placements) every node reaches every other
+        loopback = plan_network(self.dir, 2, 2, False)
+        self.assertEqual(len(dht_peers(loopback[-1], loopback, loopback)), len(loopback) - 1)

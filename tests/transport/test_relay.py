@@ -15,6 +15,7 @@ from twisted.trial import unittest
 from bitnode.errors import TooManyRequests, Unavailable
 from bitnode.transport.commands import Command
 from bitnode.transport.packet import Packet, PacketHead
+from bitnode.transport.reintroduction import REFRESH_INTERVAL
 from bitnode.transport.relay import Relay, RelayLimits, RelayRefused
 from bitnode.transport.tcp import contact_addresses, parse_tcp_contact
 from tests.interface.support import wait_until
@@ -55,8 +56,9 @@ class RoutedNetworkTests(unittest.TestCase):
             for other in everyone:
                 peer.ids.remember_identity(other.ids.identity)
 
-        def addresses(global_id):
-            return router.ids.fetch_identity(global_id).addCallback(lambda i: contact_addresses(i.contacts))
+        def addresses(global_id, refresh=False):
+            d = router.ids.fetch_identity(global_id, refresh=refresh)
+            return d.addCallback(lambda i: contact_addresses(i.contacts))
 
         def own():
             return {("127.0.0.1", router.gateway.port)}
@@ -176,6 +178,42 @@ class RoutedNetworkTests(unittest.TestCase):
         yield wait_until(lambda: self.relay.refused.get("bad_signature"), "the refusal")
         self.assertEqual(self.relay.stats()["reply_paths"], 0)
         self.assertEqual(r1.received, [])
+
+    @inlineCallbacks
+    def test_a_stale_cached_contact_is_fetched_again_before_the_frame_is_given_up(self):
+        # as behind a real NAT: x first published the address STUN saw (nobody can connect there), then
+        # another one; the router still caches the first
+        router, x, (r1,) = yield self.network()
+        closed = parse_tcp_contact(router.gateway.contact)[1] + 1000  # nothing listens there
+        stale = x.ids.identity.updated(now=self.clock.seconds(), contacts=(f"tcp://127.0.0.1:{closed}",))
+        stale = stale.sign(x.ids.rsa)
+        current = stale.updated(now=self.clock.seconds(), contacts=(x.gateway.contact,)).sign(x.ids.rsa)
+        router.ids.cache.items[x.id] = stale
+        self.server.published[x.id] = current
+        fetches = self.server.fetches
+        answer = yield r1.gateway.request(Command.MESSAGE, x.id, b"where are you?", timeout=5)
+        self.assertEqual((answer.creator_id, answer.payload), (x.id, b"got where are you?"))
+        self.assertEqual(self.server.fetches, fetches + 1)
+        self.assertEqual(router.ids.cache[x.id].contacts, (x.gateway.contact,))
+        self.assertEqual((self.relay.stats()["contacts_refreshed"], self.relay.stats()["refused"]), (1, {}))
+
+    @inlineCallbacks
+    def test_an_unreachable_recipient_is_fetched_again_at_most_once_per_interval(self):
+        router, x, (r1,) = yield self.network()
+        closed = parse_tcp_contact(router.gateway.contact)[1] + 1000
+        gone = x.ids.identity.updated(now=self.clock.seconds(), contacts=(f"tcp://127.0.0.1:{closed}",))
+        gone = gone.sign(x.ids.rsa)
+        router.ids.cache.items[x.id] = self.server.published[x.id] = gone
+        fetches = self.server.fetches
+        for sent in range(1, 4):
+            r1.gateway.request(Command.MESSAGE, x.id, b"hello?", timeout=5).addErrback(lambda _: None)
+            yield wait_until(lambda n=sent: self.relay.refused.get("unreachable", 0) >= n, "the frame to be dropped")
+        self.assertEqual((self.server.fetches - fetches, self.relay.contacts_refreshed), (1, 1))
+        self.clock.advance(REFRESH_INTERVAL)
+        r1.gateway.request(Command.MESSAGE, x.id, b"now?", timeout=5).addErrback(lambda _: None)
+        yield wait_until(lambda: self.relay.refused.get("unreachable", 0) >= 4, "the frame to be dropped")
+        self.assertEqual((self.server.fetches - fetches, self.relay.contacts_refreshed), (2, 2))
+        self.clock.advance(6)  # the requests time out
 
     @inlineCallbacks
     def test_a_lost_route_waits_its_grace_then_is_gone(self):
