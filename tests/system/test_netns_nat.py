@@ -46,11 +46,11 @@ import subprocess
 import time
 import uuid
 
-import psutil
+from twisted.trial.unittest import SynchronousTestCase
 
 from bitnode.localnet.network import Placement
 from tests.system import test_nat  # the module, not its test case (trial would run that here too)
-from tests.system.support import LocalnetTestCase, wait_for
+from tests.system.support import LocalnetTestCase, pid_alive, wait_for
 
 #: Where every public node listens (an address of the public namespace's loopback device).
 PUBLIC_HOST = "10.77.0.1"
@@ -171,6 +171,11 @@ class NatLab:
             self.run("ip", "netns", "exec", nat, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1")
             self.run("ip", "netns", "exec", nat, "nft", "-f", "-", stdin=nat_rules(wan, lan))
 
+    def host_links(self) -> list[str]:
+        """This test's interfaces that are in the host's own namespace (there must be none)."""
+        text = self.run("ip", "-o", "link", "show")
+        return [line.split(":")[1].strip() for line in text.splitlines() if f"bn{self.tag}" in line]
+
     def counters(self, home: int) -> dict[str, dict]:
         """The nft counters of home ``home``'s NAT: name -> {packets, bytes}."""
         text = self.run("ip", "netns", "exec", self.nats[home - 1], "nft", "-j", "list", "counters", "table", "ip",
@@ -193,8 +198,7 @@ class NatLab:
                 except (ProcessLookupError, ValueError):
                     pass
             for pid in pids:
-                wait_for(lambda p=int(pid): not psutil.pid_exists(p) or
-                         psutil.Process(p).status() == psutil.STATUS_ZOMBIE, f"pid {pid} to die")
+                wait_for(lambda p=int(pid): not pid_alive(p), f"pid {pid} to die")
             subprocess.run(["ip", "netns", "del", namespace], capture_output=True, timeout=COMMAND_TIMEOUT)
         left = set(subprocess.run(["ip", "netns", "list"], capture_output=True, text=True,
                                   timeout=COMMAND_TIMEOUT).stdout.split()) & set(self.created)
@@ -216,6 +220,7 @@ class RealNatTests(LocalnetTestCase):
             self.lab.build()
         except Unusable as err:
             self.skipTest(f"cannot build the network namespaces here: {err}")
+        self.assertEqual(self.lab.host_links(), [])  # every veth end lives inside a namespace of ours
 
     def test_customers_behind_a_real_nat_find_out_get_routed_store_talk_and_outlive_their_router(self) -> None:
         started = time.monotonic()
@@ -356,3 +361,37 @@ class RealNatTests(LocalnetTestCase):
             if not host.startswith("127."):
                 peers.add((host, int(port, 16)))
         return peers
+
+
+class LabTests(SynchronousTestCase):
+    """The skip reasons, and a lab that fails halfway leaves nothing behind."""
+
+    def test_each_missing_requirement_is_named(self) -> None:
+        self.patch(os, "geteuid", lambda: 1000)
+        self.assertEqual(missing_requirement(), "needs root (ip netns, nft)")
+        self.patch(os, "geteuid", lambda: 0)
+        self.patch(shutil, "which", lambda tool: None if tool == "nft" else f"/usr/sbin/{tool}")
+        self.assertIn("needs `nft` (Debian package nftables", missing_requirement())
+
+    def test_a_lab_that_fails_halfway_is_removed_and_never_touched_the_hosts_interfaces(self) -> None:
+        reason = missing_requirement()
+        if reason:
+            self.skipTest(reason)
+        lab = NatLab(HOMES)
+        real_run = lab.run
+
+        def run(*command, stdin=None):
+            if "nft" in command:
+                raise Unusable("nft: pretend it failed")
+            return real_run(*command, stdin=stdin)
+
+        lab.run = run
+        self.addCleanup(lambda: lab.created and lab.remove())
+        self.assertRaises(Unusable, lab.build)
+        self.assertEqual(lab.created, lab.namespaces)  # it got as far as the first NAT's rules
+        self.assertEqual(lab.host_links(), [])
+        made = list(lab.created)
+        lab.remove()
+        listed = real_run("ip", "netns", "list")
+        self.assertEqual([name for name in made if name in listed.split()], [])
+        self.assertEqual(lab.created, [])
