@@ -63,7 +63,8 @@ class QuickRunTests(unittest.TestCase):
     """The script in quick mode without a localnet, in this process (the API servers are child processes)."""
 
     def test_quick_run_reports_every_figure_and_target(self):
-        args = bench.parse_args(["--quick", "--skip-transfer", "--sizes", "1MB", "--requests", "100"])
+        # 1000 requests: the servers' CPU is read in clock ticks (10 ms); 100 requests could read 0 on a busy machine
+        args = bench.parse_args(["--quick", "--skip-transfer", "--sizes", "1MB", "--requests", "1000"])
         out = io.StringIO()
         figures = bench.run(args, out)
         api = figures["api"]
