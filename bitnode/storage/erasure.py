@@ -85,18 +85,8 @@ def decode(blocks: dict[int, bytes], k: int, n: int, data_len: int) -> bytes:
     k blocks, :class:`BadRequest` for positions out of range or blocks of the
     wrong size.
     """
-    check_params(k, n)
-    size = block_size(data_len, k)
-    for pos, blk in blocks.items():
-        if not isinstance(pos, int) or not 0 <= pos < n:
-            raise BadRequest(f"block position {pos!r} out of range 0..{n - 1}")
-        if len(blk) != size:
-            raise BadRequest(f"block {pos} has {len(blk)} bytes, expected {size}")
-    chosen = choose_blocks(list(blocks), k)
-    if chosen == list(range(k)):
-        primary = [blocks[i] for i in chosen]
-    else:
-        primary = zfec.Decoder(k, n).decode(tuple(blocks[i] for i in chosen), tuple(chosen))
+    size = _check_blocks(blocks, k, n, data_len)
+    primary = _data_blocks(blocks, k, n)
     # One copy: the padding is cut off before joining, not after.
     pieces, left = [], data_len
     for block in primary:
@@ -105,3 +95,45 @@ def decode(blocks: dict[int, bytes], k: int, n: int, data_len: int) -> bytes:
         pieces.append(block if left >= size else memoryview(block)[:left])
         left -= size
     return b"".join(pieces)
+
+
+def regenerate(blocks: dict[int, bytes], k: int, n: int, data_len: int, positions) -> dict[int, bytes]:
+    """The blocks at ``positions`` made again from ANY k of the n blocks: ``{position: block}``.
+
+    Byte for byte ``encode(decode(blocks, k, n, data_len), k, n)[p]``, but
+    without joining the segment: the data blocks are taken as they are (zfec
+    decodes only when one is missing), and only the wanted parity blocks are
+    computed. What a rebuild needs. Same errors as :func:`decode`.
+    """
+    size = _check_blocks(blocks, k, n, data_len)
+    wanted = sorted(set(positions))
+    for pos in wanted:
+        if not isinstance(pos, int) or not 0 <= pos < n:
+            raise BadRequest(f"block position {pos!r} out of range 0..{n - 1}")
+    primary = _data_blocks(blocks, k, n)
+    out = {pos: bytes(primary[pos]) for pos in wanted if pos < k}
+    parity = tuple(pos for pos in wanted if pos >= k)
+    if parity:
+        made = zfec.Encoder(k, n).encode(list(primary), parity) if size else [b""] * len(parity)
+        out.update((pos, bytes(block)) for pos, block in zip(parity, made, strict=True))
+    return out
+
+
+def _check_blocks(blocks: dict[int, bytes], k: int, n: int, data_len: int) -> int:
+    """Valid parameters, positions and sizes (:class:`BadRequest` otherwise); the block size."""
+    check_params(k, n)
+    size = block_size(data_len, k)
+    for pos, blk in blocks.items():
+        if not isinstance(pos, int) or not 0 <= pos < n:
+            raise BadRequest(f"block position {pos!r} out of range 0..{n - 1}")
+        if len(blk) != size:
+            raise BadRequest(f"block {pos} has {len(blk)} bytes, expected {size}")
+    return size
+
+
+def _data_blocks(blocks: dict[int, bytes], k: int, n: int) -> list:
+    """The k data blocks (padded) from any k blocks: as they are, or decoded by zfec when one is missing."""
+    chosen = choose_blocks(list(blocks), k)
+    if chosen == list(range(k)):
+        return [blocks[i] for i in chosen]
+    return zfec.Decoder(k, n).decode(tuple(blocks[i] for i in chosen), tuple(chosen))

@@ -59,8 +59,7 @@ def regenerate_blocks(payloads: dict[int, bytes], plan: SegmentPlan, positions: 
     ``nonce`` is the one the fetched blocks carry (block format 3); None for
     older blocks, rebuilt as they were (format 2, else format 1).
     """
-    encrypted = erasure.decode(payloads, plan.k, plan.n, plan.plaintext_length + TAG_SIZE)
-    raw = erasure.encode(encrypted, plan.k, plan.n)
+    raw = erasure.regenerate(payloads, plan.k, plan.n, plan.plaintext_length + TAG_SIZE, positions)
     blocks = {}
     for pos in positions:
         args = (plan.version_id, plan.index, pos, plan.k, plan.n, plan.plaintext_length, raw[pos])
