@@ -6,6 +6,7 @@ The machine, read top to bottom::
     FIRE_HIRE --suppliers-ready | timer-1min--> LIST_FILES      (fire_hire settled, or stop waiting)
     LIST_FILES --catalog-read--> LIST_BACKUPS                   (snapshot of the catalog's blocks)
     LIST_BACKUPS --lists-received--> REBUILDING                 (list_blocks of every supplier)
+    LIST_BACKUPS --suppliers-changed--> FIRE_HIRE               (those listings are stale: start again now)
     REBUILDING --rebuilt--> READY, or FIRE_HIRE again when a restart came meanwhile
     any --failed--> READY (the error is kept in the figures)
 
@@ -18,6 +19,11 @@ Comparing, per block of every recorded segment (position p, current supplier
   the block is missing (``set_block_holder(..., "")``) and is rebuilt on ``cur``;
 - ``cur`` did not answer, or the position is empty: nothing can be said or
   done now, except that a holder who is no longer at that position has lost it;
+  a retiring holder has ``retiring_list_timeout`` seconds to answer (less
+  than a current supplier: a replaced supplier is often a dead one, and the
+  rebuild should not wait a whole request timeout for it; one that is late is
+  treated as silent, which is safe: its blocks are decoded from the others and
+  it keeps them until they are on its successor);
 - a *retiring* holder of p (a replaced supplier not released yet) that lists
   the block keeps it readable: it is recorded as the holder until the block
   is on ``cur``, and it is a source for rebuilds. A retiring holder that did
@@ -124,6 +130,10 @@ class BackupMonitor(Automat):
         ("REBUILDING",   "rebuilt",           "restart_wanted", "FIRE_HIRE",    ["end_run", "begin_run",
                                                                                  "wait_for_suppliers"]),
         ("REBUILDING",   "rebuilt",           None,             "READY",        ["end_run"]),
+        # The positions changed while we listed (supplier_change: the old one retires, then the new one is
+        # hired): the listings in flight are of the old positions, so start again now instead of after them.
+        ("LIST_BACKUPS", "suppliers-changed", None,             "FIRE_HIRE",    ["end_run", "begin_run", "stop_listing",
+                                                                                 "wait_for_suppliers"]),
         ("*",            "failed",            "restart_wanted", "FIRE_HIRE",    ["note_failure", "end_run",
                                                                                  "begin_run", "wait_for_suppliers"]),
         ("*",            "failed",            None,             "READY",        ["note_failure", "end_run"]),
@@ -137,6 +147,7 @@ class BackupMonitor(Automat):
 
     def __init__(self, clock: IReactorTime, run_in_thread: RunInThread, catalog: Catalog, customer_id: str,
                  provider: Callable[[], Any], request_timeout: float = 60.0,
+                 retiring_list_timeout: Callable[[], float] = lambda: 10.0,
                  on_catalog_changed: Callable[[], None] = lambda: None,
                  backup_current: Callable[[], bool] = lambda: True,
                  backup_soon: Callable[[], None] = lambda: None,
@@ -150,6 +161,7 @@ class BackupMonitor(Automat):
         self.customer_id = customer_id
         self.provider = provider
         self.request_timeout = request_timeout
+        self.retiring_list_timeout = retiring_list_timeout
         self.on_catalog_changed = on_catalog_changed
         self.figures = _new_figures()
         self.runs = 0
@@ -246,6 +258,7 @@ class BackupMonitor(Automat):
         self._start(self._list_suppliers())
 
     async def _list_suppliers(self) -> None:
+        run = self.runs
         provider = self.provider()
         self._positions = list(provider.positions())
         self._retiring = {}
@@ -253,10 +266,14 @@ class BackupMonitor(Automat):
             self._retiring.setdefault(int(holder["position"]), []).append(holder["supplier_id"])
         retiring = [s for former in self._retiring.values() for s in former]
         calls = []
-        for supplier_id in dict.fromkeys([p for p in self._positions if p] + retiring):
+        current = {p for p in self._positions if p}
+        for supplier_id in dict.fromkeys([*current, *retiring]):
             d = defer.maybeDeferred(lambda s=supplier_id: provider.server(s).list_blocks(self.customer_id, ""))
-            calls.append((supplier_id, self._track(d)))
+            timeout = self.request_timeout if supplier_id in current else float(self.retiring_list_timeout())
+            calls.append((supplier_id, self._track(d, timeout)))
         outcomes = await defer.DeferredList([d for _, d in calls], consumeErrors=True)
+        if run != self.runs:
+            return  # abandoned: the positions changed meanwhile and a new run began
         for (supplier_id, _), (ok, value) in zip(calls, outcomes, strict=True):
             if ok:
                 self._listings[supplier_id] = value
@@ -357,6 +374,12 @@ class BackupMonitor(Automat):
                 self.log.info("{id}: {s} released: no block in the catalog needs it any more", id=self.id,
                               s=supplier_id)
         return released
+
+    def stop_listing(self, *_: Any) -> None:
+        """The listings in flight are of old positions: cancel them (after begin_run: their coroutine sees a
+        new run and stops)."""
+        for d in list(self._pending):
+            d.cancel()
 
     def stop_work(self, *_: Any) -> None:
         """Shutdown: no new step starts, requests in flight are cancelled."""
@@ -527,9 +550,9 @@ class BackupMonitor(Automat):
 
     # --- helpers ------------------------------------------------------------------------------------
 
-    def _track(self, d: defer.Deferred) -> defer.Deferred:
+    def _track(self, d: defer.Deferred, timeout: float | None = None) -> defer.Deferred:
         """Time out and remember a request (shutdown cancels what is still pending)."""
-        d.addTimeout(self.request_timeout, self.clock)
+        d.addTimeout(self.request_timeout if timeout is None else timeout, self.clock)
         self._pending.add(d)
 
         def forget(result):

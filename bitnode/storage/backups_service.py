@@ -81,6 +81,7 @@ DOWNLOAD_JOURNAL = "downloads.json"
 SEGMENTS_IN_FLIGHT_KEY = "services/backups/segments-in-flight"
 MAX_DOWNLOADS_KEY = "services/backups/max-downloads"
 REBUILD_IN_FLIGHT_KEY = "services/backups/rebuild-segments-in-flight"
+RETIRING_LIST_TIMEOUT_KEY = "services/backups/retiring-list-timeout"
 
 
 def _open_catalog(path: str, temp_dir: str, now: float) -> tuple[Catalog, dict | None]:
@@ -104,6 +105,10 @@ class BackupsService(Service):
         Option(REBUILD_IN_FLIGHT_KEY, INTEGER, REBUILD_SEGMENTS_IN_FLIGHT,
                "Segments a rebuild works on at once (fetching, decoding, storing on the new supplier and "
                "waiting for its ack); memory is about this times segment size times n/k.", minimum=1, maximum=64),
+        Option(RETIRING_LIST_TIMEOUT_KEY, FLOAT, 10.0,
+               "Seconds a replaced supplier (still holding our blocks until they are rebuilt) has to list "
+               "them before a rebuild goes on without it (its blocks are then decoded from the others).",
+               minimum=0.5, maximum=3600.0),
         Option("services/backups/max-uploads", INTEGER, 1, "Uploads running at once; the others wait.",
                minimum=1, maximum=16),
         Option(MAX_DOWNLOADS_KEY, INTEGER, 2, "Downloads running at once; the others wait.",
@@ -214,6 +219,7 @@ class BackupsService(Service):
                                      backup_current=self.catalog_backup_current,
                                      backup_soon=self._backup_soon,
                                      segments_in_flight=lambda: settings.get(REBUILD_IN_FLIGHT_KEY),
+                                     retiring_list_timeout=lambda: settings.get(RETIRING_LIST_TIMEOUT_KEY),
                                      registry=ctx.automats)
         self.backups = CatalogBackup(ctx.clock, ctx.run_in_thread, self.catalog, customer_id, self.placement,
                                      self.data_blocks, self._master_key, self.temp_dir,

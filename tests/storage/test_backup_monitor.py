@@ -376,6 +376,34 @@ class RebuildWindowTests(RetiringHolderTests.__bases__[0]):
         self.run_check()  # nothing waits any more: no backup asked for
         self.assertEqual(asked, [True])
 
+    def test_a_silent_retiring_holder_holds_the_rebuild_back_only_its_short_timeout(self):
+        self.windowed(8, retiring_list_timeout=lambda: 10.0)
+        self.retire(2).hang()  # a replaced supplier that died: it never answers
+        self.monitor.event("suppliers-changed")
+        self.h.clock.advance(9.9)
+        self.assertEqual(self.monitor.state, "LIST_BACKUPS")
+        self.h.clock.advance(0.1)  # not the 60 s of a current supplier's request
+        self.assertEqual(self.monitor.state, "READY", self.monitor.last_error)
+        figures = self.monitor.status()
+        self.assertEqual((figures["suppliers_unreachable"], figures["blocks_rebuilt"]), ([self.OLD], 10))
+        self.assertEqual(self.provider.released, [self.OLD])  # every block of its position is on its successor
+
+    def test_positions_changing_while_listing_start_a_new_run_at_once(self):
+        self.h.slow(30.0)  # listings take long
+        self.monitor.event("restart")
+        self.assertEqual(self.monitor.state, "LIST_BACKUPS")
+        self.monitor.event("suppliers-changed")  # (supplier_change: the old one retired, the new one is hired)
+        self.assertEqual((self.monitor.state, self.monitor.runs), ("LIST_BACKUPS", 2))
+        self.h.clock.advance(30.0)
+        self.assertEqual(self.monitor.state, "READY", self.monitor.last_error)
+        self.assertEqual(self.monitor.runs, 2)  # the abandoned listings did not end a run nor start a third
+        self.assertEqual([s.calls["list_blocks"] for s in self.h.servers], [2] * 5)
+        self.assertEqual(self.monitor.status()["suppliers_listed"], 5)
+        self.assertEqual([(r.event, r.from_state, r.to_state) for r in self.monitor.history][-5:],
+                         [("suppliers-changed", "LIST_BACKUPS", "FIRE_HIRE"), ("suppliers-ready", "FIRE_HIRE", "LIST_FILES"),
+                          ("catalog-read", "LIST_FILES", "LIST_BACKUPS"), ("lists-received", "LIST_BACKUPS", "REBUILDING"),
+                          ("rebuilt", "REBUILDING", "READY")])
+
     def test_a_crashing_segment_fails_the_run_and_no_worker_starts_another_segment(self):
         threads = CountingThreads(fail="regenerate_blocks")
         self.monitor.destroy()
