@@ -23,13 +23,13 @@ import os
 import socket
 import time
 
-import psutil
 from twisted.internet.task import Clock
 
 from bitnode.crypt import keys
 from bitnode.transport.commands import Command
 from bitnode.transport.framing import PREFIX
 from bitnode.transport.packet import Packet
+from tests.system.nat_checks import NatChecks
 from tests.system.support import LocalnetTestCase, sha256_of, wait_for
 from tests.system.test_wire_attacks import Stranger
 
@@ -45,8 +45,10 @@ def frame(packet: Packet) -> bytes:
     return PREFIX.pack(2 + len(head) + len(packet.payload), len(head)) + head + packet.payload
 
 
-class BehindNatTests(LocalnetTestCase):
+class BehindNatTests(NatChecks, LocalnetTestCase):
     """Storage, messages and pings between nodes behind NAT, through routers that may die."""
+
+    ROUTERS = ROUTERS
 
     def test_nodes_behind_nat_store_talk_and_ping_through_routers_and_outlive_their_router(self) -> None:
         started = time.monotonic()
@@ -69,18 +71,8 @@ class BehindNatTests(LocalnetTestCase):
     # --- steps -----------------------------------------------------------------------------
 
     def check_nodes_behind_nat_listen_nowhere_and_publish_their_router(self) -> None:
-        router_ids = {self.nodes[name]["global_id"] for name in ROUTERS}
         for name in NATTED:
-            proxy = self.proxy(name)
-            self.assertEqual(proxy["mode"], "routed", (name, proxy))
-            self.assertIn(proxy["router"], router_ids)
-            contacts = self.api(name, "identity_get")["contacts"]
-            self.assertEqual([c.split("://")[0] for c in contacts], ["proxy"], (name, contacts))
-            tcp = self.api(name, "network_status", tcp=True)["tcp"]
-            self.assertEqual((tcp["listening"], tcp["contact"]), (False, None))
-            # at the OS level: the local API's ports are its only listening sockets
-            api_ports = {self.nodes[name]["ports"]["http"], self.nodes[name]["ports"]["ws"]}
-            self.assertLessEqual(self.listening_ports(name), api_ports, name)
+            self.check_listens_nowhere_and_publishes_a_router(name)
         self.assertEqual(self.proxy("supplier-1")["mode"], "direct")  # reachable: decided by itself
         hired = {row["supplier_id"] for row in self.api("customer-1", "suppliers_list") if row.get("supplier_id")}
         self.assertIn(self.nodes["supplier-2"]["global_id"], hired)  # a supplier behind NAT stores for us too
@@ -99,30 +91,12 @@ class BehindNatTests(LocalnetTestCase):
         self.assertEqual(done["state"], "DONE", done)
         self.assertEqual(sha256_of(target), sha256_of(local))
 
-    def message_and_ping(self, sender: str, recipient: str) -> None:
-        recipient_id = self.nodes[recipient]["global_id"]
-        self.api(recipient, "message_receive", consumer_callback_id="nat-test", polling_timeout=0)
-        text = f"hello from {sender}"
-        sent = self.api(sender, "message_send", recipient_id=recipient_id, data={"message": text},
-                        ping_timeout=15, message_ack_timeout=15)
-        self.assertEqual(sent["state"], "acked", sent)
-        got = wait_for(lambda: self.api(recipient, "message_receive", consumer_callback_id="nat-test",
-                                        polling_timeout=1), f"{recipient} to receive the message", timeout=30)
-        self.assertEqual([m["data"] for m in got], [{"message": text}])
-        for one, other in ((sender, recipient), (recipient, sender)):
-            pong = self.api(one, "user_ping", user_id=self.nodes[other]["global_id"], timeout=15)
-            self.assertTrue(pong["online"], pong)
-
     def check_everything_went_through_routers(self, direct_before: dict, carried_before: tuple) -> None:
-        router_ports = {self.nodes[name]["ports"]["tcp"] for name in ROUTERS}
         for name in NATTED:
             proxy = self.proxy(name)
             self.assertEqual(proxy["packets_by_path"]["direct"], direct_before[name], (name, proxy))
             self.assertGreater(proxy["packets_by_path"]["via_router"], 0)
-            rows = self.api(name, "connections_list")
-            self.assertTrue(rows)
-            self.assertEqual({(row["direction"], row["port"] in router_ports) for row in rows}, {("out", True)},
-                             (name, rows))
+            self.check_only_router_connections(name)
         bytes_in, bytes_out = self.router_bytes()
         # the upload's blocks came up customer-1's route ("out"); the download's came down it ("in", from
         # supplier-1) or up supplier-2's ("out"): each frame is counted once, on the route it came from
@@ -170,18 +144,3 @@ class BehindNatTests(LocalnetTestCase):
         wait_for(lambda: self.api(name, "network_connected", wait_timeout=1)["state"] == "CONNECTED",
                  f"{name} to be connected again", timeout=REROUTE_WITHIN)
         return seconds
-
-    # --- helpers ----------------------------------------------------------------------------
-
-    def proxy(self, name: str) -> dict:
-        return self.api(name, "network_status", proxy=True)["proxy"]
-
-    def router_bytes(self) -> tuple[int, int]:
-        """Bytes the running routers passed on towards routed nodes and from them."""
-        sections = [self.proxy(name) for name in ROUTERS if psutil.pid_exists(self.nodes[name]["pid"] or 0)]
-        return sum(s["bytes_in"] for s in sections), sum(s["bytes_out"] for s in sections)
-
-    def listening_ports(self, name: str) -> set[int]:
-        process = psutil.Process(self.nodes[name]["pid"])
-        connections = getattr(process, "net_connections", None) or process.connections
-        return {c.laddr.port for c in connections(kind="tcp") if c.status == psutil.CONN_LISTEN}
