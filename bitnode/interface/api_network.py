@@ -164,6 +164,7 @@ class NetworkMethods:
         else:
             info = driver.info(NetworkService.name) if driver.installed(NetworkService) else {"state": "NOT_INSTALLED"}
             result.update({"state": info["state"], "connected": False, "reason": info.get("reason", "")})
+        result["reachability"] = self._reachability_section()
         if tcp:
             result["tcp"] = self._tcp_section()
         if cache:
@@ -259,6 +260,15 @@ class NetworkMethods:
             "dropped_total": stats.as_dict()["dropped_total"],
             "limits": gateway.limits_stats(),
         }
+
+    def _reachability_section(self) -> dict:
+        """Can peers connect to us: the last decision (who decided, what STUN saw), its reason and counters."""
+        driver = self.node.service_driver
+        transport = driver.find(ProxyTransportService)
+        if transport is None:
+            state = driver.state(ProxyTransportService) if driver.installed(ProxyTransportService) else "NOT_INSTALLED"
+            return {"available": False, "reason": f"{ProxyTransportService.name} is {state}"}
+        return {"available": True, **transport.reachability_status()}
 
     def _proxy_section(self) -> dict:
         """Are we routed (through which router, packets by path), and whom do we route (bytes each way, refusals)."""

@@ -11,7 +11,10 @@ hands the answer to the gateway (``advertise``), which writes it into the
 ``tcp://`` contact of my identity and republishes it. It never overrides a
 host the user fixed (``services/gateway/external-host``), and a node that
 listens on a loopback address only takes a loopback answer: a public
-address in its contact would point where nobody can reach it.
+address in its contact would point where nobody can reach it.  An answer
+naming another address than the one before is told to ``changed(ip)``
+(service_network publishes ``external-address-changed``: the network
+changed, reachability is decided again).
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ from bitnode.p2p.stun import StunClient
 
 #: Listening addresses that mean "every interface".
 WILDCARDS = ("", "0.0.0.0", "::")
+#: The STUN servers to ask (a setting of the schema, given by the network file).
+STUN_SERVERS_KEY = "services/stun-client/servers"
 
 
 def parse_stun_server(text: str) -> tuple[str, int]:
@@ -99,13 +104,15 @@ class ExternalAddress:
         or does nothing when the user fixed the host.
     :param enabled: ``() -> bool``: may STUN run at all.
     :param min_interval: seconds between two queries that were not forced.
+    :param changed: ``(ip) -> None``: told when STUN sees us at another address than the time before.
     """
 
     log = Logger()
 
     def __init__(self, clock: Any, query: Callable[[list], defer.Deferred], servers: Callable[[], list],
                  interface: Callable[[], str], advertise: Callable[[str], defer.Deferred],
-                 enabled: Callable[[], bool], min_interval: float) -> None:
+                 enabled: Callable[[], bool], min_interval: float,
+                 changed: Callable[[str], None] = lambda ip: None) -> None:
         self.clock = clock
         self._query = query
         self._servers = servers
@@ -113,9 +120,11 @@ class ExternalAddress:
         self._advertise = advertise
         self._enabled = enabled
         self.min_interval = min_interval
+        self._changed = changed
+        self._seen_ip: str | None = None
         self._running: defer.Deferred | None = None
         self.last: dict = {}
-        self.counters = {"queries": 0, "answers": 0, "failures": 0, "applied": 0, "ignored": 0}
+        self.counters = {"queries": 0, "answers": 0, "failures": 0, "applied": 0, "ignored": 0, "changes": 0}
 
     def learn(self, force: bool = False) -> defer.Deferred | None:
         """Ask the STUN servers now (in the background); None when not due, off, or one runs already."""
@@ -145,6 +154,10 @@ class ExternalAddress:
                 self.log.info("STUN: {err}", err=err)
                 return self.last
             self.counters["answers"] += 1
+            if answer["ip"] != self._seen_ip:
+                self._seen_ip = answer["ip"]
+                self.counters["changes"] += 1
+                self._changed(answer["ip"])
             host, why = host_to_advertise(answer["ip"], self._interface())
             self.last = {"at": self.clock.seconds(), "ip": answer["ip"], "port": answer["port"],
                          "server": answer["server"], "advertised": host is not None, "reason": why}

@@ -28,10 +28,10 @@ from twisted.logger import Logger
 from bitnode.errors import BitnodeError, Unavailable
 from bitnode.main.options import BOOLEAN, FLOAT, Option
 from bitnode.main.schema import TCP_INTERFACE_KEY
-from bitnode.p2p.external_address import ExternalAddress, stun_query
+from bitnode.p2p.external_address import STUN_SERVERS_KEY, ExternalAddress, stun_query
 from bitnode.p2p.network_connector import NetworkConnector
 from bitnode.p2p.online_status import OnlineStatus
-from bitnode.p2p.proxy_transport_service import ProxyTransportService
+from bitnode.p2p.proxy_transport_service import EXTERNAL_ADDRESS_CHANGED, ProxyTransportService
 from bitnode.services.base import Service
 from bitnode.services.context import NodeContext
 from bitnode.transport.gateway_service import GatewayService
@@ -39,8 +39,6 @@ from bitnode.userid.id_service import IdentityService
 
 PREFIX = "services/network/"
 STUN_PREFIX = "services/stun-client/"
-#: The STUN servers (a setting of the schema, given by the network file).
-STUN_SERVERS_KEY = STUN_PREFIX + "servers"
 #: Peers pinged when no identity server answers.
 PEERS_TO_PING = 2
 #: Events of service_proxy_transport after which "connected" must be checked again.
@@ -93,7 +91,8 @@ class NetworkService(Service):
             servers=lambda: get(STUN_SERVERS_KEY), interface=lambda: get(TCP_INTERFACE_KEY),
             advertise=lambda host: self._gateway_service().advertise_external(host),
             enabled=lambda: bool(get(STUN_PREFIX + "at-startup")),
-            min_interval=get(STUN_PREFIX + "min-interval"))
+            min_interval=get(STUN_PREFIX + "min-interval"),
+            changed=lambda ip: self.ctx.events.publish(EXTERNAL_ADDRESS_CHANGED, {"ip": ip}))
         self.connector = NetworkConnector(
             self.ctx.clock, self._transports_ready, self._restart_transports, self._probe, self._announce,
             registry=self.ctx.automats,

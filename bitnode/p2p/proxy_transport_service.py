@@ -5,12 +5,19 @@ service gives it its neighbours:
 
 - reachable?  ``services/proxy-transport/reachable``: ``yes`` / ``no`` force
   it; ``auto`` (the default): a router never routes itself; a node that does
-  not listen (``services/gateway/listen`` off) is not reachable; otherwise a
-  router found in the DHT is asked to connect to us (a *probe*: it dials the
-  address our request came from at our listening port and answers on that
-  new connection).  An answer that arrives on a connection the router made
-  proves it; "unreachable" from the router disproves it; with no router to
-  ask we assume we are reachable (a node with a public address needs none).
+  not listen (``services/gateway/listen`` off) is not reachable; otherwise
+  :class:`~bitnode.p2p.reachability.Reachability` decides from two
+  witnesses: STUN (the configured servers, ``services/stun-client/servers``:
+  an external address that is none of this machine's own means a NAT), then
+  a *dial-back*: a router found in the DHT is asked to connect to us (a
+  *probe*: it dials the address our request came from at our listening port
+  and answers on that new connection).  An answer that arrives on a
+  connection the router made proves we are reachable; "unreachable" from the
+  router disproves it; without an answer within
+  ``services/proxy-transport/witness-timeout`` seconds STUN's word stands
+  (and with neither we assume we are reachable: a node with a public address
+  needs no router).  When STUN later sees us at another address (event
+  ``external-address-changed``: the network changed), it is decided again.
 - routers: the last one first, then ``services/proxy-transport/routers``,
   then random members of the routers' DHT layer;
 - linking: the gateway sends every packet through the router
@@ -20,24 +27,28 @@ service gives it its neighbours:
   router is ``router-lost`` at once.
 
 Events: ``proxy-routed``, ``proxy-router-lost``, ``proxy-direct`` (the network
-connector checks the network again on each).  ``network_status proxy=true``
-shows the machine's state, the router, packets by path and why.
+connector checks the network again on each).  ``network_status`` shows the
+reachability decision and why (``reachability``); with ``proxy=true`` also
+the machine's state, the router and packets by path.
 """
 
 from __future__ import annotations
 
 from typing import Any, Optional
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail
 from twisted.logger import Logger
 
 from bitnode import globalid
 from bitnode.dht.dht_service import DHTService
 from bitnode.errors import BadRequest, BitnodeError, Unavailable
 from bitnode.main.options import FLOAT, STRING, STRING_LIST, Option
+from bitnode.main.schema import TCP_INTERFACE_KEY
+from bitnode.p2p.external_address import STUN_SERVERS_KEY, WILDCARDS, parse_stun_server, stun_query
 from bitnode.p2p.proxy_protocol import ROUTERS_LAYER, decode_answer, proxy_request
 from bitnode.p2p.proxy_receiver import ProxyReceiver
 from bitnode.p2p.proxy_server_service import ProxyServerService
+from bitnode.p2p.reachability import REACHABLE, UNKNOWN, UNREACHABLE, Reachability, local_ip_addresses
 from bitnode.services.base import Service
 from bitnode.services.context import NodeContext
 from bitnode.transport.commands import Command
@@ -54,6 +65,8 @@ PROBE_ROUTERS = 2
 DHT_ROUTERS = 5
 #: States in which we want to be routed but have no router yet (keep publishing the last one meanwhile).
 SEEKING = ("FIND_ROUTER", "REQUEST", "LINKING", "OFFLINE")
+#: The event service_network publishes when STUN sees us at a new address.
+EXTERNAL_ADDRESS_CHANGED = "external-address-changed"
 
 
 class ProxyTransportService(Service):
@@ -78,13 +91,19 @@ class ProxyTransportService(Service):
         Option(PREFIX + "request-timeout", FLOAT, 15.0,
                "Seconds to wait for a router's answer to a route request, a keep-alive or a probe.",
                minimum=1.0, maximum=300.0),
+        Option(PREFIX + "witness-timeout", FLOAT, 10.0,
+               "Seconds each witness of the reachability check may take: STUN, then routers trying to connect "
+               "to us (without their answer, what STUN saw decides: an address that is none of ours means NAT).",
+               minimum=0.5, maximum=300.0),
     )
     log = Logger()
 
     def __init__(self, ctx: NodeContext) -> None:
         super().__init__(ctx)
         self.receiver: Optional[ProxyReceiver] = None
+        self.reachability: Optional[Reachability] = None
         self._gateway: Optional[Gateway] = None
+        self._unsubscribe: Any = None
 
     # -- lifecycle ----------------------------------------------------------------
 
@@ -93,6 +112,8 @@ class ProxyTransportService(Service):
         service = self.deps.gateway
         gateway = self._gateway = service.require_gateway()
         settings = self.ctx.settings
+        self.reachability = Reachability(self.ctx.clock, self._stun, self._local_addresses, self._dial_back_d,
+                                         lambda: float(settings.get(PREFIX + "witness-timeout")))
         self.receiver = ProxyReceiver(
             self.ctx.clock, self._check_reachable_d, self._find_routers_d, self._request_route_d, self._link,
             self._unlink, self._keepalive, self._announce, registry=self.ctx.automats,
@@ -101,11 +122,15 @@ class ProxyTransportService(Service):
         service.routed_contacts = self.published_contacts
         gateway.transport.lost_listeners.append(self._connection_lost)
         settings.add_listener(REACHABLE_KEY, self._setting_changed)
+        self._unsubscribe = self.ctx.events.subscribe(self._on_event)
         self.receiver.event("start")
 
     def stop(self) -> None:
         """Leave our router (without publishing anything new: the node may be going down)."""
         self.ctx.settings.remove_listener(REACHABLE_KEY, self._setting_changed)
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
         gateway, self._gateway = self._gateway, None
         if gateway is not None and self._connection_lost in gateway.transport.lost_listeners:
             gateway.transport.lost_listeners.remove(self._connection_lost)
@@ -122,7 +147,13 @@ class ProxyTransportService(Service):
         if self.receiver is None or self._gateway is None:
             return {}
         return dict(self.receiver.status(), routing=self._gateway.routing_stats(),
-                    setting=self.ctx.settings.get(REACHABLE_KEY))
+                    setting=self.ctx.settings.get(REACHABLE_KEY), reachability=self.reachability_status())
+
+    def reachability_status(self) -> dict:
+        """The reachability decision (reachable, reason, who decided, what STUN saw) and its counters."""
+        if self.reachability is None:
+            return {}
+        return dict(self.reachability.status(), setting=self.ctx.settings.get(REACHABLE_KEY))
 
     def reason(self) -> str:
         """Why we are (not) routed, in a few words (the network connector shows it)."""
@@ -154,14 +185,44 @@ class ProxyTransportService(Service):
         return Deferred.fromCoroutine(self._check_reachable())
 
     async def _check_reachable(self) -> tuple[bool, str]:
+        reachability = self.reachability
+        assert reachability is not None
         if self.deps.server is not None:
-            return True, "this node is a router"
+            return reachability.record(True, "this node is a router", "router")
         setting = self.ctx.settings.get(REACHABLE_KEY)
         if setting != "auto":
-            return setting == "yes", f"{REACHABLE_KEY} is {setting}"
+            return reachability.record(setting == "yes", f"{REACHABLE_KEY} is {setting}", "setting")
         gateway = self._require_gateway()
         if not gateway.is_listening() or gateway.port is None:
-            return False, "this node accepts no connection (services/gateway/listen is off)"
+            return reachability.record(False, "this node accepts no connection (services/gateway/listen is off)",
+                                       "not-listening")
+        return await reachability.check()
+
+    def _stun(self) -> Deferred:
+        """What the configured STUN servers see (Reachability's first witness)."""
+        settings = self.ctx.settings
+        try:
+            servers = [parse_stun_server(text) for text in settings.get(STUN_SERVERS_KEY)]
+        except BitnodeError as err:
+            return fail(err)
+        return stun_query(self.ctx.reactor, self.ctx.clock, servers, 0, settings.get(TCP_INTERFACE_KEY))
+
+    def _local_addresses(self) -> set[str]:
+        """This machine's addresses, and the one we listen on (a NAT rewrites every one of them)."""
+        found = local_ip_addresses()
+        interface = self.ctx.settings.get(TCP_INTERFACE_KEY)
+        if interface not in WILDCARDS:
+            found.add(interface)
+        return found
+
+    def _dial_back_d(self) -> Deferred:
+        return Deferred.fromCoroutine(self._dial_back())
+
+    async def _dial_back(self) -> tuple[str, str]:
+        """Ask routers to connect to our port (Reachability's second witness): (verdict, why)."""
+        gateway = self._require_gateway()
+        if gateway.port is None:
+            return UNKNOWN, "no listening port to test"
         tried = []
         for router in (await self._find_routers())[:PROBE_ROUTERS]:
             try:
@@ -169,7 +230,7 @@ class ProxyTransportService(Service):
                                       timeout=self._timeout())
             except PeerRefused as err:
                 if err.reason.startswith("unreachable"):
-                    return False, f"router {router} could not connect to us: {err.reason}"
+                    return UNREACHABLE, f"router {router} could not connect to us: {err.reason}"
                 tried.append(f"{router}: {err.reason}")
                 continue
             except BitnodeError as err:
@@ -177,10 +238,10 @@ class ProxyTransportService(Service):
                 continue
             conn: Optional[PacketConnection] = gateway.peer_connection(router)
             if conn is not None and conn.direction == "in":
-                return True, f"router {router} connected to us"
+                return REACHABLE, f"router {router} connected to us"
             tried.append(f"{router}: its answer came on our own connection")
         why = f" ({'; '.join(tried)})" if tried else ""
-        return True, f"no router could test whether peers connect to us: assuming they do{why}"
+        return UNKNOWN, f"no router could test whether peers connect to us{why}"
 
     def _find_routers_d(self) -> Deferred:
         return Deferred.fromCoroutine(self._find_routers())
@@ -269,6 +330,14 @@ class ProxyTransportService(Service):
             why = f"the connection to router {gateway.link.router_id} closed"
             gateway.router_lost(why)
             receiver.event("router-lost", why)
+
+    def _on_event(self, event: Any) -> None:
+        """STUN sees us at a new address: the network changed under us, decide again."""
+        if getattr(event, "event_id", "") != EXTERNAL_ADDRESS_CHANGED:
+            return
+        ip = str((event.data or {}).get("ip") or "")
+        if ip and self.reachability is not None and self.receiver is not None and self.reachability.external_seen(ip):
+            self.receiver.event("recheck", f"the network changed: STUN now sees us at {ip}")
 
     def _setting_changed(self, key: str, old: Any, new: Any) -> None:
         if self.receiver is not None:

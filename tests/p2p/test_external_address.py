@@ -78,6 +78,19 @@ class ExternalAddressTests(unittest.TestCase):
         self.assertEqual(self.fakes.advertised[-1], "198.51.100.9")  # the network changed: the new address
         self.assertEqual(self.external.status()["applied"], 2)
 
+    def test_a_new_address_is_told_once_each_time_it_changes(self) -> None:
+        seen: list[str] = []
+        self.external = ExternalAddress(
+            self.clock, self.fakes.query, lambda: self.fakes.servers, lambda: self.fakes.interface,
+            self.fakes.advertise, lambda: self.fakes.enabled, min_interval=60.0, changed=seen.append)
+        for ip in ("203.0.113.7", "203.0.113.7", "198.51.100.9", "198.51.100.9", "203.0.113.7"):
+            self.external.learn(force=True)
+            self.answer(ip=ip)
+        self.external.learn(force=True)
+        self.fakes.queries[-1].errback(Timeout("no STUN answer"))  # no answer is no news
+        self.assertEqual(seen, ["203.0.113.7", "198.51.100.9", "203.0.113.7"])
+        self.assertEqual(self.external.status()["changes"], 3)
+
     def test_hours_of_checks_ask_once_per_interval(self) -> None:
         for _ in range(6 * 60 * 2):  # every 30 s for six hours
             if self.external.learn() is not None:

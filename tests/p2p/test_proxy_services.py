@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import socket
 
+from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
 
 from bitnode.dht.dht_service import DHTService
@@ -24,6 +25,7 @@ from bitnode.transport.packet_out import PeerRefused
 from bitnode.userid.id_service import IdentityService
 from tests.chat.support import ChatNetworkCase
 from tests.interface.support import wait_until
+from tests.p2p.test_external_address import FixedAnswerStunServer
 
 SERVICES = [IdentityService, GatewayService, DHTService, NetworkService, ProxyServerService, ProxyTransportService]
 ROUTER = {"services/proxy-server/enabled": True}
@@ -126,6 +128,52 @@ class ProxyNetworkTests(ChatNetworkCase):
         yield wait_until(lambda: server.relay.routed() == [], "the router to forget it", timeout=10)
         self.assertEqual(server.requests["leave"], 1)
         self.assertEqual(server.probe_stats()["dialled"], 1)
+
+    def stun_server(self, host):
+        port = reactor.listenUDP(0, FixedAnswerStunServer(host), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        return f"127.0.0.1:{port.getHost().port}"
+
+    @inlineCallbacks
+    def test_stun_decides_reachability_when_no_router_can_dial_back(self):
+        # STUN sees us behind a NAT (an address none of our interfaces has): not reachable, whatever our port
+        natted = yield self.node("natted", **{"services/stun-client/servers": [self.stun_server("203.0.113.7")]})
+        yield wait_until(lambda: self.receiver(natted).state == "OFFLINE", "natted to look for a router",
+                         timeout=30)
+        status = yield self.ok(natted, "network_status")
+        decision = status["reachability"]["last"]
+        self.assertEqual((decision["reachable"], decision["decided_by"], decision["stun"], decision["external_ip"]),
+                         (False, "stun", "nat", "203.0.113.7"))
+        self.assertIn("no router could test", decision["reason"])
+        # STUN sees our own address: reachable, though no router could confirm it
+        public = yield self.node("public", **{"services/stun-client/servers": [self.stun_server("127.0.0.1")]})
+        yield wait_until(lambda: self.receiver(public).state == "DIRECT", "public to stay direct", timeout=30)
+        status = yield self.ok(public, "network_status")
+        self.assertEqual(status["reachability"]["last"]["decided_by"], "stun")
+        self.assertEqual((status["reachability"]["checks"], status["reachability"]["stun_public"]), (1, 1))
+
+    @inlineCallbacks
+    def test_behind_nat_by_stun_and_refuted_by_a_router_the_node_is_routed_and_moves_back_when_the_network_changes(
+            self):
+        router = yield self.router("router")
+        natted = yield self.node("natted", **{"services/stun-client/servers": [self.stun_server("203.0.113.7")],
+                                              "services/proxy-transport/reachable": "no"})
+        yield wait_until(lambda: self.receiver(natted).state == "ROUTED", "natted to be routed", timeout=30)
+        transport = natted.service_driver.get(ProxyTransportService.name)
+        self.assertEqual(transport.reachability.last.decided_by, "setting")
+        # the setting back to auto: STUN says NAT, but the router gets in (a forwarded port): direct
+        yield self.ok(natted, "config_set", key="services/proxy-transport/reachable", value="auto")
+        yield wait_until(lambda: self.receiver(natted).state == "DIRECT", "natted to go direct", timeout=30)
+        decision = transport.reachability.last
+        self.assertEqual((decision.reachable, decision.decided_by, decision.stun, decision.dial_back),
+                         (True, "stun+dial-back", "nat", "reachable"))
+        self.assertIn(self.global_id(router), decision.reason)
+        # the network changes: STUN (the network connector's) sees a new address, and it is decided again
+        checks = transport.reachability.status()["checks"]
+        natted.events.publish("external-address-changed", {"ip": "198.51.100.1"})
+        yield wait_until(lambda: transport.reachability.status()["checks"] == checks + 1, "a new decision",
+                         timeout=30)
+        self.assertEqual(transport.reachability.status()["network_changes"], 1)
 
     @inlineCallbacks
     def test_without_any_router_a_node_without_a_port_is_disconnected_and_says_why(self):
