@@ -175,7 +175,7 @@ class CustomerService(Service):
         self.publisher = RecordPublisher(ctx.clock, ctx.call_later, ctx.run_in_thread, lambda: self.roster,
                                          self._ecc_map, identity.master_private_key,
                                          lambda: identity.my_idurl() or "", lambda: settings.get(TTL_KEY),
-                                         self._dht, self._hand_record)
+                                         self._dht, self._hand_record, current_id=identity.current_id)
         self._unsubscribe_events = ctx.events.subscribe(self._on_event)
         settings.add_listener(WANTED_KEY, self._wanted_changed)
         settings.add_listener(NEEDED_KEY, self._needed_changed)
@@ -418,10 +418,23 @@ class CustomerService(Service):
             connector.event("check-reconnect")
 
     def _on_event(self, event: Any) -> None:
+        if event.event_id == "identity-rotated":
+            self._supplier_moved(event.data or {})
         if event.event_id in ("network-connected", "network-disconnected"):
             fire_hire = self.fire_hire
             if fire_hire is not None and not fire_hire.destroyed and fire_hire.state != "AT_STARTUP":
                 fire_hire.event("restart")
+
+    def _supplier_moved(self, data: dict) -> None:
+        """A user moved to another identity server: if it is one of my suppliers, my record names its new IDURL."""
+        roster, new = self.roster, str(data.get("global_id") or "")
+        if roster is None or not new:
+            return
+        identity = self.deps.identity
+        if any(identity.same_user(supplier_id, new) for supplier_id in roster.hired()):
+            self.log.info("my supplier {old} moved to {new}: publishing my suppliers record again",
+                          old=data.get("old_global_id"), new=new)
+            self.publish_suppliers()
 
     def _release_waiters(self) -> None:
         waiters, self._waiters = self._waiters, []

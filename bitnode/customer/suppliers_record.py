@@ -14,6 +14,16 @@ keep it and store it again before it expires, for as long as they hold my data
 (:mod:`bitnode.supplier.record_keeper`), so the record outlives my machine.
 It publishes again after every roster change and every ``ttl/2`` seconds.
 
+A supplier that moved its identity to another identity server (its old
+primary died: ``id_rotator``) is named by its *current* IDURL
+(``current_id``: the identity cache knows the old name as an alias of the
+new one), and the customer publishes again as soon as it hears of the move
+(``identity-rotated``): a reader of the record, a recovered customer
+included, reaches the supplier on a live server.  The roster keeps the name
+the supplier was hired under (the catalog names its blocks that way); both
+names are the same user, and a recovered customer that takes the new name
+finds its blocks on that supplier all the same.
+
 :func:`lookup_suppliers` reads anyone's record: a share reader looks for the
 owner's suppliers this way, a recovered identity for its own.
 """
@@ -129,14 +139,16 @@ class RecordPublisher:
     ``ecc_map(n)``, ``master()`` (my RSA private key), ``my_idurl()``,
     ``ttl()``, ``dht()`` (service_entangled_dht, or raises Unavailable),
     ``push(supplier_id, payload)`` (a ``Contacts`` request; fires on its Ack),
-    ``call_later`` and ``run_in_thread``.
+    ``call_later``, ``run_in_thread`` and ``current_id(supplier_id)`` (the
+    global id that supplier has now; its own by default).
     """
 
     log = Logger()
 
     def __init__(self, clock: Any, call_later: Callable, run_in_thread: Callable, roster: Callable[[], Any],
                  ecc_map: Callable[[int], str], master: Callable[[], RsaPrivateKey], my_idurl: Callable[[], str],
-                 ttl: Callable[[], int], dht: Callable[[], Any], push: Callable[[str, bytes], defer.Deferred]):
+                 ttl: Callable[[], int], dht: Callable[[], Any], push: Callable[[str, bytes], defer.Deferred],
+                 current_id: Callable[[str], str] = lambda supplier_id: supplier_id):
         self.clock = clock
         self.call_later = call_later
         self.run_in_thread = run_in_thread
@@ -147,11 +159,14 @@ class RecordPublisher:
         self.ttl = ttl
         self.dht = dht
         self.push = push
+        self.current_id = current_id
         self.value: dict | None = None
         self.dht_revision: int | None = None
         self.dht_error = ""
         #: supplier id -> signature of the value it acknowledged last
         self.handed: dict[str, str] = {}
+        #: positions whose supplier the last value names by a newer name than the one it was hired under
+        self.renamed = 0
         self.counters: Counter[str] = Counter()
         self._busy = False
         self._again = False
@@ -164,6 +179,7 @@ class RecordPublisher:
         return {"revision": value.get("revision"), "signed_at": value.get("signed_at"), "ttl": self.ttl(),
                 "dht_revision": self.dht_revision, "dht_error": self.dht_error,
                 "suppliers_holding": sorted(s for s, sig in self.handed.items() if sig == value.get("signature")),
+                "suppliers_renamed": self.renamed,
                 **{name: self.counters[name] for name in ("published", "publish_failed", "handed_over",
                                                            "hand_over_failed", "revision_bumped", "skipped_empty")}}
 
@@ -203,13 +219,15 @@ class RecordPublisher:
             self.counters["skipped_empty"] += 1
             return
         master = self.master()
-        idurls = [globalid.global_id_to_idurl(s) if s else "" for s in positions]
+        current = [self._current(s) if s else "" for s in positions]
+        idurls = [globalid.global_id_to_idurl(s) if s else "" for s in current]
         value = await self.run_in_thread(bound_values.sign_suppliers, master, self.my_idurl(),
                                          self.ecc_map(len(positions)), idurls, revision, ttl,
                                          int(self.clock.seconds()))
         if self._stopped:
             return
         self.value = value
+        self.renamed = sum(1 for old, new in zip(positions, current, strict=True) if old != new)
         retry = await self._store(master, value, roster)
         retry = await self._hand_over(value, positions) or retry
         if self._stopped or self._again:
@@ -266,6 +284,13 @@ class RecordPublisher:
         for gone in set(self.handed) - set(hired):
             del self.handed[gone]
         return missed
+
+    def _current(self, supplier_id: str) -> str:
+        """The name ``supplier_id`` has now (its own when nothing better is known)."""
+        try:
+            return str(self.current_id(supplier_id)) or supplier_id
+        except BitnodeError:
+            return supplier_id
 
     def _later(self, delay: float) -> None:
         self._cancel()
