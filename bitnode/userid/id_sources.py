@@ -20,10 +20,18 @@ An answer is accepted only if it is the same user:
   the user may be taken over by someone else: that answer is skipped);
 - without one, the answer must list the asked IDURL among its sources (the
   key holder claims that name; step 2 always satisfies it, the identity
-  client checks a document is served from one of its own sources).
+  client checks a document is served from one of its own sources);
+- without one, a *moved* document (its primary is not the name asked: the
+  user rotated to another server) is taken only from the asked IDURL itself:
+  that server, which holds the name, vouches that the name moved.  Another
+  server serving such a document for a name nobody here holds would bind
+  the name to whatever key that server has for it: refused, counted as
+  ``unconfirmed_moves``.  (A name's new server may be its registrant's or a
+  thief's; only the old name's own server, or a copy we hold, can tell.)
 
 Counters (:meth:`SourceFetcher.stats`): ``answered_by_other_source``,
-``answered_by_network_server``, ``wrong_user`` (skipped answers), ``exhausted``.
+``answered_by_network_server``, ``wrong_user`` (skipped answers),
+``unconfirmed_moves`` (skipped too), ``exhausted``.
 """
 
 from __future__ import annotations
@@ -83,8 +91,13 @@ class SourceFetcher:
                     first_error = err
                 continue
             problem = self._not_the_user(answer, asked, held)
-            if problem is not None:
+            if problem is None and held is None and url != asked and answer.idurl != asked:
+                self.counts["unconfirmed_moves"] += 1
+                problem = (f"served {answer.global_id}, moved from {asked}; only {asked}'s own server or a copy "
+                           "held here can confirm that move")
+            elif problem is not None:
                 self.counts["wrong_user"] += 1
+            if problem is not None:
                 wrong = WrongUser(f"{url}: {problem}")
                 continue
             self._remember(asked, answer, url)
@@ -104,7 +117,7 @@ class SourceFetcher:
         """The counters and how many users' good sources are remembered."""
         return {"remembered_sources": len(self._good), "max_network_servers": self.max_network_servers,
                 **{key: self.counts[key] for key in ("answered_by_other_source", "answered_by_network_server",
-                                                    "wrong_user", "exhausted")}}
+                                                    "wrong_user", "unconfirmed_moves", "exhausted")}}
 
     # -- internals ----------------------------------------------------------------
 

@@ -66,11 +66,17 @@ class MovedIdentityTests(DispatcherCalls, unittest.TestCase):
         yield self.ok(bob, "user_ping", user_id=new_alice)
         identity_service = bob.service_driver.find(IdentityService)
         yield wait_until(lambda: identity_service.same_user(old_alice, new_alice), timeout=10)
-        # carol, who never heard of alice and whose first identity server is dead, finds her by her old name
+        # carol never heard of alice and her first identity server is dead: nothing can vouch that alice's
+        # old name is that key (the second server's "alice" moved there, but a thief could have registered
+        # it), so carol refuses the old name; she finds alice by her new one
         carol = yield self.joined_node("carol", **{"personal/identity-servers": self.settings[
             "personal/identity-servers"][1:] + self.settings["personal/identity-servers"][:1]})
-        yield self.ok(carol, "user_ping", user_id=old_alice)
+        why = yield self.error(carol, 503, "user_ping", user_id=old_alice)
+        self.assertIn("alice.xml", why)
+        carol_ids = carol.service_driver.find(IdentityService)
+        self.assertGreaterEqual(carol_ids.status()["sources"]["unconfirmed_moves"], 1)
         yield self.ok(carol, "user_ping", user_id=new_alice)
+        self.assertFalse(carol_ids.same_user(old_alice, new_alice))
         # and alice pings everyone under her new name
         for peer in (bob, carol):
             peer_id = (yield self.ok(peer, "identity_get"))["global_id"]
