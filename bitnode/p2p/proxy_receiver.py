@@ -21,7 +21,9 @@
 - LINKING: ``link(router)`` sends our packets through it and publishes it as
   our contact; then ROUTED, where ``keepalive(router)`` runs every
   ``timer-keepalive`` (a route request again: it keeps NAT mappings and the
-  router's route alive and proves the router still answers).  A lost
+  router's route alive and proves the router still answers; ``renew``, when
+  my identity moved to a new global id, asks at once: the router then
+  routes the new name too).  A lost
   connection to the router (``router-lost``: it is asked first again, it may
   only have dropped the connection) or a failed keep-alive
   (``keepalive-failed``: it is skipped) sends our packets direct
@@ -109,6 +111,9 @@ class ProxyReceiver(Automat):
         ("ROUTED",      "recheck",         None,            "REACHABLE?",  ["check_reachable"]),
         ("OFFLINE",     "recheck",         None,            "REACHABLE?",  ["check_reachable"]),
         ("*",           "recheck",         None,            "*",           []),
+        # my identity moved (a new global id): the router must route the new name now, not at the next keep-alive
+        ("ROUTED",      "renew",           None,            "*",           ["keepalive"]),
+        ("*",           "renew",           None,            "*",           []),
         # losing a router we are not routed through (any more) changes nothing
         ("*",           "router-lost",     None,            "*",           []),
         ("*",           "keepalive-ok",    None,            "*",           []),

@@ -24,7 +24,9 @@ service gives it its neighbours:
   (:meth:`~bitnode.transport.routing.Routing.route_through`) and our identity
   publishes ``proxy://<router address>`` (the gateway service asks
   :meth:`ProxyTransportService.published_contacts`); a lost connection to the
-  router is ``router-lost`` at once.
+  router is ``router-lost`` at once; when my identity moves to a new global id
+  (``my-identity-rotated``) the route is asked for again at once, so the router
+  passes on packets sent under the new name (it keeps routing the old one).
 
 Events: ``proxy-routed``, ``proxy-router-lost``, ``proxy-direct`` (the network
 connector checks the network again on each).  ``network_status`` shows the
@@ -332,8 +334,11 @@ class ProxyTransportService(Service):
             receiver.event("router-lost", why)
 
     def _on_event(self, event: Any) -> None:
-        """STUN sees us at a new address: the network changed under us, decide again."""
-        if getattr(event, "event_id", "") != EXTERNAL_ADDRESS_CHANGED:
+        """My identity moved: renew my route under the new name.  STUN sees a new address: decide again."""
+        event_id = getattr(event, "event_id", "")
+        if event_id == "my-identity-rotated" and self.receiver is not None:
+            self.receiver.event("renew")
+        if event_id != EXTERNAL_ADDRESS_CHANGED:
             return
         ip = str((event.data or {}).get("ip") or "")
         if ip and self.reachability is not None and self.receiver is not None and self.reachability.external_seen(ip):

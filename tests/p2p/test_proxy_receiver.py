@@ -118,6 +118,19 @@ class ProxyReceiverTests(unittest.TestCase):
         self.assertEqual(sum(1 for e in self.n.events if e[0] == "keepalive"), 3 * 24 * 60)
         self.assertEqual(self.machine.last_keepalive, self.clock.seconds())
 
+    def test_a_moved_identity_renews_its_route_at_once_and_only_when_routed(self):
+        self.machine.event("renew")  # not routed yet: nothing to renew
+        self.assertEqual(self.n.events, [])
+        self.routed_through()
+        self.clock.advance(10)
+        self.machine.event("renew")
+        self.assertEqual(self.n.events[-1], ("keepalive", "p1@id_1"))
+        self.n.answer("keepalive", None)
+        self.assertEqual((self.machine.state, self.machine.last_keepalive), ("ROUTED", 10.0))
+        # and the keep-alives go on every minute as before
+        self.clock.advance(60)
+        self.assertEqual(sum(1 for e in self.n.events if e[0] == "keepalive"), 2)
+
     def test_a_lost_connection_finds_a_router_again_the_same_one_first(self):
         self.routed_through("p1@id_1")
         self.machine.event("router-lost", "the connection to router p1 closed")
