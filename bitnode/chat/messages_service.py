@@ -483,18 +483,21 @@ class PrivateMessagesService(Service):
         if len(packet.payload) > self.max_message_size() + SEAL_OVERHEAD:
             raise MessageRejected(f"message larger than {self.max_message_size()} bytes")
         header = peek(packet.payload)
-        if header.sender != packet.creator_id:
+        identity = self._identity()
+        # a user who moved to another identity server has several names: the sender's may be an old one, and
+        # a message may be addressed to any of mine (a peer that knew me before I moved)
+        if header.sender != packet.creator_id and not identity.same_user(header.sender, packet.creator_id):
             raise MessageRejected(f"message of {header.sender} sent by {packet.creator_id}")
         if header.message_type not in (PRIVATE_MESSAGE, DELIVERY_RECEIPT):
             raise MessageRejected(f"{header.message_type} is not accepted as a private message")
-        if header.recipient != me:
+        if header.recipient != me and not identity.is_me(header.recipient):
             raise MessageRejected(f"message is addressed to {header.recipient}, not to {me}")
         try:
-            sender = await self._identity().fetch_identity(header.sender)
+            sender = await identity.fetch_identity(header.sender)
         except (NotFound, Unavailable) as err:  # not a forgery: its key is not at hand now
             raise SenderUnknownForNow(f"cannot fetch the identity of {header.sender} now: {err}") from None
         opened = await self.ctx.run_in_thread(open_message, packet.payload, self._my_key(),
-                                               sender.rsa_public_key(), me)
+                                               sender.rsa_public_key(), header.recipient)
         if not isinstance(opened.data, dict):
             raise MessageRejected("message content must be a JSON object")
         return opened

@@ -13,6 +13,7 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.internet.task import deferLater
 from twisted.trial import unittest
 
+from bitnode.chat.messages_service import PrivateMessagesService
 from bitnode.p2p.id_rotator_service import IdentityPropagateService
 from bitnode.p2p.network_service import NetworkService
 from bitnode.transport.gateway_service import GatewayService
@@ -36,8 +37,8 @@ class MovedIdentityTests(DispatcherCalls, unittest.TestCase):
         self.settings["services/identity/fetch-timeout"] = 3.0
 
     @inlineCallbacks
-    def joined_node(self, name, **overrides):
-        node = yield start_node(self, service_classes=NODE_SERVICES, overrides=dict(self.settings, **overrides))
+    def joined_node(self, name, service_classes=NODE_SERVICES, **overrides):
+        node = yield start_node(self, service_classes=service_classes, overrides=dict(self.settings, **overrides))
         yield self.ok(node, "identity_create", username=name)
         yield wait_until(lambda: node.service_driver.find(NetworkService) is not None, timeout=20)
         yield self.ok(node, "network_connected", wait_timeout=15)
@@ -81,6 +82,23 @@ class MovedIdentityTests(DispatcherCalls, unittest.TestCase):
         for peer in (bob, carol):
             peer_id = (yield self.ok(peer, "identity_get"))["global_id"]
             yield self.ok(alice, "user_ping", user_id=peer_id)
+
+    @inlineCallbacks
+    def test_a_message_to_the_old_name_of_a_moved_user_reaches_her(self):
+        services = {"service_classes": NODE_SERVICES + [PrivateMessagesService]}
+        alice = yield self.joined_node("alice", **services)
+        bob = yield self.joined_node("bob", **services)
+        old_alice = (yield self.ok(alice, "identity_get"))["global_id"]
+        yield self.ok(bob, "user_ping", user_id=old_alice)  # bob knows alice by her first name
+        yield self.kill_first_server()
+        yield self.ok(alice, "identity_rotate")
+        # bob writes to the name he knows; alice takes it (it is one of her names) and acks
+        sent = yield self.ok(bob, "message_send", recipient_id=old_alice, data={"message": "still you?"},
+                             ping_timeout=5, message_ack_timeout=5)
+        self.assertEqual(sent["state"], "acked", sent)
+        history = yield self.ok(alice, "message_history")
+        self.assertEqual([m["data"] for m in history["messages"]], [{"message": "still you?"}])
+        self.assertEqual(alice.service_driver.info("service_private_messages")["status"]["rejected"], 0)
 
     @inlineCallbacks
     def test_the_rotator_moves_a_node_off_a_dead_primary_by_itself(self):
