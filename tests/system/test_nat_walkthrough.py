@@ -35,6 +35,8 @@ SUPPLIERS = ("supplier-1", "supplier-2")
 #: Bounds for the new user's steps (a quiet machine needs a fraction of them).
 CONNECT_WITHIN = 45.0
 HIRE_WITHIN = 60.0
+#: the id_rotator's timings, shortened so the nodes move off the dead server within seconds (localnet: 20/10/45 s)
+FAST_ROTATION = {"check-interval": 1.0, "recheck-interval": 1.0, "dead-after": 3.0}
 
 
 class NatWalkthroughTests(NatChecks, LocalnetTestCase):
@@ -81,11 +83,35 @@ class NatWalkthroughTests(NatChecks, LocalnetTestCase):
             self.check_only_router_connections(name)
         carried = self.router_bytes()
         self.assertGreater(carried[1] - carried_before[1], size)  # the upload went up the newcomer's route
+        moved_seconds = self.everyone_moves_off_the_dead_server(second_port)
+        # after the moves: the same user goes on, under the names it knows (the old ones included)
+        direct_before = {name: self.proxy(name)["packets_by_path"]["direct"] for name in (NEWCOMER, CUSTOMER)}
+        self.assertEqual(self.download_digest(NEWCOMER, remote), digest)
+        self.message_and_ping(NEWCOMER, CUSTOMER, text="still there?")
+        for supplier in SUPPLIERS:  # (supplier-1 takes connections: only customer-1's route reaches it)
+            pong = self.api(CUSTOMER, "user_ping", user_id=self.nodes[supplier]["global_id"], timeout=15)
+            self.assertTrue(pong["online"], (supplier, pong))
+        for name in (NEWCOMER, CUSTOMER):
+            self.assertEqual(self.proxy(name)["packets_by_path"]["direct"], direct_before[name], name)
+            self.check_only_router_connections(name)
         print(f"\nNAT walkthrough with {PRIMARY} dead: network up {up_seconds:.1f}s; the new user connected "
               f"{joined_seconds:.1f}s, hired {hired_seconds:.1f}s, stored and read back {stored_seconds:.1f}s, "
-              f"talked {walk_seconds:.1f}s after the kill")
+              f"talked {walk_seconds:.1f}s after the kill; every node moved off it {moved_seconds:.1f}s after")
 
     # --- steps -------------------------------------------------------------------------------
+
+    def everyone_moves_off_the_dead_server(self, second_port: int) -> float:
+        """Every node that named the dead server as its primary moves to the live one (rotation made fast)."""
+        movers = [name for name in self.nodes if name not in (PRIMARY, SECOND, NEWCOMER)]
+        started = time.monotonic()
+        for name in movers:
+            for key, value in FAST_ROTATION.items():
+                self.api(name, "config_set", key=f"services/identity-propagate/{key}", value=value)
+            self.api(name, "service_restart", service_name="service_identity_propagate")
+        for name in movers:
+            wait_for(lambda n=name: self.api(n, "identity_get")["global_id"].endswith(f"_{second_port}"),
+                     f"{name} to move to {SECOND}", timeout=40)
+        return time.monotonic() - started
 
     def new_user_behind_nat(self) -> dict:
         """Start ``newcomer`` (a customer behind NAT, no identity yet), create its identity, wait until routed."""
