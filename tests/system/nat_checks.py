@@ -2,7 +2,9 @@
 
 A mixin for :class:`~tests.system.support.LocalnetTestCase`: which router a
 node uses, what the routers carried, which sockets a node has, and the
-message-and-ping round between two users.
+message-and-ping round between two users.  The methods need only
+``self.api`` and ``self.nodes`` (the routers are the nodes with the
+``router`` role), so another test case may borrow one.
 """
 
 from __future__ import annotations
@@ -12,11 +14,13 @@ import psutil
 from tests.system.support import wait_for
 
 
+def routers_of(nodes: dict) -> list[str]:
+    """The routers among a network's nodes (the ``router`` role in network.json)."""
+    return [name for name, node in nodes.items() if "router" in node.get("roles", ())]
+
+
 class NatChecks:
     """Helpers over ``self.api`` / ``self.nodes`` for networks with routers and nodes behind NAT."""
-
-    #: the routers of the network (a test sets its own)
-    ROUTERS: tuple[str, ...] = ()
 
     def proxy(self, name: str) -> dict:
         """The ``proxy`` section of ``network_status`` of node ``name``."""
@@ -24,7 +28,7 @@ class NatChecks:
 
     def router_bytes(self) -> tuple[int, int]:
         """Bytes the running routers passed on towards routed nodes and from them."""
-        sections = [self.proxy(name) for name in self.ROUTERS if psutil.pid_exists(self.nodes[name]["pid"] or 0)]
+        sections = [self.proxy(name) for name in routers_of(self.nodes) if psutil.pid_exists(self.nodes[name]["pid"] or 0)]
         return sum(s["bytes_in"] for s in sections), sum(s["bytes_out"] for s in sections)
 
     def listening_ports(self, name: str) -> set[int]:
@@ -35,7 +39,7 @@ class NatChecks:
 
     def check_listens_nowhere_and_publishes_a_router(self, name: str) -> None:
         """Node ``name`` is routed, publishes only ``proxy://`` and has no listening peer port at all."""
-        router_ids = {self.nodes[router]["global_id"] for router in self.ROUTERS}
+        router_ids = {self.nodes[router]["global_id"] for router in routers_of(self.nodes)}
         proxy = self.proxy(name)
         self.assertEqual(proxy["mode"], "routed", (name, proxy))
         self.assertIn(proxy["router"], router_ids)
@@ -49,7 +53,7 @@ class NatChecks:
 
     def check_only_router_connections(self, name: str) -> None:
         """Every connection node ``name`` has is one it opened to a router."""
-        router_ports = {self.nodes[router]["ports"]["tcp"] for router in self.ROUTERS}
+        router_ports = {self.nodes[router]["ports"]["tcp"] for router in routers_of(self.nodes)}
         rows = self.api(name, "connections_list")
         self.assertTrue(rows)
         self.assertEqual({(row["direction"], row["port"] in router_ports) for row in rows}, {("out", True)},

@@ -48,8 +48,6 @@ def frame(packet: Packet) -> bytes:
 class BehindNatTests(NatChecks, LocalnetTestCase):
     """Storage, messages and pings between nodes behind NAT, through routers that may die."""
 
-    ROUTERS = ROUTERS
-
     def test_nodes_behind_nat_store_talk_and_ping_through_routers_and_outlive_their_router(self) -> None:
         started = time.monotonic()
         self.start_network(suppliers=2, customers=2, prefix="bitnode-nat-", timeout=120.0, routers=2,

@@ -42,8 +42,6 @@ FAST_ROTATION = {"check-interval": 1.0, "recheck-interval": 1.0, "dead-after": 3
 class NatWalkthroughTests(NatChecks, LocalnetTestCase):
     """A new user behind NAT works unchanged while one of two identity servers is dead."""
 
-    ROUTERS = ("router-1",)
-
     def test_a_new_user_behind_nat_hires_stores_and_talks_through_a_router_with_an_identity_server_dead(self):
         started = time.monotonic()
         self.start_network(suppliers=2, customers=1, prefix="bitnode-natwalk-", timeout=120.0, routers=1,
