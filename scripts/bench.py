@@ -68,7 +68,7 @@ SERVER_START_TIMEOUT = 60.0
 #: The in-process limit is measured up to this size (beyond, it only adds minutes: the rate is the same).
 PIPELINE_MAX_SIZE = 512 * MiB
 #: Other engineers' parts: (module in scripts/, owner); each has ``verdicts(quick, workdir, say) -> [check]``.
-OTHER_PARTS = (("bench_catalog", "pack"), ("bench_sim", "sim"))
+OTHER_PARTS = (("bench_catalog", "catalog"), ("bench_sim", "sim"))
 
 
 # --- the two servers (each runs in its own child process) ----------------------------

@@ -25,23 +25,34 @@ import json
 import os
 import sqlite3
 import time
-from typing import Callable, ContextManager, Iterable, Sequence
+import urllib.parse
+from contextlib import contextmanager
+from typing import Callable, ContextManager, Iterable, Iterator, Sequence
 
 from bitnode.errors import BadRequest, Conflict, NotFound
 from bitnode.globalid import parse_key_id, validate_path
 from bitnode.main.sqlitedb import SqliteFile
-from bitnode.storage.catalog_file import CATALOG_FORMAT, SCHEMA, CatalogUnreadable, check_file, migrate
+from bitnode.storage.catalog_file import (
+    CATALOG_FORMAT,
+    PARENT_OF_PATH,
+    SCHEMA,
+    CatalogUnreadable,
+    check_file,
+    migrate,
+)
 from bitnode.storage.catalog_format import (
     COMPLETE,
     EXPORT_FORMAT,
     FAILED,
     UPLOADING,
     VERSION_STATES,
+    ExportRows,
     check_link_target,
     check_mode,
     check_mtime_ns,
     check_sha256,
     check_suppliers,
+    export_chunks,
     insert_rows,
     parents_of,
     parse_export,
@@ -57,6 +68,14 @@ __all__ = ["CATALOG_FORMAT", "CatalogUnreadable", "COMPLETE", "EXPORT_FORMAT", "
            "split_remote_path"]
 
 _RESERVED_META = ("format",)
+#: A version with its file's key id and path and how many segments are recorded (one query for any number).
+_VERSIONS = ("SELECT v.*, i.key_id, i.path, (SELECT COUNT(*) FROM segments s WHERE s.version_id = v.version_id)"
+             " AS segments_done FROM versions v JOIN items i USING (item_id)")
+#: An item with its newest complete version's id and size (the correlated subquery reads versions_latest).
+_LISTING = (
+    "SELECT i.*, v.version_id AS latest_version, v.size AS latest_size FROM items i"
+    " LEFT JOIN versions v ON v.version_id = (SELECT version_id FROM versions"
+    f" WHERE item_id = i.item_id AND state = '{COMPLETE}' ORDER BY created DESC LIMIT 1)")
 
 
 def split_remote_path(remote_path: str) -> tuple[str, str]:
@@ -192,39 +211,42 @@ class Catalog:
                 raise NotFound(f"{key_id}:{path} is not in the catalog")
             item = self._item_dict(row)
             versions = self._db.execute(
-                "SELECT * FROM versions WHERE item_id = ? ORDER BY created DESC, version_id DESC",
+                _VERSIONS + " WHERE v.item_id = ? ORDER BY v.created DESC, v.version_id DESC",
                 (row["item_id"],)).fetchall()
             item["versions"] = [self._version_dict(v) for v in versions]
             return item
 
     def list(self, key_id: str | None = None, path: str = "", recursive: bool = True) -> list[dict]:
-        """Files and folders under ``path`` (all keys when ``key_id`` is None), sorted by remote path."""
+        """Files and folders under ``path`` (all keys when ``key_id`` is None), sorted by remote path.
+
+        Each row also has ``size`` and ``latest_version`` (the newest complete
+        version's, 0 and None without one). One query, through an index: a
+        folder's listing costs its own rows, not the catalog's (see
+        catalog_file's ``items_by_parent``).
+        """
+        clauses, args = [], []
+        if key_id is not None:
+            clauses.append("i.key_id = ?")
+            args.append(key_id)
+        if not recursive:
+            clauses.append(f"{PARENT_OF_PATH} = ?")
+            args.append(path + "/" if path else "")
+        elif path:
+            # Everything whose path starts with "path/": the range [path + "/", path + "0"), as "0" follows "/".
+            clauses += ["i.path >= ?", "i.path < ?"]
+            args += [path + "/", path + "0"]
+        where = " WHERE " + " AND ".join(clauses) if clauses else ""
         with self._lock:
-            query = "SELECT * FROM items"
-            args: list = []
-            clauses = []
-            if key_id is not None:
-                clauses.append("key_id = ?")
-                args.append(key_id)
-            if path:
-                clauses.append("substr(path, 1, ?) = ?")
-                args += [len(path) + 1, path + "/"]
-            if clauses:
-                query += " WHERE " + " AND ".join(clauses)
-            rows = self._db.execute(query + " ORDER BY key_id, path", args).fetchall()
-            out = []
-            depth = path.count("/") + 1 if path else 0
-            for row in rows:
-                if not recursive and row["path"].count("/") != depth:
-                    continue
-                item = self._item_dict(row)
-                latest = self._db.execute(
-                    "SELECT * FROM versions WHERE item_id = ? AND state = ? ORDER BY created DESC LIMIT 1",
-                    (row["item_id"], COMPLETE)).fetchone()
-                item["size"] = latest["size"] if latest is not None else 0
-                item["latest_version"] = latest["version_id"] if latest is not None else None
-                out.append(item)
-            return out
+            rows = self._db.execute(_LISTING + where + " ORDER BY i.key_id, i.path", args).fetchall()
+        return [self._listed_dict(row) for row in rows]
+
+    def list_item(self, key_id: str, path: str) -> dict:
+        """One file or folder as :meth:`list` shows it (with ``size`` and ``latest_version``); NotFound if absent."""
+        with self._lock:
+            row = self._db.execute(_LISTING + " WHERE i.key_id = ? AND i.path = ?", (key_id, path)).fetchone()
+        if row is None:
+            raise NotFound(f"{key_id}:{path} is not in the catalog")
+        return self._listed_dict(row)
 
     def delete(self, key_id: str, path: str) -> list[str]:
         """Remove a file, or a folder with everything in it; returns the removed version ids.
@@ -485,9 +507,9 @@ class Catalog:
         """Every version (optionally only those in ``state``), oldest first."""
         with self._lock:
             if state is None:
-                rows = self._db.execute("SELECT * FROM versions ORDER BY created, version_id").fetchall()
+                rows = self._db.execute(_VERSIONS + " ORDER BY v.created, v.version_id").fetchall()
             else:
-                rows = self._db.execute("SELECT * FROM versions WHERE state = ? ORDER BY created, version_id",
+                rows = self._db.execute(_VERSIONS + " WHERE v.state = ? ORDER BY v.created, v.version_id",
                                         (state,)).fetchall()
             return [self._version_dict(r) for r in rows]
 
@@ -564,6 +586,33 @@ class Catalog:
         with self._lock:
             return write_export(self._db)
 
+    def export_chunks(self) -> Iterator[bytes]:
+        """:meth:`export`'s bytes in pieces of bounded size, read from one snapshot of the catalog.
+
+        A file catalog is read through a connection of its own (sqlite's WAL
+        lets writers go on meanwhile), so a big catalog's backup neither holds
+        the whole document in memory nor blocks listings for seconds. Worker
+        thread; exhaust or close the iterator (it holds the snapshot until then).
+        """
+        with self._snapshot() as db:
+            yield from export_chunks(db)
+
+    @contextmanager
+    def _snapshot(self) -> Iterator[sqlite3.Connection]:
+        """A read transaction on a connection of its own (under the lock for an in-memory catalog)."""
+        with self._file.locked() as db:
+            if self.path == ":memory:":
+                yield db
+                return
+        reader = sqlite3.connect(f"file:{urllib.parse.quote(os.path.abspath(self.path))}?mode=ro", uri=True,
+                                 isolation_level=None, check_same_thread=False)
+        try:
+            reader.execute("BEGIN")
+            reader.execute("SELECT 1 FROM meta LIMIT 1").fetchall()  # the snapshot starts at the first read
+            yield reader
+        finally:
+            reader.close()
+
     def import_(self, data: bytes) -> None:
         """Replace everything with an exported document (restoring on a new machine, or a share's index).
 
@@ -577,6 +626,18 @@ class Catalog:
                 insert_rows(db, rows)
         except sqlite3.Error as err:
             raise BadRequest(f"catalog backup is not valid: {err}") from None
+
+    def add_rows(self, rows: ExportRows) -> None:
+        """Add checked rows (:func:`~bitnode.storage.catalog_format.parse_export`) in one transaction.
+
+        For many files at once (a benchmark's catalog, a bulk import): Conflict,
+        and nothing added, when one of the items or versions is there already.
+        """
+        try:
+            with self._transaction() as db:
+                insert_rows(db, rows)
+        except sqlite3.IntegrityError as err:
+            raise Conflict(f"rows already in the catalog: {err}") from None
 
     # --- rows -----------------------------------------------------------------------------
 
@@ -605,11 +666,17 @@ class Catalog:
 
     @staticmethod
     def _version_row(db: sqlite3.Connection, version_id: str) -> sqlite3.Row:
-        row = db.execute("SELECT v.*, i.key_id, i.path FROM versions v JOIN items i USING (item_id)"
-                         " WHERE version_id = ?", (version_id,)).fetchone()
+        row = db.execute(_VERSIONS + " WHERE v.version_id = ?", (version_id,)).fetchone()
         if row is None:
             raise NotFound(f"no version {version_id!r} in the catalog")
         return row
+
+    @classmethod
+    def _listed_dict(cls, row: sqlite3.Row) -> dict:
+        item = cls._item_dict(row)
+        item["size"] = row["latest_size"] if row["latest_size"] is not None else 0
+        item["latest_version"] = row["latest_version"]
+        return item
 
     @staticmethod
     def _item_dict(row: sqlite3.Row) -> dict:
@@ -617,19 +684,13 @@ class Catalog:
                 "type": _kind(row), "created": row["created"], "mode": row["mode"], "mtime_ns": row["mtime_ns"],
                 "link_target": row["link_target"]}
 
-    def _version_dict(self, row: sqlite3.Row) -> dict:
-        keys = row.keys()
+    @staticmethod
+    def _version_dict(row: sqlite3.Row) -> dict:
         out = {name: row[name] for name in ("version_id", "state", "size", "segment_size", "segments_total",
-                                            "k", "n", "created", "completed", "mode", "mtime_ns")}
+                                            "k", "n", "created", "completed", "mode", "mtime_ns", "segments_done")}
         out["suppliers"] = json.loads(row["suppliers"])
         out["wrapped_key"] = bytes(row["wrapped_key"])
-        if "key_id" not in keys:
-            item = self._db.execute("SELECT key_id, path FROM items WHERE item_id = ?", (row["item_id"],)).fetchone()
-            out["remote_path"] = f"{item['key_id']}:{item['path']}"
-        else:
-            out["remote_path"] = f"{row['key_id']}:{row['path']}"
-        out["segments_done"] = self._db.execute("SELECT COUNT(*) FROM segments WHERE version_id = ?",
-                                                (row["version_id"],)).fetchone()[0]
+        out["remote_path"] = f"{row['key_id']}:{row['path']}"
         return out
 
 

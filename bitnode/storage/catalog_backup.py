@@ -72,11 +72,29 @@ def backup_version_id(serial: int) -> str:
     return f"{PREFIX}{serial}"
 
 
-def _write_temp(path: str, data: bytes) -> None:
+def export_digest(catalog: Catalog) -> str:
+    """SHA-256 of the catalog's export, read as it streams (memory flat in the catalog's size). Worker thread."""
+    digest = hashlib.sha256()
+    for chunk in catalog.export_chunks():
+        digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_compressed_export(catalog: Catalog, path: str, level: int = 6) -> str:
+    """The catalog's export, zlib-compressed as it streams, into ``path`` (fsynced); returns the export's SHA-256.
+
+    Worker thread. Memory stays flat in the catalog's size.
+    """
+    digest = hashlib.sha256()
+    packer = zlib.compressobj(level)
     with open(path, "wb") as handle:
-        handle.write(data)
+        for chunk in catalog.export_chunks():
+            digest.update(chunk)
+            handle.write(packer.compress(chunk))
+        handle.write(packer.flush())
         handle.flush()
         os.fsync(handle.fileno())
+    return digest.hexdigest()
 
 
 def _read_and_remove(path: str) -> bytes:
@@ -182,8 +200,7 @@ class CatalogBackup:
 
     async def backup(self, force: bool = False) -> dict:
         """Store the catalog as the next ``catalog-<serial>``; skipped when nothing changed since the last one."""
-        export = await self.run_in_thread(self.catalog.export)
-        digest = hashlib.sha256(export).hexdigest()
+        digest = await self.run_in_thread(export_digest, self.catalog)
         secrets = await defer.maybeDeferred(self.secrets) if self.secrets is not None else None
         secrets_digest = key_backup.digest(secrets) if secrets is not None else ""
         last = await self.run_in_thread(self.catalog.get_meta, DIGEST_META)
@@ -201,7 +218,8 @@ class CatalogBackup:
         master = self.master()
         key = segment_crypto.new_version_key()
         temp = os.path.join(self.temp_dir, f"{version_id}.upload")
-        await self.run_in_thread(_write_temp, temp, zlib.compress(export, 6))
+        # The catalog may have changed since its digest was taken: the manifest names what was written.
+        digest = await self.run_in_thread(write_compressed_export, self.catalog, temp)
         try:
             self._uploader = Uploader(self.run_in_thread, self.clock, servers, k, n, segment_size=self.segment_size(),
                                       store_timeout=self.timeout())

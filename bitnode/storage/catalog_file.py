@@ -37,8 +37,13 @@ import sqlite3
 from bitnode.errors import BitnodeError
 
 CATALOG_FORMAT = 3
+#: The folder an item is in, with its trailing slash ("a/b/" for "a/b/c", "" at the root): rtrim drops the
+#: trailing characters found in its second argument, here every character of the path but "/", so it stops
+#: at the last "/". sqlite has no "last index of"; this expression is what ``items_by_parent`` indexes, and
+#: a query uses that index only when it writes the same expression.
+PARENT_OF_PATH = "rtrim(path, replace(path, '/', ''))"
 
-SCHEMA = """
+SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS items (
     item_id   INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -51,6 +56,9 @@ CREATE TABLE IF NOT EXISTS items (
     link_target TEXT,
     UNIQUE (key_id, path)
 );
+-- A folder's own entries (files_list recursive=false) without reading its subfolders' (added after format 3:
+-- an index only, the format did not change; an older file gets it when it is next opened).
+CREATE INDEX IF NOT EXISTS items_by_parent ON items(key_id, {PARENT_OF_PATH}, path);
 CREATE TABLE IF NOT EXISTS versions (
     version_id     TEXT PRIMARY KEY,
     item_id        INTEGER NOT NULL REFERENCES items(item_id) ON DELETE CASCADE,
@@ -68,6 +76,8 @@ CREATE TABLE IF NOT EXISTS versions (
     mtime_ns       INTEGER
 );
 CREATE INDEX IF NOT EXISTS versions_by_item ON versions(item_id);
+-- An item's newest complete version (every listed row asks for it) in one probe, no sort.
+CREATE INDEX IF NOT EXISTS versions_latest ON versions(item_id, state, created);
 CREATE TABLE IF NOT EXISTS segments (
     version_id       TEXT NOT NULL REFERENCES versions(version_id) ON DELETE CASCADE,
     seg_index        INTEGER NOT NULL,

@@ -38,7 +38,7 @@ import re
 import sqlite3
 import stat
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
 from bitnode.errors import BadRequest, BitnodeError
 from bitnode.globalid import parse_key_id, validate_path
@@ -130,26 +130,47 @@ def check_link_target(target: Any) -> str:
     return target
 
 
+#: Rows encoded by one ``json.dumps`` call of the streamed export (bounded memory, C-speed encoding).
+EXPORT_CHUNK_ROWS = 2000
+_EXPORT_QUERIES = (
+    ("items", "SELECT key_id, path, is_folder, created, mode, mtime_ns, link_target FROM items ORDER BY item_id"),
+    ("versions", "SELECT v.version_id, i.key_id, i.path, v.state, v.size, v.segment_size, v.segments_total,"
+                 " v.k, v.n, v.wrapped_key, v.suppliers, v.created, v.completed, v.mode, v.mtime_ns"
+                 " FROM versions v JOIN items i USING (item_id) ORDER BY v.version_id"),
+    ("segments", "SELECT version_id, seg_index, plaintext_length FROM segments ORDER BY version_id, seg_index"),
+    ("blocks", "SELECT version_id, seg_index, position, sha256, supplier FROM blocks"
+               " ORDER BY version_id, seg_index, position"),
+)
+
+
 def write_export(db: sqlite3.Connection) -> bytes:
     """The export document (format 2) of the catalog tables in ``db`` (the caller holds the catalog's lock)."""
-    doc: dict[str, Any] = {"format": EXPORT_FORMAT, "items": [], "versions": [], "segments": [], "blocks": []}
-    for row in db.execute("SELECT key_id, path, is_folder, created, mode, mtime_ns, link_target"
-                          " FROM items ORDER BY item_id"):
-        doc["items"].append(list(row))
-    for row in db.execute(
-            "SELECT v.version_id, i.key_id, i.path, v.state, v.size, v.segment_size, v.segments_total,"
-            " v.k, v.n, v.wrapped_key, v.suppliers, v.created, v.completed, v.mode, v.mtime_ns"
-            " FROM versions v JOIN items i USING (item_id) ORDER BY v.version_id"):
-        values = list(row)
-        values[9] = base64.b64encode(values[9]).decode("ascii")
-        doc["versions"].append(values)
-    for row in db.execute("SELECT version_id, seg_index, plaintext_length FROM segments"
-                          " ORDER BY version_id, seg_index"):
-        doc["segments"].append(list(row))
-    for row in db.execute("SELECT version_id, seg_index, position, sha256, supplier FROM blocks"
-                          " ORDER BY version_id, seg_index, position"):
-        doc["blocks"].append(list(row))
-    return json.dumps(doc, separators=(",", ":")).encode("utf-8")
+    return b"".join(export_chunks(db))
+
+
+def export_chunks(db: sqlite3.Connection) -> Iterator[bytes]:
+    """The export document in pieces, the same bytes as ``json.dumps(doc, separators=(",", ":"))``.
+
+    Memory stays bounded by :data:`EXPORT_CHUNK_ROWS` rows whatever the
+    catalog's size. The caller keeps ``db`` still while this runs (the
+    catalog's lock, or a read transaction of its own: one snapshot).
+    """
+    yield b'{"format":' + str(EXPORT_FORMAT).encode("ascii")
+    for name, query in _EXPORT_QUERIES:
+        yield f',"{name}":['.encode("ascii")
+        cursor = db.execute(query)
+        first = True
+        while True:
+            rows = cursor.fetchmany(EXPORT_CHUNK_ROWS)
+            if not rows:
+                break
+            if name == "versions":  # the wrapped key (a blob) is written as base64 text
+                rows = [(*row[:9], base64.b64encode(row[9]).decode("ascii"), *row[10:]) for row in rows]
+            text = json.dumps([tuple(row) for row in rows], separators=(",", ":"))[1:-1]
+            yield (text if first else "," + text).encode("utf-8")
+            first = False
+        yield b"]"
+    yield b"}"
 
 
 def insert_rows(db: sqlite3.Connection, rows: ExportRows) -> None:

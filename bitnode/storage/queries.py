@@ -95,10 +95,9 @@ class FileQueries:
         """The catalog rows of a file (just its own), or of everything under a folder (the root when no path)."""
         catalog = self.source.catalog
         if path:
-            item = await self._thread(catalog.get, key_id, path)
+            item = await self._thread(catalog.list_item, key_id, path)
             if item["type"] == "file":
-                return [r for r in await self._thread(catalog.list, key_id, path.rpartition("/")[0], False)
-                        if r["path"] == path]
+                return [item]
             return await self._thread(catalog.list, key_id, path, recursive)
         return await self._thread(catalog.list, key_id, "", recursive)
 

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.trial import unittest
 
 from bitnode.errors import BadRequest, Conflict, NotFound
+from bitnode.storage import catalog_format
 from bitnode.storage.catalog import (
     COMPLETE,
     FAILED,
@@ -17,6 +21,7 @@ from bitnode.storage.catalog import (
     open_catalog,
     split_remote_path,
 )
+from bitnode.storage.catalog_format import parse_export
 from bitnode.storage.ports import SegmentMeta
 
 KEY = "master$alice@127.0.0.1_8084"
@@ -382,3 +387,130 @@ class UnreadableFileTests(CatalogTestCase):
         catalog.close()
         self.assertRaises(BadRequest, open_catalog, self.path, 0.0)
         self.assertEqual(os.listdir(self.dir), ["catalog.sqlite"])
+
+
+def query_plan(catalog: Catalog, sql: str, args: tuple) -> list[str]:
+    """sqlite's plan for ``sql``: one line per step ("SEARCH i USING INDEX ...", "SCAN ...")."""
+    return [row["detail"] for row in catalog._db.execute("EXPLAIN QUERY PLAN " + sql, args)]
+
+
+class ListingTests(CatalogTestCase):
+    """Listings read a folder's own rows through an index, whatever else the catalog holds."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        for path in ("a/x", "a/y/z", "a/y/w/v", "a0", "a.b/c", "a-b", "b", "ab/c"):
+            self.catalog.create(KEY, path)
+        self.catalog.create(SHARE, "a/s")
+
+    def paths(self, key_id, path, recursive) -> list[str]:
+        return [row["remote_path"] for row in self.catalog.list(key_id, path, recursive)]
+
+    def test_a_folder_lists_its_own_entries_or_everything_under_it(self) -> None:
+        self.assertEqual(self.paths(KEY, "a", False), [f"{KEY}:a/x", f"{KEY}:a/y"])
+        self.assertEqual(self.paths(KEY, "a", True), [f"{KEY}:{p}" for p in ("a/x", "a/y", "a/y/w", "a/y/w/v", "a/y/z")])
+        self.assertEqual(self.paths(KEY, "a/y", False), [f"{KEY}:a/y/w", f"{KEY}:a/y/z"])
+        self.assertEqual(self.paths(KEY, "", False), [f"{KEY}:{p}" for p in ("a", "a-b", "a.b", "a0", "ab", "b")])
+        self.assertEqual(self.paths(None, "a", False), [f"{KEY}:a/x", f"{KEY}:a/y", f"{SHARE}:a/s"])
+        self.assertEqual(self.paths(KEY, "a/x", True), [])
+
+    def test_rows_carry_the_newest_complete_version(self) -> None:
+        self.upload(self.catalog, "a/x", "V1", now=1.0)
+        self.upload(self.catalog, "a/x", "V2", now=5.0)
+        self.catalog.begin_version(KEY, "a/x", "V3", 100, 100, 1, 3, 5, b"w", SUPPLIERS, now=9.0)  # still uploading
+        row = next(r for r in self.catalog.list(KEY, "a", False) if r["path"] == "a/x")
+        self.assertEqual((row["latest_version"], row["size"], row["type"]), ("V2", 200, "file"))
+        self.assertEqual(self.catalog.list_item(KEY, "a/x"), row)
+        folder = self.catalog.list_item(KEY, "a")
+        self.assertEqual((folder["type"], folder["size"], folder["latest_version"]), ("folder", 0, None))
+        self.assertRaises(NotFound, self.catalog.list_item, KEY, "a/nothing")
+
+    def test_listing_queries_search_an_index_and_never_scan_the_items(self) -> None:
+        from bitnode.storage.catalog import _LISTING
+        from bitnode.storage.catalog_file import PARENT_OF_PATH
+
+        own = query_plan(self.catalog, _LISTING + f" WHERE i.key_id = ? AND {PARENT_OF_PATH} = ?"
+                         " ORDER BY i.key_id, i.path", (KEY, "a/"))
+        under = query_plan(self.catalog, _LISTING + " WHERE i.key_id = ? AND i.path >= ? AND i.path < ?"
+                           " ORDER BY i.key_id, i.path", (KEY, "a/", "a0"))
+        self.assertIn("SEARCH i USING INDEX items_by_parent (key_id=? AND <expr>=?)", own)
+        self.assertIn("SEARCH i USING INDEX sqlite_autoindex_items_1 (key_id=? AND path>? AND path<?)", under)
+        for plan in (own, under):
+            self.assertIn("SEARCH versions USING INDEX versions_latest (item_id=? AND state=?)", plan)
+            self.assertFalse([step for step in plan if step.startswith("SCAN") or "TEMP B-TREE" in step], plan)
+
+    def test_an_old_catalog_file_gets_the_listing_indexes_when_opened(self) -> None:
+        self.catalog._db.execute("DROP INDEX items_by_parent")
+        self.catalog._db.execute("DROP INDEX versions_latest")
+        self.catalog.close()
+        reopened = self.open()
+        names = {row[0] for row in reopened._db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+        self.assertLessEqual({"items_by_parent", "versions_latest"}, names)
+        self.assertEqual([r["path"] for r in reopened.list(KEY, "a", False)], ["a/x", "a/y"])
+        self.assertEqual(reopened.get_meta("format"), "3")
+
+
+class ListingPropertyTests(unittest.TestCase):
+    """Whatever the tree, a listing is exactly what filtering every row by its path says."""
+
+    @given(st.lists(st.lists(st.sampled_from(["a", "b", "a0", "a.b", "a-b", "ab", "z"]), min_size=1, max_size=4),
+                    max_size=25),
+           st.lists(st.sampled_from(["a", "b", "a0", "a.b", "ab"]), max_size=3), st.booleans())
+    @settings(max_examples=150, deadline=None)
+    def test_listing_matches_a_plain_filter(self, trees, folder_parts, recursive) -> None:
+        catalog = Catalog(":memory:")
+        try:
+            for parts in trees:
+                try:
+                    catalog.create(KEY, "/".join(parts), exist_ok=True)
+                except Conflict:
+                    pass  # a file where this path wants a folder: the tree keeps the file
+            folder = "/".join(folder_parts)
+            everything = [row["path"] for row in catalog.list(KEY, "", True)]
+            prefix = folder + "/" if folder else ""
+            wanted = [p for p in everything if p.startswith(prefix)
+                      and (recursive or "/" not in p[len(prefix):])]
+            self.assertEqual([row["path"] for row in catalog.list(KEY, folder, recursive)], wanted)
+        finally:
+            catalog.close()
+
+
+class BulkAndStreamTests(CatalogTestCase):
+    def test_rows_added_in_bulk_read_back_and_a_repeat_changes_nothing(self) -> None:
+        self.upload(self.catalog, "docs/a", "V1")
+        self.upload(self.catalog, "docs/b", "V2")
+        rows = parse_export(self.catalog.export())
+        other = self.open_other()
+        other.add_rows(rows)
+        self.assertEqual(other.export(), self.catalog.export())
+        self.assertRaises(Conflict, other.add_rows, rows)
+        self.assertEqual(other.export(), self.catalog.export())
+
+    def open_other(self) -> Catalog:
+        other = Catalog(os.path.join(self.dir, "other.sqlite"))
+        self.addCleanup(other.close)
+        return other
+
+    def test_streamed_export_is_the_same_bytes_in_bounded_pieces(self) -> None:
+        self.patch(catalog_format, "EXPORT_CHUNK_ROWS", 3)
+        for i in range(10):
+            self.upload(self.catalog, f"d/f{i}", f"V{i}", segments=2)
+        self.catalog.create_link(KEY, "d/link", "../x")
+        chunks = list(self.catalog.export_chunks())
+        self.assertEqual(b"".join(chunks), self.catalog.export())
+        self.assertEqual(json.loads(b"".join(chunks))["format"], catalog_format.EXPORT_FORMAT)
+        self.assertLess(max(len(c) for c in chunks), 2000)  # 3 rows at most per piece
+        empty = Catalog(":memory:")
+        self.addCleanup(empty.close)
+        self.assertEqual(b"".join(empty.export_chunks()), empty.export())
+
+    def test_a_streamed_export_is_one_snapshot_and_does_not_hold_up_writers(self) -> None:
+        self.patch(catalog_format, "EXPORT_CHUNK_ROWS", 1)
+        self.upload(self.catalog, "d/one", "V1")
+        before = self.catalog.export()
+        chunks = self.catalog.export_chunks()
+        first = next(chunks)  # the snapshot is taken
+        self.catalog.create(KEY, "d/two")  # would wait for the lock if the export held it
+        self.upload(self.catalog, "d/three", "V3")
+        self.assertEqual(first + b"".join(chunks), before)
+        self.assertIn(b"d/two", self.catalog.export())

@@ -3,15 +3,24 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
+import zlib
 
 from twisted.internet import defer
 from twisted.trial import unittest
 
 from bitnode.errors import BadRequest, Conflict, NotFound, Unavailable
-from bitnode.storage import key_backup
-from bitnode.storage.catalog_backup import CatalogBackup, sign_manifest
+from bitnode.main.sqlitedb import StoreClosed
+from bitnode.storage import catalog_format, key_backup
+from bitnode.storage.catalog import Catalog
+from bitnode.storage.catalog_backup import (
+    CatalogBackup,
+    export_digest,
+    sign_manifest,
+    write_compressed_export,
+)
 from tests.storage.test_jobs import CUSTOMER, KEY_ID, REMOTE, SEG, Grid, Harness, read, write
 from tests.userid.fakes import rsa_key
 
@@ -210,3 +219,28 @@ class SecretsInTheBackupTests(unittest.TestCase):
             store._spaces[CUSTOMER]["catalog-1/manifest"] = sign_manifest(rsa_key(0), manifest)
         failure = self.failureResultOf(run(self.make(Harness(self, self.grid), []).restore()), Unavailable)
         self.assertIn("not signed by my master key", failure.getErrorMessage())
+
+
+class StreamedExportTests(unittest.TestCase):
+    """The backup reads the catalog as a stream: its digest and its compressed file match the whole export."""
+
+    def setUp(self) -> None:
+        self.patch(catalog_format, "EXPORT_CHUNK_ROWS", 2)
+        self.dir = self.mktemp()
+        os.makedirs(self.dir)
+        self.catalog = Catalog(os.path.join(self.dir, "catalog.sqlite"))
+        self.addCleanup(self.catalog.close)
+        for i in range(7):
+            self.catalog.create(KEY_ID, f"docs/f{i}")
+
+    def test_digest_and_compressed_file_are_those_of_the_export(self) -> None:
+        export = self.catalog.export()
+        target = os.path.join(self.dir, "backup.upload")
+        self.assertEqual(export_digest(self.catalog), hashlib.sha256(export).hexdigest())
+        self.assertEqual(write_compressed_export(self.catalog, target), hashlib.sha256(export).hexdigest())
+        with open(target, "rb") as handle:
+            self.assertEqual(zlib.decompress(handle.read()), export)
+
+    def test_a_closed_catalog_is_not_read(self) -> None:
+        self.catalog.close()
+        self.assertRaises(StoreClosed, export_digest, self.catalog)
