@@ -254,6 +254,23 @@ class ApiWebSocketProtocol(TrackedProtocol, WebSocketServerProtocol):
         if self.state == WebSocketServerProtocol.STATE_OPEN:
             self.sendMessage(encode_envelope(message), isBinary=False)
 
+    def sendData(self, data, sync=False, chopsize=None):
+        """autobahn's plain write path without its per-write debug line while debug is off.
+
+        autobahn formats that line's arguments (``hltype``/``hlval``: a
+        qualified name looked up and coloured with click) before the logger
+        drops it; that costs more than the write. Queued, chopped or
+        octet-logged sends, and any send while debug is on, go through autobahn.
+        """
+        if sync or chopsize or self.send_queue or self.logOctets or self.factory.debug_enabled():
+            super().sendData(data, sync, chopsize)
+            return
+        self.transport.write(data)
+        if self.state == WebSocketServerProtocol.STATE_OPEN:
+            self.trafficStats.outgoingOctetsWireLevel += len(data)
+        elif self.state in (WebSocketServerProtocol.STATE_CONNECTING, WebSocketServerProtocol.STATE_PROXY_CONNECTING):
+            self.trafficStats.preopenOutgoingOctetsWireLevel += len(data)
+
 
 class ApiWebSocketFactory(WebSocketServerFactory):
     """Builds API client connections sharing one dispatcher, guard, limiter, event bus and logger.
@@ -275,6 +292,7 @@ class ApiWebSocketFactory(WebSocketServerFactory):
         self.limiter = limiter
         self.events = events
         self.clock = clock
+        self.debug_enabled = debug_enabled
         self.connections = ConnectionSet()
         self.protocol_log = RedactingLogger(namespace=f"{__name__}.ApiWebSocketProtocol",
                                             debug_enabled=debug_enabled, secrets=secrets)

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import os
 
+from autobahn.websocket import protocol as ws_protocol
 from twisted.internet import defer, reactor
+from twisted.logger import globalLogPublisher
 from twisted.trial import unittest
 
 import bitnode
 from bitnode.app import api_server
 from bitnode.errors import Conflict
 from bitnode.interface import api as api_module
+from bitnode.interface.websocket import ApiWebSocketProtocol
 from bitnode.main.schema import SCHEMA
 from bitnode.main.settings import Settings
 from tests.interface.support import WAIT, HttpApi, Lamp, WsRefused, connect_ws, start_node, wait_until
@@ -416,3 +419,44 @@ class MethodTests(WsTestCase):
         yield self.node.stopService()
         reason = yield closed
         self.assertIn("node stopping", str(reason))
+
+
+class SendPathTests(WsTestCase):
+    """Answers are written by the node's own plain path while debug is off, by autobahn's while it is on."""
+
+    def setUp(self):
+        self.formatted = []
+        real = ws_protocol.hltype
+
+        def counting_hltype(obj):
+            if isinstance(getattr(obj, "__self__", None), ApiWebSocketProtocol):  # the node's side, not the client's
+                self.formatted.append(obj.__name__)
+            return real(obj)
+
+        self.patch(ws_protocol, "hltype", counting_hltype)
+        self.events = []
+        globalLogPublisher.addObserver(self.events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+        return super().setUp()
+
+    def sent_lines(self) -> list:
+        return [e for e in self.events if e.get("log_format", "").startswith("{func} sent {data_len} bytes")
+                and str(e.get("log_namespace", "")).startswith("bitnode.interface.websocket")]
+
+    @defer.inlineCallbacks
+    def test_no_debug_line_is_formatted_for_an_answer_while_debug_is_off(self):
+        for _ in range(3):
+            self.assertTrue((yield self.ws.call_ok("process_health"))["alive"])
+        self.assertNotIn("sendData", self.formatted)
+        self.assertEqual(self.sent_lines(), [])
+
+    @defer.inlineCallbacks
+    def test_with_debug_on_autobahn_writes_and_logs_each_send(self):
+        self.node.settings.set("logs/debug-level", 8)
+        self.assertTrue((yield self.ws.call_ok("process_health"))["alive"])
+        self.assertIn("sendData", self.formatted)
+        self.assertTrue(self.sent_lines())
+        self.node.settings.set("logs/debug-level", 4)
+        del self.formatted[:]
+        self.assertTrue((yield self.ws.call_ok("process_health"))["alive"])
+        self.assertNotIn("sendData", self.formatted)
