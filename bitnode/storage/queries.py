@@ -53,11 +53,10 @@ def download_target(destination: str, name: str, is_folder: bool) -> str:
 
 def item_summary(row: dict) -> dict:
     """A catalog row as the API shows an item: remote_path, key_id, path, name, type, size, latest_version, created."""
-    out = {key: row[key] for key in ("remote_path", "key_id", "path", "type", "created")}
-    out["name"] = row["path"].rsplit("/", 1)[-1]
-    out["size"] = row.get("size", 0)
-    out["latest_version"] = row.get("latest_version")
-    return out
+    path = row["path"]
+    return {"remote_path": row["remote_path"], "key_id": row["key_id"], "path": path, "type": row["type"],
+            "created": row["created"], "name": path.rsplit("/", 1)[-1], "size": row.get("size", 0),
+            "latest_version": row.get("latest_version")}
 
 
 def jobs_under(manager: Any, remote_path: str, kind: str) -> list:
