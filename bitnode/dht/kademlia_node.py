@@ -149,8 +149,8 @@ class DHTNode:
         """Use a simulated endpoint instead of a socket, and start the node's timers."""
         self._check_running()
         self._endpoint = endpoint
-        endpoint.set_receiver(self._engine.datagram_received)
-        self._engine.attach(endpoint.send)
+        endpoint.set_receiver(self._engine.datagram_received, takes_messages=True)
+        self._engine.attach(endpoint.send, endpoint.send_message)
         self.address = endpoint.address
         self._start_timers()
 
@@ -361,23 +361,27 @@ class DHTNode:
             return messages.STORED, {"ok": ok, "code": code, "reason": reason}
         return None
 
-    def _closest_for(self, layer: int, target: int, exclude: int | None = None, pad: bool = False) -> list[Contact]:
+    def _closest_for(
+        self, layer: int, target: int, exclude: int | None = None, pad: bool = False
+    ) -> tuple[Contact, ...]:
         """Our best contacts for ``target`` in ``layer``: the layer table plus layer-0 contacts claiming it.
 
         With ``pad``, a non-member that knows no member answers with its closest
         layer-0 contacts instead, as relays towards the layer.
         """
         skip = frozenset() if exclude is None else frozenset({exclude})
+        if layer == 0:
+            return tuple(self._tables[0].closest(target, self.k, skip))
         pool: dict[int, Contact] = {}
         if layer in self._tables:
             pool.update((c.node_id, c) for c in self._tables[layer].closest(target, self.k, skip))
-        if layer != 0:
-            for c in self._tables[0].contacts():
-                if c.in_layer(layer) and c.node_id not in skip:
-                    pool.setdefault(c.node_id, c)
+        for c in self._tables[0].contacts():
+            if layer in c.layers and c.node_id not in skip:  # c.in_layer(layer), inlined: a hot loop
+                pool.setdefault(c.node_id, c)
+        # A tuple: what a NODES answer carries (and what parsing one gives back).
         if not pool and pad and layer not in self._tables:
-            return self._tables[0].closest(target, self.k, skip)
-        return sorted(pool.values(), key=lambda c: c.node_id ^ target)[: self.k]
+            return tuple(self._tables[0].closest(target, self.k, skip))
+        return tuple(sorted(pool.values(), key=lambda c: c.node_id ^ target)[: self.k])
 
     # -- outgoing -----------------------------------------------------------------
 

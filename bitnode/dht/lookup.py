@@ -34,6 +34,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -70,9 +71,13 @@ class LookupResult:
 class _Entry:
     contact: Contact
     hop: int
+    distance: int  # to the target, kept: the shortlist is re-sorted on every answer
     state: str = "new"  # new | asked | answered | failed
     member: bool = False
     had_value: bool = False
+
+
+_by_distance = attrgetter("distance")
 
 
 @dataclass
@@ -128,7 +133,7 @@ class IterativeLookup:
 
     def _learn(self, contact: Contact, hop: int) -> None:
         if contact.node_id != self.own_id and contact.node_id not in self._entries:
-            self._entries[contact.node_id] = _Entry(contact, hop)
+            self._entries[contact.node_id] = _Entry(contact, hop, contact.node_id ^ self.target)
 
     def _closest_alive(self) -> list[_Entry]:
         """The shortlist window: the k best entries not failed and not known relays."""
@@ -141,7 +146,7 @@ class IterativeLookup:
                 e for e in entries
                 if e.member or (e.state != "answered" and (use_relays or e.contact.in_layer(self.layer)))
             ]
-        entries.sort(key=lambda e: e.contact.node_id ^ self.target)
+        entries.sort(key=_by_distance)
         return entries[: self.k]
 
     def _pump(self) -> None:
@@ -200,7 +205,7 @@ class IterativeLookup:
 
     def _finish(self) -> None:
         answered = [e for e in self._entries.values() if e.state == "answered" and e.member]
-        answered.sort(key=lambda e: e.contact.node_id ^ self.target)
+        answered.sort(key=_by_distance)
         closest = answered[: self.k]
         without_value = [e for e in answered if not e.had_value]
         if self._values:

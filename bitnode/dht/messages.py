@@ -37,9 +37,18 @@ from __future__ import annotations
 import json
 import random
 from dataclasses import dataclass, field, replace
+from json.encoder import encode_basestring as _json_string
 from typing import Any
 
-from bitnode.dht.ids import Contact, check_layer_id, check_layers, check_user, id_from_hex, id_to_hex
+from bitnode.dht.ids import (
+    ID_HEX_LEN,
+    Contact,
+    check_layer_id,
+    check_layers,
+    check_user,
+    id_from_hex,
+    id_to_hex,
+)
 from bitnode.errors import BadRequest
 
 PROTOCOL_VERSION = 1
@@ -126,8 +135,6 @@ def _encode_body(kind: str, body: dict[str, Any]) -> dict[str, Any]:
         return {}
     if kind == FIND_NODE:
         return {"target": id_to_hex(body["target"])}
-    if kind == NODES:
-        return {"contacts": [c.to_dict() for c in body["contacts"]]}
     if kind == FIND_VALUE:
         return {"key": body["key"]}
     if kind in (VALUE, STORE):
@@ -172,19 +179,22 @@ def encode(msg: Message, pad_to: int = 0, limit: int = MAX_DATAGRAM) -> bytes:
 
     Raises :class:`OversizeMessage` if it exceeds ``limit`` (at most :data:`MAX_DATAGRAM`).
     """
-    wire: dict[str, Any] = {
+    head = _dumps({
         "v": PROTOCOL_VERSION,
         "t": msg.kind,
         "rid": msg.request_id,
         "layer": msg.layer,
         "from": {"id": id_to_hex(msg.sender.node_id), "user": msg.sender.user, "layers": list(msg.sender.layers)},
-        "body": _encode_body(msg.kind, msg.body),
-    }
-    if msg.token:
-        wire["tok"] = msg.token
+    })
+    if msg.kind == NODES:  # contacts written directly (see _contact_json): most of what a busy node encodes
+        body = '{"contacts":[' + ",".join(map(_contact_json, msg.body["contacts"])) + "]}"
+    else:
+        body = _dumps(_encode_body(msg.kind, msg.body))
+    extra = ',"tok":' + _json_string(msg.token) if msg.token else ""
     if msg.truncated:
-        wire["trunc"] = True
-    data = json.dumps(wire, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
+        extra += ',"trunc":true'
+    # The text json.dumps gives for the whole object {v, t, rid, layer, from, body[, tok][, trunc]}.
+    data = (head[:-1] + ',"body":' + body + extra + "}").encode("utf-8")
     limit = min(limit, MAX_DATAGRAM)
     if len(data) < min(pad_to, limit) and len(data) + _ENVELOPE_BYTES <= limit:
         spaces = max(0, min(pad_to, limit) - len(data) - _ENVELOPE_BYTES)
@@ -194,11 +204,26 @@ def encode(msg: Message, pad_to: int = 0, limit: int = MAX_DATAGRAM) -> bytes:
     return data
 
 
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def _contact_json(contact: Contact) -> str:
+    """``_dumps(contact.to_dict())`` without building the dict: NODES answers are most of what a node encodes."""
+    return (f'{{"id":"{contact.node_id:0{ID_HEX_LEN}x}","host":{_json_string(contact.host)},"port":{contact.port:d},'
+            f'"user":{_json_string(contact.user)},"layers":[{",".join(map(str, contact.layers))}]}}')
+
+
 def encode_fitting(msg: Message, limit: int = MAX_DATAGRAM) -> bytes:
     """Like :func:`encode`, but a NODES message drops its farthest contacts until it fits in ``limit``."""
+    return fit(msg, limit)[0]
+
+
+def fit(msg: Message, limit: int = MAX_DATAGRAM) -> tuple[bytes, Message]:
+    """:func:`encode_fitting`'s bytes and the message they encode (``msg`` itself, or it with fewer contacts)."""
     while True:
         try:
-            return encode(msg, limit=limit)
+            return encode(msg, limit=limit), msg
         except OversizeMessage:
             contacts = msg.body.get("contacts") if msg.kind == NODES else None
             if not contacts:

@@ -47,6 +47,9 @@ from bitnode.main.ratelimit import KeyedRateLimiter
 
 Address = tuple[str, int]
 SendFn = Callable[[bytes, Address], None]
+#: sends a datagram together with the :class:`Message` it encodes (a simulated network: the receiver may skip
+#: parsing what it knows was made by :func:`messages.encode`)
+MessageSendFn = Callable[[bytes, Message, Address], None]
 #: handles a request; returns ``(response_kind, response_body)`` or None to stay silent
 RequestHandler = Callable[[Message, Address], "tuple[str, dict[str, Any]] | None"]
 #: told about every accepted message (requests and matched responses) to update routing; the flag says
@@ -110,14 +113,20 @@ class RPCEngine:
         self._peer_tokens = PeerTokens()
         self._pending: dict[str, _Pending] = {}
         self._send: SendFn | None = None
+        self._send_message: MessageSendFn | None = None
         self._closed = False
         self.counters: Counter[str] = Counter()
 
     # -- wiring -----------------------------------------------------------------
 
-    def attach(self, send: SendFn) -> None:
-        """Give the engine its way to send datagrams."""
+    def attach(self, send: SendFn, send_message: MessageSendFn | None = None) -> None:
+        """Give the engine its way to send datagrams.
+
+        With ``send_message`` (a simulated network), every datagram goes out through it together with the
+        message it encodes, so that the receiving engine need not parse it again (see :meth:`datagram_received`).
+        """
         self._send = send
+        self._send_message = send_message
 
     @property
     def closed(self) -> bool:
@@ -128,6 +137,7 @@ class RPCEngine:
         """Stop: fail every pending request with :class:`Unavailable`; later requests fail at once."""
         self._closed = True
         self._send = None
+        self._send_message = None
         pending, self._pending = self._pending, {}
         for p in pending.values():
             if p.timer.active():
@@ -180,7 +190,7 @@ class RPCEngine:
         data = messages.encode(msg, pad_to=0 if token or msg.kind not in _PADDED_KINDS else UNVERIFIED_PAD)
         timer = self._clock.callLater(self.timeout, self._timed_out, rid)
         self._pending[rid] = _Pending(address, msg, d, timer, retried)
-        if not self._transmit(data, address):
+        if not self._transmit(data, address, msg):
             self._pending.pop(rid)
             timer.cancel()
             raise Unavailable(f"cannot send to {address[0]}:{address[1]}")
@@ -192,11 +202,14 @@ class RPCEngine:
             host, port = pending.address
             pending.deferred.errback(Timeout(f"no answer from {host}:{port} in {self.timeout:g}s"))
 
-    def _transmit(self, data: bytes, address: Address) -> bool:
+    def _transmit(self, data: bytes, address: Address, msg: Message) -> bool:
         if self._send is None:
             return False
         try:
-            self._send(data, address)
+            if self._send_message is not None:
+                self._send_message(data, msg, address)
+            else:
+                self._send(data, address)
         except (OSError, ValueError, MessageLengthError) as exc:  # ValueError: Twisted's InvalidAddressError
             self.counters["send_errors"] += 1
             self._log.info("DHT send to {address} failed: {exc}", address=address, exc=exc)
@@ -206,8 +219,13 @@ class RPCEngine:
 
     # -- incoming -----------------------------------------------------------------
 
-    def datagram_received(self, data: bytes, address: Address) -> None:
-        """Handle one datagram from ``address``: limit, parse, dispatch. Never raises."""
+    def datagram_received(self, data: bytes, address: Address, parsed: Message | None = None) -> None:
+        """Handle one datagram from ``address``: limit, parse, dispatch. Never raises.
+
+        ``parsed``: what ``messages.decode(data)`` gives, when the caller knows it without parsing (a
+        simulated network carries each datagram's message beside its bytes: parsing every datagram again
+        would be most of a large simulation's time). The limits and the size check apply all the same.
+        """
         if self._closed:
             return
         self.counters["received"] += 1
@@ -218,7 +236,12 @@ class RPCEngine:
             self.counters["rate_limited_total"] += 1
             return
         try:
-            msg = messages.decode(data)
+            if parsed is None:
+                msg = messages.decode(data)
+            elif len(data) > messages.MAX_DATAGRAM:
+                raise messages.OversizeMessage(f"datagram of {len(data)} bytes")
+            else:
+                msg = parsed
         except messages.OversizeMessage:
             self.counters["oversize"] += 1
             return
@@ -285,7 +308,7 @@ class RPCEngine:
         reply = Message(kind=kind, request_id=msg.request_id, sender=self._sender(), layer=msg.layer, body=body,
                         token=token, truncated=truncated)
         try:
-            data = messages.encode_fitting(reply)
+            data, reply = messages.fit(reply)
         except messages.OversizeMessage:
             self.counters["oversize_replies"] += 1
             return
@@ -295,11 +318,11 @@ class RPCEngine:
             if kind != messages.NODES:
                 reply = replace(reply, kind=messages.NODES, body={"contacts": ()})
             try:
-                data = messages.encode_fitting(replace(reply, truncated=True), limit)
+                data, reply = messages.fit(replace(reply, truncated=True), limit)
             except messages.OversizeMessage:
                 self.counters["replies_dropped_unverified"] += 1
                 return
-        self._transmit(data, address)
+        self._transmit(data, address, reply)
 
     def _observe(self, msg: Message, address: Address, proven: bool) -> None:
         if self._observer is not None:

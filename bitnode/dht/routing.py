@@ -128,9 +128,20 @@ class RoutingTable:
         return isinstance(node_id, int) and self.get(node_id) is not None
 
     def closest(self, target: int, count: int, exclude: frozenset[int] = frozenset()) -> list[Contact]:
-        """Up to ``count`` contacts nearest to ``target`` by XOR distance, nearest first."""
-        found = [c for c in self.contacts() if c.node_id not in exclude]
-        found.sort(key=lambda c: c.node_id ^ target)
+        """Up to ``count`` contacts nearest to ``target`` by XOR distance, nearest first.
+
+        Every bucket is an aligned power-of-two range of ids, so XOR with ``target`` maps it onto one aligned
+        range of distances, disjoint from the others': visiting buckets by their nearest distance and sorting
+        only the buckets needed gives the same answer as sorting the whole table (which every FIND_NODE
+        answer did: a tenth of a large simulation's time).
+        """
+        found: list[Contact] = []
+        for bucket in sorted(self._buckets, key=lambda b: (b.lo ^ target) & -(b.hi - b.lo)):
+            if len(found) >= count:
+                break
+            members = [c for c in bucket.contacts if c.node_id not in exclude]
+            members.sort(key=lambda c: c.node_id ^ target)
+            found += members
         return found[:count]
 
     def has_room_for(self, node_id: int) -> bool:

@@ -12,7 +12,16 @@ comes from the injected ``random.Random``, so a run is reproducible.
 :class:`SimClock` is a ``Clock`` that keeps its calls in a heap. Twisted's
 ``Clock`` re-sorts every pending call after each call it runs; with fifty nodes
 (each with its timers and RPC timeouts) that sort dominates a simulation, so the
-network tests use :class:`SimClock`. It behaves like ``Clock`` otherwise.
+network tests use :class:`SimClock`. It behaves like ``Clock`` otherwise;
+datagrams in flight on a SimClock are plain heap entries (:meth:`SimClock.call_soon`),
+not ``DelayedCall`` s: they are never cancelled, and a large simulation sends millions.
+
+Parsing: an endpoint may send a datagram together with the message it encodes
+(:meth:`SimEndpoint.send_message`). With ``parse_every`` = N > 1 the network hands
+that message to the receiver beside the bytes, so only one datagram in N is parsed
+again (and compared with the message it carried: counters ``parse_checks`` and
+``parse_mismatches``; the parsed one is delivered). The default, 1, parses every
+datagram, as a real socket would.
 """
 
 from __future__ import annotations
@@ -22,6 +31,7 @@ import itertools
 import random
 from collections import Counter
 from collections.abc import Callable, Iterable
+from types import MappingProxyType
 from typing import Any
 
 from twisted.internet.base import DelayedCall
@@ -30,10 +40,29 @@ from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
+from bitnode.dht import messages
 from bitnode.errors import BadRequest, Conflict, Timeout
 
 Address = tuple[str, int]
-Receiver = Callable[[bytes, Address], None]
+#: called with a datagram and its source, and (if the endpoint takes them) the message it encodes or None
+Receiver = Callable[..., None]
+_NO_KEYWORDS = MappingProxyType({})
+
+
+class _HeapCall:
+    """A call on :class:`SimClock`'s heap that nobody cancels or lists (see :meth:`SimClock.call_soon`)."""
+
+    __slots__ = ("time", "func", "args")
+    cancelled = called = False
+    kw = _NO_KEYWORDS
+
+    def __init__(self, time: float, func: Callable[..., object], args: tuple) -> None:
+        self.time = time
+        self.func = func
+        self.args = args
+
+    def getTime(self) -> float:  # noqa: N802 - as DelayedCall
+        return self.time
 
 
 class SimClock(Clock):
@@ -64,6 +93,11 @@ class SimClock(Clock):
         self._push(dc)
         return dc
 
+    def call_soon(self, delay: float, callable: Callable[..., object], *args: object) -> None:
+        """Like :meth:`callLater` for a call that is never cancelled: cheaper, and not in ``getDelayedCalls``."""
+        heapq.heappush(self._heap, (self.rightNow + delay, next(self._seq), _HeapCall(self.rightNow + delay,
+                                                                                     callable, args)))
+
     def _forget(self, dc: DelayedCall) -> None:
         self._pending.pop(id(dc), None)
 
@@ -92,9 +126,18 @@ class SimClock(Clock):
             if when is None or when > self.rightNow:
                 return
             _, _, dc = heapq.heappop(self._heap)
+            if type(dc) is _HeapCall:
+                dc.func(*dc.args)
+                continue
             self._forget(dc)
             dc.called = 1
             dc.func(*dc.args, **dc.kw)
+
+
+def same_message(a: messages.Message, b: messages.Message) -> bool:
+    """Equal field by field, contacts included with their user text and layers (``Contact ==`` ignores them)."""
+    contacts = [c.to_dict() for c in a.body.get("contacts", ())] if a.kind == messages.NODES else None
+    return a == b and (contacts is None or contacts == [c.to_dict() for c in b.body.get("contacts", ())])
 
 
 def next_call_time(clock: Clock) -> float | None:
@@ -111,17 +154,29 @@ class SimEndpoint:
         self.network = network
         self.address = address
         self.receiver: Receiver | None = None
+        self.takes_messages = False
         self.closed = False
 
-    def set_receiver(self, receiver: Receiver) -> None:
-        """Who gets datagrams addressed to this endpoint."""
+    def set_receiver(self, receiver: Receiver, takes_messages: bool = False) -> None:
+        """Who gets datagrams addressed to this endpoint: ``receiver(data, source)``.
+
+        With ``takes_messages``, ``receiver(data, source, message)`` where message is what the sender said
+        ``data`` encodes, or None when the receiver must parse ``data`` itself (see the module docstring).
+        """
         self.receiver = receiver
+        self.takes_messages = takes_messages
 
     def send(self, data: bytes, address: Address) -> None:
         """Send a datagram (fire and forget, like UDP)."""
         if self.closed:
             raise OSError("endpoint closed")
         self.network.transmit(self.address, address, data)
+
+    def send_message(self, data: bytes, message: messages.Message, address: Address) -> None:
+        """Send a datagram made by ``messages.encode(message)``; the receiver may take ``message`` as parsed."""
+        if self.closed:
+            raise OSError("endpoint closed")
+        self.network.transmit(self.address, address, data, message)
 
     def close(self) -> None:
         """Unbind: nothing more is sent or received; the address can be bound again."""
@@ -139,12 +194,16 @@ class SimNetwork:
         latency: float = 0.02,
         jitter: float = 0.01,
         drop_rate: float = 0.0,
+        parse_every: int = 1,
     ) -> None:
+        if parse_every < 1:
+            raise BadRequest("parse_every must be >= 1")
         self.clock = clock
         self.rng = rng
         self.latency = latency
         self.jitter = jitter
         self.drop_rate = drop_rate
+        self.parse_every = parse_every
         self.endpoints: dict[Address, SimEndpoint] = {}
         self.down: set[str] = set()
         self._partition: dict[str, int] = {}
@@ -196,22 +255,43 @@ class SimNetwork:
 
     # -- delivery -----------------------------------------------------------------
 
-    def transmit(self, src: Address, dst: Address, data: bytes) -> None:
-        """Schedule delivery of ``data`` (called by endpoints)."""
+    def transmit(self, src: Address, dst: Address, data: bytes, message: messages.Message | None = None) -> None:
+        """Schedule delivery of ``data`` (called by endpoints), with the message it encodes if known."""
         self.counters["sent"] += 1
         if not self.can_reach(src[0], dst[0]) or (self.drop_rate and self.rng.random() < self.drop_rate):
             self.counters["dropped"] += 1
             return
         delay = max(0.0, self.latency + self.rng.uniform(-self.jitter, self.jitter))
-        self.clock.callLater(delay, self._deliver, src, dst, data)
+        if isinstance(self.clock, SimClock):
+            self.clock.call_soon(delay, self._deliver, src, dst, data, message)
+        else:
+            self.clock.callLater(delay, self._deliver, src, dst, data, message)
 
-    def _deliver(self, src: Address, dst: Address, data: bytes) -> None:
+    def _deliver(self, src: Address, dst: Address, data: bytes, message: messages.Message | None) -> None:
         ep = self.endpoints.get(dst)
         if ep is None or ep.closed or ep.receiver is None or not self.can_reach(src[0], dst[0]):
             self.counters["dropped"] += 1
             return
         self.counters["delivered"] += 1
-        ep.receiver(data, src)
+        if not ep.takes_messages:
+            ep.receiver(data, src)
+        elif message is None or self.parse_every == 1:
+            ep.receiver(data, src, None)
+        elif self.counters["delivered"] % self.parse_every:
+            ep.receiver(data, src, message)
+        else:
+            ep.receiver(data, src, self._parse_and_compare(data, message))
+
+    def _parse_and_compare(self, data: bytes, carried: messages.Message) -> messages.Message | None:
+        """Parse ``data`` as a receiver would; count whether it gives the message it carried. Returns the parse."""
+        self.counters["parse_checks"] += 1
+        try:
+            parsed = messages.decode(data)
+        except messages.MalformedMessage:
+            parsed = None
+        if parsed is None or not same_message(parsed, carried):
+            self.counters["parse_mismatches"] += 1
+        return parsed
 
     # -- driving the clock ----------------------------------------------------------
 

@@ -12,22 +12,26 @@ from bitnode.dht.ids import id_to_hex
 from bitnode.dht.limits import DHTLimits
 from bitnode.dht.messages import Message, Sender
 from bitnode.dht.protocol import RPCEngine
-from bitnode.dht.simnet import SimNetwork
+from bitnode.dht.simnet import SimClock, SimNetwork
 from bitnode.errors import Timeout, Unavailable
 
 
 class Peer:
     """An RPCEngine on a simulated endpoint that answers PING and FIND_NODE."""
 
-    def __init__(self, net: SimNetwork, host: str, node_id: int, **kw: object) -> None:
+    def __init__(self, net: SimNetwork, host: str, node_id: int, carry: bool = False, **kw: object) -> None:
         self.seen: list[tuple[str, tuple]] = []
         self.stored: list[dict] = []
         self.silent = False
         self.engine = RPCEngine(net.clock, random.Random(node_id), lambda: Sender(node_id, "u", (0,)),
                                 self.handle, lambda m, a, proven: self.seen.append((m.kind, a)), **kw)
         self.endpoint = net.endpoint(host)
-        self.endpoint.set_receiver(self.engine.datagram_received)
-        self.engine.attach(self.endpoint.send)
+        if carry:  # messages travel beside their bytes (a simulation's network)
+            self.endpoint.set_receiver(self.engine.datagram_received, takes_messages=True)
+            self.engine.attach(self.endpoint.send, self.endpoint.send_message)
+        else:
+            self.endpoint.set_receiver(self.engine.datagram_received)
+            self.engine.attach(self.endpoint.send)
 
     def handle(self, msg: Message, address: tuple) -> tuple[str, dict] | None:
         if self.silent:
@@ -235,3 +239,45 @@ class RPCEngineTests(unittest.TestCase):
         reply = self.net.run_until(d)
         self.assertEqual(reply.layer, 7)
         self.assertEqual(id_to_hex(reply.sender.node_id)[-1], "2")
+
+
+class CarriedMessageTests(unittest.TestCase):
+    """Engines on a network that carries each datagram's message: nothing parsed, the same behaviour."""
+
+    def setUp(self) -> None:
+        self.clock = SimClock()
+        self.net = SimNetwork(self.clock, random.Random(3), latency=0.05, jitter=0.0, parse_every=10**9)
+        self.a = Peer(self.net, "10.0.0.1", 1, carry=True, timeout=1.0)
+        self.b = Peer(self.net, "10.0.0.2", 2, carry=True, timeout=1.0)
+
+    def test_truncated_answer_and_retry_with_token_carry_the_messages_their_bytes_encode(self) -> None:
+        sent: list[tuple[bytes, Message]] = []
+
+        def spy(peer: Peer) -> None:
+            def send(data: bytes, message: Message, address: tuple) -> None:
+                sent.append((data, message))
+                peer.endpoint.send_message(data, message, address)
+
+            peer.engine.attach(peer.endpoint.send, send)
+
+        spy(self.a)
+        spy(self.b)
+        found = self.net.run_until(self.a.engine.request(self.b.endpoint.address, messages.FIND_VALUE,
+                                                         {"key": "app:x"}))
+        self.assertEqual(found.body["record"], {"blob": "x" * 5000})
+        self.assertEqual(self.a.engine.stats()["retried_with_token"], 1)
+        # The first ask, its answer cut short (unproven address), the ask with the token, the full answer.
+        self.assertEqual([(m.kind, m.truncated) for _, m in sent],
+                         [(messages.FIND_VALUE, False), (messages.NODES, True), (messages.FIND_VALUE, False),
+                          (messages.VALUE, False)])
+        for data, message in sent:
+            self.assertEqual(messages.decode(data), message)
+        self.assertEqual(self.a.engine.stats()["malformed"] + self.b.engine.stats()["malformed"], 0)
+        self.assertEqual(self.net.counters["parse_checks"], 0)
+
+    def test_oversize_bytes_are_refused_even_with_a_message_beside_them(self) -> None:
+        msg = Message(messages.PING, "00000000000000ab", Sender(9))
+        self.b.engine.datagram_received(b" " * (messages.MAX_DATAGRAM + 1), ("10.0.0.9", 7000), msg)
+        self.assertEqual(self.b.engine.stats()["oversize"], 1)
+        self.assertEqual(self.b.seen, [])
+

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import random
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial import unittest
@@ -113,6 +115,22 @@ class RoutingTableTests(unittest.TestCase):
         known = [c.node_id for c in table.contacts()]
         self.assertEqual(got, sorted(known, key=lambda i: i ^ target)[:10])
         self.assertNotIn(got[0], [c.node_id for c in table.closest(target, 10, exclude=frozenset({got[0]}))])
+
+    @settings(max_examples=200, deadline=None, derandomize=True, database=None)
+    @given(st.integers(0, 2**256 - 1), st.lists(st.integers(0, 2**256 - 1), max_size=300),
+           st.integers(0, 2**256 - 1), st.integers(1, 40), st.integers(0, 5), st.integers(1, 8))
+    def test_closest_walks_buckets_and_agrees_with_sorting_the_whole_table(
+        self, own: int, ids: list[int], target: int, count: int, excluded: int, k: int
+    ) -> None:
+        # Ids near our own and near the target make deep buckets on both sides.
+        ids = ids + [own ^ (1 << b) for b in range(0, 256, 7)] + [target ^ (1 << b) for b in range(0, 256, 11)]
+        table = RoutingTable(own, self.clock, k=k)
+        for i in ids:
+            table.add(contact(i))
+        known = [c.node_id for c in table.contacts()]
+        exclude = frozenset(sorted(known, key=lambda i: i ^ target)[:excluded])
+        truth = sorted((i for i in known if i not in exclude), key=lambda i: i ^ target)[:count]
+        self.assertEqual([c.node_id for c in table.closest(target, count, exclude)], truth)
 
     def test_bucket_refresh_becomes_due_after_interval_unless_looked_up(self) -> None:
         self.fill_far_bucket()

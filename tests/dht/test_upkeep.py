@@ -122,3 +122,30 @@ class StoreKeeperTests(unittest.TestCase):
             self.in_flight -= 1
             self.pushed_keys.append(key)
             d.callback(1)
+
+
+class EmptyStoreTests(unittest.TestCase):
+    """A node that holds no record (most nodes of a large network) costs its store no query per tick."""
+
+    def test_a_day_of_ticks_on_an_empty_store_queries_nothing_until_a_record_arrives(self) -> None:
+        clock = Clock()
+        store = RecordStore(":memory:", clock)
+        self.addCleanup(store.close)
+        queries: list[str] = []
+        store._db.set_trace_callback(queries.append)
+        pushed: list[str] = []
+        keeper = StoreKeeper(store, clock, lambda row: succeed(pushed.append(row.key)), republish_interval=3600,
+                             replicate_interval=3600, expire_interval=60, limits=DHTLimits(replicate_tick=60))
+        self.addCleanup(keeper.stop)
+        keeper.start()
+        for _ in range(24 * 60):
+            clock.advance(60)
+        self.assertEqual(queries, [])
+        self.assertEqual(keeper.stats()["replicate_backlog"], 0)
+        store.put(0, "app:mine", REC, expires=10 * 86400, own=True)
+        queries.clear()
+        for _ in range(2 * 60):
+            clock.advance(60)
+        self.assertEqual(pushed, ["app:mine"] * 2)  # republished once per interval
+        self.assertTrue(any("DELETE FROM records" in q for q in queries))  # expiry runs again
+
