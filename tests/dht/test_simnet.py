@@ -90,7 +90,7 @@ class CarriedMessageTests(unittest.TestCase):
             a.send_message(messages.encode(msg), msg, b.address)
         net.run_for(1)
         self.assertEqual([m for _, _, m in self.got], sent)
-        carried = [m is s for (_, _, m), s in zip(self.got, sent)]
+        carried = [m is s for (_, _, m), s in zip(self.got, sent, strict=True)]
         self.assertEqual(carried, [True, True, True, False] * 2)  # the 4th and 8th are fresh parses
         self.assertEqual((net.counters["parse_checks"], net.counters["parse_mismatches"]), (2, 0))
 
