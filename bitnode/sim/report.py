@@ -102,10 +102,37 @@ def saved_verdicts(folder: str) -> list[str]:
             for line in part.get("verdicts", ())]
 
 
+#: the performance issue's sizes per part: a recorded run smaller than these does not measure its target
+FULL_SIZE: dict[str, dict[str, float]] = {
+    "dht": {"nodes": 10_000, "hours": 1.0, "churn_per_hour": 0.2},
+    "market": {"suppliers": 2000, "customers": 1000, "per_customer": 5},
+    "rebuild": {"victim_customers": 500},
+}
+
+
+def short_of_full_size(part: str, settings: dict[str, Any]) -> list[str]:
+    """How a run of ``part`` with ``settings`` falls short of :data:`FULL_SIZE` (``["nodes 3000 of 10000"]``)."""
+    return [f"{key} {settings.get(key, 0):g} of {full:g}" for key, full in FULL_SIZE.get(part, {}).items()
+            if settings.get(key, 0) < full]
+
+
 def saved_checks(folder: str) -> list[dict[str, Any]]:
-    """The last ``make sim``'s verdicts as ``make bench`` checks ({name, target, measured, verdict})."""
-    return [check for part in saved_results(folder).values() if isinstance(part, dict)
-            for check in part.get("checks", ())]
+    """The last ``make sim``'s verdicts as ``make bench`` checks ({name, target, measured, verdict}).
+
+    A part recorded at less than the issue's size is NOT MEASURED, its own verdict and size in ``measured``.
+    """
+    checks = []
+    for name, part in saved_results(folder).items():
+        if not isinstance(part, dict):
+            continue
+        short = short_of_full_size(name, part.get("settings", {}))
+        for check in part.get("checks", ()):
+            if short:
+                check = check | {"verdict": "NOT MEASURED",
+                                 "measured": f"{check['verdict']} at a smaller size ({', '.join(short)}): "
+                                             f"{check['measured']}"}
+            checks.append(check)
+    return checks
 
 
 def replace_section(page: str, section: str) -> str:

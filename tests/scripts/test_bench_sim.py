@@ -30,7 +30,13 @@ class BenchSimTests(unittest.TestCase):
         os.makedirs(folder)
         check = {"name": "sim_dht_success", "target": "t", "measured": "99.9%", "verdict": "PASS"}
         with open(os.path.join(folder, "results.json"), "w") as f:
-            json.dump({"dht": {"checks": [check]}}, f)
-        [got] = bench_sim.verdicts(False, folder, said.append)
-        self.assertEqual((got["name"], got["verdict"]), ("sim_dht_success", "PASS"))
-        self.assertTrue(got["measured"].startswith("99.9% (make sim "))
+            json.dump({"dht": {"checks": [check], "settings": {"nodes": 10_000, "hours": 1, "churn_per_hour": 0.2}},
+                       "market": {"checks": [check | {"name": "sim_market_spread"}],
+                                  "settings": {"suppliers": 200, "customers": 100, "per_customer": 5}}}, f)
+        full, small = bench_sim.verdicts(False, folder, said.append)
+        self.assertEqual((full["name"], full["verdict"]), ("sim_dht_success", "PASS"))
+        self.assertTrue(full["measured"].startswith("99.9% (make sim "))
+        # A run smaller than the size does not measure its target, whatever it found.
+        self.assertEqual((small["name"], small["verdict"]), ("sim_market_spread", "NOT MEASURED"))
+        self.assertTrue(small["measured"].startswith(
+            "PASS at a smaller size (suppliers 200 of 2000, customers 100 of 1000): 99.9% (make sim "))

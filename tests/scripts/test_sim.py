@@ -52,3 +52,12 @@ class SimScriptTests(unittest.TestCase):
                       "Without the spread (`dead-after-spread` 0"):
             self.assertIn(words, text)
         self.assertEqual(text.count(report.BEGIN), 1)
+
+    def test_a_run_of_some_parts_keeps_the_saved_results_of_the_others(self) -> None:
+        saved = {"dht": DHT, "market": MARKET, "market_baseline": BASELINE, "rebuild": REBUILD}
+        fresh_market = MARKET | {"max": 4}
+        merged = sim.merged(saved, {"market": fresh_market}, {"market"})
+        # The old baseline belonged to the old market run: it goes with it.
+        self.assertEqual(merged, {"dht": DHT, "market": fresh_market, "rebuild": REBUILD})
+        self.assertEqual(sim.merged(saved, {"dht": DHT | {"success": 0.5}}, {"dht"})["market_baseline"], BASELINE)
+

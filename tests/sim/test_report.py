@@ -48,11 +48,17 @@ class ReportTests(unittest.TestCase):
         self.assertEqual((report.saved_verdicts(folder), report.saved_checks(folder)), ([], []))
         verdicts = [Verdict("sim_x", "x >= 1", "2", True), Verdict("sim_y", "y <= 1", "3", False)]
         report.write(folder, {"dht": {"verdicts": [v.line() for v in verdicts],
-                                      "checks": [v.to_check() for v in verdicts]}}, {"a.svg": "<svg/>"})
+                                      "checks": [v.to_check() for v in verdicts],
+                                      "settings": dict(report.FULL_SIZE["dht"])}}, {"a.svg": "<svg/>"})
         self.assertEqual(report.saved_verdicts(folder), ["PASS sim_x: 2 (target: x >= 1)",
                                                          "FAIL sim_y: 3 (target: y <= 1)"])
         self.assertEqual([c["verdict"] for c in report.saved_checks(folder)], ["PASS", "FAIL"])
         self.assertTrue(os.path.exists(os.path.join(folder, "a.svg")))
+
+    def test_a_run_smaller_than_the_issue_size_is_not_measured(self) -> None:
+        self.assertEqual(report.short_of_full_size("dht", {"nodes": 3000, "hours": 1, "churn_per_hour": 0.2}),
+                         ["nodes 3000 of 10000"])
+        self.assertEqual(report.short_of_full_size("rebuild", {"victim_customers": 500}), [])
 
 
 
