@@ -393,7 +393,11 @@ class ChurnNetwork:
             self.sample_state(self._current)
             self.samples.append(self._current)
             if progress:
-                progress(f"dht: minute {self._current.minute:g}, {self.net.counters['sent']:,} datagrams, "
+                sample = self._current
+                progress(f"dht: minute {sample.minute:g}: {sample.values_found}/{sample.value_lookups} values found, "
+                         f"{sample.nodes_exact}/{sample.node_lookups} exact, median hops "
+                         f"{statistics.median(sample.hops) if sample.hops else 0:g}, state max {sample.state_max}, "
+                         f"{sample.live} live; {self.net.counters['sent']:,} datagrams, "
                          f"{time.perf_counter() - self._started:.0f} s wall")
         self._current = None
         self.net.run_for(2 * s.rpc_timeout * 4)  # let the last lookups end
