@@ -11,7 +11,7 @@ Runs the real code on a simulated network: the DHT under churn
 supplier (bitnode/sim/market.py). Prints one PASS/FAIL line per target, writes
 SVG charts and ``results.json`` under ``--out`` and regenerates the simulation
 section of ``--page``. ``--baseline`` also runs the market with the old choice
-(the first random supplier that accepts) for comparison. ``--quick`` is a small
+(the first random supplier that accepts) and the death without the spread, for comparison. ``--quick`` is a small
 run for trying things out; it writes nothing unless ``--out`` is given.
 ``--from-results`` only redraws the charts and the page from the saved results.
 A run of some ``--parts`` keeps the saved results of the others.
@@ -259,6 +259,12 @@ def run_parts(args: argparse.Namespace) -> dict:
         say(f"sim: a supplier of {victims} customers dies; load {load_average()}")
         results["rebuild"] = run_rebuild(market, progress=say).to_dict()
         results["rebuild"]["load"] = load_average()
+        if args.baseline:
+            say("sim: the same death without the spread (dead-after-spread 0, baseline)")
+            baseline = run_rebuild(MarketSettings(**{**market.__dict__, "dead_spread": 0.0}), progress=say).to_dict()
+            baseline.pop("checks")
+            baseline.pop("verdicts")
+            results["rebuild_baseline"] = baseline
     say(f"sim: done in {time.perf_counter() - started:.0f} s; load {load_average()}")
     return results
 
@@ -277,7 +283,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--customers", type=int, default=1000)
     parser.add_argument("--victims", type=int, default=500, help="customers of the supplier that dies")
     parser.add_argument("--parts", default="dht,market,rebuild")
-    parser.add_argument("--baseline", action="store_true", help="also run the market with one choice per hire")
+    parser.add_argument("--baseline", action="store_true",
+                        help="also run the market with one choice per hire and the death without the spread")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--quick", action="store_true", help="a small run of every part; writes nothing")
     parser.add_argument("--out", default=None, help="folder for charts and results (default docs/sim)")
