@@ -62,6 +62,7 @@ def dht_section(result: dict) -> str:
            f"a tenth of a core and the 10,000-node run did not finish in the time there was. `make sim` runs "
            f"10,000 by default.", ""]
           if s["nodes"] < 10_000 else []),
+        *([result["note"], ""] if result.get("note") else []),
         "| figure | value |",
         "|---|---|",
         f"| value lookups that found the record | {result['success']:.2%} |",
