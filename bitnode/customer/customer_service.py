@@ -344,7 +344,8 @@ class CustomerService(Service):
 
     def request(self, supplier_id: str, owner_id: str, command: str, payload: bytes,
                 payload_sha256: bytes | None = None) -> defer.Deferred:
-        """RemoteStorageServer's transport: one packet to the supplier, its answer as ``(command, payload)``.
+        """RemoteStorageServer's transport: one packet to the supplier, its answer as ``(command, payload,
+        prefix_sha256)`` (see :meth:`~bitnode.transport.packet.Packet.streamed_prefix_sha256`).
 
         ``payload_sha256``: the payload's SHA-256 when the caller computed it already (trusted).
         """
@@ -358,7 +359,7 @@ class CustomerService(Service):
         timeout = self.ctx.settings.get(PREFIX + ("request-timeout" if name in CONTRACT_COMMANDS
                                                     else "block-timeout"))
         d = gateway.request(name, supplier_id, payload, timeout=timeout, payload_sha256=payload_sha256)
-        d.addCallbacks(lambda packet: (packet.command, packet.payload), _fail_answer)
+        d.addCallbacks(lambda packet: (packet.command, packet.payload, packet.streamed_prefix_sha256), _fail_answer)
         return d
 
     def server(self, supplier_id: str) -> RemoteStorageServer:

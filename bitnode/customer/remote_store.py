@@ -3,7 +3,9 @@
 The customer's uploader and downloader talk to ``IStorageServer`` objects; this
 one turns each call into a command for the supplier (:mod:`bitnode.storage.wire`
 payloads) through an injected ``request(supplier_id, owner_id, command,
-payload)`` that fires with the supplier's reply ``(command, payload)``; when
+payload)`` that fires with the supplier's reply ``(command, payload)`` or
+``(command, payload, prefix_sha256)`` (the hash kept while the reply
+streamed in, which checks a fetched block without a second pass); when
 the payload's SHA-256 is known already (a block the uploader built inside its
 ``Data`` payload) it is passed along as ``payload_sha256=`` so the packet is
 signed without hashing the payload again. The
@@ -24,7 +26,14 @@ from zope.interface import implementer
 
 from bitnode.errors import BadRequest, Forbidden, InsufficientStorage, Unavailable
 from bitnode.storage import wire
-from bitnode.storage.ports import BlockNotFound, IStorageServer, validate_customer_id, validate_path
+from bitnode.storage.blockformat import BlockCorrupt
+from bitnode.storage.ports import (
+    BlockNotFound,
+    CheckedBlock,
+    IStorageServer,
+    validate_customer_id,
+    validate_path,
+)
 from bitnode.transport.commands import Command
 
 Request = Callable[..., defer.Deferred]
@@ -65,7 +74,7 @@ class RemoteStorageServer:
         self.supplier_id = supplier_id
 
     def _call(self, owner_id: str, command: str, payload: bytes, expect: str, path: str = "",
-              payload_sha256: bytes | None = None) -> defer.Deferred:
+              payload_sha256: bytes | None = None, with_prefix: bool = False) -> defer.Deferred:
         if payload_sha256 is None:
             d = defer.maybeDeferred(self.request, self.supplier_id, owner_id, command, payload)
         else:
@@ -73,12 +82,12 @@ class RemoteStorageServer:
                                     payload_sha256=payload_sha256)
 
         def answered(reply):
-            reply_command, reply_payload = reply
+            reply_command, reply_payload, *streamed = reply
             if reply_command == Command.FAIL:
                 raise error_from_fail(bytes(reply_payload).decode("utf-8", "replace"), path)
             if reply_command != expect:
                 raise Unavailable(f"supplier answered {reply_command} to {command}")
-            return reply_payload
+            return (reply_payload, streamed[0] if streamed else None) if with_prefix else reply_payload
 
         return d.addCallback(answered)
 
@@ -100,17 +109,32 @@ class RemoteStorageServer:
         return d.addCallback(lambda _: None)
 
     @_deferred
-    def fetch_block(self, customer_id: str, block_path: str) -> defer.Deferred:
-        """Ask for a block; fires with its bytes or fails with BlockNotFound."""
+    def fetch_block(self, customer_id: str, block_path: str, expected_sha256: str | None = None) -> defer.Deferred:
+        """Ask for a block; fires with its bytes or fails with BlockNotFound.
+
+        With ``expected_sha256`` and an answer whose hash was kept as it
+        streamed in (a layout-2 payload), the block is checked here at the
+        cost of hashing the payload's tail only: a :class:`CheckedBlock` (a
+        view, no copy) when it matches, :class:`BlockCorrupt` when not.
+        """
         validate_customer_id(customer_id)
         validate_path(block_path)
-        d = self._call(customer_id, Command.RETRIEVE, wire.encode_path(block_path), Command.DATA, block_path)
+        d = self._call(customer_id, Command.RETRIEVE, wire.encode_path(block_path), Command.DATA, block_path,
+                       with_prefix=True)
 
-        def unpack(payload):
-            path, block = wire.decode_data(payload)
+        def unpack(answer):
+            payload, prefix_sha256 = answer
+            path, block = wire.decode_data(payload, copy=expected_sha256 is None)
             if path != block_path:
                 raise Unavailable(f"supplier sent {path} for {block_path}")
-            return block
+            if expected_sha256 is None:
+                return block
+            streamed = wire.streamed_block_sha256(payload, prefix_sha256)
+            if streamed is None:
+                return bytes(block)  # no kept hash (layout 1): the caller hashes it
+            if streamed != expected_sha256:
+                raise BlockCorrupt(f"block {block_path} from {self.supplier_id}: hash differs from catalog")
+            return CheckedBlock(block, streamed)
 
         return d.addCallback(unpack)
 

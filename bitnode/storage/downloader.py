@@ -40,6 +40,7 @@ from bitnode.storage import blockformat, erasure, local_files, segment_crypto
 from bitnode.storage.patience import Patience
 from bitnode.storage.ports import (
     BlockNotFound,
+    CheckedBlock,
     IStorageServer,
     Progress,
     SegmentMeta,
@@ -107,9 +108,15 @@ def verify_block(
 
     The nonce is the segment's (block format 3), None for an older block
     (encrypted with the format 1 nonce). Raises :class:`blockformat.BlockCorrupt`
-    for any mismatch. Worker thread.
+    for any mismatch. A :class:`CheckedBlock` (its server matched the hash
+    already) is not hashed again. Worker thread.
     """
-    if hashlib.sha256(data).hexdigest() != expected_sha256:
+    if isinstance(data, CheckedBlock):
+        if data.sha256 != expected_sha256:
+            raise blockformat.BlockCorrupt(
+                f"block {block_index} of segment {segment_index}: hash differs from catalog")
+        data = data.block
+    elif hashlib.sha256(data).hexdigest() != expected_sha256:
         raise blockformat.BlockCorrupt(
             f"block {block_index} of segment {segment_index}: hash differs from catalog"
         )
@@ -502,7 +509,7 @@ class _DownloadJob:
         dl = self.dl
         path = block_path(self.version_id, meta.index, pos)
         started = dl.clock.seconds()
-        d = defer.maybeDeferred(dl.servers[pos].fetch_block, self.customer_id, path)
+        d = defer.maybeDeferred(dl.servers[pos].fetch_block, self.customer_id, path, meta.block_sha256[pos])
         d.addTimeout(self.timeout, dl.clock)
         self.pending.add(d)
         requests.add(d)
@@ -515,6 +522,8 @@ class _DownloadJob:
             return None
         except BlockNotFound as exc:
             return self.problem(meta, pos, "missing", str(exc))
+        except blockformat.BlockCorrupt as exc:  # the server checked it against the catalog's hash
+            return self.problem(meta, pos, "corrupt", str(exc))
         except Exception as exc:  # noqa: BLE001 - any supplier failure means: try another block
             self.suspects.add(pos)
             return self.problem(meta, pos, "error", f"{exc.__class__.__name__}: {exc}")

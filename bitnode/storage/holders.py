@@ -28,15 +28,15 @@ class PositionReader:
             raise BadRequest("a position reader needs at least one server")
         self.servers = list(servers)
 
-    def fetch_block(self, customer_id: str, block_path: str) -> defer.Deferred:
-        """The first good answer; the current supplier's error if nobody has it."""
-        return defer.Deferred.fromCoroutine(self._first(customer_id, block_path))
+    def fetch_block(self, customer_id: str, block_path: str, expected_sha256: str | None = None) -> defer.Deferred:
+        """The first good answer; the current supplier's error if nobody has it (``expected_sha256`` passed on)."""
+        return defer.Deferred.fromCoroutine(self._first(customer_id, block_path, expected_sha256))
 
-    async def _first(self, customer_id: str, block_path: str) -> bytes:
+    async def _first(self, customer_id: str, block_path: str, expected_sha256: str | None):
         first_error: BaseException | None = None
         for server in self.servers:
             try:
-                return await defer.maybeDeferred(server.fetch_block, customer_id, block_path)
+                return await defer.maybeDeferred(server.fetch_block, customer_id, block_path, expected_sha256)
             except (BlockNotFound, BitnodeError, defer.TimeoutError) as err:
                 # Not there (not rebuilt yet), or silent: a retiring holder may still have it.
                 first_error = first_error or err

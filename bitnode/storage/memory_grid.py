@@ -39,8 +39,8 @@ class MemoryStorageServer:
         """Store (or replace) one block (``data_payload`` is for servers on the wire: unused here)."""
         return defer.maybeDeferred(self._store, customer_id, block_path, data)
 
-    def fetch_block(self, customer_id: str, block_path: str) -> defer.Deferred:
-        """Return the stored bytes or fail with BlockNotFound."""
+    def fetch_block(self, customer_id: str, block_path: str, expected_sha256: str | None = None) -> defer.Deferred:
+        """Return the stored bytes or fail with BlockNotFound (the caller checks them: ``expected_sha256`` unused)."""
         return defer.maybeDeferred(self._fetch, customer_id, block_path)
 
     def list_blocks(self, customer_id: str, prefix: str) -> defer.Deferred:
@@ -190,8 +190,8 @@ class FaultyServer:
         """See :class:`IStorageServer` (``data_payload`` unused: blocks stay in memory)."""
         return self._call("store_block", customer_id, block_path, (customer_id, block_path, data))
 
-    def fetch_block(self, customer_id: str, block_path: str) -> defer.Deferred:
-        """See :class:`IStorageServer`."""
+    def fetch_block(self, customer_id: str, block_path: str, expected_sha256: str | None = None) -> defer.Deferred:
+        """See :class:`IStorageServer` (``expected_sha256`` unused: a corrupted answer must reach the caller)."""
         return self._call("fetch_block", customer_id, block_path, (customer_id, block_path))
 
     def list_blocks(self, customer_id: str, prefix: str) -> defer.Deferred:

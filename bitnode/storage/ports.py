@@ -87,8 +87,16 @@ class IStorageServer(Interface):
         (no copy, no second hash), any other server ignores it.
         """
 
-    def fetch_block(customer_id: str, block_path: str):
-        """Deferred firing with the stored bytes, or failing with BlockNotFound."""
+    def fetch_block(customer_id: str, block_path: str, expected_sha256: str | None = None):
+        """Deferred firing with the stored bytes, or failing with BlockNotFound.
+
+        ``expected_sha256``: the hex SHA-256 the caller's catalog has for the
+        block. A server that can check it without a pass over the block of
+        its own (a remote one, from the hash kept while the answer streamed
+        in) does: it fires with a :class:`CheckedBlock` instead of bytes, or
+        fails with :class:`~bitnode.storage.blockformat.BlockCorrupt`. Any
+        other server ignores it and fires with bytes the caller checks.
+        """
 
     def list_blocks(customer_id: str, prefix: str):
         """Deferred firing with ``{path: (size, sha256 hex of the stored bytes)}`` under ``prefix``."""
@@ -99,6 +107,17 @@ class IStorageServer(Interface):
         Deleting what is not there is not an error; the Deferred fires with the
         number of blocks removed.
         """
+
+
+@dataclass(frozen=True)
+class CheckedBlock:
+    """A fetched block whose SHA-256 the server matched against the caller's ``expected_sha256``.
+
+    ``block`` is a read-only view into the received payload (no copy).
+    """
+
+    block: memoryview
+    sha256: str
 
 
 def block_path(version_id: str, segment_index: int, block_index: int) -> str:

@@ -301,8 +301,8 @@ class DiskStore:
         d.addCallback(next_batch)
         return d
 
-    def fetch_block(self, customer_id: str, block_path: str) -> defer.Deferred:
-        """The stored bytes, or BlockNotFound."""
+    def fetch_block(self, customer_id: str, block_path: str, expected_sha256: str | None = None) -> defer.Deferred:
+        """The stored bytes, or BlockNotFound (``expected_sha256`` unused: the caller checks the bytes)."""
         try:
             target = self._target(customer_id, block_path)
         except BadRequest as err:

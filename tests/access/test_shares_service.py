@@ -329,20 +329,20 @@ class HoldLaterSegments:
     def release(self):
         self.holding = False
         waiting, self.waiting = self.waiting, []
-        for d, server, customer_id, path in waiting:
-            server.fetch_block(customer_id, path).chainDeferred(d)
+        for d, server, customer_id, path, expected_sha256 in waiting:
+            server.fetch_block(customer_id, path, expected_sha256).chainDeferred(d)
 
 
 class _HeldServer:
     def __init__(self, hold, server):
         self.hold, self.server = hold, server
 
-    def fetch_block(self, customer_id, path):
+    def fetch_block(self, customer_id, path, expected_sha256=None):
         if self.hold.holding and int(path.split("/")[-2]) >= 1:
             d = Deferred()
-            self.hold.waiting.append((d, self.server, customer_id, path))
+            self.hold.waiting.append((d, self.server, customer_id, path, expected_sha256))
             return d
-        return self.server.fetch_block(customer_id, path)
+        return self.server.fetch_block(customer_id, path, expected_sha256)
 
     def __getattr__(self, name):
         return getattr(self.server, name)

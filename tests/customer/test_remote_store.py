@@ -13,8 +13,9 @@ from twisted.trial import unittest
 from bitnode.customer.remote_store import RemoteStorageServer, error_from_fail
 from bitnode.errors import BadRequest, InsufficientStorage, Unavailable
 from bitnode.storage import wire
+from bitnode.storage.blockformat import BlockCorrupt
 from bitnode.storage.downloader import Downloader
-from bitnode.storage.ports import BlockNotFound
+from bitnode.storage.ports import BlockNotFound, CheckedBlock
 from bitnode.storage.uploader import Uploader
 from bitnode.supplier.desk import SupplierDesk
 from bitnode.supplier.disk_store import DiskStore
@@ -122,6 +123,39 @@ class PreparedPayloadTests(unittest.TestCase):
         self.successResultOf(self.server.store_block("alice@x", "V/0/2", self.sealed.block, data_payload=self.sealed))
         [(_command, payload, kw)] = self.sent
         self.assertEqual((payload, kw), (wire.encode_data("V/0/2", self.sealed.block), {}))
+
+
+class CheckedFetchTests(unittest.TestCase):
+    """A fetched block is checked against the catalog's hash from the hash kept as the answer streamed in."""
+
+    def setUp(self) -> None:
+        self.block = b"BNBK\x03" + os.urandom(200)
+        self.payload = wire.encode_data("V/0/1", self.block)
+
+    def server(self, payload: bytes, streamed: bool = True) -> RemoteStorageServer:
+        def prefix_sha256(length: int) -> str:
+            return hashlib.sha256(payload[:length]).hexdigest()
+
+        answer = (Command.DATA, payload, prefix_sha256) if streamed else (Command.DATA, payload)
+        return RemoteStorageServer(lambda *a, **kw: defer.succeed(answer), "s1")
+
+    def test_a_matching_block_comes_checked_and_uncopied(self) -> None:
+        expected = hashlib.sha256(self.block).hexdigest()
+        checked = self.successResultOf(self.server(self.payload).fetch_block("alice@x", "V/0/1", expected))
+        self.assertIsInstance(checked, CheckedBlock)
+        self.assertEqual((bytes(checked.block), checked.sha256), (self.block, expected))
+        self.assertIs(checked.block.obj, self.payload)
+
+    def test_a_block_that_differs_from_the_catalog_is_corrupt(self) -> None:
+        self.failureResultOf(self.server(self.payload).fetch_block("alice@x", "V/0/1", "00" * 32), BlockCorrupt)
+
+    def test_without_a_kept_hash_or_an_expected_one_the_bytes_come_for_the_caller_to_check(self) -> None:
+        expected = hashlib.sha256(self.block).hexdigest()
+        for server, want in ((self.server(self.payload, streamed=False), expected),
+                             (self.server(self.payload), None),
+                             (self.server(wire.encode_data("V/0/1", b"layout 1 block")), expected)):
+            got = self.successResultOf(server.fetch_block("alice@x", "V/0/1", want))
+            self.assertIsInstance(got, bytes)
 
 
 class PagedListingTests(unittest.TestCase):

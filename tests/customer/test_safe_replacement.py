@@ -59,7 +59,7 @@ class Supplier:
         for d, args in held:
             self.store.store_block(*args).chainDeferred(d)
 
-    def fetch_block(self, customer_id, path):
+    def fetch_block(self, customer_id, path, expected_sha256=None):
         return defer.maybeDeferred(self._alive).addCallback(lambda _: self.store.fetch_block(customer_id, path))
 
     def list_blocks(self, customer_id, prefix):

@@ -82,7 +82,7 @@ class FakeGateway:
         def answer(reply):
             if reply[0] == Command.FAIL:
                 raise PeerRefused("refused", reply[1].decode())
-            return SimpleNamespace(command=reply[0], payload=reply[1])
+            return SimpleNamespace(command=reply[0], payload=reply[1], streamed_prefix_sha256=lambda _length: None)
 
         return d.addCallback(answer)
 

@@ -74,7 +74,7 @@ class Gate:
             return defer.fail(Unavailable("supplier offline"))
         return self._spend("budget") or self.store.store_block(customer_id, path, data)
 
-    def fetch_block(self, customer_id, path):
+    def fetch_block(self, customer_id, path, expected_sha256=None):
         return self._spend("fetch_budget") or defer.maybeDeferred(self._check).addCallback(
             lambda _: self.store.fetch_block(customer_id, path))
 

@@ -14,11 +14,31 @@ from bitnode.errors import BadRequest
 from bitnode.storage import blockformat, erasure, segment_crypto
 from bitnode.storage import downloader as downloader_module
 from bitnode.storage.downloader import Downloader, DownloadFailed
-from bitnode.storage.ports import SegmentMeta, TransferCancelled, block_path
+from bitnode.storage.ports import CheckedBlock, SegmentMeta, TransferCancelled, block_path
 from bitnode.storage.uploader import Uploader
 from tests.storage.test_local_files import parts_beside
 
 from .test_uploader import CUSTOMER, KEY, SEG, VERSION, K, N, make_grid, sync_thread, upload_sync, write_file
+
+SHA256 = hashlib.sha256  # the checking server's own, not counted where the downloader's is
+
+
+class CheckingServer:
+    """A server that checks each block against the expected hash itself, as a remote one does from its stream."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.checked = 0
+
+    def fetch_block(self, customer_id, path, expected_sha256=None):
+        def check(data):
+            digest = SHA256(data).hexdigest()
+            if digest != expected_sha256:
+                raise blockformat.BlockCorrupt(f"{path}: hash differs")
+            self.checked += 1
+            return CheckedBlock(memoryview(data), digest)
+
+        return self.inner.fetch_block(customer_id, path).addCallback(check)
 
 
 class _Base(unittest.TestCase):
@@ -182,6 +202,21 @@ class FaultTests(_Base):
         self.assertEqual(self.read(dest), data)
         self.assertEqual(got.corrupt_blocks, ((1, 1),))
         self.assertEqual(got.used_blocks, ((0, 1, 2), (0, 2, 3)))
+
+    def test_blocks_a_server_checked_are_not_hashed_again_and_its_refusals_count_as_corrupt(self):
+        result, data = self.stored(2 * SEG)
+        self.grid[1].corrupt(block_path(VERSION, 1, 1))
+        checking = [CheckingServer(server) for server in self.grid]
+        dl, dest = self.download(result, grid=checking)
+        hashed = []
+        real_sha256 = downloader_module.hashlib.sha256
+        self.patch(downloader_module.hashlib, "sha256", lambda *a: hashed.append(1) or real_sha256(*a))
+        got = self.successResultOf(dl.download(result.segments, VERSION, KEY, CUSTOMER, dest))
+        self.assertEqual(self.read(dest), data)
+        self.assertEqual(got.corrupt_blocks, ((1, 1),))
+        self.assertEqual(got.used_blocks, ((0, 1, 2), (0, 2, 3)))
+        self.assertEqual(hashed, [])
+        self.assertEqual(sum(s.checked for s in checking), 6)
 
     def test_hanging_supplier_times_out_and_parity_is_used(self):
         result, data = self.stored(SEG)
