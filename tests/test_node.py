@@ -22,6 +22,7 @@ from tests.interface.support import (
     WAIT,
     HttpApi,
     Lamp,
+    connect_idle,
     connect_ws,
     pending_calls,
     start_node,
@@ -29,16 +30,6 @@ from tests.interface.support import (
     wait,
     wait_until,
 )
-
-
-class _Idle(Protocol):
-    """A client that connects and says nothing."""
-
-    def connectionMade(self):
-        self.lost = defer.Deferred()
-
-    def connectionLost(self, reason):
-        self.lost.callback(None)
 
 
 class TwoNodesTests(unittest.TestCase):
@@ -134,8 +125,7 @@ class StopTests(unittest.TestCase):
         # Idle raw connections: one that never sends its WebSocket handshake, one that never sends a request.
         idle = []
         for port in ports:
-            idle.append((yield TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port).connect(
-                Factory.forProtocol(_Idle))))
+            idle.append((yield connect_idle(port.getHost().port)))
         lamp = Lamp(node.reactor, registry=node.automats)
         lamp.event("switch")
         self.patch(api_module, "STOP_DELAY", 30.0)

@@ -117,10 +117,7 @@ class KeyExchange:
         return self.gateway.my_id
 
     def _keystore(self) -> Any:
-        store = self.identity.keystore
-        if store is None:
-            raise Conflict("this node has no identity yet: call identity_create or identity_recover first")
-        return store
+        return self.identity.require_keystore()
 
     def _begin(self, key_id: str, user_id: str, timeout: float) -> tuple[float, Any, str, str, str]:
         """Checked arguments of a share or an audit: (deadline, key store, me, key id, peer)."""

@@ -193,16 +193,10 @@ class SharesService(Service):
         return self.deps.identity
 
     def _keystore(self) -> Any:
-        store = self._identity().keystore
-        if store is None:
-            raise Conflict("this node has no identity yet: call identity_create or identity_recover first")
-        return store
+        return self._identity().require_keystore()
 
     def _me(self) -> str:
-        me = self._identity().my_global_id()
-        if not me:
-            raise Conflict("this node has no identity yet: call identity_create or identity_recover first")
-        return me
+        return self._identity().require_global_id()
 
     def _storage(self) -> BackupsService:
         if not self.deps.is_on("storage"):

@@ -252,19 +252,10 @@ class PrivateMessagesService(Service):
         return self.deps.identity
 
     def _my_id(self) -> str:
-        me = self._identity().my_global_id()
-        if not me:
-            raise Conflict("no identity: call identity_create first")
-        return me
+        return self._identity().require_global_id()
 
     def _my_key(self) -> Any:
-        keystore = self._identity().keystore
-        if keystore is None:
-            raise Conflict("no identity: call identity_create first")
-        try:
-            return keystore.private_key(keystore.master_key_id)
-        except NotFound:
-            raise Conflict("the master private key is missing; recover it with identity_recover") from None
+        return self._identity().master_private_key()
 
     # -- the inbox's limits (bitnode.chat.inbox_limits) ------------------------------------
 

@@ -25,17 +25,17 @@ from Crypto.Signature import eddsa
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ed25519 as _openssl
 
-from bitnode.crypt.keys import MAX_PEM_BYTES, InvalidKey
+from bitnode.crypt.keys import MAX_PEM_BYTES, InvalidKey, KeyWrapper
 
 PUBLIC_KEY_SIZE = 32
 SIGNATURE_SIZE = 64
 _CURVE = "Ed25519"
 
 
-class Ed25519PublicKey:
+class Ed25519PublicKey(KeyWrapper):
     """An Ed25519 public key (immutable). Compares equal by its raw bytes."""
 
-    __slots__ = ("_key", "_raw", "_openssl")
+    __slots__ = ("_raw", "_openssl")
 
     def __init__(self, key: ECC.EccKey):
         if key.curve != _CURVE:
@@ -50,30 +50,17 @@ class Ed25519PublicKey:
         """The 32-byte RFC 8032 encoding."""
         return self._raw
 
-    @property
-    def raw(self) -> ECC.EccKey:
-        """The underlying pycryptodome key (public, safe to print)."""
-        return self._key
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Ed25519PublicKey):
-            return NotImplemented
-        return self._raw == other._raw
-
-    def __hash__(self) -> int:
-        return hash(self._raw)
-
-    def __setattr__(self, name: str, value: object) -> None:
-        raise AttributeError("Ed25519PublicKey is immutable")
+    def _identity(self) -> tuple:
+        return (self._raw,)
 
     def __repr__(self) -> str:
         return f"<Ed25519PublicKey {self._raw.hex()[:16]}>"
 
 
-class Ed25519PrivateKey:
+class Ed25519PrivateKey(KeyWrapper):
     """An Ed25519 private key (immutable). Its repr never shows the seed."""
 
-    __slots__ = ("_key", "_openssl")
+    __slots__ = ("_openssl",)
 
     def __init__(self, key: ECC.EccKey):
         if key.curve != _CURVE or not key.has_private():
@@ -89,21 +76,8 @@ class Ed25519PrivateKey:
         """Unencrypted PKCS#8 PEM. Secret!"""
         return self._key.export_key(format="PEM").encode("ascii")
 
-    @property
-    def raw(self) -> ECC.EccKey:
-        """The underlying pycryptodome key. Never log or print it."""
-        return self._key
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Ed25519PrivateKey):
-            return NotImplemented
-        return self._key.seed == other._key.seed
-
-    def __hash__(self) -> int:
-        return hash(self.public_key())
-
-    def __setattr__(self, name: str, value: object) -> None:
-        raise AttributeError("Ed25519PrivateKey is immutable")
+    def _identity(self) -> tuple:
+        return (self._key.seed,)
 
     def __repr__(self) -> str:
         return f"<Ed25519PrivateKey {self.public_key().to_raw().hex()[:16]}>"

@@ -47,15 +47,45 @@ class DecryptionError(BadRequest):
     """Ciphertext could not be decrypted: wrong key, tampered or truncated data."""
 
 
-class RsaPublicKey:
-    """An RSA public key (immutable). Compares equal by modulus and exponent."""
+class KeyWrapper:
+    """What every key wrapper (RSA and Ed25519, public and private) shares.
+
+    It holds a pycryptodome key in ``_key``, is immutable once built (the
+    constructor sets its slots with ``object.__setattr__``), and compares
+    equal and hashes by :meth:`_identity`: the numbers that make the key.
+    """
 
     __slots__ = ("_key",)
+
+    def _identity(self) -> tuple:
+        raise NotImplementedError
+
+    @property
+    def raw(self):
+        """The underlying pycryptodome key (a private one: never log or print it)."""
+        return self._key
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not type(self):
+            return NotImplemented
+        return self._identity() == other._identity()
+
+    def __hash__(self) -> int:
+        return hash(self._identity())
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"{type(self).__name__} is immutable")
+
+
+class RsaPublicKey(KeyWrapper):
+    """An RSA public key (immutable). Compares equal by modulus and exponent."""
+
+    __slots__ = ()
 
     def __init__(self, key: RSA.RsaKey):
         if key.has_private():
             key = key.public_key()
-        self._key = key
+        object.__setattr__(self, "_key", key)
 
     @property
     def size_bits(self) -> int:
@@ -79,37 +109,22 @@ class RsaPublicKey:
         """Lowercase hex SHA-256 of :meth:`to_der`."""
         return hashlib.sha256(self.to_der()).hexdigest()
 
-    @property
-    def raw(self) -> RSA.RsaKey:
-        """The underlying pycryptodome key (public only, safe to print)."""
-        return self._key
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, RsaPublicKey):
-            return NotImplemented
-        return self._key.n == other._key.n and self._key.e == other._key.e
-
-    def __hash__(self) -> int:
-        return hash((self._key.n, self._key.e))
-
-    def __setattr__(self, name: str, value: object) -> None:
-        if hasattr(self, "_key"):
-            raise AttributeError("RsaPublicKey is immutable")
-        object.__setattr__(self, name, value)
+    def _identity(self) -> tuple:
+        return (self._key.n, self._key.e)
 
     def __repr__(self) -> str:
         return f"<RsaPublicKey {self.size_bits} bits {self.fingerprint()[:16]}>"
 
 
-class RsaPrivateKey:
+class RsaPrivateKey(KeyWrapper):
     """An RSA private key (immutable). Its repr never shows private numbers."""
 
-    __slots__ = ("_key",)
+    __slots__ = ()
 
     def __init__(self, key: RSA.RsaKey):
         if not key.has_private():
             raise InvalidKey("not an RSA private key")
-        self._key = key
+        object.__setattr__(self, "_key", key)
 
     @property
     def size_bits(self) -> int:
@@ -128,23 +143,8 @@ class RsaPrivateKey:
         """Fingerprint of the public half (see :func:`key_fingerprint`)."""
         return self.public_key().fingerprint()
 
-    @property
-    def raw(self) -> RSA.RsaKey:
-        """The underlying pycryptodome key. Never log or print it."""
-        return self._key
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, RsaPrivateKey):
-            return NotImplemented
-        return self._key.n == other._key.n and self._key.d == other._key.d
-
-    def __hash__(self) -> int:
-        return hash(self._key.n)
-
-    def __setattr__(self, name: str, value: object) -> None:
-        if hasattr(self, "_key"):
-            raise AttributeError("RsaPrivateKey is immutable")
-        object.__setattr__(self, name, value)
+    def _identity(self) -> tuple:
+        return (self._key.n, self._key.d)
 
     def __repr__(self) -> str:
         return f"<RsaPrivateKey {self.size_bits} bits {self.fingerprint()[:16]}>"

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 from twisted.internet.defer import Deferred
 
 from bitnode import globalid
-from bitnode.errors import BadRequest, Conflict
+from bitnode.errors import BadRequest
 from bitnode.userid.id_service import IdentityService, RotateResult, identity_as_dict
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -35,10 +35,7 @@ class IdentityMethods:
         return self.node.service_driver.running(IdentityService)
 
     def _keystore(self) -> KeyStore:
-        store = self._identity_service().keystore
-        if store is None:
-            raise Conflict("this node has no identity yet: call identity_create or identity_recover first")
-        return store
+        return self._identity_service().require_keystore()
 
     # --- keys ------------------------------------------------------------------
 

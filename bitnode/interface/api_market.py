@@ -51,7 +51,7 @@ from bitnode.dht.dht_service import DHTService
 from bitnode.errors import Conflict, Unavailable
 from bitnode.supplier.disk_store import tree_size
 from bitnode.supplier.supplier_service import SupplierService
-from bitnode.userid.id_service import IdentityService
+from bitnode.userid.id_service import NO_IDENTITY, IdentityService
 
 
 class MarketMethods:
@@ -72,10 +72,9 @@ class MarketMethods:
 
     def _my_id(self) -> str:
         identity = self.node.service_driver.find(IdentityService)
-        me = identity.my_global_id() if identity is not None else None
-        if not me:
-            raise Conflict("this node has no identity yet: call identity_create or identity_recover first")
-        return me
+        if identity is None:
+            raise Conflict(NO_IDENTITY)
+        return identity.require_global_id()
 
     # --- my suppliers ---------------------------------------------------------------------
 

@@ -57,6 +57,9 @@ from bitnode.userid.idcache import IdentityCache
 from bitnode.userid.identity import MAX_SOURCES, Identity, validate_contact
 from bitnode.userid.packet_keys import Ed25519Signer, Ed25519Verifier, generate_identity, signing_key_text
 
+#: What a method that needs my identity answers (409) before identity_create or identity_recover.
+NO_IDENTITY = "this node has no identity yet: call identity_create or identity_recover first"
+
 __all__ = ["IdentityService", "RotateResult", "identity_as_dict"]
 
 
@@ -288,15 +291,27 @@ class IdentityService(Service):
             raise NotFound("this node has no identity yet: call identity_create or identity_recover")
         return self._identity
 
+    def require_global_id(self) -> str:
+        """My global id; Conflict (409) while this node has no identity."""
+        me = self.my_global_id()
+        if not me:
+            raise Conflict(NO_IDENTITY)
+        return me
+
+    def require_keystore(self) -> KeyStore:
+        """My key store; Conflict (409) while this node has no identity (key ids need an owner)."""
+        if self.keystore is None:
+            raise Conflict(NO_IDENTITY)
+        return self.keystore
+
     def master_private_key(self) -> RsaPrivateKey:
         """My RSA master key (it signs my identity and my suppliers record); Conflict without one."""
         return self._master_key()
 
     def _master_key(self) -> RsaPrivateKey:
-        if self.keystore is None:
-            raise Conflict("no key store: this node has no identity")
+        keystore = self.require_keystore()
         try:
-            return self.keystore.private_key(self.keystore.master_key_id)
+            return keystore.private_key(keystore.master_key_id)
         except NotFound:
             raise Conflict("the master private key is missing; recover it with identity_recover") from None
 

@@ -6,9 +6,10 @@ from twisted.internet import defer
 from twisted.trial import unittest
 
 from bitnode.dht.dht_service import DHTService
-from tests.interface.support import DispatcherCalls, start_id_server, wait_until
+from tests.interface.support import DispatcherCalls, start_id_server, start_node, wait_until
 
 DHT_PORT = "services/entangled-dht/udp-port"
+MESSAGES = "service_private_messages"
 
 
 @defer.inlineCallbacks
@@ -38,3 +39,16 @@ class ChatNetworkCase(DispatcherCalls, unittest.TestCase):
     def until(self, check, what):
         """Fires with ``check()``'s first true answer; fails the test after about 5 s."""
         return (yield wait_until(check, what))
+
+    @defer.inlineCallbacks
+    def messaging_user(self, name, service_classes, overrides):
+        """A node of ``service_classes`` (settings: ``self.settings`` with ``overrides``) that has created the
+        identity ``name`` and whose private messages service is on."""
+        node = yield start_node(self, service_classes=service_classes, overrides=dict(self.settings, **overrides))
+        yield self.ok(node, "identity_create", username=name)
+        yield self.until(lambda: node.service_driver.is_on(MESSAGES), f"{name}'s {MESSAGES}")
+        return node
+
+    def gid(self, node):
+        """The node's global id."""
+        return node.service_driver.get("service_identity").my_global_id()

@@ -19,25 +19,17 @@ from bitnode.transport.commands import Command
 from bitnode.transport.gateway_service import GatewayService
 from bitnode.transport.packet_out import PeerRefused
 from bitnode.userid.id_service import IdentityService
-from tests.chat.support import ChatNetworkCase
-from tests.interface.support import start_node
+from tests.chat.support import MESSAGES, ChatNetworkCase
 
 SERVICES = [IdentityService, GatewayService, NetworkService, FriendsService, PrivateMessagesService]
-MESSAGES = "service_private_messages"
+
 PREFIX = "services/private-messages/"
 
 
 class InboxAttackTests(ChatNetworkCase):
-    @inlineCallbacks
     def user(self, name, **limits):
-        overrides = dict(self.settings, **{PREFIX + key.replace("_", "-"): value for key, value in limits.items()})
-        node = yield start_node(self, service_classes=SERVICES, overrides=overrides)
-        yield self.ok(node, "identity_create", username=name)
-        yield self.until(lambda: node.service_driver.is_on(MESSAGES), f"{name}'s {MESSAGES}")
-        return node
-
-    def gid(self, node):
-        return node.service_driver.get("service_identity").my_global_id()
+        return self.messaging_user(name, SERVICES, {PREFIX + key.replace("_", "-"): value
+                                                     for key, value in limits.items()})
 
     @inlineCallbacks
     def attacker(self, name, victim):

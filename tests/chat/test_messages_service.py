@@ -17,28 +17,20 @@ from bitnode.transport.commands import Command
 from bitnode.transport.gateway_service import GatewayService
 from bitnode.transport.packet_out import PeerRefused
 from bitnode.userid.id_service import IdentityService
-from tests.chat.support import ChatNetworkCase
-from tests.interface.support import connect_ws, start_node
+from tests.chat.support import MESSAGES, ChatNetworkCase
+from tests.interface.support import connect_ws
 
 SERVICES = [IdentityService, GatewayService, NetworkService, PrivateMessagesService]
 #: Only the nickname test needs the DHT (it makes starting a node slower).
 DHT_SERVICES = [IdentityService, GatewayService, NetworkService, DHTService, NicknameService, PrivateMessagesService]
-MESSAGES = "service_private_messages"
 
 
 class PrivateMessagesNetworkTests(ChatNetworkCase):
     # -- helpers ------------------------------------------------------------------------
 
-    @inlineCallbacks
     def user(self, name, nickname=None):
-        node = yield start_node(self, service_classes=SERVICES if nickname is None else DHT_SERVICES,
-                                overrides=dict(self.settings, **{"services/private-messages/nickname": nickname or ""}))
-        yield self.ok(node, "identity_create", username=name)
-        yield self.until(lambda: node.service_driver.is_on(MESSAGES), f"{name}'s {MESSAGES}")
-        return node
-
-    def gid(self, node):
-        return node.service_driver.get("service_identity").my_global_id()
+        return self.messaging_user(name, SERVICES if nickname is None else DHT_SERVICES,
+                                   {"services/private-messages/nickname": nickname or ""})
 
     # -- tests ---------------------------------------------------------------------------
 

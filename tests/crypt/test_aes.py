@@ -4,18 +4,13 @@ from __future__ import annotations
 
 from twisted.trial import unittest
 
-from bitnode.crypt import aes, keys
+from bitnode.crypt import aes
 from bitnode.crypt.aes import DecryptionError
 from bitnode.errors import BadRequest
+from tests.crypt.support import KeysTestBase, flip
 
 KEY = bytes(range(32))
 OTHER_KEY = bytes(range(1, 33))
-
-
-def _flip(data: bytes, index: int) -> bytes:
-    out = bytearray(data)
-    out[index] ^= 0x80
-    return bytes(out)
 
 
 class SymmetricTests(unittest.TestCase):
@@ -51,7 +46,7 @@ class SymmetricTests(unittest.TestCase):
         blob = aes.encrypt(KEY, b"some plaintext")
         # nonce, tag, ciphertext (first and last byte)
         for index in (1, 12, 13, 20, 28, 29, len(blob) - 1):
-            err = self.assertRaises(DecryptionError, aes.decrypt, KEY, _flip(blob, index))
+            err = self.assertRaises(DecryptionError, aes.decrypt, KEY, flip(blob, index, 0x80))
             self.assertIn("tampered", str(err))
 
     def test_unknown_version_is_reported(self) -> None:
@@ -88,15 +83,7 @@ class SymmetricTests(unittest.TestCase):
         self.assertEqual(aes.decrypt(KEY, memoryview(blob)), b"payload")
 
 
-class HybridTests(unittest.TestCase):
-    _cached: tuple[keys.RsaPrivateKey, ...] = ()
-
-    def setUp(self) -> None:
-        # Generated once per class and kept as a class attribute (trial has no setUpClass).
-        if not HybridTests._cached:
-            HybridTests._cached = (keys.generate_rsa(2048), keys.generate_rsa(2048))
-        self.priv, self.other = HybridTests._cached
-
+class HybridTests(KeysTestBase):
     def test_round_trip(self) -> None:
         for plaintext in (b"", b"hi", b"long message " * 5000):
             blob = aes.hybrid_encrypt(self.priv.public_key(), plaintext)
@@ -120,7 +107,7 @@ class HybridTests(unittest.TestCase):
     def test_tampering_fails(self) -> None:
         blob = aes.hybrid_encrypt(self.priv.public_key(), b"hello there")
         for index in (3, 70, 3 + 128, 3 + 128 + 20, len(blob) - 1):
-            self.assertRaises(DecryptionError, aes.hybrid_decrypt, self.priv, _flip(blob, index))
+            self.assertRaises(DecryptionError, aes.hybrid_decrypt, self.priv, flip(blob, index, 0x80))
 
     def test_swapped_wrapped_key_fails(self) -> None:
         one = aes.hybrid_encrypt(self.priv.public_key(), b"first")

@@ -8,6 +8,7 @@ from twisted.trial import unittest
 
 from bitnode.crypt import fastsign, keys
 from bitnode.crypt.keys import InvalidKey
+from tests.crypt.support import flip
 
 # RFC 8032, section 7.1, TEST 2: secret key, public key, message, signature.
 RFC_SECRET = bytes.fromhex("4ccd089b28ff96da9db6c346ec114e0f5b8a319f35aba624da8cf6ed4fb8a6fb")
@@ -17,12 +18,6 @@ RFC_SIGNATURE = bytes.fromhex(
     "92a009a9f0d4cab8720e820b5f642540a2b27b5416503f8fb3762223ebdb69da"
     "085ac1e43e15996e458f3613d0f11d8c387b2eaeb4302aeeb00d291612bb0c00"
 )
-
-
-def _flip(data: bytes, index: int) -> bytes:
-    out = bytearray(data)
-    out[index] ^= 0x01
-    return bytes(out)
 
 
 class FastSignTests(unittest.TestCase):
@@ -53,7 +48,7 @@ class FastSignTests(unittest.TestCase):
         sig = fastsign.sign(self.priv, b"packet")
         self.assertFalse(fastsign.verify(pub, b"packeT", sig))
         for index in (0, 31, 32, 63):
-            self.assertFalse(fastsign.verify(pub, b"packet", _flip(sig, index)))
+            self.assertFalse(fastsign.verify(pub, b"packet", flip(sig, index)))
 
     def test_wrong_key_fails(self) -> None:
         sig = fastsign.sign(self.priv, b"packet")

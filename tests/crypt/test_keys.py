@@ -7,28 +7,11 @@ import pickle
 
 from Crypto.PublicKey import RSA
 from Crypto.Util.number import getPrime, inverse
-from twisted.trial import unittest
 
-from bitnode.crypt import keys
+from bitnode.crypt import fastsign, keys
 from bitnode.crypt.keys import DecryptionError, InvalidKey
 from bitnode.errors import BadRequest
-
-
-def _flip(data: bytes, index: int) -> bytes:
-    out = bytearray(data)
-    out[index] ^= 0x01
-    return bytes(out)
-
-
-class KeysTestBase(unittest.TestCase):
-    """Two 2048-bit keys, generated once for all subclasses (trial has no setUpClass)."""
-
-    _cached: tuple[keys.RsaPrivateKey, ...] = ()
-
-    def setUp(self) -> None:
-        if not KeysTestBase._cached:
-            KeysTestBase._cached = (keys.generate_rsa(2048), keys.generate_rsa(2048))
-        self.priv, self.other = KeysTestBase._cached
+from tests.crypt.support import KeysTestBase, flip
 
 
 class GenerateTests(KeysTestBase):
@@ -126,6 +109,17 @@ class PemTests(KeysTestBase):
         self.assertRaises(AttributeError, setattr, self.priv.public_key(), "_key", None)
         self.assertRaises(TypeError, pickle.dumps, self.priv)
 
+    def test_equal_keys_hash_alike_and_no_two_kinds_of_key_are_equal(self) -> None:
+        ed = fastsign.generate_ed25519()
+        for key in (self.priv, self.priv.public_key(), ed, ed.public_key()):
+            twin = type(key)(key.raw)
+            self.assertEqual((twin, hash(twin)), (key, hash(key)))
+        kinds = [self.priv, self.priv.public_key(), ed, ed.public_key(), self.other, self.other.public_key()]
+        for i, one in enumerate(kinds):
+            for other in kinds[i + 1:]:
+                self.assertNotEqual(one, other)
+        self.assertEqual(len(set(kinds + [self.priv, ed.public_key()])), len(kinds))
+
     def test_public_key_wrapper_strips_private_part(self) -> None:
         self.assertFalse(keys.RsaPublicKey(self.priv.raw).raw.has_private())
 
@@ -172,7 +166,7 @@ class SignatureTests(KeysTestBase):
     def test_flipped_signature_bits_fail(self) -> None:
         sig = keys.sign(self.priv, b"message")
         for index in (0, 17, len(sig) - 1):
-            self.assertFalse(keys.verify(self.priv, b"message", _flip(sig, index)))
+            self.assertFalse(keys.verify(self.priv, b"message", flip(sig, index)))
 
     def test_wrong_key_fails(self) -> None:
         sig = keys.sign(self.priv, b"message")
@@ -194,7 +188,7 @@ class SignatureTests(KeysTestBase):
         sig = keys.sign(self.priv, b"message")
         self.assertTrue(keys.verify_der(der, b"message", sig))
         self.assertFalse(keys.verify_der(der, b"messagE", sig))
-        self.assertFalse(keys.verify_der(der, b"message", _flip(sig, 3)))
+        self.assertFalse(keys.verify_der(der, b"message", flip(sig, 3)))
         self.assertFalse(keys.verify_der(self.other.public_key().to_der(), b"message", sig))
         for bad_der in (b"", b"\x30\x00", der[:-1], "text", None):
             self.assertFalse(keys.verify_der(bad_der, b"message", sig))
@@ -229,7 +223,7 @@ class WrapTests(KeysTestBase):
 
     def test_tampered_blob_cannot_unwrap(self) -> None:
         blob = keys.wrap_key(self.priv, b"k" * 32)
-        self.assertRaises(DecryptionError, keys.unwrap_key, self.priv, _flip(blob, 5))
+        self.assertRaises(DecryptionError, keys.unwrap_key, self.priv, flip(blob, 5))
         self.assertRaises(DecryptionError, keys.unwrap_key, self.priv, blob[:-1])
         self.assertRaises(DecryptionError, keys.unwrap_key, self.priv, b"")
 

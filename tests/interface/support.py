@@ -15,6 +15,8 @@ from urllib.parse import urlencode, urlsplit
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from treq.client import HTTPClient
 from twisted.internet import defer, reactor
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.protocol import Protocol
 from twisted.internet.task import deferLater
 from twisted.web.client import Agent, HTTPConnectionPool
 
@@ -386,6 +388,21 @@ def stored_settings(node) -> dict:
 def wait(seconds: float) -> defer.Deferred:
     """A Deferred firing after ``seconds`` of real time (kept short: only for timers under test)."""
     return deferLater(reactor, seconds, lambda: None)
+
+
+class IdleClient(Protocol):
+    """A client that connects and says nothing; ``lost`` fires when the other side closes the connection."""
+
+    def __init__(self) -> None:
+        self.lost: defer.Deferred = defer.Deferred()
+
+    def connectionLost(self, reason) -> None:
+        self.lost.callback(None)
+
+
+def connect_idle(port: int) -> defer.Deferred:
+    """An :class:`IdleClient` connected to ``127.0.0.1:port`` (a Deferred of it)."""
+    return connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), IdleClient())
 
 
 def wait_until(check, what: str = "", timeout: float = 5.0, step: float = 0.005) -> defer.Deferred:

@@ -96,6 +96,9 @@ def make_fakes(world: World, me: str) -> list:
         def my_global_id(self):
             return me
 
+        def require_global_id(self):
+            return me
+
         def my_idurl(self):
             return globalid.global_id_to_idurl(me)
 

@@ -4,22 +4,12 @@ that never show the secret (the handshake URL, refused handshakes included)."""
 from __future__ import annotations
 
 from twisted.internet import defer, reactor
-from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
-from twisted.internet.protocol import Protocol
 from twisted.internet.task import Clock
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial import unittest
 
 from bitnode.app import api_server
-from tests.interface.support import WsRefused, connect_ws, start_node, wait_until
-
-
-class _Raw(Protocol):
-    def connectionMade(self):
-        self.lost = defer.Deferred()
-
-    def connectionLost(self, reason):
-        self.lost.callback(None)
+from tests.interface.support import WsRefused, connect_idle, connect_ws, start_node, wait_until
 
 
 class WsAuthTestCase(unittest.TestCase):
@@ -114,7 +104,7 @@ class FrameLimitTests(WsAuthTestCase):
     @defer.inlineCallbacks
     def test_endless_handshake_is_cut_at_16_kib(self):
         port = api_server(self.node)._ws_port.getHost().port
-        client = yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), _Raw())
+        client = yield connect_idle(port)
         client.transport.write(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Filler: " + b"a" * 20_000)
         yield client.lost.addTimeout(2, reactor)  # autobahn kept buffering it before
         self.assertEqual(self.refused()["ws_handshakes_refused"], 1)

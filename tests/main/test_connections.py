@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from twisted.internet import defer, reactor
-from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -11,7 +10,7 @@ from twisted.trial import unittest
 from twisted.web.resource import Resource
 
 from bitnode.main.connections import ConnectionSet, TrackedProtocol, TrackingSite
-from tests.interface.support import wait_until
+from tests.interface.support import connect_idle, wait_until
 
 WAIT = 2.0
 
@@ -123,14 +122,6 @@ class _Hello(Resource):
         return b"hello"
 
 
-class _Idle(Protocol):
-    def __init__(self):
-        self.lost = defer.Deferred()
-
-    def connectionLost(self, reason):
-        self.lost.callback(None)
-
-
 class TrackingSiteTests(unittest.TestCase):
     """A real Site on loopback: a connection is known while open and closed by close_all."""
 
@@ -139,8 +130,7 @@ class TrackingSiteTests(unittest.TestCase):
         site = TrackingSite(_Hello())
         port = reactor.listenTCP(0, site, interface="127.0.0.1")
         self.addCleanup(port.stopListening)
-        client = yield TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port).connect(
-            Factory.forProtocol(_Idle))
+        client = yield connect_idle(port.getHost().port)
         # the server side accepts a moment after the client connected
         yield wait_until(lambda: len(site.connections), "the server to accept")
         self.assertEqual(len(site.connections), 1)

@@ -27,7 +27,7 @@ from bitnode.supplier import disk_store
 from bitnode.supplier.desk import SupplierDesk
 from bitnode.supplier.disk_store import DiskStore, StoreLimits
 from bitnode.transport.commands import Command
-from tests.supplier.test_supplier_service import PLAIN, SUPPLIER, Net, gid, ok, over_gateway
+from tests.supplier.test_supplier_service import SupplierNetTestCase, gid, ok, over_gateway
 
 ALICE = "alice@127.0.0.1_8084"
 MALLORY = "mallory@127.0.0.1_8084"
@@ -185,26 +185,16 @@ class DeskAttackTests(unittest.TestCase):
         self.assertTrue(os.path.exists(os.path.join(self.dir, "other.json")))
 
 
-class RateLimitAttackTests(unittest.TestCase):
+class RateLimitAttackTests(SupplierNetTestCase):
     """Over real gateways: one peer's flood is refused "rate limited"; another customer is served meanwhile."""
-
-    timeout = 60
 
     @inlineCallbacks
     def setUp(self):
-        net = Net()
-        yield net.start_id_server(self)
-        self.supplier = yield net.node(self, "sam", SUPPLIER, {
-            "services/supplier/enabled": True, "services/supplier/donated-space": 64 * MIB,
+        self.alice, self.mallory = yield self.start_supplier({
+            "services/supplier/donated-space": 64 * MIB,
             "services/supplier/list-burst": 3, "services/supplier/list-rate": 0.001,
             "services/supplier/request-burst": 40, "services/supplier/request-rate": 0.001,
-        }, wait_for="service_supplier")
-        self.alice = yield net.node(self, "alice", PLAIN)
-        self.mallory = yield net.node(self, "mallory", PLAIN)
-        self.sam = gid(self.supplier)
-        self.service = self.supplier.service_driver.get("service_supplier")
-        for customer in (self.alice, self.mallory):
-            yield customer.service_driver.get("service_gateway").gateway.ping(self.sam, timeout=5.0)
+        }, ("alice", "mallory"))
 
     def server(self, node):
         return RemoteStorageServer(over_gateway(node), self.sam)

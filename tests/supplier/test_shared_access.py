@@ -26,17 +26,24 @@ def packet(command: str, payload: bytes, owner: str = ALICE, creator: str = BOB)
     return SimpleNamespace(command=command, owner_id=owner, creator_id=creator, payload=payload)
 
 
+def alices_desk(case: unittest.TestCase, quota: int, blocks: tuple[tuple[str, bytes], ...]) -> SupplierDesk:
+    """A supplier desk in a temp dir that serves Alice ``quota`` bytes and holds her ``blocks`` (path, data)."""
+    root = case.mktemp()
+    os.makedirs(root)
+    desk = SupplierDesk(DiskStore(os.path.join(root, "customers")), os.path.join(root, "contracts.json"),
+                        lambda: 10**6, Clock())
+    case.successResultOf(desk.accept(ALICE, quota))
+    for path, data in blocks:
+        case.successResultOf(desk.store.store_block(ALICE, path, data))
+    return desk
+
+
 class SharedReadTests(unittest.TestCase):
     def setUp(self):
-        root = self.mktemp()
-        os.makedirs(root)
-        self.desk = SupplierDesk(DiskStore(os.path.join(root, "customers")), os.path.join(root, "contracts.json"),
-                                 lambda: 10**6, Clock())
-        self.desk.accept(ALICE, 10**5)
+        self.desk = alices_desk(self, 10**5, (
+            (BLOCK, b"shared block"), ("F1-aa/0/0", b"alice's own"),
+            (share_scope.readers_path(ALIAS), share_scope.encode_readers(ALICE, ALIAS, [BOB], 1.0))))
         self.refused, self.served = Counter(), Counter()
-        for path, data in ((BLOCK, b"shared block"), ("F1-aa/0/0", b"alice's own"),
-                           (share_scope.readers_path(ALIAS), share_scope.encode_readers(ALICE, ALIAS, [BOB], 1.0))):
-            self.successResultOf(self.desk.store.store_block(ALICE, path, data))
 
     def serve(self, p):
         return self.successResultOf(shared_access.serve(self.desk, p, self.refused, self.served))
@@ -86,17 +93,12 @@ class SharedWriteTests(unittest.TestCase):
     """Bob may write into Alice's share (his own part of it); Carol may only read it."""
 
     def setUp(self):
-        root = self.mktemp()
-        os.makedirs(root)
-        self.desk = SupplierDesk(DiskStore(os.path.join(root, "customers")), os.path.join(root, "contracts.json"),
-                                 lambda: 10**6, Clock())
-        self.successResultOf(self.desk.accept(ALICE, 64 * 1024))
+        self.desk = alices_desk(self, 64 * 1024, (
+            (BLOCK, b"alice's shared block"),
+            (share_scope.readers_path(ALIAS), share_scope.encode_readers(ALICE, ALIAS, [BOB, CAROL], 1.0)),
+            (share_scope.writers_path(ALIAS), share_scope.encode_writers(ALICE, ALIAS, [BOB], 1.0))))
         self.refused, self.served = Counter(), Counter()
         self.own = f"{share_scope.writer_prefix(ALIAS, BOB)}F20250101T000000000-ab12cd34"
-        for path, data in ((BLOCK, b"alice's shared block"),
-                           (share_scope.readers_path(ALIAS), share_scope.encode_readers(ALICE, ALIAS, [BOB, CAROL], 1.0)),
-                           (share_scope.writers_path(ALIAS), share_scope.encode_writers(ALICE, ALIAS, [BOB], 1.0))):
-            self.successResultOf(self.desk.store.store_block(ALICE, path, data))
 
     def serve(self, command, payload, creator=BOB):
         return self.successResultOf(shared_access.serve(self.desk, packet(command.value, payload, creator=creator),

@@ -103,25 +103,37 @@ def over_gateway(node):
     return request
 
 
-class SupplierServiceTests(unittest.TestCase):
+class SupplierNetTestCase(unittest.TestCase):
+    """A supplier node "sam" (``self.supplier``, its id ``self.sam``, its service ``self.service``) and plain
+    customer nodes over real gateways."""
+
     timeout = 60
 
     @inlineCallbacks
-    def setUp(self):
+    def start_supplier(self, settings: dict, customers: tuple[str, ...], services=SUPPLIER):
+        """Start sam with ``settings`` (supplier on), then one plain node per name; fires with those nodes."""
         net = Net()
         yield net.start_id_server(self)
-        # No minimum charges: these tests count bytes (tests/supplier/test_attacks.py has the charges).
-        self.supplier = yield net.node(self, "sam", SUPPLIER, {"services/supplier/enabled": True,
-                                                              "services/supplier/donated-space": 1000,
-                                                              "services/supplier/min-file-charge": 0,
-                                                              "services/supplier/min-dir-charge": 0},
+        self.supplier = yield net.node(self, "sam", services, {"services/supplier/enabled": True, **settings},
                                        wait_for="service_supplier")
-        self.alice = yield net.node(self, "alice", PLAIN)
-        self.bob = yield net.node(self, "bob", PLAIN)
         self.sam = gid(self.supplier)
         self.service = self.supplier.service_driver.get("service_supplier")
-        for customer in (self.alice, self.bob):  # introduce them: a node drops packets from unknown senders
-            yield customer.service_driver.get("service_gateway").gateway.ping(self.sam, timeout=5.0)
+        nodes = []
+        for name in customers:
+            node = yield net.node(self, name, PLAIN)
+            # introduce it: a node drops packets from unknown senders
+            yield node.service_driver.get("service_gateway").gateway.ping(self.sam, timeout=5.0)
+            nodes.append(node)
+        return nodes
+
+
+class SupplierServiceTests(SupplierNetTestCase):
+    @inlineCallbacks
+    def setUp(self):
+        # No minimum charges: these tests count bytes (tests/supplier/test_attacks.py has the charges).
+        self.alice, self.bob = yield self.start_supplier({"services/supplier/donated-space": 1000,
+                                                          "services/supplier/min-file-charge": 0,
+                                                          "services/supplier/min-dir-charge": 0}, ("alice", "bob"))
 
     def server(self, node):
         return RemoteStorageServer(over_gateway(node), self.sam)
@@ -230,22 +242,13 @@ class SupplierServiceTests(unittest.TestCase):
         yield alice.store_block(gid(self.alice), "V1/0/0", b"y")
 
 
-class SupplierContractTests(unittest.TestCase):
+class SupplierContractTests(SupplierNetTestCase):
     """The contract wiring over real gateways: packets renew, a silent customer's data goes, and says so."""
-
-    timeout = 60
 
     @inlineCallbacks
     def setUp(self):
-        net = Net()
-        yield net.start_id_server(self)
-        self.supplier = yield net.node(self, "sam", [*SUPPLIER, NetworkService], {
-            "services/supplier/enabled": True, "services/supplier/donated-space": 10 * 1024 * 1024},
-            wait_for="service_supplier")
-        self.alice = yield net.node(self, "alice", PLAIN)
-        self.sam = gid(self.supplier)
-        self.service = self.supplier.service_driver.get("service_supplier")
-        yield self.alice.service_driver.get("service_gateway").gateway.ping(self.sam, timeout=5.0)
+        (self.alice,) = yield self.start_supplier({"services/supplier/donated-space": 10 * 1024 * 1024}, ("alice",),
+                                                  services=[*SUPPLIER, NetworkService])
         connector = self.supplier.service_driver.get("service_network").connector
         yield until(lambda: connector.state == "CONNECTED", "the supplier to be connected")
         self.ended = []

@@ -202,13 +202,18 @@ class Peer:
         return d
 
 
-class GatewayTests(unittest.TestCase):
+class PeerNetTestCase(unittest.TestCase):
+    """Peers of one fake identity server, timers on a Clock at START (the base of gateway and relay tests)."""
+
     timeout = 30
 
     def setUp(self) -> None:
         self.clock = Clock()
         self.clock.advance(START)
         self.server = IdServer()
+
+
+class GatewayTests(PeerNetTestCase):
 
     @inlineCallbacks
     def peers(self, *names: str, know_each_other: bool = True, **kw):

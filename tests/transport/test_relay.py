@@ -19,7 +19,7 @@ from bitnode.transport.reintroduction import REFRESH_INTERVAL
 from bitnode.transport.relay import Relay, RelayLimits, RelayRefused
 from bitnode.transport.tcp import contact_addresses, parse_tcp_contact
 from tests.interface.support import wait_until
-from tests.transport.test_gateway import START, IdServer, Peer
+from tests.transport.test_gateway import START, Peer, PeerNetTestCase
 from tests.transport.test_support import Ed25519Signer, seed
 
 MiB = 1024 * 1024
@@ -34,15 +34,8 @@ class TamperingRelay(Relay):
         return super()._write(conn, frame)
 
 
-class RoutedNetworkTests(unittest.TestCase):
+class RoutedNetworkTests(PeerNetTestCase):
     """P routes R1 and R2 (no listening port); X is reachable."""
-
-    timeout = 30
-
-    def setUp(self) -> None:
-        self.clock = Clock()
-        self.clock.advance(START)
-        self.server = IdServer()
 
     @inlineCallbacks
     def network(self, relay_class=Relay, limits=RelayLimits(), routed=("r1",)):

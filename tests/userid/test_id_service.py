@@ -66,6 +66,12 @@ class StartTests(ServiceTestBase):
         self.assertEqual(file_mode(self.metadata("keys")), 0o700)
         self.assertTrue(os.path.isdir(self.node.basedir.path("identitycache")))
 
+    def test_without_identity_what_needs_one_is_a_conflict_that_says_how_to_get_one(self) -> None:
+        for needs_identity in (self.service.require_global_id, self.service.require_keystore,
+                               self.service.master_private_key):
+            err = self.assertRaises(Conflict, needs_identity)
+            self.assertIn("identity_create or identity_recover", str(err))
+
     def test_files_are_opened_off_the_reactor(self) -> None:
         self.assertIn("open_files", self.node.thread_calls)
 
@@ -94,8 +100,10 @@ class CreateTests(ServiceTestBase):
         self.assertEqual(identity.rsa_public_key().size_bits, 2048)
         self.assertEqual(self.servers.stored(ALICE_IDURL), identity)
         self.assertEqual(self.service.my_global_id(), ALICE)
+        self.assertEqual(self.service.require_global_id(), ALICE)
         self.assertEqual(self.service.my_idurl(), ALICE_IDURL)
         store = self.service.keystore
+        self.assertIs(self.service.require_keystore(), store)
         self.assertEqual(store.master_key_id, "master$" + ALICE)
         self.assertEqual(store.public_key(store.master_key_id), identity.rsa_public_key())
         for name in ("identity.xml", "packetkey.pem", os.path.join("keys", "master$" + ALICE + ".private")):
