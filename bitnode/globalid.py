@@ -110,6 +110,10 @@ class _UserAt:
         validate_host(self.host)
         validate_port(self.port)
 
+    def _port_text(self, separator: str) -> str:
+        """``separator`` and the port, or nothing for the default port (both forms omit it)."""
+        return "" if self.port == DEFAULT_PORT else f"{separator}{self.port}"
+
 
 @dataclass(frozen=True)
 class GlobalId(_UserAt):
@@ -138,9 +142,7 @@ class GlobalId(_UserAt):
         return IdUrl(self.name, self.host, self.port)
 
     def __str__(self) -> str:
-        if self.port == DEFAULT_PORT:
-            return f"{self.name}@{self.host}"
-        return f"{self.name}@{self.host}_{self.port}"
+        return f"{self.name}@{self.host}{self._port_text('_')}"
 
 
 @dataclass(frozen=True)
@@ -169,9 +171,7 @@ class IdUrl(_UserAt):
         return GlobalId(self.name, self.host, self.port)
 
     def __str__(self) -> str:
-        if self.port == DEFAULT_PORT:
-            return f"http://{self.host}/{self.name}.xml"
-        return f"http://{self.host}:{self.port}/{self.name}.xml"
+        return f"http://{self.host}{self._port_text(':')}/{self.name}.xml"
 
 
 @dataclass(frozen=True)

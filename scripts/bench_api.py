@@ -84,6 +84,26 @@ class LoadResult:
         return self.requests / self.seconds if self.seconds > 0 else 0.0
 
 
+def _received(sel: selectors.BaseSelector, buffers: dict[socket.socket, bytearray], timeout: float,
+              server: str) -> list[tuple[socket.socket, bytearray]]:
+    """Wait for bytes on the selector's sockets and append them to their buffers: [(socket, its buffer)].
+
+    TimeoutError when nothing comes within ``timeout``, ConnectionError when ``server`` closes a connection.
+    """
+    events = sel.select(timeout)
+    if not events:
+        raise TimeoutError(f"no answer from {server} within {timeout}s")
+    ready = []
+    for key, _ in events:
+        sock = key.fileobj
+        data = sock.recv(65536)
+        if not data:
+            raise ConnectionError(f"{server} closed the connection")
+        buffers[sock] += data
+        ready.append((sock, buffers[sock]))
+    return ready
+
+
 def hammer(port: int, secret: str, requests: int, concurrency: int, path: str = HEALTH_PATH,
            timeout: float = 30.0) -> LoadResult:
     """Send ``requests`` GETs over ``concurrency`` persistent connections, one in flight on each.
@@ -112,16 +132,7 @@ def hammer(port: int, secret: str, requests: int, concurrency: int, path: str = 
             sock.sendall(request)
             sent += 1
         while done < requests:
-            events = sel.select(timeout)
-            if not events:
-                raise TimeoutError(f"no answer from port {port} within {timeout}s")
-            for key, _ in events:
-                sock = key.fileobj
-                data = sock.recv(65536)
-                if not data:
-                    raise ConnectionError(f"server on port {port} closed the connection")
-                buf = buffers[sock]
-                buf += data
+            for sock, buf in _received(sel, buffers, timeout, f"the HTTP server on port {port}"):
                 parsed = parse_response(buf)
                 if parsed is None:
                     continue
@@ -257,16 +268,7 @@ def hammer_ws(port: int, secret: str, calls: int, connections: int = 4, depth: i
                 if sent < calls:
                     send_one(sock)
         while done < calls:
-            events = sel.select(timeout)
-            if not events:
-                raise TimeoutError(f"no WebSocket answer from port {port} within {timeout}s")
-            for key, _ in events:
-                sock = key.fileobj
-                data = sock.recv(65536)
-                if not data:
-                    raise ConnectionError(f"WebSocket on port {port} closed the connection")
-                buf = buffers[sock]
-                buf += data
+            for sock, buf in _received(sel, buffers, timeout, f"the WebSocket server on port {port}"):
                 while True:
                     frame = parse_server_frame(buf)
                     if frame is None:

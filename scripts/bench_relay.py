@@ -21,7 +21,6 @@ router keeps its default setting.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import shutil
@@ -34,6 +33,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bitnode.interface.client import call_api  # noqa: E402
 from bitnode.localnet.network import LocalNet, plan_network, write_settings  # noqa: E402
 from bitnode.main.basedir import Basedir  # noqa: E402
+from bitnode.main.fileutil import sha256_file  # noqa: E402
 
 MiB = 1024 * 1024
 DIRECT, ROUTED = "customer-1", "customer-2"
@@ -46,14 +46,6 @@ def parse_size(text: str) -> int:
         if text.endswith(suffix):
             return int(float(text[: -len(suffix)]) * factor)
     return int(text)
-
-
-def sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(MiB), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 class Bench:
@@ -99,7 +91,7 @@ class Bench:
         started = time.monotonic()
         done = self.api(name, "file_download_start", remote_path=remote, destination_path=target, wait_result=True)
         down = time.monotonic() - started
-        if done["state"] != "DONE" or sha256(target) != sha256(local):
+        if done["state"] != "DONE" or sha256_file(target) != sha256_file(local):
             raise SystemExit(f"{name} download came back different: {done}")
         os.unlink(target)
         return {"upload_s": up, "download_s": down}

@@ -245,7 +245,7 @@ def render_api_md(implemented: Callable[[Route | Alias], bool]) -> str:
     defaults = {option.key: option.default for option in SCHEMA}
     http_port = defaults.get("interface/api/http-port", 8180)
     ws_port = defaults.get("interface/api/ws-port", 8280)
-    groups = group_routes(ROUTES)
+    groups = [(AREA_TITLES.get(area, area.capitalize()), routes) for area, routes in group_routes(ROUTES)]
     built = sum(1 for r in ROUTES if implemented(r))
     lines = [
         "# bitnode API reference",
@@ -267,8 +267,7 @@ def render_api_md(implemented: Callable[[Route | Alias], bool]) -> str:
         "## Contents",
         "",
     ]
-    for area, routes in groups:
-        title = AREA_TITLES.get(area, area.capitalize())
+    for title, routes in groups:
         lines.append(f"- [{title}](#{title.lower()}): " + ", ".join(f"`{r.name}`" for r in routes))
     lines += [
         "- [Legacy method names](#legacy-method-names)",
@@ -277,8 +276,7 @@ def render_api_md(implemented: Callable[[Route | Alias], bool]) -> str:
         "- [WebSocket protocol](#websocket-protocol)",
         "",
     ]
-    for area, routes in groups:
-        title = AREA_TITLES.get(area, area.capitalize())
+    for title, routes in groups:
         lines += [f"## {title}", "", "| Method | Verb | Path | Status |", "|---|---|---|---|"]
         for r in routes:
             lines.append(f"| [`{r.name}`](#{_anchor(r.name)}) | {_verbs(r)} | `/{r.path}` | {_status(implemented(r), r)} |")

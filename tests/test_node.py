@@ -199,21 +199,23 @@ class EndRequestTests(unittest.TestCase):
         self.assertEqual(second["ignored"], "a stop is already under way")
         self.assertTrue(second["stopping"])
 
-    def test_restart_after_stop_is_a_no_op(self):
+    def restart_after(self, first: str):
+        """process_restart right after ``first`` (a method name), a second later: (restarts asked, its answer)."""
         restarts = []
         self.node.on_restart_requested = lambda: restarts.append(1)
-        api_server(self.node).api.process_stop()
-        answer = api_server(self.node).api.process_restart()
+        api = api_server(self.node).api
+        getattr(api, first)()
+        answer = api.process_restart()
         self.clock.advance(1)
+        return restarts, answer
+
+    def test_restart_after_stop_is_a_no_op(self):
+        restarts, answer = self.restart_after("process_stop")
         self.assertEqual((self.clock.stops, restarts), (1, []))
         self.assertEqual((answer["restarting"], answer["ignored"]), (False, "a stop is already under way"))
 
     def test_second_restart_is_a_no_op(self):
-        restarts = []
-        self.node.on_restart_requested = lambda: restarts.append(1)
-        api_server(self.node).api.process_restart()
-        answer = api_server(self.node).api.process_restart()
-        self.clock.advance(1)
+        restarts, answer = self.restart_after("process_restart")
         self.assertEqual(restarts, [1])
         self.assertEqual((answer["restarting"], answer["ignored"]), (True, "a restart is already under way"))
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Optional
 
 from twisted.internet import defer
@@ -194,6 +194,7 @@ class FriendList:
         return friend
 
 
+@dataclass(eq=False, repr=False)
 class FriendsWatcher:
     """Tracks my friends' online state and publishes its changes.
 
@@ -210,21 +211,22 @@ class FriendsWatcher:
 
     log = Logger()
 
-    def __init__(self, clock: Any, friends: FriendList, online: Any, gateway: Any,
-                 publish: Callable[[str, Any], Any], interval: float, ping_timeout: float) -> None:
-        self.clock = clock
-        self.friends = friends
-        self.online = online
-        self.gateway = gateway
-        self.publish = publish
-        self.interval = float(interval)
-        self.ping_timeout = float(ping_timeout)
-        self.rounds = 0
-        self._online: dict[str, bool] = {}
-        self._call: Any = None
-        self._round: Optional[Deferred] = None
-        self._running = False
-        self._pings = defer.DeferredSemaphore(PARALLEL_PINGS)
+    clock: Any
+    friends: FriendList
+    online: Any
+    gateway: Any
+    publish: Callable[[str, Any], Any]
+    interval: float
+    ping_timeout: float
+    rounds: int = field(init=False, default=0)
+    _online: dict[str, bool] = field(init=False, default_factory=dict)
+    _call: Any = field(init=False, default=None)
+    _round: Optional[Deferred] = field(init=False, default=None)
+    _running: bool = field(init=False, default=False)
+    _pings: defer.DeferredSemaphore = field(init=False, default_factory=lambda: defer.DeferredSemaphore(PARALLEL_PINGS))
+
+    def __post_init__(self) -> None:
+        self.interval, self.ping_timeout = float(self.interval), float(self.ping_timeout)
 
     # -- lifecycle -----------------------------------------------------------------
 

@@ -32,7 +32,6 @@ from bitnode.errors import BadRequest, BitnodeError, Unavailable
 from bitnode.main.options import FLOAT, Option
 from bitnode.p2p.network_service import NetworkService
 from bitnode.services.base import Service
-from bitnode.services.context import NodeContext
 from bitnode.transport.gateway_service import GatewayService
 from bitnode.userid.id_service import IdentityService
 
@@ -59,11 +58,9 @@ class FriendsService(Service):
                minimum=0.1, maximum=300.0),
     )
     log = Logger()
-
-    def __init__(self, ctx: NodeContext) -> None:
-        super().__init__(ctx)
-        self.friends: Optional[FriendList] = None
-        self.watcher: Optional[FriendsWatcher] = None
+    #: set while the service runs
+    friends: Optional[FriendList] = None
+    watcher: Optional[FriendsWatcher] = None
 
     # -- lifecycle ------------------------------------------------------------------
 

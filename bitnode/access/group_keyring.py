@@ -17,6 +17,7 @@ again.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 from twisted.internet.defer import Deferred
@@ -38,6 +39,7 @@ from bitnode.crypt import keys
 from bitnode.errors import BadRequest, BitnodeError, Conflict, Forbidden
 
 
+@dataclass(eq=False, repr=False)
 class Keyring:
     """Rosters (in memory) and generation keys (in the group store) of the groups this node is in.
 
@@ -50,16 +52,15 @@ class Keyring:
 
     log = Logger()
 
-    def __init__(self, me: str, store: Any, run: Callable[..., Deferred], keystore: Callable[[], Any],
-                 public_key: Callable[[str], Deferred]) -> None:
-        self.me = me
-        self.store = store
-        self.run = run
-        self.keystore = keystore
-        self.public_key = public_key
-        self.rosters: dict[str, Roster] = {}
-        self._secrets: dict[str, dict[int, bytes]] = {}
-        self.counters = {"controls_applied": 0, "controls_skipped": 0, "bundles_opened": 0}
+    me: str
+    store: Any
+    run: Callable[..., Deferred]
+    keystore: Callable[[], Any]
+    public_key: Callable[[str], Deferred]
+    rosters: dict[str, Roster] = field(init=False, default_factory=dict)
+    _secrets: dict[str, dict[int, bytes]] = field(init=False, default_factory=dict)
+    counters: dict[str, int] = field(init=False, default_factory=lambda: {
+        "controls_applied": 0, "controls_skipped": 0, "bundles_opened": 0})
 
     # -- keys --------------------------------------------------------------------------------
 

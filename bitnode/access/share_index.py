@@ -61,7 +61,9 @@ import zlib
 from dataclasses import dataclass
 
 from bitnode import boundedjson
-from bitnode.crypt import aes, keys
+from bitnode.access import signed_envelope
+from bitnode.access.signed_envelope import canonical
+from bitnode.crypt import aes
 from bitnode.crypt.keys import RsaPrivateKey, RsaPublicKey
 from bitnode.errors import BadRequest
 from bitnode.storage import share_scope
@@ -102,10 +104,6 @@ class SignedIndex:
     format: int = 1
 
 
-def _canonical(value: dict) -> bytes:
-    return json.dumps(value, sort_keys=True, separators=(",", ":")).encode("utf-8")
-
-
 def _aad(owner: str, key_id: str, serial: int, writer: str | None = None) -> bytes:
     """Format 1 (``writer`` None) or format 2 associated data."""
     base = b"\x00" + owner.encode("utf-8") + b"\x00" + key_id.encode("utf-8") + b"\x00" + str(serial).encode()
@@ -137,7 +135,7 @@ def share_subset(export: bytes, key_id: str) -> dict:
 
 def subset_digest(subset: dict) -> str:
     """SHA-256 hex of a subset: an unchanged share is not published again."""
-    return hashlib.sha256(_canonical(subset)).hexdigest()
+    return hashlib.sha256(canonical(subset)).hexdigest()
 
 
 def seal_index(signer: RsaPrivateKey, share_public: RsaPublicKey, owner: str, key_id: str, serial: int,
@@ -150,13 +148,11 @@ def seal_index(signer: RsaPrivateKey, share_public: RsaPublicKey, owner: str, ke
     inner = {"format": INDEX_FORMAT, "owner": owner, "key_id": key_id, "serial": serial, "writer": writer,
              "created": created, "catalog": subset, "members": dict(members or {}) if not writer else {},
              "reshare": reshare if not writer else "", "removed": list(removed or []) if not writer else []}
-    envelope = aes.hybrid_encrypt(share_public, zlib.compress(_canonical(inner), 6),
+    envelope = aes.hybrid_encrypt(share_public, zlib.compress(canonical(inner), 6),
                                   aad=_aad(owner, key_id, serial, writer))
-    signed = _canonical({"format": INDEX_FORMAT, "owner": owner, "key_id": key_id, "serial": serial,
-                         "writer": writer, "key": share_public.fingerprint(),
-                         "body": base64.b64encode(envelope).decode("ascii")})
-    signature = keys.sign(signer, signed)
-    stored = _canonical({"signed": signed.decode("utf-8"), "signature": base64.b64encode(signature).decode("ascii")})
+    stored = signed_envelope.seal(signer, {"format": INDEX_FORMAT, "owner": owner, "key_id": key_id,
+                                           "serial": serial, "writer": writer, "key": share_public.fingerprint(),
+                                           "body": base64.b64encode(envelope).decode("ascii")})
     if len(stored) > MAX_INDEX_BYTES:
         what = f"the entries of {writer} in" if writer else "the index of"
         raise BadRequest(f"{what} {key_id} is {len(stored)} bytes, more than {MAX_INDEX_BYTES}: "
@@ -169,14 +165,7 @@ def verify_index(signer_public: RsaPublicKey, data: bytes, owner: str, key_id: s
     what = f"entries of {writer}" if writer else "share index"
     if len(data) > MAX_INDEX_BYTES:
         raise BadRequest(f"{what} too large")
-    try:
-        outer = boundedjson.loads(data, what)
-        signed = outer["signed"].encode("utf-8")
-        signature = base64.b64decode(outer["signature"], validate=True)
-    except (UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as err:
-        raise BadRequest(f"{what} is not readable: {err}") from None
-    if not keys.verify(signer_public, signed, signature):
-        raise BadRequest(f"{what} of {key_id} is not signed by {writer or owner}")
+    signed, _ = signed_envelope.open_signed(signer_public, data, what, key_id, writer or owner)
     head = boundedjson.loads(signed, f"{what} head")
     fmt = head.get("format") if isinstance(head, dict) else None
     if isinstance(fmt, bool) or fmt not in READABLE_INDEX_FORMATS:

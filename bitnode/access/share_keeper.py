@@ -23,6 +23,7 @@ Counters (``service_info service_shares``): ``published``,
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from twisted.internet import defer
@@ -37,6 +38,7 @@ from bitnode.errors import BitnodeError
 PUBLISH_RETRY = 60.0
 
 
+@dataclass(eq=False, repr=False)
 class ShareKeeper:
     """Publishes my shares and takes in my writers' files; see the module docstring.
 
@@ -49,28 +51,25 @@ class ShareKeeper:
 
     log = Logger()
 
-    def __init__(self, ctx: Any, registry: Callable[[], Any], publisher: SharePublisher, storage: Callable[[], Any],
-                 keystore: Callable[[], Any], reader_for: Callable[[str], ShareReader],
-                 holds: Callable[[str], bool], settings: dict, background: Any,
-                 note: Callable[[str, str, str], Any] = lambda event, key_id, detail: None):
-        self.ctx = ctx
-        self.registry = registry
-        self.publisher = publisher
-        self.storage = storage
-        self.keystore = keystore
-        self.reader_for = reader_for
-        self.holds = holds
-        self.settings = settings
-        self.background = background
-        self.note = note
-        self.lock = defer.DeferredLock()
-        self.deleting: set[str] = set()
-        self.counters = {"published": 0, "publish_failed": 0, "absorb_rounds": 0, "absorbed_versions": 0,
-                         "forgotten_versions": 0, "absorb_failed": 0}
-        self._publish_call: Any = None
-        self._publish_force = False
-        self._absorb_call: Any = None
-        self._stopped = False
+    ctx: Any
+    registry: Callable[[], Any]
+    publisher: SharePublisher
+    storage: Callable[[], Any]
+    keystore: Callable[[], Any]
+    reader_for: Callable[[str], ShareReader]
+    holds: Callable[[str], bool]
+    settings: dict
+    background: Any
+    note: Callable[[str, str, str], Any] = lambda event, key_id, detail: None
+    lock: defer.DeferredLock = field(init=False, default_factory=defer.DeferredLock)
+    deleting: set[str] = field(init=False, default_factory=set)
+    counters: dict[str, int] = field(init=False, default_factory=lambda: dict.fromkeys(
+        ("published", "publish_failed", "absorb_rounds", "absorbed_versions", "forgotten_versions", "absorb_failed"),
+        0))
+    _publish_call: Any = field(init=False, default=None)
+    _publish_force: bool = field(init=False, default=False)
+    _absorb_call: Any = field(init=False, default=None)
+    _stopped: bool = field(init=False, default=False)
 
     def start(self) -> None:
         """Publish what a stop or a crash may have left unsent; take in writers' files from now on."""

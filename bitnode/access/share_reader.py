@@ -31,6 +31,7 @@ No retries here: the coordinator decides when to try again.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from twisted.internet import defer
@@ -46,6 +47,7 @@ from bitnode.transport.packet import Packet
 from bitnode.transport.packet_out import PeerRefused
 
 
+@dataclass(eq=False, repr=False)
 class ShareReader:
     """Reads share ``key_id`` of ``owner_id`` from the owner's suppliers.
 
@@ -58,22 +60,23 @@ class ShareReader:
     :param previous_keys: returns the earlier generations of the share key held here, newest first.
     """
 
-    def __init__(self, clock: Any, run_in_thread: Callable[..., defer.Deferred], gateway: Callable[[], Any],
-                 key_id: str, lookup: Callable[[str], defer.Deferred],
-                 fetch_identity: Callable[[str], defer.Deferred], share_key: Callable[[], Any],
-                 timeout: Callable[[], float] = lambda: 60.0, previous_keys: Callable[[], list] = lambda: []):
-        self.clock = clock
-        self.run_in_thread = run_in_thread
-        self.gateway = gateway
-        self.key_id = key_id
-        self.owner_id = share_scope.share_owner(key_id)
-        self.alias = share_scope.share_alias(key_id)
-        self.lookup = lookup
-        self.fetch_identity = fetch_identity
-        self.share_key = share_key
-        self.previous_keys = previous_keys
-        self.timeout = timeout
-        self._servers: dict[str, RemoteStorageServer] = {}
+    clock: Any
+    run_in_thread: Callable[..., defer.Deferred]
+    gateway: Callable[[], Any]
+    key_id: str
+    lookup: Callable[[str], defer.Deferred]
+    fetch_identity: Callable[[str], defer.Deferred]
+    share_key: Callable[[], Any]
+    timeout: Callable[[], float] = lambda: 60.0
+    previous_keys: Callable[[], list] = lambda: []
+    #: the owner and the alias of the share, from ``key_id`` (BadRequest when it names no share)
+    owner_id: str = field(init=False)
+    alias: str = field(init=False)
+    _servers: dict[str, RemoteStorageServer] = field(init=False, default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.owner_id = share_scope.share_owner(self.key_id)
+        self.alias = share_scope.share_alias(self.key_id)
 
     # --- the owner's suppliers --------------------------------------------------------------
 

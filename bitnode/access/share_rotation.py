@@ -36,10 +36,10 @@ the rotation ran.
 from __future__ import annotations
 
 import base64
-import json
 from typing import Any
 
 from bitnode import boundedjson
+from bitnode.access import signed_envelope
 from bitnode.access.key_packets import KeyOffer, open_key, seal_key
 from bitnode.crypt import keys
 from bitnode.crypt.keys import RsaPrivateKey, RsaPublicKey
@@ -71,18 +71,13 @@ def rewrap_with(generations: list[RsaPrivateKey], new_public: RsaPublicKey, key_
     return rewrap
 
 
-def _canonical(value: dict) -> bytes:
-    return json.dumps(value, sort_keys=True, separators=(",", ":")).encode("utf-8")
-
-
 def seal_envelope(owner_master: RsaPrivateKey, member_public: RsaPublicKey, owner: str, member: str,
                   offer: KeyOffer) -> bytes:
     """The new share key for ``member``, encrypted to its identity key and signed by me (CPU work)."""
     sealed = seal_key(member_public, owner, member, offer)
-    signed = _canonical({"format": ENVELOPE_FORMAT, "owner": owner, "member": member, "key_id": offer.key_id,
-                         "fingerprint": offer.fingerprint, "sealed": base64.b64encode(sealed).decode("ascii")})
-    signature = keys.sign(owner_master, signed)
-    return _canonical({"signed": signed.decode("utf-8"), "signature": base64.b64encode(signature).decode("ascii")})
+    return signed_envelope.seal(owner_master, {
+        "format": ENVELOPE_FORMAT, "owner": owner, "member": member, "key_id": offer.key_id,
+        "fingerprint": offer.fingerprint, "sealed": base64.b64encode(sealed).decode("ascii")})
 
 
 def open_envelope(owner_public: RsaPublicKey, my_private: RsaPrivateKey, data: bytes, owner: str, me: str,
@@ -93,14 +88,7 @@ def open_envelope(owner_public: RsaPublicKey, my_private: RsaPrivateKey, data: b
     """
     if not isinstance(data, bytes) or len(data) > MAX_ENVELOPE_BYTES:
         raise BadRequest("key envelope too large")
-    try:
-        outer = boundedjson.loads(data, "key envelope")
-        signed = outer["signed"].encode("utf-8")
-        signature = base64.b64decode(outer["signature"], validate=True)
-    except (UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as err:
-        raise BadRequest(f"key envelope is not readable: {err}") from None
-    if not keys.verify(owner_public, signed, signature):
-        raise BadRequest(f"key envelope of {key_id} is not signed by {owner}")
+    signed, _ = signed_envelope.open_signed(owner_public, data, "key envelope", key_id, owner)
     try:
         head = boundedjson.loads(signed, "key envelope head")
         fields = (head["format"], head["owner"], head["member"], head["key_id"])

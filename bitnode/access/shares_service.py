@@ -189,14 +189,11 @@ class SharesService(Service):
 
     # --- neighbours ------------------------------------------------------------------------------------
 
-    def _identity(self) -> Any:
-        return self.deps.identity
-
     def _keystore(self) -> Any:
-        return self._identity().require_keystore()
+        return self.deps.identity.require_keystore()
 
     def _me(self) -> str:
-        return self._identity().require_global_id()
+        return self.deps.identity.require_global_id()
 
     def _storage(self) -> BackupsService:
         if not self.deps.is_on("storage"):
@@ -220,7 +217,7 @@ class SharesService(Service):
         """A reader of my own share: it reads my suppliers as me (the writers' entries)."""
         store = self._keystore()
         return ShareReader(self.ctx.clock, self.ctx.run_in_thread, self.deps.gateway.require_gateway, key_id,
-                           self._lookup, self._identity().fetch_identity, lambda: store.private_key(key_id),
+                           self._lookup, self.deps.identity.fetch_identity, lambda: store.private_key(key_id),
                            lambda: self.ctx.settings.get(PREFIX + "request-timeout"),
                            previous_keys=lambda: store.previous_private_keys(key_id))
 
@@ -409,7 +406,7 @@ class SharesService(Service):
             return max(1.0, timeout - (self.ctx.clock.seconds() - started))
 
         suppliers = await self.keeper.publish_now(key_id, readers_changed=True, force=True, timeout=left())
-        made, problems = await share_rotation.envelopes(self.ctx.run_in_thread, store, self._identity().fetch_identity,
+        made, problems = await share_rotation.envelopes(self.ctx.run_in_thread, store, self.deps.identity.fetch_identity,
                                                         key_id, grantees)
         try:
             stored = await self.keeper.publisher.put_objects(
@@ -436,7 +433,7 @@ class SharesService(Service):
         """The index is sealed with a key generation I do not hold: take it from my envelope on the suppliers."""
         store, me = self._keystore(), self._me()
         copies = await reader.fetch_envelopes(positions)
-        owner = await self._identity().fetch_identity(reader.owner_id)
+        owner = await self.deps.identity.fetch_identity(reader.owner_id)
         problems = []
         for data in copies:
             try:
@@ -533,7 +530,7 @@ class SharesService(Service):
         ctx, settings, gateway = self.ctx, self.ctx.settings, self.deps.gateway
         store = self._keystore()
         reader = ShareReader(ctx.clock, ctx.run_in_thread, gateway.require_gateway, key_id,
-                             self._lookup, self._identity().fetch_identity, lambda: store.private_key(key_id),
+                             self._lookup, self.deps.identity.fetch_identity, lambda: store.private_key(key_id),
                              lambda: settings.get(PREFIX + "request-timeout"),
                              previous_keys=lambda: store.previous_private_keys(key_id))
         view = ShareView(ctx.clock, ctx.run_in_thread, reader, registry=ctx.automats,

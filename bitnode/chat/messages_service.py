@@ -248,14 +248,11 @@ class PrivateMessagesService(Service):
             raise Unavailable(f"{self.name} is not running")
         return self.history
 
-    def _identity(self) -> Any:
-        return self.deps.identity
-
     def _my_id(self) -> str:
-        return self._identity().require_global_id()
+        return self.deps.identity.require_global_id()
 
     def _my_key(self) -> Any:
-        return self._identity().master_private_key()
+        return self.deps.identity.master_private_key()
 
     # -- the inbox's limits (bitnode.chat.inbox_limits) ------------------------------------
 
@@ -362,7 +359,7 @@ class PrivateMessagesService(Service):
         recipient = await self._resolve_user(recipient_id)
         if recipient == me:
             raise BadRequest("cannot send a private message to yourself")
-        identity = await self._identity().fetch_identity(recipient)
+        identity = await self.deps.identity.fetch_identity(recipient)
         header = MessageHeader(PRIVATE_MESSAGE, me, recipient, secrets.token_hex(16), self.ctx.clock.seconds())
         sealed = await self.ctx.run_in_thread(seal, header, data, self._my_key(), identity.rsa_public_key())
         row, _ = await self.ctx.run_in_thread(
@@ -417,7 +414,7 @@ class PrivateMessagesService(Service):
         try:
             normalize_data(data)  # bad content is the caller's error, not every peer's failure (a 503)
             me = self._my_id()
-            cache = self._identity().cache
+            cache = self.deps.identity.cache
             known = sorted({ident.global_id for ident in cache.list()} - {me}) if cache is not None else []
         except BitnodeError as err:
             return defer.fail(err)
@@ -474,7 +471,7 @@ class PrivateMessagesService(Service):
         if len(packet.payload) > self.max_message_size() + SEAL_OVERHEAD:
             raise MessageRejected(f"message larger than {self.max_message_size()} bytes")
         header = peek(packet.payload)
-        identity = self._identity()
+        identity = self.deps.identity
         # a user who moved to another identity server has several names: the sender's may be an old one, and
         # a message may be addressed to any of mine (a peer that knew me before I moved)
         if header.sender != packet.creator_id and not identity.same_user(header.sender, packet.creator_id):
@@ -496,7 +493,7 @@ class PrivateMessagesService(Service):
     # -- offline delivery (bitnode.chat.offline_delivery) ---------------------------------
 
     def _their_suppliers(self, user: str) -> Deferred:
-        d = lookup_suppliers(self.deps.dht, self._identity(), user)
+        d = lookup_suppliers(self.deps.dht, self.deps.identity, user)
         return d.addCallback(lambda record: record["suppliers"])
 
     async def _my_suppliers(self) -> list[str]:
@@ -541,7 +538,7 @@ class PrivateMessagesService(Service):
     async def _send_receipt(self, user: str, data: dict, message_id: str) -> None:
         """Send a delivery receipt to ``user``: directly, else queued on its suppliers (an error if neither)."""
         header = MessageHeader(DELIVERY_RECEIPT, self._my_id(), user, message_id, self.ctx.clock.seconds())
-        identity = await self._identity().fetch_identity(user)
+        identity = await self.deps.identity.fetch_identity(user)
         sealed = await self.ctx.run_in_thread(seal, header, data, self._my_key(), identity.rsa_public_key())
         try:
             await self._deliver(user, sealed, message_id, RECEIPT_PING, RECEIPT_ACK)

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter, defaultdict
+from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
 from twisted.internet import defer, task
@@ -122,6 +123,7 @@ def _order(entry: mw.QueuedMessage) -> tuple:
     return sent, entry.arrived, entry.sender, entry.message_id
 
 
+@dataclass(eq=False, repr=False)
 class OfflineDelivery:
     """Queueing for offline recipients and fetching my own queue (see the module docstring).
 
@@ -135,22 +137,19 @@ class OfflineDelivery:
 
     log = Logger()
 
-    def __init__(self, client: MailboxClient, their_suppliers: Callable[[str], Any],
-                 my_suppliers: Callable[[], Any], take: Callable[[mw.QueuedMessage], Awaitable[str]],
-                 receipts: Receipts | None = None):
-        self.client = client
-        self.their_suppliers = their_suppliers
-        self.my_suppliers = my_suppliers
-        self.take = take
-        self.receipts = receipts
-        self._timer: task.LoopingCall | None = None
-        #: queued (messages I queued for others), queue_failed, rounds (started), rounds_finished, fetched, taken,
-        #: duplicates, rejected, refused, deferred (left queued: not judged now), fetch_failed, remove_failed,
-        #: round_errors.
-        self.counts: Counter[str] = Counter()
-        self.last_error = ""
-        self._round: defer.Deferred | None = None
-        self._again = False
+    client: MailboxClient
+    their_suppliers: Callable[[str], Any]
+    my_suppliers: Callable[[], Any]
+    take: Callable[[mw.QueuedMessage], Awaitable[str]]
+    receipts: Receipts | None = None
+    #: queued (messages I queued for others), queue_failed, rounds (started), rounds_finished, fetched, taken,
+    #: duplicates, rejected, refused, deferred (left queued: not judged now), fetch_failed, remove_failed,
+    #: round_errors.
+    counts: Counter[str] = field(init=False, default_factory=Counter)
+    last_error: str = field(init=False, default="")
+    _timer: task.LoopingCall | None = field(init=False, default=None)
+    _round: defer.Deferred | None = field(init=False, default=None)
+    _again: bool = field(init=False, default=False)
 
     # -- sender side --------------------------------------------------------------------
 

@@ -268,15 +268,16 @@ def api(basedir: Basedir, method: str, timeout: float = 60.0, **kwargs) -> tuple
         return 0, {"status": "ERROR", "errors": [f"node not reachable: {err}"]}
 
 
-def wait_for(check: Callable[[], object], timeout: float, what: str, interval: float = 0.2):
-    """Poll ``check`` until it returns something true; LocalnetError naming ``what`` on timeout."""
+def wait_for(check: Callable[[], object], timeout: float, what: str, interval: float = 0.2,
+             error: type[Exception] = LocalnetError):
+    """Poll ``check`` until it returns something true; ``error`` naming ``what`` on timeout."""
     deadline = time.monotonic() + timeout
     while True:
         result = check()
         if result:
             return result
         if time.monotonic() >= deadline:
-            raise LocalnetError(f"timed out after {timeout:g}s waiting for {what}")
+            raise error(f"timed out after {timeout:g}s waiting for {what}")
         time.sleep(interval)
 
 

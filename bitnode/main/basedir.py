@@ -13,6 +13,19 @@ def default_basedir() -> str:
     return os.path.abspath(os.path.expanduser(os.environ.get("BITNODE_HOME") or DEFAULT_BASEDIR))
 
 
+class _Place:
+    """A fixed path inside the basedir, read as an attribute of a :class:`Basedir`; one row of its layout."""
+
+    def __init__(self, doc: str, *parts: str) -> None:
+        self.parts = parts
+        self.__doc__ = doc
+
+    def __get__(self, basedir: Basedir | None, owner: type | None = None):
+        if basedir is None:
+            return self
+        return basedir.path(*self.parts)
+
+
 @dataclass(frozen=True)
 class Basedir:
     """The layout of a node's base directory."""
@@ -28,45 +41,15 @@ class Basedir:
         """A path inside the basedir."""
         return os.path.join(self.root, *parts)
 
-    @property
-    def config(self) -> str:
-        """Settings live here."""
-        return self.path("config")
-
-    @property
-    def metadata(self) -> str:
-        """Secrets and identity: API secret, keys, identity document (mode 0700)."""
-        return self.path("metadata")
-
-    @property
-    def logs(self) -> str:
-        """twistd log and pid files."""
-        return self.path("logs")
-
-    @property
-    def settings_file(self) -> str:
-        """The settings JSON."""
-        return os.path.join(self.config, "settings.json")
-
-    @property
-    def api_secret_file(self) -> str:
-        """The API token (mode 0600)."""
-        return os.path.join(self.metadata, "apisecret")
-
-    @property
-    def endpoints_file(self) -> str:
-        """Where a running node writes its API URLs (read by the CLI and localnet)."""
-        return os.path.join(self.metadata, "endpoints.json")
-
-    @property
-    def pid_file(self) -> str:
-        """twistd's pid file when daemonised."""
-        return os.path.join(self.logs, "twistd.pid")
-
-    @property
-    def log_file(self) -> str:
-        """twistd's log file when daemonised."""
-        return os.path.join(self.logs, "twistd.log")
+    config = _Place("Settings live here.", "config")
+    metadata = _Place("Secrets and identity: API secret, keys, identity document (mode 0700).", "metadata")
+    logs = _Place("twistd log and pid files.", "logs")
+    settings_file = _Place("The settings JSON.", "config", "settings.json")
+    api_secret_file = _Place("The API token (mode 0600).", "metadata", "apisecret")
+    endpoints_file = _Place("Where a running node writes its API URLs (read by the CLI and localnet).",
+                            "metadata", "endpoints.json")
+    pid_file = _Place("twistd's pid file when daemonised.", "logs", "twistd.pid")
+    log_file = _Place("twistd's log file when daemonised.", "logs", "twistd.log")
 
     def create(self) -> None:
         """Make the folders, with private ones readable by the owner only."""

@@ -9,6 +9,7 @@ either the old content or the new one, never a torn file.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 
@@ -36,6 +37,29 @@ def fsync_dir(path: str) -> None:
         os.close(fd)
 
 
+def write_temp_file(directory: str, prefix: str, data: bytes, mode: int) -> str:
+    """Write ``data`` to a new temporary file in ``directory`` and fsync it; return its path.
+
+    The file is switched to ``mode`` with ``fchmod`` before any data is
+    written (it is created 0600, and the umask does not apply). The caller
+    moves it into place (rename or link) and removes what is left; on an
+    error here nothing is left behind.
+    """
+    fd, tmp_path = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=directory)
+    try:
+        os.fchmod(fd, mode)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        remove_if_exists(tmp_path)
+        raise
+    os.close(fd)
+    return tmp_path
+
+
 def atomic_write(path: str, data: bytes, mode: int = 0o644) -> None:
     """Replace ``path`` with ``data`` atomically and durably.
 
@@ -47,26 +71,11 @@ def atomic_write(path: str, data: bytes, mode: int = 0o644) -> None:
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise TypeError("atomic_write needs bytes")
     directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp_path = tempfile.mkstemp(
-        prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory
-    )
+    tmp_path = write_temp_file(directory, "." + os.path.basename(path) + ".", data, mode)
     try:
-        os.fchmod(fd, mode)
-        view = memoryview(data)
-        while view:
-            written = os.write(fd, view)
-            view = view[written:]
-        os.fsync(fd)
-        os.close(fd)
-        fd = -1
         os.replace(tmp_path, path)
     except BaseException:
-        if fd >= 0:
-            os.close(fd)
-        try:
-            os.unlink(tmp_path)
-        except OSError:
-            pass
+        remove_if_exists(tmp_path)
         raise
     fsync_dir(directory)
 
@@ -83,6 +92,15 @@ def read_limited(path: str, limit: int) -> bytes:
     if len(data) > limit:
         raise FileTooLarge(f"{os.path.basename(path)} is larger than {limit} bytes")
     return data
+
+
+def sha256_file(path: str, chunk: int = 1 << 20) -> str:
+    """The SHA-256 (hex) of a file, read ``chunk`` bytes at a time (memory stays flat). Blocking."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for piece in iter(lambda: handle.read(chunk), b""):
+            digest.update(piece)
+    return digest.hexdigest()
 
 
 def remove_if_exists(path: str) -> bool:

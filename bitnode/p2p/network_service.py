@@ -33,7 +33,6 @@ from bitnode.p2p.network_connector import NetworkConnector
 from bitnode.p2p.online_status import OnlineStatus
 from bitnode.p2p.proxy_transport_service import EXTERNAL_ADDRESS_CHANGED, ProxyTransportService
 from bitnode.services.base import Service
-from bitnode.services.context import NodeContext
 from bitnode.transport.gateway_service import GatewayService
 from bitnode.userid.id_service import IdentityService
 
@@ -67,14 +66,12 @@ class NetworkService(Service):
                minimum=1.0, maximum=86400.0, restart_needed=True),
     )
     log = Logger()
-
-    def __init__(self, ctx: NodeContext) -> None:
-        super().__init__(ctx)
-        self.connector: Optional[NetworkConnector] = None
-        self.online: Optional[OnlineStatus] = None
-        self._announced: Optional[bool] = None
-        self._unsubscribe: Any = None
-        self.external: Optional[ExternalAddress] = None
+    #: set while the service runs
+    connector: Optional[NetworkConnector] = None
+    online: Optional[OnlineStatus] = None
+    external: Optional[ExternalAddress] = None
+    _announced: Optional[bool] = None
+    _unsubscribe: Any = None
 
     # -- lifecycle ------------------------------------------------------------
 

@@ -34,6 +34,7 @@ import json
 import os
 import re
 import zlib
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from twisted.internet import defer
@@ -159,6 +160,7 @@ def open_secrets(master: RsaPrivateKey, manifest: dict, owner: str) -> dict | No
     return key_backup.open_sealed(master, data, owner)
 
 
+@dataclass(eq=False, repr=False)
 class CatalogBackup:
     """Backs the catalog up to the suppliers and restores it from them.
 
@@ -168,27 +170,20 @@ class CatalogBackup:
     summary) takes it back on a restore, before the catalog is imported.
     """
 
-    def __init__(self, clock: IReactorTime, run_in_thread: RunInThread, catalog: Catalog, customer_id: str,
-                 placement: Callable[[], Placement], data_blocks: Callable[[int], int],
-                 master: Callable[[], RsaPrivateKey], temp_dir: str,
-                 segment_size: Callable[[], int] = lambda: 4 * 1024 * 1024,
-                 timeout: Callable[[], float] = lambda: 60.0,
-                 secrets: Callable[[], Any] | None = None,
-                 restore_secrets: Callable[[dict], Any] | None = None):
-        self.clock = clock
-        self.run_in_thread = run_in_thread
-        self.catalog = catalog
-        self.customer_id = customer_id
-        self.placement = placement
-        self.data_blocks = data_blocks
-        self.master = master
-        self.temp_dir = temp_dir
-        self.segment_size = segment_size
-        self.timeout = timeout
-        self.secrets = secrets
-        self.restore_secrets = restore_secrets
-        self._uploader: Uploader | None = None
-        self._downloader: Downloader | None = None
+    clock: IReactorTime
+    run_in_thread: RunInThread
+    catalog: Catalog
+    customer_id: str
+    placement: Callable[[], Placement]
+    data_blocks: Callable[[int], int]
+    master: Callable[[], RsaPrivateKey]
+    temp_dir: str
+    segment_size: Callable[[], int] = lambda: 4 * 1024 * 1024
+    timeout: Callable[[], float] = lambda: 60.0
+    secrets: Callable[[], Any] | None = None
+    restore_secrets: Callable[[dict], Any] | None = None
+    _uploader: Uploader | None = field(init=False, default=None)
+    _downloader: Downloader | None = field(init=False, default=None)
 
     def cancel(self) -> None:
         """Stop a backup or restore in progress (it fails with TransferCancelled)."""

@@ -32,6 +32,7 @@ after ``retry()`` seconds (doubling, as for backups) while it fails.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from twisted.internet import defer
@@ -46,6 +47,7 @@ MAX_RETRY_FACTOR = 16
 COVERED_META = "catalog-backup-covers"
 
 
+@dataclass(eq=False, repr=False)
 class CatalogKeeper:
     """Schedules the catalog backups, tracks which changes they cover, and retries the restore (see above).
 
@@ -60,38 +62,35 @@ class CatalogKeeper:
 
     log = Logger()
 
-    def __init__(self, clock: Any, call_later: Callable, run_in_thread: Callable, backups: Any, catalog: Any,
-                 delay: Callable[[], float], retry: Callable[[], float], uploads_running: Callable[[], bool],
-                 track: Callable[[defer.Deferred, str], Any], on_backed_up: Callable[[dict], Any],
-                 on_restored: Callable[[dict | None], Any]):
-        self.clock = clock
-        self.call_later = call_later
-        self.run_in_thread = run_in_thread
-        self.backups = backups
-        self.catalog = catalog
-        self.delay = delay
-        self.retry = retry
-        self.uploads_running = uploads_running
-        self.track = track
-        self.on_backed_up = on_backed_up
-        self.on_restored = on_restored
-        self.dirty = False
-        self.changes = 0
-        self.covered = 0
-        #: clock time of the newest change the last good backup holds (versions completed by then are in it)
-        self.covered_at: float | None = None
-        self.last_backup: dict = {}
-        self.last_backup_error = ""
-        self.backup_failures = 0
-        self.last_restore: dict = {}
-        self.restore_pending = False
-        self.restore_attempts = 0
-        self._restoring: defer.Deferred | None = None
-        self._lock = defer.DeferredLock()
-        self._call: Any = None
-        self._restore_call: Any = None
-        self._waiters: list[tuple[int, defer.Deferred, Callable[[BaseException], Any] | None]] = []
-        self._stopped = False
+    clock: Any
+    call_later: Callable
+    run_in_thread: Callable
+    backups: Any
+    catalog: Any
+    delay: Callable[[], float]
+    retry: Callable[[], float]
+    uploads_running: Callable[[], bool]
+    track: Callable[[defer.Deferred, str], Any]
+    on_backed_up: Callable[[dict], Any]
+    on_restored: Callable[[dict | None], Any]
+    dirty: bool = field(init=False, default=False)
+    changes: int = field(init=False, default=0)
+    covered: int = field(init=False, default=0)
+    #: clock time of the newest change the last good backup holds (versions completed by then are in it)
+    covered_at: float | None = field(init=False, default=None)
+    last_backup: dict = field(init=False, default_factory=dict)
+    last_backup_error: str = field(init=False, default="")
+    backup_failures: int = field(init=False, default=0)
+    last_restore: dict = field(init=False, default_factory=dict)
+    restore_pending: bool = field(init=False, default=False)
+    restore_attempts: int = field(init=False, default=0)
+    _restoring: defer.Deferred | None = field(init=False, default=None)
+    _lock: defer.DeferredLock = field(init=False, default_factory=defer.DeferredLock)
+    _call: Any = field(init=False, default=None)
+    _restore_call: Any = field(init=False, default=None)
+    _waiters: list[tuple[int, defer.Deferred, Callable[[BaseException], Any] | None]] = field(
+        init=False, default_factory=list)
+    _stopped: bool = field(init=False, default=False)
 
     # --- lifecycle ---------------------------------------------------------------------------------
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from twisted.internet import defer
@@ -68,6 +69,7 @@ def _remove(path: str) -> None:
         pass
 
 
+@dataclass(eq=False, repr=False)
 class Relayout:
     """Re-uploads versions whose k-of-n is not the current layout; see the module docstring.
 
@@ -80,24 +82,21 @@ class Relayout:
 
     log = Logger()
 
-    def __init__(self, ctx: StorageContext, temp_dir: str, busy: Callable[[], bool],
-                 on_changed: Callable[[], None] = lambda: None,
-                 remember_deletes: Callable[[list[str]], Any] = lambda version_ids: None):
-        self.ctx = ctx
-        self.temp_dir = temp_dir
-        self.busy = busy
-        self.on_changed = on_changed
-        self.remember_deletes = remember_deletes
-        self.running = False
-        self.versions_pending = 0
-        self.versions_done = 0
-        self.bytes_done = 0
-        self.current: dict | None = None
-        self.waiting = ""
-        self.last_error = ""
-        self._stopping = False
-        self._worker: Downloader | Uploader | None = None
-        self._cleaned = False
+    ctx: StorageContext
+    temp_dir: str
+    busy: Callable[[], bool]
+    on_changed: Callable[[], None] = lambda: None
+    remember_deletes: Callable[[list[str]], Any] = lambda version_ids: None
+    running: bool = field(init=False, default=False)
+    versions_pending: int = field(init=False, default=0)
+    versions_done: int = field(init=False, default=0)
+    bytes_done: int = field(init=False, default=0)
+    current: dict | None = field(init=False, default=None)
+    waiting: str = field(init=False, default="")
+    last_error: str = field(init=False, default="")
+    _stopping: bool = field(init=False, default=False)
+    _worker: Downloader | Uploader | None = field(init=False, default=None)
+    _cleaned: bool = field(init=False, default=False)
 
     def status(self) -> dict:
         """What is left to re-lay out and what is being done, for service_info and file_info."""

@@ -63,7 +63,7 @@ from twisted.internet import defer
 from zope.interface import implementer
 
 from bitnode.errors import BadRequest, InsufficientStorage, TooManyRequests
-from bitnode.main.fileutil import ensure_dir, remove_if_exists
+from bitnode.main.fileutil import ensure_dir, remove_if_exists, sha256_file
 from bitnode.storage.ports import (
     BlockNotFound,
     IStorageServer,
@@ -511,7 +511,7 @@ class DiskStore:
             full = os.path.join(space, *path.split("/"))
             try:
                 info = os.stat(full)
-                digest = _hash_file(full)
+                digest = sha256_file(full, _HASH_CHUNK)
             except FileNotFoundError:
                 continue
             done.append(IndexedBlock(path, FileIdentity(info.st_size, info.st_mtime_ns, info.st_ino), digest))
@@ -567,14 +567,6 @@ def _read(target: str, block_path: str, customer_id: str) -> bytes:
             return handle.read()
     except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
         raise BlockNotFound(f"no block {block_path} for {customer_id}") from None
-
-
-def _hash_file(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(_HASH_CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def tree_size(path: str) -> int:

@@ -29,7 +29,6 @@ reach API clients and logs.
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass
 
 from bitnode import globalid
@@ -37,7 +36,13 @@ from bitnode.crypt import fastsign, keys
 from bitnode.crypt.fastsign import Ed25519PrivateKey
 from bitnode.crypt.keys import InvalidKey, RsaPrivateKey
 from bitnode.errors import BadRequest, Conflict, NotFound
-from bitnode.main.fileutil import PRIVATE_FILE_MODE, fsync_dir, read_limited
+from bitnode.main.fileutil import (
+    PRIVATE_FILE_MODE,
+    fsync_dir,
+    read_limited,
+    remove_if_exists,
+    write_temp_file,
+)
 
 HEADER = "# bitnode identity backup, format 1"
 MAX_BACKUP_BYTES = 64 * 1024
@@ -191,30 +196,17 @@ def write_new_file(path: str, data: bytes) -> str:
         raise BadRequest(f"folder {directory} does not exist")
     if os.path.lexists(path):
         raise Conflict(f"{path} already exists; choose another file name")
-    fd, tmp_path = tempfile.mkstemp(prefix=".bitnode-backup.", suffix=".tmp", dir=directory)
+    tmp_path = write_temp_file(directory, ".bitnode-backup.", data, PRIVATE_FILE_MODE)
     try:
-        os.fchmod(fd, PRIVATE_FILE_MODE)
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-        os.close(fd)
-        fd = -1
-        try:
-            os.link(tmp_path, path)
-        except FileExistsError:
+        os.link(tmp_path, path)
+    except FileExistsError:
+        raise Conflict(f"{path} already exists; choose another file name") from None
+    except OSError:
+        # No hard links on this filesystem: fall back to check-then-rename.
+        if os.path.lexists(path):
             raise Conflict(f"{path} already exists; choose another file name") from None
-        except OSError:
-            # No hard links on this filesystem: fall back to check-then-rename.
-            if os.path.lexists(path):
-                raise Conflict(f"{path} already exists; choose another file name") from None
-            os.replace(tmp_path, path)
+        os.replace(tmp_path, path)
     finally:
-        if fd >= 0:
-            os.close(fd)
-        try:
-            os.unlink(tmp_path)
-        except FileNotFoundError:
-            pass
+        remove_if_exists(tmp_path)
     fsync_dir(directory)
     return path

@@ -12,6 +12,7 @@ injected ``call_later`` (the node's, so a stopped node leaves no timer).
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from twisted.internet.defer import Deferred
@@ -54,6 +55,7 @@ def parse_servers(texts: list[str]) -> list[tuple[str, int]]:
     return servers
 
 
+@dataclass(eq=False, repr=False)
 class Publisher:
     """Publishes my identity; retries failed publishes in the background.
 
@@ -64,16 +66,14 @@ class Publisher:
 
     log = Logger()
 
-    def __init__(self, client: Callable[[], Any], current: Callable[[], Identity | None],
-                 serialise: Callable[[Callable[[], Deferred]], Deferred], call_later: Callable[..., Any]):
-        self._client = client
-        self._current = current
-        self._serialise = serialise
-        self._call_later = call_later
-        self._call = None
-        self._failures = 0
-        self.published_revision = 0
-        self.last_error = ""
+    _client: Callable[[], Any]
+    _current: Callable[[], Identity | None]
+    _serialise: Callable[[Callable[[], Deferred]], Deferred]
+    _call_later: Callable[..., Any]
+    published_revision: int = field(init=False, default=0)
+    last_error: str = field(init=False, default="")
+    _call: Any = field(init=False, default=None)
+    _failures: int = field(init=False, default=0)
 
     async def publish(self, identity: Identity) -> list[str]:
         """Publish ``identity``; fires with the accepting sources. On failure schedule a retry and re-raise."""

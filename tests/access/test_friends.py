@@ -15,6 +15,7 @@ from bitnode.errors import BadRequest, NotFound, Timeout
 from bitnode.p2p.online_status import CONNECTED, OFFLINE, PING, UNKNOWN
 from tests.access.support import NODE_SERVICES, AccessNetworkCase, pause
 from tests.interface.support import start_node
+from tests.support import clock_at, temp_path
 
 BOB, CAROL = "bob@id.net", "carol@id.net_8084"
 
@@ -25,10 +26,8 @@ def inline(fn, *args, **kwargs):
 
 class FriendListTests(unittest.TestCase):
     def setUp(self):
-        self.path = os.path.join(self.mktemp(), "friends.json")
-        os.makedirs(os.path.dirname(self.path))
-        self.clock = Clock()
-        self.clock.advance(1000)
+        self.path = temp_path(self, "friends.json")
+        self.clock = clock_at(1000)
 
     def fresh(self):
         friends = FriendList(self.path, inline, self.clock)

@@ -6,21 +6,19 @@ import json
 import os
 import stat
 
-from twisted.internet.task import Clock
 from twisted.trial import unittest
 
 from bitnode.access.shares import ShareRegistry
 from bitnode.errors import BadRequest, NotFound
+from tests.support import clock_at, temp_path
 
 KEY = "share_0123456789abcdef0123456789abcdef$alice@id.example.net_8084"
 
 
 class RegistryTests(unittest.TestCase):
     def setUp(self):
-        self.path = os.path.join(self.mktemp(), "shares.json")
-        os.makedirs(os.path.dirname(self.path))
-        self.clock = Clock()
-        self.clock.advance(1000)
+        self.path = temp_path(self, "shares.json")
+        self.clock = clock_at(1000)
 
     def test_records_and_history_survive_a_restart(self):
         registry = ShareRegistry(self.path, self.clock)

@@ -67,11 +67,18 @@ class InboxAttackTests(ChatNetworkCase):
         return node.service_driver.info(MESSAGES)["status"]["inbox_refused"]
 
     @inlineCallbacks
-    def test_a_flood_from_one_sender_is_rate_limited_and_others_get_through(self):
-        bob = yield self.user("bob", sender_rate=0.001, sender_burst=5)
+    def flood(self, count, **bobs_limits):
+        """Bob (with ``bobs_limits``), Alice, and Carol who fires ``count`` messages at Bob:
+        (bob, alice, carol, Carol's outcomes)."""
+        bob = yield self.user("bob", **bobs_limits)
         alice = yield self.user("alice")
         carol = yield self.attacker("carol", bob)
-        outcomes = yield carol.send(9)
+        outcomes = yield carol.send(count)
+        return bob, alice, carol, outcomes
+
+    @inlineCallbacks
+    def test_a_flood_from_one_sender_is_rate_limited_and_others_get_through(self):
+        bob, alice, carol, outcomes = yield self.flood(9, sender_rate=0.001, sender_burst=5)
         self.assertEqual([ok for ok, _ in outcomes], [True] * 5 + [False] * 4)
         self.assertTrue(all(reason.startswith("rate limited") for ok, reason in outcomes if not ok))
         yield self.ok(alice, "message_send", recipient_id=self.gid(bob), data={"message": "hi bob"})
@@ -81,10 +88,7 @@ class InboxAttackTests(ChatNetworkCase):
 
     @inlineCallbacks
     def test_one_sender_cannot_make_me_store_more_than_its_quota(self):
-        bob = yield self.user("bob", sender_max_messages=4, sender_max_bytes=3000)
-        alice = yield self.user("alice")
-        carol = yield self.attacker("carol", bob)
-        outcomes = yield carol.send(6)
+        bob, alice, carol, outcomes = yield self.flood(6, sender_max_messages=4, sender_max_bytes=3000)
         self.assertEqual([ok for ok, _ in outcomes], [True] * 4 + [False] * 2)
         self.assertIn("quota", outcomes[-1][1])
         again = yield carol.send(1, first=3)  # a repeat of a stored message (a lost Ack) is still acknowledged

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from twisted.internet.task import Clock
 from twisted.trial import unittest
 
 from bitnode.chat.inbox_limits import InboxLimits, InboxSettings, Usage
+from tests.support import clock_at
 
 FRIEND, STRANGER = "alice@id.net", "carol@id.net"
 NONE = Usage(0, 0)
@@ -13,8 +13,7 @@ NONE = Usage(0, 0)
 
 class InboxLimitsTests(unittest.TestCase):
     def setUp(self):
-        self.clock = Clock()
-        self.clock.advance(1_000_000)
+        self.clock = clock_at(1_000_000)
         self.limits = InboxLimits(self.clock, InboxSettings(sender_rate=1.0, sender_burst=3), lambda u: u == FRIEND)
 
     def test_friends_only_refuses_strangers_and_lets_friends_in(self):

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 
 from twisted.internet import defer
-from twisted.internet.task import Clock
 from twisted.trial import unittest
 
 from bitnode.chat.history import OUTGOING, MessageHistory
@@ -26,6 +25,7 @@ from bitnode.chat.offline_delivery import (
 from bitnode.errors import Unavailable
 from bitnode.supplier.mailbox import DAY, Mailbox, MailboxLimits, MailboxStore
 from bitnode.transport.packet_out import PeerRefused
+from tests.support import clock_at
 
 ALICE, BOB, CAROL = "alice@id_1", "bob@id_1", "carol@id_1"
 S1, S2 = "s1@id_1", "s2@id_1"
@@ -81,8 +81,7 @@ class Suppliers:
 
 class OfflineDeliveryTests(unittest.TestCase):
     def setUp(self):
-        self.clock = Clock()
-        self.clock.advance(1_000_000)
+        self.clock = clock_at(1_000_000)
         self.net = Suppliers(self.clock)
         self.records = {ALICE: [S1, S2, ""]}
         self.taken: list[tuple[str, str]] = []

@@ -7,12 +7,12 @@ import os
 import stat
 
 from twisted.internet import defer
-from twisted.internet.task import Clock
 from twisted.trial import unittest
 
 from bitnode.crypt import keys
 from bitnode.crypt.keystore import KeyInfo, KeyStore
 from bitnode.errors import BadRequest, Conflict, NotFound
+from tests.support import clock_at
 
 OWNER = "alice@id.example.net_8084"
 MASTER = "master$" + OWNER
@@ -37,8 +37,7 @@ def other_keys() -> tuple[keys.RsaPrivateKey, keys.RsaPrivateKey]:
 class KeyStoreTests(unittest.TestCase):
     def setUp(self) -> None:
         self.dir = self.mktemp()
-        self.clock = Clock()
-        self.clock.advance(1_700_000_000)
+        self.clock = clock_at(1_700_000_000)
         self.thread_calls: list[str] = []
         self.store = self.make_store()
 

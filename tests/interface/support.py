@@ -18,11 +18,13 @@ from twisted.internet import defer, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import deferLater
+from twisted.trial import unittest
 from twisted.web.client import Agent, HTTPConnectionPool
 
 from automats import Automat
 from bitnode.app import api_server, build_node
 from bitnode.errors import Conflict
+from bitnode.interface import api as api_module
 from bitnode.services.base import Service
 from bitnode.userid.id_server import IdentityServerService
 from bitnode.userid.id_service import IdentityService
@@ -388,6 +390,28 @@ def stored_settings(node) -> dict:
 def wait(seconds: float) -> defer.Deferred:
     """A Deferred firing after ``seconds`` of real time (kept short: only for timers under test)."""
     return deferLater(reactor, seconds, lambda: None)
+
+
+class NodeTestCase(unittest.TestCase):
+    """A started node with fake services (``self.node``); ``overrides`` are settings it starts with."""
+
+    overrides: dict = {}
+
+    @defer.inlineCallbacks
+    def setUp(self):
+        self.node = yield start_node(self, overrides=self.overrides)
+
+    def record_stop_and_restart(self, delay: float | None = 0.01) -> list[str]:
+        """Record "stop" / "restart" in the returned list where the node would stop or restart its process.
+
+        ``delay`` replaces the seconds process_stop / process_restart wait before they act (None: keep them).
+        """
+        if delay is not None:
+            self.patch(api_module, "STOP_DELAY", delay)
+        calls: list[str] = []
+        self.node.on_stop_requested = lambda: calls.append("stop")
+        self.node.on_restart_requested = lambda: calls.append("restart")
+        return calls
 
 
 class IdleClient(Protocol):

@@ -10,13 +10,12 @@ from twisted.trial import unittest
 
 from bitnode.errors import Forbidden, TooManyRequests, Unauthorized
 from bitnode.interface.auth import ApiGuard, RateLimiter, load_or_create_secret
+from tests.support import temp_path
 
 
 class SecretTests(unittest.TestCase):
     def setUp(self) -> None:
-        self.dir = self.mktemp()
-        os.makedirs(self.dir)
-        self.path = os.path.join(self.dir, "apisecret")
+        self.path = temp_path(self, "apisecret")
 
     def test_creates_private_file(self) -> None:
         secret = load_or_create_secret(self.path)
@@ -30,7 +29,7 @@ class SecretTests(unittest.TestCase):
         self.assertEqual(load_or_create_secret(self.path), first)
 
     def test_secrets_differ_between_nodes(self) -> None:
-        other = os.path.join(self.dir, "other")
+        other = os.path.join(os.path.dirname(self.path), "other")
         self.assertNotEqual(load_or_create_secret(self.path), load_or_create_secret(other))
 
     def test_reads_existing_and_tightens_mode(self) -> None:

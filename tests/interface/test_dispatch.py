@@ -41,42 +41,30 @@ class FakeAPI:
             raise err
         return {"method": name, "kwargs": kwargs}
 
-    def config_get(self, **kwargs):
-        return self._record("config_get", kwargs)
-
-    def config_set(self, **kwargs):
-        return self._record("config_set", kwargs)
-
-    def configs_list(self, **kwargs):
-        return self._record("configs_list", kwargs)
-
-    def process_restart(self, **kwargs):
-        return self._record("process_restart", kwargs)
-
     def event_listen(self, **kwargs):
         self._record("event_listen", kwargs)
         self.pending = defer.Deferred()
         return self.pending
 
-    def connections_list(self, **kwargs):
-        return self._record("connections_list", kwargs)
-
-    def files_uploads(self, **kwargs):
-        return self._record("files_uploads", kwargs)
-
-    def file_download_start(self, **kwargs):
-        return self._record("file_download_start", kwargs)
-
-    def backup_start_id(self, **kwargs):
-        return self._record("backup_start_id", kwargs)
-
     def service_info(self, **kwargs):
         return defer.fail(NotFound(f"unknown service {kwargs['service_name']!r}"))
 
-    def message_receive(self, **kwargs):
-        return self._record("message_receive", kwargs)
-
     not_a_method = "I am not callable"
+
+
+def _recorder(name: str):
+    """A FakeAPI method ``name`` that records its call and answers ``{"method": name, "kwargs": ...}``."""
+
+    def method(self, **kwargs):
+        return self._record(name, kwargs)
+
+    method.__name__ = name
+    return method
+
+
+for _name in ("config_get", "config_set", "configs_list", "process_restart",
+              "connections_list", "files_uploads", "file_download_start", "backup_start_id", "message_receive"):
+    setattr(FakeAPI, _name, _recorder(_name))
 
 
 PARAMS = (

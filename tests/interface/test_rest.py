@@ -10,7 +10,6 @@ import sys
 
 from twisted.internet import defer
 from twisted.logger import formatEvent, globalLogPublisher
-from twisted.trial import unittest
 
 import bitnode
 from bitnode.app import api_server
@@ -20,17 +19,22 @@ from bitnode.interface.limits import DEFAULT_MAX_BODY
 from bitnode.main import events as events_module
 from bitnode.main.schema import SCHEMA
 from bitnode.main.settings import Settings
-from tests.interface.support import HttpApi, Lamp, pending_calls, start_node, stored_settings, wait_until
+from tests.interface.support import (
+    HttpApi,
+    Lamp,
+    NodeTestCase,
+    pending_calls,
+    stored_settings,
+    wait_until,
+)
 
 
-class RestTestCase(unittest.TestCase):
+class RestTestCase(NodeTestCase):
     """A started node with fake services and an HTTP client for it."""
-
-    overrides: dict = {}
 
     @defer.inlineCallbacks
     def setUp(self):
-        self.node = yield start_node(self, overrides=self.overrides)
+        yield super().setUp()
         self.api = HttpApi(self, self.node)
 
     @defer.inlineCallbacks
@@ -157,9 +161,7 @@ class EnvelopeTests(RestTestCase):
 
     @defer.inlineCallbacks
     def test_state_changing_get_method_also_accepts_post(self):
-        self.patch(api_module, "STOP_DELAY", 0.01)
-        calls = []
-        self.node.on_stop_requested = lambda: calls.append("stop")
+        calls = self.record_stop_and_restart()
         for verb in ("GET", "POST"):
             reply = yield self.api.request(verb, "process/debug/v1")
             self.assertIn("debugger", reply.result)
@@ -353,8 +355,7 @@ class ProcessMethodTests(RestTestCase):
 
     @defer.inlineCallbacks
     def test_pending_stop_is_cancelled_when_the_node_stops_first(self):
-        calls = []
-        self.node.on_stop_requested = lambda: calls.append("stop")
+        calls = self.record_stop_and_restart(delay=None)
         before = pending_calls()
         yield self.api.get("process/stop/v1")
         self.assertTrue(pending_calls() - before)
@@ -647,10 +648,7 @@ class LegacyAliasTests(RestTestCase):
 
     @defer.inlineCallbacks
     def test_legacy_stop_and_restart_reach_process_methods(self):
-        self.patch(api_module, "STOP_DELAY", 0.01)
-        calls = []
-        self.node.on_stop_requested = lambda: calls.append("stop")
-        self.node.on_restart_requested = lambda: calls.append("restart")
+        calls = self.record_stop_and_restart()
         self.assertTrue((yield self.api.get("legacy/stop/v1")).result["stopping"])
         # process_restart's own answer while the stop is under way: the process ends once
         restart = (yield self.api.post("legacy/restart/v1", showgui=True)).result

@@ -93,30 +93,35 @@ class EarlyCheckTests(unittest.TestCase):
         return api_server(self.node).dispatcher.limits.refused
 
     @defer.inlineCallbacks
+    def answered_before_the_body(self, client, body_size: int, what: str):
+        """Wait for the answer to a request whose head ``client`` sent (``what``), then send ``body_size``
+        bytes of body anyway and wait for the close: the answer (code, headers, body). The body was read
+        and dropped, never kept in a temp file."""
+        yield wait_until(client.has_answer, what)  # the 401 waited for a 50 MiB body before
+        answer = client.answer()
+        client.transport.write(b"x" * body_size)
+        yield client.lost
+        self.assertEqual(self.temp_files, [])
+        return answer
+
+    @defer.inlineCallbacks
     def test_no_cors_page_post_without_secret_is_answered_before_its_body_and_costs_nothing(self):
         # What a web page can send to 127.0.0.1:8180: text/plain, any size, no secret.
         client = yield self.connect()
         client.transport.write(self.head(length=50 * 1024 * 1024, secret=None,
                                          extra=b"Origin: http://127.0.0.1:8180\r\nContent-Type: text/plain\r\n"))
-        yield wait_until(client.has_answer, "the 401 before any body byte")  # waited for 50 MiB before
-        code, headers, body = client.answer()
+        code, headers, body = yield self.answered_before_the_body(client, 300_000, "the 401 before any body byte")
         self.assertEqual((code, body["status"]), (401, "ERROR"))
         self.assertIn("api_secret", body["errors"][0])
         self.assertEqual(headers["connection"], "close")
-        client.transport.write(b"x" * 300_000)  # the body comes anyway: read and dropped, never kept
-        yield client.lost
-        self.assertEqual(self.temp_files, [])
         self.assertEqual(self.refused()["refused_at_headers"], 1)
 
     @defer.inlineCallbacks
     def test_foreign_origin_is_refused_at_the_headers(self):
         client = yield self.connect()
         client.transport.write(self.head(length=200_000, extra=b"Origin: https://evil.example\r\n"))
-        yield wait_until(client.has_answer, "the 403")
-        self.assertEqual(client.answer()[0], 403)
-        client.transport.write(b"x" * 200_000)
-        yield client.lost
-        self.assertEqual(self.temp_files, [])
+        code, _, _ = yield self.answered_before_the_body(client, 200_000, "the 403")
+        self.assertEqual(code, 403)
         self.assertEqual(self.refused()["body_bytes_discarded"], 200_000)
 
     @defer.inlineCallbacks

@@ -7,26 +7,30 @@ import os
 from autobahn.websocket import protocol as ws_protocol
 from twisted.internet import defer, reactor
 from twisted.logger import globalLogPublisher
-from twisted.trial import unittest
 
 import bitnode
 from bitnode.app import api_server
 from bitnode.errors import Conflict
-from bitnode.interface import api as api_module
 from bitnode.interface.websocket import ApiWebSocketProtocol
 from bitnode.main.schema import SCHEMA
 from bitnode.main.settings import Settings
-from tests.interface.support import WAIT, HttpApi, Lamp, WsRefused, connect_ws, start_node, wait_until
+from tests.interface.support import (
+    WAIT,
+    HttpApi,
+    Lamp,
+    NodeTestCase,
+    WsRefused,
+    connect_ws,
+    wait_until,
+)
 
 
-class WsTestCase(unittest.TestCase):
+class WsTestCase(NodeTestCase):
     """A started node with fake services and one connected WebSocket client."""
-
-    overrides: dict = {}
 
     @defer.inlineCallbacks
     def setUp(self):
-        self.node = yield start_node(self, overrides=self.overrides)
+        yield super().setUp()
         self.ws = yield connect_ws(self, self.node)
 
     @defer.inlineCallbacks
@@ -320,10 +324,7 @@ class MethodTests(WsTestCase):
 
     @defer.inlineCallbacks
     def test_process_stop_and_restart_after_answering(self):
-        self.patch(api_module, "STOP_DELAY", 0.01)
-        calls = []
-        self.node.on_stop_requested = lambda: calls.append("stop")
-        self.node.on_restart_requested = lambda: calls.append("restart")
+        calls = self.record_stop_and_restart()
         self.assertTrue((yield self.ws.call_ok("process_stop"))["stopping"])
         second = yield self.ws.call_ok("process_restart")
         self.assertEqual((second["restarting"], second["ignored"]), (False, "a stop is already under way"))
@@ -402,9 +403,7 @@ class MethodTests(WsTestCase):
 
     @defer.inlineCallbacks
     def test_legacy_names(self):
-        self.patch(api_module, "STOP_DELAY", 0.01)
-        calls = []
-        self.node.on_stop_requested = lambda: calls.append("stop")
+        calls = self.record_stop_and_restart()
         legacy = yield self.ws.call_ok("config_list", sort=True)
         self.assertEqual(legacy, (yield self.ws.call_ok("configs_list", sort=True)))
         self.assertTrue((yield self.ws.call_ok("stop"))["stopping"])

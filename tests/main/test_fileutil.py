@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import stat
 
 from twisted.trial import unittest
 
 from bitnode.main import fileutil
+from tests.support import temp_path
 
 
 def _mode(path: str) -> int:
@@ -16,9 +18,8 @@ def _mode(path: str) -> int:
 
 class AtomicWriteTests(unittest.TestCase):
     def setUp(self) -> None:
-        self.dir = self.mktemp()
-        os.makedirs(self.dir)
-        self.path = os.path.join(self.dir, "file.bin")
+        self.path = temp_path(self, "file.bin")
+        self.dir = os.path.dirname(self.path)
 
     def test_writes_content_with_default_mode(self) -> None:
         fileutil.atomic_write(self.path, b"hello")
@@ -87,3 +88,25 @@ class HelperTests(unittest.TestCase):
         fileutil.ensure_dir(path)
         self.assertTrue(os.path.isdir(path))
         self.assertEqual(_mode(path) & 0o077, 0)
+
+
+class WriteTempFileTests(unittest.TestCase):
+    def test_the_temp_file_is_complete_with_its_mode_and_a_failed_one_leaves_nothing(self) -> None:
+        folder = os.path.dirname(temp_path(self, "unused"))
+        path = fileutil.write_temp_file(folder, ".data.", b"x" * 100_000, 0o600)
+        self.assertEqual(os.path.dirname(path), folder)
+        self.assertEqual(_mode(path), 0o600)
+        with open(path, "rb") as handle:
+            self.assertEqual(handle.read(), b"x" * 100_000)
+        self.assertRaises(TypeError, fileutil.write_temp_file, folder, ".bad.", 12345, 0o600)
+        self.assertEqual(os.listdir(folder), [os.path.basename(path)])
+
+
+class Sha256FileTests(unittest.TestCase):
+    def test_the_digest_is_the_whole_files_whatever_the_chunk_size(self) -> None:
+        path = temp_path(self, "blob")
+        data = os.urandom(5000)
+        with open(path, "wb") as handle:
+            handle.write(data)
+        for chunk in (1, 7, 4096, 1 << 20):
+            self.assertEqual(fileutil.sha256_file(path, chunk), hashlib.sha256(data).hexdigest())

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from twisted.internet.defer import Deferred
-from twisted.internet.task import Clock
 from twisted.trial import unittest
 
 from automats import Registry
 from bitnode.errors import Timeout, Unavailable
 from bitnode.p2p.network_connector import NetworkConnector
+from tests.support import clock_at
 
 START = 1700000000.0
 
@@ -48,8 +48,7 @@ class Neighbours:
 
 class NetworkConnectorTests(unittest.TestCase):
     def setUp(self) -> None:
-        self.clock = Clock()
-        self.clock.advance(START)
+        self.clock = clock_at(START)
         self.registry = Registry()
         self.n = Neighbours()
         self.machine = NetworkConnector(self.clock, self.n.transports_ready, self.n.restart_transports,

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from twisted.internet.defer import Deferred
-from twisted.internet.task import Clock
 from twisted.trial import unittest
 
 from bitnode.errors import BadRequest, NotFound, Timeout, Unavailable
 from bitnode.p2p.online_status import CONNECTED, OFFLINE, PING, UNKNOWN, OnlineStatus
 from bitnode.transport.packet_out import PeerRefused
+from tests.support import clock_at
 
 START = 1700000000.0
 BOB = "bob@127.0.0.1_8084"
@@ -45,8 +45,7 @@ class FakeGateway:
 
 class OnlineStatusTests(unittest.TestCase):
     def setUp(self) -> None:
-        self.clock = Clock()
-        self.clock.advance(START)
+        self.clock = clock_at(START)
         self.gateway = FakeGateway()
         self.online = OnlineStatus(self.clock, self.gateway, online_window=300.0, max_peers=3)
 

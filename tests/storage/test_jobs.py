@@ -11,7 +11,6 @@ import os
 import random
 
 from twisted.internet import defer
-from twisted.internet.task import Clock
 from twisted.trial import unittest
 
 from automats import Registry
@@ -24,6 +23,7 @@ from bitnode.storage.memory_grid import FaultyServer, MemoryStorageServer
 from bitnode.storage.ports import TransferCancelled, block_path
 from bitnode.storage.transfers import TransferManager
 from tests.storage.test_local_files import parts_beside
+from tests.support import clock_at
 from tests.userid.fakes import rsa_key
 
 SEG = 64 * 1024
@@ -55,8 +55,7 @@ class Harness:
     """One 'node': clock, catalog, placement over the grid, context, manager, registry."""
 
     def __init__(self, case: unittest.TestCase, grid: Grid, catalog_path: str = ":memory:", **ctx_options):
-        self.clock = Clock()
-        self.clock.advance(1_700_000_000)
+        self.clock = clock_at(1_700_000_000)
         self.grid = grid
         self.servers = grid.servers(self.clock)
         self.catalog = Catalog(catalog_path)

@@ -39,9 +39,16 @@ class CountingThreads:
         return defer.maybeDeferred(fn, *args)
 
 
-def make_grid(clock, n=N):
-    """n in-memory suppliers, each wrapped in a FaultyServer."""
-    return [FaultyServer(MemoryStorageServer(), clock, name=f"s{i}") for i in range(n)]
+def make_grid(clock, n=N, slow=0.0, hang=False):
+    """n in-memory suppliers, each wrapped in a FaultyServer that answers ``slow`` seconds late when set,
+    or (``hang``) not at all until released."""
+    grid = [FaultyServer(MemoryStorageServer(), clock, name=f"s{i}") for i in range(n)]
+    for server in grid:
+        if slow:
+            server.slow(slow)
+        if hang:
+            server.hang()
+    return grid
 
 
 def write_file(testcase, size, seed=0):
@@ -301,9 +308,7 @@ class SegmentHookTests(unittest.TestCase):
 class CancelTests(unittest.TestCase):
     def test_cancel_stops_sending(self):
         clock = task.Clock()
-        grid = make_grid(clock)
-        for s in grid:
-            s.hang()
+        grid = make_grid(clock, hang=True)
         path, _ = write_file(self, 10 * SEG)
         uploader = Uploader(sync_thread, clock, grid, K, N, segment_size=SEG, max_in_flight=2)
         d = uploader.upload(path, VERSION, KEY, CUSTOMER)
@@ -342,9 +347,7 @@ class CancelTests(unittest.TestCase):
 class MemoryBoundTests(unittest.TestCase):
     def test_never_more_than_max_in_flight_segments_held(self):
         clock = task.Clock()
-        grid = make_grid(clock)
-        for s in grid:
-            s.slow(1.0)
+        grid = make_grid(clock, slow=1.0)
         path, data = write_file(self, 12 * SEG)
         threads = CountingThreads()
         uploader = Uploader(threads, clock, grid, K, N, segment_size=SEG, max_in_flight=3)
@@ -362,9 +365,7 @@ class MemoryBoundTests(unittest.TestCase):
 
     def test_hanging_suppliers_stop_reading_after_max_in_flight_segments(self):
         clock = task.Clock()
-        grid = make_grid(clock)
-        for s in grid:
-            s.hang()
+        grid = make_grid(clock, hang=True)
         path, _ = write_file(self, 20 * SEG)
         threads = CountingThreads()
         uploader = Uploader(threads, clock, grid, K, N, segment_size=SEG, max_in_flight=4)
@@ -379,9 +380,7 @@ class MemoryBoundTests(unittest.TestCase):
 class ProgressTests(unittest.TestCase):
     def test_progress_reports_bytes_speed_and_eta_on_injected_clock(self):
         clock = task.Clock()
-        grid = make_grid(clock)
-        for s in grid:
-            s.slow(2.0)
+        grid = make_grid(clock, slow=2.0)
         path, _ = write_file(self, 4 * SEG)
         seen = []
         uploader = Uploader(sync_thread, clock, grid, K, N, segment_size=SEG, max_in_flight=1)

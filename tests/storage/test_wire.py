@@ -205,15 +205,20 @@ class ListingPageTests(unittest.TestCase):
 class ListingParserPropertyTests(unittest.TestCase):
     """Bytes from a peer: the listing parsers raise nothing but BadRequest."""
 
+    def refused_or_typed(self, decode, payload: bytes, *types: type) -> None:
+        """``decode(payload)`` refuses the bytes with BadRequest, or answers values of ``types``."""
+        try:
+            values = decode(payload)
+        except BadRequest:
+            return
+        self.assertEqual(len(values), len(types))
+        for value, kind in zip(values, types, strict=True):
+            self.assertIsInstance(value, kind)
+
     @settings(max_examples=300, deadline=None)
     @given(st.binary(max_size=1200))
     def test_random_list_requests(self, payload: bytes) -> None:
-        try:
-            prefix, after = wire.decode_list_request(payload)
-        except BadRequest:
-            return
-        self.assertIsInstance(prefix, str)
-        self.assertIsInstance(after, str)
+        self.refused_or_typed(wire.decode_list_request, payload, str, str)
 
     @settings(max_examples=300, deadline=None)
     @given(st.one_of(st.binary(max_size=300),
@@ -223,9 +228,4 @@ class ListingParserPropertyTests(unittest.TestCase):
                                   max_leaves=20).map(lambda value: json.dumps(
                                       {"version": 1, "blocks": value, "next": value}).encode())))
     def test_random_files_pages(self, payload: bytes) -> None:
-        try:
-            blocks, after = wire.decode_files_page(payload)
-        except BadRequest:
-            return
-        self.assertIsInstance(blocks, dict)
-        self.assertIsInstance(after, str)
+        self.refused_or_typed(wire.decode_files_page, payload, dict, str)

@@ -11,7 +11,6 @@ import json
 import os
 
 from twisted.internet import defer
-from twisted.internet.task import Clock
 from twisted.trial import unittest
 
 from bitnode.storage import wire
@@ -19,6 +18,7 @@ from bitnode.supplier.contracts import DAY, ContractBook, ContractSweeper, Contr
 from bitnode.supplier.desk import SupplierDesk
 from bitnode.supplier.disk_store import DiskStore
 from bitnode.transport.commands import Command
+from tests.support import clock_at
 
 ALICE = "alice@127.0.0.1_8084"
 BOB = "bob@127.0.0.1_8084"
@@ -30,8 +30,7 @@ class ContractBookTests(unittest.TestCase):
     def setUp(self) -> None:
         self.path = os.path.join(self.mktemp(), "customers.json")
         os.makedirs(os.path.dirname(self.path))
-        self.clock = Clock()
-        self.clock.advance(1_000_000)
+        self.clock = clock_at(1_000_000)
 
     def book(self, run=None) -> ContractBook:
         return ContractBook(self.path, run or (lambda fn, *a: defer.maybeDeferred(fn, *a)), self.clock)
@@ -104,8 +103,7 @@ class SweeperOverWeeksTests(unittest.TestCase):
     def setUp(self) -> None:
         root = self.mktemp()
         os.makedirs(root)
-        self.clock = Clock()
-        self.clock.advance(1_700_000_000)
+        self.clock = clock_at(1_700_000_000)
         self.connected = True
         self.alive: set[str] = set()
         self.asked: list[str] = []

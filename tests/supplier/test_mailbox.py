@@ -7,12 +7,12 @@ import json
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet import defer
-from twisted.internet.task import Clock
 from twisted.trial import unittest
 
 from bitnode.errors import BadRequest
 from bitnode.supplier import mailbox_wire as mw
 from bitnode.supplier.mailbox import DAY, NOTIFY_INTERVAL, Mailbox, MailboxLimits, MailboxStore
+from tests.support import clock_at
 
 ALICE, BOB, EVE = "alice@id_1", "bob@id_1", "eve@id_1"
 ALICE_MOVED = "alice@id_2"
@@ -25,8 +25,7 @@ def in_line(fn, *args, **kwargs):
 
 class MailboxTests(unittest.TestCase):
     def setUp(self):
-        self.clock = Clock()
-        self.clock.advance(1_000_000)
+        self.clock = clock_at(1_000_000)
         self.store = MailboxStore(":memory:")
         self.addCleanup(lambda: None if self.store._file.closed else self.store.close())
         self.customers = {ALICE}

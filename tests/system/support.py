@@ -7,7 +7,6 @@ cleanup if the test did not stop it.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import signal
@@ -21,23 +20,31 @@ from typing import Callable
 from twisted.trial.unittest import SynchronousTestCase
 
 from bitnode.main.basedir import Basedir
+from bitnode.main.fileutil import sha256_file
 
 DEADLINE = 20.0
 POLL = 0.05
 VENV_BIN = os.path.dirname(sys.executable)
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 _NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 def wait_for(predicate: Callable[[], object], what: str, timeout: float = DEADLINE):
     """Poll ``predicate`` until it returns something true; AssertionError naming ``what`` after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(POLL)
+    from bitnode.localnet.network import wait_for as poll
+
+    return poll(predicate, timeout, what, interval=POLL, error=AssertionError)
+
+
+def run_script(case: SynchronousTestCase, script: str, args: list[str], timeout: float,
+               env: dict | None = None, tail: int = 3000) -> str:
+    """Run ``scripts/<script>`` with this Python; its stdout and stderr (the test fails on a non-zero exit,
+    showing the last ``tail`` characters)."""
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", script), *args], env=env,
+                            capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    out = result.stdout + result.stderr
+    case.assertEqual(result.returncode, 0, out[-tail:])
+    return out
 
 
 def port_settings() -> list[str]:
@@ -82,13 +89,8 @@ def http_get(url: str, secret: str | None = None, timeout: float = 5.0) -> tuple
             return err.code, json.loads(err.read())
 
 
-def sha256_of(path: str) -> str:
-    """SHA-256 (hex) of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+#: SHA-256 (hex) of a file, read in 1 MiB chunks.
+sha256_of = sha256_file
 
 
 def pid_alive(pid: int) -> bool:

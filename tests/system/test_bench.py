@@ -9,16 +9,12 @@ from __future__ import annotations
 import glob
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 
 from twisted.trial.unittest import SynchronousTestCase
 
 from bitnode.localnet.network import LocalNet
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-BENCH = os.path.join(ROOT, "scripts", "bench.py")
+from tests.system.support import run_script
 
 
 class BenchTests(SynchronousTestCase):
@@ -28,11 +24,8 @@ class BenchTests(SynchronousTestCase):
         tmp = tempfile.mkdtemp(prefix="bitnode-bench-test-")
         self.addCleanup(self.stop_leftovers, tmp)
         env = dict(os.environ, TMPDIR=tmp)  # the bench's work folder (and its localnet) goes in there
-        result = subprocess.run([sys.executable, BENCH, "--quick", "--skip-api", "--sizes", "2", "--small-16k", "5",
-                                 "--small-1k", "5", "--rebuild-size", "2MB"], env=env,
-                                capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
-        out = result.stdout + result.stderr
-        self.assertEqual(result.returncode, 0, out[-3000:])
+        out = run_script(self, "bench.py", ["--quick", "--skip-api", "--sizes", "2", "--small-16k", "5",
+                                            "--small-1k", "5", "--rebuild-size", "2MB"], timeout=300, env=env)
         lines = out.splitlines()
         row = next((line for line in lines if line.startswith("2 MiB ")), "")
         self.assertTrue(row.endswith("OK"), out[-3000:])

@@ -28,7 +28,7 @@ class ContractTests(LocalnetTestCase):
         for customer in (ALIVE, SILENT):
             self.api(customer, "config_set", key="services/customer/ping-interval", value=2.0)
             self.api(customer, "service_restart", service_name="service_customer")
-        files = {customer: self.upload(customer) for customer in (ALIVE, SILENT)}
+        files = {customer: self.upload_random(customer, "kept.bin", 200 * 1024) for customer in (ALIVE, SILENT)}
         ids = {customer: self.nodes[customer]["global_id"] for customer in (ALIVE, SILENT)}
         holders = wait_for(lambda: self.holding(ids[SILENT]) or None, "suppliers holding customer-2's blocks")
         for supplier in SUPPLIERS:
@@ -63,16 +63,6 @@ class ContractTests(LocalnetTestCase):
         print(f"\ncontracts: customer-2's data removed {removal_seconds:.1f}s after it was killed (contract 60 s)")
 
     # --- helpers -----------------------------------------------------------------------------
-
-    def upload(self, customer: str) -> tuple[str, str]:
-        local = os.path.join(self.dir, f"{customer}.bin")
-        with open(local, "wb") as handle:
-            handle.write(os.urandom(200 * 1024))
-        remote = f"master${self.nodes[customer]['global_id']}:kept.bin"
-        done = self.api(customer, "file_upload_start", local_path=local, remote_path=remote, wait_result=True,
-                        timeout=60)
-        self.assertEqual(done["state"], "DONE", done)
-        return remote, sha256_of(local)
 
     def customer_row(self, supplier: str, customer_id: str) -> dict | None:
         rows = [r for r in self.api(supplier, "customers_list") if r["customer_id"] == customer_id]

@@ -10,26 +10,19 @@ does not stop, fails it.
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import tempfile
 
 from twisted.trial.unittest import SynchronousTestCase
 
 from bitnode.localnet.network import LocalNet
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-FUZZ = os.path.join(ROOT, "scripts", "fuzz.py")
+from tests.system.support import run_script
 
 
 class FuzzTests(SynchronousTestCase):
     def test_no_operation_answers_a_server_error(self) -> None:
         work = tempfile.mkdtemp(prefix="bitnode-fuzz-test-")
         self.addCleanup(self.stop_leftovers, work)
-        result = subprocess.run([sys.executable, FUZZ, "--quick", "--dir", work], capture_output=True, text=True,
-                                timeout=600, stdin=subprocess.DEVNULL)
-        out = result.stdout + result.stderr
-        self.assertEqual(result.returncode, 0, out[-6000:])
+        out = run_script(self, "fuzz.py", ["--quick", "--dir", work], timeout=600, tail=6000)
         summary = [line for line in out.splitlines() if line.startswith("fuzz: ") and "server errors" in line]
         self.assertTrue(summary, out[-3000:])
         self.assertIn(" 0 server errors, 0 problems", summary[-1])

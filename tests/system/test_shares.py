@@ -24,12 +24,21 @@ FILES = {"a.txt": b"hello from alice\n", "sub/b.bin": os.urandom(200_000), "sub/
 class LocalnetSharesTests(LocalnetTestCase):
     """share_create / file_upload_start / share_grant / share_open / files_list / file_download_start / share_delete."""
 
+    def start_three_customers(self, prefix: str) -> tuple[str, str, str]:
+        """A network of two suppliers and three customers: the names of the customers (Alice, Bob, Carol)."""
+        self.start_network(suppliers=2, customers=3, prefix=prefix, timeout=60)
+        return "customer-1", "customer-2", "customer-3"
+
+    def scratch_dir(self, prefix: str) -> str:
+        """A fresh folder, removed at cleanup."""
+        path = tempfile.mkdtemp(prefix=prefix)
+        self.addCleanup(_remove_tree, path)
+        return path
+
     def test_a_shared_folder_between_processes(self) -> None:
-        self.start_network(suppliers=2, customers=3, prefix="bitnode-shares-", timeout=60)
-        alice, bob, carol = "customer-1", "customer-2", "customer-3"
+        alice, bob, carol = self.start_three_customers("bitnode-shares-")
         alice_id, bob_id = self.nodes[alice]["global_id"], self.nodes[bob]["global_id"]
-        folder = tempfile.mkdtemp(prefix="bitnode-shares-src-")
-        self.addCleanup(_remove_tree, folder)
+        folder = self.scratch_dir("bitnode-shares-src-")
         for name, data in FILES.items():
             os.makedirs(os.path.dirname(os.path.join(folder, name)), exist_ok=True)
             with open(os.path.join(folder, name), "wb") as handle:
@@ -54,8 +63,7 @@ class LocalnetSharesTests(LocalnetTestCase):
         items = self.api(bob, "files_list", key_id=key_id)
         self.assertEqual(sorted(i["path"] for i in items if i["type"] == "file"),
                          sorted(f"trip/{name}" for name in FILES))
-        target = tempfile.mkdtemp(prefix="bitnode-shares-dst-")
-        self.addCleanup(_remove_tree, target)
+        target = self.scratch_dir("bitnode-shares-dst-")
         done = self.api(bob, "file_download_start", remote_path=f"{key_id}:trip", destination_path=target,
                         wait_result=True)
         self.assertEqual(done["skipped"], [], done)
@@ -79,11 +87,9 @@ class LocalnetSharesTests(LocalnetTestCase):
 
     def test_a_writer_uploads_into_the_owners_share_a_reader_cannot_and_a_revoke_stops_the_writer(self) -> None:
         """System test (b): Bob (read-write) uploads into Alice's share, Carol (read-only) cannot, then the revoke."""
-        self.start_network(suppliers=2, customers=3, prefix="bitnode-shares-rw-", timeout=60)
-        alice, bob, carol = "customer-1", "customer-2", "customer-3"
+        alice, bob, carol = self.start_three_customers("bitnode-shares-rw-")
         bob_id, carol_id = self.nodes[bob]["global_id"], self.nodes[carol]["global_id"]
-        work = tempfile.mkdtemp(prefix="bitnode-shares-rw-")
-        self.addCleanup(_remove_tree, work)
+        work = self.scratch_dir("bitnode-shares-rw-")
 
         def local(name: str, data: bytes) -> str:
             path = os.path.join(work, name)
@@ -110,8 +116,7 @@ class LocalnetSharesTests(LocalnetTestCase):
         # Alice opens her share: Bob's file is taken into her catalog and comes down byte for byte
         mine = self.api(alice, "share_open", key_id=key_id)
         self.assertEqual(mine["absorbed"]["taken"], {bob_id: 1}, mine)
-        target = tempfile.mkdtemp(prefix="bitnode-shares-rw-dst-")
-        self.addCleanup(_remove_tree, target)
+        target = self.scratch_dir("bitnode-shares-rw-dst-")
         self.api(alice, "file_download_start", remote_path=f"{key_id}:from-bob/bob.bin", destination_path=target,
                  wait_result=True)
         self.assertEqual(sha256_of(os.path.join(target, "bob.bin")), hashlib.sha256(data).hexdigest())

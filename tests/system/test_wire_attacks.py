@@ -17,7 +17,6 @@ Through all of it the customer's uploads and downloads keep working.
 from __future__ import annotations
 
 import base64
-import os
 import socket
 import time
 
@@ -29,7 +28,7 @@ from bitnode.transport.framing import PREFIX
 from bitnode.transport.packet import Packet
 from bitnode.userid.identity import Identity, format_date
 from bitnode.userid.packet_keys import Ed25519Signer
-from tests.system.support import LocalnetTestCase, sha256_of, wait_for
+from tests.system.support import LocalnetTestCase, wait_for
 
 CUSTOMER, TARGET = "customer-1", "supplier-1"
 MiB = 1024 * 1024
@@ -59,7 +58,7 @@ class Stranger:
 class WireAttackTests(LocalnetTestCase):
     def test_a_stranger_on_raw_tcp_costs_little_and_the_customer_keeps_working(self) -> None:
         self.start_network(suppliers=2, customers=1, prefix="bitnode-wire-attacks-")
-        first = self.upload("before.bin")
+        first = self.upload_random(CUSTOMER, "before.bin", 300 * 1024)
         target = self.nodes[TARGET]
         address = ("127.0.0.1", target["ports"]["tcp"])
         id_server = f"127.0.0.1:{self.nodes['idserver']['ports']['idserver']}"
@@ -97,7 +96,7 @@ class WireAttackTests(LocalnetTestCase):
             self.assertIn("negative_cached", network["cache"]["fetches"])
 
             # the customer's own work goes on during the attack
-            second = self.upload("during.bin")
+            second = self.upload_random(CUSTOMER, "during.bin", 300 * 1024)
         finally:
             for sock in sockets:
                 sock.close()
@@ -110,7 +109,7 @@ class WireAttackTests(LocalnetTestCase):
         challenges = self.api(TARGET, "packets_stats")["limits"]["challenges"]
         self.assertGreaterEqual(challenges["accepted"], 1, challenges)
         self.assertGreaterEqual(challenges["refused"], 1, challenges)
-        self.assertEqual(self.download(first[0]), first[1])
+        self.assertEqual(self.download_digest(CUSTOMER, first[0]), first[1])
         print(f"\nwire attacks: {limits['introductions']['rate_limited']} introductions rate-limited, "
               f"{limits['connections']['refused_per_ip']} connections refused, identity requests "
               f"{fetches['fetched'] + fetches['failed']} (busy {fetches['busy']}), "
@@ -123,21 +122,4 @@ class WireAttackTests(LocalnetTestCase):
         sock.sendall(data)
         return sock
 
-    def upload(self, name: str) -> tuple[str, str]:
-        local = os.path.join(self.dir, name)
-        with open(local, "wb") as handle:
-            handle.write(os.urandom(300 * 1024))
-        remote = f"master${self.nodes[CUSTOMER]['global_id']}:{name}"
-        done = self.api(CUSTOMER, "file_upload_start", local_path=local, remote_path=remote, wait_result=True,
-                        timeout=60)
-        self.assertEqual(done["state"], "DONE", done)
-        return remote, sha256_of(local)
-
-    def download(self, remote: str) -> str:
-        target = os.path.join(self.dir, "download-" + str(time.monotonic_ns()))
-        os.makedirs(target)
-        done = self.api(CUSTOMER, "file_download_start", remote_path=remote, destination_path=target,
-                        wait_result=True, timeout=60)
-        self.assertEqual(done["state"], "DONE", done)
-        return sha256_of(os.path.join(target, os.path.basename(remote.split(":", 1)[1])))
 

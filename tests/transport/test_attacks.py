@@ -29,6 +29,7 @@ from bitnode.transport.limits import PeerLimits
 from bitnode.transport.packet import Packet
 from bitnode.userid.identity import Identity, format_date
 from tests.interface.support import wait_until
+from tests.support import clock_at
 from tests.transport.test_gateway import ID_HOST, START, IdServer, Peer, rsa_key
 from tests.transport.test_support import Ed25519Signer, seed
 
@@ -96,8 +97,7 @@ class AttackTestCase(unittest.TestCase):
     timeout = 60  # real sockets: generous for a loaded machine; the waits are for conditions
 
     def setUp(self) -> None:
-        self.clock = Clock()
-        self.clock.advance(START)
+        self.clock = clock_at(START)
         self.server = IdServer()
 
     @inlineCallbacks

@@ -29,6 +29,7 @@ from bitnode.transport.packet import Packet
 from bitnode.transport.packet_out import PeerRefused
 from bitnode.userid.identity import Identity, format_date
 from tests.interface.support import wait_until
+from tests.support import clock_at
 from tests.transport.test_support import Ed25519Signer, KeyBook, seed
 
 START = 1700000000.0
@@ -208,8 +209,7 @@ class PeerNetTestCase(unittest.TestCase):
     timeout = 30
 
     def setUp(self) -> None:
-        self.clock = Clock()
-        self.clock.advance(START)
+        self.clock = clock_at(START)
         self.server = IdServer()
 
 

@@ -7,7 +7,6 @@ gateway) is tested in test_gateway; these tests take each piece alone.
 from __future__ import annotations
 
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.task import Clock
 from twisted.trial import unittest
 
 from bitnode.crypt import keys
@@ -21,6 +20,7 @@ from bitnode.transport.introduction import (
     introduced_identity,
 )
 from bitnode.transport.packet import Packet
+from tests.support import clock_at
 from tests.transport.test_gateway import START, FakeIdentities, IdServer
 
 
@@ -38,8 +38,7 @@ class RsaSigner:
 
 class IntroductionTestCase(unittest.TestCase):
     def setUp(self) -> None:
-        self.clock = Clock()
-        self.clock.advance(START)
+        self.clock = clock_at(START)
         self.server = IdServer()
         self.alice = FakeIdentities("alice", 1, self.server, self.clock)
         self.mallory = FakeIdentities("mallory", 2, self.server, self.clock)

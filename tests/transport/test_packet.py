@@ -21,6 +21,7 @@ from bitnode.transport.packet import (
     PacketTooLarge,
     UnknownSender,
 )
+from tests.support import clock_at
 from tests.transport.test_support import Ed25519Signer, KeyBook, seed
 
 ALICE = "alice@127.0.0.1_8084"
@@ -73,8 +74,7 @@ def make_packet(clock: Clock, signer: Ed25519Signer, payload: bytes = b"hello", 
 
 class PacketTests(unittest.TestCase):
     def setUp(self) -> None:
-        self.clock = Clock()
-        self.clock.advance(1700000000.5)
+        self.clock = clock_at(1700000000.5)
         self.alice = Ed25519Signer(seed(1))
         self.keys = KeyBook()
         self.keys.add(ALICE, self.alice)

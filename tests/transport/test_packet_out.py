@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from twisted.internet.defer import CancelledError, Deferred, fail
-from twisted.internet.task import Clock
 from twisted.trial import unittest
 
 from automats import Registry
@@ -11,6 +10,7 @@ from bitnode.errors import NotFound, Timeout, Unavailable
 from bitnode.transport.commands import Command
 from bitnode.transport.packet import Packet
 from bitnode.transport.packet_out import FINAL_STATES, PacketOut, PeerRefused
+from tests.support import clock_at
 from tests.transport.test_support import Ed25519Signer, seed
 
 ALICE = "alice@127.0.0.1_8001"
@@ -39,8 +39,7 @@ class Wire:
 
 class PacketOutTests(unittest.TestCase):
     def setUp(self) -> None:
-        self.clock = Clock()
-        self.clock.advance(START)
+        self.clock = clock_at(START)
         self.registry = Registry()
         self.alice = Ed25519Signer(seed(1))
         self.bob = Ed25519Signer(seed(2))

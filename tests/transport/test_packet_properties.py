@@ -15,6 +15,7 @@ from twisted.trial import unittest
 
 from bitnode.transport.commands import Command
 from bitnode.transport.packet import BadPacket, Packet, PacketHead
+from tests.support import clock_at
 from tests.transport.test_support import Ed25519Signer, KeyBook, seed
 
 ALICE = "alice@127.0.0.1_8084"
@@ -101,8 +102,7 @@ class PipelinePropertyTests(unittest.TestCase):
         from bitnode.transport.replay import ReplayCache
         from bitnode.transport.stats import PacketStats
 
-        self.clock = Clock()
-        self.clock.advance(1_700_000_000)
+        self.clock = clock_at(1_700_000_000)
         self.stats = PacketStats()
         self.transport = IntroducingTransport(
             self.clock, MemoryReactorClock(), BOB, KEYS, self.stats,

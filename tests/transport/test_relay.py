@@ -9,7 +9,6 @@ with fake connections, for its limits on a Clock.
 from __future__ import annotations
 
 from twisted.internet.defer import Deferred, inlineCallbacks
-from twisted.internet.task import Clock
 from twisted.trial import unittest
 
 from bitnode.errors import TooManyRequests, Unavailable
@@ -19,6 +18,7 @@ from bitnode.transport.reintroduction import REFRESH_INTERVAL
 from bitnode.transport.relay import Relay, RelayLimits, RelayRefused
 from bitnode.transport.tcp import contact_addresses, parse_tcp_contact
 from tests.interface.support import wait_until
+from tests.support import clock_at
 from tests.transport.test_gateway import START, Peer, PeerNetTestCase
 from tests.transport.test_support import Ed25519Signer, seed
 
@@ -256,8 +256,7 @@ class RelayLimitTests(unittest.TestCase):
     """The relay's limits on a Clock, with fake connections: shaping, queues, routes, grace."""
 
     def setUp(self) -> None:
-        self.clock = Clock()
-        self.clock.advance(START)
+        self.clock = clock_at(START)
         self.signer = Ed25519Signer(seed(1))
         self.sender = "s@127.0.0.1_1"
 

@@ -7,13 +7,18 @@ from twisted.trial import unittest
 
 from bitnode.transport.packet import BadPacket
 from bitnode.transport.replay import BeforeStart, ReplayCache, Replayed, ReplayFull, TooNew, TooOld
+from tests.support import clock_at
 
 
 class ReplayCacheTests(unittest.TestCase):
     def setUp(self) -> None:
-        self.clock = Clock()
-        self.clock.advance(1000.0)
+        self.clock = clock_at(1000.0)
         self.cache = ReplayCache(self.clock, window_seconds=60, max_entries=100, max_future_seconds=10)
+
+    def assert_refused(self, error: type[BadPacket], reason: str, *packet) -> None:
+        """``packet`` (creator, packet id, date) is refused with ``error``, counted under ``reason``."""
+        refused = self.assertRaises(error, self.cache.check, *packet)
+        self.assertEqual(refused.reason, reason)
 
     def test_first_packet_is_accepted(self) -> None:
         self.cache.check("alice", "p1", 1000.0)
@@ -21,9 +26,7 @@ class ReplayCacheTests(unittest.TestCase):
 
     def test_duplicate_is_rejected(self) -> None:
         self.cache.check("alice", "p1", 1000.0)
-        with self.assertRaises(Replayed) as caught:
-            self.cache.check("alice", "p1", 1000.0)
-        self.assertEqual(caught.exception.reason, "replay")
+        self.assert_refused(Replayed, "replay", "alice", "p1", 1000.0)
 
     def test_same_id_from_another_creator_is_fine(self) -> None:
         self.cache.check("alice", "p1", 1000.0)
@@ -31,15 +34,11 @@ class ReplayCacheTests(unittest.TestCase):
 
     def test_too_old_is_rejected(self) -> None:
         self.cache.check("alice", "edge", 940.0)  # exactly at the window's edge
-        with self.assertRaises(TooOld) as caught:
-            self.cache.check("alice", "p1", 939.9)
-        self.assertEqual(caught.exception.reason, "too_old")
+        self.assert_refused(TooOld, "too_old", "alice", "p1", 939.9)
 
     def test_too_far_in_future_is_rejected(self) -> None:
         self.cache.check("alice", "edge", 1010.0)
-        with self.assertRaises(TooNew) as caught:
-            self.cache.check("alice", "p1", 1010.1)
-        self.assertEqual(caught.exception.reason, "too_new")
+        self.assert_refused(TooNew, "too_new", "alice", "p1", 1010.1)
 
     def test_future_is_a_minute_by_default_whatever_the_window(self) -> None:
         cache = ReplayCache(self.clock, window_seconds=900, max_entries=10)
@@ -97,8 +96,7 @@ class PoisoningTests(unittest.TestCase):
     """Issue 14.1: a stranger's packets dated just under now + window pushed the floor there, blocking everyone."""
 
     def setUp(self) -> None:
-        self.clock = Clock()
-        self.clock.advance(1_000_000.0)
+        self.clock = clock_at(1_000_000.0)
         self.now = self.clock.seconds()
 
     def test_far_future_dates_are_refused_so_they_cannot_raise_any_floor(self) -> None:
@@ -164,8 +162,7 @@ class RestartTests(unittest.TestCase):
     """Issue 14.7: a packet captured before a restart cannot be played again after it."""
 
     def setUp(self) -> None:
-        self.clock = Clock()
-        self.clock.advance(5000.0)
+        self.clock = clock_at(5000.0)
 
     def test_a_packet_dated_before_the_cache_was_made_is_refused(self) -> None:
         cache = ReplayCache(self.clock, window_seconds=900, max_entries=10, refuse_before_start=True)
@@ -183,8 +180,7 @@ class RestartTests(unittest.TestCase):
 
 class PeekAndForgetTests(unittest.TestCase):
     def setUp(self) -> None:
-        self.clock = Clock()
-        self.clock.advance(5000.0)
+        self.clock = clock_at(5000.0)
         self.cache = ReplayCache(self.clock, window_seconds=900, max_entries=10)
 
     def test_peek_raises_like_check_but_remembers_nothing(self) -> None:

@@ -17,6 +17,7 @@ from bitnode.transport.packet import Packet
 from bitnode.transport.replay import ReplayCache
 from bitnode.transport.stats import PacketStats
 from bitnode.transport.tcp import TCPTransport
+from tests.support import clock_at
 from tests.transport.test_support import Ed25519Signer, KeyBook, seed
 
 MiB = 1024 * 1024
@@ -83,8 +84,7 @@ class TCPTransportTests(unittest.TestCase):
     timeout = 60
 
     def setUp(self) -> None:
-        self.clock = Clock()
-        self.clock.advance(START)
+        self.clock = clock_at(START)
         self.keys = KeyBook()
 
     @inlineCallbacks
