@@ -36,11 +36,9 @@ from typing import Any, Callable
 
 from twisted.internet import defer
 
-from bitnode.access.share_view import ShareView
-from bitnode.access.shares_service import SharesService
-from bitnode.errors import BadRequest, BitnodeError, Conflict, NotFound
+from bitnode.errors import BadRequest, NotFound
 from bitnode.storage.backups_service import BackupsService
-from bitnode.storage.catalog import COMPLETE, split_remote_path
+from bitnode.storage.catalog import COMPLETE
 from bitnode.storage.queries import FileQueries, local_kind
 
 
@@ -90,22 +88,11 @@ class FilesMethods:
 
     def _share_to_open(self, where: str) -> bool:
         """Whether ``where`` names a share of another user granted to me that is not open (or not read) yet."""
-        shares = self.node.service_driver.find(SharesService)
-        if shares is None:
-            return False
-        try:
-            shares.view_for(where)
-        except Conflict:
-            return True
-        except BitnodeError:
-            return False  # not granted, refused...: the call itself says so
-        return False
+        return self.node.service_driver.running(BackupsService).other_catalog_to_open(where)
 
     def _open_share_first(self, where: str) -> defer.Deferred:
         """``share_open`` of the share ``where`` names (open_share)."""
-        shares = self.node.service_driver.running(SharesService)
-        key_id = split_remote_path(where)[0] if ":" in where else where
-        return defer.maybeDeferred(shares.open, key_id)
+        return self.node.service_driver.running(BackupsService).open_other_catalog(where)
 
     def _transfer_managers(self) -> list:
         """My TransferManager, then those of the shares of others I have open (their downloads)."""
@@ -269,7 +256,7 @@ class FilesMethods:
         destination = destination_path or self.node.settings.get("paths/restore") or os.path.expanduser("~")
         destination = _absolute(destination, "destination_path")
         d = defer.Deferred.fromCoroutine(self._queries(storage).download(remote_path, destination, wait_result))
-        if open_share and isinstance(storage, ShareView):
+        if open_share and storage is not self._storage():
             # Not in my copy of the owner's index: perhaps added since I read it; read it again, once.
             d.addErrback(self._read_share_again, remote_path,
                          lambda: self.file_download_start(remote_path, destination_path, wait_result, False))

@@ -621,6 +621,24 @@ class BackupsService(Service):
                 return view
         return self
 
+    def other_catalog_to_open(self, where: str) -> bool:
+        """Whether ``where`` names another user's catalog granted to me that is not open (or not read) yet."""
+        for source in list(self._other_catalogs):
+            try:
+                source.view_for(where)
+            except Conflict:
+                return True
+            except BitnodeError:
+                return False  # not granted, refused...: the call itself says so
+        return False
+
+    def open_other_catalog(self, where: str) -> defer.Deferred:
+        """Open (or read again) the other user's catalog that ``where`` (a remote path or key id) names."""
+        key_id = split_remote_path(where)[0] if ":" in where else where
+        for source in list(self._other_catalogs):
+            return defer.maybeDeferred(source.open, key_id)
+        return defer.fail(Unavailable("no service opens other users' catalogs (service_shares is off)"))
+
     def all_transfer_managers(self) -> list:
         """My TransferManager, then those of the other catalogs (downloads of others' files)."""
         self.require_ready()

@@ -222,6 +222,9 @@ class OtherCatalogs(Protocol):
     def transfer_managers(self) -> list:
         """The TransferManagers of the views (their downloads)."""
 
+    def open(self, key_id: str) -> Any:
+        """Open (or read again) the other user's catalog of ``key_id``; a Deferred."""
+
 
 @dataclass(frozen=True)
 class SegmentMeta:

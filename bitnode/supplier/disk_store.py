@@ -511,7 +511,7 @@ class DiskStore:
             full = os.path.join(space, *path.split("/"))
             try:
                 info = os.stat(full)
-                digest = sha256_file(full, _HASH_CHUNK)
+                digest = _hash_file(full)
             except FileNotFoundError:
                 continue
             done.append(IndexedBlock(path, FileIdentity(info.st_size, info.st_mtime_ns, info.st_ino), digest))
@@ -602,3 +602,7 @@ def _prune_empty_dirs(space: str, folders: set[str]) -> int:
             continue  # not empty (or already gone)
         removed += 1
     return removed
+
+
+def _hash_file(path: str) -> str:
+    return sha256_file(path, _HASH_CHUNK)

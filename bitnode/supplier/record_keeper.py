@@ -40,6 +40,7 @@ from __future__ import annotations
 import json
 import os
 from collections import Counter
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from twisted.internet import defer
@@ -80,29 +81,27 @@ def _write(path: str, value: dict, stored_at: float) -> None:
     atomic_write(path, json.dumps(data, sort_keys=True).encode("utf-8"), mode=0o600)
 
 
+@dataclass(eq=False, repr=False)
 class RecordKeeper:
     """Keeps and re-stores the suppliers records of this supplier's customers (see the module docstring)."""
 
     log = Logger()
 
-    def __init__(self, clock: Any, run_in_thread: Callable, folder: str, dht: Callable[[], Any],
-                 master_key_of: Callable[[str], defer.Deferred], is_customer: Callable[[str], bool],
-                 renew: Callable[[str, float], Any] = lambda customer_id, when: None):
-        self.clock = clock
-        self.run_in_thread = run_in_thread
-        self.folder = folder
-        self.dht = dht
-        self.master_key_of = master_key_of
-        self.is_customer = is_customer
-        self.renew = renew
-        #: customer id -> {"value": the signed value, "stored_at": when we last stored it in the DHT}
-        self.kept: dict[str, dict] = {}
-        self.due: dict[str, float] = {}
-        self.counters: Counter[str] = Counter()
-        self.refused: Counter[str] = Counter()
-        self._call: Any = None
-        self._running = False
-        self._busy: set[defer.Deferred] = set()
+    clock: Any
+    run_in_thread: Callable
+    folder: str
+    dht: Callable[[], Any]
+    master_key_of: Callable[[str], defer.Deferred]
+    is_customer: Callable[[str], bool]
+    renew: Callable[[str, float], Any] = lambda customer_id, when: None
+    #: customer id -> {"value": the signed value, "stored_at": when we last stored it in the DHT}
+    kept: dict[str, dict] = field(init=False, default_factory=dict)
+    due: dict[str, float] = field(init=False, default_factory=dict)
+    counters: Counter[str] = field(init=False, default_factory=Counter)
+    refused: Counter[str] = field(init=False, default_factory=Counter)
+    _call: Any = field(init=False, default=None)
+    _running: bool = field(init=False, default=False)
+    _busy: set[defer.Deferred] = field(init=False, default_factory=set)
 
     # --- lifecycle ---------------------------------------------------------------------
 

@@ -400,6 +400,11 @@ class NodeTestCase(unittest.TestCase):
     @defer.inlineCallbacks
     def setUp(self):
         self.node = yield start_node(self, overrides=self.overrides)
+        yield self.connect_client()
+
+    def connect_client(self) -> defer.Deferred | None:
+        """Connect the test's client to ``self.node`` (none here); may return a Deferred."""
+        return None
 
     def record_stop_and_restart(self, delay: float | None = 0.01) -> list[str]:
         """Record "stop" / "restart" in the returned list where the node would stop or restart its process.

@@ -32,9 +32,7 @@ from tests.interface.support import (
 class RestTestCase(NodeTestCase):
     """A started node with fake services and an HTTP client for it."""
 
-    @defer.inlineCallbacks
-    def setUp(self):
-        yield super().setUp()
+    def connect_client(self) -> None:
         self.api = HttpApi(self, self.node)
 
     @defer.inlineCallbacks

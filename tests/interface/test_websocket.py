@@ -29,8 +29,7 @@ class WsTestCase(NodeTestCase):
     """A started node with fake services and one connected WebSocket client."""
 
     @defer.inlineCallbacks
-    def setUp(self):
-        yield super().setUp()
+    def connect_client(self):
         self.ws = yield connect_ws(self, self.node)
 
     @defer.inlineCallbacks

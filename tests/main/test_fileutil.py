@@ -94,7 +94,7 @@ class WriteTempFileTests(unittest.TestCase):
     def test_the_temp_file_is_complete_with_its_mode_and_a_failed_one_leaves_nothing(self) -> None:
         folder = os.path.dirname(temp_path(self, "unused"))
         path = fileutil.write_temp_file(folder, ".data.", b"x" * 100_000, 0o600)
-        self.assertEqual(os.path.dirname(path), folder)
+        self.assertTrue(os.path.samefile(os.path.dirname(path), folder))
         self.assertEqual(_mode(path), 0o600)
         with open(path, "rb") as handle:
             self.assertEqual(handle.read(), b"x" * 100_000)

@@ -17,7 +17,7 @@ from twisted.trial import unittest
 from zope.interface import implementer
 
 from bitnode.app import api_server
-from bitnode.errors import Unavailable
+from bitnode.errors import Conflict, Forbidden, Unavailable
 from bitnode.storage.backups_service import NO_SUPPLIERS, BackupsService
 from bitnode.storage.catalog import COMPLETE
 from bitnode.storage.memory_grid import MemoryStorageServer
@@ -174,6 +174,41 @@ class StorageNodeTestCase(unittest.TestCase):
         job = service.transfers.start_download(remote, target)
         yield job.wait()
         return read(target)
+
+
+class OtherCatalogsTests(StorageNodeTestCase):
+    """A remote path under another user's key is opened through the source that serves such catalogs (the
+    shares service registers itself), so the API never reaches for the sharing code."""
+
+    @defer.inlineCallbacks
+    def test_a_granted_catalog_not_open_yet_is_opened_through_its_source(self):
+        _, service = yield self.start()
+        granted = "share_0123456789abcdef0123456789abcdef$bob@id.example.net_8084"
+        self.assertFalse(service.other_catalog_to_open(granted + ":docs/a.bin"))  # no source: nothing to open
+        self.failureResultOf(service.open_other_catalog(granted), Unavailable)
+        opened = []
+
+        class Source:
+            def view_for(self, where):
+                if where.startswith(granted):
+                    raise Conflict("not open: call share_open first")
+                if where.startswith("share_"):
+                    raise Forbidden("not granted to this node")
+                return None
+
+            def open(self, key_id):
+                opened.append(key_id)
+                return {"key_id": key_id}
+
+        unregister = service.add_other_catalogs(Source())
+        self.assertTrue(service.other_catalog_to_open(granted + ":docs/a.bin"))
+        self.assertFalse(service.other_catalog_to_open("share_ffff$carol@id.example.net_8084:x"))  # 403 later
+        self.assertFalse(service.other_catalog_to_open(MASTER + ":docs/a.bin"))  # mine
+        self.assertEqual(self.successResultOf(service.open_other_catalog(granted + ":docs/a.bin")),
+                         {"key_id": granted})
+        self.assertEqual(opened, [granted])
+        unregister()
+        self.assertFalse(service.other_catalog_to_open(granted))
 
 
 class ServiceTests(StorageNodeTestCase):
