@@ -285,8 +285,7 @@ class QueuedExpiryTests(unittest.TestCase):
     """My queued messages that no receipt reaches become failed after ``queued-expiry``, never stay queued."""
 
     def setUp(self):
-        self.clock = Clock()
-        self.clock.advance(1_000_000)
+        self.clock = clock_at(1_000_000)
         path = os.path.join(self.mktemp() + "-db", "messages.sqlite")
         os.makedirs(os.path.dirname(path))
         self.history = MessageHistory(path)
