@@ -70,8 +70,12 @@ class QuickRunTests(unittest.TestCase):
         out = io.StringIO()
         figures = bench.run(args, out)
         api = figures["api"]
-        for key in ("node_rate", "bare_rate", "ratio", "node_cpu_us", "bare_cpu_us"):
+        for key in ("node_rate", "bare_rate", "ratio"):
             self.assertGreater(api[key], 0, key)
+        # CPU time is counted in clock ticks (10 ms): the bare server's 100 quick requests may all fall inside
+        # one tick on a loaded machine and measure 0 (this failed twice at load 20-27)
+        for key in ("node_cpu_us", "bare_cpu_us"):
+            self.assertGreaterEqual(api[key], 0, key)
         [one] = figures["transfers"]
         self.assertEqual(one["size"], MiB)
         self.assertGreater(one["limit"]["up"], 0)
