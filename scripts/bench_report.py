@@ -194,6 +194,14 @@ def evaluate(api: dict | None, transfers: list[dict] | None, small: dict | None 
     return checks
 
 
+def _cpu_per_file(figures: dict, kind: str) -> str:
+    """`` (CPU ms per file: customer C, suppliers S)`` when measured: steadier than files/s on a busy machine."""
+    customer = figures.get(f"{kind}_customer_cpu_ms_per_file")
+    if customer is None:
+        return ""
+    return f" (CPU ms per file: customer {customer:.2f}, suppliers {figures[f'{kind}_suppliers_cpu_ms_per_file']:.2f})"
+
+
 def _small_checks(check, small: dict | None) -> None:
     for name, count, size, kind, target in SMALL_TARGETS:
         figures = (small or {}).get(f"{count}x{size}", {})
@@ -262,6 +270,7 @@ def report_lines(api: dict | None, transfers: list[dict] | None, checks: list[di
                 lines.append(f"small files {label}: {figures['error']}")
                 continue
             text = ", ".join(f"{kind} {figures[kind + '_files_s']:.0f} files/s in {figures[kind + '_seconds']:.1f} s"
+                             + _cpu_per_file(figures, kind)
                              for kind in ("upload", "download") if kind + "_files_s" in figures)
             lines.append(f"small files {label}: {text}")
     if rebuild:

@@ -428,12 +428,27 @@ class BenchNet:
             digests[name] = write_test_file(os.path.join(folder, name), size)
         remote = f"{self.key_id}:bench/small-{label}"
         figures: dict = {"count": count, "size": size}
+        customer = self.customer_name()
+        suppliers = [name for name in self.pids if name.startswith("supplier")]
+
+        def timed(kind: str, method: str, **kwargs) -> dict:
+            """One folder transfer, with its seconds, files/s and CPU ms per file (customer, suppliers)."""
+            targets = {customer: self.pids[customer]}
+            prefix = os.path.join(self.profile_dir, f"small-{label}-{kind}") if self.profile_dir else ""
+            with _Recorder(self.py_spy if prefix else None, targets, prefix, self.profile_idle):
+                cpu_before = self._cpu()
+                start = time.perf_counter()
+                answer = self.call(method, timeout=3600.0, wait_result=True, **kwargs)
+                figures[f"{kind}_seconds"] = time.perf_counter() - start
+                cpu_after = self._cpu()
+            figures[f"{kind}_files_s"] = count / figures[f"{kind}_seconds"]
+            spent = {name: cpu_after.get(name, 0.0) - cpu_before.get(name, 0.0) for name in cpu_before}
+            figures[f"{kind}_customer_cpu_ms_per_file"] = 1000 * spent.get(customer, 0.0) / count
+            figures[f"{kind}_suppliers_cpu_ms_per_file"] = 1000 * sum(spent.get(n, 0.0) for n in suppliers) / count
+            return answer
+
         try:
-            start = time.perf_counter()
-            info = self.call("file_upload_start", timeout=3600.0, local_path=folder, remote_path=remote,
-                             wait_result=True)
-            figures["upload_seconds"] = time.perf_counter() - start
-            figures["upload_files_s"] = count / figures["upload_seconds"]
+            info = timed("upload", "file_upload_start", local_path=folder, remote_path=remote)
             failed = [t for t in info.get("transfers", []) if t.get("state") != "DONE"]
             if failed or info.get("skipped"):
                 skipped = info.get("skipped") or []
@@ -442,11 +457,7 @@ class BenchNet:
                                    f"first: {str(first)[:200]}")
             target = os.path.join(out_dir, f"small-{label}-restored")
             os.makedirs(target)
-            start = time.perf_counter()
-            info = self.call("file_download_start", timeout=3600.0, remote_path=remote, destination_path=target,
-                             wait_result=True)
-            figures["download_seconds"] = time.perf_counter() - start
-            figures["download_files_s"] = count / figures["download_seconds"]
+            timed("download", "file_download_start", remote_path=remote, destination_path=target)
             restored = os.path.join(target, os.path.basename(folder))
             bad = [name for name, digest in digests.items()
                    if not os.path.exists(os.path.join(restored, name)) or

@@ -301,11 +301,13 @@ class FilesMethods:
         return local, f"{storage.master_key_id()}:{local.lstrip(os.sep).replace(os.sep, '/')}"
 
     def backups_id_list(self) -> defer.Deferred:
-        """Every complete version: ``{"remote_path", "version_id", "size", "created", "completed"}``."""
+        """Every complete version of a file: ``{"remote_path", "version_id", "size", "created", "completed"}``
+        (the packs that hold small files are not listed; their files are)."""
         storage = self._storage()
         d = self._thread(storage.catalog.versions, COMPLETE)
         return d.addCallback(lambda versions: [{k: v[k] for k in ("remote_path", "version_id", "size", "created",
-                                                                   "completed")} for v in versions])
+                                                                   "completed")}
+                                               for v in versions if not v.get("is_pack")])
 
     def backup_start_path(self, path: str, bind_local_path: bool = True) -> defer.Deferred:
         """Upload a local file or folder to the remote path named after it."""

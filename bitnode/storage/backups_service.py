@@ -56,15 +56,16 @@ from twisted.logger import Logger
 from bitnode import globalid
 from bitnode.crypt import keys
 from bitnode.errors import BadRequest, BitnodeError, Conflict, Forbidden, NotFound, Unavailable
-from bitnode.main.options import FLOAT, INTEGER, Option
+from bitnode.main.options import BOOLEAN, DISK_SPACE, FLOAT, INTEGER, Option
 from bitnode.services.background import BackgroundWork
 from bitnode.services.base import Service
 from bitnode.services.context import NodeContext
-from bitnode.storage import k_of_n, key_backup, share_scope
+from bitnode.storage import k_of_n, key_backup, packs, share_scope
 from bitnode.storage.backup_monitor import REBUILD_SEGMENTS_IN_FLIGHT, BackupMonitor
 from bitnode.storage.catalog import Catalog, open_catalog, split_remote_path
 from bitnode.storage.catalog_backup import SERIAL_META, CatalogBackup
 from bitnode.storage.catalog_keeper import COVERED_META, CatalogKeeper
+from bitnode.storage.catalog_packs import PACKED_DELETED_META
 from bitnode.storage.download_journal import DownloadJournal
 from bitnode.storage.job_context import Placement, StorageContext, delete_versions
 from bitnode.storage.jobs import PAUSED, SECURING
@@ -82,6 +83,9 @@ SEGMENTS_IN_FLIGHT_KEY = "services/backups/segments-in-flight"
 MAX_DOWNLOADS_KEY = "services/backups/max-downloads"
 REBUILD_IN_FLIGHT_KEY = "services/backups/rebuild-segments-in-flight"
 RETIRING_LIST_TIMEOUT_KEY = "services/backups/retiring-list-timeout"
+PACK_FILES_KEY = "services/backups/pack-small-files"
+PACK_FILE_MAX_KEY = "services/backups/pack-file-max"
+PACK_MAX_BYTES_KEY = "services/backups/pack-max-bytes"
 
 
 def _open_catalog(path: str, temp_dir: str, now: float) -> tuple[Catalog, dict | None]:
@@ -124,6 +128,15 @@ class BackupsService(Service):
         Option("services/backups/catalog-backup-delay", FLOAT, 10.0,
                "Seconds after a catalog change before the catalog is backed up to the suppliers.",
                minimum=0.0, maximum=3600.0),
+        Option(PACK_FILES_KEY, BOOLEAN, True,
+               "A folder upload puts its small files into packs (a few segments for many files, see "
+               "pack-file-max and pack-max-bytes); off: one version per file, as a single upload."),
+        Option(PACK_FILE_MAX_KEY, DISK_SPACE, packs.DEFAULT_PACK_FILE_MAX,
+               "The largest file of a folder upload that goes into a pack; larger ones are uploaded alone.",
+               minimum=0, maximum=64 * 1024 ** 2),
+        Option(PACK_MAX_BYTES_KEY, DISK_SPACE, packs.DEFAULT_PACK_MAX_BYTES,
+               "The most bytes of files one pack holds. Reading one file of a pack reads the pack's segments "
+               "(one when this is at most segment-size).", minimum=64 * 1024, maximum=256 * 1024 ** 2),
         Option("services/backups/catalog-retry", FLOAT, 30.0,
                "Seconds before a failed catalog backup, or a catalog restore that could not ask enough "
                "suppliers, is tried again (doubling while it keeps failing, up to 16 times this).",
@@ -153,6 +166,10 @@ class BackupsService(Service):
         self.parts.on_pending = self._save_pending_parts
         self._unsubscribe_keys: Any = None
         self._stopping = False
+        #: Packs whose every file was deleted, removed from the suppliers (counter for service_info).
+        self.packs_reclaimed = 0
+        self._packs_seen: dict = {}
+        self._packs_looking = self._packs_again = False
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -208,7 +225,8 @@ class BackupsService(Service):
             fetch_timeout=lambda: settings.get("services/backups/fetch-timeout"),
             registry=ctx.automats, on_catalog_changed=self.catalog_changed, on_blocks_damaged=self.sync,
             version_tag=share_scope.version_tag, catalog_backed_up=self._catalog_backed_up, download_journal=journal,
-            download_checkpoint=lambda: settings.get("services/backups/download-checkpoint"))
+            download_checkpoint=lambda: settings.get("services/backups/download-checkpoint"),
+            temp_dir=self.temp_dir, pack_limits=self._pack_limits)
         self.transfers = TransferManager(self.context, lambda: settings.get("services/backups/max-uploads"),
                                          lambda: settings.get(MAX_DOWNLOADS_KEY),
                                          on_uploads_done=self._schedule_backup)
@@ -305,7 +323,48 @@ class BackupsService(Service):
             # What the last start found interrupted (uploads_resumed, downloads_cleaned_up ...).
             "transfers_resumed": self.transfers_resumed,
             "relayout": self.relayout.status() if self.relayout else None,
+            # Packs of small files (storage/packs.py), as of the last look after a catalog change.
+            "packs": dict(self._packs_seen, packs_reclaimed=self.packs_reclaimed),
         }
+
+    def _pack_limits(self) -> tuple[int, int] | None:
+        """(largest file packed, largest pack) for a folder upload, or None when packing is off."""
+        settings = self.ctx.settings
+        if not settings.get(PACK_FILES_KEY):
+            return None
+        return settings.get(PACK_FILE_MAX_KEY), settings.get(PACK_MAX_BYTES_KEY)
+
+    async def _look_at_packs(self) -> None:
+        """After a catalog change: remove packs none of whose files is left (their blocks, then their row), and
+        refresh the packs counters of service_info. One look at a time; a change meanwhile asks for another."""
+        if self._packs_looking:
+            self._packs_again = True
+            return
+        self._packs_looking = True
+        try:
+            while True:
+                self._packs_again = False
+                catalog, context = self.catalog, self.context
+                if catalog is None or context is None:
+                    return
+                found = await self.ctx.run_in_thread(catalog.packs)
+                dead = [p["pack_id"] for p in found if p["state"] == "complete" and p["files"] == 0]
+                if dead and not self._uploading():
+                    outcome = await delete_versions(context, dead)
+                    failed = {f["version_id"] for f in outcome["failed"]}
+                    for pack_id in dead:
+                        if pack_id not in failed:
+                            await self.ctx.run_in_thread(catalog.drop_version, pack_id)
+                            self.packs_reclaimed += 1
+                    if len(failed) < len(dead):
+                        self.catalog_changed()
+                        continue
+                deleted = await self.ctx.run_in_thread(catalog.get_meta, PACKED_DELETED_META, "0")
+                self._packs_seen = packs.packs_figures(found, int(deleted or 0))
+                if not self._packs_again:
+                    return
+        finally:
+            self._packs_looking = False
 
     def _monitor_changed(self, machine: Any, old: str, new: str, event: str) -> None:
         # A check of the suppliers ended: versions in an old k-of-n are re-laid out now (one pass at a time).
@@ -527,6 +586,9 @@ class BackupsService(Service):
         """Something in the catalog changed: back it up after the configured delay (and tell service_shares)."""
         self.ctx.events.publish("catalog-changed", {})
         self.backup_needed()
+        if self.context is not None:
+            self._background.track(defer.Deferred.fromCoroutine(self._look_at_packs()), "looking at packs",
+                                   quiet=True)
 
     def backup_needed(self) -> None:
         """Something the catalog backup holds changed (catalog, keys, a part): back up after the delay."""

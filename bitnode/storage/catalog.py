@@ -60,23 +60,26 @@ from bitnode.storage.catalog_format import (
     segment_length,
     write_export,
 )
+from bitnode.storage.catalog_packs import PACKED_DELETED_META, CatalogPacks, PackMember, add_meta_count
 from bitnode.storage.erasure import MAX_N
 from bitnode.storage.ports import SegmentMeta
 from bitnode.storage.segment_crypto import validate_version_id
 
 __all__ = ["CATALOG_FORMAT", "CatalogUnreadable", "COMPLETE", "EXPORT_FORMAT", "FAILED", "UPLOADING", "VERSION_STATES", "Catalog",
-           "split_remote_path"]
+           "PackMember", "split_remote_path"]
 
 _RESERVED_META = ("format",)
 #: A version with its file's key id and path and how many segments are recorded (one query for any number).
-_VERSIONS = ("SELECT v.*, i.key_id, i.path, (SELECT COUNT(*) FROM segments s WHERE s.version_id = v.version_id)"
-             " AS segments_done FROM versions v JOIN items i USING (item_id)")
+_VERSIONS = ("SELECT v.*, i.key_id, i.path, i.is_folder, p.pack_id, p.offset AS pack_offset, p.length AS pack_length,"
+             " (SELECT COUNT(*) FROM segments s WHERE s.version_id = v.version_id)"
+             " AS segments_done FROM versions v JOIN items i USING (item_id) LEFT JOIN packed p USING (version_id)")
 #: An item with its newest complete version's id and size (the correlated subquery reads versions_latest);
 #: the columns are :func:`_listed_dict`'s arguments.
 _LISTING = (
     "SELECT i.key_id, i.path, i.is_folder, i.created, i.mode, i.mtime_ns, i.link_target,"
     " v.version_id AS latest_version, v.size AS latest_size FROM items i"
-    " LEFT JOIN versions v ON v.version_id = (SELECT version_id FROM versions"
+    # A folder's versions are its packs (pack_format): not a size or version of the folder.
+    " LEFT JOIN versions v ON i.is_folder = 0 AND v.version_id = (SELECT version_id FROM versions"
     f" WHERE item_id = i.item_id AND state = '{COMPLETE}' ORDER BY created DESC LIMIT 1)")
 
 
@@ -108,7 +111,7 @@ def open_catalog(path: str, now: float) -> tuple[Catalog, dict | None]:
     return Catalog(path), {"error": f"the catalog {path} cannot be used: {problem}", "moved_to": moved, "at": now}
 
 
-class Catalog:
+class Catalog(CatalogPacks):
     """One node's catalog in the sqlite file at ``path`` (``":memory:"`` for tests).
 
     Raises :class:`CatalogUnreadable` for a damaged file or one that is not a catalog.
@@ -216,6 +219,8 @@ class Catalog:
                 _VERSIONS + " WHERE v.item_id = ? ORDER BY v.created DESC, v.version_id DESC",
                 (row["item_id"],)).fetchall()
             item["versions"] = [self._version_dict(v) for v in versions]
+            if row["is_folder"]:  # a folder's versions are the packs of the files uploaded into it
+                item["packs"], item["versions"] = item["versions"], []
             return item
 
     def list(self, key_id: str | None = None, path: str = "", recursive: bool = True) -> list[dict]:
@@ -265,6 +270,7 @@ class Catalog:
                 raise NotFound(f"{key_id}:{path} is not in the catalog")
             ids = self._item_ids_under(db, row)
             versions = self._version_ids_of(db, ids)
+            self._count_packed_deletes(db, ids)
             for marks, part in self._file.in_lists(ids):
                 db.execute(f"DELETE FROM items WHERE item_id IN ({marks})", part)
             return versions
@@ -349,6 +355,8 @@ class Catalog:
                 raise Conflict(f"{new_id} is not a whole copy of {old_id}")
             db.execute("UPDATE versions SET state = ?, completed = ? WHERE version_id = ?",
                        (old["state"], old["completed"], new_id))
+            # The files of a pack follow it to its copy (same bytes at the same offsets).
+            db.execute("UPDATE packed SET pack_id = ? WHERE pack_id = ?", (new_id, old_id))
             db.execute("DELETE FROM versions WHERE version_id = ?", (old_id,))
         return self.version(new_id)
 
@@ -579,11 +587,17 @@ class Catalog:
         complete = [v for v in item["versions"] if v["state"] == COMPLETE]
         drop = [v["version_id"] for v in complete[keep:]] + [v["version_id"] for v in item["versions"]
                                                              if v["state"] == FAILED]
-        if drop:
-            with self._transaction() as db:
-                for marks, part in self._file.in_lists(drop):
-                    db.execute(f"DELETE FROM versions WHERE version_id IN ({marks})", part)
-        return drop
+        if not drop:
+            return drop
+        with self._transaction() as db:
+            in_packs = set()
+            for marks, part in self._file.in_lists(drop):
+                in_packs.update(r[0] for r in db.execute(
+                    f"SELECT version_id FROM packed WHERE version_id IN ({marks})", part))
+                db.execute(f"DELETE FROM versions WHERE version_id IN ({marks})", part)
+            if in_packs:
+                add_meta_count(db, PACKED_DELETED_META, len(in_packs))
+        return [v for v in drop if v not in in_packs]  # the versions whose blocks the caller deletes
 
     # --- backup ---------------------------------------------------------------------------
 
@@ -659,12 +673,23 @@ class Catalog:
         return ids
 
     def _version_ids_of(self, db: sqlite3.Connection, item_ids: list[int]) -> list[str]:
-        """Every version of those items, sorted (asked in slices: a folder may hold more than sqlite's limit)."""
+        """Every version of those items that holds blocks, sorted (a file in a pack holds none: its pack
+        does); asked in slices: a folder may hold more than sqlite's limit."""
         found = []
         for marks, part in self._file.in_lists(item_ids):
             found += [r["version_id"] for r in db.execute(
-                f"SELECT version_id FROM versions WHERE item_id IN ({marks})", part)]
+                f"SELECT version_id FROM versions WHERE item_id IN ({marks})"
+                " AND version_id NOT IN (SELECT version_id FROM packed)", part)]
         return sorted(found)
+
+    def _count_packed_deletes(self, db: sqlite3.Connection, item_ids: list[int]) -> None:
+        """Files leaving packs (deleted): counted in meta, for the repack counters."""
+        gone = 0
+        for marks, part in self._file.in_lists(item_ids):
+            gone += db.execute(f"SELECT COUNT(*) FROM packed p JOIN versions v USING (version_id)"
+                               f" WHERE v.item_id IN ({marks})", part).fetchone()[0]
+        if gone:
+            add_meta_count(db, PACKED_DELETED_META, gone)
 
     @staticmethod
     def _item_row(db: sqlite3.Connection, key_id: str, path: str) -> sqlite3.Row | None:
@@ -683,13 +708,23 @@ class Catalog:
                 "type": _kind(row), "created": row["created"], "mode": row["mode"], "mtime_ns": row["mtime_ns"],
                 "link_target": row["link_target"]}
 
-    @staticmethod
-    def _version_dict(row: sqlite3.Row) -> dict:
+    def _version_dict(self, row: sqlite3.Row) -> dict:
         out = {name: row[name] for name in ("version_id", "state", "size", "segment_size", "segments_total",
                                             "k", "n", "created", "completed", "mode", "mtime_ns", "segments_done")}
         out["suppliers"] = json.loads(row["suppliers"])
         out["wrapped_key"] = bytes(row["wrapped_key"])
         out["remote_path"] = f"{row['key_id']}:{row['path']}"
+        if row["is_folder"]:  # a version of a folder is a pack of files uploaded into it
+            out["is_pack"] = True
+        if row["pack_id"] is not None:
+            # Stored inside a pack: its layout, key and holders are the pack's (which may have been re-laid out).
+            pack = self._db.execute("SELECT k, n, suppliers, wrapped_key, segment_size, state FROM versions"
+                                    " WHERE version_id = ?", (row["pack_id"],)).fetchone()
+            out.update(k=pack["k"], n=pack["n"], suppliers=json.loads(pack["suppliers"]),
+                       wrapped_key=bytes(pack["wrapped_key"]), segment_size=pack["segment_size"],
+                       segments_done=out["segments_total"])
+            out["pack"] = {"pack_id": row["pack_id"], "offset": row["pack_offset"], "length": row["pack_length"],
+                           "pack_state": pack["state"]}
         return out
 
 

@@ -18,11 +18,18 @@ Tables, format version :data:`CATALOG_FORMAT`:
   only while the file is unchanged, and whether its upload made the file item
   (an abandoned first upload removes it again). Local to this machine: not
   exported.
+- ``packed``    per file version stored inside a pack (format 4): the pack's
+  version id, the offset and length of the file's bytes in it. A pack is a
+  version of the folder the files were uploaded into (a version of a folder
+  is a pack: :mod:`bitnode.storage.pack_format`); the files of a pack are
+  always under its folder, so deleting that folder deletes the pack too.
+  A file version in ``packed`` has no segments of its own.
 - ``meta``      the format and small node-local facts.
 
 Format 2 added the metadata columns (items: mode, mtime_ns, link_target;
 versions: mode, mtime_ns), format 3 ``sources.new_item``; older files are
 migrated when opened (:func:`migrate`; the new columns are NULL: unknown, or 0).
+Format 4 added the ``packed`` table (created empty for an older file).
 
 :func:`check_file` raises :class:`CatalogUnreadable` for a file sqlite
 cannot read, that its ``quick_check`` finds damaged, or that holds tables but
@@ -36,7 +43,7 @@ import sqlite3
 
 from bitnode.errors import BitnodeError
 
-CATALOG_FORMAT = 3
+CATALOG_FORMAT = 4
 #: The folder an item is in, with its trailing slash ("a/b/" for "a/b/c", "" at the root): rtrim drops the
 #: trailing characters found in its second argument, here every character of the path but "/", so it stops
 #: at the last "/". sqlite has no "last index of"; this expression is what ``items_by_parent`` indexes, and
@@ -100,6 +107,13 @@ CREATE TABLE IF NOT EXISTS sources (
     mtime      REAL NOT NULL,
     new_item   INTEGER NOT NULL DEFAULT 0
 );
+CREATE TABLE IF NOT EXISTS packed (
+    version_id TEXT PRIMARY KEY REFERENCES versions(version_id) ON DELETE CASCADE,
+    pack_id    TEXT NOT NULL REFERENCES versions(version_id) ON DELETE CASCADE,
+    offset     INTEGER NOT NULL,
+    length     INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS packed_by_pack ON packed(pack_id);
 """
 
 #: Columns added since format 1, by the format that added them: (table, column, type).
@@ -111,7 +125,10 @@ _ADDED_COLUMNS = (
 
 
 def migrate(db: sqlite3.Connection, old_format: int) -> None:
-    """Format 1 or 2 → 3: the columns added since, NULL (unknown) or 0 for what was stored before."""
+    """Format 1, 2 or 3 → 4: the columns added since, NULL (unknown) or 0 for what was stored before.
+
+    (Format 4's ``packed`` table is made by the schema itself, empty.)
+    """
     for added_in, table, column, kind in _ADDED_COLUMNS:
         present = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
         if added_in > old_format and column not in present:

@@ -21,6 +21,16 @@ Format 2 (written now)::
      "segments": [[version_id, seg_index, plaintext_length], ...],
      "blocks":   [[version_id, seg_index, position, sha256 hex, supplier ("" = missing)], ...]}
 
+Format 3 (written when the catalog holds packs, :mod:`bitnode.storage.pack_format`) adds::
+
+     "packed":   [[version_id, pack version_id, offset, length], ...]
+
+and lets a version belong to a folder: that version is a pack of files
+uploaded into the folder. Each ``packed`` row names a version of a file
+under the pack's folder whose size is ``length`` and whose bytes lie inside
+the pack; such a version has no segments of its own. A catalog without
+packs is still written as format 2, for readers that know only 1 and 2.
+
 ``mode`` is the permission bits (``st_mode & 0o7777``) and ``mtime_ns`` the
 modification time in nanoseconds of what was uploaded (None when unknown);
 ``link_target`` is the text of a symbolic link (None for files and folders).
@@ -37,7 +47,7 @@ import math
 import re
 import sqlite3
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 from bitnode.errors import BadRequest, BitnodeError
@@ -46,7 +56,9 @@ from bitnode.storage.erasure import MAX_N
 from bitnode.storage.segment_crypto import validate_version_id
 
 EXPORT_FORMAT = 2
-READABLE_EXPORT_FORMATS = (1, 2)
+#: The format of an export that holds packs.
+PACKS_EXPORT_FORMAT = 3
+READABLE_EXPORT_FORMATS = (1, 2, 3)
 UPLOADING, COMPLETE, FAILED = "uploading", "complete", "failed"
 VERSION_STATES = (UPLOADING, COMPLETE, FAILED)
 MAX_SEGMENT_SIZE = 256 * 1024 * 1024
@@ -57,8 +69,8 @@ MAX_WRAPPED_KEY = 8192
 #: Permission bits kept: rwx for user, group and others, plus setuid, setgid and sticky.
 MODE_BITS = 0o7777
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
-_ITEM_FIELDS = {1: 4, 2: 7}
-_VERSION_FIELDS = {1: 13, 2: 15}
+_ITEM_FIELDS = {1: 4, 2: 7, 3: 7}
+_VERSION_FIELDS = {1: 13, 2: 15, 3: 15}
 
 
 @dataclass(frozen=True)
@@ -72,6 +84,7 @@ class ExportRows:
     versions: list[tuple]
     segments: list[tuple]
     blocks: list[tuple]
+    packed: list[tuple] = field(default_factory=list)
 
 
 def segment_count(file_size: int, segment_size: int) -> int:
@@ -144,6 +157,9 @@ _EXPORT_QUERIES = (
 )
 
 
+_PACKED_QUERY = "SELECT version_id, pack_id, offset, length FROM packed ORDER BY version_id"
+
+
 def write_export(db: sqlite3.Connection) -> bytes:
     """The export document (format 2) of the catalog tables in ``db`` (the caller holds the catalog's lock)."""
     return b"".join(export_chunks(db))
@@ -154,10 +170,14 @@ def export_chunks(db: sqlite3.Connection) -> Iterator[bytes]:
 
     Memory stays bounded by :data:`EXPORT_CHUNK_ROWS` rows whatever the
     catalog's size. The caller keeps ``db`` still while this runs (the
-    catalog's lock, or a read transaction of its own: one snapshot).
+    catalog's lock, or a read transaction of its own: one snapshot). A
+    catalog holding packs is format 3, with its ``packed`` rows last.
     """
-    yield b'{"format":' + str(EXPORT_FORMAT).encode("ascii")
-    for name, query in _EXPORT_QUERIES:
+    has_packs = (db.execute("SELECT 1 FROM packed LIMIT 1").fetchone() is not None or db.execute(
+        "SELECT 1 FROM versions v JOIN items i USING (item_id) WHERE i.is_folder = 1 LIMIT 1").fetchone() is not None)
+    queries = _EXPORT_QUERIES + ((("packed", _PACKED_QUERY),) if has_packs else ())
+    yield b'{"format":' + str(PACKS_EXPORT_FORMAT if has_packs else EXPORT_FORMAT).encode("ascii")
+    for name, query in queries:
         yield f',"{name}":['.encode("ascii")
         cursor = db.execute(query)
         first = True
@@ -188,6 +208,7 @@ def insert_rows(db: sqlite3.Connection, rows: ExportRows) -> None:
     db.executemany("INSERT INTO segments (version_id, seg_index, plaintext_length) VALUES (?, ?, ?)", rows.segments)
     db.executemany("INSERT INTO blocks (version_id, seg_index, position, sha256, supplier) VALUES (?, ?, ?, ?, ?)",
                    rows.blocks)
+    db.executemany("INSERT INTO packed (version_id, pack_id, offset, length) VALUES (?, ?, ?, ?)", rows.packed)
 
 
 def describe_metadata(kind: str, mode: int | None, mtime_ns: int | None, link_target: str | None = None) -> dict:
@@ -228,10 +249,13 @@ class _Reader:
         self.versions: dict[str, tuple] = {}
         self.segments: dict[tuple[str, int], int] = {}
         self.positions: dict[tuple[str, int], set[int]] = {}
+        self.packs: set[str] = set()
+        self.packed: dict[str, tuple] = {}
 
     def read(self, doc: dict) -> ExportRows:
-        for name in ("items", "versions", "segments", "blocks"):
-            if not isinstance(doc.get(name), list):
+        names = ("items", "versions", "segments", "blocks") + (("packed",) if self.fmt >= 3 else ())
+        for name in names:
+            if not isinstance(doc.get(name, [] if name == "packed" else None), list):
                 raise BadRequest(f"{name} must be a list")
         for row in doc["items"]:
             self.item(row)
@@ -239,6 +263,7 @@ class _Reader:
         versions = [self.version(row) for row in doc["versions"]]
         segments = [self.segment(row) for row in doc["segments"]]
         blocks = [self.block(row) for row in doc["blocks"]]
+        packed = [self.packed_row(row) for row in doc.get("packed", [])] if self.fmt >= 3 else []
         for version_id, index in self.segments:
             n = self.versions[version_id][8]
             count = len(self.positions.get((version_id, index), ()))
@@ -246,9 +271,13 @@ class _Reader:
                 raise BadRequest(f"segment {index} of {version_id} has {count} blocks, n={n}")
         for version_id, row in self.versions.items():
             done = sum(1 for v, _ in self.segments if v == version_id)
+            if version_id in self.packed:
+                if done:
+                    raise BadRequest(f"version {version_id} is in a pack and has segments of its own")
+                continue
             if row[3] == COMPLETE and done != row[6]:
                 raise BadRequest(f"complete version {version_id} has {done} of {row[6]} segments")
-        return ExportRows(list(self.items.values()), versions, segments, blocks)
+        return ExportRows(list(self.items.values()), versions, segments, blocks, packed)
 
     # --- rows ------------------------------------------------------------------------------
 
@@ -289,7 +318,9 @@ class _Reader:
         if version_id in self.versions:
             raise BadRequest(f"version {version_id} is listed twice")
         item = self.items.get((key_id, path)) if isinstance(key_id, str) and isinstance(path, str) else None
-        if item is None or item[2] or item[6] is not None:
+        if item is not None and item[2] and self.fmt >= 3:
+            self.packs.add(version_id)  # a version of a folder is a pack of files uploaded into it
+        elif item is None or item[2] or item[6] is not None:
             raise BadRequest(f"version {version_id} names no file of the catalog")
         if state not in VERSION_STATES:
             raise BadRequest(f"version {version_id} has the unknown state {state!r}")
@@ -339,6 +370,26 @@ class _Reader:
             raise BadRequest(f"block {version_id}/{index}/{position} is listed twice")
         held.add(position)
         return (version_id, index, position, sha256, supplier)
+
+
+    def packed_row(self, row: Any) -> tuple:
+        version_id, pack_id, offset, length = _row(row, 4, "packed")
+        member = self.versions.get(version_id) if isinstance(version_id, str) else None
+        pack = self.versions.get(pack_id) if isinstance(pack_id, str) else None
+        if member is None or version_id in self.packs or version_id in self.packed:
+            raise BadRequest("a packed row names no file version, or one twice")
+        if pack is None or pack_id not in self.packs:
+            raise BadRequest(f"version {version_id} is in an unknown pack")
+        if member[1] != pack[1] or not member[2].startswith(pack[2] + "/"):
+            raise BadRequest(f"version {version_id} is not under the folder of its pack")
+        offset = _integer(offset, 0, pack[4], "pack offset")
+        length = _integer(length, 0, pack[4] - offset, "packed length")
+        if length != member[4]:
+            raise BadRequest(f"version {version_id} is {member[4]} bytes, its pack holds {length}")
+        if member[3] == COMPLETE and pack[3] != COMPLETE:
+            raise BadRequest(f"complete version {version_id} is in the unfinished pack {pack_id}")
+        self.packed[version_id] = (version_id, pack_id, offset, length)
+        return self.packed[version_id]
 
 
 def _row(row: Any, length: int, what: str) -> list:

@@ -158,6 +158,11 @@ class DownloadJob(_Job):
             version = await self._version()
             self.version_id = version["version_id"]
             self.bytes_total = version["size"]
+            if "pack" in version:
+                await self._download_packed(version)
+                await self._forget()
+                self.event("downloaded")
+                return
             segments = await ctx.run_in_thread(catalog.segments, self.version_id)
             key = await ctx.run_in_thread(ctx.unwrap_key, self.key_id, version["wrapped_key"])
             placement = ctx.placement()
@@ -206,6 +211,17 @@ class DownloadJob(_Job):
         # Forgotten before DONE is told: a restart never downloads a finished file again.
         await self._forget()
         self.event("downloaded")
+
+    async def _download_packed(self, version: dict) -> None:
+        """A file stored in a pack: its pack is read and the file cut out of it (bitnode.storage.packs)."""
+        from bitnode.storage.packs import download_members  # packs builds on this module: imported when used
+
+        member = {"version_id": self.version_id, "remote_path": self.remote_path, "path": self.path,
+                  "offset": version["pack"]["offset"], "length": version["size"], "mode": version.get("mode"),
+                  "mtime_ns": version.get("mtime_ns")}
+        self.result = await download_members(self, version["pack"]["pack_id"], [member], [self.local_path],
+                                             self.root)
+        self.progress = Progress(version["size"], version["size"], 1, 1, 0.0, None, 0.0)
 
     async def _version(self) -> dict:
         ctx = self.ctx

@@ -32,6 +32,8 @@ from bitnode.errors import BadRequest, BitnodeError, NotFound
 from bitnode.globalid import validate_path
 from bitnode.storage import local_files
 from bitnode.storage.catalog_format import check_link_target
+from bitnode.storage.pack_format import PackSource
+from bitnode.storage.packs import plan_packs
 
 #: Entries (files, folders and links) one folder upload may hold, unless the setting says otherwise.
 MAX_FOLDER_ENTRIES = 10000
@@ -47,6 +49,8 @@ class LocalEntry:
     mode: int
     mtime_ns: int
     link_target: str | None = None
+    #: Bytes (a file's; 0 for the others), as scanned: which files go into packs.
+    size: int = 0
 
 
 @dataclass
@@ -108,7 +112,8 @@ def scan_folder(root: str, max_entries: int = MAX_FOLDER_ENTRIES,
             except OSError as err:
                 skip(entry.path, f"cannot be read: {err.strerror}")
                 continue
-            found = LocalEntry(path, entry.path, stat.S_IMODE(st.st_mode), st.st_mtime_ns)
+            found = LocalEntry(path, entry.path, stat.S_IMODE(st.st_mode), st.st_mtime_ns, None,
+                               st.st_size if stat.S_ISREG(st.st_mode) else 0)
             if stat.S_ISLNK(st.st_mode):
                 try:
                     target = check_link_target(os.readlink(entry.path))
@@ -163,14 +168,27 @@ async def upload_folder(manager, key_id: str, path: str, local: str, wait: bool 
     link_problems = await ctx.run_in_thread(catalog_tree, ctx.catalog, key_id, path, tree, ctx.clock.seconds())
     skipped = tree.skipped + link_problems
     ctx.on_catalog_changed()
+    limits = ctx.pack_limits() if not ctx.version_tag(key_id) else None  # a share's files are stored alone
+    groups, alone = plan_packs(tree.files, *limits) if limits else ([], tree.files)
     jobs = []
-    for entry in tree.files:
+    for group in groups:
+        try:
+            jobs.append(manager.start_pack_upload(key_id, path, local,
+                                                  [PackSource(e.relative, e.local_path) for e in group]))
+        except BitnodeError as err:
+            skipped += [{"local_path": e.local_path, "error": str(err)} for e in group]
+    for entry in alone:
         try:
             jobs.append(manager.start_upload(entry.local_path, f"{key_id}:{path}/{entry.relative}"))
         except BitnodeError as err:
             skipped.append({"local_path": entry.local_path, "error": str(err)})
     result = await folder_result(local, f"{key_id}:{path}", jobs, skipped, wait)
-    result.update(folders=len(tree.folders), links=len(tree.links) - len(link_problems))
+    # A pack's files count one by one; those it could not read are in its result's "skipped".
+    result["files"] = sum(len(g) for g in groups) + len(alone)
+    result.update(folders=len(tree.folders), links=len(tree.links) - len(link_problems), packs=len(groups))
+    if wait:
+        for job in jobs:
+            result["skipped"] += job.result.get("skipped", [])
     return result
 
 
@@ -246,8 +264,20 @@ async def download_folder(manager, key_id: str, path: str, destination: str, wai
     links = [entry(r, r["path"][len(path) + 1:]) for r in rows if r["type"] == "link"]
     skipped = await ctx.run_in_thread(_make_folders, destination, name, folders)
     jobs = []
+    # Files of packs: one job per pack, which reads the pack once for all of its files here.
+    in_packs: dict[str, tuple[list[dict], list[str]]] = {}
+    for member in await ctx.run_in_thread(ctx.catalog.packed_under, key_id, path):
+        files, targets = in_packs.setdefault(member["pack_id"], ([], []))
+        files.append(member)
+        targets.append(os.path.join(root, *member["path"][len(path) + 1:].split("/")))
+    packed = {m["remote_path"] for files, _ in in_packs.values() for m in files}
+    for pack_id, (files, targets) in in_packs.items():
+        try:
+            jobs.append(manager.start_pack_download(f"{key_id}:{path}", root, pack_id, files, targets, destination))
+        except BitnodeError as err:
+            skipped += [{"remote_path": m["remote_path"], "error": str(err)} for m in files]
     for row in rows:
-        if row["type"] != "file":
+        if row["type"] != "file" or row["remote_path"] in packed:
             continue
         if row["latest_version"] is None:
             skipped.append({"remote_path": row["remote_path"], "error": "no complete version"})
@@ -264,7 +294,11 @@ async def download_folder(manager, key_id: str, path: str, destination: str, wai
 
     finishing = defer.Deferred.fromCoroutine(finish())
     result = await folder_result(root, f"{key_id}:{path}", jobs, skipped, wait)
-    result.update(folders=len(folders), links=len(links))
+    result["files"] = len(packed) + len(jobs) - len(in_packs)
+    result.update(folders=len(folders), links=len(links), packs=len(in_packs))
+    if wait:
+        for job in jobs:
+            result["skipped"] += job.result.get("problems", [])
     if wait:
         result["skipped"] += await finishing
     else:

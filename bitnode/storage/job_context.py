@@ -22,6 +22,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from bitnode.errors import BadRequest, NotFound, Unavailable
+from bitnode.main.fileutil import remove_if_exists
 from bitnode.storage.catalog import FAILED, Catalog
 from bitnode.storage.holders import PositionReader
 from bitnode.storage.ports import IStorageServer, version_prefix
@@ -100,6 +101,11 @@ class StorageContext:
     resumable_downloads: bool = True
     #: Bytes a download writes between two checkpoints (synced and journaled).
     download_checkpoint: Callable[[], int] = lambda: 64 * 1024 * 1024
+    #: Where temporary files (a pack being uploaded or read) go; "" = the system's temporary folder.
+    temp_dir: str = ""
+    #: ``(largest file packed, largest pack)`` in bytes for a folder upload, or None: no packs (one version
+    #: per file). See :mod:`bitnode.storage.packs`.
+    pack_limits: Callable[[], tuple[int, int] | None] = lambda: None
     log: Logger = field(default_factory=Logger)
 
 
@@ -137,6 +143,20 @@ def stat_file(path: str) -> LocalFile:
     if not stat.S_ISREG(st.st_mode):
         raise BadRequest(f"{path} is not a regular file")
     return LocalFile(st.st_size, st.st_mtime, stat.S_IMODE(st.st_mode), st.st_mtime_ns)
+
+
+def remove_temp_files(temp_dir: str, prefix: str) -> int:
+    """Remove the files whose names start with ``prefix`` in ``temp_dir`` (left by a stop or a crash); how many.
+    Worker thread."""
+    removed = 0
+    try:
+        names = os.listdir(temp_dir)
+    except FileNotFoundError:
+        return 0
+    for name in names:
+        if name.startswith(prefix):
+            removed += int(remove_if_exists(os.path.join(temp_dir, name)))
+    return removed
 
 
 async def delete_versions(ctx: StorageContext, version_ids: list[str]) -> dict:

@@ -358,13 +358,12 @@ class UploadJob(_Job):
             result = await uploader.upload(self.local_path, self.version_id, self.key, ctx.customer_id,
                                            resume_from=resume, on_progress=lambda p: self.event("progress", p),
                                            on_segment=record)
-            await ctx.run_in_thread(catalog.finish_version, self.version_id, COMPLETE, ctx.clock.seconds())
             self.result = {"size": result.file_size, "segments": result.segments_total,
                            "resumed_from_segment": result.resume_from, "degraded_segments": len(result.degraded)}
             self.progress = Progress(result.file_size, result.file_size, result.segments_total,
                                      result.segments_total, self.progress.elapsed if self.progress else 0.0,
                                      self.progress.speed if self.progress else None, 0.0)
-            await self._prune()
+            await self._complete()
         except TransferCancelled:
             self.event("stopped")
             return
@@ -388,6 +387,12 @@ class UploadJob(_Job):
         if result.degraded:
             ctx.on_blocks_damaged()
         self.event("uploaded")
+
+    async def _complete(self) -> None:
+        """Every segment is stored: the version is complete, older ones beyond those kept go."""
+        ctx = self.ctx
+        await ctx.run_in_thread(ctx.catalog.finish_version, self.version_id, COMPLETE, ctx.clock.seconds())
+        await self._prune()
 
     async def _prune(self) -> None:
         """Keep the newest ``keep_versions`` complete versions; delete the others' blocks."""

@@ -35,10 +35,17 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from bitnode.errors import BitnodeError, NotFound
+from bitnode.main.fileutil import remove_if_exists
 from bitnode.storage import segment_crypto
 from bitnode.storage.catalog import COMPLETE, split_remote_path
 from bitnode.storage.downloader import Downloader
-from bitnode.storage.job_context import StorageContext, abandon_version, delete_versions, new_version_id
+from bitnode.storage.job_context import (
+    StorageContext,
+    abandon_version,
+    delete_versions,
+    new_version_id,
+    remove_temp_files,
+)
 from bitnode.storage.uploader import Uploader
 
 PENDING_META = "relayout-pending"
@@ -47,26 +54,9 @@ TEMP_PREFIX = "relayout-"
 
 def remove_leftovers(temp_dir: str) -> int:
     """Remove temporary files a stopped re-layout left behind. Worker thread."""
-    removed = 0
-    try:
-        names = os.listdir(temp_dir)
-    except FileNotFoundError:
-        return 0
-    for name in names:
-        if name.startswith(TEMP_PREFIX):
-            try:
-                os.remove(os.path.join(temp_dir, name))
-                removed += 1
-            except FileNotFoundError:
-                pass
-    return removed
+    return remove_temp_files(temp_dir, TEMP_PREFIX)
 
 
-def _remove(path: str) -> None:
-    try:
-        os.remove(path)
-    except FileNotFoundError:
-        pass
 
 
 @dataclass(eq=False, repr=False)
@@ -141,7 +131,8 @@ class Relayout:
                     break
                 k = ctx.data_blocks(n)
                 versions = await ctx.run_in_thread(ctx.catalog.versions, COMPLETE)
-                todo = [v for v in versions if (v["k"], v["n"]) != (k, n)]
+                # A file in a pack follows its pack (which is copied like any version).
+                todo = [v for v in versions if (v["k"], v["n"]) != (k, n) and "pack" not in v]
                 self.versions_pending = len(todo)
                 if not todo:
                     self.waiting = ""
@@ -203,7 +194,7 @@ class Relayout:
             raise
         finally:
             self._worker = None
-            await ctx.run_in_thread(_remove, temp)
+            await ctx.run_in_thread(remove_if_exists, temp)
         await self._forget(old_id)
         self.bytes_done += version["size"]
         self.log.info("re-laid out {path}: {old} ({frm}) is now {new} ({to})", path=version["remote_path"],

@@ -79,6 +79,32 @@ class TransferManager:
         job.event("start")
         return job
 
+    def start_pack_upload(self, key_id: str, folder: str, local_folder: str, sources: list) -> UploadJob:
+        """Queue the upload of a pack of small files (:class:`~bitnode.storage.packs.PackUploadJob`) going
+        under the folder ``key_id:folder``; several packs of one folder may be queued at once."""
+        from bitnode.storage.packs import PackUploadJob  # packs builds on the job classes this module imports
+
+        remote = self._remote(f"{key_id}:{folder}")
+        self._check_open()
+        self.ctx.placement()
+        job = PackUploadJob(self.ctx, self, remote, local_folder, sources)
+        self._jobs[job.id] = job
+        job.event("start")
+        return job
+
+    def start_pack_download(self, remote_folder: str, destination: str, pack_id: str, members: list[dict],
+                            targets: list[str], root: str | None) -> DownloadJob:
+        """Queue the download of ``members`` of one pack to ``targets`` (a folder download's files in it)."""
+        from bitnode.storage.packs import PackDownloadJob
+
+        remote = self._remote(remote_folder)
+        self._check_open()
+        self.ctx.placement()
+        job = PackDownloadJob(self.ctx, self, remote, destination, pack_id, members, targets, root)
+        self._jobs[job.id] = job
+        job.event("start")
+        return job
+
     def start_download(self, remote_path: str, local_path: str, version_id: str | None = None,
                        root: str | None = None) -> DownloadJob:
         """Queue a download of ``remote_path`` (newest complete version unless given) to ``local_path``.
@@ -98,11 +124,16 @@ class TransferManager:
 
     async def resume_interrupted(self) -> list[dict]:
         """Resume or restart every upload a stop or a crash interrupted; what was done, per version."""
+        from bitnode.storage import packs
+
         ctx = self.ctx
         report = []
         for version in await ctx.run_in_thread(ctx.catalog.versions, UPLOADING):
             version_id, remote = version["version_id"], version["remote_path"]
             if self._stopping or any(j.version_id == version_id for j in self._jobs.values()):
+                continue
+            if version.get("is_pack"):
+                report.append(await packs.abandon_interrupted(ctx, version))
                 continue
             source = await ctx.run_in_thread(ctx.catalog.source, version_id)
             if source is None:
@@ -141,6 +172,9 @@ class TransferManager:
 
         ``{"uploads": [...], "downloads": [...], "counts": {"uploads_resumed": 1, "downloads_cleaned_up": 2, ...}}``.
         """
+        from bitnode.storage import packs
+
+        await self.ctx.run_in_thread(packs.remove_leftovers, packs.temp_dir_of(self.ctx))  # none is running yet
         uploads = await self.resume_interrupted()
         resumed = await self.resume_downloads(downloads, mine)
         counts: dict[str, int] = {}

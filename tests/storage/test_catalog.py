@@ -342,7 +342,7 @@ class FormatOneFileTests(unittest.TestCase):
         db.close()
         catalog = Catalog(path)
         self.addCleanup(catalog.close)
-        self.assertEqual(catalog.get_meta("format"), "3")
+        self.assertEqual(catalog.get_meta("format"), "4")
         self.assertEqual(catalog.get_meta("catalog-backup-serial"), "7")
         version = catalog.latest_complete(KEY, "docs/a.txt")
         self.assertEqual((version["size"], version["wrapped_key"], version["mode"], version["mtime_ns"]),
