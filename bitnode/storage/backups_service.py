@@ -86,6 +86,7 @@ RETIRING_LIST_TIMEOUT_KEY = "services/backups/retiring-list-timeout"
 PACK_FILES_KEY = "services/backups/pack-small-files"
 PACK_FILE_MAX_KEY = "services/backups/pack-file-max"
 PACK_MAX_BYTES_KEY = "services/backups/pack-max-bytes"
+FOLDER_MAX_ENTRIES_KEY = "services/backups/folder-max-entries"
 
 
 def _open_catalog(path: str, temp_dir: str, now: float) -> tuple[Catalog, dict | None]:
@@ -137,6 +138,9 @@ class BackupsService(Service):
         Option(PACK_MAX_BYTES_KEY, DISK_SPACE, packs.DEFAULT_PACK_MAX_BYTES,
                "The most bytes of files one pack holds. Reading one file of a pack reads the pack's segments "
                "(one when this is at most segment-size).", minimum=64 * 1024, maximum=256 * 1024 ** 2),
+        Option(FOLDER_MAX_ENTRIES_KEY, INTEGER, 100_000,
+               "The most files, folders and links one folder upload may hold (it is refused above).",
+               minimum=1, maximum=10_000_000),
         Option("services/backups/catalog-retry", FLOAT, 30.0,
                "Seconds before a failed catalog backup, or a catalog restore that could not ask enough "
                "suppliers, is tried again (doubling while it keeps failing, up to 16 times this).",
@@ -226,7 +230,8 @@ class BackupsService(Service):
             registry=ctx.automats, on_catalog_changed=self.catalog_changed, on_blocks_damaged=self.sync,
             version_tag=share_scope.version_tag, catalog_backed_up=self._catalog_backed_up, download_journal=journal,
             download_checkpoint=lambda: settings.get("services/backups/download-checkpoint"),
-            temp_dir=self.temp_dir, pack_limits=self._pack_limits)
+            temp_dir=self.temp_dir, pack_limits=self._pack_limits,
+            folder_max_entries=lambda: settings.get(FOLDER_MAX_ENTRIES_KEY))
         self.transfers = TransferManager(self.context, lambda: settings.get("services/backups/max-uploads"),
                                          lambda: settings.get(MAX_DOWNLOADS_KEY),
                                          on_uploads_done=self._schedule_backup)

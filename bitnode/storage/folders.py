@@ -35,8 +35,9 @@ from bitnode.storage.catalog_format import check_link_target
 from bitnode.storage.pack_format import PackSource
 from bitnode.storage.packs import plan_packs
 
-#: Entries (files, folders and links) one folder upload may hold, unless the setting says otherwise.
-MAX_FOLDER_ENTRIES = 10000
+#: Entries (files, folders and links) one folder upload may hold, unless the setting says otherwise
+#: (``services/backups/folder-max-entries``).
+MAX_FOLDER_ENTRIES = 100_000
 log = Logger()
 
 
@@ -161,10 +162,13 @@ def catalog_tree(catalog, key_id: str, path: str, tree: LocalTree, now: float, f
 
 
 async def upload_folder(manager, key_id: str, path: str, local: str, wait: bool = False,
-                        max_entries: int = MAX_FOLDER_ENTRIES) -> dict:
-    """Upload the local folder ``local`` to ``key_id:path``; see the module docstring for the result."""
+                        max_entries: int | None = None) -> dict:
+    """Upload the local folder ``local`` to ``key_id:path``; see the module docstring for the result.
+
+    ``max_entries``: the most files, folders and links it may hold (default: the context's setting).
+    """
     ctx = manager.ctx
-    tree = await ctx.run_in_thread(scan_folder, local, max_entries)
+    tree = await ctx.run_in_thread(scan_folder, local, max_entries or ctx.folder_max_entries())
     link_problems = await ctx.run_in_thread(catalog_tree, ctx.catalog, key_id, path, tree, ctx.clock.seconds())
     skipped = tree.skipped + link_problems
     ctx.on_catalog_changed()

@@ -106,6 +106,8 @@ class StorageContext:
     #: ``(largest file packed, largest pack)`` in bytes for a folder upload, or None: no packs (one version
     #: per file). See :mod:`bitnode.storage.packs`.
     pack_limits: Callable[[], tuple[int, int] | None] = lambda: None
+    #: The most files, folders and links one folder upload may hold.
+    folder_max_entries: Callable[[], int] = lambda: 100_000
     log: Logger = field(default_factory=Logger)
 
 

@@ -136,38 +136,52 @@ class PackUploadJob(UploadJob):
         """The upload job's info, with the local folder, the pack's files and the count of them."""
         out = super().info()
         out.update(local_path=self.local_folder, pack=True, files=len(self.built.files) if self.built else
-                   len(self.sources), pack_path=self.pack_path)
+                   len(self.sources))
         return out
 
     async def _prepare(self) -> None:
-        ctx = self.ctx
-        try:
-            placement = ctx.placement()
-            n = len(placement.positions)
-            k = ctx.data_blocks(n)
-            now = ctx.clock.seconds()
-            pack_id = new_version_id(now)
-            path = os.path.join(temp_dir_of(ctx), f"{PACK_TEMP_PREFIX}{pack_id}")
-            self.pack_path = self.local_path = path
-            built = await ctx.run_in_thread(pack_format.write_pack, path, self.sources)
-            self.built = built
-            if not built.files:
-                raise BadRequest("no file of this pack could be read: "
-                                 + "; ".join(f"{s['local_path']}: {s['error']}" for s in built.skipped[:3]))
-            key = segment_crypto.new_version_key()
-            wrapped = await ctx.run_in_thread(ctx.wrap_key, self.key_id, key)
-            await ctx.run_in_thread(ctx.catalog.begin_pack, self.key_id, self.path, pack_id, built.size,
-                                    ctx.segment_size(), k, n, wrapped, list(placement.positions), now)
-        except Exception as err:  # noqa: BLE001 - any failure to prepare fails the job
-            if self.pack_path:
-                await ctx.run_in_thread(remove_if_exists, self.pack_path)
-            self.event("failed", err)
-            return
-        self.version_id, self.key, self.bytes_total = pack_id, key, built.size
-        self.progress = None
-        self.versions_made += 1
-        self.ctx.on_catalog_changed()
+        """Nothing to do before a slot: the pack is written when it runs (a folder of many packs holds one
+        temporary pack at a time, not all of them)."""
         self.event("prepared")
+
+    async def _upload(self) -> None:
+        if self.version_id is None:
+            try:
+                await self._begin_pack()
+            except TransferCancelled:
+                self.event("stopped")
+                return
+            except Exception as err:  # noqa: BLE001 - any failure to make the pack fails the job
+                if self.pack_path:
+                    await self.ctx.run_in_thread(remove_if_exists, self.pack_path)
+                self.event("failed", err)
+                return
+        await super()._upload()
+
+    async def _begin_pack(self) -> None:
+        """Write the pack to its temporary file, make and wrap its key, begin it in the catalog."""
+        ctx = self.ctx
+        placement = ctx.placement()
+        n = len(placement.positions)
+        k = ctx.data_blocks(n)
+        now = ctx.clock.seconds()
+        pack_id = new_version_id(now)
+        path = os.path.join(temp_dir_of(ctx), f"{PACK_TEMP_PREFIX}{pack_id}")
+        self.pack_path = self.local_path = path
+        built = await ctx.run_in_thread(pack_format.write_pack, path, self.sources)
+        self.built = built
+        if not built.files:
+            raise BadRequest("no file of this pack could be read: "
+                             + "; ".join(f"{s['local_path']}: {s['error']}" for s in built.skipped[:3]))
+        key = segment_crypto.new_version_key()
+        wrapped = await ctx.run_in_thread(ctx.wrap_key, self.key_id, key)
+        self._check_halted()
+        await ctx.run_in_thread(ctx.catalog.begin_pack, self.key_id, self.path, pack_id, built.size,
+                                ctx.segment_size(), k, n, wrapped, list(placement.positions), now)
+        self.version_id, self.key, self.bytes_total = pack_id, key, built.size
+        self.versions_made += 1
+        self.sources = []  # the built pack says what is in it now
+        ctx.on_catalog_changed()
 
     async def _complete(self) -> None:
         """The pack and every file in it complete, in one transaction; older versions of those files go."""

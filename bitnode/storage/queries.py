@@ -141,10 +141,18 @@ class FileQueries:
             positions, holders, retiring, layout = [], None, set(), None
         versions = []
         for version in item["versions"]:
-            blocks = await self._thread(catalog.blocks, version["version_id"])
-            report = version_report(version, blocks, positions, holders, retiring, layout)
+            if "pack" in version:
+                report = await self._packed_report(version, positions, holders, retiring, layout)
+            else:
+                blocks = await self._thread(catalog.blocks, version["version_id"])
+                report = version_report(version, blocks, positions, holders, retiring, layout)
             report["metadata"] = describe_metadata("file", version.get("mode"), version.get("mtime_ns"))
             versions.append(report)
+        if item.get("packs"):  # a folder small files were uploaded into: the packs that hold them
+            out["packs"] = []
+            for pack in item["packs"]:
+                blocks = await self._thread(catalog.blocks, pack["version_id"])
+                out["packs"].append(version_report(pack, blocks, positions, holders, retiring, layout))
         backup_state = getattr(source, "catalog_backup_state", None)  # my catalog (not someone's share)
         if backup_state is not None:
             backup = backup_state()
@@ -172,6 +180,21 @@ class FileQueries:
         if downloads:
             out["downloads"] = self.transfers_of(out["remote_path"], "download")
         return out
+
+    async def _packed_report(self, version: dict, positions: list, holders: set | None, retiring: set,
+                             layout: tuple | None) -> dict:
+        """A file version stored in a pack: its own facts, with the availability (blocks, positions,
+        redundancy, restorable) of the pack that holds it, and which pack that is."""
+        catalog = self.source.catalog
+        pack_id = version["pack"]["pack_id"]
+        pack = await self._thread(catalog.version, pack_id)
+        blocks = await self._thread(catalog.blocks, pack_id)
+        report = version_report(pack, blocks, positions, holders, retiring, layout)
+        report.update({key: version[key] for key in ("version_id", "state", "size", "created", "completed")})
+        report["restorable"] = version["state"] == COMPLETE and report["restorable"]
+        report["pack"] = dict(version["pack"], remote_path=pack["remote_path"], pack_size=pack["size"],
+                              pack_segments=pack["segments_total"])
+        return report
 
     async def create(self, key_id: str, path: str, as_folder: bool, exist_ok: bool, now: float) -> dict:
         """file_create: a new catalog file or folder (Conflict when it exists, unless ``exist_ok``)."""

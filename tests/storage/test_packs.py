@@ -266,3 +266,49 @@ class PlanTests(unittest.TestCase):
         groups, alone = packs.plan_packs(files, 100, pack_format.INDEX_FIXED_BYTES + 25 + 3 * overhead)
         self.assertEqual([[f.size for f in g] for g in groups], [[10, 10, 5], [10], [90]])
         self.assertEqual([f.size for f in alone], [200])
+
+
+class FileInfoTests(PackHarnessMixin, unittest.TestCase):
+    def test_file_info_of_a_packed_file_says_which_pack_and_how_safe_it_is(self):
+        from bitnode.storage.queries import FileQueries
+        from tests.storage.test_queries import Source
+
+        root = make_small_files(self, 12, 1000)
+        self.upload(root)
+        queries = FileQueries(Source(self.h), self.h.ctx.run_in_thread)
+        info = self.successResultOf(run(queries.item_info(KEY_ID, "photos/f0001.bin", False, False)))
+        version = info["versions"][0]
+        pack = self.h.catalog.packs()[0]
+        self.assertEqual((version["pack"]["pack_id"], version["pack"]["remote_path"], version["pack"]["pack_size"]),
+                         (pack["pack_id"], f"{KEY_ID}:photos", pack["size"]))
+        self.assertEqual(version["size"], os.path.getsize(os.path.join(root, "f0001.bin")))
+        self.assertTrue(version["restorable"])
+        self.assertEqual(version["blocks_total"], 5)  # the pack's one segment
+        self.assertEqual(info["redundancy"]["spare_blocks"], 2)
+        # A supplier loses the pack's block: every file of the pack tells it.
+        self.h.catalog.set_block_holder(pack["pack_id"], 0, 0, "")
+        info = self.successResultOf(run(queries.item_info(KEY_ID, "photos/sub/f0003.bin", False, False)))
+        self.assertEqual((info["versions"][0]["blocks_missing"], info["redundancy"]["spare_blocks"]), (1, 1))
+        folder = self.successResultOf(run(queries.item_info(KEY_ID, "photos", False, False)))
+        self.assertEqual([p["version_id"] for p in folder["packs"]], [pack["pack_id"]])
+        self.assertEqual(folder["versions"], [])
+
+
+class SlotTests(PackHarnessMixin, unittest.TestCase):
+    file_max = 4096
+    pack_max = 8 * 1024
+
+    def test_a_pack_is_written_only_when_its_upload_runs(self):
+        root = make_small_files(self, 40, 1000)
+        seen = []
+        real = packs.pack_format.write_pack
+
+        def watching(dest, sources):
+            seen.append(sorted(os.listdir(self.temp)))  # no other pack file waits meanwhile
+            return real(dest, sources)
+
+        self.patch(packs.pack_format, "write_pack", watching)
+        uploaded = self.upload(root)
+        self.assertGreaterEqual(uploaded["packs"], 3)
+        self.assertEqual(seen, [[]] * uploaded["packs"])
+        self.assertEqual(sum(p["files"] for p in self.h.catalog.packs()), 40)
