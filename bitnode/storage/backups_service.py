@@ -60,7 +60,7 @@ from bitnode.main.options import BOOLEAN, DISK_SPACE, FLOAT, INTEGER, Option
 from bitnode.services.background import BackgroundWork
 from bitnode.services.base import Service
 from bitnode.services.context import NodeContext
-from bitnode.storage import k_of_n, key_backup, packs, share_scope
+from bitnode.storage import k_of_n, key_backup, packs, repack, share_scope
 from bitnode.storage.backup_monitor import REBUILD_SEGMENTS_IN_FLIGHT, BackupMonitor
 from bitnode.storage.catalog import Catalog, open_catalog, split_remote_path
 from bitnode.storage.catalog_backup import SERIAL_META, CatalogBackup
@@ -87,6 +87,7 @@ PACK_FILES_KEY = "services/backups/pack-small-files"
 PACK_FILE_MAX_KEY = "services/backups/pack-file-max"
 PACK_MAX_BYTES_KEY = "services/backups/pack-max-bytes"
 FOLDER_MAX_ENTRIES_KEY = "services/backups/folder-max-entries"
+REPACK_BELOW_KEY = "services/backups/repack-below"
 
 
 def _open_catalog(path: str, temp_dir: str, now: float) -> tuple[Catalog, dict | None]:
@@ -138,6 +139,10 @@ class BackupsService(Service):
         Option(PACK_MAX_BYTES_KEY, DISK_SPACE, packs.DEFAULT_PACK_MAX_BYTES,
                "The most bytes of files one pack holds. Reading one file of a pack reads the pack's segments "
                "(one when this is at most segment-size).", minimum=64 * 1024, maximum=256 * 1024 ** 2),
+        Option(REPACK_BELOW_KEY, FLOAT, repack.DEFAULT_REPACK_BELOW,
+               "A pack whose files still in the catalog hold less than this share of its bytes is rewritten "
+               "with only those files, in the background (its dead bytes are freed on the suppliers); 0: never. "
+               "A pack with no file left is removed whatever this says.", minimum=0.0, maximum=1.0),
         Option(FOLDER_MAX_ENTRIES_KEY, INTEGER, 100_000,
                "The most files, folders and links one folder upload may hold (it is refused above).",
                minimum=1, maximum=10_000_000),
@@ -154,6 +159,7 @@ class BackupsService(Service):
         self.transfers: TransferManager | None = None
         self.monitor: BackupMonitor | None = None
         self.relayout: Relayout | None = None
+        self.repacker: repack.Repacker | None = None
         self.backups: CatalogBackup | None = None
         self.context: StorageContext | None = None
         self.provider: Any = None
@@ -249,6 +255,8 @@ class BackupsService(Service):
                                      segment_size=lambda: settings.get("services/backups/segment-size"),
                                      timeout=lambda: settings.get("services/backups/store-timeout"),
                                      secrets=self._collect_secrets, restore_secrets=self._restore_secrets)
+        self.repacker = repack.Repacker(self.context, busy=self._uploading,
+                                        below=lambda: settings.get(REPACK_BELOW_KEY))
         self.relayout = Relayout(self.context, self.temp_dir, busy=self._uploading, on_changed=self._relaid_out,
                                  remember_deletes=self._remember_deletes)
         self.monitor.add_state_listener(self._monitor_changed)
@@ -290,10 +298,12 @@ class BackupsService(Service):
         if self._unsubscribe_keys is not None:
             self._unsubscribe_keys()
             self._unsubscribe_keys = None
-        transfers, monitor, relayout = self.transfers, self.monitor, self.relayout
-        self.transfers = self.monitor = self.backups = self.context = self.relayout = None
+        transfers, monitor, relayout, repacker = self.transfers, self.monitor, self.relayout, self.repacker
+        self.transfers = self.monitor = self.backups = self.context = self.relayout = self.repacker = None
         if relayout is not None:
             relayout.stop()
+        if repacker is not None:
+            repacker.stop()
         if transfers is not None:
             yield transfers.stop()
         if monitor is not None:
@@ -329,7 +339,8 @@ class BackupsService(Service):
             "transfers_resumed": self.transfers_resumed,
             "relayout": self.relayout.status() if self.relayout else None,
             # Packs of small files (storage/packs.py), as of the last look after a catalog change.
-            "packs": dict(self._packs_seen, packs_reclaimed=self.packs_reclaimed),
+            "packs": dict(self._packs_seen, packs_reclaimed=self.packs_reclaimed,
+                          repack=self.repacker.status() if self.repacker else None),
         }
 
     def _pack_limits(self) -> tuple[int, int] | None:
@@ -366,6 +377,11 @@ class BackupsService(Service):
                         continue
                 deleted = await self.ctx.run_in_thread(catalog.get_meta, PACKED_DELETED_META, "0")
                 self._packs_seen = packs.packs_figures(found, int(deleted or 0))
+                below = self.ctx.settings.get(REPACK_BELOW_KEY)
+                if self.repacker is not None and repack.repack_candidates(found, below) and not self._uploading():
+                    d = self.repacker.start()
+                    if d is not None:
+                        self._background.track(d, "repacking", quiet=True)
                 if not self._packs_again:
                     return
         finally:

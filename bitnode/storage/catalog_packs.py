@@ -192,18 +192,26 @@ class CatalogPacks:
         return [{"pack_id": r["version_id"], "remote_path": f"{r['key_id']}:{r['path']}", "state": r["state"],
                  "size": r["size"], "files": r["files"], "live_bytes": r["live"]} for r in rows]
 
-    def move_members(self, old_pack: str, new_pack: str, moves: Iterable[tuple[str, int]]) -> int:
-        """Repack: in one transaction the files ``(version_id, new offset)`` now live in the complete pack
-        ``new_pack``; returns how many moved (a file deleted meanwhile is not). ``old_pack`` is left to the
-        caller (dropped once no file is in it)."""
+    def finish_repack(self, old_pack: str, new_pack: str, moves: Iterable[tuple[str, int]], now: float = 0.0) -> int:
+        """Repack, in ONE transaction: the new pack (every segment recorded) is complete and the files
+        ``(version_id, new offset)`` live in it; returns how many moved (a file deleted meanwhile does not).
+        The old pack is left to the caller (its blocks deleted, then its row). Conflict if the new pack is
+        not whole."""
         moved = 0
         with self._transaction() as db:
             new = self._version_row(db, new_pack)
-            if new["state"] != COMPLETE:
-                raise Conflict(f"{new_pack} is not complete")
+            old = self._version_row(db, old_pack)
+            have = db.execute("SELECT COUNT(*) FROM segments WHERE version_id = ?", (new_pack,)).fetchone()[0]
+            if new["state"] != UPLOADING or have != new["segments_total"] or new["item_id"] != old["item_id"]:
+                raise Conflict(f"{new_pack} is not a whole new pack of the folder of {old_pack}")
+            db.execute("UPDATE versions SET state = ?, completed = ? WHERE version_id = ?", (COMPLETE, now, new_pack))
             for version_id, offset in moves:
                 moved += db.execute("UPDATE packed SET pack_id = ?, offset = ? WHERE version_id = ? AND pack_id = ?",
                                     (new_pack, offset, version_id, old_pack)).rowcount
+            # The files of the new pack take its layout, key and holders (as a re-laid-out pack's do).
+            db.execute("UPDATE versions SET k = ?, n = ?, wrapped_key = ?, suppliers = ?, segment_size = ?"
+                       " WHERE version_id IN (SELECT version_id FROM packed WHERE pack_id = ?)",
+                       (new["k"], new["n"], new["wrapped_key"], new["suppliers"], new["segment_size"], new_pack))
         return moved
 
     def finish_pack_failed(self, pack_id: str, now: float = 0.0) -> None:

@@ -147,6 +147,40 @@ def stat_file(path: str) -> LocalFile:
     return LocalFile(st.st_size, st.st_mtime, stat.S_IMODE(st.st_mode), st.st_mtime_ns)
 
 
+class BackgroundPass:
+    """Background work done in passes (re-layout, repack): one pass at a time, started again by whoever sees
+    more to do, stopped with the node. A subclass writes ``_run`` and keeps the transfer it runs in
+    ``_worker`` (cancelled by :meth:`stop`) and what it works on in ``current``."""
+
+    def __init__(self) -> None:
+        self.running = False
+        self.current: dict | None = None
+        self._stopping = False
+        self._worker: Any = None
+
+    def start(self) -> defer.Deferred | None:
+        """Run a pass in the background unless one runs; the Deferred fires when this pass ends."""
+        if self.running or self._stopping:
+            return None
+        self.running = True
+        d = defer.Deferred.fromCoroutine(self._run())
+
+        def ended(result: Any) -> Any:
+            self.running, self.current = False, None
+            return result
+
+        return d.addBoth(ended)
+
+    def stop(self) -> None:
+        """Stop: the transfer under way is cancelled; what it was doing is done again at the next start."""
+        self._stopping = True
+        if self._worker is not None:
+            self._worker.cancel()
+
+    async def _run(self) -> None:
+        raise NotImplementedError
+
+
 def remove_temp_files(temp_dir: str, prefix: str) -> int:
     """Remove the files whose names start with ``prefix`` in ``temp_dir`` (left by a stop or a crash); how many.
     Worker thread."""

@@ -223,6 +223,31 @@ def write_pack(dest: str, sources: Iterable[PackSource]) -> BuiltPack:
     return BuiltPack(tuple(files), offset + len(tail), tuple(skipped))
 
 
+def write_repack(src: str, keep: Iterable[tuple[str, int, int]], dest: str) -> BuiltPack:
+    """Write to the new file ``dest`` a pack of the files ``(path, offset, length)`` of the pack ``src``. Worker
+    thread.
+
+    Each file kept must be in ``src``'s index at that offset and length, and
+    its bytes must match its SHA-256 there (PackFormatError otherwise). The
+    files' mode and mtime are not in a pack (the catalog keeps them): 0 here.
+    """
+    entries = {e.path: e for e in read_index(src)}
+    files: list[PackedFile] = []
+    offset = 0
+    fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "wb") as out, open(src, "rb") as fh:
+        for path, old_offset, length in keep:
+            entry = entries.get(path)
+            if entry is None or (entry.offset, entry.length) != (old_offset, length):
+                raise PackFormatError(f"{path!r} is not in the pack where the catalog says")
+            out.write(read_member(fh, entry))
+            files.append(PackedFile(PackEntry(path, offset, length, entry.sha256), 0, 0))
+            offset += length
+        tail = encode_index(f.entry for f in files)
+        out.write(tail)
+    return BuiltPack(tuple(files), offset + len(tail), ())
+
+
 def read_index(path: str) -> tuple[PackEntry, ...]:
     """The checked index of the whole pack in the local file ``path``. Worker thread."""
     with open(path, "rb") as fh:

@@ -34,7 +34,7 @@ length, SHA-256) before it is written (temp file, fsync, rename).
 from __future__ import annotations
 
 import os
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from bitnode.errors import BadRequest, BitnodeError, Conflict
 from bitnode.main.fileutil import remove_if_exists
@@ -121,6 +121,8 @@ class PackUploadJob(UploadJob):
     """
 
     name = "pack_upload_job"
+    #: A pack is one segment: it takes 1/segments-in-flight of an upload slot (TransferManager).
+    small_slot = True
 
     def __init__(self, ctx: StorageContext, manager: Any, remote_path: str, local_folder: str,
                  sources: list[pack_format.PackSource]):
@@ -272,9 +274,12 @@ def extract_members(pack_path: str, pack_folder: str, members: list[dict], targe
     return problems
 
 
-async def fetch_pack(job: DownloadJob, pack: dict, dest: str) -> Any:
-    """Restore the whole pack version ``pack`` to the local file ``dest`` with the job's context."""
-    ctx = job.ctx
+async def fetch_pack(ctx: StorageContext, pack: dict, dest: str,
+                     hold: Callable[[Downloader | None], None] = lambda worker: None) -> Any:
+    """Restore the whole pack version ``pack`` to the local file ``dest``.
+
+    ``hold(downloader)`` is told the Downloader while it runs (None after), so its owner can cancel it.
+    """
     if pack["state"] != COMPLETE:
         raise Conflict(f"pack {pack['version_id']} is not complete ({pack['state']})")
     key_id = pack["remote_path"].partition(":")[0]
@@ -284,12 +289,11 @@ async def fetch_pack(job: DownloadJob, pack: dict, dest: str) -> Any:
     servers = placement.readers_for_n(pack["n"])
     downloader = Downloader(ctx.run_in_thread, ctx.clock, servers, pack["k"], pack["n"],
                             max_in_flight=ctx.segments_in_flight(), fetch_timeout=ctx.fetch_timeout())
-    job._check_halted()
-    job.downloader = downloader
+    hold(downloader)
     try:
         return await downloader.download(segments, pack["version_id"], key, ctx.customer_id, dest)
     finally:
-        job.downloader = None
+        hold(None)
 
 
 async def download_members(job: DownloadJob, pack_id: str, members: list[dict], targets: list[str],
@@ -300,7 +304,8 @@ async def download_members(job: DownloadJob, pack_id: str, members: list[dict], 
     folder = pack["remote_path"].partition(":")[2]
     temp = os.path.join(temp_dir_of(ctx), f"{PACK_TEMP_PREFIX}read-{job.id}-{pack_id}")
     try:
-        fetched = await fetch_pack(job, pack, temp)
+        job._check_halted()
+        fetched = await fetch_pack(ctx, pack, temp, lambda worker: setattr(job, "downloader", worker))
         problems = await ctx.run_in_thread(extract_members, temp, folder, members, targets, root)
     finally:
         await ctx.run_in_thread(remove_if_exists, temp)

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from twisted.internet import defer
@@ -40,6 +39,7 @@ from bitnode.storage import segment_crypto
 from bitnode.storage.catalog import COMPLETE, split_remote_path
 from bitnode.storage.downloader import Downloader
 from bitnode.storage.job_context import (
+    BackgroundPass,
     StorageContext,
     abandon_version,
     delete_versions,
@@ -59,8 +59,7 @@ def remove_leftovers(temp_dir: str) -> int:
 
 
 
-@dataclass(eq=False, repr=False)
-class Relayout:
+class Relayout(BackgroundPass):
     """Re-uploads versions whose k-of-n is not the current layout; see the module docstring.
 
     :param busy: True while the node is uploading (the re-layout waits).
@@ -72,21 +71,21 @@ class Relayout:
 
     log = Logger()
 
-    ctx: StorageContext
-    temp_dir: str
-    busy: Callable[[], bool]
-    on_changed: Callable[[], None] = lambda: None
-    remember_deletes: Callable[[list[str]], Any] = lambda version_ids: None
-    running: bool = field(init=False, default=False)
-    versions_pending: int = field(init=False, default=0)
-    versions_done: int = field(init=False, default=0)
-    bytes_done: int = field(init=False, default=0)
-    current: dict | None = field(init=False, default=None)
-    waiting: str = field(init=False, default="")
-    last_error: str = field(init=False, default="")
-    _stopping: bool = field(init=False, default=False)
-    _worker: Downloader | Uploader | None = field(init=False, default=None)
-    _cleaned: bool = field(init=False, default=False)
+    def __init__(self, ctx: StorageContext, temp_dir: str, busy: Callable[[], bool],
+                 on_changed: Callable[[], None] = lambda: None,
+                 remember_deletes: Callable[[list[str]], Any] = lambda version_ids: None):
+        super().__init__()
+        self.ctx = ctx
+        self.temp_dir = temp_dir
+        self.busy = busy
+        self.on_changed = on_changed
+        self.remember_deletes = remember_deletes
+        self.versions_pending = 0
+        self.versions_done = 0
+        self.bytes_done = 0
+        self.waiting = ""
+        self.last_error = ""
+        self._cleaned = False
 
     def status(self) -> dict:
         """What is left to re-lay out and what is being done, for service_info and file_info."""
@@ -94,25 +93,6 @@ class Relayout:
                 "versions_done": self.versions_done, "bytes_done": self.bytes_done,
                 "current": dict(self.current) if self.current else None, "waiting": self.waiting,
                 "last_error": self.last_error}
-
-    def start(self) -> defer.Deferred | None:
-        """Run in the background unless already running; the Deferred fires when this pass ends."""
-        if self.running or self._stopping:
-            return None
-        self.running = True
-        d = defer.Deferred.fromCoroutine(self._run())
-
-        def ended(result: Any) -> Any:
-            self.running, self.current = False, None
-            return result
-
-        return d.addBoth(ended)
-
-    def stop(self) -> None:
-        """Stop: the version being copied is abandoned (done again at the next start)."""
-        self._stopping = True
-        if self._worker is not None:
-            self._worker.cancel()
 
     # --- the work -------------------------------------------------------------------------------
 

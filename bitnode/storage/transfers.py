@@ -253,10 +253,16 @@ class TransferManager:
             return
         limit = max(1, (self.max_uploads if kind == UPLOAD else self.max_downloads)())
         queue, running = self._queues[kind], self._running[kind]
-        while queue and len(running) < limit:
+        while queue and sum(map(self._slot_share, running)) + self._slot_share(queue[0]) <= limit + 1e-9:
             job = queue.popleft()
             running.add(job)
             job.event("run")
+
+    def _slot_share(self, job: _Job) -> float:
+        """How much of a slot a running job takes: a whole one, or, for a pack of small files (one segment
+        in memory at a time), 1 / segments-in-flight: the packs of a folder overlap as a big file's segments
+        do, with the same memory."""
+        return 1.0 / max(1, self.ctx.segments_in_flight()) if getattr(job, "small_slot", False) else 1.0
 
     # --- looking and stopping ---------------------------------------------------------------------
 

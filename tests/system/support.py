@@ -191,6 +191,49 @@ class LocalnetTestCase(SynchronousTestCase):
         self.nodes = {node["name"]: node for node in data["nodes"]}
         return self.nodes
 
+    def run_cli(self, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess:
+        """``bitnode ARGS``, the way a user types it."""
+        return subprocess.run([*script("bitnode"), *args], stdin=subprocess.DEVNULL, capture_output=True,
+                              text=True, timeout=timeout)
+
+    def kill_node(self, name: str) -> None:
+        """``bitnode localnet stop-node NAME --kill`` (SIGKILL: no clean shutdown); waits until it is gone."""
+        pid = self.nodes[name]["pid"]
+        done = self.run_cli("localnet", "stop-node", name, "--kill", "--dir", self.dir)
+        self.assertEqual(done.returncode, 0, done.stderr)
+        wait_for(lambda: not pid_alive(pid), f"{name} to be gone")
+
+    def start_node(self, name: str) -> None:
+        """``bitnode localnet start-node NAME``; its new pid goes into ``self.nodes``."""
+        done = self.run_cli("localnet", "start-node", name, "--dir", self.dir, timeout=180)
+        self.assertEqual(done.returncode, 0, done.stderr)
+        pid = next(row["pid"] for row in self.net.status() if row["name"] == name)
+        self.nodes[name] = dict(self.nodes[name], pid=pid)
+
+    def freeze(self, names: list[str]) -> list[int]:
+        """SIGSTOP the nodes ``names`` (resumed at cleanup) and wait until each is stopped; their pids."""
+        import psutil
+
+        def stopped(pid: int) -> bool:
+            try:
+                return psutil.Process(pid).status() == psutil.STATUS_STOPPED
+            except psutil.NoSuchProcess:
+                return False
+
+        pids = [self.nodes[name]["pid"] for name in names]
+        for pid in pids:
+            self.addCleanup(self.resume, pid)
+            os.kill(pid, signal.SIGSTOP)
+        for pid in pids:
+            wait_for(lambda p=pid: stopped(p), f"pid {pid} to be stopped", timeout=5)
+        return pids
+
+    @staticmethod
+    def resume(pid: int) -> None:
+        """SIGCONT a process this test stopped, if it still runs (a cleanup)."""
+        if pid_alive(pid):
+            os.kill(pid, signal.SIGCONT)
+
     def _down(self) -> None:
         pids = [row["pid"] for row in self.net.status() if row["pid"]]
         self.net.down(kill=False)

@@ -18,11 +18,10 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import time
 
-from tests.system.support import LocalnetTestCase, pid_alive, script, sha256_of, wait_for
-from tests.system.test_silent_supplier import process_stopped, write_random_file
+from tests.system.support import LocalnetTestCase, sha256_of, wait_for
+from tests.system.test_silent_supplier import write_random_file
 
 CUSTOMER = "customer-1"
 MiB = 1024 * 1024
@@ -84,27 +83,16 @@ class CrashResumeTests(LocalnetTestCase):
     def kill_mid_way(self, kind: str, at_least: int) -> None:
         """Once ``at_least`` bytes moved, freeze the suppliers (the job cannot end), then kill the customer."""
         job = wait_for(lambda: self.live(kind, at_least), f"the {kind} to pass {at_least} bytes", timeout=120)
-        pids = [self.nodes[name]["pid"] for name in self.suppliers]
-        for pid in pids:
-            self.addCleanup(self.resume, pid)
-            os.kill(pid, signal.SIGSTOP)
-        for pid in pids:
-            wait_for(lambda p=pid: process_stopped(p), f"pid {pid} to be stopped", timeout=5)
+        pids = self.freeze(self.suppliers)
         job = self.live(kind, 0)
         self.assertIsNotNone(job, f"the {kind} ended before the kill")
         self.assertLess(job["bytes_done"], job["bytes_total"], job)
-        customer_pid = self.nodes[CUSTOMER]["pid"]
-        done = self.run_cli("localnet", "stop-node", CUSTOMER, "--kill", "--dir", self.dir)
-        self.assertEqual(done.returncode, 0, done.stderr)
-        wait_for(lambda: not pid_alive(customer_pid), "the customer to be gone")
+        self.kill_node(CUSTOMER)
         for pid in pids:
             os.kill(pid, signal.SIGCONT)
 
     def restart_customer(self) -> None:
-        done = self.run_cli("localnet", "start-node", CUSTOMER, "--dir", self.dir, timeout=180)
-        self.assertEqual(done.returncode, 0, done.stderr)
-        pid = next(row["pid"] for row in self.net.status() if row["name"] == CUSTOMER)
-        self.nodes[CUSTOMER] = dict(self.nodes[CUSTOMER], pid=pid)
+        self.start_node(CUSTOMER)
 
     def live(self, kind: str, at_least: int) -> dict | None:
         for job in self.api(CUSTOMER, "transfers_list"):
@@ -117,13 +105,3 @@ class CrashResumeTests(LocalnetTestCase):
             if job["kind"] == kind and job["after_restart"] and job["state"] in ("DONE", "FAILED", "CANCELLED"):
                 return job
         return None
-
-    def run_cli(self, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess:
-        """``bitnode ARGS``, the way a user types it."""
-        return subprocess.run([*script("bitnode"), *args], stdin=subprocess.DEVNULL, capture_output=True,
-                              text=True, timeout=timeout)
-
-    @staticmethod
-    def resume(pid: int) -> None:
-        if pid_alive(pid):
-            os.kill(pid, signal.SIGCONT)
