@@ -123,8 +123,9 @@ class CatalogPacks:
                     "INSERT INTO versions (version_id, item_id, state, size, segment_size, segments_total, k, n,"
                     " wrapped_key, suppliers, created, completed, mode, mtime_ns)"
                     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    # No key of its own (b""): a file of a pack is read with its pack's key, whatever pack that is.
                     (m.version_id, item_id, COMPLETE, m.length, pack["segment_size"],
-                     segment_count(m.length, pack["segment_size"]), pack["k"], pack["n"], pack["wrapped_key"],
+                     segment_count(m.length, pack["segment_size"]), pack["k"], pack["n"], b"",
                      pack["suppliers"], now, now, m.mode, m.mtime_ns))
                 db.execute("INSERT INTO packed (version_id, pack_id, offset, length) VALUES (?, ?, ?, ?)",
                            (m.version_id, pack_id, m.offset, m.length))
@@ -208,10 +209,10 @@ class CatalogPacks:
             for version_id, offset in moves:
                 moved += db.execute("UPDATE packed SET pack_id = ?, offset = ? WHERE version_id = ? AND pack_id = ?",
                                     (new_pack, offset, version_id, old_pack)).rowcount
-            # The files of the new pack take its layout, key and holders (as a re-laid-out pack's do).
-            db.execute("UPDATE versions SET k = ?, n = ?, wrapped_key = ?, suppliers = ?, segment_size = ?"
+            # The files of the new pack take its layout and holders (their key is always read from their pack).
+            db.execute("UPDATE versions SET k = ?, n = ?, suppliers = ?, segment_size = ?"
                        " WHERE version_id IN (SELECT version_id FROM packed WHERE pack_id = ?)",
-                       (new["k"], new["n"], new["wrapped_key"], new["suppliers"], new["segment_size"], new_pack))
+                       (new["k"], new["n"], new["suppliers"], new["segment_size"], new_pack))
         return moved
 
     def finish_pack_failed(self, pack_id: str, now: float = 0.0) -> None:

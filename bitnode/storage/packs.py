@@ -133,13 +133,19 @@ class PackUploadJob(UploadJob):
         self.sources = list(sources)
         self.built: pack_format.BuiltPack | None = None
         self.pack_path = ""
+        #: Files in the pack (the sources until it is written, then those read).
+        self.files = len(self.sources)
 
     def info(self) -> dict:
         """The upload job's info, with the local folder, the pack's files and the count of them."""
         out = super().info()
-        out.update(local_path=self.local_folder, pack=True, files=len(self.built.files) if self.built else
-                   len(self.sources))
+        out.update(local_path=self.local_folder, pack=True, files=self.files)
         return out
+
+    def finish(self, *args: Any) -> None:
+        """The end, as any upload's; the pack's file lists are let go (the history keeps finished jobs)."""
+        self.sources, self.built = [], None
+        super().finish(*args)
 
     async def _prepare(self) -> None:
         """Nothing to do before a slot: the pack is written when it runs (a folder of many packs holds one
@@ -172,6 +178,7 @@ class PackUploadJob(UploadJob):
         self.pack_path = self.local_path = path
         built = await ctx.run_in_thread(pack_format.write_pack, path, self.sources)
         self.built = built
+        self.files = len(built.files)
         if not built.files:
             raise BadRequest("no file of this pack could be read: "
                              + "; ".join(f"{s['local_path']}: {s['error']}" for s in built.skipped[:3]))
@@ -333,13 +340,19 @@ class PackDownloadJob(DownloadJob):
         self.pack_id = pack_id
         self.members = members
         self.targets = targets
+        self.files = len(members)
         self.bytes_total = sum(m["length"] for m in members)
 
     def info(self) -> dict:
         """The download job's info, with the pack and its files' count."""
         out = super().info()
-        out.update(pack_id=self.pack_id, files=len(self.members))
+        out.update(pack_id=self.pack_id, files=self.files)
         return out
+
+    def finish(self, *args: Any) -> None:
+        """The end, as any download's; the file lists are let go (the history keeps finished jobs)."""
+        self.members, self.targets = [], []
+        super().finish(*args)
 
     def resumable(self, *_: Any) -> bool:
         """Never journaled: a stop cancels it."""
