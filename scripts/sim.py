@@ -256,20 +256,14 @@ def run_parts(args: argparse.Namespace) -> dict:
         results["market"]["load"] = load_average()
         if args.baseline:
             say("sim: the same market with one choice per hire (baseline)")
-            baseline = run_market(MarketSettings(**{**market.__dict__, "hire_choices": 1}), progress=say).to_dict()
-            baseline.pop("checks")
-            baseline.pop("verdicts")
-            results["market_baseline"] = baseline
+            results["market_baseline"] = _baseline(run_market, market, say, hire_choices=1)
     if "rebuild" in parts:
         say(f"sim: a supplier of {victims} customers dies; load {load_average()}")
         results["rebuild"] = run_rebuild(market, progress=say).to_dict()
         results["rebuild"]["load"] = load_average()
         if args.baseline:
             say("sim: the same death without the spread (dead-after-spread 0, baseline)")
-            baseline = run_rebuild(MarketSettings(**{**market.__dict__, "dead_spread": 0.0}), progress=say).to_dict()
-            baseline.pop("checks")
-            baseline.pop("verdicts")
-            results["rebuild_baseline"] = baseline
+            results["rebuild_baseline"] = _baseline(run_rebuild, market, say, dead_spread=0.0)
     say(f"sim: done in {time.perf_counter() - started:.0f} s; load {load_average()}")
     return results
 
@@ -277,6 +271,14 @@ def run_parts(args: argparse.Namespace) -> dict:
 def merged(saved: dict, fresh: dict, parts: set[str]) -> dict:
     """The saved results with the parts just run replaced (baselines included): parts can be run one at a time."""
     return {key: value for key, value in saved.items() if key.split("_")[0] not in parts} | fresh
+
+
+def _baseline(run, market, say, **changed):
+    """The same simulation with ``changed`` settings (the behaviour before), its figures without verdicts."""
+    figures = run(MarketSettings(**{**market.__dict__, **changed}), progress=say).to_dict()
+    figures.pop("checks")
+    figures.pop("verdicts")
+    return figures
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -201,11 +201,11 @@ class PrivateMessagesService(Service):
             self._notices = gateway.router.add(Command.CORRESPONDENT, self._on_notice, owner=self.name,
                                                accepts=lambda packet: is_notify(packet.payload))
             self._unsubscribe = self.ctx.events.subscribe(self._event)
-            self._start_expiry()
+            self._start_timers()
 
         return d.addCallback(opened)
 
-    def _start_expiry(self) -> None:
+    def _start_timers(self) -> None:
         # my mailbox rounds and the expiry of what I queued on others' run on the same interval
         interval = self.ctx.settings.get(PREFIX + "mailbox-check-interval")
         self.offline.start(self.ctx.clock, interval)
@@ -268,7 +268,7 @@ class PrivateMessagesService(Service):
     def _settings_changed(self, key: str, old: Any, new: Any) -> None:
         self.limits.configure(self._inbox_settings())
         if key == PREFIX + "mailbox-check-interval" and self._gateway is not None:
-            self._start_expiry()
+            self._start_timers()
 
     def _on_notice(self, packet: Any, address: Any) -> None:
         # one of my suppliers says messages wait there (anyone else's notice costs nothing)
